@@ -1,0 +1,46 @@
+# One-command setup, tests and demo. Run as root (or with the apt packages already installed).
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+# CPU build by default; for CUDA see README (install torch first, then `make install TORCH_SPEC=`).
+TORCH_SPEC ?= torch==2.13.0
+APT_PKGS   := espeak-ng sox ffmpeg libsndfile1
+PYTEST_ARGS ?=
+
+.PHONY: help install apt test test-fast demo clean
+
+help:
+	@echo "make install    create .venv and install everything (apt packages too when run as root)"
+	@echo "make test       install, then run the whole test suite (what CI runs)"
+	@echo "make test-fast  run the tests not marked slow"
+	@echo "make demo       fine-tune whisper-base on the demo corpus, merge, evaluate (CPU, ~15 min)"
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing apt packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(MAKE) apt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,89 @@
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.audio import SAMPLE_RATE, AudioLoadError, audio_duration, load_audio, resample, save_wav
+
+
+def _tone(seconds: float, sr: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_wav_roundtrip_mono_16k(tmp_path):
+    x = _tone(1.0, SAMPLE_RATE)
+    p = tmp_path / "a.wav"
+    save_wav(p, x)
+    y = load_audio(p)
+    assert y.dtype == np.float32 and y.ndim == 1 and len(y) == SAMPLE_RATE
+    assert np.max(np.abs(y - x)) < 1e-3
+
+
+def test_stereo_44k_is_mixed_and_resampled(tmp_path):
+    left, right = _tone(2.0, 44100), np.zeros(88200, dtype=np.float32)
+    p = tmp_path / "stereo.flac"
+    sf.write(p, np.stack([left, right], axis=1), 44100)
+    y = load_audio(p)
+    assert abs(len(y) - 2 * SAMPLE_RATE) <= 2
+    assert 0.2 < np.max(np.abs(y)) < 0.3  # mean of the two channels
+
+
+def test_slice_reads_only_requested_span(tmp_path):
+    sr = SAMPLE_RATE
+    x = np.concatenate([np.zeros(sr, np.float32), np.full(sr, 0.5, np.float32), np.zeros(sr, np.float32)])
+    p = tmp_path / "s.wav"
+    sf.write(p, x, sr, subtype="FLOAT")
+    y = load_audio(p, start_time=1.0, end_time=2.0)
+    assert len(y) == sr and np.allclose(y, 0.5)
+
+
+@pytest.mark.parametrize("ext", ["mp3", "ogg", "m4a"])
+def test_compressed_formats_via_ffmpeg(tmp_path, ext):
+    src = tmp_path / "src.wav"
+    save_wav(src, _tone(1.5, SAMPLE_RATE))
+    dst = tmp_path / f"x.{ext}"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), str(dst)], check=True)
+    y = load_audio(dst)
+    assert abs(len(y) / SAMPLE_RATE - 1.5) < 0.1
+    assert np.max(np.abs(y)) > 0.3
+    assert abs(audio_duration(dst) - 1.5) < 0.1
+
+
+def test_missing_file_names_path(tmp_path):
+    with pytest.raises(AudioLoadError, match=r"nope\.wav: audio file not found"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.wav"
+    p.write_bytes(b"")
+    with pytest.raises(AudioLoadError, match=r"empty\.wav: audio file is empty"):
+        load_audio(p)
+
+
+def test_corrupt_file(tmp_path):
+    p = tmp_path / "bad.wav"
+    p.write_bytes(b"RIFF....WAVEfmt garbage" * 10)
+    with pytest.raises(AudioLoadError, match=r"bad\.wav: cannot decode"):
+        load_audio(p)
+
+
+def test_bad_slice(tmp_path):
+    p = tmp_path / "a.wav"
+    save_wav(p, _tone(1.0, SAMPLE_RATE))
+    with pytest.raises(AudioLoadError, match="greater than start_time"):
+        load_audio(p, start_time=0.8, end_time=0.2)
+    with pytest.raises(AudioLoadError, match="past the end"):
+        load_audio(p, start_time=5.0)
+
+
+def test_duration_from_header(tmp_path):
+    p = tmp_path / "a.wav"
+    save_wav(p, _tone(2.25, SAMPLE_RATE))
+    assert audio_duration(p) == pytest.approx(2.25, abs=1e-3)
+
+
+def test_resample_length():
+    assert len(resample(np.zeros(8000, np.float32), 8000)) == 16000

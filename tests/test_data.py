@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+
+from utils.audio import save_wav
+from utils.data import ManifestError, load_manifest, relative_audio_path
+
+
+@pytest.fixture
+def audio_dir(tmp_path):
+    d = tmp_path / "audio"
+    for name in ("a.wav", "b.wav", "c.wav"):
+        save_wav(d / name, np.zeros(16000, np.float32))
+    return d
+
+
+def _write(path, lines):
+    path.write_text("".join((l if isinstance(l, str) else json.dumps(l, ensure_ascii=False)) + "\n" for l in lines),
+                    encoding="utf-8")
+    return path
+
+
+def _rec(path="audio/a.wav", sentence="你好", duration=1.0, **kw):
+    return {"audio": {"path": path}, "sentence": sentence, "duration": duration, **kw}
+
+
+def test_load_valid_manifest_relative_to_manifest_dir(tmp_path, audio_dir, monkeypatch):
+    m = _write(tmp_path / "train.json", [
+        _rec(language="Chinese"),
+        _rec("audio/b.wav", "", 1.0, sentences=[]),
+        _rec("audio/c.wav", "一二", 1.0, sentences=[{"start": 0, "end": 0.4, "text": "一"},
+                                                   {"start": 0.5, "end": 1.0, "text": "二"}]),
+    ])
+    monkeypatch.chdir("/")  # works from any cwd
+    man = load_manifest(m)
+    assert len(man) == 3
+    r0, r1, r2 = man[0], man[1], man[2]
+    assert r0.audio_path == str(audio_dir / "a.wav") and r0.language == "Chinese"
+    assert r1.is_nospeech and r1.sentences == ()
+    assert [s.text for s in r2.sentences] == ["一", "二"]
+    assert man[-1] == r2
+    assert man.total_hours() == pytest.approx(3 / 3600)
+
+
+def test_cwd_relative_paths_still_work(tmp_path, audio_dir, monkeypatch):
+    sub = tmp_path / "lists"
+    sub.mkdir()
+    m = _write(sub / "train.json", [_rec("audio/a.wav")])
+    monkeypatch.chdir(tmp_path)
+    assert load_manifest(m)[0].audio_path == str(tmp_path / "audio/a.wav")
+
+
+def test_slice_fields(tmp_path, audio_dir):
+    m = _write(tmp_path / "t.json", [{"audio": {"path": "audio/a.wav", "start_time": 0.2, "end_time": 0.8},
+                                      "sentence": "x", "duration": 0.6}])
+    r = load_manifest(m)[0]
+    assert (r.start_time, r.end_time) == (0.2, 0.8)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", r"t\.json:2: not valid JSON"),
+    ('["a"]', r"t\.json:2: expected a JSON object"),
+    ({"sentence": "x", "duration": 1}, r"t\.json:2: 'audio' missing"),
+    ({"audio": {}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' missing"),
+    ({"audio": {"path": "audio/a.wav"}, "duration": 1}, r"t\.json:2: 'sentence' missing .*no-speech"),
+    ({"audio": {"path": "audio/a.wav"}, "sentence": "x"},
+     r"t\.json:2: 'duration' missing \(keys: audio, sentence\)"),
+    ({"audio": {"path": "audio/a.wav"}, "sentence": "x", "duration": -1}, r"'duration' must be a positive"),
+    ({"audio": {"path": "audio/a.wav"}, "sentence": 3, "duration": 1}, r"'sentence' must be a string"),
+    ({"audio": {"path": "audio/a.wav", "start_time": 2, "end_time": 1}, "sentence": "x", "duration": 1},
+     r"'audio.end_time' \(1\) must be greater"),
+    ({"audio": {"path": "audio/missing.wav"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' .* not found"),
+    (_rec(sentences=[{"start": 0.5, "end": 0.2, "text": "x"}]), r"'sentences\[0\]' needs 0 <= start <= end"),
+    (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after"),
+    (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' must be an object with start, end and text"),
+    (_rec(language=5), r"'language' must be a string"),
+])
+def test_invalid_lines_name_file_line_field(tmp_path, audio_dir, line, message):
+    m = _write(tmp_path / "t.json", [_rec(), line])
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(m)
+
+
+def test_skip_invalid_is_explicit_and_counted(tmp_path, audio_dir, caplog):
+    m = _write(tmp_path / "t.json", [_rec(), "{bad", _rec("audio/b.wav")])
+    man = load_manifest(m, skip_invalid=True)
+    assert len(man) == 2
+    assert man.location(1).endswith("t.json:3")
+    assert "skipped 1 invalid lines" in caplog.text
+
+
+def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
+    m = _write(tmp_path / "t.json", [_rec(duration=0.3), _rec(duration=1.0), _rec(duration=40.0)])
+    import logging
+    caplog.set_level(logging.INFO)
+    man = load_manifest(m, min_duration=0.5, max_duration=30)
+    assert len(man) == 1 and man[0].duration == 1.0
+    assert "left out 1 clips shorter" in caplog.text
+
+
+def test_label_too_long_rejected(tmp_path, audio_dir):
+    m = _write(tmp_path / "t.json", [_rec(), _rec(sentence="字" * 500)])
+    with pytest.raises(ManifestError, match=r"t\.json:2: 'sentence' is 504 tokens .* more than Whisper's 448"):
+        load_manifest(m, encode=lambda s: list(range(len(s))))
+
+
+def test_empty_and_missing_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="manifest file not found"):
+        load_manifest(tmp_path / "none.json")
+    (tmp_path / "e.json").write_text("\n\n")
+    with pytest.raises(ManifestError, match="manifest is empty"):
+        load_manifest(tmp_path / "e.json")
+
+
+def test_compact_storage_and_pickle(tmp_path, audio_dir):
+    import pickle
+    m = _write(tmp_path / "t.json", [_rec()] * 100)
+    man = load_manifest(m)
+    assert man.offsets.dtype == np.int64 and man.durations.dtype == np.float32
+    man[0]
+    clone = pickle.loads(pickle.dumps(man))  # DataLoader workers get a copy without the open file
+    assert clone[99].sentence == "你好"
+
+
+def test_relative_audio_path(tmp_path):
+    assert relative_audio_path(tmp_path / "audio/x.wav", tmp_path / "train.json") == "audio/x.wav"
+    assert relative_audio_path("/elsewhere/x.wav", tmp_path / "train.json") == "/elsewhere/x.wav"

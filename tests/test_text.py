@@ -1,0 +1,47 @@
+import pytest
+
+from utils.text import cer, count_errors, error_rate, normalize_text, to_simplified, wer
+
+
+def test_normalize_removes_ascii_and_fullwidth_punctuation():
+    s = "“你好”，《世界》（测试）…、；：！？, Hello. World!"
+    assert normalize_text(s) == "你好 世界 测试 hello world"
+
+
+def test_traditional_to_simplified():
+    assert to_simplified("這個問題很難") == "这个问题很难"
+    assert normalize_text("這個問題") == "这个问题"
+
+
+def test_fullwidth_latin_and_case():
+    assert normalize_text("ＡＢＣ１２３") == "abc123"
+
+
+def test_cer_ignores_spaces_and_punctuation():
+    assert cer(["今天 天气，很好。"], ["今天天气很好"]) == 0.0
+
+
+def test_error_counts():
+    c = count_errors("今天天气很好", "今天天汽好好啊", "cer")
+    assert c.errors == 3 and c.reference_length == 6
+    assert c.rate == pytest.approx(0.5)
+
+
+def test_wer_words():
+    assert wer(["the cat sat"], ["the cat sat down"]) == pytest.approx(1 / 3)
+    assert wer(["The cat, sat!"], ["the cat sat"]) == 0.0
+
+
+def test_corpus_level_not_mean_of_rates():
+    # 1 error in a 1-char ref + 0 errors in a 9-char ref = 1/10, not mean(1, 0)
+    assert cer(["a", "bcdefghij"], ["x", "bcdefghij"]) == pytest.approx(0.1)
+
+
+def test_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        error_rate(["a", "b"], ["a"])
+
+
+def test_unknown_metric():
+    with pytest.raises(ValueError, match="unknown metric"):
+        count_errors("a", "b", "bleu")

@@ -1,0 +1,1 @@
+"""Shared library of the Whisper fine-tuning toolkit: one module per concern."""

@@ -1,0 +1,157 @@
+"""Audio loading: any common file → float32 mono waveform at 16 kHz.
+
+Data flows one way: ``path → np.ndarray (float32, shape (samples,), range [-1, 1], 16 kHz)``.
+WAV/FLAC/OGG are read with libsndfile (soundfile), which can seek, so a slice given by
+``start_time``/``end_time`` is read without decoding the whole file. Formats libsndfile cannot
+read (m4a/aac, some mp3) are decoded by the ``ffmpeg`` program, which also resamples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Hz, the rate every Whisper model expects
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4")
+
+
+class AudioLoadError(RuntimeError):
+    """An audio file is missing, empty, corrupt or cannot be decoded."""
+
+
+def _check_slice(path: str, start_time: float | None, end_time: float | None) -> None:
+    if start_time is not None and start_time < 0:
+        raise AudioLoadError(f"{path}: start_time {start_time} is negative")
+    if start_time is not None and end_time is not None and end_time <= start_time:
+        raise AudioLoadError(f"{path}: end_time {end_time} must be greater than start_time {start_time}")
+
+
+def _to_mono(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) or (frames,) → (frames,) float32 by averaging channels."""
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono float32 waveform from ``orig_sr`` to ``target_sr`` Hz (soxr, high quality)."""
+    if orig_sr == target_sr:
+        return samples
+    return soxr.resample(samples, orig_sr, target_sr).astype(np.float32, copy=False)
+
+
+def _read_soundfile(path: str, start_time: float | None, end_time: float | None) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(path) as f:
+        sr = f.samplerate
+        start = int(round((start_time or 0.0) * sr))
+        stop = f.frames if end_time is None else min(f.frames, int(round(end_time * sr)))
+        if start >= f.frames:
+            raise AudioLoadError(
+                f"{path}: start_time {start_time} s is past the end of the audio ({f.frames / sr:.2f} s)"
+            )
+        f.seek(start)
+        data = f.read(frames=max(0, stop - start), dtype="float32", always_2d=False)
+    return data, sr
+
+
+def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sample_rate: int) -> np.ndarray:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioLoadError(
+            f"{path}: this format needs the ffmpeg program, which is not installed "
+            "(Debian/Ubuntu: apt-get install ffmpeg; conda: conda install ffmpeg)"
+        )
+    cmd = [ffmpeg, "-nostdin", "-v", "error"]
+    if start_time:
+        cmd += ["-ss", f"{start_time:.3f}"]
+    cmd += ["-i", path]
+    if end_time is not None:
+        cmd += ["-t", f"{end_time - (start_time or 0.0):.3f}"]
+    cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(sample_rate), "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise AudioLoadError(f"{path}: cannot decode ({detail[-1] if detail else 'ffmpeg failed'})")
+    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    start_time: float | None = None,
+    end_time: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Load an audio file (or a slice of it) as a mono float32 waveform.
+
+    Args:
+        path: wav/flac/mp3/ogg/m4a/... file.
+        start_time: slice start in seconds (None = beginning).
+        end_time: slice end in seconds (None = end of file).
+        sample_rate: output rate in Hz.
+
+    Returns:
+        Array of shape (samples,), float32 in [-1, 1], at ``sample_rate``.
+
+    Raises:
+        AudioLoadError: missing, empty, corrupt or undecodable file, or an invalid slice.
+    """
+    path = os.fspath(path)
+    _check_slice(path, start_time, end_time)
+    if not os.path.isfile(path):
+        raise AudioLoadError(f"{path}: audio file not found")
+    if os.path.getsize(path) == 0:
+        raise AudioLoadError(f"{path}: audio file is empty (0 bytes)")
+    try:
+        data, sr = _read_soundfile(path, start_time, end_time)
+        samples = resample(_to_mono(data), sr, sample_rate)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        if isinstance(e, AudioLoadError):
+            raise
+        logger.debug("%s: libsndfile cannot read it (%s); decoding with ffmpeg", path, e)
+        samples = _read_ffmpeg(path, start_time, end_time, sample_rate)
+    if samples.size == 0:
+        raise AudioLoadError(f"{path}: no audio samples decoded (empty or corrupt file, or slice out of range)")
+    if not np.isfinite(samples).all():
+        raise AudioLoadError(f"{path}: decoded audio contains NaN/inf values (corrupt file)")
+    return samples
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Duration of an audio file in seconds, read from its header (no full decode for wav/flac/ogg)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AudioLoadError(f"{path}: audio file not found")
+    try:
+        info = sf.info(path)
+        return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError):
+        pass
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        raise AudioLoadError(f"{path}: cannot read its header and ffprobe is not installed")
+    proc = subprocess.run(
+        [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        return float(proc.stdout.strip())
+    except ValueError as e:
+        raise AudioLoadError(f"{path}: cannot read the duration ({proc.stderr.strip() or 'unknown format'})") from e
+
+
+def save_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono float32 waveform as 16-bit PCM WAV."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fspath(path), samples, sample_rate, subtype="PCM_16")

@@ -1,0 +1,75 @@
+"""Command-line helpers shared by every script: strict booleans, common flag groups, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse a boolean flag value strictly: ``--use_8bit=False`` is False.
+
+    Accepts true/false, 1/0, yes/no, y/n, on/off (any case); anything else is an error.
+    """
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
+
+
+def optional_str(value: str) -> str | None:
+    """A string flag where ``None``/``none``/empty means "not set" (e.g. ``--language=None``)."""
+    return None if value.strip().lower() in {"", "none", "null"} else value
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser that shows defaults in ``--help``."""
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
+    """Add ``--name`` that takes an explicit value (``--name=False``) or, bare, means True."""
+    parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, help=help)
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "openai/whisper-base") -> None:
+    """Flags naming and loading a Whisper model (shared by infer, evaluation, realtime, UI)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_path", type=str, default=default_model,
+                   help="merged model folder, hub id (openai/whisper-*), or offline-packaged model")
+    add_bool(g, "local_files_only", False, "never contact the model hub")
+    g.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """Language/task flags shared by every decoding script."""
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--language", type=optional_str, default=None,
+                   help="language name or code (chinese/zh); None = auto-detect")
+    g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure root logging once, for a script's ``main()``.
+
+    Level comes from ``verbose`` or the ``LOG_LEVEL`` environment variable (INFO by default).
+    """
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,334 @@
+"""Jsonlines manifests: read and validate once, keep compact columns, parse records on demand.
+
+One JSON object per line::
+
+    {"audio": {"path": "audio/0.wav", "start_time": 1.5, "end_time": 4.0},   # times optional, seconds
+     "sentence": "近几年，不但我用书给女儿压岁。",                                # "" = no-speech clip
+     "language": "Chinese",                                                    # optional
+     "sentences": [{"start": 0, "end": 1.4, "text": "近几年，"}, ...],          # optional, for timestamps
+     "duration": 7.37}                                                         # seconds
+
+Relative ``audio.path`` values are resolved against the manifest file's folder; for manifests made
+by the original toolkit (paths relative to the working directory) the current directory is tried
+second. Scale: a 10M-line manifest (WenetSpeech) must not become 10M Python dicts, so loading keeps
+only numpy columns (byte offset, duration, path base) and ``Manifest[i]`` re-reads line ``i``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mmap
+import os
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+MAX_LABEL_TOKENS = 448  # Whisper decoder's max_target_positions
+# <|startoftranscript|> <|lang|> <|task|> [<|notimestamps|>] ... <|endoftext|>
+LABEL_SPECIAL_TOKENS = 4
+_BASE_ABSOLUTE, _BASE_MANIFEST, _BASE_CWD = 0, 1, 2
+
+
+class ManifestError(ValueError):
+    """A manifest line is invalid; the message names the file, line, field and fix."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A timestamped piece of a transcript (seconds relative to the clip start)."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated manifest line."""
+
+    audio_path: str  # resolved path
+    sentence: str
+    duration: float  # seconds of the clip (the slice, when start/end are given)
+    start_time: float | None = None
+    end_time: float | None = None
+    language: str | None = None
+    sentences: tuple[Segment, ...] | None = None
+
+    @property
+    def is_nospeech(self) -> bool:
+        return self.sentence.strip() == ""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_record(obj: Any, where: str) -> None:
+    """Check one parsed manifest line; raise ManifestError naming ``where`` (``file:line``), field and fix."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    keys = ", ".join(sorted(obj)) or "none"
+    audio = obj.get("audio")
+    if not isinstance(audio, dict):
+        raise ManifestError(f"{where}: 'audio' missing or not an object (keys: {keys}); "
+                            'write "audio": {"path": "..."}')
+    path = audio.get("path")
+    if not isinstance(path, str) or not path:
+        raise ManifestError(f"{where}: 'audio.path' missing or empty; give the audio file's path")
+    start, end = audio.get("start_time"), audio.get("end_time")
+    for name, v in (("start_time", start), ("end_time", end)):
+        if v is not None and (not _is_number(v) or v < 0):
+            raise ManifestError(f"{where}: 'audio.{name}' must be a non-negative number of seconds, got {v!r}")
+    if start is not None and end is not None and end <= start:
+        raise ManifestError(f"{where}: 'audio.end_time' ({end}) must be greater than 'audio.start_time' ({start})")
+    if "sentence" not in obj:
+        raise ManifestError(f"{where}: 'sentence' missing (keys: {keys}); use \"\" for a no-speech clip")
+    if not isinstance(obj["sentence"], str):
+        raise ManifestError(f"{where}: 'sentence' must be a string, got {type(obj['sentence']).__name__}")
+    if "duration" not in obj:
+        raise ManifestError(f"{where}: 'duration' missing (keys: {keys}); add the clip length in seconds")
+    duration = obj["duration"]
+    if not _is_number(duration) or duration <= 0:
+        raise ManifestError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}")
+    lang = obj.get("language")
+    if lang is not None and not isinstance(lang, str):
+        raise ManifestError(f"{where}: 'language' must be a string like \"Chinese\" or null, got {lang!r}")
+    sentences = obj.get("sentences")
+    if sentences is None:
+        return
+    if not isinstance(sentences, list):
+        raise ManifestError(f"{where}: 'sentences' must be a list of {{start, end, text}} objects")
+    prev_end = 0.0
+    for j, seg in enumerate(sentences):
+        if not isinstance(seg, dict) or not {"start", "end", "text"} <= seg.keys():
+            raise ManifestError(f"{where}: 'sentences[{j}]' must be an object with start, end and text")
+        s, e, t = seg["start"], seg["end"], seg["text"]
+        if not _is_number(s) or not _is_number(e) or s < 0 or e < s:
+            raise ManifestError(f"{where}: 'sentences[{j}]' needs 0 <= start <= end (seconds), got {s!r}..{e!r}")
+        if s < prev_end - 1e-3:
+            raise ManifestError(f"{where}: 'sentences[{j}]' starts at {s} before the previous one ends ({prev_end})")
+        if e > duration + 0.05:
+            raise ManifestError(f"{where}: 'sentences[{j}]' ends at {e} s, after the clip's duration {duration} s")
+        if not isinstance(t, str):
+            raise ManifestError(f"{where}: 'sentences[{j}].text' must be a string")
+        prev_end = e
+
+
+def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -> int:
+    if os.path.isabs(path):
+        if check_audio and not os.path.isfile(path):
+            raise ManifestError(f"{where}: 'audio.path' {path} does not exist")
+        return _BASE_ABSOLUTE
+    if not check_audio:
+        return _BASE_MANIFEST
+    if os.path.isfile(os.path.join(manifest_dir, path)):
+        return _BASE_MANIFEST
+    if os.path.isfile(path):
+        return _BASE_CWD
+    raise ManifestError(
+        f"{where}: 'audio.path' {path} not found (looked in {manifest_dir} and in the current directory); "
+        "relative paths are resolved against the manifest's folder"
+    )
+
+
+def _record_from_obj(obj: dict[str, Any], path: str) -> Record:
+    audio = obj["audio"]
+    sentences = obj.get("sentences")
+    return Record(
+        audio_path=path,
+        sentence=obj["sentence"],
+        duration=float(obj["duration"]),
+        start_time=audio.get("start_time"),
+        end_time=audio.get("end_time"),
+        language=obj.get("language"),
+        sentences=None if sentences is None else tuple(
+            Segment(float(s["start"]), float(s["end"]), s["text"]) for s in sentences
+        ),
+    )
+
+
+def label_token_count(obj: dict[str, Any], encode: Callable[[str], Sequence[int]], timestamps: bool) -> int:
+    """Upper bound on the decoder label length of a line: special tokens + text (+ 2 timestamps per segment)."""
+    if timestamps and obj.get("sentences"):
+        return LABEL_SPECIAL_TOKENS + sum(len(encode(s["text"])) + 2 for s in obj["sentences"])
+    return LABEL_SPECIAL_TOKENS + len(encode(obj["sentence"]))
+
+
+class Manifest(Sequence[Record]):
+    """A validated manifest held as numpy columns; ``manifest[i]`` parses line ``i`` on demand.
+
+    Memory is about 17 bytes per kept line (offset, duration, base flag), not a dict per line.
+    """
+
+    def __init__(self, path: str | os.PathLike, offsets: np.ndarray, durations: np.ndarray, bases: np.ndarray,
+                 line_numbers: np.ndarray) -> None:
+        self.path = os.fspath(path)
+        self.manifest_dir = os.path.dirname(os.path.abspath(self.path))
+        self.offsets = offsets
+        self.durations = durations
+        self.bases = bases
+        self.line_numbers = line_numbers
+        self._cwd = os.getcwd()
+        self._file = None
+        self._map: mmap.mmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _mapped(self) -> mmap.mmap:
+        if self._map is None:  # opened lazily, so a Manifest pickles to DataLoader workers
+            self._file = open(self.path, "rb")
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._map
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """The parsed JSON object of kept line ``index``."""
+        m = self._mapped()
+        start = int(self.offsets[index])
+        end = m.find(b"\n", start)
+        return json.loads(m[start: end if end != -1 else len(m)])
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        obj = self.raw(index)
+        p = obj["audio"]["path"]
+        base = int(self.bases[index])
+        if base == _BASE_MANIFEST:
+            p = os.path.join(self.manifest_dir, p)
+        elif base == _BASE_CWD:
+            p = os.path.join(self._cwd, p)
+        return _record_from_obj(obj, p)
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def location(self, index: int) -> str:
+        """``file:line`` of kept item ``index``, for error messages."""
+        return f"{self.path}:{int(self.line_numbers[index])}"
+
+    def total_hours(self) -> float:
+        return float(self.durations.sum()) / 3600.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = state["_map"] = None
+        return state
+
+
+def load_manifest(
+    path: str | os.PathLike,
+    *,
+    min_duration: float = 0.0,
+    max_duration: float = 30.0,
+    check_audio: bool = True,
+    skip_invalid: bool = False,
+    encode: Callable[[str], Sequence[int]] | None = None,
+    timestamps: bool = False,
+    max_label_tokens: int = MAX_LABEL_TOKENS,
+    show_progress: bool = True,
+) -> Manifest:
+    """Read and validate a jsonlines manifest once.
+
+    Args:
+        path: the manifest file.
+        min_duration, max_duration: clips outside [min, max] seconds are left out (counted and logged);
+            max_duration <= 0 disables the upper bound.
+        check_audio: check every audio file exists (and fix the base of relative paths).
+        skip_invalid: leave out invalid lines (each logged, all counted) instead of failing on the first.
+        encode: text → token ids; when given, lines whose label exceeds ``max_label_tokens`` are invalid.
+        timestamps: count labels as timestamp labels (from ``sentences``) where present.
+
+    Raises:
+        ManifestError: the file is missing or empty, or a line is invalid (unless ``skip_invalid``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: manifest file not found")
+    manifest_dir = os.path.dirname(os.path.abspath(path))
+    # array.array keeps 4-8 bytes per value while growing (a list would hold a Python object each)
+    offsets, durations = array("q"), array("f")
+    bases, line_numbers = array("B"), array("i")
+    skipped_invalid = skipped_short = skipped_long = 0
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
+                                     disable=not show_progress or size < 50_000_000) as bar:
+        offset = 0
+        for lineno, line in enumerate(f, start=1):
+            line_offset, offset = offset, offset + len(line)
+            bar.update(len(line))
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ManifestError(f"{where}: not valid JSON ({e}); each line must be one JSON object") from e
+                validate_record(obj, where)
+                base = _resolve_base(obj["audio"]["path"], manifest_dir, check_audio, where)
+                if encode is not None:
+                    n = label_token_count(obj, encode, timestamps)
+                    if n > max_label_tokens:
+                        raise ManifestError(
+                            f"{where}: 'sentence' is {n} tokens with special tokens, more than Whisper's "
+                            f"{max_label_tokens}; split the clip into shorter pieces"
+                        )
+            except ManifestError as e:
+                if not skip_invalid:
+                    raise
+                skipped_invalid += 1
+                logger.warning("skipping invalid line: %s", e)
+                continue
+            duration = float(obj["duration"])
+            if duration < min_duration:
+                skipped_short += 1
+                continue
+            if 0 < max_duration < duration:
+                skipped_long += 1
+                continue
+            offsets.append(line_offset)
+            durations.append(duration)
+            bases.append(base)
+            line_numbers.append(lineno)
+    if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
+        raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
+    if skipped_short or skipped_long:
+        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
+                    path, skipped_short, min_duration, skipped_long, max_duration)
+    if skipped_invalid:
+        logger.warning("%s: skipped %d invalid lines (--skip_invalid)", path, skipped_invalid)
+    if not offsets:
+        raise ManifestError(f"{path}: no usable lines left after filtering (duration bounds "
+                            f"{min_duration}..{max_duration} s, {skipped_invalid} invalid)")
+    return Manifest(
+        path,
+        np.frombuffer(offsets, dtype=np.int64),
+        np.frombuffer(durations, dtype=np.float32),
+        np.frombuffer(bases, dtype=np.uint8),
+        np.frombuffer(line_numbers, dtype=np.int32),
+    )
+
+
+def relative_audio_path(audio_path: str | os.PathLike, manifest_path: str | os.PathLike) -> str:
+    """Path to write into a manifest: relative to the manifest's folder when the audio lies below it."""
+    audio = Path(audio_path).resolve()
+    base = Path(manifest_path).resolve().parent
+    try:
+        return audio.relative_to(base).as_posix()
+    except ValueError:
+        return str(audio)

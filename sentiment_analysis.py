@@ -1,0 +1,118 @@
+"""Classify the sentiment of texts or transcripts as positive / negative / neutral, with a score.
+
+    python sentiment_analysis.py --text "这家餐厅的菜太好吃了，服务也很热情"
+    python sentiment_analysis.py --input transcript.json --output_format json --output sentiment.json
+    python sentiment_analysis.py --input lines.txt --model uer/roberta-base-finetuned-jd-binary-chinese
+
+The score is positivity in [0, 1]; texts within 0.5 ± --neutral_margin are neutral. The default
+model works offline (snownlp for Chinese, VADER for English); see utils/sentiment.py for why and
+for how a Hugging Face model's labels are read. Exit status: 0 done, 2 bad arguments or input
+file (nothing written), 1 model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from utils.cli import add_bool, make_parser, optional_str, setup_logging
+from utils.io import write_json_atomic, write_text_atomic
+from utils.sentiment import (
+    DEFAULT_NEUTRAL_MARGIN,
+    INPUT_SUFFIXES,
+    SentimentInput,
+    SentimentInputError,
+    SentimentModelError,
+    TextItem,
+    analyze_sentiment,
+    format_report,
+    load_sentiment_inputs,
+    load_sentiment_model,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("Classify texts or a transcript as positive / negative / neutral.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", type=str, action="append",
+                        help="a text to classify (repeat the flag for several)")
+    source.add_argument("--input", type=str,
+                        help=f"file of texts ({', '.join(INPUT_SUFFIXES)}): .txt = one text per non-empty line; "
+                             ".json = infer.py's transcript ({text, segments}) or a jsonlines manifest "
+                             "('sentence' per line)")
+    parser.add_argument("--model", type=optional_str, default=None,
+                        help="None/auto = offline (snownlp for Chinese, VADER for English), 'snownlp', 'vader', "
+                             "or a Hugging Face text-classification model folder or hub id")
+    parser.add_argument("--language", type=str, default="auto", choices=["auto", "zh", "en"],
+                        help="offline backend for every text; auto = per text (contains CJK → Chinese)")
+    parser.add_argument("--neutral_margin", type=float, default=DEFAULT_NEUTRAL_MARGIN,
+                        help="scores within 0.5 ± this are neutral, in [0, 0.5)")
+    parser.add_argument("--output_format", type=str, default="text", choices=["text", "json"],
+                        help="text = one line per text; json = {model, results, overall}")
+    parser.add_argument("--output", type=optional_str, default=None,
+                        help="write the output to this file (atomically) instead of stdout")
+    parser.add_argument("--batch_size", type=int, default=32, help="texts per model call (Hugging Face models)")
+    parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
+    add_bool(parser, "local_files_only", False, "never contact the model hub")
+    return parser
+
+
+def read_inputs(args: argparse.Namespace) -> SentimentInput:
+    """The texts from ``--text`` or ``--input``. Raises SentimentInputError for a bad file."""
+    if args.text is not None:
+        return SentimentInput([TextItem(t) for t in args.text])
+    return load_sentiment_inputs(args.input)
+
+
+def render(report: dict, output_format: str) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=2) if output_format == "json" else format_report(report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.neutral_margin < 0.5:
+        parser.error(f"--neutral_margin must be in [0, 0.5), got {args.neutral_margin}")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.text is not None and not any(t.strip() for t in args.text):
+        parser.error("--text is empty, nothing to classify")
+    setup_logging()
+
+    # 1. Read the texts (before loading anything, so a bad file fails fast and writes nothing)
+    try:
+        inputs = read_inputs(args)
+    except SentimentInputError as e:
+        logger.error("%s", e)
+        return 2
+
+    # 2. Load the model
+    try:
+        model = load_sentiment_model(args.model, language=None if args.language == "auto" else args.language,
+                                     neutral_margin=args.neutral_margin, device=args.device,
+                                     batch_size=args.batch_size, local_files_only=args.local_files_only)
+    except SentimentModelError as e:
+        logger.error("%s", e)
+        return 1
+
+    # 3. Classify every text in one batched call
+    report = analyze_sentiment(model, inputs)
+
+    # 4. Print or write the report
+    if args.output is None:
+        print(render(report, args.output_format))
+    elif args.output_format == "json":
+        write_json_atomic(args.output, report)
+        logger.info("wrote %d results to %s", len(report["results"]), args.output)
+    else:
+        write_text_atomic(args.output, render(report, "text") + "\n")
+        logger.info("wrote %d results to %s", len(report["results"]), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

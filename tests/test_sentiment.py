@@ -1,0 +1,397 @@
+"""Sentiment: offline default backends, Hugging Face plumbing (tiny random BERT), inputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import sentiment_analysis
+from utils.sentiment import (
+    DEFAULT_NEUTRAL_MARGIN,
+    HFSentiment,
+    SentimentInputError,
+    SentimentModel,
+    SentimentModelError,
+    SentimentResult,
+    TextItem,
+    analyze_sentiment,
+    contains_cjk,
+    label_from_score,
+    label_polarities,
+    load_sentiment_inputs,
+    load_sentiment_model,
+)
+
+CLEAR_ZH_POSITIVE = [
+    "这家餐厅的菜太好吃了，服务也很热情",
+    "这部电影非常精彩，我很喜欢",
+    "老师讲得很清楚，我学到了很多东西",
+    "酒店房间干净整洁，环境很舒服",
+    "孩子考上了理想的大学，全家都很高兴",
+]
+CLEAR_ZH_NEGATIVE = [
+    "质量太差了，用了两天就坏了，非常失望",
+    "这家店的服务态度很恶劣，再也不来了",
+    "等了一个小时还没上菜，太让人生气了",
+    "房间又脏又乱，隔音也很差",
+    "这个软件老是闪退，根本没法用",
+]
+CLEAR_EN_POSITIVE = ["I love this restaurant, the food is amazing!", "Great service and friendly staff."]
+CLEAR_EN_NEGATIVE = ["The product broke after two days. Very disappointed.", "I hate waiting in long lines."]
+
+# Written for the accuracy measurement only, after the backend was chosen (not used to choose it).
+LABELLED_ZH = [
+    ("这个周末过得特别充实，很开心", "positive"),
+    ("这款耳机音质很好，戴着也舒服", "positive"),
+    ("同事们都很照顾我，我很感激", "positive"),
+    ("这次合作非常成功，客户很满意", "positive"),
+    ("今天的晚饭很丰盛，大家吃得很开心", "positive"),
+    ("这个公园很漂亮，适合散步", "positive"),
+    ("他的进步很大，老师表扬了他", "positive"),
+    ("新家装修得很温馨，我很喜欢", "positive"),
+    ("演出非常成功，观众反响热烈", "positive"),
+    ("这个软件很好用，界面也很简洁", "positive"),
+    ("这家店的东西又贵又不好吃", "negative"),
+    ("天气太热了，热得让人难受", "negative"),
+    ("他把我的东西弄坏了，还不道歉", "negative"),
+    ("排队排了半天，结果卖完了，白跑一趟", "negative"),
+    ("这个老师讲课太枯燥了，听不下去", "negative"),
+    ("我的电脑中病毒了，文件全没了", "negative"),
+    ("快递丢了，客服也不管，太气人了", "negative"),
+    ("今天被领导批评了，心情很差", "negative"),
+    ("这个酒店的床很硬，一晚上都没睡好", "negative"),
+    ("孩子生病了，我非常担心", "negative"),
+]
+LABELLED_EN = [
+    ("The staff were helpful and the room was lovely.", "positive"),
+    ("I really enjoyed the concert last night.", "positive"),
+    ("Thanks so much, this is exactly what I needed.", "positive"),
+    ("The new update makes the app fast and easy to use.", "positive"),
+    ("We had a fantastic time on our trip.", "positive"),
+    ("The service was slow and the waiter was rude.", "negative"),
+    ("I'm really upset that my order arrived broken.", "negative"),
+    ("This was a complete waste of time.", "negative"),
+    ("The battery life is awful and it overheats.", "negative"),
+    ("I feel sad and lonely today.", "negative"),
+]
+
+TRANSCRIPT = {
+    "text": "这部电影非常精彩，我很喜欢。等了一个小时还没上菜，太让人生气了。",
+    "segments": [
+        {"start": 0.0, "end": 2.4, "text": "这部电影非常精彩，我很喜欢。"},
+        {"start": 2.4, "end": 5.1, "text": "等了一个小时还没上菜，太让人生气了。"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_sentiment_model()
+
+
+def _tiny_bert(folder: Path, id2label: dict[int, str]) -> Path:
+    """A tiny random BertForSequenceClassification with a character vocabulary, saved to ``folder``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(set("".join(CLEAR_ZH_POSITIVE + CLEAR_ZH_NEGATIVE)) - set("，。"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "，", "。", *chars, "good", "bad", "food"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, initializer_range=0.5,
+                        id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("tiny_sentiment"), {0: "negative", 1: "positive"})
+
+
+# ---------------------------------------------------------------- offline default backends
+
+
+def test_default_backend_classifies_clear_chinese_sentences(default_model):
+    results = default_model.predict(CLEAR_ZH_POSITIVE + CLEAR_ZH_NEGATIVE)
+    labels = [r.label for r in results]
+    assert labels == ["positive"] * len(CLEAR_ZH_POSITIVE) + ["negative"] * len(CLEAR_ZH_NEGATIVE)
+    assert all(isinstance(r, SentimentResult) and 0.0 <= r.score <= 1.0 for r in results)
+
+
+def test_default_backend_classifies_clear_english_sentences(default_model):
+    results = default_model.predict(CLEAR_EN_POSITIVE + CLEAR_EN_NEGATIVE)
+    assert [r.label for r in results] == ["positive", "positive", "negative", "negative"]
+
+
+def test_default_backend_accuracy_on_labelled_set(default_model):
+    """Measured: Chinese 16/20 (snownlp: 9/10 positive, 7/10 negative), English 10/10 (VADER)."""
+    for data, minimum in ((LABELLED_ZH, 0.75), (LABELLED_EN, 0.9)):
+        results = default_model.predict([t for t, _ in data])
+        accuracy = sum(r.label == want for r, (_, want) in zip(results, data, strict=True)) / len(data)
+        assert accuracy >= minimum, (accuracy, [(t, r) for (t, _), r in zip(data, results, strict=True)])
+
+
+def test_router_sends_each_text_to_its_language_backend(default_model):
+    mixed = ["I love this restaurant, the food is amazing!", "质量太差了，用了两天就坏了，非常失望"]
+    routed = default_model.predict(mixed)
+    assert routed[0] == load_sentiment_model("vader").predict(mixed[:1])[0]
+    assert routed[1] == load_sentiment_model("snownlp").predict(mixed[1:])[0]
+    # Forced English: VADER has no opinion on Chinese.
+    forced = load_sentiment_model(language="en").predict(mixed[1:])
+    assert forced == [SentimentResult("neutral", 0.5)]
+    assert contains_cjk("hello 你好") and not contains_cjk("hello, world")
+
+
+def test_empty_texts_are_neutral_without_a_model_call(default_model):
+    assert default_model.predict([]) == []
+    assert default_model.predict(["", "   "]) == [SentimentResult("neutral", 0.5)] * 2
+    with pytest.raises(TypeError, match="list of texts"):
+        default_model.predict("好")
+
+
+def test_label_from_score_neutral_band():
+    assert label_from_score(0.56, 0.05) == "positive"
+    assert label_from_score(0.55, 0.05) == "neutral"
+    assert label_from_score(0.45, 0.05) == "neutral"
+    assert label_from_score(0.44, 0.05) == "negative"
+    assert label_from_score(0.51, 0.0) == "positive"
+    assert label_from_score(0.7, 0.3) == "neutral"
+    with pytest.raises(ValueError, match="neutral_margin"):
+        load_sentiment_model("vader", neutral_margin=0.5)
+
+
+# ---------------------------------------------------------------- Hugging Face plumbing
+
+
+@pytest.mark.parametrize(
+    ("id2label", "expected"),
+    [
+        ({0: "negative", 1: "positive"}, [0.0, 1.0]),
+        ({0: "POSITIVE", 1: "NEGATIVE"}, [1.0, 0.0]),
+        ({0: "negative (stars 1, 2 and 3)", 1: "positive (stars 4 and 5)"}, [0.0, 1.0]),
+        ({0: "LABEL_0", 1: "LABEL_1"}, [0.0, 1.0]),
+        ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, [0.0, 0.5, 1.0]),
+        ({0: "neg", 1: "neu", 2: "pos"}, [0.0, 0.5, 1.0]),
+        ({0: "消极", 1: "中性", 2: "积极"}, [0.0, 0.5, 1.0]),
+        ({0: "负面", 1: "正面"}, [0.0, 1.0]),
+        ({i: f"{i + 1} star{'s' if i else ''}" for i in range(5)}, [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ({i: f"star {i + 1}" for i in range(5)}, [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ({0: "Very Negative", 1: "Negative", 2: "Neutral", 3: "Positive", 4: "Very Positive"},
+         [0.0, 0.25, 0.5, 0.75, 1.0]),
+    ],
+)
+def test_label_polarities_normalises_label_names(id2label, expected):
+    assert label_polarities(id2label) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "id2label",
+    [{0: "sports", 1: "politics"}, {i: f"LABEL_{i}" for i in range(4)}, {0: "positive"}, {0: "1 star", 1: "1 star"}],
+)
+def test_label_polarities_rejects_unknown_labels(id2label):
+    with pytest.raises(SentimentModelError, match=r"my-model: cannot map labels .*config.json id2label"):
+        label_polarities(id2label, "my-model")
+
+
+def test_hf_model_scores_are_positive_class_probability(tiny_hf_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = CLEAR_ZH_POSITIVE + CLEAR_ZH_NEGATIVE + ["good food", "bad"]
+    model = load_sentiment_model(str(tiny_hf_dir), device="cpu", batch_size=3)
+    assert isinstance(model, HFSentiment) and model.name == str(tiny_hf_dir)
+    results = model.predict(texts)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    reference = AutoModelForSequenceClassification.from_pretrained(tiny_hf_dir).eval()
+    expected = []
+    for text in texts:  # one text at a time: no padding involved
+        with torch.inference_mode():
+            expected.append(reference(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0, 1].item())
+    assert [r.score for r in results] == pytest.approx(expected, abs=1e-5)
+    assert [r.label for r in results] == [label_from_score(s, DEFAULT_NEUTRAL_MARGIN) for s in expected]
+    assert max(expected) - min(expected) > 1e-3, "the scores should depend on the text"
+
+
+def test_hf_model_label_order_comes_from_id2label(tiny_hf_dir, tmp_path):
+    flipped = _tiny_bert(tmp_path / "flipped", {0: "positive", 1: "negative"})
+    texts = ["good food", "质量太差了", "这部电影非常精彩"]
+    straight = load_sentiment_model(str(tiny_hf_dir), device="cpu").predict(texts)
+    reversed_ = load_sentiment_model(str(flipped), device="cpu").predict(texts)
+    # Same weights (same seed), labels swapped: positivity becomes 1 - positivity.
+    assert [r.score for r in reversed_] == pytest.approx([1 - r.score for r in straight], abs=1e-5)
+
+
+def test_hf_model_errors_name_the_model(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(SentimentModelError, match=rf"{missing}: cannot load a text-classification model"):
+        load_sentiment_model(str(missing), local_files_only=True)
+    odd = _tiny_bert(tmp_path / "topics", {0: "sports", 1: "politics"})
+    with pytest.raises(SentimentModelError, match="cannot map labels"):
+        load_sentiment_model(str(odd), device="cpu")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_load_inputs_txt_one_text_per_non_empty_line(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("第一句话\n\n  second line  \n", encoding="utf-8")
+    inputs = load_sentiment_inputs(path)
+    assert inputs.items == [TextItem("第一句话"), TextItem("second line")]
+    assert inputs.full_text is None
+
+
+def test_load_inputs_transcript_json(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
+    inputs = load_sentiment_inputs(path)
+    assert inputs.full_text == TRANSCRIPT["text"]
+    assert inputs.items[1] == TextItem("等了一个小时还没上菜，太让人生气了。", 2.4, 5.1)
+
+    path.write_text(json.dumps({"text": "只有全文"}, ensure_ascii=False), encoding="utf-8")
+    inputs = load_sentiment_inputs(path)
+    assert inputs.items == [TextItem("只有全文")] and inputs.full_text is None
+
+
+def test_load_inputs_jsonlines_manifest_skips_no_speech(tmp_path):
+    lines = [{"audio": {"path": "a.wav"}, "sentence": "今天很开心"}, {"audio": {"path": "b.wav"}, "sentence": ""},
+             {"audio": {"path": "c.wav"}, "sentence": "太差了"}]
+    for name in ("m.json", "m.jsonl"):
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+        assert [it.text for it in load_sentiment_inputs(path).items] == ["今天很开心", "太差了"]
+
+
+def test_analyze_sentiment_batches_segments_and_full_text(tmp_path):
+    class CountingModel(SentimentModel):
+        name = "counting"
+
+        def __init__(self) -> None:
+            super().__init__(DEFAULT_NEUTRAL_MARGIN)
+            self.calls: list[list[str]] = []
+
+        def positivity(self, texts):
+            self.calls.append(list(texts))
+            return [0.9 if "精彩" in t else 0.1 for t in texts]
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
+    model = CountingModel()
+    report = analyze_sentiment(model, load_sentiment_inputs(path))
+    assert len(model.calls) == 1 and len(model.calls[0]) == 3  # two segments + full text, one call
+    assert [r["label"] for r in report["results"]] == ["positive", "negative"]
+    assert report["results"][0]["start"] == 0.0 and report["results"][1]["end"] == 5.1
+    assert report["overall"] == {"label": "positive", "score": 0.9, "basis": "full_text",
+                                 "counts": {"positive": 1, "neutral": 0, "negative": 1}}
+
+
+# ---------------------------------------------------------------- script end to end
+
+
+def test_main_writes_json_report(tmp_path):
+    src = tmp_path / "transcript.json"
+    src.write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "out" / "sentiment.json"
+    rc = sentiment_analysis.main(["--input", str(src), "--output_format", "json", "--output", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert set(report) == {"model", "neutral_margin", "results", "overall"}
+    assert report["model"].startswith("auto")
+    assert [(r["label"], r["start"], r["end"]) for r in report["results"]] == [("positive", 0.0, 2.4),
+                                                                               ("negative", 2.4, 5.1)]
+    assert all(set(r) == {"text", "label", "score", "start", "end"} for r in report["results"])
+    assert report["overall"]["basis"] == "full_text"
+    assert sum(report["overall"]["counts"].values()) == 2
+    assert list(out.parent.iterdir()) == [out]  # no temp file left behind
+
+
+def test_main_prints_text_lines(capsys, tmp_path):
+    argv = ["--text", CLEAR_ZH_POSITIVE[0], "--text", CLEAR_EN_NEGATIVE[0]]
+    assert sentiment_analysis.main(argv) == 0
+    printed = capsys.readouterr().out
+    lines = printed.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("positive ") and lines[0].endswith(CLEAR_ZH_POSITIVE[0])
+    assert lines[1].startswith("negative ") and lines[1].endswith(CLEAR_EN_NEGATIVE[0])
+    assert lines[2].startswith("overall: ")
+    out = tmp_path / "sentiment.txt"
+    assert sentiment_analysis.main([*argv, "--output", str(out)]) == 0
+    assert capsys.readouterr().out == ""
+    assert out.read_text(encoding="utf-8") == printed
+
+
+def test_main_with_hf_model_folder(tiny_hf_dir, tmp_path):
+    src = tmp_path / "lines.txt"
+    src.write_text("good food\n质量太差了\n", encoding="utf-8")
+    out = tmp_path / "hf.json"
+    rc = sentiment_analysis.main(["--input", str(src), "--model", str(tiny_hf_dir), "--device", "cpu",
+                                  "--output_format", "json", "--output", str(out), "--neutral_margin", "0"])
+    assert rc == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["model"] == str(tiny_hf_dir) and report["neutral_margin"] == 0.0
+    assert [r["text"] for r in report["results"]] == ["good food", "质量太差了"]
+    assert report["overall"]["basis"] == "mean"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.txt", None, r"missing\.txt: no such file"),
+        ("empty.txt", "\n  \n", r"empty\.txt: file is empty"),
+        ("bad.json", '{"text": "好",\n "segments": [}', r"bad\.json:2: invalid JSON"),
+        ("bad.jsonl", '{"sentence": "好"}\n{"sentence": \n', r"bad\.jsonl:2: invalid JSON"),
+        ("manifest.json", '{"sentence": "好"}\n{"audio": {"path": "a.wav"}}\n',
+         r"manifest\.json:2: 'sentence' missing \(keys: audio\)"),
+        ("notes.csv", "a,b\n", r"notes\.csv: unknown extension '\.csv'"),
+        ("list.json", '["好"]', r"list\.json: expected a transcript object"),
+        ("silent.json", '{"text": "", "segments": []}', r"silent\.json: no text to classify"),
+        ("seg.json", '{"text": "好", "segments": [{"start": 0, "end": 1}]}',
+         r"seg\.json: segments\[0\]: 'text' missing"),
+    ],
+)
+def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, name, content, message):
+    src = tmp_path / name
+    if content is not None:
+        src.write_text(content, encoding="utf-8")
+    out = tmp_path / "out.json"
+    rc = sentiment_analysis.main(["--input", str(src), "--output_format", "json", "--output", str(out)])
+    assert rc == 2
+    assert not out.exists()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len([line for line in captured.err.splitlines() if "ERROR" in line]) == 1
+    assert re.search(message, captured.err), captured.err
+    with pytest.raises(SentimentInputError):
+        load_sentiment_inputs(src)
+
+
+def test_main_model_error_exits_1(tmp_path, capsys):
+    rc = sentiment_analysis.main(["--text", "好", "--model", str(tmp_path / "nope"), "--local_files_only=True"])
+    assert rc == 1
+    assert "cannot load a text-classification model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--text", "好", "--neutral_margin", "0.5"],
+        ["--text", "好", "--input", "x.txt"],
+        [],
+        ["--text", "  "],
+        ["--text", "好", "--language", "fr"],
+        ["--text", "好", "--local_files_only=maybe"],
+    ],
+)
+def test_main_rejects_bad_flags(argv):
+    with pytest.raises(SystemExit) as exc:
+        sentiment_analysis.main(argv)
+    assert exc.value.code == 2

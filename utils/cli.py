@@ -64,12 +64,11 @@ def setup_logging(verbose: bool = False) -> None:
     Level comes from ``verbose`` or the ``LOG_LEVEL`` environment variable (INFO by default).
     """
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+    root = logging.getLogger()
+    if not root.handlers:  # keep handlers someone installed (pytest's capture, an embedding app)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(level)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,628 @@
+"""Turn the AISHELL-1 corpus (openslr resource 33, data_aishell.tgz) into train/dev/test manifests.
+
+    python aishell.py --filepath=/home/test/data_aishell.tgz
+
+The archive holds ``data_aishell/transcript/aishell_transcript_v0.8.txt`` (``ID word word ...`` per line)
+and one nested archive per speaker, ``data_aishell/wav/S0002.tar.gz``, holding
+``wav/{train,dev,test}/S0002/BAC009S0002W0122.wav``. Audio is unpacked to
+``<target_dir>/data_aishell/wav/<split>/<speaker>/``; the archive itself is only ever read.
+
+Re-running is cheap: a marker file per speaker (with the durations of its wavs) is written after the
+speaker is completely unpacked, and one for the whole archive at the end, so finished work is skipped.
+Manifests are written to a temporary file and renamed, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import gzip
+import hashlib
+import http.client
+import io
+import json
+import logging
+import multiprocessing
+import os
+import posixpath
+import re
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import wave
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+from tqdm import tqdm
+
+from utils.audio import AudioLoadError, audio_duration
+from utils.cli import make_parser, setup_logging
+from utils.data import relative_audio_path
+from utils.io import atomic_open, write_json_atomic, write_jsonlines_atomic
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_URLS = (
+    "https://www.openslr.org/resources/33/data_aishell.tgz",
+    "https://openslr.elda.org/resources/33/data_aishell.tgz",  # mirror
+)
+ARCHIVE_MD5 = "2f494334227864a8a8fec932999db9d8"
+ARCHIVE_NAME = "data_aishell.tgz"
+DATA_DIR_NAME = "data_aishell"
+TRANSCRIPT_MEMBER = "data_aishell/transcript/aishell_transcript_v0.8.txt"
+TRANSCRIPT_PATH = "transcript/aishell_transcript_v0.8.txt"  # relative to <target_dir>/data_aishell
+SPLITS = ("train", "dev", "test")
+LANGUAGE = "Chinese"
+MARKER_DIR = ".aishell_unpacked"  # under <target_dir>/data_aishell: one <speaker>.json each + ARCHIVE_MARKER
+ARCHIVE_MARKER = "_archive.json"
+
+_SPEAKER_MEMBER_RE = re.compile(r"^data_aishell/wav/([^/]+)\.tar\.gz$")
+_WAV_MEMBER_RE = re.compile(r"^wav/([^/]+)/([^/]+)/([^/]+)\.wav$")  # wav/<split>/<speaker>/<utterance>.wav
+_READ_BUFFER = 1 << 20  # bytes; tarfile's stream default (16 KiB) makes reading a 15 GB archive slow
+_EXTRACT_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+class AishellError(RuntimeError):
+    """Preparing AISHELL failed; the message names the file and what to do."""
+
+
+class DownloadError(AishellError):
+    """The archive could not be downloaded, or its checksum is wrong."""
+
+
+class CorruptArchiveError(AishellError):
+    """The archive (or a speaker archive inside it) is missing, truncated or not a tar archive."""
+
+
+class UnsafeArchiveError(AishellError):
+    """An archive member would be written outside the target folder (absolute path, '..', outside link)."""
+
+
+class MissingTranscriptError(AishellError):
+    """The archive has no transcript file."""
+
+
+@dataclass
+class PrepareSummary:
+    """What ``prepare_aishell`` wrote and skipped."""
+
+    manifests: dict[str, Path] = field(default_factory=dict)
+    utterances: dict[str, int] = field(default_factory=dict)
+    hours: dict[str, float] = field(default_factory=dict)
+    wavs_without_transcript: int = 0
+    transcripts_without_wav: int = 0
+    speakers_unpacked: int = 0  # speakers unpacked by this run (0 when everything was already unpacked)
+
+
+# --------------------------------------------------------------------------------------------------
+# Download
+
+
+def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    """Hex md5 of a file, read in ``chunk_size`` byte pieces."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes 100-199/1000`` → (100, 1000); ``bytes */1000`` → (None, 1000); unknown parts are None."""
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return start, total
+
+
+def _fetch(url: str, part: Path, *, timeout: float, chunk_size: int, progress: bool) -> None:
+    """Download ``url`` into ``part``, continuing after the bytes already in it (HTTP Range)."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "whisper-finetune-aishell/1.0"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # nothing left after `offset`: complete already, or a stale .part
+            _, total = _parse_content_range(e.headers.get("Content-Range"))
+            if total == offset:
+                return
+            logger.warning("%s: server refused to resume at byte %d; starting over", url, offset)
+            part.unlink()
+        raise
+    with resp:
+        start, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if resp.status == 206:
+            if start != offset:
+                part.unlink(missing_ok=True)
+                raise http.client.HTTPException(f"asked for bytes from {offset}, got bytes from {start}; starting over")
+            mode = "ab"
+        else:
+            if offset:
+                logger.warning("%s: server ignored the resume request; downloading from the start", url)
+            offset, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        logger.info("downloading %s → %s%s", url, part, f" (resuming at byte {offset})" if offset else "")
+        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                                         desc=part.name, disable=not progress) as bar:
+            while chunk := resp.read(chunk_size):
+                f.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise http.client.IncompleteRead(b"", total - size)
+
+
+def download_archive(
+    dest: str | os.PathLike,
+    urls: Sequence[str] = DOWNLOAD_URLS,
+    md5: str | None = ARCHIVE_MD5,
+    *,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    progress: bool = True,
+) -> Path:
+    """Download the archive to ``dest`` with resume and checksum; returns ``dest``.
+
+    Bytes go to ``dest + ".part"`` first; an interrupted download (this run or an earlier one) continues
+    from where it stopped with an HTTP Range request. ``urls`` are tried in order (official, then mirror);
+    a URL is given up after ``retries`` failures in a row that brought no new bytes, waiting
+    ``retry_wait`` seconds after the first and twice as long after each next one. When complete, the
+    md5 is checked and the file renamed to ``dest``.
+    An existing ``dest`` with the right md5 is reused.
+
+    Raises:
+        DownloadError: every URL failed, or the md5 does not match (the bad ``.part`` is then removed).
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        got = file_md5(dest) if md5 else None
+        if got == (md5.lower() if md5 else None):
+            logger.info("%s already downloaded", dest)
+            return dest
+        raise DownloadError(f"{dest}: exists but its md5 is {got}, expected {md5}; "
+                            "delete it and run again, or pass a good copy with --filepath")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    errors: list[str] = []
+    for url in urls:
+        failures = 0  # in a row without progress; a dropped connection that delivered bytes does not count
+        while failures < retries:
+            before = part.stat().st_size if part.exists() else 0
+            try:
+                _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
+            except urllib.error.HTTPError as e:
+                errors.append(f"{url}: HTTP {e.code} {e.reason}")
+                logger.warning("download failed: %s", errors[-1])
+                if e.code in (401, 403, 404, 410):  # permanent: try the next URL
+                    break
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+                logger.warning("download interrupted: %s", errors[-1])
+            else:
+                return _finish_download(part, dest, md5)
+            grew = part.exists() and part.stat().st_size > before
+            failures = 0 if grew else failures + 1
+            time.sleep(0 if grew else retry_wait * 2 ** (failures - 1))
+    raise DownloadError(f"cannot download {dest.name} ({'; '.join(errors)}). Download it with another tool "
+                        f"and pass it with --filepath; the partial download {part} (if any) is resumed next time")
+
+
+def _finish_download(part: Path, dest: Path, md5: str | None) -> Path:
+    if md5:
+        logger.info("checking the md5 of %s", part)
+        got = file_md5(part)
+        if got != md5.lower():
+            part.unlink()
+            raise DownloadError(f"{part}: md5 {got} does not match the expected {md5}; the corrupt download "
+                                "was removed, run again to download it afresh")
+    os.replace(part, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------
+# Safe extraction
+
+
+def _member_path(member: tarfile.TarInfo, label: str) -> str:
+    """The member's normalised relative path; refuses absolute paths, '..' and links leaving the target."""
+    name = member.name
+    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive or os.path.isabs(name):
+        raise UnsafeArchiveError(f"{label}: member {name!r} has an absolute path; refusing to unpack this archive")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise UnsafeArchiveError(f"{label}: member {name!r} contains '..'; refusing to unpack this archive")
+    path = posixpath.normpath(name.replace("\\", "/"))
+    if member.issym() or member.islnk():
+        link = member.linkname.replace("\\", "/")
+        # a symlink is relative to its own folder, a hard link to the archive root
+        base = posixpath.dirname(path) if member.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, link))
+        if link.startswith("/") or PureWindowsPath(link).drive or target == ".." or target.startswith("../"):
+            raise UnsafeArchiveError(f"{label}: member {name!r} is a link to {member.linkname!r}, outside the "
+                                     "target folder; refusing to unpack this archive")
+    elif not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"{label}: member {name!r} is a device or fifo; refusing to unpack this archive")
+    return path
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, label: str) -> None:
+    try:
+        tar.extract(member, dest, **_EXTRACT_FILTER)
+    except tarfile.FilterError as e:  # the data filter's own checks (e.g. a path through a symlink)
+        raise UnsafeArchiveError(
+            f"{label}: member {member.name!r} refused ({e}); refusing to unpack this archive") from e
+
+
+def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> float:
+    """Duration in seconds from the member's wav header; libsndfile on the unpacked ``path`` if not PCM."""
+    try:
+        with tar.extractfile(member) as f, wave.open(f) as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError):
+        return audio_duration(path)
+
+
+def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
+    """Unpack one speaker archive (its gzip-compressed bytes) under ``data_dir``.
+
+    Returns:
+        {wav path relative to data_dir: duration in seconds from the wav header}.
+    """
+    durations: dict[str, float] = {}
+    try:
+        # decompressed in memory (~50 MB for an AISHELL speaker), so reading a header costs no re-decompression
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r:") as tar:
+            for member in tar:
+                path = _member_path(member, label)
+                _extract_member(tar, member, data_dir, label)
+                if member.isfile() and path.endswith(".wav"):
+                    durations[path] = _wav_duration(tar, member, os.path.join(data_dir, path))
+    except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorruptArchiveError(f"{label}: corrupt speaker archive ({e}); re-download {ARCHIVE_NAME}") from e
+    except AudioLoadError as e:
+        raise CorruptArchiveError(f"{label}: {e}") from e
+    return durations
+
+
+# --------------------------------------------------------------------------------------------------
+# Unpacking with markers
+
+
+def _marker_dir(target_dir: Path) -> Path:
+    return target_dir / DATA_DIR_NAME / MARKER_DIR
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _speaker_marker(target_dir: Path, speaker: str, size: int) -> dict[str, Any] | None:
+    """The speaker's marker if it was completely unpacked from a member of ``size`` bytes."""
+    marker = _read_json(_marker_dir(target_dir) / f"{speaker}.json")
+    if marker is None or marker.get("size") != size or not isinstance(marker.get("wavs"), dict):
+        return None
+    return marker
+
+
+def is_unpacked(target_dir: str | os.PathLike, archive: str | os.PathLike | None = None) -> bool:
+    """True when an earlier run unpacked everything (from an archive of the same size as ``archive``)."""
+    target_dir = Path(target_dir)
+    done = _read_json(_marker_dir(target_dir) / ARCHIVE_MARKER)
+    if done is None or not isinstance(done.get("speakers"), dict):
+        return False
+    if archive is not None and done.get("archive_size") != os.path.getsize(archive):
+        return False
+    if not (target_dir / DATA_DIR_NAME / TRANSCRIPT_PATH).is_file():
+        return False
+    return all(_speaker_marker(target_dir, spk, size) is not None for spk, size in done["speakers"].items())
+
+
+def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *, num_workers: int = 1,
+                   progress: bool = True) -> int:
+    """Unpack the transcript and every speaker archive under ``<target_dir>/data_aishell``.
+
+    The outer archive is read once, as a stream (it is never written to). Speakers whose marker says
+    they are already unpacked are skipped; the others are unpacked by ``num_workers`` processes.
+
+    Returns:
+        The number of speakers unpacked by this call.
+
+    Raises:
+        CorruptArchiveError, UnsafeArchiveError, MissingTranscriptError.
+    """
+    archive, target_dir = Path(archive), Path(target_dir)
+    label = str(archive)
+    if not archive.is_file():
+        raise CorruptArchiveError(f"{archive}: archive not found; pass the downloaded {ARCHIVE_NAME} with "
+                                  "--filepath, or leave --filepath out to download it")
+    data_dir = target_dir / DATA_DIR_NAME
+    marker_dir = _marker_dir(target_dir)
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    speakers: dict[str, int] = {}  # speaker -> size of its member
+    unpacked = 0
+    found_transcript = False
+    executor = (cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+                if num_workers > 1 else None)
+    pending: dict[cf.Future, tuple[str, str, int]] = {}
+
+    def mark_done(speaker: str, member_name: str, size: int, wavs: dict[str, float]) -> None:
+        nonlocal unpacked
+        write_json_atomic(marker_dir / f"{speaker}.json", {"member": member_name, "size": size, "wavs": wavs},
+                          indent=None)
+        unpacked += 1
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                mark_done(*pending.pop(fut), fut.result())
+
+    logger.info("unpacking %s into %s (%d workers)", archive, data_dir, max(1, num_workers))
+    try:
+        with open(archive, "rb") as raw, \
+                tqdm.wrapattr(raw, "read", total=archive.stat().st_size, desc=f"unpacking {archive.name}",
+                              disable=not progress) as stream, \
+                tarfile.open(fileobj=stream, mode="r|*", bufsize=_READ_BUFFER) as tar:
+            for member in tar:
+                name = _member_path(member, label)
+                m = _SPEAKER_MEMBER_RE.match(name)
+                if name == TRANSCRIPT_MEMBER and member.isfile():
+                    with tar.extractfile(member) as src, atomic_open(data_dir / TRANSCRIPT_PATH, "wb") as dst:
+                        while chunk := src.read(_READ_BUFFER):
+                            dst.write(chunk)
+                    found_transcript = True
+                elif m and member.isfile():
+                    speaker = m.group(1)
+                    speakers[speaker] = member.size
+                    if _speaker_marker(target_dir, speaker, member.size) is not None:
+                        continue
+                    with tar.extractfile(member) as src:
+                        data = src.read()
+                    speaker_label = f"{label}:{name}"
+                    if executor is None:
+                        mark_done(speaker, name, member.size,
+                                  _unpack_speaker(data, speaker_label, os.fspath(data_dir)))
+                    else:
+                        pending[executor.submit(_unpack_speaker, data, speaker_label, os.fspath(data_dir))] = (
+                            speaker, name, member.size)
+                        drain(2 * num_workers)  # bound the speaker archives held in memory
+            drain(0)
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CorruptArchiveError(f"{archive}: corrupt or truncated archive ({e}); check its md5 "
+                                  f"({ARCHIVE_MD5} for {ARCHIVE_NAME}) and download it again") from e
+    except BrokenProcessPool as e:
+        raise AishellError(f"{archive}: a worker process died while unpacking (out of memory?); run again, "
+                           "with a smaller --num_workers if it happens again") from e
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    if not found_transcript:
+        raise MissingTranscriptError(f"{archive}: has no member {TRANSCRIPT_MEMBER}; is this the AISHELL-1 "
+                                     f"{ARCHIVE_NAME} (openslr resource 33)?")
+    if not speakers:
+        raise CorruptArchiveError(f"{archive}: has no speaker archives data_aishell/wav/*.tar.gz; is this the "
+                                  f"AISHELL-1 {ARCHIVE_NAME} (openslr resource 33)?")
+    write_json_atomic(marker_dir / ARCHIVE_MARKER, {"archive": archive.name, "archive_size": archive.stat().st_size,
+                                                    "speakers": dict(sorted(speakers.items()))})
+    return unpacked
+
+
+def read_unpacked_wavs(target_dir: str | os.PathLike) -> dict[str, float]:
+    """{wav path relative to ``<target_dir>/data_aishell``: duration s} of every unpacked speaker."""
+    target_dir = Path(target_dir)
+    done = _read_json(_marker_dir(target_dir) / ARCHIVE_MARKER)
+    if done is None:
+        raise AishellError(f"{target_dir}: nothing unpacked yet ({MARKER_DIR}/{ARCHIVE_MARKER} missing)")
+    wavs: dict[str, float] = {}
+    for speaker, size in done["speakers"].items():
+        marker = _speaker_marker(target_dir, speaker, size)
+        if marker is None:
+            raise AishellError(f"{_marker_dir(target_dir) / speaker}.json: missing or stale; run aishell.py again")
+        wavs.update(marker["wavs"])
+    return wavs
+
+
+# --------------------------------------------------------------------------------------------------
+# Transcript and manifests
+
+
+def read_transcript(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``ID word word ...`` lines into {utterance id: words joined without spaces}.
+
+    Blank lines are ignored; a line with an id and no words, or a repeated id, is logged and the
+    first good line wins.
+
+    Raises:
+        MissingTranscriptError: the file does not exist or is not UTF-8.
+    """
+    path = os.fspath(path)
+    texts: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                utt, words = fields[0], fields[1:]
+                if not words:
+                    logger.warning("%s:%d: utterance %s has no text; left out", path, lineno, utt)
+                elif utt in texts:
+                    logger.warning("%s:%d: utterance %s repeated; keeping its first line", path, lineno, utt)
+                else:
+                    texts[utt] = "".join(words)
+    except FileNotFoundError as e:
+        raise MissingTranscriptError(f"{path}: transcript file not found; run aishell.py with --filepath "
+                                     "to unpack it again") from e
+    except UnicodeDecodeError as e:
+        raise MissingTranscriptError(f"{path}: not UTF-8 text ({e}); re-download {ARCHIVE_NAME}") from e
+    return texts
+
+
+def build_records(
+    wavs: dict[str, float], transcript: dict[str, str], audio_prefix: str
+) -> tuple[dict[str, list[dict[str, Any]]], list[str], list[str]]:
+    """Match unpacked wavs with transcript lines.
+
+    Args:
+        wavs: {``wav/<split>/<speaker>/<id>.wav``: duration s}.
+        transcript: {utterance id: sentence}.
+        audio_prefix: what to put before each wav path in ``audio.path`` ("" = nothing).
+
+    Returns:
+        ({split: records sorted by wav path, i.e. speaker then utterance}, wavs without transcript,
+        utterance ids without wav).
+    """
+    records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    no_text: list[str] = []
+    matched: set[str] = set()
+    for rel, duration in sorted(wavs.items()):
+        m = _WAV_MEMBER_RE.match(rel)
+        if m is None or m.group(1) not in records:
+            logger.warning("%s: not under wav/{train,dev,test}/<speaker>/; left out", rel)
+            continue
+        split, utt = m.group(1), m.group(3)
+        sentence = transcript.get(utt)
+        if sentence is None:
+            no_text.append(rel)
+            continue
+        matched.add(utt)
+        duration = round(duration, 3)
+        records[split].append({
+            "audio": {"path": f"{audio_prefix}{rel}"},
+            "sentence": sentence,
+            "language": LANGUAGE,
+            "sentences": [{"start": 0, "end": duration, "text": sentence}],
+            "duration": duration,
+        })
+    no_wav = sorted(set(transcript) - matched)
+    return records, no_text, no_wav
+
+
+def _audio_prefix(data_dir: Path, manifest_dir: Path) -> str:
+    """``audio.path`` prefix: relative to the manifest folder when the audio is under it, else absolute."""
+    base = relative_audio_path(data_dir, manifest_dir / "train.json")
+    return "" if base == "." else base.rstrip("/") + "/"
+
+
+def _examples(items: Iterable[str], n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def prepare_aishell(
+    target_dir: str | os.PathLike,
+    annotation_dir: str | os.PathLike,
+    *,
+    archive: str | os.PathLike | None = None,
+    num_workers: int = 1,
+    urls: Sequence[str] = DOWNLOAD_URLS,
+    md5: str | None = ARCHIVE_MD5,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Download (when ``archive`` is None), unpack and write ``train.json``, ``dev.json``, ``test.json``.
+
+    Args:
+        target_dir: audio goes to ``<target_dir>/data_aishell/wav/<split>/<speaker>/``.
+        annotation_dir: folder for the manifests.
+        archive: a local data_aishell.tgz (only read); None downloads to ``<target_dir>/data_aishell.tgz``.
+        num_workers: processes unpacking speaker archives and reading wav headers.
+        urls, md5: download sources, tried in order, and the expected checksum (None = unchecked).
+    """
+    target_dir, annotation_dir = Path(target_dir), Path(annotation_dir)
+    summary = PrepareSummary()
+    if archive is not None and not os.path.isfile(archive):
+        raise CorruptArchiveError(f"{archive}: archive not found; pass the downloaded {ARCHIVE_NAME} with "
+                                  "--filepath, or leave --filepath out to download it")
+    # 1. Get the archive and unpack what is not unpacked yet
+    if is_unpacked(target_dir, archive):
+        logger.info("%s already unpacked (delete %s to unpack again)", target_dir / DATA_DIR_NAME,
+                    _marker_dir(target_dir))
+    else:
+        if archive is None:
+            archive = download_archive(target_dir / ARCHIVE_NAME, urls, md5, progress=progress)
+        summary.speakers_unpacked = unpack_archive(archive, target_dir, num_workers=num_workers, progress=progress)
+    # 2. Match wavs with the transcript
+    data_dir = target_dir / DATA_DIR_NAME
+    transcript = read_transcript(data_dir / TRANSCRIPT_PATH)
+    wavs = read_unpacked_wavs(target_dir)
+    records, no_text, no_wav = build_records(wavs, transcript, _audio_prefix(data_dir, annotation_dir))
+    # 3. Write the manifests atomically
+    for split in SPLITS:
+        path = annotation_dir / f"{split}.json"
+        write_jsonlines_atomic(path, records[split])
+        summary.manifests[split] = path
+        summary.utterances[split] = len(records[split])
+        summary.hours[split] = sum(r["duration"] for r in records[split]) / 3600
+    summary.wavs_without_transcript = len(no_text)
+    summary.transcripts_without_wav = len(no_wav)
+    # 4. Summary
+    for split in SPLITS:
+        logger.info("%-5s %7d utterances %8.2f h → %s", split, summary.utterances[split], summary.hours[split],
+                    summary.manifests[split])
+        if not records[split]:
+            logger.warning("%s: no utterances in the %s split", summary.manifests[split], split)
+    logger.info("skipped %d wavs without a transcript line%s", len(no_text),
+                f" ({_examples(no_text)})" if no_text else "")
+    logger.info("%d transcript lines have no wav%s", len(no_wav), f" ({_examples(no_wav)})" if no_wav else "")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "Prepare AISHELL-1 (openslr 33): download or take data_aishell.tgz, unpack it, write train.json, "
+        "dev.json and test.json. audio.path in the manifests is RELATIVE TO THE MANIFEST'S FOLDER when the "
+        "audio lies under --annotation_text (the manifest reader resolves it against the manifest file's "
+        "folder, so the manifests work from any working directory), and absolute otherwise."
+    )
+    parser.add_argument("--filepath", type=str, default=None,
+                        help=f"local {ARCHIVE_NAME} (only read, never changed); without it the archive is "
+                             f"downloaded (resumable, md5-checked) from {DOWNLOAD_URLS[0]} or the mirror")
+    parser.add_argument("--target_dir", type=str, default="dataset/audio",
+                        help="where the audio is unpacked (<target_dir>/data_aishell/wav/<split>/<speaker>/)")
+    parser.add_argument("--annotation_text", type=str, default="dataset/",
+                        help="folder for train.json, dev.json, test.json; audio.path is relative to this "
+                             "folder when the audio is under it, absolute otherwise")
+    parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes unpacking speaker archives and reading wav durations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_workers < 1:
+        parser.error(f"--num_workers must be at least 1, got {args.num_workers}")
+    setup_logging()
+    try:
+        prepare_aishell(args.target_dir, args.annotation_text, archive=args.filepath, num_workers=args.num_workers,
+                        urls=DOWNLOAD_URLS, md5=ARCHIVE_MD5)
+    except AishellError as e:
+        logger.error("%s", e)
+        return 1
+    except OSError as e:  # e.g. no space left or no permission in --target_dir / --annotation_text
+        logger.error("cannot write the dataset: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""aishell.py: a miniature data_aishell.tgz with the real layout → manifests; safe, idempotent unpacking;
+the resumable, checksummed downloader against a local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import aishell
+from utils.audio import SAMPLE_RATE
+from utils.data import load_manifest
+
+# speaker -> (split, [(utterance id, duration s, transcript words or None = no transcript line)])
+SPEAKERS = {
+    "S0002": ("train", [
+        ("BAC009S0002W0122", 0.512, "而 对 楼市 成交 抑制 作用 最 大 的 限 购"),
+        ("BAC009S0002W0123", 0.733, "也 成为 地方 政府 的 眼中 钉"),
+        ("BAC009S0002W0124", 1.041, "自 六月 底 呼和浩特 市 率先 宣布 取消 限 购 后"),
+    ]),
+    "S0003": ("train", [
+        ("BAC009S0003W0121", 0.3, "他 说"),
+        ("BAC009S0003W0999", 0.25, None),  # a wav without a transcript line
+    ]),
+    "S0724": ("dev", [
+        ("BAC009S0724W0121", 0.6, "广州 市 房地产 中介 协会 分析"),
+        ("BAC009S0724W0122", 0.455, "综合 效应 的 担忧"),
+    ]),
+    "S0764": ("test", [
+        ("BAC009S0764W0121", 0.8, "甚至 出现 交易 几乎 停滞 的 情况"),
+    ]),
+}
+ORPHAN_LINE = "BAC009S0002W0500 这 句 没有 音频"  # a transcript line without a wav
+
+
+def _wav_bytes(duration: float, seed: int) -> bytes:
+    samples = np.random.default_rng(seed).uniform(-0.1, 0.1, round(duration * SAMPLE_RATE)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 1_500_000_000, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    tar.addfile(info)
+
+
+def _add_link(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    tar.addfile(info)
+
+
+def _speaker_tgz(speaker: str, split: str, utts, extra=None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for d in ("wav", f"wav/{split}", f"wav/{split}/{speaker}"):
+            _add_dir(tar, d)
+        for i, (utt, duration, _) in enumerate(utts):
+            _add_bytes(tar, f"wav/{split}/{speaker}/{utt}.wav", _wav_bytes(duration, seed=i))
+        if extra:
+            extra(tar)
+    return buf.getvalue()
+
+
+def build_archive(path: Path, *, transcript: bool = True, nested_extra=None, outer_extra=None,
+                  nested_override: dict[str, bytes] | None = None) -> Path:
+    """A miniature data_aishell.tgz with the real layout (nested speaker .tar.gz, transcript with spaces).
+
+    nested_extra(tar) adds members to S0002's archive; outer_extra(tar) to the outer archive;
+    nested_override replaces a speaker archive's bytes.
+    """
+    lines = [f"{utt} {words}" for _, utts in SPEAKERS.values() for utt, _, words in utts if words is not None]
+    lines.insert(2, ORPHAN_LINE)
+    with tarfile.open(path, "w:gz") as tar:
+        for d in ("data_aishell", "data_aishell/transcript", "data_aishell/wav"):
+            _add_dir(tar, d)
+        if transcript:
+            _add_bytes(tar, aishell.TRANSCRIPT_MEMBER, ("\n".join(lines) + "\n").encode("utf-8"))
+        for speaker, (split, utts) in SPEAKERS.items():
+            data = (nested_override or {}).get(speaker) or _speaker_tgz(
+                speaker, split, utts, nested_extra if speaker == "S0002" else None)
+            _add_bytes(tar, f"data_aishell/wav/{speaker}.tar.gz", data)
+        if outer_extra:
+            outer_extra(tar)
+    return path
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return build_archive(tmp_path_factory.mktemp("aishell-archive") / "data_aishell.tgz")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """main() reconfigures the root logger (force=True); put pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _run(tmp_path: Path, archive: Path, *extra: str) -> int:
+    return aishell.main([f"--filepath={archive}", f"--target_dir={tmp_path / 'dataset' / 'audio'}",
+                         f"--annotation_text={tmp_path / 'dataset'}", "--num_workers=1", *extra])
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_main_writes_manifests(tmp_path, archive, capsys, monkeypatch):
+    before = (_sha256(archive), archive.stat().st_mtime_ns, archive.stat().st_size)
+    assert _run(tmp_path, archive) == 0
+    assert (_sha256(archive), archive.stat().st_mtime_ns, archive.stat().st_size) == before  # archive untouched
+
+    dataset = tmp_path / "dataset"
+    expected = {split: [] for split in aishell.SPLITS}
+    for speaker, (split, utts) in SPEAKERS.items():
+        expected[split] += [(speaker, utt, dur, words) for utt, dur, words in utts if words is not None]
+    for split in aishell.SPLITS:
+        records = _read_manifest(dataset / f"{split}.json")
+        want = sorted(expected[split], key=lambda e: e[1])
+        assert [Path(r["audio"]["path"]).stem for r in records] == [e[1] for e in want]
+        for rec, (speaker, utt, dur, words) in zip(records, want):
+            assert set(rec) == {"audio", "sentence", "language", "sentences", "duration"}
+            assert rec["audio"]["path"] == f"audio/data_aishell/wav/{split}/{speaker}/{utt}.wav"  # split by speaker
+            assert rec["sentence"] == words.replace(" ", "")
+            assert rec["language"] == "Chinese"
+            assert rec["duration"] == pytest.approx(dur, abs=0.01)
+            assert rec["duration"] == round(rec["duration"], 3)
+            assert rec["sentences"] == [{"start": 0, "end": rec["duration"], "text": rec["sentence"]}]
+    assert _read_manifest(dataset / "train.json")[0]["sentence"] == "而对楼市成交抑制作用最大的限购"
+
+    err = capsys.readouterr().err
+    assert re.search(r"train\s+4 utterances", err) and re.search(r"dev\s+2 utterances", err)
+    assert re.search(r"test\s+1 utterances", err)
+    assert "skipped 1 wavs without a transcript line (wav/train/S0003/BAC009S0003W0999.wav)" in err
+    assert "1 transcript lines have no wav (BAC009S0002W0500)" in err
+
+    # relative paths resolve against the manifest's folder from any working directory
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for split in aishell.SPLITS:
+        for rec in _read_manifest(dataset / f"{split}.json"):
+            assert not os.path.isabs(rec["audio"]["path"])
+            assert (dataset / rec["audio"]["path"]).is_file()
+        manifest = load_manifest(dataset / f"{split}.json", check_audio=True, show_progress=False)
+        assert all(Path(r.audio_path).is_file() for r in manifest)
+
+
+def test_paths_absolute_when_audio_outside_manifest_folder(tmp_path, archive):
+    audio, manifests = tmp_path / "audio", tmp_path / "manifests"
+    summary = aishell.prepare_aishell(audio, manifests, archive=archive, progress=False)
+    assert summary.utterances == {"train": 4, "dev": 2, "test": 1}
+    assert summary.wavs_without_transcript == 1 and summary.transcripts_without_wav == 1
+    assert summary.hours["dev"] == pytest.approx((0.6 + 0.455) / 3600, abs=1e-5)
+    for rec in _read_manifest(manifests / "dev.json"):
+        assert os.path.isabs(rec["audio"]["path"]) and Path(rec["audio"]["path"]).is_file()
+        assert Path(rec["audio"]["path"]).is_relative_to(audio.resolve())
+
+
+def test_rerun_does_not_unpack_again(tmp_path, archive, monkeypatch):
+    calls = []
+    real = aishell._unpack_speaker
+    monkeypatch.setattr(aishell, "_unpack_speaker", lambda *a: calls.append(a[1]) or real(*a))
+    assert _run(tmp_path, archive) == 0
+    assert len(calls) == len(SPEAKERS)
+    wavs = sorted((tmp_path / "dataset/audio/data_aishell/wav").rglob("*.wav"))
+    ctimes = [w.stat().st_ctime_ns for w in wavs]
+    manifests = {s: (tmp_path / f"dataset/{s}.json").read_bytes() for s in aishell.SPLITS}
+
+    calls.clear()
+    assert _run(tmp_path, archive) == 0
+    assert calls == []
+    assert [w.stat().st_ctime_ns for w in wavs] == ctimes
+    assert {s: (tmp_path / f"dataset/{s}.json").read_bytes() for s in aishell.SPLITS} == manifests
+
+    # a crash while S0724 was unpacking: its marker and the archive marker are missing → only S0724 again
+    markers = tmp_path / "dataset/audio/data_aishell" / aishell.MARKER_DIR
+    (markers / "S0724.json").unlink()
+    (markers / aishell.ARCHIVE_MARKER).unlink()
+    assert _run(tmp_path, archive) == 0
+    assert calls == [f"{archive}:data_aishell/wav/S0724.tar.gz"]
+    assert {s: (tmp_path / f"dataset/{s}.json").read_bytes() for s in aishell.SPLITS} == manifests
+
+
+def test_parallel_workers_give_the_same_manifests(tmp_path, archive):
+    one = aishell.prepare_aishell(tmp_path / "a/audio", tmp_path / "a", archive=archive, num_workers=1,
+                                  progress=False)
+    two = aishell.prepare_aishell(tmp_path / "b/audio", tmp_path / "b", archive=archive, num_workers=2,
+                                  progress=False)
+    assert two.speakers_unpacked == len(SPEAKERS)
+    for split in aishell.SPLITS:
+        assert one.manifests[split].read_bytes() == two.manifests[split].read_bytes()
+
+
+def test_manifest_write_is_atomic(tmp_path, archive, monkeypatch):
+    """A crash while writing the manifests leaves the previous ones intact and no temp files."""
+    assert _run(tmp_path, archive) == 0
+    dataset = tmp_path / "dataset"
+    before = (dataset / "train.json").read_bytes()
+
+    real = aishell.build_records
+
+    def unserialisable_second_record(*args):
+        records, no_text, no_wav = real(*args)
+        records["train"][1]["duration"] = object()  # json.dumps fails after the first line is written
+        return records, no_text, no_wav
+
+    monkeypatch.setattr(aishell, "build_records", unserialisable_second_record)
+    with pytest.raises(TypeError):
+        _run(tmp_path, archive)
+    assert (dataset / "train.json").read_bytes() == before
+    assert sorted(p.name for p in dataset.iterdir()) == ["audio", "dev.json", "test.json", "train.json"]
+
+
+def test_help_documents_relative_paths(capsys):
+    with pytest.raises(SystemExit) as e:
+        aishell.main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "RELATIVE TO THE MANIFEST'S FOLDER" in out and "absolute otherwise" in out
+
+
+def test_num_workers_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as e:
+        aishell.main(["--num_workers=0"])
+    assert e.value.code == 2
+    assert "--num_workers must be at least 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad archives
+
+
+def _malicious(case: str, outside: Path) -> tuple[str, str, object]:
+    """(archive the member goes in: "nested" = S0002's speaker archive or "outer", member name, add(tar))."""
+    up = "../" * 7  # from <run>/dataset/audio/data_aishell/wav/train/S0002 up to tmp_path
+    if case == "dotdot":
+        member = f"wav/train/S0002/{up}outside/evil.wav"
+        return "nested", member, lambda tar: _add_bytes(tar, member, b"evil")
+    if case == "absolute":
+        member = str(outside / "evil.wav")
+        return "nested", member, lambda tar: _add_bytes(tar, member, b"evil")
+    if case == "symlink_out":
+        member = "wav/train/S0002/evil.wav"
+        return "nested", member, lambda tar: _add_link(tar, member, f"{up}outside/evil.wav")
+    if case == "symlink_chain":  # each link stays inside on its own; through "here" the second leaves
+        member = "wav/train/S0002/here/evil"
+
+        def add(tar):
+            _add_link(tar, "wav/train/S0002/here", ".")
+            _add_link(tar, member, "../../../..")
+        return "nested", member, add
+    member = "data_aishell/../../outside/evil.txt"
+    return "outer", member, lambda tar: _add_bytes(tar, member, b"evil")
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink_out", "symlink_chain", "outer_dotdot"])
+def test_malicious_member_is_refused(tmp_path, capsys, case):
+    outside = tmp_path / "outside"
+    where, member, add = _malicious(case, outside)
+    bad = build_archive(tmp_path / "bad.tgz", nested_extra=add if where == "nested" else None,
+                        outer_extra=add if where == "outer" else None)
+    assert _run(tmp_path / "run", bad) == 1
+    err = capsys.readouterr().err
+    label = f"{bad}:data_aishell/wav/S0002.tar.gz" if where == "nested" else f"{bad}"
+    assert f"{label}: member {member!r}" in err and "refusing to unpack this archive" in err
+    assert not outside.exists()
+    assert not (tmp_path / "run/dataset/train.json").exists()
+
+
+def test_unpack_speaker_reads_durations_of_non_pcm_wavs(tmp_path):
+    """24-bit PCM and float wavs (float: the stdlib wave module rejects it, libsndfile reads it) get durations."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, subtype, frames in (("float", "FLOAT", 8000), ("pcm24", "PCM_24", 12345)):
+            wav = io.BytesIO()
+            sf.write(wav, np.zeros(frames, dtype=np.float32), SAMPLE_RATE, subtype=subtype, format="WAV")
+            _add_bytes(tar, f"wav/dev/S0724/{name}.wav", wav.getvalue())
+    durations = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
+    assert durations == pytest.approx({"wav/dev/S0724/float.wav": 0.5, "wav/dev/S0724/pcm24.wav": 12345 / SAMPLE_RATE})
+
+
+def test_missing_archive(tmp_path, capsys):
+    assert _run(tmp_path, tmp_path / "nope.tgz") == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope.tgz'}: archive not found" in err
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "bad_speaker"])
+def test_corrupt_archive(tmp_path, archive, capsys, kind):
+    path = tmp_path / "data_aishell.tgz"
+    if kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        path.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    else:
+        build_archive(path, nested_override={"S0724": os.urandom(2048)})
+    assert _run(tmp_path, path) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "corrupt" in err
+    if kind == "bad_speaker":
+        assert f"{path}:data_aishell/wav/S0724.tar.gz: corrupt speaker archive" in err
+    assert not (tmp_path / "dataset/train.json").exists()
+
+
+def test_missing_transcript(tmp_path, capsys):
+    path = build_archive(tmp_path / "data_aishell.tgz", transcript=False)
+    assert _run(tmp_path, path) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: has no member data_aishell/transcript/aishell_transcript_v0.8.txt" in err
+    assert not (tmp_path / "dataset/train.json").exists()
+
+
+def test_read_transcript(tmp_path, caplog):
+    path = tmp_path / "t.txt"
+    path.write_text("\ufeffBAC1 而 对 楼市\n\nBAC2\nBAC3 成交  抑制\t作用\nBAC1 重复\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert aishell.read_transcript(path) == {"BAC1": "而对楼市", "BAC3": "成交抑制作用"}
+    assert f"{path}:3: utterance BAC2 has no text" in caplog.text
+    assert f"{path}:5: utterance BAC1 repeated" in caplog.text
+    with pytest.raises(aishell.MissingTranscriptError, match="transcript file not found"):
+        aishell.read_transcript(tmp_path / "missing.txt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Downloader (local HTTP server on 127.0.0.1)
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves ``server.payload`` at /data_aishell.tgz with optional Range support and a dropped connection."""
+
+    def do_GET(self):  # noqa: N802
+        srv = self.server
+        rng = self.headers.get("Range")
+        srv.requests.append(rng)
+        if self.path != "/data_aishell.tgz":
+            self.send_error(404)
+            return
+        if srv.fail_with:
+            self.send_error(srv.fail_with)
+            return
+        data, start = srv.payload, 0
+        if rng and srv.honor_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.drop_after is not None:  # send part of the body, then hang up
+            body, srv.drop_after = body[: srv.drop_after], None
+        self.wfile.write(body)
+        srv.bytes_sent += len(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.payload, srv.honor_range, srv.drop_after, srv.fail_with = PAYLOAD, True, None, None
+    srv.requests, srv.bytes_sent = [], 0
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/data_aishell.tgz"
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _download(server, dest: Path, **kw) -> Path:
+    kw.setdefault("urls", [server.url])
+    kw.setdefault("md5", _md5(server.payload))
+    return aishell.download_archive(dest, chunk_size=32_768, timeout=10, retry_wait=0, progress=False, **kw)
+
+
+def test_download(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    assert _download(server, dest) == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert not dest.with_name(dest.name + ".part").exists()
+    assert server.requests == [None]
+    _download(server, dest)  # present with the right md5: not downloaded again
+    assert server.requests == [None]
+
+
+def test_download_resumes_partial_file(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    dest.with_name(dest.name + ".part").write_bytes(PAYLOAD[:100_000])
+    _download(server, dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == ["bytes=100000-"]
+    assert server.bytes_sent == len(PAYLOAD) - 100_000
+
+
+def test_download_resumes_after_dropped_connection(tmp_path, server):
+    server.drop_after = 50_000
+    dest = tmp_path / "data_aishell.tgz"
+    _download(server, dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [None, "bytes=50000-"]
+
+
+def test_download_complete_part_file(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    dest.with_name(dest.name + ".part").write_bytes(PAYLOAD)
+    _download(server, dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [f"bytes={len(PAYLOAD)}-"] and server.bytes_sent == 0
+
+
+def test_download_restarts_when_server_ignores_range(tmp_path, server):
+    server.honor_range = False
+    dest = tmp_path / "data_aishell.tgz"
+    dest.with_name(dest.name + ".part").write_bytes(b"x" * 1000)
+    _download(server, dest)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_download_md5_mismatch(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    with pytest.raises(aishell.DownloadError, match=f"md5 {_md5(PAYLOAD)} does not match the expected 0+1"):
+        _download(server, dest, md5="0" * 31 + "1")
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+def test_download_falls_back_to_mirror(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    _download(server, dest, urls=[server.url.replace("data_aishell", "missing"), server.url])
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_download_fails_with_clear_error(tmp_path, server):
+    dest = tmp_path / "data_aishell.tgz"
+    with pytest.raises(aishell.DownloadError, match=r"HTTP 404.*pass it with --filepath"):
+        _download(server, dest, urls=[server.url.replace("data_aishell", "missing")])
+    assert server.requests == [None]  # 404 is permanent: not retried
+
+
+def test_download_gives_up_after_failures_in_a_row(tmp_path, server):
+    server.fail_with = 503
+    with pytest.raises(aishell.DownloadError, match="HTTP 503"):
+        _download(server, tmp_path / "data_aishell.tgz", retries=3)
+    assert server.requests == [None, None, None]
+
+
+def test_main_downloads_without_filepath(tmp_path, archive, server, monkeypatch):
+    server.payload = archive.read_bytes()
+    monkeypatch.setattr(aishell, "DOWNLOAD_URLS", (server.url,))
+    monkeypatch.setattr(aishell, "ARCHIVE_MD5", _md5(server.payload))
+    audio = tmp_path / "dataset/audio"
+    assert aishell.main([f"--target_dir={audio}", f"--annotation_text={tmp_path / 'dataset'}",
+                         "--num_workers=1"]) == 0
+    assert (audio / "data_aishell.tgz").read_bytes() == server.payload
+    assert len(_read_manifest(tmp_path / "dataset/train.json")) == 4
+    # a second run finds everything unpacked: no download, no archive needed
+    (audio / "data_aishell.tgz").unlink()
+    assert aishell.main([f"--target_dir={audio}", f"--annotation_text={tmp_path / 'dataset'}"]) == 0
+    assert server.requests == [None]

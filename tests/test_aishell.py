@@ -120,7 +120,7 @@ def archive(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
-    """main() reconfigures the root logger (force=True); put pytest's handlers back afterwards."""
+    """main() sets the root logger's level; put pytest's handlers and level back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
@@ -137,7 +137,7 @@ def _run(tmp_path: Path, archive: Path, *extra: str) -> int:
 # End to end
 
 
-def test_main_writes_manifests(tmp_path, archive, capsys, monkeypatch):
+def test_main_writes_manifests(tmp_path, archive, capsys, caplog, monkeypatch):
     before = (_sha256(archive), archive.stat().st_mtime_ns, archive.stat().st_size)
     assert _run(tmp_path, archive) == 0
     assert (_sha256(archive), archive.stat().st_mtime_ns, archive.stat().st_size) == before  # archive untouched
@@ -160,7 +160,7 @@ def test_main_writes_manifests(tmp_path, archive, capsys, monkeypatch):
             assert rec["sentences"] == [{"start": 0, "end": rec["duration"], "text": rec["sentence"]}]
     assert _read_manifest(dataset / "train.json")[0]["sentence"] == "而对楼市成交抑制作用最大的限购"
 
-    err = capsys.readouterr().err
+    err = (capsys.readouterr().err + caplog.text)
     assert re.search(r"train\s+4 utterances", err) and re.search(r"dev\s+2 utterances", err)
     assert re.search(r"test\s+1 utterances", err)
     assert "skipped 1 wavs without a transcript line (wav/train/S0003/BAC009S0003W0999.wav)" in err
@@ -244,7 +244,7 @@ def test_manifest_write_is_atomic(tmp_path, archive, monkeypatch):
     assert sorted(p.name for p in dataset.iterdir()) == ["audio", "dev.json", "test.json", "train.json"]
 
 
-def test_help_documents_relative_paths(capsys):
+def test_help_documents_relative_paths(capsys, caplog):
     with pytest.raises(SystemExit) as e:
         aishell.main(["--help"])
     assert e.value.code == 0
@@ -252,11 +252,11 @@ def test_help_documents_relative_paths(capsys):
     assert "RELATIVE TO THE MANIFEST'S FOLDER" in out and "absolute otherwise" in out
 
 
-def test_num_workers_must_be_positive(capsys):
+def test_num_workers_must_be_positive(capsys, caplog):
     with pytest.raises(SystemExit) as e:
         aishell.main(["--num_workers=0"])
     assert e.value.code == 2
-    assert "--num_workers must be at least 1" in capsys.readouterr().err
+    assert "--num_workers must be at least 1" in (capsys.readouterr().err + caplog.text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,13 +287,13 @@ def _malicious(case: str, outside: Path) -> tuple[str, str, object]:
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink_out", "symlink_chain", "outer_dotdot"])
-def test_malicious_member_is_refused(tmp_path, capsys, case):
+def test_malicious_member_is_refused(tmp_path, capsys, caplog, case):
     outside = tmp_path / "outside"
     where, member, add = _malicious(case, outside)
     bad = build_archive(tmp_path / "bad.tgz", nested_extra=add if where == "nested" else None,
                         outer_extra=add if where == "outer" else None)
     assert _run(tmp_path / "run", bad) == 1
-    err = capsys.readouterr().err
+    err = (capsys.readouterr().err + caplog.text)
     label = f"{bad}:data_aishell/wav/S0002.tar.gz" if where == "nested" else f"{bad}"
     assert f"{label}: member {member!r}" in err and "refusing to unpack this archive" in err
     assert not outside.exists()
@@ -312,14 +312,14 @@ def test_unpack_speaker_reads_durations_of_non_pcm_wavs(tmp_path):
     assert durations == pytest.approx({"wav/dev/S0724/float.wav": 0.5, "wav/dev/S0724/pcm24.wav": 12345 / SAMPLE_RATE})
 
 
-def test_missing_archive(tmp_path, capsys):
+def test_missing_archive(tmp_path, capsys, caplog):
     assert _run(tmp_path, tmp_path / "nope.tgz") == 1
-    err = capsys.readouterr().err
+    err = (capsys.readouterr().err + caplog.text)
     assert f"{tmp_path / 'nope.tgz'}: archive not found" in err
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "bad_speaker"])
-def test_corrupt_archive(tmp_path, archive, capsys, kind):
+def test_corrupt_archive(tmp_path, archive, capsys, caplog, kind):
     path = tmp_path / "data_aishell.tgz"
     if kind == "garbage":
         path.write_bytes(os.urandom(4096))
@@ -328,17 +328,17 @@ def test_corrupt_archive(tmp_path, archive, capsys, kind):
     else:
         build_archive(path, nested_override={"S0724": os.urandom(2048)})
     assert _run(tmp_path, path) == 1
-    err = capsys.readouterr().err
+    err = (capsys.readouterr().err + caplog.text)
     assert str(path) in err and "corrupt" in err
     if kind == "bad_speaker":
         assert f"{path}:data_aishell/wav/S0724.tar.gz: corrupt speaker archive" in err
     assert not (tmp_path / "dataset/train.json").exists()
 
 
-def test_missing_transcript(tmp_path, capsys):
+def test_missing_transcript(tmp_path, capsys, caplog):
     path = build_archive(tmp_path / "data_aishell.tgz", transcript=False)
     assert _run(tmp_path, path) == 1
-    err = capsys.readouterr().err
+    err = (capsys.readouterr().err + caplog.text)
     assert f"{path}: has no member data_aishell/transcript/aishell_transcript_v0.8.txt" in err
     assert not (tmp_path / "dataset/train.json").exists()
 
@@ -391,8 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if srv.drop_after is not None:  # send part of the body, then hang up
             body, srv.drop_after = body[: srv.drop_after], None
+        srv.bytes_sent += len(body)  # counted before writing: the client may finish before this thread resumes
         self.wfile.write(body)
-        srv.bytes_sent += len(body)
 
     def log_message(self, *args):
         pass

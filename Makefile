@@ -4,7 +4,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 # CPU build by default; for CUDA see README (install torch first, then `make install TORCH_SPEC=`).
 TORCH_SPEC ?= torch==2.13.0
-APT_PKGS   := espeak-ng sox ffmpeg libsndfile1
+APT_PKGS   := espeak-ng sox ffmpeg libsndfile1 chromium fonts-wqy-zenhei
 PYTEST_ARGS ?=
 
 .PHONY: help install apt test test-fast demo clean

@@ -1,0 +1,377 @@
+"""Model resolution: a name or path → a local folder every script can load.
+
+``resolve_model`` gives a transformers Whisper folder, trying in order:
+
+1. an existing local folder (checked: ``config.json`` of a Whisper model and its weights);
+2. the Hugging Face hub through ``huggingface_hub.snapshot_download`` (config, tokenizer and
+   safetensors weights; ``pytorch_model.bin`` only when a repo has no safetensors), after a TCP
+   connection probe (2 s at most) so that a machine without network falls through at once instead
+   of waiting for huggingface_hub's timeouts and extra requests;
+3. the local hub cache (``local_files_only=True`` or ``HF_HUB_OFFLINE=1`` go straight here);
+4. a model carried by an installed pip package (see ``OFFLINE_MODELS``), converted once from
+   CTranslate2 into ``<cache>/models/<name>`` (cache = ``$WHISPER_FT_CACHE`` or
+   ``~/.cache/whisper-finetune``; ``/`` in names becomes ``--``). The import runs under a file
+   lock and is published by an atomic rename, so concurrent processes (torchrun) wait and reuse it.
+
+``ct2_model_dir`` does the same for the CTranslate2 (faster-whisper) backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from utils.ct2_import import (
+    CACHE_ENV,
+    IMPORT_FORMAT_VERSION,
+    IMPORT_INFO_FILE,
+    LOCK_TIMEOUT_S,
+    PACKAGED_MODELS,
+    PackagedModelError,
+    cache_root,
+    convert_ct2_to_hf,
+    packaged_ct2_dir,
+    packaged_model,
+    packaged_source_info,
+    safe_name,
+)
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_MODELS: tuple[str, ...] = tuple(PACKAGED_MODELS)  # hub ids that resolve without network
+HUB_PROBE_TIMEOUT_S = 2.0  # s; TCP connect to the hub, which tells online from offline
+HUB_TIMEOUT_S = 5.0  # s; the hub's first API request once the probe succeeded
+_IMPORT_TOOL = "python tools/import_ct2.py --ct2_dir CT2_FOLDER --output_dir models/NAME"
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_SMALL_FILES = ["*.json", "*.txt"]  # configs, tokenizer, vocab/merges, normalizer
+_TRUE = {"1", "true", "yes", "on"}
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+class ModelResolutionError(RuntimeError):
+    """A model name or path cannot be turned into a usable local folder."""
+
+
+class _HubUnavailable(RuntimeError):
+    """The hub answered with an error that is not about the repo (5xx, a proxy's 404, …)."""
+
+
+def _offline_help() -> str:
+    names = ", ".join(
+        f"{m.name} (also {', '.join(repr(a) for a in m.aliases)})" for m in PACKAGED_MODELS.values()
+    )
+    return (
+        f"Without network these work: {names}, any model already in the Hugging Face cache, and any local "
+        f"folder. To use another CTranslate2/faster-whisper model, import it once: {_IMPORT_TOOL}, then pass "
+        f"--model_path models/NAME."
+    )
+
+
+def _listing(folder: Path, limit: int = 12) -> str:
+    """The names in ``folder`` for an error message, shortened when there are many."""
+    names = sorted(p.name for p in folder.iterdir())
+    shown = ", ".join(names[:limit]) or "none"
+    return shown if len(names) <= limit else f"{shown}, … {len(names) - limit} more"
+
+
+def _is_ct2_folder(folder: Path) -> bool:
+    if not (folder / "model.bin").is_file():
+        return False
+    config = folder / "config.json"
+    if not config.is_file():
+        return True
+    try:
+        return "model_type" not in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return True
+
+
+def _check_hf_folder(folder: Path, origin: str | None = None) -> Path:
+    """Check that ``folder`` holds a transformers Whisper model; raise with the fix otherwise."""
+    where = f"{folder}" if origin is None else f"{folder} (from {origin})"
+    if _is_ct2_folder(folder):
+        raise ModelResolutionError(
+            f"{where}: is a CTranslate2 (faster-whisper) model (model.bin), not a transformers model; import it "
+            f"once with: python tools/import_ct2.py --ct2_dir {folder} --output_dir models/{folder.name}-hf "
+            f"(or use it with the ct2 backend)"
+        )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        hint = ("; it looks like a LoRA adapter: merge it into its base model with merge_lora.py first"
+                if (folder / "adapter_config.json").is_file() else "")
+        raise ModelResolutionError(
+            f"{where}: config.json missing (files: {_listing(folder)}); a transformers model folder "
+            f"needs config.json and model.safetensors{hint}"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelResolutionError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if config.get("model_type") != "whisper":
+        raise ModelResolutionError(
+            f"{config_path}: 'model_type' is {config.get('model_type')!r}, expected 'whisper'; this toolkit only "
+            f"handles Whisper models"
+        )
+    if not any((folder / name).is_file() for name in _HF_WEIGHTS):
+        raise ModelResolutionError(
+            f"{where}: no weights (expected one of {', '.join(_HF_WEIGHTS)}; files: {_listing(folder)}); the "
+            f"folder is incomplete — save the model again with save_pretrained"
+        )
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for names that can only be paths (a hub id is ``name`` or ``owner/name``)."""
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or bool(re.match(r"^[A-Za-z]:", name))
+    )
+
+
+def _canonical_name(name: str) -> str:
+    model = packaged_model(name)
+    return model.name if model is not None else name
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ModelResolutionError(
+            f"{repo_id!r}: no such local folder, and not a valid hub id ({e}). {_offline_help()}"
+        ) from e
+
+
+def _hub_offline_env() -> bool:
+    """``HF_HUB_OFFLINE`` read now (huggingface_hub reads it only once, when imported)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the hub cannot be reached (DNS or TCP connect failure), or None if it answers.
+
+    A raw connect with a short timeout, made before any huggingface_hub call: that library
+    retries and makes extra requests, which costs many seconds on a network that drops packets.
+    Skipped (None) when a proxy is configured, since only the proxy can reach the hub then.
+    """
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    if any(os.environ.get(v) for v in _PROXY_VARS) or url.hostname is None:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as e:  # socket.gaierror, TimeoutError, ConnectionRefusedError, …
+        return f"cannot connect to {url.hostname}:{port} ({type(e).__name__}: {e})"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the hub cannot be reached", across huggingface_hub's HTTP backends."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    types: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            types.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
+
+
+def _hub_patterns(files: list[str]) -> list[str]:
+    """Files to download from a repo: small config/tokenizer files plus one set of weights."""
+    if any(re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", f) for f in files):
+        return [*_HUB_SMALL_FILES, "model*.safetensors"]
+    return [*_HUB_SMALL_FILES, "pytorch_model*.bin"]
+
+
+def _download(repo_id: str, cache_dir: str | None) -> Path:
+    """Download ``repo_id`` (raises one of :func:`_network_errors` quickly when offline)."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        info = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelResolutionError(
+            f"{repo_id!r}: no such local folder, and the Hugging Face hub has no model of that name (or it is "
+            f"private/gated: log in with `hf auth login`). {_offline_help()}"
+        ) from e
+    except HfHubHTTPError as e:
+        raise _HubUnavailable(str(e).splitlines()[0]) from e
+    files = [s.rfilename for s in (info.siblings or [])]
+    if "model.bin" in files and not any(f in files for f in _HF_WEIGHTS):
+        raise ModelResolutionError(
+            f"{repo_id}: is a CTranslate2 (faster-whisper) repository; download it (hf download {repo_id} "
+            f"--local-dir CT2_FOLDER) and import it: {_IMPORT_TOOL}"
+        )
+    try:
+        # No revision=info.sha: resolving "main" again makes the hub record refs/main, which the
+        # offline cache lookup (_from_hub_cache) needs.
+        folder = snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=_hub_patterns(files))
+    except LocalEntryNotFoundError as e:  # the hub went away between the two requests
+        raise _HubUnavailable(str(e).splitlines()[0]) from e
+    except HfHubHTTPError as e:
+        raise ModelResolutionError(f"{repo_id}: download from the Hugging Face hub failed ({e})") from e
+    return Path(folder)
+
+
+def _from_hub_cache(repo_id: str, cache_dir: str | None) -> Path | None:
+    """The cached snapshot of ``repo_id`` if it holds a complete Whisper model, else None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    # The hub checks a cached snapshot against the patterns it was asked for: try what _download
+    # fetches (safetensors, then .bin), then anything with a config.json (e.g. from from_pretrained).
+    for patterns in ([*_HUB_SMALL_FILES, "model*.safetensors"], [*_HUB_SMALL_FILES, "pytorch_model*.bin"],
+                     ["config.json"]):
+        try:
+            folder = Path(snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True,
+                                            allow_patterns=patterns))
+            return _check_hf_folder(folder, origin=f"{repo_id} in the hub cache")
+        except (LocalEntryNotFoundError, ModelResolutionError) as e:
+            logger.debug("%s: hub cache (%s): %s", repo_id, patterns[-1], e)
+    return None
+
+
+def _import_is_current(folder: Path, source: dict[str, Any]) -> bool:
+    try:
+        info = json.loads((folder / IMPORT_INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("format_version") == IMPORT_FORMAT_VERSION and info.get("packaged") == source
+
+
+def import_packaged_model(name: str) -> Path:
+    """Convert a pip-packaged CT2 model to transformers once; return the cached folder.
+
+    The folder is ``<cache>/models/<name with / → -->``. It is rebuilt when the packages or the
+    converter change, under a file lock so that concurrent processes import it once.
+
+    Raises:
+        ModelResolutionError: not a packaged model, or its package is missing.
+    """
+    from filelock import FileLock
+
+    model = packaged_model(name)
+    if model is None:
+        raise ModelResolutionError(f"{name!r} is not a packaged model. {_offline_help()}")
+    try:
+        source = packaged_source_info(model)
+    except PackagedModelError as e:
+        raise ModelResolutionError(str(e)) from e
+    dest = cache_root() / "models" / safe_name(model.name)
+    if _import_is_current(dest, source):
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=LOCK_TIMEOUT_S):
+            if _import_is_current(dest, source):  # another process finished it while we waited
+                return dest
+            logger.info("%s: importing the pip-packaged CTranslate2 weights into %s (once)", model.name, dest)
+            convert_ct2_to_hf(packaged_ct2_dir(model.name), dest, overwrite=True, extra_info={"packaged": source})
+    except PackagedModelError as e:
+        raise ModelResolutionError(str(e)) from e
+    except OSError as e:  # includes filelock.Timeout
+        raise ModelResolutionError(
+            f"{dest}: cannot write the imported model ({type(e).__name__}: {e}); free some space or set "
+            f"{CACHE_ENV} to a writable folder"
+        ) from e
+    return dest
+
+
+def resolve_model(name_or_path: str, *, local_files_only: bool = False, cache_dir: str | None = None) -> str:
+    """Return a local folder holding a transformers Whisper model.
+
+    Args:
+        name_or_path: a local folder, a hub id (``openai/whisper-base``) or a packaged alias
+            (``base``, ``tiny.en``).
+        local_files_only: never contact the hub (local folder, hub cache, packaged models only).
+        cache_dir: Hugging Face hub cache to use instead of the default one.
+
+    Raises:
+        ModelResolutionError: the folder is not a usable model, or nothing provides the name; the
+            message says what is missing and what works offline.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(_check_hf_folder(path))
+    if path.exists():
+        raise ModelResolutionError(f"{path}: is a file; expected a model folder or a hub id like openai/whisper-base")
+    if _looks_like_path(name_or_path):
+        raise ModelResolutionError(f"{name_or_path}: folder not found (and it cannot be a hub id). {_offline_help()}")
+
+    repo_id = _canonical_name(name_or_path)
+    _check_repo_id(repo_id)
+    offline_reason = ("local_files_only=True" if local_files_only
+                      else "HF_HUB_OFFLINE is set" if _hub_offline_env() else _hub_unreachable_reason())
+    if offline_reason is None:
+        try:
+            return str(_check_hf_folder(_download(repo_id, cache_dir), origin=repo_id))
+        except (_HubUnavailable, *_network_errors()) as e:
+            offline_reason = f"{type(e).__name__}: {e}"
+            logger.debug("%s: %s", repo_id, offline_reason)
+
+    cached = _from_hub_cache(repo_id, cache_dir)
+    if cached is not None:
+        return str(cached)
+    if packaged_model(repo_id) is not None:
+        folder = import_packaged_model(repo_id)
+        logger.info("%s: using the copy imported from its pip package at %s (%s)", repo_id, folder, offline_reason)
+        return str(folder)
+    raise ModelResolutionError(
+        f"{name_or_path!r}: not a local folder, not in the Hugging Face cache, and the hub cannot be used "
+        f"({offline_reason}). {_offline_help()}"
+    )
+
+
+def ct2_model_dir(name_or_path: str) -> str:
+    """Return a CTranslate2 Whisper folder for the ct2/faster-whisper backend.
+
+    Args:
+        name_or_path: a local CT2 folder (``model.bin``), or a packaged model name or alias
+            (``openai/whisper-base``, ``base``, ``tiny.en``), assembled once into the cache.
+
+    Raises:
+        ModelResolutionError: a folder without ``model.bin``, or an unknown name.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "model.bin").is_file():
+            return str(path)
+        raise ModelResolutionError(
+            f"{path}: model.bin missing, so this is not a CTranslate2 model; convert a transformers model with "
+            f"ct2-transformers-converter --model {path} --output_dir {path}-ct2 --quantization float16 "
+            f"--copy_files tokenizer.json preprocessor_config.json"
+        )
+    if packaged_model(name_or_path) is None:
+        raise ModelResolutionError(
+            f"{name_or_path!r}: not a CTranslate2 folder and not a packaged model; packaged: "
+            f"{', '.join(OFFLINE_MODELS)}; or pass the folder of a downloaded faster-whisper model"
+        )
+    try:
+        return str(packaged_ct2_dir(name_or_path))
+    except PackagedModelError as e:
+        raise ModelResolutionError(str(e)) from e

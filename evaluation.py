@@ -1,0 +1,174 @@
+"""Score a Whisper model on a test manifest: CER or WER, with a per-utterance JSON report.
+
+    python evaluation.py --model_path=models/whisper-tiny-finetune --metric=cer --test_data=dataset/test.json
+
+Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from
+``--language``/``--task`` only, never from the reference text. References and hypotheses go through the
+same normalisation (utils/text.normalize_text: punctuation incl. full-width, traditional → simplified,
+case) before counting edits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, setup_logging
+from utils.data import Record, load_manifest
+from utils.io import write_json_atomic
+from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
+from utils.models import ModelResolutionError
+from utils.transcribe import BACKENDS, DTYPES, DecodeOptions, Transcriber, load_transcriber
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser():
+    parser = make_parser(__doc__.split("\n")[0])
+    add_model_args(parser)
+    add_decoding_args(parser)
+    parser.add_argument("--test_data", type=str, default="dataset/test.json", help="jsonlines test manifest")
+    parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
+    parser.add_argument("--output", type=str, default=None,
+                        help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
+    parser.add_argument("--backend", type=str, default="transformers", choices=BACKENDS, help="inference backend")
+    parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
+    parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
+    parser.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
+                        help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
+    parser.add_argument("--compute_type", type=str, default="auto",
+                        help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
+    parser.add_argument("--max_duration", type=float, default=30.0, help="leave out longer clips (seconds)")
+    parser.add_argument("--min_duration", type=float, default=0.0, help="leave out shorter clips (seconds)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N utterances")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the sampled fallback decodes")
+    add_bool(parser, "fallback", False, "temperature fallback on repetition / low log-probability (sampled, "
+             "seeded); off by default: deterministic greedy/beam scores")
+    add_bool(parser, "verbose", False, "debug logging")
+    return parser
+
+
+def load_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[str | None]]:
+    """Waveforms of a batch of records; a clip that cannot be read becomes None with its error."""
+    audios, errors = [], []
+    for r in records:
+        try:
+            audios.append(load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time))
+            errors.append(None)
+        except AudioLoadError as e:
+            audios.append(np.zeros(0, dtype=np.float32))
+            errors.append(str(e))
+    return audios, errors
+
+
+def evaluate(engine: Transcriber, records: Sequence[Record], options: DecodeOptions, metric: str,
+             batch_size: int) -> dict:
+    """Decode every record in batches and score it; returns the report (utterances sorted worst first)."""
+    utterances = []
+    total = ErrorCounts(0, 0, 0, 0)
+    failed = 0
+    audio_s = 0.0
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch"):
+        batch = records[i: i + batch_size]
+        audios, errors = load_batch(batch)
+        audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
+        ok = [j for j, e in enumerate(errors) if e is None]
+        transcripts = engine.transcribe_batch([audios[j] for j in ok], options)
+        hyps: dict[int, str] = {j: t.text for j, t in zip(ok, transcripts)}
+        for j, record in enumerate(batch):
+            if errors[j] is not None:
+                failed += 1
+                logger.error("skipping %s: %s", record.audio_path, errors[j])
+                continue
+            counts = count_errors(record.sentence, hyps[j], metric)
+            total = total + counts
+            utterances.append({
+                "audio": record.audio_path,
+                "reference": record.sentence,
+                "hypothesis": hyps[j],
+                "reference_normalized": normalize_text(record.sentence),
+                "hypothesis_normalized": normalize_text(hyps[j]),
+                "errors": counts.errors,
+                "substitutions": counts.substitutions,
+                "deletions": counts.deletions,
+                "insertions": counts.insertions,
+                "reference_length": counts.reference_length,
+                "error_rate": None if counts.reference_length == 0 else round(counts.rate, 4),
+            })
+    elapsed = time.perf_counter() - t0
+    utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
+    return {
+        "metric": metric,
+        metric: round(total.rate, 6),
+        "errors": total.errors,
+        "substitutions": total.substitutions,
+        "deletions": total.deletions,
+        "insertions": total.insertions,
+        "reference_length": total.reference_length,
+        "utterances_scored": len(utterances),
+        "utterances_failed": failed,
+        "audio_seconds": round(audio_s, 2),
+        "decode_seconds": round(elapsed, 2),
+        "utterances": utterances,
+    }
+
+
+def _seed(seed: int) -> None:
+    import ctranslate2
+    import torch
+
+    torch.manual_seed(seed)
+    ctranslate2.set_random_seed(seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # 1. Arguments
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    beam_size = args.num_beams if args.num_beams is not None else args.beam_size
+    if beam_size < 1 or args.batch_size < 1:
+        parser.error("--beam_size and --batch_size must be >= 1")
+    try:
+        options = DecodeOptions(
+            language=args.language, task=args.task, beam_size=beam_size, batch_size=args.batch_size,
+            temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if args.fallback else (0.0,),
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    # 2. Data
+    manifest = load_manifest(args.test_data, min_duration=args.min_duration, max_duration=args.max_duration)
+    records = list(manifest)[: args.limit] if args.limit else list(manifest)
+    logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), sum(r.duration for r in records) / 3600)
+    # 3. Model
+    try:
+        engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
+                                  compute_type=args.compute_type, local_files_only=args.local_files_only)
+    except (ValueError, ModelResolutionError) as e:
+        logger.error("cannot load %s: %s", args.model_path, e)
+        return 2
+    # 4. Decode and score (seeded: fallback temperatures sample)
+    _seed(args.seed)
+    report = evaluate(engine, records, options, args.metric, args.batch_size)
+    report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
+                  language=args.language, task=args.task, beam_size=beam_size)
+    # 5. Report
+    output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
+    write_json_atomic(output, report)
+    print(f"{args.metric.upper()}: {report[args.metric]:.4f} ({report['errors']} errors / "
+          f"{report['reference_length']} {'characters' if args.metric == 'cer' else 'words'}, "
+          f"{report['utterances_scored']} utterances)")
+    logger.info("report written to %s", output)
+    return 1 if report["utterances_failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

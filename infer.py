@@ -1,0 +1,191 @@
+"""Transcribe audio files with a Whisper model (transformers or CTranslate2 backend).
+
+    python infer.py --audio_path=dataset/test.wav --model_path=models/whisper-tiny-finetune
+    python infer.py --audio_path=recordings/ --backend=ct2 --model_path=models/whisper-ct2 \
+        --timestamps --output_format=srt --output_dir=subs
+
+Audio longer than 30 s is cut at silences (silero-vad) and decoded in batches; ``--condition_on_previous_text``
+decodes it sequentially instead. The transcript goes to stdout; ``--output_format``/``--output_dir`` write
+files. Many files or a folder are processed in one call; a file that fails is reported and skipped, and the
+exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
+from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, optional_str, setup_logging, str2bool
+from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
+from utils.models import ModelResolutionError
+from utils.transcribe import BACKENDS, DEFAULT_TEMPERATURES, DTYPES, DecodeOptions, Transcript, load_transcriber
+
+logger = logging.getLogger(__name__)
+
+
+def _bool_or_auto(value: str) -> bool | None:
+    """true/false like str2bool, or ``auto`` → None."""
+    return None if value.strip().lower() == "auto" else str2bool(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__.split("\n")[0])
+    parser.add_argument("--audio_path", type=str, nargs="+", required=True,
+                        help="audio file(s) and/or folder(s) (searched recursively for audio files)")
+    add_model_args(parser)
+    add_decoding_args(parser)
+    g = parser.add_argument_group("engine")
+    g.add_argument("--backend", type=str, default="transformers", choices=BACKENDS,
+                   help="transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
+    g.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
+                   help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
+    g.add_argument("--compute_type", type=str, default="auto",
+                   help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
+    g.add_argument("--batch_size", type=int, default=8, help="30 s chunks decoded at once")
+    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = library default)")
+    add_bool(g, "use_compile", False, "torch.compile the encoder (transformers, GPU)")
+    g.add_argument("--attn_implementation", type=str, default="auto",
+                   choices=["auto", "sdpa", "eager", "flash_attention_2"],
+                   help="auto = flash-attention-2 on CUDA when installed, else SDPA")
+    add_bool(g, "use_bettertransformer", False, "deprecated upstream; SDPA is used instead")
+    d = parser.add_argument_group("decoding options")
+    d.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
+    d.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
+    add_bool(d, "timestamps", False, "segment-level timestamps")
+    add_bool(d, "condition_on_previous_text", False,
+             "long audio: decode window after window, prompted with the previous text (slower)")
+    add_bool(d, "fallback", True, "temperature fallback on repetition / low log-probability, skip silence")
+    d.add_argument("--compression_ratio_threshold", type=float, default=2.4, help="repetition-loop threshold")
+    d.add_argument("--logprob_threshold", type=float, default=-1.0, help="average log-probability threshold")
+    d.add_argument("--no_speech_threshold", type=float, default=0.6, help="no-speech probability threshold")
+    d.add_argument("--initial_prompt", type=optional_str, default=None, help="text to prime the decoder")
+    d.add_argument("--to_simple", type=_bool_or_auto, default=None,
+                   help="traditional → simplified Chinese: true/false/auto (auto = on for Chinese)")
+    add_bool(d, "remove_pun", False, "remove punctuation from the output")
+    o = parser.add_argument_group("output")
+    o.add_argument("--output_format", type=str, default=None, choices=[*OUTPUT_FORMATS, "all"],
+                   help="write files of this format into --output_dir (default txt when --output_dir is given)")
+    o.add_argument("--output_dir", type=str, default=None, help="folder for output files (default: output)")
+    add_bool(o, "verbose", False, "debug logging")
+    return parser
+
+
+def collect_audio_files(paths: list[str]) -> list[str]:
+    """Expand folders into their audio files (sorted, recursive); files are kept as given, even missing ones."""
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            if not found:
+                logger.warning("%s: no audio files (%s) in this folder", p, ", ".join(AUDIO_EXTENSIONS))
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def _unique_stems(files: list[str]) -> list[str]:
+    stems, seen = [], {}
+    for f in files:
+        stem = Path(f).stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        stems.append(stem if n == 0 else f"{stem}_{n}")
+    return stems
+
+
+def format_stdout(transcript: Transcript, timestamps: bool) -> str:
+    """The transcript as printed: plain text, or one ``[start --> end] text`` line per segment."""
+    if not timestamps:
+        return transcript.text
+    return "\n".join(f"[{format_timestamp(s.start, '.')} --> {format_timestamp(s.end, '.')}] {s.text}"
+                     for s in transcript.segments)
+
+
+def options_from_args(args: argparse.Namespace) -> DecodeOptions:
+    """Convert the parsed flags once, at the edge."""
+    return DecodeOptions(
+        language=args.language,
+        task=args.task,
+        beam_size=args.num_beams if args.num_beams is not None else args.beam_size,
+        timestamps=args.timestamps,
+        temperatures=DEFAULT_TEMPERATURES if args.fallback else (0.0,),
+        compression_ratio_threshold=args.compression_ratio_threshold if args.fallback else None,
+        logprob_threshold=args.logprob_threshold if args.fallback else None,
+        no_speech_threshold=args.no_speech_threshold if args.fallback else None,
+        batch_size=args.batch_size,
+        condition_on_previous_text=args.condition_on_previous_text,
+        to_simple=args.to_simple,
+        remove_pun=args.remove_pun,
+        initial_prompt=args.initial_prompt,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # 1. Arguments
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.use_bettertransformer:
+        logger.warning("--use_bettertransformer is deprecated upstream (optimum BetterTransformer); "
+                       "PyTorch SDPA attention is used instead, which is as fast")
+    if args.backend == "ct2" and (args.use_compile or args.dtype != "auto"):
+        parser.error("--use_compile and --dtype apply to --backend=transformers; for ct2 use --compute_type")
+    try:
+        options = options_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    formats = None
+    if args.output_format is not None or args.output_dir is not None:
+        fmt = args.output_format or "txt"
+        formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
+    output_dir = args.output_dir or "output"
+    files = collect_audio_files(args.audio_path)
+    if not files:
+        parser.error(f"no audio files found in {args.audio_path}")
+
+    # 2. Model
+    try:
+        engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
+                                  compute_type=args.compute_type, local_files_only=args.local_files_only,
+                                  use_compile=args.use_compile, attn_implementation=args.attn_implementation,
+                                  cpu_threads=args.cpu_threads)
+    except (ValueError, ModelResolutionError) as e:
+        logger.error("cannot load %s: %s", args.model_path, e)
+        return 2
+
+    # 3. Transcribe every file; a failing file is reported and skipped
+    failed: list[str] = []
+    many = len(files) > 1
+    for path, stem in zip(tqdm(files, desc="transcribing", unit="file", disable=not many), _unique_stems(files)):
+        try:
+            transcript = engine.transcribe(path, options)
+        except AudioLoadError as e:
+            logger.error("%s", e)
+            failed.append(path)
+            continue
+        if options.language is None:
+            logger.info("%s: detected language %s (probability %.2f)", path, transcript.language,
+                        transcript.language_probability)
+        text = format_stdout(transcript, options.timestamps)
+        if many:
+            tqdm.write(f"{path}:\n{text}" if options.timestamps else f"{path}\t{text}")
+        else:
+            print(text, flush=True)
+        if formats:
+            for written in write_transcript(transcript, output_dir, stem, formats):
+                logger.info("wrote %s", written)
+    if failed:
+        logger.error("%d of %d files failed: %s", len(failed), len(files), ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Real-time transcription from the microphone (or a file played as a stream), with stable committed text.
+
+    python realtime_transcribe.py                                  # default microphone, ct2 whisper-base
+    python realtime_transcribe.py --list_devices
+    python realtime_transcribe.py --audio_path=talk.wav --simulate_realtime=False --language=zh
+
+Every ``--chunk_seconds`` the rolling buffer is decoded again; words two consecutive hypotheses agree on
+are committed (LocalAgreement-2, see utils/streaming.py) and printed normally, the tentative tail in grey
+(on a terminal; a pipe gets one ``[start → end] text`` line per commit). silero-vad skips silence and
+closes utterances. Ctrl-C stops cleanly (exit code 0): the tentative tail is committed and printed (exit
+code 130 only when Ctrl-C comes before streaming started, e.g. while the model loads).
+
+At the end a report (stderr, and ``--report_path`` as JSON) gives the latency from a word's end in the audio
+to its commit (mean, p90) and, for ``--compare_offline``, the CER of the committed text against the offline
+transcript of the same audio by the same model. With ``--simulate_realtime=False`` the clock is simulated
+(audio time when a decode starts + its measured compute time), so the figures hold for real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+import unicodedata
+from typing import IO, Any
+
+from utils.audio import AudioLoadError, load_audio
+from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, setup_logging
+from utils.io import write_json_atomic
+from utils.streaming import (
+    AudioDeviceError,
+    EngineHypothesis,
+    FileSource,
+    MicrophoneSource,
+    StreamingPolicy,
+    StreamResult,
+    Update,
+    Word,
+    join_words,
+    list_input_devices,
+    run_stream,
+    silero_vad_fn,
+)
+
+logger = logging.getLogger(__name__)
+
+_DIM, _RESET = "\033[2m", "\033[0m"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__.split("\n")[0])
+    add_model_args(parser)
+    add_decoding_args(parser)
+    g = parser.add_argument_group("engine")
+    g.add_argument("--backend", type=str, default="ct2", choices=["transformers", "ct2"],
+                   help="inference backend (ct2 = CTranslate2 int8 on CPU, the fast one)")
+    g.add_argument("--compute_type", type=str, default="auto", help="ct2: auto = int8 on CPU, float16 on GPU")
+    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = its default)")
+    g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
+    add_bool(g, "to_simple", True, "convert traditional to simplified Chinese")
+    s = parser.add_argument_group("streaming")
+    s.add_argument("--chunk_seconds", type=float, default=1.0, help="new audio between two decodes (s)")
+    s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
+                   help="trim the buffer at a committed segment end once it is longer than this (s)")
+    s.add_argument("--max_buffer_seconds", type=float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
+    add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
+    s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
+    s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
+    s.add_argument("--prompt_chars", type=int, default=0,
+                   help="characters of committed text (that left the buffer) given to the decoder as prompt; 0 = none")
+    src = parser.add_argument_group("source")
+    src.add_argument("--audio_path", type=str, default=None, help="stream this file instead of the microphone")
+    add_bool(src, "simulate_realtime", True,
+             "file source: play at real-time speed; False = as fast as possible with a simulated clock")
+    add_bool(src, "list_devices", False, "list audio input devices and exit")
+    src.add_argument("--device_index", type=int, default=None, help="input device index (see --list_devices)")
+    src.add_argument("--samplerate", type=int, default=None,
+                     help="capture rate in Hz (default: the device's); resampled to 16 kHz")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=str, default=None, help="append committed lines with timestamps to this file")
+    out.add_argument("--report_path", type=str, default=None, help="write the latency/CER report as JSON here")
+    add_bool(out, "compare_offline", True,
+             "at the end, transcribe the whole audio offline and report the CER of the streamed text")
+    add_bool(out, "verbose", False, "debug logging (shows every hypothesis)")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag conflicts and ranges, as parser errors (exit 2)."""
+    if args.chunk_seconds <= 0:
+        parser.error(f"--chunk_seconds must be > 0, got {args.chunk_seconds}")
+    if not 0 < args.buffer_trim_seconds <= args.max_buffer_seconds <= 30:
+        parser.error("need 0 < --buffer_trim_seconds <= --max_buffer_seconds <= 30 "
+                     f"(got {args.buffer_trim_seconds}, {args.max_buffer_seconds})")
+    if args.chunk_seconds >= args.buffer_trim_seconds:
+        parser.error(f"--chunk_seconds ({args.chunk_seconds}) must be smaller than --buffer_trim_seconds")
+    if args.prompt_chars < 0:
+        parser.error(f"--prompt_chars must be >= 0, got {args.prompt_chars}")
+    if args.beam_size < 1:
+        parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
+    if args.samplerate is not None and args.samplerate <= 0:
+        parser.error(f"--samplerate must be positive, got {args.samplerate}")
+    if not 0 < args.vad_threshold < 1:
+        parser.error(f"--vad_threshold must be in (0, 1), got {args.vad_threshold}")
+    if args.audio_path is not None and (args.device_index is not None or args.samplerate is not None):
+        parser.error("--device_index/--samplerate select a microphone; they cannot be used with --audio_path")
+
+
+def format_time(seconds: float) -> str:
+    """Seconds → HH:MM:SS.mmm."""
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+def commit_line(words: list[Word]) -> str:
+    """``[start --> end] text`` for words committed together."""
+    return f"[{format_time(words[0].start)} --> {format_time(words[-1].end)}] {join_words(words)}"
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+class Display:
+    """Committed text and the tentative tail, on a terminal or as lines.
+
+    On a terminal the current line shows committed words normally and the tentative tail dimmed, and is
+    redrawn in place; a new line starts when an utterance closes or the line is full. Otherwise (a pipe,
+    a file) every commit is printed as one ``[start --> end] text`` line and the tentative tail is not shown.
+    Committed lines are also appended to ``log`` (the ``--output`` file), flushed at once.
+    """
+
+    def __init__(self, stream: IO[str], log: IO[str] | None = None, tty: bool | None = None) -> None:
+        self.stream, self.log = stream, log
+        self.tty = stream.isatty() if tty is None else tty
+        self.line: list[Word] = []
+
+    def _redraw(self, tentative: list[Word]) -> None:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        done = join_words(self.line)
+        tail = join_words(self.line + tentative)[len(done):] if tentative else ""
+        while self.line and _width(done) + _width(tail) > width:  # start a new line, keep the newest words
+            self.stream.write("\r\033[K" + done + "\n")
+            self.line = []
+            done = ""
+            tail = join_words(tentative)
+        if _width(tail) > width:
+            tail = "…" + tail[-(width // 2):]
+        self.stream.write("\r\033[K" + done + _DIM + tail + _RESET)
+        self.stream.flush()
+
+    def update(self, update: Update) -> None:
+        if update.committed:
+            line = commit_line(update.committed)
+            if self.log is not None:
+                self.log.write(line + "\n")
+                self.log.flush()
+            if not self.tty:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+        if not self.tty:
+            return
+        self.line += update.committed
+        if update.utterance_end and self.line:  # finish the utterance's line, the tentative tail goes below
+            self._redraw([])
+            self.stream.write("\n")
+            self.line = []
+        self._redraw(update.tentative)
+
+
+def print_devices() -> int:
+    """``--list_devices``: one line per input device; 1 with a message when there is none."""
+    try:
+        devices = list_input_devices()
+    except AudioDeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not devices:
+        print("error: no audio input device found (is a microphone connected and allowed?)", file=sys.stderr)
+        return 1
+    for d in devices:
+        mark = "*" if d["is_default"] else " "
+        print(f"{mark} {d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    return 0
+
+
+def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> StreamingPolicy:
+    """The streaming policy on top of the engine (and silero-vad unless --vad=False)."""
+    return StreamingPolicy(
+        hypothesis,
+        vad_fn=silero_vad_fn() if args.vad else None,
+        trim_s=args.buffer_trim_seconds,
+        max_buffer_s=args.max_buffer_seconds,
+        min_silence_s=args.min_silence_seconds,
+        vad_threshold=args.vad_threshold,
+        prompt_chars=args.prompt_chars,
+    )
+
+
+def make_report(result: StreamResult, args: argparse.Namespace, offline_text: str | None) -> dict[str, Any]:
+    """Latency figures and, with an offline transcript, the CER of the streamed text."""
+    from utils.text import error_rate
+
+    report: dict[str, Any] = dict(
+        source=args.audio_path or "microphone", model_path=args.model_path, backend=args.backend,
+        chunk_seconds=args.chunk_seconds, simulated_clock=bool(args.audio_path and not args.simulate_realtime),
+        interrupted=result.interrupted, **result.latency_stats(),
+        latency_note="word end times are interpolated inside Whisper segments by character count",
+        text=result.text,
+    )
+    if offline_text is not None:
+        report["offline_text"] = offline_text
+        report["cer_vs_offline"] = round(error_rate([offline_text], [result.text], "cer"), 4)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    # 1. Arguments
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    setup_logging(args.verbose)
+    if args.list_devices:
+        return print_devices()
+
+    # 2. The source first: fail fast, before loading a model, when there is no microphone
+    if args.audio_path is not None:
+        try:
+            source = FileSource(load_audio(args.audio_path), realtime=args.simulate_realtime)
+        except AudioLoadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    else:
+        try:
+            source = MicrophoneSource(args.device_index, args.samplerate)
+        except AudioDeviceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    # 3. The engine and the policy
+    from utils.models import ModelResolutionError
+    from utils.transcribe import DecodeOptions, load_transcriber
+
+    try:
+        options = DecodeOptions(language=args.language, task=args.task, beam_size=args.beam_size, timestamps=True,
+                                temperatures=(0.0,), to_simple=args.to_simple)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
+                                  local_files_only=args.local_files_only, cpu_threads=args.cpu_threads)
+        hypothesis = EngineHypothesis(engine, options)
+        policy = build_policy(args, hypothesis)
+    except (ModelResolutionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted before streaming started", file=sys.stderr)
+        return 130
+
+    # 4. Stream
+    try:
+        log = open(args.output, "a", encoding="utf-8") if args.output else None
+    except OSError as e:
+        print(f"error: --output {args.output}: cannot open for appending ({e.strerror})", file=sys.stderr)
+        return 1
+    display = Display(sys.stdout, log)
+    try:
+        if isinstance(source, MicrophoneSource):
+            with source:
+                logger.info("listening on %r at %d Hz; Ctrl-C to stop", source.device_name, source.samplerate)
+                result = run_stream(source, policy, chunk_s=args.chunk_seconds, keep_audio=args.compare_offline,
+                                    on_update=lambda u, t: display.update(u))
+        else:
+            logger.info("streaming %s (%s); Ctrl-C to stop", args.audio_path,
+                        "real time" if args.simulate_realtime else "as fast as possible, simulated clock")
+            result = run_stream(source, policy, chunk_s=args.chunk_seconds, keep_audio=args.compare_offline,
+                                on_update=lambda u, t: display.update(u))
+    except AudioDeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if log is not None:
+            log.close()
+
+    # 5. Report
+    offline_text = None
+    if result.audio is not None and not result.interrupted:
+        t0 = time.perf_counter()
+        try:
+            offline_text = engine.transcribe(result.audio, DecodeOptions(
+                language=hypothesis.options.language, task=args.task, beam_size=args.beam_size,
+                temperatures=(0.0,), to_simple=args.to_simple)).text
+            logger.info("offline transcript in %.1f s", time.perf_counter() - t0)
+        except KeyboardInterrupt:
+            logger.warning("offline comparison interrupted; the report has no CER")
+    report = make_report(result, args, offline_text)
+    summary = {k: report[k] for k in ("audio_s", "words", "mean_latency_s", "p90_latency_s", "real_time_factor")}
+    if "cer_vs_offline" in report:
+        summary["cer_vs_offline"] = report["cer_vs_offline"]
+    print("report: " + json.dumps(summary, ensure_ascii=False), file=sys.stderr)
+    if args.report_path:
+        write_json_atomic(args.report_path, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""evaluation.py: report contents, worst-first order, no label leakage, bad audio."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import evaluation
+from tests.conftest import EN_SENTENCE, ZH_SENTENCE
+
+
+def _manifest(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for audio, sentence in rows:
+            f.write(json.dumps({"audio": {"path": str(audio)}, "sentence": sentence, "duration": 3.0},
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+def _evaluate(model_dir, manifest, output, *extra):
+    rc = evaluation.main(["--model_path", str(model_dir), "--device=cpu", "--test_data", str(manifest),
+                          "--output", str(output), "--batch_size=2", "--fallback=False", *extra])
+    return rc, json.loads(output.read_text(encoding="utf-8"))
+
+
+def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, tmp_path, capsys):
+    m1 = _manifest(tmp_path / "a.json", [(en_wav, EN_SENTENCE), (zh_wav, ZH_SENTENCE), (en_wav, "")])
+    m2 = _manifest(tmp_path / "b.json", [(en_wav, "完全不同的参考文本"), (zh_wav, "Another reference."),
+                                         (en_wav, "x")])
+    rc, r1 = _evaluate(tiny_whisper_dir, m1, tmp_path / "r1.json", "--language=None")
+    assert rc == 0
+    assert f"CER: {r1['cer']:.4f}" in capsys.readouterr().out
+    assert r1["metric"] == "cer" and r1["utterances_scored"] == 3 and r1["utterances_failed"] == 0
+    utts = r1["utterances"]
+    assert sum(u["errors"] for u in utts) == r1["errors"]
+    assert sum(u["reference_length"] for u in utts) == r1["reference_length"]
+    assert r1["cer"] == pytest.approx(r1["errors"] / r1["reference_length"], abs=1e-6)
+    assert [u["errors"] for u in utts] == sorted((u["errors"] for u in utts), reverse=True)
+    assert {"reference", "hypothesis", "errors", "substitutions", "deletions", "insertions"} <= set(utts[0])
+    # the hypothesis depends on the audio only, never on the reference
+    rc, r2 = _evaluate(tiny_whisper_dir, m2, tmp_path / "r2.json", "--language=None")
+    hyp1 = {(u["audio"], u["reference"]): u["hypothesis"] for u in r1["utterances"]}
+    hyp2 = {(u["audio"], u["reference"]): u["hypothesis"] for u in r2["utterances"]}
+    by_audio1 = sorted((a, h) for (a, _), h in hyp1.items())
+    by_audio2 = sorted((a, h) for (a, _), h in hyp2.items())
+    assert by_audio1 == by_audio2
+
+
+def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFFjunk")
+    m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE), (bad, "x")])
+    rc, report = _evaluate(tiny_whisper_dir, m, tmp_path / "r.json", "--metric=wer", "--language=en")
+    assert rc == 1
+    assert report["metric"] == "wer" and "wer" in report
+    assert report["utterances_scored"] == 1 and report["utterances_failed"] == 1
+    assert report["reference_length"] == len(EN_SENTENCE.split())
+
+
+@pytest.mark.slow
+def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
+    m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE)])
+    for backend, model in (("transformers", whisper_base_dir), ("ct2", "openai/whisper-base")):
+        rc, report = _evaluate(model, m, tmp_path / f"{backend}.json", "--metric=wer", "--language=en",
+                               f"--backend={backend}")
+        assert rc == 0 and report["wer"] < 0.35, report

@@ -1,0 +1,102 @@
+"""infer.py end to end with the tiny model: stdout, SRT/VTT/JSON files, many files, bad and missing files."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+import infer
+from utils.subtitles import format_timestamp, to_srt, to_vtt
+from utils.data import Segment
+from utils.transcribe import Transcript
+
+SRT_TIME = r"\d{2}:\d{2}:\d{2},\d{3}"
+VTT_TIME = r"\d{2}:\d{2}:\d{2}\.\d{3}"
+
+
+def _run(tiny_whisper_dir, *extra):
+    return infer.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--language=en", *extra])
+
+
+def _check_srt(text: str) -> list[tuple[str, str]]:
+    blocks = [b for b in text.strip().split("\n\n") if b]
+    times = []
+    for i, block in enumerate(blocks, start=1):
+        lines = block.split("\n")
+        assert lines[0] == str(i)
+        m = re.fullmatch(f"({SRT_TIME}) --> ({SRT_TIME})", lines[1])
+        assert m, lines[1]
+        assert m.group(1) <= m.group(2)
+        assert len(lines) >= 3 and lines[2].strip()
+        times.append((m.group(1), m.group(2)))
+    return times
+
+
+def test_format_timestamp():
+    assert format_timestamp(3725.5) == "01:02:05,500"
+    assert format_timestamp(0.0015, ".") == "00:00:00.002"
+    with pytest.raises(ValueError):
+        format_timestamp(-1)
+
+
+def test_subtitle_writers_are_valid():
+    t = Transcript("a b", "en", 1.0, 70.0, [Segment(0.0, 1.5, "a"), Segment(1.5, 1.5, " "), Segment(61.0, 65.25, "b")])
+    srt = to_srt(t)
+    assert _check_srt(srt) == [("00:00:00,000", "00:00:01,500"), ("00:01:01,000", "00:01:05,250")]
+    vtt = to_vtt(t)
+    assert vtt.startswith("WEBVTT\n\n")
+    assert re.findall(f"{VTT_TIME} --> {VTT_TIME}", vtt) == ["00:00:00.000 --> 00:00:01.500",
+                                                            "00:01:01.000 --> 00:01:05.250"]
+
+
+def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    rc = _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--timestamps", "--output_format=all",
+              f"--output_dir={out}", "--use_bettertransformer=True", "--fallback=False")
+    assert rc == 0
+    stdout = capsys.readouterr()
+    data = json.loads((out / "en.json").read_text(encoding="utf-8"))
+    assert data["language"] == "en" and data["duration"] > 1.0
+    assert (out / "en.txt").read_text(encoding="utf-8") == data["text"] + "\n"
+    for seg in data["segments"]:
+        assert f"] {seg['text']}" in stdout.out
+    assert "SDPA" in caplog.text  # the deprecated flag is accepted with a message
+    _check_srt((out / "en.srt").read_text(encoding="utf-8"))
+    assert (out / "en.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
+
+
+def test_folder_with_bad_and_missing_files(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(en_wav, folder / "good.wav")
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "out"
+    rc = _run(tiny_whisper_dir, "--audio_path", str(folder), str(tmp_path / "missing.wav"),
+              f"--output_dir={out}", "--fallback=False")
+    assert rc == 1
+    err = caplog.text
+    assert "broken.wav" in err and "missing.wav: audio file not found" in err and "2 of 3 files failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.txt"]
+
+
+def test_flag_errors(tiny_whisper_dir, en_wav):
+    with pytest.raises(SystemExit):
+        _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--timestamps=maybe")
+    with pytest.raises(SystemExit):
+        infer.main(["--audio_path", str(en_wav), "--backend=ct2", "--dtype=bfloat16"])
+    with pytest.raises(SystemExit):
+        infer.main(["--audio_path", str(en_wav), "--language=klingon"])
+
+
+def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    assert infer.main(["--audio_path", str(en_wav), "--model_path", str(empty)]) == 2
+    assert str(empty) in caplog.text
+    rc = infer.main(["--audio_path", str(en_wav), "--model_path", str(tiny_whisper_dir), "--device=cpu",
+                     "--dtype=float16"])
+    assert rc == 2 and "float16 needs a GPU" in caplog.text

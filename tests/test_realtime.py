@@ -1,0 +1,539 @@
+"""Streaming policy (LocalAgreement-2 with fake decoders), sources, display, error paths, and end-to-end
+streaming of a > 30 s recording with the real whisper-base (ct2)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import realtime_transcribe
+from utils.audio import SAMPLE_RATE
+from utils.streaming import (
+    AudioDeviceError,
+    FileSource,
+    StreamingPolicy,
+    Update,
+    Word,
+    _align_committed,
+    collapse_repeats,
+    import_sounddevice,
+    join_words,
+    run_stream,
+    split_tokens,
+    token_key,
+    words_from_segments,
+)
+from utils.text import error_rate
+
+SCALE = 1e-3  # fake audio: sample value = stream time (s) * SCALE, so a fake decoder knows where it is
+
+
+# ---------------------------------------------------------------------------------------------------
+# fakes
+# ---------------------------------------------------------------------------------------------------
+def timed_audio(duration_s: float, silences: list[tuple[float, float]] = ()) -> np.ndarray:
+    """Audio whose samples encode their own time; silences (start, end) are zeros, speech elsewhere."""
+    t = np.arange(int(duration_s * SAMPLE_RATE), dtype=np.float64) / SAMPLE_RATE
+    audio = (t * SCALE + 1e-4).astype(np.float32)
+    for s, e in silences:
+        audio[int(s * SAMPLE_RATE): int(e * SAMPLE_RATE)] = 0.0
+    return audio
+
+
+def script_words(text: str, start: float = 0.0, word_s: float = 0.4, gaps: dict[int, float] | None = None
+                 ) -> list[tuple[float, float, str]]:
+    """(start, end, word) for each whitespace word (or CJK character), one every word_s seconds."""
+    out, t = [], start
+    for i, w in enumerate(split_tokens(text)):
+        t += (gaps or {}).get(i, 0.0)
+        out.append((t, t + word_s, w))
+        t += word_s
+    return out
+
+
+class FakeASR:
+    """Hypothesis function over a known script: words wholly inside the buffer are recognised; a word cut
+    by the buffer end comes out as a different wrong guess on every call (it must never be committed).
+    Words form segments of ``per_segment`` words."""
+
+    def __init__(self, words, per_segment: int = 4, flicker: bool = True) -> None:
+        self.words, self.per_segment, self.flicker = words, per_segment, flicker
+        self.calls = 0
+        self.prompts: list[str] = []
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple[float, float, str]]:
+        self.calls += 1
+        self.prompts.append(prompt)
+        voiced = np.flatnonzero(audio)
+        if not len(voiced):
+            return []
+        i = int(voiced[0])
+        offset = round(((float(audio[i]) - 1e-4) / SCALE - i / SAMPLE_RATE) * SAMPLE_RATE) / SAMPLE_RATE
+        end = offset + len(audio) / SAMPLE_RATE
+        heard = [(s, e, w) for s, e, w in self.words if s >= offset - 1e-6 and e <= end + 1e-6]
+        if self.flicker:
+            cut = [(s, end, f"guess{self.calls}") for s, e, w in self.words if s < end < e]
+            heard += cut
+        segments = []
+        for i in range(0, len(heard), self.per_segment):
+            group = heard[i: i + self.per_segment]
+            segments.append((group[0][0] - offset, group[-1][1] - offset, join_words([Word(0, 0, w) for *_, w in group])))
+        return segments
+
+
+def energy_vad(frame: np.ndarray) -> float:
+    return 1.0 if float(np.abs(frame).max()) > 1e-5 else 0.0
+
+
+def feed(policy: StreamingPolicy, audio: np.ndarray, chunk_s: float = 1.0) -> list[Update]:
+    step = int(chunk_s * SAMPLE_RATE)
+    updates = []
+    for i in range(0, len(audio), step):
+        policy.insert_audio(audio[i: i + step])
+        updates.append(policy.process())
+    updates.append(policy.finish())
+    return updates
+
+
+def committed_words(updates: list[Update]) -> list[Word]:
+    return [w for u in updates for w in u.committed]
+
+
+# ---------------------------------------------------------------------------------------------------
+# tokens and words
+# ---------------------------------------------------------------------------------------------------
+def test_split_tokens_cjk_characters_and_latin_words():
+    assert split_tokens("今天天气很好，我们 go home.") == ["今", "天", "天", "气", "很", "好，", "我", "们", " go", " home."]
+    assert split_tokens(" The quick, brown fox.") == [" The", " quick,", " brown", " fox."]
+    assert split_tokens("，开始") == ["，开", "始"]
+
+
+def test_token_key_ignores_punctuation_case_and_traditional_chinese():
+    assert token_key(" Hello,") == token_key("hello") == "hello"
+    assert token_key("們") == token_key("们")
+    assert token_key("，") == ""
+
+
+def test_words_from_segments_interpolates_by_characters_and_clamps():
+    words = words_from_segments([(0.0, 2.0, "ab cd"), (2.0, 9.0, "今天")], offset=10.0, audio_end=14.0)
+    assert [w.text for w in words] == [" ab", " cd", " 今", "天"]  # segments joined like the engine joins them
+    assert join_words(words_from_segments([(0, 1, "你好"), (1, 2, "世界")], 0.0, 2.0)) == "你好世界"
+    assert (words[0].start, words[0].end, words[1].end) == (10.0, 11.0, 12.0)
+    assert words[-1].end == 14.0  # clamped to the audio decoded
+    assert join_words(words) == "ab cd 今天"
+
+
+def test_align_committed_skips_a_slightly_changed_committed_region():
+    assert _align_committed([], ["a"]) == 0
+    assert _align_committed(list("abc"), list("abcde")) == 3
+    assert _align_committed(list("abc"), list("xbcde")) == 3  # first word re-decoded differently
+    assert _align_committed(list("ab"), list("abb")) == 2
+
+
+def test_collapse_repeats_cuts_decoder_loops_only():
+    assert collapse_repeats("蔡堂我做做做做做做做做做做") == "蔡堂我做"
+    assert collapse_repeats("and then the the the the the end") == "and then the end"
+    assert collapse_repeats("The train leaves at half past eight.") == "The train leaves at half past eight."
+    assert collapse_repeats("好好学习") == "好好学习"
+
+
+# ---------------------------------------------------------------------------------------------------
+# LocalAgreement policy with a fake decoder
+# ---------------------------------------------------------------------------------------------------
+def test_local_agreement_commits_the_script_once_in_order_and_never_a_flickering_guess():
+    text = " ".join(f"w{i}" for i in range(40))
+    words = script_words(text)  # 16 s of speech, no pauses
+    asr = FakeASR(words)
+    policy = StreamingPolicy(asr, trim_s=4.0, max_buffer_s=8.0, prompt_chars=200)
+    updates = feed(policy, timed_audio(16.5))
+    got = committed_words(updates)
+    assert [w.key for w in got] == [f"w{i}" for i in range(40)]  # nothing twice, nothing missing
+    assert not any("guess" in w.text for w in got)
+    starts = [w.start for w in got]
+    assert starts == sorted(starts)
+    assert max(u.audio_end for u in updates) == pytest.approx(16.5)
+    # the buffer was trimmed at committed segment ends and the text that left it became the prompt
+    assert policy.buffer_s <= 8.0
+    assert any(p.startswith("w0 w1") for p in asr.prompts)
+
+
+def test_local_agreement_needs_two_agreeing_hypotheses():
+    calls = iter([[(0.0, 1.0, "今天天气")], [(0.0, 2.0, "今天天汽很好")], [(0.0, 3.0, "今天天汽很好啊")]])
+    policy = StreamingPolicy(lambda audio, prompt: next(calls))
+    updates = []
+    for _ in range(3):
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
+        updates.append(policy.process())
+    assert updates[0].committed == [] and join_words(updates[0].tentative) == "今天天气"
+    assert join_words(updates[1].committed) == "今天天"  # character-wise agreement, "气"≠"汽" stays tentative
+    assert join_words(updates[2].committed) == "汽很好"
+    assert join_words(updates[2].tentative) == "啊"
+    assert join_words(policy.finish().committed) == "啊"
+    assert policy.text == "今天天汽很好啊"
+
+
+def test_vad_skips_silence_and_closes_utterances_at_pauses():
+    words = script_words("a b c d", start=1.0) + script_words("e f g h", start=5.0)
+    audio = timed_audio(9.0, silences=[(0.0, 1.0), (2.6, 5.0), (6.6, 9.0)])
+    asr = FakeASR(words)
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6)
+    updates = feed(policy, audio, chunk_s=0.5)
+    got = committed_words(updates)
+    assert join_words(got) == "a b c d e f g h"
+    closes = [u for u in updates if u.utterance_end and u.committed]
+    assert [join_words(u.committed)[-1] for u in closes] == ["d", "h"]  # each utterance closed on its pause
+    # closed soon after speech ended (2.6 s and 6.6 s), not at the end of the stream
+    assert closes[0].audio_end <= 3.5 and closes[1].audio_end <= 7.5
+    # silence-only steps are not decoded: 18 steps, speech in fewer of them
+    assert asr.calls < sum(1 for u in updates[:-1]) - 4
+    assert all(not u.decoded for u in updates if u.audio_end > 7.5)
+
+
+def test_a_pause_inside_a_long_block_closes_the_utterance_at_the_pause():
+    words = script_words("a b c d", start=0.5) + script_words("e f", start=3.5)
+    audio = timed_audio(6.0, silences=[(0.0, 0.5), (2.1, 3.5), (4.3, 6.0)])
+    asr = FakeASR(words, flicker=False)
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6)
+    policy.insert_audio(audio[: int(4.0 * SAMPLE_RATE)])  # one slow step: a pause at 2.1-3.5 s inside it
+    update = policy.process()
+    assert join_words(update.committed) == "a b c d"  # committed whole, without waiting for agreement
+    assert join_words(update.tentative) == "e"  # the next utterance started in the same block
+    assert policy.offset / SAMPLE_RATE == pytest.approx(2.1 + 0.6 - 0.4, abs=0.04)  # cut at the pause (- pad)
+    policy.insert_audio(audio[int(4.0 * SAMPLE_RATE):])
+    assert join_words(policy.process().committed) == "e f"
+    assert policy.text == "a b c d e f"
+
+
+def test_buffer_never_exceeds_the_limit_without_agreement():
+    counter = iter(range(10_000))
+    policy = StreamingPolicy(lambda audio, prompt: [(0.0, len(audio) / SAMPLE_RATE, f"noise{next(counter)}")],
+                             trim_s=3.0, max_buffer_s=5.0)
+    sizes = []
+    for _ in range(12):
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
+        policy.process()
+        sizes.append(policy.buffer_s)
+    assert max(sizes) <= 6.0  # one chunk over the limit at most, then cut
+    assert policy.committed  # the hypothesis was committed rather than overflowing Whisper's window
+
+
+def test_policy_rejects_a_buffer_longer_than_whispers_window():
+    with pytest.raises(ValueError, match="max_buffer_s"):
+        StreamingPolicy(lambda a, p: [], trim_s=10.0, max_buffer_s=40.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sources and the stream loop
+# ---------------------------------------------------------------------------------------------------
+def test_run_stream_simulated_clock_gives_latencies_from_compute_time():
+    words = script_words(" ".join(f"w{i}" for i in range(20)))
+    asr = FakeASR(words)
+
+    def slow_asr(audio, prompt):
+        time.sleep(0.05)
+        return asr(audio, prompt)
+
+    policy = StreamingPolicy(slow_asr, trim_s=4.0, max_buffer_s=8.0)
+    t0 = time.perf_counter()
+    result = run_stream(FileSource(timed_audio(8.2), realtime=False), policy, chunk_s=1.0, keep_audio=True)
+    assert time.perf_counter() - t0 < 3.0  # as fast as possible, not 8 s
+    assert [w.key for w in result.words] == [f"w{i}" for i in range(20)]
+    times = [c.commit_time for c in result.commits]
+    assert times == sorted(times)
+    lat = [x for c in result.commits for x in c.latencies()]
+    assert min(lat) >= 0.05  # a word is committed after the decode that saw it
+    stats = result.latency_stats()
+    assert 0.5 < stats["mean_latency_s"] < 3.0 and stats["p90_latency_s"] >= stats["mean_latency_s"]
+    assert result.audio is not None and len(result.audio) == int(8.2 * SAMPLE_RATE)
+
+
+def test_file_source_real_time_paces_the_audio():
+    source = FileSource(np.zeros(int(0.6 * SAMPLE_RATE), np.float32), realtime=True)
+    t0 = time.perf_counter()
+    sizes = []
+    while (block := source.read(int(0.2 * SAMPLE_RATE))) is not None:
+        sizes.append(len(block))
+    assert time.perf_counter() - t0 >= 0.55
+    assert sum(sizes) == int(0.6 * SAMPLE_RATE)
+
+
+def test_ctrl_c_flushes_the_tentative_tail():
+    words = script_words("one two three four five six")
+    asr = FakeASR(words, flicker=False)
+
+    class InterruptedSource(FileSource):
+        def read(self, min_samples):
+            if self.pos >= int(1.5 * SAMPLE_RATE):
+                raise KeyboardInterrupt
+            return super().read(min_samples)
+
+    result = run_stream(InterruptedSource(timed_audio(3.0), realtime=False), StreamingPolicy(asr), chunk_s=0.5)
+    assert result.interrupted
+    assert result.text == "one two three"  # the words heard before Ctrl-C, the last ones flushed
+    assert result.commits[-1].words[-1].text.strip() == "three"
+
+
+def test_ctrl_c_while_a_commit_is_shown_loses_nothing_and_counts_it_once():
+    asr = FakeASR(script_words("one two three four five six"), flicker=False)
+    shown: list[str] = []
+
+    def show(update, t):
+        if not update.committed:
+            return
+        if not shown:
+            shown.append("interrupted")
+            raise KeyboardInterrupt  # Ctrl-C while printing the first commit
+        shown.append(join_words(update.committed))
+
+    result = run_stream(FileSource(timed_audio(3.0), realtime=False), StreamingPolicy(asr), chunk_s=0.5,
+                        on_update=show)
+    assert result.interrupted
+    first = [w.key for w in result.commits[0].words]
+    assert [w.key for w in result.words] == ["one", "two", "three"][: len(result.words)]
+    assert shown[1] == " ".join(first)  # the cut-off commit was shown again, and recorded once
+    assert len(result.words) == len({id(w) for w in result.words})
+
+
+# ---------------------------------------------------------------------------------------------------
+# display and the no-microphone paths
+# ---------------------------------------------------------------------------------------------------
+def test_display_prints_commit_lines_and_appends_them_to_the_output_file(tmp_path):
+    import io
+
+    out, log = io.StringIO(), io.StringIO()
+    d = realtime_transcribe.Display(out, log, tty=False)
+    d.update(Update([Word(1.0, 1.5, " Hello"), Word(1.5, 2.25, " world.")], [Word(2.3, 2.6, " tent")], 2.6))
+    d.update(Update([], [Word(2.3, 2.8, " tentative")], 3.0))
+    assert out.getvalue() == "[00:00:01.000 --> 00:00:02.250] Hello world.\n"
+    assert log.getvalue() == out.getvalue()
+    tty = io.StringIO()
+    d = realtime_transcribe.Display(tty, None, tty=True)
+    d.update(Update([Word(0.0, 0.5, "好")], [Word(0.5, 1.0, "的")], 1.0))
+    assert "好" + realtime_transcribe._DIM + "的" in tty.getvalue()  # committed plain, tentative dimmed
+    d.update(Update([Word(0.5, 1.0, "的")], [Word(1.5, 2.0, "新")], 2.0, utterance_end=True))
+    assert tty.getvalue().endswith("好的" + realtime_transcribe._DIM + realtime_transcribe._RESET + "\n\r\033[K"
+                                   + realtime_transcribe._DIM + "新" + realtime_transcribe._RESET)
+
+
+def _fake_sounddevice(devices, blocks=()):
+    class PortAudioError(Exception):
+        pass
+
+    class InputStream:  # delivers ``blocks`` (frames, 1) at once when started
+        def __init__(self, device, samplerate, channels, dtype, blocksize, callback):
+            self.callback, self.active = callback, False
+
+        def start(self):
+            for b in blocks:
+                self.callback(b, len(b), None, None)
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+        def close(self):
+            pass
+
+    def query_devices(device=None, kind=None):
+        if device is None and kind is None:
+            return devices
+        if kind == "input":
+            inputs = [d for d in devices if d["max_input_channels"] > 0]
+            if device is None:
+                if not inputs:
+                    raise PortAudioError("no default input device")
+                return inputs[0]
+            return devices[device]
+        return devices[device]
+
+    return types.SimpleNamespace(PortAudioError=PortAudioError, query_devices=query_devices, InputStream=InputStream,
+                                 default=types.SimpleNamespace(device=(0, 1)))
+
+
+def test_missing_portaudio_gives_a_clear_error_and_exit_1(monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_portaudio(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    with pytest.raises(AudioDeviceError, match="PortAudio is not available"):
+        import_sounddevice()
+    assert realtime_transcribe.main([]) == 1
+    assert realtime_transcribe.main(["--list_devices"]) == 1
+    err = capsys.readouterr().err
+    assert "libportaudio2" in err and "--audio_path" in err
+
+
+def test_no_input_device_gives_a_clear_error_and_exit_1(monkeypatch, capsys):
+    only_output = [{"name": "speakers", "max_input_channels": 0, "max_output_channels": 2,
+                    "default_samplerate": 48000.0}]
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(only_output))
+    assert realtime_transcribe.main([]) == 1
+    assert "no audio input device found" in capsys.readouterr().err
+    assert realtime_transcribe.main(["--list_devices"]) == 1
+
+
+def test_microphone_source_resamples_to_16k(monkeypatch):
+    rate = 44100
+    t = np.arange(rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[:, None]
+    blocks = [tone[i: i + 4410] for i in range(0, rate, 4410)]
+    mic = [{"name": "usb mic", "max_input_channels": 1, "max_output_channels": 0, "default_samplerate": 48000.0}]
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(mic, blocks))
+    from utils.streaming import MicrophoneSource
+
+    with MicrophoneSource(None, samplerate=rate) as source:
+        assert (source.samplerate, source.device_name) == (rate, "usb mic")
+        audio = source.read(8000)
+        assert 15000 <= len(audio) <= 16000  # 1 s at 16 kHz (less the resampler's delay)
+        spectrum = np.abs(np.fft.rfft(audio[2000:]))
+        assert np.argmax(spectrum) * SAMPLE_RATE / len(audio[2000:]) == pytest.approx(440, abs=3)
+        source._stream.active = False  # the device went away: a clear error, not a hang
+        with pytest.raises(AudioDeviceError, match="stopped delivering audio"):
+            source.read(8000)
+
+
+def test_list_devices_shows_inputs_and_the_default(monkeypatch, capsys):
+    devices = [{"name": "usb mic", "max_input_channels": 1, "max_output_channels": 0, "default_samplerate": 44100.0},
+               {"name": "speakers", "max_input_channels": 0, "max_output_channels": 2, "default_samplerate": 48000.0}]
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(devices))
+    assert realtime_transcribe.main(["--list_devices"]) == 0
+    out = capsys.readouterr().out
+    assert "usb mic" in out and "44100 Hz" in out and "speakers" not in out and out.startswith("*")
+
+
+def test_flag_conflicts_are_parser_errors(capsys):
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--chunk_seconds=0"])
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--audio_path=x.wav", "--device_index=1"])
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--vad=maybe"])
+    assert "--chunk_seconds must be > 0" in capsys.readouterr().err
+
+
+def test_missing_audio_file_exits_1_before_loading_a_model(tmp_path, capsys):
+    assert realtime_transcribe.main([f"--audio_path={tmp_path / 'nope.wav'}"]) == 1
+    assert "audio file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end with whisper-base (ct2, int8 on CPU)
+# ---------------------------------------------------------------------------------------------------
+SENTENCES = ["The weather is nice today, so we are going for a walk in the park.",
+             "After lunch we will visit the museum near the river.",
+             "My brother bought a new bicycle last week, and he rides it to work every morning.",
+             "The train to the city leaves at half past eight.",
+             "Please remember to close the windows before you leave the house.",
+             "We are planning a small party for her birthday on Saturday evening.",
+             "The children were reading books in the library all afternoon."]
+LONG_TEXT = " ".join(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def long_en_wav(tmp_path_factory) -> Path:
+    """About 35 s of English speech (espeak-ng sentences, 0.8 s pauses between them)."""
+    import soundfile as sf
+
+    from tests.conftest import make_speech
+
+    folder = tmp_path_factory.mktemp("stream")
+    pause = np.zeros(int(0.8 * SAMPLE_RATE), np.float32)
+    parts = []
+    for i, sentence in enumerate(SENTENCES):
+        audio, sr = sf.read(str(make_speech(sentence, folder / f"s{i}.wav", speed=145)), dtype="float32")
+        assert sr == SAMPLE_RATE
+        parts += [audio, pause]
+    path = folder / "long_en.wav"
+    sf.write(str(path), np.concatenate(parts), SAMPLE_RATE)
+    assert sf.info(str(path)).duration > 30.0
+    return path
+
+
+_LINE = re.compile(r"^\[(\d\d):(\d\d):(\d\d\.\d\d\d) --> (\d\d):(\d\d):(\d\d\.\d\d\d)\] (.+)$")
+
+
+def _parse_lines(text: str) -> list[tuple[float, float, str]]:
+    out = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        assert m, f"not a commit line: {line!r}"
+        g = m.groups()
+        out.append((int(g[0]) * 3600 + int(g[1]) * 60 + float(g[2]), int(g[3]) * 3600 + int(g[4]) * 60 + float(g[5]),
+                    g[6]))
+    return out
+
+
+@pytest.mark.slow
+def test_streaming_a_long_file_matches_the_offline_transcript(long_en_wav, tmp_path, capsys):
+    out_file, report_file = tmp_path / "committed.txt", tmp_path / "report.json"
+    out_file.write_text("")
+    rc = realtime_transcribe.main([f"--audio_path={long_en_wav}", "--simulate_realtime=False", "--language=en",
+                                   f"--output={out_file}", f"--report_path={report_file}"])
+    assert rc == 0
+    report = json.loads(report_file.read_text())
+    lines = _parse_lines(out_file.read_text())
+    assert lines and capsys.readouterr().out.splitlines() == out_file.read_text().splitlines()
+    # committed text = offline transcript of the same model (CER ≤ 5 %), nothing committed twice
+    assert report["cer_vs_offline"] <= 0.05, report
+    streamed = " ".join(t for *_, t in lines)
+    assert error_rate([report["offline_text"]], [streamed]) == pytest.approx(report["cer_vs_offline"], abs=1e-3)
+    assert error_rate([LONG_TEXT], [streamed]) < 0.15  # and it is the speech, not a hallucination
+    for n_gram in zip(*(streamed.lower().split()[i:] for i in range(4))):
+        assert " ".join(n_gram) in report["offline_text"].lower() or streamed.lower().count(" ".join(n_gram)) == 1
+    # commits in time order (word times are interpolated, so allow a little overlap)
+    starts = [s for s, _, _ in lines]
+    assert all(b >= a - 0.5 for a, b in zip(starts, starts[1:])), starts
+    assert lines[-1][1] <= report["audio_s"] + 1e-3
+    # latency figures
+    assert report["simulated_clock"] and report["words"] >= 60
+    assert 0 < report["mean_latency_s"] <= report["p90_latency_s"] <= report["max_latency_s"]
+
+
+@pytest.mark.slow
+def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, repo_root):
+    report_file = tmp_path / "report.json"
+    env = dict(os.environ, LOG_LEVEL="DEBUG", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "realtime_transcribe.py", f"--audio_path={long_en_wav}", "--language=en",
+         "--chunk_seconds=1", f"--report_path={report_file}"],
+        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tentative = None
+    stderr_lines = []
+    deadline = time.monotonic() + 240
+    try:
+        for line in proc.stderr:  # wait until a hypothesis with a tentative tail was shown, then Ctrl-C
+            stderr_lines.append(line)
+            m = re.search(r"committed '.*' \| tentative '(.+)'$", line.rstrip())
+            if m:
+                tentative = m.group(1)
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() < deadline, "".join(stderr_lines[-20:])
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(stderr_lines) + stderr
+    assert tentative is not None, stderr[-3000:]
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = _parse_lines(stdout)[-1][2]
+    assert last.endswith(tentative.strip()), (last, tentative)  # the tentative tail was committed on Ctrl-C
+    report = json.loads(report_file.read_text())
+    assert report["interrupted"] is True and report["audio_s"] < 25

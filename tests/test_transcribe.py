@@ -1,0 +1,194 @@
+"""The inference engine: chunking, timestamps, fallback against loops, language detection, both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import EN_SENTENCE
+from utils.audio import SAMPLE_RATE, load_audio
+from utils.text import count_errors
+from utils.transcribe import (
+    DecodeOptions,
+    compression_ratio,
+    join_texts,
+    language_code,
+    load_transcriber,
+    postprocess_text,
+    split_timestamp_tokens,
+    token_budget,
+)
+from utils.vad import Chunk, merge_regions, split_on_silence
+
+LOOP = "佳奼亚瑞, " * 40
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_whisper_dir):
+    return load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base_hf(whisper_base_dir):
+    return load_transcriber(str(whisper_base_dir), "transformers", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base_ct2():
+    return load_transcriber("openai/whisper-base", "ct2", device="cpu", compute_type="float32")
+
+
+def _long_clip(en_wav, zh_wav) -> np.ndarray:
+    """> 60 s: English and Mandarin sentences separated by 2 s of silence, repeated."""
+    en, zh = load_audio(en_wav), load_audio(zh_wav)
+    gap = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    parts = []
+    while sum(len(p) for p in parts) < 62 * SAMPLE_RATE:
+        parts += [en, gap, zh, gap]
+    return np.concatenate(parts)
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+def test_compression_ratio_flags_repetition_loop():
+    assert compression_ratio(LOOP) > 2.4
+    assert compression_ratio("今天天气很好，我们一起去公园散步吧。") < 2.4
+
+
+def test_split_timestamp_tokens_both_styles():
+    tb, eot = 100, 50
+    # <|0.00|> 1 2 <|1.00|><|1.00|> 3 <|2.00|>   and   <|0.00|> 1 2 <|1.00|> 3 <|2.00|>
+    for tokens in ([100, 1, 2, 150, 150, 3, 200, eot], [100, 1, 2, 150, 3, 200]):
+        assert split_timestamp_tokens(tokens, tb, eot, duration=5.0) == [(0.0, 1.0, [1, 2]), (1.0, 2.0, [3])]
+    # text after the last timestamp runs to the end; times past the audio are clamped
+    assert split_timestamp_tokens([100, 1, 900, 4], tb, eot, duration=3.0) == [(0.0, 3.0, [1]), (3.0, 3.0, [4])]
+
+
+def test_text_postprocessing():
+    assert join_texts(["今天", "天气", "good", "day"]) == "今天天气 good day"
+    assert postprocess_text("今天天氣很好，我們走。", "zh", None, False) == "今天天气很好，我们走。"
+    assert postprocess_text("天氣", "ja", None, False) == "天氣"  # auto: only Chinese is converted
+    assert postprocess_text("今天，天气好！Hi, you.", "zh", None, True) == "今天天气好 Hi you"
+
+
+def test_decode_options_validate_and_normalise_language():
+    assert DecodeOptions(language="Chinese").language == "zh"
+    assert language_code("<|en|>") == "en"
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        DecodeOptions(language="klingon")
+    with pytest.raises(ValueError, match="task"):
+        DecodeOptions(task="summarize")
+    with pytest.raises(ValueError, match="beam_size"):
+        DecodeOptions(beam_size=0)
+
+
+def test_token_budget_grows_with_duration_and_is_capped():
+    assert token_budget(2.0, False) < token_budget(10.0, False) < token_budget(10.0, True)
+    assert token_budget(30.0, True) == 224
+
+
+def test_merge_regions_respects_window_and_covers_speech():
+    sr = SAMPLE_RATE
+    regions = [Chunk(0, 10 * sr), Chunk(12 * sr, 25 * sr), Chunk(27 * sr, 40 * sr), Chunk(41 * sr, 111 * sr)]
+    chunks = merge_regions(regions, max_chunk_s=30.0)
+    assert all(c.end - c.start <= 30 * sr for c in chunks)
+    assert chunks[0] == Chunk(0, 25 * sr)  # two regions merged, the third would exceed 30 s
+    covered = np.zeros(111 * sr, dtype=bool)
+    for c in chunks:
+        covered[c.start:c.end] = True
+    assert all(covered[r.start:r.end].all() for r in regions)
+    assert [c.start for c in chunks] == sorted(c.start for c in chunks)
+
+
+def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
+    audio = _long_clip(en_wav, zh_wav)
+    chunks = split_on_silence(audio)
+    assert len(chunks) >= 3
+    assert all(c.duration_s <= 30.0 for c in chunks)
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
+    silence = np.zeros(SAMPLE_RATE * 5, dtype=np.float32)
+    assert split_on_silence(np.concatenate([silence] * 7)) == []
+
+
+# -- tiny model: plumbing ---------------------------------------------------------------------------
+def test_short_clip_transcript_shape(tiny, en_wav):
+    t = tiny.transcribe(str(en_wav), DecodeOptions(language="en", timestamps=True, max_new_tokens=20))
+    duration = len(load_audio(en_wav)) / SAMPLE_RATE
+    assert t.duration == pytest.approx(duration, abs=1e-3)
+    assert t.language == "en" and t.language_probability == 1.0
+    for s in t.segments:
+        assert 0.0 <= s.start <= s.end <= t.duration
+    d = t.to_dict()
+    assert set(d) == {"text", "language", "language_probability", "duration", "segments"}
+
+
+def test_batch_detects_language_per_clip_and_rejects_long_audio(tiny, en_wav, zh_wav):
+    clips = [load_audio(en_wav), load_audio(zh_wav), np.zeros(0, dtype=np.float32)]
+    out = tiny.transcribe_batch(clips, DecodeOptions(max_new_tokens=8))
+    assert len(out) == 3 and out[2].text == ""
+    assert all(0.0 < t.language_probability <= 1.0 for t in out[:2])
+    with pytest.raises(ValueError, match="at most 30 s"):
+        tiny.transcribe_batch([np.zeros(31 * SAMPLE_RATE, dtype=np.float32)], DecodeOptions())
+
+
+def test_repetition_loop_is_broken_by_temperature_fallback(tiny, en_wav):
+    """The random tiny model loops on one token when greedy; the fallback must not keep such a loop."""
+    import torch
+
+    audio = load_audio(en_wav)
+    greedy = tiny.transcribe(audio, DecodeOptions(language="zh", temperatures=(0.0,), max_new_tokens=120,
+                                                  compression_ratio_threshold=None, logprob_threshold=None,
+                                                  no_speech_threshold=None))
+    assert compression_ratio(greedy.text) > 2.4, greedy.text  # the input really produces a loop
+    torch.manual_seed(0)
+    guarded = tiny.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=120, logprob_threshold=None,
+                                                   no_speech_threshold=None))
+    assert compression_ratio(guarded.text) < compression_ratio(greedy.text)
+    assert guarded.text != greedy.text
+
+
+@pytest.mark.slow
+def test_sequential_long_form_keeps_times_inside_the_audio(tiny, en_wav, zh_wav):
+    audio = _long_clip(en_wav, zh_wav)
+    t = tiny.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True, temperatures=(0.0,)))
+    assert t.duration == pytest.approx(len(audio) / SAMPLE_RATE, abs=1e-3)
+    assert t.segments and t.segments[-1].end <= t.duration
+    assert all(a.start <= b.start for a, b in zip(t.segments, t.segments[1:]))
+
+
+# -- real whisper-base: accuracy ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_language_detection_english_and_mandarin(base_hf, base_ct2, en_wav, zh_wav):
+    """English is detected as English; on both clips the two backends agree (faster-whisper's detector is the
+    reference). whisper-base hears espeak's synthetic Mandarin as Thai, so "zh" itself is not asserted."""
+    t = base_ct2.transcribe(str(en_wav), DecodeOptions())
+    assert t.language == "en" and t.language_probability > 0.5
+    assert count_errors(EN_SENTENCE, t.text, "wer").rate < 0.35
+    for wav in (en_wav, zh_wav):
+        audio = load_audio(wav)
+        (hf_lang, hf_p), (ct2_lang, ct2_p) = base_hf.detect_language(audio), base_ct2.detect_language(audio)
+        assert hf_lang == ct2_lang and hf_p == pytest.approx(ct2_p, abs=0.05)
+    assert base_hf.detect_language(load_audio(en_wav))[0] == "en"
+    assert base_hf.detect_language(load_audio(zh_wav))[0] != "en"
+
+
+@pytest.mark.slow
+def test_backends_give_the_same_text(base_hf, base_ct2, en_wav):
+    opts = DecodeOptions(language="en", temperatures=(0.0,))
+    assert base_hf.transcribe(str(en_wav), opts).text == base_ct2.transcribe(str(en_wav), opts).text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2, en_wav, zh_wav):
+    engine = base_ct2 if backend == "ct2" else base_hf
+    audio = _long_clip(en_wav, zh_wav)
+    duration = len(audio) / SAMPLE_RATE
+    t = engine.transcribe(audio, DecodeOptions(timestamps=True, language="en", batch_size=4))
+    assert t.duration == pytest.approx(duration, abs=1e-3)
+    starts = [s.start for s in t.segments]
+    assert starts == sorted(starts)
+    assert all(0 <= s.start <= s.end <= duration for s in t.segments)
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(t.segments, t.segments[1:]))
+    # speech from the last minute is transcribed and placed after 30 s
+    late = " ".join(s.text for s in t.segments if s.start > 30).lower()
+    assert any(w in late for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments

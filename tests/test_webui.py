@@ -1,0 +1,313 @@
+"""Web UI: pure helpers (utils/webui.py) and the page itself through streamlit's AppTest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils.audio import SAMPLE_RATE, AudioLoadError, save_wav
+from utils.data import Segment
+from utils.transcribe import DecodeOptions, Transcript
+from utils.webui import (
+    MAX_UPLOAD_MB,
+    UploadError,
+    check_upload,
+    decode_audio_bytes,
+    discover_models,
+    model_choices,
+    segment_rows,
+    sentiment_rows,
+    transcribe_with_progress,
+    transcript_downloads,
+    waveform_envelope,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(REPO_ROOT / "streamlit_whisper.py")
+
+
+def _hf_folder(path: Path, model_type: str = "whisper", weights: str = "model.safetensors") -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
+    (path / weights).write_bytes(b"")
+    return path
+
+
+def _transcript() -> Transcript:
+    return Transcript("你好 world", "zh", 0.9, 4.0,
+                      [Segment(0.0, 1.5, "你好"), Segment(1.5, 3.25, "world")])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model discovery
+
+
+def test_discover_models_finds_merged_and_ct2_folders(tmp_path):
+    _hf_folder(tmp_path / "whisper-base-finetune")
+    _hf_folder(tmp_path / "runs" / "whisper-small-merged")  # one level deeper
+    ct2 = tmp_path / "whisper-base-ct2"
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"\0")
+    (ct2 / "config.json").write_text("{}", encoding="utf-8")  # CT2 config has no model_type
+    lora = tmp_path / "lora-adapter"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}", encoding="utf-8")
+    _hf_folder(tmp_path / "bert", model_type="bert")
+    no_weights = tmp_path / "incomplete"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text('{"model_type": "whisper"}', encoding="utf-8")
+    _hf_folder(tmp_path / "a" / "b" / "too-deep")
+
+    found = {Path(c.path).name: c for c in discover_models(tmp_path)}
+
+    assert set(found) == {"whisper-base-finetune", "whisper-small-merged", "whisper-base-ct2"}
+    assert found["whisper-base-finetune"].backend == "transformers"
+    assert found["whisper-base-ct2"].backend == "ct2"
+    assert found["whisper-small-merged"].label == f"{tmp_path / 'runs' / 'whisper-small-merged'} (transformers)"
+    assert all(c.source == "local" for c in found.values())
+    assert discover_models(tmp_path / "missing") == []
+
+
+def test_model_choices_lists_local_packaged_and_hub_and_puts_preselect_first(tmp_path):
+    local = _hf_folder(tmp_path / "merged")
+    paths = [c.path for c in model_choices(tmp_path)]
+    assert paths[0] == str(local)
+    assert "openai/whisper-base" in paths and "openai/whisper-tiny.en" in paths
+    assert "openai/whisper-large-v3" in paths
+    assert len(paths) == len(set(paths))
+
+    choices = model_choices(tmp_path, preselect="openai/whisper-base")
+    assert choices[0].path == "openai/whisper-base" and choices[0].source == "packaged"
+    assert [c.path for c in choices].count("openai/whisper-base") == 1
+
+    other = model_choices(tmp_path, preselect="/elsewhere/my-model")
+    assert other[0].path == "/elsewhere/my-model" and other[0].backend is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Upload validation and decoding
+
+
+def test_check_upload_accepts_audio_and_rejects_type_size_empty():
+    check_upload("clip.WAV", 1000)
+    check_upload("talk.m4a", MAX_UPLOAD_MB * 1024 * 1024)
+    with pytest.raises(UploadError, match=r"notes\.txt: 不支持的文件类型 .*'\.txt'.*wav"):
+        check_upload("notes.txt", 10)
+    with pytest.raises(UploadError, match=r"big\.wav: 文件过大 .*250\.0 MB > 200 MB"):
+        check_upload("big.wav", 250 * 1024 * 1024)
+    with pytest.raises(UploadError, match=r"clip\.mp3: 文件为空"):
+        check_upload("clip.mp3", 0)
+    with pytest.raises(UploadError, match="1.0 MB > 0.5 MB"):
+        check_upload("clip.flac", 1024 * 1024, max_mb=0.5)
+
+
+def test_decode_audio_bytes_reads_wav_and_names_the_upload_on_error(tmp_path):
+    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    save_wav(tmp_path / "tone.wav", tone, 8000)  # resampled to 16 kHz on decode
+    audio = decode_audio_bytes((tmp_path / "tone.wav").read_bytes(), "tone.wav")
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(audio.size - 2 * tone.size) <= 2
+    with pytest.raises(AudioLoadError, match=r"^fake\.wav: 无法解码为音频") as info:
+        decode_audio_bytes(b"this is not audio at all" * 10, "fake.wav")
+    assert "webui-" not in str(info.value)  # the temp file's name is not shown
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format conversion
+
+
+def test_waveform_envelope_bounds_and_times():
+    audio = np.zeros(SAMPLE_RATE * 10, dtype=np.float32)
+    audio[SAMPLE_RATE * 5] = 0.8
+    audio[SAMPLE_RATE * 7] = -0.6
+    env = waveform_envelope(audio, points=100)
+    assert len(env["time_s"]) == len(env["min"]) == len(env["max"]) == 100
+    assert env["max"].max() == pytest.approx(0.8) and env["min"].min() == pytest.approx(-0.6)
+    assert env["time_s"][int(np.argmax(env["max"]))] == pytest.approx(5.0)
+    assert env["time_s"][1] == pytest.approx(0.1)
+    short = waveform_envelope(np.ones(10, dtype=np.float32), points=100)
+    assert len(short["time_s"]) == 10
+    assert len(waveform_envelope(np.zeros(0, dtype=np.float32))["time_s"]) == 0
+
+
+def test_segment_rows_and_downloads():
+    transcript = _transcript()
+    rows = segment_rows(transcript)
+    assert rows == [{"开始 start": "00:00:00.000", "结束 end": "00:00:01.500", "文本 text": "你好"},
+                    {"开始 start": "00:00:01.500", "结束 end": "00:00:03.250", "文本 text": "world"}]
+    downloads = {d.label: d for d in transcript_downloads(transcript, "meeting.mp3")}
+    assert [d.file_name for d in downloads.values()] == ["meeting.txt", "meeting.srt", "meeting.vtt",
+                                                         "meeting.json"]
+    assert downloads["TXT"].data == "你好 world\n"
+    assert downloads["SRT"].data.startswith("1\n00:00:00,000 --> 00:00:01,500\n你好\n\n2\n00:00:01,500")
+    assert downloads["VTT"].data.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\n你好")
+    assert json.loads(downloads["JSON"].data)["segments"][1] == {"start": 1.5, "end": 3.25, "text": "world"}
+
+
+def test_sentiment_rows_formats_spans():
+    report = {"results": [{"text": "很好", "label": "positive", "score": 0.9, "start": 0.0, "end": 2.0},
+                          {"text": "bad", "label": "negative", "score": 0.1}]}
+    rows = sentiment_rows(report)
+    assert rows[0] == {"开始 start": "00:00:00.000", "结束 end": "00:00:02.000", "情感 label": "positive",
+                       "积极度 score": 0.9, "文本 text": "很好"}
+    assert rows[1] == {"情感 label": "negative", "积极度 score": 0.1, "文本 text": "bad"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress over long audio
+
+
+class _FakeEngine:
+    """Records calls; each clip becomes one segment named after its length in samples."""
+
+    backend = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None]] = []
+
+    def transcribe(self, audio, options, *, initial_prompt=None):
+        self.calls.append(("transcribe", 1, options.language))
+        d = len(audio) / SAMPLE_RATE
+        return Transcript(f"n{len(audio)}", options.language or "en", 0.8, d, [Segment(0.0, d, f"n{len(audio)}")])
+
+    def transcribe_batch(self, audios, options):
+        self.calls.append(("batch", len(audios), options.language))
+        return [Transcript(f"n{len(a)}", options.language, 1.0, len(a) / SAMPLE_RATE,
+                           [Segment(0.0, len(a) / SAMPLE_RATE, f"n{len(a)}")]) for a in audios]
+
+
+def test_transcribe_with_progress_short_audio_is_one_call():
+    engine, progress = _FakeEngine(), []
+    audio = np.zeros(SAMPLE_RATE * 5, dtype=np.float32)
+    out = transcribe_with_progress(engine, audio, DecodeOptions(), lambda f, m: progress.append(f))
+    assert engine.calls == [("transcribe", 1, None)]
+    assert progress == [0.0, 1.0] and out.text == f"n{audio.size}"
+
+
+def test_transcribe_with_progress_long_audio_batches_chunks(monkeypatch):
+    from utils import webui
+    from utils.vad import Chunk
+
+    chunks = [Chunk(i * 20 * SAMPLE_RATE, (i * 20 + 15) * SAMPLE_RATE) for i in range(5)]
+    monkeypatch.setattr(webui, "split_on_silence", lambda audio: chunks)
+    engine, progress = _FakeEngine(), []
+    audio = np.zeros(SAMPLE_RATE * 100, dtype=np.float32)
+    out = transcribe_with_progress(engine, audio, DecodeOptions(batch_size=2),
+                                   lambda f, m: progress.append((f, m)))
+    # the first chunk fixes the language, the other four go in batches of two with it
+    assert engine.calls == [("transcribe", 1, None), ("batch", 2, "en"), ("batch", 2, "en")]
+    assert [f for f, _ in progress] == [0.2, 0.6, 1.0]
+    assert progress[-1][1].endswith("5/5 段 (chunks)")
+    assert [(s.start, s.end) for s in out.segments] == [(i * 20.0, i * 20.0 + 15.0) for i in range(5)]
+    assert out.language == "en" and out.language_probability == 0.8 and out.duration == 100.0
+    assert out.text == " ".join([f"n{15 * SAMPLE_RATE}"] * 5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page (streamlit AppTest: runs the script in-process, no browser)
+
+
+def _app(monkeypatch, *args: str):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(sys, "argv", ["streamlit_whisper.py", *args])
+    return AppTest.from_file(PAGE, default_timeout=120)
+
+
+def test_page_renders_and_lists_models(monkeypatch, tmp_path):
+    _hf_folder(tmp_path / "models" / "whisper-base-finetune")
+    at = _app(monkeypatch, "--models_dir", str(tmp_path / "models"), "--model_path", str(tmp_path / "nothing"))
+    at.run()
+    assert not at.exception
+    assert at.title[0].value.startswith("Whisper 语音识别")
+    options = at.sidebar.selectbox[0].options
+    assert options[0] == str(tmp_path / "nothing")
+    assert f"{tmp_path / 'models' / 'whisper-base-finetune'} (transformers)" in options
+    assert "openai/whisper-base (离线内置 packaged)" in options
+    assert "openai/whisper-large-v3 (hub)" in options
+    assert at.file_uploader[0].key == "upload"
+    # a transformers folder only offers its own backend; a packaged model offers both
+    at.sidebar.selectbox[0].select(f"{tmp_path / 'models' / 'whisper-base-finetune'} (transformers)").run()
+    assert at.sidebar.radio[0].options == ["transformers"]
+
+
+def test_page_shows_readable_error_for_bad_model_path(monkeypatch, tmp_path):
+    broken = _hf_folder(tmp_path / "models" / "broken")  # config.json + an empty model.safetensors
+    at = _app(monkeypatch, "--models_dir", str(tmp_path / "models"), "--model_path", str(tmp_path / "missing"))
+    at.run()
+    assert not at.exception
+    assert at.error[0].value.startswith(f"模型加载失败 (model failed to load): {tmp_path / 'missing'}")
+    assert "folder not found" in at.error[0].value
+
+    at.sidebar.selectbox[0].select(f"{broken} (transformers)").run()
+    assert not at.exception
+    assert at.error[0].value.startswith(f"模型加载失败 (model failed to load): {broken}")
+
+
+@pytest.mark.slow
+def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en_wav):
+    from conftest import EN_SENTENCE
+
+    from utils.text import wer
+
+    # the packaged whisper-base on CTranslate2: real text in a few seconds on a CPU
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-base",
+              "--backend", "ct2", "--max_upload_mb", "1")
+    at.run()
+    assert not at.exception and not at.error
+    assert at.sidebar.radio[0].value == "ct2"
+
+    at.file_uploader[0].set_value(("notes.txt", b"hello", "text/plain")).run()
+    assert "notes.txt: 不支持的文件类型" in at.error[0].value
+    assert not at.button  # nothing to transcribe
+
+    at.file_uploader[0].set_value(("fake.wav", b"RIFF but not really a wav file", "audio/wav")).run()
+    assert not at.error  # decoded only when transcribing
+    at.button(key="transcribe").click().run()
+    assert at.error[0].value.startswith("fake.wav: 无法解码为音频")
+
+    at.file_uploader[0].set_value(("big.wav", b"\0" * (2 * 1024 * 1024), "audio/wav")).run()
+    assert "big.wav: 文件过大" in at.error[0].value and "> 1 MB" in at.error[0].value
+
+    at.file_uploader[0].set_value(("en.wav", en_wav.read_bytes(), "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and not at.error
+    assert wer([EN_SENTENCE], [at.text_area(key="transcript_text").value]) <= 0.2
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["下载 TXT", "下载 SRT", "下载 VTT", "下载 JSON"]
+    assert [s.value for s in at.subheader] == ["转写结果 Transcript", "分段 Segments", "波形 Waveform"]
+
+    # sentiment is added to the same result (no second transcription): VADER on the English text
+    at.sidebar.checkbox[1].check().run()
+    assert not at.exception and not at.error
+    assert at.subheader[-1].value == "情感分析 Sentiment"
+    assert at.metric[0].value in ("positive", "neutral", "negative")
+    assert "vader" in at.caption[-1].value
+
+
+def test_page_reports_invalid_flags(monkeypatch):
+    at = _app(monkeypatch, "--backend", "pytorch")
+    at.run()
+    assert not at.exception
+    assert at.error[0].value.startswith("命令行参数无效 (invalid flags")
+    assert not at.file_uploader
+
+
+@pytest.mark.slow
+def test_page_transcribes_microphone_recording(monkeypatch, tmp_path, en_wav):
+    from conftest import EN_SENTENCE
+
+    from utils.text import wer
+
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-base", "--backend", "ct2")
+    at.run()
+    at.audio_input(key="record").set_value(("recording.wav", en_wav.read_bytes(), "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and not at.error
+    assert wer([EN_SENTENCE], [at.text_area(key="transcript_text").value]) <= 0.2
+    assert len(at.get("download_button")) == 4

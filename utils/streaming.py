@@ -1,0 +1,739 @@
+"""Streaming transcription: stable text from a live audio stream (LocalAgreement-2 over a rolling buffer).
+
+Audio flows ``source blocks (samples,) at 16 kHz → rolling buffer → hypothesis (segments) → words →
+committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follows whisper_streaming
+(Macháček et al., 2023):
+
+* every ``chunk_s`` seconds of new audio the whole buffer is decoded again (``hypothesis_fn``);
+* a word is *committed* once two consecutive hypotheses agree on it (longest common prefix after the
+  committed words, LocalAgreement-2); the rest of the newest hypothesis is the *tentative* tail;
+* the buffer is trimmed at the end of a Whisper segment whose words are all committed once it is longer
+  than ``trim_s``; committed text that left the buffer is the decoder prompt;
+* with a voice-activity function, silence is not decoded, and an utterance closes after
+  ``min_silence_s`` of silence: its buffer is decoded once more, all of it committed and the buffer emptied.
+
+Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
+agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.
+
+Word times are an approximation: Whisper gives segment timestamps only, and a token's time is linearly
+interpolated inside its segment by character count. Latency figures built on them (``word end → commit``)
+carry that error (typically a few hundred ms either way inside long segments).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+
+from utils.audio import SAMPLE_RATE
+from utils.text import normalize_text
+
+logger = logging.getLogger(__name__)
+
+VAD_FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
+_CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_TOKEN = re.compile(rf"\s*(?:[{_CJK_RANGES}]|[^\s{_CJK_RANGES}]+)")
+_CJK = re.compile(rf"[{_CJK_RANGES}]")
+
+# (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
+HypothesisFn = Callable[[np.ndarray, str], list[tuple[float, float, str]]]
+# one frame of VAD_FRAME samples → speech probability in [0, 1]; called on consecutive frames (stateful)
+VadFn = Callable[[np.ndarray], float]
+
+
+class AudioDeviceError(RuntimeError):
+    """No usable audio input: PortAudio missing, no input device, or the device cannot be opened."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# words
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Word:
+    """One token of a transcript in stream time (seconds from the stream start).
+
+    ``text`` keeps the leading space it had in the decoded text (Latin words), none for CJK characters.
+    """
+
+    start: float
+    end: float
+    text: str
+
+    @property
+    def key(self) -> str:
+        """What agreement compares: normalised text (no punctuation, lower case, simplified Chinese)."""
+        return token_key(self.text)
+
+
+@functools.lru_cache(maxsize=65536)
+def token_key(text: str) -> str:
+    """Normalised form of a token for comparisons ("Hello," → "hello", "們" → "们")."""
+    return normalize_text(text).replace(" ", "")
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split text into tokens: each CJK character, each run of other non-space characters.
+
+    A token keeps its leading white space; punctuation-only tokens are glued to the previous token
+    ("开心，" is two tokens: "开", "心，"), or to the next one at the start of the text.
+    """
+    out: list[str] = []
+    prefix = ""
+    for m in _TOKEN.finditer(text):
+        tok = m.group(0)
+        if not token_key(tok):
+            if out:
+                out[-1] += tok.strip()
+            else:
+                prefix += tok.strip()
+            continue
+        if prefix:
+            tok = (" " if tok[:1].isspace() else "") + prefix + tok.lstrip()
+            prefix = ""
+        out.append(tok)
+    return out
+
+
+def join_words(words: Sequence[Word]) -> str:
+    """Text of consecutive words, spaced as decoded (a word's leading space), without a leading space."""
+    return "".join(w.text for w in words).lstrip()
+
+
+def words_from_segments(segments: Sequence[tuple[float, float, str]], offset: float,
+                        audio_end: float) -> list[Word]:
+    """Hypothesis segments (times relative to the buffer) → words in stream time.
+
+    Times are interpolated linearly inside a segment by the characters of each token, and clamped to
+    ``[offset, audio_end]``.
+    """
+    words: list[Word] = []
+    for start, end, text in segments:
+        tokens = split_tokens(text)
+        if not tokens:
+            continue
+        start = min(max(offset + start, offset), audio_end)
+        end = min(max(offset + end, start), audio_end)
+        weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)
+        bounds = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+        for i, tok in enumerate(tokens):
+            if i == 0 and not tok[:1].isspace() and not (_CJK.match(tok[:1]) and (
+                    not words or _CJK.match(words[-1].text[-1:]))):
+                tok = " " + tok  # segments are joined by a space, except between CJK characters
+            words.append(Word(float(bounds[i]), float(bounds[i + 1]), tok))
+    return words
+
+
+def _align_committed(committed: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Where the already-committed keys end inside a new hypothesis.
+
+    Returns the ``j`` minimising the edit distance between ``committed`` and ``hypothesis[:j]`` (the
+    largest such ``j`` on ties), so a re-decoded committed region that changed a little is still skipped.
+    """
+    if not committed:
+        return 0
+    n = len(hypothesis)
+    prev = list(range(n + 1))  # distance between committed[:0] and hypothesis[:j] is j
+    for i, c in enumerate(committed, 1):
+        cur = [i] + [0] * n
+        for j in range(1, n + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (c != hypothesis[j - 1]))
+        prev = cur
+    best = min(prev)
+    return max(j for j, d in enumerate(prev) if d == best)
+
+
+def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# policy
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Update:
+    """What one step of the policy changed.
+
+    Attributes:
+        committed: words committed by this step, in time order (never repeated later).
+        tentative: the current uncommitted tail (replaces the previous tail).
+        audio_end: stream time (s) of the end of the audio the step decoded.
+        utterance_end: the step closed an utterance (silence) or flushed the stream.
+        decoded: the step ran the hypothesis function (False: silence skipped or nothing new).
+    """
+
+    committed: list[Word]
+    tentative: list[Word]
+    audio_end: float
+    utterance_end: bool = False
+    decoded: bool = False
+
+
+@dataclass
+class _VadState:
+    """Frame-level speech flags with hysteresis; sample counts are absolute stream positions.
+
+    ``pauses`` collects the stream positions where a silence of ``min_silence`` samples after speech was
+    reached: the ends of utterances, found even inside a long block of new audio.
+    """
+
+    fn: VadFn
+    threshold: float
+    min_silence: int  # samples
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    processed: int = 0  # samples already given to fn
+    last_speech_end: int = -1  # end sample of the last speech frame
+    in_speech: bool = False
+    armed: bool = False  # speech seen since the last pause
+    pauses: list[int] = field(default_factory=list)
+
+    def feed(self, samples: np.ndarray) -> None:
+        audio = np.concatenate([self.pending, samples]) if len(self.pending) else samples
+        n_frames = len(audio) // VAD_FRAME
+        for k in range(n_frames):
+            frame = audio[k * VAD_FRAME: (k + 1) * VAD_FRAME]
+            p = float(self.fn(frame))
+            limit = self.threshold - 0.15 if self.in_speech else self.threshold
+            self.in_speech = p >= limit
+            self.processed += VAD_FRAME
+            if self.in_speech:
+                self.last_speech_end = self.processed
+                self.armed = True
+            elif self.armed and self.processed - self.last_speech_end >= self.min_silence:
+                self.pauses.append(self.processed)
+                self.armed = False
+        self.pending = audio[n_frames * VAD_FRAME:].copy()
+
+
+class StreamingPolicy:
+    """LocalAgreement-2 over a rolling buffer; pure logic, the decoder is ``hypothesis_fn``.
+
+    Args:
+        hypothesis_fn: decodes a buffer (≤ ``max_buffer_s`` s) given the prompt text; returns
+            segments ``(start s, end s, text)`` relative to the buffer start.
+        vad_fn: speech probability of one ``VAD_FRAME``-sample frame (stateful, consecutive frames);
+            None = decode everything and never close utterances on silence.
+        trim_s: once the buffer is longer, it is cut at the latest fully committed segment end.
+        max_buffer_s: hard limit (Whisper sees 30 s): cut at the last committed word, or commit all.
+        min_silence_s: silence that closes an utterance (with ``vad_fn``).
+        vad_threshold: speech probability threshold (hysteresis: -0.15 to stay in speech).
+        pad_s: audio kept before speech when silence is dropped from the buffer.
+        prompt_chars: characters of committed text (out of the buffer) given as prompt; 0 = none.
+    """
+
+    def __init__(self, hypothesis_fn: HypothesisFn, *, vad_fn: VadFn | None = None, trim_s: float = 10.0,
+                 max_buffer_s: float = 25.0, min_silence_s: float = 0.6, vad_threshold: float = 0.5,
+                 pad_s: float = 0.4, prompt_chars: int = 0) -> None:
+        if not 0 < trim_s <= max_buffer_s <= 30.0:
+            raise ValueError(f"need 0 < trim_s ({trim_s}) <= max_buffer_s ({max_buffer_s}) <= 30 s")
+        self.hypothesis_fn = hypothesis_fn
+        self.trim_s, self.max_buffer_s = trim_s, max_buffer_s
+        self.min_silence_s, self.pad_s, self.prompt_chars = min_silence_s, pad_s, prompt_chars
+        self._vad = (_VadState(vad_fn, vad_threshold, int(min_silence_s * SAMPLE_RATE))
+                     if vad_fn is not None else None)
+        self.buffer = np.zeros(0, dtype=np.float32)
+        self.offset = 0  # stream sample of buffer[0]
+        self.total = 0  # samples received
+        self.committed: list[Word] = []  # everything committed, in order
+        self._in_buffer: list[Word] = []  # committed words still inside the buffer
+        self._prompt_words: list[Word] = []  # committed words that left the buffer (for the prompt)
+        self.tentative: list[Word] = []
+        self._decoded_until = 0  # stream sample up to which the buffer was decoded
+
+    # -- state --------------------------------------------------------------------------------------
+    @property
+    def buffer_s(self) -> float:
+        return len(self.buffer) / SAMPLE_RATE
+
+    @property
+    def audio_end(self) -> float:
+        """Stream time (s) of the last sample received."""
+        return self.total / SAMPLE_RATE
+
+    @property
+    def text(self) -> str:
+        """All committed text."""
+        return join_words(self.committed)
+
+    def insert_audio(self, samples: np.ndarray) -> None:
+        """Append float32 16 kHz samples, shape (n,), to the stream."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.total += len(samples)
+        if self._vad is not None:
+            self._vad.feed(samples)
+
+    def _buffer_has_speech(self) -> bool:
+        return self._vad is None or self._vad.last_speech_end > self.offset
+
+    def _prompt(self) -> str:
+        if self.prompt_chars <= 0 or not self._prompt_words:
+            return ""
+        return join_words(self._prompt_words)[-self.prompt_chars:]
+
+    def _cut(self, sample: int) -> None:
+        """Drop buffer audio before stream sample ``sample``."""
+        sample = min(max(sample, self.offset), self.total)
+        self.buffer = self.buffer[sample - self.offset:]
+        self.offset = sample
+
+    def _retire(self, keep: list[Word]) -> None:
+        """Committed words in the buffer become ``keep``; the others move to the prompt context."""
+        gone = self._in_buffer[: len(self._in_buffer) - len(keep)] if keep else self._in_buffer
+        self._prompt_words = (self._prompt_words + list(gone))[-400:]
+        self._in_buffer = list(keep)
+
+    # -- steps --------------------------------------------------------------------------------------
+    def process(self) -> Update:
+        """Decode the buffer and commit what two consecutive hypotheses agree on.
+
+        Utterances that ended (``min_silence_s`` of silence after speech, VAD) since the last step are
+        decoded up to their pause and committed whole first. Without speech in the buffer nothing is
+        decoded and the silence is dropped (``pad_s`` kept).
+        """
+        committed: list[Word] = []
+        decoded = closed = False
+        while self._vad is not None and self._vad.pauses:
+            pause = self._vad.pauses.pop(0)
+            if pause > self.offset:
+                committed += self._close_utterance(pause)
+                decoded = closed = True
+        end = self.audio_end
+        if not self._buffer_has_speech():
+            self._cut(self.total - int(self.pad_s * SAMPLE_RATE))
+            return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
+        if self.total == self._decoded_until:
+            return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
+        segments = self.hypothesis_fn(self.buffer, self._prompt())  # no state changes before this returns
+        self._decoded_until = self.total
+        offset_s = self.offset / SAMPLE_RATE
+        words = words_from_segments(segments, offset_s, end)
+        j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+        tail = words[j:]
+        n = _common_prefix([w.key for w in tail], [w.key for w in self.tentative])
+        new = tail[:n]
+        self.committed += new
+        self._in_buffer += new
+        self.tentative = tail[n:]
+        new = new + self._trim(segments, offset_s, j + n)
+        if new or self.tentative:
+            logger.debug("committed %r | tentative %r", join_words(new), join_words(self.tentative))
+        return Update(committed + new, list(self.tentative), end, decoded=True)
+
+    def _close_utterance(self, pause: int) -> list[Word]:
+        """Decode the buffer up to stream sample ``pause`` (the end of an utterance), commit all of it."""
+        audio = self.buffer[: pause - self.offset]
+        end = pause / SAMPLE_RATE
+        segments = self.hypothesis_fn(audio, self._prompt())
+        words = words_from_segments(segments, self.offset / SAMPLE_RATE, end)
+        j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+        new = words[j:]
+        self.committed += new
+        self._in_buffer += new
+        self.tentative = []
+        self._retire([])
+        self._cut(pause - int(self.pad_s * SAMPLE_RATE))
+        self._decoded_until = min(self._decoded_until, pause)
+        logger.debug("utterance closed at %.2f s: committed %r", end, join_words(new))
+        return new
+
+    def _trim(self, segments: Sequence[tuple[float, float, str]], offset_s: float, done: int) -> list[Word]:
+        """Cut the buffer at the latest segment end whose tokens are all committed (``done`` tokens).
+
+        Returns words committed by force (nothing agreed on within ``max_buffer_s``), usually none.
+        """
+        if self.buffer_s <= self.trim_s:
+            return []
+        count, cut_s, cut_count = 0, None, 0
+        for start, end, text in segments:
+            count += len(split_tokens(text))
+            if count > done:
+                break
+            cut_s, cut_count = offset_s + end, count
+        if cut_s is not None and cut_s > offset_s:
+            left = done - cut_count  # committed tokens after the cut
+            self._retire(self._in_buffer[len(self._in_buffer) - left:] if left > 0 else [])
+            self._cut(int(round(cut_s * SAMPLE_RATE)))
+            logger.debug("buffer trimmed at segment end %.2f s (%d committed tokens kept)", cut_s, left)
+            return []
+        if self.buffer_s <= self.max_buffer_s:
+            return []
+        if self._in_buffer:  # no committed segment end: cut at the last committed word
+            cut = int(round(self._in_buffer[-1].end * SAMPLE_RATE))
+            self._retire([])
+            self._cut(cut)
+            logger.debug("buffer over %.0f s: cut at the last committed word (%.2f s)", self.max_buffer_s,
+                         cut / SAMPLE_RATE)
+            return []
+        forced = self.tentative  # nothing agreed on for max_buffer_s: commit rather than overflow the window
+        self.committed += forced
+        self._in_buffer += forced
+        self.tentative = []
+        self._retire([])
+        self._cut(self.total)
+        logger.warning("no agreement within %.0f s of audio: committed the latest hypothesis", self.max_buffer_s)
+        return forced
+
+    def finish(self) -> Update:
+        """End of stream (or Ctrl-C): commit the tentative tail of the last hypothesis, without decoding.
+
+        Audio received after the last decode (less than one chunk plus one decode time) is not decoded.
+        """
+        new = list(self.tentative)
+        self.committed += new
+        self.tentative = []
+        self._in_buffer += new
+        self._retire([])
+        self._cut(self.total)
+        return Update(new, [], self.audio_end, utterance_end=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sources and the stream loop
+# ---------------------------------------------------------------------------------------------------
+class AudioSource(Protocol):
+    """A stream of 16 kHz float32 audio with its own clock (seconds since the stream started)."""
+
+    def read(self, min_samples: int) -> np.ndarray | None:
+        """Block until ``min_samples`` new samples (or the end) are there; return all available, None at the end."""
+
+    def now(self) -> float:
+        """Stream clock in seconds."""
+
+    def spend(self, seconds: float) -> None:
+        """The caller computed for ``seconds``; a simulated clock advances, a real one ignores this."""
+
+
+class FileSource:
+    """A waveform played as a stream: in real time (wall clock) or as fast as possible (simulated clock).
+
+    With ``realtime=False`` the clock is simulated: it advances by the compute time the caller reports
+    and jumps forward when the caller waits for audio, so latency figures mean what they would in real
+    time while the run takes only the compute time.
+    """
+
+    def __init__(self, audio: np.ndarray, *, realtime: bool = True) -> None:
+        self.audio = np.asarray(audio, dtype=np.float32)
+        self.realtime = realtime
+        self.pos = 0
+        self._t0: float | None = None
+        self._sim_now = 0.0
+
+    def now(self) -> float:
+        if not self.realtime:
+            return self._sim_now
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        return time.perf_counter() - self._t0
+
+    def spend(self, seconds: float) -> None:
+        if not self.realtime:
+            self._sim_now += seconds
+
+    def read(self, min_samples: int) -> np.ndarray | None:
+        if self.pos >= len(self.audio):
+            return None
+        target = min(self.pos + max(min_samples, 1), len(self.audio))
+        if self.realtime:
+            wait = target / SAMPLE_RATE - self.now()
+            if wait > 0:
+                time.sleep(wait)
+            avail = min(len(self.audio), max(target, int(self.now() * SAMPLE_RATE)))
+        else:
+            avail = min(len(self.audio), max(target, int(self._sim_now * SAMPLE_RATE)))
+            self._sim_now = max(self._sim_now, avail / SAMPLE_RATE)
+        block = self.audio[self.pos: avail]
+        self.pos = avail
+        return block
+
+
+def import_sounddevice() -> ModuleType:
+    """The sounddevice module, or AudioDeviceError saying how to install PortAudio."""
+    try:
+        import sounddevice
+    except OSError as e:  # sounddevice raises OSError at import when libportaudio is missing
+        raise AudioDeviceError(
+            f"PortAudio is not available ({e}). Install it (Debian/Ubuntu: apt-get install libportaudio2; "
+            "macOS: brew install portaudio; conda: conda install -c conda-forge portaudio), or stream a "
+            "file instead with --audio_path FILE") from e
+    return sounddevice
+
+
+def list_input_devices() -> list[dict[str, Any]]:
+    """Input devices as dicts (index, name, channels, default_samplerate, is_default)."""
+    sd = import_sounddevice()
+    try:
+        devices = sd.query_devices()
+        default_in = sd.default.device[0]
+    except sd.PortAudioError as e:
+        raise AudioDeviceError(f"cannot query audio devices: {e}") from e
+    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
+             "default_samplerate": d["default_samplerate"], "is_default": i == default_in}
+            for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+
+
+class MicrophoneSource:
+    """Audio from an input device through sounddevice, resampled to 16 kHz as it arrives.
+
+    Use as a context manager; raises AudioDeviceError when there is no usable input device.
+    """
+
+    def __init__(self, device_index: int | None = None, samplerate: int | None = None,
+                 block_s: float = 0.1) -> None:
+        self._sd = import_sounddevice()
+        try:
+            inputs = list_input_devices()
+            if not inputs:
+                raise AudioDeviceError("no audio input device found (is a microphone connected? "
+                                       "python realtime_transcribe.py --list_devices shows what PortAudio sees)")
+            info = self._sd.query_devices(device_index, "input")
+        except (ValueError, self._sd.PortAudioError) as e:
+            raise AudioDeviceError(f"input device {device_index if device_index is not None else '(default)'}: "
+                                   f"{e}; pick one from --list_devices") from e
+        self.device_index = device_index
+        self.samplerate = int(samplerate or info["default_samplerate"])
+        self.device_name = info["name"]
+        self._block = max(1, int(block_s * self.samplerate))
+        self._queue: queue.Queue[np.ndarray] = queue.Queue()
+        self._resampler = None
+        if self.samplerate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.samplerate, SAMPLE_RATE, 1, dtype="float32")
+        self._stream = None
+        self._t0 = 0.0
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if status:
+            logger.warning("audio input: %s", status)
+        self._queue.put(indata[:, 0].copy())
+
+    def __enter__(self) -> MicrophoneSource:
+        try:
+            self._stream = self._sd.InputStream(device=self.device_index, samplerate=self.samplerate, channels=1,
+                                                dtype="float32", blocksize=self._block, callback=self._callback)
+            self._stream.start()
+        except self._sd.PortAudioError as e:
+            raise AudioDeviceError(f"cannot open input device {self.device_name!r} at {self.samplerate} Hz: {e}; "
+                                   "try another --samplerate or --device_index") from e
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def spend(self, seconds: float) -> None:
+        pass
+
+    def _to_16k(self, block: np.ndarray) -> np.ndarray:
+        if self._resampler is None:
+            return block
+        return self._resampler.resample_chunk(block)
+
+    def read(self, min_samples: int) -> np.ndarray | None:
+        parts = [self._pending]
+        have = len(self._pending)
+        while have < min_samples:
+            try:
+                block = self._to_16k(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                if self._stream is None or not self._stream.active:
+                    raise AudioDeviceError(f"input device {self.device_name!r} stopped delivering audio") from None
+                continue
+            parts.append(block)
+            have += len(block)
+        while True:  # and whatever else already arrived
+            try:
+                block = self._to_16k(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            parts.append(block)
+        self._pending = np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Words committed at one moment: ``commit_time`` on the stream clock (s)."""
+
+    words: list[Word]
+    commit_time: float
+    audio_end: float
+
+    def latencies(self) -> list[float]:
+        """Per word: commit time − word end (the end clamped to the audio decoded), seconds."""
+        return [self.commit_time - min(w.end, self.audio_end) for w in self.words]
+
+
+@dataclass
+class StreamResult:
+    """The outcome of one stream."""
+
+    commits: list[Commit]
+    audio_s: float
+    compute_s: float
+    decodes: int
+    cpu_s: float  # process CPU time of the steps (all threads), for comparing with an unloaded machine
+    interrupted: bool
+    audio: np.ndarray | None = None  # everything received, with ``keep_audio``
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for c in self.commits for w in c.words]
+
+    @property
+    def text(self) -> str:
+        return join_words(self.words)
+
+    def latency_stats(self) -> dict[str, float | int | None]:
+        """Mean / p90 / max word-end-to-commit latency in seconds, and counts."""
+        lat = np.array([x for c in self.commits for x in c.latencies()], dtype=np.float64)
+        stats: dict[str, float | int | None] = {"words": int(lat.size), "commits": len(self.commits),
+                                                "decodes": self.decodes}
+        if lat.size:
+            stats.update(mean_latency_s=round(float(lat.mean()), 3),
+                         p90_latency_s=round(float(np.percentile(lat, 90)), 3),
+                         max_latency_s=round(float(lat.max()), 3))
+        else:
+            stats.update(mean_latency_s=None, p90_latency_s=None, max_latency_s=None)
+        stats["audio_s"] = round(self.audio_s, 3)
+        stats["compute_s"] = round(self.compute_s, 3)
+        stats["cpu_s"] = round(self.cpu_s, 3)
+        stats["real_time_factor"] = round(self.compute_s / self.audio_s, 3) if self.audio_s else None
+        return stats
+
+
+def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float = 1.0,
+               on_update: Callable[[Update, float], None] | None = None, keep_audio: bool = False) -> StreamResult:
+    """Feed ``source`` to ``policy`` chunk by chunk until the end of the stream or Ctrl-C, then flush.
+
+    Args:
+        source: where the audio comes from, with its clock.
+        policy: the streaming policy.
+        chunk_s: seconds of new audio between decodes (more accumulates while a decode runs).
+        on_update: called after every step with the update and the stream time of its commit.
+        keep_audio: keep all received audio in the result (e.g. to transcribe it offline afterwards).
+
+    Returns:
+        The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream: the tentative tail is
+        committed and ``interrupted`` is True.
+    """
+    commits: list[Commit] = []
+    compute = cpu = 0.0
+    decodes = 0
+    interrupted = False
+    min_samples = max(1, int(round(chunk_s * SAMPLE_RATE)))
+    received: list[np.ndarray] = []
+
+    def emit(update: Update) -> None:
+        t = source.now()
+        if update.committed and not (commits and commits[-1].words is update.committed):
+            commits.append(Commit(update.committed, t, update.audio_end))
+        if on_update is not None:
+            on_update(update, t)
+
+    unshown: Update | None = None  # an update Ctrl-C may have cut off before it was shown
+    try:
+        while (block := source.read(min_samples)) is not None:
+            policy.insert_audio(block)
+            if keep_audio:
+                received.append(block)
+            t0, c0 = time.perf_counter(), time.process_time()
+            unshown = policy.process()
+            spent = time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            source.spend(spent)
+            compute += spent
+            decodes += unshown.decoded
+            emit(unshown)
+            unshown = None
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.info("interrupted: flushing the last words")
+        if unshown is not None and unshown.committed:
+            emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
+    emit(policy.finish())
+    audio = np.concatenate(received).astype(np.float32, copy=False) if received else None
+    return StreamResult(commits, policy.audio_end, compute, decodes, cpu, interrupted,
+                        audio if keep_audio else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# adapters to the inference engine and silero-vad
+# ---------------------------------------------------------------------------------------------------
+_LOOP = re.compile(r"(.{1,20}?)\1{3,}", re.DOTALL)
+
+
+def collapse_repeats(text: str) -> str:
+    """Cut decoder repetition loops: a unit of up to 20 characters repeated 4+ times in a row is kept once.
+
+    Streaming decodes at one temperature (no fallback, for speed), so a loop ("做做做做…") would otherwise
+    be compared, agreed on and committed.
+    """
+    out = _LOOP.sub(r"\1", text)
+    if out != text:
+        logger.debug("repetition loop collapsed: %r → %r", text, out)
+    return out
+
+
+class EngineHypothesis:
+    """A HypothesisFn from a ``utils.transcribe`` Transcriber and its DecodeOptions.
+
+    Segment timestamps are requested (word times are interpolated inside them); repetition loops are
+    collapsed (:func:`collapse_repeats`). With
+    ``options.language=None`` the language detected on the first decode of at least ``detect_after_s``
+    seconds is kept for the rest of the stream (``self.options.language``), so it cannot flip.
+    """
+
+    def __init__(self, engine: Any, options: Any, *, detect_after_s: float = 1.0) -> None:
+        from dataclasses import replace
+
+        self.engine = engine
+        self.options = replace(options, timestamps=True)
+        self.detect_after_s = detect_after_s
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple[float, float, str]]:
+        from dataclasses import replace
+
+        result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None)
+        if (self.options.language is None and result.language
+                and len(audio) >= self.detect_after_s * SAMPLE_RATE):
+            self.options = replace(self.options, language=result.language)
+            logger.info("language: %s (p=%.2f), kept for the rest of the stream", result.language,
+                        result.language_probability)
+        return [(seg.start, seg.end, collapse_repeats(seg.text)) for seg in result.segments]
+
+
+def silero_vad_fn() -> VadFn:
+    """Speech probability of consecutive VAD_FRAME-sample frames, by a fresh stateful silero-vad model."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    model = load_silero_vad(onnx=False)
+    model.reset_states()
+
+    def vad(frame: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(model(torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)), SAMPLE_RATE))
+
+    return vad

@@ -1,0 +1,83 @@
+"""Transcript output formats: plain text, SRT and WebVTT subtitles, JSON.
+
+SRT: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line after each cue.
+WebVTT: a ``WEBVTT`` header, ``HH:MM:SS.mmm`` times. Both are what video players (mpv, VLC, browsers) read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from utils.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from utils.transcribe import Transcript
+
+OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
+
+
+def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
+    """``HH:MM:SS,mmm`` (SRT) or, with ``decimal_marker="."``, ``HH:MM:SS.mmm`` (WebVTT)."""
+    if seconds < 0:
+        raise ValueError(f"timestamp must be non-negative, got {seconds}")
+    ms = int(round(seconds * 1000.0))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
+
+
+def _cues(transcript: Transcript) -> list[tuple[float, float, str]]:
+    """Non-empty segments as (start, end, text), one line each, with end > start."""
+    cues = []
+    for seg in transcript.segments:
+        text = " ".join(seg.text.split())
+        if text:
+            cues.append((seg.start, max(seg.end, seg.start + 0.001), text.replace("-->", "->")))
+    return cues
+
+
+def to_srt(transcript: Transcript) -> str:
+    """SubRip subtitles."""
+    blocks = [
+        f"{i}\n{format_timestamp(start)} --> {format_timestamp(end)}\n{text}\n"
+        for i, (start, end, text) in enumerate(_cues(transcript), start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(transcript: Transcript) -> str:
+    """WebVTT subtitles."""
+    blocks = ["WEBVTT\n"] + [
+        f"{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}\n{text}\n"
+        for start, end, text in _cues(transcript)
+    ]
+    return "\n".join(blocks)
+
+
+def to_txt(transcript: Transcript) -> str:
+    return transcript.text + "\n"
+
+
+def to_json(transcript: Transcript) -> str:
+    return json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+
+_WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
+
+
+def write_transcript(transcript: Transcript, output_dir: str | os.PathLike, stem: str,
+                     formats: Sequence[str]) -> list[Path]:
+    """Write ``output_dir/stem.<fmt>`` for every format (atomically); returns the paths written."""
+    paths = []
+    for fmt in formats:
+        if fmt not in _WRITERS:
+            raise ValueError(f"unknown output format {fmt!r}; choose from {OUTPUT_FORMATS}")
+        path = Path(output_dir) / f"{stem}.{fmt}"
+        write_text_atomic(path, _WRITERS[fmt](transcript))
+        paths.append(path)
+    return paths

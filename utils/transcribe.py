@@ -1,0 +1,678 @@
+"""The one inference engine: infer.py, evaluation.py, the web UI and realtime transcription all use it.
+
+Two backends decode the same way:
+
+* ``transformers`` — ``WhisperForConditionalGeneration.generate`` (fp16 on GPU, bf16 autocast on CPU, SDPA
+  or flash-attention-2, optional ``torch.compile``);
+* ``ct2`` — a CTranslate2 model through faster-whisper (int8 on CPU, float16 on GPU).
+
+Audio flows ``path → waveform (samples,) at 16 kHz → chunks of ≤ 30 s → log-mel (B, n_mels, 3000) →
+token ids → Transcript``. Audio up to 30 s is one chunk (no VAD, low overhead for realtime callers);
+longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks are decoded in batches, or,
+with ``condition_on_previous_text``, sequentially with the previous text as prompt (the reference
+Whisper algorithm). Both guard against hallucination loops like the reference decoder: a chunk whose
+text compresses too well (repetition) or whose average log-probability is too low is decoded again
+at the next temperature, and a chunk that is probably silence is dropped.
+
+    >>> engine = load_transcriber("openai/whisper-base", backend="transformers")
+    >>> engine.transcribe("dataset/test.wav", DecodeOptions(language="zh", timestamps=True)).text
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from utils.audio import SAMPLE_RATE, load_audio
+from utils.data import Segment
+from utils.text import remove_punctuation, to_simplified
+from utils.vad import WINDOW_S, Chunk, split_on_silence
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("transformers", "ct2")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
+MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
+# HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
+# 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
+_HF_RATIO_PER_TEXT_RATIO = 1.35 / 2.4
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+_HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_HAN_KANA}]) (?=[{_HAN_KANA}])")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode; the same options mean the same thing for both backends.
+
+    Attributes:
+        language: code or name ("zh", "chinese"); None = detect from the first chunk.
+        task: "transcribe" or "translate" (to English).
+        beam_size: 1 = greedy; beam search is used at temperature 0 only.
+        timestamps: predict segment timestamps (otherwise one segment per chunk).
+        temperatures: fallback schedule; the first is used unless a chunk fails the checks below.
+        compression_ratio_threshold: zlib ratio of the UTF-8 text above which a chunk is a repetition loop.
+        logprob_threshold: average token log-probability below which a chunk is decoded again.
+        no_speech_threshold: a chunk with P(no speech) above this and a low log-probability is dropped.
+        batch_size: chunks decoded at once.
+        condition_on_previous_text: long audio sequentially, each window prompted with the previous text.
+        to_simple: traditional → simplified Chinese; None = only when the language is Chinese.
+        remove_pun: drop punctuation from the output text.
+        initial_prompt: text given to the decoder as previous context (vocabulary, style).
+        max_new_tokens: tokens generated per chunk at most (None = token_budget(chunk duration)).
+    """
+
+    language: str | None = None
+    task: str = "transcribe"
+    beam_size: int = 1
+    timestamps: bool = False
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    batch_size: int = 8
+    condition_on_previous_text: bool = False
+    to_simple: bool | None = None
+    remove_pun: bool = False
+    initial_prompt: str | None = None
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
+        if self.language is not None:
+            object.__setattr__(self, "language", language_code(self.language))
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The result of transcribing one recording. Times are seconds from the start of the audio."""
+
+    text: str
+    language: str | None
+    language_probability: float
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["segments"] = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments]
+        return d
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    """Decoded text of one ≤ 30 s chunk; segment times relative to the chunk start."""
+
+    segments: list[tuple[float, float, str]]
+    text: str
+
+
+def language_code(language: str) -> str:
+    """"Chinese", "chinese", "zh", "<|zh|>" → "zh"; raises ValueError naming the accepted values."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    key = language.strip().lower().strip("<|>")
+    if key in LANGUAGES:
+        return key
+    if key in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[key]
+    raise ValueError(f"unknown language {language!r}; use a Whisper language code or name, "
+                     f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 length / zlib-compressed length; high (> 2.4) for repetition loops."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → cuda, then mps, then cpu; anything else is returned unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def join_texts(texts: Sequence[str]) -> str:
+    """Join chunk texts: no space between CJK characters, one space elsewhere."""
+    out = ""
+    for t in (t.strip() for t in texts):
+        if not t:
+            continue
+        if out and not (_CJK.match(out[-1]) and _CJK.match(t[0])):
+            out += " "
+        out += t
+    return out
+
+
+def postprocess_text(text: str, language: str | None, to_simple: bool | None, remove_pun: bool) -> str:
+    """Apply the output options to decoded text (simplified Chinese, punctuation removal)."""
+    if to_simple or (to_simple is None and language in ("zh", "yue")):
+        text = to_simplified(text)
+    if remove_pun:
+        text = _SPACE_BETWEEN_CJK.sub("", " ".join(remove_punctuation(text).split()))
+    return text.strip()
+
+
+def token_budget(duration_s: float, timestamps: bool) -> int:
+    """Tokens a chunk of ``duration_s`` seconds may need: generous for fast speech (12 tokens/s, +2/s for
+    timestamps), capped at the reference decoder's 224. A looping chunk stops there instead of at 448, and a
+    batch of short clips does not wait for one runaway item."""
+    return min(MAX_SAMPLE_LEN, int(16 + (14 if timestamps else 12) * duration_s))
+
+
+def split_timestamp_tokens(tokens: Sequence[int], timestamp_begin: int, eot: int,
+                           duration: float) -> list[tuple[float, float, list[int]]]:
+    """Split Whisper output tokens at timestamp tokens into (start, end, text tokens), times in seconds.
+
+    Handles both ``<|0.00|> a <|2.40|><|2.40|> b <|5.00|>`` and ``<|0.00|> a <|2.40|> b <|5.00|>``;
+    text after the last timestamp ends at ``duration``.
+    """
+    segments: list[tuple[float, float, list[int]]] = []
+    last = 0.0
+    text: list[int] = []
+    for tok in tokens:
+        if tok >= timestamp_begin:
+            t = min((tok - timestamp_begin) * TIME_PRECISION, duration)
+            if text:
+                segments.append((last, max(t, last), text))
+                text = []
+            last = t
+        elif tok < eot:
+            text.append(tok)
+    if text:
+        segments.append((last, max(duration, last), text))
+    return segments
+
+
+class Transcriber(Protocol):
+    """What every caller uses; both backends implement it."""
+
+    backend: str
+
+    def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
+                   *, initial_prompt: str | None = None) -> Transcript: ...
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...) -> list[Transcript]: ...
+
+
+class _BaseTranscriber:
+    """Chunking, language detection, batching and post-processing shared by both backends.
+
+    A backend implements ``_detect_language``, ``_decode`` and ``_transcribe_sequential``.
+    """
+
+    backend = "base"
+    multilingual = True
+
+    # -- backend hooks ------------------------------------------------------------------------------
+    def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+        """(language code, probability) per chunk of ≤ 30 s."""
+        raise NotImplementedError
+
+    def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
+                prompt: str | None) -> list[_ChunkResult]:
+        """Decode chunks of ≤ 30 s in one batch, with temperature fallback."""
+        raise NotImplementedError
+
+    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
+                               prompt: str | None) -> list[tuple[float, float, str]]:
+        """Whole long recording, window after window, conditioned on the previous text."""
+        raise NotImplementedError
+
+    # -- shared logic -------------------------------------------------------------------------------
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """Language of the first 30 s of a waveform, with its probability."""
+        return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
+
+    def _languages(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[tuple[str, float]]:
+        if not self.multilingual:
+            return [("en", 1.0)] * len(chunks)
+        if options.language is not None:
+            return [(options.language, 1.0)] * len(chunks)
+        out: list[tuple[str, float]] = []
+        for i in range(0, len(chunks), options.batch_size):
+            out += self._detect_language(chunks[i: i + options.batch_size])
+        return out
+
+    def _decode_batched(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
+                        prompt: str | None) -> list[_ChunkResult]:
+        results: list[_ChunkResult] = []
+        for i in range(0, len(chunks), options.batch_size):
+            results += self._decode(chunks[i: i + options.batch_size], languages[i: i + options.batch_size],
+                                    options, prompt)
+        return results
+
+    def _finish(self, pieces: list[tuple[float, float, str]], language: str | None, probability: float,
+                duration: float, options: DecodeOptions) -> Transcript:
+        segments = []
+        prev_end = 0.0
+        for start, end, text in pieces:
+            text = postprocess_text(text, language, options.to_simple, options.remove_pun)
+            if not text:
+                continue
+            start = min(max(start, prev_end), duration)
+            end = min(max(end, start), duration)
+            segments.append(Segment(round(start, 3), round(end, 3), text))
+            prev_end = end
+        return Transcript(join_texts([s.text for s in segments]), language, round(float(probability), 4),
+                          round(duration, 3), segments)
+
+    def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
+                   *, initial_prompt: str | None = None) -> Transcript:
+        """Transcribe one recording of any length.
+
+        Args:
+            audio: a path, or a float32 waveform of shape (samples,) at 16 kHz.
+            options: decoding options.
+            initial_prompt: previous text for the decoder (overrides ``options.initial_prompt``).
+
+        Raises:
+            AudioLoadError: ``audio`` is a path that cannot be read.
+        """
+        if not isinstance(audio, np.ndarray):
+            audio = load_audio(audio)
+        prompt = initial_prompt if initial_prompt is not None else options.initial_prompt
+        duration = len(audio) / SAMPLE_RATE
+        if duration <= WINDOW_S:
+            chunks = [Chunk(0, len(audio))] if len(audio) else []
+        else:
+            chunks = split_on_silence(audio)
+        if not chunks:
+            return Transcript("", options.language, 1.0 if options.language else 0.0, round(duration, 3), [])
+        arrays = [audio[c.start: c.end] for c in chunks]
+        language, probability = self._languages(arrays[:1], options)[0]
+        if options.condition_on_previous_text and duration > WINDOW_S:
+            pieces = self._transcribe_sequential(audio, language, options, prompt)
+        else:
+            results = self._decode_batched(arrays, [language] * len(arrays), options, prompt)
+            pieces = [(c.offset_s + s, c.offset_s + e, t) for c, r in zip(chunks, results) for s, e, t in r.segments]
+        return self._finish(pieces, language, probability, duration, options)
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()
+                         ) -> list[Transcript]:
+        """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches.
+
+        With ``options.language=None`` the language is detected per waveform.
+        """
+        long = [i for i, a in enumerate(audios) if len(a) > WINDOW_S * SAMPLE_RATE]
+        if long:
+            raise ValueError(f"transcribe_batch takes clips of at most {WINDOW_S:.0f} s; items {long[:5]} are "
+                             "longer (use transcribe() for long audio)")
+        out: list[Transcript | None] = [None] * len(audios)
+        for i, a in enumerate(audios):
+            if len(a) == 0:
+                out[i] = Transcript("", options.language, 0.0, 0.0, [])
+        idx = [i for i in range(len(audios)) if out[i] is None]
+        arrays = [audios[i] for i in idx]
+        langs = self._languages(arrays, options)
+        results = self._decode_batched(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
+        for i, (lang, prob), r in zip(idx, langs, results):
+            out[i] = self._finish(r.segments, lang, prob, len(audios[i]) / SAMPLE_RATE, options)
+        return out  # type: ignore[return-value]
+
+
+def _needs_fallback(text: str, avg_logprob: float, no_speech_prob: float,
+                    options: DecodeOptions) -> tuple[bool, bool]:
+    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder."""
+    silent = (options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold
+              and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
+    if silent:
+        return False, True
+    again = ((options.compression_ratio_threshold is not None
+              and compression_ratio(text) > options.compression_ratio_threshold)
+             or (options.logprob_threshold is not None and avg_logprob < options.logprob_threshold))
+    return again, False
+
+
+# ---------------------------------------------------------------------------------------------------
+# transformers backend
+# ---------------------------------------------------------------------------------------------------
+class TransformersTranscriber(_BaseTranscriber):
+    """``WhisperForConditionalGeneration`` from a transformers model folder."""
+
+    backend = "transformers"
+
+    def __init__(self, model_dir: str, *, device: str = "auto", dtype: str = "auto", use_compile: bool = False,
+                 attn_implementation: str = "auto") -> None:
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.device = resolve_device(device)
+        weight_dtype, self.autocast_dtype = _torch_dtypes(dtype, self.device)
+        attn = _attention_implementation(attn_implementation, self.device)
+        self.processor = WhisperProcessor.from_pretrained(model_dir)
+        self.model = WhisperForConditionalGeneration.from_pretrained(
+            model_dir, dtype=weight_dtype, attn_implementation=attn).to(self.device).eval()
+        self.dtype = weight_dtype
+        gc = self.model.generation_config
+        self.multilingual = bool(getattr(gc, "is_multilingual", False)) and bool(getattr(gc, "lang_to_id", None))
+        self._lang_ids = dict(gc.lang_to_id) if self.multilingual else {}
+        self._sot = gc.decoder_start_token_id
+        if use_compile:
+            self.model.model.encoder = torch.compile(self.model.model.encoder)
+        logger.info("transformers backend: %s on %s, weights %s%s, attention %s", model_dir, self.device,
+                    weight_dtype, f" + {self.autocast_dtype} autocast" if self.autocast_dtype else "", attn)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
+
+    def _features(self, chunks: Sequence[np.ndarray]):
+        feats = self.processor.feature_extractor(list(chunks), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        return feats.input_features.to(self.device, self.dtype)
+
+    def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+        import torch
+
+        if not self.multilingual:
+            return [("en", 1.0)] * len(chunks)
+        feats = self._features(chunks)
+        tokens = list(self._lang_ids.values())
+        codes = [t.strip("<|>") for t in self._lang_ids]
+        with torch.inference_mode(), self._autocast():
+            decoder_ids = torch.full((len(chunks), 1), self._sot, dtype=torch.long, device=self.device)
+            logits = self.model(input_features=feats, decoder_input_ids=decoder_ids).logits[:, -1]
+            probs = logits[:, tokens].float().softmax(-1)
+        best = probs.argmax(-1).tolist()
+        return [(codes[b], float(probs[i, b])) for i, b in enumerate(best)]
+
+    def _generate_kwargs(self, options: DecodeOptions, languages: Sequence[str] | None,
+                         prompt: str | None) -> dict[str, Any]:
+        import torch
+
+        temps = tuple(options.temperatures)
+        kw: dict[str, Any] = dict(
+            return_timestamps=options.timestamps,
+            num_beams=options.beam_size,
+            temperature=temps if len(temps) > 1 else temps[0],
+            logprob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold if options.logprob_threshold is not None else None,
+            compression_ratio_threshold=(None if options.compression_ratio_threshold is None
+                                         else options.compression_ratio_threshold * _HF_RATIO_PER_TEXT_RATIO),
+            return_segments=True,
+        )
+        if temps[0] > 0:
+            kw["do_sample"] = True
+        if options.max_new_tokens is not None:
+            kw["max_new_tokens"] = options.max_new_tokens
+        if self.multilingual:
+            kw["task"] = options.task
+            if languages is not None:
+                kw["language"] = list(languages) if len(set(languages)) > 1 else languages[0]
+        if prompt:
+            kw["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(prompt), device=self.device)
+        return kw
+
+    def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
+                              ) -> list[list[tuple[float, float, str]]]:
+        """Generate output → per item (start, end, text); times relative to the input start."""
+        tok = self.processor.tokenizer
+        if isinstance(out, dict) and "segments" in out:
+            result = []
+            for i, segs in enumerate(out["segments"][:n]):
+                pieces = []
+                for s in segs:
+                    text = tok.decode(s["tokens"], skip_special_tokens=True)
+                    start, end = float(s["start"]), float(s["end"])
+                    if durations is not None:
+                        start, end = min(start, durations[i]), min(end, durations[i])
+                    pieces.append((start, end, text))
+                result.append(pieces)
+            return result
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        texts = tok.batch_decode(sequences, skip_special_tokens=True)
+        return [[(0.0, durations[i] if durations else 0.0, texts[i])] for i in range(n)]
+
+    def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
+                prompt: str | None) -> list[_ChunkResult]:
+        import torch
+
+        feats = self._features(chunks)
+        kw = self._generate_kwargs(options, languages, prompt)
+        longest_s = max(len(c) for c in chunks) / SAMPLE_RATE
+        kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
+        with torch.inference_mode(), self._autocast():
+            out = self.model.generate(input_features=feats, **kw)
+        durations = [len(c) / SAMPLE_RATE for c in chunks]
+        per_item = self._segments_from_output(out, len(chunks), durations)
+        results = []
+        for i, pieces in enumerate(per_item):
+            if not options.timestamps:  # one segment spanning the chunk
+                text = join_texts([t for _, _, t in pieces])
+                pieces = [(0.0, durations[i], text)] if text.strip() else []
+            results.append(_ChunkResult(pieces, join_texts([t for _, _, t in pieces])))
+        return results
+
+    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
+                               prompt: str | None) -> list[tuple[float, float, str]]:
+        import torch
+
+        feats = self.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                                 truncation=False, padding="longest", return_attention_mask=True)
+        kw = self._generate_kwargs(replace(options, timestamps=True), [language], prompt)
+        kw["condition_on_prev_tokens"] = True
+        with torch.inference_mode(), self._autocast():
+            out = self.model.generate(input_features=feats.input_features.to(self.device, self.dtype),
+                                      attention_mask=feats.attention_mask.to(self.device), **kw)
+        return self._segments_from_output(out, 1, [len(audio) / SAMPLE_RATE])[0]
+
+
+def _torch_dtypes(dtype: str, device: str):
+    """--dtype → (weight dtype, autocast dtype or None). bfloat16 on CPU = fp32 weights + bf16 autocast."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    on_gpu = device.startswith("cuda") or device.startswith("mps")
+    if dtype == "auto":
+        return (torch.float16, None) if on_gpu else (torch.float32, None)
+    if dtype == "float32":
+        return torch.float32, None
+    if dtype == "float16":
+        if not on_gpu:
+            raise ValueError("dtype float16 needs a GPU; on CPU use --dtype=bfloat16 (autocast) or float32")
+        return torch.float16, None
+    return (torch.bfloat16, None) if on_gpu else (torch.float32, torch.bfloat16)
+
+
+def _attention_implementation(requested: str, device: str) -> str:
+    """auto → flash_attention_2 on CUDA when the flash-attn package is installed, else SDPA."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------------
+# CTranslate2 backend
+# ---------------------------------------------------------------------------------------------------
+class CT2Transcriber(_BaseTranscriber):
+    """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json) through faster-whisper."""
+
+    backend = "ct2"
+
+    def __init__(self, model_dir: str, *, device: str = "auto", compute_type: str = "auto",
+                 cpu_threads: int = 0) -> None:
+        from faster_whisper import WhisperModel
+
+        dev = resolve_device(device)
+        ct2_device = "cuda" if dev.startswith("cuda") else "cpu"
+        if dev == "mps":
+            logger.warning("CTranslate2 has no MPS support; the ct2 backend runs on the CPU")
+        if compute_type == "auto":
+            compute_type = "float16" if ct2_device == "cuda" else "int8"
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
+                                  cpu_threads=cpu_threads)
+        self.device, self.compute_type = ct2_device, compute_type
+        self.multilingual = bool(self.model.model.is_multilingual)
+        self._tokenizers: dict[tuple[str, str], Any] = {}
+        logger.info("ct2 backend: %s on %s, compute type %s", model_dir, ct2_device, compute_type)
+
+    def _tokenizer(self, language: str, task: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (language, task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task,
+                                              language=language if self.multilingual else "en")
+        return self._tokenizers[key]
+
+    def _features(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        from faster_whisper.audio import pad_or_trim
+
+        fe = self.model.feature_extractor
+        return np.stack([pad_or_trim(fe(np.asarray(c, dtype=np.float32))[..., :-1]) for c in chunks])
+
+    def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+        if not self.multilingual:
+            return [("en", 1.0)] * len(chunks)
+        encoded = self.model.encode(self._features(chunks))
+        return [(r[0][0].strip("<|>"), float(r[0][1])) for r in self.model.model.detect_language(encoded)]
+
+    def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
+                  max_new_tokens: int):
+        max_length = min(self.model.max_length, max(len(p) for p in prompts) + max_new_tokens)
+        return self.model.model.generate(
+            encoded, prompts,
+            beam_size=options.beam_size if temperature == 0 else 1,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress_tokens,
+            sampling_temperature=temperature if temperature > 0 else 1.0,
+            sampling_topk=0 if temperature > 0 else 1,
+        )
+
+    @property
+    def _suppress_tokens(self) -> list[int]:
+        if not hasattr(self, "_suppress_cache"):
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            self._suppress_cache = get_suppressed_tokens(self._tokenizer("en", "transcribe"), [-1])
+        return self._suppress_cache
+
+    def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
+                prompt: str | None) -> list[_ChunkResult]:
+        feats = self._features(chunks)
+        tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
+        previous = tokenizers[0].encode(" " + prompt.strip()) if prompt else []
+        prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps)
+                   for t in tokenizers]
+        final: list[tuple[list[int], bool] | None] = [None] * len(chunks)
+        pending = list(range(len(chunks)))
+        max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
+                                                         options.timestamps)
+        encoded, encoded_for = self.model.encode(feats), pending
+        for temperature in options.temperatures:
+            if pending != encoded_for:  # only the chunks that failed are decoded again
+                encoded, encoded_for = self.model.encode(feats[pending]), pending
+            outputs = self._generate(encoded, [prompts[i] for i in pending], options, temperature, max_new)
+            retry = []
+            for i, r in zip(pending, outputs):
+                tokens = list(r.sequences_ids[0])
+                text = tokenizers[i].decode([t for t in tokens if t < tokenizers[i].eot])
+                avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
+                again, silent = _needs_fallback(text, avg_logprob, r.no_speech_prob, options)
+                final[i] = (tokens, silent)
+                if again:
+                    retry.append(i)
+            if retry:
+                logger.debug("temperature %.1f: %d of %d chunks fail the repetition/log-prob checks",
+                             temperature, len(retry), len(pending))
+            pending = retry
+            if not pending:
+                break
+        results = []
+        for i, (tokens, silent) in enumerate(final):  # type: ignore[misc]
+            duration = len(chunks[i]) / SAMPLE_RATE
+            tk = tokenizers[i]
+            if silent:
+                pieces: list[tuple[float, float, str]] = []
+            elif options.timestamps:
+                pieces = [(s, e, tk.decode(t)) for s, e, t in
+                          split_timestamp_tokens(tokens, tk.timestamp_begin, tk.eot, duration)]
+            else:
+                text = tk.decode([t for t in tokens if t < tk.eot])
+                pieces = [(0.0, duration, text)] if text.strip() else []
+            results.append(_ChunkResult(pieces, join_texts([t for _, _, t in pieces])))
+        return results
+
+    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
+                               prompt: str | None) -> list[tuple[float, float, str]]:
+        segments, _ = self.model.transcribe(
+            audio, language=language if self.multilingual else "en", task=options.task,
+            beam_size=options.beam_size, best_of=1, temperature=list(options.temperatures),
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+            condition_on_previous_text=True, initial_prompt=prompt,
+            without_timestamps=False, vad_filter=True,
+        )
+        return [(s.start, s.end, s.text) for s in segments]
+
+
+# ---------------------------------------------------------------------------------------------------
+def load_transcriber(model_path: str, backend: str = "transformers", *, device: str = "auto",
+                     dtype: str = "auto", compute_type: str = "auto", local_files_only: bool = False,
+                     use_compile: bool = False, attn_implementation: str = "auto",
+                     cpu_threads: int = 0) -> Transcriber:
+    """Load a model for inference.
+
+    Args:
+        model_path: transformers folder, hub id, offline-packaged model (``openai/whisper-base``), or, for
+            ``backend="ct2"``, a CTranslate2 folder.
+        backend: "transformers" or "ct2".
+        device: auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.
+        dtype: transformers weights/autocast: auto (fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.
+        compute_type: CTranslate2 compute type; auto = int8 on CPU, float16 on GPU.
+        use_compile: torch.compile the encoder (transformers backend).
+        attn_implementation: auto (flash-attention-2 when installed on CUDA, else SDPA), sdpa, eager.
+        cpu_threads: CTranslate2 intra-op threads (0 = its default).
+    """
+    from utils.models import ct2_model_dir, resolve_model
+
+    if backend == "transformers":
+        path = resolve_model(model_path, local_files_only=local_files_only)
+        if os.path.isfile(os.path.join(path, "model.bin")) and not any(
+                f.endswith((".safetensors", "pytorch_model.bin")) for f in os.listdir(path)):
+            raise ValueError(f"{path} is a CTranslate2 model; load it with --backend=ct2")
+        return TransformersTranscriber(path, device=device, dtype=dtype, use_compile=use_compile,
+                                       attn_implementation=attn_implementation)
+    if backend == "ct2":
+        return CT2Transcriber(ct2_model_dir(model_path), device=device, compute_type=compute_type,
+                              cpu_threads=cpu_threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,276 @@
+"""Pure helpers of the web UI (streamlit_whisper.py), testable without streamlit.
+
+Model discovery under ``models/``, upload validation, uploaded bytes → waveform, transcription with
+chunk-level progress, and the tables/downloads the page shows. Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
+from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
+from utils.transcribe import DecodeOptions, Transcriber, Transcript, join_texts
+from utils.vad import WINDOW_S, split_on_silence
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD_MB = 200  # MB; also server.maxUploadSize in .streamlit/config.toml
+UPLOAD_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in AUDIO_EXTENSIONS)  # wav, flac, mp3, ...
+HUB_MODELS = (  # offered in the model list; they need the Hugging Face hub (or its cache)
+    "openai/whisper-tiny",
+    "openai/whisper-small",
+    "openai/whisper-medium",
+    "openai/whisper-large-v3",
+    "openai/whisper-large-v3-turbo",
+)
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class UploadError(ValueError):
+    """An uploaded file that is not accepted (type, size, empty); the message says why and what works."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model list.
+
+    Attributes:
+        label: what the page shows.
+        path: what ``load_transcriber`` gets (folder, hub id or packaged name).
+        backend: the backend the model needs ("transformers" or "ct2"), None when both work.
+        source: "local" (a folder under models/), "packaged" (works offline) or "hub".
+    """
+
+    label: str
+    path: str
+    backend: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file offered for download: ``data`` is UTF-8 text."""
+
+    label: str
+    file_name: str
+    data: str
+    mime: str
+
+
+def _folder_backend(folder: Path) -> str | None:
+    """"transformers" for a transformers Whisper folder, "ct2" for a CTranslate2 one, else None."""
+    config_path = folder / "config.json"
+    if (folder / "model.bin").is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            config = {}
+        if "model_type" not in config:
+            return "ct2"
+    if not config_path.is_file() or not any((folder / w).is_file() for w in _HF_WEIGHTS):
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        logger.warning("%s: unreadable config.json (%s); not listed", config_path, e)
+        return None
+    return "transformers" if config.get("model_type") == "whisper" else None
+
+
+def discover_models(models_dir: str | os.PathLike, max_depth: int = 2) -> list[ModelChoice]:
+    """Whisper model folders under ``models_dir`` (merged fine-tunes, imported or CTranslate2 models).
+
+    A folder counts when it holds a transformers Whisper model (config.json with model_type
+    "whisper" and weights) or a CTranslate2 model (model.bin); folders below a model are not
+    searched. LoRA adapters (no full weights) are not listed: merge them with merge_lora.py first.
+
+    Args:
+        models_dir: folder to search; a missing folder gives an empty list.
+        max_depth: levels below ``models_dir`` searched (1 = its direct subfolders).
+
+    Returns:
+        Choices sorted by path, labelled ``models/NAME (transformers|ct2)``.
+    """
+    root = Path(models_dir)
+    found: list[ModelChoice] = []
+
+    def visit(folder: Path, depth: int) -> None:
+        if depth > max_depth:
+            return
+        try:
+            subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as e:
+            logger.warning("%s: cannot list (%s)", folder, e)
+            return
+        for sub in subfolders:
+            backend = _folder_backend(sub)
+            if backend is None:
+                visit(sub, depth + 1)
+            else:
+                found.append(ModelChoice(f"{sub} ({backend})", str(sub), backend, "local"))
+
+    if root.is_dir():
+        visit(root, 1)
+    return found
+
+
+def model_choices(models_dir: str | os.PathLike, preselect: str | None = None) -> list[ModelChoice]:
+    """Everything the model list offers: ``preselect`` first (if given), local folders, packaged, hub ids."""
+    from utils.models import OFFLINE_MODELS
+
+    choices = discover_models(models_dir)
+    choices += [ModelChoice(f"{name} (离线内置 packaged)", name, None, "packaged") for name in OFFLINE_MODELS]
+    choices += [ModelChoice(f"{name} (hub)", name, "transformers", "hub") for name in HUB_MODELS
+                if name not in OFFLINE_MODELS]
+    if preselect:
+        same = [c for c in choices if c.path == preselect or Path(c.path) == Path(preselect)]
+        if same:
+            choices = same[:1] + [c for c in choices if c is not same[0]]
+        else:
+            choices.insert(0, ModelChoice(preselect, preselect, None, "argument"))
+    return choices
+
+
+def check_upload(name: str, size_bytes: int, max_mb: float = MAX_UPLOAD_MB) -> None:
+    """Accept an upload by name and size before decoding it.
+
+    Raises:
+        UploadError: empty file, too large, or a file type that is not audio.
+    """
+    ext = Path(name).suffix.lower().lstrip(".")
+    if ext not in UPLOAD_TYPES:
+        raise UploadError(f"{name}: 不支持的文件类型 (unsupported file type '.{ext}'); "
+                          f"请上传音频 (upload audio): {', '.join(UPLOAD_TYPES)}")
+    if size_bytes == 0:
+        raise UploadError(f"{name}: 文件为空 (empty file, 0 bytes)")
+    if size_bytes > max_mb * 1024 * 1024:
+        raise UploadError(f"{name}: 文件过大 (file too large): {size_bytes / 1024 / 1024:.1f} MB > "
+                          f"{max_mb:g} MB 上限 (limit); 请先切分或压缩 (split or compress it, e.g. "
+                          f"ffmpeg -i IN -ac 1 -ar 16000 -b:a 32k OUT.mp3)")
+
+
+def decode_audio_bytes(data: bytes, name: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an uploaded or recorded file to a float32 mono waveform of shape (samples,).
+
+    The bytes go to a temporary file with the upload's suffix (ffmpeg needs a file for m4a/mp4).
+
+    Raises:
+        AudioLoadError: the bytes are not decodable audio; the message names ``name``, not the temp file.
+    """
+    suffix = Path(name).suffix.lower() or ".wav"
+    fd, tmp = tempfile.mkstemp(prefix="webui-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            return load_audio(tmp, sample_rate=sample_rate)
+        except AudioLoadError as e:
+            reason = str(e).split(": ", 1)[-1].replace(tmp, name)
+            raise AudioLoadError(f"{name}: 无法解码为音频 (cannot decode as audio: {reason})") from e
+    finally:
+        os.unlink(tmp)
+
+
+def waveform_envelope(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, points: int = 1000
+                      ) -> dict[str, np.ndarray]:
+    """Min/max envelope of a waveform for plotting, at most ``points`` columns.
+
+    Args:
+        audio: float32 waveform, shape (samples,).
+
+    Returns:
+        ``{"time_s": (n,), "min": (n,), "max": (n,)}`` with n ≤ points; time is each column's start in seconds.
+    """
+    if audio.size == 0:
+        empty = np.zeros(0, dtype=np.float32)
+        return {"time_s": empty, "min": empty, "max": empty}
+    hop = max(1, int(np.ceil(audio.size / points)))
+    n = int(np.ceil(audio.size / hop))
+    padded = np.pad(audio, (0, n * hop - audio.size), mode="edge").reshape(n, hop)
+    return {"time_s": np.arange(n, dtype=np.float32) * hop / sample_rate,
+            "min": padded.min(axis=1), "max": padded.max(axis=1)}
+
+
+def segment_rows(transcript: Transcript) -> list[dict[str, Any]]:
+    """The segment table: one row per segment with ``HH:MM:SS.mmm`` start/end and the text."""
+    return [{"开始 start": format_timestamp(s.start, "."), "结束 end": format_timestamp(s.end, "."),
+             "文本 text": s.text} for s in transcript.segments]
+
+
+def transcript_downloads(transcript: Transcript, stem: str) -> list[Download]:
+    """TXT, SRT, VTT and JSON renderings of a transcript, named ``stem.<ext>``."""
+    stem = Path(stem).stem or "transcript"
+    return [
+        Download("TXT", f"{stem}.txt", to_txt(transcript), "text/plain"),
+        Download("SRT", f"{stem}.srt", to_srt(transcript), "application/x-subrip"),
+        Download("VTT", f"{stem}.vtt", to_vtt(transcript), "text/vtt"),
+        Download("JSON", f"{stem}.json", to_json(transcript), "application/json"),
+    ]
+
+
+def transcribe_with_progress(engine: Transcriber, audio: np.ndarray, options: DecodeOptions,
+                             on_progress: Callable[[float, str], None] | None = None) -> Transcript:
+    """Transcribe a waveform, reporting progress per group of chunks.
+
+    Up to 30 s, or with ``condition_on_previous_text`` (one sequential pass), this is
+    ``engine.transcribe``. Longer audio is cut at silences like the engine does; the first chunk
+    fixes the language (when ``options.language`` is None), the others are decoded in batches of
+    ``options.batch_size`` and ``on_progress(fraction, message)`` is called after each batch.
+
+    Args:
+        audio: float32 waveform of shape (samples,) at 16 kHz.
+        on_progress: called with a fraction in [0, 1] and a short message.
+    """
+    report = on_progress or (lambda fraction, message: None)
+    duration = audio.size / SAMPLE_RATE
+    if duration <= WINDOW_S or options.condition_on_previous_text:
+        report(0.0, f"转写中 (transcribing {duration:.1f} s)…")
+        transcript = engine.transcribe(audio, options)
+        report(1.0, "完成 (done)")
+        return transcript
+    chunks = split_on_silence(audio)
+    if not chunks:
+        report(1.0, "未检测到语音 (no speech found)")
+        return Transcript("", options.language, 1.0 if options.language else 0.0, round(duration, 3), [])
+    arrays = [audio[c.start: c.end] for c in chunks]
+    first = engine.transcribe(arrays[0], options)
+    results = [first]
+    if options.language is None and first.language is not None:
+        options = replace(options, language=first.language)
+    report(1 / len(chunks), f"已转写 (transcribed) 1/{len(chunks)} 段 (chunks)")
+    for i in range(1, len(arrays), options.batch_size):
+        results += engine.transcribe_batch(arrays[i: i + options.batch_size], options)
+        done = min(i + options.batch_size, len(arrays))
+        report(done / len(chunks), f"已转写 (transcribed) {done}/{len(chunks)} 段 (chunks)")
+    segments = [replace(s, start=round(c.offset_s + s.start, 3), end=round(c.offset_s + s.end, 3))
+                for c, r in zip(chunks, results, strict=True) for s in r.segments]
+    return Transcript(join_texts([s.text for s in segments]), first.language, first.language_probability,
+                      round(duration, 3), segments)
+
+
+def sentiment_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-text rows of :func:`utils.sentiment.analyze_sentiment`'s report for a table."""
+    rows = []
+    for r in report["results"]:
+        row: dict[str, Any] = {}
+        if "start" in r and "end" in r:
+            row["开始 start"] = format_timestamp(r["start"], ".")
+            row["结束 end"] = format_timestamp(r["end"], ".")
+        row.update({"情感 label": r["label"], "积极度 score": r["score"], "文本 text": r["text"]})
+        rows.append(row)
+    return rows
+
+
+def language_options(codes: Sequence[str] = ("zh", "en", "yue", "ja", "ko")) -> list[str | None]:
+    """Language choices for the page: None (auto-detect) then Whisper codes."""
+    return [None, *codes]

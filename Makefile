@@ -39,6 +39,9 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
+demo: install
+	$(PY) tools/demo.py
+
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 

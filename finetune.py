@@ -1,0 +1,341 @@
+"""Fine-tune Whisper with LoRA / AdaLoRA on a jsonlines manifest.
+
+    python finetune.py --base_model=openai/whisper-tiny --output_dir=output/
+    torchrun --nproc_per_node=2 finetune.py --base_model=openai/whisper-tiny --output_dir=output/
+    accelerate launch --config_file configs/accelerate_deepspeed_zero2.yaml finetune.py --base_model=...
+
+Writes ``<output_dir>/<model name>/checkpoint-<step>``, ``checkpoint-best`` (lowest eval CER/WER),
+``checkpoint-final``, TensorBoard logs in ``runs/`` and ``training_curves.png``.
+
+On a CPU, adapters in the decoder only (``--target_modules=decoder.q_proj,decoder.k_proj,...``)
+freeze the encoder: its outputs are computed once per clip and cached, so epochs after the first
+cost only the decoder. CPU training runs in fp32 unless --precision=bf16 (bf16 autocast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from utils.cli import add_bool, make_parser, optional_str, setup_logging
+from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
+
+logger = logging.getLogger("finetune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("Fine-tune Whisper with LoRA/AdaLoRA (single process, torchrun or accelerate launch).")
+    g = p.add_argument_group("data")
+    g.add_argument("--train_data", type=str, default="dataset/train.json", help="training manifest (jsonlines)")
+    g.add_argument("--test_data", type=str, default="dataset/test.json", help="eval manifest (jsonlines)")
+    g.add_argument("--min_audio_len", type=float, default=0.5, help="leave out clips shorter than this (s)")
+    g.add_argument("--max_audio_len", type=float, default=30.0, help="leave out clips longer than this (s, <= 30)")
+    g.add_argument("--language", type=optional_str, default="Chinese",
+                   help="language of items without their own 'language'; None = multilingual / auto")
+    g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
+    add_bool(g, "timestamps", False, "train timestamp tokens from 'sentences' (items without them still used)")
+    g.add_argument("--augment_config_path", type=optional_str, default=None,
+                   help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
+    g.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
+    g.add_argument("--max_eval_samples", type=int, default=0, help="evaluate on the first N test items (0 = all)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--base_model", type=str, default="openai/whisper-tiny", help="hub id or local Whisper folder")
+    add_bool(g, "local_files_only", False, "never contact the model hub")
+    g.add_argument("--cache_dir", type=optional_str, default=None, help="Hugging Face hub cache folder")
+    add_bool(g, "use_8bit", False, "load the base model in 8-bit (bitsandbytes, CUDA only)")
+    add_bool(g, "use_4bit", False, "load the base model in 4-bit NF4 (bitsandbytes, CUDA only)")
+    add_bool(g, "gradient_checkpointing", False, "recompute activations to save GPU memory (slower)")
+    add_bool(g, "use_compile", False, "torch.compile the model (PyTorch 2)")
+
+    g = p.add_argument_group("adapter")
+    add_bool(g, "use_adalora", False, "AdaLoRA (adaptive ranks) instead of LoRA")
+    g.add_argument("--lora_r", type=int, default=32, help="LoRA rank (AdaLoRA: final average rank is r/8 .. init r/2)")
+    g.add_argument("--lora_alpha", type=int, default=64, help="LoRA scaling alpha")
+    g.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the adapter input")
+    g.add_argument("--target_modules", type=str, default=",".join(DEFAULT_TARGET_MODULES),
+                   help="comma-separated module names; prefix decoder./encoder. to limit a name to one side "
+                        "(decoder-only adapters freeze the encoder: its outputs are computed once and cached)")
+    g.add_argument("--encoder_cache_gb", type=float, default=4.0,
+                   help="memory for cached encoder outputs when the encoder is frozen (0 = no cache)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--output_dir", type=str, default="output/", help="runs go to <output_dir>/<model name>/")
+    g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (ignored when --max_steps > 0)")
+    g.add_argument("--max_steps", type=int, default=0, help="optimizer steps; > 0 overrides --num_train_epochs")
+    g.add_argument("--per_device_train_batch_size", type=int, default=8, help="batch per process")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=8, help="eval batch per process")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
+    g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup_steps", type=int, default=50, help="linear warmup steps")
+    g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N steps")
+    g.add_argument("--eval_steps", type=int, default=100, help="evaluate CER/WER every N steps (0 = only at the end)")
+    g.add_argument("--save_steps", type=int, default=100, help="save checkpoint-<step> every N steps (0 = never)")
+    g.add_argument("--save_total_limit", type=int, default=3, help="keep the newest N checkpoint-<step> folders")
+    g.add_argument("--metric", type=str, default="cer", choices=["cer", "wer"], help="selects checkpoint-best")
+    add_bool(g, "eval_at_start", False, "also evaluate the base model at step 0 (baseline CER/WER)")
+    g.add_argument("--generation_max_length", type=int, default=128, help="max new tokens when evaluating")
+    g.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU (bf16 autocast "
+                        "measured slower than fp32 for whisper-base on a 2-core AVX-512-BF16 CPU; try --precision=bf16)")
+    add_bool(g, "fp16", False, "ask for fp16 mixed precision (honoured on CUDA only)")
+    g.add_argument("--resume_from_checkpoint", type=optional_str, default=None,
+                   help="checkpoint-<step> folder, or auto = the newest one in the run folder")
+    g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
+    add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
+    return p
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX), where bf16 autocast is fast."""
+    import torch
+
+    check = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    if check is not None and check() in ("AVX512_BF16", "AMX"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, fp16: bool, device_type: str) -> str:
+    """The accelerate ``mixed_precision`` value ("no", "bf16", "fp16") for the request and device."""
+    import torch
+
+    cuda = device_type == "cuda"
+    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    if fp16 or requested == "fp16":
+        if cuda:
+            return "fp16"
+        logger.warning("fp16 mixed precision needs a CUDA GPU; on %s using fp32 instead "
+                       "(--precision=bf16 for bf16 autocast)", device_type)
+        requested = "auto"
+    if requested == "fp32":
+        return "no"
+    if requested == "bf16":
+        if cuda and not cuda_bf16:
+            logger.warning("this GPU has no bf16; using fp16")
+            return "fp16"
+        if not cuda and not cpu_supports_bf16():
+            logger.warning("this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 autocast will be slow")
+        return "bf16"
+    if cuda:
+        return "bf16" if cuda_bf16 else "fp16"
+    return "no"  # CPU: fp32 measured faster than bf16 autocast (tools/bench_finetune.py, whisper-base)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject flag combinations that cannot work, with the fix."""
+    import torch
+
+    if args.use_8bit and args.use_4bit:
+        parser.error("--use_8bit and --use_4bit exclude each other")
+    if (args.use_8bit or args.use_4bit) and not torch.cuda.is_available():
+        parser.error("--use_8bit/--use_4bit need a CUDA GPU (bitsandbytes quantized training); on CPU "
+                     "run with --use_8bit=False (LoRA on the full-precision model)")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        parser.error("give --max_steps > 0 or --num_train_epochs > 0")
+    if not 0 < args.max_audio_len <= 30:
+        parser.error("--max_audio_len must be in (0, 30] seconds: Whisper sees 30 s windows")
+    if args.use_adalora and args.lora_r < 2:
+        parser.error("--lora_r must be >= 2 with --use_adalora")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "logging_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.push_to_hub:
+        logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
+
+
+def load_model(model_dir: str, *, use_8bit: bool, use_4bit: bool, device_index: int | None,
+               gradient_checkpointing: bool):
+    """Load the base Whisper (fp32 weights; optionally 8/4-bit on CUDA) with SDPA attention."""
+    import torch
+    from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+
+    kwargs = {"attn_implementation": "sdpa", "dtype": torch.float32}
+    if use_8bit or use_4bit:
+        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if use_8bit else
+                                         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=torch.bfloat16))
+        kwargs["device_map"] = {"": device_index or 0}  # one whole copy per process, never "auto" under DDP
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False
+    if use_8bit or use_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    check_args(parser, args)
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import WhisperProcessor
+
+    from utils.augment import AugmentConfigError, apply_spec_augment, load_augment_config
+    from utils.collator import WhisperCollator
+    from utils.data import ManifestError, load_manifest
+    from utils.lora import LoraOptions, build_adapter
+    from utils.models import ModelResolutionError, resolve_model
+    from utils.train_data import SpeechDataset, language_code
+    from utils.trainer import Trainer, TrainOptions, latest_checkpoint, recover_interrupted_saves, \
+        total_training_steps
+
+    # 1. Devices and precision (accelerate reads torchrun / accelerate launch settings from the env)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mixed_precision = choose_precision(args.precision, args.fp16, device_type)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device_type == "cpu")
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    logger.info("device %s, %d process(es), mixed precision %s", accelerator.device, accelerator.num_processes,
+                mixed_precision)
+    set_seed(args.seed)
+    try:
+        language = language_code(args.language)
+    except ValueError as e:
+        parser.error(f"--language: {e}")
+
+    # 2. Model folder, processor and data
+    try:
+        model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
+    except ModelResolutionError as e:
+        logger.error("%s", e)
+        return 1
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    augmenter = None
+    try:
+        train_manifest = load_manifest(args.train_data, min_duration=args.min_audio_len,
+                                       max_duration=args.max_audio_len, encode=encode, timestamps=args.timestamps)
+        test_manifest = load_manifest(args.test_data, min_duration=args.min_audio_len,
+                                      max_duration=args.max_audio_len, encode=encode, timestamps=args.timestamps)
+        if args.augment_config_path:
+            augmenter = load_augment_config(args.augment_config_path)
+    except (ManifestError, AugmentConfigError) as e:
+        logger.error("%s", e)
+        return 1
+    dataset_kwargs = dict(language=language, task=args.task, timestamps=args.timestamps)
+    train_dataset = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
+                                  augmenter=augmenter if augmenter is not None and augmenter.has_waveform_steps
+                                  else None, **dataset_kwargs)
+    eval_dataset = SpeechDataset(test_manifest, processor.feature_extractor, tokenizer, **dataset_kwargs)
+    if args.max_eval_samples > 0:
+        eval_dataset = _Subset(eval_dataset, args.max_eval_samples)
+    logger.info("train: %d clips (%.2f h), eval: %d clips", len(train_dataset), train_manifest.total_hours(),
+                len(eval_dataset))
+
+    # 3. Model and adapter
+    options = TrainOptions(
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
+        num_train_epochs=args.num_train_epochs, logging_steps=args.logging_steps, eval_steps=args.eval_steps,
+        save_steps=args.save_steps, save_total_limit=args.save_total_limit, metric=args.metric,
+        language=language, task=args.task, generation_max_length=args.generation_max_length,
+        num_workers=args.num_workers, seed=args.seed, use_adalora=args.use_adalora,
+        eval_at_start=args.eval_at_start,
+    )
+    targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+    augments_encoder = augmenter is not None and (augmenter.has_waveform_steps or bool(augmenter.spec_augment))
+    frozen_encoder = not targets_encoder(targets) and not augments_encoder and not (args.use_8bit or args.use_4bit)
+    options = dataclasses.replace(options, frozen_encoder=frozen_encoder, encoder_cache_gb=args.encoder_cache_gb)
+    total_steps = total_training_steps(len(train_dataset), options, accelerator.num_processes)
+    model = load_model(model_dir, use_8bit=args.use_8bit, use_4bit=args.use_4bit,
+                       device_index=accelerator.local_process_index if device_type == "cuda" else None,
+                       gradient_checkpointing=args.gradient_checkpointing)
+    if augmenter is not None:
+        apply_spec_augment(model.config, augmenter.spec_augment)
+    generation_config = model.generation_config
+    generation_config.language = language
+    generation_config.task = args.task
+    generation_config.forced_decoder_ids = None
+    lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
+                       use_adalora=args.use_adalora, adalora_init_r=max(2, args.lora_r // 2),
+                       adalora_target_r=max(1, args.lora_r // 8), total_step=total_steps)
+    try:
+        model = build_adapter(model, lora, base_model_name=args.base_model)
+    except ValueError as e:
+        logger.error("adapter: %s", e)
+        return 1
+    if args.use_compile:
+        model = torch.compile(model)
+
+    # 4. Train (resuming if asked)
+    run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
+    if accelerator.is_main_process:
+        recover_interrupted_saves(run_dir)
+    accelerator.wait_for_everyone()
+    collator = WhisperCollator(decoder_start_token_id=model.config.decoder_start_token_id,
+                               pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                               else tokenizer.eos_token_id)
+    trainer = Trainer(model, accelerator=accelerator, processor=processor, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, collator=collator, options=options, run_dir=run_dir,
+                      generation_config=generation_config)
+    resume = args.resume_from_checkpoint
+    if resume == "auto":
+        resume = latest_checkpoint(run_dir)
+        if resume is None:
+            logger.info("no checkpoint in %s to resume from; starting fresh", run_dir)
+    if resume is not None:
+        try:
+            trainer.resume(resume)
+        except (FileNotFoundError, ValueError) as e:
+            logger.error("cannot resume: %s", e)
+            return 1
+    result = trainer.train()
+
+    # 5. Report
+    if accelerator.is_main_process:
+        state = result.state
+        logger.info("done: %d steps in %.1f s (%.2f samples/s); best %s %.4f at step %s; final adapter in %s",
+                    state.global_step, result.seconds, result.samples_per_second, args.metric,
+                    state.best_metric if state.best_metric is not None else float("nan"), state.best_step,
+                    os.path.join(run_dir, "checkpoint-final"))
+    accelerator.end_training()
+    return 0
+
+
+class _Subset:
+    """The first ``n`` items of a SpeechDataset (same interface: ``len``, ``[i]``, ``record``)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset = dataset
+        self.tokens = dataset.tokens
+        self.n = min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.dataset[index]
+
+    def record(self, index: int):
+        return self.dataset.record(index)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Merge a LoRA/AdaLoRA checkpoint into its base Whisper model.
+
+    python merge_lora.py --lora_model=output/whisper-tiny/checkpoint-best/ --output_dir=models/
+    → models/whisper-tiny-finetune  (loads with WhisperForConditionalGeneration.from_pretrained)
+
+The base model is the one recorded in the adapter's adapter_config.json. ``--ct2`` also writes a
+CTranslate2 copy (``models/whisper-tiny-finetune-ct2``) for the fast inference backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from utils.cli import add_bool, make_parser, optional_str, setup_logging
+
+logger = logging.getLogger("merge_lora")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("Merge a LoRA adapter into its base Whisper model.")
+    p.add_argument("--lora_model", type=str, required=True, help="adapter folder (checkpoint-best / -final)")
+    p.add_argument("--output_dir", type=str, default="models/", help="the merged model goes to <output_dir>/<base>-finetune")
+    p.add_argument("--base_model", type=optional_str, default=None,
+                   help="override the base model recorded in adapter_config.json")
+    add_bool(p, "local_files_only", False, "never contact the model hub")
+    add_bool(p, "overwrite", False, "replace an existing merged model folder")
+    add_bool(p, "ct2", False, "also export a CTranslate2 model for the fast inference backend")
+    p.add_argument("--quantization", type=str, default="float16", choices=["int8", "float16", "int8_float16", "float32"],
+                   help="CTranslate2 weight type (with --ct2)")
+    return p
+
+
+def merged_dir_name(base_model: str) -> str:
+    """``openai/whisper-tiny`` → ``whisper-tiny-finetune``."""
+    return f"{Path(base_model.rstrip('/').rstrip(os.sep)).name}-finetune"
+
+
+def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: bool) -> None:
+    """Load base + adapter, merge, and save model, processor and generation config atomically."""
+    import torch
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.lora import merge_adapter
+    from utils.models import resolve_model
+
+    base_dir = resolve_model(base_model, local_files_only=local_files_only)
+    model = WhisperForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+    merged = merge_adapter(model, lora_dir)
+    processor_src = lora_dir if os.path.isfile(os.path.join(lora_dir, "tokenizer_config.json")) else base_dir
+    processor = WhisperProcessor.from_pretrained(processor_src)
+    gen_src = lora_dir if os.path.isfile(os.path.join(lora_dir, "generation_config.json")) else base_dir
+    generation_config = GenerationConfig.from_pretrained(gen_src)
+    merged.generation_config = generation_config
+    merged.config.use_cache = True
+
+    tmp = output.parent / f".tmp-{output.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        processor.feature_extractor.save_pretrained(tmp)  # preprocessor_config.json, read by CTranslate2 tools
+        generation_config.save_pretrained(tmp)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_ct2(model_dir: Path, quantization: str, *, overwrite: bool) -> Path:
+    """Convert a merged transformers model to CTranslate2 (``<model_dir>-ct2``)."""
+    from ctranslate2.converters import TransformersConverter
+
+    out = model_dir.parent / f"{model_dir.name}-ct2"
+    copy = [f for f in ("tokenizer.json", "preprocessor_config.json") if (model_dir / f).is_file()]
+    TransformersConverter(str(model_dir), copy_files=copy).convert(str(out), quantization=quantization,
+                                                                   force=overwrite)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    from utils.lora import read_adapter_config
+    from utils.models import ModelResolutionError
+
+    # 1. Which base model
+    try:
+        adapter_config = read_adapter_config(args.lora_model)
+    except FileNotFoundError as e:
+        logger.error("%s", e)
+        return 1
+    base_model = args.base_model or adapter_config.get("base_model_name_or_path")
+    if not base_model:
+        logger.error("%s: adapter_config.json names no base model; pass --base_model", args.lora_model)
+        return 1
+
+    # 2. Where to
+    output = Path(args.output_dir) / merged_dir_name(base_model)
+    if output.exists() and not args.overwrite:
+        logger.error("%s already exists; pass --overwrite to replace it", output)
+        return 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    # 3. Merge and save
+    try:
+        merge(args.lora_model, base_model, output, local_files_only=args.local_files_only)
+    except ModelResolutionError as e:
+        logger.error("base model %s: %s", base_model, e)
+        return 1
+    logger.info("merged model saved to %s", output)
+    print(output)
+
+    # 4. Optional CTranslate2 export
+    if args.ct2:
+        ct2_dir = export_ct2(output, args.quantization, overwrite=args.overwrite)
+        logger.info("CTranslate2 model (%s) saved to %s", args.quantization, ct2_dir)
+        print(ct2_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Augmentation config: validation messages, each waveform step, SpecAugment into the model config."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.augment import AugmentConfigError, apply_spec_augment, load_augment_config
+
+
+def _write(path, entries) -> str:
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return str(path)
+
+
+def _tone(seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_repo_example_config_is_valid(repo_root):
+    aug = load_augment_config(repo_root / "configs" / "augmentation.json")
+    assert [s[0] for s in aug.steps] == ["speed", "shift", "volume", "resample", "noise"]
+    assert aug.spec_augment["mask_time_prob"] == 0.05
+
+
+def test_empty_noise_folder_is_an_error(tmp_path):
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    cfg = _write(tmp_path / "a.json", [{"type": "noise", "params": {"noise_dir": str(noise_dir)}, "prob": 0.5}])
+    with pytest.raises(AugmentConfigError, match=r"a\.json: entry 0: noise_dir .* holds no audio files"):
+        load_augment_config(cfg)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"type": "reverb"}], "unknown type 'reverb'"),
+    ([{"type": "volume", "prob": 1.5}], r"'prob' must be a number in \[0, 1\]"),
+    ([{"type": "specaugment", "params": {"mask_prob": 0.1}}], "unknown specaugment params"),
+    ({"type": "volume"}, "expected a JSON list"),
+])
+def test_invalid_configs(tmp_path, entries, message):
+    with pytest.raises(AugmentConfigError, match=message):
+        load_augment_config(_write(tmp_path / "bad.json", entries))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(AugmentConfigError, match="not found"):
+        load_augment_config(tmp_path / "nope.json")
+
+
+def test_speed_changes_length_and_time_scale(tmp_path):
+    aug = load_augment_config(_write(tmp_path / "s.json", [
+        {"type": "speed", "params": {"min_speed_rate": 1.25, "max_speed_rate": 1.25, "num_rates": 1}, "prob": 1.0}]))
+    out, scale = aug(_tone(1.0), np.random.default_rng(0))
+    assert out.shape[0] == 12800 and scale == pytest.approx(0.8)
+
+
+def test_shift_and_volume_keep_length(tmp_path):
+    aug = load_augment_config(_write(tmp_path / "v.json", [
+        {"type": "shift", "params": {"min_shift_ms": 5, "max_shift_ms": 5}, "prob": 1.0},
+        {"type": "volume", "params": {"min_gain_dBFS": -6, "max_gain_dBFS": -6}, "prob": 1.0}]))
+    x = _tone()
+    out, scale = aug(x, np.random.default_rng(0))
+    assert out.shape == x.shape and scale == 1.0
+    assert np.all(out[:80] == 0)  # 5 ms shift right
+    np.testing.assert_allclose(out[80:], x[:-80] * 10 ** (-6 / 20), atol=1e-6)
+
+
+def test_noise_from_folder_at_snr_and_deterministic(tmp_path):
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    sf.write(noise_dir / "n.wav", np.random.default_rng(1).standard_normal(8000).astype(np.float32) * 0.1, 16000)
+    aug = load_augment_config(_write(tmp_path / "n.json", [
+        {"type": "noise", "params": {"noise_dir": str(noise_dir), "min_snr_dB": 10, "max_snr_dB": 10},
+         "prob": 1.0}]))
+    x = _tone()
+    out, _ = aug(x, np.random.default_rng(3))
+    noise = out - x
+    snr = 10 * np.log10(np.mean(x ** 2) / np.mean(noise ** 2))
+    assert snr == pytest.approx(10, abs=0.5)
+    again, _ = aug(x, np.random.default_rng(3))
+    np.testing.assert_array_equal(out, again)
+
+
+def test_prob_zero_never_applies(tmp_path):
+    aug = load_augment_config(_write(tmp_path / "z.json", [{"type": "volume", "prob": 0.0}]))
+    x = _tone()
+    out, _ = aug(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, x)
+    assert not aug.has_waveform_steps
+
+
+def test_spec_augment_goes_into_model_config(tmp_path):
+    aug = load_augment_config(_write(tmp_path / "sa.json", [
+        {"type": "specaugment", "params": {"mask_time_prob": 0.1, "mask_feature_prob": 0.2}}]))
+    config = SimpleNamespace(apply_spec_augment=False, mask_time_prob=0.0, mask_feature_prob=0.0)
+    apply_spec_augment(config, aug.spec_augment)
+    assert config.apply_spec_augment is True and config.mask_time_prob == 0.1 and config.mask_feature_prob == 0.2

@@ -1,0 +1,161 @@
+"""Labels and batches: start token exactly once, -100 padding, no-speech and timestamp targets, features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.collator import IGNORE_INDEX, WhisperCollator
+from utils.data import Record, Segment, load_manifest
+from utils.train_data import LabelTokens, SpeechDataset, build_labels, language_code, log_mel_features
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_whisper_dir):
+    from transformers import WhisperProcessor
+
+    return WhisperProcessor.from_pretrained(tiny_whisper_dir)
+
+
+@pytest.fixture(scope="module")
+def tokens(processor) -> LabelTokens:
+    return LabelTokens.from_tokenizer(processor.tokenizer)
+
+
+def _encode(processor):
+    return lambda text: processor.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _collator(tokens: LabelTokens) -> WhisperCollator:
+    return WhisperCollator(decoder_start_token_id=tokens.start_of_transcript, pad_token_id=tokens.end_of_text)
+
+
+def test_bos_is_not_the_start_token(processor, tokens, tiny_whisper_dir):
+    """The classic bug checks bos_token_id; for Whisper that is <|endoftext|>, not <|startoftranscript|>."""
+    from transformers import WhisperConfig
+
+    config = WhisperConfig.from_pretrained(tiny_whisper_dir)
+    assert config.decoder_start_token_id == tokens.start_of_transcript
+    assert processor.tokenizer.bos_token_id != tokens.start_of_transcript
+
+
+def test_speech_labels_and_decoder_inputs(processor, tokens):
+    rec = Record(audio_path="a.wav", sentence="今天天气很好", duration=2.0, language="Chinese")
+    labels = build_labels(rec, _encode(processor), tokens, language=None, task="transcribe", timestamps=False)
+    assert labels[:3] == [tokens.languages["zh"], tokens.tasks["transcribe"], tokens.no_timestamps]
+    assert labels[-1] == tokens.end_of_text
+    assert tokens.start_of_transcript not in labels
+    assert processor.tokenizer.decode(labels, skip_special_tokens=True) == "今天天气很好"
+
+    short = build_labels(Record("b.wav", "好", 1.0), _encode(processor), tokens, language="zh", task="translate",
+                         timestamps=False)
+    batch = _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32), "labels": labels},
+                               {"input_features": np.ones((80, 3000), np.float32), "labels": short}])
+    dec, lab = batch["decoder_input_ids"], batch["labels"]
+    assert batch["input_features"].shape == (2, 80, 3000)
+    assert dec.shape == lab.shape == (2, len(labels))
+    # <|startoftranscript|> exactly once per row, first
+    assert (dec[:, 0] == tokens.start_of_transcript).all()
+    assert ((dec == tokens.start_of_transcript).sum(dim=1) == 1).all()
+    # decoder input = labels shifted right
+    assert dec[0, 1:].tolist() == labels[:-1]
+    assert lab[0].tolist() == labels
+    # padding of the short row is -100 in labels
+    assert lab[1, len(short):].eq(IGNORE_INDEX).all()
+    assert lab[1, : len(short)].tolist() == short
+    assert short[1] == tokens.tasks["translate"]
+
+
+def test_tokenizer_output_with_start_token_is_not_doubled(processor, tokens):
+    """Labels that come straight from the tokenizer (with prefix tokens) keep one start token."""
+    tok = processor.tokenizer
+    tok.set_prefix_tokens(language="chinese", task="transcribe", predict_timestamps=False)
+    ids = tok("你好").input_ids
+    assert ids[0] == tokens.start_of_transcript
+    batch = _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32), "labels": ids}])
+    assert batch["labels"][0].tolist() == ids[1:]
+    assert (batch["decoder_input_ids"][0] == tokens.start_of_transcript).sum() == 1
+
+
+def test_nospeech_item_is_a_no_caption_target(processor, tokens):
+    rec = Record(audio_path="n.wav", sentence="  ", duration=2.0, language="Chinese")
+    labels = build_labels(rec, _encode(processor), tokens, language="zh", task="transcribe", timestamps=True)
+    assert labels == [tokens.no_speech, tokens.end_of_text]
+    assert processor.tokenizer.convert_ids_to_tokens(labels[0]) in ("<|nospeech|>", "<|nocaptions|>")
+
+
+def test_timestamp_labels_and_items_without_sentences(processor, tokens):
+    segs = (Segment(0.0, 1.4, "你好"), Segment(1.5, 3.0, "再见"))
+    rec = Record("t.wav", "你好再见", 3.5, language="Chinese", sentences=segs)
+    labels = build_labels(rec, _encode(processor), tokens, language=None, task="transcribe", timestamps=True)
+    assert tokens.no_timestamps not in labels
+    toks = processor.tokenizer.convert_ids_to_tokens(labels)
+    assert toks[2] == "<|0.00|>" and "<|1.40|>" in toks and "<|1.50|>" in toks and toks[-2] == "<|3.00|>"
+    plain = Record("p.wav", "你好", 1.0, language="Chinese")
+    labels = build_labels(plain, _encode(processor), tokens, language=None, task="transcribe", timestamps=True)
+    assert labels[2] == tokens.no_timestamps
+    # speed perturbation scales the timestamps
+    fast = build_labels(rec, _encode(processor), tokens, language=None, task="transcribe", timestamps=True,
+                        time_scale=0.5)
+    assert processor.tokenizer.convert_ids_to_tokens(fast)[-2] == "<|1.50|>"
+
+
+def test_language_resolution(processor, tokens):
+    assert language_code("Chinese") == language_code("zh") == "zh"
+    assert language_code(None) is None
+    with pytest.raises(ValueError, match="unknown language 'Klingon'"):
+        language_code("Klingon")
+    rec = Record("a.wav", "hello", 1.0, language="English")
+    assert build_labels(rec, _encode(processor), tokens, language="zh", task="transcribe",
+                        timestamps=False)[0] == tokens.languages["en"]  # item language wins
+    auto = Record("a.wav", "hello", 1.0)
+    assert build_labels(auto, _encode(processor), tokens, language=None, task="transcribe",
+                        timestamps=False)[0] == tokens.tasks["transcribe"]  # multilingual: no language token
+
+
+def test_log_mel_matches_feature_extractor(processor, zh_wav):
+    from utils.audio import load_audio
+
+    fe = processor.feature_extractor
+    speech = load_audio(zh_wav)
+    rng = np.random.default_rng(0)
+    for samples in (speech, speech[:17], rng.standard_normal(16000 * 31).astype(np.float32) * 0.1):
+        ref = fe(samples, sampling_rate=16000, return_tensors="np").input_features[0]
+        ours = log_mel_features(samples, fe.mel_filters)
+        assert ours.shape == ref.shape == (80, 3000)
+        np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_dataset_items(processor, zh_wav, tmp_path):
+    lines = [{"audio": {"path": str(zh_wav)}, "sentence": "今天天气很好", "language": "Chinese", "duration": 3.0},
+             {"audio": {"path": str(zh_wav)}, "sentence": "", "duration": 3.0}]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    ds = SpeechDataset(load_manifest(manifest), processor.feature_extractor, processor.tokenizer, language="Chinese")
+    a, b = ds[0], ds[1]
+    assert a["input_features"].shape == (80, 3000) and a["input_features"].dtype == np.float32
+    assert a["labels"][0] == ds.tokens.languages["zh"]
+    assert b["labels"] == [ds.tokens.no_speech, ds.tokens.end_of_text]
+    batch = _collator(ds.tokens)([a, b])
+    assert batch["index"].tolist() == [0, 1]
+    assert isinstance(batch["labels"], torch.Tensor) and batch["labels"].dtype == torch.long
+
+
+def test_collator_rejects_empty_labels(tokens):
+    with pytest.raises(ValueError, match="empty"):
+        _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32),
+                            "labels": [tokens.start_of_transcript]}])
+
+
+def test_long_labels_rejected_at_load_with_line(processor, zh_wav, tmp_path):
+    lines = [{"audio": {"path": str(zh_wav)}, "sentence": "好", "duration": 3.0},
+             {"audio": {"path": str(zh_wav)}, "sentence": "今天天气很好" * 300, "duration": 3.0}]
+    manifest = tmp_path / "long.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    from utils.data import ManifestError
+
+    with pytest.raises(ManifestError, match=r"long\.json:2: .*448"):
+        load_manifest(manifest, encode=_encode(processor))

@@ -1,0 +1,261 @@
+"""finetune.py end to end on a tiny Whisper: checkpoints, CER-based best, AdaLoRA, resume after SIGKILL, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import finetune
+from tests.conftest import REPO_ROOT, make_speech
+
+ZH_TEXTS = ["今天天气很好", "我们一起去公园", "你吃饭了吗", "明天见"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """A 6-item train manifest (Mandarin speech, one no-speech clip, one item with timestamps) and a 3-item test."""
+    d = tmp_path_factory.mktemp("corpus")
+    lines = []
+    for i, text in enumerate(ZH_TEXTS):
+        wav = make_speech(text, d / f"zh{i}.wav", voice="cmn-latn-pinyin")
+        dur = sf.info(wav).duration
+        line = {"audio": {"path": wav.name}, "sentence": text, "language": "Chinese", "duration": dur}
+        if i == 0:
+            line["sentences"] = [{"start": 0.0, "end": round(dur, 2), "text": text}]
+        lines.append(line)
+    noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.01).astype(np.float32)
+    sf.write(d / "silence.wav", noise, 16000)
+    lines.append({"audio": {"path": "silence.wav"}, "sentence": "", "duration": 2.0})
+    lines.append({"audio": {"path": "zh1.wav", "start_time": 0.0, "end_time": 1.0}, "sentence": "我们",
+                  "language": "Chinese", "duration": 1.0})
+    train = d / "train.json"
+    train.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    test = d / "test.json"
+    test.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines[:3]), encoding="utf-8")
+    return {"train": train, "test": test}
+
+
+def _args(model_dir: Path, corpus: dict[str, Path], out: Path, **extra) -> list[str]:
+    args = {"base_model": str(model_dir), "output_dir": str(out), "train_data": str(corpus["train"]),
+            "test_data": str(corpus["test"]), "language": "Chinese", "per_device_train_batch_size": 2,
+            "per_device_eval_batch_size": 3, "max_steps": 4, "warmup_steps": 1, "logging_steps": 1,
+            "eval_steps": 2, "save_steps": 2, "generation_max_length": 4, "num_workers": 0,
+            "learning_rate": 1e-3, "timestamps": True}
+    args.update(extra)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def test_strict_booleans():
+    parser = finetune.build_parser()
+    assert parser.parse_args(["--use_8bit=False"]).use_8bit is False
+    assert parser.parse_args(["--use_8bit"]).use_8bit is True
+    assert parser.parse_args(["--timestamps=yes"]).timestamps is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--use_8bit=maybe"])
+    assert parser.parse_args(["--language=None"]).language is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error path; CUDA machines quantize instead")
+def test_use_8bit_on_cpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        finetune.main(["--use_8bit=True", "--base_model=openai/whisper-base"])
+    assert exc.value.code == 2
+    assert "--use_8bit/--use_4bit need a CUDA GPU" in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_falls_back_with_message(caplog):
+    with caplog.at_level("WARNING"):
+        assert finetune.choose_precision("auto", True, "cpu") == "no"
+    assert "fp16 mixed precision needs a CUDA GPU" in caplog.text
+    assert finetune.choose_precision("fp32", False, "cpu") == "no"
+    assert finetune.choose_precision("bf16", False, "cpu") == "bf16"
+
+
+def test_train_writes_checkpoints(tiny_whisper_dir, corpus, tmp_path):
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, base_model=tiny_whisper_dir)) == 0
+    run = out / tiny_whisper_dir.name
+    for name in ("checkpoint-2", "checkpoint-4", "checkpoint-best", "checkpoint-final"):
+        assert (run / name / "adapter_model.safetensors").is_file(), name
+        assert (run / name / "tokenizer.json").is_file(), name
+        assert (run / name / "preprocessor_config.json").is_file() or (run / name / "processor_config.json").is_file()
+    assert (run / "checkpoint-2" / "optimizer.pt").is_file()
+    config = json.loads((run / "checkpoint-final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_whisper_dir)
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    assert [e["step"] for e in state["log_history"] if "eval_cer" in e] == [2, 4]
+    assert (run / "training_curves.png").stat().st_size > 1000
+    assert any((run / "runs").iterdir())
+    gen = json.loads((run / "checkpoint-final" / "generation_config.json").read_text())
+    assert gen["language"] == "zh" and gen["task"] == "transcribe"
+
+
+def test_best_checkpoint_is_chosen_by_cer_not_loss(tiny_whisper_dir, corpus, tmp_path, monkeypatch):
+    """Eval CER 0.5, 0.2, 0.4 at steps 1..3 while the loss keeps falling: best must be step 2."""
+    import utils.trainer
+
+    values = iter([0.5, 0.2, 0.4])
+    monkeypatch.setattr(utils.trainer, "evaluate", lambda *a, **k: (next(values), []))
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=3, eval_steps=1, save_steps=0)) == 0
+    best = json.loads((out / tiny_whisper_dir.name / "checkpoint-best" / "trainer_state.json").read_text())
+    assert best["global_step"] == 2 and best["best_step"] == 2 and best["best_metric"] == pytest.approx(0.2)
+    final = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert final["global_step"] == 3 and final["best_step"] == 2
+
+
+def test_adalora_reallocates_ranks(tiny_whisper_dir, corpus, tmp_path):
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, use_adalora=True, lora_r=8, max_steps=20,
+                               eval_steps=0, save_steps=0, logging_steps=5)) == 0
+    config = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADALORA" and config["total_step"] == 20
+    ranks = config["rank_pattern"]
+    assert ranks, "update_and_allocate never fixed a rank pattern"
+    kept = [sum(mask) for mask in ranks.values()]
+    assert min(kept) < config["init_r"], "budgeting did not prune any rank"
+    assert sum(kept) < config["init_r"] * len(kept)
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path):
+    """Kill -9 after checkpoint-4, resume with =auto: same adapter as an uninterrupted run, valid best/final."""
+    common = dict(max_steps=10, save_steps=2, eval_steps=5, precision="fp32", lora_dropout=0.0,
+                  learning_rate=5e-3, timestamps=False)
+    ref_out = tmp_path / "ref"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, ref_out, **common)) == 0
+
+    out = tmp_path / "killed"
+    run = out / tiny_whisper_dir.name
+    proc = _run_cli([sys.executable, "finetune.py", *_args(tiny_whisper_dir, corpus, out, **common)])
+    deadline = time.time() + 300
+    while not (run / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint-4 within 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoint-final").exists()
+
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint="auto", **common)) == 0
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    assert (run / "checkpoint-best" / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    ref = load_file(ref_out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors")
+    got = load_file(run / "checkpoint-final" / "adapter_model.safetensors")
+    assert ref.keys() == got.keys()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "finetune.py",
+                     *_args(tiny_whisper_dir, corpus, out, max_steps=3, eval_steps=3, save_steps=3)])
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    assert "2 process(es)" in log
+    run = out / tiny_whisper_dir.name
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert (run / "checkpoint-3" / "optimizer.pt").is_file()
+    assert (run / "checkpoint-best" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_whisper_base_few_steps_lower_cer(whisper_base_dir, tmp_path):
+    """A few decoder-LoRA steps on four espeak Mandarin clips lower whisper-base's CER on those clips."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import load_audio
+    from utils.text import error_rate
+
+    lines = []
+    for i, text in enumerate(ZH_TEXTS):
+        wav = make_speech(text, tmp_path / f"b{i}.wav", voice="cmn-latn-pinyin")
+        lines.append({"audio": {"path": str(wav)}, "sentence": text, "language": "Chinese",
+                      "duration": sf.info(wav).duration})
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    processor = WhisperProcessor.from_pretrained(whisper_base_dir)
+    feats = processor.feature_extractor([load_audio(x["audio"]["path"]) for x in lines], sampling_rate=16000,
+                                        return_tensors="pt").input_features
+
+    def cer_of(model) -> float:
+        with torch.no_grad():
+            ids = model.generate(input_features=feats, language="zh", task="transcribe", max_new_tokens=32)
+        return error_rate(ZH_TEXTS, processor.batch_decode(ids, skip_special_tokens=True), "cer")
+
+    base_cer = cer_of(WhisperForConditionalGeneration.from_pretrained(whisper_base_dir))
+    out = tmp_path / "out"
+    assert finetune.main([f"--base_model={whisper_base_dir}", f"--output_dir={out}", f"--train_data={manifest}",
+                          f"--test_data={manifest}", "--language=Chinese", "--max_steps=12",
+                          "--per_device_train_batch_size=4", "--learning_rate=2e-3", "--warmup_steps=2",
+                          "--eval_steps=0", "--save_steps=0", "--num_workers=0", "--generation_max_length=32",
+                          "--target_modules=decoder.q_proj,decoder.k_proj,decoder.v_proj,decoder.out_proj,"
+                          "decoder.fc1,decoder.fc2"]) == 0
+    state = json.loads((out / whisper_base_dir.name / "checkpoint-best" / "trainer_state.json").read_text())
+    assert state["best_metric"] < base_cer, (state["best_metric"], base_cer)
+
+
+def test_decoder_only_adapter_freezes_encoder(tiny_whisper_dir, corpus, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    targets = "decoder.q_proj,decoder.v_proj,decoder.fc1"
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, target_modules=targets, max_steps=6,
+                                   eval_steps=3, save_steps=0)) == 0
+    assert "encoder frozen" in caplog.text
+    keys = load_file(out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors").keys()
+    assert keys and all(".decoder." in k for k in keys)
+    assert any("encoder_attn.q_proj" in k for k in keys) and any("self_attn.v_proj" in k for k in keys)
+    assert not any("k_proj" in k or "fc2" in k for k in keys)
+
+
+def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
+    """The eval decoder (lean greedy loop with KV cache) gives generate()'s greedy output."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import load_audio
+    from utils.train_data import LabelTokens
+    from utils.trainer import greedy_decode
+
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    processor = WhisperProcessor.from_pretrained(whisper_base_dir)
+    tokens = LabelTokens.from_tokenizer(processor.tokenizer)
+    feats = processor.feature_extractor([load_audio(zh_wav), load_audio(en_wav)], sampling_rate=16000,
+                                        return_tensors="pt").input_features
+    with torch.no_grad():
+        want = model.generate(input_features=feats, language="zh", task="transcribe", max_new_tokens=20)
+        states = model.get_encoder()(feats).last_hidden_state
+    gen = model.generation_config
+    got = greedy_decode(model, states, [tokens.start_of_transcript, tokens.languages["zh"],
+                                        tokens.tasks["transcribe"], tokens.no_timestamps],
+                        end_of_text=tokens.end_of_text, suppress_tokens=gen.suppress_tokens,
+                        begin_suppress_tokens=gen.begin_suppress_tokens, max_new_tokens=20)
+    want_text = processor.batch_decode(want, skip_special_tokens=True)
+    got_text = processor.batch_decode(got, skip_special_tokens=True)
+    assert got_text == want_text and all(want_text)

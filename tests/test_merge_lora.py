@@ -1,0 +1,94 @@
+"""merge_lora.py: merged model equals base + adapter, loads with plain transformers, transcribes, exports CT2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import merge_lora
+from utils.lora import LoraOptions, build_adapter
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_whisper_dir, tmp_path_factory):
+    """A LoRA adapter on the tiny model with non-zero B matrices (as after training), saved like a checkpoint."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    out = tmp_path_factory.mktemp("adapter")
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    peft_model = build_adapter(model, LoraOptions(r=4, alpha=8), base_model_name=str(tiny_whisper_dir))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    peft_model.save_pretrained(out)
+    WhisperProcessor.from_pretrained(tiny_whisper_dir).save_pretrained(out)
+    gen = model.generation_config
+    gen.language, gen.task = "zh", "transcribe"
+    gen.save_pretrained(out)
+    return out
+
+
+def test_merge_loads_and_transcribes(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import load_audio
+
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}"]) == 0
+    merged_dir = tmp_path / f"{tiny_whisper_dir.name}-finetune"
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "preprocessor_config.json"):
+        assert (merged_dir / name).is_file(), name
+    merged = WhisperForConditionalGeneration.from_pretrained(merged_dir).eval()
+    assert merged.generation_config.language == "zh" and merged.generation_config.task == "transcribe"
+
+    processor = WhisperProcessor.from_pretrained(merged_dir)
+    feats = processor.feature_extractor(load_audio(en_wav), sampling_rate=16000, return_tensors="pt").input_features
+    dec = torch.tensor([[50258, 50260, 50359, 50363]])
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    with_adapter = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir),
+                                             str(adapter_dir)).eval()
+    with torch.no_grad():
+        got = merged(input_features=feats, decoder_input_ids=dec).logits
+        want = with_adapter(input_features=feats, decoder_input_ids=dec).logits
+        plain = base(input_features=feats, decoder_input_ids=dec).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3), "the adapter changed nothing"
+    with torch.no_grad():
+        ids = merged.generate(input_features=feats, max_new_tokens=5)
+    text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+    assert isinstance(text, str) and ids.shape[1] > 3
+
+
+def test_refuses_to_overwrite(adapter_dir, tiny_whisper_dir, tmp_path, caplog):
+    (tmp_path / f"{tiny_whisper_dir.name}-finetune").mkdir()
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}"]) == 1
+    assert "--overwrite" in caplog.text
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}", "--overwrite=true"]) == 0
+    assert (tmp_path / f"{tiny_whisper_dir.name}-finetune" / "model.safetensors").is_file()
+
+
+def test_not_an_adapter_folder(tmp_path, caplog):
+    assert merge_lora.main([f"--lora_model={tmp_path}", f"--output_dir={tmp_path / 'm'}"]) == 1
+    assert "adapter_config.json" in caplog.text
+
+
+def test_ct2_export(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):
+    import ctranslate2
+
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}", "--ct2",
+                            "--quantization=int8"]) == 0
+    ct2_dir = tmp_path / f"{tiny_whisper_dir.name}-finetune-ct2"
+    assert (ct2_dir / "model.bin").is_file()
+    model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="int8")
+    feats = ctranslate2.StorageView.from_array(np.zeros((1, 80, 3000), dtype=np.float32))
+    result = model.generate(feats, [[50258, 50260, 50359, 50363]], max_length=8)
+    assert len(result[0].sequences_ids[0]) >= 1
+
+
+def test_merged_dir_name():
+    assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
+    assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"

@@ -1,0 +1,179 @@
+"""Benchmark finetune.py against a plain transformers Seq2SeqTrainer + peft LoRA recipe.
+
+Same model, data, batch size, steps, learning rate and LoRA targets; each recipe runs in its own
+process (so peak RSS is its own), then both fine-tuned adapters are scored on the test set.
+
+    python tools/bench_finetune.py --base_model=openai/whisper-base --train_data=dataset/train.json \
+        --test_data=dataset/test.json --max_steps=30 --batch_size=8
+
+Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from utils.cli import make_parser, optional_str  # noqa: E402
+from utils.lora import DEFAULT_TARGET_MODULES  # noqa: E402
+
+DECODER_ONLY = ",".join(f"decoder.{m}" for m in DEFAULT_TARGET_MODULES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("Training speed: finetune.py vs Seq2SeqTrainer + peft (same model/data/batch/steps).")
+    p.add_argument("--base_model", default="openai/whisper-base")
+    p.add_argument("--train_data", default="dataset/train.json")
+    p.add_argument("--test_data", default="dataset/test.json")
+    p.add_argument("--language", type=optional_str, default="Chinese")
+    p.add_argument("--max_steps", type=int, default=30)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--warmup_steps", type=int, default=5)
+    p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--target_modules", default=DECODER_ONLY,
+                   help="LoRA targets for both recipes (default: decoder-only, the recommended CPU setting)")
+    p.add_argument("--finetune_args", default="", help="extra flags for finetune.py (e.g. --precision=fp32)")
+    p.add_argument("--only", choices=["ours", "baseline"], default=None, help="run one recipe only")
+    p.add_argument("--baseline_worker", default=None, help=argparse.SUPPRESS)  # internal: JSON result path
+    return p
+
+
+def _child_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
+    cmd = [sys.executable, str(REPO_ROOT / "finetune.py"), f"--base_model={args.base_model}",
+           f"--output_dir={out_dir}", f"--train_data={args.train_data}", f"--test_data={args.test_data}",
+           f"--language={args.language}", f"--max_steps={args.max_steps}",
+           f"--per_device_train_batch_size={args.batch_size}", f"--learning_rate={args.learning_rate}",
+           f"--warmup_steps={args.warmup_steps}", f"--num_workers={args.num_workers}",
+           f"--target_modules={args.target_modules}", "--eval_steps=0", "--save_steps=0",
+           f"--logging_steps={max(1, args.max_steps // 5)}", *args.finetune_args.split()]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"finetune.py failed:\n{proc.stderr[-3000:]}")
+    m = re.search(r"done: (\d+) steps in ([\d.]+) s \(([\d.]+) samples/s\)", proc.stderr)
+    state = json.loads((out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final" /
+                        "trainer_state.json").read_text())
+    return {"train_seconds": float(m.group(2)), "samples_per_second": float(m.group(3)),
+            "eval_cer": state["best_metric"] if state["best_step"] == state["global_step"] else
+            [e["eval_cer"] for e in state["log_history"] if "eval_cer" in e][-1],
+            "wall_seconds": wall, "peak_rss_mb": _child_peak_mb()}
+
+
+def run_baseline(args: argparse.Namespace, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], f"--baseline_worker={out_dir / 'r.json'}"]
+    before = _child_peak_mb()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"baseline failed:\n{proc.stderr[-3000:]}")
+    result = json.loads((out_dir / "r.json").read_text())
+    result.update(wall_seconds=wall, peak_rss_mb=max(before, _child_peak_mb()))
+    return result
+
+
+def baseline_worker(args: argparse.Namespace) -> dict:
+    """The usual recipe: HF feature extractor per item, tokenizer labels, Seq2SeqTrainer, fp32, peft LoRA."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration, \
+        WhisperProcessor
+
+    from utils.audio import SAMPLE_RATE, load_audio
+    from utils.data import load_manifest
+    from utils.lora import peft_target_modules
+    from utils.models import resolve_model
+    from utils.text import error_rate
+
+    model_dir = resolve_model(args.base_model)
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    processor.tokenizer.set_prefix_tokens(language=args.language, task="transcribe")
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+    model.config.forced_decoder_ids = None
+    targets = tuple(args.target_modules.split(","))
+    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05,
+                                             target_modules=peft_target_modules(targets)))
+    train, test = load_manifest(args.train_data), load_manifest(args.test_data)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            r = train[i]
+            audio = load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time)
+            feats = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE).input_features[0]
+            return {"input_features": feats, "labels": processor.tokenizer(r.sentence).input_ids}
+
+    def collate(items):
+        batch = processor.feature_extractor.pad([{"input_features": x["input_features"]} for x in items],
+                                                return_tensors="pt")
+        labels = processor.tokenizer.pad([{"input_ids": x["labels"]} for x in items], return_tensors="pt")
+        ids = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+        if (ids[:, 0] == model.config.decoder_start_token_id).all():
+            ids = ids[:, 1:]
+        batch["labels"] = ids
+        return batch
+
+    training_args = Seq2SeqTrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, logging_steps=max(1, args.max_steps // 5),
+        save_strategy="no", eval_strategy="no", report_to=[], remove_unused_columns=False, label_names=["labels"],
+        dataloader_num_workers=args.num_workers, use_cpu=True, seed=42)
+    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=Data(), data_collator=collate)
+    metrics = trainer.train().metrics
+    model.eval()
+    hyps, refs = [], []
+    with torch.no_grad():
+        for start in range(0, len(test), 8):
+            recs = test[start: start + 8]
+            feats = processor.feature_extractor(
+                [load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time) for r in recs],
+                sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            ids = model.generate(input_features=feats, language=args.language, task="transcribe",
+                                 max_new_tokens=128)
+            hyps += processor.batch_decode(ids, skip_special_tokens=True)
+            refs += [r.sentence for r in recs]
+    return {"train_seconds": metrics["train_runtime"], "samples_per_second": metrics["train_samples_per_second"],
+            "eval_cer": error_rate(refs, hyps, "cer")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.baseline_worker:
+        result = baseline_worker(args)
+        Path(args.baseline_worker).write_text(json.dumps(result), encoding="utf-8")
+        return 0
+    report = {"base_model": args.base_model, "max_steps": args.max_steps, "batch_size": args.batch_size,
+              "target_modules": args.target_modules, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "ours"):
+            report["finetune.py"] = run_ours(args, Path(tmp) / "ours")
+        if args.only in (None, "baseline"):
+            report["seq2seq_trainer"] = run_baseline(args, Path(tmp) / "baseline")
+    if "finetune.py" in report and "seq2seq_trainer" in report:
+        report["speedup"] = report["finetune.py"]["samples_per_second"] / report["seq2seq_trainer"]["samples_per_second"]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Batching for Whisper training: stack features, pad labels with -100, build decoder inputs.
+
+Whisper's decoder must see ``<|startoftranscript|>`` exactly once, first. Its id is the model's
+``decoder_start_token_id``, not ``bos_token_id`` (which for Whisper is ``<|endoftext|>``): checking
+the latter is the classic bug that leaves a doubled start token in every training example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100  # label value the cross-entropy loss skips
+
+
+@dataclass(frozen=True)
+class WhisperCollator:
+    """Collate ``{"input_features", "labels"[, "index"]}`` items into a training batch.
+
+    Returns:
+        input_features: float32 (batch, n_mels, frames).
+        labels: int64 (batch, max_len), padded with -100.
+        decoder_input_ids: int64 (batch, max_len) = ``<|startoftranscript|>`` + labels shifted right,
+            padded with ``pad_token_id`` (those positions are masked out of the loss).
+        index: int64 (batch,) dataset indices, when the items carry them.
+    """
+
+    decoder_start_token_id: int
+    pad_token_id: int
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        labels_list = [self.strip_start(item["labels"]) for item in items]
+        max_len = max(len(ids) for ids in labels_list)
+        labels = torch.full((len(items), max_len), IGNORE_INDEX, dtype=torch.long)
+        decoder_input_ids = torch.full((len(items), max_len), self.pad_token_id, dtype=torch.long)
+        for i, ids in enumerate(labels_list):
+            row = torch.as_tensor(ids, dtype=torch.long)
+            labels[i, : len(ids)] = row
+            decoder_input_ids[i, 0] = self.decoder_start_token_id
+            decoder_input_ids[i, 1: len(ids)] = row[:-1]
+        features = torch.from_numpy(np.stack([np.asarray(item["input_features"], dtype=np.float32) for item in items]))
+        batch = {"input_features": features, "labels": labels, "decoder_input_ids": decoder_input_ids}
+        if "index" in items[0]:
+            batch["index"] = torch.as_tensor([item["index"] for item in items], dtype=torch.long)
+        return batch
+
+    def strip_start(self, ids: Sequence[int]) -> list[int]:
+        """Drop a leading ``<|startoftranscript|>`` (tokenizer output has one) so it is added only once."""
+        ids = list(ids)
+        if ids and ids[0] == self.decoder_start_token_id:
+            ids = ids[1:]
+        if not ids:
+            raise ValueError("a label sequence is empty; it needs at least <|endoftext|>")
+        return ids

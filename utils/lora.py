@@ -1,0 +1,115 @@
+"""LoRA / AdaLoRA adapters for Whisper (peft): build, load for resuming, merge into the base model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """Adapter settings.
+
+    ``target_modules`` are module-name suffixes (``q_proj``) or full-name regexes; prefix a suffix with
+    ``decoder.`` / ``encoder.`` (``decoder.q_proj``) to limit it to one side of the model.
+    AdaLoRA needs ``total_step`` = the number of *optimizer* steps of the run.
+    """
+
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    use_adalora: bool = False
+    adalora_init_r: int = 12
+    adalora_target_r: int = 4
+    total_step: int | None = None
+
+
+def peft_target_modules(target_modules: tuple[str, ...]) -> list[str] | str:
+    """peft takes a list of suffixes, or one regex; side-limited names need the regex form."""
+    if not any("." in t for t in target_modules):
+        return list(target_modules)
+    parts = []
+    for t in target_modules:
+        side, _, name = t.rpartition(".")
+        parts.append(rf".*{side}\.layers\.\d+\..*{name}" if side in ("encoder", "decoder") else rf".*{t}")
+    return "^(?:" + "|".join(parts) + ")$"
+
+
+def targets_encoder(target_modules: tuple[str, ...]) -> bool:
+    """True when an adapter would be placed in the encoder (so encoder outputs cannot be cached)."""
+    return any(not t.startswith("decoder.") for t in target_modules)
+
+
+def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name: str):
+    """Wrap ``model`` in a peft LoRA or AdaLoRA model; only adapter weights stay trainable.
+
+    ``base_model_name`` (the name the user passed, e.g. ``openai/whisper-base``) is recorded in
+    adapter_config.json so merge_lora.py needs only the adapter folder.
+    """
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+
+    targets = peft_target_modules(options.target_modules)
+    if options.use_adalora:
+        if not options.total_step or options.total_step <= 0:
+            raise ValueError("AdaLoRA needs total_step = the number of optimizer steps (> 0)")
+        total = options.total_step
+        # budget schedule: warm up 10 % at init_r, prune ranks until 70 %, then fine-tune at target_r
+        config = AdaLoraConfig(
+            init_r=options.adalora_init_r, target_r=options.adalora_target_r, lora_alpha=options.alpha,
+            lora_dropout=options.dropout, target_modules=targets, total_step=total,
+            tinit=max(1, int(0.1 * total)), tfinal=max(1, int(0.3 * total)), deltaT=max(1, total // 50),
+            beta1=0.85, beta2=0.85, orth_reg_weight=0.5, base_model_name_or_path=base_model_name,
+        )
+        if config.tinit + config.tfinal >= total:
+            raise ValueError(f"AdaLoRA needs more steps: total_step={total} leaves no budgeting phase")
+    else:
+        config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                            target_modules=targets, bias="none", base_model_name_or_path=base_model_name)
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = base_model_name
+    trainable, total_params = peft_model.get_nb_trainable_parameters()
+    logger.info("%s adapter: %d trainable of %d parameters (%.2f %%)", "AdaLoRA" if options.use_adalora else "LoRA",
+                trainable, total_params, 100.0 * trainable / total_params)
+    return peft_model
+
+
+def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
+    """Load saved adapter weights into an already-built peft model (for resuming)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors; is it a checkpoint folder?")
+    result = set_peft_model_state_dict(peft_model, load_file(path))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{path}: adapter does not match the model (unexpected keys, e.g. {unexpected[:3]})")
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
+    """The adapter_config.json of an adapter folder."""
+    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_CONFIG}; pass a LoRA checkpoint folder "
+                                "such as output/whisper-tiny/checkpoint-best")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -> torch.nn.Module:
+    """Fold the adapter in ``adapter_dir`` into ``base_model``; returns a plain transformers model."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+    return peft_model.merge_and_unload()

@@ -1,0 +1,225 @@
+"""Training examples from a manifest: ``Record → (log-mel features, decoder label ids)``.
+
+Label layout (Whisper's multitask format, without the leading ``<|startoftranscript|>``, which the
+collator puts in front of the decoder input exactly once)::
+
+    speech:       <|zh|> <|transcribe|> <|notimestamps|> text ... <|endoftext|>
+    timestamps:   <|zh|> <|transcribe|> <|0.00|> text <|1.40|> <|1.40|> text <|3.02|> <|endoftext|>
+    no-speech:    <|nospeech|> <|endoftext|>
+
+The language token comes from the record's ``language`` when present, else from the run's
+``language``; with neither (multilingual / auto) it is left out. In a ``timestamps`` run, records
+without ``sentences`` are still used, with the ``<|notimestamps|>`` layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils.audio import SAMPLE_RATE, load_audio
+from utils.data import Manifest, Record
+
+logger = logging.getLogger(__name__)
+
+TIME_PRECISION = 0.02  # seconds per timestamp token
+MAX_TIMESTAMP = 30.0  # seconds; the last timestamp token is <|30.00|>
+
+
+def language_code(language: str | None) -> str | None:
+    """Normalise ``Chinese`` / ``chinese`` / ``zh`` to Whisper's code ``zh``; None stays None.
+
+    Raises:
+        ValueError: unknown language, with the accepted forms.
+    """
+    if language is None:
+        return None
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    key = language.strip().lower()
+    if key in LANGUAGES:
+        return key
+    if key in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[key]
+    raise ValueError(f"unknown language {language!r}; use a Whisper language name (Chinese) or code (zh)")
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """Special token ids of a Whisper tokenizer, looked up once."""
+
+    start_of_transcript: int
+    end_of_text: int
+    no_timestamps: int
+    no_speech: int
+    timestamp_begin: int  # id of <|0.00|>
+    tasks: dict[str, int]
+    languages: dict[str, int]  # code → id
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> LabelTokens:
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        vocab = tokenizer.get_vocab()
+
+        def tid(token: str) -> int:
+            if token not in vocab:
+                raise ValueError(f"the tokenizer has no {token} token; is it a Whisper tokenizer?")
+            return int(vocab[token])
+
+        no_speech = "<|nospeech|>" if "<|nospeech|>" in vocab else "<|nocaptions|>"
+        languages = {code: int(vocab[f"<|{code}|>"]) for code in LANGUAGES if f"<|{code}|>" in vocab}
+        return cls(
+            start_of_transcript=tid("<|startoftranscript|>"),
+            end_of_text=tid("<|endoftext|>"),
+            no_timestamps=tid("<|notimestamps|>"),
+            no_speech=tid(no_speech),
+            timestamp_begin=tid("<|0.00|>"),
+            tasks={"transcribe": tid("<|transcribe|>"), "translate": tid("<|translate|>")},
+            languages=languages,
+        )
+
+    def timestamp(self, seconds: float) -> int:
+        """Id of the timestamp token nearest to ``seconds`` (clamped to 0..30 s)."""
+        seconds = min(max(seconds, 0.0), MAX_TIMESTAMP)
+        return self.timestamp_begin + int(round(seconds / TIME_PRECISION))
+
+
+def build_labels(
+    record: Record,
+    encode: Callable[[str], Sequence[int]],
+    tokens: LabelTokens,
+    *,
+    language: str | None,
+    task: str,
+    timestamps: bool,
+    time_scale: float = 1.0,
+) -> list[int]:
+    """Decoder target ids for one record (no ``<|startoftranscript|>``; ends with ``<|endoftext|>``).
+
+    Args:
+        record: the manifest record.
+        encode: text → token ids without special tokens.
+        tokens: special token ids.
+        language: the run's language code, used when the record has none (None = no language token).
+        task: ``transcribe`` or ``translate``.
+        timestamps: use the record's ``sentences`` as timestamped segments where present.
+        time_scale: multiply segment times by this (speed perturbation changes the clip length).
+    """
+    if record.is_nospeech:
+        return [tokens.no_speech, tokens.end_of_text]
+    ids: list[int] = []
+    code = language_code(record.language) if record.language else language
+    if code is not None:
+        if code not in tokens.languages:
+            raise ValueError(f"the tokenizer has no language token for {code!r} (an English-only model?)")
+        ids.append(tokens.languages[code])
+    ids.append(tokens.tasks[task])
+    if timestamps and record.sentences:
+        for seg in record.sentences:
+            ids.append(tokens.timestamp(seg.start * time_scale))
+            ids.extend(encode(seg.text))
+            ids.append(tokens.timestamp(seg.end * time_scale))
+    else:
+        ids.append(tokens.no_timestamps)
+        ids.extend(encode(record.sentence))
+    ids.append(tokens.end_of_text)
+    return ids
+
+
+def log_mel_features(samples: np.ndarray, mel_filters: np.ndarray, *, n_fft: int = 400, hop_length: int = 160,
+                     n_samples: int = 30 * SAMPLE_RATE) -> np.ndarray:
+    """Whisper's log-mel spectrogram of ``samples`` zero-padded to 30 s, computing only the speech part.
+
+    Equal to ``WhisperFeatureExtractor`` output (within float rounding), but the STFT runs over the
+    clip only: frames lying wholly in the zero padding are all-zero, i.e. ``log10(1e-10)`` before the
+    dynamic-range clamp, so a 3 s clip costs a tenth of a full 30 s window.
+
+    Args:
+        samples: float32 (n,) at 16 kHz; longer than ``n_samples`` is truncated.
+        mel_filters: (n_fft // 2 + 1, n_mels) filter bank (``feature_extractor.mel_filters``).
+
+    Returns:
+        float32 (n_mels, n_samples // hop_length).
+    """
+    samples = np.asarray(samples, dtype=np.float32)[:n_samples]
+    n_frames = n_samples // hop_length
+    half = n_fft // 2
+    # frames t with t * hop - half >= len(samples) see only zeros; compute frames below that, on a
+    # zero-padded piece long enough that none of them reaches the piece's reflected end
+    needed = min(n_frames, (len(samples) + half) // hop_length + 1)
+    piece_len = min(n_samples, needed * hop_length + half + 1)
+    piece = np.zeros(piece_len, dtype=np.float32)
+    piece[: len(samples)] = samples[:piece_len]
+    window = torch.hann_window(n_fft)
+    stft = torch.stft(torch.from_numpy(piece), n_fft, hop_length, window=window, return_complex=True)
+    power = (stft[:, :needed].abs() ** 2).contiguous()
+    filters = torch.from_numpy(np.ascontiguousarray(mel_filters.T, dtype=np.float32))
+    mel = torch.full((filters.shape[0], n_frames), 1e-10, dtype=torch.float32)
+    mel[:, :needed] = filters @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).numpy()
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Manifest items as ``{"input_features": float32 (n_mels, 3000), "labels": list[int]}``.
+
+    Features are computed once per item, here (in the DataLoader workers), never again in the collator.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        feature_extractor,
+        tokenizer,
+        *,
+        language: str | None,
+        task: str = "transcribe",
+        timestamps: bool = False,
+        augmenter: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, float]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be transcribe or translate, got {task!r}")
+        self.manifest = manifest
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+        self.language = language_code(language)
+        self.task = task
+        self.timestamps = timestamps
+        self.augmenter = augmenter
+        self.seed = seed
+        self.epoch = 0
+        self.tokens = LabelTokens.from_tokenizer(tokenizer)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation randomness depends on (seed, epoch, index), so a resumed run repeats it."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def record(self, index: int) -> Record:
+        return self.manifest[index]
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.manifest[index]
+        samples = load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
+        time_scale = 1.0
+        if self.augmenter is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            samples, time_scale = self.augmenter(samples, rng)
+        fe = self.feature_extractor
+        features = log_mel_features(samples, fe.mel_filters, n_fft=fe.n_fft, hop_length=fe.hop_length,
+                                    n_samples=fe.n_samples)
+        labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
+                              timestamps=self.timestamps, time_scale=time_scale)
+        return {"input_features": features, "labels": labels, "index": index}

@@ -1,0 +1,577 @@
+"""The fine-tuning loop: accelerate-driven training, generate-based eval, atomic checkpoints, resume.
+
+One loop serves a single process, ``torchrun`` (DDP, gloo on CPU / nccl on GPU) and
+``accelerate launch`` (including DeepSpeed ZeRO-2 from a config file). Layout of a run folder::
+
+    <run_dir>/checkpoint-<step>/   adapter + processor + optimizer/scheduler + trainer_state.json
+    <run_dir>/checkpoint-best/     adapter + processor, best eval CER/WER so far
+    <run_dir>/checkpoint-final/    adapter + processor after the last step
+    <run_dir>/runs/                TensorBoard events
+    <run_dir>/training_curves.png  loss and eval error vs step
+
+Every checkpoint is written to a temporary folder and renamed into place, so a process killed
+mid-save (even by SIGKILL) leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from utils.io import write_json_atomic
+from utils.text import error_rate
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Loop settings; steps are optimizer steps (one step = ``gradient_accumulation_steps`` batches)."""
+
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    max_steps: int = 0  # > 0 overrides num_train_epochs
+    num_train_epochs: float = 3.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int = 3
+    metric: str = "cer"
+    language: str | None = None  # Whisper code used to force eval decoding (None = per item / auto)
+    task: str = "transcribe"
+    generation_max_length: int = 128
+    num_workers: int = 1
+    seed: int = 42
+    use_adalora: bool = False
+    frozen_encoder: bool = False  # no adapter/augmentation in the encoder: run it without grad, cache outputs
+    encoder_cache_gb: float = 4.0  # memory for cached encoder outputs (0 = never cache)
+    eval_at_start: bool = False  # score the untouched base model at step 0 (the baseline on the curve)
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records about the run (saved as trainer_state.json)."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches this rank consumed in ``epoch``
+    max_steps: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    metric: str = "cer"
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainerState:
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+
+class EpochSampler(Sampler[int]):
+    """Deterministic per-epoch shuffle, sharded across ranks, that can start mid-epoch.
+
+    The order depends only on (seed, epoch), so a resumed run skips exactly the items it had seen.
+    Each rank gets ``ceil(size / world_size)`` items (the order wraps around to even them out).
+    """
+
+    def __init__(self, size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1, skip: int = 0,
+                 shuffle: bool = True) -> None:
+        g = torch.Generator().manual_seed(seed + 1000003 * epoch)
+        order = torch.randperm(size, generator=g).tolist() if shuffle else list(range(size))
+        total = math.ceil(size / world_size) * world_size
+        order = (order * math.ceil(total / size))[:total]
+        self.indices = order[rank::world_size][skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``checkpoint-<step>`` folders of a run that hold a trainer state, sorted by step."""
+    run_dir = Path(run_dir)
+    found = []
+    if run_dir.is_dir():
+        for p in run_dir.iterdir():
+            m = _CHECKPOINT_RE.match(p.name)
+            if m and (p / STATE_FILE).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoint-<step>`` of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def recover_interrupted_saves(run_dir: str | os.PathLike) -> None:
+    """Clean up after a kill during a save: restore a displaced checkpoint, drop temporary folders."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for p in run_dir.iterdir():
+        if p.name.startswith(".old-"):
+            target = run_dir / p.name[len(".old-"):].rsplit(".", 1)[0]
+            if not target.exists():
+                os.replace(p, target)
+                logger.warning("restored %s after an interrupted save", target)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` onto ``target`` (a folder); at every instant one complete version exists on disk."""
+    if target.exists():
+        old = target.parent / f".old-{target.name}.{os.getpid()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _rotate_checkpoints(run_dir: Path, limit: int) -> None:
+    if limit <= 0:
+        return
+    for _, path in list_checkpoints(run_dir)[:-limit]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end_of_text: int,
+                  suppress_tokens: list[int], begin_suppress_tokens: list[int], max_new_tokens: int) -> torch.Tensor:
+    """Greedy Whisper decoding with a KV cache, text tokens only (no timestamps).
+
+    A lean loop (one decoder call per token) instead of ``generate``, whose per-step overhead
+    dominates on CPU. Special tokens above ``<|endoftext|>`` are never produced.
+
+    Args:
+        model: Whisper (or a peft model around one) accepting ``encoder_outputs``.
+        encoder_states: (batch, frames, d_model).
+        prompt: e.g. ``<|startoftranscript|> <|zh|> <|transcribe|> <|notimestamps|>``.
+
+    Returns:
+        (batch, n) generated ids after the prompt; finished rows are padded with ``end_of_text``.
+    """
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    batch = encoder_states.shape[0]
+    device = encoder_states.device
+    step_input = torch.tensor([prompt] * batch, dtype=torch.long, device=device)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    generated = torch.full((batch, max_new_tokens), end_of_text, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    suppress = torch.tensor(sorted(set(suppress_tokens)), dtype=torch.long, device=device)
+    begin = torch.tensor(sorted(set(begin_suppress_tokens)), dtype=torch.long, device=device)
+    n = 0
+    for t in range(max_new_tokens):
+        out = model(encoder_outputs=(encoder_states,), decoder_input_ids=step_input, past_key_values=cache,
+                    use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()
+        logits[:, end_of_text + 1:] = -float("inf")
+        if suppress.numel():
+            logits[:, suppress[suppress < logits.shape[1]]] = -float("inf")
+        if t == 0 and begin.numel():
+            logits[:, begin] = -float("inf")
+        next_ids = logits.argmax(dim=-1).masked_fill(done, end_of_text)
+        generated[:, t] = next_ids
+        n = t + 1
+        done |= next_ids == end_of_text
+        if bool(done.all()):
+            break
+        step_input = next_ids[:, None]
+    return generated[:, :n]
+
+
+@torch.no_grad()
+def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str | None, task: str, metric: str,
+             batch_size: int, max_new_tokens: int, show_progress: bool = True, encoder_states=None,
+             generation_config=None) -> tuple[float, list[str]]:
+    """Transcribe ``dataset`` (sharded across ranks) greedily with language/task forced, and score it.
+
+    ``encoder_states(indices, features) -> (batch, frames, d_model)``, when given, supplies (cached)
+    encoder outputs. Items whose language is unknown (no item or run language) are decoded with
+    ``generate``, which detects it.
+
+    Returns:
+        (corpus CER or WER over the whole eval set, hypotheses in dataset order).
+    """
+    from accelerate.utils import gather_object
+
+    unwrapped = accelerator.unwrap_model(model)
+    base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+    gen = generation_config if generation_config is not None else base.generation_config
+    tokens = dataset.tokens
+    was_training = unwrapped.training
+    unwrapped.eval()
+    mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    results: list[tuple[int, str]] = []
+    bar = tqdm(range(0, len(mine), batch_size), desc="eval", leave=False,
+               disable=not show_progress or not accelerator.is_local_main_process)
+    for start in bar:
+        items = [dataset[i] for i in mine[start: start + batch_size]]
+        feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device)
+        langs = {_code(dataset.record(it["index"]).language) or language for it in items}
+        with accelerator.autocast():
+            if len(langs) == 1 and None not in langs:
+                if encoder_states is not None:
+                    states = encoder_states([it["index"] for it in items], feats)
+                else:
+                    states = base.get_encoder()(feats).last_hidden_state
+                prompt = [tokens.start_of_transcript, tokens.languages[langs.pop()], tokens.tasks[task],
+                          tokens.no_timestamps]
+                sequences = greedy_decode(unwrapped, states, prompt, end_of_text=tokens.end_of_text,
+                                          suppress_tokens=list(gen.suppress_tokens or []),
+                                          begin_suppress_tokens=list(gen.begin_suppress_tokens or []),
+                                          max_new_tokens=max_new_tokens)
+            else:
+                sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=max_new_tokens,
+                                               use_cache=True)
+        texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
+    gathered = sorted(dict(gather_object(results)).items())
+    hyps = [text for _, text in gathered]
+    refs = [dataset.record(i).sentence for i, _ in gathered]
+    if was_training:
+        unwrapped.train()
+    return error_rate(refs, hyps, metric), hyps
+
+
+def _code(language: str | None) -> str | None:
+    from utils.train_data import language_code
+
+    return language_code(language) if language else None
+
+
+# ---------------------------------------------------------------- frozen encoder
+
+class EncoderCache:
+    """Encoder outputs of a frozen encoder, computed once per dataset item and kept while they fit.
+
+    With adapters only in the decoder and no augmentation, the encoder output of a clip never changes,
+    so each epoch after the first costs only the decoder.
+    """
+
+    def __init__(self, encoder, *, accelerator, max_bytes: float) -> None:
+        self.encoder = encoder
+        self.accelerator = accelerator
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.states: dict[int, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, indices: list[int], features: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) features of items ``indices`` → (batch, frames / 2, d_model) states."""
+        missing = [j for j, i in enumerate(indices) if int(i) not in self.states]
+        computed: dict[int, torch.Tensor] = {}
+        if missing:
+            self.misses += len(missing)
+            with self.accelerator.autocast():
+                out = self.encoder(features[missing].to(self.accelerator.device)).last_hidden_state
+            for row, j in enumerate(missing):
+                state = out[row].detach()
+                computed[j] = state
+                if self.used + state.numel() * state.element_size() <= self.max_bytes:
+                    self.states[int(indices[j])] = state
+                    self.used += state.numel() * state.element_size()
+        self.hits += len(indices) - len(missing)
+        return torch.stack([computed[j] if j in computed else self.states[int(i)] for j, i in enumerate(indices)])
+
+
+# ---------------------------------------------------------------- training
+
+def _steps_per_epoch(n_items: int, options: TrainOptions, world_size: int) -> tuple[int, int]:
+    batches = math.ceil(math.ceil(n_items / world_size) / options.per_device_train_batch_size)
+    return batches, math.ceil(batches / options.gradient_accumulation_steps)
+
+
+def total_training_steps(n_items: int, options: TrainOptions, world_size: int) -> int:
+    """Optimizer steps of the run: ``max_steps`` if set, else epochs × steps per epoch."""
+    if options.max_steps > 0:
+        return options.max_steps
+    _, per_epoch = _steps_per_epoch(n_items, options, world_size)
+    return max(1, math.ceil(options.num_train_epochs * per_epoch))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state: TrainerState
+    run_dir: Path
+    seconds: float
+    train_samples: int  # samples processed by all ranks
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.seconds if self.seconds > 0 else 0.0
+
+
+class Trainer:
+    """Runs the loop for an already-built peft model; see ``train``."""
+
+    def __init__(self, model, *, accelerator, processor, train_dataset, eval_dataset, collator, options: TrainOptions,
+                 run_dir: str | os.PathLike, generation_config=None) -> None:
+        self.accelerator = accelerator
+        self.processor = processor
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.collator = collator
+        self.options = options
+        self.run_dir = Path(run_dir)
+        self.generation_config = generation_config
+        self.world_size = accelerator.num_processes
+        self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size)
+        self.total_steps = total_training_steps(len(train_dataset), options, self.world_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters; build the adapter first")
+        optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
+        from transformers import get_linear_schedule_with_warmup
+
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(options.warmup_steps, self.total_steps),
+                                                    self.total_steps)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.state = TrainerState(max_steps=self.total_steps, metric=options.metric)
+        self.writer = None
+        self.train_encoder = self.eval_encoder = None
+        if options.frozen_encoder:
+            encoder = accelerator.unwrap_model(self.model).get_base_model().get_encoder()
+            budget = options.encoder_cache_gb * 1024 ** 3
+            self.train_encoder = EncoderCache(encoder, accelerator=accelerator, max_bytes=budget)
+            self.eval_encoder = EncoderCache(encoder, accelerator=accelerator, max_bytes=budget)
+            logger.info("encoder frozen (adapters only in the decoder): its outputs are computed without "
+                        "gradients and cached (up to %.1f GB per dataset)", options.encoder_cache_gb)
+
+    # -- persistence
+
+    def _save(self, name: str, *, full: bool) -> Path:
+        """Write checkpoint ``name`` atomically (main process); ``full`` adds optimizer/scheduler state."""
+        acc = self.accelerator
+        target = self.run_dir / name
+        if acc.is_main_process:
+            tmp = self.run_dir / f".tmp-{name}.{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            acc.unwrap_model(self.model).save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            if self.generation_config is not None:
+                self.generation_config.save_pretrained(tmp)
+            if full:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                torch.save(torch.get_rng_state(), tmp / "rng_state.pt")
+            self.state.save(tmp / STATE_FILE)
+            _replace_dir(tmp, target)
+            if full:
+                _rotate_checkpoints(self.run_dir, self.options.save_total_limit)
+        acc.wait_for_everyone()
+        return target
+
+    def resume(self, checkpoint: str | os.PathLike) -> None:
+        """Restore adapter weights, optimizer, scheduler, step, data position and best metric."""
+        from utils.lora import load_adapter_weights
+
+        checkpoint = Path(checkpoint)
+        state_path = checkpoint / STATE_FILE
+        if not state_path.is_file():
+            raise FileNotFoundError(f"{checkpoint}: not a resumable checkpoint (no {STATE_FILE})")
+        load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        opt_path = checkpoint / "optimizer.pt"
+        if not opt_path.is_file():
+            raise FileNotFoundError(f"{checkpoint}: no optimizer.pt; resume from a checkpoint-<step> folder")
+        self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        rng = checkpoint / "rng_state.pt"
+        if rng.is_file():
+            torch.set_rng_state(torch.load(rng, weights_only=True))
+        saved = TrainerState.load(state_path)
+        if saved.max_steps != self.total_steps:
+            logger.warning("%s was saved by a run of %d steps; this run has %d", checkpoint, saved.max_steps,
+                           self.total_steps)
+        saved.max_steps = self.total_steps
+        best_state = self.run_dir / "checkpoint-best" / STATE_FILE
+        if best_state.is_file():  # the best checkpoint may be newer than the resumed step
+            best = TrainerState.load(best_state)
+            if best.best_metric is not None and (saved.best_metric is None or best.best_metric < saved.best_metric):
+                saved.best_metric, saved.best_step = best.best_metric, best.best_step
+        self.state = saved
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
+                    saved.batch_in_epoch)
+
+    # -- logging
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        self.state.log_history.append(entry)
+        if self.writer is not None:
+            for key, value in entry.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, entry["step"])
+        logger.info("step %d: %s", entry["step"],
+                    ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()
+                              if k != "step"))
+
+    def _evaluate_and_keep_best(self) -> float:
+        o = self.options
+        value, _ = evaluate(self.model, self.eval_dataset, self.collator, self.processor.tokenizer,
+                            accelerator=self.accelerator, language=o.language, task=o.task, metric=o.metric,
+                            batch_size=o.per_device_eval_batch_size, max_new_tokens=o.generation_max_length,
+                            encoder_states=self.eval_encoder, generation_config=self.generation_config)
+        self._log({"step": self.state.global_step, f"eval_{o.metric}": value})
+        if self.state.best_metric is None or value < self.state.best_metric:
+            self.state.best_metric, self.state.best_step = value, self.state.global_step
+            self._save("checkpoint-best", full=False)
+            if self.accelerator.is_main_process:
+                logger.info("new best %s %.4f at step %d", o.metric, value, self.state.global_step)
+        return value
+
+    # -- the loop
+
+    def train(self) -> TrainResult:
+        acc, o, state = self.accelerator, self.options, self.state
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "runs"))
+        unwrapped = acc.unwrap_model(self.model)
+        self.model.train()
+        samples = 0
+        running_loss, running_batches = 0.0, 0
+        t0 = time.perf_counter()
+        if o.eval_at_start and state.global_step == 0:
+            self._evaluate_and_keep_best()
+        bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
+                   disable=not acc.is_local_main_process)
+        while state.global_step < self.total_steps:
+            skip = state.batch_in_epoch * o.per_device_train_batch_size
+            sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch, rank=acc.process_index,
+                                   world_size=self.world_size, skip=skip)
+            self.train_dataset.set_epoch(state.epoch)
+            loader = DataLoader(self.train_dataset, batch_size=o.per_device_train_batch_size, sampler=sampler,
+                                collate_fn=self.collator, num_workers=o.num_workers,
+                                pin_memory=acc.device.type == "cuda")
+            in_group = 0
+            for batch in loader:
+                state.batch_in_epoch += 1
+                in_group += 1
+                step_now = in_group == o.gradient_accumulation_steps or state.batch_in_epoch >= self.batches_per_epoch
+                sync = contextlib.nullcontext() if step_now else acc.no_sync(self.model)
+                if self.train_encoder is not None:
+                    encoder_inputs = {"encoder_outputs": (self.train_encoder(batch["index"].tolist(),
+                                                                             batch["input_features"]),)}
+                else:
+                    encoder_inputs = {"input_features": batch["input_features"].to(acc.device)}
+                with sync, acc.autocast():
+                    out = self.model(**encoder_inputs, decoder_input_ids=batch["decoder_input_ids"].to(acc.device),
+                                     labels=batch["labels"].to(acc.device), use_cache=False)
+                    loss = out.loss / o.gradient_accumulation_steps
+                acc.backward(loss)
+                running_loss += float(out.loss.detach())
+                running_batches += 1
+                samples += batch["labels"].shape[0] * self.world_size
+                if not step_now:
+                    continue
+                in_group = 0
+                if o.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
+                self.optimizer.step()
+                if o.use_adalora:  # rank budgeting needs this step's gradients: before zero_grad
+                    unwrapped.base_model.update_and_allocate(state.global_step)
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                bar.update(1)
+                if state.batch_in_epoch >= self.batches_per_epoch:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                self._after_step(running_loss, running_batches)
+                if state.global_step % o.logging_steps == 0:
+                    running_loss, running_batches = 0.0, 0
+                if state.global_step >= self.total_steps:
+                    break
+            else:  # the loader ran out (an epoch ended without a pending step)
+                if state.batch_in_epoch >= self.batches_per_epoch or len(sampler) == 0:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if not any(e.get("step") == state.global_step and f"eval_{o.metric}" in e for e in state.log_history):
+            self._evaluate_and_keep_best()
+        self._save("checkpoint-final", full=False)
+        if acc.is_main_process:
+            if self.writer is not None:
+                self.writer.close()
+            plot_training_curves(state.log_history, self.run_dir / "training_curves.png", o.metric)
+        return TrainResult(state, self.run_dir, seconds, samples)
+
+    def _after_step(self, running_loss: float, running_batches: int) -> None:
+        o, state = self.options, self.state
+        if state.global_step % o.logging_steps == 0 and running_batches:
+            loss = torch.tensor(running_loss / running_batches, device=self.accelerator.device)
+            loss = float(self.accelerator.reduce(loss, reduction="mean"))
+            self._log({"step": state.global_step, "loss": loss, "learning_rate": self.scheduler.get_last_lr()[0],
+                       "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch})
+        if o.eval_steps > 0 and state.global_step % o.eval_steps == 0:
+            self._evaluate_and_keep_best()
+        if o.save_steps > 0 and state.global_step % o.save_steps == 0:
+            self._save(f"checkpoint-{state.global_step}", full=True)
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str | os.PathLike, metric: str = "cer") -> None:
+    """Save a PNG with training loss (left axis) and eval CER/WER (right axis) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e[f"eval_{metric}"]) for e in log_history if f"eval_{metric}" in e]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if losses:
+        ax.plot(*zip(*losses), color="tab:blue", label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), color="tab:red", marker="o", label=f"eval {metric}")
+        ax2.set_ylabel(f"eval {metric.upper()}", color="tab:red")
+    ax.set_title("Whisper fine-tuning")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

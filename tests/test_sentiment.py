@@ -358,7 +358,7 @@ def test_main_with_hf_model_folder(tiny_hf_dir, tmp_path):
          r"seg\.json: segments\[0\]: 'text' missing"),
     ],
 )
-def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, name, content, message):
+def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, caplog, name, content, message):
     src = tmp_path / name
     if content is not None:
         src.write_text(content, encoding="utf-8")
@@ -366,18 +366,18 @@ def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, name, conte
     rc = sentiment_analysis.main(["--input", str(src), "--output_format", "json", "--output", str(out)])
     assert rc == 2
     assert not out.exists()
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert len([line for line in captured.err.splitlines() if "ERROR" in line]) == 1
-    assert re.search(message, captured.err), captured.err
+    assert capsys.readouterr().out == ""
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert re.search(message, errors[0]), errors
     with pytest.raises(SentimentInputError):
         load_sentiment_inputs(src)
 
 
-def test_main_model_error_exits_1(tmp_path, capsys):
+def test_main_model_error_exits_1(tmp_path, caplog):
     rc = sentiment_analysis.main(["--text", "好", "--model", str(tmp_path / "nope"), "--local_files_only=True"])
     assert rc == 1
-    assert "cannot load a text-classification model" in capsys.readouterr().err
+    assert "cannot load a text-classification model" in caplog.text
 
 
 @pytest.mark.parametrize(

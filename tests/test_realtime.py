@@ -512,7 +512,10 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
     proc = subprocess.Popen(
         [sys.executable, "realtime_transcribe.py", f"--audio_path={long_en_wav}", "--language=en",
          "--chunk_seconds=1", f"--report_path={report_file}"],
-        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell running pytest in the background (CI) hands SIGINT down as ignored; Python then never
+        # raises KeyboardInterrupt, so give the child the default disposition, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tentative = None
     stderr_lines = []
     deadline = time.monotonic() + 240

@@ -19,12 +19,12 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
-from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, setup_logging
+from utils.cli import add_bool, add_decoding_args, add_engine_args, add_model_args, make_parser, setup_logging
 from utils.data import Record, load_manifest
 from utils.io import write_json_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
 from utils.models import ModelResolutionError
-from utils.transcribe import BACKENDS, DTYPES, DecodeOptions, Transcriber, load_transcriber
+from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,10 @@ def build_parser():
     parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
     parser.add_argument("--output", type=str, default=None,
                         help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
-    parser.add_argument("--backend", type=str, default="transformers", choices=BACKENDS, help="inference backend")
+    add_engine_args(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
     parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
-    parser.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
-                        help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
-    parser.add_argument("--compute_type", type=str, default="auto",
-                        help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
     parser.add_argument("--max_duration", type=float, default=30.0, help="leave out longer clips (seconds)")
     parser.add_argument("--min_duration", type=float, default=0.0, help="leave out shorter clips (seconds)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N utterances")

@@ -21,10 +21,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
-from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, optional_str, setup_logging, str2bool
+from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, make_parser, optional_str,
+                       setup_logging, str2bool)
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.models import ModelResolutionError
-from utils.transcribe import BACKENDS, DEFAULT_TEMPERATURES, DTYPES, DecodeOptions, Transcript, load_transcriber
+from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcript, load_transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     add_decoding_args(parser)
     g = parser.add_argument_group("engine")
-    g.add_argument("--backend", type=str, default="transformers", choices=BACKENDS,
-                   help="transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
-    g.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
-                   help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
-    g.add_argument("--compute_type", type=str, default="auto",
-                   help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
+    add_engine_args(g)
     g.add_argument("--batch_size", type=int, default=8, help="30 s chunks decoded at once")
     g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = library default)")
     add_bool(g, "use_compile", False, "torch.compile the encoder (transformers, GPU)")

@@ -35,6 +35,18 @@ def make_speech(text: str, path: Path, *, voice: str = "en-us", speed: int = 150
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch intra-op thread: on a busy 2-core machine OpenMP threads spin against
+    other processes and greedy decoding gets 5-10x slower; one thread is fast and steady."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

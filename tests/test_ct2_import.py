@@ -7,7 +7,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "Please call me back when you have a moment. Open the window, it is too warm in this room."
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core box torch's OpenMP threads spin against other
-    processes and greedy decoding gets 5-10x slower; one thread is fast and steady."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,19 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
 
 
+def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                    default_backend: str = "transformers") -> None:
+    """Inference-engine flags shared by infer and evaluation: --backend, --dtype, --compute_type."""
+    from utils.transcribe import BACKENDS, DTYPES
+
+    parser.add_argument("--backend", type=str, default=default_backend, choices=BACKENDS,
+                        help="transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
+    parser.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
+                        help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
+    parser.add_argument("--compute_type", type=str, default="auto",
+                        help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure root logging once, for a script's ``main()``.
 

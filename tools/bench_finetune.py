@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,8 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _child_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+def _run_measured(cmd: list[str]) -> tuple[int, str, float, float]:
+    """Run ``cmd``; return (exit code, stderr, wall seconds, that process's own peak RSS in MiB).
+
+    os.wait4 gives the rusage of this one child (RUSAGE_CHILDREN would be the max over all children so far).
+    """
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read(), wall, usage.ru_maxrss / 1024.0
 
 
 def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
@@ -62,31 +72,26 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
            f"--warmup_steps={args.warmup_steps}", f"--num_workers={args.num_workers}",
            f"--target_modules={args.target_modules}", "--eval_steps=0", "--save_steps=0",
            f"--logging_steps={max(1, args.max_steps // 5)}", *args.finetune_args.split()]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"finetune.py failed:\n{proc.stderr[-3000:]}")
-    m = re.search(r"done: (\d+) steps in ([\d.]+) s \(([\d.]+) samples/s\)", proc.stderr)
+    code, stderr, wall, peak_mb = _run_measured(cmd)
+    if code != 0:
+        raise RuntimeError(f"finetune.py failed:\n{stderr[-3000:]}")
+    m = re.search(r"done: (\d+) steps in ([\d.]+) s \(([\d.]+) samples/s\)", stderr)
     state = json.loads((out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final" /
                         "trainer_state.json").read_text())
     return {"train_seconds": float(m.group(2)), "samples_per_second": float(m.group(3)),
             "eval_cer": state["best_metric"] if state["best_step"] == state["global_step"] else
             [e["eval_cer"] for e in state["log_history"] if "eval_cer" in e][-1],
-            "wall_seconds": wall, "peak_rss_mb": _child_peak_mb()}
+            "wall_seconds": wall, "peak_rss_mb": peak_mb}
 
 
 def run_baseline(args: argparse.Namespace, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], f"--baseline_worker={out_dir / 'r.json'}"]
-    before = _child_peak_mb()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"baseline failed:\n{proc.stderr[-3000:]}")
+    code, stderr, wall, peak_mb = _run_measured(cmd)
+    if code != 0:
+        raise RuntimeError(f"baseline failed:\n{stderr[-3000:]}")
     result = json.loads((out_dir / "r.json").read_text())
-    result.update(wall_seconds=wall, peak_rss_mb=max(before, _child_peak_mb()))
+    result.update(wall_seconds=wall, peak_rss_mb=peak_mb)
     return result
 
 

@@ -24,6 +24,8 @@ from utils.ct2_import import (
     read_ct2_model,
 )
 
+from tests.conftest import make_speech
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "Please call me back when you have a moment. Open the window, it is too warm in this room."
 
@@ -367,12 +369,8 @@ def test_import_tool_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def english_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean English sentence spoken by espeak-ng, 16 kHz mono."""
-    root = tmp_path_factory.mktemp("speech")
-    raw, wav = root / "raw.wav", root / "english.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), SENTENCE], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", str(wav)], check=True, capture_output=True)
-    return wav
+    """SENTENCE spoken by espeak-ng, 16 kHz mono."""
+    return make_speech(SENTENCE, tmp_path_factory.mktemp("speech") / "english.wav")
 
 
 def test_imported_model_and_ctranslate2_give_identical_tokens(

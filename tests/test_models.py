@@ -22,6 +22,8 @@ from utils.audio import SAMPLE_RATE, load_audio
 from utils.ct2_import import CACHE_ENV, IMPORT_INFO_FILE
 from utils.models import OFFLINE_MODELS, ModelResolutionError, ct2_model_dir, resolve_model
 
+from tests.conftest import make_speech
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "Please call me back when you have a moment. Open the window, it is too warm in this room."
 
@@ -336,12 +338,8 @@ def test_ct2_model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def english_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean English sentence spoken by espeak-ng, 16 kHz mono."""
-    root = tmp_path_factory.mktemp("speech")
-    raw, wav = root / "raw.wav", root / "english.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), SENTENCE], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", str(wav)], check=True, capture_output=True)
-    return wav
+    """SENTENCE spoken by espeak-ng, 16 kHz mono."""
+    return make_speech(SENTENCE, tmp_path_factory.mktemp("speech") / "english.wav")
 
 
 def _transcribe(folder: str, wav: Path) -> str:

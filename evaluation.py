@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Model
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
-                                  compute_type=args.compute_type, local_files_only=args.local_files_only)
+                                  compute_type=args.compute_type, local_files_only=args.local_files_only,
+                                  ct2_encoder=args.ct2_encoder)
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2

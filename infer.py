@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,
                                   use_compile=args.use_compile, attn_implementation=args.attn_implementation,
-                                  cpu_threads=args.cpu_threads)
+                                  cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder)
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2

@@ -28,7 +28,7 @@ import unicodedata
 from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
-from utils.cli import add_bool, add_decoding_args, add_model_args, make_parser, setup_logging
+from utils.cli import add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args, make_parser, setup_logging
 from utils.io import write_json_atomic
 from utils.streaming import (
     AudioDeviceError,
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (ct2 = CTranslate2 int8 on CPU, the fast one)")
     g.add_argument("--compute_type", type=str, default="auto", help="ct2: auto = int8 on CPU, float16 on GPU")
     g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = its default)")
+    add_ct2_encoder_arg(g)
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
     add_bool(g, "to_simple", True, "convert traditional to simplified Chinese")
     s = parser.add_argument_group("streaming")
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
-                                  local_files_only=args.local_files_only, cpu_threads=args.cpu_threads)
+                                  local_files_only=args.local_files_only, cpu_threads=args.cpu_threads,
+                                  ct2_encoder=args.ct2_encoder)
         hypothesis = EngineHypothesis(engine, options)
         policy = build_policy(args, hypothesis)
     except (ModelResolutionError, ValueError) as e:

@@ -20,6 +20,7 @@ from utils.ct2_import import (
     PackagedModelError,
     convert_ct2_to_hf,
     infer_whisper_dims,
+    load_ct2_encoder,
     packaged_ct2_dir,
     read_ct2_model,
 )
@@ -404,3 +405,20 @@ def test_imported_model_and_ctranslate2_give_identical_tokens(
     targets = [*ct2_ids, eos]
     hf_score = sum(step[0].log_softmax(-1)[t].item() for step, t in zip(steps, targets, strict=True)) / len(targets)
     assert hf_score == pytest.approx(result.scores[0], abs=0.005)
+
+
+def test_torch_encoder_from_a_ct2_folder_matches_ctranslate2s(base_ct2_dir: Path, en_wav) -> None:
+    """load_ct2_encoder(float32) computes what ctranslate2's own encoder computes (float32), frame by frame."""
+    import ctranslate2
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    feats = FeatureExtractor()(load_audio(en_wav))[..., :-1]
+    feats = np.ascontiguousarray(np.pad(feats, ((0, 0), (0, 3000 - feats.shape[-1])))[None], dtype=np.float32)
+    ct2_model = ctranslate2.models.Whisper(str(base_ct2_dir), device="cpu", compute_type="float32", intra_threads=1)
+    reference = np.asarray(ct2_model.encode(ctranslate2.StorageView.from_array(feats)))
+    with torch.inference_mode():
+        ours = load_ct2_encoder(base_ct2_dir, dtype="float32")(torch.from_numpy(feats)).last_hidden_state.numpy()
+    assert ours.shape == reference.shape == (1, 1500, 512)
+    assert np.abs(ours - reference).max() < 1e-2
+    with pytest.raises(ValueError, match="dtype"):
+        load_ct2_encoder(base_ct2_dir, dtype="int4")

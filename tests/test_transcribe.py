@@ -192,3 +192,40 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     # speech from the last minute is transcribed and placed after 30 s
     late = " ".join(s.text for s in t.segments if s.start > 30).lower()
     assert any(w in late for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
+
+
+def test_ct2_backend_with_the_torch_encoder_gives_the_same_text(base_ct2, en_wav):
+    """--ct2_encoder torch (PyTorch bf16 encoder, CTranslate2 decoder) and ct2 agree on a clean clip."""
+    opts = DecodeOptions(language="en", temperatures=(0.0,))
+    texts = {}
+    for encoder in ("torch", "ct2"):
+        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", compute_type="int8",
+                                  ct2_encoder=encoder)
+        assert (engine._torch_encoder is not None) == (encoder == "torch")
+        texts[encoder] = engine.transcribe(str(en_wav), opts).text
+    assert texts["torch"] == texts["ct2"]
+    errors = count_errors(EN_SENTENCE, texts["torch"], "wer")  # int8 decoder: "jump" for "jumps" at most
+    assert errors.substitutions + errors.deletions + errors.insertions <= 1, texts
+    with pytest.raises(ValueError, match="encoder"):
+        load_transcriber("openai/whisper-base", "ct2", device="cpu", ct2_encoder="onnx")
+
+
+def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, monkeypatch):
+    """All temperatures fail: the result is the attempt without a loop and with the best log-prob, not the last."""
+    from types import SimpleNamespace
+
+    tk = base_ct2._tokenizer("en", "transcribe")
+    attempts = {0.0: ("la la la la la la la la la la la la la la la la la la la la", -0.2),  # loop
+                0.2: ("the cat sat on the mat", -1.5),  # no loop, best log-prob of those → kept
+                0.4: ("qx zv", -2.5)}  # no loop, worse log-prob, and the last one
+
+    def fake_generate(encoded, prompts, options, temperature, max_new_tokens):
+        text, logprob = attempts[temperature]
+        ids = tk.encode(" " + text)
+        return [SimpleNamespace(sequences_ids=[ids], scores=[logprob * (len(ids) + 1) / len(ids)],
+                                no_speech_prob=0.0) for _ in prompts]
+
+    monkeypatch.setattr(base_ct2, "_generate", fake_generate)
+    opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), no_speech_threshold=None)
+    text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text
+    assert text == "the cat sat on the mat"

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
-    parser.add_argument("--modes", default="fw_batched_int8,ct2_int8,ct2_int8_nofb,ct2_int8_beam5,tf_fp32,tf_bf16,tf_bf16_nofb,fw_seq_int8",
+    parser.add_argument("--modes", default="fw_batched_int8,ct2_int8,ct2_int8_nofb,ct2_int8_beam5,ct2_int8_ct2enc,"
+                        "ct2_int8_ct2enc_nofb,tf_fp32,tf_bf16,tf_bf16_nofb,fw_seq_int8",
                         help="comma-separated subset of the modes")
     args = parser.parse_args(argv)
 
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "tf_bf16_nofb": ("infer.py --backend transformers --dtype bfloat16 --fallback=False",
                          lambda: engine_mode("transformers", 1, fallback=False, dtype="bfloat16")),
         "ct2_int8_beam5": ("infer.py --backend ct2 --beam_size 5 (int8, batched)", lambda: engine_mode("ct2", 5)),
+        "ct2_int8_ct2enc": ("infer.py --backend ct2 --ct2_encoder ct2 (all in CTranslate2)",
+                            lambda: engine_mode("ct2", 1, ct2_encoder="ct2")),
+        "ct2_int8_ct2enc_nofb": ("infer.py --backend ct2 --ct2_encoder ct2 --fallback=False",
+                                 lambda: engine_mode("ct2", 1, fallback=False, ct2_encoder="ct2")),
         "fw_batched_int8": ("faster-whisper BatchedInferencePipeline int8 (beam 5)", lambda: fw_mode(True)),
         "fw_seq_int8": ("faster-whisper WhisperModel.transcribe int8 sequential (beam 5)", lambda: fw_mode(False)),
     }

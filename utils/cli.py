@@ -69,6 +69,16 @@ def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *
                         help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
     parser.add_argument("--compute_type", type=str, default="auto",
                         help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
+    add_ct2_encoder_arg(parser)
+
+
+def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--ct2_encoder: who runs the audio encoder under the ct2 backend."""
+    from utils.transcribe import CT2_ENCODERS
+
+    parser.add_argument("--ct2_encoder", type=str, default="auto", choices=CT2_ENCODERS,
+                        help="ct2 backend: run the audio encoder in PyTorch bfloat16 (torch; ~3x faster on CPUs "
+                             "with AMX) or in CTranslate2 (ct2); auto = torch on a CPU with AMX")
 
 
 def setup_logging(verbose: bool = False) -> None:

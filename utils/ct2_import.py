@@ -618,6 +618,52 @@ def _build_model(dims: WhisperDims, tokenizer: Any, ct2_config: Mapping[str, Any
     return model
 
 
+def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> Any:
+    """The audio encoder of a CTranslate2 Whisper folder as a PyTorch ``WhisperEncoder`` (eval mode, CPU).
+
+    Quantized weights (int8, float16) are dequantized first. Input: log-mel features (batch, n_mels,
+    3000); output ``last_hidden_state`` (batch, 1500, d_model), what ``ctranslate2.models.Whisper.encode``
+    returns, so the decoder can run in CTranslate2 on it.
+
+    Raises:
+        CT2FormatError: the folder is not a supported CTranslate2 Whisper model.
+    """
+    import torch
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(_TORCH_DTYPES)}")
+    model_bin = Path(ct2_dir) / "model.bin"
+    spec_name, variables, aliases = read_ct2_model(model_bin)
+    if spec_name != "WhisperSpec":
+        raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
+    _check_supported(variables, model_bin)
+    weights = _dequantize(variables, aliases, model_bin)
+    scalars = {name: value for name, value in variables.items() if value.ndim == 0}
+    dims = infer_whisper_dims({**scalars, **weights}, _load_ct2_config(Path(ct2_dir)), source=model_bin)
+    prefix = "model.encoder."
+    state = {k[len(prefix):]: v for k, v in _hf_state_dict(weights, dims, model_bin).items() if k.startswith(prefix)}
+    config = WhisperConfig(
+        vocab_size=dims.vocab_size, num_mel_bins=dims.n_mels, d_model=dims.d_model,
+        encoder_layers=dims.encoder_layers, encoder_attention_heads=dims.encoder_heads,
+        encoder_ffn_dim=dims.encoder_ffn_dim, decoder_layers=dims.decoder_layers,
+        decoder_attention_heads=dims.decoder_heads, decoder_ffn_dim=dims.decoder_ffn_dim,
+        max_source_positions=dims.max_source_positions, max_target_positions=dims.max_target_positions,
+    )
+    config._attn_implementation = "sdpa"
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(torch_dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        encoder = WhisperEncoder(config)
+    result = encoder.load_state_dict(tensors, strict=False, assign=True)
+    on_meta = [name for name, t in [*encoder.named_parameters(), *encoder.named_buffers()] if t.is_meta]
+    if result.unexpected_keys or on_meta:
+        raise CT2FormatError(f"{model_bin}: encoder weights do not fit transformers' WhisperEncoder "
+                             f"(unexpected {result.unexpected_keys[:5]}, missing {on_meta[:5]})")
+    return encoder.eval()
+
+
 def _sibling(path: Path, suffix: str) -> Path:
     """A new, empty, hidden folder next to ``path`` (created with the normal umask, unlike mkdtemp)."""
     sibling = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"

@@ -276,6 +276,17 @@ class StreamingPolicy:
         if self._vad is not None:
             self._vad.feed(samples)
 
+    def due(self, chunk_s: float) -> bool:
+        """Whether :meth:`process` has work: an utterance ended (VAD pause), or ``chunk_s`` s of new audio."""
+        if self._vad is not None and self._vad.pauses:
+            return True
+        return self.total - self._decoded_until >= int(round(chunk_s * SAMPLE_RATE))
+
+    @property
+    def undecoded(self) -> bool:
+        """Audio arrived since the last step."""
+        return self.total > self._decoded_until
+
     def _buffer_has_speech(self) -> bool:
         return self._vad is None or self._vad.last_speech_end > self.offset
 
@@ -314,6 +325,7 @@ class StreamingPolicy:
         end = self.audio_end
         if not self._buffer_has_speech():
             self._cut(self.total - int(self.pad_s * SAMPLE_RATE))
+            self._decoded_until = self.total  # nothing to decode up to here
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
         if self.total == self._decoded_until:
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
@@ -624,13 +636,19 @@ class StreamResult:
 
 
 def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float = 1.0,
-               on_update: Callable[[Update, float], None] | None = None, keep_audio: bool = False) -> StreamResult:
-    """Feed ``source`` to ``policy`` chunk by chunk until the end of the stream or Ctrl-C, then flush.
+               on_update: Callable[[Update, float], None] | None = None, keep_audio: bool = False,
+               poll_s: float = 0.1) -> StreamResult:
+    """Feed ``source`` to ``policy`` until the end of the stream or Ctrl-C, then flush.
+
+    Audio is read in blocks of ``poll_s`` so the VAD sees it as it arrives: a step runs as soon as an
+    utterance ends (its last words are committed without waiting for the next chunk), or once ``chunk_s``
+    of new audio is there.
 
     Args:
         source: where the audio comes from, with its clock.
         policy: the streaming policy.
         chunk_s: seconds of new audio between decodes (more accumulates while a decode runs).
+        poll_s: how often (s of audio) the stream is read and the VAD updated; at most ``chunk_s``.
         on_update: called after every step with the update and the stream time of its commit.
         keep_audio: keep all received audio in the result (e.g. to transcribe it offline afterwards).
 
@@ -642,7 +660,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
     compute = cpu = 0.0
     decodes = 0
     interrupted = False
-    min_samples = max(1, int(round(chunk_s * SAMPLE_RATE)))
+    poll = max(1, int(round(min(poll_s, chunk_s) * SAMPLE_RATE)))
     received: list[np.ndarray] = []
 
     def emit(update: Update) -> None:
@@ -654,10 +672,16 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
 
     unshown: Update | None = None  # an update Ctrl-C may have cut off before it was shown
     try:
-        while (block := source.read(min_samples)) is not None:
-            policy.insert_audio(block)
-            if keep_audio:
-                received.append(block)
+        while True:
+            block = source.read(poll)
+            if block is not None:
+                policy.insert_audio(block)
+                if keep_audio:
+                    received.append(block)
+                if not policy.due(chunk_s):
+                    continue
+            elif not policy.undecoded:  # end of the stream, everything decoded
+                break
             t0, c0 = time.perf_counter(), time.process_time()
             unshown = policy.process()
             spent = time.perf_counter() - t0
@@ -667,6 +691,8 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             decodes += unshown.decoded
             emit(unshown)
             unshown = None
+            if block is None:
+                break
     except KeyboardInterrupt:
         interrupted = True
         logger.info("interrupted: flushing the last words")

@@ -9,7 +9,8 @@ Writes ``<output_dir>/<model name>/checkpoint-<step>``, ``checkpoint-best`` (low
 
 On a CPU, adapters in the decoder only (``--target_modules=decoder.q_proj,decoder.k_proj,...``)
 freeze the encoder: its outputs are computed once per clip and cached, so epochs after the first
-cost only the decoder. CPU training runs in fp32 unless --precision=bf16 (bf16 autocast).
+cost only the decoder. On CPUs with AMX the frozen base weights are kept in bf16 (adapters, gradients
+and optimizer in fp32); elsewhere CPU training runs in fp32.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(g, "eval_at_start", False, "also evaluate the base model at step 0 (baseline CER/WER)")
     g.add_argument("--generation_max_length", type=int, default=128, help="max new tokens when evaluating")
     g.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 on GPUs that support it, else fp16 on CUDA, fp32 on CPU (bf16 autocast "
-                        "measured slower than fp32 for whisper-base on a 2-core AVX-512-BF16 CPU; try --precision=bf16)")
+                   help="auto = bf16 autocast on GPUs that support it, else fp16 on CUDA; on a CPU bf16 base "
+                        "weights with fp32 adapters where AMX makes bf16 fast, else fp32")
     add_bool(g, "fp16", False, "ask for fp16 mixed precision (honoured on CUDA only)")
     g.add_argument("--resume_from_checkpoint", type=optional_str, default=None,
                    help="checkpoint-<step> folder, or auto = the newest one in the run folder")
@@ -91,45 +92,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX), where bf16 autocast is fast."""
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles, where bf16 matrix products run several times faster than fp32."""
     import torch
 
-    check = getattr(torch.backends.cpu, "get_cpu_capability", None)
-    if check is not None and check() in ("AVX512_BF16", "AMX"):
-        return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
 
 
-def choose_precision(requested: str, fp16: bool, device_type: str) -> str:
-    """The accelerate ``mixed_precision`` value ("no", "bf16", "fp16") for the request and device."""
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX)."""
+    import torch
+
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return cpu_has_amx() or (bool(check()) if check is not None else False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a run computes: accelerate's ``mixed_precision`` and the dtype of the frozen base weights.
+
+    On a CPU, bf16 keeps the frozen base weights in bf16 (no autocast, so no per-op casts) while the
+    LoRA weights, their gradients and the optimizer stay fp32, and the loss is computed in fp32.
+    """
+
+    mixed_precision: str  # "no", "bf16", "fp16"
+    base_dtype: str  # "float32" or "bfloat16"
+
+    def describe(self) -> str:
+        if self.base_dtype == "bfloat16":
+            return "bf16 base weights, fp32 adapters"
+        return {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
+
+
+def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
+    """The precision for the request and device.
+
+    auto: bf16 (else fp16) autocast on CUDA; on a CPU bf16 base weights where AMX makes them fast
+    (whisper-base decoder-only LoRA on our 2-core AMX CPU: tools/bench_finetune.py), else fp32.
+    """
     import torch
 
     cuda = device_type == "cuda"
     cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
     if fp16 or requested == "fp16":
         if cuda:
-            return "fp16"
-        logger.warning("fp16 mixed precision needs a CUDA GPU; on %s using fp32 instead "
-                       "(--precision=bf16 for bf16 autocast)", device_type)
+            return Precision("fp16", "float32")
+        logger.warning("fp16 mixed precision needs a CUDA GPU; on %s using %s instead",
+                       device_type, "bf16 base weights" if cpu_has_amx() else "fp32")
         requested = "auto"
     if requested == "fp32":
-        return "no"
+        return Precision("no", "float32")
     if requested == "bf16":
         if cuda and not cuda_bf16:
             logger.warning("this GPU has no bf16; using fp16")
-            return "fp16"
-        if not cuda and not cpu_supports_bf16():
-            logger.warning("this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 autocast will be slow")
-        return "bf16"
+            return Precision("fp16", "float32")
+        if cuda:
+            return Precision("bf16", "float32")
+        if not cpu_supports_bf16():
+            logger.warning("this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 will be slow; --precision=fp32")
+        return Precision("no", "bfloat16")
     if cuda:
-        return "bf16" if cuda_bf16 else "fp16"
-    return "no"  # CPU: fp32 measured faster than bf16 autocast (tools/bench_finetune.py, whisper-base)
+        return Precision("bf16" if cuda_bf16 else "fp16", "float32")
+    return Precision("no", "bfloat16" if cpu_has_amx() else "float32")
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -156,12 +181,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def load_model(model_dir: str, *, use_8bit: bool, use_4bit: bool, device_index: int | None,
-               gradient_checkpointing: bool):
-    """Load the base Whisper (fp32 weights; optionally 8/4-bit on CUDA) with SDPA attention."""
+               gradient_checkpointing: bool, dtype: str = "float32"):
+    """Load the base Whisper (``dtype`` weights; optionally 8/4-bit on CUDA) with SDPA attention."""
     import torch
     from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
 
-    kwargs = {"attn_implementation": "sdpa", "dtype": torch.float32}
+    kwargs = {"attn_implementation": "sdpa", "dtype": getattr(torch, dtype)}
     if use_8bit or use_4bit:
         kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if use_8bit else
                                          BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -200,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. Devices and precision (accelerate reads torchrun / accelerate launch settings from the env)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    mixed_precision = choose_precision(args.precision, args.fp16, device_type)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device_type == "cpu")
+    precision = choose_precision(args.precision, args.fp16, device_type)
+    accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=device_type == "cpu")
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
-    logger.info("device %s, %d process(es), mixed precision %s", accelerator.device, accelerator.num_processes,
-                mixed_precision)
+    logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
+                precision.describe())
     set_seed(args.seed)
     try:
         language = language_code(args.language)
@@ -264,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     total_steps = total_training_steps(len(train_dataset), options, accelerator.num_processes)
     model = load_model(model_dir, use_8bit=args.use_8bit, use_4bit=args.use_4bit,
                        device_index=accelerator.local_process_index if device_type == "cuda" else None,
-                       gradient_checkpointing=args.gradient_checkpointing)
+                       gradient_checkpointing=args.gradient_checkpointing,
+                       dtype="float32" if args.use_8bit or args.use_4bit else precision.base_dtype)
     if augmenter is not None:
         apply_spec_augment(model.config, augmenter.spec_augment)
     generation_config = model.generation_config

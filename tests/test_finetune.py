@@ -73,12 +73,34 @@ def test_use_8bit_on_cpu_is_a_clear_error(capsys):
     assert "--use_8bit/--use_4bit need a CUDA GPU" in capsys.readouterr().err
 
 
-def test_fp16_on_cpu_falls_back_with_message(caplog):
-    with caplog.at_level("WARNING"):
-        assert finetune.choose_precision("auto", True, "cpu") == "no"
-    assert "fp16 mixed precision needs a CUDA GPU" in caplog.text
-    assert finetune.choose_precision("fp32", False, "cpu") == "no"
-    assert finetune.choose_precision("bf16", False, "cpu") == "bf16"
+def test_fp16_on_cpu_falls_back_with_message(caplog, monkeypatch):
+    P = finetune.Precision
+    for amx, cpu_auto in ((True, P("no", "bfloat16")), (False, P("no", "float32"))):
+        monkeypatch.setattr(finetune, "cpu_has_amx", lambda amx=amx: amx)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert finetune.choose_precision("auto", True, "cpu") == cpu_auto
+        assert "fp16 mixed precision needs a CUDA GPU" in caplog.text
+        assert finetune.choose_precision("auto", False, "cpu") == cpu_auto
+        assert finetune.choose_precision("fp32", False, "cpu") == P("no", "float32")
+        assert finetune.choose_precision("bf16", False, "cpu") == P("no", "bfloat16")  # bf16 weights, no autocast
+    assert P("no", "bfloat16").describe() == "bf16 base weights, fp32 adapters"
+
+
+def test_bf16_base_weights_train_fp32_adapters_with_an_fp32_loss(tiny_whisper_dir, corpus, tmp_path, caplog):
+    """--precision=bf16 on a CPU: base weights bf16, LoRA weights fp32, loss finite and logged, adapter saved fp32."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "bf16"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, base_model=tiny_whisper_dir,
+                                   precision="bf16", max_steps=4, save_steps=0, eval_steps=0)) == 0
+    assert "precision: bf16 base weights, fp32 adapters" in caplog.text
+    weights = load_file(str(out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors"))
+    assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses and all(np.isfinite(losses))
 
 
 def test_train_writes_checkpoints(tiny_whisper_dir, corpus, tmp_path):

@@ -6,7 +6,8 @@ process (so peak RSS is its own), then both fine-tuned adapters are scored on th
     python tools/bench_finetune.py --base_model=openai/whisper-base --train_data=dataset/train.json \
         --test_data=dataset/test.json --max_steps=30 --batch_size=8
 
-Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio.
+Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio. Both adapters are
+scored by the same code (fp32 base + adapter, greedy ``generate`` on the test set), so the CERs compare.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--target_modules", default=DECODER_ONLY,
                    help="LoRA targets for both recipes (default: decoder-only, the recommended CPU setting)")
+    p.add_argument("--seed", type=int, default=42, help="seed of both recipes (data order, adapter init)")
     p.add_argument("--finetune_args", default="", help="extra flags for finetune.py (e.g. --precision=fp32)")
     p.add_argument("--only", choices=["ours", "baseline"], default=None, help="run one recipe only")
     p.add_argument("--baseline_worker", default=None, help=argparse.SUPPRESS)  # internal: JSON result path
@@ -71,16 +73,17 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
            f"--per_device_train_batch_size={args.batch_size}", f"--learning_rate={args.learning_rate}",
            f"--warmup_steps={args.warmup_steps}", f"--num_workers={args.num_workers}",
            f"--target_modules={args.target_modules}", "--eval_steps=0", "--save_steps=0",
-           f"--logging_steps={max(1, args.max_steps // 5)}", *args.finetune_args.split()]
+           f"--logging_steps={max(1, args.max_steps // 5)}", f"--seed={args.seed}", *args.finetune_args.split()]
     code, stderr, wall, peak_mb = _run_measured(cmd)
     if code != 0:
         raise RuntimeError(f"finetune.py failed:\n{stderr[-3000:]}")
     m = re.search(r"done: (\d+) steps in ([\d.]+) s \(([\d.]+) samples/s\)", stderr)
     state = json.loads((out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final" /
                         "trainer_state.json").read_text())
+    final = out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final"
     return {"train_seconds": float(m.group(2)), "samples_per_second": float(m.group(3)),
-            "eval_cer": state["best_metric"] if state["best_step"] == state["global_step"] else
-            [e["eval_cer"] for e in state["log_history"] if "eval_cer" in e][-1],
+            "eval_cer": score_adapter(args, final),
+            "own_eval_cer": [e["eval_cer"] for e in state["log_history"] if "eval_cer" in e][-1],
             "wall_seconds": wall, "peak_rss_mb": peak_mb}
 
 
@@ -91,11 +94,11 @@ def run_baseline(args: argparse.Namespace, out_dir: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"baseline failed:\n{stderr[-3000:]}")
     result = json.loads((out_dir / "r.json").read_text())
-    result.update(wall_seconds=wall, peak_rss_mb=peak_mb)
+    result.update(eval_cer=score_adapter(args, out_dir / "adapter"), wall_seconds=wall, peak_rss_mb=peak_mb)
     return result
 
 
-def baseline_worker(args: argparse.Namespace) -> dict:
+def baseline_worker(args: argparse.Namespace, adapter_dir: Path) -> dict:
     """The usual recipe: HF feature extractor per item, tokenizer labels, Seq2SeqTrainer, fp32, peft LoRA."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -106,7 +109,6 @@ def baseline_worker(args: argparse.Namespace) -> dict:
     from utils.data import load_manifest
     from utils.lora import peft_target_modules
     from utils.models import resolve_model
-    from utils.text import error_rate
 
     model_dir = resolve_model(args.base_model)
     processor = WhisperProcessor.from_pretrained(model_dir)
@@ -116,7 +118,7 @@ def baseline_worker(args: argparse.Namespace) -> dict:
     targets = tuple(args.target_modules.split(","))
     model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05,
                                              target_modules=peft_target_modules(targets)))
-    train, test = load_manifest(args.train_data), load_manifest(args.test_data)
+    train = load_manifest(args.train_data)
 
     class Data(torch.utils.data.Dataset):
         def __len__(self):
@@ -142,10 +144,30 @@ def baseline_worker(args: argparse.Namespace) -> dict:
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, logging_steps=max(1, args.max_steps // 5),
         save_strategy="no", eval_strategy="no", report_to=[], remove_unused_columns=False, label_names=["labels"],
-        dataloader_num_workers=args.num_workers, use_cpu=True, seed=42)
+        dataloader_num_workers=args.num_workers, use_cpu=True, seed=args.seed)
     trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=Data(), data_collator=collate)
     metrics = trainer.train().metrics
-    model.eval()
+    model.save_pretrained(str(adapter_dir))
+    return {"train_seconds": metrics["train_runtime"], "samples_per_second": metrics["train_samples_per_second"]}
+
+
+def score_adapter(args: argparse.Namespace, adapter_dir: Path) -> float:
+    """CER on the test set of the fp32 base + ``adapter_dir``, greedy ``generate``: one scorer for both recipes."""
+    import torch
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import SAMPLE_RATE, load_audio
+    from utils.data import load_manifest
+    from utils.models import resolve_model
+    from utils.text import error_rate
+
+    model_dir = resolve_model(args.base_model)
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    base = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    base.config.forced_decoder_ids = None
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    test = load_manifest(args.test_data)
     hyps, refs = [], []
     with torch.no_grad():
         for start in range(0, len(test), 8):
@@ -157,14 +179,13 @@ def baseline_worker(args: argparse.Namespace) -> dict:
                                  max_new_tokens=128)
             hyps += processor.batch_decode(ids, skip_special_tokens=True)
             refs += [r.sentence for r in recs]
-    return {"train_seconds": metrics["train_runtime"], "samples_per_second": metrics["train_samples_per_second"],
-            "eval_cer": error_rate(refs, hyps, "cer")}
+    return error_rate(refs, hyps, "cer")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.baseline_worker:
-        result = baseline_worker(args)
+        result = baseline_worker(args, Path(args.baseline_worker).parent / "adapter")
         Path(args.baseline_worker).write_text(json.dumps(result), encoding="utf-8")
         return 0
     report = {"base_model": args.base_model, "max_steps": args.max_steps, "batch_size": args.batch_size,

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -246,7 +247,8 @@ def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str 
                disable=not show_progress or not accelerator.is_local_main_process)
     for start in bar:
         items = [dataset[i] for i in mine[start: start + batch_size]]
-        feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device)
+        feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device,
+                                                                                       feature_dtype(base))
         langs = {_code(dataset.record(it["index"]).language) or language for it in items}
         with accelerator.autocast():
             if len(langs) == 1 and None not in langs:
@@ -271,6 +273,12 @@ def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str 
     if was_training:
         unwrapped.train()
     return error_rate(refs, hyps, metric), hyps
+
+
+def feature_dtype(model) -> torch.dtype:
+    """The dtype the model's encoder takes its log-mel features in (bf16 when the base weights are bf16)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_encoder().conv1.weight.dtype
 
 
 def _code(language: str | None) -> str | None:
@@ -304,7 +312,8 @@ class EncoderCache:
         if missing:
             self.misses += len(missing)
             with self.accelerator.autocast():
-                out = self.encoder(features[missing].to(self.accelerator.device)).last_hidden_state
+                out = self.encoder(features[missing].to(self.accelerator.device, self.encoder.conv1.weight.dtype)
+                                   ).last_hidden_state
             for row, j in enumerate(missing):
                 state = out[row].detach()
                 computed[j] = state
@@ -496,13 +505,17 @@ class Trainer:
                     encoder_inputs = {"encoder_outputs": (self.train_encoder(batch["index"].tolist(),
                                                                              batch["input_features"]),)}
                 else:
-                    encoder_inputs = {"input_features": batch["input_features"].to(acc.device)}
+                    encoder_inputs = {"input_features": batch["input_features"].to(acc.device,
+                                                                                   feature_dtype(unwrapped))}
                 with sync, acc.autocast():
                     out = self.model(**encoder_inputs, decoder_input_ids=batch["decoder_input_ids"].to(acc.device),
-                                     labels=batch["labels"].to(acc.device), use_cache=False)
-                    loss = out.loss / o.gradient_accumulation_steps
+                                     use_cache=False)
+                    # in fp32 whatever the weights' dtype; labels are aligned with decoder_input_ids
+                    full_loss = F.cross_entropy(out.logits.float().flatten(0, 1),
+                                                batch["labels"].to(acc.device).flatten(), ignore_index=-100)
+                    loss = full_loss / o.gradient_accumulation_steps
                 acc.backward(loss)
-                running_loss += float(out.loss.detach())
+                running_loss += float(full_loss.detach())
                 running_batches += 1
                 samples += batch["labels"].shape[0] * self.world_size
                 if not step_now:

@@ -156,19 +156,31 @@ def test_sequential_long_form_keeps_times_inside_the_audio(tiny, en_wav, zh_wav)
 
 
 # -- real whisper-base: accuracy ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def zh_detect_wav(tmp_path_factory):
+    """A Mandarin clip whisper-base recognises as Mandarin: espeak's default male Mandarin voice is mostly
+    heard as Thai, the female variant (+f3) on this longer sentence as "zh" (p ≈ 0.95)."""
+    from tests.conftest import make_speech
+
+    return make_speech("他每天早上骑自行车去上班，路上大概需要二十分钟。",
+                       tmp_path_factory.mktemp("lang") / "zh_f3.wav", voice="cmn-latn-pinyin+f3")
+
+
 @pytest.mark.slow
-def test_language_detection_english_and_mandarin(base_hf, base_ct2, en_wav, zh_wav):
-    """English is detected as English; on both clips the two backends agree (faster-whisper's detector is the
-    reference). whisper-base hears espeak's synthetic Mandarin as Thai, so "zh" itself is not asserted."""
+def test_language_detection_english_and_mandarin(base_hf, base_ct2, en_wav, zh_wav, zh_detect_wav):
+    """English is detected as English and Mandarin as Mandarin, by both backends, which also agree on the
+    probabilities (on the male-voice Mandarin clip too, whatever language it is heard as)."""
     t = base_ct2.transcribe(str(en_wav), DecodeOptions())
     assert t.language == "en" and t.language_probability > 0.5
     assert count_errors(EN_SENTENCE, t.text, "wer").rate < 0.35
-    for wav in (en_wav, zh_wav):
+    t = base_ct2.transcribe(str(zh_detect_wav), DecodeOptions())
+    assert t.language == "zh" and t.language_probability > 0.5, (t.language, t.language_probability)
+    for wav, expected in ((en_wav, "en"), (zh_detect_wav, "zh"), (zh_wav, None)):
         audio = load_audio(wav)
         (hf_lang, hf_p), (ct2_lang, ct2_p) = base_hf.detect_language(audio), base_ct2.detect_language(audio)
         assert hf_lang == ct2_lang and hf_p == pytest.approx(ct2_p, abs=0.05)
-    assert base_hf.detect_language(load_audio(en_wav))[0] == "en"
-    assert base_hf.detect_language(load_audio(zh_wav))[0] != "en"
+        if expected is not None:
+            assert hf_lang == expected and hf_p > 0.5, (wav, hf_lang, hf_p)
 
 
 @pytest.mark.slow

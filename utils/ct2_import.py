@@ -574,23 +574,42 @@ def _load_ct2_config(ct2_dir: Path) -> dict[str, Any]:
         raise CT2FormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
 
 
+def _whisper_config(dims: WhisperDims, **extra: Any) -> Any:
+    """A transformers ``WhisperConfig`` with the architecture of ``dims`` (plus ``extra`` settings)."""
+    from transformers import WhisperConfig
+
+    return WhisperConfig(
+        vocab_size=dims.vocab_size, num_mel_bins=dims.n_mels, d_model=dims.d_model,
+        encoder_layers=dims.encoder_layers, decoder_layers=dims.decoder_layers,
+        encoder_attention_heads=dims.encoder_heads, decoder_attention_heads=dims.decoder_heads,
+        encoder_ffn_dim=dims.encoder_ffn_dim, decoder_ffn_dim=dims.decoder_ffn_dim,
+        max_source_positions=dims.max_source_positions, max_target_positions=dims.max_target_positions, **extra,
+    )
+
+
+def _read_whisper(model_bin: Path, ct2_config: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], WhisperDims]:
+    """Read a CT2 Whisper ``model.bin``: float weights (de-quantised, aliases resolved) and its architecture."""
+    spec_name, variables, aliases = read_ct2_model(model_bin)
+    if spec_name != "WhisperSpec":
+        raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
+    _check_supported(variables, model_bin)
+    weights = _dequantize(variables, aliases, model_bin)
+    scalars = {name: value for name, value in variables.items() if value.ndim == 0}
+    return weights, infer_whisper_dims({**scalars, **weights}, ct2_config, source=model_bin)
+
+
 def _build_model(dims: WhisperDims, tokenizer: Any, ct2_config: Mapping[str, Any], state: Mapping[str, np.ndarray],
                  dtype: str, source: Path) -> Any:
     """Instantiate ``WhisperForConditionalGeneration`` on the meta device and assign the weights."""
     import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
     ids = _token_ids(tokenizer, source)
     suppress, begin = _suppress_lists(ct2_config, ids)
     tied = "proj_out.weight" not in state or np.array_equal(state["proj_out.weight"],
                                                             state["model.decoder.embed_tokens.weight"])
-    config = WhisperConfig(
-        vocab_size=dims.vocab_size, num_mel_bins=dims.n_mels, d_model=dims.d_model,
-        encoder_layers=dims.encoder_layers, decoder_layers=dims.decoder_layers,
-        encoder_attention_heads=dims.encoder_heads, decoder_attention_heads=dims.decoder_heads,
-        encoder_ffn_dim=dims.encoder_ffn_dim, decoder_ffn_dim=dims.decoder_ffn_dim,
-        max_source_positions=dims.max_source_positions, max_target_positions=dims.max_target_positions,
-        pad_token_id=ids["eot"], bos_token_id=ids["eot"], eos_token_id=ids["eot"],
+    config = _whisper_config(
+        dims, pad_token_id=ids["eot"], bos_token_id=ids["eot"], eos_token_id=ids["eot"],
         decoder_start_token_id=ids["sot"], suppress_tokens=suppress, begin_suppress_tokens=begin,
         tie_word_embeddings=tied, architectures=["WhisperForConditionalGeneration"],
     )
@@ -629,28 +648,15 @@ def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> 
         CT2FormatError: the folder is not a supported CTranslate2 Whisper model.
     """
     import torch
-    from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(_TORCH_DTYPES)}")
     model_bin = Path(ct2_dir) / "model.bin"
-    spec_name, variables, aliases = read_ct2_model(model_bin)
-    if spec_name != "WhisperSpec":
-        raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
-    _check_supported(variables, model_bin)
-    weights = _dequantize(variables, aliases, model_bin)
-    scalars = {name: value for name, value in variables.items() if value.ndim == 0}
-    dims = infer_whisper_dims({**scalars, **weights}, _load_ct2_config(Path(ct2_dir)), source=model_bin)
+    weights, dims = _read_whisper(model_bin, _load_ct2_config(Path(ct2_dir)))
     prefix = "model.encoder."
     state = {k[len(prefix):]: v for k, v in _hf_state_dict(weights, dims, model_bin).items() if k.startswith(prefix)}
-    config = WhisperConfig(
-        vocab_size=dims.vocab_size, num_mel_bins=dims.n_mels, d_model=dims.d_model,
-        encoder_layers=dims.encoder_layers, encoder_attention_heads=dims.encoder_heads,
-        encoder_ffn_dim=dims.encoder_ffn_dim, decoder_layers=dims.decoder_layers,
-        decoder_attention_heads=dims.decoder_heads, decoder_ffn_dim=dims.decoder_ffn_dim,
-        max_source_positions=dims.max_source_positions, max_target_positions=dims.max_target_positions,
-    )
+    config = _whisper_config(dims)
     config._attn_implementation = "sdpa"
     torch_dtype = getattr(torch, dtype)
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(torch_dtype) for k, v in state.items()}
@@ -748,14 +754,8 @@ def convert_ct2_to_hf(
             )
 
     # 1. Read and check the weights.
-    spec_name, variables, aliases = read_ct2_model(model_bin)
-    if spec_name != "WhisperSpec":
-        raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
     ct2_config = _load_ct2_config(ct2_dir)
-    _check_supported(variables, model_bin)
-    weights = _dequantize(variables, aliases, model_bin)
-    scalars = {name: value for name, value in variables.items() if value.ndim == 0}
-    dims = infer_whisper_dims({**scalars, **weights}, ct2_config, source=model_bin)
+    weights, dims = _read_whisper(model_bin, ct2_config)
     state = _hf_state_dict(weights, dims, model_bin)
 
     # 2. Tokenizer, feature extractor and generation settings.

@@ -152,6 +152,35 @@ def test_adalora_reallocates_ranks(tiny_whisper_dir, corpus, tmp_path):
     assert sum(kept) < config["init_r"] * len(kept)
 
 
+def test_adalora_resume_restores_the_rank_allocator(tiny_whisper_dir, corpus, tmp_path):
+    """Resuming an AdaLoRA run mid-budgeting gives the uninterrupted run's adapter: the importance statistics
+    are checkpointed (without them the ranks would be pruned differently after the resume)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    common = dict(use_adalora=True, lora_r=8, max_steps=20, save_steps=10, eval_steps=0, precision="fp32",
+                  lora_dropout=0.0, timestamps=False, save_total_limit=5)
+    ref_out = tmp_path / "ref"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, ref_out, **common)) == 0
+    ref_run = ref_out / tiny_whisper_dir.name
+    saved = torch.load(ref_run / "checkpoint-10" / "adalora_state.pt", weights_only=True)
+    assert saved["exp_avg_ipt"] and all(t.abs().sum() > 0 for t in saved["exp_avg_ipt"].values())
+    assert saved["weights"] and all(t.shape[0] == 4 or t.shape[1] == 4 for t in saved["weights"].values())
+
+    out = tmp_path / "resumed"
+    run = out / tiny_whisper_dir.name
+    run.mkdir(parents=True)
+    shutil.copytree(ref_run / "checkpoint-10", run / "checkpoint-10")
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint=str(run / "checkpoint-10"),
+                               **common)) == 0
+    ref = load_file(ref_run / "checkpoint-final" / "adapter_model.safetensors")
+    got = load_file(run / "checkpoint-final" / "adapter_model.safetensors")
+    assert ref.keys() == got.keys()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], atol=1e-4, rtol=1e-3)
+
+
 def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -39,6 +39,7 @@ from utils.text import error_rate
 
 logger = logging.getLogger(__name__)
 
+ADALORA_STATE_FILE = "adalora_state.pt"  # full-rank adapter + allocator statistics, in AdaLoRA checkpoint-<step>
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -201,9 +202,8 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
     begin = torch.tensor(sorted(set(begin_suppress_tokens)), dtype=torch.long, device=device)
     n = 0
     for t in range(max_new_tokens):
-        out = model(encoder_outputs=(encoder_states,), decoder_input_ids=step_input, past_key_values=cache,
-                    use_cache=True)
-        cache = out.past_key_values
+        out = model(encoder_outputs=(encoder_states,), decoder_input_ids=step_input, cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1].float()
         logits[:, end_of_text + 1:] = -float("inf")
         if suppress.numel():
@@ -405,12 +405,37 @@ class Trainer:
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 torch.save(torch.get_rng_state(), tmp / "rng_state.pt")
+                if self.options.use_adalora:
+                    torch.save(self._adalora_state(), tmp / ADALORA_STATE_FILE)
             self.state.save(tmp / STATE_FILE)
             _replace_dir(tmp, target)
             if full:
                 _rotate_checkpoints(self.run_dir, self.options.save_total_limit)
         acc.wait_for_everyone()
         return target
+
+    def _adalora_state(self) -> dict[str, Any]:
+        """What resuming AdaLoRA needs beyond the optimizer: the full-rank adapter tensors (the saved adapter is
+        cut to the kept ranks), the rank pattern, and the rank allocator's importance statistics."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        allocator = unwrapped.base_model.rankallocator
+        return {
+            "weights": {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad},
+            "rank_pattern": unwrapped.peft_config["default"].rank_pattern,
+            **{name: {k: v.detach().cpu() for k, v in getattr(allocator, name).items()}
+               for name in ("ipt", "exp_avg_ipt", "exp_avg_unc")},
+        }
+
+    def _restore_adalora(self, state: dict[str, Any], source: Path) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        result = unwrapped.load_state_dict(state["weights"], strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{source}: AdaLoRA state does not match the model (e.g. {result.unexpected_keys[:3]})")
+        unwrapped.peft_config["default"].rank_pattern = state["rank_pattern"]
+        allocator = unwrapped.base_model.rankallocator
+        device = self.accelerator.device
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in state[name].items()})
 
     def resume(self, checkpoint: str | os.PathLike) -> None:
         """Restore adapter weights, optimizer, scheduler, step, data position and best metric."""
@@ -420,7 +445,14 @@ class Trainer:
         state_path = checkpoint / STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"{checkpoint}: not a resumable checkpoint (no {STATE_FILE})")
-        load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+        if self.options.use_adalora:
+            adalora_path = checkpoint / ADALORA_STATE_FILE
+            if not adalora_path.is_file():
+                raise FileNotFoundError(f"{checkpoint}: no {ADALORA_STATE_FILE}; an AdaLoRA run resumes from a "
+                                        "checkpoint-<step> folder of an AdaLoRA run")
+            self._restore_adalora(torch.load(adalora_path, map_location="cpu", weights_only=True), adalora_path)
+        else:
+            load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
         opt_path = checkpoint / "optimizer.pt"
         if not opt_path.is_file():
             raise FileNotFoundError(f"{checkpoint}: no optimizer.pt; resume from a checkpoint-<step> folder")
@@ -429,6 +461,7 @@ class Trainer:
         rng = checkpoint / "rng_state.pt"
         if rng.is_file():
             torch.set_rng_state(torch.load(rng, weights_only=True))
+
         saved = TrainerState.load(state_path)
         if saved.max_steps != self.total_steps:
             logger.warning("%s was saved by a run of %d steps; this run has %d", checkpoint, saved.max_steps,

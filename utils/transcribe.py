@@ -353,6 +353,26 @@ def _needs_fallback(text: str, avg_logprob: float, no_speech_prob: float,
 # ---------------------------------------------------------------------------------------------------
 # transformers backend
 # ---------------------------------------------------------------------------------------------------
+class _GenerateNoiseFilter(logging.Filter):
+    """Drops transformers' generate() warnings that do not apply to how this engine calls Whisper: the model's
+    saved max_length (448) next to our per-chunk max_new_tokens, the suppress lists Whisper's own generate passes
+    with the generation config, and the attention-mask hint (Whisper's 30 s inputs are never padded per item)."""
+
+    NOISE = ("seem to have been set. `max_new_tokens` will take precedence",
+             "together with generation-related arguments",
+             "The attention mask is not set")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.NOISE)
+
+
+def _quiet_generate_warnings() -> None:
+    generation_logger = logging.getLogger("transformers.generation.utils")
+    if not any(isinstance(f, _GenerateNoiseFilter) for f in generation_logger.filters):
+        generation_logger.addFilter(_GenerateNoiseFilter())
+
+
 class TransformersTranscriber(_BaseTranscriber):
     """``WhisperForConditionalGeneration`` from a transformers model folder."""
 
@@ -363,6 +383,7 @@ class TransformersTranscriber(_BaseTranscriber):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+        _quiet_generate_warnings()
         self.device = resolve_device(device)
         weight_dtype, self.autocast_dtype = _torch_dtypes(dtype, self.device)
         attn = _attention_implementation(attn_implementation, self.device)

@@ -638,17 +638,18 @@ def _build_model(dims: WhisperDims, tokenizer: Any, ct2_config: Mapping[str, Any
 
 
 def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> Any:
-    """The audio encoder of a CTranslate2 Whisper folder as a PyTorch ``WhisperEncoder`` (eval mode, CPU).
+    """The audio encoder of a CTranslate2 Whisper folder as a PyTorch module (:class:`AudioEncoder`, eval mode).
 
-    Quantized weights (int8, float16) are dequantized first. Input: log-mel features (batch, n_mels,
-    3000); output ``last_hidden_state`` (batch, 1500, d_model), what ``ctranslate2.models.Whisper.encode``
-    returns, so the decoder can run in CTranslate2 on it.
+    Quantized weights (int8, float16) are de-quantised first. Input: log-mel features (batch, n_mels, 3000);
+    output (batch, 1500, d_model), what ``ctranslate2.models.Whisper.encode`` returns, so the decoder can run
+    in CTranslate2 on it.
 
     Raises:
         CT2FormatError: the folder is not a supported CTranslate2 Whisper model.
     """
     import torch
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from utils.audio_encoder import AudioEncoder
 
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(_TORCH_DTYPES)}")
@@ -656,16 +657,16 @@ def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> 
     weights, dims = _read_whisper(model_bin, _load_ct2_config(Path(ct2_dir)))
     prefix = "model.encoder."
     state = {k[len(prefix):]: v for k, v in _hf_state_dict(weights, dims, model_bin).items() if k.startswith(prefix)}
-    config = _whisper_config(dims)
-    config._attn_implementation = "sdpa"
     torch_dtype = getattr(torch, dtype)
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(torch_dtype) for k, v in state.items()}
     with torch.device("meta"):
-        encoder = WhisperEncoder(config)
+        encoder = AudioEncoder(n_mels=dims.n_mels, d_model=dims.d_model, layers=dims.encoder_layers,
+                               heads=dims.encoder_heads, ffn_dim=dims.encoder_ffn_dim,
+                               max_positions=dims.max_source_positions)
     result = encoder.load_state_dict(tensors, strict=False, assign=True)
-    on_meta = [name for name, t in [*encoder.named_parameters(), *encoder.named_buffers()] if t.is_meta]
+    on_meta = [name for name, t in encoder.named_parameters() if t.is_meta]
     if result.unexpected_keys or on_meta:
-        raise CT2FormatError(f"{model_bin}: encoder weights do not fit transformers' WhisperEncoder "
+        raise CT2FormatError(f"{model_bin}: encoder weights do not fit Whisper's encoder "
                              f"(unexpected {result.unexpected_keys[:5]}, missing {on_meta[:5]})")
     return encoder.eval()
 

@@ -599,7 +599,7 @@ class CT2Transcriber(_BaseTranscriber):
 
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(feats)).to(torch.bfloat16)
-                return self._torch_encoder(x).last_hidden_state.float().numpy()
+                return self._torch_encoder(x).float().numpy()
         encoded = self.model.encode(feats)
         return np.asarray(encoded) if self.device == "cpu" else encoded
 

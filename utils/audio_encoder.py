@@ -1,0 +1,69 @@
+"""Whisper's audio encoder in plain PyTorch, for running a CTranslate2 model's encoder in bf16 on the CPU.
+
+Parameter names follow transformers' ``WhisperEncoder`` (``conv1``, ``layers.0.self_attn.q_proj`` …), so the
+state dict :mod:`utils.ct2_import` builds from a CT2 ``model.bin`` loads as is. Importing this module does not
+import transformers (about 2.4 s on our CPU), which the ct2 inference backend otherwise never needs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:  # (b, t, d) → (b, heads, t, d / heads)
+            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class _Layer(nn.Module):
+    def __init__(self, d_model: int, heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.self_attn = _SelfAttention(d_model, heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel features (batch, n_mels, frames) → hidden states (batch, frames / 2, d_model).
+
+    Pre-norm transformer layers after two GELU convolutions (the second with stride 2) and fixed sinusoidal
+    positions, as in Whisper; attention through ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, *, n_mels: int, d_model: int, layers: int, heads: int, ffn_dim: int,
+                 max_positions: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(max_positions, d_model)
+        self.layers = nn.ModuleList(_Layer(d_model, heads, ffn_dim) for _ in range(layers))
+        self.layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).transpose(1, 2)
+        x = x + self.embed_positions.weight[: x.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.layer_norm(x)

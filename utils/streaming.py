@@ -280,7 +280,11 @@ class StreamingPolicy:
         """Whether :meth:`process` has work: an utterance ended (VAD pause), or ``chunk_s`` s of new audio."""
         if self._vad is not None and self._vad.pauses:
             return True
-        return self.total - self._decoded_until >= int(round(chunk_s * SAMPLE_RATE))
+        return self.samples_until_due(chunk_s) <= 0
+
+    def samples_until_due(self, chunk_s: float) -> int:
+        """New samples still needed before ``chunk_s`` s have arrived since the last step (≤ 0: due)."""
+        return self._decoded_until + int(round(chunk_s * SAMPLE_RATE)) - self.total
 
     @property
     def undecoded(self) -> bool:
@@ -672,8 +676,8 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
 
     unshown: Update | None = None  # an update Ctrl-C may have cut off before it was shown
     try:
-        while True:
-            block = source.read(poll)
+        while True:  # read up to the next chunk boundary at most, so steps fall on it when compute keeps up
+            block = source.read(max(1, min(poll, policy.samples_until_due(chunk_s))))
             if block is not None:
                 policy.insert_audio(block)
                 if keep_audio:

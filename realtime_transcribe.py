@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", type=str, default="ct2", choices=["transformers", "ct2"],
                    help="inference backend (ct2 = CTranslate2 int8 on CPU, the fast one)")
     g.add_argument("--compute_type", type=str, default="auto", help="ct2: auto = int8 on CPU, float16 on GPU")
-    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = its default)")
+    g.add_argument("--cpu_threads", type=int, default=-1,
+                   help="ct2 CPU threads; -1 = auto: 1 when the encoder runs in PyTorch bf16 (one stream's small "
+                        "decoding steps are fastest on one thread), else CTranslate2's default; 0 = its default")
     add_ct2_encoder_arg(g)
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
     add_bool(g, "to_simple", True, "convert traditional to simplified Chinese")
@@ -204,6 +206,17 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
     )
 
 
+def stream_threads(args: argparse.Namespace) -> int:
+    """--cpu_threads, with -1 resolved: 1 for the ct2 backend on a CPU whose encoder runs in PyTorch bf16 (AMX)."""
+    if args.cpu_threads >= 0:
+        return args.cpu_threads
+    from utils.transcribe import cpu_has_amx, resolve_device
+
+    torch_encoder = args.ct2_encoder == "torch" or (args.ct2_encoder == "auto" and cpu_has_amx())
+    on_cpu = resolve_device(args.device) == "cpu"
+    return 1 if args.backend == "ct2" and on_cpu and torch_encoder else 0
+
+
 def make_report(result: StreamResult, args: argparse.Namespace, offline_text: str | None) -> dict[str, Any]:
     """Latency figures and, with an offline transcript, the CER of the streamed text."""
     from utils.text import error_rate
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
-                                  local_files_only=args.local_files_only, cpu_threads=args.cpu_threads,
+                                  local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
         hypothesis = EngineHypothesis(engine, options)
         policy = build_policy(args, hypothesis)

@@ -545,3 +545,28 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
         assert last.endswith(tails[-1].strip()), (last, tails[-1])
     report = json.loads(report_file.read_text())
     assert report["interrupted"] is True and report["audio_s"] < 25
+
+
+def test_silero_vad_does_not_leave_pytorch_on_one_thread(monkeypatch):
+    """silero_vad calls torch.set_num_threads(1) when imported; our import puts the thread count back."""
+    import torch
+
+    from utils.vad import import_silero_vad
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delitem(sys.modules, "silero_vad", raising=False)
+        monkeypatch.delitem(sys.modules, "silero_vad.model", raising=False)
+        import_silero_vad()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():
+    parse = realtime_transcribe.build_parser().parse_args
+    assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu"])) == 1
+    assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=ct2", "--device=cpu"])) == 0
+    assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu", "--cpu_threads=3"])) == 3
+    assert realtime_transcribe.stream_threads(parse(["--backend=transformers", "--device=cpu"])) == 0

@@ -757,9 +757,10 @@ class EngineHypothesis:
 def silero_vad_fn() -> VadFn:
     """Speech probability of consecutive VAD_FRAME-sample frames, by a fresh stateful silero-vad model."""
     import torch
-    from silero_vad import load_silero_vad
 
-    model = load_silero_vad(onnx=False)
+    from utils.vad import import_silero_vad
+
+    model = import_silero_vad().load_silero_vad(onnx=True)  # onnxruntime: its own threads, fast per frame
     model.reset_states()
 
     def vad(frame: np.ndarray) -> float:

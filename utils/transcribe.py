@@ -509,6 +509,18 @@ class TransformersTranscriber(_BaseTranscriber):
         return self._segments_from_output(out, 1, [len(audio) / SAMPLE_RATE])[0]
 
 
+def _torch_threads(restore: int | None = None) -> int | None:
+    """PyTorch's intra-op thread count (None when torch is not imported yet); with ``restore``, set it back."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if restore is not None:
+        torch.set_num_threads(restore)
+    return torch.get_num_threads()
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8)."""
     import torch
@@ -566,8 +578,10 @@ class CT2Transcriber(_BaseTranscriber):
         if compute_type == "auto":
             compute_type = "float16" if ct2_device == "cuda" else "int8"
         index = int(dev.split(":")[1]) if ":" in dev else 0
+        torch_threads = _torch_threads()
         self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
                                   cpu_threads=cpu_threads)
+        _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self._tokenizers: dict[tuple[str, str], Any] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -41,11 +42,22 @@ class Chunk:
         return (self.end - self.start) / SAMPLE_RATE
 
 
+def import_silero_vad() -> ModuleType:
+    """The silero_vad module, imported without its side effect: it calls ``torch.set_num_threads(1)`` at
+    import, which would leave every later PyTorch computation in the process (the bf16 encoder, the
+    transformers backend) on one thread. The thread count is put back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    import silero_vad
+
+    torch.set_num_threads(threads)
+    return silero_vad
+
+
 @functools.lru_cache(maxsize=1)
 def _silero_model():
-    from silero_vad import load_silero_vad
-
-    return load_silero_vad(onnx=True)  # onnxruntime: about 2x faster than the TorchScript model on CPU
+    return import_silero_vad().load_silero_vad(onnx=True)  # onnxruntime: about 2x faster than TorchScript on CPU
 
 
 def speech_regions(
@@ -71,7 +83,7 @@ def speech_regions(
         Non-overlapping regions in time order, in samples.
     """
     import torch
-    from silero_vad import get_speech_timestamps
+    get_speech_timestamps = import_silero_vad().get_speech_timestamps
 
     stamps = get_speech_timestamps(
         torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from utils.cli import add_bool, make_parser, optional_str, setup_logging
 from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
+from utils.transcribe import cpu_has_amx
 
 logger = logging.getLogger("finetune")
 
@@ -90,14 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
     add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
     return p
-
-
-def cpu_has_amx() -> bool:
-    """True on CPUs with AMX tiles, where bf16 matrix products run several times faster than fp32."""
-    import torch
-
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
 
 
 def cpu_supports_bf16() -> bool:

@@ -210,11 +210,10 @@ def stream_threads(args: argparse.Namespace) -> int:
     """--cpu_threads, with -1 resolved: 1 for the ct2 backend on a CPU whose encoder runs in PyTorch bf16 (AMX)."""
     if args.cpu_threads >= 0:
         return args.cpu_threads
-    from utils.transcribe import cpu_has_amx, resolve_device
+    from utils.transcribe import resolve_device, uses_torch_encoder
 
-    torch_encoder = args.ct2_encoder == "torch" or (args.ct2_encoder == "auto" and cpu_has_amx())
-    on_cpu = resolve_device(args.device) == "cpu"
-    return 1 if args.backend == "ct2" and on_cpu and torch_encoder else 0
+    device = resolve_device(args.device)
+    return 1 if args.backend == "ct2" and device == "cpu" and uses_torch_encoder(args.ct2_encoder, device) else 0
 
 
 def make_report(result: StreamResult, args: argparse.Namespace, offline_text: str | None) -> dict[str, Any]:

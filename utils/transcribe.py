@@ -529,6 +529,20 @@ def cpu_has_amx() -> bool:
     return bool(check()) if check is not None else False
 
 
+def uses_torch_encoder(encoder: str, device: str) -> bool:
+    """Whether the ct2 backend runs its audio encoder in PyTorch bf16 for ``--ct2_encoder`` on ``device``.
+
+    Raises:
+        ValueError: an unknown ``encoder``, or ``torch`` on a GPU.
+    """
+    if encoder not in CT2_ENCODERS:
+        raise ValueError(f"encoder must be one of {CT2_ENCODERS}, got {encoder!r}")
+    on_cpu = device == "cpu"
+    if encoder == "torch" and not on_cpu:
+        raise ValueError("--ct2_encoder=torch runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
+    return encoder == "torch" or (encoder == "auto" and on_cpu and cpu_has_amx())
+
+
 def _torch_dtypes(dtype: str, device: str):
     """--dtype → (weight dtype, autocast dtype or None). bfloat16 on CPU = fp32 weights + bf16 autocast."""
     import torch
@@ -592,12 +606,8 @@ class CT2Transcriber(_BaseTranscriber):
     @staticmethod
     def _load_torch_encoder(model_dir: str, encoder: str, ct2_device: str) -> Any:
         """The PyTorch bf16 encoder for ``encoder`` = torch, or auto on a CPU with AMX; else None."""
-        if encoder not in CT2_ENCODERS:
-            raise ValueError(f"encoder must be one of {CT2_ENCODERS}, got {encoder!r}")
-        if encoder == "ct2" or (encoder == "auto" and (ct2_device != "cpu" or not cpu_has_amx())):
+        if not uses_torch_encoder(encoder, ct2_device):
             return None
-        if ct2_device != "cpu":
-            raise ValueError("--ct2_encoder=torch runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
         from utils.ct2_import import load_ct2_encoder
 
         return load_ct2_encoder(model_dir, dtype="bfloat16")

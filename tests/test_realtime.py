@@ -209,10 +209,81 @@ def test_a_pause_inside_a_long_block_closes_the_utterance_at_the_pause():
     update = policy.process()
     assert join_words(update.committed) == "a b c d"  # committed whole, without waiting for agreement
     assert join_words(update.tentative) == "e"  # the next utterance started in the same block
-    assert policy.offset / SAMPLE_RATE == pytest.approx(2.1 + 0.6 - 0.4, abs=0.04)  # cut at the pause (- pad)
+    # the buffer was cut at the pause, then at the next utterance's onset (- pad) for its first decode
+    assert policy.offset / SAMPLE_RATE == pytest.approx(3.5 - 0.4, abs=0.04)
     policy.insert_audio(audio[int(4.0 * SAMPLE_RATE):])
     assert join_words(policy.process().committed) == "e f"
     assert policy.text == "a b c d e f"
+
+
+def _buffer_span(audio: np.ndarray) -> tuple[float, float]:
+    """(start s, duration s) of a buffer of timed_audio, read from its first voiced sample."""
+    i = int(np.flatnonzero(audio)[0])
+    start = ((float(audio[i]) - 1e-4) / SCALE - i / SAMPLE_RATE)
+    return round(start, 2), round(len(audio) / SAMPLE_RATE, 2)
+
+
+def test_an_utterance_is_first_decoded_one_chunk_after_its_onset_from_pad_before_it():
+    words = script_words("a b c d", start=2.3)
+    audio = timed_audio(6.0, silences=[(0.0, 2.3), (3.9, 6.0)])
+    asr = FakeASR(words, flicker=False)
+    spans = []
+    policy = StreamingPolicy(lambda a, p: spans.append(_buffer_span(a)) or asr(a, p), vad_fn=energy_vad)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0)
+    assert result.text == "a b c d"
+    # silence is not decoded; the first decode is 1 s after the onset (2.3 s, to a frame), on 0.4 s pad + 1 s
+    assert spans[0][0] == pytest.approx(2.3 - 0.4, abs=0.04) and spans[0][1] == pytest.approx(1.4, abs=0.04)
+    assert spans[1][1] == pytest.approx(2.4, abs=0.04)  # then every chunk
+
+
+def test_a_closed_utterance_the_last_step_heard_whole_is_committed_without_another_decode():
+    words = script_words("a b c d", start=0.5)  # speech 0.5-2.1 s
+    audio = timed_audio(4.0, silences=[(0.0, 0.5), (2.1, 4.0)])
+    asr = FakeASR(words, flicker=False)
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6)
+    updates = []
+    run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.9, on_update=lambda u, t: updates.append(u))
+    close = next(u for u in updates if u.utterance_end and u.committed)
+    # the step at 0.5 + 1.8 s had heard the whole utterance: the pause commits its tail as it was
+    assert join_words([w for u in updates for w in u.committed]) == "a b c d"
+    assert asr.calls == 2 and not close.decoded
+    assert close.audio_end == pytest.approx(2.1 + 0.6, abs=0.1)
+
+    asr = FakeASR(words, flicker=False)  # steps at 1.3 and 2.1 s: the last one did not hear "d" end
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6)
+    updates = []
+    run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.8, on_update=lambda u, t: updates.append(u))
+    assert join_words([w for u in updates for w in u.committed]) == "a b c d"
+    assert any(u.utterance_end and u.committed and u.decoded for u in updates)
+
+
+class _FixedCostSource(FileSource):
+    """A simulated-clock file source that charges a fixed compute time per step, whatever it took."""
+
+    def __init__(self, audio: np.ndarray, cost_s: float) -> None:
+        super().__init__(audio, realtime=False)
+        self.cost_s = cost_s
+
+    def spend(self, seconds: float) -> None:
+        super().spend(self.cost_s)
+
+
+def test_what_is_decoded_does_not_depend_on_how_long_decoding_takes():
+    words = (script_words("a b c d e f", start=0.3) + script_words("g h i j k", start=4.1)
+             + script_words("l m n o p q r", start=7.2))
+    audio = timed_audio(11.0, silences=[(0.0, 0.3), (2.7, 4.1), (6.1, 7.2), (10.0, 11.0)])
+    runs = []
+    for cost in (0.01, 0.35, 0.7):
+        asr = FakeASR(words)
+        spans = []
+        policy = StreamingPolicy(lambda a, p, asr=asr, spans=spans: spans.append(_buffer_span(a)) or asr(a, p),
+                                 vad_fn=energy_vad)
+        result = run_stream(_FixedCostSource(audio, cost), policy, chunk_s=1.0)
+        assert result.text == "a b c d e f g h i j k l m n o p q r"
+        runs.append(spans)
+    # the same buffers are decoded however long each decode takes (while it takes less than a chunk), so a
+    # stream's text does not change with the machine's load
+    assert runs[0] == runs[1] == runs[2]
 
 
 def test_buffer_never_exceeds_the_limit_without_agreement():

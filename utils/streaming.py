@@ -9,8 +9,11 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   committed words, LocalAgreement-2); the rest of the newest hypothesis is the *tentative* tail;
 * the buffer is trimmed at the end of a Whisper segment whose words are all committed once it is longer
   than ``trim_s``; committed text that left the buffer is the decoder prompt;
-* with a voice-activity function, silence is not decoded, and an utterance closes after
-  ``min_silence_s`` of silence: its buffer is decoded once more, all of it committed and the buffer emptied.
+* with a voice-activity function, silence is not decoded; an utterance's chunks are counted from its
+  speech onset (first decode one chunk after it, on ``pad_s`` of audio before it + the chunk), so what is
+  decoded does not depend on how long earlier decodes took; an utterance closes after ``min_silence_s`` of
+  silence: all of it is committed (the last hypothesis's tail when that decode already heard the end of the
+  speech, else after decoding the buffer once more) and the buffer is emptied.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
 agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.
@@ -40,6 +43,7 @@ from utils.text import normalize_text
 logger = logging.getLogger(__name__)
 
 VAD_FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
+_HEARD_MARGIN = 2 * VAD_FRAME  # audio a hypothesis must have heard after the VAD's end of speech (64 ms)
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _TOKEN = re.compile(rf"\s*(?:[{_CJK_RANGES}]|[^\s{_CJK_RANGES}]+)")
 _CJK = re.compile(rf"[{_CJK_RANGES}]")
@@ -198,7 +202,8 @@ class _VadState:
     last_speech_end: int = -1  # end sample of the last speech frame
     in_speech: bool = False
     armed: bool = False  # speech seen since the last pause
-    pauses: list[int] = field(default_factory=list)
+    onset: int = -1  # start sample of the first speech frame of the latest utterance
+    pauses: list[tuple[int, int]] = field(default_factory=list)  # (pause, end of the speech before it)
 
     def feed(self, samples: np.ndarray) -> None:
         audio = np.concatenate([self.pending, samples]) if len(self.pending) else samples
@@ -210,10 +215,12 @@ class _VadState:
             self.in_speech = p >= limit
             self.processed += VAD_FRAME
             if self.in_speech:
+                if not self.armed:
+                    self.onset = self.processed - VAD_FRAME
                 self.last_speech_end = self.processed
                 self.armed = True
             elif self.armed and self.processed - self.last_speech_end >= self.min_silence:
-                self.pauses.append(self.processed)
+                self.pauses.append((self.processed, self.last_speech_end))
                 self.armed = False
         self.pending = audio[n_frames * VAD_FRAME:].copy()
 
@@ -252,6 +259,8 @@ class StreamingPolicy:
         self._prompt_words: list[Word] = []  # committed words that left the buffer (for the prompt)
         self.tentative: list[Word] = []
         self._decoded_until = 0  # stream sample up to which the buffer was decoded
+        self._step_from = 0  # stream sample from which the next chunk is counted (last step, or speech onset)
+        self._tentative_until: int | None = None  # stream sample up to which ``tentative``'s hypothesis heard
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -274,17 +283,21 @@ class StreamingPolicy:
         self.buffer = np.concatenate([self.buffer, samples])
         self.total += len(samples)
         if self._vad is not None:
+            onset = self._vad.onset
             self._vad.feed(samples)
+            if self._vad.onset != onset:  # an utterance started: its chunks are counted from its first frame
+                self._step_from = self._vad.onset
 
     def due(self, chunk_s: float) -> bool:
-        """Whether :meth:`process` has work: an utterance ended (VAD pause), or ``chunk_s`` s of new audio."""
+        """Whether :meth:`process` has work: an utterance ended (VAD pause), or ``chunk_s`` s of new audio
+        since the last step (with a VAD: since the start of the utterance's speech, if that is later)."""
         if self._vad is not None and self._vad.pauses:
             return True
         return self.samples_until_due(chunk_s) <= 0
 
     def samples_until_due(self, chunk_s: float) -> int:
         """New samples still needed before ``chunk_s`` s have arrived since the last step (≤ 0: due)."""
-        return self._decoded_until + int(round(chunk_s * SAMPLE_RATE)) - self.total
+        return self._step_from + int(round(chunk_s * SAMPLE_RATE)) - self.total
 
     @property
     def undecoded(self) -> bool:
@@ -312,29 +325,36 @@ class StreamingPolicy:
         self._in_buffer = list(keep)
 
     # -- steps --------------------------------------------------------------------------------------
-    def process(self) -> Update:
+    def process(self, decode: bool = True) -> Update:
         """Decode the buffer and commit what two consecutive hypotheses agree on.
 
         Utterances that ended (``min_silence_s`` of silence after speech, VAD) since the last step are
-        decoded up to their pause and committed whole first. Without speech in the buffer nothing is
-        decoded and the silence is dropped (``pad_s`` kept).
+        committed whole first. Then, with ``decode``, the buffer is decoded (``decode=False``: only close
+        utterances, e.g. when a pause, not a chunk, made the step :meth:`due`). Without speech in the buffer
+        nothing is decoded and the silence is dropped (``pad_s`` kept). The first decode of an utterance
+        starts the buffer ``pad_s`` before the speech onset.
         """
         committed: list[Word] = []
         decoded = closed = False
         while self._vad is not None and self._vad.pauses:
-            pause = self._vad.pauses.pop(0)
+            pause, speech_end = self._vad.pauses.pop(0)
             if pause > self.offset:
-                committed += self._close_utterance(pause)
-                decoded = closed = True
+                new, ran = self._close_utterance(pause, speech_end)
+                committed += new
+                decoded |= ran
+                closed = True
         end = self.audio_end
         if not self._buffer_has_speech():
-            self._cut(self.total - int(self.pad_s * SAMPLE_RATE))
-            self._decoded_until = self.total  # nothing to decode up to here
+            # keep pad_s, plus the frames the VAD has not seen yet: an onset in them is still pad_s inside
+            self._cut(self.total - int(self.pad_s * SAMPLE_RATE) - 2 * VAD_FRAME)
+            self._decoded_until = self._step_from = self.total  # nothing to decode up to here
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
-        if self.total == self._decoded_until:
+        if not decode or self.total == self._decoded_until:
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
+        if self._vad is not None and not self.tentative and not self._in_buffer:
+            self._cut(self._vad.onset - int(self.pad_s * SAMPLE_RATE))  # a new utterance: drop the silence before
         segments = self.hypothesis_fn(self.buffer, self._prompt())  # no state changes before this returns
-        self._decoded_until = self.total
+        self._decoded_until = self._tentative_until = self._step_from = self.total
         offset_s = self.offset / SAMPLE_RATE
         words = words_from_segments(segments, offset_s, end)
         j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
@@ -349,22 +369,34 @@ class StreamingPolicy:
             logger.debug("committed %r | tentative %r", join_words(new), join_words(self.tentative))
         return Update(committed + new, list(self.tentative), end, decoded=True)
 
-    def _close_utterance(self, pause: int) -> list[Word]:
-        """Decode the buffer up to stream sample ``pause`` (the end of an utterance), commit all of it."""
-        audio = self.buffer[: pause - self.offset]
+    def _close_utterance(self, pause: int, speech_end: int) -> tuple[list[Word], bool]:
+        """Commit the utterance that ended at stream sample ``pause`` (its speech ended at ``speech_end``).
+
+        When the latest hypothesis already heard the whole utterance (decoded past ``speech_end`` +
+        ``_HEARD_MARGIN``, not past ``pause``: only silence after the speech), its tentative tail is committed
+        as it is; otherwise the buffer is decoded up to ``pause`` and everything after the committed words
+        is committed. Returns the new words and whether a decode ran.
+        """
+        heard = self._tentative_until
+        if heard is not None and speech_end + _HEARD_MARGIN <= heard <= pause:
+            new, decoded = list(self.tentative), False
+        else:
+            audio = self.buffer[: pause - self.offset]
+            segments = self.hypothesis_fn(audio, self._prompt())
+            words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
+            j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+            new, decoded = words[j:], True
         end = pause / SAMPLE_RATE
-        segments = self.hypothesis_fn(audio, self._prompt())
-        words = words_from_segments(segments, self.offset / SAMPLE_RATE, end)
-        j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
-        new = words[j:]
         self.committed += new
         self._in_buffer += new
         self.tentative = []
+        self._tentative_until = None
         self._retire([])
         self._cut(pause - int(self.pad_s * SAMPLE_RATE))
         self._decoded_until = min(self._decoded_until, pause)
-        logger.debug("utterance closed at %.2f s: committed %r", end, join_words(new))
-        return new
+        logger.debug("utterance closed at %.2f s (%s): committed %r", end,
+                     "decoded" if decoded else "as last heard", join_words(new))
+        return new, decoded
 
     def _trim(self, segments: Sequence[tuple[float, float, str]], offset_s: float, done: int) -> list[Word]:
         """Cut the buffer at the latest segment end whose tokens are all committed (``done`` tokens).
@@ -397,7 +429,7 @@ class StreamingPolicy:
         forced = self.tentative  # nothing agreed on for max_buffer_s: commit rather than overflow the window
         self.committed += forced
         self._in_buffer += forced
-        self.tentative = []
+        self.tentative, self._tentative_until = [], None
         self._retire([])
         self._cut(self.total)
         logger.warning("no agreement within %.0f s of audio: committed the latest hypothesis", self.max_buffer_s)
@@ -410,7 +442,7 @@ class StreamingPolicy:
         """
         new = list(self.tentative)
         self.committed += new
-        self.tentative = []
+        self.tentative, self._tentative_until = [], None
         self._in_buffer += new
         self._retire([])
         self._cut(self.total)
@@ -687,7 +719,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             elif not policy.undecoded:  # end of the stream, everything decoded
                 break
             t0, c0 = time.perf_counter(), time.process_time()
-            unshown = policy.process()
+            unshown = policy.process(decode=block is None or policy.samples_until_due(chunk_s) <= 0)
             spent = time.perf_counter() - t0
             cpu += time.process_time() - c0
             source.spend(spent)

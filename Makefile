@@ -4,7 +4,8 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 # CPU build by default; for CUDA see README (install torch first, then `make install TORCH_SPEC=`).
 TORCH_SPEC ?= torch==2.13.0
-APT_PKGS   := espeak-ng sox ffmpeg libsndfile1 chromium fonts-wqy-zenhei
+APT_PKGS   := espeak-ng sox ffmpeg libsndfile1 chromium fonts-wqy-zenhei \
+              libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 PYTEST_ARGS ?=
 
 .PHONY: help install apt test test-fast demo clean
@@ -32,7 +33,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-install: $(VENV)/.installed
+install: apt $(VENV)/.installed
 
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
 test: install

@@ -7,6 +7,7 @@ import builtins
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from utils.streaming import (
     Word,
     _align_committed,
     collapse_repeats,
+    first_sample_time,
     import_sounddevice,
     join_words,
     run_stream,
@@ -402,12 +404,12 @@ def _fake_sounddevice(devices, blocks=()):
         pass
 
     class InputStream:  # delivers ``blocks`` (frames, 1) at once when started
-        def __init__(self, device, samplerate, channels, dtype, blocksize, callback):
+        def __init__(self, device, samplerate, channels, dtype, blocksize, callback, latency=None):
             self.callback, self.active = callback, False
 
         def start(self):
-            for b in blocks:
-                self.callback(b, len(b), None, None)
+            for b in blocks:  # PortAudio time info without capture times (as some host APIs give)
+                self.callback(b, len(b), types.SimpleNamespace(currentTime=0.0, inputBufferAdcTime=0.0), None)
             self.active = True
 
         def stop(self):
@@ -477,6 +479,14 @@ def test_microphone_source_resamples_to_16k(monkeypatch):
         source._stream.active = False  # the device went away: a clear error, not a hang
         with pytest.raises(AudioDeviceError, match="stopped delivering audio"):
             source.read(8000)
+
+
+def test_the_microphone_clock_starts_when_the_first_sample_was_captured():
+    # PortAudio capture times: the block arrived 0.12 s after its first sample was captured
+    assert first_sample_time(10.0, 0.1, current_time=500.30, adc_time=500.18) == pytest.approx(9.88)
+    # no capture times from the host API: the block ended when it arrived
+    assert first_sample_time(10.0, 0.1, current_time=0.0, adc_time=0.0) == pytest.approx(9.9)
+    assert first_sample_time(10.0, 0.1, current_time=500.0, adc_time=500.5) == pytest.approx(10.0)  # never later
 
 
 def test_list_devices_shows_inputs_and_the_default(monkeypatch, capsys):
@@ -641,3 +651,65 @@ def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():
     assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=ct2", "--device=cpu"])) == 0
     assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu", "--cpu_threads=3"])) == 3
     assert realtime_transcribe.stream_threads(parse(["--backend=transformers", "--device=cpu"])) == 0
+
+
+@pytest.fixture
+def pulse_microphone(tmp_path):
+    """A PulseAudio server whose default source is the monitor of a null sink ``vmic``: what ``paplay
+    --device=vmic`` plays, the default microphone hears, in real time (through ALSA's pulse plugin, as on a
+    desktop). Yields the environment for the clients."""
+    for tool in ("pulseaudio", "pactl", "paplay"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is required for the microphone test (make test installs pulseaudio, "
+                        "pulseaudio-utils, libasound2-plugins and libportaudio2)")
+    runtime = tmp_path / "pulse"
+    runtime.mkdir(mode=0o700)
+    socket = runtime / "native"
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PULSE_SERVER=f"unix:{socket}")
+    server = subprocess.Popen(
+        ["pulseaudio", "-n", "--daemonize=no", "--use-pid-file=no", "--exit-idle-time=-1", "--disallow-exit",
+         f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
+         "--load=module-null-sink sink_name=vmic rate=48000"],
+        env=dict(env, HOME=str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"pulseaudio did not start: {server.stderr.read() if server.poll() is not None else ''}")
+            time.sleep(0.2)
+        subprocess.run(["pactl", "set-default-source", "vmic.monitor"], env=env, check=True)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone, tmp_path, repo_root):
+    report_file = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "realtime_transcribe.py", "--language=en", f"--report_path={report_file}"],
+        cwd=repo_root, env=dict(pulse_microphone, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        log = []
+        for line in proc.stderr:  # the default microphone is open
+            log.append(line)
+            if "listening on" in line:
+                break
+        assert proc.poll() is None, "".join(log)
+        subprocess.run(["paplay", "--device=vmic", str(long_en_wav)], env=pulse_microphone, check=True, timeout=120)
+        time.sleep(2.5)  # the last utterance's pause
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(log) + err
+    assert "listening on 'default' at 44100 Hz" in "".join(log)  # PulseAudio's rate, resampled to 16 kHz
+    streamed = " ".join(t for *_, t in _parse_lines(out))
+    assert error_rate([LONG_TEXT], [streamed]) < 0.15, streamed
+    report = json.loads(report_file.read_text())
+    assert report["interrupted"] and not report["simulated_clock"] and report["words"] >= 60
+    # real time, wall clock from the capture of the first sample: within 2 s of the simulated-clock figure
+    assert 0 < report["mean_latency_s"] < 4.0, report

@@ -533,6 +533,19 @@ def list_input_devices() -> list[dict[str, Any]]:
             for i, d in enumerate(devices) if d["max_input_channels"] > 0]
 
 
+def first_sample_time(arrival: float, block_s: float, current_time: float, adc_time: float) -> float:
+    """When (on the ``arrival`` clock) the first sample of the first input block was captured.
+
+    The stream clock starts there, not when the stream was opened: an input device can take a second or
+    more to deliver its first block (PulseAudio: ~1.1 s measured), and counting that as latency would
+    overstate it. PortAudio's ``inputBufferAdcTime`` gives the capture time of the block on the stream
+    clock (``current_time`` = now on that clock); where the host API leaves it at 0, the block is taken
+    to have ended when it arrived.
+    """
+    delay = current_time - adc_time if current_time > 0 and adc_time > 0 else block_s
+    return arrival - max(delay, 0.0)
+
+
 class MicrophoneSource:
     """Audio from an input device through sounddevice, resampled to 16 kHz as it arrives.
 
@@ -562,12 +575,15 @@ class MicrophoneSource:
 
             self._resampler = soxr.ResampleStream(self.samplerate, SAMPLE_RATE, 1, dtype="float32")
         self._stream = None
-        self._t0 = 0.0
+        self._t0: float | None = None  # perf_counter time at which the first sample was captured
         self._pending = np.zeros(0, dtype=np.float32)
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status:
             logger.warning("audio input: %s", status)
+        if self._t0 is None:
+            self._t0 = first_sample_time(time.perf_counter(), frames / self.samplerate,
+                                         time_info.currentTime, time_info.inputBufferAdcTime)
         self._queue.put(indata[:, 0].copy())
 
     def __enter__(self) -> MicrophoneSource:
@@ -578,7 +594,6 @@ class MicrophoneSource:
         except self._sd.PortAudioError as e:
             raise AudioDeviceError(f"cannot open input device {self.device_name!r} at {self.samplerate} Hz: {e}; "
                                    "try another --samplerate or --device_index") from e
-        self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -588,7 +603,8 @@ class MicrophoneSource:
             self._stream = None
 
     def now(self) -> float:
-        return time.perf_counter() - self._t0
+        """Seconds since the first sample was captured (0 before any audio arrived)."""
+        return 0.0 if self._t0 is None else time.perf_counter() - self._t0
 
     def spend(self, seconds: float) -> None:
         pass

@@ -686,6 +686,9 @@ def pulse_microphone(tmp_path):
 
 @pytest.mark.slow
 def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone, tmp_path, repo_root):
+    listing = subprocess.run([sys.executable, "realtime_transcribe.py", "--list_devices"], cwd=repo_root,
+                             env=pulse_microphone, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and re.search(r"^\*\s+\d+\s+default", listing.stdout, re.M), listing
     report_file = tmp_path / "report.json"
     proc = subprocess.Popen(
         [sys.executable, "realtime_transcribe.py", "--language=en", f"--report_path={report_file}"],

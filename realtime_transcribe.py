@@ -12,7 +12,8 @@ code 130 only when Ctrl-C comes before streaming started, e.g. while the model l
 
 At the end a report (stderr, and ``--report_path`` as JSON) gives the latency from a word's end in the audio
 to its commit (mean, p90) and, for ``--compare_offline``, the CER of the committed text against the offline
-transcript of the same audio by the same model. With ``--simulate_realtime=False`` the clock is simulated
+transcript of the same audio by the same model (after Ctrl-C: of the audio heard until then; a second Ctrl-C
+skips it). With ``--simulate_realtime=False`` the clock is simulated
 (audio time when a decode starts + its measured compute time), so the figures hold for real time.
 """
 
@@ -305,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. Report
     offline_text = None
-    if result.audio is not None and not result.interrupted:
+    if result.audio is not None:  # also after Ctrl-C (how a microphone session ends): the audio heard so far
+        logger.info("transcribing the %.1f s heard offline for the CER%s", result.audio_s,
+                    " (Ctrl-C again to skip)" if result.interrupted else "")
         t0 = time.perf_counter()
         try:
             offline_text = engine.transcribe(result.audio, DecodeOptions(

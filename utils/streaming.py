@@ -533,17 +533,17 @@ def list_input_devices() -> list[dict[str, Any]]:
             for i, d in enumerate(devices) if d["max_input_channels"] > 0]
 
 
-def first_sample_time(arrival: float, block_s: float, current_time: float, adc_time: float) -> float:
-    """When (on the ``arrival`` clock) the first sample of the first input block was captured.
+def block_capture_time(arrival: float, block_s: float, current_time: float, adc_time: float) -> tuple[float, bool]:
+    """When (on the ``arrival`` clock) the first sample of an input block was captured, and whether the
+    device said so.
 
-    The stream clock starts there, not when the stream was opened: an input device can take a second or
-    more to deliver its first block (PulseAudio: ~1.1 s measured), and counting that as latency would
-    overstate it. PortAudio's ``inputBufferAdcTime`` gives the capture time of the block on the stream
-    clock (``current_time`` = now on that clock); where the host API leaves it at 0, the block is taken
-    to have ended when it arrived.
+    PortAudio's ``inputBufferAdcTime`` gives the capture time of the block on the stream clock
+    (``current_time`` = now on that clock); where the host API leaves it at 0, the block is taken to have
+    ended when it arrived (an estimate: False).
     """
-    delay = current_time - adc_time if current_time > 0 and adc_time > 0 else block_s
-    return arrival - max(delay, 0.0)
+    if current_time > 0 and adc_time > 0:
+        return arrival - max(current_time - adc_time, 0.0), True
+    return arrival - block_s, False
 
 
 class MicrophoneSource:
@@ -575,15 +575,29 @@ class MicrophoneSource:
 
             self._resampler = soxr.ResampleStream(self.samplerate, SAMPLE_RATE, 1, dtype="float32")
         self._stream = None
-        self._t0: float | None = None  # perf_counter time at which the first sample was captured
+        self._t0: float | None = None  # perf_counter time at which stream sample 0 was captured
+        self._frames = 0  # frames received at the device rate
+        self.lost_s = 0.0  # audio the device's capture times say was lost (s)
         self._pending = np.zeros(0, dtype=np.float32)
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status:
             logger.warning("audio input: %s", status)
+        # The stream clock starts when the first sample was captured, not when the stream was opened (an
+        # input can take a second or more to deliver its first block: ~1.1 s measured with PulseAudio).
+        # Where the device gives capture times and they show audio lost before a block (a gap longer than
+        # 50 ms; PulseAudio drops ~0.3 s when a new playback stream starts), the clock moves on with it, so
+        # a word's capture time stays right after the gap.
+        captured, exact = block_capture_time(time.perf_counter(), frames / self.samplerate,
+                                             time_info.currentTime, time_info.inputBufferAdcTime)
+        anchor = captured - self._frames / self.samplerate
+        self._frames += frames
         if self._t0 is None:
-            self._t0 = first_sample_time(time.perf_counter(), frames / self.samplerate,
-                                         time_info.currentTime, time_info.inputBufferAdcTime)
+            self._t0 = anchor
+        elif exact and anchor > self._t0 + 0.05:
+            logger.debug("audio input: capture times jumped %.3f s ahead of the samples", anchor - self._t0)
+            self.lost_s += anchor - self._t0
+            self._t0 = anchor
         self._queue.put(indata[:, 0].copy())
 
     def __enter__(self) -> MicrophoneSource:
@@ -601,6 +615,9 @@ class MicrophoneSource:
             self._stream.stop()
             self._stream.close()
             self._stream = None
+        if self.lost_s >= 0.1:
+            logger.warning("audio input: by the device's capture times, %.2f s of audio never arrived (dropped by "
+                           "the audio server or an overloaded machine); latency was measured on its clock", self.lost_s)
 
     def now(self) -> float:
         """Seconds since the first sample was captured (0 before any audio arrived)."""

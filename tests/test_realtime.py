@@ -739,3 +739,34 @@ def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone
     assert report["cer_vs_offline"] <= 0.1, report  # offline transcript of the audio the microphone heard
     # real time, from each word's capture to its commit (the simulated clock gives ~1.8 s on this recording)
     assert 0 < report["mean_latency_s"] < 3.0, report
+
+
+@pytest.mark.slow
+def test_microphone_chosen_by_index_at_its_own_rate(long_en_wav, pulse_microphone, repo_root):
+    listing = subprocess.run([sys.executable, "realtime_transcribe.py", "--list_devices"], cwd=repo_root,
+                             env=pulse_microphone, capture_output=True, text=True, timeout=120)
+    index = re.search(r"^[ *]\s+(\d+)\s+pulse\b", listing.stdout, re.M)
+    assert index, listing.stdout
+    proc = subprocess.Popen(
+        [sys.executable, "realtime_transcribe.py", "--language=en", f"--device_index={index.group(1)}",
+         "--samplerate=48000", "--compare_offline=False"],
+        cwd=repo_root, env=dict(pulse_microphone, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        log = []
+        for line in proc.stderr:
+            log.append(line)
+            if "listening on" in line:
+                break
+        assert "listening on 'pulse' at 48000 Hz" in "".join(log), "".join(log)
+        sentence = long_en_wav.parent / "s6.wav"  # "The children were reading books in the library all afternoon."
+        subprocess.run(["paplay", "--device=vmic", str(sentence)], env=pulse_microphone, check=True, timeout=60)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(log) + err
+    streamed = " ".join(t for *_, t in _parse_lines(out))
+    assert error_rate([SENTENCES[6]], [streamed]) < 0.15, streamed

@@ -325,7 +325,12 @@ def test_ct2_model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert base == tmp_path / "cache" / "ct2" / "openai--whisper-base"
     assert (base / "model.bin").stat().st_size == 2 * 72608766
     hf = _fake_hf_folder(tmp_path / "hf-model")
-    with pytest.raises(ModelResolutionError, match="model.bin missing.*ct2-transformers-converter --model"):
+    with pytest.raises(ModelResolutionError, match="model.bin missing.*transformers model: use --backend=transformers"
+                       ".*merge_lora.py --ct2=True.*ct2-transformers-converter --model"):
+        ct2_model_dir(str(hf))
+    (tmp_path / "hf-model-ct2").mkdir()
+    (tmp_path / "hf-model-ct2" / "model.bin").write_bytes(b"\0")  # merge_lora.py --ct2=True wrote its copy
+    with pytest.raises(ModelResolutionError, match=f"its CTranslate2 copy is {tmp_path / 'hf-model-ct2'}"):
         ct2_model_dir(str(hf))
     with pytest.raises(ModelResolutionError, match="not a packaged model; packaged: openai/whisper-base"):
         ct2_model_dir("openai/whisper-large-v3")

@@ -361,11 +361,17 @@ def ct2_model_dir(name_or_path: str) -> str:
     if path.is_dir():
         if (path / "model.bin").is_file():
             return str(path)
-        raise ModelResolutionError(
-            f"{path}: model.bin missing, so this is not a CTranslate2 model; convert a transformers model with "
-            f"ct2-transformers-converter --model {path} --output_dir {path}-ct2 --quantization float16 "
-            f"--copy_files tokenizer.json preprocessor_config.json"
-        )
+        sibling = path.parent / f"{path.name}-ct2"
+        if (sibling / "model.bin").is_file():
+            hint = f"its CTranslate2 copy is {sibling}: pass that folder"
+        elif (path / "config.json").is_file():
+            hint = (f"it is a transformers model: use --backend=transformers, or export a CTranslate2 copy once "
+                    f"(merge_lora.py --ct2=True does it when merging; or ct2-transformers-converter --model {path} "
+                    f"--output_dir {sibling} --quantization int8 --copy_files tokenizer.json preprocessor_config.json)")
+        else:
+            hint = (f"convert a transformers model with ct2-transformers-converter --model {path} --output_dir "
+                    f"{sibling} --quantization int8 --copy_files tokenizer.json preprocessor_config.json")
+        raise ModelResolutionError(f"{path}: model.bin missing, so this is not a CTranslate2 model; {hint}")
     if packaged_model(name_or_path) is None:
         raise ModelResolutionError(
             f"{name_or_path!r}: not a CTranslate2 folder and not a packaged model; packaged: "

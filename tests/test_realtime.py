@@ -687,7 +687,10 @@ def pulse_microphone(tmp_path):
     runtime = tmp_path / "pulse"
     runtime.mkdir(mode=0o700)
     socket = runtime / "native"
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PULSE_SERVER=f"unix:{socket}")
+    # every path the server and its clients use lives in tmp_path (nothing written to ~/.config/pulse)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PULSE_RUNTIME_PATH=str(runtime), PULSE_SERVER=f"unix:{socket}",
+               PULSE_STATE_PATH=str(tmp_path / "pulse-state"), PULSE_CONFIG_PATH=str(tmp_path / "pulse-config"),
+               PULSE_COOKIE=str(tmp_path / "pulse-cookie"))
     server = subprocess.Popen(
         ["pulseaudio", "-n", "--daemonize=no", "--use-pid-file=no", "--exit-idle-time=-1", "--disallow-exit",
          f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",

@@ -709,32 +709,41 @@ def pulse_microphone(tmp_path):
         server.wait(timeout=10)
 
 
-@pytest.mark.slow
-def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone, tmp_path, repo_root):
-    listing = subprocess.run([sys.executable, "realtime_transcribe.py", "--list_devices"], cwd=repo_root,
-                             env=pulse_microphone, capture_output=True, text=True, timeout=120)
-    assert listing.returncode == 0 and re.search(r"^\*\s+\d+\s+default", listing.stdout, re.M), listing
-    report_file = tmp_path / "report.json"
+def _live_session(args: list[str], env: dict[str, str], repo_root: Path, play: Path, pause_s: float
+                  ) -> tuple[str, str, str]:
+    """Run realtime_transcribe.py on a microphone of ``env``'s PulseAudio, play ``play`` into it in real time
+    once it listens, wait ``pause_s``, press Ctrl-C. Returns (the log up to "listening on", stdout, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "realtime_transcribe.py", "--language=en", f"--report_path={report_file}"],
-        cwd=repo_root, env=dict(pulse_microphone, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [sys.executable, "realtime_transcribe.py", "--language=en", *args], cwd=repo_root,
+        env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a background shell (CI) hands SIGINT down as ignored: give the default back, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         log = []
-        for line in proc.stderr:  # the default microphone is open
+        for line in proc.stderr:  # the microphone is open
             log.append(line)
             if "listening on" in line:
                 break
         assert proc.poll() is None, "".join(log)
-        subprocess.run(["paplay", "--device=vmic", str(long_en_wav)], env=pulse_microphone, check=True, timeout=120)
-        time.sleep(2.5)  # the last utterance's pause
+        subprocess.run(["paplay", "--device=vmic", str(play)], env=env, check=True, timeout=120)
+        time.sleep(pause_s)  # the last utterance's pause
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, "".join(log) + err
-    assert "listening on 'default' at 44100 Hz" in "".join(log)  # PulseAudio's rate, resampled to 16 kHz
+    return "".join(log), out, err
+
+
+@pytest.mark.slow
+def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone, tmp_path, repo_root):
+    listing = subprocess.run([sys.executable, "realtime_transcribe.py", "--list_devices"], cwd=repo_root,
+                             env=pulse_microphone, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and re.search(r"^\*\s+\d+\s+default", listing.stdout, re.M), listing
+    report_file = tmp_path / "report.json"
+    log, out, _ = _live_session([f"--report_path={report_file}"], pulse_microphone, repo_root, long_en_wav, 2.5)
+    assert "listening on 'default' at 44100 Hz" in log  # PulseAudio's rate, resampled to 16 kHz
     streamed = " ".join(t for *_, t in _parse_lines(out))
     assert error_rate([LONG_TEXT], [streamed]) < 0.15, streamed
     report = json.loads(report_file.read_text())
@@ -750,26 +759,9 @@ def test_microphone_chosen_by_index_at_its_own_rate(long_en_wav, pulse_microphon
                              env=pulse_microphone, capture_output=True, text=True, timeout=120)
     index = re.search(r"^[ *]\s+(\d+)\s+pulse\b", listing.stdout, re.M)
     assert index, listing.stdout
-    proc = subprocess.Popen(
-        [sys.executable, "realtime_transcribe.py", "--language=en", f"--device_index={index.group(1)}",
-         "--samplerate=48000", "--compare_offline=False"],
-        cwd=repo_root, env=dict(pulse_microphone, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        log = []
-        for line in proc.stderr:
-            log.append(line)
-            if "listening on" in line:
-                break
-        assert "listening on 'pulse' at 48000 Hz" in "".join(log), "".join(log)
-        sentence = long_en_wav.parent / "s6.wav"  # "The children were reading books in the library all afternoon."
-        subprocess.run(["paplay", "--device=vmic", str(sentence)], env=pulse_microphone, check=True, timeout=60)
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, "".join(log) + err
+    sentence = long_en_wav.parent / "s6.wav"  # "The children were reading books in the library all afternoon."
+    log, out, _ = _live_session([f"--device_index={index.group(1)}", "--samplerate=48000", "--compare_offline=False"],
+                                pulse_microphone, repo_root, sentence, 1.5)
+    assert "listening on 'pulse' at 48000 Hz" in log
     streamed = " ".join(t for *_, t in _parse_lines(out))
     assert error_rate([SENTENCES[6]], [streamed]) < 0.15, streamed

@@ -461,7 +461,6 @@ class Trainer:
         rng = checkpoint / "rng_state.pt"
         if rng.is_file():
             torch.set_rng_state(torch.load(rng, weights_only=True))
-
         saved = TrainerState.load(state_path)
         if saved.max_steps != self.total_steps:
             logger.warning("%s was saved by a run of %d steps; this run has %d", checkpoint, saved.max_steps,

@@ -78,9 +78,8 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"finetune.py failed:\n{stderr[-3000:]}")
     m = re.search(r"done: (\d+) steps in ([\d.]+) s \(([\d.]+) samples/s\)", stderr)
-    state = json.loads((out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final" /
-                        "trainer_state.json").read_text())
     final = out_dir / Path(args.base_model.rstrip("/")).name / "checkpoint-final"
+    state = json.loads((final / "trainer_state.json").read_text())
     return {"train_seconds": float(m.group(2)), "samples_per_second": float(m.group(3)),
             "eval_cer": score_adapter(args, final),
             "own_eval_cer": [e["eval_cer"] for e in state["log_history"] if "eval_cer" in e][-1],

@@ -304,6 +304,11 @@ class StreamingPolicy:
         """Audio arrived since the last step."""
         return self.total > self._decoded_until
 
+    @property
+    def undecoded_s(self) -> float:
+        """Seconds of audio that arrived after the last decode."""
+        return max(0, self.total - self._decoded_until) / SAMPLE_RATE
+
     def _buffer_has_speech(self) -> bool:
         return self._vad is None or self._vad.last_speech_end > self.offset
 
@@ -435,10 +440,27 @@ class StreamingPolicy:
         logger.warning("no agreement within %.0f s of audio: committed the latest hypothesis", self.max_buffer_s)
         return forced
 
-    def finish(self) -> Update:
-        """End of stream (or Ctrl-C): commit the tentative tail of the last hypothesis, without decoding.
+    def close(self) -> Update:
+        """Stop listening (Ctrl-C): commit everything heard so far, as if the speech had ended here.
 
-        Audio received after the last decode (less than one chunk plus one decode time) is not decoded.
+        Utterances already ended are closed first; then, if audio with speech arrived after the last decode,
+        the buffer is decoded once more up to the end (unless the last hypothesis already heard the end of the
+        speech) and all of it is committed. On a machine that cannot keep up, that is most of the last chunk.
+        """
+        update = self.process(decode=False)
+        committed, decoded = list(update.committed), update.decoded
+        if self.total > self._decoded_until and self._buffer_has_speech():
+            speech_end = self._vad.last_speech_end if self._vad is not None else self.total
+            new, ran = self._close_utterance(self.total, max(speech_end, self.offset))
+            committed += new
+            decoded |= ran
+        tail = self.finish()
+        return Update(committed + tail.committed, [], self.audio_end, utterance_end=True, decoded=decoded)
+
+    def finish(self) -> Update:
+        """End of stream: commit the tentative tail of the last hypothesis, without decoding.
+
+        Audio received after the last decode is not decoded (:meth:`close` decodes it).
         """
         new = list(self.tentative)
         self.committed += new
@@ -463,6 +485,9 @@ class AudioSource(Protocol):
 
     def spend(self, seconds: float) -> None:
         """The caller computed for ``seconds``; a simulated clock advances, a real one ignores this."""
+
+    def drain(self) -> np.ndarray:
+        """Without waiting: the audio that arrived and was not read yet (empty when none); after Ctrl-C."""
 
 
 class FileSource:
@@ -490,6 +515,12 @@ class FileSource:
     def spend(self, seconds: float) -> None:
         if not self.realtime:
             self._sim_now += seconds
+
+    def drain(self) -> np.ndarray:
+        heard = min(len(self.audio), max(self.pos, int(self.now() * SAMPLE_RATE)))
+        block = self.audio[self.pos: heard]
+        self.pos = heard
+        return block
 
     def read(self, min_samples: int) -> np.ndarray | None:
         if self.pos >= len(self.audio):
@@ -631,8 +662,17 @@ class MicrophoneSource:
             return block
         return self._resampler.resample_chunk(block)
 
-    def read(self, min_samples: int) -> np.ndarray | None:
+    def drain(self) -> np.ndarray:
         parts = [self._pending]
+        while True:
+            try:
+                parts.append(self._to_16k(self._queue.get_nowait()))
+            except queue.Empty:
+                break
+        self._pending = np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts)
+
+    def read(self, min_samples: int) -> np.ndarray | None:
         have = len(self._pending)
         while have < min_samples:
             try:
@@ -641,16 +681,9 @@ class MicrophoneSource:
                 if self._stream is None or not self._stream.active:
                     raise AudioDeviceError(f"input device {self.device_name!r} stopped delivering audio") from None
                 continue
-            parts.append(block)
+            self._pending = np.concatenate([self._pending, block])
             have += len(block)
-        while True:  # and whatever else already arrived
-            try:
-                block = self._to_16k(self._queue.get_nowait())
-            except queue.Empty:
-                break
-            parts.append(block)
-        self._pending = np.zeros(0, dtype=np.float32)
-        return np.concatenate(parts)
+        return self.drain()  # and whatever else already arrived
 
 
 @dataclass(frozen=True)
@@ -677,6 +710,7 @@ class StreamResult:
     cpu_s: float  # process CPU time of the steps (all threads), for comparing with an unloaded machine
     interrupted: bool
     audio: np.ndarray | None = None  # everything received, with ``keep_audio``
+    max_lag_s: float = 0.0  # how far (s) the transcript fell behind the newest audio, at most
 
     @property
     def words(self) -> list[Word]:
@@ -701,6 +735,7 @@ class StreamResult:
         stats["compute_s"] = round(self.compute_s, 3)
         stats["cpu_s"] = round(self.cpu_s, 3)
         stats["real_time_factor"] = round(self.compute_s / self.audio_s, 3) if self.audio_s else None
+        stats["max_lag_s"] = round(self.max_lag_s, 3)
         return stats
 
 
@@ -711,7 +746,9 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
 
     Audio is read in blocks of ``poll_s`` so the VAD sees it as it arrives: a step runs as soon as an
     utterance ends (its last words are committed without waiting for the next chunk), or once ``chunk_s``
-    of new audio is there.
+    of new audio is there. When the transcript runs more than ``behind_warning_s(chunk_s)`` behind the
+    audio (decoding is slower than the audio arrives), one warning says so; ``max_lag_s`` in the result
+    says how far behind it got. No audio is skipped either way: the next step decodes all that arrived.
 
     Args:
         source: where the audio comes from, with its clock.
@@ -722,13 +759,16 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         keep_audio: keep all received audio in the result (e.g. to transcribe it offline afterwards).
 
     Returns:
-        The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream: the tentative tail is
-        committed and ``interrupted`` is True.
+        The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream and ``interrupted`` is True:
+        the audio that had arrived is decoded once more and all of it committed (:meth:`StreamingPolicy.close`;
+        a second Ctrl-C skips that decode and commits the tentative tail as it is).
     """
     commits: list[Commit] = []
     compute = cpu = 0.0
     decodes = 0
     interrupted = False
+    max_lag = 0.0
+    warned = False
     poll = max(1, int(round(min(poll_s, chunk_s) * SAMPLE_RATE)))
     received: list[np.ndarray] = []
 
@@ -739,38 +779,66 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         if on_update is not None:
             on_update(update, t)
 
+    def insert(block: np.ndarray) -> None:
+        policy.insert_audio(block)
+        if keep_audio:
+            received.append(block)
+
+    def step(run: Callable[[], Update]) -> Update:
+        nonlocal compute, cpu, decodes, max_lag, warned
+        t0, c0 = time.perf_counter(), time.process_time()
+        update = run()
+        spent = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        source.spend(spent)
+        compute += spent
+        decodes += update.decoded
+        lag = source.now() - policy.audio_end  # audio that arrived while this step ran, not decoded yet
+        max_lag = max(max_lag, lag)
+        if lag > behind_warning_s(chunk_s) and not warned:
+            warned = True
+            logger.warning("transcription is %.1f s behind the audio: a decode takes longer than --chunk_seconds "
+                           "(%.1f s), so latency grows (no audio is skipped). Try a larger --chunk_seconds, a "
+                           "smaller model, or fewer other programs on this CPU", lag, chunk_s)
+        return update
+
     unshown: Update | None = None  # an update Ctrl-C may have cut off before it was shown
     try:
         while True:  # read up to the next chunk boundary at most, so steps fall on it when compute keeps up
             block = source.read(max(1, min(poll, policy.samples_until_due(chunk_s))))
             if block is not None:
-                policy.insert_audio(block)
-                if keep_audio:
-                    received.append(block)
+                insert(block)
                 if not policy.due(chunk_s):
                     continue
             elif not policy.undecoded:  # end of the stream, everything decoded
                 break
-            t0, c0 = time.perf_counter(), time.process_time()
-            unshown = policy.process(decode=block is None or policy.samples_until_due(chunk_s) <= 0)
-            spent = time.perf_counter() - t0
-            cpu += time.process_time() - c0
-            source.spend(spent)
-            compute += spent
-            decodes += unshown.decoded
+            decode = block is None or policy.samples_until_due(chunk_s) <= 0
+            unshown = step(lambda: policy.process(decode=decode))
             emit(unshown)
             unshown = None
             if block is None:
                 break
     except KeyboardInterrupt:
         interrupted = True
-        logger.info("interrupted: flushing the last words")
         if unshown is not None and unshown.committed:
             emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
+        logger.info("interrupted: decoding the audio heard so far (Ctrl-C again to skip)")
+        try:
+            insert(source.drain())
+            emit(step(policy.close))
+        except KeyboardInterrupt:
+            logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
+                           policy.undecoded_s)
     emit(policy.finish())
     audio = np.concatenate(received).astype(np.float32, copy=False) if received else None
     return StreamResult(commits, policy.audio_end, compute, decodes, cpu, interrupted,
-                        audio if keep_audio else None)
+                        audio if keep_audio else None, max_lag_s=max_lag)
+
+
+def behind_warning_s(chunk_s: float) -> float:
+    """Lag (s between the newest audio and the transcript) past which a stream is said to fall behind: a
+    machine that keeps up stays within one chunk plus one decode."""
+    return max(2.0, 2.5 * chunk_s)
 
 
 # ---------------------------------------------------------------------------------------------------

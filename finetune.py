@@ -24,7 +24,7 @@ from pathlib import Path
 
 from utils.cli import add_bool, make_parser, optional_str, setup_logging
 from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
-from utils.transcribe import cpu_has_amx
+from utils.transcribe import avx2_profile, cpu_has_amx
 
 logger = logging.getLogger("finetune")
 
@@ -75,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (AdamW)")
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--warmup_steps", type=int, default=50, help="linear warmup steps")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0 = no clipping)")
     g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N steps")
     g.add_argument("--eval_steps", type=int, default=100, help="evaluate CER/WER every N steps (0 = only at the end)")
     g.add_argument("--save_steps", type=int, default=100, help="save checkpoint-<step> every N steps (0 = never)")
     g.add_argument("--save_total_limit", type=int, default=3, help="keep the newest N checkpoint-<step> folders")
     g.add_argument("--metric", type=str, default="cer", choices=["cer", "wer"], help="selects checkpoint-best")
     add_bool(g, "eval_at_start", False, "also evaluate the base model at step 0 (baseline CER/WER)")
-    g.add_argument("--generation_max_length", type=int, default=128, help="max new tokens when evaluating")
+    g.add_argument("--generation_max_length", type=int, default=0,
+                   help="max new tokens per clip when evaluating; 0 = sized by the clip's duration like inference "
+                        "(20 tokens/s, room for dense Mandarin), within the decoder's 448")
     g.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 autocast on GPUs that support it, else fp16 on CUDA; on a CPU bf16 base "
                         "weights with fp32 adapters where AMX makes bf16 fast, else fp32")
@@ -94,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX)."""
+    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX); False under ``WHISPER_FT_CPU=avx2``."""
     import torch
 
+    if avx2_profile():
+        return False
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return cpu_has_amx() or (bool(check()) if check is not None else False)
 
@@ -165,6 +170,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--max_audio_len must be in (0, 30] seconds: Whisper sees 30 s windows")
     if args.use_adalora and args.lora_r < 2:
         parser.error("--lora_r must be >= 2 with --use_adalora")
+    if args.max_grad_norm < 0 or args.generation_max_length < 0:
+        parser.error("--max_grad_norm and --generation_max_length must be >= 0 (0 = off / automatic)")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "logging_steps"):
         if getattr(args, name) < 1:
@@ -254,10 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return 1
     dataset_kwargs = dict(language=language, task=args.task, timestamps=args.timestamps)
-    train_dataset = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
-                                  augmenter=augmenter if augmenter is not None and augmenter.has_waveform_steps
-                                  else None, **dataset_kwargs)
+    try:
+        train_dataset = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
+                                      augmenter=augmenter if augmenter is not None and augmenter.has_waveform_steps
+                                      else None, **dataset_kwargs)
+    except ValueError as e:
+        logger.error("%s: %s", args.base_model, e)
+        return 1
     eval_dataset = SpeechDataset(test_manifest, processor.feature_extractor, tokenizer, **dataset_kwargs)
+    if not train_dataset.tokens.multilingual:
+        logger.info("English-only model: labels start like its inference prompt, <|startoftranscript|> "
+                    "<|notimestamps|>, with no language or task token%s",
+                    f" (--language={args.language} does not apply)" if language not in (None, "en") else "")
     if args.max_eval_samples > 0:
         eval_dataset = _Subset(eval_dataset, args.max_eval_samples)
     logger.info("train: %d clips (%.2f h), eval: %d clips", len(train_dataset), train_manifest.total_hours(),
@@ -268,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_steps=args.max_steps,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
+        max_steps=args.max_steps,
         num_train_epochs=args.num_train_epochs, logging_steps=args.logging_steps, eval_steps=args.eval_steps,
         save_steps=args.save_steps, save_total_limit=args.save_total_limit, metric=args.metric,
         language=language, task=args.task, generation_max_length=args.generation_max_length,

@@ -100,3 +100,15 @@ def test_spec_augment_goes_into_model_config(tmp_path):
     config = SimpleNamespace(apply_spec_augment=False, mask_time_prob=0.0, mask_feature_prob=0.0)
     apply_spec_augment(config, aug.spec_augment)
     assert config.apply_spec_augment is True and config.mask_time_prob == 0.1 and config.mask_feature_prob == 0.2
+
+
+def test_speed_never_slows_a_clip_past_30_seconds(tmp_path):
+    """A 28.5 s clip at rate 0.9 would last 31.7 s and be cut, while its label keeps every word: the rate is
+    clamped so the clip fills the 30 s window at most, and the time scale says what was applied."""
+    aug = load_augment_config(_write(tmp_path / "s.json", [
+        {"type": "speed", "params": {"min_speed_rate": 0.9, "max_speed_rate": 0.9, "num_rates": 1}, "prob": 1.0}]))
+    out, scale = aug(_tone(28.5), np.random.default_rng(0))
+    assert out.shape[0] <= 30 * 16000
+    assert out.shape[0] / (28.5 * 16000) == pytest.approx(scale, abs=1e-4) and scale > 1.0
+    short, short_scale = aug(_tone(10.0), np.random.default_rng(0))  # shorter clips keep the asked rate
+    assert short.shape[0] == round(10 * 16000 / 0.9) and short_scale == pytest.approx(1 / 0.9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,29 @@ def test_long_labels_rejected_at_load_with_line(processor, zh_wav, tmp_path):
 
     with pytest.raises(ManifestError, match=r"long\.json:2: .*448"):
         load_manifest(manifest, encode=_encode(processor))
+
+
+@pytest.mark.parametrize("model, multilingual", [("openai/whisper-tiny.en", False), ("openai/whisper-base", True)])
+def test_labels_start_with_the_prompt_the_model_is_decoded_with(model, multilingual):
+    """Training labels begin with the decoder prompt both inference backends use (faster-whisper's tokenizer,
+    which the ct2 backend calls): English-only models get <|startoftranscript|> <|notimestamps|> only, even
+    when the run's --language is Chinese."""
+    from faster_whisper.tokenizer import Tokenizer
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import WhisperTokenizer
+
+    from utils.models import resolve_model
+
+    folder = resolve_model(model)
+    tokenizer = WhisperTokenizer.from_pretrained(folder)
+    tokens = LabelTokens.from_tokenizer(tokenizer)
+    assert tokens.multilingual is multilingual
+    record = Record(audio_path="a.wav", sentence="hello there", duration=1.0, language=None)
+    labels = build_labels(record, lambda t: tokenizer.encode(t, add_special_tokens=False), tokens,
+                          language="zh", task="transcribe", timestamps=False)
+    inference = Tokenizer(HFTokenizer.from_file(str(Path(folder) / "tokenizer.json")), multilingual,
+                          task="transcribe", language="zh" if multilingual else "en")
+    prompt = list(inference.sot_sequence) + [inference.no_timestamps]
+    assert [tokens.start_of_transcript] + labels[: len(prompt) - 1] == prompt
+    assert tokens.prompt("zh", "transcribe") == prompt
+    assert labels[len(prompt) - 1:] == tokenizer.encode("hello there", add_special_tokens=False) + [tokens.end_of_text]

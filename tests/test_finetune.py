@@ -87,6 +87,20 @@ def test_fp16_on_cpu_falls_back_with_message(caplog, monkeypatch):
     assert P("no", "bfloat16").describe() == "bf16 base weights, fp32 adapters"
 
 
+def test_avx2_profile_takes_the_non_amx_choices_on_any_cpu(monkeypatch):
+    """WHISPER_FT_CPU=avx2 (how an AMX machine measures and tests what most laptops run): fp32 training,
+    CTranslate2's own encoder, no native bf16; an unknown value is an error, not ignored."""
+    from utils.transcribe import cpu_has_amx, uses_torch_encoder
+
+    monkeypatch.setenv("WHISPER_FT_CPU", "avx2")
+    assert cpu_has_amx() is False and finetune.cpu_supports_bf16() is False
+    assert finetune.choose_precision("auto", False, "cpu") == finetune.Precision("no", "float32")
+    assert uses_torch_encoder("auto", "cpu") is False
+    monkeypatch.setenv("WHISPER_FT_CPU", "avx512")
+    with pytest.raises(ValueError, match="WHISPER_FT_CPU"):
+        cpu_has_amx()
+
+
 def test_bf16_base_weights_train_fp32_adapters_with_an_fp32_loss(tiny_whisper_dir, corpus, tmp_path, caplog):
     """--precision=bf16 on a CPU: base weights bf16, LoRA weights fp32, loss finite and logged, adapter saved fp32."""
     from safetensors.torch import load_file
@@ -150,6 +164,59 @@ def test_adalora_reallocates_ranks(tiny_whisper_dir, corpus, tmp_path):
     kept = [sum(mask) for mask in ranks.values()]
     assert min(kept) < config["init_r"], "budgeting did not prune any rank"
     assert sum(kept) < config["init_r"] * len(kept)
+
+
+def test_adalora_regularizer_equals_pefts_own(tiny_whisper_dir):
+    """Our loop computes its own loss, so it adds AdaLoRA's orthogonality penalty itself: the same amount peft
+    adds to a loss the model computes from labels."""
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.lora import LoraOptions, adalora_orth_regularization, build_adapter
+
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    model = build_adapter(model, LoraOptions(use_adalora=True, adalora_init_r=4, adalora_target_r=2, total_step=20),
+                          base_model_name="tiny")
+    for name, p in model.named_parameters():  # peft starts lora_B at 0: give both matrices a shape to penalise
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    features = torch.randn(1, 80, 3000)
+    labels = torch.tensor([[50258, 50260, 50359, 50363, 400, 500, 50257]])
+    decoder_input_ids = torch.tensor([[50258, 50258, 50260, 50359, 50363, 400, 500]])
+    with torch.no_grad():
+        # peft adds it in AdaLoraModel.forward (PeftModel.forward without a task type skips that layer)
+        out = model.base_model(input_features=features, decoder_input_ids=decoder_input_ids, labels=labels)
+        plain = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten())
+        ours = adalora_orth_regularization(model)
+    assert float(ours) > 0.1
+    assert float(out.loss - plain) == pytest.approx(float(ours), rel=1e-4)
+    model.peft_config["default"].orth_reg_weight = 0.25
+    assert float(adalora_orth_regularization(model)) == pytest.approx(float(ours) / 2, rel=1e-5)
+
+
+def test_adalora_training_loss_includes_the_regularizer(tiny_whisper_dir, corpus, tmp_path, monkeypatch):
+    """The logged AdaLoRA loss changes with orth_reg_weight (before, the penalty was silently dropped)."""
+    import utils.lora
+
+    losses = {}
+    for weight in (0.5, 5.0):
+        original = utils.lora.build_adapter
+
+        def build(model, options, base_model_name, _weight=weight, _original=original):
+            peft_model = _original(model, options, base_model_name)
+            peft_model.peft_config["default"].orth_reg_weight = _weight
+            return peft_model
+
+        monkeypatch.setattr(utils.lora, "build_adapter", build)
+        out = tmp_path / f"w{weight}"
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, use_adalora=True, lora_r=8, max_steps=5,
+                                   eval_steps=0, save_steps=0, lora_dropout=0.0, precision="fp32",
+                                   timestamps=False)) == 0
+        state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+        losses[weight] = [e["loss"] for e in state["log_history"] if "loss" in e][0]
+        monkeypatch.setattr(utils.lora, "build_adapter", original)
+    assert losses[5.0] > losses[0.5] + 1e-3, losses
 
 
 def test_adalora_resume_restores_the_rank_allocator(tiny_whisper_dir, corpus, tmp_path):
@@ -220,17 +287,37 @@ def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path):
         torch.testing.assert_close(got[key], ref[key], atol=1e-4, rtol=1e-3)
 
 
+def _logged_learning_rates(run: Path) -> list[float]:
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    return [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
+
+
+# linear warmup over 2 steps to 1e-3, then linear decay to 0 at step 6: the LR logged after steps 1..6
+SCHEDULE_6_STEPS = [5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0]
+
+
+def test_learning_rate_follows_the_schedule_in_one_process(tiny_whisper_dir, corpus, tmp_path):
+    out = tmp_path / "one"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=6, warmup_steps=2, eval_steps=0,
+                               save_steps=0, timestamps=False)) == 0
+    assert _logged_learning_rates(out / tiny_whisper_dir.name) == pytest.approx(SCHEDULE_6_STEPS, abs=1e-9)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path):
+    """Two processes train like one: same step count, and the same LR at every step (accelerate's scheduler
+    wrapper used to step the schedule once per process, so warmup ended early and the LR hit 0 halfway)."""
     out = tmp_path / "ddp"
     proc = _run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "finetune.py",
-                     *_args(tiny_whisper_dir, corpus, out, max_steps=3, eval_steps=3, save_steps=3)])
+                     *_args(tiny_whisper_dir, corpus, out, max_steps=6, warmup_steps=2, eval_steps=6, save_steps=3,
+                            timestamps=False)])
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert "2 process(es)" in log
     run = out / tiny_whisper_dir.name
     state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
-    assert state["global_step"] == 3
+    assert state["global_step"] == 6
+    assert _logged_learning_rates(run) == pytest.approx(SCHEDULE_6_STEPS, abs=1e-9)
     assert (run / "checkpoint-3" / "optimizer.pt").is_file()
     assert (run / "checkpoint-best" / "adapter_model.safetensors").is_file()
 
@@ -310,3 +397,55 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
     want_text = processor.batch_decode(want, skip_special_tokens=True)
     got_text = processor.batch_decode(got, skip_special_tokens=True)
     assert got_text == want_text and all(want_text)
+
+
+def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches(tiny_whisper_dir, corpus, tmp_path,
+                                                                          monkeypatch):
+    """6 items in batches of 2 = 3 batches an epoch. With --gradient_accumulation_steps=4 the epoch's only group
+    has 3 batches: its gradient must be their mean (as with 3), not their sum over 4."""
+    grads: dict[int, torch.Tensor] = {}
+    original_step = torch.optim.AdamW.step
+    for accumulation in (3, 4):
+        def recording_step(self, *args, _key=accumulation, **kwargs):
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            grads[_key] = torch.cat([p.grad.detach().flatten() for p in params]).clone()
+            return original_step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+        out = tmp_path / f"ga{accumulation}"
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=1, gradient_accumulation_steps=accumulation,
+                                   eval_steps=0, save_steps=0, lora_dropout=0.0, precision="fp32", timestamps=False,
+                                   max_grad_norm=0)) == 0
+        monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    assert grads[3].abs().sum() > 0
+    torch.testing.assert_close(grads[4], grads[3], rtol=1e-4, atol=1e-7)
+
+
+def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, whisper_base_dir, corpus, tmp_path,
+                                                             monkeypatch, repo_root):
+    """A 30 s clip of Mandarin at 8 characters/s needs far more than the old fixed 128 tokens, so eval CER (which
+    picks checkpoint-best) was inflated by truncation; the default budget now follows each batch's duration."""
+    from transformers import WhisperTokenizer
+
+    import utils.trainer
+    from utils.transcribe import token_budget
+
+    lines = [x for x in (repo_root / "tools" / "demo_sentences.txt").read_text(encoding="utf-8").splitlines()
+             if x and not x.startswith("#")]
+    dense = "".join(lines)[:240]  # 30 s at 8 characters/s
+    needed = len(WhisperTokenizer.from_pretrained(whisper_base_dir).encode(dense, add_special_tokens=False)) + 1
+    assert needed > 128
+    assert needed <= token_budget(30.0, timestamps=False, limit=448 - 5)
+
+    budgets = []
+    original = utils.trainer.greedy_decode
+
+    def recording(*args, max_new_tokens, **kwargs):
+        budgets.append(max_new_tokens)
+        return original(*args, max_new_tokens=max_new_tokens, **kwargs)
+
+    monkeypatch.setattr(utils.trainer, "greedy_decode", recording)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out", max_steps=1, eval_steps=1, save_steps=0,
+                               generation_max_length=0, per_device_eval_batch_size=3)) == 0
+    longest = max(json.loads(x)["duration"] for x in corpus["test"].read_text(encoding="utf-8").splitlines())
+    assert budgets and set(budgets) == {token_budget(longest, timestamps=False)}

@@ -14,6 +14,7 @@ from utils.transcribe import (
     join_texts,
     language_code,
     load_transcriber,
+    pad_log_mel,
     postprocess_text,
     split_timestamp_tokens,
     token_budget,
@@ -84,6 +85,25 @@ def test_decode_options_validate_and_normalise_language():
 def test_token_budget_grows_with_duration_and_is_capped():
     assert token_budget(2.0, False) < token_budget(10.0, False) < token_budget(10.0, True)
     assert token_budget(30.0, True) == 224
+
+
+def test_ct2_features_are_padded_like_training_features(whisper_base_dir, en_wav):
+    """The ct2 backend's log-mel of a short clip equals what training and the transformers backend feed the model
+    (audio zero-padded to 30 s, then log-mel): the frames after the speech hold the log-mel of silence (about
+    -0.75 here), not the 0.0 that faster-whisper's batched pipeline pads with."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from transformers import WhisperFeatureExtractor
+
+    audio = load_audio(en_wav)
+    expected = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)(
+        audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+    got = pad_log_mel(FeatureExtractor()(audio)[..., :-1])
+    assert got.shape == expected.shape == (80, 3000)
+    speech_frames = len(audio) // 160
+    assert expected[:, speech_frames + 5:].max() < -0.3  # silence is far from 0.0
+    np.testing.assert_allclose(got[:, speech_frames + 5:], expected[:, speech_frames + 5:], atol=1e-4)
+    np.testing.assert_allclose(got[:, :speech_frames - 2], expected[:, :speech_frames - 2], atol=2e-3)
+    assert pad_log_mel(np.zeros((80, 3100), np.float32)).shape == (80, 3000)
 
 
 def test_merge_regions_respects_window_and_covers_speech():

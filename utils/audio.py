@@ -21,6 +21,7 @@ import soxr
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the rate every Whisper model expects
+WINDOW_S = 30.0  # seconds of audio Whisper's encoder sees at once
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4")
 
 

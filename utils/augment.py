@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio, resample
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, WINDOW_S, AudioLoadError, load_audio, resample
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,11 @@ def _speed(samples: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> 
     """Play faster/slower by resampling the time axis (pitch changes too); returns the time scale."""
     lo, hi, n = float(p.get("min_speed_rate", 0.9)), float(p.get("max_speed_rate", 1.1)), int(p.get("num_rates", 3))
     rate = float(rng.choice(np.linspace(lo, hi, n))) if n > 0 else float(rng.uniform(lo, hi))
+    old_len = samples.shape[0]
+    # never slow a clip past Whisper's 30 s window: the audio would be cut while its label keeps every word
+    rate = max(rate, old_len / (WINDOW_S * SAMPLE_RATE))
     if abs(rate - 1.0) < 1e-6:
         return samples, 1.0
-    old_len = samples.shape[0]
     new_len = max(1, int(round(old_len / rate)))
     new = np.interp(np.linspace(0, old_len - 1, new_len), np.arange(old_len), samples).astype(np.float32)
     return new, 1.0 / rate

@@ -83,6 +83,24 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
     return peft_model
 
 
+def adalora_orth_regularization(peft_model, adapter: str = "default") -> torch.Tensor:
+    """AdaLoRA's orthogonality penalty, ``orth_reg_weight`` × mean over adapter matrices of ‖PPᵀ − I‖_F.
+
+    peft adds it only to a loss the model computes from ``labels``; a loop that computes its own loss
+    (ours, in fp32 from the logits) adds it here. P is ``lora_A`` (r × in, so A·Aᵀ) or ``lora_B`` (out × r,
+    so Bᵀ·B). Returns a scalar tensor (0 when there are no adapter matrices).
+    """
+    weight = float(peft_model.peft_config[adapter].orth_reg_weight)
+    terms = []
+    for name, p in peft_model.named_parameters():
+        if p.requires_grad and f".{adapter}" in name and ("lora_A" in name or "lora_B" in name):
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)))
+    if not terms or weight == 0:
+        return torch.zeros(())
+    return weight * torch.stack(terms).float().mean()
+
+
 def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     """Load saved adapter weights into an already-built peft model (for resuming)."""
     from peft import set_peft_model_state_dict

@@ -7,6 +7,9 @@ collator puts in front of the decoder input exactly once)::
     timestamps:   <|zh|> <|transcribe|> <|0.00|> text <|1.40|> <|1.40|> text <|3.02|> <|endoftext|>
     no-speech:    <|nospeech|> <|endoftext|>
 
+English-only models (``*.en``) are decoded with ``<|startoftranscript|> <|notimestamps|>`` (both inference
+backends, as transformers and faster-whisper do), so their labels carry no language or task token.
+
 The language token comes from the record's ``language`` when present, else from the run's
 ``language``; with neither (multilingual / auto) it is left out. In a ``timestamps`` run, records
 without ``sentences`` are still used, with the ``<|notimestamps|>`` layout.
@@ -59,6 +62,18 @@ class LabelTokens:
     timestamp_begin: int  # id of <|0.00|>
     tasks: dict[str, int]
     languages: dict[str, int]  # code → id
+    multilingual: bool = True  # False for English-only models: no language/task tokens in their prompt
+
+    def prompt(self, language: str | None, task: str, *, timestamps: bool = False) -> list[int]:
+        """Decoder prompt: ``<|startoftranscript|>`` [language] [task] [``<|notimestamps|>``]."""
+        ids = [self.start_of_transcript]
+        if self.multilingual:
+            if language is not None:
+                ids.append(self.languages[language])
+            ids.append(self.tasks[task])
+        if not timestamps:
+            ids.append(self.no_timestamps)
+        return ids
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> LabelTokens:
@@ -81,6 +96,8 @@ class LabelTokens:
             timestamp_begin=tid("<|0.00|>"),
             tasks={"transcribe": tid("<|transcribe|>"), "translate": tid("<|translate|>")},
             languages=languages,
+            # English-only vocabularies have 51864 entries, multilingual ones 51865 (51866 for large-v3)
+            multilingual=len(tokenizer) >= 51865,
         )
 
     def timestamp(self, seconds: float) -> int:
@@ -113,12 +130,13 @@ def build_labels(
     if record.is_nospeech:
         return [tokens.no_speech, tokens.end_of_text]
     ids: list[int] = []
-    code = language_code(record.language) if record.language else language
-    if code is not None:
-        if code not in tokens.languages:
-            raise ValueError(f"the tokenizer has no language token for {code!r} (an English-only model?)")
-        ids.append(tokens.languages[code])
-    ids.append(tokens.tasks[task])
+    if tokens.multilingual:
+        code = language_code(record.language) if record.language else language
+        if code is not None:
+            if code not in tokens.languages:
+                raise ValueError(f"the tokenizer has no language token for {code!r}")
+            ids.append(tokens.languages[code])
+        ids.append(tokens.tasks[task])
     if timestamps and record.sentences:
         for seg in record.sentences:
             ids.append(tokens.timestamp(seg.start * time_scale))
@@ -196,6 +214,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.tokens = LabelTokens.from_tokenizer(tokenizer)
+        if not self.tokens.multilingual and task != "transcribe":
+            raise ValueError(f"an English-only model cannot be trained to {task}; use a multilingual model")
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation randomness depends on (seed, epoch, index), so a resumed run repeats it."""

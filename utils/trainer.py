@@ -35,7 +35,9 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from utils.io import write_json_atomic
+from utils.lora import adalora_orth_regularization
 from utils.text import error_rate
+from utils.transcribe import token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class TrainOptions:
     metric: str = "cer"
     language: str | None = None  # Whisper code used to force eval decoding (None = per item / auto)
     task: str = "transcribe"
-    generation_max_length: int = 128
+    generation_max_length: int = 0  # max new tokens when evaluating; 0 = sized by clip duration (token_budget)
     num_workers: int = 1
     seed: int = 42
     use_adalora: bool = False
@@ -249,21 +251,25 @@ def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str 
         items = [dataset[i] for i in mine[start: start + batch_size]]
         feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device,
                                                                                        feature_dtype(base))
-        langs = {_code(dataset.record(it["index"]).language) or language for it in items}
+        langs = ({_code(dataset.record(it["index"]).language) or language for it in items} if tokens.multilingual
+                 else {"en"})
+        # like inference: room for the densest speech of the longest clip, within the decoder's context
+        budget = max_new_tokens if max_new_tokens > 0 else token_budget(
+            max(dataset.record(it["index"]).duration for it in items), timestamps=False,
+            limit=base.config.max_target_positions - len(tokens.prompt(None, task)) - 1)
         with accelerator.autocast():
             if len(langs) == 1 and None not in langs:
                 if encoder_states is not None:
                     states = encoder_states([it["index"] for it in items], feats)
                 else:
                     states = base.get_encoder()(feats).last_hidden_state
-                prompt = [tokens.start_of_transcript, tokens.languages[langs.pop()], tokens.tasks[task],
-                          tokens.no_timestamps]
+                prompt = tokens.prompt(langs.pop(), task)
                 sequences = greedy_decode(unwrapped, states, prompt, end_of_text=tokens.end_of_text,
                                           suppress_tokens=list(gen.suppress_tokens or []),
                                           begin_suppress_tokens=list(gen.begin_suppress_tokens or []),
-                                          max_new_tokens=max_new_tokens)
+                                          max_new_tokens=budget)
             else:
-                sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=max_new_tokens,
+                sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=budget,
                                                use_cache=True)
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
         results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
@@ -373,9 +379,12 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
         from transformers import get_linear_schedule_with_warmup
 
-        scheduler = get_linear_schedule_with_warmup(optimizer, min(options.warmup_steps, self.total_steps),
-                                                    self.total_steps)
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        # The scheduler is NOT given to accelerator.prepare: its wrapper steps it once per process on every
+        # optimizer step (it assumes an accelerate-sharded DataLoader); our steps already count per process,
+        # so it is stepped here once per optimizer step that really ran.
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, min(options.warmup_steps, self.total_steps),
+                                                         self.total_steps)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainerState(max_steps=self.total_steps, metric=options.metric)
         self.writer = None
         self.train_encoder = self.eval_encoder = None
@@ -529,9 +538,14 @@ class Trainer:
                                 pin_memory=acc.device.type == "cuda")
             in_group = 0
             for batch in loader:
+                if in_group == 0:  # an epoch's last group may be short: its batches are averaged over its size
+                    group_size = min(o.gradient_accumulation_steps, self.batches_per_epoch - state.batch_in_epoch)
                 state.batch_in_epoch += 1
                 in_group += 1
-                step_now = in_group == o.gradient_accumulation_steps or state.batch_in_epoch >= self.batches_per_epoch
+                step_now = in_group == group_size or state.batch_in_epoch >= self.batches_per_epoch
+                # accelerate (DeepSpeed's engine.step, AcceleratedOptimizer) reads this flag to know whether the
+                # micro-batch ends an accumulation group; nothing else sets it, as our loader is not prepared
+                acc.gradient_state._set_sync_gradients(step_now)
                 sync = contextlib.nullcontext() if step_now else acc.no_sync(self.model)
                 if self.train_encoder is not None:
                     encoder_inputs = {"encoder_outputs": (self.train_encoder(batch["index"].tolist(),
@@ -545,7 +559,9 @@ class Trainer:
                     # in fp32 whatever the weights' dtype; labels are aligned with decoder_input_ids
                     full_loss = F.cross_entropy(out.logits.float().flatten(0, 1),
                                                 batch["labels"].to(acc.device).flatten(), ignore_index=-100)
-                    loss = full_loss / o.gradient_accumulation_steps
+                    if o.use_adalora:  # peft adds this only to a loss the model computes itself
+                        full_loss = full_loss + adalora_orth_regularization(unwrapped)
+                    loss = full_loss / group_size
                 acc.backward(loss)
                 running_loss += float(full_loss.detach())
                 running_batches += 1
@@ -556,9 +572,10 @@ class Trainer:
                 if o.max_grad_norm > 0:
                     acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
                 self.optimizer.step()
-                if o.use_adalora:  # rank budgeting needs this step's gradients: before zero_grad
-                    unwrapped.base_model.update_and_allocate(state.global_step)
-                self.scheduler.step()
+                if not self.optimizer.step_was_skipped:  # fp16: a step skipped for inf/nan gradients changes nothing
+                    if o.use_adalora:  # rank budgeting needs this step's gradients: before zero_grad
+                        unwrapped.base_model.update_and_allocate(state.global_step)
+                    self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
                 bar.update(1)

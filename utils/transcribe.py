@@ -179,11 +179,29 @@ def postprocess_text(text: str, language: str | None, to_simple: bool | None, re
     return text.strip()
 
 
-def token_budget(duration_s: float, timestamps: bool) -> int:
-    """Tokens a chunk of ``duration_s`` seconds may need: generous for fast speech (12 tokens/s, +2/s for
-    timestamps), capped at the reference decoder's 224. A looping chunk stops there instead of at 448, and a
+def token_budget(duration_s: float, timestamps: bool, limit: int = MAX_SAMPLE_LEN) -> int:
+    """Tokens a chunk of ``duration_s`` seconds may need: generous for dense speech (Mandarin reaches 8
+    characters/s and some characters take 2-3 tokens: 20 tokens/s, +2/s for timestamps, +16), capped at
+    ``limit`` (default the reference decoder's 224). A looping chunk stops there instead of at 448, and a
     batch of short clips does not wait for one runaway item."""
-    return min(MAX_SAMPLE_LEN, int(16 + (14 if timestamps else 12) * duration_s))
+    return min(limit, int(16 + (22 if timestamps else 20) * duration_s))
+
+
+def pad_log_mel(mel: np.ndarray, frames: int = int(WINDOW_S * SAMPLE_RATE) // 160) -> np.ndarray:
+    """Trim or pad a normalised log-mel chunk (n_mels, n) to ``frames`` frames as Whisper pads its input.
+
+    Training, the transformers backend and openai/whisper pad the *audio* with zeros to 30 s, so frames past
+    the speech hold the log-mel of silence: the dynamic-range floor, ``max - 8`` (``max - 2`` after the
+    ``(x + 4) / 4`` normalisation; never below log10(1e-10)). faster-whisper's batched pipeline pads the
+    log-mel with 0.0 instead, a value a fine-tuned model never saw in training.
+    """
+    n = mel.shape[-1]
+    if n >= frames:
+        return mel[..., :frames]
+    floor = max(float(mel.max()) - 2.0, (-10.0 + 4.0) / 4.0) if n else (-10.0 + 4.0) / 4.0
+    out = np.full(mel.shape[:-1] + (frames,), floor, dtype=mel.dtype)
+    out[..., :n] = mel
+    return out
 
 
 def split_timestamp_tokens(tokens: Sequence[int], timestamp_begin: int, eot: int,
@@ -521,10 +539,25 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
+CPU_PROFILE_ENV = "WHISPER_FT_CPU"  # "avx2": take the choices made for CPUs without AMX or AVX-512-BF16
+
+
+def avx2_profile() -> bool:
+    """Whether ``WHISPER_FT_CPU=avx2`` asks for the choices of an AVX2-only CPU (most laptops) on any CPU: to
+    measure or test that path on an AMX machine (with ``ONEDNN_MAX_CPU_ISA=AVX2 CT2_FORCE_CPU_ISA=AVX2``)."""
+    value = os.environ.get(CPU_PROFILE_ENV, "").strip().lower()
+    if value not in ("", "avx2", "native"):
+        raise ValueError(f"{CPU_PROFILE_ENV}={value!r}: use avx2 (AVX2-only choices) or native (this CPU's)")
+    return value == "avx2"
+
+
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8)."""
+    """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
+    False under ``WHISPER_FT_CPU=avx2``."""
     import torch
 
+    if avx2_profile():
+        return False
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check()) if check is not None else False
 
@@ -645,10 +678,8 @@ class CT2Transcriber(_BaseTranscriber):
         return self._tokenizers[key]
 
     def _features(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        from faster_whisper.audio import pad_or_trim
-
         fe = self.model.feature_extractor
-        return np.stack([pad_or_trim(fe(np.asarray(c, dtype=np.float32))[..., :-1]) for c in chunks])
+        return np.stack([pad_log_mel(fe(np.asarray(c, dtype=np.float32))[..., :-1]) for c in chunks])
 
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:

@@ -18,11 +18,9 @@ from types import ModuleType
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE
+from utils.audio import SAMPLE_RATE, WINDOW_S
 
 logger = logging.getLogger(__name__)
-
-WINDOW_S = 30.0  # seconds of audio Whisper's encoder sees at once
 
 
 @dataclass(frozen=True)

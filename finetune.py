@@ -180,17 +180,32 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
 
 
+def quantization_config(use_8bit: bool, use_4bit: bool, mixed_precision: str):
+    """bitsandbytes settings for ``--use_8bit``/``--use_4bit`` (None for neither).
+
+    4-bit layers compute in the run's autocast dtype: fp16 on GPUs without bf16 (T4, V100, GTX 10xx/16xx),
+    where bf16 compute is emulated (slow) or fails, bf16 where the run uses bf16.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if use_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if use_4bit:
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    return None
+
+
 def load_model(model_dir: str, *, use_8bit: bool, use_4bit: bool, device_index: int | None,
-               gradient_checkpointing: bool, dtype: str = "float32"):
+               gradient_checkpointing: bool, dtype: str = "float32", mixed_precision: str = "no"):
     """Load the base Whisper (``dtype`` weights; optionally 8/4-bit on CUDA) with SDPA attention."""
     import torch
-    from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+    from transformers import WhisperForConditionalGeneration
 
     kwargs = {"attn_implementation": "sdpa", "dtype": getattr(torch, dtype)}
     if use_8bit or use_4bit:
-        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if use_8bit else
-                                         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                            bnb_4bit_compute_dtype=torch.bfloat16))
+        kwargs["quantization_config"] = quantization_config(use_8bit, use_4bit, mixed_precision)
         kwargs["device_map"] = {"": device_index or 0}  # one whole copy per process, never "auto" under DDP
     model = WhisperForConditionalGeneration.from_pretrained(model_dir, **kwargs)
     model.config.use_cache = False
@@ -231,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
                 precision.describe())
-    set_seed(args.seed)
+    set_seed(args.seed, device_specific=True)  # seed + rank: each process draws its own dropout masks
     try:
         language = language_code(args.language)
     except ValueError as e:
@@ -299,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(model_dir, use_8bit=args.use_8bit, use_4bit=args.use_4bit,
                        device_index=accelerator.local_process_index if device_type == "cuda" else None,
                        gradient_checkpointing=args.gradient_checkpointing,
-                       dtype="float32" if args.use_8bit or args.use_4bit else precision.base_dtype)
+                       dtype="float32" if args.use_8bit or args.use_4bit else precision.base_dtype,
+                       mixed_precision=precision.mixed_precision)
     if augmenter is not None:
         apply_spec_augment(model.config, augmenter.spec_augment)
     generation_config = model.generation_config

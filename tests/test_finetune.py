@@ -87,6 +87,14 @@ def test_fp16_on_cpu_falls_back_with_message(caplog, monkeypatch):
     assert P("no", "bfloat16").describe() == "bf16 base weights, fp32 adapters"
 
 
+def test_4bit_compute_dtype_follows_the_runs_precision():
+    """fp16 GPUs (T4, V100, GTX 10xx/16xx) have no bf16: 4-bit layers compute in the run's autocast dtype."""
+    assert finetune.quantization_config(False, True, "fp16").bnb_4bit_compute_dtype == torch.float16
+    assert finetune.quantization_config(False, True, "bf16").bnb_4bit_compute_dtype == torch.bfloat16
+    assert finetune.quantization_config(True, False, "fp16").load_in_8bit
+    assert finetune.quantization_config(False, False, "fp16") is None
+
+
 def test_avx2_profile_takes_the_non_amx_choices_on_any_cpu(monkeypatch):
     """WHISPER_FT_CPU=avx2 (how an AMX machine measures and tests what most laptops run): fp32 training,
     CTranslate2's own encoder, no native bf16; an unknown value is an error, not ignored."""
@@ -319,6 +327,8 @@ def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path):
     assert state["global_step"] == 6
     assert _logged_learning_rates(run) == pytest.approx(SCHEDULE_6_STEPS, abs=1e-9)
     assert (run / "checkpoint-3" / "optimizer.pt").is_file()
+    rng = torch.load(run / "checkpoint-3" / "rng_state.pt", weights_only=True)  # each rank's own, for resuming
+    assert [r["rank"] for r in rng] == [0, 1] and not torch.equal(rng[0]["cpu"], rng[1]["cpu"])
     assert (run / "checkpoint-best" / "adapter_model.safetensors").is_file()
 
 

@@ -398,10 +398,20 @@ class Trainer:
 
     # -- persistence
 
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's torch RNG state (CPU, and CUDA where there is one), in rank order (all ranks call this)."""
+        from accelerate.utils import gather_object
+
+        mine = {"rank": self.accelerator.process_index, "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+        return sorted(gather_object([mine]), key=lambda state: state["rank"])
+
     def _save(self, name: str, *, full: bool) -> Path:
-        """Write checkpoint ``name`` atomically (main process); ``full`` adds optimizer/scheduler state."""
+        """Write checkpoint ``name`` atomically (main process); ``full`` adds optimizer/scheduler state, the
+        fp16 loss scaler and every rank's RNG state."""
         acc = self.accelerator
         target = self.run_dir / name
+        rng_states = self._rng_states() if full else None
         if acc.is_main_process:
             tmp = self.run_dir / f".tmp-{name}.{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -413,7 +423,9 @@ class Trainer:
             if full:
                 torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                torch.save(torch.get_rng_state(), tmp / "rng_state.pt")
+                torch.save(rng_states, tmp / "rng_state.pt")
+                if acc.scaler is not None:  # fp16: the loss scale it has learned
+                    torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
                 if self.options.use_adalora:
                     torch.save(self._adalora_state(), tmp / ADALORA_STATE_FILE)
             self.state.save(tmp / STATE_FILE)
@@ -467,9 +479,14 @@ class Trainer:
             raise FileNotFoundError(f"{checkpoint}: no optimizer.pt; resume from a checkpoint-<step> folder")
         self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        rng = checkpoint / "rng_state.pt"
-        if rng.is_file():
-            torch.set_rng_state(torch.load(rng, weights_only=True))
+        self._restore_rng(checkpoint / "rng_state.pt")
+        scaler = checkpoint / "scaler.pt"
+        if self.accelerator.scaler is not None:
+            if scaler.is_file():
+                self.accelerator.scaler.load_state_dict(torch.load(scaler, weights_only=True))
+            else:
+                logger.warning("%s has no scaler.pt: the fp16 loss scale starts again from its initial value",
+                               checkpoint)
         saved = TrainerState.load(state_path)
         if saved.max_steps != self.total_steps:
             logger.warning("%s was saved by a run of %d steps; this run has %d", checkpoint, saved.max_steps,
@@ -483,6 +500,22 @@ class Trainer:
         self.state = saved
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
                     saved.batch_in_epoch)
+
+    def _restore_rng(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        saved = torch.load(path, weights_only=True)
+        if isinstance(saved, torch.Tensor):  # checkpoints before per-rank states: one CPU state for all ranks
+            torch.set_rng_state(saved)
+            return
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if len(saved) != world:
+            logger.warning("%s holds the RNG states of %d process(es), this run has %d: rank %d takes state %d",
+                           path, len(saved), world, rank, rank % len(saved))
+        state = saved[rank % len(saved)]
+        torch.set_rng_state(state["cpu"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
     # -- logging
 

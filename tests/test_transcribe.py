@@ -7,11 +7,13 @@ import pytest
 
 from tests.conftest import EN_SENTENCE
 from utils.audio import SAMPLE_RATE, load_audio
-from utils.text import count_errors
+from utils.text import count_errors, error_rate
 from utils.transcribe import (
     DecodeOptions,
     compression_ratio,
+    is_decoder_loop,
     join_texts,
+    longest_repeat,
     language_code,
     load_transcriber,
     pad_log_mel,
@@ -261,3 +263,72 @@ def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, 
     opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), no_speech_threshold=None)
     text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text
     assert text == "the cat sat on the mat"
+
+
+def test_decoder_loops_are_told_apart_from_speech_that_repeats_itself():
+    sentence = list(range(100, 118))  # 18 tokens, said three times: compressible, but it ends
+    said = "不但我用书给女儿压岁，也劝说亲朋不要给女儿压岁钱。" * 3
+    assert compression_ratio(said) > 2.4
+    assert longest_repeat(sentence * 3) == 3 and longest_repeat([7] * 9) == 9 and longest_repeat([1, 2, 3]) == 1
+    assert not is_decoder_loop(sentence * 3, said, hit_limit=False, compression_threshold=2.4)
+    assert is_decoder_loop(sentence * 3, said, hit_limit=True, compression_threshold=2.4)
+    assert is_decoder_loop([5, 6] * 20, "la la " * 20, hit_limit=False, compression_threshold=2.4)
+    assert not is_decoder_loop([5, 6] * 20, "la la " * 20, hit_limit=False, compression_threshold=None)
+
+
+@pytest.mark.slow
+def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base_ct2, tmp_path):
+    """Language lessons and read-back repeat a sentence: three times in one 30 s window compress like a decoder
+    loop, but the greedy text ended by itself. It is kept, and no temperature is sampled (which cost 3x the time
+    and kept a high-temperature sample, worse than the greedy text)."""
+    from tests.conftest import make_speech
+
+    sentence = "近几年，不但我用书给女儿压岁，也劝说亲朋不要给女儿压岁钱。"
+    one = load_audio(make_speech(sentence, tmp_path / "one.wav", voice="cmn-latn-pinyin+f3"))
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    three = np.concatenate([one, gap, one, gap, one])
+    assert len(three) < 30 * SAMPLE_RATE
+    temperatures = []
+    generate = base_ct2._generate
+
+    def spy(encoded, prompts, options, temperature, max_new_tokens):
+        temperatures.append(temperature)
+        return generate(encoded, prompts, options, temperature, max_new_tokens)
+
+    base_ct2._generate = spy
+    try:
+        text = base_ct2.transcribe(three, DecodeOptions(language="zh")).text
+        greedy = base_ct2.transcribe(three, DecodeOptions(language="zh", temperatures=(0.0,))).text
+    finally:
+        base_ct2._generate = generate
+    assert compression_ratio(text) > 2.4  # the reference rule would have sampled every temperature
+    assert temperatures == [0.0, 0.0]
+    assert text == greedy
+    third = len(text) // 3
+    assert text.count(text[:6]) == 3 and error_rate([text[:third] * 3], [text]) < 0.1, text
+
+
+def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, repo_root):
+    """A token budget can end between the byte tokens of one character (dense Mandarin at the edge): the half
+    decodes as U+FFFD, which must never reach a transcript. The budgets here cut inside a character."""
+    import utils.transcribe
+
+    raw = []
+    postprocess = utils.transcribe.postprocess_text
+
+    def spy(text, *args, **kwargs):
+        raw.append(text)
+        return postprocess(text, *args, **kwargs)
+
+    audio = load_audio(repo_root / "dataset" / "test.wav")
+    utils.transcribe.postprocess_text = spy
+    try:
+        for engine in (base_hf, base_ct2):
+            for budget in range(2, 12):
+                t = engine.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=budget, temperatures=(0.0,),
+                                                           timestamps=budget % 2 == 0))
+                assert "\ufffd" not in t.text and all("\ufffd" not in s.text for s in t.segments), (budget, t)
+    finally:
+        utils.transcribe.postprocess_text = postprocess
+    assert any("\ufffd" in text for text in raw)  # the cut happened, and was cleaned up
+    assert postprocess_text("劝说\ufffd", "zh", None, False) == "劝说"

@@ -171,7 +171,12 @@ def join_texts(texts: Sequence[str]) -> str:
 
 
 def postprocess_text(text: str, language: str | None, to_simple: bool | None, remove_pun: bool) -> str:
-    """Apply the output options to decoded text (simplified Chinese, punctuation removal)."""
+    """Apply the output options to decoded text (simplified Chinese, punctuation removal).
+
+    A character whose byte tokens were cut apart (the decoder stopped, or put a timestamp, between them)
+    decodes as U+FFFD: such halves are dropped, so no output ever shows "�".
+    """
+    text = text.replace("\ufffd", "")
     if to_simple or (to_simple is None and language in ("zh", "yue")):
         text = to_simplified(text)
     if remove_pun:
@@ -355,16 +360,48 @@ class _BaseTranscriber:
         return out  # type: ignore[return-value]
 
 
-def _needs_fallback(text: str, avg_logprob: float, no_speech_prob: float,
-                    options: DecodeOptions) -> tuple[bool, bool]:
-    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder."""
+LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high compression ratio) is a decoder loop
+
+
+def longest_repeat(tokens: Sequence[int], max_unit: int = 32) -> int:
+    """How many times in a row the most repeated unit of up to ``max_unit`` tokens occurs in ``tokens``."""
+    best = 1
+    n = len(tokens)
+    for unit in range(1, min(max_unit, n // 2) + 1):
+        run = 0
+        for i in range(unit, n):  # positions equal to the one a unit earlier extend a repetition
+            run = run + 1 if tokens[i] == tokens[i - unit] else 0
+            best = max(best, 1 + (run // unit))
+    return best
+
+
+def is_decoder_loop(tokens: Sequence[int], text: str, hit_limit: bool, compression_threshold: float | None) -> bool:
+    """Whether a decode is a degenerate repetition loop, not speech that repeats itself.
+
+    Real speech repeats (a teacher says a sentence three times, a chant, read-back): that text compresses well
+    too, but it ends. A loop is compressible text that runs to the token limit, or one unit repeated
+    ``LOOP_REPEATS`` or more times in a row.
+    """
+    if compression_threshold is None or compression_ratio(text) <= compression_threshold:
+        return False
+    return hit_limit or longest_repeat(tokens) >= LOOP_REPEATS
+
+
+def _needs_fallback(text: str, avg_logprob: float, no_speech_prob: float, options: DecodeOptions,
+                    loop: bool | None = None) -> tuple[bool, bool]:
+    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder.
+
+    ``loop``: whether the decode is a degenerate loop (:func:`is_decoder_loop`); None = the reference rule,
+    any text above the compression-ratio threshold.
+    """
     silent = (options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold
               and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
     if silent:
         return False, True
-    again = ((options.compression_ratio_threshold is not None
-              and compression_ratio(text) > options.compression_ratio_threshold)
-             or (options.logprob_threshold is not None and avg_logprob < options.logprob_threshold))
+    if loop is None:
+        loop = (options.compression_ratio_threshold is not None
+                and compression_ratio(text) > options.compression_ratio_threshold)
+    again = loop or (options.logprob_threshold is not None and avg_logprob < options.logprob_threshold)
     return again, False
 
 
@@ -718,10 +755,11 @@ class CT2Transcriber(_BaseTranscriber):
         prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps)
                    for t in tokenizers]
         final: list[tuple[list[int], bool] | None] = [None] * len(chunks)
-        best_rank: list[tuple[bool, float]] = [(False, -math.inf)] * len(chunks)
+        best_rank: list[tuple[bool, bool, float]] = [(False, False, -math.inf)] * len(chunks)
         pending = list(range(len(chunks)))
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
+        longest_prompt = max(len(p) for p in prompts)
         encoded = self._encode(feats)
         for temperature in options.temperatures:
             if pending == list(range(len(chunks))):
@@ -736,11 +774,13 @@ class CT2Transcriber(_BaseTranscriber):
                 tokens = list(r.sequences_ids[0])
                 text = tokenizers[i].decode([t for t in tokens if t < tokenizers[i].eot])
                 avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
-                again, silent = _needs_fallback(text, avg_logprob, r.no_speech_prob, options)
-                # when every temperature fails, keep the best attempt (as faster-whisper does): one without a
-                # repetition loop if any, then the highest average log-probability — not the last sample
-                rank = (silent or not again or options.compression_ratio_threshold is None
-                        or compression_ratio(text) <= options.compression_ratio_threshold, avg_logprob)
+                hit_limit = len(tokens) >= min(self.model.max_length, longest_prompt + max_new) - len(prompts[i]) - 1
+                loop = is_decoder_loop(tokens, text, hit_limit, options.compression_ratio_threshold)
+                again, silent = _needs_fallback(text, avg_logprob, r.no_speech_prob, options, loop=loop)
+                # when every temperature fails, keep the best attempt, the greedy one included: no loop first,
+                # then one that passes the checks, then the highest average log-probability (a sample at a high
+                # temperature is rarely better than the greedy text; it is not kept for being the last)
+                rank = (silent or not loop, not again, avg_logprob)
                 if final[i] is None or not again or rank > best_rank[i]:
                     final[i], best_rank[i] = (tokens, silent), rank
                 if again:

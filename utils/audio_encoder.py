@@ -41,15 +41,19 @@ class _Layer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x))
-        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        """``x``: the fp32 residual stream; the sublayers compute in the weights' dtype (bf16)."""
+        dtype = self.fc1.weight.dtype
+        x = x + self.self_attn(self.self_attn_layer_norm(x.to(dtype))).float()
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x.to(dtype))))).float()
 
 
 class AudioEncoder(nn.Module):
     """Log-mel features (batch, n_mels, frames) → hidden states (batch, frames / 2, d_model).
 
     Pre-norm transformer layers after two GELU convolutions (the second with stride 2) and fixed sinusoidal
-    positions, as in Whisper; attention through ``scaled_dot_product_attention``.
+    positions, as in Whisper; attention through ``scaled_dot_product_attention``. With bf16 weights the matrix
+    products run in bf16 but the residual stream is kept in fp32: summed in bf16 over the layers, the frames of a
+    mostly silent 30 s window (a short clip, a streaming buffer) drift enough to change words.
     """
 
     def __init__(self, *, n_mels: int, d_model: int, layers: int, heads: int, ffn_dim: int,
@@ -62,8 +66,9 @@ class AudioEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).transpose(1, 2)
-        x = x + self.embed_positions.weight[: x.shape[1]]
+        dtype = self.conv1.weight.dtype
+        x = F.gelu(self.conv2(F.gelu(self.conv1(features.to(dtype))))).transpose(1, 2).float()
+        x = x + self.embed_positions.weight[: x.shape[1]].float()
         for layer in self.layers:
             x = layer(x)
-        return self.layer_norm(x)
+        return self.layer_norm(x.to(dtype))

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 ADALORA_STATE_FILE = "adalora_state.pt"  # full-rank adapter + allocator statistics, in AdaLoRA checkpoint-<step>
 STATE_FILE = "trainer_state.json"
+DEEPSPEED_STATE_DIR = "deepspeed"  # accelerate save_state() of a DeepSpeed run: every rank's optimizer partition
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -386,6 +387,9 @@ class Trainer:
                                                          self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainerState(max_steps=self.total_steps, metric=options.metric)
+        from accelerate.utils import DistributedType
+
+        self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.writer = None
         self.train_encoder = self.eval_encoder = None
         if options.frozen_encoder:
@@ -412,16 +416,23 @@ class Trainer:
         acc = self.accelerator
         target = self.run_dir / name
         rng_states = self._rng_states() if full else None
+        tmp = self.run_dir / f".tmp-{name}"  # one name for every rank (DeepSpeed: each rank writes its shard)
         if acc.is_main_process:
-            tmp = self.run_dir / f".tmp-{name}.{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        sharded = full and self._deepspeed
+        if sharded:  # ZeRO splits the optimizer state across ranks: every rank saves its own partition
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp / DEEPSPEED_STATE_DIR))
+            acc.wait_for_everyone()
+        if acc.is_main_process:
             acc.unwrap_model(self.model).save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
             if self.generation_config is not None:
                 self.generation_config.save_pretrained(tmp)
             if full:
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                if not sharded:
+                    torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 torch.save(rng_states, tmp / "rng_state.pt")
                 if acc.scaler is not None:  # fp16: the loss scale it has learned
@@ -474,10 +485,18 @@ class Trainer:
             self._restore_adalora(torch.load(adalora_path, map_location="cpu", weights_only=True), adalora_path)
         else:
             load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)
-        opt_path = checkpoint / "optimizer.pt"
-        if not opt_path.is_file():
-            raise FileNotFoundError(f"{checkpoint}: no optimizer.pt; resume from a checkpoint-<step> folder")
-        self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+        opt_path, sharded = checkpoint / "optimizer.pt", checkpoint / DEEPSPEED_STATE_DIR
+        if self._deepspeed:
+            if not sharded.is_dir():
+                raise FileNotFoundError(f"{checkpoint}: no {DEEPSPEED_STATE_DIR}/ (the per-rank optimizer state of a "
+                                        "DeepSpeed run); resume a DeepSpeed run from its own checkpoint-<step>")
+            self.accelerator.load_state(str(sharded))
+        else:
+            if not opt_path.is_file():
+                hint = (" (a DeepSpeed checkpoint: resume it with accelerate launch and the same DeepSpeed config)"
+                        if sharded.is_dir() else "; resume from a checkpoint-<step> folder")
+                raise FileNotFoundError(f"{checkpoint}: no optimizer.pt{hint}")
+            self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         self._restore_rng(checkpoint / "rng_state.pt")
         scaler = checkpoint / "scaler.pt"

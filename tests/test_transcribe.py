@@ -217,7 +217,9 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     engine = base_ct2 if backend == "ct2" else base_hf
     audio = _long_clip(en_wav, zh_wav)
     duration = len(audio) / SAMPLE_RATE
-    t = engine.transcribe(audio, DecodeOptions(timestamps=True, language="en", batch_size=4))
+    # greedy: on the Mandarin parts (decoded as English) the temperature fallback samples every temperature,
+    # which tripled this test's time without testing timestamps any further
+    t = engine.transcribe(audio, DecodeOptions(timestamps=True, language="en", batch_size=4, temperatures=(0.0,)))
     assert t.duration == pytest.approx(duration, abs=1e-3)
     starts = [s.start for s in t.segments]
     assert starts == sorted(starts)
@@ -327,7 +329,7 @@ def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, r
     utils.transcribe.postprocess_text = spy
     try:
         for engine in (base_hf, base_ct2):
-            for budget in range(2, 12):
+            for budget in range(5, 10):
                 t = engine.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=budget, temperatures=(0.0,),
                                                            timestamps=budget % 2 == 0))
                 assert "\ufffd" not in t.text and all("\ufffd" not in s.text for s in t.segments), (budget, t)

@@ -170,12 +170,35 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--max_audio_len must be in (0, 30] seconds: Whisper sees 30 s windows")
     if args.use_adalora and args.lora_r < 2:
         parser.error("--lora_r must be >= 2 with --use_adalora")
-    if args.max_grad_norm < 0 or args.generation_max_length < 0:
-        parser.error("--max_grad_norm and --generation_max_length must be >= 0 (0 = off / automatic)")
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "logging_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+    ranges = {  # flag: (allowed, how the message says it)
+        "learning_rate": (lambda v: v > 0, "> 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "warmup_steps": (lambda v: v >= 0, ">= 0"),
+        "max_steps": (lambda v: v >= 0, ">= 0 (0 = use --num_train_epochs)"),
+        "num_train_epochs": (lambda v: v >= 0, ">= 0"),
+        "max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+        "generation_max_length": (lambda v: 0 <= v <= 444, "in [0, 444] (0 = by clip duration)"),
+        "lora_r": (lambda v: v >= 1, ">= 1"),
+        "lora_alpha": (lambda v: v > 0, "> 0"),
+        "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "encoder_cache_gb": (lambda v: v >= 0, ">= 0 (0 = no cache)"),
+        "min_audio_len": (lambda v: v >= 0, ">= 0 seconds"),
+        "num_workers": (lambda v: v >= 0, ">= 0"),
+        "max_eval_samples": (lambda v: v >= 0, ">= 0 (0 = all)"),
+        "eval_steps": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+        "save_steps": (lambda v: v >= 0, ">= 0 (0 = never)"),
+        "save_total_limit": (lambda v: v >= 0, ">= 0"),
+        **{name: (lambda v: v >= 1, ">= 1") for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                                                          "gradient_accumulation_steps", "logging_steps")},
+    }
+    for name, (allowed, text) in ranges.items():
+        value = getattr(args, name)
+        if not allowed(value):
+            parser.error(f"--{name} must be {text}, got {value}")
+    if args.min_audio_len >= args.max_audio_len:
+        parser.error(f"--min_audio_len ({args.min_audio_len}) must be below --max_audio_len ({args.max_audio_len})")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir} is a file; give a folder (runs go to <output_dir>/<model name>/)")
     if args.push_to_hub:
         logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
 

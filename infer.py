@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", e)
             failed.append(path)
             continue
-        if options.language is None:
+        if options.language is None and transcript.language is None:
+            logger.info("%s: no speech found, so no language detected", path)
+        elif options.language is None:
             logger.info("%s: detected language %s (probability %.2f)", path, transcript.language,
                         transcript.language_probability)
         text = format_stdout(transcript, options.timestamps)

@@ -69,8 +69,8 @@ def _offline_help() -> str:
     )
     return (
         f"Without network these work: {names}, any model already in the Hugging Face cache, and any local "
-        f"folder. To use another CTranslate2/faster-whisper model, import it once: {_IMPORT_TOOL}, then pass "
-        f"--model_path models/NAME."
+        f"folder. To use another CTranslate2/faster-whisper model, import it once: {_IMPORT_TOOL}, then give "
+        f"models/NAME as the model (--model_path; --base_model in finetune.py)."
     )
 
 

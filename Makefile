@@ -8,13 +8,14 @@ APT_PKGS   := espeak-ng sox ffmpeg libsndfile1 chromium fonts-wqy-zenhei \
               libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 PYTEST_ARGS ?=
 
-.PHONY: help install apt test test-fast demo clean
+.PHONY: help install apt test test-fast demo gpu-check clean
 
 help:
 	@echo "make install    create .venv and install everything (apt packages too when run as root)"
 	@echo "make test       install, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  run the tests not marked slow"
 	@echo "make demo       fine-tune whisper-base on the demo corpus, merge, evaluate (CPU, ~15 min)"
+	@echo "make gpu-check  on a GPU machine: CUDA tests, memory table, short fine-tune (tools/gpu_check.py)"
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
@@ -42,6 +43,10 @@ test: install
 
 demo: install
 	$(PY) tools/demo.py
+
+# on a GPU machine with its own torch (no .venv, no internet); see tools/gpu_check.py for the wheels to carry
+gpu-check:
+	$(PYTHON) tools/gpu_check.py --out gpu_check
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -378,7 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             logger.error("cannot resume: %s", e)
             return 1
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except torch.cuda.OutOfMemoryError:
+        logger.error("out of GPU memory at --per_device_train_batch_size=%d: try a smaller batch with "
+                     "--gradient_accumulation_steps to keep its size, --gradient_checkpointing=True, or "
+                     "--use_8bit=True; the last complete checkpoint-<step> resumes with "
+                     "--resume_from_checkpoint=auto", args.per_device_train_batch_size)
+        return 1
 
     # 5. Report
     if accelerator.is_main_process:

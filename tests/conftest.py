@@ -17,6 +17,20 @@ EN_SENTENCE = "The quick brown fox jumps over the lazy dog."
 ZH_SENTENCE = "今天天气很好，我们一起去公园散步吧。"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: where torch sees none they are deselected (not skipped), so a CPU run
+    reports only what it ran; tools/gpu_check.py runs them with ``-m cuda`` on a GPU machine."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    config.hook.pytest_deselected(items=cuda_items)
+    items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+
+
 def make_speech(text: str, path: Path, *, voice: str = "en-us", speed: int = 150) -> Path:
     """Speak ``text`` with espeak-ng into a 16 kHz mono 16-bit wav at ``path``.
 

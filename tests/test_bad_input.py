@@ -66,3 +66,27 @@ def test_silent_audio_says_no_speech_instead_of_language_none(tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert infer.main([f"--audio_path={wav}", "--model_path=openai/whisper-base", "--backend=ct2"]) == 0
     assert "no speech found" in caplog.text and "language None" not in caplog.text, caplog.text
+
+
+def test_running_out_of_gpu_memory_is_a_clear_message_with_the_fix(tmp_path, caplog, monkeypatch):
+    """torch.cuda.OutOfMemoryError (raised here by a stand-in training loop; a real one needs a GPU) ends the run
+    with one message that says what to change, not a traceback."""
+    import torch
+
+    import utils.trainer
+    from tests.conftest import make_speech
+
+    wav = make_speech("hello there", tmp_path / "a.wav")
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"audio": {"path": "a.wav"}, "sentence": "hello there", "duration": 1.0}\n', encoding="utf-8")
+    assert wav.is_file()
+
+    def out_of_memory(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(utils.trainer.Trainer, "train", out_of_memory)
+    assert finetune.main(["--base_model=openai/whisper-tiny.en", f"--output_dir={tmp_path / 'out'}",
+                          f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
+                          "--per_device_train_batch_size=16", "--max_steps=2", "--num_workers=0"]) == 1
+    assert "out of GPU memory at --per_device_train_batch_size=16" in caplog.text
+    assert "--gradient_checkpointing=True" in caplog.text

@@ -311,6 +311,11 @@ def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base
     assert text == greedy
     third = len(text) // 3
     assert text.count(text[:6]) == 3 and error_rate([text[:third] * 3], [text]) < 0.1, text
+    # the transformers backend too (transformers' own fallback used to swap the greedy text for a sample)
+    hf = load_transcriber("openai/whisper-base", "transformers", device="cpu")
+    hf_text = hf.transcribe(three, DecodeOptions(language="zh")).text
+    assert hf_text == hf.transcribe(three, DecodeOptions(language="zh", temperatures=(0.0,))).text
+    assert hf_text.count(hf_text[:6]) == 3, hf_text
 
 
 def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, repo_root):

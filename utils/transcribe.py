@@ -535,13 +535,31 @@ class TransformersTranscriber(_BaseTranscriber):
         import torch
 
         feats = self._features(chunks)
-        kw = self._generate_kwargs(options, languages, prompt)
         longest_s = max(len(c) for c in chunks) / SAMPLE_RATE
+        durations = [len(c) / SAMPLE_RATE for c in chunks]
+        # transformers' own fallback treats any compressible text as a loop, so a sentence said three times is
+        # replaced by a high-temperature sample: decode without that check, and re-decode (with transformers'
+        # fallback) only the chunks that are real loops (is_decoder_loop, as on the ct2 backend)
+        own_loop_check = len(options.temperatures) > 1 and options.compression_ratio_threshold is not None
+        first = replace(options, compression_ratio_threshold=None) if own_loop_check else options
+        kw = self._generate_kwargs(first, languages, prompt)
         kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
         with torch.inference_mode(), self._autocast():
             out = self.model.generate(input_features=feats, **kw)
-        durations = [len(c) / SAMPLE_RATE for c in chunks]
         per_item = self._segments_from_output(out, len(chunks), durations)
+        if own_loop_check:
+            loops = [i for i, pieces in enumerate(per_item) if self._is_loop(pieces, kw["max_new_tokens"], options)]
+            if loops:
+                logger.debug("%d of %d chunks loop: decoded again with temperature fallback", len(loops), len(chunks))
+                again = replace(options, temperatures=tuple(options.temperatures[1:]))
+                kw = self._generate_kwargs(again, [languages[i] for i in loops] if languages else None, prompt)
+                kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
+                with torch.inference_mode(), self._autocast():
+                    out = self.model.generate(input_features=feats[loops], **kw)
+                redone = self._segments_from_output(out, len(loops), [durations[i] for i in loops])
+                for i, pieces in zip(loops, redone):
+                    if not self._is_loop(pieces, kw["max_new_tokens"], options):  # else the greedy loop stays
+                        per_item[i] = pieces
         results = []
         for i, pieces in enumerate(per_item):
             if not options.timestamps:  # one segment spanning the chunk
@@ -549,6 +567,11 @@ class TransformersTranscriber(_BaseTranscriber):
                 pieces = [(0.0, durations[i], text)] if text.strip() else []
             results.append(_ChunkResult(pieces, join_texts([t for _, _, t in pieces])))
         return results
+
+    def _is_loop(self, pieces: list[tuple[float, float, str]], max_new_tokens: int, options: DecodeOptions) -> bool:
+        text = join_texts([t for _, _, t in pieces])
+        tokens = self.processor.tokenizer.encode(text, add_special_tokens=False)
+        return is_decoder_loop(tokens, text, len(tokens) >= max_new_tokens - 4, options.compression_ratio_threshold)
 
     def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
                                prompt: str | None) -> list[tuple[float, float, str]]:

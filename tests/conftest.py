@@ -44,7 +44,9 @@ def make_speech(text: str, path: Path, *, voice: str = "en-us", speed: int = 150
         text = " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True, errors="ignore"))
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)], check=True)
+    # -R: repeatable dither, so the same text gives the same samples in every run (int8 models can sit on the edge
+    # between two words, and random dither made such a clip flip from run to run)
+    subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)], check=True)
     raw.unlink()
     return path
 

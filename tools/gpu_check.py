@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=str, default="gpu_check", help="folder for report.md and report.json")
     parser.add_argument("--dry_run", action="store_true", help="the same steps on CPU with tiny sizes (CI)")
     parser.add_argument("--prepare", action="store_true", help="download the wheels to carry to a GPU machine")
-    parser.add_argument("--memory_budget_s", type=float, default=240.0, help="time for the memory table (s)")
+    parser.add_argument("--memory_budget_s", type=float, default=180.0, help="time for the memory table (s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -351,11 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"dry_run": args.dry_run, "failed": []}
     report["environment"] = environment()
     logger.info("environment: %s", report["environment"])
-    report["cuda_tests"] = cuda_tests(args.dry_run, timeout_s=240)
+    report["cuda_tests"] = cuda_tests(args.dry_run, timeout_s=200)
     logger.info("CUDA tests: %s", report["cuda_tests"]["summary"])
     report["memory"] = memory_table(args.dry_run, args.memory_budget_s)
     with tempfile.TemporaryDirectory() as work:
-        report["finetune"] = short_finetune(args.dry_run, Path(work), timeout_s=300)
+        # the whole check fits one 10-minute device call: cuda tests ≤ 200 s, memory table ~180 s, fine-tune ≤ 150 s
+        report["finetune"] = short_finetune(args.dry_run, Path(work), timeout_s=600 if args.dry_run else 150)
     logger.info("fine-tune: %s", report["finetune"]["summary"])
     if not report["cuda_tests"]["ok"]:
         report["failed"].append("cuda tests")

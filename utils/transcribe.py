@@ -387,20 +387,14 @@ def is_decoder_loop(tokens: Sequence[int], text: str, hit_limit: bool, compressi
     return hit_limit or longest_repeat(tokens) >= LOOP_REPEATS
 
 
-def _needs_fallback(text: str, avg_logprob: float, no_speech_prob: float, options: DecodeOptions,
-                    loop: bool | None = None) -> tuple[bool, bool]:
-    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder.
-
-    ``loop``: whether the decode is a degenerate loop (:func:`is_decoder_loop`); None = the reference rule,
-    any text above the compression-ratio threshold.
-    """
+def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOptions,
+                    loop: bool) -> tuple[bool, bool]:
+    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder, except that
+    ``loop`` (:func:`is_decoder_loop`), not any compressible text, counts as a repetition failure."""
     silent = (options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold
               and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
     if silent:
         return False, True
-    if loop is None:
-        loop = (options.compression_ratio_threshold is not None
-                and compression_ratio(text) > options.compression_ratio_threshold)
     again = loop or (options.logprob_threshold is not None and avg_logprob < options.logprob_threshold)
     return again, False
 
@@ -799,7 +793,7 @@ class CT2Transcriber(_BaseTranscriber):
                 avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
                 hit_limit = len(tokens) >= min(self.model.max_length, longest_prompt + max_new) - len(prompts[i]) - 1
                 loop = is_decoder_loop(tokens, text, hit_limit, options.compression_ratio_threshold)
-                again, silent = _needs_fallback(text, avg_logprob, r.no_speech_prob, options, loop=loop)
+                again, silent = _needs_fallback(avg_logprob, r.no_speech_prob, options, loop)
                 # when every temperature fails, keep the best attempt, the greedy one included: no loop first,
                 # then one that passes the checks, then the highest average log-probability (a sample at a high
                 # temperature is rarely better than the greedy text; it is not kept for being the last)

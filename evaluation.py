@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from utils.cli import add_bool, add_decoding_args, add_engine_args, add_model_args, make_parser, setup_logging
-from utils.data import Record, load_manifest
+from utils.data import ManifestError, Record, load_manifest
 from utils.io import write_json_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
 from utils.models import ModelResolutionError
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     # 2. Data
-    manifest = load_manifest(args.test_data, min_duration=args.min_duration, max_duration=args.max_duration)
+    try:
+        manifest = load_manifest(args.test_data, min_duration=args.min_duration, max_duration=args.max_duration)
+    except ManifestError as e:
+        logger.error("%s", e)
+        return 1
     records = list(manifest)[: args.limit] if args.limit else list(manifest)
     logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), sum(r.duration for r in records) / 3600)
     # 3. Model

@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     files = collect_audio_files(args.audio_path)
     if not files:
         parser.error(f"no audio files found in {args.audio_path}")
+    if formats:  # before the model loads: a transcript that cannot be written is work lost
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as e:
+            parser.error(f"--output_dir {output_dir}: cannot create this folder ({e.strerror}); give a folder path")
 
     # 2. Model
     try:
@@ -177,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(text, flush=True)
         if formats:
-            for written in write_transcript(transcript, output_dir, stem, formats):
-                logger.info("wrote %s", written)
+            try:
+                for written in write_transcript(transcript, output_dir, stem, formats):
+                    logger.info("wrote %s", written)
+            except OSError as e:  # the transcript was printed above; the other files still go on
+                logger.error("%s: cannot write its transcript to %s (%s)", path, output_dir, e)
+                failed.append(path)
     if failed:
         logger.error("%d of %d files failed: %s", len(failed), len(files), ", ".join(failed))
         return 1

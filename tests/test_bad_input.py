@@ -90,3 +90,34 @@ def test_running_out_of_gpu_memory_is_a_clear_message_with_the_fix(tmp_path, cap
                           "--per_device_train_batch_size=16", "--max_steps=2", "--num_workers=0"]) == 1
     assert "out of GPU memory at --per_device_train_batch_size=16" in caplog.text
     assert "--gradient_checkpointing=True" in caplog.text
+
+
+def test_evaluation_on_a_malformed_manifest_is_one_line_naming_the_line(tmp_path, en_wav, caplog, capsys):
+    import json
+
+    import evaluation
+
+    manifest = tmp_path / "bad.json"
+    good = json.dumps({"audio": {"path": str(en_wav)}, "sentence": "hi", "duration": 1.0})
+    manifest.write_text(good + "\n{not json\n", encoding="utf-8")
+    before = manifest.read_bytes()
+    assert evaluation.main([f"--test_data={manifest}", "--model_path=does/not/exist",
+                            f"--output={tmp_path / 'r.json'}"]) == 1
+    assert f"{manifest}:2" in caplog.text and "Traceback" not in capsys.readouterr().err
+    assert manifest.read_bytes() == before and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "proc"])
+def test_infer_output_dir_that_cannot_be_a_folder_fails_before_the_model_loads(kind, tmp_path, en_wav, capsys):
+    import infer
+
+    target = tmp_path / "a_file" if kind == "file" else "/proc/not-a-folder"
+    if kind == "file":
+        target.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:  # the model does not exist: a later check would complain about it
+        infer.main([f"--audio_path={en_wav}", "--model_path=does/not/exist", f"--output_dir={target}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {target}: cannot create this folder" in err and "Traceback" not in err
+    if kind == "file":
+        assert target.read_text() == "keep me"

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, load_audio
+from utils.audio import SAMPLE_RATE, WINDOW_S, load_audio
 from utils.data import Segment
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import WINDOW_S, Chunk, split_on_silence
+from utils.vad import Chunk, split_on_silence
 
 logger = logging.getLogger(__name__)
 

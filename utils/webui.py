@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, WINDOW_S, AudioLoadError, load_audio
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
 from utils.transcribe import DecodeOptions, Transcriber, Transcript, join_texts
-from utils.vad import WINDOW_S, split_on_silence
+from utils.vad import split_on_silence
 
 logger = logging.getLogger(__name__)
 

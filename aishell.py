@@ -26,11 +26,13 @@ import multiprocessing
 import os
 import posixpath
 import re
+import shutil
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import wave
 import zlib
 from collections.abc import Iterable, Sequence
@@ -42,7 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_duration
-from utils.cli import make_parser, setup_logging
+from utils.cli import check_output_path, make_parser, setup_logging
 from utils.data import relative_audio_path
 from utils.io import atomic_open, write_json_atomic, write_jsonlines_atomic
 
@@ -61,6 +63,7 @@ SPLITS = ("train", "dev", "test")
 LANGUAGE = "Chinese"
 MARKER_DIR = ".aishell_unpacked"  # under <target_dir>/data_aishell: one <speaker>.json each + ARCHIVE_MARKER
 ARCHIVE_MARKER = "_archive.json"
+STAGING_DIR = ".aishell_staging"  # under <target_dir>/data_aishell: a speaker is unpacked here, then moved in
 
 _SPEAKER_MEMBER_RE = re.compile(r"^data_aishell/wav/([^/]+)\.tar\.gz$")
 _WAV_MEMBER_RE = re.compile(r"^wav/([^/]+)/([^/]+)/([^/]+)\.wav$")  # wav/<split>/<speaker>/<utterance>.wav
@@ -275,26 +278,60 @@ def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> f
         return audio_duration(path)
 
 
+def _publish_tree(staging: Path, dest: Path) -> None:
+    """Move every file and link under ``staging`` to the same relative path under ``dest``."""
+    for root, dirs, files in os.walk(staging):
+        rel = Path(root).relative_to(staging)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+            os.replace(os.path.join(root, name), dest / rel / name)
+
+
 def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
     """Unpack one speaker archive (its gzip-compressed bytes) under ``data_dir``.
+
+    The members go to a staging folder first and are moved in only when the whole speaker archive was read
+    and accepted, so a refused or corrupt speaker archive leaves none of its files behind.
 
     Returns:
         {wav path relative to data_dir: duration in seconds from the wav header}.
     """
     durations: dict[str, float] = {}
+    staging = Path(data_dir) / STAGING_DIR / uuid.uuid4().hex[:12]
+    staging.mkdir(parents=True)
     try:
         # decompressed in memory (~50 MB for an AISHELL speaker), so reading a header costs no re-decompression
         with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r:") as tar:
             for member in tar:
                 path = _member_path(member, label)
-                _extract_member(tar, member, data_dir, label)
+                _extract_member(tar, member, os.fspath(staging), label)
                 if member.isfile() and path.endswith(".wav"):
-                    durations[path] = _wav_duration(tar, member, os.path.join(data_dir, path))
+                    durations[path] = _wav_duration(tar, member, os.path.join(staging, path))
+        _publish_tree(staging, Path(data_dir))
     except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise CorruptArchiveError(f"{label}: corrupt speaker archive ({e}); re-download {ARCHIVE_NAME}") from e
     except AudioLoadError as e:
         raise CorruptArchiveError(f"{label}: {e}") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # its parent is removed by unpack_archive (workers share it)
     return durations
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` if it is an empty directory (another process may have just put something in it)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _prune_empty_tree(root: Path) -> None:
+    """Remove the empty directories under ``root`` (deepest first), and ``root`` itself if it ends up empty."""
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -entry[0].count(os.sep)):
+        if not os.path.islink(folder):
+            _remove_empty(Path(folder))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,7 +392,10 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
                                   "--filepath, or leave --filepath out to download it")
     data_dir = target_dir / DATA_DIR_NAME
     marker_dir = _marker_dir(target_dir)
+    created = [p for p in (marker_dir, data_dir, *marker_dir.parents) if not p.exists()]  # deepest first
+    had_transcript = (data_dir / TRANSCRIPT_PATH).is_file()
     marker_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data_dir / STAGING_DIR, ignore_errors=True)  # left by a run that was killed
     speakers: dict[str, int] = {}  # speaker -> size of its member
     unpacked = 0
     found_transcript = False
@@ -363,8 +403,11 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
                 if num_workers > 1 else None)
     pending: dict[cf.Future, tuple[str, str, int]] = {}
 
+    published: list[tuple[str, dict[str, float]]] = []  # (speaker, wavs) unpacked by this call
+
     def mark_done(speaker: str, member_name: str, size: int, wavs: dict[str, float]) -> None:
         nonlocal unpacked
+        published.append((speaker, wavs))
         write_json_atomic(marker_dir / f"{speaker}.json", {"member": member_name, "size": size, "wavs": wavs},
                           indent=None)
         unpacked += 1
@@ -375,55 +418,84 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
             for fut in done:
                 mark_done(*pending.pop(fut), fut.result())
 
-    logger.info("unpacking %s into %s (%d workers)", archive, data_dir, max(1, num_workers))
     try:
-        with open(archive, "rb") as raw, \
-                tqdm.wrapattr(raw, "read", total=archive.stat().st_size, desc=f"unpacking {archive.name}",
-                              disable=not progress) as stream, \
-                tarfile.open(fileobj=stream, mode="r|*", bufsize=_READ_BUFFER) as tar:
-            for member in tar:
-                name = _member_path(member, label)
-                m = _SPEAKER_MEMBER_RE.match(name)
-                if name == TRANSCRIPT_MEMBER and member.isfile():
-                    with tar.extractfile(member) as src, atomic_open(data_dir / TRANSCRIPT_PATH, "wb") as dst:
-                        while chunk := src.read(_READ_BUFFER):
-                            dst.write(chunk)
-                    found_transcript = True
-                elif m and member.isfile():
-                    speaker = m.group(1)
-                    speakers[speaker] = member.size
-                    if _speaker_marker(target_dir, speaker, member.size) is not None:
-                        continue
-                    with tar.extractfile(member) as src:
-                        data = src.read()
-                    speaker_label = f"{label}:{name}"
-                    if executor is None:
-                        mark_done(speaker, name, member.size,
-                                  _unpack_speaker(data, speaker_label, os.fspath(data_dir)))
-                    else:
-                        pending[executor.submit(_unpack_speaker, data, speaker_label, os.fspath(data_dir))] = (
-                            speaker, name, member.size)
-                        drain(2 * num_workers)  # bound the speaker archives held in memory
-            drain(0)
-    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise CorruptArchiveError(f"{archive}: corrupt or truncated archive ({e}); check its md5 "
-                                  f"({ARCHIVE_MD5} for {ARCHIVE_NAME}) and download it again") from e
-    except BrokenProcessPool as e:
-        raise AishellError(f"{archive}: a worker process died while unpacking (out of memory?); run again, "
-                           "with a smaller --num_workers if it happens again") from e
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        logger.info("unpacking %s into %s (%d workers)", archive, data_dir, max(1, num_workers))
+        try:
+            with open(archive, "rb") as raw, \
+                    tqdm.wrapattr(raw, "read", total=archive.stat().st_size, desc=f"unpacking {archive.name}",
+                                  disable=not progress) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|*", bufsize=_READ_BUFFER) as tar:
+                for member in tar:
+                    name = _member_path(member, label)
+                    m = _SPEAKER_MEMBER_RE.match(name)
+                    if name == TRANSCRIPT_MEMBER and member.isfile():
+                        with tar.extractfile(member) as src, atomic_open(data_dir / TRANSCRIPT_PATH, "wb") as dst:
+                            while chunk := src.read(_READ_BUFFER):
+                                dst.write(chunk)
+                        found_transcript = True
+                    elif m and member.isfile():
+                        speaker = m.group(1)
+                        speakers[speaker] = member.size
+                        if _speaker_marker(target_dir, speaker, member.size) is not None:
+                            continue
+                        with tar.extractfile(member) as src:
+                            data = src.read()
+                        speaker_label = f"{label}:{name}"
+                        if executor is None:
+                            mark_done(speaker, name, member.size,
+                                      _unpack_speaker(data, speaker_label, os.fspath(data_dir)))
+                        else:
+                            pending[executor.submit(_unpack_speaker, data, speaker_label, os.fspath(data_dir))] = (
+                                speaker, name, member.size)
+                            drain(2 * num_workers)  # bound the speaker archives held in memory
+                drain(0)
+        except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise CorruptArchiveError(f"{archive}: corrupt or truncated archive ({e}); check its md5 "
+                                      f"({ARCHIVE_MD5} for {ARCHIVE_NAME}) and download it again") from e
+        except BrokenProcessPool as e:
+            raise AishellError(f"{archive}: a worker process died while unpacking (out of memory?); run again, "
+                               "with a smaller --num_workers if it happens again") from e
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
 
-    if not found_transcript:
-        raise MissingTranscriptError(f"{archive}: has no member {TRANSCRIPT_MEMBER}; is this the AISHELL-1 "
-                                     f"{ARCHIVE_NAME} (openslr resource 33)?")
-    if not speakers:
-        raise CorruptArchiveError(f"{archive}: has no speaker archives data_aishell/wav/*.tar.gz; is this the "
-                                  f"AISHELL-1 {ARCHIVE_NAME} (openslr resource 33)?")
+        if not found_transcript:
+            raise MissingTranscriptError(f"{archive}: has no member {TRANSCRIPT_MEMBER}; is this the AISHELL-1 "
+                                         f"{ARCHIVE_NAME} (openslr resource 33)?")
+        if not speakers:
+            raise CorruptArchiveError(f"{archive}: has no speaker archives data_aishell/wav/*.tar.gz; is this the "
+                                      f"AISHELL-1 {ARCHIVE_NAME} (openslr resource 33)?")
+    except AishellError:
+        # a refused archive leaves nothing: undo what this call unpacked (earlier runs' speakers stay)
+        for fut, (speaker, _, _) in pending.items():  # finished by a worker, not yet recorded
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                published.append((speaker, fut.result()))
+        _undo_unpack(data_dir, published, transcript=not had_transcript, created=created)
+        raise
+    _remove_empty(data_dir / STAGING_DIR)
     write_json_atomic(marker_dir / ARCHIVE_MARKER, {"archive": archive.name, "archive_size": archive.stat().st_size,
                                                     "speakers": dict(sorted(speakers.items()))})
     return unpacked
+
+
+def _undo_unpack(data_dir: Path, published: list[tuple[str, dict[str, float]]], *, transcript: bool,
+                 created: list[Path]) -> None:
+    """Remove the speakers (wavs and markers) and transcript one refused unpack_archive call wrote, and the
+    folders it created, so the archive leaves nothing behind."""
+    marker_dir = data_dir / MARKER_DIR
+    for speaker, wavs in published:
+        for rel in wavs:
+            (data_dir / rel).unlink(missing_ok=True)
+        (marker_dir / f"{speaker}.json").unlink(missing_ok=True)
+    if transcript:
+        (data_dir / TRANSCRIPT_PATH).unlink(missing_ok=True)
+    _prune_empty_tree(data_dir / "wav")
+    _prune_empty_tree(data_dir / Path(TRANSCRIPT_PATH).parent)
+    _remove_empty(data_dir / STAGING_DIR)
+    for folder in created:  # deepest first; only those still empty
+        _remove_empty(folder)
+    if published:
+        logger.info("removed the %d speaker(s) this run had unpacked from the refused archive", len(published))
 
 
 def read_unpacked_wavs(target_dir: str | os.PathLike) -> dict[str, float]:
@@ -611,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_workers < 1:
         parser.error(f"--num_workers must be at least 1, got {args.num_workers}")
+    check_output_path(parser, "--target_dir", args.target_dir, folder=True)
+    check_output_path(parser, "--annotation_text", args.annotation_text, folder=True)
     setup_logging()
     try:
         prepare_aishell(args.target_dir, args.annotation_text, archive=args.filepath, num_workers=args.num_workers,

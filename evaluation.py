@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
-from utils.cli import add_bool, add_decoding_args, add_engine_args, add_model_args, make_parser, setup_logging
+from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
+                       setup_logging)
 from utils.data import ManifestError, Record, load_manifest
 from utils.io import write_json_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         parser.error(str(e))
+    output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
+    check_output_path(parser, "--output", output, folder=False)
     # 2. Data
     try:
         manifest = load_manifest(args.test_data, min_duration=args.min_duration, max_duration=args.max_duration)
@@ -162,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
                   language=args.language, task=args.task, beam_size=beam_size)
     # 5. Report
-    output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
     write_json_atomic(output, report)
     print(f"{args.metric.upper()}: {report[args.metric]:.4f} ({report['errors']} errors / "
           f"{report['reference_length']} {'characters' if args.metric == 'cer' else 'words'}, "

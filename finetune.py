@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.cli import add_bool, make_parser, optional_str, setup_logging
+from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
 from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
 from utils.transcribe import avx2_profile, cpu_has_amx
 
@@ -199,6 +199,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--min_audio_len ({args.min_audio_len}) must be below --max_audio_len ({args.max_audio_len})")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir} is a file; give a folder (runs go to <output_dir>/<model name>/)")
+    check_output_path(parser, "--output_dir", args.output_dir, folder=True)
+    for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data)):
+        if not os.path.isfile(path):
+            parser.error(f"{flag} {path}: manifest file not found (make one with aishell.py, or see the README's "
+                         "data format)")
     if args.push_to_hub:
         logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
 
@@ -258,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     from utils.lora import LoraOptions, build_adapter
     from utils.models import ModelResolutionError, resolve_model
     from utils.train_data import SpeechDataset, language_code
-    from utils.trainer import Trainer, TrainOptions, latest_checkpoint, recover_interrupted_saves, \
-        total_training_steps
+    from utils.trainer import Trainer, TrainOptions, check_checkpoint, latest_checkpoint, \
+        recover_interrupted_saves, total_training_steps
 
     # 1. Devices and precision (accelerate reads torchrun / accelerate launch settings from the env)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -275,7 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"--language: {e}")
 
-    # 2. Model folder, processor and data
+    # 2. The checkpoint to resume from, checked before anything slow
+    run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
+    if accelerator.is_main_process:
+        recover_interrupted_saves(run_dir)
+    accelerator.wait_for_everyone()
+    resume = args.resume_from_checkpoint
+    if resume == "auto":
+        resume = latest_checkpoint(run_dir)
+        if resume is None:
+            logger.info("no checkpoint in %s to resume from; starting fresh", run_dir)
+    if resume is not None:
+        try:
+            check_checkpoint(resume, adalora=args.use_adalora)
+        except (FileNotFoundError, ValueError) as e:
+            logger.error("cannot resume: %s", e)
+            return 1
+
+    # 3. Model folder, processor and data
     try:
         model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
     except ModelResolutionError as e:
@@ -316,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("train: %d clips (%.2f h), eval: %d clips", len(train_dataset), train_manifest.total_hours(),
                 len(eval_dataset))
 
-    # 3. Model and adapter
+    # 4. Model and adapter
     options = TrainOptions(
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -356,22 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.use_compile:
         model = torch.compile(model)
 
-    # 4. Train (resuming if asked)
-    run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
-    if accelerator.is_main_process:
-        recover_interrupted_saves(run_dir)
-    accelerator.wait_for_everyone()
+    # 5. Train (resuming if asked)
     collator = WhisperCollator(decoder_start_token_id=model.config.decoder_start_token_id,
                                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                else tokenizer.eos_token_id)
     trainer = Trainer(model, accelerator=accelerator, processor=processor, train_dataset=train_dataset,
                       eval_dataset=eval_dataset, collator=collator, options=options, run_dir=run_dir,
                       generation_config=generation_config)
-    resume = args.resume_from_checkpoint
-    if resume == "auto":
-        resume = latest_checkpoint(run_dir)
-        if resume is None:
-            logger.info("no checkpoint in %s to resume from; starting fresh", run_dir)
     if resume is not None:
         try:
             trainer.resume(resume)
@@ -387,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--resume_from_checkpoint=auto", args.per_device_train_batch_size)
         return 1
 
-    # 5. Report
+    # 6. Report
     if accelerator.is_main_process:
         state = result.state
         logger.info("done: %d steps in %.1f s (%.2f samples/s); best %s %.4f at step %s; final adapter in %s",

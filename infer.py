@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
-from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, make_parser, optional_str,
+from utils.cli import (add_bool, check_output_path, add_decoding_args, add_engine_args, add_model_args, make_parser, optional_str,
                        setup_logging, str2bool)
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.models import ModelResolutionError
@@ -145,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     files = collect_audio_files(args.audio_path)
     if not files:
         parser.error(f"no audio files found in {args.audio_path}")
+    missing = [f for f in files if not os.path.isfile(f)]
+    if len(missing) == len(files):  # before the model loads: a typo should not cost a model load
+        parser.error(f"--audio_path: {len(missing)} of {len(files)} file(s) not found: {', '.join(missing[:5])}")
     if formats:  # before the model loads: a transcript that cannot be written is work lost
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-        except OSError as e:
-            parser.error(f"--output_dir {output_dir}: cannot create this folder ({e.strerror}); give a folder path")
+        check_output_path(parser, "--output_dir", output_dir, folder=True)
 
     # 2. Model
     try:

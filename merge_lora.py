@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from utils.cli import add_bool, make_parser, optional_str, setup_logging
+from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
 
 logger = logging.getLogger("merge_lora")
 
@@ -40,11 +39,12 @@ def merged_dir_name(base_model: str) -> str:
     return f"{Path(base_model.rstrip('/').rstrip(os.sep)).name}-finetune"
 
 
-def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: bool) -> None:
+def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: bool, overwrite: bool) -> None:
     """Load base + adapter, merge, and save model, processor and generation config atomically."""
     import torch
     from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
+    from utils.io import atomic_dir
     from utils.lora import merge_adapter
     from utils.models import resolve_model
 
@@ -58,18 +58,11 @@ def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: boo
     merged.generation_config = generation_config
     merged.config.use_cache = True
 
-    tmp = output.parent / f".tmp-{output.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(output, overwrite=overwrite) as tmp:  # a failure leaves no folder; the old model stays
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         processor.feature_extractor.save_pretrained(tmp)  # preprocessor_config.json, read by CTranslate2 tools
         generation_config.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_ct2(model_dir: Path, quantization: str, *, overwrite: bool) -> Path:
@@ -86,14 +79,16 @@ def export_ct2(model_dir: Path, quantization: str, *, overwrite: bool) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_path(parser, "--output_dir", args.output_dir, folder=True)
     setup_logging()
-    from utils.lora import read_adapter_config
+    from utils.lora import check_adapter, read_adapter_config
     from utils.models import ModelResolutionError
 
-    # 1. Which base model
+    # 1. Which adapter (checked whole before the base model loads) and which base model
     try:
+        check_adapter(args.lora_model)
         adapter_config = read_adapter_config(args.lora_model)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         logger.error("%s", e)
         return 1
     base_model = args.base_model or adapter_config.get("base_model_name_or_path")
@@ -106,11 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     if output.exists() and not args.overwrite:
         logger.error("%s already exists; pass --overwrite to replace it", output)
         return 1
-    output.parent.mkdir(parents=True, exist_ok=True)
 
     # 3. Merge and save
     try:
-        merge(args.lora_model, base_model, output, local_files_only=args.local_files_only)
+        merge(args.lora_model, base_model, output, local_files_only=args.local_files_only, overwrite=args.overwrite)
     except ModelResolutionError as e:
         logger.error("base model %s: %s", base_model, e)
         return 1

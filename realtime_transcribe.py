@@ -29,7 +29,8 @@ import unicodedata
 from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
-from utils.cli import add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args, make_parser, setup_logging
+from utils.cli import (add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args, check_output_path, make_parser,
+                       setup_logging)
 from utils.io import write_json_atomic
 from utils.streaming import (
     AudioDeviceError,
@@ -111,6 +112,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--vad_threshold must be in (0, 1), got {args.vad_threshold}")
     if args.audio_path is not None and (args.device_index is not None or args.samplerate is not None):
         parser.error("--device_index/--samplerate select a microphone; they cannot be used with --audio_path")
+    check_output_path(parser, "--output", args.output, folder=False)
+    check_output_path(parser, "--report_path", args.report_path, folder=False)
 
 
 def format_time(seconds: float) -> str:

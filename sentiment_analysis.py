@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from utils.cli import add_bool, make_parser, optional_str, setup_logging
+from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.text is not None and not any(t.strip() for t in args.text):
         parser.error("--text is empty, nothing to classify")
+    check_output_path(parser, "--output", args.output, folder=False)
     setup_logging()
 
     # 1. Read the texts (before loading anything, so a bad file fails fast and writes nothing)

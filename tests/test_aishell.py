@@ -297,7 +297,7 @@ def test_malicious_member_is_refused(tmp_path, capsys, caplog, case):
     label = f"{bad}:data_aishell/wav/S0002.tar.gz" if where == "nested" else f"{bad}"
     assert f"{label}: member {member!r}" in err and "refusing to unpack this archive" in err
     assert not outside.exists()
-    assert not (tmp_path / "run/dataset/train.json").exists()
+    assert not (tmp_path / "run").exists(), sorted(str(p) for p in (tmp_path / "run").rglob("*"))
 
 
 def test_unpack_speaker_reads_durations_of_non_pcm_wavs(tmp_path):
@@ -333,6 +333,19 @@ def test_corrupt_archive(tmp_path, archive, capsys, caplog, kind):
     if kind == "bad_speaker":
         assert f"{path}:data_aishell/wav/S0724.tar.gz: corrupt speaker archive" in err
     assert not (tmp_path / "dataset/train.json").exists()
+    # a refused archive leaves nothing: not the speakers before the bad one, not the folders made for them
+    assert not (tmp_path / "dataset").exists(), sorted(str(p) for p in (tmp_path / "dataset").rglob("*"))
+
+
+def test_refused_archive_keeps_what_an_earlier_run_unpacked(tmp_path, archive):
+    assert _run(tmp_path, archive) == 0
+    data_dir = tmp_path / "dataset/audio/data_aishell"
+    before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*"))
+    bad = build_archive(tmp_path / "bad.tgz", nested_override={"S0724": os.urandom(2048)},
+                        outer_extra=lambda tar: _add_bytes(tar, "data_aishell/wav/S9999.tar.gz", b"x"))
+    assert _run(tmp_path / "second", bad) == 1  # a fresh target: nothing of the bad archive stays
+    assert not (tmp_path / "second").exists()
+    assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*")) == before
 
 
 def test_missing_transcript(tmp_path, capsys, caplog):

@@ -87,3 +87,22 @@ def test_duration_from_header(tmp_path):
 
 def test_resample_length():
     assert len(resample(np.zeros(8000, np.float32), 8000)) == 16000
+
+
+def test_a_wav_cut_short_is_read_with_a_warning_naming_both_durations(tmp_path, caplog):
+    import logging
+
+    from utils.audio import load_audio, save_wav, wav_truncation
+
+    full = tmp_path / "full.wav"
+    save_wav(full, np.zeros(32000, np.float32))  # 2.0 s, 16-bit: 64044 bytes
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[: 44 + 16000 * 2])  # the header still says 2.0 s; 1.0 s is there
+    assert wav_truncation(full) is None
+    assert wav_truncation(cut) == pytest.approx((2.0, 1.0))
+    with caplog.at_level(logging.WARNING, logger="utils.audio"):
+        assert load_audio(cut).shape == (16000,)
+        load_audio(cut)
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert warnings == [f"{cut}: truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut "
+                        "short?); using the 1.00 s there are"]  # once per file, not once per read

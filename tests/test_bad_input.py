@@ -118,6 +118,143 @@ def test_infer_output_dir_that_cannot_be_a_folder_fails_before_the_model_loads(k
         infer.main([f"--audio_path={en_wav}", "--model_path=does/not/exist", f"--output_dir={target}"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert f"--output_dir {target}: cannot create this folder" in err and "Traceback" not in err
+    reason = "is a file; give a folder path" if kind == "file" else "cannot write in the folder"
+    assert f"--output_dir {target}: {reason}" in err and "Traceback" not in err
     if kind == "file":
         assert target.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every script on bad input: exit non-zero, one message naming the file or flag, no traceback, inputs unchanged,
+# nothing new on disk (no partial file, no empty folder).
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, tiny_whisper_dir, en_wav):
+    """A folder of bad inputs: a corrupt LoRA checkpoint, malformed manifests, non-audio, a file where a folder
+    belongs, a damaged archive."""
+    import json
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.trainer import STATE_FILE, TrainerState
+
+    d = tmp_path_factory.mktemp("bad-inputs")
+    shutil.copy(en_wav, d / "good.wav")
+    (d / "not_audio.wav").write_text("this is text, not audio")
+    (d / "a_file").write_text("keep me")
+    good = json.dumps({"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0})
+    (d / "malformed.json").write_text(good + "\n{not json\n", encoding="utf-8")
+    (d / "no_sentence.json").write_text(json.dumps({"audio": {"path": "good.wav"}, "duration": 1.0}) + "\n")
+    (d / "good.json").write_text(good + "\n", encoding="utf-8")
+    (d / "not_a_tgz.tgz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 8)
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    ckpt = d / "checkpoint-2"
+    peft_model.save_pretrained(ckpt)
+    TrainerState(global_step=2, max_steps=4).save(ckpt / STATE_FILE)
+    torch.save({"state": {}}, ckpt / "optimizer.pt")
+    weights = ckpt / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+
+    broken_opt = d / "checkpoint-4"
+    shutil.copytree(ckpt, broken_opt)
+    peft_model.save_pretrained(broken_opt)  # a complete adapter this time
+    opt = broken_opt / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:-64])
+    return d
+
+
+def _snapshot(root):
+    """{relative path: sha256 (files) or 'dir'} of everything under ``root``."""
+    import hashlib
+
+    return {str(p.relative_to(root)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*"))}
+
+
+# (case id, script module, arguments with {d} = the bad-inputs folder, text the error must hold)
+SCRIPT_CASES = [
+    ("infer-missing-audio", "infer", ["--audio_path={d}/nope.wav", "--model_path=openai/whisper-base"],
+     "--audio_path: 1 of 1 file(s) not found: {d}/nope.wav"),
+    ("infer-not-audio", "infer", ["--audio_path={d}/not_audio.wav", "--model_path=openai/whisper-base",
+                                  "--backend=ct2"], "{d}/not_audio.wav: cannot decode"),
+    ("infer-output-dir-is-file", "infer", ["--audio_path={d}/good.wav", "--output_dir={d}/a_file"],
+     "--output_dir {d}/a_file: is a file"),
+    ("infer-bad-beam", "infer", ["--audio_path={d}/good.wav", "--beam_size=0"], "beam_size must be >= 1"),
+    ("evaluation-malformed", "evaluation", ["--test_data={d}/malformed.json", "--output={d}/new/r.json"],
+     "{d}/malformed.json:2"),
+    ("evaluation-missing-field", "evaluation", ["--test_data={d}/no_sentence.json", "--output={d}/new/r.json"],
+     "{d}/no_sentence.json:1"),
+    ("evaluation-output-under-file", "evaluation", ["--test_data={d}/good.json", "--output={d}/a_file/r.json"],
+     "--output {d}/a_file/r.json: {d}/a_file is a file"),
+    ("evaluation-missing-model", "evaluation", ["--test_data={d}/good.json", "--model_path={d}/no-model",
+                                                "--output={d}/new/r.json"], "{d}/no-model"),
+    ("realtime-missing-audio", "realtime_transcribe", ["--audio_path={d}/nope.wav"], "{d}/nope.wav: audio file not found"),
+    ("realtime-not-audio", "realtime_transcribe", ["--audio_path={d}/not_audio.wav"], "{d}/not_audio.wav: cannot decode"),
+    ("realtime-report-under-file", "realtime_transcribe", ["--audio_path={d}/good.wav",
+                                                           "--report_path={d}/a_file/report.json"],
+     "--report_path {d}/a_file/report.json: {d}/a_file is a file"),
+    ("realtime-bad-chunk", "realtime_transcribe", ["--audio_path={d}/good.wav", "--chunk_seconds=-1"],
+     "--chunk_seconds must be > 0"),
+    ("finetune-malformed", "finetune", ["--train_data={d}/malformed.json", "--test_data={d}/good.json",
+                                        "--base_model=openai/whisper-tiny.en", "--output_dir={d}/out"],
+     "{d}/malformed.json:2"),
+    ("finetune-missing-manifest", "finetune", ["--train_data={d}/nope.json", "--output_dir={d}/out"],
+     "--train_data {d}/nope.json: manifest file not found"),
+    ("finetune-corrupt-adapter", "finetune", ["--train_data={d}/good.json", "--test_data={d}/good.json",
+                                              "--resume_from_checkpoint={d}/checkpoint-2", "--output_dir={d}/out",
+                                              "--base_model=openai/whisper-tiny.en"],
+     "{d}/checkpoint-2/adapter_model.safetensors: damaged or truncated"),
+    ("finetune-corrupt-optimizer", "finetune", ["--train_data={d}/good.json", "--test_data={d}/good.json",
+                                                "--resume_from_checkpoint={d}/checkpoint-4", "--output_dir={d}/out",
+                                                "--base_model=openai/whisper-tiny.en"],
+     "{d}/checkpoint-4/optimizer.pt: damaged or truncated"),
+    ("finetune-negative-lr", "finetune", ["--learning_rate=-1", "--output_dir={d}/out"],
+     "--learning_rate must be > 0"),
+    ("merge-corrupt-adapter", "merge_lora", ["--lora_model={d}/checkpoint-2", "--output_dir={d}/models"],
+     "{d}/checkpoint-2/adapter_model.safetensors: damaged or truncated"),
+    ("merge-not-a-checkpoint", "merge_lora", ["--lora_model={d}", "--output_dir={d}/models"],
+     "{d}: no adapter_config.json"),
+    ("merge-output-is-file", "merge_lora", ["--lora_model={d}/checkpoint-4", "--output_dir={d}/a_file"],
+     "--output_dir {d}/a_file: is a file"),
+    ("aishell-not-an-archive", "aishell", ["--filepath={d}/not_a_tgz.tgz", "--target_dir={d}/aishell/audio",
+                                           "--annotation_text={d}/aishell", "--num_workers=1"],
+     "{d}/not_a_tgz.tgz: corrupt or truncated archive"),
+    ("aishell-missing-archive", "aishell", ["--filepath={d}/nope.tgz", "--target_dir={d}/aishell/audio",
+                                            "--annotation_text={d}/aishell"], "{d}/nope.tgz: archive not found"),
+    ("aishell-target-is-file", "aishell", ["--filepath={d}/not_a_tgz.tgz", "--target_dir={d}/a_file"],
+     "--target_dir {d}/a_file: is a file"),
+    ("sentiment-missing-input", "sentiment_analysis", ["--input={d}/nope.txt"], "{d}/nope.txt: no such file"),
+    ("sentiment-wrong-kind", "sentiment_analysis", ["--input={d}/good.wav"], "{d}/good.wav: unknown extension"),
+    ("sentiment-output-under-file", "sentiment_analysis", ["--text=很好", "--output={d}/a_file/out.json"],
+     "--output {d}/a_file/out.json: {d}/a_file is a file"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, script, args, message", SCRIPT_CASES, ids=[c[0] for c in SCRIPT_CASES])
+def test_every_script_refuses_bad_input_cleanly(case, script, args, message, bad_inputs, capsys, caplog,
+                                                monkeypatch):
+    import importlib
+    import logging
+
+    d = bad_inputs
+    monkeypatch.chdir(d)  # a default output path (evaluation's report, infer's output/) lands here if written
+    before = _snapshot(d)
+    module = importlib.import_module(script)
+    argv = [a.format(d=d) for a in args]
+    with caplog.at_level(logging.INFO):
+        try:
+            code = module.main(argv)
+        except SystemExit as e:
+            code = e.code
+    err = capsys.readouterr().err + caplog.text
+    assert code not in (0, None), f"{case}: exit code {code}"
+    assert "Traceback" not in err, err
+    assert message.format(d=d) in err, err
+    assert _snapshot(d) == before, f"{case}: files changed or left behind"

@@ -22,3 +22,50 @@ def test_crash_leaves_old_file_and_no_temp(tmp_path):
             raise RuntimeError("boom")
     assert json.loads(p.read_text()) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_atomic_dir_publishes_only_a_complete_folder(tmp_path):
+    from utils.io import atomic_dir
+
+    target = tmp_path / "a" / "b" / "model"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_dir(target) as staging:
+            (staging / "weights.bin").write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert not (tmp_path / "a").exists()  # neither the staging folder nor the parents made for it
+
+    with atomic_dir(target) as staging:
+        (staging / "weights.bin").write_bytes(b"v1")
+    assert (target / "weights.bin").read_bytes() == b"v1"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
+
+
+def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
+    from utils.io import atomic_dir
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights.bin").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        with atomic_dir(target):
+            raise AssertionError("the block must not run when the target exists and overwrite is False")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target, overwrite=True) as staging:
+            (staging / "weights.bin").write_bytes(b"new, half")
+            raise RuntimeError("killed")
+    assert (target / "weights.bin").read_bytes() == b"old"
+    with atomic_dir(target, overwrite=True) as staging:
+        (staging / "weights.bin").write_bytes(b"new")
+    assert (target / "weights.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_recover_displaced_puts_back_a_folder_a_crash_left_aside(tmp_path):
+    from utils.io import recover_displaced
+
+    (tmp_path / ".old-checkpoint-best.1a2b").mkdir()  # a crash between the two renames of publish_dir
+    (tmp_path / ".old-checkpoint-best.1a2b" / "adapter.bin").write_bytes(b"best")
+    (tmp_path / ".tmp-checkpoint-9.77").mkdir()  # a half-written new version
+    recover_displaced(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-best"]
+    assert (tmp_path / "checkpoint-best" / "adapter.bin").read_bytes() == b"best"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,48 @@ def _read_soundfile(path: str, start_time: float | None, end_time: float | None)
     return data, sr
 
 
+_warned_truncated: set[str] = set()  # warn once per file, not once per epoch
+
+
+def wav_truncation(path: str | os.PathLike) -> tuple[float, float] | None:
+    """For a RIFF/WAVE file whose header promises more audio than the file holds (a copy cut short):
+    (seconds the header says, seconds the file holds); None for a complete file or another format.
+
+    Only the header is read. Streaming writers that leave the data size at 0 or 0xFFFFFFFF are not flagged.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, rate, block_align = 12, 0, 0
+    while pos + 8 <= len(head):
+        chunk_id, chunk_size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        if chunk_id == b"fmt " and pos + 20 <= len(head):
+            rate, block_align = struct.unpack_from("<I", head, pos + 12)[0], struct.unpack_from("<H", head, pos + 20)[0]
+        elif chunk_id == b"data":
+            held = size - (pos + 8)
+            if not rate or not block_align or chunk_size in (0, 0xFFFFFFFF) or chunk_size <= held:
+                return None
+            bytes_per_s = rate * block_align
+            return chunk_size / bytes_per_s, max(0, held) / bytes_per_s
+        pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+def _warn_if_truncated(path: str) -> None:
+    if path in _warned_truncated:
+        return
+    cut = wav_truncation(path)
+    if cut is not None:
+        _warned_truncated.add(path)
+        logger.warning("%s: truncated wav: its header says %.2f s but the file holds only %.2f s (a copy cut "
+                       "short?); using the %.2f s there are", path, cut[0], cut[1], cut[1])
+
+
 def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sample_rate: int) -> np.ndarray:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -115,6 +158,7 @@ def load_audio(
     try:
         data, sr = _read_soundfile(path, start_time, end_time)
         samples = resample(_to_mono(data), sr, sample_rate)
+        _warn_if_truncated(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         if isinstance(e, AudioLoadError):
             raise

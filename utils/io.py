@@ -1,14 +1,22 @@
-"""Atomic file writing: a crash never leaves a half-written manifest, report or checkpoint file."""
+"""Atomic writing: a crash never leaves a half-written file (manifest, report) or folder (model, checkpoint)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".tmp-"  # <parent>/.tmp-<name>.<id>: a folder being written
+DISPLACED_PREFIX = ".old-"  # <parent>/.old-<name>.<id>: the previous version, while the new one moves in
 
 
 def _umask() -> int:
@@ -61,3 +69,95 @@ def write_jsonlines_atomic(path: str | os.PathLike, records: Iterable[dict[str, 
             f.write("\n")
             n += 1
     return n
+
+
+def staging_dir_for(target: str | os.PathLike) -> Path:
+    """A new, empty, hidden folder next to ``target`` (same file system, so it can be renamed onto it)."""
+    target = Path(target)
+    staging = target.parent / f"{STAGING_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    return staging
+
+
+def _normalize_modes(folder: Path) -> None:
+    """Give every file the umask's permissions (some writers, like mkstemp, create 0600 files)."""
+    file_mode = 0o666 & ~_umask()
+    for file in folder.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            file.chmod(file_mode)
+
+
+def publish_dir(staging: str | os.PathLike, target: str | os.PathLike, *, overwrite: bool) -> None:
+    """Rename the complete folder ``staging`` onto ``target``; at every instant one complete version exists.
+
+    An existing ``target`` is first renamed to ``.old-<name>.<id>`` and deleted only once the new one is in
+    place; a crash between the two renames leaves it there, and ``recover_displaced`` puts it back.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False (``staging`` is left as it is).
+    """
+    staging, target = Path(staging), Path(target)
+    _normalize_modes(staging)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    old = target.parent / f"{DISPLACED_PREFIX}{target.name}.{uuid.uuid4().hex[:12]}"
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_displaced(parent: str | os.PathLike) -> None:
+    """After a crash inside ``publish_dir``: put back displaced folders whose target is missing, and delete
+    leftover staging folders and displaced folders whose new version is in place."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if p.name.startswith(DISPLACED_PREFIX) and p.is_dir():
+            target = parent / p.name[len(DISPLACED_PREFIX):].rsplit(".", 1)[0]
+            if not target.exists():
+                os.replace(p, target)
+                logger.warning("restored %s after an interrupted save", target)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(STAGING_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a folder atomically: yields an empty staging folder next to ``target``; when the block succeeds it
+    replaces ``target`` (``publish_dir``). When the block raises, the staging folder and any parent folders
+    this call created are removed, so a failure leaves nothing behind.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False, checked before the block runs.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    created = _missing_parents(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir_for(target)
+    try:
+        yield staging
+        publish_dir(staging, target, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty
+        raise

@@ -101,6 +101,32 @@ def adalora_orth_regularization(peft_model, adapter: str = "default") -> torch.T
     return weight * torch.stack(terms).float().mean()
 
 
+class AdapterError(ValueError):
+    """An adapter folder is incomplete or damaged (a truncated copy, a disk error)."""
+
+
+def check_adapter(adapter_dir: str | os.PathLike) -> None:
+    """Cheap integrity check of an adapter folder, before any model is loaded: adapter_config.json parses and
+    adapter_model.safetensors is complete (its header covers the whole file).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        AdapterError: a file is damaged.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    read_adapter_config(adapter_dir)
+    path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors; is it a checkpoint folder?")
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except SafetensorError as e:
+        raise AdapterError(f"{path}: damaged or truncated ({e}); copy the checkpoint again, or use another "
+                           "checkpoint-<step> of the run") from e
+
+
 def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     """Load saved adapter weights into an already-built peft model (for resuming)."""
     from peft import set_peft_model_state_dict
@@ -121,8 +147,14 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_CONFIG}; pass a LoRA checkpoint folder "
                                 "such as output/whisper-tiny/checkpoint-best")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path}: damaged, not valid JSON ({e}); copy the checkpoint again") from e
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: damaged, not a JSON object; copy the checkpoint again")
+    return config
 
 
 def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -> torch.nn.Module:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from utils.io import write_json_atomic
+from utils.io import publish_dir, recover_displaced, write_json_atomic
 from utils.lora import adalora_orth_regularization
 from utils.text import error_rate
 from utils.transcribe import token_budget
@@ -140,32 +140,43 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def check_checkpoint(checkpoint: str | os.PathLike, *, adalora: bool) -> None:
+    """Cheap integrity check of a ``checkpoint-<step>`` to resume from, before any model is loaded: the trainer
+    state parses, the adapter is complete, and every ``*.pt`` state file is a complete archive.
+
+    Raises:
+        FileNotFoundError: not a resumable checkpoint (a file is missing).
+        AdapterError (a ValueError): a file is damaged; the message names it and the fix.
+    """
+    import zipfile
+
+    from utils.lora import AdapterError, check_adapter
+
+    checkpoint = Path(checkpoint)
+    state_path = checkpoint / STATE_FILE
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{checkpoint}: not a resumable checkpoint (no {STATE_FILE})")
+    fix = ("copy it again, or resume from an earlier checkpoint-<step> of the run "
+           "(--resume_from_checkpoint=<run>/checkpoint-<step>)")
+    try:
+        TrainerState.load(state_path)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise AdapterError(f"{state_path}: damaged ({e}); {fix}") from e
+    if not adalora:  # an AdaLoRA checkpoint resumes from adalora_state.pt, checked below
+        check_adapter(checkpoint)
+    for path in sorted(checkpoint.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise AdapterError(f"{path}: damaged or truncated ({e}); {fix}") from e
+        if bad is not None:
+            raise AdapterError(f"{path}: damaged (record {bad} fails its checksum); {fix}")
+
+
 def recover_interrupted_saves(run_dir: str | os.PathLike) -> None:
     """Clean up after a kill during a save: restore a displaced checkpoint, drop temporary folders."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return
-    for p in run_dir.iterdir():
-        if p.name.startswith(".old-"):
-            target = run_dir / p.name[len(".old-"):].rsplit(".", 1)[0]
-            if not target.exists():
-                os.replace(p, target)
-                logger.warning("restored %s after an interrupted save", target)
-            else:
-                shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(".tmp-"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` onto ``target`` (a folder); at every instant one complete version exists on disk."""
-    if target.exists():
-        old = target.parent / f".old-{target.name}.{os.getpid()}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    recover_displaced(run_dir)
 
 
 def _rotate_checkpoints(run_dir: Path, limit: int) -> None:
@@ -440,7 +451,7 @@ class Trainer:
                 if self.options.use_adalora:
                     torch.save(self._adalora_state(), tmp / ADALORA_STATE_FILE)
             self.state.save(tmp / STATE_FILE)
-            _replace_dir(tmp, target)
+            publish_dir(tmp, target, overwrite=True)
             if full:
                 _rotate_checkpoints(self.run_dir, self.options.save_total_limit)
         acc.wait_for_everyone()

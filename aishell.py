@@ -17,35 +17,31 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import gzip
-import hashlib
-import http.client
 import io
 import json
 import logging
 import multiprocessing
 import os
-import posixpath
 import re
 import shutil
 import sys
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 import wave
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_duration
 from utils.cli import check_output_path, make_parser, setup_logging
+from utils.archive import UnsafeArchiveError, extract_member, member_path
 from utils.data import relative_audio_path
+from utils.download import DownloadError, download_file
 from utils.io import atomic_open, write_json_atomic, write_jsonlines_atomic
 
 logger = logging.getLogger(__name__)
@@ -68,23 +64,14 @@ STAGING_DIR = ".aishell_staging"  # under <target_dir>/data_aishell: a speaker i
 _SPEAKER_MEMBER_RE = re.compile(r"^data_aishell/wav/([^/]+)\.tar\.gz$")
 _WAV_MEMBER_RE = re.compile(r"^wav/([^/]+)/([^/]+)/([^/]+)\.wav$")  # wav/<split>/<speaker>/<utterance>.wav
 _READ_BUFFER = 1 << 20  # bytes; tarfile's stream default (16 KiB) makes reading a 15 GB archive slow
-_EXTRACT_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 class AishellError(RuntimeError):
     """Preparing AISHELL failed; the message names the file and what to do."""
 
 
-class DownloadError(AishellError):
-    """The archive could not be downloaded, or its checksum is wrong."""
-
-
 class CorruptArchiveError(AishellError):
     """The archive (or a speaker archive inside it) is missing, truncated or not a tar archive."""
-
-
-class UnsafeArchiveError(AishellError):
-    """An archive member would be written outside the target folder (absolute path, '..', outside link)."""
 
 
 class MissingTranscriptError(AishellError):
@@ -104,169 +91,22 @@ class PrepareSummary:
 
 
 # --------------------------------------------------------------------------------------------------
-# Download
-
-
-def file_md5(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
-    """Hex md5 of a file, read in ``chunk_size`` byte pieces."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 100-199/1000`` → (100, 1000); ``bytes */1000`` → (None, 1000); unknown parts are None."""
-    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
-    if not m:
-        return None, None
-    start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(2)) if m.group(2) != "*" else None
-    return start, total
-
-
-def _fetch(url: str, part: Path, *, timeout: float, chunk_size: int, progress: bool) -> None:
-    """Download ``url`` into ``part``, continuing after the bytes already in it (HTTP Range)."""
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "whisper-finetune-aishell/1.0"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left after `offset`: complete already, or a stale .part
-            _, total = _parse_content_range(e.headers.get("Content-Range"))
-            if total == offset:
-                return
-            logger.warning("%s: server refused to resume at byte %d; starting over", url, offset)
-            part.unlink()
-        raise
-    with resp:
-        start, total = _parse_content_range(resp.headers.get("Content-Range"))
-        if resp.status == 206:
-            if start != offset:
-                part.unlink(missing_ok=True)
-                raise http.client.HTTPException(f"asked for bytes from {offset}, got bytes from {start}; starting over")
-            mode = "ab"
-        else:
-            if offset:
-                logger.warning("%s: server ignored the resume request; downloading from the start", url)
-            offset, mode = 0, "wb"
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        logger.info("downloading %s → %s%s", url, part, f" (resuming at byte {offset})" if offset else "")
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                                         desc=part.name, disable=not progress) as bar:
-            while chunk := resp.read(chunk_size):
-                f.write(chunk)
-                bar.update(len(chunk))
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise http.client.IncompleteRead(b"", total - size)
+# Download and unpack
 
 
 def download_archive(
     dest: str | os.PathLike,
     urls: Sequence[str] = DOWNLOAD_URLS,
     md5: str | None = ARCHIVE_MD5,
-    *,
-    retries: int = 5,
-    retry_wait: float = 2.0,
-    timeout: float = 60.0,
-    chunk_size: int = 1 << 20,
-    progress: bool = True,
+    **kwargs: Any,
 ) -> Path:
-    """Download the archive to ``dest`` with resume and checksum; returns ``dest``.
-
-    Bytes go to ``dest + ".part"`` first; an interrupted download (this run or an earlier one) continues
-    from where it stopped with an HTTP Range request. ``urls`` are tried in order (official, then mirror);
-    a URL is given up after ``retries`` failures in a row that brought no new bytes, waiting
-    ``retry_wait`` seconds after the first and twice as long after each next one. When complete, the
-    md5 is checked and the file renamed to ``dest``.
-    An existing ``dest`` with the right md5 is reused.
+    """Download data_aishell.tgz to ``dest`` (official URL, then the mirror), resumable and md5-checked:
+    :func:`utils.download.download_file`, whose keyword arguments (retries, timeout, progress…) pass through.
 
     Raises:
-        DownloadError: every URL failed, or the md5 does not match (the bad ``.part`` is then removed).
+        DownloadError: every URL failed, or the md5 does not match.
     """
-    dest = Path(dest)
-    if dest.is_file():
-        got = file_md5(dest) if md5 else None
-        if got == (md5.lower() if md5 else None):
-            logger.info("%s already downloaded", dest)
-            return dest
-        raise DownloadError(f"{dest}: exists but its md5 is {got}, expected {md5}; "
-                            "delete it and run again, or pass a good copy with --filepath")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    errors: list[str] = []
-    for url in urls:
-        failures = 0  # in a row without progress; a dropped connection that delivered bytes does not count
-        while failures < retries:
-            before = part.stat().st_size if part.exists() else 0
-            try:
-                _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
-            except urllib.error.HTTPError as e:
-                errors.append(f"{url}: HTTP {e.code} {e.reason}")
-                logger.warning("download failed: %s", errors[-1])
-                if e.code in (401, 403, 404, 410):  # permanent: try the next URL
-                    break
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                errors.append(f"{url}: {type(e).__name__}: {e}")
-                logger.warning("download interrupted: %s", errors[-1])
-            else:
-                return _finish_download(part, dest, md5)
-            grew = part.exists() and part.stat().st_size > before
-            failures = 0 if grew else failures + 1
-            time.sleep(0 if grew else retry_wait * 2 ** (failures - 1))
-    raise DownloadError(f"cannot download {dest.name} ({'; '.join(errors)}). Download it with another tool "
-                        f"and pass it with --filepath; the partial download {part} (if any) is resumed next time")
-
-
-def _finish_download(part: Path, dest: Path, md5: str | None) -> Path:
-    if md5:
-        logger.info("checking the md5 of %s", part)
-        got = file_md5(part)
-        if got != md5.lower():
-            part.unlink()
-            raise DownloadError(f"{part}: md5 {got} does not match the expected {md5}; the corrupt download "
-                                "was removed, run again to download it afresh")
-    os.replace(part, dest)
-    return dest
-
-
-# --------------------------------------------------------------------------------------------------
-# Safe extraction
-
-
-def _member_path(member: tarfile.TarInfo, label: str) -> str:
-    """The member's normalised relative path; refuses absolute paths, '..' and links leaving the target."""
-    name = member.name
-    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive or os.path.isabs(name):
-        raise UnsafeArchiveError(f"{label}: member {name!r} has an absolute path; refusing to unpack this archive")
-    parts = name.replace("\\", "/").split("/")
-    if ".." in parts:
-        raise UnsafeArchiveError(f"{label}: member {name!r} contains '..'; refusing to unpack this archive")
-    path = posixpath.normpath(name.replace("\\", "/"))
-    if member.issym() or member.islnk():
-        link = member.linkname.replace("\\", "/")
-        # a symlink is relative to its own folder, a hard link to the archive root
-        base = posixpath.dirname(path) if member.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, link))
-        if link.startswith("/") or PureWindowsPath(link).drive or target == ".." or target.startswith("../"):
-            raise UnsafeArchiveError(f"{label}: member {name!r} is a link to {member.linkname!r}, outside the "
-                                     "target folder; refusing to unpack this archive")
-    elif not (member.isfile() or member.isdir()):
-        raise UnsafeArchiveError(f"{label}: member {name!r} is a device or fifo; refusing to unpack this archive")
-    return path
-
-
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, label: str) -> None:
-    try:
-        tar.extract(member, dest, **_EXTRACT_FILTER)
-    except tarfile.FilterError as e:  # the data filter's own checks (e.g. a path through a symlink)
-        raise UnsafeArchiveError(
-            f"{label}: member {member.name!r} refused ({e}); refusing to unpack this archive") from e
+    return download_file(dest, urls, md5, hint="pass it with --filepath", **kwargs)
 
 
 def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> float:
@@ -303,8 +143,8 @@ def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
         # decompressed in memory (~50 MB for an AISHELL speaker), so reading a header costs no re-decompression
         with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r:") as tar:
             for member in tar:
-                path = _member_path(member, label)
-                _extract_member(tar, member, os.fspath(staging), label)
+                path = member_path(member, label)
+                extract_member(tar, member, os.fspath(staging), label)
                 if member.isfile() and path.endswith(".wav"):
                     durations[path] = _wav_duration(tar, member, os.path.join(staging, path))
         _publish_tree(staging, Path(data_dir))
@@ -426,7 +266,7 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
                                   disable=not progress) as stream, \
                     tarfile.open(fileobj=stream, mode="r|*", bufsize=_READ_BUFFER) as tar:
                 for member in tar:
-                    name = _member_path(member, label)
+                    name = member_path(member, label)
                     m = _SPEAKER_MEMBER_RE.match(name)
                     if name == TRANSCRIPT_MEMBER and member.isfile():
                         with tar.extractfile(member) as src, atomic_open(data_dir / TRANSCRIPT_PATH, "wb") as dst:
@@ -465,7 +305,7 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
         if not speakers:
             raise CorruptArchiveError(f"{archive}: has no speaker archives data_aishell/wav/*.tar.gz; is this the "
                                       f"AISHELL-1 {ARCHIVE_NAME} (openslr resource 33)?")
-    except AishellError:
+    except (AishellError, UnsafeArchiveError):
         # a refused archive leaves nothing: undo what this call unpacked (earlier runs' speakers stay)
         for fut, (speaker, _, _) in pending.items():  # finished by a worker, not yet recorded
             if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -689,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare_aishell(args.target_dir, args.annotation_text, archive=args.filepath, num_workers=args.num_workers,
                         urls=DOWNLOAD_URLS, md5=ARCHIVE_MD5)
-    except AishellError as e:
+    except (AishellError, DownloadError, UnsafeArchiveError) as e:
         logger.error("%s", e)
         return 1
     except OSError as e:  # e.g. no space left or no permission in --target_dir / --annotation_text

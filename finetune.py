@@ -24,7 +24,7 @@ from pathlib import Path
 
 from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
 from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
-from utils.transcribe import avx2_profile, cpu_has_amx
+from utils.device import choose_precision
 
 logger = logging.getLogger("finetune")
 
@@ -94,65 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
     add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
     return p
-
-
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX); False under ``WHISPER_FT_CPU=avx2``."""
-    import torch
-
-    if avx2_profile():
-        return False
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return cpu_has_amx() or (bool(check()) if check is not None else False)
-
-
-@dataclasses.dataclass(frozen=True)
-class Precision:
-    """How a run computes: accelerate's ``mixed_precision`` and the dtype of the frozen base weights.
-
-    On a CPU, bf16 keeps the frozen base weights in bf16 (no autocast, so no per-op casts) while the
-    LoRA weights, their gradients and the optimizer stay fp32, and the loss is computed in fp32.
-    """
-
-    mixed_precision: str  # "no", "bf16", "fp16"
-    base_dtype: str  # "float32" or "bfloat16"
-
-    def describe(self) -> str:
-        if self.base_dtype == "bfloat16":
-            return "bf16 base weights, fp32 adapters"
-        return {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
-
-
-def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
-    """The precision for the request and device.
-
-    auto: bf16 (else fp16) autocast on CUDA; on a CPU bf16 base weights where AMX makes them fast
-    (whisper-base decoder-only LoRA on our 2-core AMX CPU: tools/bench_finetune.py), else fp32.
-    """
-    import torch
-
-    cuda = device_type == "cuda"
-    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
-    if fp16 or requested == "fp16":
-        if cuda:
-            return Precision("fp16", "float32")
-        logger.warning("fp16 mixed precision needs a CUDA GPU; on %s using %s instead",
-                       device_type, "bf16 base weights" if cpu_has_amx() else "fp32")
-        requested = "auto"
-    if requested == "fp32":
-        return Precision("no", "float32")
-    if requested == "bf16":
-        if cuda and not cuda_bf16:
-            logger.warning("this GPU has no bf16; using fp16")
-            return Precision("fp16", "float32")
-        if cuda:
-            return Precision("bf16", "float32")
-        if not cpu_supports_bf16():
-            logger.warning("this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 will be slow; --precision=fp32")
-        return Precision("no", "bfloat16")
-    if cuda:
-        return Precision("bf16" if cuda_bf16 else "fp16", "float32")
-    return Precision("no", "bfloat16" if cpu_has_amx() else "float32")
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -262,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     from utils.data import ManifestError, load_manifest
     from utils.lora import LoraOptions, build_adapter
     from utils.models import ModelResolutionError, resolve_model
-    from utils.train_data import SpeechDataset, language_code
+    from utils.languages import optional_language_code
+    from utils.train_data import SpeechDataset
     from utils.trainer import Trainer, TrainOptions, check_checkpoint, latest_checkpoint, \
         recover_interrupted_saves, total_training_steps
 
@@ -276,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 precision.describe())
     set_seed(args.seed, device_specific=True)  # seed + rank: each process draws its own dropout masks
     try:
-        language = language_code(args.language)
+        language = optional_language_code(args.language)
     except ValueError as e:
         parser.error(f"--language: {e}")
 

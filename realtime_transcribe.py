@@ -31,21 +31,19 @@ from typing import IO, Any
 from utils.audio import AudioLoadError, load_audio
 from utils.cli import (add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args, check_output_path, make_parser,
                        setup_logging)
+from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
-    AudioDeviceError,
     EngineHypothesis,
-    FileSource,
-    MicrophoneSource,
     StreamingPolicy,
     StreamResult,
     Update,
     Word,
     join_words,
-    list_input_devices,
     run_stream,
     silero_vad_fn,
 )
+from utils.subtitles import format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +114,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_output_path(parser, "--report_path", args.report_path, folder=False)
 
 
-def format_time(seconds: float) -> str:
-    """Seconds → HH:MM:SS.mmm."""
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
-
-
 def commit_line(words: list[Word]) -> str:
     """``[start --> end] text`` for words committed together."""
-    return f"[{format_time(words[0].start)} --> {format_time(words[-1].end)}] {join_words(words)}"
+    return f"[{format_timestamp(words[0].start, '.')} --> {format_timestamp(words[-1].end, '.')}] {join_words(words)}"
 
 
 def _width(text: str) -> int:
@@ -214,7 +203,8 @@ def stream_threads(args: argparse.Namespace) -> int:
     """--cpu_threads, with -1 resolved: 1 for the ct2 backend on a CPU whose encoder runs in PyTorch bf16 (AMX)."""
     if args.cpu_threads >= 0:
         return args.cpu_threads
-    from utils.transcribe import resolve_device, uses_torch_encoder
+    from utils.device import resolve_device
+    from utils.transcribe import uses_torch_encoder
 
     device = resolve_device(args.device)
     return 1 if args.backend == "ct2" and device == "cpu" and uses_torch_encoder(args.ct2_encoder, device) else 0

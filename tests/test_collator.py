@@ -11,7 +11,8 @@ import torch
 
 from utils.collator import IGNORE_INDEX, WhisperCollator
 from utils.data import Record, Segment, load_manifest
-from utils.train_data import LabelTokens, SpeechDataset, build_labels, language_code, log_mel_features
+from utils.languages import optional_language_code as language_code
+from utils.train_data import LabelTokens, SpeechDataset, build_labels, log_mel_features
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,10 @@ import torch
 
 from tools import import_ct2
 from utils.audio import SAMPLE_RATE, load_audio
-from utils.ct2_import import (
-    CT2FormatError,
-    PackagedModelError,
-    convert_ct2_to_hf,
-    infer_whisper_dims,
-    load_ct2_encoder,
-    packaged_ct2_dir,
-    read_ct2_model,
-)
+from utils.audio_encoder import load_ct2_encoder
+from utils.ct2_format import CT2FormatError, infer_whisper_dims, read_ct2_model
+from utils.ct2_import import convert_ct2_to_hf
+from utils.models import PackagedModelError, packaged_ct2_dir
 
 from tests.conftest import make_speech
 
@@ -422,3 +417,16 @@ def test_torch_encoder_from_a_ct2_folder_matches_ctranslate2s(base_ct2_dir: Path
     assert np.abs(ours - reference).max() < 1e-2
     with pytest.raises(ValueError, match="dtype"):
         load_ct2_encoder(base_ct2_dir, dtype="int4")
+
+
+def test_the_encoder_loader_reads_only_encoder_weights(base_ct2_dir: Path) -> None:
+    """read_whisper(prefix="encoder/") de-quantises the encoder only (the decoder stays on disk) and still
+    reports the whole architecture."""
+    from utils.ct2_format import load_ct2_config, read_whisper
+
+    config = load_ct2_config(base_ct2_dir)
+    encoder_only, dims = read_whisper(base_ct2_dir / "model.bin", config, prefix="encoder/")
+    everything, full_dims = read_whisper(base_ct2_dir / "model.bin", config)
+    assert encoder_only and all(name.startswith("encoder/") for name in encoder_only)
+    assert set(encoder_only) == {name for name in everything if name.startswith("encoder/")}
+    assert dims == full_dims and dims.decoder_layers == 6 and dims.vocab_size == 51865

@@ -74,16 +74,18 @@ def test_use_8bit_on_cpu_is_a_clear_error(capsys):
 
 
 def test_fp16_on_cpu_falls_back_with_message(caplog, monkeypatch):
-    P = finetune.Precision
+    import utils.device
+
+    P = utils.device.Precision
     for amx, cpu_auto in ((True, P("no", "bfloat16")), (False, P("no", "float32"))):
-        monkeypatch.setattr(finetune, "cpu_has_amx", lambda amx=amx: amx)
+        monkeypatch.setattr(utils.device, "cpu_has_amx", lambda amx=amx: amx)
         caplog.clear()
         with caplog.at_level("WARNING"):
-            assert finetune.choose_precision("auto", True, "cpu") == cpu_auto
+            assert utils.device.choose_precision("auto", True, "cpu") == cpu_auto
         assert "fp16 mixed precision needs a CUDA GPU" in caplog.text
-        assert finetune.choose_precision("auto", False, "cpu") == cpu_auto
-        assert finetune.choose_precision("fp32", False, "cpu") == P("no", "float32")
-        assert finetune.choose_precision("bf16", False, "cpu") == P("no", "bfloat16")  # bf16 weights, no autocast
+        assert utils.device.choose_precision("auto", False, "cpu") == cpu_auto
+        assert utils.device.choose_precision("fp32", False, "cpu") == P("no", "float32")
+        assert utils.device.choose_precision("bf16", False, "cpu") == P("no", "bfloat16")  # bf16 weights, no autocast
     assert P("no", "bfloat16").describe() == "bf16 base weights, fp32 adapters"
 
 
@@ -98,11 +100,13 @@ def test_4bit_compute_dtype_follows_the_runs_precision():
 def test_avx2_profile_takes_the_non_amx_choices_on_any_cpu(monkeypatch):
     """WHISPER_FT_CPU=avx2 (how an AMX machine measures and tests what most laptops run): fp32 training,
     CTranslate2's own encoder, no native bf16; an unknown value is an error, not ignored."""
-    from utils.transcribe import cpu_has_amx, uses_torch_encoder
+    import utils.device
+    from utils.device import cpu_has_amx, cpu_supports_bf16
+    from utils.transcribe import uses_torch_encoder
 
     monkeypatch.setenv("WHISPER_FT_CPU", "avx2")
-    assert cpu_has_amx() is False and finetune.cpu_supports_bf16() is False
-    assert finetune.choose_precision("auto", False, "cpu") == finetune.Precision("no", "float32")
+    assert cpu_has_amx() is False and cpu_supports_bf16() is False
+    assert utils.device.choose_precision("auto", False, "cpu") == utils.device.Precision("no", "float32")
     assert uses_torch_encoder("auto", "cpu") is False
     monkeypatch.setenv("WHISPER_FT_CPU", "avx512")
     with pytest.raises(ValueError, match="WHISPER_FT_CPU"):

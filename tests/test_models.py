@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from utils.audio import SAMPLE_RATE, load_audio
-from utils.ct2_import import CACHE_ENV, IMPORT_INFO_FILE
+from utils.ct2_import import IMPORT_INFO_FILE
+from utils.models import CACHE_ENV
 from utils.models import OFFLINE_MODELS, ModelResolutionError, ct2_model_dir, resolve_model
 
 from tests.conftest import make_speech

@@ -20,16 +20,13 @@ import pytest
 
 import realtime_transcribe
 from utils.audio import SAMPLE_RATE
+from utils.audio_sources import AudioDeviceError, FileSource, block_capture_time, import_sounddevice
 from utils.streaming import (
-    AudioDeviceError,
-    FileSource,
     StreamingPolicy,
     Update,
     Word,
     _align_committed,
-    block_capture_time,
     collapse_repeats,
-    import_sounddevice,
     join_words,
     run_stream,
     split_tokens,
@@ -519,7 +516,7 @@ def test_microphone_source_resamples_to_16k(monkeypatch):
     blocks = [tone[i: i + 4410] for i in range(0, rate, 4410)]
     mic = [{"name": "usb mic", "max_input_channels": 1, "max_output_channels": 0, "default_samplerate": 48000.0}]
     monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(mic, blocks))
-    from utils.streaming import MicrophoneSource
+    from utils.audio_sources import MicrophoneSource
 
     with MicrophoneSource(None, samplerate=rate) as source:
         assert (source.samplerate, source.device_name) == (rate, "usb mic")
@@ -543,7 +540,7 @@ def test_block_capture_times_from_portaudio_or_from_arrival():
 def test_the_microphone_clock_starts_at_the_first_capture_and_skips_lost_audio(monkeypatch):
     mic = [{"name": "usb mic", "max_input_channels": 1, "max_output_channels": 0, "default_samplerate": 16000.0}]
     monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(mic))
-    from utils.streaming import MicrophoneSource
+    from utils.audio_sources import MicrophoneSource
 
     clock = iter([100.0, 100.1, 100.5])  # perf_counter at each callback
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))

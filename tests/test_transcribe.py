@@ -8,13 +8,13 @@ import pytest
 from tests.conftest import EN_SENTENCE
 from utils.audio import SAMPLE_RATE, load_audio
 from utils.text import count_errors, error_rate
+from utils.languages import language_code
 from utils.transcribe import (
     DecodeOptions,
     compression_ratio,
     is_decoder_loop,
     join_texts,
     longest_repeat,
-    language_code,
     load_transcriber,
     pad_log_mel,
     postprocess_text,

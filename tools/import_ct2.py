@@ -18,7 +18,8 @@ if str(_REPO_ROOT) not in sys.path:  # run as `python tools/import_ct2.py` from 
     sys.path.insert(0, str(_REPO_ROOT))
 
 from utils.cli import add_bool, make_parser, setup_logging  # noqa: E402
-from utils.ct2_import import CT2FormatError, convert_ct2_to_hf  # noqa: E402
+from utils.ct2_format import CT2FormatError  # noqa: E402
+from utils.ct2_import import convert_ct2_to_hf  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the rate every Whisper model expects
 WINDOW_S = 30.0  # seconds of audio Whisper's encoder sees at once
+TIME_PRECISION = 0.02  # seconds per Whisper timestamp token (<|0.00|> … <|30.00|>)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4")
 
 

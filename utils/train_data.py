@@ -24,31 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Manifest, Record
+from utils.languages import optional_language_code
 
 logger = logging.getLogger(__name__)
 
-TIME_PRECISION = 0.02  # seconds per timestamp token
-MAX_TIMESTAMP = 30.0  # seconds; the last timestamp token is <|30.00|>
-
-
-def language_code(language: str | None) -> str | None:
-    """Normalise ``Chinese`` / ``chinese`` / ``zh`` to Whisper's code ``zh``; None stays None.
-
-    Raises:
-        ValueError: unknown language, with the accepted forms.
-    """
-    if language is None:
-        return None
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
-    key = language.strip().lower()
-    if key in LANGUAGES:
-        return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
-    raise ValueError(f"unknown language {language!r}; use a Whisper language name (Chinese) or code (zh)")
+MAX_TIMESTAMP = WINDOW_S  # seconds; the last timestamp token is <|30.00|>
 
 
 @dataclass(frozen=True)
@@ -131,7 +113,7 @@ def build_labels(
         return [tokens.no_speech, tokens.end_of_text]
     ids: list[int] = []
     if tokens.multilingual:
-        code = language_code(record.language) if record.language else language
+        code = optional_language_code(record.language) if record.language else language
         if code is not None:
             if code not in tokens.languages:
                 raise ValueError(f"the tokenizer has no language token for {code!r}")
@@ -207,7 +189,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.manifest = manifest
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
-        self.language = language_code(language)
+        self.language = optional_language_code(language)
         self.task = task
         self.timestamps = timestamps
         self.augmenter = augmenter

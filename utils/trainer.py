@@ -300,7 +300,7 @@ def feature_dtype(model) -> torch.dtype:
 
 
 def _code(language: str | None) -> str | None:
-    from utils.train_data import language_code
+    from utils.languages import language_code
 
     return language_code(language) if language else None
 

@@ -31,8 +31,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, WINDOW_S, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment
+from utils.device import cpu_has_amx, resolve_device
+from utils.languages import CJK_CHAR, HAN_KANA_RANGES, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, split_on_silence
 
@@ -42,14 +44,11 @@ BACKENDS = ("transformers", "ct2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CT2_ENCODERS = ("auto", "torch", "ct2")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
 # 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
 _HF_RATIO_PER_TEXT_RATIO = 1.35 / 2.4
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
-_HAN_KANA = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_HAN_KANA}]) (?=[{_HAN_KANA}])")
+_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{HAN_KANA_RANGES}]) (?=[{HAN_KANA_RANGES}])")
 
 
 @dataclass(frozen=True)
@@ -126,36 +125,10 @@ class _ChunkResult:
     text: str
 
 
-def language_code(language: str) -> str:
-    """"Chinese", "chinese", "zh", "<|zh|>" → "zh"; raises ValueError naming the accepted values."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
-    key = language.strip().lower().strip("<|>")
-    if key in LANGUAGES:
-        return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
-    raise ValueError(f"unknown language {language!r}; use a Whisper language code or name, "
-                     f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
-
-
 def compression_ratio(text: str) -> float:
     """UTF-8 length / zlib-compressed length; high (> 2.4) for repetition loops."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` → cuda, then mps, then cpu; anything else is returned unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def join_texts(texts: Sequence[str]) -> str:
@@ -164,7 +137,7 @@ def join_texts(texts: Sequence[str]) -> str:
     for t in (t.strip() for t in texts):
         if not t:
             continue
-        if out and not (_CJK.match(out[-1]) and _CJK.match(t[0])):
+        if out and not (CJK_CHAR.match(out[-1]) and CJK_CHAR.match(t[0])):
             out += " "
         out += t
     return out
@@ -593,29 +566,6 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-CPU_PROFILE_ENV = "WHISPER_FT_CPU"  # "avx2": take the choices made for CPUs without AMX or AVX-512-BF16
-
-
-def avx2_profile() -> bool:
-    """Whether ``WHISPER_FT_CPU=avx2`` asks for the choices of an AVX2-only CPU (most laptops) on any CPU: to
-    measure or test that path on an AMX machine (with ``ONEDNN_MAX_CPU_ISA=AVX2 CT2_FORCE_CPU_ISA=AVX2``)."""
-    value = os.environ.get(CPU_PROFILE_ENV, "").strip().lower()
-    if value not in ("", "avx2", "native"):
-        raise ValueError(f"{CPU_PROFILE_ENV}={value!r}: use avx2 (AVX2-only choices) or native (this CPU's)")
-    return value == "avx2"
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
-    False under ``WHISPER_FT_CPU=avx2``."""
-    import torch
-
-    if avx2_profile():
-        return False
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
-
-
 def uses_torch_encoder(encoder: str, device: str) -> bool:
     """Whether the ct2 backend runs its audio encoder in PyTorch bf16 for ``--ct2_encoder`` on ``device``.
 
@@ -695,7 +645,7 @@ class CT2Transcriber(_BaseTranscriber):
         """The PyTorch bf16 encoder for ``encoder`` = torch, or auto on a CPU with AMX; else None."""
         if not uses_torch_encoder(encoder, ct2_device):
             return None
-        from utils.ct2_import import load_ct2_encoder
+        from utils.audio_encoder import load_ct2_encoder
 
         return load_ct2_encoder(model_dir, dtype="bfloat16")
 
@@ -857,12 +807,11 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
             (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix products fast; the decoder
             stays in CTranslate2), ``ct2`` = CTranslate2, ``auto`` = torch on a CPU with AMX, else ct2.
     """
-    from utils.models import ct2_model_dir, resolve_model
+    from utils.models import ct2_model_dir, model_folder_kind, resolve_model
 
     if backend == "transformers":
         path = resolve_model(model_path, local_files_only=local_files_only)
-        if os.path.isfile(os.path.join(path, "model.bin")) and not any(
-                f.endswith((".safetensors", "pytorch_model.bin")) for f in os.listdir(path)):
+        if model_folder_kind(path) == "ct2":
             raise ValueError(f"{path} is a CTranslate2 model; load it with --backend=ct2")
         return TransformersTranscriber(path, device=device, dtype=dtype, use_compile=use_compile,
                                        attn_implementation=attn_implementation)

@@ -6,7 +6,6 @@ chunk-level progress, and the tables/downloads the page shows. Nothing here impo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, WINDOW_S, AudioLoadError, load_audio
+from utils.models import model_folder_kind
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
 from utils.transcribe import DecodeOptions, Transcriber, Transcript, join_texts
 from utils.vad import split_on_silence
@@ -33,7 +33,6 @@ HUB_MODELS = (  # offered in the model list; they need the Hugging Face hub (or 
     "openai/whisper-large-v3",
     "openai/whisper-large-v3-turbo",
 )
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 class UploadError(ValueError):
@@ -67,26 +66,6 @@ class Download:
     mime: str
 
 
-def _folder_backend(folder: Path) -> str | None:
-    """"transformers" for a transformers Whisper folder, "ct2" for a CTranslate2 one, else None."""
-    config_path = folder / "config.json"
-    if (folder / "model.bin").is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            config = {}
-        if "model_type" not in config:
-            return "ct2"
-    if not config_path.is_file() or not any((folder / w).is_file() for w in _HF_WEIGHTS):
-        return None
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        logger.warning("%s: unreadable config.json (%s); not listed", config_path, e)
-        return None
-    return "transformers" if config.get("model_type") == "whisper" else None
-
-
 def discover_models(models_dir: str | os.PathLike, max_depth: int = 2) -> list[ModelChoice]:
     """Whisper model folders under ``models_dir`` (merged fine-tunes, imported or CTranslate2 models).
 
@@ -113,7 +92,7 @@ def discover_models(models_dir: str | os.PathLike, max_depth: int = 2) -> list[M
             logger.warning("%s: cannot list (%s)", folder, e)
             return
         for sub in subfolders:
-            backend = _folder_backend(sub)
+            backend = model_folder_kind(sub)
             if backend is None:
                 visit(sub, depth + 1)
             else:

@@ -1,0 +1,105 @@
+"""Where and how to compute: device resolution and the CPU's abilities (AMX, native bf16) that choose the
+precision of training and the encoder of inference, with one override (``WHISPER_FT_CPU=avx2``) that takes
+the choices made for AVX2-only CPUs on any machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+CPU_PROFILE_ENV = "WHISPER_FT_CPU"  # "avx2": take the choices made for CPUs without AMX or AVX-512-BF16
+
+
+def avx2_profile() -> bool:
+    """Whether ``WHISPER_FT_CPU=avx2`` asks for the choices of an AVX2-only CPU (most laptops) on any CPU: to
+    measure or test that path on an AMX machine (with ``ONEDNN_MAX_CPU_ISA=AVX2 CT2_FORCE_CPU_ISA=AVX2``)."""
+    value = os.environ.get(CPU_PROFILE_ENV, "").strip().lower()
+    if value not in ("", "avx2", "native"):
+        raise ValueError(f"{CPU_PROFILE_ENV}={value!r}: use avx2 (AVX2-only choices) or native (this CPU's)")
+    return value == "avx2"
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
+    False under ``WHISPER_FT_CPU=avx2``."""
+    import torch
+
+    if avx2_profile():
+        return False
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX-512-BF16 or AMX); False under ``WHISPER_FT_CPU=avx2``."""
+    import torch
+
+    if avx2_profile():
+        return False
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return cpu_has_amx() or (bool(check()) if check is not None else False)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → cuda, then mps, then cpu; anything else is returned unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a run computes: accelerate's ``mixed_precision`` and the dtype of the frozen base weights.
+
+    On a CPU, bf16 keeps the frozen base weights in bf16 (no autocast, so no per-op casts) while the
+    LoRA weights, their gradients and the optimizer stay fp32, and the loss is computed in fp32.
+    """
+
+    mixed_precision: str  # "no", "bf16", "fp16"
+    base_dtype: str  # "float32" or "bfloat16"
+
+    def describe(self) -> str:
+        if self.base_dtype == "bfloat16":
+            return "bf16 base weights, fp32 adapters"
+        return {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
+
+
+def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
+    """The precision for the request and device.
+
+    auto: bf16 (else fp16) autocast on CUDA; on a CPU bf16 base weights where AMX makes them fast
+    (whisper-base decoder-only LoRA on our 2-core AMX CPU: tools/bench_finetune.py), else fp32.
+    """
+    import torch
+
+    cuda = device_type == "cuda"
+    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    if fp16 or requested == "fp16":
+        if cuda:
+            return Precision("fp16", "float32")
+        logger.warning("fp16 mixed precision needs a CUDA GPU; on %s using %s instead",
+                       device_type, "bf16 base weights" if cpu_has_amx() else "fp32")
+        requested = "auto"
+    if requested == "fp32":
+        return Precision("no", "float32")
+    if requested == "bf16":
+        if cuda and not cuda_bf16:
+            logger.warning("this GPU has no bf16; using fp16")
+            return Precision("fp16", "float32")
+        if cuda:
+            return Precision("bf16", "float32")
+        if not cpu_supports_bf16():
+            logger.warning("this CPU has no native bf16 (AVX-512-BF16/AMX): bf16 will be slow; --precision=fp32")
+        return Precision("no", "bfloat16")
+    if cuda:
+        return Precision("bf16" if cuda_bf16 else "fp16", "float32")
+    return Precision("no", "bfloat16" if cpu_has_amx() else "float32")

@@ -21,11 +21,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
-from utils.cli import (add_bool, check_output_path, add_decoding_args, add_engine_args, add_model_args, make_parser, optional_str,
-                       setup_logging, str2bool)
-from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
+from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
+                       optional_str, setup_logging, str2bool)
 from utils.models import ModelResolutionError
-from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcript, load_transcriber
+from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
+from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, load_transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,27 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
     )
 
 
+def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, stream: bool) -> Transcript:
+    """Transcribe one file with the engine's segment iterator: the detected language is logged before decoding,
+    a long file shows a progress bar in seconds of audio, and with ``stream`` each ``[start --> end] text`` line
+    is printed as soon as its segment is decoded."""
+    segments, info = engine.transcribe_segments(path, options)
+    if options.language is None and info.chunks == 0:
+        logger.info("%s: no speech found, so no language detected", path)
+    elif options.language is None:
+        logger.info("%s: detected language %s (probability %.2f)", path, info.language, info.language_probability)
+    collected = []
+    with tqdm(total=round(info.duration), unit="s", desc=Path(path).name, leave=False,
+              disable=info.chunks <= options.batch_size) as bar:
+        for segment in segments:
+            collected.append(segment)
+            bar.update(round(segment.end) - bar.n)
+            if stream:
+                print(f"[{format_timestamp(segment.start, '.')} --> {format_timestamp(segment.end, '.')}] "
+                      f"{segment.text}", flush=True)
+    return Transcript.collect(collected, info)
+
+
 def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
@@ -166,21 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     many = len(files) > 1
     for path, stem in zip(tqdm(files, desc="transcribing", unit="file", disable=not many), _unique_stems(files)):
         try:
-            transcript = engine.transcribe(path, options)
+            transcript = transcribe_one(engine, path, options, stream=not many and options.timestamps)
         except AudioLoadError as e:
             logger.error("%s", e)
             failed.append(path)
             continue
-        if options.language is None and transcript.language is None:
-            logger.info("%s: no speech found, so no language detected", path)
-        elif options.language is None:
-            logger.info("%s: detected language %s (probability %.2f)", path, transcript.language,
-                        transcript.language_probability)
-        text = format_stdout(transcript, options.timestamps)
-        if many:
-            tqdm.write(f"{path}:\n{text}" if options.timestamps else f"{path}\t{text}")
-        else:
-            print(text, flush=True)
+        if not (not many and options.timestamps):  # a single file with timestamps was printed as it went
+            text = format_stdout(transcript, options.timestamps)
+            if many:
+                tqdm.write(f"{path}:\n{text}" if options.timestamps else f"{path}\t{text}")
+            else:
+                print(text, flush=True)
         if formats:
             try:
                 for written in write_transcript(transcript, output_dir, stem, formats):

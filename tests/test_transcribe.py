@@ -177,6 +177,28 @@ def test_sequential_long_form_keeps_times_inside_the_audio(tiny, en_wav, zh_wav)
     assert all(a.start <= b.start for a, b in zip(t.segments, t.segments[1:]))
 
 
+def test_segments_are_decoded_as_the_iterator_is_consumed(tiny, en_wav, zh_wav, monkeypatch):
+    """transcribe_segments: the language and chunking are known at once, each batch of chunks is decoded only
+    when the iterator reaches it, and collecting it gives what transcribe() gives."""
+    audio = _long_clip(en_wav, zh_wav)
+    options = DecodeOptions(language="en", batch_size=1, temperatures=(0.0,), timestamps=True)
+    calls = []
+    decode = tiny._decode
+
+    def counting_decode(chunks, languages, opts, prompt):
+        calls.append(len(chunks))
+        return decode(chunks, languages, opts, prompt)
+
+    monkeypatch.setattr(tiny, "_decode", counting_decode)
+    segments, info = tiny.transcribe_segments(audio, options)
+    assert calls == [] and info.language == "en" and info.chunks >= 2
+    assert info.duration == pytest.approx(len(audio) / SAMPLE_RATE, abs=1e-3)
+    collected = list(segments)
+    assert len(calls) == info.chunks  # batch_size=1: one decode per chunk, all of them by the end
+    whole = tiny.transcribe(audio, options)
+    assert collected == whole.segments and whole.language == info.language
+
+
 # -- real whisper-base: accuracy ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def zh_detect_wav(tmp_path_factory):
@@ -228,6 +250,48 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     # speech from the last minute is transcribed and placed after 30 s
     late = " ".join(s.text for s in t.segments if s.start > 30).lower()
     assert any(w in late for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
+
+
+def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2, en_wav, zh_wav, monkeypatch):
+    """language=None: the first chunk is encoded once, for detection and decoding alike; the text is the same
+    as when the language is given."""
+    encoded = []
+    encode = base_ct2._encode
+
+    def counting_encode(feats):
+        encoded.append(len(feats))
+        return encode(feats)
+
+    monkeypatch.setattr(base_ct2, "_encode", counting_encode)
+    detected = base_ct2.transcribe(str(en_wav), DecodeOptions(temperatures=(0.0,)))
+    assert detected.language == "en" and encoded == [1]
+    encoded.clear()
+    batch = base_ct2.transcribe_batch([load_audio(en_wav), load_audio(zh_wav), load_audio(en_wav)],
+                                      DecodeOptions(temperatures=(0.0,), batch_size=2))
+    assert [t.language for t in batch][::2] == ["en", "en"] and encoded == [2, 1]
+    encoded.clear()
+    audio = _long_clip(en_wav, zh_wav)
+    segments, info = base_ct2.transcribe_segments(audio, DecodeOptions(temperatures=(0.0,), batch_size=4))
+    list(segments)
+    assert sum(encoded) == info.chunks  # not info.chunks + 1
+    given = base_ct2.transcribe(str(en_wav), DecodeOptions(language="en", temperatures=(0.0,)))
+    assert given.text == detected.text
+
+
+def test_transformers_language_detection_reuses_the_encoder_output(base_hf, en_wav, zh_wav, monkeypatch):
+    """language=None on the transformers backend: every clip goes through the encoder once (detection and
+    decoding share it), per clip in a batch too, and the text is what it is with the language given."""
+    encoder = base_hf.model.model.encoder.inner  # the encoder itself, under its output cache
+    calls = []
+    handle = encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        clips = [load_audio(en_wav), load_audio(zh_wav), load_audio(en_wav)]
+        detected = base_hf.transcribe_batch(clips, DecodeOptions(temperatures=(0.0,), batch_size=2))
+        assert [t.language for t in detected][::2] == ["en", "en"] and sum(calls) == 3
+    finally:
+        handle.remove()
+    given = base_hf.transcribe_batch(clips[:1], DecodeOptions(language="en", temperatures=(0.0,)))
+    assert given[0].text == detected[0].text
 
 
 def test_ct2_backend_with_the_torch_encoder_transcribes_like_ct2s_own(base_ct2, en_wav, repo_root):

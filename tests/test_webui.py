@@ -11,7 +11,7 @@ import pytest
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, save_wav
 from utils.data import Segment
-from utils.transcribe import DecodeOptions, Transcript
+from utils.transcribe import DecodeOptions, Transcript, TranscriptionInfo
 from utils.webui import (
     MAX_UPLOAD_MB,
     UploadError,
@@ -163,49 +163,59 @@ def test_sentiment_rows_formats_spans():
 
 
 class _FakeEngine:
-    """Records calls; each clip becomes one segment named after its length in samples."""
+    """A Transcriber whose segment iterator is lazy, like the real one: one segment per 20 s of audio
+    (15 s of speech each), decoded only as the iterator is consumed; ``decoded`` counts them."""
 
     backend = "fake"
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, int, str | None]] = []
+        self.decoded = 0
 
-    def transcribe(self, audio, options, *, initial_prompt=None):
-        self.calls.append(("transcribe", 1, options.language))
-        d = len(audio) / SAMPLE_RATE
-        return Transcript(f"n{len(audio)}", options.language or "en", 0.8, d, [Segment(0.0, d, f"n{len(audio)}")])
+    def transcribe_segments(self, audio, options, *, initial_prompt=None):
+        duration = len(audio) / SAMPLE_RATE
+        starts = [float(t) for t in range(0, int(duration), 20)]
 
-    def transcribe_batch(self, audios, options):
-        self.calls.append(("batch", len(audios), options.language))
-        return [Transcript(f"n{len(a)}", options.language, 1.0, len(a) / SAMPLE_RATE,
-                           [Segment(0.0, len(a) / SAMPLE_RATE, f"n{len(a)}")]) for a in audios]
+        def segments():
+            for start in starts:
+                self.decoded += 1
+                yield Segment(start, min(start + 15.0, duration), f"s{int(start)}")
+
+        return segments(), TranscriptionInfo(options.language or "en", 0.8, duration, len(starts))
 
 
-def test_transcribe_with_progress_short_audio_is_one_call():
+def test_transcribe_with_progress_short_audio():
     engine, progress = _FakeEngine(), []
     audio = np.zeros(SAMPLE_RATE * 5, dtype=np.float32)
     out = transcribe_with_progress(engine, audio, DecodeOptions(), lambda f, m: progress.append(f))
-    assert engine.calls == [("transcribe", 1, None)]
-    assert progress == [0.0, 1.0] and out.text == f"n{audio.size}"
+    assert progress == [0.0, 1.0, 1.0] and out.text == "s0" and out.language == "en"
 
 
-def test_transcribe_with_progress_long_audio_batches_chunks(monkeypatch):
-    from utils import webui
-    from utils.vad import Chunk
-
-    chunks = [Chunk(i * 20 * SAMPLE_RATE, (i * 20 + 15) * SAMPLE_RATE) for i in range(5)]
-    monkeypatch.setattr(webui, "split_on_silence", lambda audio: chunks)
+def test_transcribe_with_progress_reports_each_segment_as_it_is_decoded():
     engine, progress = _FakeEngine(), []
     audio = np.zeros(SAMPLE_RATE * 100, dtype=np.float32)
-    out = transcribe_with_progress(engine, audio, DecodeOptions(batch_size=2),
-                                   lambda f, m: progress.append((f, m)))
-    # the first chunk fixes the language, the other four go in batches of two with it
-    assert engine.calls == [("transcribe", 1, None), ("batch", 2, "en"), ("batch", 2, "en")]
-    assert [f for f, _ in progress] == [0.2, 0.6, 1.0]
-    assert progress[-1][1].endswith("5/5 段 (chunks)")
+
+    def on_progress(fraction, message):
+        progress.append((fraction, message, engine.decoded))
+
+    out = transcribe_with_progress(engine, audio, DecodeOptions(batch_size=2), on_progress)
+    # before decoding, after each of the five segments (as it arrives, not at the end), done
+    assert [(round(f, 2), n) for f, _, n in progress] == [(0.0, 0), (0.15, 1), (0.35, 2), (0.55, 3), (0.75, 4),
+                                                          (0.95, 5), (1.0, 5)]
+    assert progress[1][1] == "已转写 (transcribed) 15/100 s" and progress[-1][1] == "完成 (done)"
     assert [(s.start, s.end) for s in out.segments] == [(i * 20.0, i * 20.0 + 15.0) for i in range(5)]
     assert out.language == "en" and out.language_probability == 0.8 and out.duration == 100.0
-    assert out.text == " ".join([f"n{15 * SAMPLE_RATE}"] * 5)
+    assert out.text == "s0 s20 s40 s60 s80"
+
+
+def test_transcribe_with_progress_no_speech():
+    class Silent(_FakeEngine):
+        def transcribe_segments(self, audio, options, *, initial_prompt=None):
+            return iter(()), TranscriptionInfo(None, 0.0, len(audio) / SAMPLE_RATE, 0)
+
+    progress = []
+    out = transcribe_with_progress(Silent(), np.zeros(SAMPLE_RATE * 40, dtype=np.float32), DecodeOptions(),
+                                   lambda f, m: progress.append(m))
+    assert out.text == "" and out.segments == [] and progress[-1] == "未检测到语音 (no speech found)"
 
 
 # ---------------------------------------------------------------------------------------------------

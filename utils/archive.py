@@ -1,5 +1,7 @@
-"""Safe tar extraction: members with absolute paths, '..', links leaving the target, devices or fifos are
-refused with a message naming the archive and the member, before anything is written for them."""
+"""Safe tar extraction: unsafe members are refused before anything is written for them.
+
+Refused: absolute paths, '..', links leaving the target, devices and fifos; the message names the archive and
+the member."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Audio sources for streaming: a file played as a stream (real or simulated clock) and a microphone through
-sounddevice/PortAudio, each a 16 kHz float32 stream with its own clock."""
+"""Audio sources for streaming: a file played as a stream, or a microphone.
+
+Each is a 16 kHz float32 stream with its own clock: a file in real or simulated time, a microphone through
+sounddevice/PortAudio (resampled as it arrives)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Read CTranslate2 Whisper ``model.bin`` files: the binary reader, the architecture, de-quantisation and the
-CT2 → transformers weight names. Used by the converter (:mod:`utils.ct2_import`), the packaged-model cache
+"""Read CTranslate2 Whisper ``model.bin`` files.
+
+The binary reader, the architecture, de-quantisation and the CT2 → transformers weight names. Used by the converter (:mod:`utils.ct2_import`), the packaged-model cache
 (:mod:`utils.models`) and the PyTorch encoder loader (:mod:`utils.audio_encoder`).
 
 

@@ -1,6 +1,7 @@
-"""Where and how to compute: device resolution and the CPU's abilities (AMX, native bf16) that choose the
-precision of training and the encoder of inference, with one override (``WHISPER_FT_CPU=avx2``) that takes
-the choices made for AVX2-only CPUs on any machine."""
+"""Where and how to compute: the device, and the CPU abilities that choose precision and encoder.
+
+Device resolution, AMX and native bf16 detection (which choose the precision of training and the encoder of
+inference), with one override, ``WHISPER_FT_CPU=avx2``, that takes the AVX2-only choices on any machine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Resumable, checksummed downloads over HTTP(S): bytes go to ``<dest>.part``, an interrupted download continues
-with a Range request, mirrors are tried in order, and the file appears under its name only once complete and
-its md5 matches."""
+"""Resumable, checksummed downloads over HTTP(S).
+
+Bytes go to ``<dest>.part``, an interrupted download continues with a Range request, mirrors are tried in
+order, and the file appears under its name only once complete and its md5 matches."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -110,11 +110,28 @@ class Transcript:
     duration: float
     segments: list[Segment] = field(default_factory=list)
 
+    @classmethod
+    def collect(cls, segments: Iterable[Segment], info: TranscriptionInfo) -> Transcript:
+        """The whole transcript from ``transcribe_segments``' iterator (consumed here) and info."""
+        segments = list(segments)
+        return cls(join_texts([s.text for s in segments]), info.language, info.language_probability, info.duration,
+                   segments)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         d = asdict(self)
         d["segments"] = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments]
         return d
+
+
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    """What is known before the first segment is decoded (``Transcriber.transcribe_segments``)."""
+
+    language: str | None
+    language_probability: float
+    duration: float  # seconds of audio
+    chunks: int  # pieces of ≤ 30 s decoded in batches (1: one sequential pass; 0: no speech found)
 
 
 @dataclass(frozen=True)
@@ -214,6 +231,9 @@ class Transcriber(Protocol):
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
                    *, initial_prompt: str | None = None) -> Transcript: ...
 
+    def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
+                            *, initial_prompt: str | None = None) -> tuple[Iterator[Segment], TranscriptionInfo]: ...
+
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...) -> list[Transcript]: ...
 
 
@@ -241,6 +261,29 @@ class _BaseTranscriber:
         """Whole long recording, window after window, conditioned on the previous text."""
         raise NotImplementedError
 
+    # -- encoder output kept from language detection for the decode that follows ---------------------
+    _kept: tuple[list[np.ndarray], Any] | None = None  # (chunks, their encoder output, one row per chunk)
+
+    def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: Any) -> None:
+        """Keep what language detection encoded: the decode of the same chunks uses it (holding the chunks, whose
+        memory is then not reused, so a chunk's address and length identify it)."""
+        self._kept = (list(chunks), encoded)
+
+    def _take_encoded(self, chunks: Sequence[np.ndarray]) -> tuple[Any, int]:
+        """The kept encoder output of the leading chunks of ``chunks`` that detection encoded, and how many
+        they are ((None, 0) when none); the kept output is handed out once."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None, 0
+
+        def key(chunk: np.ndarray) -> tuple[int, int]:
+            return chunk.__array_interface__["data"][0], len(chunk)
+
+        n = len(kept[0])
+        if n > len(chunks) or any(key(a) != key(b) for a, b in zip(kept[0], chunks)):
+            return None, 0
+        return kept[1], n
+
     # -- shared logic -------------------------------------------------------------------------------
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Language of the first 30 s of a waveform, with its probability."""
@@ -266,7 +309,14 @@ class _BaseTranscriber:
 
     def _finish(self, pieces: list[tuple[float, float, str]], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
-        segments = []
+        segments = list(self._segments_of(pieces, language, duration, options))
+        return Transcript(join_texts([s.text for s in segments]), language, round(float(probability), 4),
+                          round(duration, 3), segments)
+
+    @staticmethod
+    def _segments_of(pieces: Iterable[tuple[float, float, str]], language: str | None, duration: float,
+                     options: DecodeOptions) -> Iterator[Segment]:
+        """Post-processed, non-empty segments with times clamped to [previous end, duration]."""
         prev_end = 0.0
         for start, end, text in pieces:
             text = postprocess_text(text, language, options.to_simple, options.remove_pun)
@@ -274,14 +324,15 @@ class _BaseTranscriber:
                 continue
             start = min(max(start, prev_end), duration)
             end = min(max(end, start), duration)
-            segments.append(Segment(round(start, 3), round(end, 3), text))
+            yield Segment(round(start, 3), round(end, 3), text)
             prev_end = end
-        return Transcript(join_texts([s.text for s in segments]), language, round(float(probability), 4),
-                          round(duration, 3), segments)
 
-    def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
-                   *, initial_prompt: str | None = None) -> Transcript:
-        """Transcribe one recording of any length.
+    def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
+                            *, initial_prompt: str | None = None) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Transcribe one recording of any length, segment by segment.
+
+        The audio is cut and its language detected now; the segments are decoded as the iterator is consumed,
+        one batch of ``options.batch_size`` chunks at a time (a progress bar: ``segment.end / info.duration``).
 
         Args:
             audio: a path, or a float32 waveform of shape (samples,) at 16 kHz.
@@ -300,15 +351,35 @@ class _BaseTranscriber:
         else:
             chunks = split_on_silence(audio)
         if not chunks:
-            return Transcript("", options.language, 1.0 if options.language else 0.0, round(duration, 3), [])
+            info = TranscriptionInfo(options.language, 1.0 if options.language else 0.0, round(duration, 3), 0)
+            return iter(()), info
         arrays = [audio[c.start: c.end] for c in chunks]
         language, probability = self._languages(arrays[:1], options)[0]
-        if options.condition_on_previous_text and duration > WINDOW_S:
-            pieces = self._transcribe_sequential(audio, language, options, prompt)
-        else:
-            results = self._decode_batched(arrays, [language] * len(arrays), options, prompt)
-            pieces = [(c.offset_s + s, c.offset_s + e, t) for c, r in zip(chunks, results) for s, e, t in r.segments]
-        return self._finish(pieces, language, probability, duration, options)
+        sequential = options.condition_on_previous_text and duration > WINDOW_S
+        info = TranscriptionInfo(language, round(float(probability), 4), round(duration, 3),
+                                 1 if sequential else len(chunks))
+
+        def pieces() -> Iterator[tuple[float, float, str]]:
+            if sequential:
+                yield from self._transcribe_sequential(audio, language, options, prompt)
+                return
+            for i in range(0, len(arrays), options.batch_size):
+                batch = arrays[i: i + options.batch_size]
+                results = self._decode(batch, [language] * len(batch), options, prompt)
+                for chunk, result in zip(chunks[i: i + options.batch_size], results, strict=True):
+                    yield from ((chunk.offset_s + s, chunk.offset_s + e, t) for s, e, t in result.segments)
+
+        return self._segments_of(pieces(), language, duration, options), info
+
+    def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
+                   *, initial_prompt: str | None = None) -> Transcript:
+        """Transcribe one recording of any length: :meth:`transcribe_segments`, collected.
+
+        Raises:
+            AudioLoadError: ``audio`` is a path that cannot be read.
+        """
+        segments, info = self.transcribe_segments(audio, options, initial_prompt=initial_prompt)
+        return Transcript.collect(segments, info)
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()
                          ) -> list[Transcript]:
@@ -325,11 +396,13 @@ class _BaseTranscriber:
             if len(a) == 0:
                 out[i] = Transcript("", options.language, 0.0, 0.0, [])
         idx = [i for i in range(len(audios)) if out[i] is None]
-        arrays = [audios[i] for i in idx]
-        langs = self._languages(arrays, options)
-        results = self._decode_batched(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
-        for i, (lang, prob), r in zip(idx, langs, results):
-            out[i] = self._finish(r.segments, lang, prob, len(audios[i]) / SAMPLE_RATE, options)
+        for start in range(0, len(idx), options.batch_size):  # detect, then decode, batch by batch: the
+            batch = idx[start: start + options.batch_size]  # decode reuses the detection's encoder output
+            arrays = [audios[i] for i in batch]
+            langs = self._languages(arrays, options)
+            results = self._decode(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
+            for i, (lang, prob), r in zip(batch, langs, results):
+                out[i] = self._finish(r.segments, lang, prob, len(audios[i]) / SAMPLE_RATE, options)
         return out  # type: ignore[return-value]
 
 
@@ -395,6 +468,47 @@ def _quiet_generate_warnings() -> None:
         generation_logger.addFilter(_GenerateNoiseFilter())
 
 
+def _cache_encoder_output(encoder: Any) -> Any:
+    """Whisper's encoder wrapped with a one-entry cache: features equal to the last ones give the last output.
+
+    transformers' generate() encodes a copy of its ``input_features``, and its no-speech logits processor runs
+    the whole model on the same features again (whenever a no-speech threshold is set: the default), so every
+    decode encoded its audio twice, and language detection before it made it three times. With this wrapper
+    the encoder runs once per batch of chunks (comparing the features costs ~1/1000 of encoding them).
+    Attributes (``conv1``, ``config`` …) are the wrapped encoder's.
+    """
+    import torch
+
+    class CachedEncoder(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self._input: Any = None  # a copy of the last features
+            self._state: tuple | None = None
+            self._output: Any = None
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+        def forward(self, input_features: Any, *args: Any, **kwargs: Any) -> Any:
+            plain = not args and not any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states",
+                                                                  "head_mask"))
+            state = (torch.is_grad_enabled(), torch.is_autocast_enabled(input_features.device.type),
+                     bool(kwargs.get("return_dict", True)))
+            if (plain and self._state == state and self._input.shape == input_features.shape
+                    and self._input.dtype == input_features.dtype and torch.equal(self._input, input_features)):
+                return self._output
+            output = self.inner(input_features, *args, **kwargs)
+            if plain and not torch.is_grad_enabled():
+                self._input, self._state, self._output = input_features.detach().clone(), state, output
+            return output
+
+    return CachedEncoder(encoder)
+
+
 class TransformersTranscriber(_BaseTranscriber):
     """``WhisperForConditionalGeneration`` from a transformers model folder."""
 
@@ -419,6 +533,7 @@ class TransformersTranscriber(_BaseTranscriber):
         self._sot = gc.decoder_start_token_id
         if use_compile:
             self.model.model.encoder = torch.compile(self.model.model.encoder)
+        self.model.model.encoder = _cache_encoder_output(self.model.model.encoder)
         logger.info("transformers backend: %s on %s, weights %s%s, attention %s", model_dir, self.device,
                     weight_dtype, f" + {self.autocast_dtype} autocast" if self.autocast_dtype else "", attn)
 
@@ -443,7 +558,7 @@ class TransformersTranscriber(_BaseTranscriber):
         feats = self._features(chunks)
         tokens = list(self._lang_ids.values())
         codes = [t.strip("<|>") for t in self._lang_ids]
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast():  # the decode that follows reuses this encoder output
             decoder_ids = torch.full((len(chunks), 1), self._sot, dtype=torch.long, device=self.device)
             logits = self.model(input_features=feats, decoder_input_ids=decoder_ids).logits[:, -1]
             probs = logits[:, tokens].float().softmax(-1)
@@ -688,8 +803,18 @@ class CT2Transcriber(_BaseTranscriber):
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:
             return [("en", 1.0)] * len(chunks)
-        encoded = self._storage(self._encode(self._features(chunks)))
-        return [(r[0][0].strip("<|>"), float(r[0][1])) for r in self.model.model.detect_language(encoded)]
+        encoded = self._encode(self._features(chunks))
+        if isinstance(encoded, np.ndarray):  # these chunks are decoded next
+            self._keep_encoded(chunks, encoded)
+        results = self.model.model.detect_language(self._storage(encoded))
+        return [(r[0][0].strip("<|>"), float(r[0][1])) for r in results]
+
+    def _encode_chunks(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
+        """``_encode(feats)``, reusing the encoder output of leading chunks that language detection encoded."""
+        kept, n = self._take_encoded(chunks)
+        if kept is None:
+            return self._encode(feats)
+        return kept if n == len(chunks) else np.concatenate([kept, self._encode(feats[n:])])
 
     def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
                   max_new_tokens: int):
@@ -727,7 +852,7 @@ class CT2Transcriber(_BaseTranscriber):
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
         longest_prompt = max(len(p) for p in prompts)
-        encoded = self._encode(feats)
+        encoded = self._encode_chunks(chunks, feats)
         for temperature in options.temperatures:
             if pending == list(range(len(chunks))):
                 batch = self._storage(encoded)

@@ -10,17 +10,16 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, WINDOW_S, AudioLoadError, load_audio
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
 from utils.models import model_folder_kind
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
-from utils.transcribe import DecodeOptions, Transcriber, Transcript, join_texts
-from utils.vad import split_on_silence
+from utils.transcribe import DecodeOptions, Transcriber, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -199,42 +198,27 @@ def transcript_downloads(transcript: Transcript, stem: str) -> list[Download]:
 
 def transcribe_with_progress(engine: Transcriber, audio: np.ndarray, options: DecodeOptions,
                              on_progress: Callable[[float, str], None] | None = None) -> Transcript:
-    """Transcribe a waveform, reporting progress per group of chunks.
-
-    Up to 30 s, or with ``condition_on_previous_text`` (one sequential pass), this is
-    ``engine.transcribe``. Longer audio is cut at silences like the engine does; the first chunk
-    fixes the language (when ``options.language`` is None), the others are decoded in batches of
-    ``options.batch_size`` and ``on_progress(fraction, message)`` is called after each batch.
+    """Transcribe a waveform with the engine's segment iterator, reporting progress as segments arrive.
 
     Args:
         audio: float32 waveform of shape (samples,) at 16 kHz.
-        on_progress: called with a fraction in [0, 1] and a short message.
+        on_progress: called with a fraction in [0, 1] and a short message (before decoding, after each
+            segment, at the end).
     """
     report = on_progress or (lambda fraction, message: None)
     duration = audio.size / SAMPLE_RATE
-    if duration <= WINDOW_S or options.condition_on_previous_text:
-        report(0.0, f"转写中 (transcribing {duration:.1f} s)…")
-        transcript = engine.transcribe(audio, options)
-        report(1.0, "完成 (done)")
-        return transcript
-    chunks = split_on_silence(audio)
-    if not chunks:
+    report(0.0, f"转写中 (transcribing {duration:.1f} s)…")
+    segments, info = engine.transcribe_segments(audio, options)
+    if info.chunks == 0:
         report(1.0, "未检测到语音 (no speech found)")
-        return Transcript("", options.language, 1.0 if options.language else 0.0, round(duration, 3), [])
-    arrays = [audio[c.start: c.end] for c in chunks]
-    first = engine.transcribe(arrays[0], options)
-    results = [first]
-    if options.language is None and first.language is not None:
-        options = replace(options, language=first.language)
-    report(1 / len(chunks), f"已转写 (transcribed) 1/{len(chunks)} 段 (chunks)")
-    for i in range(1, len(arrays), options.batch_size):
-        results += engine.transcribe_batch(arrays[i: i + options.batch_size], options)
-        done = min(i + options.batch_size, len(arrays))
-        report(done / len(chunks), f"已转写 (transcribed) {done}/{len(chunks)} 段 (chunks)")
-    segments = [replace(s, start=round(c.offset_s + s.start, 3), end=round(c.offset_s + s.end, 3))
-                for c, r in zip(chunks, results, strict=True) for s in r.segments]
-    return Transcript(join_texts([s.text for s in segments]), first.language, first.language_probability,
-                      round(duration, 3), segments)
+        return Transcript.collect(segments, info)
+    collected = []
+    for segment in segments:
+        collected.append(segment)
+        report(min(segment.end / max(info.duration, 1e-9), 1.0),
+               f"已转写 (transcribed) {segment.end:.0f}/{info.duration:.0f} s")
+    report(1.0, "完成 (done)")
+    return Transcript.collect(collected, info)
 
 
 def sentiment_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

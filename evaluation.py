@@ -19,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
-from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
-                       setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_decoding_args, add_engine_args, add_hidden_alias,
+                       add_model_args, check_output_path, make_parser, setup_logging)
 from utils.data import ManifestError, Record, load_manifest
 from utils.io import write_json_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
@@ -42,8 +42,9 @@ def build_parser():
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
     parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
-    parser.add_argument("--max_duration", type=float, default=30.0, help="leave out longer clips (seconds)")
-    parser.add_argument("--min_duration", type=float, default=0.0, help="leave out shorter clips (seconds)")
+    add_audio_length_args(parser, min_default=0.0)
+    add_hidden_alias(parser, "--min_duration", "--min_audio_len")
+    add_hidden_alias(parser, "--max_duration", "--max_audio_len")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N utterances")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the sampled fallback decodes")
     add_bool(parser, "fallback", False, "temperature fallback on repetition / low log-probability (sampled, "
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output_path(parser, "--output", output, folder=False)
     # 2. Data
     try:
-        manifest = load_manifest(args.test_data, min_duration=args.min_duration, max_duration=args.max_duration)
+        manifest = load_manifest(args.test_data, min_duration=args.min_audio_len, max_duration=args.max_audio_len)
     except ManifestError as e:
         logger.error("%s", e)
         return 1

@@ -21,8 +21,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
+from utils.cli import add_audio_length_args, add_bool, check_output_path, make_parser, optional_str, setup_logging
 from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
 from utils.device import choose_precision
 
@@ -34,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--train_data", type=str, default="dataset/train.json", help="training manifest (jsonlines)")
     g.add_argument("--test_data", type=str, default="dataset/test.json", help="eval manifest (jsonlines)")
-    g.add_argument("--min_audio_len", type=float, default=0.5, help="leave out clips shorter than this (s)")
-    g.add_argument("--max_audio_len", type=float, default=30.0, help="leave out clips longer than this (s, <= 30)")
+    add_audio_length_args(g, min_default=0.5)
     g.add_argument("--language", type=optional_str, default="Chinese",
                    help="language of items without their own 'language'; None = multilingual / auto")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
@@ -187,28 +187,38 @@ def load_model(model_dir: str, *, use_8bit: bool, use_4bit: bool, device_index: 
     return model
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging()
-    check_args(parser, args)
+def worker_error_message(error: BaseException) -> str:
+    """The original message of an exception, also when a DataLoader worker re-raised it with its traceback
+    ("Caught X in DataLoader worker process 0. Original Traceback ... module.X: message")."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return str(error)
 
+
+class FinetuneError(RuntimeError):
+    """A step of the run cannot go on; the message names the file or flag and the fix."""
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The datasets of a run and what was read to make them."""
+
+    processor: Any
+    train: Any  # SpeechDataset
+    eval_set: Any  # utils.trainer.EvalSet
+    augmenter: Any  # AugmentConfig or None
+    train_hours: float
+
+
+def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The accelerator (torchrun / accelerate launch settings come from the environment) and the precision."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import WhisperProcessor
 
-    from utils.augment import AugmentConfigError, apply_spec_augment, load_augment_config
-    from utils.collator import WhisperCollator
-    from utils.data import ManifestError, load_manifest
-    from utils.lora import LoraOptions, build_adapter
-    from utils.models import ModelResolutionError, resolve_model
-    from utils.languages import optional_language_code
-    from utils.train_data import SpeechDataset
-    from utils.trainer import Trainer, TrainOptions, check_checkpoint, latest_checkpoint, \
-        recover_interrupted_saves, total_training_steps
-
-    # 1. Devices and precision (accelerate reads torchrun / accelerate launch settings from the env)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = choose_precision(args.precision, args.fp16, device_type)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=device_type == "cpu")
@@ -217,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
                 precision.describe())
     set_seed(args.seed, device_specific=True)  # seed + rank: each process draws its own dropout masks
-    try:
-        language = optional_language_code(args.language)
-    except ValueError as e:
-        parser.error(f"--language: {e}")
+    return accelerator, precision
 
-    # 2. The checkpoint to resume from, checked before anything slow
-    run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
+
+def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` = the newest), checked whole before
+    anything slow; a save that a kill interrupted is cleaned up first."""
+    from utils.trainer import check_checkpoint, latest_checkpoint, recover_interrupted_saves
+
     if accelerator.is_main_process:
         recover_interrupted_saves(run_dir)
     accelerator.wait_for_everyone()
@@ -236,15 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_checkpoint(resume, adalora=args.use_adalora)
         except (FileNotFoundError, ValueError) as e:
-            logger.error("cannot resume: %s", e)
-            return 1
+            raise FinetuneError(f"cannot resume: {e}") from e
+    return None if resume is None else Path(resume)
 
-    # 3. Model folder, processor and data
-    try:
-        model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
-    except ModelResolutionError as e:
-        logger.error("%s", e)
-        return 1
+
+def load_data(args: argparse.Namespace, model_dir: str, language: str | None) -> TrainingData:
+    """Processor, manifests (validated whole), augmentation config, the train dataset and the eval set."""
+    from transformers import WhisperProcessor
+
+    from utils.augment import AugmentConfigError, load_augment_config
+    from utils.data import ManifestError, load_manifest
+    from utils.train_data import SpeechDataset
+    from utils.trainer import EvalSet
+
     processor = WhisperProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
 
@@ -252,96 +267,167 @@ def main(argv: list[str] | None = None) -> int:
         return tokenizer.encode(text, add_special_tokens=False)
 
     augmenter = None
+    lengths = dict(min_duration=args.min_audio_len, max_duration=args.max_audio_len, encode=encode,
+                   timestamps=args.timestamps)
     try:
-        train_manifest = load_manifest(args.train_data, min_duration=args.min_audio_len,
-                                       max_duration=args.max_audio_len, encode=encode, timestamps=args.timestamps)
-        test_manifest = load_manifest(args.test_data, min_duration=args.min_audio_len,
-                                      max_duration=args.max_audio_len, encode=encode, timestamps=args.timestamps)
+        train_manifest = load_manifest(args.train_data, **lengths)
+        test_manifest = load_manifest(args.test_data, **lengths)
         if args.augment_config_path:
             augmenter = load_augment_config(args.augment_config_path)
     except (ManifestError, AugmentConfigError) as e:
-        logger.error("%s", e)
-        return 1
+        raise FinetuneError(str(e)) from e
     dataset_kwargs = dict(language=language, task=args.task, timestamps=args.timestamps)
+    waveform_augmenter = augmenter if augmenter is not None and augmenter.has_waveform_steps else None
     try:
-        train_dataset = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
-                                      augmenter=augmenter if augmenter is not None and augmenter.has_waveform_steps
-                                      else None, **dataset_kwargs)
+        train = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
+                              augmenter=waveform_augmenter, **dataset_kwargs)
     except ValueError as e:
-        logger.error("%s: %s", args.base_model, e)
-        return 1
-    eval_dataset = SpeechDataset(test_manifest, processor.feature_extractor, tokenizer, **dataset_kwargs)
-    if not train_dataset.tokens.multilingual:
+        raise FinetuneError(f"{args.base_model}: {e}") from e
+    eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
+                                                  **dataset_kwargs), limit=args.max_eval_samples)
+    if not train.tokens.multilingual:
         logger.info("English-only model: labels start like its inference prompt, <|startoftranscript|> "
                     "<|notimestamps|>, with no language or task token%s",
                     f" (--language={args.language} does not apply)" if language not in (None, "en") else "")
-    if args.max_eval_samples > 0:
-        eval_dataset = _Subset(eval_dataset, args.max_eval_samples)
-    logger.info("train: %d clips (%.2f h), eval: %d clips", len(train_dataset), train_manifest.total_hours(),
-                len(eval_dataset))
+    logger.info("train: %d clips (%.2f h), eval: %d clips", len(train), train_manifest.total_hours(), len(eval_set))
+    return TrainingData(processor, train, eval_set, augmenter, train_manifest.total_hours())
 
-    # 4. Model and adapter
-    options = TrainOptions(
+
+def train_options(args: argparse.Namespace, language: str | None, data: TrainingData) -> Any:
+    """The trainer's options from the flags; the encoder is frozen (and its outputs cached) when no adapter,
+    augmentation or quantisation touches it."""
+    from utils.trainer import TrainOptions
+
+    augmenter = data.augmenter
+    augments_encoder = augmenter is not None and (augmenter.has_waveform_steps or bool(augmenter.spec_augment))
+    frozen_encoder = (not targets_encoder(target_modules(args)) and not augments_encoder
+                      and not (args.use_8bit or args.use_4bit))
+    return TrainOptions(
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-        max_steps=args.max_steps,
-        num_train_epochs=args.num_train_epochs, logging_steps=args.logging_steps, eval_steps=args.eval_steps,
-        save_steps=args.save_steps, save_total_limit=args.save_total_limit, metric=args.metric,
-        language=language, task=args.task, generation_max_length=args.generation_max_length,
-        num_workers=args.num_workers, seed=args.seed, use_adalora=args.use_adalora,
-        eval_at_start=args.eval_at_start,
+        max_steps=args.max_steps, num_train_epochs=args.num_train_epochs, logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        metric=args.metric, language=language, task=args.task, generation_max_length=args.generation_max_length,
+        num_workers=args.num_workers, seed=args.seed, use_adalora=args.use_adalora, eval_at_start=args.eval_at_start,
+        frozen_encoder=frozen_encoder, encoder_cache_gb=args.encoder_cache_gb,
     )
-    targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
-    augments_encoder = augmenter is not None and (augmenter.has_waveform_steps or bool(augmenter.spec_augment))
-    frozen_encoder = not targets_encoder(targets) and not augments_encoder and not (args.use_8bit or args.use_4bit)
-    options = dataclasses.replace(options, frozen_encoder=frozen_encoder, encoder_cache_gb=args.encoder_cache_gb)
-    total_steps = total_training_steps(len(train_dataset), options, accelerator.num_processes)
+
+
+def target_modules(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--target_modules`` as a tuple of module names."""
+    return tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+
+
+def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, precision: Any, data: TrainingData,
+                language: str | None, total_steps: int) -> tuple[Any, Any]:
+    """The base model (quantised, checkpointed, in the run's dtype) with its LoRA/AdaLoRA adapter, and the
+    generation config evaluation uses."""
+    import torch
+
+    from utils.augment import apply_spec_augment
+    from utils.lora import LoraOptions, build_adapter
+
+    cuda = accelerator.device.type == "cuda"
     model = load_model(model_dir, use_8bit=args.use_8bit, use_4bit=args.use_4bit,
-                       device_index=accelerator.local_process_index if device_type == "cuda" else None,
+                       device_index=accelerator.local_process_index if cuda else None,
                        gradient_checkpointing=args.gradient_checkpointing,
                        dtype="float32" if args.use_8bit or args.use_4bit else precision.base_dtype,
                        mixed_precision=precision.mixed_precision)
-    if augmenter is not None:
-        apply_spec_augment(model.config, augmenter.spec_augment)
+    if data.augmenter is not None:
+        apply_spec_augment(model.config, data.augmenter.spec_augment)
     generation_config = model.generation_config
     generation_config.language = language
     generation_config.task = args.task
     generation_config.forced_decoder_ids = None
-    lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
-                       use_adalora=args.use_adalora, adalora_init_r=max(2, args.lora_r // 2),
-                       adalora_target_r=max(1, args.lora_r // 8), total_step=total_steps)
+    lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                       target_modules=target_modules(args), use_adalora=args.use_adalora,
+                       adalora_init_r=max(2, args.lora_r // 2), adalora_target_r=max(1, args.lora_r // 8),
+                       total_step=total_steps)
     try:
         model = build_adapter(model, lora, base_model_name=args.base_model)
     except ValueError as e:
-        logger.error("adapter: %s", e)
-        return 1
+        raise FinetuneError(f"adapter: {e}") from e
     if args.use_compile:
         model = torch.compile(model)
+    return model, generation_config
 
-    # 5. Train (resuming if asked)
+
+def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model: Any, generation_config: Any,
+          options: Any, run_dir: Path, resume: Path | None) -> Any:
+    """Train (resuming ``resume`` if given); returns the trainer's result."""
+    import torch
+
+    from utils.audio import AudioLoadError
+    from utils.collator import WhisperCollator
+    from utils.trainer import Trainer
+
+    tokenizer = data.processor.tokenizer
     collator = WhisperCollator(decoder_start_token_id=model.config.decoder_start_token_id,
                                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                else tokenizer.eos_token_id)
-    trainer = Trainer(model, accelerator=accelerator, processor=processor, train_dataset=train_dataset,
-                      eval_dataset=eval_dataset, collator=collator, options=options, run_dir=run_dir,
+    trainer = Trainer(model, accelerator=accelerator, processor=data.processor, train_dataset=data.train,
+                      eval_set=data.eval_set, collator=collator, options=options, run_dir=run_dir,
                       generation_config=generation_config)
     if resume is not None:
         try:
             trainer.resume(resume)
         except (FileNotFoundError, ValueError) as e:
-            logger.error("cannot resume: %s", e)
-            return 1
+            raise FinetuneError(f"cannot resume: {e}") from e
     try:
-        result = trainer.train()
-    except torch.cuda.OutOfMemoryError:
-        logger.error("out of GPU memory at --per_device_train_batch_size=%d: try a smaller batch with "
-                     "--gradient_accumulation_steps to keep its size, --gradient_checkpointing=True, or "
-                     "--use_8bit=True; the last complete checkpoint-<step> resumes with "
-                     "--resume_from_checkpoint=auto", args.per_device_train_batch_size)
+        return trainer.train()
+    except AudioLoadError as e:  # from a DataLoader worker, the message carries the worker's traceback
+        raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line (the last complete "
+                            "checkpoint-<step> resumes with --resume_from_checkpoint=auto)") from e
+    except torch.cuda.OutOfMemoryError as e:
+        raise FinetuneError(
+            f"out of GPU memory at --per_device_train_batch_size={args.per_device_train_batch_size}: try a "
+            "smaller batch with --gradient_accumulation_steps to keep its size, --gradient_checkpointing=True, "
+            "or --use_8bit=True; the last complete checkpoint-<step> resumes with --resume_from_checkpoint=auto"
+        ) from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    check_args(parser, args)
+    from utils.languages import optional_language_code
+
+    try:
+        language = optional_language_code(args.language)
+    except ValueError as e:
+        parser.error(f"--language: {e}")
+    try:
+        return run(args, language)
+    except FinetuneError as e:
+        logger.error("%s", e)
         return 1
 
+
+def run(args: argparse.Namespace, language: str | None) -> int:
+    """The run, step by step; a step that cannot go on raises FinetuneError."""
+    from utils.models import ModelResolutionError, resolve_model
+    from utils.trainer import total_training_steps
+
+    # 1. Devices and precision
+    accelerator, precision = setup_devices(args)
+    # 2. The checkpoint to resume from, checked before anything slow
+    run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
+    resume = find_checkpoint(args, accelerator, run_dir)
+    # 3. Model folder and data
+    try:
+        model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
+    except ModelResolutionError as e:
+        raise FinetuneError(str(e)) from e
+    data = load_data(args, model_dir, language)
+    # 4. Model and adapter
+    options = train_options(args, language, data)
+    total_steps = total_training_steps(len(data.train), options, accelerator.num_processes)
+    model, generation_config = build_model(args, model_dir, accelerator, precision, data, language, total_steps)
+    # 5. Train
+    result = train(args, accelerator, data, model, generation_config, options, run_dir, resume)
     # 6. Report
     if accelerator.is_main_process:
         state = result.state
@@ -351,26 +437,6 @@ def main(argv: list[str] | None = None) -> int:
                     os.path.join(run_dir, "checkpoint-final"))
     accelerator.end_training()
     return 0
-
-
-class _Subset:
-    """The first ``n`` items of a SpeechDataset (same interface: ``len``, ``[i]``, ``record``)."""
-
-    def __init__(self, dataset, n: int) -> None:
-        self.dataset = dataset
-        self.tokens = dataset.tokens
-        self.n = min(n, len(dataset))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        return self.dataset[index]
-
-    def record(self, index: int):
-        return self.dataset.record(index)
 
 
 if __name__ == "__main__":

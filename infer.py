@@ -22,17 +22,12 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
-                       optional_str, setup_logging, str2bool)
+                       add_to_simple_arg, optional_str, setup_logging)
 from utils.models import ModelResolutionError
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, load_transcriber
 
 logger = logging.getLogger(__name__)
-
-
-def _bool_or_auto(value: str) -> bool | None:
-    """true/false like str2bool, or ``auto`` → None."""
-    return None if value.strip().lower() == "auto" else str2bool(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--logprob_threshold", type=float, default=-1.0, help="average log-probability threshold")
     d.add_argument("--no_speech_threshold", type=float, default=0.6, help="no-speech probability threshold")
     d.add_argument("--initial_prompt", type=optional_str, default=None, help="text to prime the decoder")
-    d.add_argument("--to_simple", type=_bool_or_auto, default=None,
-                   help="traditional → simplified Chinese: true/false/auto (auto = on for Chinese)")
+    add_to_simple_arg(d)
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     o = parser.add_argument_group("output")
     o.add_argument("--output_format", type=str, default=None, choices=[*OUTPUT_FORMATS, "all"],

@@ -29,8 +29,8 @@ import unicodedata
 from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
-from utils.cli import (add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args, check_output_path, make_parser,
-                       setup_logging)
+from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args,
+                       add_to_simple_arg, check_output_path, make_parser, setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -55,15 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     add_decoding_args(parser)
     g = parser.add_argument_group("engine")
-    g.add_argument("--backend", type=str, default="ct2", choices=["transformers", "ct2"],
-                   help="inference backend (ct2 = CTranslate2 int8 on CPU, the fast one)")
+    add_backend_arg(g, default="ct2", help="inference backend (ct2 = CTranslate2 int8 on CPU, the fast one)")
     g.add_argument("--compute_type", type=str, default="auto", help="ct2: auto = int8 on CPU, float16 on GPU")
     g.add_argument("--cpu_threads", type=int, default=-1,
                    help="ct2 CPU threads; -1 = auto: 1 when the encoder runs in PyTorch bf16 (one stream's small "
                         "decoding steps are fastest on one thread), else CTranslate2's default; 0 = its default")
     add_ct2_encoder_arg(g)
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
-    add_bool(g, "to_simple", True, "convert traditional to simplified Chinese")
+    add_to_simple_arg(g)
     s = parser.add_argument_group("streaming")
     s.add_argument("--chunk_seconds", type=float, default=1.0, help="new audio between two decodes (s)")
     s.add_argument("--buffer_trim_seconds", type=float, default=10.0,

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
+from utils.cli import add_bool, add_hidden_alias, check_output_path, make_parser, optional_str, setup_logging
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -35,6 +35,11 @@ from utils.sentiment import (
 logger = logging.getLogger(__name__)
 
 
+def _output_format(value: str) -> str:
+    """``--output_format``: txt or json, as in infer.py (``text``, the old spelling, is txt)."""
+    return "txt" if value == "text" else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("Classify texts or a transcript as positive / negative / neutral.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -44,20 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"file of texts ({', '.join(INPUT_SUFFIXES)}): .txt = one text per non-empty line; "
                              ".json = infer.py's transcript ({text, segments}) or a jsonlines manifest "
                              "('sentence' per line)")
-    parser.add_argument("--model", type=optional_str, default=None,
+    parser.add_argument("--model_path", type=optional_str, default=None,
                         help="None/auto = offline (snownlp for Chinese, VADER for English), 'snownlp', 'vader', "
                              "or a Hugging Face text-classification model folder or hub id")
     parser.add_argument("--language", type=str, default="auto", choices=["auto", "zh", "en"],
                         help="offline backend for every text; auto = per text (contains CJK → Chinese)")
     parser.add_argument("--neutral_margin", type=float, default=DEFAULT_NEUTRAL_MARGIN,
                         help="scores within 0.5 ± this are neutral, in [0, 0.5)")
-    parser.add_argument("--output_format", type=str, default="text", choices=["text", "json"],
-                        help="text = one line per text; json = {model, results, overall}")
+    parser.add_argument("--output_format", type=_output_format, default="txt", choices=["txt", "json"],
+                        help="txt = one line per text; json = {model, results, overall}")
     parser.add_argument("--output", type=optional_str, default=None,
                         help="write the output to this file (atomically) instead of stdout")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per model call (Hugging Face models)")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
     add_bool(parser, "local_files_only", False, "never contact the model hub")
+    add_hidden_alias(parser, "--model", "--model_path")
     return parser
 
 
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Load the model
     try:
-        model = load_sentiment_model(args.model, language=None if args.language == "auto" else args.language,
+        model = load_sentiment_model(args.model_path, language=None if args.language == "auto" else args.language,
                                      neutral_margin=args.neutral_margin, device=args.device,
                                      batch_size=args.batch_size, local_files_only=args.local_files_only)
     except SentimentModelError as e:
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.output, report)
         logger.info("wrote %d results to %s", len(report["results"]), args.output)
     else:
-        write_text_atomic(args.output, render(report, "text") + "\n")
+        write_text_atomic(args.output, render(report, "txt") + "\n")
         logger.info("wrote %d results to %s", len(report["results"]), args.output)
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from utils.audio import SAMPLE_RATE, AudioLoadError
-from utils.cli import add_bool, make_parser, setup_logging
+from utils.cli import add_backend_arg, add_bool, make_parser, setup_logging
 from utils.webui import (
     MAX_UPLOAD_MB,
     UPLOAD_TYPES,
@@ -65,8 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model_path", type=str, default=None,
                         help="model preselected in the list (folder, hub id or packaged name); "
                              "default: the first folder under --models_dir, else openai/whisper-base")
-    parser.add_argument("--backend", type=str, default="transformers", choices=BACKENDS,
-                        help="backend preselected for models that work with both")
+    add_backend_arg(parser, help="backend preselected for models that work with both")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1")
     parser.add_argument("--models_dir", type=str, default="models", help="folder searched for merged models")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB,

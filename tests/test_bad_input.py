@@ -258,3 +258,26 @@ def test_every_script_refuses_bad_input_cleanly(case, script, args, message, bad
     assert "Traceback" not in err, err
     assert message.format(d=d) in err, err
     assert _snapshot(d) == before, f"{case}: files changed or left behind"
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, tiny_whisper_dir, en_wav, tmp_path,
+                                                                   caplog, capsys):
+    """A clip that exists but cannot be decoded fails when the DataLoader (a worker process or the main one)
+    reads it: one message with the manifest file and line, not a worker traceback."""
+    import json
+    import shutil
+
+    shutil.copy(en_wav, tmp_path / "good.wav")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(4000))
+    lines = [{"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0},
+             {"audio": {"path": "broken.wav"}, "sentence": "hello", "duration": 1.0}]
+    manifest = tmp_path / "train.json"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
+                          f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
+                          "--per_device_train_batch_size=2", "--max_steps=2", f"--num_workers={num_workers}"])
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{manifest}:2: {tmp_path / 'broken.wav'}: cannot decode"), errors
+    assert "Traceback" not in errors[0] and "Traceback" not in capsys.readouterr().err

@@ -29,3 +29,53 @@ def test_bool_flag_forms():
 
 def test_optional_str():
     assert optional_str("None") is None and optional_str("chinese") == "chinese"
+
+
+def _parsers():
+    """Every script's parser, by script name (the web UI builds its parser inside parse_args)."""
+    import aishell
+    import evaluation
+    import finetune
+    import infer
+    import merge_lora
+    import realtime_transcribe
+    import sentiment_analysis
+
+    parsers = {m.__name__: m.build_parser() for m in (aishell, evaluation, finetune, infer, merge_lora,
+                                                       realtime_transcribe, sentiment_analysis)}
+    return parsers
+
+
+def _option(parser, flag):
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+def test_one_flag_vocabulary_across_the_scripts():
+    """A flag that appears in several scripts has one type, one set of values and one default meaning."""
+    import streamlit_whisper
+
+    parsers = _parsers()
+    # a model is read through --model_path everywhere but the two seed flags of finetune / merge_lora
+    for name in ("evaluation", "infer", "realtime_transcribe", "sentiment_analysis"):
+        assert _option(parsers[name], "--model_path") is not None, name
+    assert streamlit_whisper.parse_args(["--model_path=m"]).model_path == "m"
+    to_simple = [(n, _option(p, "--to_simple")) for n, p in parsers.items() if _option(p, "--to_simple")]
+    assert {n for n, _ in to_simple} == {"infer", "realtime_transcribe"}
+    assert {(a.type, a.default) for _, a in to_simple} == {(to_simple[0][1].type, None)}  # auto everywhere
+    backends = {n: _option(p, "--backend").choices for n, p in parsers.items() if _option(p, "--backend")}
+    assert set(backends) == {"evaluation", "infer", "realtime_transcribe"}
+    assert all(list(c) == ["transformers", "ct2"] for c in backends.values())
+    for name in ("evaluation", "finetune"):
+        assert _option(parsers[name], "--min_audio_len") and _option(parsers[name], "--max_audio_len"), name
+    assert set(_option(parsers["sentiment_analysis"], "--output_format").choices) <= {"txt", "json", "srt", "vtt"}
+
+
+def test_old_spellings_still_work_and_are_hidden():
+    parsers = _parsers()
+    ev = parsers["evaluation"].parse_args(["--min_duration=1.5", "--max_duration=20"])
+    assert (ev.min_audio_len, ev.max_audio_len) == (1.5, 20.0)
+    assert parsers["evaluation"].parse_args([]).min_audio_len == 0.0  # the alias does not override the default
+    st = parsers["sentiment_analysis"].parse_args(["--text=好", "--model=vader", "--output_format=text"])
+    assert (st.model_path, st.output_format) == ("vader", "txt")
+    for name, alias in (("evaluation", "--min_duration"), ("sentiment_analysis", "--model ")):
+        assert alias not in parsers[name].format_help(), name

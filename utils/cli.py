@@ -27,6 +27,13 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
 
 
+def bool_or_auto(value: str | bool | None) -> bool | None:
+    """true/false like :func:`str2bool`, or ``auto`` → None (the program decides)."""
+    if value is None or isinstance(value, bool):
+        return value
+    return None if value.strip().lower() == "auto" else str2bool(value)
+
+
 def optional_str(value: str) -> str | None:
     """A string flag where ``None``/``none``/empty means "not set" (e.g. ``--language=None``)."""
     return None if value.strip().lower() in {"", "none", "null"} else value
@@ -40,6 +47,36 @@ def make_parser(description: str) -> argparse.ArgumentParser:
 def add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
     """Add ``--name`` that takes an explicit value (``--name=False``) or, bare, means True."""
     parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=default, help=help)
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, flag: str) -> None:
+    """Accept ``alias`` (an old spelling) for ``flag``: it sets the same value and is not shown in ``--help``."""
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    parser.add_argument(alias, dest=action.dest, type=action.type, nargs=action.nargs, const=action.const,
+                        choices=action.choices, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_to_simple_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--to_simple``: the same type, default and meaning in every script that prints text."""
+    parser.add_argument("--to_simple", type=bool_or_auto, default=None, nargs="?", const=True,
+                        help="traditional → simplified Chinese: true/false/auto (auto = on for Chinese output)")
+
+
+def add_audio_length_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, min_default: float,
+                          max_default: float = 30.0) -> None:
+    """``--min_audio_len`` / ``--max_audio_len``: the clips of a manifest that are used (finetune, evaluation)."""
+    parser.add_argument("--min_audio_len", type=float, default=min_default, help="leave out clips shorter than this (s)")
+    parser.add_argument("--max_audio_len", type=float, default=max_default,
+                        help="leave out clips longer than this (s, <= 30)")
+
+
+def add_backend_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str = "transformers",
+                    help: str | None = None) -> None:
+    """``--backend``: transformers or ct2, in every script that runs a model."""
+    from utils.transcribe import BACKENDS
+
+    parser.add_argument("--backend", type=str, default=default, choices=BACKENDS,
+                        help=help or "transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "openai/whisper-base") -> None:
@@ -62,10 +99,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
                     default_backend: str = "transformers") -> None:
     """Inference-engine flags shared by infer and evaluation: --backend, --dtype, --compute_type."""
-    from utils.transcribe import BACKENDS, DTYPES
+    from utils.transcribe import DTYPES
 
-    parser.add_argument("--backend", type=str, default=default_backend, choices=BACKENDS,
-                        help="transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
+    add_backend_arg(parser, default=default_backend)
     parser.add_argument("--dtype", type=str, default="auto", choices=DTYPES,
                         help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
     parser.add_argument("--compute_type", type=str, default="auto",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_audio
 from utils.data import Manifest, Record
 from utils.languages import optional_language_code
 
@@ -214,7 +214,10 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.manifest[index]
-        samples = load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
+        try:
+            samples = load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
+        except AudioLoadError as e:  # name the manifest line, the thing a user edits
+            raise AudioLoadError(f"{self.manifest.location(index)}: {e}") from e
         time_scale = 1.0
         if self.augmenter is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))

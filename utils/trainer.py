@@ -234,11 +234,36 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
     return generated[:, :n]
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """What evaluation needs and nothing more: the items (``{"input_features", "index"}``), and per item index its
+    reference text, language (None = the run's) and duration (s); plus the label tokens of the tokenizer."""
+
+    items: Any  # a dataset: len() and [i]
+    references: list[str]
+    languages: list[str | None]
+    durations: list[float]
+    tokens: Any  # utils.train_data.LabelTokens
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, limit: int = 0) -> EvalSet:
+        """From a SpeechDataset (its first ``limit`` items when > 0)."""
+        n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+        records = [dataset.record(i) for i in range(n)]
+        items = dataset if n == len(dataset) else torch.utils.data.Subset(dataset, range(n))
+        return cls(items, [r.sentence for r in records], [r.language for r in records],
+                   [r.duration for r in records], dataset.tokens)
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+
 @torch.no_grad()
-def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str | None, task: str, metric: str,
+def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, language: str | None, task: str,
+             metric: str,
              batch_size: int, max_new_tokens: int, show_progress: bool = True, encoder_states=None,
              generation_config=None) -> tuple[float, list[str]]:
-    """Transcribe ``dataset`` (sharded across ranks) greedily with language/task forced, and score it.
+    """Transcribe ``eval_set`` (sharded across ranks) greedily with language/task forced, and score it.
 
     ``encoder_states(indices, features) -> (batch, frames, d_model)``, when given, supplies (cached)
     encoder outputs. Items whose language is unknown (no item or run language) are decoded with
@@ -252,22 +277,22 @@ def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str 
     unwrapped = accelerator.unwrap_model(model)
     base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
     gen = generation_config if generation_config is not None else base.generation_config
-    tokens = dataset.tokens
+    tokens = eval_set.tokens
     was_training = unwrapped.training
     unwrapped.eval()
-    mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    mine = list(range(accelerator.process_index, len(eval_set), accelerator.num_processes))
     results: list[tuple[int, str]] = []
     bar = tqdm(range(0, len(mine), batch_size), desc="eval", leave=False,
                disable=not show_progress or not accelerator.is_local_main_process)
     for start in bar:
-        items = [dataset[i] for i in mine[start: start + batch_size]]
+        items = [eval_set.items[i] for i in mine[start: start + batch_size]]
         feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device,
                                                                                        feature_dtype(base))
-        langs = ({_code(dataset.record(it["index"]).language) or language for it in items} if tokens.multilingual
+        langs = ({_code(eval_set.languages[it["index"]]) or language for it in items} if tokens.multilingual
                  else {"en"})
         # like inference: room for the densest speech of the longest clip, within the decoder's context
         budget = max_new_tokens if max_new_tokens > 0 else token_budget(
-            max(dataset.record(it["index"]).duration for it in items), timestamps=False,
+            max(eval_set.durations[it["index"]] for it in items), timestamps=False,
             limit=base.config.max_target_positions - len(tokens.prompt(None, task)) - 1)
         with accelerator.autocast():
             if len(langs) == 1 and None not in langs:
@@ -287,7 +312,7 @@ def evaluate(model, dataset, collator, tokenizer, *, accelerator, language: str 
         results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
     gathered = sorted(dict(gather_object(results)).items())
     hyps = [text for _, text in gathered]
-    refs = [dataset.record(i).sentence for i, _ in gathered]
+    refs = [eval_set.references[i] for i, _ in gathered]
     if was_training:
         unwrapped.train()
     return error_rate(refs, hyps, metric), hyps
@@ -372,12 +397,12 @@ class TrainResult:
 class Trainer:
     """Runs the loop for an already-built peft model; see ``train``."""
 
-    def __init__(self, model, *, accelerator, processor, train_dataset, eval_dataset, collator, options: TrainOptions,
-                 run_dir: str | os.PathLike, generation_config=None) -> None:
+    def __init__(self, model, *, accelerator, processor, train_dataset, eval_set: EvalSet, collator,
+                 options: TrainOptions, run_dir: str | os.PathLike, generation_config=None) -> None:
         self.accelerator = accelerator
         self.processor = processor
         self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
+        self.eval_set = eval_set
         self.collator = collator
         self.options = options
         self.run_dir = Path(run_dir)
@@ -561,7 +586,7 @@ class Trainer:
 
     def _evaluate_and_keep_best(self) -> float:
         o = self.options
-        value, _ = evaluate(self.model, self.eval_dataset, self.collator, self.processor.tokenizer,
+        value, _ = evaluate(self.model, self.eval_set, self.collator, self.processor.tokenizer,
                             accelerator=self.accelerator, language=o.language, task=o.task, metric=o.metric,
                             batch_size=o.per_device_eval_batch_size, max_new_tokens=o.generation_max_length,
                             encoder_states=self.eval_encoder, generation_config=self.generation_config)

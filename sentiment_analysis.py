@@ -5,7 +5,7 @@
     python sentiment_analysis.py --input lines.txt --model uer/roberta-base-finetuned-jd-binary-chinese
 
 The score is positivity in [0, 1]; texts within 0.5 ± --neutral_margin are neutral. The default
-model works offline (snownlp for Chinese, VADER for English); see utils/sentiment.py for why and
+model works offline (a lexicon with negation and contrast rules for Chinese, VADER for English); see utils/sentiment.py for why and
 for how a Hugging Face model's labels are read. Exit status: 0 done, 2 bad arguments or input
 file (nothing written), 1 model cannot be loaded.
 """
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ".json = infer.py's transcript ({text, segments}) or a jsonlines manifest "
                              "('sentence' per line)")
     parser.add_argument("--model_path", type=optional_str, default=None,
-                        help="None/auto = offline (snownlp for Chinese, VADER for English), 'snownlp', 'vader', "
+                        help="None/auto = offline (lexicon for Chinese, VADER for English), 'lexicon', 'snownlp', 'vader', "
                              "or a Hugging Face text-classification model folder or hub id")
     parser.add_argument("--language", type=str, default="auto", choices=["auto", "zh", "en"],
                         help="offline backend for every text; auto = per text (contains CJK → Chinese)")

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB,
                         help="largest accepted upload in MB (keep ≤ server.maxUploadSize)")
     parser.add_argument("--sentiment_model", type=str, default="auto",
-                        help="auto (snownlp for Chinese, VADER for English), snownlp, vader or a HF model")
+                        help="auto (lexicon for Chinese, VADER for English), lexicon, snownlp, vader or a HF model")
     add_bool(parser, "local_files_only", False, "never contact the model hub")
     return parser.parse_args(argv)
 
@@ -124,7 +124,7 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
     beam_size = int(sb.number_input("beam size", min_value=1, max_value=10, value=1, step=1))
     timestamps = sb.checkbox("分段时间戳 (segment timestamps)", value=True)
     sentiment = sb.checkbox("情感分析 (sentiment)", value=False,
-                            help="snownlp 处理中文, VADER 处理英文 (offline models)")
+                            help="中文用词典+否定/转折规则, 英文用 VADER (offline)")
     return PageSettings(model_path, backend, language, task, beam_size, timestamps, sentiment)
 
 

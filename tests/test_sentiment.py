@@ -132,8 +132,9 @@ def test_default_backend_classifies_clear_english_sentences(default_model):
 
 
 def test_default_backend_accuracy_on_labelled_set(default_model):
-    """Measured: Chinese 16/20 (snownlp: 9/10 positive, 7/10 negative), English 10/10 (VADER)."""
-    for data, minimum in ((LABELLED_ZH, 0.75), (LABELLED_EN, 0.9)):
+    """Chinese 20/20 with the lexicon (snownlp had 16/20; the lexicon had 17 before 感激, 照顾, 枯燥, 听不下去 and
+    白跑 were added, so this set is no longer held out: tests/data/sentiment_zh_heldout.tsv is), English 10/10."""
+    for data, minimum in ((LABELLED_ZH, 0.9), (LABELLED_EN, 0.9)):
         results = default_model.predict([t for t, _ in data])
         accuracy = sum(r.label == want for r, (_, want) in zip(results, data, strict=True)) / len(data)
         assert accuracy >= minimum, (accuracy, [(t, r) for (t, _), r in zip(data, results, strict=True)])
@@ -143,7 +144,7 @@ def test_router_sends_each_text_to_its_language_backend(default_model):
     mixed = ["I love this restaurant, the food is amazing!", "质量太差了，用了两天就坏了，非常失望"]
     routed = default_model.predict(mixed)
     assert routed[0] == load_sentiment_model("vader").predict(mixed[:1])[0]
-    assert routed[1] == load_sentiment_model("snownlp").predict(mixed[1:])[0]
+    assert routed[1] == load_sentiment_model("lexicon").predict(mixed[1:])[0]
     # Forced English: VADER has no opinion on Chinese.
     forced = load_sentiment_model(language="en").predict(mixed[1:])
     assert forced == [SentimentResult("neutral", 0.5)]
@@ -395,3 +396,32 @@ def test_main_rejects_bad_flags(argv):
     with pytest.raises(SystemExit) as exc:
         sentiment_analysis.main(argv)
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------- the Chinese lexicon and its rules
+
+
+@pytest.mark.parametrize("text, label", [
+    ("这家餐厅的菜太好吃了", "positive"),  # the README's example (snownlp said negative 0.22)
+    ("服务员态度很好，菜也好吃，下次还会再来。", "positive"),  # snownlp: negative 0.40
+    ("价格不贵，东西也新鲜", "positive"),  # negated negative word
+    ("这里的东西一点也不新鲜", "negative"),  # negated positive word
+    ("一晚上没睡好", "negative"),  # a negator one verb away
+    ("饺子皮薄馅大，特别好吃", "positive"),  # the 别 of 特别 is a degree adverb, not a negator
+    ("虽然价格有点贵，但是味道确实好", "positive"),  # the clause after 但是 outweighs the 虽然 clause
+    ("虽然环境不错，但是菜很一般，不会再来了", "negative"),
+    ("快递放在了门卫室", "neutral"),  # 快 of 快递 says nothing: no opinion word, neutral
+    ("我下周一要出差", "neutral"),
+])
+def test_lexicon_rules(text, label):
+    assert load_sentiment_model("lexicon").predict([text])[0].label == label
+
+
+def test_default_chinese_sentiment_on_the_held_out_set():
+    """≥ 90 % on the positive/negative sentences of a held-out set (209 everyday sentences across reviews,
+    service, daily life and news, with negation and contrast) that no word or weight was chosen on."""
+    from tools.bench_sentiment import DEFAULT_DATA, read_labelled, score
+
+    result = score("auto", read_labelled(DEFAULT_DATA))
+    assert result["polar_accuracy"] >= 0.90, result["errors"]
+    assert result["confusion"][("positive", "negative")] + result["confusion"][("negative", "positive")] <= 5

@@ -15,6 +15,8 @@ Score and labels
 Backends (``load_sentiment_model(name)``)
     * ``None`` / ``"auto"``: the offline default. Each text goes to the Chinese backend when it
       contains a CJK ideograph, otherwise to the English one (``language`` forces one of them).
+    * ``"lexicon"`` (Chinese, the default): a lexicon with negation, degree and contrast rules
+      (:mod:`utils.sentiment_lexicon`); a text without an opinion word is neutral.
     * ``"snownlp"`` (Chinese): SnowNLP's naive-Bayes classifier, which the ``snownlp`` PyPI package
       ships (trained on product reviews); the score is its P(positive).
     * ``"vader"`` (English): VADER (Hutto & Gilbert 2014), a lexicon with rules for negation,
@@ -25,7 +27,7 @@ Backends (``load_sentiment_model(name)``)
       polarities by :func:`label_polarities`. Texts run in batches; longer ones are truncated to the
       model's maximum length (512 tokens at most).
 
-Why these defaults (the margin, snownlp and VADER), with the comparisons behind them: README, 情感识别.
+Why these defaults (the margin, the lexicon and VADER), with the measurements behind them: README, 情感识别.
 """
 
 from __future__ import annotations
@@ -149,6 +151,18 @@ class SnowNLPSentiment(SentimentModel):
         return [self._classify(t) for t in tqdm(texts, desc="snownlp", unit="text", disable=len(texts) < 1000)]
 
 
+class LexiconSentiment(SentimentModel):
+    """Chinese: a lexicon with negation, degree and contrast rules (:mod:`utils.sentiment_lexicon`); a text
+    without any lexicon word is neutral (0.5)."""
+
+    name = "lexicon"
+
+    def positivity(self, texts: Sequence[str]) -> list[float]:
+        from utils.sentiment_lexicon import lexicon_positivity
+
+        return [lexicon_positivity(t) for t in tqdm(texts, desc="lexicon", unit="text", disable=len(texts) < 1000)]
+
+
 class VaderSentiment(SentimentModel):
     """English: VADER's packaged lexicon and rules; score = (compound + 1) / 2."""
 
@@ -176,12 +190,12 @@ class LanguageRouter(SentimentModel):
         if language is not None and language not in LANGUAGES:
             raise ValueError(f"language must be one of {LANGUAGES} or None (auto), got {language!r}")
         self.language = language
-        self.name = {"zh": "snownlp", "en": "vader", None: "auto (snownlp for Chinese, vader otherwise)"}[language]
+        self.name = {"zh": "lexicon", "en": "vader", None: "auto (lexicon for Chinese, vader otherwise)"}[language]
         self._backends: dict[str, SentimentModel] = {}
 
     def _backend(self, language: str) -> SentimentModel:
         if language not in self._backends:
-            cls = SnowNLPSentiment if language == "zh" else VaderSentiment
+            cls = LexiconSentiment if language == "zh" else VaderSentiment
             self._backends[language] = cls(self.neutral_margin)
         return self._backends[language]
 
@@ -289,7 +303,7 @@ class HFSentiment(SentimentModel):
         except (OSError, ValueError) as e:
             raise SentimentModelError(
                 f"{name}: cannot load a text-classification model ({e}). Give a local model folder or a "
-                "reachable hub id, or leave the model unset for the offline default (snownlp / vader)"
+                "reachable hub id, or leave the model unset for the offline default (lexicon / vader)"
             ) from e
         self.model = model.eval().to(self.device)
         self._polarity = torch.tensor(label_polarities(model.config.id2label, name), dtype=torch.float32)
@@ -323,8 +337,8 @@ def load_sentiment_model(
     """Build a sentiment model.
 
     Args:
-        name: None or "auto" (offline: snownlp for Chinese, VADER for English, chosen per text),
-            "snownlp", "vader", or a Hugging Face text-classification model folder / hub id.
+        name: None or "auto" (offline: the lexicon for Chinese, VADER for English, chosen per text),
+            "lexicon", "snownlp", "vader", or a Hugging Face text-classification model folder / hub id.
         language: "zh" or "en" sends every text to that language's offline backend; None = per text
             (contains a CJK ideograph → Chinese). Ignored for a Hugging Face model.
         neutral_margin: half-width of the neutral band around score 0.5, in [0, 0.5).
@@ -337,6 +351,8 @@ def load_sentiment_model(
         return LanguageRouter(neutral_margin, language)
     if name.lower() == "snownlp":
         return SnowNLPSentiment(neutral_margin)
+    if name.lower() == "lexicon":
+        return LexiconSentiment(neutral_margin)
     if name.lower() == "vader":
         return VaderSentiment(neutral_margin)
     return HFSentiment(name, neutral_margin=neutral_margin, device=device, batch_size=batch_size,

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         options = DecodeOptions(
             language=args.language, task=args.task, beam_size=beam_size, batch_size=args.batch_size,
             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if args.fallback else (0.0,),
+            initial_prompt=args.initial_prompt, hotwords=args.hotwords,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
-                       add_to_simple_arg, optional_str, setup_logging)
+                       add_to_simple_arg, setup_logging)
 from utils.models import ModelResolutionError
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, load_transcriber
@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--compression_ratio_threshold", type=float, default=2.4, help="repetition-loop threshold")
     d.add_argument("--logprob_threshold", type=float, default=-1.0, help="average log-probability threshold")
     d.add_argument("--no_speech_threshold", type=float, default=0.6, help="no-speech probability threshold")
-    d.add_argument("--initial_prompt", type=optional_str, default=None, help="text to prime the decoder")
     add_to_simple_arg(d)
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     o = parser.add_argument_group("output")
@@ -114,6 +113,7 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
         to_simple=args.to_simple,
         remove_pun=args.remove_pun,
         initial_prompt=args.initial_prompt,
+        hotwords=args.hotwords,
     )
 
 

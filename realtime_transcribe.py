@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = DecodeOptions(language=args.language, task=args.task, beam_size=args.beam_size, timestamps=True,
-                                temperatures=(0.0,), to_simple=args.to_simple)
+                                temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
+                                initial_prompt=args.initial_prompt)
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             offline_text = engine.transcribe(result.audio, DecodeOptions(
                 language=hypothesis.options.language, task=args.task, beam_size=args.beam_size,
-                temperatures=(0.0,), to_simple=args.to_simple)).text
+                temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
+                initial_prompt=args.initial_prompt)).text
             logger.info("offline transcript in %.1f s", time.perf_counter() - t0)
         except KeyboardInterrupt:
             logger.warning("offline comparison interrupted; the report has no CER")

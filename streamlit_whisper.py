@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from utils.audio import SAMPLE_RATE, AudioLoadError
-from utils.cli import add_backend_arg, add_bool, make_parser, setup_logging
+from utils.cli import add_backend_arg, add_bool, make_parser, optional_str, setup_logging
 from utils.webui import (
     MAX_UPLOAD_MB,
     UPLOAD_TYPES,
@@ -58,6 +58,8 @@ class PageSettings:
     beam_size: int
     timestamps: bool
     sentiment: bool
+    initial_prompt: str | None = None
+    hotwords: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sentiment_model", type=str, default="auto",
                         help="auto (lexicon for Chinese, VADER for English), lexicon, snownlp, vader or a HF model")
     add_bool(parser, "local_files_only", False, "never contact the model hub")
+    parser.add_argument("--initial_prompt", type=optional_str, default=None, help="initial prompt preset in the page")
+    parser.add_argument("--hotwords", type=optional_str, default=None, help="hotwords preset in the page")
     return parser.parse_args(argv)
 
 
@@ -125,7 +129,12 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
     timestamps = sb.checkbox("分段时间戳 (segment timestamps)", value=True)
     sentiment = sb.checkbox("情感分析 (sentiment)", value=False,
                             help="中文用词典+否定/转折规则, 英文用 VADER (offline)")
-    return PageSettings(model_path, backend, language, task, beam_size, timestamps, sentiment)
+    hotwords = sb.text_input("热词 (hotwords)", value=args.hotwords or "",
+                             help="人名、术语等，用逗号分隔 (names, terms; comma-separated)").strip() or None
+    initial_prompt = sb.text_input("提示文本 (initial prompt)", value=args.initial_prompt or "",
+                                   help="作为前文交给解码器 (previous context for the decoder)").strip() or None
+    return PageSettings(model_path, backend, language, task, beam_size, timestamps, sentiment, initial_prompt,
+                        hotwords)
 
 
 def get_engine(settings: PageSettings, args: argparse.Namespace):
@@ -211,6 +220,7 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
         st.error(str(e))
         return None
     options = DecodeOptions(language=settings.language, task=settings.task, beam_size=settings.beam_size,
+                            initial_prompt=settings.initial_prompt, hotwords=settings.hotwords,
                             timestamps=settings.timestamps)
     bar = st.progress(0.0, text="转写中 (transcribing)…")
     start = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import EN_SENTENCE
+from tests.conftest import EN_SENTENCE, make_speech
 from utils.audio import SAMPLE_RATE, load_audio
 from utils.text import count_errors, error_rate
 from utils.languages import language_code
@@ -406,3 +406,39 @@ def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, r
         utils.transcribe.postprocess_text = postprocess
     assert any("\ufffd" in text for text in raw)  # the cut happened, and was cleaned up
     assert postprocess_text("劝说\ufffd", "zh", None, False) == "劝说"
+
+
+# -- hotwords and initial prompt ------------------------------------------------------------------------------
+def test_prompt_text_puts_hotwords_before_the_previous_text():
+    from utils.transcribe import prompt_text
+
+    assert prompt_text("Szymanski, Zolgensma", " the meeting ") == "Szymanski, Zolgensma the meeting"
+    assert prompt_text(None, "previous") == "previous" and prompt_text("  ", None) is None
+    assert DecodeOptions(hotwords="   ").hotwords is None
+
+
+@pytest.fixture(scope="module")
+def rare_names(tmp_path_factory):
+    """Two sentences with rare names that whisper-base mishears without help (espeak, repeatable)."""
+    d = tmp_path_factory.mktemp("hotwords")
+    return [(make_speech("My colleague Szymanski will call you back.", d / "name.wav"), "Szymanski"),
+            (make_speech("The new drug is called Zolgensma.", d / "drug.wav"), "Zolgensma")]
+
+
+@pytest.mark.slow
+def test_hotwords_fix_a_misheard_rare_name_on_both_backends(base_hf, base_ct2, rare_names):
+    for engine in (base_hf, base_ct2):
+        for wav, name in rare_names:
+            plain = engine.transcribe(str(wav), DecodeOptions(language="en", temperatures=(0.0,))).text
+            helped = engine.transcribe(str(wav), DecodeOptions(language="en", temperatures=(0.0,),
+                                                              hotwords="Szymanski, Zolgensma")).text
+            assert name not in plain and name in helped, (engine.backend, plain, helped)
+
+
+@pytest.mark.slow
+def test_infer_hotwords_flag(rare_names, capsys):
+    import infer
+
+    wav, name = rare_names[0]
+    assert infer.main([f"--audio_path={wav}", "--backend=ct2", "--language=en", f"--hotwords={name}"]) == 0
+    assert name in capsys.readouterr().out

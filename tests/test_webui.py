@@ -246,6 +246,14 @@ def test_page_renders_and_lists_models(monkeypatch, tmp_path):
     assert at.sidebar.radio[0].options == ["transformers"]
 
 
+def test_page_offers_hotwords_and_a_prompt_preset_from_the_flags(monkeypatch, tmp_path):
+    at = _app(monkeypatch, "--models_dir", str(tmp_path / "models"), "--hotwords", "Szymanski,Zolgensma")
+    at.run()
+    assert not at.exception
+    fields = {t.label: t.value for t in at.sidebar.text_input}
+    assert fields["热词 (hotwords)"] == "Szymanski,Zolgensma" and fields["提示文本 (initial prompt)"] == ""
+
+
 def test_page_shows_readable_error_for_bad_model_path(monkeypatch, tmp_path):
     broken = _hf_folder(tmp_path / "models" / "broken")  # config.json + an empty model.safetensors
     at = _app(monkeypatch, "--models_dir", str(tmp_path / "models"), "--model_path", str(tmp_path / "missing"))

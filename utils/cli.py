@@ -94,6 +94,10 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--language", type=optional_str, default=None,
                    help="language name or code (chinese/zh); None = auto-detect")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
+    g.add_argument("--initial_prompt", type=optional_str, default=None,
+                   help="text given to the decoder as previous context (vocabulary, style)")
+    g.add_argument("--hotwords", type=optional_str, default=None,
+                   help='words to steer towards, e.g. "张三,Kubernetes": put before the previous text in the prompt')
 
 
 def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,

@@ -69,6 +69,8 @@ class DecodeOptions:
         to_simple: traditional → simplified Chinese; None = only when the language is Chinese.
         remove_pun: drop punctuation from the output text.
         initial_prompt: text given to the decoder as previous context (vocabulary, style).
+        hotwords: words to steer towards (names, terms: "词1,词2"); they go into the previous-text prompt before
+            any previous text, as faster-whisper does, on both backends.
         max_new_tokens: tokens generated per chunk at most (None = token_budget(chunk duration)).
     """
 
@@ -85,6 +87,7 @@ class DecodeOptions:
     to_simple: bool | None = None
     remove_pun: bool = False
     initial_prompt: str | None = None
+    hotwords: str | None = None
     max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +101,8 @@ class DecodeOptions:
             raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
         if self.language is not None:
             object.__setattr__(self, "language", language_code(self.language))
+        if self.hotwords is not None and not self.hotwords.strip():
+            object.__setattr__(self, "hotwords", None)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,12 @@ class _ChunkResult:
 
     segments: list[tuple[float, float, str]]
     text: str
+
+
+def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
+    """The previous-text context: hotwords first, then the previous text (faster-whisper's order)."""
+    parts = [p.strip() for p in (hotwords, prompt) if p and p.strip()]
+    return " ".join(parts) or None
 
 
 def compression_ratio(text: str) -> float:
@@ -588,8 +599,9 @@ class TransformersTranscriber(_BaseTranscriber):
             kw["task"] = options.task
             if languages is not None:
                 kw["language"] = list(languages) if len(set(languages)) > 1 else languages[0]
-        if prompt:
-            kw["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(prompt), device=self.device)
+        context = prompt_text(options.hotwords, prompt)
+        if context:
+            kw["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(context), device=self.device)
         return kw
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
@@ -844,8 +856,8 @@ class CT2Transcriber(_BaseTranscriber):
         feats = self._features(chunks)
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
         previous = tokenizers[0].encode(" " + prompt.strip()) if prompt else []
-        prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps)
-                   for t in tokenizers]
+        prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps,
+                                         hotwords=options.hotwords) for t in tokenizers]
         final: list[tuple[list[int], bool] | None] = [None] * len(chunks)
         best_rank: list[tuple[bool, bool, float]] = [(False, False, -math.inf)] * len(chunks)
         pending = list(range(len(chunks)))
@@ -905,7 +917,7 @@ class CT2Transcriber(_BaseTranscriber):
             beam_size=options.beam_size, best_of=1, temperature=list(options.temperatures),
             compression_ratio_threshold=options.compression_ratio_threshold,
             log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
-            condition_on_previous_text=True, initial_prompt=prompt,
+            condition_on_previous_text=True, initial_prompt=prompt, hotwords=options.hotwords,
             without_timestamps=False, vad_filter=True,
         )
         return [(s.start, s.end, s.text) for s in segments]

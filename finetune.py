@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language of items without their own 'language'; None = multilingual / auto")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
     add_bool(g, "timestamps", False, "train timestamp tokens from 'sentences' (items without them still used)")
+    g.add_argument("--prompt_prob", type=float, default=0.0,
+                   help="share of items trained with a previous-text prompt (the preceding sentence of the same "
+                        "recording, else hotwords from the item's text; no loss on it), so --initial_prompt and "
+                        "--hotwords keep working after fine-tuning; 0.2-0.5 recommended when you use them")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
     g.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
@@ -122,6 +126,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         "lora_r": (lambda v: v >= 1, ">= 1"),
         "lora_alpha": (lambda v: v > 0, "> 0"),
         "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "prompt_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "encoder_cache_gb": (lambda v: v >= 0, ">= 0 (0 = no cache)"),
         "min_audio_len": (lambda v: v >= 0, ">= 0 seconds"),
         "num_workers": (lambda v: v >= 0, ">= 0"),
@@ -280,9 +285,13 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
     waveform_augmenter = augmenter if augmenter is not None and augmenter.has_waveform_steps else None
     try:
         train = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
-                              augmenter=waveform_augmenter, **dataset_kwargs)
+                              augmenter=waveform_augmenter, prompt_prob=args.prompt_prob, **dataset_kwargs)
     except ValueError as e:
         raise FinetuneError(f"{args.base_model}: {e}") from e
+    if args.prompt_prob > 0:
+        logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
+                    "recording, the others get hotwords drawn from their own text", 100 * args.prompt_prob,
+                    len(train.previous), len(train))
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
     if not train.tokens.multilingual:
@@ -366,7 +375,8 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
     tokenizer = data.processor.tokenizer
     collator = WhisperCollator(decoder_start_token_id=model.config.decoder_start_token_id,
                                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                               else tokenizer.eos_token_id)
+                               else tokenizer.eos_token_id,
+                               prompt_start_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"))
     trainer = Trainer(model, accelerator=accelerator, processor=data.processor, train_dataset=data.train,
                       eval_set=data.eval_set, collator=collator, options=options, run_dir=run_dir,
                       generation_config=generation_config)

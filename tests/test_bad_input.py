@@ -15,6 +15,7 @@ BAD_FLAGS = [
     ("--warmup_steps=-5", "--warmup_steps must be >= 0"),
     ("--lora_dropout=1.5", "--lora_dropout must be in [0, 1)"),
     ("--lora_r=0", "--lora_r must be >= 1"),
+    ("--prompt_prob=1.5", "--prompt_prob must be in [0, 1]"),
     ("--max_grad_norm=-1", "--max_grad_norm must be >= 0"),
     ("--generation_max_length=1000", "--generation_max_length must be in [0, 444]"),
     ("--per_device_train_batch_size=0", "--per_device_train_batch_size must be >= 1"),

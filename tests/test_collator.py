@@ -187,3 +187,43 @@ def test_labels_start_with_the_prompt_the_model_is_decoded_with(model, multiling
     assert [tokens.start_of_transcript] + labels[: len(prompt) - 1] == prompt
     assert tokens.prompt("zh", "transcribe") == prompt
     assert labels[len(prompt) - 1:] == tokenizer.encode("hello there", add_special_tokens=False) + [tokens.end_of_text]
+
+
+# -- previous-text prompts (--prompt_prob) --------------------------------------------------------------------
+def test_prompted_item_puts_the_prompt_before_the_start_token_and_gives_it_no_loss(processor, tokens):
+    sot_prev = processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    collate = WhisperCollator(decoder_start_token_id=tokens.start_of_transcript, pad_token_id=tokens.end_of_text,
+                              prompt_start_token_id=sot_prev)
+    labels = [tokens.languages["zh"], tokens.tasks["transcribe"], tokens.no_timestamps, 11, 12, tokens.end_of_text]
+    batch = collate([{"input_features": np.zeros((80, 3000), np.float32), "labels": labels, "prompt": [7, 8]},
+                     {"input_features": np.zeros((80, 3000), np.float32), "labels": labels}])
+    inputs, targets = batch["decoder_input_ids"].tolist(), batch["labels"].tolist()
+    assert inputs[0] == [sot_prev, 7, 8, tokens.start_of_transcript, *labels[:-1]]
+    assert targets[0] == [IGNORE_INDEX] * 3 + labels  # the prompt and <|startofprev|> are never targets
+    assert inputs[1][:len(labels)] == [tokens.start_of_transcript, *labels[:-1]]
+    assert targets[1] == labels + [IGNORE_INDEX] * 3
+    with pytest.raises(ValueError, match="prompt_start_token_id"):
+        _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32), "labels": labels, "prompt": [7]}])
+
+
+def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hotwords(processor, zh_wav, tmp_path):
+    from utils.train_data import previous_sentences, sample_hotwords
+
+    lines = [{"audio": {"path": str(zh_wav), "start_time": t, "end_time": t + 1.0}, "sentence": s, "duration": 1.0}
+             for t, s in ((2.0, "第二句"), (0.0, "第一句话"), (4.0, "第三句"))]
+    lines.append({"audio": {"path": str(zh_wav)}, "sentence": "今天天气很好，我们去公园散步", "duration": 3.0})
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    m = load_manifest(manifest)
+    assert previous_sentences(m) == {0: "第一句话", 2: "第二句"}
+    ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=1.0)
+    decode = processor.tokenizer.decode
+    assert decode(ds[0]["prompt"]).strip() == "第一句话" and decode(ds[2]["prompt"]).strip() == "第二句"
+    hotwords = decode(ds[3]["prompt"]).strip().split(",")
+    assert hotwords and all(w and w in lines[3]["sentence"] for w in hotwords), hotwords
+    assert "prompt" not in SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese")[0]
+    rng = np.random.default_rng(0)
+    english = sample_hotwords("please call Szymanski back", rng).split(",")
+    assert all(w in "please call Szymanski back".split() for w in english)
+    with pytest.raises(ValueError, match="prompt_prob"):
+        SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=2.0)

@@ -463,3 +463,27 @@ def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, w
                                generation_max_length=0, per_device_eval_batch_size=3)) == 0
     longest = max(json.loads(x)["duration"] for x in corpus["test"].read_text(encoding="utf-8").splitlines())
     assert budgets and set(budgets) == {token_budget(longest, timestamps=False)}
+
+
+def test_training_with_previous_text_prompts(tiny_whisper_dir, corpus, tmp_path, caplog, monkeypatch):
+    """--prompt_prob=1: every speech item is trained after a previous-text prompt (no loss on it); the batches
+    the model sees start with <|startofprev|>, and the run trains and saves as usual."""
+    import utils.collator
+
+    seen = []
+    collate = utils.collator.WhisperCollator.__call__
+
+    def recording_collate(self, items):
+        batch = collate(self, items)
+        seen.append(batch["decoder_input_ids"][:, 0].tolist())
+        return batch
+
+    monkeypatch.setattr(utils.collator.WhisperCollator, "__call__", recording_collate)
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, prompt_prob=1.0, max_steps=2, eval_steps=2,
+                                   save_steps=2)) == 0
+    assert "previous-text prompts on 100% of the items: 0 of 6 have a preceding sentence" in caplog.text
+    sot_prev = 50361  # <|startofprev|> of whisper-base's tokenizer
+    assert seen and any(sot_prev in first for first in seen)
+    assert (out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors").is_file()

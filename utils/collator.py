@@ -24,30 +24,43 @@ class WhisperCollator:
         input_features: float32 (batch, n_mels, frames).
         labels: int64 (batch, max_len), padded with -100.
         decoder_input_ids: int64 (batch, max_len) = ``<|startoftranscript|>`` + labels shifted right,
-            padded with ``pad_token_id`` (those positions are masked out of the loss).
+            padded with ``pad_token_id`` (those positions are masked out of the loss). An item with a
+            ``"prompt"`` (previous-text ids) starts with ``<|startofprev|>`` + prompt, whose labels are -100.
         index: int64 (batch,) dataset indices, when the items carry them.
     """
 
     decoder_start_token_id: int
     pad_token_id: int
+    prompt_start_token_id: int | None = None  # <|startofprev|>, for items that carry a "prompt"
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not items:
             raise ValueError("cannot collate an empty batch")
         labels_list = [self.strip_start(item["labels"]) for item in items]
-        max_len = max(len(ids) for ids in labels_list)
+        prefixes = [self.prompt_prefix(item.get("prompt")) for item in items]
+        max_len = max(len(p) + len(ids) for p, ids in zip(prefixes, labels_list))
         labels = torch.full((len(items), max_len), IGNORE_INDEX, dtype=torch.long)
         decoder_input_ids = torch.full((len(items), max_len), self.pad_token_id, dtype=torch.long)
-        for i, ids in enumerate(labels_list):
+        for i, (prefix, ids) in enumerate(zip(prefixes, labels_list)):
             row = torch.as_tensor(ids, dtype=torch.long)
-            labels[i, : len(ids)] = row
-            decoder_input_ids[i, 0] = self.decoder_start_token_id
-            decoder_input_ids[i, 1: len(ids)] = row[:-1]
+            p = len(prefix)  # the prompt is decoder input only: its positions get no loss
+            decoder_input_ids[i, :p] = torch.as_tensor(prefix, dtype=torch.long)
+            labels[i, p: p + len(ids)] = row
+            decoder_input_ids[i, p] = self.decoder_start_token_id
+            decoder_input_ids[i, p + 1: p + len(ids)] = row[:-1]
         features = torch.from_numpy(np.stack([np.asarray(item["input_features"], dtype=np.float32) for item in items]))
         batch = {"input_features": features, "labels": labels, "decoder_input_ids": decoder_input_ids}
         if "index" in items[0]:
             batch["index"] = torch.as_tensor([item["index"] for item in items], dtype=torch.long)
         return batch
+
+    def prompt_prefix(self, prompt: Sequence[int] | None) -> list[int]:
+        """``<|startofprev|>`` + prompt ids, the decoder input before ``<|startoftranscript|>`` ([] for none)."""
+        if not prompt:
+            return []
+        if self.prompt_start_token_id is None:
+            raise ValueError("an item carries a prompt but the collator has no prompt_start_token_id")
+        return [self.prompt_start_token_id, *prompt]
 
     def strip_start(self, ids: Sequence[int]) -> list[int]:
         """Drop a leading ``<|startoftranscript|>`` (tokenizer output has one) so it is added only once."""

@@ -26,7 +26,7 @@ import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_audio
 from utils.data import Manifest, Record
-from utils.languages import optional_language_code
+from utils.languages import CJK_CHAR, optional_language_code
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,46 @@ class LabelTokens:
         """Id of the timestamp token nearest to ``seconds`` (clamped to 0..30 s)."""
         seconds = min(max(seconds, 0.0), MAX_TIMESTAMP)
         return self.timestamp_begin + int(round(seconds / TIME_PRECISION))
+
+
+MAX_PROMPT_TOKENS = 223  # previous-text tokens at most (the reference decoder keeps n_text_ctx // 2 - 1)
+MAX_DECODER_POSITIONS = 448  # Whisper's text context: prompt + start + labels must fit
+
+
+def previous_sentences(manifest: Manifest) -> dict[int, str]:
+    """{item index: the sentence said just before it in the same recording}, for items cut from one long
+    recording (same ``audio.path``, ordered by ``audio.start_time``)."""
+    by_path: dict[str, list[tuple[float, int, str]]] = {}
+    for i in range(len(manifest)):
+        record = manifest[i]
+        if record.start_time is not None:
+            by_path.setdefault(record.audio_path, []).append((record.start_time, i, record.sentence))
+    previous: dict[int, str] = {}
+    for items in by_path.values():
+        items.sort()
+        for (_, _, before), (_, index, _) in zip(items, items[1:]):
+            if before.strip():
+                previous[index] = before
+    return previous
+
+
+def sample_hotwords(sentence: str, rng: np.random.Generator, most: int = 3) -> str:
+    """One to ``most`` words of ``sentence``, as a user would give them as hotwords: spans of 2–4 characters
+    of Chinese/Japanese text, whole words of spaced text; comma-separated."""
+    sentence = sentence.strip()
+    if not sentence:
+        return ""
+    words = sentence.split()
+    if len(words) == 1 and CJK_CHAR.search(sentence):  # unspaced text: character spans
+        picks = []
+        for _ in range(int(rng.integers(1, most + 1))):
+            length = int(rng.integers(2, 5))
+            start = int(rng.integers(0, max(1, len(sentence) - length + 1)))
+            picks.append(sentence[start: start + length])
+    else:
+        count = min(len(words), int(rng.integers(1, most + 1)))
+        picks = [words[i] for i in sorted(rng.choice(len(words), size=count, replace=False))]
+    return ",".join(dict.fromkeys(p.strip("，。,.!?！？") for p in picks if p.strip("，。,.!?！？")))
 
 
 def build_labels(
@@ -183,6 +223,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         timestamps: bool = False,
         augmenter: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, float]] | None = None,
         seed: int = 0,
+        prompt_prob: float = 0.0,
     ) -> None:
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be transcribe or translate, got {task!r}")
@@ -198,6 +239,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.tokens = LabelTokens.from_tokenizer(tokenizer)
         if not self.tokens.multilingual and task != "transcribe":
             raise ValueError(f"an English-only model cannot be trained to {task}; use a multilingual model")
+        if not 0.0 <= prompt_prob <= 1.0:
+            raise ValueError(f"prompt_prob must be in [0, 1], got {prompt_prob}")
+        self.prompt_prob = prompt_prob
+        self.previous = previous_sentences(manifest) if prompt_prob > 0 else {}  # index → preceding sentence
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation randomness depends on (seed, epoch, index), so a resumed run repeats it."""
@@ -227,4 +272,22 @@ class SpeechDataset(torch.utils.data.Dataset):
                                     n_samples=fe.n_samples)
         labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
                               timestamps=self.timestamps, time_scale=time_scale)
-        return {"input_features": features, "labels": labels, "index": index}
+        item = {"input_features": features, "labels": labels, "index": index}
+        prompt = self._prompt(index, record, labels)
+        if prompt:
+            item["prompt"] = prompt
+        return item
+
+    def _prompt(self, index: int, record: Record, labels: Sequence[int]) -> list[int]:
+        """Previous-text prompt ids for item ``index`` with probability ``prompt_prob`` (else []): the preceding
+        sentence of the same recording when there is one, else hotwords drawn from the item's own text."""
+        if self.prompt_prob <= 0 or record.is_nospeech:
+            return []
+        rng = np.random.default_rng((self.seed, self.epoch, index, 7))
+        if rng.random() >= self.prompt_prob:
+            return []
+        text = self.previous.get(index) or sample_hotwords(record.sentence, rng)
+        if not text or not text.strip():
+            return []
+        room = min(MAX_PROMPT_TOKENS, MAX_DECODER_POSITIONS - len(labels) - 2)  # + <|startofprev|>, <|sot|>
+        return self._encode(" " + text.strip())[-room:] if room > 0 else []

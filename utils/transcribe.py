@@ -272,29 +272,6 @@ class _BaseTranscriber:
         """Whole long recording, window after window, conditioned on the previous text."""
         raise NotImplementedError
 
-    # -- encoder output kept from language detection for the decode that follows ---------------------
-    _kept: tuple[list[np.ndarray], Any] | None = None  # (chunks, their encoder output, one row per chunk)
-
-    def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: Any) -> None:
-        """Keep what language detection encoded: the decode of the same chunks uses it (holding the chunks, whose
-        memory is then not reused, so a chunk's address and length identify it)."""
-        self._kept = (list(chunks), encoded)
-
-    def _take_encoded(self, chunks: Sequence[np.ndarray]) -> tuple[Any, int]:
-        """The kept encoder output of the leading chunks of ``chunks`` that detection encoded, and how many
-        they are ((None, 0) when none); the kept output is handed out once."""
-        kept, self._kept = self._kept, None
-        if kept is None:
-            return None, 0
-
-        def key(chunk: np.ndarray) -> tuple[int, int]:
-            return chunk.__array_interface__["data"][0], len(chunk)
-
-        n = len(kept[0])
-        if n > len(chunks) or any(key(a) != key(b) for a, b in zip(kept[0], chunks)):
-            return None, 0
-        return kept[1], n
-
     # -- shared logic -------------------------------------------------------------------------------
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Language of the first 30 s of a waveform, with its probability."""
@@ -763,6 +740,7 @@ class CT2Transcriber(_BaseTranscriber):
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self._tokenizers: dict[tuple[str, str], Any] = {}
+        self._kept: tuple[list[np.ndarray], Any] | None = None  # chunks language detection encoded, output
         self._torch_encoder = self._load_torch_encoder(model_dir, encoder, ct2_device)
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     "PyTorch bfloat16" if self._torch_encoder is not None else "CTranslate2")
@@ -811,6 +789,26 @@ class CT2Transcriber(_BaseTranscriber):
     def _features(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
         fe = self.model.feature_extractor
         return np.stack([pad_log_mel(fe(np.asarray(c, dtype=np.float32))[..., :-1]) for c in chunks])
+
+    def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: Any) -> None:
+        """Keep what language detection encoded: the decode of the same chunks uses it (holding the chunks, whose
+        memory is then not reused, so a chunk's address and length identify it)."""
+        self._kept = (list(chunks), encoded)
+
+    def _take_encoded(self, chunks: Sequence[np.ndarray]) -> tuple[Any, int]:
+        """The kept encoder output of the leading chunks of ``chunks`` that detection encoded, and how many
+        they are ((None, 0) when none); the kept output is handed out once."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None, 0
+
+        def key(chunk: np.ndarray) -> tuple[int, int]:
+            return chunk.__array_interface__["data"][0], len(chunk)
+
+        n = len(kept[0])
+        if n > len(chunks) or any(key(a) != key(b) for a, b in zip(kept[0], chunks)):
+            return None, 0
+        return kept[1], n
 
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:

@@ -7,9 +7,9 @@
 Writes ``<output_dir>/<model name>/checkpoint-<step>``, ``checkpoint-best`` (lowest eval CER/WER),
 ``checkpoint-final``, TensorBoard logs in ``runs/`` and ``training_curves.png``.
 
-On a CPU, adapters in the decoder only (``--target_modules=decoder.q_proj,decoder.k_proj,...``)
-freeze the encoder: its outputs are computed once per clip and cached, so epochs after the first
-cost only the decoder. On CPUs with AMX the frozen base weights are kept in bf16 (adapters, gradients
+Encoder layers without an adapter are frozen: ``--lora_encoder_layers=N`` keeps the encoder's adapters
+to its top N layers (0 = decoder only), so the layers below run without gradients and their output is
+computed once per clip and cached; epochs after the first cost only the top layers and the decoder. On CPUs with AMX the frozen base weights are kept in bf16 (adapters, gradients
 and optimizer in fp32); elsewhere CPU training runs in fp32.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import add_audio_length_args, add_bool, check_output_path, make_parser, optional_str, setup_logging
-from utils.lora import DEFAULT_TARGET_MODULES, targets_encoder
+from utils.lora import DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
 
 logger = logging.getLogger("finetune")
@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target_modules", type=str, default=",".join(DEFAULT_TARGET_MODULES),
                    help="comma-separated module names; prefix decoder./encoder. to limit a name to one side "
                         "(decoder-only adapters freeze the encoder: its outputs are computed once and cached)")
+    g.add_argument("--lora_encoder_layers", type=layers_or_all, default=None, metavar="N|all",
+                   help="adapters in only the top N encoder layers (0 = decoder only; default all): the layers "
+                        "below run without gradients and their output is computed once per clip and cached")
     g.add_argument("--encoder_cache_gb", type=float, default=4.0,
-                   help="memory for cached encoder outputs when the encoder is frozen (0 = no cache)")
+                   help="memory for the cached output of the frozen encoder layers (0 = no cache)")
 
     g = p.add_argument_group("training")
     g.add_argument("--output_dir", type=str, default="output/", help="runs go to <output_dir>/<model name>/")
@@ -303,14 +306,13 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
 
 
 def train_options(args: argparse.Namespace, language: str | None, data: TrainingData) -> Any:
-    """The trainer's options from the flags; the encoder is frozen (and its outputs cached) when no adapter,
-    augmentation or quantisation touches it."""
+    """The trainer's options from the flags; the output of the encoder's frozen bottom layers (all of them when
+    no adapter is in the encoder) is cached when no augmentation or quantisation changes it between epochs."""
     from utils.trainer import TrainOptions
 
     augmenter = data.augmenter
     augments_encoder = augmenter is not None and (augmenter.has_waveform_steps or bool(augmenter.spec_augment))
-    frozen_encoder = (not targets_encoder(target_modules(args)) and not augments_encoder
-                      and not (args.use_8bit or args.use_4bit))
+    cache_encoder = not augments_encoder and not (args.use_8bit or args.use_4bit)
     return TrainOptions(
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -320,8 +322,21 @@ def train_options(args: argparse.Namespace, language: str | None, data: Training
         eval_steps=args.eval_steps, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         metric=args.metric, language=language, task=args.task, generation_max_length=args.generation_max_length,
         num_workers=args.num_workers, seed=args.seed, use_adalora=args.use_adalora, eval_at_start=args.eval_at_start,
-        frozen_encoder=frozen_encoder, encoder_cache_gb=args.encoder_cache_gb,
+        cache_encoder=cache_encoder, encoder_cache_gb=args.encoder_cache_gb,
     )
+
+
+def layers_or_all(value: str) -> int | None:
+    """``all`` (None) or a number of layers >= 0."""
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of layers or 'all', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of layers >= 0 or 'all', got {n}")
+    return n
 
 
 def target_modules(args: argparse.Namespace) -> tuple[str, ...]:
@@ -351,7 +366,8 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
     generation_config.task = args.task
     generation_config.forced_decoder_ids = None
     lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                       target_modules=target_modules(args), use_adalora=args.use_adalora,
+                       target_modules=target_modules(args), encoder_layers=args.lora_encoder_layers,
+                       use_adalora=args.use_adalora,
                        adalora_init_r=max(2, args.lora_r // 2), adalora_target_r=max(1, args.lora_r // 8),
                        total_step=total_steps)
     try:

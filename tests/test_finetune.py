@@ -337,6 +337,21 @@ def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_with_top_encoder_layer_adapters(tiny_whisper_dir, corpus, tmp_path):
+    """The trained top encoder layer runs outside the DDP-wrapped forward (on cached states): its adapter
+    gradients must still be reduced across processes, with and without gradient accumulation."""
+    out = tmp_path / "ddp"
+    proc = _run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "finetune.py",
+                     *_args(tiny_whisper_dir, corpus, out, max_steps=4, eval_steps=4, save_steps=0,
+                            timestamps=False, lora_encoder_layers=1, gradient_accumulation_steps=2)])
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    assert "encoder layers 1-1 of 2 are frozen" in log
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+@pytest.mark.slow
 def test_whisper_base_few_steps_lower_cer(whisper_base_dir, tmp_path):
     """A few decoder-LoRA steps on four espeak Mandarin clips lower whisper-base's CER on those clips."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -380,11 +395,92 @@ def test_decoder_only_adapter_freezes_encoder(tiny_whisper_dir, corpus, tmp_path
     with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, target_modules=targets, max_steps=6,
                                    eval_steps=3, save_steps=0)) == 0
-    assert "encoder frozen" in caplog.text
+    assert "the whole encoder is frozen" in caplog.text
     keys = load_file(out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors").keys()
     assert keys and all(".decoder." in k for k in keys)
     assert any("encoder_attn.q_proj" in k for k in keys) and any("self_attn.v_proj" in k for k in keys)
     assert not any("k_proj" in k or "fc2" in k for k in keys)
+
+
+def test_lora_encoder_layers_limits_adapters_to_the_top_layers():
+    import re
+
+    from utils.lora import DEFAULT_TARGET_MODULES, peft_target_modules, top_layer_ids
+
+    def matches(pattern, name):
+        return re.fullmatch(pattern, name) is not None
+
+    top2 = peft_target_modules(DEFAULT_TARGET_MODULES, top_layer_ids(6, 2))
+    assert matches(top2, "model.encoder.layers.5.self_attn.q_proj")
+    assert matches(top2, "model.encoder.layers.4.fc2")
+    assert not matches(top2, "model.encoder.layers.3.fc2")
+    assert not matches(top2, "model.encoder.layers.14.fc2")
+    assert matches(top2, "model.decoder.layers.0.encoder_attn.k_proj")
+    none = peft_target_modules(DEFAULT_TARGET_MODULES, top_layer_ids(6, 0))
+    assert not matches(none, "model.encoder.layers.5.fc1") and matches(none, "model.decoder.layers.5.fc1")
+    assert top_layer_ids(6, None) is None and top_layer_ids(6, 6) is None and top_layer_ids(6, 9) is None
+    assert peft_target_modules(DEFAULT_TARGET_MODULES) == list(DEFAULT_TARGET_MODULES)  # unchanged default
+    with pytest.raises(ValueError, match="no adapter target left"):
+        peft_target_modules(("encoder.fc1",), [])
+
+
+def test_lora_encoder_layers_flag_values(capsys):
+    parser = finetune.build_parser()
+    assert parser.parse_args(["--lora_encoder_layers=all"]).lora_encoder_layers is None
+    assert parser.parse_args(["--lora_encoder_layers=2"]).lora_encoder_layers == 2
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([f"--lora_encoder_layers={bad}"])
+        assert "--lora_encoder_layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen", [1, 2])
+def test_encoder_cache_gives_the_encoders_output_and_gradients(tiny_whisper_dir, frozen):
+    """Frozen bottom (cached) + top equals the encoder itself, forward and backward, on a cache miss and a hit."""
+    from accelerate import Accelerator
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.trainer import EncoderCache, frozen_encoder_layers
+
+    torch.manual_seed(0)
+    encoder = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).get_encoder()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for p in encoder.layers[frozen:].parameters():
+        p.requires_grad_(True)
+    encoder.layer_norm.weight.requires_grad_(True)
+    assert frozen_encoder_layers(encoder) == frozen
+    feats = torch.randn(2, 80, 3000)
+    expected = encoder(feats).last_hidden_state
+    expected.square().sum().backward()
+    want = encoder.layer_norm.weight.grad.clone()
+    cache = EncoderCache(encoder, accelerator=Accelerator(cpu=True), max_bytes=1e9, frozen_layers=frozen)
+    for _ in range(2):  # a miss, then a hit
+        encoder.zero_grad()
+        got = cache([7, 3], feats)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        got.square().sum().backward()
+        torch.testing.assert_close(encoder.layer_norm.weight.grad, want, rtol=1e-4, atol=1e-5)
+    assert (cache.misses, cache.hits) == (2, 2)
+    encoder.conv1.weight.requires_grad_(True)
+    assert frozen_encoder_layers(encoder) is None
+
+
+def test_top_encoder_layer_adapters_train_and_the_layers_below_are_cached(tiny_whisper_dir, corpus, tmp_path,
+                                                                         caplog):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, lora_encoder_layers=1, max_steps=6,
+                                   eval_steps=3, save_steps=0)) == 0
+    assert "encoder layers 1-1 of 2 are frozen (adapters in the top 1)" in caplog.text
+    weights = load_file(out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_model.safetensors")
+    encoder_keys = [k for k in weights if ".encoder." in k]
+    assert encoder_keys and all(".encoder.layers.1." in k for k in encoder_keys)
+    assert any(".decoder." in k for k in weights)
+    # lora_B starts at zero: non-zero values show gradients reached the top layer through the cached path
+    assert any(float(weights[k].abs().max()) > 0 for k in encoder_keys if "lora_B" in k)
 
 
 def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):

@@ -1,7 +1,9 @@
 """Benchmark finetune.py against a plain transformers Seq2SeqTrainer + peft LoRA recipe.
 
-Same model, data, batch size, steps, learning rate and LoRA targets; each recipe runs in its own
-process (so peak RSS is its own), then both fine-tuned adapters are scored on the test set.
+Same model, data, batch size, steps and learning rate; each recipe runs in its own process (so peak RSS
+is its own), then both fine-tuned adapters are scored on the test set. By default each recipe places its
+adapters the way its own default does: finetune.py's default command (``--lora_encoder_layers`` and
+``--target_modules`` unset) against the usual recipe's LoRA on every encoder and decoder layer.
 
     python tools/bench_finetune.py --base_model=openai/whisper-base --train_data=dataset/train.json \
         --test_data=dataset/test.json --max_steps=30 --batch_size=8
@@ -26,9 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.cli import make_parser, optional_str  # noqa: E402
+from utils.device import cpu_flags  # noqa: E402
 from utils.lora import DEFAULT_TARGET_MODULES  # noqa: E402
 
-DECODER_ONLY = ",".join(f"decoder.{m}" for m in DEFAULT_TARGET_MODULES)
+ALL_LAYERS = ",".join(DEFAULT_TARGET_MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--warmup_steps", type=int, default=5)
     p.add_argument("--num_workers", type=int, default=1)
-    p.add_argument("--target_modules", default=DECODER_ONLY,
-                   help="LoRA targets for both recipes (default: decoder-only, the recommended CPU setting)")
+    p.add_argument("--target_modules", type=optional_str, default=None,
+                   help="finetune.py's --target_modules (default: its own default)")
+    p.add_argument("--lora_encoder_layers", type=optional_str, default=None,
+                   help="finetune.py's --lora_encoder_layers (default: its own default)")
+    p.add_argument("--baseline_target_modules", default=ALL_LAYERS,
+                   help="the usual recipe's LoRA targets (default: every layer of both sides)")
     p.add_argument("--seed", type=int, default=42, help="seed of both recipes (data order, adapter init)")
     p.add_argument("--finetune_args", default="", help="extra flags for finetune.py (e.g. --precision=fp32)")
     p.add_argument("--only", choices=["ours", "baseline"], default=None, help="run one recipe only")
@@ -72,7 +79,9 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict:
            f"--language={args.language}", f"--max_steps={args.max_steps}",
            f"--per_device_train_batch_size={args.batch_size}", f"--learning_rate={args.learning_rate}",
            f"--warmup_steps={args.warmup_steps}", f"--num_workers={args.num_workers}",
-           f"--target_modules={args.target_modules}", "--eval_steps=0", "--save_steps=0",
+           *([f"--target_modules={args.target_modules}"] if args.target_modules else []),
+           *([f"--lora_encoder_layers={args.lora_encoder_layers}"] if args.lora_encoder_layers else []),
+           "--eval_steps=0", "--save_steps=0",
            f"--logging_steps={max(1, args.max_steps // 5)}", f"--seed={args.seed}", *args.finetune_args.split()]
     code, stderr, wall, peak_mb = _run_measured(cmd)
     if code != 0:
@@ -114,7 +123,7 @@ def baseline_worker(args: argparse.Namespace, adapter_dir: Path) -> dict:
     processor.tokenizer.set_prefix_tokens(language=args.language, task="transcribe")
     model = WhisperForConditionalGeneration.from_pretrained(model_dir)
     model.config.forced_decoder_ids = None
-    targets = tuple(args.target_modules.split(","))
+    targets = tuple(args.baseline_target_modules.split(","))
     model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05,
                                              target_modules=peft_target_modules(targets)))
     train = load_manifest(args.train_data)
@@ -188,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.baseline_worker).write_text(json.dumps(result), encoding="utf-8")
         return 0
     report = {"base_model": args.base_model, "max_steps": args.max_steps, "batch_size": args.batch_size,
-              "target_modules": args.target_modules, "cpu_count": os.cpu_count()}
+              "finetune.py_flags": {"target_modules": args.target_modules or "default",
+                                    "lora_encoder_layers": args.lora_encoder_layers or "default"},
+              "baseline_target_modules": args.baseline_target_modules, "cpu_count": os.cpu_count(),
+              "cpu_flags": cpu_flags(),
+              "isa_env": {k: os.environ[k] for k in ("WHISPER_FT_CPU", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+                          if k in os.environ}}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "ours"):
             report["finetune.py"] = run_ours(args, Path(tmp) / "ours")

@@ -23,6 +23,16 @@ def avx2_profile() -> bool:
     return value == "avx2"
 
 
+def cpu_flags() -> list[str]:
+    """This CPU's vector-extension flags (``lscpu``'s avx*/amx*/fma), to report next to every speed figure."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
     False under ``WHISPER_FT_CPU=avx2``."""

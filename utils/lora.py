@@ -21,6 +21,8 @@ class LoraOptions:
 
     ``target_modules`` are module-name suffixes (``q_proj``) or full-name regexes; prefix a suffix with
     ``decoder.`` / ``encoder.`` (``decoder.q_proj``) to limit it to one side of the model.
+    ``encoder_layers`` keeps the encoder's adapters to its top N layers (None = every layer, 0 = none):
+    the layers below them stay frozen, so training runs them without gradients and can cache their output.
     AdaLoRA needs ``total_step`` = the number of *optimizer* steps of the run.
     """
 
@@ -32,22 +34,47 @@ class LoraOptions:
     adalora_init_r: int = 12
     adalora_target_r: int = 4
     total_step: int | None = None
+    encoder_layers: int | None = None
 
 
-def peft_target_modules(target_modules: tuple[str, ...]) -> list[str] | str:
-    """peft takes a list of suffixes, or one regex; side-limited names need the regex form."""
-    if not any("." in t for t in target_modules):
+def peft_target_modules(target_modules: tuple[str, ...], encoder_layer_ids: list[int] | None = None
+                        ) -> list[str] | str:
+    """peft takes a list of suffixes, or one regex; side-limited names need the regex form.
+
+    ``encoder_layer_ids`` (None = all) limits the encoder's adapters to those layer indices; a name without a
+    side prefix then means every decoder layer plus those encoder layers.
+    """
+    if encoder_layer_ids is None and not any("." in t for t in target_modules):
         return list(target_modules)
+    if encoder_layer_ids is None:
+        encoder_layers = r"\d+"
+    elif encoder_layer_ids:
+        encoder_layers = "(?:" + "|".join(str(i) for i in sorted(encoder_layer_ids)) + ")"
+    else:
+        encoder_layers = None  # no encoder adapter at all
     parts = []
     for t in target_modules:
         side, _, name = t.rpartition(".")
-        parts.append(rf".*{side}\.layers\.\d+\..*{name}" if side in ("encoder", "decoder") else rf".*{t}")
+        if side not in ("", "encoder", "decoder"):
+            parts.append(rf".*{t}")  # a full-name regex, taken as given
+        elif side == "" and encoder_layer_ids is None:
+            parts.append(rf".*{name}")  # both sides, every layer
+        else:
+            if side in ("", "decoder"):
+                parts.append(rf".*decoder\.layers\.\d+\..*{name}")
+            if side in ("", "encoder") and encoder_layers is not None:
+                parts.append(rf".*encoder\.layers\.{encoder_layers}\..*{name}")
+    if not parts:
+        raise ValueError(f"no adapter target left: --target_modules={','.join(target_modules)} names only encoder "
+                         "modules and the encoder gets no adapter layer")
     return "^(?:" + "|".join(parts) + ")$"
 
 
-def targets_encoder(target_modules: tuple[str, ...]) -> bool:
-    """True when an adapter would be placed in the encoder (so encoder outputs cannot be cached)."""
-    return any(not t.startswith("decoder.") for t in target_modules)
+def top_layer_ids(n_layers: int, top: int | None) -> list[int] | None:
+    """Indices of the top ``top`` of ``n_layers`` layers (None = all layers, given as None)."""
+    if top is None or top >= n_layers:
+        return None
+    return list(range(n_layers - max(0, top), n_layers))
 
 
 def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name: str):
@@ -58,7 +85,8 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
     """
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
-    targets = peft_target_modules(options.target_modules)
+    encoder_ids = top_layer_ids(model.config.encoder_layers, options.encoder_layers)
+    targets = peft_target_modules(options.target_modules, encoder_ids)
     if options.use_adalora:
         if not options.total_step or options.total_step <= 0:
             raise ValueError("AdaLoRA needs total_step = the number of optimizer steps (> 0)")

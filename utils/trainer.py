@@ -71,8 +71,8 @@ class TrainOptions:
     num_workers: int = 1
     seed: int = 42
     use_adalora: bool = False
-    frozen_encoder: bool = False  # no adapter/augmentation in the encoder: run it without grad, cache outputs
-    encoder_cache_gb: float = 4.0  # memory for cached encoder outputs (0 = never cache)
+    cache_encoder: bool = False  # encoder inputs fixed (no augmentation): cache the frozen bottom layers' output
+    encoder_cache_gb: float = 4.0  # memory for cached encoder states (0 = never cache)
     eval_at_start: bool = False  # score the untouched base model at step 0 (the baseline on the curve)
 
 
@@ -332,31 +332,77 @@ def _code(language: str | None) -> str | None:
 
 # ---------------------------------------------------------------- frozen encoder
 
-class EncoderCache:
-    """Encoder outputs of a frozen encoder, computed once per dataset item and kept while they fit.
+def frozen_encoder_layers(encoder) -> int | None:
+    """How many of the encoder's bottom layers have no trainable parameter (all of them: ``len(layers)``).
 
-    With adapters only in the decoder and no augmentation, the encoder output of a clip never changes,
-    so each epoch after the first costs only the decoder.
+    None when the convolution stem or the positions train, so no layer's output is fixed.
+    """
+    def trains(module) -> bool:
+        return any(p.requires_grad for p in module.parameters())
+
+    if trains(encoder.conv1) or trains(encoder.conv2) or trains(encoder.embed_positions):
+        return None
+    for i, layer in enumerate(encoder.layers):
+        if trains(layer):
+            return i
+    return len(encoder.layers)
+
+
+def encoder_is_deterministic(config) -> bool:
+    """No dropout or layer drop in the encoder: a frozen layer's output depends on its input only."""
+    return all(float(getattr(config, k, 0.0) or 0.0) == 0.0
+               for k in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop"))
+
+
+class EncoderCache:
+    """The encoder run as a frozen bottom (cached) plus a trained top.
+
+    With adapters only in the top layers (or only in the decoder) and no augmentation, the output of the frozen
+    bottom layers of a clip never changes: it is computed once per dataset item without gradients and kept while
+    it fits in ``max_bytes``; each call then runs only the top layers (with gradients when training) and the
+    final layer norm. ``frozen_layers`` = ``len(encoder.layers)`` caches everything but the layer norm.
     """
 
-    def __init__(self, encoder, *, accelerator, max_bytes: float) -> None:
+    def __init__(self, encoder, *, accelerator, max_bytes: float, frozen_layers: int) -> None:
+        if not 0 < frozen_layers <= len(encoder.layers):
+            raise ValueError(f"frozen_layers must be 1..{len(encoder.layers)}, got {frozen_layers}")
         self.encoder = encoder
         self.accelerator = accelerator
         self.max_bytes = max_bytes
+        self.frozen_layers = frozen_layers
         self.used = 0
         self.states: dict[int, torch.Tensor] = {}
         self.hits = self.misses = 0
 
     @torch.no_grad()
+    def bottom(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) log-mel features → (batch, frames / 2, d_model) after the frozen layers."""
+        enc = self.encoder
+        x = features.to(self.accelerator.device, enc.conv1.weight.dtype)
+        with self.accelerator.autocast():
+            x = F.gelu(enc.conv2(F.gelu(enc.conv1(x)))).permute(0, 2, 1)
+            x = x + enc.embed_positions.weight[: x.shape[1]]
+            for layer in enc.layers[: self.frozen_layers]:
+                x = _layer_output(layer(x, None))
+        return x
+
+    def top(self, states: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, d_model) states after the frozen layers → the encoder's output (same shape)."""
+        enc = self.encoder
+        with self.accelerator.autocast():
+            for layer in enc.layers[self.frozen_layers:]:
+                if enc.training and enc.layerdrop > 0 and float(torch.rand([])) < enc.layerdrop:
+                    continue
+                states = _layer_output(layer(states, None))
+            return enc.layer_norm(states)
+
     def __call__(self, indices: list[int], features: torch.Tensor) -> torch.Tensor:
-        """(batch, n_mels, frames) features of items ``indices`` → (batch, frames / 2, d_model) states."""
+        """(batch, n_mels, frames) features of items ``indices`` → (batch, frames / 2, d_model) encoder output."""
         missing = [j for j, i in enumerate(indices) if int(i) not in self.states]
         computed: dict[int, torch.Tensor] = {}
         if missing:
             self.misses += len(missing)
-            with self.accelerator.autocast():
-                out = self.encoder(features[missing].to(self.accelerator.device, self.encoder.conv1.weight.dtype)
-                                   ).last_hidden_state
+            out = self.bottom(features[missing])
             for row, j in enumerate(missing):
                 state = out[row].detach()
                 computed[j] = state
@@ -364,7 +410,13 @@ class EncoderCache:
                     self.states[int(indices[j])] = state
                     self.used += state.numel() * state.element_size()
         self.hits += len(indices) - len(missing)
-        return torch.stack([computed[j] if j in computed else self.states[int(i)] for j, i in enumerate(indices)])
+        return self.top(torch.stack([computed[j] if j in computed else self.states[int(i)]
+                                     for j, i in enumerate(indices)]))
+
+
+def _layer_output(out) -> torch.Tensor:
+    """An encoder layer returns its hidden states, or a tuple starting with them (older transformers)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 # ---------------------------------------------------------------- training
@@ -427,14 +479,28 @@ class Trainer:
 
         self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.writer = None
-        self.train_encoder = self.eval_encoder = None
-        if options.frozen_encoder:
-            encoder = accelerator.unwrap_model(self.model).get_base_model().get_encoder()
-            budget = options.encoder_cache_gb * 1024 ** 3
-            self.train_encoder = EncoderCache(encoder, accelerator=accelerator, max_bytes=budget)
-            self.eval_encoder = EncoderCache(encoder, accelerator=accelerator, max_bytes=budget)
-            logger.info("encoder frozen (adapters only in the decoder): its outputs are computed without "
-                        "gradients and cached (up to %.1f GB per dataset)", options.encoder_cache_gb)
+        self.train_encoder, self.eval_encoder = self._encoder_caches(options)
+
+    def _encoder_caches(self, options: TrainOptions) -> tuple[EncoderCache | None, EncoderCache | None]:
+        """(train, eval) caches of the frozen bottom encoder layers' output, or (None, None)."""
+        base = self.accelerator.unwrap_model(self.model).get_base_model()
+        encoder = base.get_encoder()
+        frozen = frozen_encoder_layers(encoder)
+        n = len(encoder.layers)
+        if not options.cache_encoder or not frozen:
+            if frozen:
+                logger.info("encoder layers 1-%d have no adapter: they run without gradients", frozen)
+            return None, None
+        budget = options.encoder_cache_gb * 1024 ** 3
+        if not encoder_is_deterministic(base.config):
+            logger.warning("the encoder has dropout or layer drop: the frozen layers' output is not cached")
+            budget = 0
+        what = ("the whole encoder is frozen (adapters only in the decoder)" if frozen == n else
+                f"encoder layers 1-{frozen} of {n} are frozen (adapters in the top {n - frozen})")
+        logger.info("%s: their output is computed once per clip without gradients and cached (up to %.1f GB "
+                    "per dataset)", what, budget / 1024 ** 3)
+        return (EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen),
+                EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen))
 
     # -- persistence
 

@@ -8,11 +8,13 @@ read (m4a/aac, some mp3) are decoded by the ``ffmpeg`` program, which also resam
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +171,38 @@ def load_audio(
         raise AudioLoadError(f"{path}: no audio samples decoded (empty or corrupt file, or slice out of range)")
     if not np.isfinite(samples).all():
         raise AudioLoadError(f"{path}: decoded audio contains NaN/inf values (corrupt file)")
+    return samples
+
+
+def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """An audio file's bytes (an upload) → mono float32 waveform at ``sample_rate``, shape (samples,).
+
+    libsndfile reads it from memory; other formats (mp3, m4a, webm...) go to ffmpeg through a temporary copy
+    that is removed before this returns. ``name`` (the client's file name) is used in error messages only.
+
+    Raises:
+        AudioLoadError: empty, corrupt or undecodable data.
+    """
+    if not data:
+        raise AudioLoadError(f"{name}: empty file (0 bytes)")
+    try:
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        samples = resample(_to_mono(samples), sr, sample_rate)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        logger.debug("%s: libsndfile cannot read it (%s); decoding with ffmpeg", name, e)
+        suffix = Path(name).suffix.lower()
+        with tempfile.TemporaryDirectory(prefix="whisper-upload-") as tmp:
+            path = os.path.join(tmp, "audio" + (suffix if suffix in AUDIO_EXTENSIONS else ""))
+            with open(path, "wb") as f:
+                f.write(data)
+            try:
+                samples = _read_ffmpeg(path, None, None, sample_rate)
+            except AudioLoadError as err:
+                raise AudioLoadError(str(err).replace(path, name)) from None
+    if samples.size == 0:
+        raise AudioLoadError(f"{name}: no audio samples decoded (empty or corrupt file)")
+    if not np.isfinite(samples).all():
+        raise AudioLoadError(f"{name}: decoded audio contains NaN/inf values (corrupt file)")
     return samples
 
 

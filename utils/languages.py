@@ -28,6 +28,13 @@ def language_code(language: str) -> str:
                      f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
 
 
+def language_name(code: str) -> str:
+    """Whisper's code ``zh`` → its English name ``chinese`` (what OpenAI's verbose_json reports)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return LANGUAGES.get(language_code(code), code)
+
+
 def optional_language_code(language: str | None) -> str | None:
     """:func:`language_code`, with None (auto-detect) kept as None."""
     return None if language is None else language_code(language)

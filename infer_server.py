@@ -1,0 +1,155 @@
+"""Serve Whisper models over HTTP with OpenAI's audio API (any OpenAI client works unchanged).
+
+    python infer_server.py --model_path=models/whisper-tiny-finetune --backend=ct2 --host=127.0.0.1 --port=8000
+    python infer_server.py --model_path=openai/whisper-base --model_path=models/whisper-base-finetune
+
+Endpoints: POST /v1/audio/transcriptions and /v1/audio/translations (multipart ``file``, ``model``, ``language``,
+``prompt``, ``response_format`` json|text|srt|vtt|verbose_json, ``temperature``, ``timestamp_granularities[]``),
+GET /v1/models, GET /health. A model is named by its folder name (or hub id); ``whisper-1`` means the first one.
+Each model decodes one request at a time, in arrival order; at most --max_queue requests wait (then 503).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from utils.cli import add_bool, add_engine_args, add_to_simple_arg, make_parser, optional_str, setup_logging
+
+logger = logging.getLogger("infer_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__.split("\n")[0])
+    g = p.add_argument_group("models")
+    g.add_argument("--model_path", type=str, action="append", default=None,
+                   help="merged model folder, hub id or offline-packaged model; repeat to serve several "
+                        "(default openai/whisper-base)")
+    add_bool(g, "local_files_only", False, "never contact the model hub")
+    g.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
+    add_engine_args(g)
+    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = library default)")
+    g.add_argument("--batch_size", type=int, default=8, help="30 s chunks of one request decoded at once")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (0.0.0.0 = all)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument("--api_key", type=optional_str, default=None,
+                   help="require 'Authorization: Bearer <key>' on /v1/* (default: no key)")
+    s.add_argument("--max_upload_mb", type=float, default=25.0, help="largest accepted upload (413 above)")
+    s.add_argument("--max_queue", type=int, default=16, help="requests that may wait per model (503 above)")
+    s.add_argument("--request_timeout", type=float, default=300.0,
+                   help="seconds a request may wait and decode (504 after)")
+    d = p.add_argument_group("decoding defaults (a request's fields override them)")
+    d.add_argument("--language", type=optional_str, default=None,
+                   help="language when a request gives none; None = auto-detect")
+    d.add_argument("--hotwords", type=optional_str, default=None,
+                   help='words to steer every request towards, e.g. "张三,Kubernetes"')
+    add_to_simple_arg(d)
+    add_bool(d, "remove_pun", False, "remove punctuation from the output")
+    add_bool(p, "verbose", False, "debug logging")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.model_path = args.model_path or ["openai/whisper-base"]
+    for name, value, ok, text in (("--port", args.port, 0 < args.port < 65536, "in 1..65535"),
+                                  ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),
+                                  ("--max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
+                                  ("--request_timeout", args.request_timeout, args.request_timeout > 0, "> 0"),
+                                  ("--batch_size", args.batch_size, args.batch_size >= 1, ">= 1")):
+        if not ok:
+            parser.error(f"{name}={value}: must be {text}")
+    names = [model_name(m) for m in args.model_path]
+    if len(set(names)) != len(names):
+        parser.error(f"--model_path: two models would have the same name ({', '.join(names)}); serve folders "
+                     "with different names")
+    problem = port_problem(args.host, args.port)
+    if problem:
+        parser.error(problem)
+    if args.language is not None:
+        from utils.languages import language_code
+
+        try:
+            language_code(args.language)
+        except ValueError as e:
+            parser.error(f"--language: {e}")
+    return args
+
+
+def model_name(model_path: str) -> str:
+    """The id a served model answers to: a local folder's name, else the hub id as given."""
+    path = model_path.rstrip("/\\")
+    return os.path.basename(path) if os.path.isdir(path) else path
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (checked before any model loads), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f"--host={host}: not an address of this machine ({e})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            return f"--host={host} --port={port}: cannot listen there ({e.strerror}); choose another --port"
+    return None
+
+
+def load_models(args: argparse.Namespace) -> dict:
+    """{name: Transcriber} for every --model_path."""
+    from utils.transcribe import load_transcriber
+
+    models = {}
+    for path in args.model_path:
+        logger.info("loading %s (%s backend)", path, args.backend)
+        models[model_name(path)] = load_transcriber(
+            path, args.backend, device=args.device, dtype=args.dtype, compute_type=args.compute_type,
+            local_files_only=args.local_files_only, cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder)
+    return models
+
+
+def server_options(args: argparse.Namespace):
+    from utils.server import ServerOptions
+    from utils.transcribe import DecodeOptions
+
+    decode = DecodeOptions(language=args.language, hotwords=args.hotwords, batch_size=args.batch_size,
+                           to_simple=args.to_simple, remove_pun=args.remove_pun)
+    return ServerOptions(api_key=args.api_key, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         request_timeout=args.request_timeout, decode=decode)
+
+
+def serve(args: argparse.Namespace, models: dict) -> None:
+    import uvicorn
+
+    from utils.server import TranscriptionService, build_app
+
+    service = TranscriptionService(models, server_options(args), max_queue=args.max_queue)
+    print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/v1 "
+          f"(POST /v1/audio/transcriptions, /v1/audio/translations; GET /v1/models, /health)", flush=True)
+    uvicorn.run(build_app(service), host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    from utils.models import ModelResolutionError
+
+    try:
+        models = load_models(args)
+    except (ModelResolutionError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    serve(args, models)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

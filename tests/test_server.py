@@ -1,0 +1,283 @@
+"""infer_server.py: the real server on 127.0.0.1 with real whisper-base, called with the official ``openai``
+client and with raw HTTP requests (as curl sends them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import infer_server
+from conftest import EN_SENTENCE, REPO_ROOT, make_speech
+from utils.text import error_rate
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python infer_server.py ...`` on a free port, with its own empty TMPDIR; stopped on exit."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmpdir = tmp / "server-tmp"
+        self.tmpdir.mkdir()
+        self.log = tmp / "server.log"
+        env = {**os.environ, "TMPDIR": str(self.tmpdir)}
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "infer_server.py", f"--port={self.port}", *args],
+                                         cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"server did not answer /health:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+        return _request(urllib.request.Request(self.url + path, headers=headers or {}))
+
+    def post(self, path: str, fields: dict, file: tuple[str, bytes] | None, headers: dict | None = None
+             ) -> tuple[int, bytes]:
+        """A multipart/form-data POST like ``curl -F file=@x.wav -F model=...``."""
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in fields.items():
+            for v in value if isinstance(value, list) else [value]:
+                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{v}\r\n'.encode())
+        if file is not None:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
+                         "Content-Type: application/octet-stream\r\n\r\n".encode() + file[1] + b"\r\n")
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        request = urllib.request.Request(self.url + path, data=body, method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
+        return _request(request)
+
+    def health(self) -> dict:
+        return json.loads(self.get("/health")[1])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _request(request: urllib.request.Request) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(request, timeout=300) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    s = Server(tmp, "--model_path=openai/whisper-base", "--backend=ct2", f"--api_key={KEY}", "--max_upload_mb=2",
+               "--max_queue=64", "--request_timeout=120")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def _wer(text: str) -> float:
+    return error_rate([EN_SENTENCE], [text], "wer")
+
+
+def test_openai_client_transcribes_in_every_format(server, client, en_wav):
+    with open(en_wav, "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert _wer(result.text) <= 0.15, result.text
+    with open(en_wav, "rb") as f:
+        text = client.audio.transcriptions.create(model="openai/whisper-base", file=f, response_format="text",
+                                                  language="en")
+    assert _wer(text.strip()) <= 0.15
+    with open(en_wav, "rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                     timestamp_granularities=["segment"])
+    assert verbose.language == "english" and verbose.duration == pytest.approx(sf.info(en_wav).duration, abs=0.05)
+    assert verbose.segments and 0 <= verbose.segments[0].start < verbose.segments[-1].end <= verbose.duration + 0.5
+    with open(en_wav, "rb") as f:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+    assert srt.startswith("1\n00:00:0") and " --> " in srt
+    with open(en_wav, "rb") as f:
+        vtt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="vtt")
+    assert vtt.startswith("WEBVTT")
+    with open(en_wav, "rb") as f:
+        translated = client.audio.translations.create(model="whisper-1", file=f)
+    assert _wer(translated.text) <= 0.15  # English speech "translated" to English is its transcript
+
+
+def test_prompt_and_language_reach_the_decoder(server, tmp_path):
+    """The form's prompt is the decoder's previous text: a rare name misheard without it is right with it."""
+    wav = make_speech("My colleague Szymanski will call you back.", tmp_path / "name.wav")
+    data = wav.read_bytes()
+    status, plain = server.post("/v1/audio/transcriptions", {"model": "whisper-1", "response_format": "text",
+                                                             "language": "en"}, ("name.wav", data), AUTH)
+    assert status == 200 and "Szymanski" not in plain.decode()
+    status, prompted = server.post("/v1/audio/transcriptions",
+                                   {"model": "whisper-1", "response_format": "text", "language": "en",
+                                    "prompt": "Szymanski"}, ("name.wav", data), AUTH)
+    assert status == 200 and "Szymanski" in prompted.decode(), prompted
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list()] == ["openai/whisper-base"]
+    health = server.health()
+    assert health["status"] == "ok" and "openai/whisper-base" in health["models"]
+
+
+@pytest.mark.parametrize("case", ["no key", "wrong key", "unknown model", "no file", "bad audio", "empty file",
+                                  "too large", "bad format", "bad language", "bad temperature", "word timestamps"])
+def test_bad_requests_get_clear_errors(server, en_wav, case):
+    wav = ("en.wav", en_wav.read_bytes())
+    fields, file, headers = {"model": "whisper-1"}, wav, AUTH
+    expected = {"no key": 401, "wrong key": 401, "unknown model": 404, "too large": 413}.get(case, 400)
+    if case == "no key":
+        headers = {}
+    elif case == "wrong key":
+        headers = {"Authorization": "Bearer nope"}
+    elif case == "unknown model":
+        fields["model"] = "whisper-large-v9"
+    elif case == "no file":
+        file = None
+    elif case == "bad audio":
+        file = ("clip.mp3", b"this is not audio at all" * 100)
+    elif case == "empty file":
+        file = ("clip.wav", b"")
+    elif case == "too large":
+        file = ("big.wav", b"\0" * (3 * 1024 * 1024))
+    elif case == "bad format":
+        fields["response_format"] = "xml"
+    elif case == "bad language":
+        fields["language"] = "klingon"
+    elif case == "bad temperature":
+        fields["temperature"] = "2"
+    elif case == "word timestamps":
+        fields.update({"response_format": "verbose_json", "timestamp_granularities[]": ["word"]})
+    status, body = server.post("/v1/audio/transcriptions", fields, file, headers)
+    assert status == expected, body
+    error = json.loads(body)["error"]
+    assert error["message"] and "Traceback" not in error["message"]
+    if case == "unknown model":
+        assert "openai/whisper-base" in error["message"]
+    if case in ("bad audio", "empty file"):
+        assert file[0] in error["message"]
+
+
+def test_fifty_requests_from_eight_threads_all_answered(server, client, tmp_path):
+    """A bounded local load test: every answer is right and the same; nothing is left in the server's TMPDIR
+    (an mp3 goes through ffmpeg's temporary copy)."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t",
+                    "0.1", str(tmp_path / "warm.mp3")], check=True)
+    wav = make_speech("Please send the report before Friday.", tmp_path / "load.wav")
+    mp3 = tmp_path / "load.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), str(mp3)], check=True)
+
+    def one(i: int) -> str:
+        path = mp3 if i % 5 == 0 else wav
+        with open(path, "rb") as f:
+            return client.audio.transcriptions.create(model="whisper-1", file=f, language="en").text
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(one, range(50)))
+    assert len(texts) == 50
+    for text in texts:
+        assert error_rate(["Please send the report before Friday."], [text], "wer") <= 0.2, text
+    health = server.health()["models"]["openai/whisper-base"]
+    assert health["queued"] == 0 and health["running"] == 0 and health["done"] >= 50
+    assert list(server.tmpdir.iterdir()) == []
+
+
+def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
+    """One model, one waiting place, a 1 s limit: a long recording runs past the limit (504); while it runs
+    and another waits, a third request is refused at once (503)."""
+    s = Server(tmp_path, "--model_path=openai/whisper-base", "--backend=transformers", "--max_queue=1",
+               "--request_timeout=1")
+    try:
+        audio, sr = sf.read(zh_wav, dtype="float32")
+        long_wav = tmp_path / "long.wav"
+        sf.write(long_wav, np.tile(np.concatenate([audio, np.zeros(sr // 2, np.float32)]), 8), sr)  # ~40 s
+        data = ("long.wav", long_wav.read_bytes())
+        results: dict[str, int] = {}
+
+        def send(name: str) -> None:
+            results[name] = s.post("/v1/audio/transcriptions", {"language": "zh"}, data)[0]
+
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        _wait_for(lambda: s.health()["models"]["openai/whisper-base"]["running"] == 1)
+        second = threading.Thread(target=send, args=("second",))
+        second.start()
+        _wait_for(lambda: s.health()["models"]["openai/whisper-base"]["queued"] == 1)
+        t0 = time.monotonic()
+        status, body = s.post("/v1/audio/transcriptions", {}, data)
+        assert status == 503 and time.monotonic() - t0 < 5, body
+        assert "retry later" in json.loads(body)["error"]["message"]
+        first.join()
+        second.join()
+        assert results == {"first": 504, "second": 504}
+    finally:
+        s.stop()
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached")
+        time.sleep(0.02)
+
+
+def test_flags_are_checked_before_any_model_loads(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit):
+            infer_server.parse_args([f"--port={port}"])
+        assert "choose another --port" in capsys.readouterr().err
+    for bad in (["--max_queue=0"], ["--request_timeout=0"], ["--language=klingon"],
+                ["--model_path=openai/whisper-base", "--model_path=openai/whisper-base"]):
+        with pytest.raises(SystemExit):
+            infer_server.parse_args([*bad, f"--port={_free_port()}"])
+        assert "error:" in capsys.readouterr().err

@@ -1,0 +1,332 @@
+"""The OpenAI-compatible transcription service behind infer_server.py.
+
+Requests flow one way: HTTP upload → ``decode_audio_bytes`` → a ``Job`` on the model's bounded queue → the
+model's one worker thread runs ``Transcriber.transcribe_segments`` → the answer in the requested format.
+One worker per loaded model means a model is never used by two requests at once (no races); a full queue is
+answered 503 at once, a request that is not done within its time limit 504 (a running job stops at its next
+segment). Uploads are decoded in memory (ffmpeg formats through a temporary copy removed at once).
+
+The endpoints follow OpenAI's audio API so its clients work unchanged:
+``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations``, ``GET /v1/models``, ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from utils.audio import SAMPLE_RATE, AudioLoadError, decode_audio_bytes
+from utils.languages import language_code, language_name
+from utils.subtitles import to_srt, to_vtt
+from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+DEFAULT_MODEL_ALIAS = "whisper-1"  # what OpenAI's clients send by default: the first served model
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: HTTP ``status`` and ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        kind = {401: "authentication_error", 404: "invalid_request_error", 413: "invalid_request_error",
+                429: "rate_limit_error", 503: "server_busy", 504: "timeout"}.get(
+            self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Job:
+    """One request's work for a model's worker; ``future`` gets the Transcript or the exception."""
+
+    audio: np.ndarray
+    options: DecodeOptions
+    deadline: float  # time.monotonic() after which the result is no longer wanted
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class ModelWorker:
+    """A loaded model, its bounded queue of jobs and the one thread that runs them in order."""
+
+    def __init__(self, name: str, transcriber: Transcriber, *, max_queue: int) -> None:
+        self.name = name
+        self.transcriber = transcriber
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.running = 0
+        self.done = 0
+        self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future:
+        """Queue ``job``; raises ApiError(503) when the queue is full."""
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, f"model {self.name} is busy: {self.jobs.maxsize} requests are already waiting; "
+                                "retry later", code="queue_full") from None
+        return job.future
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if job.cancelled.is_set() or time.monotonic() > job.deadline:
+                job.future.set_exception(TimeoutError("timed out while waiting in the queue"))
+                continue
+            self.running = 1
+            try:
+                job.future.set_result(self._transcribe(job))
+            except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
+                job.future.set_exception(e)
+            finally:
+                self.running = 0
+                self.done += 1
+
+    def _transcribe(self, job: Job) -> Transcript:
+        segments, info = self.transcriber.transcribe_segments(job.audio, job.options)
+        kept = []
+        for segment in segments:  # checked between segments: a timed-out job stops early
+            if job.cancelled.is_set() or time.monotonic() > job.deadline:
+                raise TimeoutError("timed out while decoding")
+            kept.append(segment)
+        return Transcript.collect(kept, info)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Limits and defaults of the service.
+
+    Attributes:
+        api_key: required as ``Authorization: Bearer <key>`` on /v1/* (None = no authentication).
+        max_upload_bytes: larger uploads are refused with 413.
+        request_timeout: seconds a request may wait and run; then 504.
+        decode: decoding defaults (batch size, thresholds, language...); a request's fields override them.
+    """
+
+    api_key: str | None = None
+    max_upload_bytes: int = 25 * 1024 * 1024
+    request_timeout: float = 300.0
+    decode: DecodeOptions = DecodeOptions()
+
+
+class TranscriptionService:
+    """The served models and the request logic, independent of the HTTP framework."""
+
+    def __init__(self, models: dict[str, Transcriber], options: ServerOptions, *, max_queue: int = 16) -> None:
+        if not models:
+            raise ValueError("no model to serve")
+        self.options = options
+        self.workers = {name: ModelWorker(name, t, max_queue=max_queue) for name, t in models.items()}
+        self.default = next(iter(self.workers))
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+    def check_key(self, authorization: str | None) -> None:
+        key = self.options.api_key
+        if key is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' with the key the "
+                                "server was started with (--api_key)", code="invalid_api_key")
+
+    def worker(self, model: str | None) -> ModelWorker:
+        if not model or model == DEFAULT_MODEL_ALIAS:
+            return self.workers[self.default]
+        if model not in self.workers:
+            raise ApiError(404, f"model {model!r} is not served here; available: "
+                                f"{', '.join(self.workers)} (or {DEFAULT_MODEL_ALIAS} for {self.default})",
+                           param="model", code="model_not_found")
+        return self.workers[model]
+
+    def decode_options(self, form: dict[str, str], *, translate: bool) -> tuple[DecodeOptions, str]:
+        """A request's form fields → (decoding options, response format); ApiError(400) on a bad field."""
+        fmt = form.get("response_format") or "json"
+        if fmt not in RESPONSE_FORMATS:
+            raise ApiError(400, f"response_format {fmt!r} is not one of {', '.join(RESPONSE_FORMATS)}",
+                           param="response_format")
+        granularities = form.get("timestamp_granularities[]", [])
+        if "word" in granularities:
+            raise ApiError(400, "word-level timestamps are not supported by this server yet; use "
+                                "timestamp_granularities[]=segment", param="timestamp_granularities[]")
+        if granularities and fmt != "verbose_json":
+            raise ApiError(400, "timestamp_granularities[] needs response_format=verbose_json",
+                           param="timestamp_granularities[]")
+        changes: dict[str, Any] = {"task": "translate" if translate else "transcribe",
+                                   "timestamps": fmt in ("srt", "vtt", "verbose_json")}
+        language = form.get("language")
+        if language and not translate:  # OpenAI's translations endpoint takes no language
+            try:
+                changes["language"] = language_code(language)
+            except ValueError as e:
+                raise ApiError(400, str(e), param="language") from None
+        if form.get("prompt"):
+            changes["initial_prompt"] = form["prompt"]
+        if form.get("temperature") not in (None, ""):
+            try:
+                t = float(form["temperature"])
+            except ValueError:
+                raise ApiError(400, f"temperature must be a number, got {form['temperature']!r}",
+                               param="temperature") from None
+            if not 0 <= t <= 1:
+                raise ApiError(400, f"temperature must be between 0 and 1, got {t}", param="temperature")
+            # 0: greedy with the usual fallback to higher temperatures (OpenAI's meaning); else sample at t
+            changes["temperatures"] = DEFAULT_TEMPERATURES if t == 0 else (t,)
+        return replace(self.options.decode, **changes), fmt
+
+    async def transcribe(self, data: bytes, filename: str, form: dict[str, Any], *, translate: bool
+                         ) -> tuple[Transcript, str]:
+        """Decode the upload, queue it on the requested model and wait for the transcript (or ApiError)."""
+        worker = self.worker(form.get("model"))
+        options, fmt = self.decode_options(form, translate=translate)
+        loop = asyncio.get_running_loop()
+        try:
+            audio = await loop.run_in_executor(None, decode_audio_bytes, data, filename)
+        except AudioLoadError as e:
+            raise ApiError(400, f"could not decode the audio file: {e}", param="file",
+                           code="invalid_audio") from None
+        timeout = self.options.request_timeout
+        job = Job(audio=audio, options=options, deadline=time.monotonic() + timeout)
+        future = worker.submit(job)
+        try:
+            transcript = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            job.cancelled.set()
+            raise ApiError(504, f"the request took longer than the server's limit of {timeout:g} s "
+                                f"({len(audio) / SAMPLE_RATE:.1f} s of audio); send shorter audio or start the "
+                                "server with a larger --request_timeout", code="timeout") from None
+        except ValueError as e:  # e.g. a prompt or option the model cannot take
+            raise ApiError(400, str(e)) from None
+        return transcript, fmt
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "models": {name: {"queued": w.jobs.qsize(), "running": w.running,
+                                                  "done": w.done} for name, w in self.workers.items()}}
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                            "owned_by": "whisper-finetune"} for name in self.workers]}
+
+
+def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[str, Any], str]:
+    """(body, media type) of a transcript in an OpenAI ``response_format``."""
+    if fmt == "text":
+        return transcript.text + "\n", "text/plain; charset=utf-8"
+    if fmt == "srt":
+        return to_srt(transcript), "text/plain; charset=utf-8"
+    if fmt == "vtt":
+        return to_vtt(transcript), "text/vtt; charset=utf-8"
+    if fmt == "verbose_json":
+        return {"task": task, "language": language_name(transcript.language) if transcript.language else None,
+                "duration": round(transcript.duration, 3), "text": transcript.text,
+                "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+                             for i, s in enumerate(transcript.segments)]}, "application/json"
+    return {"text": transcript.text}, "application/json"
+
+
+def build_app(service: TranscriptionService):
+    """The Starlette application serving ``service``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    def error(e: ApiError) -> JSONResponse:
+        if e.status >= 500:
+            logger.warning("%d: %s", e.status, e.message)
+        return JSONResponse(e.body(), status_code=e.status)
+
+    async def read_body(request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it passes the upload limit."""
+        limit = service.options.max_upload_bytes
+        too_big = ApiError(413, f"the upload is larger than the server's limit of {limit / 1024 ** 2:g} MB "
+                                "(--max_upload_mb)", param="file", code="file_too_large")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit + 64 * 1024:  # room for the multipart fields
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit + 64 * 1024:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def audio_endpoint(request: Request, translate: bool) -> Response:
+        try:
+            service.check_key(request.headers.get("authorization"))
+            body = await read_body(request)
+            request._body = body  # starlette parses the form from the body read (and capped) above
+            async with request.form(max_part_size=1024 * 1024) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(400, "no audio: send the file as the multipart field 'file'", param="file")
+                data = await upload.read()
+                if len(data) > service.options.max_upload_bytes:
+                    raise ApiError(413, "the upload is larger than the server's limit of "
+                                        f"{service.options.max_upload_bytes / 1024 ** 2:g} MB (--max_upload_mb)",
+                                   param="file", code="file_too_large")
+                fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+                fields["timestamp_granularities[]"] = [v for v in form.getlist("timestamp_granularities[]")
+                                                       if isinstance(v, str)]
+                filename = upload.filename or "upload"
+            transcript, fmt = await service.transcribe(data, filename, fields, translate=translate)
+        except ApiError as e:
+            return error(e)
+        except ValueError as e:  # a malformed multipart body
+            return error(ApiError(400, f"malformed request: {e}"))
+        body, media = render(transcript, fmt, task="translate" if translate else "transcribe")
+        if isinstance(body, dict):
+            return JSONResponse(body)
+        return Response(body, media_type=media)
+
+    async def transcriptions(request: Request) -> Response:
+        return await audio_endpoint(request, translate=False)
+
+    async def translations(request: Request) -> Response:
+        return await audio_endpoint(request, translate=True)
+
+    async def models(request: Request) -> Response:
+        try:
+            service.check_key(request.headers.get("authorization"))
+        except ApiError as e:
+            return error(e)
+        return JSONResponse(service.models())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(service.health())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    return Starlette(routes=[
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", translations, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ], lifespan=lifespan)

@@ -140,7 +140,14 @@ def test_train_writes_checkpoints(tiny_whisper_dir, corpus, tmp_path):
     assert (run / "checkpoint-2" / "optimizer.pt").is_file()
     config = json.loads((run / "checkpoint-final" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_whisper_dir)
-    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    # the CPU default (--lora_encoder_layers=auto): every decoder layer, the top encoder layer
+    import re
+
+    targets = config["target_modules"]
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"):
+        assert re.fullmatch(targets, f"model.decoder.layers.0.self_attn.{name}")
+        assert re.fullmatch(targets, f"model.encoder.layers.1.self_attn.{name}")
+        assert not re.fullmatch(targets, f"model.encoder.layers.0.self_attn.{name}")
     state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
@@ -428,6 +435,10 @@ def test_lora_encoder_layers_flag_values(capsys):
     parser = finetune.build_parser()
     assert parser.parse_args(["--lora_encoder_layers=all"]).lora_encoder_layers is None
     assert parser.parse_args(["--lora_encoder_layers=2"]).lora_encoder_layers == 2
+    assert parser.parse_args([]).lora_encoder_layers == "auto"
+    assert finetune.encoder_adapter_layers("auto", "cpu") == finetune.CPU_ENCODER_LAYERS
+    assert finetune.encoder_adapter_layers("auto", "cuda") is None  # every layer on a GPU
+    assert finetune.encoder_adapter_layers(None, "cpu") is None and finetune.encoder_adapter_layers(0, "cpu") == 0
     for bad in ("-1", "two"):
         with pytest.raises(SystemExit):
             parser.parse_args([f"--lora_encoder_layers={bad}"])

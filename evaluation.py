@@ -1,6 +1,11 @@
 """Score a Whisper model on a test manifest: CER or WER, with a per-utterance JSON report.
 
     python evaluation.py --model_path=models/whisper-tiny-finetune --metric=cer --test_data=dataset/test.json
+    python evaluation.py --compare openai/whisper-base models/whisper-base-finetune --language=Chinese
+
+``--compare BASE FINETUNED`` writes the forgetting report instead: both models on the test set, on a general
+set (``--general_data``, default the English clips in dataset/general/) and on no-speech clips, with error rates,
+hallucination on silence, repetition loops, insertions and punctuation kept, as JSON and a markdown table.
 
 Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from
 ``--language``/``--task`` only, never from the reference text. References and hypotheses go through the
@@ -11,6 +16,7 @@ case) before counting edits.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,12 +28,14 @@ from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from utils.cli import (add_audio_length_args, add_bool, add_decoding_args, add_engine_args, add_hidden_alias,
                        add_model_args, check_output_path, make_parser, setup_logging)
 from utils.data import ManifestError, Record, load_manifest
-from utils.io import write_json_atomic
+from utils.io import write_json_atomic, write_text_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
 from utils.models import ModelResolutionError
 from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_GENERAL_DATA = "dataset/general/general_en.json"
 
 
 def build_parser():
@@ -49,6 +57,14 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="random seed for the sampled fallback decodes")
     add_bool(parser, "fallback", False, "temperature fallback on repetition / low log-probability (sampled, "
              "seeded); off by default: deterministic greedy/beam scores")
+    parser.add_argument("--compare", nargs=2, metavar=("BASE", "FINETUNED"), default=None,
+                        help="the forgetting report of two models (instead of --model_path)")
+    parser.add_argument("--general_data", type=str, default=DEFAULT_GENERAL_DATA,
+                        help="--compare: a manifest of general speech (other languages, numbers, punctuation)")
+    parser.add_argument("--general_metric", type=str, default="wer", choices=METRICS,
+                        help="--compare: metric of the general set")
+    add_bool(parser, "word_timestamps", False, "add each utterance's words with times and probabilities to the "
+             "report (low-probability words point at likely errors)")
     add_bool(parser, "verbose", False, "debug logging")
     return parser
 
@@ -81,6 +97,8 @@ def evaluate(engine: Transcriber, records: Sequence[Record], options: DecodeOpti
         ok = [j for j, e in enumerate(errors) if e is None]
         transcripts = engine.transcribe_batch([audios[j] for j in ok], options)
         hyps: dict[int, str] = {j: t.text for j, t in zip(ok, transcripts)}
+        words = {j: [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                     for s in t.segments for w in s.words] for j, t in zip(ok, transcripts)}
         for j, record in enumerate(batch):
             if errors[j] is not None:
                 failed += 1
@@ -100,6 +118,7 @@ def evaluate(engine: Transcriber, records: Sequence[Record], options: DecodeOpti
                 "insertions": counts.insertions,
                 "reference_length": counts.reference_length,
                 "error_rate": None if counts.reference_length == 0 else round(counts.rate, 4),
+                **({"words": words[j]} if options.word_timestamps else {}),
             })
     elapsed = time.perf_counter() - t0
     utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
@@ -139,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         options = DecodeOptions(
             language=args.language, task=args.task, beam_size=beam_size, batch_size=args.batch_size,
             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if args.fallback else (0.0,),
-            initial_prompt=args.initial_prompt, hotwords=args.hotwords,
+            initial_prompt=args.initial_prompt, hotwords=args.hotwords, word_timestamps=args.word_timestamps,
         )
     except ValueError as e:
         parser.error(str(e))
+    if args.compare:
+        if args.compare[0] == args.compare[1]:
+            parser.error("--compare: give two different models (BASE FINETUNED)")
+        output = args.output or "compare_report.json"
+        check_output_path(parser, "--output", output, folder=False)
+        return compare(args, options, output)
     output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
     check_output_path(parser, "--output", output, folder=False)
     # 2. Data
@@ -173,6 +198,60 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['utterances_scored']} utterances)")
     logger.info("report written to %s", output)
     return 1 if report["utterances_failed"] else 0
+
+
+def compare(args, options: DecodeOptions, output: str) -> int:
+    """``--compare BASE FINETUNED``: the forgetting report (utils/forgetting.py) as JSON at ``output``, markdown
+    next to it and on stdout."""
+    from dataclasses import replace
+
+    from utils.forgetting import markdown_table, model_summary, no_speech_clips, speech_metrics
+
+    try:
+        target = list(load_manifest(args.test_data, min_duration=args.min_audio_len, max_duration=args.max_audio_len))
+        general = None
+        if args.general_data and (args.general_data != DEFAULT_GENERAL_DATA or os.path.isfile(args.general_data)):
+            general = list(load_manifest(args.general_data))
+        else:
+            logger.warning("%s not found: the report has no general set (pass --general_data)", args.general_data)
+    except ManifestError as e:
+        logger.error("%s", e)
+        return 1
+    clips = no_speech_clips()
+    rows: dict = {}
+    for model in args.compare:
+        try:
+            engine = load_transcriber(model, args.backend, device=args.device, dtype=args.dtype,
+                                      compute_type=args.compute_type, local_files_only=args.local_files_only,
+                                      ct2_encoder=args.ct2_encoder)
+        except (ValueError, ModelResolutionError) as e:
+            logger.error("cannot load %s: %s", model, e)
+            return 2
+        _seed(args.seed)
+        logger.info("%s: target set %s", model, args.test_data)
+        target_report = evaluate(engine, target, options, args.metric, args.batch_size)
+        general_report = None
+        if general is not None:  # the language of general speech is detected, as a user's would be
+            logger.info("%s: general set %s", model, args.general_data)
+            general_report = evaluate(engine, general, replace(options, language=None), args.general_metric,
+                                      args.batch_size)
+        silent = engine.transcribe_batch([audio for _, audio in clips], options)
+        rows[model] = model_summary(speech_metrics(target_report["utterances"], args.metric),
+                                    speech_metrics(general_report["utterances"], args.general_metric)
+                                    if general_report else None, [t.text for t in silent])
+        rows[model]["no_speech"]["generated"] = {name: t.text for (name, _), t in zip(clips, silent)}
+    table = markdown_table(rows, metric=args.metric, general_metric=args.general_metric,
+                           target_name=os.path.basename(args.test_data),
+                           general_name=os.path.basename(args.general_data) if general is not None else None)
+    write_json_atomic(output, {"models": rows, "test_data": args.test_data, "general_data":
+                               args.general_data if general is not None else None, "metric": args.metric,
+                               "general_metric": args.general_metric, "backend": args.backend,
+                               "language": args.language})
+    markdown = os.path.splitext(output)[0] + ".md"
+    write_text_atomic(markdown, table)
+    print(table, end="")
+    logger.info("report written to %s and %s", output, markdown)
+    return 0
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--hotwords keep working after fine-tuning; 0.2-0.5 recommended when you use them")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
+    g.add_argument("--replay_data", type=optional_str, default=None,
+                   help="manifest of general speech mixed into every epoch to limit forgetting (other languages, "
+                        "numbers, punctuation); see evaluation.py --compare")
+    g.add_argument("--replay_ratio", type=float, default=0.2, help="share of each epoch taken from --replay_data")
     g.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--max_eval_samples", type=int, default=0, help="evaluate on the first N test items (0 = all)")
 
@@ -66,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target_modules", type=str, default=",".join(DEFAULT_TARGET_MODULES),
                    help="comma-separated module names; prefix decoder./encoder. to limit a name to one side "
                         "(decoder-only adapters freeze the encoder: its outputs are computed once and cached)")
-    g.add_argument("--lora_encoder_layers", type=layers_or_all, default="auto", metavar="N|all|auto",
-                   help="adapters in only the top N encoder layers (0 = decoder only): the layers below run without "
-                        "gradients and their output is computed once per clip and cached; auto = "
-                        f"{CPU_ENCODER_LAYERS} on a CPU (several times faster), all on a GPU")
+    g.add_argument("--lora_encoder_layers", type=layers_or_all, default=None, metavar="N|all",
+                   help="adapters in only the top N encoder layers (0 = decoder only; default all): the layers "
+                        "below run without gradients and their output is computed once per clip and cached, which "
+                        "is 2x faster on a CPU with N=1 but learns new acoustics far less (README)")
     g.add_argument("--encoder_cache_gb", type=float, default=4.0,
                    help="memory for the cached output of the frozen encoder layers (0 = no cache)")
 
@@ -131,6 +135,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         "lora_alpha": (lambda v: v > 0, "> 0"),
         "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "prompt_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "replay_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
         "encoder_cache_gb": (lambda v: v >= 0, ">= 0 (0 = no cache)"),
         "min_audio_len": (lambda v: v >= 0, ">= 0 seconds"),
         "num_workers": (lambda v: v >= 0, ">= 0"),
@@ -150,8 +155,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir} is a file; give a folder (runs go to <output_dir>/<model name>/)")
     check_output_path(parser, "--output_dir", args.output_dir, folder=True)
-    for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data)):
-        if not os.path.isfile(path):
+    for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data),
+                       ("--replay_data", args.replay_data)):
+        if path is not None and not os.path.isfile(path):
             parser.error(f"{flag} {path}: manifest file not found (make one with aishell.py, or see the README's "
                          "data format)")
     if args.push_to_hub:
@@ -296,6 +302,18 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
         logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
                     "recording, the others get hotwords drawn from their own text", 100 * args.prompt_prob,
                     len(train.previous), len(train))
+    if args.replay_data:
+        from utils.train_data import ReplayMix
+
+        try:
+            replay_manifest = load_manifest(args.replay_data, **lengths)
+            train = ReplayMix(train, SpeechDataset(replay_manifest, processor.feature_extractor, tokenizer,
+                                                   seed=args.seed, augmenter=waveform_augmenter, **dataset_kwargs),
+                              ratio=args.replay_ratio, seed=args.seed)
+        except (ManifestError, ValueError) as e:
+            raise FinetuneError(f"--replay_data: {e}") from e
+        logger.info("replay: %d items of %s (%d) mixed into every epoch (%.0f%% of it)", train.per_epoch,
+                    args.replay_data, len(replay_manifest), 100 * args.replay_ratio)
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
     if not train.tokens.multilingual:
@@ -327,15 +345,10 @@ def train_options(args: argparse.Namespace, language: str | None, data: Training
     )
 
 
-CPU_ENCODER_LAYERS = 1  # --lora_encoder_layers=auto on a CPU: measured in the README (speed and CER)
-
-
-def layers_or_all(value: str) -> int | str | None:
-    """``all`` (None), ``auto`` or a number of layers >= 0."""
+def layers_or_all(value: str) -> int | None:
+    """``all`` (None) or a number of layers >= 0."""
     if str(value).strip().lower() == "all":
         return None
-    if str(value).strip().lower() == "auto":
-        return "auto"
     try:
         n = int(value)
     except ValueError:
@@ -343,18 +356,6 @@ def layers_or_all(value: str) -> int | str | None:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected a number of layers >= 0 or 'all', got {n}")
     return n
-
-
-def encoder_adapter_layers(value: int | str | None, device_type: str) -> int | None:
-    """``--lora_encoder_layers`` resolved: top N encoder layers with adapters (None = all)."""
-    if value != "auto":
-        return value
-    if device_type == "cpu":
-        logger.info("--lora_encoder_layers=auto: adapters in the top %d encoder layer(s) and the whole decoder on "
-                    "the CPU (the layers below are computed once per clip); --lora_encoder_layers=all for every "
-                    "layer", CPU_ENCODER_LAYERS)
-        return CPU_ENCODER_LAYERS
-    return None
 
 
 def target_modules(args: argparse.Namespace) -> tuple[str, ...]:
@@ -383,9 +384,15 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
     generation_config.language = language
     generation_config.task = args.task
     generation_config.forced_decoder_ids = None
+    # read back by inference: a model trained without timestamp tokens says so when timestamps are asked of it
+    generation_config.finetune_timestamps = bool(args.timestamps)
+    if not args.timestamps:
+        logger.warning("training without timestamp tokens (--timestamps=False): the fine-tuned model may stop "
+                       "producing segment timestamps on long audio (inference will warn when they are asked for); "
+                       "with 'sentences' in the data, --timestamps=True keeps them")
     lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                        target_modules=target_modules(args),
-                       encoder_layers=encoder_adapter_layers(args.lora_encoder_layers, accelerator.device.type),
+                       encoder_layers=args.lora_encoder_layers,
                        use_adalora=args.use_adalora,
                        adalora_init_r=max(2, args.lora_r // 2), adalora_target_r=max(1, args.lora_r // 8),
                        total_step=total_steps)

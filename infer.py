@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
     d.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
     add_bool(d, "timestamps", False, "segment-level timestamps")
+    add_bool(d, "word_timestamps", False, "word-level timestamps (Chinese: per character) with probabilities, "
+             "in the JSON output (cross-attention alignment)")
+    add_bool(d, "subtitle_words", False, "SRT/VTT output with one cue per word (needs --word_timestamps)")
     add_bool(d, "condition_on_previous_text", False,
              "long audio: decode window after window, prompted with the previous text (slower)")
     add_bool(d, "fallback", True, "temperature fallback on repetition / low log-probability, skip silence")
@@ -114,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
         remove_pun=args.remove_pun,
         initial_prompt=args.initial_prompt,
         hotwords=args.hotwords,
+        word_timestamps=args.word_timestamps,
     )
 
 
@@ -152,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.subtitle_words and not options.word_timestamps:
+        parser.error("--subtitle_words needs --word_timestamps=True")
+    if options.word_timestamps and options.condition_on_previous_text:
+        parser.error("--word_timestamps needs the batched long-form decoding: drop --condition_on_previous_text")
     formats = None
     if args.output_format is not None or args.output_dir is not None:
         fmt = args.output_format or "txt"
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(text, flush=True)
         if formats:
             try:
-                for written in write_transcript(transcript, output_dir, stem, formats):
+                for written in write_transcript(transcript, output_dir, stem, formats,
+                                                word_cues=args.subtitle_words):
                     logger.info("wrote %s", written)
             except OSError as e:  # the transcript was printed above; the other files still go on
                 logger.error("%s: cannot write its transcript to %s (%s)", path, output_dir, e)

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ct2_encoder_arg(g)
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
     add_to_simple_arg(g)
+    add_bool(g, "word_timestamps", False, "time committed words by cross-attention alignment (more exact word times "
+             "and latency figures; slower: an alignment pass per decode)")
     s = parser.add_argument_group("streaming")
     s.add_argument("--chunk_seconds", type=float, default=1.0, help="new audio between two decodes (s)")
     s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = DecodeOptions(language=args.language, task=args.task, beam_size=args.beam_size, timestamps=True,
                                 temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
-                                initial_prompt=args.initial_prompt)
+                                initial_prompt=args.initial_prompt, word_timestamps=args.word_timestamps)
     except ValueError as e:
         parser.error(str(e))
     try:

@@ -38,6 +38,7 @@ from utils.webui import (
     transcribe_with_progress,
     transcript_downloads,
     waveform_envelope,
+    words_html,
 )
 
 BACKENDS = ("transformers", "ct2")
@@ -60,6 +61,7 @@ class PageSettings:
     sentiment: bool
     initial_prompt: str | None = None
     hotwords: str | None = None
+    word_timestamps: bool = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,12 +131,14 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
     timestamps = sb.checkbox("分段时间戳 (segment timestamps)", value=True)
     sentiment = sb.checkbox("情感分析 (sentiment)", value=False,
                             help="中文用词典+否定/转折规则, 英文用 VADER (offline)")
+    word_timestamps = sb.checkbox("词级时间戳 (word timestamps)", value=False,
+                                  help="每个词/字的时间和置信度，按置信度着色 (per-word times, shaded by confidence)")
     hotwords = sb.text_input("热词 (hotwords)", value=args.hotwords or "",
                              help="人名、术语等，用逗号分隔 (names, terms; comma-separated)").strip() or None
     initial_prompt = sb.text_input("提示文本 (initial prompt)", value=args.initial_prompt or "",
                                    help="作为前文交给解码器 (previous context for the decoder)").strip() or None
     return PageSettings(model_path, backend, language, task, beam_size, timestamps, sentiment, initial_prompt,
-                        hotwords)
+                        hotwords, word_timestamps)
 
 
 def get_engine(settings: PageSettings, args: argparse.Namespace):
@@ -189,6 +193,11 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any]) -> None:
         st.dataframe(pd.DataFrame(segment_rows(transcript)), hide_index=True, width="stretch")
     else:
         st.info("没有识别出语音 (no speech recognised)")
+    words = words_html(transcript)
+    if words:
+        st.subheader("逐词 Words")
+        st.caption("颜色表示置信度：绿 = 有把握，红 = 没把握；鼠标悬停显示时间 (colour = confidence; hover for times)")
+        st.markdown(words, unsafe_allow_html=True)
     st.subheader("波形 Waveform")
     env = waveform_envelope(result["audio"])
     st.line_chart(pd.DataFrame(env), x="time_s", y=["min", "max"], height=180,
@@ -221,7 +230,7 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
         return None
     options = DecodeOptions(language=settings.language, task=settings.task, beam_size=settings.beam_size,
                             initial_prompt=settings.initial_prompt, hotwords=settings.hotwords,
-                            timestamps=settings.timestamps)
+                            timestamps=settings.timestamps, word_timestamps=settings.word_timestamps)
     bar = st.progress(0.0, text="转写中 (transcribing)…")
     start = time.perf_counter()
     try:

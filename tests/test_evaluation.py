@@ -65,3 +65,47 @@ def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
         rc, report = _evaluate(model, m, tmp_path / f"{backend}.json", "--metric=wer", "--language=en",
                                f"--backend={backend}")
         assert rc == 0 and report["wer"] < 0.35, report
+
+
+@pytest.mark.slow
+def test_forgetting_report_compares_two_models(tmp_path, tiny_whisper_dir, whisper_base_dir, en_wav, zh_wav,
+                                               capsys):
+    """--compare: one table of both models on the target set, the general set and no-speech clips."""
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    target = tmp_path / "target.json"
+    target.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in [
+        {"audio": {"path": str(zh_wav)}, "sentence": ZH_SENTENCE, "language": "Chinese",
+         "duration": sf.info(zh_wav).duration},
+        {"audio": {"path": str(tmp_path / "quiet.wav")}, "sentence": "", "duration": 1.0}]) + "\n",
+        encoding="utf-8")
+    general = tmp_path / "general.json"
+    general.write_text(json.dumps({"audio": {"path": str(en_wav)}, "sentence": EN_SENTENCE,
+                                   "duration": sf.info(en_wav).duration}) + "\n")
+    out = tmp_path / "cmp.json"
+    assert evaluation.main(["--compare", str(whisper_base_dir), str(tiny_whisper_dir), f"--test_data={target}",
+                            f"--general_data={general}", "--language=Chinese", f"--output={out}"]) == 0
+    report = json.loads(out.read_text())
+    base, tiny = report["models"][str(whisper_base_dir)], report["models"][str(tiny_whisper_dir)]
+    assert base["general"]["wer"] <= 0.2 < tiny["general"]["wer"]  # the random model "forgot" English
+    assert base["no_speech"]["clips"] == tiny["no_speech"]["clips"] == 7  # 1 in the manifest + 6 generated
+    assert set(base["no_speech"]["generated"]) >= {"silence", "50 Hz hum", "clicks"}
+    assert base["punctuation"]["references"] == 2  # both sentences end with punctuation
+    table = capsys.readouterr().out
+    assert table == (tmp_path / "cmp.md").read_text()
+    for row in ("target CER (target.json)", "general WER (general.json)", "no-speech clips that got text",
+                "outputs with a repetition loop", "punctuation kept"):
+        assert row in table
+    with pytest.raises(SystemExit):
+        evaluation.main(["--compare", "a", "a"])
+
+
+def test_repetition_and_punctuation_measures():
+    from utils.text import has_punctuation, has_repetition, max_consecutive_repeats
+
+    assert max_consecutive_repeats(list("abcabcabcx")) == 3 and max_consecutive_repeats(list("abc")) == 1
+    assert has_repetition("谢谢谢谢谢谢谢谢", "谢谢") and not has_repetition("哈哈哈", "哈哈哈")
+    assert has_repetition("so so so so we go", "so we go", "wer") and not has_repetition("we go", "we go", "wer")
+    assert has_punctuation("好。") and has_punctuation("fine, thanks") and not has_punctuation("好 的")

@@ -87,6 +87,12 @@ def test_ct2_export(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):
     feats = ctranslate2.StorageView.from_array(np.zeros((1, 80, 3000), dtype=np.float32))
     result = model.generate(feats, [[50258, 50260, 50359, 50363]], max_length=8)
     assert len(result[0].sequences_ids[0]) >= 1
+    # both the merged model and its CTranslate2 copy keep the alignment heads word timestamps need
+    import json
+
+    merged = json.loads((tmp_path / f"{tiny_whisper_dir.name}-finetune" / "generation_config.json").read_text())
+    assert merged["alignment_heads"] == [[0, 0], [1, 1]]
+    assert json.loads((ct2_dir / "config.json").read_text())["alignment_heads"] == [[0, 0], [1, 1]]
 
 
 def test_merged_dir_name():

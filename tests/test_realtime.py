@@ -133,6 +133,18 @@ def test_words_from_segments_interpolates_by_characters_and_clamps():
     assert join_words(words) == "ab cd 今天"
 
 
+def test_words_from_segments_take_aligned_word_times_when_there_are_some():
+    from utils.data import Word as Aligned
+
+    aligned = [Aligned(0.1, 0.4, " Hello,", 0.9), Aligned(0.5, 1.5, " world", 0.8)]
+    words = words_from_segments([(0.0, 2.0, " Hello, world", aligned), (2.0, 3.0, "今天", [])], 10.0, 14.0)
+    assert [w.text for w in words] == [" Hello,", " world", " 今", "天"]
+    assert [(w.start, w.end) for w in words[:2]] == [(10.1, 10.4), (10.5, 11.5)]  # the aligned times
+    assert (words[2].start, words[3].end) == (12.0, 13.0)  # no aligned words: interpolated in the segment
+    zh = words_from_segments([(0.0, 1.0, "你好", [Aligned(0.2, 0.6, "你好", 0.5)])], 0.0, 1.0)
+    assert [(w.text, w.start, w.end) for w in zh] == [("你", 0.2, 0.4), ("好", 0.4, 0.6)]
+
+
 def test_align_committed_skips_a_slightly_changed_committed_region():
     assert _align_committed([], ["a"]) == 0
     assert _align_committed(list("abc"), list("abcde")) == 3
@@ -822,3 +834,13 @@ def test_microphone_chosen_by_index_at_its_own_rate(long_en_wav, pulse_microphon
     assert "listening on 'pulse' at 48000 Hz" in log
     streamed = " ".join(t for *_, t in _parse_lines(out))
     assert error_rate([SENTENCES[6]], [streamed]) < 0.15, streamed
+
+
+@pytest.mark.slow
+def test_streaming_with_word_timestamps(en_wav, tmp_path):
+    """--word_timestamps: committed words take their times from the alignment; the text stays right."""
+    report_file = tmp_path / "report.json"
+    assert realtime_transcribe.main([f"--audio_path={en_wav}", "--simulate_realtime=False", "--language=en",
+                                     "--word_timestamps=True", f"--report_path={report_file}"]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["cer_vs_offline"] <= 0.1 and report["words"] >= 7, report

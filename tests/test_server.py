@@ -137,6 +137,11 @@ def test_openai_client_transcribes_in_every_format(server, client, en_wav):
     assert verbose.language == "english" and verbose.duration == pytest.approx(sf.info(en_wav).duration, abs=0.05)
     assert verbose.segments and 0 <= verbose.segments[0].start < verbose.segments[-1].end <= verbose.duration + 0.5
     with open(en_wav, "rb") as f:
+        worded = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                    timestamp_granularities=["word", "segment"])
+    assert [w.word.strip(".").lower() for w in worded.words][:3] == ["the", "quick", "brown"]
+    assert all(0 <= w.start <= w.end <= worded.duration for w in worded.words)
+    with open(en_wav, "rb") as f:
         srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
     assert srt.startswith("1\n00:00:0") and " --> " in srt
     with open(en_wav, "rb") as f:
@@ -167,7 +172,7 @@ def test_models_and_health(server, client):
 
 
 @pytest.mark.parametrize("case", ["no key", "wrong key", "unknown model", "no file", "bad audio", "empty file",
-                                  "too large", "bad format", "bad language", "bad temperature", "word timestamps"])
+                                  "too large", "bad format", "bad language", "bad temperature", "bad granularity"])
 def test_bad_requests_get_clear_errors(server, en_wav, case):
     wav = ("en.wav", en_wav.read_bytes())
     fields, file, headers = {"model": "whisper-1"}, wav, AUTH
@@ -192,8 +197,8 @@ def test_bad_requests_get_clear_errors(server, en_wav, case):
         fields["language"] = "klingon"
     elif case == "bad temperature":
         fields["temperature"] = "2"
-    elif case == "word timestamps":
-        fields.update({"response_format": "verbose_json", "timestamp_granularities[]": ["word"]})
+    elif case == "bad granularity":
+        fields.update({"response_format": "verbose_json", "timestamp_granularities[]": ["syllable"]})
     status, body = server.post("/v1/audio/transcriptions", fields, file, headers)
     assert status == expected, body
     error = json.loads(body)["error"]

@@ -114,7 +114,7 @@ def test_decode_audio_bytes_reads_wav_and_names_the_upload_on_error(tmp_path):
     assert abs(audio.size - 2 * tone.size) <= 2
     with pytest.raises(AudioLoadError, match=r"^fake\.wav: 无法解码为音频") as info:
         decode_audio_bytes(b"this is not audio at all" * 10, "fake.wav")
-    assert "webui-" not in str(info.value)  # the temp file's name is not shown
+    assert "whisper-upload-" not in str(info.value)  # no temporary file's name is shown
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,6 +133,18 @@ def test_waveform_envelope_bounds_and_times():
     short = waveform_envelope(np.ones(10, dtype=np.float32), points=100)
     assert len(short["time_s"]) == 10
     assert len(waveform_envelope(np.zeros(0, dtype=np.float32))["time_s"]) == 0
+
+
+def test_words_html_escapes_and_shades_by_probability():
+    from utils.data import Segment, Word
+    from utils.webui import words_html
+
+    t = Transcript("a <b>", "en", 1.0, 2.0, [Segment(0.0, 2.0, "a <b>", (Word(0.0, 0.5, " a", 0.99),
+                                                                      Word(0.6, 1.2, " <b>", 0.1)))])
+    html = words_html(t)
+    assert "&lt;b&gt;" in html and "<b>" not in html.replace("<span", "")
+    assert "hsl(118," in html and "hsl(12," in html and 'title="0.60–1.20 s, p=0.10"' in html
+    assert words_html(Transcript("x", "en", 1.0, 1.0, [Segment(0.0, 1.0, "x")])) == ""
 
 
 def test_segment_rows_and_downloads():
@@ -306,6 +318,14 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
     assert at.subheader[-1].value == "情感分析 Sentiment"
     assert at.metric[0].value in ("positive", "neutral", "negative")
     assert "vader" in at.caption[-1].value
+
+    # word timestamps: the words shaded by confidence, each with its time as a tooltip
+    at.sidebar.checkbox[2].check().run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and not at.error
+    assert "逐词 Words" in [s.value for s in at.subheader]
+    words = next(m.value for m in at.markdown if "<span title=" in m.value)
+    assert words.count("<span") >= 7 and "quick" in words and "background:hsl(" in words
 
 
 def test_page_reports_invalid_flags(monkeypatch):

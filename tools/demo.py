@@ -5,8 +5,8 @@
 Steps, each one of the toolkit's own commands (printed as it runs, so you can repeat them by hand):
 1. finetune.py   LoRA on dataset/train.json (whisper-base, resolved offline when the hub is unreachable)
 2. merge_lora.py checkpoint-best → models/whisper-base-finetune
-3. evaluation.py the base model and the fine-tuned model on dataset/test.json
-4. a CER table.
+3. evaluation.py --compare: the base and the fine-tuned model on dataset/test.json, on the English general
+   set (dataset/general/) and on no-speech clips: the forgetting report, printed as a table.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ FINETUNE_ARGS = [
     "--train_data=dataset/train.json",
     "--test_data=dataset/test.json",
     "--language=Chinese",
-    # decoder-only LoRA: the frozen encoder's outputs are computed once and reused every epoch
-    "--target_modules=decoder.q_proj,decoder.k_proj,decoder.v_proj,decoder.out_proj,decoder.fc1,decoder.fc2",
+    # LoRA on every encoder and decoder layer (the default): the espeak voice is new acoustics, which the lower
+    # encoder layers must learn (adapters on the decoder or the top encoder layer only: test CER ~0.37, not ~0.1)
     "--per_device_train_batch_size=8",
-    "--max_steps=132",  # 4 epochs of the 263 demo clips
+    "--max_steps=24",  # 192 clips, about 3/4 of an epoch of the 263 demo clips: CPU time is the limit
     "--learning_rate=1e-3",
-    "--warmup_steps=10",
-    "--logging_steps=11",
-    "--eval_steps=66",
-    "--save_steps=33",
+    "--warmup_steps=3",
+    "--logging_steps=4",
+    "--eval_steps=0",  # evaluated once, at the end
+    "--save_steps=0",
     "--generation_max_length=40",
 ]
 
@@ -47,8 +47,8 @@ def _run(cmd: list[str]) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def _evaluate(model: str, report: Path, backend: str) -> dict:
-    _run(["evaluation.py", f"--model_path={model}", "--test_data=dataset/test.json", "--language=Chinese",
+def _compare(base: str, tuned: str, report: Path, backend: str) -> dict:
+    _run(["evaluation.py", "--compare", base, tuned, "--test_data=dataset/test.json", "--language=Chinese",
           "--metric=cer", f"--backend={backend}", f"--output={report}"])
     return json.loads(report.read_text(encoding="utf-8"))
 
@@ -71,14 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     _run(["merge_lora.py", f"--lora_model={lora}/", f"--output_dir={args.models_dir}", "--overwrite=True"])
     merged = Path(args.models_dir) / "whisper-base-finetune"
     reports = Path(args.output_dir) / "demo"
-    base = _evaluate("openai/whisper-base", reports / "eval_base.json", args.backend)
-    tuned = _evaluate(str(merged), reports / "eval_finetuned.json", args.backend)
-
-    print("\n| model | test CER |\n|---|---|")
-    print(f"| openai/whisper-base | {base['cer']:.3f} |")
-    print(f"| {merged} | {tuned['cer']:.3f} |")
-    print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; reports in {reports}/")
-    return 0 if tuned["cer"] < base["cer"] else 1
+    report = _compare("openai/whisper-base", str(merged), reports / "compare.json", args.backend)
+    base, tuned = (report["models"][name]["target"]["cer"] for name in ("openai/whisper-base", str(merged)))
+    print(f"\ntest CER: openai/whisper-base {base:.3f} -> {merged} {tuned:.3f} (the table above: what else changed)")
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; reports in {reports}/")
+    return 0 if tuned < base else 1
 
 
 if __name__ == "__main__":

@@ -43,12 +43,24 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word (or Chinese character) with its time in seconds and the model's probability for it."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
-    """A timestamped piece of a transcript (seconds relative to the clip start)."""
+    """A timestamped piece of a transcript (seconds relative to the clip start); ``words`` when word-level
+    timestamps were asked for."""
 
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True)

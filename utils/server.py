@@ -169,14 +169,16 @@ class TranscriptionService:
             raise ApiError(400, f"response_format {fmt!r} is not one of {', '.join(RESPONSE_FORMATS)}",
                            param="response_format")
         granularities = form.get("timestamp_granularities[]", [])
-        if "word" in granularities:
-            raise ApiError(400, "word-level timestamps are not supported by this server yet; use "
-                                "timestamp_granularities[]=segment", param="timestamp_granularities[]")
+        unknown = [g for g in granularities if g not in ("word", "segment")]
+        if unknown:
+            raise ApiError(400, f"timestamp_granularities[] takes word and/or segment, got {unknown[0]!r}",
+                           param="timestamp_granularities[]")
         if granularities and fmt != "verbose_json":
             raise ApiError(400, "timestamp_granularities[] needs response_format=verbose_json",
                            param="timestamp_granularities[]")
         changes: dict[str, Any] = {"task": "translate" if translate else "transcribe",
-                                   "timestamps": fmt in ("srt", "vtt", "verbose_json")}
+                                   "timestamps": fmt in ("srt", "vtt", "verbose_json"),
+                                   "word_timestamps": "word" in granularities}
         language = form.get("language")
         if language and not translate:  # OpenAI's translations endpoint takes no language
             try:
@@ -243,7 +245,10 @@ def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[s
         return {"task": task, "language": language_name(transcript.language) if transcript.language else None,
                 "duration": round(transcript.duration, 3), "text": transcript.text,
                 "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-                             for i, s in enumerate(transcript.segments)]}, "application/json"
+                             for i, s in enumerate(transcript.segments)],
+                **({"words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                              for s in transcript.segments for w in s.words]}
+                   if any(s.words for s in transcript.segments) else {})}, "application/json"
     return {"text": transcript.text}, "application/json"
 
 

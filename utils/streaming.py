@@ -47,7 +47,7 @@ _HEARD_MARGIN = 2 * VAD_FRAME  # audio a hypothesis must have heard after the VA
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
-HypothesisFn = Callable[[np.ndarray, str], list[tuple[float, float, str]]]
+HypothesisFn = Callable[[np.ndarray, str], list[tuple]]  # (start, end, text[, aligned words])
 # one frame of VAD_FRAME samples → speech probability in [0, 1]; called on consecutive frames (stateful)
 VadFn = Callable[[np.ndarray], float]
 
@@ -106,27 +106,31 @@ def join_words(words: Sequence[Word]) -> str:
     return "".join(w.text for w in words).lstrip()
 
 
-def words_from_segments(segments: Sequence[tuple[float, float, str]], offset: float,
-                        audio_end: float) -> list[Word]:
+def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: float) -> list[Word]:
     """Hypothesis segments (times relative to the buffer) → words in stream time.
 
-    Times are interpolated linearly inside a segment by the characters of each token, and clamped to
-    ``[offset, audio_end]``.
+    A segment is (start, end, text), or (start, end, text, aligned words) when word timestamps were decoded:
+    then each token takes its time from the aligned word it is in. Otherwise times are interpolated linearly
+    inside the segment by the characters of each token. Times are clamped to ``[offset, audio_end]``.
     """
     words: list[Word] = []
-    for start, end, text in segments:
-        tokens = split_tokens(text)
-        if not tokens:
-            continue
-        start = min(max(offset + start, offset), audio_end)
-        end = min(max(offset + end, start), audio_end)
-        weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)
-        bounds = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
-        for i, tok in enumerate(tokens):
-            if i == 0 and not tok[:1].isspace() and not (CJK_CHAR.match(tok[:1]) and (
-                    not words or CJK_CHAR.match(words[-1].text[-1:]))):
-                tok = " " + tok  # segments are joined by a space, except between CJK characters
-            words.append(Word(float(bounds[i]), float(bounds[i + 1]), tok))
+    for start, end, text, *aligned in segments:
+        spans = [(w.start, w.end, w.word) for w in aligned[0]] if aligned and aligned[0] else [(start, end, text)]
+        first = True
+        for span_start, span_end, span_text in spans:
+            tokens = split_tokens(span_text)
+            if not tokens:
+                continue
+            span_start = min(max(offset + span_start, offset), audio_end)
+            span_end = min(max(offset + span_end, span_start), audio_end)
+            weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)
+            bounds = span_start + (span_end - span_start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+            for i, tok in enumerate(tokens):
+                if first and not tok[:1].isspace() and not (CJK_CHAR.match(tok[:1]) and (
+                        not words or CJK_CHAR.match(words[-1].text[-1:]))):
+                    tok = " " + tok  # segments are joined by a space, except between CJK characters
+                first = False
+                words.append(Word(float(bounds[i]), float(bounds[i + 1]), tok))
     return words
 
 
@@ -644,8 +648,9 @@ def collapse_repeats(text: str) -> str:
 class EngineHypothesis:
     """A HypothesisFn from a ``utils.transcribe`` Transcriber and its DecodeOptions.
 
-    Segment timestamps are requested (word times are interpolated inside them); repetition loops are
-    collapsed (:func:`collapse_repeats`). With
+    Segment timestamps are requested (word times are interpolated inside them, or, with
+    ``options.word_timestamps``, taken from the aligned words); repetition loops are collapsed
+    (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With
     ``options.language=None`` the language detected on the first decode of at least ``detect_after_s``
     seconds is kept for the rest of the stream (``self.options.language``), so it cannot flip.
     """
@@ -657,7 +662,7 @@ class EngineHypothesis:
         self.options = replace(options, timestamps=True)
         self.detect_after_s = detect_after_s
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple[float, float, str]]:
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         from dataclasses import replace
 
         result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None)
@@ -666,7 +671,12 @@ class EngineHypothesis:
             self.options = replace(self.options, language=result.language)
             logger.info("language: %s (p=%.2f), kept for the rest of the stream", result.language,
                         result.language_probability)
-        return [(seg.start, seg.end, collapse_repeats(seg.text)) for seg in result.segments]
+        out: list[tuple] = []
+        for seg in result.segments:
+            text = collapse_repeats(seg.text)
+            out.append((seg.start, seg.end, text, list(seg.words)) if seg.words and text == seg.text
+                       else (seg.start, seg.end, text))
+        return out
 
 
 def silero_vad_fn() -> VadFn:

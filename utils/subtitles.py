@@ -31,30 +31,33 @@ def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
 
 
-def _cues(transcript: Transcript) -> list[tuple[float, float, str]]:
-    """Non-empty segments as (start, end, text), one line each, with end > start."""
+def _cues(transcript: Transcript, words: bool = False) -> list[tuple[float, float, str]]:
+    """Non-empty segments (or, with ``words``, the words of segments that have them) as (start, end, text),
+    one line each, with end > start."""
+    pieces = [(w.start, w.end, w.word) for seg in transcript.segments for w in seg.words] if words else \
+        [(seg.start, seg.end, seg.text) for seg in transcript.segments]
     cues = []
-    for seg in transcript.segments:
-        text = " ".join(seg.text.split())
+    for start, end, text in pieces:
+        text = " ".join(text.split())
         if text:
-            cues.append((seg.start, max(seg.end, seg.start + 0.001), text.replace("-->", "->")))
+            cues.append((start, max(end, start + 0.001), text.replace("-->", "->")))
     return cues
 
 
-def to_srt(transcript: Transcript) -> str:
-    """SubRip subtitles."""
+def to_srt(transcript: Transcript, words: bool = False) -> str:
+    """SubRip subtitles; ``words``: one cue per word (needs word timestamps)."""
     blocks = [
         f"{i}\n{format_timestamp(start)} --> {format_timestamp(end)}\n{text}\n"
-        for i, (start, end, text) in enumerate(_cues(transcript), start=1)
+        for i, (start, end, text) in enumerate(_cues(transcript, words), start=1)
     ]
     return "\n".join(blocks)
 
 
-def to_vtt(transcript: Transcript) -> str:
-    """WebVTT subtitles."""
+def to_vtt(transcript: Transcript, words: bool = False) -> str:
+    """WebVTT subtitles; ``words``: one cue per word (needs word timestamps)."""
     blocks = ["WEBVTT\n"] + [
         f"{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}\n{text}\n"
-        for start, end, text in _cues(transcript)
+        for start, end, text in _cues(transcript, words)
     ]
     return "\n".join(blocks)
 
@@ -71,13 +74,16 @@ _WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
 
 
 def write_transcript(transcript: Transcript, output_dir: str | os.PathLike, stem: str,
-                     formats: Sequence[str]) -> list[Path]:
-    """Write ``output_dir/stem.<fmt>`` for every format (atomically); returns the paths written."""
+                     formats: Sequence[str], word_cues: bool = False) -> list[Path]:
+    """Write ``output_dir/stem.<fmt>`` for every format (atomically); returns the paths written.
+    ``word_cues``: SRT/VTT with one cue per word."""
     paths = []
     for fmt in formats:
         if fmt not in _WRITERS:
             raise ValueError(f"unknown output format {fmt!r}; choose from {OUTPUT_FORMATS}")
         path = Path(output_dir) / f"{stem}.{fmt}"
-        write_text_atomic(path, _WRITERS[fmt](transcript))
+        text = _WRITERS[fmt](transcript, words=True) if word_cues and fmt in ("srt", "vtt") else \
+            _WRITERS[fmt](transcript)
+        write_text_atomic(path, text)
         paths.append(path)
     return paths

@@ -116,3 +116,34 @@ def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Word error rate over a corpus."""
     return error_rate(references, hypotheses, "wer")
+
+
+REPEATS_FOR_A_LOOP = 3  # a unit sequence said this many times in a row counts as repetition
+
+
+def max_consecutive_repeats(items: Sequence[str], max_unit: int = 8) -> int:
+    """The most times any sequence of 1..``max_unit`` items occurs back to back (1 when nothing repeats)."""
+    best = 1
+    n = len(items)
+    for size in range(1, min(max_unit, n // 2) + 1):
+        for start in range(n - 2 * size + 1):
+            count = 1
+            while (start + (count + 1) * size <= n
+                   and items[start + count * size: start + (count + 1) * size] == items[start: start + size]):
+                count += 1
+            best = max(best, count)
+    return best
+
+
+def has_repetition(hypothesis: str, reference: str = "", metric: str = "cer") -> bool:
+    """Whether the hypothesis repeats a unit sequence (characters for cer, words for wer) at least
+    REPEATS_FOR_A_LOOP times in a row, more often than the reference does (哈哈哈 in both is not a loop)."""
+    hyp = units(normalize_text(hypothesis), metric)
+    ref = units(normalize_text(reference), metric)
+    repeats = max_consecutive_repeats(hyp)
+    return repeats >= REPEATS_FOR_A_LOOP and repeats > max_consecutive_repeats(ref)
+
+
+def has_punctuation(text: str) -> bool:
+    """Whether ``text`` holds any punctuation character (ASCII or full-width)."""
+    return any(unicodedata.category(ch).startswith("P") for ch in text)

@@ -291,3 +291,47 @@ class SpeechDataset(torch.utils.data.Dataset):
             return []
         room = min(MAX_PROMPT_TOKENS, MAX_DECODER_POSITIONS - len(labels) - 2)  # + <|startofprev|>, <|sot|>
         return self._encode(" " + text.strip())[-room:] if room > 0 else []
+
+
+class ReplayMix(torch.utils.data.Dataset):
+    """The training set with general ("replay") data mixed in, to limit forgetting.
+
+    Every epoch holds all of ``main`` plus ``round(len(main) * ratio / (1 - ratio))`` replay items, so replay
+    makes up ``ratio`` of the epoch; they are taken in a seeded order that goes through the whole replay set
+    before repeating. A replay item's ``index`` is ``len(main) + its index in the replay set``, the same in every
+    epoch (the trainer's encoder cache is keyed by it).
+    """
+
+    def __init__(self, main: SpeechDataset, replay: SpeechDataset, *, ratio: float, seed: int = 0) -> None:
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"replay ratio must be in (0, 1), got {ratio}")
+        if len(replay) == 0:
+            raise ValueError("the replay set is empty")
+        self.main, self.replay, self.ratio, self.seed = main, replay, ratio, seed
+        self.per_epoch = max(1, round(len(main) * ratio / (1.0 - ratio)))
+        self.tokens = main.tokens
+        self.previous = main.previous
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.main.set_epoch(epoch)
+        self.replay.set_epoch(epoch)
+        n = len(self.replay)
+        start = epoch * self.per_epoch  # position in an endless sequence of seeded permutations of the replay set
+        order = []
+        for cycle in range(start // n, (start + self.per_epoch - 1) // n + 1):
+            order.extend(np.random.default_rng((self.seed, cycle, 11)).permutation(n).tolist())
+        offset = start - (start // n) * n
+        self.chosen = order[offset: offset + self.per_epoch]
+
+    def __len__(self) -> int:
+        return len(self.main) + self.per_epoch
+
+    def __getitem__(self, index: int) -> dict:
+        if index < len(self.main):
+            return self.main[index]
+        k = self.chosen[index - len(self.main)]
+        item = self.replay[k]
+        item["index"] = len(self.main) + k
+        return item

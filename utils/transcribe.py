@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
-from utils.data import Segment
+from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_device
 from utils.languages import CJK_CHAR, HAN_KANA_RANGES, language_code
 from utils.text import remove_punctuation, to_simplified
@@ -72,6 +72,8 @@ class DecodeOptions:
         hotwords: words to steer towards (names, terms: "词1,词2"); they go into the previous-text prompt before
             any previous text, as faster-whisper does, on both backends.
         max_new_tokens: tokens generated per chunk at most (None = token_budget(chunk duration)).
+        word_timestamps: also time every word (Chinese: every character) by cross-attention alignment; each
+            segment then has ``words``.
     """
 
     language: str | None = None
@@ -89,6 +91,7 @@ class DecodeOptions:
     initial_prompt: str | None = None
     hotwords: str | None = None
     max_new_tokens: int | None = None
+    word_timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in ("transcribe", "translate"):
@@ -125,8 +128,16 @@ class Transcript:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         d = asdict(self)
-        d["segments"] = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments]
+        d["segments"] = [_segment_dict(s) for s in self.segments]
         return d
+
+
+def _segment_dict(s: Segment) -> dict[str, Any]:
+    d: dict[str, Any] = {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+    if s.words:
+        d["words"] = [{"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                      for w in s.words]
+    return d
 
 
 @dataclass(frozen=True)
@@ -141,10 +152,13 @@ class TranscriptionInfo:
 
 @dataclass(frozen=True)
 class _ChunkResult:
-    """Decoded text of one ≤ 30 s chunk; segment times relative to the chunk start."""
+    """Decoded text of one ≤ 30 s chunk; segment times relative to the chunk start; ``words`` (when asked for)
+    holds each segment's words, also relative to the chunk start."""
 
     segments: list[tuple[float, float, str]]
     text: str
+    tokens: list[list[int]] | None = None  # each segment's text tokens
+    words: list[list[Word]] | None = None
 
 
 def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
@@ -256,6 +270,7 @@ class _BaseTranscriber:
 
     backend = "base"
     multilingual = True
+    _warned_timestamps = False
 
     # -- backend hooks ------------------------------------------------------------------------------
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
@@ -270,6 +285,16 @@ class _BaseTranscriber:
     def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
                                prompt: str | None) -> list[tuple[float, float, str]]:
         """Whole long recording, window after window, conditioned on the previous text."""
+        raise NotImplementedError
+
+    def _word_tokenizer(self, language: str, task: str) -> Any:
+        """faster-whisper's ``Tokenizer`` for ``language``/``task`` (sot sequence, word splitting)."""
+        raise NotImplementedError
+
+    def _align(self, chunks: Sequence[np.ndarray], languages: Sequence[str], tokens: Sequence[list[int]],
+               task: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per chunk, the alignment of its text tokens: (DTW path token rows, path encoder frames, probability
+        of each text token); rows 0..len(tokens), the last one for the end of text."""
         raise NotImplementedError
 
     # -- shared logic -------------------------------------------------------------------------------
@@ -287,32 +312,74 @@ class _BaseTranscriber:
             out += self._detect_language(chunks[i: i + options.batch_size])
         return out
 
+    def _decode_words(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
+                      prompt: str | None) -> list[_ChunkResult]:
+        """``_decode``, then, when ``options.word_timestamps``, the words of every segment."""
+        results = self._decode(chunks, languages, options, prompt)
+        return self._add_words(chunks, languages, results, options) if options.word_timestamps else results
+
+    def _add_words(self, chunks: Sequence[np.ndarray], languages: Sequence[str], results: list[_ChunkResult],
+                   options: DecodeOptions) -> list[_ChunkResult]:
+        from utils.alignment import refine_word_times, token_times, words_for_tokens
+
+        todo = [i for i, r in enumerate(results) if r.segments]
+        if not todo:
+            return results
+        # the decoded tokens themselves: re-encoding the text can split it differently (" the" → " ", "the")
+        pieces = {i: results[i].tokens for i in todo}
+        if any(p is None for p in pieces.values()):
+            raise RuntimeError(f"{self.backend} backend: _decode kept no tokens, which word timestamps need")
+        paths = self._align([chunks[i] for i in todo], [languages[i] for i in todo],
+                            [[t for piece in pieces[i] for t in piece] for i in todo], options.task)
+        out = list(results)
+        for i, (rows, frames, probs) in zip(todo, paths, strict=True):
+            tokenizer = self._word_tokenizer(languages[i], options.task)
+            times = token_times(rows, frames)
+            duration = len(chunks[i]) / SAMPLE_RATE
+            words, at = [], 0
+            for piece in pieces[i]:
+                words.append(refine_word_times(
+                    words_for_tokens(tokenizer, piece, probs[at: at + len(piece)], times[at: at + len(piece) + 1],
+                                     language=languages[i], duration=duration), chunks[i]))
+                at += len(piece)
+            out[i] = replace(results[i], words=words)
+        return out
+
     def _decode_batched(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
                         prompt: str | None) -> list[_ChunkResult]:
         results: list[_ChunkResult] = []
         for i in range(0, len(chunks), options.batch_size):
-            results += self._decode(chunks[i: i + options.batch_size], languages[i: i + options.batch_size],
-                                    options, prompt)
+            results += self._decode_words(chunks[i: i + options.batch_size], languages[i: i + options.batch_size],
+                                          options, prompt)
         return results
 
-    def _finish(self, pieces: list[tuple[float, float, str]], language: str | None, probability: float,
+    def _finish(self, pieces: list[tuple], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
         segments = list(self._segments_of(pieces, language, duration, options))
         return Transcript(join_texts([s.text for s in segments]), language, round(float(probability), 4),
                           round(duration, 3), segments)
 
     @staticmethod
-    def _segments_of(pieces: Iterable[tuple[float, float, str]], language: str | None, duration: float,
+    def _segments_of(pieces: Iterable[tuple], language: str | None, duration: float,
                      options: DecodeOptions) -> Iterator[Segment]:
-        """Post-processed, non-empty segments with times clamped to [previous end, duration]."""
+        """Post-processed, non-empty segments with times clamped to [previous end, duration].
+
+        A piece is (start, end, text) or (start, end, text, words)."""
         prev_end = 0.0
-        for start, end, text in pieces:
+        for start, end, text, *rest in pieces:
             text = postprocess_text(text, language, options.to_simple, options.remove_pun)
             if not text:
                 continue
             start = min(max(start, prev_end), duration)
             end = min(max(end, start), duration)
-            yield Segment(round(start, 3), round(end, 3), text)
+            words = []
+            for w in rest[0] if rest else ():
+                word = postprocess_text(w.word, language, options.to_simple, options.remove_pun)
+                if word:
+                    w_start = min(max(w.start, start), end)
+                    words.append(Word(round(w_start, 3), round(min(max(w.end, w_start), end), 3), word,
+                                      w.probability))
+            yield Segment(round(start, 3), round(end, 3), text, tuple(words))
             prev_end = end
 
     def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
@@ -332,6 +399,11 @@ class _BaseTranscriber:
         """
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
+        if options.timestamps and getattr(self, "trained_without_timestamps", False) and not self._warned_timestamps:
+            self._warned_timestamps = True
+            logger.warning("this model was fine-tuned without timestamp tokens (finetune.py --timestamps=False): "
+                           "its segment timestamps may be missing or wrong; fine-tune with --timestamps=True on data "
+                           "with 'sentences' to keep them")
         prompt = initial_prompt if initial_prompt is not None else options.initial_prompt
         duration = len(audio) / SAMPLE_RATE
         if duration <= WINDOW_S:
@@ -344,18 +416,21 @@ class _BaseTranscriber:
         arrays = [audio[c.start: c.end] for c in chunks]
         language, probability = self._languages(arrays[:1], options)[0]
         sequential = options.condition_on_previous_text and duration > WINDOW_S
+        if sequential and options.word_timestamps:
+            raise ValueError("word timestamps are not available with condition_on_previous_text yet; decode "
+                             "without it (the default) to get them")
         info = TranscriptionInfo(language, round(float(probability), 4), round(duration, 3),
                                  1 if sequential else len(chunks))
 
-        def pieces() -> Iterator[tuple[float, float, str]]:
+        def pieces() -> Iterator[tuple]:
             if sequential:
                 yield from self._transcribe_sequential(audio, language, options, prompt)
                 return
             for i in range(0, len(arrays), options.batch_size):
                 batch = arrays[i: i + options.batch_size]
-                results = self._decode(batch, [language] * len(batch), options, prompt)
+                results = self._decode_words(batch, [language] * len(batch), options, prompt)
                 for chunk, result in zip(chunks[i: i + options.batch_size], results, strict=True):
-                    yield from ((chunk.offset_s + s, chunk.offset_s + e, t) for s, e, t in result.segments)
+                    yield from _shifted(result, chunk.offset_s)
 
         return self._segments_of(pieces(), language, duration, options), info
 
@@ -388,10 +463,20 @@ class _BaseTranscriber:
             batch = idx[start: start + options.batch_size]  # decode reuses the detection's encoder output
             arrays = [audios[i] for i in batch]
             langs = self._languages(arrays, options)
-            results = self._decode(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
+            results = self._decode_words(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
             for i, (lang, prob), r in zip(batch, langs, results):
-                out[i] = self._finish(r.segments, lang, prob, len(audios[i]) / SAMPLE_RATE, options)
+                out[i] = self._finish(list(_shifted(r, 0.0)), lang, prob, len(audios[i]) / SAMPLE_RATE, options)
         return out  # type: ignore[return-value]
+
+
+def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:
+    """A chunk's pieces (start, end, text[, words]) moved by ``offset`` seconds."""
+    for k, (start, end, text) in enumerate(result.segments):
+        if result.words is None:
+            yield offset + start, offset + end, text
+        else:
+            yield offset + start, offset + end, text, [Word(offset + w.start, offset + w.end, w.word, w.probability)
+                                                       for w in result.words[k]]
 
 
 LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high compression ratio) is a decoder loop
@@ -519,6 +604,8 @@ class TransformersTranscriber(_BaseTranscriber):
         self.multilingual = bool(getattr(gc, "is_multilingual", False)) and bool(getattr(gc, "lang_to_id", None))
         self._lang_ids = dict(gc.lang_to_id) if self.multilingual else {}
         self._sot = gc.decoder_start_token_id
+        self._word_tokenizers: dict[tuple[str, str], Any] = {}
+        self.trained_without_timestamps = getattr(gc, "finetune_timestamps", None) is False
         if use_compile:
             self.model.model.encoder = torch.compile(self.model.model.encoder)
         self.model.model.encoder = _cache_encoder_output(self.model.model.encoder)
@@ -582,9 +669,10 @@ class TransformersTranscriber(_BaseTranscriber):
         return kw
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
-                              ) -> list[list[tuple[float, float, str]]]:
-        """Generate output → per item (start, end, text); times relative to the input start."""
+                              ) -> list[list[tuple[float, float, str, list[int]]]]:
+        """Generate output → per item (start, end, text, text tokens); times relative to the input start."""
         tok = self.processor.tokenizer
+        eot = tok.convert_tokens_to_ids("<|endoftext|>")
         if isinstance(out, dict) and "segments" in out:
             result = []
             for i, segs in enumerate(out["segments"][:n]):
@@ -594,12 +682,13 @@ class TransformersTranscriber(_BaseTranscriber):
                     start, end = float(s["start"]), float(s["end"])
                     if durations is not None:
                         start, end = min(start, durations[i]), min(end, durations[i])
-                    pieces.append((start, end, text))
+                    pieces.append((start, end, text, [int(t) for t in s["tokens"] if t < eot]))
                 result.append(pieces)
             return result
         sequences = out["sequences"] if isinstance(out, dict) else out
         texts = tok.batch_decode(sequences, skip_special_tokens=True)
-        return [[(0.0, durations[i] if durations else 0.0, texts[i])] for i in range(n)]
+        return [[(0.0, durations[i] if durations else 0.0, texts[i], [int(t) for t in sequences[i] if t < eot])]
+                for i in range(n)]
 
     def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
                 prompt: str | None) -> list[_ChunkResult]:
@@ -634,13 +723,72 @@ class TransformersTranscriber(_BaseTranscriber):
         results = []
         for i, pieces in enumerate(per_item):
             if not options.timestamps:  # one segment spanning the chunk
-                text = join_texts([t for _, _, t in pieces])
-                pieces = [(0.0, durations[i], text)] if text.strip() else []
-            results.append(_ChunkResult(pieces, join_texts([t for _, _, t in pieces])))
+                text = join_texts([p[2] for p in pieces])
+                pieces = [(0.0, durations[i], text, [t for p in pieces for t in p[3]])] if text.strip() else []
+            results.append(_ChunkResult([p[:3] for p in pieces], join_texts([p[2] for p in pieces]),
+                                        tokens=[p[3] for p in pieces]))
         return results
 
+    def _word_tokenizer(self, language: str, task: str) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (language, task)
+        if key not in self._word_tokenizers:
+            self._word_tokenizers[key] = Tokenizer(self.processor.tokenizer.backend_tokenizer, self.multilingual,
+                                                   task=task, language=language if self.multilingual else "en")
+        return self._word_tokenizers[key]
+
+    def _align(self, chunks: Sequence[np.ndarray], languages: Sequence[str], tokens: Sequence[list[int]],
+               task: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Teacher-force each chunk's text and read the alignment heads' cross-attention (captured by hooks on
+        those layers, so any attention implementation works), then DTW (utils.alignment)."""
+        import torch
+
+        from utils.alignment import alignment_path
+
+        heads = getattr(self.model.generation_config, "alignment_heads", None)
+        if not heads:
+            raise ValueError("this model's generation_config.json has no alignment_heads, which word timestamps "
+                             "need; copy them from the base model's generation_config.json")
+        decoder = self.model.model.decoder
+        captured: dict[int, tuple[Any, Any]] = {}
+
+        def capture(layer: int):
+            def hook(module, args, kwargs):
+                captured[layer] = (args[0] if args else kwargs["hidden_states"], kwargs["key_value_states"])
+            return hook
+
+        hooks = [decoder.layers[layer].encoder_attn.register_forward_pre_hook(capture(layer), with_kwargs=True)
+                 for layer in sorted({int(layer) for layer, _ in heads})]
+        out = []
+        try:
+            with torch.inference_mode(), self._autocast():
+                states = self.model.model.encoder(self._features(chunks)).last_hidden_state
+                for i, (chunk, language, text) in enumerate(zip(chunks, languages, tokens)):
+                    tk = self._word_tokenizer(language, task)
+                    start = [*tk.sot_sequence, tk.no_timestamps]
+                    ids = torch.tensor([[*start, *text, tk.eot]], device=self.device)
+                    logits = self.model(encoder_outputs=(states[i: i + 1],), decoder_input_ids=ids,
+                                        use_cache=False).logits[0].float()
+                    rows = slice(len(start) - 1, len(start) + len(text))  # predicting each text token and eot
+                    probs = logits[rows][:-1].softmax(-1)[torch.arange(len(text)), torch.tensor(text)]
+                    frames = min(len(chunk) // 160, 3000) // 2
+                    weights = []
+                    for layer, head in heads:
+                        hidden, memory = captured[int(layer)]
+                        attn = decoder.layers[int(layer)].encoder_attn
+                        q = (attn.q_proj(hidden[0, rows]) * attn.scaling).view(-1, attn.num_heads, attn.head_dim)
+                        k = attn.k_proj(memory[0, :frames]).view(-1, attn.num_heads, attn.head_dim)
+                        weights.append((q[:, int(head)].float() @ k[:, int(head)].float().T).softmax(-1))
+                    text_rows, frame_idx = alignment_path(torch.stack(weights).cpu().numpy(), frames)
+                    out.append((text_rows, frame_idx, probs.cpu().numpy()))
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
+
     def _is_loop(self, pieces: list[tuple[float, float, str]], max_new_tokens: int, options: DecodeOptions) -> bool:
-        text = join_texts([t for _, _, t in pieces])
+        text = join_texts([p[2] for p in pieces])
         tokens = self.processor.tokenizer.encode(text, add_special_tokens=False)
         return is_decoder_loop(tokens, text, len(tokens) >= max_new_tokens - 4, options.compression_ratio_threshold)
 
@@ -655,7 +803,7 @@ class TransformersTranscriber(_BaseTranscriber):
         with torch.inference_mode(), self._autocast():
             out = self.model.generate(input_features=feats.input_features.to(self.device, self.dtype),
                                       attention_mask=feats.attention_mask.to(self.device), **kw)
-        return self._segments_from_output(out, 1, [len(audio) / SAMPLE_RATE])[0]
+        return [p[:3] for p in self._segments_from_output(out, 1, [len(audio) / SAMPLE_RATE])[0]]
 
 
 def _torch_threads(restore: int | None = None) -> int | None:
@@ -810,6 +958,16 @@ class CT2Transcriber(_BaseTranscriber):
             return None, 0
         return kept[1], n
 
+    def _kept_rows(self, chunks: Sequence[np.ndarray]) -> np.ndarray | None:
+        """The kept encoder output of exactly these chunks (any subset of the kept ones, in any order), or None;
+        the kept output is handed out once."""
+        kept, self._kept = self._kept, None
+        if kept is None or not isinstance(kept[1], np.ndarray):
+            return None
+        rows = {(c.__array_interface__["data"][0], len(c)): i for i, c in enumerate(kept[0])}
+        picked = [rows.get((c.__array_interface__["data"][0], len(c))) for c in chunks]
+        return None if None in picked else kept[1][picked]
+
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:
             return [("en", 1.0)] * len(chunks)
@@ -898,15 +1056,43 @@ class CT2Transcriber(_BaseTranscriber):
             duration = len(chunks[i]) / SAMPLE_RATE
             tk = tokenizers[i]
             if silent:
-                pieces: list[tuple[float, float, str]] = []
+                split: list[tuple[float, float, list[int]]] = []
             elif options.timestamps:
-                pieces = [(s, e, tk.decode(t)) for s, e, t in
-                          split_timestamp_tokens(tokens, tk.timestamp_begin, tk.eot, duration)]
+                split = split_timestamp_tokens(tokens, tk.timestamp_begin, tk.eot, duration)
             else:
-                text = tk.decode([t for t in tokens if t < tk.eot])
-                pieces = [(0.0, duration, text)] if text.strip() else []
-            results.append(_ChunkResult(pieces, join_texts([t for _, _, t in pieces])))
+                split = [(0.0, duration, [t for t in tokens if t < tk.eot])]
+            pieces = [(s, e, tk.decode(t)) for s, e, t in split]
+            kept = [k for k, (_, _, text) in enumerate(pieces) if text.strip()]
+            results.append(_ChunkResult([pieces[k] for k in kept], join_texts([pieces[k][2] for k in kept]),
+                                        tokens=[split[k][2] for k in kept]))
+        if options.word_timestamps and isinstance(encoded, np.ndarray):
+            self._keep_encoded(chunks, encoded)  # the alignment that follows reuses it
         return results
+
+    def _word_tokenizer(self, language: str, task: str) -> Any:
+        return self._tokenizer(language, task)
+
+    def _align(self, chunks: Sequence[np.ndarray], languages: Sequence[str], tokens: Sequence[list[int]],
+               task: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """CTranslate2's ``align()`` on the encoder output the decode kept (or the chunks encoded again)."""
+        from utils.alignment import MEDIAN_FILTER_WIDTH
+
+        feats = self._features(chunks)
+        encoded = self._kept_rows(chunks)
+        if encoded is None:
+            encoded = self._encode(feats)
+        out: list[Any] = [None] * len(chunks)
+        for language in dict.fromkeys(languages):  # one start sequence per call
+            idx = [i for i, lang in enumerate(languages) if lang == language]
+            tk = self._tokenizer(language, task)
+            batch = self._storage(encoded[idx]) if isinstance(encoded, np.ndarray) else self.model.encode(feats[idx])
+            results = self.model.model.align(batch, tk.sot_sequence, [tokens[i] for i in idx],
+                                             [min(len(chunks[i]) // 160, 3000) for i in idx],
+                                             median_filter_width=MEDIAN_FILTER_WIDTH)
+            for i, r in zip(idx, results):
+                pairs = np.asarray(r.alignments, dtype=np.int64).reshape(-1, 2)
+                out[i] = (pairs[:, 0], pairs[:, 1], np.asarray(r.text_token_probs, dtype=np.float64))
+        return out
 
     def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
                                prompt: str | None) -> list[tuple[float, float, str]]:

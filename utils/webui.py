@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError, load_audio
+from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError
+from utils.audio import decode_audio_bytes as _decode_upload
 from utils.models import model_folder_kind
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
 from utils.transcribe import DecodeOptions, Transcriber, Transcript
@@ -138,25 +138,17 @@ def check_upload(name: str, size_bytes: int, max_mb: float = MAX_UPLOAD_MB) -> N
 
 
 def decode_audio_bytes(data: bytes, name: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode an uploaded or recorded file to a float32 mono waveform of shape (samples,).
-
-    The bytes go to a temporary file with the upload's suffix (ffmpeg needs a file for m4a/mp4).
+    """Decode an uploaded or recorded file to a float32 mono waveform of shape (samples,)
+    (:func:`utils.audio.decode_audio_bytes`, with the page's bilingual message).
 
     Raises:
-        AudioLoadError: the bytes are not decodable audio; the message names ``name``, not the temp file.
+        AudioLoadError: the bytes are not decodable audio; the message names ``name``, not a temp file.
     """
-    suffix = Path(name).suffix.lower() or ".wav"
-    fd, tmp = tempfile.mkstemp(prefix="webui-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            return load_audio(tmp, sample_rate=sample_rate)
-        except AudioLoadError as e:
-            reason = str(e).split(": ", 1)[-1].replace(tmp, name)
-            raise AudioLoadError(f"{name}: 无法解码为音频 (cannot decode as audio: {reason})") from e
-    finally:
-        os.unlink(tmp)
+        return _decode_upload(data, name, sample_rate)
+    except AudioLoadError as e:
+        reason = str(e).split(": ", 1)[-1]
+        raise AudioLoadError(f"{name}: 无法解码为音频 (cannot decode as audio: {reason})") from e
 
 
 def waveform_envelope(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, points: int = 1000
@@ -183,6 +175,21 @@ def segment_rows(transcript: Transcript) -> list[dict[str, Any]]:
     """The segment table: one row per segment with ``HH:MM:SS.mmm`` start/end and the text."""
     return [{"开始 start": format_timestamp(s.start, "."), "结束 end": format_timestamp(s.end, "."),
              "文本 text": s.text} for s in transcript.segments]
+
+
+def words_html(transcript: Transcript) -> str:
+    """The transcript's words as HTML spans shaded by the model's confidence (green sure, red unsure), each with
+    its time and probability as a tooltip; empty when the transcript has no word timestamps."""
+    import html
+
+    spans = []
+    for segment in transcript.segments:
+        for w in segment.words:
+            hue = int(120 * max(0.0, min(1.0, w.probability)))
+            spans.append(f'<span title="{w.start:.2f}–{w.end:.2f} s, p={w.probability:.2f}" '
+                         f'style="background:hsl({hue},75%,82%);border-radius:3px;padding:0 2px;margin:1px">'
+                         f"{html.escape(w.word.strip())}</span>")
+    return " ".join(spans)
 
 
 def transcript_downloads(transcript: Transcript, stem: str) -> list[Download]:

@@ -1,0 +1,209 @@
+"""Word-level timestamps: align decoded text tokens to the audio with the decoder's cross-attention.
+
+The reference Whisper method: the cross-attention weights of the model's ``alignment_heads`` over the
+teacher-forced sequence ``<|startoftranscript|> <|lang|> <|task|> <|notimestamps|> text… <|endoftext|>`` are
+normalised per head, median-filtered along time, averaged, and a monotonic path through (tokens × audio frames)
+is found by dynamic time warping; a token starts where the path first reaches its row. Tokens are grouped into
+words (by spaces, or by character for languages written without them) and punctuation joins its neighbour.
+The backends only differ in who computes the path: CTranslate2's ``align()``, or our DTW over the attention
+weights captured from the transformers model (:func:`alignment_path`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+import numpy as np
+
+from utils.audio import TIME_PRECISION
+from utils.data import Word
+
+logger = logging.getLogger(__name__)
+
+MEDIAN_FILTER_WIDTH = 7  # encoder frames (20 ms each)
+NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue")  # words are characters
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+def median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Median over a window of ``width`` (odd) along the last axis, edges reflected; same shape as ``x``."""
+    if width <= 1 or x.shape[-1] <= width // 2:
+        return x
+    pad = width // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1), axis=-1)
+
+
+def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cheapest monotonic path from (0, 0) to (N-1, M-1) through an (N tokens, M frames) cost matrix.
+
+    Steps go down, right or diagonally (ties prefer right, as the reference implementation does). Computed one
+    anti-diagonal at a time, so it is vectorised over the diagonal. Returns (token indices, frame indices).
+    """
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    trace = np.zeros((n + 1, m + 1), dtype=np.int8)
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+        step = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
+        acc[i, j] = cost[i - 1, j - 1] + np.choose(step, [c0, c1, c2])
+        trace[i, j] = step
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    i, j, path = n, m, []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        t = trace[i, j]
+        if t == 0:
+            i, j = i - 1, j - 1
+        elif t == 1:
+            i -= 1
+        else:
+            j -= 1
+    path = np.array(path[::-1])
+    return path[:, 0], path[:, 1]
+
+
+def alignment_path(weights: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-attention weights (heads, tokens, encoder frames) → DTW path (token indices, frame indices).
+
+    ``weights`` are softmax-normalised attention of the alignment heads for the rows that predict the text tokens
+    and the end of text; only the first ``num_frames`` encoder frames (the audio, not the padding) are used.
+    """
+    w = weights[:, :, :num_frames].astype(np.float64)
+    w = (w - w.mean(axis=-1, keepdims=True)) / (w.std(axis=-1, keepdims=True) + 1e-10)
+    w = median_filter(w, MEDIAN_FILTER_WIDTH)
+    return dtw(-w.mean(axis=0))
+
+
+def word_groups(tokenizer, tokens: Sequence[int], language: str | None) -> tuple[list[str], list[list[int]]]:
+    """Split text tokens into words: (word texts, token lists); by character for Chinese, Japanese, Thai…"""
+    if language in NO_SPACE_LANGUAGES:
+        return tokenizer.split_tokens_on_unicode(list(tokens))
+    return tokenizer.split_tokens_on_spaces(list(tokens))
+
+
+def token_times(text_indices: np.ndarray, frame_indices: np.ndarray) -> np.ndarray:
+    """Seconds at which the DTW path first reaches each row: row k's start = the start of text token k (the
+    last row, end of text, starts where the last token ends). Shape (rows,)."""
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    return frame_indices[jumps] * TIME_PRECISION
+
+
+def words_for_tokens(tokenizer, tokens: Sequence[int], probs: Sequence[float], times: np.ndarray, *,
+                     language: str | None, duration: float, offset: float = 0.0) -> list[Word]:
+    """Words of some consecutive text tokens with their times.
+
+    Args:
+        tokenizer: faster-whisper ``Tokenizer`` (word splitting, decoding).
+        tokens: text tokens (no special tokens).
+        probs: the model's probability of each token (same length).
+        times: seconds where each token starts, plus one more: where the last one ends (``len(tokens) + 1``).
+        language: Whisper code (decides how words are split).
+        duration: seconds of audio in the chunk (times are clamped to it).
+        offset: seconds added to every time (the chunk's start in the recording).
+    """
+    if not len(tokens):
+        return []
+    words, groups = word_groups(tokenizer, list(tokens), language)
+    bounds = np.pad(np.cumsum([len(g) for g in groups]), (1, 0))
+    out = []
+    for k, word in enumerate(words):
+        first, last = int(bounds[k]), int(bounds[k + 1])
+        probability = float(np.mean(probs[first:last])) if last > first else 0.0
+        out.append(Word(float(times[first]), float(times[last]), word, probability))
+    out = _merge_punctuation(_limit_long_words(out))
+    return [Word(round(offset + min(w.start, duration), 3), round(offset + min(max(w.end, w.start), duration), 3),
+                 w.word, round(w.probability, 4)) for w in out if w.word.strip()]
+
+
+FRAME_S = 0.02  # energy frames for the onset refinement, seconds
+TAIL_FRAMES = 5  # loud frames of the previous word a word's aligned start may still include
+
+
+def frame_levels_db(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+    """RMS level of consecutive FRAME_S frames of a waveform, in dB (shape (frames,))."""
+    hop = int(FRAME_S * sample_rate)
+    n = len(audio) // hop
+    if n == 0:
+        return np.zeros(0)
+    frames = audio[: n * hop].astype(np.float64).reshape(n, hop)
+    return 10.0 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+
+
+def refine_word_times(words: list[Word], audio: np.ndarray, sample_rate: int = 16000) -> list[Word]:
+    """Move word starts that lie in a pause forward to where the sound starts (and the previous word's end to
+    where its sound stops).
+
+    Cross-attention alignment gives good word ends, but a word's start falls where the previous word ended: a
+    pause before a word is counted as part of it. The threshold is relative to this audio (between its noise
+    floor and its speech level, both from percentiles of the frame levels), so it follows the recording's noise.
+    Only a pause at the word's beginning is cut off (not a quiet stretch inside it, such as a stop
+    consonant's closure); the word keeps at least 2 frames. Times are relative to
+    ``audio`` (one chunk).
+    """
+    levels = frame_levels_db(audio, sample_rate)
+    if len(levels) < 10 or not words:
+        return words
+    floor, speech = np.percentile(levels, 10), np.percentile(levels, 90)
+    if speech - floor < 12.0:  # no clear pauses (constant noise or sound): leave the times alone
+        return words
+    loud = levels > floor + 0.3 * (speech - floor)
+    out = []
+    for w in words:
+        first, last = int(round(w.start / FRAME_S)), min(int(round(w.end / FRAME_S)), len(loud))
+        start = w.start
+        # a pause right at the word's start (after at most TAIL_FRAMES loud frames: the previous word's last
+        # sound), of 2+ quiet frames and ending in its first three quarters: the word starts after it. A quiet
+        # stretch later in the word (a stop consonant's closure) is left alone.
+        k = first
+        while k < min(first + TAIL_FRAMES, last) and loud[k]:
+            k += 1
+        pause_start = k
+        while k < last and not loud[k]:
+            k += 1
+        if k - pause_start >= 2 and k < first + 0.75 * (last - first) and last - k >= 2:
+            start = k * FRAME_S
+            if out and out[-1].end < pause_start * FRAME_S:  # the tail before the pause is the previous word's
+                out[-1] = Word(out[-1].start, round(pause_start * FRAME_S, 3), out[-1].word, out[-1].probability)
+        out.append(Word(round(start, 3), w.end, w.word, w.probability))
+    return out
+
+
+def _limit_long_words(words: list[Word]) -> list[Word]:
+    """A word much longer than the others usually swallowed a pause: cut it to twice the median word length."""
+    durations = np.array([w.end - w.start for w in words if w.end > w.start])
+    if not len(durations):
+        return words
+    limit = max(0.7, 2 * float(np.median(durations)))
+    out = []
+    for i, w in enumerate(words):
+        if w.end - w.start > limit:
+            if i + 1 < len(words) and words[i + 1].start - w.end < TIME_PRECISION:  # a pause before the next
+                w = Word(max(w.start, w.end - limit), w.end, w.word, w.probability)
+            else:  # the pause is after it
+                w = Word(w.start, w.start + limit, w.word, w.probability)
+        out.append(w)
+    return out
+
+
+def _merge_punctuation(words: list[Word]) -> list[Word]:
+    """Leading punctuation joins the next word, trailing punctuation the previous one (their times are kept)."""
+    out: list[Word] = []
+    carry = ""
+    for w in words:
+        text = w.word.strip()
+        if text and all(ch in PREPEND_PUNCTUATIONS for ch in text) and not w.word.endswith(" "):
+            carry += w.word
+            continue
+        if out and text and all(ch in APPEND_PUNCTUATIONS for ch in text):
+            prev = out[-1]
+            out[-1] = Word(prev.start, prev.end, prev.word + w.word.strip(), prev.probability)
+            continue
+        out.append(Word(w.start, w.end, carry + w.word if carry else w.word, w.probability))
+        carry = ""
+    return out

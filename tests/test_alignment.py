@@ -106,6 +106,22 @@ def test_chinese_is_split_by_character_even_inside_multibyte_tokens(tokenizers):
     assert words[-1].end <= 3.0 and "\ufffd" not in "".join(w.word for w in words)
 
 
+def test_tiny_model_words_on_both_paths_of_the_transformers_backend(tiny_whisper_dir, zh_wav):
+    """The tiny random model (its own alignment heads): every segment gets words inside it, with or without
+    segment timestamps; the words are the segment's text."""
+    from utils.transcribe import DecodeOptions, load_transcriber
+
+    engine = load_transcriber(str(tiny_whisper_dir), "transformers")
+    for timestamps in (False, True):
+        transcript = engine.transcribe(str(zh_wav), DecodeOptions(language="zh", word_timestamps=True,
+                                                                  timestamps=timestamps, max_new_tokens=6,
+                                                                  temperatures=(0.0,), remove_pun=True))
+        assert transcript.segments, "the random model said nothing: nothing to time"
+        for s in transcript.segments:
+            assert s.words and all(s.start <= w.start <= w.end <= s.end for w in s.words)
+            assert "".join(w.word for w in s.words).replace(" ", "") == s.text.replace(" ", "")
+
+
 # ---------------------------------------------------------------- real model, known boundaries
 
 @pytest.fixture(scope="module")

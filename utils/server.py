@@ -33,6 +33,7 @@ from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, T
 logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+DRAIN_FACTOR = 4  # a too-large upload is read (and dropped) up to this multiple of the limit before the 413
 DEFAULT_MODEL_ALIAS = "whisper-1"  # what OpenAI's clients send by default: the first served model
 
 
@@ -265,19 +266,23 @@ def build_app(service: TranscriptionService):
         return JSONResponse(e.body(), status_code=e.status)
 
     async def read_body(request: Request) -> bytes:
-        """The request body, refused with 413 as soon as it passes the upload limit."""
-        limit = service.options.max_upload_bytes
-        too_big = ApiError(413, f"the upload is larger than the server's limit of {limit / 1024 ** 2:g} MB "
-                                "(--max_upload_mb)", param="file", code="file_too_large")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:  # room for the multipart fields
-            raise too_big
+        """The request body, refused with 413 when it passes the upload limit. The rest of a refused body is read
+        and dropped (up to DRAIN_FACTOR times the limit) before answering: a client that sends the whole body
+        before reading the answer would otherwise see a broken pipe instead of the 413."""
+        limit = service.options.max_upload_bytes + 64 * 1024  # room for the multipart fields
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit + 64 * 1024:
-                raise too_big
+            if size > limit:
+                if size > DRAIN_FACTOR * limit:
+                    break
+                chunks = []
+                continue
             chunks.append(chunk)
+        if size > limit:
+            raise ApiError(413, f"the upload is larger than the server's limit of "
+                                f"{service.options.max_upload_bytes / 1024 ** 2:g} MB (--max_upload_mb)",
+                           param="file", code="file_too_large")
         return b"".join(chunks)
 
     async def audio_endpoint(request: Request, translate: bool) -> Response:

@@ -645,3 +645,39 @@ def test_finetune_with_replay_data(tiny_whisper_dir, corpus, tmp_path, caplog):
     assert "replay: 3 items of" in caplog.text  # round(6 * 0.3 / 0.7) = 3
     with pytest.raises(SystemExit):
         finetune.main(_args(tiny_whisper_dir, corpus, out, replay_data=tmp_path / "missing.json"))
+
+
+@pytest.mark.slow
+def test_whisper_base_fine_tuned_with_timestamps_keeps_long_form_segments(whisper_base_dir, repo_root, tmp_path):
+    """Fine-tuned on the demo corpus with --timestamps=True (its two-sentence clips carry 'sentences'), the merged
+    model still cuts a 40 s recording into timed segments and writes a sensible SRT."""
+    import merge_lora
+    import numpy as np
+    import soundfile as sf
+
+    from utils.audio import load_audio
+    from utils.subtitles import to_srt
+    from utils.transcribe import DecodeOptions, load_transcriber
+
+    out = tmp_path / "out"
+    assert finetune.main([f"--base_model={whisper_base_dir}", f"--output_dir={out}",
+                          f"--train_data={repo_root / 'dataset' / 'train.json'}",
+                          f"--test_data={repo_root / 'dataset' / 'test.json'}", "--language=Chinese",
+                          "--timestamps=True", "--lora_encoder_layers=0", "--max_steps=4",
+                          "--per_device_train_batch_size=4", "--eval_steps=0", "--save_steps=0", "--num_workers=0",
+                          "--max_eval_samples=4", "--generation_max_length=24"]) == 0
+    final = out / whisper_base_dir.name / "checkpoint-final"
+    assert merge_lora.main([f"--lora_model={final}", f"--output_dir={tmp_path / 'models'}"]) == 0
+    tests = [json.loads(line) for line in (repo_root / "dataset" / "test.json").read_text().splitlines()]
+    clips = [load_audio(repo_root / "dataset" / t["audio"]["path"]) for t in tests if t["sentence"]][:12]
+    pause = np.zeros(8000, np.float32)
+    audio = np.concatenate([x for clip in clips for x in (clip, pause)])
+    assert len(audio) / 16000 > 30
+    engine = load_transcriber(str(tmp_path / "models" / f"{whisper_base_dir.name}-finetune"), "transformers")
+    transcript = engine.transcribe(audio, DecodeOptions(language="zh", timestamps=True))
+    segments = transcript.segments
+    assert len(segments) >= 4, segments
+    assert all(a.start <= b.start for a, b in zip(segments, segments[1:]))
+    assert segments[-1].end > 20 and all(s.end - s.start < 30 for s in segments)
+    srt = to_srt(transcript)
+    assert srt.count(" --> ") == len(segments) and srt.startswith("1\n00:00:")

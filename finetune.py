@@ -7,10 +7,11 @@
 Writes ``<output_dir>/<model name>/checkpoint-<step>``, ``checkpoint-best`` (lowest eval CER/WER),
 ``checkpoint-final``, TensorBoard logs in ``runs/`` and ``training_curves.png``.
 
-Encoder layers without an adapter are frozen: ``--lora_encoder_layers=N`` keeps the encoder's adapters
-to its top N layers (0 = decoder only), so the layers below run without gradients and their output is
-computed once per clip and cached; epochs after the first cost only the top layers and the decoder. On CPUs with AMX the frozen base weights are kept in bf16 (adapters, gradients
-and optimizer in fp32); elsewhere CPU training runs in fp32.
+LoRA goes on every encoder and decoder layer by default. ``--lora_encoder_layers=N`` keeps the encoder's
+adapters to its top N layers (0 = decoder only): the layers below run without gradients and their output is
+computed once per clip and cached, so epochs after the first cost only the top layers and the decoder (faster,
+but the lower layers then cannot learn new acoustics). On CPUs with AMX the frozen base weights are kept in bf16
+(adapters, gradients and optimizer in fp32); elsewhere CPU training runs in fp32.
 """
 
 from __future__ import annotations

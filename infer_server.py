@@ -1,6 +1,6 @@
 """Serve Whisper models over HTTP with OpenAI's audio API (any OpenAI client works unchanged).
 
-    python infer_server.py --model_path=models/whisper-tiny-finetune --backend=ct2 --host=127.0.0.1 --port=8000
+    python infer_server.py --model_path=models/whisper-tiny-finetune-ct2 --backend=ct2 --host=127.0.0.1 --port=8000
     python infer_server.py --model_path=openai/whisper-base --model_path=models/whisper-base-finetune
 
 Endpoints: POST /v1/audio/transcriptions and /v1/audio/translations (multipart ``file``, ``model``, ``language``,

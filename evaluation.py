@@ -19,15 +19,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 
 import numpy as np
 from tqdm import tqdm
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
-from utils.cli import (add_audio_length_args, add_bool, add_decoding_args, add_engine_args, add_hidden_alias,
+from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_engine_args, add_hidden_alias,
                        add_model_args, check_output_path, make_parser, setup_logging)
-from utils.data import ManifestError, Record, load_manifest
+from utils.data import Manifest, ManifestError, Record, load_manifest
+from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
 from utils.models import ModelResolutionError
@@ -42,7 +44,10 @@ def build_parser():
     parser = make_parser(__doc__.split("\n")[0])
     add_model_args(parser)
     add_decoding_args(parser)
-    parser.add_argument("--test_data", type=str, default="dataset/test.json", help="jsonlines test manifest")
+    parser.add_argument("--test_data", type=str, default="dataset/test.json",
+                        help="jsonlines test manifest, or a Hugging Face dataset: save_to_disk folder, audiofolder, "
+                             "parquet file/glob/folder, hub name")
+    add_dataset_args(parser, splits={"test_split": "test"}, streaming=True)
     parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
     parser.add_argument("--output", type=str, default=None,
                         help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
@@ -74,7 +79,7 @@ def load_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[str | 
     audios, errors = [], []
     for r in records:
         try:
-            audios.append(load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time))
+            audios.append(load_record_audio(r))
             errors.append(None)
         except AudioLoadError as e:
             audios.append(np.zeros(0, dtype=np.float32))
@@ -82,16 +87,23 @@ def load_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[str | 
     return audios, errors
 
 
-def evaluate(engine: Transcriber, records: Sequence[Record], options: DecodeOptions, metric: str,
+def _batches(records: Iterable[Record], batch_size: int) -> Iterable[list[Record]]:
+    it = iter(records)
+    while batch := list(islice(it, batch_size)):
+        yield batch
+
+
+def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOptions, metric: str,
              batch_size: int) -> dict:
-    """Decode every record in batches and score it; returns the report (utterances sorted worst first)."""
+    """Decode every record in batches and score it; returns the report (utterances sorted worst first).
+    ``records`` may be a stream (a dataset read as it comes)."""
     utterances = []
     total = ErrorCounts(0, 0, 0, 0)
     failed = 0
     audio_s = 0.0
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch"):
-        batch = records[i: i + batch_size]
+    n_batches = -(-len(records) // batch_size) if isinstance(records, Sequence) else None
+    for batch in tqdm(_batches(records, batch_size), total=n_batches, desc="evaluating", unit="batch"):
         audios, errors = load_batch(batch)
         audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         ok = [j for j, e in enumerate(errors) if e is None]
@@ -138,6 +150,24 @@ def evaluate(engine: Transcriber, records: Sequence[Record], options: DecodeOpti
     }
 
 
+def load_records(args) -> Sequence[Record] | Iterable[Record]:
+    """``--test_data`` as records (the first ``--limit``): a list, or a stream with ``--streaming`` on a dataset."""
+    if args.streaming and is_manifest(args.test_data):
+        logger.warning("--streaming applies to datasets; %s is a manifest, read whole", args.test_data)
+    dataset = DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
+                             text_column=args.text_column, streaming=args.streaming)
+    if args.streaming and not is_manifest(args.test_data):
+        records = iter_dataset_records(args.test_data, split=args.test_split, split_flag="--test_split",
+                                       options=dataset, min_duration=args.min_audio_len,
+                                       max_duration=args.max_audio_len)
+        return islice(records, args.limit) if args.limit else records
+    source = load_data(args.test_data, split=args.test_split, split_flag="--test_split", dataset=dataset,
+                       min_duration=args.min_audio_len, max_duration=args.max_audio_len)
+    if args.limit:
+        return [source[i] for i in range(min(args.limit, len(source)))]
+    return source if not isinstance(source, Manifest) else list(source)  # a dataset's records hold their audio bytes
+
+
 def _seed(seed: int) -> None:
     import ctranslate2
     import torch
@@ -170,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         return compare(args, options, output)
     output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
     check_output_path(parser, "--output", output, folder=False)
-    # 2. Data
+    # 2. Data (a stream is read while decoding)
     try:
-        manifest = load_manifest(args.test_data, min_duration=args.min_audio_len, max_duration=args.max_audio_len)
+        records = load_records(args)
     except ManifestError as e:
         logger.error("%s", e)
         return 1
-    records = list(manifest)[: args.limit] if args.limit else list(manifest)
-    logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), sum(r.duration for r in records) / 3600)
+    if isinstance(records, Sequence):
+        logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), sum(r.duration for r in records) / 3600)
     # 3. Model
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
@@ -188,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # 4. Decode and score (seeded: fallback temperatures sample)
     _seed(args.seed)
-    report = evaluate(engine, records, options, args.metric, args.batch_size)
+    try:
+        report = evaluate(engine, records, options, args.metric, args.batch_size)
+    except ManifestError as e:  # an invalid item of a stream
+        logger.error("%s", e)
+        return 1
     report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
                   language=args.language, task=args.task, beam_size=beam_size)
     # 5. Report
@@ -208,7 +242,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     from utils.forgetting import markdown_table, model_summary, no_speech_clips, speech_metrics
 
     try:
-        target = list(load_manifest(args.test_data, min_duration=args.min_audio_len, max_duration=args.max_audio_len))
+        target = list(load_records(args))
         general = None
         if args.general_data and (args.general_data != DEFAULT_GENERAL_DATA or os.path.isfile(args.general_data)):
             general = list(load_manifest(args.general_data))

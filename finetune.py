@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import add_audio_length_args, add_bool, check_output_path, make_parser, optional_str, setup_logging
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, check_output_path, make_parser, optional_str,
+                       setup_logging)
+from utils.hf_data import is_manifest
 from utils.lora import DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
 
@@ -34,8 +36,12 @@ logger = logging.getLogger("finetune")
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("Fine-tune Whisper with LoRA/AdaLoRA (single process, torchrun or accelerate launch).")
     g = p.add_argument_group("data")
-    g.add_argument("--train_data", type=str, default="dataset/train.json", help="training manifest (jsonlines)")
-    g.add_argument("--test_data", type=str, default="dataset/test.json", help="eval manifest (jsonlines)")
+    g.add_argument("--train_data", type=str, default="dataset/train.json",
+                   help="training manifest (jsonlines), or a Hugging Face dataset: save_to_disk folder, audiofolder, "
+                        "parquet file/glob/folder, hub name")
+    g.add_argument("--test_data", type=str, default="dataset/test.json",
+                   help="eval manifest (jsonlines) or a Hugging Face dataset, as --train_data")
+    add_dataset_args(g, splits={"train_split": "train", "test_split": "test"})
     add_audio_length_args(g, min_default=0.5)
     g.add_argument("--language", type=optional_str, default="Chinese",
                    help="language of items without their own 'language'; None = multilingual / auto")
@@ -158,7 +164,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_output_path(parser, "--output_dir", args.output_dir, folder=True)
     for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data),
                        ("--replay_data", args.replay_data)):
-        if path is not None and not os.path.isfile(path):
+        if path is not None and is_manifest(path) and not os.path.isfile(path):
             parser.error(f"{flag} {path}: manifest file not found (make one with aishell.py, or see the README's "
                          "data format)")
     if args.push_to_hub:
@@ -272,7 +278,9 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
     from transformers import WhisperProcessor
 
     from utils.augment import AugmentConfigError, load_augment_config
-    from utils.data import ManifestError, load_manifest
+    from utils.data import ManifestError
+    from utils.hf_data import DatasetOptions
+    from utils.hf_data import load_data as load_source
     from utils.train_data import SpeechDataset
     from utils.trainer import EvalSet
 
@@ -284,10 +292,12 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
 
     augmenter = None
     lengths = dict(min_duration=args.min_audio_len, max_duration=args.max_audio_len, encode=encode,
-                   timestamps=args.timestamps)
+                   timestamps=args.timestamps,
+                   dataset=DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
+                                          text_column=args.text_column))
     try:
-        train_manifest = load_manifest(args.train_data, **lengths)
-        test_manifest = load_manifest(args.test_data, **lengths)
+        train_manifest = load_source(args.train_data, split=args.train_split, split_flag="--train_split", **lengths)
+        test_manifest = load_source(args.test_data, split=args.test_split, split_flag="--test_split", **lengths)
         if args.augment_config_path:
             augmenter = load_augment_config(args.augment_config_path)
     except (ManifestError, AugmentConfigError) as e:
@@ -307,7 +317,8 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
         from utils.train_data import ReplayMix
 
         try:
-            replay_manifest = load_manifest(args.replay_data, **lengths)
+            replay_manifest = load_source(args.replay_data, split=args.train_split, split_flag="--train_split",
+                                          **lengths)
             train = ReplayMix(train, SpeechDataset(replay_manifest, processor.feature_extractor, tokenizer,
                                                    seed=args.seed, augmenter=waveform_augmenter, **dataset_kwargs),
                               ratio=args.replay_ratio, seed=args.seed)

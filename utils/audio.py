@@ -206,6 +206,38 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
     return samples
 
 
+def load_record_audio(record) -> np.ndarray:
+    """The waveform of a ``utils.data.Record`` (16 kHz mono float32, shape (samples,)): its file, or the bytes a
+    Hugging Face dataset holds, sliced to ``start_time``/``end_time``.
+
+    Raises:
+        AudioLoadError: unreadable audio or a slice outside it (the message names ``record.audio_path``).
+    """
+    if record.audio_bytes is None:
+        return load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
+    _check_slice(record.audio_path, record.start_time, record.end_time)
+    samples = decode_audio_bytes(record.audio_bytes, name=record.audio_path)
+    if record.start_time is None and record.end_time is None:
+        return samples
+    start = int(round((record.start_time or 0.0) * SAMPLE_RATE))
+    end = len(samples) if record.end_time is None else int(round(record.end_time * SAMPLE_RATE))
+    if start >= min(end, len(samples)):
+        raise AudioLoadError(f"{record.audio_path}: slice {record.start_time}..{record.end_time} s is outside the "
+                             f"audio ({len(samples) / SAMPLE_RATE:.2f} s)")
+    return samples[start:end]
+
+
+def audio_bytes_duration(data: bytes, name: str = "audio") -> float:
+    """Duration in seconds of an audio file held in memory: from the header for wav/flac/ogg, else by decoding."""
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames > 0:
+            return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        pass
+    return len(decode_audio_bytes(data, name=name)) / SAMPLE_RATE
+
+
 def audio_duration(path: str | os.PathLike) -> float:
     """Duration of an audio file in seconds, read from its header (no full decode for wav/flac/ogg)."""
     path = os.fspath(path)

@@ -70,6 +70,25 @@ def add_audio_length_args(parser: argparse.ArgumentParser | argparse._ArgumentGr
                         help="leave out clips longer than this (s, <= 30)")
 
 
+def add_dataset_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, splits: dict[str, str],
+                     streaming: bool = False) -> None:
+    """Flags for data given as a Hugging Face dataset instead of a manifest (utils/hf_data.py): one split flag per
+    entry of ``splits`` (``{"train_split": "train"}``), the hub config, the column names and, for a script that
+    reads its data once in order, ``--streaming``."""
+    for name, default in splits.items():
+        parser.add_argument(f"--{name}", type=str, default=default,
+                            help="the split of a dataset folder or hub dataset to use (a one-split source: ignored)")
+    parser.add_argument("--dataset_config", type=optional_str, default=None,
+                        help="hub dataset configuration, e.g. zh-CN for Common Voice")
+    parser.add_argument("--audio_column", type=optional_str, default=None,
+                        help="dataset column holding the audio (default: its Audio column, or 'audio')")
+    parser.add_argument("--text_column", type=optional_str, default=None,
+                        help="dataset column holding the transcript (default: the first of sentence, text, "
+                             "transcription, transcript, normalized_text)")
+    if streaming:
+        add_bool(parser, "streaming", False, "stream a hub or parquet dataset instead of downloading it whole")
+
+
 def add_backend_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str = "transformers",
                     help: str | None = None) -> None:
     """``--backend``: transformers or ct2, in every script that runs a model."""

@@ -23,7 +23,7 @@ import mmap
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class Record:
     end_time: float | None = None
     language: str | None = None
     sentences: tuple[Segment, ...] | None = None
+    # the audio file's bytes, for items of a Hugging Face dataset that stores audio inside it (audio_path is
+    # then a name for messages); None = read audio_path
+    audio_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_nospeech(self) -> bool:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
 from utils.data import Manifest, Record
+from utils.hf_data import DatasetSource
 from utils.languages import CJK_CHAR, optional_language_code
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ MAX_PROMPT_TOKENS = 223  # previous-text tokens at most (the reference decoder k
 MAX_DECODER_POSITIONS = 448  # Whisper's text context: prompt + start + labels must fit
 
 
-def previous_sentences(manifest: Manifest) -> dict[int, str]:
+def previous_sentences(manifest: Manifest | DatasetSource) -> dict[int, str]:
     """{item index: the sentence said just before it in the same recording}, for items cut from one long
     recording (same ``audio.path``, ordered by ``audio.start_time``)."""
     by_path: dict[str, list[tuple[float, int, str]]] = {}
@@ -214,7 +215,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: Manifest | DatasetSource,
         feature_extractor,
         tokenizer,
         *,
@@ -260,7 +261,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.manifest[index]
         try:
-            samples = load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
+            samples = load_record_audio(record)
         except AudioLoadError as e:  # name the manifest line, the thing a user edits
             raise AudioLoadError(f"{self.manifest.location(index)}: {e}") from e
         time_scale = 1.0

@@ -1,0 +1,233 @@
+"""Hugging Face datasets as data (utils/hf_data.py): save_to_disk, audiofolder, parquet, streaming, hub errors,
+and finetune.py / evaluation.py reading them. Every dataset is built here from the demo clips (no hub)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+import evaluation
+import finetune
+from tests.conftest import REPO_ROOT
+from utils.audio import load_audio, load_record_audio
+from utils.data import ManifestError, load_manifest
+from utils.hf_data import DatasetError, DatasetOptions, is_manifest, iter_dataset_records, load_data
+
+
+
+N_TRAIN, N_TEST = 6, 4
+
+
+def _rows(manifest: str, n: int) -> list[tuple[str, str, float]]:
+    """(absolute audio path, sentence, duration) of the first ``n`` items of a demo manifest."""
+    return [(r.audio_path, r.sentence, r.duration) for r in list(load_manifest(REPO_ROOT / "dataset" / manifest))[:n]]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    """The first demo clips as: a save_to_disk DatasetDict (Audio feature, bytes inside), an audiofolder with
+    train/ (metadata.csv, column 'transcription') and test/ (metadata.jsonl), and parquet files of the test split."""
+    d = tmp_path_factory.mktemp("hf")
+    train, test = _rows("train.json", N_TRAIN), _rows("test.json", N_TEST)
+
+    def split(rows):
+        ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "sentence": [s for _, s, _ in rows],
+                                         "client_id": [f"speaker{i}" for i in range(len(rows))]})
+        return ds.cast_column("audio", datasets.Audio(sampling_rate=16000))
+
+    dd = datasets.DatasetDict({"train": split(train), "test": split(test)})
+    dd.save_to_disk(str(d / "saved"))
+    folder = d / "audiofolder"
+    for name, rows in (("train", train), ("test", test)):
+        (folder / name).mkdir(parents=True)
+        for p, _, _ in rows:
+            shutil.copy(p, folder / name / os.path.basename(p))
+    with open(folder / "train" / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "transcription"])
+        w.writerows([os.path.basename(p), s] for p, s, _ in train)
+    with open(folder / "test" / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for p, s, _ in test:
+            f.write(json.dumps({"file_name": os.path.basename(p), "transcription": s}, ensure_ascii=False) + "\n")
+    (d / "parquet").mkdir()
+    dd["test"].to_parquet(str(d / "parquet" / "test-00000-of-00002.parquet"))
+    dd["test"].to_parquet(str(d / "parquet" / "test-00001-of-00002.parquet"))
+    dd["train"].to_parquet(str(d / "parquet" / "train-00000-of-00001.parquet"))
+    return {"dir": d, "train": train, "test": test}
+
+
+def test_manifest_or_dataset():
+    assert is_manifest("dataset/train.json") and is_manifest("missing/test.jsonl")
+    assert not is_manifest("mozilla-foundation/common_voice_17_0") and not is_manifest("data/*.parquet")
+    assert not is_manifest(str(REPO_ROOT / "dataset"))
+
+
+def test_save_to_disk_splits_give_the_manifests_records_and_audio(demo):
+    for split, rows in (("train", demo["train"]), ("test", demo["test"])):
+        source = load_data(str(demo["dir"] / "saved"), split=split, split_flag=f"--{split}_split")
+        assert len(source) == len(rows)
+        assert [r.sentence for r in source] == [s for _, s, _ in rows]
+        assert np.allclose(source.durations, [t for _, _, t in rows], atol=0.01)
+        for record, (path, _, _) in zip(source, rows):
+            assert record.audio_bytes is not None  # the audio lives inside the dataset
+            assert record.audio_path.endswith(os.path.basename(path))
+            assert np.array_equal(load_record_audio(record), load_audio(path))
+    assert source.location(1) == f"{demo['dir'] / 'saved'}[test]#1"
+
+
+def test_a_missing_split_names_the_splits_and_the_flag(demo):
+    with pytest.raises(DatasetError, match=r"no split 'validation' \(it has: train, test\); choose one with "
+                                           r"--test_split"):
+        load_data(str(demo["dir"] / "saved"), split="validation", split_flag="--test_split")
+
+
+def test_audiofolder_splits_csv_and_jsonl(demo, tmp_path):
+    folder = demo["dir"] / "audiofolder"
+    train = load_data(str(folder), split="train", split_flag="--train_split")
+    test = load_data(str(folder), split="test", split_flag="--test_split")
+    assert [r.sentence for r in train] == [s for _, s, _ in demo["train"]]  # 'transcription' found by name
+    assert [r.sentence for r in test] == [s for _, s, _ in demo["test"]]
+    assert test[0].audio_bytes is None and os.path.isfile(test[0].audio_path)
+    assert np.array_equal(load_record_audio(test[2]), load_audio(demo["test"][2][0]))
+    # one metadata file for the whole folder: one split, used whatever the flag says
+    single = tmp_path / "single"
+    shutil.copytree(folder / "test", single)
+    assert len(load_data(str(single), split="test", split_flag="--test_split")) == N_TEST
+    # a row naming a file that is not there
+    with open(single / "metadata.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"file_name": "gone.flac", "transcription": "x"}) + "\n")
+    with pytest.raises(DatasetError, match=r"metadata.jsonl:5: audio file gone.flac not found"):
+        load_data(str(single), split="test", split_flag="--test_split")
+
+
+def test_parquet_file_glob_folder_and_stream_agree(demo):
+    pq = demo["dir"] / "parquet"
+    expected = [s for _, s, _ in demo["test"]]
+    one = load_data(str(pq / "test-00000-of-00002.parquet"), split="test", split_flag="--test_split")
+    assert [r.sentence for r in one] == expected
+    both = load_data(str(pq / "test-*.parquet"), split="test", split_flag="--test_split")
+    assert [r.sentence for r in both] == expected * 2
+    folder = load_data(str(pq), split="test", split_flag="--test_split")  # splits from the file names
+    assert [r.sentence for r in folder] == expected * 2
+    assert len(load_data(str(pq), split="train", split_flag="--train_split")) == N_TRAIN
+    streamed = list(iter_dataset_records(str(pq / "test-00000-of-00002.parquet"), split="test",
+                                         split_flag="--test_split", options=DatasetOptions(streaming=True)))
+    assert [r.sentence for r in streamed] == expected
+    assert np.array_equal(load_record_audio(streamed[3]), load_record_audio(one[3]))
+    assert [round(r.duration, 3) for r in streamed] == [round(float(t), 3) for t in one.durations]
+
+
+def test_columns_are_found_named_or_refused(demo):
+    saved = str(demo["dir"] / "saved")
+    named = load_data(saved, split="test", split_flag="--test_split",
+                      dataset=DatasetOptions(text_column="client_id"))
+    assert [r.sentence for r in named] == [f"speaker{i}" for i in range(N_TEST)]
+    with pytest.raises(DatasetError, match=r"no text column transcript \(columns: audio, sentence, client_id\); "
+                                           r"name it with --text_column"):
+        load_data(saved, split="test", split_flag="--test_split", dataset=DatasetOptions(text_column="transcript"))
+    with pytest.raises(DatasetError, match=r"#0: 'client_id' holds str, not an audio file|audio file not found"):
+        load_data(saved, split="test", split_flag="--test_split", dataset=DatasetOptions(audio_column="client_id"))
+
+
+def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, demo):
+    rows = demo["test"]
+    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "text": ["好", None, "", "长"],
+                                     "duration": [1.0, 2.0, 3.0, 40.0]})
+    ds.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(DatasetError, match=r"one#1: 'text' is None, not text"):
+        load_data(str(tmp_path / "one"), split="test", split_flag="--test_split")
+    kept = load_data(str(tmp_path / "one"), split="test", split_flag="--test_split", skip_invalid=True)
+    # row 1 invalid, row 3 longer than 30 s (the 'duration' column is used, not the files' headers)
+    assert list(kept.rows) == [0, 2] and list(kept.durations) == [1.0, 3.0]
+    assert kept[1].is_nospeech
+    with pytest.raises(DatasetError, match="no usable items"):
+        load_data(str(tmp_path / "one"), split="test", split_flag="--test_split", skip_invalid=True,
+                  min_duration=5.0)
+
+
+def test_labels_longer_than_whisper_allows_are_refused(demo, tiny_whisper_dir):
+    from transformers import WhisperTokenizer
+
+    tok = WhisperTokenizer.from_pretrained(tiny_whisper_dir)
+    ds = datasets.Dataset.from_dict({"audio": [demo["test"][0][0]], "sentence": ["语音" * 400]})
+    path = demo["dir"] / "long_label"
+    ds.save_to_disk(str(path))
+    with pytest.raises(DatasetError, match=r"long_label#0: 'sentence' is \d+ tokens .* more than Whisper's 448"):
+        load_data(str(path), split="train", split_flag="--train_split",
+                  encode=lambda t: tok.encode(t, add_special_tokens=False))
+
+
+def test_what_is_not_a_dataset_and_an_unreachable_hub(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="a folder but not a dataset"):
+        load_data(str(tmp_path / "empty"), split="train", split_flag="--train_split")
+    with pytest.raises(DatasetError, match="no parquet file found"):
+        load_data(str(tmp_path / "none-*.parquet"), split="train", split_flag="--train_split")
+    with pytest.raises(ManifestError, match="manifest file not found"):
+        load_data(str(tmp_path / "missing.json"), split="train", split_flag="--train_split")
+    code = ("from utils.hf_data import load_data\n"
+            "load_data('mozilla-foundation/common_voice_17_0', split='train', split_flag='--train_split')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0
+    assert "DatasetError: mozilla-foundation/common_voice_17_0: not a local file or folder, and the Hugging Face " \
+           "hub cannot be reached" in proc.stderr
+    assert "save_to_disk" in proc.stderr
+
+
+def test_finetune_trains_on_a_dataset_folder_and_an_audiofolder(tiny_whisper_dir, demo, tmp_path, caplog):
+    out = tmp_path / "out"
+    caplog.set_level("INFO")
+    rc = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={out}",
+                        f"--train_data={demo['dir'] / 'saved'}", f"--test_data={demo['dir'] / 'audiofolder'}",
+                        "--language=Chinese", "--per_device_train_batch_size=2", "--per_device_eval_batch_size=4",
+                        "--max_steps=3", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=3", "--save_steps=3",
+                        "--generation_max_length=4", "--num_workers=1", "--learning_rate=1e-3"])
+    assert rc == 0
+    assert f"train: {N_TRAIN} clips" in caplog.text and f"eval: {N_TEST} clips" in caplog.text
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert any("eval_cer" in e for e in state["log_history"])
+
+
+def test_finetune_names_a_bad_dataset_before_loading_the_model(tiny_whisper_dir, demo, tmp_path, caplog):
+    rc = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
+                        f"--train_data={demo['dir'] / 'saved'}", "--train_split=validation",
+                        f"--test_data={demo['dir'] / 'saved'}", "--max_steps=1"])
+    assert rc != 0
+    assert "no split 'validation' (it has: train, test); choose one with --train_split" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_scores_a_dataset_like_the_manifest_streamed_or_not(tiny_whisper_dir, demo, tmp_path):
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps({"audio": {"path": p}, "sentence": s, "duration": t}, ensure_ascii=False)
+                                + "\n" for p, s, t in demo["test"]), encoding="utf-8")
+    common = ["--model_path", str(tiny_whisper_dir), "--device=cpu", "--batch_size=3", "--language=zh",
+              "--fallback=False"]
+    reports = {}
+    for name, data, extra in (("manifest", manifest, []), ("saved", demo["dir"] / "saved", []),
+                              ("stream", demo["dir"] / "parquet" / "test-00000-of-00002.parquet",
+                               ["--streaming=True"])):
+        out = tmp_path / f"{name}.json"
+        assert evaluation.main([*common, f"--test_data={data}", f"--output={out}", *extra]) == 0, name
+        reports[name] = json.loads(out.read_text(encoding="utf-8"))
+    hyps = {name: sorted((u["reference"], u["hypothesis"]) for u in r["utterances"]) for name, r in reports.items()}
+    assert hyps["saved"] == hyps["manifest"] and hyps["stream"] == hyps["manifest"]
+    assert reports["saved"]["cer"] == reports["manifest"]["cer"] == reports["stream"]["cer"]
+    assert reports["stream"]["utterances_scored"] == N_TEST
+    limited = tmp_path / "limited.json"
+    assert evaluation.main([*common, f"--test_data={demo['dir'] / 'parquet'}", "--streaming=True", "--limit=2",
+                            f"--output={limited}"]) == 0
+    assert json.loads(limited.read_text(encoding="utf-8"))["utterances_scored"] == 2

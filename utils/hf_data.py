@@ -1,0 +1,418 @@
+"""Hugging Face ``datasets`` as training and evaluation data, read our way.
+
+Wherever a script takes a jsonlines manifest (``--train_data``, ``--test_data``, ``--replay_data``) it also takes:
+
+- a folder written by ``save_to_disk``: a ``DatasetDict`` (the split is picked with ``--train_split`` /
+  ``--test_split``) or a single ``Dataset``;
+- an audiofolder: audio files plus ``metadata.csv`` or ``metadata.jsonl`` (``file_name`` and a text column),
+  either one per split subfolder (``train/``, ``test/``) or one for the whole folder;
+- parquet files: one file, a glob, or a folder of them (a hub dataset's files, ``train-*.parquet`` …);
+- a hub dataset name with ``--dataset_config`` (``mozilla-foundation/common_voice_17_0 --dataset_config=zh-CN``),
+  downloaded and cached by ``datasets``; evaluation.py can stream it instead (``--streaming=True``).
+
+Audio is never decoded by ``datasets`` (its decoder needs torchcodec): the audio column is read as the file's
+bytes or path and decoded by utils.audio (libsndfile/ffmpeg, soxr to 16 kHz), exactly like a manifest's files.
+As with a manifest, a dataset is checked whole when it is opened (columns, text, label length, clip duration),
+kept as numpy columns (row number, duration), and its items become ``Record``s on demand. A source with a single
+split is used whatever the split flag says.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.audio import AudioLoadError, audio_bytes_duration, audio_duration
+from utils.data import MAX_LABEL_TOKENS, LABEL_SPECIAL_TOKENS, Manifest, ManifestError, Record, load_manifest
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".json", ".jsonl", ".jsonlines")
+TEXT_COLUMNS = ("sentence", "text", "transcription", "transcript", "normalized_text", "raw_text")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+class DatasetError(ManifestError):
+    """A dataset cannot be opened or an item is invalid; the message names the dataset, split, row and fix."""
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read a Hugging Face dataset: hub config, column names (None = found by name), streaming."""
+
+    config: str | None = None
+    audio_column: str | None = None
+    text_column: str | None = None
+    streaming: bool = False
+
+
+def is_manifest(spec: str) -> bool:
+    """True when ``spec`` names a jsonlines manifest: a ``.json``/``.jsonl`` path (existing or not), or an
+    existing file that is not parquet."""
+    low = spec.lower()
+    return low.endswith(MANIFEST_SUFFIXES) or (os.path.isfile(spec) and not low.endswith(".parquet"))
+
+
+def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions = DatasetOptions(),
+              min_duration: float = 0.0, max_duration: float = 30.0,
+              encode: Callable[[str], Sequence[int]] | None = None, timestamps: bool = False,
+              skip_invalid: bool = False) -> Manifest | DatasetSource:
+    """A manifest (utils.data.load_manifest) or a dataset (``load_dataset_source``), validated whole.
+
+    Args:
+        spec: manifest path, dataset folder, parquet file/glob or hub name.
+        split, split_flag: the split to use and the flag that sets it (named in messages).
+        dataset: columns and hub config of a dataset (ignored for a manifest).
+        min_duration, max_duration: clips outside [min, max] seconds are left out; max <= 0: no upper bound.
+        encode: text → token ids; when given, items whose label is longer than Whisper's limit are invalid.
+        timestamps: count manifest labels as timestamp labels (datasets carry no segment times).
+        skip_invalid: leave out invalid items (logged and counted) instead of failing on the first.
+
+    Raises:
+        ManifestError (DatasetError for a dataset): unreadable source or invalid item.
+    """
+    if is_manifest(spec):
+        return load_manifest(spec, min_duration=min_duration, max_duration=max_duration, encode=encode,
+                             timestamps=timestamps, skip_invalid=skip_invalid)
+    return load_dataset_source(spec, split=split, split_flag=split_flag, options=dataset,
+                               min_duration=min_duration, max_duration=max_duration, encode=encode,
+                               skip_invalid=skip_invalid)
+
+
+class DatasetSource(Sequence[Record]):
+    """The kept rows of one split of a Hugging Face dataset; ``source[i]`` builds the ``Record`` of row ``rows[i]``.
+
+    Memory is 12 bytes per kept row (row number, duration) on top of the memory-mapped Arrow table.
+    """
+
+    def __init__(self, dataset: Any, *, name: str, split: str | None, audio_column: str, text_column: str,
+                 rows: np.ndarray, durations: np.ndarray, base_dir: str | None = None) -> None:
+        self.dataset = dataset
+        self.name = name
+        self.split = split
+        self.audio_column = audio_column
+        self.text_column = text_column
+        self.rows = rows
+        self.durations = durations
+        self.base_dir = base_dir  # relative audio paths are resolved against it
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = int(self.rows[index])
+        item = self.dataset[row]
+        return _record(item[self.audio_column], item[self.text_column], float(self.durations[index]),
+                       self._label(row), self.base_dir)
+
+    def _label(self, row: int) -> str:
+        return f"{self.name}[{self.split}]#{row}" if self.split else f"{self.name}#{row}"
+
+    def location(self, index: int) -> str:
+        """Where item ``index`` comes from, for error messages: dataset, split and row."""
+        return self._label(int(self.rows[index]))
+
+    def total_hours(self) -> float:
+        return float(self.durations.sum()) / 3600.0
+
+
+def _audio_parts(value: Any, base_dir: str | None) -> tuple[bytes | None, str | None]:
+    """(bytes, path) of an audio cell: an undecoded Audio struct ``{"bytes", "path"}`` or a path string."""
+    if isinstance(value, str):
+        data, path = None, value
+    elif isinstance(value, dict) and ("bytes" in value or "path" in value):
+        data, path = value.get("bytes"), value.get("path")
+    else:
+        raise DatasetError(f"holds {type(value).__name__}, not an audio file (an Audio feature or a file path)")
+    if data is None and path and base_dir and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    if data is None and not path:
+        raise DatasetError("has neither audio bytes nor a path")
+    return data, path
+
+
+def _record(audio: Any, text: Any, duration: float, label: str, base_dir: str | None) -> Record:
+    data, path = _audio_parts(audio, base_dir)
+    if data is not None:  # the label names the item; the file name's suffix tells ffmpeg the format
+        name = label + (f"/{os.path.basename(path)}" if path else "")
+        return Record(audio_path=name, sentence=text, duration=duration, audio_bytes=data)
+    return Record(audio_path=path, sentence=text, duration=duration)
+
+
+# -- opening a source
+
+
+def _pick_split(splits: Any, split: str, split_flag: str, spec: str) -> tuple[Any, str]:
+    names = list(splits.keys())
+    if split in names:
+        return splits[split], split
+    if len(names) == 1:
+        logger.info("%s has one split, '%s': using it (%s=%s does not apply)", spec, names[0], split_flag, split)
+        return splits[names[0]], names[0]
+    raise DatasetError(f"{spec}: no split '{split}' (it has: {', '.join(names)}); choose one with {split_flag}")
+
+
+def _audiofolder_splits(folder: str) -> dict[str, str]:
+    """{split: metadata file} of an audiofolder: one per subfolder that has one, else the folder's own."""
+    splits = {}
+    for entry in sorted(os.listdir(folder)):
+        for meta in METADATA_FILES:
+            if os.path.isfile(os.path.join(folder, entry, meta)):
+                splits[entry] = os.path.join(folder, entry, meta)
+                break
+    if not splits:
+        for meta in METADATA_FILES:
+            if os.path.isfile(os.path.join(folder, meta)):
+                splits["train"] = os.path.join(folder, meta)
+                break
+    return splits
+
+
+def _read_audiofolder(meta_path: str) -> Any:
+    """An audiofolder's metadata file → ``datasets.Dataset`` with the audio column as absolute file paths."""
+    import datasets
+
+    base = os.path.dirname(os.path.abspath(meta_path))
+    with open(meta_path, encoding="utf-8", newline="") as f:
+        if meta_path.endswith(".csv"):
+            rows = list(csv.DictReader(f))
+            lines = range(2, len(rows) + 2)
+        else:
+            rows, lines = [], []
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{meta_path}:{lineno}: not valid JSON ({e})") from e
+                lines.append(lineno)
+    if not rows:
+        raise DatasetError(f"{meta_path}: no rows; expected a file_name column and a text column")
+    columns: dict[str, list] = {}
+    for lineno, row in zip(lines, rows):
+        if not isinstance(row, dict) or not row.get("file_name"):
+            raise DatasetError(f"{meta_path}:{lineno}: 'file_name' missing; each row names its audio file, "
+                               "relative to the metadata file")
+        path = os.path.join(base, row["file_name"])
+        if not os.path.isfile(path):
+            raise DatasetError(f"{meta_path}:{lineno}: audio file {row['file_name']} not found in {base}")
+        if set(row) != set(rows[0]):
+            raise DatasetError(f"{meta_path}:{lineno}: columns {sorted(row)} differ from the first row's "
+                               f"{sorted(rows[0])}")
+        for key, value in row.items():
+            columns.setdefault("audio" if key == "file_name" else key, []).append(path if key == "file_name" else value)
+    if "duration" in columns:
+        try:
+            columns["duration"] = [float(v) for v in columns["duration"]]
+        except (TypeError, ValueError):
+            del columns["duration"]  # computed from the files instead
+    return datasets.Dataset.from_dict(columns)
+
+
+def _open_split(spec: str, split: str, split_flag: str, config: str | None, streaming: bool) -> tuple[Any, str | None]:
+    """The split of ``spec`` as a ``datasets.Dataset`` (or ``IterableDataset`` when streaming a hub/parquet
+    source) and the split's name (None for a source without splits)."""
+    import datasets
+
+    if os.path.isdir(spec):
+        if os.path.isfile(os.path.join(spec, "dataset_dict.json")):
+            return _pick_split(datasets.load_from_disk(spec), split, split_flag, spec)
+        if os.path.isfile(os.path.join(spec, "state.json")):
+            return datasets.load_from_disk(spec), None
+        folder_splits = _audiofolder_splits(spec)
+        if folder_splits:
+            meta, name = _pick_split(folder_splits, split, split_flag, spec)
+            return _read_audiofolder(meta), name
+        if glob.glob(os.path.join(spec, "**", "*.parquet"), recursive=True):
+            return _pick_split(datasets.load_dataset("parquet", data_dir=spec, streaming=streaming),
+                               split, split_flag, spec)
+        raise DatasetError(f"{spec}: a folder but not a dataset: expected dataset_dict.json or state.json "
+                           "(save_to_disk), metadata.csv/metadata.jsonl (audiofolder) or .parquet files")
+    if spec.lower().endswith(".parquet"):
+        files = sorted(glob.glob(spec))
+        if not files:
+            raise DatasetError(f"{spec}: no parquet file found")
+        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming), None
+    if os.path.exists(spec) or not _HUB_NAME.fullmatch(spec):
+        raise DatasetError(f"{spec}: not a manifest (.json/.jsonl), a dataset folder, parquet files or a Hugging "
+                           "Face hub dataset name")
+    try:
+        ds = datasets.load_dataset(spec, config, split=split, streaming=streaming)
+    except ConnectionError as e:
+        raise DatasetError(f"{spec}: not a local file or folder, and the Hugging Face hub cannot be reached ({e}); "
+                           "download it where there is internet (save_to_disk) and pass the folder") from e
+    except (FileNotFoundError, ValueError) as e:  # unknown dataset, config or split
+        raise DatasetError(f"{spec}: cannot load it from the Hugging Face hub ({e}); check the name, "
+                           f"--dataset_config and {split_flag}") from e
+    return ds, split
+
+
+def _columns(ds: Any, spec: str, options: DatasetOptions) -> tuple[str, str]:
+    """(audio column, text column): the given names, else the Audio feature / first known text name."""
+    from datasets import Audio
+
+    names = list(ds.column_names or [])
+    features = ds.features or {}
+    have = ", ".join(names)
+    audio = options.audio_column or next((n for n in names if isinstance(features.get(n), Audio)),
+                                         "audio" if "audio" in names else None)
+    if audio is None or audio not in names:
+        raise DatasetError(f"{spec}: no audio column {audio or ''} (columns: {have}); name it with --audio_column")
+    text = options.text_column or next((n for n in TEXT_COLUMNS if n in names), None)
+    if text is None or text not in names:
+        raise DatasetError(f"{spec}: no text column {text or ''} (columns: {have}); name it with --text_column")
+    return audio, text
+
+
+def _undecoded(ds: Any, audio_column: str) -> Any:
+    """``ds`` with its Audio column read as ``{"bytes", "path"}`` (never decoded by ``datasets``)."""
+    from datasets import Audio
+
+    feature = (ds.features or {}).get(audio_column)
+    if isinstance(feature, Audio) and feature.decode:
+        return ds.cast_column(audio_column, Audio(decode=False))
+    return ds
+
+
+def _duration_of(audio: Any, base_dir: str | None, where: str) -> float:
+    data, path = _audio_parts(audio, base_dir)
+    return audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
+
+
+def load_dataset_source(
+    spec: str,
+    *,
+    split: str,
+    split_flag: str,
+    options: DatasetOptions = DatasetOptions(),
+    min_duration: float = 0.0,
+    max_duration: float = 30.0,
+    encode: Callable[[str], Sequence[int]] | None = None,
+    max_label_tokens: int = MAX_LABEL_TOKENS,
+    skip_invalid: bool = False,
+    show_progress: bool = True,
+) -> DatasetSource:
+    """Open one split of a dataset (see the module docstring) and check every row: audio readable (its duration
+    from the header, or a numeric ``duration`` column), text a string ("" = no-speech clip), label within
+    Whisper's limit, duration within bounds. Arguments as in ``load_data``.
+
+    Raises:
+        DatasetError: the source cannot be opened, a column is missing, or a row is invalid (unless skipped).
+    """
+    ds, split_name = _open_split(spec, split, split_flag, options.config, streaming=False)
+    audio_column, text_column = _columns(ds, spec, options)
+    numeric = {"float32", "float64", "int32", "int64"}
+    duration_feature = (ds.features or {}).get("duration")
+    has_duration = getattr(duration_feature, "dtype", None) in numeric and "duration" not in (audio_column, text_column)
+    keep = [audio_column, text_column] + (["duration"] if has_duration else [])
+    ds = _undecoded(ds.select_columns(keep), audio_column)
+    base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
+    label = spec.rstrip("/")
+    rows, durations = [], []
+    skipped_invalid = skipped_short = skipped_long = 0
+    # one pass over the needed columns, in Arrow batches (the audio only when its header gives the duration)
+    reading = ds.select_columns([text_column, "duration"]) if has_duration else ds
+    with tqdm(total=len(ds), desc=f"checking {os.path.basename(label)}", unit="item",
+              disable=not show_progress or len(ds) < 1000) as bar:
+        row = 0
+        for batch in reading.iter(batch_size=256):
+            for j in range(len(batch[text_column])):
+                where = f"{label}[{split_name}]#{row}" if split_name else f"{label}#{row}"
+                try:
+                    text = batch[text_column][j]
+                    if not isinstance(text, str):
+                        raise DatasetError(f"{where}: '{text_column}' is {text!r}, not text; use \"\" for a "
+                                           "no-speech clip (or name the text column with --text_column)")
+                    if encode is not None:
+                        n = LABEL_SPECIAL_TOKENS + len(encode(text))
+                        if n > max_label_tokens:
+                            raise DatasetError(f"{where}: '{text_column}' is {n} tokens with special tokens, more "
+                                               f"than Whisper's {max_label_tokens}; split the clip")
+                    try:
+                        duration = (float(batch["duration"][j]) if has_duration
+                                    else _duration_of(batch[audio_column][j], base_dir, where))
+                    except (DatasetError, AudioLoadError) as e:
+                        raise DatasetError(f"{where}: '{audio_column}' {e}") from e
+                    if not np.isfinite(duration) or duration <= 0:
+                        raise DatasetError(f"{where}: duration {duration} s; the audio is empty or the 'duration' "
+                                           "column is wrong")
+                except DatasetError as e:
+                    if not skip_invalid:
+                        raise
+                    skipped_invalid += 1
+                    logger.warning("skipping invalid item: %s", e)
+                    row += 1
+                    continue
+                if duration < min_duration:
+                    skipped_short += 1
+                elif 0 < max_duration < duration:
+                    skipped_long += 1
+                else:
+                    rows.append(row)
+                    durations.append(duration)
+                row += 1
+            bar.update(len(batch[text_column]))
+    if skipped_short or skipped_long:
+        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
+                    spec, skipped_short, min_duration, skipped_long, max_duration)
+    if skipped_invalid:
+        logger.warning("%s: skipped %d invalid items (--skip_invalid)", spec, skipped_invalid)
+    if not rows:
+        raise DatasetError(f"{spec}: no usable items ({row} rows; duration bounds {min_duration}..{max_duration} s, "
+                           f"{skipped_invalid} invalid)")
+    logger.info("%s%s: %d items, audio '%s', text '%s'", spec, f" [{split_name}]" if split_name else "",
+                len(rows), audio_column, text_column)
+    return DatasetSource(ds, name=label, split=split_name, audio_column=audio_column, text_column=text_column,
+                         rows=np.asarray(rows, dtype=np.int64), durations=np.asarray(durations, dtype=np.float32),
+                         base_dir=base_dir)
+
+
+def iter_dataset_records(spec: str, *, split: str, split_flag: str, options: DatasetOptions = DatasetOptions(),
+                         min_duration: float = 0.0, max_duration: float = 30.0) -> Iterator[Record]:
+    """The records of one split, read as they come: a hub or parquet source is streamed (``options.streaming``)
+    instead of downloaded whole. Each item is checked when it arrives (text, audio, duration bounds); clips
+    outside the bounds are left out and counted.
+
+    Raises:
+        DatasetError: the source cannot be opened or an item is invalid.
+    """
+    ds, split_name = _open_split(spec, split, split_flag, options.config, streaming=options.streaming)
+    audio_column, text_column = _columns(ds, spec, options)
+    ds = _undecoded(ds.select_columns([audio_column, text_column]), audio_column)
+    base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
+    label = spec.rstrip("/")
+    left_out = 0
+    for row, item in enumerate(ds):
+        where = f"{label}[{split_name}]#{row}" if split_name else f"{label}#{row}"
+        text = item[text_column]
+        if not isinstance(text, str):
+            raise DatasetError(f"{where}: '{text_column}' is {text!r}, not text; use \"\" for a no-speech clip")
+        try:
+            data, path = _audio_parts(item[audio_column], base_dir)
+            duration = audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
+        except (DatasetError, AudioLoadError) as e:
+            raise DatasetError(f"{where}: '{audio_column}' {e}") from e
+        if duration < min_duration or 0 < max_duration < duration:
+            left_out += 1
+            continue
+        yield _record(item[audio_column], text, duration, where, base_dir)
+    if left_out:
+        logger.info("%s: left out %d clips outside %.2f..%.2f s", spec, left_out, min_duration, max_duration)

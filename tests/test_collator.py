@@ -207,7 +207,7 @@ def test_prompted_item_puts_the_prompt_before_the_start_token_and_gives_it_no_lo
 
 
 def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hotwords(processor, zh_wav, tmp_path):
-    from utils.train_data import previous_sentences, sample_hotwords
+    from utils.train_data import hotword_candidates, previous_sentences, sample_hotwords
 
     lines = [{"audio": {"path": str(zh_wav), "start_time": t, "end_time": t + 1.0}, "sentence": s, "duration": 1.0}
              for t, s in ((2.0, "第二句"), (0.0, "第一句话"), (4.0, "第三句"))]
@@ -219,11 +219,25 @@ def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hot
     ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=1.0)
     decode = processor.tokenizer.decode
     assert decode(ds[0]["prompt"]).strip() == "第一句话" and decode(ds[2]["prompt"]).strip() == "第二句"
-    hotwords = decode(ds[3]["prompt"]).strip().split(",")
-    assert hotwords and all(w and w in lines[3]["sentence"] for w in hotwords), hotwords
+    others = "".join(x["sentence"] for x in lines[:3])
+    own_seen = absent_seen = 0
+    for epoch in range(12):  # hotwords: whole words of the item's text, sometimes with absent words of another item
+        ds.set_epoch(epoch)
+        hotwords = decode(ds[3]["prompt"]).strip().split(",")
+        own = [w for w in hotwords if w in lines[3]["sentence"]]
+        absent = [w for w in hotwords if w not in lines[3]["sentence"]]
+        assert own and all(w in others for w in absent), hotwords
+        assert all(w in {"今天", "天气", "我们", "公园", "散步"} for w in own), hotwords  # words, not character spans
+        own_seen, absent_seen = own_seen + 1, absent_seen + bool(absent)
+    assert 0 < absent_seen < own_seen
     assert "prompt" not in SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese")[0]
     rng = np.random.default_rng(0)
     english = sample_hotwords("please call Szymanski back", rng).split(",")
     assert all(w in "please call Szymanski back".split() for w in english)
+    assert hotword_candidates("这本词典对学习很有帮助。") == ["词典", "学习", "帮助"]
+    mixed = sample_hotwords("地铁二号线在哪里换乘？", rng, other="这本词典对学习很有帮助。地铁很快。").split(",")
+    own = [w for w in mixed if w in ("地铁", "哪里")]
+    absent = [w for w in mixed if w not in own]  # 地铁 of the other text is in this one: never a distractor
+    assert own and absent and set(absent) <= {"词典", "学习", "帮助", "很快"}, mixed
     with pytest.raises(ValueError, match="prompt_prob"):
         SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=2.0)

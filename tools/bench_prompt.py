@@ -2,9 +2,11 @@
 
     python tools/bench_prompt.py --model_path=openai/whisper-base --model_path=models/whisper-base-finetune
 
-Every clip is decoded twice: plain, and with 1–3 hotwords drawn (seeded) from its own reference — what a user
-who knows the names and terms in a recording would type. The gain (plain CER − hotword CER) shows whether the
-model still reads the previous-text prompt; a model fine-tuned without ``--prompt_prob`` tends to ignore it.
+Every clip is decoded three times: plain; with 1–3 hotwords, whole words drawn (seeded) from its own reference;
+and with a list that also holds 1–2 words of another clip that this one lacks — what a user who types the names
+and terms of a whole recording gives (most of a real list is absent from any one clip). The gain (plain CER −
+hotword CER) shows whether the model reads the previous-text prompt; the mixed list shows whether it writes
+words it did not hear. ``runaway`` counts outputs caught in a repetition loop (utils.text.has_repetition).
 The hotwords come from the reference, so the gain is an upper bound of what real hotword lists give.
 """
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from utils.audio import load_audio
     from utils.data import load_manifest
-    from utils.text import error_rate
+    from utils.text import error_rate, has_repetition
     from utils.train_data import sample_hotwords
     from utils.transcribe import DecodeOptions, load_transcriber
 
@@ -46,19 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for r in load_manifest(args.test_data) if r.sentence.strip()]
     rng = np.random.default_rng(args.seed)
     hotwords = [sample_hotwords(r.sentence, rng) for r in records]
+    others = [records[(i + int(rng.integers(1, len(records)))) % len(records)].sentence for i in range(len(records))]
+    mixed = [sample_hotwords(r.sentence, rng, other=o) for r, o in zip(records, others)]
     audios = [load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time) for r in records]
     refs = [r.sentence for r in records]
     report = {"test_data": args.test_data, "clips": len(records), "models": {}}
     for model in args.model_path:
         engine = load_transcriber(model, args.backend)
         plain = engine.transcribe_batch(audios, DecodeOptions(language=args.language, temperatures=(0.0,)))
-        prompted = [engine.transcribe_batch([a], DecodeOptions(language=args.language, temperatures=(0.0,),
-                                                               hotwords=h or None))[0]
-                    for a, h in tqdm(list(zip(audios, hotwords)), desc=model, unit="clip")]
-        cer_plain = error_rate(refs, [t.text for t in plain], "cer")
-        cer_prompted = error_rate(refs, [t.text for t in prompted], "cer")
-        report["models"][model] = {"cer": round(cer_plain, 4), "cer_with_hotwords": round(cer_prompted, 4),
-                                   "gain": round(cer_plain - cer_prompted, 4)}
+        row = {"cer": round(error_rate(refs, [t.text for t in plain], "cer"), 4),
+               "runaway": sum(has_repetition(t.text) for t in plain)}
+        for name, lists in (("hotwords", hotwords), ("mixed_list", mixed)):
+            texts = [engine.transcribe_batch([a], DecodeOptions(language=args.language, temperatures=(0.0,),
+                                                                hotwords=h or None))[0].text
+                     for a, h in tqdm(list(zip(audios, lists)), desc=f"{model} {name}", unit="clip")]
+            cer = error_rate(refs, texts, "cer")
+            row.update({f"cer_{name}": round(cer, 4), f"gain_{name}": round(row["cer"] - cer, 4),
+                        f"runaway_{name}": sum(has_repetition(t) for t in texts)})
+        report["models"][model] = row
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 

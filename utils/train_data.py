@@ -110,23 +110,42 @@ def previous_sentences(manifest: Manifest | DatasetSource) -> dict[int, str]:
     return previous
 
 
-def sample_hotwords(sentence: str, rng: np.random.Generator, most: int = 3) -> str:
-    """One to ``most`` words of ``sentence``, as a user would give them as hotwords: spans of 2–4 characters
-    of Chinese/Japanese text, whole words of spaced text; comma-separated."""
+_PUNCT = "，。、；：,.!?！？;:\"'“”‘’（）()《》·-—…"
+
+
+def hotword_candidates(sentence: str) -> list[str]:
+    """The words of ``sentence`` a user could give as hotwords: whole words of two or more characters (Chinese
+    segmented with snownlp, spaced text split on spaces), punctuation stripped, first occurrence order."""
     sentence = sentence.strip()
     if not sentence:
-        return ""
-    words = sentence.split()
-    if len(words) == 1 and CJK_CHAR.search(sentence):  # unspaced text: character spans
-        picks = []
-        for _ in range(int(rng.integers(1, most + 1))):
-            length = int(rng.integers(2, 5))
-            start = int(rng.integers(0, max(1, len(sentence) - length + 1)))
-            picks.append(sentence[start: start + length])
+        return []
+    if CJK_CHAR.search(sentence):
+        from snownlp import SnowNLP  # a segmenter that ships in a package (already needed for sentiment)
+
+        words = SnowNLP(sentence).words
     else:
-        count = min(len(words), int(rng.integers(1, most + 1)))
-        picks = [words[i] for i in sorted(rng.choice(len(words), size=count, replace=False))]
-    return ",".join(dict.fromkeys(p.strip("，。,.!?！？") for p in picks if p.strip("，。,.!?！？")))
+        words = sentence.split()
+    words = (w.strip(_PUNCT + " ") for w in words)
+    return list(dict.fromkeys(w for w in words if len(w) >= 2))
+
+
+def sample_hotwords(sentence: str, rng: np.random.Generator, most: int = 3, other: str | None = None) -> str:
+    """Comma-separated hotwords as a user would type them: one to ``most`` whole words of ``sentence``, and with
+    ``other`` (another clip's text) one or two of its words that ``sentence`` does not contain, in random order —
+    a real hotword list covers a whole recording, so most of its words are absent from any one clip, and a model
+    trained only on present hotwords learns to write them whether heard or not."""
+    candidates = hotword_candidates(sentence)
+    picks = []
+    if candidates:
+        count = min(len(candidates), int(rng.integers(1, most + 1)))
+        picks = [candidates[i] for i in sorted(rng.choice(len(candidates), size=count, replace=False))]
+    if other:
+        absent = [w for w in hotword_candidates(other) if w not in sentence]
+        if absent:
+            count = min(len(absent), int(rng.integers(1, 3)))
+            picks += [absent[i] for i in rng.choice(len(absent), size=count, replace=False)]
+            picks = [picks[i] for i in rng.permutation(len(picks))]
+    return ",".join(dict.fromkeys(picks))
 
 
 def build_labels(
@@ -281,13 +300,19 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def _prompt(self, index: int, record: Record, labels: Sequence[int]) -> list[int]:
         """Previous-text prompt ids for item ``index`` with probability ``prompt_prob`` (else []): the preceding
-        sentence of the same recording when there is one, else hotwords drawn from the item's own text."""
+        sentence of the same recording when there is one, else hotwords: whole words of the item's own text, half
+        the time mixed with words of another item that this one does not contain (``sample_hotwords``)."""
         if self.prompt_prob <= 0 or record.is_nospeech:
             return []
         rng = np.random.default_rng((self.seed, self.epoch, index, 7))
         if rng.random() >= self.prompt_prob:
             return []
-        text = self.previous.get(index) or sample_hotwords(record.sentence, rng)
+        text = self.previous.get(index)
+        if not text:  # hotwords from its own text, half the time with words of another clip that it lacks
+            other = None
+            if len(self.manifest) > 1 and rng.random() < 0.5:
+                other = self.manifest[int((index + rng.integers(1, len(self.manifest))) % len(self.manifest))].sentence
+            text = sample_hotwords(record.sentence, rng, other=other)
         if not text or not text.strip():
             return []
         room = min(MAX_PROMPT_TOKENS, MAX_DECODER_POSITIONS - len(labels) - 2)  # + <|startofprev|>, <|sot|>

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "parquet file/glob/folder, hub name")
     g.add_argument("--test_data", type=str, default="dataset/test.json",
                    help="eval manifest (jsonlines) or a Hugging Face dataset, as --train_data")
-    add_dataset_args(g, splits={"train_split": "train", "test_split": "test"})
+    add_dataset_args(g, splits={"train_split": "train", "test_split": "test"}, streaming=True)
+    g.add_argument("--shuffle_buffer", type=int, default=1000,
+                   help="--streaming: items held to shuffle the stream (more = better mixed, more memory)")
     add_audio_length_args(g, min_default=0.5)
     g.add_argument("--language", type=optional_str, default="Chinese",
                    help="language of items without their own 'language'; None = multilingual / auto")
@@ -167,6 +169,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if path is not None and is_manifest(path) and not os.path.isfile(path):
             parser.error(f"{flag} {path}: manifest file not found (make one with aishell.py, or see the README's "
                          "data format)")
+    if args.streaming:
+        if is_manifest(args.train_data):
+            parser.error(f"--streaming reads a Hugging Face dataset; {args.train_data} is a manifest (read it without "
+                         "--streaming)")
+        if args.max_steps <= 0:
+            parser.error("--streaming: a stream has no length, so give the run's length with --max_steps")
+        if args.replay_data:
+            parser.error("--streaming cannot be combined with --replay_data")
+        if args.shuffle_buffer < 1:
+            parser.error(f"--shuffle_buffer must be >= 1, got {args.shuffle_buffer}")
     if args.push_to_hub:
         logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
 
@@ -273,13 +285,15 @@ def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -
     return None if resume is None else Path(resume)
 
 
-def load_data(args: argparse.Namespace, model_dir: str, language: str | None) -> TrainingData:
-    """Processor, manifests (validated whole), augmentation config, the train dataset and the eval set."""
+def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *, rank: int = 0,
+              world_size: int = 1) -> TrainingData:
+    """Processor, manifests or datasets (validated whole; a stream item by item, this ``rank``'s share),
+    augmentation config, the train dataset and the eval set."""
     from transformers import WhisperProcessor
 
     from utils.augment import AugmentConfigError, load_augment_config
     from utils.data import ManifestError
-    from utils.hf_data import DatasetOptions
+    from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
     from utils.train_data import SpeechDataset
     from utils.trainer import EvalSet
@@ -296,7 +310,13 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
                    dataset=DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
                                           text_column=args.text_column))
     try:
-        train_manifest = load_source(args.train_data, split=args.train_split, split_flag="--train_split", **lengths)
+        if args.streaming:  # read as it comes, in the DataLoader; checked item by item
+            train_manifest = DatasetStream(args.train_data, split=args.train_split, split_flag="--train_split",
+                                           options=dataclasses.replace(lengths["dataset"], streaming=True),
+                                           min_duration=args.min_audio_len, max_duration=args.max_audio_len)
+        else:
+            train_manifest = load_source(args.train_data, split=args.train_split, split_flag="--train_split",
+                                         **lengths)
         test_manifest = load_source(args.test_data, split=args.test_split, split_flag="--test_split", **lengths)
         if args.augment_config_path:
             augmenter = load_augment_config(args.augment_config_path)
@@ -305,10 +325,24 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None) ->
     dataset_kwargs = dict(language=language, task=args.task, timestamps=args.timestamps)
     waveform_augmenter = augmenter if augmenter is not None and augmenter.has_waveform_steps else None
     try:
-        train = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
-                              augmenter=waveform_augmenter, prompt_prob=args.prompt_prob, **dataset_kwargs)
+        if args.streaming:
+            from utils.train_data import StreamingSpeechDataset
+
+            train = StreamingSpeechDataset(train_manifest, processor.feature_extractor, tokenizer, rank=rank,
+                                           world_size=world_size, shuffle_buffer=args.shuffle_buffer, seed=args.seed,
+                                           augmenter=waveform_augmenter, prompt_prob=args.prompt_prob,
+                                           **dataset_kwargs)
+        else:
+            train = SpeechDataset(train_manifest, processor.feature_extractor, tokenizer, seed=args.seed,
+                                  augmenter=waveform_augmenter, prompt_prob=args.prompt_prob, **dataset_kwargs)
     except ValueError as e:
         raise FinetuneError(f"{args.base_model}: {e}") from e
+    if args.streaming:
+        eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
+                                                      **dataset_kwargs), limit=args.max_eval_samples)
+        logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
+                    args.shuffle_buffer, rank, world_size, len(eval_set))
+        return TrainingData(processor, train, eval_set, augmenter, 0.0)
     if args.prompt_prob > 0:
         logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
                     "recording, the others get hotwords drawn from their own text", 100 * args.prompt_prob,
@@ -485,10 +519,11 @@ def run(args: argparse.Namespace, language: str | None) -> int:
         model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
     except ModelResolutionError as e:
         raise FinetuneError(str(e)) from e
-    data = load_data(args, model_dir, language)
+    data = load_data(args, model_dir, language, rank=accelerator.process_index, world_size=accelerator.num_processes)
     # 4. Model and adapter
     options = train_options(args, language, data)
-    total_steps = total_training_steps(len(data.train), options, accelerator.num_processes)
+    total_steps = args.max_steps if args.streaming else total_training_steps(len(data.train), options,
+                                                                            accelerator.num_processes)
     model, generation_config = build_model(args, model_dir, accelerator, precision, data, language, total_steps)
     # 5. Train
     result = train(args, accelerator, data, model, generation_config, options, run_dir, resume)

@@ -231,3 +231,53 @@ def test_evaluation_scores_a_dataset_like_the_manifest_streamed_or_not(tiny_whis
     assert evaluation.main([*common, f"--test_data={demo['dir'] / 'parquet'}", "--streaming=True", "--limit=2",
                             f"--output={limited}"]) == 0
     assert json.loads(limited.read_text(encoding="utf-8"))["utterances_scored"] == 2
+
+
+def _stream_dataset(demo, tiny_whisper_dir, **kwargs):
+    from transformers import WhisperProcessor
+
+    from utils.hf_data import DatasetStream
+    from utils.train_data import StreamingSpeechDataset
+
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    stream = DatasetStream(str(demo["dir"] / "parquet"), split="train", split_flag="--train_split",
+                           options=DatasetOptions(streaming=True))
+    return StreamingSpeechDataset(stream, processor.feature_extractor, processor.tokenizer, language="Chinese",
+                                  shuffle_buffer=100, **kwargs), processor.tokenizer
+
+
+def _texts(dataset, tokenizer, n):
+    from itertools import islice
+
+    return [tokenizer.decode(item["labels"], skip_special_tokens=True) for item in islice(iter(dataset), n)]
+
+
+def test_a_training_stream_reshuffles_each_pass_shards_ranks_and_resumes(demo, tiny_whisper_dir):
+    sentences = sorted(s for _, s, _ in demo["train"])
+    one, tok = _stream_dataset(demo, tiny_whisper_dir)
+    texts = _texts(one, tok, 3 * N_TRAIN)  # the stream never ends: three passes
+    passes = [texts[i * N_TRAIN:(i + 1) * N_TRAIN] for i in range(3)]
+    assert all(sorted(p) == sentences for p in passes)  # every pass holds every item once
+    assert len({tuple(p) for p in passes}) > 1  # in a new order
+    assert _texts(one, tok, N_TRAIN) == passes[0]  # seeded: the same run sees the same order
+    one.set_skip(4)  # a resumed run leaves out what it had trained on
+    assert _texts(one, tok, 5) == texts[4:9]
+    ranks = [_stream_dataset(demo, tiny_whisper_dir, rank=r, world_size=2)[0] for r in range(2)]
+    shares = [_texts(r, tok, N_TRAIN // 2) for r in ranks]
+    assert sorted(shares[0] + shares[1]) == sentences  # the ranks split a pass between them
+
+
+def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, caplog, capsys):
+    out = tmp_path / "out"
+    common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
+              f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
+              "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=4",
+              "--save_steps=2", "--generation_max_length=4", "--num_workers=1", "--learning_rate=1e-3"]
+    caplog.set_level("INFO")
+    assert finetune.main([*common, "--streaming=True", "--max_steps=4"]) == 0  # 8 items: more than one pass
+    assert "streamed (shuffle buffer 1000, rank 0 of 1), eval: 4 clips" in caplog.text
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    with pytest.raises(SystemExit):
+        finetune.main([*common, "--streaming=True"])
+    assert "--streaming: a stream has no length, so give the run's length with --max_steps" in capsys.readouterr().err

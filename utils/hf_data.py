@@ -385,34 +385,60 @@ def load_dataset_source(
                          base_dir=base_dir)
 
 
+class DatasetStream:
+    """One split of a dataset read as it comes (a hub or parquet source streamed when ``options.streaming``, instead
+    of downloaded whole; a local one read in order). Items are checked as they arrive: text, audio, and the
+    duration bounds (clips outside them are left out and counted)."""
+
+    def __init__(self, spec: str, *, split: str, split_flag: str, options: DatasetOptions = DatasetOptions(),
+                 min_duration: float = 0.0, max_duration: float = 30.0) -> None:
+        ds, self.split = _open_split(spec, split, split_flag, options.config, streaming=options.streaming)
+        self.audio_column, self.text_column = _columns(ds, spec, options)
+        self.dataset = _undecoded(ds.select_columns([self.audio_column, self.text_column]), self.audio_column)
+        self.base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
+        self.name = spec.rstrip("/")
+        self.min_duration, self.max_duration = min_duration, max_duration
+
+    def records(self, *, seed: int | None = None, epoch: int = 0, shuffle_buffer: int = 1000, rank: int = 0,
+                world_size: int = 1) -> Iterator[Record]:
+        """The records in order, or shuffled (``seed`` given: a ``shuffle_buffer``-item buffer, reseeded per
+        ``epoch``), this ``rank``'s share of ``world_size``."""
+        import datasets
+
+        ds = self.dataset
+        if seed is not None or world_size > 1:
+            if isinstance(ds, datasets.Dataset):
+                ds = ds.to_iterable_dataset(num_shards=min(64, max(1, len(ds))))
+            if seed is not None:
+                ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+                ds.set_epoch(epoch)
+            if world_size > 1:
+                from datasets.distributed import split_dataset_by_node
+
+                ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+        split = f"[{self.split}]" if self.split else ""
+        left_out = 0
+        for n, item in enumerate(ds):
+            where = f"{self.name}{split} item {n}" + (f" of rank {rank}" if world_size > 1 else "")
+            text = item[self.text_column]
+            if not isinstance(text, str):
+                raise DatasetError(f"{where}: '{self.text_column}' is {text!r}, not text; use \"\" for a no-speech "
+                                   "clip (or name the text column with --text_column)")
+            try:
+                duration = _duration_of(item[self.audio_column], self.base_dir, where)
+            except (DatasetError, AudioLoadError) as e:
+                raise DatasetError(f"{where}: '{self.audio_column}' {e}") from e
+            if duration < self.min_duration or 0 < self.max_duration < duration:
+                left_out += 1
+                continue
+            yield _record(item[self.audio_column], text, duration, where, self.base_dir)
+        if left_out:
+            logger.info("%s: left out %d clips outside %.2f..%.2f s", self.name, left_out, self.min_duration,
+                        self.max_duration)
+
+
 def iter_dataset_records(spec: str, *, split: str, split_flag: str, options: DatasetOptions = DatasetOptions(),
                          min_duration: float = 0.0, max_duration: float = 30.0) -> Iterator[Record]:
-    """The records of one split, read as they come: a hub or parquet source is streamed (``options.streaming``)
-    instead of downloaded whole. Each item is checked when it arrives (text, audio, duration bounds); clips
-    outside the bounds are left out and counted.
-
-    Raises:
-        DatasetError: the source cannot be opened or an item is invalid.
-    """
-    ds, split_name = _open_split(spec, split, split_flag, options.config, streaming=options.streaming)
-    audio_column, text_column = _columns(ds, spec, options)
-    ds = _undecoded(ds.select_columns([audio_column, text_column]), audio_column)
-    base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
-    label = spec.rstrip("/")
-    left_out = 0
-    for row, item in enumerate(ds):
-        where = f"{label}[{split_name}]#{row}" if split_name else f"{label}#{row}"
-        text = item[text_column]
-        if not isinstance(text, str):
-            raise DatasetError(f"{where}: '{text_column}' is {text!r}, not text; use \"\" for a no-speech clip")
-        try:
-            data, path = _audio_parts(item[audio_column], base_dir)
-            duration = audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
-        except (DatasetError, AudioLoadError) as e:
-            raise DatasetError(f"{where}: '{audio_column}' {e}") from e
-        if duration < min_duration or 0 < max_duration < duration:
-            left_out += 1
-            continue
-        yield _record(item[audio_column], text, duration, where, base_dir)
-    if left_out:
-        logger.info("%s: left out %d clips outside %.2f..%.2f s", spec, left_out, min_duration, max_duration)
+    """The records of one split in order, read as they come (``DatasetStream``)."""
+    return DatasetStream(spec, split=split, split_flag=split_flag, options=options, min_duration=min_duration,
+                         max_duration=max_duration).records()

@@ -17,8 +17,9 @@ without ``sentences`` are still used, with the ``<|notimestamps|>`` layout.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -278,11 +279,19 @@ class SpeechDataset(torch.utils.data.Dataset):
         return self.manifest[index]
 
     def __getitem__(self, index: int) -> dict:
-        record = self.manifest[index]
+        other = None
+        if self.prompt_prob > 0 and len(self.manifest) > 1:  # a distractor text for hotword prompts (_prompt)
+            rng = np.random.default_rng((self.seed, self.epoch, index, 11))
+            other = self.manifest[int((index + rng.integers(1, len(self.manifest))) % len(self.manifest))].sentence
+        return self.example(self.manifest[index], index, self.manifest.location(index), other=other)
+
+    def example(self, record: Record, index: int, where: str, *, other: str | None = None) -> dict:
+        """The training item of ``record`` (``index`` keys its randomness and the encoder cache; ``where`` names it
+        in errors; ``other``: another item's text, for hotword distractors)."""
         try:
             samples = load_record_audio(record)
         except AudioLoadError as e:  # name the manifest line, the thing a user edits
-            raise AudioLoadError(f"{self.manifest.location(index)}: {e}") from e
+            raise AudioLoadError(f"{where}: {e}") from e
         time_scale = 1.0
         if self.augmenter is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
@@ -293,30 +302,76 @@ class SpeechDataset(torch.utils.data.Dataset):
         labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
                               timestamps=self.timestamps, time_scale=time_scale)
         item = {"input_features": features, "labels": labels, "index": index}
-        prompt = self._prompt(index, record, labels)
+        prompt = self._prompt(index, record, labels, other)
         if prompt:
             item["prompt"] = prompt
         return item
 
-    def _prompt(self, index: int, record: Record, labels: Sequence[int]) -> list[int]:
+    def _prompt(self, index: int, record: Record, labels: Sequence[int], other: str | None) -> list[int]:
         """Previous-text prompt ids for item ``index`` with probability ``prompt_prob`` (else []): the preceding
         sentence of the same recording when there is one, else hotwords: whole words of the item's own text, half
-        the time mixed with words of another item that this one does not contain (``sample_hotwords``)."""
+        the time mixed with words of ``other`` that this one does not contain (``sample_hotwords``)."""
         if self.prompt_prob <= 0 or record.is_nospeech:
             return []
         rng = np.random.default_rng((self.seed, self.epoch, index, 7))
         if rng.random() >= self.prompt_prob:
             return []
         text = self.previous.get(index)
-        if not text:  # hotwords from its own text, half the time with words of another clip that it lacks
-            other = None
-            if len(self.manifest) > 1 and rng.random() < 0.5:
-                other = self.manifest[int((index + rng.integers(1, len(self.manifest))) % len(self.manifest))].sentence
-            text = sample_hotwords(record.sentence, rng, other=other)
+        if not text:
+            text = sample_hotwords(record.sentence, rng, other=other if rng.random() < 0.5 else None)
         if not text or not text.strip():
             return []
         room = min(MAX_PROMPT_TOKENS, MAX_DECODER_POSITIONS - len(labels) - 2)  # + <|startofprev|>, <|sot|>
         return self._encode(" " + text.strip())[-room:] if room > 0 else []
+
+
+class StreamingSpeechDataset(torch.utils.data.IterableDataset):
+    """Training items from a dataset read as a stream (``utils.hf_data.DatasetStream``), pass after pass without
+    end: each pass reshuffled (``shuffle_buffer`` items, seeded by seed and pass), this rank's share of it
+    (``rank``/``world_size``), split again across DataLoader workers. The run's length is set by ``max_steps``;
+    as no rank ever runs out, every rank takes the same number of steps.
+
+    Items are checked as they arrive: clips outside the duration bounds are left out; a label longer than
+    Whisper's limit is an error naming the item.
+    """
+
+    def __init__(self, stream, feature_extractor, tokenizer, *, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 1000, **options) -> None:
+        self.stream = stream
+        self.builder = SpeechDataset([], feature_extractor, tokenizer, **options)  # builds items; holds none
+        self.tokens = self.builder.tokens
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:  # the trainer's epoch is the whole run here
+        self.builder.set_epoch(epoch)
+
+    def set_skip(self, items: int) -> None:
+        """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them)."""
+        self.skip = items
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        position, last_text = 0, None
+        for pass_index in itertools.count():
+            seen = 0
+            for record in self.stream.records(seed=self.builder.seed, epoch=pass_index, rank=self.rank,
+                                              world_size=self.world_size, shuffle_buffer=self.shuffle_buffer):
+                seen += 1
+                position += 1
+                if position <= self.skip or (position - 1) % workers != worker:
+                    continue
+                item = self.builder.example(record, position - 1, record.audio_path, other=last_text)
+                if len(item["labels"]) + 1 > MAX_DECODER_POSITIONS:
+                    raise ValueError(f"{record.audio_path}: the label is {len(item['labels']) + 1} tokens, more than "
+                                     f"Whisper's {MAX_DECODER_POSITIONS}; split the clip")
+                last_text = record.sentence
+                yield item
+            if seen == 0:
+                raise ValueError(f"{self.stream.name}: the stream has no usable item (this rank's share, within the "
+                                 "duration bounds)")
 
 
 class ReplayMix(torch.utils.data.Dataset):

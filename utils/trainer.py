@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -460,8 +461,15 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.generation_config = generation_config
         self.world_size = accelerator.num_processes
-        self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size)
-        self.total_steps = total_training_steps(len(train_dataset), options, self.world_size)
+        # a stream (utils.train_data.StreamingSpeechDataset) never ends: max_steps sets the run, one "epoch"
+        self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
+        if self.streaming:
+            if options.max_steps <= 0:
+                raise ValueError("a streamed training set has no length: give max_steps")
+            self.batches_per_epoch, self.total_steps = sys.maxsize, options.max_steps
+        else:
+            self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size)
+            self.total_steps = total_training_steps(len(train_dataset), options, self.world_size)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters; build the adapter first")
@@ -499,8 +507,10 @@ class Trainer:
                 f"encoder layers 1-{frozen} of {n} are frozen (adapters in the top {n - frozen})")
         logger.info("%s: their output is computed once per clip without gradients and cached (up to %.1f GB "
                     "per dataset)", what, budget / 1024 ** 3)
-        return (EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen),
-                EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen))
+        train = EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen)
+        if self.streaming:  # a stream never shows an item twice: nothing to reuse (the eval set is cached)
+            train = None
+        return train, EncoderCache(encoder, accelerator=self.accelerator, max_bytes=budget, frozen_layers=frozen)
 
     # -- persistence
 
@@ -684,9 +694,13 @@ class Trainer:
                    disable=not acc.is_local_main_process)
         while state.global_step < self.total_steps:
             skip = state.batch_in_epoch * o.per_device_train_batch_size
-            sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch, rank=acc.process_index,
-                                   world_size=self.world_size, skip=skip)
             self.train_dataset.set_epoch(state.epoch)
+            if self.streaming:
+                sampler = None
+                self.train_dataset.set_skip(skip)
+            else:
+                sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch,
+                                       rank=acc.process_index, world_size=self.world_size, skip=skip)
             loader = DataLoader(self.train_dataset, batch_size=o.per_device_train_batch_size, sampler=sampler,
                                 collate_fn=self.collator, num_workers=o.num_workers,
                                 pin_memory=acc.device.type == "cuda")
@@ -741,6 +755,8 @@ class Trainer:
                 if state.global_step >= self.total_steps:
                     break
             else:  # the loader ran out (an epoch ended without a pending step)
+                if sampler is None:
+                    raise RuntimeError("the training stream ended")  # StreamingSpeechDataset never does
                 if state.batch_in_epoch >= self.batches_per_epoch or len(sampler) == 0:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         bar.close()

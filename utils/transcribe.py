@@ -943,30 +943,25 @@ class CT2Transcriber(_BaseTranscriber):
         memory is then not reused, so a chunk's address and length identify it)."""
         self._kept = (list(chunks), encoded)
 
-    def _take_encoded(self, chunks: Sequence[np.ndarray]) -> tuple[Any, int]:
-        """The kept encoder output of the leading chunks of ``chunks`` that detection encoded, and how many
-        they are ((None, 0) when none); the kept output is handed out once."""
+    def _encode_reusing(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
+        """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (by language detection or by
+        the decode, ``_keep_encoded``) from it and encoding only the others; the kept output is handed out once."""
         kept, self._kept = self._kept, None
-        if kept is None:
-            return None, 0
+        if kept is None or not isinstance(kept[1], np.ndarray):
+            return self._encode(feats)
 
         def key(chunk: np.ndarray) -> tuple[int, int]:
             return chunk.__array_interface__["data"][0], len(chunk)
 
-        n = len(kept[0])
-        if n > len(chunks) or any(key(a) != key(b) for a, b in zip(kept[0], chunks)):
-            return None, 0
-        return kept[1], n
-
-    def _kept_rows(self, chunks: Sequence[np.ndarray]) -> np.ndarray | None:
-        """The kept encoder output of exactly these chunks (any subset of the kept ones, in any order), or None;
-        the kept output is handed out once."""
-        kept, self._kept = self._kept, None
-        if kept is None or not isinstance(kept[1], np.ndarray):
-            return None
-        rows = {(c.__array_interface__["data"][0], len(c)): i for i, c in enumerate(kept[0])}
-        picked = [rows.get((c.__array_interface__["data"][0], len(c))) for c in chunks]
-        return None if None in picked else kept[1][picked]
+        rows = {key(c): i for i, c in enumerate(kept[0])}
+        picked = [rows.get(key(c)) for c in chunks]
+        missing = [i for i, row in enumerate(picked) if row is None]
+        if len(missing) == len(chunks):
+            return self._encode(feats)
+        out = kept[1][[row if row is not None else 0 for row in picked]]
+        if missing:
+            out[missing] = self._encode(feats[missing])
+        return out
 
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:
@@ -976,13 +971,6 @@ class CT2Transcriber(_BaseTranscriber):
             self._keep_encoded(chunks, encoded)
         results = self.model.model.detect_language(self._storage(encoded))
         return [(r[0][0].strip("<|>"), float(r[0][1])) for r in results]
-
-    def _encode_chunks(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
-        """``_encode(feats)``, reusing the encoder output of leading chunks that language detection encoded."""
-        kept, n = self._take_encoded(chunks)
-        if kept is None:
-            return self._encode(feats)
-        return kept if n == len(chunks) else np.concatenate([kept, self._encode(feats[n:])])
 
     def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
                   max_new_tokens: int):
@@ -1020,7 +1008,7 @@ class CT2Transcriber(_BaseTranscriber):
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
         longest_prompt = max(len(p) for p in prompts)
-        encoded = self._encode_chunks(chunks, feats)
+        encoded = self._encode_reusing(chunks, feats)
         for temperature in options.temperatures:
             if pending == list(range(len(chunks))):
                 batch = self._storage(encoded)
@@ -1078,9 +1066,7 @@ class CT2Transcriber(_BaseTranscriber):
         from utils.alignment import MEDIAN_FILTER_WIDTH
 
         feats = self._features(chunks)
-        encoded = self._kept_rows(chunks)
-        if encoded is None:
-            encoded = self._encode(feats)
+        encoded = self._encode_reusing(chunks, feats)
         out: list[Any] = [None] * len(chunks)
         for language in dict.fromkeys(languages):  # one start sequence per call
             idx = [i for i, lang in enumerate(languages) if lang == language]

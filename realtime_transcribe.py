@@ -38,7 +38,7 @@ from utils.streaming import (
     StreamingPolicy,
     StreamResult,
     Update,
-    Word,
+    StreamToken,
     join_words,
     run_stream,
     silero_vad_fn,
@@ -115,7 +115,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_output_path(parser, "--report_path", args.report_path, folder=False)
 
 
-def commit_line(words: list[Word]) -> str:
+def commit_line(words: list[StreamToken]) -> str:
     """``[start --> end] text`` for words committed together."""
     return f"[{format_timestamp(words[0].start, '.')} --> {format_timestamp(words[-1].end, '.')}] {join_words(words)}"
 
@@ -136,9 +136,9 @@ class Display:
     def __init__(self, stream: IO[str], log: IO[str] | None = None, tty: bool | None = None) -> None:
         self.stream, self.log = stream, log
         self.tty = stream.isatty() if tty is None else tty
-        self.line: list[Word] = []
+        self.line: list[StreamToken] = []
 
-    def _redraw(self, tentative: list[Word]) -> None:
+    def _redraw(self, tentative: list[StreamToken]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
         done = join_words(self.line)
         tail = join_words(self.line + tentative)[len(done):] if tentative else ""

@@ -24,7 +24,7 @@ from utils.audio_sources import AudioDeviceError, FileSource, block_capture_time
 from utils.streaming import (
     StreamingPolicy,
     Update,
-    Word,
+    StreamToken,
     _align_committed,
     collapse_repeats,
     join_words,
@@ -87,7 +87,8 @@ class FakeASR:
         segments = []
         for i in range(0, len(heard), self.per_segment):
             group = heard[i: i + self.per_segment]
-            segments.append((group[0][0] - offset, group[-1][1] - offset, join_words([Word(0, 0, w) for *_, w in group])))
+            text = join_words([StreamToken(0, 0, w) for *_, w in group])
+            segments.append((group[0][0] - offset, group[-1][1] - offset, text))
         return segments
 
 
@@ -105,7 +106,7 @@ def feed(policy: StreamingPolicy, audio: np.ndarray, chunk_s: float = 1.0) -> li
     return updates
 
 
-def committed_words(updates: list[Update]) -> list[Word]:
+def committed_words(updates: list[Update]) -> list[StreamToken]:
     return [w for u in updates for w in u.committed]
 
 
@@ -446,15 +447,16 @@ def test_display_prints_commit_lines_and_appends_them_to_the_output_file(tmp_pat
 
     out, log = io.StringIO(), io.StringIO()
     d = realtime_transcribe.Display(out, log, tty=False)
-    d.update(Update([Word(1.0, 1.5, " Hello"), Word(1.5, 2.25, " world.")], [Word(2.3, 2.6, " tent")], 2.6))
-    d.update(Update([], [Word(2.3, 2.8, " tentative")], 3.0))
+    d.update(Update([StreamToken(1.0, 1.5, " Hello"), StreamToken(1.5, 2.25, " world.")],
+                    [StreamToken(2.3, 2.6, " tent")], 2.6))
+    d.update(Update([], [StreamToken(2.3, 2.8, " tentative")], 3.0))
     assert out.getvalue() == "[00:00:01.000 --> 00:00:02.250] Hello world.\n"
     assert log.getvalue() == out.getvalue()
     tty = io.StringIO()
     d = realtime_transcribe.Display(tty, None, tty=True)
-    d.update(Update([Word(0.0, 0.5, "好")], [Word(0.5, 1.0, "的")], 1.0))
+    d.update(Update([StreamToken(0.0, 0.5, "好")], [StreamToken(0.5, 1.0, "的")], 1.0))
     assert "好" + realtime_transcribe._DIM + "的" in tty.getvalue()  # committed plain, tentative dimmed
-    d.update(Update([Word(0.5, 1.0, "的")], [Word(1.5, 2.0, "新")], 2.0, utterance_end=True))
+    d.update(Update([StreamToken(0.5, 1.0, "的")], [StreamToken(1.5, 2.0, "新")], 2.0, utterance_end=True))
     assert tty.getvalue().endswith("好的" + realtime_transcribe._DIM + realtime_transcribe._RESET + "\n\r\033[K"
                                    + realtime_transcribe._DIM + "新" + realtime_transcribe._RESET)
 

@@ -56,8 +56,8 @@ VadFn = Callable[[np.ndarray], float]
 # words
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Word:
-    """One token of a transcript in stream time (seconds from the stream start).
+class StreamToken:
+    """One token of a transcript (a CJK character or a spaced word) in stream time (seconds from the stream start).
 
     ``text`` keeps the leading space it had in the decoded text (Latin words), none for CJK characters.
     """
@@ -101,19 +101,19 @@ def split_tokens(text: str) -> list[str]:
     return out
 
 
-def join_words(words: Sequence[Word]) -> str:
+def join_words(words: Sequence[StreamToken]) -> str:
     """Text of consecutive words, spaced as decoded (a word's leading space), without a leading space."""
     return "".join(w.text for w in words).lstrip()
 
 
-def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: float) -> list[Word]:
+def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: float) -> list[StreamToken]:
     """Hypothesis segments (times relative to the buffer) → words in stream time.
 
     A segment is (start, end, text), or (start, end, text, aligned words) when word timestamps were decoded:
     then each token takes its time from the aligned word it is in. Otherwise times are interpolated linearly
     inside the segment by the characters of each token. Times are clamped to ``[offset, audio_end]``.
     """
-    words: list[Word] = []
+    words: list[StreamToken] = []
     for start, end, text, *aligned in segments:
         spans = [(w.start, w.end, w.word) for w in aligned[0]] if aligned and aligned[0] else [(start, end, text)]
         first = True
@@ -130,7 +130,7 @@ def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: flo
                         not words or CJK_CHAR.match(words[-1].text[-1:]))):
                     tok = " " + tok  # segments are joined by a space, except between CJK characters
                 first = False
-                words.append(Word(float(bounds[i]), float(bounds[i + 1]), tok))
+                words.append(StreamToken(float(bounds[i]), float(bounds[i + 1]), tok))
     return words
 
 
@@ -177,8 +177,8 @@ class Update:
         decoded: the step ran the hypothesis function (False: silence skipped or nothing new).
     """
 
-    committed: list[Word]
-    tentative: list[Word]
+    committed: list[StreamToken]
+    tentative: list[StreamToken]
     audio_end: float
     utterance_end: bool = False
     decoded: bool = False
@@ -252,10 +252,10 @@ class StreamingPolicy:
         self.buffer = np.zeros(0, dtype=np.float32)
         self.offset = 0  # stream sample of buffer[0]
         self.total = 0  # samples received
-        self.committed: list[Word] = []  # everything committed, in order
-        self._in_buffer: list[Word] = []  # committed words still inside the buffer
-        self._prompt_words: list[Word] = []  # committed words that left the buffer (for the prompt)
-        self.tentative: list[Word] = []
+        self.committed: list[StreamToken] = []  # everything committed, in order
+        self._in_buffer: list[StreamToken] = []  # committed words still inside the buffer
+        self._prompt_words: list[StreamToken] = []  # committed words that left the buffer (for the prompt)
+        self.tentative: list[StreamToken] = []
         self._decoded_until = 0  # stream sample up to which the buffer was decoded
         self._step_from = 0  # stream sample from which the next chunk is counted (last step, or speech onset)
         self._tentative_until: int | None = None  # stream sample up to which ``tentative``'s hypothesis heard
@@ -321,7 +321,7 @@ class StreamingPolicy:
         self.buffer = self.buffer[sample - self.offset:]
         self.offset = sample
 
-    def _retire(self, keep: list[Word]) -> None:
+    def _retire(self, keep: list[StreamToken]) -> None:
         """Committed words in the buffer become ``keep``; the others move to the prompt context."""
         gone = self._in_buffer[: len(self._in_buffer) - len(keep)] if keep else self._in_buffer
         self._prompt_words = (self._prompt_words + list(gone))[-400:]
@@ -337,7 +337,7 @@ class StreamingPolicy:
         nothing is decoded and the silence is dropped (``pad_s`` kept). The first decode of an utterance
         starts the buffer ``pad_s`` before the speech onset.
         """
-        committed: list[Word] = []
+        committed: list[StreamToken] = []
         decoded = closed = False
         while self._vad is not None and self._vad.pauses:
             pause, speech_end = self._vad.pauses.pop(0)
@@ -372,7 +372,7 @@ class StreamingPolicy:
             logger.debug("committed %r | tentative %r", join_words(new), join_words(self.tentative))
         return Update(committed + new, list(self.tentative), end, decoded=True)
 
-    def _close_utterance(self, pause: int, speech_end: int) -> tuple[list[Word], bool]:
+    def _close_utterance(self, pause: int, speech_end: int) -> tuple[list[StreamToken], bool]:
         """Commit the utterance that ended at stream sample ``pause`` (its speech ended at ``speech_end``).
 
         When the latest hypothesis already heard the whole utterance (decoded past ``speech_end`` +
@@ -401,7 +401,7 @@ class StreamingPolicy:
                      "decoded" if decoded else "as last heard", join_words(new))
         return new, decoded
 
-    def _trim(self, segments: Sequence[tuple[float, float, str]], offset_s: float, done: int) -> list[Word]:
+    def _trim(self, segments: Sequence[tuple[float, float, str]], offset_s: float, done: int) -> list[StreamToken]:
         """Cut the buffer at the latest segment end whose tokens are all committed (``done`` tokens).
 
         Returns words committed by force (nothing agreed on within ``max_buffer_s``), usually none.
@@ -476,7 +476,7 @@ class StreamingPolicy:
 class Commit:
     """Words committed at one moment: ``commit_time`` on the stream clock (s)."""
 
-    words: list[Word]
+    words: list[StreamToken]
     commit_time: float
     audio_end: float
 
@@ -499,7 +499,7 @@ class StreamResult:
     max_lag_s: float = 0.0  # how far (s) the transcript fell behind the newest audio, at most
 
     @property
-    def words(self) -> list[Word]:
+    def words(self) -> list[StreamToken]:
         return [w for c in self.commits for w in c.words]
 
     @property

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import soundfile as sf
 
 import infer_server
 from conftest import EN_SENTENCE, REPO_ROOT, make_speech
+from utils.server import multipart_body
 from utils.text import error_rate
 
 pytestmark = pytest.mark.slow
@@ -66,17 +66,9 @@ class Server:
     def post(self, path: str, fields: dict, file: tuple[str, bytes] | None, headers: dict | None = None
              ) -> tuple[int, bytes]:
         """A multipart/form-data POST like ``curl -F file=@x.wav -F model=...``."""
-        boundary = uuid.uuid4().hex
-        parts = []
-        for name, value in fields.items():
-            for v in value if isinstance(value, list) else [value]:
-                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{v}\r\n'.encode())
-        if file is not None:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
-                         "Content-Type: application/octet-stream\r\n\r\n".encode() + file[1] + b"\r\n")
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        body, content_type = multipart_body(fields, file)
         request = urllib.request.Request(self.url + path, data=body, method="POST", headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
+            "Content-Type": content_type, **(headers or {})})
         return _request(request)
 
     def health(self) -> dict:

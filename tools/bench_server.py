@@ -21,7 +21,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from utils.cli import make_parser, optional_str  # noqa: E402
 from utils.device import cpu_flags  # noqa: E402
+from utils.server import multipart_body  # noqa: E402
 
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
 
@@ -61,12 +61,8 @@ def make_clip(path: Path, seconds: float) -> Path:
 
 def post(url: str, data: bytes, language: str) -> tuple[int, float, str]:
     """(status, seconds, text) of one multipart upload."""
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\n{language}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body, content_type = multipart_body({"language": language}, ("clip.wav", data))
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     t0 = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=600) as r:

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -251,6 +252,20 @@ def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[s
                               for s in transcript.segments for w in s.words]}
                    if any(s.words for s in transcript.segments) else {})}, "application/json"
     return {"text": transcript.text}, "application/json"
+
+
+def multipart_body(fields: dict[str, Any], file: tuple[str, bytes] | None) -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/form-data request like ``curl -F file=@x.wav -F model=...``, for
+    clients without the openai package (tests, tools/bench_server.py); a list value repeats its field."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        for v in value if isinstance(value, list) else [value]:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{v}\r\n'.encode())
+    if file is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file[0]}"\r\n'
+                     "Content-Type: application/octet-stream\r\n\r\n".encode() + file[1] + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def build_app(service: TranscriptionService):

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of items trained with a previous-text prompt (the preceding sentence of the same "
                         "recording, else hotwords from the item's text; no loss on it), so --initial_prompt and "
                         "--hotwords keep working after fine-tuning; 0.2-0.5 recommended when you use them")
+    add_bool(g, "pack_audio", False, "train on 30 s windows packed with several clips (their texts joined): the "
+             "encoder costs the same for 3 s or 30 s, so short clips train several times faster")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
     g.add_argument("--replay_data", type=optional_str, default=None,
@@ -175,8 +177,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                          "--streaming)")
         if args.max_steps <= 0:
             parser.error("--streaming: a stream has no length, so give the run's length with --max_steps")
-        if args.replay_data:
-            parser.error("--streaming cannot be combined with --replay_data")
+        if args.replay_data or args.pack_audio:
+            parser.error("--streaming cannot be combined with --replay_data or --pack_audio")
         if args.shuffle_buffer < 1:
             parser.error(f"--shuffle_buffer must be >= 1, got {args.shuffle_buffer}")
     if args.push_to_hub:
@@ -337,13 +339,19 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
                                   augmenter=waveform_augmenter, prompt_prob=args.prompt_prob, **dataset_kwargs)
     except ValueError as e:
         raise FinetuneError(f"{args.base_model}: {e}") from e
+    if args.pack_audio:
+        from utils.train_data import PackedSpeechDataset
+
+        if args.prompt_prob > 0:
+            logger.warning("--pack_audio: packed windows carry no previous-text prompt (--prompt_prob applies to none)")
+        train = PackedSpeechDataset(train)
     if args.streaming:
         eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                       **dataset_kwargs), limit=args.max_eval_samples)
         logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
                     args.shuffle_buffer, rank, world_size, len(eval_set))
         return TrainingData(processor, train, eval_set, augmenter, 0.0)
-    if args.prompt_prob > 0:
+    if args.prompt_prob > 0 and not args.pack_audio:
         logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
                     "recording, the others get hotwords drawn from their own text", 100 * args.prompt_prob,
                     len(train.previous), len(train))
@@ -366,7 +374,8 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         logger.info("English-only model: labels start like its inference prompt, <|startoftranscript|> "
                     "<|notimestamps|>, with no language or task token%s",
                     f" (--language={args.language} does not apply)" if language not in (None, "en") else "")
-    logger.info("train: %d clips (%.2f h), eval: %d clips", len(train), train_manifest.total_hours(), len(eval_set))
+    logger.info("train: %d %s (%.2f h), eval: %d clips", len(train), "windows" if args.pack_audio else "clips",
+                train_manifest.total_hours(), len(eval_set))
     return TrainingData(processor, train, eval_set, augmenter, train_manifest.total_hours())
 
 

@@ -241,3 +241,65 @@ def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hot
     assert own and absent and set(absent) <= {"词典", "学习", "帮助", "很快"}, mixed
     with pytest.raises(ValueError, match="prompt_prob"):
         SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=2.0)
+
+
+def test_packed_windows_hold_every_clip_once_with_joined_labels_and_clip_times(processor, tokens):
+    """--pack_audio: the demo clips packed into windows of at most 28 s, one language each, no-speech clips alone;
+    a window's audio is its clips joined by 0.3 s of silence, its label their texts in order and, with timestamps,
+    one segment per clip at the clip's place in the window."""
+    from utils.audio import load_audio
+    from utils.train_data import PackedSpeechDataset
+
+    repo = Path(__file__).resolve().parent.parent
+    m = load_manifest(repo / "dataset" / "train.json")
+    ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", timestamps=True)
+    packed = PackedSpeechDataset(ds)
+    members = sorted(i for p in packed.packs for i in p)
+    assert members == list(range(len(m)))  # every clip once
+    assert len(packed) < len(m) / 3  # short clips: several per window
+    assert any(len(p) == 1 for p in packed.packs)  # some windows stay a single clip
+    for p in packed.packs:
+        assert sum(m.durations[i] for i in p) + 0.3 * (len(p) - 1) <= 28.0 + 1e-3
+    index = next(k for k, p in enumerate(packed.packs) if len(p) >= 3)
+    item = packed[index]
+    clips = [load_audio(m[i].audio_path) for i in packed.packs[index]]
+    gap = np.zeros(int(0.3 * 16000), np.float32)
+    audio = np.concatenate([x for c in clips for x in (c, gap)][:-1])
+    fe = processor.feature_extractor
+    assert np.allclose(item["input_features"], log_mel_features(audio, fe.mel_filters, n_fft=fe.n_fft,
+                                                                hop_length=fe.hop_length, n_samples=fe.n_samples))
+    labels = item["labels"]
+    assert labels[:2] == [tokens.languages["zh"], tokens.tasks["transcribe"]] and labels[-1] == tokens.end_of_text
+    times = [t for t in labels if t >= tokens.timestamp_begin]
+    assert len(times) == 2 * len(clips)  # one segment per clip
+    starts = [0.0]
+    for c in clips[:-1]:
+        starts.append(starts[-1] + (len(c) + len(gap)) / 16000)
+    assert [round((t - tokens.timestamp_begin) * 0.02, 2) for t in times[::2]] == \
+        [round(round(s / 0.02) * 0.02, 2) for s in starts]
+    text = processor.tokenizer.decode([t for t in labels if t < tokens.timestamp_begin], skip_special_tokens=True)
+    assert text == "".join(m[i].sentence for i in packed.packs[index])
+    assert item["index"] == index and "prompt" not in item
+    assert PackedSpeechDataset(ds).packs == packed.packs  # the same seed packs the same way
+
+
+def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en_wav, tmp_path):
+    from utils.train_data import PackedSpeechDataset
+
+    lines = [{"audio": {"path": str(zh_wav)}, "sentence": f"第{i}句", "language": "Chinese", "duration": 3.0}
+             for i in range(4)]
+    lines += [{"audio": {"path": str(en_wav)}, "sentence": f"line {i}", "language": "English", "duration": 3.0}
+              for i in range(3)]
+    lines += [{"audio": {"path": str(zh_wav)}, "sentence": "", "duration": 3.0}]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    m = load_manifest(manifest)
+    packed = PackedSpeechDataset(SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language=None))
+    assert sorted(i for p in packed.packs for i in p) == list(range(8))
+    assert [7] in packed.packs  # the no-speech clip
+    for p in packed.packs:
+        assert len({lines[i].get("language") for i in p}) == 1, p
+    english = next(p for p in packed.packs if len(p) > 1 and lines[p[0]]["language"] == "English")
+    item = packed[packed.packs.index(english)]
+    text = processor.tokenizer.decode(item["labels"], skip_special_tokens=True)
+    assert text == " ".join(lines[i]["sentence"] for i in english)  # spaced languages joined with a space

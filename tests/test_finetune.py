@@ -681,3 +681,13 @@ def test_whisper_base_fine_tuned_with_timestamps_keeps_long_form_segments(whispe
     assert segments[-1].end > 20 and all(s.end - s.start < 30 for s in segments)
     srt = to_srt(transcript)
     assert srt.count(" --> ") == len(segments) and srt.startswith("1\n00:00:")
+
+
+def test_pack_audio_trains_on_windows_of_several_clips(tiny_whisper_dir, corpus, tmp_path, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, pack_audio=True, max_steps=2, eval_steps=2,
+                                   save_steps=2, per_device_train_batch_size=1)) == 0
+    assert "packed 6 clips into" in caplog.text and "windows" in caplog.text
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and all(np.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
-from utils.data import Manifest, Record
+from utils.data import Manifest, Record, Segment
 from utils.hf_data import DatasetSource
 from utils.languages import CJK_CHAR, optional_language_code
 
@@ -323,6 +323,113 @@ class SpeechDataset(torch.utils.data.Dataset):
             return []
         room = min(MAX_PROMPT_TOKENS, MAX_DECODER_POSITIONS - len(labels) - 2)  # + <|startofprev|>, <|sot|>
         return self._encode(" " + text.strip())[-room:] if room > 0 else []
+
+
+class PackedSpeechDataset(torch.utils.data.Dataset):
+    """Several clips of ``dataset`` in one 30 s window: the encoder costs the same for 3 s of speech or 30 s, so a
+    window full of clips trains on 5–10 times more speech for about the same compute (AISHELL clips are ~5 s).
+
+    Packs are fixed for the run (drawn once with ``seed``: a shuffle within each language, then first-fit up to
+    ``max_seconds`` of audio and Whisper's label limit), so cached encoder outputs stay valid; the trainer shuffles
+    their order every epoch. A pack's audio is its clips, each augmented on its own, joined by ``gap_seconds`` of
+    silence; its label is their texts in order (spaced for spaced languages) and, in a timestamps run, one
+    timestamped segment per clip (or per ``sentences`` entry, shifted). No-speech clips stay alone, and about one
+    pack in ``single_every`` is a single clip, so the model keeps seeing one short clip padded with silence, which is
+    how it is used on short clips. Packs carry no previous-text prompt.
+    """
+
+    def __init__(self, dataset: SpeechDataset, *, max_seconds: float = 28.0, gap_seconds: float = 0.3,
+                 single_every: int = 4) -> None:
+        self.dataset = dataset
+        self.gap_seconds = gap_seconds
+        self.tokens = dataset.tokens
+        manifest = dataset.manifest
+        rng = np.random.default_rng((dataset.seed, 31))
+        durations = np.asarray(manifest.durations, dtype=np.float64)
+        groups: dict[str | None, list[int]] = {}
+        packs: list[list[int]] = []
+        for i in range(len(manifest)):
+            record = manifest[i]
+            if record.is_nospeech:
+                packs.append([i])
+            else:
+                groups.setdefault(record.language, []).append(i)
+        for items in groups.values():
+            order = [items[k] for k in rng.permutation(len(items))]
+            current: list[int] = []
+            seconds = tokens = 0.0
+            for i in order:
+                n = len(dataset._encode(manifest[i].sentence)) + 2  # + a segment's two timestamps
+                fits = current and seconds + gap_seconds + durations[i] <= max_seconds and \
+                    tokens + n <= MAX_DECODER_POSITIONS - MAX_PROMPT_TOKENS // 4
+                if current and (not fits or rng.integers(single_every) == 0 and len(current) == 1):
+                    packs.append(current)
+                    current, seconds, tokens = [], 0.0, 0.0
+                current.append(i)
+                seconds += durations[i] + (gap_seconds if len(current) > 1 else 0.0)
+                tokens += n
+            if current:
+                packs.append(current)
+        self.packs = [packs[k] for k in rng.permutation(len(packs))]
+        clips = sum(len(p) for p in self.packs)
+        logger.info("packed %d clips into %d windows (%.1f clips per window, %.1f s of audio on average)", clips,
+                    len(self.packs), clips / max(1, len(self.packs)),
+                    float(durations.sum()) / max(1, len(self.packs)))
+
+    @property
+    def clips(self) -> int:
+        return sum(len(p) for p in self.packs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, index: int) -> dict:
+        ds, manifest = self.dataset, self.dataset.manifest
+        members = self.packs[index]
+        if len(members) == 1:
+            item = ds.example(manifest[members[0]], members[0], manifest.location(members[0]))
+            item.pop("prompt", None)
+            return {**item, "index": index}
+        gap = np.zeros(int(round(self.gap_seconds * SAMPLE_RATE)), dtype=np.float32)
+        pieces, segments, texts = [], [], []
+        offset = 0
+        for i in members:
+            record = manifest[i]
+            try:
+                samples = load_record_audio(record)
+            except AudioLoadError as e:
+                raise AudioLoadError(f"{manifest.location(i)}: {e}") from e
+            scale = 1.0
+            if ds.augmenter is not None:
+                samples, scale = ds.augmenter(samples, np.random.default_rng((ds.seed, ds.epoch, i)))
+            if pieces and offset + len(gap) + len(samples) > WINDOW_S * SAMPLE_RATE:
+                break  # slowed down by augmentation past the window: the clip sits this epoch out
+            if pieces:
+                pieces.append(gap)
+                offset += len(gap)
+            start = offset / SAMPLE_RATE
+            if record.sentences and ds.timestamps:
+                segments += [Segment(start + seg.start * scale, start + seg.end * scale, seg.text)
+                             for seg in record.sentences]
+            else:
+                segments.append(Segment(start, start + len(samples) / SAMPLE_RATE, record.sentence))
+            texts.append(record.sentence.strip())
+            pieces.append(samples)
+            offset += len(samples)
+        samples = np.concatenate(pieces)
+        spaced = not any(CJK_CHAR.search(t) for t in texts)
+        first = manifest[members[0]]
+        packed = Record(audio_path=first.audio_path, sentence=(" " if spaced else "").join(texts),
+                        duration=len(samples) / SAMPLE_RATE, language=first.language, sentences=tuple(segments))
+        fe = ds.feature_extractor
+        features = log_mel_features(samples, fe.mel_filters, n_fft=fe.n_fft, hop_length=fe.hop_length,
+                                    n_samples=fe.n_samples)
+        labels = build_labels(packed, ds._encode, ds.tokens, language=ds.language, task=ds.task,
+                              timestamps=ds.timestamps)
+        return {"input_features": features, "labels": labels, "index": index}
 
 
 class StreamingSpeechDataset(torch.utils.data.IterableDataset):

@@ -178,7 +178,38 @@ def label_token_count(obj: dict[str, Any], encode: Callable[[str], Sequence[int]
     return LABEL_SPECIAL_TOKENS + len(encode(obj["sentence"]))
 
 
-class Manifest(Sequence[Record]):
+class RecordSource(Sequence[Record]):
+    """What training and evaluation read: records by index (parsed on demand), each item's duration in seconds
+    (``durations``, numpy) and its place in the source for error messages (``location``). Implemented by the
+    jsonlines ``Manifest`` and by ``utils.hf_data.DatasetSource``."""
+
+    durations: np.ndarray
+
+    def record(self, index: int) -> Record:
+        """The record of item ``index`` (0 <= index < len)."""
+        raise NotImplementedError
+
+    def location(self, index: int) -> str:
+        raise NotImplementedError
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.record(index)
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(len(self)):
+            yield self.record(i)
+
+    def total_hours(self) -> float:
+        return float(self.durations.sum()) / 3600.0
+
+
+class Manifest(RecordSource):
     """A validated manifest held as numpy columns; ``manifest[i]`` parses line ``i`` on demand.
 
     Memory is about 17 bytes per kept line (offset, duration, base flag), not a dict per line.
@@ -212,13 +243,7 @@ class Manifest(Sequence[Record]):
         end = m.find(b"\n", start)
         return json.loads(m[start: end if end != -1 else len(m)])
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def record(self, index: int) -> Record:
         obj = self.raw(index)
         p = obj["audio"]["path"]
         base = int(self.bases[index])
@@ -228,16 +253,9 @@ class Manifest(Sequence[Record]):
             p = os.path.join(self._cwd, p)
         return _record_from_obj(obj, p)
 
-    def __iter__(self) -> Iterator[Record]:
-        for i in range(len(self)):
-            yield self[i]
-
     def location(self, index: int) -> str:
         """``file:line`` of kept item ``index``, for error messages."""
         return f"{self.path}:{int(self.line_numbers[index])}"
-
-    def total_hours(self) -> float:
-        return float(self.durations.sum()) / 3600.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -322,11 +340,8 @@ def load_manifest(
             line_numbers.append(lineno)
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
-    if skipped_short or skipped_long:
-        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
-                    path, skipped_short, min_duration, skipped_long, max_duration)
-    if skipped_invalid:
-        logger.warning("%s: skipped %d invalid lines (--skip_invalid)", path, skipped_invalid)
+    log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
+                 max_duration=max_duration, what="lines")
     if not offsets:
         raise ManifestError(f"{path}: no usable lines left after filtering (duration bounds "
                             f"{min_duration}..{max_duration} s, {skipped_invalid} invalid)")
@@ -337,6 +352,16 @@ def load_manifest(
         np.frombuffer(bases, dtype=np.uint8),
         np.frombuffer(line_numbers, dtype=np.int32),
     )
+
+
+def log_left_out(name: str, *, short: int, long: int, invalid: int, min_duration: float, max_duration: float,
+                 what: str) -> None:
+    """Log what loading a manifest or dataset left out: clips outside the duration bounds, invalid ``what``."""
+    if short or long:
+        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
+                    name, short, min_duration, long, max_duration)
+    if invalid:
+        logger.warning("%s: skipped %d invalid %s (--skip_invalid)", name, invalid, what)
 
 
 def relative_audio_path(audio_path: str | os.PathLike, manifest_path: str | os.PathLike) -> str:

@@ -33,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_bytes_duration, audio_duration
-from utils.data import MAX_LABEL_TOKENS, LABEL_SPECIAL_TOKENS, Manifest, ManifestError, Record, load_manifest
+from utils.data import (LABEL_SPECIAL_TOKENS, MAX_LABEL_TOKENS, Manifest, ManifestError, Record, load_manifest,
+                        RecordSource, log_left_out)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions
                                skip_invalid=skip_invalid)
 
 
-class DatasetSource(Sequence[Record]):
+class DatasetSource(RecordSource):
     """The kept rows of one split of a Hugging Face dataset; ``source[i]`` builds the ``Record`` of row ``rows[i]``.
 
     Memory is 12 bytes per kept row (row number, duration) on top of the memory-mapped Arrow table.
@@ -110,13 +111,7 @@ class DatasetSource(Sequence[Record]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def record(self, index: int) -> Record:
         row = int(self.rows[index])
         item = self.dataset[row]
         return _record(item[self.audio_column], item[self.text_column], float(self.durations[index]),
@@ -129,8 +124,6 @@ class DatasetSource(Sequence[Record]):
         """Where item ``index`` comes from, for error messages: dataset, split and row."""
         return self._label(int(self.rows[index]))
 
-    def total_hours(self) -> float:
-        return float(self.durations.sum()) / 3600.0
 
 
 def _audio_parts(value: Any, base_dir: str | None) -> tuple[bytes | None, str | None]:
@@ -370,11 +363,8 @@ def load_dataset_source(
                     durations.append(duration)
                 row += 1
             bar.update(len(batch[text_column]))
-    if skipped_short or skipped_long:
-        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
-                    spec, skipped_short, min_duration, skipped_long, max_duration)
-    if skipped_invalid:
-        logger.warning("%s: skipped %d invalid items (--skip_invalid)", spec, skipped_invalid)
+    log_left_out(spec, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
+                 max_duration=max_duration, what="items")
     if not rows:
         raise DatasetError(f"{spec}: no usable items ({row} rows; duration bounds {min_duration}..{max_duration} s, "
                            f"{skipped_invalid} invalid)")

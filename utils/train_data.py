@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
-from utils.data import Manifest, Record, Segment
-from utils.hf_data import DatasetSource
+from utils.data import Record, RecordSource, Segment
 from utils.languages import CJK_CHAR, optional_language_code
 
 logger = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ MAX_PROMPT_TOKENS = 223  # previous-text tokens at most (the reference decoder k
 MAX_DECODER_POSITIONS = 448  # Whisper's text context: prompt + start + labels must fit
 
 
-def previous_sentences(manifest: Manifest | DatasetSource) -> dict[int, str]:
+def previous_sentences(manifest: RecordSource) -> dict[int, str]:
     """{item index: the sentence said just before it in the same recording}, for items cut from one long
     recording (same ``audio.path``, ordered by ``audio.start_time``)."""
     by_path: dict[str, list[tuple[float, int, str]]] = {}
@@ -235,7 +234,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        manifest: Manifest | DatasetSource,
+        manifest: RecordSource,
         feature_extractor,
         tokenizer,
         *,

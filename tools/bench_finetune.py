@@ -9,7 +9,9 @@ adapters the way its own default does: finetune.py's default command (``--lora_e
         --test_data=dataset/test.json --max_steps=30 --batch_size=8
 
 Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio. Both adapters are
-scored by the same code (fp32 base + adapter, greedy ``generate`` on the test set), so the CERs compare.
+scored by the same code (fp32 base + adapter merged, decoded greedily by the toolkit's engine, as evaluation.py
+does), so the CERs compare. Recipes with other batch sizes or lengths (``--pack_audio``, whose batches count
+windows of several clips) are compared by running each with ``--only``.
 """
 
 from __future__ import annotations
@@ -160,34 +162,32 @@ def baseline_worker(args: argparse.Namespace, adapter_dir: Path) -> dict:
 
 
 def score_adapter(args: argparse.Namespace, adapter_dir: Path) -> float:
-    """CER on the test set of the fp32 base + ``adapter_dir``, greedy ``generate``: one scorer for both recipes."""
+    """CER on the test set of the fp32 base + ``adapter_dir`` merged, decoded greedily by the toolkit's own engine
+    (what evaluation.py --language=... reports, no-speech detection included): one scorer for both recipes."""
+    import tempfile
+
     import torch
     from peft import PeftModel
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from utils.audio import SAMPLE_RATE, load_audio
+    from utils.audio import load_audio
     from utils.data import load_manifest
     from utils.models import resolve_model
     from utils.text import error_rate
+    from utils.transcribe import DecodeOptions, load_transcriber
 
     model_dir = resolve_model(args.base_model)
-    processor = WhisperProcessor.from_pretrained(model_dir)
     base = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    base.config.forced_decoder_ids = None
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-    test = load_manifest(args.test_data)
-    hyps, refs = [], []
-    with torch.no_grad():
-        for start in range(0, len(test), 8):
-            recs = test[start: start + 8]
-            feats = processor.feature_extractor(
-                [load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time) for r in recs],
-                sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-            ids = model.generate(input_features=feats, language=args.language, task="transcribe",
-                                 max_new_tokens=128)
-            hyps += processor.batch_decode(ids, skip_special_tokens=True)
-            refs += [r.sentence for r in recs]
-    return error_rate(refs, hyps, "cer")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    test = list(load_manifest(args.test_data))
+    with tempfile.TemporaryDirectory(prefix="bench-merged-") as tmp:
+        merged.save_pretrained(tmp)
+        WhisperProcessor.from_pretrained(model_dir).save_pretrained(tmp)
+        engine = load_transcriber(tmp, "transformers", device="cpu")
+        audios = [load_audio(r.audio_path, start_time=r.start_time, end_time=r.end_time) for r in test]
+        hyps = [t.text for t in engine.transcribe_batch(audios, DecodeOptions(language=args.language,
+                                                                             temperatures=(0.0,), batch_size=8))]
+    return error_rate([r.sentence for r in test], hyps, "cer")
 
 
 def main(argv: list[str] | None = None) -> int:

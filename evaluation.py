@@ -26,8 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_engine_args, add_hidden_alias,
-                       add_model_args, check_output_path, make_parser, setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_engine_args,
+                       add_hidden_alias, add_model_args, check_output_path, make_parser, setup_logging)
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic

@@ -246,7 +246,6 @@ class TrainingData:
     train: Any  # SpeechDataset
     eval_set: Any  # utils.trainer.EvalSet
     augmenter: Any  # AugmentConfig or None
-    train_hours: float
 
 
 def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -339,22 +338,18 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
                                   augmenter=waveform_augmenter, prompt_prob=args.prompt_prob, **dataset_kwargs)
     except ValueError as e:
         raise FinetuneError(f"{args.base_model}: {e}") from e
+    eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
+                                                  **dataset_kwargs), limit=args.max_eval_samples)
+    if args.prompt_prob > 0 and not args.pack_audio and not args.streaming:
+        logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
+                    "recording, the others get hotwords (whole words of their own text, half the time mixed with "
+                    "another item's)", 100 * args.prompt_prob, len(train.previous), len(train))
     if args.pack_audio:
         from utils.train_data import PackedSpeechDataset
 
         if args.prompt_prob > 0:
             logger.warning("--pack_audio: packed windows carry no previous-text prompt (--prompt_prob applies to none)")
         train = PackedSpeechDataset(train)
-    if args.streaming:
-        eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
-                                                      **dataset_kwargs), limit=args.max_eval_samples)
-        logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
-                    args.shuffle_buffer, rank, world_size, len(eval_set))
-        return TrainingData(processor, train, eval_set, augmenter, 0.0)
-    if args.prompt_prob > 0 and not args.pack_audio:
-        logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
-                    "recording, the others get hotwords drawn from their own text", 100 * args.prompt_prob,
-                    len(train.previous), len(train))
     if args.replay_data:
         from utils.train_data import ReplayMix
 
@@ -368,15 +363,17 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
             raise FinetuneError(f"--replay_data: {e}") from e
         logger.info("replay: %d items of %s (%d) mixed into every epoch (%.0f%% of it)", train.per_epoch,
                     args.replay_data, len(replay_manifest), 100 * args.replay_ratio)
-    eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
-                                                  **dataset_kwargs), limit=args.max_eval_samples)
     if not train.tokens.multilingual:
         logger.info("English-only model: labels start like its inference prompt, <|startoftranscript|> "
                     "<|notimestamps|>, with no language or task token%s",
                     f" (--language={args.language} does not apply)" if language not in (None, "en") else "")
-    logger.info("train: %d %s (%.2f h), eval: %d clips", len(train), "windows" if args.pack_audio else "clips",
-                train_manifest.total_hours(), len(eval_set))
-    return TrainingData(processor, train, eval_set, augmenter, train_manifest.total_hours())
+    if args.streaming:
+        logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
+                    args.shuffle_buffer, rank, world_size, len(eval_set))
+    else:
+        logger.info("train: %d %s (%.2f h), eval: %d clips", len(train), "windows" if args.pack_audio else "clips",
+                    train_manifest.total_hours(), len(eval_set))
+    return TrainingData(processor, train, eval_set, augmenter)
 
 
 def train_options(args: argparse.Namespace, language: str | None, data: TrainingData) -> Any:

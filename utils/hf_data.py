@@ -115,14 +115,11 @@ class DatasetSource(RecordSource):
         row = int(self.rows[index])
         item = self.dataset[row]
         return _record(item[self.audio_column], item[self.text_column], float(self.durations[index]),
-                       self._label(row), self.base_dir)
-
-    def _label(self, row: int) -> str:
-        return f"{self.name}[{self.split}]#{row}" if self.split else f"{self.name}#{row}"
+                       _row_label(self.name, self.split, row), self.base_dir)
 
     def location(self, index: int) -> str:
         """Where item ``index`` comes from, for error messages: dataset, split and row."""
-        return self._label(int(self.rows[index]))
+        return _row_label(self.name, self.split, int(self.rows[index]))
 
 
 
@@ -285,9 +282,25 @@ def _undecoded(ds: Any, audio_column: str) -> Any:
     return ds
 
 
-def _duration_of(audio: Any, base_dir: str | None, where: str) -> float:
-    data, path = _audio_parts(audio, base_dir)
-    return audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
+def _row_label(name: str, split: str | None, row: int | str) -> str:
+    """How an item is named in messages and reports: ``name[split]#row``."""
+    return f"{name}[{split}]#{row}" if split else f"{name}#{row}"
+
+
+def _checked_text(text: Any, where: str, column: str) -> str:
+    if not isinstance(text, str):
+        raise DatasetError(f"{where}: '{column}' is {text!r}, not text; use \"\" for a no-speech clip (or name the "
+                           "text column with --text_column)")
+    return text
+
+
+def _duration_of(audio: Any, base_dir: str | None, where: str, column: str) -> float:
+    """Seconds of an audio cell, from its header (or by decoding); DatasetError naming ``where`` and ``column``."""
+    try:
+        data, path = _audio_parts(audio, base_dir)
+        return audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
+    except (DatasetError, AudioLoadError) as e:
+        raise DatasetError(f"{where}: '{column}' {e}") from e
 
 
 def load_dataset_source(
@@ -328,22 +341,16 @@ def load_dataset_source(
         row = 0
         for batch in reading.iter(batch_size=256):
             for j in range(len(batch[text_column])):
-                where = f"{label}[{split_name}]#{row}" if split_name else f"{label}#{row}"
+                where = _row_label(label, split_name, row)
                 try:
-                    text = batch[text_column][j]
-                    if not isinstance(text, str):
-                        raise DatasetError(f"{where}: '{text_column}' is {text!r}, not text; use \"\" for a "
-                                           "no-speech clip (or name the text column with --text_column)")
+                    text = _checked_text(batch[text_column][j], where, text_column)
                     if encode is not None:
                         n = LABEL_SPECIAL_TOKENS + len(encode(text))
                         if n > max_label_tokens:
                             raise DatasetError(f"{where}: '{text_column}' is {n} tokens with special tokens, more "
                                                f"than Whisper's {max_label_tokens}; split the clip")
-                    try:
-                        duration = (float(batch["duration"][j]) if has_duration
-                                    else _duration_of(batch[audio_column][j], base_dir, where))
-                    except (DatasetError, AudioLoadError) as e:
-                        raise DatasetError(f"{where}: '{audio_column}' {e}") from e
+                    duration = (float(batch["duration"][j]) if has_duration
+                                else _duration_of(batch[audio_column][j], base_dir, where, audio_column))
                     if not np.isfinite(duration) or duration <= 0:
                         raise DatasetError(f"{where}: duration {duration} s; the audio is empty or the 'duration' "
                                            "column is wrong")
@@ -406,18 +413,11 @@ class DatasetStream:
                 from datasets.distributed import split_dataset_by_node
 
                 ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
-        split = f"[{self.split}]" if self.split else ""
         left_out = 0
         for n, item in enumerate(ds):
-            where = f"{self.name}{split} item {n}" + (f" of rank {rank}" if world_size > 1 else "")
-            text = item[self.text_column]
-            if not isinstance(text, str):
-                raise DatasetError(f"{where}: '{self.text_column}' is {text!r}, not text; use \"\" for a no-speech "
-                                   "clip (or name the text column with --text_column)")
-            try:
-                duration = _duration_of(item[self.audio_column], self.base_dir, where)
-            except (DatasetError, AudioLoadError) as e:
-                raise DatasetError(f"{where}: '{self.audio_column}' {e}") from e
+            where = _row_label(self.name, self.split, f"{n} of rank {rank}" if world_size > 1 else n)
+            text = _checked_text(item[self.text_column], where, self.text_column)
+            duration = _duration_of(item[self.audio_column], self.base_dir, where, self.audio_column)
             if duration < self.min_duration or 0 < self.max_duration < duration:
                 left_out += 1
                 continue

@@ -287,24 +287,30 @@ class SpeechDataset(torch.utils.data.Dataset):
     def example(self, record: Record, index: int, where: str, *, other: str | None = None) -> dict:
         """The training item of ``record`` (``index`` keys its randomness and the encoder cache; ``where`` names it
         in errors; ``other``: another item's text, for hotword distractors)."""
-        try:
-            samples = load_record_audio(record)
-        except AudioLoadError as e:  # name the manifest line, the thing a user edits
-            raise AudioLoadError(f"{where}: {e}") from e
-        time_scale = 1.0
-        if self.augmenter is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            samples, time_scale = self.augmenter(samples, rng)
-        fe = self.feature_extractor
-        features = log_mel_features(samples, fe.mel_filters, n_fft=fe.n_fft, hop_length=fe.hop_length,
-                                    n_samples=fe.n_samples)
+        samples, time_scale = self.samples(record, index, where)
         labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
                               timestamps=self.timestamps, time_scale=time_scale)
-        item = {"input_features": features, "labels": labels, "index": index}
+        item = {"input_features": self.features(samples), "labels": labels, "index": index}
         prompt = self._prompt(index, record, labels, other)
         if prompt:
             item["prompt"] = prompt
         return item
+
+    def samples(self, record: Record, index: int, where: str) -> tuple[np.ndarray, float]:
+        """(waveform, time scale) of ``record``, augmented with randomness keyed by (seed, epoch, ``index``)."""
+        try:
+            samples = load_record_audio(record)
+        except AudioLoadError as e:  # name the manifest line, the thing a user edits
+            raise AudioLoadError(f"{where}: {e}") from e
+        if self.augmenter is None:
+            return samples, 1.0
+        return self.augmenter(samples, np.random.default_rng((self.seed, self.epoch, index)))
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel features (n_mels, 3000) of a waveform padded to 30 s."""
+        fe = self.feature_extractor
+        return log_mel_features(samples, fe.mel_filters, n_fft=fe.n_fft, hop_length=fe.hop_length,
+                                n_samples=fe.n_samples)
 
     def _prompt(self, index: int, record: Record, labels: Sequence[int], other: str | None) -> list[int]:
         """Previous-text prompt ids for item ``index`` with probability ``prompt_prob`` (else []): the preceding
@@ -397,13 +403,7 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
         offset = 0
         for i in members:
             record = manifest[i]
-            try:
-                samples = load_record_audio(record)
-            except AudioLoadError as e:
-                raise AudioLoadError(f"{manifest.location(i)}: {e}") from e
-            scale = 1.0
-            if ds.augmenter is not None:
-                samples, scale = ds.augmenter(samples, np.random.default_rng((ds.seed, ds.epoch, i)))
+            samples, scale = ds.samples(record, i, manifest.location(i))
             if pieces and offset + len(gap) + len(samples) > WINDOW_S * SAMPLE_RATE:
                 break  # slowed down by augmentation past the window: the clip sits this epoch out
             if pieces:
@@ -423,12 +423,9 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
         first = manifest[members[0]]
         packed = Record(audio_path=first.audio_path, sentence=(" " if spaced else "").join(texts),
                         duration=len(samples) / SAMPLE_RATE, language=first.language, sentences=tuple(segments))
-        fe = ds.feature_extractor
-        features = log_mel_features(samples, fe.mel_filters, n_fft=fe.n_fft, hop_length=fe.hop_length,
-                                    n_samples=fe.n_samples)
         labels = build_labels(packed, ds._encode, ds.tokens, language=ds.language, task=ds.task,
                               timestamps=ds.timestamps)
-        return {"input_features": features, "labels": labels, "index": index}
+        return {"input_features": ds.features(samples), "labels": labels, "index": index}
 
 
 class StreamingSpeechDataset(torch.utils.data.IterableDataset):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,31 @@ def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
     rc = infer.main(["--audio_path", str(en_wav), "--model_path", str(tiny_whisper_dir), "--device=cpu",
                      "--dtype=float16"])
     assert rc == 2 and "float16 needs a GPU" in caplog.text
+
+
+@pytest.mark.slow
+def test_ct2_command_imports_neither_torch_nor_transformers(en_wav, tmp_path):
+    """The ct2 path (CTranslate2 encoder) runs without PyTorch and transformers, whose imports cost ~3 s of a
+    2-core CPU's start: the language table, the device, the AMX check and the VAD (long audio: silero-vad's ONNX
+    model on onnxruntime) are read without them; the transcript is still right."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    from utils.audio import SAMPLE_RATE, load_audio
+
+    speech, gap = load_audio(en_wav), np.zeros(2 * SAMPLE_RATE, np.float32)
+    parts = [speech, gap] * (int(35 * SAMPLE_RATE) // (len(speech) + len(gap)) + 1)
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, np.concatenate(parts), SAMPLE_RATE)
+    code = ("import sys, infer; rc = infer.main(sys.argv[1:]); "
+            "print('imported:', 'torch' in sys.modules, 'transformers' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "--backend=ct2", "--model_path=openai/whisper-base",
+                           "--ct2_encoder=ct2", "--device=auto", "--language=English", "--fallback=False",
+                           f"--audio_path={long_wav}"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imported: False False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.lower().count("brown fox") >= 2, proc.stdout

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import realtime_transcribe
-from utils.audio import SAMPLE_RATE
+from utils.audio import SAMPLE_RATE, load_audio
 from utils.audio_sources import AudioDeviceError, FileSource, block_capture_time, import_sounddevice
 from utils.streaming import (
     StreamingPolicy,
@@ -719,21 +719,26 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
     assert report["cer_vs_offline"] >= 0
 
 
-def test_silero_vad_does_not_leave_pytorch_on_one_thread(monkeypatch):
-    """silero_vad calls torch.set_num_threads(1) when imported; our import puts the thread count back."""
-    import torch
+def test_streaming_vad_is_the_offline_vad_frame_by_frame(en_wav):
+    """The stateful per-frame silero-vad of streaming gives what faster-whisper's whole-waveform pass gives (the
+    same model and state), speech where espeak speaks and none in digital silence; frames of another size fail."""
+    from faster_whisper.vad import get_vad_model
 
-    from utils.vad import import_silero_vad
+    from utils.vad import FRAME, SileroVad
 
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        monkeypatch.delitem(sys.modules, "silero_vad", raising=False)
-        monkeypatch.delitem(sys.modules, "silero_vad.model", raising=False)
-        import_silero_vad()
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)
+    speech = load_audio(en_wav)
+    audio = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech])
+    audio = audio[: len(audio) // FRAME * FRAME]
+    vad = SileroVad()
+    streamed = np.array([vad(audio[i:i + FRAME]) for i in range(0, len(audio), FRAME)])
+    # (all but the last frame: faster-whisper's pass zeroes the last 64 samples of its input, a view it writes to)
+    np.testing.assert_allclose(streamed[:-1], get_vad_model()(audio.copy())[:-1], atol=1e-5)
+    silent_frames = SAMPLE_RATE // FRAME
+    assert streamed[:silent_frames].max() < 0.1 and (streamed[silent_frames:] > 0.5).mean() > 0.5
+    vad.reset()
+    assert vad(audio[:FRAME]) == pytest.approx(streamed[0], abs=1e-6)
+    with pytest.raises(ValueError, match="512 samples"):
+        vad(audio[:100])
 
 
 def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():

@@ -45,3 +45,15 @@ def test_mismatched_lengths():
 def test_unknown_metric():
     with pytest.raises(ValueError, match="unknown metric"):
         count_errors("a", "b", "bleu")
+
+
+def test_language_table_is_whispers():
+    """utils.languages keeps Whisper's language table (so the ct2 path never imports transformers for it);
+    it must stay transformers' own: same codes in token order, names and aliases."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    from utils import languages
+
+    assert list(languages.LANGUAGES.items()) == list(LANGUAGES.items())
+    assert languages.TO_LANGUAGE_CODE == TO_LANGUAGE_CODE
+    assert languages.language_code("Mandarin") == "zh" and languages.language_name("yue") == "cantonese"

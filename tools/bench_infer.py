@@ -1,10 +1,18 @@
 """Benchmark long-form inference: infer.py's engine (each backend) vs faster-whisper, same recording, same threads.
 
     python tools/bench_infer.py --model_path=openai/whisper-base --threads=2
+    python tools/bench_infer.py --recording=en_long --whole_process=True      # the two commands, start to end
+    python tools/bench_infer.py --recording=zh_repeated --whole_process=True
+    python tools/bench_infer.py --encoder_batches=1,2,4,16                     # encoder s per 30 s window
 
-Builds a ≥ 60 s Mandarin recording from the demo test clips with sox (clips joined by 0.6 s of silence), then
-transcribes it with every mode and prints time, real-time factor (time / audio duration) and CER against
-the joined reference sentences. Model loading and a warm-up call are not timed.
+Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
+``en_long`` = the English general set joined into ≥ 102 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
+pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
+window. Engine mode (default): every mode transcribes the recording in this process; time, real-time factor and
+CER/WER against the reference; model loading and a warm-up call are not timed. ``--whole_process=True``: the
+user's commands, timed start to end as subprocesses (imports, model load, audio decoding, VAD, decoding):
+``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8 script, on the same
+CTranslate2 folder, each run ``--repeats`` times (best time kept), with the ratio. The CPU flags are printed.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.audio import SAMPLE_RATE, load_audio  # noqa: E402
@@ -25,9 +35,17 @@ from utils.text import count_errors  # noqa: E402
 from utils.transcribe import DecodeOptions, load_transcriber  # noqa: E402
 
 GAP_S = 0.6  # silence between clips, seconds
+REPEATED_SENTENCE = "近几年，不但我用书给女儿压岁，也劝说亲朋不要给女儿压岁钱。"
+FW_SCRIPT = """
+import sys
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[4]))
+segments, _ = BatchedInferencePipeline(model).transcribe(sys.argv[2], language=sys.argv[3], batch_size=8)
+print("".join(s.text for s in segments))
+"""
 
 
-def build_recording(manifest_path: str, min_seconds: float, out_dir: Path) -> tuple[Path, str, float]:
+def build_recording(manifest_path: str, min_seconds: float, out_dir: Path, sep: str = "") -> tuple[Path, str, float]:
     """Join test clips (and silences) with sox until ≥ ``min_seconds``; returns (wav, reference, seconds)."""
     records = [r for r in load_manifest(manifest_path) if r.sentence.strip()]
     if not records:
@@ -43,9 +61,97 @@ def build_recording(manifest_path: str, min_seconds: float, out_dir: Path) -> tu
         refs.append(r.sentence)
         total += r.duration + GAP_S
         i += 1
-    out = out_dir / "long_zh.wav"
+    out = out_dir / "joined.wav"
     subprocess.run(["sox", *inputs, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
-    return out, "".join(refs), len(load_audio(out)) / SAMPLE_RATE
+    return out, sep.join(refs), len(load_audio(out)) / SAMPLE_RATE
+
+
+def build_repeated(sentence: str, times: int, out_dir: Path) -> tuple[Path, str, float]:
+    """One Mandarin sentence spoken by espeak-ng (pinyin voice), said ``times`` times with 1 s pauses."""
+    from tools.make_demo_data import Voice, synthesize_speech, to_pinyin
+
+    import soundfile as sf
+
+    one = synthesize_speech(to_pinyin(sentence), Voice(name="cmn-latn-pinyin", speed=165, pitch=50, amplitude=100),
+                            out_dir)
+    gap = np.zeros(SAMPLE_RATE, dtype=one.dtype)
+    out = out_dir / "repeated_zh.wav"
+    sf.write(out, np.concatenate([p for _ in range(times) for p in (one, gap)]), SAMPLE_RATE)
+    return out, sentence * times, len(load_audio(out)) / SAMPLE_RATE
+
+
+def cpu_flags() -> str:
+    """The SIMD flags of this CPU that matter for the engines (lscpu)."""
+    try:
+        flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    words = next((line.split(":", 1)[1].split() for line in flags.splitlines() if line.startswith("Flags")), [])
+    keep = [w for w in words if w in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")]
+    isa = {k: v for k, v in os.environ.items() if k in ("ONEDNN_MAX_CPU_ISA", "CT2_FORCE_CPU_ISA", "WHISPER_FT_CPU")}
+    return " ".join(keep) + (f"  (forced: {isa})" if isa else "")
+
+
+def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, language: str, threads: int,
+                  repeats: int, metric: str, infer_args: list[str]) -> None:
+    """Time infer.py --backend=ct2 and the faster-whisper batched script as the user runs them."""
+    root = Path(__file__).resolve().parent.parent
+    out_dir = wav.parent / "infer_out"
+    commands = {
+        " ".join(["infer.py --backend=ct2", *infer_args]): [sys.executable, str(root / "infer.py"), "--backend=ct2", f"--model_path={ct2_dir}",
+                                   f"--audio_path={wav}", f"--language={language}", f"--cpu_threads={threads}",
+                                   "--output_format=txt", f"--output_dir={out_dir}", *infer_args],
+        "faster-whisper BatchedInferencePipeline int8 b8": [sys.executable, "-c", FW_SCRIPT, ct2_dir, str(wav),
+                                                            language, str(threads)],
+    }
+    times = {}
+    print(f"{'whole process':<50} {'best s':>7} {'RTF':>6} {metric.upper():>7}")
+    for label, cmd in commands.items():
+        best, text = float("inf"), ""
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+            elapsed = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise SystemExit(f"{label} failed:\n{proc.stderr[-2000:]}")
+            best = min(best, elapsed)
+            text = (out_dir / f"{wav.stem}.txt").read_text(encoding="utf-8") if "infer.py" in label else proc.stdout
+        times[label] = best
+        rate = count_errors(reference, text, metric).rate
+        print(f"{label:<50} {best:7.2f} {best / seconds:6.3f} {rate:7.4f}", flush=True)
+    ours, theirs = times.values()
+    print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
+
+
+def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int) -> None:
+    """Seconds per 30 s window of the audio encoder, per windows per call: PyTorch fp32 and CTranslate2 int8."""
+    import ctranslate2
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.models import resolve_model
+
+    encoder = WhisperForConditionalGeneration.from_pretrained(resolve_model(model_path)).eval().model.encoder
+    ct2 = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="int8", intra_threads=threads)
+    rng = np.random.default_rng(0)
+    print(f"{'windows per call':>16} {'torch fp32 s/window':>20} {'ct2 int8 s/window':>18}")
+    for b in sizes:
+        feats = rng.standard_normal((b, 80, 3000)).astype(np.float32)
+        calls = max(1, 8 // b)
+        with torch.inference_mode():
+            x = torch.from_numpy(feats)
+            encoder(x)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                encoder(x)
+            t_torch = (time.perf_counter() - t0) / calls / b
+        sv = ctranslate2.StorageView.from_array(feats)
+        ct2.encode(sv)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            ct2.encode(sv)
+        t_ct2 = (time.perf_counter() - t0) / calls / b
+        print(f"{b:>16} {t_torch:>20.3f} {t_ct2:>18.3f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
+    parser.add_argument("--recording", default="joined", choices=("joined", "en_long", "zh_repeated"),
+                        help="what is transcribed (see above)")
+    parser.add_argument("--whole_process", default="False", choices=("True", "False"),
+                        help="time infer.py --backend=ct2 and faster-whisper as whole commands")
+    parser.add_argument("--repeats", type=int, default=2, help="--whole_process: runs per command (best kept)")
+    parser.add_argument("--infer_args", default="", help="--whole_process: more infer.py flags, e.g. --beam_size=5")
+    parser.add_argument("--encoder_batches", default=None,
+                        help="comma-separated windows per encoder call: time only the encoder")
     parser.add_argument("--modes", default="fw_batched_int8,ct2_int8,ct2_int8_nofb,ct2_int8_beam5,ct2_int8_ct2enc,"
                         "ct2_int8_ct2enc_nofb,tf_fp32,tf_bf16,tf_bf16_nofb,fw_seq_int8",
                         help="comma-separated subset of the modes")
@@ -72,11 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         from utils.models import ct2_model_dir
 
         ct2_dir = ct2_model_dir(args.model_path)
+    print(f"CPU flags: {cpu_flags()}")
+    if args.encoder_batches:
+        encoder_batches(args.model_path, ct2_dir, [int(b) for b in args.encoder_batches.split(",")], args.threads)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
-    wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
+    metric = "cer"
+    if args.recording == "en_long":
+        wav, reference, seconds = build_recording("dataset/general/general_en.json", 102.0, tmp, sep=" ")
+        args.language, metric = "en", "wer"
+    elif args.recording == "zh_repeated":
+        wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 8, tmp)
+        args.language = "zh"
+    else:
+        wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
+    print(f"recording: {wav} ({seconds:.1f} s, {len(reference)} reference characters), threads={args.threads}")
+    if args.whole_process == "True":
+        whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,
+                      args.infer_args.split())
+        return 0
     audio = load_audio(wav)
     warm = audio[: 5 * SAMPLE_RATE]
-    print(f"recording: {wav} ({seconds:.1f} s, {len(reference)} reference characters), threads={args.threads}")
 
     def engine_mode(backend: str, beam: int, fallback: bool = True, **load_kw):
         engine = load_transcriber(args.model_path if backend == "transformers" else ct2_dir, backend,
@@ -119,15 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         "fw_batched_int8": ("faster-whisper BatchedInferencePipeline int8 (beam 5)", lambda: fw_mode(True)),
         "fw_seq_int8": ("faster-whisper WhisperModel.transcribe int8 sequential (beam 5)", lambda: fw_mode(False)),
     }
-    print(f"{'mode':<66} {'time s':>7} {'RTF':>6} {'CER':>7}")
+    print(f"{'mode':<66} {'time s':>7} {'RTF':>6} {metric.upper():>7}")
     for key in args.modes.split(","):
         label, make = modes[key]
         run = make()
         t0 = time.perf_counter()
         text = run()
         elapsed = time.perf_counter() - t0
-        cer = count_errors(reference, text, "cer").rate
-        print(f"{label:<66} {elapsed:7.2f} {elapsed / seconds:6.3f} {cer:7.4f}", flush=True)
+        rate = count_errors(reference, text, metric).rate
+        print(f"{label:<66} {elapsed:7.2f} {elapsed / seconds:6.3f} {rate:7.4f}", flush=True)
     return 0
 
 

@@ -54,10 +54,10 @@ CARRY_TOTAL_MB = 63.0  # the device tool carries at most 64 MiB: the tracked fil
 # What the GPU image (KINDS.md: Python 3.12 with torch, transformers, peft, accelerate, onnxruntime, tokenizers)
 # lacks, most needed first; what does not fit is left out.
 CARRY_PACKAGES = ("soundfile", "soxr", "zhconv", "rapidfuzz", "jiwer", "pypinyin", "bitsandbytes", "faster-whisper",
-                  "silero-vad", "ctranslate2", "av")
+                  "ctranslate2", "av")
 CARRY_PYTHON = "3.12"
 DEPENDENCIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "ctranslate2", "faster_whisper",
-                "soundfile", "soxr", "zhconv", "rapidfuzz", "jiwer", "silero_vad", "onnxruntime", "deepspeed")
+                "soundfile", "soxr", "zhconv", "rapidfuzz", "jiwer", "onnxruntime", "deepspeed")
 
 # Whisper architectures (transformers WhisperConfig fields); d_model, layers, heads, ffn
 ARCHITECTURES = {

@@ -35,11 +35,15 @@ def cpu_flags() -> list[str]:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
-    False under ``WHISPER_FT_CPU=avx2``."""
-    import torch
-
+    False under ``WHISPER_FT_CPU=avx2``. Read from /proc/cpuinfo (the kernel lists ``amx_tile`` only when it
+    enables AMX), so the ct2 path does not import PyTorch (1.7 s) to ask; elsewhere PyTorch is asked."""
     if avx2_profile():
         return False
+    flags = cpu_flags()
+    if flags:
+        return "amx_tile" in flags
+    import torch
+
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check()) if check is not None else False
 
@@ -65,6 +69,16 @@ def resolve_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def resolve_ct2_device(device: str = "auto") -> str:
+    """:func:`resolve_device` for CTranslate2, asked by CTranslate2 itself (no PyTorch import): ``auto`` → cuda
+    when CTranslate2 sees a CUDA device, else cpu."""
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,31 @@ HAN_KANA_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK 
 HAN_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Chinese characters only
 CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
 
+# Whisper's languages (code:English name, "_" for a space, in token order) and other names of some of them; kept
+# here so that reading a --language flag does not import transformers (1.3 s), which the ct2 backend never needs.
+# tests/test_text.py checks this table against transformers' own.
+_LANGUAGE_TABLE = (
+    "en:english zh:chinese de:german es:spanish ru:russian ko:korean fr:french ja:japanese pt:portuguese "
+    "tr:turkish pl:polish ca:catalan nl:dutch ar:arabic sv:swedish it:italian id:indonesian hi:hindi "
+    "fi:finnish vi:vietnamese he:hebrew uk:ukrainian el:greek ms:malay cs:czech ro:romanian da:danish "
+    "hu:hungarian ta:tamil no:norwegian th:thai ur:urdu hr:croatian bg:bulgarian lt:lithuanian la:latin "
+    "mi:maori ml:malayalam cy:welsh sk:slovak te:telugu fa:persian lv:latvian bn:bengali sr:serbian "
+    "az:azerbaijani sl:slovenian kn:kannada et:estonian mk:macedonian br:breton eu:basque is:icelandic "
+    "hy:armenian ne:nepali mn:mongolian bs:bosnian kk:kazakh sq:albanian sw:swahili gl:galician "
+    "mr:marathi pa:punjabi si:sinhala km:khmer sn:shona yo:yoruba so:somali af:afrikaans oc:occitan "
+    "ka:georgian be:belarusian tg:tajik sd:sindhi gu:gujarati am:amharic yi:yiddish lo:lao uz:uzbek "
+    "fo:faroese ht:haitian_creole ps:pashto tk:turkmen nn:nynorsk mt:maltese sa:sanskrit lb:luxembourgish "
+    "my:myanmar bo:tibetan tl:tagalog mg:malagasy as:assamese tt:tatar haw:hawaiian ln:lingala ha:hausa "
+    "ba:bashkir jw:javanese su:sundanese yue:cantonese "
+)
+LANGUAGES: dict[str, str] = dict(item.replace("_", " ").split(":", 1)
+                                 for item in "".join(_LANGUAGE_TABLE).split())
+TO_LANGUAGE_CODE: dict[str, str] = {
+    **{name: code for code, name in LANGUAGES.items()},
+    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb", "pushto": "ps",
+    "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si", "castilian": "es", "mandarin": "zh",
+}
+
 
 def language_code(language: str) -> str:
     """``Chinese`` / ``chinese`` / ``zh`` / ``<|zh|>`` → Whisper's code ``zh``.
@@ -17,8 +42,6 @@ def language_code(language: str) -> str:
     Raises:
         ValueError: an unknown language, naming the accepted forms.
     """
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
     key = language.strip().lower().strip("<|>")
     if key in LANGUAGES:
         return key
@@ -30,8 +53,6 @@ def language_code(language: str) -> str:
 
 def language_name(code: str) -> str:
     """Whisper's code ``zh`` → its English name ``chinese`` (what OpenAI's verbose_json reports)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     return LANGUAGES.get(language_code(code), code)
 
 

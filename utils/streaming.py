@@ -681,15 +681,6 @@ class EngineHypothesis:
 
 def silero_vad_fn() -> VadFn:
     """Speech probability of consecutive VAD_FRAME-sample frames, by a fresh stateful silero-vad model."""
-    import torch
+    from utils.vad import SileroVad
 
-    from utils.vad import import_silero_vad
-
-    model = import_silero_vad().load_silero_vad(onnx=True)  # onnxruntime: its own threads, fast per frame
-    model.reset_states()
-
-    def vad(frame: np.ndarray) -> float:
-        with torch.inference_mode():
-            return float(model(torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)), SAMPLE_RATE))
-
-    return vad
+    return SileroVad()

@@ -33,7 +33,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
-from utils.device import cpu_has_amx, resolve_device
+from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import CJK_CHAR, HAN_KANA_RANGES, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, split_on_silence
@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("transformers", "ct2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CT2_ENCODERS = ("auto", "torch", "ct2")
+# 30 s windows per encoder call on the CPU. The encoder's attention holds (windows × heads × 1500 × 1500) scores:
+# 1.15 GB per layer for 16 windows, so big batches spend their time on memory, not arithmetic. Measured
+# (whisper-base, 2-core EPYC, fp32 PyTorch / CT2 int8, s per window): 0.62 / 0.55 at 1, 0.61 / 0.49 at 2,
+# 0.89 / 0.60 at 16 (tools/bench_infer.py --encoder_batches).
+CPU_ENCODER_WINDOWS = 2
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
@@ -541,16 +546,18 @@ def _quiet_generate_warnings() -> None:
         generation_logger.addFilter(_GenerateNoiseFilter())
 
 
-def _cache_encoder_output(encoder: Any) -> Any:
+def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
     """Whisper's encoder wrapped with a one-entry cache: features equal to the last ones give the last output.
 
     transformers' generate() encodes a copy of its ``input_features``, and its no-speech logits processor runs
     the whole model on the same features again (whenever a no-speech threshold is set: the default), so every
     decode encoded its audio twice, and language detection before it made it three times. With this wrapper
     the encoder runs once per batch of chunks (comparing the features costs ~1/1000 of encoding them).
-    Attributes (``conv1``, ``config`` …) are the wrapped encoder's.
+    ``max_windows``: without gradients, encode at most this many 30 s windows per call (``CPU_ENCODER_WINDOWS``
+    on the CPU: the same output, faster). Attributes (``conv1``, ``config`` …) are the wrapped encoder's.
     """
     import torch
+    from transformers.modeling_outputs import BaseModelOutput
 
     class CachedEncoder(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -574,7 +581,13 @@ def _cache_encoder_output(encoder: Any) -> Any:
             if (plain and self._state == state and self._input.shape == input_features.shape
                     and self._input.dtype == input_features.dtype and torch.equal(self._input, input_features)):
                 return self._output
-            output = self.inner(input_features, *args, **kwargs)
+            n = input_features.shape[0]
+            if plain and not torch.is_grad_enabled() and max_windows and n > max_windows and state[2]:
+                parts = [self.inner(input_features[i:i + max_windows], *args, **kwargs).last_hidden_state
+                         for i in range(0, n, max_windows)]
+                output = BaseModelOutput(last_hidden_state=torch.cat(parts))
+            else:
+                output = self.inner(input_features, *args, **kwargs)
             if plain and not torch.is_grad_enabled():
                 self._input, self._state, self._output = input_features.detach().clone(), state, output
             return output
@@ -608,7 +621,8 @@ class TransformersTranscriber(_BaseTranscriber):
         self.trained_without_timestamps = getattr(gc, "finetune_timestamps", None) is False
         if use_compile:
             self.model.model.encoder = torch.compile(self.model.model.encoder)
-        self.model.model.encoder = _cache_encoder_output(self.model.model.encoder)
+        self.model.model.encoder = _cache_encoder_output(
+            self.model.model.encoder, CPU_ENCODER_WINDOWS if self.device == "cpu" else None)
         logger.info("transformers backend: %s on %s, weights %s%s, attention %s", model_dir, self.device,
                     weight_dtype, f" + {self.autocast_dtype} autocast" if self.autocast_dtype else "", attn)
 
@@ -874,7 +888,7 @@ class CT2Transcriber(_BaseTranscriber):
                  cpu_threads: int = 0, encoder: str = "auto") -> None:
         from faster_whisper import WhisperModel
 
-        dev = resolve_device(device)
+        dev = resolve_ct2_device(device)
         ct2_device = "cuda" if dev.startswith("cuda") else "cpu"
         if dev == "mps":
             logger.warning("CTranslate2 has no MPS support; the ct2 backend runs on the CPU")
@@ -913,9 +927,13 @@ class CT2Transcriber(_BaseTranscriber):
 
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(feats)).to(torch.bfloat16)
-                return self._torch_encoder(x).float().numpy()
-        encoded = self.model.encode(feats)
-        return np.asarray(encoded) if self.device == "cpu" else encoded
+                step = CPU_ENCODER_WINDOWS
+                return torch.cat([self._torch_encoder(x[i:i + step]).float()
+                                  for i in range(0, len(x), step)]).numpy()
+        if self.device != "cpu":
+            return self.model.encode(feats)
+        step = CPU_ENCODER_WINDOWS
+        return np.concatenate([np.asarray(self.model.encode(feats[i:i + step])) for i in range(0, len(feats), step)])
 
     @staticmethod
     def _storage(encoded: Any) -> Any:

@@ -1,6 +1,7 @@
 """Voice activity detection: cut long audio at silences into chunks Whisper can decode in one window.
 
-silero-vad ships its model inside the PyPI package, so this works offline. Long audio flows as::
+silero-vad's model ships inside the faster-whisper package (ONNX, run by onnxruntime), so this works offline
+and without PyTorch. Long audio flows as::
 
     waveform (samples,) → speech regions [start, end) in samples → chunks of ≤ max_chunk_s seconds
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -40,22 +41,42 @@ class Chunk:
         return (self.end - self.start) / SAMPLE_RATE
 
 
-def import_silero_vad() -> ModuleType:
-    """The silero_vad module, imported without its side effect: it calls ``torch.set_num_threads(1)`` at
-    import, which would leave every later PyTorch computation in the process (the bf16 encoder, the
-    transformers backend) on one thread. The thread count is put back."""
-    import torch
-
-    threads = torch.get_num_threads()
-    import silero_vad
-
-    torch.set_num_threads(threads)
-    return silero_vad
+FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
+_CONTEXT = 64  # samples of the previous frame the model sees with each frame
 
 
 @functools.lru_cache(maxsize=1)
-def _silero_model():
-    return import_silero_vad().load_silero_vad(onnx=True)  # onnxruntime: about 2x faster than TorchScript on CPU
+def _session() -> Any:
+    """The silero-vad v6 ONNX model that faster-whisper ships, on onnxruntime with one thread (numpy in and
+    out: neither the model nor its callers import PyTorch, which costs 1.7 s of a ct2 command's start)."""
+    from faster_whisper.vad import get_vad_model
+
+    return get_vad_model().session
+
+
+class SileroVad:
+    """silero-vad, stateful: the speech probability of consecutive FRAME-sample frames (for streaming); the
+    same model and state as faster-whisper's whole-waveform pass (``speech_regions``) frame by frame."""
+
+    def __init__(self) -> None:
+        self._session = _session()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the audio seen so far (a new stream)."""
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_CONTEXT, dtype=np.float32)
+
+    def __call__(self, frame: np.ndarray) -> float:
+        """Speech probability of the next frame: float32 samples, shape (FRAME,)."""
+        frame = np.ascontiguousarray(frame, dtype=np.float32)
+        if frame.shape != (FRAME,):
+            raise ValueError(f"silero-vad takes frames of {FRAME} samples, got shape {frame.shape}")
+        x = np.concatenate([self._context, frame])[None]
+        prob, self._h, self._c = self._session.run(None, {"input": x, "h": self._h, "c": self._c})
+        self._context = frame[-_CONTEXT:]
+        return float(prob[0])
 
 
 def speech_regions(
@@ -67,7 +88,8 @@ def speech_regions(
     speech_pad_ms: int = 200,
     max_speech_s: float = WINDOW_S - 1.0,
 ) -> list[Chunk]:
-    """Speech regions of a 16 kHz mono waveform, found by silero-vad.
+    """Speech regions of a 16 kHz mono waveform, found by silero-vad (faster-whisper's segmentation of its
+    probabilities: hysteresis between ``threshold`` and ``threshold`` − 0.15).
 
     Args:
         audio: float32 waveform, shape (samples,), at SAMPLE_RATE.
@@ -80,18 +102,13 @@ def speech_regions(
     Returns:
         Non-overlapping regions in time order, in samples.
     """
-    import torch
-    get_speech_timestamps = import_silero_vad().get_speech_timestamps
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     stamps = get_speech_timestamps(
-        torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
-        _silero_model(),
-        threshold=threshold,
+        np.ascontiguousarray(audio, dtype=np.float32),
+        VadOptions(threshold=threshold, min_speech_duration_ms=min_speech_ms, min_silence_duration_ms=min_silence_ms,
+                   speech_pad_ms=speech_pad_ms, max_speech_duration_s=max_speech_s),
         sampling_rate=SAMPLE_RATE,
-        min_speech_duration_ms=min_speech_ms,
-        min_silence_duration_ms=min_silence_ms,
-        speech_pad_ms=speech_pad_ms,
-        max_speech_duration_s=max_speech_s,
     )
     regions: list[Chunk] = []
     for s in stamps:

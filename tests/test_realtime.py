@@ -741,6 +741,17 @@ def test_streaming_vad_is_the_offline_vad_frame_by_frame(en_wav):
         vad(audio[:100])
 
 
+def test_encoder_window_auto_is_15_s_for_ct2_on_a_cpu_only():
+    parse = realtime_transcribe.build_parser().parse_args
+    assert realtime_transcribe.encoder_window(parse(["--device=cpu"])) == 15.0
+    assert realtime_transcribe.encoder_window(parse(["--device=cuda"])) is None
+    assert realtime_transcribe.encoder_window(parse(["--device=cpu", "--encoder_window_seconds=None"])) is None
+    assert realtime_transcribe.encoder_window(parse(["--device=cpu", "--encoder_window_seconds=20"])) == 20.0
+    assert realtime_transcribe.encoder_window(parse(["--backend=transformers", "--device=cpu"])) is None
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--backend=transformers", "--encoder_window_seconds=15", "--audio_path=x.wav"])
+
+
 def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():
     parse = realtime_transcribe.build_parser().parse_args
     assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu"])) == 1

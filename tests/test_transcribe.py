@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from utils.languages import language_code
 from utils.transcribe import (
     DecodeOptions,
     compression_ratio,
+    encoder_window,
     is_decoder_loop,
     join_texts,
     longest_repeat,
@@ -253,6 +256,42 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     assert late and late[-1].end > duration - 10, t.segments
     early = " ".join(s.text for s in t.segments if s.end <= 30).lower()
     assert any(w in early for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
+
+
+def test_encoder_window_fits_the_longest_chunk_in_5_s_steps():
+    second = np.zeros(SAMPLE_RATE, np.float32)
+    assert encoder_window([second * 3], None) == 30
+    assert encoder_window([second * 3, second[:100]], 15) == 15
+    assert encoder_window([np.zeros(int(14.5 * SAMPLE_RATE), np.float32)], 15) == 20  # 14.5 s + 1 s
+    assert encoder_window([np.zeros(29 * SAMPLE_RATE + 1, np.float32)], 10) == 30
+    with pytest.raises(ValueError, match="encoder_window_s"):
+        DecodeOptions(encoder_window_s=40)
+
+
+@pytest.mark.slow
+def test_a_shorter_encoder_window_gives_the_same_words_on_ct2_and_is_refused_by_transformers(base_ct2, base_hf,
+                                                                                                en_wav):
+    """encoder_window_s (streaming's cheaper encoder pass): the clean sentence reads the same in a 10 s window
+    as in Whisper's 30 s one, with segment times inside the audio; the encoder really saw 10 s (500 frames)."""
+    opts = DecodeOptions(language="en", temperatures=(0.0,), timestamps=True)
+    full = base_ct2.transcribe(str(en_wav), opts)
+    shapes = []
+    encode = base_ct2._encode
+
+    def spy(feats):
+        shapes.append(feats.shape)
+        return encode(feats)
+
+    base_ct2._encode = spy
+    try:
+        short = base_ct2.transcribe(str(en_wav), replace(opts, encoder_window_s=10))
+    finally:
+        base_ct2._encode = encode
+    assert shapes == [(1, 80, 1000)]
+    assert error_rate([full.text], [short.text], "wer") <= 0.2, (full.text, short.text)
+    assert all(0 <= s.start <= s.end <= short.duration + 0.01 for s in short.segments)
+    with pytest.raises(ValueError, match="ct2 backend"):
+        base_hf.transcribe(str(en_wav), replace(opts, encoder_window_s=10))
 
 
 def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2, en_wav, zh_wav, monkeypatch):

@@ -39,6 +39,16 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in {"", "none", "null"} else value
 
 
+def optional_float(value: str) -> float | None:
+    """A number flag where ``None``/``none``/empty means "not set"."""
+    if value.strip().lower() in {"", "none", "null"}:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or None, got {value!r}") from None
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser that shows defaults in ``--help``."""
     return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

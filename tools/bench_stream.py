@@ -1,0 +1,75 @@
+"""Benchmark streaming: realtime_transcribe.py on a file as fast as the CPU allows, per encoder window.
+
+    python tools/bench_stream.py --recording=en --windows=None,15
+    python tools/bench_stream.py --recording=zh --model_path=models/whisper-base-finetune-ct2 --windows=None,15
+
+Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English general set joined into ≥ 50 s (0.6 s
+pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``zh_repeated`` = one Mandarin sentence said 6 times
+with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False``
+(the clock advances by the audio read plus the compute spent, as a live microphone would see it) and the table
+gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the streamed text's error
+rate against the reference and against the offline transcript, and the offline error rate. CPU flags printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import realtime_transcribe  # noqa: E402
+from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated, cpu_flags  # noqa: E402
+from utils.text import count_errors  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recording", default="en", choices=("en", "zh", "zh_repeated"))
+    parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
+    parser.add_argument("--windows", default="None,15", help="comma-separated --encoder_window_seconds values")
+    parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
+    args = parser.parse_args(argv)
+
+    print(f"CPU flags: {cpu_flags()}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
+    if args.recording == "en":
+        wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/general/general_en.json"), 50.0, tmp,
+                                                  sep=" ")
+        language, metric = "en", "wer"
+    elif args.recording == "zh":
+        wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/test.json"), 50.0, tmp)
+        language, metric = "zh", "cer"
+    else:
+        wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
+        language, metric = "zh", "cer"
+    print(f"recording: {wav} ({seconds:.1f} s), model {args.model_path}")
+    m = metric.upper()
+    print(f"{'window':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "
+          f"{m + ' offline':>12} {'stream vs offline':>17}")
+    for window in args.windows.split(","):
+        report_path = tmp / f"report_{window}.json"
+        flags = [f"--model_path={args.model_path}", "--backend=ct2", f"--audio_path={wav}",
+                 "--simulate_realtime=False", f"--language={language}", f"--encoder_window_seconds={window}",
+                 f"--report_path={report_path}", *args.stream_args.split()]
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = realtime_transcribe.main(flags)
+        if rc != 0:
+            raise SystemExit(f"realtime_transcribe.py {' '.join(flags)} failed ({rc})")
+        r = json.loads(report_path.read_text(encoding="utf-8"))
+        stream = count_errors(reference, r["text"], metric).rate
+        offline = count_errors(reference, r["offline_text"], metric).rate
+        vs = count_errors(r["offline_text"], r["text"], metric).rate
+        print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
+              f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

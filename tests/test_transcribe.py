@@ -258,6 +258,31 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     assert any(w in early for w in ("quick", "brown", "fox", "lazy", "dog")), t.segments
 
 
+def test_cpu_encoder_in_small_calls_gives_the_whole_batch_output(tiny):
+    """On the CPU the transformers backend encodes at most CPU_ENCODER_WINDOWS windows per call (big batches are
+    slower there); the output equals one call on the whole batch, and the cache still serves a repeat."""
+    import torch
+
+    from utils.transcribe import CPU_ENCODER_WINDOWS, _cache_encoder_output
+
+    inner = tiny.model.model.encoder.inner
+    calls = []
+    hook = inner.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        feats = torch.randn(CPU_ENCODER_WINDOWS * 2 + 1, inner.config.num_mel_bins, 3000)
+        with torch.inference_mode():
+            whole = inner(feats).last_hidden_state
+            calls.clear()
+            cached = _cache_encoder_output(inner, CPU_ENCODER_WINDOWS)
+            split = cached(feats).last_hidden_state
+            again = cached(feats.clone()).last_hidden_state
+    finally:
+        hook.remove()
+    assert calls == [CPU_ENCODER_WINDOWS, CPU_ENCODER_WINDOWS, 1]
+    torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-4)
+    assert again is split
+
+
 def test_encoder_window_fits_the_longest_chunk_in_5_s_steps():
     second = np.zeros(SAMPLE_RATE, np.float32)
     assert encoder_window([second * 3], None) == 30

@@ -45,8 +45,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 CT2_ENCODERS = ("auto", "torch", "ct2")
 # 30 s windows per encoder call on the CPU. The encoder's attention holds (windows × heads × 1500 × 1500) scores:
 # 1.15 GB per layer for 16 windows, so big batches spend their time on memory, not arithmetic. Measured
-# (whisper-base, 2-core EPYC, fp32 PyTorch / CT2 int8, s per window): 0.62 / 0.55 at 1, 0.61 / 0.49 at 2,
-# 0.89 / 0.60 at 16 (tools/bench_infer.py --encoder_batches).
+# (tools/bench_infer.py --encoder_batches=1,2,16; whisper-base, 2-core EPYC without AMX; s per window, PyTorch fp32
+# / CT2 int8): 0.622 / 0.569 at 1, 0.637 / 0.531 at 2, 0.750 / 0.700 at 16; 0.686 / 0.644 at 16 on its AVX2 profile.
 CPU_ENCODER_WINDOWS = 2
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)

@@ -157,7 +157,6 @@ def build_labels(
     task: str,
     timestamps: bool,
     time_scale: float = 1.0,
-    nospeech_as_empty: bool = False,
 ) -> list[int]:
     """Decoder target ids for one record (no ``<|startoftranscript|>``; ends with ``<|endoftext|>``).
 
@@ -169,15 +168,9 @@ def build_labels(
         task: ``transcribe`` or ``translate``.
         timestamps: use the record's ``sentences`` as timestamped segments where present.
         time_scale: multiply segment times by this (speed perturbation changes the clip length).
-        nospeech_as_empty: a no-speech record gets the speech layout with no text
-            (``<|zh|> <|transcribe|> <|notimestamps|> <|endoftext|>``) instead of ``<|nospeech|> <|endoftext|>``:
-            what the decoder must write for silence when the language is given (``--language=Chinese``), which
-            skips the ``<|nospeech|>`` prediction. Only with a language (the run's or the record's).
     """
     if record.is_nospeech:
-        code = optional_language_code(record.language) if record.language else language
-        if not (nospeech_as_empty and tokens.multilingual and code is not None):
-            return [tokens.no_speech, tokens.end_of_text]
+        return [tokens.no_speech, tokens.end_of_text]
     ids: list[int] = []
     if tokens.multilingual:
         code = optional_language_code(record.language) if record.language else language
@@ -295,11 +288,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         """The training item of ``record`` (``index`` keys its randomness and the encoder cache; ``where`` names it
         in errors; ``other``: another item's text, for hotword distractors)."""
         samples, time_scale = self.samples(record, index, where)
-        # no-speech clips: half the time the forced-language empty transcript, so that a model decoded with a given
-        # language stops at once on silence instead of writing (and looping) text
-        empty = record.is_nospeech and np.random.default_rng((self.seed, self.epoch, index, 13)).random() < 0.5
         labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
-                              timestamps=self.timestamps, time_scale=time_scale, nospeech_as_empty=empty)
+                              timestamps=self.timestamps, time_scale=time_scale)
         item = {"input_features": self.features(samples), "labels": labels, "index": index}
         prompt = self._prompt(index, record, labels, other)
         if prompt:

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.cli import make_parser, optional_str  # noqa: E402
-from utils.device import cpu_flags  # noqa: E402
+from utils.device import cpu_flags, isa_env  # noqa: E402
 from utils.lora import DEFAULT_TARGET_MODULES  # noqa: E402
 
 ALL_LAYERS = ",".join(DEFAULT_TARGET_MODULES)
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "lora_encoder_layers": args.lora_encoder_layers or "default"},
               "baseline_target_modules": args.baseline_target_modules, "cpu_count": os.cpu_count(),
               "cpu_flags": cpu_flags(),
-              "isa_env": {k: os.environ[k] for k in ("WHISPER_FT_CPU", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-                          if k in os.environ}}
+              "isa_env": isa_env()}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "ours"):
             report["finetune.py"] = run_ours(args, Path(tmp) / "ours")

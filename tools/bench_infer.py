@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from utils.data import load_manifest  # noqa: E402
+from utils.device import cpu_flags, isa_env  # noqa: E402
 from utils.text import count_errors  # noqa: E402
 from utils.transcribe import DecodeOptions, load_transcriber  # noqa: E402
 
@@ -80,16 +81,10 @@ def build_repeated(sentence: str, times: int, out_dir: Path) -> tuple[Path, str,
     return out, sentence * times, len(load_audio(out)) / SAMPLE_RATE
 
 
-def cpu_flags() -> str:
-    """The SIMD flags of this CPU that matter for the engines (lscpu)."""
-    try:
-        flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown"
-    words = next((line.split(":", 1)[1].split() for line in flags.splitlines() if line.startswith("Flags")), [])
-    keep = [w for w in words if w in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")]
-    isa = {k: v for k, v in os.environ.items() if k in ("ONEDNN_MAX_CPU_ISA", "CT2_FORCE_CPU_ISA", "WHISPER_FT_CPU")}
-    return " ".join(keep) + (f"  (forced: {isa})" if isa else "")
+def cpu_report() -> str:
+    """This CPU's vector flags and the instruction-set overrides in force, for the printed report."""
+    isa = isa_env()
+    return " ".join(cpu_flags()) + (f"  (forced: {isa})" if isa else "")
 
 
 def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, language: str, threads: int,
@@ -186,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.models import ct2_model_dir
 
         ct2_dir = ct2_model_dir(args.model_path)
-    print(f"CPU flags: {cpu_flags()}")
+    print(f"CPU flags: {cpu_report()}")
     if args.encoder_batches:
         encoder_batches(args.model_path, ct2_dir, [int(b) for b in args.encoder_batches.split(",")], args.threads)
         return 0

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.cli import make_parser, optional_str  # noqa: E402
-from utils.device import cpu_flags  # noqa: E402
+from utils.device import cpu_flags, isa_env  # noqa: E402
 from utils.server import multipart_body  # noqa: E402
 
 SENTENCE = "Please send the quarterly report to the finance team before Friday afternoon."
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if latencies else None,
         "server_startup_s": round(startup, 1), "text": results[0][2], "cpu_count": os.cpu_count(),
         "cpu_flags": cpu_flags(),
-        "isa_env": {k: os.environ[k] for k in ("WHISPER_FT_CPU", "ONEDNN_MAX_CPU_ISA", "CT2_FORCE_CPU_ISA")
-                    if k in os.environ},
+        "isa_env": isa_env(),
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 1 if failed else 0

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import realtime_transcribe  # noqa: E402
-from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated, cpu_flags  # noqa: E402
+from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated, cpu_report  # noqa: E402
 from utils.text import count_errors  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
     args = parser.parse_args(argv)
 
-    print(f"CPU flags: {cpu_flags()}")
+    print(f"CPU flags: {cpu_report()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     if args.recording == "en":
         wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/general/general_en.json"), 50.0, tmp,

@@ -33,6 +33,15 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
+ISA_ENV = (CPU_PROFILE_ENV, "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "CT2_FORCE_CPU_ISA")
+
+
+def isa_env() -> dict[str, str]:
+    """The instruction-set overrides set in this process's environment (the AVX2 profile's variables), to report
+    next to every speed figure with :func:`cpu_flags`."""
+    return {k: os.environ[k] for k in ISA_ENV if k in os.environ}
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (bf16 matrix products several times faster than fp32 or int8);
     False under ``WHISPER_FT_CPU=avx2``. Read from /proc/cpuinfo (the kernel lists ``amx_tile`` only when it

@@ -39,10 +39,10 @@ from utils.audio import SAMPLE_RATE
 from utils.audio_sources import AudioSource
 from utils.languages import CJK_CHAR, CJK_RANGES
 from utils.text import normalize_text
+from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
 
 logger = logging.getLogger(__name__)
 
-VAD_FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
 _HEARD_MARGIN = 2 * VAD_FRAME  # audio a hypothesis must have heard after the VAD's end of speech (64 ms)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 

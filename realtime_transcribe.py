@@ -206,7 +206,7 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
     )
 
 
-CPU_ENCODER_WINDOW_S = 15.0  # --encoder_window_seconds=auto on a CPU (measured: README "实时转写")
+CPU_ENCODER_WINDOW_S = 15.0  # --encoder_window_seconds=auto on a CPU (measured: README "实时转录", "速度")
 
 
 def window_flag(value: str) -> str | float | None:
@@ -244,7 +244,8 @@ def make_report(result: StreamResult, args: argparse.Namespace, offline_text: st
 
     report: dict[str, Any] = dict(
         source=args.audio_path or "microphone", model_path=args.model_path, backend=args.backend,
-        chunk_seconds=args.chunk_seconds, encoder_window_s=encoder_window(args), simulated_clock=bool(args.audio_path and not args.simulate_realtime),
+        chunk_seconds=args.chunk_seconds, encoder_window_s=args.encoder_window_seconds,
+        simulated_clock=bool(args.audio_path and not args.simulate_realtime),
         interrupted=result.interrupted, **result.latency_stats(),
         latency_note="word end times are interpolated inside Whisper segments by character count",
         text=result.text,
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    args.encoder_window_seconds = encoder_window(args)  # auto resolved once: the decode and the report use it
     setup_logging(args.verbose)
     if args.list_devices:
         return print_devices()
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         options = DecodeOptions(language=args.language, task=args.task, beam_size=args.beam_size, timestamps=True,
                                 temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
                                 initial_prompt=args.initial_prompt, word_timestamps=args.word_timestamps,
-                                encoder_window_s=encoder_window(args))
+                                encoder_window_s=args.encoder_window_seconds)
     except ValueError as e:
         parser.error(str(e))
     try:

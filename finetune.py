@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, check_output_path, make_parser, optional_str,
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, make_parser, optional_str,
                        setup_logging)
 from utils.hf_data import is_manifest
 from utils.lora import DEFAULT_TARGET_MODULES
@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of items trained with a previous-text prompt (the preceding sentence of the same "
                         "recording, else hotwords from the item's text; no loss on it), so --initial_prompt and "
                         "--hotwords keep working after fine-tuning; 0.2-0.5 recommended when you use them")
-    add_bool(g, "pack_audio", False, "train on 30 s windows packed with several clips (their texts joined): the "
-             "encoder costs the same for 3 s or 30 s, so short clips train several times faster")
+    g.add_argument("--pack_audio", type=bool_or_auto, default=None, metavar="auto|True|False",
+                   help="train on 30 s windows packed with several clips (their texts joined): the encoder costs the "
+                        "same for 3 s or 30 s, so short clips train several times faster; the batch still counts "
+                        "clips. auto = on when training on CPU (not with --streaming or --prompt_prob)")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
     g.add_argument("--replay_data", type=optional_str, default=None,
@@ -373,6 +375,11 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
     else:
         logger.info("train: %d %s (%.2f h), eval: %d clips", len(train), "windows" if args.pack_audio else "clips",
                     train_manifest.total_hours(), len(eval_set))
+    if args.pack_audio:  # the batch counts clips: each batch is the windows holding about that many
+        from utils.train_data import ClipBatches
+
+        train = ClipBatches(train, train.clip_counts(), batch_clips=args.per_device_train_batch_size,
+                            seed=args.seed)
     return TrainingData(processor, train, eval_set, augmenter)
 
 
@@ -510,6 +517,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def pack_audio_choice(choice: bool | None, *, device_type: str, streaming: bool, prompt_prob: float) -> bool:
+    """``--pack_audio``: the flag's value, or for auto (None) on when training on CPU, where the encoder's fixed
+    30 s window is most of a step's time, unless the data is streamed or trained with prompts (packs carry none)."""
+    if choice is not None:
+        return choice
+    pack = device_type == "cpu" and not streaming and prompt_prob <= 0
+    logger.info("--pack_audio=auto: %s", "on (CPU training: several clips per 30 s window, batches still count "
+                "clips)" if pack else "off (" + ("--streaming" if streaming else "--prompt_prob > 0" if
+                                                 prompt_prob > 0 else f"training on {device_type}") + ")")
+    return pack
+
+
 def run(args: argparse.Namespace, language: str | None) -> int:
     """The run, step by step; a step that cannot go on raises FinetuneError."""
     from utils.models import ModelResolutionError, resolve_model
@@ -520,6 +539,8 @@ def run(args: argparse.Namespace, language: str | None) -> int:
     # 2. The checkpoint to resume from, checked before anything slow
     run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
     resume = find_checkpoint(args, accelerator, run_dir)
+    args.pack_audio = pack_audio_choice(args.pack_audio, device_type=accelerator.device.type,
+                                        streaming=args.streaming, prompt_prob=args.prompt_prob)
     # 3. Model folder and data
     try:
         model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)
@@ -528,7 +549,7 @@ def run(args: argparse.Namespace, language: str | None) -> int:
     data = load_data(args, model_dir, language, rank=accelerator.process_index, world_size=accelerator.num_processes)
     # 4. Model and adapter
     options = train_options(args, language, data)
-    total_steps = args.max_steps if args.streaming else total_training_steps(len(data.train), options,
+    total_steps = args.max_steps if args.streaming else total_training_steps(data.train, options,
                                                                             accelerator.num_processes)
     model, generation_config = build_model(args, model_dir, accelerator, precision, data, language, total_steps)
     # 5. Train

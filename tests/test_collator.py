@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from utils.collator import IGNORE_INDEX, WhisperCollator
 from utils.data import Record, Segment, load_manifest
 from utils.languages import optional_language_code as language_code
-from utils.train_data import LabelTokens, SpeechDataset, build_labels, log_mel_features
+from utils.train_data import LabelTokens, SpeechDataset, build_labels, log_mel_features, nospeech_targets
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,28 @@ def test_tokenizer_output_with_start_token_is_not_doubled(processor, tokens):
 def test_nospeech_item_is_a_no_caption_target(processor, tokens):
     rec = Record(audio_path="n.wav", sentence="  ", duration=2.0, language="Chinese")
     labels = build_labels(rec, _encode(processor), tokens, language="zh", task="transcribe", timestamps=True)
-    assert labels == [tokens.no_speech, tokens.end_of_text]
-    assert processor.tokenizer.convert_ids_to_tokens(labels[0]) in ("<|nospeech|>", "<|nocaptions|>")
+    # decoder input: the forced-language prompt (what inference feeds once the no-speech probability is low)
+    assert labels == [tokens.languages["zh"], tokens.tasks["transcribe"], tokens.no_timestamps, tokens.end_of_text]
+    targets = nospeech_targets(labels, tokens)
+    assert targets == [tokens.no_speech, IGNORE_INDEX, IGNORE_INDEX, tokens.end_of_text]
+    assert processor.tokenizer.convert_ids_to_tokens(targets[0]) in ("<|nospeech|>", "<|nocaptions|>")
+    batch = _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32), "labels": labels,
+                                "targets": targets}])
+    # <|startoftranscript|> → <|nospeech|>; <|zh|>, <|transcribe|> → no loss; <|notimestamps|> → <|endoftext|>
+    assert batch["decoder_input_ids"][0].tolist() == [tokens.start_of_transcript, *labels[:-1]]
+    assert batch["labels"][0].tolist() == targets
+    # run language (auto) and English-only tokenizers
+    auto = build_labels(rec.__class__("n.wav", "", 2.0), _encode(processor), tokens, language=None,
+                        task="transcribe", timestamps=False)
+    assert auto == [tokens.tasks["transcribe"], tokens.no_timestamps, tokens.end_of_text]
+    assert nospeech_targets(auto, tokens) == [tokens.no_speech, IGNORE_INDEX, tokens.end_of_text]
+    english = dataclasses.replace(tokens, multilingual=False)
+    only = build_labels(rec, _encode(processor), english, language="zh", task="transcribe", timestamps=False)
+    assert only == [tokens.no_timestamps, tokens.end_of_text]
+    assert nospeech_targets(only, english) == [tokens.no_speech, tokens.end_of_text]
+    with pytest.raises(ValueError, match="differ in length"):
+        _collator(tokens)([{"input_features": np.zeros((80, 3000), np.float32), "labels": labels,
+                            "targets": targets[:2]}])
 
 
 def test_timestamp_labels_and_items_without_sentences(processor, tokens):
@@ -140,8 +161,10 @@ def test_dataset_items(processor, zh_wav, tmp_path):
     a, b = ds[0], ds[1]
     assert a["input_features"].shape == (80, 3000) and a["input_features"].dtype == np.float32
     assert a["labels"][0] == ds.tokens.languages["zh"]
-    assert b["labels"] == [ds.tokens.no_speech, ds.tokens.end_of_text]
+    assert b["targets"] == [ds.tokens.no_speech, IGNORE_INDEX, IGNORE_INDEX, ds.tokens.end_of_text]
+    assert "targets" not in a
     batch = _collator(ds.tokens)([a, b])
+    assert batch["labels"][1, :4].tolist() == b["targets"]
     assert batch["index"].tolist() == [0, 1]
     assert isinstance(batch["labels"], torch.Tensor) and batch["labels"].dtype == torch.long
 
@@ -303,3 +326,35 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     item = packed[packed.packs.index(english)]
     text = processor.tokenizer.decode(item["labels"], skip_special_tokens=True)
     assert text == " ".join(lines[i]["sentence"] for i in english)  # spaced languages joined with a space
+
+
+def test_clip_batches_count_clips_not_windows(processor, tokens):
+    """--pack_audio batches count clips: each batch is the packed windows whose clip count is nearest the batch
+    size, every window in exactly one batch, the same for the same seed; the collator flattens a batch item."""
+    from utils.train_data import ClipBatches, PackedSpeechDataset
+
+    repo = Path(__file__).resolve().parent.parent
+    m = load_manifest(repo / "dataset" / "train.json")
+    packed = PackedSpeechDataset(SpeechDataset(m, processor.feature_extractor, processor.tokenizer,
+                                               language="Chinese"))
+    counts = packed.clip_counts()
+    for batch_clips in (1, 8, 16):
+        batches = ClipBatches(packed, counts, batch_clips=batch_clips, seed=3)
+        assert sorted(i for g in batches.groups for i in g) == list(range(len(packed)))  # every window once
+        for group, clips in zip(batches.groups, batches.clips_per_group):
+            assert clips == sum(counts[i] for i in group)
+            if len(group) > 1:  # a window is added only while it brings the count nearer the batch size
+                assert abs(clips - batch_clips) < abs(clips - counts[group[-1]] - batch_clips)
+        mean = sum(batches.clips_per_group) / len(batches)
+        assert abs(mean - batch_clips) <= max(counts) / 2 + 1 or batch_clips == 1
+    one = ClipBatches(packed, counts, batch_clips=1, seed=3)
+    assert len(one) == len(packed)  # a window never shares a batch when one clip is asked for
+    eight = ClipBatches(packed, counts, batch_clips=8, seed=3)
+    assert eight.groups == ClipBatches(packed, counts, batch_clips=8, seed=3).groups
+    assert len(eight) < len(packed)  # demo windows hold ~6.6 clips: some batches take 2 windows
+    group = max(eight.groups, key=len)
+    batch = _collator(tokens)([eight[eight.groups.index(group)]])  # the trainer's loader: one group per batch
+    assert batch["input_features"].shape[0] == len(group)
+    assert batch["index"].tolist() == group and int(batch["clips"]) == sum(counts[i] for i in group)
+    with pytest.raises(ValueError, match="clip counts"):
+        ClipBatches(packed, counts[:-1], batch_clips=8)

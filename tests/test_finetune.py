@@ -50,7 +50,7 @@ def _args(model_dir: Path, corpus: dict[str, Path], out: Path, **extra) -> list[
             "test_data": str(corpus["test"]), "language": "Chinese", "per_device_train_batch_size": 2,
             "per_device_eval_batch_size": 3, "max_steps": 4, "warmup_steps": 1, "logging_steps": 1,
             "eval_steps": 2, "save_steps": 2, "generation_max_length": 4, "num_workers": 0,
-            "learning_rate": 1e-3, "timestamps": True}
+            "learning_rate": 1e-3, "timestamps": True, "pack_audio": False}  # the clip path; packing: own tests
     args.update(extra)
     return [f"--{k}={v}" for k, v in args.items()]
 
@@ -267,10 +267,12 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path):
-    """Kill -9 after checkpoint-4, resume with =auto: same adapter as an uninterrupted run, valid best/final."""
+@pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])
+def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path, pack):
+    """Kill -9 after checkpoint-4, resume with =auto: same adapter as an uninterrupted run, valid best/final
+    (packed: the resumed epoch skips the batches of windows it had trained on)."""
     common = dict(max_steps=10, save_steps=2, eval_steps=5, precision="fp32", lora_dropout=0.0,
-                  learning_rate=5e-3, timestamps=False)
+                  learning_rate=5e-3, timestamps=False, pack_audio=pack)
     ref_out = tmp_path / "ref"
     assert finetune.main(_args(tiny_whisper_dir, corpus, ref_out, **common)) == 0
 
@@ -316,13 +318,15 @@ def test_learning_rate_follows_the_schedule_in_one_process(tiny_whisper_dir, cor
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path):
+@pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])
+def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path, pack):
     """Two processes train like one: same step count, and the same LR at every step (accelerate's scheduler
-    wrapper used to step the schedule once per process, so warmup ended early and the LR hit 0 halfway)."""
+    wrapper used to step the schedule once per process, so warmup ended early and the LR hit 0 halfway).
+    Packed: the ranks' batches hold different numbers of windows and still step together."""
     out = tmp_path / "ddp"
     proc = _run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "finetune.py",
                      *_args(tiny_whisper_dir, corpus, out, max_steps=6, warmup_steps=2, eval_steps=6, save_steps=3,
-                            timestamps=False)])
+                            timestamps=False, pack_audio=pack)])
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert "2 process(es)" in log
@@ -683,11 +687,67 @@ def test_whisper_base_fine_tuned_with_timestamps_keeps_long_form_segments(whispe
     assert srt.count(" --> ") == len(segments) and srt.startswith("1\n00:00:")
 
 
-def test_pack_audio_trains_on_windows_of_several_clips(tiny_whisper_dir, corpus, tmp_path, caplog):
+def test_pack_audio_choice():
+    parser = finetune.build_parser()
+    assert parser.parse_args([]).pack_audio is None  # auto
+    assert parser.parse_args(["--pack_audio=False"]).pack_audio is False
+    assert parser.parse_args(["--pack_audio=auto"]).pack_audio is None
+    choice = finetune.pack_audio_choice
+    assert choice(None, device_type="cpu", streaming=False, prompt_prob=0.0) is True
+    assert choice(None, device_type="cuda", streaming=False, prompt_prob=0.0) is False
+    assert choice(None, device_type="cpu", streaming=True, prompt_prob=0.0) is False
+    assert choice(None, device_type="cpu", streaming=False, prompt_prob=0.3) is False  # packs carry no prompt
+    assert choice(True, device_type="cuda", streaming=False, prompt_prob=0.0) is True
+    assert choice(False, device_type="cpu", streaming=False, prompt_prob=0.0) is False
+
+
+def test_pack_audio_is_the_cpu_default_and_batches_count_clips(tiny_whisper_dir, corpus, tmp_path, caplog):
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
-        assert finetune.main(_args(tiny_whisper_dir, corpus, out, pack_audio=True, max_steps=2, eval_steps=2,
-                                   save_steps=2, per_device_train_batch_size=1)) == 0
-    assert "packed 6 clips into" in caplog.text and "windows" in caplog.text
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, pack_audio="auto", max_steps=2, eval_steps=2,
+                                   save_steps=2, per_device_train_batch_size=3)) == 0
+    assert "--pack_audio=auto: on" in caplog.text
+    assert "packed 6 clips into" in caplog.text and "batches of about 3 clips" in caplog.text
     state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and all(np.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)
+
+
+@pytest.mark.slow
+def test_no_speech_clips_teach_no_speech_and_an_empty_forced_transcript(whisper_base_dir, tmp_path):
+    """A no-speech clip trains <|nospeech|> right after the start token and <|endoftext|> right after the forced
+    prompt <|zh|><|transcribe|><|notimestamps|> (what inference decodes when the no-speech probability is under the
+    threshold; whisper-base writes "(" there on quiet noise), and never <|zh|> after silence."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import load_audio
+    from utils.train_data import LabelTokens, log_mel_features
+
+    lines = []
+    for i in range(2):
+        noise = (np.random.default_rng(i).standard_normal(16000 * 2) * 0.01).astype(np.float32)
+        sf.write(tmp_path / f"quiet{i}.wav", noise, 16000)
+        lines.append({"audio": {"path": f"quiet{i}.wav"}, "sentence": "", "duration": 2.0})
+    manifest = tmp_path / "quiet.json"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    processor = WhisperProcessor.from_pretrained(whisper_base_dir)
+    tokens = LabelTokens.from_tokenizer(processor.tokenizer)
+    features = torch.from_numpy(log_mel_features(load_audio(tmp_path / "quiet0.wav"),
+                                                 processor.feature_extractor.mel_filters))[None]
+    prompt = torch.tensor([tokens.prompt("zh", "transcribe")])  # <|startoftranscript|><|zh|><|transcribe|><|nots.|>
+
+    def log_probs(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_features=features, decoder_input_ids=prompt).logits[0].log_softmax(-1)
+
+    base = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    before = log_probs(base)
+    assert int(before[-1].argmax()) != tokens.end_of_text  # the forced prompt makes it write something
+    out = tmp_path / "out"
+    assert finetune.main(_args(whisper_base_dir, {"train": manifest, "test": manifest}, out, max_steps=4,
+                               per_device_train_batch_size=2, learning_rate=1e-3, eval_steps=0, save_steps=0,
+                               lora_dropout=0.0, timestamps=False, generation_max_length=8)) == 0
+    model = PeftModel.from_pretrained(base, out / whisper_base_dir.name / "checkpoint-final").eval()
+    after = log_probs(model)
+    assert int(after[0].argmax()) == tokens.no_speech and after[0, tokens.no_speech] > before[0, tokens.no_speech]
+    assert int(after[-1].argmax()) == tokens.end_of_text

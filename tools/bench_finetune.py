@@ -10,8 +10,9 @@ adapters the way its own default does: finetune.py's default command (``--lora_e
 
 Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio. Both adapters are
 scored by the same code (fp32 base + adapter merged, decoded greedily by the toolkit's engine, as evaluation.py
-does), so the CERs compare. Recipes with other batch sizes or lengths (``--pack_audio``, whose batches count
-windows of several clips) are compared by running each with ``--only``.
+does), so the CERs compare. finetune.py runs its default command: on CPU that packs several clips per 30 s
+window (``--pack_audio=auto``) with batches that still count clips, so both recipes see the same number of clips per
+step; samples/s counts clips. Other settings: ``--finetune_args``; one recipe at a time: ``--only``.
 """
 
 from __future__ import annotations

@@ -22,11 +22,15 @@ class WhisperCollator:
 
     Returns:
         input_features: float32 (batch, n_mels, frames).
-        labels: int64 (batch, max_len), padded with -100.
+        labels: int64 (batch, max_len), padded with -100: the item's ``"targets"`` where it has them (a no-speech
+            clip's, ``utils.train_data.nospeech_targets``; same length as its labels), else its labels.
         decoder_input_ids: int64 (batch, max_len) = ``<|startoftranscript|>`` + labels shifted right,
             padded with ``pad_token_id`` (those positions are masked out of the loss). An item with a
             ``"prompt"`` (previous-text ids) starts with ``<|startofprev|>`` + prompt, whose labels are -100.
         index: int64 (batch,) dataset indices, when the items carry them.
+        clips: int64 () clips in the batch (a packed window holds several).
+
+    A list of items in place of an item (``utils.train_data.ClipBatches``: a whole batch) is flattened.
     """
 
     decoder_start_token_id: int
@@ -34,6 +38,7 @@ class WhisperCollator:
     prompt_start_token_id: int | None = None  # <|startofprev|>, for items that carry a "prompt"
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        items = [x for item in items for x in (item if isinstance(item, list) else [item])]
         if not items:
             raise ValueError("cannot collate an empty batch")
         labels_list = [self.strip_start(item["labels"]) for item in items]
@@ -41,17 +46,21 @@ class WhisperCollator:
         max_len = max(len(p) + len(ids) for p, ids in zip(prefixes, labels_list))
         labels = torch.full((len(items), max_len), IGNORE_INDEX, dtype=torch.long)
         decoder_input_ids = torch.full((len(items), max_len), self.pad_token_id, dtype=torch.long)
-        for i, (prefix, ids) in enumerate(zip(prefixes, labels_list)):
+        for i, (item, prefix, ids) in enumerate(zip(items, prefixes, labels_list)):
             row = torch.as_tensor(ids, dtype=torch.long)
             p = len(prefix)  # the prompt is decoder input only: its positions get no loss
             decoder_input_ids[i, :p] = torch.as_tensor(prefix, dtype=torch.long)
-            labels[i, p: p + len(ids)] = row
+            targets = item.get("targets")
+            if targets is not None and len(targets) != len(ids):
+                raise ValueError(f"an item's targets ({len(targets)}) and labels ({len(ids)}) differ in length")
+            labels[i, p: p + len(ids)] = row if targets is None else torch.as_tensor(targets, dtype=torch.long)
             decoder_input_ids[i, p] = self.decoder_start_token_id
             decoder_input_ids[i, p + 1: p + len(ids)] = row[:-1]
         features = torch.from_numpy(np.stack([np.asarray(item["input_features"], dtype=np.float32) for item in items]))
         batch = {"input_features": features, "labels": labels, "decoder_input_ids": decoder_input_ids}
         if "index" in items[0]:
             batch["index"] = torch.as_tensor([item["index"] for item in items], dtype=torch.long)
+        batch["clips"] = torch.as_tensor(sum(int(item.get("clips", 1)) for item in items))
         return batch
 
     def prompt_prefix(self, prompt: Sequence[int] | None) -> list[int]:

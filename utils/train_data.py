@@ -5,7 +5,14 @@ collator puts in front of the decoder input exactly once)::
 
     speech:       <|zh|> <|transcribe|> <|notimestamps|> text ... <|endoftext|>
     timestamps:   <|zh|> <|transcribe|> <|0.00|> text <|1.40|> <|1.40|> text <|3.02|> <|endoftext|>
-    no-speech:    <|nospeech|> <|endoftext|>
+    no-speech:    <|zh|> <|transcribe|> <|notimestamps|> <|endoftext|>     (decoder input after the start token)
+                  loss targets: <|nospeech|>, -, -, <|endoftext|>            (see ``nospeech_targets``)
+
+A no-speech clip teaches two things in one sequence: right after ``<|startoftranscript|>`` the model must say
+``<|nospeech|>`` (what inference's no-speech probability reads), and once the language and task are forced (a
+no-speech probability under the threshold) it must end at once rather than invent text. Its item carries
+``targets``, the loss target of every position, with the language and task positions left out of the loss, so the
+language token is never taught after silence.
 
 English-only models (``*.en``) are decoded with ``<|startoftranscript|> <|notimestamps|>`` (both inference
 backends, as transformers and faster-whisper do), so their labels carry no language or task token.
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
+from utils.collator import IGNORE_INDEX
 from utils.data import Record, RecordSource, Segment
 from utils.languages import CJK_CHAR, optional_language_code
 
@@ -169,8 +177,11 @@ def build_labels(
         timestamps: use the record's ``sentences`` as timestamped segments where present.
         time_scale: multiply segment times by this (speed perturbation changes the clip length).
     """
-    if record.is_nospeech:
-        return [tokens.no_speech, tokens.end_of_text]
+    if record.is_nospeech:  # the forced-language prompt; nospeech_targets gives its loss targets
+        code = optional_language_code(record.language) if record.language else language
+        if tokens.multilingual and code is not None and code not in tokens.languages:
+            raise ValueError(f"the tokenizer has no language token for {code!r}")
+        return [*tokens.prompt(code if tokens.multilingual else None, task)[1:], tokens.end_of_text]
     ids: list[int] = []
     if tokens.multilingual:
         code = optional_language_code(record.language) if record.language else language
@@ -189,6 +200,14 @@ def build_labels(
         ids.extend(encode(record.sentence))
     ids.append(tokens.end_of_text)
     return ids
+
+
+def nospeech_targets(labels: Sequence[int], tokens: LabelTokens) -> list[int]:
+    """Loss targets of a no-speech clip's ``labels`` (``build_labels``): ``<|nospeech|>`` after the start token, no
+    loss on the language/task positions, ``<|endoftext|>`` after ``<|notimestamps|>``."""
+    if len(labels) < 2 or labels[-1] != tokens.end_of_text:
+        raise ValueError("a no-speech label is the forced prompt plus <|endoftext|>")
+    return [tokens.no_speech, *[IGNORE_INDEX] * (len(labels) - 2), tokens.end_of_text]
 
 
 def log_mel_features(samples: np.ndarray, mel_filters: np.ndarray, *, n_fft: int = 400, hop_length: int = 160,
@@ -291,6 +310,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         labels = build_labels(record, self._encode, self.tokens, language=self.language, task=self.task,
                               timestamps=self.timestamps, time_scale=time_scale)
         item = {"input_features": self.features(samples), "labels": labels, "index": index}
+        if record.is_nospeech:
+            item["targets"] = nospeech_targets(labels, self.tokens)
         prompt = self._prompt(index, record, labels, other)
         if prompt:
             item["prompt"] = prompt
@@ -385,6 +406,10 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
     def clips(self) -> int:
         return sum(len(p) for p in self.packs)
 
+    def clip_counts(self) -> list[int]:
+        """Clips in each window, by index."""
+        return [len(p) for p in self.packs]
+
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
@@ -397,7 +422,7 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
         if len(members) == 1:
             item = ds.example(manifest[members[0]], members[0], manifest.location(members[0]))
             item.pop("prompt", None)
-            return {**item, "index": index}
+            return {**item, "index": index, "clips": 1}
         gap = np.zeros(int(round(self.gap_seconds * SAMPLE_RATE)), dtype=np.float32)
         pieces, segments, texts = [], [], []
         offset = 0
@@ -425,7 +450,55 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
                         duration=len(samples) / SAMPLE_RATE, language=first.language, sentences=tuple(segments))
         labels = build_labels(packed, ds._encode, ds.tokens, language=ds.language, task=ds.task,
                               timestamps=ds.timestamps)
-        return {"input_features": ds.features(samples), "labels": labels, "index": index}
+        return {"input_features": ds.features(samples), "labels": labels, "index": index, "clips": len(texts)}
+
+
+class ClipBatches(torch.utils.data.Dataset):
+    """Packed windows grouped into batches of about ``batch_clips`` clips each, so that a batch size counts clips
+    whether or not the audio is packed: a step learns from as many clips as it would unpacked (and the schedule,
+    warmup and epochs keep their meaning), from 1–2 windows instead of ``batch_clips``.
+
+    A group is a run of windows in a seeded order, closed when the next window would take its clip count further
+    from ``batch_clips`` than it is. Groups are fixed for the run (like the packs); the trainer shuffles their
+    order every epoch. Item ``i`` is the list of group ``i``'s items (the trainer loads one group per batch).
+    """
+
+    batched = True  # the trainer reads this: one item is a whole batch
+
+    def __init__(self, dataset: torch.utils.data.Dataset, clip_counts: Sequence[int], *, batch_clips: int,
+                 seed: int = 0) -> None:
+        if len(clip_counts) != len(dataset):
+            raise ValueError(f"{len(clip_counts)} clip counts for {len(dataset)} items")
+        if batch_clips < 1:
+            raise ValueError(f"batch_clips must be >= 1, got {batch_clips}")
+        self.dataset, self.batch_clips = dataset, batch_clips
+        self.tokens = getattr(dataset, "tokens", None)
+        order = np.random.default_rng((seed, 37)).permutation(len(dataset)).tolist()
+        self.groups: list[list[int]] = []
+        current: list[int] = []
+        count = 0
+        for i in order:
+            n = int(clip_counts[i])
+            if current and abs(count + n - batch_clips) >= abs(count - batch_clips):
+                self.groups.append(current)
+                current, count = [], 0
+            current.append(i)
+            count += n
+        if current:
+            self.groups.append(current)
+        self.clips_per_group = [sum(int(clip_counts[i]) for i in g) for g in self.groups]
+        logger.info("batches of about %d clips: %d batches of %.1f windows and %.1f clips on average", batch_clips,
+                    len(self.groups), len(dataset) / max(1, len(self.groups)),
+                    sum(self.clips_per_group) / max(1, len(self.groups)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        return [self.dataset[i] for i in self.groups[index]]
 
 
 class StreamingSpeechDataset(torch.utils.data.IterableDataset):
@@ -511,6 +584,11 @@ class ReplayMix(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.main) + self.per_epoch
+
+    def clip_counts(self) -> list[int]:
+        """Clips in each item, by index (main's windows, then one per replay clip)."""
+        main = self.main.clip_counts() if hasattr(self.main, "clip_counts") else [1] * len(self.main)
+        return [*main, *[1] * self.per_epoch]
 
     def __getitem__(self, index: int) -> dict:
         if index < len(self.main):

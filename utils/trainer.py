@@ -422,16 +422,21 @@ def _layer_output(out) -> torch.Tensor:
 
 # ---------------------------------------------------------------- training
 
-def _steps_per_epoch(n_items: int, options: TrainOptions, world_size: int) -> tuple[int, int]:
-    batches = math.ceil(math.ceil(n_items / world_size) / options.per_device_train_batch_size)
+def items_per_batch(dataset: Any, options: TrainOptions) -> int:
+    """Dataset items one batch loads: 1 for a dataset whose items are whole batches (``ClipBatches``)."""
+    return 1 if getattr(dataset, "batched", False) else options.per_device_train_batch_size
+
+
+def _steps_per_epoch(n_items: int, options: TrainOptions, world_size: int, per_batch: int) -> tuple[int, int]:
+    batches = math.ceil(math.ceil(n_items / world_size) / per_batch)
     return batches, math.ceil(batches / options.gradient_accumulation_steps)
 
 
-def total_training_steps(n_items: int, options: TrainOptions, world_size: int) -> int:
-    """Optimizer steps of the run: ``max_steps`` if set, else epochs × steps per epoch."""
+def total_training_steps(dataset: Any, options: TrainOptions, world_size: int) -> int:
+    """Optimizer steps of the run on ``dataset``: ``max_steps`` if set, else epochs × steps per epoch."""
     if options.max_steps > 0:
         return options.max_steps
-    _, per_epoch = _steps_per_epoch(n_items, options, world_size)
+    _, per_epoch = _steps_per_epoch(len(dataset), options, world_size, items_per_batch(dataset, options))
     return max(1, math.ceil(options.num_train_epochs * per_epoch))
 
 
@@ -440,7 +445,7 @@ class TrainResult:
     state: TrainerState
     run_dir: Path
     seconds: float
-    train_samples: int  # samples processed by all ranks
+    train_samples: int  # clips processed by all ranks (a packed window counts its clips)
 
     @property
     def samples_per_second(self) -> float:
@@ -468,8 +473,9 @@ class Trainer:
                 raise ValueError("a streamed training set has no length: give max_steps")
             self.batches_per_epoch, self.total_steps = sys.maxsize, options.max_steps
         else:
-            self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size)
-            self.total_steps = total_training_steps(len(train_dataset), options, self.world_size)
+            self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size,
+                                                         items_per_batch(train_dataset, options))
+            self.total_steps = total_training_steps(train_dataset, options, self.world_size)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters; build the adapter first")
@@ -693,7 +699,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
                    disable=not acc.is_local_main_process)
         while state.global_step < self.total_steps:
-            skip = state.batch_in_epoch * o.per_device_train_batch_size
+            per_batch = items_per_batch(self.train_dataset, o)
+            skip = state.batch_in_epoch * per_batch
             self.train_dataset.set_epoch(state.epoch)
             if self.streaming:
                 sampler = None
@@ -701,7 +708,7 @@ class Trainer:
             else:
                 sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch,
                                        rank=acc.process_index, world_size=self.world_size, skip=skip)
-            loader = DataLoader(self.train_dataset, batch_size=o.per_device_train_batch_size, sampler=sampler,
+            loader = DataLoader(self.train_dataset, batch_size=per_batch, sampler=sampler,
                                 collate_fn=self.collator, num_workers=o.num_workers,
                                 pin_memory=acc.device.type == "cuda")
             in_group = 0
@@ -733,7 +740,7 @@ class Trainer:
                 acc.backward(loss)
                 running_loss += float(full_loss.detach())
                 running_batches += 1
-                samples += batch["labels"].shape[0] * self.world_size
+                samples += int(batch["clips"]) * self.world_size
                 if not step_now:
                     continue
                 in_group = 0

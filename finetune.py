@@ -373,8 +373,10 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
                     args.shuffle_buffer, rank, world_size, len(eval_set))
     else:
-        logger.info("train: %d %s (%.2f h), eval: %d clips", len(train), "windows" if args.pack_audio else "clips",
-                    train_manifest.total_hours(), len(eval_set))
+        packed = f" in {len(train)} windows" if args.pack_audio else ""
+        clips = sum(train.clip_counts()) if args.pack_audio else len(train)
+        logger.info("train: %d clips%s (%.2f h), eval: %d clips", clips, packed, train_manifest.total_hours(),
+                    len(eval_set))
     if args.pack_audio:  # the batch counts clips: each batch is the windows holding about that many
         from utils.train_data import ClipBatches
 

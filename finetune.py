@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, make_parser, optional_str,
-                       setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, make_parser,
+                       optional_str, setup_logging)
 from utils.hf_data import is_manifest
 from utils.lora import DEFAULT_TARGET_MODULES
 from utils.device import choose_precision

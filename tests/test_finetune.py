@@ -641,12 +641,18 @@ def test_replay_mix_adds_general_items_with_stable_indices(tiny_whisper_dir, cor
         ReplayMix(main, replay, ratio=1.0)
 
 
-def test_finetune_with_replay_data(tiny_whisper_dir, corpus, tmp_path, caplog):
+@pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])
+def test_finetune_with_replay_data(tiny_whisper_dir, corpus, tmp_path, caplog, pack):
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=2, eval_steps=0, save_steps=0,
-                                   replay_data=corpus["test"], replay_ratio=0.3)) == 0
+                                   replay_data=corpus["test"], replay_ratio=0.3, pack_audio=pack,
+                                   gradient_accumulation_steps=2)) == 0
     assert "replay: 3 items of" in caplog.text  # round(6 * 0.3 / 0.7) = 3
+    if pack:  # replay clips are one clip each, batched by clip count with the packed windows
+        assert "train: 9 clips in" in caplog.text and "batches of about 2 clips" in caplog.text
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
     with pytest.raises(SystemExit):
         finetune.main(_args(tiny_whisper_dir, corpus, out, replay_data=tmp_path / "missing.json"))
 

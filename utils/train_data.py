@@ -553,8 +553,8 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
 class ReplayMix(torch.utils.data.Dataset):
     """The training set with general ("replay") data mixed in, to limit forgetting.
 
-    Every epoch holds all of ``main`` plus ``round(len(main) * ratio / (1 - ratio))`` replay items, so replay
-    makes up ``ratio`` of the epoch; they are taken in a seeded order that goes through the whole replay set
+    Every epoch holds all of ``main`` plus ``round(clips of main * ratio / (1 - ratio))`` replay items (one clip
+    each), so replay makes up ``ratio`` of the epoch's clips (``main`` may be packed windows of several clips); they are taken in a seeded order that goes through the whole replay set
     before repeating. A replay item's ``index`` is ``len(main) + its index in the replay set``, the same in every
     epoch (the trainer's encoder cache is keyed by it).
     """
@@ -565,9 +565,10 @@ class ReplayMix(torch.utils.data.Dataset):
         if len(replay) == 0:
             raise ValueError("the replay set is empty")
         self.main, self.replay, self.ratio, self.seed = main, replay, ratio, seed
-        self.per_epoch = max(1, round(len(main) * ratio / (1.0 - ratio)))
+        main_clips = sum(main.clip_counts()) if hasattr(main, "clip_counts") else len(main)  # packed: windows
+        self.per_epoch = max(1, round(main_clips * ratio / (1.0 - ratio)))
         self.tokens = main.tokens
-        self.previous = main.previous
+        self.previous = getattr(main, "previous", {})  # packed windows (PackedSpeechDataset) carry no prompt
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

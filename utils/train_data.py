@@ -177,19 +177,14 @@ def build_labels(
         timestamps: use the record's ``sentences`` as timestamped segments where present.
         time_scale: multiply segment times by this (speed perturbation changes the clip length).
     """
-    if record.is_nospeech:  # the forced-language prompt; nospeech_targets gives its loss targets
-        code = optional_language_code(record.language) if record.language else language
-        if tokens.multilingual and code is not None and code not in tokens.languages:
-            raise ValueError(f"the tokenizer has no language token for {code!r}")
-        return [*tokens.prompt(code if tokens.multilingual else None, task)[1:], tokens.end_of_text]
-    ids: list[int] = []
+    code = None  # the language token's code (multilingual models only)
     if tokens.multilingual:
         code = optional_language_code(record.language) if record.language else language
-        if code is not None:
-            if code not in tokens.languages:
-                raise ValueError(f"the tokenizer has no language token for {code!r}")
-            ids.append(tokens.languages[code])
-        ids.append(tokens.tasks[task])
+        if code is not None and code not in tokens.languages:
+            raise ValueError(f"the tokenizer has no language token for {code!r}")
+    if record.is_nospeech:  # the forced-language prompt; nospeech_targets gives its loss targets
+        return [*tokens.prompt(code, task)[1:], tokens.end_of_text]
+    ids = tokens.prompt(code, task, timestamps=True)[1:]  # [language] [task], nothing for English-only models
     if timestamps and record.sentences:
         for seg in record.sentences:
             ids.append(tokens.timestamp(seg.start * time_scale))

@@ -468,13 +468,14 @@ class Trainer:
         self.world_size = accelerator.num_processes
         # a stream (utils.train_data.StreamingSpeechDataset) never ends: max_steps sets the run, one "epoch"
         self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
+        self.per_batch = items_per_batch(train_dataset, options)  # dataset items a batch loads
         if self.streaming:
             if options.max_steps <= 0:
                 raise ValueError("a streamed training set has no length: give max_steps")
             self.batches_per_epoch, self.total_steps = sys.maxsize, options.max_steps
         else:
             self.batches_per_epoch, _ = _steps_per_epoch(len(train_dataset), options, self.world_size,
-                                                         items_per_batch(train_dataset, options))
+                                                         self.per_batch)
             self.total_steps = total_training_steps(train_dataset, options, self.world_size)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -699,8 +700,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
                    disable=not acc.is_local_main_process)
         while state.global_step < self.total_steps:
-            per_batch = items_per_batch(self.train_dataset, o)
-            skip = state.batch_in_epoch * per_batch
+            skip = state.batch_in_epoch * self.per_batch
             self.train_dataset.set_epoch(state.epoch)
             if self.streaming:
                 sampler = None
@@ -708,7 +708,7 @@ class Trainer:
             else:
                 sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch,
                                        rank=acc.process_index, world_size=self.world_size, skip=skip)
-            loader = DataLoader(self.train_dataset, batch_size=per_batch, sampler=sampler,
+            loader = DataLoader(self.train_dataset, batch_size=self.per_batch, sampler=sampler,
                                 collate_fn=self.collator, num_workers=o.num_workers,
                                 pin_memory=acc.device.type == "cuda")
             in_group = 0

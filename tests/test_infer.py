@@ -93,6 +93,18 @@ def test_flag_errors(tiny_whisper_dir, en_wav):
         infer.main(["--audio_path", str(en_wav), "--language=klingon"])
 
 
+def test_beam_size_default_depends_on_the_backend():
+    def beam(*flags):
+        return infer.options_from_args(infer.build_parser().parse_args(["--audio_path=a.wav", *flags])).beam_size
+
+    assert beam("--backend=ct2") == infer.CT2_BEAM_SIZE == 3  # cheap in CTranslate2, fewer errors
+    assert beam("--backend=transformers") == 1  # transformers' beam search doubles the CPU time
+    assert beam() == 1  # the default backend is transformers
+    assert beam("--backend=ct2", "--beam_size=1") == 1
+    assert beam("--backend=transformers", "--beam_size=4") == 4
+    assert beam("--backend=ct2", "--num_beams=2") == 2  # the old flag name still works
+
+
 def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
     empty = tmp_path / "empty_model"
     empty.mkdir()

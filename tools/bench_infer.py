@@ -12,7 +12,8 @@ window. Engine mode (default): every mode transcribes the recording in this proc
 CER/WER against the reference; model loading and a warm-up call are not timed. ``--whole_process=True``: the
 user's commands, timed start to end as subprocesses (imports, model load, audio decoding, VAD, decoding):
 ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8 script, on the same
-CTranslate2 folder, each run ``--repeats`` times (best time kept), with the ratio. The CPU flags are printed.
+CTranslate2 folder, each run ``--repeats`` times, interleaved (best time kept), with the ratio. The CPU flags are
+printed.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ print("".join(s.text for s in segments))
 
 
 def build_recording(manifest_path: str, min_seconds: float, out_dir: Path, sep: str = "") -> tuple[Path, str, float]:
-    """Join test clips (and silences) with sox until ≥ ``min_seconds``; returns (wav, reference, seconds)."""
+    """Join test clips (and silences) with sox until ≥ ``min_seconds``; returns (wav, reference, seconds).
+
+    No dither (``sox -D``): the same clips give the same file, so runs decode the same samples.
+    """
     records = [r for r in load_manifest(manifest_path) if r.sentence.strip()]
     if not records:
         raise SystemExit(f"{manifest_path}: no clips with text")
     silence = out_dir / "silence.wav"
-    subprocess.run(["sox", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(silence),
+    subprocess.run(["sox", "-D", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(silence),
                     "trim", "0", str(GAP_S)], check=True)
     inputs, refs, total = [], [], 0.0
     i = 0
@@ -63,7 +67,7 @@ def build_recording(manifest_path: str, min_seconds: float, out_dir: Path, sep: 
         total += r.duration + GAP_S
         i += 1
     out = out_dir / "joined.wav"
-    subprocess.run(["sox", *inputs, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
+    subprocess.run(["sox", "-D", *inputs, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
     return out, sep.join(refs), len(load_audio(out)) / SAMPLE_RATE
 
 
@@ -93,27 +97,29 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
     root = Path(__file__).resolve().parent.parent
     out_dir = wav.parent / "infer_out"
     commands = {
-        " ".join(["infer.py --backend=ct2", *infer_args]): [sys.executable, str(root / "infer.py"), "--backend=ct2", f"--model_path={ct2_dir}",
-                                   f"--audio_path={wav}", f"--language={language}", f"--cpu_threads={threads}",
-                                   "--output_format=txt", f"--output_dir={out_dir}", *infer_args],
+        " ".join(["infer.py --backend=ct2", *infer_args]): [
+            sys.executable, str(root / "infer.py"), "--backend=ct2", f"--model_path={ct2_dir}", f"--audio_path={wav}",
+            f"--language={language}", f"--cpu_threads={threads}", "--output_format=txt", f"--output_dir={out_dir}",
+            *infer_args],
         "faster-whisper BatchedInferencePipeline int8 b8": [sys.executable, "-c", FW_SCRIPT, ct2_dir, str(wav),
                                                             language, str(threads)],
     }
-    times = {}
-    print(f"{'whole process':<50} {'best s':>7} {'RTF':>6} {metric.upper():>7}")
-    for label, cmd in commands.items():
-        best, text = float("inf"), ""
-        for _ in range(repeats):
+    times = {label: float("inf") for label in commands}
+    texts = {label: "" for label in commands}
+    for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits both commands alike
+        for label, cmd in commands.items():
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
             elapsed = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-2000:]}")
-            best = min(best, elapsed)
-            text = (out_dir / f"{wav.stem}.txt").read_text(encoding="utf-8") if "infer.py" in label else proc.stdout
-        times[label] = best
-        rate = count_errors(reference, text, metric).rate
-        print(f"{label:<50} {best:7.2f} {best / seconds:6.3f} {rate:7.4f}", flush=True)
+            times[label] = min(times[label], elapsed)
+            texts[label] = ((out_dir / f"{wav.stem}.txt").read_text(encoding="utf-8") if "infer.py" in label
+                            else proc.stdout)
+    print(f"{'whole process':<50} {'best s':>7} {'RTF':>6} {metric.upper():>7}")
+    for label in commands:
+        rate = count_errors(reference, texts[label], metric).rate
+        print(f"{label:<50} {times[label]:7.2f} {times[label] / seconds:6.3f} {rate:7.4f}", flush=True)
     ours, theirs = times.values()
     print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
 

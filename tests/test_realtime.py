@@ -80,7 +80,8 @@ class FakeASR:
         i = int(voiced[0])
         offset = round(((float(audio[i]) - 1e-4) / SCALE - i / SAMPLE_RATE) * SAMPLE_RATE) / SAMPLE_RATE
         end = offset + len(audio) / SAMPLE_RATE
-        heard = [(s, e, w) for s, e, w in self.words if s >= offset - 1e-6 and e <= end + 1e-6]
+        voiced_from = offset + i / SAMPLE_RATE  # zeros before it (silence the policy put first) hold no words
+        heard = [(s, e, w) for s, e, w in self.words if s >= voiced_from - 1e-6 and e <= end + 1e-6]
         if self.flicker:
             cut = [(s, end, f"guess{self.calls}") for s, e, w in self.words if s < end < e]
             heard += cut
@@ -246,6 +247,35 @@ def test_an_utterance_is_first_decoded_one_chunk_after_its_onset_from_pad_before
     # silence is not decoded; the first decode is 1 s after the onset (2.3 s, to a frame), on 0.4 s pad + 1 s
     assert spans[0][0] == pytest.approx(2.3 - 0.4, abs=0.04) and spans[0][1] == pytest.approx(1.4, abs=0.04)
     assert spans[1][1] == pytest.approx(2.4, abs=0.04)  # then every chunk
+
+
+def _leading_zeros_s(audio: np.ndarray) -> float:
+    return round(int(np.flatnonzero(audio)[0]) / SAMPLE_RATE, 2)
+
+
+@pytest.mark.parametrize("vad", [True, False])
+def test_a_buffer_starting_inside_speech_is_decoded_after_pad_s_of_silence(vad):
+    # speech from the first sample (and, after a trim at a segment end, from the buffer's first sample): Whisper
+    # drops or clips a word that starts right at its window's start, so the decoder gets 0.4 s of silence first
+    words = script_words(" ".join(f"w{i}" for i in range(20)))  # 8 s of speech from t = 0, no pause
+    asr = FakeASR(words, flicker=False)
+    leads = []
+    policy = StreamingPolicy(lambda a, p: leads.append(_leading_zeros_s(a)) or asr(a, p),
+                             vad_fn=energy_vad if vad else None, trim_s=3.0, max_buffer_s=6.0)
+    updates = feed(policy, timed_audio(8.5))
+    assert leads and all(lead == pytest.approx(0.4, abs=0.01) for lead in leads)
+    got = committed_words(updates)
+    assert [w.key for w in got] == [f"w{i}" for i in range(20)]
+    assert got[0].start == pytest.approx(0.0, abs=0.01) and got[5].start == pytest.approx(2.0, abs=0.01)  # stream time
+
+
+def test_no_silence_is_added_before_a_buffer_that_has_pad_s_before_the_speech():
+    asr = FakeASR(script_words("a b c d", start=2.3), flicker=False)
+    spans = []
+    policy = StreamingPolicy(lambda a, p: spans.append(_buffer_span(a)) or asr(a, p), vad_fn=energy_vad)
+    result = run_stream(FileSource(timed_audio(6.0, silences=[(0.0, 2.3), (3.9, 6.0)]), realtime=False), policy)
+    assert result.text == "a b c d"
+    assert spans[0][1] == pytest.approx(1.4, abs=0.04)  # the recording's own 0.4 s before the onset + 1 s, no more
 
 
 def test_a_closed_utterance_the_last_step_heard_whole_is_committed_without_another_decode():

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -315,6 +315,33 @@ class StreamingPolicy:
             return ""
         return join_words(self._prompt_words)[-self.prompt_chars:]
 
+    def _lead_samples(self) -> int:
+        """Silence to put before the buffer so the decoder hears ``pad_s`` of it before the speech: none when the
+        buffer holds the utterance's onset with ``pad_s`` before it; all of it when the buffer starts inside the
+        speech (stream start, a trim at a segment end) or, without a VAD, always."""
+        pad = int(self.pad_s * SAMPLE_RATE)
+        if self._vad is not None and self._vad.onset >= self.offset:
+            return max(0, pad - (self._vad.onset - self.offset))
+        return pad
+
+    def _hypothesis(self, audio: np.ndarray) -> list[tuple]:
+        """``hypothesis_fn`` on ``audio`` (the buffer's start) after :meth:`_lead_samples` of silence; times are
+        returned relative to ``audio``. Whisper drops or clips a first word that starts right at the window's
+        start ("the train" → "train", "she" → "he")."""
+        lead = self._lead_samples()
+        if not lead:
+            return self.hypothesis_fn(audio, self._prompt())
+        segments = self.hypothesis_fn(np.concatenate([np.zeros(lead, dtype=np.float32), audio]), self._prompt())
+        shift = lead / SAMPLE_RATE
+        out = []
+        for start, end, text, *aligned in segments:
+            seg = (max(start - shift, 0.0), max(end - shift, 0.0), text)
+            if aligned:
+                seg += ([replace(w, start=max(w.start - shift, 0.0), end=max(w.end - shift, 0.0))
+                         for w in aligned[0]],)
+            out.append(seg)
+        return out
+
     def _cut(self, sample: int) -> None:
         """Drop buffer audio before stream sample ``sample``."""
         sample = min(max(sample, self.offset), self.total)
@@ -356,7 +383,7 @@ class StreamingPolicy:
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
         if self._vad is not None and not self.tentative and not self._in_buffer:
             self._cut(self._vad.onset - int(self.pad_s * SAMPLE_RATE))  # a new utterance: drop the silence before
-        segments = self.hypothesis_fn(self.buffer, self._prompt())  # no state changes before this returns
+        segments = self._hypothesis(self.buffer)  # no state changes before this returns
         self._decoded_until = self._tentative_until = self._step_from = self.total
         offset_s = self.offset / SAMPLE_RATE
         words = words_from_segments(segments, offset_s, end)
@@ -385,7 +412,7 @@ class StreamingPolicy:
             new, decoded = list(self.tentative), False
         else:
             audio = self.buffer[: pause - self.offset]
-            segments = self.hypothesis_fn(audio, self._prompt())
+            segments = self._hypothesis(audio)
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
             j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
             new, decoded = words[j:], True

@@ -9,6 +9,11 @@ with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs wit
 (the clock advances by the audio read plus the compute spent, as a live microphone would see it) and the table
 gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the streamed text's error
 rate against the reference and against the offline transcript, and the offline error rate. CPU flags printed.
+
+``--alone=True`` instead decodes every clip of the recording's manifest on its own (what a stream that hears one
+utterance at a time has at best), in a 30 s and a 15 s encoder window, with and without 0.4 s of silence before it:
+
+    python tools/bench_stream.py --recording=en --alone=True
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="None,15", help="comma-separated --encoder_window_seconds values")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
+    parser.add_argument("--alone", default="False", choices=("True", "False"),
+                        help="decode each clip of the manifest alone instead of streaming (en, zh)")
     args = parser.parse_args(argv)
 
     print(f"CPU flags: {cpu_report()}")
+    if args.alone == "True":
+        return clips_alone(args.recording, args.model_path)
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     if args.recording == "en":
         wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/general/general_en.json"), 50.0, tmp,
@@ -68,6 +77,34 @@ def main(argv: list[str] | None = None) -> int:
         vs = count_errors(r["offline_text"], r["text"], metric).rate
         print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
               f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
+    return 0
+
+
+def clips_alone(recording: str, model_path: str) -> int:
+    """Error rate of the recording's clips each decoded alone: encoder window 30 / 15 s, lead silence 0 / 0.4 s."""
+    import numpy as np
+
+    from utils.audio import SAMPLE_RATE, load_record_audio
+    from utils.data import load_manifest
+    from utils.transcribe import DecodeOptions, load_transcriber
+
+    if recording == "zh_repeated":
+        raise SystemExit("--alone needs --recording=en or zh (a manifest of clips)")
+    manifest = "dataset/general/general_en.json" if recording == "en" else "dataset/test.json"
+    language, metric = ("en", "wer") if recording == "en" else ("zh", "cer")
+    records = [r for r in load_manifest(str(REPO_ROOT / manifest)) if r.sentence.strip()]
+    engine = load_transcriber(model_path, backend="ct2")
+    reference = (" " if metric == "wer" else "").join(r.sentence for r in records)
+    print(f"{len(records)} clips of {manifest}, each decoded alone, model {model_path}")
+    print(f"{'window':>7} {'lead s':>6} {'errors':>6} {metric.upper():>7}")
+    for window in (None, 15.0):
+        options = DecodeOptions(language=language, timestamps=True, temperatures=(0.0,), encoder_window_s=window)
+        for lead in (0.0, 0.4):
+            silence = np.zeros(int(lead * SAMPLE_RATE), dtype=np.float32)
+            texts = [engine.transcribe(np.concatenate([silence, load_record_audio(r)]), options).text
+                     for r in records]
+            counts = count_errors(reference, (" " if metric == "wer" else "").join(texts), metric)
+            print(f"{str(window):>7} {lead:6.1f} {counts.errors:6d} {counts.rate:7.4f}", flush=True)
     return 0
 
 

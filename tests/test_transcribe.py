@@ -283,6 +283,42 @@ def test_cpu_encoder_in_small_calls_gives_the_whole_batch_output(tiny):
     assert again is split
 
 
+def test_cross_attention_projections_run_once_per_batch_with_the_same_result(tiny_whisper_dir, en_wav):
+    """Language detection, transformers' no-speech processor and generate() each project the same encoder output
+    into cross-attention keys/values; on the CPU that is done once per batch, with the same transcripts."""
+    from utils.transcribe import _reuse_cross_attention_projections
+
+    engine = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    layers = engine.model.model.decoder.layers
+    calls = []
+    hook = layers[0].encoder_attn.k_proj.inner.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    audio = load_audio(en_wav)
+    clips = [audio[: 2 * SAMPLE_RATE], audio[: 3 * SAMPLE_RATE], audio]
+    # language detected, no-speech threshold on; greedy only (a random model fails the log-prob check and samples)
+    options = DecodeOptions(batch_size=8, max_new_tokens=8, temperatures=(0.0,))
+    try:
+        once = engine.transcribe_batch(clips, options)
+        assert calls == [3]  # one batch of 3 clips, projected once
+        for layer in layers:  # the plain projections again
+            layer.encoder_attn.k_proj = layer.encoder_attn.k_proj.inner
+            layer.encoder_attn.v_proj = layer.encoder_attn.v_proj.inner
+        calls.clear()
+        plain = engine.transcribe_batch(clips, options)
+        assert len(calls) >= 3  # detection, the no-speech processor's pass, generate's first step
+    finally:
+        hook.remove()
+    assert [t.text for t in once] == [t.text for t in plain]
+    # projections bigger than the memory budget are not kept (a large model's big batch): computed every time
+    _reuse_cross_attention_projections(engine.model.model.decoder, max_bytes=0)
+    hook = layers[0].encoder_attn.k_proj.inner.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    calls.clear()
+    try:
+        over_budget = engine.transcribe_batch(clips, options)
+    finally:
+        hook.remove()
+    assert len(calls) >= 3 and [t.text for t in over_budget] == [t.text for t in plain]
+
+
 def test_encoder_window_fits_the_longest_chunk_in_5_s_steps():
     second = np.zeros(SAMPLE_RATE, np.float32)
     assert encoder_window([second * 3], None) == 30

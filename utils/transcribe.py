@@ -612,6 +612,58 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
     return CachedEncoder(encoder)
 
 
+CROSS_ATTENTION_MEMO_BYTES = 1 << 30  # at most this much held by _reuse_cross_attention_projections
+
+
+def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTENTION_MEMO_BYTES) -> int:
+    """Make each decoder layer's cross-attention key/value projections remember their last result.
+
+    The projections of the encoder output (batch × 1500 frames × d_model, per layer) are the largest matrix products
+    of a decode, and a batch computed them three times: language detection, transformers' no-speech logits processor
+    (a whole forward pass of its own) and generate()'s first step. All three get the same encoder output tensor
+    (``_cache_encoder_output``), so a projection whose input *is* its last input (the same tensor object, no
+    gradients) returns its last output: the same numbers, computed once. Holds one batch of projections (whisper-base,
+    16 clips: 12 × 49 MB), at most ``max_bytes`` in all: a bigger batch (large models) is projected every time.
+    Returns how many projections were wrapped.
+    """
+    import torch
+
+    per_projection = max_bytes // (2 * len(decoder.layers))
+
+    class LastResult(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self._input: Any = None
+            self._output: Any = None
+            self._autocast = False
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.inner, name)
+
+        def forward(self, x: Any) -> Any:
+            if torch.is_grad_enabled():
+                return self.inner(x)
+            autocast = torch.is_autocast_enabled(x.device.type)
+            if x is self._input and self._autocast == autocast:
+                return self._output
+            output = self.inner(x)
+            keep = output.numel() * output.element_size() <= per_projection
+            self._input, self._output, self._autocast = (x, output, autocast) if keep else (None, None, False)
+            return output
+
+    wrapped = 0
+    for layer in decoder.layers:
+        attention = layer.encoder_attn
+        for name in ("k_proj", "v_proj"):
+            setattr(attention, name, LastResult(getattr(attention, name)))
+            wrapped += 1
+    return wrapped
+
+
 class TransformersTranscriber(_BaseTranscriber):
     """``WhisperForConditionalGeneration`` from a transformers model folder."""
 
@@ -640,6 +692,8 @@ class TransformersTranscriber(_BaseTranscriber):
             self.model.model.encoder = torch.compile(self.model.model.encoder)
         self.model.model.encoder = _cache_encoder_output(
             self.model.model.encoder, CPU_ENCODER_WINDOWS if self.device == "cpu" else None)
+        if self.device == "cpu":  # on a GPU the repeated projections cost little and the memory is dearer
+            _reuse_cross_attention_projections(self.model.model.decoder)
         logger.info("transformers backend: %s on %s, weights %s%s, attention %s", model_dir, self.device,
                     weight_dtype, f" + {self.autocast_dtype} autocast" if self.autocast_dtype else "", attn)
 

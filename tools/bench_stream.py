@@ -10,6 +10,9 @@ with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs wit
 gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the streamed text's error
 rate against the reference and against the offline transcript, and the offline error rate. CPU flags printed.
 
+``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to the whole recording, pauses included: the
+VAD then hears no pause, and the policy has to commit by agreement alone.
+
 ``--alone=True`` instead decodes every clip of the recording's manifest on its own (what a stream that hears one
 utterance at a time has at best), in a 30 s and a 15 s encoder window, with and without 0.4 s of silence before it:
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="None,15", help="comma-separated --encoder_window_seconds values")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
+    parser.add_argument("--snr_db", type=float, default=None, help="add white noise at this SNR (dB) to the recording")
     parser.add_argument("--alone", default="False", choices=("True", "False"),
                         help="decode each clip of the manifest alone instead of streaming (en, zh)")
     args = parser.parse_args(argv)
@@ -58,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
         language, metric = "zh", "cer"
-    print(f"recording: {wav} ({seconds:.1f} s), model {args.model_path}")
+    if args.snr_db is not None:
+        wav = add_noise(wav, args.snr_db)
+    noise = "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR"
+    print(f"recording: {wav} ({seconds:.1f} s{noise}), model {args.model_path}")
     m = metric.upper()
     print(f"{'window':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "
           f"{m + ' offline':>12} {'stream vs offline':>17}")
@@ -78,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
               f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
     return 0
+
+
+def add_noise(wav: Path, snr_db: float, seed: int = 0) -> Path:
+    """A copy of ``wav`` with white noise at ``snr_db`` below the speech's RMS (samples above -50 dBFS)."""
+    import numpy as np
+    import soundfile as sf
+
+    audio, rate = sf.read(wav, dtype="float32")
+    speech = audio[np.abs(audio) > 10 ** (-50 / 20)]
+    rms = float(np.sqrt(np.mean(speech ** 2))) if len(speech) else 0.1
+    noise = np.random.default_rng(seed).standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr_db / 20)
+    out = wav.with_name(f"{wav.stem}_snr{snr_db:g}.wav")
+    sf.write(out, np.clip(audio + noise, -1.0, 1.0), rate)
+    return out
 
 
 def clips_alone(recording: str, model_path: str) -> int:

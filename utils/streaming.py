@@ -6,7 +6,9 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
 
 * every ``chunk_s`` seconds of new audio the whole buffer is decoded again (``hypothesis_fn``);
 * a word is *committed* once two consecutive hypotheses agree on it (longest common prefix after the
-  committed words, LocalAgreement-2); the rest of the newest hypothesis is the *tentative* tail;
+  committed words, LocalAgreement-2), or the newest agrees with the one before the previous (a model that
+  alternates between two readings, as it does in noise, commits the one it gave twice in three decodes instead
+  of committing nothing until the buffer is full); the rest of the newest hypothesis is the *tentative* tail;
 * the buffer is trimmed at the end of a Whisper segment whose words are all committed once it is longer
   than ``trim_s``; committed text that left the buffer is the decoder prompt;
 * with a voice-activity function, silence is not decoded; an utterance's chunks are counted from its
@@ -256,6 +258,7 @@ class StreamingPolicy:
         self._in_buffer: list[StreamToken] = []  # committed words still inside the buffer
         self._prompt_words: list[StreamToken] = []  # committed words that left the buffer (for the prompt)
         self.tentative: list[StreamToken] = []
+        self._older: list[str] = []  # keys of the tentative tail before ``tentative``'s, after the committed words
         self._decoded_until = 0  # stream sample up to which the buffer was decoded
         self._step_from = 0  # stream sample from which the next chunk is counted (last step, or speech onset)
         self._tentative_until: int | None = None  # stream sample up to which ``tentative``'s hypothesis heard
@@ -389,7 +392,9 @@ class StreamingPolicy:
         words = words_from_segments(segments, offset_s, end)
         j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
         tail = words[j:]
-        n = _common_prefix([w.key for w in tail], [w.key for w in self.tentative])
+        keys, previous = [w.key for w in tail], [w.key for w in self.tentative]
+        n = max(_common_prefix(keys, previous), _common_prefix(keys, self._older))
+        self._older = previous[n:] if previous[:n] == keys[:n] else []
         new = tail[:n]
         self.committed += new
         self._in_buffer += new
@@ -419,7 +424,7 @@ class StreamingPolicy:
         end = pause / SAMPLE_RATE
         self.committed += new
         self._in_buffer += new
-        self.tentative = []
+        self.tentative, self._older = [], []
         self._tentative_until = None
         self._retire([])
         self._cut(pause - int(self.pad_s * SAMPLE_RATE))
@@ -459,7 +464,7 @@ class StreamingPolicy:
         forced = self.tentative  # nothing agreed on for max_buffer_s: commit rather than overflow the window
         self.committed += forced
         self._in_buffer += forced
-        self.tentative, self._tentative_until = [], None
+        self.tentative, self._older, self._tentative_until = [], [], None
         self._retire([])
         self._cut(self.total)
         logger.warning("no agreement within %.0f s of audio: committed the latest hypothesis", self.max_buffer_s)
@@ -489,7 +494,7 @@ class StreamingPolicy:
         """
         new = list(self.tentative)
         self.committed += new
-        self.tentative, self._tentative_until = [], None
+        self.tentative, self._older, self._tentative_until = [], [], None
         self._in_buffer += new
         self._retire([])
         self._cut(self.total)

@@ -36,6 +36,9 @@ import realtime_transcribe  # noqa: E402
 from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated, cpu_report  # noqa: E402
 from utils.text import count_errors  # noqa: E402
 
+# recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
+CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/test.json", "zh", "cer", "")}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,13 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.alone == "True":
         return clips_alone(args.recording, args.model_path)
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
-    if args.recording == "en":
-        wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/general/general_en.json"), 50.0, tmp,
-                                                  sep=" ")
-        language, metric = "en", "wer"
-    elif args.recording == "zh":
-        wav, reference, seconds = build_recording(str(REPO_ROOT / "dataset/test.json"), 50.0, tmp)
-        language, metric = "zh", "cer"
+    if args.recording in CLIP_SETS:
+        manifest, language, metric, sep = CLIP_SETS[args.recording]
+        wav, reference, seconds = build_recording(str(REPO_ROOT / manifest), 50.0, tmp, sep=sep)
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
         language, metric = "zh", "cer"
@@ -109,13 +108,12 @@ def clips_alone(recording: str, model_path: str) -> int:
     from utils.data import load_manifest
     from utils.transcribe import DecodeOptions, load_transcriber
 
-    if recording == "zh_repeated":
-        raise SystemExit("--alone needs --recording=en or zh (a manifest of clips)")
-    manifest = "dataset/general/general_en.json" if recording == "en" else "dataset/test.json"
-    language, metric = ("en", "wer") if recording == "en" else ("zh", "cer")
+    if recording not in CLIP_SETS:
+        raise SystemExit(f"--alone needs a recording of clips: {', '.join(CLIP_SETS)}")
+    manifest, language, metric, sep = CLIP_SETS[recording]
     records = [r for r in load_manifest(str(REPO_ROOT / manifest)) if r.sentence.strip()]
     engine = load_transcriber(model_path, backend="ct2")
-    reference = (" " if metric == "wer" else "").join(r.sentence for r in records)
+    reference = sep.join(r.sentence for r in records)
     print(f"{len(records)} clips of {manifest}, each decoded alone, model {model_path}")
     print(f"{'window':>7} {'lead s':>6} {'errors':>6} {metric.upper():>7}")
     for window in (None, 15.0):
@@ -124,7 +122,7 @@ def clips_alone(recording: str, model_path: str) -> int:
             silence = np.zeros(int(lead * SAMPLE_RATE), dtype=np.float32)
             texts = [engine.transcribe(np.concatenate([silence, load_record_audio(r)]), options).text
                      for r in records]
-            counts = count_errors(reference, (" " if metric == "wer" else "").join(texts), metric)
+            counts = count_errors(reference, sep.join(texts), metric)
             print(f"{str(window):>7} {lead:6.1f} {counts.errors:6d} {counts.rate:7.4f}", flush=True)
     return 0
 

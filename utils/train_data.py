@@ -549,9 +549,10 @@ class ReplayMix(torch.utils.data.Dataset):
     """The training set with general ("replay") data mixed in, to limit forgetting.
 
     Every epoch holds all of ``main`` plus ``round(clips of main * ratio / (1 - ratio))`` replay items (one clip
-    each), so replay makes up ``ratio`` of the epoch's clips (``main`` may be packed windows of several clips); they are taken in a seeded order that goes through the whole replay set
-    before repeating. A replay item's ``index`` is ``len(main) + its index in the replay set``, the same in every
-    epoch (the trainer's encoder cache is keyed by it).
+    each), so replay makes up ``ratio`` of the epoch's clips (``main`` may be packed windows of several clips);
+    they are taken in a seeded order that goes through the whole replay set before repeating. A replay item's
+    ``index`` is ``len(main) + its index in the replay set``, the same in every epoch (the trainer's encoder cache
+    is keyed by it).
     """
 
     def __init__(self, main: SpeechDataset, replay: SpeechDataset, *, ratio: float, seed: int = 0) -> None:

@@ -615,7 +615,7 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
 CROSS_ATTENTION_MEMO_BYTES = 1 << 30  # at most this much held by _reuse_cross_attention_projections
 
 
-def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTENTION_MEMO_BYTES) -> int:
+def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTENTION_MEMO_BYTES) -> None:
     """Make each decoder layer's cross-attention key/value projections remember their last result.
 
     The projections of the encoder output (batch × 1500 frames × d_model, per layer) are the largest matrix products
@@ -624,7 +624,6 @@ def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTE
     (``_cache_encoder_output``), so a projection whose input *is* its last input (the same tensor object, no
     gradients) returns its last output: the same numbers, computed once. Holds one batch of projections (whisper-base,
     16 clips: 12 × 49 MB), at most ``max_bytes`` in all: a bigger batch (large models) is projected every time.
-    Returns how many projections were wrapped.
     """
     import torch
 
@@ -655,13 +654,10 @@ def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTE
             self._input, self._output, self._autocast = (x, output, autocast) if keep else (None, None, False)
             return output
 
-    wrapped = 0
     for layer in decoder.layers:
         attention = layer.encoder_attn
         for name in ("k_proj", "v_proj"):
             setattr(attention, name, LastResult(getattr(attention, name)))
-            wrapped += 1
-    return wrapped
 
 
 class TransformersTranscriber(_BaseTranscriber):

@@ -36,7 +36,7 @@ from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import CJK_CHAR, HAN_KANA_RANGES, language_code
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, split_on_silence
+from utils.vad import Chunk, cut_every, split_on_silence
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +300,10 @@ class _BaseTranscriber:
         raise NotImplementedError
 
     def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
-                prompt: str | None) -> list[_ChunkResult]:
-        """Decode chunks of ≤ 30 s in one batch, with temperature fallback."""
+                prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
+        """Decode chunks of ≤ 30 s in one batch, with temperature fallback, except for a chunk whose
+        ``split_repeats`` is true and whose greedy text repeats itself (:func:`repeat_period`): the caller cuts
+        that one in two instead."""
         raise NotImplementedError
 
     def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
@@ -335,9 +337,9 @@ class _BaseTranscriber:
         return out
 
     def _decode_words(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
-                      prompt: str | None) -> list[_ChunkResult]:
+                      prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         """``_decode``, then, when ``options.word_timestamps``, the words of every segment."""
-        results = self._decode(chunks, languages, options, prompt)
+        results = self._decode(chunks, languages, options, prompt, split_repeats)
         return self._add_words(chunks, languages, results, options) if options.word_timestamps else results
 
     def _add_words(self, chunks: Sequence[np.ndarray], languages: Sequence[str], results: list[_ChunkResult],
@@ -373,6 +375,43 @@ class _BaseTranscriber:
         for i in range(0, len(chunks), options.batch_size):
             results += self._decode_words(chunks[i: i + options.batch_size], languages[i: i + options.batch_size],
                                           options, prompt)
+        return results
+
+    def _decode_chunks(self, audio: np.ndarray, chunks: Sequence[Chunk], language: str, options: DecodeOptions,
+                       prompt: str | None, depth: int = 0) -> list[_ChunkResult]:
+        """Decode VAD chunks of a long recording (times relative to each chunk's start), in batches.
+
+        With the same sentence said several times in one 30 s window, a model can lose count: drop a repetition,
+        or loop on it to the token limit. Sampling at higher temperatures does not cure that (it samples the
+        same confusion, five times over, at random); a window holding one repetition does. So a chunk whose text
+        repeats itself (:func:`repeat_period`) is cut at its silences into pieces about as long as one
+        repetition (its share of the text times the chunk's duration), and those are decoded instead
+        (``MAX_REPEAT_SPLITS`` levels deep).
+        """
+        splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
+        results: list[_ChunkResult] = []
+        for i in range(0, len(chunks), options.batch_size):
+            batch = chunks[i: i + options.batch_size]
+            results += self._decode_words([audio[c.start: c.end] for c in batch], [language] * len(batch), options,
+                                          prompt, splittable[i: i + options.batch_size])
+        cuts: dict[int, list[Chunk]] = {}
+        for i, result in enumerate(results):
+            tokens = [t for piece in result.tokens or () for t in piece]
+            period = repeat_period(tokens) if splittable[i] else None
+            if period is not None:
+                pieces = cut_every(chunks[i], chunks[i].duration_s * period / len(tokens))
+                if len(pieces) > 1:
+                    cuts[i] = pieces
+        if cuts:
+            logger.debug("%d of %d chunks repeat themselves: decoded again in %d pieces", len(cuts), len(chunks),
+                         sum(len(p) for p in cuts.values()))
+            redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language, options,
+                                              prompt, depth + 1))
+            for i, pieces in cuts.items():
+                result = next(redone)
+                for piece in pieces[1:]:
+                    result = _joined(result, next(redone), (piece.start - pieces[0].start) / SAMPLE_RATE)
+                results[i] = result
         return results
 
     def _finish(self, pieces: list[tuple], language: str | None, probability: float,
@@ -448,10 +487,10 @@ class _BaseTranscriber:
             if sequential:
                 yield from self._transcribe_sequential(audio, language, options, prompt)
                 return
-            for i in range(0, len(arrays), options.batch_size):
-                batch = arrays[i: i + options.batch_size]
-                results = self._decode_words(batch, [language] * len(batch), options, prompt)
-                for chunk, result in zip(chunks[i: i + options.batch_size], results, strict=True):
+            for i in range(0, len(chunks), options.batch_size):
+                batch = chunks[i: i + options.batch_size]
+                results = self._decode_chunks(audio, batch, language, options, prompt)
+                for chunk, result in zip(batch, results, strict=True):
                     yield from _shifted(result, chunk.offset_s)
 
         return self._segments_of(pieces(), language, duration, options), info
@@ -502,6 +541,30 @@ def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:
 
 
 LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high compression ratio) is a decoder loop
+# A chunk's text that holds the same run of this many tokens twice (~8-12 Mandarin characters, ~10 English words)
+# repeats itself: said twice, or a loop. Rare in 30 s of speech that does not repeat.
+REPEAT_SPAN_TOKENS = 12
+MAX_REPEAT_SPLITS = 1  # levels of cutting: one (measured: a second level changed nothing)
+
+
+def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:
+    """How long the unit that the text repeats is, in tokens: from the first run of ``span`` tokens that occurs
+    again (not overlapping itself) to its next occurrence; None when no run repeats."""
+    first: dict[tuple[int, ...], int] = {}
+    for i in range(len(tokens) - span + 1):
+        gap = i - first.setdefault(tuple(tokens[i: i + span]), i)
+        if gap >= span:
+            return gap
+    return None
+
+
+def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkResult:
+    """The results of two pieces of a chunk as one; ``second`` starts ``shift`` seconds after ``first``."""
+    segments = first.segments + [(start + shift, end + shift, text) for start, end, text in second.segments]
+    tokens = None if first.tokens is None or second.tokens is None else first.tokens + second.tokens
+    words = None if first.words is None or second.words is None else first.words + [
+        [Word(w.start + shift, w.end + shift, w.word, w.probability) for w in ws] for ws in second.words]
+    return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words)
 
 
 def longest_repeat(tokens: Sequence[int], max_unit: int = 32) -> int:
@@ -772,7 +835,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 for i in range(n)]
 
     def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
-                prompt: str | None) -> list[_ChunkResult]:
+                prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         import torch
 
         if options.encoder_window_s is not None:
@@ -792,7 +855,8 @@ class TransformersTranscriber(_BaseTranscriber):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         if own_loop_check:
-            loops = [i for i, pieces in enumerate(per_item) if self._is_loop(pieces, kw["max_new_tokens"], options)]
+            loops = [i for i, pieces in enumerate(per_item) if self._is_loop(pieces, kw["max_new_tokens"], options)
+                     and not (split_repeats and split_repeats[i])]  # the caller cuts those in two
             if loops:
                 logger.debug("%d of %d chunks loop: decoded again with temperature fallback", len(loops), len(chunks))
                 again = replace(options, temperatures=tuple(options.temperatures[1:]))
@@ -1086,7 +1150,7 @@ class CT2Transcriber(_BaseTranscriber):
         return self._suppress_cache
 
     def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
-                prompt: str | None) -> list[_ChunkResult]:
+                prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         feats = self._features(chunks, options.encoder_window_s)
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
         previous = tokenizers[0].encode(" " + prompt.strip()) if prompt else []
@@ -1115,6 +1179,9 @@ class CT2Transcriber(_BaseTranscriber):
                 hit_limit = len(tokens) >= min(self.model.max_length, longest_prompt + max_new) - len(prompts[i]) - 1
                 loop = is_decoder_loop(tokens, text, hit_limit, options.compression_ratio_threshold)
                 again, silent = _needs_fallback(avg_logprob, r.no_speech_prob, options, loop)
+                if again and split_repeats and split_repeats[i] and temperature == options.temperatures[0] \
+                        and repeat_period([t for t in tokens if t < tokenizers[i].eot]) is not None:
+                    again = False  # the caller cuts this chunk in two
                 # when every temperature fails, keep the best attempt, the greedy one included: no loop first,
                 # then one that passes the checks, then the highest average log-probability (a sample at a high
                 # temperature is rarely better than the greedy text; it is not kept for being the last)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,10 +26,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a waveform, in samples at SAMPLE_RATE: ``audio[start:end]``."""
+    """A piece of a waveform, in samples at SAMPLE_RATE: ``audio[start:end]``. ``breaks`` are the sample
+    positions inside it where one speech region ends and the next begins (the middle of the silence between
+    them): where the chunk can be cut in two without cutting a word."""
 
     start: int
     end: int
+    breaks: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def offset_s(self) -> float:
@@ -132,7 +135,8 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
         for start in range(region.start, region.end, limit):  # hard cut only when one region is too long
             piece = Chunk(start, min(region.end, start + limit))
             if cur is not None and piece.end - cur.start <= limit:
-                cur = Chunk(cur.start, piece.end)
+                cut = (cur.end + piece.start) // 2 if piece.start == region.start else None  # not a hard cut
+                cur = Chunk(cur.start, piece.end, cur.breaks + ((cut,) if cut is not None else ()))
             else:
                 if cur is not None:
                     chunks.append(cur)
@@ -140,6 +144,18 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     if cur is not None:
         chunks.append(cur)
     return chunks
+
+
+def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
+    """``chunk`` cut at its breaks into pieces of about ``seconds`` each: from each piece's start, the break
+    nearest ``seconds`` later, if one lies at least half of that from both the start and the chunk's end."""
+    pieces, start, length = [], chunk.start, seconds * SAMPLE_RATE
+    while fits := [b for b in chunk.breaks if b - start >= length / 2 and chunk.end - b >= length / 2]:
+        cut = min(fits, key=lambda b: abs(b - start - length))
+        pieces.append(Chunk(start, cut, tuple(b for b in chunk.breaks if start < b < cut)))
+        start = cut
+    pieces.append(Chunk(start, chunk.end, tuple(b for b in chunk.breaks if b > start)))
+    return pieces
 
 
 def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[Chunk]:

@@ -1,0 +1,127 @@
+"""Benchmark long-form decoding of speech that repeats itself: before and after cutting repeated chunks.
+
+    python tools/bench_repeats.py                       # both backends, every recording
+    python tools/bench_repeats.py --backends=ct2 --recordings=en_0,zh_teacher
+
+A sentence said several times in one 30 s window makes Whisper lose count (a repetition dropped, or a loop to the
+token limit). utils/transcribe.py cuts such chunks into pieces about one repetition long
+(``MAX_REPEAT_SPLITS``); this runs each recording with the cutting off (0) and on (1) and prints the time (inside
+the engine: model loading not counted) and the error rate of each. Recordings (espeak-ng, built here, seconds of
+silence between sentences): ``en_0``/``en_1`` = an English sentence said 8 times (``--en_model``); ``zh_repeated`` =
+one Mandarin sentence said 8 times, one voice; ``zh_voices`` = the same in 8 voices and speeds; ``zh_teacher`` = 24
+sentences of ``--test_data`` with every sixth said 3 times (``--zh_model``, default the demo model that
+``make demo`` trains). The CPU flags are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.bench_infer import REPEATED_SENTENCE, cpu_report  # noqa: E402
+from utils.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from utils.data import load_manifest  # noqa: E402
+from utils.text import count_errors  # noqa: E402
+
+EN_SENTENCES = ("Repeat after me: the quick brown fox jumps over the lazy dog.",
+                "Please open your books to page twenty and read the first line aloud.")
+RECORDINGS = ("en_0", "en_1", "zh_repeated", "zh_voices", "zh_teacher")
+
+
+def _gap(seconds: float = 1.0) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+
+
+def _speak(text: str, voice: str, speed: int, pitch: int, work: Path) -> np.ndarray:
+    """espeak-ng speech (Mandarin through pypinyin) as a float32 waveform at 16 kHz."""
+    from tools.make_demo_data import Voice, synthesize_speech, to_pinyin
+
+    spoken = to_pinyin(text) if voice.startswith("cmn") else text
+    return synthesize_speech(spoken, Voice(name=voice, speed=speed, pitch=pitch, amplitude=100), work) / 32768.0
+
+
+def build(name: str, work: Path, test_data: str) -> tuple[np.ndarray, str, str, str]:
+    """(waveform, reference, language, metric) of recording ``name``."""
+    if name.startswith("en_"):
+        sentence = EN_SENTENCES[int(name[3:])]
+        one = _speak(sentence, "en-us", 150, 50, work)
+        return np.concatenate([p for _ in range(8) for p in (one, _gap())]), sentence * 8, "en", "wer"
+    if name == "zh_repeated":
+        one = _speak(REPEATED_SENTENCE, "cmn-latn-pinyin", 165, 50, work)
+        return np.concatenate([p for _ in range(8) for p in (one, _gap())]), REPEATED_SENTENCE * 8, "zh", "cer"
+    if name == "zh_voices":
+        voices = [("", 165, 50), ("+f3", 150, 60), ("+m3", 180, 40), ("", 140, 55), ("+f2", 170, 65), ("+m1", 155, 45),
+                  ("", 175, 50), ("+f3", 160, 50)]
+        rng = np.random.default_rng(0)
+        parts = [p for v, speed, pitch in voices for p in (_speak(REPEATED_SENTENCE, "cmn-latn-pinyin" + v, speed,
+                                                                   pitch, work), _gap(rng.uniform(0.7, 1.3)))]
+        return np.concatenate(parts).astype(np.float32), REPEATED_SENTENCE * 8, "zh", "cer"
+    manifest = load_manifest(test_data)
+    records = [manifest[i] for i in range(len(manifest)) if manifest[i].sentence][:24]
+    rng = np.random.default_rng(1)
+    parts, reference = [], ""
+    for k, record in enumerate(records):
+        audio = load_audio(record.audio_path)
+        for _ in range(3 if k % 6 == 2 else 1):
+            parts += [audio, _gap(rng.uniform(0.5, 1.2))]
+            reference += record.sentence
+    return np.concatenate(parts), reference, "zh", "cer"
+
+
+def timed(run: Callable[[], str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    text = run()
+    return time.perf_counter() - t0, text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="ct2,transformers", help="comma-separated: ct2, transformers")
+    parser.add_argument("--recordings", default=",".join(RECORDINGS), help=f"comma-separated subset of {RECORDINGS}")
+    parser.add_argument("--en_model", default="openai/whisper-base", help="model of the English recordings")
+    parser.add_argument("--zh_model", default="models/whisper-base-finetune",
+                        help="transformers model of the Mandarin recordings (its '-ct2' copy for the ct2 backend)")
+    parser.add_argument("--test_data", default="dataset/test.json", help="manifest of zh_teacher's sentences")
+    args = parser.parse_args(argv)
+    names = args.recordings.split(",")
+    unknown = sorted(set(names) - set(RECORDINGS))
+    if unknown:
+        parser.error(f"--recordings: unknown {unknown}; choose from {RECORDINGS}")
+    if any(n.startswith("zh") for n in names) and not Path(args.zh_model).is_dir():
+        parser.error(f"--zh_model {args.zh_model}: no such folder (make demo trains it; or give another model)")
+
+    import utils.transcribe as engine_module
+
+    print(f"CPU flags: {cpu_report()}")
+    work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
+    recordings = {n: build(n, work, args.test_data) for n in names}
+    print(f"{'backend':<13} {'recording':<12} {'seconds':>7}  {'before':>15}  {'after':>15}")
+    for backend in args.backends.split(","):
+        engines = {}
+        for name, (audio, reference, language, metric) in recordings.items():
+            model = args.en_model if language == "en" else args.zh_model
+            if backend == "ct2" and language == "zh":
+                model = f"{model.rstrip('/')}-ct2"
+            if model not in engines:
+                engines[model] = engine_module.load_transcriber(model, backend, device="cpu")
+            options = engine_module.DecodeOptions(language=language, beam_size=3 if backend == "ct2" else 1)
+            cells = []
+            for splits in (0, 1):
+                engine_module.MAX_REPEAT_SPLITS = splits
+                seconds, text = timed(lambda: engines[model].transcribe(audio, options).text)
+                cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric).rate:.3f}")
+            print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  {cells[0]:>15}  {cells[1]:>15}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -265,9 +265,9 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         logger.info("%s: target set %s", model, args.test_data)
         target_report = evaluate(engine, target, options, args.metric, args.batch_size)
         general_report = None
-        if general is not None:  # the language of general speech is detected, as a user's would be
+        if general is not None:  # the language of general speech is detected (even by a model fine-tuned on one)
             logger.info("%s: general set %s", model, args.general_data)
-            general_report = evaluate(engine, general, replace(options, language=None), args.general_metric,
+            general_report = evaluate(engine, general, replace(options, language="auto"), args.general_metric,
                                       args.batch_size)
         silent = engine.transcribe_batch([audio for _, audio in clips], options)
         rows[model] = model_summary(speech_metrics(target_report["utterances"], args.metric),

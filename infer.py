@@ -147,10 +147,13 @@ def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, st
     a long file shows a progress bar in seconds of audio, and with ``stream`` each ``[start --> end] text`` line
     is printed as soon as its segment is decoded."""
     segments, info = engine.transcribe_segments(path, options)
-    if options.language is None and info.chunks == 0:
+    fixed = engine.fixed_language(options)
+    if fixed is None and info.chunks == 0:
         logger.info("%s: no speech found, so no language detected", path)
-    elif options.language is None:
+    elif fixed is None:
         logger.info("%s: detected language %s (probability %.2f)", path, info.language, info.language_probability)
+    elif options.language is None:
+        logger.info("%s: language %s, the one the model was fine-tuned on (--language=auto detects it)", path, fixed)
     collected = []
     with tqdm(total=round(info.duration), unit="s", desc=Path(path).name, leave=False,
               disable=info.chunks <= options.batch_size) as bar:

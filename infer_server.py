@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     problem = port_problem(args.host, args.port)
     if problem:
         parser.error(problem)
-    if args.language is not None:
+    if args.language is not None and args.language.strip().lower() != "auto":
         from utils.languages import language_code
 
         try:

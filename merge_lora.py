@@ -70,7 +70,9 @@ def export_ct2(model_dir: Path, quantization: str, *, overwrite: bool) -> Path:
     from ctranslate2.converters import TransformersConverter
 
     out = model_dir.parent / f"{model_dir.name}-ct2"
-    copy = [f for f in ("tokenizer.json", "preprocessor_config.json") if (model_dir / f).is_file()]
+    # generation_config.json: the ct2 backend reads the fine-tuned language from it
+    copy = [f for f in ("tokenizer.json", "preprocessor_config.json", "generation_config.json")
+            if (model_dir / f).is_file()]
     TransformersConverter(str(model_dir), copy_files=copy).convert(str(out), quantization=quantization,
                                                                    force=overwrite)
     return out

@@ -124,7 +124,8 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
                        help="transformers: PyTorch; ct2: CTranslate2/faster-whisper (int8 on CPU, faster)")
     sb.header("解码 Decoding")
     language = sb.selectbox("语言 (language)", language_options(),
-                            format_func=lambda code: "自动检测 (auto)" if code is None else code)
+                            format_func=lambda code: {None: "模型默认 (model's fine-tuned language, else auto)",
+                                                      "auto": "自动检测 (auto)"}.get(code, code))
     task = sb.radio("任务 (task)", ["transcribe", "translate"], horizontal=True,
                     format_func=lambda t: {"transcribe": "转写 transcribe", "translate": "译为英文 translate"}[t])
     beam_size = int(sb.number_input("beam size", min_value=1, max_value=10, value=1, step=1))

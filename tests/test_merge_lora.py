@@ -93,6 +93,8 @@ def test_ct2_export(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):
     merged = json.loads((tmp_path / f"{tiny_whisper_dir.name}-finetune" / "generation_config.json").read_text())
     assert merged["alignment_heads"] == [[0, 0], [1, 1]]
     assert json.loads((ct2_dir / "config.json").read_text())["alignment_heads"] == [[0, 0], [1, 1]]
+    # and the generation config, from which the ct2 backend reads the language the model was fine-tuned on
+    assert json.loads((ct2_dir / "generation_config.json").read_text()) == merged
 
 
 def test_merged_dir_name():

@@ -125,6 +125,52 @@ def test_merge_regions_respects_window_and_covers_speech():
     assert [c.start for c in chunks] == sorted(c.start for c in chunks)
 
 
+def test_a_model_fine_tuned_on_one_language_decodes_in_it_unless_told_to_detect(tiny_whisper_dir, tmp_path, caplog):
+    """finetune.py writes the language into the generation config: a model fine-tuned on Chinese transcribes
+    Chinese without --language (as the upstream scripts' default did), no detection on every clip (a short clip
+    of a fine-tuned model is easily detected as another language); ``auto`` still detects."""
+    import json
+    import shutil
+
+    from utils.transcribe import _ct2_model_language
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_whisper_dir, tuned)
+    config = json.loads((tuned / "generation_config.json").read_text())
+    (tuned / "generation_config.json").write_text(json.dumps({**config, "language": "Chinese"}))
+    engine = load_transcriber(str(tuned), "transformers", device="cpu")
+    assert engine.model_language == "zh"
+    detected = []
+    detect = engine._detect_language
+
+    def spy(chunks):
+        detected.append(len(chunks))
+        return detect(chunks)
+
+    engine._detect_language = spy
+    clip = np.zeros(SAMPLE_RATE, np.float32)
+    opts = DecodeOptions(temperatures=(0.0,), max_new_tokens=3)
+    (out,) = engine.transcribe_batch([clip], opts)
+    assert (out.language, out.language_probability, detected) == ("zh", 1.0, [])
+    assert engine.fixed_language(replace(opts, language="en")) == "en"
+    auto = replace(opts, language="AUTO")
+    assert auto.language == "auto" and engine.fixed_language(auto) is None
+    engine.transcribe_batch([clip], auto)
+    assert detected == [1]
+    assert load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu").model_language is None
+    # a CTranslate2 folder: its copy of the generation config (merge_lora.py --ct2 writes one), or none
+    ct2 = tmp_path / "ct2"
+    ct2.mkdir()
+    assert _ct2_model_language(str(ct2)) is None
+    (ct2 / "generation_config.json").write_text(json.dumps({"language": "<|yue|>"}))
+    assert _ct2_model_language(str(ct2)) == "yue"
+    (ct2 / "generation_config.json").write_text(json.dumps({"language": "Klingon"}))
+    assert _ct2_model_language(str(ct2)) is None and "Klingon" in caplog.text
+    (ct2 / "generation_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="generation_config.json: not a readable JSON"):
+        _ct2_model_language(str(ct2))
+
+
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():
     sr = SAMPLE_RATE
     regions = [Chunk(0, 4 * sr), Chunk(6 * sr, 10 * sr), Chunk(10 * sr, 14 * sr), Chunk(15 * sr, 19 * sr),

@@ -121,7 +121,8 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     """Language/task flags shared by every decoding script."""
     g = parser.add_argument_group("decoding")
     g.add_argument("--language", type=optional_str, default=None,
-                   help="language name or code (chinese/zh); None = auto-detect")
+                   help="language name or code (chinese/zh); None = the language the model was fine-tuned on, "
+                        "else detected; auto = always detected")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
     g.add_argument("--initial_prompt", type=optional_str, default=None,
                    help="text given to the decoder as previous context (vocabulary, style)")

@@ -683,7 +683,7 @@ class EngineHypothesis:
     Segment timestamps are requested (word times are interpolated inside them, or, with
     ``options.word_timestamps``, taken from the aligned words); repetition loops are collapsed
     (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With
-    ``options.language=None`` the language detected on the first decode of at least ``detect_after_s``
+    ``options.language`` None or ``"auto"`` the language of the first decode of at least ``detect_after_s``
     seconds is kept for the rest of the stream (``self.options.language``), so it cannot flip.
     """
 
@@ -698,7 +698,7 @@ class EngineHypothesis:
         from dataclasses import replace
 
         result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None)
-        if (self.options.language is None and result.language
+        if (self.options.language in (None, "auto") and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):
             self.options = replace(self.options, language=result.language)
             logger.info("language: %s (p=%.2f), kept for the rest of the stream", result.language,

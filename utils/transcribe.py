@@ -49,6 +49,7 @@ CT2_ENCODERS = ("auto", "torch", "ct2")
 # / CT2 int8): 0.622 / 0.569 at 1, 0.637 / 0.531 at 2, 0.750 / 0.700 at 16; 0.686 / 0.644 at 16 on its AVX2 profile.
 CPU_ENCODER_WINDOWS = 2
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+AUTO_LANGUAGE = "auto"  # DecodeOptions.language: detect, even when the model was fine-tuned on one language
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
 # 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
@@ -61,7 +62,9 @@ class DecodeOptions:
     """How to decode; the same options mean the same thing for both backends.
 
     Attributes:
-        language: code or name ("zh", "chinese"); None = detect from the first chunk.
+        language: code or name ("zh", "chinese"); None = the language the model was fine-tuned on (its generation
+            config's ``language``, which finetune.py writes), else detected from the first chunk; ``"auto"`` =
+            always detected.
         task: "transcribe" or "translate" (to English).
         beam_size: 1 = greedy; beam search is used at temperature 0 only.
         timestamps: predict segment timestamps (otherwise one segment per chunk).
@@ -115,7 +118,9 @@ class DecodeOptions:
             raise ValueError(f"encoder_window_s must be between 1 and {WINDOW_S:g} s, got {self.encoder_window_s}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
-        if self.language is not None:
+        if self.language is not None and self.language.strip().lower() == AUTO_LANGUAGE:
+            object.__setattr__(self, "language", AUTO_LANGUAGE)
+        elif self.language is not None:
             object.__setattr__(self, "language", language_code(self.language))
         if self.hotwords is not None and not self.hotwords.strip():
             object.__setattr__(self, "hotwords", None)
@@ -283,6 +288,8 @@ class Transcriber(Protocol):
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...) -> list[Transcript]: ...
 
+    def fixed_language(self, options: DecodeOptions) -> str | None: ...
+
 
 class _BaseTranscriber:
     """Chunking, language detection, batching and post-processing shared by both backends.
@@ -292,6 +299,7 @@ class _BaseTranscriber:
 
     backend = "base"
     multilingual = True
+    model_language: str | None = None  # the language the model was fine-tuned on, from its generation config
     _warned_timestamps = False
 
     # -- backend hooks ------------------------------------------------------------------------------
@@ -326,11 +334,18 @@ class _BaseTranscriber:
         """Language of the first 30 s of a waveform, with its probability."""
         return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
 
+    def fixed_language(self, options: DecodeOptions) -> str | None:
+        """The language ``options`` decode in without detecting it: ``options.language``, or when that is None the
+        language the model was fine-tuned on; None = detect (``"auto"``, or no such language)."""
+        if options.language == AUTO_LANGUAGE:
+            return None
+        return options.language or self.model_language
+
     def _languages(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[tuple[str, float]]:
         if not self.multilingual:
             return [("en", 1.0)] * len(chunks)
-        if options.language is not None:
-            return [(options.language, 1.0)] * len(chunks)
+        if (fixed := self.fixed_language(options)) is not None:
+            return [(fixed, 1.0)] * len(chunks)
         out: list[tuple[str, float]] = []
         for i in range(0, len(chunks), options.batch_size):
             out += self._detect_language(chunks[i: i + options.batch_size])
@@ -472,7 +487,8 @@ class _BaseTranscriber:
         else:
             chunks = split_on_silence(audio)
         if not chunks:
-            info = TranscriptionInfo(options.language, 1.0 if options.language else 0.0, round(duration, 3), 0)
+            fixed = self.fixed_language(options)
+            info = TranscriptionInfo(fixed, 1.0 if fixed else 0.0, round(duration, 3), 0)
             return iter(()), info
         arrays = [audio[c.start: c.end] for c in chunks]
         language, probability = self._languages(arrays[:1], options)[0]
@@ -509,7 +525,7 @@ class _BaseTranscriber:
                          ) -> list[Transcript]:
         """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches.
 
-        With ``options.language=None`` the language is detected per waveform.
+        Without a fixed language (:meth:`fixed_language`) the language is detected per waveform.
         """
         long = [i for i, a in enumerate(audios) if len(a) > WINDOW_S * SAMPLE_RATE]
         if long:
@@ -518,7 +534,7 @@ class _BaseTranscriber:
         out: list[Transcript | None] = [None] * len(audios)
         for i, a in enumerate(audios):
             if len(a) == 0:
-                out[i] = Transcript("", options.language, 0.0, 0.0, [])
+                out[i] = Transcript("", self.fixed_language(options), 0.0, 0.0, [])
         idx = [i for i in range(len(audios)) if out[i] is None]
         for start in range(0, len(idx), options.batch_size):  # detect, then decode, batch by batch: the
             batch = idx[start: start + options.batch_size]  # decode reuses the detection's encoder output
@@ -747,6 +763,7 @@ class TransformersTranscriber(_BaseTranscriber):
         self._sot = gc.decoder_start_token_id
         self._word_tokenizers: dict[tuple[str, str], Any] = {}
         self.trained_without_timestamps = getattr(gc, "finetune_timestamps", None) is False
+        self.model_language = _model_language(getattr(gc, "language", None), model_dir) if self.multilingual else None
         if use_compile:
             self.model.model.encoder = torch.compile(self.model.model.encoder)
         self.model.model.encoder = _cache_encoder_output(
@@ -1035,6 +1052,7 @@ class CT2Transcriber(_BaseTranscriber):
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
+        self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: tuple[list[np.ndarray], Any] | None = None  # chunks language detection encoded, output
         self._torch_encoder = self._load_torch_encoder(model_dir, encoder, ct2_device)
@@ -1248,6 +1266,35 @@ class CT2Transcriber(_BaseTranscriber):
             without_timestamps=False, vad_filter=True,
         )
         return [(s.start, s.end, s.text) for s in segments]
+
+
+def _model_language(language: Any, model_dir: str) -> str | None:
+    """A generation config's ``language`` (what fine-tuning on one language writes) as a Whisper code; None when
+    it has none or one this library does not know (then the language is detected, with a warning)."""
+    if not language or not isinstance(language, str):
+        return None
+    try:
+        return language_code(language)
+    except ValueError:
+        logger.warning("%s: generation config language %r is not a Whisper language; detecting it instead",
+                       model_dir, language)
+        return None
+
+
+def _ct2_model_language(model_dir: str) -> str | None:
+    """The fine-tuned language of a CTranslate2 folder: its copy of the generation config (merge_lora.py --ct2
+    writes one), if any."""
+    import json
+
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON generation config ({e}); fix or delete it") from e
+    return _model_language(config.get("language") if isinstance(config, dict) else None, model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -242,5 +242,6 @@ def sentiment_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def language_options(codes: Sequence[str] = ("zh", "en", "yue", "ja", "ko")) -> list[str | None]:
-    """Language choices for the page: None (auto-detect) then Whisper codes."""
-    return [None, *codes]
+    """Language choices for the page: None (the model's fine-tuned language, else detected), "auto" (detected),
+    then Whisper codes."""
+    return [None, "auto", *codes]

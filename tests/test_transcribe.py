@@ -562,8 +562,21 @@ def test_decoder_loops_are_told_apart_from_speech_that_repeats_itself():
     assert not is_decoder_loop([5, 6] * 20, "la la " * 20, hit_limit=False, compression_threshold=None)
 
 
+def _record_temperatures(monkeypatch, engine) -> list[float]:
+    """Make a ct2 engine's ``_generate`` note the temperature of every call, in the returned list."""
+    temperatures: list[float] = []
+    generate = engine._generate
+
+    def spy(encoded, prompts, options, temperature, max_new_tokens):
+        temperatures.append(temperature)
+        return generate(encoded, prompts, options, temperature, max_new_tokens)
+
+    monkeypatch.setattr(engine, "_generate", spy)
+    return temperatures
+
+
 @pytest.mark.slow
-def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base_ct2, tmp_path):
+def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base_ct2, tmp_path, monkeypatch):
     """Language lessons and read-back repeat a sentence: three times in one 30 s window compress like a decoder
     loop, but the greedy text ended by itself. It is kept, and no temperature is sampled (which cost 3x the time
     and kept a high-temperature sample, worse than the greedy text)."""
@@ -574,19 +587,9 @@ def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base
     gap = np.zeros(SAMPLE_RATE, np.float32)
     three = np.concatenate([one, gap, one, gap, one])
     assert len(three) < 30 * SAMPLE_RATE
-    temperatures = []
-    generate = base_ct2._generate
-
-    def spy(encoded, prompts, options, temperature, max_new_tokens):
-        temperatures.append(temperature)
-        return generate(encoded, prompts, options, temperature, max_new_tokens)
-
-    base_ct2._generate = spy
-    try:
-        text = base_ct2.transcribe(three, DecodeOptions(language="zh")).text
-        greedy = base_ct2.transcribe(three, DecodeOptions(language="zh", temperatures=(0.0,))).text
-    finally:
-        base_ct2._generate = generate
+    temperatures = _record_temperatures(monkeypatch, base_ct2)
+    text = base_ct2.transcribe(three, DecodeOptions(language="zh")).text
+    greedy = base_ct2.transcribe(three, DecodeOptions(language="zh", temperatures=(0.0,))).text
     assert compression_ratio(text) > 2.4  # the reference rule would have sampled every temperature
     assert temperatures == [0.0, 0.0]
     assert text == greedy
@@ -600,7 +603,7 @@ def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base
 
 
 @pytest.mark.slow
-def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling(tmp_path):
+def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling(tmp_path, monkeypatch):
     """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s): whisper-base int8
     lost count in the 27 s window (4 times, or after the temperature fallback 7, at random: WER 0.15-0.55 from
     run to run). The chunks that repeat themselves are decoded again a repetition at a time: eight times,
@@ -610,14 +613,7 @@ def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling
     gap = np.zeros(SAMPLE_RATE, np.float32)
     audio = np.concatenate([part for _ in range(8) for part in (one, gap)])
     engine = load_transcriber("openai/whisper-base", "ct2", device="cpu")  # int8, what users get on a CPU
-    temperatures = []
-    generate = engine._generate
-
-    def spy(encoded, prompts, options, temperature, max_new_tokens):
-        temperatures.append(temperature)
-        return generate(encoded, prompts, options, temperature, max_new_tokens)
-
-    engine._generate = spy
+    temperatures = _record_temperatures(monkeypatch, engine)
     options = DecodeOptions(language="en", beam_size=3)
     text = engine.transcribe(audio, options).text
     assert set(temperatures) == {0.0}, temperatures

@@ -238,6 +238,33 @@ def test_a_chunk_whose_text_repeats_itself_is_decoded_again_a_repetition_at_a_ti
     assert fake.calls == [([24.0], [True]), ([11.0, 7.0], [False, False]), ([6.0], [False])]  # batch_size each
 
 
+def test_the_pieces_of_a_repeating_chunk_are_kept_only_when_they_read_more_or_the_chunk_ran_away(tiny, monkeypatch):
+    """A chunk read right (the sentence three times) is kept when its pieces lose count themselves (the middle
+    piece reads nothing); a chunk that ran to its token budget gives way to its pieces though they hold fewer
+    tokens. Equal counts keep the chunk's own text (read with more context)."""
+    from utils.transcribe import _ChunkResult
+
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT
+    chunk = Chunk(0, 24 * sr, (8 * sr, 16 * sr))  # one repetition is 8 s: three pieces
+
+    def fake(whole: list[int], pieces: list[list[int]]):
+        def decode(chunks, languages, options, prompt, split_repeats=None):
+            texts = [whole] if len(chunks) == 1 else pieces
+            return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
+        return decode
+
+    cases = [(unit * 3, [unit, [], unit], unit * 3),  # the pieces dropped one: the chunk's own text stays
+             (unit * 3, [unit, unit, unit], unit * 3),  # as many: the chunk's own
+             (unit * 2, [unit, unit, unit], unit * 3),  # the chunk dropped one: the pieces
+             (unit * 16, [unit, [], unit], unit * 2)]  # 224 tokens, the budget of 24 s: ran away, the pieces
+    for whole, pieces, kept in cases:
+        monkeypatch.setattr(tiny, "_decode", fake(whole, pieces))
+        (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en",
+                                        DecodeOptions(language="en"), None)
+        assert [t for piece in result.tokens for t in piece] == kept, (len(whole), [len(p) for p in pieces])
+
+
 def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
     audio = _long_clip(en_wav, zh_wav)
     chunks = split_on_silence(audio)

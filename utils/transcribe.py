@@ -398,10 +398,11 @@ class _BaseTranscriber:
 
         With the same sentence said several times in one 30 s window, a model can lose count: drop a repetition,
         or loop on it to the token limit. Sampling at higher temperatures does not cure that (it samples the
-        same confusion, five times over, at random); a window holding one repetition does. So a chunk whose text
-        repeats itself (:func:`repeat_period`) is cut at its silences into pieces about as long as one
-        repetition (its share of the text times the chunk's duration), and those are decoded instead
-        (``MAX_REPEAT_SPLITS`` levels deep).
+        same confusion, five times over, at random); a window holding one repetition mostly does. So a chunk
+        whose text repeats itself (:func:`repeat_period`) is cut at its silences into pieces about as long as
+        one repetition (its share of the text times the chunk's duration) and those are decoded too
+        (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away, or when it
+        reads more (:func:`_reads_more`: a dropped repetition is missing text; a piece can drop one as well).
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
@@ -426,7 +427,8 @@ class _BaseTranscriber:
                 result = next(redone)
                 for piece in pieces[1:]:
                     result = _joined(result, next(redone), (piece.start - pieces[0].start) / SAMPLE_RATE)
-                results[i] = result
+                if _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
+                    results[i] = result
         return results
 
     def _finish(self, pieces: list[tuple], language: str | None, probability: float,
@@ -572,6 +574,16 @@ def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int 
         if gap >= span:
             return gap
     return None
+
+
+def _reads_more(pieces: _ChunkResult, whole: _ChunkResult, duration_s: float, timestamps: bool) -> bool:
+    """Whether the decode of a chunk's pieces is kept over the chunk's own: when the chunk's own ran away (its
+    token budget used up, or one unit repeated ``LOOP_REPEATS`` times in a row), or when the pieces hold more
+    text tokens. Both read the same audio; losing count drops a repetition, which shows as fewer tokens."""
+    own = [t for piece in whole.tokens or () for t in piece]
+    if len(own) >= token_budget(duration_s, timestamps) - 4 or longest_repeat(own) >= LOOP_REPEATS:
+        return True
+    return sum(len(piece) for piece in pieces.tokens or ()) > len(own)
 
 
 def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkResult:

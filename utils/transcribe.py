@@ -12,7 +12,9 @@ longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks are 
 with ``condition_on_previous_text``, sequentially with the previous text as prompt (the reference
 Whisper algorithm). Both guard against hallucination loops like the reference decoder: a chunk whose
 text compresses too well (repetition) or whose average log-probability is too low is decoded again
-at the next temperature, and a chunk that is probably silence is dropped.
+at the next temperature, and a chunk that is probably silence is dropped. A long recording's chunk whose
+text repeats itself (a sentence said several times: Whisper loses count) is decoded again in pieces cut at
+its silences, about one repetition each.
 
     >>> engine = load_transcriber("openai/whisper-base", backend="transformers")
     >>> engine.transcribe("dataset/test.wav", DecodeOptions(language="zh", timestamps=True)).text
@@ -311,7 +313,7 @@ class _BaseTranscriber:
                 prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         """Decode chunks of ≤ 30 s in one batch, with temperature fallback, except for a chunk whose
         ``split_repeats`` is true and whose greedy text repeats itself (:func:`repeat_period`): the caller cuts
-        that one in two instead."""
+        that one into pieces instead (:meth:`_decode_chunks`)."""
         raise NotImplementedError
 
     def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
@@ -562,7 +564,7 @@ LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high co
 # A chunk's text that holds the same run of this many tokens twice (~8-12 Mandarin characters, ~10 English words)
 # repeats itself: said twice, or a loop. Rare in 30 s of speech that does not repeat.
 REPEAT_SPAN_TOKENS = 12
-MAX_REPEAT_SPLITS = 1  # levels of cutting: one (measured: a second level changed nothing)
+MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
 
 
 def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:

@@ -31,6 +31,7 @@ from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_de
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
+from utils.languages import AUTO_LANGUAGE
 from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
 from utils.models import ModelResolutionError
 from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
@@ -267,7 +268,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         general_report = None
         if general is not None:  # the language of general speech is detected (even by a model fine-tuned on one)
             logger.info("%s: general set %s", model, args.general_data)
-            general_report = evaluate(engine, general, replace(options, language="auto"), args.general_metric,
+            general_report = evaluate(engine, general, replace(options, language=AUTO_LANGUAGE), args.general_metric,
                                       args.batch_size)
         silent = engine.transcribe_batch([audio for _, audio in clips], options)
         rows[model] = model_summary(speech_metrics(target_report["utterances"], args.metric),

@@ -71,11 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     problem = port_problem(args.host, args.port)
     if problem:
         parser.error(problem)
-    if args.language is not None and args.language.strip().lower() != "auto":
-        from utils.languages import language_code
+    if args.language is not None:
+        from utils.languages import decode_language
 
         try:
-            language_code(args.language)
+            decode_language(args.language)
         except ValueError as e:
             parser.error(f"--language: {e}")
     return args

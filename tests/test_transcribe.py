@@ -155,6 +155,8 @@ def test_a_model_fine_tuned_on_one_language_decodes_in_it_unless_told_to_detect(
     assert engine.fixed_language(replace(opts, language="en")) == "en"
     auto = replace(opts, language="AUTO")
     assert auto.language == "auto" and engine.fixed_language(auto) is None
+    with pytest.raises(ValueError, match="unknown language 'Klingon'"):
+        DecodeOptions(language="Klingon")
     engine.transcribe_batch([clip], auto)
     assert detected == [1]
     assert load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu").model_language is None

@@ -51,6 +51,21 @@ def language_code(language: str) -> str:
                      f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
 
 
+AUTO_LANGUAGE = "auto"  # --language: detect, even when the model was fine-tuned on one language
+
+
+def decode_language(language: str | None) -> str | None:
+    """A ``--language`` value as decoding takes it: None (the model's fine-tuned language, else detected),
+    ``"auto"`` (always detected) or a Whisper code.
+
+    Raises:
+        ValueError: an unknown language.
+    """
+    if language is None or language.strip().lower() == AUTO_LANGUAGE:
+        return None if language is None else AUTO_LANGUAGE
+    return language_code(language)
+
+
 def language_name(code: str) -> str:
     """Whisper's code ``zh`` → its English name ``chinese`` (what OpenAI's verbose_json reports)."""
     return LANGUAGES.get(language_code(code), code)

@@ -39,7 +39,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE
 from utils.audio_sources import AudioSource
-from utils.languages import CJK_CHAR, CJK_RANGES
+from utils.languages import AUTO_LANGUAGE, CJK_CHAR, CJK_RANGES
 from utils.text import normalize_text
 from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
 
@@ -698,7 +698,7 @@ class EngineHypothesis:
         from dataclasses import replace
 
         result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None)
-        if (self.options.language in (None, "auto") and result.language
+        if (self.options.language in (None, AUTO_LANGUAGE) and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):
             self.options = replace(self.options, language=result.language)
             logger.info("language: %s (p=%.2f), kept for the rest of the stream", result.language,

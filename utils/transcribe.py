@@ -36,7 +36,7 @@ import numpy as np
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
-from utils.languages import CJK_CHAR, HAN_KANA_RANGES, language_code
+from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, split_on_silence
 
@@ -51,7 +51,6 @@ CT2_ENCODERS = ("auto", "torch", "ct2")
 # / CT2 int8): 0.622 / 0.569 at 1, 0.637 / 0.531 at 2, 0.750 / 0.700 at 16; 0.686 / 0.644 at 16 on its AVX2 profile.
 CPU_ENCODER_WINDOWS = 2
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-AUTO_LANGUAGE = "auto"  # DecodeOptions.language: detect, even when the model was fine-tuned on one language
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
 # 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
@@ -120,10 +119,7 @@ class DecodeOptions:
             raise ValueError(f"encoder_window_s must be between 1 and {WINDOW_S:g} s, got {self.encoder_window_s}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
-        if self.language is not None and self.language.strip().lower() == AUTO_LANGUAGE:
-            object.__setattr__(self, "language", AUTO_LANGUAGE)
-        elif self.language is not None:
-            object.__setattr__(self, "language", language_code(self.language))
+        object.__setattr__(self, "language", decode_language(self.language))
         if self.hotwords is not None and not self.hotwords.strip():
             object.__setattr__(self, "hotwords", None)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError
 from utils.audio import decode_audio_bytes as _decode_upload
+from utils.languages import AUTO_LANGUAGE
 from utils.models import model_folder_kind
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
 from utils.transcribe import DecodeOptions, Transcriber, Transcript
@@ -244,4 +245,4 @@ def sentiment_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def language_options(codes: Sequence[str] = ("zh", "en", "yue", "ja", "ko")) -> list[str | None]:
     """Language choices for the page: None (the model's fine-tuned language, else detected), "auto" (detected),
     then Whisper codes."""
-    return [None, "auto", *codes]
+    return [None, AUTO_LANGUAGE, *codes]

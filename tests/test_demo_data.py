@@ -285,3 +285,18 @@ def test_rerun_replaces_the_audio_folder(tmp_path, tool):
     listed = {Path(r["audio"]["path"]).name for split in SPLITS for r in _read_manifest(out / f"{split}.json")}
     assert {p.name for p in (out / "audio").iterdir()} == listed
     assert len(listed) == 1 + 1 + 2  # one sentence per split, two no-speech clips in test
+
+
+@pytest.mark.parametrize("manifest", ["real_zh.json", "real_en.json"])
+def test_real_recordings_are_listed_with_their_text_and_sources(manifest):
+    """dataset/real/: every clip in its manifest is 16 kHz mono with text and a matching duration, and its README
+    names where it came from and its license."""
+    records = list(load_manifest(str(DATASET / "real" / manifest)))
+    readme = (DATASET / "real" / "README.md").read_text(encoding="utf-8")
+    assert len(records) >= 2
+    for r in records:
+        info = sf.info(r.audio_path)
+        assert (info.samplerate, info.channels) == (16000, 1) and r.sentence.strip()
+        assert abs(info.duration - r.duration) < 0.01
+        name = Path(r.audio_path).name
+        assert name in readme or name.rsplit("_", 1)[0] in readme, name

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import EN_SENTENCE, make_speech
 from utils.audio import SAMPLE_RATE, load_audio
-from utils.text import count_errors, error_rate
+from utils.text import count_errors, error_rate, normalize_text
 from utils.languages import language_code
 from utils.transcribe import (
     DecodeOptions,
@@ -265,6 +265,69 @@ def test_the_pieces_of_a_repeating_chunk_are_kept_only_when_they_read_more_or_th
         (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en",
                                         DecodeOptions(language="en"), None)
         assert [t for piece in result.tokens for t in piece] == kept, (len(whole), [len(p) for p in pieces])
+
+
+def _reader(plain: list[int], timed: list[int], calls: list[tuple[int, bool]]):
+    """A decoder that reads ``plain`` tokens from every chunk without timestamp tokens and ``timed`` with them."""
+    from utils.transcribe import _ChunkResult
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append((len(chunks), options.timestamps))
+        tokens = timed if options.timestamps else plain
+        return [_ChunkResult([(0.0, len(c) / SAMPLE_RATE, "x")] if tokens else [], "x" if tokens else "",
+                             tokens=[tokens]) for c in chunks]
+    return decode
+
+
+def test_a_chunk_whose_text_is_too_short_for_its_speech_is_decoded_again_with_timestamp_tokens(tiny, monkeypatch):
+    """Without timestamp tokens Whisper reads only the first take of a sentence said several times in a window
+    (real recordings, dataset/real/). A chunk whose text has fewer than MIN_TOKENS_PER_SPEECH_S tokens per second of
+    its speech is decoded again with them (all such chunks in one batch); that reading is kept when it holds more
+    tokens. A right reading (14 tokens for 8 s), an empty one, or a decode with timestamps already is left alone."""
+    from utils.transcribe import MIN_TOKENS_PER_SPEECH_S, reads_too_little
+
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT  # 14 tokens
+    assert reads_too_little(14, 18.0) and not reads_too_little(14, 8.0) and MIN_TOKENS_PER_SPEECH_S <= 2.7
+    audio = np.zeros(20 * sr, np.float32)
+    sparse, dense = Chunk(0, 20 * sr, speech=18 * sr), Chunk(0, 8 * sr, speech=8 * sr)
+    plain = DecodeOptions(language="en")
+    cases = [([sparse, dense, sparse], plain, unit, unit * 3, [(3, False), (2, True)], [unit * 3, unit, unit * 3]),
+             ([sparse], plain, unit, unit[:5], [(1, False), (1, True)], [unit]),  # fewer with timestamps: own kept
+             ([sparse], plain, [], unit, [(1, False)], [[]]),  # heard nothing: not redone
+             ([sparse], replace(plain, timestamps=True), unit, unit, [(1, True)], [unit])]
+    for chunks, options, read_plain, read_timed, expected_calls, kept in cases:
+        calls: list[tuple[int, bool]] = []
+        monkeypatch.setattr(tiny, "_decode", _reader(read_plain, read_timed, calls))
+        results = tiny._decode_chunks(audio, chunks, "en", options, None)
+        assert calls == expected_calls
+        assert [[t for piece in r.tokens for t in piece] for r in results] == kept
+
+
+def test_a_recording_of_one_window_has_its_speech_measured_by_the_vad_when_its_text_is_short(
+        tiny, monkeypatch, repo_root):
+    """A recording of ≤ 30 s is one chunk, not cut by VAD, so its speech is measured only when its text is too
+    short for its whole duration. A real AISHELL-1 sentence said three times, 1 s apart (14.6 s, ~11 s of speech):
+    read once (14 tokens), it is decoded again with timestamp tokens; read twice, that is enough for its speech, and
+    a text that repeats does not get this chunk cut (only VAD chunks are: a whole recording read right stays whole).
+    With timestamp tokens asked for, nothing is decoded again."""
+    from utils.transcribe import _speech_seconds
+
+    one = load_audio(repo_root / "dataset" / "real" / "zh_aishell_0121.flac")
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([one, gap, one, gap, one])
+    whole = Chunk(0, len(audio))
+    assert 8.0 < _speech_seconds(audio, whole) < len(audio) / SAMPLE_RATE - 1.5
+    assert _speech_seconds(np.zeros(10 * SAMPLE_RATE, np.float32), Chunk(0, 10 * SAMPLE_RATE)) == 0.0
+    unit = _Miscounting.UNIT
+    for read_plain, options, expected_calls in [
+            (unit, DecodeOptions(language="zh"), [(1, False), (1, True)]),
+            (unit * 2, DecodeOptions(language="zh"), [(1, False)]),
+            (unit, DecodeOptions(language="zh", timestamps=True), [(1, True)])]:
+        calls: list[tuple[int, bool]] = []
+        monkeypatch.setattr(tiny, "_decode", _reader(read_plain, unit * 3, calls))
+        tiny._decode_chunks(audio, [whole], "zh", options, None)
+        assert calls == expected_calls, (len(read_plain), options.timestamps)
 
 
 def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
@@ -629,6 +692,24 @@ def test_a_sentence_said_three_times_keeps_the_greedy_text_without_sampling(base
     hf_text = hf.transcribe(three, DecodeOptions(language="zh")).text
     assert hf_text == hf.transcribe(three, DecodeOptions(language="zh", temperatures=(0.0,))).text
     assert hf_text.count(hf_text[:6]) == 3, hf_text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_a_real_sentence_said_three_times_in_one_window_is_read_three_times(backend, repo_root):
+    """A real AISHELL-1 recording said three times, 1 s apart (14.6 s, one window): without timestamp tokens
+    whisper-base read it once on both backends (CER 0.67-0.69); the chunk is too short for its speech, so it is
+    decoded again with them and read three times (ct2 int8 needs its beam for that: greedy, it reads one take with
+    timestamp tokens too)."""
+    one = load_audio(repo_root / "dataset" / "real" / "zh_aishell_0121.flac")
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([one, gap, one, gap, one])
+    engine = load_transcriber("openai/whisper-base", backend, device="cpu")  # ct2: int8, what users get on a CPU
+    beam_size = 3 if backend == "ct2" else 1  # infer.py's defaults (ct2 int8 greedy reads it once either way)
+    text = engine.transcribe(audio, DecodeOptions(language="zh", beam_size=beam_size)).text
+    sentence = "甚至出现交易几乎停滞的情况"
+    assert normalize_text(text).count("出现交易") == 3, text
+    assert error_rate([sentence * 3], [text]) < 0.2, text
 
 
 @pytest.mark.slow

@@ -4,13 +4,17 @@
     python tools/bench_repeats.py --backends=ct2 --recordings=en_0,zh_teacher
 
 A sentence said several times in one 30 s window makes Whisper lose count (a repetition dropped, or a loop to the
-token limit). utils/transcribe.py cuts such chunks into pieces about one repetition long
-(``MAX_REPEAT_SPLITS``); this runs each recording with the cutting off (0) and on (1) and prints the time (inside
-the engine: model loading not counted) and the error rate of each. Recordings (espeak-ng, built here, seconds of
-silence between sentences): ``en_0``/``en_1`` = an English sentence said 8 times (``--en_model``); ``zh_repeated`` =
-one Mandarin sentence said 8 times, one voice; ``zh_voices`` = the same in 8 voices and speeds; ``zh_teacher`` = 24
-sentences of ``--test_data`` with every sixth said 3 times (``--zh_model``, default the demo model that
-``make demo`` trains). The CPU flags are printed.
+token limit); without timestamp tokens it often reads only the first take. utils/transcribe.py cuts a chunk whose
+text repeats into pieces about one repetition long (``MAX_REPEAT_SPLITS``) and decodes a chunk whose text is too
+short for its speech again with timestamp tokens (``MIN_TOKENS_PER_SPEECH_S``); this runs each recording with both
+off (before) and on (after) and prints the time (inside the engine: model loading not counted) and the error rate
+of each. Recordings (espeak-ng, built here, seconds of silence between sentences): ``en_0``/``en_1`` = an English
+sentence said 8 times (``--en_model``); ``zh_repeated`` = one Mandarin sentence said 8 times, one voice;
+``zh_voices`` = the same in 8 voices and speeds; ``zh_teacher`` = 24 sentences of ``--test_data`` with every sixth
+said 3 times (``--zh_model``, default the demo model that ``make demo`` trains). Real recordings (dataset/real/, see
+its README): ``zh_real`` = two AISHELL-1 test sentences, each said 3 times (the same take repeated, 1 s pauses);
+``zh_real3``/``zh_real8`` = one of them 3 times (one 30 s window, no VAD) / 8 times; ``en_jfk`` = the JFK clip 4
+times. The CPU flags are printed.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from utils.text import count_errors  # noqa: E402
 
 EN_SENTENCES = ("Repeat after me: the quick brown fox jumps over the lazy dog.",
                 "Please open your books to page twenty and read the first line aloud.")
-RECORDINGS = ("en_0", "en_1", "zh_repeated", "zh_voices", "zh_teacher")
+RECORDINGS = ("en_0", "en_1", "zh_repeated", "zh_voices", "zh_teacher", "zh_real", "zh_real3", "zh_real8", "en_jfk")
+REAL = Path(__file__).resolve().parent.parent / "dataset" / "real"
 
 
 def _gap(seconds: float = 1.0) -> np.ndarray:
@@ -50,6 +55,18 @@ def _speak(text: str, voice: str, speed: int, pitch: int, work: Path) -> np.ndar
 
 def build(name: str, work: Path, test_data: str) -> tuple[np.ndarray, str, str, str]:
     """(waveform, reference, language, metric) of recording ``name``."""
+    if name in ("zh_real", "zh_real3", "zh_real8", "en_jfk"):
+        manifest = load_manifest(str(REAL / ("real_en.json" if name == "en_jfk" else "real_zh.json")))
+        takes = {"zh_real": [(0, 3), (1, 3)], "zh_real3": [(0, 3)], "zh_real8": [(0, 8)], "en_jfk": [(0, 4)]}[name]
+        parts, texts = [], []
+        for index, times in takes:
+            record = manifest[index]
+            one = load_audio(record.audio_path)
+            for _ in range(times):
+                parts += [one, _gap()]
+                texts.append(record.sentence)
+        language, metric = ("en", "wer") if name == "en_jfk" else ("zh", "cer")
+        return np.concatenate(parts), (" " if language == "en" else "").join(texts), language, metric
     if name.startswith("en_"):
         sentence = EN_SENTENCES[int(name[3:])]
         one = _speak(sentence, "en-us", 150, 50, work)
@@ -100,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import utils.transcribe as engine_module
 
+    default_rate = engine_module.MIN_TOKENS_PER_SPEECH_S
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
     recordings = {n: build(n, work, args.test_data) for n in names}
@@ -114,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 engines[model] = engine_module.load_transcriber(model, backend, device="cpu")
             options = engine_module.DecodeOptions(language=language, beam_size=3 if backend == "ct2" else 1)
             cells = []
-            for splits in (0, 1):
-                engine_module.MAX_REPEAT_SPLITS = splits
+            for splits, min_rate in ((0, 0.0), (1, default_rate)):
+                engine_module.MAX_REPEAT_SPLITS, engine_module.MIN_TOKENS_PER_SPEECH_S = splits, min_rate
                 seconds, text = timed(lambda: engines[model].transcribe(audio, options).text)
                 cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric).rate:.3f}")
             print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  {cells[0]:>15}  {cells[1]:>15}",

@@ -38,7 +38,7 @@ from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, cut_every, split_on_silence
+from utils.vad import Chunk, cut_every, speech_regions, split_on_silence
 
 logger = logging.getLogger(__name__)
 
@@ -410,12 +410,14 @@ class _BaseTranscriber:
                                           prompt, splittable[i: i + options.batch_size])
         cuts: dict[int, list[Chunk]] = {}
         for i, result in enumerate(results):
-            tokens = [t for piece in result.tokens or () for t in piece]
+            tokens = _text_tokens(result)
             period = repeat_period(tokens) if splittable[i] else None
             if period is not None:
                 pieces = cut_every(chunks[i], chunks[i].duration_s * period / len(tokens))
                 if len(pieces) > 1:
                     cuts[i] = pieces
+        if not options.timestamps:
+            self._redo_sparse_with_timestamps(audio, chunks, results, set(cuts), language, options, prompt)
         if cuts:
             logger.debug("%d of %d chunks repeat themselves: decoded again in %d pieces", len(cuts), len(chunks),
                          sum(len(p) for p in cuts.values()))
@@ -428,6 +430,28 @@ class _BaseTranscriber:
                 if _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
+
+    def _redo_sparse_with_timestamps(self, audio: np.ndarray, chunks: Sequence[Chunk], results: list[_ChunkResult],
+                                     skip: set[int], language: str, options: DecodeOptions, prompt: str | None) -> None:
+        """Decode again, with timestamp tokens, the chunks whose text is too short for their speech
+        (:func:`reads_too_little`), and keep that reading where it holds more text tokens (in place in ``results``).
+
+        Without timestamp tokens Whisper stops after the first of several takes of one sentence in a window: on real
+        recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 3 or 5 times in 16-28 s was read once by
+        whisper-base and by a fine-tuned model, on both backends; with timestamp tokens it reads every take (as the
+        reference decoders do by default). Different sentences in a window read the same both ways.
+        """
+        sparse = [i for i, result in enumerate(results) if i not in skip and (n := len(_text_tokens(result)))
+                  and reads_too_little(n, chunks[i].duration_s) and reads_too_little(n, _speech_seconds(audio, chunks[i]))]
+        if not sparse:
+            return
+        logger.debug("%d of %d chunks read too little for their speech: decoded again with timestamp tokens",
+                     len(sparse), len(chunks))
+        redone = self._decode_batched([audio[chunks[i].start: chunks[i].end] for i in sparse], [language] * len(sparse),
+                                      replace(options, timestamps=True), prompt)
+        for i, result in zip(sparse, redone):
+            if len(_text_tokens(result)) > len(_text_tokens(results[i])):
+                results[i] = result
 
     def _finish(self, pieces: list[tuple], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
@@ -572,6 +596,29 @@ def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int 
         if gap >= span:
             return gap
     return None
+
+
+# Text tokens per second of speech (VAD regions) below which a chunk's text misses speech: a right reading has
+# 2.8-4.9 (real speech in dataset/real/: JFK's slow oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6),
+# one take of a sentence said three times has a third of that.
+MIN_TOKENS_PER_SPEECH_S = 1.5
+
+
+def reads_too_little(text_tokens: int, speech_s: float) -> bool:
+    """Whether ``text_tokens`` tokens of text are too few for ``speech_s`` seconds of speech."""
+    return text_tokens < MIN_TOKENS_PER_SPEECH_S * speech_s
+
+
+def _text_tokens(result: _ChunkResult) -> list[int]:
+    return [t for piece in result.tokens or () for t in piece]
+
+
+def _speech_seconds(audio: np.ndarray, chunk: Chunk) -> float:
+    """Seconds of speech in ``chunk``: the VAD's regions when it was cut by VAD, else measured now (only when the
+    chunk's whole duration would already count as too little: the VAD pass costs ~1/100 of a decode)."""
+    if chunk.speech is not None:
+        return chunk.speech / SAMPLE_RATE
+    return sum(r.end - r.start for r in speech_regions(audio[chunk.start: chunk.end])) / SAMPLE_RATE
 
 
 def _reads_more(pieces: _ChunkResult, whole: _ChunkResult, duration_s: float, timestamps: bool) -> bool:
@@ -1064,7 +1111,7 @@ class CT2Transcriber(_BaseTranscriber):
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
-        self._kept: tuple[list[np.ndarray], Any] | None = None  # chunks language detection encoded, output
+        self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
         self._torch_encoder = self._load_torch_encoder(model_dir, encoder, ct2_device)
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     "PyTorch bfloat16" if self._torch_encoder is not None else "CTranslate2")
@@ -1121,22 +1168,18 @@ class CT2Transcriber(_BaseTranscriber):
         return np.stack([pad_log_mel(fe(np.asarray(c, dtype=np.float32))[..., :-1], frames) for c in chunks])
 
     def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: Any) -> None:
-        """Keep what language detection encoded: the decode of the same chunks uses it (holding the chunks, whose
-        memory is then not reused, so a chunk's address and length identify it)."""
-        self._kept = (list(chunks), encoded)
+        """Keep what language detection or a decode encoded: the next decode or alignment of the same chunks uses it
+        (a chunk is known by its samples' digest, so audio changed in place is encoded again)."""
+        self._kept = ([_fingerprint(c) for c in chunks], encoded)
 
     def _encode_reusing(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
-        """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (by language detection or by
-        the decode, ``_keep_encoded``) from it and encoding only the others; the kept output is handed out once."""
+        """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (``_keep_encoded``) from it and
+        encoding only the others; the kept output is handed out once."""
         kept, self._kept = self._kept, None
         if kept is None or not isinstance(kept[1], np.ndarray) or kept[1].shape[1] * 2 != feats.shape[-1]:
             return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
-
-        def key(chunk: np.ndarray) -> tuple[int, int]:
-            return chunk.__array_interface__["data"][0], len(chunk)
-
-        rows = {key(c): i for i, c in enumerate(kept[0])}
-        picked = [rows.get(key(c)) for c in chunks]
+        rows = {key: i for i, key in enumerate(kept[0])}
+        picked = [rows.get(_fingerprint(c)) for c in chunks]
         missing = [i for i, row in enumerate(picked) if row is None]
         if len(missing) == len(chunks):
             return self._encode(feats)
@@ -1238,8 +1281,8 @@ class CT2Transcriber(_BaseTranscriber):
             kept = [k for k, (_, _, text) in enumerate(pieces) if text.strip()]
             results.append(_ChunkResult([pieces[k] for k in kept], join_texts([pieces[k][2] for k in kept]),
                                         tokens=[split[k][2] for k in kept]))
-        if options.word_timestamps and isinstance(encoded, np.ndarray):
-            self._keep_encoded(chunks, encoded)  # the alignment that follows reuses it
+        if isinstance(encoded, np.ndarray):  # word alignment, or a decode again with timestamp tokens, reuses it
+            self._keep_encoded(chunks, encoded)
         return results
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
@@ -1276,6 +1319,15 @@ class CT2Transcriber(_BaseTranscriber):
             without_timestamps=False, vad_filter=True,
         )
         return [(s.start, s.end, s.text) for s in segments]
+
+
+def _fingerprint(chunk: np.ndarray) -> tuple[int, bytes]:
+    """A waveform's identity for reusing its encoder output: its length and a digest of its samples (~2 ms for
+    30 s; encoding it takes ~500 ms)."""
+    import hashlib
+
+    data = np.ascontiguousarray(chunk, dtype=np.float32)
+    return len(data), hashlib.blake2b(data.tobytes(), digest_size=16).digest()
 
 
 def _model_language(language: Any, model_dir: str) -> str | None:

@@ -28,11 +28,13 @@ logger = logging.getLogger(__name__)
 class Chunk:
     """A piece of a waveform, in samples at SAMPLE_RATE: ``audio[start:end]``. ``breaks`` are the sample
     positions inside it where one speech region ends and the next begins (the middle of the silence between
-    them): where the chunk can be cut in two without cutting a word."""
+    them): where the chunk can be cut in two without cutting a word. ``speech``: samples of speech inside it (the
+    VAD's regions, padding included); None = not measured."""
 
     start: int
     end: int
     breaks: tuple[int, ...] = field(default=(), compare=False)
+    speech: int | None = field(default=None, compare=False)
 
     @property
     def offset_s(self) -> float:
@@ -133,10 +135,12 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     cur: Chunk | None = None
     for region in regions:
         for start in range(region.start, region.end, limit):  # hard cut only when one region is too long
-            piece = Chunk(start, min(region.end, start + limit))
+            end = min(region.end, start + limit)
+            piece = Chunk(start, end, speech=end - start)
             if cur is not None and piece.end - cur.start <= limit:
                 cut = (cur.end + piece.start) // 2 if piece.start == region.start else None  # not a hard cut
-                cur = Chunk(cur.start, piece.end, cur.breaks + ((cut,) if cut is not None else ()))
+                cur = Chunk(cur.start, piece.end, cur.breaks + ((cut,) if cut is not None else ()),
+                            (cur.speech or 0) + end - start)
             else:
                 if cur is not None:
                     chunks.append(cur)

@@ -217,10 +217,15 @@ class _Miscounting:
 
 
 def test_a_chunk_whose_text_repeats_itself_is_decoded_again_a_repetition_at_a_time(tiny, monkeypatch):
-    """The same sentence said four times in a 24 s chunk, which the decoder reads as twice: the unit is half the
-    text, so about 12 s; the chunk is cut at the silences nearest every 12 s from a piece's start (0-11 s, 11-18 s,
-    18-24 s) and the pieces are decoded instead (once: they are kept as they come). A chunk with no silence inside
-    is left as it is, and its decode keeps the temperature fallback."""
+    """The same sentence (14 tokens) said four times in a 24 s chunk, which the decoder reads as twice: the unit is
+    half the text (12 s), or 5 s at the slowest rate of right readings (2.8 tokens/s), whichever is shorter; the
+    chunk is cut at the silences nearest every 5 s from a piece's start (0-6 s, 6-11 s, 11-18 s, 18-24 s) and the
+    pieces are decoded instead (once: they are kept as they come). A chunk with no silence inside is left as it is,
+    and its decode keeps the temperature fallback."""
+    from utils.transcribe import take_seconds
+
+    assert take_seconds(14, 28, 24.0) == pytest.approx(5.0) and take_seconds(14, 42, 24.0) == pytest.approx(5.0)
+    assert take_seconds(14, 56, 8.0) == pytest.approx(2.0)  # a dense reading: the unit's share
     sr = SAMPLE_RATE
     audio = np.zeros(40 * sr, np.float32)
     repeated = Chunk(0, 24 * sr, (6 * sr, 11 * sr, 18 * sr))
@@ -229,15 +234,15 @@ def test_a_chunk_whose_text_repeats_itself_is_decoded_again_a_repetition_at_a_ti
     monkeypatch.setattr(tiny, "_decode", fake)
     results = tiny._decode_chunks(audio, [repeated, solid], "en", DecodeOptions(language="en", batch_size=8), None)
     assert fake.calls == [([24.0, 12.0], [True, False]),  # the first may skip the fallback: it will be cut
-                          ([11.0, 7.0, 6.0], [False, False, False])]
+                          ([6.0, 5.0, 7.0, 6.0], [False, False, False, False])]
     first, second = results
-    assert [s[:2] for s in first.segments] == [(0.0, 11.0), (11.0, 18.0), (18.0, 24.0)]
-    assert first.tokens == [_Miscounting.UNIT * 2, _Miscounting.UNIT, _Miscounting.UNIT]
+    assert [s[:2] for s in first.segments] == [(0.0, 6.0), (6.0, 11.0), (11.0, 18.0), (18.0, 24.0)]
+    assert first.tokens == [_Miscounting.UNIT] * 4
     assert first.text.split() == ["unit"] * 4
     assert second.text.split() == ["unit"] * 2  # nowhere to cut it
     fake.calls.clear()
     tiny._decode_chunks(audio, [repeated], "en", DecodeOptions(language="en", batch_size=2), None)
-    assert fake.calls == [([24.0], [True]), ([11.0, 7.0], [False, False]), ([6.0], [False])]  # batch_size each
+    assert fake.calls == [([24.0], [True]), ([6.0, 5.0], [False, False]), ([7.0, 6.0], [False, False])]  # batches
 
 
 def test_the_pieces_of_a_repeating_chunk_are_kept_only_when_they_read_more_or_the_chunk_ran_away(tiny, monkeypatch):

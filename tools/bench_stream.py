@@ -4,8 +4,9 @@
     python tools/bench_stream.py --recording=zh --model_path=models/whisper-base-finetune-ct2 --windows=None,15
 
 Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English general set joined into ≥ 50 s (0.6 s
-pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``zh_repeated`` = one Mandarin sentence said 6 times
-with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False``
+pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of
+dataset/real/ joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk); ``zh_repeated`` = one
+Mandarin sentence said 6 times with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False``
 (the clock advances by the audio read plus the compute spent, as a live microphone would see it) and the table
 gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the streamed text's error
 rate against the reference and against the offline transcript, and the offline error rate. CPU flags printed.
@@ -37,12 +38,13 @@ from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
-CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/test.json", "zh", "cer", "")}
+CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/test.json", "zh", "cer", ""),
+             "en_real": ("dataset/real/real_en.json", "en", "wer", " ")}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recording", default="en", choices=("en", "zh", "zh_repeated"))
+    parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated"))
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="None,15", help="comma-separated --encoder_window_seconds values")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")

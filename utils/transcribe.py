@@ -398,7 +398,7 @@ class _BaseTranscriber:
         or loop on it to the token limit. Sampling at higher temperatures does not cure that (it samples the
         same confusion, five times over, at random); a window holding one repetition mostly does. So a chunk
         whose text repeats itself (:func:`repeat_period`) is cut at its silences into pieces about as long as
-        one repetition (its share of the text times the chunk's duration) and those are decoded too
+        one repetition (:func:`take_seconds`) and those are decoded too
         (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away, or when it
         reads more (:func:`_reads_more`: a dropped repetition is missing text; a piece can drop one as well).
         """
@@ -413,7 +413,7 @@ class _BaseTranscriber:
             tokens = _text_tokens(result)
             period = repeat_period(tokens) if splittable[i] else None
             if period is not None:
-                pieces = cut_every(chunks[i], chunks[i].duration_s * period / len(tokens))
+                pieces = cut_every(chunks[i], take_seconds(period, len(tokens), chunks[i].duration_s))
                 if len(pieces) > 1:
                     cuts[i] = pieces
         if not options.timestamps:
@@ -598,10 +598,19 @@ def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int 
     return None
 
 
-# Text tokens per second of speech (VAD regions) below which a chunk's text misses speech: a right reading has
-# 2.8-4.9 (real speech in dataset/real/: JFK's slow oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6),
-# one take of a sentence said three times has a third of that.
+# Text tokens per second of speech (VAD regions) of a right reading: 2.8-4.9 (real speech in dataset/real/: JFK's slow
+# oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6). Below MIN_TOKENS_PER_SPEECH_S a chunk's text
+# misses speech (one take of a sentence said three times has a third of a right reading's rate).
+SLOWEST_TOKENS_PER_SPEECH_S = 2.8
 MIN_TOKENS_PER_SPEECH_S = 1.5
+
+
+def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
+    """How long one take of a repeated unit of ``period`` tokens lasts in a chunk of ``duration_s`` seconds whose
+    text has ``text_tokens`` tokens: the unit's share of the chunk, or, when shorter, the unit said at the slowest
+    rate of right readings (the share overestimates a take when the text dropped some: a chunk with a sentence
+    said 3 times and another 2 times, read as the first once and the second twice)."""
+    return min(duration_s * period / text_tokens, period / SLOWEST_TOKENS_PER_SPEECH_S)
 
 
 def reads_too_little(text_tokens: int, speech_s: float) -> bool:

@@ -441,8 +441,10 @@ class _BaseTranscriber:
         whisper-base and by a fine-tuned model, on both backends; with timestamp tokens it reads every take (as the
         reference decoders do by default). Different sentences in a window read the same both ways.
         """
+        # the whole duration first: a chunk not cut by VAD runs the VAD only when its text is short even for that
         sparse = [i for i, result in enumerate(results) if i not in skip and (n := len(_text_tokens(result)))
-                  and reads_too_little(n, chunks[i].duration_s) and reads_too_little(n, _speech_seconds(audio, chunks[i]))]
+                  and reads_too_little(n, chunks[i].duration_s)
+                  and reads_too_little(n, _speech_seconds(audio, chunks[i]))]
         if not sparse:
             return
         logger.debug("%d of %d chunks read too little for their speech: decoded again with timestamp tokens",
@@ -619,12 +621,13 @@ def reads_too_little(text_tokens: int, speech_s: float) -> bool:
 
 
 def _text_tokens(result: _ChunkResult) -> list[int]:
+    """A chunk result's text tokens, its segments' one after another."""
     return [t for piece in result.tokens or () for t in piece]
 
 
 def _speech_seconds(audio: np.ndarray, chunk: Chunk) -> float:
-    """Seconds of speech in ``chunk``: the VAD's regions when it was cut by VAD, else measured now (only when the
-    chunk's whole duration would already count as too little: the VAD pass costs ~1/100 of a decode)."""
+    """Seconds of speech in ``chunk``: the VAD's regions when it was cut by VAD, else measured now (a VAD pass costs
+    ~1/100 of a decode)."""
     if chunk.speech is not None:
         return chunk.speech / SAMPLE_RATE
     return sum(r.end - r.start for r in speech_regions(audio[chunk.start: chunk.end])) / SAMPLE_RATE
@@ -634,10 +637,10 @@ def _reads_more(pieces: _ChunkResult, whole: _ChunkResult, duration_s: float, ti
     """Whether the decode of a chunk's pieces is kept over the chunk's own: when the chunk's own ran away (its
     token budget used up, or one unit repeated ``LOOP_REPEATS`` times in a row), or when the pieces hold more
     text tokens. Both read the same audio; losing count drops a repetition, which shows as fewer tokens."""
-    own = [t for piece in whole.tokens or () for t in piece]
+    own = _text_tokens(whole)
     if len(own) >= token_budget(duration_s, timestamps) - 4 or longest_repeat(own) >= LOOP_REPEATS:
         return True
-    return sum(len(piece) for piece in pieces.tokens or ()) > len(own)
+    return len(_text_tokens(pieces)) > len(own)
 
 
 def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkResult:

@@ -106,6 +106,25 @@ def test_chinese_is_split_by_character_even_inside_multibyte_tokens(tokenizers):
     assert words[-1].end <= 3.0 and "\ufffd" not in "".join(w.word for w in words)
 
 
+def test_a_word_start_moves_past_the_pause_after_the_previous_words_tail():
+    """Tones with 0.25 s pauses; a word aligned to start 0.12 s (6 frames) before the previous tone's end (int8
+    alignment in noise did that) starts after the pause, and the previous word ends where its tone does; a word
+    aligned right whose tone has a 60 ms gap 0.16 s in (a stop consonant's closure, shorter than a pause) keeps
+    its start."""
+    from utils.alignment import refine_word_times
+    from utils.data import Word
+
+    sr = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(0.3 * sr)) / sr)).astype(np.float32)
+    pause = np.zeros(int(0.25 * sr), np.float32)
+    closure = np.concatenate([tone[: int(0.16 * sr)], np.zeros(int(0.06 * sr), np.float32), tone])
+    audio = np.concatenate([pause, tone, pause, tone, pause, closure, pause])  # sound at 0.25, 0.8 and 1.35 s
+    words = [Word(0.25, 0.43, " one", 0.9), Word(0.43, 1.1, " two", 0.9), Word(1.35, 1.87, " three", 0.9)]
+    one, two, three = refine_word_times(words, audio)
+    assert two.start == pytest.approx(0.8, abs=0.02) and one.end == pytest.approx(0.55, abs=0.02)
+    assert three.start == 1.35
+
+
 def test_tiny_model_words_on_both_paths_of_the_transformers_backend(tiny_whisper_dir, zh_wav):
     """The tiny random model (its own alignment heads): every segment gets words inside it, with or without
     segment timestamps; the words are the segment's text."""

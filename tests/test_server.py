@@ -222,7 +222,8 @@ def test_fifty_requests_from_eight_threads_all_answered(server, client, tmp_path
         assert error_rate(["Please send the report before Friday."], [text], "wer") <= 0.2, text
     health = server.health()["models"]["openai/whisper-base"]
     assert health["queued"] == 0 and health["running"] == 0 and health["done"] >= 50
-    assert list(server.tmpdir.iterdir()) == []
+    # onnxruntime (the VAD's, 1.31+) writes its telemetry session id, ".ses", into TMPDIR when it is imported
+    assert [p for p in server.tmpdir.iterdir() if p.name != ".ses"] == []
 
 
 def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):

@@ -4,11 +4,12 @@
     python tools/bench_repeats.py --backends=ct2 --recordings=en_0,zh_teacher
 
 A sentence said several times in one 30 s window makes Whisper lose count (a repetition dropped, or a loop to the
-token limit); without timestamp tokens it often reads only the first take. utils/transcribe.py cuts a chunk whose
-text repeats into pieces about one repetition long (``MAX_REPEAT_SPLITS``) and decodes a chunk whose text is too
-short for its speech again with timestamp tokens (``MIN_TOKENS_PER_SPEECH_S``); this runs each recording with both
-off (before) and on (after) and prints the time (inside the engine: model loading not counted) and the error rate
-of each. Recordings (espeak-ng, built here, seconds of silence between sentences): ``en_0``/``en_1`` = an English
+token limit); without timestamp tokens it often reads only the first take. utils/transcribe.py aligns a reading that
+repeats itself or is slow for its speech to the audio; where it ran away or left speech unread
+(``MAX_UNREAD_SPEECH_S``), a chunk whose text repeats is cut into pieces about one repetition long
+(``MAX_REPEAT_SPLITS``) and another is decoded again with timestamp tokens. This runs each recording with both off
+(before) and on (after) and prints the time (inside the engine: model loading not counted) and the error rate of
+each. Recordings (espeak-ng, built here, seconds of silence between sentences): ``en_0``/``en_1`` = an English
 sentence said 8 times (``--en_model``); ``zh_repeated`` = one Mandarin sentence said 8 times, one voice;
 ``zh_voices`` = the same in 8 voices and speeds; ``zh_teacher`` = 24 sentences of ``--test_data`` with every sixth
 said 3 times (``--zh_model``, default the demo model that ``make demo`` trains). Real recordings (dataset/real/, see
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import utils.transcribe as engine_module
 
-    default_rate = engine_module.MIN_TOKENS_PER_SPEECH_S
+    default_unread = engine_module.MAX_UNREAD_SPEECH_S
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
     recordings = {n: build(n, work, args.test_data) for n in names}
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 engines[model] = engine_module.load_transcriber(model, backend, device="cpu")
             options = engine_module.DecodeOptions(language=language, beam_size=3 if backend == "ct2" else 1)
             cells = []
-            for splits, min_rate in ((0, 0.0), (1, default_rate)):
-                engine_module.MAX_REPEAT_SPLITS, engine_module.MIN_TOKENS_PER_SPEECH_S = splits, min_rate
+            for splits, unread in ((0, float("inf")), (1, default_unread)):
+                engine_module.MAX_REPEAT_SPLITS, engine_module.MAX_UNREAD_SPEECH_S = splits, unread
                 seconds, text = timed(lambda: engines[model].transcribe(audio, options).text)
                 cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric).rate:.3f}")
             print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  {cells[0]:>15}  {cells[1]:>15}",

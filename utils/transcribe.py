@@ -394,33 +394,43 @@ class _BaseTranscriber:
                        prompt: str | None, depth: int = 0) -> list[_ChunkResult]:
         """Decode VAD chunks of a long recording (times relative to each chunk's start), in batches.
 
-        With the same sentence said several times in one 30 s window, a model can lose count: drop a repetition,
-        or loop on it to the token limit. Sampling at higher temperatures does not cure that (it samples the
-        same confusion, five times over, at random); a window holding one repetition mostly does. So a chunk
-        whose text repeats itself (:func:`repeat_period`) is cut at its silences into pieces about as long as
-        one repetition (:func:`take_seconds`) and those are decoded too
-        (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away, or when it
-        reads more (:func:`_reads_more`: a dropped repetition is missing text; a piece can drop one as well).
+        With the same sentence said several times in one 30 s window, a model can lose count: drop a take, or loop
+        on it to the token limit; without timestamp tokens it often reads only the first take. Sampling at higher
+        temperatures does not cure that (it samples the same confusion, five times over, at random). So each batch
+        is checked where a reading can have lost count (:meth:`_check_readings`: the text repeats itself, or it is
+        slow for the chunk's speech): the text is aligned to the audio, and a stretch of speech that no token was
+        aligned to (:func:`unread_speech`, ≥ ``MAX_UNREAD_SPEECH_S``) means text is missing. A chunk whose text
+        repeats and ran away or left speech unread is cut at its silences into pieces about as long as one take
+        (:func:`take_seconds`), which are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept
+        when the chunk's own ran away or when it reads more (:func:`_reads_more`: a piece can drop a take as well).
+        Another chunk that left speech unread is decoded again with timestamp tokens (when it was decoded without).
+        A chunk read right is decoded once.
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
+        cuts: dict[int, list[Chunk]] = {}
         for i in range(0, len(chunks), options.batch_size):
             batch = chunks[i: i + options.batch_size]
-            results += self._decode_words([audio[c.start: c.end] for c in batch], [language] * len(batch), options,
-                                          prompt, splittable[i: i + options.batch_size])
-        cuts: dict[int, list[Chunk]] = {}
-        for i, result in enumerate(results):
-            tokens = _text_tokens(result)
-            period = repeat_period(tokens) if splittable[i] else None
-            if period is not None:
-                pieces = cut_every(chunks[i], take_seconds(period, len(tokens), chunks[i].duration_s))
+            waves = [audio[c.start: c.end] for c in batch]
+            got = self._decode_words(waves, [language] * len(batch), options, prompt,
+                                     splittable[i: i + options.batch_size])
+            periods = [repeat_period(_text_tokens(r)) if s else None
+                       for r, s in zip(got, splittable[i: i + options.batch_size])]
+            unread = self._check_readings(waves, batch, got, periods, language, options)
+            for k, period in enumerate(periods):
+                if period is None or not (_ran_away(got[k], batch[k].duration_s, options.timestamps)
+                                          or unread[k] >= MAX_UNREAD_SPEECH_S):
+                    continue
+                pieces = cut_every(batch[k], take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
                 if len(pieces) > 1:
-                    cuts[i] = pieces
-        if not options.timestamps:
-            self._redo_sparse_with_timestamps(audio, chunks, results, set(cuts), language, options, prompt)
+                    cuts[i + k] = pieces
+            if not options.timestamps:
+                redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
+                self._redo_with_timestamps(waves, got, redo, language, options, prompt)
+            results += got
         if cuts:
-            logger.debug("%d of %d chunks repeat themselves: decoded again in %d pieces", len(cuts), len(chunks),
-                         sum(len(p) for p in cuts.values()))
+            logger.debug("%d of %d chunks repeat themselves and lost count: decoded again in %d pieces", len(cuts),
+                         len(chunks), sum(len(p) for p in cuts.values()))
             redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language, options,
                                               prompt, depth + 1))
             for i, pieces in cuts.items():
@@ -431,29 +441,56 @@ class _BaseTranscriber:
                     results[i] = result
         return results
 
-    def _redo_sparse_with_timestamps(self, audio: np.ndarray, chunks: Sequence[Chunk], results: list[_ChunkResult],
-                                     skip: set[int], language: str, options: DecodeOptions, prompt: str | None) -> None:
-        """Decode again, with timestamp tokens, the chunks whose text is too short for their speech
-        (:func:`reads_too_little`), and keep that reading where it holds more text tokens (in place in ``results``).
+    def _check_readings(self, waves: Sequence[np.ndarray], chunks: Sequence[Chunk], results: Sequence[_ChunkResult],
+                        periods: Sequence[int | None], language: str, options: DecodeOptions) -> list[float]:
+        """Per chunk of a decoded batch, the longest stretch of its speech that no text token was aligned to
+        (:func:`unread_speech`, seconds); 0.0 for a chunk not checked. Checked (one alignment call for the batch,
+        on the encoder output the decode kept): a text that repeats itself (``periods``) and did not run away, and,
+        without timestamp tokens, a text slower than right readings are for the chunk's speech
+        (``SLOWEST_TOKENS_PER_SPEECH_S``): the first take read and the others left out."""
+        from utils.alignment import token_times
+
+        check: dict[int, list[tuple[float, float]]] = {}
+        for k, (wave, chunk, result) in enumerate(zip(waves, chunks, results)):
+            n = len(_text_tokens(result))
+            if not n or _ran_away(result, chunk.duration_s, options.timestamps):
+                continue
+            repeats = periods[k] is not None
+            slow = not options.timestamps and n < SLOWEST_TOKENS_PER_SPEECH_S * (
+                chunk.duration_s if chunk.speech is None else chunk.speech / SAMPLE_RATE)
+            if repeats or slow:
+                spans = speech_spans(wave)
+                if repeats or n < SLOWEST_TOKENS_PER_SPEECH_S * sum(e - s for s, e in spans):
+                    check[k] = spans
+        unread = [0.0] * len(waves)
+        if not check:
+            return unread
+        paths = self._align([waves[k] for k in check], [language] * len(check),
+                            [_text_tokens(results[k]) for k in check], options.task)
+        for (k, spans), (rows, frames, _) in zip(check.items(), paths, strict=True):
+            unread[k] = unread_speech(token_times(rows, frames), spans)
+        logger.debug("checked %d of %d readings against their speech: unread %s s", len(check), len(waves),
+                     [round(unread[k], 1) for k in check])
+        return unread
+
+    def _redo_with_timestamps(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], which: Sequence[int],
+                              language: str, options: DecodeOptions, prompt: str | None) -> None:
+        """Decode the chunks ``which`` of ``waves`` again with timestamp tokens and keep each reading (in place in
+        ``results``) where it holds more text tokens than the one without.
 
         Without timestamp tokens Whisper stops after the first of several takes of one sentence in a window: on real
-        recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 3 or 5 times in 16-28 s was read once by
-        whisper-base and by a fine-tuned model, on both backends; with timestamp tokens it reads every take (as the
-        reference decoders do by default). Different sentences in a window read the same both ways.
+        recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 2, 3 or 5 times in 10-28 s was read once
+        by whisper-base and by a fine-tuned model, on both backends; with timestamp tokens it reads every take (as
+        the reference decoders do by default). Different sentences in a window read the same both ways.
         """
-        # the whole duration first: a chunk not cut by VAD runs the VAD only when its text is short even for that
-        sparse = [i for i, result in enumerate(results) if i not in skip and (n := len(_text_tokens(result)))
-                  and reads_too_little(n, chunks[i].duration_s)
-                  and reads_too_little(n, _speech_seconds(audio, chunks[i]))]
-        if not sparse:
+        if not which:
             return
-        logger.debug("%d of %d chunks read too little for their speech: decoded again with timestamp tokens",
-                     len(sparse), len(chunks))
-        redone = self._decode_batched([audio[chunks[i].start: chunks[i].end] for i in sparse], [language] * len(sparse),
+        logger.debug("%d chunks left speech unread: decoded again with timestamp tokens", len(which))
+        redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True), prompt)
-        for i, result in zip(sparse, redone):
-            if len(_text_tokens(result)) > len(_text_tokens(results[i])):
-                results[i] = result
+        for k, result in zip(which, redone):
+            if len(_text_tokens(result)) > len(_text_tokens(results[k])):
+                results[k] = result
 
     def _finish(self, pieces: list[tuple], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
@@ -601,10 +638,12 @@ def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int 
 
 
 # Text tokens per second of speech (VAD regions) of a right reading: 2.8-4.9 (real speech in dataset/real/: JFK's slow
-# oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6). Below MIN_TOKENS_PER_SPEECH_S a chunk's text
-# misses speech (one take of a sentence said three times has a third of a right reading's rate).
+# oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6). A slower text is checked against its speech.
 SLOWEST_TOKENS_PER_SPEECH_S = 2.8
-MIN_TOKENS_PER_SPEECH_S = 1.5
+# The alignment of a right reading leaves no stretch of speech this long without a token starting or ending in it:
+# at most 0.6 s on the real clips of dataset/real/ (AISHELL-1, JFK, LibriVox) and on espeak, whisper-base and the demo
+# model; a take left out leaves all of it (3.5 s for an AISHELL-1 sentence).
+MAX_UNREAD_SPEECH_S = 1.5
 
 
 def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
@@ -615,9 +654,20 @@ def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
     return min(duration_s * period / text_tokens, period / SLOWEST_TOKENS_PER_SPEECH_S)
 
 
-def reads_too_little(text_tokens: int, speech_s: float) -> bool:
-    """Whether ``text_tokens`` tokens of text are too few for ``speech_s`` seconds of speech."""
-    return text_tokens < MIN_TOKENS_PER_SPEECH_S * speech_s
+def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]) -> float:
+    """The longest stretch of speech, in seconds, inside which no text token starts: ``token_starts`` = where each
+    token starts and where the last one ends (:func:`utils.alignment.token_times`), ``spans`` = (start, end) seconds
+    of speech. A take the text left out is speech with no token in it."""
+    longest = 0.0
+    for start, end in spans:
+        inside = token_starts[(token_starts > start) & (token_starts < end)]
+        longest = max(longest, float(np.diff(np.concatenate([[start], np.sort(inside), [end]])).max()))
+    return longest
+
+
+def speech_spans(wave: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of the VAD's speech regions in a waveform of ≤ 30 s (a pass costs ~1/100 of a decode)."""
+    return [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in speech_regions(wave)]
 
 
 def _text_tokens(result: _ChunkResult) -> list[int]:
@@ -625,22 +675,18 @@ def _text_tokens(result: _ChunkResult) -> list[int]:
     return [t for piece in result.tokens or () for t in piece]
 
 
-def _speech_seconds(audio: np.ndarray, chunk: Chunk) -> float:
-    """Seconds of speech in ``chunk``: the VAD's regions when it was cut by VAD, else measured now (a VAD pass costs
-    ~1/100 of a decode)."""
-    if chunk.speech is not None:
-        return chunk.speech / SAMPLE_RATE
-    return sum(r.end - r.start for r in speech_regions(audio[chunk.start: chunk.end])) / SAMPLE_RATE
+def _ran_away(result: _ChunkResult, duration_s: float, timestamps: bool) -> bool:
+    """Whether a chunk's decode ran away: its token budget used up, or one unit repeated ``LOOP_REPEATS`` times in a
+    row."""
+    own = _text_tokens(result)
+    return len(own) >= token_budget(duration_s, timestamps) - 4 or longest_repeat(own) >= LOOP_REPEATS
 
 
 def _reads_more(pieces: _ChunkResult, whole: _ChunkResult, duration_s: float, timestamps: bool) -> bool:
-    """Whether the decode of a chunk's pieces is kept over the chunk's own: when the chunk's own ran away (its
-    token budget used up, or one unit repeated ``LOOP_REPEATS`` times in a row), or when the pieces hold more
-    text tokens. Both read the same audio; losing count drops a repetition, which shows as fewer tokens."""
-    own = _text_tokens(whole)
-    if len(own) >= token_budget(duration_s, timestamps) - 4 or longest_repeat(own) >= LOOP_REPEATS:
-        return True
-    return len(_text_tokens(pieces)) > len(own)
+    """Whether the decode of a chunk's pieces is kept over the chunk's own: when the chunk's own ran away, or when
+    the pieces hold more text tokens. Both read the same audio; losing count drops a take, which shows as fewer
+    tokens."""
+    return _ran_away(whole, duration_s, timestamps) or len(_text_tokens(pieces)) > len(_text_tokens(whole))
 
 
 def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkResult:
@@ -712,7 +758,8 @@ def _quiet_generate_warnings() -> None:
 
 
 def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
-    """Whisper's encoder wrapped with a one-entry cache: features equal to the last ones give the last output.
+    """Whisper's encoder wrapped with a one-entry cache: features equal to the last ones (or to some of their rows)
+    give the last output (those rows).
 
     transformers' generate() encodes a copy of its ``input_features``, and its no-speech logits processor runs
     the whole model on the same features again (whenever a no-speech threshold is set: the default), so every
@@ -743,9 +790,11 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
                                                                   "head_mask"))
             state = (torch.is_grad_enabled(), torch.is_autocast_enabled(input_features.device.type),
                      bool(kwargs.get("return_dict", True)))
-            if (plain and self._state == state and self._input.shape == input_features.shape
-                    and self._input.dtype == input_features.dtype and torch.equal(self._input, input_features)):
-                return self._output
+            if plain and self._state == state and (rows := self._cached_rows(input_features)) is not None:
+                if rows == list(range(len(self._input))):
+                    return self._output
+                if state[2]:  # some of the last batch's chunks (their alignment, a decode again): those rows
+                    return BaseModelOutput(last_hidden_state=self._output.last_hidden_state[rows])
             n = input_features.shape[0]
             if plain and not torch.is_grad_enabled() and max_windows and n > max_windows and state[2]:
                 parts = [self.inner(input_features[i:i + max_windows], *args, **kwargs).last_hidden_state
@@ -756,6 +805,16 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
             if plain and not torch.is_grad_enabled():
                 self._input, self._state, self._output = input_features.detach().clone(), state, output
             return output
+
+        def _cached_rows(self, input_features: Any) -> list[int] | None:
+            """The row of the last features equal to each row of ``input_features``; None if one has none."""
+            last = self._input
+            if last is None or last.shape[1:] != input_features.shape[1:] or last.dtype != input_features.dtype:
+                return None
+            if last.shape == input_features.shape and torch.equal(last, input_features):
+                return list(range(len(last)))
+            rows = [next((j for j in range(len(last)) if torch.equal(last[j], row)), None) for row in input_features]
+            return None if None in rows else rows  # type: ignore[return-value]
 
     return CachedEncoder(encoder)
 
@@ -1186,8 +1245,9 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _encode_reusing(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
         """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (``_keep_encoded``) from it and
-        encoding only the others; the kept output is handed out once."""
-        kept, self._kept = self._kept, None
+        encoding only the others (the kept output stays until the next decode replaces it: the alignment of a
+        decode's readings and a decode again with timestamp tokens use it too)."""
+        kept = self._kept
         if kept is None or not isinstance(kept[1], np.ndarray) or kept[1].shape[1] * 2 != feats.shape[-1]:
             return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
         rows = {key: i for i, key in enumerate(kept[0])}

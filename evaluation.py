@@ -4,8 +4,8 @@
     python evaluation.py --compare openai/whisper-base models/whisper-base-finetune --language=Chinese
 
 ``--compare BASE FINETUNED`` writes the forgetting report instead: both models on the test set, on a general
-set (``--general_data``, default the English clips in dataset/general/) and on no-speech clips, with error rates,
-hallucination on silence, repetition loops, insertions and punctuation kept, as JSON and a markdown table.
+set (``--general_data``, default the real English recordings in dataset/real/) and on no-speech clips, with error
+rates, hallucination on silence, repetition loops, insertions and punctuation kept, as JSON and a markdown table.
 
 Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from
 ``--language``/``--task`` only, never from the reference text. References and hypotheses go through the
@@ -38,7 +38,8 @@ from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GENERAL_DATA = "dataset/general/general_en.json"
+# real English speech (dataset/real/README.md: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk)
+DEFAULT_GENERAL_DATA = "dataset/real/real_en.json"
 
 
 def build_parser():
@@ -66,7 +67,8 @@ def build_parser():
     parser.add_argument("--compare", nargs=2, metavar=("BASE", "FINETUNED"), default=None,
                         help="the forgetting report of two models (instead of --model_path)")
     parser.add_argument("--general_data", type=str, default=DEFAULT_GENERAL_DATA,
-                        help="--compare: a manifest of general speech (other languages, numbers, punctuation)")
+                        help="--compare: a manifest of general speech (default: the real English recordings of "
+                             "dataset/real/; dataset/general/general_en.json: espeak sentences with numbers)")
     parser.add_argument("--general_metric", type=str, default="wer", choices=METRICS,
                         help="--compare: metric of the general set")
     add_bool(parser, "word_timestamps", False, "add each utterance's words with times and probabilities to the "

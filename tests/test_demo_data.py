@@ -300,3 +300,13 @@ def test_real_recordings_are_listed_with_their_text_and_sources(manifest):
         assert abs(info.duration - r.duration) < 0.01
         name = Path(r.audio_path).name
         assert name in readme or name.rsplit("_", 1)[0] in readme, name
+
+
+def test_the_forgetting_report_scores_real_english_by_default():
+    """evaluation.py --compare's general set is the real English recordings (what a forgetting figure should be
+    measured on), every clip English."""
+    import evaluation
+
+    assert Path(evaluation.DEFAULT_GENERAL_DATA) == Path("dataset/real/real_en.json")
+    records = list(load_manifest(str(DATASET.parent / evaluation.DEFAULT_GENERAL_DATA)))
+    assert len(records) >= 10 and all(r.language == "English" for r in records)

@@ -5,8 +5,8 @@
 Steps, each one of the toolkit's own commands (printed as it runs, so you can repeat them by hand):
 1. finetune.py   LoRA on dataset/train.json (whisper-base, resolved offline when the hub is unreachable)
 2. merge_lora.py checkpoint-best → models/whisper-base-finetune
-3. evaluation.py --compare: the base and the fine-tuned model on dataset/test.json, on the English general
-   set (dataset/general/) and on no-speech clips: the forgetting report, printed as a table.
+3. evaluation.py --compare: the base and the fine-tuned model on dataset/test.json, on real English recordings
+   (dataset/real/real_en.json) and on no-speech clips: the forgetting report, printed as a table.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ rates, hallucination on silence, repetition loops, insertions and punctuation ke
 
 Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from
 ``--language``/``--task`` only, never from the reference text. References and hypotheses go through the
-same normalisation (utils/text.normalize_text: punctuation incl. full-width, traditional → simplified,
-case) before counting edits.
+same normalisation (utils/text.scoring_text: punctuation incl. full-width, traditional → simplified,
+case; for English — the record's ``language``, else ``--language`` — also Whisper's English normaliser: "ten" and
+"10" are one word, fillers dropped) before counting edits.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE
-from utils.text import METRICS, ErrorCounts, count_errors, normalize_text
+from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
 from utils.models import ModelResolutionError
 from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
 
@@ -119,14 +120,15 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                 failed += 1
                 logger.error("skipping %s: %s", record.audio_path, errors[j])
                 continue
-            counts = count_errors(record.sentence, hyps[j], metric)
+            language = record.language or (options.language if options.language != AUTO_LANGUAGE else None)
+            counts = count_errors(record.sentence, hyps[j], metric, language=language)
             total = total + counts
             utterances.append({
                 "audio": record.audio_path,
                 "reference": record.sentence,
                 "hypothesis": hyps[j],
-                "reference_normalized": normalize_text(record.sentence),
-                "hypothesis_normalized": normalize_text(hyps[j]),
+                "reference_normalized": scoring_text(record.sentence, language),
+                "hypothesis_normalized": scoring_text(hyps[j], language),
                 "errors": counts.errors,
                 "substitutions": counts.substitutions,
                 "deletions": counts.deletions,

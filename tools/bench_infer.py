@@ -118,7 +118,7 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
                             else proc.stdout)
     print(f"{'whole process':<50} {'best s':>7} {'RTF':>6} {metric.upper():>7}")
     for label in commands:
-        rate = count_errors(reference, texts[label], metric).rate
+        rate = count_errors(reference, texts[label], metric, language=language).rate
         print(f"{label:<50} {times[label]:7.2f} {times[label] / seconds:6.3f} {rate:7.4f}", flush=True)
     ours, theirs = times.values()
     print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         text = run()
         elapsed = time.perf_counter() - t0
-        rate = count_errors(reference, text, metric).rate
+        rate = count_errors(reference, text, metric, language=args.language).rate
         print(f"{label:<66} {elapsed:7.2f} {elapsed / seconds:6.3f} {rate:7.4f}", flush=True)
     return 0
 

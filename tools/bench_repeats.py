@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             for splits, unread in ((0, float("inf")), (1, default_unread)):
                 engine_module.MAX_REPEAT_SPLITS, engine_module.MAX_UNREAD_SPEECH_S = splits, unread
                 seconds, text = timed(lambda: engines[model].transcribe(audio, options).text)
-                cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric).rate:.3f}")
+                cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric, language=language).rate:.3f}")
             print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  {cells[0]:>15}  {cells[1]:>15}",
                   flush=True)
     return 0

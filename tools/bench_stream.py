@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             raise SystemExit(f"realtime_transcribe.py {' '.join(flags)} failed ({rc})")
         r = json.loads(report_path.read_text(encoding="utf-8"))
-        stream = count_errors(reference, r["text"], metric).rate
-        offline = count_errors(reference, r["offline_text"], metric).rate
-        vs = count_errors(r["offline_text"], r["text"], metric).rate
+        stream = count_errors(reference, r["text"], metric, language=language).rate
+        offline = count_errors(reference, r["offline_text"], metric, language=language).rate
+        vs = count_errors(r["offline_text"], r["text"], metric, language=language).rate
         print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
               f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
     return 0
@@ -125,7 +125,7 @@ def clips_alone(recording: str, model_path: str) -> int:
             silence = np.zeros(int(lead * SAMPLE_RATE), dtype=np.float32)
             texts = [engine.transcribe(np.concatenate([silence, load_record_audio(r)]), options).text
                      for r in records]
-            counts = count_errors(reference, sep.join(texts), metric)
+            counts = count_errors(reference, sep.join(texts), metric, language=language)
             print(f"{str(window):>7} {lead:6.1f} {counts.errors:6d} {counts.rate:7.4f}", flush=True)
     return 0
 

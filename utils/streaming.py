@@ -45,7 +45,9 @@ from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 k
 
 logger = logging.getLogger(__name__)
 
-_HEARD_MARGIN = 2 * VAD_FRAME  # audio a hypothesis must have heard after the VAD's end of speech (64 ms)
+# silence a hypothesis must have heard after the VAD's end of speech for its tail to be committed as it is: the
+# VAD ends speech early on a soft final consonant, and Whisper misreads the last word of its input ("seven" → "11")
+_HEARD_MARGIN = int(0.3 * SAMPLE_RATE)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start

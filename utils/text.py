@@ -1,15 +1,19 @@
 """Text normalisation for scoring, and character / word error rates.
 
-Scoring compares ``normalize_text(reference)`` with ``normalize_text(hypothesis)``: punctuation
+Scoring compares ``scoring_text(reference)`` with ``scoring_text(hypothesis)``: punctuation
 (ASCII and full-width, e.g. “”《》（）…、；：！？) and spaces removed, traditional Chinese converted
-to simplified, Latin letters lower-cased. CER counts characters (spaces ignored); WER counts
-whitespace-separated words. Both are corpus-level: total edits / total reference units.
+to simplified, Latin letters lower-cased; for English also Whisper's English normaliser (the one OpenAI's
+and the Open ASR Leaderboard's English WERs use): numbers as digits ("ten" and "10" are the same word),
+fillers (um, uh) and bracketed noises dropped, contractions and titles spelled out. CER counts characters
+(spaces ignored); WER counts whitespace-separated words. Both are corpus-level: total edits / total
+reference units.
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zhconv
@@ -42,6 +46,30 @@ def normalize_text(text: str, *, to_simple: bool = True, remove_pun: bool = True
     if lowercase:
         text = text.lower()
     return " ".join(text.split())
+
+
+@functools.lru_cache(maxsize=1)
+def _english_normalizer() -> Callable[[str], str]:
+    # transformers' copy of openai/whisper's EnglishTextNormalizer, without the British → American spelling table
+    # (that one ships with OpenAI's checkpoints, not with transformers): imported only when English is scored
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})
+
+
+def is_english(language: str | None) -> bool:
+    """Whether a manifest/flag language (``English``, ``en``, ``<|en|>``; None = unknown) is English."""
+    return language is not None and language.strip().lower().strip("<|>") in ("en", "english")
+
+
+def scoring_text(text: str, language: str | None = None) -> str:
+    """The text that is scored: :func:`normalize_text`, after Whisper's English normaliser when ``language``
+    is English ("Eight of spades, Mr. Smith" → "8 of spades mister smith"). Other languages, and text of
+    unknown language, get :func:`normalize_text` only (the English rules would drop German "um").
+    """
+    if is_english(language):
+        text = _english_normalizer()(text)
+    return normalize_text(text)
 
 
 @dataclass(frozen=True)
@@ -82,10 +110,12 @@ def units(text: str, metric: str) -> list[str]:
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
-def count_errors(reference: str, hypothesis: str, metric: str = "cer", *, normalize: bool = True) -> ErrorCounts:
-    """Edit counts for one utterance (Levenshtein alignment over characters or words)."""
+def count_errors(reference: str, hypothesis: str, metric: str = "cer", *, normalize: bool = True,
+                 language: str | None = None) -> ErrorCounts:
+    """Edit counts for one utterance (Levenshtein alignment over characters or words), after
+    :func:`scoring_text` of both texts in ``language`` (unless ``normalize`` is False)."""
     if normalize:
-        reference, hypothesis = normalize_text(reference), normalize_text(hypothesis)
+        reference, hypothesis = scoring_text(reference, language), scoring_text(hypothesis, language)
     ref, hyp = units(reference, metric), units(hypothesis, metric)
     subs = dels = ins = 0
     for op in Levenshtein.editops(ref, hyp):
@@ -98,13 +128,14 @@ def count_errors(reference: str, hypothesis: str, metric: str = "cer", *, normal
     return ErrorCounts(subs, dels, ins, len(ref))
 
 
-def error_rate(references: Sequence[str], hypotheses: Sequence[str], metric: str = "cer") -> float:
-    """Corpus-level CER or WER after normalisation."""
+def error_rate(references: Sequence[str], hypotheses: Sequence[str], metric: str = "cer", *,
+               language: str | None = None) -> float:
+    """Corpus-level CER or WER after normalisation (:func:`scoring_text` in ``language``)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     total = ErrorCounts(0, 0, 0, 0)
     for ref, hyp in zip(references, hypotheses):
-        total = total + count_errors(ref, hyp, metric)
+        total = total + count_errors(ref, hyp, metric, language=language)
     return total.rate
 
 

@@ -56,3 +56,16 @@ def test_noise_is_added_at_the_snr_asked_for(tmp_path):
     assert np.abs(noisy[rate // 2: rate]).max() > 0  # the pause is noisy as well
     again, _ = sf.read(add_noise(wav, 10.0), dtype="float32")
     np.testing.assert_array_equal(noisy, again)  # seeded
+
+
+def test_the_paired_test_set_joins_two_clips_and_their_sentences(tmp_path):
+    from tools.bench_eval import paired_manifest
+    from utils.data import load_manifest
+
+    clips = [r for r in load_manifest(str(REPO_ROOT / "dataset/test.json")) if r.sentence.strip()]
+    pairs = list(load_manifest(str(paired_manifest(str(REPO_ROOT / "dataset/test.json"), tmp_path))))
+    assert len(pairs) == (len(clips) + 1) // 2
+    assert pairs[0].sentence == clips[0].sentence + clips[1].sentence and pairs[0].language == clips[0].language
+    first, _ = sf.read(pairs[0].audio_path, dtype="float32")
+    assert len(first) / 16000 == pytest.approx(clips[0].duration + 0.6 + clips[1].duration, abs=0.05)
+    assert pairs[0].duration == pytest.approx(len(first) / 16000, abs=0.01)

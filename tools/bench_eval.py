@@ -1,0 +1,92 @@
+"""Benchmark evaluation.py: decoding time and real-time factor of the default command, per clip length.
+
+    python tools/bench_eval.py --model_path=models/whisper-base-finetune
+    python tools/bench_eval.py --model_path=models/whisper-base-finetune --eval_args="--backend=ct2" \
+        --model_path=models/whisper-base-finetune-ct2
+
+Every clip is encoded in a 30 s window whatever its length, so the real-time factor of a test set falls as its clips
+get longer. The demo test set's clips average 2.6 s; AISHELL-1's test set averages 5.0 s (7176 utterances, 10 h).
+Two runs of ``evaluation.py`` (in this process, after one warm-up run on 4 clips): ``test`` = ``--test_data`` as it
+is; ``pairs`` = the same clips joined two by two with 0.6 s of silence between them (sox, no dither; a reference
+is the two sentences joined), about AISHELL-1's length. Printed per run: clips, mean clip seconds, audio seconds,
+decoding seconds (the report's ``decode_seconds``: reading audio, features, encoder, decoder), real-time factor and
+the error rate; with the CPU flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import evaluation  # noqa: E402
+from tools.bench_infer import GAP_S, cpu_report  # noqa: E402
+from utils.audio import SAMPLE_RATE  # noqa: E402
+from utils.data import load_manifest  # noqa: E402
+
+
+def paired_manifest(manifest: str, out_dir: Path) -> Path:
+    """The manifest's clips with text joined two by two (0.6 s of silence between); an odd last clip stays alone."""
+    records = [r for r in load_manifest(manifest) if r.sentence.strip()]
+    silence = out_dir / "silence.wav"
+    subprocess.run(["sox", "-D", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(silence), "trim", "0",
+                    str(GAP_S)], check=True)
+    lines = []
+    for k in range(0, len(records), 2):
+        pair = records[k: k + 2]
+        wav = out_dir / f"pair_{k // 2:04d}.wav"
+        parts = [str(pair[0].audio_path)] + [p for r in pair[1:] for p in (str(silence), str(r.audio_path))]
+        subprocess.run(["sox", "-D", *parts, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(wav)], check=True)
+        seconds = float(subprocess.run(["soxi", "-D", str(wav)], check=True, capture_output=True,
+                                       text=True).stdout)
+        lines.append(json.dumps({"audio": {"path": str(wav)}, "sentence": "".join(r.sentence for r in pair),
+                                 "language": pair[0].language, "duration": round(seconds, 2)}, ensure_ascii=False))
+    out = out_dir / "pairs.json"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def run(model_path: str, test_data: str, metric: str, extra: list[str], out: Path, limit: int | None = None) -> dict:
+    flags = [f"--model_path={model_path}", f"--metric={metric}", f"--test_data={test_data}", f"--output={out}", *extra]
+    if limit:
+        flags.append(f"--limit={limit}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = evaluation.main(flags)
+    if rc != 0:
+        raise SystemExit(f"evaluation.py {' '.join(flags)} failed ({rc})")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", default="models/whisper-base-finetune")
+    parser.add_argument("--test_data", default="dataset/test.json")
+    parser.add_argument("--metric", default="cer", choices=("cer", "wer"))
+    parser.add_argument("--eval_args", default="", help="more evaluation.py flags, e.g. --backend=ct2")
+    args = parser.parse_args(argv)
+
+    print(f"CPU flags: {cpu_report()}")
+    work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    extra = args.eval_args.split()
+    sets = {"test": args.test_data, "pairs": str(paired_manifest(args.test_data, work))}
+    run(args.model_path, args.test_data, args.metric, extra, work / "warmup.json", limit=4)
+    print(f"model {args.model_path} {' '.join(extra)}")
+    print(f"{'set':<6} {'clips':>5} {'mean s':>6} {'audio s':>7} {'decode s':>8} {'RTF':>6} {args.metric.upper():>7}")
+    for name, data in sets.items():
+        r = run(args.model_path, data, args.metric, extra, work / f"{name}.json")
+        n = r["utterances_scored"]
+        print(f"{name:<6} {n:5d} {r['audio_seconds'] / n:6.2f} {r['audio_seconds']:7.1f} {r['decode_seconds']:8.1f} "
+              f"{r['decode_seconds'] / r['audio_seconds']:6.3f} {r[args.metric]:7.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,8 +58,11 @@ def _english_normalizer() -> Callable[[str], str]:
 
 
 def is_english(language: str | None) -> bool:
-    """Whether a manifest/flag language (``English``, ``en``, ``<|en|>``; None = unknown) is English."""
-    return language is not None and language.strip().lower().strip("<|>") in ("en", "english")
+    """Whether a manifest/flag language (``English``, ``en``, ``<|en|>``, ``en-US``; None = unknown) is English."""
+    if language is None:
+        return False
+    key = language.strip().lower().strip("<|>")
+    return key in ("en", "english") or key.startswith(("en-", "en_"))
 
 
 def scoring_text(text: str, language: str | None = None) -> str:

@@ -79,3 +79,27 @@ def test_old_spellings_still_work_and_are_hidden():
     assert (st.model_path, st.output_format) == ("vader", "txt")
     for name, alias in (("evaluation", "--min_duration"), ("sentiment_analysis", "--model ")):
         assert alias not in parsers[name].format_help(), name
+
+
+def test_output_paths_checked_by_several_processes_at_once_are_all_writable(tmp_path):
+    # every rank of a torchrun launch checks --output_dir: one rank's probe folder is removed while another one
+    # writes into it (a flaky "cannot write in the folder ... No such file or directory" before)
+    import threading
+
+    from utils.cli import output_path_problem
+
+    problems = []
+    for round_ in range(30):
+        path = tmp_path / f"run{round_}" / "ddp"
+        barrier = threading.Barrier(4)
+
+        def check(path=path, barrier=barrier):
+            barrier.wait()
+            problems.append(output_path_problem(path, folder=True))
+
+        threads = [threading.Thread(target=check) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert problems == [None] * 120, [p for p in problems if p][:3]

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -152,33 +153,52 @@ def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                              "with AMX) or in CTranslate2 (ct2); auto = torch on a CPU with AMX")
 
 
+_PROBE_ATTEMPTS = 20  # tries to write the probe file while other processes make and remove the same folders
+
+
 def output_path_problem(path: str | os.PathLike, *, folder: bool) -> str | None:
     """Why ``path`` cannot be written, or None. ``folder``: ``path`` is a folder to write into; otherwise a
     file (its folder may not exist yet). Checked by making the missing folders and removing them again, so a
-    run that fails later leaves no empty folder, and a write that would fail fails before any slow work.
+    run that fails later leaves no empty folder, and a write that would fail fails before any slow work. Safe when
+    several processes check one path at once (every rank of a torchrun launch): a folder that vanishes between
+    making it and writing into it is made again.
     """
     path = os.path.abspath(os.fspath(path))
-    if folder and os.path.exists(path) and not os.path.isdir(path):
+    if folder and os.path.isfile(path):
         return "is a file; give a folder path"
     if not folder and os.path.isdir(path):
         return "is a folder; give a file path"
     parent = path if folder else os.path.dirname(path)
-    missing = []
-    probe = parent
-    while not os.path.exists(probe):
-        missing.append(probe)
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        return f"{probe} is a file, so no folder can be made there"
+    missing: set[str] = set()  # folders this check may make (and removes again)
+
+    def note_missing() -> str:
+        probe = parent
+        while not os.path.exists(probe):
+            missing.add(probe)
+            probe = os.path.dirname(probe)
+        return probe
+
+    existing = note_missing()
+    if os.path.isfile(existing):  # one stat: a folder another process removes meanwhile is not taken for a file
+        return f"{existing} is a file, so no folder can be made there"
     try:
-        os.makedirs(parent, exist_ok=True)
-        fd, probe_file = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+        for attempt in range(_PROBE_ATTEMPTS):
+            try:
+                note_missing()
+                os.makedirs(parent, exist_ok=True)
+                fd, probe_file = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+                break
+            except (FileNotFoundError, FileExistsError):  # another process checking the same path (torchrun's
+                # ranks) removed the folder between our making it and writing into it (or while makedirs checked)
+                if attempt == _PROBE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
         os.close(fd)
         os.unlink(probe_file)
     except OSError as e:
         return f"cannot write in the folder {parent} ({e.strerror})"
     finally:
-        for made in missing:  # deepest first
+        for made in sorted(missing, key=len, reverse=True):  # deepest first
             try:
                 os.rmdir(made)
             except OSError:

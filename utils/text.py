@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import zhconv
 from rapidfuzz.distance import Levenshtein
 
+from utils.languages import language_code
+
 METRICS = ("cer", "wer")
 
 
@@ -61,8 +63,10 @@ def is_english(language: str | None) -> bool:
     """Whether a manifest/flag language (``English``, ``en``, ``<|en|>``, ``en-US``; None = unknown) is English."""
     if language is None:
         return False
-    key = language.strip().lower().strip("<|>")
-    return key in ("en", "english") or key.startswith(("en-", "en_"))
+    try:  # a regional tag ("en-US", "en_GB") counts as its language
+        return language_code(language.strip().split("-")[0].split("_")[0]) == "en"
+    except ValueError:
+        return False
 
 
 def scoring_text(text: str, language: str | None = None) -> str:

@@ -330,6 +330,82 @@ def test_the_pieces_of_a_repeating_chunk_are_kept_only_when_they_read_more_or_th
         assert [t for piece in result.tokens for t in piece] == kept, (len(whole), [len(p) for p in pieces])
 
 
+def test_overread_is_text_piled_on_almost_no_time():
+    """A made-up take aligns to one frame; right readings start 8 tokens over >= 0.62 s (OVERREAD_TOKENS)."""
+    from utils.transcribe import overread
+
+    read = np.arange(29) * 0.43  # a sentence of 14 tokens in 6 s, twice, and the end of the last token
+    assert not overread(read) and not overread(np.arange(29) * 0.09)  # 11 tokens/s: fast, still speech
+    assert overread(np.concatenate([read[:-1], np.full(15, read[-1])]))  # a third take piled on the end
+    assert not overread(np.array([0.0, 0.0, 0.0, 0.5]))  # too few tokens to tell
+
+
+def _piling(takes_heard: int, take_s: float = 6.0):
+    """A fake ``_align``: the first ``takes_heard`` takes of 14 tokens spread over ``take_s`` seconds each, every
+    further token piled on the last one's end (a take the decoder made up)."""
+    from utils.audio import TIME_PRECISION
+
+    def align(chunks, languages, tokens, task):
+        out = []
+        for text in tokens:
+            n, heard = len(text), min(len(text), 14 * takes_heard)
+            starts = np.concatenate([np.arange(heard + 1) * take_s / 14, np.full(n - heard, heard * take_s / 14)])
+            out.append((np.arange(n + 1), np.round(starts / TIME_PRECISION).astype(np.int64), np.ones(n)))
+        return out
+    return align
+
+
+def test_a_repeating_chunk_that_made_a_take_up_gives_way_to_its_pieces(tiny, monkeypatch):
+    """A sentence said twice (12 s) read three times: the third take aligns to no time (overread), so the chunk is
+    cut and its pieces' text is kept though it holds fewer tokens (a chunk that left nothing unread and made nothing
+    up keeps its own text when its pieces read less: the previous test)."""
+    from utils.transcribe import _ChunkResult
+
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT
+    calls = []
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append([round(len(c) / sr, 1) for c in chunks])
+        texts = [unit * 3] if len(chunks) == 1 else [unit] * len(chunks)
+        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
+
+    monkeypatch.setattr(tiny, "_decode", decode)
+    monkeypatch.setattr(tiny, "_align", _piling(2))
+    _all_speech(monkeypatch)
+    (result,) = tiny._decode_chunks(np.zeros(12 * sr, np.float32), [Chunk(0, 12 * sr, (6 * sr,))], "en",
+                                    DecodeOptions(language="en"), None)
+    assert calls == [[12.0], [6.0, 6.0]]
+    assert [t for piece in result.tokens for t in piece] == unit * 2
+
+
+def test_a_sentence_said_five_times_and_read_so_is_decoded_once(tiny, monkeypatch):
+    """Five takes of a 14-token sentence, each aligned over its own 6 s: a lesson's repetition, not a decoder loop (a
+    unit shorter than REPEAT_SPAN_TOKENS repeated LOOP_REPEATS times is one); the reading is checked, covers its
+    speech and made nothing up, so the chunk is decoded once."""
+    from utils.transcribe import LOOP_REPEATS, _ChunkResult
+
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT
+    assert LOOP_REPEATS <= 5
+    calls = []
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append(len(chunks))
+        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[unit * 5]) for c in chunks]
+
+    monkeypatch.setattr(tiny, "_decode", decode)
+    monkeypatch.setattr(tiny, "_align", _piling(5))
+    _all_speech(monkeypatch)
+    chunk = Chunk(0, 30 * sr, tuple(k * 6 * sr for k in range(1, 5)))
+    (result,) = tiny._decode_chunks(np.zeros(30 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert calls == [1] and [t for piece in result.tokens for t in piece] == unit * 5
+    calls.clear()
+    monkeypatch.setattr(tiny, "_align", _piling(4))  # the fifth take made up: cut, the pieces kept
+    (result,) = tiny._decode_chunks(np.zeros(30 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert calls == [1, 5]
+
+
 def _reader(plain: list[int], timed: list[int], calls: list[tuple[int, bool]]):
     """A decoder that reads ``plain`` tokens from every chunk without timestamp tokens and ``timed`` with them."""
     from utils.transcribe import _ChunkResult

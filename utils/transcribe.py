@@ -409,6 +409,7 @@ class _BaseTranscriber:
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
         cuts: dict[int, list[Chunk]] = {}
+        made_up: set[int] = set()  # chunks whose reading holds text their audio does not (:func:`overread`)
         for i in range(0, len(chunks), options.batch_size):
             batch = chunks[i: i + options.batch_size]
             waves = [audio[c.start: c.end] for c in batch]
@@ -424,6 +425,7 @@ class _BaseTranscriber:
                 pieces = cut_every(batch[k], take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
                 if len(pieces) > 1:
                     cuts[i + k] = pieces
+            made_up.update(i + k for k, seconds in enumerate(unread) if seconds == math.inf)
             if not options.timestamps:
                 redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
                 self._redo_with_timestamps(waves, got, redo, language, options, prompt)
@@ -437,14 +439,15 @@ class _BaseTranscriber:
                 result = next(redone)
                 for piece in pieces[1:]:
                     result = _joined(result, next(redone), (piece.start - pieces[0].start) / SAMPLE_RATE)
-                if _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
+                if i in made_up or _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
 
     def _check_readings(self, waves: Sequence[np.ndarray], chunks: Sequence[Chunk], results: Sequence[_ChunkResult],
                         periods: Sequence[int | None], language: str, options: DecodeOptions) -> list[float]:
         """Per chunk of a decoded batch, the longest stretch of its speech that no text token was aligned to
-        (:func:`unread_speech`, seconds); 0.0 for a chunk not checked. Checked (one alignment call for the batch,
+        (:func:`unread_speech`, seconds), ``math.inf`` where the text holds more than the speech (:func:`overread`: a
+        take made up); 0.0 for a chunk not checked. Checked (one alignment call for the batch,
         on the encoder output the decode kept): a text that repeats itself (``periods``) and did not run away, and,
         without timestamp tokens, a text slower than right readings are for the chunk's speech
         (``SLOWEST_TOKENS_PER_SPEECH_S``): the first take read and the others left out."""
@@ -468,7 +471,8 @@ class _BaseTranscriber:
         paths = self._align([waves[k] for k in check], [language] * len(check),
                             [_text_tokens(results[k]) for k in check], options.task)
         for (k, spans), (rows, frames, _) in zip(check.items(), paths, strict=True):
-            unread[k] = unread_speech(token_times(rows, frames), spans)
+            starts = token_times(rows, frames)
+            unread[k] = math.inf if overread(starts) else unread_speech(starts, spans)
         logger.debug("checked %d of %d readings against their speech: unread %s s", len(check), len(waves),
                      [round(unread[k], 1) for k in check])
         return unread
@@ -485,7 +489,7 @@ class _BaseTranscriber:
         """
         if not which:
             return
-        logger.debug("%d chunks left speech unread: decoded again with timestamp tokens", len(which))
+        logger.debug("%d chunks left speech unread or made text up: decoded again with timestamp tokens", len(which))
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True), prompt)
         for k, result in zip(which, redone):
@@ -654,6 +658,23 @@ def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
     return min(duration_s * period / text_tokens, period / SLOWEST_TOKENS_PER_SPEECH_S)
 
 
+# Text the audio does not hold: a take of a repeated sentence that the decoder made up aligns (DTW) to almost no
+# time, its tokens piled on one frame. Right readings never start OVERREAD_TOKENS consecutive tokens inside OVERREAD_S:
+# the fastest 8 took >= 0.62 s (fast spontaneous English, 13 tokens/s) on dataset/real/, the demo test set and the
+# general set, whisper-base and the demo model, with and without timestamp tokens (Mandarin at 8 characters/s with
+# some characters 2-3 tokens long still needs > 0.3 s); a made-up take of 14 tokens started all of them on one frame.
+OVERREAD_TOKENS = 8
+OVERREAD_S = 0.25
+
+
+def overread(token_starts: np.ndarray) -> bool:
+    """Whether a text holds more than its audio: ``OVERREAD_TOKENS`` consecutive tokens start within ``OVERREAD_S``
+    (``token_starts`` as for :func:`unread_speech`: each token's start, then the last one's end)."""
+    starts = token_starts[:-1]
+    n = OVERREAD_TOKENS - 1
+    return len(starts) > n and bool((starts[n:] - starts[:-n]).min() < OVERREAD_S)
+
+
 def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]) -> float:
     """The longest stretch of speech, in seconds, inside which no text token starts: ``token_starts`` = where each
     token starts and where the last one ends (:func:`utils.alignment.token_times`), ``spans`` = (start, end) seconds
@@ -676,10 +697,13 @@ def _text_tokens(result: _ChunkResult) -> list[int]:
 
 
 def _ran_away(result: _ChunkResult, duration_s: float, timestamps: bool) -> bool:
-    """Whether a chunk's decode ran away: its token budget used up, or one unit repeated ``LOOP_REPEATS`` times in a
-    row."""
+    """Whether a chunk's decode ran away: its token budget used up, or one unit shorter than ``REPEAT_SPAN_TOKENS``
+    repeated ``LOOP_REPEATS`` times in a row. A sentence said that often is real in a chant or a lesson (an English
+    sentence said 8 times fills a 30 s window with 5 takes); :meth:`_BaseTranscriber._check_readings` aligns it to the
+    speech instead, where a take made up shows (:func:`overread`)."""
     own = _text_tokens(result)
-    return len(own) >= token_budget(duration_s, timestamps) - 4 or longest_repeat(own) >= LOOP_REPEATS
+    return (len(own) >= token_budget(duration_s, timestamps) - 4
+            or longest_repeat(own, REPEAT_SPAN_TOKENS - 1) >= LOOP_REPEATS)
 
 
 def _reads_more(pieces: _ChunkResult, whole: _ChunkResult, duration_s: float, timestamps: bool) -> bool:

@@ -406,6 +406,32 @@ def test_a_sentence_said_five_times_and_read_so_is_decoded_once(tiny, monkeypatc
     assert calls == [1, 5]
 
 
+def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the_log_prob_fallback(tiny, monkeypatch):
+    """A 24 s chunk (a pause every 2 s) read as a 4-token unit looping to the token budget: its tokens tell nothing
+    of how long a take is, so the pieces are the repeated span (12 tokens) at the slowest rate of right readings
+    (~4.3 s, six pieces), not the loop's share of the chunk (1.3 s, twelve). The pieces are decoded with the
+    temperature fallback for loops only: their audio was decoded at every temperature the first time."""
+    from utils.transcribe import SLOWEST_TOKENS_PER_SPEECH_S, _ChunkResult
+
+    sr = SAMPLE_RATE
+    calls = []
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append((len(chunks), options.logprob_threshold, options.temperatures))
+        texts = [[5, 6, 7, 8] * 56] if len(chunks) == 1 else [_Miscounting.UNIT] * len(chunks)
+        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
+
+    monkeypatch.setattr(tiny, "_decode", decode)
+    monkeypatch.setattr(tiny, "_align", _aligner())
+    _all_speech(monkeypatch)
+    chunk = Chunk(0, 24 * sr, tuple(k * 2 * sr for k in range(1, 12)))
+    options = DecodeOptions(language="en")
+    (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", options, None)
+    assert 12 / SLOWEST_TOKENS_PER_SPEECH_S == pytest.approx(4.29, abs=0.01)
+    assert calls == [(1, -1.0, options.temperatures), (6, None, options.temperatures)]
+    assert [s[:2] for s in result.segments] == [(float(a), float(a + 4)) for a in range(0, 24, 4)]
+
+
 def _reader(plain: list[int], timed: list[int], calls: list[tuple[int, bool]]):
     """A decoder that reads ``plain`` tokens from every chunk without timestamp tokens and ``timed`` with them."""
     from utils.transcribe import _ChunkResult

@@ -399,12 +399,14 @@ class _BaseTranscriber:
         temperatures does not cure that (it samples the same confusion, five times over, at random). So each batch
         is checked where a reading can have lost count (:meth:`_check_readings`: the text repeats itself, or it is
         slow for the chunk's speech): the text is aligned to the audio, and a stretch of speech that no token was
-        aligned to (:func:`unread_speech`, ≥ ``MAX_UNREAD_SPEECH_S``) means text is missing. A chunk whose text
-        repeats and ran away or left speech unread is cut at its silences into pieces about as long as one take
-        (:func:`take_seconds`), which are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept
-        when the chunk's own ran away or when it reads more (:func:`_reads_more`: a piece can drop a take as well).
-        Another chunk that left speech unread is decoded again with timestamp tokens (when it was decoded without).
-        A chunk read right is decoded once.
+        aligned to (:func:`unread_speech`, ≥ ``MAX_UNREAD_SPEECH_S``) means text is missing; tokens piled on almost
+        no time (:func:`overread`) mean a take made up. A chunk whose text repeats and ran away, left speech unread
+        or made a take up is cut at its silences into pieces about as long as one take (:func:`take_seconds`; a
+        loop's unit at the slowest rate of right readings), which are decoded too (``MAX_REPEAT_SPLITS`` levels
+        deep); the pieces' text is kept when the chunk's own ran away or made a take up, or when it reads more
+        (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech unread is decoded
+        again with timestamp tokens (when it was decoded without). Decodes of audio decoded before fall back to
+        higher temperatures only out of a loop (:func:`_again`). A chunk read right is decoded once.
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
@@ -419,22 +421,25 @@ class _BaseTranscriber:
                        for r, s in zip(got, splittable[i: i + options.batch_size])]
             unread = self._check_readings(waves, batch, got, periods, language, options)
             for k, period in enumerate(periods):
-                if period is None or not (_ran_away(got[k], batch[k].duration_s, options.timestamps)
-                                          or unread[k] >= MAX_UNREAD_SPEECH_S):
+                ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
+                if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
                     continue
-                pieces = cut_every(batch[k], take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
+                # a loop's tokens tell nothing of how long a take is: its unit at the slowest rate of right readings
+                size = (period / SLOWEST_TOKENS_PER_SPEECH_S if ran_away
+                        else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
+                pieces = cut_every(batch[k], size)
                 if len(pieces) > 1:
                     cuts[i + k] = pieces
             made_up.update(i + k for k, seconds in enumerate(unread) if seconds == math.inf)
             if not options.timestamps:
                 redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
-                self._redo_with_timestamps(waves, got, redo, language, options, prompt)
+                self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
             results += got
         if cuts:
             logger.debug("%d of %d chunks repeat themselves and lost count: decoded again in %d pieces", len(cuts),
                          len(chunks), sum(len(p) for p in cuts.values()))
-            redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language, options,
-                                              prompt, depth + 1))
+            redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language,
+                                              _again(options), prompt, depth + 1))
             for i, pieces in cuts.items():
                 result = next(redone)
                 for piece in pieces[1:]:
@@ -611,6 +616,14 @@ class _BaseTranscriber:
             for i, (lang, prob), r in zip(batch, langs, results):
                 out[i] = self._finish(list(_shifted(r, 0.0)), lang, prob, len(audios[i]) / SAMPLE_RATE, options)
         return out  # type: ignore[return-value]
+
+
+def _again(options: DecodeOptions) -> DecodeOptions:
+    """The options of a decode of audio decoded before (again with timestamp tokens, or in pieces): the temperature
+    fallback only escapes a decoder loop. A low log-probability was tried at every temperature the first time, and
+    sampling does not find a lost take (whisper-base on the espeak Mandarin sentence said 8 times, which it reads
+    badly: every stage ran all six temperatures, 34 s for 67 s of audio)."""
+    return replace(options, logprob_threshold=None) if len(options.temperatures) > 1 else options
 
 
 def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:

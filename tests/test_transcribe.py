@@ -417,7 +417,7 @@ def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the
     calls = []
 
     def decode(chunks, languages, options, prompt, split_repeats=None):
-        calls.append((len(chunks), options.logprob_threshold, options.temperatures))
+        calls.append((len(chunks), options.logprob_fallback, options.temperatures))
         texts = [[5, 6, 7, 8] * 56] if len(chunks) == 1 else [_Miscounting.UNIT] * len(chunks)
         return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
 
@@ -428,7 +428,7 @@ def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the
     options = DecodeOptions(language="en")
     (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", options, None)
     assert 12 / SLOWEST_TOKENS_PER_SPEECH_S == pytest.approx(4.29, abs=0.01)
-    assert calls == [(1, -1.0, options.temperatures), (6, None, options.temperatures)]
+    assert calls == [(1, True, options.temperatures), (6, False, options.temperatures)]
     assert [s[:2] for s in result.segments] == [(float(a), float(a + 4)) for a in range(0, 24, 4)]
 
 
@@ -814,6 +814,47 @@ def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, 
     opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), no_speech_threshold=None)
     text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text
     assert text == "the cat sat on the mat"
+
+
+def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, tiny, monkeypatch):
+    """``logprob_fallback=False`` (decodes of audio decoded before): a low log-probability alone keeps the greedy
+    text, a loop still goes on to the next temperature, and a silent chunk is still silent. transformers: its own
+    fallback gets the first temperature only."""
+    from types import SimpleNamespace
+
+    tk = base_ct2._tokenizer("en", "transcribe")
+    loop = "la la la la la la la la la la la la la la la la la la la la"
+    for attempts, no_speech, expected_calls, expected in [
+            ({0.0: ("the cat sat on the mat", -1.5)}, 0.0, [0.0], "the cat sat on the mat"),
+            ({0.0: (loop, -0.2), 0.2: ("the cat", -0.3)}, 0.0, [0.0, 0.2], "the cat"),
+            ({0.0: ("the cat sat on the mat", -1.5)}, 0.9, [0.0], "")]:
+        calls = []
+
+        def fake_generate(encoded, prompts, options, temperature, max_new_tokens, attempts=attempts,
+                          no_speech=no_speech, calls=calls):
+            calls.append(temperature)
+            text, logprob = attempts[temperature]
+            ids = tk.encode(" " + text)
+            return [SimpleNamespace(sequences_ids=[ids], scores=[logprob * (len(ids) + 1) / len(ids)],
+                                    no_speech_prob=no_speech) for _ in prompts]
+
+        monkeypatch.setattr(base_ct2, "_generate", fake_generate)
+        opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), logprob_fallback=False)
+        assert base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text == expected
+        assert calls == expected_calls
+    temperatures = []
+    generate = tiny.model.generate
+
+    def spy(*args, **kwargs):
+        temperatures.append(kwargs["temperature"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.model, "generate", spy)
+    tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32),
+                    DecodeOptions(language="en", logprob_fallback=False, max_new_tokens=8))
+    first = len(temperatures)
+    tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), DecodeOptions(language="en", max_new_tokens=8))
+    assert temperatures[0] == 0.0 and temperatures[first] == DecodeOptions().temperatures
 
 
 def test_decoder_loops_are_told_apart_from_speech_that_repeats_itself():

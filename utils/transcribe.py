@@ -72,6 +72,8 @@ class DecodeOptions:
         temperatures: fallback schedule; the first is used unless a chunk fails the checks below.
         compression_ratio_threshold: zlib ratio of the UTF-8 text above which a chunk is a repetition loop.
         logprob_threshold: average token log-probability below which a chunk is decoded again.
+        logprob_fallback: False = the temperature fallback only escapes a repetition loop, a low log-probability
+            alone is not decoded again (the thresholds still decide what is silence).
         no_speech_threshold: a chunk with P(no speech) above this and a low log-probability is dropped.
         batch_size: chunks decoded at once.
         condition_on_previous_text: long audio sequentially, each window prompted with the previous text.
@@ -97,6 +99,7 @@ class DecodeOptions:
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = -1.0
+    logprob_fallback: bool = True
     no_speech_threshold: float | None = 0.6
     batch_size: int = 8
     condition_on_previous_text: bool = False
@@ -623,7 +626,7 @@ def _again(options: DecodeOptions) -> DecodeOptions:
     fallback only escapes a decoder loop. A low log-probability was tried at every temperature the first time, and
     sampling does not find a lost take (whisper-base on the espeak Mandarin sentence said 8 times, which it reads
     badly: every stage ran all six temperatures, 34 s for 67 s of audio)."""
-    return replace(options, logprob_threshold=None) if len(options.temperatures) > 1 else options
+    return replace(options, logprob_fallback=False)
 
 
 def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:
@@ -767,7 +770,8 @@ def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOp
               and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
     if silent:
         return False, True
-    again = loop or (options.logprob_threshold is not None and avg_logprob < options.logprob_threshold)
+    again = loop or (options.logprob_fallback and options.logprob_threshold is not None
+                     and avg_logprob < options.logprob_threshold)
     return again, False
 
 
@@ -1031,6 +1035,8 @@ class TransformersTranscriber(_BaseTranscriber):
         # fallback) only the chunks that are real loops (is_decoder_loop, as on the ct2 backend)
         own_loop_check = len(options.temperatures) > 1 and options.compression_ratio_threshold is not None
         first = replace(options, compression_ratio_threshold=None) if own_loop_check else options
+        if not options.logprob_fallback:  # the fallback below, for loops, is all there is
+            first = replace(first, temperatures=options.temperatures[:1])
         kw = self._generate_kwargs(first, languages, prompt)
         kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
         with torch.inference_mode(), self._autocast():

@@ -414,7 +414,7 @@ class _BaseTranscriber:
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
         cuts: dict[int, list[Chunk]] = {}
-        made_up: set[int] = set()  # chunks whose reading holds text their audio does not (:func:`overread`)
+        made_up: set[int] = set()  # cut chunks whose reading holds text their audio does not (:func:`overread`)
         for i in range(0, len(chunks), options.batch_size):
             batch = chunks[i: i + options.batch_size]
             waves = [audio[c.start: c.end] for c in batch]
@@ -433,7 +433,8 @@ class _BaseTranscriber:
                 pieces = cut_every(batch[k], size)
                 if len(pieces) > 1:
                     cuts[i + k] = pieces
-            made_up.update(i + k for k, seconds in enumerate(unread) if seconds == math.inf)
+                    if unread[k] == math.inf:
+                        made_up.add(i + k)
             if not options.timestamps:
                 redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
                 self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)

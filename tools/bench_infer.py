@@ -124,35 +124,39 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
     print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
 
 
-def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int) -> None:
-    """Seconds per 30 s window of the audio encoder, per windows per call: PyTorch fp32 and CTranslate2 int8."""
+def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int, rounds: int = 3) -> None:
+    """Seconds per 30 s window of the audio encoder, per windows per call: PyTorch fp32, onnxruntime fp32 (the ct2
+    backend's ``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved ``rounds`` times (best kept)."""
     import ctranslate2
     import torch
     from transformers import WhisperForConditionalGeneration
 
     from utils.models import resolve_model
+    from utils.onnx_encoder import load_onnx_encoder
 
+    torch.set_num_threads(threads)
     encoder = WhisperForConditionalGeneration.from_pretrained(resolve_model(model_path)).eval().model.encoder
     ct2 = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="int8", intra_threads=threads)
+    onnx = load_onnx_encoder(ct2_dir, threads=threads)
     rng = np.random.default_rng(0)
-    print(f"{'windows per call':>16} {'torch fp32 s/window':>20} {'ct2 int8 s/window':>18}")
+    engines = {
+        "torch fp32": lambda x: encoder(torch.from_numpy(x)),
+        "onnxruntime fp32": onnx,
+        "ct2 int8": lambda x: ct2.encode(ctranslate2.StorageView.from_array(x)),
+    }
+    print(f"{'windows per call':>16} " + " ".join(f"{name + ' s/window':>24}" for name in engines))
     for b in sizes:
         feats = rng.standard_normal((b, 80, 3000)).astype(np.float32)
-        calls = max(1, 8 // b)
+        best = {name: float("inf") for name in engines}
         with torch.inference_mode():
-            x = torch.from_numpy(feats)
-            encoder(x)
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                encoder(x)
-            t_torch = (time.perf_counter() - t0) / calls / b
-        sv = ctranslate2.StorageView.from_array(feats)
-        ct2.encode(sv)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            ct2.encode(sv)
-        t_ct2 = (time.perf_counter() - t0) / calls / b
-        print(f"{b:>16} {t_torch:>20.3f} {t_ct2:>18.3f}", flush=True)
+            for name, run in engines.items():
+                run(feats)  # warm-up
+            for _ in range(rounds):
+                for name, run in engines.items():
+                    t0 = time.perf_counter()
+                    run(feats)
+                    best[name] = min(best[name], (time.perf_counter() - t0) / b)
+        print(f"{b:>16} " + " ".join(f"{best[name]:>24.3f}" for name in engines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
-from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
+from utils.device import cpu_has_amx, cpu_has_int8_dot, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, speech_regions, split_on_silence
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("transformers", "ct2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-CT2_ENCODERS = ("auto", "torch", "ct2")
+CT2_ENCODERS = ("auto", "torch", "onnx", "ct2")
 # 30 s windows per encoder call on the CPU. The encoder's attention holds (windows × heads × 1500 × 1500) scores:
 # 1.15 GB per layer for 16 windows, so big batches spend their time on memory, not arithmetic. Measured
 # (tools/bench_infer.py --encoder_batches=1,2,16; whisper-base, 2-core EPYC without AMX; s per window, PyTorch fp32
@@ -1155,18 +1155,39 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-def uses_torch_encoder(encoder: str, device: str) -> bool:
-    """Whether the ct2 backend runs its audio encoder in PyTorch bf16 for ``--ct2_encoder`` on ``device``.
+def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike | None = None) -> str:
+    """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
+    "onnx" (onnxruntime float32) or "ct2" (CTranslate2, in the folder's compute type).
+
+    auto = torch on a CPU with AMX; onnx on a CPU without int8 dot products (AVX2 only, as most laptops:
+    CTranslate2's int8 is no faster than float32 there and onnxruntime's float32 is faster than both) when
+    ``model_dir``'s model.bin is small enough (``utils.onnx_encoder.small_enough_for_onnx``: not whisper-large);
+    ct2 otherwise and on a GPU. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
-        ValueError: an unknown ``encoder``, or ``torch`` on a GPU.
+        ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
     """
     if encoder not in CT2_ENCODERS:
         raise ValueError(f"encoder must be one of {CT2_ENCODERS}, got {encoder!r}")
     on_cpu = device == "cpu"
-    if encoder == "torch" and not on_cpu:
-        raise ValueError("--ct2_encoder=torch runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
-    return encoder == "torch" or (encoder == "auto" and on_cpu and cpu_has_amx())
+    if encoder in ("torch", "onnx") and not on_cpu:
+        raise ValueError(f"--ct2_encoder={encoder} runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
+    if encoder != "auto":
+        return encoder
+    if not on_cpu:
+        return "ct2"
+    if cpu_has_amx():
+        return "torch"
+    from utils.onnx_encoder import small_enough_for_onnx
+
+    if not cpu_has_int8_dot() and (model_dir is None or small_enough_for_onnx(model_dir)):
+        return "onnx"
+    return "ct2"
+
+
+def uses_torch_encoder(encoder: str, device: str) -> bool:
+    """Whether the ct2 backend runs its audio encoder in PyTorch bf16 (:func:`resolve_ct2_encoder`)."""
+    return resolve_ct2_encoder(encoder, device) == "torch"
 
 
 def _torch_dtypes(dtype: str, device: str):
@@ -1227,18 +1248,18 @@ class CT2Transcriber(_BaseTranscriber):
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
-        self._torch_encoder = self._load_torch_encoder(model_dir, encoder, ct2_device)
+        self.encoder = resolve_ct2_encoder(encoder, ct2_device, model_dir)
+        self._torch_encoder = self._onnx_encoder = None
+        if self.encoder == "torch":
+            from utils.audio_encoder import load_ct2_encoder
+
+            self._torch_encoder = load_ct2_encoder(model_dir, dtype="bfloat16")
+        elif self.encoder == "onnx":
+            from utils.onnx_encoder import load_onnx_encoder
+
+            self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads)
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
-                    "PyTorch bfloat16" if self._torch_encoder is not None else "CTranslate2")
-
-    @staticmethod
-    def _load_torch_encoder(model_dir: str, encoder: str, ct2_device: str) -> Any:
-        """The PyTorch bf16 encoder for ``encoder`` = torch, or auto on a CPU with AMX; else None."""
-        if not uses_torch_encoder(encoder, ct2_device):
-            return None
-        from utils.audio_encoder import load_ct2_encoder
-
-        return load_ct2_encoder(model_dir, dtype="bfloat16")
+                    {"torch": "PyTorch bfloat16", "onnx": "onnxruntime float32", "ct2": "CTranslate2"}[self.encoder])
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).
@@ -1257,7 +1278,8 @@ class CT2Transcriber(_BaseTranscriber):
         if self.device != "cpu":
             return self.model.encode(feats)
         step = CPU_ENCODER_WINDOWS
-        return np.concatenate([np.asarray(self.model.encode(feats[i:i + step])) for i in range(0, len(feats), step)])
+        encode = self._onnx_encoder or (lambda x: np.asarray(self.model.encode(x)))
+        return np.concatenate([encode(feats[i:i + step]) for i in range(0, len(feats), step)])
 
     @staticmethod
     def _storage(encoded: Any) -> Any:
@@ -1492,9 +1514,11 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
         use_compile: torch.compile the encoder (transformers backend).
         attn_implementation: auto (flash-attention-2 when installed on CUDA, else SDPA), sdpa, eager.
         cpu_threads: CTranslate2 intra-op threads (0 = its default).
-        ct2_encoder: ct2 backend: who runs the audio encoder. ``torch`` = PyTorch in bfloat16 on the CPU
-            (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix products fast; the decoder
-            stays in CTranslate2), ``ct2`` = CTranslate2, ``auto`` = torch on a CPU with AMX, else ct2.
+        ct2_encoder: ct2 backend: who runs the audio encoder (the decoder stays in CTranslate2). ``torch`` =
+            PyTorch in bfloat16 on the CPU (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix
+            products fast), ``onnx`` = onnxruntime in float32 on the CPU (faster than CTranslate2 int8 on a CPU
+            without int8 dot products, and float32's numbers), ``ct2`` = CTranslate2; ``auto``: see
+            :func:`resolve_ct2_encoder`.
     """
     from utils.models import ct2_model_dir, model_folder_kind, resolve_model
 

@@ -1,0 +1,202 @@
+"""Whisper's audio encoder as an ONNX graph on onnxruntime: the ct2 backend's encoder on CPUs without int8 dot products.
+
+On an AVX2-only CPU (no VNNI, no AMX: most laptops) CTranslate2's int8 encoder is no faster than float32, and
+onnxruntime's float32 matrix products beat both (whisper-base, one 30 s window, 2 threads, AMD EPYC AVX2:
+0.70 s vs 0.90 s for CTranslate2 int8; ``tools/bench_infer.py --encoder_batches``), with float32's numbers instead
+of int8's error. The decoder stays in CTranslate2 (``generate`` takes the encoder output).
+
+The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights (:mod:`utils.ct2_format`,
+de-quantised to float32): no PyTorch, no export step, nothing cached on disk (whisper-base builds in a fraction of a
+second). Input: log-mel features (batch, n_mels, frames), any even frame count up to 3000; output (batch, frames / 2,
+d_model), what ``ctranslate2.models.Whisper.encode`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils import onnx_proto
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17  # LayerNormalization
+IR_VERSION = 8  # onnxruntime ≥ 1.10 reads it
+LAYER_NORM_EPS = 1e-5
+MAX_MODEL_BYTES = 1_800_000_000  # one serialized ONNX model must stay under protobuf's 2 GB
+AUTO_MAX_MODEL_BIN = 1_000_000_000  # bytes of model.bin up to which --ct2_encoder=auto builds the ONNX encoder
+
+
+class OnnxEncoderError(ValueError):
+    """The encoder cannot be built as one ONNX graph (too large, or weights missing)."""
+
+
+def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int) -> bytes:
+    """The serialized ONNX model (``ModelProto``) of Whisper's encoder with these weights.
+
+    ``state``: transformers ``WhisperEncoder`` state-dict names without the ``model.encoder.`` prefix (``conv1.weight``,
+    ``layers.0.self_attn.q_proj.weight`` …; the key projection has no bias), float arrays. Two GELU convolutions (the
+    second with stride 2), sinusoidal positions cut to the frame count, pre-norm layers with ``heads``-head
+    self-attention, a final layer norm; GELU is the exact (erf) one, softmax in float32, as in Whisper. Between the
+    layers the frames are rows of one (batch × frames, d_model) matrix, so every projection is one ``Gemm`` on the
+    weight as stored (out, in); query, key and value are one projection.
+
+    Raises:
+        OnnxEncoderError: a weight is missing, or d_model is not a multiple of ``heads``.
+    """
+    nodes: list[onnx_proto.Message] = []
+    inits: list[onnx_proto.Message] = []
+    count = [0]
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(onnx_proto.tensor(name, value))
+        if value.dtype == np.float16:  # computed in float32: onnxruntime converts it once, when the session starts
+            nodes.append(onnx_proto.node("Cast", [name], [f"{name}.f32"], f"{name}.f32", to=onnx_proto.FLOAT))
+            return f"{name}.f32"
+        return name
+
+    def node(op: str, inputs: list[str], outputs: int = 1, **attrs: Any) -> Any:
+        count[0] += 1
+        names = [f"{op.lower()}_{count[0]}_{i}" for i in range(outputs)]
+        nodes.append(onnx_proto.node(op, inputs, names, f"{op.lower()}_{count[0]}", **attrs))
+        return names[0] if outputs == 1 else names
+
+    def weight(name: str) -> np.ndarray:  # float16 stays float16 (half the bytes to serialise and parse)
+        if name not in state:
+            raise OnnxEncoderError(f"encoder weight {name!r} missing")
+        value = np.asarray(state[name])
+        return value if value.dtype == np.float16 else value.astype(np.float32, copy=False)
+
+    def gelu(x: str) -> str:  # 0.5 x (1 + erf(x / √2)); onnxruntime fuses it into one Gelu kernel
+        half = node("Mul", [x, "half"])
+        return node("Mul", [half, node("Add", [node("Erf", [node("Div", [x, "sqrt2"])]), "one"])])
+
+    def linear(x: str, prefix: str) -> str:  # x (rows, in) → (rows, out)
+        return node("Gemm", [x, const(f"{prefix}.weight", weight(f"{prefix}.weight")),
+                             const(f"{prefix}.bias", weight(f"{prefix}.bias"))], transB=1)
+
+    def norm(x: str, prefix: str) -> str:
+        return node("LayerNormalization", [x, const(f"{prefix}.weight", weight(f"{prefix}.weight")),
+                                           const(f"{prefix}.bias", weight(f"{prefix}.bias"))],
+                    axis=-1, epsilon=LAYER_NORM_EPS)
+
+    d_model, n_mels = weight("conv1.weight").shape[:2]
+    if d_model % heads:
+        raise OnnxEncoderError(f"d_model {d_model} is not divisible by {heads} heads")
+    head_dim = d_model // heads
+    const("half", np.array(0.5, np.float32))
+    const("one", np.array(1.0, np.float32))
+    const("sqrt2", np.array(np.sqrt(2.0), np.float32))
+    const("scale", np.array(head_dim ** -0.5, np.float32))
+    const("rows_shape", np.array([-1, d_model], np.int64))
+    const("zero", np.array([0], np.int64))
+    const("one_i", np.array([1], np.int64))
+    const("two_i", np.array([2], np.int64))
+    const("minus_one", np.array([-1], np.int64))
+    const("heads_dims", np.array([heads, head_dim], np.int64))
+    const("model_dim", np.array([d_model], np.int64))
+
+    conv1 = node("Conv", ["features", const("conv1.weight", weight("conv1.weight")),
+                          const("conv1.bias", weight("conv1.bias"))], kernel_shape=[3], pads=[1, 1])
+    conv2 = node("Conv", [gelu(conv1), const("conv2.weight", weight("conv2.weight")),
+                          const("conv2.bias", weight("conv2.bias"))], kernel_shape=[3], pads=[1, 1], strides=[2])
+    x = node("Transpose", [gelu(conv2)], perm=[0, 2, 1])  # (batch, frames / 2, d_model)
+    frames = node("Slice", [node("Shape", [x]), "one_i", "two_i"])  # [frames / 2]
+    heads_shape = node("Concat", ["minus_one", frames, "heads_dims"], axis=0)  # (batch, frames, heads, head_dim)
+    out_shape = node("Concat", ["minus_one", frames, "model_dim"], axis=0)
+    positions = node("Slice", [const("embed_positions", weight("embed_positions.weight")), "zero", frames, "zero"])
+    x = node("Reshape", [node("Add", [x, positions]), "rows_shape"])
+
+    def attention(x: str, p: str) -> str:
+        q_w = weight(f"{p}.q_proj.weight")
+        qkv_w = np.concatenate([q_w, weight(f"{p}.k_proj.weight").astype(q_w.dtype),
+                                weight(f"{p}.v_proj.weight").astype(q_w.dtype)])
+        q_b = weight(f"{p}.q_proj.bias")
+        qkv_b = np.concatenate([q_b, np.zeros(d_model, q_b.dtype), weight(f"{p}.v_proj.bias").astype(q_b.dtype)])  # the key projection has no bias
+        qkv = node("Gemm", [x, const(f"{p}.qkv.weight", qkv_w), const(f"{p}.qkv.bias", qkv_b)], transB=1)
+        q, k, v = node("Split", [qkv], outputs=3, axis=1)
+
+        def heads_first(y: str, perm: list[int]) -> str:
+            return node("Transpose", [node("Reshape", [y, heads_shape])], perm=perm)
+
+        scores = node("MatMul", [heads_first(node("Mul", [q, "scale"]), [0, 2, 1, 3]),
+                                 heads_first(k, [0, 2, 3, 1])])  # (batch, heads, frames, frames)
+        mixed = node("MatMul", [node("Softmax", [scores], axis=-1), heads_first(v, [0, 2, 1, 3])])
+        rows = node("Reshape", [node("Transpose", [mixed], perm=[0, 2, 1, 3]), "rows_shape"])
+        return linear(rows, f"{p}.out_proj")
+
+    layers = 0
+    while f"layers.{layers}.fc1.weight" in state:
+        p = f"layers.{layers}"
+        x = node("Add", [x, attention(norm(x, f"{p}.self_attn_layer_norm"), f"{p}.self_attn")])
+        x = node("Add", [x, linear(gelu(linear(norm(x, f"{p}.final_layer_norm"), f"{p}.fc1")), f"{p}.fc2")])
+        layers += 1
+    if not layers:
+        raise OnnxEncoderError("no encoder layers in the weights")
+    nodes.append(onnx_proto.node("Reshape", [norm(x, "layer_norm"), out_shape], ["encoded"], "encoded"))
+    return onnx_proto.model(
+        nodes, inits,
+        [onnx_proto.value_info("features", onnx_proto.FLOAT, ["batch", int(n_mels), "frames"])],
+        [onnx_proto.value_info("encoded", onnx_proto.FLOAT, ["batch", "positions", int(d_model)])],
+        graph_name="whisper_encoder", opset=OPSET, ir_version=IR_VERSION, producer="whisper-finetune")
+
+
+class OnnxEncoder:
+    """Whisper's encoder on onnxruntime's CPU provider: ``encoder(features)`` → encoder output.
+
+    ``features``: float32 (batch, n_mels, frames); returns float32 (batch, frames / 2, d_model).
+    """
+
+    def __init__(self, model: bytes, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        size = len(model)
+        if size > MAX_MODEL_BYTES:
+            raise OnnxEncoderError(f"the encoder is {size / 1e9:.1f} GB in float32, more than one ONNX graph holds; "
+                                   "use --ct2_encoder=ct2")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle worker threads must not spin: CTranslate2's decoder runs right after on the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 3 or x.shape[-1] % 2:
+            raise ValueError(f"features must be (batch, n_mels, even frames), got {x.shape}")
+        return self.session.run(["encoded"], {"features": x})[0]
+
+
+def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0) -> OnnxEncoder:
+    """The encoder of a CTranslate2 Whisper folder on onnxruntime (float32; int8/float16 weights de-quantised).
+
+    Raises:
+        OnnxEncoderError: the encoder is too large for one ONNX graph.
+        utils.ct2_format.CT2FormatError: the folder is not a supported CTranslate2 Whisper model.
+    """
+    from utils.ct2_format import hf_state_dict, load_ct2_config, read_whisper
+
+    model_bin = Path(ct2_dir) / "model.bin"
+    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/")
+    prefix = "model.encoder."
+    state = {k[len(prefix):]: v for k, v in hf_state_dict(weights, dims, model_bin, stacks=("encoder",)).items()}
+    params = sum(np.asarray(v).size for v in state.values())
+    if params * 4 > MAX_MODEL_BYTES:
+        raise OnnxEncoderError(f"{model_bin}: the encoder is {params * 4 / 1e9:.1f} GB in float32, more than one "
+                               "ONNX graph holds; use --ct2_encoder=ct2")
+    return OnnxEncoder(encoder_graph(state, heads=dims.encoder_heads), threads=threads)
+
+
+def small_enough_for_onnx(ct2_dir: str | os.PathLike) -> bool:
+    """Whether ``--ct2_encoder=auto`` may build the folder's encoder on onnxruntime: its model.bin is at most
+    ``AUTO_MAX_MODEL_BIN`` (tiny, base and small in any weight type; whisper-large's encoder alone is 2.5 GB in
+    float32 and stays in CTranslate2's int8)."""
+    path = Path(ct2_dir) / "model.bin"
+    return path.is_file() and path.stat().st_size <= AUTO_MAX_MODEL_BIN

@@ -115,8 +115,8 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
 
 
 def test_auto_picks_the_encoder_by_what_the_cpu_has(base_ct2_dir: Path, monkeypatch, tmp_path: Path) -> None:
-    """auto: PyTorch bf16 with AMX; onnxruntime float32 without int8 dot products (AVX2 only) unless the model is
-    large; CTranslate2 with VNNI and on a GPU. WHISPER_FT_CPU=avx2 takes the AVX2 choice on any CPU."""
+    """auto: PyTorch bf16 with AMX; onnxruntime float32 without int8 dot products (AVX2 only) for 30 s windows
+    unless the model is large; CTranslate2 with VNNI, for shorter windows and on a GPU. WHISPER_FT_CPU=avx2 takes the AVX2 choice on any CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
@@ -129,6 +129,8 @@ def test_auto_picks_the_encoder_by_what_the_cpu_has(base_ct2_dir: Path, monkeypa
     assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "ct2"
     cpu()
     assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "onnx"
+    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir, window_s=30.0) == "onnx"
+    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir, window_s=15.0) == "ct2"  # streaming: int8 is faster
     assert resolve_ct2_encoder("auto", "cuda", base_ct2_dir) == "ct2"
     assert resolve_ct2_encoder("ct2", "cpu", base_ct2_dir) == "ct2"
     monkeypatch.setattr(onnx_encoder, "AUTO_MAX_MODEL_BIN", 1000)  # whisper-large: its encoder stays in CT2

@@ -1155,14 +1155,18 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike | None = None) -> str:
+def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike | None = None, *,
+                        window_s: float | None = None) -> str:
     """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
     "onnx" (onnxruntime float32) or "ct2" (CTranslate2, in the folder's compute type).
 
-    auto = torch on a CPU with AMX; onnx on a CPU without int8 dot products (AVX2 only, as most laptops:
-    CTranslate2's int8 is no faster than float32 there and onnxruntime's float32 is faster than both) when
-    ``model_dir``'s model.bin is small enough (``utils.onnx_encoder.small_enough_for_onnx``: not whisper-large);
-    ct2 otherwise and on a GPU. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
+    auto = torch on a CPU with AMX; onnx on a CPU without int8 dot products (AVX2 only, as most laptops) for
+    Whisper's 30 s windows (``window_s`` None or 30) when ``model_dir``'s model.bin is small enough
+    (``utils.onnx_encoder.small_enough_for_onnx``: not whisper-large); ct2 otherwise and on a GPU. There, CTranslate2's
+    int8 gains little over float32, and onnxruntime's float32 encodes a 30 s window about as fast (its attention is
+    faster, its matrix products slower) with float32's numbers: the demo model's test CER 0.098 instead of 0.114. In
+    streaming's shorter windows (15 s) CTranslate2 int8 is ~25 % faster (``tools/bench_infer.py --encoder_batches``,
+    README). ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
@@ -1180,7 +1184,8 @@ def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike 
         return "torch"
     from utils.onnx_encoder import small_enough_for_onnx
 
-    if not cpu_has_int8_dot() and (model_dir is None or small_enough_for_onnx(model_dir)):
+    full_windows = window_s is None or window_s >= WINDOW_S
+    if full_windows and not cpu_has_int8_dot() and (model_dir is None or small_enough_for_onnx(model_dir)):
         return "onnx"
     return "ct2"
 

@@ -4,6 +4,7 @@
     python tools/bench_infer.py --recording=en_long --whole_process=True      # the two commands, start to end
     python tools/bench_infer.py --recording=zh_repeated --whole_process=True
     python tools/bench_infer.py --encoder_batches=1,2,4,16                     # encoder s per 30 s window
+    python tools/bench_infer.py --encoder_batches=1 --encoder_frames=3000,1500 # and per 15 s window
 
 Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
 ``en_long`` = the English general set joined into ≥ 102 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
@@ -124,9 +125,11 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
     print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
 
 
-def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int, rounds: int = 3) -> None:
-    """Seconds per 30 s window of the audio encoder, per windows per call: PyTorch fp32, onnxruntime fp32 (the ct2
-    backend's ``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved ``rounds`` times (best kept)."""
+def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int, rounds: int = 3,
+                    frames: int = 3000) -> None:
+    """Seconds per window of the audio encoder (``frames`` log-mel frames: 3000 = 30 s, streaming's 15 s = 1500),
+    per windows per call: PyTorch fp32 (30 s only: transformers' encoder takes nothing else), onnxruntime fp32 (the
+    ct2 backend's ``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved ``rounds`` times (best kept)."""
     import ctranslate2
     import torch
     from transformers import WhisperForConditionalGeneration
@@ -144,9 +147,12 @@ def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: in
         "onnxruntime fp32": onnx,
         "ct2 int8": lambda x: ct2.encode(ctranslate2.StorageView.from_array(x)),
     }
+    if frames != 3000:
+        del engines["torch fp32"]
+    print(f"{frames} frames ({frames / 100:g} s) per window")
     print(f"{'windows per call':>16} " + " ".join(f"{name + ' s/window':>24}" for name in engines))
     for b in sizes:
-        feats = rng.standard_normal((b, 80, 3000)).astype(np.float32)
+        feats = rng.standard_normal((b, 80, frames)).astype(np.float32)
         best = {name: float("inf") for name in engines}
         with torch.inference_mode():
             for name, run in engines.items():
@@ -177,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer_args", default="", help="--whole_process: more infer.py flags, e.g. --beam_size=5")
     parser.add_argument("--encoder_batches", default=None,
                         help="comma-separated windows per encoder call: time only the encoder")
+    parser.add_argument("--encoder_frames", default="3000",
+                        help="--encoder_batches: comma-separated log-mel frames per window (3000 = 30 s; 1500 = "
+                             "streaming's 15 s)")
     parser.add_argument("--modes", default="fw_batched_int8,ct2_int8,ct2_int8_nofb,ct2_int8_beam5,ct2_int8_ct2enc,"
                         "ct2_int8_ct2enc_nofb,tf_fp32,tf_bf16,tf_bf16_nofb,fw_seq_int8",
                         help="comma-separated subset of the modes")
@@ -193,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         ct2_dir = ct2_model_dir(args.model_path)
     print(f"CPU flags: {cpu_report()}")
     if args.encoder_batches:
-        encoder_batches(args.model_path, ct2_dir, [int(b) for b in args.encoder_batches.split(",")], args.threads)
+        for frames in (int(f) for f in args.encoder_frames.split(",")):
+            encoder_batches(args.model_path, ct2_dir, [int(b) for b in args.encoder_batches.split(",")], args.threads,
+                            frames=frames)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
     metric = "cer"

@@ -79,11 +79,13 @@ def _attribute(name: str, value: int | float | Sequence[int]) -> Message:
     return [*_str(1, name), *(piece for v in value for piece in _int(8, int(v))), *_int(20, _ATTR_INTS)]
 
 
-def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, **attributes: int | float | Sequence[int]
-         ) -> Message:
-    """A ``NodeProto`` of the default (ai.onnx) domain."""
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, domain: str = "",
+         **attributes: int | float | Sequence[int]) -> Message:
+    """A ``NodeProto`` of ``domain`` ("" = ai.onnx; "com.microsoft" = onnxruntime's contrib operators)."""
     parts = [piece for i in inputs for piece in _str(1, i)] + [piece for o in outputs for piece in _str(2, o)]
     parts += [*_str(3, name), *_str(4, op_type)]
+    if domain:
+        parts += _str(7, domain)
     for key, value in attributes.items():
         parts += _nested(5, _attribute(key, value))
     return parts
@@ -97,10 +99,11 @@ def value_info(name: str, elem_type: int, dims: Sequence[int | str]) -> Message:
 
 
 def model(nodes: Iterable[Message], initializers: Iterable[Message], inputs: Iterable[Message],
-          outputs: Iterable[Message], *, graph_name: str, opset: int, ir_version: int, producer: str) -> bytes:
+          outputs: Iterable[Message], *, graph_name: str, opset: int, ir_version: int, producer: str,
+          domains: dict[str, int] | None = None) -> bytes:
     """A serialized ``ModelProto``: one graph of ``nodes`` (``node``), ``initializers`` (``tensor``),
-    ``inputs``/``outputs`` (``value_info``), importing the default domain at ``opset``. The weights are copied once,
-    here."""
+    ``inputs``/``outputs`` (``value_info``), importing the default domain at ``opset`` and each of ``domains`` at its
+    version. The weights are copied once, here."""
     graph: Message = []
     for n in nodes:
         graph += _nested(1, n)
@@ -111,5 +114,7 @@ def model(nodes: Iterable[Message], initializers: Iterable[Message], inputs: Ite
         graph += _nested(11, v)
     for v in outputs:
         graph += _nested(12, v)
-    opset_id = [*_str(1, ""), *_int(2, opset)]
-    return b"".join([*_int(1, ir_version), *_str(2, producer), *_nested(7, graph), *_nested(8, opset_id)])
+    opsets: Message = []
+    for domain, version in {"": opset, **(domains or {})}.items():
+        opsets += _nested(8, [*_str(1, domain), *_int(2, version)])
+    return b"".join([*_int(1, ir_version), *_str(2, producer), *_nested(7, graph), *opsets])

@@ -1,13 +1,15 @@
 """Whisper's audio encoder as an ONNX graph on onnxruntime: the ct2 backend's encoder on CPUs without int8 dot products.
 
-On an AVX2-only CPU (no VNNI, no AMX: most laptops) CTranslate2's int8 encoder is no faster than float32, and
-onnxruntime's float32 matrix products beat both (whisper-base, one 30 s window, 2 threads, AMD EPYC AVX2:
-0.70 s vs 0.90 s for CTranslate2 int8; ``tools/bench_infer.py --encoder_batches``), with float32's numbers instead
-of int8's error. The decoder stays in CTranslate2 (``generate`` takes the encoder output).
+On an AVX2-only CPU (no VNNI, no AMX: most laptops) CTranslate2's int8 buys the encoder nothing over float32, and
+onnxruntime's float32 with its fused attention kernel encodes a 30 s window at least as fast (whisper-base, 2 threads,
+AMD EPYC AVX2: 0.64–1.05 s vs 0.74–1.05 s for CTranslate2 int8 over several runs; ``tools/bench_infer.py
+--encoder_batches``) with float32's numbers instead of int8's error (the demo model's test CER 0.106 vs 0.114). In
+shorter windows (streaming's 15 s) CTranslate2 int8 is faster. The decoder stays in CTranslate2 (``generate`` takes
+the encoder output).
 
-The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights (:mod:`utils.ct2_format`,
-de-quantised to float32): no PyTorch, no export step, nothing cached on disk (whisper-base builds in a fraction of a
-second). Input: log-mel features (batch, n_mels, frames), any even frame count up to 3000; output (batch, frames / 2,
+The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights (:mod:`utils.ct2_format`;
+int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing cached on disk (whisper-base:
+0.33 s to build and load). Input: log-mel features (batch, n_mels, frames), any even frame count up to 3000; output (batch, frames / 2,
 d_model), what ``ctranslate2.models.Whisper.encode`` returns.
 """
 

@@ -1164,7 +1164,7 @@ def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike 
     Whisper's 30 s windows (``window_s`` None or 30) when ``model_dir``'s model.bin is small enough
     (``utils.onnx_encoder.small_enough_for_onnx``: not whisper-large); ct2 otherwise and on a GPU. There, CTranslate2's
     int8 gains little over float32, and onnxruntime's float32 encodes a 30 s window about as fast (its attention is
-    faster, its matrix products slower) with float32's numbers: the demo model's test CER 0.098 instead of 0.114. In
+    faster, its matrix products slower) with float32's numbers: the demo model's test CER 0.106 instead of 0.114. In
     streaming's shorter windows (15 s) CTranslate2 int8 is ~25 % faster (``tools/bench_infer.py --encoder_batches``,
     README). ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 

@@ -1,4 +1,5 @@
-"""The ct2 backend's onnxruntime encoder: the protobuf it writes, its numbers, and when ``--ct2_encoder=auto`` picks it."""
+"""The ct2 backend's onnxruntime encoder: the protobuf it writes, its numbers, and when ``--ct2_encoder=auto``
+picks it."""
 
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
 
 def test_auto_picks_the_encoder_by_what_the_cpu_has(base_ct2_dir: Path, monkeypatch, tmp_path: Path) -> None:
     """auto: PyTorch bf16 with AMX; onnxruntime float32 without int8 dot products (AVX2 only) for 30 s windows
-    unless the model is large; CTranslate2 with VNNI, for shorter windows and on a GPU. WHISPER_FT_CPU=avx2 takes the AVX2 choice on any CPU."""
+    unless the model is large; CTranslate2 with VNNI, for shorter windows and on a GPU. WHISPER_FT_CPU=avx2 takes
+    the AVX2 choice on any CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
@@ -156,3 +158,20 @@ def test_auto_picks_the_encoder_by_what_the_cpu_has(base_ct2_dir: Path, monkeypa
             resolve_ct2_encoder(name, "cuda", base_ct2_dir)
     with pytest.raises(ValueError, match="encoder must be one of"):
         resolve_ct2_encoder("tpu", "cpu", base_ct2_dir)
+
+
+def test_int8_weights_read_for_the_encoder_at_every_load_are_not_a_warning(caplog) -> None:
+    """De-quantising int8 weights warns when a conversion keeps their error for good; the encoder built at each
+    load (the auto choice on AVX2 for an int8 CT2 folder) says it at INFO, not on every command's stderr."""
+    import logging
+
+    from utils.ct2_format import dequantize
+
+    variables = {"encoder/fc/weight": np.array([[2, -4]], np.int8),
+                 "encoder/fc/weight_scale": np.array([2.0], np.float32)}
+    for warn, level in ((True, logging.WARNING), (False, logging.INFO)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="utils.ct2_format"):
+            out = dequantize(variables, {}, Path("model.bin"), prefix="encoder/", warn=warn)
+        np.testing.assert_array_equal(out["encoder/fc/weight"], [[1.0, -2.0]])
+        assert [r.levelno for r in caplog.records] == [level]

@@ -315,9 +315,10 @@ def _check_supported(variables: Mapping[str, np.ndarray], source: Path) -> None:
 
 
 def dequantize(variables: Mapping[str, np.ndarray], aliases: Mapping[str, str], source: Path, *,
-               prefix: str = "") -> dict[str, np.ndarray]:
+               prefix: str = "", warn: bool = True) -> dict[str, np.ndarray]:
     """Float arrays for every weight tensor whose name starts with ``prefix`` (all by default), aliases included;
-    ``*_scale`` variables are folded in.
+    ``*_scale`` variables are folded in. ``warn``: say so as a warning when int8/int16 weights were de-quantised
+    (a conversion keeps their error for good); False logs it at INFO (an encoder built at every load).
 
     CTranslate2 also uses aliases to store identical tensors once, and an aliased weight (e.g.
     ``decoder/projection/weight``) uses its target's scale when it has none of its own.
@@ -342,8 +343,9 @@ def dequantize(variables: Mapping[str, np.ndarray], aliases: Mapping[str, str], 
         else:
             raise CT2FormatError(f"{source}: weight {name!r} is {value.dtype} without a {name}_scale variable")
     if quantized:
-        logger.warning("%s: %d int8/int16 weights de-quantised to float; they keep the quantisation error",
-                       source, quantized)
+        logger.log(logging.WARNING if warn else logging.INFO,
+                   "%s: %d int8/int16 weights de-quantised to float; they keep the quantisation error",
+                   source, quantized)
     return out
 
 
@@ -430,15 +432,16 @@ def load_ct2_config(ct2_dir: Path) -> dict[str, Any]:
         raise CT2FormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
 
 
-def read_whisper(model_bin: Path, ct2_config: Mapping[str, Any], *,
-                 prefix: str = "") -> tuple[dict[str, np.ndarray], WhisperDims]:
-    """Read a CT2 Whisper ``model.bin``: float weights (de-quantised, aliases resolved) of the variables whose
-    names start with ``prefix`` (``"encoder/"``: only the encoder is de-quantised), and its architecture."""
+def read_whisper(model_bin: Path, ct2_config: Mapping[str, Any], *, prefix: str = "",
+                 warn: bool = True) -> tuple[dict[str, np.ndarray], WhisperDims]:
+    """Read a CT2 Whisper ``model.bin``: float weights (de-quantised, aliases resolved; ``warn``: see
+    :func:`dequantize`) of the variables whose names start with ``prefix`` (``"encoder/"``: only the encoder is
+    de-quantised), and its architecture."""
     spec_name, variables, aliases = read_ct2_model(model_bin)
     if spec_name != "WhisperSpec":
         raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
     _check_supported(variables, model_bin)
-    weights = dequantize(variables, aliases, model_bin, prefix=prefix)
+    weights = dequantize(variables, aliases, model_bin, prefix=prefix, warn=warn)
     dims = infer_whisper_dims({**variables, **{a: variables[t] for a, t in aliases.items()}}, ct2_config,
                               source=model_bin)  # shapes only: quantised arrays have the same shapes
     return weights, dims

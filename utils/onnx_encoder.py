@@ -7,10 +7,10 @@ AMD EPYC AVX2: 0.64–1.05 s vs 0.74–1.05 s for CTranslate2 int8 over several 
 shorter windows (streaming's 15 s) CTranslate2 int8 is faster. The decoder stays in CTranslate2 (``generate`` takes
 the encoder output).
 
-The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights (:mod:`utils.ct2_format`;
-int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing cached on disk (whisper-base:
-0.33 s to build and load). Input: log-mel features (batch, n_mels, frames), any even frame count up to 3000; output (batch, frames / 2,
-d_model), what ``ctranslate2.models.Whisper.encode`` returns.
+The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights
+(:mod:`utils.ct2_format`; int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing
+cached on disk (whisper-base: 0.33 s to build and load). Input: log-mel features (batch, n_mels, frames), any even
+frame count up to 3000; output (batch, frames / 2, d_model), what ``ctranslate2.models.Whisper.encode`` returns.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
         qkv_w = np.concatenate([q_w, weight(f"{p}.k_proj.weight").astype(q_w.dtype),
                                 weight(f"{p}.v_proj.weight").astype(q_w.dtype)])
         q_b = weight(f"{p}.q_proj.bias")
-        qkv_b = np.concatenate([q_b, np.zeros(d_model, q_b.dtype), weight(f"{p}.v_proj.bias").astype(q_b.dtype)])  # the key projection has no bias
+        qkv_b = np.concatenate([q_b, np.zeros(d_model, q_b.dtype),  # the key projection has no bias
+                                weight(f"{p}.v_proj.bias").astype(q_b.dtype)])
         qkv = node("Gemm", [x, const(f"{p}.qkv.weight", qkv_w), const(f"{p}.qkv.bias", qkv_b)], transB=1)
         q, k, v = node("Split", [qkv], outputs=3, axis=1)
         if fused_attention:
@@ -194,13 +195,15 @@ def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0) -> OnnxEn
     from utils.ct2_format import hf_state_dict, load_ct2_config, read_whisper
 
     model_bin = Path(ct2_dir) / "model.bin"
-    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/")
+    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/", warn=False)
     prefix = "model.encoder."
     state = {k[len(prefix):]: v for k, v in hf_state_dict(weights, dims, model_bin, stacks=("encoder",)).items()}
     params = sum(np.asarray(v).size for v in state.values())
     if params * 4 > MAX_MODEL_BYTES:
         raise OnnxEncoderError(f"{model_bin}: the encoder is {params * 4 / 1e9:.1f} GB in float32, more than one "
                                "ONNX graph holds; use --ct2_encoder=ct2")
+    logger.debug("%s: encoder of %d layers, %.1f M parameters, on onnxruntime float32", model_bin,
+                 dims.encoder_layers, params / 1e6)
     return OnnxEncoder(encoder_graph(state, heads=dims.encoder_heads), threads=threads)
 
 

@@ -2,8 +2,9 @@
 
 ``import onnx`` takes about 1.1 s on our CPU (it loads ml_dtypes), more than building and loading Whisper's encoder
 on onnxruntime; onnxruntime itself reads a serialized ``ModelProto``. The field numbers are those of onnx.proto3
-(ONNX's public schema): a model with one graph; nodes with string inputs/outputs and int, float or ints attributes;
-tensors as ``raw_data`` (little-endian); value infos of float/int64 tensors with fixed or named dimensions.
+(ONNX's public schema): a model with one graph and its operator-set imports; nodes (of any domain) with string
+inputs/outputs and int, float or ints attributes; tensors as ``raw_data`` (little-endian); value infos of tensors with
+fixed or named dimensions.
 tests/test_onnx_encoder.py checks these bytes with ``onnx.checker``.
 """
 

@@ -225,18 +225,6 @@ def encoder_window(args: argparse.Namespace) -> float | None:
     return CPU_ENCODER_WINDOW_S if resolve_ct2_device(args.device) == "cpu" else None
 
 
-def stream_encoder(args: argparse.Namespace) -> str:
-    """--ct2_encoder resolved for the streaming window (``encoder_window``): auto keeps CTranslate2's int8 encoder
-    for windows shorter than 30 s, where it is faster than onnxruntime's float32 (utils.transcribe.resolve_ct2_encoder).
-    """
-    if args.backend != "ct2" or args.ct2_encoder != "auto":
-        return args.ct2_encoder
-    from utils.device import resolve_ct2_device
-    from utils.transcribe import resolve_ct2_encoder
-
-    return resolve_ct2_encoder("auto", resolve_ct2_device(args.device), window_s=encoder_window(args))
-
-
 def stream_threads(args: argparse.Namespace) -> int:
     """--cpu_threads, with -1 resolved: 1 for the ct2 backend on a CPU whose encoder runs in PyTorch bf16 (AMX)."""
     if args.cpu_threads >= 0:
@@ -306,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
-                                  ct2_encoder=stream_encoder(args))
+                                  ct2_encoder=args.ct2_encoder)
         hypothesis = EngineHypothesis(engine, options)
         policy = build_policy(args, hypothesis)
     except (ModelResolutionError, ValueError) as e:

@@ -126,38 +126,28 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
         assert np.abs(got - reference).max() < 1e-2
 
 
-def test_auto_picks_the_encoder_by_what_the_cpu_has(base_ct2_dir: Path, monkeypatch, tmp_path: Path) -> None:
-    """auto: PyTorch bf16 with AMX; onnxruntime float32 without int8 dot products (AVX2 only) for 30 s windows
-    unless the model is large; CTranslate2 with VNNI, for shorter windows and on a GPU. WHISPER_FT_CPU=avx2 takes
-    the AVX2 choice on any CPU."""
+def test_auto_never_picks_onnx_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
+    """auto: PyTorch bf16 with AMX, CTranslate2 otherwise (AVX2, VNNI, GPU; also under WHISPER_FT_CPU=avx2 on an AMX
+    machine); onnx only when asked for, and only on the CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
     monkeypatch.delenv(device_mod.CPU_PROFILE_ENV, raising=False)
     cpu("amx_tile", "amx_bf16", "avx512_vnni")
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "torch"
-    cpu("avx512f", "avx512_vnni")
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "ct2"
-    cpu("avx_vnni")
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "ct2"
-    cpu()
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "onnx"
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir, window_s=30.0) == "onnx"
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir, window_s=15.0) == "ct2"  # streaming: int8 is faster
-    assert resolve_ct2_encoder("auto", "cuda", base_ct2_dir) == "ct2"
-    assert resolve_ct2_encoder("ct2", "cpu", base_ct2_dir) == "ct2"
-    monkeypatch.setattr(onnx_encoder, "AUTO_MAX_MODEL_BIN", 1000)  # whisper-large: its encoder stays in CT2
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "ct2"
-    assert resolve_ct2_encoder("onnx", "cpu", base_ct2_dir) == "onnx"  # asked for: tried (and refused if too big)
-    monkeypatch.undo()
-    cpu("amx_tile", "avx512_vnni")
+    assert resolve_ct2_encoder("auto", "cpu") == "torch"
+    assert resolve_ct2_encoder("auto", "cuda") == "ct2"
     monkeypatch.setenv(device_mod.CPU_PROFILE_ENV, "avx2")
-    assert resolve_ct2_encoder("auto", "cpu", base_ct2_dir) == "onnx"
+    assert resolve_ct2_encoder("auto", "cpu") == "ct2"
+    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV)
+    for flags in (("avx512f", "avx512_vnni"), ("avx_vnni",), ()):
+        cpu(*flags)
+        assert resolve_ct2_encoder("auto", "cpu") == "ct2"
+        assert resolve_ct2_encoder("onnx", "cpu") == "onnx"
     for name in ("onnx", "torch"):
         with pytest.raises(ValueError, match="GPU"):
-            resolve_ct2_encoder(name, "cuda", base_ct2_dir)
+            resolve_ct2_encoder(name, "cuda")
     with pytest.raises(ValueError, match="encoder must be one of"):
-        resolve_ct2_encoder("tpu", "cpu", base_ct2_dir)
+        resolve_ct2_encoder("tpu", "cpu")
 
 
 def test_int8_weights_read_for_the_encoder_at_every_load_are_not_a_warning(caplog) -> None:

@@ -816,26 +816,6 @@ def test_encoder_window_auto_is_15_s_for_ct2_on_a_cpu_only():
         realtime_transcribe.main(["--backend=transformers", "--encoder_window_seconds=15", "--audio_path=x.wav"])
 
 
-def test_streaming_keeps_ctranslate2s_encoder_for_its_short_windows(monkeypatch):
-    """On an AVX2-only CPU --ct2_encoder=auto runs 30 s windows on onnxruntime, but streaming's 15 s windows stay in
-    CTranslate2 int8 (faster there); asked for, or with 30 s windows, onnx it is."""
-    from utils import device as device_mod
-
-    monkeypatch.setattr(device_mod, "cpu_flags", lambda: ["avx", "avx2", "fma"])
-    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV, raising=False)
-    parse = realtime_transcribe.build_parser().parse_args
-
-    def encoder(flags: list[str]) -> str:
-        args = parse(["--device=cpu", *flags])
-        args.encoder_window_seconds = realtime_transcribe.encoder_window(args)  # as main() resolves it
-        return realtime_transcribe.stream_encoder(args)
-
-    assert encoder([]) == "ct2"
-    assert encoder(["--encoder_window_seconds=None"]) == "onnx"
-    assert encoder(["--ct2_encoder=onnx"]) == "onnx"
-    assert encoder(["--backend=transformers"]) == "auto"
-
-
 def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():
     parse = realtime_transcribe.build_parser().parse_args
     assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu"])) == 1

@@ -150,10 +150,8 @@ def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 
     parser.add_argument("--ct2_encoder", type=str, default="auto", choices=CT2_ENCODERS,
                         help="ct2 backend: run the audio encoder in PyTorch bfloat16 (torch; ~3x faster on CPUs "
-                             "with AMX), in onnxruntime float32 (onnx; as fast as CTranslate2 int8 on CPUs without "
-                             "VNNI/AMX, e.g. AVX2 laptops, with float32's accuracy) or in CTranslate2 (ct2); auto = "
-                             "torch with AMX, onnx for 30 s windows without int8 dot products (not whisper-large), "
-                             "else ct2")
+                             "with AMX), in onnxruntime float32 (onnx; about CTranslate2 int8's speed on AVX2-only "
+                             "CPUs, float32's numbers) or in CTranslate2 (ct2); auto = torch with AMX, else ct2")
 
 
 _PROBE_ATTEMPTS = 20  # tries to write the probe file while other processes make and remove the same folders

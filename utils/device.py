@@ -57,14 +57,6 @@ def cpu_has_amx() -> bool:
     return bool(check()) if check is not None else False
 
 
-def cpu_has_int8_dot() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), with which CTranslate2's
-    int8 encoder beats float32; False under ``WHISPER_FT_CPU=avx2`` and when /proc/cpuinfo cannot be read."""
-    if avx2_profile():
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8", "amx_tile"} & set(cpu_flags()))
-
-
 def cpu_supports_bf16() -> bool:
     """True on CPUs with native bf16 math (AVX-512-BF16 or AMX); False under ``WHISPER_FT_CPU=avx2``."""
     import torch

@@ -1,11 +1,12 @@
-"""Whisper's audio encoder as an ONNX graph on onnxruntime: the ct2 backend's encoder on CPUs without int8 dot products.
+"""Whisper's audio encoder as an ONNX graph on onnxruntime: the ct2 backend's ``--ct2_encoder=onnx``.
 
 On an AVX2-only CPU (no VNNI, no AMX: most laptops) CTranslate2's int8 buys the encoder nothing over float32, and
 onnxruntime's float32 with its fused attention kernel encodes a 30 s window at least as fast (whisper-base, 2 threads,
 AMD EPYC AVX2: 0.64–1.05 s vs 0.74–1.05 s for CTranslate2 int8 over several runs; ``tools/bench_infer.py
 --encoder_batches``) with float32's numbers instead of int8's error (the demo model's test CER 0.106 vs 0.114). In
-shorter windows (streaming's 15 s) CTranslate2 int8 is faster. The decoder stays in CTranslate2 (``generate`` takes
-the encoder output).
+shorter windows (streaming's 15 s) CTranslate2 int8 is faster, and on real Mandarin said several times the float32
+encoder read worse (README), so it is not the default. The decoder stays in CTranslate2 (``generate`` takes the
+encoder output).
 
 The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights
 (:mod:`utils.ct2_format`; int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing
@@ -31,7 +32,6 @@ OPSET = 17  # LayerNormalization
 IR_VERSION = 8  # onnxruntime ≥ 1.10 reads it
 LAYER_NORM_EPS = 1e-5
 MAX_MODEL_BYTES = 1_800_000_000  # one serialized ONNX model must stay under protobuf's 2 GB
-AUTO_MAX_MODEL_BIN = 1_000_000_000  # bytes of model.bin up to which --ct2_encoder=auto builds the ONNX encoder
 
 
 class OnnxEncoderError(ValueError):
@@ -205,11 +205,3 @@ def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0) -> OnnxEn
     logger.debug("%s: encoder of %d layers, %.1f M parameters, on onnxruntime float32", model_bin,
                  dims.encoder_layers, params / 1e6)
     return OnnxEncoder(encoder_graph(state, heads=dims.encoder_heads), threads=threads)
-
-
-def small_enough_for_onnx(ct2_dir: str | os.PathLike) -> bool:
-    """Whether ``--ct2_encoder=auto`` may build the folder's encoder on onnxruntime: its model.bin is at most
-    ``AUTO_MAX_MODEL_BIN`` (tiny, base and small in any weight type; whisper-large's encoder alone is 2.5 GB in
-    float32 and stays in CTranslate2's int8)."""
-    path = Path(ct2_dir) / "model.bin"
-    return path.is_file() and path.stat().st_size <= AUTO_MAX_MODEL_BIN

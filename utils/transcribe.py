@@ -35,7 +35,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
-from utils.device import cpu_has_amx, cpu_has_int8_dot, resolve_ct2_device, resolve_device
+from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, speech_regions, split_on_silence
@@ -1155,18 +1155,14 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike | None = None, *,
-                        window_s: float | None = None) -> str:
+def resolve_ct2_encoder(encoder: str, device: str) -> str:
     """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
     "onnx" (onnxruntime float32) or "ct2" (CTranslate2, in the folder's compute type).
 
-    auto = torch on a CPU with AMX; onnx on a CPU without int8 dot products (AVX2 only, as most laptops) for
-    Whisper's 30 s windows (``window_s`` None or 30) when ``model_dir``'s model.bin is small enough
-    (``utils.onnx_encoder.small_enough_for_onnx``: not whisper-large); ct2 otherwise and on a GPU. There, CTranslate2's
-    int8 gains little over float32, and onnxruntime's float32 encodes a 30 s window about as fast (its attention is
-    faster, its matrix products slower) with float32's numbers: the demo model's test CER 0.106 instead of 0.114. In
-    streaming's shorter windows (15 s) CTranslate2 int8 is ~25 % faster (``tools/bench_infer.py --encoder_batches``,
-    README). ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
+    auto = torch on a CPU with AMX, else ct2. onnx only when asked for: on an AVX2-only CPU it encodes a 30 s window
+    about as fast as CTranslate2 int8 with float32's numbers (the demo model's test CER 0.114 → 0.106), but on real
+    Mandarin said several times it read worse (one AISHELL-1 sentence ×3: CER 0.077 → 0.410; README), and in
+    streaming's 15 s windows int8 is faster. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
@@ -1178,16 +1174,7 @@ def resolve_ct2_encoder(encoder: str, device: str, model_dir: str | os.PathLike 
         raise ValueError(f"--ct2_encoder={encoder} runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
     if encoder != "auto":
         return encoder
-    if not on_cpu:
-        return "ct2"
-    if cpu_has_amx():
-        return "torch"
-    from utils.onnx_encoder import small_enough_for_onnx
-
-    full_windows = window_s is None or window_s >= WINDOW_S
-    if full_windows and not cpu_has_int8_dot() and (model_dir is None or small_enough_for_onnx(model_dir)):
-        return "onnx"
-    return "ct2"
+    return "torch" if on_cpu and cpu_has_amx() else "ct2"
 
 
 def uses_torch_encoder(encoder: str, device: str) -> bool:
@@ -1253,7 +1240,7 @@ class CT2Transcriber(_BaseTranscriber):
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
-        self.encoder = resolve_ct2_encoder(encoder, ct2_device, model_dir)
+        self.encoder = resolve_ct2_encoder(encoder, ct2_device)
         self._torch_encoder = self._onnx_encoder = None
         if self.encoder == "torch":
             from utils.audio_encoder import load_ct2_encoder

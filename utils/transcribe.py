@@ -1508,9 +1508,8 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
         cpu_threads: CTranslate2 intra-op threads (0 = its default).
         ct2_encoder: ct2 backend: who runs the audio encoder (the decoder stays in CTranslate2). ``torch`` =
             PyTorch in bfloat16 on the CPU (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix
-            products fast), ``onnx`` = onnxruntime in float32 on the CPU (faster than CTranslate2 int8 on a CPU
-            without int8 dot products, and float32's numbers), ``ct2`` = CTranslate2; ``auto``: see
-            :func:`resolve_ct2_encoder`.
+            products fast), ``onnx`` = onnxruntime in float32 on the CPU (about CTranslate2 int8's speed on an
+            AVX2-only CPU, float32's numbers), ``ct2`` = CTranslate2; ``auto``: see :func:`resolve_ct2_encoder`.
     """
     from utils.models import ct2_model_dir, model_folder_kind, resolve_model
 

@@ -29,8 +29,8 @@ import unicodedata
 from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
-from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_model_args,
-                       add_to_simple_arg, check_output_path, make_parser, optional_float, setup_logging)
+from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
+                       add_model_args, add_to_simple_arg, check_output_path, make_parser, setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -70,10 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
                    help="trim the buffer at a committed segment end once it is longer than this (s)")
     s.add_argument("--max_buffer_seconds", type=float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
-    s.add_argument("--encoder_window_seconds", type=window_flag, default="auto",
-                   help="ct2: encode the buffer in a window of at least this many s (buffer + 1 s, rounded up to "
-                        "5 s) instead of Whisper's 30 s: the encoder costs ~3x less; auto = 15 on a CPU (where a "
-                        "30 s window cannot keep up), None (30 s) on a GPU; None = always 30 s")
+    add_encoder_window_arg(s, "auto = 15 for the ct2 backend on a CPU (where a 30 s window cannot keep up), else "
+                              "None (30 s)")
     add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
     s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
     s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
@@ -109,8 +107,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--prompt_chars must be >= 0, got {args.prompt_chars}")
     if args.beam_size < 1:
         parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
-    if args.encoder_window_seconds not in (None, "auto") and args.backend != "ct2":
-        parser.error("--encoder_window_seconds needs --backend=ct2 (transformers' encoder takes 30 s windows only)")
     if args.samplerate is not None and args.samplerate <= 0:
         parser.error(f"--samplerate must be positive, got {args.samplerate}")
     if not 0 < args.vad_threshold < 1:
@@ -207,11 +203,6 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
 
 
 CPU_ENCODER_WINDOW_S = 15.0  # --encoder_window_seconds=auto on a CPU (measured: README "实时转录", "速度")
-
-
-def window_flag(value: str) -> str | float | None:
-    """--encoder_window_seconds: auto, None, or seconds."""
-    return "auto" if value.strip().lower() == "auto" else optional_float(value)
 
 
 def encoder_window(args: argparse.Namespace) -> float | None:

@@ -58,13 +58,27 @@ def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path):
     assert report["reference_length"] == len(EN_SENTENCE.split())
 
 
+def test_encoder_window_is_15_s_on_a_cpu_by_default_and_30_s_on_a_gpu_or_when_asked():
+    assert evaluation.encoder_window("auto", "cpu") == evaluation.CPU_ENCODER_WINDOW_S == 15.0
+    assert evaluation.encoder_window("auto", "cuda") is None
+    assert evaluation.encoder_window(None, "cpu") is None
+    assert evaluation.encoder_window(20.0, "cuda") == 20.0
+    parse = evaluation.build_parser().parse_args
+    assert parse([]).encoder_window_seconds == "auto"
+    assert parse(["--encoder_window_seconds=None"]).encoder_window_seconds is None
+    assert parse(["--encoder_window_seconds=15"]).encoder_window_seconds == 15.0
+
+
 @pytest.mark.slow
 def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
+    """Both backends, in the default shortened encoder window on this CPU and in Whisper's 30 s one."""
     m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE)])
     for backend, model in (("transformers", whisper_base_dir), ("ct2", "openai/whisper-base")):
-        rc, report = _evaluate(model, m, tmp_path / f"{backend}.json", "--metric=wer", "--language=en",
-                               f"--backend={backend}")
-        assert rc == 0 and report["wer"] < 0.35, report
+        for window in ("auto", "None"):
+            rc, report = _evaluate(model, m, tmp_path / f"{backend}{window}.json", "--metric=wer", "--language=en",
+                                   f"--backend={backend}", f"--encoder_window_seconds={window}")
+            assert rc == 0 and report["wer"] < 0.35, report
+            assert report["encoder_window_seconds"] == (15.0 if window == "auto" else None)
 
 
 @pytest.mark.slow
@@ -86,9 +100,10 @@ def test_forgetting_report_compares_two_models(tmp_path, tiny_whisper_dir, whisp
                                    "duration": sf.info(en_wav).duration}) + "\n")
     out = tmp_path / "cmp.json"
     assert evaluation.main(["--compare", str(whisper_base_dir), str(tiny_whisper_dir), f"--test_data={target}",
-                            f"--general_data={general}", "--language=Chinese", f"--output={out}"]) == 0
+                            f"--general_data={general}", "--language=Chinese", f"--output={out}", "--device=cpu"]) == 0
     report = json.loads(out.read_text())
     base, tiny = report["models"][str(whisper_base_dir)], report["models"][str(tiny_whisper_dir)]
+    assert report["encoder_window_seconds"] == 15.0  # this CPU's default
     assert base["general"]["wer"] <= 0.2 < tiny["general"]["wer"]  # the random model "forgot" English
     assert base["no_speech"]["clips"] == tiny["no_speech"]["clips"] == 7  # 1 in the manifest + 6 generated
     assert set(base["no_speech"]["generated"]) >= {"silence", "50 Hz hum", "clicks"}

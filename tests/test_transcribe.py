@@ -694,40 +694,93 @@ def test_cross_attention_projections_run_once_per_batch_with_the_same_result(tin
     assert len(calls) >= 3 and [t.text for t in over_budget] == [t.text for t in plain]
 
 
-def test_encoder_window_fits_the_longest_chunk_in_5_s_steps():
+def test_encoder_window_fits_the_longest_chunk_and_5_s_of_padding_in_5_s_steps():
     second = np.zeros(SAMPLE_RATE, np.float32)
     assert encoder_window([second * 3], None) == 30
+    assert encoder_window([np.zeros(int(2.6 * SAMPLE_RATE), np.float32)], 1) == 10  # 2.6 s + 5 s
+    assert encoder_window([np.zeros(int(5.5 * SAMPLE_RATE), np.float32), second], 10) == 15
     assert encoder_window([second * 3, second[:100]], 15) == 15
-    assert encoder_window([np.zeros(int(14.5 * SAMPLE_RATE), np.float32)], 15) == 20  # 14.5 s + 1 s
-    assert encoder_window([np.zeros(29 * SAMPLE_RATE + 1, np.float32)], 10) == 30
+    assert encoder_window([np.zeros(int(14.5 * SAMPLE_RATE), np.float32)], 15) == 20
+    assert encoder_window([np.zeros(26 * SAMPLE_RATE, np.float32)], 10) == 30
     with pytest.raises(ValueError, match="encoder_window_s"):
         DecodeOptions(encoder_window_s=40)
 
 
-@pytest.mark.slow
-def test_a_shorter_encoder_window_gives_the_same_words_on_ct2_and_is_refused_by_transformers(base_ct2, base_hf,
-                                                                                                en_wav):
-    """encoder_window_s (streaming's cheaper encoder pass): the clean sentence reads the same in a 10 s window
-    as in Whisper's 30 s one, with segment times inside the audio; the encoder really saw 10 s (500 frames)."""
-    opts = DecodeOptions(language="en", temperatures=(0.0,), timestamps=True)
-    full = base_ct2.transcribe(str(en_wav), opts)
-    shapes = []
-    encode = base_ct2._encode
+def test_transformers_encoder_takes_a_shorter_window_with_the_positions_cut_to_it(tiny):
+    """The wrapped encoder's own path for fewer than 3000 frames computes what transformers' encoder computes (checked
+    on 3000 frames, where both run), and gives frames / 2 states for a shorter window."""
+    import torch
 
-    def spy(feats):
-        shapes.append(feats.shape)
-        return encode(feats)
+    encoder = tiny.model.model.encoder
+    feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        own = encoder._encode_short(feats).last_hidden_state
+        reference = encoder.inner(feats).last_hidden_state
+        short = encoder(feats[..., :1000]).last_hidden_state
+        first_rows = encoder(feats[:1, :, :1000]).last_hidden_state  # rows of the last call: the cache
+    torch.testing.assert_close(own, reference, rtol=1e-4, atol=1e-4)
+    assert short.shape == (2, 500, 64) and not torch.allclose(short, reference[:, :500], atol=1e-3)
+    torch.testing.assert_close(first_rows, short[:1])
+    with pytest.raises(ValueError, match="plain decoding only"):
+        encoder(feats[..., :1000], output_attentions=True)
 
-    base_ct2._encode = spy
+
+def test_transformers_decodes_in_the_shorter_window_and_a_loop_again_in_30_s(tiny):
+    """generate() encodes the shortened features as they are (not padded back to 3000 frames with zeros), the
+    config is Whisper's again after it; the tiny random model loops, so each clip is decoded again in 30 s and
+    reads as it does there."""
+    encoder, frames, asked = tiny.model.model.encoder, [], []
+    hook = encoder.inner.register_forward_pre_hook(lambda module, args: frames.append(args[0].shape[-1]))
+    outer = encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: asked.append((args[0] if args else kwargs["input_features"]).shape[-1]),
+        with_kwargs=True)
+    clips = [(np.random.default_rng(k).standard_normal(3 * SAMPLE_RATE) * 0.1).astype(np.float32) for k in (0, 1)]
+    options = DecodeOptions(language="en", temperatures=(0.0,), batch_size=2)
     try:
-        short = base_ct2.transcribe(str(en_wav), replace(opts, encoder_window_s=10))
+        full = tiny.transcribe_batch(clips, options)
+        short = tiny.transcribe_batch(clips, replace(options, encoder_window_s=10))
     finally:
-        base_ct2._encode = encode
-    assert shapes == [(1, 80, 1000)]
+        hook.remove()
+        outer.remove()
+    assert tiny.model.config.max_source_positions == 1500
+    assert frames == [3000, 3000], frames  # the short window runs the wrapper's own path, then 30 s again
+    assert 1000 in asked and asked[-1] == 3000, asked
+    assert [t.text for t in short] == [t.text for t in full]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_a_shorter_encoder_window_gives_the_same_words_on_both_backends(backend, base_ct2, base_hf, en_wav):
+    """encoder_window_s (evaluation's and streaming's cheaper encoder pass on a CPU): the clean sentence reads the
+    same in a 15 s window (evaluation's default on a CPU) as in Whisper's 30 s one, with segment times inside the
+    audio; the encoder really saw 15 s (1500 frames)."""
+    opts = DecodeOptions(language="en", temperatures=(0.0,), timestamps=True)
+    engine = base_ct2 if backend == "ct2" else base_hf
+    full = engine.transcribe(str(en_wav), opts)
+    assert full.duration <= 10.0  # else the window would be 20 s
+    shapes = []
+    if backend == "ct2":
+        encode = engine._encode
+
+        def spy(feats):
+            shapes.append(feats.shape)
+            return encode(feats)
+
+        engine._encode = spy
+    else:
+        hook = engine.model.model.encoder.register_forward_pre_hook(
+            lambda module, args, kwargs: shapes.append(tuple((args[0] if args else kwargs["input_features"]).shape)),
+            with_kwargs=True)
+    try:
+        short = engine.transcribe(str(en_wav), replace(opts, encoder_window_s=15))
+    finally:
+        if backend == "ct2":
+            engine._encode = encode
+        else:
+            hook.remove()
+    assert shapes and all(shape == (1, 80, 1500) for shape in shapes), shapes
     assert error_rate([full.text], [short.text], "wer") <= 0.2, (full.text, short.text)
     assert all(0 <= s.start <= s.end <= short.duration + 0.01 for s in short.segments)
-    with pytest.raises(ValueError, match="ct2 backend"):
-        base_hf.transcribe(str(en_wav), replace(opts, encoder_window_s=10))
 
 
 def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2, en_wav, zh_wav, monkeypatch):

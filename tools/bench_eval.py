@@ -4,13 +4,17 @@
     python tools/bench_eval.py --model_path=models/whisper-base-finetune --eval_args="--backend=ct2" \
         --model_path=models/whisper-base-finetune-ct2
 
-Every clip is encoded in a 30 s window whatever its length, so the real-time factor of a test set falls as its clips
-get longer. The demo test set's clips average 2.6 s; AISHELL-1's test set averages 5.0 s (7176 utterances, 10 h).
-Two runs of ``evaluation.py`` (in this process, after one warm-up run on 4 clips): ``test`` = ``--test_data`` as it
-is; ``pairs`` = the same clips joined two by two with 0.6 s of silence between them (sox, no dither; a reference
-is the two sentences joined), about AISHELL-1's length. Printed per run: clips, mean clip seconds, audio seconds,
-decoding seconds (the report's ``decode_seconds``: reading audio, features, encoder, decoder), real-time factor and
-the error rate; with the CPU flags.
+In Whisper's 30 s encoder window every clip costs the same whatever its length, so the real-time factor falls as
+clips get longer; evaluation.py's default on a CPU encodes each batch in its longest clip + 5 s instead
+(``--encoder_window_seconds=auto``). The demo test set's clips average 2.6 s; AISHELL-1's test set averages 5.0 s
+(7176 utterances, 10 h). Runs of ``evaluation.py`` (in this process, after one warm-up run on 4 clips), for each
+``--windows`` value (``--encoder_window_seconds``; the values alternate within each set): ``test`` = ``--test_data``
+as it is; ``pairs`` = the same clips joined two by two with 0.6 s of silence between them (sox, no dither; a
+reference is the two sentences joined), about AISHELL-1's length. Printed per run: clips, mean clip seconds, audio
+seconds, decoding seconds (the report's ``decode_seconds``: reading audio, features, encoder, decoder), real-time
+factor and the error rate; with the CPU flags.
+
+    python tools/bench_eval.py --windows=auto,None
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_data", default="dataset/test.json")
     parser.add_argument("--metric", default="cer", choices=("cer", "wer"))
     parser.add_argument("--eval_args", default="", help="more evaluation.py flags, e.g. --backend=ct2")
+    parser.add_argument("--windows", default="auto,None", help="comma-separated --encoder_window_seconds values")
     args = parser.parse_args(argv)
 
     print(f"CPU flags: {cpu_report()}")
@@ -79,12 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"test": args.test_data, "pairs": str(paired_manifest(args.test_data, work))}
     run(args.model_path, args.test_data, args.metric, extra, work / "warmup.json", limit=4)
     print(f"model {args.model_path} {' '.join(extra)}")
-    print(f"{'set':<6} {'clips':>5} {'mean s':>6} {'audio s':>7} {'decode s':>8} {'RTF':>6} {args.metric.upper():>7}")
+    print(f"{'set':<6} {'window':>6} {'clips':>5} {'mean s':>6} {'audio s':>7} {'decode s':>8} {'RTF':>6} "
+          f"{args.metric.upper():>7}")
     for name, data in sets.items():
-        r = run(args.model_path, data, args.metric, extra, work / f"{name}.json")
-        n = r["utterances_scored"]
-        print(f"{name:<6} {n:5d} {r['audio_seconds'] / n:6.2f} {r['audio_seconds']:7.1f} {r['decode_seconds']:8.1f} "
-              f"{r['decode_seconds'] / r['audio_seconds']:6.3f} {r[args.metric]:7.4f}", flush=True)
+        for window in args.windows.split(","):
+            r = run(args.model_path, data, args.metric, [*extra, f"--encoder_window_seconds={window}"],
+                    work / f"{name}_{window}.json")
+            n = r["utterances_scored"]
+            print(f"{name:<6} {window:>6} {n:5d} {r['audio_seconds'] / n:6.2f} {r['audio_seconds']:7.1f} "
+                  f"{r['decode_seconds']:8.1f} {r['decode_seconds'] / r['audio_seconds']:6.3f} {r[args.metric]:7.4f}",
+                  flush=True)
     return 0
 
 

@@ -144,6 +144,19 @@ def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *
     add_ct2_encoder_arg(parser)
 
 
+def encoder_window_flag(value: str) -> str | float | None:
+    """--encoder_window_seconds: auto, None, or seconds."""
+    return "auto" if value.strip().lower() == "auto" else optional_float(value)
+
+
+def add_encoder_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, auto: str) -> None:
+    """--encoder_window_seconds (DecodeOptions.encoder_window_s); ``auto``: what auto means for this script."""
+    parser.add_argument("--encoder_window_seconds", type=encoder_window_flag, default="auto",
+                        help="encode a batch in a window of at least this many s (its longest clip + 5 s, rounded "
+                             f"up to 5 s) instead of Whisper's 30 s: the encoder costs ~3x less; {auto}; "
+                             "None = always 30 s")
+
+
 def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--ct2_encoder: who runs the audio encoder under the ct2 backend."""
     from utils.transcribe import CT2_ENCODERS

@@ -22,6 +22,7 @@ its silences, about one repetition each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -85,11 +86,11 @@ class DecodeOptions:
         max_new_tokens: tokens generated per chunk at most (None = token_budget(chunk duration)).
         word_timestamps: also time every word (Chinese: every character) by cross-attention alignment; each
             segment then has ``words``.
-        encoder_window_s: ct2 backend: encode a batch of chunks in a window of at least this many seconds (the
-            longest chunk + 1 s, rounded up to 5 s, at most 30) instead of Whisper's 30 s. The encoder's cost
-            falls faster than the window (whisper-base int8, 2 cores: 0.54 s at 30 s, 0.17 s at 20 s, 0.07 s
-            at 10 s), but Whisper was trained on 30 s windows: for streaming's short buffers, measured there
-            (tools/bench_stream.py). None = 30 s.
+        encoder_window_s: encode a batch of chunks in a window of at least this many seconds (the longest
+            chunk + 5 s, rounded up to 5 s, at most 30: :func:`encoder_window`) instead of Whisper's 30 s. The
+            encoder's cost falls faster than the window (whisper-base int8, 2 cores: 0.54 s at 30 s, 0.17 s at
+            20 s, 0.07 s at 10 s), and so does the decoder's cross-attention; for short clips (evaluation) and
+            streaming's buffers on a CPU. None = 30 s.
     """
 
     language: str | None = None
@@ -226,13 +227,26 @@ def token_budget(duration_s: float, timestamps: bool, limit: int = MAX_SAMPLE_LE
     return min(limit, int(16 + (22 if timestamps else 20) * duration_s))
 
 
+ENCODER_WINDOW_MARGIN_S = 5.0  # silence a shortened encoder window keeps after the longest chunk (see below)
+
+
 def encoder_window(chunks: Sequence[np.ndarray], window_s: float | None) -> int:
     """Seconds of the encoder window for a batch of chunks: 30 (Whisper's) when ``window_s`` is None, else at
-    least ``window_s`` and the longest chunk + 1 s, rounded up to a multiple of 5, at most 30."""
+    least ``window_s`` and the longest chunk + ``ENCODER_WINDOW_MARGIN_S``, rounded up to a multiple of 5, at
+    most 30.
+
+    Whisper was trained on 30 s windows, speech followed by padding; it needs some of that padding to end its
+    text. Measured with transformers, greedy, one clip per window (2.6–20 s clips: the demo test set with the
+    demo model, espeak and real English with openai/whisper-base): a window of the clip + 1–2 s made it loop on
+    an English sentence ("Turn left at the bank …" six times) and misread others (WER 0.155 → 1.37); + 3 s and
+    more read about like 30 s (CER 0.109 → 0.106 at + 5 s; real English WER 0.036 → 0.041, one word; espeak English
+    0.155 → 0.162), and at least 15 s exactly like it on both English sets (evaluation's default on a CPU). A decode
+    that still loops in a short window is decoded again in 30 s (``_decode_words``).
+    """
     if window_s is None:
         return int(WINDOW_S)
     longest = max((len(c) for c in chunks), default=0) / SAMPLE_RATE
-    return int(min(WINDOW_S, 5 * math.ceil(max(window_s, longest + 1.0) / 5)))
+    return int(min(WINDOW_S, 5 * math.ceil(max(window_s, longest + ENCODER_WINDOW_MARGIN_S) / 5)))
 
 
 def pad_log_mel(mel: np.ndarray, frames: int = int(WINDOW_S * SAMPLE_RATE) // 160) -> np.ndarray:
@@ -356,7 +370,34 @@ class _BaseTranscriber:
                       prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         """``_decode``, then, when ``options.word_timestamps``, the words of every segment."""
         results = self._decode(chunks, languages, options, prompt, split_repeats)
+        if encoder_window(chunks, options.encoder_window_s) < WINDOW_S:
+            results = self._redecode_loops_in_30_s(chunks, languages, options, prompt, split_repeats, results)
         return self._add_words(chunks, languages, results, options) if options.word_timestamps else results
+
+    def _redecode_loops_in_30_s(self, chunks: Sequence[np.ndarray], languages: Sequence[str],
+                                options: DecodeOptions, prompt: str | None, split_repeats: Sequence[bool] | None,
+                                results: list[_ChunkResult]) -> list[_ChunkResult]:
+        """Chunks decoded in a shortened encoder window (``encoder_window``) whose text is a decoder loop
+        (:func:`is_decoder_loop`), decoded again in Whisper's 30 s window: a short window makes loops likelier."""
+        budget = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
+                                                         options.timestamps)
+        threshold = options.compression_ratio_threshold or DecodeOptions.compression_ratio_threshold
+        loops = []
+        for i, r in enumerate(results):
+            tokens = [t for piece in (r.tokens or []) for t in piece]
+            if r.text and is_decoder_loop(tokens, r.text, len(tokens) >= budget - 4, threshold):
+                loops.append(i)
+        if not loops:
+            return results
+        logger.debug("%d of %d chunks loop in a %d s encoder window: decoded again in 30 s", len(loops),
+                     len(chunks), encoder_window(chunks, options.encoder_window_s))
+        again = self._decode([chunks[i] for i in loops], [languages[i] for i in loops],
+                             replace(options, encoder_window_s=None), prompt,
+                             [split_repeats[i] for i in loops] if split_repeats else None)
+        out = list(results)
+        for i, r in zip(loops, again, strict=True):
+            out[i] = r
+        return out
 
     def _add_words(self, chunks: Sequence[np.ndarray], languages: Sequence[str], results: list[_ChunkResult],
                    options: DecodeOptions) -> list[_ChunkResult]:
@@ -799,6 +840,27 @@ def _quiet_generate_warnings() -> None:
         generation_logger.addFilter(_GenerateNoiseFilter())
 
 
+@contextlib.contextmanager
+def _generate_window(model: Any, frames: int) -> Iterator[None]:
+    """transformers' Whisper generate() with an encoder window of ``frames`` log-mel frames, not 30 s.
+
+    generate() takes its segment length from ``config.max_source_positions`` (its ``num_segment_frames`` argument
+    is overwritten) and pads shorter features to it with zeros, a value that is not silence in Whisper's log-mel;
+    so the config says ``frames`` for the call (the encoder, ``_cache_encoder_output``, knows its own length).
+    An engine decodes one batch at a time (the server gives each model one thread), so no other call sees it.
+    """
+    config = model.config
+    full = config.max_source_positions
+    if frames == 2 * full:
+        yield
+        return
+    config.max_source_positions = frames // 2
+    try:
+        yield
+    finally:
+        config.max_source_positions = full
+
+
 def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
     """Whisper's encoder wrapped with a one-entry cache: features equal to the last ones (or to some of their rows)
     give the last output (those rows).
@@ -808,15 +870,19 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
     decode encoded its audio twice, and language detection before it made it three times. With this wrapper
     the encoder runs once per batch of chunks (comparing the features costs ~1/1000 of encoding them).
     ``max_windows``: without gradients, encode at most this many 30 s windows per call (``CPU_ENCODER_WINDOWS``
-    on the CPU: the same output, faster). Attributes (``conv1``, ``config`` …) are the wrapped encoder's.
+    on the CPU: the same output, faster; shorter windows as many frames). Features shorter than 30 s (a shortened
+    window, ``encoder_window``) are encoded with the positions cut to them. Attributes (``conv1``, ``config`` …)
+    are the wrapped encoder's.
     """
     import torch
+    import torch.nn.functional as F
     from transformers.modeling_outputs import BaseModelOutput
 
     class CachedEncoder(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
+            self.full_frames = inner.config.max_source_positions * 2  # Whisper's 30 s window
             self._input: Any = None  # a copy of the last features
             self._state: tuple | None = None
             self._output: Any = None
@@ -837,16 +903,32 @@ def _cache_encoder_output(encoder: Any, max_windows: int | None = None) -> Any:
                     return self._output
                 if state[2]:  # some of the last batch's chunks (their alignment, a decode again): those rows
                     return BaseModelOutput(last_hidden_state=self._output.last_hidden_state[rows])
-            n = input_features.shape[0]
-            if plain and not torch.is_grad_enabled() and max_windows and n > max_windows and state[2]:
-                parts = [self.inner(input_features[i:i + max_windows], *args, **kwargs).last_hidden_state
-                         for i in range(0, n, max_windows)]
+            n, frames = input_features.shape[0], input_features.shape[-1]
+            full = self.full_frames
+            encode = self.inner if frames == full else self._encode_short
+            if frames != full and not (plain and state[2]):
+                raise ValueError(f"a {frames}-frame encoder window (Whisper's: {full}) is for plain decoding only")
+            per_call = max_windows and max(max_windows, max_windows * full // frames)
+            if plain and not torch.is_grad_enabled() and per_call and n > per_call and state[2]:
+                parts = [encode(input_features[i:i + per_call], *args, **kwargs).last_hidden_state
+                         for i in range(0, n, per_call)]
                 output = BaseModelOutput(last_hidden_state=torch.cat(parts))
             else:
-                output = self.inner(input_features, *args, **kwargs)
+                output = encode(input_features, *args, **kwargs)
             if plain and not torch.is_grad_enabled():
                 self._input, self._state, self._output = input_features.detach().clone(), state, output
             return output
+
+        def _encode_short(self, input_features: Any, *args: Any, **kwargs: Any) -> Any:
+            """transformers' encoder forward on fewer frames than its 30 s (which it refuses): the positions
+            cut to the frames (as ``utils.audio_encoder`` and CTranslate2 do)."""
+            enc = self.inner
+            x = F.gelu(enc.conv2(F.gelu(enc.conv1(input_features)))).permute(0, 2, 1)
+            x = x + enc.embed_positions.weight[: x.shape[1]]
+            for layer in enc.layers:
+                x = layer(x, None)
+                x = x[0] if isinstance(x, tuple) else x
+            return BaseModelOutput(last_hidden_state=enc.layer_norm(x))
 
         def _cached_rows(self, input_features: Any) -> list[int] | None:
             """The row of the last features equal to each row of ``input_features``; None if one has none."""
@@ -952,9 +1034,12 @@ class TransformersTranscriber(_BaseTranscriber):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
 
-    def _features(self, chunks: Sequence[np.ndarray]):
+    def _features(self, chunks: Sequence[np.ndarray], window_s: float | None = None):
+        """Log-mel features (batch, n_mels, frames): Whisper's 30 s window, or ``encoder_window(chunks, window_s)``
+        (the 30 s features cut short: past the speech, the log-mel of the zero padding either way)."""
         feats = self.processor.feature_extractor(list(chunks), sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        return feats.input_features.to(self.device, self.dtype)
+        frames = encoder_window(chunks, window_s) * SAMPLE_RATE // 160
+        return feats.input_features[..., :frames].to(self.device, self.dtype)
 
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         import torch
@@ -1025,10 +1110,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         import torch
 
-        if options.encoder_window_s is not None:
-            raise ValueError("encoder_window_s needs the ct2 backend: transformers' Whisper encoder takes 30 s "
-                             "windows only")
-        feats = self._features(chunks)
+        feats = self._features(chunks, options.encoder_window_s)
         longest_s = max(len(c) for c in chunks) / SAMPLE_RATE
         durations = [len(c) / SAMPLE_RATE for c in chunks]
         # transformers' own fallback treats any compressible text as a loop, so a sentence said three times is
@@ -1040,7 +1122,7 @@ class TransformersTranscriber(_BaseTranscriber):
             first = replace(first, temperatures=options.temperatures[:1])
         kw = self._generate_kwargs(first, languages, prompt)
         kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         if own_loop_check:
@@ -1051,7 +1133,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 again = replace(options, temperatures=tuple(options.temperatures[1:]))
                 kw = self._generate_kwargs(again, [languages[i] for i in loops] if languages else None, prompt)
                 kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
-                with torch.inference_mode(), self._autocast():
+                with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
                     out = self.model.generate(input_features=feats[loops], **kw)
                 redone = self._segments_from_output(out, len(loops), [durations[i] for i in loops])
                 for i, pieces in zip(loops, redone):

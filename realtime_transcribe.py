@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
                    help="trim the buffer at a committed segment end once it is longer than this (s)")
     s.add_argument("--max_buffer_seconds", type=float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
-    add_encoder_window_arg(s, "auto = 15 for the ct2 backend on a CPU (where a 30 s window cannot keep up), else "
-                              "None (30 s)")
+    add_encoder_window_arg(s, "auto = 15 on a CPU (where a 30 s window cannot keep up), None (30 s) on a GPU")
     add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
     s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
     s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
@@ -206,14 +205,13 @@ CPU_ENCODER_WINDOW_S = 15.0  # --encoder_window_seconds=auto on a CPU (measured:
 
 
 def encoder_window(args: argparse.Namespace) -> float | None:
-    """--encoder_window_seconds resolved: auto = CPU_ENCODER_WINDOW_S for the ct2 backend on a CPU, else None."""
+    """--encoder_window_seconds resolved: auto = CPU_ENCODER_WINDOW_S on a CPU (either backend), else None."""
     if args.encoder_window_seconds != "auto":
         return args.encoder_window_seconds
-    if args.backend != "ct2":
-        return None
-    from utils.device import resolve_ct2_device
+    from utils.device import resolve_ct2_device, resolve_device
 
-    return CPU_ENCODER_WINDOW_S if resolve_ct2_device(args.device) == "cpu" else None
+    device = resolve_ct2_device(args.device) if args.backend == "ct2" else resolve_device(args.device)
+    return CPU_ENCODER_WINDOW_S if device == "cpu" else None
 
 
 def stream_threads(args: argparse.Namespace) -> int:

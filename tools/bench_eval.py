@@ -5,7 +5,7 @@
         --model_path=models/whisper-base-finetune-ct2
 
 In Whisper's 30 s encoder window every clip costs the same whatever its length, so the real-time factor falls as
-clips get longer; evaluation.py's default on a CPU encodes each batch in its longest clip + 5 s instead
+clips get longer; evaluation.py's default on a CPU encodes each batch in at least 15 s, its longest clip + 5 s
 (``--encoder_window_seconds=auto``). The demo test set's clips average 2.6 s; AISHELL-1's test set averages 5.0 s
 (7176 utterances, 10 h). Runs of ``evaluation.py`` (in this process, after one warm-up run on 4 clips), for each
 ``--windows`` value (``--encoder_window_seconds``; the values alternate within each set): ``test`` = ``--test_data``

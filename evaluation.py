@@ -31,6 +31,8 @@ from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_output_path, make_parser,
                        setup_logging)
+from utils.cli import CPU_ENCODER_WINDOW_S  # noqa: F401  (auto's window on a CPU, named here too)
+from utils.cli import resolve_encoder_window as encoder_window
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
@@ -43,10 +45,6 @@ logger = logging.getLogger(__name__)
 
 # real English speech (dataset/real/README.md: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk)
 DEFAULT_GENERAL_DATA = "dataset/real/real_en.json"
-# --encoder_window_seconds=auto on a CPU: each batch in at least 15 s, its longest clip + 5 s rounded up to 5 s: the
-# demo test set decodes in about half the time; real and espeak English score as in 30 s (10 s: one more wrong word
-# in each set; README "速度")
-CPU_ENCODER_WINDOW_S = 15.0
 
 
 def build_parser():
@@ -61,7 +59,7 @@ def build_parser():
     parser.add_argument("--output", type=str, default=None,
                         help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
     add_engine_args(parser)
-    add_encoder_window_arg(parser, f"auto = {CPU_ENCODER_WINDOW_S:g} on a CPU, None (30 s) on a GPU")
+    add_encoder_window_arg(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
     parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
@@ -178,14 +176,6 @@ def load_records(args) -> Sequence[Record] | Iterable[Record]:
     if args.limit:
         return [source[i] for i in range(min(args.limit, len(source)))]
     return source if not isinstance(source, Manifest) else list(source)  # a dataset's records hold their audio bytes
-
-
-def encoder_window(value: str | float | None, device: str) -> float | None:
-    """--encoder_window_seconds resolved for an engine on ``device``: auto = CPU_ENCODER_WINDOW_S on a CPU (where
-    the 30 s window is most of the time: the clips are short), None (30 s) on a GPU."""
-    if value != "auto":
-        return value  # type: ignore[return-value]
-    return CPU_ENCODER_WINDOW_S if device == "cpu" else None
 
 
 def _seed(seed: int) -> None:

@@ -30,7 +30,8 @@ from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
 from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
-                       add_model_args, add_to_simple_arg, check_output_path, make_parser, setup_logging)
+                       add_model_args, add_to_simple_arg, check_output_path, make_parser, resolve_encoder_window,
+                       setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
                    help="trim the buffer at a committed segment end once it is longer than this (s)")
     s.add_argument("--max_buffer_seconds", type=float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
-    add_encoder_window_arg(s, "auto = 15 on a CPU (where a 30 s window cannot keep up), None (30 s) on a GPU")
+    add_encoder_window_arg(s)
     add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
     s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
     s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
@@ -201,17 +202,14 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
     )
 
 
-CPU_ENCODER_WINDOW_S = 15.0  # --encoder_window_seconds=auto on a CPU (measured: README "实时转录", "速度")
-
-
 def encoder_window(args: argparse.Namespace) -> float | None:
-    """--encoder_window_seconds resolved: auto = CPU_ENCODER_WINDOW_S on a CPU (either backend), else None."""
+    """--encoder_window_seconds resolved (utils.cli.resolve_encoder_window) for the device the backend will use."""
     if args.encoder_window_seconds != "auto":
         return args.encoder_window_seconds
     from utils.device import resolve_ct2_device, resolve_device
 
     device = resolve_ct2_device(args.device) if args.backend == "ct2" else resolve_device(args.device)
-    return CPU_ENCODER_WINDOW_S if device == "cpu" else None
+    return resolve_encoder_window("auto", device)
 
 
 def stream_threads(args: argparse.Namespace) -> int:

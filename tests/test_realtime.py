@@ -777,8 +777,13 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
     # the offline transcript of the same audio (which often drops the cut-off last words: it is no exact
     # reference here), and it is the script's beginning
     assert len(streamed) >= 0.9 * len(report["offline_text"]), report
-    # (compared with the script's prefix that fits it best: the cut falls somewhere inside a word)
-    best = min(error_rate([LONG_TEXT[:k]], [streamed]) for k in range(max(1, len(streamed) - 20), len(streamed) + 20))
+    # and it is the script's beginning: compared with the script's prefix that fits it best, without its last word.
+    # Ctrl-C falls somewhere inside a word, and what the cut-off word reads as depends on the millisecond ("bicycle"
+    # cut at 11.07 s → "myself", at 11.10 s → "bike"): it may be any word, and scoring it made this check fail in a
+    # third of the runs. The rest is fixed: whisper-base greedy on espeak, one utterance at a time (0.162 here)
+    heard = " ".join(streamed.split()[:-1])
+    assert "brother" in heard.lower(), streamed  # the third sentence, still open at Ctrl-C, was committed
+    best = min(error_rate([LONG_TEXT[:k]], [heard]) for k in range(max(1, len(heard) - 20), len(heard) + 20))
     assert best < 0.2, (best, streamed, report["offline_text"])
     assert report["cer_vs_offline"] >= 0
 

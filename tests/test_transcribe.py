@@ -379,6 +379,56 @@ def test_a_repeating_chunk_that_made_a_take_up_gives_way_to_its_pieces(tiny, mon
     assert [t for piece in result.tokens for t in piece] == unit * 2
 
 
+@pytest.fixture(scope="module")
+def two_takes(tmp_path_factory) -> np.ndarray:
+    """One espeak sentence said twice, 1 s of silence before, between and after the takes (about 9 s)."""
+    take = load_audio(make_speech(EN_SENTENCE, tmp_path_factory.mktemp("takes") / "take.wav"))
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    return np.concatenate([gap, take, gap, take, gap])
+
+
+def test_a_clip_is_one_chunk_with_the_pauses_the_vad_finds_in_it(two_takes):
+    """whole_clip: the whole clip, a break in the pause between the takes, the speech measured; silence: no break."""
+    from utils.vad import whole_clip
+
+    sr = SAMPLE_RATE
+    take_end = (len(two_takes) - 3 * sr) // 2 + sr  # end of the first take
+    chunk = whole_clip(two_takes)
+    assert (chunk.start, chunk.end) == (0, len(two_takes))
+    assert len(chunk.breaks) == 1 and take_end < chunk.breaks[0] < take_end + sr
+    assert 0.8 * (len(two_takes) - 3 * sr) < chunk.speech < len(two_takes) - sr  # the takes (+ the VAD's padding)
+    silent = whole_clip(np.zeros(5 * sr, np.float32))
+    assert (silent.start, silent.end, silent.breaks, silent.speech) == (0, 5 * sr, (), None)
+
+
+def test_a_clip_read_with_a_take_made_up_is_decoded_again_take_by_take(tiny, monkeypatch, two_takes):
+    """A clip of at most 30 s is one chunk, but it is cut at its pauses like a long recording's chunk: a sentence said
+    twice and read three times (the third take aligns to no time) gives way to its two takes, decoded one by one
+    (whisper-base fine-tuned on the demo data read a real AISHELL-1 sentence said 3 times as 4 takes in a 25 s
+    encoder window). ``cut_clip=False`` (streaming) decodes the clip once, whole, without the VAD."""
+    from utils.transcribe import _ChunkResult
+
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT
+    calls = []
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append(len(chunks))
+        texts = [unit * 3] if len(chunks) == 1 else [unit] * len(chunks)
+        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
+
+    monkeypatch.setattr(tiny, "_decode", decode)
+    monkeypatch.setattr(tiny, "_align", _piling(2, take_s=len(two_takes) / sr / 2))
+    tiny.transcribe(two_takes, DecodeOptions(language="en"))
+    assert calls == [1, 2]
+    calls.clear()
+    import utils.transcribe
+
+    monkeypatch.setattr(utils.transcribe, "whole_clip", lambda audio: pytest.fail("no VAD pass"))
+    tiny.transcribe(two_takes, DecodeOptions(language="en"), cut_clip=False)
+    assert calls == [1]
+
+
 def test_a_sentence_said_five_times_and_read_so_is_decoded_once(tiny, monkeypatch):
     """Five takes of a 14-token sentence, each aligned over its own 6 s: a lesson's repetition, not a decoder loop (a
     unit shorter than REPEAT_SPAN_TOKENS repeated LOOP_REPEATS times is one); the reading is checked, covers its

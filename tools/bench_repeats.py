@@ -16,6 +16,9 @@ said 3 times (``--zh_model``, default the demo model that ``make demo`` trains).
 its README): ``zh_real`` = two AISHELL-1 test sentences, each said 3 times (the same take repeated, 1 s pauses);
 ``zh_real3``/``zh_real8`` = one of them 3 times (one 30 s window, no VAD) / 8 times; ``en_jfk`` = the JFK clip 4
 times. The CPU flags are printed.
+
+``--windows=None,15`` decodes "after" once per encoder window (``DecodeOptions.encoder_window_s``: None = 30 s; 15 =
+at least 15 s, the chunk + 5 s: what ``--encoder_window_seconds=auto`` gives on a CPU), one column each.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zh_model", default="models/whisper-base-finetune",
                         help="transformers model of the Mandarin recordings (its '-ct2' copy for the ct2 backend)")
     parser.add_argument("--test_data", default="dataset/test.json", help="manifest of zh_teacher's sentences")
+    parser.add_argument("--windows", default="None", help="comma-separated encoder windows of 'after' (None = 30 s)")
     args = parser.parse_args(argv)
+    try:
+        windows = [None if w == "None" else float(w) for w in args.windows.split(",")]
+    except ValueError:
+        parser.error(f"--windows: comma-separated numbers or None, got {args.windows!r}")
     names = args.recordings.split(",")
     unknown = sorted(set(names) - set(RECORDINGS))
     if unknown:
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
     recordings = {n: build(n, work, args.test_data) for n in names}
-    print(f"{'backend':<13} {'recording':<12} {'seconds':>7}  {'before':>15}  {'after':>15}")
+    afters = "".join(f"  {'after' if w is None else f'after {w:g} s':>15}" for w in windows)
+    print(f"{'backend':<13} {'recording':<12} {'seconds':>7}  {'before':>15}{afters}")
     for backend in args.backends.split(","):
         engines = {}
         for name, (audio, reference, language, metric) in recordings.items():
@@ -133,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                 engines[model] = engine_module.load_transcriber(model, backend, device="cpu")
             options = engine_module.DecodeOptions(language=language, beam_size=3 if backend == "ct2" else 1)
             cells = []
-            for splits, unread in ((0, float("inf")), (1, default_unread)):
+            runs = [(0, float("inf"), None)] + [(1, default_unread, w) for w in windows]
+            for splits, unread, window in runs:
                 engine_module.MAX_REPEAT_SPLITS, engine_module.MAX_UNREAD_SPEECH_S = splits, unread
-                seconds, text = timed(lambda: engines[model].transcribe(audio, options).text)
+                run_options = replace(options, encoder_window_s=window)
+                seconds, text = timed(lambda: engines[model].transcribe(audio, run_options).text)
                 cells.append(f"{seconds:6.2f} s {count_errors(reference, text, metric, language=language).rate:.3f}")
-            print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  {cells[0]:>15}  {cells[1]:>15}",
+            print(f"{backend:<13} {name:<12} {len(audio) / SAMPLE_RATE:>7.1f}  " + "  ".join(f"{c:>15}" for c in cells),
                   flush=True)
     return 0
 

@@ -699,7 +699,7 @@ class EngineHypothesis:
     def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         from dataclasses import replace
 
-        result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None)
+        result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None, cut_clip=False)
         if (self.options.language in (None, AUTO_LANGUAGE) and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):
             self.options = replace(self.options, language=result.language)

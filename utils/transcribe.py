@@ -39,7 +39,7 @@ from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, cut_every, speech_regions, split_on_silence
+from utils.vad import Chunk, cut_every, speech_regions, split_on_silence, whole_clip
 
 logger = logging.getLogger(__name__)
 
@@ -296,10 +296,11 @@ class Transcriber(Protocol):
     backend: str
 
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
-                   *, initial_prompt: str | None = None) -> Transcript: ...
+                   *, initial_prompt: str | None = None, cut_clip: bool = True) -> Transcript: ...
 
     def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
-                            *, initial_prompt: str | None = None) -> tuple[Iterator[Segment], TranscriptionInfo]: ...
+                            *, initial_prompt: str | None = None, cut_clip: bool = True
+                            ) -> tuple[Iterator[Segment], TranscriptionInfo]: ...
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...) -> list[Transcript]: ...
 
@@ -576,7 +577,8 @@ class _BaseTranscriber:
             prev_end = end
 
     def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
-                            *, initial_prompt: str | None = None) -> tuple[Iterator[Segment], TranscriptionInfo]:
+                            *, initial_prompt: str | None = None, cut_clip: bool = True
+                            ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """Transcribe one recording of any length, segment by segment.
 
         The audio is cut and its language detected now; the segments are decoded as the iterator is consumed,
@@ -586,6 +588,10 @@ class _BaseTranscriber:
             audio: a path, or a float32 waveform of shape (samples,) at 16 kHz.
             options: decoding options.
             initial_prompt: previous text for the decoder (overrides ``options.initial_prompt``).
+            cut_clip: audio of at most 30 s is one chunk, with its pauses found by the VAD (:func:`whole_clip`), so
+                that a sentence said several times in it and misread (a take made up or left out) is decoded again
+                take by take, as in a long recording. False: one chunk that is never cut (no VAD pass; streaming,
+                which decodes its buffer every second and ends utterances at pauses itself).
 
         Raises:
             AudioLoadError: ``audio`` is a path that cannot be read.
@@ -600,7 +606,7 @@ class _BaseTranscriber:
         prompt = initial_prompt if initial_prompt is not None else options.initial_prompt
         duration = len(audio) / SAMPLE_RATE
         if duration <= WINDOW_S:
-            chunks = [Chunk(0, len(audio))] if len(audio) else []
+            chunks = ([whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else [])
         else:
             chunks = split_on_silence(audio)
         if not chunks:
@@ -629,13 +635,13 @@ class _BaseTranscriber:
         return self._segments_of(pieces(), language, duration, options), info
 
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
-                   *, initial_prompt: str | None = None) -> Transcript:
+                   *, initial_prompt: str | None = None, cut_clip: bool = True) -> Transcript:
         """Transcribe one recording of any length: :meth:`transcribe_segments`, collected.
 
         Raises:
             AudioLoadError: ``audio`` is a path that cannot be read.
         """
-        segments, info = self.transcribe_segments(audio, options, initial_prompt=initial_prompt)
+        segments, info = self.transcribe_segments(audio, options, initial_prompt=initial_prompt, cut_clip=cut_clip)
         return Transcript.collect(segments, info)
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()

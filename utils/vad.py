@@ -162,6 +162,17 @@ def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
     return pieces
 
 
+def whole_clip(audio: np.ndarray) -> Chunk:
+    """All of ``audio`` (a clip of at most one window) as one chunk, with the breaks and the speech silero-vad finds
+    in it: a sentence said several times in one clip can then be cut at its pauses like a long recording's chunk
+    (``utils.transcribe``). No breaks and ``speech`` None when the VAD finds no speech."""
+    regions = speech_regions(audio)
+    if not regions:
+        return Chunk(0, len(audio))
+    breaks = tuple((a.end + b.start) // 2 for a, b in zip(regions, regions[1:]))
+    return Chunk(0, len(audio), breaks, sum(r.end - r.start for r in regions))
+
+
 def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[Chunk]:
     """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech.
 

@@ -14,8 +14,8 @@ sentence said 8 times (``--en_model``); ``zh_repeated`` = one Mandarin sentence 
 ``zh_voices`` = the same in 8 voices and speeds; ``zh_teacher`` = 24 sentences of ``--test_data`` with every sixth
 said 3 times (``--zh_model``, default the demo model that ``make demo`` trains). Real recordings (dataset/real/, see
 its README): ``zh_real`` = two AISHELL-1 test sentences, each said 3 times (the same take repeated, 1 s pauses);
-``zh_real3``/``zh_real8`` = one of them 3 times (one 30 s window, no VAD) / 8 times; ``en_jfk`` = the JFK clip 4
-times. The CPU flags are printed.
+``zh_real3``/``zh_real8`` = one of them 3 times (15.6 s: one chunk, cut at its pauses only if misread) / 8 times;
+``en_jfk`` = the JFK clip 4 times. The CPU flags are printed.
 
 ``--windows=None,15`` decodes "after" once per encoder window (``DecodeOptions.encoder_window_s``: None = 30 s; 15 =
 at least 15 s, the chunk + 5 s: what ``--encoder_window_seconds=auto`` gives on a CPU), one column each.

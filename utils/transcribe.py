@@ -606,7 +606,7 @@ class _BaseTranscriber:
         prompt = initial_prompt if initial_prompt is not None else options.initial_prompt
         duration = len(audio) / SAMPLE_RATE
         if duration <= WINDOW_S:
-            chunks = ([whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else [])
+            chunks = [whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else []
         else:
             chunks = split_on_silence(audio)
         if not chunks:

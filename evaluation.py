@@ -30,9 +30,7 @@ from tqdm import tqdm
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_output_path, make_parser,
-                       setup_logging)
-from utils.cli import CPU_ENCODER_WINDOW_S  # noqa: F401  (auto's window on a CPU, named here too)
-from utils.cli import resolve_encoder_window as encoder_window
+                       resolve_encoder_window, setup_logging)
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
@@ -226,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
-    options = replace(options, encoder_window_s=encoder_window(args.encoder_window_seconds, engine.device))
+    options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
     # 4. Decode and score (seeded: fallback temperatures sample)
     _seed(args.seed)
     try:
@@ -271,7 +269,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         except (ValueError, ModelResolutionError) as e:
             logger.error("cannot load %s: %s", model, e)
             return 2
-        options = replace(options, encoder_window_s=encoder_window(args.encoder_window_seconds, engine.device))
+        options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
         _seed(args.seed)
         logger.info("%s: target set %s", model, args.test_data)
         target_report = evaluate(engine, target, options, args.metric, args.batch_size)

@@ -59,10 +59,12 @@ def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path):
 
 
 def test_encoder_window_is_15_s_on_a_cpu_by_default_and_30_s_on_a_gpu_or_when_asked():
-    assert evaluation.encoder_window("auto", "cpu") == evaluation.CPU_ENCODER_WINDOW_S == 15.0
-    assert evaluation.encoder_window("auto", "cuda") is None
-    assert evaluation.encoder_window(None, "cpu") is None
-    assert evaluation.encoder_window(20.0, "cuda") == 20.0
+    from utils.cli import CPU_ENCODER_WINDOW_S, resolve_encoder_window
+
+    assert resolve_encoder_window("auto", "cpu") == CPU_ENCODER_WINDOW_S == 15.0
+    assert resolve_encoder_window("auto", "cuda") is None
+    assert resolve_encoder_window(None, "cpu") is None
+    assert resolve_encoder_window(20.0, "cuda") == 20.0
     parse = evaluation.build_parser().parse_args
     assert parse([]).encoder_window_seconds == "auto"
     assert parse(["--encoder_window_seconds=None"]).encoder_window_seconds is None

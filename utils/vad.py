@@ -166,11 +166,10 @@ def whole_clip(audio: np.ndarray) -> Chunk:
     """All of ``audio`` (a clip of at most one window) as one chunk, with the breaks and the speech silero-vad finds
     in it: a sentence said several times in one clip can then be cut at its pauses like a long recording's chunk
     (``utils.transcribe``). No breaks and ``speech`` None when the VAD finds no speech."""
-    regions = speech_regions(audio)
-    if not regions:
+    merged = merge_regions(speech_regions(audio), max(WINDOW_S, len(audio) / SAMPLE_RATE))  # one chunk
+    if not merged:
         return Chunk(0, len(audio))
-    breaks = tuple((a.end + b.start) // 2 for a, b in zip(regions, regions[1:]))
-    return Chunk(0, len(audio), breaks, sum(r.end - r.start for r in regions))
+    return Chunk(0, len(audio), merged[0].breaks, merged[0].speech)
 
 
 def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[Chunk]:

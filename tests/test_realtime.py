@@ -257,6 +257,52 @@ def test_a_pause_inside_a_long_block_closes_the_utterance_at_the_pause():
     assert policy.text == "a b c d e f"
 
 
+def test_context_keeps_the_closed_utterance_before_the_next_one_and_commits_each_word_once():
+    # three utterances: 1.0-2.6 s, 3.6-5.2 s (1 s pause: the first is kept as context), 9.0-10.6 s (3.8 s of
+    # silence before it: the context is dropped)
+    words = script_words("a b c d", start=1.0) + script_words("e f g h", start=3.6) + script_words("i j", start=9.0)
+    audio = timed_audio(12.0, silences=[(0.0, 1.0), (2.6, 3.6), (5.2, 9.0), (9.8, 12.0)])
+    for context_s, second_from in ((10.0, 1.0 - 0.4), (0.0, 3.6 - 0.4)):
+        asr = FakeASR(words, flicker=False)
+        spans: list[tuple[float, float]] = []
+        policy = StreamingPolicy(lambda a, p: spans.append(_buffer_span(a)) or asr(a, p), vad_fn=energy_vad,
+                                 context_s=context_s)
+        result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.5)
+        assert result.text == "a b c d e f g h i j", context_s  # context words are re-read, never committed again
+        second = [start for start, dur in spans if 3.6 < start + dur <= 5.9]  # decodes that heard "e f g h"
+        assert second and all(start == pytest.approx(second_from, abs=0.04) for start in second), (context_s, spans)
+        third = [start for start, dur in spans if start + dur > 9.0]
+        assert third and all(start == pytest.approx(9.0 - 0.4, abs=0.04) for start in third), (context_s, spans)
+        assert not any(3.0 < start + dur < 3.6 or 6.0 < start + dur < 9.0 for start, dur in spans)  # pauses: no decode
+
+
+@pytest.mark.parametrize("trim_s", [10.0, 3.3])
+def test_context_holds_whole_utterances_that_fit_and_survives_a_changed_re_reading(trim_s):
+    # utterances of 1.6 s every 2.6 s (1 s pauses); context_s=3.3 holds the last one (2.6 s from its buffer cut),
+    # never two
+    words = [w for k in range(4) for w in script_words(" ".join(f"u{k}w{i}" for i in range(4)), start=0.5 + 2.6 * k)]
+    audio = timed_audio(11.5, silences=[(0.0, 0.5)] + [(2.1 + 2.6 * k, 3.1 + 2.6 * k) for k in range(4)])
+    asr = FakeASR(words, flicker=False)
+    spans: list[tuple[float, float]] = []
+
+    def misread_context(a: np.ndarray, p: str) -> list[tuple]:
+        spans.append(_buffer_span(a))
+        segments = asr(a, p)
+        if len(a) > 3.0 * SAMPLE_RATE and segments:  # a buffer with context: its first word is read another way
+            start, end, text = segments[0]
+            segments[0] = (start, end, "X" + text)
+        return segments
+
+    policy = StreamingPolicy(misread_context, vad_fn=energy_vad, context_s=3.3, trim_s=trim_s)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.5)
+    assert result.text == " ".join(w.strip() for *_, w in words)
+    starts = sorted({round(start, 1) for start, _ in spans})
+    if trim_s > 5:  # each utterance's decodes start at the cut before the utterance just before it: 0.5 - 0.4 pad
+        assert starts == [0.1, 2.3, 4.9, 7.5], spans  # for the first two, then that pause (0.6 s after speech) - 0.4
+    else:  # a buffer over trim_s is cut at the last committed segment end: the context's end, 2.1 s after its start
+        assert starts == [0.1, 2.1, 4.7, 7.3, 10.5], spans
+
+
 def _buffer_span(audio: np.ndarray) -> tuple[float, float]:
     """(start s, duration s) of a buffer of timed_audio, read from its first voiced sample."""
     i = int(np.flatnonzero(audio)[0])
@@ -652,6 +698,10 @@ def test_flag_conflicts_are_parser_errors(capsys):
         realtime_transcribe.main(["--audio_path=x.wav", "--device_index=1"])
     with pytest.raises(SystemExit):
         realtime_transcribe.main(["--vad=maybe"])
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--context_seconds=12"])  # more than the buffer keeps (--buffer_trim_seconds=10)
+    with pytest.raises(SystemExit):
+        realtime_transcribe.main(["--context_seconds=5", "--vad=False"])
     assert "--chunk_seconds must be > 0" in capsys.readouterr().err
 
 
@@ -708,11 +758,14 @@ def _parse_lines(text: str) -> list[tuple[float, float, str]]:
 
 
 @pytest.mark.slow
-def test_streaming_a_long_file_matches_the_offline_transcript(long_en_wav, tmp_path, capsys):
+@pytest.mark.parametrize("context", ["0", "10"])
+def test_streaming_a_long_file_matches_the_offline_transcript(long_en_wav, tmp_path, capsys, context):
+    # with --context_seconds=10 the sentences before are decoded again with each one: none may be committed twice
     out_file, report_file = tmp_path / "committed.txt", tmp_path / "report.json"
     out_file.write_text("")
     rc = realtime_transcribe.main([f"--audio_path={long_en_wav}", "--simulate_realtime=False", "--language=en",
-                                   f"--output={out_file}", f"--report_path={report_file}"])
+                                   f"--output={out_file}", f"--report_path={report_file}",
+                                   f"--context_seconds={context}"])
     assert rc == 0
     report = json.loads(report_file.read_text())
     lines = _parse_lines(out_file.read_text())

@@ -15,7 +15,8 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   speech onset (first decode one chunk after it, on ``pad_s`` of audio before it + the chunk), so what is
   decoded does not depend on how long earlier decodes took; an utterance closes after ``min_silence_s`` of
   silence: all of it is committed (the last hypothesis's tail when that decode already heard the end of the
-  speech, else after decoding the buffer once more) and the buffer is emptied.
+  speech, else after decoding the buffer once more) and the buffer is emptied, or, with ``context_s``, keeps the
+  latest closed utterances as context for the next one.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
 agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 # silence a hypothesis must have heard after the VAD's end of speech for its tail to be committed as it is: the
 # VAD ends speech early on a soft final consonant, and Whisper misreads the last word of its input ("seven" → "11")
 _HEARD_MARGIN = int(0.3 * SAMPLE_RATE)
+# silence after a closed utterance past which it is no longer kept as context for the next one (samples)
+_CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
@@ -241,16 +244,23 @@ class StreamingPolicy:
         vad_threshold: speech probability threshold (hysteresis: -0.15 to stay in speech).
         pad_s: audio kept before speech when silence is dropped from the buffer.
         prompt_chars: characters of committed text (out of the buffer) given as prompt; 0 = none.
+        context_s: with ``vad_fn``, audio of closed utterances (whole ones, up to this many seconds) kept at the
+            buffer's start while the next one is decoded, so the decoder hears the speech before it as an offline
+            pass does (their words are re-read and skipped, never committed again); dropped after ``_CONTEXT_GAP``
+            of silence, or by the trim at ``trim_s``. 0 = each utterance decoded alone (fastest).
     """
 
     def __init__(self, hypothesis_fn: HypothesisFn, *, vad_fn: VadFn | None = None, trim_s: float = 10.0,
                  max_buffer_s: float = 25.0, min_silence_s: float = 0.6, vad_threshold: float = 0.5,
-                 pad_s: float = 0.4, prompt_chars: int = 0) -> None:
+                 pad_s: float = 0.4, prompt_chars: int = 0, context_s: float = 0.0) -> None:
         if not 0 < trim_s <= max_buffer_s <= 30.0:
             raise ValueError(f"need 0 < trim_s ({trim_s}) <= max_buffer_s ({max_buffer_s}) <= 30 s")
+        if not 0 <= context_s <= trim_s:
+            raise ValueError(f"need 0 <= context_s ({context_s}) <= trim_s ({trim_s}): the buffer is trimmed past it")
         self.hypothesis_fn = hypothesis_fn
         self.trim_s, self.max_buffer_s = trim_s, max_buffer_s
         self.min_silence_s, self.pad_s, self.prompt_chars = min_silence_s, pad_s, prompt_chars
+        self.context_s = context_s
         self._vad = (_VadState(vad_fn, vad_threshold, int(min_silence_s * SAMPLE_RATE))
                      if vad_fn is not None else None)
         self.buffer = np.zeros(0, dtype=np.float32)
@@ -264,6 +274,8 @@ class StreamingPolicy:
         self._decoded_until = 0  # stream sample up to which the buffer was decoded
         self._step_from = 0  # stream sample from which the next chunk is counted (last step, or speech onset)
         self._tentative_until: int | None = None  # stream sample up to which ``tentative``'s hypothesis heard
+        self._closed: list[tuple[int, int]] = []  # closed utterances kept as context: (start sample, words in buffer)
+        self._closed_end = -1  # stream sample where the last utterance closed
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -313,7 +325,8 @@ class StreamingPolicy:
         return max(0, self.total - self._decoded_until) / SAMPLE_RATE
 
     def _buffer_has_speech(self) -> bool:
-        return self._vad is None or self._vad.last_speech_end > self.offset
+        """Speech arrived that is not decoded and committed yet (closed utterances kept as context do not count)."""
+        return self._vad is None or self._vad.last_speech_end > max(self.offset, self._closed_end)
 
     def _prompt(self) -> str:
         if self.prompt_chars <= 0 or not self._prompt_words:
@@ -358,6 +371,12 @@ class StreamingPolicy:
         gone = self._in_buffer[: len(self._in_buffer) - len(keep)] if keep else self._in_buffer
         self._prompt_words = (self._prompt_words + list(gone))[-400:]
         self._in_buffer = list(keep)
+        left = len(gone)  # the oldest context utterances lose their words first
+        while left and self._closed:
+            start, n = self._closed.pop(0)
+            if n > left:
+                self._closed.insert(0, (start, n - left))
+            left -= min(n, left)
 
     # -- steps --------------------------------------------------------------------------------------
     def process(self, decode: bool = True) -> Update:
@@ -380,8 +399,10 @@ class StreamingPolicy:
                 closed = True
         end = self.audio_end
         if not self._buffer_has_speech():
-            # keep pad_s, plus the frames the VAD has not seen yet: an onset in them is still pad_s inside
-            self._cut(self.total - int(self.pad_s * SAMPLE_RATE) - 2 * VAD_FRAME)
+            if not self._closed or self.total - self._closed_end > _CONTEXT_GAP:
+                self._retire([])  # too long a silence: the context is dropped
+                # keep pad_s, plus the frames the VAD has not seen yet: an onset in them is still pad_s inside
+                self._cut(self.total - int(self.pad_s * SAMPLE_RATE) - 2 * VAD_FRAME)
             self._decoded_until = self._step_from = self.total  # nothing to decode up to here
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
         if not decode or self.total == self._decoded_until:
@@ -428,12 +449,31 @@ class StreamingPolicy:
         self._in_buffer += new
         self.tentative, self._older = [], []
         self._tentative_until = None
-        self._retire([])
-        self._cut(pause - int(self.pad_s * SAMPLE_RATE))
+        self._keep_context(pause)
         self._decoded_until = min(self._decoded_until, pause)
         logger.debug("utterance closed at %.2f s (%s): committed %r", end,
                      "decoded" if decoded else "as last heard", join_words(new))
         return new, decoded
+
+    def _keep_context(self, pause: int) -> None:
+        """After an utterance closed at stream sample ``pause``: keep the latest closed utterances that fit in
+        ``context_s`` (whole ones, from the buffer cut before each) as context; drop the rest of the buffer."""
+        pad = int(self.pad_s * SAMPLE_RATE)
+        start = self._closed_end - pad if self._closed else self.offset  # this utterance's part of the buffer
+        self._closed.append((max(start, self.offset), len(self._in_buffer) - sum(n for _, n in self._closed)))
+        self._closed_end = pause
+        limit = int(self.context_s * SAMPLE_RATE)
+        drop = 0
+        while drop < len(self._closed) and pause - self._closed[drop][0] > limit:
+            drop += 1
+        if drop == len(self._closed):
+            self._retire([])
+            self._cut(pause - pad)
+            return
+        kept = self._closed[drop:]
+        self._retire(self._in_buffer[sum(n for _, n in self._closed[:drop]):])
+        self._closed = kept
+        self._cut(kept[0][0])
 
     def _trim(self, segments: Sequence[tuple[float, float, str]], offset_s: float, done: int) -> list[StreamToken]:
         """Cut the buffer at the latest segment end whose tokens are all committed (``done`` tokens).

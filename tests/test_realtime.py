@@ -276,6 +276,20 @@ def test_context_keeps_the_closed_utterance_before_the_next_one_and_commits_each
         assert not any(3.0 < start + dur < 3.6 or 6.0 < start + dur < 9.0 for start, dur in spans)  # pauses: no decode
 
 
+def test_a_context_utterance_without_words_is_dropped_with_the_silence_before_the_next_one():
+    # "a b c d" at 1.0-2.6 s, a cough (speech to the VAD, no words) at 3.4-3.7 s, then "e f" after 4 s of silence
+    words = script_words("a b c d", start=1.0) + script_words("e f", start=7.7)
+    audio = timed_audio(10.0, silences=[(0.0, 1.0), (2.6, 3.4), (3.7, 7.7), (8.5, 10.0)])
+    asr = FakeASR(words, flicker=False)
+    spans: list[tuple[float, float]] = []
+    policy = StreamingPolicy(lambda a, p: spans.append(_buffer_span(a)) or asr(a, p), vad_fn=energy_vad,
+                             context_s=10.0)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.5)
+    assert result.text == "a b c d e f"
+    last = [start for start, dur in spans if start + dur > 7.7]
+    assert last and all(start == pytest.approx(7.7 - 0.4, abs=0.04) for start in last), spans
+
+
 @pytest.mark.parametrize("trim_s", [10.0, 3.3])
 def test_context_holds_whole_utterances_that_fit_and_survives_a_changed_re_reading(trim_s):
     # utterances of 1.6 s every 2.6 s (1 s pauses); context_s=3.3 holds the last one (2.6 s from its buffer cut),

@@ -371,6 +371,8 @@ class StreamingPolicy:
         gone = self._in_buffer[: len(self._in_buffer) - len(keep)] if keep else self._in_buffer
         self._prompt_words = (self._prompt_words + list(gone))[-400:]
         self._in_buffer = list(keep)
+        if not keep:  # nothing committed is left in the buffer: no context either (also one without words)
+            self._closed = []
         left = len(gone)  # the oldest context utterances lose their words first
         while left and self._closed:
             start, n = self._closed.pop(0)
@@ -408,6 +410,7 @@ class StreamingPolicy:
         if not decode or self.total == self._decoded_until:
             return Update(committed, list(self.tentative), end, utterance_end=closed, decoded=decoded)
         if self._vad is not None and not self.tentative and not self._in_buffer:
+            self._closed = []  # a context without words is no context
             self._cut(self._vad.onset - int(self.pad_s * SAMPLE_RATE))  # a new utterance: drop the silence before
         segments = self._hypothesis(self.buffer)  # no state changes before this returns
         self._decoded_until = self._tentative_until = self._step_from = self.total

@@ -877,13 +877,14 @@ def test_streaming_vad_is_the_offline_vad_frame_by_frame(en_wav):
         vad(audio[:100])
 
 
-def test_encoder_window_auto_is_15_s_on_a_cpu_only():
+def test_encoder_window_auto_is_10_s_on_a_cpu_only():
     parse = realtime_transcribe.build_parser().parse_args
-    assert realtime_transcribe.encoder_window(parse(["--device=cpu"])) == 15.0
+    assert realtime_transcribe.encoder_window(parse(["--device=cpu"])) == realtime_transcribe.STREAM_CPU_WINDOW_S == 10.0
+    assert "auto = 10 on a CPU" in " ".join(realtime_transcribe.build_parser().format_help().split())
     assert realtime_transcribe.encoder_window(parse(["--device=cuda"])) is None
     assert realtime_transcribe.encoder_window(parse(["--device=cpu", "--encoder_window_seconds=None"])) is None
     assert realtime_transcribe.encoder_window(parse(["--device=cpu", "--encoder_window_seconds=20"])) == 20.0
-    assert realtime_transcribe.encoder_window(parse(["--backend=transformers", "--device=cpu"])) == 15.0
+    assert realtime_transcribe.encoder_window(parse(["--backend=transformers", "--device=cpu"])) == 10.0
     assert realtime_transcribe.encoder_window(parse(["--backend=transformers", "--device=cuda"])) is None
     transformers_15 = parse(["--backend=transformers", "--device=cpu", "--encoder_window_seconds=15"])
     assert realtime_transcribe.encoder_window(transformers_15) == 15.0  # both backends take a shorter window

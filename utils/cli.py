@@ -155,20 +155,23 @@ def encoder_window_flag(value: str) -> str | float | None:
 CPU_ENCODER_WINDOW_S = 15.0
 
 
-def add_encoder_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--encoder_window_seconds (DecodeOptions.encoder_window_s), resolved by :func:`resolve_encoder_window`."""
+def add_encoder_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                           cpu_window_s: float = CPU_ENCODER_WINDOW_S) -> None:
+    """--encoder_window_seconds (DecodeOptions.encoder_window_s), resolved by :func:`resolve_encoder_window` with
+    the same ``cpu_window_s`` (seconds, what auto means on a CPU)."""
     parser.add_argument("--encoder_window_seconds", type=encoder_window_flag, default="auto",
                         help="encode a batch in a window of at least this many s (its longest clip + 5 s, rounded "
                              "up to 5 s) instead of Whisper's 30 s: the encoder costs ~3x less; auto = "
-                             f"{CPU_ENCODER_WINDOW_S:g} on a CPU, None (30 s) on a GPU; None = always 30 s")
+                             f"{cpu_window_s:g} on a CPU, None (30 s) on a GPU; None = always 30 s")
 
 
-def resolve_encoder_window(value: str | float | None, device: str) -> float | None:
-    """--encoder_window_seconds for an engine on ``device`` ("cpu", "cuda", …): auto = CPU_ENCODER_WINDOW_S on a
-    CPU (where the 30 s window is most of a short clip's time), None (30 s) elsewhere."""
+def resolve_encoder_window(value: str | float | None, device: str,
+                           cpu_window_s: float = CPU_ENCODER_WINDOW_S) -> float | None:
+    """--encoder_window_seconds for an engine on ``device`` ("cpu", "cuda", …): auto = ``cpu_window_s`` on a CPU
+    (where the 30 s window is most of a short clip's time), None (30 s) elsewhere."""
     if value != "auto":
         return value  # type: ignore[return-value]
-    return CPU_ENCODER_WINDOW_S if device == "cpu" else None
+    return cpu_window_s if device == "cpu" else None
 
 
 def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -1,7 +1,7 @@
 """Benchmark streaming: realtime_transcribe.py on a file as fast as the CPU allows, per encoder window.
 
-    python tools/bench_stream.py --recording=en --windows=None,15
-    python tools/bench_stream.py --recording=zh --model_path=models/whisper-base-finetune-ct2 --windows=None,15
+    python tools/bench_stream.py --recording=en --windows=auto,15
+    python tools/bench_stream.py --recording=zh --model_path=models/whisper-base-finetune-ct2 --windows=auto,15
 
 Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English general set joined into ≥ 50 s (0.6 s
 pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated"))
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
-    parser.add_argument("--windows", default="None,15", help="comma-separated --encoder_window_seconds values")
+    parser.add_argument("--windows", default="auto,15", help="comma-separated --encoder_window_seconds values (auto: "
+                        "realtime_transcribe.py's default, 10 s on a CPU)")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
     parser.add_argument("--snr_db", type=float, default=None, help="add white noise at this SNR (dB) to the recording")
     parser.add_argument("--alone", default="False", choices=("True", "False"),

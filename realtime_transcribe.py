@@ -55,6 +55,12 @@ _DIM, _RESET = "\033[2m", "\033[0m"
 # 0.82 -> 0.71 (one sentence said 6 times), latency 0.0-0.2 s lower, WER/CER the same or lower on all four. A decode
 # that loops in a short window is decoded again in 30 s (utils.transcribe), which an earlier 10 s trial lacked.
 STREAM_CPU_WINDOW_S = 10.0
+# Beam of the decode that closes an utterance (--close_beam_size). Its words are committed on one reading, and at the
+# end of an utterance heard alone greedy decoding misreads most ("opens at nine and closes at five" -> "I'm and close
+# at I'm"); one decode per utterance, so a wide beam there costs little with ct2. Not with transformers: its beam
+# search made real English's mean latency 2.91 -> 6.48 s (RTF 0.86 -> 0.97), so there it stays --beam_size.
+# Measured in README (Streaming).
+CLOSE_BEAM_SIZE = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoding steps are fastest on one thread), else CTranslate2's default; 0 = its default")
     add_ct2_encoder_arg(g)
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
+    g.add_argument("--close_beam_size", type=int, default=None,
+                   help="beam width of the decode that closes an utterance when the last one did not hear its end: "
+                        "its last words are committed on that one reading, with no second hypothesis to agree with "
+                        f"(one decode per utterance); default: {CLOSE_BEAM_SIZE} (or --beam_size if wider) with ct2, "
+                        "--beam_size with transformers (its beam search would make the stream fall behind)")
     add_to_simple_arg(g)
     add_bool(g, "word_timestamps", False, "time committed words by cross-attention alignment (more exact word times "
              "and latency figures; slower: an alignment pass per decode)")
@@ -122,6 +133,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--prompt_chars must be >= 0, got {args.prompt_chars}")
     if args.beam_size < 1:
         parser.error(f"--beam_size must be >= 1, got {args.beam_size}")
+    if args.close_beam_size is None:
+        args.close_beam_size = max(CLOSE_BEAM_SIZE if args.backend == "ct2" else 1, args.beam_size)
+    elif args.close_beam_size < args.beam_size:
+        parser.error(f"--close_beam_size ({args.close_beam_size}) must be >= --beam_size ({args.beam_size})")
     if args.samplerate is not None and args.samplerate <= 0:
         parser.error(f"--samplerate must be positive, got {args.samplerate}")
     if not 0 < args.vad_threshold < 1:
@@ -215,6 +230,7 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
         vad_threshold=args.vad_threshold,
         prompt_chars=args.prompt_chars,
         context_s=args.context_seconds,
+        close_fn=hypothesis.closing,
     )
 
 
@@ -248,6 +264,7 @@ def make_report(result: StreamResult, args: argparse.Namespace, offline_text: st
     report: dict[str, Any] = dict(
         source=args.audio_path or "microphone", model_path=args.model_path, backend=args.backend,
         chunk_seconds=args.chunk_seconds, encoder_window_s=args.encoder_window_seconds,
+        beam_size=args.beam_size, close_beam_size=args.close_beam_size,
         simulated_clock=bool(args.audio_path and not args.simulate_realtime),
         interrupted=result.interrupted, **result.latency_stats(),
         latency_note="word end times are interpolated inside Whisper segments by character count",
@@ -298,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
-        hypothesis = EngineHypothesis(engine, options)
+        hypothesis = EngineHypothesis(engine, options, close_beam_size=args.close_beam_size)
         policy = build_policy(args, hypothesis)
     except (ModelResolutionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

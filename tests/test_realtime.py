@@ -22,6 +22,7 @@ import realtime_transcribe
 from utils.audio import SAMPLE_RATE, load_audio
 from utils.audio_sources import AudioDeviceError, FileSource, block_capture_time, import_sounddevice
 from utils.streaming import (
+    EngineHypothesis,
     StreamingPolicy,
     Update,
     StreamToken,
@@ -255,6 +256,56 @@ def test_a_pause_inside_a_long_block_closes_the_utterance_at_the_pause():
     policy.insert_audio(audio[int(4.0 * SAMPLE_RATE):])
     assert join_words(policy.process().committed) == "e f"
     assert policy.text == "a b c d e f"
+
+
+def test_the_decode_that_closes_an_utterance_is_close_fns_and_its_reading_is_committed():
+    # the pauses fall inside big blocks, so no step heard the end of either utterance before it closed: each close
+    # decodes once more, with close_fn (a wider beam in realtime_transcribe.py), and commits that reading
+    words = script_words("a b c d", start=0.5) + script_words("e f", start=3.5)
+    audio = timed_audio(6.0, silences=[(0.0, 0.5), (2.1, 3.5), (4.3, 6.0)])
+    asr = FakeASR(words, flicker=False)
+    closing: list[tuple[float, float]] = []
+
+    def close_fn(a: np.ndarray, p: str) -> list[tuple[float, float, str]]:
+        closing.append(_buffer_span(a))
+        return [(start, end, text.upper()) for start, end, text in asr(a, p)]  # another reading of the same audio
+
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, close_fn=close_fn)
+    policy.insert_audio(audio[: int(4.0 * SAMPLE_RATE)])
+    update = policy.process()
+    assert join_words(update.committed) == "A B C D" and join_words(update.tentative) == "e"
+    assert len(closing) == 1 and sum(closing[0]) == pytest.approx(2.7, abs=0.04)  # decoded up to the pause
+    policy.insert_audio(audio[int(4.0 * SAMPLE_RATE):])
+    assert join_words(policy.process().committed) == "E F"  # "e" was tentative: the close's reading wins
+    assert len(closing) == 2 and policy.text == "A B C D E F"
+    # without close_fn the closing decode is hypothesis_fn's
+    plain = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    assert run_stream(FileSource(audio, realtime=False), plain, chunk_s=4.0).text == "a b c d e f"
+
+
+def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_language():
+    from utils.data import Segment
+    from utils.transcribe import DecodeOptions, Transcript
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, str | None]] = []
+
+        def transcribe(self, audio, options, initial_prompt=None, cut_clip=True):
+            self.calls.append((options.beam_size, options.language))
+            return Transcript(text="hi", segments=[Segment(0.0, 1.0, "hi")], language="en",
+                              language_probability=0.9, duration=len(audio) / SAMPLE_RATE)
+
+    engine = Engine()
+    hypothesis = EngineHypothesis(engine, DecodeOptions(language=None, beam_size=1), close_beam_size=5)
+    second = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    assert hypothesis(second, "") == [(0.0, 1.0, "hi")]
+    assert hypothesis.closing(second, "") == [(0.0, 1.0, "hi")]
+    assert hypothesis(second, "") == [(0.0, 1.0, "hi")]
+    assert engine.calls == [(1, None), (5, "en"), (1, "en")]  # the language detected first is kept by both
+    assert EngineHypothesis(engine, DecodeOptions(beam_size=3)).close_beam_size is None  # closing() = beam 3
+    with pytest.raises(ValueError, match="close_beam_size"):
+        EngineHypothesis(engine, DecodeOptions(), close_beam_size=0)
 
 
 def test_context_keeps_the_closed_utterance_before_the_next_one_and_commits_each_word_once():
@@ -717,6 +768,22 @@ def test_flag_conflicts_are_parser_errors(capsys):
     with pytest.raises(SystemExit):
         realtime_transcribe.main(["--context_seconds=5", "--vad=False"])
     assert "--chunk_seconds must be > 0" in capsys.readouterr().err
+
+
+def test_close_beam_size_is_5_with_ct2_and_the_beam_with_transformers(capsys):
+    def resolved(*flags: str) -> int:
+        parser = realtime_transcribe.build_parser()
+        args = parser.parse_args(list(flags))
+        realtime_transcribe.check_args(parser, args)
+        return args.close_beam_size
+
+    assert resolved() == realtime_transcribe.CLOSE_BEAM_SIZE == 5
+    assert resolved("--beam_size=8") == 8  # never narrower than the other decodes
+    assert resolved("--backend=transformers") == 1 and resolved("--backend=transformers", "--beam_size=3") == 3
+    assert resolved("--close_beam_size=2") == 2
+    with pytest.raises(SystemExit):
+        resolved("--beam_size=4", "--close_beam_size=2")
+    assert "--close_beam_size (2) must be >= --beam_size (4)" in capsys.readouterr().err
 
 
 def test_missing_audio_file_exits_1_before_loading_a_model(tmp_path, capsys):

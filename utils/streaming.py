@@ -15,7 +15,8 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   speech onset (first decode one chunk after it, on ``pad_s`` of audio before it + the chunk), so what is
   decoded does not depend on how long earlier decodes took; an utterance closes after ``min_silence_s`` of
   silence: all of it is committed (the last hypothesis's tail when that decode already heard the end of the
-  speech, else after decoding the buffer once more) and the buffer is emptied, or, with ``context_s``, keeps the
+  speech, else after decoding the buffer once more, by ``close_fn``: a wider beam, as the words it reads are
+  committed without a second reading to agree with) and the buffer is emptied, or, with ``context_s``, keeps the
   latest closed utterances as context for the next one.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
@@ -248,16 +249,21 @@ class StreamingPolicy:
             buffer's start while the next one is decoded, so the decoder hears the speech before it as an offline
             pass does (their words are re-read and skipped, never committed again); dropped after ``_CONTEXT_GAP``
             of silence, or by the trim at ``trim_s``. 0 = each utterance decoded alone (fastest).
+        close_fn: decodes the buffer when an utterance closes and the last hypothesis did not hear its end (the
+            words it reads are committed on that one reading, nothing agrees or disagrees with them), e.g. the
+            same decoder with a wider beam; None = ``hypothesis_fn``.
     """
 
     def __init__(self, hypothesis_fn: HypothesisFn, *, vad_fn: VadFn | None = None, trim_s: float = 10.0,
                  max_buffer_s: float = 25.0, min_silence_s: float = 0.6, vad_threshold: float = 0.5,
-                 pad_s: float = 0.4, prompt_chars: int = 0, context_s: float = 0.0) -> None:
+                 pad_s: float = 0.4, prompt_chars: int = 0, context_s: float = 0.0,
+                 close_fn: HypothesisFn | None = None) -> None:
         if not 0 < trim_s <= max_buffer_s <= 30.0:
             raise ValueError(f"need 0 < trim_s ({trim_s}) <= max_buffer_s ({max_buffer_s}) <= 30 s")
         if not 0 <= context_s <= trim_s:
             raise ValueError(f"need 0 <= context_s ({context_s}) <= trim_s ({trim_s}): the buffer is trimmed past it")
         self.hypothesis_fn = hypothesis_fn
+        self.close_fn = close_fn or hypothesis_fn
         self.trim_s, self.max_buffer_s = trim_s, max_buffer_s
         self.min_silence_s, self.pad_s, self.prompt_chars = min_silence_s, pad_s, prompt_chars
         self.context_s = context_s
@@ -342,14 +348,15 @@ class StreamingPolicy:
             return max(0, pad - (self._vad.onset - self.offset))
         return pad
 
-    def _hypothesis(self, audio: np.ndarray) -> list[tuple]:
-        """``hypothesis_fn`` on ``audio`` (the buffer's start) after :meth:`_lead_samples` of silence; times are
-        returned relative to ``audio``. Whisper drops or clips a first word that starts right at the window's
-        start ("the train" → "train", "she" → "he")."""
+    def _hypothesis(self, audio: np.ndarray, fn: HypothesisFn | None = None) -> list[tuple]:
+        """``fn`` (default ``hypothesis_fn``) on ``audio`` (the buffer's start) after :meth:`_lead_samples` of
+        silence; times are returned relative to ``audio``. Whisper drops or clips a first word that starts right at
+        the window's start ("the train" → "train", "she" → "he")."""
+        fn = fn or self.hypothesis_fn
         lead = self._lead_samples()
         if not lead:
-            return self.hypothesis_fn(audio, self._prompt())
-        segments = self.hypothesis_fn(np.concatenate([np.zeros(lead, dtype=np.float32), audio]), self._prompt())
+            return fn(audio, self._prompt())
+        segments = fn(np.concatenate([np.zeros(lead, dtype=np.float32), audio]), self._prompt())
         shift = lead / SAMPLE_RATE
         out = []
         for start, end, text, *aligned in segments:
@@ -435,15 +442,15 @@ class StreamingPolicy:
 
         When the latest hypothesis already heard the whole utterance (decoded past ``speech_end`` +
         ``_HEARD_MARGIN``, not past ``pause``: only silence after the speech), its tentative tail is committed
-        as it is; otherwise the buffer is decoded up to ``pause`` and everything after the committed words
-        is committed. Returns the new words and whether a decode ran.
+        as it is; otherwise the buffer is decoded up to ``pause`` by ``close_fn`` and everything after the
+        committed words is committed. Returns the new words and whether a decode ran.
         """
         heard = self._tentative_until
         if heard is not None and speech_end + _HEARD_MARGIN <= heard <= pause:
             new, decoded = list(self.tentative), False
         else:
             audio = self.buffer[: pause - self.offset]
-            segments = self._hypothesis(audio)
+            segments = self._hypothesis(audio, self.close_fn)
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
             j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
             new, decoded = words[j:], True
@@ -730,19 +737,34 @@ class EngineHypothesis:
     (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With
     ``options.language`` None or ``"auto"`` the language of the first decode of at least ``detect_after_s``
     seconds is kept for the rest of the stream (``self.options.language``), so it cannot flip.
+    :meth:`closing` decodes in a beam of ``close_beam_size`` (the policy's ``close_fn``; None = the options' beam).
     """
 
-    def __init__(self, engine: Any, options: Any, *, detect_after_s: float = 1.0) -> None:
+    def __init__(self, engine: Any, options: Any, *, detect_after_s: float = 1.0,
+                 close_beam_size: int | None = None) -> None:
         from dataclasses import replace
 
+        if close_beam_size is not None and close_beam_size < 1:
+            raise ValueError(f"close_beam_size must be >= 1, got {close_beam_size}")
         self.engine = engine
         self.options = replace(options, timestamps=True)
         self.detect_after_s = detect_after_s
+        self.close_beam_size = close_beam_size
 
     def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple]:
+        return self._decode(audio, prompt, self.options)
+
+    def closing(self, audio: np.ndarray, prompt: str) -> list[tuple]:
+        """The decode that closes an utterance: as :meth:`__call__`, in a beam of ``close_beam_size``."""
         from dataclasses import replace
 
-        result = self.engine.transcribe(audio, self.options, initial_prompt=prompt or None, cut_clip=False)
+        beam = self.close_beam_size or self.options.beam_size
+        return self._decode(audio, prompt, replace(self.options, beam_size=beam))
+
+    def _decode(self, audio: np.ndarray, prompt: str, options: Any) -> list[tuple]:
+        from dataclasses import replace
+
+        result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=False)
         if (self.options.language in (None, AUTO_LANGUAGE) and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):
             self.options = replace(self.options, language=result.language)

@@ -742,8 +742,6 @@ class EngineHypothesis:
 
     def __init__(self, engine: Any, options: Any, *, detect_after_s: float = 1.0,
                  close_beam_size: int | None = None) -> None:
-        from dataclasses import replace
-
         if close_beam_size is not None and close_beam_size < 1:
             raise ValueError(f"close_beam_size must be >= 1, got {close_beam_size}")
         self.engine = engine
@@ -756,14 +754,10 @@ class EngineHypothesis:
 
     def closing(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         """The decode that closes an utterance: as :meth:`__call__`, in a beam of ``close_beam_size``."""
-        from dataclasses import replace
-
         beam = self.close_beam_size or self.options.beam_size
         return self._decode(audio, prompt, replace(self.options, beam_size=beam))
 
     def _decode(self, audio: np.ndarray, prompt: str, options: Any) -> list[tuple]:
-        from dataclasses import replace
-
         result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=False)
         if (self.options.language in (None, AUTO_LANGUAGE) and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):

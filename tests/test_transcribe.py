@@ -173,6 +173,22 @@ def test_a_model_fine_tuned_on_one_language_decodes_in_it_unless_told_to_detect(
         _ct2_model_language(str(ct2))
 
 
+def test_merge_regions_cuts_between_sentences_not_inside_them():
+    """A sentence said 8 times (a short phrase, a pause of < 0.4 s, the rest: two regions whose padding touches;
+    0.7 s between takes): packing would cut the fourth take after its first phrase (26.4 s); the same 3 chunks are
+    cut between takes instead. Where every pause is short, the cut falls where packing puts it."""
+    sr = SAMPLE_RATE
+    takes = [t * 8.4 for t in range(8)]
+    regions = [Chunk(round(x * sr), round(y * sr)) for t in takes for x, y in ((t, t + 1.2), (t + 1.2, t + 7.7))]
+    chunks = merge_regions(regions, max_chunk_s=30.0)
+    assert [(c.start / sr, c.end / sr) for c in chunks] == [
+        (0.0, pytest.approx(24.5)), (pytest.approx(25.2), pytest.approx(49.7)), (pytest.approx(50.4), pytest.approx(66.5))]
+    assert [len(c.breaks) for c in chunks] == [5, 5, 3] and sum(c.speech for c in chunks) == sum(
+        r.end - r.start for r in regions)
+    touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # 50 s, no pause the VAD kept apart
+    assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 30), (30, 50)]
+
+
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():
     sr = SAMPLE_RATE
     regions = [Chunk(0, 4 * sr), Chunk(6 * sr, 10 * sr), Chunk(10 * sr, 14 * sr), Chunk(15 * sr, 19 * sr),
@@ -557,6 +573,45 @@ def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
     assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
     silence = np.zeros(SAMPLE_RATE * 5, dtype=np.float32)
     assert split_on_silence(np.concatenate([silence] * 7)) == []
+
+
+def _recording_decoder(waves: list):
+    """A fake ``_decode``: records the samples of the chunks of its first call, and reads every chunk as one segment
+    from 0.5 s to its end."""
+    from utils.transcribe import _ChunkResult
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        if not waves:
+            waves.extend(np.array(c) for c in chunks)
+        return [_ChunkResult([(0.5, len(c) / SAMPLE_RATE, "word")], "word", tokens=[[100]]) for c in chunks]
+    return decode
+
+
+def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own_times(tiny, en_wav, zh_wav,
+                                                                                       monkeypatch):
+    """Whisper drops a first word that starts right at its window's start: a recording (a clip, or long audio)
+    whose speech starts at its first sample is decoded with LEAD_S of silence before it, the segment times are
+    those of the recording; one that starts with silence, and the later chunks, are decoded as they are."""
+    from utils.vad import LEAD_S
+
+    lead = int(LEAD_S * SAMPLE_RATE)
+    speech = load_audio(en_wav)
+    speech = speech[np.argmax(np.abs(speech) > 0.01):]  # the speech from the first sample
+    for audio in (speech, np.concatenate([speech, _long_clip(en_wav, zh_wav)])):
+        waves: list[np.ndarray] = []
+        monkeypatch.setattr(tiny, "_decode", _recording_decoder(waves))
+        t = tiny.transcribe(audio, DecodeOptions(language="en"))
+        assert not waves[0][:lead].any() and np.array_equal(waves[0][lead:lead + len(speech)], speech)
+        assert t.segments[0].start == pytest.approx(0.5 - LEAD_S)
+        assert t.segments[0].end == pytest.approx(len(waves[0]) / SAMPLE_RATE - LEAD_S)
+        for wave, segment in zip(waves[1:], t.segments[1:], strict=True):  # later chunks: as they are, where they are
+            start = round((segment.start - 0.5) * SAMPLE_RATE)
+            assert np.array_equal(wave, audio[start: start + len(wave)])
+    waves = []
+    monkeypatch.setattr(tiny, "_decode", _recording_decoder(waves))
+    quiet_start = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech])
+    t = tiny.transcribe(quiet_start, DecodeOptions(language="en"))
+    assert np.array_equal(waves[0], quiet_start) and t.segments[0].start == pytest.approx(0.5)
 
 
 # -- tiny model: plumbing ---------------------------------------------------------------------------

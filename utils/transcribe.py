@@ -39,7 +39,7 @@ from utils.data import Segment, Word
 from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, cut_every, speech_regions, split_on_silence, whole_clip
+from utils.vad import Chunk, cut_every, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
 
@@ -613,6 +613,8 @@ class _BaseTranscriber:
             fixed = self.fixed_language(options)
             info = TranscriptionInfo(fixed, 1.0 if fixed else 0.0, round(duration, 3), 0)
             return iter(()), info
+        lead_s = chunks[0].lead / SAMPLE_RATE
+        audio, chunks = with_lead(audio, chunks)
         arrays = [audio[c.start: c.end] for c in chunks]
         language, probability = self._languages(arrays[:1], options)[0]
         sequential = options.condition_on_previous_text and duration > WINDOW_S
@@ -624,13 +626,14 @@ class _BaseTranscriber:
 
         def pieces() -> Iterator[tuple]:
             if sequential:
-                yield from self._transcribe_sequential(audio, language, options, prompt)
+                for start, end, text in self._transcribe_sequential(audio, language, options, prompt):
+                    yield start - lead_s, end - lead_s, text
                 return
             for i in range(0, len(chunks), options.batch_size):
                 batch = chunks[i: i + options.batch_size]
                 results = self._decode_chunks(audio, batch, language, options, prompt)
                 for chunk, result in zip(batch, results, strict=True):
-                    yield from _shifted(result, chunk.offset_s)
+                    yield from _shifted(result, chunk.offset_s - lead_s)
 
         return self._segments_of(pieces(), language, duration, options), info
 

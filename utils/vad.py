@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,12 +29,14 @@ class Chunk:
     """A piece of a waveform, in samples at SAMPLE_RATE: ``audio[start:end]``. ``breaks`` are the sample
     positions inside it where one speech region ends and the next begins (the middle of the silence between
     them): where the chunk can be cut in two without cutting a word. ``speech``: samples of speech inside it (the
-    VAD's regions, padding included); None = not measured."""
+    VAD's regions, padding included); None = not measured. ``lead``: samples of silence to decode before it, where
+    its speech starts at the recording's first sample (:func:`with_lead`)."""
 
     start: int
     end: int
     breaks: tuple[int, ...] = field(default=(), compare=False)
     speech: int | None = field(default=None, compare=False)
+    lead: int = field(default=0, compare=False)
 
     @property
     def offset_s(self) -> float:
@@ -47,6 +49,10 @@ class Chunk:
 
 
 FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
+# silence decoded before a recording whose speech starts at its first sample: Whisper drops or misreads a first word
+# that starts right at its window's start (a recording that starts with "近几年…" read without it), as streaming
+# found for English ("the train" → "train"; utils.streaming pads its buffer the same way)
+LEAD_S = 0.4
 _CONTEXT = 64  # samples of the previous frame the model sees with each frame
 
 
@@ -126,28 +132,45 @@ def speech_regions(
 
 
 def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[Chunk]:
-    """Group consecutive speech regions into chunks of at most ``max_chunk_s`` seconds.
+    """Group consecutive speech regions into as few chunks of at most ``max_chunk_s`` seconds as packing them in
+    order makes, cut between regions the VAD kept apart where it can.
 
-    A region longer than the limit becomes several hard-cut chunks.
+    Two regions whose padding touches (a pause shorter than twice ``speech_pad_ms``: mostly one inside a sentence)
+    are cut apart only where no grouping into that many chunks avoids it; packing cuts wherever the window ends, so
+    a sentence said again and again was cut after its first words, which the model dropped at the end of one window
+    and misread at the start of the next. Among equal groupings the earlier chunks are the longer, as packed. A
+    region longer than the limit becomes several hard-cut chunks.
     """
     limit = int(max_chunk_s * SAMPLE_RATE)
-    chunks: list[Chunk] = []
-    cur: Chunk | None = None
+    units: list[Chunk] = []  # regions, those longer than the limit cut hard into pieces
+    hard: list[bool] = []  # the unit starts at a hard cut (it continues the previous unit's speech)
     for region in regions:
-        for start in range(region.start, region.end, limit):  # hard cut only when one region is too long
+        for start in range(region.start, region.end, limit):
             end = min(region.end, start + limit)
-            piece = Chunk(start, end, speech=end - start)
-            if cur is not None and piece.end - cur.start <= limit:
-                cut = (cur.end + piece.start) // 2 if piece.start == region.start else None  # not a hard cut
-                cur = Chunk(cur.start, piece.end, cur.breaks + ((cut,) if cut is not None else ()),
-                            (cur.speech or 0) + end - start)
-            else:
-                if cur is not None:
-                    chunks.append(cur)
-                cur = piece
-    if cur is not None:
-        chunks.append(cur)
-    return chunks
+            units.append(Chunk(start, end, speech=end - start))
+            hard.append(start != region.start)
+    # best[j]: (chunks, cuts between touching regions) of the best grouping of units[:j]; first[j]: where its last
+    # chunk starts. A hard cut is made in every grouping (the piece before it fills a window).
+    best: list[tuple[int, int] | None] = [(0, 0)] + [None] * len(units)
+    first = [0] * (len(units) + 1)
+    for j in range(1, len(units) + 1):
+        for i in range(j - 1, -1, -1):  # the latest start first: on ties the earlier chunks stay the longest
+            if units[j - 1].end - units[i].start > limit:
+                break
+            if best[i] is None:
+                continue
+            count, touching = best[i]  # type: ignore[misc]
+            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end))
+            if best[j] is None or option < best[j]:  # type: ignore[operator]
+                best[j], first[j] = option, i
+    chunks: list[Chunk] = []
+    j = len(units)
+    while j > 0:
+        group = range(first[j], j)
+        breaks = tuple((units[k - 1].end + units[k].start) // 2 for k in group[1:] if not hard[k])
+        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, sum(units[k].speech or 0 for k in group)))
+        j = first[j]
+    return chunks[::-1]
 
 
 def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
@@ -165,19 +188,45 @@ def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
 def whole_clip(audio: np.ndarray) -> Chunk:
     """All of ``audio`` (a clip of at most one window) as one chunk, with the breaks and the speech silero-vad finds
     in it: a sentence said several times in one clip can then be cut at its pauses like a long recording's chunk
-    (``utils.transcribe``). No breaks and ``speech`` None when the VAD finds no speech."""
-    merged = merge_regions(speech_regions(audio), max(WINDOW_S, len(audio) / SAMPLE_RATE))  # one chunk
+    (``utils.transcribe``). No breaks and ``speech`` None when the VAD finds no speech; a ``lead`` when the speech
+    starts at the first sample (:func:`with_lead`)."""
+    window = max(WINDOW_S, len(audio) / SAMPLE_RATE)
+    regions = speech_regions(audio)
+    merged = merge_regions(regions, window)  # one chunk
     if not merged:
         return Chunk(0, len(audio))
-    return Chunk(0, len(audio), merged[0].breaks, merged[0].speech)
+    return Chunk(0, len(audio), merged[0].breaks, merged[0].speech, _lead(regions, len(audio), window))
+
+
+def _lead(regions: list[Chunk], length: int, window_s: float) -> int:
+    """LEAD_S in samples (as much as the window has room for after ``length`` samples) when the first speech region
+    starts at the recording's first sample (less than the VAD's padding of silence before the speech), else 0."""
+    if not regions or regions[0].start > 0:
+        return 0
+    return max(0, min(int(LEAD_S * SAMPLE_RATE), int(window_s * SAMPLE_RATE) - length))
+
+
+def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[Chunk]]:
+    """``audio`` with ``chunks[0].lead`` samples of silence before it, and the chunks moved with it (the first one
+    starting at the silence); unchanged without a lead. Times decoded from the result are ``lead`` too late."""
+    lead = chunks[0].lead if chunks else 0
+    if not lead:
+        return audio, chunks
+    moved = [Chunk(c.start + lead if k else 0, c.end + lead, tuple(b + lead for b in c.breaks), c.speech)
+             for k, c in enumerate(chunks)]
+    return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 
 def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[Chunk]:
-    """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech.
+    """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech; the first has a
+    ``lead`` when the speech starts at the first sample (:func:`with_lead`).
 
     Returns an empty list when silero-vad finds no speech.
     """
-    chunks = merge_regions(speech_regions(audio), max_chunk_s)
+    regions = speech_regions(audio)
+    chunks = merge_regions(regions, max_chunk_s)
+    if chunks:
+        chunks[0] = replace(chunks[0], lead=_lead(regions, chunks[0].end - chunks[0].start, max_chunk_s))
     logger.debug("VAD: %.1f s of audio → %d chunks, %.1f s of them", len(audio) / SAMPLE_RATE, len(chunks),
                  sum(c.duration_s for c in chunks))
     return chunks

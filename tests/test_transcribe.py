@@ -181,8 +181,7 @@ def test_merge_regions_cuts_between_sentences_not_inside_them():
     takes = [t * 8.4 for t in range(8)]
     regions = [Chunk(round(x * sr), round(y * sr)) for t in takes for x, y in ((t, t + 1.2), (t + 1.2, t + 7.7))]
     chunks = merge_regions(regions, max_chunk_s=30.0)
-    assert [(c.start / sr, c.end / sr) for c in chunks] == [
-        (0.0, pytest.approx(24.5)), (pytest.approx(25.2), pytest.approx(49.7)), (pytest.approx(50.4), pytest.approx(66.5))]
+    assert [(round(c.start / sr, 2), round(c.end / sr, 2)) for c in chunks] == [(0.0, 24.5), (25.2, 49.7), (50.4, 66.5)]
     assert [len(c.breaks) for c in chunks] == [5, 5, 3] and sum(c.speech for c in chunks) == sum(
         r.end - r.start for r in regions)
     touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # 50 s, no pause the VAD kept apart

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -147,28 +148,28 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     for region in regions:
         for start in range(region.start, region.end, limit):
             end = min(region.end, start + limit)
-            units.append(Chunk(start, end, speech=end - start))
+            units.append(Chunk(start, end))
             hard.append(start != region.start)
     # best[j]: (chunks, cuts between touching regions) of the best grouping of units[:j]; first[j]: where its last
     # chunk starts. A hard cut is made in every grouping (the piece before it fills a window).
-    best: list[tuple[int, int] | None] = [(0, 0)] + [None] * len(units)
+    # Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
+    best: list[tuple[float, float]] = [(0, 0)] + [(math.inf, math.inf)] * len(units)
     first = [0] * (len(units) + 1)
     for j in range(1, len(units) + 1):
         for i in range(j - 1, -1, -1):  # the latest start first: on ties the earlier chunks stay the longest
             if units[j - 1].end - units[i].start > limit:
                 break
-            if best[i] is None:
-                continue
-            count, touching = best[i]  # type: ignore[misc]
+            count, touching = best[i]
             option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end))
-            if best[j] is None or option < best[j]:  # type: ignore[operator]
+            if option < best[j]:
                 best[j], first[j] = option, i
     chunks: list[Chunk] = []
     j = len(units)
     while j > 0:
         group = range(first[j], j)
         breaks = tuple((units[k - 1].end + units[k].start) // 2 for k in group[1:] if not hard[k])
-        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, sum(units[k].speech or 0 for k in group)))
+        speech = sum(units[k].end - units[k].start for k in group)
+        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, speech))
         j = first[j]
     return chunks[::-1]
 
@@ -212,8 +213,8 @@ def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[
     lead = chunks[0].lead if chunks else 0
     if not lead:
         return audio, chunks
-    moved = [Chunk(c.start + lead if k else 0, c.end + lead, tuple(b + lead for b in c.breaks), c.speech)
-             for k, c in enumerate(chunks)]
+    moved = [replace(c, start=c.start + lead if k else 0, end=c.end + lead, breaks=tuple(b + lead for b in c.breaks),
+                     lead=0) for k, c in enumerate(chunks)]
     return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 

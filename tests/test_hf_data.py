@@ -232,14 +232,14 @@ def test_evaluation_scores_a_dataset_like_the_manifest_streamed_or_not(tiny_whis
     assert json.loads(limited.read_text(encoding="utf-8"))["utterances_scored"] == 2
 
 
-def _stream_dataset(demo, tiny_whisper_dir, **kwargs):
+def _stream_dataset(demo, tiny_whisper_dir, source="parquet", **kwargs):
     from transformers import WhisperProcessor
 
     from utils.hf_data import DatasetStream
     from utils.train_data import StreamingSpeechDataset
 
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
-    stream = DatasetStream(str(demo["dir"] / "parquet"), split="train", split_flag="--train_split",
+    stream = DatasetStream(str(demo["dir"] / source), split="train", split_flag="--train_split",
                            options=DatasetOptions(streaming=True))
     return StreamingSpeechDataset(stream, processor.feature_extractor, processor.tokenizer, language="Chinese",
                                   shuffle_buffer=100, **kwargs), processor.tokenizer
@@ -252,8 +252,11 @@ def _texts(dataset, tokenizer, n):
 
 
 def test_a_training_stream_reshuffles_each_pass_shards_ranks_and_resumes(demo, tiny_whisper_dir):
+    """Passes and resumes on a streamed save_to_disk folder (datasets shards it); ranks on a streamed parquet file
+    (one shard: datasets splits it item by item). Each end of a parquet stream costs datasets' 5 s sleep (its
+    workaround for apache/arrow#45214), so the many short iterations here read the saved folder."""
     sentences = sorted(s for _, s, _ in demo["train"])
-    one, tok = _stream_dataset(demo, tiny_whisper_dir)
+    one, tok = _stream_dataset(demo, tiny_whisper_dir, source="saved")
     texts = _texts(one, tok, 3 * N_TRAIN)  # the stream never ends: three passes
     passes = [texts[i * N_TRAIN:(i + 1) * N_TRAIN] for i in range(3)]
     assert all(sorted(p) == sentences for p in passes)  # every pass holds every item once

@@ -21,8 +21,10 @@ import soundfile as sf
 
 import infer_server
 from conftest import EN_SENTENCE, REPO_ROOT, make_speech
-from utils.server import multipart_body
+from utils.audio import load_audio
+from utils.server import Job, ModelWorker, multipart_body
 from utils.text import error_rate
+from utils.transcribe import DecodeOptions, load_transcriber
 
 pytestmark = pytest.mark.slow
 
@@ -228,7 +230,7 @@ def test_fifty_requests_from_eight_threads_all_answered(server, client, tmp_path
 
 def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
     """One model, one waiting place, a 1 s limit: a long recording runs past the limit (504); while it runs
-    and another waits, a third request is refused at once (503)."""
+    and another waits, a third request is refused at once (503). Stopping the server then waits for neither."""
     s = Server(tmp_path, "--model_path=openai/whisper-base", "--backend=transformers", "--max_queue=1",
                "--request_timeout=1")
     try:
@@ -254,8 +256,42 @@ def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
         first.join()
         second.join()
         assert results == {"first": 504, "second": 504}
+        # the first is still decoding and the second still queued, both unwanted: SIGTERM ends the server at once
+        # (it waited 30 s for the decode, then was killed)
+        assert s.health()["models"]["openai/whisper-base"] == {"queued": 1, "running": 1, "done": 0}
+        s.proc.terminate()
+        s.proc.wait(timeout=20)
+        assert "a cancelled request is still decoding; not waiting for it" in s.log.read_text()
     finally:
         s.stop()
+
+
+def test_requests_that_gave_up_never_stop_the_model(tiny_whisper_dir, en_wav):
+    """A request whose time ran out cancels its future (asyncio does, at the 504): while its job waits, the worker
+    skips the job; once the job runs, the future can no longer be cancelled. Either way the model's one thread
+    lives on and answers the next request (it died when setting a cancelled future's result)."""
+    transcriber = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    audio = load_audio(str(en_wav))
+    options = DecodeOptions(language="en", temperatures=(0.0,), max_new_tokens=8)
+    worker = ModelWorker("tiny", transcriber, max_queue=4)
+
+    def job() -> Job:
+        return Job(audio=audio, options=options, deadline=time.monotonic() + 60)
+
+    try:
+        waiting = job()
+        assert waiting.future.cancel()  # it gave up before the worker took it
+        worker.submit(waiting)
+        racing = job()
+        worker.submit(racing)
+        racing.future.cancel()  # gives up now: still waiting (skipped) or already running (not cancellable)
+        answered = worker.submit(job())
+        assert answered.result(timeout=60).duration == pytest.approx(len(audio) / 16000, abs=0.01)
+        assert waiting.future.cancelled() and racing.future.done()
+        assert worker.jobs.qsize() == 0 and worker.running == 0
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:

@@ -72,6 +72,7 @@ class ModelWorker:
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.running = 0
         self.done = 0
+        self._current: Job | None = None
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
         self._thread.start()
 
@@ -84,25 +85,45 @@ class ModelWorker:
                                 "retry later", code="queue_full") from None
         return job.future
 
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self._thread.join(timeout=30)
+    def stop(self, grace_s: float = 2.0) -> None:
+        """End the worker. The HTTP server has answered every open request by now, so no job's result is wanted:
+        queued jobs fail at once, the running one is told to stop at its next segment and given ``grace_s``
+        seconds; a decode still running after that ends with the process (the thread is a daemon)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self.jobs.get_nowait()
+                if job is not None and job.future.set_running_or_notify_cancel():
+                    job.cancelled.set()
+                    job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+        running = self._current
+        if running is not None:
+            running.cancelled.set()
+        with contextlib.suppress(queue.Full):
+            self.jobs.put(None, timeout=grace_s)
+        self._thread.join(timeout=grace_s)
+        if self._thread.is_alive():
+            logger.warning("model %s: a cancelled request is still decoding; not waiting for it", self.name)
 
     def _run(self) -> None:
         while True:
             job = self.jobs.get()
             if job is None:
                 return
+            # a request that timed out while its job waited has cancelled the future: skip the job. From here on the
+            # future is running, so a timeout no longer cancels it (setting a cancelled future's result raises,
+            # which would end this thread and the model with it): _transcribe checks job.cancelled instead.
+            if not job.future.set_running_or_notify_cancel():
+                continue
             if job.cancelled.is_set() or time.monotonic() > job.deadline:
                 job.future.set_exception(TimeoutError("timed out while waiting in the queue"))
                 continue
-            self.running = 1
+            self.running, self._current = 1, job
             try:
                 job.future.set_result(self._transcribe(job))
             except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
                 job.future.set_exception(e)
             finally:
-                self.running = 0
+                self.running, self._current = 0, None
                 self.done += 1
 
     def _transcribe(self, job: Job) -> Transcript:

@@ -242,8 +242,8 @@ def short_finetune(dry_run: bool, work: Path, timeout_s: float) -> dict[str, Any
            f"--train_data={work / 'train.json'}", f"--test_data={work / 'test.json'}", "--language=English",
            f"--max_steps={steps}", "--per_device_train_batch_size=8", "--warmup_steps=2", f"--eval_steps={steps}",
            "--save_steps=0", "--eval_at_start=True", "--num_workers=0", "--learning_rate=1e-3"]
-    if dry_run:  # on a CPU: fp32, and unpacked clips like the GPU run (--pack_audio=auto packs only on a CPU)
-        cmd += ["--precision=fp32", "--pack_audio=False"]
+    if dry_run:  # on a CPU: fp32, batches of 2, and unpacked clips like the GPU run (auto packs only on a CPU)
+        cmd += ["--precision=fp32", "--pack_audio=False", "--per_device_train_batch_size=2"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)

@@ -128,12 +128,14 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
 def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int, rounds: int = 3,
                     frames: int = 3000) -> None:
     """Seconds per window of the audio encoder (``frames`` log-mel frames: 3000 = 30 s, streaming's 15 s = 1500),
-    per windows per call: PyTorch fp32 (30 s only: transformers' encoder takes nothing else), onnxruntime fp32 (the
-    ct2 backend's ``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved ``rounds`` times (best kept)."""
+    per windows per call: PyTorch fp32 (30 s only: transformers' encoder takes nothing else), PyTorch bf16 (the ct2
+    backend's ``--ct2_encoder=torch``), onnxruntime fp32 (``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved
+    ``rounds`` times (best kept)."""
     import ctranslate2
     import torch
     from transformers import WhisperForConditionalGeneration
 
+    from utils.audio_encoder import load_ct2_encoder
     from utils.models import resolve_model
     from utils.onnx_encoder import load_onnx_encoder
 
@@ -142,8 +144,10 @@ def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: in
     ct2 = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="int8", intra_threads=threads)
     onnx = load_onnx_encoder(ct2_dir, threads=threads)
     rng = np.random.default_rng(0)
+    bf16 = load_ct2_encoder(ct2_dir, dtype="bfloat16")  # the ct2 backend's --ct2_encoder=torch (auto with AMX)
     engines = {
         "torch fp32": lambda x: encoder(torch.from_numpy(x)),
+        "torch bf16": lambda x: bf16(torch.from_numpy(x).to(torch.bfloat16)),
         "onnxruntime fp32": onnx,
         "ct2 int8": lambda x: ct2.encode(ctranslate2.StorageView.from_array(x)),
     }

@@ -2,6 +2,7 @@
 
     python tools/bench_repeats.py                       # both backends, every recording
     python tools/bench_repeats.py --backends=ct2 --recordings=en_0,zh_teacher
+    python tools/bench_repeats.py --backends=ct2 --ct2_encoder=onnx
 
 A sentence said several times in one 30 s window makes Whisper lose count (a repetition dropped, or a loop to the
 token limit); without timestamp tokens it often reads only the first take. utils/transcribe.py aligns a reading that
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zh_model", default="models/whisper-base-finetune",
                         help="transformers model of the Mandarin recordings (its '-ct2' copy for the ct2 backend)")
     parser.add_argument("--test_data", default="dataset/test.json", help="manifest of zh_teacher's sentences")
+    parser.add_argument("--ct2_encoder", default="auto", choices=("auto", "ct2", "onnx", "torch"),
+                        help="the ct2 backend's audio encoder (infer.py's --ct2_encoder)")
     parser.add_argument("--windows", default="None", help="comma-separated encoder windows of 'after' (None = 30 s)")
     args = parser.parse_args(argv)
     try:
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "ct2" and language == "zh":
                 model = f"{model.rstrip('/')}-ct2"
             if model not in engines:
-                engines[model] = engine_module.load_transcriber(model, backend, device="cpu")
+                encoder = {"ct2_encoder": args.ct2_encoder} if backend == "ct2" else {}
+                engines[model] = engine_module.load_transcriber(model, backend, device="cpu", **encoder)
             options = engine_module.DecodeOptions(language=language, beam_size=3 if backend == "ct2" else 1)
             cells = []
             runs = [(0, float("inf"), None)] + [(1, default_unread, w) for w in windows]

@@ -113,7 +113,7 @@ def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
     auto: bf16 (else fp16) autocast on CUDA; on a CPU bf16 base weights where AMX makes them fast
     (whisper-base decoder-only LoRA on our 2-core AMX CPU: tools/bench_finetune.py), else fp32. AVX-512-BF16
     without AMX stays fp32: there bf16 trained 1.2-1.9x faster but the demo's CER came out 0.01 higher (2-core AMD
-    EPYC, finetune.py's default LoRA; the README's fine-tuning section), so it is ``--precision=bf16`` on request.
+    EPYC, finetune.py's default LoRA; the README's Speed section), so it is ``--precision=bf16`` on request.
     """
     import torch
 

@@ -236,7 +236,8 @@ def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
     try:
         audio, sr = sf.read(zh_wav, dtype="float32")
         long_wav = tmp_path / "long.wav"
-        sf.write(long_wav, np.tile(np.concatenate([audio, np.zeros(sr // 2, np.float32)]), 8), sr)  # ~40 s
+        # ~80 s: still decoding well after both 504s on a fast CPU; nothing waits for its end
+        sf.write(long_wav, np.tile(np.concatenate([audio, np.zeros(sr // 2, np.float32)]), 16), sr)
         data = ("long.wav", long_wav.read_bytes())
         results: dict[str, int] = {}
 

@@ -6,7 +6,8 @@
 Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English general set joined into ≥ 50 s (0.6 s
 pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of
 dataset/real/ joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk); ``zh_repeated`` = one
-Mandarin sentence said 6 times with 1 s pauses. For each ``--encoder_window_seconds`` value the stream runs with
+Mandarin sentence said 6 times with 1 s pauses; ``zh_real`` = the two real AISHELL-1 recordings of dataset/real/,
+each said 3 times with 1 s pauses (31 s, read-back; give the demo model's CT2 folder). For each ``--encoder_window_seconds`` value the stream runs with
 ``--simulate_realtime=False`` (the clock advances by the audio read plus the compute spent, as a live microphone
 would see it) and the table gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the
 streamed text's error rate against the reference and against the offline transcript, and the offline error rate.
@@ -45,7 +46,7 @@ CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated"))
+    parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated", "zh_real"))
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="auto,15", help="comma-separated --encoder_window_seconds values (auto: "
                         "realtime_transcribe.py's default, 10 s on a CPU)")
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.recording in CLIP_SETS:
         manifest, language, metric, sep = CLIP_SETS[args.recording]
         wav, reference, seconds = build_recording(str(REPO_ROOT / manifest), 50.0, tmp, sep=sep)
+    elif args.recording == "zh_real":
+        wav, reference, seconds = build_real_repeated(tmp)
+        language, metric = "zh", "cer"
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
         language, metric = "zh", "cer"
@@ -88,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
               f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
     return 0
+
+
+def build_real_repeated(out_dir: Path) -> tuple[Path, str, float]:
+    """bench_repeats.py's ``zh_real``: two real AISHELL-1 recordings (dataset/real/), each said 3 times, 1 s pauses,
+    as a wav; returns (wav, reference, seconds)."""
+    import soundfile as sf
+
+    from tools.bench_repeats import build
+    from utils.audio import SAMPLE_RATE
+
+    audio, reference, _, _ = build("zh_real", out_dir, "")
+    wav = out_dir / "zh_real.wav"
+    sf.write(wav, audio, SAMPLE_RATE)
+    return wav, reference, len(audio) / SAMPLE_RATE
 
 
 def add_noise(wav: Path, snr_db: float, seed: int = 0) -> Path:

@@ -9,8 +9,8 @@ dataset/real/ joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontane
 Mandarin sentence said 6 times with 1 s pauses; ``zh_real`` = the two real AISHELL-1 recordings of dataset/real/,
 each said 3 times with 1 s pauses (31 s, read-back; give the demo model's CT2 folder). For each
 ``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False`` (the clock advances by the
-audio read plus the compute spent, as a live microphone would see it) and the table gives mean/p90 latency (word end → commit), the real-time factor (compute / audio), the
-streamed text's error rate against the reference and against the offline transcript, and the offline error rate.
+audio read plus the compute spent, as a live microphone would see it) and the table gives mean/p90 latency (word
+end → commit), the real-time factor (compute / audio), the streamed text's error rate against the reference and against the offline transcript, and the offline error rate.
 CPU flags printed.
 
 ``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to the whole recording, pauses included: the

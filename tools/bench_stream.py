@@ -4,14 +4,14 @@
     python tools/bench_stream.py --recording=zh --model_path=models/whisper-base-finetune-ct2 --windows=auto,15
 
 Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English general set joined into ≥ 50 s (0.6 s
-pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of
-dataset/real/ joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk); ``zh_repeated`` = one
-Mandarin sentence said 6 times with 1 s pauses; ``zh_real`` = the two real AISHELL-1 recordings of dataset/real/,
-each said 3 times with 1 s pauses (31 s, read-back; give the demo model's CT2 folder). For each
-``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False`` (the clock advances by the
-audio read plus the compute spent, as a live microphone would see it) and the table gives mean/p90 latency (word
-end → commit), the real-time factor (compute / audio), the streamed text's error rate against the reference and against the offline transcript, and the offline error rate.
-CPU flags printed.
+pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of dataset/real/
+joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk); ``zh_repeated`` = one Mandarin sentence
+said 6 times with 1 s pauses; ``zh_real`` = the two real AISHELL-1 recordings of dataset/real/, each said 3 times
+with 1 s pauses (31 s, read-back; give the demo model's CT2 folder). For each ``--encoder_window_seconds`` value the
+stream runs with ``--simulate_realtime=False`` (the clock advances by the audio read plus the compute spent, as a
+live microphone would see it) and the table gives mean/p90 latency (word end → commit), the real-time factor
+(compute / audio), the streamed text's error rate against the reference and against the offline transcript, and the
+offline error rate. CPU flags printed.
 
 ``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to the whole recording, pauses included: the
 VAD then hears no pause, and the policy has to commit by agreement alone.

@@ -63,6 +63,15 @@ def test_the_written_model_is_valid_onnx() -> None:
     assert {a.name: onnx.helper.get_attribute_value(a) for a in conv2.attribute}["strides"] == [2]
     weight = next(t for t in model.graph.initializer if t.name == "layers.1.fc2.weight")
     assert weight.data_type == onnx_proto.FLOAT16 and list(weight.dims) == [D_MODEL, FFN]
+    for signed in (True, False):  # the int8 projections: MatMulInteger on int8 / uint8 weights stored (in, out)
+        int8 = onnx.load_from_string(encoder_graph(_state(_random_encoder()), heads=HEADS, fused_attention=False,
+                                                   int8=True, signed_weights=signed))
+        onnx.checker.check_model(int8, full_check=True)
+        assert sum(n.op_type == "MatMulInteger" for n in int8.graph.node) == 4 * LAYERS
+        assert not [n for n in int8.graph.node if n.op_type == "Gemm"]
+        weight = next(t for t in int8.graph.initializer if t.name == "layers.1.fc2.weight_q")
+        assert weight.data_type == (onnx_proto.INT8 if signed else onnx_proto.UINT8)
+        assert list(weight.dims) == [FFN, D_MODEL]
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -82,6 +91,58 @@ def test_the_graph_computes_what_the_pytorch_encoder_computes(dtype: type, frame
         reference = encoder(torch.from_numpy(feats)).numpy()
     assert ours.shape == reference.shape == (2, frames // 2, D_MODEL)
     np.testing.assert_allclose(ours, reference, atol=2e-4, rtol=1e-4)
+
+
+def _fake_int8(encoder: AudioEncoder) -> None:
+    """Make a PyTorch encoder compute what the int8 graph computes, in float: every linear layer's weight rounded to
+    int8 with one scale per output channel, its input rounded to int8 with one scale per row (float32 holds these
+    integer sums exactly)."""
+    def rows(module, args):
+        x = args[0]
+        scale = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-12)
+        return (torch.round(x / scale) * scale,)
+
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Linear):
+            with torch.no_grad():
+                w = module.weight
+                scale = w.abs().amax(1, keepdim=True) / 127
+                w.copy_(torch.round(w / scale) * scale)
+            module.register_forward_pre_hook(rows)
+
+
+def test_int8_columns_round_trip_ctranslate2s_integers() -> None:
+    """quantize_columns gives back the integers a CTranslate2 int8 weight was de-quantised from (scale per output row),
+    transposed to (in, out); an all-zero row stays zero."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(-127, 128, size=(6, 5)).astype(np.int8)
+    q[:, 0] = 127  # CTranslate2's scale maps each row's largest |w| to 127
+    q[3] = 0
+    ct2_scale = rng.uniform(50, 500, size=6).astype(np.float32)
+    ours, scale = onnx_encoder.quantize_columns(q.astype(np.float32) / ct2_scale[:, None])
+    assert ours.dtype == np.int8 and ours.shape == (5, 6)
+    np.testing.assert_array_equal(ours, q.T)
+    np.testing.assert_allclose(scale[[0, 1, 2, 4, 5]], 1 / ct2_scale[[0, 1, 2, 4, 5]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("signed", [False] + ([True] if device_mod.cpu_has_vnni() else []))
+def test_the_int8_graph_computes_integer_products(signed: bool) -> None:
+    """int8 graph = the PyTorch encoder with int8-rounded weights (per output channel) and inputs (per row) to every
+    projection, batch of two; uint8 weights (exact on any CPU) always, int8 weights where this CPU has VNNI (without
+    VNNI onnxruntime's kernels for them add product pairs in int16 and may saturate: load_onnx_encoder never picks them
+    there). And it stays close to float32."""
+    encoder = _random_encoder()
+    state = _state(encoder)
+    feats = np.random.default_rng(1).standard_normal((2, N_MELS, 1000)).astype(np.float32)
+    ours = OnnxEncoder(encoder_graph(state, heads=HEADS, int8=True, signed_weights=signed), threads=1)(feats)
+    with torch.inference_mode():
+        exact = encoder(torch.from_numpy(feats)).numpy()
+    _fake_int8(encoder)
+    with torch.inference_mode():
+        reference = encoder(torch.from_numpy(feats)).numpy()
+    assert ours.shape == reference.shape == (2, 500, D_MODEL)
+    np.testing.assert_allclose(ours, reference, atol=2e-3, rtol=1e-3)
+    assert 0 < np.abs(ours - exact).mean() < 0.05 * np.abs(exact).mean()
 
 
 def test_bad_weights_and_shapes_are_refused() -> None:
@@ -107,15 +168,17 @@ def test_an_encoder_too_large_for_one_graph_names_the_way_out(base_ct2_dir: Path
 @pytest.mark.slow
 def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Path, en_wav, capfd) -> None:
     """The packaged whisper-base (float16 weights) on onnxruntime computes what CTranslate2's own encoder computes
-    in float32 on real speech, in a 30 s window and in a 10 s one; loading it prints nothing (onnxruntime warns on
-    stderr about, e.g., an initializer no node uses)."""
+    in float32 on real speech, in a 30 s window and in a 10 s one, and in int8 about as near to it as CTranslate2's
+    int8; loading it prints nothing (onnxruntime warns on stderr about, e.g., an initializer no node uses)."""
     import ctranslate2
     from faster_whisper.feature_extractor import FeatureExtractor
 
     feats = FeatureExtractor()(load_audio(en_wav))[..., :-1]
     ct2_model = ctranslate2.models.Whisper(str(base_ct2_dir), device="cpu", compute_type="float32", intra_threads=1)
+    ct2_int8 = ctranslate2.models.Whisper(str(base_ct2_dir), device="cpu", compute_type="int8", intra_threads=1)
     capfd.readouterr()
     ours = load_onnx_encoder(base_ct2_dir, threads=1)
+    ours_int8 = load_onnx_encoder(base_ct2_dir, threads=1, int8=True)
     assert capfd.readouterr().err == ""
     for frames in (3000, 1000):
         x = np.ascontiguousarray(np.pad(feats, ((0, 0), (0, max(0, frames - feats.shape[-1]))))[None, :, :frames],
@@ -124,11 +187,15 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
         got = ours(x)
         assert got.shape == reference.shape == (1, frames // 2, 512)
         assert np.abs(got - reference).max() < 1e-2
+        # int8: CTranslate2's scheme, so about CTranslate2 int8's distance from float32, and nearer to it than that
+        ct2_error = np.abs(np.asarray(ct2_int8.encode(ctranslate2.StorageView.from_array(x))) - reference).mean()
+        int8_error = np.abs(ours_int8(x) - reference).mean()
+        assert 0 < int8_error < 1.5 * ct2_error, (int8_error, ct2_error)
 
 
-def test_auto_never_picks_onnx_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
-    """auto: PyTorch bf16 with AMX, CTranslate2 otherwise (AVX2, VNNI, GPU; also under WHISPER_FT_CPU=avx2 on an AMX
-    machine); onnx only when asked for, and only on the CPU."""
+def test_auto_picks_onnx_with_vnni_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
+    """auto: PyTorch bf16 with AMX, onnxruntime with VNNI (AVX-512-VNNI or AVX-VNNI), CTranslate2 otherwise (AVX2, a
+    GPU; also under WHISPER_FT_CPU=avx2 on an AMX or VNNI machine); onnx and torch only on the CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
@@ -136,18 +203,38 @@ def test_auto_never_picks_onnx_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
     cpu("amx_tile", "amx_bf16", "avx512_vnni")
     assert resolve_ct2_encoder("auto", "cpu") == "torch"
     assert resolve_ct2_encoder("auto", "cuda") == "ct2"
-    monkeypatch.setenv(device_mod.CPU_PROFILE_ENV, "avx2")
-    assert resolve_ct2_encoder("auto", "cpu") == "ct2"
-    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV)
-    for flags in (("avx512f", "avx512_vnni"), ("avx_vnni",), ()):
+    for flags, auto in ((("avx512f", "avx512_vnni"), "onnx"), (("avx_vnni",), "onnx"), (("avx512f",), "ct2"),
+                        ((), "ct2")):
         cpu(*flags)
-        assert resolve_ct2_encoder("auto", "cpu") == "ct2"
+        assert resolve_ct2_encoder("auto", "cpu") == auto, flags
+        assert device_mod.cpu_has_vnni() == (auto == "onnx")
         assert resolve_ct2_encoder("onnx", "cpu") == "onnx"
+        assert resolve_ct2_encoder("ct2", "cpu") == "ct2"
+        assert resolve_ct2_encoder("auto", "cuda") == "ct2"
+        monkeypatch.setenv(device_mod.CPU_PROFILE_ENV, "avx2")
+        assert resolve_ct2_encoder("auto", "cpu") == "ct2" and not device_mod.cpu_has_vnni()
+        monkeypatch.delenv(device_mod.CPU_PROFILE_ENV)
     for name in ("onnx", "torch"):
         with pytest.raises(ValueError, match="GPU"):
             resolve_ct2_encoder(name, "cuda")
     with pytest.raises(ValueError, match="encoder must be one of"):
         resolve_ct2_encoder("tpu", "cpu")
+
+
+def test_an_int8_folder_gets_the_int8_graph_with_the_weights_this_cpu_multiplies_exactly(base_ct2_dir: Path,
+                                                                                         monkeypatch) -> None:
+    """load_onnx_encoder(int8=True): int8 weights where the CPU has VNNI, uint8 ones otherwise (and under
+    WHISPER_FT_CPU=avx2); float32 without int8."""
+    built = []
+    real = onnx_encoder.encoder_graph
+    monkeypatch.setattr(onnx_encoder, "encoder_graph", lambda *a, **kw: built.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(onnx_encoder, "OnnxEncoder", lambda model, threads: None)
+    for vnni in (True, False):
+        monkeypatch.setattr(onnx_encoder, "cpu_has_vnni", lambda vnni=vnni: vnni)
+        load_onnx_encoder(base_ct2_dir, int8=True)
+        assert built[-1]["int8"] is True and built[-1]["signed_weights"] is vnni
+    load_onnx_encoder(base_ct2_dir)
+    assert built[-1]["int8"] is False
 
 
 def test_int8_weights_read_for_the_encoder_at_every_load_are_not_a_warning(caplog) -> None:

@@ -953,24 +953,24 @@ def test_transformers_language_detection_reuses_the_encoder_output(base_hf, en_w
 
 
 def test_ct2_backend_with_each_encoder_transcribes_like_ct2s_own(base_ct2, en_wav, repo_root):
-    """--ct2_encoder torch (PyTorch bf16), onnx (onnxruntime float32) and ct2 (CTranslate2 int8), each with the
-    CTranslate2 decoder, hear two clean clips alike, on any CPU. Not word for word: bf16 and int8 move a borderline
-    word now and then ("jumps" heard as "jump" or "dumb")."""
+    """--ct2_encoder torch (PyTorch bf16), onnx (onnxruntime int8, and float32 for --compute_type=float32) and ct2
+    (CTranslate2 int8), each with the CTranslate2 decoder, hear two clean clips alike, on any CPU. Not word for word:
+    bf16 and int8 move a borderline word now and then ("jumps" heard as "jump" or "dumb")."""
     opts = DecodeOptions(language="en", temperatures=(0.0,))
     clips = [str(en_wav), str(repo_root / "dataset" / "test_en.wav")]
     refs = [EN_SENTENCE, (repo_root / "dataset" / "test_en.txt").read_text(encoding="utf-8").strip()]
     hyps = {}
-    for encoder in ("torch", "onnx", "ct2"):
-        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", compute_type="int8",
+    for encoder, compute_type in (("torch", "int8"), ("onnx", "int8"), ("onnx", "float32"), ("ct2", "int8")):
+        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", compute_type=compute_type,
                                   ct2_encoder=encoder)
         assert engine.encoder == encoder
         assert (engine._torch_encoder is not None, engine._onnx_encoder is not None) == (encoder == "torch",
                                                                                           encoder == "onnx")
-        hyps[encoder] = [engine.transcribe(clip, opts).text for clip in clips]
+        hyps[encoder, compute_type] = [engine.transcribe(clip, opts).text for clip in clips]
         # espeak's "The weather is nice" is heard as "But when there is ice" by either encoder
-        assert error_rate(refs, hyps[encoder], "wer") <= 0.35, hyps
-    assert error_rate(hyps["ct2"], hyps["torch"], "wer") <= 0.2, hyps
-    assert error_rate(hyps["ct2"], hyps["onnx"], "wer") <= 0.2, hyps
+        assert error_rate(refs, hyps[encoder, compute_type], "wer") <= 0.35, hyps
+    for other in (("torch", "int8"), ("onnx", "int8"), ("onnx", "float32")):
+        assert error_rate(hyps["ct2", "int8"], hyps[other], "wer") <= 0.2, hyps
     with pytest.raises(ValueError, match="encoder"):
         load_transcriber("openai/whisper-base", "ct2", device="cpu", ct2_encoder="tpu")
 

@@ -93,21 +93,22 @@ def cpu_report() -> str:
 
 
 def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, language: str, threads: int,
-                  repeats: int, metric: str, infer_args: list[str]) -> None:
-    """Time infer.py --backend=ct2 and the faster-whisper batched script as the user runs them."""
+                  repeats: int, metric: str, variants: list[list[str]]) -> None:
+    """Time infer.py --backend=ct2 (once per list of extra flags in ``variants``) and the faster-whisper batched script
+    as the user runs them, interleaved; each infer.py row gets its ratio to faster-whisper."""
     root = Path(__file__).resolve().parent.parent
     out_dir = wav.parent / "infer_out"
+    fw_label = "faster-whisper BatchedInferencePipeline int8 b8"
     commands = {
-        " ".join(["infer.py --backend=ct2", *infer_args]): [
+        " ".join(["infer.py --backend=ct2", *flags]): [
             sys.executable, str(root / "infer.py"), "--backend=ct2", f"--model_path={ct2_dir}", f"--audio_path={wav}",
             f"--language={language}", f"--cpu_threads={threads}", "--output_format=txt", f"--output_dir={out_dir}",
-            *infer_args],
-        "faster-whisper BatchedInferencePipeline int8 b8": [sys.executable, "-c", FW_SCRIPT, ct2_dir, str(wav),
-                                                            language, str(threads)],
-    }
+            *flags]
+        for flags in variants}
+    commands[fw_label] = [sys.executable, "-c", FW_SCRIPT, ct2_dir, str(wav), language, str(threads)]
     times = {label: float("inf") for label in commands}
     texts = {label: "" for label in commands}
-    for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits both commands alike
+    for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits every command alike
         for label, cmd in commands.items():
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
@@ -115,21 +116,21 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
             if proc.returncode != 0:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-2000:]}")
             times[label] = min(times[label], elapsed)
-            texts[label] = ((out_dir / f"{wav.stem}.txt").read_text(encoding="utf-8") if "infer.py" in label
+            texts[label] = ((out_dir / f"{wav.stem}.txt").read_text(encoding="utf-8") if label != fw_label
                             else proc.stdout)
-    print(f"{'whole process':<50} {'best s':>7} {'RTF':>6} {metric.upper():>7}")
+    print(f"{'whole process':<60} {'best s':>7} {'RTF':>6} {metric.upper():>7} {'vs fw':>6}")
     for label in commands:
         rate = count_errors(reference, texts[label], metric, language=language).rate
-        print(f"{label:<50} {times[label]:7.2f} {times[label] / seconds:6.3f} {rate:7.4f}", flush=True)
-    ours, theirs = times.values()
-    print(f"ratio infer.py / faster-whisper: {ours / theirs:.2f}x")
+        print(f"{label:<60} {times[label]:7.2f} {times[label] / seconds:6.3f} {rate:7.4f} "
+              f"{times[label] / times[fw_label]:5.2f}x", flush=True)
 
 
 def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: int, rounds: int = 3,
                     frames: int = 3000) -> None:
     """Seconds per window of the audio encoder (``frames`` log-mel frames: 3000 = 30 s, streaming's 15 s = 1500),
     per windows per call: PyTorch fp32 (30 s only: transformers' encoder takes nothing else), PyTorch bf16 (the ct2
-    backend's ``--ct2_encoder=torch``), onnxruntime fp32 (``--ct2_encoder=onnx``) and CTranslate2 int8, interleaved
+    backend's ``--ct2_encoder=torch``), onnxruntime int8 (``--ct2_encoder=onnx``, auto with VNNI; int8 weights with
+    VNNI, else uint8) and fp32 (``--ct2_encoder=onnx --compute_type=float32``) and CTranslate2 int8, interleaved
     ``rounds`` times (best kept)."""
     import ctranslate2
     import torch
@@ -143,11 +144,13 @@ def encoder_batches(model_path: str, ct2_dir: str, sizes: list[int], threads: in
     encoder = WhisperForConditionalGeneration.from_pretrained(resolve_model(model_path)).eval().model.encoder
     ct2 = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="int8", intra_threads=threads)
     onnx = load_onnx_encoder(ct2_dir, threads=threads)
+    onnx_int8 = load_onnx_encoder(ct2_dir, threads=threads, int8=True)
     rng = np.random.default_rng(0)
     bf16 = load_ct2_encoder(ct2_dir, dtype="bfloat16")  # the ct2 backend's --ct2_encoder=torch (auto with AMX)
     engines = {
         "torch fp32": lambda x: encoder(torch.from_numpy(x)),
         "torch bf16": lambda x: bf16(torch.from_numpy(x).to(torch.bfloat16)),
+        "onnxruntime int8": onnx_int8,
         "onnxruntime fp32": onnx,
         "ct2 int8": lambda x: ct2.encode(ctranslate2.StorageView.from_array(x)),
     }
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
     parser.add_argument("--repeats", type=int, default=2, help="--whole_process: runs per command (best kept)")
-    parser.add_argument("--infer_args", default="", help="--whole_process: more infer.py flags, e.g. --beam_size=5")
+    parser.add_argument("--infer_args", action="append", default=None,
+                        help="--whole_process: more infer.py flags, e.g. --beam_size=5; given several times, one "
+                             "infer.py row each (all interleaved)")
     parser.add_argument("--encoder_batches", default=None,
                         help="comma-separated windows per encoder call: time only the encoder")
     parser.add_argument("--encoder_frames", default="3000",
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recording: {wav} ({seconds:.1f} s, {len(reference)} reference characters), threads={args.threads}")
     if args.whole_process == "True":
         whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,
-                      args.infer_args.split())
+                      [flags.split() for flags in args.infer_args or [""]])
         return 0
     audio = load_audio(wav)
     warm = audio[: 5 * SAMPLE_RATE]

@@ -180,8 +180,9 @@ def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 
     parser.add_argument("--ct2_encoder", type=str, default="auto", choices=CT2_ENCODERS,
                         help="ct2 backend: run the audio encoder in PyTorch bfloat16 (torch; ~3x faster on CPUs "
-                             "with AMX), in onnxruntime float32 (onnx; about CTranslate2 int8's speed on AVX2-only "
-                             "CPUs, float32's numbers) or in CTranslate2 (ct2); auto = torch with AMX, else ct2")
+                             "with AMX), in onnxruntime (onnx; int8 for an int8 --compute_type, CTranslate2's scheme, "
+                             "~2x faster on CPUs with VNNI; else float32) or in CTranslate2 (ct2); auto = torch with "
+                             "AMX, onnx with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2")
 
 
 _PROBE_ATTEMPTS = 20  # tries to write the probe file while other processes make and remove the same folders

@@ -1,6 +1,6 @@
 """Where and how to compute: the device, and the CPU abilities that choose precision and encoder.
 
-Device resolution, AMX and native bf16 detection (which choose the precision of training and the encoder of
+Device resolution, AMX, VNNI and native bf16 detection (which choose the precision of training and the encoder of
 inference), with one override, ``WHISPER_FT_CPU=avx2``, that takes the AVX2-only choices on any machine."""
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ def cpu_has_amx() -> bool:
 
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check()) if check is not None else False
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI int8 dot products (AVX-512-VNNI or AVX-VNNI): onnxruntime's uint8 × int8 matrix
+    products then add four products at a time straight into int32; without VNNI they add product pairs in int16 first,
+    which can saturate. False under ``WHISPER_FT_CPU=avx2`` and where /proc/cpuinfo cannot be read."""
+    if avx2_profile():
+        return False
+    flags = cpu_flags()
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def cpu_supports_bf16() -> bool:

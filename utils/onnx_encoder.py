@@ -1,16 +1,20 @@
 """Whisper's audio encoder as an ONNX graph on onnxruntime: the ct2 backend's ``--ct2_encoder=onnx``.
 
-On an AVX2-only CPU (no VNNI, no AMX: most laptops) CTranslate2's int8 buys the encoder nothing over float32, and
-onnxruntime's float32 with its fused attention kernel encodes a 30 s window at least as fast (whisper-base, 2 threads,
-AMD EPYC AVX2: 0.64–1.05 s vs 0.74–1.05 s for CTranslate2 int8 over several runs; ``tools/bench_infer.py
---encoder_batches``) with float32's numbers instead of int8's error (the demo model's test CER 0.106 vs 0.114). In
-shorter windows (streaming's 15 s) CTranslate2 int8 is faster, and on real Mandarin said several times the float32
-encoder read worse (README), so it is not the default. The decoder stays in CTranslate2 (``generate`` takes the
-encoder output).
+Two precisions, from one CTranslate2 folder: int8 (for an int8 compute type, the CPU default) and float32. int8 is
+CTranslate2's own scheme (weights with one scale per output channel, each frame of a projection's input with its own
+scale, integer sums in int32) on onnxruntime's integer kernels: on a CPU with VNNI (AVX-512-VNNI, AVX-VNNI) a 30 s
+window of whisper-base took about half CTranslate2 int8's time on our 2-core AMD EPYC (Zen 5), with an error from
+float32 of the same size (``tools/bench_infer.py --encoder_batches``; README), so ``--ct2_encoder=auto`` picks it
+there. Without VNNI onnxruntime's int8 × uint8 kernels add product pairs in int16, which can saturate: the weights
+are then stored as uint8 (exact, slower; not measured against CTranslate2 on such a CPU, so auto keeps CTranslate2).
+float32: on an AVX2-only CPU CTranslate2's int8 bought the encoder nothing over float32, and onnxruntime's float32
+with its fused attention kernel encoded a 30 s window at least as fast (whisper-base, 2 threads, AMD EPYC AVX2:
+0.64–1.05 s vs 0.74–1.05 s for CTranslate2 int8 over several runs), but on real Mandarin said several times its
+float32 numbers read worse (README). The decoder stays in CTranslate2 (``generate`` takes the encoder output).
 
 The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights
 (:mod:`utils.ct2_format`; int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing
-cached on disk (whisper-base: 0.33 s to build and load). Input: log-mel features (batch, n_mels, frames), any even
+cached on disk (whisper-base: 0.2-0.4 s to build and load). Input: log-mel features (batch, n_mels, frames), any even
 frame count up to 3000; output (batch, frames / 2, d_model), what ``ctranslate2.models.Whisper.encode`` returns.
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from utils import onnx_proto
+from utils.device import cpu_has_vnni
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +43,19 @@ class OnnxEncoderError(ValueError):
     """The encoder cannot be built as one ONNX graph (too large, or weights missing)."""
 
 
-def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attention: bool = True) -> bytes:
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A projection's weight as stored, (out, in), → int8 (in, out) and float32 scales (out,): symmetric, one scale
+    per output channel (``weight ≈ q.T * scale``). A CTranslate2 int8 weight de-quantised comes back as its own integers
+    (its scales are per output row too)."""
+    w = np.asarray(weight, dtype=np.float32)
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.rint(w * (1.0 / scale)[:, None]).astype(np.int8)  # |w / scale| <= 127 by construction
+    return np.ascontiguousarray(q.T), scale
+
+
+def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attention: bool = True,
+                  int8: bool = False, signed_weights: bool = True) -> bytes:
     """The serialized ONNX model (``ModelProto``) of Whisper's encoder with these weights.
 
     ``state``: transformers ``WhisperEncoder`` state-dict names without the ``model.encoder.`` prefix (``conv1.weight``,
@@ -48,7 +65,14 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
     layers the frames are rows of one (batch × frames, d_model) matrix, so every projection is one ``Gemm`` on the
     weight as stored (out, in); query, key and value are one projection. ``fused_attention``: the attention is
     onnxruntime's ``com.microsoft.MultiHeadAttention`` kernel (6–8 % faster on a 30 s window than the same steps in
-    standard operators, which False writes: MatMul, Softmax, MatMul; the same numbers to 1e-4).
+    standard operators, which False writes: MatMul, Softmax, MatMul; the same numbers to 1e-4). ``int8``: the
+    projections (query/key/value, output, both feed-forward ones) multiply integers, as CTranslate2's int8 does: the
+    weight with one scale per output channel (:func:`quantize_columns`), each row (frame) of the input with its own
+    scale (max |x| / 127), computed per call; ``MatMulInteger`` sums in int32, then both scales and the bias are
+    applied in float32 (convolutions, norms, attention and softmax stay float32). The input's integers are stored as
+    uint8 (zero point 128); ``signed_weights``: the weights as int8 (onnxruntime's u8s8 kernels: exact with VNNI,
+    :func:`utils.device.cpu_has_vnni`; without it they add product pairs in int16, which can saturate), else as uint8
+    with zero point 128 (u8u8: exact on any CPU, slower).
 
     Raises:
         OnnxEncoderError: a weight is missing, or d_model is not a multiple of ``heads``.
@@ -80,9 +104,24 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
         half = node("Mul", [x, "half"])
         return node("Mul", [half, node("Add", [node("Erf", [node("Div", [x, "sqrt2"])]), "one"])])
 
-    def linear(x: str, prefix: str) -> str:  # x (rows, in) → (rows, out)
-        return node("Gemm", [x, const(f"{prefix}.weight", weight(f"{prefix}.weight")),
-                             const(f"{prefix}.bias", weight(f"{prefix}.bias"))], transB=1)
+    def project(x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:  # x (rows, in) → (rows, out)
+        if not int8:
+            return node("Gemm", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], transB=1)
+        q, col_scale = quantize_columns(w)
+        if not signed_weights:
+            q = (q.astype(np.int16) + 128).astype(np.uint8)
+        inits.append(onnx_proto.tensor(f"{name}.weight_q", q))
+        row_scale = node("Max", [node("Div", [node("ReduceMax", [node("Abs", [x])], axes=[1], keepdims=1),
+                                              "q_max"]), "q_tiny"])
+        xq = node("Cast", [node("Add", [node("Round", [node("Div", [x, row_scale])]), "q_zero_f"])],
+                  to=onnx_proto.UINT8)
+        zero_points = ["q_zero"] if signed_weights else ["q_zero", "q_zero"]
+        acc = node("Cast", [node("MatMulInteger", [xq, f"{name}.weight_q", *zero_points])], to=onnx_proto.FLOAT)
+        return node("Add", [node("Mul", [node("Mul", [acc, row_scale]), const(f"{name}.scale", col_scale)]),
+                            const(f"{name}.bias", b.astype(np.float32))])
+
+    def linear(x: str, prefix: str) -> str:
+        return project(x, prefix, weight(f"{prefix}.weight"), weight(f"{prefix}.bias"))
 
     def norm(x: str, prefix: str) -> str:
         return node("LayerNormalization", [x, const(f"{prefix}.weight", weight(f"{prefix}.weight")),
@@ -94,6 +133,11 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
         raise OnnxEncoderError(f"d_model {d_model} is not divisible by {heads} heads")
     head_dim = d_model // heads
     const("half", np.array(0.5, np.float32))
+    if int8:
+        const("q_max", np.array(127.0, np.float32))
+        const("q_tiny", np.array(1e-12, np.float32))  # an all-zero row: any scale will do, its integers are 0
+        const("q_zero_f", np.array(128.0, np.float32))
+        inits.append(onnx_proto.tensor("q_zero", np.array(128, np.uint8)))
     const("one", np.array(1.0, np.float32))
     const("sqrt2", np.array(np.sqrt(2.0), np.float32))
     if not fused_attention:  # the fused kernel scales by head_dim ** -0.5 itself
@@ -124,7 +168,7 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
         q_b = weight(f"{p}.q_proj.bias")
         qkv_b = np.concatenate([q_b, np.zeros(d_model, q_b.dtype),  # the key projection has no bias
                                 weight(f"{p}.v_proj.bias").astype(q_b.dtype)])
-        qkv = node("Gemm", [x, const(f"{p}.qkv.weight", qkv_w), const(f"{p}.qkv.bias", qkv_b)], transB=1)
+        qkv = project(x, f"{p}.qkv", qkv_w, qkv_b)
         q, k, v = node("Split", [qkv], outputs=3, axis=1)
         if fused_attention:
             q, k, v = (node("Reshape", [y, out_shape]) for y in (q, k, v))
@@ -185,8 +229,9 @@ class OnnxEncoder:
         return self.session.run(["encoded"], {"features": x})[0]
 
 
-def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0) -> OnnxEncoder:
-    """The encoder of a CTranslate2 Whisper folder on onnxruntime (float32; int8/float16 weights de-quantised).
+def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0, int8: bool = False) -> OnnxEncoder:
+    """The encoder of a CTranslate2 Whisper folder on onnxruntime: float32 (int8/float16 weights de-quantised), or,
+    with ``int8``, its projections in int8 (:func:`encoder_graph`; int8 weights where the CPU has VNNI).
 
     Raises:
         OnnxEncoderError: the encoder is too large for one ONNX graph.
@@ -202,6 +247,8 @@ def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0) -> OnnxEn
     if params * 4 > MAX_MODEL_BYTES:
         raise OnnxEncoderError(f"{model_bin}: the encoder is {params * 4 / 1e9:.1f} GB in float32, more than one "
                                "ONNX graph holds; use --ct2_encoder=ct2")
-    logger.debug("%s: encoder of %d layers, %.1f M parameters, on onnxruntime float32", model_bin,
-                 dims.encoder_layers, params / 1e6)
-    return OnnxEncoder(encoder_graph(state, heads=dims.encoder_heads), threads=threads)
+    signed = cpu_has_vnni()
+    logger.debug("%s: encoder of %d layers, %.1f M parameters, on onnxruntime %s", model_bin, dims.encoder_layers,
+                 params / 1e6, ("int8 (u8s8)" if signed else "int8 (u8u8)") if int8 else "float32")
+    return OnnxEncoder(encoder_graph(state, heads=dims.encoder_heads, int8=int8, signed_weights=signed),
+                       threads=threads)

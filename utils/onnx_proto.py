@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-FLOAT, INT64, FLOAT16 = 1, 7, 10  # TensorProto.DataType
-_DATA_TYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.int64): INT64, np.dtype(np.float16): FLOAT16}
+FLOAT, UINT8, INT8, INT64, FLOAT16 = 1, 2, 3, 7, 10  # TensorProto.DataType
+_DATA_TYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.uint8): UINT8, np.dtype(np.int8): INT8,
+               np.dtype(np.int64): INT64, np.dtype(np.float16): FLOAT16}
 _ATTR_FLOAT, _ATTR_INT, _ATTR_INTS = 1, 2, 7  # AttributeProto.AttributeType
 
 
@@ -59,10 +60,10 @@ def _float(field: int, value: float) -> Message:
 
 
 def tensor(name: str, array: np.ndarray) -> Message:
-    """A ``TensorProto`` holding ``array`` (float32, float16 or int64); its memory is referenced, not copied."""
+    """A ``TensorProto`` holding ``array`` (float32, float16, int8, uint8 or int64); its memory is referenced, not copied."""
     array = np.asarray(array)
     if array.dtype not in _DATA_TYPES:
-        raise TypeError(f"tensor {name!r}: dtype {array.dtype} not supported (float32, float16, int64)")
+        raise TypeError(f"tensor {name!r}: dtype {array.dtype} not supported (float32, float16, int8, uint8, int64)")
     data = np.ascontiguousarray(array)
     if sys.byteorder != "little":
         data = data.byteswap()

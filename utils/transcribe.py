@@ -36,7 +36,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
-from utils.device import cpu_has_amx, resolve_ct2_device, resolve_device
+from utils.device import cpu_has_amx, cpu_has_vnni, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, speech_regions, split_on_silence, whole_clip, with_lead
@@ -1248,12 +1248,16 @@ def _torch_threads(restore: int | None = None) -> int | None:
 
 def resolve_ct2_encoder(encoder: str, device: str) -> str:
     """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
-    "onnx" (onnxruntime float32) or "ct2" (CTranslate2, in the folder's compute type).
+    "onnx" (onnxruntime: int8 for an int8 compute type, else float32; :mod:`utils.onnx_encoder`) or "ct2" (CTranslate2,
+    in the folder's compute type).
 
-    auto = torch on a CPU with AMX, else ct2. onnx only when asked for: on an AVX2-only CPU it encodes a 30 s window
-    about as fast as CTranslate2 int8 with float32's numbers (the demo model's test CER 0.114 → 0.106), but on real
-    Mandarin said several times it read worse (one AISHELL-1 sentence ×3: CER 0.077 → 0.410; README), and in
-    streaming's 15 s windows int8 is faster. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
+    auto = torch on a CPU with AMX; onnx on a CPU with VNNI (AVX-512-VNNI or AVX-VNNI): its int8 is CTranslate2's
+    scheme (per-channel weights, per-frame inputs; on 30 s of speech both differ from float32 by 0.043 on average),
+    about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI (tools/bench_infer.py --encoder_batches;
+    README); else ct2. On an AVX2-only CPU
+    onnxruntime's float32 encodes a 30 s window about as fast as CTranslate2 int8 (the int8 kernels there are not
+    measured), and on real Mandarin said several times the float32 numbers read worse (README), so it stays on
+    request. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
@@ -1265,7 +1269,9 @@ def resolve_ct2_encoder(encoder: str, device: str) -> str:
         raise ValueError(f"--ct2_encoder={encoder} runs the encoder on the CPU; with a GPU use --ct2_encoder=ct2")
     if encoder != "auto":
         return encoder
-    return "torch" if on_cpu and cpu_has_amx() else "ct2"
+    if not on_cpu:
+        return "ct2"
+    return "torch" if cpu_has_amx() else "onnx" if cpu_has_vnni() else "ct2"
 
 
 def uses_torch_encoder(encoder: str, device: str) -> bool:
@@ -1340,9 +1346,11 @@ class CT2Transcriber(_BaseTranscriber):
         elif self.encoder == "onnx":
             from utils.onnx_encoder import load_onnx_encoder
 
-            self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads)
+            self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads,
+                                                   int8=compute_type.startswith("int8"))
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
-                    {"torch": "PyTorch bfloat16", "onnx": "onnxruntime float32", "ct2": "CTranslate2"}[self.encoder])
+                    {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
+                     "onnx": f"onnxruntime {'int8' if compute_type.startswith('int8') else 'float32'}"}[self.encoder])
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).
@@ -1599,8 +1607,9 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
         cpu_threads: CTranslate2 intra-op threads (0 = its default).
         ct2_encoder: ct2 backend: who runs the audio encoder (the decoder stays in CTranslate2). ``torch`` =
             PyTorch in bfloat16 on the CPU (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix
-            products fast), ``onnx`` = onnxruntime in float32 on the CPU (about CTranslate2 int8's speed on an
-            AVX2-only CPU, float32's numbers), ``ct2`` = CTranslate2; ``auto``: see :func:`resolve_ct2_encoder`.
+            products fast), ``onnx`` = onnxruntime on the CPU, int8 for an int8 ``compute_type`` (CTranslate2's
+            scheme, about twice as fast with VNNI), else float32, ``ct2`` = CTranslate2; ``auto``: see
+            :func:`resolve_ct2_encoder`.
     """
     from utils.models import ct2_model_dir, model_folder_kind, resolve_model
 

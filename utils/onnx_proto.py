@@ -60,7 +60,8 @@ def _float(field: int, value: float) -> Message:
 
 
 def tensor(name: str, array: np.ndarray) -> Message:
-    """A ``TensorProto`` holding ``array`` (float32, float16, int8, uint8 or int64); its memory is referenced, not copied."""
+    """A ``TensorProto`` holding ``array`` (float32, float16, int8, uint8, int64); its memory is referenced, not
+    copied."""
     array = np.asarray(array)
     if array.dtype not in _DATA_TYPES:
         raise TypeError(f"tensor {name!r}: dtype {array.dtype} not supported (float32, float16, int8, uint8, int64)")

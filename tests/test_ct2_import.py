@@ -295,6 +295,42 @@ def test_roundtrip_float32_is_exact_and_int8_is_close(tiny_models: dict[str, Pat
             torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
 
 
+def test_int8_weights_kept_as_stored_for_the_onnx_int8_encoder(tiny_models: dict[str, Path]) -> None:
+    """read_whisper(keep_int8=True) keeps CTranslate2's int8 matrices as they are stored (Int8Weight: a scale per row;
+    the fused query/key/value one split with its scales); the onnxruntime int8 encoder built from them computes what
+    one built from the de-quantised floats computes (the same integers), close to CTranslate2's own int8 encoder."""
+    import ctranslate2
+
+    from utils.ct2_format import Int8Weight, hf_state_dict, load_ct2_config, read_whisper
+    from utils.device import cpu_has_vnni
+    from utils.onnx_encoder import OnnxEncoder, encoder_graph
+
+    folder = tiny_models["int8_float16"]
+    model_bin, config = folder / "model.bin", load_ct2_config(folder)
+    kept, dims = read_whisper(model_bin, config, prefix="encoder/", keep_int8=True)
+    floats, _ = read_whisper(model_bin, config, prefix="encoder/")
+    fused = kept["encoder/layer_0/self_attention/linear_0/weight"]
+    assert isinstance(fused, Int8Weight) and fused.values.dtype == np.int8 and fused.scale.shape == (3 * 64,)
+    np.testing.assert_allclose(fused.dequantized(), floats["encoder/layer_0/self_attention/linear_0/weight"])
+    assert not any(isinstance(v, Int8Weight) for k, v in kept.items() if "layer_norm" in k or "position" in k)
+
+    def state(weights):
+        prefix = "model.encoder."
+        return {k[len(prefix):]: v for k, v in hf_state_dict(weights, dims, model_bin, stacks=("encoder",)).items()}
+
+    as_stored, as_floats = state(kept), state(floats)
+    key = as_stored["layers.1.self_attn.k_proj.weight"]
+    assert isinstance(key, Int8Weight) and key.shape == (64, 64)
+    np.testing.assert_array_equal(key.values, kept["encoder/layer_1/self_attention/linear_0/weight"].values[64:128])
+    features = np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)
+    outputs = [OnnxEncoder(encoder_graph(s, heads=dims.encoder_heads, int8=True, signed_weights=cpu_has_vnni()),
+                           threads=1)(features) for s in (as_stored, as_floats)]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
+    ct2 = np.asarray(ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="int8", intra_threads=1)
+                     .encode(ctranslate2.StorageView.from_array(features)))
+    assert np.abs(outputs[0] - ct2).mean() < 0.05 * np.abs(ct2).mean()
+
+
 def test_convert_refuses_existing_output_unless_overwrite(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     out = convert_ct2_to_hf(tiny_models["float32"], tmp_path / "m", dtype="float16")
     with pytest.raises(FileExistsError, match="already exists"):

@@ -237,6 +237,25 @@ def test_an_int8_folder_gets_the_int8_graph_with_the_weights_this_cpu_multiplies
     assert built[-1]["int8"] is False
 
 
+def test_auto_takes_ctranslate2_for_an_encoder_too_large_for_one_graph(base_ct2_dir: Path, monkeypatch,
+                                                                       caplog) -> None:
+    """On a VNNI CPU auto means onnx; an encoder no ONNX graph can hold makes auto run it in CTranslate2 (said at INFO),
+    while --ct2_encoder=onnx asked for explicitly fails with the way out."""
+    import logging
+
+    from utils import transcribe
+
+    monkeypatch.setattr(transcribe, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(transcribe, "cpu_has_vnni", lambda: True)
+    monkeypatch.setattr(onnx_encoder, "MAX_MODEL_BYTES", 10_000_000)
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        engine = transcribe.load_transcriber(str(base_ct2_dir), "ct2", device="cpu", ct2_encoder="auto")
+    assert engine.encoder == "ct2" and engine._onnx_encoder is None
+    assert "auto runs the encoder in CTranslate2" in caplog.text
+    with pytest.raises(OnnxEncoderError, match="--ct2_encoder=ct2"):
+        transcribe.load_transcriber(str(base_ct2_dir), "ct2", device="cpu", ct2_encoder="onnx")
+
+
 def test_int8_weights_read_for_the_encoder_at_every_load_are_not_a_warning(caplog) -> None:
     """De-quantising int8 weights warns when a conversion keeps their error for good; the encoder built at each
     load (the auto choice on AVX2 for an int8 CT2 folder) says it at INFO, not on every command's stderr."""

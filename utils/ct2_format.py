@@ -40,7 +40,7 @@ Layer norms store ``gamma``/``beta`` (transformers: ``weight``/``bias``). CT2 gi
 projections a zero bias that transformers does not have; any key bias adds the same value to
 every attention logit of a query, which softmax cancels, so dropping it is exact. int8/int16
 quantised weights (``*_scale`` variables, e.g. ``int8_float16`` faster-whisper models) are
-de-quantised to float, which is approximate by nature.
+de-quantised to float, which is approximate by nature (an int8 engine can keep them: ``keep_int8``).
 
 Model sizes are read from the weight shapes; the number of attention heads from the
 ``encoder/num_heads``/``decoder/num_heads`` scalars CT2 stores, else from ``config.json``
@@ -314,11 +314,32 @@ def _check_supported(variables: Mapping[str, np.ndarray], source: Path) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Int8Weight:
+    """A CTranslate2 int8 matrix kept as stored: ``values`` (out, in) int8, ``scale`` (out,) float32, one per output
+    row; the weight is ``values / scale[:, None]``."""
+
+    values: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def split(self, parts: int) -> list[Int8Weight]:
+        """Row blocks (a fused projection's parts), each with its rows' scales."""
+        return [Int8Weight(v, s) for v, s in zip(np.split(self.values, parts), np.split(self.scale, parts))]
+
+    def dequantized(self) -> np.ndarray:
+        return self.values.astype(np.float32) / self.scale[:, None]
+
+
 def dequantize(variables: Mapping[str, np.ndarray], aliases: Mapping[str, str], source: Path, *,
-               prefix: str = "", warn: bool = True) -> dict[str, np.ndarray]:
+               prefix: str = "", warn: bool = True, keep_int8: bool = False) -> dict[str, np.ndarray | Int8Weight]:
     """Float arrays for every weight tensor whose name starts with ``prefix`` (all by default), aliases included;
     ``*_scale`` variables are folded in. ``warn``: say so as a warning when int8/int16 weights were de-quantised
-    (a conversion keeps their error for good); False logs it at INFO (an encoder built at every load).
+    (a conversion keeps their error for good); False logs it at INFO (an encoder built at every load). ``keep_int8``:
+    int8 matrices with one scale per row stay as they are stored (:class:`Int8Weight`), for an int8 engine.
 
     CTranslate2 also uses aliases to store identical tensors once, and an aliased weight (e.g.
     ``decoder/projection/weight``) uses its target's scale when it has none of its own.
@@ -332,7 +353,9 @@ def dequantize(variables: Mapping[str, np.ndarray], aliases: Mapping[str, str], 
         scale = merged.get(f"{name}_scale")
         if scale is None and name in aliases:
             scale = merged.get(f"{aliases[name]}_scale")
-        if scale is not None:
+        if scale is not None and keep_int8 and value.dtype == np.int8 and value.ndim == 2 and np.ndim(scale) == 1:
+            out[name] = Int8Weight(value, np.asarray(scale, dtype=np.float32))
+        elif scale is not None:
             quantized += 1
             scale = np.asarray(scale, dtype=np.float32)
             if scale.ndim == 1:  # int8: one scale per output row (conv: per output channel)
@@ -351,8 +374,8 @@ def dequantize(variables: Mapping[str, np.ndarray], aliases: Mapping[str, str], 
 
 def hf_state_dict(weights: Mapping[str, np.ndarray], dims: WhisperDims, source: Path, *,
                   stacks: tuple[str, ...] = ("encoder", "decoder")) -> dict[str, np.ndarray]:
-    """Map CT2 weight names to ``WhisperForConditionalGeneration`` state-dict keys (arrays unchanged), for the
-    encoder and/or decoder (``stacks``)."""
+    """Map CT2 weight names to ``WhisperForConditionalGeneration`` state-dict keys (arrays unchanged, an
+    :class:`Int8Weight` split with its scales), for the encoder and/or decoder (``stacks``)."""
     d = dims.d_model
     sd: dict[str, np.ndarray] = {}
     used: set[str] = set()
@@ -376,7 +399,7 @@ def hf_state_dict(weights: Mapping[str, np.ndarray], dims: WhisperDims, source: 
             raise CT2FormatError(
                 f"{source}: {name} has {value.shape[0]} rows, expected {parts} × d_model = {parts * d}"
             )
-        return np.split(value, parts, axis=0)
+        return value.split(parts) if isinstance(value, Int8Weight) else np.split(value, parts, axis=0)
 
     def self_attention(hf: str, ct2: str) -> None:
         q_w, k_w, v_w = split(f"{ct2}/linear_0/weight", 3)
@@ -432,16 +455,16 @@ def load_ct2_config(ct2_dir: Path) -> dict[str, Any]:
         raise CT2FormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
 
 
-def read_whisper(model_bin: Path, ct2_config: Mapping[str, Any], *, prefix: str = "",
-                 warn: bool = True) -> tuple[dict[str, np.ndarray], WhisperDims]:
-    """Read a CT2 Whisper ``model.bin``: float weights (de-quantised, aliases resolved; ``warn``: see
+def read_whisper(model_bin: Path, ct2_config: Mapping[str, Any], *, prefix: str = "", warn: bool = True,
+                 keep_int8: bool = False) -> tuple[dict[str, np.ndarray | Int8Weight], WhisperDims]:
+    """Read a CT2 Whisper ``model.bin``: float weights (de-quantised, aliases resolved; ``warn``, ``keep_int8``: see
     :func:`dequantize`) of the variables whose names start with ``prefix`` (``"encoder/"``: only the encoder is
     de-quantised), and its architecture."""
     spec_name, variables, aliases = read_ct2_model(model_bin)
     if spec_name != "WhisperSpec":
         raise CT2FormatError(f"{model_bin}: spec is {spec_name!r}, not 'WhisperSpec'; this is not a Whisper model")
     _check_supported(variables, model_bin)
-    weights = dequantize(variables, aliases, model_bin, prefix=prefix, warn=warn)
+    weights = dequantize(variables, aliases, model_bin, prefix=prefix, warn=warn, keep_int8=keep_int8)
     dims = infer_whisper_dims({**variables, **{a: variables[t] for a, t in aliases.items()}}, ct2_config,
                               source=model_bin)  # shapes only: quantised arrays have the same shapes
     return weights, dims

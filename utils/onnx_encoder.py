@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from utils import onnx_proto
+from utils.ct2_format import Int8Weight
 from utils.device import cpu_has_vnni
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,13 @@ def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q.T), scale
 
 
-def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attention: bool = True,
+def encoder_graph(state: Mapping[str, np.ndarray | Int8Weight], *, heads: int, fused_attention: bool = True,
                   int8: bool = False, signed_weights: bool = True) -> bytes:
     """The serialized ONNX model (``ModelProto``) of Whisper's encoder with these weights.
 
     ``state``: transformers ``WhisperEncoder`` state-dict names without the ``model.encoder.`` prefix (``conv1.weight``,
-    ``layers.0.self_attn.q_proj.weight`` …; the key projection has no bias), float arrays. Two GELU convolutions (the
+    ``layers.0.self_attn.q_proj.weight`` …; the key projection has no bias), float arrays, or for a projection's weight
+    a CTranslate2 :class:`~utils.ct2_format.Int8Weight` (used as it is with ``int8``). Two GELU convolutions (the
     second with stride 2), sinusoidal positions cut to the frame count, pre-norm layers with ``heads``-head
     self-attention, a final layer norm; GELU is the exact (erf) one, softmax in float32, as in Whisper. Between the
     layers the frames are rows of one (batch × frames, d_model) matrix, so every projection is one ``Gemm`` on the
@@ -94,10 +96,13 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
         nodes.append(onnx_proto.node(op, inputs, names, f"{op.lower()}_{count[0]}", domain, **attrs))
         return names[0] if outputs == 1 else names
 
-    def weight(name: str) -> np.ndarray:  # float16 stays float16 (half the bytes to serialise and parse)
+    def weight(name: str) -> Any:  # float16 stays float16 (half the bytes to serialise and parse)
         if name not in state:
             raise OnnxEncoderError(f"encoder weight {name!r} missing")
-        value = np.asarray(state[name])
+        value = state[name]
+        if isinstance(value, Int8Weight):  # kept as stored for the int8 projections
+            return value if int8 else value.dequantized()
+        value = np.asarray(value)
         return value if value.dtype == np.float16 else value.astype(np.float32, copy=False)
 
     def gelu(x: str) -> str:  # 0.5 x (1 + erf(x / √2)); onnxruntime fuses it into one Gelu kernel
@@ -107,7 +112,10 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
     def project(x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:  # x (rows, in) → (rows, out)
         if not int8:
             return node("Gemm", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], transB=1)
-        q, col_scale = quantize_columns(w)
+        if isinstance(w, Int8Weight):  # CTranslate2's own integers and scales
+            q, col_scale = np.ascontiguousarray(w.values.T), (1.0 / w.scale).astype(np.float32)
+        else:
+            q, col_scale = quantize_columns(w)
         if not signed_weights:
             q = (q.astype(np.int16) + 128).astype(np.uint8)
         inits.append(onnx_proto.tensor(f"{name}.weight_q", q))
@@ -162,9 +170,12 @@ def encoder_graph(state: Mapping[str, np.ndarray], *, heads: int, fused_attentio
     x = node("Reshape", [node("Add", [x, positions]), "rows_shape"])
 
     def attention(x: str, p: str) -> str:
-        q_w = weight(f"{p}.q_proj.weight")
-        qkv_w = np.concatenate([q_w, weight(f"{p}.k_proj.weight").astype(q_w.dtype),
-                                weight(f"{p}.v_proj.weight").astype(q_w.dtype)])
+        parts = [weight(f"{p}.{name}_proj.weight") for name in "qkv"]
+        if all(isinstance(w, Int8Weight) for w in parts):
+            qkv_w = Int8Weight(np.concatenate([w.values for w in parts]), np.concatenate([w.scale for w in parts]))
+        else:
+            parts = [w.dequantized() if isinstance(w, Int8Weight) else w for w in parts]
+            qkv_w = np.concatenate([w.astype(parts[0].dtype) for w in parts])
         q_b = weight(f"{p}.q_proj.bias")
         qkv_b = np.concatenate([q_b, np.zeros(d_model, q_b.dtype),  # the key projection has no bias
                                 weight(f"{p}.v_proj.bias").astype(q_b.dtype)])
@@ -212,7 +223,7 @@ class OnnxEncoder:
 
         size = len(model)
         if size > MAX_MODEL_BYTES:
-            raise OnnxEncoderError(f"the encoder is {size / 1e9:.1f} GB in float32, more than one ONNX graph holds; "
+            raise OnnxEncoderError(f"the encoder's graph is {size / 1e9:.1f} GB, more than one ONNX graph holds; "
                                    "use --ct2_encoder=ct2")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -240,13 +251,18 @@ def load_onnx_encoder(ct2_dir: str | os.PathLike, *, threads: int = 0, int8: boo
     from utils.ct2_format import hf_state_dict, load_ct2_config, read_whisper
 
     model_bin = Path(ct2_dir) / "model.bin"
-    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/", warn=False)
+    weights, dims = read_whisper(model_bin, load_ct2_config(Path(ct2_dir)), prefix="encoder/", warn=False,
+                                 keep_int8=int8)
     prefix = "model.encoder."
     state = {k[len(prefix):]: v for k, v in hf_state_dict(weights, dims, model_bin, stacks=("encoder",)).items()}
-    params = sum(np.asarray(v).size for v in state.values())
-    if params * 4 > MAX_MODEL_BYTES:
-        raise OnnxEncoderError(f"{model_bin}: the encoder is {params * 4 / 1e9:.1f} GB in float32, more than one "
-                               "ONNX graph holds; use --ct2_encoder=ct2")
+    sizes = {k: v.values.size if isinstance(v, Int8Weight) else np.asarray(v).size for k, v in state.items()}
+    params = sum(sizes.values())
+    graph_bytes = sum(n * (1 if int8 and k.startswith("layers.") and len(state[k].shape) == 2 else 4)
+                      for k, n in sizes.items())  # float32, but the int8 projections' weights
+    if graph_bytes > MAX_MODEL_BYTES:
+        raise OnnxEncoderError(f"{model_bin}: the encoder's graph would be {graph_bytes / 1e9:.1f} GB "
+                               f"({'int8' if int8 else 'float32'}), more than one ONNX graph holds; "
+                               "use --ct2_encoder=ct2")
     signed = cpu_has_vnni()
     logger.debug("%s: encoder of %d layers, %.1f M parameters, on onnxruntime %s", model_bin, dims.encoder_layers,
                  params / 1e6, ("int8 (u8s8)" if signed else "int8 (u8u8)") if int8 else "float32")

@@ -1344,10 +1344,16 @@ class CT2Transcriber(_BaseTranscriber):
 
             self._torch_encoder = load_ct2_encoder(model_dir, dtype="bfloat16")
         elif self.encoder == "onnx":
-            from utils.onnx_encoder import load_onnx_encoder
+            from utils.onnx_encoder import OnnxEncoderError, load_onnx_encoder
 
-            self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads,
-                                                   int8=compute_type.startswith("int8"))
+            try:
+                self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads,
+                                                       int8=compute_type.startswith("int8"))
+            except OnnxEncoderError as e:
+                if encoder != "auto":
+                    raise
+                logger.info("%s: auto runs the encoder in CTranslate2", e)  # a choice, not a failure
+                self.encoder = "ct2"
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
                      "onnx": f"onnxruntime {'int8' if compute_type.startswith('int8') else 'float32'}"}[self.encoder])

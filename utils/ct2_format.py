@@ -1,7 +1,8 @@
 """Read CTranslate2 Whisper ``model.bin`` files.
 
-The binary reader, the architecture, de-quantisation and the CT2 → transformers weight names. Used by the converter (:mod:`utils.ct2_import`), the packaged-model cache
-(:mod:`utils.models`) and the PyTorch encoder loader (:mod:`utils.audio_encoder`).
+The binary reader, the architecture, de-quantisation and the CT2 → transformers weight names. Used by the converter
+(:mod:`utils.ct2_import`), the packaged-model cache (:mod:`utils.models`), the PyTorch encoder loader
+(:mod:`utils.audio_encoder`) and the onnxruntime encoder (:mod:`utils.onnx_encoder`).
 
 
 A CTranslate2 ("CT2") Whisper folder holds ``model.bin`` (all weights), ``config.json``

@@ -13,9 +13,10 @@ with its fused attention kernel encoded a 30 s window at least as fast (whisper-
 float32 numbers read worse (README). The decoder stays in CTranslate2 (``generate`` takes the encoder output).
 
 The graph is written here (:mod:`utils.onnx_proto`) from a CTranslate2 folder's encoder weights
-(:mod:`utils.ct2_format`; int8 de-quantised, float16 cast once by onnxruntime): no PyTorch, no export step, nothing
-cached on disk (whisper-base: 0.2-0.4 s to build and load). Input: log-mel features (batch, n_mels, frames), any even
-frame count up to 3000; output (batch, frames / 2, d_model), what ``ctranslate2.models.Whisper.encode`` returns.
+(:mod:`utils.ct2_format`; int8 ones used as stored for int8, de-quantised for float32; float16 cast once by
+onnxruntime): no PyTorch, no export step, nothing cached on disk (whisper-base: 0.2-0.4 s to build and load). Input:
+log-mel features (batch, n_mels, frames), any even frame count up to 3000; output (batch, frames / 2, d_model), what
+``ctranslate2.models.Whisper.encode`` returns.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def encoder_graph(state: Mapping[str, np.ndarray | Int8Weight], *, heads: int, f
         half = node("Mul", [x, "half"])
         return node("Mul", [half, node("Add", [node("Erf", [node("Div", [x, "sqrt2"])]), "one"])])
 
-    def project(x: str, name: str, w: np.ndarray, b: np.ndarray) -> str:  # x (rows, in) → (rows, out)
+    def project(x: str, name: str, w: np.ndarray | Int8Weight, b: np.ndarray) -> str:  # x (rows, in) → (rows, out)
         if not int8:
             return node("Gemm", [x, const(f"{name}.weight", w), const(f"{name}.bias", b)], transB=1)
         if isinstance(w, Int8Weight):  # CTranslate2's own integers and scales

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu_threads", type=int, default=-1,
                    help="ct2 CPU threads; -1 = auto: 1 when the encoder runs in PyTorch bf16 (one stream's small "
                         "decoding steps are fastest on one thread), else CTranslate2's default; 0 = its default")
-    add_ct2_encoder_arg(g)
+    add_ct2_encoder_arg(g, auto="torch with AMX, else ct2 (onnxruntime int8 is no faster in streaming's short windows)")
     g.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy, fastest)")
     g.add_argument("--close_beam_size", type=int, default=None,
                    help="beam width of the decode that closes an utterance when the last one did not hear its end: "
@@ -234,6 +234,18 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
     )
 
 
+def stream_encoder(args: argparse.Namespace) -> str:
+    """--ct2_encoder for streaming: auto is PyTorch bf16 with AMX, else CTranslate2; not infer.py's onnxruntime int8
+    on a CPU with VNNI: in streaming's short windows it encoded no faster (10 s window: 0.057 vs 0.056 s) and the
+    streamed text read worse on two recordings of four, equal on the others (README, Speed)."""
+    if args.ct2_encoder != "auto" or args.backend != "ct2":
+        return args.ct2_encoder
+    from utils.device import resolve_ct2_device
+    from utils.transcribe import resolve_ct2_encoder
+
+    return "ct2" if resolve_ct2_encoder("auto", resolve_ct2_device(args.device)) == "onnx" else "auto"
+
+
 def encoder_window(args: argparse.Namespace) -> float | None:
     """--encoder_window_seconds resolved (utils.cli.resolve_encoder_window) for the device the backend will use."""
     if args.encoder_window_seconds != "auto":
@@ -282,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     args.encoder_window_seconds = encoder_window(args)  # auto resolved once: the decode and the report use it
+    args.ct2_encoder = stream_encoder(args)
     setup_logging(args.verbose)
     if args.list_devices:
         return print_devices()

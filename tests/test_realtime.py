@@ -959,6 +959,23 @@ def test_encoder_window_auto_is_10_s_on_a_cpu_only():
     assert realtime_transcribe.encoder_window(transformers_15) == 15.0  # both backends take a shorter window
 
 
+def test_streaming_auto_never_takes_the_onnxruntime_encoder(monkeypatch):
+    """Streaming's auto: CTranslate2 where infer.py's auto takes onnxruntime int8 (VNNI), PyTorch bf16 with AMX;
+    an encoder asked for is kept; the transformers backend has no encoder choice."""
+    from utils import device as device_mod
+
+    parse = realtime_transcribe.build_parser().parse_args
+    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV, raising=False)
+    for flags, expected in ((["avx512f", "avx512_vnni"], "ct2"), (["avx_vnni"], "ct2"), ([], "auto"),
+                            (["amx_tile", "avx512_vnni"], "auto")):
+        monkeypatch.setattr(device_mod, "cpu_flags", lambda flags=flags: sorted(["avx", "avx2", "fma", *flags]))
+        args = parse(["--device=cpu"])
+        assert realtime_transcribe.stream_encoder(args) == expected, flags
+        assert realtime_transcribe.stream_encoder(parse(["--device=cpu", "--ct2_encoder=onnx"])) == "onnx"
+        assert realtime_transcribe.stream_encoder(parse(["--backend=transformers", "--device=cpu"])) == "auto"
+    assert "onnxruntime int8 is no faster" in " ".join(realtime_transcribe.build_parser().format_help().split())
+
+
 def test_stream_threads_auto_is_one_thread_only_with_the_torch_encoder():
     parse = realtime_transcribe.build_parser().parse_args
     assert realtime_transcribe.stream_threads(parse(["--ct2_encoder=torch", "--device=cpu"])) == 1

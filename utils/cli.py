@@ -174,15 +174,16 @@ def resolve_encoder_window(value: str | float | None, device: str,
     return cpu_window_s if device == "cpu" else None
 
 
-def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--ct2_encoder: who runs the audio encoder under the ct2 backend."""
+def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                        auto: str = "torch with AMX, onnx with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2") -> None:
+    """--ct2_encoder: who runs the audio encoder under the ct2 backend; ``auto``: what auto means, for the help."""
     from utils.transcribe import CT2_ENCODERS
 
     parser.add_argument("--ct2_encoder", type=str, default="auto", choices=CT2_ENCODERS,
                         help="ct2 backend: run the audio encoder in PyTorch bfloat16 (torch; ~3x faster on CPUs "
                              "with AMX), in onnxruntime (onnx; int8 for an int8 --compute_type, CTranslate2's scheme, "
-                             "~2x faster on CPUs with VNNI; else float32) or in CTranslate2 (ct2); auto = torch with "
-                             "AMX, onnx with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2")
+                             f"~2x faster per 30 s window on CPUs with VNNI; else float32) or in CTranslate2 (ct2); "
+                             f"auto = {auto}")
 
 
 _PROBE_ATTEMPTS = 20  # tries to write the probe file while other processes make and remove the same folders

@@ -25,7 +25,7 @@ from utils.transcribe import (
     split_timestamp_tokens,
     token_budget,
 )
-from utils.vad import Chunk, cut_every, merge_regions, split_on_silence
+from utils.vad import Chunk, cut_every, merge_regions, split_on_silence, with_lead
 
 LOOP = "佳奼亚瑞, " * 40
 
@@ -201,6 +201,12 @@ def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():
     assert halves == [Chunk(0, 10 * sr), Chunk(10 * sr, 19 * sr)] and halves[1].breaks == (int(14.5 * sr),)
     assert cut_every(chunks[0], 30.0) == [chunks[0]]  # no break half a piece away from both ends
     assert cut_every(chunks[1], 5.0) == [chunks[1]]
+    # the speech regions go with every chunk and piece (the repetition check needs no second VAD pass)
+    assert chunks[0].spans == ((0, 4 * sr), (6 * sr, 10 * sr), (10 * sr, 14 * sr), (15 * sr, 19 * sr))
+    assert chunks[1].spans == ((20 * sr, 50 * sr),)
+    assert [p.spans for p in halves] == [((0, 4 * sr), (6 * sr, 10 * sr)), ((10 * sr, 14 * sr), (15 * sr, 19 * sr))]
+    led_audio, led = with_lead(np.zeros(95 * sr, np.float32), [replace(chunks[0], lead=sr)])
+    assert len(led_audio) == 96 * sr and led[0].spans[0] == (sr, 5 * sr) and (led[0].start, led[0].end) == (0, 20 * sr)
 
 
 def test_repeat_period_is_the_length_of_the_unit_said_again():
@@ -412,8 +418,10 @@ def test_a_clip_is_one_chunk_with_the_pauses_the_vad_finds_in_it(two_takes):
     assert (chunk.start, chunk.end) == (0, len(two_takes))
     assert len(chunk.breaks) == 1 and take_end < chunk.breaks[0] < take_end + sr
     assert 0.8 * (len(two_takes) - 3 * sr) < chunk.speech < len(two_takes) - sr  # the takes (+ the VAD's padding)
+    assert len(chunk.spans) == 2 and chunk.spans[0][1] < chunk.breaks[0] < chunk.spans[1][0]
+    assert sum(e - s for s, e in chunk.spans) == chunk.speech
     silent = whole_clip(np.zeros(5 * sr, np.float32))
-    assert (silent.start, silent.end, silent.breaks, silent.speech) == (0, 5 * sr, (), None)
+    assert (silent.start, silent.end, silent.breaks, silent.speech, silent.spans) == (0, 5 * sr, (), None, ())
 
 
 def test_a_clip_read_with_a_take_made_up_is_decoded_again_take_by_take(tiny, monkeypatch, two_takes):
@@ -1113,7 +1121,11 @@ def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling
     """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s): whisper-base int8
     lost count in the 27 s window (4 times, or after the temperature fallback 7, at random: WER 0.15-0.55 from
     run to run). The chunks that repeat themselves are decoded again a repetition at a time: eight times,
-    greedy, the same every run."""
+    greedy, the same every run. Their readings are checked against the speech regions of the VAD's pass over the
+    recording, without a second pass over each chunk."""
+    import utils.transcribe
+
+    monkeypatch.setattr(utils.transcribe, "speech_spans", lambda wave: pytest.fail("a second VAD pass over a chunk"))
     sentence = "Please open your books to page twenty and read the first line aloud."
     one = load_audio(make_speech(sentence, tmp_path / "one.wav"))
     gap = np.zeros(SAMPLE_RATE, np.float32)

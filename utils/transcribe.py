@@ -513,7 +513,8 @@ class _BaseTranscriber:
             slow = not options.timestamps and n < SLOWEST_TOKENS_PER_SPEECH_S * (
                 chunk.duration_s if chunk.speech is None else chunk.speech / SAMPLE_RATE)
             if repeats or slow:
-                spans = speech_spans(wave)
+                spans = ([((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
+                         or speech_spans(wave))  # the VAD's regions of the recording, or a pass over the chunk
                 if repeats or n < SLOWEST_TOKENS_PER_SPEECH_S * sum(e - s for s, e in spans):
                     check[k] = spans
         unread = [0.0] * len(waves)

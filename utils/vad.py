@@ -31,13 +31,15 @@ class Chunk:
     positions inside it where one speech region ends and the next begins (the middle of the silence between
     them): where the chunk can be cut in two without cutting a word. ``speech``: samples of speech inside it (the
     VAD's regions, padding included); None = not measured. ``lead``: samples of silence to decode before it, where
-    its speech starts at the recording's first sample (:func:`with_lead`)."""
+    its speech starts at the recording's first sample (:func:`with_lead`). ``spans``: those speech regions, (start,
+    end) sample positions like ``start``/``end``; () = not known."""
 
     start: int
     end: int
     breaks: tuple[int, ...] = field(default=(), compare=False)
     speech: int | None = field(default=None, compare=False)
     lead: int = field(default=0, compare=False)
+    spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     @property
     def offset_s(self) -> float:
@@ -169,7 +171,8 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
         group = range(first[j], j)
         breaks = tuple((units[k - 1].end + units[k].start) // 2 for k in group[1:] if not hard[k])
         speech = sum(units[k].end - units[k].start for k in group)
-        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, speech))
+        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, speech,
+                            spans=tuple((units[k].start, units[k].end) for k in group)))
         j = first[j]
     return chunks[::-1]
 
@@ -177,12 +180,16 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
 def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
     """``chunk`` cut at its breaks into pieces of about ``seconds`` each: from each piece's start, the break
     nearest ``seconds`` later, if one lies at least half of that from both the start and the chunk's end."""
+    def piece(start: int, end: int) -> Chunk:
+        return Chunk(start, end, tuple(b for b in chunk.breaks if start < b < end),
+                     spans=tuple((max(s, start), min(e, end)) for s, e in chunk.spans if s < end and e > start))
+
     pieces, start, length = [], chunk.start, seconds * SAMPLE_RATE
     while fits := [b for b in chunk.breaks if b - start >= length / 2 and chunk.end - b >= length / 2]:
         cut = min(fits, key=lambda b: abs(b - start - length))
-        pieces.append(Chunk(start, cut, tuple(b for b in chunk.breaks if start < b < cut)))
+        pieces.append(piece(start, cut))
         start = cut
-    pieces.append(Chunk(start, chunk.end, tuple(b for b in chunk.breaks if b > start)))
+    pieces.append(piece(start, chunk.end))
     return pieces
 
 
@@ -196,7 +203,7 @@ def whole_clip(audio: np.ndarray) -> Chunk:
     merged = merge_regions(regions, window)  # one chunk
     if not merged:
         return Chunk(0, len(audio))
-    return Chunk(0, len(audio), merged[0].breaks, merged[0].speech, _lead(regions, len(audio), window))
+    return replace(merged[0], start=0, end=len(audio), lead=_lead(regions, len(audio), window))
 
 
 def _lead(regions: list[Chunk], length: int, window_s: float) -> int:
@@ -214,7 +221,7 @@ def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[
     if not lead:
         return audio, chunks
     moved = [replace(c, start=c.start + lead if k else 0, end=c.end + lead, breaks=tuple(b + lead for b in c.breaks),
-                     lead=0) for k, c in enumerate(chunks)]
+                     spans=tuple((s + lead, e + lead) for s, e in c.spans), lead=0) for k, c in enumerate(chunks)]
     return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 

@@ -1255,10 +1255,9 @@ def resolve_ct2_encoder(encoder: str, device: str) -> str:
     auto = torch on a CPU with AMX; onnx on a CPU with VNNI (AVX-512-VNNI or AVX-VNNI): its int8 is CTranslate2's
     scheme (per-channel weights, per-frame inputs; on 30 s of speech both differ from float32 by 0.043 on average),
     about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI (tools/bench_infer.py --encoder_batches;
-    README); else ct2. On an AVX2-only CPU
-    onnxruntime's float32 encodes a 30 s window about as fast as CTranslate2 int8 (the int8 kernels there are not
-    measured), and on real Mandarin said several times the float32 numbers read worse (README), so it stays on
-    request. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
+    README); else ct2. On an AVX2-only CPU onnxruntime's float32 encodes a 30 s window about as fast as CTranslate2
+    int8 (the int8 kernels there are not measured), and on real Mandarin said several times the float32 numbers read
+    worse (README), so it stays on request. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
@@ -1340,6 +1339,7 @@ class CT2Transcriber(_BaseTranscriber):
         self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
         self.encoder = resolve_ct2_encoder(encoder, ct2_device)
         self._torch_encoder = self._onnx_encoder = None
+        int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
         if self.encoder == "torch":
             from utils.audio_encoder import load_ct2_encoder
 
@@ -1348,8 +1348,7 @@ class CT2Transcriber(_BaseTranscriber):
             from utils.onnx_encoder import OnnxEncoderError, load_onnx_encoder
 
             try:
-                self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads,
-                                                       int8=compute_type.startswith("int8"))
+                self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads, int8=int8)
             except OnnxEncoderError as e:
                 if encoder != "auto":
                     raise
@@ -1357,7 +1356,7 @@ class CT2Transcriber(_BaseTranscriber):
                 self.encoder = "ct2"
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
-                     "onnx": f"onnxruntime {'int8' if compute_type.startswith('int8') else 'float32'}"}[self.encoder])
+                     "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder])
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).

@@ -1319,8 +1319,6 @@ class CT2Transcriber(_BaseTranscriber):
 
     def __init__(self, model_dir: str, *, device: str = "auto", compute_type: str = "auto",
                  cpu_threads: int = 0, encoder: str = "auto") -> None:
-        from faster_whisper import WhisperModel
-
         dev = resolve_ct2_device(device)
         ct2_device = "cuda" if dev.startswith("cuda") else "cpu"
         if dev == "mps":
@@ -1328,27 +1326,34 @@ class CT2Transcriber(_BaseTranscriber):
         if compute_type == "auto":
             compute_type = "float16" if ct2_device == "cuda" else "int8"
         index = int(dev.split(":")[1]) if ":" in dev else 0
-        torch_threads = _torch_threads()
-        self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
-                                  cpu_threads=cpu_threads)
-        _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
+        self.encoder = resolve_ct2_encoder(encoder, ct2_device)
+        int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
+        building = None
+        if self.encoder == "onnx":  # built on a second thread while CTranslate2 loads (both mostly release the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            from utils.onnx_encoder import load_onnx_encoder
+
+            with ThreadPoolExecutor(1, thread_name_prefix="onnx-encoder") as pool:
+                building = pool.submit(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
+                self._load_ct2(model_dir, ct2_device, index, compute_type, cpu_threads)
+        else:
+            self._load_ct2(model_dir, ct2_device, index, compute_type, cpu_threads)
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
-        self.encoder = resolve_ct2_encoder(encoder, ct2_device)
         self._torch_encoder = self._onnx_encoder = None
-        int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
         if self.encoder == "torch":
             from utils.audio_encoder import load_ct2_encoder
 
             self._torch_encoder = load_ct2_encoder(model_dir, dtype="bfloat16")
-        elif self.encoder == "onnx":
-            from utils.onnx_encoder import OnnxEncoderError, load_onnx_encoder
+        elif building is not None:
+            from utils.onnx_encoder import OnnxEncoderError
 
             try:
-                self._onnx_encoder = load_onnx_encoder(model_dir, threads=cpu_threads, int8=int8)
+                self._onnx_encoder = building.result()
             except OnnxEncoderError as e:
                 if encoder != "auto":
                     raise
@@ -1357,6 +1362,14 @@ class CT2Transcriber(_BaseTranscriber):
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
                      "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder])
+
+    def _load_ct2(self, model_dir: str, device: str, index: int, compute_type: str, cpu_threads: int) -> None:
+        from faster_whisper import WhisperModel
+
+        torch_threads = _torch_threads()
+        self.model = WhisperModel(model_dir, device=device, device_index=index, compute_type=compute_type,
+                                  cpu_threads=cpu_threads)
+        _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).

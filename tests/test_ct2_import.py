@@ -455,6 +455,18 @@ def test_torch_encoder_from_a_ct2_folder_matches_ctranslate2s(base_ct2_dir: Path
         load_ct2_encoder(base_ct2_dir, dtype="int4")
 
 
+def test_loading_the_torch_encoder_does_not_import_torch_dynamo(base_ct2_dir: Path) -> None:
+    """Building the encoder on the meta device stays clear of torch._dynamo, whose import took 1.4 s of every
+    ct2-backend start with the PyTorch encoder (random initialisation of an nn.Embedding on meta goes through
+    torch._refs). A fresh interpreter: another test may have imported it already."""
+    code = ("import sys; from utils.audio_encoder import load_ct2_encoder; "
+            f"load_ct2_encoder({str(base_ct2_dir)!r}); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_the_encoder_loader_reads_only_encoder_weights(base_ct2_dir: Path) -> None:
     """read_whisper(prefix="encoder/") de-quantises the encoder only (the decoder stays on disk) and still
     reports the whole architecture."""

@@ -50,6 +50,16 @@ class _Layer(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x.to(dtype))))).float()
 
 
+class _Positions(nn.Module):
+    """The fixed sinusoidal positions, (max_positions, d_model), as ``weight`` (transformers' name). Not an
+    ``nn.Embedding``: its random initialisation on the meta device imports ``torch._dynamo`` (about 2 s) the first
+    time."""
+
+    def __init__(self, max_positions: int, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_positions, d_model))
+
+
 class AudioEncoder(nn.Module):
     """Log-mel features (batch, n_mels, frames) → hidden states (batch, frames / 2, d_model).
 
@@ -64,7 +74,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv1d(n_mels, d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
-        self.embed_positions = nn.Embedding(max_positions, d_model)
+        self.embed_positions = _Positions(max_positions, d_model)
         self.layers = nn.ModuleList(_Layer(d_model, heads, ffn_dim) for _ in range(layers))
         self.layer_norm = nn.LayerNorm(d_model)
 

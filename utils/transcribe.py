@@ -23,6 +23,7 @@ its silences, about one repetition each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -1319,6 +1320,10 @@ class CT2Transcriber(_BaseTranscriber):
 
     def __init__(self, model_dir: str, *, device: str = "auto", compute_type: str = "auto",
                  cpu_threads: int = 0, encoder: str = "auto") -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from faster_whisper import WhisperModel
+
         dev = resolve_ct2_device(device)
         ct2_device = "cuda" if dev.startswith("cuda") else "cpu"
         if dev == "mps":
@@ -1328,17 +1333,22 @@ class CT2Transcriber(_BaseTranscriber):
         index = int(dev.split(":")[1]) if ":" in dev else 0
         self.encoder = resolve_ct2_encoder(encoder, ct2_device)
         int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
-        building = None
-        if self.encoder == "onnx":  # built on a second thread while CTranslate2 loads (both mostly release the GIL)
-            from concurrent.futures import ThreadPoolExecutor
+        if self.encoder == "torch":
+            from utils.audio_encoder import load_ct2_encoder  # imports PyTorch: on this thread, not the other one
 
+            build = functools.partial(load_ct2_encoder, model_dir, dtype="bfloat16")
+        elif self.encoder == "onnx":
             from utils.onnx_encoder import load_onnx_encoder
 
-            with ThreadPoolExecutor(1, thread_name_prefix="onnx-encoder") as pool:
-                building = pool.submit(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
-                self._load_ct2(model_dir, ct2_device, index, compute_type, cpu_threads)
+            build = functools.partial(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
         else:
-            self._load_ct2(model_dir, ct2_device, index, compute_type, cpu_threads)
+            build = None
+        with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
+            building = pool.submit(build) if build is not None else None
+            torch_threads = _torch_threads()
+            self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
+                                      cpu_threads=cpu_threads)
+            _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
@@ -1346,10 +1356,8 @@ class CT2Transcriber(_BaseTranscriber):
         self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
         self._torch_encoder = self._onnx_encoder = None
         if self.encoder == "torch":
-            from utils.audio_encoder import load_ct2_encoder
-
-            self._torch_encoder = load_ct2_encoder(model_dir, dtype="bfloat16")
-        elif building is not None:
+            self._torch_encoder = building.result()
+        elif self.encoder == "onnx":
             from utils.onnx_encoder import OnnxEncoderError
 
             try:
@@ -1362,14 +1370,6 @@ class CT2Transcriber(_BaseTranscriber):
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
                      "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder])
-
-    def _load_ct2(self, model_dir: str, device: str, index: int, compute_type: str, cpu_threads: int) -> None:
-        from faster_whisper import WhisperModel
-
-        torch_threads = _torch_threads()
-        self.model = WhisperModel(model_dir, device=device, device_index=index, compute_type=compute_type,
-                                  cpu_threads=cpu_threads)
-        _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).

@@ -108,10 +108,13 @@ def whole_process(ct2_dir: str, wav: Path, reference: str, seconds: float, langu
     commands[fw_label] = [sys.executable, "-c", FW_SCRIPT, ct2_dir, str(wav), language, str(threads)]
     times = {label: float("inf") for label in commands}
     texts = {label: "" for label in commands}
+    # as a user's machine runs them: Python keeps compiled modules (a CI or sandbox may say not to write them, and
+    # compiling ours at every start cost infer.py 0.06 s that faster-whisper's script, mostly site-packages, did not)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits every command alike
         for label, cmd in commands.items():
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env)
             elapsed = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-2000:]}")

@@ -1343,12 +1343,12 @@ class CT2Transcriber(_BaseTranscriber):
             build = functools.partial(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
         else:
             build = None
+        torch_threads = _torch_threads()
         with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
             building = pool.submit(build) if build is not None else None
-            torch_threads = _torch_threads()
             self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
                                       cpu_threads=cpu_threads)
-            _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
+        _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None

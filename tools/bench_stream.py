@@ -17,9 +17,11 @@ offline error rate. CPU flags printed.
 VAD then hears no pause, and the policy has to commit by agreement alone.
 
 ``--alone=True`` instead decodes every clip of the recording's manifest on its own (what a stream that hears one
-utterance at a time has at best), in a 30 s and a 15 s encoder window, with and without 0.4 s of silence before it:
+utterance at a time has at best), in a 30 s and a 15 s encoder window, with and without 0.4 s of silence before it
+(``zh_real``: its two recordings, each once):
 
     python tools/bench_stream.py --recording=en --alone=True
+    python tools/bench_stream.py --recording=zh_real --alone=True --model_path=models/whisper-base-finetune-ct2
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from utils.text import count_errors  # noqa: E402
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
 CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/test.json", "zh", "cer", ""),
              "en_real": ("dataset/real/real_en.json", "en", "wer", " ")}
+REAL_ZH = ("dataset/real/real_zh.json", "zh", "cer", "")  # the clips of ``zh_real``
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
     parser.add_argument("--snr_db", type=float, default=None, help="add white noise at this SNR (dB) to the recording")
     parser.add_argument("--alone", default="False", choices=("True", "False"),
-                        help="decode each clip of the manifest alone instead of streaming (en, zh)")
+                        help="decode each clip of the manifest alone instead of streaming (en, zh, en_real, zh_real)")
     args = parser.parse_args(argv)
 
     print(f"CPU flags: {cpu_report()}")
@@ -130,9 +133,10 @@ def clips_alone(recording: str, model_path: str) -> int:
     from utils.data import load_manifest
     from utils.transcribe import DecodeOptions, load_transcriber
 
-    if recording not in CLIP_SETS:
-        raise SystemExit(f"--alone needs a recording of clips: {', '.join(CLIP_SETS)}")
-    manifest, language, metric, sep = CLIP_SETS[recording]
+    sets = {**CLIP_SETS, "zh_real": REAL_ZH}  # zh_real says each clip 3 times: its clips alone have the same rate
+    if recording not in sets:
+        raise SystemExit(f"--alone needs a recording of clips: {', '.join(sets)}")
+    manifest, language, metric, sep = sets[recording]
     records = [r for r in load_manifest(str(REPO_ROOT / manifest)) if r.sentence.strip()]
     engine = load_transcriber(model_path, backend="ct2")
     reference = sep.join(r.sentence for r in records)

@@ -177,11 +177,13 @@ def load_records(args) -> Sequence[Record] | Iterable[Record]:
 
 
 def _seed(seed: int) -> None:
+    """Seed the samplers of the temperature fallback: CTranslate2's, and PyTorch's where it is loaded (the
+    transformers backend; the ct2 backend samples in CTranslate2 and need not pay PyTorch's 1.5 s import)."""
     import ctranslate2
-    import torch
 
-    torch.manual_seed(seed)
     ctranslate2.set_random_seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as e:
         logger.error("%s", e)
         return 1
-    if isinstance(records, Sequence):
-        logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), sum(r.duration for r in records) / 3600)
-    # 3. Model
+    seconds = sum(r.duration for r in records) if isinstance(records, Sequence) else None
+    if seconds is not None:
+        logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
+    # 3. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,
-                                  ct2_encoder=args.ct2_encoder)
+                                  ct2_encoder=args.ct2_encoder, audio_seconds=seconds)
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.audio import AUDIO_EXTENSIONS, AudioLoadError
+from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, header_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
                        add_to_simple_arg, setup_logging)
 from utils.models import ModelResolutionError
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
-from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, load_transcriber
+from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
+                              load_transcriber)
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     if formats:  # before the model loads: a transcript that cannot be written is work lost
         check_output_path(parser, "--output_dir", output_dir, folder=True)
 
-    # 2. Model
+    # 2. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
+    seconds = header_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if args.backend == "ct2" else None
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,
                                   use_compile=args.use_compile, attn_implementation=args.attn_implementation,
-                                  cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder)
+                                  cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder, audio_seconds=seconds)
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2

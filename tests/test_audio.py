@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, audio_duration, load_audio, resample, save_wav
+from utils.audio import SAMPLE_RATE, AudioLoadError, audio_duration, header_seconds, load_audio, resample, save_wav
 
 
 def _tone(seconds: float, sr: int, freq: float = 440.0) -> np.ndarray:
@@ -83,6 +83,23 @@ def test_duration_from_header(tmp_path):
     p = tmp_path / "a.wav"
     save_wav(p, _tone(2.25, SAMPLE_RATE))
     assert audio_duration(p) == pytest.approx(2.25, abs=1e-3)
+
+
+def test_header_seconds_sums_headers_until_enough_and_is_unknown_without_one(tmp_path):
+    """The total length of several files from their headers (wav, mp3), stopping once ``enough`` is reached; None
+    (unknown) when one file has no header libsndfile reads (m4a) or is missing."""
+    a, b, mp3, m4a = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "c.mp3", tmp_path / "d.m4a"
+    save_wav(a, _tone(2.0, SAMPLE_RATE))
+    save_wav(b, _tone(1.5, 8000), sample_rate=8000)
+    for out in (mp3, m4a):
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(a), str(out)], check=True)
+    assert header_seconds([a, b]) == pytest.approx(3.5, abs=1e-3)
+    assert header_seconds([a, mp3]) == pytest.approx(4.0, abs=0.1)
+    assert header_seconds([a, b], enough=1.0) == pytest.approx(2.0, abs=1e-3)
+    assert header_seconds([a, m4a]) is None
+    assert header_seconds([a, tmp_path / "missing.wav"]) is None
+    assert header_seconds([m4a, a], enough=1.0) is None
+    assert header_seconds([]) == 0.0
 
 
 def test_resample_length():

@@ -84,6 +84,27 @@ def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_ct2_backend_scores_without_importing_pytorch(en_wav, tmp_path):
+    """evaluation.py --backend=ct2 with the CTranslate2 or onnxruntime encoder never imports PyTorch (1.5 s of a
+    2-core CPU's start): the fallback's sampler is seeded in CTranslate2, PyTorch's only where it is loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE)])
+    code = ("import sys, evaluation; rc = evaluation.main(sys.argv[1:]); "
+            "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
+    for encoder in ("ct2", "onnx"):
+        proc = subprocess.run([sys.executable, "-c", code, "--backend=ct2", "--model_path=openai/whisper-base",
+                               f"--ct2_encoder={encoder}", "--device=cpu", "--language=en", "--metric=wer",
+                               f"--test_data={m}", f"--output={tmp_path / encoder}.json"],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "torch imported: False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+        assert json.loads((tmp_path / f"{encoder}.json").read_text(encoding="utf-8"))["wer"] < 0.35
+
+
+@pytest.mark.slow
 def test_forgetting_report_compares_two_models(tmp_path, tiny_whisper_dir, whisper_base_dir, en_wav, zh_wav,
                                                capsys):
     """--compare: one table of both models on the target set, the general set and no-speech clips."""

@@ -116,6 +116,34 @@ def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
 
 
 @pytest.mark.slow
+def test_with_amx_ct2_auto_runs_the_encoder_by_how_much_audio_there_is(en_wav, tmp_path, monkeypatch, caplog):
+    """With AMX (flags faked, so on every machine) --ct2_encoder=auto takes onnxruntime int8 for a short file, where
+    PyTorch's 1.5 s import costs more than its faster encoder saves, and PyTorch bf16 from
+    TORCH_ENCODER_MIN_AUDIO_S of audio on (the files' headers tell, before the model loads)."""
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    from utils import device as device_mod
+    from utils.audio import SAMPLE_RATE
+    from utils.transcribe import TORCH_ENCODER_MIN_AUDIO_S
+
+    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV, raising=False)
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: ["amx_bf16", "amx_tile", "avx", "avx2", "avx512_vnni"])
+    quiet = tmp_path / "quiet.wav"  # long, but nothing to decode
+    sf.write(quiet, np.zeros(int((TORCH_ENCODER_MIN_AUDIO_S + 1) * SAMPLE_RATE), np.float32), SAMPLE_RATE)
+    args = ["--backend=ct2", "--model_path=openai/whisper-base", "--device=cpu", "--language=English"]
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert infer.main([*args, f"--audio_path={en_wav}"]) == 0
+    assert "encoder onnxruntime int8" in caplog.text and "PyTorch" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert infer.main([*args, f"--audio_path={quiet}"]) == 0
+    assert "encoder PyTorch bfloat16" in caplog.text
+
+
+@pytest.mark.slow
 def test_ct2_command_imports_neither_torch_nor_transformers(en_wav, tmp_path):
     """The ct2 path (CTranslate2 encoder) runs without PyTorch and transformers, whose imports cost ~3 s of a
     2-core CPU's start: the language table, the device, the AMX check and the VAD (long audio: silero-vad's ONNX

@@ -15,7 +15,7 @@ from utils.audio import load_audio
 from utils.audio_encoder import AudioEncoder
 from utils.models import packaged_ct2_dir
 from utils.onnx_encoder import OnnxEncoder, OnnxEncoderError, encoder_graph, load_onnx_encoder
-from utils.transcribe import resolve_ct2_encoder
+from utils.transcribe import TORCH_ENCODER_MIN_AUDIO_S, resolve_ct2_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -194,15 +194,25 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
 
 
 def test_auto_picks_onnx_with_vnni_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
-    """auto: PyTorch bf16 with AMX, onnxruntime with VNNI (AVX-512-VNNI or AVX-VNNI), CTranslate2 otherwise (AVX2, a
-    GPU; also under WHISPER_FT_CPU=avx2 on an AMX or VNNI machine); onnx and torch only on the CPU."""
+    """auto: PyTorch bf16 with AMX (onnxruntime for less audio than PyTorch's import pays back), onnxruntime with VNNI
+    (AVX-512-VNNI or AVX-VNNI), CTranslate2 otherwise (AVX2, a GPU; also under WHISPER_FT_CPU=avx2 on an AMX or VNNI
+    machine); onnx and torch only on the CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
     monkeypatch.delenv(device_mod.CPU_PROFILE_ENV, raising=False)
     cpu("amx_tile", "amx_bf16", "avx512_vnni")
-    assert resolve_ct2_encoder("auto", "cpu") == "torch"
+    short = TORCH_ENCODER_MIN_AUDIO_S - 1
+    assert resolve_ct2_encoder("auto", "cpu") == "torch"  # amount unknown: a server, live transcription
+    assert resolve_ct2_encoder("auto", "cpu", TORCH_ENCODER_MIN_AUDIO_S) == "torch"
+    assert resolve_ct2_encoder("auto", "cpu", short) == "onnx"
+    assert resolve_ct2_encoder("torch", "cpu", short) == "torch"
     assert resolve_ct2_encoder("auto", "cuda") == "ct2"
+    monkeypatch.setenv(device_mod.CPU_PROFILE_ENV, "avx2")
+    assert resolve_ct2_encoder("auto", "cpu", short) == "ct2" and resolve_ct2_encoder("auto", "cpu") == "ct2"
+    monkeypatch.delenv(device_mod.CPU_PROFILE_ENV)
+    cpu("amx_tile", "amx_bf16")  # no AMX CPU lacks VNNI today; onnxruntime int8 would be slow on one
+    assert resolve_ct2_encoder("auto", "cpu", short) == "torch"
     for flags, auto in ((("avx512f", "avx512_vnni"), "onnx"), (("avx_vnni",), "onnx"), (("avx512f",), "ct2"),
                         ((), "ct2")):
         cpu(*flags)

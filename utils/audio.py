@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +263,24 @@ def audio_duration(path: str | os.PathLike) -> float:
         return float(proc.stdout.strip())
     except ValueError as e:
         raise AudioLoadError(f"{path}: cannot read the duration ({proc.stderr.strip() or 'unknown format'})") from e
+
+
+def header_seconds(paths: Sequence[str | os.PathLike], enough: float = math.inf) -> float | None:
+    """Total duration in seconds of the audio files ``paths`` from their headers (wav/flac/ogg/mp3; no decoding),
+    summed until it reaches ``enough``; None when a file has no header libsndfile reads (m4a, a video, a missing
+    file): the total is then unknown."""
+    total = 0.0
+    for path in paths:
+        try:
+            info = sf.info(os.fspath(path))
+        except (sf.LibsndfileError, RuntimeError):
+            return None
+        if info.frames <= 0 or info.samplerate <= 0:
+            return None
+        total += info.frames / info.samplerate
+        if total >= enough:
+            break
+    return total
 
 
 def save_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("transformers", "ct2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CT2_ENCODERS = ("auto", "torch", "onnx", "ct2")
+# With AMX, PyTorch bf16 encodes a 30 s window faster than onnxruntime int8 (0.17 vs 0.29 s, whisper-base, 2 threads),
+# but importing PyTorch costs 1.5 s at start-up, which the ct2 backend otherwise never pays. Whole command,
+# infer.py --backend=ct2 (tools/bench_infer.py --whole_process=True; 2-core Xeon with AMX): 104.6 s of English
+# 6.41 s with PyTorch vs 5.58 s with onnxruntime, 422 s 15.37 vs 15.73 s: even at about 330 s of audio.
+TORCH_ENCODER_MIN_AUDIO_S = 300.0
 # 30 s windows per encoder call on the CPU. The encoder's attention holds (windows × heads × 1500 × 1500) scores:
 # 1.15 GB per layer for 16 windows, so big batches spend their time on memory, not arithmetic. Measured
 # (tools/bench_infer.py --encoder_batches=1,2,16; whisper-base, 2-core EPYC without AMX; s per window, PyTorch fp32
@@ -1248,17 +1253,20 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-def resolve_ct2_encoder(encoder: str, device: str) -> str:
+def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None = None) -> str:
     """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
     "onnx" (onnxruntime: int8 for an int8 compute type, else float32; :mod:`utils.onnx_encoder`) or "ct2" (CTranslate2,
     in the folder's compute type).
 
-    auto = torch on a CPU with AMX; onnx on a CPU with VNNI (AVX-512-VNNI or AVX-VNNI): its int8 is CTranslate2's
-    scheme (per-channel weights, per-frame inputs; on 30 s of speech both differ from float32 by 0.043 on average),
-    about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI (tools/bench_infer.py --encoder_batches;
-    README); else ct2. On an AVX2-only CPU onnxruntime's float32 encodes a 30 s window about as fast as CTranslate2
-    int8 (the int8 kernels there are not measured), and on real Mandarin said several times the float32 numbers read
-    worse (README), so it stays on request. ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
+    auto = torch on a CPU with AMX, unless the engine is known to transcribe less than ``TORCH_ENCODER_MIN_AUDIO_S``
+    of audio in all (``audio_seconds``; None = unknown or long-running: a server, live transcription), where
+    importing PyTorch costs more than its encoder saves and onnx is taken; onnx on a CPU with VNNI (AVX-512-VNNI or
+    AVX-VNNI): its int8 is CTranslate2's scheme (per-channel weights, per-frame inputs; on 30 s of speech both
+    differ from float32 by 0.043 on average), about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI
+    (tools/bench_infer.py --encoder_batches; README); else ct2. On an AVX2-only CPU onnxruntime's float32 encodes a
+    30 s window about as fast as CTranslate2 int8 (the int8 kernels there are not measured), and on real Mandarin
+    said several times the float32 numbers read worse (README), so it stays on request. ``WHISPER_FT_CPU=avx2``
+    takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.
@@ -1272,12 +1280,15 @@ def resolve_ct2_encoder(encoder: str, device: str) -> str:
         return encoder
     if not on_cpu:
         return "ct2"
-    return "torch" if cpu_has_amx() else "onnx" if cpu_has_vnni() else "ct2"
+    short = audio_seconds is not None and audio_seconds < TORCH_ENCODER_MIN_AUDIO_S
+    if cpu_has_amx() and not (short and cpu_has_vnni()):
+        return "torch"
+    return "onnx" if cpu_has_vnni() else "ct2"
 
 
-def uses_torch_encoder(encoder: str, device: str) -> bool:
+def uses_torch_encoder(encoder: str, device: str, audio_seconds: float | None = None) -> bool:
     """Whether the ct2 backend runs its audio encoder in PyTorch bf16 (:func:`resolve_ct2_encoder`)."""
-    return resolve_ct2_encoder(encoder, device) == "torch"
+    return resolve_ct2_encoder(encoder, device, audio_seconds) == "torch"
 
 
 def _torch_dtypes(dtype: str, device: str):
@@ -1319,7 +1330,7 @@ class CT2Transcriber(_BaseTranscriber):
     backend = "ct2"
 
     def __init__(self, model_dir: str, *, device: str = "auto", compute_type: str = "auto",
-                 cpu_threads: int = 0, encoder: str = "auto") -> None:
+                 cpu_threads: int = 0, encoder: str = "auto", audio_seconds: float | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from faster_whisper import WhisperModel
@@ -1331,7 +1342,7 @@ class CT2Transcriber(_BaseTranscriber):
         if compute_type == "auto":
             compute_type = "float16" if ct2_device == "cuda" else "int8"
         index = int(dev.split(":")[1]) if ":" in dev else 0
-        self.encoder = resolve_ct2_encoder(encoder, ct2_device)
+        self.encoder = resolve_ct2_encoder(encoder, ct2_device, audio_seconds)
         int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
         if self.encoder == "torch":
             from utils.audio_encoder import load_ct2_encoder  # imports PyTorch: on this thread, not the other one
@@ -1611,7 +1622,8 @@ def _ct2_model_language(model_dir: str) -> str | None:
 def load_transcriber(model_path: str, backend: str = "transformers", *, device: str = "auto",
                      dtype: str = "auto", compute_type: str = "auto", local_files_only: bool = False,
                      use_compile: bool = False, attn_implementation: str = "auto",
-                     cpu_threads: int = 0, ct2_encoder: str = "auto") -> Transcriber:
+                     cpu_threads: int = 0, ct2_encoder: str = "auto",
+                     audio_seconds: float | None = None) -> Transcriber:
     """Load a model for inference.
 
     Args:
@@ -1629,6 +1641,8 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
             products fast), ``onnx`` = onnxruntime on the CPU, int8 for an int8 ``compute_type`` (CTranslate2's
             scheme, about twice as fast with VNNI), else float32, ``ct2`` = CTranslate2; ``auto``: see
             :func:`resolve_ct2_encoder`.
+        audio_seconds: how much audio the engine will transcribe in all, when known (s): ct2_encoder auto's
+            choice with AMX (:func:`resolve_ct2_encoder`); None = unknown or long-running.
     """
     from utils.models import ct2_model_dir, model_folder_kind, resolve_model
 
@@ -1640,5 +1654,5 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
                                        attn_implementation=attn_implementation)
     if backend == "ct2":
         return CT2Transcriber(ct2_model_dir(model_path), device=device, compute_type=compute_type,
-                              cpu_threads=cpu_threads, encoder=ct2_encoder)
+                              cpu_threads=cpu_threads, encoder=ct2_encoder, audio_seconds=audio_seconds)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -243,7 +243,8 @@ def stream_encoder(args: argparse.Namespace) -> str:
     from utils.device import resolve_ct2_device
     from utils.transcribe import resolve_ct2_encoder
 
-    return "ct2" if resolve_ct2_encoder("auto", resolve_ct2_device(args.device)) == "onnx" else "auto"
+    return "ct2" if resolve_ct2_encoder("auto", resolve_ct2_device(args.device),
+                                        compute_type=args.compute_type) == "onnx" else "auto"
 
 
 def encoder_window(args: argparse.Namespace) -> float | None:
@@ -266,7 +267,7 @@ def stream_threads(args: argparse.Namespace) -> int:
     from utils.transcribe import uses_torch_encoder
 
     device = resolve_ct2_device(args.device)
-    return 1 if device == "cpu" and uses_torch_encoder(args.ct2_encoder, device) else 0
+    return 1 if device == "cpu" and uses_torch_encoder(args.ct2_encoder, device, compute_type=args.compute_type) else 0
 
 
 def make_report(result: StreamResult, args: argparse.Namespace, offline_text: str | None) -> dict[str, Any]:

@@ -194,9 +194,9 @@ def test_whisper_bases_onnx_encoder_matches_ctranslate2_float32(base_ct2_dir: Pa
 
 
 def test_auto_picks_onnx_with_vnni_and_onnx_is_a_cpu_choice(monkeypatch) -> None:
-    """auto: PyTorch bf16 with AMX (onnxruntime for less audio than PyTorch's import pays back), onnxruntime with VNNI
-    (AVX-512-VNNI or AVX-VNNI), CTranslate2 otherwise (AVX2, a GPU; also under WHISPER_FT_CPU=avx2 on an AMX or VNNI
-    machine); onnx and torch only on the CPU."""
+    """auto: PyTorch bf16 with AMX (onnxruntime for less audio than PyTorch's import pays back, or where float32 is
+    asked for), onnxruntime with VNNI (AVX-512-VNNI or AVX-VNNI), CTranslate2 otherwise (AVX2, a GPU; also under
+    WHISPER_FT_CPU=avx2 on an AMX or VNNI machine); onnx and torch only on the CPU."""
     def cpu(*flags: str) -> None:
         monkeypatch.setattr(device_mod, "cpu_flags", lambda: sorted(["avx", "avx2", "fma", *flags]))
 
@@ -207,6 +207,8 @@ def test_auto_picks_onnx_with_vnni_and_onnx_is_a_cpu_choice(monkeypatch) -> None
     assert resolve_ct2_encoder("auto", "cpu", TORCH_ENCODER_MIN_AUDIO_S) == "torch"
     assert resolve_ct2_encoder("auto", "cpu", short) == "onnx"
     assert resolve_ct2_encoder("torch", "cpu", short) == "torch"
+    assert resolve_ct2_encoder("auto", "cpu", compute_type="float32") == "onnx"  # float32 asked: no bf16 encoder
+    assert resolve_ct2_encoder("auto", "cpu", compute_type="int8_float32") == "torch"
     assert resolve_ct2_encoder("auto", "cuda") == "ct2"
     monkeypatch.setenv(device_mod.CPU_PROFILE_ENV, "avx2")
     assert resolve_ct2_encoder("auto", "cpu", short) == "ct2" and resolve_ct2_encoder("auto", "cpu") == "ct2"

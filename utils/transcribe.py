@@ -1253,14 +1253,16 @@ def _torch_threads(restore: int | None = None) -> int | None:
     return torch.get_num_threads()
 
 
-def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None = None) -> str:
+def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None = None,
+                        compute_type: str = "auto") -> str:
     """Who runs the ct2 backend's audio encoder for ``--ct2_encoder`` on ``device``: "torch" (PyTorch bf16),
     "onnx" (onnxruntime: int8 for an int8 compute type, else float32; :mod:`utils.onnx_encoder`) or "ct2" (CTranslate2,
     in the folder's compute type).
 
     auto = torch on a CPU with AMX, unless the engine is known to transcribe less than ``TORCH_ENCODER_MIN_AUDIO_S``
     of audio in all (``audio_seconds``; None = unknown or long-running: a server, live transcription), where
-    importing PyTorch costs more than its encoder saves and onnx is taken; onnx on a CPU with VNNI (AVX-512-VNNI or
+    importing PyTorch costs more than its encoder saves and onnx is taken, and unless ``compute_type`` is float32 (the
+    PyTorch encoder computes in bf16; asked for float32, the user gets float32: onnx); onnx on a CPU with VNNI (AVX-512-VNNI or
     AVX-VNNI): its int8 is CTranslate2's scheme (per-channel weights, per-frame inputs; on 30 s of speech both
     differ from float32 by 0.043 on average), about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI
     (tools/bench_infer.py --encoder_batches; README); else ct2. On an AVX2-only CPU onnxruntime's float32 encodes a
@@ -1281,14 +1283,15 @@ def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None =
     if not on_cpu:
         return "ct2"
     short = audio_seconds is not None and audio_seconds < TORCH_ENCODER_MIN_AUDIO_S
-    if cpu_has_amx() and not (short and cpu_has_vnni()):
+    if cpu_has_amx() and not ((short or compute_type == "float32") and cpu_has_vnni()):
         return "torch"
     return "onnx" if cpu_has_vnni() else "ct2"
 
 
-def uses_torch_encoder(encoder: str, device: str, audio_seconds: float | None = None) -> bool:
+def uses_torch_encoder(encoder: str, device: str, audio_seconds: float | None = None,
+                       compute_type: str = "auto") -> bool:
     """Whether the ct2 backend runs its audio encoder in PyTorch bf16 (:func:`resolve_ct2_encoder`)."""
-    return resolve_ct2_encoder(encoder, device, audio_seconds) == "torch"
+    return resolve_ct2_encoder(encoder, device, audio_seconds, compute_type) == "torch"
 
 
 def _torch_dtypes(dtype: str, device: str):
@@ -1342,7 +1345,7 @@ class CT2Transcriber(_BaseTranscriber):
         if compute_type == "auto":
             compute_type = "float16" if ct2_device == "cuda" else "int8"
         index = int(dev.split(":")[1]) if ":" in dev else 0
-        self.encoder = resolve_ct2_encoder(encoder, ct2_device, audio_seconds)
+        self.encoder = resolve_ct2_encoder(encoder, ct2_device, audio_seconds, compute_type)
         int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
         if self.encoder == "torch":
             from utils.audio_encoder import load_ct2_encoder  # imports PyTorch: on this thread, not the other one

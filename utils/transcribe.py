@@ -1262,13 +1262,13 @@ def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None =
     auto = torch on a CPU with AMX, unless the engine is known to transcribe less than ``TORCH_ENCODER_MIN_AUDIO_S``
     of audio in all (``audio_seconds``; None = unknown or long-running: a server, live transcription), where
     importing PyTorch costs more than its encoder saves and onnx is taken, and unless ``compute_type`` is float32 (the
-    PyTorch encoder computes in bf16; asked for float32, the user gets float32: onnx); onnx on a CPU with VNNI (AVX-512-VNNI or
-    AVX-VNNI): its int8 is CTranslate2's scheme (per-channel weights, per-frame inputs; on 30 s of speech both
-    differ from float32 by 0.043 on average), about twice as fast per 30 s window on our AMD EPYC with AVX-512-VNNI
-    (tools/bench_infer.py --encoder_batches; README); else ct2. On an AVX2-only CPU onnxruntime's float32 encodes a
-    30 s window about as fast as CTranslate2 int8 (the int8 kernels there are not measured), and on real Mandarin
-    said several times the float32 numbers read worse (README), so it stays on request. ``WHISPER_FT_CPU=avx2``
-    takes the AVX2-only choice on any CPU.
+    PyTorch encoder computes in bf16; asked for float32, the user gets float32: onnx); onnx on a CPU with VNNI
+    (AVX-512-VNNI or AVX-VNNI): its int8 is CTranslate2's scheme (per-channel weights, per-frame inputs; on 30 s of
+    speech both differ from float32 by 0.043 on average), about twice as fast per 30 s window on our AMD EPYC with
+    AVX-512-VNNI (tools/bench_infer.py --encoder_batches; README); else ct2. On an AVX2-only CPU onnxruntime's
+    float32 encodes a 30 s window about as fast as CTranslate2 int8 (the int8 kernels there are not measured), and on
+    real Mandarin said several times the float32 numbers read worse (README), so it stays on request.
+    ``WHISPER_FT_CPU=avx2`` takes the AVX2-only choice on any CPU.
 
     Raises:
         ValueError: an unknown ``encoder``, or torch / onnx on a GPU.

@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(parser, "--output_dir", output_dir, folder=True)
 
     # 2. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
-    seconds = header_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if args.backend == "ct2" else None
+    auto_encoder = args.backend == "ct2" and args.ct2_encoder == "auto"
+    seconds = header_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if auto_encoder else None
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,

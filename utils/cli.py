@@ -175,7 +175,8 @@ def resolve_encoder_window(value: str | float | None, device: str,
 
 
 def add_ct2_encoder_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                        auto: str = "torch with AMX, onnx with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2") -> None:
+                        auto: str = "torch with AMX (for 5 min of audio or more, not with --compute_type=float32), "
+                                    "onnx with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2") -> None:
     """--ct2_encoder: who runs the audio encoder under the ct2 backend; ``auto``: what auto means, for the help."""
     from utils.transcribe import CT2_ENCODERS
 

@@ -148,6 +148,20 @@ def test_words_from_segments_take_aligned_word_times_when_there_are_some():
     assert [(w.text, w.start, w.end) for w in zh] == [("你", 0.2, 0.4), ("好", 0.4, 0.6)]
 
 
+def test_aligned_words_as_the_engine_gives_them_are_spaced_like_the_text():
+    """The engine's aligned words carry no leading space ("quick", not " quick"): Latin words are still joined by
+    spaces (``--word_timestamps`` printed "Thequickbrown"), CJK characters are not, mixed text as the segments are."""
+    from utils.data import Word as Aligned
+
+    def joined(*texts: str) -> str:
+        aligned = [Aligned(0.1 * k, 0.1 * k + 0.1, t, 0.9) for k, t in enumerate(texts)]
+        return join_words(words_from_segments([(0.0, 1.0, " ".join(texts), aligned)], 0.0, 1.0))
+
+    assert joined("The", "quick", "brown", "fox.") == "The quick brown fox."
+    assert joined("你好", "世界。") == "你好世界。"
+    assert joined("用", "iPhone", "拍照") == "用 iPhone 拍照"
+
+
 def test_align_committed_skips_a_slightly_changed_committed_region():
     assert _align_committed([], ["a"]) == 0
     assert _align_committed(list("abc"), list("abcde")) == 3
@@ -1090,3 +1104,4 @@ def test_streaming_with_word_timestamps(en_wav, tmp_path):
                                      f"--report_path={report_file}"]) == 0
     report = json.loads(report_file.read_text())
     assert report["cer_vs_offline"] <= 0.1 and report["words"] >= 7, report
+    assert "quick brown" in report["text"], report["text"]  # words spaced (the CER above ignores spaces)

@@ -124,11 +124,11 @@ def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: flo
     words: list[StreamToken] = []
     for start, end, text, *aligned in segments:
         spans = [(w.start, w.end, w.word) for w in aligned[0]] if aligned and aligned[0] else [(start, end, text)]
-        first = True
         for span_start, span_end, span_text in spans:
             tokens = split_tokens(span_text)
             if not tokens:
                 continue
+            first = True  # a segment's text, or an aligned word (given without its leading space)
             span_start = min(max(offset + span_start, offset), audio_end)
             span_end = min(max(offset + span_end, span_start), audio_end)
             weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)

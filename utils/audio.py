@@ -229,15 +229,20 @@ def load_record_audio(record) -> np.ndarray:
     return samples[start:end]
 
 
+def _header_duration(source: str | io.BytesIO) -> float | None:
+    """Seconds of audio from a file's header as libsndfile reads it (wav/flac/ogg/mp3; 0.0 for an empty one), or
+    None where it cannot (m4a, a video, a missing file)."""
+    try:
+        info = sf.info(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
+
+
 def audio_bytes_duration(data: bytes, name: str = "audio") -> float:
     """Duration in seconds of an audio file held in memory: from the header for wav/flac/ogg, else by decoding."""
-    try:
-        info = sf.info(io.BytesIO(data))
-        if info.frames > 0:
-            return info.frames / info.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        pass
-    return len(decode_audio_bytes(data, name=name)) / SAMPLE_RATE
+    seconds = _header_duration(io.BytesIO(data))
+    return seconds if seconds else len(decode_audio_bytes(data, name=name)) / SAMPLE_RATE  # no length: decoded
 
 
 def audio_duration(path: str | os.PathLike) -> float:
@@ -245,11 +250,9 @@ def audio_duration(path: str | os.PathLike) -> float:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AudioLoadError(f"{path}: audio file not found")
-    try:
-        info = sf.info(path)
-        return info.frames / info.samplerate
-    except (sf.LibsndfileError, RuntimeError):
-        pass
+    seconds = _header_duration(path)
+    if seconds is not None:
+        return seconds
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         raise AudioLoadError(f"{path}: cannot read its header and ffprobe is not installed")
@@ -271,13 +274,10 @@ def header_seconds(paths: Sequence[str | os.PathLike], enough: float = math.inf)
     file): the total is then unknown."""
     total = 0.0
     for path in paths:
-        try:
-            info = sf.info(os.fspath(path))
-        except (sf.LibsndfileError, RuntimeError):
+        seconds = _header_duration(os.fspath(path))
+        if seconds is None:
             return None
-        if info.frames <= 0 or info.samplerate <= 0:
-            return None
-        total += info.frames / info.samplerate
+        total += seconds
         if total >= enough:
             break
     return total

@@ -1283,7 +1283,8 @@ def resolve_ct2_encoder(encoder: str, device: str, audio_seconds: float | None =
     if not on_cpu:
         return "ct2"
     short = audio_seconds is not None and audio_seconds < TORCH_ENCODER_MIN_AUDIO_S
-    if cpu_has_amx() and not ((short or compute_type == "float32") and cpu_has_vnni()):
+    torch_pays = not short and compute_type != "float32"  # its import is paid back, and bf16 was not refused
+    if cpu_has_amx() and (torch_pays or not cpu_has_vnni()):
         return "torch"
     return "onnx" if cpu_has_vnni() else "ct2"
 

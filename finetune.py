@@ -165,7 +165,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be {text}, got {value}")
     if args.min_audio_len >= args.max_audio_len:
         parser.error(f"--min_audio_len ({args.min_audio_len}) must be below --max_audio_len ({args.max_audio_len})")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+    # one stat: every torchrun rank probes this folder at once (check_output_path makes and removes it), and an
+    # exists-then-isdir pair could see it made and then gone, i.e. "a file"
+    if os.path.isfile(args.output_dir):
         parser.error(f"--output_dir {args.output_dir} is a file; give a folder (runs go to <output_dir>/<model name>/)")
     check_output_path(parser, "--output_dir", args.output_dir, folder=True)
     for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data),

@@ -29,7 +29,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -57,6 +57,16 @@ TORCH_ENCODER_MIN_AUDIO_S = 300.0
 # (tools/bench_infer.py --encoder_batches=1,2,16; whisper-base, 2-core EPYC without AMX; s per window, PyTorch fp32
 # / CT2 int8): 0.622 / 0.569 at 1, 0.637 / 0.531 at 2, 0.750 / 0.700 at 16; 0.686 / 0.644 at 16 on its AVX2 profile.
 CPU_ENCODER_WINDOWS = 2
+# CTranslate2 calls run at once on a CPU (its inter_threads), each on a part of a batch. A decoding step is small and
+# waits on its threads more than it computes: one 25 s chunk decodes faster on one thread than on two (beam 3:
+# 1.6-1.9 vs 2.1-2.8 s), and a batch decoded as two halves side by side on one thread each is 1.3-1.7x faster than the
+# whole batch on one worker with both threads (same tokens; whisper-base, beam 1/3/5, 2-core AMD EPYC Zen 4 and its
+# AVX2 profile); more workers than cores are slower. So each worker gets threads // 2 threads, except where
+# CTranslate2 encodes too (CPUs without VNNI): a 30 s window alone takes 1.0 s on one thread against 0.6 on two (more
+# than one chunk's faster decode saves; a stream encodes one window a step), so each worker keeps every thread; two
+# windows side by side then take 1.0 s against 1.35 in one call, and two halves of a batch decode 1.2x faster than
+# one call (1.1x slower than on one thread each: the two share the cores).
+CPU_WORKERS = 2
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
@@ -456,8 +466,10 @@ class _BaseTranscriber:
         loop's unit at the slowest rate of right readings), which are decoded too (``MAX_REPEAT_SPLITS`` levels
         deep); the pieces' text is kept when the chunk's own ran away or made a take up, or when it reads more
         (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech unread is decoded
-        again with timestamp tokens (when it was decoded without). Decodes of audio decoded before fall back to
-        higher temperatures only out of a loop (:func:`_again`). A chunk read right is decoded once.
+        again with timestamp tokens (when it was decoded without); if that reads no more, it is cut too, its reading
+        taken as one take (a real AISHELL-1 sentence said three times in one window, read once both ways with
+        onnxruntime's int8 encoder on an AMD Zen 4). Decodes of audio decoded before fall back to higher temperatures
+        only out of a loop (:func:`_again`). A chunk read right is decoded once.
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
@@ -483,12 +495,21 @@ class _BaseTranscriber:
                     cuts[i + k] = pieces
                     if unread[k] == math.inf:
                         made_up.add(i + k)
+            left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
+                    and i + k not in cuts]
             if not options.timestamps:
                 redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
-                self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
+                read = self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
+                left = [k for k in left if k not in read]
+            for k in left:  # speech still unread, text that does not repeat: cut at its pauses like a repeat
+                if splittable[i + k]:
+                    n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
+                    pieces = cut_every(batch[k], take_seconds(n, n, batch[k].duration_s))
+                    if len(pieces) > 1:
+                        cuts[i + k] = pieces
             results += got
         if cuts:
-            logger.debug("%d of %d chunks repeat themselves and lost count: decoded again in %d pieces", len(cuts),
+            logger.debug("%d of %d chunks lost count or left speech unread: decoded again in %d pieces", len(cuts),
                          len(chunks), sum(len(p) for p in cuts.values()))
             redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language,
                                               _again(options), prompt, depth + 1))
@@ -536,9 +557,9 @@ class _BaseTranscriber:
         return unread
 
     def _redo_with_timestamps(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], which: Sequence[int],
-                              language: str, options: DecodeOptions, prompt: str | None) -> None:
+                              language: str, options: DecodeOptions, prompt: str | None) -> set[int]:
         """Decode the chunks ``which`` of ``waves`` again with timestamp tokens and keep each reading (in place in
-        ``results``) where it holds more text tokens than the one without.
+        ``results``) where it holds more text tokens than the one without; returns those chunks.
 
         Without timestamp tokens Whisper stops after the first of several takes of one sentence in a window: on real
         recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 2, 3 or 5 times in 10-28 s was read once
@@ -546,13 +567,16 @@ class _BaseTranscriber:
         the reference decoders do by default). Different sentences in a window read the same both ways.
         """
         if not which:
-            return
+            return set()
         logger.debug("%d chunks left speech unread or made text up: decoded again with timestamp tokens", len(which))
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True), prompt)
+        read = set()
         for k, result in zip(which, redone):
             if len(_text_tokens(result)) > len(_text_tokens(results[k])):
                 results[k] = result
+                read.add(k)
+        return read
 
     def _finish(self, pieces: list[tuple], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
@@ -1295,6 +1319,23 @@ def uses_torch_encoder(encoder: str, device: str, audio_seconds: float | None = 
     return resolve_ct2_encoder(encoder, device, audio_seconds, compute_type) == "torch"
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or ``taskset``'s limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def ct2_cpu_workers(cpu_threads: int, encoder: str) -> tuple[int, int]:
+    """(workers, threads per worker) of a CTranslate2 model on the CPU (``CPU_WORKERS``): ``cpu_threads`` ≤ 0 = all
+    available cores; ``encoder`` = who encodes (:func:`resolve_ct2_encoder`). (1, 1) on one core; on two, (2, 2) when
+    CTranslate2 encodes, else (2, 1)."""
+    threads = cpu_threads if cpu_threads > 0 else available_cpus()
+    workers = min(CPU_WORKERS, threads)
+    return workers, threads if encoder == "ct2" else max(1, threads // workers)
+
+
 def _torch_dtypes(dtype: str, device: str):
     """--dtype → (weight dtype, autocast dtype or None). bfloat16 on CPU = fp32 weights + bf16 autocast."""
     import torch
@@ -1358,11 +1399,14 @@ class CT2Transcriber(_BaseTranscriber):
             build = functools.partial(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
         else:
             build = None
+        workers, threads = ct2_cpu_workers(cpu_threads, self.encoder) if ct2_device == "cpu" else (1, cpu_threads)
         torch_threads = _torch_threads()
         with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
             building = pool.submit(build) if build is not None else None
             self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
-                                      cpu_threads=cpu_threads)
+                                      cpu_threads=threads, num_workers=workers)
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -1382,9 +1426,22 @@ class CT2Transcriber(_BaseTranscriber):
                     raise
                 logger.info("%s: auto runs the encoder in CTranslate2", e)  # a choice, not a failure
                 self.encoder = "ct2"
-        logger.info("ct2 backend: %s on %s, compute type %s, encoder %s", model_dir, ct2_device, compute_type,
+        logger.info("ct2 backend: %s on %s, compute type %s, encoder %s%s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
-                     "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder])
+                     "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder],
+                    f", {workers} workers x {threads} threads" if workers > 1 else "")
+
+    def _rows(self, n: int, call: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
+        """``call(rows)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at once);
+        results in row order. One call with every row on a GPU or a single worker."""
+        groups = [list(range(k, n, self.workers)) for k in range(min(self.workers, n))]
+        if self._pool is None or len(groups) < 2:
+            return list(call(list(range(n))))
+        out: list[Any] = [None] * n
+        for rows, results in zip(groups, self._pool.map(call, groups)):
+            for i, r in zip(rows, results, strict=True):
+                out[i] = r
+        return out
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).
@@ -1402,6 +1459,9 @@ class CT2Transcriber(_BaseTranscriber):
                                   for i in range(0, len(x), step)]).numpy()
         if self.device != "cpu":
             return self.model.encode(feats)
+        if self._onnx_encoder is None and self.workers > 1:  # a window per call, the workers side by side
+            return np.stack(self._rows(len(feats), lambda rows: [np.asarray(self.model.encode(feats[i:i + 1]))[0]
+                                                                  for i in rows]))
         step = CPU_ENCODER_WINDOWS
         encode = self._onnx_encoder or (lambda x: np.asarray(self.model.encode(x)))
         return np.concatenate([encode(feats[i:i + step]) for i in range(0, len(feats), step)])
@@ -1457,11 +1517,24 @@ class CT2Transcriber(_BaseTranscriber):
         encoded = self._encode(self._features(chunks))
         if isinstance(encoded, np.ndarray):  # these chunks are decoded next
             self._keep_encoded(chunks, encoded)
-        results = self.model.model.detect_language(self._storage(encoded))
+        if isinstance(encoded, np.ndarray):
+            results = self._rows(len(chunks), lambda rows: self.model.model.detect_language(
+                self._storage(encoded[rows])))
+        else:
+            results = self.model.model.detect_language(encoded)
         return [(r[0][0].strip("<|>"), float(r[0][1])) for r in results]
 
     def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
                   max_new_tokens: int):
+        """CTranslate2's generate() on ``encoded`` (a float32 array on the CPU: its rows split among the workers, or
+        a StorageView), one prompt per row."""
+        if isinstance(encoded, np.ndarray):
+            return self._rows(len(prompts), lambda rows: self._generate_on(
+                self._storage(encoded[rows]), [prompts[i] for i in rows], options, temperature, max_new_tokens))
+        return self._generate_on(encoded, prompts, options, temperature, max_new_tokens)
+
+    def _generate_on(self, encoded: Any, prompts: list[list[int]], options: DecodeOptions, temperature: float,
+                     max_new_tokens: int):
         max_length = min(self.model.max_length, max(len(p) for p in prompts) + max_new_tokens)
         return self.model.model.generate(
             encoded, prompts,
@@ -1499,9 +1572,9 @@ class CT2Transcriber(_BaseTranscriber):
         encoded = self._encode_reusing(chunks, feats)
         for temperature in options.temperatures:
             if pending == list(range(len(chunks))):
-                batch = self._storage(encoded)
+                batch = encoded
             elif isinstance(encoded, np.ndarray):  # only the chunks that failed are decoded again
-                batch = self._storage(encoded[pending])
+                batch = encoded[pending]
             else:
                 batch = self.model.encode(feats[pending])
             outputs = self._generate(batch, [prompts[i] for i in pending], options, temperature, max_new)
@@ -1562,10 +1635,15 @@ class CT2Transcriber(_BaseTranscriber):
         for language in dict.fromkeys(languages):  # one start sequence per call
             idx = [i for i, lang in enumerate(languages) if lang == language]
             tk = self._tokenizer(language, task)
-            batch = self._storage(encoded[idx]) if isinstance(encoded, np.ndarray) else self.model.encode(feats[idx])
-            results = self.model.model.align(batch, tk.sot_sequence, [tokens[i] for i in idx],
-                                             [min(len(chunks[i]) // 160, 3000) for i in idx],
-                                             median_filter_width=MEDIAN_FILTER_WIDTH)
+            def align(rows: list[int], idx: list[int] = idx, tk: Any = tk) -> Any:
+                picked = [idx[r] for r in rows]
+                batch = (self._storage(encoded[picked]) if isinstance(encoded, np.ndarray)
+                         else self.model.encode(feats[picked]))
+                return self.model.model.align(batch, tk.sot_sequence, [tokens[i] for i in picked],
+                                              [min(len(chunks[i]) // 160, 3000) for i in picked],
+                                              median_filter_width=MEDIAN_FILTER_WIDTH)
+
+            results = self._rows(len(idx), align)
             for i, r in zip(idx, results):
                 pairs = np.asarray(r.alignments, dtype=np.int64).reshape(-1, 2)
                 out[i] = (pairs[:, 0], pairs[:, 1], np.asarray(r.text_token_probs, dtype=np.float64))

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("engine")
     add_engine_args(g)
     g.add_argument("--batch_size", type=int, default=8, help="30 s chunks decoded at once")
-    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = library default)")
+    g.add_argument("--cpu_threads", type=int, default=0,
+                   help="ct2 CPU threads in all (0 = CTranslate2's default: 4, or the cores if fewer), split between "
+                        "two workers that decode halves of a batch side by side")
     add_bool(g, "use_compile", False, "torch.compile the encoder (transformers, GPU)")
     g.add_argument("--attn_implementation", type=str, default="auto",
                    choices=["auto", "sdpa", "eager", "flash_attention_2"],

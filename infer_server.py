@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(g, "local_files_only", False, "never contact the model hub")
     g.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
     add_engine_args(g)
-    g.add_argument("--cpu_threads", type=int, default=0, help="ct2 CPU threads (0 = library default)")
+    g.add_argument("--cpu_threads", type=int, default=0,
+                   help="ct2 CPU threads in all (0 = CTranslate2's default: 4, or the cores if fewer), split between "
+                        "two workers that decode halves of a batch side by side")
     g.add_argument("--batch_size", type=int, default=8, help="30 s chunks of one request decoded at once")
     s = p.add_argument_group("server")
     s.add_argument("--host", type=str, default="127.0.0.1", help="address to listen on (0.0.0.0 = all)")

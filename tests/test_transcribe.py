@@ -1149,6 +1149,9 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
     monkeypatch.setattr(tr, "available_cpus", lambda: 2)
     assert tr.ct2_cpu_workers(0, "onnx") == (2, 1) and tr.ct2_cpu_workers(0, "ct2") == (2, 2)
     assert tr.ct2_cpu_workers(1, "ct2") == (1, 1) and tr.ct2_cpu_workers(4, "torch") == (2, 2)
+    monkeypatch.setattr(tr, "available_cpus", lambda: 16)  # 0 = CTranslate2's default of 4 threads, as before
+    assert tr.ct2_cpu_workers(0, "onnx") == (2, 2) and tr.ct2_cpu_workers(0, "ct2") == (2, 4)
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
     engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
     assert engine.workers == 2
     calls: list[tuple[int, str]] = []

@@ -67,6 +67,7 @@ CPU_ENCODER_WINDOWS = 2
 # windows side by side then take 1.0 s against 1.35 in one call, and two halves of a batch decode 1.2x faster than
 # one call (1.1x slower than on one thread each: the two share the cores).
 CPU_WORKERS = 2
+CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads=0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
@@ -1328,10 +1329,11 @@ def available_cpus() -> int:
 
 
 def ct2_cpu_workers(cpu_threads: int, encoder: str) -> tuple[int, int]:
-    """(workers, threads per worker) of a CTranslate2 model on the CPU (``CPU_WORKERS``): ``cpu_threads`` ≤ 0 = all
-    available cores; ``encoder`` = who encodes (:func:`resolve_ct2_encoder`). (1, 1) on one core; on two, (2, 2) when
-    CTranslate2 encodes, else (2, 1)."""
-    threads = cpu_threads if cpu_threads > 0 else available_cpus()
+    """(workers, threads per worker) of a CTranslate2 model on the CPU (``CPU_WORKERS``): ``cpu_threads`` threads in
+    all, ≤ 0 = CTranslate2's default of 4 (what faster-whisper runs on) or the available cores if fewer; ``encoder`` =
+    who encodes (:func:`resolve_ct2_encoder`). (1, 1) on one core; on two, (2, 2) when CTranslate2 encodes, else
+    (2, 1)."""
+    threads = cpu_threads if cpu_threads > 0 else min(CT2_DEFAULT_THREADS, available_cpus())
     workers = min(CPU_WORKERS, threads)
     return workers, threads if encoder == "ct2" else max(1, threads // workers)
 
@@ -1717,7 +1719,8 @@ def load_transcriber(model_path: str, backend: str = "transformers", *, device: 
         compute_type: CTranslate2 compute type; auto = int8 on CPU, float16 on GPU.
         use_compile: torch.compile the encoder (transformers backend).
         attn_implementation: auto (flash-attention-2 when installed on CUDA, else SDPA), sdpa, eager.
-        cpu_threads: CTranslate2 intra-op threads (0 = its default).
+        cpu_threads: CTranslate2's CPU threads, all workers together (0 = its default, 4, or fewer cores;
+            :func:`ct2_cpu_workers`).
         ct2_encoder: ct2 backend: who runs the audio encoder (the decoder stays in CTranslate2). ``torch`` =
             PyTorch in bfloat16 on the CPU (about 3x faster than CTranslate2 int8 where AMX makes bf16 matrix
             products fast), ``onnx`` = onnxruntime on the CPU, int8 for an int8 ``compute_type`` (CTranslate2's

@@ -422,6 +422,36 @@ def test_a_buffer_starting_inside_speech_is_decoded_after_pad_s_of_silence(vad):
     assert got[0].start == pytest.approx(0.0, abs=0.01) and got[5].start == pytest.approx(2.0, abs=0.01)  # stream time
 
 
+@pytest.mark.parametrize("vad", [True, False])
+def test_a_trim_at_a_late_segment_end_cuts_in_the_pause_and_the_next_word_keeps_its_onset(vad):
+    # sentences of 4 words (1.6 s) with 0.4 s pauses (shorter than min_silence_s: no utterance closes); the decoder
+    # ends each segment 0.05 s into the next word, as Whisper's timestamps often do. A cut there leaves that word's
+    # onset out of the buffer (the fake, like Whisper, then cannot read it); the VAD heard the pause: cut inside it
+    words = script_words(" ".join(f"w{i}" for i in range(16)), gaps={i: 0.4 for i in range(4, 16, 4)})
+    pauses = [(words[i - 1][1], words[i][0]) for i in range(4, 16, 4)]
+    audio = timed_audio(words[-1][1] + 1.0, silences=pauses + [(words[-1][1], words[-1][1] + 1.0)])
+    asr = FakeASR(words, per_segment=4, flicker=False)
+    cuts = []
+
+    def late_ends(a: np.ndarray, p: str) -> list[tuple]:
+        segments = asr(a, p)
+        return [(s, segments[k + 1][0] + 0.05 if k + 1 < len(segments) else e, t)
+                for k, (s, e, t) in enumerate(segments)]
+
+    policy = StreamingPolicy(late_ends, vad_fn=energy_vad if vad else None, trim_s=3.0, max_buffer_s=6.0)
+    cut = policy._cut
+    policy._cut = lambda sample: cuts.append(sample / SAMPLE_RATE) or cut(sample)  # type: ignore[method-assign]
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.5)
+    trims = [c for c in cuts if any(a - 0.1 < c < b + 0.1 for a, b in pauses)]
+    assert trims, cuts
+    if vad:
+        assert result.text == " ".join(w.strip() for *_, w in words)
+        assert all(any(a < c <= b for a, b in pauses) for c in trims), (cuts, pauses)  # inside the pause
+    else:  # no VAD, no pause known: the cut stays at the segment end, 0.05 s into the next word, which is lost
+        assert any(c > b for a, b in pauses for c in trims if c < b + 0.1), (cuts, pauses)
+        assert len(result.text.split()) < len(words)
+
+
 def test_no_silence_is_added_before_a_buffer_that_has_pad_s_before_the_speech():
     asr = FakeASR(script_words("a b c d", start=2.3), flicker=False)
     spans = []
@@ -456,6 +486,30 @@ def test_a_closed_utterance_the_last_step_heard_whole_is_committed_without_anoth
                    on_update=lambda u, t: updates.append(u))
         assert join_words([w for u in updates for w in u.committed]) == "a b c d"
         assert any(u.utterance_end and u.committed and u.decoded for u in updates), chunk_s
+
+
+def test_a_step_that_hears_the_speech_end_decodes_like_the_close_and_that_reading_is_committed():
+    # the step at 2.5 s heard "a b c d" end 0.4 s before (>= 0.3 s): the pause will commit its tail without decoding
+    # again, so that step reads like the closing decode (close_fn: a wider beam in realtime_transcribe.py); the steps
+    # inside the speech stay hypothesis_fn's. Checked to fail when every step decodes with hypothesis_fn.
+    words = script_words("a b c d", start=0.5)  # speech 0.5-2.1 s
+    audio = timed_audio(4.0, silences=[(0.0, 0.5), (2.1, 4.0)])
+    asr = FakeASR(words, flicker=False)
+    closing: list[float] = []
+
+    def close_fn(a: np.ndarray, p: str) -> list[tuple[float, float, str]]:
+        closing.append(sum(_buffer_span(a)))
+        return [(start, end, text.upper()) for start, end, text in asr(a, p)]
+
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, close_fn=close_fn)
+    updates = []
+    run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0, on_update=lambda u, t: updates.append(u))
+    # asr runs twice: the step at 1.5 s, and inside close_fn at 2.5 s
+    assert asr.calls == 2 and closing == [pytest.approx(2.5, abs=0.04)]
+    # "a b" agreed on by the steps at 1.5 and 2.5 s (keys ignore case), committed as the newest reads them
+    assert join_words([w for u in updates for w in u.committed]) == "A B C D"
+    close = next(u for u in updates if u.utterance_end and u.committed)
+    assert not close.decoded
 
 
 class _FixedCostSource(FileSource):

@@ -10,13 +10,15 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   alternates between two readings, as it does in noise, commits the one it gave twice in three decodes instead
   of committing nothing until the buffer is full); the rest of the newest hypothesis is the *tentative* tail;
 * the buffer is trimmed at the end of a Whisper segment whose words are all committed once it is longer
-  than ``trim_s``; committed text that left the buffer is the decoder prompt;
+  than ``trim_s`` (inside the pause the VAD heard there, if one: segment ends are often a little late);
+  committed text that left the buffer is the decoder prompt;
 * with a voice-activity function, silence is not decoded; an utterance's chunks are counted from its
   speech onset (first decode one chunk after it, on ``pad_s`` of audio before it + the chunk), so what is
   decoded does not depend on how long earlier decodes took; an utterance closes after ``min_silence_s`` of
   silence: all of it is committed (the last hypothesis's tail when that decode already heard the end of the
   speech, else after decoding the buffer once more, by ``close_fn``: a wider beam, as the words it reads are
-  committed without a second reading to agree with) and the buffer is emptied, or, with ``context_s``, keeps the
+  committed without a second reading to agree with; a step that decodes after the speech ended reads like that
+  too, as its tail is likely committed that way) and the buffer is emptied, or, with ``context_s``, keeps the
   latest closed utterances as context for the next one.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
@@ -33,6 +35,7 @@ import functools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +55,12 @@ logger = logging.getLogger(__name__)
 _HEARD_MARGIN = int(0.3 * SAMPLE_RATE)
 # silence after a closed utterance past which it is no longer kept as context for the next one (samples)
 _CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
+# a buffer cut at a Whisper segment end is moved into the pause the VAD heard there when that pause ended at most this
+# long before it (samples): segment ends are often tens of ms late, inside the next word's onset, and the word then
+# loses its first sound ("She" -> "He" in tools/bench_stream.py's English recording); only pauses of at least
+# _QUIET_MIN samples count (not a stop consonant's closure inside a word)
+_QUIET_SNAP = int(0.15 * SAMPLE_RATE)
+_QUIET_MIN = int(0.15 * SAMPLE_RATE)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
@@ -210,6 +219,8 @@ class _VadState:
     armed: bool = False  # speech seen since the last pause
     onset: int = -1  # start sample of the first speech frame of the latest utterance
     pauses: list[tuple[int, int]] = field(default_factory=list)  # (pause, end of the speech before it)
+    # the latest runs of non-speech frames: (start sample, end sample), the last one still growing in silence
+    quiet: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=1024))
 
     def feed(self, samples: np.ndarray) -> None:
         audio = np.concatenate([self.pending, samples]) if len(self.pending) else samples
@@ -220,6 +231,11 @@ class _VadState:
             limit = self.threshold - 0.15 if self.in_speech else self.threshold
             self.in_speech = p >= limit
             self.processed += VAD_FRAME
+            if not self.in_speech:
+                if self.quiet and self.quiet[-1][1] == self.processed - VAD_FRAME:
+                    self.quiet[-1] = (self.quiet[-1][0], self.processed)
+                else:
+                    self.quiet.append((self.processed - VAD_FRAME, self.processed))
             if self.in_speech:
                 if not self.armed:
                     self.onset = self.processed - VAD_FRAME
@@ -367,6 +383,22 @@ class StreamingPolicy:
             out.append(seg)
         return out
 
+    def _quiet_cut(self, sample: int) -> int:
+        """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's timestamps,
+        or a word end interpolated from them): inside the pause the VAD heard there, if one (of ``_QUIET_MIN`` at least)
+        holds ``sample`` or ended at most ``_QUIET_SNAP`` before it — at ``sample`` when that lies in the pause's first
+        half, else at its middle, so the next word keeps its onset. Without a VAD or a pause there: ``sample``."""
+        if self._vad is None:
+            return sample
+        for start, end in reversed(self._vad.quiet):
+            if start > sample:
+                continue
+            if end >= sample - _QUIET_SNAP and end - start >= _QUIET_MIN:
+                cut = min(sample, (start + end) // 2)
+                return cut if cut > self.offset else sample
+            break
+        return sample
+
     def _cut(self, sample: int) -> None:
         """Drop buffer audio before stream sample ``sample``."""
         sample = min(max(sample, self.offset), self.total)
@@ -419,7 +451,11 @@ class StreamingPolicy:
         if self._vad is not None and not self.tentative and not self._in_buffer:
             self._closed = []  # a context without words is no context
             self._cut(self._vad.onset - int(self.pad_s * SAMPLE_RATE))  # a new utterance: drop the silence before
-        segments = self._hypothesis(self.buffer)  # no state changes before this returns
+        # the utterance's speech ended (what this decode reads is likely committed as it is when the pause closes it):
+        # read it like the closing decode
+        ended = self._vad is not None and not self._vad.in_speech and (
+            self.total - self._vad.last_speech_end >= _HEARD_MARGIN)
+        segments = self._hypothesis(self.buffer, self.close_fn if ended else None)  # no state changes before this
         self._decoded_until = self._tentative_until = self._step_from = self.total
         offset_s = self.offset / SAMPLE_RATE
         words = words_from_segments(segments, offset_s, end)
@@ -501,13 +537,15 @@ class StreamingPolicy:
         if cut_s is not None and cut_s > offset_s:
             left = done - cut_count  # committed tokens after the cut
             self._retire(self._in_buffer[len(self._in_buffer) - left:] if left > 0 else [])
-            self._cut(int(round(cut_s * SAMPLE_RATE)))
-            logger.debug("buffer trimmed at segment end %.2f s (%d committed tokens kept)", cut_s, left)
+            cut = self._quiet_cut(int(round(cut_s * SAMPLE_RATE)))
+            self._cut(cut)
+            logger.debug("buffer trimmed at segment end %.2f s, cut at %.2f s (%d committed tokens kept)", cut_s,
+                         cut / SAMPLE_RATE, left)
             return []
         if self.buffer_s <= self.max_buffer_s:
             return []
         if self._in_buffer:  # no committed segment end: cut at the last committed word
-            cut = int(round(self._in_buffer[-1].end * SAMPLE_RATE))
+            cut = self._quiet_cut(int(round(self._in_buffer[-1].end * SAMPLE_RATE)))
             self._retire([])
             self._cut(cut)
             logger.debug("buffer over %.0f s: cut at the last committed word (%.2f s)", self.max_buffer_s,

@@ -384,10 +384,11 @@ class StreamingPolicy:
         return out
 
     def _quiet_cut(self, sample: int) -> int:
-        """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's timestamps,
-        or a word end interpolated from them): inside the pause the VAD heard there, if one (of ``_QUIET_MIN`` at least)
-        holds ``sample`` or ended at most ``_QUIET_SNAP`` before it — at ``sample`` when that lies in the pause's first
-        half, else at its middle, so the next word keeps its onset. Without a VAD or a pause there: ``sample``."""
+        """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's
+        timestamps, or a word end interpolated from them): inside the pause the VAD heard there, if one (of
+        ``_QUIET_MIN`` at least) holds ``sample`` or ended at most ``_QUIET_SNAP`` before it — at ``sample`` when
+        that lies in the pause's first half, else at its middle, so the next word keeps its onset. Without a VAD or
+        a pause there: ``sample``."""
         if self._vad is None:
             return sample
         for start, end in reversed(self._vad.quiet):

@@ -57,9 +57,9 @@ _HEARD_MARGIN = int(0.3 * SAMPLE_RATE)
 _CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
 # a buffer cut at a Whisper segment end is moved into the pause the VAD heard there when that pause ended at most this
 # long before it (samples): segment ends are often tens of ms late, inside the next word's onset, and the word then
-# loses its first sound ("She" -> "He" in tools/bench_stream.py's English recording); only pauses of at least
-# _QUIET_MIN samples count (not a stop consonant's closure inside a word)
-_QUIET_SNAP = int(0.15 * SAMPLE_RATE)
+# loses its first sound ("She" -> "He" in tools/bench_stream.py's English recording: 0.05 s late); only pauses of at
+# least _QUIET_MIN samples count (not a stop consonant's closure inside a word)
+_QUIET_SNAP = int(0.1 * SAMPLE_RATE)
 _QUIET_MIN = int(0.15 * SAMPLE_RATE)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
@@ -385,10 +385,10 @@ class StreamingPolicy:
 
     def _quiet_cut(self, sample: int) -> int:
         """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's
-        timestamps, or a word end interpolated from them): inside the pause the VAD heard there, if one (of
-        ``_QUIET_MIN`` at least) holds ``sample`` or ended at most ``_QUIET_SNAP`` before it — at ``sample`` when
-        that lies in the pause's first half, else at its middle, so the next word keeps its onset. Without a VAD or
-        a pause there: ``sample``."""
+        timestamps): inside the pause the VAD heard there, if one (of ``_QUIET_MIN`` at least) holds ``sample`` or
+        ended at most ``_QUIET_SNAP`` before it — at ``sample`` when that lies in the pause's first half, else at its
+        middle, so the next word keeps its onset. Without a VAD or a pause there: ``sample``. The snap is short: a
+        word after the pause that ended before ``sample`` would be left in the buffer and committed again."""
         if self._vad is None:
             return sample
         for start, end in reversed(self._vad.quiet):
@@ -546,7 +546,9 @@ class StreamingPolicy:
         if self.buffer_s <= self.max_buffer_s:
             return []
         if self._in_buffer:  # no committed segment end: cut at the last committed word
-            cut = self._quiet_cut(int(round(self._in_buffer[-1].end * SAMPLE_RATE)))
+            # not moved into a pause: this end is interpolated, and a cut before the word's real end would leave
+            # it in the buffer to be read and committed again
+            cut = int(round(self._in_buffer[-1].end * SAMPLE_RATE))
             self._retire([])
             self._cut(cut)
             logger.debug("buffer over %.0f s: cut at the last committed word (%.2f s)", self.max_buffer_s,

@@ -641,8 +641,7 @@ class _BaseTranscriber:
         if duration <= WINDOW_S:
             chunks = [whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else []
         else:  # chunks decoded side by side on the CPU workers; one after the other with the previous text
-            chunks = split_on_silence(audio, parallel=1 if options.condition_on_previous_text else self.workers,
-                                      batch=options.batch_size)
+            chunks = split_on_silence(audio, parallel=1 if options.condition_on_previous_text else self.workers)
         if not chunks:
             fixed = self.fixed_language(options)
             info = TranscriptionInfo(fixed, 1.0 if fixed else 0.0, round(duration, 3), 0)

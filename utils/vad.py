@@ -291,22 +291,20 @@ def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[
     return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 
-def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S, parallel: int = 1,
-                     batch: int = 8) -> list[Chunk]:
+def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S, parallel: int = 1) -> list[Chunk]:
     """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech; the first has a
     ``lead`` when the speech starts at the first sample (:func:`with_lead`).
 
-    ``parallel``: chunks decoded side by side (``utils.transcribe``'s CPU workers), ``batch`` at a time. When the
-    fewest chunks fit one batch and are not a multiple of ``parallel``, the regions are grouped into the next
-    multiple, evenly (:func:`merge_regions_evenly`), where that cuts inside no more sentences: the same encoder
-    windows per worker, shorter chunks to decode. (In a longer recording only the last batch would gain.)
+    ``parallel``: chunks decoded side by side (``utils.transcribe``'s CPU workers). When the fewest chunks are not a
+    multiple of it, the regions are grouped into the next multiple, evenly (:func:`merge_regions_evenly`), where that
+    cuts inside no more sentences: the same encoder windows per worker, shorter chunks to decode.
 
     Returns an empty list when silero-vad finds no speech.
     """
     regions = speech_regions(audio)
     chunks = merge_regions(regions, max_chunk_s)
-    count = -(-len(chunks) // parallel) * parallel
-    if len(chunks) < count <= batch:
+    if parallel > 1 and len(chunks) % parallel:
+        count = -(-len(chunks) // parallel) * parallel
         chunks = merge_regions_evenly(regions, count, max_chunk_s) or chunks
     if chunks:
         chunks[0] = replace(chunks[0], lead=_lead(regions, chunks[0].end - chunks[0].start, max_chunk_s))

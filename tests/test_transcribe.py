@@ -25,7 +25,7 @@ from utils.transcribe import (
     split_timestamp_tokens,
     token_budget,
 )
-from utils.vad import Chunk, cut_every, merge_regions, merge_regions_evenly, split_on_silence, with_lead
+from utils.vad import Chunk, cut_every, merge_regions, split_on_silence, with_lead
 
 LOOP = "佳奼亚瑞, " * 40
 
@@ -186,56 +186,6 @@ def test_merge_regions_cuts_between_sentences_not_inside_them():
         r.end - r.start for r in regions)
     touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # 50 s, no pause the VAD kept apart
     assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 30), (30, 50)]
-
-
-def test_regions_are_grouped_evenly_into_a_count_of_chunks_for_the_workers():
-    """Decoded side by side on two workers, three chunks (24.5 + 16.1 s on one worker) take longer than four of two
-    takes each: the 8 takes of the test above are grouped into 4 even chunks, cut between takes; a grouping that
-    would cut inside more sentences than the fewest chunks do, or needs more chunks than regions, is refused."""
-    sr = SAMPLE_RATE
-    takes = [t * 8.4 for t in range(8)]
-    regions = [Chunk(round(x * sr), round(y * sr)) for t in takes for x, y in ((t, t + 1.2), (t + 1.2, t + 7.7))]
-    chunks = merge_regions_evenly(regions, 4, max_chunk_s=30.0)
-    assert [(round(c.start / sr, 1), round(c.end / sr, 1)) for c in chunks] == [
-        (0.0, 16.1), (16.8, 32.9), (33.6, 49.7), (50.4, 66.5)]
-    assert [len(c.breaks) for c in chunks] == [3, 3, 3, 3] and sum(c.speech for c in chunks) == sum(
-        r.end - r.start for r in regions)
-    assert [c.spans for c in chunks] == [tuple((r.start, r.end) for r in regions[4 * k: 4 * k + 4]) for k in range(4)]
-    assert merge_regions_evenly(regions, 17) is None and merge_regions_evenly(regions, 2) is None
-    assert merge_regions_evenly([], 2) is None
-    touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # the fewest (2 chunks) cut inside one
-    assert merge_regions_evenly(touching, 4, max_chunk_s=30.0) is None  # 4 would cut inside three
-    assert [(c.start // sr, c.end // sr) for c in merge_regions_evenly(touching, 2)] == [(0, 25), (25, 50)]
-
-
-def test_long_audio_is_cut_into_a_multiple_of_the_workers_chunks(tiny, en_wav, zh_wav, monkeypatch):
-    """With two CPU workers a long recording the VAD cuts into 3 chunks is decoded as 4 shorter ones (the same
-    encoder windows per worker); one worker keeps 3, and so does decoding with the previous text (chunk after
-    chunk: more chunks would only be more decodes)."""
-    import utils.transcribe
-
-    audio = _long_clip(en_wav, zh_wav)
-    monkeypatch.setattr(tiny, "_check_readings", lambda waves, *args: [0.0] * len(waves))
-    monkeypatch.setattr(tiny, "_transcribe_sequential", lambda *args: [])
-    split = utils.transcribe.split_on_silence
-    asked: list[int] = []
-
-    def spy(wave, *args, **kwargs):
-        asked.append(kwargs.get("parallel", 1))
-        return split(wave, *args, **kwargs)
-
-    monkeypatch.setattr(utils.transcribe, "split_on_silence", spy)
-    decoded = {}
-    for workers in (1, 2):
-        waves: list[np.ndarray] = []
-        monkeypatch.setattr(tiny, "_decode", _recording_decoder(waves))
-        monkeypatch.setattr(tiny, "workers", workers)
-        tiny.transcribe(audio, DecodeOptions(language="en"))
-        decoded[workers] = len(waves)
-        assert all(len(w) <= 30 * SAMPLE_RATE for w in waves)
-    assert decoded == {1: 3, 2: 4}
-    tiny.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True))
-    assert asked == [1, 2, 1]
 
 
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():

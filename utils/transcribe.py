@@ -333,7 +333,6 @@ class _BaseTranscriber:
     backend = "base"
     multilingual = True
     model_language: str | None = None  # the language the model was fine-tuned on, from its generation config
-    workers = 1  # a batch's rows decoded side by side in this many parts (the ct2 backend's CPU workers)
     _warned_timestamps = False
 
     # -- backend hooks ------------------------------------------------------------------------------
@@ -640,8 +639,8 @@ class _BaseTranscriber:
         duration = len(audio) / SAMPLE_RATE
         if duration <= WINDOW_S:
             chunks = [whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else []
-        else:  # chunks decoded side by side on the CPU workers; one after the other with the previous text
-            chunks = split_on_silence(audio, parallel=1 if options.condition_on_previous_text else self.workers)
+        else:
+            chunks = split_on_silence(audio)
         if not chunks:
             fixed = self.fixed_language(options)
             info = TranscriptionInfo(fixed, 1.0 if fixed else 0.0, round(duration, 3), 0)

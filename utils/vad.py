@@ -144,73 +144,14 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     and misread at the start of the next. Among equal groupings the earlier chunks are the longer, as packed. A
     region longer than the limit becomes several hard-cut chunks.
     """
-    units, hard = _units(regions, int(max_chunk_s * SAMPLE_RATE))
-    return _grouped(units, hard, _fewest_chunks(units, hard, int(max_chunk_s * SAMPLE_RATE)))
-
-
-def merge_regions_evenly(regions: list[Chunk], count: int, max_chunk_s: float = WINDOW_S) -> list[Chunk] | None:
-    """Group consecutive speech regions into exactly ``count`` chunks of at most ``max_chunk_s`` seconds, the longest
-    as short as it can be, with no more cuts between touching regions than :func:`merge_regions` makes; None when no
-    such grouping exists (fewer regions than ``count``, or only by cutting inside more sentences).
-
-    A batch's chunks are decoded side by side, each worker's rows together (``utils.transcribe``), token by token: a
-    worker's time follows its longest chunk. Three chunks on two workers (24.5 + 16.2 s on one) are slower than
-    four even ones (16 + 16 s) for the same encoder windows per worker.
-    """
     limit = int(max_chunk_s * SAMPLE_RATE)
-    units, hard = _units(regions, limit)
-    fewest = _fewest_chunks(units, hard, limit)
-    if not units or count > len(units) or count < len(fewest):
-        return None
-    # best[k][j]: (cuts between touching regions, longest chunk) of the best grouping of units[:j] into k chunks;
-    # first[k][j]: where its last chunk starts
-    worst = (math.inf, math.inf)
-    best = [[worst] * (len(units) + 1) for _ in range(count + 1)]
-    first = [[0] * (len(units) + 1) for _ in range(count + 1)]
-    best[0][0] = (0, 0)
-    for k in range(1, count + 1):
-        for j in range(k, len(units) + 1):
-            for i in range(j - 1, k - 2, -1):
-                length = units[j - 1].end - units[i].start
-                if length > limit:
-                    break
-                touching, longest = best[k - 1][i]
-                option = (touching + _touches(units, hard, i), max(longest, length))
-                if option < best[k][j]:
-                    best[k][j], first[k][j] = option, i
-    if best[count][len(units)][0] > _touching_cuts(units, hard, fewest):
-        return None
-    starts, j = [], len(units)
-    for k in range(count, 0, -1):
-        j = first[k][j]
-        starts.append(j)
-    return _grouped(units, hard, starts[::-1])
-
-
-def _units(regions: list[Chunk], limit: int) -> tuple[list[Chunk], list[bool]]:
-    """Speech regions, those longer than ``limit`` samples cut hard into pieces; per unit, whether it starts at such a
-    hard cut (it continues the previous unit's speech)."""
-    units: list[Chunk] = []
-    hard: list[bool] = []
+    units: list[Chunk] = []  # regions, those longer than the limit cut hard into pieces
+    hard: list[bool] = []  # the unit starts at a hard cut (it continues the previous unit's speech)
     for region in regions:
         for start in range(region.start, region.end, limit):
-            units.append(Chunk(start, min(region.end, start + limit)))
+            end = min(region.end, start + limit)
+            units.append(Chunk(start, end))
             hard.append(start != region.start)
-    return units, hard
-
-
-def _touches(units: list[Chunk], hard: list[bool], i: int) -> bool:
-    """A chunk starting at unit ``i`` cuts between two regions whose padding touches."""
-    return 0 < i and not hard[i] and units[i].start <= units[i - 1].end
-
-
-def _touching_cuts(units: list[Chunk], hard: list[bool], starts: list[int]) -> int:
-    return sum(_touches(units, hard, i) for i in starts)
-
-
-def _fewest_chunks(units: list[Chunk], hard: list[bool], limit: int) -> list[int]:
-    """First unit of each chunk of the grouping of ``units`` into the fewest chunks of ≤ ``limit`` samples, with the
-    fewest cuts between touching regions; on ties the earlier chunks are the longer."""
     # best[j]: (chunks, cuts between touching regions) of the best grouping of units[:j]; first[j]: where its last
     # chunk starts. A hard cut is made in every grouping (the piece before it fills a window).
     # Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
@@ -221,26 +162,19 @@ def _fewest_chunks(units: list[Chunk], hard: list[bool], limit: int) -> list[int
             if units[j - 1].end - units[i].start > limit:
                 break
             count, touching = best[i]
-            option = (count + 1, touching + _touches(units, hard, i))
+            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end))
             if option < best[j]:
                 best[j], first[j] = option, i
-    starts, j = [], len(units)
-    while j > 0:
-        j = first[j]
-        starts.append(j)
-    return starts[::-1]
-
-
-def _grouped(units: list[Chunk], hard: list[bool], starts: list[int]) -> list[Chunk]:
-    """The chunks whose first units are ``starts``, with their breaks, speech and spans."""
     chunks: list[Chunk] = []
-    for i, j in zip(starts, [*starts[1:], len(units)]):
-        group = range(i, j)
+    j = len(units)
+    while j > 0:
+        group = range(first[j], j)
         breaks = tuple((units[k - 1].end + units[k].start) // 2 for k in group[1:] if not hard[k])
         speech = sum(units[k].end - units[k].start for k in group)
-        chunks.append(Chunk(units[i].start, units[j - 1].end, breaks, speech,
+        chunks.append(Chunk(units[group[0]].start, units[j - 1].end, breaks, speech,
                             spans=tuple((units[k].start, units[k].end) for k in group)))
-    return chunks
+        j = first[j]
+    return chunks[::-1]
 
 
 def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
@@ -291,21 +225,14 @@ def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[
     return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 
-def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S, parallel: int = 1) -> list[Chunk]:
+def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[Chunk]:
     """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech; the first has a
     ``lead`` when the speech starts at the first sample (:func:`with_lead`).
-
-    ``parallel``: chunks decoded side by side (``utils.transcribe``'s CPU workers). When the fewest chunks are not a
-    multiple of it, the regions are grouped into the next multiple, evenly (:func:`merge_regions_evenly`), where that
-    cuts inside no more sentences: the same encoder windows per worker, shorter chunks to decode.
 
     Returns an empty list when silero-vad finds no speech.
     """
     regions = speech_regions(audio)
     chunks = merge_regions(regions, max_chunk_s)
-    if parallel > 1 and len(chunks) % parallel:
-        count = -(-len(chunks) // parallel) * parallel
-        chunks = merge_regions_evenly(regions, count, max_chunk_s) or chunks
     if chunks:
         chunks[0] = replace(chunks[0], lead=_lead(regions, chunks[0].end - chunks[0].start, max_chunk_s))
     logger.debug("VAD: %.1f s of audio → %d chunks, %.1f s of them", len(audio) / SAMPLE_RATE, len(chunks),

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what is transcribed (see above)")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
-    parser.add_argument("--repeats", type=int, default=2, help="--whole_process: runs per command (best and median shown)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="--whole_process: runs per command (best and median shown)")
     parser.add_argument("--infer_args", action="append", default=None,
                         help="--whole_process: more infer.py flags, e.g. --beam_size=5; given several times, one "
                              "infer.py row each (all interleaved)")

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
     s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
     s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
+    add_bool(s, "wait_in_pause", True, "a decode due in the first 0.3 s of silence after speech waits until 0.3 s "
+             "were heard (or speech resumes): it reads the utterance's end, and the pause needs no decode of its own")
     s.add_argument("--prompt_chars", type=int, default=0,
                    help="characters of committed text (that left the buffer) given to the decoder as prompt; 0 = none")
     s.add_argument("--context_seconds", type=float, default=0.0,
@@ -231,6 +233,7 @@ def build_policy(args: argparse.Namespace, hypothesis: EngineHypothesis) -> Stre
         prompt_chars=args.prompt_chars,
         context_s=args.context_seconds,
         close_fn=hypothesis.closing,
+        wait_in_pause=args.wait_in_pause,
     )
 
 

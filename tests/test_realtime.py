@@ -477,10 +477,11 @@ def test_a_closed_utterance_the_last_step_heard_whole_is_committed_without_anoth
 
     # steps at 1.4 and 2.3 s: the last one heard the end of "d" but only 0.2 s after it (the VAD's end of speech
     # comes early on a soft final consonant, and Whisper misreads the last word of its input: "seven" → "11");
-    # steps at 1.3 and 2.1 s: the last one did not hear "d" end. Both decode the utterance again at the pause.
+    # steps at 1.3 and 2.1 s: the last one did not hear "d" end. Both decode the utterance again at the pause (unless
+    # the step waits for 0.3 s of silence: test_wait_in_pause_...).
     for chunk_s in (0.9, 0.8):
         asr = FakeASR(words, flicker=False)
-        policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6)
+        policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, wait_in_pause=False)
         updates = []
         run_stream(FileSource(audio, realtime=False), policy, chunk_s=chunk_s,
                    on_update=lambda u, t: updates.append(u))
@@ -510,6 +511,42 @@ def test_a_step_that_hears_the_speech_end_decodes_like_the_close_and_that_readin
     assert join_words([w for u in updates for w in u.committed]) == "A B C D"
     close = next(u for u in updates if u.utterance_end and u.committed)
     assert not close.decoded
+
+
+def _spans_with_wait(words, audio, wait: bool) -> tuple[str, list[tuple[float, str]]]:
+    """Streams ``audio`` (chunk 0.9 s, min_silence 0.6 s); returns the text and, per decode, (end of its buffer in
+    stream time to 0.1 s, "close" if the closing function decoded it else "step")."""
+    asr = FakeASR(words, flicker=False)
+    spans: list[tuple[float, str]] = []
+
+    def fn(kind: str):
+        return lambda a, p: spans.append((round(sum(_buffer_span(a)), 1), kind)) or asr(a, p)
+
+    policy = StreamingPolicy(fn("step"), vad_fn=energy_vad, min_silence_s=0.6, close_fn=fn("close"),
+                             wait_in_pause=wait)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=0.9)
+    return result.text, spans
+
+
+def test_wait_in_pause_decodes_once_after_the_speech_end_instead_of_just_after_it_and_again_at_the_pause():
+    words = script_words("a b c d", start=0.5)  # speech 0.5-2.1 s
+    audio = timed_audio(4.0, silences=[(0.0, 0.5), (2.1, 4.0)])
+    # steps one chunk after the onset (1.4 s) and one later (2.3 s, 0.2 s after the speech end): that one did not hear
+    # 0.3 s of silence, so the pause (2.1 + 0.6 s) decodes again, by the closing function
+    assert _spans_with_wait(words, audio, False) == ("a b c d", [(1.4, "step"), (2.3, "step"), (2.7, "close")])
+    # waiting: the step runs 0.3 s after the speech end, reads like the close, and the pause commits its tail
+    text, spans = _spans_with_wait(words, audio, True)
+    assert text == "a b c d"
+    assert [kind for _, kind in spans] == ["step", "close"]
+    assert spans[0][0] == 1.4 and spans[1][0] == 2.4
+
+    # speech resuming inside the wait: the step runs at once (a VAD frame or two after the onset), as a plain step
+    words = script_words("a b c d", start=0.5) + script_words("e f g", start=2.3)  # 0.5-2.1, 2.3-3.5 s
+    audio = timed_audio(5.0, silences=[(0.0, 0.5), (2.1, 2.3), (3.5, 5.0)])
+    text, spans = _spans_with_wait(words, audio, True)
+    assert text == "a b c d e f g"
+    assert spans[1] == (2.3, "step") or spans[1] == (2.4, "step")
+    assert round(spans[2][0] - spans[1][0], 1) == 0.9  # the next step one chunk after that one
 
 
 class _FixedCostSource(FileSource):

@@ -268,12 +268,16 @@ class StreamingPolicy:
         close_fn: decodes the buffer when an utterance closes and the last hypothesis did not hear its end (the
             words it reads are committed on that one reading, nothing agrees or disagrees with them), e.g. the
             same decoder with a wider beam; None = ``hypothesis_fn``.
+        wait_in_pause: with ``vad_fn``, a step that falls due in the first 0.3 s of silence after speech waits until
+            0.3 s of it were heard (or speech resumes): that decode then hears the end of the speech and reads it like
+            the closing decode (``close_fn``), and the pause commits its tail as it is, instead of a decode just after
+            the speech and another one at the pause.
     """
 
     def __init__(self, hypothesis_fn: HypothesisFn, *, vad_fn: VadFn | None = None, trim_s: float = 10.0,
                  max_buffer_s: float = 25.0, min_silence_s: float = 0.6, vad_threshold: float = 0.5,
                  pad_s: float = 0.4, prompt_chars: int = 0, context_s: float = 0.0,
-                 close_fn: HypothesisFn | None = None) -> None:
+                 close_fn: HypothesisFn | None = None, wait_in_pause: bool = True) -> None:
         if not 0 < trim_s <= max_buffer_s <= 30.0:
             raise ValueError(f"need 0 < trim_s ({trim_s}) <= max_buffer_s ({max_buffer_s}) <= 30 s")
         if not 0 <= context_s <= trim_s:
@@ -283,6 +287,7 @@ class StreamingPolicy:
         self.trim_s, self.max_buffer_s = trim_s, max_buffer_s
         self.min_silence_s, self.pad_s, self.prompt_chars = min_silence_s, pad_s, prompt_chars
         self.context_s = context_s
+        self.wait_in_pause = wait_in_pause
         self._vad = (_VadState(vad_fn, vad_threshold, int(min_silence_s * SAMPLE_RATE))
                      if vad_fn is not None else None)
         self.buffer = np.zeros(0, dtype=np.float32)
@@ -333,8 +338,16 @@ class StreamingPolicy:
         return self.samples_until_due(chunk_s) <= 0
 
     def samples_until_due(self, chunk_s: float) -> int:
-        """New samples still needed before ``chunk_s`` s have arrived since the last step (≤ 0: due)."""
-        return self._step_from + int(round(chunk_s * SAMPLE_RATE)) - self.total
+        """New samples still needed before ``chunk_s`` s have arrived since the last step (≤ 0: due); with
+        ``wait_in_pause``, in the first ``_HEARD_MARGIN`` of silence after speech, those until that much silence was
+        heard (speech resuming makes the step due at once)."""
+        due_in = self._step_from + int(round(chunk_s * SAMPLE_RATE)) - self.total
+        vad = self._vad
+        if due_in <= 0 and self.wait_in_pause and vad is not None and vad.armed and not vad.in_speech:
+            heard_in = vad.last_speech_end + _HEARD_MARGIN - self.total
+            if heard_in > 0:
+                return max(heard_in, VAD_FRAME)
+        return due_in
 
     @property
     def undecoded(self) -> bool:

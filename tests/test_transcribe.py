@@ -483,14 +483,15 @@ def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the
     """A 24 s chunk (a pause every 2 s) read as a 4-token unit looping to the token budget: its tokens tell nothing
     of how long a take is, so the pieces are the repeated span (12 tokens) at the slowest rate of right readings
     (~4.3 s, six pieces), not the loop's share of the chunk (1.3 s, twelve). The pieces are decoded with the
-    temperature fallback for loops only: their audio was decoded at every temperature the first time."""
-    from utils.transcribe import SLOWEST_TOKENS_PER_SPEECH_S, _ChunkResult
+    temperature fallback for loops only: their audio was decoded at every temperature the first time, and in a short
+    encoder window (at least PIECE_WINDOW_S, not 30 s: a piece holds about one take)."""
+    from utils.transcribe import PIECE_WINDOW_S, SLOWEST_TOKENS_PER_SPEECH_S, _ChunkResult
 
     sr = SAMPLE_RATE
     calls = []
 
     def decode(chunks, languages, options, prompt, split_repeats=None):
-        calls.append((len(chunks), options.logprob_fallback, options.temperatures))
+        calls.append((len(chunks), options.logprob_fallback, options.temperatures, options.encoder_window_s))
         texts = [[5, 6, 7, 8] * 56] if len(chunks) == 1 else [_Miscounting.UNIT] * len(chunks)
         return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
 
@@ -501,8 +502,13 @@ def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the
     options = DecodeOptions(language="en")
     (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", options, None)
     assert 12 / SLOWEST_TOKENS_PER_SPEECH_S == pytest.approx(4.29, abs=0.01)
-    assert calls == [(1, True, options.temperatures), (6, False, options.temperatures)]
+    assert calls == [(1, True, options.temperatures, None), (6, False, options.temperatures, PIECE_WINDOW_S)]
     assert [s[:2] for s in result.segments] == [(float(a), float(a + 4)) for a in range(0, 24, 4)]
+    for window, pieces_window in ((20.0, PIECE_WINDOW_S), (5.0, 5.0)):  # a shorter window asked for is kept
+        calls.clear()
+        tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", replace(options, encoder_window_s=window),
+                            None)
+        assert [c[3] for c in calls] == [window, pieces_window]
 
 
 def _reader(plain: list[int], timed: list[int], calls: list[tuple[int, bool]]):

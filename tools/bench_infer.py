@@ -9,7 +9,8 @@
 Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
 ``en_long`` = the English general set joined into ≥ 102 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
 pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
-window. Engine mode (default): every mode transcribes the recording in this process; time, real-time factor and
+window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
+demo model, which reads it). Engine mode (default): every mode transcribes the recording in this process; time, real-time factor and
 CER/WER against the reference; model loading and a warm-up call are not timed. ``--whole_process=True``: the
 user's commands, timed start to end as subprocesses (imports, model load, audio decoding, VAD, decoding):
 ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8 script, on the same
@@ -46,6 +47,19 @@ model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads
 segments, _ = BatchedInferencePipeline(model).transcribe(sys.argv[2], language=sys.argv[3], batch_size=8)
 print("".join(s.text for s in segments))
 """
+
+
+def build_real_repeated(name: str, out_dir: Path) -> tuple[Path, str, float]:
+    """A real recording said several times (``tools/bench_repeats.py``'s ``name``) as a 16-bit wav; returns (wav,
+    reference, seconds)."""
+    import soundfile as sf
+
+    from tools.bench_repeats import build
+
+    audio, reference, _, _ = build(name, out_dir, "")
+    wav = out_dir / f"{name}.wav"
+    sf.write(str(wav), audio, SAMPLE_RATE, subtype="PCM_16")
+    return wav, reference, len(audio) / SAMPLE_RATE
 
 
 def build_recording(manifest_path: str, min_seconds: float, out_dir: Path, sep: str = "") -> tuple[Path, str, float]:
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
-    parser.add_argument("--recording", default="joined", choices=("joined", "en_long", "zh_repeated"),
+    parser.add_argument("--recording", default="joined", choices=("joined", "en_long", "zh_repeated", "zh_real8"),
                         help="what is transcribed (see above)")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
@@ -232,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         args.language, metric = "en", "wer"
     elif args.recording == "zh_repeated":
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 8, tmp)
+        args.language = "zh"
+    elif args.recording == "zh_real8":
+        wav, reference, seconds = build_real_repeated("zh_real8", tmp)
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)

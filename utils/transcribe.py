@@ -244,6 +244,7 @@ def token_budget(duration_s: float, timestamps: bool, limit: int = MAX_SAMPLE_LE
     return min(limit, int(16 + (22 if timestamps else 20) * duration_s))
 
 
+PIECE_WINDOW_S = 10.0  # shortest encoder window of a cut chunk's pieces (:func:`_in_pieces`)
 ENCODER_WINDOW_MARGIN_S = 5.0  # silence a shortened encoder window keeps after the longest chunk (see below)
 
 
@@ -513,7 +514,7 @@ class _BaseTranscriber:
             logger.debug("%d of %d chunks lost count or left speech unread: decoded again in %d pieces", len(cuts),
                          len(chunks), sum(len(p) for p in cuts.values()))
             redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language,
-                                              _again(options), prompt, depth + 1))
+                                              _in_pieces(options), prompt, depth + 1))
             for i, pieces in cuts.items():
                 result = next(redone)
                 for piece in pieces[1:]:
@@ -710,6 +711,15 @@ def _again(options: DecodeOptions) -> DecodeOptions:
     sampling does not find a lost take (whisper-base on the espeak Mandarin sentence said 8 times, which it reads
     badly: every stage ran all six temperatures, 34 s for 67 s of audio)."""
     return replace(options, logprob_fallback=False)
+
+
+def _in_pieces(options: DecodeOptions) -> DecodeOptions:
+    """The options of the pieces a chunk was cut into (:meth:`_BaseTranscriber._decode_chunks`): as :func:`_again`,
+    encoded in a window of at least ``PIECE_WINDOW_S`` (the longest piece + 5 s: :func:`encoder_window`) instead of
+    30 s. A piece holds about one take, so the short window's risk (a window holding several takes read as one more,
+    which is why long audio keeps 30 s windows) is not there, and the encoder's cost falls faster than the window."""
+    window = options.encoder_window_s
+    return replace(_again(options), encoder_window_s=PIECE_WINDOW_S if window is None else min(window, PIECE_WINDOW_S))
 
 
 def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:

@@ -11,11 +11,11 @@ Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clip
 pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
 window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
 demo model, which reads it). Engine mode (default): every mode transcribes the recording in this process; time,
-real-time factor and CER/WER against the reference; model loading and a warm-up call are not timed. ``--whole_process=True``: the
-user's commands, timed start to end as subprocesses (imports, model load, audio decoding, VAD, decoding):
-``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8 script, on the same
-CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each with its ratio. The
-CPU flags are printed.
+real-time factor and CER/WER against the reference; model loading and a warm-up call are not timed.
+``--whole_process=True``: the user's commands, timed start to end as subprocesses (imports, model load, audio
+decoding, VAD, decoding): ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8
+script, on the same CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each
+with its ratio. The CPU flags are printed.
 """
 
 from __future__ import annotations

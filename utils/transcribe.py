@@ -107,7 +107,8 @@ class DecodeOptions:
             chunk + 5 s, rounded up to 5 s, at most 30: :func:`encoder_window`) instead of Whisper's 30 s. The
             encoder's cost falls faster than the window (whisper-base int8, 2 cores: 0.54 s at 30 s, 0.17 s at
             20 s, 0.07 s at 10 s), and so does the decoder's cross-attention; for short clips (evaluation) and
-            streaming's buffers on a CPU. None = 30 s.
+            streaming's buffers on a CPU. None = 30 s (the pieces a chunk is cut into still take a shorter one:
+            :func:`_in_pieces`).
     """
 
     language: str | None = None

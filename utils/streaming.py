@@ -18,8 +18,9 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   silence: all of it is committed (the last hypothesis's tail when that decode already heard the end of the
   speech, else after decoding the buffer once more, by ``close_fn``: a wider beam, as the words it reads are
   committed without a second reading to agree with; a step that decodes after the speech ended reads like that
-  too, as its tail is likely committed that way) and the buffer is emptied, or, with ``context_s``, keeps the
-  latest closed utterances as context for the next one.
+  too, as its tail is likely committed that way, and with ``wait_in_pause`` a step due just after the speech ended
+  waits until it can be that step) and the buffer is emptied, or, with ``context_s``, keeps the latest closed
+  utterances as context for the next one.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
 agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.

@@ -308,6 +308,81 @@ def test_a_chunk_whose_text_repeats_and_left_speech_unread_is_decoded_again_a_re
     assert fake.calls == [([24.0], [True]), ([6.0, 5.0], [False, False]), ([7.0, 6.0], [False, False])]  # batches
 
 
+def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_seam_between_takes():
+    """The stretches of speech no token starts in are found (each ≥ MAX_UNREAD_SPEECH_S) and widened to the breaks
+    around them, two between the same breaks read as one part (about one take long, or the whole chunk is cut).
+    Its text goes in at the seam between takes nearest the tokens around the stretch, not where the alignment puts
+    it (it spreads the takes around a dropped one into its speech); the seams are counted back from where the
+    repetition stops ("。" ends a take, and the sentence before it too). The reading keeps all of its tokens (a
+    segment with tokens on both sides of a seam is split, its text decoded from its tokens) and its words, in time
+    order."""
+    from utils.data import Word
+    from utils.transcribe import _ChunkResult, _Part, _Reading, _spliced, reread_parts, take_seams, unread_stretches
+
+    unit = list(range(100, 110)) + [50]  # a sentence ending in "。" (50)
+    assert take_seams([7, 8, 50] + unit * 2 + [9], (2, 11)) == [0, 3, 14, 25, 26]  # not at the first "。"
+    assert take_seams(unit * 3, (0, 11)) == [0, 11, 22, 33]
+    starts = np.array([0.2, 1.0, 2.0, 2.9, 9.1, 10.0, 11.4])  # six tokens, the last ending at 11.4 s
+    spans = [(0.0, 3.0), (3.5, 6.5), (7.0, 8.6), (9.0, 11.4)]
+    assert unread_stretches(starts, spans) == [(3.5, 6.5), (7.0, 8.6)]
+    assert unread_stretches(starts, spans, min_s=1.6) == [(3.5, 6.5)]
+    sr = SAMPLE_RATE
+    chunk = Chunk(sr, 13 * sr, (int(4.25 * sr), int(7.75 * sr), int(9.8 * sr)),
+                  spans=tuple((int(sr + a * sr), int(sr + b * sr)) for a, b in spans))
+    reading = _Reading(starts, spans)
+    (only,) = reread_parts(chunk, 6.0, reading, [0, 4, 6])  # one take's piece
+    assert (only.region.start, only.region.end, only.at) == (int(4.25 * sr), int(9.8 * sr), 4)  # 3.25-8.8 s
+    assert only.pieces == [only.region]
+    (early,) = reread_parts(chunk, 6.0, reading, [0, 3, 6])
+    assert early.at == 3  # four tokens before the stretch: the seam after three is nearer than the one after six
+    assert reread_parts(Chunk(0, 6 * sr), 3.0, _Reading(np.array([0.1, 0.5]), [(0.0, 6.0)]), [0, 1]) == []
+    assert [(p.region.start, p.region.end, p.at) for p in reread_parts(chunk, 3.0)] == [(sr, 13 * sr, None)]
+    # more than one take's time unread (two pieces of 3 s): the alignment may have spread the takes read over more
+    # than was dropped, so the whole chunk is cut into takes
+    (whole_chunk,) = reread_parts(chunk, 3.0, reading, [0, 4, 6])
+    assert whole_chunk.region == chunk and whole_chunk.at is None and len(whole_chunk.pieces) == 4
+
+    class Tokens:
+        def decode(self, tokens):
+            return " ".join(f"t{t}" for t in tokens)
+
+    whole = _ChunkResult([(0.0, 12.0, "whole")], "whole", tokens=[[1, 2, 3, 4, 5, 6]],
+                         words=[[Word(float(t), float(t) + 0.5, f"w{k}", 1.0) for k, t in enumerate(starts[:6])]])
+    part_result = _ChunkResult([(0.1, 2.5, "take"), (3.0, 5.0, "again")], "take again", tokens=[[7], [8]],
+                               words=[[Word(0.1, 2.5, "take", 0.9)], [Word(3.0, 5.0, "again", 0.9)]])
+    out = _spliced(whole, chunk, reading, [(only, part_result)], Tokens())
+    assert out.segments == [(0.0, 3.25, "t1 t2 t3 t4"), (3.35, 5.75, "take"), (6.25, 8.25, "again"),
+                            (8.8, 12.0, "t5 t6")]
+    assert out.tokens == [[1, 2, 3, 4], [7], [8], [5, 6]]
+    assert [[w.word for w in ws] for ws in out.words] == [["w0", "w1", "w2", "w3"], ["take"], ["again"],
+                                                          ["w4", "w5"]]
+    assert out.text == "t1 t2 t3 t4 take again t5 t6"
+    out = _spliced(whole, chunk, reading, [(early, part_result)], Tokens())
+    assert [seg[2] for seg in out.segments] == ["t1 t2 t3", "take", "again", "t4 t5 t6"]
+    assert [[w.word for w in ws] for ws in out.words] == [["w0", "w1", "w2"], ["take"], ["again"],
+                                                          ["w3", "w4", "w5"]]
+    whole_part = _Part(chunk, [chunk])
+    assert _spliced(whole, chunk, None, [(whole_part, part_result)], Tokens()) is part_result
+
+
+def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(tiny, monkeypatch):
+    """A sentence (14 tokens) said three times in an 18 s chunk, read twice: the third take's speech (12-18 s) is
+    left unread. Only it is decoded again (one piece, 6 s: on real Mandarin said 8 times the whole chunk in six
+    pieces cost as much as its first decode), and its text goes in after the two takes read, which stay."""
+    sr = SAMPLE_RATE
+    spans = ((int(0.2 * sr), int(5.8 * sr)), (int(6.2 * sr), int(11.8 * sr)), (int(12.2 * sr), 18 * sr))
+    chunk = Chunk(0, 18 * sr, (6 * sr, 12 * sr), spans=spans)
+    fake = _Miscounting()
+    monkeypatch.setattr(tiny, "_decode", fake)
+    by_length = {18 * sr: [(a / sr, b / sr) for a, b in spans]}  # each take read on its own speech
+    monkeypatch.setattr(tiny, "_align", _aligner(spans_of=lambda wave: by_length.get(len(wave),
+                                                                                     [(0.0, len(wave) / sr)])))
+    (result,) = tiny._decode_chunks(np.zeros(18 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert fake.calls == [([18.0], [True]), ([6.0], [False])]
+    assert result.tokens == [_Miscounting.UNIT * 2, _Miscounting.UNIT]
+    assert [s[:2] for s in result.segments] == [(0.0, 12.0), (12.0, 18.0)] and result.text.split() == ["unit"] * 3
+
+
 def test_a_chunk_whose_text_repeats_and_covers_its_speech_is_decoded_once(tiny, monkeypatch):
     """A sentence said twice (12 s, read twice) aligns over all of its speech: the chunk is not cut, nothing is
     decoded again (cutting it cost a decode of every take and, where a sentence has a pause inside, a word)."""
@@ -611,7 +686,7 @@ def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own
     speech = load_audio(en_wav)
     speech = speech[np.argmax(np.abs(speech) > 0.01):]  # the speech from the first sample
     # the fake reads one token per chunk, which leaves its speech unread: no check, or the chunk is cut and read again
-    monkeypatch.setattr(tiny, "_check_readings", lambda waves, *args: [0.0] * len(waves))
+    monkeypatch.setattr(tiny, "_check_readings", lambda waves, *args: ([0.0] * len(waves), {}))
     for audio in (speech, np.concatenate([speech, _long_clip(en_wav, zh_wav)])):
         waves: list[np.ndarray] = []
         monkeypatch.setattr(tiny, "_decode", _recording_decoder(waves))

@@ -40,7 +40,7 @@ from utils.data import Segment, Word
 from utils.device import cpu_has_amx, cpu_has_vnni, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, cut_every, speech_regions, split_on_silence, whole_clip, with_lead
+from utils.vad import Chunk, cut_every, part, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
 
@@ -464,10 +464,11 @@ class _BaseTranscriber:
         is checked where a reading can have lost count (:meth:`_check_readings`: the text repeats itself, or it is
         slow for the chunk's speech): the text is aligned to the audio, and a stretch of speech that no token was
         aligned to (:func:`unread_speech`, ≥ ``MAX_UNREAD_SPEECH_S``) means text is missing; tokens piled on almost
-        no time (:func:`overread`) mean a take made up. A chunk whose text repeats and ran away, left speech unread
-        or made a take up is cut at its silences into pieces about as long as one take (:func:`take_seconds`; a
-        loop's unit at the slowest rate of right readings), which are decoded too (``MAX_REPEAT_SPLITS`` levels
-        deep); the pieces' text is kept when the chunk's own ran away or made a take up, or when it reads more
+        no time (:func:`overread`) mean a take made up. A chunk whose text repeats and left speech unread where one
+        take fits has those takes decoded again alone, their text put in between the takes read
+        (:func:`reread_parts`, :func:`_spliced`); one that ran away, made a take up or left more unread is cut at its
+        silences into pieces about as long as one take (:func:`take_seconds`; a loop's unit at the slowest rate of
+        right readings). Those are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away or made a take up, or when it reads more
         (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech unread is decoded
         again with timestamp tokens (when it was decoded without); if that reads no more, it is cut too, its reading
         taken as one take (a real AISHELL-1 sentence said three times in one window, read once both ways with
@@ -476,16 +477,18 @@ class _BaseTranscriber:
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
-        cuts: dict[int, list[Chunk]] = {}
+        cuts: dict[int, list[_Part]] = {}  # per chunk: the parts read again, in pieces
+        readings: dict[int, _Reading] = {}  # where the text of a chunk read again in parts lies
         made_up: set[int] = set()  # cut chunks whose reading holds text their audio does not (:func:`overread`)
         for i in range(0, len(chunks), options.batch_size):
             batch = chunks[i: i + options.batch_size]
             waves = [audio[c.start: c.end] for c in batch]
             got = self._decode_words(waves, [language] * len(batch), options, prompt,
                                      splittable[i: i + options.batch_size])
-            periods = [repeat_period(_text_tokens(r)) if s else None
-                       for r, s in zip(got, splittable[i: i + options.batch_size])]
-            unread = self._check_readings(waves, batch, got, periods, language, options)
+            units = [repeat_unit(_text_tokens(r)) if s else None
+                     for r, s in zip(got, splittable[i: i + options.batch_size])]
+            periods = [None if unit is None else unit[1] for unit in units]
+            unread, checked = self._check_readings(waves, batch, got, periods, language, options)
             for k, period in enumerate(periods):
                 ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
                 if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
@@ -493,9 +496,12 @@ class _BaseTranscriber:
                 # a loop's tokens tell nothing of how long a take is: its unit at the slowest rate of right readings
                 size = (period / SLOWEST_TOKENS_PER_SPEECH_S if ran_away
                         else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
-                pieces = cut_every(batch[k], size)
-                if len(pieces) > 1:
-                    cuts[i + k] = pieces
+                reading = None if ran_away or unread[k] == math.inf else checked[k]
+                seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
+                if parts := reread_parts(batch[k], size, reading, seams):
+                    cuts[i + k] = parts
+                    if reading is not None:
+                        readings[i + k] = reading
                     if unread[k] == math.inf:
                         made_up.add(i + k)
             left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
@@ -505,33 +511,39 @@ class _BaseTranscriber:
                 read = self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
                 left = [k for k in left if k not in read]
             for k in left:  # speech still unread, text that does not repeat: cut at its pauses like a repeat
-                if splittable[i + k]:
-                    n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
-                    pieces = cut_every(batch[k], take_seconds(n, n, batch[k].duration_s))
-                    if len(pieces) > 1:
-                        cuts[i + k] = pieces
+                n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
+                if splittable[i + k] and (parts := reread_parts(batch[k], take_seconds(n, n, batch[k].duration_s))):
+                    cuts[i + k] = parts
             results += got
         if cuts:
-            logger.debug("%d of %d chunks lost count or left speech unread: decoded again in %d pieces", len(cuts),
-                         len(chunks), sum(len(p) for p in cuts.values()))
-            redone = iter(self._decode_chunks(audio, [p for ps in cuts.values() for p in ps], language,
-                                              _in_pieces(options), prompt, depth + 1))
-            for i, pieces in cuts.items():
-                result = next(redone)
-                for piece in pieces[1:]:
-                    result = _joined(result, next(redone), (piece.start - pieces[0].start) / SAMPLE_RATE)
+            pieces = [p for parts in cuts.values() for part_ in parts for p in part_.pieces]
+            logger.debug("%d of %d chunks lost count or left speech unread: %.1f of their %.1f s decoded again in %d "
+                         "pieces", len(cuts), len(chunks), sum(p.duration_s for p in pieces),
+                         sum(chunks[i].duration_s for i in cuts), len(pieces))
+            redone = iter(self._decode_chunks(audio, pieces, language, _in_pieces(options), prompt, depth + 1))
+            tokenizer = self._word_tokenizer(language, options.task)
+            for i, parts in cuts.items():
+                rereads = []
+                for part_ in parts:
+                    result = next(redone)
+                    for piece in part_.pieces[1:]:
+                        result = _joined(result, next(redone), (piece.start - part_.region.start) / SAMPLE_RATE)
+                    rereads.append((part_, result))
+                result = _spliced(results[i], chunks[i], readings.get(i), rereads, tokenizer)
                 if i in made_up or _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
 
     def _check_readings(self, waves: Sequence[np.ndarray], chunks: Sequence[Chunk], results: Sequence[_ChunkResult],
-                        periods: Sequence[int | None], language: str, options: DecodeOptions) -> list[float]:
+                        periods: Sequence[int | None], language: str, options: DecodeOptions
+                        ) -> tuple[list[float], dict[int, _Reading]]:
         """Per chunk of a decoded batch, the longest stretch of its speech that no text token was aligned to
         (:func:`unread_speech`, seconds), ``math.inf`` where the text holds more than the speech (:func:`overread`: a
         take made up); 0.0 for a chunk not checked. Checked (one alignment call for the batch,
         on the encoder output the decode kept): a text that repeats itself (``periods``) and did not run away, and,
         without timestamp tokens, a text slower than right readings are for the chunk's speech
-        (``SLOWEST_TOKENS_PER_SPEECH_S``): the first take read and the others left out."""
+        (``SLOWEST_TOKENS_PER_SPEECH_S``): the first take read and the others left out. Also, per chunk checked, where
+        its tokens and its speech lie (:class:`_Reading`)."""
         from utils.alignment import token_times
 
         check: dict[int, list[tuple[float, float]]] = {}
@@ -549,15 +561,16 @@ class _BaseTranscriber:
                     check[k] = spans
         unread = [0.0] * len(waves)
         if not check:
-            return unread
+            return unread, {}
         paths = self._align([waves[k] for k in check], [language] * len(check),
                             [_text_tokens(results[k]) for k in check], options.task)
+        readings = {}
         for (k, spans), (rows, frames, _) in zip(check.items(), paths, strict=True):
-            starts = token_times(rows, frames)
-            unread[k] = math.inf if overread(starts) else unread_speech(starts, spans)
+            readings[k] = _Reading(token_times(rows, frames), spans)
+            unread[k] = math.inf if overread(readings[k].starts) else unread_speech(readings[k].starts, spans)
         logger.debug("checked %d of %d readings against their speech: unread %s s", len(check), len(waves),
                      [round(unread[k], 1) for k in check])
-        return unread
+        return unread, readings
 
     def _redo_with_timestamps(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], which: Sequence[int],
                               language: str, options: DecodeOptions, prompt: str | None) -> set[int]:
@@ -740,15 +753,32 @@ REPEAT_SPAN_TOKENS = 12
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
 
 
-def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:
-    """How long the unit that the text repeats is, in tokens: from the first run of ``span`` tokens that occurs
-    again (not overlapping itself) to its next occurrence; None when no run repeats."""
+def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[int, int] | None:
+    """(where it first starts, how long it is) of the unit that the text repeats, in tokens: the first run of
+    ``span`` tokens that occurs again (not overlapping itself), to its next occurrence; None when no run repeats."""
     first: dict[tuple[int, ...], int] = {}
     for i in range(len(tokens) - span + 1):
-        gap = i - first.setdefault(tuple(tokens[i: i + span]), i)
-        if gap >= span:
-            return gap
+        start = first.setdefault(tuple(tokens[i: i + span]), i)
+        if i - start >= span:
+            return start, i - start
     return None
+
+
+def take_seams(tokens: Sequence[int], unit: tuple[int, int]) -> list[int]:
+    """Where one take of the repeated ``unit`` (:func:`repeat_unit`) ends and the next begins in ``tokens``, as
+    token indices, with the text's start and end: counted back a unit at a time from where the repetition stops (a
+    take ends there; where it starts does not show, as the end of the sentence before, "。", repeats too)."""
+    first, period = unit
+    end = first + period
+    while end < len(tokens) and tokens[end] == tokens[end - period]:
+        end += 1
+    return sorted({0, len(tokens), *range(end, -1, -period)})
+
+
+def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:
+    """How long the unit that the text repeats is, in tokens (:func:`repeat_unit`); None when no run repeats."""
+    unit = repeat_unit(tokens, span)
+    return None if unit is None else unit[1]
 
 
 # Text tokens per second of speech (VAD regions) of a right reading: 2.8-4.9 (real speech in dataset/real/: JFK's slow
@@ -783,6 +813,73 @@ def overread(token_starts: np.ndarray) -> bool:
     starts = token_starts[:-1]
     n = OVERREAD_TOKENS - 1
     return len(starts) > n and bool((starts[n:] - starts[:-n]).min() < OVERREAD_S)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """Where a chunk's text lies in its audio (:meth:`_BaseTranscriber._check_readings`): ``starts`` = each text
+    token's start, then the last one's end (seconds from the chunk's start, :func:`utils.alignment.token_times`);
+    ``spans`` = (start, end) seconds of the chunk's speech."""
+
+    starts: np.ndarray
+    spans: list[tuple[float, float]]
+
+
+def unread_stretches(token_starts: np.ndarray, spans: Sequence[tuple[float, float]],
+                     min_s: float = MAX_UNREAD_SPEECH_S) -> list[tuple[float, float]]:
+    """The stretches of speech, (start, end) seconds, at least ``min_s`` long, inside which no text token starts
+    (arguments as for :func:`unread_speech`): where a take the text left out was said."""
+    out = []
+    for start, end in spans:
+        inside = token_starts[(token_starts > start) & (token_starts < end)]
+        edges = np.concatenate([[start], np.sort(inside), [end]])
+        out += [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_s]
+    return out
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A part of a chunk decoded again (:func:`reread_parts`): ``region`` (positions like the chunk's), the
+    ``pieces`` of about one take it is decoded in, and ``at``: before which of the chunk's text tokens the part's
+    text goes in; None = the part is the whole chunk, read anew."""
+
+    region: Chunk
+    pieces: list[Chunk]
+    at: int | None = None
+
+
+def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
+                 seams: Sequence[int] | None = None) -> list[_Part]:
+    """The parts of ``chunk`` to decode again, each cut into pieces of about one take (``take_s`` seconds,
+    :func:`utils.vad.cut_every`). With the ``reading`` of a text that repeats, and its ``seams`` (:func:`take_seams`):
+    each stretch of speech the reading left unread (:func:`unread_stretches`: a take it dropped), widened to the
+    breaks around it (stretches between the same breaks make one part), its text to go in between two takes read
+    (``_Part.at``): at the seam nearest the tokens around the stretch. Not
+    where the alignment puts the stretch: the takes read around a dropped one spread into its speech, the first
+    word of the next take aligned to the end of the one before (whisper-base on an English sentence said 8 times)
+    or the end of a take to the end of the next (a real teacher's sentence said 3 times, read twice). The takes
+    read stay as they were. Each part is about one take (one piece; two takes dropped apart, as whisper-base with
+    beam 3 on a real Mandarin sentence said 8 times, make two parts): where the speech left unread between two
+    breaks is longer, the alignment may have spread the takes read into more than the take dropped (a real
+    Mandarin sentence said three times, read twice by the transformers backend: unread 2.1 s, in two takes'
+    speech), so the whole chunk is cut into takes, as it is without a reading (a loop, or a take made up, tells
+    nothing of where the text went wrong). [] where that would decode the chunk again as it was: all of it, with no
+    break to cut it at."""
+    if reading is not None and seams:
+        regions: list[tuple[int, int, int]] = []
+        for a, b in unread_stretches(reading.starts, reading.spans):
+            start = max((x for x in chunk.breaks if x <= chunk.start + a * SAMPLE_RATE), default=chunk.start)
+            end = min((x for x in chunk.breaks if x >= chunk.start + b * SAMPLE_RATE), default=chunk.end)
+            after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
+            at = min(seams, key=lambda seam: (abs(seam - after), seam))
+            if regions and start <= regions[-1][1]:  # the same part: its text goes where the first one's went
+                start, _, at = regions.pop()
+            regions.append((start, end, at))
+        parts = [_Part(part(chunk, start, end), [part(chunk, start, end)], at) for start, end, at in regions]
+        if parts and all(len(cut_every(p.region, take_s)) == 1 and p.region != chunk for p in parts):
+            return parts
+    pieces = cut_every(chunk, take_s)
+    return [_Part(chunk, pieces)] if len(pieces) > 1 else []
 
 
 def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]) -> float:
@@ -830,6 +927,48 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
     words = None if first.words is None or second.words is None else first.words + [
         [Word(w.start + shift, w.end + shift, w.word, w.probability) for w in ws] for ws in second.words]
     return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words)
+
+
+def _spliced(whole: _ChunkResult, chunk: Chunk, reading: _Reading | None,
+             rereads: Sequence[tuple[_Part, _ChunkResult]], tokenizer: Any) -> _ChunkResult:
+    """``whole`` (the reading of ``chunk``) with the reading of each part decoded again (its times from the part's
+    start) put in before its token ``_Part.at``; a segment with tokens on both sides is split there, the text of
+    its halves decoded from their tokens by ``tokenizer``, its words split at that token's start
+    (``reading.starts``). A part that is the whole chunk (``at`` None): its reading."""
+    if reading is None or any(p.at is None for p, _ in rereads):
+        ((_, only),) = rereads
+        return only
+    rereads = sorted(rereads, key=lambda r: (r[0].at, r[0].region.start))
+    ats = [p.at for p, _ in rereads]
+    bounds = [((p.region.start - chunk.start) / SAMPLE_RATE, (p.region.end - chunk.start) / SAMPLE_RATE)
+              for p, _ in rereads]
+    times = [float(reading.starts[at]) for at in ats]  # where the words of a split segment are split
+
+    keyed: list[tuple[tuple[int, int], tuple[float, float, str], list[int], list[Word] | None]] = []
+    first = 0  # flat index of a segment's first token
+    for s, (start, end, text) in enumerate(whole.segments):
+        tokens = (whole.tokens or [])[s]
+        gaps = [int(np.searchsorted(ats, first + j, side="right")) for j in range(len(tokens))]
+        first += len(tokens)
+        for g in sorted(set(gaps)):
+            kept = [t for t, x in zip(tokens, gaps, strict=True) if x == g]
+            lo = bounds[g - 1][1] if g else 0.0
+            hi = bounds[g][0] if g < len(bounds) else math.inf
+            seg_start = min(max(start, lo), hi)
+            words = None if whole.words is None else [
+                w for w in whole.words[s] if int(np.searchsorted(times, w.start, side="right")) == g]
+            keyed.append(((2 * g, s), (seg_start, max(min(end, hi), seg_start),
+                                       text if len(kept) == len(tokens) else tokenizer.decode(kept)), kept, words))
+    for g, ((_, result), (shift, _)) in enumerate(zip(rereads, bounds)):
+        for j, (start, end, text) in enumerate(result.segments):
+            words = None if result.words is None else [Word(w.start + shift, w.end + shift, w.word, w.probability)
+                                                       for w in result.words[j]]
+            keyed.append(((2 * g + 1, j), (start + shift, end + shift, text), (result.tokens or [])[j], words))
+    keyed.sort(key=lambda item: item[0])
+    has_words = whole.words is not None and all(r.words is not None for _, r in rereads)
+    return _ChunkResult([seg for _, seg, _, _ in keyed], join_texts([seg[2] for _, seg, _, _ in keyed]),
+                        tokens=[tokens for _, _, tokens, _ in keyed],
+                        words=[words or [] for _, _, _, words in keyed] if has_words else None)
 
 
 def longest_repeat(tokens: Sequence[int], max_unit: int = 32) -> int:

@@ -177,19 +177,22 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     return chunks[::-1]
 
 
+def part(chunk: Chunk, start: int, end: int) -> Chunk:
+    """The samples ``start``-``end`` of ``chunk`` (positions like ``chunk.start``) as a chunk, with the breaks and
+    the speech regions (cut to it) that lie inside."""
+    return Chunk(start, end, tuple(b for b in chunk.breaks if start < b < end),
+                 spans=tuple((max(s, start), min(e, end)) for s, e in chunk.spans if s < end and e > start))
+
+
 def cut_every(chunk: Chunk, seconds: float) -> list[Chunk]:
     """``chunk`` cut at its breaks into pieces of about ``seconds`` each: from each piece's start, the break
     nearest ``seconds`` later, if one lies at least half of that from both the start and the chunk's end."""
-    def piece(start: int, end: int) -> Chunk:
-        return Chunk(start, end, tuple(b for b in chunk.breaks if start < b < end),
-                     spans=tuple((max(s, start), min(e, end)) for s, e in chunk.spans if s < end and e > start))
-
     pieces, start, length = [], chunk.start, seconds * SAMPLE_RATE
     while fits := [b for b in chunk.breaks if b - start >= length / 2 and chunk.end - b >= length / 2]:
         cut = min(fits, key=lambda b: abs(b - start - length))
-        pieces.append(piece(start, cut))
+        pieces.append(part(chunk, start, cut))
         start = cut
-    pieces.append(piece(start, chunk.end))
+    pieces.append(part(chunk, start, chunk.end))
     return pieces
 
 

@@ -468,11 +468,12 @@ class _BaseTranscriber:
         take fits has those takes decoded again alone, their text put in between the takes read
         (:func:`reread_parts`, :func:`_spliced`); one that ran away, made a take up or left more unread is cut at its
         silences into pieces about as long as one take (:func:`take_seconds`; a loop's unit at the slowest rate of
-        right readings). Those are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away or made a take up, or when it reads more
-        (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech unread is decoded
-        again with timestamp tokens (when it was decoded without); if that reads no more, it is cut too, its reading
-        taken as one take (a real AISHELL-1 sentence said three times in one window, read once both ways with
-        onnxruntime's int8 encoder on an AMD Zen 4). Decodes of audio decoded before fall back to higher temperatures
+        right readings). Those are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when
+        the chunk's own ran away or made a take up, or when it reads more (:func:`_reads_more`: a piece can drop a
+        take as well). Another chunk that left speech unread is decoded again with timestamp tokens (when it was
+        decoded without); if that reads no more, it is cut too, its reading taken as one take (a real AISHELL-1
+        sentence said three times in one window, read once both ways with onnxruntime's int8 encoder on an AMD Zen
+        4). Decodes of audio decoded before fall back to higher temperatures
         only out of a loop (:func:`_again`). A chunk read right is decoded once.
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]

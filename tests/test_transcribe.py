@@ -311,9 +311,10 @@ def test_a_chunk_whose_text_repeats_and_left_speech_unread_is_decoded_again_a_re
 def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_seam_between_takes():
     """The stretches of speech no token starts in are found (each ≥ MAX_UNREAD_SPEECH_S) and widened to the breaks
     around them, two between the same breaks read as one part (about one take long, or the whole chunk is cut).
-    Its text goes in at the seam between takes nearest the tokens around the stretch, not where the alignment puts
-    it (it spreads the takes around a dropped one into its speech); the seams are counted back from where the
-    repetition stops ("。" ends a take, and the sentence before it too). The reading keeps all of its tokens (a
+    Its text goes in at the seam between takes nearest the tokens around the stretch (within a slack, or the whole
+    chunk is cut), not where the alignment puts it (it spreads the takes around a dropped one into its speech); the
+    seams are counted back from where the repetition stops ("。" ends a take, and the sentence before it too) to
+    where it starts. The reading keeps all of its tokens (a
     segment with tokens on both sides of a seam is split, its text decoded from its tokens) and its words, in time
     order."""
     from utils.data import Word
@@ -322,6 +323,7 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     unit = list(range(100, 110)) + [50]  # a sentence ending in "。" (50)
     assert take_seams([7, 8, 50] + unit * 2 + [9], (2, 11)) == [0, 3, 14, 25, 26]  # not at the first "。"
     assert take_seams(unit * 3, (0, 11)) == [0, 11, 22, 33]
+    assert take_seams(list(range(30)) + unit * 2, (30, 11)) == [0, 30, 41, 52]  # none inside the sentences before
     starts = np.array([0.2, 1.0, 2.0, 2.9, 9.1, 10.0, 11.4])  # six tokens, the last ending at 11.4 s
     spans = [(0.0, 3.0), (3.5, 6.5), (7.0, 8.6), (9.0, 11.4)]
     assert unread_stretches(starts, spans) == [(3.5, 6.5), (7.0, 8.6)]
@@ -333,8 +335,11 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     (only,) = reread_parts(chunk, 6.0, reading, [0, 4, 6])  # one take's piece
     assert (only.region.start, only.region.end, only.at) == (int(4.25 * sr), int(9.8 * sr), 4)  # 3.25-8.8 s
     assert only.pieces == [only.region]
-    (early,) = reread_parts(chunk, 6.0, reading, [0, 3, 6])
+    (early,) = reread_parts(chunk, 6.0, reading, [0, 3, 6], slack=1)
     assert early.at == 3  # four tokens before the stretch: the seam after three is nearer than the one after six
+    # a seam further from the stretch than the slack: a sentence dropped between two others, not a take
+    (far,) = reread_parts(chunk, 6.0, reading, [0, 3, 6], slack=0)
+    assert far.region == chunk and far.at is None
     assert reread_parts(Chunk(0, 6 * sr), 3.0, _Reading(np.array([0.1, 0.5]), [(0.0, 6.0)]), [0, 1]) == []
     assert [(p.region.start, p.region.end, p.at) for p in reread_parts(chunk, 3.0)] == [(sr, 13 * sr, None)]
     # more than one take's time unread (two pieces of 3 s): the alignment may have spread the takes read over more

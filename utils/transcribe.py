@@ -499,7 +499,7 @@ class _BaseTranscriber:
                         else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
                 reading = None if ran_away or unread[k] == math.inf else checked[k]
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
-                if parts := reread_parts(batch[k], size, reading, seams):
+                if parts := reread_parts(batch[k], size, reading, seams, round(SEAM_SLACK * period)):
                     cuts[i + k] = parts
                     if reading is not None:
                         readings[i + k] = reading
@@ -765,15 +765,22 @@ def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[
     return None
 
 
+# A take dropped from a repeating text lies this close to a seam between takes, as a share of the unit: the alignment
+# put it 0-5 tokens from one (units of 13-15 tokens: real Mandarin said 3 and 8 times, the teacher-style set, espeak
+# English 8 times; both backends). A sentence dropped between two others lies a sentence away from the takes.
+SEAM_SLACK = 0.4
+
+
 def take_seams(tokens: Sequence[int], unit: tuple[int, int]) -> list[int]:
     """Where one take of the repeated ``unit`` (:func:`repeat_unit`) ends and the next begins in ``tokens``, as
     token indices, with the text's start and end: counted back a unit at a time from where the repetition stops (a
-    take ends there; where it starts does not show, as the end of the sentence before, "。", repeats too)."""
+    take ends there; where it starts shows less well, as the end of the sentence before, "。", repeats too) to where
+    it starts (half a unit of slack: takes read a little differently repeat from a later token on)."""
     first, period = unit
     end = first + period
     while end < len(tokens) and tokens[end] == tokens[end - period]:
         end += 1
-    return sorted({0, len(tokens), *range(end, -1, -period)})
+    return sorted({0, len(tokens), *range(end, max(first - period // 2, 0) - 1, -period)})
 
 
 def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:
@@ -850,22 +857,24 @@ class _Part:
 
 
 def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
-                 seams: Sequence[int] | None = None) -> list[_Part]:
+                 seams: Sequence[int] | None = None, slack: int = 0) -> list[_Part]:
     """The parts of ``chunk`` to decode again, each cut into pieces of about one take (``take_s`` seconds,
-    :func:`utils.vad.cut_every`). With the ``reading`` of a text that repeats, and its ``seams`` (:func:`take_seams`):
-    each stretch of speech the reading left unread (:func:`unread_stretches`: a take it dropped), widened to the
-    breaks around it (stretches between the same breaks make one part), its text to go in between two takes read
-    (``_Part.at``): at the seam nearest the tokens around the stretch. Not
-    where the alignment puts the stretch: the takes read around a dropped one spread into its speech, the first
-    word of the next take aligned to the end of the one before (whisper-base on an English sentence said 8 times)
-    or the end of a take to the end of the next (a real teacher's sentence said 3 times, read twice). The takes
-    read stay as they were. Each part is about one take (one piece; two takes dropped apart, as whisper-base with
-    beam 3 on a real Mandarin sentence said 8 times, make two parts): where the speech left unread between two
-    breaks is longer, the alignment may have spread the takes read into more than the take dropped (a real
-    Mandarin sentence said three times, read twice by the transformers backend: unread 2.1 s, in two takes'
-    speech), so the whole chunk is cut into takes, as it is without a reading (a loop, or a take made up, tells
-    nothing of where the text went wrong). [] where that would decode the chunk again as it was: all of it, with no
-    break to cut it at."""
+    :func:`utils.vad.cut_every`).
+
+    With the ``reading`` of a text that repeats and its ``seams`` (:func:`take_seams`), only the takes it dropped:
+    each stretch of speech it left unread (:func:`unread_stretches`), widened to the breaks around it (stretches
+    between the same breaks make one part), its text to go in at the seam nearest the tokens around the stretch
+    (``_Part.at``), not where the alignment puts it: the alignment spreads the takes read around a dropped one into
+    its speech (whisper-base on an English sentence said 8 times: the next take's first word aligned to the end of
+    the take before; a real teacher's sentence said 3 times, read twice: the end of the second take aligned to the
+    end of the third). The takes read stay as they were. That holds only where each part is about one take (one
+    piece; two takes dropped apart, as whisper-base with beam 3 on a real Mandarin sentence said 8 times, make two
+    parts) and lies within ``slack`` tokens of a seam. Else the whole chunk is cut into takes, as without a reading
+    (a loop, or a take made up, tells nothing of where the text went wrong): more than a take left unread between
+    two breaks may be the takes read spread over more than the one dropped (a real Mandarin sentence said three
+    times, read twice by the transformers backend: unread 2.1 s, in two takes' speech), and a stretch far from any
+    seam is a sentence dropped between two others, not a take. [] where that would decode the chunk again as it
+    was: all of it, with no break to cut it at."""
     if reading is not None and seams:
         regions: list[tuple[int, int, int]] = []
         for a, b in unread_stretches(reading.starts, reading.spans):
@@ -873,6 +882,9 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
             end = min((x for x in chunk.breaks if x >= chunk.start + b * SAMPLE_RATE), default=chunk.end)
             after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
             at = min(seams, key=lambda seam: (abs(seam - after), seam))
+            if abs(at - after) > slack:
+                regions = []
+                break
             if regions and start <= regions[-1][1]:  # the same part: its text goes where the first one's went
                 start, _, at = regions.pop()
             regions.append((start, end, at))

@@ -355,19 +355,19 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
                          words=[[Word(float(t), float(t) + 0.5, f"w{k}", 1.0) for k, t in enumerate(starts[:6])]])
     part_result = _ChunkResult([(0.1, 2.5, "take"), (3.0, 5.0, "again")], "take again", tokens=[[7], [8]],
                                words=[[Word(0.1, 2.5, "take", 0.9)], [Word(3.0, 5.0, "again", 0.9)]])
-    out = _spliced(whole, chunk, reading, [(only, part_result)], Tokens())
+    out = _spliced(whole, chunk, [(only, part_result)], Tokens())
     assert out.segments == [(0.0, 3.25, "t1 t2 t3 t4"), (3.35, 5.75, "take"), (6.25, 8.25, "again"),
                             (8.8, 12.0, "t5 t6")]
     assert out.tokens == [[1, 2, 3, 4], [7], [8], [5, 6]]
     assert [[w.word for w in ws] for ws in out.words] == [["w0", "w1", "w2", "w3"], ["take"], ["again"],
                                                           ["w4", "w5"]]
     assert out.text == "t1 t2 t3 t4 take again t5 t6"
-    out = _spliced(whole, chunk, reading, [(early, part_result)], Tokens())
+    out = _spliced(whole, chunk, [(early, part_result)], Tokens())
     assert [seg[2] for seg in out.segments] == ["t1 t2 t3", "take", "again", "t4 t5 t6"]
     assert [[w.word for w in ws] for ws in out.words] == [["w0", "w1", "w2"], ["take"], ["again"],
                                                           ["w3", "w4", "w5"]]
     whole_part = _Part(chunk, [chunk])
-    assert _spliced(whole, chunk, None, [(whole_part, part_result)], Tokens()) is part_result
+    assert _spliced(whole, chunk, [(whole_part, part_result)], Tokens()) is part_result
 
 
 def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(tiny, monkeypatch):

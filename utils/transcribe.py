@@ -479,7 +479,6 @@ class _BaseTranscriber:
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
         cuts: dict[int, list[_Part]] = {}  # per chunk: the parts read again, in pieces
-        readings: dict[int, _Reading] = {}  # where the text of a chunk read again in parts lies
         made_up: set[int] = set()  # cut chunks whose reading holds text their audio does not (:func:`overread`)
         for i in range(0, len(chunks), options.batch_size):
             batch = chunks[i: i + options.batch_size]
@@ -501,8 +500,6 @@ class _BaseTranscriber:
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
                 if parts := reread_parts(batch[k], size, reading, seams, round(SEAM_SLACK * period)):
                     cuts[i + k] = parts
-                    if reading is not None:
-                        readings[i + k] = reading
                     if unread[k] == math.inf:
                         made_up.add(i + k)
             left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
@@ -530,7 +527,7 @@ class _BaseTranscriber:
                     for piece in part_.pieces[1:]:
                         result = _joined(result, next(redone), (piece.start - part_.region.start) / SAMPLE_RATE)
                     rereads.append((part_, result))
-                result = _spliced(results[i], chunks[i], readings.get(i), rereads, tokenizer)
+                result = _spliced(results[i], chunks[i], rereads, tokenizer)
                 if i in made_up or _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
@@ -848,12 +845,14 @@ def unread_stretches(token_starts: np.ndarray, spans: Sequence[tuple[float, floa
 @dataclass(frozen=True)
 class _Part:
     """A part of a chunk decoded again (:func:`reread_parts`): ``region`` (positions like the chunk's), the
-    ``pieces`` of about one take it is decoded in, and ``at``: before which of the chunk's text tokens the part's
-    text goes in; None = the part is the whole chunk, read anew."""
+    ``pieces`` of about one take it is decoded in, ``at``: before which of the chunk's text tokens the part's text
+    goes in (None = the part is the whole chunk, read anew), and ``at_s``: where that token starts (seconds from the
+    chunk's start; the chunk's words are split there)."""
 
     region: Chunk
     pieces: list[Chunk]
     at: int | None = None
+    at_s: float = 0.0
 
 
 def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
@@ -888,7 +887,8 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
             if regions and start <= regions[-1][1]:  # the same part: its text goes where the first one's went
                 start, _, at = regions.pop()
             regions.append((start, end, at))
-        parts = [_Part(part(chunk, start, end), [part(chunk, start, end)], at) for start, end, at in regions]
+        parts = [_Part(part(chunk, start, end), [part(chunk, start, end)], at, float(reading.starts[at]))
+                 for start, end, at in regions]
         if parts and all(len(cut_every(p.region, take_s)) == 1 and p.region != chunk for p in parts):
             return parts
     pieces = cut_every(chunk, take_s)
@@ -899,11 +899,7 @@ def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]
     """The longest stretch of speech, in seconds, inside which no text token starts: ``token_starts`` = where each
     token starts and where the last one ends (:func:`utils.alignment.token_times`), ``spans`` = (start, end) seconds
     of speech. A take the text left out is speech with no token in it."""
-    longest = 0.0
-    for start, end in spans:
-        inside = token_starts[(token_starts > start) & (token_starts < end)]
-        longest = max(longest, float(np.diff(np.concatenate([[start], np.sort(inside), [end]])).max()))
-    return longest
+    return max((b - a for a, b in unread_stretches(token_starts, spans, 0.0)), default=0.0)
 
 
 def speech_spans(wave: np.ndarray) -> list[tuple[float, float]]:
@@ -942,20 +938,20 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
     return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words)
 
 
-def _spliced(whole: _ChunkResult, chunk: Chunk, reading: _Reading | None,
-             rereads: Sequence[tuple[_Part, _ChunkResult]], tokenizer: Any) -> _ChunkResult:
+def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[_Part, _ChunkResult]],
+             tokenizer: Any) -> _ChunkResult:
     """``whole`` (the reading of ``chunk``) with the reading of each part decoded again (its times from the part's
     start) put in before its token ``_Part.at``; a segment with tokens on both sides is split there, the text of
-    its halves decoded from their tokens by ``tokenizer``, its words split at that token's start
-    (``reading.starts``). A part that is the whole chunk (``at`` None): its reading."""
-    if reading is None or any(p.at is None for p, _ in rereads):
+    its halves decoded from their tokens by ``tokenizer``, its words split at ``_Part.at_s``. A part that is the
+    whole chunk (``at`` None): its reading."""
+    if any(p.at is None for p, _ in rereads):
         ((_, only),) = rereads
         return only
     rereads = sorted(rereads, key=lambda r: (r[0].at, r[0].region.start))
     ats = [p.at for p, _ in rereads]
     bounds = [((p.region.start - chunk.start) / SAMPLE_RATE, (p.region.end - chunk.start) / SAMPLE_RATE)
               for p, _ in rereads]
-    times = [float(reading.starts[at]) for at in ats]  # where the words of a split segment are split
+    times = [p.at_s for p, _ in rereads]
 
     keyed: list[tuple[tuple[int, int], tuple[float, float, str], list[int], list[Word] | None]] = []
     first = 0  # flat index of a segment's first token

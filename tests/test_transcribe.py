@@ -185,7 +185,22 @@ def test_merge_regions_cuts_between_sentences_not_inside_them():
     assert [len(c.breaks) for c in chunks] == [5, 5, 3] and sum(c.speech for c in chunks) == sum(
         r.end - r.start for r in regions)
     touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # 50 s, no pause the VAD kept apart
-    assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 30), (30, 50)]
+    assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 25), (25, 50)]
+
+
+def test_merge_regions_makes_chunks_as_even_as_the_pauses_allow():
+    """A batch's chunks are decoded side by side and it takes as long as its longest: a sentence said 8 times
+    (3.6 s each, 1.6 s pauses, 40.0 s) is packed into 6 takes + 2 (29.6 + 8.4 s), cut evenly into 4 + 4 takes;
+    still the fewest chunks, cut only between takes."""
+    sr = SAMPLE_RATE
+    regions = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(8)]
+    chunks = merge_regions(regions, max_chunk_s=30.0)
+    assert [(round(c.start / sr, 1), round(c.end / sr, 1)) for c in chunks] == [(0.0, 19.2), (20.8, 40.0)]
+    assert [len(c.breaks) for c in chunks] == [3, 3]
+    # three chunks either way: the longest as short as the pauses allow, not 30 + 30 + 6
+    regions = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(13)]
+    lengths = [round((c.end - c.start) / sr, 1) for c in merge_regions(regions, max_chunk_s=30.0)]
+    assert lengths == [24.4, 19.2, 19.2]
 
 
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():
@@ -368,6 +383,28 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
                                                           ["w3", "w4", "w5"]]
     whole_part = _Part(chunk, [chunk])
     assert _spliced(whole, chunk, [(whole_part, part_result)], Tokens()) is part_result
+
+
+def test_a_dropped_take_with_a_comma_pause_is_read_whole():
+    """A take whose comma pause the VAD heard as two regions that touch ("Repeat after me, | the quick brown fox
+    …"; espeak, 5.6 s a take): the takes read around a dropped one were aligned over its first words, so only the
+    rest of it was left unread. The part read again is the whole take, between the pauses around it; where that is
+    more than a take, between the nearest breaks as before."""
+    from utils.transcribe import _Reading, reread_parts, unread_stretches
+
+    sr = SAMPLE_RATE
+    regions = [Chunk(round(x * sr), round(y * sr)) for k in range(4)
+               for x, y in ((5.6 * k, 5.6 * k + 1.5), (5.6 * k + 1.5, 5.6 * k + 5.0))]
+    (chunk,) = merge_regions(regions, max_chunk_s=30.0)
+    spans = [((a - chunk.start) / sr, (b - chunk.start) / sr) for a, b in chunk.spans]
+    before = [0.1 + 0.5 * i for i in range(21)] + [11.3, 11.8, 12.5]  # takes 1-2, and over take 3's first words
+    starts = np.array(before + [16.9 + 0.5 * i for i in range(10)] + [21.8])
+    assert [(round(a, 1), round(b, 1)) for a, b in unread_stretches(starts, spans)] == [(12.7, 16.2)]
+    (take,) = reread_parts(chunk, 5.6, _Reading(starts, spans), [0, len(before), len(starts) - 1])
+    assert (round(take.region.start / sr, 1), round(take.region.end / sr, 1), take.at) == (10.9, 16.5, len(before))
+    assert take.pieces == [take.region]
+    (rest,) = reread_parts(chunk, 2.0, _Reading(starts, spans), [0, len(before), len(starts) - 1])
+    assert (round(rest.region.start / sr, 1), round(rest.region.end / sr, 1)) == (12.7, 16.5)
 
 
 def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(tiny, monkeypatch):
@@ -1023,7 +1060,9 @@ def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2,
     audio = _long_clip(en_wav, zh_wav)
     segments, info = base_ct2.transcribe_segments(audio, DecodeOptions(temperatures=(0.0,), batch_size=4))
     list(segments)
-    assert sum(encoded) == info.chunks  # not info.chunks + 1
+    # detection encoded the first chunk, the batch only the others (a take dropped in a chunk of this clip, a
+    # sentence said again and again, is read again after: more encodes, of its pieces)
+    assert encoded[:2] == [1, info.chunks - 1]
     given = base_ct2.transcribe(str(en_wav), DecodeOptions(language="en", temperatures=(0.0,)))
     assert given.text == detected.text
 

@@ -861,24 +861,29 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
     :func:`utils.vad.cut_every`).
 
     With the ``reading`` of a text that repeats and its ``seams`` (:func:`take_seams`), only the takes it dropped:
-    each stretch of speech it left unread (:func:`unread_stretches`), widened to the breaks around it (stretches
-    between the same breaks make one part), its text to go in at the seam nearest the tokens around the stretch
-    (``_Part.at``), not where the alignment puts it: the alignment spreads the takes read around a dropped one into
-    its speech (whisper-base on an English sentence said 8 times: the next take's first word aligned to the end of
-    the take before; a real teacher's sentence said 3 times, read twice: the end of the second take aligned to the
-    end of the third). The takes read stay as they were. That holds only where each part is about one take (one
-    piece; two takes dropped apart, as whisper-base with beam 3 on a real Mandarin sentence said 8 times, make two
-    parts) and lies within ``slack`` tokens of a seam. Else the whole chunk is cut into takes, as without a reading
-    (a loop, or a take made up, tells nothing of where the text went wrong): more than a take left unread between
-    two breaks may be the takes read spread over more than the one dropped (a real Mandarin sentence said three
-    times, read twice by the transformers backend: unread 2.1 s, in two takes' speech), and a stretch far from any
-    seam is a sentence dropped between two others, not a take. [] where that would decode the chunk again as it
-    was: all of it, with no break to cut it at."""
+    each stretch of speech it left unread (:func:`unread_stretches`), widened to the pauses the VAD kept apart
+    around it (:func:`_pause_breaks`; to the nearest breaks where that is more than a take), stretches between the
+    same breaks making one part. A take's comma pause can split it into two regions that touch (espeak's "Repeat
+    after me, | the quick brown fox …"): the takes read around a dropped one were aligned over its first words, the
+    stretch left unread was the rest, and that part read alone lost "Repeat after me". The part's text goes in at
+    the seam nearest the tokens around the stretch (``_Part.at``), not where the alignment puts it: the alignment
+    spreads the takes read around a dropped one into its speech (whisper-base on an English sentence said 8 times:
+    the next take's first word aligned to the end of the take before; a real teacher's sentence said 3 times, read
+    twice: the end of the second take aligned to the end of the third). The takes read stay as they were. That holds
+    only where each part is about one take (one piece; two takes dropped apart, as whisper-base with beam 3 on a
+    real Mandarin sentence said 8 times, make two parts) and lies within ``slack`` tokens of a seam. Else the whole
+    chunk is cut into takes, as without a reading (a loop, or a take made up, tells nothing of where the text went
+    wrong): more than a take left unread between two breaks may be the takes read spread over more than the one
+    dropped (a real Mandarin sentence said three times, read twice by the transformers backend: unread 2.1 s, in two
+    takes' speech), and a stretch far from any seam is a sentence dropped between two others, not a take. [] where
+    that would decode the chunk again as it was: all of it, with no break to cut it at."""
     if reading is not None and seams:
         regions: list[tuple[int, int, int]] = []
+        pauses = _pause_breaks(chunk)
         for a, b in unread_stretches(reading.starts, reading.spans):
-            start = max((x for x in chunk.breaks if x <= chunk.start + a * SAMPLE_RATE), default=chunk.start)
-            end = min((x for x in chunk.breaks if x >= chunk.start + b * SAMPLE_RATE), default=chunk.end)
+            start, end = _widened(chunk, pauses, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
+            if len(cut_every(part(chunk, start, end), take_s)) > 1:  # more than a take between pauses: any break
+                start, end = _widened(chunk, chunk.breaks, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
             after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
             at = min(seams, key=lambda seam: (abs(seam - after), seam))
             if abs(at - after) > slack:
@@ -893,6 +898,20 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
             return parts
     pieces = cut_every(chunk, take_s)
     return [_Part(chunk, pieces)] if len(pieces) > 1 else []
+
+
+def _pause_breaks(chunk: Chunk) -> tuple[int, ...]:
+    """The breaks of ``chunk`` that lie in a pause the VAD kept apart, not between two speech regions whose padding
+    touches (mostly a short pause inside a sentence: "Repeat after me, | the quick brown fox …")."""
+    touching = {b for (_, end), (start, _) in zip(chunk.spans, chunk.spans[1:]) if start <= end
+                for b in chunk.breaks if start <= b <= end}
+    return tuple(b for b in chunk.breaks if b not in touching)
+
+
+def _widened(chunk: Chunk, breaks: Sequence[int], start: float, end: float) -> tuple[int, int]:
+    """Samples ``start``-``end`` of ``chunk`` widened to the nearest of ``breaks`` around them (or its ends)."""
+    return (max((x for x in breaks if x <= start), default=chunk.start),
+            min((x for x in breaks if x >= end), default=chunk.end))
 
 
 def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]) -> float:

@@ -141,10 +141,8 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     Two regions whose padding touches (a pause shorter than twice ``speech_pad_ms``: mostly one inside a sentence)
     are cut apart only where no grouping into that many chunks avoids it; packing cuts wherever the window ends, so
     a sentence said again and again was cut after its first words, which the model dropped at the end of one window
-    and misread at the start of the next. Among those, the chunks are as even in length as the pauses allow (least
-    sum of squared lengths): a batch of chunks is decoded in parallel rows, and its time is the longest row's (a
-    sentence said 8 times, 41.6 s: 29.6 + 8.8 s packed, 19.5 + 19.0 s even); on equal sums the earlier chunks are
-    the longer, as packed. A region longer than the limit becomes several hard-cut chunks.
+    and misread at the start of the next. Among equal groupings the earlier chunks are the longer, as packed. A
+    region longer than the limit becomes several hard-cut chunks.
     """
     limit = int(max_chunk_s * SAMPLE_RATE)
     units: list[Chunk] = []  # regions, those longer than the limit cut hard into pieces
@@ -154,19 +152,17 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
             end = min(region.end, start + limit)
             units.append(Chunk(start, end))
             hard.append(start != region.start)
-    # best[j]: (chunks, cuts between touching regions, sum of squared chunk lengths in s²) of the best grouping of
-    # units[:j]; first[j]: where its last chunk starts. A hard cut is made in every grouping (the piece before it
-    # fills a window). Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
-    best: list[tuple[float, float, float]] = [(0, 0, 0.0)] + [(math.inf, math.inf, math.inf)] * len(units)
+    # best[j]: (chunks, cuts between touching regions) of the best grouping of units[:j]; first[j]: where its last
+    # chunk starts. A hard cut is made in every grouping (the piece before it fills a window).
+    # Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
+    best: list[tuple[float, float]] = [(0, 0)] + [(math.inf, math.inf)] * len(units)
     first = [0] * (len(units) + 1)
     for j in range(1, len(units) + 1):
         for i in range(j - 1, -1, -1):  # the latest start first: on ties the earlier chunks stay the longest
             if units[j - 1].end - units[i].start > limit:
                 break
-            count, touching, squares = best[i]
-            length = (units[j - 1].end - units[i].start) / SAMPLE_RATE
-            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end),
-                      round(squares + length * length, 6))  # rounded: equal sums stay equal, the packed one wins
+            count, touching = best[i]
+            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end))
             if option < best[j]:
                 best[j], first[j] = option, i
     chunks: list[Chunk] = []

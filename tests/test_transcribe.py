@@ -224,11 +224,13 @@ class _Miscounting:
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[float], list[bool] | None]] = []
+        self.beams: list[int] = []
 
     def __call__(self, chunks, languages, options, prompt, split_repeats=None):
         from utils.transcribe import _ChunkResult
 
         self.calls.append(([round(len(c) / SAMPLE_RATE, 2) for c in chunks], split_repeats and list(split_repeats)))
+        self.beams.append(options.beam_size)
         out = []
         for c in chunks:
             seconds = len(c) / SAMPLE_RATE
@@ -395,7 +397,7 @@ def test_a_dropped_take_with_a_comma_pause_is_read_whole():
 def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(tiny, monkeypatch):
     """A sentence (14 tokens) said three times in an 18 s chunk, read twice: the third take's speech (12-18 s) is
     left unread. Only it is decoded again (one piece, 6 s: on real Mandarin said 8 times the whole chunk in six
-    pieces cost as much as its first decode), and its text goes in after the two takes read, which stay."""
+    pieces cost as much as its first decode), greedily, and its text goes in after the two takes read, which stay."""
     sr = SAMPLE_RATE
     spans = ((int(0.2 * sr), int(5.8 * sr)), (int(6.2 * sr), int(11.8 * sr)), (int(12.2 * sr), 18 * sr))
     chunk = Chunk(0, 18 * sr, (6 * sr, 12 * sr), spans=spans)
@@ -404,8 +406,10 @@ def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(ti
     by_length = {18 * sr: [(a / sr, b / sr) for a, b in spans]}  # each take read on its own speech
     monkeypatch.setattr(tiny, "_align", _aligner(spans_of=lambda wave: by_length.get(len(wave),
                                                                                      [(0.0, len(wave) / sr)])))
-    (result,) = tiny._decode_chunks(np.zeros(18 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    options = DecodeOptions(language="en", beam_size=3)
+    (result,) = tiny._decode_chunks(np.zeros(18 * sr, np.float32), [chunk], "en", options, None)
     assert fake.calls == [([18.0], [True]), ([6.0], [False])]
+    assert fake.beams == [3, 1]  # one take alone reads as well greedily
     assert result.tokens == [_Miscounting.UNIT * 2, _Miscounting.UNIT]
     assert [s[:2] for s in result.segments] == [(0.0, 12.0), (12.0, 18.0)] and result.text.split() == ["unit"] * 3
 

@@ -392,6 +392,12 @@ def test_a_dropped_take_with_a_comma_pause_is_read_whole():
     assert take.pieces == [take.region]
     (rest,) = reread_parts(chunk, 2.0, _Reading(starts, spans), [0, len(before), len(starts) - 1])
     assert (round(rest.region.start / sr, 1), round(rest.region.end / sr, 1)) == (12.7, 16.5)
+    # no pause the VAD kept apart around it (the regions touch) and the chunk no longer than a take: between the
+    # nearest breaks, not the whole chunk (which would not be read again at all: one piece, as it was)
+    (close,) = merge_regions([Chunk(0, 3 * sr), Chunk(3 * sr, 6 * sr)], max_chunk_s=30.0)
+    read = [0.1 + 0.4 * i for i in range(7)]  # 0-3 s read, 3-6 s not
+    (only,) = reread_parts(close, 7.0, _Reading(np.array(read + [3.0]), [(0.0, 6.0)]), [0, len(read)], slack=7)
+    assert (only.region.start // sr, only.region.end // sr, only.at) == (3, 6, len(read))
 
 
 def test_a_take_dropped_is_read_again_alone_and_put_in_between_the_takes_read(tiny, monkeypatch):

@@ -866,27 +866,28 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
 
     With the ``reading`` of a text that repeats and its ``seams`` (:func:`take_seams`), only the takes it dropped:
     each stretch of speech it left unread (:func:`unread_stretches`), widened to the pauses the VAD kept apart
-    around it (:func:`_pause_breaks`; to the nearest breaks where that is more than a take), stretches between the
-    same breaks making one part. A take's comma pause can split it into two regions that touch (espeak's "Repeat
-    after me, | the quick brown fox …"): the takes read around a dropped one were aligned over its first words, the
-    stretch left unread was the rest, and that part read alone lost "Repeat after me". The part's text goes in at
-    the seam nearest the tokens around the stretch (``_Part.at``), not where the alignment puts it: the alignment
-    spreads the takes read around a dropped one into its speech (whisper-base on an English sentence said 8 times:
-    the next take's first word aligned to the end of the take before; a real teacher's sentence said 3 times, read
-    twice: the end of the second take aligned to the end of the third). The takes read stay as they were. That holds
-    only where each part is about one take (one piece; two takes dropped apart, as whisper-base with beam 3 on a
-    real Mandarin sentence said 8 times, make two parts) and lies within ``slack`` tokens of a seam. Else the whole
-    chunk is cut into takes, as without a reading (a loop, or a take made up, tells nothing of where the text went
-    wrong): more than a take left unread between two breaks may be the takes read spread over more than the one
-    dropped (a real Mandarin sentence said three times, read twice by the transformers backend: unread 2.1 s, in two
-    takes' speech), and a stretch far from any seam is a sentence dropped between two others, not a take. [] where
-    that would decode the chunk again as it was: all of it, with no break to cut it at."""
+    around it (:func:`_pause_breaks`; to the nearest breaks where that is more than a take or the whole chunk),
+    stretches between the same breaks making one part. A take's comma pause can split it into two regions that touch
+    (espeak's "Repeat after me, | the quick brown fox …"): the takes read around a dropped one were aligned over its
+    first words, the stretch left unread was the rest, and that part read alone lost "Repeat after me". The part's
+    text goes in at the seam nearest the tokens around the stretch (``_Part.at``), not where the alignment puts it:
+    the alignment spreads the takes read around a dropped one into its speech (whisper-base on an English sentence
+    said 8 times: the next take's first word aligned to the end of the take before; a real teacher's sentence said 3
+    times, read twice: the end of the second take aligned to the end of the third). The takes read stay as they
+    were. That holds only where each part is about one take (one piece; two takes dropped apart, as whisper-base
+    with beam 3 on a real Mandarin sentence said 8 times, make two parts) and lies within ``slack`` tokens of a
+    seam. Else the whole chunk is cut into takes, as without a reading (a loop, or a take made up, tells nothing of
+    where the text went wrong): more than a take left unread between two breaks may be the takes read spread over
+    more than the one dropped (a real Mandarin sentence said three times, read twice by the transformers backend:
+    unread 2.1 s, in two takes' speech), and a stretch far from any seam is a sentence dropped between two others,
+    not a take. [] where that would decode the chunk again as it was: all of it, with no break to cut it at."""
     if reading is not None and seams:
         regions: list[tuple[int, int, int]] = []
         pauses = _pause_breaks(chunk)
         for a, b in unread_stretches(reading.starts, reading.spans):
             start, end = _widened(chunk, pauses, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
-            if len(cut_every(part(chunk, start, end), take_s)) > 1:  # more than a take between pauses: any break
+            if (start, end) == (chunk.start, chunk.end) or len(cut_every(part(chunk, start, end), take_s)) > 1:
+                # no pause around it, or more than a take between the pauses: the nearest breaks
                 start, end = _widened(chunk, chunk.breaks, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
             after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
             at = min(seams, key=lambda seam: (abs(seam - after), seam))

@@ -885,10 +885,10 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
         regions: list[tuple[int, int, int]] = []
         pauses = _pause_breaks(chunk)
         for a, b in unread_stretches(reading.starts, reading.spans):
-            start, end = _widened(chunk, pauses, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
+            lo, hi = chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE
+            start, end = _widened(chunk, pauses, lo, hi)
             if (start, end) == (chunk.start, chunk.end) or len(cut_every(part(chunk, start, end), take_s)) > 1:
-                # no pause around it, or more than a take between the pauses: the nearest breaks
-                start, end = _widened(chunk, chunk.breaks, chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE)
+                start, end = _widened(chunk, chunk.breaks, lo, hi)  # no pause around it, or more than a take
             after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
             at = min(seams, key=lambda seam: (abs(seam - after), seam))
             if abs(at - after) > slack:
@@ -897,8 +897,10 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
             if regions and start <= regions[-1][1]:  # the same part: its text goes where the first one's went
                 start, _, at = regions.pop()
             regions.append((start, end, at))
-        parts = [_Part(part(chunk, start, end), [part(chunk, start, end)], at, float(reading.starts[at]))
-                 for start, end, at in regions]
+        parts = []
+        for start, end, at in regions:
+            region = part(chunk, start, end)
+            parts.append(_Part(region, [region], at, float(reading.starts[at])))
         if parts and all(len(cut_every(p.region, take_s)) == 1 and p.region != chunk for p in parts):
             return parts
     pieces = cut_every(chunk, take_s)

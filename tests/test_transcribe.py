@@ -1260,35 +1260,43 @@ def test_speech_left_unread_after_the_timestamp_decode_is_read_in_pieces(repo_ro
 
 
 def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh_wav, monkeypatch):
-    """On a CPU, CTranslate2 runs a batch as two halves side by side (one worker each; a worker keeps every thread
-    where CTranslate2 encodes too); rows come back in order."""
+    """On a CPU, CTranslate2 runs a batch as two halves side by side on one thread each; where CTranslate2 encodes
+    too, a window left alone is encoded on every thread by a replica of its own (loaded when first needed), or, with
+    weights too big to hold twice, each worker keeps every thread. Rows come back in order, the same either way."""
     import threading
 
     import utils.transcribe as tr
 
     monkeypatch.setattr(tr, "available_cpus", lambda: 2)
-    assert tr.ct2_cpu_workers(0, "onnx") == (2, 1) and tr.ct2_cpu_workers(0, "ct2") == (2, 2)
-    assert tr.ct2_cpu_workers(1, "ct2") == (1, 1) and tr.ct2_cpu_workers(4, "torch") == (2, 2)
+    assert tr.ct2_cpu_workers(0, "onnx") == (2, 1, 0) and tr.ct2_cpu_workers(0, "ct2", 75 << 20) == (2, 1, 2)
+    assert tr.ct2_cpu_workers(1, "ct2") == (1, 1, 0) and tr.ct2_cpu_workers(4, "torch") == (2, 2, 0)
+    assert tr.ct2_cpu_workers(0, "ct2", 3 << 30) == (2, 2, 0)  # large-v3's int8 weights: held once
     monkeypatch.setattr(tr, "available_cpus", lambda: 16)  # 0 = CTranslate2's default of 4 threads, as before
-    assert tr.ct2_cpu_workers(0, "onnx") == (2, 2) and tr.ct2_cpu_workers(0, "ct2") == (2, 4)
+    assert tr.ct2_cpu_workers(0, "onnx") == (2, 2, 0) and tr.ct2_cpu_workers(0, "ct2") == (2, 2, 4)
     monkeypatch.setattr(tr, "available_cpus", lambda: 2)
-    engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
-    assert engine.workers == 2
-    calls: list[tuple[int, str]] = []
-    generate = engine._generate_on
-
-    def spy(encoded, prompts, *args):
-        calls.append((len(prompts), threading.current_thread().name))
-        return generate(encoded, prompts, *args)
-
-    monkeypatch.setattr(engine, "_generate_on", spy)
     en, zh = load_audio(en_wav), load_audio(zh_wav)
-    texts = [t.text for t in engine.transcribe_batch([en, zh, en], DecodeOptions(temperatures=(0.0,)))]
-    assert sorted(n for n, _ in calls[:2]) == [1, 2] and len({name for _, name in calls[:2]}) == 2
-    assert texts[0] == texts[2] and count_errors(EN_SENTENCE, texts[0], "wer", language="en").rate < 0.3
-    assert texts[1] != texts[0]
+    texts = {}
+    for solo in (True, False):
+        monkeypatch.setattr(tr, "SOLO_ENCODER_MAX_BYTES", 1 << 40 if solo else 0)
+        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
+        assert engine.workers == 2 and engine._solo_threads == (2 if solo else 0) and engine._solo is None
+        calls: list[tuple[int, str]] = []
+        generate = engine._generate_on
+
+        def spy(encoded, prompts, *args):
+            calls.append((len(prompts), threading.current_thread().name))
+            return generate(encoded, prompts, *args)
+
+        monkeypatch.setattr(engine, "_generate_on", spy)
+        texts[solo] = [t.text for t in engine.transcribe_batch([en, zh, en], DecodeOptions(temperatures=(0.0,)))]
+        assert sorted(n for n, _ in calls[:2]) == [1, 2] and len({name for _, name in calls[:2]}) == 2
+        assert (engine._solo is not None) == solo  # three windows: the third encoded alone
+        assert texts[solo][0] == texts[solo][2]
+        assert count_errors(EN_SENTENCE, texts[solo][0], "wer", language="en").rate < 0.3
+        assert texts[solo][1] != texts[solo][0]
+    assert texts[True] == texts[False]
     single = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=1, ct2_encoder="ct2")
-    assert single.workers == 1
+    assert single.workers == 1 and single._solo_threads == 0
 
 
 @pytest.mark.slow

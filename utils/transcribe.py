@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -61,13 +62,16 @@ CPU_ENCODER_WINDOWS = 2
 # waits on its threads more than it computes: one 25 s chunk decodes faster on one thread than on two (beam 3:
 # 1.6-1.9 vs 2.1-2.8 s), and a batch decoded as two halves side by side on one thread each is 1.3-1.7x faster than the
 # whole batch on one worker with both threads (same tokens; whisper-base, beam 1/3/5, 2-core AMD EPYC Zen 4 and its
-# AVX2 profile); more workers than cores are slower. So each worker gets threads // 2 threads, except where
-# CTranslate2 encodes too (CPUs without VNNI): a 30 s window alone takes 1.0 s on one thread against 0.6 on two (more
-# than one chunk's faster decode saves; a stream encodes one window a step), so each worker keeps every thread; two
-# windows side by side then take 1.0 s against 1.35 in one call, and two halves of a batch decode 1.2x faster than
-# one call (1.1x slower than on one thread each: the two share the cores).
+# AVX2 profile); more workers than cores are slower. So each worker gets threads // 2 threads. An encoder window is
+# the other way round: a 30 s window alone takes 1.3 s on one thread against 0.75 on two (AVX2-only EPYC). Where
+# CTranslate2 encodes (CPUs without VNNI), windows go to the workers in pairs, side by side, and a window left alone
+# (a short file, an odd last one, a stream's step) to a replica of its own on every thread (``SOLO_ENCODER_MAX_BYTES``).
+# Before, each worker kept every thread: real Mandarin x8 (two windows) decoded in 1.5-1.7 s against 1.2-1.3 now.
 CPU_WORKERS = 2
 CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads=0
+# the weights are held twice with a lone-window replica: above this size (large models' int8 weights, 1.5 GB) each
+# worker keeps every thread instead, as one replica set shares one copy of the weights
+SOLO_ENCODER_MAX_BYTES = 1 << 30
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
@@ -1513,14 +1517,22 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def ct2_cpu_workers(cpu_threads: int, encoder: str) -> tuple[int, int]:
-    """(workers, threads per worker) of a CTranslate2 model on the CPU (``CPU_WORKERS``): ``cpu_threads`` threads in
-    all, ≤ 0 = CTranslate2's default of 4 (what faster-whisper runs on) or the available cores if fewer; ``encoder`` =
-    who encodes (:func:`resolve_ct2_encoder`). (1, 1) on one core; on two, (2, 2) when CTranslate2 encodes, else
-    (2, 1)."""
+def ct2_cpu_workers(cpu_threads: int, encoder: str, model_bytes: int = 0) -> tuple[int, int, int]:
+    """(workers, threads per worker, threads of the lone-window encoder replica or 0 for none) of a CTranslate2 model
+    on the CPU (``CPU_WORKERS``): ``cpu_threads`` threads in all, ≤ 0 = CTranslate2's default of 4 (what
+    faster-whisper runs on) or the available cores if fewer; ``encoder`` = who encodes (:func:`resolve_ct2_encoder`);
+    ``model_bytes`` = the size of its weights file. (1, 1, 0) on one core; on two, (2, 1, 2) when CTranslate2 encodes,
+    else (2, 1, 0); with weights over ``SOLO_ENCODER_MAX_BYTES`` (2, 2, 0): no second copy, every worker on every
+    thread (windows encoded alone as fast as before, batches decoded slower)."""
     threads = cpu_threads if cpu_threads > 0 else min(CT2_DEFAULT_THREADS, available_cpus())
     workers = min(CPU_WORKERS, threads)
-    return workers, threads if encoder == "ct2" else max(1, threads // workers)
+    if workers == 1:
+        return 1, threads, 0
+    if encoder != "ct2":
+        return workers, max(1, threads // workers), 0
+    if model_bytes > SOLO_ENCODER_MAX_BYTES:
+        return workers, threads, 0
+    return workers, max(1, threads // workers), threads
 
 
 def _torch_dtypes(dtype: str, device: str):
@@ -1586,7 +1598,9 @@ class CT2Transcriber(_BaseTranscriber):
             build = functools.partial(load_onnx_encoder, model_dir, threads=cpu_threads, int8=int8)
         else:
             build = None
-        workers, threads = ct2_cpu_workers(cpu_threads, self.encoder) if ct2_device == "cpu" else (1, cpu_threads)
+        weights = os.path.join(model_dir, "model.bin")
+        workers, threads, solo = (ct2_cpu_workers(cpu_threads, self.encoder, os.path.getsize(weights))
+                                  if ct2_device == "cpu" else (1, cpu_threads, 0))
         torch_threads = _torch_threads()
         with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
             building = pool.submit(build) if build is not None else None
@@ -1594,6 +1608,9 @@ class CT2Transcriber(_BaseTranscriber):
                                       cpu_threads=threads, num_workers=workers)
         self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
+        self._model_dir, self._solo_threads = model_dir, solo
+        self._solo: Any = None  # the lone-window encoder replica, loaded at the first window encoded alone
+        self._solo_lock = threading.Lock()
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -1616,7 +1633,8 @@ class CT2Transcriber(_BaseTranscriber):
         logger.info("ct2 backend: %s on %s, compute type %s, encoder %s%s", model_dir, ct2_device, compute_type,
                     {"torch": "PyTorch bfloat16", "ct2": "CTranslate2",
                      "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder],
-                    f", {workers} workers x {threads} threads" if workers > 1 else "")
+                    (f", {workers} workers x {threads} threads" if workers > 1 else "")
+                    + (f", a window alone encoded on {solo} threads" if solo else ""))
 
     def _rows(self, n: int, call: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
         """``call(rows)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at once);
@@ -1647,11 +1665,27 @@ class CT2Transcriber(_BaseTranscriber):
         if self.device != "cpu":
             return self.model.encode(feats)
         if self._onnx_encoder is None and self.workers > 1:  # a window per call, the workers side by side
-            return np.stack(self._rows(len(feats), lambda rows: [np.asarray(self.model.encode(feats[i:i + 1]))[0]
-                                                                  for i in rows]))
+            together = len(feats) - len(feats) % self.workers if self._solo_threads else len(feats)
+            out = self._rows(together, lambda rows: [np.asarray(self.model.encode(feats[i:i + 1]))[0] for i in rows])
+            out += [np.asarray(self._solo_encoder().encode(self._storage(feats[i:i + 1])))[0]
+                    for i in range(together, len(feats))]  # left alone: on every thread
+            return np.stack(out)
         step = CPU_ENCODER_WINDOWS
         encode = self._onnx_encoder or (lambda x: np.asarray(self.model.encode(x)))
         return np.concatenate([encode(feats[i:i + step]) for i in range(0, len(feats), step)])
+
+    def _solo_encoder(self) -> Any:
+        """The CTranslate2 replica that encodes a window left alone on every thread (``ct2_cpu_workers``), loaded at
+        the first such window (a long recording of an even number of windows never needs it)."""
+        with self._solo_lock:
+            if self._solo is None:
+                import ctranslate2
+
+                torch_threads = _torch_threads()
+                self._solo = ctranslate2.models.Whisper(self._model_dir, device="cpu", compute_type=self.compute_type,
+                                                        inter_threads=1, intra_threads=self._solo_threads)
+                _torch_threads(torch_threads)  # as in __init__: PyTorch keeps its own thread count
+            return self._solo
 
     @staticmethod
     def _storage(encoded: Any) -> Any:

@@ -1053,11 +1053,25 @@ def test_ct2_language_detection_reuses_the_first_chunks_encoder_output(base_ct2,
     assert [t.language for t in batch][::2] == ["en", "en"] and encoded == [2, 1]
     encoded.clear()
     audio = _long_clip(en_wav, zh_wav)
+    pipelined, decode_pipelined = [], base_ct2._decode_pipelined
+
+    def counting_pipeline(chunks, *args):
+        before = len(encoded)
+        out = decode_pipelined(chunks, *args)
+        pipelined.append((len(chunks), encoded[before:]))
+        return out
+
+    monkeypatch.setattr(base_ct2, "_decode_pipelined", counting_pipeline)
     segments, info = base_ct2.transcribe_segments(audio, DecodeOptions(temperatures=(0.0,), batch_size=4))
     list(segments)
-    # detection encoded the first chunk, the batch only the others (a take dropped in a chunk of this clip, a
-    # sentence said again and again, is read again after: more encodes, of its pieces)
-    assert encoded[:2] == [1, info.chunks - 1]
+    # detection encoded the first chunk, the batch only the others: side by side in one call, or one by one where
+    # one 30 s chunk is decoded beside shorter ones (a take dropped in a chunk of this clip, a sentence said again
+    # and again, is read again after: more encodes, of its pieces)
+    assert 1 < info.chunks <= 4 and encoded[0] == 1
+    if pipelined:
+        assert pipelined[0] == (info.chunks, [1] * (info.chunks - 1))
+    else:
+        assert encoded[:2] == [1, info.chunks - 1]
     given = base_ct2.transcribe(str(en_wav), DecodeOptions(language="en", temperatures=(0.0,)))
     assert given.text == detected.text
 
@@ -1297,6 +1311,72 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
     assert texts[True] == texts[False]
     single = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=1, ct2_encoder="ct2")
     assert single.workers == 1 and single._solo_threads == 0
+
+
+@pytest.mark.slow
+def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_path, monkeypatch):
+    """A 40 s recording is one 30 s chunk and a short one. The 30 s chunk is encoded first, alone (on every thread),
+    and decoded while the short one is encoded in a window of its own (its length + 5 s, at least 15 s) and decoded;
+    every sentence is read. The alignment that checks the readings uses the windows the decode used (nothing encoded
+    again); a chunk kept in another window than the one asked for is encoded again."""
+    import threading
+
+    import utils.transcribe as tr
+
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2)
+    if engine.encoder != "ct2":  # a CPU with VNNI encodes in onnxruntime by default: ask for CTranslate2's
+        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
+    takes = [load_audio(make_speech(t, tmp_path / f"s{i}.wav")) for i, t in enumerate(LONG_EN_SENTENCES)]
+    gap = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    parts, said = [], []
+    while sum(len(p) for p in parts) < 36 * SAMPLE_RATE:
+        parts += [takes[len(said) % 3], gap]
+        said.append(LONG_EN_SENTENCES[len(said) % 3])
+    audio = np.concatenate(parts)
+    windows: list[tuple[int, str]] = []
+    generate = engine._generate_on
+
+    def spy(encoded, prompts, *args):
+        windows.append((encoded.shape[1], threading.current_thread().name))
+        return generate(encoded, prompts, *args)
+
+    pipelined = []
+    decode_pipelined = engine._decode_pipelined
+    monkeypatch.setattr(engine, "_generate_on", spy)
+    monkeypatch.setattr(engine, "_decode_pipelined", lambda chunks, *a: (
+        pipelined.append([len(c) / SAMPLE_RATE for c in chunks]), decode_pipelined(chunks, *a))[1])
+    text = engine.transcribe(audio, DecodeOptions(language="en", beam_size=3)).text
+    assert len(pipelined) == 1 and len(pipelined[0]) == 2
+    long, short = pipelined[0]
+    assert long >= 25 and short < 20
+    expected_short_frames = 50 * tr.encoder_window([np.zeros(round(short * SAMPLE_RATE))], tr.SHORT_CHUNK_WINDOW_S)
+    assert sorted(frames for frames, _ in windows[:2]) == sorted([1500, expected_short_frames])
+    assert all(name.startswith("ct2") for _, name in windows[:2])  # both decodes on the workers
+    assert engine._solo is not None  # the 30 s chunk was encoded alone
+    assert count_errors(" ".join(said), text, "wer", language="en").rate <= 0.1
+
+    # the alignment of those chunks uses the kept rows, each in its own window
+    chunks = [audio[: round(long * SAMPLE_RATE)], audio[-round(short * SAMPLE_RATE):]]
+    results = engine._decode(chunks, ["en", "en"], DecodeOptions(language="en", temperatures=(0.0,)), None)
+    assert [row.shape[0] for row in engine._kept.values()] == [1500, expected_short_frames]
+    encodes = []
+    monkeypatch.setattr(engine, "_encode", lambda feats: encodes.append(feats.shape) or tr.CT2Transcriber._encode(
+        engine, feats))
+    paths = engine._align(chunks, ["en", "en"], [r.tokens[0] for r in results], "transcribe")
+    assert encodes == []
+    for chunk, result, (rows, frames, _) in zip(chunks, results, paths, strict=True):
+        assert rows.max() == len(result.tokens[0])  # every token and the end of text
+        assert 0 <= frames.min() and frames.max() <= len(chunk) // 320  # inside the chunk's own speech
+    reused = engine._encode_reusing(chunks, engine._features(chunks))  # 30 s asked: the short chunk encoded again
+    assert encodes == [(1, 80, 3000)] and reused.shape[:2] == (2, 1500)
+
+    # language detected: the 30 s chunk's detection encoding is decoded from, only the short one is encoded
+    encodes.clear()
+    pipelined.clear()
+    detected = engine.transcribe(audio, DecodeOptions(beam_size=3))
+    assert detected.language == "en" and detected.text == text
+    assert len(pipelined) == 1 and encodes[:2] == [(1, 80, 3000), (1, 80, 2 * expected_short_frames)]
 
 
 @pytest.mark.slow

@@ -250,6 +250,8 @@ def token_budget(duration_s: float, timestamps: bool, limit: int = MAX_SAMPLE_LE
 
 
 PIECE_WINDOW_S = 10.0  # shortest encoder window of a cut chunk's pieces (:func:`_in_pieces`)
+# shortest encoder window of a short chunk decoded beside a 30 s one (CT2Transcriber._decode_pipelined)
+SHORT_CHUNK_WINDOW_S = 15.0
 ENCODER_WINDOW_MARGIN_S = 5.0  # silence a shortened encoder window keeps after the longest chunk (see below)
 
 
@@ -1616,7 +1618,7 @@ class CT2Transcriber(_BaseTranscriber):
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
         self._tokenizers: dict[tuple[str, str], Any] = {}
-        self._kept: tuple[list[tuple[int, bytes]], Any] | None = None  # fingerprints of encoded chunks, output
+        self._kept: dict[tuple[int, bytes], np.ndarray] = {}  # encoder output rows (frames, d) of the last chunks
         self._torch_encoder = self._onnx_encoder = None
         if self.encoder == "torch":
             self._torch_encoder = building.result()
@@ -1710,27 +1712,38 @@ class CT2Transcriber(_BaseTranscriber):
         frames = encoder_window(chunks, window_s) * SAMPLE_RATE // 160
         return np.stack([pad_log_mel(fe(np.asarray(c, dtype=np.float32))[..., :-1], frames) for c in chunks])
 
-    def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: Any) -> None:
-        """Keep what language detection or a decode encoded: the next decode or alignment of the same chunks uses it
-        (a chunk is known by its samples' digest, so audio changed in place is encoded again)."""
-        self._kept = ([_fingerprint(c) for c in chunks], encoded)
+    def _keep_encoded(self, chunks: Sequence[np.ndarray], encoded: np.ndarray | list[np.ndarray]) -> None:
+        """Keep what language detection or a decode encoded (rows of one window, or each chunk's own): the next
+        decode or alignment of the same chunks uses it (a chunk is known by its samples' digest, so audio changed in
+        place is encoded again)."""
+        self._kept = {_fingerprint(c): row for c, row in zip(chunks, encoded, strict=True)}
 
     def _encode_reusing(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
-        """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (``_keep_encoded``) from it and
-        encoding only the others (the kept output stays until the next decode replaces it: the alignment of a
-        decode's readings and a decode again with timestamp tokens use it too)."""
-        kept = self._kept
-        if kept is None or not isinstance(kept[1], np.ndarray) or kept[1].shape[1] * 2 != feats.shape[-1]:
-            return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
-        rows = {key: i for i, key in enumerate(kept[0])}
-        picked = [rows.get(_fingerprint(c)) for c in chunks]
-        missing = [i for i, row in enumerate(picked) if row is None]
+        """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (``_keep_encoded``) in the same
+        window from it and encoding only the others (the kept output stays until the next decode replaces it: the
+        alignment of a decode's readings and a decode again with timestamp tokens use it too)."""
+        frames = feats.shape[-1] // 2
+        picked = [self._kept.get(_fingerprint(c)) for c in chunks]
+        missing = [i for i, row in enumerate(picked) if row is None or row.shape[0] != frames]
         if len(missing) == len(chunks):
-            return self._encode(feats)
-        out = kept[1][[row if row is not None else 0 for row in picked]]
+            return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
+        out = np.stack([picked[0 if i in missing else i] if i not in missing else picked[next(
+            k for k in range(len(chunks)) if k not in missing)] for i in range(len(chunks))])
         if missing:
             out[missing] = self._encode(feats[missing])
         return out
+
+    def _grouped(self, encoded: Sequence[np.ndarray], rows: list[int],
+                 call: Callable[[Any, list[int]], Sequence[Any]]) -> list[Any]:
+        """``call(StorageView of the rows, rows)`` for each group of ``rows`` encoded in the same window (one call
+        for a batch in one window); results in the order of ``rows``."""
+        out: dict[int, Any] = {}
+        for frames in dict.fromkeys(encoded[r].shape[0] for r in rows):
+            group = [r for r in rows if encoded[r].shape[0] == frames]
+            for r, result in zip(group, call(self._storage(np.stack([encoded[r] for r in group])), group),
+                                 strict=True):
+                out[r] = result
+        return [out[r] for r in rows]
 
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         if not self.multilingual:
@@ -1747,12 +1760,56 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
                   max_new_tokens: int):
-        """CTranslate2's generate() on ``encoded`` (a float32 array on the CPU: its rows split among the workers, or
-        a StorageView), one prompt per row."""
-        if isinstance(encoded, np.ndarray):
-            return self._rows(len(prompts), lambda rows: self._generate_on(
-                self._storage(encoded[rows]), [prompts[i] for i in rows], options, temperature, max_new_tokens))
+        """CTranslate2's generate() on ``encoded`` (on the CPU float32 rows, of one window or each of its own: split
+        among the workers; or a StorageView), one prompt per row."""
+        if isinstance(encoded, (np.ndarray, list)):
+            return self._rows(len(prompts), lambda rows: self._grouped(encoded, rows, lambda batch, group: (
+                self._generate_on(batch, [prompts[i] for i in group], options, temperature, max_new_tokens))))
         return self._generate_on(encoded, prompts, options, temperature, max_new_tokens)
+
+    def _pipelined(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> bool:
+        """Whether a batch is decoded as :meth:`_decode_pipelined` does: on the CPU with a lone-window replica, 30 s
+        windows asked for, and exactly one chunk that needs one (≥ the window less ``ENCODER_WINDOW_MARGIN_S``), the
+        others shorter."""
+        full = (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE
+        return (bool(self._solo_threads) and self._pool is not None and options.encoder_window_s is None
+                and len(chunks) > 1 and sum(len(c) >= full for c in chunks) == 1)
+
+    def _decode_pipelined(self, chunks: Sequence[np.ndarray], prompts: list[list[int]], options: DecodeOptions,
+                          temperature: float, max_new_tokens: int) -> tuple[list[np.ndarray], list[Any]]:
+        """Encode and generate a batch of one 30 s chunk and shorter ones (:meth:`_pipelined`): (encoder output per
+        chunk, generate() result per chunk).
+
+        Side by side, a batch takes as long as its slowest worker: the 30 s chunk's encoding and decoding on one
+        thread (2.5 s for real Mandarin x8's 29.6 s chunk, 2-core AVX2 EPYC) while the other worker is done with the
+        short one in under 1 s. So the 30 s chunk is encoded first on every thread (the lone-window replica), and its
+        decode starts on one worker while the other has the short chunks encoded (on that replica too) and decodes
+        them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: as accurate as 30 s beside a 30 s chunk, tools/bench_repeats.py
+        and 7 long recordings). Real Mandarin x8: 1.9-2.0 s instead of 2.4-2.5 s. Where more chunks need 30 s, the
+        pairs side by side are as fast or faster (English 104.6 s: 4.9-5.1 s against 5.8)."""
+        rows: list[np.ndarray | None] = [self._kept.get(_fingerprint(c)) for c in chunks]  # a detection's, in 30 s
+
+        def encode(i: int) -> None:  # one window: on every thread (the lone-window replica)
+            if rows[i] is None:
+                window = None if len(chunks[i]) >= (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE \
+                    else SHORT_CHUNK_WINDOW_S
+                rows[i] = self._encode(self._features([chunks[i]], window))[0]
+
+        def generate(i: int) -> Any:
+            return self._generate_on(self._storage(rows[i][None]), [prompts[i]], options, temperature,
+                                     max_new_tokens)[0]
+
+        def encode_and_generate(i: int) -> Any:
+            encode(i)
+            return generate(i)
+
+        first = max(range(len(chunks)), key=lambda i: len(chunks[i]))
+        encode(first)
+        assert self._pool is not None
+        futures = {first: self._pool.submit(generate, first)}
+        futures |= {i: self._pool.submit(encode_and_generate, i) for i in range(len(chunks)) if i != first}
+        outputs = [futures[i].result() for i in range(len(chunks))]
+        return rows, outputs  # type: ignore[return-value]
 
     def _generate_on(self, encoded: Any, prompts: list[list[int]], options: DecodeOptions, temperature: float,
                      max_new_tokens: int):
@@ -1790,15 +1847,20 @@ class CT2Transcriber(_BaseTranscriber):
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
         longest_prompt = max(len(p) for p in prompts)
-        encoded = self._encode_reusing(chunks, feats)
+        first = None
+        if self._pipelined(chunks, options):
+            encoded, first = self._decode_pipelined(chunks, prompts, options, options.temperatures[0], max_new)
+        else:
+            encoded = self._encode_reusing(chunks, feats)
         for temperature in options.temperatures:
-            if pending == list(range(len(chunks))):
-                batch = encoded
-            elif isinstance(encoded, np.ndarray):  # only the chunks that failed are decoded again
-                batch = encoded[pending]
-            else:
-                batch = self.model.encode(feats[pending])
-            outputs = self._generate(batch, [prompts[i] for i in pending], options, temperature, max_new)
+            if first is not None:
+                outputs, first = first, None
+            elif pending == list(range(len(chunks))):
+                outputs = self._generate(encoded, prompts, options, temperature, max_new)
+            else:  # only the chunks that failed are decoded again
+                batch = ([encoded[i] for i in pending] if isinstance(encoded, (np.ndarray, list))
+                         else self.model.encode(feats[pending]))
+                outputs = self._generate(batch, [prompts[i] for i in pending], options, temperature, max_new)
             retry = []
             for i, r in zip(pending, outputs):
                 tokens = list(r.sequences_ids[0])
@@ -1838,7 +1900,7 @@ class CT2Transcriber(_BaseTranscriber):
             kept = [k for k, (_, _, text) in enumerate(pieces) if text.strip()]
             results.append(_ChunkResult([pieces[k] for k in kept], join_texts([pieces[k][2] for k in kept]),
                                         tokens=[split[k][2] for k in kept]))
-        if isinstance(encoded, np.ndarray):  # word alignment, or a decode again with timestamp tokens, reuses it
+        if isinstance(encoded, (np.ndarray, list)):  # word alignment, or a decode again with timestamp tokens, reuses it
             self._keep_encoded(chunks, encoded)
         return results
 
@@ -1847,22 +1909,31 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _align(self, chunks: Sequence[np.ndarray], languages: Sequence[str], tokens: Sequence[list[int]],
                task: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """CTranslate2's ``align()`` on the encoder output the decode kept (or the chunks encoded again)."""
+        """CTranslate2's ``align()`` on the encoder output the decode kept, in the window each chunk was decoded in
+        (chunks not kept: encoded again in 30 s)."""
         from utils.alignment import MEDIAN_FILTER_WIDTH
 
-        feats = self._features(chunks)
-        encoded = self._encode_reusing(chunks, feats)
+        encoded: list[Any] = [self._kept.get(_fingerprint(c)) for c in chunks]
+        missing = [i for i, row in enumerate(encoded) if row is None]
+        feats = self._features(chunks)  # on a GPU (nothing kept there) each call encodes its rows
+        if missing and self.device == "cpu":
+            for i, row in zip(missing, self._encode(feats[missing]), strict=True):
+                encoded[i] = row
         out: list[Any] = [None] * len(chunks)
         for language in dict.fromkeys(languages):  # one start sequence per call
             idx = [i for i, lang in enumerate(languages) if lang == language]
             tk = self._tokenizer(language, task)
-            def align(rows: list[int], idx: list[int] = idx, tk: Any = tk) -> Any:
-                picked = [idx[r] for r in rows]
-                batch = (self._storage(encoded[picked]) if isinstance(encoded, np.ndarray)
-                         else self.model.encode(feats[picked]))
-                return self.model.model.align(batch, tk.sot_sequence, [tokens[i] for i in picked],
-                                              [min(len(chunks[i]) // 160, 3000) for i in picked],
+
+            def call(batch: Any, group: list[int], tk: Any = tk) -> Any:
+                return self.model.model.align(batch, tk.sot_sequence, [tokens[i] for i in group],
+                                              [min(len(chunks[i]) // 160, 3000) for i in group],
                                               median_filter_width=MEDIAN_FILTER_WIDTH)
+
+            def align(rows: list[int], idx: list[int] = idx, call: Any = call) -> Any:
+                picked = [idx[r] for r in rows]
+                if self.device != "cpu":
+                    return call(self.model.encode(feats[picked]), picked)
+                return self._grouped(encoded, picked, call)
 
             results = self._rows(len(idx), align)
             for i, r in zip(idx, results):

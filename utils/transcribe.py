@@ -1784,9 +1784,9 @@ class CT2Transcriber(_BaseTranscriber):
         thread (2.5 s for real Mandarin x8's 29.6 s chunk, 2-core AVX2 EPYC) while the other worker is done with the
         short one in under 1 s. So the 30 s chunk is encoded first on every thread (the lone-window replica), and its
         decode starts on one worker while the other has the short chunks encoded (on that replica too) and decodes
-        them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: as accurate as 30 s beside a 30 s chunk, tools/bench_repeats.py
-        and 7 long recordings). Real Mandarin x8: 1.9-2.0 s instead of 2.4-2.5 s. Where more chunks need 30 s, the
-        pairs side by side are as fast or faster (English 104.6 s: 4.9-5.1 s against 5.8)."""
+        them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: beside a 30 s chunk as accurate
+        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8: 1.9-2.2 s instead of 2.4-2.6 s. Where
+        more chunks need 30 s, the pairs side by side are faster (English 104.6 s: 4.5-5.1 s against 5.8)."""
         rows: list[np.ndarray | None] = [self._kept.get(_fingerprint(c)) for c in chunks]  # a detection's, in 30 s
 
         def encode(i: int) -> None:  # one window: on every thread (the lone-window replica)
@@ -1900,7 +1900,7 @@ class CT2Transcriber(_BaseTranscriber):
             kept = [k for k, (_, _, text) in enumerate(pieces) if text.strip()]
             results.append(_ChunkResult([pieces[k] for k in kept], join_texts([pieces[k][2] for k in kept]),
                                         tokens=[split[k][2] for k in kept]))
-        if isinstance(encoded, (np.ndarray, list)):  # word alignment, or a decode again with timestamp tokens, reuses it
+        if isinstance(encoded, (np.ndarray, list)):  # word alignment, a decode again with timestamp tokens reuse it
             self._keep_encoded(chunks, encoded)
         return results
 

@@ -1727,11 +1727,8 @@ class CT2Transcriber(_BaseTranscriber):
         missing = [i for i, row in enumerate(picked) if row is None or row.shape[0] != frames]
         if len(missing) == len(chunks):
             return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
-        out = np.stack([picked[0 if i in missing else i] if i not in missing else picked[next(
-            k for k in range(len(chunks)) if k not in missing)] for i in range(len(chunks))])
-        if missing:
-            out[missing] = self._encode(feats[missing])
-        return out
+        fresh = iter(self._encode(feats[missing]) if missing else ())
+        return np.stack([next(fresh) if i in missing else picked[i] for i in range(len(chunks))])
 
     def _grouped(self, encoded: Sequence[np.ndarray], rows: list[int],
                  call: Callable[[Any, list[int]], Sequence[Any]]) -> list[Any]:
@@ -1836,7 +1833,8 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _decode(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
                 prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
-        feats = self._features(chunks, options.encoder_window_s)
+        pipelined = self._pipelined(chunks, options)
+        feats = None if pipelined else self._features(chunks, options.encoder_window_s)
         tokenizers = [self._tokenizer(lang, options.task) for lang in languages]
         previous = tokenizers[0].encode(" " + prompt.strip()) if prompt else []
         prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps,
@@ -1848,7 +1846,7 @@ class CT2Transcriber(_BaseTranscriber):
                                                          options.timestamps)
         longest_prompt = max(len(p) for p in prompts)
         first = None
-        if self._pipelined(chunks, options):
+        if pipelined:
             encoded, first = self._decode_pipelined(chunks, prompts, options, options.temperatures[0], max_new)
         else:
             encoded = self._encode_reusing(chunks, feats)
@@ -1859,7 +1857,7 @@ class CT2Transcriber(_BaseTranscriber):
                 outputs = self._generate(encoded, prompts, options, temperature, max_new)
             else:  # only the chunks that failed are decoded again
                 batch = ([encoded[i] for i in pending] if isinstance(encoded, (np.ndarray, list))
-                         else self.model.encode(feats[pending]))
+                         else self.model.encode(feats[pending]))  # type: ignore[index]  (a GPU: not pipelined)
                 outputs = self._generate(batch, [prompts[i] for i in pending], options, temperature, max_new)
             retry = []
             for i, r in zip(pending, outputs):
@@ -1915,9 +1913,9 @@ class CT2Transcriber(_BaseTranscriber):
 
         encoded: list[Any] = [self._kept.get(_fingerprint(c)) for c in chunks]
         missing = [i for i, row in enumerate(encoded) if row is None]
-        feats = self._features(chunks)  # on a GPU (nothing kept there) each call encodes its rows
+        feats = self._features(chunks) if missing else None  # on a GPU (nothing kept there) each call encodes its rows
         if missing and self.device == "cpu":
-            for i, row in zip(missing, self._encode(feats[missing]), strict=True):
+            for i, row in zip(missing, self._encode(feats[missing]), strict=True):  # type: ignore[index]
                 encoded[i] = row
         out: list[Any] = [None] * len(chunks)
         for language in dict.fromkeys(languages):  # one start sequence per call
@@ -1932,7 +1930,7 @@ class CT2Transcriber(_BaseTranscriber):
             def align(rows: list[int], idx: list[int] = idx, call: Any = call) -> Any:
                 picked = [idx[r] for r in rows]
                 if self.device != "cpu":
-                    return call(self.model.encode(feats[picked]), picked)
+                    return call(self.model.encode(feats[picked]), picked)  # type: ignore[index]
                 return self._grouped(encoded, picked, call)
 
             results = self._rows(len(idx), align)

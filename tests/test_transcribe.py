@@ -1318,7 +1318,8 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
     """A 40 s recording is one 30 s chunk and a short one. The 30 s chunk is encoded first, alone (on every thread),
     and decoded while the short one is encoded in a window of its own (its length + 5 s, at least 15 s) and decoded;
     every sentence is read. The alignment that checks the readings uses the windows the decode used (nothing encoded
-    again); a chunk kept in another window than the one asked for is encoded again."""
+    again); a chunk kept in another window than the one asked for is encoded again; a short chunk whose text loops
+    is decoded again in 30 s, the 30 s one is not."""
     import threading
 
     import utils.transcribe as tr
@@ -1370,6 +1371,16 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
         assert 0 <= frames.min() and frames.max() <= len(chunk) // 320  # inside the chunk's own speech
     reused = engine._encode_reusing(chunks, engine._features(chunks))  # 30 s asked: the short chunk encoded again
     assert encodes == [(1, 80, 3000)] and reused.shape[:2] == (2, 1500)
+
+    # a short chunk that loops in its own window is decoded again in 30 s, the 30 s one is not
+    decodes: list[list[int]] = []
+    decode = engine._decode
+    with monkeypatch.context() as m:
+        m.setattr(engine, "_decode", lambda chunks_, *a: decodes.append([len(c) for c in chunks_])
+                  or decode(chunks_, *a))
+        m.setattr(tr, "is_decoder_loop", lambda *a: True)
+        engine._decode_words(chunks, ["en", "en"], DecodeOptions(language="en", temperatures=(0.0,)), None)
+    assert decodes == [[len(c) for c in chunks], [len(chunks[1])]]
 
     # language detected: the 30 s chunk's detection encoding is decoded from, only the short one is encoded
     encodes.clear()

@@ -396,27 +396,31 @@ class _BaseTranscriber:
                       prompt: str | None, split_repeats: Sequence[bool] | None = None) -> list[_ChunkResult]:
         """``_decode``, then, when ``options.word_timestamps``, the words of every segment."""
         results = self._decode(chunks, languages, options, prompt, split_repeats)
-        if encoder_window(chunks, options.encoder_window_s) < WINDOW_S:
-            results = self._redecode_loops_in_30_s(chunks, languages, options, prompt, split_repeats, results)
+        if any(short := self._short_windows(chunks, options)):
+            results = self._redecode_loops_in_30_s(chunks, languages, options, prompt, split_repeats, results, short)
         return self._add_words(chunks, languages, results, options) if options.word_timestamps else results
+
+    def _short_windows(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[bool]:
+        """Per chunk of a batch: whether ``_decode`` encodes it in a window shorter than 30 s (``encoder_window``)."""
+        return [encoder_window(chunks, options.encoder_window_s) < WINDOW_S] * len(chunks)
 
     def _redecode_loops_in_30_s(self, chunks: Sequence[np.ndarray], languages: Sequence[str],
                                 options: DecodeOptions, prompt: str | None, split_repeats: Sequence[bool] | None,
-                                results: list[_ChunkResult]) -> list[_ChunkResult]:
-        """Chunks decoded in a shortened encoder window (``encoder_window``) whose text is a decoder loop
-        (:func:`is_decoder_loop`), decoded again in Whisper's 30 s window: a short window makes loops likelier."""
+                                results: list[_ChunkResult], short: Sequence[bool]) -> list[_ChunkResult]:
+        """Chunks decoded in a shortened encoder window (``short``: :meth:`_short_windows`) whose text is a decoder
+        loop (:func:`is_decoder_loop`), decoded again in Whisper's 30 s window: a short window makes loops likelier."""
         budget = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
         threshold = options.compression_ratio_threshold or DecodeOptions.compression_ratio_threshold
         loops = []
         for i, r in enumerate(results):
             tokens = [t for piece in (r.tokens or []) for t in piece]
-            if r.text and is_decoder_loop(tokens, r.text, len(tokens) >= budget - 4, threshold):
+            if short[i] and r.text and is_decoder_loop(tokens, r.text, len(tokens) >= budget - 4, threshold):
                 loops.append(i)
         if not loops:
             return results
-        logger.debug("%d of %d chunks loop in a %d s encoder window: decoded again in 30 s", len(loops),
-                     len(chunks), encoder_window(chunks, options.encoder_window_s))
+        logger.debug("%d of %d chunks loop in a shortened encoder window: decoded again in 30 s", len(loops),
+                     len(chunks))
         again = self._decode([chunks[i] for i in loops], [languages[i] for i in loops],
                              replace(options, encoder_window_s=None), prompt,
                              [split_repeats[i] for i in loops] if split_repeats else None)
@@ -1763,6 +1767,11 @@ class CT2Transcriber(_BaseTranscriber):
             return self._rows(len(prompts), lambda rows: self._grouped(encoded, rows, lambda batch, group: (
                 self._generate_on(batch, [prompts[i] for i in group], options, temperature, max_new_tokens))))
         return self._generate_on(encoded, prompts, options, temperature, max_new_tokens)
+
+    def _short_windows(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[bool]:
+        if self._pipelined(chunks, options):  # the chunks shorter than the 30 s one: in windows of their own
+            return [len(c) < (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE for c in chunks]
+        return super()._short_windows(chunks, options)
 
     def _pipelined(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> bool:
         """Whether a batch is decoded as :meth:`_decode_pipelined` does: on the CPU with a lone-window replica, 30 s

@@ -274,6 +274,12 @@ def encoder_window(chunks: Sequence[np.ndarray], window_s: float | None) -> int:
     return int(min(WINDOW_S, 5 * math.ceil(max(window_s, longest + ENCODER_WINDOW_MARGIN_S) / 5)))
 
 
+def _needs_30_s(chunk: np.ndarray) -> bool:
+    """Whether a chunk (samples) takes Whisper's whole 30 s window: it leaves less than ``ENCODER_WINDOW_MARGIN_S``
+    of it free (:func:`encoder_window` would give 30 s at any ``window_s``)."""
+    return len(chunk) >= (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE
+
+
 def pad_log_mel(mel: np.ndarray, frames: int = int(WINDOW_S * SAMPLE_RATE) // 160) -> np.ndarray:
     """Trim or pad a normalised log-mel chunk (n_mels, n) to ``frames`` frames as Whisper pads its input.
 
@@ -1770,16 +1776,15 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _short_windows(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[bool]:
         if self._pipelined(chunks, options):  # the chunks shorter than the 30 s one: in windows of their own
-            return [len(c) < (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE for c in chunks]
+            return [not _needs_30_s(c) for c in chunks]
         return super()._short_windows(chunks, options)
 
     def _pipelined(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> bool:
         """Whether a batch is decoded as :meth:`_decode_pipelined` does: on the CPU with a lone-window replica, 30 s
         windows asked for, and exactly one chunk that needs one (≥ the window less ``ENCODER_WINDOW_MARGIN_S``), the
         others shorter."""
-        full = (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE
         return (bool(self._solo_threads) and self._pool is not None and options.encoder_window_s is None
-                and len(chunks) > 1 and sum(len(c) >= full for c in chunks) == 1)
+                and len(chunks) > 1 and sum(_needs_30_s(c) for c in chunks) == 1)
 
     def _decode_pipelined(self, chunks: Sequence[np.ndarray], prompts: list[list[int]], options: DecodeOptions,
                           temperature: float, max_new_tokens: int) -> tuple[list[np.ndarray], list[Any]]:
@@ -1797,8 +1802,7 @@ class CT2Transcriber(_BaseTranscriber):
 
         def encode(i: int) -> None:  # one window: on every thread (the lone-window replica)
             if rows[i] is None:
-                window = None if len(chunks[i]) >= (WINDOW_S - ENCODER_WINDOW_MARGIN_S) * SAMPLE_RATE \
-                    else SHORT_CHUNK_WINDOW_S
+                window = None if _needs_30_s(chunks[i]) else SHORT_CHUNK_WINDOW_S
                 rows[i] = self._encode(self._features([chunks[i]], window))[0]
 
         def generate(i: int) -> Any:

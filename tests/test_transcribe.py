@@ -1273,10 +1273,21 @@ def test_speech_left_unread_after_the_timestamp_decode_is_read_in_pieces(repo_ro
     assert error_rate(["甚至出现交易几乎停滞的情况" * 3], [text]) < 0.2, text
 
 
+class _CountingEncoder:
+    """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``."""
+
+    def __init__(self, inner, shapes: list) -> None:
+        self.inner, self.shapes = inner, shapes
+
+    def encode(self, features):
+        self.shapes.append(tuple(features.shape))
+        return self.inner.encode(features)
+
+
 def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh_wav, monkeypatch):
     """On a CPU, CTranslate2 runs a batch as two halves side by side on one thread each; where CTranslate2 encodes
-    too, a window left alone is encoded on every thread by a replica of its own (loaded when first needed), or, with
-    weights too big to hold twice, each worker keeps every thread. Rows come back in order, the same either way."""
+    too, a window left alone is encoded on every thread by a replica of its own, or, with weights too big to hold
+    twice, each worker keeps every thread. Rows come back in order, the same either way."""
     import threading
 
     import utils.transcribe as tr
@@ -1293,7 +1304,11 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
     for solo in (True, False):
         monkeypatch.setattr(tr, "SOLO_ENCODER_MAX_BYTES", 1 << 40 if solo else 0)
         engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
-        assert engine.workers == 2 and engine._solo_threads == (2 if solo else 0) and engine._solo is None
+        assert engine.workers == 2 and engine._solo_threads == (2 if solo else 0)
+        assert (engine._solo is not None) == solo
+        alone: list[tuple[int, ...]] = []
+        if solo:
+            engine._solo = _CountingEncoder(engine._solo, alone)
         calls: list[tuple[int, str]] = []
         generate = engine._generate_on
 
@@ -1304,7 +1319,7 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
         monkeypatch.setattr(engine, "_generate_on", spy)
         texts[solo] = [t.text for t in engine.transcribe_batch([en, zh, en], DecodeOptions(temperatures=(0.0,)))]
         assert sorted(n for n, _ in calls[:2]) == [1, 2] and len({name for _, name in calls[:2]}) == 2
-        assert (engine._solo is not None) == solo  # three windows: the third encoded alone
+        assert alone == ([(1, 80, 3000)] if solo else [])  # three windows: the third encoded alone
         assert texts[solo][0] == texts[solo][2]
         assert count_errors(EN_SENTENCE, texts[solo][0], "wer", language="en").rate < 0.3
         assert texts[solo][1] != texts[solo][0]
@@ -1336,6 +1351,8 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
         said.append(LONG_EN_SENTENCES[len(said) % 3])
     audio = np.concatenate(parts)
     windows: list[tuple[int, str]] = []
+    alone: list[tuple[int, ...]] = []
+    engine._solo = _CountingEncoder(engine._solo, alone)
     generate = engine._generate_on
 
     def spy(encoded, prompts, *args):
@@ -1354,7 +1371,7 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
     expected_short_frames = 50 * tr.encoder_window([np.zeros(round(short * SAMPLE_RATE))], tr.SHORT_CHUNK_WINDOW_S)
     assert sorted(frames for frames, _ in windows[:2]) == sorted([1500, expected_short_frames])
     assert all(name.startswith("ct2") for _, name in windows[:2])  # both decodes on the workers
-    assert engine._solo is not None  # the 30 s chunk was encoded alone
+    assert alone[0] == (1, 80, 3000)  # the 30 s chunk was encoded first, on every thread
     assert count_errors(" ".join(said), text, "wer", language="en").rate <= 0.1
 
     # the alignment of those chunks uses the kept rows, each in its own window

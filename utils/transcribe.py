@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import re
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -1613,6 +1612,11 @@ class CT2Transcriber(_BaseTranscriber):
         weights = os.path.join(model_dir, "model.bin")
         workers, threads, solo = (ct2_cpu_workers(cpu_threads, self.encoder, os.path.getsize(weights))
                                   if ct2_device == "cpu" else (1, cpu_threads, 0))
+        if solo:  # the lone-window replica (CTranslate2 encodes): loads side by side with the workers (0.15 s for
+            import ctranslate2  # both against 0.25-0.36 one after the other: the load releases the GIL)
+
+            build = functools.partial(ctranslate2.models.Whisper, model_dir, device="cpu", compute_type=compute_type,
+                                      inter_threads=1, intra_threads=solo)
         torch_threads = _torch_threads()
         with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
             building = pool.submit(build) if build is not None else None
@@ -1620,9 +1624,8 @@ class CT2Transcriber(_BaseTranscriber):
                                       cpu_threads=threads, num_workers=workers)
         self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
-        self._model_dir, self._solo_threads = model_dir, solo
-        self._solo: Any = None  # the lone-window encoder replica, loaded at the first window encoded alone
-        self._solo_lock = threading.Lock()
+        self._solo_threads = solo
+        self._solo: Any = building.result() if solo else None  # type: ignore[union-attr]
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -1679,25 +1682,12 @@ class CT2Transcriber(_BaseTranscriber):
         if self._onnx_encoder is None and self.workers > 1:  # a window per call, the workers side by side
             together = len(feats) - len(feats) % self.workers if self._solo_threads else len(feats)
             out = self._rows(together, lambda rows: [np.asarray(self.model.encode(feats[i:i + 1]))[0] for i in rows])
-            out += [np.asarray(self._solo_encoder().encode(self._storage(feats[i:i + 1])))[0]
+            out += [np.asarray(self._solo.encode(self._storage(feats[i:i + 1])))[0]
                     for i in range(together, len(feats))]  # left alone: on every thread
             return np.stack(out)
         step = CPU_ENCODER_WINDOWS
         encode = self._onnx_encoder or (lambda x: np.asarray(self.model.encode(x)))
         return np.concatenate([encode(feats[i:i + step]) for i in range(0, len(feats), step)])
-
-    def _solo_encoder(self) -> Any:
-        """The CTranslate2 replica that encodes a window left alone on every thread (``ct2_cpu_workers``), loaded at
-        the first such window (a long recording of an even number of windows never needs it)."""
-        with self._solo_lock:
-            if self._solo is None:
-                import ctranslate2
-
-                torch_threads = _torch_threads()
-                self._solo = ctranslate2.models.Whisper(self._model_dir, device="cpu", compute_type=self.compute_type,
-                                                        inter_threads=1, intra_threads=self._solo_threads)
-                _torch_threads(torch_threads)  # as in __init__: PyTorch keeps its own thread count
-            return self._solo
 
     @staticmethod
     def _storage(encoded: Any) -> Any:

@@ -1624,7 +1624,7 @@ class CT2Transcriber(_BaseTranscriber):
                                       cpu_threads=threads, num_workers=workers)
         self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
-        self._solo_threads = solo
+        self._solo_threads = solo  # the lone-window replica's threads, 0: none
         self._solo: Any = building.result() if solo else None  # type: ignore[union-attr]
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
@@ -1680,7 +1680,7 @@ class CT2Transcriber(_BaseTranscriber):
         if self.device != "cpu":
             return self.model.encode(feats)
         if self._onnx_encoder is None and self.workers > 1:  # a window per call, the workers side by side
-            together = len(feats) - len(feats) % self.workers if self._solo_threads else len(feats)
+            together = len(feats) - len(feats) % self.workers if self._solo is not None else len(feats)
             out = self._rows(together, lambda rows: [np.asarray(self.model.encode(feats[i:i + 1]))[0] for i in rows])
             out += [np.asarray(self._solo.encode(self._storage(feats[i:i + 1])))[0]
                     for i in range(together, len(feats))]  # left alone: on every thread
@@ -1718,12 +1718,16 @@ class CT2Transcriber(_BaseTranscriber):
         place is encoded again)."""
         self._kept = {_fingerprint(c): row for c, row in zip(chunks, encoded, strict=True)}
 
+    def _kept_rows(self, chunks: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """Per chunk, its kept encoder output (frames, d) in whatever window it was encoded in, or None."""
+        return [self._kept.get(_fingerprint(c)) for c in chunks]
+
     def _encode_reusing(self, chunks: Sequence[np.ndarray], feats: np.ndarray) -> Any:
         """``_encode(feats)``, taking the rows of chunks whose encoder output was kept (``_keep_encoded``) in the same
         window from it and encoding only the others (the kept output stays until the next decode replaces it: the
         alignment of a decode's readings and a decode again with timestamp tokens use it too)."""
         frames = feats.shape[-1] // 2
-        picked = [self._kept.get(_fingerprint(c)) for c in chunks]
+        picked = self._kept_rows(chunks)
         missing = [i for i, row in enumerate(picked) if row is None or row.shape[0] != frames]
         if len(missing) == len(chunks):
             return self._encode(feats)  # nothing kept, kept on a GPU, or encoded in another window
@@ -1773,7 +1777,7 @@ class CT2Transcriber(_BaseTranscriber):
         """Whether a batch is decoded as :meth:`_decode_pipelined` does: on the CPU with a lone-window replica, 30 s
         windows asked for, and exactly one chunk that needs one (≥ the window less ``ENCODER_WINDOW_MARGIN_S``), the
         others shorter."""
-        return (bool(self._solo_threads) and self._pool is not None and options.encoder_window_s is None
+        return (self._solo is not None and self._pool is not None and options.encoder_window_s is None
                 and len(chunks) > 1 and sum(_needs_30_s(c) for c in chunks) == 1)
 
     def _decode_pipelined(self, chunks: Sequence[np.ndarray], prompts: list[list[int]], options: DecodeOptions,
@@ -1788,7 +1792,7 @@ class CT2Transcriber(_BaseTranscriber):
         them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: beside a 30 s chunk as accurate
         as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8: 1.9-2.2 s instead of 2.4-2.6 s. Where
         more chunks need 30 s, the pairs side by side are faster (English 104.6 s: 4.5-5.1 s against 5.8)."""
-        rows: list[np.ndarray | None] = [self._kept.get(_fingerprint(c)) for c in chunks]  # a detection's, in 30 s
+        rows = self._kept_rows(chunks)  # a language detection's, in 30 s
 
         def encode(i: int) -> None:  # one window: on every thread (the lone-window replica)
             if rows[i] is None:
@@ -1914,7 +1918,7 @@ class CT2Transcriber(_BaseTranscriber):
         (chunks not kept: encoded again in 30 s)."""
         from utils.alignment import MEDIAN_FILTER_WIDTH
 
-        encoded: list[Any] = [self._kept.get(_fingerprint(c)) for c in chunks]
+        encoded: list[Any] = self._kept_rows(chunks)
         missing = [i for i, row in enumerate(encoded) if row is None]
         feats = self._features(chunks) if missing else None  # on a GPU (nothing kept there) each call encodes its rows
         if missing and self.device == "cpu":

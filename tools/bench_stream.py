@@ -13,6 +13,10 @@ live microphone would see it) and the table gives mean/p90 latency (word end →
 (compute / audio), the streamed text's error rate against the reference and against the offline transcript, and the
 offline error rate. CPU flags printed.
 
+``--chunk_seconds=0.8,1.0,1.2`` runs each window at several ``--chunk_seconds`` (realtime_transcribe.py's default:
+1.0) and adds their mean: where the decodes fall depends on how long each took, so one run's error rate moves by a
+word or two from one machine (or hour) to the next; the spread over nearby chunk lengths shows how much.
+
 ``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to the whole recording, pauses included: the
 VAD then hears no pause, and the policy has to commit by agreement alone.
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="auto,15", help="comma-separated --encoder_window_seconds values (auto: "
                         "realtime_transcribe.py's default, 10 s on a CPU)")
+    parser.add_argument("--chunk_seconds", default="default",
+                        help="comma-separated --chunk_seconds values (default: realtime_transcribe.py's)")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
     parser.add_argument("--snr_db", type=float, default=None, help="add white noise at this SNR (dB) to the recording")
     parser.add_argument("--alone", default="False", choices=("True", "False"),
@@ -77,24 +83,38 @@ def main(argv: list[str] | None = None) -> int:
     noise = "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR"
     print(f"recording: {wav} ({seconds:.1f} s{noise}), model {args.model_path}")
     m = metric.upper()
-    print(f"{'window':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "
+    print(f"{'window':>7} {'chunk s':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "
           f"{m + ' offline':>12} {'stream vs offline':>17}")
+    chunks = args.chunk_seconds.split(",")
     for window in args.windows.split(","):
-        report_path = tmp / f"report_{window}.json"
-        flags = [f"--model_path={args.model_path}", "--backend=ct2", f"--audio_path={wav}",
-                 "--simulate_realtime=False", f"--language={language}", f"--encoder_window_seconds={window}",
-                 f"--report_path={report_path}", *args.stream_args.split()]
-        with contextlib.redirect_stdout(io.StringIO()):
-            rc = realtime_transcribe.main(flags)
-        if rc != 0:
-            raise SystemExit(f"realtime_transcribe.py {' '.join(flags)} failed ({rc})")
-        r = json.loads(report_path.read_text(encoding="utf-8"))
-        stream = count_errors(reference, r["text"], metric, language=language).rate
-        offline = count_errors(reference, r["offline_text"], metric, language=language).rate
-        vs = count_errors(r["offline_text"], r["text"], metric, language=language).rate
-        print(f"{window:>7} {r['mean_latency_s']:9.2f} {r['p90_latency_s']:6.2f} {r['real_time_factor']:6.3f} "
-              f"{r['decodes']:7d} {stream:11.4f} {offline:12.4f} {vs:17.4f}", flush=True)
+        rows = []
+        for chunk in chunks:
+            report_path = tmp / f"report_{window}_{chunk}.json"
+            flags = [f"--model_path={args.model_path}", "--backend=ct2", f"--audio_path={wav}",
+                     "--simulate_realtime=False", f"--language={language}", f"--encoder_window_seconds={window}",
+                     f"--report_path={report_path}", *([] if chunk == "default" else [f"--chunk_seconds={chunk}"]),
+                     *args.stream_args.split()]
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = realtime_transcribe.main(flags)
+            if rc != 0:
+                raise SystemExit(f"realtime_transcribe.py {' '.join(flags)} failed ({rc})")
+            r = json.loads(report_path.read_text(encoding="utf-8"))
+            row = (r["mean_latency_s"], r["p90_latency_s"], r["real_time_factor"], r["decodes"],
+                   count_errors(reference, r["text"], metric, language=language).rate,
+                   count_errors(reference, r["offline_text"], metric, language=language).rate,
+                   count_errors(r["offline_text"], r["text"], metric, language=language).rate)
+            rows.append(row)
+            print(_row(window, chunk, row), flush=True)
+        if len(rows) > 1:
+            print(_row(window, "mean", tuple(sum(col) / len(rows) for col in zip(*rows))), flush=True)
     return 0
+
+
+def _row(window: str, chunk: str, row: tuple) -> str:
+    """One table line: latency, p90, RTF, decodes, stream / offline / stream-vs-offline error rates."""
+    latency, p90, rtf, decodes, stream, offline, vs = row
+    return (f"{window:>7} {chunk:>7} {latency:9.2f} {p90:6.2f} {rtf:6.3f} {decodes:7.0f} {stream:11.4f} "
+            f"{offline:12.4f} {vs:17.4f}")
 
 
 def build_real_repeated(out_dir: Path) -> tuple[Path, str, float]:

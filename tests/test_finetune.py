@@ -178,6 +178,32 @@ def test_adalora_reallocates_ranks(tiny_whisper_dir, corpus, tmp_path):
     assert sum(kept) < config["init_r"] * len(kept)
 
 
+def test_an_adapter_named_by_a_hub_id_is_built_and_saved_without_warnings_or_hub_lookups(tiny_whisper_dir, tmp_path,
+                                                                                         monkeypatch):
+    """The base model is read from a local folder but named by its hub id (as the offline packaged whisper-base is):
+    the adapter records the hub id for merge_lora.py, peft warns about no renamed base, and a checkpoint save asks
+    the hub nothing (peft's default would, about the base's vocabulary, at every save)."""
+    import warnings
+
+    import peft.utils.save_and_load
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.lora import LoraOptions, build_adapter, read_adapter_config, save_adapter
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"asked the hub: {args}")
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapter = build_adapter(model, LoraOptions(), base_model_name="openai/whisper-tiny")
+        save_adapter(adapter, tmp_path / "checkpoint")
+    assert not [w for w in caught if "peft" in w.filename], [str(w.message) for w in caught]
+    assert read_adapter_config(tmp_path / "checkpoint")["base_model_name_or_path"] == "openai/whisper-tiny"
+    assert (tmp_path / "checkpoint" / "adapter_model.safetensors").is_file()
+
+
 def test_adalora_regularizer_equals_pefts_own(tiny_whisper_dir):
     """Our loop computes its own loss, so it adds AdaLoRA's orthogonality penalty itself: the same amount peft
     adds to a loss the model computes from labels."""
@@ -663,7 +689,6 @@ def test_whisper_base_fine_tuned_with_timestamps_keeps_long_form_segments(whispe
     model still cuts a 40 s recording into timed segments and writes a sensible SRT."""
     import merge_lora
     import numpy as np
-    import soundfile as sf
 
     from utils.audio import load_audio
     from utils.subtitles import to_srt

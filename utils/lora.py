@@ -96,19 +96,29 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
             init_r=options.adalora_init_r, target_r=options.adalora_target_r, lora_alpha=options.alpha,
             lora_dropout=options.dropout, target_modules=targets, total_step=total,
             tinit=max(1, int(0.1 * total)), tfinal=max(1, int(0.3 * total)), deltaT=max(1, total // 50),
-            beta1=0.85, beta2=0.85, orth_reg_weight=0.5, base_model_name_or_path=base_model_name,
+            beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
         )
         if config.tinit + config.tfinal >= total:
             raise ValueError(f"AdaLoRA needs more steps: total_step={total} leaves no budgeting phase")
     else:
         config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                            target_modules=targets, bias="none", base_model_name_or_path=base_model_name)
-    peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = base_model_name
+                            target_modules=targets, bias="none")
+    peft_model = get_peft_model(model, config)  # names the model's folder (peft warns when a name is replaced)
+    peft_model.peft_config["default"].base_model_name_or_path = base_model_name  # what merge_lora.py loads
     trainable, total_params = peft_model.get_nb_trainable_parameters()
     logger.info("%s adapter: %d trainable of %d parameters (%.2f %%)", "AdaLoRA" if options.use_adalora else "LoRA",
                 trainable, total_params, 100.0 * trainable / total_params)
     return peft_model
+
+
+def save_adapter(peft_model, folder: str | os.PathLike) -> None:
+    """Write the adapter (adapter_model.safetensors, adapter_config.json) of ``peft_model`` into ``folder``.
+
+    The base model's embeddings are frozen and its vocabulary is never resized here, so they are not saved; peft's
+    default ("auto") would find that out by asking the hub about ``base_model_name_or_path`` (a hub id such as
+    ``openai/whisper-base``) at every checkpoint: a network request, and a warning when offline.
+    """
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def adalora_orth_regularization(peft_model, adapter: str = "default") -> torch.Tensor:

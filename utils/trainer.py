@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from utils.io import publish_dir, recover_displaced, write_json_atomic
-from utils.lora import adalora_orth_regularization
+from utils.lora import adalora_orth_regularization, save_adapter
 from utils.text import error_rate
 from utils.transcribe import token_budget
 
@@ -545,7 +545,7 @@ class Trainer:
             acc.save_state(str(tmp / DEEPSPEED_STATE_DIR))
             acc.wait_for_everyone()
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(tmp)
+            save_adapter(acc.unwrap_model(self.model), tmp)
             self.processor.save_pretrained(tmp)
             if self.generation_config is not None:
                 self.generation_config.save_pretrained(tmp)

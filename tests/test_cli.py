@@ -103,3 +103,28 @@ def test_output_paths_checked_by_several_processes_at_once_are_all_writable(tmp_
         for t in threads:
             t.join()
     assert problems == [None] * 120, [p for p in problems if p][:3]
+
+
+def test_bitsandbytes_optional_kernel_warning_is_shown_only_with_verbose(caplog):
+    """bitsandbytes' warning about an optional 4-bit CPU kernel it could not fetch (every peft import on an
+    AVX512-BF16 CPU) is a DEBUG record: hidden by default, shown with --verbose; its other warnings are untouched."""
+    import logging
+
+    from utils.cli import setup_logging
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    kernel = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ..."
+    try:
+        setup_logging(False)
+        with caplog.at_level(logging.INFO):
+            log.warning(kernel, "could not verify publisher trust status")
+            log.warning("another bitsandbytes warning")
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", "another bitsandbytes warning")]
+        caplog.clear()
+        setup_logging(True)
+        with caplog.at_level(logging.DEBUG):
+            log.warning(kernel, "offline")
+        assert [r.levelname for r in caplog.records] == ["DEBUG"]
+        assert "gemm_4bit_forward" in caplog.records[0].getMessage()
+    finally:
+        setup_logging(False)

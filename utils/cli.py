@@ -76,7 +76,8 @@ def add_to_simple_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 def add_audio_length_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, min_default: float,
                           max_default: float = 30.0) -> None:
     """``--min_audio_len`` / ``--max_audio_len``: the clips of a manifest that are used (finetune, evaluation)."""
-    parser.add_argument("--min_audio_len", type=float, default=min_default, help="leave out clips shorter than this (s)")
+    parser.add_argument("--min_audio_len", type=float, default=min_default,
+                        help="leave out clips shorter than this (s)")
     parser.add_argument("--max_audio_len", type=float, default=max_default,
                         help="leave out clips longer than this (s, <= 30)")
 
@@ -251,10 +252,32 @@ def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str | os
             parser.error(f"{flag} {path}: {problem}")
 
 
+class _DemoteWarning(logging.Filter):
+    """A third-party warning that tells our users nothing they can act on, logged at DEBUG instead (shown with
+    ``--verbose``): records of the filtered logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not str(record.msg).startswith(self.prefix):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# bitsandbytes (imported by peft) on a CPU with AVX512-BF16 asks the hub for an optional 4-bit kernel, which the hub's
+# trust check refuses (and offline it cannot reach): a warning at every finetune.py / merge_lora.py start, while
+# bitsandbytes runs its own code for it, and we never run 4-bit layers on a CPU
+_DEMOTED = {"bitsandbytes.backends.cpu.ops": _DemoteWarning("Failed to load CPU gemm_4bit_forward")}
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure root logging once, for a script's ``main()``.
 
-    Level comes from ``verbose`` or the ``LOG_LEVEL`` environment variable (INFO by default).
+    Level comes from ``verbose`` or the ``LOG_LEVEL`` environment variable (INFO by default). The third-party
+    warnings of ``_DEMOTED`` become DEBUG records.
     """
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
     root = logging.getLogger()
@@ -265,3 +288,6 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for name, demote in _DEMOTED.items():
+        if demote not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(demote)

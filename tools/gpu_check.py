@@ -33,7 +33,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import platform
 import shutil
 import subprocess

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,15 @@ class LoraOptions:
     adalora_target_r: int = 4
     total_step: int | None = None
     encoder_layers: int | None = None
+
+
+@contextlib.contextmanager
+def _peft_on_transformers():
+    """peft wrapping a transformers 5 model reads a property transformers 5 deprecated (``is_gradient_checkpointing``):
+    that FutureWarning, meant for peft's authors, is not shown to our users (any other warning is)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def peft_target_modules(target_modules: tuple[str, ...], encoder_layer_ids: list[int] | None = None
@@ -103,7 +114,8 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
     else:
         config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                             target_modules=targets, bias="none")
-    peft_model = get_peft_model(model, config)  # names the model's folder (peft warns when a name is replaced)
+    with _peft_on_transformers():
+        peft_model = get_peft_model(model, config)  # names the model's folder (peft warns when a name is replaced)
     peft_model.peft_config["default"].base_model_name_or_path = base_model_name  # what merge_lora.py loads
     trainable, total_params = peft_model.get_nb_trainable_parameters()
     logger.info("%s adapter: %d trainable of %d parameters (%.2f %%)", "AdaLoRA" if options.use_adalora else "LoRA",
@@ -199,5 +211,6 @@ def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -
     """Fold the adapter in ``adapter_dir`` into ``base_model``; returns a plain transformers model."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+    with _peft_on_transformers():
+        peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
     return peft_model.merge_and_unload()

@@ -14,6 +14,8 @@ from utils.languages import language_code
 from utils.transcribe import (
     DecodeOptions,
     compression_ratio,
+    ct2_generated_at_most,
+    ct2_max_length,
     encoder_window,
     is_decoder_loop,
     join_texts,
@@ -91,6 +93,43 @@ def test_decode_options_validate_and_normalise_language():
 def test_token_budget_grows_with_duration_and_is_capped():
     assert token_budget(2.0, False) < token_budget(10.0, False) < token_budget(10.0, True)
     assert token_budget(30.0, True) == 224
+
+
+def test_ct2_max_length_lets_ctranslate2_generate_the_whole_budget():
+    """CTranslate2's Whisper generate() stops after max_length // 2 tokens (and within the text context after the
+    prompt): the max_length given must be twice the budget, not prompt + budget (which let it generate 114 of 224)."""
+    for prompt in (4, 60, 200):
+        for budget in (8, 60, 116, 224):
+            length = ct2_max_length(prompt, budget)
+            assert length <= 448
+            assert ct2_generated_at_most(prompt, length) == min(budget, 449 - prompt), (prompt, budget)
+    assert ct2_generated_at_most(4, 4 + 224) == 114  # the max_length given before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_hf, tmp_path):
+    """Fast speech fills a 30 s window with text that needs over half the token budget: 16 sentences at 300 words a
+    minute, 28 s, 142 words in one chunk. The ct2 backend used to stop after 102 words (WER 0.38): CTranslate2 was
+    let generate half of the budget (test above)."""
+    from utils.data import load_manifest
+
+    records = [r for r in load_manifest("dataset/general/general_en.json") if r.sentence.strip()]
+    parts, said = [], []
+    pause = np.zeros(SAMPLE_RATE // 4, np.float32)
+    for i, record in enumerate(records):
+        speech = load_audio(make_speech(record.sentence, tmp_path / f"{i}.wav", speed=300))
+        if sum(len(p) for p in parts) + len(speech) > 29 * SAMPLE_RATE:
+            break
+        parts += [speech, pause]
+        said.append(record.sentence)
+    audio = np.concatenate(parts)
+    reference = " ".join(said)
+    assert len(said) >= 12 and len(audio) > 25 * SAMPLE_RATE, (len(said), len(audio))  # dense: one window's worth
+    engine = base_ct2 if backend == "ct2" else base_hf
+    text = engine.transcribe(audio, DecodeOptions(language="en", temperatures=(0.0,))).text
+    assert normalize_text(said[-1]).split()[-2:] == normalize_text(text).split()[-2:], text  # read to the end
+    assert count_errors(reference, text, "wer", language="en").rate < 0.2, text
 
 
 def test_ct2_features_are_padded_like_training_features(whisper_base_dir, en_wav):
@@ -1448,9 +1487,10 @@ def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, r
     try:
         for engine in (base_hf, base_ct2):
             for budget in range(5, 10):
-                t = engine.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=budget, temperatures=(0.0,),
-                                                           timestamps=budget % 2 == 0))
-                assert "\ufffd" not in t.text and all("\ufffd" not in s.text for s in t.segments), (budget, t)
+                for timestamps in (False, True):
+                    t = engine.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=budget,
+                                                               temperatures=(0.0,), timestamps=timestamps))
+                    assert "\ufffd" not in t.text and all("\ufffd" not in s.text for s in t.segments), (budget, t)
     finally:
         utils.transcribe.postprocess_text = postprocess
     assert any("\ufffd" in text for text in raw)  # the cut happened, and was cleaned up

@@ -108,13 +108,13 @@ def test_ct2_max_length_lets_ctranslate2_generate_the_whole_budget():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ct2", "transformers"])
-def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_hf, tmp_path):
+def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_hf, repo_root, tmp_path):
     """Fast speech fills a 30 s window with text that needs over half the token budget: 16 sentences at 300 words a
     minute, 28 s, 142 words in one chunk. The ct2 backend used to stop after 102 words (WER 0.38): CTranslate2 was
-    let generate half of the budget (test above)."""
+    allowed to generate only half of the budget (test above)."""
     from utils.data import load_manifest
 
-    records = [r for r in load_manifest("dataset/general/general_en.json") if r.sentence.strip()]
+    records = [r for r in load_manifest(str(repo_root / "dataset" / "general" / "general_en.json")) if r.sentence.strip()]
     parts, said = [], []
     pause = np.zeros(SAMPLE_RATE // 4, np.float32)
     for i, record in enumerate(records):

@@ -39,6 +39,24 @@ def test_the_joined_recording_is_the_same_file_every_time(tmp_path):
     assert seconds >= 20.0 and reference.split()[:2] == ["The", "train"]
 
 
+def test_the_fast_mandarin_recording_is_dense_and_the_same_every_time(tmp_path):
+    """tools/bench_infer.py --recording=zh_fast: about 8 characters per second of speech (fast Mandarin), the same
+    samples every run."""
+    from tools.bench_infer import GAP_S, build_fast
+
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset/test.json"), 8.0, out)
+        digests.append(hashlib.sha256(wav.read_bytes()).hexdigest())
+    sentences = reference.count("。") + reference.count("？")
+    chars = sum("\u4e00" <= c <= "\u9fff" for c in reference)
+    speech_s = seconds - GAP_S * sentences
+    assert digests[0] == digests[1] and seconds >= 8.0
+    assert 6.5 <= chars / speech_s <= 10.0, (chars, speech_s)
+
+
 def test_noise_is_added_at_the_snr_asked_for(tmp_path):
     from tools.bench_stream import add_noise
 

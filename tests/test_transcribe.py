@@ -114,7 +114,8 @@ def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_h
     allowed to generate only half of the budget (test above)."""
     from utils.data import load_manifest
 
-    records = [r for r in load_manifest(str(repo_root / "dataset" / "general" / "general_en.json")) if r.sentence.strip()]
+    manifest = repo_root / "dataset" / "general" / "general_en.json"
+    records = [r for r in load_manifest(str(manifest)) if r.sentence.strip()]
     parts, said = [], []
     pause = np.zeros(SAMPLE_RATE // 4, np.float32)
     for i, record in enumerate(records):

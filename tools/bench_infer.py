@@ -12,8 +12,9 @@ pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, w
 window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
 demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by espeak-ng at speed 320 (about 8
 characters per second of speech, as fast Mandarin gets) joined by 0.6 s of silence into ≥ 50 s: 30 s windows whose
-text needs most of the token budget (give the demo model). Engine mode (default): every mode transcribes the recording in this process; time,
-real-time factor and CER/WER against the reference; model loading and a warm-up call are not timed.
+text needs most of the token budget (give the demo model). Engine mode (default): every mode transcribes the
+recording in this process; time, real-time factor and CER/WER against the reference; model loading and a warm-up call
+are not timed.
 ``--whole_process=True``: the user's commands, timed start to end as subprocesses (imports, model load, audio
 decoding, VAD, decoding): ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8
 script, on the same CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
-    parser.add_argument("--recording", default="joined", choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast"),
+    parser.add_argument("--recording", default="joined",
+                        choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast"),
                         help="what is transcribed (see above)")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")

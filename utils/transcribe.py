@@ -1867,6 +1867,7 @@ class CT2Transcriber(_BaseTranscriber):
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
         longest_prompt = max(len(p) for p in prompts)
+        max_length = ct2_max_length(longest_prompt, max_new, self.model.max_length)  # what _generate_on passes
         first = None
         if pipelined:
             encoded, first = self._decode_pipelined(chunks, prompts, options, options.temperatures[0], max_new)
@@ -1886,8 +1887,7 @@ class CT2Transcriber(_BaseTranscriber):
                 tokens = list(r.sequences_ids[0])
                 text = tokenizers[i].decode([t for t in tokens if t < tokenizers[i].eot])
                 avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
-                hit_limit = len(tokens) >= ct2_generated_at_most(
-                    len(prompts[i]), ct2_max_length(longest_prompt, max_new, self.model.max_length)) - 1
+                hit_limit = len(tokens) >= ct2_generated_at_most(len(prompts[i]), max_length) - 1
                 loop = is_decoder_loop(tokens, text, hit_limit, options.compression_ratio_threshold)
                 again, silent = _needs_fallback(avg_logprob, r.no_speech_prob, options, loop)
                 if again and split_repeats and split_repeats[i] and temperature == options.temperatures[0] \

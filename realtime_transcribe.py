@@ -36,6 +36,8 @@ from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, 
 from utils.io import write_json_atomic
 from utils.streaming import (
     EngineHypothesis,
+    Reviser,
+    Revision,
     StreamingPolicy,
     StreamResult,
     Update,
@@ -61,6 +63,10 @@ STREAM_CPU_WINDOW_S = 10.0
 # search made real English's mean latency 2.91 -> 6.48 s (RTF 0.86 -> 0.97), so there it stays --beam_size.
 # Measured in README (Streaming).
 CLOSE_BEAM_SIZE = 5
+# Second pass (--revise_seconds): the closed utterances of about this many seconds decoded again together in one 30 s
+# window. A stream reads each utterance alone and misreads words that offline transcription reads from the sentences
+# around them; measured in README (Streaming).
+REVISE_SECONDS = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio of the utterances just closed (whole ones, up to this many seconds) decoded again with "
                         "the next one, so the decoder hears what came before: fewer errors, more compute per decode "
                         "(for a GPU); 0 = each utterance alone, the fastest")
+    s.add_argument("--revise_seconds", type=float, default=None,
+                   help="second pass: once the utterances closed since the last block span this many seconds (at "
+                        "most 28), they are decoded again together in one 30 s window (beam --close_beam_size) and "
+                        "their text replaced: the final text ('revised' lines, --output, the report) reads as offline "
+                        f"transcription does, a block later; 0 = live text only; default: {REVISE_SECONDS:g} with "
+                        "the VAD (it finds the utterances), 0 with --vad=False")
     src = parser.add_argument_group("source")
     src.add_argument("--audio_path", type=str, default=None, help="stream this file instead of the microphone")
     add_bool(src, "simulate_realtime", True,
@@ -131,6 +143,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                      f"got {args.context_seconds}")
     if args.context_seconds > 0 and not args.vad:
         parser.error("--context_seconds keeps the utterances the VAD closed: it needs --vad=True")
+    if args.revise_seconds is None:
+        args.revise_seconds = REVISE_SECONDS if args.vad else 0.0
+    elif not 0 <= args.revise_seconds <= 28:
+        parser.error(f"--revise_seconds must be in [0, 28] (a block is decoded in one 30 s window), "
+                     f"got {args.revise_seconds}")
+    elif args.revise_seconds > 0 and not args.vad:
+        parser.error("--revise_seconds decodes again the utterances the VAD closed: it needs --vad=True")
     if args.prompt_chars < 0:
         parser.error(f"--prompt_chars must be >= 0, got {args.prompt_chars}")
     if args.beam_size < 1:
@@ -164,13 +183,18 @@ class Display:
     On a terminal the current line shows committed words normally and the tentative tail dimmed, and is
     redrawn in place; a new line starts when an utterance closes or the line is full. Otherwise (a pipe,
     a file) every commit is printed as one ``[start --> end] text`` line and the tentative tail is not shown.
-    Committed lines are also appended to ``log`` (the ``--output`` file), flushed at once.
+    A block of the second pass is printed as one ``revised [start --> end] text`` line (both ways).
+    ``log`` (the ``--output`` file) gets the final text, flushed at once: with ``revised`` the second pass's blocks
+    as ``[start --> end] text`` lines, else the committed lines.
     """
 
-    def __init__(self, stream: IO[str], log: IO[str] | None = None, tty: bool | None = None) -> None:
+    def __init__(self, stream: IO[str], log: IO[str] | None = None, tty: bool | None = None,
+                 revised: bool = False) -> None:
         self.stream, self.log = stream, log
         self.tty = stream.isatty() if tty is None else tty
+        self.revised = revised
         self.line: list[StreamToken] = []
+        self.tentative: list[StreamToken] = []
 
     def _redraw(self, tentative: list[StreamToken]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
@@ -189,7 +213,7 @@ class Display:
     def update(self, update: Update) -> None:
         if update.committed:
             line = commit_line(update.committed)
-            if self.log is not None:
+            if self.log is not None and not self.revised:
                 self.log.write(line + "\n")
                 self.log.flush()
             if not self.tty:
@@ -198,11 +222,29 @@ class Display:
         if not self.tty:
             return
         self.line += update.committed
+        self.tentative = update.tentative
         if update.utterance_end and self.line:  # finish the utterance's line, the tentative tail goes below
             self._redraw([])
             self.stream.write("\n")
             self.line = []
         self._redraw(update.tentative)
+
+    def revise(self, revision: Revision) -> None:
+        """A second-pass block: its ``revised`` line (above the current line on a terminal) and, with ``revised``,
+        its line in ``log``."""
+        if revision.words:
+            line = commit_line(revision.words)
+        else:  # the block read as no speech: its live words are gone from the final text
+            line = f"[{format_timestamp(revision.start, '.')} --> {format_timestamp(revision.end, '.')}] "
+        if self.log is not None and self.revised:
+            self.log.write(line + "\n")
+            self.log.flush()
+        if not self.tty:
+            self.stream.write("revised " + line + "\n")
+            self.stream.flush()
+            return
+        self.stream.write("\r\033[K" + _DIM + "revised " + _RESET + line + "\n")
+        self._redraw(self.tentative)
 
 
 def print_devices() -> int:
@@ -284,11 +326,15 @@ def make_report(result: StreamResult, args: argparse.Namespace, offline_text: st
         simulated_clock=bool(args.audio_path and not args.simulate_realtime),
         interrupted=result.interrupted, **result.latency_stats(),
         latency_note="word end times are interpolated inside Whisper segments by character count",
-        text=result.text,
+        text=result.text, revise_seconds=args.revise_seconds,
     )
+    if args.revise_seconds > 0:
+        report["final_text"] = result.final_text
     if offline_text is not None:
         report["offline_text"] = offline_text
         report["cer_vs_offline"] = round(error_rate([offline_text], [result.text], "cer"), 4)
+        if args.revise_seconds > 0:
+            report["final_cer_vs_offline"] = round(error_rate([offline_text], [result.final_text], "cer"), 4)
     return report
 
 
@@ -347,18 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: --output {args.output}: cannot open for appending ({e.strerror})", file=sys.stderr)
         return 1
-    display = Display(sys.stdout, log)
+    display = Display(sys.stdout, log, revised=args.revise_seconds > 0)
+    reviser = Reviser(hypothesis.revising, block_s=args.revise_seconds) if args.revise_seconds > 0 else None
+    stream = dict(chunk_s=args.chunk_seconds, keep_audio=args.compare_offline, reviser=reviser,
+                  on_update=lambda u, t: display.update(u), on_revision=lambda r, t: display.revise(r))
     try:
         if isinstance(source, MicrophoneSource):
             with source:
                 logger.info("listening on %r at %d Hz; Ctrl-C to stop", source.device_name, source.samplerate)
-                result = run_stream(source, policy, chunk_s=args.chunk_seconds, keep_audio=args.compare_offline,
-                                    on_update=lambda u, t: display.update(u))
+                result = run_stream(source, policy, **stream)
         else:
             logger.info("streaming %s (%s); Ctrl-C to stop", args.audio_path,
                         "real time" if args.simulate_realtime else "as fast as possible, simulated clock")
-            result = run_stream(source, policy, chunk_s=args.chunk_seconds, keep_audio=args.compare_offline,
-                                on_update=lambda u, t: display.update(u))
+            result = run_stream(source, policy, **stream)
     except AudioDeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -382,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.warning("offline comparison interrupted; the report has no CER")
     report = make_report(result, args, offline_text)
     summary = {k: report[k] for k in ("audio_s", "words", "mean_latency_s", "p90_latency_s", "real_time_factor")}
-    if "cer_vs_offline" in report:
-        summary["cer_vs_offline"] = report["cer_vs_offline"]
+    for key in ("mean_revision_lag_s", "cer_vs_offline", "final_cer_vs_offline"):
+        if key in report:
+            summary[key] = report[key]
     print("report: " + json.dumps(summary, ensure_ascii=False), file=sys.stderr)
     if args.report_path:
         write_json_atomic(args.report_path, report)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recording: {wav} ({seconds:.1f} s{noise}), model {args.model_path}")
     m = metric.upper()
     print(f"{'window':>7} {'chunk s':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "
-          f"{m + ' offline':>12} {'stream vs offline':>17}")
+          f"{m + ' offline':>12} {'stream vs offline':>17} {m + ' final':>10} {'final lag s':>11}")
     chunks = args.chunk_seconds.split(",")
     for window in args.windows.split(","):
         rows = []
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             row = (r["mean_latency_s"], r["p90_latency_s"], r["real_time_factor"], r["decodes"],
                    count_errors(reference, r["text"], metric, language=language).rate,
                    count_errors(reference, r["offline_text"], metric, language=language).rate,
-                   count_errors(r["offline_text"], r["text"], metric, language=language).rate)
+                   count_errors(r["offline_text"], r["text"], metric, language=language).rate,
+                   count_errors(reference, r.get("final_text", r["text"]), metric, language=language).rate,
+                   r.get("mean_revision_lag_s") or 0.0)
             rows.append(row)
             print(_row(window, chunk, row), flush=True)
         if len(rows) > 1:
@@ -111,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(window: str, chunk: str, row: tuple) -> str:
-    """One table line: latency, p90, RTF, decodes, stream / offline / stream-vs-offline error rates."""
-    latency, p90, rtf, decodes, stream, offline, vs = row
+    """One table line: latency, p90, RTF, decodes, stream / offline / stream-vs-offline error rates, the final text's
+    error rate (after the second pass) and its mean lag (word end → revision, s; 0 without a second pass)."""
+    latency, p90, rtf, decodes, stream, offline, vs, final, lag = row
     return (f"{window:>7} {chunk:>7} {latency:9.2f} {p90:6.2f} {rtf:6.3f} {decodes:7.0f} {stream:11.4f} "
-            f"{offline:12.4f} {vs:17.4f}")
+            f"{offline:12.4f} {vs:17.4f} {final:10.4f} {lag:11.2f}")
 
 
 def build_real_repeated(out_dir: Path) -> tuple[Path, str, float]:

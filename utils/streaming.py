@@ -304,6 +304,9 @@ class StreamingPolicy:
         self._tentative_until: int | None = None  # stream sample up to which ``tentative``'s hypothesis heard
         self._closed: list[tuple[int, int]] = []  # closed utterances kept as context: (start sample, words in buffer)
         self._closed_end = -1  # stream sample where the last utterance closed
+        # every utterance end, for a second pass (:class:`Reviser`): (stream sample of the pause, of the end of the
+        # speech before it, len(committed) then); the stream's end (:meth:`finish`) too; the caller empties it
+        self.closes: list[tuple[int, int, int]] = []
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -512,6 +515,7 @@ class StreamingPolicy:
         self._tentative_until = None
         self._keep_context(pause)
         self._decoded_until = min(self._decoded_until, pause)
+        self.closes.append((pause, speech_end, len(self.committed)))
         logger.debug("utterance closed at %.2f s (%s): committed %r", end,
                      "decoded" if decoded else "as last heard", join_words(new))
         return new, decoded
@@ -605,7 +609,121 @@ class StreamingPolicy:
         self._in_buffer += new
         self._retire([])
         self._cut(self.total)
+        speech_end = self._vad.last_speech_end if self._vad is not None else self.total
+        self.closes.append((self.total, min(max(speech_end, 0), self.total), len(self.committed)))
         return Update(new, [], self.audio_end, utterance_end=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# second pass
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Revision:
+    """Committed words ``first:last`` of a stream (indices into its committed words) read again as one block.
+
+    ``words`` replace them (stream times); ``start``/``end``: the block's audio (stream seconds). ``decoded`` False:
+    the block was too long for one window and ``words`` are the live ones.
+    """
+
+    first: int
+    last: int
+    words: list[StreamToken]
+    start: float
+    end: float
+    decoded: bool = True
+
+
+class Reviser:
+    """Second pass: closed utterances decoded again together, as offline transcription reads them.
+
+    A stream decodes every utterance alone (what follows it has not been said yet), and Whisper misreads a word
+    more often without the sentences around it ("closes at five" → "close at I'm") than inside a 30 s window of
+    them. So once the utterances closed since the last block span ``block_s`` seconds, the reviser decodes them in
+    one window (``decode_fn``: e.g. the closing decode's beam in a 30 s window, no prompt) and their committed words
+    are replaced by what it reads: the final text, ``block_s`` to ``max_block_s`` seconds after the live one.
+
+    A block runs from the middle of the silence after one utterance (≥ 0.3 s from either side with the VAD's
+    0.6 s pauses) to the pause that closed another, with ``lead_s`` of silence put before it, and holds at most
+    ``max_block_s`` of audio; an utterance longer than that keeps its live words. Blocks without committed words
+    (silence, noise) are not decoded.
+
+    Feed it the stream's audio (:meth:`insert_audio`) and the policy's ``closes``; :meth:`revise` when
+    :meth:`due`, and with ``final=True`` at the end of the stream. Its revisions cover every committed word, in
+    order: the final text can be written block by block.
+    """
+
+    def __init__(self, decode_fn: HypothesisFn, *, block_s: float = 20.0, max_block_s: float = 28.0,
+                 lead_s: float = 0.4) -> None:
+        if not 0 < block_s <= max_block_s <= 29.0:
+            raise ValueError(f"need 0 < block_s ({block_s}) <= max_block_s ({max_block_s}) <= 29 s")
+        self.decode_fn = decode_fn
+        self.block = int(block_s * SAMPLE_RATE)
+        self.max_block = int(max_block_s * SAMPLE_RATE)
+        self.lead = int(lead_s * SAMPLE_RATE)
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._audio_from = 0  # stream sample of _audio[0]
+        self._start = 0  # stream sample where the next block starts
+        self._first = 0  # index of its first committed word
+        self._closes: list[tuple[int, int, int]] = []  # (pause, speech end, committed words then), not revised yet
+        self._received = 0  # samples inserted
+
+    def insert_audio(self, samples: np.ndarray) -> None:
+        """Append float32 16 kHz samples, shape (n,)."""
+        self._audio = np.concatenate([self._audio, np.asarray(samples, dtype=np.float32).reshape(-1)])
+        self._received += len(samples)
+
+    def add_closes(self, closes: list[tuple[int, int, int]]) -> None:
+        """Take the policy's utterance ends (:attr:`StreamingPolicy.closes`) and empty that list."""
+        self._closes += closes
+        closes.clear()
+
+    def due(self) -> bool:
+        """The utterances closed since the last block span ``block_s``."""
+        return bool(self._closes) and self._closes[-1][0] - self._start >= self.block
+
+    def revise(self, committed: Sequence[StreamToken], final: bool = False) -> list[Revision]:
+        """Decode the blocks that are due (``final``: all that is left) of the stream whose committed words are
+        ``committed``; returns their revisions, in order."""
+        out: list[Revision] = []
+        while self._closes and (final or self.due()):
+            fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
+            k = fits[-1] if fits else 0
+            pause, speech_end, last = self._closes[k]
+            if fits and last > self._first:
+                out.append(self._decode(pause, last))
+            elif last > self._first:
+                logger.info("an utterance of %.1f s is too long for the second pass's window: its live words stay",
+                            (pause - self._start) / SAMPLE_RATE)
+                out.append(Revision(self._first, last, list(committed[self._first: last]), self._start / SAMPLE_RATE,
+                                    pause / SAMPLE_RATE, decoded=False))
+            del self._closes[: k + 1]
+            self._first = max(self._first, last)
+            self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
+            self._audio = self._audio[self._start - self._audio_from:]
+            self._audio_from = self._start
+        return out
+
+    def _decode(self, end: int, last: int) -> Revision:
+        audio = self._audio[: end - self._audio_from]
+        segments = self.decode_fn(np.concatenate([np.zeros(self.lead, dtype=np.float32), audio]), "")
+        start_s = self._start / SAMPLE_RATE
+        words = [replace(w, start=max(w.start, start_s), end=max(w.end, start_s))  # none in the lead silence
+                 for w in words_from_segments(segments, start_s - self.lead / SAMPLE_RATE, end / SAMPLE_RATE)]
+        revision = Revision(self._first, last, words, start_s, end / SAMPLE_RATE)
+        logger.debug("second pass %.2f-%.2f s: %d live words -> %r", revision.start, revision.end,
+                     last - self._first, join_words(words))
+        return revision
+
+
+def revised_words(committed: Sequence[StreamToken], revisions: Sequence[Revision]) -> list[StreamToken]:
+    """The committed words with each revision's range replaced by its words (revisions in order)."""
+    out: list[StreamToken] = []
+    pos = 0
+    for r in revisions:
+        out += committed[pos: r.first]
+        out += r.words
+        pos = max(pos, r.last)
+    return out + list(committed[pos:])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -636,6 +754,8 @@ class StreamResult:
     interrupted: bool
     audio: np.ndarray | None = None  # everything received, with ``keep_audio``
     max_lag_s: float = 0.0  # how far (s) the transcript fell behind the newest audio, at most
+    revisions: list[tuple[Revision, float]] = field(default_factory=list)  # second pass, with its stream time
+    revise_s: float = 0.0  # compute time of the second pass (s), part of ``compute_s``
 
     @property
     def words(self) -> list[StreamToken]:
@@ -643,7 +763,17 @@ class StreamResult:
 
     @property
     def text(self) -> str:
+        """The live (first-pass) text."""
         return join_words(self.words)
+
+    @property
+    def final_words(self) -> list[StreamToken]:
+        """The committed words with the second pass's blocks replaced (the live words without one)."""
+        return revised_words(self.words, [r for r, _ in self.revisions])
+
+    @property
+    def final_text(self) -> str:
+        return join_words(self.final_words)
 
     def latency_stats(self) -> dict[str, float | int | None]:
         """Mean / p90 / max word-end-to-commit latency in seconds, and counts."""
@@ -661,12 +791,18 @@ class StreamResult:
         stats["cpu_s"] = round(self.cpu_s, 3)
         stats["real_time_factor"] = round(self.compute_s / self.audio_s, 3) if self.audio_s else None
         stats["max_lag_s"] = round(self.max_lag_s, 3)
+        if self.revisions:
+            lag = np.array([t - w.end for r, t in self.revisions for w in r.words], dtype=np.float64)
+            stats["revisions"] = len(self.revisions)
+            stats["revise_s"] = round(self.revise_s, 3)
+            stats["mean_revision_lag_s"] = round(float(lag.mean()), 3) if lag.size else None
         return stats
 
 
 def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float = 1.0,
                on_update: Callable[[Update, float], None] | None = None, keep_audio: bool = False,
-               poll_s: float = 0.1) -> StreamResult:
+               poll_s: float = 0.1, reviser: Reviser | None = None,
+               on_revision: Callable[[Revision, float], None] | None = None) -> StreamResult:
     """Feed ``source`` to ``policy`` until the end of the stream or Ctrl-C, then flush.
 
     Audio is read in blocks of ``poll_s`` so the VAD sees it as it arrives: a step runs as soon as an
@@ -682,14 +818,17 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         poll_s: how often (s of audio) the stream is read and the VAD updated; at most ``chunk_s``.
         on_update: called after every step with the update and the stream time of its commit.
         keep_audio: keep all received audio in the result (e.g. to transcribe it offline afterwards).
+        reviser: a second pass (:class:`Reviser`), run between steps once a block is due and at the end (its compute
+            time delays the next step, as a decode's does); ``on_revision`` is called with each block's revision.
 
     Returns:
         The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream and ``interrupted`` is True:
         the audio that had arrived is decoded once more and all of it committed (:meth:`StreamingPolicy.close`;
-        a second Ctrl-C skips that decode and commits the tentative tail as it is).
+        a second Ctrl-C skips that decode and commits the tentative tail as it is, and the second pass's last block).
     """
     commits: list[Commit] = []
-    compute = cpu = 0.0
+    revisions: list[tuple[Revision, float]] = []
+    compute = cpu = revise_s = 0.0
     decodes = 0
     interrupted = False
     max_lag = 0.0
@@ -706,8 +845,30 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
 
     def insert(block: np.ndarray) -> None:
         policy.insert_audio(block)
+        if reviser is not None:
+            reviser.insert_audio(block)
         if keep_audio:
             received.append(block)
+
+    def second_pass(final: bool = False) -> None:
+        nonlocal compute, cpu, revise_s
+        if reviser is None:
+            return
+        reviser.add_closes(policy.closes)
+        if not (final or reviser.due()):
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = reviser.revise(policy.committed, final)
+        spent = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        source.spend(spent)
+        compute += spent
+        revise_s += spent
+        t = source.now()
+        for revision in done:
+            revisions.append((revision, t))
+            if on_revision is not None:
+                on_revision(revision, t)
 
     def step(run: Callable[[], Update]) -> Update:
         nonlocal compute, cpu, decodes, max_lag, warned
@@ -743,6 +904,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             unshown = None
             if block is None:
                 break
+            second_pass()
     except KeyboardInterrupt:
         interrupted = True
         if unshown is not None and unshown.committed:
@@ -755,9 +917,13 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
                            policy.undecoded_s)
     emit(policy.finish())
+    try:
+        second_pass(final=True)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: the second pass's last block keeps its live words")
     audio = np.concatenate(received).astype(np.float32, copy=False) if received else None
     return StreamResult(commits, policy.audio_end, compute, decodes, cpu, interrupted,
-                        audio if keep_audio else None, max_lag_s=max_lag)
+                        audio if keep_audio else None, max_lag_s=max_lag, revisions=revisions, revise_s=revise_s)
 
 
 def behind_warning_s(chunk_s: float) -> float:
@@ -811,6 +977,11 @@ class EngineHypothesis:
         """The decode that closes an utterance: as :meth:`__call__`, in a beam of ``close_beam_size``."""
         beam = self.close_beam_size or self.options.beam_size
         return self._decode(audio, prompt, replace(self.options, beam_size=beam))
+
+    def revising(self, audio: np.ndarray, prompt: str) -> list[tuple]:
+        """The second pass's decode (:class:`Reviser`): as :meth:`closing`, in a 30 s encoder window."""
+        beam = self.close_beam_size or self.options.beam_size
+        return self._decode(audio, prompt, replace(self.options, beam_size=beam, encoder_window_s=None))
 
     def _decode(self, audio: np.ndarray, prompt: str, options: Any) -> list[tuple]:
         result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=False)

@@ -7,14 +7,17 @@
 Every ``--chunk_seconds`` the rolling buffer is decoded again; words two consecutive hypotheses agree on
 are committed (LocalAgreement-2, see utils/streaming.py) and printed normally, the tentative tail in grey
 (on a terminal; a pipe gets one ``[start → end] text`` line per commit). silero-vad skips silence and
-closes utterances. Ctrl-C stops cleanly (exit code 0): the tentative tail is committed and printed (exit
+closes utterances. A second pass decodes the closed utterances again together, a block of about 20 s
+at a time, in one 30 s window as offline transcription does, and prints each block as a ``revised`` line: the final
+text (``--output`` gets it), which reads as well as offline, about 10-13 s after the speech (``--revise_seconds=0``:
+the live text only). Ctrl-C stops cleanly (exit code 0): the tentative tail is committed and printed (exit
 code 130 only when Ctrl-C comes before streaming started, e.g. while the model loads).
 
 At the end a report (stderr, and ``--report_path`` as JSON) gives the latency from a word's end in the audio
-to its commit (mean, p90) and, for ``--compare_offline``, the CER of the committed text against the offline
-transcript of the same audio by the same model (after Ctrl-C: of the audio heard until then; a second Ctrl-C
-skips it). With ``--simulate_realtime=False`` the clock is simulated
-(audio time when a decode starts + its measured compute time), so the figures hold for real time.
+to its commit (mean, p90) and, for ``--compare_offline``, the CER of the committed (live) text and of the final
+text against the offline transcript of the same audio by the same model (after Ctrl-C: of the audio heard until
+then; a second Ctrl-C skips it). With ``--simulate_realtime=False`` the clock is simulated (audio time when a decode
+starts + its measured compute time), so the figures hold for real time.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   waits until it can be that step) and the buffer is emptied, or, with ``context_s``, keeps the latest closed
   utterances as context for the next one.
 
+A second pass (:class:`Reviser`, optional) reads the closed utterances again in blocks of 20-28 s, one window each,
+as offline transcription reads its chunks, and replaces their words: the stream's final text, a block later.
+
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
 agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.
 
@@ -853,6 +856,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
     def second_pass(final: bool = False) -> None:
         nonlocal compute, cpu, revise_s
         if reviser is None:
+            policy.closes.clear()  # nobody reads them
             return
         reviser.add_closes(policy.closes)
         if not (final or reviser.due()):

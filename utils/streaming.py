@@ -983,12 +983,15 @@ class EngineHypothesis:
         return self._decode(audio, prompt, replace(self.options, beam_size=beam))
 
     def revising(self, audio: np.ndarray, prompt: str) -> list[tuple]:
-        """The second pass's decode (:class:`Reviser`): as :meth:`closing`, in a 30 s encoder window."""
+        """The second pass's decode (:class:`Reviser`): as :meth:`closing`, in a 30 s encoder window, and checked as
+        offline transcription checks a clip (``cut_clip``): a block holding one sentence said several times can
+        lose count (a take read twice or left out), and is then read again take by take."""
         beam = self.close_beam_size or self.options.beam_size
-        return self._decode(audio, prompt, replace(self.options, beam_size=beam, encoder_window_s=None))
+        return self._decode(audio, prompt, replace(self.options, beam_size=beam, encoder_window_s=None),
+                            cut_clip=True)
 
-    def _decode(self, audio: np.ndarray, prompt: str, options: Any) -> list[tuple]:
-        result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=False)
+    def _decode(self, audio: np.ndarray, prompt: str, options: Any, cut_clip: bool = False) -> list[tuple]:
+        result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=cut_clip)
         if (self.options.language in (None, AUTO_LANGUAGE) and result.language
                 and len(audio) >= self.detect_after_s * SAMPLE_RATE):
             self.options = replace(self.options, language=result.language)

@@ -785,6 +785,38 @@ def test_the_second_pass_reads_closed_utterances_again_in_blocks_and_replaces_th
     assert stats["revisions"] == len(revisions) and stats["mean_revision_lag_s"] > 0
 
 
+def test_ctrl_c_revises_what_was_heard_and_a_second_ctrl_c_keeps_the_live_words():
+    words, audio, texts = _utterances(5)
+
+    class InterruptedSource(FileSource):  # Ctrl-C inside the fourth utterance (11.2-13.6 s)
+        def read(self, min_samples):
+            if self.pos >= int(12.5 * SAMPLE_RATE):
+                raise KeyboardInterrupt
+            return super().read(min_samples)
+
+    reread = _Rereader(words)
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(InterruptedSource(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(reread, block_s=8.0, max_block_s=12.0))
+    assert result.interrupted and result.text.startswith(" ".join(texts[:3]) + " u3w0")
+    assert result.final_text == result.text.upper()  # the heard part of the open utterance is read again too
+    assert [r.first for r, _ in result.revisions] == [0] + [r.last for r, _ in result.revisions[:-1]]
+
+    class Rereader(_Rereader):  # the second Ctrl-C, during the last block's decode
+        def __call__(self, audio, prompt):
+            if len(self.blocks) == 1:
+                raise KeyboardInterrupt
+            return super().__call__(audio, prompt)
+
+    reread = Rereader(words)
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(InterruptedSource(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(reread, block_s=8.0, max_block_s=12.0))
+    first = result.revisions[0][0]
+    assert len(result.revisions) == 1 and result.final_text.startswith(join_words(first.words))
+    assert result.final_text == join_words(first.words) + " " + join_words(result.words[first.last:])
+
+
 def test_an_utterance_too_long_for_the_window_keeps_its_live_words():
     words, audio, texts = _utterances(3, speech_s=4.8)  # 5.8 s each, longer than max_block_s
     reread = _Rereader(words)

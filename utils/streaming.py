@@ -759,6 +759,7 @@ class StreamResult:
     max_lag_s: float = 0.0  # how far (s) the transcript fell behind the newest audio, at most
     revisions: list[tuple[Revision, float]] = field(default_factory=list)  # second pass, with its stream time
     revise_s: float = 0.0  # compute time of the second pass (s), part of ``compute_s``
+    final_words: list[StreamToken] | None = None  # the committed words, the second pass's blocks replaced (with one)
 
     @property
     def words(self) -> list[StreamToken]:
@@ -770,13 +771,9 @@ class StreamResult:
         return join_words(self.words)
 
     @property
-    def final_words(self) -> list[StreamToken]:
-        """The committed words with the second pass's blocks replaced (the live words without one)."""
-        return revised_words(self.words, [r for r, _ in self.revisions])
-
-    @property
     def final_text(self) -> str:
-        return join_words(self.final_words)
+        """The final text: the live text with the second pass's blocks replaced (the live text without one)."""
+        return self.text if self.final_words is None else join_words(self.final_words)
 
     def latency_stats(self) -> dict[str, float | int | None]:
         """Mean / p90 / max word-end-to-commit latency in seconds, and counts."""
@@ -926,8 +923,10 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
     except KeyboardInterrupt:
         logger.warning("interrupted: the second pass's last block keeps its live words")
     audio = np.concatenate(received).astype(np.float32, copy=False) if received else None
+    final = None if reviser is None else revised_words(policy.committed, [r for r, _ in revisions])
     return StreamResult(commits, policy.audio_end, compute, decodes, cpu, interrupted,
-                        audio if keep_audio else None, max_lag_s=max_lag, revisions=revisions, revise_s=revise_s)
+                        audio if keep_audio else None, max_lag_s=max_lag, revisions=revisions, revise_s=revise_s,
+                        final_words=final)
 
 
 def behind_warning_s(chunk_s: float) -> float:

@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--samplerate", type=int, default=None,
                      help="capture rate in Hz (default: the device's); resampled to 16 kHz")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", type=str, default=None, help="append the final text's lines with timestamps to this file: the second pass's blocks "
-                     "(the committed lines with --revise_seconds=0)")
+    out.add_argument("--output", type=str, default=None,
+                     help="append the final text's lines with timestamps to this file: the second pass's blocks "
+                          "(the committed lines with --revise_seconds=0)")
     out.add_argument("--report_path", type=str, default=None, help="write the latency/CER report as JSON here")
     add_bool(out, "compare_offline", True,
              "at the end, transcribe the whole audio offline and report the CER of the streamed text")

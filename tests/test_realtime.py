@@ -3,6 +3,7 @@ streaming of a > 30 s recording with the real whisper-base (ct2)."""
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import json
 import os
@@ -856,12 +857,17 @@ def test_display_prints_revised_blocks_and_the_output_file_gets_the_final_text()
                                    "\r\033[K好" + realtime_transcribe._DIM + "的" + realtime_transcribe._RESET)
 
 
+def _resolved(*flags: str) -> argparse.Namespace:
+    """realtime_transcribe.py's arguments after its checks (which resolve the defaults that depend on others)."""
+    parser = realtime_transcribe.build_parser()
+    args = parser.parse_args(list(flags))
+    realtime_transcribe.check_args(parser, args)
+    return args
+
+
 def test_revise_seconds_is_20_with_the_vad_and_off_without_it(capsys):
     def resolved(*flags: str) -> float:
-        parser = realtime_transcribe.build_parser()
-        args = parser.parse_args(list(flags))
-        realtime_transcribe.check_args(parser, args)
-        return args.revise_seconds
+        return _resolved(*flags).revise_seconds
 
     assert resolved() == realtime_transcribe.REVISE_SECONDS == 20.0
     assert resolved("--vad=False") == 0.0 and resolved("--revise_seconds=0") == 0.0
@@ -1030,10 +1036,7 @@ def test_flag_conflicts_are_parser_errors(capsys):
 
 def test_close_beam_size_is_5_with_ct2_and_the_beam_with_transformers(capsys):
     def resolved(*flags: str) -> int:
-        parser = realtime_transcribe.build_parser()
-        args = parser.parse_args(list(flags))
-        realtime_transcribe.check_args(parser, args)
-        return args.close_beam_size
+        return _resolved(*flags).close_beam_size
 
     assert resolved() == realtime_transcribe.CLOSE_BEAM_SIZE == 5
     assert resolved("--beam_size=8") == 8  # never narrower than the other decodes

@@ -830,6 +830,30 @@ def test_an_utterance_too_long_for_the_window_keeps_its_live_words():
     assert [r.first for r in revisions] == [0] + [r.last for r in revisions[:-1]]
 
 
+def test_speech_without_a_pause_ends_the_block_before_it_and_the_audio_kept_stays_bounded():
+    # one 2.4 s utterance, a 1 s pause, then 60 s of speech without a pause: the short utterance cannot wait for
+    # block_s (no utterance end can join it within max_block_s), the long one keeps its live words
+    short = script_words("a b c d e f", start=1.0)
+    long = script_words(" ".join(f"w{i}" for i in range(150)), start=4.4)
+    audio = timed_audio(65.4, silences=[(0.0, 1.0), (3.4, 4.4), (64.4, 65.4)])
+    reread = _Rereader(short + long)
+    reviser = Reviser(reread, block_s=8.0, max_block_s=12.0)
+    policy = StreamingPolicy(FakeASR(short + long, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    kept = []
+
+    class Source(FileSource):
+        def read(self, min_samples):
+            kept.append(len(reviser._audio))
+            return super().read(min_samples)
+
+    result = run_stream(Source(audio, realtime=False), policy, chunk_s=1.0, reviser=reviser)
+    first = result.revisions[0]
+    assert join_words(first[0].words) == "A B C D E F" and first[1] < 20.0  # read once the speech ran past 12 s
+    assert len(reread.blocks) == 1 and not result.revisions[-1][0].decoded
+    assert result.final_text == "A B C D E F " + " ".join(f"w{i}" for i in range(150))
+    assert max(kept) <= (12 + 30 + 10 + 1) * SAMPLE_RATE  # not the whole minute
+
+
 def test_revised_words_replace_each_revisions_range_and_keep_the_rest():
     live = [StreamToken(i, i + 1, f" w{i}") for i in range(6)]
     new = [StreamToken(0, 2, " A")]

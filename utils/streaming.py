@@ -65,6 +65,9 @@ _CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
 # least _QUIET_MIN samples count (not a stop consonant's closure inside a word)
 _QUIET_SNAP = int(0.1 * SAMPLE_RATE)
 _QUIET_MIN = int(0.15 * SAMPLE_RATE)
+# audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
+# that makes it due, so this only has to cover the steps in between
+_REVISE_KEEP = int(30.0 * SAMPLE_RATE)
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
@@ -647,8 +650,9 @@ class Reviser:
 
     A block runs from the middle of the silence after one utterance (≥ 0.3 s from either side with the VAD's
     0.6 s pauses) to the pause that closed another, with ``lead_s`` of silence put before it, and holds at most
-    ``max_block_s`` of audio; an utterance longer than that keeps its live words. Blocks without committed words
-    (silence, noise) are not decoded.
+    ``max_block_s`` of audio; an utterance longer than that keeps its live words, and the utterances before it are
+    read as soon as the speech has run on past ``max_block_s`` from their block's start (no later utterance end can
+    join them). Blocks without committed words (silence, noise) are not decoded.
 
     Feed it the stream's audio (:meth:`insert_audio`) and the policy's ``closes``; :meth:`revise` when
     :meth:`due`, and with ``final=True`` at the end of the stream. Its revisions cover every committed word, in
@@ -671,9 +675,15 @@ class Reviser:
         self._received = 0  # samples inserted
 
     def insert_audio(self, samples: np.ndarray) -> None:
-        """Append float32 16 kHz samples, shape (n,)."""
+        """Append float32 16 kHz samples, shape (n,). Audio more than ``max_block_s`` + 30 s old is dropped (speech
+        without a pause for that long is no block any more: its live words stay)."""
         self._audio = np.concatenate([self._audio, np.asarray(samples, dtype=np.float32).reshape(-1)])
         self._received += len(samples)
+        keep = self.max_block + _REVISE_KEEP
+        if len(self._audio) > keep + _REVISE_KEEP // 3:  # not on every block: each drop copies what is kept
+            drop = len(self._audio) - keep
+            self._audio = self._audio[drop:]
+            self._audio_from += drop
 
     def add_closes(self, closes: list[tuple[int, int, int]]) -> None:
         """Take the policy's utterance ends (:attr:`StreamingPolicy.closes`) and empty that list."""
@@ -681,8 +691,10 @@ class Reviser:
         closes.clear()
 
     def due(self) -> bool:
-        """The utterances closed since the last block span ``block_s``."""
-        return bool(self._closes) and self._closes[-1][0] - self._start >= self.block
+        """The utterances closed since the last block span ``block_s``, or speech went on without a pause past
+        ``max_block_s`` after the block's start (no later utterance end can join them)."""
+        return bool(self._closes) and (self._closes[-1][0] - self._start >= self.block
+                                       or self._received - self._start > self.max_block)
 
     def revise(self, committed: Sequence[StreamToken], final: bool = False) -> list[Revision]:
         """Decode the blocks that are due (``final``: all that is left) of the stream whose committed words are
@@ -692,18 +704,18 @@ class Reviser:
             fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
             k = fits[-1] if fits else 0
             pause, speech_end, last = self._closes[k]
-            if fits and last > self._first:
+            if fits and last > self._first and self._start >= self._audio_from:
                 out.append(self._decode(pause, last))
             elif last > self._first:
-                logger.info("an utterance of %.1f s is too long for the second pass's window: its live words stay",
+                logger.info("%.1f s of speech without a pause that fits the second pass's window: its live words stay",
                             (pause - self._start) / SAMPLE_RATE)
                 out.append(Revision(self._first, last, list(committed[self._first: last]), self._start / SAMPLE_RATE,
                                     pause / SAMPLE_RATE, decoded=False))
             del self._closes[: k + 1]
             self._first = max(self._first, last)
             self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
-            self._audio = self._audio[self._start - self._audio_from:]
-            self._audio_from = self._start
+            self._audio = self._audio[max(0, self._start - self._audio_from):]
+            self._audio_from = max(self._audio_from, self._start)
         return out
 
     def _decode(self, end: int, last: int) -> Revision:

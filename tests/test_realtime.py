@@ -734,8 +734,8 @@ def test_ctrl_c_while_a_commit_is_shown_loses_nothing_and_counts_it_once():
 # second pass
 # ---------------------------------------------------------------------------------------------------
 def _utterances(n: int, speech_s: float = 2.4, pause_s: float = 1.0) -> tuple[list, np.ndarray, list[str]]:
-    """n utterances of 6 words (0.4 s each) after 1 s of silence, ``pause_s`` between them: (script words, audio,
-    the utterances' texts)."""
+    """n utterances of 6 words (``speech_s`` / 6 each) after 1 s of silence, ``pause_s`` between them: (script words,
+    audio, the utterances' texts)."""
     words, silences, texts, t = [], [(0.0, 1.0)], [], 1.0
     for u in range(n):
         text = " ".join(f"u{u}w{i}" for i in range(6))

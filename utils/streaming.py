@@ -186,6 +186,23 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
     return n
 
 
+def decode_after_silence(fn: HypothesisFn, audio: np.ndarray, lead: int, prompt: str) -> list[tuple]:
+    """``fn`` on ``audio`` after ``lead`` samples of silence; segment (and aligned word) times are returned relative
+    to ``audio``, none before its start. Whisper drops or clips a first word that starts right at the window's start
+    ("the train" → "train", "she" → "he")."""
+    if not lead:
+        return fn(audio, prompt)
+    segments = fn(np.concatenate([np.zeros(lead, dtype=np.float32), audio]), prompt)
+    shift = lead / SAMPLE_RATE
+    out = []
+    for start, end, text, *aligned in segments:
+        seg = (max(start - shift, 0.0), max(end - shift, 0.0), text)
+        if aligned:
+            seg += ([replace(w, start=max(w.start - shift, 0.0), end=max(w.end - shift, 0.0)) for w in aligned[0]],)
+        out.append(seg)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # policy
 # ---------------------------------------------------------------------------------------------------
@@ -389,22 +406,8 @@ class StreamingPolicy:
 
     def _hypothesis(self, audio: np.ndarray, fn: HypothesisFn | None = None) -> list[tuple]:
         """``fn`` (default ``hypothesis_fn``) on ``audio`` (the buffer's start) after :meth:`_lead_samples` of
-        silence; times are returned relative to ``audio``. Whisper drops or clips a first word that starts right at
-        the window's start ("the train" → "train", "she" → "he")."""
-        fn = fn or self.hypothesis_fn
-        lead = self._lead_samples()
-        if not lead:
-            return fn(audio, self._prompt())
-        segments = fn(np.concatenate([np.zeros(lead, dtype=np.float32), audio]), self._prompt())
-        shift = lead / SAMPLE_RATE
-        out = []
-        for start, end, text, *aligned in segments:
-            seg = (max(start - shift, 0.0), max(end - shift, 0.0), text)
-            if aligned:
-                seg += ([replace(w, start=max(w.start - shift, 0.0), end=max(w.end - shift, 0.0))
-                         for w in aligned[0]],)
-            out.append(seg)
-        return out
+        silence (:func:`decode_after_silence`), with the prompt."""
+        return decode_after_silence(fn or self.hypothesis_fn, audio, self._lead_samples(), self._prompt())
 
     def _quiet_cut(self, sample: int) -> int:
         """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's
@@ -719,11 +722,9 @@ class Reviser:
         return out
 
     def _decode(self, end: int, last: int) -> Revision:
-        audio = self._audio[: end - self._audio_from]
-        segments = self.decode_fn(np.concatenate([np.zeros(self.lead, dtype=np.float32), audio]), "")
+        segments = decode_after_silence(self.decode_fn, self._audio[: end - self._audio_from], self.lead, "")
         start_s = self._start / SAMPLE_RATE
-        words = [replace(w, start=max(w.start, start_s), end=max(w.end, start_s))  # none in the lead silence
-                 for w in words_from_segments(segments, start_s - self.lead / SAMPLE_RATE, end / SAMPLE_RATE)]
+        words = words_from_segments(segments, start_s, end / SAMPLE_RATE)
         revision = Revision(self._first, last, words, start_s, end / SAMPLE_RATE)
         logger.debug("second pass %.2f-%.2f s: %d live words -> %r", revision.start, revision.end,
                      last - self._first, join_words(words))
@@ -862,20 +863,26 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         if keep_audio:
             received.append(block)
 
+    def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+        """``run()`` and its wall time, spent on the stream's clock (a simulated clock advances by it)."""
+        nonlocal compute, cpu
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run()
+        spent = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        source.spend(spent)
+        compute += spent
+        return out, spent
+
     def second_pass(final: bool = False) -> None:
-        nonlocal compute, cpu, revise_s
+        nonlocal revise_s
         if reviser is None:
             policy.closes.clear()  # nobody reads them
             return
         reviser.add_closes(policy.closes)
         if not (final or reviser.due()):
             return
-        t0, c0 = time.perf_counter(), time.process_time()
-        done = reviser.revise(policy.committed, final)
-        spent = time.perf_counter() - t0
-        cpu += time.process_time() - c0
-        source.spend(spent)
-        compute += spent
+        done, spent = timed(lambda: reviser.revise(policy.committed, final))
         revise_s += spent
         t = source.now()
         for revision in done:
@@ -884,13 +891,8 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
                 on_revision(revision, t)
 
     def step(run: Callable[[], Update]) -> Update:
-        nonlocal compute, cpu, decodes, max_lag, warned
-        t0, c0 = time.perf_counter(), time.process_time()
-        update = run()
-        spent = time.perf_counter() - t0
-        cpu += time.process_time() - c0
-        source.spend(spent)
-        compute += spent
+        nonlocal decodes, max_lag, warned
+        update, _ = timed(run)
         decodes += update.decoded
         lag = source.now() - policy.audio_end  # audio that arrived while this step ran, not decoded yet
         max_lag = max(max_lag, lag)

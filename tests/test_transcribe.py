@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,15 @@ def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_h
     """Fast speech fills a 30 s window with text that needs over half the token budget: 16 sentences at 300 words a
     minute, 28 s, 142 words in one chunk. The ct2 backend used to stop after 102 words (WER 0.38): CTranslate2 was
     allowed to generate only half of the budget (test above)."""
+    audio, said = _dense_english(repo_root, tmp_path)
+    engine = base_ct2 if backend == "ct2" else base_hf
+    text = engine.transcribe(audio, DecodeOptions(language="en", temperatures=(0.0,))).text
+    assert normalize_text(said[-1]).split()[-2:] == normalize_text(text).split()[-2:], text  # read to the end
+    assert count_errors(" ".join(said), text, "wer", language="en").rate < 0.2, text
+
+
+def _dense_english(repo_root: Path, tmp_path: Path) -> tuple[np.ndarray, list[str]]:
+    """16 espeak English sentences at 300 words a minute, 0.25 s apart, in one window (≥ 25 s); and what was said."""
     from utils.data import load_manifest
 
     manifest = repo_root / "dataset" / "general" / "general_en.json"
@@ -125,12 +135,38 @@ def test_dense_speech_is_read_to_the_end_of_its_window(backend, base_ct2, base_h
         parts += [speech, pause]
         said.append(record.sentence)
     audio = np.concatenate(parts)
-    reference = " ".join(said)
     assert len(said) >= 12 and len(audio) > 25 * SAMPLE_RATE, (len(said), len(audio))  # dense: one window's worth
+    return audio, said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_speech_denser_than_the_token_budget_is_read_in_halves(backend, base_ct2, base_hf, repo_root, tmp_path,
+                                                               monkeypatch):
+    """A window whose text needs more tokens than its budget (Mandarin at 8 characters/s: 240 characters and more
+    in 30 s against 224 tokens, which is all CTranslate2 can generate in one call) was read up to the budget and the
+    rest dropped, the last sentences lost without a sign. Now it is cut at a pause near its middle and both halves are
+    read: in a long recording and a single clip (infer.py), and in a batch of clips (evaluation.py). Here the dense
+    English window (~170 tokens) against a budget capped at 120 stands for that; a budget the user set
+    (``max_new_tokens``) is kept."""
+    import utils.transcribe as tr
+
+    audio, said = _dense_english(repo_root, tmp_path)
     engine = base_ct2 if backend == "ct2" else base_hf
-    text = engine.transcribe(audio, DecodeOptions(language="en", temperatures=(0.0,))).text
-    assert normalize_text(said[-1]).split()[-2:] == normalize_text(text).split()[-2:], text  # read to the end
-    assert count_errors(reference, text, "wer", language="en").rate < 0.2, text
+    options = DecodeOptions(language="en", temperatures=(0.0,))
+    capped = tr.token_budget
+    monkeypatch.setattr(tr, "token_budget", lambda seconds, timestamps, limit=120: capped(seconds, timestamps, limit))
+    last = normalize_text(said[-1]).split()[-2:]
+    for timestamps in (False, True):
+        text = engine.transcribe(audio, replace(options, timestamps=timestamps)).text
+        assert normalize_text(text).split()[-2:] == last, text  # read to the end
+        assert count_errors(" ".join(said), text, "wer", language="en").rate < 0.2, text
+    (batch,) = engine.transcribe_batch([audio], options)
+    assert normalize_text(batch.text).split()[-2:] == last, batch.text
+    assert count_errors(" ".join(said), batch.text, "wer", language="en").rate < 0.2, batch.text
+    own = engine.transcribe(audio, replace(options, max_new_tokens=120)).text
+    words = len(normalize_text(" ".join(said)).split())
+    assert normalize_text(own).split()[-2:] != last and len(normalize_text(own).split()) < words - 10, own
 
 
 def test_ct2_features_are_padded_like_training_features(whisper_base_dir, en_wav):

@@ -12,9 +12,10 @@ pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, w
 window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
 demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by espeak-ng at speed 320 (about 8
 characters per second of speech, as fast Mandarin gets) joined by 0.6 s of silence into ≥ 50 s: 30 s windows whose
-text needs most of the token budget (give the demo model). Engine mode (default): every mode transcribes the
-recording in this process; time, real-time factor and CER/WER against the reference; model loading and a warm-up call
-are not timed.
+text needs most of the token budget (give the demo model); ``zh_dense`` = the same with 0.2 s pauses, as many as fit
+in 29 s (about 220 characters, 7.6 per second: one window whose text needs more than its 224 tokens). Engine mode
+(default): every mode transcribes the recording in this process; time, real-time factor and CER/WER against the
+reference; model loading and a warm-up call are not timed.
 ``--whole_process=True``: the user's commands, timed start to end as subprocesses (imports, model load, audio
 decoding, VAD, decoding): ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8
 script, on the same CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each
@@ -24,6 +25,7 @@ with its ratio. The CPU flags are printed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -103,10 +105,11 @@ def build_repeated(sentence: str, times: int, out_dir: Path) -> tuple[Path, str,
     return out, sentence * times, len(load_audio(out)) / SAMPLE_RATE
 
 
-def build_fast(manifest_path: str, min_seconds: float, out_dir: Path, speed: int = 320) -> tuple[Path, str, float]:
+def build_fast(manifest_path: str, min_seconds: float, out_dir: Path, speed: int = 320, gap_s: float = GAP_S,
+               max_seconds: float | None = None) -> tuple[Path, str, float]:
     """The manifest's Mandarin sentences spoken fast by espeak-ng (pinyin voice, ``speed`` words a minute: about 8
-    characters per second of speech at 320), 0.6 s of silence after each, until ≥ ``min_seconds``; returns (wav,
-    reference, seconds)."""
+    characters per second of speech at 320), ``gap_s`` of silence after each, until ≥ ``min_seconds`` or as many as
+    fit in ``max_seconds``; returns (wav, reference, seconds)."""
     import soundfile as sf
 
     from tools.make_demo_data import Voice, synthesize_speech, to_pinyin
@@ -115,13 +118,17 @@ def build_fast(manifest_path: str, min_seconds: float, out_dir: Path, speed: int
     parts, said, total = [], [], 0
     for record in (r for r in load_manifest(manifest_path) if r.sentence.strip()):
         speech = synthesize_speech(to_pinyin(record.sentence), voice, out_dir)
-        parts += [speech, np.zeros(int(GAP_S * SAMPLE_RATE), speech.dtype)]
+        if max_seconds is not None and total + len(speech) > max_seconds * SAMPLE_RATE:
+            break
+        parts += [speech, np.zeros(int(gap_s * SAMPLE_RATE), speech.dtype)]
         said.append(record.sentence)
         total += len(parts[-2]) + len(parts[-1])
         if total >= min_seconds * SAMPLE_RATE:
             break
     else:
         raise SystemExit(f"{manifest_path}: its sentences said fast last under {min_seconds:g} s")
+    if not said:
+        raise SystemExit(f"{manifest_path}: no sentence said fast fits in {max_seconds:g} s")
     wav = out_dir / "zh_fast.wav"
     sf.write(wav, np.concatenate(parts), SAMPLE_RATE)
     return wav, "".join(said), total / SAMPLE_RATE
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
     parser.add_argument("--recording", default="joined",
-                        choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast"),
+                        choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast", "zh_dense"),
                         help="what is transcribed (see above)")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
@@ -280,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         args.language = "zh"
     elif args.recording == "zh_fast":
         wav, reference, seconds = build_fast(args.test_data, 50.0, tmp)
+        args.language = "zh"
+    elif args.recording == "zh_dense":
+        wav, reference, seconds = build_fast(args.test_data, math.inf, tmp, gap_s=0.2, max_seconds=29.0)
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)

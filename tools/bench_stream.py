@@ -7,11 +7,12 @@ Recordings (sox/espeak-ng, see tools/bench_infer.py): ``en`` = the English gener
 pauses); ``zh`` = the demo test clips joined into ≥ 50 s; ``en_real`` = the real English recordings of dataset/real/
 joined (≥ 50 s: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk); ``zh_repeated`` = one Mandarin sentence
 said 6 times with 1 s pauses; ``zh_real`` = the two real AISHELL-1 recordings of dataset/real/, each said 3 times
-with 1 s pauses (31 s, read-back; give the demo model's CT2 folder). For each ``--encoder_window_seconds`` value the
-stream runs with ``--simulate_realtime=False`` (the clock advances by the audio read plus the compute spent, as a
-live microphone would see it) and the table gives mean/p90 latency (word end → commit), the real-time factor
-(compute / audio), the streamed text's error rate against the reference and against the offline transcript, and the
-offline error rate. CPU flags printed.
+with 1 s pauses (31 s, read-back; give the demo model's CT2 folder); ``zh_fast`` = the demo test sentences said by
+espeak-ng at about 8 characters per second, 0.6 s pauses, ≥ 50 s (dense speech; the demo model's CT2 folder). For
+each ``--encoder_window_seconds`` value the stream runs with ``--simulate_realtime=False`` (the clock advances by
+the audio read plus the compute spent, as a live microphone would see it) and the table gives mean/p90 latency (word
+end → commit), the real-time factor (compute / audio), the streamed text's error rate against the reference and
+against the offline transcript, and the offline error rate. CPU flags printed.
 
 ``--chunk_seconds=0.8,1.0,1.2`` runs each window at several ``--chunk_seconds`` (realtime_transcribe.py's default:
 1.0) and adds their mean: where the decodes fall depends on how long each took, so one run's error rate moves by a
@@ -42,7 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import realtime_transcribe  # noqa: E402
-from tools.bench_infer import REPEATED_SENTENCE, build_recording, build_repeated, cpu_report  # noqa: E402
+from tools.bench_infer import (REPEATED_SENTENCE, build_fast, build_recording, build_repeated,  # noqa: E402
+                               cpu_report)
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
@@ -53,7 +55,7 @@ REAL_ZH = ("dataset/real/real_zh.json", "zh", "cer", "")  # the clips of ``zh_re
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated", "zh_real"))
+    parser.add_argument("--recording", default="en", choices=(*CLIP_SETS, "zh_repeated", "zh_real", "zh_fast"))
     parser.add_argument("--model_path", default="openai/whisper-base", help="CTranslate2 folder or packaged model")
     parser.add_argument("--windows", default="auto,15", help="comma-separated --encoder_window_seconds values (auto: "
                         "realtime_transcribe.py's default, 10 s on a CPU)")
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         wav, reference, seconds = build_recording(str(REPO_ROOT / manifest), 50.0, tmp, sep=sep)
     elif args.recording == "zh_real":
         wav, reference, seconds = build_real_repeated(tmp)
+        language, metric = "zh", "cer"
+    elif args.recording == "zh_fast":
+        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset" / "test.json"), 50.0, tmp)
         language, metric = "zh", "cer"
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)

@@ -553,7 +553,7 @@ class _BaseTranscriber:
                     cuts[i + k] = parts
             for k, result in enumerate(got):  # dense speech: the budget ran out before the end: read it in halves
                 if (splittable[i + k] and i + k not in cuts and periods[k] is None and _out_of_budget(result, options)
-                        and (parts := reread_parts(batch[k], batch[k].duration_s / 2))):
+                        and (parts := cut_in_two(batch[k]))):
                     logger.debug("a %.1f s chunk used up its token budget: read again in %d pieces",
                                  batch[k].duration_s, len(parts[0].pieces))
                     cuts[i + k] = parts
@@ -966,6 +966,16 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
             return parts
     pieces = cut_every(chunk, take_s)
     return [_Part(chunk, pieces)] if len(pieces) > 1 else []
+
+
+def cut_in_two(chunk: Chunk) -> list[_Part]:
+    """``chunk`` cut in two at the break nearest its middle, as one part read anew (:class:`_Part`, ``at`` None); []
+    without a break."""
+    if not chunk.breaks:
+        return []
+    middle = (chunk.start + chunk.end) / 2
+    cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
+    return [_Part(chunk, [part(chunk, chunk.start, cut), part(chunk, cut, chunk.end)])]
 
 
 def _pause_breaks(chunk: Chunk) -> tuple[int, ...]:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, audio_duration, header_seconds, load_audio, resample, save_wav
+from utils.audio import (SAMPLE_RATE, AudioLoadError, audio_duration, header_seconds, load_audio, quietest_point,
+                         resample, save_wav)
 
 
 def _tone(seconds: float, sr: int, freq: float = 440.0) -> np.ndarray:
@@ -123,3 +124,15 @@ def test_a_wav_cut_short_is_read_with_a_warning_naming_both_durations(tmp_path, 
     warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert warnings == [f"{cut}: truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut "
                         "short?); using the 1.00 s there are"]  # once per file, not once per read
+
+
+def test_quietest_point_is_the_middle_of_the_quietest_stretch():
+    """Where a dense window without a pause is cut in two: the centre of its quietest 50 ms in the range given."""
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.3, 3 * SAMPLE_RATE).astype(np.float32)
+    audio[22_000:23_600] *= 0.01  # a 0.1 s dip (between two syllables)
+    audio[40_000:42_000] = 0.0  # quieter still, but outside the range asked
+    cut = quietest_point(audio, 16_000, 32_000)
+    assert 22_000 + 400 <= cut <= 23_600 - 400, cut
+    assert quietest_point(audio, 100, 500) == 100  # shorter than the window: its start
+

@@ -287,3 +287,14 @@ def save_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SA
     """Write a mono float32 waveform as 16-bit PCM WAV."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(os.fspath(path), samples, sample_rate, subtype="PCM_16")
+
+
+def quietest_point(samples: np.ndarray, start: int, end: int, window: int = SAMPLE_RATE // 20) -> int:
+    """The sample in ``samples[start:end]`` (float32, shape (n,)) at the centre of the quietest ``window`` samples
+    (least energy; default 50 ms, about a gap between two syllables); ``start`` when the range is shorter than that."""
+    seg = np.asarray(samples[start:end], dtype=np.float64)
+    if len(seg) <= window:
+        return start
+    energy = np.convolve(seg * seg, np.ones(window), mode="valid")  # energy of each window, by its first sample
+    return start + int(np.argmin(energy)) + window // 2
+

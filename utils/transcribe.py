@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio, quietest_point
 from utils.data import Segment, Word
 from utils.device import cpu_has_amx, cpu_has_vnni, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
@@ -511,6 +511,7 @@ class _BaseTranscriber:
         more in one call) is cut at a pause near its middle and both halves are read, as the chunk was (its beam and
         encoder window: a half holds many sentences, not one take). Decodes of audio decoded before
         fall back to higher temperatures only out of a loop (:func:`_again`). A chunk read right is decoded once.
+        ``depth``: how many levels of cutting lie above these chunks (``MAX_REPEAT_SPLITS``: they are not cut);
         ``decoded``: the chunks' first decode, when the caller has it.
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
@@ -552,8 +553,9 @@ class _BaseTranscriber:
                 if splittable[i + k] and (parts := reread_parts(batch[k], take_seconds(n, n, batch[k].duration_s))):
                     cuts[i + k] = parts
             for k, result in enumerate(got):  # dense speech: the budget ran out before the end: read it in halves
-                if (splittable[i + k] and i + k not in cuts and periods[k] is None and _out_of_budget(result, options)
-                        and (parts := cut_in_two(batch[k]))):
+                if (depth < MAX_REPEAT_SPLITS and i + k not in cuts and periods[k] is None
+                        and _out_of_budget(result, options)):
+                    parts = cut_in_two(batch[k], waves[k])
                     logger.debug("a %.1f s chunk used up its token budget: read again in two halves",
                                  batch[k].duration_s)
                     cuts[i + k] = parts
@@ -730,9 +732,11 @@ class _BaseTranscriber:
                 for start, end, text in self._transcribe_sequential(audio, language, options, prompt):
                     yield start - lead_s, end - lead_s, text
                 return
+            never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
             for i in range(0, len(chunks), options.batch_size):
                 batch = chunks[i: i + options.batch_size]
-                results = self._decode_chunks(audio, batch, language, options, prompt)
+                results = self._decode_chunks(audio, batch, language, options, prompt,
+                                              MAX_REPEAT_SPLITS if never_cut else 0)
                 for chunk, result in zip(batch, results, strict=True):
                     yield from _shifted(result, chunk.offset_s - lead_s)
 
@@ -968,13 +972,17 @@ def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
     return [_Part(chunk, pieces)] if len(pieces) > 1 else []
 
 
-def cut_in_two(chunk: Chunk) -> list[_Part]:
-    """``chunk`` cut in two at the break nearest its middle, as one part read anew (:class:`_Part`, ``at`` None); []
-    without a break."""
-    if not chunk.breaks:
-        return []
+def cut_in_two(chunk: Chunk, wave: np.ndarray) -> list[_Part]:
+    """``chunk`` (its samples: ``wave``) cut in two, as one part read anew (:class:`_Part`, ``at`` None): at the break
+    nearest its middle, or, with no pause the VAD kept apart (speech without a 0.16 s silence, or under noise that
+    hides the pauses), at the quietest 50 ms of its middle third (:func:`utils.audio.quietest_point`), mostly between
+    two syllables."""
     middle = (chunk.start + chunk.end) / 2
-    cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
+    if chunk.breaks:
+        cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
+    else:
+        third = (chunk.end - chunk.start) // 3
+        cut = chunk.start + quietest_point(wave, third, 2 * third)
     return [_Part(chunk, [part(chunk, chunk.start, cut), part(chunk, cut, chunk.end)])]
 
 

@@ -106,10 +106,10 @@ def build_repeated(sentence: str, times: int, out_dir: Path) -> tuple[Path, str,
 
 
 def build_fast(manifest_path: str, min_seconds: float, out_dir: Path, speed: int = 320, gap_s: float = GAP_S,
-               max_seconds: float | None = None) -> tuple[Path, str, float]:
+               max_seconds: float | None = None, name: str = "zh_fast") -> tuple[Path, str, float]:
     """The manifest's Mandarin sentences spoken fast by espeak-ng (pinyin voice, ``speed`` words a minute: about 8
     characters per second of speech at 320), ``gap_s`` of silence after each, until ≥ ``min_seconds`` or as many as
-    fit in ``max_seconds``; returns (wav, reference, seconds)."""
+    fit in ``max_seconds``; returns (``name``.wav, reference, seconds)."""
     import soundfile as sf
 
     from tools.make_demo_data import Voice, synthesize_speech, to_pinyin
@@ -126,10 +126,11 @@ def build_fast(manifest_path: str, min_seconds: float, out_dir: Path, speed: int
         if total >= min_seconds * SAMPLE_RATE:
             break
     else:
-        raise SystemExit(f"{manifest_path}: its sentences said fast last under {min_seconds:g} s")
+        if max_seconds is None:
+            raise SystemExit(f"{manifest_path}: its sentences said fast last under {min_seconds:g} s")
     if not said:
         raise SystemExit(f"{manifest_path}: no sentence said fast fits in {max_seconds:g} s")
-    wav = out_dir / "zh_fast.wav"
+    wav = out_dir / f"{name}.wav"
     sf.write(wav, np.concatenate(parts), SAMPLE_RATE)
     return wav, "".join(said), total / SAMPLE_RATE
 
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         wav, reference, seconds = build_fast(args.test_data, 50.0, tmp)
         args.language = "zh"
     elif args.recording == "zh_dense":
-        wav, reference, seconds = build_fast(args.test_data, math.inf, tmp, gap_s=0.2, max_seconds=29.0)
+        wav, reference, seconds = build_fast(args.test_data, math.inf, tmp, gap_s=0.2, max_seconds=29.0,
+                                             name="zh_dense")
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)

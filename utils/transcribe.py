@@ -1455,9 +1455,12 @@ class TransformersTranscriber(_BaseTranscriber):
                         per_item[i] = pieces
         results = []
         for i, pieces in enumerate(per_item):
-            # tokens generated: the text's, and a timestamp token at each end of a segment
-            used = sum(len(p[3]) + (2 if options.timestamps else 0) for p in pieces)
-            full = used >= kw["max_new_tokens"] - 4 and not self._is_loop([p[:3] for p in pieces], 10**9, options)
+            # the budget used up (the tokens generated: the text's, and a timestamp token at each end of a segment)
+            # by text that is no loop, as the ct2 backend decides it
+            tokens = [t for p in pieces for t in p[3]]
+            full = (len(tokens) + (2 * len(pieces) if options.timestamps else 0) >= kw["max_new_tokens"] - 4
+                    and not is_decoder_loop(tokens, join_texts([p[2] for p in pieces]), True,
+                                            options.compression_ratio_threshold))
             if not options.timestamps:  # one segment spanning the chunk
                 text = join_texts([p[2] for p in pieces])
                 pieces = [(0.0, durations[i], text, [t for p in pieces for t in p[3]])] if text.strip() else []

@@ -508,8 +508,9 @@ class _BaseTranscriber:
         sentence said three times in one window, read once both ways with onnxruntime's int8 encoder on an AMD Zen
         4). A chunk whose text stopped at its token budget without a loop (:func:`_out_of_budget`: dense speech, e.g.
         Mandarin at 8 characters/s fills a 30 s window's 224 tokens before its end, and CTranslate2 cannot generate
-        more in one call) is cut at a pause near its middle and both halves are read, as the chunk was (its beam and
-        encoder window: a half holds many sentences, not one take). Decodes of audio decoded before
+        more in one call) is cut in two (:func:`cut_in_two`: at the pause nearest its middle, or its quietest point
+        there) and both halves are read, as the chunk was (its beam and encoder window: a half holds many sentences,
+        not one take). Decodes of audio decoded before
         fall back to higher temperatures only out of a loop (:func:`_again`). A chunk read right is decoded once.
         ``depth``: how many levels of cutting lie above these chunks (``MAX_REPEAT_SPLITS``: they are not cut);
         ``decoded``: the chunks' first decode, when the caller has it.
@@ -568,8 +569,8 @@ class _BaseTranscriber:
                          sum(chunks[i].duration_s for i in cuts), len(pieces))
 
             def decoded_again(which: list[int], again: DecodeOptions) -> Iterator[_ChunkResult]:
-                pieces = [p for i in which for part_ in cuts[i] for p in part_.pieces]
-                return iter(self._decode_chunks(audio, pieces, language, again, prompt, depth + 1) if pieces else ())
+                todo = [p for i in which for part_ in cuts[i] for p in part_.pieces]
+                return iter(self._decode_chunks(audio, todo, language, again, prompt, depth + 1) if todo else ())
 
             # a take alone: greedy, in a short window (_in_pieces); half of a dense chunk holds many sentences: read
             # like the chunk, in the command's beam and window (the two dense Mandarin recordings of the README's

@@ -1358,10 +1358,14 @@ def test_speech_left_unread_after_the_timestamp_decode_is_read_in_pieces(repo_ro
 
 
 class _CountingEncoder:
-    """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``."""
+    """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``; its other
+    calls (a lone row's generate, align, language detection) go to the replica."""
 
     def __init__(self, inner, shapes: list) -> None:
         self.inner, self.shapes = inner, shapes
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def encode(self, features):
         self.shapes.append(tuple(features.shape))
@@ -1370,8 +1374,9 @@ class _CountingEncoder:
 
 def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh_wav, monkeypatch):
     """On a CPU, CTranslate2 runs a batch as two halves side by side on one thread each; where CTranslate2 encodes
-    too, a window left alone is encoded on every thread by a replica of its own, or, with weights too big to hold
-    twice, each worker keeps every thread. Rows come back in order, the same either way."""
+    too, a window left alone is encoded on every thread by a replica of its own, which also decodes a lone clip (not
+    a worker on one thread), or, with weights too big to hold twice, each worker keeps every thread. Rows come back
+    in order, the same either way."""
     import threading
 
     import utils.transcribe as tr
@@ -1394,16 +1399,23 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
         if solo:
             engine._solo = _CountingEncoder(engine._solo, alone)
         calls: list[tuple[int, str]] = []
+        models: list = []
         generate = engine._generate_on
 
         def spy(encoded, prompts, *args):
             calls.append((len(prompts), threading.current_thread().name))
+            models.append(args[3] if len(args) > 3 else None)
             return generate(encoded, prompts, *args)
 
         monkeypatch.setattr(engine, "_generate_on", spy)
         texts[solo] = [t.text for t in engine.transcribe_batch([en, zh, en], DecodeOptions(temperatures=(0.0,)))]
         assert sorted(n for n, _ in calls[:2]) == [1, 2] and len({name for _, name in calls[:2]}) == 2
+        assert models[:2] == [engine.model.model] * 2  # the batch on the workers
         assert alone == ([(1, 80, 3000)] if solo else [])  # three windows: the third encoded alone
+        del models[:]
+        lone = engine.transcribe(en, DecodeOptions(temperatures=(0.0,))).text
+        assert models == [engine._solo if solo else engine.model.model]  # every thread: the replica's, or a worker's
+        assert lone == texts[solo][0]
         assert texts[solo][0] == texts[solo][2]
         assert count_errors(EN_SENTENCE, texts[solo][0], "wer", language="en").rate < 0.3
         assert texts[solo][1] != texts[solo][0]

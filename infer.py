@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
+    if len(files) > 1:  # short files are windows decoded alone; for one file the test would cost what it saves
+        engine.tune_lone_decoder()
 
     # 3. Transcribe every file; a failing file is reported and skipped
     failed: list[str] = []

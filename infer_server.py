@@ -112,9 +112,11 @@ def load_models(args: argparse.Namespace) -> dict:
     models = {}
     for path in args.model_path:
         logger.info("loading %s (%s backend)", path, args.backend)
-        models[model_name(path)] = load_transcriber(
+        engine = load_transcriber(
             path, args.backend, device=args.device, dtype=args.dtype, compute_type=args.compute_type,
             local_files_only=args.local_files_only, cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder)
+        engine.tune_lone_decoder()  # a request is mostly a short file: a window alone
+        models[model_name(path)] = engine
     return models
 
 

@@ -93,7 +93,9 @@ def _configure_logging() -> bool:
 def load_engine(model_path: str, backend: str, device: str, local_files_only: bool):
     from utils.transcribe import load_transcriber
 
-    return load_transcriber(model_path, backend=backend, device=device, local_files_only=local_files_only)
+    engine = load_transcriber(model_path, backend=backend, device=device, local_files_only=local_files_only)
+    engine.tune_lone_decoder()  # an upload or a recording is mostly one window, decoded alone
+    return engine
 
 
 @st.cache_resource(show_spinner=False)

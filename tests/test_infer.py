@@ -143,6 +143,23 @@ def test_with_amx_ct2_auto_runs_the_encoder_by_how_much_audio_there_is(en_wav, t
     assert "encoder PyTorch bfloat16" in caplog.text
 
 
+def test_several_files_tune_how_a_window_alone_decodes_one_file_does_not(en_wav, zh_wav, tmp_path, caplog):
+    """Short files are windows decoded alone: for several, infer.py first times where that runs faster on this
+    machine (CT2Transcriber.tune_lone_decoder, about 0.3 s); for one file the test would cost what it saves."""
+    import logging
+
+    args = ["--backend=ct2", "--model_path=openai/whisper-base", "--device=cpu", "--ct2_encoder=ct2"]
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert infer.main([*args, f"--audio_path={en_wav}"]) == 0
+    assert "ct2 backend" in caplog.text and "a window alone decodes on" not in caplog.text
+    caplog.clear()
+    for wav in (en_wav, zh_wav):
+        (tmp_path / wav.name).write_bytes(wav.read_bytes())
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert infer.main([*args, f"--audio_path={tmp_path}"]) == 0
+    assert "a window alone decodes on" in caplog.text
+
+
 @pytest.mark.slow
 def test_ct2_command_imports_neither_torch_nor_transformers(en_wav, tmp_path):
     """The ct2 path (CTranslate2 encoder) runs without PyTorch and transformers, whose imports cost ~3 s of a

@@ -1380,8 +1380,14 @@ def test_microphone_chosen_by_index_at_its_own_rate(long_en_wav, pulse_microphon
 
 
 @pytest.mark.slow
-def test_streaming_with_word_timestamps(en_wav, tmp_path):
-    """--word_timestamps: committed words take their times from the alignment; the text stays right."""
+def test_streaming_with_word_timestamps(en_wav, tmp_path, monkeypatch):
+    """--word_timestamps: committed words take their times from the alignment; the text stays right. The engine is
+    tuned for windows decoded alone first (every step is one)."""
+    from utils.transcribe import CT2Transcriber
+
+    tuned = []
+    tune = CT2Transcriber.tune_lone_decoder
+    monkeypatch.setattr(CT2Transcriber, "tune_lone_decoder", lambda self: tuned.append(tune(self)) or tuned[-1])
     report_file = tmp_path / "report.json"
     # CTranslate2's encoder on every CPU: PyTorch bf16 (auto with AMX) hears the borderline "jumps over the" as
     # "dumb, sober" in the offline 30 s window and right in the stream's 10 s one (test_server.py says more)
@@ -1391,3 +1397,4 @@ def test_streaming_with_word_timestamps(en_wav, tmp_path):
     report = json.loads(report_file.read_text())
     assert report["cer_vs_offline"] <= 0.1 and report["words"] >= 7, report
     assert "quick brown" in report["text"], report["text"]  # words spaced (the CER above ignores spaces)
+    assert len(tuned) == 1

@@ -166,6 +166,7 @@ def test_models_and_health(server, client):
     assert [m.id for m in client.models.list()] == ["openai/whisper-base"]
     health = server.health()
     assert health["status"] == "ok" and "openai/whisper-base" in health["models"]
+    assert "a window alone decodes on" in server.log.read_text()  # the model was tuned for requests of short files
 
 
 @pytest.mark.parametrize("case", ["no key", "wrong key", "unknown model", "no file", "bad audio", "empty file",

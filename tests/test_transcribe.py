@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -1374,9 +1375,9 @@ class _CountingEncoder:
 
 def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh_wav, monkeypatch):
     """On a CPU, CTranslate2 runs a batch as two halves side by side on one thread each; where CTranslate2 encodes
-    too, a window left alone is encoded on every thread by a replica of its own, which also decodes a lone clip (not
-    a worker on one thread), or, with weights too big to hold twice, each worker keeps every thread. Rows come back
-    in order, the same either way."""
+    too, a window left alone is encoded on every thread by a replica of its own (and decoded on a worker until
+    tune_lone_decoder says otherwise), or, with weights too big to hold twice, each worker keeps every thread. Rows
+    come back in order, the same either way."""
     import threading
 
     import utils.transcribe as tr
@@ -1414,7 +1415,7 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
         assert alone == ([(1, 80, 3000)] if solo else [])  # three windows: the third encoded alone
         del models[:]
         lone = engine.transcribe(en, DecodeOptions(temperatures=(0.0,))).text
-        assert models == [engine._solo if solo else engine.model.model]  # every thread: the replica's, or a worker's
+        assert models == [engine.model.model]  # untuned: on a worker
         assert lone == texts[solo][0]
         assert texts[solo][0] == texts[solo][2]
         assert count_errors(EN_SENTENCE, texts[solo][0], "wer", language="en").rate < 0.3
@@ -1422,6 +1423,59 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
     assert texts[True] == texts[False]
     single = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=1, ct2_encoder="ct2")
     assert single.workers == 1 and single._solo_threads == 0
+    assert single.tune_lone_decoder() is False and single._lone is single.model.model  # no replica: nothing to pick
+
+
+class _Timed:
+    """A CTranslate2 model whose calls are recorded by name in ``calls``; generate() sleeps ``delay`` seconds first."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.calls = inner, delay, []
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            if name == "generate":
+                time.sleep(self.delay)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, en_wav, monkeypatch):
+    """tune_lone_decoder times a test decode on a one-thread worker and on the every-thread replica and from then on
+    has a window decoded alone (generate, align, language detection) by the faster one: the replica only when it took
+    at most LONE_DECODE_MAX_SHARE of the worker's time (which wins depends on the machine: README, Speed). Batches
+    stay on the workers; the text is the same either way."""
+    import utils.transcribe as tr
+
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
+    worker, solo = engine.model.model, engine._solo
+    assert engine._lone is worker  # untuned: as before
+    en = load_audio(en_wav)
+    options = DecodeOptions(language=None, word_timestamps=True, temperatures=(0.0,))
+    texts = []
+    for slow in ("worker", "replica", "neither"):  # neither: the replica not faster enough to be worth it
+        engine.model.model = _Timed(worker, 0.2 if slow == "worker" else 0.0)
+        engine._solo = _Timed(solo, 0.2 if slow == "replica" else 0.0)
+        assert engine.tune_lone_decoder() == (slow == "worker")
+        assert engine._lone is (engine._solo if slow == "worker" else engine.model.model)
+        engine.model.model.delay = engine._solo.delay = 0.0
+        engine.model.model.calls.clear(), engine._solo.calls.clear()
+        transcript = engine.transcribe(en, options)
+        on, off = (engine._solo, engine.model.model) if slow == "worker" else (engine.model.model, engine._solo)
+        assert {"detect_language", "generate", "align"} <= set(on.calls) and set(off.calls) <= {"encode"}
+        assert transcript.language == "en" and transcript.segments[0].words
+        texts.append(transcript.text)
+        if slow == "worker":  # a batch of two: one row on each worker, not on the replica
+            engine._solo.calls.clear()
+            engine.transcribe_batch([en, en], replace(options, language="en"))
+            assert "generate" not in engine._solo.calls and engine.model.model.calls.count("generate") >= 2
+    assert texts[0] == texts[1] == texts[2]
+    assert count_errors(EN_SENTENCE, texts[0], "wer", language="en").rate < 0.3
 
 
 @pytest.mark.slow

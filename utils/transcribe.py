@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -61,13 +62,19 @@ CPU_ENCODER_WINDOWS = 2
 # waits on its threads more than it computes: one 25 s chunk decodes faster on one thread than on two (beam 3:
 # 1.6-1.9 vs 2.1-2.8 s), and a batch decoded as two halves side by side on one thread each is 1.3-1.7x faster than the
 # whole batch on one worker with both threads (same tokens; whisper-base, beam 1/3/5, 2-core AMD EPYC Zen 4 and its
-# AVX2 profile); more workers than cores are slower. So each worker gets threads // 2 threads. An encoder window is
-# the other way round: a 30 s window alone takes 1.3 s on one thread against 0.75 on two (AVX2-only EPYC). Where
-# CTranslate2 encodes (CPUs without VNNI), windows go to the workers in pairs, side by side, and a window left alone
-# (a short file, an odd last one, a stream's step) to a replica of its own on every thread (``SOLO_ENCODER_MAX_BYTES``).
+# AVX2 profile; a 2-core Zen 5 EPYC VM decodes one window faster on two: tune_lone_decoder below); more workers than
+# cores are slower. So each worker gets threads // 2 threads. An encoder window is the other way round: a 30 s window
+# alone takes 1.3 s on one thread against 0.75 on two (AVX2-only EPYC). Where CTranslate2 encodes (CPUs without
+# VNNI), windows go to the workers in pairs, side by side, and a window left alone (a short file, an odd last one, a
+# stream's step) to a replica of its own on every thread (``SOLO_ENCODER_MAX_BYTES``).
 # Before, each worker kept every thread: real Mandarin x8 (two windows) decoded in 1.5-1.7 s against 1.2-1.3 now.
 CPU_WORKERS = 2
 CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads=0
+# a window decoded alone (a stream's step, a short file) runs on the lone-window replica, on every thread, only where a
+# timed test decode finds that at most this share of a one-thread worker's time (CT2Transcriber.tune_lone_decoder):
+# which is faster depends on the machine, not its instruction set (README, Speed: 1.7x faster on every thread on a
+# 2-core Zen 5 EPYC VM, 1.4x slower on the Zen 4 and AVX2-only EPYCs above)
+LONE_DECODE_MAX_SHARE = 0.85
 # the weights are held twice with a lone-window replica: above this size (large models' int8 weights, 1.5 GB) each
 # worker keeps every thread instead, as one replica set shares one copy of the weights
 SOLO_ENCODER_MAX_BYTES = 1 << 30
@@ -353,6 +360,8 @@ class Transcriber(Protocol):
 
     def fixed_language(self, options: DecodeOptions) -> str | None: ...
 
+    def tune_lone_decoder(self) -> bool: ...
+
 
 class _BaseTranscriber:
     """Chunking, language detection, batching and post-processing shared by both backends.
@@ -396,6 +405,12 @@ class _BaseTranscriber:
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Language of the first 30 s of a waveform, with its probability."""
         return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
+
+    def tune_lone_decoder(self) -> bool:
+        """Pick how a window decoded alone runs on this machine, by timing it (the ct2 backend on a CPU:
+        :meth:`CT2Transcriber.tune_lone_decoder`); for programs that decode many windows alone (live transcription,
+        the server, the web UI, folders of short files). Returns whether that changed anything (here: nothing)."""
+        return False
 
     def fixed_language(self, options: DecodeOptions) -> str | None:
         """The language ``options`` decode in without detecting it: ``options.language``, or when that is None the
@@ -1706,6 +1721,7 @@ class CT2Transcriber(_BaseTranscriber):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
         self._solo_threads = solo  # the lone-window replica's threads, 0: none
         self._solo: Any = building.result() if solo else None  # type: ignore[union-attr]
+        self._lone: Any = self.model.model  # who decodes a window alone: a worker until tune_lone_decoder() says
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
@@ -1734,17 +1750,49 @@ class CT2Transcriber(_BaseTranscriber):
     def _rows(self, n: int, call: Callable[[list[int], Any], Sequence[Any]]) -> list[Any]:
         """``call(rows, model)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at
         once; ``model``: the workers' CTranslate2 model); results in row order. One call with every row on a GPU or a
-        single worker; a lone row on the CPU runs on the lone-window replica, on every thread, not on a worker's one
-        (a 10 s window's greedy decode 0.31 → 0.20 s, a 25 s window's in a beam of 5 2.44 → 1.41 s: README,
-        Speed)."""
+        single worker; a lone row on the CPU runs on a worker, or on every thread of the lone-window replica where
+        :meth:`tune_lone_decoder` found that faster."""
         groups = [list(range(k, n, self.workers)) for k in range(min(self.workers, n))]
         if self._pool is None or len(groups) < 2:
-            return list(call(list(range(n)), self._solo if self._solo is not None else self.model.model))
+            return list(call(list(range(n)), self._lone))
         out: list[Any] = [None] * n
         for rows, results in zip(groups, self._pool.map(lambda rows: call(rows, self.model.model), groups)):
             for i, r in zip(rows, results, strict=True):
                 out[i] = r
         return out
+
+    def tune_lone_decoder(self, steps: int = 12) -> bool:
+        """Time a 10 s window's greedy decode of ``steps`` tokens on a worker (one thread) and on the lone-window
+        replica (every thread), best of two each after a warm-up, and from then on decode, align and detect the
+        language of a window alone on the replica where it took at most ``LONE_DECODE_MAX_SHARE`` of the worker's
+        time. A decoding step is small: on some machines its threads wait on each other more than they compute (a
+        29.6 s chunk in a beam of 3: 1.18 s on one thread, 1.64 s on two, 2-core AVX2-only EPYC), on others both
+        threads pay (a 10 s window, greedy: 0.31 → 0.20 s, 2-core Zen 5 EPYC, either instruction set). About 0.3 s,
+        half of it the replica's first encode, which a first window alone pays anyway. Without a replica (a GPU, one
+        core, big weights, another encoder) there is nothing to pick. Returns whether the replica was picked."""
+        if self._solo is None:
+            return False
+        feats = self._features([np.zeros(SAMPLE_RATE, dtype=np.float32)], 10.0)
+        encoded = self._storage(np.asarray(self._solo.encode(self._storage(feats))))
+        tokenizer = self._tokenizer("en", "transcribe")
+        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=True)
+
+        def seconds(model: Any) -> float:  # the end of text suppressed: every run decodes ``steps`` tokens
+            t0 = time.perf_counter()
+            model.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + steps,
+                           suppress_tokens=[*self._suppress_tokens, tokenizer.eot])
+            return time.perf_counter() - t0
+
+        worker, solo = self.model.model, self._solo
+        seconds(worker), seconds(solo)  # warm-up
+        worker_s, solo_s = math.inf, math.inf
+        for _ in range(2):
+            worker_s, solo_s = min(worker_s, seconds(worker)), min(solo_s, seconds(solo))
+        self._lone = solo if solo_s <= LONE_DECODE_MAX_SHARE * worker_s else worker
+        logger.info("a window alone decodes on %s: %.1f ms per token there, %.1f on %s", *(
+            ("every thread", solo_s * 1000 / steps, worker_s * 1000 / steps, "one") if self._lone is solo else
+            ("one thread", worker_s * 1000 / steps, solo_s * 1000 / steps, "every thread")))
+        return self._lone is solo
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).

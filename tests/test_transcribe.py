@@ -1458,8 +1458,9 @@ def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, e
     en = load_audio(en_wav)
     options = DecodeOptions(language=None, word_timestamps=True, temperatures=(0.0,))
     texts = []
-    for slow in ("worker", "replica", "neither"):  # neither: the replica not faster enough to be worth it
-        engine.model.model = _Timed(worker, 0.2 if slow == "worker" else 0.0)
+    for slow in ("worker", "replica", "no share"):  # no share: the replica faster, but never by enough
+        monkeypatch.setattr(tr, "LONE_DECODE_MAX_SHARE", 0.0 if slow == "no share" else tr.LONE_DECODE_MAX_SHARE)
+        engine.model.model = _Timed(worker, 0.0 if slow == "replica" else 0.2)
         engine._solo = _Timed(solo, 0.2 if slow == "replica" else 0.0)
         assert engine.tune_lone_decoder() == (slow == "worker")
         assert engine._lone is (engine._solo if slow == "worker" else engine.model.model)

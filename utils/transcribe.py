@@ -1767,7 +1767,9 @@ class CT2Transcriber(_BaseTranscriber):
         language of a window alone on the replica where it took at most ``LONE_DECODE_MAX_SHARE`` of the worker's
         time. A decoding step is small: on some machines its threads wait on each other more than they compute (a
         29.6 s chunk in a beam of 3: 1.18 s on one thread, 1.64 s on two, 2-core AVX2-only EPYC), on others both
-        threads pay (a 10 s window, greedy: 0.31 → 0.20 s, 2-core Zen 5 EPYC, either instruction set). About 0.3 s,
+        threads pay (a 10 s window, greedy: 0.31 → 0.20 s, 2-core Zen 5 EPYC, either instruction set), and on that
+        machine too, in a process where PyTorch has run its own threads, two threads are slower (5.6-6.3 against 4.2
+        ms per token, still a second after a few matrix products): so it is timed, not fixed. About 0.3 s,
         half of it the replica's first encode, which a first window alone pays anyway. Without a replica (a GPU, one
         core, big weights, another encoder) there is nothing to pick. Returns whether the replica was picked."""
         if self._solo is None:

@@ -73,7 +73,7 @@ CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads=0
 # a window decoded alone (a stream's step, a short file) runs on the lone-window replica, on every thread, only where a
 # timed test decode finds that at most this share of a one-thread worker's time (CT2Transcriber.tune_lone_decoder):
 # which is faster depends on the machine, not its instruction set (README, Speed: 1.7x faster on every thread on a
-# 2-core Zen 5 EPYC VM, 1.4x slower on the Zen 4 and AVX2-only EPYCs above)
+# 2-core Zen 5 EPYC VM, 1.1-1.5x slower on the Zen 4 and AVX2-only EPYCs above)
 LONE_DECODE_MAX_SHARE = 0.85
 # the weights are held twice with a lone-window replica: above this size (large models' int8 weights, 1.5 GB) each
 # worker keeps every thread instead, as one replica set shares one copy of the weights
@@ -2066,8 +2066,8 @@ class CT2Transcriber(_BaseTranscriber):
 
             def call(batch: Any, group: list[int], model: Any, tk: Any = tk) -> Any:
                 return model.align(batch, tk.sot_sequence, [tokens[i] for i in group],
-                                              [min(len(chunks[i]) // 160, 3000) for i in group],
-                                              median_filter_width=MEDIAN_FILTER_WIDTH)
+                                   [min(len(chunks[i]) // 160, 3000) for i in group],
+                                   median_filter_width=MEDIAN_FILTER_WIDTH)
 
             def align(rows: list[int], model: Any, idx: list[int] = idx, call: Any = call) -> Any:
                 picked = [idx[r] for r in rows]

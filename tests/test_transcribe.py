@@ -1360,7 +1360,7 @@ def test_speech_left_unread_after_the_timestamp_decode_is_read_in_pieces(repo_ro
 
 class _CountingEncoder:
     """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``; its other
-    calls (a lone row's generate, align, language detection) go to the replica."""
+    calls (a lone row's generate, align and language detection, once tune_lone_decoder picked it) go to the replica."""
 
     def __init__(self, inner, shapes: list) -> None:
         self.inner, self.shapes = inner, shapes

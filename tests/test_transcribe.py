@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -1426,11 +1425,21 @@ def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh
     assert single.tune_lone_decoder() is False and single._lone is single.model.model  # no replica: nothing to pick
 
 
-class _Timed:
-    """A CTranslate2 model whose calls are recorded by name in ``calls``; generate() sleeps ``delay`` seconds first."""
+class _Clock:
+    """A stand-in for the ``time`` module whose perf_counter() only moves when told (``now``, seconds)."""
 
-    def __init__(self, inner, delay: float) -> None:
-        self.inner, self.delay, self.calls = inner, delay, []
+    now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Timed:
+    """A CTranslate2 model whose calls are recorded by name in ``calls``; each generate() moves ``clock`` on by
+    ``delay`` seconds, as if it took that long (the real time it takes is not seen)."""
+
+    def __init__(self, inner, clock: _Clock, delay: float) -> None:
+        self.inner, self.clock, self.delay, self.calls = inner, clock, delay, []
 
     def __getattr__(self, name):
         method = getattr(self.inner, name)
@@ -1438,7 +1447,7 @@ class _Timed:
         def call(*args, **kwargs):
             self.calls.append(name)
             if name == "generate":
-                time.sleep(self.delay)
+                self.clock.now += self.delay
             return method(*args, **kwargs)
 
         return call
@@ -1448,10 +1457,13 @@ def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, e
     """tune_lone_decoder times a test decode on a one-thread worker and on the every-thread replica and from then on
     has a window decoded alone (generate, align, language detection) by the faster one: the replica only when it took
     at most LONE_DECODE_MAX_SHARE of the worker's time (which wins depends on the machine: README, Speed). Batches
-    stay on the workers; the text is the same either way."""
+    stay on the workers; the text is the same either way. The test decodes take the times a clock stand-in is
+    given (20 and 50 ms), whatever this machine does."""
     import utils.transcribe as tr
 
     monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    clock = _Clock()
+    monkeypatch.setattr(tr, "time", clock)
     engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
     worker, solo = engine.model.model, engine._solo
     assert engine._lone is worker  # untuned: as before
@@ -1460,11 +1472,10 @@ def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, e
     texts = []
     for slow in ("worker", "replica", "no share"):  # no share: the replica faster, but never by enough
         monkeypatch.setattr(tr, "LONE_DECODE_MAX_SHARE", 0.0 if slow == "no share" else tr.LONE_DECODE_MAX_SHARE)
-        engine.model.model = _Timed(worker, 0.0 if slow == "replica" else 0.2)
-        engine._solo = _Timed(solo, 0.2 if slow == "replica" else 0.0)
+        engine.model.model = _Timed(worker, clock, 0.02 if slow == "replica" else 0.05)
+        engine._solo = _Timed(solo, clock, 0.05 if slow == "replica" else 0.02)
         assert engine.tune_lone_decoder() == (slow == "worker")
         assert engine._lone is (engine._solo if slow == "worker" else engine.model.model)
-        engine.model.model.delay = engine._solo.delay = 0.0
         engine.model.model.calls.clear(), engine._solo.calls.clear()
         transcript = engine.transcribe(en, options)
         on, off = (engine._solo, engine.model.model) if slow == "worker" else (engine.model.model, engine._solo)

@@ -1358,14 +1358,10 @@ def test_speech_left_unread_after_the_timestamp_decode_is_read_in_pieces(repo_ro
 
 
 class _CountingEncoder:
-    """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``; its other
-    calls (a lone row's generate, align and language detection, once tune_lone_decoder picked it) go to the replica."""
+    """A CTranslate2 replica whose encode calls are recorded (the shape of each input) in ``shapes``."""
 
     def __init__(self, inner, shapes: list) -> None:
         self.inner, self.shapes = inner, shapes
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
     def encode(self, features):
         self.shapes.append(tuple(features.shape))

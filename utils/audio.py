@@ -297,4 +297,3 @@ def quietest_point(samples: np.ndarray, start: int, end: int, window: int = SAMP
         return start
     energy = np.convolve(seg * seg, np.ones(window), mode="valid")  # energy of each window, by its first sample
     return start + int(np.argmin(energy)) + window // 2
-

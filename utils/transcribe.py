@@ -73,7 +73,8 @@ CT2_DEFAULT_THREADS = 4  # CTranslate2's intra_threads=0
 # a window decoded alone (a stream's step, a short file) runs on the lone-window replica, on every thread, only where a
 # timed test decode finds that at most this share of a one-thread worker's time (CT2Transcriber.tune_lone_decoder):
 # which is faster depends on the machine, not its instruction set (README, Speed: 1.7x faster on every thread on a
-# 2-core Zen 5 EPYC VM, 1.1-1.5x slower on the Zen 4 and AVX2-only EPYCs above)
+# 2-core Zen 5 EPYC VM, 1.1-1.5x slower on the Zen 4 and AVX2-only EPYCs above), and on the process: on that Zen 5,
+# after PyTorch ran its own threads in it, two threads took 5.6-6.3 ms per token against 4.2 on one
 LONE_DECODE_MAX_SHARE = 0.85
 # the weights are held twice with a lone-window replica: above this size (large models' int8 weights, 1.5 GB) each
 # worker keeps every thread instead, as one replica set shares one copy of the weights
@@ -1765,13 +1766,9 @@ class CT2Transcriber(_BaseTranscriber):
         """Time a 10 s window's greedy decode of ``steps`` tokens on a worker (one thread) and on the lone-window
         replica (every thread), best of two each after a warm-up, and from then on decode, align and detect the
         language of a window alone on the replica where it took at most ``LONE_DECODE_MAX_SHARE`` of the worker's
-        time. A decoding step is small: on some machines its threads wait on each other more than they compute (a
-        29.6 s chunk in a beam of 3: 1.18 s on one thread, 1.64 s on two, 2-core AVX2-only EPYC), on others both
-        threads pay (a 10 s window, greedy: 0.31 → 0.20 s, 2-core Zen 5 EPYC, either instruction set), and on that
-        machine too, in a process where PyTorch has run its own threads, two threads are slower (5.6-6.3 against 4.2
-        ms per token, still a second after a few matrix products): so it is timed, not fixed. About 0.3 s,
-        half of it the replica's first encode, which a first window alone pays anyway. Without a replica (a GPU, one
-        core, big weights, another encoder) there is nothing to pick. Returns whether the replica was picked."""
+        time (which wins depends on the machine and on what else runs in the process: see that constant). About
+        0.3 s. Without a replica (a GPU, one core, big weights, another encoder) there is nothing to pick. Returns
+        whether the replica was picked."""
         if self._solo is None:
             return False
         feats = self._features([np.zeros(SAMPLE_RATE, dtype=np.float32)], 10.0)

@@ -889,11 +889,11 @@ def _resolved(*flags: str) -> argparse.Namespace:
     return args
 
 
-def test_revise_seconds_is_20_with_the_vad_and_off_without_it(capsys):
+def test_revise_seconds_is_6_with_the_vad_and_off_without_it(capsys):
     def resolved(*flags: str) -> float:
         return _resolved(*flags).revise_seconds
 
-    assert resolved() == realtime_transcribe.REVISE_SECONDS == 20.0
+    assert resolved() == realtime_transcribe.REVISE_SECONDS == 6.0
     assert resolved("--vad=False") == 0.0 and resolved("--revise_seconds=0") == 0.0
     with pytest.raises(SystemExit):
         resolved("--revise_seconds=29")
@@ -1150,9 +1150,10 @@ def test_streaming_a_long_file_matches_the_offline_transcript(long_en_wav, tmp_p
     final_text = " ".join(t for *_, t in final)
     assert error_rate([report["offline_text"]], [final_text]) == pytest.approx(report["final_cer_vs_offline"],
                                                                                abs=1e-3)
-    # the final text is read in 20-28 s blocks as offline reads 30 s chunks: 0.0 here on AVX2 and AVX-512 (the live
-    # text 0.017-0.043); two words off would be 0.03
-    assert report["final_cer_vs_offline"] <= 0.03, report
+    # the final text is read in blocks of a few sentences (at least 6 s), each in a 30 s window as offline reads its
+    # chunks: 0.017 (AVX-512) and 0.020 (AVX2 profile) on a Zen 5 EPYC, a word off (0.0 / 0.014 in blocks of 20 s;
+    # the live text 0.017-0.048); three words off would be 0.05, a sentence lost or doubled ~0.14
+    assert report["final_cer_vs_offline"] <= 0.05, report
     # committed text ≈ offline transcript of the same model, nothing committed twice. Streaming decodes shorter
     # context, so a few words differ: 0.034 (AMX), 0.048 (AVX2, also with the other core busy), 0.055 (an AVX2
     # EPYC); one sentence lost or doubled would be ~0.14

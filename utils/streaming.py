@@ -22,8 +22,9 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
   waits until it can be that step) and the buffer is emptied, or, with ``context_s``, keeps the latest closed
   utterances as context for the next one.
 
-A second pass (:class:`Reviser`, optional) reads the closed utterances again in blocks of 20-28 s, one window each,
-as offline transcription reads its chunks, and replaces their words: the stream's final text, a block later.
+A second pass (:class:`Reviser`, optional) reads the closed utterances again in blocks of a few of them (at least
+``block_s``, at most 28 s), one 30 s window each, as offline transcription reads its chunks, and replaces their words:
+the stream's final text, a block later.
 
 Words are compared token-wise: a token is one CJK character or one whitespace-free Latin "word", so
 agreement works for Chinese (no spaces) and English alike; punctuation and case do not count.
@@ -662,7 +663,7 @@ class Reviser:
     order: the final text can be written block by block.
     """
 
-    def __init__(self, decode_fn: HypothesisFn, *, block_s: float = 20.0, max_block_s: float = 28.0,
+    def __init__(self, decode_fn: HypothesisFn, *, block_s: float = 6.0, max_block_s: float = 28.0,
                  lead_s: float = 0.4) -> None:
         if not 0 < block_s <= max_block_s <= 29.0:
             raise ValueError(f"need 0 < block_s ({block_s}) <= max_block_s ({max_block_s}) <= 29 s")

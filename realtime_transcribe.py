@@ -10,8 +10,8 @@ are committed (LocalAgreement-2, see utils/streaming.py) and printed normally, t
 closes utterances. A second pass decodes the closed utterances again together, a block of at least 6 s
 (a few sentences) at a time, in one 30 s window as offline transcription does, and prints each block as a ``revised``
 line: the final text (``--output`` gets it), which reads as well as offline, about 4-9 s after the speech
-(``--revise_seconds=0``: the live text only). Ctrl-C stops cleanly (exit code 0): the tentative tail is committed and printed (exit
-code 130 only when Ctrl-C comes before streaming started, e.g. while the model loads).
+(``--revise_seconds=0``: the live text only). Ctrl-C stops cleanly (exit code 0): the tentative tail is committed
+and printed (exit code 130 only when Ctrl-C comes before streaming started, e.g. while the model loads).
 
 At the end a report (stderr, and ``--report_path`` as JSON) gives the latency from a word's end in the audio
 to its commit (mean, p90) and, for ``--compare_offline``, the CER of the committed (live) text and of the final

@@ -58,7 +58,7 @@ def test_the_fast_mandarin_recording_is_dense_and_the_same_every_time(tmp_path):
 
 
 def test_noise_is_added_at_the_snr_asked_for(tmp_path):
-    from tools.bench_stream import add_noise
+    from tools.bench_infer import add_noise
 
     rate = 16000
     t = np.arange(2 * rate) / rate

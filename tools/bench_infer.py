@@ -19,7 +19,10 @@ reference; model loading and a warm-up call are not timed.
 ``--whole_process=True``: the user's commands, timed start to end as subprocesses (imports, model load, audio
 decoding, VAD, decoding): ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8
 script, on the same CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each
-with its ratio. The CPU flags are printed.
+with its ratio. The CPU flags are printed. ``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to
+the whole recording, pauses included (the VAD then hears speech nearly everywhere):
+
+    python tools/bench_infer.py --recording=en_long --whole_process=True --snr_db=5
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads
 segments, _ = BatchedInferencePipeline(model).transcribe(sys.argv[2], language=sys.argv[3], batch_size=8)
 print("".join(s.text for s in segments))
 """
+
+
+def add_noise(wav: Path, snr_db: float, seed: int = 0) -> Path:
+    """A copy of ``wav`` with white noise at ``snr_db`` below the speech's RMS (samples above -50 dBFS)."""
+    import soundfile as sf
+
+    audio, rate = sf.read(wav, dtype="float32")
+    speech = audio[np.abs(audio) > 10 ** (-50 / 20)]
+    rms = float(np.sqrt(np.mean(speech ** 2))) if len(speech) else 0.1
+    noise = np.random.default_rng(seed).standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr_db / 20)
+    out = wav.with_name(f"{wav.stem}_snr{snr_db:g}.wav")
+    sf.write(out, np.clip(audio + noise, -1.0, 1.0), rate)
+    return out
 
 
 def build_real_repeated(name: str, out_dir: Path) -> tuple[Path, str, float]:
@@ -243,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recording", default="joined",
                         choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast", "zh_dense"),
                         help="what is transcribed (see above)")
+    parser.add_argument("--snr_db", type=float, default=None,
+                        help="add white noise (seeded) at this SNR (dB) to the recording, pauses included")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
     parser.add_argument("--repeats", type=int, default=2,
@@ -295,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
-    print(f"recording: {wav} ({seconds:.1f} s, {len(reference)} reference characters), threads={args.threads}")
+    if args.snr_db is not None:
+        wav = add_noise(wav, args.snr_db)
+    noise = "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR"
+    print(f"recording: {wav} ({seconds:.1f} s{noise}, {len(reference)} reference characters), threads={args.threads}")
     if args.whole_process == "True":
         whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,
                       [flags.split() for flags in args.infer_args or [""]])

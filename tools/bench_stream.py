@@ -43,8 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import realtime_transcribe  # noqa: E402
-from tools.bench_infer import (REPEATED_SENTENCE, build_fast, build_recording, build_repeated,  # noqa: E402
-                               cpu_report)
+from tools.bench_infer import (REPEATED_SENTENCE, add_noise, build_fast, build_recording,  # noqa: E402
+                               build_repeated, cpu_report)
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
@@ -137,20 +137,6 @@ def build_real_repeated(out_dir: Path) -> tuple[Path, str, float]:
     wav = out_dir / "zh_real.wav"
     sf.write(wav, audio, SAMPLE_RATE)
     return wav, reference, len(audio) / SAMPLE_RATE
-
-
-def add_noise(wav: Path, snr_db: float, seed: int = 0) -> Path:
-    """A copy of ``wav`` with white noise at ``snr_db`` below the speech's RMS (samples above -50 dBFS)."""
-    import numpy as np
-    import soundfile as sf
-
-    audio, rate = sf.read(wav, dtype="float32")
-    speech = audio[np.abs(audio) > 10 ** (-50 / 20)]
-    rms = float(np.sqrt(np.mean(speech ** 2))) if len(speech) else 0.1
-    noise = np.random.default_rng(seed).standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr_db / 20)
-    out = wav.with_name(f"{wav.stem}_snr{snr_db:g}.wav")
-    sf.write(out, np.clip(audio + noise, -1.0, 1.0), rate)
-    return out
 
 
 def clips_alone(recording: str, model_path: str) -> int:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, header_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
                        add_to_simple_arg, setup_logging)
-from utils.models import ModelResolutionError
+from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
                               load_transcriber)
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--output_dir", type=str, default=None, help="folder for output files (default: output)")
     add_bool(o, "verbose", False, "debug logging")
     return parser
+
+
+def lone_decoder_record() -> Path:
+    """Where infer.py keeps, per machine and model layout, whether a window alone decodes faster on every thread
+    (``CT2Transcriber.tune_lone_decoder``): in the toolkit's cache folder."""
+    return cache_root() / "lone_decoder.json"
 
 
 def collect_audio_files(paths: list[str]) -> list[str]:
@@ -212,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
-    if len(files) > 1:  # short files are windows decoded alone; for one file the test would cost what it saves
-        engine.tune_lone_decoder()
+    # short files are windows decoded alone: where that runs faster is timed (about 0.3 s) and recorded for this
+    # machine; one file takes the recorded decision (the test would cost what it saves), several are timed again
+    engine.tune_lone_decoder(record=lone_decoder_record(), reuse=len(files) == 1)
 
     # 3. Transcribe every file; a failing file is reported and skipped
     failed: list[str] = []

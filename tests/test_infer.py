@@ -143,21 +143,39 @@ def test_with_amx_ct2_auto_runs_the_encoder_by_how_much_audio_there_is(en_wav, t
     assert "encoder PyTorch bfloat16" in caplog.text
 
 
-def test_several_files_tune_how_a_window_alone_decodes_one_file_does_not(en_wav, zh_wav, tmp_path, caplog):
-    """Short files are windows decoded alone: for several, infer.py first times where that runs faster on this
-    machine (CT2Transcriber.tune_lone_decoder, about 0.3 s); for one file the test would cost what it saves."""
+def test_one_file_takes_the_recorded_lone_decoder_decision_several_files_time_it_again(en_wav, zh_wav, tmp_path,
+                                                                                       monkeypatch, caplog):
+    """Short files are windows decoded alone: infer.py times where that runs faster on this machine
+    (CT2Transcriber.tune_lone_decoder, about 0.3 s) and records it per machine and model layout. One file takes the
+    recorded decision (the test would cost what it saves) and times only when none is recorded; several files time
+    again and update the record."""
     import logging
 
-    args = ["--backend=ct2", "--model_path=openai/whisper-base", "--device=cpu", "--ct2_encoder=ct2"]
-    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
-        assert infer.main([*args, f"--audio_path={en_wav}"]) == 0
-    assert "ct2 backend" in caplog.text and "a window alone decodes on" not in caplog.text
-    caplog.clear()
+    import utils.transcribe as tr
+
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)  # two workers and the every-thread replica on any machine
+    record = tmp_path / "cache" / "lone_decoder.json"
+    monkeypatch.setattr(infer, "lone_decoder_record", lambda: record)
+    args = ["--backend=ct2", "--model_path=openai/whisper-base", "--device=cpu", "--ct2_encoder=ct2", "--cpu_threads=2"]
+    timed = "a window alone decodes on every thread: ", "a window alone decodes on one thread: "
+    for run in ("first file", "second file"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+            assert infer.main([*args, f"--audio_path={en_wav}"]) == 0
+        assert "2 workers x 1 threads, a window alone encoded on 2 threads" in caplog.text
+        if run == "first file":  # nothing recorded yet: timed once, recorded
+            assert any(t in caplog.text for t in timed)
+            assert len(json.loads(record.read_text(encoding="utf-8"))) == 1
+        else:  # the recorded decision, no test decode
+            assert "timed on this machine before" in caplog.text and not any(t in caplog.text for t in timed)
+    folder = tmp_path / "two"
+    folder.mkdir()
     for wav in (en_wav, zh_wav):
-        (tmp_path / wav.name).write_bytes(wav.read_bytes())
+        (folder / wav.name).write_bytes(wav.read_bytes())
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="utils.transcribe"):
-        assert infer.main([*args, f"--audio_path={tmp_path}"]) == 0
-    assert "a window alone decodes on" in caplog.text
+        assert infer.main([*args, f"--audio_path={folder}"]) == 0
+    assert any(t in caplog.text for t in timed)  # several files: timed again
 
 
 @pytest.mark.slow

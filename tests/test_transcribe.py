@@ -1486,6 +1486,52 @@ def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, e
     assert count_errors(EN_SENTENCE, texts[0], "wer", language="en").rate < 0.3
 
 
+def test_the_lone_decoder_decision_is_recorded_per_layout_and_reused_only_when_asked(tmp_path, monkeypatch, caplog):
+    """tune_lone_decoder(record=...) writes its decision under the machine's and model's layout; with reuse=True a
+    decision recorded for this layout is taken without timing (no test decode), one for another layout is not;
+    without reuse it times again and rewrites; an unreadable record is timed again and replaced."""
+    import json
+    import logging
+
+    import utils.transcribe as tr
+
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    clock = _Clock()
+    monkeypatch.setattr(tr, "time", clock)
+    engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
+    worker, solo = engine.model.model, engine._solo
+    layout = engine.lone_decoder_layout()
+    assert "2 workers x 1 threads, replica 2" in layout and "ctranslate2" in layout
+    record = tmp_path / "cache" / "lone_decoder.json"
+
+    def tune(replica_faster: bool, reuse: bool) -> tuple[bool, int]:
+        """(picked the replica, test decodes run)"""
+        engine.model.model = _Timed(worker, clock, 0.05 if replica_faster else 0.02)
+        engine._solo = _Timed(solo, clock, 0.02 if replica_faster else 0.05)
+        picked = engine.tune_lone_decoder(record=record, reuse=reuse)
+        assert engine._lone is (engine._solo if picked else engine.model.model)
+        return picked, engine.model.model.calls.count("generate") + engine._solo.calls.count("generate")
+
+    assert tune(replica_faster=True, reuse=True) == (True, 6)  # nothing recorded yet: timed (3 runs each), written
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    assert list(saved) == [layout] and saved[layout]["replica"] is True
+    assert saved[layout]["replica_ms_per_token"] < saved[layout]["worker_ms_per_token"]
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert tune(replica_faster=False, reuse=True) == (True, 0)  # taken from the record: no test decode
+    assert "timed on this machine before" in caplog.text
+    assert tune(replica_faster=False, reuse=False) == (False, 6)  # timed again: the record follows
+    assert json.loads(record.read_text(encoding="utf-8"))[layout]["replica"] is False
+    record.write_text(json.dumps({layout.replace("2 cores", "8 cores"): {"replica": True}}), encoding="utf-8")
+    assert tune(replica_faster=False, reuse=True) == (False, 6)  # another machine's decision is not this one's
+    assert len(json.loads(record.read_text(encoding="utf-8"))) == 2
+    record.write_text("{not json", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="utils.transcribe"):
+        assert tune(replica_faster=True, reuse=True) == (True, 6)
+    assert "cannot read it" in caplog.text
+    assert json.loads(record.read_text(encoding="utf-8"))[layout]["replica"] is True
+    assert not list(record.parent.glob("*.tmp"))
+
+
 @pytest.mark.slow
 def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_path, monkeypatch):
     """A 40 s recording is one 30 s chunk and a short one. The 30 s chunk is encoded first, alone (on every thread),

@@ -33,6 +33,15 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
+def cpu_model() -> str:
+    """This CPU's model name (``lscpu``'s "Model name"), or "" where /proc/cpuinfo does not tell."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration, IndexError):
+        return ""
+
+
 ISA_ENV = (CPU_PROFILE_ENV, "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "CT2_FORCE_CPU_ISA")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -32,13 +33,15 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio, quietest_point
 from utils.data import Segment, Word
-from utils.device import cpu_has_amx, cpu_has_vnni, resolve_ct2_device, resolve_device
+from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, part, speech_regions, split_on_silence, whole_clip, with_lead
@@ -361,7 +364,8 @@ class Transcriber(Protocol):
 
     def fixed_language(self, options: DecodeOptions) -> str | None: ...
 
-    def tune_lone_decoder(self) -> bool: ...
+    def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
+                          reuse: bool = False) -> bool: ...
 
 
 class _BaseTranscriber:
@@ -407,7 +411,8 @@ class _BaseTranscriber:
         """Language of the first 30 s of a waveform, with its probability."""
         return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
 
-    def tune_lone_decoder(self) -> bool:
+    def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
+                          reuse: bool = False) -> bool:
         """Pick how a window decoded alone runs on this machine, by timing it (the ct2 backend on a CPU:
         :meth:`CT2Transcriber.tune_lone_decoder`); for programs that decode many windows alone (live transcription,
         the server, the web UI, folders of short files). Returns whether that changed anything (here: nothing)."""
@@ -1616,6 +1621,40 @@ def uses_torch_encoder(encoder: str, device: str, audio_seconds: float | None = 
     return resolve_ct2_encoder(encoder, device, audio_seconds, compute_type) == "torch"
 
 
+def _read_lone_record(path: str | os.PathLike) -> dict[str, dict]:
+    """:meth:`CT2Transcriber.tune_lone_decoder`'s decisions by layout; {} when the file is missing or unreadable
+    (then timed again and written anew)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        logger.warning("%s: cannot read it (%s): timing again", path, e)
+        return {}
+    if not isinstance(data, dict):
+        logger.warning("%s: not a JSON object: timing again", path)
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def _write_lone_record(path: str | os.PathLike, layout: str, decision: dict) -> None:
+    """Add ``decision`` for ``layout`` to the record at ``path`` (written whole to a temporary file, then renamed: a
+    program reading it at the same time sees the old or the new one). A record that cannot be written is logged:
+    the next run times again."""
+    path = Path(path)
+    data = _read_lone_record(path)
+    data[layout] = decision
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("cannot write %s (%s): the next run times the decode again", path, e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (its affinity mask: a container's or ``taskset``'s limit)."""
     try:
@@ -1718,7 +1757,7 @@ class CT2Transcriber(_BaseTranscriber):
             building = pool.submit(build) if build is not None else None
             self.model = WhisperModel(model_dir, device=ct2_device, device_index=index, compute_type=compute_type,
                                       cpu_threads=threads, num_workers=workers)
-        self.workers = workers
+        self.workers, self._worker_threads, self._weights_bytes = workers, threads, os.path.getsize(weights)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2") if workers > 1 else None
         self._solo_threads = solo  # the lone-window replica's threads, 0: none
         self._solo: Any = building.result() if solo else None  # type: ignore[union-attr]
@@ -1762,15 +1801,27 @@ class CT2Transcriber(_BaseTranscriber):
                 out[i] = r
         return out
 
-    def tune_lone_decoder(self, steps: int = 12) -> bool:
+    def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
+                          reuse: bool = False) -> bool:
         """Time a 10 s window's greedy decode of ``steps`` tokens on a worker (one thread) and on the lone-window
         replica (every thread), best of two each after a warm-up, and from then on decode, align and detect the
         language of a window alone on the replica where it took at most ``LONE_DECODE_MAX_SHARE`` of the worker's
         time (which wins depends on the machine and on what else runs in the process: see that constant). About
         0.3 s. Without a replica (a GPU, one core, big weights, another encoder) there is nothing to pick. Returns
-        whether the replica was picked."""
+        whether the replica was picked.
+
+        ``record``: a JSON file of these decisions by machine and layout (:meth:`lone_decoder_layout`: CPU, cores,
+        instruction-set overrides, CTranslate2 version, weights, threads): each timing's decision is written there,
+        and with ``reuse`` one found there is taken instead of timing (a program that decodes too little to pay
+        for the test: ``infer.py`` with one file)."""
         if self._solo is None:
             return False
+        layout = self.lone_decoder_layout()
+        if reuse and record is not None and (known := _read_lone_record(record).get(layout)) is not None:
+            self._lone = self._solo if known.get("replica") else self.model.model
+            logger.info("a window alone decodes on %s (timed on this machine before: %s)",
+                        "every thread" if self._lone is self._solo else "one thread", record)
+            return self._lone is self._solo
         feats = self._features([np.zeros(SAMPLE_RATE, dtype=np.float32)], 10.0)
         encoded = self._storage(np.asarray(self._solo.encode(self._storage(feats))))
         tokenizer = self._tokenizer("en", "transcribe")
@@ -1791,7 +1842,23 @@ class CT2Transcriber(_BaseTranscriber):
         logger.info("a window alone decodes on %s: %.1f ms per token there, %.1f on %s", *(
             ("every thread", solo_s * 1000 / steps, worker_s * 1000 / steps, "one") if self._lone is solo else
             ("one thread", worker_s * 1000 / steps, solo_s * 1000 / steps, "every thread")))
+        if record is not None:
+            _write_lone_record(record, layout, {"replica": self._lone is solo,
+                                                "worker_ms_per_token": round(worker_s * 1000 / steps, 2),
+                                                "replica_ms_per_token": round(solo_s * 1000 / steps, 2),
+                                                "timed": datetime.now().isoformat(timespec="seconds")})
         return self._lone is solo
+
+    def lone_decoder_layout(self) -> str:
+        """What :meth:`tune_lone_decoder`'s decision holds for: this CPU (model, flags, cores this process may use),
+        the instruction-set overrides, the CTranslate2 version, the weights (size, compute type) and the threads of
+        the workers and of the replica."""
+        import ctranslate2
+
+        return " | ".join([cpu_model(), " ".join(cpu_flags()), f"{available_cpus()} cores",
+                           " ".join(f"{k}={v}" for k, v in sorted(isa_env().items())) or "no overrides",
+                           f"ctranslate2 {ctranslate2.__version__}", f"{self._weights_bytes} bytes {self.compute_type}",
+                           f"{self.workers} workers x {self._worker_threads} threads, replica {self._solo_threads}"])
 
     def _encode(self, feats: np.ndarray) -> Any:
         """Log-mel features (batch, n_mels, 3000) → encoder output (batch, 1500, d_model).

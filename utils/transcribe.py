@@ -1816,7 +1816,7 @@ class CT2Transcriber(_BaseTranscriber):
         for the test: ``infer.py`` with one file)."""
         if self._solo is None:
             return False
-        layout = self.lone_decoder_layout()
+        layout = self.lone_decoder_layout() if record is not None else ""
         if reuse and record is not None and (known := _read_lone_record(record).get(layout)) is not None:
             self._lone = self._solo if known.get("replica") else self.model.model
             logger.info("a window alone decodes on %s (timed on this machine before: %s)",

@@ -1489,7 +1489,8 @@ def test_a_window_alone_decodes_where_a_timed_test_decode_ran_faster(base_ct2, e
 def test_the_lone_decoder_decision_is_recorded_per_layout_and_reused_only_when_asked(tmp_path, monkeypatch, caplog):
     """tune_lone_decoder(record=...) writes its decision under the machine's and model's layout; with reuse=True a
     decision recorded for this layout is taken without timing (no test decode), one for another layout is not;
-    without reuse it times again and rewrites; an unreadable record is timed again and replaced."""
+    without reuse it times again and rewrites; an unreadable record is timed again and replaced; a record that cannot be
+    written leaves the timed decision in use and says so."""
     import json
     import logging
 
@@ -1530,6 +1531,11 @@ def test_the_lone_decoder_decision_is_recorded_per_layout_and_reused_only_when_a
     assert "cannot read it" in caplog.text
     assert json.loads(record.read_text(encoding="utf-8"))[layout]["replica"] is True
     assert not list(record.parent.glob("*.tmp"))
+    (tmp_path / "a file").write_text("")  # a record that cannot be written: timed, used, the failure logged
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="utils.transcribe"):
+        assert engine.tune_lone_decoder(record=tmp_path / "a file" / "lone_decoder.json", reuse=True) is True
+    assert "cannot write" in caplog.text and "the next run times the decode again" in caplog.text
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ import numpy as np
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio, quietest_point
 from utils.data import Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
+from utils.io import write_json_atomic
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
 from utils.text import remove_punctuation, to_simplified
 from utils.vad import Chunk, cut_every, part, speech_regions, split_on_silence, whole_clip, with_lead
@@ -1637,22 +1638,14 @@ def _read_lone_record(path: str | os.PathLike) -> dict[str, dict]:
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-def _write_lone_record(path: str | os.PathLike, layout: str, decision: dict) -> None:
-    """Add ``decision`` for ``layout`` to the record at ``path`` (written whole to a temporary file, then renamed: a
-    program reading it at the same time sees the old or the new one). A record that cannot be written is logged:
-    the next run times again."""
-    path = Path(path)
-    data = _read_lone_record(path)
-    data[layout] = decision
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def _write_lone_record(path: str | os.PathLike, records: dict[str, dict]) -> None:
+    """Write :meth:`CT2Transcriber.tune_lone_decoder`'s decisions by layout to ``path`` (atomically: a program reading
+    it at the same time sees the old or the new one). A record that cannot be written is logged: the next run times
+    again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, records, indent=1)
     except OSError as e:
         logger.warning("cannot write %s (%s): the next run times the decode again", path, e)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def available_cpus() -> int:
@@ -1817,7 +1810,8 @@ class CT2Transcriber(_BaseTranscriber):
         if self._solo is None:
             return False
         layout = self.lone_decoder_layout() if record is not None else ""
-        if reuse and record is not None and (known := _read_lone_record(record).get(layout)) is not None:
+        records = _read_lone_record(record) if record is not None else {}
+        if reuse and (known := records.get(layout)) is not None:
             self._lone = self._solo if known.get("replica") else self.model.model
             logger.info("a window alone decodes on %s (timed on this machine before: %s)",
                         "every thread" if self._lone is self._solo else "one thread", record)
@@ -1843,10 +1837,10 @@ class CT2Transcriber(_BaseTranscriber):
             ("every thread", solo_s * 1000 / steps, worker_s * 1000 / steps, "one") if self._lone is solo else
             ("one thread", worker_s * 1000 / steps, solo_s * 1000 / steps, "every thread")))
         if record is not None:
-            _write_lone_record(record, layout, {"replica": self._lone is solo,
-                                                "worker_ms_per_token": round(worker_s * 1000 / steps, 2),
-                                                "replica_ms_per_token": round(solo_s * 1000 / steps, 2),
-                                                "timed": datetime.now().isoformat(timespec="seconds")})
+            records[layout] = {"replica": self._lone is solo, "worker_ms_per_token": round(worker_s * 1000 / steps, 2),
+                               "replica_ms_per_token": round(solo_s * 1000 / steps, 2),
+                               "timed": datetime.now().isoformat(timespec="seconds")}
+            _write_lone_record(record, records)
         return self._lone is solo
 
     def lone_decoder_layout(self) -> str:

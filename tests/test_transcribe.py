@@ -26,6 +26,7 @@ from utils.transcribe import (
     postprocess_text,
     repeat_period,
     split_timestamp_tokens,
+    tail_loop,
     token_budget,
 )
 from utils.vad import Chunk, cut_every, merge_regions, split_on_silence, whole_clip, with_lead
@@ -846,14 +847,19 @@ def test_batch_detects_language_per_clip_and_rejects_long_audio(tiny, en_wav, zh
         tiny.transcribe_batch([np.zeros(31 * SAMPLE_RATE, dtype=np.float32)], DecodeOptions())
 
 
-def test_repetition_loop_is_broken_by_temperature_fallback(tiny, en_wav):
-    """The random tiny model loops on one token when greedy; the fallback must not keep such a loop."""
+def test_repetition_loop_is_broken_by_temperature_fallback(tiny, en_wav, monkeypatch):
+    """The random tiny model loops on one token when greedy (seen with the cut of a loop that ends the text off:
+    tail_loop); the fallback must not keep such a loop."""
     import torch
 
+    import utils.transcribe as tr
+
     audio = load_audio(en_wav)
-    greedy = tiny.transcribe(audio, DecodeOptions(language="zh", temperatures=(0.0,), max_new_tokens=120,
-                                                  compression_ratio_threshold=None, logprob_threshold=None,
-                                                  no_speech_threshold=None))
+    with monkeypatch.context() as m:
+        m.setattr(tr, "tail_loop", lambda *a, **k: None)
+        greedy = tiny.transcribe(audio, DecodeOptions(language="zh", temperatures=(0.0,), max_new_tokens=120,
+                                                      compression_ratio_threshold=None, logprob_threshold=None,
+                                                      no_speech_threshold=None))
     assert compression_ratio(greedy.text) > 2.4, greedy.text  # the input really produces a loop
     torch.manual_seed(0)
     guarded = tiny.transcribe(audio, DecodeOptions(language="zh", max_new_tokens=120, logprob_threshold=None,
@@ -1263,6 +1269,81 @@ def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, ti
     first = len(temperatures)
     tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), DecodeOptions(language="en", max_new_tokens=8))
     assert temperatures[0] == 0.0 and temperatures[first] == DecodeOptions().temperatures
+
+
+def test_a_loop_of_a_short_unit_at_the_end_of_a_decode_is_found_where_it_starts():
+    """tail_loop: a unit of at most SHORT_LOOP_TOKENS tokens said LOOP_REPEATS times or more up to the end (its last
+    unit may be cut short), from its earliest start; a sentence said again, a word said again with more after it,
+    or four times only, are no loop."""
+    from utils.transcribe import LOOP_REPEATS, SHORT_LOOP_TOKENS, loop_ngram
+
+    said = [1, 2, 3]
+    assert (SHORT_LOOP_TOKENS, LOOP_REPEATS) == (4, 5)
+    assert tail_loop(said + [5, 6] * 30) == (3, 2)
+    assert tail_loop(said + [5, 6] * 30 + [5]) == (3, 2)  # cut short at the token budget
+    assert tail_loop([4, 6] + [6, 6] * 3) == (1, 1)  # the earliest start, then the shortest unit
+    assert tail_loop(said + [7, 8, 9, 10] * 5) == (3, 4)
+    assert tail_loop(said + [7, 8, 9, 10, 11] * 9) is None  # a unit of 5: a short sentence said again
+    assert tail_loop(said + [5, 6] * 4) is None
+    assert tail_loop(said + [5] * 8 + [9, 10]) is None  # "哈哈哈哈哈哈哈哈" and more speech
+    assert tail_loop([]) is None and tail_loop([5] * 4) is None and tail_loop([5] * 5) == (0, 1)
+    assert [loop_ngram(u) for u in (1, 2, 4)] == [3, 5, 9]
+
+
+def test_a_decode_that_ends_in_a_loop_is_decoded_on_from_where_the_loop_starts(base_ct2, en_wav, monkeypatch):
+    """ct2: a chunk read as four words and then one of its tokens pairs over and over (a loop to the token budget,
+    as whisper-base does on English at 5 dB SNR) is decoded again with those tokens and the unit once as the
+    decoder's prefix and no 5-gram twice: the real decoder reads the rest of the sentence from there. A
+    continuation that loops again is cut after its first unit."""
+    from types import SimpleNamespace
+
+    audio = load_audio(en_wav)
+    options = DecodeOptions(language="en", beam_size=3)
+    reading = base_ct2.transcribe(audio, options).text
+    tk = base_ct2._tokenizer("en", "transcribe")
+    read = tk.encode(" " + reading.strip())
+    own = count_errors(EN_SENTENCE, reading, "wer").rate
+    assert own <= 0.25, reading  # "The quick brown fox jump is over the lazy dog."
+    looped = read[:6] + read[4:6] * 80  # the first decode: read[4:6] over and over from token 4 on
+    real_generate = base_ct2._generate
+    calls = []
+
+    def generate(encoded, prompts, opts, temperature, max_new_tokens, no_repeat_ngram_size=0, loop_again=False):
+        calls.append((temperature, no_repeat_ngram_size, prompts[0]))
+        if no_repeat_ngram_size == 0 or loop_again:
+            ids = prompts[0][-6:] + looped[6:] if no_repeat_ngram_size else looped
+            return [SimpleNamespace(sequences_ids=[ids], scores=[-0.2], no_speech_prob=0.0) for _ in prompts]
+        return real_generate(encoded, prompts, opts, temperature, max_new_tokens,
+                             no_repeat_ngram_size=no_repeat_ngram_size)
+
+    monkeypatch.setattr(base_ct2, "_generate", generate)
+    single = replace(options, temperatures=(0.0,))
+    text = base_ct2.transcribe(audio, single, cut_clip=False).text
+    assert [c[:2] for c in calls] == [(0.0, 0), (0.0, 5)]
+    assert calls[1][2][-6:] == read[:6]  # the prompt ends in the words before the loop and its unit once
+    assert count_errors(EN_SENTENCE, text, "wer").rate <= own + 0.12, text  # a word at most
+    calls.clear()
+    monkeypatch.setattr(base_ct2, "_generate", lambda *a, **k: generate(*a, **k, loop_again=True))
+    again = base_ct2.transcribe(audio, single, cut_clip=False).text
+    assert len(calls) == 2 and again == tk.decode(read[:6]).strip()
+    # where the caller cuts the chunk into take-sized pieces (its text repeats), a failed continuation leaves the loop
+    sot = calls[0][2]
+    for split, kept in (([True], looped), ([False], read[:6]), (None, read[:6])):
+        final = [(looped, False, False)]
+        base_ct2._continue_past_loops(np.zeros((1, 1500, 512), np.float32), None, [sot], [tk], final, single, 76,
+                                      split)
+        assert final == [(kept, False, False)]
+
+
+def test_transformers_cuts_a_decode_that_ends_in_a_loop_after_its_first_unit(tiny, en_wav):
+    """transformers (no decoder prefix in its Whisper generate): the random tiny model's greedy loop ends the text
+    after one unit; what it read before stays."""
+    audio = load_audio(en_wav)
+    plain = DecodeOptions(language="zh", temperatures=(0.0,), max_new_tokens=120, compression_ratio_threshold=None,
+                          logprob_threshold=None, no_speech_threshold=None)
+    text = tiny.transcribe(audio, plain, cut_clip=False).text
+    tokens = tiny.processor.tokenizer.encode(text, add_special_tokens=False)
+    assert tokens and tail_loop(tokens) is None and longest_repeat(tokens) < 5, text
 
 
 def test_decoder_loops_are_told_apart_from_speech_that_repeats_itself():

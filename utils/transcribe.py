@@ -841,6 +841,34 @@ LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high co
 # repeats itself: said twice, or a loop. Rare in 30 s of speech that does not repeat.
 REPEAT_SPAN_TOKENS = 12
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
+# A unit of at most this many tokens repeated LOOP_REPEATS times at the end of a decode is the decoder's loop, not a
+# sentence said again: a take is longer (units of 13-15 tokens, see SEAM_SLACK), and a word said again and again
+# ("哈哈哈哈哈") is followed by more speech. In noise whisper-base loops on such units ("…opened at 9.10.10.10…" to the
+# token budget, English at 5 dB SNR; "相互相互…" in dense Mandarin at 10 dB): :func:`tail_loop`.
+SHORT_LOOP_TOKENS = 4
+
+
+def tail_loop(tokens: Sequence[int], max_unit: int = SHORT_LOOP_TOKENS,
+              repeats: int = LOOP_REPEATS) -> tuple[int, int] | None:
+    """(where it starts, how long its unit is) of the loop that ``tokens`` end in: a unit of at most ``max_unit``
+    tokens repeated at least ``repeats`` times in a row up to the end (a last unit may be cut short); the earliest
+    start, then the shortest unit. None when the tokens do not end so."""
+    best = None
+    n = len(tokens)
+    for unit in range(1, max_unit + 1):
+        start = n - unit
+        while start > 0 and tokens[start - 1] == tokens[start - 1 + unit]:
+            start -= 1
+        if start >= 0 and (n - start) // unit >= repeats and (best is None or start < best[0]):
+            best = (start, unit)
+    return best
+
+
+def loop_ngram(unit: int) -> int:
+    """``no_repeat_ngram_size`` that lets a decode past a loop of ``unit`` tokens say the unit 2-3 times more, not
+    ``LOOP_REPEATS``: two units and a token may not occur twice. Longer than most n-grams that real text repeats
+    within 30 s (the whole continuation is held to it)."""
+    return 2 * unit + 1
 
 
 def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[int, int] | None:
@@ -1476,6 +1504,13 @@ class TransformersTranscriber(_BaseTranscriber):
                 for i, pieces in zip(loops, redone):
                     if not self._is_loop(pieces, kw["max_new_tokens"], options):  # else the greedy loop stays
                         per_item[i] = pieces
+        tok = self.processor.tokenizer
+        for i, pieces in enumerate(per_item):  # a loop that ends the text (tail_loop): cut after its first unit,
+            loop = tail_loop(pieces[-1][3]) if pieces else None  # unless the caller cuts the chunk into pieces
+            if loop and not (split_repeats and split_repeats[i] and repeat_period(pieces[-1][3]) is not None):
+                start, end, _, tokens = pieces[-1]
+                tokens = tokens[: sum(loop)]
+                per_item[i] = [*pieces[:-1], (start, end, tok.decode(tokens, skip_special_tokens=True), tokens)]
         results = []
         for i, pieces in enumerate(per_item):
             # the budget used up (the tokens generated: the text's, and a timestamp token at each end of a segment)
@@ -1951,13 +1986,15 @@ class CT2Transcriber(_BaseTranscriber):
         return [(r[0][0].strip("<|>"), float(r[0][1])) for r in results]
 
     def _generate(self, encoded, prompts: list[list[int]], options: DecodeOptions, temperature: float,
-                  max_new_tokens: int):
+                  max_new_tokens: int, no_repeat_ngram_size: int = 0):
         """CTranslate2's generate() on ``encoded`` (on the CPU float32 rows, of one window or each of its own: split
         among the workers; or a StorageView), one prompt per row."""
         if isinstance(encoded, (np.ndarray, list)):
             return self._rows(len(prompts), lambda rows, model: self._grouped(encoded, rows, lambda batch, group: (
-                self._generate_on(batch, [prompts[i] for i in group], options, temperature, max_new_tokens, model))))
-        return self._generate_on(encoded, prompts, options, temperature, max_new_tokens)
+                self._generate_on(batch, [prompts[i] for i in group], options, temperature, max_new_tokens, model,
+                                  no_repeat_ngram_size))))
+        return self._generate_on(encoded, prompts, options, temperature, max_new_tokens,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
 
     def _short_windows(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[bool]:
         if self._pipelined(chunks, options):  # the chunks shorter than the 30 s one: in windows of their own
@@ -2007,13 +2044,14 @@ class CT2Transcriber(_BaseTranscriber):
         return rows, outputs  # type: ignore[return-value]
 
     def _generate_on(self, encoded: Any, prompts: list[list[int]], options: DecodeOptions, temperature: float,
-                     max_new_tokens: int, model: Any = None):
+                     max_new_tokens: int, model: Any = None, no_repeat_ngram_size: int = 0):
         """CTranslate2's generate() on ``model`` (default: the workers')."""
         max_length = ct2_max_length(max(len(p) for p in prompts), max_new_tokens, self.model.max_length)
         return (model or self.model.model).generate(
             encoded, prompts,
             beam_size=options.beam_size if temperature == 0 else 1,
             max_length=max_length,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -2084,6 +2122,8 @@ class CT2Transcriber(_BaseTranscriber):
             pending = retry
             if not pending:
                 break
+        self._continue_past_loops(encoded, feats, prompts, tokenizers, final, options, max_new,  # type: ignore
+                                  split_repeats)
         results = []
         for i, (tokens, silent, full) in enumerate(final):  # type: ignore[misc]
             duration = len(chunks[i]) / SAMPLE_RATE
@@ -2101,6 +2141,48 @@ class CT2Transcriber(_BaseTranscriber):
         if isinstance(encoded, (np.ndarray, list)):  # word alignment, a decode again with timestamp tokens reuse it
             self._keep_encoded(chunks, encoded)
         return results
+
+    def _continue_past_loops(self, encoded: Any, feats: np.ndarray | None, prompts: list[list[int]],
+                             tokenizers: Sequence[Any], final: list[tuple[list[int], bool, bool]],
+                             options: DecodeOptions, max_new: int, split_repeats: Sequence[bool] | None) -> None:
+        """Decodes that end in a loop of a short unit (:func:`tail_loop`) decoded on from where the loop starts, in
+        place in ``final`` ((tokens, silent, out of budget) per chunk): the tokens before it and the unit once are the
+        decoder's prefix, and two units and a token may not occur twice (:func:`loop_ngram`), so the decoder reads
+        the rest of the chunk instead of looping, in the first temperature's beam. A continuation that loops again
+        (or evades the n-gram rule with a compressible text to the budget, :func:`is_decoder_loop`) is not kept:
+        where the caller cuts the chunk into take-sized pieces (``split_repeats`` and a repeating text), the loop
+        stays for it to see; elsewhere the text ends after the loop's first unit. No output ends in a loop.
+
+        English at 5 dB SNR (``tools/bench_infer.py --recording=en_long --snr_db=5``): a 25.6 s chunk looped on
+        ".10" after "The library opened at 9"; cut into take-sized pieces it read "But like, let me open that time
+        …", decoded on it reads "9.10 PM. The mob pre-appled two oranges and a melon. … The meeting was moved to the
+        second floor." """
+        loops = {i: loop for i, f in enumerate(final) if f is not None and not f[1] and (loop := tail_loop(f[0]))}
+        if not loops:
+            return
+        logger.debug("%d of %d chunks end in a loop of a short unit: decoded on from where it starts", len(loops),
+                     len(final))
+        groups: dict[int, list[int]] = {}
+        for i, (_, unit) in loops.items():
+            groups.setdefault(loop_ngram(unit), []).append(i)
+        for ngram, rows in groups.items():
+            prefixes = [final[i][0][: sum(loops[i])] for i in rows]
+            batch = ([encoded[i] for i in rows] if isinstance(encoded, (np.ndarray, list))
+                     else self.model.encode(feats[rows]))  # type: ignore[index]  (a GPU: not pipelined)
+            given = [prompts[i] + p for i, p in zip(rows, prefixes)]
+            outputs = self._generate(batch, given, options, options.temperatures[0], max_new,
+                                     no_repeat_ngram_size=ngram)
+            # the prefix counts among the tokens generated (CTranslate2 4.x returns it, within max_length // 2)
+            max_length = ct2_max_length(max(len(p) for p in given), max_new, self.model.max_length)
+            for i, prefix, r in zip(rows, prefixes, outputs, strict=True):
+                tokens = list(r.sequences_ids[0])  # the prefix and what follows it
+                hit_limit = len(tokens) >= ct2_generated_at_most(len(prompts[i]), max_length) - 1
+                new = [t for t in tokens[len(prefix):] if t < tokenizers[i].eot]
+                if not (tail_loop(tokens) or is_decoder_loop(new, tokenizers[i].decode(new), hit_limit,
+                                                             options.compression_ratio_threshold)):
+                    final[i] = (tokens, False, hit_limit)
+                elif not (split_repeats and split_repeats[i] and repeat_period(final[i][0]) is not None):
+                    final[i] = (prefix, False, False)  # else the caller cuts the chunk into pieces
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
         return self._tokenizer(language, task)

@@ -1218,8 +1218,8 @@ def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, 
                 0.2: ("the cat sat on the mat", -1.5),  # no loop, best log-prob of those → kept
                 0.4: ("qx zv", -2.5)}  # no loop, worse log-prob, and the last one
 
-    def fake_generate(encoded, prompts, options, temperature, max_new_tokens):
-        text, logprob = attempts[temperature]
+    def fake_generate(encoded, prompts, options, temperature, max_new_tokens, no_repeat_ngram_size=0):
+        text, logprob = attempts[temperature]  # at 0.0 decoded on past the loop too: it loops again
         ids = tk.encode(" " + text)
         return [SimpleNamespace(sequences_ids=[ids], scores=[logprob * (len(ids) + 1) / len(ids)],
                                 no_speech_prob=0.0) for _ in prompts]
@@ -1240,12 +1240,13 @@ def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, ti
     loop = "la la la la la la la la la la la la la la la la la la la la"
     for attempts, no_speech, expected_calls, expected in [
             ({0.0: ("the cat sat on the mat", -1.5)}, 0.0, [0.0], "the cat sat on the mat"),
-            ({0.0: (loop, -0.2), 0.2: ("the cat", -0.3)}, 0.0, [0.0, 0.2], "the cat"),
+            # the loop decoded on past its start first (it loops again), then sampled
+            ({0.0: (loop, -0.2), 0.2: ("the cat", -0.3)}, 0.0, [0.0, 0.0, 0.2], "the cat"),
             ({0.0: ("the cat sat on the mat", -1.5)}, 0.9, [0.0], "")]:
         calls = []
 
-        def fake_generate(encoded, prompts, options, temperature, max_new_tokens, attempts=attempts,
-                          no_speech=no_speech, calls=calls):
+        def fake_generate(encoded, prompts, options, temperature, max_new_tokens, no_repeat_ngram_size=0,
+                          attempts=attempts, no_speech=no_speech, calls=calls):
             calls.append(temperature)
             text, logprob = attempts[temperature]
             ids = tk.encode(" " + text)
@@ -1327,12 +1328,9 @@ def test_a_decode_that_ends_in_a_loop_is_decoded_on_from_where_the_loop_starts(b
     again = base_ct2.transcribe(audio, single, cut_clip=False).text
     assert len(calls) == 2 and again == tk.decode(read[:6]).strip()
     # where the caller cuts the chunk into take-sized pieces (its text repeats), a failed continuation leaves the loop
-    sot = calls[0][2]
     for split, kept in (([True], looped), ([False], read[:6]), (None, read[:6])):
-        final = [(looped, False, False)]
-        base_ct2._continue_past_loops(np.zeros((1, 1500, 512), np.float32), None, [sot], [tk], final, single, 76,
-                                      split)
-        assert final == [(kept, False, False)]
+        (result,) = base_ct2._decode([audio], ["en"], single, None, split)
+        assert [t for piece in result.tokens for t in piece] == kept
 
 
 def test_transformers_cuts_a_decode_that_ends_in_a_loop_after_its_first_unit(tiny, en_wav):
@@ -1362,9 +1360,9 @@ def _record_temperatures(monkeypatch, engine) -> list[float]:
     temperatures: list[float] = []
     generate = engine._generate
 
-    def spy(encoded, prompts, options, temperature, max_new_tokens):
+    def spy(encoded, prompts, options, temperature, max_new_tokens, **kwargs):
         temperatures.append(temperature)
-        return generate(encoded, prompts, options, temperature, max_new_tokens)
+        return generate(encoded, prompts, options, temperature, max_new_tokens, **kwargs)
 
     monkeypatch.setattr(engine, "_generate", spy)
     return temperatures

@@ -2116,14 +2116,20 @@ class CT2Transcriber(_BaseTranscriber):
                     final[i], best_rank[i] = (tokens, silent, hit_limit and not loop), rank
                 if again:
                     retry.append(i)
+            if temperature == options.temperatures[0]:  # a loop that ends the text: read on past it, not sampled
+                tails = [i for i in pending if not final[i][1] and tail_loop(final[i][0])]  # type: ignore[index]
+                kept = self._continue_past_loops(encoded, feats, prompts, tokenizers, final, tails, options, max_new)
+                retry = [i for i in retry if i not in kept]
             if retry:
                 logger.debug("temperature %.1f: %d of %d chunks fail the repetition/log-prob checks",
                              temperature, len(retry), len(pending))
             pending = retry
             if not pending:
                 break
-        self._continue_past_loops(encoded, feats, prompts, tokenizers, final, options, max_new,  # type: ignore
-                                  split_repeats)
+        for i, (tokens, silent, _) in enumerate(final):  # type: ignore[misc]
+            loop = None if silent else tail_loop(tokens)  # the loop stays where the caller cuts the chunk in pieces
+            if loop and not (split_repeats and split_repeats[i] and repeat_period(tokens) is not None):
+                final[i] = (tokens[: sum(loop)], False, False)  # elsewhere it ends after its first unit
         results = []
         for i, (tokens, silent, full) in enumerate(final):  # type: ignore[misc]
             duration = len(chunks[i]) / SAMPLE_RATE
@@ -2144,29 +2150,30 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _continue_past_loops(self, encoded: Any, feats: np.ndarray | None, prompts: list[list[int]],
                              tokenizers: Sequence[Any], final: list[tuple[list[int], bool, bool]],
-                             options: DecodeOptions, max_new: int, split_repeats: Sequence[bool] | None) -> None:
-        """Decodes that end in a loop of a short unit (:func:`tail_loop`) decoded on from where the loop starts, in
-        place in ``final`` ((tokens, silent, out of budget) per chunk): the tokens before it and the unit once are the
-        decoder's prefix, and two units and a token may not occur twice (:func:`loop_ngram`), so the decoder reads
-        the rest of the chunk instead of looping, in the first temperature's beam. A continuation that loops again
-        (or evades the n-gram rule with a compressible text to the budget, :func:`is_decoder_loop`) is not kept:
-        where the caller cuts the chunk into take-sized pieces (``split_repeats`` and a repeating text), the loop
-        stays for it to see; elsewhere the text ends after the loop's first unit. No output ends in a loop.
+                             which: Sequence[int], options: DecodeOptions, max_new: int) -> set[int]:
+        """The chunks ``which``, whose first decode ends in a loop of a short unit (:func:`tail_loop`), decoded on
+        from where the loop starts: the tokens before it and the unit once are the decoder's prefix, and two units
+        and a token may not occur twice (:func:`loop_ngram`), so the decoder reads the rest of the chunk instead of
+        looping, in the first temperature's beam. A continuation that ends in a loop again, or evades the n-gram rule
+        with compressible text to its budget (:func:`is_decoder_loop`), is not kept. Kept ones replace their entry
+        of ``final`` ((tokens, silent, out of budget)) and are returned: they need no temperature fallback. The
+        others go on as before (sampled at higher temperatures, or cut into pieces by the caller; a loop that still
+        ends the text is then cut after its first unit: no output ends in a loop).
 
-        English at 5 dB SNR (``tools/bench_infer.py --recording=en_long --snr_db=5``): a 25.6 s chunk looped on
-        ".10" after "The library opened at 9"; cut into take-sized pieces it read "But like, let me open that time
-        …", decoded on it reads "9.10 PM. The mob pre-appled two oranges and a melon. … The meeting was moved to the
-        second floor." """
-        loops = {i: loop for i, f in enumerate(final) if f is not None and not f[1] and (loop := tail_loop(f[0]))}
-        if not loops:
-            return
-        logger.debug("%d of %d chunks end in a loop of a short unit: decoded on from where it starts", len(loops),
+        English at 5 dB SNR (``tools/bench_infer.py --recording=en_long --snr_db=5``, AVX2 profile): a 25.6 s chunk
+        looped on ".10" after "The library opened at 9"; cut into take-sized pieces it read "But like, let me open
+        that time …", decoded on: "…opened at 9.10.10.15.15.15 He lost 3 apples, 2 oranges and a melon. So you send
+        the report to the island scene. The meeting was moved to the second floor." """
+        if not which:
+            return set()
+        logger.debug("%d of %d chunks end in a loop of a short unit: decoded on from where it starts", len(which),
                      len(final))
         groups: dict[int, list[int]] = {}
-        for i, (_, unit) in loops.items():
-            groups.setdefault(loop_ngram(unit), []).append(i)
+        for i in which:
+            groups.setdefault(loop_ngram(tail_loop(final[i][0])[1]), []).append(i)  # type: ignore[index]
+        kept = set()
         for ngram, rows in groups.items():
-            prefixes = [final[i][0][: sum(loops[i])] for i in rows]
+            prefixes = [final[i][0][: sum(tail_loop(final[i][0]))] for i in rows]  # type: ignore[arg-type]
             batch = ([encoded[i] for i in rows] if isinstance(encoded, (np.ndarray, list))
                      else self.model.encode(feats[rows]))  # type: ignore[index]  (a GPU: not pipelined)
             given = [prompts[i] + p for i, p in zip(rows, prefixes)]
@@ -2181,8 +2188,8 @@ class CT2Transcriber(_BaseTranscriber):
                 if not (tail_loop(tokens) or is_decoder_loop(new, tokenizers[i].decode(new), hit_limit,
                                                              options.compression_ratio_threshold)):
                     final[i] = (tokens, False, hit_limit)
-                elif not (split_repeats and split_repeats[i] and repeat_period(final[i][0]) is not None):
-                    final[i] = (prefix, False, False)  # else the caller cuts the chunk into pieces
+                    kept.add(i)
+        return kept
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
         return self._tokenizer(language, task)

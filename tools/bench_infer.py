@@ -7,7 +7,8 @@
     python tools/bench_infer.py --encoder_batches=1 --encoder_frames=3000,1500 # and per 15 s window
 
 Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
-``en_long`` = the English general set joined into ≥ 102 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
+``en_long`` = the English general set joined into ≥ 102 s; ``en_real`` = the real English recordings of
+dataset/real/ (JFK, LibriVox, LibriSpeech, a fast talker …) joined into ≥ 80 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
 pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
 window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
 demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by espeak-ng at speed 320 (about 8
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")
     parser.add_argument("--language", default="zh", help="forced language for every mode")
     parser.add_argument("--recording", default="joined",
-                        choices=("joined", "en_long", "zh_repeated", "zh_real8", "zh_fast", "zh_dense"),
+                        choices=("joined", "en_long", "en_real", "zh_repeated", "zh_real8", "zh_fast", "zh_dense"),
                         help="what is transcribed (see above)")
     parser.add_argument("--snr_db", type=float, default=None,
                         help="add white noise (seeded) at this SNR (dB) to the recording, pauses included")
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     metric = "cer"
     if args.recording == "en_long":
         wav, reference, seconds = build_recording("dataset/general/general_en.json", 102.0, tmp, sep=" ")
+        args.language, metric = "en", "wer"
+    elif args.recording == "en_real":
+        wav, reference, seconds = build_recording("dataset/real/real_en.json", 80.0, tmp, sep=" ")
         args.language, metric = "en", "wer"
     elif args.recording == "zh_repeated":
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 8, tmp)

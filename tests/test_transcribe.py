@@ -1335,13 +1335,19 @@ def test_a_decode_that_ends_in_a_loop_is_decoded_on_from_where_the_loop_starts(b
 
 def test_transformers_cuts_a_decode_that_ends_in_a_loop_after_its_first_unit(tiny, en_wav):
     """transformers (no decoder prefix in its Whisper generate): the random tiny model's greedy loop ends the text
-    after one unit; what it read before stays."""
+    after one unit; what it read before stays. Where the caller cuts the chunk into pieces, the loop stays."""
     audio = load_audio(en_wav)
     plain = DecodeOptions(language="zh", temperatures=(0.0,), max_new_tokens=120, compression_ratio_threshold=None,
                           logprob_threshold=None, no_speech_threshold=None)
     text = tiny.transcribe(audio, plain, cut_clip=False).text
     tokens = tiny.processor.tokenizer.encode(text, add_special_tokens=False)
     assert tokens and tail_loop(tokens) is None and longest_repeat(tokens) < 5, text
+    # where the caller cuts the chunk into take-sized pieces (its text repeats), the loop is left for it to see
+    (kept,) = tiny._decode([audio], ["zh"], plain, None, [True])
+    looped = [t for piece in kept.tokens for t in piece]
+    assert tail_loop(looped) is not None and repeat_period(looped) is not None
+    (cut,) = tiny._decode([audio], ["zh"], plain, None, [False])
+    assert [t for piece in cut.tokens for t in piece] == looped[: sum(tail_loop(looped))]
 
 
 def test_decoder_loops_are_told_apart_from_speech_that_repeats_itself():

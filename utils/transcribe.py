@@ -14,7 +14,9 @@ Whisper algorithm). Both guard against hallucination loops like the reference de
 text compresses too well (repetition) or whose average log-probability is too low is decoded again
 at the next temperature, and a chunk that is probably silence is dropped. A long recording's chunk whose
 text repeats itself (a sentence said several times: Whisper loses count) is decoded again in pieces cut at
-its silences, about one repetition each.
+its silences, about one repetition each. A decode that ends in a loop of a few tokens (noise: "…at 9.10.10.10…")
+is decoded on from where the loop starts (ct2: the text before it as prefix, the loop's n-gram barred) or cut after
+its first unit (transformers): no output ends in a loop.
 
     >>> engine = load_transcriber("openai/whisper-base", backend="transformers")
     >>> engine.transcribe("dataset/test.wav", DecodeOptions(language="zh", timestamps=True)).text

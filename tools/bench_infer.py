@@ -8,8 +8,8 @@
 
 Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
 ``en_long`` = the English general set joined into ≥ 102 s; ``en_real`` = the real English recordings of
-dataset/real/ (JFK, LibriVox, LibriSpeech, a fast talker …) joined into ≥ 80 s; ``zh_repeated`` = one Mandarin sentence (espeak-ng,
-pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
+dataset/real/ (JFK, LibriVox, LibriSpeech, a fast talker …) joined into ≥ 80 s; ``zh_repeated`` = one Mandarin
+sentence (espeak-ng, pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
 window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
 demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by espeak-ng at speed 320 (about 8
 characters per second of speech, as fast Mandarin gets) joined by 0.6 s of silence into ≥ 50 s: 30 s windows whose

@@ -9,14 +9,14 @@
 Recordings (sox): ``joined`` = ≥ ``--min_seconds`` of the ``--test_data`` clips joined by 0.6 s of silence;
 ``en_long`` = the English general set joined into ≥ 102 s; ``en_real`` = the real English recordings of
 dataset/real/ (JFK, LibriVox, LibriSpeech, a fast talker …) joined into ≥ 80 s; ``zh_repeated`` = one Mandarin
-sentence (espeak-ng, pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three repetitions fill one 30 s
-window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test sentence, 41.6 s; give the
-demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by espeak-ng at speed 320 (about 8
-characters per second of speech, as fast Mandarin gets) joined by 0.6 s of silence into ≥ 50 s: 30 s windows whose
-text needs most of the token budget (give the demo model); ``zh_dense`` = the same with 0.2 s pauses, as many as fit
-in 29 s (about 220 characters, 7.6 per second: one window whose text needs more than its 224 tokens). Engine mode
-(default): every mode transcribes the recording in this process; time, real-time factor and CER/WER against the
-reference; model loading and a warm-up call are not timed.
+sentence (espeak-ng, pinyin voice) said 8 times with 1 s pauses — read-back and language lessons, where three
+repetitions fill one 30 s window; ``zh_real8`` = the same with a real recording (dataset/real/: an AISHELL-1 test
+sentence, 41.6 s; give the demo model, which reads it); ``zh_fast`` = the ``--test_data`` sentences spoken by
+espeak-ng at speed 320 (about 8 characters per second of speech, as fast Mandarin gets) joined by 0.6 s of silence
+into ≥ 50 s: 30 s windows whose text needs most of the token budget (give the demo model); ``zh_dense`` = the same
+with 0.2 s pauses, as many as fit in 29 s (about 220 characters, 7.6 per second: one window whose text needs more
+than its 224 tokens). Engine mode (default): every mode transcribes the recording in this process; time, real-time
+factor and CER/WER against the reference; model loading and a warm-up call are not timed.
 ``--whole_process=True``: the user's commands, timed start to end as subprocesses (imports, model load, audio
 decoding, VAD, decoding): ``infer.py --backend=ct2`` and a faster-whisper ``BatchedInferencePipeline`` int8 batch 8
 script, on the same CTranslate2 folder, each run ``--repeats`` times, interleaved; the best and the median time, each

@@ -866,6 +866,16 @@ def tail_loop(tokens: Sequence[int], max_unit: int = SHORT_LOOP_TOKENS,
     return best
 
 
+def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
+    """``tokens`` with a loop that ends them (:func:`tail_loop`) cut after its first unit: no output ends in a loop.
+    Left as they are where the caller cuts the chunk into take-sized pieces (``caller_cuts``, the chunk's
+    ``split_repeats``, and the text repeats: :func:`repeat_period`), which it does on seeing the loop."""
+    loop = tail_loop(tokens)
+    if loop is None or (caller_cuts and repeat_period(tokens) is not None):
+        return tokens
+    return tokens[: sum(loop)]
+
+
 def loop_ngram(unit: int) -> int:
     """``no_repeat_ngram_size`` that lets a decode past a loop of ``unit`` tokens say the unit 2-3 times more, not
     ``LOOP_REPEATS``: two units and a token may not occur twice. Longer than most n-grams that real text repeats
@@ -1507,12 +1517,12 @@ class TransformersTranscriber(_BaseTranscriber):
                     if not self._is_loop(pieces, kw["max_new_tokens"], options):  # else the greedy loop stays
                         per_item[i] = pieces
         tok = self.processor.tokenizer
-        for i, pieces in enumerate(per_item):  # a loop that ends the text (tail_loop): cut after its first unit,
-            loop = tail_loop(pieces[-1][3]) if pieces else None  # unless the caller cuts the chunk into pieces
-            if loop and not (split_repeats and split_repeats[i] and repeat_period(pieces[-1][3]) is not None):
-                start, end, _, tokens = pieces[-1]
-                tokens = tokens[: sum(loop)]
-                per_item[i] = [*pieces[:-1], (start, end, tok.decode(tokens, skip_special_tokens=True), tokens)]
+        for i, pieces in enumerate(per_item):  # a loop that ends the text: cut after its first unit (no prefix here)
+            if not pieces:
+                continue
+            start, end, _, tokens = pieces[-1]
+            if (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
+                per_item[i] = [*pieces[:-1], (start, end, tok.decode(cut, skip_special_tokens=True), cut)]
         results = []
         for i, pieces in enumerate(per_item):
             # the budget used up (the tokens generated: the text's, and a timestamp token at each end of a segment)
@@ -2129,9 +2139,8 @@ class CT2Transcriber(_BaseTranscriber):
             if not pending:
                 break
         for i, (tokens, silent, _) in enumerate(final):  # type: ignore[misc]
-            loop = None if silent else tail_loop(tokens)  # the loop stays where the caller cuts the chunk in pieces
-            if loop and not (split_repeats and split_repeats[i] and repeat_period(tokens) is not None):
-                final[i] = (tokens[: sum(loop)], False, False)  # elsewhere it ends after its first unit
+            if not silent and (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
+                final[i] = (cut, False, False)
         results = []
         for i, (tokens, silent, full) in enumerate(final):  # type: ignore[misc]
             duration = len(chunks[i]) / SAMPLE_RATE
@@ -2170,12 +2179,13 @@ class CT2Transcriber(_BaseTranscriber):
             return set()
         logger.debug("%d of %d chunks end in a loop of a short unit: decoded on from where it starts", len(which),
                      len(final))
+        loops = {i: tail_loop(final[i][0]) for i in which}  # (start, unit) each
         groups: dict[int, list[int]] = {}
-        for i in which:
-            groups.setdefault(loop_ngram(tail_loop(final[i][0])[1]), []).append(i)  # type: ignore[index]
+        for i, (_, unit) in loops.items():  # type: ignore[misc]
+            groups.setdefault(loop_ngram(unit), []).append(i)
         kept = set()
         for ngram, rows in groups.items():
-            prefixes = [final[i][0][: sum(tail_loop(final[i][0]))] for i in rows]  # type: ignore[arg-type]
+            prefixes = [final[i][0][: sum(loops[i])] for i in rows]  # type: ignore[arg-type]
             batch = ([encoded[i] for i in rows] if isinstance(encoded, (np.ndarray, list))
                      else self.model.encode(feats[rows]))  # type: ignore[index]  (a GPU: not pipelined)
             given = [prompts[i] + p for i, p in zip(rows, prefixes)]

@@ -76,6 +76,25 @@ def test_noise_is_added_at_the_snr_asked_for(tmp_path):
     np.testing.assert_array_equal(noisy, again)  # seeded
 
 
+def test_reverb_fills_the_pause_after_speech_and_is_the_same_every_run(tmp_path):
+    from tools.bench_infer import add_reverb
+
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    speech[rate:] = 0.0  # one second of tone, then a pause
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, speech, rate, subtype="PCM_16")
+    room, got_rate = sf.read(add_reverb(wav, 90.0), dtype="float32")
+    assert got_rate == rate and room.ndim == 1 and len(room) == len(speech)  # mono, the tail after the end cut
+    tail = room[rate + rate // 10: rate + rate // 2]  # 0.1-0.5 s after the tone stopped
+    assert np.sqrt(np.mean(tail ** 2)) > 0.01  # the room still rings where the dry recording is silent
+    dry, _ = sf.read(add_reverb(wav, 0.0), dtype="float32")
+    assert np.sqrt(np.mean(dry[rate + rate // 10: rate + rate // 2] ** 2)) < np.sqrt(np.mean(tail ** 2)) / 4
+    again, _ = sf.read(add_reverb(wav, 90.0), dtype="float32")
+    np.testing.assert_array_equal(room, again)  # no dither: every run hears the same audio
+
+
 def test_the_paired_test_set_joins_two_clips_and_their_sentences(tmp_path):
     from tools.bench_eval import paired_manifest
     from utils.data import load_manifest

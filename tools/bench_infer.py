@@ -24,6 +24,11 @@ with its ratio. The CPU flags are printed. ``--snr_db=10`` adds white noise (see
 the whole recording, pauses included (the VAD then hears speech nearly everywhere):
 
     python tools/bench_infer.py --recording=en_long --whole_process=True --snr_db=5
+
+``--reverb=90`` puts the recording in a reverberant room first (sox ``reverb``, no dither: every run hears the same
+audio), as a classroom where a teacher repeats a sentence:
+
+    python tools/bench_infer.py --recording=en_real --whole_process=True --reverb=90 --snr_db=10
 """
 
 from __future__ import annotations
@@ -68,6 +73,17 @@ def add_noise(wav: Path, snr_db: float, seed: int = 0) -> Path:
     noise = np.random.default_rng(seed).standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr_db / 20)
     out = wav.with_name(f"{wav.stem}_snr{snr_db:g}.wav")
     sf.write(out, np.clip(audio + noise, -1.0, 1.0), rate)
+    return out
+
+
+def add_reverb(wav: Path, reverberance: float) -> Path:
+    """A copy of ``wav`` in a reverberant room (sox ``reverb``: ``reverberance`` %, HF damping 50 %, room scale 100 %;
+    a classroom or a hall), as long as the original (the tail after the last word is cut), without dither (sox's
+    default dither would make each copy differ)."""
+    out = wav.with_name(f"{wav.stem}_reverb{reverberance:g}.wav")
+    info = subprocess.run(["soxi", "-D", str(wav)], capture_output=True, text=True, check=True)
+    subprocess.run(["sox", "-D", str(wav), str(out), "reverb", f"{reverberance:g}", "50", "100", "remix", "-",
+                    "trim", "0", info.stdout.strip()], check=True)
     return out
 
 
@@ -262,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what is transcribed (see above)")
     parser.add_argument("--snr_db", type=float, default=None,
                         help="add white noise (seeded) at this SNR (dB) to the recording, pauses included")
+    parser.add_argument("--reverb", type=float, default=None,
+                        help="put the recording in a reverberant room: sox reverb's reverberance (%%), e.g. 50 or 90")
     parser.add_argument("--whole_process", default="False", choices=("True", "False"),
                         help="time infer.py --backend=ct2 and faster-whisper as whole commands")
     parser.add_argument("--repeats", type=int, default=2,
@@ -317,9 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
+    if args.reverb is not None:  # the room first, then the noise (a microphone's own noise is not reverberant)
+        wav = add_reverb(wav, args.reverb)
     if args.snr_db is not None:
         wav = add_noise(wav, args.snr_db)
-    noise = "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR"
+    noise = ("" if args.reverb is None else f", reverberance {args.reverb:g} %") + (
+        "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR")
     print(f"recording: {wav} ({seconds:.1f} s{noise}, {len(reference)} reference characters), threads={args.threads}")
     if args.whole_process == "True":
         whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,

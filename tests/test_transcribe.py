@@ -12,21 +12,17 @@ from tests.conftest import EN_SENTENCE, make_speech
 from utils.audio import SAMPLE_RATE, load_audio
 from utils.text import count_errors, error_rate, normalize_text
 from utils.languages import language_code
+from utils.repeats import compression_ratio, is_decoder_loop, longest_repeat, repeat_period, tail_loop
 from utils.transcribe import (
     DecodeOptions,
-    compression_ratio,
     ct2_generated_at_most,
     ct2_max_length,
     encoder_window,
-    is_decoder_loop,
     join_texts,
-    longest_repeat,
     load_transcriber,
     pad_log_mel,
     postprocess_text,
-    repeat_period,
     split_timestamp_tokens,
-    tail_loop,
     token_budget,
 )
 from utils.vad import Chunk, cut_every, merge_regions, split_on_silence, whole_clip, with_lead
@@ -356,7 +352,7 @@ def _all_speech(monkeypatch) -> None:
 
 
 def test_unread_speech_is_the_longest_stretch_of_speech_without_a_token():
-    from utils.transcribe import unread_speech
+    from utils.repeats import unread_speech
 
     starts = np.array([0.3, 0.6, 1.0, 1.5, 2.0, 3.9])  # five tokens read from 0.3 s to 3.9 s
     assert unread_speech(starts, [(0.3, 4.0)]) == pytest.approx(1.9)  # 2.0-3.9: the longest token
@@ -372,7 +368,7 @@ def test_a_chunk_whose_text_repeats_and_left_speech_unread_is_decoded_again_a_re
     readings (2.8 tokens/s), whichever is shorter; the chunk is cut at the silences nearest every 5 s from a piece's
     start (0-6 s, 6-11 s, 11-18 s, 18-24 s) and the pieces are decoded instead (once: they are kept as they come).
     A chunk with no silence inside is left as it is, and its decode keeps the temperature fallback."""
-    from utils.transcribe import take_seconds
+    from utils.repeats import take_seconds
 
     assert take_seconds(14, 28, 24.0) == pytest.approx(5.0) and take_seconds(14, 42, 24.0) == pytest.approx(5.0)
     assert take_seconds(14, 56, 8.0) == pytest.approx(2.0)  # a dense reading: the unit's share
@@ -407,7 +403,8 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     segment with tokens on both sides of a seam is split, its text decoded from its tokens) and its words, in time
     order."""
     from utils.data import Word
-    from utils.transcribe import _ChunkResult, _Part, _Reading, _spliced, reread_parts, take_seams, unread_stretches
+    from utils.repeats import Reading, RereadPart, reread_parts, take_seams, unread_stretches
+    from utils.transcribe import _ChunkResult, _spliced
 
     unit = list(range(100, 110)) + [50]  # a sentence ending in "。" (50)
     assert take_seams([7, 8, 50] + unit * 2 + [9], (2, 11)) == [0, 3, 14, 25, 26]  # not at the first "。"
@@ -420,7 +417,7 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     sr = SAMPLE_RATE
     chunk = Chunk(sr, 13 * sr, (int(4.25 * sr), int(7.75 * sr), int(9.8 * sr)),
                   spans=tuple((int(sr + a * sr), int(sr + b * sr)) for a, b in spans))
-    reading = _Reading(starts, spans)
+    reading = Reading(starts, spans)
     (only,) = reread_parts(chunk, 6.0, reading, [0, 4, 6])  # one take's piece
     assert (only.region.start, only.region.end, only.at) == (int(4.25 * sr), int(9.8 * sr), 4)  # 3.25-8.8 s
     assert only.pieces == [only.region]
@@ -429,7 +426,7 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     # a seam further from the stretch than the slack: a sentence dropped between two others, not a take
     (far,) = reread_parts(chunk, 6.0, reading, [0, 3, 6], slack=0)
     assert far.region == chunk and far.at is None
-    assert reread_parts(Chunk(0, 6 * sr), 3.0, _Reading(np.array([0.1, 0.5]), [(0.0, 6.0)]), [0, 1]) == []
+    assert reread_parts(Chunk(0, 6 * sr), 3.0, Reading(np.array([0.1, 0.5]), [(0.0, 6.0)]), [0, 1]) == []
     assert [(p.region.start, p.region.end, p.at) for p in reread_parts(chunk, 3.0)] == [(sr, 13 * sr, None)]
     # more than one take's time unread (two pieces of 3 s): the alignment may have spread the takes read over more
     # than was dropped, so the whole chunk is cut into takes
@@ -455,7 +452,7 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     assert [seg[2] for seg in out.segments] == ["t1 t2 t3", "take", "again", "t4 t5 t6"]
     assert [[w.word for w in ws] for ws in out.words] == [["w0", "w1", "w2"], ["take"], ["again"],
                                                           ["w3", "w4", "w5"]]
-    whole_part = _Part(chunk, [chunk])
+    whole_part = RereadPart(chunk, [chunk])
     assert _spliced(whole, chunk, [(whole_part, part_result)], Tokens()) is part_result
 
 
@@ -464,7 +461,7 @@ def test_a_dropped_take_with_a_comma_pause_is_read_whole():
     …"; espeak, 5.6 s a take): the takes read around a dropped one were aligned over its first words, so only the
     rest of it was left unread. The part read again is the whole take, between the pauses around it; where that is
     more than a take, between the nearest breaks as before."""
-    from utils.transcribe import _Reading, reread_parts, unread_stretches
+    from utils.repeats import Reading, reread_parts, unread_stretches
 
     sr = SAMPLE_RATE
     regions = [Chunk(round(x * sr), round(y * sr)) for k in range(4)
@@ -474,16 +471,16 @@ def test_a_dropped_take_with_a_comma_pause_is_read_whole():
     before = [0.1 + 0.5 * i for i in range(21)] + [11.3, 11.8, 12.5]  # takes 1-2, and over take 3's first words
     starts = np.array(before + [16.9 + 0.5 * i for i in range(10)] + [21.8])
     assert [(round(a, 1), round(b, 1)) for a, b in unread_stretches(starts, spans)] == [(12.7, 16.2)]
-    (take,) = reread_parts(chunk, 5.6, _Reading(starts, spans), [0, len(before), len(starts) - 1])
+    (take,) = reread_parts(chunk, 5.6, Reading(starts, spans), [0, len(before), len(starts) - 1])
     assert (round(take.region.start / sr, 1), round(take.region.end / sr, 1), take.at) == (10.9, 16.5, len(before))
     assert take.pieces == [take.region]
-    (rest,) = reread_parts(chunk, 2.0, _Reading(starts, spans), [0, len(before), len(starts) - 1])
+    (rest,) = reread_parts(chunk, 2.0, Reading(starts, spans), [0, len(before), len(starts) - 1])
     assert (round(rest.region.start / sr, 1), round(rest.region.end / sr, 1)) == (12.7, 16.5)
     # no pause the VAD kept apart around it (the regions touch) and the chunk no longer than a take: between the
     # nearest breaks, not the whole chunk (which would not be read again at all: one piece, as it was)
     (close,) = merge_regions([Chunk(0, 3 * sr), Chunk(3 * sr, 6 * sr)], max_chunk_s=30.0)
     read = [0.1 + 0.4 * i for i in range(7)]  # 0-3 s read, 3-6 s not
-    (only,) = reread_parts(close, 7.0, _Reading(np.array(read + [3.0]), [(0.0, 6.0)]), [0, len(read)], slack=7)
+    (only,) = reread_parts(close, 7.0, Reading(np.array(read + [3.0]), [(0.0, 6.0)]), [0, len(read)], slack=7)
     assert (only.region.start // sr, only.region.end // sr, only.at) == (3, 6, len(read))
 
 
@@ -552,7 +549,7 @@ def test_the_pieces_of_a_repeating_chunk_are_kept_only_when_they_read_more_or_th
 
 def test_overread_is_text_piled_on_almost_no_time():
     """A made-up take aligns to one frame; right readings start 8 tokens over >= 0.62 s (OVERREAD_TOKENS)."""
-    from utils.transcribe import overread
+    from utils.repeats import overread
 
     read = np.arange(29) * 0.43  # a sentence of 14 tokens in 6 s, twice, and the end of the last token
     assert not overread(read) and not overread(np.arange(29) * 0.09)  # 11 tokens/s: fast, still speech
@@ -653,7 +650,8 @@ def test_a_sentence_said_five_times_and_read_so_is_decoded_once(tiny, monkeypatc
     """Five takes of a 14-token sentence, each aligned over its own 6 s: a lesson's repetition, not a decoder loop (a
     unit shorter than REPEAT_SPAN_TOKENS repeated LOOP_REPEATS times is one); the reading is checked, covers its
     speech and made nothing up, so the chunk is decoded once."""
-    from utils.transcribe import LOOP_REPEATS, _ChunkResult
+    from utils.repeats import LOOP_REPEATS
+    from utils.transcribe import _ChunkResult
 
     sr = SAMPLE_RATE
     unit = _Miscounting.UNIT
@@ -682,7 +680,8 @@ def test_a_loop_is_cut_into_pieces_a_sentence_long_and_decoded_again_without_the
     (~4.3 s, six pieces), not the loop's share of the chunk (1.3 s, twelve). The pieces are decoded with the
     temperature fallback for loops only: their audio was decoded at every temperature the first time, and in a short
     encoder window (at least PIECE_WINDOW_S, not 30 s: a piece holds about one take)."""
-    from utils.transcribe import PIECE_WINDOW_S, SLOWEST_TOKENS_PER_SPEECH_S, _ChunkResult
+    from utils.repeats import SLOWEST_TOKENS_PER_SPEECH_S
+    from utils.transcribe import PIECE_WINDOW_S, _ChunkResult
 
     sr = SAMPLE_RATE
     calls = []
@@ -727,7 +726,7 @@ def test_a_slow_reading_that_left_speech_unread_is_decoded_again_with_timestamp_
     decoded again with timestamp tokens (in one batch), and that reading is kept when it holds more tokens. A slow
     reading that covers its speech (14 tokens over 6 s), an empty one, or a decode with timestamps already is left
     alone."""
-    from utils.transcribe import SLOWEST_TOKENS_PER_SPEECH_S
+    from utils.repeats import SLOWEST_TOKENS_PER_SPEECH_S
 
     sr = SAMPLE_RATE
     unit = _Miscounting.UNIT  # 14 tokens
@@ -1276,7 +1275,7 @@ def test_a_loop_of_a_short_unit_at_the_end_of_a_decode_is_found_where_it_starts(
     """tail_loop: a unit of at most SHORT_LOOP_TOKENS tokens said LOOP_REPEATS times or more up to the end (its last
     unit may be cut short), from its earliest start; a sentence said again, a word said again with more after it,
     or four times only, are no loop."""
-    from utils.transcribe import LOOP_REPEATS, SHORT_LOOP_TOKENS, loop_ngram
+    from utils.repeats import LOOP_REPEATS, SHORT_LOOP_TOKENS, loop_ngram
 
     said = [1, 2, 3]
     assert (SHORT_LOOP_TOKENS, LOOP_REPEATS) == (4, 5)

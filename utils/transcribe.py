@@ -16,7 +16,8 @@ at the next temperature, and a chunk that is probably silence is dropped. A long
 text repeats itself (a sentence said several times: Whisper loses count) is decoded again in pieces cut at
 its silences, about one repetition each. A decode that ends in a loop of a few tokens (noise: "…at 9.10.10.10…")
 is decoded on from where the loop starts (ct2: the text before it as prefix, the loop's n-gram barred) or cut after
-its first unit (transformers): no output ends in a loop.
+its first unit (transformers): no output ends in a loop. What counts as a loop, a repetition, a take made up or
+speech left unread, and which parts of a chunk are read again: :mod:`utils.repeats`.
 
     >>> engine = load_transcriber("openai/whisper-base", backend="transformers")
     >>> engine.transcribe("dataset/test.wav", DecodeOptions(language="zh", timestamps=True)).text
@@ -32,7 +33,6 @@ import math
 import os
 import re
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -41,13 +41,34 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio, quietest_point
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
 from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
+from utils.repeats import (
+    LOOP_REPEATS,
+    MAX_UNREAD_SPEECH_S,
+    REPEAT_SPAN_TOKENS,
+    SEAM_SLACK,
+    SLOWEST_TOKENS_PER_SPEECH_S,
+    Reading,
+    RereadPart,
+    cut_in_two,
+    is_decoder_loop,
+    longest_repeat,
+    loop_ngram,
+    overread,
+    repeat_period,
+    repeat_unit,
+    reread_parts,
+    tail_loop,
+    take_seams,
+    take_seconds,
+    unread_speech,
+)
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, cut_every, part, speech_regions, split_on_silence, whole_clip, with_lead
+from utils.vad import Chunk, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
 
@@ -222,12 +243,6 @@ def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
     """The previous-text context: hotwords first, then the previous text (faster-whisper's order)."""
     parts = [p.strip() for p in (hotwords, prompt) if p and p.strip()]
     return " ".join(parts) or None
-
-
-def compression_ratio(text: str) -> float:
-    """UTF-8 length / zlib-compressed length; high (> 2.4) for repetition loops."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def join_texts(texts: Sequence[str]) -> str:
@@ -541,7 +556,7 @@ class _BaseTranscriber:
         """
         splittable = [depth < MAX_REPEAT_SPLITS and bool(c.breaks) for c in chunks]
         results: list[_ChunkResult] = []
-        cuts: dict[int, list[_Part]] = {}  # per chunk: the parts read again, in pieces
+        cuts: dict[int, list[RereadPart]] = {}  # per chunk: the parts read again, in pieces
         made_up: set[int] = set()  # cut chunks whose reading holds text their audio does not (:func:`overread`)
         dense: set[int] = set()  # cut chunks whose reading used up its token budget (:func:`_out_of_budget`)
         for i in range(0, len(chunks), options.batch_size):
@@ -617,14 +632,14 @@ class _BaseTranscriber:
 
     def _check_readings(self, waves: Sequence[np.ndarray], chunks: Sequence[Chunk], results: Sequence[_ChunkResult],
                         periods: Sequence[int | None], language: str, options: DecodeOptions
-                        ) -> tuple[list[float], dict[int, _Reading]]:
+                        ) -> tuple[list[float], dict[int, Reading]]:
         """Per chunk of a decoded batch, the longest stretch of its speech that no text token was aligned to
         (:func:`unread_speech`, seconds), ``math.inf`` where the text holds more than the speech (:func:`overread`: a
         take made up); 0.0 for a chunk not checked. Checked (one alignment call for the batch,
         on the encoder output the decode kept): a text that repeats itself (``periods``) and did not run away, and,
         without timestamp tokens, a text slower than right readings are for the chunk's speech
         (``SLOWEST_TOKENS_PER_SPEECH_S``): the first take read and the others left out. Also, per chunk checked, where
-        its tokens and its speech lie (:class:`_Reading`)."""
+        its tokens and its speech lie (:class:`Reading`)."""
         from utils.alignment import token_times
 
         check: dict[int, list[tuple[float, float]]] = {}
@@ -647,7 +662,7 @@ class _BaseTranscriber:
                             [_text_tokens(results[k]) for k in check], options.task)
         readings = {}
         for (k, spans), (rows, frames, _) in zip(check.items(), paths, strict=True):
-            readings[k] = _Reading(token_times(rows, frames), spans)
+            readings[k] = Reading(token_times(rows, frames), spans)
             unread[k] = math.inf if overread(readings[k].starts) else unread_speech(readings[k].starts, spans)
         logger.debug("checked %d of %d readings against their speech: unread %s s", len(check), len(waves),
                      [round(unread[k], 1) for k in check])
@@ -838,34 +853,7 @@ def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:
                                                        for w in result.words[k]]
 
 
-LOOP_REPEATS = 5  # a unit of tokens repeated this often in a row (and a high compression ratio) is a decoder loop
-# A chunk's text that holds the same run of this many tokens twice (~8-12 Mandarin characters, ~10 English words)
-# repeats itself: said twice, or a loop. Rare in 30 s of speech that does not repeat.
-REPEAT_SPAN_TOKENS = 12
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
-# A unit of at most this many tokens repeated LOOP_REPEATS times at the end of a decode is the decoder's loop, not a
-# sentence said again: a take is longer (units of 13-15 tokens, see SEAM_SLACK), and a word said again and again
-# ("哈哈哈哈哈") is followed by more speech. In noise whisper-base loops on such units ("…opened at 9.10.10.10…" to the
-# token budget, English at 5 dB SNR; "相互相互…" in dense Mandarin at 10 dB): :func:`tail_loop`.
-SHORT_LOOP_TOKENS = 4
-
-
-def tail_loop(tokens: Sequence[int], max_unit: int = SHORT_LOOP_TOKENS,
-              repeats: int = LOOP_REPEATS) -> tuple[int, int] | None:
-    """(where it starts, how long its unit is) of the loop that ``tokens`` end in: a unit of at most ``max_unit``
-    tokens repeated at least ``repeats`` times in a row up to the end (a last unit may be cut short); the earliest
-    start, then the shortest unit. None when the tokens do not end so."""
-    best = None
-    n = len(tokens)
-    for unit in range(1, max_unit + 1):
-        start = n - unit
-        while start > 0 and tokens[start - 1] == tokens[start - 1 + unit]:
-            start -= 1
-        if start >= 0 and (n - start) // unit >= repeats and (best is None or start < best[0]):
-            best = (start, unit)
-    return best
-
-
 def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
     """``tokens`` with a loop that ends them (:func:`tail_loop`) cut after its first unit: no output ends in a loop.
     Left as they are where the caller cuts the chunk into take-sized pieces (``caller_cuts``, the chunk's
@@ -874,200 +862,6 @@ def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
     if loop is None or (caller_cuts and repeat_period(tokens) is not None):
         return tokens
     return tokens[: sum(loop)]
-
-
-def loop_ngram(unit: int) -> int:
-    """``no_repeat_ngram_size`` that lets a decode past a loop of ``unit`` tokens say the unit 2-3 times more, not
-    ``LOOP_REPEATS``: two units and a token may not occur twice. Longer than most n-grams that real text repeats
-    within 30 s (the whole continuation is held to it)."""
-    return 2 * unit + 1
-
-
-def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[int, int] | None:
-    """(where it first starts, how long it is) of the unit that the text repeats, in tokens: the first run of
-    ``span`` tokens that occurs again (not overlapping itself), to its next occurrence; None when no run repeats."""
-    first: dict[tuple[int, ...], int] = {}
-    for i in range(len(tokens) - span + 1):
-        start = first.setdefault(tuple(tokens[i: i + span]), i)
-        if i - start >= span:
-            return start, i - start
-    return None
-
-
-# A take dropped from a repeating text lies this close to a seam between takes, as a share of the unit: the alignment
-# put it 0-5 tokens from one (units of 13-15 tokens: real Mandarin said 3 and 8 times, the teacher-style set, espeak
-# English 8 times; both backends). A sentence dropped between two others lies a sentence away from the takes.
-SEAM_SLACK = 0.4
-
-
-def take_seams(tokens: Sequence[int], unit: tuple[int, int]) -> list[int]:
-    """Where one take of the repeated ``unit`` (:func:`repeat_unit`) ends and the next begins in ``tokens``, as
-    token indices, with the text's start and end: counted back a unit at a time from where the repetition stops (a
-    take ends there; where it starts shows less well, as the end of the sentence before, "。", repeats too) to where
-    it starts (half a unit of slack: takes read a little differently repeat from a later token on)."""
-    first, period = unit
-    end = first + period
-    while end < len(tokens) and tokens[end] == tokens[end - period]:
-        end += 1
-    return sorted({0, len(tokens), *range(end, max(first - period // 2, 0) - 1, -period)})
-
-
-def repeat_period(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> int | None:
-    """How long the unit that the text repeats is, in tokens (:func:`repeat_unit`); None when no run repeats."""
-    unit = repeat_unit(tokens, span)
-    return None if unit is None else unit[1]
-
-
-# Text tokens per second of speech (VAD regions) of a right reading: 2.8-4.9 (real speech in dataset/real/: JFK's slow
-# oratory 2.8, AISHELL-1 4.4-4.9; the demo and general sets 2.8-4.6). A slower text is checked against its speech.
-SLOWEST_TOKENS_PER_SPEECH_S = 2.8
-# The alignment of a right reading leaves no stretch of speech this long without a token starting or ending in it:
-# at most 0.6 s on the real clips of dataset/real/ (AISHELL-1, JFK, LibriVox) and on espeak, whisper-base and the demo
-# model; a take left out leaves all of it (3.5 s for an AISHELL-1 sentence).
-MAX_UNREAD_SPEECH_S = 1.5
-
-
-def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
-    """How long one take of a repeated unit of ``period`` tokens lasts in a chunk of ``duration_s`` seconds whose
-    text has ``text_tokens`` tokens: the unit's share of the chunk, or, when shorter, the unit said at the slowest
-    rate of right readings (the share overestimates a take when the text dropped some: a chunk with a sentence
-    said 3 times and another 2 times, read as the first once and the second twice)."""
-    return min(duration_s * period / text_tokens, period / SLOWEST_TOKENS_PER_SPEECH_S)
-
-
-# Text the audio does not hold: a take of a repeated sentence that the decoder made up aligns (DTW) to almost no
-# time, its tokens piled on one frame. Right readings never start OVERREAD_TOKENS consecutive tokens inside OVERREAD_S:
-# the fastest 8 took >= 0.62 s (fast spontaneous English, 13 tokens/s) on dataset/real/, the demo test set and the
-# general set, whisper-base and the demo model, with and without timestamp tokens (Mandarin at 8 characters/s with
-# some characters 2-3 tokens long still needs > 0.3 s); a made-up take of 14 tokens started all of them on one frame.
-OVERREAD_TOKENS = 8
-OVERREAD_S = 0.25
-
-
-def overread(token_starts: np.ndarray) -> bool:
-    """Whether a text holds more than its audio: ``OVERREAD_TOKENS`` consecutive tokens start within ``OVERREAD_S``
-    (``token_starts`` as for :func:`unread_speech`: each token's start, then the last one's end)."""
-    starts = token_starts[:-1]
-    n = OVERREAD_TOKENS - 1
-    return len(starts) > n and bool((starts[n:] - starts[:-n]).min() < OVERREAD_S)
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """Where a chunk's text lies in its audio (:meth:`_BaseTranscriber._check_readings`): ``starts`` = each text
-    token's start, then the last one's end (seconds from the chunk's start, :func:`utils.alignment.token_times`);
-    ``spans`` = (start, end) seconds of the chunk's speech."""
-
-    starts: np.ndarray
-    spans: list[tuple[float, float]]
-
-
-def unread_stretches(token_starts: np.ndarray, spans: Sequence[tuple[float, float]],
-                     min_s: float = MAX_UNREAD_SPEECH_S) -> list[tuple[float, float]]:
-    """The stretches of speech, (start, end) seconds, at least ``min_s`` long, inside which no text token starts
-    (arguments as for :func:`unread_speech`): where a take the text left out was said."""
-    out = []
-    for start, end in spans:
-        inside = token_starts[(token_starts > start) & (token_starts < end)]
-        edges = np.concatenate([[start], np.sort(inside), [end]])
-        out += [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_s]
-    return out
-
-
-@dataclass(frozen=True)
-class _Part:
-    """A part of a chunk decoded again (:func:`reread_parts`): ``region`` (positions like the chunk's), the
-    ``pieces`` of about one take it is decoded in, ``at``: before which of the chunk's text tokens the part's text
-    goes in (None = the part is the whole chunk, read anew), and ``at_s``: where that token starts (seconds from the
-    chunk's start; the chunk's words are split there)."""
-
-    region: Chunk
-    pieces: list[Chunk]
-    at: int | None = None
-    at_s: float = 0.0
-
-
-def reread_parts(chunk: Chunk, take_s: float, reading: _Reading | None = None,
-                 seams: Sequence[int] | None = None, slack: int = 0) -> list[_Part]:
-    """The parts of ``chunk`` to decode again, each cut into pieces of about one take (``take_s`` seconds,
-    :func:`utils.vad.cut_every`).
-
-    With the ``reading`` of a text that repeats and its ``seams`` (:func:`take_seams`), only the takes it dropped:
-    each stretch of speech it left unread (:func:`unread_stretches`), widened to the pauses the VAD kept apart
-    around it (:func:`_pause_breaks`; to the nearest breaks where that is more than a take or the whole chunk),
-    stretches between the same breaks making one part. A take's comma pause can split it into two regions that touch
-    (espeak's "Repeat after me, | the quick brown fox …"): the takes read around a dropped one were aligned over its
-    first words, the stretch left unread was the rest, and that part read alone lost "Repeat after me". The part's
-    text goes in at the seam nearest the tokens around the stretch (``_Part.at``), not where the alignment puts it:
-    the alignment spreads the takes read around a dropped one into its speech (whisper-base on an English sentence
-    said 8 times: the next take's first word aligned to the end of the take before; a real teacher's sentence said 3
-    times, read twice: the end of the second take aligned to the end of the third). The takes read stay as they
-    were. That holds only where each part is about one take (one piece; two takes dropped apart, as whisper-base
-    with beam 3 on a real Mandarin sentence said 8 times, make two parts) and lies within ``slack`` tokens of a
-    seam. Else the whole chunk is cut into takes, as without a reading (a loop, or a take made up, tells nothing of
-    where the text went wrong): more than a take left unread between two breaks may be the takes read spread over
-    more than the one dropped (a real Mandarin sentence said three times, read twice by the transformers backend:
-    unread 2.1 s, in two takes' speech), and a stretch far from any seam is a sentence dropped between two others,
-    not a take. [] where that would decode the chunk again as it was: all of it, with no break to cut it at."""
-    if reading is not None and seams:
-        regions: list[tuple[int, int, int]] = []
-        pauses = _pause_breaks(chunk)
-        for a, b in unread_stretches(reading.starts, reading.spans):
-            lo, hi = chunk.start + a * SAMPLE_RATE, chunk.start + b * SAMPLE_RATE
-            start, end = _widened(chunk, pauses, lo, hi)
-            if (start, end) == (chunk.start, chunk.end) or len(cut_every(part(chunk, start, end), take_s)) > 1:
-                start, end = _widened(chunk, chunk.breaks, lo, hi)  # no pause around it, or more than a take
-            after = int(np.count_nonzero(reading.starts[:-1] < (a + b) / 2))  # tokens before the stretch
-            at = min(seams, key=lambda seam: (abs(seam - after), seam))
-            if abs(at - after) > slack:
-                regions = []
-                break
-            if regions and start <= regions[-1][1]:  # the same part: its text goes where the first one's went
-                start, _, at = regions.pop()
-            regions.append((start, end, at))
-        parts = []
-        for start, end, at in regions:
-            region = part(chunk, start, end)
-            parts.append(_Part(region, [region], at, float(reading.starts[at])))
-        if parts and all(len(cut_every(p.region, take_s)) == 1 and p.region != chunk for p in parts):
-            return parts
-    pieces = cut_every(chunk, take_s)
-    return [_Part(chunk, pieces)] if len(pieces) > 1 else []
-
-
-def cut_in_two(chunk: Chunk, wave: np.ndarray) -> list[_Part]:
-    """``chunk`` (its samples: ``wave``) cut in two, as one part read anew (:class:`_Part`, ``at`` None): at the break
-    nearest its middle, or, with no pause the VAD kept apart (speech without a 0.16 s silence, or under noise that
-    hides the pauses), at the quietest 50 ms of its middle third (:func:`utils.audio.quietest_point`), mostly between
-    two syllables."""
-    middle = (chunk.start + chunk.end) / 2
-    if chunk.breaks:
-        cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
-    else:
-        third = (chunk.end - chunk.start) // 3
-        cut = chunk.start + quietest_point(wave, third, 2 * third)
-    return [_Part(chunk, [part(chunk, chunk.start, cut), part(chunk, cut, chunk.end)])]
-
-
-def _pause_breaks(chunk: Chunk) -> tuple[int, ...]:
-    """The breaks of ``chunk`` that lie in a pause the VAD kept apart, not between two speech regions whose padding
-    touches (mostly a short pause inside a sentence: "Repeat after me, | the quick brown fox …")."""
-    touching = {b for (_, end), (start, _) in zip(chunk.spans, chunk.spans[1:]) if start <= end
-                for b in chunk.breaks if start <= b <= end}
-    return tuple(b for b in chunk.breaks if b not in touching)
-
-
-def _widened(chunk: Chunk, breaks: Sequence[int], start: float, end: float) -> tuple[int, int]:
-    """Samples ``start``-``end`` of ``chunk`` widened to the nearest of ``breaks`` around them (or its ends)."""
-    return (max((x for x in breaks if x <= start), default=chunk.start),
-            min((x for x in breaks if x >= end), default=chunk.end))
-
-
-def unread_speech(token_starts: np.ndarray, spans: Sequence[tuple[float, float]]) -> float:
-    """The longest stretch of speech, in seconds, inside which no text token starts: ``token_starts`` = where each
-    token starts and where the last one ends (:func:`utils.alignment.token_times`), ``spans`` = (start, end) seconds
-    of speech. A take the text left out is speech with no token in it."""
-    return max((b - a for a, b in unread_stretches(token_starts, spans, 0.0)), default=0.0)
 
 
 def speech_spans(wave: np.ndarray) -> list[tuple[float, float]]:
@@ -1115,11 +909,11 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
     return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words)
 
 
-def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[_Part, _ChunkResult]],
+def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPart, _ChunkResult]],
              tokenizer: Any) -> _ChunkResult:
     """``whole`` (the reading of ``chunk``) with the reading of each part decoded again (its times from the part's
-    start) put in before its token ``_Part.at``; a segment with tokens on both sides is split there, the text of
-    its halves decoded from their tokens by ``tokenizer``, its words split at ``_Part.at_s``. A part that is the
+    start) put in before its token ``RereadPart.at``; a segment with tokens on both sides is split there, the text of
+    its halves decoded from their tokens by ``tokenizer``, its words split at ``RereadPart.at_s``. A part that is the
     whole chunk (``at`` None): its reading."""
     if any(p.at is None for p, _ in rereads):
         ((_, only),) = rereads
@@ -1155,30 +949,6 @@ def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[_Part, _
     return _ChunkResult([seg for _, seg, _, _ in keyed], join_texts([seg[2] for _, seg, _, _ in keyed]),
                         tokens=[tokens for _, _, tokens, _ in keyed],
                         words=[words or [] for _, _, _, words in keyed] if has_words else None)
-
-
-def longest_repeat(tokens: Sequence[int], max_unit: int = 32) -> int:
-    """How many times in a row the most repeated unit of up to ``max_unit`` tokens occurs in ``tokens``."""
-    best = 1
-    n = len(tokens)
-    for unit in range(1, min(max_unit, n // 2) + 1):
-        run = 0
-        for i in range(unit, n):  # positions equal to the one a unit earlier extend a repetition
-            run = run + 1 if tokens[i] == tokens[i - unit] else 0
-            best = max(best, 1 + (run // unit))
-    return best
-
-
-def is_decoder_loop(tokens: Sequence[int], text: str, hit_limit: bool, compression_threshold: float | None) -> bool:
-    """Whether a decode is a degenerate repetition loop, not speech that repeats itself.
-
-    Real speech repeats (a teacher says a sentence three times, a chant, read-back): that text compresses well
-    too, but it ends. A loop is compressible text that runs to the token limit, or one unit repeated
-    ``LOOP_REPEATS`` or more times in a row.
-    """
-    if compression_threshold is None or compression_ratio(text) <= compression_threshold:
-        return False
-    return hit_limit or longest_repeat(tokens) >= LOOP_REPEATS
 
 
 def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOptions,

@@ -19,7 +19,9 @@ against the offline transcript, and the offline error rate. CPU flags printed.
 word or two from one machine (or hour) to the next; the spread over nearby chunk lengths shows how much.
 
 ``--snr_db=10`` adds white noise (seeded) at that signal-to-noise ratio to the whole recording, pauses included: the
-VAD then hears no pause, and the policy has to commit by agreement alone.
+VAD then hears no pause, and the policy has to commit by agreement alone. ``--reverb=50`` puts the recording in a
+reverberant room first (sox ``reverb``, no dither): a microphone across a room, whose pauses the reverberation
+shortens.
 
 ``--alone=True`` instead decodes every clip of the recording's manifest on its own (what a stream that hears one
 utterance at a time has at best), in a 30 s and a 15 s encoder window, with and without 0.4 s of silence before it
@@ -43,8 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import realtime_transcribe  # noqa: E402
-from tools.bench_infer import (REPEATED_SENTENCE, add_noise, build_fast, build_recording,  # noqa: E402
-                               build_repeated, cpu_report)
+from tools.bench_infer import (REPEATED_SENTENCE, add_noise, add_reverb, build_fast,  # noqa: E402
+                               build_recording, build_repeated, cpu_report)
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated --chunk_seconds values (default: realtime_transcribe.py's)")
     parser.add_argument("--stream_args", default="", help="more realtime_transcribe.py flags")
     parser.add_argument("--snr_db", type=float, default=None, help="add white noise at this SNR (dB) to the recording")
+    parser.add_argument("--reverb", type=float, default=None,
+                        help="put the recording in a reverberant room: sox reverb's reverberance (%%), e.g. 50")
     parser.add_argument("--alone", default="False", choices=("True", "False"),
                         help="decode each clip of the manifest alone instead of streaming (en, zh, en_real, zh_real)")
     args = parser.parse_args(argv)
@@ -83,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
         language, metric = "zh", "cer"
+    if args.reverb is not None:  # the room first, then the noise (a microphone's own noise is not reverberant)
+        wav = add_reverb(wav, args.reverb)
     if args.snr_db is not None:
         wav = add_noise(wav, args.snr_db)
-    noise = "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR"
+    noise = ("" if args.reverb is None else f", reverberance {args.reverb:g} %") + (
+        "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR")
     print(f"recording: {wav} ({seconds:.1f} s{noise}), model {args.model_path}")
     m = metric.upper()
     print(f"{'window':>7} {'chunk s':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "

@@ -20,6 +20,8 @@ its README): ``zh_real`` = two AISHELL-1 test sentences, each said 3 times (the 
 
 ``--windows=None,15`` decodes "after" once per encoder window (``DecodeOptions.encoder_window_s``: None = 30 s; 15 =
 at least 15 s, the chunk + 5 s: what ``--encoder_window_seconds=auto`` gives on a CPU), one column each.
+``--reverb=50`` puts every recording in a reverberant room (``tools/bench_infer.py``'s ``add_reverb``): a teacher
+repeating sentences in a classroom.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.bench_infer import REPEATED_SENTENCE, cpu_report  # noqa: E402
+from tools.bench_infer import REPEATED_SENTENCE, add_reverb, cpu_report  # noqa: E402
 from utils.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from utils.data import load_manifest  # noqa: E402
 from utils.text import count_errors  # noqa: E402
@@ -99,6 +101,15 @@ def build(name: str, work: Path, test_data: str) -> tuple[np.ndarray, str, str, 
     return np.concatenate(parts), reference, "zh", "cer"
 
 
+def in_room(audio: np.ndarray, name: str, work: Path, reverberance: float) -> np.ndarray:
+    """``audio`` (float32 16 kHz) in a reverberant room (:func:`tools.bench_infer.add_reverb`)."""
+    import soundfile as sf
+
+    dry = work / f"{name}_dry.wav"
+    sf.write(str(dry), audio, SAMPLE_RATE, subtype="PCM_16")
+    return load_audio(add_reverb(dry, reverberance))
+
+
 def timed(run: Callable[[], str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     text = run()
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct2_encoder", default="auto", choices=("auto", "ct2", "onnx", "torch"),
                         help="the ct2 backend's audio encoder (infer.py's --ct2_encoder)")
     parser.add_argument("--windows", default="None", help="comma-separated encoder windows of 'after' (None = 30 s)")
+    parser.add_argument("--reverb", type=float, default=None,
+                        help="put every recording in a reverberant room: sox reverb's reverberance (%%), e.g. 50")
     args = parser.parse_args(argv)
     try:
         windows = [None if w == "None" else float(w) for w in args.windows.split(",")]
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
     recordings = {n: build(n, work, args.test_data) for n in names}
+    if args.reverb is not None:
+        recordings = {n: (in_room(audio, n, work, args.reverb), *rest) for n, (audio, *rest) in recordings.items()}
     afters = "".join(f"  {'after' if w is None else f'after {w:g} s':>15}" for w in windows)
     print(f"{'backend':<13} {'recording':<12} {'seconds':>7}  {'before':>15}{afters}")
     for backend in args.backends.split(","):

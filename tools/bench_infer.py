@@ -81,10 +81,22 @@ def add_reverb(wav: Path, reverberance: float) -> Path:
     a classroom or a hall), as long as the original (the tail after the last word is cut), without dither (sox's
     default dither would make each copy differ)."""
     out = wav.with_name(f"{wav.stem}_reverb{reverberance:g}.wav")
-    info = subprocess.run(["soxi", "-D", str(wav)], capture_output=True, text=True, check=True)
+    samples = subprocess.run(["soxi", "-s", str(wav)], capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(["sox", "-D", str(wav), str(out), "reverb", f"{reverberance:g}", "50", "100", "remix", "-",
-                    "trim", "0", info.stdout.strip()], check=True)
+                    "trim", "0", f"{samples}s"], check=True)
     return out
+
+
+def room_and_noise(wav: Path, reverb: float | None, snr_db: float | None) -> tuple[Path, str]:
+    """``wav`` in a room (:func:`add_reverb`, when ``reverb`` is given), then with white noise (:func:`add_noise`,
+    when ``snr_db`` is given: a microphone's own noise is not reverberant); returns (the wav, what was done to it,
+    e.g. ", reverberance 90 %, white noise at 10 dB SNR")."""
+    if reverb is not None:
+        wav = add_reverb(wav, reverb)
+    if snr_db is not None:
+        wav = add_noise(wav, snr_db)
+    return wav, ("" if reverb is None else f", reverberance {reverb:g} %") + (
+        "" if snr_db is None else f", white noise at {snr_db:g} dB SNR")
 
 
 def build_real_repeated(name: str, out_dir: Path) -> tuple[Path, str, float]:
@@ -335,12 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         args.language = "zh"
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
-    if args.reverb is not None:  # the room first, then the noise (a microphone's own noise is not reverberant)
-        wav = add_reverb(wav, args.reverb)
-    if args.snr_db is not None:
-        wav = add_noise(wav, args.snr_db)
-    noise = ("" if args.reverb is None else f", reverberance {args.reverb:g} %") + (
-        "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR")
+    wav, noise = room_and_noise(wav, args.reverb, args.snr_db)
     print(f"recording: {wav} ({seconds:.1f} s{noise}, {len(reference)} reference characters), threads={args.threads}")
     if args.whole_process == "True":
         whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,

@@ -45,8 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import realtime_transcribe  # noqa: E402
-from tools.bench_infer import (REPEATED_SENTENCE, add_noise, add_reverb, build_fast,  # noqa: E402
-                               build_recording, build_repeated, cpu_report)
+from tools.bench_infer import (REPEATED_SENTENCE, build_fast, build_recording, build_repeated,  # noqa: E402
+                               cpu_report, room_and_noise)
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)
         language, metric = "zh", "cer"
-    if args.reverb is not None:  # the room first, then the noise (a microphone's own noise is not reverberant)
-        wav = add_reverb(wav, args.reverb)
-    if args.snr_db is not None:
-        wav = add_noise(wav, args.snr_db)
-    noise = ("" if args.reverb is None else f", reverberance {args.reverb:g} %") + (
-        "" if args.snr_db is None else f", white noise at {args.snr_db:g} dB SNR")
+    wav, noise = room_and_noise(wav, args.reverb, args.snr_db)
     print(f"recording: {wav} ({seconds:.1f} s{noise}), model {args.model_path}")
     m = metric.upper()
     print(f"{'window':>7} {'chunk s':>7} {'latency s':>9} {'p90 s':>6} {'RTF':>6} {'decodes':>7} {m + ' stream':>11} "

@@ -138,6 +138,10 @@ def test_words_from_segments_interpolates_by_characters_and_clamps():
     assert (words[0].start, words[0].end, words[1].end) == (10.0, 11.0, 12.0)
     assert words[-1].end == 14.0  # clamped to the audio decoded
     assert join_words(words) == "ab cd 今天"
+    # full-width punctuation carries its own spacing; Korean words keep theirs
+    assert join_words(words_from_segments([(0, 1, "压碎钱。"), (1, 2, "今年，"), (2, 3, "good"), (3, 4, "day。")],
+                                          0.0, 4.0)) == "压碎钱。今年，good day。"
+    assert join_words(words_from_segments([(0, 1, "안녕하세요"), (1, 2, "감사합니다")], 0.0, 2.0)) == "안녕하세요 감사합니다"
 
 
 def test_words_from_segments_take_aligned_word_times_when_there_are_some():

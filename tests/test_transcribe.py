@@ -72,6 +72,9 @@ def test_split_timestamp_tokens_both_styles():
 
 def test_text_postprocessing():
     assert join_texts(["今天", "天气", "good", "day"]) == "今天天气 good day"
+    # no space after or before full-width punctuation (chunks end at a sentence's "。"); Korean keeps its spaces
+    assert join_texts(["压碎钱。", "今几年，", "good", "day。", "我们"]) == "压碎钱。今几年，good day。我们"
+    assert join_texts(["안녕하세요", "감사합니다"]) == "안녕하세요 감사합니다"
     assert postprocess_text("今天天氣很好，我們走。", "zh", None, False) == "今天天气很好，我们走。"
     assert postprocess_text("天氣", "ja", None, False) == "天氣"  # auto: only Chinese is converted
     assert postprocess_text("今天，天气好！Hi, you.", "zh", None, True) == "今天天气好 Hi you"

@@ -145,6 +145,9 @@ def test_words_html_escapes_and_shades_by_probability():
     assert "&lt;b&gt;" in html and "<b>" not in html.replace("<span", "")
     assert "hsl(118," in html and "hsl(12," in html and 'title="0.60–1.20 s, p=0.10"' in html
     assert words_html(Transcript("x", "en", 1.0, 1.0, [Segment(0.0, 1.0, "x")])) == ""
+    zh = words_html(Transcript("你好。", "zh", 1.0, 1.0, [Segment(0.0, 1.0, "你好。", (
+        Word(0.0, 0.4, "你", 0.9), Word(0.4, 1.0, "好。", 0.9)))]))
+    assert zh.count("<span") == 2 and "</span><span" in zh  # no space between Chinese characters
 
 
 def test_segment_rows_and_downloads():

@@ -9,6 +9,23 @@ CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 HAN_KANA_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK without Hangul (Korean uses spaces)
 HAN_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Chinese characters only
 CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
+# CJK symbols and punctuation, full-width forms ("。", "，", "！", "「"): they carry their own spacing
+CJK_PUNCT_RANGES = "\u3000-\u303f\uff00-\uffef"
+_HAN_KANA_CHAR = re.compile(f"[{HAN_KANA_RANGES}]")
+_CJK_PUNCT_CHAR = re.compile(f"[{CJK_PUNCT_RANGES}]")
+
+
+def unspaced_char(char: str) -> bool:
+    """Whether ``char`` is Chinese/Japanese or full-width punctuation: written without spaces around it."""
+    return bool(_HAN_KANA_CHAR.match(char) or _CJK_PUNCT_CHAR.match(char))
+
+
+def joins_unspaced(left: str, right: str) -> bool:
+    """Whether text ending in character ``left`` and text starting with ``right`` join without a space: between
+    Chinese/Japanese characters, and next to full-width punctuation ("钱。" + "今年" → "钱。今年"). Hangul is
+    not among them (Korean puts spaces between words)."""
+    return bool(_CJK_PUNCT_CHAR.match(left) or _CJK_PUNCT_CHAR.match(right)
+                or (_HAN_KANA_CHAR.match(left) and _HAN_KANA_CHAR.match(right)))
 
 # Whisper's languages (code:English name, "_" for a space, in token order) and other names of some of them; kept
 # here so that reading a --language flag does not import transformers (1.3 s), which the ct2 backend never needs.

@@ -49,7 +49,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE
 from utils.audio_sources import AudioSource
-from utils.languages import AUTO_LANGUAGE, CJK_CHAR, CJK_RANGES
+from utils.languages import AUTO_LANGUAGE, CJK_RANGES, joins_unspaced, unspaced_char
 from utils.text import normalize_text
 from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
 
@@ -151,9 +151,9 @@ def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: flo
             weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)
             bounds = span_start + (span_end - span_start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
             for i, tok in enumerate(tokens):
-                if first and not tok[:1].isspace() and not (CJK_CHAR.match(tok[:1]) and (
-                        not words or CJK_CHAR.match(words[-1].text[-1:]))):
-                    tok = " " + tok  # segments are joined by a space, except between CJK characters
+                if first and not tok[:1].isspace() and not (joins_unspaced(words[-1].text[-1:], tok[:1]) if words
+                                                            else unspaced_char(tok[:1])):
+                    tok = " " + tok  # segments are joined by a space, except where joins_unspaced
                 first = False
                 words.append(StreamToken(float(bounds[i]), float(bounds[i + 1]), tok))
     return words

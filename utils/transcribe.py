@@ -45,7 +45,7 @@ from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
-from utils.languages import AUTO_LANGUAGE, CJK_CHAR, HAN_KANA_RANGES, decode_language, language_code
+from utils.languages import AUTO_LANGUAGE, HAN_KANA_RANGES, decode_language, joins_unspaced, language_code
 from utils.repeats import (
     LOOP_REPEATS,
     MAX_UNREAD_SPEECH_S,
@@ -246,12 +246,13 @@ def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
 
 
 def join_texts(texts: Sequence[str]) -> str:
-    """Join chunk texts: no space between CJK characters, one space elsewhere."""
+    """Join chunk texts: one space between them, none where :func:`joins_unspaced` (Chinese, Japanese, full-width
+    punctuation)."""
     out = ""
     for t in (t.strip() for t in texts):
         if not t:
             continue
-        if out and not (CJK_CHAR.match(out[-1]) and CJK_CHAR.match(t[0])):
+        if out and not joins_unspaced(out[-1], t[0]):
             out += " "
         out += t
     return out

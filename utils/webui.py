@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioLoadError
 from utils.audio import decode_audio_bytes as _decode_upload
-from utils.languages import AUTO_LANGUAGE
+from utils.languages import AUTO_LANGUAGE, joins_unspaced
 from utils.models import model_folder_kind
 from utils.subtitles import format_timestamp, to_json, to_srt, to_txt, to_vtt
 from utils.transcribe import DecodeOptions, Transcriber, Transcript
@@ -183,14 +183,19 @@ def words_html(transcript: Transcript) -> str:
     its time and probability as a tooltip; empty when the transcript has no word timestamps."""
     import html
 
-    spans = []
+    out, last = "", ""  # spans spaced like the text: none between Chinese characters (joins_unspaced)
     for segment in transcript.segments:
         for w in segment.words:
+            word = w.word.strip()
+            if not word:
+                continue
             hue = int(120 * max(0.0, min(1.0, w.probability)))
-            spans.append(f'<span title="{w.start:.2f}–{w.end:.2f} s, p={w.probability:.2f}" '
-                         f'style="background:hsl({hue},75%,82%);border-radius:3px;padding:0 2px;margin:1px">'
-                         f"{html.escape(w.word.strip())}</span>")
-    return " ".join(spans)
+            out += ("" if not last or joins_unspaced(last, word[0]) else " ") + (
+                f'<span title="{w.start:.2f}–{w.end:.2f} s, p={w.probability:.2f}" '
+                f'style="background:hsl({hue},75%,82%);border-radius:3px;padding:0 2px;margin:1px">'
+                f"{html.escape(word)}</span>")
+            last = word[-1]
+    return out
 
 
 def transcript_downloads(transcript: Transcript, stem: str) -> list[Download]:

@@ -75,6 +75,7 @@ def test_slice_fields(tmp_path, audio_dir):
     (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after"),
     (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' must be an object with start, end and text"),
     (_rec(language=5), r"'language' must be a string"),
+    (_rec(language="Klingon"), r"t\.json:2: 'language': unknown language 'Klingon'.*or null to use --language"),
 ])
 def test_invalid_lines_name_file_line_field(tmp_path, audio_dir, line, message):
     m = _write(tmp_path / "t.json", [_rec(), line])

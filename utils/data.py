@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from utils.languages import language_code
+
 logger = logging.getLogger(__name__)
 
 MAX_LABEL_TOKENS = 448  # Whisper decoder's max_target_positions
@@ -117,6 +119,11 @@ def validate_record(obj: Any, where: str) -> None:
     lang = obj.get("language")
     if lang is not None and not isinstance(lang, str):
         raise ManifestError(f"{where}: 'language' must be a string like \"Chinese\" or null, got {lang!r}")
+    if lang:  # checked here, not when training first draws the line
+        try:
+            language_code(lang)
+        except ValueError as e:
+            raise ManifestError(f"{where}: 'language': {e}; or null to use --language") from None
     sentences = obj.get("sentences")
     if sentences is None:
         return

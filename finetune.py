@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N steps")
     g.add_argument("--eval_steps", type=int, default=100, help="evaluate CER/WER every N steps (0 = only at the end)")
     g.add_argument("--save_steps", type=int, default=100, help="save checkpoint-<step> every N steps (0 = never)")
-    g.add_argument("--save_total_limit", type=int, default=3, help="keep the newest N checkpoint-<step> folders")
+    g.add_argument("--save_total_limit", type=int, default=3,
+                   help="keep the newest N checkpoint-<step> folders of this run (0 = all)")
     g.add_argument("--metric", type=str, default="cer", choices=["cer", "wer"], help="selects checkpoint-best")
     add_bool(g, "eval_at_start", False, "also evaluate the base model at step 0 (baseline CER/WER)")
     g.add_argument("--generation_max_length", type=int, default=0,

@@ -69,3 +69,19 @@ def test_recover_displaced_puts_back_a_folder_a_crash_left_aside(tmp_path):
     recover_displaced(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-best"]
     assert (tmp_path / "checkpoint-best" / "adapter.bin").read_bytes() == b"best"
+
+
+def test_checkpoint_rotation_keeps_this_runs_newest_and_an_earlier_runs_later_ones(tmp_path):
+    """A fresh run in a folder with an earlier run's checkpoint-1000: rotation deletes only this run's older
+    checkpoints (by step number alone, checkpoint-1000 would have pushed out every one of them)."""
+    from utils.trainer import STATE_FILE, _rotate_checkpoints, list_checkpoints
+
+    for step in (1, 2, 3, 1000):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
+    _rotate_checkpoints(tmp_path, 2, step=3)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3, 1000]
+    _rotate_checkpoints(tmp_path, 1, step=1000)  # the same folder resumed at the earlier run's step
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1000]
+    _rotate_checkpoints(tmp_path, 0, step=1000)  # 0 = keep all
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1000]

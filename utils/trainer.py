@@ -180,10 +180,12 @@ def recover_interrupted_saves(run_dir: str | os.PathLike) -> None:
     recover_displaced(run_dir)
 
 
-def _rotate_checkpoints(run_dir: Path, limit: int) -> None:
+def _rotate_checkpoints(run_dir: Path, limit: int, step: int) -> None:
+    """Keep the ``limit`` newest checkpoints up to ``step`` (this run's); later-numbered ones, left by an earlier
+    run in the same folder, are never deleted (they would have pushed out every checkpoint of this run)."""
     if limit <= 0:
         return
-    for _, path in list_checkpoints(run_dir)[:-limit]:
+    for _, path in [(s, p) for s, p in list_checkpoints(run_dir) if s <= step][:-limit]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -561,7 +563,7 @@ class Trainer:
             self.state.save(tmp / STATE_FILE)
             publish_dir(tmp, target, overwrite=True)
             if full:
-                _rotate_checkpoints(self.run_dir, self.options.save_total_limit)
+                _rotate_checkpoints(self.run_dir, self.options.save_total_limit, self.state.global_step)
         acc.wait_for_everyone()
         return target
 
@@ -695,6 +697,12 @@ class Trainer:
         samples = 0
         running_loss, running_batches = 0.0, 0
         t0 = time.perf_counter()
+        earlier = list_checkpoints(self.run_dir) if state.global_step == 0 and acc.is_main_process else []
+        if earlier:
+            logger.warning("%s holds checkpoints of an earlier run (up to checkpoint-%d); this run starts afresh and "
+                           "overwrites those with its step numbers, keeps the others (--resume_from_checkpoint=auto "
+                           "would take the highest step): use another --output_dir to keep runs apart",
+                           self.run_dir, earlier[-1][0])
         if o.eval_at_start and state.global_step == 0:
             self._evaluate_and_keep_best()
         bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train",

@@ -579,11 +579,12 @@ def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, w
     assert needed > 128
     assert needed <= token_budget(30.0, timestamps=False, limit=448 - 5)
 
-    budgets = []
+    budgets, begin_suppressed = [], []
     original = utils.trainer.greedy_decode
 
     def recording(*args, max_new_tokens, **kwargs):
         budgets.append(max_new_tokens)
+        begin_suppressed.append((kwargs["begin_suppress_tokens"], kwargs["end_of_text"]))
         return original(*args, max_new_tokens=max_new_tokens, **kwargs)
 
     monkeypatch.setattr(utils.trainer, "greedy_decode", recording)
@@ -591,6 +592,8 @@ def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, w
                                generation_max_length=0, per_device_eval_batch_size=3)) == 0
     longest = max(json.loads(x)["duration"] for x in corpus["test"].read_text(encoding="utf-8").splitlines())
     assert budgets and set(budgets) == {token_budget(longest, timestamps=False)}
+    # a no-speech eval clip may end right after the prompt, as trained (the space stays suppressed there)
+    assert all(eot not in begin and 220 in begin for begin, eot in begin_suppressed)
 
 
 def test_training_with_previous_text_prompts(tiny_whisper_dir, corpus, tmp_path, caplog, monkeypatch):

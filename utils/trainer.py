@@ -304,9 +304,12 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
                 else:
                     states = base.get_encoder()(feats).last_hidden_state
                 prompt = tokens.prompt(langs.pop(), task)
+                # <|endoftext|> stays allowed at the first step: right after the forced prompt it is what a
+                # no-speech clip is trained to say (generate's begin suppression would count it an insertion)
                 sequences = greedy_decode(unwrapped, states, prompt, end_of_text=tokens.end_of_text,
                                           suppress_tokens=list(gen.suppress_tokens or []),
-                                          begin_suppress_tokens=list(gen.begin_suppress_tokens or []),
+                                          begin_suppress_tokens=[t for t in gen.begin_suppress_tokens or []
+                                                                 if t != tokens.end_of_text],
                                           max_new_tokens=budget)
             else:
                 sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=budget,

@@ -258,6 +258,7 @@ def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hot
     english = sample_hotwords("please call Szymanski back", rng).split(",")
     assert all(w in "please call Szymanski back".split() for w in english)
     assert hotword_candidates("这本词典对学习很有帮助。") == ["词典", "学习", "帮助"]
+    assert hotword_candidates("지하철 이호선 어디서 갈아타요?") == ["지하철", "이호선", "어디서", "갈아타요"]  # spaced
     mixed = sample_hotwords("地铁二号线在哪里换乘？", rng, other="这本词典对学习很有帮助。地铁很快。").split(",")
     own = [w for w in mixed if w in ("地铁", "哪里")]
     absent = [w for w in mixed if w not in own]  # 地铁 of the other text is in this one: never a distractor
@@ -314,11 +315,13 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     lines += [{"audio": {"path": str(en_wav)}, "sentence": f"line {i}", "language": "English", "duration": 3.0}
               for i in range(3)]
     lines += [{"audio": {"path": str(zh_wav)}, "sentence": "", "duration": 3.0}]
+    lines += [{"audio": {"path": str(en_wav)}, "sentence": f"문장 {i}", "language": "Korean", "duration": 3.0}
+              for i in range(4)]
     manifest = tmp_path / "m.json"
     manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     m = load_manifest(manifest)
     packed = PackedSpeechDataset(SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language=None))
-    assert sorted(i for p in packed.packs for i in p) == list(range(8))
+    assert sorted(i for p in packed.packs for i in p) == list(range(12))
     assert [7] in packed.packs  # the no-speech clip
     for p in packed.packs:
         assert len({lines[i].get("language") for i in p}) == 1, p
@@ -326,6 +329,10 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     item = packed[packed.packs.index(english)]
     text = processor.tokenizer.decode(item["labels"], skip_special_tokens=True)
     assert text == " ".join(lines[i]["sentence"] for i in english)  # spaced languages joined with a space
+    # Korean spaces its words too (Hangul was taken for a script without spaces)
+    korean = next(p for p in packed.packs if len(p) > 1 and lines[p[0]].get("language") == "Korean")
+    text = processor.tokenizer.decode(packed[packed.packs.index(korean)]["labels"], skip_special_tokens=True)
+    assert text == " ".join(lines[i]["sentence"] for i in korean)
 
 
 def test_clip_batches_count_clips_not_windows(processor, tokens):

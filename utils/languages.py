@@ -15,6 +15,12 @@ _HAN_KANA_CHAR = re.compile(f"[{HAN_KANA_RANGES}]")
 _CJK_PUNCT_CHAR = re.compile(f"[{CJK_PUNCT_RANGES}]")
 
 
+def has_unspaced_script(text: str) -> bool:
+    """Whether ``text`` holds Chinese or Japanese characters (written without spaces between words; Korean
+    is not: it spaces its words)."""
+    return bool(_HAN_KANA_CHAR.search(text))
+
+
 def unspaced_char(char: str) -> bool:
     """Whether ``char`` is Chinese/Japanese or full-width punctuation: written without spaces around it."""
     return bool(_HAN_KANA_CHAR.match(char) or _CJK_PUNCT_CHAR.match(char))

@@ -35,7 +35,7 @@ import torch
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
 from utils.collator import IGNORE_INDEX
 from utils.data import Record, RecordSource, Segment
-from utils.languages import CJK_CHAR, optional_language_code
+from utils.languages import has_unspaced_script, optional_language_code
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def hotword_candidates(sentence: str) -> list[str]:
     sentence = sentence.strip()
     if not sentence:
         return []
-    if CJK_CHAR.search(sentence):
+    if has_unspaced_script(sentence):  # Chinese/Japanese: segmented; Korean and others: split on spaces
         from snownlp import SnowNLP  # a segmenter that ships in a package (already needed for sentiment)
 
         words = SnowNLP(sentence).words
@@ -439,7 +439,7 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
             pieces.append(samples)
             offset += len(samples)
         samples = np.concatenate(pieces)
-        spaced = not any(CJK_CHAR.search(t) for t in texts)
+        spaced = not any(has_unspaced_script(t) for t in texts)
         first = manifest[members[0]]
         packed = Record(audio_path=first.audio_path, sentence=(" " if spaced else "").join(texts),
                         duration=len(samples) / SAMPLE_RATE, language=first.language, sentences=tuple(segments))

@@ -204,6 +204,17 @@ def test_local_agreement_commits_the_script_once_in_order_and_never_a_flickering
     assert any(p.startswith("w0 w1") for p in asr.prompts)
 
 
+def test_a_buffer_of_segments_with_word_timestamps_is_trimmed_too():
+    """--word_timestamps: hypothesis segments carry their aligned words as a 4th item; trimming the buffer past
+    trim_s used to unpack three and crash the stream."""
+    words = script_words(" ".join(f"w{i}" for i in range(40)))
+    asr = FakeASR(words)
+    policy = StreamingPolicy(lambda audio, prompt: [(*seg, []) for seg in asr(audio, prompt)], trim_s=4.0,
+                             max_buffer_s=8.0)
+    got = committed_words(feed(policy, timed_audio(16.5)))
+    assert [w.key for w in got] == [f"w{i}" for i in range(40)] and policy.buffer_s <= 8.0
+
+
 def test_local_agreement_needs_two_agreeing_hypotheses():
     calls = iter([[(0.0, 1.0, "今天天气")], [(0.0, 2.0, "今天天汽很好")], [(0.0, 3.0, "今天天汽很好啊")]])
     policy = StreamingPolicy(lambda audio, prompt: next(calls))

@@ -558,7 +558,7 @@ class StreamingPolicy:
         if self.buffer_s <= self.trim_s:
             return []
         count, cut_s, cut_count = 0, None, 0
-        for start, end, text in segments:
+        for start, end, text, *_ in segments:  # (start, end, text[, aligned words])
             count += len(split_tokens(text))
             if count > done:
                 break

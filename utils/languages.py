@@ -8,7 +8,6 @@ import re
 CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 HAN_KANA_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK without Hangul (Korean uses spaces)
 HAN_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Chinese characters only
-CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
 # CJK symbols and punctuation, full-width forms ("。", "，", "！", "「"): they carry their own spacing
 CJK_PUNCT_RANGES = "\u3000-\u303f\uff00-\uffef"
 _HAN_KANA_CHAR = re.compile(f"[{HAN_KANA_RANGES}]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-# Han, kana and Hangul: scripts whose characters are compared and joined one by one (no spaces between them)
+# Han, kana and Hangul: scripts whose characters are compared one by one (live transcription's agreement)
 CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 HAN_KANA_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK without Hangul (Korean uses spaces)
 HAN_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Chinese characters only

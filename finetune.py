@@ -251,6 +251,7 @@ class TrainingData:
     train: Any  # SpeechDataset
     eval_set: Any  # utils.trainer.EvalSet
     augmenter: Any  # AugmentConfig or None
+    timestamps: bool  # timestamp tokens are trained (--timestamps and items that have them)
 
 
 def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -385,7 +386,22 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
 
         train = ClipBatches(train, train.clip_counts(), batch_clips=args.per_device_train_batch_size,
                             seed=args.seed)
-    return TrainingData(processor, train, eval_set, augmenter)
+    return TrainingData(processor, train, eval_set, augmenter,
+                        trains_timestamps(args, [train_manifest, replay_manifest] if args.replay_data else
+                                          [train_manifest]))
+
+
+def trains_timestamps(args: argparse.Namespace, sources: list[Any]) -> bool:
+    """Whether the run trains timestamp tokens: --timestamps with items that have 'sentences', or packed windows
+    (one timestamped segment per clip); warns when --timestamps=True has nothing to train them on."""
+    if not args.timestamps:
+        return False
+    if (args.pack_audio and not args.streaming) or any(getattr(s, "timestamped", 0) for s in sources):
+        return True
+    logger.warning("--timestamps=True, but no training item has 'sentences' (timestamped segments) and "
+                   "--pack_audio is off: every label is <|notimestamps|> text; the model is marked as trained "
+                   "without timestamps")
+    return False
 
 
 def train_options(args: argparse.Namespace, language: str | None, data: TrainingData) -> Any:
@@ -449,7 +465,7 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
     generation_config.task = args.task
     generation_config.forced_decoder_ids = None
     # read back by inference: a model trained without timestamp tokens says so when timestamps are asked of it
-    generation_config.finetune_timestamps = bool(args.timestamps)
+    generation_config.finetune_timestamps = data.timestamps
     if not args.timestamps:
         logger.warning("training without timestamp tokens (--timestamps=False): the fine-tuned model may stop "
                        "producing segment timestamps on long audio (inference will warn when they are asked for); "

@@ -297,8 +297,9 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
 @pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])
 def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path, pack):
     """Kill -9 after checkpoint-4, resume with =auto: same adapter as an uninterrupted run, valid best/final
-    (packed: the resumed epoch skips the batches of windows it had trained on)."""
-    common = dict(max_steps=10, save_steps=2, eval_steps=5, precision="fp32", lora_dropout=0.0,
+    (packed: the resumed epoch skips the batches of windows it had trained on). With LoRA dropout: the resumed run
+    draws the same dropout masks (the data loader does not draw from the RNG that dropout uses)."""
+    common = dict(max_steps=10, save_steps=2, eval_steps=5, precision="fp32", lora_dropout=0.1,
                   learning_rate=5e-3, timestamps=False, pack_audio=pack)
     ref_out = tmp_path / "ref"
     assert finetune.main(_args(tiny_whisper_dir, corpus, ref_out, **common)) == 0
@@ -349,11 +350,14 @@ def test_learning_rate_follows_the_schedule_in_one_process(tiny_whisper_dir, cor
 def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path, pack):
     """Two processes train like one: same step count, and the same LR at every step (accelerate's scheduler
     wrapper used to step the schedule once per process, so warmup ended early and the LR hit 0 halfway).
-    Packed: the ranks' batches hold different numbers of windows and still step together."""
+    Packed: the ranks' batches hold different numbers of windows and still step together. Clips: two processes
+    with batches of 2 learn what one process learns with batches of 4 (the same clips in each step): one mean over
+    all the step's label tokens, not a mean of the processes' means."""
     out = tmp_path / "ddp"
+    same = {"max_steps": 6, "warmup_steps": 2, "eval_steps": 6, "save_steps": 3, "timestamps": False,
+            "pack_audio": pack, "lora_dropout": 0.0, "precision": "fp32"}
     proc = _run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "finetune.py",
-                     *_args(tiny_whisper_dir, corpus, out, max_steps=6, warmup_steps=2, eval_steps=6, save_steps=3,
-                            timestamps=False, pack_audio=pack)])
+                     *_args(tiny_whisper_dir, corpus, out, **same)])
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     assert "2 process(es)" in log
@@ -365,6 +369,21 @@ def test_torchrun_two_processes_gloo(tiny_whisper_dir, corpus, tmp_path, pack):
     rng = torch.load(run / "checkpoint-3" / "rng_state.pt", weights_only=True)  # each rank's own, for resuming
     assert [r["rank"] for r in rng] == [0, 1] and not torch.equal(rng[0]["cpu"], rng[1]["cpu"])
     assert (run / "checkpoint-best" / "adapter_model.safetensors").is_file()
+    if pack:
+        return
+    from safetensors.torch import load_file
+
+    one = tmp_path / "one"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, one, per_device_train_batch_size=4, **same)) == 0
+    one_run = one / tiny_whisper_dir.name
+    losses = [json.loads((r / "checkpoint-final" / "trainer_state.json").read_text())["log_history"]
+              for r in (run, one_run)]
+    assert ([e["loss"] for e in losses[0] if "loss" in e]
+            == pytest.approx([e["loss"] for e in losses[1] if "loss" in e], rel=1e-4))
+    weights = [load_file(r / "checkpoint-final" / "adapter_model.safetensors") for r in (run, one_run)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
@@ -563,6 +582,64 @@ def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches(tiny_w
     torch.testing.assert_close(grads[4], grads[3], rtol=1e-4, atol=1e-7)
 
 
+def test_accumulated_batches_train_like_one_batch_of_all_their_clips(tiny_whisper_dir, corpus, tmp_path,
+                                                                      monkeypatch):
+    """Six clips as 6 batches of 1 with --gradient_accumulation_steps=6 give the gradient of one batch of 6: one
+    mean over all their label tokens. A mean of per-batch means made the 2-token no-speech clip weigh as much as
+    a sentence."""
+    grads: dict[int, torch.Tensor] = {}
+    losses: dict[int, float] = {}
+    original_step = torch.optim.AdamW.step
+    for batch, accumulation in ((6, 1), (1, 6)):
+        def recording_step(self, *args, _key=batch, **kwargs):
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            grads[_key] = torch.cat([p.grad.detach().flatten() for p in params]).clone()
+            return original_step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+        out = tmp_path / f"b{batch}"
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=1, per_device_train_batch_size=batch,
+                                   gradient_accumulation_steps=accumulation, eval_steps=0, save_steps=0,
+                                   lora_dropout=0.0, precision="fp32", timestamps=False, max_grad_norm=0)) == 0
+        monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+        state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+        losses[batch] = next(e["loss"] for e in state["log_history"] if "loss" in e)
+    assert grads[6].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[6], rtol=1e-4, atol=1e-7)
+    assert losses[1] == pytest.approx(losses[6], rel=1e-5)
+
+
+
+def test_trainer_eval_scores_english_like_evaluation_py(tiny_whisper_dir, monkeypatch):
+    """The eval WER that picks checkpoint-best puts English through Whisper's normaliser, as evaluation.py does:
+    "mister smith paid $10" for "Mr. Smith paid ten dollars." is no error; Chinese items are scored as before."""
+    from accelerate import Accelerator
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    import utils.trainer
+    from utils.train_data import LabelTokens
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    tokens = LabelTokens.from_tokenizer(processor.tokenizer)
+    said = {"English": "mister smith paid $10", "Chinese": "我们去公园"}
+
+    def decode(model, states, prompt, **kwargs):
+        language = "English" if prompt[1] == tokens.languages["en"] else "Chinese"
+        return torch.tensor([prompt + processor.tokenizer.encode(said[language], add_special_tokens=False)])
+
+    monkeypatch.setattr(utils.trainer, "greedy_decode", decode)
+    feats = np.zeros((80, 3000), dtype=np.float32)
+    for language, reference, expected in (("English", "Mr. Smith paid ten dollars.", 0.0),
+                                          (None, "Mr. Smith paid ten dollars.", 0.0),  # the run's language
+                                          ("Chinese", "我们去公园", 0.0)):
+        eval_set = utils.trainer.EvalSet([{"input_features": feats, "index": 0}], [reference], [language], [2.0],
+                                         tokens)
+        rate, hyps = utils.trainer.evaluate(model, eval_set, None, processor.tokenizer,
+                                            accelerator=Accelerator(cpu=True), language="en", task="transcribe",
+                                            metric="wer", batch_size=1, max_new_tokens=8, show_progress=False)
+        assert hyps == [said[language or "English"]] and rate == expected
+
 def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, whisper_base_dir, corpus, tmp_path,
                                                              monkeypatch, repo_root):
     """A 30 s clip of Mandarin at 8 characters/s needs far more than the old fixed 128 tokens, so eval CER (which
@@ -642,6 +719,26 @@ def test_a_model_trained_without_timestamps_says_so(tiny_whisper_dir, corpus, tm
             engine.transcribe(str(zh_wav), DecodeOptions(language="zh", timestamps=True, max_new_tokens=4))
         assert ("fine-tuned without timestamp tokens" in caplog.text) is not timestamps
 
+
+
+def test_timestamps_asked_for_data_without_sentences_marks_the_model_untimed(tiny_whisper_dir, corpus, tmp_path,
+                                                                             caplog):
+    """--timestamps=True on a manifest where no item has 'sentences' trains only <|notimestamps|> labels: said
+    while training, and the model is marked as trained without timestamps (so inference warns). Packed windows
+    do carry one timestamped segment per clip: marked as trained with them."""
+    lines = [json.loads(x) for x in corpus["train"].read_text(encoding="utf-8").splitlines()]
+    untimed = corpus["train"].parent / "untimed.json"
+    untimed.write_text("".join(json.dumps({k: v for k, v in x.items() if k != "sentences"}, ensure_ascii=False)
+                               + "\n" for x in lines), encoding="utf-8")
+    for pack in (False, True):
+        out = tmp_path / f"pack-{pack}"
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert finetune.main(_args(tiny_whisper_dir, {**corpus, "train": untimed}, out, max_steps=1,
+                                       eval_steps=0, save_steps=0, timestamps=True, pack_audio=pack)) == 0
+        assert ("no training item has 'sentences'" in caplog.text) is not pack
+        final = out / tiny_whisper_dir.name / "checkpoint-final"
+        assert json.loads((final / "generation_config.json").read_text())["finetune_timestamps"] is pack
 
 def test_replay_mix_adds_general_items_with_stable_indices(tiny_whisper_dir, corpus):
     """--replay_ratio of each epoch comes from the replay set, in an order that uses every replay item before

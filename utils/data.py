@@ -191,6 +191,7 @@ class RecordSource(Sequence[Record]):
     jsonlines ``Manifest`` and by ``utils.hf_data.DatasetSource``."""
 
     durations: np.ndarray
+    timestamped: int = 0  # items with a non-empty 'sentences' list (timestamped segments to train on)
 
     def record(self, index: int) -> Record:
         """The record of item ``index`` (0 <= index < len)."""
@@ -223,8 +224,9 @@ class Manifest(RecordSource):
     """
 
     def __init__(self, path: str | os.PathLike, offsets: np.ndarray, durations: np.ndarray, bases: np.ndarray,
-                 line_numbers: np.ndarray) -> None:
+                 line_numbers: np.ndarray, timestamped: int = 0) -> None:
         self.path = os.fspath(path)
+        self.timestamped = timestamped
         self.manifest_dir = os.path.dirname(os.path.abspath(self.path))
         self.offsets = offsets
         self.durations = durations
@@ -303,7 +305,7 @@ def load_manifest(
     # array.array keeps 4-8 bytes per value while growing (a list would hold a Python object each)
     offsets, durations = array("q"), array("f")
     bases, line_numbers = array("B"), array("i")
-    skipped_invalid = skipped_short = skipped_long = 0
+    skipped_invalid = skipped_short = skipped_long = timestamped = 0
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
@@ -345,6 +347,7 @@ def load_manifest(
             durations.append(duration)
             bases.append(base)
             line_numbers.append(lineno)
+            timestamped += bool(obj.get("sentences"))
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
@@ -358,6 +361,7 @@ def load_manifest(
         np.frombuffer(durations, dtype=np.float32),
         np.frombuffer(bases, dtype=np.uint8),
         np.frombuffer(line_numbers, dtype=np.int32),
+        timestamped,
     )
 
 

@@ -16,6 +16,7 @@ mid-save (even by SIGKILL) leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from utils.io import publish_dir, recover_displaced, write_json_atomic
 from utils.lora import adalora_orth_regularization, save_adapter
-from utils.text import error_rate
+from utils.text import ErrorCounts, count_errors
 from utils.transcribe import token_budget
 
 logger = logging.getLogger(__name__)
@@ -317,11 +318,14 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
         results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
     gathered = sorted(dict(gather_object(results)).items())
-    hyps = [text for _, text in gathered]
-    refs = [eval_set.references[i] for i, _ in gathered]
     if was_training:
         unwrapped.train()
-    return error_rate(refs, hyps, metric), hyps
+    # scored like evaluation.py: English (the item's language, else the run's) through Whisper's normaliser
+    total = ErrorCounts(0, 0, 0, 0)
+    for index, hyp in gathered:
+        spoken = (_code(eval_set.languages[index]) or language) if tokens.multilingual else "en"
+        total = total + count_errors(eval_set.references[index], hyp, metric, language=spoken)
+    return total.rate, [text for _, text in gathered]
 
 
 def feature_dtype(model) -> torch.dtype:
@@ -698,7 +702,8 @@ class Trainer:
         unwrapped = acc.unwrap_model(self.model)
         self.model.train()
         samples = 0
-        running_loss, running_batches = 0.0, 0
+        # since the last log: summed token losses and label tokens (this rank), AdaLoRA penalty and steps
+        running_loss, running_tokens, running_penalty, running_steps = 0.0, 0, 0.0, 0
         t0 = time.perf_counter()
         earlier = list_checkpoints(self.run_dir) if state.global_step == 0 and acc.is_main_process else []
         if earlier:
@@ -719,42 +724,30 @@ class Trainer:
             else:
                 sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch,
                                        rank=acc.process_index, world_size=self.world_size, skip=skip)
+            # its own generator: creating the iterator draws a seed, which must not shift the global RNG that
+            # LoRA dropout uses (a resumed run then repeats the interrupted one exactly)
             loader = DataLoader(self.train_dataset, batch_size=self.per_batch, sampler=sampler,
                                 collate_fn=self.collator, num_workers=o.num_workers,
-                                pin_memory=acc.device.type == "cuda")
-            in_group = 0
-            for batch in loader:
-                if in_group == 0:  # an epoch's last group may be short: its batches are averaged over its size
-                    group_size = min(o.gradient_accumulation_steps, self.batches_per_epoch - state.batch_in_epoch)
-                state.batch_in_epoch += 1
-                in_group += 1
-                step_now = in_group == group_size or state.batch_in_epoch >= self.batches_per_epoch
-                # accelerate (DeepSpeed's engine.step, AcceleratedOptimizer) reads this flag to know whether the
-                # micro-batch ends an accumulation group; nothing else sets it, as our loader is not prepared
-                acc.gradient_state._set_sync_gradients(step_now)
-                sync = contextlib.nullcontext() if step_now else acc.no_sync(self.model)
-                if self.train_encoder is not None:
-                    encoder_inputs = {"encoder_outputs": (self.train_encoder(batch["index"].tolist(),
-                                                                             batch["input_features"]),)}
-                else:
-                    encoder_inputs = {"input_features": batch["input_features"].to(acc.device,
-                                                                                   feature_dtype(unwrapped))}
-                with sync, acc.autocast():
-                    out = self.model(**encoder_inputs, decoder_input_ids=batch["decoder_input_ids"].to(acc.device),
-                                     use_cache=False)
-                    # in fp32 whatever the weights' dtype; labels are aligned with decoder_input_ids
-                    full_loss = F.cross_entropy(out.logits.float().flatten(0, 1),
-                                                batch["labels"].to(acc.device).flatten(), ignore_index=-100)
-                    if o.use_adalora:  # peft adds this only to a loss the model computes itself
-                        full_loss = full_loss + adalora_orth_regularization(unwrapped)
-                    loss = full_loss / group_size
-                acc.backward(loss)
-                running_loss += float(full_loss.detach())
-                running_batches += 1
-                samples += int(batch["clips"]) * self.world_size
-                if not step_now:
-                    continue
-                in_group = 0
+                                pin_memory=acc.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(o.seed))
+            batches = iter(loader)
+            while state.global_step < self.total_steps:
+                # an epoch's last group may be short; the whole group is loaded first, as its loss is one mean
+                # over all its label tokens (on every process), whatever batch they came in
+                size = min(o.gradient_accumulation_steps, self.batches_per_epoch - state.batch_in_epoch)
+                group = list(itertools.islice(batches, size))
+                if not group:  # the loader ran out (an epoch ended without a pending step)
+                    if sampler is None:
+                        raise RuntimeError("the training stream ended")  # StreamingSpeechDataset never does
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    break
+                loss_sum, tokens, penalty = self._accumulate(group, unwrapped)
+                running_loss += loss_sum
+                running_tokens += tokens
+                running_penalty += penalty
+                running_steps += 1
+                samples += sum(int(batch["clips"]) for batch in group) * self.world_size
+                state.batch_in_epoch += len(group)
                 if o.max_grad_norm > 0:
                     acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
                 self.optimizer.step()
@@ -765,18 +758,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
                 bar.update(1)
-                if state.batch_in_epoch >= self.batches_per_epoch:
+                epoch_ended = state.batch_in_epoch >= self.batches_per_epoch or len(group) < size
+                if epoch_ended:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                self._after_step(running_loss, running_batches)
+                self._after_step(running_loss, running_tokens, running_penalty / running_steps)
                 if state.global_step % o.logging_steps == 0:
-                    running_loss, running_batches = 0.0, 0
-                if state.global_step >= self.total_steps:
+                    running_loss, running_tokens, running_penalty, running_steps = 0.0, 0, 0.0, 0
+                if epoch_ended:
                     break
-            else:  # the loader ran out (an epoch ended without a pending step)
-                if sampler is None:
-                    raise RuntimeError("the training stream ended")  # StreamingSpeechDataset never does
-                if state.batch_in_epoch >= self.batches_per_epoch or len(sampler) == 0:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         bar.close()
         seconds = time.perf_counter() - t0
         if not any(e.get("step") == state.global_step and f"eval_{o.metric}" in e for e in state.log_history):
@@ -788,13 +777,57 @@ class Trainer:
             plot_training_curves(state.log_history, self.run_dir / "training_curves.png", o.metric)
         return TrainResult(state, self.run_dir, seconds, samples)
 
-    def _after_step(self, running_loss: float, running_batches: int) -> None:
+    def _accumulate(self, group: list[dict[str, Any]], unwrapped) -> tuple[float, int, float]:
+        """Forward and backward every batch of one accumulation group.
+
+        The gradient is that of one mean over the label tokens of the whole group on all processes, as if it were
+        one big batch: a short (no-speech) clip weighs by its few tokens, not like a whole batch. Returns this
+        process's summed token loss, its number of label tokens and the AdaLoRA regulariser added (else 0)."""
+        acc, o = self.accelerator, self.options
+        counts = [int((batch["labels"] != -100).sum()) for batch in group]
+        total = acc.reduce(torch.tensor(sum(counts), device=acc.device), reduction="sum")
+        total = max(int(total), 1)
+        loss_sum = penalty = 0.0
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            # accelerate (DeepSpeed's engine.step, AcceleratedOptimizer) reads this flag to know whether the
+            # micro-batch ends an accumulation group; nothing else sets it, as our loader is not prepared
+            acc.gradient_state._set_sync_gradients(last)
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+            if self.train_encoder is not None:
+                encoder_inputs = {"encoder_outputs": (self.train_encoder(batch["index"].tolist(),
+                                                                         batch["input_features"]),)}
+            else:
+                encoder_inputs = {"input_features": batch["input_features"].to(acc.device, feature_dtype(unwrapped))}
+            with sync, acc.autocast():
+                out = self.model(**encoder_inputs, decoder_input_ids=batch["decoder_input_ids"].to(acc.device),
+                                 use_cache=False)
+                # in fp32 whatever the weights' dtype; labels are aligned with decoder_input_ids
+                token_loss = F.cross_entropy(out.logits.float().flatten(0, 1),
+                                             batch["labels"].to(acc.device).flatten(), ignore_index=-100,
+                                             reduction="sum")
+                # DDP averages the processes' gradients: x world size makes that the mean over all their tokens
+                loss = token_loss * (self.world_size / total)
+                if o.use_adalora:  # peft adds this only to a loss the model computes itself; once per step
+                    reg = adalora_orth_regularization(unwrapped) / len(group)
+                    loss = loss + reg
+                    penalty += float(reg.detach())
+            acc.backward(loss)
+            loss_sum += float(token_loss.detach())
+        return loss_sum, sum(counts), penalty
+
+    def _after_step(self, running_loss: float, running_tokens: int, penalty: float = 0.0) -> None:
+        """Log (the mean token loss since the last log, over all processes, plus the AdaLoRA ``penalty`` of a
+        step), evaluate and save as scheduled."""
         o, state = self.options, self.state
-        if state.global_step % o.logging_steps == 0 and running_batches:
-            loss = torch.tensor(running_loss / running_batches, device=self.accelerator.device)
-            loss = float(self.accelerator.reduce(loss, reduction="mean"))
-            self._log({"step": state.global_step, "loss": loss, "learning_rate": self.scheduler.get_last_lr()[0],
-                       "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch})
+        if state.global_step % o.logging_steps == 0:
+            acc = self.accelerator
+            sums = acc.reduce(torch.tensor([running_loss, float(running_tokens)], dtype=torch.float32,
+                                           device=acc.device), reduction="sum")
+            if float(sums[1]) > 0:
+                self._log({"step": state.global_step, "loss": float(sums[0] / sums[1]) + penalty,
+                           "learning_rate": self.scheduler.get_last_lr()[0],
+                           "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch})
         if o.eval_steps > 0 and state.global_step % o.eval_steps == 0:
             self._evaluate_and_keep_best()
         if o.save_steps > 0 and state.global_step % o.save_steps == 0:

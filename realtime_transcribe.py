@@ -332,7 +332,7 @@ def make_report(result: StreamResult, args: argparse.Namespace, offline_text: st
         chunk_seconds=args.chunk_seconds, encoder_window_s=args.encoder_window_seconds,
         beam_size=args.beam_size, close_beam_size=args.close_beam_size,
         simulated_clock=bool(args.audio_path and not args.simulate_realtime),
-        interrupted=result.interrupted, **result.latency_stats(),
+        interrupted=result.interrupted, source_error=result.error, **result.latency_stats(),
         latency_note="word end times are interpolated inside Whisper segments by character count",
         text=result.text, revise_seconds=args.revise_seconds,
     )
@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         except AudioLoadError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("interrupted before streaming started", file=sys.stderr)
+            return 130
     else:
         try:
             source = MicrophoneSource(args.device_index, args.samplerate)
@@ -444,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     print("report: " + json.dumps(summary, ensure_ascii=False), file=sys.stderr)
     if args.report_path:
         write_json_atomic(args.report_path, report)
+    if result.error is not None:  # the words heard before it are all out (and in --output)
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -282,3 +282,38 @@ def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, 
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith(f"{manifest}:2: {tmp_path / 'broken.wav'}: cannot decode"), errors
     assert "Traceback" not in errors[0] and "Traceback" not in capsys.readouterr().err
+
+
+def test_audio_longer_than_its_duration_says_is_refused_with_the_line(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    """A clip whose 'duration' says 5 s but whose audio is 35 s passes the duration bounds; Whisper would hear its
+    first 30 s and learn the whole text for them. Training stops with the manifest line and the fix. A clip whose
+    length differs less (2 s of audio, 'duration' 1 s) is trained on, with a warning naming its line."""
+    import json
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    shutil.copy(en_wav, tmp_path / "good.wav")
+    speech, rate = sf.read(en_wav, dtype="float32")
+    sf.write(tmp_path / "long.wav", np.tile(speech, int(35 * rate / len(speech)) + 1)[: 35 * rate], rate)
+    good = {"audio": {"path": "good.wav"}, "sentence": "hello", "duration": sf.info(en_wav).duration}
+    short_said = {"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 0.5}
+    for name, second, code, message in (
+            ("long", {"audio": {"path": "long.wav"}, "sentence": "hello", "duration": 5.0}, 1,
+             "train.json:2: the audio is 35."),
+            ("mismatch", short_said, 0, "train.json:2: the audio is")):
+        d = tmp_path / name
+        d.mkdir()
+        manifest = d / "train.json"
+        lines = [{**good, "audio": {"path": str(tmp_path / "good.wav")}},
+                 {**second, "audio": {"path": str(tmp_path / second["audio"]["path"])}}]
+        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        caplog.clear()
+        assert finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={d / 'out'}",
+                              f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
+                              "--per_device_train_batch_size=2", "--max_steps=1", "--eval_steps=0",
+                              "--num_workers=0", "--pack_audio=False"]) == code
+        assert message in caplog.text, caplog.text
+        if name == "long":
+            assert "longer than Whisper's 30 s window, but 'duration' says 5.00 s; fix 'duration'" in caplog.text

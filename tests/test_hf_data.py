@@ -269,6 +269,28 @@ def test_a_training_stream_reshuffles_each_pass_shards_ranks_and_resumes(demo, t
     assert sorted(shares[0] + shares[1]) == sentences  # the ranks split a pass between them
 
 
+def test_a_stream_read_by_several_workers_resumes_after_exactly_the_batches_trained_on(demo, tiny_whisper_dir):
+    """Two DataLoader workers deliver whole batches in turn: the first k batches hold the stream's first k × batch
+    items, so a run resumed after k batches (skip = k × batch) neither repeats nor leaves out an item (before, the
+    workers took alternate items, and batch 1 held items 0 and 2)."""
+    from torch.utils.data import DataLoader
+
+    def indices(dataset, batches):
+        loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=lambda items: [i["index"] for i in items])
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if len(out) == batches:
+                return out
+        return out
+
+    dataset, _ = _stream_dataset(demo, tiny_whisper_dir, source="saved")
+    dataset.set_skip(0, batch_size=2)
+    assert indices(dataset, 3) == [[0, 1], [2, 3], [4, 5]]
+    dataset.set_skip(6, batch_size=2)  # resumed after 3 batches
+    assert indices(dataset, 2) == [[6, 7], [8, 9]]
+
+
 def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, caplog, capsys):
     out = tmp_path / "out"
     common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",

@@ -617,6 +617,38 @@ def test_buffer_never_exceeds_the_limit_without_agreement():
     assert policy.committed  # the hypothesis was committed rather than overflowing Whisper's window
 
 
+class _FragmentReader(FakeASR):
+    """Reads a word whose end half lies in the buffer too, as Whisper reads a word cut at the buffer's start (all
+    words of one segment, so the policy interpolates their times by characters)."""
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple[float, float, str]]:
+        self.calls += 1
+        voiced = np.flatnonzero(audio)
+        if not len(voiced):
+            return []
+        i = int(voiced[0])
+        offset = round(((float(audio[i]) - 1e-4) / SCALE - i / SAMPLE_RATE) * SAMPLE_RATE) / SAMPLE_RATE
+        start, end = offset + i / SAMPLE_RATE, offset + len(audio) / SAMPLE_RATE
+        heard = [(s, e, w) for s, e, w in self.words if (s + e) / 2 >= start and e <= end + 1e-6]
+        if not heard:
+            return []
+        text = join_words([StreamToken(0, 0, w) for *_, w in heard])
+        return [(max(heard[0][0], start) - offset, heard[-1][1] - offset, text)]
+
+
+def test_speech_without_a_pause_cut_at_the_buffer_limit_is_not_read_twice():
+    """Speech that runs on with no segment end for the whole buffer is cut at the last committed word at
+    max_buffer_s; that word's end is interpolated, so the next buffer can start inside it and the decoder reads
+    the fragment as the word again: it is not committed a second time ("people People")."""
+    text = " ".join(["a", "remarkably", "quiet", "extraordinary", "people", "sat", "in", "uncomfortable", "chairs"]
+                    * 6)
+    words = script_words(text)
+    asr = _FragmentReader(words, flicker=False)
+    policy = StreamingPolicy(asr, trim_s=5.0, max_buffer_s=8.0)
+    committed = committed_words(feed(policy, timed_audio(words[-1][1] + 0.5), chunk_s=1.0))
+    assert [w.key for w in committed] == text.split()
+
+
 def test_policy_rejects_a_buffer_longer_than_whispers_window():
     with pytest.raises(ValueError, match="max_buffer_s"):
         StreamingPolicy(lambda a, p: [], trim_s=10.0, max_buffer_s=40.0)
@@ -745,6 +777,75 @@ def test_ctrl_c_while_a_commit_is_shown_loses_nothing_and_counts_it_once():
     assert len(result.words) == len({id(w) for w in result.words})
 
 
+
+def test_ctrl_c_landing_just_after_a_commit_was_shown_does_not_show_it_again():
+    """A real SIGINT that arrives while a commit is being shown (after its line was written) is held back until the
+    commit is marked shown: the line is written once (before, the interrupt handler wrote it a second time)."""
+    asr = FakeASR(script_words("one two three four five six"), flicker=False)
+    shown: list[StreamToken] = []
+
+    def show(update, t):
+        if update.committed:
+            first = not shown
+            shown.extend(update.committed)
+            if first:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the first line was written
+
+    result = run_stream(FileSource(timed_audio(3.0), realtime=False), StreamingPolicy(asr), chunk_s=0.5,
+                        on_update=show)
+    assert result.interrupted
+    assert shown == result.words and result.text.startswith("one two")  # each commit shown once, in order
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_microphone_that_stops_mid_stream_ends_it_like_ctrl_c_with_the_error_kept():
+    """The device stops delivering audio at 5.5 s: the words heard before are decoded and committed, the second
+    pass reads its last block, and the error is in the result (the script reports it and exits 1)."""
+    words, audio, texts = _utterances(2)
+
+    class Unplugged(FileSource):
+        def read(self, min_samples):
+            if self.pos >= int(5.5 * SAMPLE_RATE):
+                raise AudioDeviceError("input device 'USB mic' stopped delivering audio")
+            return super().read(min_samples)
+
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(Unplugged(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(_Rereader(words), block_s=8.0, max_block_s=12.0))
+    assert result.error == "input device 'USB mic' stopped delivering audio" and not result.interrupted
+    assert result.text == texts[0] + " u1w0 u1w1"  # the first utterance and what was heard of the second
+    assert result.final_text == result.text.upper()
+
+
+def test_ctrl_c_during_the_last_second_pass_block_writes_its_live_words():
+    """The second pass's last block is cut off by Ctrl-C: that block keeps its live words, and they are published as
+    a revision, so --output (the final text, block by block) still holds every word."""
+    words, audio, texts = _utterances(5)
+    ended = []
+
+    class Source(FileSource):
+        def read(self, min_samples):
+            block = super().read(min_samples)
+            if block is None:
+                ended.append(True)
+            return block
+
+    class Rereader(_Rereader):
+        def __call__(self, audio, prompt):
+            if ended:  # the final pass, after a block read during the stream
+                raise KeyboardInterrupt
+            return super().__call__(audio, prompt)
+
+    shown: list[Revision] = []
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(Source(audio, realtime=False), policy, chunk_s=1.0, on_revision=lambda r, t: shown.append(r),
+                        reviser=Reviser(Rereader(words), block_s=6.0, max_block_s=12.0))
+    assert not result.interrupted and result.text == " ".join(texts)
+    assert [r.first for r in shown] == [0] + [r.last for r in shown[:-1]] and shown[-1].last == len(result.words)
+    assert shown[0].decoded and not shown[-1].decoded
+    assert join_words([w for r in shown for w in r.words]) == result.final_text
+    assert result.final_text.lower() == result.text.lower() != result.final_text
+
 # ---------------------------------------------------------------------------------------------------
 # second pass
 # ---------------------------------------------------------------------------------------------------
@@ -828,8 +929,9 @@ def test_ctrl_c_revises_what_was_heard_and_a_second_ctrl_c_keeps_the_live_words(
     policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
     result = run_stream(InterruptedSource(audio, realtime=False), policy, chunk_s=1.0,
                         reviser=Reviser(reread, block_s=8.0, max_block_s=12.0))
-    first = result.revisions[0][0]
-    assert len(result.revisions) == 1 and result.final_text.startswith(join_words(first.words))
+    first, rest = (r for r, _ in result.revisions)  # the block read before, then the rest with its live words
+    assert first.decoded and not rest.decoded and rest.first == first.last and rest.last == len(result.words)
+    assert rest.words == result.words[first.last:]
     assert result.final_text == join_words(first.words) + " " + join_words(result.words[first.last:])
 
 
@@ -1089,6 +1191,15 @@ def test_close_beam_size_is_5_with_ct2_and_the_beam_with_transformers(capsys):
 def test_missing_audio_file_exits_1_before_loading_a_model(tmp_path, capsys):
     assert realtime_transcribe.main([f"--audio_path={tmp_path / 'nope.wav'}"]) == 1
     assert "audio file not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_file_loads_exits_130_without_a_traceback(en_wav, monkeypatch, capsys):
+    def slow_load(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while a long file is decoded
+
+    monkeypatch.setattr(realtime_transcribe, "load_audio", slow_load)
+    assert realtime_transcribe.main([f"--audio_path={en_wav}"]) == 130
+    assert "interrupted before streaming started" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1393,6 +1504,28 @@ def test_microphone_chosen_by_index_at_its_own_rate(long_en_wav, pulse_microphon
     assert "listening on 'pulse' at 48000 Hz" in log
     streamed = " ".join(t for *_, t in _parse_lines(out))
     assert error_rate([SENTENCES[6]], [streamed]) < 0.15, streamed
+
+
+@pytest.mark.slow
+def test_a_source_that_stops_mid_stream_keeps_what_was_heard_and_exits_1(long_en_wav, tmp_path, monkeypatch, capsys):
+    """The audio device stops after 12 s: the words heard are printed and in --output, the report is written with the
+    error, and the script exits 1 with the device's message."""
+    class Unplugged(FileSource):
+        def read(self, min_samples):
+            if self.pos >= 12 * SAMPLE_RATE:
+                raise AudioDeviceError("input device 'USB mic' stopped delivering audio")
+            return super().read(min_samples)
+
+    monkeypatch.setattr(realtime_transcribe, "FileSource", Unplugged)
+    out, report_file = tmp_path / "out.txt", tmp_path / "report.json"
+    assert realtime_transcribe.main([f"--audio_path={long_en_wav}", "--simulate_realtime=False", "--language=en",
+                                     f"--output={out}", f"--report_path={report_file}"]) == 1
+    assert "error: input device 'USB mic' stopped delivering audio" in capsys.readouterr().err
+    report = json.loads(report_file.read_text())
+    assert report["source_error"] == "input device 'USB mic' stopped delivering audio"
+    final = " ".join(text for *_, text in _parse_lines(out.read_text()))
+    assert error_rate([report["offline_text"]], [final], "wer") <= 0.15, (final, report["offline_text"])
+    assert "park" in final.lower() and "library" not in final.lower()  # 12 s of 35: the first sentences only
 
 
 @pytest.mark.slow

@@ -36,9 +36,12 @@ carry that error (typically a few hundred ms either way inside long segments).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from utils.audio import SAMPLE_RATE
-from utils.audio_sources import AudioSource
+from utils.audio_sources import AudioDeviceError, AudioSource
 from utils.languages import AUTO_LANGUAGE, CJK_RANGES, joins_unspaced, unspaced_char
 from utils.text import normalize_text
 from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
@@ -66,6 +69,11 @@ _CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
 # least _QUIET_MIN samples count (not a stop consonant's closure inside a word)
 _QUIET_SNAP = int(0.1 * SAMPLE_RATE)
 _QUIET_MIN = int(0.15 * SAMPLE_RATE)
+# after a cut inside speech (at the buffer limit, at a committed word's interpolated end) the decoder may read the
+# fragment of that word left at the buffer's start as the word again: up to this many of the last committed words,
+# read again at the start of the next hypotheses (starting within _REREAD_S of the cut), are not committed twice
+_REREAD_WORDS = 3
+_REREAD_S = 1.0
 # audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
 # that makes it due, so this only has to cover the steps in between
 _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
@@ -320,6 +328,7 @@ class StreamingPolicy:
         self.total = 0  # samples received
         self.committed: list[StreamToken] = []  # everything committed, in order
         self._in_buffer: list[StreamToken] = []  # committed words still inside the buffer
+        self._reread: list[StreamToken] = []  # last committed words before a cut inside speech (_REREAD_WORDS)
         self._prompt_words: list[StreamToken] = []  # committed words that left the buffer (for the prompt)
         self.tentative: list[StreamToken] = []
         self._older: list[str] = []  # keys of the tentative tail before ``tentative``'s, after the committed words
@@ -410,6 +419,19 @@ class StreamingPolicy:
         silence (:func:`decode_after_silence`), with the prompt."""
         return decode_after_silence(fn or self.hypothesis_fn, audio, self._lead_samples(), self._prompt())
 
+    def _skip_committed(self, words: Sequence[StreamToken]) -> int:
+        """How many leading words of a hypothesis are committed already: the committed words still in the buffer
+        (:func:`_align_committed`), or, while none is, right after a cut inside speech, the last committed words read
+        again from the fragment at the buffer's start (the longest such run, starting within ``_REREAD_S``)."""
+        if self._in_buffer or not self._reread:
+            return _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+        keys, until = [w.key for w in self._reread], self.offset / SAMPLE_RATE + _REREAD_S
+        for k in range(min(len(keys), len(words)), 0, -1):
+            if [w.key for w in words[:k]] == keys[-k:] and words[0].start <= until:
+                logger.debug("skipped %r: read again after the cut inside speech", join_words(words[:k]))
+                return k
+        return 0
+
     def _quiet_cut(self, sample: int) -> int:
         """Where to cut the buffer for a cut asked at stream sample ``sample`` (a segment end from Whisper's
         timestamps): inside the pause the VAD heard there, if one (of ``_QUIET_MIN`` at least) holds ``sample`` or
@@ -438,6 +460,7 @@ class StreamingPolicy:
         gone = self._in_buffer[: len(self._in_buffer) - len(keep)] if keep else self._in_buffer
         self._prompt_words = (self._prompt_words + list(gone))[-400:]
         self._in_buffer = list(keep)
+        self._reread = []
         if not keep:  # nothing committed is left in the buffer: no context either (also one without words)
             self._closed = []
         left = len(gone)  # the oldest context utterances lose their words first
@@ -487,7 +510,7 @@ class StreamingPolicy:
         self._decoded_until = self._tentative_until = self._step_from = self.total
         offset_s = self.offset / SAMPLE_RATE
         words = words_from_segments(segments, offset_s, end)
-        j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+        j = self._skip_committed(words)
         tail = words[j:]
         keys, previous = [w.key for w in tail], [w.key for w in self.tentative]
         n = max(_common_prefix(keys, previous), _common_prefix(keys, self._older))
@@ -516,7 +539,7 @@ class StreamingPolicy:
             audio = self.buffer[: pause - self.offset]
             segments = self._hypothesis(audio, self.close_fn)
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
-            j = _align_committed([w.key for w in self._in_buffer], [w.key for w in words])
+            j = self._skip_committed(words)
             new, decoded = words[j:], True
         end = pause / SAMPLE_RATE
         self.committed += new
@@ -577,8 +600,10 @@ class StreamingPolicy:
             # not moved into a pause: this end is interpolated, and a cut before the word's real end would leave
             # it in the buffer to be read and committed again
             cut = int(round(self._in_buffer[-1].end * SAMPLE_RATE))
+            last = self._in_buffer[-_REREAD_WORDS:]
             self._retire([])
             self._cut(cut)
+            self._reread = last
             logger.debug("buffer over %.0f s: cut at the last committed word (%.2f s)", self.max_buffer_s,
                          cut / SAMPLE_RATE)
             return []
@@ -588,6 +613,7 @@ class StreamingPolicy:
         self.tentative, self._older, self._tentative_until = [], [], None
         self._retire([])
         self._cut(self.total)
+        self._reread = forced[-_REREAD_WORDS:]  # the last word may go on past the cut
         logger.warning("no agreement within %.0f s of audio: committed the latest hypothesis", self.max_buffer_s)
         return forced
 
@@ -677,6 +703,7 @@ class Reviser:
         self._first = 0  # index of its first committed word
         self._closes: list[tuple[int, int, int]] = []  # (pause, speech end, committed words then), not revised yet
         self._received = 0  # samples inserted
+        self._done: list[Revision] = []  # revisions made and not returned yet (a Ctrl-C inside revise keeps them)
 
     def insert_audio(self, samples: np.ndarray) -> None:
         """Append float32 16 kHz samples, shape (n,). Audio more than ``max_block_s`` + 30 s old is dropped (speech
@@ -703,24 +730,41 @@ class Reviser:
     def revise(self, committed: Sequence[StreamToken], final: bool = False) -> list[Revision]:
         """Decode the blocks that are due (``final``: all that is left) of the stream whose committed words are
         ``committed``; returns their revisions, in order."""
-        out: list[Revision] = []
         while self._closes and (final or self.due()):
             fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
             k = fits[-1] if fits else 0
             pause, speech_end, last = self._closes[k]
+            revision = None
             if fits and last > self._first and self._start >= self._audio_from:
-                out.append(self._decode(pause, last))
+                revision = self._decode(pause, last)
             elif last > self._first:
                 logger.info("%.1f s of speech without a pause that fits the second pass's window: its live words stay",
                             (pause - self._start) / SAMPLE_RATE)
-                out.append(Revision(self._first, last, list(committed[self._first: last]), self._start / SAMPLE_RATE,
-                                    pause / SAMPLE_RATE, decoded=False))
-            del self._closes[: k + 1]
-            self._first = max(self._first, last)
-            self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
-            self._audio = self._audio[max(0, self._start - self._audio_from):]
-            self._audio_from = max(self._audio_from, self._start)
-        return out
+                revision = Revision(self._first, last, list(committed[self._first: last]), self._start / SAMPLE_RATE,
+                                    pause / SAMPLE_RATE, decoded=False)
+            with interrupts_deferred():  # the block is done: its revision and the state move on together
+                if revision is not None:
+                    self._done.append(revision)
+                del self._closes[: k + 1]
+                self._first = max(self._first, last)
+                self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
+                self._audio = self._audio[max(0, self._start - self._audio_from):]
+                self._audio_from = max(self._audio_from, self._start)
+        return self._take()
+
+    def keep_live(self, committed: Sequence[StreamToken]) -> list[Revision]:
+        """After a :meth:`revise` cut off by Ctrl-C: the blocks it had read, then one block of every committed word
+        not revised yet, with its live words (so the revisions still cover every committed word)."""
+        if len(committed) > self._first:
+            self._done.append(Revision(self._first, len(committed), list(committed[self._first:]),
+                                       self._start / SAMPLE_RATE, self._received / SAMPLE_RATE, decoded=False))
+            self._first = len(committed)
+        self._closes.clear()
+        return self._take()
+
+    def _take(self) -> list[Revision]:
+        done, self._done = self._done, []
+        return done
 
     def _decode(self, end: int, last: int) -> Revision:
         segments = decode_after_silence(self.decode_fn, self._audio[: end - self._audio_from], self.lead, "")
@@ -774,6 +818,7 @@ class StreamResult:
     revisions: list[tuple[Revision, float]] = field(default_factory=list)  # second pass, with its stream time
     revise_s: float = 0.0  # compute time of the second pass (s), part of ``compute_s``
     final_words: list[StreamToken] | None = None  # the committed words, the second pass's blocks replaced (with one)
+    error: str | None = None  # why the source stopped delivering audio (a microphone unplugged), else None
 
     @property
     def words(self) -> list[StreamToken]:
@@ -839,12 +884,15 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream and ``interrupted`` is True:
         the audio that had arrived is decoded once more and all of it committed (:meth:`StreamingPolicy.close`;
         a second Ctrl-C skips that decode and commits the tentative tail as it is, and the second pass's last block).
+        A source that stops delivering audio (``AudioDeviceError``) ends the stream the same way, with its message in
+        ``error``. A commit or revision is shown whole and once, wherever Ctrl-C lands (:func:`interrupts_deferred`).
     """
     commits: list[Commit] = []
     revisions: list[tuple[Revision, float]] = []
     compute = cpu = revise_s = 0.0
     decodes = 0
     interrupted = False
+    error = None
     max_lag = 0.0
     warned = False
     poll = max(1, int(round(min(poll_s, chunk_s) * SAMPLE_RATE)))
@@ -885,11 +933,15 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             return
         done, spent = timed(lambda: reviser.revise(policy.committed, final))
         revise_s += spent
+        publish(done)
+
+    def publish(done: list[Revision]) -> None:
         t = source.now()
-        for revision in done:
-            revisions.append((revision, t))
-            if on_revision is not None:
-                on_revision(revision, t)
+        with interrupts_deferred():
+            for revision in done:
+                revisions.append((revision, t))
+                if on_revision is not None:
+                    on_revision(revision, t)
 
     def step(run: Callable[[], Update]) -> Update:
         nonlocal decodes, max_lag, warned
@@ -916,32 +968,63 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
                 break
             decode = block is None or policy.samples_until_due(chunk_s) <= 0
             unshown = step(lambda: policy.process(decode=decode))
-            emit(unshown)
-            unshown = None
+            with interrupts_deferred():  # shown whole, then marked shown: never half or twice
+                emit(unshown)
+                unshown = None
             if block is None:
                 break
             second_pass()
-    except KeyboardInterrupt:
-        interrupted = True
-        if unshown is not None and unshown.committed:
-            emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
-        logger.info("interrupted: decoding the audio heard so far (Ctrl-C again to skip)")
+    except (KeyboardInterrupt, AudioDeviceError) as e:
+        if isinstance(e, AudioDeviceError):
+            error = str(e)
+            logger.error("%s: decoding the audio heard so far (Ctrl-C to skip)", e)
+        else:
+            interrupted = True
+            logger.info("interrupted: decoding the audio heard so far (Ctrl-C again to skip)")
         try:
+            if unshown is not None and unshown.committed:
+                with interrupts_deferred():
+                    emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
             insert(source.drain())
             emit(step(policy.close))
         except KeyboardInterrupt:
             logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
                            policy.undecoded_s)
-    emit(policy.finish())
     try:
+        with interrupts_deferred():
+            emit(policy.finish())
         second_pass(final=True)
     except KeyboardInterrupt:
-        logger.warning("interrupted: the second pass's last block keeps its live words")
+        logger.warning("interrupted: the second pass's last blocks keep their live words")
+        if reviser is not None:
+            try:
+                publish(reviser.keep_live(policy.committed))
+            except KeyboardInterrupt:  # raised after the output was written whole
+                pass
     audio = np.concatenate(received).astype(np.float32, copy=False) if received else None
     final = None if reviser is None else revised_words(policy.committed, [r for r, _ in revisions])
     return StreamResult(commits, policy.audio_end, compute, decodes, cpu, interrupted,
                         audio if keep_audio else None, max_lag_s=max_lag, revisions=revisions, revise_s=revise_s,
-                        final_words=final)
+                        final_words=final, error=error)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) back while the block runs, then raise KeyboardInterrupt: a line is written whole and
+    its state updated with it (never shown half, or twice after the interrupt handler shows it again). Only in the
+    main thread with Python's default SIGINT handler; elsewhere the block runs as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def behind_warning_s(chunk_s: float) -> float:

@@ -39,6 +39,22 @@ from utils.languages import has_unspaced_script, optional_language_code
 
 logger = logging.getLogger(__name__)
 
+
+class _WarningBudget:
+    """Lets the first ``limit`` warnings of a kind through (per process), then says that the rest are not logged."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what, self.seen = limit, what, 0
+
+    def count(self) -> bool:
+        self.seen += 1
+        if self.seen == self.limit + 1:
+            logger.warning("more %s: not logged", self.what)
+        return self.seen <= self.limit
+
+
+_MISMATCHES = _WarningBudget(5, "clips whose audio length differs from their 'duration'")
+
 MAX_TIMESTAMP = WINDOW_S  # seconds; the last timestamp token is <|30.00|>
 
 
@@ -318,6 +334,14 @@ class SpeechDataset(torch.utils.data.Dataset):
             samples = load_record_audio(record)
         except AudioLoadError as e:  # name the manifest line, the thing a user edits
             raise AudioLoadError(f"{where}: {e}") from e
+        seconds = len(samples) / SAMPLE_RATE
+        if seconds > WINDOW_S + 0.01:  # Whisper would hear its first 30 s and learn the whole text for them
+            raise AudioLoadError(f"{where}: the audio is {seconds:.2f} s, longer than Whisper's {WINDOW_S:.0f} s "
+                                 f"window, but 'duration' says {record.duration:.2f} s; fix 'duration' (clips longer than "
+                                 "--max_audio_len are left out by it) or split the clip")
+        if abs(seconds - record.duration) > max(0.5, 0.1 * record.duration) and _MISMATCHES.count():
+            logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go by "
+                           "'duration'): fix the manifest", where, seconds, record.duration)
         if self.augmenter is None:
             return samples, 1.0
         return self.augmenter(samples, np.random.default_rng((self.seed, self.epoch, index)))
@@ -514,13 +538,16 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer = shuffle_buffer
         self.skip = 0
+        self.batch_size = 1
 
     def set_epoch(self, epoch: int) -> None:  # the trainer's epoch is the whole run here
         self.builder.set_epoch(epoch)
 
-    def set_skip(self, items: int) -> None:
-        """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them)."""
-        self.skip = items
+    def set_skip(self, items: int, batch_size: int = 1) -> None:
+        """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them), read in
+        batches of ``batch_size``: DataLoader workers take whole batches in turn, so the batches they deliver (round
+        robin) hold the stream's items in order, and the first ``items`` are exactly the ones trained on."""
+        self.skip, self.batch_size = items, max(1, batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -532,7 +559,8 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
                                               world_size=self.world_size, shuffle_buffer=self.shuffle_buffer):
                 seen += 1
                 position += 1
-                if position <= self.skip or (position - 1) % workers != worker:
+                # the workers take the batches after the skipped items in turn, starting with worker 0
+                if position <= self.skip or ((position - 1 - self.skip) // self.batch_size) % workers != worker:
                     continue
                 item = self.builder.example(record, position - 1, record.audio_path, other=last_text)
                 if len(item["labels"]) + 1 > MAX_DECODER_POSITIONS:

@@ -720,7 +720,7 @@ class Trainer:
             self.train_dataset.set_epoch(state.epoch)
             if self.streaming:
                 sampler = None
-                self.train_dataset.set_skip(skip)
+                self.train_dataset.set_skip(skip, batch_size=self.per_batch)
             else:
                 sampler = EpochSampler(len(self.train_dataset), seed=o.seed, epoch=state.epoch,
                                        rank=acc.process_index, world_size=self.world_size, skip=skip)

@@ -986,10 +986,13 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
                 with interrupts_deferred():
                     emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
             insert(source.drain())
-            emit(step(policy.close))
+            closing = step(policy.close)
+            with interrupts_deferred():
+                emit(closing)
         except KeyboardInterrupt:
-            logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
-                           policy.undecoded_s)
+            if policy.undecoded_s > 0:
+                logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
+                               policy.undecoded_s)
     try:
         with interrupts_deferred():
             emit(policy.finish())

@@ -293,6 +293,20 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
+def test_resume_with_a_larger_batch_than_the_checkpoints_starts_the_next_epoch(tiny_whisper_dir, corpus, tmp_path,
+                                                                               caplog):
+    """checkpoint-4 of a batch-1 run had trained 4 batches of its epoch; resumed at batch 2 an epoch has 3: the
+    resumed run says so and goes on with the next epoch (it used to stop with a ValueError from islice)."""
+    out = tmp_path / "out"
+    common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=1, **common)) == 0
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=2,
+                                   resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
+    assert "the checkpoint had trained 4 batches of epoch 0, more than this run's 3 an epoch" in caplog.text
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 2
+
 @pytest.mark.slow
 @pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])
 def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path, pack):

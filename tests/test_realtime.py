@@ -798,6 +798,54 @@ def test_ctrl_c_landing_just_after_a_commit_was_shown_does_not_show_it_again():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+class _CtrlCAfter(FileSource):
+    """Ctrl-C lands right after a decode returned (in the stream loop's bookkeeping, before its result is shown),
+    once ``armed`` is set."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        super().__init__(audio, realtime=False)
+        self.armed = self.fired = False
+
+    def spend(self, seconds: float) -> None:
+        if self.armed and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        super().spend(seconds)
+
+
+def test_ctrl_c_just_after_a_decode_committed_words_still_shows_them_once():
+    source = _CtrlCAfter(timed_audio(3.0))
+
+    class Policy(StreamingPolicy):
+        def process(self, decode=True):
+            update = super().process(decode)
+            source.armed |= bool(update.committed)
+            return update
+
+    shown: list[StreamToken] = []
+    policy = Policy(FakeASR(script_words("one two three four five six"), flicker=False))
+    result = run_stream(source, policy, chunk_s=0.5, on_update=lambda u, t: shown.extend(u.committed))
+    assert source.fired and result.interrupted
+    assert shown == result.words == policy.committed and result.text.startswith("one two")
+
+
+def test_ctrl_c_just_after_the_second_pass_read_a_block_still_publishes_it():
+    words, audio, texts = _utterances(5)
+    source = _CtrlCAfter(audio)
+
+    class Armed(Reviser):
+        def run(self, committed, final=False):
+            super().run(committed, final)
+            source.armed |= bool(self._done)
+
+    shown: list[Revision] = []
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(source, policy, chunk_s=1.0, on_revision=lambda r, t: shown.append(r),
+                        reviser=Armed(_Rereader(words), block_s=6.0, max_block_s=12.0))
+    assert source.fired and result.interrupted
+    assert [r.first for r in shown] == [0] + [r.last for r in shown[:-1]] and shown[-1].last == len(result.words)
+    assert join_words([w for r in shown for w in r.words]) == result.final_text == result.text.upper()
+
 def test_a_microphone_that_stops_mid_stream_ends_it_like_ctrl_c_with_the_error_kept():
     """The device stops delivering audio at 5.5 s: the words heard before are decoded and committed, the second
     pass reads its last block, and the error is in the result (the script reports it and exits 1)."""

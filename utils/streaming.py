@@ -729,7 +729,12 @@ class Reviser:
 
     def revise(self, committed: Sequence[StreamToken], final: bool = False) -> list[Revision]:
         """Decode the blocks that are due (``final``: all that is left) of the stream whose committed words are
-        ``committed``; returns their revisions, in order."""
+        ``committed``; returns their revisions (and any not taken before), in order."""
+        self.run(committed, final)
+        return self.take()
+
+    def run(self, committed: Sequence[StreamToken], final: bool = False) -> None:
+        """As :meth:`revise`, keeping the revisions for :meth:`take` (a Ctrl-C inside loses none of them)."""
         while self._closes and (final or self.due()):
             fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
             k = fits[-1] if fits else 0
@@ -750,19 +755,20 @@ class Reviser:
                 self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
                 self._audio = self._audio[max(0, self._start - self._audio_from):]
                 self._audio_from = max(self._audio_from, self._start)
-        return self._take()
 
-    def keep_live(self, committed: Sequence[StreamToken]) -> list[Revision]:
-        """After a :meth:`revise` cut off by Ctrl-C: the blocks it had read, then one block of every committed word
-        not revised yet, with its live words (so the revisions still cover every committed word)."""
-        if len(committed) > self._first:
-            self._done.append(Revision(self._first, len(committed), list(committed[self._first:]),
-                                       self._start / SAMPLE_RATE, self._received / SAMPLE_RATE, decoded=False))
-            self._first = len(committed)
-        self._closes.clear()
-        return self._take()
+    def keep_live(self, committed: Sequence[StreamToken]) -> None:
+        """After a :meth:`run` cut off by Ctrl-C: one block of every committed word not revised yet, with its live
+        words, after the blocks it had read (:meth:`take` them all: the revisions still cover every committed
+        word)."""
+        with interrupts_deferred():
+            if len(committed) > self._first:
+                self._done.append(Revision(self._first, len(committed), list(committed[self._first:]),
+                                           self._start / SAMPLE_RATE, self._received / SAMPLE_RATE, decoded=False))
+                self._first = len(committed)
+            self._closes.clear()
 
-    def _take(self) -> list[Revision]:
+    def take(self) -> list[Revision]:
+        """The revisions made since the last call, in order."""
         done, self._done = self._done, []
         return done
 
@@ -898,12 +904,22 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
     poll = max(1, int(round(min(poll_s, chunk_s) * SAMPLE_RATE)))
     received: list[np.ndarray] = []
 
+    recorded = shown = 0  # words of policy.committed recorded in ``commits`` / passed to on_update
+
     def emit(update: Update) -> None:
-        t = source.now()
-        if update.committed and not (commits and commits[-1].words is update.committed):
-            commits.append(Commit(update.committed, t, update.audio_end))
-        if on_update is not None:
-            on_update(update, t)
+        """Record and show ``update``. Every update's committed words are the ones appended to policy.committed
+        since the one before, so words an earlier update could not record or show (Ctrl-C between the decode and
+        here, or inside on_update) are recorded / shown with this one, and none twice."""
+        nonlocal recorded, shown
+        with interrupts_deferred():
+            t = source.now()
+            words = policy.committed
+            if len(words) > recorded:
+                commits.append(Commit(list(words[recorded:]), t, update.audio_end))
+                recorded = len(words)
+            if on_update is not None:
+                on_update(replace(update, committed=list(words[shown:])), t)
+            shown = len(words)
 
     def insert(block: np.ndarray) -> None:
         policy.insert_audio(block)
@@ -931,14 +947,15 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         reviser.add_closes(policy.closes)
         if not (final or reviser.due()):
             return
-        done, spent = timed(lambda: reviser.revise(policy.committed, final))
+        _, spent = timed(lambda: reviser.run(policy.committed, final))
         revise_s += spent
-        publish(done)
+        publish()
 
-    def publish(done: list[Revision]) -> None:
-        t = source.now()
+    def publish() -> None:
+        """Record and show the revisions the reviser has made (taken inside the deferred block: none is lost)."""
         with interrupts_deferred():
-            for revision in done:
+            t = source.now()
+            for revision in reviser.take():
                 revisions.append((revision, t))
                 if on_revision is not None:
                     on_revision(revision, t)
@@ -956,7 +973,6 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
                            "smaller model, or fewer other programs on this CPU", lag, chunk_s)
         return update
 
-    unshown: Update | None = None  # an update Ctrl-C may have cut off before it was shown
     try:
         while True:  # read up to the next chunk boundary at most, so steps fall on it when compute keeps up
             block = source.read(max(1, min(poll, policy.samples_until_due(chunk_s))))
@@ -967,10 +983,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             elif not policy.undecoded:  # end of the stream, everything decoded
                 break
             decode = block is None or policy.samples_until_due(chunk_s) <= 0
-            unshown = step(lambda: policy.process(decode=decode))
-            with interrupts_deferred():  # shown whole, then marked shown: never half or twice
-                emit(unshown)
-                unshown = None
+            emit(step(lambda: policy.process(decode=decode)))
             if block is None:
                 break
             second_pass()
@@ -982,26 +995,23 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             interrupted = True
             logger.info("interrupted: decoding the audio heard so far (Ctrl-C again to skip)")
         try:
-            if unshown is not None and unshown.committed:
-                with interrupts_deferred():
-                    emit(Update(unshown.committed, [], unshown.audio_end, decoded=unshown.decoded))
+            if shown < len(policy.committed):  # committed by a step whose update Ctrl-C kept from being shown
+                emit(Update([], [], policy.audio_end))
             insert(source.drain())
-            closing = step(policy.close)
-            with interrupts_deferred():
-                emit(closing)
+            emit(step(policy.close))
         except KeyboardInterrupt:
             if policy.undecoded_s > 0:
                 logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
                                policy.undecoded_s)
     try:
-        with interrupts_deferred():
-            emit(policy.finish())
+        emit(policy.finish())
         second_pass(final=True)
     except KeyboardInterrupt:
         logger.warning("interrupted: the second pass's last blocks keep their live words")
         if reviser is not None:
             try:
-                publish(reviser.keep_live(policy.committed))
+                reviser.keep_live(policy.committed)
+                publish()
             except KeyboardInterrupt:  # raised after the output was written whole
                 pass
     audio = np.concatenate(received).astype(np.float32, copy=False) if received else None

@@ -716,6 +716,11 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=state.global_step, desc="train",
                    disable=not acc.is_local_main_process)
         while state.global_step < self.total_steps:
+            if state.batch_in_epoch >= self.batches_per_epoch:  # resumed with fewer batches an epoch than saved
+                logger.warning("the checkpoint had trained %d batches of epoch %d, more than this run's %d an epoch "
+                               "(a larger batch, more processes or less data): epoch %d starts", state.batch_in_epoch,
+                               state.epoch, self.batches_per_epoch, state.epoch + 1)
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             skip = state.batch_in_epoch * self.per_batch
             self.train_dataset.set_epoch(state.epoch)
             if self.streaming:

@@ -574,24 +574,34 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
     assert got_text == want_text and all(want_text)
 
 
+def _first_step(tiny_whisper_dir, corpus, out, monkeypatch, **extra) -> tuple[torch.Tensor, float]:
+    """(the gradient of the adapter at the first optimizer step, the loss logged there) of a one-step fp32 run
+    without dropout or clipping."""
+    grads = []
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        grads.append(torch.cat([p.grad.detach().flatten() for p in params]).clone())
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    try:
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=1, eval_steps=0, save_steps=0,
+                                   lora_dropout=0.0, precision="fp32", timestamps=False, max_grad_norm=0,
+                                   **extra)) == 0
+    finally:
+        monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    return grads[0], next(e["loss"] for e in state["log_history"] if "loss" in e)
+
+
 def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches(tiny_whisper_dir, corpus, tmp_path,
                                                                           monkeypatch):
     """6 items in batches of 2 = 3 batches an epoch. With --gradient_accumulation_steps=4 the epoch's only group
     has 3 batches: its gradient must be their mean (as with 3), not their sum over 4."""
-    grads: dict[int, torch.Tensor] = {}
-    original_step = torch.optim.AdamW.step
-    for accumulation in (3, 4):
-        def recording_step(self, *args, _key=accumulation, **kwargs):
-            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-            grads[_key] = torch.cat([p.grad.detach().flatten() for p in params]).clone()
-            return original_step(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-        out = tmp_path / f"ga{accumulation}"
-        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=1, gradient_accumulation_steps=accumulation,
-                                   eval_steps=0, save_steps=0, lora_dropout=0.0, precision="fp32", timestamps=False,
-                                   max_grad_norm=0)) == 0
-        monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    grads = {n: _first_step(tiny_whisper_dir, corpus, tmp_path / f"ga{n}", monkeypatch,
+                            gradient_accumulation_steps=n)[0] for n in (3, 4)}
     assert grads[3].abs().sum() > 0
     torch.testing.assert_close(grads[4], grads[3], rtol=1e-4, atol=1e-7)
 
@@ -601,28 +611,12 @@ def test_accumulated_batches_train_like_one_batch_of_all_their_clips(tiny_whispe
     """Six clips as 6 batches of 1 with --gradient_accumulation_steps=6 give the gradient of one batch of 6: one
     mean over all their label tokens. A mean of per-batch means made the 2-token no-speech clip weigh as much as
     a sentence."""
-    grads: dict[int, torch.Tensor] = {}
-    losses: dict[int, float] = {}
-    original_step = torch.optim.AdamW.step
-    for batch, accumulation in ((6, 1), (1, 6)):
-        def recording_step(self, *args, _key=batch, **kwargs):
-            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-            grads[_key] = torch.cat([p.grad.detach().flatten() for p in params]).clone()
-            return original_step(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-        out = tmp_path / f"b{batch}"
-        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=1, per_device_train_batch_size=batch,
-                                   gradient_accumulation_steps=accumulation, eval_steps=0, save_steps=0,
-                                   lora_dropout=0.0, precision="fp32", timestamps=False, max_grad_norm=0)) == 0
-        monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
-        state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
-        losses[batch] = next(e["loss"] for e in state["log_history"] if "loss" in e)
-    assert grads[6].abs().sum() > 0
-    torch.testing.assert_close(grads[1], grads[6], rtol=1e-4, atol=1e-7)
-    assert losses[1] == pytest.approx(losses[6], rel=1e-5)
-
-
+    (one_batch, loss), (accumulated, accumulated_loss) = (
+        _first_step(tiny_whisper_dir, corpus, tmp_path / f"b{batch}", monkeypatch, per_device_train_batch_size=batch,
+                    gradient_accumulation_steps=accumulation) for batch, accumulation in ((6, 1), (1, 6)))
+    assert one_batch.abs().sum() > 0
+    torch.testing.assert_close(accumulated, one_batch, rtol=1e-4, atol=1e-7)
+    assert accumulated_loss == pytest.approx(loss, rel=1e-5)
 
 def test_trainer_eval_scores_english_like_evaluation_py(tiny_whisper_dir, monkeypatch):
     """The eval WER that picks checkpoint-best puts English through Whisper's normaliser, as evaluation.py does:

@@ -346,6 +346,10 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         raise FinetuneError(f"{args.base_model}: {e}") from e
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
+    if not any(ref.strip() for ref in eval_set.references):
+        logger.warning("every eval clip of %s is a no-speech clip (empty 'sentence'): the eval %s is 0 while the model "
+                       "says nothing on them and inf once it says anything, and checkpoint-best is chosen on that; "
+                       "give --test_data clips with speech", args.test_data, args.metric.upper())
     if args.prompt_prob > 0 and not args.pack_audio and not args.streaming:
         logger.info("previous-text prompts on %.0f%% of the items: %d of %d have a preceding sentence in the same "
                     "recording, the others get hotwords (whole words of their own text, half the time mixed with "

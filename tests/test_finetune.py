@@ -748,6 +748,21 @@ def test_timestamps_asked_for_data_without_sentences_marks_the_model_untimed(tin
         final = out / tiny_whisper_dir.name / "checkpoint-final"
         assert json.loads((final / "generation_config.json").read_text())["finetune_timestamps"] is pack
 
+def test_an_eval_set_of_only_no_speech_clips_is_warned_about(tiny_whisper_dir, corpus, tmp_path, caplog):
+    """Its CER is 0 or inf, so checkpoint-best would be chosen on nothing; the run says so (and still trains)."""
+    lines = [json.loads(x) for x in corpus["train"].read_text(encoding="utf-8").splitlines()]
+    silent = corpus["train"].parent / "silent_test.json"
+    silent.write_text("".join(json.dumps(x) + "\n" for x in lines if not x["sentence"]), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, {**corpus, "test": silent}, tmp_path / "out", max_steps=1,
+                                   eval_steps=1, save_steps=0, timestamps=False)) == 0
+    assert "every eval clip of" in caplog.text and "is a no-speech clip" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "speech", max_steps=1, eval_steps=1,
+                                   save_steps=0, timestamps=False)) == 0
+    assert "is a no-speech clip" not in caplog.text
+
 def test_replay_mix_adds_general_items_with_stable_indices(tiny_whisper_dir, corpus):
     """--replay_ratio of each epoch comes from the replay set, in an order that uses every replay item before
     repeating one; a replay item keeps one index across epochs (the encoder cache is keyed by it)."""

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 
 class _WarningBudget:
-    """Lets the first ``limit`` warnings of a kind through (per process), then says that the rest are not logged."""
+    """Lets the first ``limit`` warnings of a kind through, then says that the rest are not logged. Counted per
+    process: each DataLoader worker counts its own, afresh every epoch (workers are started again)."""
 
     def __init__(self, limit: int, what: str) -> None:
         self.limit, self.what, self.seen = limit, what, 0

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pack_audio", type=bool_or_auto, default=None, metavar="auto|True|False",
                    help="train on 30 s windows packed with several clips (their texts joined): the encoder costs the "
                         "same for 3 s or 30 s, so short clips train several times faster; the batch still counts "
-                        "clips. auto = on when training on CPU (not with --streaming or --prompt_prob)")
+                        "clips (a window holds at most a quarter more than --per_device_train_batch_size). "
+                        "auto = on when training on CPU (not with --streaming, --prompt_prob or a batch of 1)")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
     g.add_argument("--replay_data", type=optional_str, default=None,
@@ -355,11 +356,15 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
                     "recording, the others get hotwords (whole words of their own text, half the time mixed with "
                     "another item's)", 100 * args.prompt_prob, len(train.previous), len(train))
     if args.pack_audio:
-        from utils.train_data import PackedSpeechDataset
+        from utils.train_data import PackedSpeechDataset, window_clip_limit
 
         if args.prompt_prob > 0:
             logger.warning("--pack_audio: packed windows carry no previous-text prompt (--prompt_prob applies to none)")
-        train = PackedSpeechDataset(train)
+        if args.per_device_train_batch_size == 1:
+            logger.warning("--pack_audio with --per_device_train_batch_size=1: a window holds at most about a batch "
+                           "of clips, so each holds one clip and packing saves nothing; a larger batch (with less "
+                           "--gradient_accumulation_steps) packs")
+        train = PackedSpeechDataset(train, max_clips=window_clip_limit(args.per_device_train_batch_size))
     if args.replay_data:
         from utils.train_data import ReplayMix
 
@@ -542,16 +547,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def pack_audio_choice(choice: bool | None, *, device_type: str, streaming: bool, prompt_prob: float) -> bool:
+def pack_audio_choice(choice: bool | None, *, device_type: str, streaming: bool, prompt_prob: float,
+                      batch_size: int) -> bool:
     """``--pack_audio``: the flag's value, or for auto (None) on when training on CPU, where the encoder's fixed
-    30 s window is most of a step's time, unless the data is streamed or trained with prompts (packs carry none)."""
+    30 s window is most of a step's time, unless the data is streamed, trained with prompts (packs carry none) or
+    the per-device batch is one clip (a window then holds one clip: nothing to pack)."""
     if choice is not None:
         return choice
-    pack = device_type == "cpu" and not streaming and prompt_prob <= 0
-    logger.info("--pack_audio=auto: %s", "on (CPU training: several clips per 30 s window, batches still count "
-                "clips)" if pack else "off (" + ("--streaming" if streaming else "--prompt_prob > 0" if
-                                                 prompt_prob > 0 else f"training on {device_type}") + ")")
-    return pack
+    why = ("--streaming" if streaming else "--prompt_prob > 0" if prompt_prob > 0 else
+           f"training on {device_type}" if device_type != "cpu" else
+           "--per_device_train_batch_size=1: a window would hold one clip" if batch_size <= 1 else None)
+    logger.info("--pack_audio=auto: %s", "on (CPU training: up to a batch of clips per 30 s window, batches still "
+                "count clips)" if why is None else f"off ({why})")
+    return why is None
 
 
 def run(args: argparse.Namespace, language: str | None) -> int:
@@ -565,7 +573,8 @@ def run(args: argparse.Namespace, language: str | None) -> int:
     run_dir = Path(args.output_dir) / Path(args.base_model.rstrip("/\\")).name
     resume = find_checkpoint(args, accelerator, run_dir)
     args.pack_audio = pack_audio_choice(args.pack_audio, device_type=accelerator.device.type,
-                                        streaming=args.streaming, prompt_prob=args.prompt_prob)
+                                        streaming=args.streaming, prompt_prob=args.prompt_prob,
+                                        batch_size=args.per_device_train_batch_size)
     # 3. Model folder and data
     try:
         model_dir = resolve_model(args.base_model, local_files_only=args.local_files_only, cache_dir=args.cache_dir)

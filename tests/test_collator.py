@@ -335,6 +335,30 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     assert text == " ".join(lines[i]["sentence"] for i in korean)
 
 
+def test_windows_hold_at_most_a_batch_of_clips_so_small_batches_take_their_size(processor):
+    """A window holds at most ``max_clips`` clips (finetune.py: ``window_clip_limit`` of the per-device batch), so
+    several processes or accumulated micro-batches of 2 clips each take about 2 clips, not a whole window of ~6: the
+    clips per step are what the batch size says whatever the split. Without the cap a batch of 2 took ~6 clips on
+    the demo data."""
+    from utils.train_data import ClipBatches, PackedSpeechDataset, window_clip_limit
+
+    repo = Path(__file__).resolve().parent.parent
+    m = load_manifest(repo / "dataset" / "train.json")
+    ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese")
+    assert max(PackedSpeechDataset(ds).clip_counts()) > 4  # the demo windows hold more than a small batch
+    assert [window_clip_limit(b) for b in (1, 2, 3, 4, 8, 16)] == [1, 2, 3, 5, 10, 20]
+    for batch in (1, 2, 4, 6):
+        packed = PackedSpeechDataset(ds, max_clips=window_clip_limit(batch))
+        assert sorted(i for p in packed.packs for i in p) == list(range(len(m)))  # every clip once
+        assert max(packed.clip_counts()) <= window_clip_limit(batch)
+        batches = ClipBatches(packed, packed.clip_counts(), batch_clips=batch, seed=3)
+        mean = sum(batches.clips_per_group) / len(batches)
+        assert batch * 0.75 <= mean <= batch * 1.25, (batch, mean)
+    assert PackedSpeechDataset(ds, max_clips=1).clip_counts() == [1] * len(m)
+    with pytest.raises(ValueError, match="max_clips"):
+        PackedSpeechDataset(ds, max_clips=0)
+
+
 def test_clip_batches_count_clips_not_windows(processor, tokens):
     """--pack_audio batches count clips: each batch is the packed windows whose clip count is nearest the batch
     size, every window in exactly one batch, the same for the same seed; the collator flattens a batch item."""

@@ -847,13 +847,19 @@ def test_pack_audio_choice():
     assert parser.parse_args([]).pack_audio is None  # auto
     assert parser.parse_args(["--pack_audio=False"]).pack_audio is False
     assert parser.parse_args(["--pack_audio=auto"]).pack_audio is None
-    choice = finetune.pack_audio_choice
-    assert choice(None, device_type="cpu", streaming=False, prompt_prob=0.0) is True
-    assert choice(None, device_type="cuda", streaming=False, prompt_prob=0.0) is False
-    assert choice(None, device_type="cpu", streaming=True, prompt_prob=0.0) is False
-    assert choice(None, device_type="cpu", streaming=False, prompt_prob=0.3) is False  # packs carry no prompt
-    assert choice(True, device_type="cuda", streaming=False, prompt_prob=0.0) is True
-    assert choice(False, device_type="cpu", streaming=False, prompt_prob=0.0) is False
+    def choice(flag, device_type="cpu", streaming=False, prompt_prob=0.0, batch_size=8):
+        return finetune.pack_audio_choice(flag, device_type=device_type, streaming=streaming,
+                                          prompt_prob=prompt_prob, batch_size=batch_size)
+
+    assert choice(None) is True
+    assert choice(None, device_type="cuda") is False
+    assert choice(None, streaming=True) is False
+    assert choice(None, prompt_prob=0.3) is False  # packs carry no prompt
+    assert choice(None, batch_size=1) is False  # a window holds at most a batch: one clip, nothing to pack
+    assert choice(None, batch_size=2) is True
+    assert choice(True, device_type="cuda") is True
+    assert choice(True, batch_size=1) is True
+    assert choice(False) is False
 
 
 def test_pack_audio_is_the_cpu_default_and_batches_count_clips(tiny_whisper_dir, corpus, tmp_path, caplog):

@@ -557,8 +557,8 @@ def pack_audio_choice(choice: bool | None, *, device_type: str, streaming: bool,
     why = ("--streaming" if streaming else "--prompt_prob > 0" if prompt_prob > 0 else
            f"training on {device_type}" if device_type != "cpu" else
            "--per_device_train_batch_size=1: a window would hold one clip" if batch_size <= 1 else None)
-    logger.info("--pack_audio=auto: %s", "on (CPU training: up to a batch of clips per 30 s window, batches still "
-                "count clips)" if why is None else f"off ({why})")
+    logger.info("--pack_audio=auto: %s", "on (CPU training: up to about a batch of clips per 30 s window, batches "
+                "still count clips)" if why is None else f"off ({why})")
     return why is None
 
 

@@ -387,11 +387,11 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
     ``max_seconds`` of audio, ``max_clips`` clips and Whisper's label limit), so cached encoder outputs stay valid;
     the trainer shuffles their order every epoch. ``max_clips`` follows the batch size (``window_clip_limit``): a
     window holds no more clips than about a batch, so a step takes about as many clips packed as unpacked, also when
-    several processes or gradient accumulation each take a small batch. A pack's audio is its clips, each augmented on its own, joined
-    by ``gap_seconds`` of silence; its label is their texts in order (spaced for spaced languages) and, in a
-    timestamps run, one timestamped segment per clip (or per ``sentences`` entry, shifted). No-speech clips stay
-    alone, and about one pack in ``single_every`` is a single clip, so the model keeps seeing one short clip padded
-    with silence, which is how it is used on short clips. Packs carry no previous-text prompt.
+    several processes or gradient accumulation each take a small batch. A pack's audio is its clips, each augmented
+    on its own, joined by ``gap_seconds`` of silence; its label is their texts in order (spaced for spaced languages)
+    and, in a timestamps run, one timestamped segment per clip (or per ``sentences`` entry, shifted). No-speech
+    clips stay alone, and about one pack in ``single_every`` is a single clip, so the model keeps seeing one short
+    clip padded with silence, which is how it is used on short clips. Packs carry no previous-text prompt.
     """
 
     def __init__(self, dataset: SpeechDataset, *, max_seconds: float = 28.0, max_clips: int | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -869,6 +870,10 @@ def test_pack_audio_is_the_cpu_default_and_batches_count_clips(tiny_whisper_dir,
                                    save_steps=2, per_device_train_batch_size=3)) == 0
     assert "--pack_audio=auto: on" in caplog.text
     assert "packed 6 clips into" in caplog.text and "batches of about 3 clips" in caplog.text
+    # 5 speech clips in windows of at most window_clip_limit(3) = 3, the no-speech clip alone: at least 3 windows
+    # (without the limit all 5 speech clips shared one window, and a batch of "3 clips" took 5)
+    windows = int(re.search(r"packed 6 clips into (\d+) windows", caplog.text).group(1))
+    assert windows >= 3, caplog.text
     state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and all(np.isfinite(e["loss"]) for e in state["log_history"] if "loss" in e)
 

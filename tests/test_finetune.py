@@ -294,19 +294,77 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
-def test_resume_with_a_larger_batch_than_the_checkpoints_starts_the_next_epoch(tiny_whisper_dir, corpus, tmp_path,
-                                                                               caplog):
-    """checkpoint-4 of a batch-1 run had trained 4 batches of its epoch; resumed at batch 2 an epoch has 3: the
-    resumed run says so and goes on with the next epoch (it used to stop with a ValueError from islice)."""
+def _state(run: Path, checkpoint: str = "checkpoint-final") -> dict:
+    return json.loads((run / checkpoint / "trainer_state.json").read_text())
+
+
+def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_whisper_dir, corpus, tmp_path,
+                                                                           caplog):
+    """checkpoint-4 of a batch-1 run had trained on the first 4 of the epoch's 6 clips; resumed with batches of 2
+    (the same clips in the same order) the epoch goes on at its batch 2, the one holding clips 5 and 6."""
     out = tmp_path / "out"
-    common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False)
+    run = out / tiny_whisper_dir.name
+    common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False, pack_audio=False)
     assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=1, **common)) == 0
-    with caplog.at_level("WARNING"):
+    assert _state(run, "checkpoint-4")["data"] == {"fingerprint": _state(run, "checkpoint-4")["data"]["fingerprint"],
+                                                   "description": "6 clips", "per_batch": 1, "world_size": 1,
+                                                   "batches_per_epoch": 6}
+    with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=2,
                                    resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
+    assert "the checkpoint's run took 1 item(s) a batch, this run 2: epoch 0 goes on after its first 4 item(s) on " \
+           "this rank (batch 2)" in caplog.text
+    state = _state(run)
+    # step 5 trains batch 2 (the epoch's last), step 6 the first batch of epoch 1
+    assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 1
+    assert state["data"]["per_batch"] == 2 and state["data"]["batches_per_epoch"] == 3
+
+
+def test_resume_of_an_older_checkpoint_with_a_larger_batch_starts_the_next_epoch(tiny_whisper_dir, corpus,
+                                                                                 tmp_path, caplog):
+    """A checkpoint that records no data layout (written before it was recorded) resumes at its batch as saved;
+    past the end of this run's shorter epoch the next epoch starts (it used to stop with a ValueError)."""
+    out = tmp_path / "out"
+    run = out / tiny_whisper_dir.name
+    common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False, pack_audio=False)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=1, **common)) == 0
+    path = run / "checkpoint-4" / "trainer_state.json"
+    older = json.loads(path.read_text())
+    del older["data"]
+    path.write_text(json.dumps(older))
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=2,
+                                   resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
+    assert "records no data layout" in caplog.text
     assert "the checkpoint had trained 4 batches of epoch 0, more than this run's 3 an epoch" in caplog.text
-    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    state = _state(run)
     assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 2
+
+
+def test_resume_with_other_packing_warns_and_keeps_the_share_of_the_epoch(tiny_whisper_dir, corpus, tmp_path,
+                                                                         caplog):
+    """Resumed with --pack_audio turned on, the epoch's batches are other windows in another order: the run warns
+    (clips of the epoch are trained on twice or not at all) and goes on at the same share of the epoch. The warning
+    is what was missing: a changed batch size or packing used to re-cut the data silently."""
+    out = tmp_path / "out"
+    run = out / tiny_whisper_dir.name
+    common = dict(save_steps=4, eval_steps=0, timestamps=False, per_device_train_batch_size=2)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=4, pack_audio=False, **common)) == 0
+    saved = _state(run, "checkpoint-4")  # 4 steps of 3 batches an epoch: batch 1 of epoch 1
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (1, 1)
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=6, pack_audio=True,
+                                   resume_from_checkpoint="auto", **common)) == 0
+    state = _state(run)
+    new = state["data"]
+    assert new["description"].startswith("6 clips in ") and " windows in " in new["description"]
+    assert new["fingerprint"] != saved["data"]["fingerprint"]
+    assert "the checkpoint's run cut the training data into 6 clips on 1 process(es); this run cuts it into " \
+           f"{new['description']} on 1" in caplog.text
+    assert f"it goes on at batch {new['batches_per_epoch'] // 3} of {new['batches_per_epoch']}, the same share of " \
+           "the epoch (1/3 before)" in caplog.text
+    assert state["global_step"] == 6
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pack", [False, True], ids=["clips", "packed"])

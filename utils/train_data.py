@@ -24,7 +24,9 @@ without ``sentences`` are still used, with the ``<|notimestamps|>`` layout.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -302,6 +304,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def layout(self) -> tuple[object, str]:
+        """(what identifies how the data is cut into items, as JSON-able data; a description): see ``data_layout``."""
+        return {"clips": len(self)}, f"{len(self)} clips"
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -379,6 +385,22 @@ def window_clip_limit(batch_size: int) -> int:
     return batch_size + batch_size // 4
 
 
+def data_layout_parts(dataset: torch.utils.data.Dataset) -> tuple[object, str]:
+    """``dataset.layout()`` where it has one, else its length: (JSON-able data, description)."""
+    if hasattr(dataset, "layout"):
+        return dataset.layout()
+    return {"items": len(dataset)}, f"{len(dataset)} items"
+
+
+def data_layout(dataset: torch.utils.data.Dataset) -> tuple[str, str]:
+    """(fingerprint, description) of how a training set is cut into items: its clip count, and packed, which clips
+    each window holds and which windows each batch holds. A checkpoint records it, so that a run resumed on a
+    differently cut set (another batch size or packing) is told its position in the epoch is only approximate."""
+    structure, described = data_layout_parts(dataset)
+    digest = hashlib.sha1(json.dumps(structure, separators=(",", ":")).encode()).hexdigest()[:16]
+    return digest, described
+
+
 class PackedSpeechDataset(torch.utils.data.Dataset):
     """Several clips of ``dataset`` in one 30 s window: the encoder costs the same for 3 s of speech or 30 s, so a
     window full of clips trains on 5–10 times more speech for about the same compute (AISHELL clips are ~5 s).
@@ -449,6 +471,9 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.packs)
+
+    def layout(self) -> tuple[object, str]:
+        return {"packs": self.packs}, f"{self.clips} clips in {len(self)} windows"
 
     def __getitem__(self, index: int) -> dict:
         ds, manifest = self.dataset, self.dataset.manifest
@@ -530,6 +555,10 @@ class ClipBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def layout(self) -> tuple[object, str]:
+        inner, described = data_layout_parts(self.dataset)
+        return {"groups": self.groups, "items": inner}, f"{described} in {len(self)} batches"
 
     def __getitem__(self, index: int) -> list[dict]:
         return [self.dataset[i] for i in self.groups[index]]
@@ -624,6 +653,11 @@ class ReplayMix(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.main) + self.per_epoch
+
+    def layout(self) -> tuple[object, str]:
+        inner, described = data_layout_parts(self.main)
+        return ({"main": inner, "replay": [len(self.replay), self.per_epoch]},
+                f"{described} + {self.per_epoch} replay clips an epoch")
 
     def clip_counts(self) -> list[int]:
         """Clips in each item, by index (main's windows, then one per replay clip)."""

@@ -90,6 +90,8 @@ class TrainerState:
     best_step: int | None = None
     metric: str = "cer"
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # how the training set was cut into batches (``Trainer.data_layout``); None in checkpoints written before it
+    data: dict[str, Any] | None = None
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, asdict(self))
@@ -498,7 +500,8 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(optimizer, min(options.warmup_steps, self.total_steps),
                                                          self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.state = TrainerState(max_steps=self.total_steps, metric=options.metric)
+        self.data_layout = self._data_layout()
+        self.state = TrainerState(max_steps=self.total_steps, metric=options.metric, data=self.data_layout)
         from accelerate.utils import DistributedType
 
         self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -644,9 +647,66 @@ class Trainer:
             best = TrainerState.load(best_state)
             if best.best_metric is not None and (saved.best_metric is None or best.best_metric < saved.best_metric):
                 saved.best_metric, saved.best_step = best.best_metric, best.best_step
+        self._carry_position(saved, checkpoint)
+        saved.data = self.data_layout
         self.state = saved
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
                     saved.batch_in_epoch)
+
+    def _data_layout(self) -> dict[str, Any]:
+        """How this run cuts its training set into batches, as a checkpoint records it."""
+        if self.streaming:
+            fingerprint, described = "stream", "a stream"
+        else:
+            from utils.train_data import data_layout
+
+            fingerprint, described = data_layout(self.train_dataset)
+        return {"fingerprint": fingerprint, "description": described, "per_batch": self.per_batch,
+                "world_size": self.world_size,
+                "batches_per_epoch": None if self.streaming else self.batches_per_epoch}
+
+    def _carry_position(self, saved: TrainerState, checkpoint: Path) -> None:
+        """Move the saved position in the epoch (``batch_in_epoch``) onto this run's batches when the checkpoint's
+        run cut its data differently. Same items and processes, another batch size: the same items in the same
+        order, so the position moves exactly (to the batch holding the first unseen item). Other items (another
+        packing, data or process count): the epoch's order differs, so the position keeps its share of the epoch
+        and some of the epoch's clips are seen twice or not at all; said in a warning."""
+        old, new = saved.data, self.data_layout
+        if old is None:
+            logger.info("%s records no data layout (written by an earlier version): resuming at batch %d of epoch "
+                        "%d as saved, which is right only if the batch size, packing and data are unchanged",
+                        checkpoint, saved.batch_in_epoch, saved.epoch)
+            return
+        if old == new or saved.batch_in_epoch == 0:
+            if old != new:
+                logger.info("the checkpoint's run cut the data into %s; this run: %s (the checkpoint is at the "
+                            "start of epoch %d, so nothing is lost)", old["description"], new["description"],
+                            saved.epoch)
+            return
+        position = saved.batch_in_epoch
+        if old["fingerprint"] == new["fingerprint"] and old["world_size"] == new["world_size"]:
+            seen = position * old["per_batch"]  # items this rank had trained on in the epoch
+            saved.batch_in_epoch = seen // new["per_batch"]
+            repeated = seen - saved.batch_in_epoch * new["per_batch"]
+            logger.info("the checkpoint's run took %d item(s) a batch, this run %d: epoch %d goes on after its "
+                        "first %d item(s) on this rank (batch %d)%s", old["per_batch"], new["per_batch"],
+                        saved.epoch, seen, saved.batch_in_epoch,
+                        f"; {repeated} item(s) are trained on again" if repeated else "")
+            return
+        old_total, new_total = old["batches_per_epoch"], new["batches_per_epoch"]
+        if old_total and new_total:
+            saved.batch_in_epoch = position * new_total // old_total
+            where = (f"at batch {saved.batch_in_epoch} of {new_total}, the same share of the epoch "
+                     f"({position}/{old_total} before)")
+        else:  # a stream on either side: the position counts this rank's items
+            seen = position * old["per_batch"] * old["world_size"] // new["world_size"]
+            saved.batch_in_epoch = seen // new["per_batch"]
+            where = f"after about {seen} item(s) on this rank"
+        logger.warning("the checkpoint's run cut the training data into %s on %d process(es); this run cuts it into "
+                       "%s on %d (another batch size, --pack_audio, data or process count): the order of epoch %d "
+                       "differs, so it goes on %s, and some of its clips are trained on twice or not at all. "
+                       "Resume with the checkpoint's settings to continue exactly", old["description"],
+                       old["world_size"], new["description"], new["world_size"], saved.epoch, where)
 
     def _restore_rng(self, path: Path) -> None:
         if not path.is_file():

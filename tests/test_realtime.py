@@ -30,6 +30,7 @@ from utils.streaming import (
     Update,
     StreamToken,
     _align_committed,
+    agreed_tokens,
     collapse_repeats,
     join_words,
     revised_words,
@@ -245,6 +246,30 @@ def test_a_decoder_alternating_between_two_readings_commits_the_one_given_twice_
     assert join_words(updates[1].committed) == "The library"  # the first and second agree up to the flip
     assert join_words(updates[2].committed) == "closed at nine."  # the third agrees with the first
     assert join_words(updates[2].tentative) == "He"
+
+
+def test_agreement_carries_over_one_chinese_character_read_two_ways():
+    assert agreed_tokens(list("近几年不"), list("今几年不但")) == 4  # substituted, the next 3 agree
+    assert agreed_tokens(list("今几年不但我用"), list("近几年不")) == 4
+    assert agreed_tokens(list("今年不但我"), list("今几年不但")) == 4  # left out of the newest
+    assert agreed_tokens(list("今几年不但"), list("今年不但")) == 5  # added in the newest
+    assert agreed_tokens(list("ab近几"), list("ab今几")) == 2  # too little agrees after it
+    assert agreed_tokens(list("近几年不"), list("今天年不")) == 0  # two characters differ
+    # a spaced script's token is a whole word: a word read two ways holds back the words after it, as before
+    assert agreed_tokens("the train leaves at half".split(), "the train lean at half past".split()) == 2
+
+
+def test_a_homophone_read_two_ways_does_not_hold_back_the_words_after_it():
+    readings = ["近几年不但我", "今几年不但我用书", "今几年不但我用书给女儿"]
+    calls = iter([[(0.0, 3.0, r)] for r in readings])
+    policy = StreamingPolicy(lambda audio, prompt: next(calls))
+    updates = []
+    for _ in range(3):
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
+        updates.append(policy.process())
+    assert join_words(updates[1].committed) == "今几年不但我"  # the newest's reading of the disputed character
+    assert join_words(updates[2].committed) == "用书"
+    assert join_words(updates[2].tentative) == "给女儿"
 
 
 def test_a_word_never_read_the_same_twice_is_never_committed_before_the_end():

@@ -6,7 +6,8 @@ committed words + tentative tail``. The policy (:class:`StreamingPolicy`) follow
 
 * every ``chunk_s`` seconds of new audio the whole buffer is decoded again (``hypothesis_fn``);
 * a word is *committed* once two consecutive hypotheses agree on it (longest common prefix after the
-  committed words, LocalAgreement-2), or the newest agrees with the one before the previous (a model that
+  committed words, LocalAgreement-2, carried over one Chinese character read differently when the next few agree:
+  :func:`agreed_tokens`), or the newest agrees with the one before the previous (a model that
   alternates between two readings, as it does in noise, commits the one it gave twice in three decodes instead
   of committing nothing until the buffer is full); the rest of the newest hypothesis is the *tentative* tail;
 * the buffer is trimmed at the end of a Whisper segment whose words are all committed once it is longer
@@ -193,6 +194,33 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
             break
         n += 1
     return n
+
+
+# characters that must agree after the one character two hypotheses read differently for the newest's reading to
+# commit (see agreed_tokens)
+AGREE_AFTER_EDIT = 3
+
+
+def agreed_tokens(newest: Sequence[str], previous: Sequence[str], after_edit: int = AGREE_AFTER_EDIT) -> int:
+    """How many of ``newest``'s tokens (``StreamToken.key``) two consecutive hypotheses agree on: their common prefix,
+    carried over one Chinese/Japanese character read differently, added or left out when the ``after_edit``
+    tokens after it agree (the newest's reading is taken: it heard more of what follows).
+
+    Mandarin has many homophones: a character whose sound is clear can be read two ways on every decode
+    ("今几年" / "近几年", "压岁" / "压碎"), and plain agreement then holds back every word after it until two
+    decodes happen to read it alike. Not for spaced scripts: there a token is a whole word, and a word read two
+    ways is usually one the model does not hear well (in noise); committing the newest reading there made the live
+    text worse (espeak English in 10 dB white noise: live WER 0.23 → 0.28, mean of five runs each)."""
+    n = _common_prefix(newest, previous)
+    best = n
+    for a, b in ((1, 1), (1, 0), (0, 1)):  # substituted, added in the newest, left out of the newest
+        disputed = newest[n:n + a] + previous[n:n + b]
+        if not disputed or not all(unspaced_char(t[:1]) for t in disputed):
+            continue
+        m = _common_prefix(newest[n + a:], previous[n + b:])
+        if m >= after_edit:
+            best = max(best, n + a + m)
+    return best
 
 
 def decode_after_silence(fn: HypothesisFn, audio: np.ndarray, lead: int, prompt: str) -> list[tuple]:
@@ -513,7 +541,7 @@ class StreamingPolicy:
         j = self._skip_committed(words)
         tail = words[j:]
         keys, previous = [w.key for w in tail], [w.key for w in self.tentative]
-        n = max(_common_prefix(keys, previous), _common_prefix(keys, self._older))
+        n = max(agreed_tokens(keys, previous), _common_prefix(keys, self._older))
         self._older = previous[n:] if previous[:n] == keys[:n] else []
         new = tail[:n]
         self.committed += new

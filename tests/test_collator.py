@@ -359,6 +359,34 @@ def test_windows_hold_at_most_a_batch_of_clips_so_small_batches_take_their_size(
         PackedSpeechDataset(ds, max_clips=0)
 
 
+def test_data_layout_tells_apart_every_way_of_cutting_the_data(processor, tmp_path):
+    """A checkpoint's data layout (what a resumed run compares): the same for the same data and arguments, different
+    for other packing, another batch of windows or other clips of the same count."""
+    from utils.train_data import ClipBatches, PackedSpeechDataset, data_layout, window_clip_limit
+
+    repo = Path(__file__).resolve().parent.parent
+    lines = (repo / "dataset" / "train.json").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "audio").symlink_to(repo / "dataset" / "audio")  # the manifest's relative audio paths
+
+    def dataset(text_lines: list[str]) -> SpeechDataset:
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
+        path.write_text("\n".join(text_lines) + "\n", encoding="utf-8")
+        return SpeechDataset(load_manifest(path), processor.feature_extractor, processor.tokenizer,
+                             language="Chinese")
+
+    def batched(ds: SpeechDataset, batch: int) -> ClipBatches:
+        packed = PackedSpeechDataset(ds, max_clips=window_clip_limit(batch))
+        return ClipBatches(packed, packed.clip_counts(), batch_clips=batch)
+
+    ds = dataset(lines)
+    plain = data_layout(ds)
+    assert plain == data_layout(dataset(lines)) and plain[1] == f"{len(lines)} clips"
+    others = [data_layout(dataset(lines[1:] + lines[:1])), data_layout(batched(ds, 8)), data_layout(batched(ds, 4))]
+    assert data_layout(batched(ds, 8)) == others[1]  # packing is seeded: the same arguments, the same layout
+    assert len({plain[0], *(o[0] for o in others)}) == 4, others
+    assert others[1][1].startswith(f"{len(lines)} clips in ") and others[1][1].endswith(" batches")
+
+
 def test_clip_batches_count_clips_not_windows(processor, tokens):
     """--pack_audio batches count clips: each batch is the packed windows whose clip count is nearest the batch
     size, every window in exactly one batch, the same for the same seed; the collator flattens a batch item."""

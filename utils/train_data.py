@@ -305,8 +305,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         return len(self.manifest)
 
     def layout(self) -> tuple[object, str]:
-        """(what identifies how the data is cut into items, as JSON-able data; a description): see ``data_layout``."""
-        return {"clips": len(self)}, f"{len(self)} clips"
+        """(what identifies how the data is cut into items, as JSON-able data; a description): see ``data_layout``.
+        The clips are told apart by their count and durations (other data of the same size differs in them)."""
+        durations = hashlib.sha1(np.asarray(self.manifest.durations, dtype=np.float32).tobytes()).hexdigest()
+        return {"clips": len(self), "durations": durations}, f"{len(self)} clips"
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

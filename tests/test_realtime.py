@@ -231,18 +231,24 @@ def test_local_agreement_needs_two_agreeing_hypotheses():
     assert policy.text == "今天天汽很好啊"
 
 
+def _steps_reading(readings: list[str]) -> list[Update]:
+    """One step per reading, each a second more audio that the fake decoder reads as that text."""
+    calls = iter([[(0.0, 3.0, r)] for r in readings])
+    policy = StreamingPolicy(lambda audio, prompt: next(calls))
+    updates = []
+    for _ in readings:
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
+        updates.append(policy.process())
+    return updates
+
+
 def test_a_decoder_alternating_between_two_readings_commits_the_one_given_twice_in_three():
     # in noise the model can flip between two readings of a word on every decode ("closed" / "cloned"); two
     # consecutive hypotheses then never agree and, without a pause to close the utterance, nothing after the word
     # would be committed until the buffer is full
     readings = ["The library closed at nine.", "The library cloned at nine.",
                 "The library closed at nine. He"]
-    calls = iter([[(0.0, 3.0, r)] for r in readings])
-    policy = StreamingPolicy(lambda audio, prompt: next(calls))
-    updates = []
-    for _ in range(3):
-        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
-        updates.append(policy.process())
+    updates = _steps_reading(readings)
     assert join_words(updates[1].committed) == "The library"  # the first and second agree up to the flip
     assert join_words(updates[2].committed) == "closed at nine."  # the third agrees with the first
     assert join_words(updates[2].tentative) == "He"
@@ -261,12 +267,7 @@ def test_agreement_carries_over_one_chinese_character_read_two_ways():
 
 def test_a_homophone_read_two_ways_does_not_hold_back_the_words_after_it():
     readings = ["近几年不但我", "今几年不但我用书", "今几年不但我用书给女儿"]
-    calls = iter([[(0.0, 3.0, r)] for r in readings])
-    policy = StreamingPolicy(lambda audio, prompt: next(calls))
-    updates = []
-    for _ in range(3):
-        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
-        updates.append(policy.process())
+    updates = _steps_reading(readings)
     assert join_words(updates[1].committed) == "今几年不但我"  # the newest's reading of the disputed character
     assert join_words(updates[2].committed) == "用书"
     assert join_words(updates[2].tentative) == "给女儿"
@@ -274,13 +275,7 @@ def test_a_homophone_read_two_ways_does_not_hold_back_the_words_after_it():
 
 def test_a_word_never_read_the_same_twice_is_never_committed_before_the_end():
     readings = ["a b x1", "a b x2", "a b x3", "a b x4"]
-    calls = iter([[(0.0, 3.0, r)] for r in readings])
-    policy = StreamingPolicy(lambda audio, prompt: next(calls))
-    committed = []
-    for _ in range(4):
-        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
-        committed += policy.process().committed
-    assert join_words(committed) == "a b"
+    assert join_words([w for u in _steps_reading(readings) for w in u.committed]) == "a b"
 
 
 def test_vad_skips_silence_and_closes_utterances_at_pauses():

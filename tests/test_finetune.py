@@ -306,9 +306,9 @@ def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_
     run = out / tiny_whisper_dir.name
     common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False, pack_audio=False)
     assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=1, **common)) == 0
-    assert _state(run, "checkpoint-4")["data"] == {"fingerprint": _state(run, "checkpoint-4")["data"]["fingerprint"],
-                                                   "description": "6 clips", "per_batch": 1, "world_size": 1,
-                                                   "batches_per_epoch": 6}
+    data = _state(run, "checkpoint-4")["data"]
+    assert len(data.pop("fingerprint")) == 16
+    assert data == {"description": "6 clips", "seed": 42, "per_batch": 1, "world_size": 1, "batches_per_epoch": 6}
     with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=2,
                                    resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
@@ -318,6 +318,19 @@ def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_
     # step 5 trains batch 2 (the epoch's last), step 6 the first batch of epoch 1
     assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 1
     assert state["data"]["per_batch"] == 2 and state["data"]["batches_per_epoch"] == 3
+
+
+def test_resume_with_another_seed_warns(tiny_whisper_dir, corpus, tmp_path, caplog):
+    """The epoch's order depends on the seed: resumed with another --seed, the clips trained on are not the first
+    ones of the new order, so the run says so (the same clips and batch size looked unchanged)."""
+    out = tmp_path / "out"
+    common = dict(max_steps=4, save_steps=4, eval_steps=0, timestamps=False, pack_audio=False,
+                  per_device_train_batch_size=1)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, **common)) == 0
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint="auto", seed=7,
+                                   **{**common, "max_steps": 5})) == 0
+    assert "data, seed or process count): the order of epoch 0 differs, so it goes on at batch 4 of 6" in caplog.text
 
 
 def test_resume_of_an_older_checkpoint_with_a_larger_batch_starts_the_next_epoch(tiny_whisper_dir, corpus,
@@ -348,21 +361,22 @@ def test_resume_with_other_packing_warns_and_keeps_the_share_of_the_epoch(tiny_w
     is what was missing: a changed batch size or packing used to re-cut the data silently."""
     out = tmp_path / "out"
     run = out / tiny_whisper_dir.name
-    common = dict(save_steps=4, eval_steps=0, timestamps=False, per_device_train_batch_size=2)
-    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=4, pack_audio=False, **common)) == 0
-    saved = _state(run, "checkpoint-4")  # 4 steps of 3 batches an epoch: batch 1 of epoch 1
-    assert (saved["epoch"], saved["batch_in_epoch"]) == (1, 1)
+    common = dict(save_steps=4, eval_steps=0, timestamps=False)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=4, pack_audio=False,
+                               per_device_train_batch_size=1, **common)) == 0
+    saved = _state(run, "checkpoint-4")  # 4 of the epoch's 6 batches of one clip
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (0, 4)
     with caplog.at_level("WARNING"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=6, pack_audio=True,
-                                   resume_from_checkpoint="auto", **common)) == 0
+                                   per_device_train_batch_size=2, resume_from_checkpoint="auto", **common)) == 0
     state = _state(run)
     new = state["data"]
     assert new["description"].startswith("6 clips in ") and " windows in " in new["description"]
     assert new["fingerprint"] != saved["data"]["fingerprint"]
     assert "the checkpoint's run cut the training data into 6 clips on 1 process(es); this run cuts it into " \
            f"{new['description']} on 1" in caplog.text
-    assert f"it goes on at batch {new['batches_per_epoch'] // 3} of {new['batches_per_epoch']}, the same share of " \
-           "the epoch (1/3 before)" in caplog.text
+    assert new["batches_per_epoch"] == 3  # 4 windows of the 6 clips in 3 batches of about 2 clips
+    assert "it goes on at batch 2 of 3, the same share of the epoch (4/6 before)" in caplog.text
     assert state["global_step"] == 6
 
 

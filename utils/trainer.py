@@ -656,20 +656,23 @@ class Trainer:
     def _data_layout(self) -> dict[str, Any]:
         """How this run cuts its training set into batches, as a checkpoint records it."""
         if self.streaming:
-            fingerprint, described = "stream", "a stream"
+            stream = self.train_dataset
+            name = getattr(getattr(stream, "stream", None), "name", "a stream")
+            fingerprint = f"stream {name}, shuffle buffer {getattr(stream, 'shuffle_buffer', None)}"
+            described = f"the stream {name}"
         else:
             from utils.train_data import data_layout
 
             fingerprint, described = data_layout(self.train_dataset)
-        return {"fingerprint": fingerprint, "description": described, "per_batch": self.per_batch,
-                "world_size": self.world_size,
+        return {"fingerprint": fingerprint, "description": described, "seed": self.options.seed,
+                "per_batch": self.per_batch, "world_size": self.world_size,
                 "batches_per_epoch": None if self.streaming else self.batches_per_epoch}
 
     def _carry_position(self, saved: TrainerState, checkpoint: Path) -> None:
         """Move the saved position in the epoch (``batch_in_epoch``) onto this run's batches when the checkpoint's
-        run cut its data differently. Same items and processes, another batch size: the same items in the same
+        run cut its data differently. Same items, seed and processes, another batch size: the same items in the same
         order, so the position moves exactly (to the batch holding the first unseen item). Other items (another
-        packing, data or process count): the epoch's order differs, so the position keeps its share of the epoch
+        packing, data, seed or process count): the epoch's order differs, so the position keeps its share of the epoch
         and some of the epoch's clips are seen twice or not at all; said in a warning."""
         old, new = saved.data, self.data_layout
         if old is None:
@@ -684,7 +687,8 @@ class Trainer:
                             saved.epoch)
             return
         position = saved.batch_in_epoch
-        if old["fingerprint"] == new["fingerprint"] and old["world_size"] == new["world_size"]:
+        same = ("fingerprint", "world_size", "seed")  # the epoch's order depends on the seed too
+        if all(old.get(k) == new[k] for k in same):
             seen = position * old["per_batch"]  # items this rank had trained on in the epoch
             saved.batch_in_epoch = seen // new["per_batch"]
             repeated = seen - saved.batch_in_epoch * new["per_batch"]
@@ -703,8 +707,8 @@ class Trainer:
             saved.batch_in_epoch = seen // new["per_batch"]
             where = f"after about {seen} item(s) on this rank"
         logger.warning("the checkpoint's run cut the training data into %s on %d process(es); this run cuts it into "
-                       "%s on %d (another batch size, --pack_audio, data or process count): the order of epoch %d "
-                       "differs, so it goes on %s, and some of its clips are trained on twice or not at all. "
+                       "%s on %d (another batch size, --pack_audio, data, seed or process count): the order of epoch "
+                       "%d differs, so it goes on %s, and some of its clips are trained on twice or not at all. "
                        "Resume with the checkpoint's settings to continue exactly", old["description"],
                        old["world_size"], new["description"], new["world_size"], saved.epoch, where)
 

@@ -395,8 +395,8 @@ def data_layout_parts(dataset: torch.utils.data.Dataset) -> tuple[object, str]:
 
 
 def data_layout(dataset: torch.utils.data.Dataset) -> tuple[str, str]:
-    """(fingerprint, description) of how a training set is cut into items: its clip count, and packed, which clips
-    each window holds and which windows each batch holds. A checkpoint records it, so that a run resumed on a
+    """(fingerprint, description) of how a training set is cut into items: its clips (count and durations), and
+    packed, which clips each window holds and which windows each batch holds. A checkpoint records it, so that a run resumed on a
     differently cut set (another batch size or packing) is told its position in the epoch is only approximate."""
     structure, described = data_layout_parts(dataset)
     digest = hashlib.sha1(json.dumps(structure, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -475,7 +475,8 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
         return len(self.packs)
 
     def layout(self) -> tuple[object, str]:
-        return {"packs": self.packs}, f"{self.clips} clips in {len(self)} windows"
+        return {"packs": self.packs, "clips": data_layout_parts(self.dataset)[0]}, \
+            f"{self.clips} clips in {len(self)} windows"
 
     def __getitem__(self, index: int) -> dict:
         ds, manifest = self.dataset, self.dataset.manifest

@@ -305,3 +305,54 @@ def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, ca
     with pytest.raises(SystemExit):
         finetune.main([*common, "--streaming=True"])
     assert "--streaming: a stream has no length, so give the run's length with --max_steps" in capsys.readouterr().err
+
+
+def test_a_stream_layout_tells_apart_its_split_bounds_and_shuffle_buffer(demo, tiny_whisper_dir):
+    """A checkpoint of a streamed run records which items the stream gives: another split, duration bounds or
+    shuffle buffer is another stream (a resumed run is then told its position is only approximate)."""
+    from transformers import WhisperProcessor
+
+    from utils.hf_data import DatasetStream
+    from utils.train_data import StreamingSpeechDataset, data_layout
+
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+
+    def layout(split="train", max_duration=30.0, shuffle_buffer=100):
+        stream = DatasetStream(str(demo["dir"] / "parquet"), split=split, split_flag="--train_split",
+                               options=DatasetOptions(streaming=True), max_duration=max_duration)
+        return data_layout(StreamingSpeechDataset(stream, processor.feature_extractor, processor.tokenizer,
+                                                  language="Chinese", shuffle_buffer=shuffle_buffer))
+
+    fingerprint, described = layout()
+    assert described == f"the stream {demo['dir'] / 'parquet'} (split train)"
+    assert layout() == (fingerprint, described)
+    others = [layout(split="test")[0], layout(max_duration=10.0)[0], layout(shuffle_buffer=50)[0]]
+    assert len({fingerprint, *others}) == 4
+
+
+@pytest.mark.parametrize("first,then", [(True, False), (False, True)], ids=["stream-then-whole", "whole-then-stream"])
+def test_resume_between_a_stream_and_the_whole_dataset_starts_the_epoch_again(tiny_whisper_dir, demo, tmp_path,
+                                                                              caplog, first, then):
+    """A stream's position counts batches over the whole run, a dataset's within its epoch: resumed on the same
+    data read the other way, the run warns and its data starts at the beginning of the epoch (it used to carry
+    the item count over: 2 batches of 2 became batch 2 of the other reading)."""
+    out = tmp_path / "out"
+    common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
+              f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
+              "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=0",
+              "--save_steps=2", "--generation_max_length=4", "--num_workers=0", "--pack_audio=False",
+              "--timestamps=False"]
+    assert finetune.main([*common, f"--streaming={first}", "--max_steps=2"]) == 0
+    run = out / tiny_whisper_dir.name
+    saved = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (0, 2)
+    caplog.set_level("INFO")
+    assert finetune.main([*common, f"--streaming={then}", "--max_steps=4", "--resume_from_checkpoint=auto"]) == 0
+    assert "the checkpoint's run had trained 2 batches of " in caplog.text
+    assert "a stream's position and an epoch's do not correspond, so this run's data starts at the beginning of " \
+           "epoch 0" in caplog.text
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    # steps 3 and 4 trained the first two batches of epoch 0 (carried over, they were batches 2 and 3, and the
+    # dataset's 3-batch epoch had ended after the first)
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 0, 2)
+    assert (state["data"]["batches_per_epoch"] is None) == then

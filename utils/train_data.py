@@ -590,6 +590,15 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:  # the trainer's epoch is the whole run here
         self.builder.set_epoch(epoch)
 
+    def layout(self) -> tuple[object, str]:
+        """(what identifies the stream's items, as JSON-able data; a description): see ``data_layout``. Its source,
+        split, duration bounds and shuffle buffer set which items come in which order (the seed is recorded apart)."""
+        stream = self.stream
+        name, split = getattr(stream, "name", "a stream"), getattr(stream, "split", None)
+        bounds = [getattr(stream, "min_duration", None), getattr(stream, "max_duration", None)]
+        return ({"stream": name, "split": split, "duration_bounds": bounds, "shuffle_buffer": self.shuffle_buffer},
+                f"the stream {name} (split {split})")
+
     def set_skip(self, items: int, batch_size: int = 1) -> None:
         """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them), read in
         batches of ``batch_size``: DataLoader workers take whole batches in turn, so the batches they deliver (round

@@ -654,16 +654,11 @@ class Trainer:
                     saved.batch_in_epoch)
 
     def _data_layout(self) -> dict[str, Any]:
-        """How this run cuts its training set into batches, as a checkpoint records it."""
-        if self.streaming:
-            stream = self.train_dataset
-            name = getattr(getattr(stream, "stream", None), "name", "a stream")
-            fingerprint = f"stream {name}, shuffle buffer {getattr(stream, 'shuffle_buffer', None)}"
-            described = f"the stream {name}"
-        else:
-            from utils.train_data import data_layout
+        """How this run cuts its training set into batches, as a checkpoint records it (``batches_per_epoch`` is None
+        for a stream: its one "epoch" is the whole run)."""
+        from utils.train_data import data_layout
 
-            fingerprint, described = data_layout(self.train_dataset)
+        fingerprint, described = data_layout(self.train_dataset)
         return {"fingerprint": fingerprint, "description": described, "seed": self.options.seed,
                 "per_batch": self.per_batch, "world_size": self.world_size,
                 "batches_per_epoch": None if self.streaming else self.batches_per_epoch}
@@ -673,7 +668,8 @@ class Trainer:
         run cut its data differently. Same items, seed and processes, another batch size: the same items in the same
         order, so the position moves exactly (to the batch holding the first unseen item). Other items (another
         packing, data, seed or process count): the epoch's order differs, so the position keeps its share of the epoch
-        and some of the epoch's clips are seen twice or not at all; said in a warning."""
+        and some of the epoch's clips are seen twice or not at all; said in a warning. Between a stream and a dataset
+        read whole the positions have no common measure: the epoch starts from its beginning, with a warning."""
         old, new = saved.data, self.data_layout
         if old is None:
             logger.info("%s records no data layout (written by an earlier version): resuming at batch %d of epoch "
@@ -685,6 +681,15 @@ class Trainer:
                 logger.info("the checkpoint's run cut the data into %s; this run: %s (the checkpoint is at the "
                             "start of epoch %d, so nothing is lost)", old["description"], new["description"],
                             saved.epoch)
+            return
+        if (old.get("batches_per_epoch") is None) != (new["batches_per_epoch"] is None):
+            # a stream's position counts batches over the whole run, an epoch's within the epoch: no common measure
+            logger.warning("the checkpoint's run had trained %d batches of %s in epoch %d; this run reads %s: a "
+                           "stream's position and an epoch's do not correspond, so this run's data starts at the "
+                           "beginning of epoch %d (items seen before may be trained on again; the weights, optimizer "
+                           "and step go on)", saved.batch_in_epoch, old["description"], saved.epoch,
+                           new["description"], saved.epoch)
+            saved.batch_in_epoch = 0
             return
         position = saved.batch_in_epoch
         same = ("fingerprint", "world_size", "seed")  # the epoch's order depends on the seed too
@@ -702,7 +707,7 @@ class Trainer:
             saved.batch_in_epoch = position * new_total // old_total
             where = (f"at batch {saved.batch_in_epoch} of {new_total}, the same share of the epoch "
                      f"({position}/{old_total} before)")
-        else:  # a stream on either side: the position counts this rank's items
+        else:  # streams on both sides (another source, split, bounds or buffer): count this rank's items
             seen = position * old["per_batch"] * old["world_size"] // new["world_size"]
             saved.batch_in_epoch = seen // new["per_batch"]
             where = f"after about {seen} item(s) on this rank"

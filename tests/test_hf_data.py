@@ -309,7 +309,7 @@ def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, ca
 
 def test_a_stream_layout_tells_apart_its_split_bounds_and_shuffle_buffer(demo, tiny_whisper_dir):
     """A checkpoint of a streamed run records which items the stream gives: another split, duration bounds or
-    shuffle buffer is another stream (a resumed run is then told its position is only approximate)."""
+    shuffle buffer is another stream."""
     from transformers import WhisperProcessor
 
     from utils.hf_data import DatasetStream
@@ -317,17 +317,19 @@ def test_a_stream_layout_tells_apart_its_split_bounds_and_shuffle_buffer(demo, t
 
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
 
-    def layout(split="train", max_duration=30.0, shuffle_buffer=100):
+    def layout(split="train", min_duration=0.0, max_duration=30.0, shuffle_buffer=100):
         stream = DatasetStream(str(demo["dir"] / "parquet"), split=split, split_flag="--train_split",
-                               options=DatasetOptions(streaming=True), max_duration=max_duration)
+                               options=DatasetOptions(streaming=True), min_duration=min_duration,
+                               max_duration=max_duration)
         return data_layout(StreamingSpeechDataset(stream, processor.feature_extractor, processor.tokenizer,
                                                   language="Chinese", shuffle_buffer=shuffle_buffer))
 
     fingerprint, described = layout()
     assert described == f"the stream {demo['dir'] / 'parquet'} (split train)"
     assert layout() == (fingerprint, described)
-    others = [layout(split="test")[0], layout(max_duration=10.0)[0], layout(shuffle_buffer=50)[0]]
-    assert len({fingerprint, *others}) == 4
+    others = [layout(split="test")[0], layout(min_duration=1.0)[0], layout(max_duration=10.0)[0],
+              layout(shuffle_buffer=50)[0]]
+    assert len({fingerprint, *others}) == 5
 
 
 @pytest.mark.parametrize("first,then", [(True, False), (False, True)], ids=["stream-then-whole", "whole-then-stream"])
@@ -349,10 +351,33 @@ def test_resume_between_a_stream_and_the_whole_dataset_starts_the_epoch_again(ti
     caplog.set_level("INFO")
     assert finetune.main([*common, f"--streaming={then}", "--max_steps=4", "--resume_from_checkpoint=auto"]) == 0
     assert "the checkpoint's run had trained 2 batches of " in caplog.text
-    assert "a stream's position and an epoch's do not correspond, so this run's data starts at the beginning of " \
-           "epoch 0" in caplog.text
+    starts = "from its first item" if then else "at the beginning of epoch 0"
+    assert f"a stream's position and an epoch's do not correspond, so this run's data starts {starts}" in caplog.text
     state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
     # steps 3 and 4 trained the first two batches of epoch 0 (carried over, they were batches 2 and 3, and the
     # dataset's 3-batch epoch had ended after the first)
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 0, 2)
     assert (state["data"]["batches_per_epoch"] is None) == then
+
+
+def test_a_streamed_checkpoint_of_the_version_before_resumes_without_a_warning(tiny_whisper_dir, demo, tmp_path,
+                                                                              caplog):
+    """Checkpoints written before a stream had its layout recorded its fingerprint as "stream <name>, shuffle buffer
+    <n>": resumed with the same settings, the run goes on after the batches trained on and warns of nothing."""
+    out = tmp_path / "out"
+    common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
+              f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
+              "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=0",
+              "--save_steps=2", "--generation_max_length=4", "--num_workers=0", "--timestamps=False",
+              "--streaming=True"]
+    assert finetune.main([*common, "--max_steps=2"]) == 0
+    path = out / tiny_whisper_dir.name / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    name = str(demo["dir"] / "parquet")
+    state["data"].update(fingerprint=f"stream {name}, shuffle buffer 1000", description=f"the stream {name}")
+    path.write_text(json.dumps(state))
+    caplog.set_level("INFO")
+    assert finetune.main([*common, "--max_steps=3", "--resume_from_checkpoint=auto"]) == 0
+    assert "cut the training data into" not in caplog.text  # the warning of a changed layout
+    state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)

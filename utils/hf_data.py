@@ -394,6 +394,7 @@ class DatasetStream:
         self.dataset = _undecoded(ds.select_columns([self.audio_column, self.text_column]), self.audio_column)
         self.base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
         self.name = spec.rstrip("/")
+        self.config = options.config
         self.min_duration, self.max_duration = min_duration, max_duration
 
     def records(self, *, seed: int | None = None, epoch: int = 0, shuffle_buffer: int = 1000, rank: int = 0,

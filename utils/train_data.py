@@ -592,12 +592,19 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
 
     def layout(self) -> tuple[object, str]:
         """(what identifies the stream's items, as JSON-able data; a description): see ``data_layout``. Its source,
-        split, duration bounds and shuffle buffer set which items come in which order (the seed is recorded apart)."""
+        config, split, columns, duration bounds and shuffle buffer set which items come in which order (the seed is
+        recorded apart)."""
         stream = self.stream
         name, split = getattr(stream, "name", "a stream"), getattr(stream, "split", None)
-        bounds = [getattr(stream, "min_duration", None), getattr(stream, "max_duration", None)]
-        return ({"stream": name, "split": split, "duration_bounds": bounds, "shuffle_buffer": self.shuffle_buffer},
-                f"the stream {name} (split {split})")
+        parts = {"stream": name, "config": getattr(stream, "config", None), "split": split,
+                 "columns": [getattr(stream, "audio_column", None), getattr(stream, "text_column", None)],
+                 "duration_bounds": [getattr(stream, "min_duration", None), getattr(stream, "max_duration", None)],
+                 "shuffle_buffer": self.shuffle_buffer}
+        return parts, f"the stream {name}" + (f" (split {split})" if split else "")
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint checkpoints of the version before ``layout`` recorded for this stream."""
+        return f"stream {getattr(self.stream, 'name', 'a stream')}, shuffle buffer {self.shuffle_buffer}"
 
     def set_skip(self, items: int, batch_size: int = 1) -> None:
         """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them), read in

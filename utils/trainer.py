@@ -676,6 +676,9 @@ class Trainer:
                         "%d as saved, which is right only if the batch size, packing and data are unchanged",
                         checkpoint, saved.batch_in_epoch, saved.epoch)
             return
+        legacy = getattr(self.train_dataset, "legacy_fingerprint", None)
+        if legacy is not None and old.get("fingerprint") == legacy():  # a stream's checkpoint of the version before
+            old = {**old, "fingerprint": new["fingerprint"], "description": new["description"]}
         if old == new or saved.batch_in_epoch == 0:
             if old != new:
                 logger.info("the checkpoint's run cut the data into %s; this run: %s (the checkpoint is at the "
@@ -684,11 +687,15 @@ class Trainer:
             return
         if (old.get("batches_per_epoch") is None) != (new["batches_per_epoch"] is None):
             # a stream's position counts batches over the whole run, an epoch's within the epoch: no common measure
-            logger.warning("the checkpoint's run had trained %d batches of %s in epoch %d; this run reads %s: a "
-                           "stream's position and an epoch's do not correspond, so this run's data starts at the "
-                           "beginning of epoch %d (items seen before may be trained on again; the weights, optimizer "
-                           "and step go on)", saved.batch_in_epoch, old["description"], saved.epoch,
-                           new["description"], saved.epoch)
+            if new["batches_per_epoch"] is None:
+                was, starts = f"batches of epoch {saved.epoch} of {old['description']}", "from its first item"
+                saved.epoch = 0  # a stream's one "epoch" is the whole run
+            else:
+                was, starts = f"batches of {old['description']}", f"at the beginning of epoch {saved.epoch}"
+            logger.warning("the checkpoint's run had trained %d %s on each process; this run reads %s: a stream's "
+                           "position and an epoch's do not correspond, so this run's data starts %s (items seen "
+                           "before are trained on again; the weights, optimizer and step go on)",
+                           saved.batch_in_epoch, was, new["description"], starts)
             saved.batch_in_epoch = 0
             return
         position = saved.batch_in_epoch

@@ -780,7 +780,8 @@ def test_training_with_previous_text_prompts(tiny_whisper_dir, corpus, tmp_path,
 
 def test_a_model_trained_without_timestamps_says_so(tiny_whisper_dir, corpus, tmp_path, caplog, zh_wav):
     """--timestamps=False is logged while training, recorded in generation_config.json, and inference warns
-    when segment timestamps are asked of the merged model (not silently)."""
+    when segment timestamps are asked of the merged model (not silently), on either backend (the ct2 backend used to
+    say nothing)."""
     import merge_lora
     from utils.transcribe import DecodeOptions, load_transcriber
 
@@ -793,12 +794,14 @@ def test_a_model_trained_without_timestamps_says_so(tiny_whisper_dir, corpus, tm
         assert ("training without timestamp tokens" in caplog.text) is not timestamps
         final = out / tiny_whisper_dir.name / "checkpoint-final"
         assert json.loads((final / "generation_config.json").read_text())["finetune_timestamps"] is timestamps
-        assert merge_lora.main([f"--lora_model={final}", f"--output_dir={out / 'models'}"]) == 0
-        engine = load_transcriber(str(out / "models" / f"{tiny_whisper_dir.name}-finetune"), "transformers")
-        caplog.clear()
-        with caplog.at_level("WARNING"):
-            engine.transcribe(str(zh_wav), DecodeOptions(language="zh", timestamps=True, max_new_tokens=4))
-        assert ("fine-tuned without timestamp tokens" in caplog.text) is not timestamps
+        assert merge_lora.main([f"--lora_model={final}", f"--output_dir={out / 'models'}", "--ct2=True"]) == 0
+        merged = out / "models" / f"{tiny_whisper_dir.name}-finetune"
+        for backend, folder in (("transformers", merged), ("ct2", merged.with_name(merged.name + "-ct2"))):
+            engine = load_transcriber(str(folder), backend)
+            caplog.clear()
+            with caplog.at_level("WARNING"):
+                engine.transcribe(str(zh_wav), DecodeOptions(language="zh", timestamps=True, max_new_tokens=4))
+            assert ("fine-tuned without timestamp tokens" in caplog.text) is not timestamps, backend
 
 
 

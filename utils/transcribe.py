@@ -1577,6 +1577,7 @@ class CT2Transcriber(_BaseTranscriber):
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
+        self.trained_without_timestamps = _ct2_generation_config(model_dir).get("finetune_timestamps") is False
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: dict[tuple[int, bytes], np.ndarray] = {}  # encoder output rows (frames, d) of the last chunks
         self._torch_encoder = self._onnx_encoder = None
@@ -2046,20 +2047,25 @@ def _model_language(language: Any, model_dir: str) -> str | None:
         return None
 
 
-def _ct2_model_language(model_dir: str) -> str | None:
-    """The fine-tuned language of a CTranslate2 folder: its copy of the generation config (merge_lora.py --ct2
-    writes one), if any."""
+def _ct2_generation_config(model_dir: str) -> dict:
+    """A CTranslate2 folder's copy of the generation config (merge_lora.py --ct2 writes one: the fine-tuned language,
+    whether it was fine-tuned with timestamp tokens), or {} where it has none."""
     import json
 
     path = os.path.join(model_dir, "generation_config.json")
     if not os.path.isfile(path):
-        return None
+        return {}
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable JSON generation config ({e}); fix or delete it") from e
-    return _model_language(config.get("language") if isinstance(config, dict) else None, model_dir)
+    return config if isinstance(config, dict) else {}
+
+
+def _ct2_model_language(model_dir: str) -> str | None:
+    """The fine-tuned language of a CTranslate2 folder (from its generation config), if any."""
+    return _model_language(_ct2_generation_config(model_dir).get("language"), model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ case; for English — the record's ``language``, else ``--language`` — also Wh
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
-                       add_engine_args, add_hidden_alias, add_model_args, check_output_path, make_parser,
+                       add_engine_args, add_hidden_alias, add_model_args, check_output_path, make_parser, positive_int,
                        resolve_encoder_window, setup_logging)
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
@@ -60,11 +61,12 @@ def build_parser():
     add_encoder_window_arg(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
     parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
-    parser.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
+    parser.add_argument("--num_beams", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --beam_size
     add_audio_length_args(parser, min_default=0.0)
     add_hidden_alias(parser, "--min_duration", "--min_audio_len")
     add_hidden_alias(parser, "--max_duration", "--max_audio_len")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N utterances")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="score only the first N utterances (N ≥ 1; all when not given)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the sampled fallback decodes")
     add_bool(parser, "fallback", False, "temperature fallback on repetition / low log-probability (sampled, "
              "seeded); off by default: deterministic greedy/beam scores")

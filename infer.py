@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"beam width (1 = greedy); default {CT2_BEAM_SIZE} with --backend=ct2 (beam search costs "
                         "little there and cuts errors), 1 with transformers (its beam search doubles the time on a "
                         "CPU)")
-    d.add_argument("--num_beams", type=int, default=None, help="old name of --beam_size")
+    d.add_argument("--num_beams", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --beam_size
     add_bool(d, "timestamps", False, "segment-level timestamps")
     add_bool(d, "word_timestamps", False, "word-level timestamps (Chinese: per character) with probabilities, "
              "in the JSON output (cross-attention alignment)")
@@ -178,7 +178,11 @@ def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, st
 def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ("; several files go after one --audio_path separated by spaces (--audio_path a.wav b.wav), not after "
+                "--audio_path=" if not any(e.startswith("-") for e in extra) else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     setup_logging(args.verbose)
     if args.use_bettertransformer:
         logger.warning("--use_bettertransformer is deprecated upstream (optimum BetterTransformer); "

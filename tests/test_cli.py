@@ -77,8 +77,22 @@ def test_old_spellings_still_work_and_are_hidden():
     assert parsers["evaluation"].parse_args([]).min_audio_len == 0.0  # the alias does not override the default
     st = parsers["sentiment_analysis"].parse_args(["--text=好", "--model=vader", "--output_format=text"])
     assert (st.model_path, st.output_format) == ("vader", "txt")
-    for name, alias in (("evaluation", "--min_duration"), ("sentiment_analysis", "--model ")):
+    for name, alias in (("evaluation", "--min_duration"), ("sentiment_analysis", "--model "),
+                        ("evaluation", "--num_beams"), ("infer", "--num_beams")):
         assert alias not in parsers[name].format_help(), name
+    assert parsers["infer"].parse_args(["--audio_path=a.wav", "--num_beams=4"]).num_beams == 4
+
+
+def test_help_states_each_default_once():
+    """A flag whose help says its default is not followed by argparse's "(default: ...)" too (evaluation's
+    --output read "(default: <model_path ...> in the cwd) (default: None)")."""
+    for name, parser in _parsers().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.help and "default" in action.help.lower():
+                assert formatter._get_help_string(action) == action.help, (name, action.dest)
+        text = " ".join(parser.format_help().split())
+        assert "in the cwd) (default" not in text, name
 
 
 def test_output_paths_checked_by_several_processes_at_once_are_all_writable(tmp_path):

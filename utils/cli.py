@@ -50,9 +50,29 @@ def optional_float(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or None, got {value!r}") from None
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default in ``--help``, except where its help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(value: str) -> int:
+    """A count flag: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {number}")
+    return number
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser that shows defaults in ``--help``."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelpFormatter)
 
 
 def add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
@@ -152,7 +172,8 @@ def encoder_window_flag(value: str) -> str | float | None:
 
 # --encoder_window_seconds=auto on a CPU (evaluation.py, realtime_transcribe.py): at least 15 s, the longest clip or
 # buffer + 5 s rounded up to 5 s. Evaluation decodes the demo test set in half the time, real and espeak English
-# score as in 30 s (10 s: one more wrong word in each); streaming keeps up (README "评估模型", "实时转录", "速度")
+# score as in 30 s (10 s: one more wrong word in each); streaming keeps up
+# (README "评估模型", "实时转录", "速度")
 CPU_ENCODER_WINDOW_S = 15.0
 
 

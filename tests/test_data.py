@@ -97,7 +97,9 @@ def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
     caplog.set_level(logging.INFO)
     man = load_manifest(m, min_duration=0.5, max_duration=30)
     assert len(man) == 1 and man[0].duration == 1.0
-    assert "left out 1 clips shorter" in caplog.text
+    # the lines are named (a wrong 'duration' drops a clip, and the user can find it)
+    assert "left out 1 clips shorter than 0.50 s and 1 longer than 30.00 s (lines 1, 3: check their 'duration' " \
+           "against the audio)" in caplog.text
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

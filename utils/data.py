@@ -306,6 +306,7 @@ def load_manifest(
     offsets, durations = array("q"), array("f")
     bases, line_numbers = array("B"), array("i")
     skipped_invalid = skipped_short = skipped_long = timestamped = 0
+    left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
@@ -337,11 +338,13 @@ def load_manifest(
                 logger.warning("skipping invalid line: %s", e)
                 continue
             duration = float(obj["duration"])
-            if duration < min_duration:
-                skipped_short += 1
-                continue
-            if 0 < max_duration < duration:
-                skipped_long += 1
+            if duration < min_duration or 0 < max_duration < duration:
+                if len(left_out_lines) < 5:
+                    left_out_lines.append(lineno)
+                if duration < min_duration:
+                    skipped_short += 1
+                else:
+                    skipped_long += 1
                 continue
             offsets.append(line_offset)
             durations.append(duration)
@@ -351,7 +354,7 @@ def load_manifest(
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
-                 max_duration=max_duration, what="lines")
+                 max_duration=max_duration, what="lines", lines=left_out_lines)
     if not offsets:
         raise ManifestError(f"{path}: no usable lines left after filtering (duration bounds "
                             f"{min_duration}..{max_duration} s, {skipped_invalid} invalid)")
@@ -366,11 +369,15 @@ def load_manifest(
 
 
 def log_left_out(name: str, *, short: int, long: int, invalid: int, min_duration: float, max_duration: float,
-                 what: str) -> None:
-    """Log what loading a manifest or dataset left out: clips outside the duration bounds, invalid ``what``."""
+                 what: str, lines: Sequence[int] = ()) -> None:
+    """Log what loading a manifest or dataset left out: clips outside the duration bounds (``lines``: the first
+    line numbers of those, where known), invalid ``what``."""
     if short or long:
-        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s",
-                    name, short, min_duration, long, max_duration)
+        more = " …" if short + long > len(lines) else ""
+        where = (f" (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}{more}: check their "
+                 "'duration' against the audio)" if lines else "")
+        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s%s",
+                    name, short, min_duration, long, max_duration, where)
     if invalid:
         logger.warning("%s: skipped %d invalid %s (--skip_invalid)", name, invalid, what)
 

@@ -190,6 +190,16 @@ def _hub_unreachable_reason() -> str | None:
         return f"cannot connect to {url.hostname}:{port} ({type(e).__name__}: {e})"
 
 
+def hub_unusable_reason(name_or_path: str) -> str | None:
+    """Why ``name_or_path``, which is not a local folder, cannot be fetched from the hub now: it can only be a path,
+    ``HF_HUB_OFFLINE`` is set, or the hub does not answer a quick connect (``HUB_PROBE_TIMEOUT_S``); None when it
+    may be fetched. For loaders of models other than Whisper (``resolve_model`` does this itself): without the
+    check, transformers retries an unreachable hub for most of a minute before it fails."""
+    if _looks_like_path(name_or_path):
+        return "no such folder, and it cannot be a hub id"
+    return "HF_HUB_OFFLINE is set" if _hub_offline_env() else _hub_unreachable_reason()
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning "the hub cannot be reached", across huggingface_hub's HTTP backends."""
     from huggingface_hub.errors import OfflineModeIsEnabled

@@ -297,12 +297,18 @@ class HFSentiment(SentimentModel):
         self.name = name
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        from utils.models import hub_unusable_reason
+
+        unusable = None if local_files_only or Path(name).expanduser().is_dir() else hub_unusable_reason(name)
+        if unusable is not None:
+            local_files_only = True  # the hub cache only: transformers would retry an unreachable hub for a minute
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
             model = AutoModelForSequenceClassification.from_pretrained(name, local_files_only=local_files_only)
         except (OSError, ValueError) as e:
+            reason = f"not a local folder and not in the Hugging Face cache; the hub: {unusable}" if unusable else e
             raise SentimentModelError(
-                f"{name}: cannot load a text-classification model ({e}). Give a local model folder or a "
+                f"{name}: cannot load a text-classification model ({reason}). Give a local model folder or a "
                 "reachable hub id, or leave the model unset for the offline default (lexicon / vader)"
             ) from e
         self.model = model.eval().to(self.device)

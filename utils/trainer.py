@@ -157,6 +157,9 @@ def check_checkpoint(checkpoint: str | os.PathLike, *, adalora: bool) -> None:
     from utils.lora import AdapterError, check_adapter
 
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"{checkpoint}: no such folder; give a checkpoint-<step> folder of the run, or auto "
+                                "for its newest")
     state_path = checkpoint / STATE_FILE
     if not state_path.is_file():
         raise FileNotFoundError(f"{checkpoint}: not a resumable checkpoint (no {STATE_FILE})")

@@ -21,8 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, header_seconds
-from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, check_output_path, make_parser,
-                       add_to_simple_arg, setup_logging)
+from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
+                       check_output_path, make_parser, setup_logging)
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "little there and cuts errors), 1 with transformers (its beam search doubles the time on a "
                         "CPU)")
     d.add_argument("--num_beams", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --beam_size
-    add_bool(d, "timestamps", False, "segment-level timestamps")
+    d.add_argument("--timestamps", type=bool_or_auto, nargs="?", const=True, default=None,
+                   help="segment-level timestamps: true/false/auto (auto, the default: on when --output_format "
+                        "writes srt or vtt, whose cues need them; off otherwise)")
     add_bool(d, "word_timestamps", False, "word-level timestamps (Chinese: per character) with probabilities, "
              "in the JSON output (cross-attention alignment)")
     add_bool(d, "subtitle_words", False, "SRT/VTT output with one cue per word (needs --word_timestamps)")
@@ -189,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                        "PyTorch SDPA attention is used instead, which is as fast")
     if args.backend == "ct2" and (args.use_compile or args.dtype != "auto"):
         parser.error("--use_compile and --dtype apply to --backend=transformers; for ct2 use --compute_type")
+    formats = None
+    if args.output_format is not None or args.output_dir is not None:
+        fmt = args.output_format or "txt"
+        formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
+    if args.timestamps is None:  # subtitles need segment times: without them a cue is a whole 30 s chunk
+        args.timestamps = bool(formats and {"srt", "vtt"} & set(formats))
     try:
         options = options_from_args(args)
     except ValueError as e:
@@ -197,10 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--subtitle_words needs --word_timestamps=True")
     if options.word_timestamps and options.condition_on_previous_text:
         parser.error("--word_timestamps needs the batched long-form decoding: drop --condition_on_previous_text")
-    formats = None
-    if args.output_format is not None or args.output_dir is not None:
-        fmt = args.output_format or "txt"
-        formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
     output_dir = args.output_dir or "output"
     files = collect_audio_files(args.audio_path)
     if not files:

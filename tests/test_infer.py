@@ -69,6 +69,26 @@ def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_pat
     assert (out / "en.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
 
 
+@pytest.mark.parametrize("flags, timestamps", [(["--output_format=srt"], True), (["--output_format=all"], True),
+                                               (["--output_format=txt"], False), ([], False),
+                                               (["--output_format=vtt", "--timestamps=False"], False)])
+def test_subtitles_turn_segment_timestamps_on_unless_told_not_to(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
+                                                                 flags, timestamps):
+    """Without segment times a subtitle cue is a whole chunk (one 28 s cue of 60 words, seen by a user): srt and
+    vtt output decode with timestamps unless --timestamps=False says otherwise."""
+    seen = []
+    transcribe = infer.transcribe_one
+
+    def spy(engine, path, options, *, stream):
+        seen.append(options.timestamps)
+        return transcribe(engine, path, options, stream=stream)
+
+    monkeypatch.setattr(infer, "transcribe_one", spy)
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), f"--output_dir={tmp_path / 'out'}",
+                "--fallback=False", *flags) == 0
+    assert seen == [timestamps]
+
+
 def test_folder_with_bad_and_missing_files(tiny_whisper_dir, en_wav, tmp_path, caplog):
     folder = tmp_path / "in"
     folder.mkdir()

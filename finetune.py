@@ -591,8 +591,9 @@ def run(args: argparse.Namespace, language: str | None) -> int:
     # 6. Report
     if accelerator.is_main_process:
         state = result.state
-        logger.info("done: %d steps in %.1f s (%.2f samples/s); best %s %.4f at step %s; final adapter in %s",
-                    state.global_step, result.seconds, result.samples_per_second, args.metric,
+        ran = "" if result.steps == state.global_step else f" ({result.steps} in this run)"
+        logger.info("done: %d steps%s in %.1f s (%.2f samples/s); best %s %.4f at step %s; final adapter in %s",
+                    state.global_step, ran, result.seconds, result.samples_per_second, args.metric,
                     state.best_metric if state.best_metric is not None else float("nan"), state.best_step,
                     os.path.join(run_dir, "checkpoint-final"))
     accelerator.end_training()

@@ -314,6 +314,7 @@ def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_
                                    resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
     assert "the checkpoint's run took 1 item(s) a batch, this run 2: epoch 0 goes on after its first 4 item(s) on " \
            "this rank (batch 2)" in caplog.text
+    assert "done: 6 steps (2 in this run) in " in caplog.text
     state = _state(run)
     # step 5 trains batch 2 (the epoch's last), step 6 the first batch of epoch 1
     assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 1

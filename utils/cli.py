@@ -294,6 +294,19 @@ class _DemoteWarning(logging.Filter):
 _DEMOTED = {"bitsandbytes.backends.cpu.ops": _DemoteWarning("Failed to load CPU gemm_4bit_forward")}
 
 
+class _ProgressAwareHandler(logging.StreamHandler):
+    """Writes log lines through ``tqdm.write``: a line logged while a progress bar is drawn goes above the bar on a
+    line of its own (a plain handler appends it to the bar's line, where an ERROR is easy to miss)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's own contract: a failing handler reports through handleError, never raises
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure root logging once, for a script's ``main()``.
 
@@ -303,7 +316,7 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
     root = logging.getLogger()
     if not root.handlers:  # keep handlers someone installed (pytest's capture, an embedding app)
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ProgressAwareHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level)

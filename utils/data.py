@@ -321,7 +321,9 @@ def load_manifest(
                 try:
                     obj = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ManifestError(f"{where}: not valid JSON ({e}); each line must be one JSON object") from e
+                    # the parser's own "line 1 column 9" counts inside this line: said as the column only
+                    why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+                    raise ManifestError(f"{where}: not valid JSON ({why}); each line must be one JSON object") from e
                 validate_record(obj, where)
                 base = _resolve_base(obj["audio"]["path"], manifest_dir, check_audio, where)
                 if encode is not None:

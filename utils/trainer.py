@@ -459,7 +459,8 @@ class TrainResult:
     state: TrainerState
     run_dir: Path
     seconds: float
-    train_samples: int  # clips processed by all ranks (a packed window counts its clips)
+    train_samples: int  # clips processed by all ranks in this run (a packed window counts its clips)
+    steps: int = 0  # optimizer steps taken in this run (a resumed run started after the checkpoint's)
 
     @property
     def samples_per_second(self) -> float:
@@ -780,7 +781,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir / "runs"))
         unwrapped = acc.unwrap_model(self.model)
         self.model.train()
-        samples = 0
+        samples, first_step = 0, state.global_step
         # since the last log: summed token losses and label tokens (this rank), AdaLoRA penalty and steps
         running_loss, running_tokens, running_penalty, running_steps = 0.0, 0, 0.0, 0
         t0 = time.perf_counter()
@@ -859,7 +860,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
             plot_training_curves(state.log_history, self.run_dir / "training_curves.png", o.metric)
-        return TrainResult(state, self.run_dir, seconds, samples)
+        return TrainResult(state, self.run_dir, seconds, samples, state.global_step - first_step)
 
     def _accumulate(self, group: list[dict[str, Any]], unwrapped) -> tuple[float, int, float]:
         """Forward and backward every batch of one accumulation group.

@@ -105,12 +105,20 @@ def load_sentiment(name: str):
     return load_sentiment_model(name)
 
 
+@st.cache_resource(show_spinner=False)
+def _on_cpu(device: str) -> bool:
+    from utils.device import resolve_ct2_device
+
+    return resolve_ct2_device(device) == "cpu"
+
+
 # 2. Page parts.
 def choose_settings(args: argparse.Namespace) -> PageSettings:
     """The sidebar: model, backend and decoding options."""
     sb = st.sidebar
     sb.header("模型 Model")
-    choices = model_choices(args.models_dir, preselect=args.model_path)  # local folders, then whisper-base
+    # local folders (on a CPU a merged model's -ct2 copy first), then whisper-base
+    choices = model_choices(args.models_dir, preselect=args.model_path, prefer_ct2=_on_cpu(args.device))
     labels = [c.label for c in choices] + [CUSTOM]
     label = sb.selectbox("选择模型 (choose a model)", labels, index=0,
                          help=f"models/ 下的合并模型 (merged folders under {args.models_dir}/)、离线内置模型、hub id")

@@ -88,6 +88,20 @@ def test_model_choices_lists_local_packaged_and_hub_and_puts_preselect_first(tmp
     assert other[0].path == "/elsewhere/my-model" and other[0].backend is None
 
 
+def test_on_a_cpu_a_merged_models_ct2_copy_is_offered_first(tmp_path):
+    """On a CPU CTranslate2 int8 is the faster backend: the page preselects merge_lora.py --ct2's copy of a merged
+    model (a user saw the transformers folder preselected, a few times slower); elsewhere the order is by path."""
+    merged = _hf_folder(tmp_path / "whisper-base-finetune")
+    other = _hf_folder(tmp_path / "a-model")
+    ct2 = tmp_path / "whisper-base-finetune-ct2"
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"\0")
+    (ct2 / "config.json").write_text("{}", encoding="utf-8")
+    assert [c.path for c in model_choices(tmp_path)][:3] == [str(other), str(merged), str(ct2)]
+    assert [c.path for c in model_choices(tmp_path, prefer_ct2=True)][:3] == [str(ct2), str(other), str(merged)]
+    assert model_choices(tmp_path, preselect=str(merged), prefer_ct2=True)[0].path == str(merged)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Upload validation and decoding
 

@@ -103,11 +103,19 @@ def discover_models(models_dir: str | os.PathLike, max_depth: int = 2) -> list[M
     return found
 
 
-def model_choices(models_dir: str | os.PathLike, preselect: str | None = None) -> list[ModelChoice]:
-    """Everything the model list offers: ``preselect`` first (if given), local folders, packaged, hub ids."""
+def model_choices(models_dir: str | os.PathLike, preselect: str | None = None, *,
+                  prefer_ct2: bool = False) -> list[ModelChoice]:
+    """Everything the model list offers: ``preselect`` first (if given), local folders, packaged, hub ids. With
+    ``prefer_ct2`` (a CPU, where CTranslate2 int8 is the faster backend) a CTranslate2 folder comes before the
+    transformers folder it was exported from (``merge_lora.py --ct2=True``: ``X`` and ``X-ct2``)."""
     from utils.models import OFFLINE_MODELS
 
     choices = discover_models(models_dir)
+    if prefer_ct2:
+        paths = {c.path for c in choices}
+        exported = {c.path for c in choices if c.backend != "ct2" and f"{c.path}-ct2" in paths}
+        first = [c for c in choices if c.backend == "ct2" and c.path.removesuffix("-ct2") in exported]
+        choices = first + [c for c in choices if c not in first]
     choices += [ModelChoice(f"{name} (离线内置 packaged)", name, None, "packaged") for name in OFFLINE_MODELS]
     choices += [ModelChoice(f"{name} (hub)", name, "transformers", "hub") for name in HUB_MODELS
                 if name not in OFFLINE_MODELS]

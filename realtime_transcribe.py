@@ -176,9 +176,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_output_path(parser, "--report_path", args.report_path, folder=False)
 
 
-def commit_line(words: list[StreamToken]) -> str:
-    """``[start --> end] text`` for words committed together."""
-    return f"[{format_timestamp(words[0].start, '.')} --> {format_timestamp(words[-1].end, '.')}] {join_words(words)}"
+def commit_line(words: list[StreamToken], after: float = 0.0) -> str:
+    """``[start --> end] text`` for words committed together; the start is not before ``after`` (the end of the
+    line before: word times inside a decode are estimates, and the next commit's first word can start a little
+    before the last one's estimated end)."""
+    start = max(words[0].start, after)
+    end = max(words[-1].end, start)
+    return f"[{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}] {join_words(words)}"
 
 
 def _width(text: str) -> int:
@@ -203,6 +207,7 @@ class Display:
         self.revised = revised
         self.line: list[StreamToken] = []
         self.tentative: list[StreamToken] = []
+        self.printed_end = 0.0  # end of the last committed line (s): lines never overlap
 
     def _redraw(self, tentative: list[StreamToken]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
@@ -220,7 +225,8 @@ class Display:
 
     def update(self, update: Update) -> None:
         if update.committed:
-            line = commit_line(update.committed)
+            line = commit_line(update.committed, self.printed_end)
+            self.printed_end = max(self.printed_end, update.committed[-1].end)
             if self.log is not None and not self.revised:
                 self.log.write(line + "\n")
                 self.log.flush()

@@ -1099,6 +1099,9 @@ def test_display_prints_commit_lines_and_appends_them_to_the_output_file(tmp_pat
                     [StreamToken(2.3, 2.6, " tent")], 2.6))
     d.update(Update([], [StreamToken(2.3, 2.8, " tentative")], 3.0))
     assert out.getvalue() == "[00:00:01.000 --> 00:00:02.250] Hello world.\n"
+    # the next commit's first word estimated to start before the last line's end: the lines do not overlap
+    d.update(Update([StreamToken(2.1, 2.6, " Again")], [], 3.2))
+    assert out.getvalue().endswith("[00:00:02.250 --> 00:00:02.600] Again\n")
     assert log.getvalue() == out.getvalue()
     tty = io.StringIO()
     d = realtime_transcribe.Display(tty, None, tty=True)

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, make_parser,
-                       optional_str, setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path,
+                       int_at_least, make_parser, optional_str, setup_logging)
 from utils.hf_data import is_manifest
 from utils.lora import DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
@@ -438,13 +438,7 @@ def layers_or_all(value: str) -> int | None:
     """``all`` (None) or a number of layers >= 0."""
     if str(value).strip().lower() == "all":
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of layers or 'all', got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of layers >= 0 or 'all', got {n}")
-    return n
+    return int_at_least(value, 0, "'all' or a number of layers")
 
 
 def target_modules(args: argparse.Namespace) -> tuple[str, ...]:

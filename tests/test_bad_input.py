@@ -194,7 +194,7 @@ SCRIPT_CASES = [
     ("evaluation-output-under-file", "evaluation", ["--test_data={d}/good.json", "--output={d}/a_file/r.json"],
      "--output {d}/a_file/r.json: {d}/a_file is a file"),
     ("evaluation-bad-limit", "evaluation", ["--test_data={d}/good.json", "--limit=-3", "--output={d}/new/r.json"],
-     "--limit: expected at least 1, got -3"),
+     "--limit: expected a whole number of at least 1, got -3"),
     ("infer-several-files-after-equals", "infer", ["--audio_path={d}/good.wav", "{d}/good.wav"],
      "several files go after one --audio_path separated by spaces"),
     ("evaluation-missing-model", "evaluation", ["--test_data={d}/good.json", "--model_path={d}/no-model",

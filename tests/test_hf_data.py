@@ -307,6 +307,14 @@ def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, ca
     assert "--streaming: a stream has no length, so give the run's length with --max_steps" in capsys.readouterr().err
 
 
+def _short_run(tiny_whisper_dir, demo, out) -> list[str]:
+    """finetune.py flags of a few steps on the demo parquet split, saving every 2 steps, no evaluation."""
+    return [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
+            f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
+            "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=0",
+            "--save_steps=2", "--generation_max_length=4", "--num_workers=0", "--timestamps=False"]
+
+
 def test_a_stream_layout_tells_apart_its_split_bounds_and_shuffle_buffer(demo, tiny_whisper_dir):
     """A checkpoint of a streamed run records which items the stream gives: another split, duration bounds or
     shuffle buffer is another stream."""
@@ -339,11 +347,7 @@ def test_resume_between_a_stream_and_the_whole_dataset_starts_the_epoch_again(ti
     data read the other way, the run warns and its data starts at the beginning of the epoch (it used to carry
     the item count over: 2 batches of 2 became batch 2 of the other reading)."""
     out = tmp_path / "out"
-    common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
-              f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
-              "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=0",
-              "--save_steps=2", "--generation_max_length=4", "--num_workers=0", "--pack_audio=False",
-              "--timestamps=False"]
+    common = [*_short_run(tiny_whisper_dir, demo, out), "--pack_audio=False"]
     assert finetune.main([*common, f"--streaming={first}", "--max_steps=2"]) == 0
     run = out / tiny_whisper_dir.name
     saved = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
@@ -365,11 +369,7 @@ def test_a_streamed_checkpoint_of_the_version_before_resumes_without_a_warning(t
     """Checkpoints written before a stream had its layout recorded its fingerprint as "stream <name>, shuffle buffer
     <n>": resumed with the same settings, the run goes on after the batches trained on and warns of nothing."""
     out = tmp_path / "out"
-    common = [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",
-              f"--test_data={demo['dir'] / 'saved'}", "--language=Chinese", "--per_device_train_batch_size=2",
-              "--per_device_eval_batch_size=4", "--warmup_steps=1", "--logging_steps=1", "--eval_steps=0",
-              "--save_steps=2", "--generation_max_length=4", "--num_workers=0", "--timestamps=False",
-              "--streaming=True"]
+    common = [*_short_run(tiny_whisper_dir, demo, out), "--streaming=True"]
     assert finetune.main([*common, "--max_steps=2"]) == 0
     path = out / tiny_whisper_dir.name / "checkpoint-2" / "trainer_state.json"
     state = json.loads(path.read_text())

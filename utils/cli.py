@@ -59,15 +59,20 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(value: str) -> int:
-    """A count flag: a whole number of at least 1."""
+def int_at_least(value: str, minimum: int, what: str = "a whole number") -> int:
+    """An integer flag value of at least ``minimum``; ``what`` names the expected value in the error."""
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {number}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what} of at least {minimum}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """A count flag: a whole number of at least 1."""
+    return int_at_least(value, 1)
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:

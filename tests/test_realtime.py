@@ -1414,11 +1414,13 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
     # and it is the script's beginning: compared with the script's prefix that fits it best, without its last word.
     # Ctrl-C falls somewhere inside a word, and what the cut-off word reads as depends on the millisecond ("bicycle"
     # cut at 11.07 s → "myself", at 11.10 s → "bike"): it may be any word, and scoring it made this check fail in a
-    # third of the runs. The rest is fixed: whisper-base greedy on espeak, one utterance at a time (0.162 here)
+    # third of the runs. The rest is whisper-base greedy on espeak, one utterance at a time: 0.162 on the AMX path,
+    # 0.200 in the AVX2 profile (3 of 5 runs on a Xeon; "The weather is nice" read "But wherever is ice" at the
+    # stream's start), what an AVX2-only CI machine computes; another stretch of the script would be ~0.8
     heard = " ".join(streamed.split()[:-1])
     assert "brother" in heard.lower(), streamed  # the third sentence, still open at Ctrl-C, was committed
     best = min(error_rate([LONG_TEXT[:k]], [heard]) for k in range(max(1, len(heard) - 20), len(heard) + 20))
-    assert best < 0.2, (best, streamed, report["offline_text"])
+    assert best < 0.3, (best, streamed, report["offline_text"])
     assert report["cer_vs_offline"] >= 0
 
 
@@ -1556,7 +1558,9 @@ def test_live_microphone_stream_through_pulseaudio(long_en_wav, pulse_microphone
     assert error_rate([" ".join(SENTENCES[:3])], [streamed]) < 0.15, streamed
     report = json.loads(report_file.read_text())
     assert report["interrupted"] and not report["simulated_clock"] and report["words"] >= 36
-    assert report["cer_vs_offline"] <= 0.1, report  # offline transcript of the audio the microphone heard
+    # against the offline transcript of the audio the microphone heard: a few words differ (0.1026 in one of five
+    # runs in the AVX2 profile on a Xeon, below 0.1 in the others); one of the three sentences lost would be ~0.33
+    assert report["cer_vs_offline"] <= 0.15, report
     # latency in real time, from each word's capture to its commit: its size depends on this CPU (figures in
     # the README, measured with --report_path), not asserted here
     assert 0 < report["mean_latency_s"] <= report["p90_latency_s"] <= report["max_latency_s"], report

@@ -358,8 +358,8 @@ def test_resume_between_a_stream_and_the_whole_dataset_starts_the_epoch_again(ti
     starts = "from its first item" if then else "at the beginning of epoch 0"
     assert f"a stream's position and an epoch's do not correspond, so this run's data starts {starts}" in caplog.text
     state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
-    # steps 3 and 4 trained the first two batches of epoch 0 (carried over, they were batches 2 and 3, and the
-    # dataset's 3-batch epoch had ended after the first)
+    # steps 3 and 4 trained the first two batches of epoch 0 (with the item count carried over they were batches 2
+    # and 3 of the other reading: the run ended at epoch 1, batch 1 of the 3-batch dataset, or at batch 4 of the stream)
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 0, 2)
     assert (state["data"]["batches_per_epoch"] is None) == then
 

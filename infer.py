@@ -24,7 +24,7 @@ from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, header_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
                        check_output_path, make_parser, setup_logging)
 from utils.models import ModelResolutionError, cache_root
-from utils.subtitles import OUTPUT_FORMATS, format_timestamp, write_transcript
+from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
                               load_transcriber)
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = args.output_format or "txt"
         formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
     if args.timestamps is None:  # subtitles need segment times: without them a cue is a whole 30 s chunk
-        args.timestamps = bool(formats and {"srt", "vtt"} & set(formats))
+        args.timestamps = bool(formats and set(CUE_FORMATS) & set(formats))
     try:
         options = options_from_args(args)
     except ValueError as e:

@@ -28,7 +28,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, decode_audio_bytes
 from utils.languages import language_code, language_name
-from utils.subtitles import to_srt, to_vtt
+from utils.subtitles import CUE_FORMATS, to_srt, to_vtt
 from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class TranscriptionService:
             raise ApiError(400, "timestamp_granularities[] needs response_format=verbose_json",
                            param="timestamp_granularities[]")
         changes: dict[str, Any] = {"task": "translate" if translate else "transcribe",
-                                   "timestamps": fmt in ("srt", "vtt", "verbose_json"),
+                                   "timestamps": fmt in (*CUE_FORMATS, "verbose_json"),
                                    "word_timestamps": "word" in granularities}
         language = form.get("language")
         if language and not translate:  # OpenAI's translations endpoint takes no language

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from utils.transcribe import Transcript
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
+CUE_FORMATS = ("srt", "vtt")  # subtitles: a cue per segment, so segment timestamps are needed
 
 
 def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:

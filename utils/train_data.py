@@ -396,8 +396,9 @@ def data_layout_parts(dataset: torch.utils.data.Dataset) -> tuple[object, str]:
 
 def data_layout(dataset: torch.utils.data.Dataset) -> tuple[str, str]:
     """(fingerprint, description) of how a training set is cut into items: its clips (count and durations), and
-    packed, which clips each window holds and which windows each batch holds. A checkpoint records it, so that a run resumed on a
-    differently cut set (another batch size or packing) is told its position in the epoch is only approximate."""
+    packed, which clips each window holds and which windows each batch holds. A checkpoint records it, so that a run
+    resumed on a differently cut set (another batch size or packing) is told its position in the epoch is only
+    approximate."""
     structure, described = data_layout_parts(dataset)
     digest = hashlib.sha1(json.dumps(structure, separators=(",", ":")).encode()).hexdigest()[:16]
     return digest, described
@@ -594,17 +595,14 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
         """(what identifies the stream's items, as JSON-able data; a description): see ``data_layout``. Its source,
         config, split, columns, duration bounds and shuffle buffer set which items come in which order (the seed is
         recorded apart)."""
-        stream = self.stream
-        name, split = getattr(stream, "name", "a stream"), getattr(stream, "split", None)
-        parts = {"stream": name, "config": getattr(stream, "config", None), "split": split,
-                 "columns": [getattr(stream, "audio_column", None), getattr(stream, "text_column", None)],
-                 "duration_bounds": [getattr(stream, "min_duration", None), getattr(stream, "max_duration", None)],
-                 "shuffle_buffer": self.shuffle_buffer}
-        return parts, f"the stream {name}" + (f" (split {split})" if split else "")
+        s = self.stream
+        parts = {"stream": s.name, "config": s.config, "split": s.split, "columns": [s.audio_column, s.text_column],
+                 "duration_bounds": [s.min_duration, s.max_duration], "shuffle_buffer": self.shuffle_buffer}
+        return parts, f"the stream {s.name}" + (f" (split {s.split})" if s.split else "")
 
     def legacy_fingerprint(self) -> str:
         """The fingerprint checkpoints of the version before ``layout`` recorded for this stream."""
-        return f"stream {getattr(self.stream, 'name', 'a stream')}, shuffle buffer {self.shuffle_buffer}"
+        return f"stream {self.stream.name}, shuffle buffer {self.shuffle_buffer}"
 
     def set_skip(self, items: int, batch_size: int = 1) -> None:
         """Leave out the first ``items`` items of this rank's stream (a resumed run has trained on them), read in

@@ -1576,8 +1576,9 @@ class CT2Transcriber(_BaseTranscriber):
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
-        self.model_language = _ct2_model_language(model_dir) if self.multilingual else None
-        self.trained_without_timestamps = _ct2_generation_config(model_dir).get("finetune_timestamps") is False
+        config = _ct2_generation_config(model_dir)  # merge_lora.py --ct2 writes one
+        self.model_language = _ct2_model_language(model_dir, config) if self.multilingual else None
+        self.trained_without_timestamps = config.get("finetune_timestamps") is False
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: dict[tuple[int, bytes], np.ndarray] = {}  # encoder output rows (frames, d) of the last chunks
         self._torch_encoder = self._onnx_encoder = None
@@ -2063,9 +2064,11 @@ def _ct2_generation_config(model_dir: str) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def _ct2_model_language(model_dir: str) -> str | None:
-    """The fine-tuned language of a CTranslate2 folder (from its generation config), if any."""
-    return _model_language(_ct2_generation_config(model_dir).get("language"), model_dir)
+def _ct2_model_language(model_dir: str, config: dict | None = None) -> str | None:
+    """The fine-tuned language of a CTranslate2 folder (from its generation config ``config``, read when not
+    given), if any."""
+    config = _ct2_generation_config(model_dir) if config is None else config
+    return _model_language(config.get("language"), model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, header_seconds
+from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
                        check_output_path, make_parser, setup_logging)
 from utils.models import ModelResolutionError, cache_root
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
     auto_encoder = args.backend == "ct2" and args.ct2_encoder == "auto"
-    seconds = header_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if auto_encoder else None
+    seconds = total_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if auto_encoder else None
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,

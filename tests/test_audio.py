@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils.audio import (SAMPLE_RATE, AudioLoadError, audio_duration, header_seconds, load_audio, quietest_point,
-                         resample, save_wav)
+from utils.audio import (SAMPLE_RATE, AudioLoadError, audio_duration, load_audio, quietest_point, resample, save_wav,
+                         total_seconds)
 
 
 def _tone(seconds: float, sr: int, freq: float = 440.0) -> np.ndarray:
@@ -86,21 +86,27 @@ def test_duration_from_header(tmp_path):
     assert audio_duration(p) == pytest.approx(2.25, abs=1e-3)
 
 
-def test_header_seconds_sums_headers_until_enough_and_is_unknown_without_one(tmp_path):
-    """The total length of several files from their headers (wav, mp3), stopping once ``enough`` is reached; None
-    (unknown) when one file has no header libsndfile reads (m4a) or is missing."""
+def test_total_seconds_sums_durations_until_enough_and_a_file_that_is_not_audio_adds_nothing(tmp_path, monkeypatch):
+    """The total length of several files, stopping once ``enough`` is reached: from the header (wav, mp3) or from
+    ffprobe (m4a); a missing file or one that is not audio adds nothing (it fails when decoded); unknown (None) past
+    ``probe_limit`` files ffprobe has to read, or without ffprobe."""
     a, b, mp3, m4a = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "c.mp3", tmp_path / "d.m4a"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio\n", encoding="utf-8")
     save_wav(a, _tone(2.0, SAMPLE_RATE))
     save_wav(b, _tone(1.5, 8000), sample_rate=8000)
     for out in (mp3, m4a):
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(a), str(out)], check=True)
-    assert header_seconds([a, b]) == pytest.approx(3.5, abs=1e-3)
-    assert header_seconds([a, mp3]) == pytest.approx(4.0, abs=0.1)
-    assert header_seconds([a, b], enough=1.0) == pytest.approx(2.0, abs=1e-3)
-    assert header_seconds([a, m4a]) is None
-    assert header_seconds([a, tmp_path / "missing.wav"]) is None
-    assert header_seconds([m4a, a], enough=1.0) is None
-    assert header_seconds([]) == 0.0
+    assert total_seconds([a, b]) == pytest.approx(3.5, abs=1e-3)
+    assert total_seconds([a, mp3]) == pytest.approx(4.0, abs=0.1)
+    assert total_seconds([a, b], enough=1.0) == pytest.approx(2.0, abs=1e-3)
+    assert total_seconds([a, m4a]) == pytest.approx(4.0, abs=0.1)
+    assert total_seconds([a, tmp_path / "missing.wav", notes]) == pytest.approx(2.0, abs=1e-3)
+    assert total_seconds([]) == 0.0
+    assert total_seconds([a, m4a], probe_limit=0) is None
+    assert total_seconds([a, m4a], enough=1.0, probe_limit=0) == pytest.approx(2.0, abs=1e-3)  # enough before it
+    monkeypatch.setattr("utils.audio.shutil.which", lambda name: None)
+    assert total_seconds([m4a, a]) is None
 
 
 def test_resample_length():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,7 @@ def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
 def test_with_amx_ct2_auto_runs_the_encoder_by_how_much_audio_there_is(en_wav, tmp_path, monkeypatch, caplog):
     """With AMX (flags faked, so on every machine) --ct2_encoder=auto takes onnxruntime int8 for a short file, where
     PyTorch's 1.5 s import costs more than its faster encoder saves, and PyTorch bf16 from
-    TORCH_ENCODER_MIN_AUDIO_S of audio on (the files' headers tell, before the model loads)."""
+    TORCH_ENCODER_MIN_AUDIO_S of audio on (the files' headers, or ffprobe, tell before the model loads)."""
     import logging
 
     import numpy as np
@@ -156,6 +157,14 @@ def test_with_amx_ct2_auto_runs_the_encoder_by_how_much_audio_there_is(en_wav, t
     args = ["--backend=ct2", "--model_path=openai/whisper-base", "--device=cpu", "--language=English"]
     with caplog.at_level(logging.INFO, logger="utils.transcribe"):
         assert infer.main([*args, f"--audio_path={en_wav}"]) == 0
+    assert "encoder onnxruntime int8" in caplog.text and "PyTorch" not in caplog.text
+    # an m4a (no header libsndfile reads: ffprobe tells) beside a file that is not audio (fails, adds nothing): short
+    m4a, notes = tmp_path / "short.m4a", tmp_path / "notes.txt"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(en_wav), str(m4a)], check=True)
+    notes.write_text("not audio\n", encoding="utf-8")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="utils.transcribe"):
+        assert infer.main([*args, "--audio_path", str(m4a), str(notes)]) == 1
     assert "encoder onnxruntime int8" in caplog.text and "PyTorch" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="utils.transcribe"):

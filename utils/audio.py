@@ -256,6 +256,14 @@ def audio_duration(path: str | os.PathLike) -> float:
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         raise AudioLoadError(f"{path}: cannot read its header and ffprobe is not installed")
+    seconds, error = _ffprobe_duration(ffprobe, path)
+    if seconds is None:
+        raise AudioLoadError(f"{path}: cannot read the duration ({error or 'unknown format'})")
+    return seconds
+
+
+def _ffprobe_duration(ffprobe: str, path: str) -> tuple[float | None, str]:
+    """(seconds, "") of a file as ffprobe reads its container (m4a, a video: tens of ms), or (None, its error)."""
     proc = subprocess.run(
         [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
         capture_output=True,
@@ -263,20 +271,26 @@ def audio_duration(path: str | os.PathLike) -> float:
         check=False,
     )
     try:
-        return float(proc.stdout.strip())
-    except ValueError as e:
-        raise AudioLoadError(f"{path}: cannot read the duration ({proc.stderr.strip() or 'unknown format'})") from e
+        return float(proc.stdout.strip()), ""
+    except ValueError:
+        return None, proc.stderr.strip()
 
 
-def header_seconds(paths: Sequence[str | os.PathLike], enough: float = math.inf) -> float | None:
-    """Total duration in seconds of the audio files ``paths`` from their headers (wav/flac/ogg/mp3; no decoding),
-    summed until it reaches ``enough``; None when a file has no header libsndfile reads (m4a, a video, a missing
-    file): the total is then unknown."""
-    total = 0.0
+def total_seconds(paths: Sequence[str | os.PathLike], enough: float = math.inf, probe_limit: int = 8) -> float | None:
+    """Total duration in seconds of the audio files ``paths``, summed until it reaches ``enough``: from the headers
+    libsndfile reads (wav/flac/ogg/mp3; no decoding), else from ffprobe (m4a, a video) for at most ``probe_limit``
+    files (tens of ms each), past which the total is unknown: None (also without ffprobe). A file that is not audio,
+    or is missing, adds nothing: it fails when it is decoded, and the others' audio is what is transcribed."""
+    total, probed = 0.0, 0
+    ffprobe = shutil.which("ffprobe")
     for path in paths:
-        seconds = _header_duration(os.fspath(path))
+        path = os.fspath(path)
+        seconds = _header_duration(path) if os.path.isfile(path) else 0.0
         if seconds is None:
-            return None
+            if ffprobe is None or probed == probe_limit:
+                return None
+            probed += 1
+            seconds = _ffprobe_duration(ffprobe, path)[0] or 0.0
         total += seconds
         if total >= enough:
             break

@@ -14,7 +14,7 @@ help:
 	@echo "make install    create .venv and install everything (apt packages too when run as root)"
 	@echo "make test       install, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  run the tests not marked slow"
-	@echo "make demo       fine-tune whisper-base on the demo corpus, merge, evaluate (CPU, ~6 min)"
+	@echo "make demo       fine-tune whisper-base on the demo corpus, merge, evaluate (CPU: 3-7 min on 2 cores)"
 	@echo "make gpu-check  on a GPU machine: CUDA tests, memory table, short fine-tune (tools/gpu_check.py)"
 
 apt:

@@ -118,13 +118,18 @@ class ModelWorker:
                 job.future.set_exception(TimeoutError("timed out while waiting in the queue"))
                 continue
             self.running, self._current = 1, job
+            result, error = None, None
             try:
-                job.future.set_result(self._transcribe(job))
+                result = self._transcribe(job)
             except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
-                job.future.set_exception(e)
-            finally:
-                self.running, self._current = 0, None
-                self.done += 1
+                error = e
+            # counted before the request is answered: a client that asks /health right after its answer sees it done
+            self.running, self._current = 0, None
+            self.done += 1
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
 
     def _transcribe(self, job: Job) -> Transcript:
         segments, info = self.transcriber.transcribe_segments(job.audio, job.options)

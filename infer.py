@@ -83,11 +83,14 @@ def lone_decoder_record() -> Path:
 
 
 def collect_audio_files(paths: list[str]) -> list[str]:
-    """Expand folders into their audio files (sorted, recursive); files are kept as given, even missing ones."""
+    """Expand folders into their audio files (sorted, recursive; hidden files and folders, such as macOS's ``._*``
+    copies, left out); files are kept as given, even missing ones."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            found = sorted(str(f) for f in Path(p).rglob("*")
+                           if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 logger.warning("%s: no audio files (%s) in this folder", p, ", ".join(AUDIO_EXTENSIONS))
             files += found
@@ -97,12 +100,20 @@ def collect_audio_files(paths: list[str]) -> list[str]:
 
 
 def _unique_stems(files: list[str]) -> list[str]:
-    stems, seen = [], {}
+    """Output names for ``files``: each file's stem; a stem met again gets the first free ``_1``, ``_2``… (free of
+    every other file's name too, compared without case as macOS and Windows file systems do)."""
+    taken = {Path(f).stem.casefold() for f in files}
+    stems, first = [], set()
     for f in files:
-        stem = Path(f).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n}")
+        stem = name = Path(f).stem
+        if stem.casefold() in first:
+            n = 1
+            while f"{stem}_{n}".casefold() in taken:
+                n += 1
+            name = f"{stem}_{n}"
+            taken.add(name.casefold())
+        first.add(stem.casefold())
+        stems.append(name)
     return stems
 
 
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or "output"
     files = collect_audio_files(args.audio_path)
     if not files:
-        parser.error(f"no audio files found in {args.audio_path}")
+        parser.error(f"no audio files found in {', '.join(args.audio_path)}")
     missing = [f for f in files if not os.path.isfile(f)]
     if len(missing) == len(files):  # before the model loads: a typo should not cost a model load
         parser.error(f"--audio_path: {len(missing)} of {len(files)} file(s) not found: {', '.join(missing[:5])}")

@@ -233,3 +233,22 @@ def test_ct2_command_imports_neither_torch_nor_transformers(en_wav, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "imported: False False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.lower().count("brown fox") >= 2, proc.stdout
+
+
+def test_output_names_never_clash_with_another_input():
+    """Two inputs with one stem (in different folders) get distinct output names that are free of every other
+    input's name too (before: a/x, b/x and c/x_1 were all written to x.txt / x_1.txt, one transcript lost), also
+    where names differ only in case (macOS, Windows)."""
+    assert infer._unique_stems(["a/x.wav", "b/x.wav", "c/x_1.wav"]) == ["x", "x_2", "x_1"]
+    assert infer._unique_stems(["c/x_1.wav", "a/x.wav", "b/x.wav"]) == ["x_1", "x", "x_2"]
+    assert infer._unique_stems(["a/X.wav", "b/x.mp3", "c/y.wav"]) == ["X", "x_1", "y"]
+    names = infer._unique_stems([f"{d}/s.wav" for d in "abcd"] + ["e/s_2.wav"])
+    assert len({n.casefold() for n in names}) == 5
+
+
+def test_a_folder_is_scanned_without_hidden_files(tmp_path):
+    """macOS leaves ``._name.wav`` copies (resource forks, not audio) and hidden folders; a folder scan skips them."""
+    for rel in ("b.wav", "sub/a.mp3", "._b.wav", ".cache/c.wav", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert infer.collect_audio_files([str(tmp_path)]) == [str(tmp_path / "b.wav"), str(tmp_path / "sub" / "a.mp3")]

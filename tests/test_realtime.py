@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from utils.streaming import (
     agreed_tokens,
     collapse_repeats,
     join_words,
+    restore_lost,
     revised_words,
     run_stream,
     split_tokens,
@@ -1040,6 +1042,45 @@ def test_speech_without_a_pause_ends_the_block_before_it_and_the_audio_kept_stay
     assert len(reread.blocks) == 1 and not result.revisions[-1][0].decoded
     assert result.final_text == "A B C D E F " + " ".join(f"w{i}" for i in range(150))
     assert max(kept) <= (12 + 30 + 10 + 1) * SAMPLE_RATE  # not the whole minute
+
+
+class _LosingRereader(_Rereader):
+    """A second-pass decoder that leaves out the words whose text starts with one of ``lost``."""
+
+    def __init__(self, words, lost: tuple[str, ...]) -> None:
+        super().__init__(words)
+        self.lost = lost
+
+    def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple[float, float, str]]:
+        out = []
+        for s, e, t in super().__call__(audio, prompt):
+            kept = [w for w in t.split() if not w.lower().startswith(self.lost)]
+            if kept:
+                out.append((s, e, " ".join(kept)))
+        return out
+
+
+def test_a_second_pass_reading_that_lost_a_sentence_keeps_its_live_words(caplog):
+    """A block read in one window can drop a whole sentence the live text has (a Mandarin sentence, then an English
+    one, read as Mandarin lost the English): runs of at least 5 live words the reading has nothing for stay in the
+    final text, in place; the reading's other words are kept, and a shorter stretch it leaves out stays out."""
+    words, audio, texts = _utterances(4)
+    policy = StreamingPolicy(FakeASR(words), vad_fn=energy_vad, min_silence_s=0.6)
+    with caplog.at_level(logging.INFO, logger="utils.streaming"):
+        result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                            reviser=Reviser(_LosingRereader(words, ("u1", "u2w1", "u2w2", "u2w3", "u2w4")),
+                                            block_s=20.0, max_block_s=20.0))
+    assert result.text == " ".join(texts)
+    assert result.final_text == " ".join([texts[0].upper(), texts[1], "U2W0 U2W5", texts[3].upper()])
+    assert "left out 6 live words, kept: 'u1w0 u1w1" in caplog.text
+    english = "The quick brown fox jumps over the dog"
+    live = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens(f"今天天气很好 {english}"))]
+    fixed = [StreamToken(0, 4, t) for t in split_tokens("今天天气真好")]
+    assert join_words(restore_lost(live, fixed)) == f"今天天气真好 {english}"
+    fox = [StreamToken(0, 4, t) for t in split_tokens("今天天气很好狐狸")]  # 8 words read as 2 characters
+    assert join_words(restore_lost(live, fox)) == f"今天天气很好 {english}"
+    four = fixed + live[6:10]  # 4 left out: the reading's text stays
+    assert join_words(restore_lost(live, four)) == "今天天气真好 The quick brown fox"
 
 
 def test_revised_words_replace_each_revisions_range_and_keep_the_rest():

@@ -38,6 +38,7 @@ carry that error (typically a few hundred ms either way inside long segments).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import re
@@ -75,6 +76,9 @@ _QUIET_MIN = int(0.15 * SAMPLE_RATE)
 # read again at the start of the next hypotheses (starting within _REREAD_S of the cut), are not committed twice
 _REREAD_WORDS = 3
 _REREAD_S = 1.0
+# live words in a row that a second-pass reading may leave out before they are put back into it: a block read in one
+# window can drop a whole sentence the live text has (Mandarin, then English, read as Mandarin: the English was lost)
+_LOST_RUN = 5
 # audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
 # that makes it due, so this only has to cover the steps in between
 _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
@@ -769,7 +773,7 @@ class Reviser:
             pause, speech_end, last = self._closes[k]
             revision = None
             if fits and last > self._first and self._start >= self._audio_from:
-                revision = self._decode(pause, last)
+                revision = self._decode(pause, committed[self._first: last])
             elif last > self._first:
                 logger.info("%.1f s of speech without a pause that fits the second pass's window: its live words stay",
                             (pause - self._start) / SAMPLE_RATE)
@@ -800,14 +804,31 @@ class Reviser:
         done, self._done = self._done, []
         return done
 
-    def _decode(self, end: int, last: int) -> Revision:
+    def _decode(self, end: int, live: Sequence[StreamToken]) -> Revision:
+        """Read the block from ``self._start`` to stream sample ``end``, whose live words are ``live``."""
         segments = decode_after_silence(self.decode_fn, self._audio[: end - self._audio_from], self.lead, "")
         start_s = self._start / SAMPLE_RATE
         words = words_from_segments(segments, start_s, end / SAMPLE_RATE)
-        revision = Revision(self._first, last, words, start_s, end / SAMPLE_RATE)
-        logger.debug("second pass %.2f-%.2f s: %d live words -> %r", revision.start, revision.end,
-                     last - self._first, join_words(words))
-        return revision
+        logger.debug("second pass %.2f-%.2f s: %d live words -> %r", start_s, end / SAMPLE_RATE, len(live),
+                     join_words(words))
+        words = restore_lost(live, words)
+        return Revision(self._first, self._first + len(live), words, start_s, end / SAMPLE_RATE)
+
+
+def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], run: int = _LOST_RUN) -> list[StreamToken]:
+    """``revised`` (a second-pass reading) with the live words it left out put back where they were: every run of at
+    least ``run`` live words it has nothing (or that many words fewer) for, aligned by :attr:`StreamToken.key`.
+    A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from the final text."""
+    live_keys, revised_keys = [w.key for w in live], [w.key for w in revised]
+    out: list[StreamToken] = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, live_keys, revised_keys, autojunk=False).get_opcodes():
+        if op in ("delete", "replace") and (a2 - a1) - (b2 - b1) >= run:
+            logger.info("second pass: its reading left out %d live words, kept: %r", a2 - a1 - (b2 - b1),
+                        join_words(live[a1:a2]))
+            out += live[a1:a2]
+        else:
+            out += revised[b1:b2]
+    return out
 
 
 def revised_words(committed: Sequence[StreamToken], revisions: Sequence[Revision]) -> list[StreamToken]:

@@ -28,10 +28,10 @@ from itertools import islice
 import numpy as np
 from tqdm import tqdm
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
+from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio, slice_problem
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
-                       add_engine_args, add_hidden_alias, add_model_args, check_output_path, make_parser, positive_int,
-                       resolve_encoder_window, setup_logging)
+                       add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
+                       make_parser, positive_int, resolve_encoder_window, seed_int, setup_logging)
 from utils.data import Manifest, ManifestError, Record, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
@@ -67,7 +67,7 @@ def build_parser():
     add_hidden_alias(parser, "--max_duration", "--max_audio_len")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="score only the first N utterances (N ≥ 1; all when not given)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the sampled fallback decodes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed for the sampled fallback decodes")
     add_bool(parser, "fallback", False, "temperature fallback on repetition / low log-probability (sampled, "
              "seeded); off by default: deterministic greedy/beam scores")
     parser.add_argument("--compare", nargs=2, metavar=("BASE", "FINETUNED"), default=None,
@@ -103,13 +103,15 @@ def _batches(records: Iterable[Record], batch_size: int) -> Iterable[list[Record
 
 
 def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOptions, metric: str,
-             batch_size: int) -> dict:
+             batch_size: int, locations: Sequence[str] | None = None) -> dict:
     """Decode every record in batches and score it; returns the report (utterances sorted worst first).
-    ``records`` may be a stream (a dataset read as it comes)."""
+    ``records`` may be a stream (a dataset read as it comes); ``locations``: each record's ``file:line`` (or dataset
+    row) for messages. A clip that cannot be read is named, not scored, and counted (``utterances_failed``)."""
     utterances = []
     total = ErrorCounts(0, 0, 0, 0)
     failed = 0
     audio_s = 0.0
+    index = 0  # of the batch's first record
     t0 = time.perf_counter()
     n_batches = -(-len(records) // batch_size) if isinstance(records, Sequence) else None
     for batch in tqdm(_batches(records, batch_size), total=n_batches, desc="evaluating", unit="batch"):
@@ -123,7 +125,8 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         for j, record in enumerate(batch):
             if errors[j] is not None:
                 failed += 1
-                logger.error("skipping %s: %s", record.audio_path, errors[j])
+                logger.error("%s: not scored: %s", locations[index + j] if locations else record.audio_path,
+                             errors[j])
                 continue
             language = record.language or (options.language if options.language != AUTO_LANGUAGE else None)
             counts = count_errors(record.sentence, hyps[j], metric, language=language)
@@ -142,11 +145,12 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                 "error_rate": None if counts.reference_length == 0 else round(counts.rate, 4),
                 **({"words": words[j]} if options.word_timestamps else {}),
             })
+        index += len(batch)
     elapsed = time.perf_counter() - t0
     utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
     return {
         "metric": metric,
-        metric: round(total.rate, 6),
+        metric: None if total.reference_length == 0 else round(total.rate, 6),  # None: no reference text at all
         "errors": total.errors,
         "substitutions": total.substitutions,
         "deletions": total.deletions,
@@ -160,8 +164,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
     }
 
 
-def load_records(args) -> Sequence[Record] | Iterable[Record]:
-    """``--test_data`` as records (the first ``--limit``): a list, or a stream with ``--streaming`` on a dataset."""
+def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] | None]:
+    """``--test_data`` as records (the first ``--limit``): a list, or a stream with ``--streaming`` on a dataset;
+    and each listed record's place in the data (``file:line`` or dataset row) for messages (None for a stream)."""
     if args.streaming and is_manifest(args.test_data):
         logger.warning("--streaming applies to datasets; %s is a manifest, read whole", args.test_data)
     dataset = DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
@@ -170,12 +175,29 @@ def load_records(args) -> Sequence[Record] | Iterable[Record]:
         records = iter_dataset_records(args.test_data, split=args.test_split, split_flag="--test_split",
                                        options=dataset, min_duration=args.min_audio_len,
                                        max_duration=args.max_audio_len)
-        return islice(records, args.limit) if args.limit else records
+        return (islice(records, args.limit) if args.limit else records), None
     source = load_data(args.test_data, split=args.test_split, split_flag="--test_split", dataset=dataset,
                        min_duration=args.min_audio_len, max_duration=args.max_audio_len)
+    n = min(args.limit, len(source)) if args.limit else len(source)
+    locations = [source.location(i) for i in range(n)]
     if args.limit:
-        return [source[i] for i in range(min(args.limit, len(source)))]
-    return source if not isinstance(source, Manifest) else list(source)  # a dataset's records hold their audio bytes
+        return [source[i] for i in range(n)], locations
+    # a dataset's records hold their audio bytes: read as they are scored; a manifest's lines are parsed once
+    return (source if not isinstance(source, Manifest) else list(source)), locations
+
+
+def unreadable_clips(records: Sequence[Record], locations: Sequence[str]) -> list[str]:
+    """What is wrong with the clips of audio files, from their headers, before the model loads
+    (:func:`utils.audio.slice_problem`: no samples, a start or an end past the end of the audio): one line each,
+    naming the data's line, the file and the fix."""
+    problems = []
+    for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=len(records) < 5000),
+                             locations):
+        problem = None if record.audio_bytes is not None else slice_problem(record.audio_path, record.start_time,
+                                                                            record.end_time)
+        if problem:
+            problems.append(f"{where}: {record.audio_path}: {problem}; fix the line or remove it")
+    return problems
 
 
 def _seed(seed: int) -> None:
@@ -193,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    check_device_arg(parser, args.device, args.backend)
     beam_size = args.num_beams if args.num_beams is not None else args.beam_size
     if beam_size < 1 or args.batch_size < 1:
         parser.error("--beam_size and --batch_size must be >= 1")
@@ -214,13 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     check_output_path(parser, "--output", output, folder=False)
     # 2. Data (a stream is read while decoding)
     try:
-        records = load_records(args)
+        records, locations = load_records(args)
     except ManifestError as e:
         logger.error("%s", e)
         return 1
     seconds = sum(r.duration for r in records) if isinstance(records, Sequence) else None
     if seconds is not None:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
+        problems = unreadable_clips(records, locations)
+        for problem in problems[:5]:
+            logger.error("%s", problem)
+        if problems:
+            logger.error("%d clip(s) of %s cannot be read as given%s; nothing was decoded", len(problems),
+                         args.test_data, " (the first 5 above)" if len(problems) > 5 else "")
+            return 1
     # 3. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
@@ -229,22 +259,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
+    try:
+        engine.check_language(options.language)
+    except ValueError as e:
+        logger.error("%s (%s)", e, args.model_path)
+        return 2
     options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
     # 4. Decode and score (seeded: fallback temperatures sample)
     _seed(args.seed)
     try:
-        report = evaluate(engine, records, options, args.metric, args.batch_size)
+        report = evaluate(engine, records, options, args.metric, args.batch_size, locations)
     except ManifestError as e:  # an invalid item of a stream
         logger.error("%s", e)
+        return 1
+    if not report["utterances_scored"]:
+        logger.error("no clip of %s could be read (%d, named above): no report written", args.test_data,
+                     report["utterances_failed"])
         return 1
     report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
                   language=args.language, task=args.task, beam_size=beam_size,
                   encoder_window_seconds=options.encoder_window_s)
     # 5. Report
     write_json_atomic(output, report)
-    print(f"{args.metric.upper()}: {report[args.metric]:.4f} ({report['errors']} errors / "
+    rate, failed = report[args.metric], report["utterances_failed"]
+    print(f"{args.metric.upper()}: {'n/a' if rate is None else f'{rate:.4f}'} ({report['errors']} errors / "
           f"{report['reference_length']} {'characters' if args.metric == 'cer' else 'words'}, "
-          f"{report['utterances_scored']} utterances)")
+          f"{report['utterances_scored']} utterances{f'; {failed} unreadable, not scored' if failed else ''})")
+    if rate is None:
+        logger.warning("no reference text to score against: every scored clip's sentence is empty (no-speech) or "
+                       "only punctuation; the report lists what was transcribed")
     logger.info("report written to %s", output)
     return 1 if report["utterances_failed"] else 0
 
@@ -255,7 +298,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     from utils.forgetting import markdown_table, model_summary, no_speech_clips, speech_metrics
 
     try:
-        target = list(load_records(args))
+        target = list(load_records(args)[0])
         general = None
         if args.general_data and (args.general_data != DEFAULT_GENERAL_DATA or os.path.isfile(args.general_data)):
             general = list(load_manifest(args.general_data))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path,
-                       int_at_least, make_parser, optional_str, setup_logging)
+                       int_at_least, make_parser, optional_str, seed_int, setup_logging)
 from utils.hf_data import is_manifest
 from utils.lora import DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(g, "fp16", False, "ask for fp16 mixed precision (honoured on CUDA only)")
     g.add_argument("--resume_from_checkpoint", type=optional_str, default=None,
                    help="checkpoint-<step> folder, or auto = the newest one in the run folder")
-    g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
+    g.add_argument("--seed", type=seed_int, default=42, help="random seed (data order, augmentation, init)")
     add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
     return p
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
-                       check_output_path, make_parser, setup_logging)
+                       check_device_arg, check_output_path, make_parser, setup_logging)
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--audio_path=" if not any(e.startswith("-") for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     setup_logging(args.verbose)
+    check_device_arg(parser, args.device, args.backend)
     if args.use_bettertransformer:
         logger.warning("--use_bettertransformer is deprecated upstream (optimum BetterTransformer); "
                        "PyTorch SDPA attention is used instead, which is as fast")
@@ -236,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                                   cpu_threads=args.cpu_threads, ct2_encoder=args.ct2_encoder, audio_seconds=seconds)
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
+        return 2
+    try:
+        engine.check_language(options.language)
+    except ValueError as e:
+        logger.error("%s (%s)", e, args.model_path)
         return 2
     # short files are windows decoded alone: where that runs faster is timed (about 0.3 s) and recorded for this
     # machine; one file takes the recorded decision (the test would cost what it saves), several are timed again

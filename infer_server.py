@@ -17,7 +17,8 @@ import os
 import socket
 import sys
 
-from utils.cli import add_bool, add_engine_args, add_to_simple_arg, make_parser, optional_str, setup_logging
+from utils.cli import (add_bool, add_engine_args, add_to_simple_arg, check_device_arg, make_parser, optional_str,
+                       setup_logging)
 
 logger = logging.getLogger("infer_server")
 
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.model_path = args.model_path or ["openai/whisper-base"]
+    check_device_arg(parser, args.device, args.backend)
     for name, value, ok, text in (("--port", args.port, 0 < args.port < 65536, "in 1..65535"),
                                   ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),
                                   ("--max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),

@@ -33,8 +33,8 @@ from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
 from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
-                       add_model_args, add_to_simple_arg, check_output_path, make_parser, resolve_encoder_window,
-                       setup_logging)
+                       add_model_args, add_to_simple_arg, check_device_arg, check_output_path, make_parser,
+                       resolve_encoder_window, setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    check_device_arg(parser, args.device, args.backend)
     args.encoder_window_seconds = encoder_window(args)  # auto resolved once: the decode and the report use it
     args.ct2_encoder = stream_encoder(args)
     setup_logging(args.verbose)
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
+        engine.check_language(options.language)
         engine.tune_lone_decoder()  # every step decodes a window alone
         hypothesis = EngineHypothesis(engine, options, close_beam_size=args.close_beam_size)
         policy = build_policy(args, hypothesis)

@@ -17,7 +17,8 @@ import json
 import logging
 import sys
 
-from utils.cli import add_bool, add_hidden_alias, check_output_path, make_parser, optional_str, setup_logging
+from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, make_parser, optional_str,
+                       setup_logging)
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.text is not None and not any(t.strip() for t in args.text):
         parser.error("--text is empty, nothing to classify")
     check_output_path(parser, "--output", args.output, folder=False)
+    check_device_arg(parser, args.device, "transformers")
     setup_logging()
 
     # 1. Read the texts (before loading anything, so a bad file fails fast and writes nothing)

@@ -142,3 +142,50 @@ def test_bitsandbytes_optional_kernel_warning_is_shown_only_with_verbose(caplog)
         assert "gemm_4bit_forward" in caplog.records[0].getMessage()
     finally:
         setup_logging(False)
+
+
+def test_a_device_the_machine_cannot_use_is_a_parse_error_before_any_model_loads(monkeypatch, capsys):
+    """--device=banana, or cuda/mps where the engine sees no such GPU, was a traceback from PyTorch or CTranslate2
+    after the model started loading (or, with ct2, ran on the CPU without a word); now one parser error (exit 2)
+    that says what the engine sees and the fix."""
+    import ctranslate2
+    import torch
+
+    import evaluation
+    import infer
+    import realtime_transcribe
+    from utils.device import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
+    for device in ("cpu", "auto"):
+        assert check_device(device, "ct2") == check_device(device) == device
+    for bad in ("banana", "gpu", "cuda:x", "CUDA"):
+        with pytest.raises(ValueError, match="unknown device; use auto, cpu, cuda, cuda:N"):
+            check_device(bad, "ct2")
+    with pytest.raises(ValueError, match=r"sees 0 CUDA GPU\(s\) on this machine; use --device=cpu"):
+        check_device("cuda", "ct2")
+    with pytest.raises(ValueError, match=r"PyTorch .* sees 0 CUDA GPU\(s\)"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no Apple GPU"):
+        check_device("mps")
+    assert check_device("mps", "ct2") == "mps"  # CTranslate2 runs it on the CPU, with a warning
+    for main, flags in ((infer.main, ["--audio_path=x.wav", "--backend=ct2", "--device=cuda"]),
+                        (evaluation.main, ["--test_data=x.json", "--device=banana"]),
+                        (realtime_transcribe.main, ["--audio_path=x.wav", "--device=cuda:0"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(flags)
+        assert exit_info.value.code == 2 and "--device=" in capsys.readouterr().err
+
+
+def test_seeds_and_encoder_windows_out_of_range_are_parse_errors(capsys):
+    """evaluation.py --seed=-1 (or ≥ 2**32) and --encoder_window_seconds=31 were tracebacks after the model loaded."""
+    import evaluation
+
+    for flag in ("--seed=-1", f"--seed={2**32}", "--encoder_window_seconds=31", "--encoder_window_seconds=0"):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluation.main(["--test_data=x.json", flag])
+        assert exit_info.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
+    args = evaluation.build_parser().parse_args(["--seed=4294967295", "--encoder_window_seconds=None"])
+    assert args.seed == 2**32 - 1 and args.encoder_window_seconds is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import evaluation
@@ -47,7 +48,7 @@ def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, 
     assert by_audio1 == by_audio2
 
 
-def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path):
+def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFFjunk")
     m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE), (bad, "x")])
@@ -56,6 +57,57 @@ def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path):
     assert report["metric"] == "wer" and "wer" in report
     assert report["utterances_scored"] == 1 and report["utterances_failed"] == 1
     assert report["reference_length"] == len(EN_SENTENCE.split())
+    assert f"{m}:2: not scored: {bad}: " in caplog.text  # the manifest's line, the file once
+    assert "1 utterances; 1 unreadable, not scored)" in capsys.readouterr().out
+    caplog.clear()
+    only_bad = _manifest(tmp_path / "bad.json", [(bad, "x"), (bad, "y")])
+    assert evaluation.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--test_data", str(only_bad),
+                            "--output", str(tmp_path / "none.json"), "--language=en"]) == 1
+    assert "no clip of" in caplog.text and not (tmp_path / "none.json").exists()  # no report that reads as a score
+
+
+def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_wav, tmp_path, caplog):
+    """Slices past the end of the audio, or a file without samples, found from the headers before any model loads
+    (the model path here does not exist: the data is checked first); each message names the manifest line and the
+    fix, and nothing is written. Before, a start past the end was found while decoding and the report said CER 0,
+    an end past the end was scored on the audio there was, against the whole sentence."""
+    import soundfile as sf
+
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    seconds = sf.info(en_wav).duration
+    m = tmp_path / "m.json"
+    rows = [{"audio": {"path": str(en_wav)}, "sentence": "fine", "duration": seconds},
+            {"audio": {"path": str(en_wav), "start_time": seconds + 1}, "sentence": "a", "duration": 1.0},
+            {"audio": {"path": str(en_wav), "start_time": 1.0, "end_time": seconds + 5}, "sentence": "b",
+             "duration": seconds + 4},
+            {"audio": {"path": str(empty)}, "sentence": "c", "duration": 1.0},
+            {"audio": {"path": str(en_wav), "end_time": seconds + 0.05}, "sentence": "within 0.1 s", "duration": 1}]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "r.json"
+    assert evaluation.main(["--model_path", str(tmp_path / "no-model"), "--test_data", str(m),
+                            "--output", str(out)]) == 1
+    assert f"{m}:2: {en_wav}: 'audio.start_time' {seconds + 1} s is past the end of the audio" in caplog.text
+    assert f"{m}:3: {en_wav}: 'audio.end_time' {seconds + 5} s is past the end of the audio" in caplog.text
+    assert f"{m}:4: {empty}: the file holds no audio samples; fix the line or remove it" in caplog.text
+    assert f"{m}:1:" not in caplog.text and f"{m}:5:" not in caplog.text
+    assert "3 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
+
+
+def test_a_set_of_only_no_speech_clips_has_no_error_rate_and_valid_json(tiny_whisper_dir, en_wav, tmp_path, capsys):
+    """Every reference empty (no-speech clips, or only punctuation): no error rate exists; the report says null
+    (strict JSON; before: Infinity, which JSON parsers reject) and the printed line n/a."""
+    m = _manifest(tmp_path / "m.json", [(en_wav, ""), (en_wav, "。，！")])
+    out = tmp_path / "r.json"
+    assert evaluation.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--test_data", str(m),
+                            "--output", str(out), "--language=en"]) == 0
+
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads(out.read_text(encoding="utf-8"), parse_constant=reject)
+    assert report["cer"] is None and report["utterances_scored"] == 2
+    assert capsys.readouterr().out.startswith("CER: n/a (")
 
 
 def test_encoder_window_is_15_s_on_a_cpu_by_default_and_30_s_on_a_gpu_or_when_asked():

@@ -1789,3 +1789,42 @@ def test_infer_hotwords_flag(rare_names, capsys):
     wav, name = rare_names[0]
     assert infer.main([f"--audio_path={wav}", "--backend=ct2", "--language=en", f"--hotwords={name}"]) == 0
     assert name in capsys.readouterr().out
+
+
+def test_a_prompt_longer_than_the_decoder_takes_is_cut_to_its_last_tokens(tiny_whisper_dir, zh_wav, caplog):
+    """A long --initial_prompt / --hotwords (320 characters, ~350 tokens) made transformers' generate() raise (the
+    prompt, the start sequence and the budget past the 448-token text context); its last tokens are kept instead,
+    as the ct2 backend (and the reference decoder) keep them."""
+    import logging
+
+    from utils.audio import load_audio
+    from utils.transcribe import DecodeOptions, load_transcriber
+
+    engine = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    audio = load_audio(zh_wav)
+    with caplog.at_level(logging.DEBUG, logger="utils.transcribe"):
+        for options in (DecodeOptions(language="zh", initial_prompt="今天天气很好，我们去公园散步吧。" * 20),
+                        DecodeOptions(language="zh", hotwords="，".join(["张三", "李四", "王五"] * 60),
+                                      timestamps=True)):
+            engine.transcribe(audio, options)
+    assert "left out" in caplog.text
+
+
+def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_whisper_dir, zh_wav, caplog):
+    """--language=yue (Cantonese came with large-v3) on whisper-base: transformers raised from generate(), ct2
+    decoded garbage ("The The The the…") and evaluation scored CER 1.0 without a word; now each backend refuses
+    it, and infer.py says so before decoding."""
+    import infer
+    from utils.transcribe import load_transcriber
+
+    for engine in (load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu"),
+                   load_transcriber("openai/whisper-base", "ct2", device="cpu", ct2_encoder="ct2")):
+        assert {"zh", "en", "ja"} <= engine.languages() and "yue" not in engine.languages()
+        assert len(engine.languages()) == 99
+        engine.check_language("zh")
+        engine.check_language(None)
+        engine.check_language("auto")
+        with pytest.raises(ValueError, match=r"no <\|yue\|> token"):
+            engine.check_language("yue")
+    assert infer.main([f"--audio_path={zh_wav}", "--backend=ct2", "--ct2_encoder=ct2", "--language=yue"]) == 2
+    assert "--language=yue: this model has no <|yue|> token" in caplog.text

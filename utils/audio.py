@@ -61,6 +61,8 @@ def _read_soundfile(path: str, start_time: float | None, end_time: float | None)
         sr = f.samplerate
         start = int(round((start_time or 0.0) * sr))
         stop = f.frames if end_time is None else min(f.frames, int(round(end_time * sr)))
+        if f.frames == 0:
+            raise AudioLoadError(f"{path}: the file holds no audio samples")
         if start >= f.frames:
             raise AudioLoadError(
                 f"{path}: start_time {start_time} s is past the end of the audio ({f.frames / sr:.2f} s)"
@@ -237,6 +239,24 @@ def _header_duration(source: str | io.BytesIO) -> float | None:
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
     return info.frames / info.samplerate if info.samplerate > 0 else None
+
+
+def slice_problem(path: str, start_time: float | None = None, end_time: float | None = None,
+                  tolerance_s: float = 0.1) -> str | None:
+    """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
+    decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
+    ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold). None when
+    fine, and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded)."""
+    seconds = _header_duration(path)
+    if seconds is None:
+        return None
+    if seconds == 0:
+        return "the file holds no audio samples"
+    if start_time is not None and start_time >= seconds:
+        return f"'audio.start_time' {start_time} s is past the end of the audio ({seconds:.2f} s)"
+    if end_time is not None and end_time > seconds + tolerance_s:
+        return f"'audio.end_time' {end_time} s is past the end of the audio ({seconds:.2f} s)"
+    return None
 
 
 def audio_bytes_duration(data: bytes, name: str = "audio") -> float:

@@ -75,6 +75,14 @@ def positive_int(value: str) -> int:
     return int_at_least(value, 1)
 
 
+def seed_int(value: str) -> int:
+    """A random seed flag: 0 to 2**32 - 1, what every generator seeded from it (NumPy, CTranslate2) takes."""
+    number = int_at_least(value, 0, "a seed")
+    if number >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**32 ({2**32}), got {number}")
+    return number
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser that shows defaults in ``--help``."""
     return argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelpFormatter)
@@ -171,8 +179,13 @@ def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *
 
 
 def encoder_window_flag(value: str) -> str | float | None:
-    """--encoder_window_seconds: auto, None, or seconds."""
-    return "auto" if value.strip().lower() == "auto" else optional_float(value)
+    """--encoder_window_seconds: auto, None, or seconds (1 to Whisper's 30)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    seconds = optional_float(value)
+    if seconds is not None and not 1 <= seconds <= 30:
+        raise argparse.ArgumentTypeError(f"expected auto, None or 1 to 30 seconds, got {value}")
+    return seconds
 
 
 # --encoder_window_seconds=auto on a CPU (evaluation.py, realtime_transcribe.py): at least 15 s, the longest clip or
@@ -330,3 +343,14 @@ def setup_logging(verbose: bool = False) -> None:
     for name, demote in _DEMOTED.items():
         if demote not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(demote)
+
+
+def check_device_arg(parser: argparse.ArgumentParser, device: str, backend: str) -> None:
+    """``parser.error`` with :func:`utils.device.check_device`'s message where ``--device`` cannot run ``backend``
+    here (an unknown name, a GPU the engine does not see), before any model loads."""
+    from utils.device import check_device
+
+    try:
+        check_device(device, backend)
+    except ValueError as e:
+        parser.error(str(e))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,40 @@ def resolve_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str, backend: str = "transformers") -> str:
+    """``device`` (a ``--device`` value) as given, when this machine can run ``backend`` on it ("transformers":
+    PyTorch; "ct2": CTranslate2, which runs ``mps`` on the CPU with a warning).
+
+    Raises:
+        ValueError: an unknown device name, or a GPU the engine does not see here (the message says why and the fix).
+    """
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"--device={device}: unknown device; use auto, cpu, cuda, cuda:N (the N-th GPU) or mps")
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if backend == "ct2":
+            import ctranslate2
+
+            count, engine = ctranslate2.get_cuda_device_count(), f"CTranslate2 {ctranslate2.__version__}"
+        else:
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            engine = f"PyTorch {torch.__version__}" + (", a build without CUDA," if torch.version.cuda is None else "")
+        if count <= int(index or 0):
+            raise ValueError(f"--device={device}: {engine} sees {count} CUDA GPU(s) on this machine; use --device=cpu, "
+                             "or auto (a GPU where there is one)")
+    elif kind == "mps" and backend != "ct2":
+        import torch
+
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError("--device=mps: PyTorch sees no Apple GPU (MPS) on this machine; use --device=cpu or auto")
+    return device
 
 
 def resolve_ct2_device(device: str = "auto") -> str:

@@ -45,7 +45,7 @@ from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
-from utils.languages import AUTO_LANGUAGE, HAN_KANA_RANGES, decode_language, joins_unspaced, language_code
+from utils.languages import AUTO_LANGUAGE, HAN_KANA_RANGES, LANGUAGES, decode_language, joins_unspaced, language_code
 from utils.repeats import (
     LOOP_REPEATS,
     MAX_UNREAD_SPEECH_S,
@@ -383,6 +383,8 @@ class Transcriber(Protocol):
 
     def fixed_language(self, options: DecodeOptions) -> str | None: ...
 
+    def check_language(self, language: str | None) -> None: ...
+
     def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
                           reuse: bool = False) -> bool: ...
 
@@ -436,6 +438,25 @@ class _BaseTranscriber:
         :meth:`CT2Transcriber.tune_lone_decoder`); for programs that decode many windows alone (live transcription,
         the server, the web UI, folders of short files). Returns whether that changed anything (here: nothing)."""
         return False
+
+    _language_codes: set[str] = set()
+
+    def languages(self) -> set[str]:
+        """The language codes this model has a token for (whisper-base: 99; Cantonese, yue, came with large-v3)."""
+        return self._language_codes
+
+    def check_language(self, language: str | None) -> None:
+        """Raise ValueError when ``language`` (a code; None and auto: detected) is one this model has no token for:
+        an English-only model asked for another language, or a code of a later Whisper (yue on whisper-base), which
+        transformers refused with a traceback and CTranslate2 decoded as garbage."""
+        if language in (None, AUTO_LANGUAGE) or language in self.languages():
+            return
+        if not self.multilingual:
+            raise ValueError(f"--language={language}: this model is English-only; use --language=en or a multilingual "
+                             "model")
+        raise ValueError(f"--language={language}: this model has no <|{language}|> token (it knows "
+                         f"{len(self.languages())} languages; yue came with large-v3); use another --language or a "
+                         "model that has it")
 
     def fixed_language(self, options: DecodeOptions) -> str | None:
         """The language ``options`` decode in without detecting it: ``options.language``, or when that is None the
@@ -1160,6 +1181,7 @@ class TransformersTranscriber(_BaseTranscriber):
         gc = self.model.generation_config
         self.multilingual = bool(getattr(gc, "is_multilingual", False)) and bool(getattr(gc, "lang_to_id", None))
         self._lang_ids = dict(gc.lang_to_id) if self.multilingual else {}
+        self._language_codes = {t.strip("<|>") for t in self._lang_ids} if self.multilingual else {"en"}
         self._sot = gc.decoder_start_token_id
         self._word_tokenizers: dict[tuple[str, str], Any] = {}
         self.trained_without_timestamps = getattr(gc, "finetune_timestamps", None) is False
@@ -1229,7 +1251,15 @@ class TransformersTranscriber(_BaseTranscriber):
                 kw["language"] = list(languages) if len(set(languages)) > 1 else languages[0]
         context = prompt_text(options.hotwords, prompt)
         if context:
-            kw["prompt_ids"] = torch.as_tensor(self.processor.get_prompt_ids(context), device=self.device)
+            ids = [int(t) for t in self.processor.get_prompt_ids(context)]  # <|startofprev|>, then the text's
+            # the text context holds the prompt, the start sequence (up to 4) and what is generated (generate() raises
+            # past it): the prompt's last tokens are kept, at most 223 as the reference decoder keeps
+            room = self.model.config.max_target_positions - (options.max_new_tokens or MAX_SAMPLE_LEN) - 5
+            keep = max(0, min(len(ids) - 1, room, MAX_SAMPLE_LEN - 1))
+            if keep < len(ids) - 1:
+                logger.debug("prompt of %d tokens: its first %d left out", len(ids) - 1, len(ids) - 1 - keep)
+            if keep:
+                kw["prompt_ids"] = torch.as_tensor([ids[0], *ids[len(ids) - keep:]], device=self.device)
         return kw
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
@@ -1576,6 +1606,9 @@ class CT2Transcriber(_BaseTranscriber):
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
+        vocab = self.model.hf_tokenizer
+        self._language_codes = ({code for code in LANGUAGES if vocab.token_to_id(f"<|{code}|>") is not None}
+                                if self.multilingual else {"en"})
         config = _ct2_generation_config(model_dir)  # merge_lora.py --ct2 writes one
         self.model_language = _ct2_model_language(model_dir, config) if self.multilingual else None
         self.trained_without_timestamps = config.get("finetune_timestamps") is False

@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     check_device_arg(parser, args.device, args.backend)
+    if 0 < args.max_audio_len < args.min_audio_len:
+        parser.error(f"--min_audio_len ({args.min_audio_len}) is above --max_audio_len ({args.max_audio_len}): "
+                     "no clip could be kept")
     beam_size = args.num_beams if args.num_beams is not None else args.beam_size
     if beam_size < 1 or args.batch_size < 1:
         parser.error("--beam_size and --batch_size must be >= 1")

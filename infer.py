@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -213,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.cpu_threads < 0:
+        parser.error(f"--cpu_threads must be >= 0 (0: the engine's choice), got {args.cpu_threads}")
+    for flag, value, ok, need in (
+            ("--compression_ratio_threshold", args.compression_ratio_threshold, lambda v: v > 0, "> 0"),
+            ("--logprob_threshold", args.logprob_threshold, lambda v: -math.inf < v <= 0, "a log-probability <= 0"),
+            ("--no_speech_threshold", args.no_speech_threshold, lambda v: 0 <= v <= 1, "a probability in [0, 1]")):
+        if value is not None and not ok(value):  # (nan fails every test)
+            parser.error(f"{flag} must be {need}, got {value}")
     if args.subtitle_words and not options.word_timestamps:
         parser.error("--subtitle_words needs --word_timestamps=True")
     if options.word_timestamps and options.condition_on_previous_text:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -170,6 +171,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--samplerate must be positive, got {args.samplerate}")
     if not 0 < args.vad_threshold < 1:
         parser.error(f"--vad_threshold must be in (0, 1), got {args.vad_threshold}")
+    if not args.min_silence_seconds > 0:
+        parser.error(f"--min_silence_seconds must be > 0, got {args.min_silence_seconds}")
+    if args.cpu_threads < -1:
+        parser.error(f"--cpu_threads must be >= 0 (0: CTranslate2's choice; -1: auto), got {args.cpu_threads}")
+    if args.audio_path is not None and os.path.isdir(args.audio_path):
+        parser.error(f"--audio_path={args.audio_path} is a folder: give one audio file (infer.py transcribes folders)")
     if args.audio_path is not None and (args.device_index is not None or args.samplerate is not None):
         parser.error("--device_index/--samplerate select a microphone; they cannot be used with --audio_path")
     check_output_path(parser, "--output", args.output, folder=False)

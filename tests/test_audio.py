@@ -142,3 +142,15 @@ def test_quietest_point_is_the_middle_of_the_quietest_stretch():
     assert 22_000 + 400 <= cut <= 23_600 - 400, cut
     assert quietest_point(audio, 100, 500) == 100  # shorter than the window: its start
 
+
+
+def test_a_video_without_sound_and_an_empty_wav_say_what_is_missing(tmp_path):
+    """Before: ffmpeg's "Output file #0 does not contain any stream", and "start_time None s is past the end"."""
+    video, empty = tmp_path / "silent.mp4", tmp_path / "empty.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=1",
+                    "-an", str(video)], check=True)
+    sf.write(empty, np.zeros(0, np.float32), SAMPLE_RATE)
+    with pytest.raises(AudioLoadError, match="has no audio stream"):
+        load_audio(video)
+    with pytest.raises(AudioLoadError, match="holds no audio samples"):
+        load_audio(empty)

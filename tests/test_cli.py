@@ -189,3 +189,24 @@ def test_seeds_and_encoder_windows_out_of_range_are_parse_errors(capsys):
         assert exit_info.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
     args = evaluation.build_parser().parse_args(["--seed=4294967295", "--encoder_window_seconds=None"])
     assert args.seed == 2**32 - 1 and args.encoder_window_seconds is None
+
+
+@pytest.mark.parametrize("script,flags,flag", [
+    ("infer", ["--audio_path=x.wav", "--cpu_threads=-5"], "--cpu_threads"),
+    ("infer", ["--audio_path=x.wav", "--compression_ratio_threshold=-1"], "--compression_ratio_threshold"),
+    ("infer", ["--audio_path=x.wav", "--no_speech_threshold=2"], "--no_speech_threshold"),
+    ("infer", ["--audio_path=x.wav", "--logprob_threshold=nan"], "--logprob_threshold"),
+    ("realtime_transcribe", ["--audio_path=x.wav", "--min_silence_seconds=-1"], "--min_silence_seconds"),
+    ("realtime_transcribe", ["--audio_path=x.wav", "--cpu_threads=-5"], "--cpu_threads"),
+    ("realtime_transcribe", ["--audio_path=."], "is a folder: give one audio file"),
+    ("evaluation", ["--test_data=x.json", "--min_audio_len=10", "--max_audio_len=5"], "no clip could be kept"),
+])
+def test_values_no_run_could_use_are_parse_errors(script, flags, flag, capsys):
+    """Values the helper walkthrough found accepted: negative thread counts and silences, thresholds outside their
+    range (a negative silence changed the live text), a folder for realtime's one file, --min_audio_len above the
+    max (reported as "no usable lines left")."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(script).main(flags)
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err

@@ -83,6 +83,16 @@ def test_invalid_lines_name_file_line_field(tmp_path, audio_dir, line, message):
         load_manifest(m)
 
 
+def test_a_manifest_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, audio_dir):
+    """Windows tools write GBK or UTF-16: the message was the codec's own ("'utf-8' codec can't decode byte…")."""
+    text = json.dumps(_rec(sentence="今天天气很好"), ensure_ascii=False) + "\n"
+    for encoding, line in (("gbk", 1), ("utf-16", 1)):
+        m = tmp_path / f"{encoding}.json"
+        m.write_bytes(text.encode(encoding))
+        with pytest.raises(ManifestError, match=rf"{encoding}\.json:{line}: not UTF-8 text .*save the manifest as UTF-8"):
+            load_manifest(m)
+
+
 def test_skip_invalid_is_explicit_and_counted(tmp_path, audio_dir, caplog):
     m = _write(tmp_path / "t.json", [_rec(), "{bad", _rec("audio/b.wav")])
     man = load_manifest(m, skip_invalid=True)

@@ -131,6 +131,8 @@ def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sa
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        if detail and "does not contain any stream" in detail[-1]:  # ffmpeg's words for "no audio track"
+            raise AudioLoadError(f"{path}: the file has no audio stream (a video without sound?)")
         raise AudioLoadError(f"{path}: cannot decode ({detail[-1] if detail else 'ffmpeg failed'})")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 

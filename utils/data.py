@@ -321,9 +321,12 @@ def load_manifest(
                 try:
                     obj = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    if isinstance(e, UnicodeDecodeError):  # GBK, or UTF-16 (json.loads guesses it from the bytes)
+                        raise ManifestError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the manifest "
+                                            "as UTF-8") from e
                     # the parser's own "line 1 column 9" counts inside this line: said as the column only
-                    why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-                    raise ManifestError(f"{where}: not valid JSON ({why}); each line must be one JSON object") from e
+                    raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be "
+                                        "one JSON object") from e
                 validate_record(obj, where)
                 base = _resolve_base(obj["audio"]["path"], manifest_dir, check_audio, where)
                 if encode is not None:

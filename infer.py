@@ -85,12 +85,13 @@ def lone_decoder_record() -> Path:
 
 def collect_audio_files(paths: list[str]) -> list[str]:
     """Expand folders into their audio files (sorted, recursive; hidden files and folders, such as macOS's ``._*``
-    copies, left out); files are kept as given, even missing ones."""
+    copies, left out; a link to a missing file kept, to fail and be counted); files are kept as given, even missing
+    ones."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
             found = sorted(str(f) for f in Path(p).rglob("*")
-                           if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()
+                           if f.suffix.lower() in AUDIO_EXTENSIONS and (f.is_file() or f.is_symlink())
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 logger.warning("%s: no audio files (%s) in this folder", p, ", ".join(AUDIO_EXTENSIONS))

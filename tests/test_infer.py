@@ -247,8 +247,11 @@ def test_output_names_never_clash_with_another_input():
 
 
 def test_a_folder_is_scanned_without_hidden_files(tmp_path):
-    """macOS leaves ``._name.wav`` copies (resource forks, not audio) and hidden folders; a folder scan skips them."""
+    """macOS leaves ``._name.wav`` copies (resource forks, not audio) and hidden folders; a folder scan skips them.
+    A link to a file that is gone was skipped without a word; it is listed now, and fails as a missing file."""
     for rel in ("b.wav", "sub/a.mp3", "._b.wav", ".cache/c.wav", "notes.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    assert infer.collect_audio_files([str(tmp_path)]) == [str(tmp_path / "b.wav"), str(tmp_path / "sub" / "a.mp3")]
+    (tmp_path / "dead.wav").symlink_to(tmp_path / "gone.wav")  # a link to a moved file: kept, fails, is counted
+    assert infer.collect_audio_files([str(tmp_path)]) == [str(tmp_path / "b.wav"), str(tmp_path / "dead.wav"),
+                                                          str(tmp_path / "sub" / "a.mp3")]

@@ -353,6 +353,7 @@ def test_main_with_hf_model_folder(tiny_hf_dir, tmp_path):
         ("manifest.json", '{"sentence": "好"}\n{"audio": {"path": "a.wav"}}\n',
          r"manifest\.json:2: 'sentence' missing \(keys: audio\)"),
         ("notes.csv", "a,b\n", r"notes\.csv: unknown extension '\.csv'"),
+        ("texts", "<folder>", r"texts: a folder; give one file"),
         ("list.json", '["好"]', r"list\.json: expected a transcript object"),
         ("silent.json", '{"text": "", "segments": []}', r"silent\.json: no text to classify"),
         ("seg.json", '{"text": "好", "segments": [{"start": 0, "end": 1}]}',
@@ -361,7 +362,9 @@ def test_main_with_hf_model_folder(tiny_hf_dir, tmp_path):
 )
 def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, caplog, name, content, message):
     src = tmp_path / name
-    if content is not None:
+    if content == "<folder>":
+        src.mkdir()
+    elif content is not None:
         src.write_text(content, encoding="utf-8")
     out = tmp_path / "out.json"
     rc = sentiment_analysis.main(["--input", str(src), "--output_format", "json", "--output", str(out)])

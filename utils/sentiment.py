@@ -476,6 +476,8 @@ def load_sentiment_inputs(path: str | Path) -> SentimentInput:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise SentimentInputError(f"{path}: a folder; give one file ({', '.join(INPUT_SUFFIXES)})")
     if suffix not in INPUT_SUFFIXES:
         raise SentimentInputError(f"{path}: unknown extension '{suffix}' (use {', '.join(INPUT_SUFFIXES)})")
     text = _read_text(path)

@@ -235,6 +235,10 @@ def test_hf_model_errors_name_the_model(tmp_path):
     missing = tmp_path / "no_such_model"
     with pytest.raises(SentimentModelError, match=rf"{missing}: cannot load a text-classification model"):
         load_sentiment_model(str(missing), local_files_only=True)
+    empty = tmp_path / "empty"  # before: transformers' advice to install sentencepiece or tiktoken
+    empty.mkdir()
+    with pytest.raises(SentimentModelError, match=rf"{empty}: a folder without config.json: not a saved model"):
+        load_sentiment_model(str(empty))
     odd = _tiny_bert(tmp_path / "topics", {0: "sports", 1: "politics"})
     with pytest.raises(SentimentModelError, match="cannot map labels"):
         load_sentiment_model(str(odd), device="cpu")

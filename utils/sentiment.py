@@ -299,7 +299,11 @@ class HFSentiment(SentimentModel):
         self.device = resolve_device(device)
         from utils.models import hub_unusable_reason
 
-        unusable = None if local_files_only or Path(name).expanduser().is_dir() else hub_unusable_reason(name)
+        folder = Path(name).expanduser()
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            raise SentimentModelError(f"{name}: a folder without config.json: not a saved model (save one with "
+                                      "save_pretrained, or give a hub id)")
+        unusable = None if local_files_only or folder.is_dir() else hub_unusable_reason(name)
         if unusable is not None:
             local_files_only = True  # the hub cache only: transformers would retry an unreachable hub for a minute
         try:

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if formats:
             try:
                 for written in write_transcript(transcript, output_dir, stem, formats,
-                                                word_cues=args.subtitle_words):
+                                                word_cues=args.subtitle_words, source=path):
                     logger.info("wrote %s", written)
             except OSError as e:  # the transcript was printed above; the other files still go on
                 logger.error("%s: cannot write its transcript to %s (%s)", path, output_dir, e)

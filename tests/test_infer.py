@@ -62,6 +62,7 @@ def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_pat
     stdout = capsys.readouterr()
     data = json.loads((out / "en.json").read_text(encoding="utf-8"))
     assert data["language"] == "en" and data["duration"] > 1.0
+    assert data["audio"] == str(en_wav)  # which input it came from (names may get _1, _2 when stems repeat)
     assert (out / "en.txt").read_text(encoding="utf-8") == data["text"] + "\n"
     for seg in data["segments"]:
         assert f"] {seg['text']}" in stdout.out

@@ -67,24 +67,29 @@ def to_txt(transcript: Transcript) -> str:
     return transcript.text + "\n"
 
 
-def to_json(transcript: Transcript) -> str:
-    return json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2) + "\n"
+def to_json(transcript: Transcript, source: str | None = None) -> str:
+    """The transcript as JSON; ``source``: the audio it was read from, first (``"audio"``), when given."""
+    data = transcript.to_dict() if source is None else {"audio": source, **transcript.to_dict()}
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
 _WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
 
 
 def write_transcript(transcript: Transcript, output_dir: str | os.PathLike, stem: str,
-                     formats: Sequence[str], word_cues: bool = False) -> list[Path]:
+                     formats: Sequence[str], word_cues: bool = False, source: str | None = None) -> list[Path]:
     """Write ``output_dir/stem.<fmt>`` for every format (atomically); returns the paths written.
-    ``word_cues``: SRT/VTT with one cue per word."""
+    ``word_cues``: SRT/VTT with one cue per word; ``source``: the audio file, named in the JSON."""
     paths = []
     for fmt in formats:
         if fmt not in _WRITERS:
             raise ValueError(f"unknown output format {fmt!r}; choose from {OUTPUT_FORMATS}")
         path = Path(output_dir) / f"{stem}.{fmt}"
-        text = _WRITERS[fmt](transcript, words=True) if word_cues and fmt in ("srt", "vtt") else \
-            _WRITERS[fmt](transcript)
+        if fmt == "json":
+            text = to_json(transcript, source)
+        else:
+            text = _WRITERS[fmt](transcript, words=True) if word_cues and fmt in ("srt", "vtt") else \
+                _WRITERS[fmt](transcript)
         write_text_atomic(path, text)
         paths.append(path)
     return paths

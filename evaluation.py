@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = sum(r.duration for r in records) if isinstance(records, Sequence) else None
     if seconds is not None:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
-        problems = unreadable_clips(records, locations)
+        # files named by a manifest (a dataset's clips are its own bytes, read as they are scored)
+        problems = unreadable_clips(records, locations) if isinstance(records, list) else []
         for problem in problems[:5]:
             logger.error("%s", problem)
         if problems:

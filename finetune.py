@@ -27,7 +27,7 @@ from typing import Any
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path,
                        int_at_least, make_parser, optional_str, seed_int, setup_logging)
 from utils.hf_data import is_manifest
-from utils.lora import DEFAULT_TARGET_MODULES
+from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
 
 logger = logging.getLogger("finetune")
@@ -138,6 +138,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--max_audio_len must be in (0, 30] seconds: Whisper sees 30 s windows")
     if args.use_adalora and args.lora_r < 2:
         parser.error("--lora_r must be >= 2 with --use_adalora")
+    if args.use_adalora and 0 < args.max_steps < ADALORA_MIN_STEPS:
+        parser.error(f"--use_adalora needs at least {ADALORA_MIN_STEPS} optimizer steps to prune its ranks, got "
+                     f"--max_steps={args.max_steps}; raise it, or train plain LoRA")
     ranges = {  # flag: (allowed, how the message says it)
         "learning_rate": (lambda v: v > 0, "> 0"),
         "weight_decay": (lambda v: v >= 0, ">= 0"),
@@ -242,6 +245,10 @@ def worker_error_message(error: BaseException) -> str:
 
 class FinetuneError(RuntimeError):
     """A step of the run cannot go on; the message names the file or flag and the fix."""
+
+
+class FinetuneInterrupted(FinetuneError):
+    """Ctrl-C (SIGINT): the run stops; the message says where it was and how to resume."""
 
 
 @dataclasses.dataclass
@@ -512,6 +519,10 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
             raise FinetuneError(f"cannot resume: {e}") from e
     try:
         return trainer.train()
+    except KeyboardInterrupt:
+        step = trainer.state.global_step
+        raise FinetuneInterrupted(f"interrupted at step {step}: the last complete checkpoint-<step> in {run_dir} "
+                                  "resumes with --resume_from_checkpoint=auto") from None
     except AudioLoadError as e:  # from a DataLoader worker, the message carries the worker's traceback
         raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line (the last complete "
                             "checkpoint-<step> resumes with --resume_from_checkpoint=auto)") from e
@@ -536,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--language: {e}")
     try:
         return run(args, language)
+    except FinetuneInterrupted as e:
+        logger.error("%s", e)
+        return 130
+    except KeyboardInterrupt:  # before training started: nothing written to resume from
+        logger.error("interrupted before training started")
+        return 130
     except FinetuneError as e:
         logger.error("%s", e)
         return 1

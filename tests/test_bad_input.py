@@ -229,6 +229,8 @@ SCRIPT_CASES = [
      "{d}/checkpoint-2/adapter_model.safetensors: damaged or truncated"),
     ("merge-not-a-checkpoint", "merge_lora", ["--lora_model={d}", "--output_dir={d}/models"],
      "{d}: no adapter_config.json"),
+    ("merge-missing-checkpoint-best", "merge_lora", ["--lora_model={d}/checkpoint-best", "--output_dir={d}/models"],
+     "{d}/checkpoint-best: no such folder (there: checkpoint-2, checkpoint-4)"),
     ("merge-output-is-file", "merge_lora", ["--lora_model={d}/checkpoint-4", "--output_dir={d}/a_file"],
      "--output_dir {d}/a_file: is a file"),
     ("aishell-not-an-archive", "aishell", ["--filepath={d}/not_a_tgz.tgz", "--target_dir={d}/aishell/audio",

@@ -993,3 +993,38 @@ def test_no_speech_clips_teach_no_speech_and_an_empty_forced_transcript(whisper_
     after = log_probs(model)
     assert int(after[0].argmax()) == tokens.no_speech and after[0, tokens.no_speech] > before[0, tokens.no_speech]
     assert int(after[-1].argmax()) == tokens.end_of_text
+
+
+def test_ctrl_c_during_training_says_where_it_stopped_and_how_to_resume(tiny_whisper_dir, corpus, tmp_path,
+                                                                          monkeypatch, caplog):
+    """Ctrl-C while training printed a 110-line traceback; now one line with the step and how to resume, exit 130.
+    Ctrl-C before training starts (loading) says so, also without a traceback."""
+    import utils.trainer
+
+    def interrupted(self):
+        self.state.global_step = 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.trainer.Trainer, "train", interrupted)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out")) == 130
+    assert "interrupted at step 3: the last complete checkpoint-<step> in" in caplog.text
+    assert "--resume_from_checkpoint=auto" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+
+    def interrupted_early(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "load_data", interrupted_early)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out2")) == 130
+    assert "interrupted before training started" in caplog.text
+
+
+def test_adalora_too_short_and_encoder_layers_past_the_model(tiny_whisper_dir, corpus, tmp_path, capsys, caplog):
+    """--use_adalora with 2 steps ended, after the whole load, on peft's "Decrease 'tfinal'/'tinit'"; now a parse
+    error naming the flag. --lora_encoder_layers above the model's encoder layers says that all of them get one."""
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "a", use_adalora=True, max_steps=2))
+    assert exit_info.value.code == 2 and "--use_adalora needs at least 3 optimizer steps" in capsys.readouterr().err
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "b", lora_encoder_layers=7, max_steps=1,
+                               eval_steps=0, save_steps=0)) == 0
+    assert "adapters asked for the top 7 encoder layers; this model has 2: all of them get one" in caplog.text

@@ -137,7 +137,8 @@ def validate_record(obj: Any, where: str) -> None:
         if not _is_number(s) or not _is_number(e) or s < 0 or e < s:
             raise ManifestError(f"{where}: 'sentences[{j}]' needs 0 <= start <= end (seconds), got {s!r}..{e!r}")
         if s < prev_end - 1e-3:
-            raise ManifestError(f"{where}: 'sentences[{j}]' starts at {s} before the previous one ends ({prev_end})")
+            raise ManifestError(f"{where}: 'sentences[{j}]' starts at {s} before the previous one ends ({prev_end}); "
+                                "segments must not overlap: fix their times")
         if e > duration + 0.05:
             raise ManifestError(f"{where}: 'sentences[{j}]' ends at {e} s, after the clip's duration {duration} s")
         if not isinstance(t, str):

@@ -97,20 +97,24 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
     encoder_ids = top_layer_ids(model.config.encoder_layers, options.encoder_layers)
+    if options.encoder_layers is not None and options.encoder_layers > model.config.encoder_layers:
+        logger.warning("adapters asked for the top %d encoder layers; this model has %d: all of them get one",
+                       options.encoder_layers, model.config.encoder_layers)
     targets = peft_target_modules(options.target_modules, encoder_ids)
     if options.use_adalora:
         if not options.total_step or options.total_step <= 0:
             raise ValueError("AdaLoRA needs total_step = the number of optimizer steps (> 0)")
         total = options.total_step
         # budget schedule: warm up 10 % at init_r, prune ranks until 70 %, then fine-tune at target_r
+        tinit, tfinal = max(1, int(0.1 * total)), max(1, int(0.3 * total))
+        if tinit + tfinal >= total:  # checked before peft's own check, whose message names its parameters
+            raise ValueError(f"AdaLoRA needs at least {ADALORA_MIN_STEPS} optimizer steps to prune its ranks, this "
+                             f"run has {total}: raise --max_steps or --num_train_epochs, or train plain LoRA")
         config = AdaLoraConfig(
             init_r=options.adalora_init_r, target_r=options.adalora_target_r, lora_alpha=options.alpha,
             lora_dropout=options.dropout, target_modules=targets, total_step=total,
-            tinit=max(1, int(0.1 * total)), tfinal=max(1, int(0.3 * total)), deltaT=max(1, total // 50),
-            beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
+            tinit=tinit, tfinal=tfinal, deltaT=max(1, total // 50), beta1=0.85, beta2=0.85, orth_reg_weight=0.5,
         )
-        if config.tinit + config.tfinal >= total:
-            raise ValueError(f"AdaLoRA needs more steps: total_step={total} leaves no budgeting phase")
     else:
         config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                             target_modules=targets, bias="none")
@@ -123,14 +127,20 @@ def build_adapter(model: torch.nn.Module, options: LoraOptions, base_model_name:
     return peft_model
 
 
+ADALORA_MIN_STEPS = 3  # its schedule (10 % at init_r, ranks pruned until 70 %) needs a step between the two phases
+
+
 def save_adapter(peft_model, folder: str | os.PathLike) -> None:
     """Write the adapter (adapter_model.safetensors, adapter_config.json) of ``peft_model`` into ``folder``.
 
     The base model's embeddings are frozen and its vocabulary is never resized here, so they are not saved; peft's
     default ("auto") would find that out by asking the hub about ``base_model_name_or_path`` (a hub id such as
-    ``openai/whisper-base``) at every checkpoint: a network request, and a warning when offline.
+    ``openai/whisper-base``) at every checkpoint: a network request, and a warning when offline. AdaLoRA prunes ranks
+    to 0, and peft takes those empty matrices for unsaved DeepSpeed/FSDP shards: that warning is left out.
     """
-    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        peft_model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def adalora_orth_regularization(peft_model, adapter: str = "default") -> torch.Tensor:
@@ -194,6 +204,10 @@ def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
     """The adapter_config.json of an adapter folder."""
     path = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    if not os.path.isdir(adapter_dir):
+        parent = os.path.dirname(os.path.normpath(adapter_dir))
+        there = sorted(n for n in os.listdir(parent) if n.startswith("checkpoint-")) if os.path.isdir(parent) else []
+        raise FileNotFoundError(f"{adapter_dir}: no such folder" + (f" (there: {', '.join(there)})" if there else ""))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_CONFIG}; pass a LoRA checkpoint folder "
                                 "such as output/whisper-tiny/checkpoint-best")

@@ -28,11 +28,11 @@ from itertools import islice
 import numpy as np
 from tqdm import tqdm
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio, slice_problem
+from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
                        make_parser, positive_int, resolve_encoder_window, seed_int, setup_logging)
-from utils.data import Manifest, ManifestError, Record, load_manifest
+from utils.data import Manifest, ManifestError, Record, clip_problems, load_manifest
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE
@@ -186,20 +186,6 @@ def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] |
     return (source if not isinstance(source, Manifest) else list(source)), locations
 
 
-def unreadable_clips(records: Sequence[Record], locations: Sequence[str]) -> list[str]:
-    """What is wrong with the clips of audio files, from their headers, before the model loads
-    (:func:`utils.audio.slice_problem`: no samples, a start or an end past the end of the audio): one line each,
-    naming the data's line, the file and the fix."""
-    problems = []
-    for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=len(records) < 5000),
-                             locations):
-        problem = None if record.audio_bytes is not None else slice_problem(record.audio_path, record.start_time,
-                                                                            record.end_time)
-        if problem:
-            problems.append(f"{where}: {record.audio_path}: {problem}; fix the line or remove it")
-    return problems
-
-
 def _seed(seed: int) -> None:
     """Seed the samplers of the temperature fallback: CTranslate2's, and PyTorch's where it is loaded (the
     transformers backend; the ct2 backend samples in CTranslate2 and need not pay PyTorch's 1.5 s import)."""
@@ -248,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if seconds is not None:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
         # files named by a manifest (a dataset's clips are its own bytes, read as they are scored)
-        problems = unreadable_clips(records, locations) if isinstance(records, list) else []
+        problems = clip_problems(records, locations) if isinstance(records, list) else []
         for problem in problems[:5]:
             logger.error("%s", problem)
         if problems:

@@ -307,7 +307,7 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
     from transformers import WhisperProcessor
 
     from utils.augment import AugmentConfigError, load_augment_config
-    from utils.data import ManifestError
+    from utils.data import Manifest, ManifestError, clip_problems
     from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
     from utils.train_data import SpeechDataset
@@ -333,6 +333,13 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
             train_manifest = load_source(args.train_data, split=args.train_split, split_flag="--train_split",
                                          **lengths)
         test_manifest = load_source(args.test_data, split=args.test_split, split_flag="--test_split", **lengths)
+        for source in (train_manifest, test_manifest):  # before the model loads, not hours into training
+            if not isinstance(source, Manifest):
+                continue
+            problems = clip_problems(source, map(source.location, range(len(source))))
+            if problems:
+                more = f"\n... and {len(problems) - 5} more" if len(problems) > 5 else ""
+                raise ManifestError("\n".join(problems[:5]) + more)
         if args.augment_config_path:
             augmenter = load_augment_config(args.augment_config_path)
     except (ManifestError, AugmentConfigError) as e:

@@ -1028,3 +1028,19 @@ def test_adalora_too_short_and_encoder_layers_past_the_model(tiny_whisper_dir, c
     assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "b", lora_encoder_layers=7, max_steps=1,
                                eval_steps=0, save_steps=0)) == 0
     assert "adapters asked for the top 7 encoder layers; this model has 2: all of them get one" in caplog.text
+
+
+def test_a_slice_past_the_end_of_its_audio_stops_the_run_before_the_model_loads(tiny_whisper_dir, corpus, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """A slice that starts past the end of its file was found at the first batch that drew it (hours into a run on
+    real data), leaving a run folder behind; the audio headers are checked when the manifests load."""
+    lines = corpus["train"].read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[1])
+    bad["audio"]["start_time"], bad["audio"]["end_time"] = 40.0, 45.0
+    train = corpus["train"].parent / "train_past_end.json"
+    train.write_text("\n".join([*lines, json.dumps(bad, ensure_ascii=False)]) + "\n", encoding="utf-8")
+    monkeypatch.setattr(finetune, "build_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, train_data=train)) == 1
+    assert f"{train}:{len(lines) + 1}: " in caplog.text and "'audio.start_time' 40.0 s is past the end" in caplog.text
+    assert not list(out.rglob("runs"))

@@ -22,7 +22,7 @@ import math
 import mmap
 import os
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,3 +396,20 @@ def relative_audio_path(audio_path: str | os.PathLike, manifest_path: str | os.P
         return audio.relative_to(base).as_posix()
     except ValueError:
         return str(audio)
+
+
+def clip_problems(records: Iterable[Record], locations: Iterable[str]) -> list[str]:
+    """What is wrong with the clips of audio files, from their files' headers (:func:`utils.audio.slice_problem`: no
+    samples, a start or an end past the end of the audio), found before a model loads instead of while decoding or
+    hours into training: one line each naming the data's line (``locations``), the file and the fix. A dataset's
+    clips that hold their own bytes are not checked here (they are read as they are used)."""
+    from utils.audio import slice_problem
+
+    problems = []
+    small = isinstance(records, Sequence) and len(records) < 5000  # a few seconds' check: no bar
+    for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=small), locations):
+        problem = None if record.audio_bytes is not None else slice_problem(record.audio_path, record.start_time,
+                                                                            record.end_time)
+        if problem:
+            problems.append(f"{where}: {record.audio_path}: {problem}; fix the line or remove it")
+    return problems

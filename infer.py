@@ -24,6 +24,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
                        check_device_arg, check_output_path, make_parser, setup_logging)
+from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
@@ -238,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(parser, "--output_dir", output_dir, folder=True)
 
     # 2. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
-    auto_encoder = args.backend == "ct2" and args.ct2_encoder == "auto"
-    seconds = total_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if auto_encoder else None
+    # (asked only where the choice depends on it: without AMX auto never takes PyTorch, and ffprobe costs ~40 ms a file)
+    auto_encoder = args.backend == "ct2" and args.ct2_encoder == "auto" and args.device in ("auto", "cpu")
+    seconds = total_seconds(files, TORCH_ENCODER_MIN_AUDIO_S) if auto_encoder and cpu_has_amx() else None
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
                                   compute_type=args.compute_type, local_files_only=args.local_files_only,

@@ -304,8 +304,9 @@ def compare(args, options: DecodeOptions, output: str) -> int:
             engine = load_transcriber(model, args.backend, device=args.device, dtype=args.dtype,
                                       compute_type=args.compute_type, local_files_only=args.local_files_only,
                                       ct2_encoder=args.ct2_encoder)
+            engine.check_language(options.language)  # as the single-model path checks it
         except (ValueError, ModelResolutionError) as e:
-            logger.error("cannot load %s: %s", model, e)
+            logger.error("cannot use %s: %s", model, e)
             return 2
         options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
         _seed(args.seed)

@@ -1810,7 +1810,8 @@ def test_a_prompt_longer_than_the_decoder_takes_is_cut_to_its_last_tokens(tiny_w
     assert "left out" in caplog.text
 
 
-def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_whisper_dir, zh_wav, caplog):
+def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_whisper_dir, zh_wav, tmp_path,
+                                                                              caplog):
     """--language=yue (Cantonese came with large-v3) on whisper-base: transformers raised from generate(), ct2
     decoded garbage ("The The The the…") and evaluation scored CER 1.0 without a word; now each backend refuses
     it, and infer.py says so before decoding."""
@@ -1828,3 +1829,14 @@ def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_
             engine.check_language("yue")
     assert infer.main([f"--audio_path={zh_wav}", "--backend=ct2", "--ct2_encoder=ct2", "--language=yue"]) == 2
     assert "--language=yue: this model has no <|yue|> token" in caplog.text
+    import json
+
+    import evaluation
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"audio": {"path": str(zh_wav)}, "sentence": "你好", "duration": 1.0}) + "\n",
+                        encoding="utf-8")
+    caplog.clear()
+    assert evaluation.main(["--compare", str(tiny_whisper_dir), "openai/whisper-base", f"--test_data={manifest}",
+                            "--language=yue", f"--output={tmp_path / 'c.json'}"]) == 2
+    assert f"cannot use {tiny_whisper_dir}: --language=yue" in caplog.text and not (tmp_path / "c.json").exists()

@@ -321,6 +321,42 @@ def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_
     assert state["data"]["per_batch"] == 2 and state["data"]["batches_per_epoch"] == 3
 
 
+def test_resume_into_another_folder_brings_the_best_checkpoint_or_forgets_it(tiny_whisper_dir, corpus, tmp_path,
+                                                                            caplog):
+    """The best step a run reports is always a checkpoint-best of its folder: resumed into a fresh --output_dir,
+    the resumed run's checkpoint-best is copied there; a checkpoint copied alone starts the best afresh. A longer
+    --max_steps says how the learning rate changes."""
+    common = dict(max_steps=4, timestamps=False, pack_audio=False)
+    first = tmp_path / "first"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, first, **common)) == 0
+    run1 = first / tiny_whisper_dir.name
+    best1 = _state(run1, "checkpoint-best")
+    assert best1["best_step"] in (2, 4)
+
+    second = tmp_path / "second"
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, second, resume_from_checkpoint=run1 / "checkpoint-4",
+                                   **{**common, "max_steps": 6})) == 0
+    assert "was saved by a run of 4 steps; this run has 6: the learning rate follows the schedule of a 6-step run " \
+           "from here (at step 4: " in caplog.text
+    run2 = second / tiny_whisper_dir.name
+    final, best2 = _state(run2), _state(run2, "checkpoint-best")
+    assert best2["global_step"] == final["best_step"] == best2["best_step"]
+    assert final["best_step"] in (best1["best_step"], 6)
+
+    alone = tmp_path / "alone" / "checkpoint-4"
+    import shutil
+    shutil.copytree(run1 / "checkpoint-4", alone)
+    third = tmp_path / "third"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, third, resume_from_checkpoint=alone,
+                                   **{**common, "max_steps": 6})) == 0
+    assert "the resumed run's best checkpoint (step" in caplog.text and "is not beside it" in caplog.text
+    run3 = third / tiny_whisper_dir.name
+    assert _state(run3)["best_step"] == 6 == _state(run3, "checkpoint-best")["global_step"]
+
+
 def test_resume_with_another_seed_warns(tiny_whisper_dir, corpus, tmp_path, caplog):
     """The epoch's order depends on the seed: resumed with another --seed, the clips trained on are not the first
     ones of the new order, so the run says so (the same clips and batch size looked unchanged)."""

@@ -643,9 +643,13 @@ class Trainer:
                                checkpoint)
         saved = TrainerState.load(state_path)
         if saved.max_steps != self.total_steps:
-            logger.warning("%s was saved by a run of %d steps; this run has %d", checkpoint, saved.max_steps,
-                           self.total_steps)
+            was = self.scheduler.get_last_lr()[0]
+            now = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](saved.global_step)
+            logger.warning("%s was saved by a run of %d steps; this run has %d: the learning rate follows the "
+                           "schedule of a %d-step run from here (at step %d: %.3g, was %.3g)", checkpoint,
+                           saved.max_steps, self.total_steps, self.total_steps, saved.global_step, now, was)
         saved.max_steps = self.total_steps
+        self._bring_best(checkpoint, saved)
         best_state = self.run_dir / "checkpoint-best" / STATE_FILE
         if best_state.is_file():  # the best checkpoint may be newer than the resumed step
             best = TrainerState.load(best_state)
@@ -656,6 +660,28 @@ class Trainer:
         self.state = saved
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
                     saved.batch_in_epoch)
+
+    def _bring_best(self, checkpoint: Path, saved: TrainerState) -> None:
+        """A run resumed into another folder: copy the resumed run's ``checkpoint-best`` there, or, where it has
+        none, forget the recorded best (the next evaluation writes ``checkpoint-best``), so the best step the run
+        reports is always a folder of the run."""
+        target = self.run_dir / "checkpoint-best"
+        if saved.best_metric is None or (target / STATE_FILE).is_file():
+            return
+        source = checkpoint.parent / "checkpoint-best"
+        if (source / STATE_FILE).is_file():
+            if self.accelerator.is_main_process:
+                tmp = self.run_dir / ".tmp-checkpoint-best"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(source, tmp)
+                publish_dir(tmp, target, overwrite=True)
+            self.accelerator.wait_for_everyone()
+            logger.info("copied %s (the resumed run's best) to %s", source, target)
+            return
+        logger.warning("%s: the resumed run's best checkpoint (step %s, %s %.4f) is not beside it; checkpoint-best "
+                       "in %s will be the best evaluation of this run", checkpoint, saved.best_step, saved.metric,
+                       saved.best_metric, self.run_dir)
+        saved.best_metric, saved.best_step = None, None
 
     def _data_layout(self) -> dict[str, Any]:
         """How this run cuts its training set into batches, as a checkpoint records it (``batches_per_epoch`` is None

@@ -32,7 +32,7 @@ from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
                        make_parser, positive_int, resolve_encoder_window, seed_int, setup_logging)
-from utils.data import Manifest, ManifestError, Record, clip_problems, load_manifest
+from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE
@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     if seconds is not None:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
         # files named by a manifest (a dataset's clips are its own bytes, read as they are scored)
-        problems = clip_problems(records, locations) if isinstance(records, list) else []
+        problems = []
+        if isinstance(records, list):
+            report = check_clips(records, locations)
+            log_clip_warnings(report, args.test_data)
+            problems = report.problems
         for problem in problems[:5]:
             logger.error("%s", problem)
         if problems:

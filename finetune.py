@@ -307,7 +307,8 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
     from transformers import WhisperProcessor
 
     from utils.augment import AugmentConfigError, load_augment_config
-    from utils.data import Manifest, ManifestError, clip_problems
+    from utils.audio import WINDOW_S
+    from utils.data import Manifest, ManifestError, check_clips, log_clip_warnings
     from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
     from utils.train_data import SpeechDataset
@@ -336,7 +337,9 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         for source in (train_manifest, test_manifest):  # before the model loads, not hours into training
             if not isinstance(source, Manifest):
                 continue
-            problems = clip_problems(source, map(source.location, range(len(source))))
+            report = check_clips(source, map(source.location, range(len(source))), max_seconds=WINDOW_S)
+            problems = report.problems
+            log_clip_warnings(report, str(source.path))
             if problems:
                 more = f"\n... and {len(problems) - 5} more" if len(problems) > 5 else ""
                 raise ManifestError("\n".join(problems[:5]) + more)

@@ -239,6 +239,10 @@ def test_prompts_come_from_the_preceding_sentence_of_the_recording_else_from_hot
     manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     m = load_manifest(manifest)
     assert previous_sentences(m) == {0: "第一句话", 2: "第二句"}
+    repeated = tmp_path / "repeated.json"  # line 2 again: its prompt is still the sentence before it, not itself
+    repeated.write_text(manifest.read_text(encoding="utf-8") + json.dumps(lines[0], ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    assert previous_sentences(load_manifest(repeated)) == {0: "第一句话", 2: "第二句", 4: "第一句话"}
     ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", prompt_prob=1.0)
     decode = processor.tokenizer.decode
     assert decode(ds[0]["prompt"]).strip() == "第一句话" and decode(ds[2]["prompt"]).strip() == "第二句"

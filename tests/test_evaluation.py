@@ -82,7 +82,8 @@ def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_w
             {"audio": {"path": str(en_wav), "start_time": 1.0, "end_time": seconds + 5}, "sentence": "b",
              "duration": seconds + 4},
             {"audio": {"path": str(empty)}, "sentence": "c", "duration": 1.0},
-            {"audio": {"path": str(en_wav), "end_time": seconds + 0.05}, "sentence": "within 0.1 s", "duration": 1}]
+            {"audio": {"path": str(en_wav), "end_time": seconds + 0.05}, "sentence": "within 0.1 s",
+             "duration": seconds}]
     m.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "r.json"
     assert evaluation.main(["--model_path", str(tmp_path / "no-model"), "--test_data", str(m),
@@ -92,6 +93,30 @@ def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_w
     assert f"{m}:4: {empty}: the file holds no audio samples; fix the line or remove it" in caplog.text
     assert f"{m}:1:" not in caplog.text and f"{m}:5:" not in caplog.text
     assert "3 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
+
+
+def test_odd_manifest_lines_are_named_before_decoding(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    """A 'duration' far from the audio (it selects clips by length), a line repeating an earlier clip (counted
+    twice in the score) and a sentence of punctuation only (scored like a clip without speech) were silent: each
+    is named by its line, and the evaluation goes on."""
+    import soundfile as sf
+
+    seconds = sf.info(en_wav).duration
+    m = tmp_path / "m.json"
+    rows = [{"audio": {"path": str(en_wav)}, "sentence": "fine", "duration": seconds},
+            {"audio": {"path": str(en_wav), "start_time": 0.5}, "sentence": "later", "duration": seconds + 2},
+            {"audio": {"path": str(en_wav)}, "sentence": "again", "duration": seconds},
+            {"audio": {"path": str(en_wav), "start_time": 0.5, "end_time": 1.0}, "sentence": "...", "duration": 0.5}]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert evaluation.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--test_data", str(m),
+                                "--output", str(tmp_path / "r.json"), "--language=en"]) == 0
+    assert f"{m}:2: {en_wav} 0.5-end s: 'duration' says {seconds + 2:.2f} s, the audio is {seconds - 0.5:.2f} s; " \
+           "fix 'duration'" in caplog.text
+    assert f"{m}:3: the same clip as {m}:1 ({en_wav}); remove the line unless it is meant to count twice" \
+        in caplog.text
+    assert f"{m}:4: 'sentence' '...' holds no words" in caplog.text
+    assert f"{m}:1:" not in caplog.text.replace(f"as {m}:1 ", "")
 
 
 def test_a_set_of_only_no_speech_clips_has_no_error_rate_and_valid_json(tiny_whisper_dir, en_wav, tmp_path, capsys):

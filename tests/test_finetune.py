@@ -1080,3 +1080,30 @@ def test_a_slice_past_the_end_of_its_audio_stops_the_run_before_the_model_loads(
     assert finetune.main(_args(tiny_whisper_dir, corpus, out, train_data=train)) == 1
     assert f"{train}:{len(lines) + 1}: " in caplog.text and "'audio.start_time' 40.0 s is past the end" in caplog.text
     assert not list(out.rglob("runs"))
+
+
+def test_clip_header_check_stops_a_clip_longer_than_the_window_and_warns_of_odd_lines(tiny_whisper_dir, corpus,
+                                                                                      tmp_path, monkeypatch, caplog):
+    """A 35 s clip whose 'duration' says 10 s got past the length bounds and stopped the run at the batch that drew
+    it; a 'duration' far from the audio (packing and the bounds go by it), a line repeated and a sentence of
+    punctuation only were silent. All found from the headers when the manifests load, before the model."""
+    lines = [json.loads(x) for x in corpus["train"].read_text(encoding="utf-8").splitlines()]
+    for line in lines:  # the manifest is written elsewhere: absolute paths
+        line["audio"]["path"] = str(corpus["train"].parent / line["audio"]["path"])
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, np.zeros(16000 * 35, np.float32), 16000)
+    wrong = {**lines[1], "duration": round(lines[1]["duration"] + 3.0, 2)}
+    wordless = {**lines[2], "sentence": "。，！"}
+    long_line = {"audio": {"path": str(long_wav)}, "sentence": "很长", "duration": 10.0}
+    train = tmp_path / "train_odd.json"
+    rows = [*lines, lines[3], wrong, wordless, long_line]
+    train.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
+    monkeypatch.setattr(finetune, "build_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out", train_data=train)) == 1
+    n = len(lines)
+    assert f"{train}:{n + 1}: the same clip as {train}:4 (" in caplog.text
+    assert f"{train}:{n + 2}: " in caplog.text and f"'duration' says {wrong['duration']:.2f} s, the audio is" \
+        in caplog.text
+    assert f"{train}:{n + 3}: 'sentence' '。，！' holds no words" in caplog.text
+    assert f"{train}:{n + 4}: {long_wav}: the clip is 35.00 s ('duration' says 10.00 s), longer than the 30 s " \
+           "window training can hold; cut it (audio.start_time/end_time); fix the line or remove it" in caplog.text

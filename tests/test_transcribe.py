@@ -1455,6 +1455,19 @@ class _CountingEncoder:
         return self.inner.encode(features)
 
 
+def test_an_odd_cpu_thread_count_says_which_threads_stay_unused(base_ct2, caplog):
+    """CTranslate2's workers share one thread count: --cpu_threads=3 runs 2 workers of 1 thread, and says so."""
+    with caplog.at_level("INFO", logger="utils.transcribe"):
+        engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=3, ct2_encoder="onnx")
+    assert (engine.workers, engine._worker_threads) == (2, 1)
+    assert "CTranslate2 runs 2 workers of 1 thread(s) each (one thread count for all): 1 of the 3 threads asked for " \
+           "stay unused" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="utils.transcribe"):
+        load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="onnx")
+    assert "stay unused" not in caplog.text
+
+
 def test_ct2_cpu_workers_split_batches_and_keep_their_order(base_ct2, en_wav, zh_wav, monkeypatch):
     """On a CPU, CTranslate2 runs a batch as two halves side by side on one thread each; where CTranslate2 encodes
     too, a window left alone is encoded on every thread by a replica of its own (and decoded on a worker until

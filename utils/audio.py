@@ -249,16 +249,23 @@ def slice_problem(path: str, start_time: float | None = None, end_time: float | 
     decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
     ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold). None when
     fine, and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded)."""
+    return slice_check(path, start_time, end_time, tolerance_s)[0]
+
+
+def slice_check(path: str, start_time: float | None = None, end_time: float | None = None,
+                tolerance_s: float = 0.1) -> tuple[str | None, float | None]:
+    """(:func:`slice_problem`, the slice's length in seconds as the header tells it; None where the header
+    cannot be read or the slice cannot be read as given)."""
     seconds = _header_duration(path)
     if seconds is None:
-        return None
+        return None, None
     if seconds == 0:
-        return "the file holds no audio samples"
+        return "the file holds no audio samples", None
     if start_time is not None and start_time >= seconds:
-        return f"'audio.start_time' {start_time} s is past the end of the audio ({seconds:.2f} s)"
+        return f"'audio.start_time' {start_time} s is past the end of the audio ({seconds:.2f} s)", None
     if end_time is not None and end_time > seconds + tolerance_s:
-        return f"'audio.end_time' {end_time} s is past the end of the audio ({seconds:.2f} s)"
-    return None
+        return f"'audio.end_time' {end_time} s is past the end of the audio ({seconds:.2f} s)", None
+    return None, min(seconds, end_time if end_time is not None else seconds) - (start_time or 0.0)
 
 
 def audio_bytes_duration(data: bytes, name: str = "audio") -> float:

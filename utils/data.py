@@ -398,18 +398,76 @@ def relative_audio_path(audio_path: str | os.PathLike, manifest_path: str | os.P
         return str(audio)
 
 
-def clip_problems(records: Iterable[Record], locations: Iterable[str]) -> list[str]:
-    """What is wrong with the clips of audio files, from their files' headers (:func:`utils.audio.slice_problem`: no
-    samples, a start or an end past the end of the audio), found before a model loads instead of while decoding or
-    hours into training: one line each naming the data's line (``locations``), the file and the fix. A dataset's
-    clips that hold their own bytes are not checked here (they are read as they are used)."""
-    from utils.audio import slice_problem
 
-    problems = []
+
+def duration_mismatch(seconds: float, duration: float) -> bool:
+    """Whether a manifest's 'duration' is further from the audio's ``seconds`` than rounding and resampling explain
+    (0.5 s, or a tenth of the clip for clips over 5 s)."""
+    return abs(seconds - duration) > max(0.5, 0.1 * duration)
+
+
+@dataclass
+class ClipReport:
+    """What :func:`check_clips` found: ``problems`` (clips that cannot be read as given: an error), ``mismatched``
+    ('duration' disagrees with the audio), ``repeated`` (a line repeating an earlier line's clip) and ``wordless``
+    (a sentence of punctuation only: scored like a no-speech clip, trained as punctuation): warnings."""
+
+    problems: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)
+    wordless: list[str] = field(default_factory=list)
+
+
+def check_clips(records: Iterable[Record], locations: Iterable[str], *,
+                max_seconds: float | None = None) -> ClipReport:
+    """Check the clips of audio files against their files' headers before a model loads, instead of while decoding
+    or hours into training: no samples, a start or an end past the end of the audio (:func:`utils.audio.slice_check`),
+    longer than ``max_seconds`` (where given: what training can hold), a 'duration' more than
+    :func:`duration_mismatch` from the audio's length (it selects clips by length and packs training windows), and
+    lines that repeat an earlier line's clip (same file, start and end). One line each names the data's line
+    (``locations``), the file and the fix. A dataset's clips that hold their own bytes are not checked here (they
+    are read as they are used); nor the lengths of files whose header libsndfile cannot read (m4a, video)."""
+    from utils.audio import slice_check
+    from utils.text import normalize_text
+
+    report = ClipReport()
+    first_seen: dict[tuple[str, float | None, float | None], str] = {}
     small = isinstance(records, Sequence) and len(records) < 5000  # a few seconds' check: no bar
     for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=small), locations):
-        problem = None if record.audio_bytes is not None else slice_problem(record.audio_path, record.start_time,
-                                                                            record.end_time)
+        if record.sentence.strip() and not normalize_text(record.sentence):
+            report.wordless.append(f"{where}: 'sentence' {record.sentence!r} holds no words; write the words said, or "
+                                   "\"\" for a clip without speech")
+        if record.audio_bytes is not None:
+            continue
+        key = (record.audio_path, record.start_time, record.end_time)
+        if key in first_seen:
+            report.repeated.append(f"{where}: the same clip as {first_seen[key]} ({record.audio_path}"
+                                   f"{_span(record)}); remove the line unless it is meant to count twice")
+        else:
+            first_seen[key] = where
+        problem, seconds = slice_check(record.audio_path, record.start_time, record.end_time)
+        if problem is None and seconds is not None and max_seconds is not None and seconds > max_seconds + 0.01:
+            problem = (f"the clip is {seconds:.2f} s ('duration' says {record.duration:.2f} s), longer than the "
+                       f"{max_seconds:.0f} s window training can hold; cut it (audio.start_time/end_time)")
         if problem:
-            problems.append(f"{where}: {record.audio_path}: {problem}; fix the line or remove it")
-    return problems
+            report.problems.append(f"{where}: {record.audio_path}: {problem}; fix the line or remove it")
+        elif seconds is not None and duration_mismatch(seconds, record.duration):
+            report.mismatched.append(f"{where}: {record.audio_path}{_span(record)}: 'duration' says "
+                                     f"{record.duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'")
+    return report
+
+
+def _span(record: Record) -> str:
+    if record.start_time is None and record.end_time is None:
+        return ""
+    return f" {record.start_time or 0.0:g}-{'end' if record.end_time is None else f'{record.end_time:g}'} s"
+
+
+def log_clip_warnings(report: ClipReport, name: str, *, shown: int = 3) -> None:
+    """Log ``report``'s warnings for the data ``name``: a count, then the first ``shown`` of each kind."""
+    for lines, what in ((report.mismatched, "have a 'duration' that disagrees with their audio"),
+                        (report.repeated, "repeat an earlier line's clip"),
+                        (report.wordless, "have a sentence without words (scored like a clip without speech)")):
+        if lines:
+            logger.warning("%s: %d line(s) %s:\n%s%s", name, len(lines), what, "\n".join(lines[:shown]),
+                           f"\n... and {len(lines) - shown} more" if len(lines) > shown else "")

@@ -36,7 +36,7 @@ import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
 from utils.collator import IGNORE_INDEX
-from utils.data import Record, RecordSource, Segment
+from utils.data import Record, RecordSource, Segment, duration_mismatch
 from utils.languages import has_unspaced_script, optional_language_code
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,12 @@ def previous_sentences(manifest: RecordSource) -> dict[int, str]:
     previous: dict[int, str] = {}
     for items in by_path.values():
         items.sort()
-        for (_, _, before), (_, index, _) in zip(items, items[1:]):
-            if before.strip():
-                previous[index] = before
+        earlier = -1  # the last item that starts before items[k] (a repeated line starts with it: not its prompt)
+        for k in range(1, len(items)):
+            if items[k][0] > items[k - 1][0]:
+                earlier = k - 1
+            if earlier >= 0 and items[earlier][2].strip():
+                previous[items[k][1]] = items[earlier][2]
     return previous
 
 
@@ -348,7 +351,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise AudioLoadError(f"{where}: the audio is {seconds:.2f} s, longer than Whisper's {WINDOW_S:.0f} s "
                                  f"window, but 'duration' says {record.duration:.2f} s; fix 'duration' (clips longer than "
                                  "--max_audio_len are left out by it) or split the clip")
-        if abs(seconds - record.duration) > max(0.5, 0.1 * record.duration) and _MISMATCHES.count():
+        if duration_mismatch(seconds, record.duration) and _MISMATCHES.count():
             logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go by "
                            "'duration'): fix the manifest", where, seconds, record.duration)
         if self.augmenter is None:

@@ -1588,6 +1588,10 @@ class CT2Transcriber(_BaseTranscriber):
         weights = os.path.join(model_dir, "model.bin")
         workers, threads, solo = (ct2_cpu_workers(cpu_threads, self.encoder, os.path.getsize(weights))
                                   if ct2_device == "cpu" else (1, cpu_threads, 0))
+        if cpu_threads > 0 and not solo and workers * threads < cpu_threads:
+            logger.info("CTranslate2 runs %d workers of %d thread(s) each (one thread count for all): %d of the %d "
+                        "threads asked for stay unused; an even --cpu_threads uses them all", workers, threads,
+                        cpu_threads - workers * threads, cpu_threads)
         if solo:  # the lone-window replica (CTranslate2 encodes): loads side by side with the workers (0.15 s for
             import ctranslate2  # both against 0.25-0.36 one after the other: the load releases the GIL)
 

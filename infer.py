@@ -22,11 +22,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
-from utils.cli import (add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg, bool_or_auto,
-                       check_device_arg, check_output_path, make_parser, setup_logging)
+from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
+                       bool_or_auto, check_device_arg, check_output_path, default_beam_size, make_parser,
+                       setup_logging)
 from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
-from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, format_timestamp, write_transcript
+from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
                               load_transcriber)
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--output_format", type=str, default=None, choices=[*OUTPUT_FORMATS, "all"],
                    help="write files of this format into --output_dir (default txt when --output_dir is given)")
     o.add_argument("--output_dir", type=str, default=None, help="folder for output files (default: output)")
+    o.add_argument("--max_line_width", type=int, default=42,
+                   help="SRT/VTT: columns a cue's line holds (a Chinese character takes two); a longer segment is "
+                        "cut into several cues; 0 = a cue per segment on one line")
+    o.add_argument("--max_line_count", type=int, default=2, help="SRT/VTT: lines a cue holds (0 = no limit)")
     add_bool(o, "verbose", False, "debug logging")
     return parser
 
@@ -128,13 +133,6 @@ def format_stdout(transcript: Transcript, timestamps: bool) -> str:
                      for s in transcript.segments)
 
 
-# --beam_size by default with --backend=ct2. Measured (tools/bench_infer.py --whole_process=True --repeats=3,
-# whisper-base int8, 2-core EPYC, AVX2 profile; README "速度"), beam 1 / 2 / 3 / 5 on 104.6 s of English: WER
-# 0.041 / 0.031 / 0.027 / 0.031 in 0.89 / 0.91 / 0.90 / 1.01x the time of faster-whisper's batched pipeline (its
-# beam 5: WER 0.034); one Mandarin sentence said 8 times (fine-tuned demo model), beam 1 / 3: CER 0.418 / 0.380
-# (faster-whisper 0.380) in 0.77 / 0.92x its time. With transformers, beam 3 took 38.2 s instead of 17.4 s on the
-# English file.
-CT2_BEAM_SIZE = 3
 
 
 def beam_size(args: argparse.Namespace) -> int:
@@ -143,7 +141,7 @@ def beam_size(args: argparse.Namespace) -> int:
         return args.num_beams
     if args.beam_size is not None:
         return args.beam_size
-    return CT2_BEAM_SIZE if args.backend == "ct2" else 1
+    return default_beam_size(args.backend)
 
 
 def options_from_args(args: argparse.Namespace) -> DecodeOptions:
@@ -224,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             ("--no_speech_threshold", args.no_speech_threshold, lambda v: 0 <= v <= 1, "a probability in [0, 1]")):
         if value is not None and not ok(value):  # (nan fails every test)
             parser.error(f"{flag} must be {need}, got {value}")
+    try:
+        layout = CueLayout(args.max_line_width, args.max_line_count)
+    except ValueError as e:
+        parser.error(f"--max_line_width / --max_line_count: {e}")
     if args.subtitle_words and not options.word_timestamps:
         parser.error("--subtitle_words needs --word_timestamps=True")
     if options.word_timestamps and options.condition_on_previous_text:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if formats:
             try:
                 for written in write_transcript(transcript, output_dir, stem, formats,
-                                                word_cues=args.subtitle_words, source=path):
+                                                word_cues=args.subtitle_words, source=path, layout=layout):
                     logger.info("wrote %s", written)
             except OSError as e:  # the transcript was printed above; the other files still go on
                 logger.error("%s: cannot write its transcript to %s (%s)", path, output_dir, e)

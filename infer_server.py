@@ -17,8 +17,8 @@ import os
 import socket
 import sys
 
-from utils.cli import (add_bool, add_engine_args, add_to_simple_arg, check_device_arg, make_parser, optional_str,
-                       setup_logging)
+from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg,
+                       default_beam_size, make_parser, optional_str, setup_logging)
 
 logger = logging.getLogger("infer_server")
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language when a request gives none; None = auto-detect")
     d.add_argument("--hotwords", type=optional_str, default=None,
                    help='words to steer every request towards, e.g. "张三,Kubernetes"')
+    d.add_argument("--beam_size", type=int, default=None,
+                   help=f"beam width (1 = greedy); default {CT2_BEAM_SIZE} with --backend=ct2, 1 with transformers, "
+                        "as infer.py")
     add_to_simple_arg(d)
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     add_bool(p, "verbose", False, "debug logging")
@@ -65,7 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                   ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),
                                   ("--max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
                                   ("--request_timeout", args.request_timeout, args.request_timeout > 0, "> 0"),
-                                  ("--batch_size", args.batch_size, args.batch_size >= 1, ">= 1")):
+                                  ("--batch_size", args.batch_size, args.batch_size >= 1, ">= 1"),
+                                  ("--beam_size", args.beam_size, args.beam_size is None or args.beam_size >= 1,
+                                   ">= 1")):
         if not ok:
             parser.error(f"{name}={value}: must be {text}")
     names = [model_name(m) for m in args.model_path]
@@ -126,7 +131,8 @@ def server_options(args: argparse.Namespace):
     from utils.server import ServerOptions
     from utils.transcribe import DecodeOptions
 
-    decode = DecodeOptions(language=args.language, hotwords=args.hotwords, batch_size=args.batch_size,
+    beam = args.beam_size if args.beam_size is not None else default_beam_size(args.backend)
+    decode = DecodeOptions(language=args.language, hotwords=args.hotwords, batch_size=args.batch_size, beam_size=beam,
                            to_simple=args.to_simple, remove_pun=args.remove_pun)
     return ServerOptions(api_key=args.api_key, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          request_timeout=args.request_timeout, decode=decode)

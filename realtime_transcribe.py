@@ -215,6 +215,7 @@ class Display:
         self.line: list[StreamToken] = []
         self.tentative: list[StreamToken] = []
         self.printed_end = 0.0  # end of the last committed line (s): lines never overlap
+        self.revised_end = 0.0  # the same for the second pass's lines
 
     def _redraw(self, tentative: list[StreamToken]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
@@ -253,10 +254,13 @@ class Display:
     def revise(self, revision: Revision) -> None:
         """A second-pass block: its ``revised`` line (above the current line on a terminal) and, with ``revised``,
         its line in ``log``."""
-        if revision.words:
-            line = commit_line(revision.words)
+        if revision.words:  # a block's first words can be timed a little before the last block's end
+            line = commit_line(revision.words, self.revised_end)
+            self.revised_end = max(self.revised_end, revision.words[-1].end)
         else:  # the block read as no speech: its live words are gone from the final text
-            line = f"[{format_timestamp(revision.start, '.')} --> {format_timestamp(revision.end, '.')}] "
+            start = max(revision.start, self.revised_end)
+            line = f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] "
+            self.revised_end = max(self.revised_end, revision.end)
         if self.log is not None and self.revised:
             self.log.write(line + "\n")
             self.log.flush()

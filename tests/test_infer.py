@@ -54,6 +54,38 @@ def test_subtitle_writers_are_valid():
                                                             "00:01:01.000 --> 00:01:05.250"]
 
 
+def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
+    """A 28 s segment of 92 characters was one cue on one line; zero-length words got 1 ms cues that overlapped the
+    next. Cues now hold two lines of 42 columns (a Chinese character takes two), cut after punctuation with the time
+    shared by length, or at timed words (and at pauses of a second between them); each lasts 0.1 s at least."""
+    from utils.data import Word
+    from utils.subtitles import CueLayout, text_width, wrap_lines
+
+    zh = "今天天气很好？我们去公园散步吧。请把门关上外面有点吵。你周末打算做什么？我周末想去看电影。" * 2
+    t = Transcript(zh, "zh", 1.0, 40.0, [Segment(0.0, 28.0, zh), Segment(28.0, 29.0, "好。")])
+    cues = _check_srt(to_srt(t))
+    blocks = [b.split("\n")[2:] for b in to_srt(t).strip().split("\n\n")]
+    assert len(cues) == 4 and all(len(lines) <= 2 and all(text_width(x) <= 42 for x in lines) for lines in blocks)
+    assert "".join("".join(lines) for lines in blocks) == zh + "好。"  # nothing lost or repeated
+    assert cues[0][0] == "00:00:00,000" and cues[2][1] == "00:00:28,000" and cues[3][1] == "00:00:29,000"
+    assert all(a[1] <= b[0] for a, b in zip(cues, cues[1:]))  # times in order, shared by length
+    assert blocks[0][-1].endswith(("。", "？"))  # cut after punctuation
+    one = to_srt(t, layout=CueLayout(0, 0))  # no limit: a cue per segment, as before
+    assert len(_check_srt(one)) == 2 and zh in one
+    assert wrap_lines("The quick brown fox jumps over the lazy dog and runs away.", 42) == [
+        "The quick brown fox jumps over", "the lazy dog and runs away."]  # even lines, broken between words
+    with pytest.raises(ValueError):
+        CueLayout(-1, 2)
+
+    words = (Word(2.8, 2.8, " every", 0.9), Word(2.8, 2.8, " day", 0.9), Word(2.8, 2.8, " morning.", 0.9),
+             Word(5.0, 5.4, " Then", 0.9))
+    w = Transcript("every day morning. Then", "en", 1.0, 6.0, [Segment(2.8, 5.4, "every day morning. Then", words)])
+    word_cues = _check_srt(to_srt(w, words=True))
+    assert word_cues == [("00:00:02,800", "00:00:02,900"), ("00:00:02,900", "00:00:03,000"),
+                         ("00:00:03,000", "00:00:03,100"), ("00:00:05,000", "00:00:05,400")]
+    assert _check_srt(to_srt(w)) == [("00:00:02,800", "00:00:02,900"), ("00:00:05,000", "00:00:05,400")]  # pause
+
+
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
     out = tmp_path / "out"
     rc = _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--timestamps", "--output_format=all",

@@ -1109,6 +1109,11 @@ def test_display_prints_revised_blocks_and_the_output_file_gets_the_final_text()
     assert out.getvalue() == ("[00:00:01.000 --> 00:00:02.250] Hello word.\n"
                               "revised [00:00:01.000 --> 00:00:02.200] Hello world.\n")
     assert log.getvalue() == "[00:00:01.000 --> 00:00:02.200] Hello world.\n"  # the final text only
+    # the next block's first word timed before this block's end (a helper saw 18.592 then 18.288): not overlapping
+    d.revise(Revision(2, 3, [StreamToken(1.9, 2.8, " Again.")], 1.8, 3.0))
+    d.revise(Revision(3, 3, [], 2.5, 3.5))  # read as no speech
+    assert log.getvalue().splitlines()[1:] == ["[00:00:02.200 --> 00:00:02.800] Again.",
+                                               "[00:00:02.800 --> 00:00:03.500] "]
     tty = io.StringIO()
     d = realtime_transcribe.Display(tty, None, tty=True, revised=True)
     d.update(Update([StreamToken(0.0, 0.5, "好")], [StreamToken(0.5, 1.0, "的")], 1.0))

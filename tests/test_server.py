@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import infer
 import infer_server
 from conftest import EN_SENTENCE, REPO_ROOT, make_speech
 from utils.audio import load_audio
@@ -95,6 +96,19 @@ def _request(request: urllib.request.Request) -> tuple[int, bytes]:
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_the_server_decodes_in_infer_pys_beam_by_default():
+    """The server decoded greedily where infer.py --backend=ct2 uses a beam of 3: the same file read differently
+    (a 0.3 s clip "我吗？" against "我妈。")."""
+    port = _free_port()
+    assert infer_server.server_options(infer_server.parse_args(["--backend=ct2", f"--port={port}"])).decode.beam_size \
+        == infer.CT2_BEAM_SIZE == 3
+    assert infer_server.server_options(infer_server.parse_args([f"--port={port}"])).decode.beam_size == 1
+    assert infer_server.server_options(infer_server.parse_args(["--backend=ct2", "--beam_size=5", f"--port={port}"])
+                                       ).decode.beam_size == 5
+    with pytest.raises(SystemExit):
+        infer_server.parse_args(["--beam_size=0", f"--port={port}"])
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +340,41 @@ def test_flags_are_checked_before_any_model_loads(capsys):
         with pytest.raises(SystemExit):
             infer_server.parse_args([*bad, f"--port={_free_port()}"])
         assert "error:" in capsys.readouterr().err
+
+
+def test_a_job_whose_request_timed_out_gives_up_its_place_in_the_queue():
+    """After a 504 the job stayed queued until the worker reached it: /health said queued 1 and a new request got
+    503 queue_full. Abandoned jobs are dropped when the queue is full, and not counted as queued."""
+    import threading
+
+    from utils.server import ApiError, Job, ModelWorker
+    from utils.transcribe import DecodeOptions
+
+    release = threading.Event()
+
+    class Blocking:
+        def transcribe_segments(self, audio, options):
+            release.wait(30)
+            return iter(()), None
+
+    def job() -> Job:
+        return Job(audio=np.zeros(160, np.float32), options=DecodeOptions(), deadline=time.monotonic() + 60)
+
+    worker = ModelWorker("stub", Blocking(), max_queue=1)
+    try:
+        running, waiting = job(), job()
+        worker.submit(running)
+        deadline = time.monotonic() + 10
+        while worker.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.submit(waiting)
+        with pytest.raises(ApiError) as full:
+            worker.submit(job())
+        assert full.value.status == 503 and worker.queued() == 1
+        waiting.cancelled.set()  # its request timed out (504)
+        assert worker.queued() == 0
+        worker.submit(job())  # takes the abandoned job's place
+        assert worker.queued() == 1
+    finally:
+        release.set()
+        worker.stop()

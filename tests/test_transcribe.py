@@ -1853,3 +1853,45 @@ def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_
     assert evaluation.main(["--compare", str(tiny_whisper_dir), "openai/whisper-base", f"--test_data={manifest}",
                             "--language=yue", f"--output={tmp_path / 'c.json'}"]) == 2
     assert f"cannot use {tiny_whisper_dir}: --language=yue" in caplog.text and not (tmp_path / "c.json").exists()
+
+
+def test_a_timestamped_reading_that_stops_with_speech_after_it_is_read_on_from_its_last_timestamp():
+    """CTranslate2 ended a chunk's text at a timestamp where the next window should go on (the reference decoder's
+    seek), and the batched decoder took the chunk as read: 4 of 48 espeak Mandarin sentences were in no subtitle
+    while the text-only run had them all. The rest of the chunk is now read from that timestamp and joined."""
+    from utils.transcribe import _BaseTranscriber, _ChunkResult, stopped_early
+
+    class Stub(_BaseTranscriber):
+        backend = "stub"
+
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        def _decode(self, chunks, languages, options, prompt, split_repeats=None):
+            out = []
+            for c in chunks:
+                seconds = len(c) / SAMPLE_RATE
+                self.calls.append(round(seconds, 2))
+                if seconds > 16:  # the whole chunk: stops at 5 s
+                    out.append(_ChunkResult([(0.0, 5.0, "first part")], "first part", tokens=[[11, 12, 13]]))
+                else:
+                    out.append(_ChunkResult([(0.2, seconds - 1.0, "the rest")], "the rest", tokens=[[14, 15]]))
+            return out
+
+    audio = np.zeros(20 * SAMPLE_RATE, np.float32)
+    chunk = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), 19 * SAMPLE_RATE)))
+    stub = Stub()
+    [result] = stub._decode_chunks(audio, [chunk], "en", DecodeOptions(timestamps=True), None)
+    assert stub.calls == [20.0, 15.0]
+    assert result.segments == [(0.0, 5.0, "first part"), (5.2, 19.0, "the rest")]
+    assert result.text == "first part the rest" and result.tokens == [[11, 12, 13], [14, 15]]
+
+    stub = Stub()  # streaming's live steps: the next step reads the buffer's end again
+    [alone] = stub._decode_chunks(audio, [chunk], "en", DecodeOptions(timestamps=True, read_on=False), None)
+    assert stub.calls == [20.0] and alone.text == "first part"
+
+    first = _ChunkResult([(0.0, 5.0, "first part")], "first part")
+    assert stopped_early(first, chunk, audio) == 5.0
+    short = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.8 * SAMPLE_RATE))))
+    assert stopped_early(first, short, audio) is None  # 1.3 s of speech after it: below MAX_UNREAD_SPEECH_S
+    assert stopped_early(replace(first, out_of_budget=True), chunk, audio) is None  # read in halves instead

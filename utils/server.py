@@ -77,13 +77,33 @@ class ModelWorker:
         self._thread.start()
 
     def submit(self, job: Job) -> Future:
-        """Queue ``job``; raises ApiError(503) when the queue is full."""
+        """Queue ``job``; raises ApiError(503) when the queue is full of jobs still wanted (the jobs of requests
+        that gave up are dropped first: they held a place until the worker reached them)."""
         try:
+            if self.jobs.full():
+                self.drop_abandoned()
             self.jobs.put_nowait(job)
         except queue.Full:
             raise ApiError(503, f"model {self.name} is busy: {self.jobs.maxsize} requests are already waiting; "
                                 "retry later", code="queue_full") from None
         return job.future
+
+    def drop_abandoned(self) -> int:
+        """Remove the queued jobs whose request timed out or went away; returns how many."""
+        with self.jobs.mutex:
+            wanted = [job for job in self.jobs.queue if job is None or not job.cancelled.is_set()]
+            dropped = len(self.jobs.queue) - len(wanted)
+            if dropped:
+                self.jobs.queue.clear()
+                self.jobs.queue.extend(wanted)
+                self.jobs.unfinished_tasks -= dropped
+                self.jobs.not_full.notify(dropped)
+        return dropped
+
+    def queued(self) -> int:
+        """Jobs waiting whose request still wants them."""
+        with self.jobs.mutex:
+            return sum(1 for job in self.jobs.queue if job is not None and not job.cancelled.is_set())
 
     def stop(self, grace_s: float = 2.0) -> None:
         """End the worker. The HTTP server has answered every open request by now, so no job's result is wanted:
@@ -258,7 +278,7 @@ class TranscriptionService:
         return transcript, fmt
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "models": {name: {"queued": w.jobs.qsize(), "running": w.running,
+        return {"status": "ok", "models": {name: {"queued": w.queued(), "running": w.running,
                                                   "done": w.done} for name, w in self.workers.items()}}
 
     def models(self) -> dict[str, Any]:

@@ -1129,7 +1129,7 @@ class EngineHypothesis:
         if close_beam_size is not None and close_beam_size < 1:
             raise ValueError(f"close_beam_size must be >= 1, got {close_beam_size}")
         self.engine = engine
-        self.options = replace(options, timestamps=True)
+        self.options = replace(options, timestamps=True, read_on=False)  # a live step: the next one reads on
         self.detect_after_s = detect_after_s
         self.close_beam_size = close_beam_size
 
@@ -1139,15 +1139,15 @@ class EngineHypothesis:
     def closing(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         """The decode that closes an utterance: as :meth:`__call__`, in a beam of ``close_beam_size``."""
         beam = self.close_beam_size or self.options.beam_size
-        return self._decode(audio, prompt, replace(self.options, beam_size=beam))
+        return self._decode(audio, prompt, replace(self.options, beam_size=beam, read_on=True))
 
     def revising(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         """The second pass's decode (:class:`Reviser`): as :meth:`closing`, in a 30 s encoder window, and checked as
         offline transcription checks a clip (``cut_clip``): a block holding one sentence said several times can
         lose count (a take read twice or left out), and is then read again take by take."""
         beam = self.close_beam_size or self.options.beam_size
-        return self._decode(audio, prompt, replace(self.options, beam_size=beam, encoder_window_s=None),
-                            cut_clip=True)
+        return self._decode(audio, prompt, replace(self.options, beam_size=beam, encoder_window_s=None,
+                                                   read_on=True), cut_clip=True)
 
     def _decode(self, audio: np.ndarray, prompt: str, options: Any, cut_clip: bool = False) -> list[tuple]:
         result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=cut_clip)

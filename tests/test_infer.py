@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import infer
+from tests.conftest import REPO_ROOT
 from utils.subtitles import format_timestamp, to_srt, to_vtt
 from utils.data import Segment
 from utils.transcribe import Transcript
@@ -288,3 +289,21 @@ def test_a_folder_is_scanned_without_hidden_files(tmp_path):
     (tmp_path / "dead.wav").symlink_to(tmp_path / "gone.wav")  # a link to a moved file: kept, fails, is counted
     assert infer.collect_audio_files([str(tmp_path)]) == [str(tmp_path / "b.wav"), str(tmp_path / "dead.wav"),
                                                           str(tmp_path / "sub" / "a.mp3")]
+
+
+@pytest.mark.slow
+def test_ct2_subtitles_keep_the_last_sentence_of_real_speech(tmp_path):
+    """Five real English recordings joined (28.8 s, dataset/real/): whisper-base int8 (onnxruntime's encoder, auto's
+    choice for a short file) ended its timestamped reading "… man. <|26.00|><|26.00|>" and the SRT had no "Go
+    forward ten meters." (the plain text had it) on an AMX Xeon; CTranslate2's AVX2 kernels read on by themselves.
+    The chunk is now read on from that timestamp (the mechanism on any CPU: test_transcribe.py's stub test)."""
+    names = ["en_jfk", "en_librispeech_61-70968-0000", "en_librivox_0870", "en_librivox_0880", "en_goforward"]
+    joined = tmp_path / "joined.wav"
+    subprocess.run(["sox", *[str(REPO_ROOT / "dataset" / "real" / f"{n}.flac") for n in names], str(joined)], check=True)
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(joined), "--backend=ct2", "--ct2_encoder=onnx", "--device=cpu",
+                       "--output_format=all", f"--output_dir={out}"]) == 0
+    srt = (out / "joined.srt").read_text(encoding="utf-8")
+    cues = _check_srt(srt)
+    assert "go forward" in srt.lower() and cues[-1][1] >= "00:00:27,000", srt
+    assert "go forward" in (out / "joined.txt").read_text(encoding="utf-8").lower()

@@ -4,11 +4,14 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 # CPU build by default; for CUDA see README (install torch first, then `make install TORCH_SPEC=`).
 TORCH_SPEC ?= torch==2.13.0
-APT_PKGS   := espeak-ng sox ffmpeg libsndfile1 chromium fonts-wqy-zenhei \
-              libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+# what the scripts need (audio I/O, test sound); the tests also need a browser (the web UI test), a CJK font and a
+# sound server (the microphone path of realtime_transcribe.py): make demo installs only the first list
+APT_CORE   := espeak-ng sox ffmpeg libsndfile1
+APT_TEST   := chromium fonts-wqy-zenhei libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+APT_PKGS   ?= $(APT_CORE) $(APT_TEST)
 PYTEST_ARGS ?=
 
-.PHONY: help install apt test test-fast demo gpu-check clean
+.PHONY: help install install-core apt test test-fast demo gpu-check clean
 
 help:
 	@echo "make install    create .venv and install everything (apt packages too when run as root)"
@@ -27,7 +30,7 @@ apt:
 	fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(MAKE) apt
+	$(MAKE) apt APT_PKGS="$(APT_CORE)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
@@ -36,12 +39,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: apt $(VENV)/.installed
 
+install-core: $(VENV)/.installed
+
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; fi; exit $$rc
 
-demo: install
+demo: install-core
 	$(PY) tools/demo.py
 
 # on a GPU machine with its own torch (no .venv, no internet); see tools/gpu_check.py for the wheels to carry

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on 30 s windows packed with several clips (their texts joined): the encoder costs the "
                         "same for 3 s or 30 s, so short clips train several times faster; the batch still counts "
                         "clips (a window holds at most a quarter more than --per_device_train_batch_size). "
-                        "auto = on when training on CPU (not with --streaming, --prompt_prob or a batch of 1)")
+                        "auto (the default) = on when training on CPU (not with --streaming, --prompt_prob or a batch "
+                        "of 1)")
     g.add_argument("--augment_config_path", type=optional_str, default=None,
                    help="augmentation JSON (see configs/augmentation.json); None = no augmentation")
     g.add_argument("--replay_data", type=optional_str, default=None,
@@ -530,9 +531,14 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
     try:
         return trainer.train()
     except KeyboardInterrupt:
-        step = trainer.state.global_step
-        raise FinetuneInterrupted(f"interrupted at step {step}: the last complete checkpoint-<step> in {run_dir} "
-                                  "resumes with --resume_from_checkpoint=auto") from None
+        from utils.trainer import latest_checkpoint
+
+        step, last = trainer.state.global_step, latest_checkpoint(run_dir)
+        if last is None:
+            raise FinetuneInterrupted(f"interrupted at step {step}, before any checkpoint was saved (every "
+                                      f"--save_steps={args.save_steps}): a new run starts from the beginning") from None
+        raise FinetuneInterrupted(f"interrupted at step {step}: {last} resumes with "
+                                  "--resume_from_checkpoint=auto") from None
     except AudioLoadError as e:  # from a DataLoader worker, the message carries the worker's traceback
         raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line (the last complete "
                             "checkpoint-<step> resumes with --resume_from_checkpoint=auto)") from e

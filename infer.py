@@ -24,7 +24,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
                        bool_or_auto, check_device_arg, check_output_path, default_beam_size, make_parser,
-                       setup_logging)
+                       output_format_arg, setup_logging)
 from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_to_simple_arg(d)
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     o = parser.add_argument_group("output")
-    o.add_argument("--output_format", type=str, default=None, choices=[*OUTPUT_FORMATS, "all"],
+    o.add_argument("--output_format", type=output_format_arg, default=None, choices=[*OUTPUT_FORMATS, "all"],
                    help="write files of this format into --output_dir (default txt when --output_dir is given)")
     o.add_argument("--output_dir", type=str, default=None, help="folder for output files (default: output)")
     o.add_argument("--max_line_width", type=int, default=42,

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default openai/whisper-base)")
     add_bool(g, "local_files_only", False, "never contact the model hub")
     g.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
-    add_engine_args(g)
+    add_engine_args(g, ct2_encoder_auto="torch with AMX (a server loads PyTorch once for all its requests; not with "
+                                        "--compute_type=float32), onnx "
+                                        "with VNNI (AVX-512-VNNI/AVX-VNNI), else ct2")
     g.add_argument("--cpu_threads", type=int, default=0,
                    help="ct2 CPU threads in all (0 = CTranslate2's default: 4, or the cores if fewer), split between "
                         "two workers that decode halves of a batch side by side")

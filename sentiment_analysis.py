@@ -18,7 +18,7 @@ import logging
 import sys
 
 from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, make_parser, optional_str,
-                       setup_logging)
+                       output_format_arg, setup_logging)
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -34,11 +34,6 @@ from utils.sentiment import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _output_format(value: str) -> str:
-    """``--output_format``: txt or json, as in infer.py (``text``, the old spelling, is txt)."""
-    return "txt" if value == "text" else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offline backend for every text; auto = per text (contains CJK → Chinese)")
     parser.add_argument("--neutral_margin", type=float, default=DEFAULT_NEUTRAL_MARGIN,
                         help="scores within 0.5 ± this are neutral, in [0, 0.5)")
-    parser.add_argument("--output_format", type=_output_format, default="txt", choices=["txt", "json"],
+    parser.add_argument("--output_format", type=output_format_arg, default="txt", choices=["txt", "json"],
                         help="txt = one line per text; json = {model, results, overall}")
     parser.add_argument("--output", type=optional_str, default=None,
                         help="write the output to this file (atomically) instead of stdout")

@@ -1043,8 +1043,15 @@ def test_ctrl_c_during_training_says_where_it_stopped_and_how_to_resume(tiny_whi
 
     monkeypatch.setattr(utils.trainer.Trainer, "train", interrupted)
     assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out")) == 130
-    assert "interrupted at step 3: the last complete checkpoint-<step> in" in caplog.text
-    assert "--resume_from_checkpoint=auto" in caplog.text and "Traceback" not in caplog.text
+    # no checkpoint yet: "auto" would start afresh, so the message says so instead of pointing at it
+    assert "interrupted at step 3, before any checkpoint was saved (every --save_steps=2): a new run starts from " \
+           "the beginning" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    run = tmp_path / "out" / tiny_whisper_dir.name
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out")) == 130
+    assert f"interrupted at step 3: {run / 'checkpoint-2'} resumes with --resume_from_checkpoint=auto" in caplog.text
     caplog.clear()
 
     def interrupted_early(*args, **kwargs):

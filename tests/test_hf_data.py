@@ -381,3 +381,22 @@ def test_a_streamed_checkpoint_of_the_version_before_resumes_without_a_warning(t
     assert "cut the training data into" not in caplog.text  # the warning of a changed layout
     state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)
+
+
+def test_relative_audio_paths_of_a_parquet_folder_resolve_like_a_manifests(tmp_path, monkeypatch):
+    """Dataset.to_parquet() keeps paths as given, relative to the directory the set was made in: the glob found the
+    files (against the working directory) but the same files named by their folder did not (against the folder
+    only). As for manifests: the folder first, then the working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clips").mkdir()
+    rows = _rows("test.json", 2)
+    for p, _, _ in rows:
+        shutil.copy(p, tmp_path / "clips" / os.path.basename(p))
+    ds = datasets.Dataset.from_dict({"audio": [f"clips/{os.path.basename(p)}" for p, _, _ in rows],
+                                     "sentence": [s for _, s, _ in rows]})
+    (tmp_path / "data" / "cv").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "data" / "cv" / "test-00000-of-00001.parquet"))
+    for spec in ("data/cv", "data/cv/test-*.parquet"):
+        records = load_data(spec, split="test", split_flag="--test_split")
+        assert [r.sentence for r in records] == [s for _, s, _ in rows], spec
+        assert all(os.path.isfile(r.audio_path) for r in records), spec

@@ -100,6 +100,11 @@ def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, flag: str) -> 
                         choices=action.choices, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def output_format_arg(value: str) -> str:
+    """``--output_format``'s value: ``text``, the old spelling, is ``txt`` (infer.py, sentiment_analysis.py)."""
+    return "txt" if value == "text" else value
+
+
 def add_to_simple_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--to_simple``: the same type, default and meaning in every script that prints text."""
     parser.add_argument("--to_simple", type=bool_or_auto, default=None, nargs="?", const=True,
@@ -166,8 +171,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                    default_backend: str = "transformers") -> None:
-    """Inference-engine flags shared by infer and evaluation: --backend, --dtype, --compute_type."""
+                    default_backend: str = "transformers", ct2_encoder_auto: str | None = None) -> None:
+    """Inference-engine flags shared by infer, evaluation and the server: --backend, --dtype, --compute_type,
+    --ct2_encoder (``ct2_encoder_auto``: what its auto means in this script, for the help)."""
     from utils.transcribe import DTYPES
 
     add_backend_arg(parser, default=default_backend)
@@ -175,7 +181,10 @@ def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *
                         help="transformers: auto = fp16 on GPU, fp32 on CPU; bfloat16 = bf16 autocast on CPU")
     parser.add_argument("--compute_type", type=str, default="auto",
                         help="ct2: auto = int8 on CPU, float16 on GPU; or float32, int8_float16, ...")
-    add_ct2_encoder_arg(parser)
+    if ct2_encoder_auto is None:
+        add_ct2_encoder_arg(parser)
+    else:
+        add_ct2_encoder_arg(parser, auto=ct2_encoder_auto)
 
 
 def encoder_window_flag(value: str) -> str | float | None:

@@ -132,7 +132,10 @@ def _audio_parts(value: Any, base_dir: str | None) -> tuple[bytes | None, str | 
     else:
         raise DatasetError(f"holds {type(value).__name__}, not an audio file (an Audio feature or a file path)")
     if data is None and path and base_dir and not os.path.isabs(path):
-        path = os.path.join(base_dir, path)
+        # against the dataset's folder, else the working directory (as manifests are read): a dataset saved with
+        # to_parquet() keeps the paths as they were given, relative to the directory it was made in
+        inside = os.path.join(base_dir, path)
+        path = inside if os.path.exists(inside) or not os.path.exists(path) else os.path.abspath(path)
     if data is None and not path:
         raise DatasetError("has neither audio bytes nor a path")
     return data, path

@@ -926,6 +926,21 @@ def test_ctrl_c_during_the_last_second_pass_block_writes_its_live_words():
     assert join_words([w for r in shown for w in r.words]) == result.final_text
     assert result.final_text.lower() == result.text.lower() != result.final_text
 
+def test_an_utterance_after_a_long_silence_is_read_again_by_the_second_pass():
+    """A block ran from the middle of the silence before its utterance: after 30 s of silence it did not fit the
+    window, and the utterance kept its live words ("…s of speech without a pause that fits", though it was
+    silence). It now starts shortly before its first committed word."""
+    words, audio, texts = _utterances(3, pause_s=30.0)
+    shown: list[Revision] = []
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                        on_revision=lambda r, t: shown.append(r),
+                        reviser=Reviser(_Rereader(words), block_s=6.0, max_block_s=12.0))
+    assert result.text == " ".join(texts) and result.final_text == result.text.upper()
+    assert shown and all(r.decoded for r in shown)
+    assert all(r.words[0].start - r.start <= 2.5 for r in shown[1:])  # not from the middle of the silence
+
+
 # ---------------------------------------------------------------------------------------------------
 # second pass
 # ---------------------------------------------------------------------------------------------------

@@ -701,6 +701,12 @@ class Revision:
     decoded: bool = True
 
 
+# where a second-pass block starts after a long silence: this long before its first committed word (word times are
+# estimates inside a decode): a block from the middle of a 40 s silence did not fit the 28 s window, and the
+# utterance after it kept its live words
+_REVISE_SILENCE_LEAD_S = 2.0
+
+
 class Reviser:
     """Second pass: closed utterances decoded again together, as offline transcription reads them.
 
@@ -768,6 +774,12 @@ class Reviser:
     def run(self, committed: Sequence[StreamToken], final: bool = False) -> None:
         """As :meth:`revise`, keeping the revisions for :meth:`take` (a Ctrl-C inside loses none of them)."""
         while self._closes and (final or self.due()):
+            if len(committed) > self._first:  # after a long silence the block starts shortly before its first word
+                near = int((committed[self._first].start - _REVISE_SILENCE_LEAD_S) * SAMPLE_RATE)
+                if near > self._start:
+                    self._start = min(near, self._received)
+                    self._audio = self._audio[max(0, self._start - self._audio_from):]
+                    self._audio_from = max(self._audio_from, self._start)
             fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
             k = fits[-1] if fits else 0
             pause, speech_end, last = self._closes[k]

@@ -1,6 +1,11 @@
 """The GPU check: one command that proves the CUDA paths and measures what fits a small GPU.
 
-On a GPU machine (the device tool's ``run``; it has torch, transformers, peft and accelerate, no internet):
+On your GPU machine, with a CUDA torch and the requirements installed (README, Install):
+
+    make gpu-check        # = python tools/gpu_check.py --out gpu_check; the report is gpu_check/report.md
+
+On a lent GPU machine without internet (the team's device tool ``run``; it has torch, transformers, peft and
+accelerate):
 
     # here, once (PyPI is reachable here): wheels for the GPU image's Python (3.12) of the dependencies it
     # lacks, most needed first, as many as fit beside the tracked files in 63 MiB (the rest is listed)

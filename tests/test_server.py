@@ -281,9 +281,10 @@ def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
         first.join()
         second.join()
         assert results == {"first": 504, "second": 504}
-        # the first is still decoding and the second still queued, both unwanted: SIGTERM ends the server at once
-        # (it waited 30 s for the decode, then was killed)
-        assert s.health()["models"]["openai/whisper-base"] == {"queued": 1, "running": 1, "done": 0}
+        # the first is still decoding and the second still queued, both unwanted (the second is not counted as
+        # queued: it gives up its place to a new request): SIGTERM ends the server at once (it waited 30 s for the
+        # decode, then was killed)
+        assert s.health()["models"]["openai/whisper-base"] == {"queued": 0, "running": 1, "done": 0}
         s.proc.terminate()
         s.proc.wait(timeout=20)
         assert "a cancelled request is still decoding; not waiting for it" in s.log.read_text()

@@ -77,6 +77,11 @@ def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
         "The quick brown fox jumps over", "the lazy dog and runs away."]  # even lines, broken between words
     with pytest.raises(ValueError):
         CueLayout(-1, 2)
+    en = "He began a confused complaint against the wizard who had vanished behind the curtain on the left."
+    halves = [b.split("\n")[2:] for b in to_srt(Transcript(en, "en", 1.0, 20.0, [Segment(11.0, 16.0, en)]))
+              .strip().split("\n\n")]  # as many cues as needed, even in length: not "on the left." alone
+    assert len(halves) == 2 and " ".join(" ".join(h) for h in halves) == en
+    assert abs(len(" ".join(halves[0])) - len(" ".join(halves[1]))) <= 10, halves
 
     words = (Word(2.8, 2.8, " every", 0.9), Word(2.8, 2.8, " day", 0.9), Word(2.8, 2.8, " morning.", 0.9),
              Word(5.0, 5.4, " Then", 0.9))
@@ -299,7 +304,8 @@ def test_ct2_subtitles_keep_the_last_sentence_of_real_speech(tmp_path):
     The chunk is now read on from that timestamp (the mechanism on any CPU: test_transcribe.py's stub test)."""
     names = ["en_jfk", "en_librispeech_61-70968-0000", "en_librivox_0870", "en_librivox_0880", "en_goforward"]
     joined = tmp_path / "joined.wav"
-    subprocess.run(["sox", *[str(REPO_ROOT / "dataset" / "real" / f"{n}.flac") for n in names], str(joined)], check=True)
+    real = REPO_ROOT / "dataset" / "real"
+    subprocess.run(["sox", *[str(real / f"{n}.flac") for n in names], str(joined)], check=True)
     out = tmp_path / "out"
     assert infer.main(["--audio_path", str(joined), "--backend=ct2", "--ct2_encoder=onnx", "--device=cpu",
                        "--output_format=all", f"--output_dir={out}"]) == 0

@@ -12,6 +12,7 @@ length. Cues never overlap and last at least ``MIN_CUE_S``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import unicodedata
@@ -137,23 +138,47 @@ def _split_unit(unit: tuple[float, float, str], layout: CueLayout) -> list[tuple
 
 
 def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
-    """One segment as cues that fit ``layout``: its units (:func:`_units`) gathered while they fit, a new cue
-    after a pause of ``CUE_PAUSE_S`` between timed words."""
+    """One segment as cues that fit ``layout``: its units (:func:`_units`) in runs split at pauses of
+    ``CUE_PAUSE_S`` between timed words, each run in as few cues as fit, as even in length as that many allow (a
+    98-character English sentence was "… behind the curtain" and then "on the left." alone)."""
     text = " ".join(seg.text.split())
     if layout.max_line_width <= 0 or (_fits(text, layout) and not seg.words):
         return [(seg.start, seg.end, text)]
     units = [u for unit in _units(seg) for u in _split_unit(unit, layout)]
+    runs: list[list[tuple[float, float, str]]] = [[units[0]]]
+    for prev, unit in zip(units, units[1:]):
+        if seg.words and unit[0] - prev[1] >= CUE_PAUSE_S:
+            runs.append([unit])
+        else:
+            runs[-1].append(unit)
+    cues = [cue for run in runs for cue in _even_cues(run, layout)]
+    return [(a, b, " ".join(t.split())) for a, b, t in cues]
+
+
+def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list[tuple[float, float, str]]:
+    """``units`` gathered into as few cues as ``layout`` allows, each as close to an even share as the units let."""
+    fewest = _gather(units, layout, math.inf)
+    if len(fewest) > 1:
+        total = text_width("".join(u[2] for u in units))
+        for share in range(-(-total // len(fewest)), total + 1):
+            if len(even := _gather(units, layout, share)) <= len(fewest):
+                return even
+    return fewest
+
+
+def _gather(units: list[tuple[float, float, str]], layout: CueLayout, share: float) -> list[tuple[float, float, str]]:
+    """Greedy: a unit joins the cue while the cue still fits ``layout`` and is at most ``share`` columns wide."""
     cues: list[tuple[float, float, str]] = []
-    start, end, joined = units[0][0], units[0][1], units[0][2]
+    start, end, joined = units[0]
     for u_start, u_end, u_text in units[1:]:
         candidate = joined + u_text
-        if (seg.words and u_start - end >= CUE_PAUSE_S) or not _fits(" ".join(candidate.split()), layout):
+        if text_width(candidate.strip()) > share or not _fits(" ".join(candidate.split()), layout):
             cues.append((start, end, joined))
             start, end, joined = u_start, u_end, u_text
         else:
             end, joined = u_end, candidate
     cues.append((start, end, joined))
-    return [(a, b, " ".join(t.split())) for a, b, t in cues]
+    return cues
 
 
 def _cues(transcript: Transcript, words: bool = False, layout: CueLayout = CueLayout()

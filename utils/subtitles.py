@@ -151,6 +151,8 @@ def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
             runs.append([unit])
         else:
             runs[-1].append(unit)
+    if len(runs) == 1 and _fits(text, layout):  # timed words, no pause among them: the segment's own text
+        return [(seg.start, seg.end, text)]
     cues = [cue for run in runs for cue in _even_cues(run, layout)]
     return [(a, b, " ".join(t.split())) for a, b, t in cues]
 

@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import unicodedata
 from typing import IO, Any
 
 from utils.audio import AudioLoadError, load_audio
@@ -50,7 +49,7 @@ from utils.streaming import (
     run_stream,
     silero_vad_fn,
 )
-from utils.subtitles import format_timestamp
+from utils.subtitles import format_timestamp, text_width
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +191,6 @@ def commit_line(words: list[StreamToken], after: float = 0.0) -> str:
     return f"[{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}] {join_words(words)}"
 
 
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 class Display:
     """Committed text and the tentative tail, on a terminal or as lines.
 
@@ -221,12 +216,12 @@ class Display:
         width = max(20, shutil.get_terminal_size().columns - 1)
         done = join_words(self.line)
         tail = join_words(self.line + tentative)[len(done):] if tentative else ""
-        while self.line and _width(done) + _width(tail) > width:  # start a new line, keep the newest words
+        while self.line and text_width(done) + text_width(tail) > width:  # start a new line, keep the newest words
             self.stream.write("\r\033[K" + done + "\n")
             self.line = []
             done = ""
             tail = join_words(tentative)
-        if _width(tail) > width:
+        if text_width(tail) > width:
             tail = "…" + tail[-(width // 2):]
         self.stream.write("\r\033[K" + done + _DIM + tail + _RESET)
         self.stream.flush()

@@ -243,19 +243,13 @@ def _header_duration(source: str | io.BytesIO) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
-def slice_problem(path: str, start_time: float | None = None, end_time: float | None = None,
-                  tolerance_s: float = 0.1) -> str | None:
-    """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
-    decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
-    ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold). None when
-    fine, and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded)."""
-    return slice_check(path, start_time, end_time, tolerance_s)[0]
-
-
 def slice_check(path: str, start_time: float | None = None, end_time: float | None = None,
                 tolerance_s: float = 0.1) -> tuple[str | None, float | None]:
-    """(:func:`slice_problem`, the slice's length in seconds as the header tells it; None where the header
-    cannot be read or the slice cannot be read as given)."""
+    """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
+    decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
+    ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine,
+    and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded). Returned with the
+    slice's length in seconds (None where the header cannot be read or the slice cannot be read as given)."""
     seconds = _header_duration(path)
     if seconds is None:
         return None, None

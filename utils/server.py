@@ -253,10 +253,9 @@ class TranscriptionService:
         worker = self.worker(form.get("model"))
         options, fmt = self.decode_options(form, translate=translate)
         try:  # a language the model has no token for: transformers raised in generate(), CTranslate2 read garbage
-            worker.transcriber.check_language(options.language)
+            worker.transcriber.check_language(options.language, flag="language ")
         except ValueError as e:
-            raise ApiError(400, f"model {worker.name}: {e}".replace("--language=", "language ", 1),
-                           param="language") from None
+            raise ApiError(400, f"model {worker.name}: {e}", param="language") from None
         loop = asyncio.get_running_loop()
         try:
             audio = await loop.run_in_executor(None, decode_audio_bytes, data, filename)

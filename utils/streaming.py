@@ -775,11 +775,7 @@ class Reviser:
         """As :meth:`revise`, keeping the revisions for :meth:`take` (a Ctrl-C inside loses none of them)."""
         while self._closes and (final or self.due()):
             if len(committed) > self._first:  # after a long silence the block starts shortly before its first word
-                near = int((committed[self._first].start - _REVISE_SILENCE_LEAD_S) * SAMPLE_RATE)
-                if near > self._start:
-                    self._start = min(near, self._received)
-                    self._audio = self._audio[max(0, self._start - self._audio_from):]
-                    self._audio_from = max(self._audio_from, self._start)
+                self._move_start(int((committed[self._first].start - _REVISE_SILENCE_LEAD_S) * SAMPLE_RATE))
             fits = [i for i, (pause, _, _) in enumerate(self._closes) if pause - self._start <= self.max_block]
             k = fits[-1] if fits else 0
             pause, speech_end, last = self._closes[k]
@@ -796,9 +792,14 @@ class Reviser:
                     self._done.append(revision)
                 del self._closes[: k + 1]
                 self._first = max(self._first, last)
-                self._start = min(max(self._start, (speech_end + pause) // 2), self._received)
-                self._audio = self._audio[max(0, self._start - self._audio_from):]
-                self._audio_from = max(self._audio_from, self._start)
+                self._move_start((speech_end + pause) // 2)
+
+    def _move_start(self, sample: int) -> None:
+        """The next block starts at stream ``sample`` if that is later (no later than the audio received); the audio
+        before it is dropped."""
+        self._start = min(max(self._start, sample), self._received)
+        self._audio = self._audio[max(0, self._start - self._audio_from):]
+        self._audio_from = max(self._audio_from, self._start)
 
     def keep_live(self, committed: Sequence[StreamToken]) -> None:
         """After a :meth:`run` cut off by Ctrl-C: one block of every committed word not revised yet, with its live

@@ -68,7 +68,7 @@ from utils.repeats import (
     unread_speech,
 )
 from utils.text import remove_punctuation, to_simplified
-from utils.vad import Chunk, speech_regions, split_on_silence, whole_clip, with_lead
+from utils.vad import Chunk, part, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class Transcriber(Protocol):
 
     def fixed_language(self, options: DecodeOptions) -> str | None: ...
 
-    def check_language(self, language: str | None) -> None: ...
+    def check_language(self, language: str | None, flag: str = "--language=") -> None: ...
 
     def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
                           reuse: bool = False) -> bool: ...
@@ -449,16 +449,17 @@ class _BaseTranscriber:
         """The language codes this model has a token for (whisper-base: 99; Cantonese, yue, came with large-v3)."""
         return self._language_codes
 
-    def check_language(self, language: str | None) -> None:
+    def check_language(self, language: str | None, flag: str = "--language=") -> None:
         """Raise ValueError when ``language`` (a code; None and auto: detected) is one this model has no token for:
         an English-only model asked for another language, or a code of a later Whisper (yue on whisper-base), which
-        transformers refused with a traceback and CTranslate2 decoded as garbage."""
+        transformers refused with a traceback and CTranslate2 decoded as garbage. ``flag``: how the message names the
+        setting (the server's form field: ``"language "``)."""
         if language in (None, AUTO_LANGUAGE) or language in self.languages():
             return
         if not self.multilingual:
-            raise ValueError(f"--language={language}: this model is English-only; use --language=en or a multilingual "
+            raise ValueError(f"{flag}{language}: this model is English-only; use --language=en or a multilingual "
                              "model")
-        raise ValueError(f"--language={language}: this model has no <|{language}|> token (it knows "
+        raise ValueError(f"{flag}{language}: this model has no <|{language}|> token (it knows "
                          f"{len(self.languages())} languages; yue came with large-v3); use another --language or a "
                          "model that has it")
 
@@ -633,7 +634,8 @@ class _BaseTranscriber:
                         tails[i + k] = stop
             results += got
         if tails:
-            rest = [_after(chunks[i], stop) for i, stop in tails.items()]
+            rest = [part(chunks[i], chunks[i].start + round(stop * SAMPLE_RATE), chunks[i].end)
+                    for i, stop in tails.items()]
             logger.debug("%d of %d chunks' timestamped readings stopped with speech after them: %.1f s read on",
                          len(rest), len(chunks), sum(c.duration_s for c in rest))
             for (i, stop), tail in zip(tails.items(), self._decode_chunks(audio, rest, language, _again(options),
@@ -690,8 +692,7 @@ class _BaseTranscriber:
             slow = not options.timestamps and n < SLOWEST_TOKENS_PER_SPEECH_S * (
                 chunk.duration_s if chunk.speech is None else chunk.speech / SAMPLE_RATE)
             if repeats or slow:
-                spans = ([((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
-                         or speech_spans(wave))  # the VAD's regions of the recording, or a pass over the chunk
+                spans = chunk_speech(chunk, wave)
                 if repeats or n < SLOWEST_TOKENS_PER_SPEECH_S * sum(e - s for s, e in spans):
                     check[k] = spans
         unread = [0.0] * len(waves)
@@ -910,6 +911,13 @@ def speech_spans(wave: np.ndarray) -> list[tuple[float, float]]:
     return [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in speech_regions(wave)]
 
 
+def chunk_speech(chunk: Chunk, wave: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of speech in ``chunk`` (``wave`` = its samples), from its start: the VAD's regions of the
+    recording where the chunk has them, else a pass over the chunk."""
+    return ([((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
+            or speech_spans(wave))
+
+
 def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float | None:
     """Where a timestamped reading of ``chunk`` stopped (its last timestamp, seconds from the chunk's start) when at
     least ``MAX_UNREAD_SPEECH_S`` of the chunk's speech lies after it; None otherwise (and for a reading that ended
@@ -921,18 +929,8 @@ def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float
     stop = result.segments[-1][1]
     if stop < 1.0:
         return None
-    spans = ([((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
-             or speech_spans(wave))
-    after = sum(max(0.0, end - max(start, stop)) for start, end in spans)
+    after = sum(max(0.0, end - max(start, stop)) for start, end in chunk_speech(chunk, wave))
     return stop if after >= MAX_UNREAD_SPEECH_S else None
-
-
-def _after(chunk: Chunk, seconds: float) -> Chunk:
-    """The part of ``chunk`` from ``seconds`` after its start to its end (its breaks and speech spans there)."""
-    start = chunk.start + round(seconds * SAMPLE_RATE)
-    spans = tuple((max(a, start), b) for a, b in chunk.spans if b > start)
-    return Chunk(start, chunk.end, breaks=tuple(b for b in chunk.breaks if b > start),
-                 speech=sum(b - a for a, b in spans) if chunk.speech is not None and spans else None, spans=spans)
 
 
 def _text_tokens(result: _ChunkResult) -> list[int]:

@@ -38,7 +38,7 @@ from typing import Any
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_duration
-from utils.cli import check_output_path, make_parser, setup_logging
+from utils.cli import check_output_path, make_parser, path_arg, setup_logging
 from utils.archive import UnsafeArchiveError, extract_member, member_path
 from utils.data import relative_audio_path
 from utils.download import DownloadError, download_file
@@ -505,10 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
         "audio lies under --annotation_text (the manifest reader resolves it against the manifest file's "
         "folder, so the manifests work from any working directory), and absolute otherwise."
     )
-    parser.add_argument("--filepath", type=str, default=None,
+    parser.add_argument("--filepath", type=path_arg, default=None,
                         help=f"local {ARCHIVE_NAME} (only read, never changed); without it the archive is "
                              f"downloaded (resumable, md5-checked) from {DOWNLOAD_URLS[0]} or the mirror")
-    parser.add_argument("--target_dir", type=str, default="dataset/audio",
+    parser.add_argument("--target_dir", type=path_arg, default="dataset/audio",
                         help="where the audio is unpacked (<target_dir>/data_aishell/wav/<split>/<speaker>/)")
     parser.add_argument("--annotation_text", type=str, default="dataset/",
                         help="folder for train.json, dev.json, test.json; audio.path is relative to this "

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
-                       make_parser, positive_int, resolve_encoder_window, seed_int, setup_logging)
+                       make_parser, path_arg, positive_int, resolve_encoder_window, seed_int, setup_logging)
 from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
@@ -50,12 +50,12 @@ def build_parser():
     parser = make_parser(__doc__.split("\n")[0])
     add_model_args(parser)
     add_decoding_args(parser)
-    parser.add_argument("--test_data", type=str, default="dataset/test.json",
+    parser.add_argument("--test_data", type=path_arg, default="dataset/test.json",
                         help="jsonlines test manifest, or a Hugging Face dataset: save_to_disk folder, audiofolder, "
                              "parquet file/glob/folder, hub name")
     add_dataset_args(parser, splits={"test_split": "test"}, streaming=True)
     parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
-    parser.add_argument("--output", type=str, default=None,
+    parser.add_argument("--output", type=path_arg, default=None,
                         help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
     add_engine_args(parser)
     add_encoder_window_arg(parser)

@@ -5,9 +5,9 @@
         --timestamps --output_format=srt --output_dir=subs
 
 Audio longer than 30 s is cut at silences (silero-vad) and decoded in batches; ``--condition_on_previous_text``
-decodes it sequentially instead. The transcript goes to stdout; ``--output_format``/``--output_dir`` write
-files. Many files or a folder are processed in one call; a file that fails is reported and skipped, and the
-exit code is 1 if any failed.
+decodes the pieces one after another, each prompted with the text before it. The transcript goes to stdout;
+``--output_format``/``--output_dir`` write files. Many files or a folder are processed in one call; a file that
+fails is reported and skipped, and the exit code is 1 if any failed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
                        bool_or_auto, check_device_arg, check_output_path, default_beam_size, make_parser,
-                       output_format_arg, setup_logging)
+                       output_format_arg, path_arg, setup_logging)
 from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__.split("\n")[0])
-    parser.add_argument("--audio_path", type=str, nargs="+", required=True,
+    parser.add_argument("--audio_path", type=path_arg, nargs="+", required=True,
                         help="audio file(s) and/or folder(s) (searched recursively for audio files)")
     add_model_args(parser)
     add_decoding_args(parser)
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
              "in the JSON output (cross-attention alignment)")
     add_bool(d, "subtitle_words", False, "SRT/VTT output with one cue per word (needs --word_timestamps)")
     add_bool(d, "condition_on_previous_text", False,
-             "long audio: decode window after window, prompted with the previous text (slower)")
+             "long audio: decode its pieces one after another, each prompted with the text before it (slower)")
     add_bool(d, "fallback", True, "temperature fallback on repetition / low log-probability, skip silence")
     d.add_argument("--compression_ratio_threshold", type=float, default=2.4, help="repetition-loop threshold")
     d.add_argument("--logprob_threshold", type=float, default=-1.0, help="average log-probability threshold")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = parser.add_argument_group("output")
     o.add_argument("--output_format", type=output_format_arg, default=None, choices=[*OUTPUT_FORMATS, "all"],
                    help="write files of this format into --output_dir (default txt when --output_dir is given)")
-    o.add_argument("--output_dir", type=str, default=None, help="folder for output files (default: output)")
+    o.add_argument("--output_dir", type=path_arg, default=None, help="folder for output files (default: output)")
     o.add_argument("--max_line_width", type=int, default=42,
                    help="SRT/VTT: columns a cue's line holds (a Chinese character takes two); a longer segment is "
                         "cut into several cues; 0 = a cue per segment on one line")
@@ -101,6 +101,11 @@ def collect_audio_files(paths: list[str]) -> list[str]:
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 logger.warning("%s: no audio files (%s) in this folder", p, ", ".join(AUDIO_EXTENSIONS))
+            others = sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and f.suffix.lower()
+                            not in AUDIO_EXTENSIONS and not any(x.startswith(".") for x in f.relative_to(p).parts))
+            if others:  # named so that a recording in a format missing from the list is not skipped unnoticed
+                logger.info("%s: %d file(s) skipped by name (not %s): %s%s", p, len(others),
+                            "/".join(AUDIO_EXTENSIONS), ", ".join(others[:5]), " …" if len(others) > 5 else "")
             files += found
         else:
             files.append(p)
@@ -162,6 +167,7 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
         initial_prompt=args.initial_prompt,
         hotwords=args.hotwords,
         word_timestamps=args.word_timestamps,
+        decode_stats=args.output_format in ("json", "all"),  # the JSON file holds them
     )
 
 
@@ -228,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max_line_width / --max_line_count: {e}")
     if args.subtitle_words and not options.word_timestamps:
         parser.error("--subtitle_words needs --word_timestamps=True")
-    if options.word_timestamps and options.condition_on_previous_text:
-        parser.error("--word_timestamps needs the batched long-form decoding: drop --condition_on_previous_text")
     output_dir = args.output_dir or "output"
     files = collect_audio_files(args.audio_path)
     if not files:

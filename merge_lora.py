@@ -15,15 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from utils.cli import add_bool, check_output_path, make_parser, optional_str, setup_logging
+from utils.cli import add_bool, check_output_path, make_parser, optional_str, path_arg, setup_logging
 
 logger = logging.getLogger("merge_lora")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("Merge a LoRA adapter into its base Whisper model.")
-    p.add_argument("--lora_model", type=str, required=True, help="adapter folder (checkpoint-best / -final)")
-    p.add_argument("--output_dir", type=str, default="models/", help="the merged model goes to <output_dir>/<base>-finetune")
+    p.add_argument("--lora_model", type=path_arg, required=True, help="adapter folder (checkpoint-best / -final)")
+    p.add_argument("--output_dir", type=path_arg, default="models/",
+                   help="the merged model goes to <output_dir>/<base>-finetune")
     p.add_argument("--base_model", type=optional_str, default=None,
                    help="override the base model recorded in adapter_config.json")
     add_bool(p, "local_files_only", False, "never contact the model hub")

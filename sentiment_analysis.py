@@ -17,8 +17,8 @@ import json
 import logging
 import sys
 
-from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, make_parser, optional_str,
-                       output_format_arg, setup_logging)
+from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, make_parser, optional_path,
+                       optional_str, output_format_arg, path_arg, setup_logging)
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", type=str, action="append",
                         help="a text to classify (repeat the flag for several)")
-    source.add_argument("--input", type=str,
+    source.add_argument("--input", type=path_arg,
                         help=f"file of texts ({', '.join(INPUT_SUFFIXES)}): .txt = one text per non-empty line; "
                              ".json = infer.py's transcript ({text, segments}) or a jsonlines manifest "
                              "('sentence' per line)")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scores within 0.5 ± this are neutral, in [0, 0.5)")
     parser.add_argument("--output_format", type=output_format_arg, default="txt", choices=["txt", "json"],
                         help="txt = one line per text; json = {model, results, overall}")
-    parser.add_argument("--output", type=optional_str, default=None,
+    parser.add_argument("--output", type=optional_path, default=None,
                         help="write the output to this file (atomically) instead of stdout")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per model call (Hugging Face models)")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")

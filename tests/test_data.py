@@ -71,6 +71,7 @@ def test_slice_fields(tmp_path, audio_dir):
     ({"audio": {"path": "audio/a.wav", "start_time": 2, "end_time": 1}, "sentence": "x", "duration": 1},
      r"'audio.end_time' \(1\) must be greater"),
     ({"audio": {"path": "audio/missing.wav"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' .* not found"),
+    ({"audio": {"path": "audio"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' audio is a folder"),
     (_rec(sentences=[{"start": 0.5, "end": 0.2, "text": "x"}]), r"'sentences\[0\]' needs 0 <= start <= end"),
     (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after"),
     (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' must be an object with start, end and text"),

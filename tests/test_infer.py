@@ -104,6 +104,8 @@ def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_pat
     assert (out / "en.txt").read_text(encoding="utf-8") == data["text"] + "\n"
     for seg in data["segments"]:
         assert f"] {seg['text']}" in stdout.out
+        assert seg["temperature"] == 0.0 and seg["avg_logprob"] <= 0 and 0 <= seg["no_speech_prob"] <= 1  # the JSON
+        assert seg["seek"] >= 0 and seg["compression_ratio"] > 0 and seg["tokens"]  # has the decode's statistics
     assert "SDPA" in caplog.text  # the deprecated flag is accepted with a message
     _check_srt((out / "en.srt").read_text(encoding="utf-8"))
     assert (out / "en.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
@@ -142,6 +144,26 @@ def test_folder_with_bad_and_missing_files(tiny_whisper_dir, en_wav, tmp_path, c
     err = caplog.text
     assert "broken.wav" in err and "missing.wav: audio file not found" in err and "2 of 3 files failed" in err
     assert sorted(p.name for p in out.iterdir()) == ["good.txt"]
+
+
+def test_a_tilde_is_home_and_a_folder_s_videos_are_read(tiny_whisper_dir, en_wav, tmp_path, monkeypatch, caplog):
+    """``--audio_path=~/x`` and ``--output_dir=~/y`` (the shell expands ~ only after a space, not after "="): the home
+    folder, not a folder named "~" (before: "file(s) not found: ~/x", and output written to ./~/y). A folder's .mkv,
+    .mov and .aiff recordings are read, and the files skipped for their names are listed (before: silently)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(en_wav, tmp_path / "home.wav")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a.mkv", "b.mov", "c.aiff"):
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(en_wav), str(folder / name)], check=True)
+    (folder / "notes.txt").write_text("not audio")
+    caplog.set_level("INFO")
+    assert _run(tiny_whisper_dir, "--audio_path=~/home.wav", "--output_dir=~/out", "--fallback=False") == 0
+    assert (tmp_path / "out" / "home.txt").is_file() and not (tmp_path / "~").exists()
+    assert _run(tiny_whisper_dir, "--audio_path", str(folder), f"--output_dir={tmp_path / 'v'}", "--fallback=False") == 0
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["a.txt", "b.txt", "c.txt"]
+    assert "1 file(s) skipped by name" in caplog.text and "notes.txt" in caplog.text
 
 
 def test_flag_errors(tiny_whisper_dir, en_wav):
@@ -313,3 +335,49 @@ def test_ct2_subtitles_keep_the_last_sentence_of_real_speech(tmp_path):
     cues = _check_srt(srt)
     assert "go forward" in srt.lower() and cues[-1][1] >= "00:00:27,000", srt
     assert "go forward" in (out / "joined.txt").read_text(encoding="utf-8").lower()
+
+
+def test_speech_after_a_long_silence_is_timed_where_it_is_and_near_silence_reads_nothing(tmp_path):
+    """A real English recording after 15 s of silence (a 22.8 s file): its cue began at 00:00:00 (the clip was
+    decoded from its start, and Whisper stamps the first segment after a silence 0.00), now where the speech is. 10 s
+    of a quiet room (-90 dBFS noise) and 20 s of plucked tones read "you" (whisper-base); a long recording's silence
+    gives no text, and now a short file's does neither."""
+    real = REPO_ROOT / "dataset" / "real"
+    late, room, tones = tmp_path / "late.wav", tmp_path / "room.wav", tmp_path / "tones.wav"
+    subprocess.run(["sox", str(real / "en_goforward.flac"), str(late), "pad", "15", "5"], check=True)
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(room), "synth", "10", "whitenoise",
+                    "vol", "0.00003"], check=True)
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(tones), "synth", "20", "pluck", "C4", "vol", "0.5"],
+                   check=True)
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(late), str(room), str(tones), "--backend=ct2", "--device=cpu",
+                       "--language=en", "--output_format=srt", f"--output_dir={out}"]) == 0
+    cues = _check_srt((out / "late.srt").read_text(encoding="utf-8"))
+    assert len(cues) == 1 and "00:00:14,500" <= cues[0][0] <= "00:00:15,600", cues
+    assert "forward" in (out / "late.srt").read_text(encoding="utf-8").lower()
+    assert (out / "room.srt").read_text(encoding="utf-8") == (out / "tones.srt").read_text(encoding="utf-8") == ""
+
+
+def test_condition_on_previous_text_times_every_sentence_where_it_is(tmp_path):
+    """Three real English recordings 20 s apart, decoded with --condition_on_previous_text=True: each cue where its
+    sentence is. faster-whisper's sequential decoder (which ct2 used) stretched cues over the silences
+    ("[00:00.000 --> 01:10.970]" for 11 s of speech), transformers' read a sentence 12 times over them."""
+    real = REPO_ROOT / "dataset" / "real"
+    parts = [str(real / f"{n}.flac") for n in ("en_goforward", "en_cards_005", "en_arctic_a0007")]
+    silence = tmp_path / "silence.wav"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(silence), "trim", "0", "20"], check=True)
+    joined = tmp_path / "spaced.wav"
+    subprocess.run(["sox", parts[0], str(silence), parts[1], str(silence), parts[2], str(joined)], check=True)
+    starts = [0.0]
+    for p in parts[:-1]:
+        starts.append(starts[-1] + float(subprocess.run(["soxi", "-D", p], capture_output=True, text=True,
+                                                         check=True).stdout) + 20)
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(joined), "--backend=ct2", "--device=cpu", "--language=en",
+                       "--condition_on_previous_text=True", "--output_format=srt", f"--output_dir={out}"]) == 0
+    srt = (out / "spaced.srt").read_text(encoding="utf-8")
+    cues = _check_srt(srt)
+    assert len(cues) == 3 and all(w in srt.lower() for w in ("forward", "spades", "superlative")), srt
+    seconds = [[int(t[:2]) * 3600 + int(t[3:5]) * 60 + int(t[6:8]) + int(t[9:]) / 1000 for t in cue] for cue in cues]
+    for (start, end), at in zip(seconds, starts):
+        assert at - 0.5 <= start < end <= at + 6, (seconds, starts)

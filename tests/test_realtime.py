@@ -297,6 +297,26 @@ def test_vad_skips_silence_and_closes_utterances_at_pauses():
     assert all(not u.decoded for u in updates if u.audio_end > 7.5)
 
 
+def test_the_stream_vad_hears_a_quiet_speaker_as_a_loud_one(repo_root):
+    """A real recording at -45 dBFS (a quiet microphone or file): silero-vad, frame by frame, called none of its
+    frames speech, so the live text skipped whole sentences (2 of 4 on a 73 s file); the stream is raised by its
+    level so far, as a quiet recording is before the offline VAD, and its frames read as at full level."""
+    from utils.vad import FRAME, SileroVad
+
+    speech = load_audio(repo_root / "dataset" / "real" / "en_librivox_0880.flac")
+    audio = np.concatenate([np.zeros(3 * SAMPLE_RATE, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32)])
+    said = slice(3 * SAMPLE_RATE // FRAME, (3 * SAMPLE_RATE + len(speech)) // FRAME)
+
+    def speech_share(x: np.ndarray) -> tuple[float, float]:
+        vad = SileroVad()
+        p = np.array([vad(x[i: i + FRAME]) for i in range(0, len(x) - FRAME + 1, FRAME)])
+        return float((p[said] > 0.5).mean()), float((p[: said.start - 4] > 0.5).mean())
+
+    loud, quiet = speech_share(audio), speech_share(audio * 10 ** (-45 / 20))
+    assert loud[0] > 0.6 and loud[1] == quiet[1] == 0.0
+    assert quiet[0] >= loud[0] - 0.05, (quiet, loud)
+
+
 def test_a_pause_inside_a_long_block_closes_the_utterance_at_the_pause():
     words = script_words("a b c d", start=0.5) + script_words("e f", start=3.5)
     audio = timed_audio(6.0, silences=[(0.0, 0.5), (2.1, 3.5), (4.3, 6.0)])

@@ -147,6 +147,10 @@ def test_openai_client_transcribes_in_every_format(server, client, en_wav):
                                                      timestamp_granularities=["segment"])
     assert verbose.language == "english" and verbose.duration == pytest.approx(sf.info(en_wav).duration, abs=0.05)
     assert verbose.segments and 0 <= verbose.segments[0].start < verbose.segments[-1].end <= verbose.duration + 0.5
+    for seg in verbose.segments:  # the decode's statistics, as OpenAI's segments have them (clients filter on them)
+        assert -1.0 < seg.avg_logprob <= 0 and 0 <= seg.no_speech_prob < 0.5 and seg.temperature == 0.0
+        assert 0 < seg.compression_ratio < 2.4 and seg.seek >= 0 and seg.tokens
+    assert all(t < 50257 for seg in verbose.segments for t in seg.tokens)  # the text's tokens only
     with open(en_wav, "rb") as f:
         worded = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
                                                     timestamp_granularities=["word", "segment"])

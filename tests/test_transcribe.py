@@ -459,6 +459,38 @@ def test_a_dropped_take_is_read_between_the_silences_around_it_and_goes_in_at_a_
     assert _spliced(whole, chunk, [(whole_part, part_result)], Tokens()) is part_result
 
 
+def test_decode_stats_follow_their_segments_through_splices_and_joins():
+    """Each segment keeps the statistics of the decode that read it (OpenAI's verbose_json fields); a piece read
+    again later in the chunk has its ``seek`` moved to where it starts, the chunk's offset is added, and a chunk's
+    lead of silence (before the audio) does not make it negative."""
+    from utils.data import DecodeStats
+    from utils.repeats import RereadPart
+    from utils.transcribe import _ChunkResult, _joined, _shifted, _spliced
+
+    class Tokens:
+        def decode(self, tokens):
+            return " ".join(f"t{t}" for t in tokens)
+
+    sr = SAMPLE_RATE
+    chunk = Chunk(0, 12 * sr)
+    whole_stats = DecodeStats(0, -0.3, 0.01, 1.2, 0.0)
+    again_stats = DecodeStats(0, -0.2, 0.02, 1.1, 0.0)
+    whole = _ChunkResult([(0.0, 12.0, "whole")], "whole", tokens=[[1, 2, 3, 4]], stats=[whole_stats])
+    again = _ChunkResult([(0.5, 2.0, "take")], "take", tokens=[[7]], stats=[again_stats])
+    part_ = RereadPart(Chunk(4 * sr, 8 * sr), [Chunk(4 * sr, 8 * sr)], at=2, at_s=4.0)
+    out = _spliced(whole, chunk, [(part_, again)], Tokens())
+    assert [seg[2] for seg in out.segments] == ["t1 t2", "take", "t3 t4"]
+    assert [(st.seek, st.avg_logprob) for st in out.stats] == [(0, -0.3), (400, -0.2), (0, -0.3)]
+    joined = _joined(out, again, 10.0)
+    assert [st.seek for st in joined.stats] == [0, 400, 0, 1000] and len(joined.tokens) == 4
+    pieces = list(_shifted(joined, 30.0))
+    assert [p.stats.seek for p in pieces] == [3000, 3400, 3000, 4000] and pieces[1].tokens == [7]
+    assert [p.stats.seek for p in _shifted(whole, -0.4)] == [0]  # a lead of silence: not before the audio
+    no_stats = _ChunkResult([(0.0, 1.0, "x")], "x", tokens=[[5]])
+    assert _joined(whole, no_stats, 5.0).stats is None and _spliced(whole, chunk, [(part_, no_stats)],
+                                                                     Tokens()).stats is None
+
+
 def test_a_dropped_take_with_a_comma_pause_is_read_whole():
     """A take whose comma pause the VAD heard as two regions that touch ("Repeat after me, | the quick brown fox
     …"; espeak, 5.6 s a take): the takes read around a dropped one were aligned over its first words, so only the
@@ -608,17 +640,51 @@ def two_takes(tmp_path_factory) -> np.ndarray:
 
 
 def test_a_clip_is_one_chunk_with_the_pauses_the_vad_finds_in_it(two_takes):
-    """whole_clip: the whole clip, a break in the pause between the takes, the speech measured; silence: no break."""
+    """whole_clip: the whole clip, a break in the pause between the takes, the speech measured; silence: no
+    chunk."""
     sr = SAMPLE_RATE
     take_end = (len(two_takes) - 3 * sr) // 2 + sr  # end of the first take
     chunk = whole_clip(two_takes)
-    assert (chunk.start, chunk.end) == (0, len(two_takes))
+    assert (chunk.start, chunk.end, chunk.lead) == (0, len(two_takes), 0) and 0.5 * sr < chunk.spans[0][0] < sr
     assert len(chunk.breaks) == 1 and take_end < chunk.breaks[0] < take_end + sr
     assert 0.8 * (len(two_takes) - 3 * sr) < chunk.speech < len(two_takes) - sr  # the takes (+ the VAD's padding)
     assert len(chunk.spans) == 2 and chunk.spans[0][1] < chunk.breaks[0] < chunk.spans[1][0]
     assert sum(e - s for s, e in chunk.spans) == chunk.speech
-    silent = whole_clip(np.zeros(5 * sr, np.float32))
-    assert (silent.start, silent.end, silent.breaks, silent.speech, silent.spans) == (0, 5 * sr, (), None, ())
+    assert whole_clip(np.zeros(5 * sr, np.float32)) is None
+    noise = np.random.default_rng(0).normal(0, 3e-5, 10 * sr).astype(np.float32)  # a quiet room, -90 dBFS
+    assert whole_clip(noise) is None and whole_clip(two_takes[:2 * sr] * 0.01).spans  # a quiet take: found
+
+
+def test_the_vad_finds_speech_under_a_dc_offset_hum_or_at_a_low_level(repo_root):
+    """Five real English recordings 20 s apart: silero-vad read them raw and missed whole sentences under a DC offset
+    of 0.4, a 50 Hz hum of 0.3 or at -45 dB (coverage 0.0 for some); it reads a copy without the low frequencies,
+    raised when quiet (:func:`vad_input`), and finds each as it does at normal level. Whisper reads the original."""
+    from utils.vad import high_pass, speech_regions
+
+    sr = SAMPLE_RATE
+    t = np.arange(4 * sr) / sr
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    filtered = high_pass(0.3 + 0.2 * np.sin(2 * np.pi * 50 * t).astype(np.float32) + 0.1 * tone)
+    assert np.abs(filtered[sr:-sr] - 0.1 * tone[sr:-sr]).max() < 0.01  # DC and hum gone, 1 kHz kept
+    names = ["en_librivox_0880", "en_goforward", "en_cards_005", "en_librivox_0890", "en_arctic_a0007"]
+    gap = np.zeros(20 * sr, np.float32)
+    parts, spans = [], []
+    for name in names:
+        clip = load_audio(repo_root / "dataset" / "real" / f"{name}.flac")
+        start = sum(len(p) for p in parts) + len(gap)
+        parts += [gap, clip]
+        spans.append((start, start + len(clip)))
+    audio = np.concatenate([*parts, gap])
+    hum = 0.3 * np.sin(2 * np.pi * 50 * np.arange(len(audio)) / sr)
+
+    def covered(x: np.ndarray) -> np.ndarray:
+        regions = speech_regions(np.clip(x, -1, 1).astype(np.float32))
+        return np.array([sum(max(0, min(e, r.end) - max(s, r.start)) for r in regions) / (e - s) for s, e in spans])
+
+    normal = covered(audio)
+    assert normal.min() > 0.6, normal
+    for x in (audio * 10 ** (-45 / 20), audio * 0.5 + 0.4, audio * 0.7 + hum):
+        assert (covered(x) >= normal - 0.05).all(), (covered(x), normal)
 
 
 def test_a_clip_read_with_a_take_made_up_is_decoded_again_take_by_take(tiny, monkeypatch, two_takes):
@@ -803,7 +869,8 @@ def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own
                                                                                        monkeypatch):
     """Whisper drops a first word that starts right at its window's start: a recording (a clip, or long audio)
     whose speech starts at its first sample is decoded with LEAD_S of silence before it, the segment times are
-    those of the recording; one that starts with silence, and the later chunks, are decoded as they are."""
+    those of the recording; one that starts with silence, and the later chunks, are decoded as they are, a first
+    segment stamped before the speech moved to it."""
     from utils.vad import LEAD_S
 
     lead = int(LEAD_S * SAMPLE_RATE)
@@ -825,7 +892,9 @@ def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own
     monkeypatch.setattr(tiny, "_decode", _recording_decoder(waves))
     quiet_start = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech])
     t = tiny.transcribe(quiet_start, DecodeOptions(language="en"))
-    assert np.array_equal(waves[0], quiet_start) and t.segments[0].start == pytest.approx(0.5)
+    assert np.array_equal(waves[0], quiet_start)  # decoded as it is, no lead
+    speech_at = whole_clip(quiet_start).spans[0][0] / SAMPLE_RATE  # the VAD's padding before the speech
+    assert 0.5 < speech_at < 1.0 and t.segments[0].start == pytest.approx(speech_at)  # not 0.5: no speech there
 
 
 # -- tiny model: plumbing ---------------------------------------------------------------------------
@@ -870,13 +939,29 @@ def test_repetition_loop_is_broken_by_temperature_fallback(tiny, en_wav, monkeyp
     assert guarded.text != greedy.text
 
 
-@pytest.mark.slow
-def test_sequential_long_form_keeps_times_inside_the_audio(tiny, en_wav, zh_wav):
+def test_condition_on_previous_text_decodes_the_chunks_one_by_one_each_prompted_with_the_text_before(
+        tiny, en_wav, zh_wav, monkeypatch):
+    """condition_on_previous_text: the VAD's chunks (silences left out, as in batches) one per decode, each prompted
+    with the initial prompt and the text decoded before it; times absolute and inside the audio. (Before: the
+    backends' sequential decoders over the whole recording, silences and all.)"""
+    from utils.transcribe import _ChunkResult
+
     audio = _long_clip(en_wav, zh_wav)
-    t = tiny.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True, temperatures=(0.0,)))
+    prompts = []
+
+    def decode_chunks(audio, chunks, language, options, prompt, depth=0, decoded=None):
+        prompts.append(prompt)
+        return [_ChunkResult([(0.5, 1.5, f"s{len(prompts)}.")], f"s{len(prompts)}.", tokens=[[100 + len(prompts)]])
+                for _ in chunks]
+
+    monkeypatch.setattr(tiny, "_decode_chunks", decode_chunks)
+    t = tiny.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True, batch_size=8,
+                                             temperatures=(0.0,)), initial_prompt="Names.")
+    n = len(split_on_silence(audio))
+    assert n >= 3 and len(prompts) == n and t.text == " ".join(f"s{k}." for k in range(1, n + 1))
+    assert prompts[:3] == ["Names.", "Names. s1.", "Names. s1. s2."]
     assert t.duration == pytest.approx(len(audio) / SAMPLE_RATE, abs=1e-3)
-    assert t.segments and t.segments[-1].end <= t.duration
-    assert all(a.start <= b.start for a, b in zip(t.segments, t.segments[1:]))
+    assert all(0 <= a.start < a.end <= b.start for a, b in zip(t.segments, t.segments[1:]))
 
 
 def test_segments_are_decoded_as_the_iterator_is_consumed(tiny, en_wav, zh_wav, monkeypatch):
@@ -933,6 +1018,17 @@ def test_language_detection_english_and_mandarin(base_hf, base_ct2, en_wav, zh_w
 def test_backends_give_the_same_text(base_hf, base_ct2, en_wav):
     opts = DecodeOptions(language="en", temperatures=(0.0,))
     assert base_hf.transcribe(str(en_wav), opts).text == base_ct2.transcribe(str(en_wav), opts).text
+    assert all(s.stats is None and not s.tokens for s in base_ct2.transcribe(str(en_wav), opts).segments)
+    # the decode's statistics, asked for: ct2 has them from its decode, transformers scores the text once more
+    hf, ct2 = (engine.transcribe(str(en_wav), replace(opts, decode_stats=True)).segments[0]
+               for engine in (base_hf, base_ct2))
+    assert hf.tokens == ct2.tokens and hf.stats.compression_ratio == ct2.stats.compression_ratio
+    assert -0.5 < ct2.stats.avg_logprob < 0 and hf.stats.avg_logprob == pytest.approx(ct2.stats.avg_logprob, abs=0.1)
+    assert ct2.stats.no_speech_prob < 0.1 and hf.stats.no_speech_prob < 0.1
+    assert hf.stats.temperature == ct2.stats.temperature == 0.0 and hf.stats.seek == ct2.stats.seek == 0
+    # transformers' own fallback may sample: its temperature is not known then
+    assert base_hf.transcribe(str(en_wav), replace(opts, decode_stats=True, temperatures=(0.0, 0.5))
+                              ).segments[0].stats.temperature is None
 
 
 LONG_EN_SENTENCES = ("Please send the report before Friday.", "The train to Boston leaves at half past seven.",
@@ -958,12 +1054,14 @@ def long_en(tmp_path_factory) -> tuple[np.ndarray, str]:
 @pytest.mark.parametrize("backend", ["ct2", "transformers"])
 def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2, long_en):
     """Segments of a > 60 s recording cut into chunks: times absolute, in order, inside the audio, the words of the
-    last chunk after 30 s. (English only: Mandarin decoded as English made whisper-base loop to the token budget,
-    53 s of this test's time with transformers, without testing timestamps any further.)"""
+    last chunk after 30 s, each segment's decode statistics from a window holding it. (English only: Mandarin
+    decoded as English made whisper-base loop to the token budget, 53 s of this test's time with transformers,
+    without testing timestamps any further.)"""
     engine = base_ct2 if backend == "ct2" else base_hf
     audio, said = long_en
     duration = len(audio) / SAMPLE_RATE
-    t = engine.transcribe(audio, DecodeOptions(timestamps=True, language="en", batch_size=4, temperatures=(0.0,)))
+    t = engine.transcribe(audio, DecodeOptions(timestamps=True, language="en", batch_size=4, temperatures=(0.0,),
+                                               decode_stats=True))
     assert t.duration == pytest.approx(duration, abs=1e-3)
     starts = [s.start for s in t.segments]
     assert starts == sorted(starts)
@@ -974,6 +1072,11 @@ def test_long_clip_has_monotonic_absolute_timestamps(backend, base_hf, base_ct2,
     assert error_rate([said], [t.text], "wer") < 0.2, t.text  # the speech (0.104 both: "12" for "twelve" …)
     for word in ("friday", "boston", "concert"):  # every take read once: none dropped, none made up
         assert t.text.lower().count(word) == said.lower().count(word), t.text
+    stats = t.segments
+    for s in stats:  # each segment's decode (its statistics asked for): a window of at most 30 s holding it
+        assert s.stats.seek / 100 <= s.start + 0.05 and s.end <= s.stats.seek / 100 + 30.05, s
+        assert s.stats.temperature == 0.0 and s.stats.avg_logprob < 0 and s.tokens
+    assert sorted(s.stats.seek for s in stats) == [s.stats.seek for s in stats] and stats[-1].stats.seek > 0
 
 
 def test_cpu_encoder_in_small_calls_gives_the_whole_batch_output(tiny):
@@ -1228,7 +1331,7 @@ def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, 
 
     monkeypatch.setattr(base_ct2, "_generate", fake_generate)
     opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), no_speech_threshold=None)
-    text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text
+    text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts, cut_clip=False).text  # no VAD pass
     assert text == "the cat sat on the mat"
 
 
@@ -1257,7 +1360,7 @@ def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, ti
 
         monkeypatch.setattr(base_ct2, "_generate", fake_generate)
         opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), logprob_fallback=False)
-        assert base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts).text == expected
+        assert base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts, cut_clip=False).text == expected
         assert calls == expected_calls
     temperatures = []
     generate = tiny.model.generate
@@ -1268,9 +1371,10 @@ def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, ti
 
     monkeypatch.setattr(tiny.model, "generate", spy)
     tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32),
-                    DecodeOptions(language="en", logprob_fallback=False, max_new_tokens=8))
+                    DecodeOptions(language="en", logprob_fallback=False, max_new_tokens=8), cut_clip=False)
     first = len(temperatures)
-    tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), DecodeOptions(language="en", max_new_tokens=8))
+    tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), DecodeOptions(language="en", max_new_tokens=8),
+                    cut_clip=False)
     assert temperatures[0] == 0.0 and temperatures[first] == DecodeOptions().temperatures
 
 

@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000  # Hz, the rate every Whisper model expects
 WINDOW_S = 30.0  # seconds of audio Whisper's encoder sees at once
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token (<|0.00|> … <|30.00|>)
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4")
+# files a folder given as input is searched for (ffmpeg reads them; a file named directly may have any name)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4",
+                    ".aif", ".aiff", ".amr", ".3gp", ".avi", ".m4b", ".mka", ".mkv", ".mov")
 
 
 class AudioLoadError(RuntimeError):

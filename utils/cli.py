@@ -40,6 +40,18 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in {"", "none", "null"} else value
 
 
+def path_arg(value: str) -> str:
+    """A file or folder flag: ``~`` expanded as the shell does for ``--flag ~/x`` but not for ``--flag=~/x`` (the
+    README's form: ``--audio_path=~/a.wav`` looked for a folder named ``~``)."""
+    return os.path.expanduser(value)
+
+
+def optional_path(value: str) -> str | None:
+    """:func:`path_arg` where ``None``/``none``/empty means "not set"."""
+    value = optional_str(value)
+    return None if value is None else path_arg(value)
+
+
 def optional_float(value: str) -> float | None:
     """A number flag where ``None``/``none``/empty means "not set"."""
     if value.strip().lower() in {"", "none", "null"}:

@@ -55,14 +55,29 @@ class Word:
 
 
 @dataclass(frozen=True)
+class DecodeStats:
+    """How the decode that read a segment went (OpenAI's verbose_json segment fields). One decode reads a piece of
+    at most 30 s, so the segments it gives share these."""
+
+    seek: int  # where the decoded piece starts, in 10 ms log-mel frames from the start of the audio
+    avg_logprob: float  # mean log-probability of the text tokens and the end of text
+    no_speech_prob: float  # probability of Whisper's no-speech token at the start of the decode
+    compression_ratio: float  # the piece's text: UTF-8 bytes / zlib-compressed bytes (> 2.4: a repetition loop)
+    temperature: float | None  # of the attempt kept (0.0: greedy or beam); None where the backend does not say
+
+
+@dataclass(frozen=True)
 class Segment:
     """A timestamped piece of a transcript (seconds relative to the clip start); ``words`` when word-level
-    timestamps were asked for."""
+    timestamps were asked for; ``tokens`` (its text tokens) and ``stats`` when the decode's statistics were
+    (``DecodeOptions.decode_stats``)."""
 
     start: float
     end: float
     text: str
     words: tuple[Word, ...] = ()
+    tokens: tuple[int, ...] = ()
+    stats: DecodeStats | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,9 @@ def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -
         return _BASE_MANIFEST
     if os.path.isfile(path):
         return _BASE_CWD
+    folder = next((p for p in (os.path.join(manifest_dir, path), path) if os.path.isdir(p)), None)
+    if folder is not None:
+        raise ManifestError(f"{where}: 'audio.path' {path} is a folder ({folder}); give one audio file per line")
     raise ManifestError(
         f"{where}: 'audio.path' {path} not found (looked in {manifest_dir} and in the current directory); "
         "relative paths are resolved against the manifest's folder"

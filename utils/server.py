@@ -29,7 +29,7 @@ import numpy as np
 from utils.audio import SAMPLE_RATE, AudioLoadError, decode_audio_bytes
 from utils.languages import language_code, language_name
 from utils.subtitles import CUE_FORMATS, to_srt, to_vtt
-from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript
+from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, stats_dict
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class TranscriptionService:
                            param="timestamp_granularities[]")
         changes: dict[str, Any] = {"task": "translate" if translate else "transcribe",
                                    "timestamps": fmt in (*CUE_FORMATS, "verbose_json"),
-                                   "word_timestamps": "word" in granularities}
+                                   "word_timestamps": "word" in granularities, "decode_stats": fmt == "verbose_json"}
         language = form.get("language")
         if language and not translate:  # OpenAI's translations endpoint takes no language
             try:
@@ -296,8 +296,8 @@ def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[s
     if fmt == "verbose_json":
         return {"task": task, "language": language_name(transcript.language) if transcript.language else None,
                 "duration": round(transcript.duration, 3), "text": transcript.text,
-                "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-                             for i, s in enumerate(transcript.segments)],
+                "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
+                              **stats_dict(s)} for i, s in enumerate(transcript.segments)],
                 **({"words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
                               for s in transcript.segments for w in s.words]}
                    if any(s.words for s in transcript.segments) else {})}, "application/json"

@@ -7,14 +7,14 @@ Two backends decode the same way:
 * ``ct2`` — a CTranslate2 model through faster-whisper (int8 on CPU, float16 on GPU).
 
 Audio flows ``path → waveform (samples,) at 16 kHz → chunks of ≤ 30 s → log-mel (B, n_mels, 3000) →
-token ids → Transcript``. Audio up to 30 s is one chunk (no VAD, low overhead for realtime callers);
-longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks are decoded in batches, or,
-with ``condition_on_previous_text``, sequentially with the previous text as prompt (the reference
-Whisper algorithm). Both guard against hallucination loops like the reference decoder: a chunk whose
-text compresses too well (repetition) or whose average log-probability is too low is decoded again
-at the next temperature, and a chunk that is probably silence is dropped. A long recording's chunk whose
-text repeats itself (a sentence said several times: Whisper loses count) is decoded again in pieces cut at
-its silences, about one repetition each. A decode that ends in a loop of a few tokens (noise: "…at 9.10.10.10…")
+token ids → Transcript``. Audio up to 30 s is one chunk from its first speech (realtime callers: the whole
+buffer, no VAD); longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks are decoded in
+batches, or, with ``condition_on_previous_text``, one after another, each prompted with the text before it.
+Both guard against hallucination loops like the reference decoder: a chunk whose text compresses too well
+(repetition) or whose average log-probability is too low is decoded again at the next temperature, and a
+chunk that is probably silence is dropped. A long recording's chunk whose text repeats itself (a sentence
+said several times: Whisper loses count) is decoded again in pieces cut at its silences, about one repetition
+each. A decode that ends in a loop of a few tokens (noise: "…at 9.10.10.10…")
 is decoded on from where the loop starts (ct2: the text before it as prefix, the loop's n-gram barred) or cut after
 its first unit (transformers): no output ends in a loop. What counts as a loop, a repetition, a take made up or
 speech left unread, and which parts of a chunk are read again: :mod:`utils.repeats`.
@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
-from utils.data import Segment, Word
+from utils.data import DecodeStats, Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
 from utils.languages import AUTO_LANGUAGE, HAN_KANA_RANGES, LANGUAGES, decode_language, joins_unspaced, language_code
@@ -54,6 +54,7 @@ from utils.repeats import (
     SLOWEST_TOKENS_PER_SPEECH_S,
     Reading,
     RereadPart,
+    compression_ratio,
     cut_in_two,
     is_decoder_loop,
     longest_repeat,
@@ -132,7 +133,8 @@ class DecodeOptions:
             alone is not decoded again (the thresholds still decide what is silence).
         no_speech_threshold: a chunk with P(no speech) above this and a low log-probability is dropped.
         batch_size: chunks decoded at once.
-        condition_on_previous_text: long audio sequentially, each window prompted with the previous text.
+        condition_on_previous_text: long audio's chunks one after another, each prompted with the text before it
+            (slower than batches).
         to_simple: traditional → simplified Chinese; None = only when the language is Chinese.
         remove_pun: drop punctuation from the output text.
         initial_prompt: text given to the decoder as previous context (vocabulary, style).
@@ -150,6 +152,10 @@ class DecodeOptions:
         read_on: with ``timestamps``, a chunk whose reading stopped at a timestamp with speech after it is read on
             from there (:func:`stopped_early`; the reference decoder's seek). Streaming's live decodes turn it off:
             the next step reads the buffer's end again.
+        decode_stats: give every segment its text tokens and the statistics of the decode that read it
+            (:class:`DecodeStats`: OpenAI's verbose_json fields). The ct2 backend has them from its decode; the
+            transformers backend scores the kept text in one more decoder pass per batch (its temperature is
+            None where its own fallback may have sampled).
     """
 
     language: str | None = None
@@ -171,6 +177,7 @@ class DecodeOptions:
     word_timestamps: bool = False
     encoder_window_s: float | None = None
     read_on: bool = True
+    decode_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in ("transcribe", "translate"):
@@ -214,10 +221,23 @@ class Transcript:
 
 def _segment_dict(s: Segment) -> dict[str, Any]:
     d: dict[str, Any] = {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+    if s.stats is not None:
+        d |= stats_dict(s)
     if s.words:
         d["words"] = [{"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
                       for w in s.words]
     return d
+
+
+def stats_dict(segment: Segment) -> dict[str, Any]:
+    """A segment's decode statistics as OpenAI's verbose_json names them (``seek``, ``tokens``, ``temperature``,
+    ``avg_logprob``, ``compression_ratio``, ``no_speech_prob``); empty without ``stats``."""
+    st = segment.stats
+    if st is None:
+        return {}
+    return {"seek": st.seek, "tokens": list(segment.tokens), "temperature": st.temperature,
+            "avg_logprob": round(st.avg_logprob, 4), "compression_ratio": round(st.compression_ratio, 4),
+            "no_speech_prob": round(st.no_speech_prob, 4)}
 
 
 @dataclass(frozen=True)
@@ -227,7 +247,7 @@ class TranscriptionInfo:
     language: str | None
     language_probability: float
     duration: float  # seconds of audio
-    chunks: int  # pieces of ≤ 30 s decoded in batches (1: one sequential pass; 0: no speech found)
+    chunks: int  # pieces of ≤ 30 s decoded (in batches, or one by one: condition_on_previous_text); 0: no speech
 
 
 @dataclass(frozen=True)
@@ -239,8 +259,29 @@ class _ChunkResult:
     text: str
     tokens: list[list[int]] | None = None  # each segment's text tokens
     words: list[list[Word]] | None = None
+    stats: list[DecodeStats] | None = None  # each segment's decode (DecodeOptions.decode_stats); seek from the chunk
     # the decode stopped at its token budget (the text is not a loop): the chunk's last words may be unread
     out_of_budget: bool = False
+
+
+class _Piece(NamedTuple):
+    """A segment as decoded, before post-processing; times in seconds from the start of the audio."""
+
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+    tokens: list[int] | None = None
+    stats: DecodeStats | None = None
+
+
+FRAMES_PER_S = SAMPLE_RATE // 160  # Whisper's log-mel frames (DecodeStats.seek)
+
+
+def _moved(stats: DecodeStats, shift_s: float) -> DecodeStats:
+    """``stats`` of a decode that starts ``shift_s`` seconds later (not before the audio: a chunk's lead of silence
+    added in front, ``with_lead``, is not in the audio)."""
+    return replace(stats, seek=max(0, stats.seek + round(shift_s * FRAMES_PER_S)))
 
 
 def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
@@ -396,7 +437,7 @@ class Transcriber(Protocol):
 class _BaseTranscriber:
     """Chunking, language detection, batching and post-processing shared by both backends.
 
-    A backend implements ``_detect_language``, ``_decode`` and ``_transcribe_sequential``.
+    A backend implements ``_detect_language``, ``_decode``, ``_word_tokenizer`` and ``_align``.
     """
 
     backend = "base"
@@ -414,11 +455,6 @@ class _BaseTranscriber:
         """Decode chunks of ≤ 30 s in one batch, with temperature fallback, except for a chunk whose
         ``split_repeats`` is true and whose greedy text repeats itself (:func:`repeat_period`): the caller cuts
         that one into pieces instead (:meth:`_decode_chunks`)."""
-        raise NotImplementedError
-
-    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
-                               prompt: str | None) -> list[tuple[float, float, str]]:
-        """Whole long recording, window after window, conditioned on the previous text."""
         raise NotImplementedError
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
@@ -730,27 +766,26 @@ class _BaseTranscriber:
                 read.add(k)
         return read
 
-    def _finish(self, pieces: list[tuple], language: str | None, probability: float,
+    def _finish(self, pieces: list[_Piece], language: str | None, probability: float,
                 duration: float, options: DecodeOptions) -> Transcript:
         segments = list(self._segments_of(pieces, language, duration, options))
         return Transcript(join_texts([s.text for s in segments]), language, round(float(probability), 4),
                           round(duration, 3), segments)
 
     @staticmethod
-    def _segments_of(pieces: Iterable[tuple], language: str | None, duration: float,
+    def _segments_of(pieces: Iterable[_Piece], language: str | None, duration: float,
                      options: DecodeOptions) -> Iterator[Segment]:
-        """Post-processed, non-empty segments with times clamped to [previous end, duration].
-
-        A piece is (start, end, text) or (start, end, text, words)."""
+        """Post-processed, non-empty segments with times clamped to [previous end, duration]; their tokens and
+        decode statistics when ``options.decode_stats``."""
         prev_end = 0.0
-        for start, end, text, *rest in pieces:
-            text = postprocess_text(text, language, options.to_simple, options.remove_pun)
+        for piece in pieces:
+            text = postprocess_text(piece.text, language, options.to_simple, options.remove_pun)
             if not text:
                 continue
-            start = min(max(start, prev_end), duration)
-            end = min(max(end, start), duration)
+            start = min(max(piece.start, prev_end), duration)
+            end = min(max(piece.end, start), duration)
             words = []
-            for w in rest[0] if rest else ():
+            for w in piece.words or ():
                 word = postprocess_text(w.word, language, options.to_simple, options.remove_pun)
                 if word:
                     w_start = min(max(w.start, start), end)
@@ -758,7 +793,9 @@ class _BaseTranscriber:
                                       w.probability))
             if words and words[-1].end > words[0].start:  # the segment is where its words are (timestamp tokens
                 start, end = words[0].start, words[-1].end  # are whole seconds apart on some models)
-            yield Segment(round(start, 3), round(end, 3), text, tuple(words))
+            stats = piece.stats if options.decode_stats else None
+            yield Segment(round(start, 3), round(end, 3), text, tuple(words),
+                          tuple(piece.tokens or ()) if stats else (), stats)
             prev_end = end
 
     def transcribe_segments(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
@@ -773,7 +810,8 @@ class _BaseTranscriber:
             audio: a path, or a float32 waveform of shape (samples,) at 16 kHz.
             options: decoding options.
             initial_prompt: previous text for the decoder (overrides ``options.initial_prompt``).
-            cut_clip: audio of at most 30 s is one chunk, with its pauses found by the VAD (:func:`whole_clip`), so
+            cut_clip: audio of at most 30 s is one chunk, with its pauses found by the VAD (:func:`whole_clip`; none
+                when the VAD finds no speech, as in long audio), so
                 that a sentence said several times in it and misread (a take made up or left out) is decoded again
                 take by take, as in a long recording. False: one chunk that is never cut (no VAD pass; streaming,
                 which decodes its buffer every second and ends utterances at pauses itself).
@@ -791,7 +829,8 @@ class _BaseTranscriber:
         prompt = initial_prompt if initial_prompt is not None else options.initial_prompt
         duration = len(audio) / SAMPLE_RATE
         if duration <= WINDOW_S:
-            chunks = [whole_clip(audio) if cut_clip else Chunk(0, len(audio))] if len(audio) else []
+            clip = (whole_clip(audio) if cut_clip else Chunk(0, len(audio))) if len(audio) else None
+            chunks = [clip] if clip is not None else []
         else:
             chunks = split_on_silence(audio)
         if not chunks:
@@ -802,25 +841,24 @@ class _BaseTranscriber:
         audio, chunks = with_lead(audio, chunks)
         arrays = [audio[c.start: c.end] for c in chunks]
         language, probability = self._languages(arrays[:1], options)[0]
-        sequential = options.condition_on_previous_text and duration > WINDOW_S
-        if sequential and options.word_timestamps:
-            raise ValueError("word timestamps are not available with condition_on_previous_text yet; decode "
-                             "without it (the default) to get them")
-        info = TranscriptionInfo(language, round(float(probability), 4), round(duration, 3),
-                                 1 if sequential else len(chunks))
+        info = TranscriptionInfo(language, round(float(probability), 4), round(duration, 3), len(chunks))
+        # condition_on_previous_text: the chunks one by one, each prompted with the text so far (the reference
+        # decoder's context: its last 223 tokens are kept); silences are not decoded, as in batches. Before, the
+        # backends' own sequential decoders ran over the whole recording: cues stretched over 60 s silences (ct2)
+        # and transformers read one sentence 12 times over them and left 5 of 10 out
+        step = 1 if options.condition_on_previous_text else options.batch_size
 
-        def pieces() -> Iterator[tuple]:
-            if sequential:
-                for start, end, text in self._transcribe_sequential(audio, language, options, prompt):
-                    yield start - lead_s, end - lead_s, text
-                return
+        def pieces() -> Iterator[_Piece]:
+            context = prompt
             never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
-            for i in range(0, len(chunks), options.batch_size):
-                batch = chunks[i: i + options.batch_size]
-                results = self._decode_chunks(audio, batch, language, options, prompt,
+            for i in range(0, len(chunks), step):
+                batch = chunks[i: i + step]
+                results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
                 for chunk, result in zip(batch, results, strict=True):
-                    yield from _shifted(result, chunk.offset_s - lead_s)
+                    yield from _shifted(result, chunk.offset_s - lead_s, _speech_start(chunk))
+                if options.condition_on_previous_text:
+                    context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
         return self._segments_of(pieces(), language, duration, options), info
 
@@ -856,7 +894,7 @@ class _BaseTranscriber:
             results = self._decode_words(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
             for k, r in enumerate(results):  # dense speech that used up the token budget: read in halves
                 if _out_of_budget(r, options):
-                    clip = replace(whole_clip(arrays[k]), lead=0)
+                    clip = replace(whole_clip(arrays[k]) or Chunk(0, len(arrays[k])), start=0, lead=0)  # as decoded
                     results[k] = self._decode_chunks(arrays[k], [clip], langs[k][0], options, options.initial_prompt,
                                                      decoded=[r])[0]
             for i, (lang, prob), r in zip(batch, langs, results):
@@ -885,16 +923,26 @@ def _in_pieces(options: DecodeOptions) -> DecodeOptions:
                    encoder_window_s=PIECE_WINDOW_S if window is None else min(window, PIECE_WINDOW_S))
 
 
-def _shifted(result: _ChunkResult, offset: float) -> Iterator[tuple]:
-    """A chunk's pieces (start, end, text[, words]) moved by ``offset`` seconds."""
+def _speech_start(chunk: Chunk) -> float:
+    """Seconds from a chunk's start to its first speech region (the VAD's padding included); 0.0 when not known."""
+    return max(0.0, (chunk.spans[0][0] - chunk.start) / SAMPLE_RATE) if chunk.spans else 0.0
+
+
+def _shifted(result: _ChunkResult, offset: float, not_before: float = 0.0) -> Iterator[_Piece]:
+    """A chunk's segments as pieces, moved by ``offset`` seconds (the chunk's start). A segment that starts before
+    ``not_before`` (seconds into the chunk: its first speech) and ends after it starts there: Whisper stamps the first
+    segment after a long silence 0.00 (speech at 15 s of a 23 s clip got the cue 00:00 → 00:17)."""
     for k, (start, end, text) in enumerate(result.segments):
-        if result.words is None:
-            yield offset + start, offset + end, text
-        else:
-            yield offset + start, offset + end, text, [Word(offset + w.start, offset + w.end, w.word, w.probability)
-                                                       for w in result.words[k]]
+        if start < not_before < end:
+            start = not_before
+        yield _Piece(offset + start, offset + end, text,
+                     None if result.words is None else [Word(offset + w.start, offset + w.end, w.word, w.probability)
+                                                        for w in result.words[k]],
+                     None if result.tokens is None else result.tokens[k],
+                     None if result.stats is None else _moved(result.stats[k], offset))
 
 
+PROMPT_CONTEXT_CHARS = 1000  # previous text kept for condition_on_previous_text (more than 223 tokens' worth)
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
 def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
     """``tokens`` with a loop that ends them (:func:`tail_loop`) cut after its first unit: no output ends in a loop.
@@ -970,7 +1018,9 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
     tokens = None if first.tokens is None or second.tokens is None else first.tokens + second.tokens
     words = None if first.words is None or second.words is None else first.words + [
         [Word(w.start + shift, w.end + shift, w.word, w.probability) for w in ws] for ws in second.words]
-    return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words)
+    stats = None if first.stats is None or second.stats is None else first.stats + [
+        _moved(st, shift) for st in second.stats]
+    return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words, stats=stats)
 
 
 def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPart, _ChunkResult]],
@@ -988,7 +1038,8 @@ def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPa
               for p, _ in rereads]
     times = [p.at_s for p, _ in rereads]
 
-    keyed: list[tuple[tuple[int, int], tuple[float, float, str], list[int], list[Word] | None]] = []
+    keyed: list[tuple[tuple[int, int], tuple[float, float, str], list[int], list[Word] | None,
+                      DecodeStats | None]] = []
     first = 0  # flat index of a segment's first token
     for s, (start, end, text) in enumerate(whole.segments):
         tokens = (whole.tokens or [])[s]
@@ -1002,17 +1053,21 @@ def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPa
             words = None if whole.words is None else [
                 w for w in whole.words[s] if int(np.searchsorted(times, w.start, side="right")) == g]
             keyed.append(((2 * g, s), (seg_start, max(min(end, hi), seg_start),
-                                       text if len(kept) == len(tokens) else tokenizer.decode(kept)), kept, words))
+                                       text if len(kept) == len(tokens) else tokenizer.decode(kept)), kept, words,
+                          None if whole.stats is None else whole.stats[s]))
     for g, ((_, result), (shift, _)) in enumerate(zip(rereads, bounds)):
         for j, (start, end, text) in enumerate(result.segments):
             words = None if result.words is None else [Word(w.start + shift, w.end + shift, w.word, w.probability)
                                                        for w in result.words[j]]
-            keyed.append(((2 * g + 1, j), (start + shift, end + shift, text), (result.tokens or [])[j], words))
+            keyed.append(((2 * g + 1, j), (start + shift, end + shift, text), (result.tokens or [])[j], words,
+                          None if result.stats is None else _moved(result.stats[j], shift)))
     keyed.sort(key=lambda item: item[0])
     has_words = whole.words is not None and all(r.words is not None for _, r in rereads)
-    return _ChunkResult([seg for _, seg, _, _ in keyed], join_texts([seg[2] for _, seg, _, _ in keyed]),
-                        tokens=[tokens for _, _, tokens, _ in keyed],
-                        words=[words or [] for _, _, _, words in keyed] if has_words else None)
+    has_stats = whole.stats is not None and all(r.stats is not None for _, r in rereads)
+    return _ChunkResult([seg for _, seg, _, _, _ in keyed], join_texts([seg[2] for _, seg, _, _, _ in keyed]),
+                        tokens=[tokens for _, _, tokens, _, _ in keyed],
+                        words=[words or [] for _, _, _, words, _ in keyed] if has_words else None,
+                        stats=[st for *_, st in keyed] if has_stats else None)  # type: ignore[misc]
 
 
 def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOptions,
@@ -1345,6 +1400,7 @@ class TransformersTranscriber(_BaseTranscriber):
         with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
+        sampled = set()  # chunks decoded again at higher temperatures
         if own_loop_check:
             loops = [i for i, pieces in enumerate(per_item) if self._is_loop(pieces, kw["max_new_tokens"], options)
                      and not (split_repeats and split_repeats[i])]  # the caller cuts those in two
@@ -1359,6 +1415,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 for i, pieces in zip(loops, redone):
                     if not self._is_loop(pieces, kw["max_new_tokens"], options):  # else the greedy loop stays
                         per_item[i] = pieces
+                        sampled.add(i)
         tok = self.processor.tokenizer
         for i, pieces in enumerate(per_item):  # a loop that ends the text: cut after its first unit (no prefix here)
             if not pieces:
@@ -1366,6 +1423,8 @@ class TransformersTranscriber(_BaseTranscriber):
             start, end, _, tokens = pieces[-1]
             if (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
                 per_item[i] = [*pieces[:-1], (start, end, tok.decode(cut, skip_special_tokens=True), cut)]
+        scores = (self._scored(feats, languages, [[t for p in pieces for t in p[3]] for pieces in per_item],
+                               options.task) if options.decode_stats else None)
         results = []
         for i, pieces in enumerate(per_item):
             # the budget used up (the tokens generated: the text's, and a timestamp token at each end of a segment)
@@ -1377,9 +1436,35 @@ class TransformersTranscriber(_BaseTranscriber):
             if not options.timestamps:  # one segment spanning the chunk
                 text = join_texts([p[2] for p in pieces])
                 pieces = [(0.0, durations[i], text, [t for p in pieces for t in p[3]])] if text.strip() else []
-            results.append(_ChunkResult([p[:3] for p in pieces], join_texts([p[2] for p in pieces]),
-                                        tokens=[p[3] for p in pieces], out_of_budget=full))
+            text = join_texts([p[2] for p in pieces])
+            stats = None
+            if scores is not None:  # the temperature is known where only one was tried
+                tried = options.temperatures[1:] if i in sampled else first.temperatures
+                stats = DecodeStats(0, *scores[i], compression_ratio(text), tried[0] if len(tried) == 1 else None)
+            results.append(_ChunkResult([p[:3] for p in pieces], text, tokens=[p[3] for p in pieces],
+                                        out_of_budget=full, stats=None if stats is None else [stats] * len(pieces)))
         return results
+
+    def _scored(self, feats: Any, languages: Sequence[str], texts: Sequence[list[int]], task: str
+                ) -> list[tuple[float, float]]:
+        """Per chunk: (the mean log-probability of its text tokens and the end of text, the probability of no speech
+        at the start), its text teacher-forced on its features (the encoder's output of the decode, cached) without
+        timestamp tokens or prompt: transformers' generate() does not return them."""
+        import torch
+
+        out = []
+        with torch.inference_mode(), self._autocast():
+            states = self.model.model.encoder(feats).last_hidden_state
+            for i, (language, text) in enumerate(zip(languages, texts, strict=True)):
+                tk = self._word_tokenizer(language, task)
+                start = [*tk.sot_sequence, tk.no_timestamps]
+                ids = torch.tensor([[*start, *text, tk.eot]], device=self.device)
+                logprobs = self.model(encoder_outputs=(states[i: i + 1],), decoder_input_ids=ids,
+                                      use_cache=False).logits[0].float().log_softmax(-1)
+                rows = torch.arange(len(start) - 1, ids.shape[1] - 1, device=self.device)
+                avg = float(logprobs[rows, ids[0, len(start):]].sum()) / (len(text) + 1)
+                out.append((avg, float(logprobs[0, tk.no_speech].exp())))
+        return out
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
@@ -1444,18 +1529,6 @@ class TransformersTranscriber(_BaseTranscriber):
         tokens = self.processor.tokenizer.encode(text, add_special_tokens=False)
         return is_decoder_loop(tokens, text, len(tokens) >= max_new_tokens - 4, options.compression_ratio_threshold)
 
-    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
-                               prompt: str | None) -> list[tuple[float, float, str]]:
-        import torch
-
-        feats = self.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                                 truncation=False, padding="longest", return_attention_mask=True)
-        kw = self._generate_kwargs(replace(options, timestamps=True), [language], prompt)
-        kw["condition_on_prev_tokens"] = True
-        with torch.inference_mode(), self._autocast():
-            out = self.model.generate(input_features=feats.input_features.to(self.device, self.dtype),
-                                      attention_mask=feats.attention_mask.to(self.device), **kw)
-        return [p[:3] for p in self._segments_from_output(out, 1, [len(audio) / SAMPLE_RATE])[0]]
 
 
 def _torch_threads(restore: int | None = None) -> int | None:
@@ -1940,8 +2013,10 @@ class CT2Transcriber(_BaseTranscriber):
         previous = tokenizers[0].encode(" " + prompt.strip()) if prompt else []
         prompts = [self.model.get_prompt(t, previous, without_timestamps=not options.timestamps,
                                          hotwords=options.hotwords) for t in tokenizers]
-        final: list[tuple[list[int], bool, bool] | None] = [None] * len(chunks)
+        # per chunk: (tokens, silent, out of budget, (avg log-probability, temperature)) of the attempt kept
+        final: list[tuple[list[int], bool, bool, tuple[float, float]] | None] = [None] * len(chunks)
         best_rank: list[tuple[bool, bool, float]] = [(False, False, -math.inf)] * len(chunks)
+        no_speech = [0.0] * len(chunks)  # the first decode's: what the window holds, not an attempt's
         pending = list(range(len(chunks)))
         max_new = options.max_new_tokens or token_budget(max(len(c) for c in chunks) / SAMPLE_RATE,
                                                          options.timestamps)
@@ -1976,8 +2051,11 @@ class CT2Transcriber(_BaseTranscriber):
                 # then one that passes the checks, then the highest average log-probability (a sample at a high
                 # temperature is rarely better than the greedy text; it is not kept for being the last)
                 rank = (silent or not loop, not again, avg_logprob)
+                if temperature == options.temperatures[0]:
+                    no_speech[i] = r.no_speech_prob
                 if final[i] is None or not again or rank > best_rank[i]:
-                    final[i], best_rank[i] = (tokens, silent, hit_limit and not loop), rank
+                    final[i] = (tokens, silent, hit_limit and not loop, (avg_logprob, temperature))
+                    best_rank[i] = rank
                 if again:
                     retry.append(i)
             if temperature == options.temperatures[0]:  # a loop that ends the text: read on past it, not sampled
@@ -1990,11 +2068,11 @@ class CT2Transcriber(_BaseTranscriber):
             pending = retry
             if not pending:
                 break
-        for i, (tokens, silent, _) in enumerate(final):  # type: ignore[misc]
+        for i, (tokens, silent, _, scored) in enumerate(final):  # type: ignore[misc]
             if not silent and (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
-                final[i] = (cut, False, False)
+                final[i] = (cut, False, False, scored)
         results = []
-        for i, (tokens, silent, full) in enumerate(final):  # type: ignore[misc]
+        for i, (tokens, silent, full, (avg_logprob, temperature)) in enumerate(final):  # type: ignore[misc]
             duration = len(chunks[i]) / SAMPLE_RATE
             tk = tokenizers[i]
             if silent:
@@ -2005,14 +2083,17 @@ class CT2Transcriber(_BaseTranscriber):
                 split = [(0.0, duration, [t for t in tokens if t < tk.eot])]
             pieces = [(s, e, tk.decode(t)) for s, e, t in split]
             kept = [k for k, (_, _, text) in enumerate(pieces) if text.strip()]
-            results.append(_ChunkResult([pieces[k] for k in kept], join_texts([pieces[k][2] for k in kept]),
-                                        tokens=[split[k][2] for k in kept], out_of_budget=full and not silent))
+            text = join_texts([pieces[k][2] for k in kept])
+            stats = DecodeStats(0, avg_logprob, no_speech[i], compression_ratio(text), temperature)
+            results.append(_ChunkResult([pieces[k] for k in kept], text, tokens=[split[k][2] for k in kept],
+                                        out_of_budget=full and not silent,
+                                        stats=[stats] * len(kept) if options.decode_stats else None))
         if isinstance(encoded, (np.ndarray, list)):  # word alignment, a decode again with timestamp tokens reuse it
             self._keep_encoded(chunks, encoded)
         return results
 
     def _continue_past_loops(self, encoded: Any, feats: np.ndarray | None, prompts: list[list[int]],
-                             tokenizers: Sequence[Any], final: list[tuple[list[int], bool, bool]],
+                             tokenizers: Sequence[Any], final: list[tuple[list[int], bool, bool, tuple[float, float]]],
                              which: Sequence[int], options: DecodeOptions, max_new: int) -> set[int]:
         """The chunks ``which``, whose first decode ends in a loop of a short unit (:func:`tail_loop`), decoded on
         from where the loop starts: the tokens before it and the unit once are the decoder's prefix, and two units
@@ -2021,7 +2102,8 @@ class CT2Transcriber(_BaseTranscriber):
         with compressible text to its budget (:func:`is_decoder_loop`), is not kept. Kept ones replace their entry
         of ``final`` ((tokens, silent, out of budget)) and are returned: they need no temperature fallback. The
         others go on as before (sampled at higher temperatures, or cut into pieces by the caller; a loop that still
-        ends the text is then cut after its first unit: no output ends in a loop).
+        ends the text is then cut after its first unit: no output ends in a loop). A kept one's average
+        log-probability is the continuation's (CTranslate2 scores the tokens it generates after the prefix).
 
         English at 5 dB SNR (``tools/bench_infer.py --recording=en_long --snr_db=5``, AVX2 profile): a 25.6 s chunk
         looped on ".10" after "The library opened at 9"; cut into take-sized pieces it read "But like, let me open
@@ -2051,7 +2133,7 @@ class CT2Transcriber(_BaseTranscriber):
                 new = [t for t in tokens[len(prefix):] if t < tokenizers[i].eot]
                 if not (tail_loop(tokens) or is_decoder_loop(new, tokenizers[i].decode(new), hit_limit,
                                                              options.compression_ratio_threshold)):
-                    final[i] = (tokens, False, hit_limit)
+                    final[i] = (tokens, False, hit_limit, (r.scores[0], options.temperatures[0]))
                     kept.add(i)
         return kept
 
@@ -2092,17 +2174,6 @@ class CT2Transcriber(_BaseTranscriber):
                 out[i] = (pairs[:, 0], pairs[:, 1], np.asarray(r.text_token_probs, dtype=np.float64))
         return out
 
-    def _transcribe_sequential(self, audio: np.ndarray, language: str, options: DecodeOptions,
-                               prompt: str | None) -> list[tuple[float, float, str]]:
-        segments, _ = self.model.transcribe(
-            audio, language=language if self.multilingual else "en", task=options.task,
-            beam_size=options.beam_size, best_of=1, temperature=list(options.temperatures),
-            compression_ratio_threshold=options.compression_ratio_threshold,
-            log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
-            condition_on_previous_text=True, initial_prompt=prompt, hotwords=options.hotwords,
-            without_timestamps=False, vad_filter=True,
-        )
-        return [(s.start, s.end, s.text) for s in segments]
 
 
 def _fingerprint(chunk: np.ndarray) -> tuple[int, bytes]:

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path,
-                       int_at_least, make_parser, optional_str, seed_int, setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, int_at_least,
+                       make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
@@ -36,10 +36,10 @@ logger = logging.getLogger("finetune")
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("Fine-tune Whisper with LoRA/AdaLoRA (single process, torchrun or accelerate launch).")
     g = p.add_argument_group("data")
-    g.add_argument("--train_data", type=str, default="dataset/train.json",
+    g.add_argument("--train_data", type=path_arg, default="dataset/train.json",
                    help="training manifest (jsonlines), or a Hugging Face dataset: save_to_disk folder, audiofolder, "
                         "parquet file/glob/folder, hub name")
-    g.add_argument("--test_data", type=str, default="dataset/test.json",
+    g.add_argument("--test_data", type=path_arg, default="dataset/test.json",
                    help="eval manifest (jsonlines) or a Hugging Face dataset, as --train_data")
     add_dataset_args(g, splits={"train_split": "train", "test_split": "test"}, streaming=True)
     g.add_argument("--shuffle_buffer", type=int, default=1000,
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for the cached output of the frozen encoder layers (0 = no cache)")
 
     g = p.add_argument_group("training")
-    g.add_argument("--output_dir", type=str, default="output/", help="runs go to <output_dir>/<model name>/")
+    g.add_argument("--output_dir", type=path_arg, default="output/", help="runs go to <output_dir>/<model name>/")
     g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (ignored when --max_steps > 0)")
     g.add_argument("--max_steps", type=int, default=0, help="optimizer steps; > 0 overrides --num_train_epochs")
     g.add_argument("--per_device_train_batch_size", type=int, default=8, help="batch per process")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = bf16 autocast on GPUs that support it, else fp16 on CUDA; on a CPU bf16 base "
                         "weights with fp32 adapters where AMX makes bf16 fast, else fp32")
     add_bool(g, "fp16", False, "ask for fp16 mixed precision (honoured on CUDA only)")
-    g.add_argument("--resume_from_checkpoint", type=optional_str, default=None,
+    g.add_argument("--resume_from_checkpoint", type=optional_path, default=None,
                    help="checkpoint-<step> folder, or auto = the newest one in the run folder")
     g.add_argument("--seed", type=seed_int, default=42, help="random seed (data order, augmentation, init)")
     add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
@@ -272,8 +272,8 @@ def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = choose_precision(args.precision, args.fp16, device_type)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=device_type == "cpu")
-    if not accelerator.is_local_main_process:
-        logging.getLogger().setLevel(logging.WARNING)
+    if not accelerator.is_local_main_process:  # warnings once (the main process's); errors from every process
+        logging.getLogger().setLevel(logging.ERROR)
     logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
                 precision.describe())
     set_seed(args.seed, device_specific=True)  # seed + rank: each process draws its own dropout masks

@@ -682,6 +682,21 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
     want_text = processor.batch_decode(want, skip_special_tokens=True)
     got_text = processor.batch_decode(got, skip_special_tokens=True)
     assert got_text == want_text and all(want_text)
+    # the demo test set's no-speech clips: whisper-base reads "你" and "你不要再想我了" into them, which inference
+    # drops as silence (no-speech probability and log-probability); eval, which picks checkpoint-best, does as well
+    silent = [load_audio(Path(__file__).parents[1] / "dataset" / "audio" / f"test_00{k}.flac") for k in ("04", "18")]
+    feats = processor.feature_extractor([*silent, load_audio(zh_wav)], sampling_rate=16000,
+                                        return_tensors="pt").input_features
+    with torch.no_grad():
+        states = model.get_encoder()(feats).last_hidden_state
+    texts = {}
+    for no_speech in (None, tokens.no_speech):
+        ids = greedy_decode(model, states, tokens.prompt("zh", "transcribe"), end_of_text=tokens.end_of_text,
+                            suppress_tokens=gen.suppress_tokens, max_new_tokens=30, no_speech=no_speech,
+                            begin_suppress_tokens=[t for t in gen.begin_suppress_tokens if t != tokens.end_of_text])
+        texts[no_speech] = processor.batch_decode(ids, skip_special_tokens=True)
+    assert all(texts[None]) and texts[tokens.no_speech][:2] == ["", ""]
+    assert texts[tokens.no_speech][2] == texts[None][2]  # speech keeps its text
 
 
 def _first_step(tiny_whisper_dir, corpus, out, monkeypatch, **extra) -> tuple[torch.Tensor, float]:
@@ -778,6 +793,7 @@ def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, w
     original = utils.trainer.greedy_decode
 
     def recording(*args, max_new_tokens, **kwargs):
+        assert kwargs["no_speech"] == 50362  # silence dropped as inference drops it (test_greedy_decode_…)
         budgets.append(max_new_tokens)
         begin_suppressed.append((kwargs["begin_suppress_tokens"], kwargs["end_of_text"]))
         return original(*args, max_new_tokens=max_new_tokens, **kwargs)
@@ -1114,3 +1130,36 @@ def test_clip_header_check_stops_a_clip_longer_than_the_window_and_warns_of_odd_
     assert f"{train}:{n + 3}: 'sentence' '。，！' holds no words" in caplog.text
     assert f"{train}:{n + 4}: {long_wav}: the clip is 35.00 s ('duration' says 10.00 s), longer than the 30 s " \
            "window training can hold; cut it (audio.start_time/end_time); fix the line or remove it" in caplog.text
+
+
+@pytest.mark.parametrize("main, there", [(True, False), (False, False), (False, True), (True, True)])
+def test_every_rank_meets_the_others_at_each_barrier_when_resuming_into_another_folder(tmp_path, main, there):
+    """A run resumed into another folder copies the resumed run's checkpoint-best there (the main process) between
+    barriers. Each rank looked for that copy on its own: one that looked after the main process had published it
+    skipped the barrier and trained on while the main process waited there for ever (torchrun, 2 of 3 resumes). Now
+    every rank looks before the first barrier, so all ranks pass the same barriers, whatever is already there."""
+    from types import SimpleNamespace
+
+    from utils.trainer import STATE_FILE, Trainer, TrainerState
+
+    old = tmp_path / "old"
+    (old / "checkpoint-best").mkdir(parents=True)
+    TrainerState(global_step=3, best_metric=0.5, best_step=3).save(old / "checkpoint-best" / STATE_FILE)
+    run_dir = tmp_path / "new"
+    run_dir.mkdir()
+    barriers = []
+
+    def barrier():
+        barriers.append(len(barriers))
+        if main is False and len(barriers) == 1 and not there:  # meanwhile the main process publishes its copy
+            (run_dir / "checkpoint-best").mkdir()
+            TrainerState(best_metric=0.5).save(run_dir / "checkpoint-best" / STATE_FILE)
+
+    if there:
+        (run_dir / "checkpoint-best").mkdir()
+        TrainerState(best_metric=0.5).save(run_dir / "checkpoint-best" / STATE_FILE)
+    fake = SimpleNamespace(run_dir=run_dir, accelerator=SimpleNamespace(is_main_process=main,
+                                                                       wait_for_everyone=barrier))
+    Trainer._bring_best(fake, old / "checkpoint-3", TrainerState(global_step=3, best_metric=0.5, best_step=3))
+    assert len(barriers) == (1 if there else 2)
+    assert (run_dir / "checkpoint-best" / STATE_FILE).is_file()

@@ -199,7 +199,8 @@ def _rotate_checkpoints(run_dir: Path, limit: int, step: int) -> None:
 
 @torch.no_grad()
 def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end_of_text: int,
-                  suppress_tokens: list[int], begin_suppress_tokens: list[int], max_new_tokens: int) -> torch.Tensor:
+                  suppress_tokens: list[int], begin_suppress_tokens: list[int], max_new_tokens: int,
+                  no_speech: int | None = None) -> torch.Tensor:
     """Greedy Whisper decoding with a KV cache, text tokens only (no timestamps).
 
     A lean loop (one decoder call per token) instead of ``generate``, whose per-step overhead
@@ -208,10 +209,14 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
     Args:
         model: Whisper (or a peft model around one) accepting ``encoder_outputs``.
         encoder_states: (batch, frames, d_model).
-        prompt: e.g. ``<|startoftranscript|> <|zh|> <|transcribe|> <|notimestamps|>``.
+        prompt: e.g. ``<|startoftranscript|> <|zh|> <|transcribe|> <|notimestamps|>``, ``<|startoftranscript|>``
+            first.
+        no_speech: the ``<|nospeech|>`` token's id: a row is silence, its text dropped, as inference drops it
+            (``utils.transcribe``: P(no speech) at ``<|startoftranscript|>`` above the no-speech threshold and the
+            text's average log-probability below the log-probability threshold, the defaults of DecodeOptions).
 
     Returns:
-        (batch, n) generated ids after the prompt; finished rows are padded with ``end_of_text``.
+        (batch, n) generated ids after the prompt; finished rows (and silent ones) are padded with ``end_of_text``.
     """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -224,9 +229,13 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
     suppress = torch.tensor(sorted(set(suppress_tokens)), dtype=torch.long, device=device)
     begin = torch.tensor(sorted(set(begin_suppress_tokens)), dtype=torch.long, device=device)
     n = 0
+    no_speech_prob = torch.zeros(batch, device=device)
+    logprob_sum = torch.zeros(batch, device=device)  # of the tokens chosen, the end of text included
     for t in range(max_new_tokens):
         out = model(encoder_outputs=(encoder_states,), decoder_input_ids=step_input, cache=cache, use_cache=True)
         cache = out.cache
+        if t == 0 and no_speech is not None:
+            no_speech_prob = out.logits[:, 0].float().softmax(-1)[:, no_speech]
         logits = out.logits[:, -1].float()
         logits[:, end_of_text + 1:] = -float("inf")
         if suppress.numel():
@@ -234,12 +243,21 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
         if t == 0 and begin.numel():
             logits[:, begin] = -float("inf")
         next_ids = logits.argmax(dim=-1).masked_fill(done, end_of_text)
+        chosen = logits.log_softmax(-1).gather(1, next_ids[:, None])[:, 0]
+        logprob_sum += chosen.masked_fill(done, 0.0)
         generated[:, t] = next_ids
         n = t + 1
         done |= next_ids == end_of_text
         if bool(done.all()):
             break
         step_input = next_ids[:, None]
+    if no_speech is not None:
+        from utils.transcribe import DecodeOptions
+
+        counted = (generated[:, :n] != end_of_text).sum(dim=1) + 1  # the text tokens and the end of text
+        silent = ((no_speech_prob > DecodeOptions.no_speech_threshold)
+                  & (logprob_sum / counted < DecodeOptions.logprob_threshold))
+        generated[silent] = end_of_text
     return generated[:, :n]
 
 
@@ -316,7 +334,7 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
                                           suppress_tokens=list(gen.suppress_tokens or []),
                                           begin_suppress_tokens=[t for t in gen.begin_suppress_tokens or []
                                                                  if t != tokens.end_of_text],
-                                          max_new_tokens=budget)
+                                          max_new_tokens=budget, no_speech=tokens.no_speech)
             else:
                 sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=budget,
                                                use_cache=True)
@@ -666,7 +684,13 @@ class Trainer:
         none, forget the recorded best (the next evaluation writes ``checkpoint-best``), so the best step the run
         reports is always a folder of the run."""
         target = self.run_dir / "checkpoint-best"
-        if saved.best_metric is None or (target / STATE_FILE).is_file():
+        if saved.best_metric is None:
+            return
+        there = (target / STATE_FILE).is_file()
+        # every rank has looked before the main one copies: a rank that looked after it would skip the barrier
+        # below and train on while the main one waits there (torchrun, 2 of 3 resumes into another folder hung)
+        self.accelerator.wait_for_everyone()
+        if there:
             return
         source = checkpoint.parent / "checkpoint-best"
         if (source / STATE_FILE).is_file():

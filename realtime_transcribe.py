@@ -182,6 +182,20 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_output_path(parser, "--report_path", args.report_path, folder=False)
 
 
+LINE_PAUSE_S = 2.0  # a pause this long between a revised block's words starts a new line
+
+
+def split_at_pauses(words: list[StreamToken], pause_s: float) -> list[list[StreamToken]]:
+    """``words`` in runs, a new one after each pause of at least ``pause_s`` seconds between two words."""
+    runs: list[list[StreamToken]] = []
+    for word in words:
+        if runs and word.start - runs[-1][-1].end < pause_s:
+            runs[-1].append(word)
+        else:
+            runs.append([word])
+    return runs
+
+
 def commit_line(words: list[StreamToken], after: float = 0.0) -> str:
     """``[start --> end] text`` for words committed together; the start is not before ``after`` (the end of the
     line before: word times inside a decode are estimates, and the next commit's first word can start a little
@@ -247,23 +261,26 @@ class Display:
         self._redraw(update.tentative)
 
     def revise(self, revision: Revision) -> None:
-        """A second-pass block: its ``revised`` line (above the current line on a terminal) and, with ``revised``,
-        its line in ``log``."""
-        if revision.words:  # a block's first words can be timed a little before the last block's end
-            line = commit_line(revision.words, self.revised_end)
-            self.revised_end = max(self.revised_end, revision.words[-1].end)
-        else:  # the block read as no speech: its live words are gone from the final text
+        """A second-pass block: its ``revised`` lines (above the current line on a terminal) and, with ``revised``,
+        its lines in ``log``: one per stretch of words without a pause of ``LINE_PAUSE_S`` (a block gathers
+        utterances until it is long enough, across a silence of any length: one line spanned 0:00 → 0:25 with 20 s
+        of silence in it)."""
+        lines = []
+        for words in split_at_pauses(revision.words, LINE_PAUSE_S):
+            lines.append(commit_line(words, self.revised_end))  # a block's first words can be timed a little
+            self.revised_end = max(self.revised_end, words[-1].end)  # before the last block's end
+        if not revision.words:  # the block read as no speech: its live words are gone from the final text
             start = max(revision.start, self.revised_end)
-            line = f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] "
+            lines.append(f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] ")
             self.revised_end = max(self.revised_end, revision.end)
         if self.log is not None and self.revised:
-            self.log.write(line + "\n")
+            self.log.write("".join(line + "\n" for line in lines))
             self.log.flush()
         if not self.tty:
-            self.stream.write("revised " + line + "\n")
+            self.stream.write("".join("revised " + line + "\n" for line in lines))
             self.stream.flush()
             return
-        self.stream.write("\r\033[K" + _DIM + "revised " + _RESET + line + "\n")
+        self.stream.write("".join("\r\033[K" + _DIM + "revised " + _RESET + line + "\n" for line in lines))
         self._redraw(self.tentative)
 
 

@@ -1149,6 +1149,13 @@ def test_display_prints_revised_blocks_and_the_output_file_gets_the_final_text()
     d.revise(Revision(3, 3, [], 2.5, 3.5))  # read as no speech
     assert log.getvalue().splitlines()[1:] == ["[00:00:02.200 --> 00:00:02.800] Again.",
                                                "[00:00:02.800 --> 00:00:03.500] "]
+    # a block that gathered two utterances 20 s apart (each too short for a block alone): a line each, not one line
+    # from 0:04 to 0:27 over the silence
+    d.revise(Revision(3, 5, [StreamToken(4.0, 6.0, " First one."), StreamToken(26.0, 27.0, " Second.")], 3.5, 27.5))
+    assert log.getvalue().splitlines()[3:] == ["[00:00:04.000 --> 00:00:06.000] First one.",
+                                               "[00:00:26.000 --> 00:00:27.000] Second."]
+    assert out.getvalue().splitlines()[-2:] == ["revised [00:00:04.000 --> 00:00:06.000] First one.",
+                                                "revised [00:00:26.000 --> 00:00:27.000] Second."]
     tty = io.StringIO()
     d = realtime_transcribe.Display(tty, None, tty=True, revised=True)
     d.update(Update([StreamToken(0.0, 0.5, "好")], [StreamToken(0.5, 1.0, "的")], 1.0))

@@ -4,8 +4,10 @@
 
 The archive holds ``data_aishell/transcript/aishell_transcript_v0.8.txt`` (``ID word word ...`` per line)
 and one nested archive per speaker, ``data_aishell/wav/S0002.tar.gz``, holding
-``wav/{train,dev,test}/S0002/BAC009S0002W0122.wav``. Audio is unpacked to
-``<target_dir>/data_aishell/wav/<split>/<speaker>/``; the archive itself is only ever read.
+``{train,dev,test}/S0002/BAC009S0002W0122.wav`` (the recipes unpack it in ``data_aishell/wav``; one packed with
+the ``wav/`` folder itself is read too). Audio is unpacked to ``<target_dir>/data_aishell/wav/<split>/<speaker>/``;
+the archive itself is only ever read. No utterance matched at all (another layout): an error, and the manifests
+already there are left as they are.
 
 Re-running is cheap: a marker file per speaker (with the durations of its wavs) is written after the
 speaker is completely unpacked, and one for the whole archive at the end, so finished work is skipped.
@@ -62,7 +64,9 @@ ARCHIVE_MARKER = "_archive.json"
 STAGING_DIR = ".aishell_staging"  # under <target_dir>/data_aishell: a speaker is unpacked here, then moved in
 
 _SPEAKER_MEMBER_RE = re.compile(r"^data_aishell/wav/([^/]+)\.tar\.gz$")
-_WAV_MEMBER_RE = re.compile(r"^wav/([^/]+)/([^/]+)/([^/]+)\.wav$")  # wav/<split>/<speaker>/<utterance>.wav
+# wav/<split>/<speaker>/<utterance>.wav under data_aishell (without wav/: unpacked by a version that put the real
+# layout's speaker folders beside wav/, which its markers still list)
+_WAV_MEMBER_RE = re.compile(r"^(?:wav/)?([^/]+)/([^/]+)/([^/]+)\.wav$")
 _READ_BUFFER = 1 << 20  # bytes; tarfile's stream default (16 KiB) makes reading a 15 GB archive slow
 
 
@@ -128,7 +132,8 @@ def _publish_tree(staging: Path, dest: Path) -> None:
 
 
 def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
-    """Unpack one speaker archive (its gzip-compressed bytes) under ``data_dir``.
+    """Unpack one speaker archive (its gzip-compressed bytes) under ``data_dir/wav`` (its members are
+    ``<split>/<speaker>/<utterance>.wav``; those of an archive packed with ``wav/`` in front go under ``data_dir``).
 
     The members go to a staging folder first and are moved in only when the whole speaker archive was read
     and accepted, so a refused or corrupt speaker archive leaves none of its files behind.
@@ -138,15 +143,18 @@ def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
     """
     durations: dict[str, float] = {}
     staging = Path(data_dir) / STAGING_DIR / uuid.uuid4().hex[:12]
-    staging.mkdir(parents=True)
+    (staging / "wav").mkdir(parents=True)
     try:
         # decompressed in memory (~50 MB for an AISHELL speaker), so reading a header costs no re-decompression
         with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r:") as tar:
             for member in tar:
                 path = member_path(member, label)
-                extract_member(tar, member, os.fspath(staging), label)
+                packed_with_wav = path == "wav" or path.startswith("wav/")
+                dest = staging if packed_with_wav else staging / "wav"
+                extract_member(tar, member, os.fspath(dest), label)
                 if member.isfile() and path.endswith(".wav"):
-                    durations[path] = _wav_duration(tar, member, os.path.join(staging, path))
+                    rel = path if packed_with_wav else f"wav/{path}"
+                    durations[rel] = _wav_duration(tar, member, os.path.join(dest, path))
         _publish_tree(staging, Path(data_dir))
     except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise CorruptArchiveError(f"{label}: corrupt speaker archive ({e}); re-download {ARCHIVE_NAME}") from e
@@ -477,6 +485,12 @@ def prepare_aishell(
     transcript = read_transcript(data_dir / TRANSCRIPT_PATH)
     wavs = read_unpacked_wavs(target_dir)
     records, no_text, no_wav = build_records(wavs, transcript, _audio_prefix(data_dir, annotation_dir))
+    if not any(records.values()):  # nothing to train on: the manifests already there stay
+        raise AishellError(
+            f"{data_dir}: none of the {len(wavs)} unpacked wavs matched a transcript line under "
+            f"wav/{{train,dev,test}}/<speaker>/ (examples: {_examples(sorted(wavs), 3) or 'none'}; transcript ids: "
+            f"{_examples(sorted(transcript), 3) or 'none'}); is {ARCHIVE_NAME} the AISHELL-1 release? No manifest "
+            "written")
     # 3. Write the manifests atomically
     for split in SPLITS:
         path = annotation_dir / f"{split}.json"

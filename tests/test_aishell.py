@@ -69,20 +69,22 @@ def _add_link(tar: tarfile.TarFile, name: str, target: str) -> None:
     tar.addfile(info)
 
 
-def _speaker_tgz(speaker: str, split: str, utts, extra=None) -> bytes:
+def _speaker_tgz(speaker: str, split: str, utts, extra=None, prefix: str = "") -> bytes:
+    """A speaker archive as the release has it: ``<split>/<speaker>/<utt>.wav`` (the recipes unpack it inside
+    data_aishell/wav); ``prefix="wav/"``: packed with the wav folder itself."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for d in ("wav", f"wav/{split}", f"wav/{split}/{speaker}"):
+        for d in ((["wav"] if prefix else []) + [f"{prefix}{split}", f"{prefix}{split}/{speaker}"]):
             _add_dir(tar, d)
         for i, (utt, duration, _) in enumerate(utts):
-            _add_bytes(tar, f"wav/{split}/{speaker}/{utt}.wav", _wav_bytes(duration, seed=i))
+            _add_bytes(tar, f"{prefix}{split}/{speaker}/{utt}.wav", _wav_bytes(duration, seed=i))
         if extra:
             extra(tar)
     return buf.getvalue()
 
 
 def build_archive(path: Path, *, transcript: bool = True, nested_extra=None, outer_extra=None,
-                  nested_override: dict[str, bytes] | None = None) -> Path:
+                  nested_override: dict[str, bytes] | None = None, prefix: str = "") -> Path:
     """A miniature data_aishell.tgz with the real layout (nested speaker .tar.gz, transcript with spaces).
 
     nested_extra(tar) adds members to S0002's archive; outer_extra(tar) to the outer archive;
@@ -97,7 +99,7 @@ def build_archive(path: Path, *, transcript: bool = True, nested_extra=None, out
             _add_bytes(tar, aishell.TRANSCRIPT_MEMBER, ("\n".join(lines) + "\n").encode("utf-8"))
         for speaker, (split, utts) in SPEAKERS.items():
             data = (nested_override or {}).get(speaker) or _speaker_tgz(
-                speaker, split, utts, nested_extra if speaker == "S0002" else None)
+                speaker, split, utts, nested_extra if speaker == "S0002" else None, prefix)
             _add_bytes(tar, f"data_aishell/wav/{speaker}.tar.gz", data)
         if outer_extra:
             outer_extra(tar)
@@ -259,6 +261,42 @@ def test_num_workers_must_be_positive(capsys, caplog):
     assert "--num_workers must be at least 1" in (capsys.readouterr().err + caplog.text)
 
 
+def test_speaker_archives_packed_with_the_wav_folder_are_read_too(tmp_path):
+    """The release's speaker archives hold train/S0002/…, unpacked in data_aishell/wav (this toolkit read only
+    wav/train/S0002/… and wrote three empty manifests for the real corpus); ones packed with wav/ still work."""
+    old_layout = build_archive(tmp_path / "old.tgz", prefix="wav/")
+    assert _run(tmp_path / "run", old_layout) == 0
+    records = _read_manifest(tmp_path / "run" / "dataset" / "train.json")
+    assert len(records) == 4 and records[0]["audio"]["path"].startswith("audio/data_aishell/wav/train/S0002/")
+    assert (tmp_path / "run" / "dataset" / records[0]["audio"]["path"]).is_file()
+
+
+def test_an_archive_in_which_nothing_matches_fails_and_leaves_the_manifests_there(tmp_path, capsys, caplog):
+    """No wav under <split>/<speaker>/ matched a transcript line: before, three empty manifests replaced the ones
+    there (the demo's train.json and test.json) and the exit code was 0, again on every rerun."""
+    other = {speaker: _speaker_tgz(speaker, "misc", utts) for speaker, (_, utts) in SPEAKERS.items()}
+    flat = build_archive(tmp_path / "flat.tgz", nested_override={s: _flat_tgz(other[s]) for s in other})
+    dataset = tmp_path / "run" / "dataset"
+    dataset.mkdir(parents=True)
+    (dataset / "train.json").write_text("kept\n", encoding="utf-8")
+    for _ in range(2):  # and the rerun, which finds the archive unpacked
+        assert _run(tmp_path / "run", flat) == 1
+        assert "none of the" in (capsys.readouterr().err + caplog.text) and "No manifest written" in caplog.text
+        assert (dataset / "train.json").read_text(encoding="utf-8") == "kept\n"
+        assert not (dataset / "dev.json").exists()
+
+
+def _flat_tgz(data: bytes) -> bytes:
+    """A speaker archive's wavs with no folders at all (<utt>.wav): a layout no recipe knows."""
+    src = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for member in src:
+            if member.isfile():
+                _add_bytes(tar, Path(member.name).name, src.extractfile(member).read())
+    return buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad archives
 
@@ -267,19 +305,19 @@ def _malicious(case: str, outside: Path) -> tuple[str, str, object]:
     """(archive the member goes in: "nested" = S0002's speaker archive or "outer", member name, add(tar))."""
     up = "../" * 7  # from <run>/dataset/audio/data_aishell/wav/train/S0002 up to tmp_path
     if case == "dotdot":
-        member = f"wav/train/S0002/{up}outside/evil.wav"
+        member = f"train/S0002/{up}outside/evil.wav"
         return "nested", member, lambda tar: _add_bytes(tar, member, b"evil")
     if case == "absolute":
         member = str(outside / "evil.wav")
         return "nested", member, lambda tar: _add_bytes(tar, member, b"evil")
     if case == "symlink_out":
-        member = "wav/train/S0002/evil.wav"
+        member = "train/S0002/evil.wav"
         return "nested", member, lambda tar: _add_link(tar, member, f"{up}outside/evil.wav")
     if case == "symlink_chain":  # each link stays inside on its own; through "here" the second leaves
-        member = "wav/train/S0002/here/evil"
+        member = "train/S0002/here/evil"
 
         def add(tar):
-            _add_link(tar, "wav/train/S0002/here", ".")
+            _add_link(tar, "train/S0002/here", ".")
             _add_link(tar, member, "../../../..")
         return "nested", member, add
     member = "data_aishell/../../outside/evil.txt"

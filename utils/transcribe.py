@@ -7,9 +7,9 @@ Two backends decode the same way:
 * ``ct2`` — a CTranslate2 model through faster-whisper (int8 on CPU, float16 on GPU).
 
 Audio flows ``path → waveform (samples,) at 16 kHz → chunks of ≤ 30 s → log-mel (B, n_mels, 3000) →
-token ids → Transcript``. Audio up to 30 s is one chunk from its first speech (realtime callers: the whole
-buffer, no VAD); longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks are decoded in
-batches, or, with ``condition_on_previous_text``, one after another, each prompted with the text before it.
+token ids → Transcript``. Audio up to 30 s is one chunk (none when the VAD hears no speech in it; realtime
+callers: the whole buffer, no VAD); longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks
+are decoded in batches, or, with ``condition_on_previous_text``, one after another, each prompted with the text before it.
 Both guard against hallucination loops like the reference decoder: a chunk whose text compresses too well
 (repetition) or whose average log-probability is too low is decoded again at the next temperature, and a
 chunk that is probably silence is dropped. A long recording's chunk whose text repeats itself (a sentence

@@ -1879,6 +1879,13 @@ def test_prompt_text_puts_hotwords_before_the_previous_text():
     assert prompt_text("Szymanski, Zolgensma", " the meeting ") == "Szymanski, Zolgensma the meeting"
     assert prompt_text(None, "previous") == "previous" and prompt_text("  ", None) is None
     assert DecodeOptions(hotwords="   ").hotwords is None
+    # one separator style, whatever was typed: ", " between Latin words (a bare comma was copied into the text),
+    # "," between Chinese ones (as training writes them)
+    assert DecodeOptions(hotwords="colleague,Szymanski").hotwords == "colleague, Szymanski"
+    assert DecodeOptions(hotwords=" A ;B，  C、").hotwords == "A, B, C"
+    assert DecodeOptions(hotwords="词典、学习，帮助").hotwords == "词典,学习,帮助"
+    assert DecodeOptions(hotwords="地铁,Zolgensma").hotwords == "地铁, Zolgensma"
+    assert DecodeOptions(hotwords=" , ").hotwords is None
 
 
 @pytest.fixture(scope="module")
@@ -1897,6 +1904,12 @@ def test_hotwords_fix_a_misheard_rare_name_on_both_backends(base_hf, base_ct2, r
             helped = engine.transcribe(str(wav), DecodeOptions(language="en", temperatures=(0.0,),
                                                               hotwords="Szymanski, Zolgensma")).text
             assert name not in plain and name in helped, (engine.backend, plain, helped)
+        # typed without a space: "will call you back." (the name and the words before it lost), and
+        # "My colleague,Szymanski,will call you back." with two names; now read as with ", "
+        for hotwords in ("colleague,Szymanski", "Szymanski,Kowalski"):
+            text = engine.transcribe(str(rare_names[0][0]), DecodeOptions(language="en", temperatures=(0.0,),
+                                                                          hotwords=hotwords)).text
+            assert text == "My colleague, Szymanski, will call you back.", (engine.backend, hotwords, text)
 
 
 @pytest.mark.slow

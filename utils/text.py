@@ -12,6 +12,7 @@ reference units.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import zhconv
 from rapidfuzz.distance import Levenshtein
 
-from utils.languages import language_code
+from utils.languages import joins_unspaced, language_code
+
+HOTWORD_SEPARATORS = re.compile(r"[,，、;；]")  # how users separate hotwords ("词1,词2", "A, B", "词1、词2")
 
 METRICS = ("cer", "wer")
 
@@ -185,3 +188,20 @@ def has_repetition(hypothesis: str, reference: str = "", metric: str = "cer") ->
 def has_punctuation(text: str) -> bool:
     """Whether ``text`` holds any punctuation character (ASCII or full-width)."""
     return any(unicodedata.category(ch).startswith("P") for ch in text)
+
+
+def join_hotwords(words: Sequence[str]) -> str:
+    """Hotwords as one prompt text: ", " between words of spaced scripts, "," between Chinese or Japanese ones.
+    A comma without a space after Latin words is copied into the text: whisper-base, both backends, read "My
+    colleague Szymanski will call you back." with --hotwords=colleague,Szymanski as "will call you back." and with
+    Szymanski,Kowalski as "My colleague,Szymanski,will call you back." (with ", ": right both times)."""
+    out = ""
+    for word in (w.strip() for w in words):
+        if word:
+            out += ("," if joins_unspaced(out[-1], word[0]) else ", ") + word if out else word
+    return out
+
+
+def hotword_text(text: str) -> str:
+    """A user's hotword list (separated by , ， 、 ; or ；) as :func:`join_hotwords` joins it."""
+    return join_hotwords(HOTWORD_SEPARATORS.split(text))

@@ -38,6 +38,7 @@ from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, l
 from utils.collator import IGNORE_INDEX
 from utils.data import Record, RecordSource, Segment, duration_mismatch
 from utils.languages import has_unspaced_script, optional_language_code
+from utils.text import join_hotwords
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def sample_hotwords(sentence: str, rng: np.random.Generator, most: int = 3, othe
             count = min(len(absent), int(rng.integers(1, 3)))
             picks += [absent[i] for i in rng.choice(len(absent), size=count, replace=False)]
             picks = [picks[i] for i in rng.permutation(len(picks))]
-    return ",".join(dict.fromkeys(picks))
+    return join_hotwords(list(dict.fromkeys(picks)))  # as decoding joins a user's list
 
 
 def build_labels(

@@ -68,7 +68,7 @@ from utils.repeats import (
     take_seconds,
     unread_speech,
 )
-from utils.text import remove_punctuation, to_simplified
+from utils.text import hotword_text, remove_punctuation, to_simplified
 from utils.vad import Chunk, part, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ class DecodeOptions:
         to_simple: traditional → simplified Chinese; None = only when the language is Chinese.
         remove_pun: drop punctuation from the output text.
         initial_prompt: text given to the decoder as previous context (vocabulary, style).
-        hotwords: words to steer towards (names, terms: "词1,词2"); they go into the previous-text prompt before
+        hotwords: words to steer towards (names, terms: "词1,词2", "A, B"; separators as :func:`hotword_text` reads
+            them, written back as training writes them); they go into the previous-text prompt before
             any previous text, as faster-whisper does, on both backends.
         max_new_tokens: tokens generated per chunk at most (None = token_budget(chunk duration)).
         word_timestamps: also time every word (Chinese: every character) by cross-attention alignment; each
@@ -191,8 +192,8 @@ class DecodeOptions:
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
         object.__setattr__(self, "language", decode_language(self.language))
-        if self.hotwords is not None and not self.hotwords.strip():
-            object.__setattr__(self, "hotwords", None)
+        if self.hotwords is not None:  # one separator style whatever the user typed (:func:`hotword_text`)
+            object.__setattr__(self, "hotwords", hotword_text(self.hotwords) or None)
 
 
 @dataclass(frozen=True)

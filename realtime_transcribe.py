@@ -49,7 +49,7 @@ from utils.streaming import (
     run_stream,
     silero_vad_fn,
 )
-from utils.subtitles import format_timestamp, text_width
+from utils.subtitles import format_timestamp, split_at_pauses, text_width
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +185,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 LINE_PAUSE_S = 2.0  # a pause this long between a revised block's words starts a new line
 
 
-def split_at_pauses(words: list[StreamToken], pause_s: float) -> list[list[StreamToken]]:
-    """``words`` in runs, a new one after each pause of at least ``pause_s`` seconds between two words."""
-    runs: list[list[StreamToken]] = []
-    for word in words:
-        if runs and word.start - runs[-1][-1].end < pause_s:
-            runs[-1].append(word)
-        else:
-            runs.append([word])
-    return runs
-
-
 def commit_line(words: list[StreamToken], after: float = 0.0) -> str:
     """``[start --> end] text`` for words committed together; the start is not before ``after`` (the end of the
     line before: word times inside a decode are estimates, and the next commit's first word can start a little
@@ -266,7 +255,7 @@ class Display:
         utterances until it is long enough, across a silence of any length: one line spanned 0:00 → 0:25 with 20 s
         of silence in it)."""
         lines = []
-        for words in split_at_pauses(revision.words, LINE_PAUSE_S):
+        for words in split_at_pauses(revision.words, LINE_PAUSE_S, lambda w: w.start, lambda w: w.end):
             lines.append(commit_line(words, self.revised_end))  # a block's first words can be timed a little
             self.revised_end = max(self.revised_end, words[-1].end)  # before the last block's end
         if not revision.words:  # the block read as no speech: its live words are gone from the final text

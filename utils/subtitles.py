@@ -16,12 +16,14 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from utils.io import write_text_atomic
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from utils.transcribe import Transcript
@@ -145,16 +147,24 @@ def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
     if layout.max_line_width <= 0 or (_fits(text, layout) and not seg.words):
         return [(seg.start, seg.end, text)]
     units = [u for unit in _units(seg) for u in _split_unit(unit, layout)]
-    runs: list[list[tuple[float, float, str]]] = [[units[0]]]
-    for prev, unit in zip(units, units[1:]):
-        if seg.words and unit[0] - prev[1] >= CUE_PAUSE_S:
-            runs.append([unit])
-        else:
-            runs[-1].append(unit)
+    runs = split_at_pauses(units, CUE_PAUSE_S if seg.words else math.inf, lambda u: u[0], lambda u: u[1])
     if len(runs) == 1 and _fits(text, layout):  # timed words, no pause among them: the segment's own text
         return [(seg.start, seg.end, text)]
     cues = [cue for run in runs for cue in _even_cues(run, layout)]
     return [(a, b, " ".join(t.split())) for a, b, t in cues]
+
+
+def split_at_pauses(items: Sequence[T], pause_s: float, start: Callable[[T], float],
+                    end: Callable[[T], float]) -> list[list[T]]:
+    """``items`` (timed: ``start``/``end`` in seconds) in runs, a new one after each pause of at least ``pause_s``
+    seconds between two of them."""
+    runs: list[list[T]] = []
+    for item in items:
+        if runs and start(item) - end(runs[-1][-1]) < pause_s:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list[tuple[float, float, str]]:

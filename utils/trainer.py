@@ -213,7 +213,8 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
             first.
         no_speech: the ``<|nospeech|>`` token's id: a row is silence, its text dropped, as inference drops it
             (``utils.transcribe``: P(no speech) at ``<|startoftranscript|>`` above the no-speech threshold and the
-            text's average log-probability below the log-probability threshold, the defaults of DecodeOptions).
+            text's average log-probability below the log-probability threshold: ``is_silence`` with DecodeOptions'
+            defaults).
 
     Returns:
         (batch, n) generated ids after the prompt; finished rows (and silent ones) are padded with ``end_of_text``.
@@ -252,12 +253,12 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
             break
         step_input = next_ids[:, None]
     if no_speech is not None:
-        from utils.transcribe import DecodeOptions
+        from utils.transcribe import DecodeOptions, is_silence
 
         counted = (generated[:, :n] != end_of_text).sum(dim=1) + 1  # the text tokens and the end of text
-        silent = ((no_speech_prob > DecodeOptions.no_speech_threshold)
-                  & (logprob_sum / counted < DecodeOptions.logprob_threshold))
-        generated[silent] = end_of_text
+        for row, (avg, p) in enumerate(zip((logprob_sum / counted).tolist(), no_speech_prob.tolist())):
+            if is_silence(avg, p, DecodeOptions()):
+                generated[row] = end_of_text
     return generated[:, :n]
 
 

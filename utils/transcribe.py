@@ -1071,13 +1071,19 @@ def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPa
                         stats=[st for *_, st in keyed] if has_stats else None)  # type: ignore[misc]
 
 
+def is_silence(avg_logprob: float, no_speech_prob: float, options: DecodeOptions) -> bool:
+    """Whether a decode's text is dropped as silence, as the reference Whisper decoder drops it: P(no speech) above
+    ``options.no_speech_threshold`` and the average log-probability below ``options.logprob_threshold``."""
+    return (options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold
+            and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
+
+
 def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOptions,
                     loop: bool) -> tuple[bool, bool]:
-    """(decode again at the next temperature, drop as silence), as in the reference Whisper decoder, except that
-    ``loop`` (:func:`is_decoder_loop`), not any compressible text, counts as a repetition failure."""
-    silent = (options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold
-              and (options.logprob_threshold is None or avg_logprob < options.logprob_threshold))
-    if silent:
+    """(decode again at the next temperature, drop as silence: :func:`is_silence`), as in the reference Whisper
+    decoder, except that ``loop`` (:func:`is_decoder_loop`), not any compressible text, counts as a repetition
+    failure."""
+    if is_silence(avg_logprob, no_speech_prob, options):
         return False, True
     again = loop or (options.logprob_fallback and options.logprob_threshold is not None
                      and avg_logprob < options.logprob_threshold)

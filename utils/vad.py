@@ -112,8 +112,8 @@ class SileroVad:
         loudest = float(np.abs(frame).max())
         self._peak = max(loudest, self._peak * release)
         self._sound_s += FRAME / SAMPLE_RATE if loudest > 0 else 0.0
-        if self._sound_s >= STREAM_LEVEL_AFTER_S and 0 < self._peak < VAD_QUIET_PEAK:
-            frame = np.clip(frame * min(VAD_TARGET_PEAK / self._peak, VAD_MAX_GAIN), -1.0, 1.0).astype(np.float32)
+        if self._sound_s >= STREAM_LEVEL_AFTER_S:
+            frame = raised(frame, self._peak)
         x = np.concatenate([self._context, frame])[None]
         prob, self._h, self._c = self._session.run(None, {"input": x, "h": self._h, "c": self._c})
         self._context = frame[-_CONTEXT:]
@@ -159,10 +159,16 @@ def vad_input(audio: np.ndarray) -> np.ndarray:
         return audio
     if low_band_share(audio) > VAD_LOW_BAND_SHARE:
         audio = high_pass(audio)
-    peak = float(np.quantile(np.abs(audio[:: max(1, len(audio) // 250_000)]), 0.999))
-    if 0 < peak < VAD_QUIET_PEAK:
-        audio = np.clip(audio * min(VAD_TARGET_PEAK / peak, VAD_MAX_GAIN), -1.0, 1.0)
-    return np.ascontiguousarray(audio)
+    return np.ascontiguousarray(raised(audio, float(np.quantile(np.abs(audio[:: max(1, len(audio) // 250_000)]),
+                                                                0.999))))
+
+
+def raised(audio: np.ndarray, peak: float) -> np.ndarray:
+    """``audio`` (float32) raised so that ``peak`` (its loud level) becomes ``VAD_TARGET_PEAK`` when it is below
+    ``VAD_QUIET_PEAK`` (by ``VAD_MAX_GAIN`` at most), clipped to ±1; else as it is."""
+    if not 0 < peak < VAD_QUIET_PEAK:
+        return audio
+    return np.clip(audio * min(VAD_TARGET_PEAK / peak, VAD_MAX_GAIN), -1.0, 1.0).astype(np.float32)
 
 
 def speech_regions(

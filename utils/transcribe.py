@@ -1463,15 +1463,24 @@ class TransformersTranscriber(_BaseTranscriber):
         with torch.inference_mode(), self._autocast():
             states = self.model.model.encoder(feats).last_hidden_state
             for i, (language, text) in enumerate(zip(languages, texts, strict=True)):
-                tk = self._word_tokenizer(language, task)
-                start = [*tk.sot_sequence, tk.no_timestamps]
-                ids = torch.tensor([[*start, *text, tk.eot]], device=self.device)
-                logprobs = self.model(encoder_outputs=(states[i: i + 1],), decoder_input_ids=ids,
-                                      use_cache=False).logits[0].float().log_softmax(-1)
-                rows = torch.arange(len(start) - 1, ids.shape[1] - 1, device=self.device)
-                avg = float(logprobs[rows, ids[0, len(start):]].sum()) / (len(text) + 1)
-                out.append((avg, float(logprobs[0, tk.no_speech].exp())))
+                ids, logits, start = self._forced(states[i: i + 1], language, task, text)
+                logprobs = logits.log_softmax(-1)
+                rows = torch.arange(start - 1, ids.shape[1] - 1, device=self.device)
+                avg = float(logprobs[rows, ids[0, start:]].sum()) / (len(text) + 1)
+                out.append((avg, float(logprobs[0, self._word_tokenizer(language, task).no_speech].exp())))
         return out
+
+    def _forced(self, state: Any, language: str, task: str, text: Sequence[int]) -> tuple[Any, Any, int]:
+        """The model teacher-forced on ``<|startoftranscript|> … <|notimestamps|>``, ``text`` and the end of text over
+        one chunk's encoder output ``state`` (1, frames, d_model): (the ids (1, n), their float logits (n, vocab),
+        the length of the start sequence)."""
+        import torch
+
+        tk = self._word_tokenizer(language, task)
+        start = [*tk.sot_sequence, tk.no_timestamps]
+        ids = torch.tensor([[*start, *text, tk.eot]], device=self.device)
+        logits = self.model(encoder_outputs=(state,), decoder_input_ids=ids, use_cache=False).logits[0].float()
+        return ids, logits, len(start)
 
     def _word_tokenizer(self, language: str, task: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
@@ -1509,12 +1518,8 @@ class TransformersTranscriber(_BaseTranscriber):
             with torch.inference_mode(), self._autocast():
                 states = self.model.model.encoder(self._features(chunks)).last_hidden_state
                 for i, (chunk, language, text) in enumerate(zip(chunks, languages, tokens)):
-                    tk = self._word_tokenizer(language, task)
-                    start = [*tk.sot_sequence, tk.no_timestamps]
-                    ids = torch.tensor([[*start, *text, tk.eot]], device=self.device)
-                    logits = self.model(encoder_outputs=(states[i: i + 1],), decoder_input_ids=ids,
-                                        use_cache=False).logits[0].float()
-                    rows = slice(len(start) - 1, len(start) + len(text))  # predicting each text token and eot
+                    _, logits, start = self._forced(states[i: i + 1], language, task, text)
+                    rows = slice(start - 1, start + len(text))  # predicting each text token and eot
                     probs = logits[rows][:-1].softmax(-1)[torch.arange(len(text)), torch.tensor(text)]
                     frames = min(len(chunk) // 160, 3000) // 2
                     weights = []

@@ -966,16 +966,19 @@ def test_an_utterance_after_a_long_silence_is_read_again_by_the_second_pass():
 # ---------------------------------------------------------------------------------------------------
 # second pass
 # ---------------------------------------------------------------------------------------------------
-def _utterances(n: int, speech_s: float = 2.4, pause_s: float = 1.0) -> tuple[list, np.ndarray, list[str]]:
-    """n utterances of 6 words (``speech_s`` / 6 each) after 1 s of silence, ``pause_s`` between them: (script words,
-    audio, the utterances' texts)."""
+def _utterances(n: int, speech_s: float = 2.4, pause_s: float = 1.0,
+                sizes: tuple[int, ...] = ()) -> tuple[list, np.ndarray, list[str]]:
+    """n utterances of 6 words (``sizes``: of these many; ``speech_s`` / 6 each) after 1 s of silence, ``pause_s``
+    between them: (script words, audio, the utterances' texts)."""
     words, silences, texts, t = [], [(0.0, 1.0)], [], 1.0
     for u in range(n):
-        text = " ".join(f"u{u}w{i}" for i in range(6))
-        words += script_words(text, start=t, word_s=speech_s / 6)
+        size = sizes[u] if sizes else 6
+        said_s = speech_s / 6 * size
+        text = " ".join(f"u{u}w{i}" for i in range(size))
+        words += script_words((" " if u else "") + text, start=t, word_s=said_s / size)  # spaced from the last
         texts.append(text)
-        silences.append((t + speech_s, t + speech_s + pause_s))
-        t += speech_s + pause_s
+        silences.append((t + said_s, t + said_s + pause_s))
+        t += said_s + pause_s
     return words, timed_audio(t + 0.5, silences=silences + [(t, t + 0.5)]), texts
 
 
@@ -1100,7 +1103,7 @@ class _LosingRereader(_Rereader):
         for s, e, t in super().__call__(audio, prompt):
             kept = [w for w in t.split() if not w.lower().startswith(self.lost)]
             if kept:
-                out.append((s, e, " ".join(kept)))
+                out.append((s, e, " " + " ".join(kept)))  # a segment's text starts with a space, as Whisper's
         return out
 
 
@@ -1125,6 +1128,28 @@ def test_a_second_pass_reading_that_lost_a_sentence_keeps_its_live_words(caplog)
     assert join_words(restore_lost(live, fox)) == f"今天天气很好 {english}"
     four = fixed + live[6:10]  # 4 left out: the reading's text stays
     assert join_words(restore_lost(live, four)) == "今天天气真好 The quick brown fox"
+
+
+def test_a_second_pass_reading_that_lost_a_short_utterance_keeps_its_live_words(caplog):
+    """A block of two real English recordings 3 s apart read "He was not an ill-disposed young man." and left out "Go
+    forward ten meters." (4 live words, fewer than a run of 5): a whole utterance of at least 2 words the reading
+    leaves out stays in the final text; a lone live word it leaves out (a made-up "you" as often as a "Yes") and
+    part of an utterance stay out."""
+    words, audio, texts = _utterances(5, sizes=(6, 3, 6, 1, 6))
+    policy = StreamingPolicy(FakeASR(words), vad_fn=energy_vad, min_silence_s=0.6)
+    with caplog.at_level(logging.INFO, logger="utils.streaming"):
+        result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                            reviser=Reviser(_LosingRereader(words, ("u1", "u3", "u4w2", "u4w3")),
+                                            block_s=20.0, max_block_s=20.0))
+    assert result.text == " ".join(texts)
+    assert result.final_text == " ".join([texts[0].upper(), texts[1], texts[2].upper(), "U4W0 U4W1 U4W4 U4W5"])
+    assert "left out 3 live words, kept: 'u1w0 u1w1 u1w2'" in caplog.text
+    live = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens("one two. go forward ten meters. three four"))]
+    read = [StreamToken(0, 1, t) for t in split_tokens("one two. eight three four")]  # a word in the utterance's place
+    assert join_words(restore_lost(live, read)) == "one two. eight three four"
+    assert join_words(restore_lost(live, read, utterance_ends=(2, 6))) == join_words(live)
+    alone = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens("one two. you. three four"))]
+    assert join_words(restore_lost(alone, read[:2] + read[3:], utterance_ends=(2, 3))) == "one two. three four"
 
 
 def test_revised_words_replace_each_revisions_range_and_keep_the_rest():

@@ -79,6 +79,9 @@ _REREAD_S = 1.0
 # live words in a row that a second-pass reading may leave out before they are put back into it: a block read in one
 # window can drop a whole sentence the live text has (Mandarin, then English, read as Mandarin: the English was lost)
 _LOST_RUN = 5
+# ... and a whole utterance of at least this many words (between two of the VAD's pauses): a block of two real English
+# recordings 3 s apart read "He was not an ill-disposed young man." and left out "Go forward ten meters." (4 words)
+_LOST_UTTERANCE_WORDS = 2
 # audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
 # that makes it due, so this only has to cover the steps in between
 _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
@@ -781,7 +784,8 @@ class Reviser:
             pause, speech_end, last = self._closes[k]
             revision = None
             if fits and last > self._first and self._start >= self._audio_from:
-                revision = self._decode(pause, committed[self._first: last])
+                ends = [n - self._first for _, _, n in self._closes[: k + 1] if n > self._first]
+                revision = self._decode(pause, committed[self._first: last], ends)
             elif last > self._first:
                 logger.info("%.1f s of speech without a pause that fits the second pass's window: its live words stay",
                             (pause - self._start) / SAMPLE_RATE)
@@ -817,26 +821,35 @@ class Reviser:
         done, self._done = self._done, []
         return done
 
-    def _decode(self, end: int, live: Sequence[StreamToken]) -> Revision:
-        """Read the block from ``self._start`` to stream sample ``end``, whose live words are ``live``."""
+    def _decode(self, end: int, live: Sequence[StreamToken], utterance_ends: Sequence[int]) -> Revision:
+        """Read the block from ``self._start`` to stream sample ``end``, whose live words are ``live`` (its utterances
+        end before these indices of it)."""
         segments = decode_after_silence(self.decode_fn, self._audio[: end - self._audio_from], self.lead, "")
         start_s = self._start / SAMPLE_RATE
         words = words_from_segments(segments, start_s, end / SAMPLE_RATE)
         logger.debug("second pass %.2f-%.2f s: %d live words -> %r", start_s, end / SAMPLE_RATE, len(live),
                      join_words(words))
-        words = restore_lost(live, words)
+        words = restore_lost(live, words, utterance_ends=utterance_ends)
         return Revision(self._first, self._first + len(live), words, start_s, end / SAMPLE_RATE)
 
 
-def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], run: int = _LOST_RUN) -> list[StreamToken]:
-    """``revised`` (a second-pass reading) with the live words it left out put back where they were: every run of at
-    least ``run`` live words it has nothing (or that many words fewer) for, aligned by :attr:`StreamToken.key`.
-    A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from the final text."""
+def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], run: int = _LOST_RUN, *,
+                 utterance_ends: Sequence[int] = ()) -> list[StreamToken]:
+    """``revised`` (a second-pass reading) with the live words it left out put back where they were, aligned by
+    :attr:`StreamToken.key`: every run of at least ``run`` live words it has nothing (or that many words fewer) for,
+    and every whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
+    has at most half as many words (``utterance_ends``: the indices into ``live`` before which one utterance ends
+    and the next begins). A reading that fixes words keeps its
+    fixes; one that lost a sentence does not lose it from the final text."""
+    bounds = sorted({0, *utterance_ends, len(live)})
+    utterances = [(s, e) for s, e in zip(bounds, bounds[1:]) if e - s >= _LOST_UTTERANCE_WORDS]
     live_keys, revised_keys = [w.key for w in live], [w.key for w in revised]
     out: list[StreamToken] = []
     for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, live_keys, revised_keys, autojunk=False).get_opcodes():
-        if op in ("delete", "replace") and (a2 - a1) - (b2 - b1) >= run:
-            logger.info("second pass: its reading left out %d live words, kept: %r", a2 - a1 - (b2 - b1),
+        fewer = (a2 - a1) - (b2 - b1)
+        if op in ("delete", "replace") and (fewer >= run or any(a1 <= s and e <= a2 and 2 * fewer >= e - s
+                                                                  for s, e in utterances)):
+            logger.info("second pass: its reading left out %d live words, kept: %r", fewer,
                         join_words(live[a1:a2]))
             out += live[a1:a2]
         else:

@@ -312,13 +312,40 @@ def test_resume_with_another_batch_size_goes_on_after_the_items_trained_on(tiny_
     with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, per_device_train_batch_size=2,
                                    resume_from_checkpoint="auto", **{**common, "max_steps": 6})) == 0
-    assert "the checkpoint's run took 1 item(s) a batch, this run 2: epoch 0 goes on after its first 4 item(s) on " \
-           "this rank (batch 2)" in caplog.text
+    assert "the checkpoint's run took 1 item(s) a batch on 1 process(es), this run 2 on 1: epoch 0 goes on after " \
+           "its first 4 item(s) (batch 2)" in caplog.text
     assert "done: 6 steps (2 in this run) in " in caplog.text
     state = _state(run)
     # step 5 trains batch 2 (the epoch's last), step 6 the first batch of epoch 1
     assert state["global_step"] == 6 and state["epoch"] == 1 and state["batch_in_epoch"] == 1
     assert state["data"]["per_batch"] == 2 and state["data"]["batches_per_epoch"] == 3
+
+
+def test_resume_on_another_number_of_processes_goes_on_after_the_items_trained_on(caplog):
+    """A checkpoint of 2 processes resumed by 1 (or the other way) warned that the epoch's clips are "trained on twice
+    or not at all"; the epoch's order does not depend on the number of processes (EpochSampler deals it out in
+    turn), so the run goes on after the items trained on, exactly when they divide evenly."""
+    from types import SimpleNamespace
+
+    from utils.trainer import EpochSampler, Trainer, TrainerState
+
+    two = [EpochSampler(30, seed=42, epoch=1, rank=r, world_size=2).indices[:6] for r in (0, 1)]  # 3 batches of 2
+    seen = {i for rank in two for i in rank}
+    rest = EpochSampler(30, seed=42, epoch=1, world_size=1, skip=12).indices
+    assert len(seen) == 12 and not seen & set(rest) and seen | set(rest) == set(range(30))
+    layout = {"fingerprint": "f" * 16, "description": "30 clips", "seed": 42}
+    for (old, new, position), (moved, note) in {
+        ((2, 2, 15), (4, 1, 8), 3): (3, "this run 4 on 1: epoch 1 goes on after its first 12 item(s) (batch 3)\n"),
+        ((1, 1, 30), (1, 2, 15), 5): (2, "(batch 2); 1 item(s) are trained on again"),
+    }.items():
+        saved = TrainerState(epoch=1, batch_in_epoch=position, data={
+            **layout, "per_batch": old[0], "world_size": old[1], "batches_per_epoch": old[2]})
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            Trainer._carry_position(SimpleNamespace(train_dataset=None, data_layout={
+                **layout, "per_batch": new[0], "world_size": new[1], "batches_per_epoch": new[2]}), saved, Path("c"))
+        assert saved.batch_in_epoch == moved and note in caplog.text + "\n", caplog.text
+        assert "twice or not at all" not in caplog.text
 
 
 def test_resume_into_another_folder_brings_the_best_checkpoint_or_forgets_it(tiny_whisper_dir, corpus, tmp_path,
@@ -697,6 +724,37 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
         texts[no_speech] = processor.batch_decode(ids, skip_special_tokens=True)
     assert all(texts[None]) and texts[tokens.no_speech][:2] == ["", ""]
     assert texts[tokens.no_speech][2] == texts[None][2]  # speech keeps its text
+
+
+def test_eval_of_a_batch_in_several_languages_drops_silence_and_detects_the_unknown(whisper_base_dir, en_wav,
+                                                                                    repo_root):
+    """A batch whose items are in several languages (or one unknown: no item or run language) went to generate(),
+    which read "你" into the demo's no-speech clip (the eval that picks checkpoint-best scored it); each language's
+    items are now decoded by the lean greedy decoder, which drops silence, the unknown one in the language the
+    decoder detects."""
+    from accelerate import Accelerator
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from utils.audio import load_audio
+    from utils.train_data import LabelTokens
+    from utils.trainer import EvalSet, detect_languages, evaluate
+
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    processor = WhisperProcessor.from_pretrained(whisper_base_dir)
+    tokens = LabelTokens.from_tokenizer(processor.tokenizer)
+    clips = [repo_root / "dataset" / "audio" / "test_0004.flac", repo_root / "dataset" / "real" / "zh_aishell_0121.flac",
+             en_wav]
+    feats = processor.feature_extractor([load_audio(c) for c in clips], sampling_rate=16000,
+                                        return_tensors="np").input_features
+    with torch.no_grad():
+        states = model.get_encoder()(torch.from_numpy(feats)).last_hidden_state
+    assert detect_languages(model, states[1:], tokens) == ["zh", "en"]
+    items = [{"input_features": f, "index": i} for i, f in enumerate(feats)]
+    eval_set = EvalSet(items, ["", "", ""], ["Chinese", "Chinese", None], [3.0, 5.0, 3.0], tokens)
+    _, hyps = evaluate(model, eval_set, None, processor.tokenizer, accelerator=Accelerator(cpu=True), language=None,
+                       task="transcribe", metric="cer", batch_size=3, max_new_tokens=40, show_progress=False)
+    assert hyps[0] == "" and any("\u4e00" <= ch <= "\u9fff" for ch in hyps[1]), hyps
+    assert sum(ch.isascii() and ch.isalpha() for ch in hyps[2]) > 10, hyps
 
 
 def _first_step(tiny_whisper_dir, corpus, out, monkeypatch, **extra) -> tuple[torch.Tensor, float]:

@@ -262,6 +262,19 @@ def greedy_decode(model, encoder_states: torch.Tensor, prompt: list[int], *, end
     return generated[:, :n]
 
 
+@torch.no_grad()
+def detect_languages(model, encoder_states: torch.Tensor, tokens: Any) -> list[str]:
+    """The language of each row (a code, e.g. "zh"): the language token the decoder rates highest right after
+    ``<|startoftranscript|>``, as generate() and inference detect it. ``encoder_states``: (batch, frames, d_model);
+    ``tokens``: utils.train_data.LabelTokens of a multilingual model."""
+    start = torch.full((encoder_states.shape[0], 1), tokens.start_of_transcript, dtype=torch.long,
+                       device=encoder_states.device)
+    logits = model(encoder_outputs=(encoder_states,), decoder_input_ids=start).logits[:, -1].float()
+    codes = list(tokens.languages)
+    ids = torch.tensor([tokens.languages[c] for c in codes], device=logits.device)
+    return [codes[i] for i in logits[:, ids].argmax(-1).tolist()]
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """What evaluation needs and nothing more: the items (``{"input_features", "index"}``), and per item index its
@@ -294,8 +307,9 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
     """Transcribe ``eval_set`` (sharded across ranks) greedily with language/task forced, and score it.
 
     ``encoder_states(indices, features) -> (batch, frames, d_model)``, when given, supplies (cached)
-    encoder outputs. Items whose language is unknown (no item or run language) are decoded with
-    ``generate``, which detects it.
+    encoder outputs. Items whose language is unknown (no item or run language) are read in the language the decoder
+    detects (:func:`detect_languages`); each language's items of a batch are decoded together by
+    :func:`greedy_decode`, which drops a no-speech item's text as inference does.
 
     Returns:
         (corpus CER or WER over the whole eval set, hypotheses in dataset order).
@@ -316,30 +330,34 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
         items = [eval_set.items[i] for i in mine[start: start + batch_size]]
         feats = torch.from_numpy(np.stack([it["input_features"] for it in items])).to(accelerator.device,
                                                                                        feature_dtype(base))
-        langs = ({_code(eval_set.languages[it["index"]]) or language for it in items} if tokens.multilingual
-                 else {"en"})
         # like inference: room for the densest speech of the longest clip, within the decoder's context
         budget = max_new_tokens if max_new_tokens > 0 else token_budget(
             max(eval_set.durations[it["index"]] for it in items), timestamps=False,
             limit=base.config.max_target_positions - len(tokens.prompt(None, task)) - 1)
+        texts = [""] * len(items)
         with accelerator.autocast():
-            if len(langs) == 1 and None not in langs:
-                if encoder_states is not None:
-                    states = encoder_states([it["index"] for it in items], feats)
-                else:
-                    states = base.get_encoder()(feats).last_hidden_state
-                prompt = tokens.prompt(langs.pop(), task)
+            if encoder_states is not None:
+                states = encoder_states([it["index"] for it in items], feats)
+            else:
+                states = base.get_encoder()(feats).last_hidden_state
+            langs = ([_code(eval_set.languages[it["index"]]) or language for it in items] if tokens.multilingual
+                     else ["en"] * len(items))
+            unknown = [j for j, code in enumerate(langs) if code is None]
+            if unknown:
+                for j, code in zip(unknown, detect_languages(unwrapped, states[unknown], tokens)):
+                    langs[j] = code
+            for code in dict.fromkeys(langs):  # each language's rows, one decode
+                rows = [j for j, c in enumerate(langs) if c == code]
                 # <|endoftext|> stays allowed at the first step: right after the forced prompt it is what a
                 # no-speech clip is trained to say (generate's begin suppression would count it an insertion)
-                sequences = greedy_decode(unwrapped, states, prompt, end_of_text=tokens.end_of_text,
+                sequences = greedy_decode(unwrapped, states[rows], tokens.prompt(code, task),
+                                          end_of_text=tokens.end_of_text,
                                           suppress_tokens=list(gen.suppress_tokens or []),
                                           begin_suppress_tokens=[t for t in gen.begin_suppress_tokens or []
                                                                  if t != tokens.end_of_text],
                                           max_new_tokens=budget, no_speech=tokens.no_speech)
-            else:
-                sequences = unwrapped.generate(input_features=feats, task=task, max_new_tokens=budget,
-                                               use_cache=True)
-        texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+                for j, text in zip(rows, tokenizer.batch_decode(sequences, skip_special_tokens=True)):
+                    texts[j] = text
         results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
     gathered = sorted(dict(gather_object(results)).items())
     if was_training:
@@ -720,9 +738,9 @@ class Trainer:
 
     def _carry_position(self, saved: TrainerState, checkpoint: Path) -> None:
         """Move the saved position in the epoch (``batch_in_epoch``) onto this run's batches when the checkpoint's
-        run cut its data differently. Same items, seed and processes, another batch size: the same items in the same
-        order, so the position moves exactly (to the batch holding the first unseen item). Other items (another
-        packing, data, seed or process count): the epoch's order differs, so the position keeps its share of the epoch
+        run cut its data differently. Same items and seed, another batch size or number of processes: the same items
+        in the same order, so the position moves exactly (to the batch holding the first unseen item; a stream: the
+        same number of processes only). Other items (another packing, data or seed): the epoch's order differs, so the position keeps its share of the epoch
         and some of the epoch's clips are seen twice or not at all; said in a warning. Between a stream and a dataset
         read whole the positions have no common measure: the epoch starts from its beginning, with a warning."""
         old, new = saved.data, self.data_layout
@@ -754,14 +772,17 @@ class Trainer:
             saved.batch_in_epoch = 0
             return
         position = saved.batch_in_epoch
-        same = ("fingerprint", "world_size", "seed")  # the epoch's order depends on the seed too
+        # the epoch's order depends on the items and the seed; EpochSampler deals it out to the processes in turn,
+        # so the items all processes had trained on are the order's first ones, whatever their number (a stream
+        # shards its items its own way: only the same number of processes goes on exactly there)
+        same = ("fingerprint", "seed") + (("world_size",) if new["batches_per_epoch"] is None else ())
         if all(old.get(k) == new[k] for k in same):
-            seen = position * old["per_batch"]  # items this rank had trained on in the epoch
-            saved.batch_in_epoch = seen // new["per_batch"]
-            repeated = seen - saved.batch_in_epoch * new["per_batch"]
-            logger.info("the checkpoint's run took %d item(s) a batch, this run %d: epoch %d goes on after its "
-                        "first %d item(s) on this rank (batch %d)%s", old["per_batch"], new["per_batch"],
-                        saved.epoch, seen, saved.batch_in_epoch,
+            seen = position * old["per_batch"] * old["world_size"]  # the epoch's items trained on, all processes
+            saved.batch_in_epoch = seen // new["world_size"] // new["per_batch"]
+            repeated = seen - saved.batch_in_epoch * new["per_batch"] * new["world_size"]
+            logger.info("the checkpoint's run took %d item(s) a batch on %d process(es), this run %d on %d: epoch %d "
+                        "goes on after its first %d item(s) (batch %d)%s", old["per_batch"], old["world_size"],
+                        new["per_batch"], new["world_size"], saved.epoch, seen, saved.batch_in_epoch,
                         f"; {repeated} item(s) are trained on again" if repeated else "")
             return
         old_total, new_total = old["batches_per_epoch"], new["batches_per_epoch"]

@@ -68,10 +68,11 @@ VAD_LOW_BAND_SHARE = 0.5
 VAD_QUIET_PEAK = 0.1  # a recording whose loud samples (99.9th percentile) stay below this is raised to ...
 VAD_TARGET_PEAK = 0.3  # ... this
 VAD_MAX_GAIN = 1000.0  # 60 dB at most
-# ... and not at all when its loud samples stay below this (-70 dBFS, 10 steps of a 16-bit file): dither and a quiet
-# room's noise lie there, no speech (the quietest speech measured: -45 dBFS). Raised by 60 dB, a room's -90 dBFS
-# noise (two 16-bit steps) read at up to 0.43-0.56 speech probability across random draws, and whisper-base read "You"
-VAD_SILENT_PEAK = 10 ** (-70 / 20)
+# ... and not at all when its loud samples stay below this (-80 dBFS, 3.3 steps of a 16-bit file): dither and a
+# quiet room's noise. Raised by 60 dB, a room's -90 dBFS noise (two 16-bit steps) read at up to 0.43-0.56 speech
+# probability across random draws, and whisper-base read "You"; five real English recordings whose peaks are at
+# -65 / -70 dBFS (loud samples at -73 / -78 dBFS) are still found (at -70 dBFS the floor lost them all)
+VAD_SILENT_PEAK = 10 ** (-80 / 20)
 
 
 @functools.lru_cache(maxsize=1)

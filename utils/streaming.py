@@ -839,8 +839,8 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
     :attr:`StreamToken.key`: every run of at least ``run`` live words it has nothing (or that many words fewer) for,
     and every whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
     has at most half as many words (``utterance_ends``: the indices into ``live`` before which one utterance ends
-    and the next begins). A reading that fixes words keeps its
-    fixes; one that lost a sentence does not lose it from the final text."""
+    and the next begins). A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from
+    the final text."""
     bounds = sorted({0, *utterance_ends, len(live)})
     utterances = [(s, e) for s, e in zip(bounds, bounds[1:]) if e - s >= _LOST_UTTERANCE_WORDS]
     live_keys, revised_keys = [w.key for w in live], [w.key for w in revised]

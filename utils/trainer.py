@@ -740,9 +740,10 @@ class Trainer:
         """Move the saved position in the epoch (``batch_in_epoch``) onto this run's batches when the checkpoint's
         run cut its data differently. Same items and seed, another batch size or number of processes: the same items
         in the same order, so the position moves exactly (to the batch holding the first unseen item; a stream: the
-        same number of processes only). Other items (another packing, data or seed): the epoch's order differs, so the position keeps its share of the epoch
-        and some of the epoch's clips are seen twice or not at all; said in a warning. Between a stream and a dataset
-        read whole the positions have no common measure: the epoch starts from its beginning, with a warning."""
+        same number of processes only). Other items (another packing, data or seed): the epoch's order differs, so the
+        position keeps its share of the epoch and some of the epoch's clips are seen twice or not at all; said in a
+        warning. Between a stream and a dataset read whole the positions have no common measure: the epoch starts from
+        its beginning, with a warning."""
         old, new = saved.data, self.data_layout
         if old is None:
             logger.info("%s records no data layout (written by an earlier version): resuming at batch %d of epoch "

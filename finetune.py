@@ -309,21 +309,27 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
 
     from utils.augment import AugmentConfigError, load_augment_config
     from utils.audio import WINDOW_S
-    from utils.data import Manifest, ManifestError, check_clips, log_clip_warnings
+    from utils.data import Manifest, ManifestError, check_clips, check_model_language, log_clip_warnings
     from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
-    from utils.train_data import SpeechDataset
+    from utils.train_data import LabelTokens, SpeechDataset
     from utils.trainer import EvalSet
 
     processor = WhisperProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
+    tokens = LabelTokens.from_tokenizer(tokenizer)
+    if language is not None and tokens.multilingual:
+        try:
+            check_model_language(language, tokens.languages, "--language", "choose a language it has")
+        except ManifestError as e:
+            raise FinetuneError(f"{args.base_model}: {e}") from e
 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
     augmenter = None
     lengths = dict(min_duration=args.min_audio_len, max_duration=args.max_audio_len, encode=encode,
-                   timestamps=args.timestamps,
+                   timestamps=args.timestamps, languages=tokens.languages if tokens.multilingual else None,
                    dataset=DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
                                           text_column=args.text_column))
     try:

@@ -66,6 +66,28 @@ def test_strict_booleans():
     assert parser.parse_args(["--language=None"]).language is None
 
 
+def test_a_language_the_model_has_no_token_for_is_refused_before_training(tiny_whisper_dir, corpus, tmp_path,
+                                                                          caplog):
+    """Cantonese (yue: a token of large-v3 only) on a whisper-base tokenizer: the manifest was accepted and training
+    died at its first step with a DataLoader worker's traceback ("the tokenizer has no language token for 'yue'");
+    now one message naming the line (or the flag) and the fix, before the model trains, and nothing written."""
+    lines = corpus["train"].read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[2])
+    record["language"] = "Cantonese"
+    train = corpus["train"].parent / "cantonese.json"
+    train.write_text("\n".join([*lines[:2], json.dumps(record, ensure_ascii=False), *lines[3:]]) + "\n",
+                     encoding="utf-8")
+    out = tmp_path / "out"
+    for flags in ({"train_data": str(train)}, {"language": "Cantonese"}):
+        caplog.clear()
+        with caplog.at_level("ERROR"):
+            assert finetune.main(_args(tiny_whisper_dir, corpus, out, **flags)) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "has no <|yue|> token" in errors[0], errors
+        assert (f"{train}:3: 'language'" if "train_data" in flags else "--language") in errors[0]
+        assert "Traceback" not in caplog.text and not (out / tiny_whisper_dir.name).exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU error path; CUDA machines quantize instead")
 def test_use_8bit_on_cpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exc:

@@ -22,7 +22,7 @@ import math
 import mmap
 import os
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,16 @@ class Record:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_model_language(language: str, languages: Collection[str], what: str, fix: str) -> str:
+    """The code of ``language`` (a name or code), which must be one of ``languages`` (the codes a model's tokenizer
+    has a token for); else a ManifestError naming ``what`` and ``fix``."""
+    code = language_code(language)
+    if code not in languages:
+        raise ManifestError(f"{what}: {language!r} ({code}): the model's tokenizer has no <|{code}|> token (Whisper "
+                            f"models before large-v3 have no Cantonese, for one); {fix}")
+    return code
 
 
 def validate_record(obj: Any, where: str) -> None:
@@ -302,6 +312,7 @@ def load_manifest(
     timestamps: bool = False,
     max_label_tokens: int = MAX_LABEL_TOKENS,
     show_progress: bool = True,
+    languages: Collection[str] | None = None,
 ) -> Manifest:
     """Read and validate a jsonlines manifest once.
 
@@ -313,6 +324,9 @@ def load_manifest(
         skip_invalid: leave out invalid lines (each logged, all counted) instead of failing on the first.
         encode: text → token ids; when given, lines whose label exceeds ``max_label_tokens`` are invalid.
         timestamps: count labels as timestamp labels (from ``sentences``) where present.
+        languages: the language codes the model has a token for; a line in another language is invalid (checked
+            here, not when training first draws the line: Cantonese on whisper-base failed there, in a DataLoader
+            worker).
 
     Raises:
         ManifestError: the file is missing or empty, or a line is invalid (unless ``skip_invalid``).
@@ -347,6 +361,9 @@ def load_manifest(
                     raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be "
                                         "one JSON object") from e
                 validate_record(obj, where)
+                if languages is not None and obj.get("language"):
+                    check_model_language(obj["language"], languages, f"{where}: 'language'",
+                                         "set the line's 'language' to one it has, or null to use --language")
                 base = _resolve_base(obj["audio"]["path"], manifest_dir, check_audio, where)
                 if encode is not None:
                     n = label_token_count(obj, encode, timestamps)

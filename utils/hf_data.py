@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ def is_manifest(spec: str) -> bool:
 def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions = DatasetOptions(),
               min_duration: float = 0.0, max_duration: float = 30.0,
               encode: Callable[[str], Sequence[int]] | None = None, timestamps: bool = False,
-              skip_invalid: bool = False) -> Manifest | DatasetSource:
+              skip_invalid: bool = False, languages: Collection[str] | None = None) -> Manifest | DatasetSource:
     """A manifest (utils.data.load_manifest) or a dataset (``load_dataset_source``), validated whole.
 
     Args:
@@ -79,13 +79,14 @@ def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions
         encode: text → token ids; when given, items whose label is longer than Whisper's limit are invalid.
         timestamps: count manifest labels as timestamp labels (datasets carry no segment times).
         skip_invalid: leave out invalid items (logged and counted) instead of failing on the first.
+        languages: the language codes the model has a token for (a manifest line in another one is invalid).
 
     Raises:
         ManifestError (DatasetError for a dataset): unreadable source or invalid item.
     """
     if is_manifest(spec):
         return load_manifest(spec, min_duration=min_duration, max_duration=max_duration, encode=encode,
-                             timestamps=timestamps, skip_invalid=skip_invalid)
+                             timestamps=timestamps, skip_invalid=skip_invalid, languages=languages)
     return load_dataset_source(spec, split=split, split_flag=split_flag, options=dataset,
                                min_duration=min_duration, max_duration=max_duration, encode=encode,
                                skip_invalid=skip_invalid)

@@ -360,6 +360,38 @@ def test_speech_after_a_long_silence_is_timed_where_it_is_and_near_silence_reads
     assert (out / "room.srt").read_text(encoding="utf-8") == (out / "tones.srt").read_text(encoding="utf-8") == ""
 
 
+def test_a_clip_with_20_s_of_silence_before_its_speech_reads_the_speech(tmp_path):
+    """Two real AISHELL-1 sentences after 21.6 s of silence (a 29.9 s file, one window): whisper-base read the
+    silence as "将将将…" over 0-25.8 s and left the sentences out (from 21.7 s: one sentence three times over the
+    silence); the clip is now decoded from shortly before its speech, as a long recording's chunk is."""
+    real = REPO_ROOT / "dataset" / "real"
+    clip = tmp_path / "late_zh.wav"
+    subprocess.run(["sox", str(real / "zh_aishell_0121.flac"), str(real / "zh_aishell_0122.flac"), str(clip),
+                    "pad", "21.581", "0"], check=True)
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(clip), "--backend=ct2", "--device=cpu", "--language=zh",
+                       "--output_format=srt", f"--output_dir={out}"]) == 0
+    text = (out / "late_zh.srt").read_text(encoding="utf-8")
+    cues = _check_srt(text)
+    assert len(cues) == 2 and cues[0][0] >= "00:00:21,000", cues
+    assert "甚至出现交易几乎" in text and "将将" not in text and text.count("甚至") == 1, text
+
+
+def test_speech_to_the_end_of_a_one_window_file_is_all_in_its_subtitles(tmp_path):
+    """JFK's sentence ending 0.26 s before the end of a 29.9 s file: the timestamped reading stopped at 28.24 s with
+    "…ask what you can" and "do for your country." (1.4 s of speech after it) was in no cue; the text-only run had
+    it."""
+    clip = tmp_path / "jfk_end.wav"
+    subprocess.run(["sox", str(REPO_ROOT / "dataset" / "real" / "en_jfk.flac"), str(clip), "pad", "18.9", "0"],
+                   check=True)
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(clip), "--backend=ct2", "--device=cpu", "--language=en",
+                       "--output_format=srt", f"--output_dir={out}"]) == 0
+    text = (out / "jfk_end.srt").read_text(encoding="utf-8")
+    _check_srt(text)
+    assert "for your country" in text.replace("\n", " ").split("you can", 1)[-1], text
+
+
 def test_condition_on_previous_text_times_every_sentence_where_it_is(tmp_path):
     """Three real English recordings 20 s apart, decoded with --condition_on_previous_text=True: each cue where its
     sentence is. faster-whisper's sequential decoder (which ct2 used) stretched cues over the silences

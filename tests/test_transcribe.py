@@ -2037,6 +2037,8 @@ def test_a_timestamped_reading_that_stops_with_speech_after_it_is_read_on_from_i
 
     first = _ChunkResult([(0.0, 5.0, "first part")], "first part")
     assert stopped_early(first, chunk, audio) == 5.0
-    short = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.8 * SAMPLE_RATE))))
-    assert stopped_early(first, short, audio) is None  # 1.3 s of speech after it: below MAX_UNREAD_SPEECH_S
+    short = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.4 * SAMPLE_RATE))))
+    assert stopped_early(first, short, audio) is None  # 0.9 s of speech after it: below READ_ON_MIN_S
+    tail = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.9 * SAMPLE_RATE))))
+    assert stopped_early(first, tail, audio) == 5.0  # 1.4 s: "do for your country." at the end of a 29.9 s file
     assert stopped_early(replace(first, out_of_budget=True), chunk, audio) is None  # read in halves instead

@@ -960,6 +960,11 @@ def speech_spans(wave: np.ndarray) -> list[tuple[float, float]]:
     return [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in speech_regions(wave)]
 
 
+# speech (the VAD's, padded by 0.2 s) after a reading's last timestamp that is read on: JFK's speech ending 0.26 s
+# before the end of a 29.9 s file (one window) lost "do for your country." (1.40 s of it) under 1.5 s
+READ_ON_MIN_S = 1.0
+
+
 def chunk_speech(chunk: Chunk, wave: np.ndarray) -> list[tuple[float, float]]:
     """(start, end) seconds of speech in ``chunk`` (``wave`` = its samples), from its start: the VAD's regions of the
     recording where the chunk has them, else a pass over the chunk."""
@@ -969,7 +974,7 @@ def chunk_speech(chunk: Chunk, wave: np.ndarray) -> list[tuple[float, float]]:
 
 def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float | None:
     """Where a timestamped reading of ``chunk`` stopped (its last timestamp, seconds from the chunk's start) when at
-    least ``MAX_UNREAD_SPEECH_S`` of the chunk's speech lies after it; None otherwise (and for a reading that ended
+    least ``READ_ON_MIN_S`` of the chunk's speech lies after it; None otherwise (and for a reading that ended
     before 1 s, or out of its token budget: that chunk is read in halves). Whisper ends a window's text with a
     timestamp where the next window should go on (the reference decoder's seek); read alone, a chunk's last sentences
     after it were lost (CTranslate2, espeak Mandarin in pauses of 0.2-3 s: 4 of 48 sentences in no subtitle)."""
@@ -979,7 +984,7 @@ def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float
     if stop < 1.0:
         return None
     after = sum(max(0.0, end - max(start, stop)) for start, end in chunk_speech(chunk, wave))
-    return stop if after >= MAX_UNREAD_SPEECH_S else None
+    return stop if after >= READ_ON_MIN_S else None
 
 
 def _text_tokens(result: _ChunkResult) -> list[int]:

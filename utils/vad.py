@@ -56,6 +56,11 @@ FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
 # that starts right at its window's start (a recording that starts with "近几年…" read without it), as streaming
 # found for English ("the train" → "train"; utils.streaming pads its buffer the same way)
 LEAD_S = 0.4
+# a clip of at most one window whose speech starts after this much silence is decoded from LEAD_S before its speech
+# (the VAD's padding is more): whisper-base read 21.6 s of silence before two real AISHELL-1 sentences (a 29.9 s file)
+# as "将将将…" over 0-25.8 s and left the sentences out, and with 21.7 s of silence read one of them three times there
+# (leads of 5-15 s read right)
+CLIP_SILENCE_S = 10.0
 _CONTEXT = 64  # samples of the previous frame the model sees with each frame
 # what the VAD reads of a recording (:func:`vad_input`): silero-vad misses speech under a DC offset, mains hum or at a
 # low level (10 real English clips 60 s apart: at -35 / -45 dBFS, with a DC offset of 0.4 or a 50 Hz hum of 0.05-0.3
@@ -285,7 +290,8 @@ def whole_clip(audio: np.ndarray) -> Chunk | None:
     silero-vad finds in it: a sentence said several times in one clip can then be cut at its pauses like a long
     recording's chunk (``utils.transcribe``); a ``lead`` when the speech starts at the first sample
     (:func:`with_lead`). The clip is decoded from its start (from its first speech, a real AISHELL-1 sentence said
-    three times after 0.34 s of silence was read twice), and its first segment's time is moved to the speech.
+    three times after 0.34 s of silence was read twice), and its first segment's time is moved to the speech; after
+    ``CLIP_SILENCE_S`` of silence or more, from ``LEAD_S`` before the speech.
 
     No speech region: None when no frame is speech either (near-silence, noise, tones: whisper-base read them as
     "you"; a long recording's silence gives no chunk either; a quiet room is not raised, and noise that is raised
@@ -297,6 +303,8 @@ def whole_clip(audio: np.ndarray) -> Chunk | None:
     merged = merge_regions(regions, window)  # one chunk
     if not merged:
         return Chunk(0, len(audio)) if speech_regions(audio, min_speech_ms=0) else None
+    if merged[0].start >= CLIP_SILENCE_S * SAMPLE_RATE:  # decoded from shortly before the speech, as a chunk is
+        return replace(merged[0], start=merged[0].start - int(LEAD_S * SAMPLE_RATE), end=len(audio))
     return replace(merged[0], start=0, end=len(audio), lead=_lead(regions, len(audio), window))
 
 

@@ -7,9 +7,9 @@
 set (``--general_data``, default the real English recordings in dataset/real/) and on no-speech clips, with error
 rates, hallucination on silence, repetition loops, insertions and punctuation kept, as JSON and a markdown table.
 
-Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from
-``--language``/``--task`` only, never from the reference text. References and hypotheses go through the
-same normalisation (utils/text.scoring_text: punctuation incl. full-width, traditional → simplified,
+Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from the record's
+``language`` (as training's eval decodes it), else ``--language``, and ``--task``; never from the reference text.
+References and hypotheses go through the same normalisation (utils/text.scoring_text: punctuation incl. full-width, traditional → simplified,
 case; for English — the record's ``language``, else ``--language`` — also Whisper's English normaliser: "ten" and
 "10" are one word, fillers dropped) before counting edits.
 """
@@ -103,10 +103,11 @@ def _batches(records: Iterable[Record], batch_size: int) -> Iterable[list[Record
 
 
 def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOptions, metric: str,
-             batch_size: int, locations: Sequence[str] | None = None) -> dict:
+             batch_size: int, locations: Sequence[str] | None = None, record_language: bool = True) -> dict:
     """Decode every record in batches and score it; returns the report (utterances sorted worst first).
     ``records`` may be a stream (a dataset read as it comes); ``locations``: each record's ``file:line`` (or dataset
-    row) for messages. A clip that cannot be read is named, not scored, and counted (``utterances_failed``)."""
+    row) for messages. A clip that cannot be read is named, not scored, and counted (``utterances_failed``).
+    ``record_language``: decode a record in its own ``language`` where it has one (else ``options.language``)."""
     utterances = []
     total = ErrorCounts(0, 0, 0, 0)
     failed = 0
@@ -118,10 +119,17 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         audios, errors = load_batch(batch)
         audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         ok = [j for j, e in enumerate(errors) if e is None]
-        transcripts = engine.transcribe_batch([audios[j] for j in ok], options)
-        hyps: dict[int, str] = {j: t.text for j, t in zip(ok, transcripts)}
-        words = {j: [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
-                     for s in t.segments for w in s.words] for j, t in zip(ok, transcripts)}
+        # each record in its own language where it has one (as training's eval decodes it), else --language's
+        spoken = {j: (batch[j].language if record_language else None) or options.language for j in ok}
+        hyps: dict[int, str] = {}
+        words: dict[int, list[dict]] = {}
+        for language in dict.fromkeys(spoken.values()):
+            rows = [j for j in ok if spoken[j] == language]
+            for j, t in zip(rows, engine.transcribe_batch([audios[j] for j in rows],
+                                                          replace(options, language=language))):
+                hyps[j] = t.text
+                words[j] = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                            for s in t.segments for w in s.words]
         for j, record in enumerate(batch):
             if errors[j] is not None:
                 failed += 1
@@ -255,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         engine.check_language(options.language)
+        for language in sorted({r.language for r in records if r.language} if isinstance(records, list) else ()):
+            engine.check_language(replace(options, language=language).language, f"{args.test_data}: 'language' ")
     except ValueError as e:
         logger.error("%s (%s)", e, args.model_path)
         return 2
@@ -320,7 +330,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         if general is not None:  # the language of general speech is detected (even by a model fine-tuned on one)
             logger.info("%s: general set %s", model, args.general_data)
             general_report = evaluate(engine, general, replace(options, language=AUTO_LANGUAGE), args.general_metric,
-                                      args.batch_size)
+                                      args.batch_size, record_language=False)
         silent = engine.transcribe_batch([audio for _, audio in clips], options)
         rows[model] = model_summary(speech_metrics(target_report["utterances"], args.metric),
                                     speech_metrics(general_report["utterances"], args.general_metric)

@@ -160,6 +160,23 @@ def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
             assert report["encoder_window_seconds"] == (15.0 if window == "auto" else None)
 
 
+def test_each_clip_is_decoded_in_its_own_language_as_training_eval_does(repo_root, tmp_path, caplog):
+    """A line's 'language' was used for scoring only: a clip in another language than --language was decoded in
+    --language (a real AISHELL-1 sentence, 'language' Chinese, with --language=English: "even if the current is in a
+    certain condition.") and scored far worse than training's eval, which decodes each clip in its own language.
+    A line in a language the model has no token for is refused before decoding."""
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"audio": {"path": str(repo_root / "dataset" / "real" / "zh_aishell_0121.flac")},
+                             "sentence": "甚至出现交易几乎停滞的情况", "language": "Chinese", "duration": 4.0},
+                            ensure_ascii=False) + "\n", encoding="utf-8")
+    rc, report = _evaluate("openai/whisper-base", m, tmp_path / "r.json", "--language=English", "--backend=ct2")
+    assert rc == 0 and report["cer"] < 0.3, report
+    m.write_text(m.read_text(encoding="utf-8").replace('"Chinese"', '"Cantonese"'), encoding="utf-8")
+    rc = evaluation.main(["--model_path=openai/whisper-base", "--backend=ct2", "--device=cpu", f"--test_data={m}",
+                          f"--output={tmp_path / 'r2.json'}", "--language=English"])
+    assert rc == 2 and f"{m}: 'language' yue: this model has no <|yue|> token" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_ct2_backend_scores_without_importing_pytorch(en_wav, tmp_path):
     """evaluation.py --backend=ct2 with the CTranslate2 or onnxruntime encoder never imports PyTorch (1.5 s of a

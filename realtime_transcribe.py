@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -343,8 +344,6 @@ def stream_threads(args: argparse.Namespace) -> int:
 
 def make_report(result: StreamResult, args: argparse.Namespace, offline_text: str | None) -> dict[str, Any]:
     """Latency figures and, with an offline transcript, the CER of the streamed text."""
-    from utils.text import error_rate
-
     report: dict[str, Any] = dict(
         source=args.audio_path or "microphone", model_path=args.model_path, backend=args.backend,
         chunk_seconds=args.chunk_seconds, encoder_window_s=args.encoder_window_seconds,
@@ -358,10 +357,20 @@ def make_report(result: StreamResult, args: argparse.Namespace, offline_text: st
         report["final_text"] = result.final_text
     if offline_text is not None:
         report["offline_text"] = offline_text
-        report["cer_vs_offline"] = round(error_rate([offline_text], [result.text], "cer"), 4)
+        report["cer_vs_offline"] = vs_offline(offline_text, result.text)
         if args.revise_seconds > 0:
-            report["final_cer_vs_offline"] = round(error_rate([offline_text], [result.final_text], "cer"), 4)
+            report["final_cer_vs_offline"] = vs_offline(offline_text, result.final_text)
     return report
+
+
+def vs_offline(offline_text: str, text: str) -> float | None:
+    """The CER of ``text`` against the offline transcript (4 decimals); None where the offline transcript is empty
+    and ``text`` is not: the rate is infinite there, and JSON has no Infinity (a 0.1 s clip read "Thank you." live
+    and nothing offline, and the report was no JSON)."""
+    from utils.text import error_rate
+
+    rate = error_rate([offline_text], [text], "cer")
+    return round(rate, 4) if math.isfinite(rate) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1571,6 +1571,14 @@ def test_streaming_vad_is_the_offline_vad_frame_by_frame(en_wav):
         vad(audio[:100])
 
 
+def test_the_report_is_json_where_the_offline_transcript_is_empty():
+    """A 0.1 s fragment read "Thank you." live and nothing offline: its CER against the offline text is infinite, and
+    the report held Infinity, which no JSON reader takes; now null (the rate is undefined)."""
+    assert realtime_transcribe.vs_offline("", "Thank you.") is None
+    assert realtime_transcribe.vs_offline("", "") == 0.0
+    assert realtime_transcribe.vs_offline("abcd", "abce") == 0.25
+
+
 def test_encoder_window_auto_is_10_s_on_a_cpu_only():
     parse = realtime_transcribe.build_parser().parse_args
     assert realtime_transcribe.encoder_window(parse(["--device=cpu"])) == realtime_transcribe.STREAM_CPU_WINDOW_S == 10.0

@@ -3,6 +3,13 @@ import pytest
 from utils.text import cer, count_errors, error_rate, is_english, normalize_text, to_simplified, wer
 
 
+def test_invisible_characters_and_emoji_are_not_scored():
+    """A zero-width space in a reference counted as an error (1 in 10 characters), so did an emoji."""
+    assert count_errors("你要注意\u200b保暖，别着凉。", "你要注意保暖。别着凉。").errors == 0
+    assert count_errors("这个周末是八月的最后两天。😀", "这个周末是八月的最后两天").errors == 0
+    assert normalize_text("a\u200bb \ufeffc 😀 d") == "ab c d"
+
+
 def test_normalize_removes_ascii_and_fullwidth_punctuation():
     s = "“你好”，《世界》（测试）…、；：！？, Hello. World!"
     assert normalize_text(s) == "你好 世界 测试 hello world"

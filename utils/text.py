@@ -33,17 +33,19 @@ def to_simplified(text: str) -> str:
 
 
 def remove_punctuation(text: str) -> str:
-    """Replace every punctuation character (Unicode category P*, ASCII and full-width) by a space."""
-    return "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    """Replace every punctuation character (Unicode category P*, ASCII and full-width) and other symbol (So: emoji,
+    ©; a reference's "😀" counted as an error) by a space."""
+    return "".join(" " if (cat := unicodedata.category(ch)).startswith("P") or cat == "So" else ch for ch in text)
 
 
 def normalize_text(text: str, *, to_simple: bool = True, remove_pun: bool = True, lowercase: bool = True) -> str:
     """Normalise a transcript for scoring.
 
-    NFKC folds full-width Latin letters and digits to ASCII; punctuation becomes spaces; runs of
-    white space collapse to one space (kept, so WER can still split words).
+    NFKC folds full-width Latin letters and digits to ASCII; invisible format characters (Cf: a zero-width space,
+    counted as an error between two characters) go; punctuation becomes spaces; runs of white space collapse to one
+    space (kept, so WER can still split words).
     """
-    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
     if to_simple:
         text = to_simplified(text)
     if remove_pun:

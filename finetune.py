@@ -371,6 +371,10 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         raise FinetuneError(f"{args.base_model}: {e}") from e
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
+    if isinstance(train_manifest, Manifest) and not any(train_manifest.record(i).sentence.strip()
+                                                        for i in range(len(train_manifest))):
+        logger.warning("every training clip of %s is a no-speech clip (empty 'sentence'): the model learns to say "
+                       "nothing at all; give --train_data clips with speech", args.train_data)
     if not any(ref.strip() for ref in eval_set.references):
         logger.warning("every eval clip of %s is a no-speech clip (empty 'sentence'): the eval %s is 0 while the model "
                        "says nothing on them and inf once it says anything, and checkpoint-best is chosen on that; "

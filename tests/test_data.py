@@ -73,7 +73,12 @@ def test_slice_fields(tmp_path, audio_dir):
     ({"audio": {"path": "audio/missing.wav"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' .* not found"),
     ({"audio": {"path": "audio"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' audio is a folder"),
     (_rec(sentences=[{"start": 0.5, "end": 0.2, "text": "x"}]), r"'sentences\[0\]' needs 0 <= start <= end"),
-    (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after"),
+    (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after[^;]*$"),
+    ({"audio": {"path": "audio/a.wav", "start_time": 20.0, "end_time": 26.0}, "sentence": "x", "duration": 6.0,
+      "sentences": [{"start": 20.5, "end": 25.5, "text": "x"}]},
+     r"ends at 25.5 s, after the clip's duration 6.0 s; its times count from 'audio.start_time'"),
+    ({"audio": {"path": "audio\\a.wav"}, "sentence": "x", "duration": 1},
+     r"not found .*; it has Windows backslashes: write the path with /"),
     (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' must be an object with start, end and text"),
     (_rec(language=5), r"'language' must be a string"),
     (_rec(language="Klingon"), r"t\.json:2: 'language': unknown language 'Klingon'.*or null to use --language"),
@@ -117,6 +122,27 @@ def test_label_too_long_rejected(tmp_path, audio_dir):
     m = _write(tmp_path / "t.json", [_rec(), _rec(sentence="字" * 500)])
     with pytest.raises(ManifestError, match=r"t\.json:2: 'sentence' is 504 tokens .* more than Whisper's 448"):
         load_manifest(m, encode=lambda s: list(range(len(s))))
+
+
+def test_sentences_that_say_something_else_than_the_sentence_are_warned_about(tmp_path, audio_dir, caplog):
+    """With --timestamps=True the label is the 'sentences' texts, while the eval scores 'sentence': a line whose
+    segments said "完全不同的文字。" for "天气冷了，我们吃火锅吧。" trained on that without a word; now warned (naming the
+    lines). Punctuation, case and spaces between segments are no difference."""
+    m = _write(tmp_path / "t.json", [
+        _rec(sentence="天气冷了，我们吃火锅吧。", sentences=[{"start": 0, "end": 0.4, "text": "完全不同"},
+                                                      {"start": 0.5, "end": 0.9, "text": "的文字。"}]),
+        _rec(sentence="Hello there, world.", sentences=[{"start": 0, "end": 0.4, "text": " hello there"},
+                                                        {"start": 0.5, "end": 0.9, "text": " World"}]),
+        _rec(sentence="天气冷了，我们吃火锅吧。", sentences=[{"start": 0, "end": 0.4, "text": ""},
+                                                      {"start": 0.5, "end": 0.9, "text": "我们吃火锅吧。"}]),
+    ])
+    with caplog.at_level("WARNING"):
+        load_manifest(m, timestamps=True)
+    assert "2 line(s) whose 'sentences' texts do not make their 'sentence' (lines 1, 3)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_manifest(m)  # without timestamps the label is 'sentence'
+    assert "sentences" not in caplog.text
 
 
 def test_empty_and_missing_manifest(tmp_path):

@@ -370,6 +370,33 @@ def test_resume_on_another_number_of_processes_goes_on_after_the_items_trained_o
         assert "twice or not at all" not in caplog.text
 
 
+def test_resume_with_another_eval_set_forgets_the_best_measured_on_the_old_one(tiny_whisper_dir, corpus, tmp_path,
+                                                                               caplog):
+    """A run resumed with another --test_data kept the best CER of the old eval set ("best cer 0.0917 at step 8"),
+    which a score of the new one could not replace; now forgotten with a warning, and the next evaluation is the
+    best. The same eval set keeps it."""
+    out = tmp_path / "out"
+    run = out / tiny_whisper_dir.name
+    common = dict(save_steps=2, eval_steps=2, timestamps=False, pack_audio=False)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=2, **common)) == 0
+    first = _state(run, "checkpoint-2")
+    assert first["best_step"] == 2 and len(first["eval_data"]) == 16
+    lines = corpus["test"].read_text(encoding="utf-8").splitlines()
+    other = corpus["test"].parent / "other_test.json"
+    other.write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, {**corpus, "test": other}, out, max_steps=4,
+                                   resume_from_checkpoint="auto", **common)) == 0
+    assert "was measured on another eval set or metric" in caplog.text
+    state = _state(run)
+    assert state["best_step"] == 4 and state["eval_data"] != first["eval_data"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same eval set again: nothing forgotten
+        assert finetune.main(_args(tiny_whisper_dir, {**corpus, "test": other}, out, max_steps=6,
+                                   resume_from_checkpoint="auto", **common)) == 0
+    assert "another eval set" not in caplog.text and _state(run)["eval_data"] == state["eval_data"]
+
+
 def test_resume_into_another_folder_brings_the_best_checkpoint_or_forgets_it(tiny_whisper_dir, corpus, tmp_path,
                                                                             caplog):
     """The best step a run reports is always a checkpoint-best of its folder: resumed into a fresh --output_dir,
@@ -764,8 +791,8 @@ def test_eval_of_a_batch_in_several_languages_drops_silence_and_detects_the_unkn
     model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
     processor = WhisperProcessor.from_pretrained(whisper_base_dir)
     tokens = LabelTokens.from_tokenizer(processor.tokenizer)
-    clips = [repo_root / "dataset" / "audio" / "test_0004.flac", repo_root / "dataset" / "real" / "zh_aishell_0121.flac",
-             en_wav]
+    clips = [repo_root / "dataset" / "audio" / "test_0004.flac",
+             repo_root / "dataset" / "real" / "zh_aishell_0121.flac", en_wav]
     feats = processor.feature_extractor([load_audio(c) for c in clips], sampling_rate=16000,
                                         return_tensors="np").input_features
     with torch.no_grad():
@@ -852,6 +879,16 @@ def test_trainer_eval_scores_english_like_evaluation_py(tiny_whisper_dir, monkey
                                             accelerator=Accelerator(cpu=True), language="en", task="transcribe",
                                             metric="wer", batch_size=1, max_new_tokens=8, show_progress=False)
         assert hyps == [said[language or "English"]] and rate == expected
+    # a loop that ends the text is cut after its first unit, as inference cuts it (a checkpoint that read
+    # "先气冷了。我们吃。我。我。我。…" to the token budget scored CER 3.3 here and 0.4 in evaluation.py)
+    said["Chinese"] = "天气冷了。我们吃。" + "我。" * 30
+    eval_set = utils.trainer.EvalSet([{"input_features": feats, "index": 0}], ["天气冷了，我们吃火锅吧。"], ["Chinese"],
+                                     [2.0], tokens)
+    rate, hyps = utils.trainer.evaluate(model, eval_set, None, processor.tokenizer, accelerator=Accelerator(cpu=True),
+                                        language="zh", task="transcribe", metric="cer", batch_size=1,
+                                        max_new_tokens=8, show_progress=False)
+    assert hyps[0].rstrip("。") == "天气冷了。我们吃。我" and rate < 0.5, (hyps, rate)
+
 
 def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, whisper_base_dir, corpus, tmp_path,
                                                              monkeypatch, repo_root):
@@ -958,7 +995,8 @@ def test_timestamps_asked_for_data_without_sentences_marks_the_model_untimed(tin
         assert json.loads((final / "generation_config.json").read_text())["finetune_timestamps"] is pack
 
 def test_an_eval_set_of_only_no_speech_clips_is_warned_about(tiny_whisper_dir, corpus, tmp_path, caplog):
-    """Its CER is 0 or inf, so checkpoint-best would be chosen on nothing; the run says so (and still trains)."""
+    """Its CER is 0 or inf, so checkpoint-best would be chosen on nothing; the run says so (and still trains). A
+    training set of only no-speech clips teaches the model to say nothing: said too (it was not)."""
     lines = [json.loads(x) for x in corpus["train"].read_text(encoding="utf-8").splitlines()]
     silent = corpus["train"].parent / "silent_test.json"
     silent.write_text("".join(json.dumps(x) + "\n" for x in lines if not x["sentence"]), encoding="utf-8")
@@ -966,6 +1004,12 @@ def test_an_eval_set_of_only_no_speech_clips_is_warned_about(tiny_whisper_dir, c
         assert finetune.main(_args(tiny_whisper_dir, {**corpus, "test": silent}, tmp_path / "out", max_steps=1,
                                    eval_steps=1, save_steps=0, timestamps=False)) == 0
     assert "every eval clip of" in caplog.text and "is a no-speech clip" in caplog.text
+    assert "every training clip of" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, {**corpus, "train": silent}, tmp_path / "silent", max_steps=1,
+                                   eval_steps=0, save_steps=0, timestamps=False)) == 0
+    assert f"every training clip of {silent} is a no-speech clip" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "speech", max_steps=1, eval_steps=1,

@@ -165,7 +165,10 @@ def validate_record(obj: Any, where: str) -> None:
             raise ManifestError(f"{where}: 'sentences[{j}]' starts at {s} before the previous one ends ({prev_end}); "
                                 "segments must not overlap: fix their times")
         if e > duration + 0.05:
-            raise ManifestError(f"{where}: 'sentences[{j}]' ends at {e} s, after the clip's duration {duration} s")
+            sliced = obj["audio"].get("start_time") is not None
+            raise ManifestError(f"{where}: 'sentences[{j}]' ends at {e} s, after the clip's duration {duration} s"
+                                + ("; its times count from 'audio.start_time' (the slice's start), not from the "
+                                   "file's" if sliced else ""))
         if not isinstance(t, str):
             raise ManifestError(f"{where}: 'sentences[{j}].text' must be a string")
         prev_end = e
@@ -185,9 +188,11 @@ def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -
     folder = next((p for p in (os.path.join(manifest_dir, path), path) if os.path.isdir(p)), None)
     if folder is not None:
         raise ManifestError(f"{where}: 'audio.path' {path} is a folder ({folder}); give one audio file per line")
+    backslash = "\\" in path and os.sep != "\\"
     raise ManifestError(
         f"{where}: 'audio.path' {path} not found (looked in {manifest_dir} and in the current directory); "
         "relative paths are resolved against the manifest's folder"
+        + ("; it has Windows backslashes: write the path with / (it works on Windows too)" if backslash else "")
     )
 
 
@@ -340,6 +345,7 @@ def load_manifest(
     bases, line_numbers = array("B"), array("i")
     skipped_invalid = skipped_short = skipped_long = timestamped = 0
     left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
+    other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
@@ -392,6 +398,13 @@ def load_manifest(
             bases.append(base)
             line_numbers.append(lineno)
             timestamped += bool(obj.get("sentences"))
+            if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
+                other_text.append(lineno)
+    if other_text:
+        logger.warning("%s: %d line(s) whose 'sentences' texts do not make their 'sentence' (line%s %s): with "
+                       "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "
+                       "say the same", path, len(other_text), "s" if len(other_text) > 1 else "",
+                       ", ".join(map(str, other_text[:5])) + (" …" if len(other_text) > 5 else ""))
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
@@ -407,6 +420,14 @@ def load_manifest(
         np.frombuffer(line_numbers, dtype=np.int32),
         timestamped,
     )
+
+
+def _same_text(sentences: Sequence[dict[str, Any]], sentence: str) -> bool:
+    """Whether the texts of a line's ``sentences`` make its ``sentence`` (punctuation, case and spaces aside)."""
+    from utils.text import normalize_text
+
+    joined = "".join(seg["text"] for seg in sentences)
+    return normalize_text(joined).replace(" ", "") == normalize_text(sentence).replace(" ", "")
 
 
 def log_left_out(name: str, *, short: int, long: int, invalid: int, min_duration: float, max_duration: float,

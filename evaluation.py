@@ -9,9 +9,10 @@ rates, hallucination on silence, repetition loops, insertions and punctuation ke
 
 Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The decoder prompt comes from the record's
 ``language`` (as training's eval decodes it), else ``--language``, and ``--task``; never from the reference text.
-References and hypotheses go through the same normalisation (utils/text.scoring_text: punctuation incl. full-width, traditional → simplified,
-case; for English — the record's ``language``, else ``--language`` — also Whisper's English normaliser: "ten" and
-"10" are one word, fillers dropped) before counting edits.
+References and hypotheses go through the same normalisation (utils/text.scoring_text: punctuation incl. full-width,
+emoji and invisible characters, traditional → simplified, case; for English — the record's ``language``, else
+``--language`` — also Whisper's English normaliser: "ten" and "10" are one word, fillers dropped) before counting
+edits.
 """
 
 from __future__ import annotations

@@ -26,7 +26,10 @@ def test_dry_run_writes_the_whole_report(tmp_path, capsys):
     assert {(r["batch"], r["gradient_checkpointing"]) for r in rows} == {(2, False), (2, True)}
     assert all(r["result"] == "ok" and r["samples_per_s"] > 0 for r in rows)
     finetune = report["finetune"]
-    assert finetune["ok"] and finetune["cer_after"] < finetune["cer_before"], finetune
+    # learning: the training loss falls over two passes of the 4 clips (the English-only model's CER on Mandarin
+    # does not move in 4 steps; it fell only while the step-0 eval counted a decoder loop, now cut as inference does)
+    assert finetune["ok"] and finetune["loss_last"] < finetune["loss_first"], finetune
+    assert finetune["cer_before"] >= 0 and finetune["cer_after"] >= 0
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| dry-tiny | 2 |" in md and "Fits a 4 GB GPU" in md and "not measured" in md
     assert md in capsys.readouterr().out

@@ -121,7 +121,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         ok = [j for j, e in enumerate(errors) if e is None]
         # each record in its own language where it has one (as training's eval decodes it), else --language's
-        spoken = {j: (batch[j].language if record_language else None) or options.language for j in ok}
+        # (as codes: lines saying "Chinese" and lines without a language under --language=zh are one decode)
+        spoken = {j: replace(options, language=batch[j].language).language
+                  if record_language and batch[j].language else options.language for j in ok}
         hyps: dict[int, str] = {}
         words: dict[int, list[dict]] = {}
         for language in dict.fromkeys(spoken.values()):

@@ -91,6 +91,43 @@ def _session() -> Any:
 
 STREAM_PEAK_RELEASE_S = 10.0  # a stream's level (SileroVad) forgets a loud frame by half in this time
 STREAM_LEVEL_AFTER_S = 1.0  # ... and is known after this much sound (frames not all zero)
+# a stream's DC offset (a cheap microphone, a sound card's bias) is taken out by a one-pole DC blocker (-3 dB at
+# 12.8 Hz) while it holds more than half of the stream's recent energy (the last ~STREAM_DC_AVERAGE_S), and until it
+# holds less than a tenth: under a DC offset of 0.4 silero-vad found the first sentence of a real English stream
+# 1.4 s late and the live text lost its first four words; a clean stream is read as it is (as :func:`vad_input`
+# reads a clean recording), so its frames are the whole-waveform pass's
+STREAM_DC_POLE = 0.995
+STREAM_DC_SHARE_ON, STREAM_DC_SHARE_OFF = 0.5, 0.1
+STREAM_DC_AVERAGE_S = 2.0
+
+
+class DcBlocker:
+    """y[n] = x[n] - x[n-1] + r·y[n-1] over consecutive blocks (exact across block boundaries), and the share of
+    the recent energy it takes out (exponential average over ``average_s``)."""
+
+    def __init__(self, pole: float = STREAM_DC_POLE, average_s: float = STREAM_DC_AVERAGE_S) -> None:
+        self.pole, self.average_s = pole, average_s
+        self._x = self._y = 0.0  # last input and output sample
+        self._energy = self._removed = 0.0  # averaged energy of the input and of what the filter takes out
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """The filtered block: float32 samples, shape (n,) (float64 inside)."""
+        x = np.asarray(block, dtype=np.float64)
+        if not len(x):
+            return np.asarray(block, dtype=np.float32)
+        d = np.diff(x, prepend=self._x)
+        powers = self.pole ** np.arange(len(x), dtype=np.float64)
+        y = powers * (np.cumsum(d / powers) + self.pole * self._y)
+        self._x, self._y = float(x[-1]), float(y[-1])
+        keep = math.exp(-len(x) / (self.average_s * SAMPLE_RATE))
+        self._energy = keep * self._energy + (1 - keep) * float(np.mean(x * x))
+        self._removed = keep * self._removed + (1 - keep) * float(np.mean((x - y) ** 2))
+        return y.astype(np.float32)
+
+    @property
+    def share(self) -> float:
+        """Share (0-1) of the recent energy below the blocker's cutoff (0 before any sound)."""
+        return self._removed / self._energy if self._energy > 0 else 0.0
 
 
 class SileroVad:
@@ -99,7 +136,8 @@ class SileroVad:
     stream is raised as :func:`vad_input` raises a quiet recording: by its level so far (the loudest sample, at
     once up, halving in ``STREAM_PEAK_RELEASE_S``; a quiet microphone or file at -45 dBFS lost whole sentences),
     known after ``STREAM_LEVEL_AFTER_S`` of sound: before it, the first syllables of a normal stream would be raised
-    by their own low level (the probabilities differed from the whole-waveform pass's by up to 0.12 there)."""
+    by their own low level (the probabilities differed from the whole-waveform pass's by up to 0.12 there). A stream
+    with a DC offset is read through a DC blocker (:class:`DcBlocker`, ``STREAM_DC_SHARE_ON``)."""
 
     def __init__(self) -> None:
         self._session = _session()
@@ -112,12 +150,19 @@ class SileroVad:
         self._context = np.zeros(_CONTEXT, dtype=np.float32)
         self._peak = 0.0
         self._sound_s = 0.0  # seconds of frames that are not all zero
+        self._dc = DcBlocker()
+        self._blocking = False  # the frames read are the DC blocker's
 
     def __call__(self, frame: np.ndarray) -> float:
         """Speech probability of the next frame: float32 samples, shape (FRAME,)."""
         frame = np.ascontiguousarray(frame, dtype=np.float32)
         if frame.shape != (FRAME,):
             raise ValueError(f"silero-vad takes frames of {FRAME} samples, got shape {frame.shape}")
+        blocked = self._dc(frame)
+        share = self._dc.share
+        self._blocking = share > (STREAM_DC_SHARE_OFF if self._blocking else STREAM_DC_SHARE_ON)
+        if self._blocking:
+            frame = blocked
         release = 0.5 ** (FRAME / SAMPLE_RATE / STREAM_PEAK_RELEASE_S)
         loudest = float(np.abs(frame).max())
         self._peak = max(loudest, self._peak * release)

@@ -26,6 +26,7 @@ from typing import Any
 
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, int_at_least,
                        make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
+from utils.data import missing_manifest_message
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
@@ -179,8 +180,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for flag, path in (("--train_data", args.train_data), ("--test_data", args.test_data),
                        ("--replay_data", args.replay_data)):
         if path is not None and is_manifest(path) and not os.path.isfile(path):
-            parser.error(f"{flag} {path}: manifest file not found (make one with aishell.py, or see the README's "
-                         "data format)")
+            parser.error(f"{flag} {missing_manifest_message(path)}")
     if args.streaming:
         if is_manifest(args.train_data):
             parser.error(f"--streaming reads a Hugging Face dataset; {args.train_data} is a manifest (read it without "
@@ -408,8 +408,12 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
                     args.replay_data, len(replay_manifest), 100 * args.replay_ratio)
     if not train.tokens.multilingual:
         logger.info("English-only model: labels start like its inference prompt, <|startoftranscript|> "
-                    "<|notimestamps|>, with no language or task token%s",
-                    f" (--language={args.language} does not apply)" if language not in (None, "en") else "")
+                    "<|notimestamps|>, with no language or task token")
+        if language not in (None, "en"):
+            logger.warning("%s is an English-only model, and --language=%s: it has no token for that language and "
+                           "was not trained on it; it learns it from scratch (slowly, and with a byte-level "
+                           "vocabulary). For %s data start from a multilingual model (e.g. openai/whisper-base)",
+                           args.base_model, args.language, args.language)
     if args.streaming:
         logger.info("train: %s streamed (shuffle buffer %d, rank %d of %d), eval: %d clips", args.train_data,
                     args.shuffle_buffer, rank, world_size, len(eval_set))

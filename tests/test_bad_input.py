@@ -51,7 +51,8 @@ def test_finetune_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys
 
 
 def test_a_missing_base_model_points_to_the_flag_finetune_has(tmp_path, caplog):
-    assert finetune.main(["--base_model=does/not/exist", f"--output_dir={tmp_path / 'out'}"]) == 1
+    assert finetune.main(["--base_model=does/not/exist", "--train_data=dataset/demo/train.json",
+                          "--test_data=dataset/demo/test.json", f"--output_dir={tmp_path / 'out'}"]) == 1
     assert "--base_model in finetune.py" in caplog.text
     assert not (tmp_path / "out").exists()
 

@@ -280,7 +280,7 @@ def test_packed_windows_hold_every_clip_once_with_joined_labels_and_clip_times(p
     from utils.train_data import PackedSpeechDataset
 
     repo = Path(__file__).resolve().parent.parent
-    m = load_manifest(repo / "dataset" / "train.json")
+    m = load_manifest(repo / "dataset" / "demo" / "train.json")
     ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", timestamps=True)
     packed = PackedSpeechDataset(ds)
     members = sorted(i for p in packed.packs for i in p)
@@ -348,7 +348,7 @@ def test_windows_hold_at_most_a_batch_of_clips_so_small_batches_take_their_size(
     from utils.train_data import ClipBatches, PackedSpeechDataset, window_clip_limit
 
     repo = Path(__file__).resolve().parent.parent
-    m = load_manifest(repo / "dataset" / "train.json")
+    m = load_manifest(repo / "dataset" / "demo" / "train.json")
     ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese")
     assert max(PackedSpeechDataset(ds).clip_counts()) > 4  # the demo windows hold more than a small batch
     assert [window_clip_limit(b) for b in (1, 2, 3, 4, 8, 16)] == [1, 2, 3, 5, 10, 20]
@@ -370,8 +370,8 @@ def test_data_layout_tells_apart_every_way_of_cutting_the_data(processor, tmp_pa
     from utils.train_data import ClipBatches, PackedSpeechDataset, data_layout, window_clip_limit
 
     repo = Path(__file__).resolve().parent.parent
-    lines = (repo / "dataset" / "train.json").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "audio").symlink_to(repo / "dataset" / "audio")  # the manifest's relative audio paths
+    lines = (repo / "dataset" / "demo" / "train.json").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "audio").symlink_to(repo / "dataset" / "demo" / "audio")  # the manifest's relative audio paths
 
     def dataset(text_lines: list[str]) -> SpeechDataset:
         path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
@@ -398,7 +398,7 @@ def test_clip_batches_count_clips_not_windows(processor, tokens):
     from utils.train_data import ClipBatches, PackedSpeechDataset
 
     repo = Path(__file__).resolve().parent.parent
-    m = load_manifest(repo / "dataset" / "train.json")
+    m = load_manifest(repo / "dataset" / "demo" / "train.json")
     packed = PackedSpeechDataset(SpeechDataset(m, processor.feature_extractor, processor.tokenizer,
                                                language="Chinese"))
     counts = packed.clip_counts()

@@ -21,6 +21,7 @@ from utils.data import load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASET = REPO_ROOT / "dataset"
+DEMO = DATASET / "demo"  # the corpus make_demo_data.py writes (dataset/ itself is where aishell.py writes)
 SPLITS = ("train", "test")
 MAX_DATASET_BYTES = 20_000_000  # the committed corpus stays under 20 MB
 DURATION_TOLERANCE_S = 0.02
@@ -60,7 +61,7 @@ def tool() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, list[dict[str, Any]]]:
-    return {split: _read_manifest(DATASET / f"{split}.json") for split in SPLITS}
+    return {split: _read_manifest(DEMO / f"{split}.json") for split in SPLITS}
 
 
 # --- the committed corpus -------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def test_audio_files_are_16khz_mono_16bit_flac_and_durations_match(manifests):
     for split, records in manifests.items():
         for number, record in enumerate(records, start=1):
             where = f"dataset/{split}.json:{number}"
-            path = DATASET / record["audio"]["path"]
+            path = DEMO / record["audio"]["path"]
             assert path.is_file(), f"{where}: {path} missing"
             info = sf.info(path)
             assert (info.format, info.subtype) == ("FLAC", "PCM_16"), where
@@ -100,15 +101,15 @@ def test_audio_files_are_16khz_mono_16bit_flac_and_durations_match(manifests):
 
 def test_no_audio_file_is_left_out_of_the_manifests(manifests):
     listed = {Path(r["audio"]["path"]).name for records in manifests.values() for r in records}
-    assert {p.name for p in (DATASET / "audio").iterdir()} == listed
+    assert {p.name for p in (DEMO / "audio").iterdir()} == listed
 
 
 def test_manifests_load_with_the_toolkit_loader(manifests, monkeypatch):
     monkeypatch.chdir("/")  # the paths are relative to the manifest folder: any cwd works
     for split, records in manifests.items():
-        manifest = load_manifest(DATASET / f"{split}.json", show_progress=False)
+        manifest = load_manifest(DEMO / f"{split}.json", show_progress=False)
         assert len(manifest) == len(records)
-        assert manifest[0].audio_path == str((DATASET / records[0]["audio"]["path"]).resolve())
+        assert manifest[0].audio_path == str((DEMO / records[0]["audio"]["path"]).resolve())
 
 
 def test_no_test_sentence_is_in_train(manifests):
@@ -152,7 +153,7 @@ def test_nospeech_clips_exist_in_both_splits_and_are_quiet(manifests):
         assert nospeech, f"no no-speech clip in {split}"
         for record in nospeech:
             assert record["sentences"] == []
-            samples, _ = sf.read(DATASET / record["audio"]["path"], dtype="float32")
+            samples, _ = sf.read(DEMO / record["audio"]["path"], dtype="float32")
             assert np.sqrt(np.mean(samples**2)) < 0.03
 
 
@@ -160,7 +161,7 @@ def test_speech_clips_are_audible(manifests):
     for split, records in manifests.items():
         for number, record in enumerate(records, start=1):
             if record["sentence"]:
-                samples, _ = sf.read(DATASET / record["audio"]["path"], dtype="float32")
+                samples, _ = sf.read(DEMO / record["audio"]["path"], dtype="float32")
                 assert np.sqrt(np.mean(samples**2)) > 0.02, f"dataset/{split}.json:{number}: too quiet"
 
 
@@ -191,7 +192,9 @@ def test_speaking_rate_is_plausible(manifests, tool):
 
 
 def test_corpus_stays_under_20_mb():
-    total = sum(p.stat().st_size for p in DATASET.rglob("*") if p.is_file())
+    aishell = [DATASET / name for name in ("audio", "train.json", "dev.json", "test.json")]  # aishell.py's output
+    total = sum(p.stat().st_size for p in DATASET.rglob("*")
+                if p.is_file() and not any(p == a or a in p.parents for a in aishell))
     assert total <= MAX_DATASET_BYTES, f"dataset/ holds {total / 1e6:.1f} MB"
 
 
@@ -266,24 +269,24 @@ def test_generator_is_deterministic_and_writes_a_valid_small_corpus(tmp_path, to
 
     first, second = _files(runs[0]), _files(runs[1])
     assert first == second
-    assert {"train.json", "test.json", "test.wav", "test.txt", "test_en.wav", "test_en.txt"} <= set(first)
+    assert {"demo/train.json", "demo/test.json", "test.wav", "test.txt", "test_en.wav", "test_en.txt"} <= set(first)
     assert not [name for name in first if name.startswith(".staging")]
     monkeypatch.chdir("/")  # the paths are relative to the manifest's folder
     for split in SPLITS:
-        records = _read_manifest(runs[0] / f"{split}.json")
+        records = _read_manifest(runs[0] / "demo" / f"{split}.json")
         for record in records:
-            path = runs[0] / record["audio"]["path"]
+            path = runs[0] / "demo" / record["audio"]["path"]
             assert record["audio"]["path"].startswith("audio/") and path.is_file()
             assert abs(sf.info(path).duration - record["duration"]) <= DURATION_TOLERANCE_S
-        assert len(load_manifest(runs[0] / f"{split}.json", show_progress=False)) == len(records)
+        assert len(load_manifest(runs[0] / "demo" / f"{split}.json", show_progress=False)) == len(records)
 
 
 def test_rerun_replaces_the_audio_folder(tmp_path, tool):
     out = tmp_path / "demo"
     assert tool.main(["--output_dir", str(out), "--limit", "3"]) == 0
     assert tool.main(["--output_dir", str(out), "--limit", "1", "--num_nospeech_train", "0"]) == 0
-    listed = {Path(r["audio"]["path"]).name for split in SPLITS for r in _read_manifest(out / f"{split}.json")}
-    assert {p.name for p in (out / "audio").iterdir()} == listed
+    listed = {Path(r["audio"]["path"]).name for split in SPLITS for r in _read_manifest(out / "demo" / f"{split}.json")}
+    assert {p.name for p in (out / "demo" / "audio").iterdir()} == listed
     assert len(listed) == 1 + 1 + 2  # one sentence per split, two no-speech clips in test
 
 

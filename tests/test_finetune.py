@@ -760,7 +760,7 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
     assert got_text == want_text and all(want_text)
     # the demo test set's no-speech clips: whisper-base reads "你" and "你不要再想我了" into them, which inference
     # drops as silence (no-speech probability and log-probability); eval, which picks checkpoint-best, does as well
-    silent = [load_audio(Path(__file__).parents[1] / "dataset" / "audio" / f"test_00{k}.flac") for k in ("04", "18")]
+    silent = [load_audio(Path(__file__).parents[1] / "dataset" / "demo" / "audio" / f"test_00{k}.flac") for k in ("04", "18")]
     feats = processor.feature_extractor([*silent, load_audio(zh_wav)], sampling_rate=16000,
                                         return_tensors="pt").input_features
     with torch.no_grad():
@@ -791,7 +791,7 @@ def test_eval_of_a_batch_in_several_languages_drops_silence_and_detects_the_unkn
     model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
     processor = WhisperProcessor.from_pretrained(whisper_base_dir)
     tokens = LabelTokens.from_tokenizer(processor.tokenizer)
-    clips = [repo_root / "dataset" / "audio" / "test_0004.flac",
+    clips = [repo_root / "dataset" / "demo" / "audio" / "test_0004.flac",
              repo_root / "dataset" / "real" / "zh_aishell_0121.flac", en_wav]
     feats = processor.feature_extractor([load_audio(c) for c in clips], sampling_rate=16000,
                                         return_tensors="np").input_features
@@ -1073,15 +1073,15 @@ def test_whisper_base_fine_tuned_with_timestamps_keeps_long_form_segments(whispe
 
     out = tmp_path / "out"
     assert finetune.main([f"--base_model={whisper_base_dir}", f"--output_dir={out}",
-                          f"--train_data={repo_root / 'dataset' / 'train.json'}",
-                          f"--test_data={repo_root / 'dataset' / 'test.json'}", "--language=Chinese",
+                          f"--train_data={repo_root / 'dataset' / 'demo' / 'train.json'}",
+                          f"--test_data={repo_root / 'dataset' / 'demo' / 'test.json'}", "--language=Chinese",
                           "--timestamps=True", "--lora_encoder_layers=0", "--max_steps=4",
                           "--per_device_train_batch_size=4", "--eval_steps=0", "--save_steps=0", "--num_workers=0",
                           "--max_eval_samples=4", "--generation_max_length=24"]) == 0
     final = out / whisper_base_dir.name / "checkpoint-final"
     assert merge_lora.main([f"--lora_model={final}", f"--output_dir={tmp_path / 'models'}"]) == 0
-    tests = [json.loads(line) for line in (repo_root / "dataset" / "test.json").read_text().splitlines()]
-    clips = [load_audio(repo_root / "dataset" / t["audio"]["path"]) for t in tests if t["sentence"]][:12]
+    tests = [json.loads(line) for line in (repo_root / "dataset" / "demo" / "test.json").read_text().splitlines()]
+    clips = [load_audio(repo_root / "dataset" / "demo" / t["audio"]["path"]) for t in tests if t["sentence"]][:12]
     pause = np.zeros(8000, np.float32)
     audio = np.concatenate([x for clip in clips for x in (clip, pause)])
     assert len(audio) / 16000 > 30

@@ -48,7 +48,7 @@ def test_the_fast_mandarin_recording_is_dense_and_the_same_every_time(tmp_path):
     for run in ("a", "b"):
         out = tmp_path / run
         out.mkdir()
-        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset/test.json"), 8.0, out)
+        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset/demo/test.json"), 8.0, out)
         digests.append(hashlib.sha256(wav.read_bytes()).hexdigest())
     sentences = reference.count("。") + reference.count("？")
     chars = sum("\u4e00" <= c <= "\u9fff" for c in reference)
@@ -99,8 +99,8 @@ def test_the_paired_test_set_joins_two_clips_and_their_sentences(tmp_path):
     from tools.bench_eval import paired_manifest
     from utils.data import load_manifest
 
-    clips = [r for r in load_manifest(str(REPO_ROOT / "dataset/test.json")) if r.sentence.strip()]
-    pairs = list(load_manifest(str(paired_manifest(str(REPO_ROOT / "dataset/test.json"), tmp_path))))
+    clips = [r for r in load_manifest(str(REPO_ROOT / "dataset/demo/test.json")) if r.sentence.strip()]
+    pairs = list(load_manifest(str(paired_manifest(str(REPO_ROOT / "dataset/demo/test.json"), tmp_path))))
     assert len(pairs) == (len(clips) + 1) // 2
     assert pairs[0].sentence == clips[0].sentence + clips[1].sentence and pairs[0].language == clips[0].language
     first, _ = sf.read(pairs[0].audio_path, dtype="float32")

@@ -72,7 +72,7 @@ def run(model_path: str, test_data: str, metric: str, extra: list[str], out: Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="models/whisper-base-finetune")
-    parser.add_argument("--test_data", default="dataset/test.json")
+    parser.add_argument("--test_data", default="dataset/demo/test.json")
     parser.add_argument("--metric", default="cer", choices=("cer", "wer"))
     parser.add_argument("--eval_args", default="", help="more evaluation.py flags, e.g. --backend=ct2")
     parser.add_argument("--windows", default="auto,None", help="comma-separated --encoder_window_seconds values")

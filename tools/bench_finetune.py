@@ -5,8 +5,8 @@ is its own), then both fine-tuned adapters are scored on the test set. By defaul
 adapters the way its own default does: finetune.py's default command (``--lora_encoder_layers`` and
 ``--target_modules`` unset) against the usual recipe's LoRA on every encoder and decoder layer.
 
-    python tools/bench_finetune.py --base_model=openai/whisper-base --train_data=dataset/train.json \
-        --test_data=dataset/test.json --max_steps=30 --batch_size=8
+    python tools/bench_finetune.py --base_model=openai/whisper-base --train_data=dataset/demo/train.json \
+        --test_data=dataset/demo/test.json --max_steps=30 --batch_size=8
 
 Prints one JSON report: samples/s, peak memory and eval CER of each, and the speed ratio. Both adapters are
 scored by the same code (fp32 base + adapter merged, decoded greedily by the toolkit's engine, as evaluation.py
@@ -40,8 +40,8 @@ ALL_LAYERS = ",".join(DEFAULT_TARGET_MODULES)
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("Training speed: finetune.py vs Seq2SeqTrainer + peft (same model/data/batch/steps).")
     p.add_argument("--base_model", default="openai/whisper-base")
-    p.add_argument("--train_data", default="dataset/train.json")
-    p.add_argument("--test_data", default="dataset/test.json")
+    p.add_argument("--train_data", default="dataset/demo/train.json")
+    p.add_argument("--test_data", default="dataset/demo/test.json")
     p.add_argument("--language", type=optional_str, default="Chinese")
     p.add_argument("--max_steps", type=int, default=30)
     p.add_argument("--batch_size", type=int, default=8)

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_path", default="openai/whisper-base",
                         help="transformers model (hub id/folder)")
     parser.add_argument("--ct2_model", default=None, help="CTranslate2 folder (default: the model's CT2 copy)")
-    parser.add_argument("--test_data", default="dataset/test.json", help="manifest whose clips are joined")
+    parser.add_argument("--test_data", default="dataset/demo/test.json", help="manifest whose clips are joined")
     parser.add_argument("--min_seconds", type=float, default=65.0, help="length of the joined recording")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for every engine")
     parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch (batched modes)")

@@ -28,7 +28,7 @@ from utils.cli import make_parser  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("CER without and with per-clip hotwords drawn from the reference.")
     p.add_argument("--model_path", action="append", required=True, help="repeat for several models")
-    p.add_argument("--test_data", default="dataset/test.json")
+    p.add_argument("--test_data", default="dataset/demo/test.json")
     p.add_argument("--language", default="Chinese")
     p.add_argument("--backend", default="transformers", choices=["transformers", "ct2"])
     p.add_argument("--seed", type=int, default=0)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--en_model", default="openai/whisper-base", help="model of the English recordings")
     parser.add_argument("--zh_model", default="models/whisper-base-finetune",
                         help="transformers model of the Mandarin recordings (its '-ct2' copy for the ct2 backend)")
-    parser.add_argument("--test_data", default="dataset/test.json", help="manifest of zh_teacher's sentences")
+    parser.add_argument("--test_data", default="dataset/demo/test.json", help="manifest of zh_teacher's sentences")
     parser.add_argument("--ct2_encoder", default="auto", choices=("auto", "ct2", "onnx", "torch"),
                         help="the ct2 backend's audio encoder (infer.py's --ct2_encoder)")
     parser.add_argument("--windows", default="None", help="comma-separated encoder windows of 'after' (None = 30 s)")

@@ -50,7 +50,7 @@ from tools.bench_infer import (REPEATED_SENTENCE, build_fast, build_recording, b
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
-CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/test.json", "zh", "cer", ""),
+CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/demo/test.json", "zh", "cer", ""),
              "en_real": ("dataset/real/real_en.json", "en", "wer", " ")}
 REAL_ZH = ("dataset/real/real_zh.json", "zh", "cer", "")  # the clips of ``zh_real``
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         wav, reference, seconds = build_real_repeated(tmp)
         language, metric = "zh", "cer"
     elif args.recording == "zh_fast":
-        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset" / "test.json"), 50.0, tmp)
+        wav, reference, seconds = build_fast(str(REPO_ROOT / "dataset" / "demo" / "test.json"), 50.0, tmp)
         language, metric = "zh", "cer"
     else:
         wav, reference, seconds = build_repeated(REPEATED_SENTENCE, 6, tmp)

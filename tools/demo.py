@@ -3,9 +3,9 @@
     python tools/demo.py            (what `make demo` runs)
 
 Steps, each one of the toolkit's own commands (printed as it runs, so you can repeat them by hand):
-1. finetune.py   LoRA on dataset/train.json (whisper-base, resolved offline when the hub is unreachable)
+1. finetune.py   LoRA on dataset/demo/train.json (whisper-base, resolved offline when the hub is unreachable)
 2. merge_lora.py checkpoint-best → models/whisper-base-finetune
-3. evaluation.py --compare: the base and the fine-tuned model on dataset/test.json, on real English recordings
+3. evaluation.py --compare: the base and the fine-tuned model on dataset/demo/test.json, on real English recordings
    (dataset/real/real_en.json) and on no-speech clips: the forgetting report, printed as a table.
 """
 
@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Recommended laptop-CPU settings, measured on a 2-core CPU (see README).
 FINETUNE_ARGS = [
     "--base_model=openai/whisper-base",
-    "--train_data=dataset/train.json",
-    "--test_data=dataset/test.json",
+    "--train_data=dataset/demo/train.json",
+    "--test_data=dataset/demo/test.json",
     "--language=Chinese",
     # LoRA on every encoder and decoder layer (the default): the espeak voice is new acoustics, which the lower
     # encoder layers must learn (adapters on the decoder or the top encoder layer only: test CER ~0.37, not ~0.1)
@@ -49,7 +49,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def _compare(base: str, tuned: str, report: Path, backend: str) -> dict:
-    _run(["evaluation.py", "--compare", base, tuned, "--test_data=dataset/test.json", "--language=Chinese",
+    _run(["evaluation.py", "--compare", base, tuned, "--test_data=dataset/demo/test.json", "--language=Chinese",
           "--metric=cer", f"--backend={backend}", f"--output={report}"])
     return json.loads(report.read_text(encoding="utf-8"))
 

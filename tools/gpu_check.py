@@ -234,15 +234,15 @@ def short_finetune(dry_run: bool, work: Path, timeout_s: float) -> dict[str, Any
         resolve_model("openai/whisper-tiny.en")
     except ModelResolutionError as e:
         return {"ok": False, "summary": f"whisper-tiny.en weights not available here: {str(e)[:300]}"}
-    train_lines = (REPO_ROOT / "dataset" / "train.json").read_text(encoding="utf-8").splitlines()
-    test_lines = (REPO_ROOT / "dataset" / "test.json").read_text(encoding="utf-8").splitlines()
+    train_lines = (REPO_ROOT / "dataset" / "demo" / "train.json").read_text(encoding="utf-8").splitlines()
+    test_lines = (REPO_ROOT / "dataset" / "demo" / "test.json").read_text(encoding="utf-8").splitlines()
     n_train, n_test, steps = (4, 2, 4) if dry_run else (48, 12, 30)
     work.mkdir(parents=True, exist_ok=True)
     for name, lines in (("train.json", train_lines[:n_train]), ("test.json", test_lines[:n_test])):
         rows = []
         for line in lines:  # paths relative to the demo manifest's folder, made absolute for the copy
             item = json.loads(line)
-            item["audio"]["path"] = str((REPO_ROOT / "dataset" / item["audio"]["path"]).resolve())
+            item["audio"]["path"] = str((REPO_ROOT / "dataset" / "demo" / item["audio"]["path"]).resolve())
             rows.append(json.dumps(item, ensure_ascii=False))
         (work / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
     cmd = [sys.executable, "finetune.py", "--base_model=openai/whisper-tiny.en", f"--output_dir={work / 'out'}",

@@ -1,4 +1,4 @@
-"""Generate the Mandarin demo corpus in ``dataset/`` with espeak-ng and sox.
+"""Generate the Mandarin demo corpus in ``dataset/demo/`` (and the demo wavs in ``dataset/``) with espeak-ng and sox.
 
     python tools/make_demo_data.py --output_dir dataset
 
@@ -8,11 +8,12 @@ at a speed, pitch and loudness drawn from a seeded RNG; sox resamples it to 16 k
 trims the synthesiser's edge silence. The label keeps the sentence as written, punctuation included.
 
 Written into the output folder (manifest paths are relative to the manifest's folder, so the
-manifests work from any working directory):
+manifests work from any working directory; the corpus lies in ``demo/`` because ``dataset/train.json``,
+``dev.json`` and ``test.json`` are where aishell.py writes AISHELL-1's manifests):
 
-    audio/{train,test}_NNNN.flac   FLAC, 16 kHz mono 16-bit
-    train.json, test.json          jsonlines manifests: single sentences, two-sentence clips with
-                                   ``sentences`` timestamps, and no-speech clips (empty ``sentence``)
+    demo/audio/{train,test}_NNNN.flac   FLAC, 16 kHz mono 16-bit
+    demo/train.json, demo/test.json     jsonlines manifests: single sentences, two-sentence clips with
+                                        ``sentences`` timestamps, and no-speech clips (empty ``sentence``)
     test.wav, test.txt             one clean Mandarin sentence (not in train) and its text
     test_en.wav, test_en.txt       one clean English sentence (espeak-ng en-us) and its text
 
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SENTENCES = Path(__file__).with_name("demo_sentences.txt")
 LANGUAGE = "Chinese"
+DEMO_DIR = "demo"  # under --output_dir: the manifests and their audio/
 ZH_VOICE = "cmn-latn-pinyin"
 EN_VOICE = "en-us"
 MIN_HANZI, MAX_HANZI = 5, 20
@@ -341,11 +343,12 @@ def render_all(jobs: Sequence[tuple[ClipPlan, Path]], work_root: Path, workers: 
 
 
 def _install(staging: Path, output_dir: Path, file_names: Sequence[str]) -> None:
-    """Move the staged outputs into ``output_dir``: ``audio/`` swapped as a whole, files by os.replace."""
-    audio_dir = output_dir / "audio"
+    """Move the staged outputs into ``output_dir``: ``demo/audio/`` swapped as a whole, files by os.replace."""
+    audio_dir = output_dir / DEMO_DIR / "audio"
+    audio_dir.parent.mkdir(parents=True, exist_ok=True)
     if audio_dir.exists():
         os.replace(audio_dir, staging / "audio.old")
-    os.replace(staging / "audio", audio_dir)
+    os.replace(staging / DEMO_DIR / "audio", audio_dir)
     for name in file_names:
         os.replace(staging / name, output_dir / name)
 
@@ -398,7 +401,8 @@ def generate(
     path_prefix = "audio"  # relative to the manifest's folder, as utils.data resolves it
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-"))
     try:
-        jobs = [(plan, staging / "audio" / f"{plan.name}.flac") for split in plans.values() for plan in split]
+        (staging / DEMO_DIR / "audio").mkdir(parents=True)
+        jobs = [(plan, staging / DEMO_DIR / "audio" / f"{plan.name}.flac") for split in plans.values() for plan in split]
         jobs += [(plan, staging / f"{plan.name}.wav") for plan in demos.values()]
         fields = render_all(jobs, staging, workers)
         by_name = {plan.name: f for (plan, _), f in zip(jobs, fields, strict=True)}
@@ -407,11 +411,11 @@ def generate(
         summary: dict[str, Any] = {}
         for split, split_plans in plans.items():
             records = [_manifest_record(p, by_name[p.name], path_prefix) for p in split_plans]
-            write_jsonlines_atomic(staging / f"{split}.json", records)
+            write_jsonlines_atomic(staging / DEMO_DIR / f"{split}.json", records)
             summary[split] = _split_summary(records)
         write_text_atomic(staging / "test.txt", ZH_DEMO_SENTENCE + "\n")
         write_text_atomic(staging / "test_en.txt", EN_DEMO_SENTENCE + "\n")
-        files = ["train.json", "test.json", "test.wav", "test.txt", "test_en.wav", "test_en.txt"]
+        files = [f"{DEMO_DIR}/train.json", f"{DEMO_DIR}/test.json", "test.wav", "test.txt", "test_en.wav", "test_en.txt"]
         _install(staging, output_dir, files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -419,7 +423,7 @@ def generate(
     split_plans = [plan for split in plans.values() for plan in split]
     speech_seconds = sum(by_name[plan.name]["speech_seconds"] for plan in split_plans)
     hanzi = sum(len(_HANZI.findall("".join(plan.texts))) for plan in split_plans)
-    audio_bytes = sum(f.stat().st_size for f in (output_dir / "audio").glob("*.flac"))
+    audio_bytes = sum(f.stat().st_size for f in (output_dir / DEMO_DIR / "audio").glob("*.flac"))
     summary["audio_megabytes"] = round(audio_bytes / 1e6, 2)
     summary["seconds_per_hanzi"] = round(speech_seconds / max(hanzi, 1), 3)
     return summary

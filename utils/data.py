@@ -306,6 +306,19 @@ class Manifest(RecordSource):
         return state
 
 
+# the bundled demo corpus (tools/make_demo_data.py); dataset/{train,dev,test}.json are aishell.py's
+DEMO_MANIFESTS = ("dataset/demo/train.json", "dataset/demo/test.json")
+
+
+def missing_manifest_message(path: str | os.PathLike) -> str:
+    """The error for a manifest path that is not a file, with how to make one (and where the demo corpus lies when
+    ``path`` is one of aishell.py's default manifests)."""
+    p = Path(path)
+    demo = (f"; the bundled demo corpus is {' and '.join(DEMO_MANIFESTS)}"
+            if p.parent.name == "dataset" and p.name in ("train.json", "dev.json", "test.json") else "")
+    return f"{path}: manifest file not found (make AISHELL-1's with aishell.py, or see the README's data format{demo})"
+
+
 def load_manifest(
     path: str | os.PathLike,
     *,
@@ -338,7 +351,7 @@ def load_manifest(
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ManifestError(f"{path}: manifest file not found")
+        raise ManifestError(missing_manifest_message(path))
     manifest_dir = os.path.dirname(os.path.abspath(path))
     # array.array keeps 4-8 bytes per value while growing (a list would hold a Python object each)
     offsets, durations = array("q"), array("f")

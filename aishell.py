@@ -113,13 +113,24 @@ def download_archive(
     return download_file(dest, urls, md5, hint="pass it with --filepath", **kwargs)
 
 
+_WAV_HEADER_BYTES = 44  # the smallest PCM wav header: a file of n bytes holds at most (n - 44) / block bytes of frames
+
+
 def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> float:
-    """Duration in seconds from the member's wav header; libsndfile on the unpacked ``path`` if not PCM."""
+    """Duration in seconds from the member's wav header, but no more than its bytes can hold (a header whose data
+    size is 0xFFFFFFFF, as some recorders write, or a truncated file; logged); libsndfile on the unpacked ``path``
+    if not PCM."""
     try:
         with tar.extractfile(member) as f, wave.open(f) as w:
-            return w.getnframes() / w.getframerate()
+            frames, rate, block = w.getnframes(), w.getframerate(), w.getnchannels() * w.getsampwidth()
     except (wave.Error, EOFError):
         return audio_duration(path)
+    held = max(0, member.size - _WAV_HEADER_BYTES) // max(1, block)
+    if frames > held:
+        logger.warning("%s: its header says %.2f s, the file holds %.2f s (truncated, or a header written before "
+                       "the recording ended); the manifest gets %.2f s", path, frames / rate, held / rate, held / rate)
+        frames = held
+    return frames / rate
 
 
 def _publish_tree(staging: Path, dest: Path) -> None:
@@ -306,6 +317,7 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            _remove_empty(data_dir / STAGING_DIR)  # its speakers' folders are gone (also after Ctrl-C)
 
         if not found_transcript:
             raise MissingTranscriptError(f"{archive}: has no member {TRANSCRIPT_MEMBER}; is this the AISHELL-1 "
@@ -346,6 +358,25 @@ def _undo_unpack(data_dir: Path, published: list[tuple[str, dict[str, float]]], 
         logger.info("removed the %d speaker(s) this run had unpacked from the refused archive", len(published))
 
 
+def _forget_speakers_with_missing_wavs(target_dir: Path) -> int:
+    """Remove the marker of every unpacked speaker one of whose wavs is no longer on disk (deleted by hand, a disk
+    cleanup), so the next unpack brings it back; returns how many (logged)."""
+    data_dir = target_dir / DATA_DIR_NAME
+    done = _read_json(_marker_dir(target_dir) / ARCHIVE_MARKER) or {}
+    forgotten, missing = [], []
+    for speaker, size in (done.get("speakers") or {}).items():
+        marker = _speaker_marker(target_dir, speaker, size)
+        gone = [rel for rel in (marker or {}).get("wavs", {}) if not (data_dir / rel).is_file()]
+        if gone:
+            missing += gone
+            forgotten.append(speaker)
+            (_marker_dir(target_dir) / f"{speaker}.json").unlink(missing_ok=True)
+    if forgotten:
+        logger.warning("%d unpacked wavs are missing (%s): unpacking speaker(s) %s again", len(missing),
+                       _examples(missing, 3), _examples(forgotten))
+    return len(forgotten)
+
+
 def read_unpacked_wavs(target_dir: str | os.PathLike) -> dict[str, float]:
     """{wav path relative to ``<target_dir>/data_aishell``: duration s} of every unpacked speaker."""
     target_dir = Path(target_dir)
@@ -365,8 +396,22 @@ def read_unpacked_wavs(target_dir: str | os.PathLike) -> dict[str, float]:
 # Transcript and manifests
 
 
+_LATIN_EDGE = re.compile(r"[A-Za-z0-9]")
+
+
+def join_transcript_words(words: Sequence[str]) -> str:
+    """The sentence of a transcript line's words: joined without spaces (the spaces are a word segmentation), but
+    two Latin words in a row keep one ("他 住 在 new york 市" → "他住在new york市", not "newyork")."""
+    out = ""
+    for word in words:
+        if out and _LATIN_EDGE.match(out[-1]) and _LATIN_EDGE.match(word[0]):
+            out += " "
+        out += word
+    return out
+
+
 def read_transcript(path: str | os.PathLike) -> dict[str, str]:
-    """Read ``ID word word ...`` lines into {utterance id: words joined without spaces}.
+    """Read ``ID word word ...`` lines into {utterance id: words joined without spaces (:func:`join_transcript_words`)}.
 
     Blank lines are ignored; a line with an id and no words, or a repeated id, is logged and the
     first good line wins.
@@ -388,7 +433,7 @@ def read_transcript(path: str | os.PathLike) -> dict[str, str]:
                 elif utt in texts:
                     logger.warning("%s:%d: utterance %s repeated; keeping its first line", path, lineno, utt)
                 else:
-                    texts[utt] = "".join(words)
+                    texts[utt] = join_transcript_words(words)
     except FileNotFoundError as e:
         raise MissingTranscriptError(f"{path}: transcript file not found; run aishell.py with --filepath "
                                      "to unpack it again") from e
@@ -409,10 +454,11 @@ def build_records(
 
     Returns:
         ({split: records sorted by wav path, i.e. speaker then utterance}, wavs without transcript,
-        utterance ids without wav).
+        utterance ids without wav). A wav of 0 s is left out (logged).
     """
     records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
     no_text: list[str] = []
+    empty: list[str] = []
     matched: set[str] = set()
     for rel, duration in sorted(wavs.items()):
         m = _WAV_MEMBER_RE.match(rel)
@@ -426,6 +472,9 @@ def build_records(
             continue
         matched.add(utt)
         duration = round(duration, 3)
+        if duration <= 0:  # a manifest line of 0 s stops finetune.py: left out, and listed below
+            empty.append(rel)
+            continue
         records[split].append({
             "audio": {"path": f"{audio_prefix}{rel}"},
             "sentence": sentence,
@@ -434,6 +483,8 @@ def build_records(
             "duration": duration,
         })
     no_wav = sorted(set(transcript) - matched)
+    if empty:
+        logger.warning("left out %d wavs without audio (0 s): %s", len(empty), _examples(empty))
     return records, no_text, no_wav
 
 
@@ -469,11 +520,14 @@ def prepare_aishell(
     """
     target_dir, annotation_dir = Path(target_dir), Path(annotation_dir)
     summary = PrepareSummary()
+    if archive is not None and os.path.isdir(archive):
+        raise AishellError(f"{archive}: is a folder; --filepath takes the {ARCHIVE_NAME} file itself (an unpacked "
+                           f"copy is not read: give the archive, which is only ever read)")
     if archive is not None and not os.path.isfile(archive):
         raise CorruptArchiveError(f"{archive}: archive not found; pass the downloaded {ARCHIVE_NAME} with "
                                   "--filepath, or leave --filepath out to download it")
-    # 1. Get the archive and unpack what is not unpacked yet
-    if is_unpacked(target_dir, archive):
+    # 1. Get the archive and unpack what is not unpacked yet (and the speakers whose wavs went missing since)
+    if is_unpacked(target_dir, archive) and not _forget_speakers_with_missing_wavs(target_dir):
         logger.info("%s already unpacked (delete %s to unpack again)", target_dir / DATA_DIR_NAME,
                     _marker_dir(target_dir))
     else:
@@ -524,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"downloaded (resumable, md5-checked) from {DOWNLOAD_URLS[0]} or the mirror")
     parser.add_argument("--target_dir", type=path_arg, default="dataset/audio",
                         help="where the audio is unpacked (<target_dir>/data_aishell/wav/<split>/<speaker>/)")
-    parser.add_argument("--annotation_text", type=str, default="dataset/",
+    parser.add_argument("--annotation_text", type=path_arg, default="dataset/",
                         help="folder for train.json, dev.json, test.json; audio.path is relative to this "
                              "folder when the audio is under it, absolute otherwise")
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -549,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. no space left or no permission in --target_dir / --annotation_text
         logger.error("cannot write the dataset: %s", e)
         return 1
+    except KeyboardInterrupt:
+        logger.error("interrupted: the speakers unpacked completely are kept, no manifest was written; run the same "
+                     "command again to go on")
+        return 130
     return 0
 
 

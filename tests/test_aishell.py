@@ -350,6 +350,75 @@ def test_unpack_speaker_reads_durations_of_non_pcm_wavs(tmp_path):
     assert durations == pytest.approx({"wav/dev/S0724/float.wav": 0.5, "wav/dev/S0724/pcm24.wav": 12345 / SAMPLE_RATE})
 
 
+def test_wav_durations_are_what_the_file_holds_and_empty_wavs_are_left_out(tmp_path, caplog):
+    """A header whose data size is 0xFFFFFFFF (a recorder that never went back to write it) said 134217.7 s for a
+    2.25 s clip, a truncated wav kept its header's length, and a wav of 0 s got a manifest line of 0 s, which stops
+    finetune.py: the duration is what the file's bytes hold (logged), and an empty wav is left out (logged)."""
+    def pcm(frames: int) -> bytes:
+        wav = io.BytesIO()
+        sf.write(wav, np.full(frames, 0.1, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        return wav.getvalue()
+
+    unknown = bytearray(pcm(36000))
+    unknown[40:44] = b"\xff\xff\xff\xff"  # the data chunk's size
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        _add_bytes(tar, "dev/S0724/unknown.wav", bytes(unknown))
+        _add_bytes(tar, "dev/S0724/truncated.wav", pcm(32000)[:44 + 2 * 16000])
+        _add_bytes(tar, "dev/S0724/empty.wav", pcm(0))
+    with caplog.at_level(logging.WARNING):
+        durations = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
+    assert durations == pytest.approx({"wav/dev/S0724/unknown.wav": 2.25, "wav/dev/S0724/truncated.wav": 1.0,
+                                       "wav/dev/S0724/empty.wav": 0.0})
+    assert "truncated.wav: its header says 2.00 s, the file holds 1.00 s" in caplog.text
+    records, _, _ = aishell.build_records(durations, {"unknown": "一", "truncated": "二", "empty": "三"}, "")
+    assert [r["sentence"] for r in records["dev"]] == ["二", "一"]
+    assert "left out 1 wavs without audio (0 s): wav/dev/S0724/empty.wav" in caplog.text
+
+
+def test_a_wav_deleted_after_unpacking_is_unpacked_again(tmp_path, archive, caplog):
+    assert _run(tmp_path, archive) == 0
+    gone = tmp_path / "dataset/audio/data_aishell/wav/test/S0764/BAC009S0764W0121.wav"
+    gone.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert _run(tmp_path, archive) == 0
+    assert gone.is_file() and "1 unpacked wavs are missing" in caplog.text and "speaker(s) S0764 again" in caplog.text
+    assert len(_read_manifest(tmp_path / "dataset/test.json")) == 1
+
+
+def test_ctrl_c_while_unpacking_is_one_line_and_exit_130(tmp_path, archive, monkeypatch, capsys, caplog):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aishell, "_unpack_speaker", interrupted)
+    assert _run(tmp_path, archive) == 130
+    err = capsys.readouterr().err + caplog.text
+    assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err
+    assert not (tmp_path / "dataset/audio/data_aishell" / aishell.STAGING_DIR).exists()
+
+
+def test_a_folder_given_as_the_archive_is_named_as_such(tmp_path, capsys, caplog):
+    assert _run(tmp_path, tmp_path) == 1
+    assert "is a folder; --filepath takes the data_aishell.tgz file itself" in capsys.readouterr().err + caplog.text
+
+
+def test_annotation_text_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = aishell.build_parser().parse_args(["--annotation_text=~/manifests"])
+    assert args.annotation_text == str(tmp_path / "manifests")
+
+
+def test_the_default_manifests_are_not_the_bundled_demo_corpus():
+    """aishell.py's manifests are finetune.py's and evaluation.py's defaults; the demo corpus lies elsewhere, so
+    preparing AISHELL-1 in a checkout no longer overwrites it (it broke the tests and changed make demo's data)."""
+    from utils.data import DEMO_MANIFESTS
+
+    folder = Path(aishell.build_parser().parse_args([]).annotation_text)
+    assert all(Path(m).parent != folder for m in DEMO_MANIFESTS)
+    repo = Path(__file__).resolve().parent.parent
+    assert all((repo / m).is_file() for m in DEMO_MANIFESTS)
+
+
 def test_missing_archive(tmp_path, capsys, caplog):
     assert _run(tmp_path, tmp_path / "nope.tgz") == 1
     err = (capsys.readouterr().err + caplog.text)
@@ -396,9 +465,10 @@ def test_missing_transcript(tmp_path, capsys, caplog):
 
 def test_read_transcript(tmp_path, caplog):
     path = tmp_path / "t.txt"
-    path.write_text("\ufeffBAC1 而 对 楼市\n\nBAC2\nBAC3 成交  抑制\t作用\nBAC1 重复\n", encoding="utf-8")
+    path.write_text("\ufeffBAC1 而 对 楼市\n\nBAC2\nBAC3 成交  抑制\t作用\nBAC1 重复\nBAC4 他 住 在 new york 市 看 NBA\n",
+                    encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        assert aishell.read_transcript(path) == {"BAC1": "而对楼市", "BAC3": "成交抑制作用"}
+        assert aishell.read_transcript(path) == {"BAC1": "而对楼市", "BAC3": "成交抑制作用", "BAC4": "他住在new york市看NBA"}
     assert f"{path}:3: utterance BAC2 has no text" in caplog.text
     assert f"{path}:5: utterance BAC1 repeated" in caplog.text
     with pytest.raises(aishell.MissingTranscriptError, match="transcript file not found"):
@@ -533,6 +603,29 @@ def test_download_fails_with_clear_error(tmp_path, server):
     with pytest.raises(aishell.DownloadError, match=r"HTTP 404.*pass it with --filepath"):
         _download(server, dest, urls=[server.url.replace("data_aishell", "missing")])
     assert server.requests == [None]  # 404 is permanent: not retried
+
+
+def test_download_without_name_resolution_gives_up_at_once_and_leaves_no_folder(tmp_path, monkeypatch):
+    """No network: each URL's host name does not resolve. It was retried five times a URL with waits (2 minutes),
+    the error said the same thing ten times, and the empty --target_dir stayed."""
+    import socket
+    import urllib.error
+
+    from utils import download
+
+    calls = []
+
+    def no_dns(url, *a, **kw):
+        calls.append(url)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(download, "_fetch", no_dns)
+    dest = tmp_path / "new" / "audio" / "data_aishell.tgz"
+    with pytest.raises(aishell.DownloadError) as e:
+        aishell.download_archive(dest, urls=["http://a.invalid/x.tgz", "http://b.invalid/x.tgz"], retry_wait=30)
+    assert calls == ["http://a.invalid/x.tgz", "http://b.invalid/x.tgz"]
+    assert str(e.value).count("Name or service not known") == 2 and "pass it with --filepath" in str(e.value)
+    assert not (tmp_path / "new").exists()
 
 
 def test_download_gives_up_after_failures_in_a_row(tmp_path, server):

@@ -10,6 +10,7 @@ import http.client
 import logging
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -116,29 +117,43 @@ def download_file(
             return dest
         raise DownloadError(f"{dest}: exists but its md5 is {got}, expected {md5}; delete it and run again, "
                             f"or {hint}")
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    errors: list[str] = []
+    errors: dict[str, int] = {}  # error → how many times, in order
     for url in urls:
         failures = 0  # in a row without progress; a dropped connection that delivered bytes does not count
         while failures < retries:
             before = part.stat().st_size if part.exists() else 0
+            permanent = False
             try:
                 _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
             except urllib.error.HTTPError as e:
-                errors.append(f"{url}: HTTP {e.code} {e.reason}")
-                logger.warning("download failed: %s", errors[-1])
-                if e.code in (401, 403, 404, 410):  # permanent: try the next URL
-                    break
+                error = f"{url}: HTTP {e.code} {e.reason}"
+                logger.warning("download failed: %s", error)
+                permanent = e.code in (401, 403, 404, 410)  # try the next URL
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                errors.append(f"{url}: {type(e).__name__}: {e}")
-                logger.warning("download interrupted: %s", errors[-1])
+                error = f"{url}: {type(e).__name__}: {e}"
+                logger.warning("download interrupted: %s", error)
+                # the host name does not resolve (no network, no DNS): retrying it only waits (2 minutes before)
+                permanent = isinstance(getattr(e, "reason", e), socket.gaierror)
             else:
                 return _finish_download(part, dest, md5)
+            errors[error] = errors.get(error, 0) + 1
+            if permanent:
+                break
             grew = part.exists() and part.stat().st_size > before
             failures = 0 if grew else failures + 1
-            time.sleep(0 if grew else retry_wait * 2 ** (failures - 1))
-    raise DownloadError(f"cannot download {dest.name} ({'; '.join(errors)}). Download it with another tool and "
+            if failures < retries:
+                time.sleep(0 if grew else retry_wait * 2 ** (failures - 1))
+    if not part.exists():  # nothing downloaded: leave no empty folder behind
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    said = "; ".join(f"{error} ({n} times)" if n > 1 else error for error, n in errors.items())
+    raise DownloadError(f"cannot download {dest.name} ({said}). Download it with another tool and "
                         f"{hint}; the partial download {part} (if any) is resumed next time")
 
 

@@ -57,7 +57,8 @@ def build_parser():
     add_dataset_args(parser, splits={"test_split": "test"}, streaming=True)
     parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
     parser.add_argument("--output", type=path_arg, default=None,
-                        help="JSON report path (default: <model_path or name>_<metric>_report.json in the cwd)")
+                        help="JSON report path (default: <model>_<metric>_report.json in the cwd, "
+                             "<model>_<test data>_<metric>_report.json for a test set not named test)")
     add_engine_args(parser)
     add_encoder_window_arg(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
@@ -144,6 +145,10 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
             total = total + counts
             utterances.append({
                 "audio": record.audio_path,
+                # a slice of a recording: which one (several lines may read one file)
+                **({"start_time": record.start_time} if record.start_time is not None else {}),
+                **({"end_time": record.end_time} if record.end_time is not None else {}),
+                **({"where": locations[index + j]} if locations else {}),
                 "reference": record.sentence,
                 "hypothesis": hyps[j],
                 "reference_normalized": scoring_text(record.sentence, language),
@@ -197,6 +202,15 @@ def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] |
     return (source if not isinstance(source, Manifest) else list(source)), locations
 
 
+def default_report_name(model_path: str, test_data: str, metric: str) -> str:
+    """``<model>_<metric>_report.json``: the model path with ``/`` as ``_`` (its last two parts when absolute), and the
+    test set's name before the metric unless it is ``test`` (a dev set's report no longer overwrites the test set's)."""
+    parts = [p for p in model_path.replace("\\", "/").split("/") if p]
+    model = "_".join(parts[-2:] if os.path.isabs(model_path) else parts)
+    data = os.path.splitext(os.path.basename(test_data.rstrip("/")))[0].replace("*", "")
+    return f"{model}_{'' if data in ('test', '') else data + '_'}{metric}_report.json"
+
+
 def _seed(seed: int) -> None:
     """Seed the samplers of the temperature fallback: CTranslate2's, and PyTorch's where it is loaded (the
     transformers backend; the ct2 backend samples in CTranslate2 and need not pay PyTorch's 1.5 s import)."""
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             language=args.language, task=args.task, beam_size=beam_size, batch_size=args.batch_size,
             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if args.fallback else (0.0,),
             initial_prompt=args.initial_prompt, hotwords=args.hotwords, word_timestamps=args.word_timestamps,
+            seed=args.seed,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -233,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or "compare_report.json"
         check_output_path(parser, "--output", output, folder=False)
         return compare(args, options, output)
-    output = args.output or f"{args.model_path.rstrip('/').replace('/', '_')}_{args.metric}_report.json"
+    output = args.output or default_report_name(args.model_path, args.test_data, args.metric)
     check_output_path(parser, "--output", output, folder=False)
     # 2. Data (a stream is read while decoding)
     try:

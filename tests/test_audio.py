@@ -31,6 +31,33 @@ def test_stereo_44k_is_mixed_and_resampled(tmp_path):
     assert 0.2 < np.max(np.abs(y)) < 0.3  # mean of the two channels
 
 
+@pytest.mark.parametrize("ext", ["wav", "m4a"])
+def test_stereo_whose_channels_cancel_is_read_from_one_channel(tmp_path, ext, caplog):
+    """A real recording with one channel phase-inverted (a miswired balanced microphone): averaged to mono it was
+    silence ("no speech found", CER 1.0) in infer.py and evaluation.py, through libsndfile and ffmpeg alike. The
+    loudest channel is read instead, with a warning; channels that do not cancel are still averaged."""
+    from pathlib import Path
+
+    from utils.audio import decode_audio_bytes
+
+    speech = load_audio(Path(__file__).resolve().parent.parent / "dataset" / "real" / "en_jfk.flac")
+    src = tmp_path / "phase.wav"
+    sf.write(src, np.stack([speech, -0.9 * speech], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    path = src
+    if ext != "wav":
+        path = tmp_path / f"phase.{ext}"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), str(path)], check=True)
+    with caplog.at_level("WARNING"):
+        for y in (load_audio(path), decode_audio_bytes(path.read_bytes(), name=path.name)):
+            n = min(len(y), len(speech))
+            assert np.corrcoef(y[:n], speech[:n])[0, 1] > 0.95 and np.std(y) > 0.5 * np.std(speech)
+    assert caplog.text.count("cancel each other out") == 2 and "phase." + ext in caplog.text
+    caplog.clear()
+    same = tmp_path / "same.wav"
+    sf.write(same, np.stack([speech, 0.5 * speech], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    assert np.allclose(load_audio(same), 0.75 * speech, atol=2e-4) and "cancel" not in caplog.text
+
+
 def test_slice_reads_only_requested_span(tmp_path):
     sr = SAMPLE_RATE
     x = np.concatenate([np.zeros(sr, np.float32), np.full(sr, 0.5, np.float32), np.zeros(sr, np.float32)])

@@ -39,6 +39,8 @@ def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, 
     assert r1["cer"] == pytest.approx(r1["errors"] / r1["reference_length"], abs=1e-6)
     assert [u["errors"] for u in utts] == sorted((u["errors"] for u in utts), reverse=True)
     assert {"reference", "hypothesis", "errors", "substitutions", "deletions", "insertions"} <= set(utts[0])
+    # each utterance says where it comes from: two lines read the same file
+    assert sorted(u["where"] for u in utts) == [f"{m1}:{k}" for k in (1, 2, 3)]
     # the hypothesis depends on the audio only, never on the reference
     rc, r2 = _evaluate(tiny_whisper_dir, m2, tmp_path / "r2.json", "--language=None")
     hyp1 = {(u["audio"], u["reference"]): u["hypothesis"] for u in r1["utterances"]}
@@ -117,6 +119,9 @@ def test_odd_manifest_lines_are_named_before_decoding(tiny_whisper_dir, en_wav, 
         in caplog.text
     assert f"{m}:4: 'sentence' '...' holds no words" in caplog.text
     assert f"{m}:1:" not in caplog.text.replace(f"as {m}:1 ", "")
+    slices = {u["where"]: (u.get("start_time"), u.get("end_time"))  # the report tells the slices of one file apart
+              for u in json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["utterances"]}
+    assert slices == {f"{m}:1": (None, None), f"{m}:2": (0.5, None), f"{m}:3": (None, None), f"{m}:4": (0.5, 1.0)}
 
 
 def test_a_set_of_only_no_speech_clips_has_no_error_rate_and_valid_json(tiny_whisper_dir, en_wav, tmp_path, capsys):
@@ -241,3 +246,14 @@ def test_repetition_and_punctuation_measures():
     assert has_repetition("谢谢谢谢谢谢谢谢", "谢谢") and not has_repetition("哈哈哈", "哈哈哈")
     assert has_repetition("so so so so we go", "so we go", "wer") and not has_repetition("we go", "we go", "wer")
     assert has_punctuation("好。") and has_punctuation("fine, thanks") and not has_punctuation("好 的")
+
+
+def test_the_default_report_name_tells_models_and_test_sets_apart():
+    """A dev set's report overwrote the test set's (both were <model>_cer_report.json), and an absolute model path
+    gave a name starting with _tmp_..."""
+    assert evaluation.default_report_name("models/whisper-base-finetune", "dataset/test.json", "cer") == \
+        "models_whisper-base-finetune_cer_report.json"
+    assert evaluation.default_report_name("/tmp/aish/models/whisper-base-finetune", "dataset/dev.json", "cer") == \
+        "models_whisper-base-finetune_dev_cer_report.json"
+    assert evaluation.default_report_name("openai/whisper-base", "dataset/real/real_en.json", "wer") == \
+        "openai_whisper-base_real_en_wer_report.json"

@@ -55,6 +55,25 @@ def test_subtitle_writers_are_valid():
                                                             "00:01:01.000 --> 00:01:05.250"]
 
 
+def test_no_cue_starts_at_or_after_the_end_of_the_audio():
+    """Five zero-length segments at 51.912 s of a 52.204 s file (a decoder loop's tail) became cues of 1 ms at and
+    after 52.204 s; pieces left no room join the cue before them, for segments and for words."""
+    from utils.data import Word
+
+    segs = [Segment(48.948, 51.668, "ask what you can do")] + [Segment(51.912, 51.912, "我也是在香港的")] * 5
+    for text in (to_srt(Transcript("x", "zh", 1.0, 52.204, segs)),
+                 to_vtt(Transcript("x", "zh", 1.0, 52.204, segs)).replace(".", ",")):
+        times = re.findall(r"(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})", text)
+        spans = [(int(a) * 3600 + int(b) * 60 + int(c) + int(d) / 1000, int(e) * 3600 + int(f) * 60 + int(g) + int(h) / 1000)
+                 for a, b, c, d, e, f, g, h in times]
+        assert all(start < end <= 52.204 for start, end in spans), text
+        assert text.count("我也是在香港的") == 5
+    words = [Word(0.5, 1.0, "go", 0.9), *[Word(4.0, 4.0, f"w{i}", 0.9) for i in range(5)]]
+    cues = to_srt(Transcript("x", "en", 1.0, 4.0, [Segment(0.5, 4.0, "go w0 w1 w2 w3 w4", words)]), words=True)
+    assert all(t < "00:00:04,000" for t in re.findall(r"\d\d:\d\d:\d\d,\d{3}(?= -->)", cues)), cues
+    assert all(f"w{i}" in cues for i in range(5))
+
+
 def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
     """A 28 s segment of 92 characters was one cue on one line; zero-length words got 1 ms cues that overlapped the
     next. Cues now hold two lines of 42 columns (a Chinese character takes two), cut after punctuation with the time

@@ -44,10 +44,30 @@ def _check_slice(path: str, start_time: float | None, end_time: float | None) ->
         raise AudioLoadError(f"{path}: end_time {end_time} must be greater than start_time {start_time}")
 
 
-def _to_mono(samples: np.ndarray) -> np.ndarray:
-    """(frames, channels) or (frames,) → (frames,) float32 by averaging channels."""
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
+# a mix of the channels whose level (RMS) is below this share of the loudest channel's: they cancel (one of them is
+# phase-inverted, a miswired balanced microphone), and the loudest channel alone is read. Channels that do not cancel
+# mix at 0.5 (one silent) to 1 (the same signal); two unrelated signals at about 0.7
+MONO_CANCEL_SHARE = 0.25
+_MONO_MIN_RMS = 1e-4  # quieter channels (-80 dBFS): silence, whatever their mix
+
+
+def _to_mono(samples: np.ndarray, name: str = "audio") -> np.ndarray:
+    """(frames, channels) or (frames,) → (frames,) float32 by averaging channels; when the channels cancel in the
+    average (``MONO_CANCEL_SHARE``: a recording with one channel phase-inverted became silence, "no speech"), the
+    loudest channel alone, with a warning naming ``name``."""
+    if samples.ndim == 2 and samples.shape[1] > 1:
+        mix = samples.mean(axis=1)
+        probe = samples[:: max(1, len(samples) // 1_000_000)].astype(np.float64)  # levels from ≤ 1 M frames
+        levels = np.sqrt(np.mean(np.square(probe), axis=0))
+        loudest = int(np.argmax(levels))
+        if levels[loudest] > _MONO_MIN_RMS and np.sqrt(np.mean(np.square(probe.mean(axis=1)))) < (
+                MONO_CANCEL_SHARE * levels[loudest]):
+            logger.warning("%s: its %d channels cancel each other out when mixed to mono (one is phase-inverted?); "
+                           "reading channel %d alone", name, samples.shape[1], loudest + 1)
+            mix = samples[:, loudest]
+        samples = mix
+    elif samples.ndim == 2:
+        samples = samples[:, 0]
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
@@ -116,7 +136,10 @@ def _warn_if_truncated(path: str) -> None:
                        "short?); using the %.2f s there are", path, cut[0], cut[1], cut[1])
 
 
-def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sample_rate: int) -> np.ndarray:
+def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sample_rate: int,
+                 name: str | None = None) -> np.ndarray:
+    """The file decoded by ffmpeg, mono float32 at ``sample_rate``; ``name``: the file's name in warnings (default
+    ``path``)."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise AudioLoadError(
@@ -129,14 +152,51 @@ def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sa
     cmd += ["-i", path]
     if end_time is not None:
         cmd += ["-t", f"{end_time - (start_time or 0.0):.3f}"]
-    cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(sample_rate), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        if detail and "does not contain any stream" in detail[-1]:  # ffmpeg's words for "no audio track"
-            raise AudioLoadError(f"{path}: the file has no audio stream (a video without sound?)")
-        raise AudioLoadError(f"{path}: cannot decode ({detail[-1] if detail else 'ffmpeg failed'})")
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    return _ffmpeg_mono(cmd, sample_rate, path, name or path)
+
+
+_FFMPEG_BLOCK = 1 << 20  # bytes read from ffmpeg at a time
+
+
+def _ffmpeg_mono(cmd: list[str], sample_rate: int, path: str, name: str) -> np.ndarray:
+    """ffmpeg ``cmd`` (its input part) decoded to two channels (a mono file's doubled, more mixed down by ffmpeg)
+    and mixed to mono here as :func:`_to_mono` mixes, read block by block: the first channel and the mix are kept
+    (the second is 2 × mix - first), so a long file takes the memory it took mixed by ffmpeg, and channels that
+    cancel (one phase-inverted) are found."""
+    out = [*cmd, "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "2", "-ar", str(sample_rate), "-"]
+    first, mix = bytearray(), bytearray()
+    power = np.zeros(3)  # sums of squares: first channel, second, mix
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(out, stdout=subprocess.PIPE, stderr=err)
+        rest = b""
+        try:
+            while block := proc.stdout.read(_FFMPEG_BLOCK):  # type: ignore[union-attr]
+                block, rest = rest + block, b""
+                usable = len(block) // 8 * 8
+                block, rest = block[:usable], block[usable:]
+                pairs = np.frombuffer(block, dtype=np.float32).reshape(-1, 2)
+                mixed = pairs.mean(axis=1, dtype=np.float32)
+                power += [np.dot(pairs[:, 0], pairs[:, 0]), np.dot(pairs[:, 1], pairs[:, 1]), np.dot(mixed, mixed)]
+                first += pairs[:, 0].tobytes()
+                mix += mixed.tobytes()
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            code = proc.wait()
+        if code != 0:
+            err.seek(0)
+            detail = err.read().decode("utf-8", "replace").strip().splitlines()
+            if detail and "does not contain any stream" in detail[-1]:  # ffmpeg's words for "no audio track"
+                raise AudioLoadError(f"{path}: the file has no audio stream (a video without sound?)")
+            raise AudioLoadError(f"{path}: cannot decode ({detail[-1] if detail else 'ffmpeg failed'})")
+    samples = np.frombuffer(mix, dtype=np.float32)
+    levels = np.sqrt(power / max(1, len(samples)))
+    loudest = int(np.argmax(levels[:2]))
+    if levels[loudest] > _MONO_MIN_RMS and levels[2] < MONO_CANCEL_SHARE * levels[loudest]:
+        logger.warning("%s: its channels cancel each other out when mixed to mono (one is phase-inverted?); reading "
+                       "channel %d alone", name, loudest + 1)
+        left = np.frombuffer(first, dtype=np.float32)
+        return left if loudest == 0 else 2 * samples - left
+    return samples  # a view of ``mix``, writable, no copy
 
 
 def load_audio(
@@ -168,7 +228,7 @@ def load_audio(
         raise AudioLoadError(f"{path}: audio file is empty (0 bytes)")
     try:
         data, sr = _read_soundfile(path, start_time, end_time)
-        samples = resample(_to_mono(data), sr, sample_rate)
+        samples = resample(_to_mono(data, path), sr, sample_rate)
         _warn_if_truncated(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         if isinstance(e, AudioLoadError):
@@ -195,7 +255,7 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
         raise AudioLoadError(f"{name}: empty file (0 bytes)")
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-        samples = resample(_to_mono(samples), sr, sample_rate)
+        samples = resample(_to_mono(samples, name), sr, sample_rate)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         logger.debug("%s: libsndfile cannot read it (%s); decoding with ffmpeg", name, e)
         suffix = Path(name).suffix.lower()
@@ -204,7 +264,7 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
             with open(path, "wb") as f:
                 f.write(data)
             try:
-                samples = _read_ffmpeg(path, None, None, sample_rate)
+                samples = _read_ffmpeg(path, None, None, sample_rate, name)
             except AudioLoadError as err:
                 raise AudioLoadError(str(err).replace(path, name)) from None
     if samples.size == 0:

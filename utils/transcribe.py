@@ -108,6 +108,7 @@ LONE_DECODE_MAX_SHARE = 0.85
 # worker keeps every thread instead, as one replica set shares one copy of the weights
 SOLO_ENCODER_MAX_BYTES = 1 << 30
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+SAMPLING_SEED = 0  # the temperature fallback's samples are drawn from generators seeded with it (DecodeOptions.seed)
 MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder (n_text_ctx // 2)
 # HF measures repetition on the zlib ratio of 2-byte token ids, the reference Whisper on the UTF-8 text;
 # 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
@@ -157,6 +158,9 @@ class DecodeOptions:
             (:class:`DecodeStats`: OpenAI's verbose_json fields). The ct2 backend has them from its decode; the
             transformers backend scores the kept text in one more decoder pass per batch (its temperature is
             None where its own fallback may have sampled).
+        seed: the transformers backend seeds PyTorch with it before every batch it may sample in, so the same audio
+            gives the same text run after run (13 different transcripts in 15 runs of one file before); CTranslate2
+            seeds each decoding thread once, with ``SAMPLING_SEED`` (the ct2 backend sets it when it loads).
     """
 
     language: str | None = None
@@ -179,6 +183,7 @@ class DecodeOptions:
     encoder_window_s: float | None = None
     read_on: bool = True
     decode_stats: bool = False
+    seed: int = SAMPLING_SEED
 
     def __post_init__(self) -> None:
         if self.task not in ("transcribe", "translate"):
@@ -1269,6 +1274,14 @@ def _reuse_cross_attention_projections(decoder: Any, max_bytes: int = CROSS_ATTE
             setattr(attention, name, LastResult(getattr(attention, name)))
 
 
+def _seed_sampling(options: DecodeOptions) -> None:
+    """Seed PyTorch with ``options.seed`` before a generate() that may sample (a temperature above 0)."""
+    if max(options.temperatures) > 0:
+        import torch
+
+        torch.manual_seed(options.seed)
+
+
 class TransformersTranscriber(_BaseTranscriber):
     """``WhisperForConditionalGeneration`` from a transformers model folder."""
 
@@ -1410,6 +1423,7 @@ class TransformersTranscriber(_BaseTranscriber):
         kw = self._generate_kwargs(first, languages, prompt)
         kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
         with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
+            _seed_sampling(first)
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         sampled = set()  # chunks decoded again at higher temperatures
@@ -1422,6 +1436,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 kw = self._generate_kwargs(again, [languages[i] for i in loops] if languages else None, prompt)
                 kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
                 with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
+                    _seed_sampling(again)
                     out = self.model.generate(input_features=feats[loops], **kw)
                 redone = self._segments_from_output(out, len(loops), [durations[i] for i in loops])
                 for i, pieces in zip(loops, redone):
@@ -1729,6 +1744,10 @@ class CT2Transcriber(_BaseTranscriber):
 
             build = functools.partial(ctranslate2.models.Whisper, model_dir, device="cpu", compute_type=compute_type,
                                       inter_threads=1, intra_threads=solo)
+        import ctranslate2
+
+        # each decoding thread's sampler is seeded when it first samples (with a random seed unless one was set)
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         torch_threads = _torch_threads()
         with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:  # built while CTranslate2 loads the model
             building = pool.submit(build) if build is not None else None

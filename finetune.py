@@ -276,12 +276,17 @@ def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
         logging.getLogger().setLevel(logging.ERROR)
     logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
                 precision.describe())
+    if accelerator.num_processes == 1 and "ACCELERATE_USE_CPU" in os.environ and "MASTER_PORT" in os.environ \
+            and "WORLD_SIZE" not in os.environ:  # accelerate launch --num_processes=N's simple launcher: one process
+        logger.warning("accelerate launch was asked for several processes but started one (with --cpu, or without "
+                       "GPUs, it launches a single process): for N processes use `accelerate launch --multi_gpu "
+                       "--num_processes=N` or `torchrun --nproc_per_node=N`")
     set_seed(args.seed, device_specific=True)  # seed + rank: each process draws its own dropout masks
     return accelerator, precision
 
 
 def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` = the newest), checked whole before
+    """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` (any case) = the one saved last), checked whole before
     anything slow; a save that a kill interrupted is cleaned up first."""
     from utils.trainer import check_checkpoint, latest_checkpoint, recover_interrupted_saves
 
@@ -289,7 +294,7 @@ def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -
         recover_interrupted_saves(run_dir)
     accelerator.wait_for_everyone()
     resume = args.resume_from_checkpoint
-    if resume == "auto":
+    if resume is not None and resume.lower() == "auto":
         resume = latest_checkpoint(run_dir)
         if resume is None:
             logger.info("no checkpoint in %s to resume from; starting fresh", run_dir)

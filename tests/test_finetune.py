@@ -433,6 +433,33 @@ def test_resume_into_another_folder_brings_the_best_checkpoint_or_forgets_it(tin
     assert _state(run3)["best_step"] == 6 == _state(run3, "checkpoint-best")["global_step"]
 
 
+def test_auto_resumes_the_run_saved_last_in_a_folder_that_held_a_longer_run(tiny_whisper_dir, corpus, tmp_path,
+                                                                             caplog):
+    """A new run in an --output_dir that still held a longer finished run: auto took the highest step, the other
+    run's checkpoint-6, past this run's --max_steps, said "done: 0 steps in this run" and reported the other run's
+    best while checkpoint-best held this run's. auto now takes the checkpoint saved last, a checkpoint past
+    --max_steps is refused, and a best written by another run is never taken for this run's."""
+    out = tmp_path / "out"
+    run = out / tiny_whisper_dir.name
+    common = dict(save_steps=2, eval_steps=2, timestamps=False, pack_audio=False)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=6, **common)) == 0
+    earlier = _state(run, "checkpoint-6")["run_id"]
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=2, **common)) == 0  # a new run, 2 steps
+    this = _state(run, "checkpoint-2")["run_id"]
+    assert this != earlier and _state(run, "checkpoint-best")["run_id"] == this
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=4, resume_from_checkpoint="AUTO",
+                                   **common)) == 0
+    assert f"resumed from {run / 'checkpoint-2'} at step 2" in caplog.text
+    final, best = _state(run), _state(run, "checkpoint-best")
+    assert final["global_step"] == 4 and final["run_id"] == best["run_id"] == this
+    assert final["best_step"] == best["best_step"] == best["global_step"] in (2, 4)
+    caplog.clear()
+    assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "other", max_steps=4,
+                               resume_from_checkpoint=run / "checkpoint-6", **common)) == 1
+    assert "is at step 6, past this run's 4 steps (--max_steps)" in caplog.text
+
+
 def test_resume_with_another_seed_warns(tiny_whisper_dir, corpus, tmp_path, caplog):
     """The epoch's order depends on the seed: resumed with another --seed, the clips trained on are not the first
     ones of the new order, so the run says so (the same clips and batch size looked unchanged)."""
@@ -1287,3 +1314,17 @@ def test_every_rank_meets_the_others_at_each_barrier_when_resuming_into_another_
     Trainer._bring_best(fake, old / "checkpoint-3", TrainerState(global_step=3, best_metric=0.5, best_step=3))
     assert len(barriers) == (1 if there else 2)
     assert (run_dir / "checkpoint-best" / STATE_FILE).is_file()
+
+
+@pytest.mark.parametrize("processes", [2, 1])
+def test_accelerate_launch_that_starts_one_of_several_processes_says_so(processes, tmp_path):
+    """`accelerate launch --cpu --num_processes=2` starts a single process; the only sign was "1 process(es)" in an
+    info line. (A model that does not exist ends the run right after the devices are set up.)"""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run([str(accelerate), "launch", "--cpu", f"--num_processes={processes}", "finetune.py",
+                           "--base_model=does/not/exist", "--train_data=dataset/demo/train.json",
+                           "--test_data=dataset/demo/test.json", f"--output_dir={tmp_path}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "does/not/exist: folder not found" in out
+    assert ("was asked for several processes but started one" in out) == (processes > 1), out[-2000:]

@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ class TrainerState:
     data: dict[str, Any] | None = None
     # the eval set the best metric was measured on (:meth:`EvalSet.fingerprint`); None in checkpoints before it
     eval_data: str | None = None
+    # which run wrote it (a fresh start draws one; resuming keeps it) and when (time.time()): several runs in one
+    # --output_dir are told apart by them; None in checkpoints before them
+    run_id: str | None = None
+    saved_at: float | None = None
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, asdict(self))
@@ -141,9 +146,19 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoint-<step>`` of a run, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The complete ``checkpoint-<step>`` saved last in ``run_dir`` (its trainer state's ``saved_at``; the highest
+    step among checkpoints without one), or None. By step alone, a run started in a folder that still held a
+    longer earlier run resumed from the earlier run's last checkpoint, past its own --max_steps."""
+    def saved_at(path: Path) -> float:
+        try:
+            with open(path / STATE_FILE, encoding="utf-8") as f:
+                value = json.load(f).get("saved_at")
+        except (OSError, ValueError, AttributeError):
+            return -math.inf
+        return float(value) if isinstance(value, (int, float)) else -math.inf
+
+    found = [(saved_at(path), step, path) for step, path in list_checkpoints(run_dir)]
+    return max(found, key=lambda f: f[:2])[2] if found else None
 
 
 def check_checkpoint(checkpoint: str | os.PathLike, *, adalora: bool) -> None:
@@ -557,7 +572,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.data_layout = self._data_layout()
         self.state = TrainerState(max_steps=self.total_steps, metric=options.metric, data=self.data_layout,
-                                  eval_data=eval_set.fingerprint())
+                                  eval_data=eval_set.fingerprint(), run_id=uuid.uuid4().hex)
         from accelerate.utils import DistributedType
 
         self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -626,6 +641,7 @@ class Trainer:
                     torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
                 if self.options.use_adalora:
                     torch.save(self._adalora_state(), tmp / ADALORA_STATE_FILE)
+            self.state.saved_at = time.time()
             self.state.save(tmp / STATE_FILE)
             publish_dir(tmp, target, overwrite=True)
             if full:
@@ -694,6 +710,12 @@ class Trainer:
                 logger.warning("%s has no scaler.pt: the fp16 loss scale starts again from its initial value",
                                checkpoint)
         saved = TrainerState.load(state_path)
+        if saved.global_step > self.total_steps:
+            raise ValueError(f"{checkpoint} is at step {saved.global_step}, past this run's {self.total_steps} steps "
+                             "(--max_steps): it belongs to a longer run. Raise --max_steps to train on from it, or "
+                             "start a new run in another --output_dir")
+        if saved.run_id is None:  # a checkpoint written before runs had an id: from here on, this run's
+            saved.run_id = self.state.run_id
         if saved.max_steps != self.total_steps:
             was = self.scheduler.get_last_lr()[0]
             now = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](saved.global_step)
@@ -705,7 +727,14 @@ class Trainer:
         best_state = self.run_dir / "checkpoint-best" / STATE_FILE
         if best_state.is_file():  # the best checkpoint may be newer than the resumed step
             best = TrainerState.load(best_state)
-            if best.best_metric is not None and (saved.best_metric is None or best.best_metric < saved.best_metric):
+            if best.run_id not in (None, saved.run_id):  # another run in this folder wrote it last
+                if saved.best_metric is not None:
+                    logger.warning("%s was written by another run in %s: the best %s %.4f this run recorded (step "
+                                   "%s) is not in it; checkpoint-best will be this run's next best evaluation",
+                                   best_state.parent, self.run_dir, saved.metric, saved.best_metric, saved.best_step)
+                saved.best_metric, saved.best_step = None, None
+            elif best.best_metric is not None and (saved.best_metric is None
+                                                   or best.best_metric < saved.best_metric):
                 saved.best_metric, saved.best_step = best.best_metric, best.best_step
         self._forget_best_of_other_eval(saved, checkpoint)
         self._carry_position(saved, checkpoint)

@@ -286,8 +286,8 @@ def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` (any case) = the one saved last), checked whole before
-    anything slow; a save that a kill interrupted is cleaned up first."""
+    """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` (any case) = the one saved last), checked
+    whole before anything slow; a save that a kill interrupted is cleaned up first."""
     from utils.trainer import check_checkpoint, latest_checkpoint, recover_interrupted_saves
 
     if accelerator.is_main_process:

@@ -787,7 +787,8 @@ def test_greedy_decode_matches_generate(whisper_base_dir, zh_wav, en_wav):
     assert got_text == want_text and all(want_text)
     # the demo test set's no-speech clips: whisper-base reads "你" and "你不要再想我了" into them, which inference
     # drops as silence (no-speech probability and log-probability); eval, which picks checkpoint-best, does as well
-    silent = [load_audio(Path(__file__).parents[1] / "dataset" / "demo" / "audio" / f"test_00{k}.flac") for k in ("04", "18")]
+    demo_audio = Path(__file__).parents[1] / "dataset" / "demo" / "audio"
+    silent = [load_audio(demo_audio / f"test_00{k}.flac") for k in ("04", "18")]
     feats = processor.feature_extractor([*silent, load_audio(zh_wav)], sampling_rate=16000,
                                         return_tensors="pt").input_features
     with torch.no_grad():

@@ -28,7 +28,8 @@ N_TRAIN, N_TEST = 6, 4
 
 def _rows(manifest: str, n: int) -> list[tuple[str, str, float]]:
     """(absolute audio path, sentence, duration) of the first ``n`` items of a demo manifest."""
-    return [(r.audio_path, r.sentence, r.duration) for r in list(load_manifest(REPO_ROOT / "dataset" / "demo" / manifest))[:n]]
+    records = list(load_manifest(REPO_ROOT / "dataset" / "demo" / manifest))[:n]
+    return [(r.audio_path, r.sentence, r.duration) for r in records]
 
 
 @pytest.fixture(scope="module")

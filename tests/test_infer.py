@@ -64,8 +64,9 @@ def test_no_cue_starts_at_or_after_the_end_of_the_audio():
     for text in (to_srt(Transcript("x", "zh", 1.0, 52.204, segs)),
                  to_vtt(Transcript("x", "zh", 1.0, 52.204, segs)).replace(".", ",")):
         times = re.findall(r"(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})", text)
-        spans = [(int(a) * 3600 + int(b) * 60 + int(c) + int(d) / 1000, int(e) * 3600 + int(f) * 60 + int(g) + int(h) / 1000)
-                 for a, b, c, d, e, f, g, h in times]
+        seconds = [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for t in times
+                   for h, m, s, ms in (t[:4], t[4:])]
+        spans = list(zip(seconds[::2], seconds[1::2]))
         assert all(start < end <= 52.204 for start, end in spans), text
         assert text.count("我也是在香港的") == 5
     words = [Word(0.5, 1.0, "go", 0.9), *[Word(4.0, 4.0, f"w{i}", 0.9) for i in range(5)]]

@@ -50,7 +50,8 @@ from tools.bench_infer import (REPEATED_SENTENCE, build_fast, build_recording, b
 from utils.text import count_errors  # noqa: E402
 
 # recordings joined from a manifest's clips: manifest, language, metric, separator of the clips' sentences
-CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "), "zh": ("dataset/demo/test.json", "zh", "cer", ""),
+CLIP_SETS = {"en": ("dataset/general/general_en.json", "en", "wer", " "),
+             "zh": ("dataset/demo/test.json", "zh", "cer", ""),
              "en_real": ("dataset/real/real_en.json", "en", "wer", " ")}
 REAL_ZH = ("dataset/real/real_zh.json", "zh", "cer", "")  # the clips of ``zh_real``
 

@@ -402,7 +402,8 @@ def generate(
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-"))
     try:
         (staging / DEMO_DIR / "audio").mkdir(parents=True)
-        jobs = [(plan, staging / DEMO_DIR / "audio" / f"{plan.name}.flac") for split in plans.values() for plan in split]
+        audio = staging / DEMO_DIR / "audio"
+        jobs = [(plan, audio / f"{plan.name}.flac") for split in plans.values() for plan in split]
         jobs += [(plan, staging / f"{plan.name}.wav") for plan in demos.values()]
         fields = render_all(jobs, staging, workers)
         by_name = {plan.name: f for (plan, _), f in zip(jobs, fields, strict=True)}
@@ -415,7 +416,8 @@ def generate(
             summary[split] = _split_summary(records)
         write_text_atomic(staging / "test.txt", ZH_DEMO_SENTENCE + "\n")
         write_text_atomic(staging / "test_en.txt", EN_DEMO_SENTENCE + "\n")
-        files = [f"{DEMO_DIR}/train.json", f"{DEMO_DIR}/test.json", "test.wav", "test.txt", "test_en.wav", "test_en.txt"]
+        files = [f"{DEMO_DIR}/train.json", f"{DEMO_DIR}/test.json", "test.wav", "test.txt", "test_en.wav",
+                 "test_en.txt"]
         _install(staging, output_dir, files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

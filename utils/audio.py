@@ -51,21 +51,26 @@ MONO_CANCEL_SHARE = 0.25
 _MONO_MIN_RMS = 1e-4  # quieter channels (-80 dBFS): silence, whatever their mix
 
 
+def _cancelling_channel(levels: np.ndarray, mix_level: float, name: str) -> int | None:
+    """The loudest channel (index) when the channels of RMS ``levels`` cancel in their mix of RMS ``mix_level``
+    (``MONO_CANCEL_SHARE``; logged, naming ``name``), else None."""
+    loudest = int(np.argmax(levels))
+    if levels[loudest] > _MONO_MIN_RMS and mix_level < MONO_CANCEL_SHARE * levels[loudest]:
+        logger.warning("%s: its %d channels cancel each other out when mixed to mono (one is phase-inverted?); "
+                       "reading channel %d alone", name, len(levels), loudest + 1)
+        return loudest
+    return None
+
+
 def _to_mono(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """(frames, channels) or (frames,) → (frames,) float32 by averaging channels; when the channels cancel in the
     average (``MONO_CANCEL_SHARE``: a recording with one channel phase-inverted became silence, "no speech"), the
     loudest channel alone, with a warning naming ``name``."""
     if samples.ndim == 2 and samples.shape[1] > 1:
-        mix = samples.mean(axis=1)
         probe = samples[:: max(1, len(samples) // 1_000_000)].astype(np.float64)  # levels from ≤ 1 M frames
-        levels = np.sqrt(np.mean(np.square(probe), axis=0))
-        loudest = int(np.argmax(levels))
-        if levels[loudest] > _MONO_MIN_RMS and np.sqrt(np.mean(np.square(probe.mean(axis=1)))) < (
-                MONO_CANCEL_SHARE * levels[loudest]):
-            logger.warning("%s: its %d channels cancel each other out when mixed to mono (one is phase-inverted?); "
-                           "reading channel %d alone", name, samples.shape[1], loudest + 1)
-            mix = samples[:, loudest]
-        samples = mix
+        loudest = _cancelling_channel(np.sqrt(np.mean(np.square(probe), axis=0)),
+                                      float(np.sqrt(np.mean(np.square(probe.mean(axis=1))))), name)
+        samples = samples.mean(axis=1) if loudest is None else samples[:, loudest]
     elif samples.ndim == 2:
         samples = samples[:, 0]
     return np.ascontiguousarray(samples, dtype=np.float32)
@@ -190,13 +195,11 @@ def _ffmpeg_mono(cmd: list[str], sample_rate: int, path: str, name: str) -> np.n
             raise AudioLoadError(f"{path}: cannot decode ({detail[-1] if detail else 'ffmpeg failed'})")
     samples = np.frombuffer(mix, dtype=np.float32)
     levels = np.sqrt(power / max(1, len(samples)))
-    loudest = int(np.argmax(levels[:2]))
-    if levels[loudest] > _MONO_MIN_RMS and levels[2] < MONO_CANCEL_SHARE * levels[loudest]:
-        logger.warning("%s: its channels cancel each other out when mixed to mono (one is phase-inverted?); reading "
-                       "channel %d alone", name, loudest + 1)
-        left = np.frombuffer(first, dtype=np.float32)
-        return left if loudest == 0 else 2 * samples - left
-    return samples  # a view of ``mix``, writable, no copy
+    loudest = _cancelling_channel(levels[:2], float(levels[2]), name)
+    if loudest is None:
+        return samples  # a view of ``mix``, writable, no copy
+    left = np.frombuffer(first, dtype=np.float32)
+    return left if loudest == 0 else 2 * samples - left
 
 
 def load_audio(

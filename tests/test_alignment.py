@@ -106,6 +106,19 @@ def test_chinese_is_split_by_character_even_inside_multibyte_tokens(tokenizers):
     assert words[-1].end <= 3.0 and "\ufffd" not in "".join(w.word for w in words)
 
 
+def test_latin_words_and_numbers_inside_chinese_stay_whole(tokenizers):
+    tk = tokenizers["zh"]
+    text = "我用Python写代码，还有 TensorFlow 2.0，他说don't worry。COVID-19第3.5版"
+    tokens = tk.encode(text)
+    times = np.linspace(0.0, 6.0, len(tokens) + 1)
+    words = words_for_tokens(tk, tokens, [0.5] * len(tokens), times, language="zh", duration=6.0)
+    assert "".join(w.word for w in words) == text
+    found = [w.word.strip() for w in words]
+    for whole in ("Python", "TensorFlow", "2.0，", "don't", "worry。", "COVID-19", "3.5"):
+        assert whole in found, found
+    assert "写" in found and "第" in found  # the Chinese around them still one character (or token) each
+
+
 def test_a_word_start_moves_past_the_pause_after_the_previous_words_tail():
     """Tones with 0.25 s pauses; a word aligned to start 0.12 s (6 frames) before the previous tone's end (int8
     alignment in noise did that) starts after the pause, and the previous word ends where its tone does; a word

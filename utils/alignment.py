@@ -83,8 +83,41 @@ def alignment_path(weights: np.ndarray, num_frames: int) -> tuple[np.ndarray, np
 def word_groups(tokenizer, tokens: Sequence[int], language: str | None) -> tuple[list[str], list[list[int]]]:
     """Split text tokens into words: (word texts, token lists); by character for Chinese, Japanese, Thai…"""
     if language in NO_SPACE_LANGUAGES:
-        return tokenizer.split_tokens_on_unicode(list(tokens))
+        return _join_latin_runs(*tokenizer.split_tokens_on_unicode(list(tokens)))
     return tokenizer.split_tokens_on_spaces(list(tokens))
+
+
+def _is_latin_alnum(ch: str) -> bool:
+    """A letter or digit of an alphabet written with spaces (Latin, Greek, Cyrillic…), not CJK or full-width."""
+    return ch.isalnum() and ord(ch) < 0x2E80
+
+
+_INNER_PUNCTUATION = ".'-"  # inside a word or number: "2.0", "don't", "COVID-19"
+
+
+def _join_latin_runs(words: list[str], groups: list[list[int]]) -> tuple[list[str], list[list[int]]]:
+    """Character splitting cuts a Latin word inside Chinese text into its tokens ("P", "y", "thon"): join pieces
+    that continue a word (no space between them: "Python", "don't"), and ".'-" between two ("2.0", "COVID-19")."""
+    out_words: list[str] = []
+    out_groups: list[list[int]] = []
+    i = 0
+    while i < len(words):
+        word, group = words[i], list(groups[i])
+        while i + 1 < len(words) and word and _is_latin_alnum(word[-1]):
+            nxt = words[i + 1]
+            if nxt and (_is_latin_alnum(nxt[0]) or (len(nxt) > 1 and nxt[0] in _INNER_PUNCTUATION
+                                                    and _is_latin_alnum(nxt[1]))):
+                word, group, i = word + nxt, group + list(groups[i + 1]), i + 1
+            elif (nxt and all(ch in _INNER_PUNCTUATION for ch in nxt) and i + 2 < len(words) and words[i + 2]
+                  and _is_latin_alnum(words[i + 2][0])):
+                word, group = word + nxt + words[i + 2], group + list(groups[i + 1]) + list(groups[i + 2])
+                i += 2
+            else:
+                break
+        out_words.append(word)
+        out_groups.append(group)
+        i += 1
+    return out_words, out_groups
 
 
 def token_times(text_indices: np.ndarray, frame_indices: np.ndarray) -> np.ndarray:

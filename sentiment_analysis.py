@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.text is not None and not any(t.strip() for t in args.text):
         parser.error("--text is empty, nothing to classify")
+    if args.text is not None and (empty := [k for k, t in enumerate(args.text, 1) if not t.strip()]):
+        parser.error(f"--text number {', '.join(map(str, empty))} of {len(args.text)} is empty (an empty text would "
+                     "count as neutral); leave it out")
     check_output_path(parser, "--output", args.output, folder=False)
     check_device_arg(parser, args.device, "transformers")
     setup_logging()

@@ -151,6 +151,16 @@ def test_router_sends_each_text_to_its_language_backend(default_model):
     assert contains_cjk("hello 你好") and not contains_cjk("hello, world")
 
 
+def test_english_words_in_chinese_text_and_a_mismatched_language(default_model, caplog):
+    """"这个 app 很 good" read neutral 0.50 (any CJK sent it to the Chinese lexicon, which ignores English); a forced
+    language that does not fit the text scored it neutral without a word."""
+    mixed = default_model.predict(["这个 app 很 good", "这个 app 很 bad", "这个 app 很好用, but slow"])
+    assert [r.label for r in mixed] == ["positive", "negative", "positive"]  # the Chinese opinion word decides
+    with caplog.at_level("WARNING"):
+        assert load_sentiment_model(language="en").predict(["菜很难吃"]) == [SentimentResult("neutral", 0.5)]
+    assert "not in the language given (en" in caplog.text
+
+
 def test_empty_texts_are_neutral_without_a_model_call(default_model):
     assert default_model.predict([]) == []
     assert default_model.predict(["", "   "]) == [SentimentResult("neutral", 0.5)] * 2
@@ -253,6 +263,21 @@ def test_load_inputs_txt_one_text_per_non_empty_line(tmp_path):
     inputs = load_sentiment_inputs(path)
     assert inputs.items == [TextItem("第一句话"), TextItem("second line")]
     assert inputs.full_text is None
+
+
+def test_load_inputs_reads_realtime_transcribes_outputs(tmp_path):
+    """realtime_transcribe.py's --output lines ("[00:00:01.000 --> 00:00:03.500] text") had their time stamps scored
+    as text; its --report_path JSON was read for the live text, not the revised final_text."""
+    txt = tmp_path / "live.txt"
+    txt.write_text("[00:00:01.000 --> 00:00:03.500] 服务很好\n[01:02:03,250 --> 01:02:04.000] 菜太难吃了\n纯文本\n",
+                   encoding="utf-8")
+    items = load_sentiment_inputs(txt).items
+    assert [(i.text, i.start, i.end) for i in items] == [("服务很好", 1.0, 3.5), ("菜太难吃了", 3723.25, 3724.0),
+                                                        ("纯文本", None, None)]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"text": "live words", "final_text": "revised words", "latency_mean_s": 1.6}),
+                      encoding="utf-8")
+    assert [i.text for i in load_sentiment_inputs(report).items] == ["revised words"]
 
 
 def test_load_inputs_transcript_json(tmp_path):
@@ -395,6 +420,7 @@ def test_main_model_error_exits_1(tmp_path, caplog):
         ["--text", "好", "--input", "x.txt"],
         [],
         ["--text", "  "],
+        ["--text", "I love it", "--text", ""],  # scored neutral, pulling the mean towards 0.5
         ["--text", "好", "--language", "fr"],
         ["--text", "好", "--local_files_only=maybe"],
     ],
@@ -419,6 +445,9 @@ def test_main_rejects_bad_flags(argv):
     ("虽然环境不错，但是菜很一般，不会再来了", "negative"),
     ("快递放在了门卫室", "neutral"),  # 快 of 快递 says nothing: no opinion word, neutral
     ("我下周一要出差", "neutral"),
+    ("我没有不喜欢这里", "positive"),  # two negators cancel (it was negative 0.31)
+    ("也不是不好", "positive"),  # a negator before a negative word that holds one (不好)
+    ("一点都不好", "negative"),
 ])
 def test_lexicon_rules(text, label):
     assert load_sentiment_model("lexicon").predict([text])[0].label == label

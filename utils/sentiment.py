@@ -179,8 +179,12 @@ class VaderSentiment(SentimentModel):
         return [(self._analyzer.polarity_scores(t)["compound"] + 1.0) / 2.0 for t in it]
 
 
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
 class LanguageRouter(SentimentModel):
-    """Sends each text to the backend of its language (CJK → ``zh``, else ``en``), or all to ``language``.
+    """Sends each text to the backend of its language (CJK → ``zh``, else ``en``), or all to ``language``; a
+    Chinese text in which the lexicon finds no opinion word but that holds English words is read by ``en``'s.
 
     Backends are built on first use, so English-only input never loads the Chinese model.
     """
@@ -203,10 +207,21 @@ class LanguageRouter(SentimentModel):
         groups: dict[str, list[int]] = {}
         for i, t in enumerate(texts):
             groups.setdefault(self.language or ("zh" if contains_cjk(t) else "en"), []).append(i)
+        if self.language is not None:
+            other = [t for t in texts if contains_cjk(t) != (self.language == "zh")]
+            if other:
+                logger.warning("%d of %d texts are not in the language given (%s: %s), e.g. %r: they read as "
+                               "neutral; leave the language out to route each text by its script", len(other),
+                               len(texts), self.language, self.name, other[0][:40])
         scores = [0.5] * len(texts)
         for language, idx in groups.items():
             for i, s in zip(idx, self._backend(language).positivity([texts[i] for i in idx]), strict=True):
                 scores[i] = s
+        if self.language is None:  # Chinese with English words and no Chinese opinion word: "这个 app 很 good"
+            latin = [i for i in groups.get("zh", []) if scores[i] == 0.5 and _LATIN_WORD.search(texts[i])]
+            if latin:
+                for i, s in zip(latin, self._backend("en").positivity([texts[i] for i in latin]), strict=True):
+                    scores[i] = s
         return scores
 
 
@@ -404,7 +419,8 @@ def transcript_to_input(obj: Mapping[str, Any], source: str = "transcript") -> S
     Raises:
         SentimentInputError: a field has the wrong type, or there is no text at all.
     """
-    text = obj.get("text")
+    key = "final_text" if isinstance(obj.get("final_text"), str) else "text"  # realtime_transcribe.py's report:
+    text = obj.get(key)  # the text revised by its second pass, not the live one
     if text is not None and not isinstance(text, str):
         raise SentimentInputError(f"{source}: 'text' must be a string, got {type(text).__name__}")
     segments = obj.get("segments") or []
@@ -453,6 +469,21 @@ def _manifest_to_input(text: str, path: Path) -> SentimentInput:
     return SentimentInput(items)
 
 
+_TIME = r"(\d+):(\d{2}):(\d{2}(?:[.,]\d+)?)"
+_TIMED_LINE = re.compile(rf"^\s*\[{_TIME}\s*-->\s*{_TIME}\]\s*(.*)$")
+
+
+def _text_line(line: str) -> TextItem:
+    """A line of a .txt input; realtime_transcribe.py's ``[00:00:01.000 --> 00:00:03.500] text`` lines give the
+    text and its times (the time stamps were scored as part of the text)."""
+    m = _TIMED_LINE.match(line)
+    if m is None:
+        return TextItem(line.strip())
+    g = m.groups()
+    start, end = (int(h) * 3600 + int(mi) * 60 + float(sec.replace(",", ".")) for h, mi, sec in (g[0:3], g[3:6]))
+    return TextItem(g[6].strip(), start, end)
+
+
 def _is_jsonlines(text: str) -> bool:
     """Whether ``text`` is jsonlines: several non-empty lines, the first a whole JSON object (a transcript JSON
     is one object: on one line, or indented so that its first line is "{")."""
@@ -486,7 +517,7 @@ def load_sentiment_inputs(path: str | Path) -> SentimentInput:
         raise SentimentInputError(f"{path}: unknown extension '{suffix}' (use {', '.join(INPUT_SUFFIXES)})")
     text = _read_text(path)
     if suffix == ".txt":
-        return SentimentInput([TextItem(line.strip()) for line in text.splitlines() if line.strip()])
+        return SentimentInput([_text_line(line) for line in text.splitlines() if line.strip()])
     if suffix in (".jsonl", ".jsonlines"):
         return _manifest_to_input(text, path)
     if _is_jsonlines(text):

@@ -3,7 +3,8 @@
 A sentence is cut into clauses at punctuation and at contrast words (但是, 可是, 不过, 却 …). In each clause the
 longest lexicon words are found left to right; a word counts +1 (positive) or -1 (negative), times a degree
 adverb just before it (很, 太, 非常 … x1.5; 有点, 稍微 … x0.6) and flipped by a negator within three characters
-before it (不, 没, 没有, 别, 无, 并不 …; 一点都不 …), so 不贵 and 没有遇到堵车 count positive, 一点也不新鲜 negative.
+before it (不, 没, 没有, 别, 无, 并不 …; 一点都不 …), so 不贵 and 没有遇到堵车 count positive, 一点也不新鲜 negative;
+two negators in a row cancel (没有不喜欢 counts positive).
 The clause after a contrast word weighs double, a 虽然 clause half: 虽然贵，但是好吃 is positive. The sentence's
 positivity is ``1 / (1 + exp(-score))``; a sentence with no lexicon word scores 0.5 (neutral: no opinion found).
 
@@ -102,7 +103,12 @@ def _modifier(clause: str, start: int) -> float:
             break
         factor *= 0.6 if degree in DEGREE_DOWN else 1.5
         before = before[: -len(degree)]
-    if before.endswith(NEGATORS) or before[:-1].endswith(_NEGATORS_ONE_AWAY):
+    negator = next((n for n in NEGATORS if before.endswith(n)), None)
+    if negator is not None:
+        factor *= -0.8
+        if before[: -len(negator)].endswith(NEGATORS):  # a double negative: 没有不喜欢, 不是不好 (it was negative)
+            factor *= -1.0
+    elif before[:-1].endswith(_NEGATORS_ONE_AWAY):
         factor *= -0.8
     return factor
 
@@ -119,7 +125,10 @@ def clause_score(clause: str) -> tuple[float, int]:
             polarity = 1.0 if word in _POSITIVE else -1.0 if word in _NEGATIVE else 0.0
             if polarity and not (length == 1 and word in NEGATORS):
                 negator_inside = any(word.startswith(n) for n in NEGATORS) and length > 1
-                factor = 1.0 if negator_inside else _modifier(clause, i)
+                if negator_inside:  # 不好, 没效果: negative already; a negator before it cancels (不是不好)
+                    factor = -0.8 if clause[:i].endswith(NEGATORS) else 1.0
+                else:
+                    factor = _modifier(clause, i)
                 score += polarity * factor
                 hits += 1
                 i += length

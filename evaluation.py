@@ -36,7 +36,7 @@ from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_de
 from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
-from utils.languages import AUTO_LANGUAGE
+from utils.languages import AUTO_LANGUAGE, has_unspaced_script
 from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
 from utils.models import ModelResolutionError
 from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
@@ -163,6 +163,11 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
             })
         index += len(batch)
     elapsed = time.perf_counter() - t0
+    unspaced = sum(1 for u in utterances if has_unspaced_script(u["reference"]))
+    if metric == "wer" and 2 * unspaced > len(utterances):
+        logger.warning("--metric=wer on %d of %d references written without spaces (Chinese, Japanese…): a 'word' is "
+                       "then a run between punctuation, often a whole clause; use --metric=cer for them", unspaced,
+                       len(utterances))
     utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
     return {
         "metric": metric,
@@ -349,7 +354,9 @@ def compare(args, options: DecodeOptions, output: str) -> int:
             logger.info("%s: general set %s", model, args.general_data)
             general_report = evaluate(engine, general, replace(options, language=AUTO_LANGUAGE), args.general_metric,
                                       args.batch_size, record_language=False)
-        silent = engine.transcribe_batch([audio for _, audio in clips], options)
+        # the model alone on the generated clips (silence, hum, clicks…): the VAD infer.py puts before it would
+        # give every model a clean row, and this row is there to show what fine-tuning did to the model
+        silent = engine.transcribe_batch([audio for _, audio in clips], options, vad=False)
         rows[model] = model_summary(speech_metrics(target_report["utterances"], args.metric),
                                     speech_metrics(general_report["utterances"], args.general_metric)
                                     if general_report else None, [t.text for t in silent])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,16 +86,19 @@ def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_w
              "duration": seconds + 4},
             {"audio": {"path": str(empty)}, "sentence": "c", "duration": 1.0},
             {"audio": {"path": str(en_wav), "end_time": seconds + 0.05}, "sentence": "within 0.1 s",
-             "duration": seconds}]
+             "duration": seconds},
+            {"audio": {"path": str(tmp_path / "zero.wav")}, "sentence": "d", "duration": 1.0}]  # 0 bytes
+    (tmp_path / "zero.wav").write_bytes(b"")  # was found only after the model loaded
     m.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "r.json"
     assert evaluation.main(["--model_path", str(tmp_path / "no-model"), "--test_data", str(m),
                             "--output", str(out)]) == 1
+    assert f"{m}:6: {tmp_path / 'zero.wav'}: the file is empty (0 bytes)" in caplog.text
     assert f"{m}:2: {en_wav}: 'audio.start_time' {seconds + 1} s is past the end of the audio" in caplog.text
     assert f"{m}:3: {en_wav}: 'audio.end_time' {seconds + 5} s is past the end of the audio" in caplog.text
     assert f"{m}:4: {empty}: the file holds no audio samples; fix the line or remove it" in caplog.text
     assert f"{m}:1:" not in caplog.text and f"{m}:5:" not in caplog.text
-    assert "3 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
+    assert "4 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
 
 
 def test_odd_manifest_lines_are_named_before_decoding(tiny_whisper_dir, en_wav, tmp_path, caplog):
@@ -122,6 +126,30 @@ def test_odd_manifest_lines_are_named_before_decoding(tiny_whisper_dir, en_wav, 
     slices = {u["where"]: (u.get("start_time"), u.get("end_time"))  # the report tells the slices of one file apart
               for u in json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["utterances"]}
     assert slices == {f"{m}:1": (None, None), f"{m}:2": (0.5, None), f"{m}:3": (None, None), f"{m}:4": (0.5, 1.0)}
+
+
+def test_a_clip_without_speech_gets_no_text_as_in_inference(tiny_whisper_dir, en_wav, tmp_path):
+    """5 s of digital silence: evaluation decoded it ("you", an insertion) where infer.py's VAD gives no text."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "silence.wav", np.zeros(5 * 16000, np.float32), 16000)
+    m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE), (tmp_path / "silence.wav", "")])
+    rc, report = _evaluate(tiny_whisper_dir, m, tmp_path / "r.json", "--language=en")
+    assert rc == 0
+    hyps = {Path(u["audio"]).name: u["hypothesis"] for u in report["utterances"]}
+    assert hyps["silence.wav"] == "" and hyps[en_wav.name]  # the random model writes something for speech
+
+
+def test_wer_on_chinese_references_warns(tiny_whisper_dir, zh_wav, en_wav, tmp_path, caplog):
+    """--metric=wer on Mandarin counted "服务员，请给我们菜单" as 2 words, without a word about it."""
+    m = _manifest(tmp_path / "m.json", [(zh_wav, ZH_SENTENCE), (zh_wav, "服务员，请给我们菜单"), (en_wav, EN_SENTENCE)])
+    with caplog.at_level("WARNING"):
+        rc, _ = _evaluate(tiny_whisper_dir, m, tmp_path / "r.json", "--metric=wer", "--language=zh")
+    assert rc == 0 and "--metric=wer on 2 of 3 references written without spaces" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rc, _ = _evaluate(tiny_whisper_dir, m, tmp_path / "c.json", "--metric=cer", "--language=zh")
+    assert rc == 0 and "written without spaces" not in caplog.text
 
 
 def test_a_set_of_only_no_speech_clips_has_no_error_rate_and_valid_json(tiny_whisper_dir, en_wav, tmp_path, capsys):

@@ -236,14 +236,14 @@ def test_a_model_fine_tuned_on_one_language_decodes_in_it_unless_told_to_detect(
     engine._detect_language = spy
     clip = np.zeros(SAMPLE_RATE, np.float32)
     opts = DecodeOptions(temperatures=(0.0,), max_new_tokens=3)
-    (out,) = engine.transcribe_batch([clip], opts)
+    (out,) = engine.transcribe_batch([clip], opts, vad=False)  # decoded, though it is silence
     assert (out.language, out.language_probability, detected) == ("zh", 1.0, [])
     assert engine.fixed_language(replace(opts, language="en")) == "en"
     auto = replace(opts, language="AUTO")
     assert auto.language == "auto" and engine.fixed_language(auto) is None
     with pytest.raises(ValueError, match="unknown language 'Klingon'"):
         DecodeOptions(language="Klingon")
-    engine.transcribe_batch([clip], auto)
+    engine.transcribe_batch([clip], auto, vad=False)
     assert detected == [1]
     assert load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu").model_language is None
     # a CTranslate2 folder: its copy of the generation config (merge_lora.py --ct2 writes one), or none
@@ -1054,9 +1054,9 @@ def test_backends_give_the_same_text(base_hf, base_ct2, en_wav):
     assert -0.5 < ct2.stats.avg_logprob < 0 and hf.stats.avg_logprob == pytest.approx(ct2.stats.avg_logprob, abs=0.1)
     assert ct2.stats.no_speech_prob < 0.1 and hf.stats.no_speech_prob < 0.1
     assert hf.stats.temperature == ct2.stats.temperature == 0.0 and hf.stats.seek == ct2.stats.seek == 0
-    # transformers' own fallback may sample: its temperature is not known then
+    # with the fallback on, the temperature of the attempt kept is known (it was None: transformers' own fallback)
     assert base_hf.transcribe(str(en_wav), replace(opts, decode_stats=True, temperatures=(0.0, 0.5))
-                              ).segments[0].stats.temperature is None
+                              ).segments[0].stats.temperature == 0.0
 
 
 LONG_EN_SENTENCES = ("Please send the report before Friday.", "The train to Boston leaves at half past seven.",
@@ -1211,8 +1211,8 @@ def test_transformers_decodes_in_the_shorter_window_and_a_loop_again_in_30_s(tin
     clips = [(np.random.default_rng(k).standard_normal(3 * SAMPLE_RATE) * 0.1).astype(np.float32) for k in (0, 1)]
     options = DecodeOptions(language="en", temperatures=(0.0,), batch_size=2)
     try:
-        full = tiny.transcribe_batch(clips, options)
-        short = tiny.transcribe_batch(clips, replace(options, encoder_window_s=10))
+        full = tiny.transcribe_batch(clips, options, vad=False)  # noise: decoded all the same
+        short = tiny.transcribe_batch(clips, replace(options, encoder_window_s=10), vad=False)
     finally:
         hook.remove()
         outer.remove()
@@ -1400,10 +1400,47 @@ def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, ti
     monkeypatch.setattr(tiny.model, "generate", spy)
     tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32),
                     DecodeOptions(language="en", logprob_fallback=False, max_new_tokens=8), cut_clip=False)
-    first = len(temperatures)
-    tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), DecodeOptions(language="en", max_new_tokens=8),
-                    cut_clip=False)
-    assert temperatures[0] == 0.0 and temperatures[first] == DecodeOptions().temperatures
+    assert temperatures[0] == 0.0  # one temperature per call: transformers' own fallback never runs
+    assert set(temperatures) <= set(DecodeOptions().temperatures)
+
+
+def test_transformers_fallback_keeps_the_best_attempt_not_the_last(tiny, monkeypatch):
+    """transformers' own fallback kept its last sample when every temperature failed: noisy JFK (white noise at 0.7)
+    came out as a 1.0 sample at log-probability -2.6 ("the watchtower has just introduced its food") over the
+    greedy text at -1.2. Now each temperature is one generate() call, and the choice is the ct2 backend's."""
+    tk = tiny.processor.tokenizer
+    for attempts, expected_calls, expected in [
+            # every attempt under the -1 threshold: the best one is kept (the greedy), not the 1.0 sample
+            ({0.0: ("the cat sat on the mat", -1.2), 0.2: ("a cat sad", -1.9), 0.4: ("cats", -2.4),
+              0.6: ("at a mat", -2.1), 0.8: ("mat", -3.0), 1.0: ("the watchtower", -2.6)},
+             [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "the cat sat on the mat"),
+            # an attempt that passes ends the fallback, and is kept
+            ({0.0: ("the cat sat on the mat", -1.2), 0.2: ("a cat sad", -1.9), 0.4: ("the cat sat on a mat", -0.5)},
+             [0.0, 0.2, 0.4], "the cat sat on a mat"),
+            ({0.0: ("the cat sat on the mat", -0.4)}, [0.0], "the cat sat on the mat")]:
+        calls = []
+
+        def generate(*args, calls=calls, **kwargs):
+            calls.append(kwargs["temperature"])
+            return None
+
+        def segments(out, n, durations, calls=calls, attempts=attempts):
+            text = attempts[calls[-1]][0]
+            return [[(0.0, durations[i], " " + text, tk.encode(" " + text, add_special_tokens=False))]
+                    for i in range(n)]
+
+        def scored(feats, languages, texts, task, attempts=attempts):
+            by_text = {tk.decode(tk.encode(" " + t, add_special_tokens=False)): lp for t, lp in attempts.values()}
+            return [(by_text[tk.decode(t)], 0.0) for t in texts]
+
+        monkeypatch.setattr(tiny.model, "generate", generate)
+        monkeypatch.setattr(tiny, "_segments_from_output", segments)
+        monkeypatch.setattr(tiny, "_scored", scored)
+        out = tiny.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32),
+                              DecodeOptions(language="en", decode_stats=True), cut_clip=False)
+        assert out.text == expected and calls == expected_calls
+        assert out.segments[0].stats.temperature == expected_calls[[attempts[t][0] for t in expected_calls]
+                                                                   .index(expected)]
 
 
 def test_a_loop_of_a_short_unit_at_the_end_of_a_decode_is_found_where_it_starts():

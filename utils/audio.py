@@ -315,6 +315,8 @@ def slice_check(path: str, start_time: float | None = None, end_time: float | No
     ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine,
     and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded). Returned with the
     slice's length in seconds (None where the header cannot be read or the slice cannot be read as given)."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:  # no header to read: it failed only once decoded
+        return "the file is empty (0 bytes)", None
     seconds = _header_duration(path)
     if seconds is None:
         return None, None

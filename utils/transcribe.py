@@ -156,8 +156,8 @@ class DecodeOptions:
             the next step reads the buffer's end again.
         decode_stats: give every segment its text tokens and the statistics of the decode that read it
             (:class:`DecodeStats`: OpenAI's verbose_json fields). The ct2 backend has them from its decode; the
-            transformers backend scores the kept text in one more decoder pass per batch (its temperature is
-            None where its own fallback may have sampled).
+            transformers backend scores the kept text in one more decoder pass per batch (with the temperature
+            fallback on, it scores every attempt anyway, to choose among them).
         seed: the transformers backend seeds PyTorch with it before every batch it may sample in, so the same audio
             gives the same text run after run (13 different transcripts in 15 runs of one file before); CTranslate2
             seeds each decoding thread once, with ``SAMPLING_SEED`` (the ct2 backend sets it when it loads).
@@ -430,7 +430,8 @@ class Transcriber(Protocol):
                             *, initial_prompt: str | None = None, cut_clip: bool = True
                             ) -> tuple[Iterator[Segment], TranscriptionInfo]: ...
 
-    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...) -> list[Transcript]: ...
+    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = ...,
+                         vad: bool = True) -> list[Transcript]: ...
 
     def fixed_language(self, options: DecodeOptions) -> str | None: ...
 
@@ -878,9 +879,11 @@ class _BaseTranscriber:
         segments, info = self.transcribe_segments(audio, options, initial_prompt=initial_prompt, cut_clip=cut_clip)
         return Transcript.collect(segments, info)
 
-    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()
-                         ) -> list[Transcript]:
-        """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches.
+    def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions(),
+                         vad: bool = True) -> list[Transcript]:
+        """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches; with ``vad``, one in which
+        the VAD hears no speech at all gets no text, as in :meth:`transcribe` (whisper-base wrote "you" for 5 s of
+        digital silence); without, every waveform is decoded (what the model alone does with it).
 
         Without a fixed language (:meth:`fixed_language`) the language is detected per waveform.
         """
@@ -890,8 +893,9 @@ class _BaseTranscriber:
                              "longer (use transcribe() for long audio)")
         out: list[Transcript | None] = [None] * len(audios)
         for i, a in enumerate(audios):
-            if len(a) == 0:
-                out[i] = Transcript("", self.fixed_language(options), 0.0, 0.0, [])
+            if len(a) == 0 or (vad and whole_clip(a) is None):  # no speech (silence, noise, tones): as transcribe()
+                fixed = self.fixed_language(options) if self.multilingual else "en"
+                out[i] = Transcript("", fixed, 1.0 if fixed else 0.0, len(a) / SAMPLE_RATE, [])
         idx = [i for i in range(len(audios)) if out[i] is None]
         for start in range(0, len(idx), options.batch_size):  # detect, then decode, batch by batch: the
             batch = idx[start: start + options.batch_size]  # decode reuses the detection's encoder output
@@ -1098,6 +1102,43 @@ def _needs_fallback(avg_logprob: float, no_speech_prob: float, options: DecodeOp
     again = loop or (options.logprob_fallback and options.logprob_threshold is not None
                      and avg_logprob < options.logprob_threshold)
     return again, False
+
+
+def _piece_tokens(pieces: Sequence[tuple[float, float, str, list[int]]]) -> list[int]:
+    """The text tokens of one chunk's decoded pieces, in order."""
+    return [t for p in pieces for t in p[3]]
+
+
+class _FallbackChoice:
+    """Which attempt of each chunk the temperature fallback keeps (the transformers backend; the ct2 backend's
+    ``_decode`` decides the same way): an attempt that passes the checks (:func:`_needs_fallback`) ends the
+    fallback; when every temperature fails, the best attempt is kept, the greedy one included: no loop first, then
+    one that passes the checks, then the highest average log-probability (a sample at a high temperature is
+    rarely better than the greedy text; it is not kept for being the last)."""
+
+    def __init__(self, options: DecodeOptions, split_repeats: Sequence[bool] | None) -> None:
+        self.options = options
+        self.split_repeats = split_repeats
+        self.rank: dict[int, tuple[bool, bool, float]] = {}
+        self.taken: dict[int, bool] = {}
+
+    def offer(self, i: int, pieces: Sequence[tuple[float, float, str, list[int]]], score: tuple[float, float],
+              loop: bool, first: bool) -> bool:
+        """Offer chunk ``i``'s attempt ((start, end, text, tokens) pieces, its (avg log-probability, P(no speech)),
+        whether it loops); ``taken[i]`` says whether it is kept. Returns whether to decode the chunk again."""
+        avg_logprob, no_speech = score
+        if not pieces:  # nothing read (generate() dropped the window as silence): nothing to decode again
+            again, silent = False, True
+        else:
+            again, silent = _needs_fallback(avg_logprob, no_speech, self.options, loop)
+            if again and first and self.split_repeats and self.split_repeats[i] \
+                    and repeat_period(_piece_tokens(pieces)) is not None:
+                again = False  # the caller cuts this chunk in two
+        rank = (silent or not loop, not again, avg_logprob)
+        self.taken[i] = first or not again or rank > self.rank[i]
+        if self.taken[i]:
+            self.rank[i] = rank
+        return again
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1413,36 +1454,49 @@ class TransformersTranscriber(_BaseTranscriber):
         feats = self._features(chunks, options.encoder_window_s)
         longest_s = max(len(c) for c in chunks) / SAMPLE_RATE
         durations = [len(c) / SAMPLE_RATE for c in chunks]
-        # transformers' own fallback treats any compressible text as a loop, so a sentence said three times is
-        # replaced by a high-temperature sample: decode without that check, and re-decode (with transformers'
-        # fallback) only the chunks that are real loops (is_decoder_loop, as on the ct2 backend)
-        own_loop_check = len(options.temperatures) > 1 and options.compression_ratio_threshold is not None
-        first = replace(options, compression_ratio_threshold=None) if own_loop_check else options
-        if not options.logprob_fallback:  # the fallback below, for loops, is all there is
-            first = replace(first, temperatures=options.temperatures[:1])
+        # transformers' own fallback treats any compressible text as a loop (a sentence said three times is replaced
+        # by a high-temperature sample) and keeps its last sample when every temperature fails (a 1.0 sample at
+        # log-probability -2.6 over the greedy text at -1.2): generate() decodes at one temperature per call here,
+        # with the ct2 backend's checks and choice (_needs_fallback, _FallbackChoice)
+        first = replace(options, compression_ratio_threshold=None, temperatures=options.temperatures[:1])
         kw = self._generate_kwargs(first, languages, prompt)
         kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
+        max_new = kw["max_new_tokens"]
         with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
             _seed_sampling(first)
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
-        sampled = set()  # chunks decoded again at higher temperatures
-        if own_loop_check:
-            loops = [i for i, pieces in enumerate(per_item) if self._is_loop(pieces, kw["max_new_tokens"], options)
-                     and not (split_repeats and split_repeats[i])]  # the caller cuts those in two
-            if loops:
-                logger.debug("%d of %d chunks loop: decoded again with temperature fallback", len(loops), len(chunks))
-                again = replace(options, temperatures=tuple(options.temperatures[1:]))
-                kw = self._generate_kwargs(again, [languages[i] for i in loops] if languages else None, prompt)
-                kw.setdefault("max_new_tokens", token_budget(longest_s, options.timestamps))
+        fallback = len(options.temperatures) > 1
+        scores = (self._scored(feats, languages, [_piece_tokens(p) for p in per_item], options.task)
+                  if fallback or options.decode_stats else None)
+        temperature_of = [options.temperatures[0]] * len(chunks)
+        if fallback:
+            assert scores is not None
+            choice = _FallbackChoice(options, split_repeats)
+            pending = [i for i, pieces in enumerate(per_item)
+                       if choice.offer(i, pieces, scores[i], self._is_loop(pieces, max_new, options), first=True)]
+            for temperature in options.temperatures[1:]:
+                if not pending:
+                    break
+                logger.debug("temperature %.1f: %d of %d chunks fail the repetition/log-prob checks",
+                             temperature, len(pending), len(chunks))
+                again = replace(first, temperatures=(temperature,))
+                kw = self._generate_kwargs(again, [languages[i] for i in pending] if languages else None, prompt)
+                kw["max_new_tokens"] = max_new
                 with torch.inference_mode(), self._autocast(), _generate_window(self.model, feats.shape[-1]):
                     _seed_sampling(again)
-                    out = self.model.generate(input_features=feats[loops], **kw)
-                redone = self._segments_from_output(out, len(loops), [durations[i] for i in loops])
-                for i, pieces in zip(loops, redone):
-                    if not self._is_loop(pieces, kw["max_new_tokens"], options):  # else the greedy loop stays
-                        per_item[i] = pieces
-                        sampled.add(i)
+                    out = self.model.generate(input_features=feats[pending], **kw)
+                redone = self._segments_from_output(out, len(pending), [durations[i] for i in pending])
+                redone_scores = self._scored(feats[pending], [languages[i] for i in pending],
+                                             [_piece_tokens(p) for p in redone], options.task)
+                retry = []
+                for i, pieces, score in zip(pending, redone, redone_scores):
+                    if choice.offer(i, pieces, score, self._is_loop(pieces, max_new, options), first=False):
+                        retry.append(i)
+                    if choice.taken[i]:
+                        per_item[i], temperature_of[i] = pieces, temperature
+                        scores[i] = (score[0], scores[i][1])  # P(no speech) stays the first decode's
+                pending = retry
         tok = self.processor.tokenizer
         for i, pieces in enumerate(per_item):  # a loop that ends the text: cut after its first unit (no prefix here)
             if not pieces:
@@ -1450,24 +1504,21 @@ class TransformersTranscriber(_BaseTranscriber):
             start, end, _, tokens = pieces[-1]
             if (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
                 per_item[i] = [*pieces[:-1], (start, end, tok.decode(cut, skip_special_tokens=True), cut)]
-        scores = (self._scored(feats, languages, [[t for p in pieces for t in p[3]] for pieces in per_item],
-                               options.task) if options.decode_stats else None)
         results = []
         for i, pieces in enumerate(per_item):
             # the budget used up (the tokens generated: the text's, and a timestamp token at each end of a segment)
             # by text that is no loop, as the ct2 backend decides it
-            tokens = [t for p in pieces for t in p[3]]
-            full = (len(tokens) + (2 * len(pieces) if options.timestamps else 0) >= kw["max_new_tokens"] - 4
+            tokens = _piece_tokens(pieces)
+            full = (len(tokens) + (2 * len(pieces) if options.timestamps else 0) >= max_new - 4
                     and not is_decoder_loop(tokens, join_texts([p[2] for p in pieces]), True,
                                             options.compression_ratio_threshold))
             if not options.timestamps:  # one segment spanning the chunk
                 text = join_texts([p[2] for p in pieces])
-                pieces = [(0.0, durations[i], text, [t for p in pieces for t in p[3]])] if text.strip() else []
+                pieces = [(0.0, durations[i], text, tokens)] if text.strip() else []
             text = join_texts([p[2] for p in pieces])
             stats = None
-            if scores is not None:  # the temperature is known where only one was tried
-                tried = options.temperatures[1:] if i in sampled else first.temperatures
-                stats = DecodeStats(0, *scores[i], compression_ratio(text), tried[0] if len(tried) == 1 else None)
+            if options.decode_stats and scores is not None:
+                stats = DecodeStats(0, *scores[i], compression_ratio(text), temperature_of[i])
             results.append(_ChunkResult([p[:3] for p in pieces], text, tokens=[p[3] for p in pieces],
                                         out_of_budget=full, stats=None if stats is None else [stats] * len(pieces)))
         return results
@@ -1476,18 +1527,29 @@ class TransformersTranscriber(_BaseTranscriber):
                 ) -> list[tuple[float, float]]:
         """Per chunk: (the mean log-probability of its text tokens and the end of text, the probability of no speech
         at the start), its text teacher-forced on its features (the encoder's output of the decode, cached) without
-        timestamp tokens or prompt: transformers' generate() does not return them."""
+        timestamp tokens or prompt: transformers' generate() does not return them. One decoder pass for the batch
+        (texts padded at the end: causal attention keeps the padding out of the rows read)."""
         import torch
 
+        if not len(texts):
+            return []
+        rows = []
+        for language, text in zip(languages, texts, strict=True):
+            tk = self._word_tokenizer(language, task)
+            rows.append(([*tk.sot_sequence, tk.no_timestamps], [*text, tk.eot], tk.no_speech))
+        width = max(len(a) + len(b) for a, b, _ in rows)
+        ids = torch.tensor([[*a, *b] + [b[-1]] * (width - len(a) - len(b)) for a, b, _ in rows], device=self.device)
         out = []
         with torch.inference_mode(), self._autocast():
             states = self.model.model.encoder(feats).last_hidden_state
-            for i, (language, text) in enumerate(zip(languages, texts, strict=True)):
-                ids, logits, start = self._forced(states[i: i + 1], language, task, text)
-                logprobs = logits.log_softmax(-1)
-                rows = torch.arange(start - 1, ids.shape[1] - 1, device=self.device)
-                avg = float(logprobs[rows, ids[0, start:]].sum()) / (len(text) + 1)
-                out.append((avg, float(logprobs[0, self._word_tokenizer(language, task).no_speech].exp())))
+            hidden = self.model.model.decoder(input_ids=ids, encoder_hidden_states=states,
+                                              use_cache=False).last_hidden_state
+            for i, (start, text, no_speech) in enumerate(rows):  # vocabulary logits one row at a time (memory)
+                n = len(start) + len(text)
+                logprobs = self.model.proj_out(hidden[i, :n]).float().log_softmax(-1)
+                positions = torch.arange(len(start) - 1, n - 1, device=self.device)
+                avg = float(logprobs[positions, ids[i, len(start): n]].sum()) / len(text)
+                out.append((avg, float(logprobs[0, no_speech].exp())))
         return out
 
     def _forced(self, state: Any, language: str, task: str, text: Sequence[int]) -> tuple[Any, Any, int]:

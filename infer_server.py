@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a request may wait and decode (504 after)")
     d = p.add_argument_group("decoding defaults (a request's fields override them)")
     d.add_argument("--language", type=optional_str, default=None,
-                   help="language when a request gives none; None = auto-detect")
+                   help="language when a request gives none: None = the language the model was fine-tuned on, "
+                        "else detected; auto = always detected (a request may also send language=auto)")
     d.add_argument("--hotwords", type=optional_str, default=None,
                    help='words to steer every request towards, e.g. "张三,Kubernetes"')
     d.add_argument("--beam_size", type=int, default=None,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, decode_audio_bytes
-from utils.languages import language_code, language_name
+from utils.languages import decode_language, language_name
 from utils.subtitles import CUE_FORMATS, to_srt, to_vtt
 from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, stats_dict
 
@@ -230,7 +230,7 @@ class TranscriptionService:
         language = form.get("language")
         if language and not translate:  # OpenAI's translations endpoint takes no language
             try:
-                changes["language"] = language_code(language)
+                changes["language"] = decode_language(language)  # "auto": detected, whatever the model's
             except ValueError as e:
                 raise ApiError(400, str(e), param="language") from None
         if form.get("prompt"):
@@ -321,6 +321,7 @@ def multipart_body(fields: dict[str, Any], file: tuple[str, bytes] | None) -> tu
 def build_app(service: TranscriptionService):
     """The Starlette application serving ``service``."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -373,6 +374,8 @@ def build_app(service: TranscriptionService):
             return error(e)
         except ValueError as e:  # a malformed multipart body
             return error(ApiError(400, f"malformed request: {e}"))
+        except HTTPException as e:  # starlette's multipart parser: a field over max_part_size, too many fields…
+            return error(ApiError(e.status_code, f"malformed request: {e.detail}"))
         body, media = render(transcript, fmt, task="translate" if translate else "transcribe")
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -399,9 +402,20 @@ def build_app(service: TranscriptionService):
         yield
         service.close()
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths (404) and methods (405) answered in OpenAI's error shape, as every other error is."""
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", None) or "error"
+        if status == 404:
+            detail = f"no such endpoint: {request.method} {request.url.path} (this server has " \
+                     "POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health)"
+        elif status == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        return error(ApiError(status, detail))
+
     return Starlette(routes=[
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/audio/translations", translations, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={HTTPException: http_error})

@@ -185,13 +185,18 @@ def get_audio(max_mb: float) -> tuple[str, bytes] | None:
     return name, audio_file.getvalue()
 
 
-def show_results(name: str, audio_bytes: bytes, result: dict[str, Any]) -> None:
-    """Transcript, segment table, waveform, downloads and sentiment."""
+def show_results(name: str, audio_bytes: bytes, result: dict[str, Any], sentiment: bool) -> None:
+    """Transcript, segment table, waveform, downloads and (``sentiment``: ticked) the sentiment."""
     import pandas as pd
 
     transcript = result["transcript"]
     st.subheader("转写结果 Transcript")
-    lang = f"{transcript.language} ({transcript.language_probability:.0%})" if transcript.language else "?"
+    if not transcript.language:
+        lang = "?"
+    elif result.get("language_given"):  # not detected: no probability to show (it said "zh (100%)")
+        lang = f"{transcript.language} (指定，未检测 given, not detected; 其他语言请选 auto)"
+    else:
+        lang = f"{transcript.language} (检测 detected, {transcript.language_probability:.0%})"
     st.caption(f"语言 language: {lang} · 时长 duration: {transcript.duration:.1f} s · "
                f"耗时 took: {result['seconds']:.1f} s · 模型 model: {result['model']}")
     st.text_area("文本 (text)", transcript.text, height=120, key="transcript_text")
@@ -214,7 +219,7 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any]) -> None:
     st.line_chart(pd.DataFrame(env), x="time_s", y=["min", "max"], height=180,
                   x_label="时间 time (s)", y_label="振幅")
     st.audio(audio_bytes)
-    if "sentiment" in result:
+    if sentiment and "sentiment" in result:
         show_sentiment(result["sentiment"])
 
 
@@ -253,7 +258,8 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
         return None
     bar.empty()
     return {"transcript": transcript, "audio": audio, "seconds": time.perf_counter() - start,
-            "model": f"{settings.model_path} [{settings.backend}]"}
+            "model": f"{settings.model_path} [{settings.backend}]",
+            "language_given": engine.multilingual and engine.fixed_language(options) is not None}
 
 
 def add_sentiment(result: dict[str, Any], args: argparse.Namespace, name: str) -> None:
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if stored is not None and stored[0] == key and stored[1] is not None:
         if settings.sentiment:
             add_sentiment(stored[1], args, name)
-        show_results(name, data, stored[1])
+        show_results(name, data, stored[1], settings.sentiment)
     return 0
 
 

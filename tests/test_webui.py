@@ -335,6 +335,13 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
     assert at.subheader[-1].value == "情感分析 Sentiment"
     assert at.metric[0].value in ("positive", "neutral", "negative")
     assert "vader" in at.caption[-1].value
+    at.sidebar.checkbox[1].uncheck().run()  # unticked: the section goes (it stayed until the next upload)
+    assert "情感分析 Sentiment" not in [s.value for s in at.subheader] and not at.metric
+    # whisper-base has no fine-tuned language: detected, with its probability
+    assert "language: en (检测 detected, " in at.caption[0].value, at.caption[0].value
+    next(box for box in at.sidebar.selectbox if box.label.startswith("语言")).set_value("en").run()
+    at.button(key="transcribe").click().run()
+    assert "language: en (指定，未检测 given, not detected" in at.caption[0].value, at.caption[0].value
 
     # word timestamps: the words shaded by confidence, each with its time as a tooltip
     at.sidebar.checkbox[2].check().run()

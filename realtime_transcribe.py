@@ -184,15 +184,17 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 LINE_PAUSE_S = 2.0  # a pause this long between a revised block's words starts a new line
+MIN_LINE_S = 0.1  # a line's shortest span (s)
 
 
-def commit_line(words: list[StreamToken], after: float = 0.0) -> str:
-    """``[start --> end] text`` for words committed together; the start is not before ``after`` (the end of the
+def commit_line(words: list[StreamToken], after: float = 0.0) -> tuple[str, float]:
+    """(``[start --> end] text``, end) for words committed together; the start is not before ``after`` (the end of the
     line before: word times inside a decode are estimates, and the next commit's first word can start a little
-    before the last one's estimated end)."""
+    before the last one's estimated end); the end at least ``MIN_LINE_S`` after the start (a line "[00:00:09.682 -->
+    00:00:09.682] 步吧？" had words whose estimated times lay inside the line before)."""
     start = max(words[0].start, after)
-    end = max(words[-1].end, start)
-    return f"[{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}] {join_words(words)}"
+    end = max(words[-1].end, start + MIN_LINE_S)
+    return f"[{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}] {join_words(words)}", end
 
 
 class Display:
@@ -232,8 +234,7 @@ class Display:
 
     def update(self, update: Update) -> None:
         if update.committed:
-            line = commit_line(update.committed, self.printed_end)
-            self.printed_end = max(self.printed_end, update.committed[-1].end)
+            line, self.printed_end = commit_line(update.committed, self.printed_end)
             if self.log is not None and not self.revised:
                 self.log.write(line + "\n")
                 self.log.flush()
@@ -257,8 +258,8 @@ class Display:
         of silence in it)."""
         lines = []
         for words in split_at_pauses(revision.words, LINE_PAUSE_S, lambda w: w.start, lambda w: w.end):
-            lines.append(commit_line(words, self.revised_end))  # a block's first words can be timed a little
-            self.revised_end = max(self.revised_end, words[-1].end)  # before the last block's end
+            line, self.revised_end = commit_line(words, self.revised_end)  # a block's first words can be timed a
+            lines.append(line)  # little before the last block's end
         if not revision.words:  # the block read as no speech: its live words are gone from the final text
             start = max(revision.start, self.revised_end)
             lines.append(f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] ")

@@ -841,6 +841,19 @@ def test_a_stream_that_falls_behind_warns_once_and_still_commits_every_word_in_o
     assert not [r for r in caplog.records if "behind the audio" in r.getMessage()]
     assert quick.latency_stats()["max_lag_s"] < 1.0
     assert quick.text == result.text
+    # only the first decode slow (the engine warming up: 2.6 s on a 0.3 s file): no advice to change the settings
+    caplog.clear()
+
+    class WarmingUp(SlowMachine):
+        def spend(self, seconds: float) -> None:
+            super().spend(seconds)
+            self.extra_s = 0.0
+
+    with caplog.at_level("WARNING", logger="utils.streaming"):
+        warm = run_stream(WarmingUp(timed_audio(12.5), extra_s=2.6), StreamingPolicy(
+            FakeASR(script_words(text), flicker=False), trim_s=4.0, max_buffer_s=8.0), chunk_s=1.0)
+    assert not [r for r in caplog.records if "behind the audio" in r.getMessage()]
+    assert warm.latency_stats()["max_lag_s"] >= 2.6 and warm.text == result.text
 
 
 def test_ctrl_c_while_a_commit_is_shown_loses_nothing_and_counts_it_once():
@@ -1171,6 +1184,14 @@ def test_a_second_pass_reading_that_lost_a_sentence_keeps_its_live_words(caplog)
     assert join_words(restore_lost(live, fox)) == f"今天天气很好 {english}"
     four = fixed + live[6:10]  # 4 left out: the reading's text stays
     assert join_words(restore_lost(live, four)) == "今天天气真好 The quick brown fox"
+    # two long "words" (a Mandarin sentence in a stream held to English) read as Whisper's stock phrase
+    romanised = "Kinsen-jian-jian-chi-hön-au, woman-i-chi-chi-kong-yong-san-pupa."
+    live = [StreamToken(22.4 + i, 23.4 + i, t) for i, t in enumerate(split_tokens(romanised))]
+    stock = [StreamToken(22.4 + i, 23.4 + i, t) for i, t in enumerate(split_tokens("Thank you very much."))]
+    assert join_words(restore_lost(live, stock)) == romanised
+    fixes = [StreamToken(0, 1, t) for t in split_tokens("It opens at an hour past nine")]  # fixes, not losses
+    live = [StreamToken(0, 1, t) for t in split_tokens("It open at a hour past time")]
+    assert join_words(restore_lost(live, fixes)) == "It opens at an hour past nine"
 
 
 def test_a_second_pass_reading_that_lost_a_short_utterance_keeps_its_live_words(caplog):
@@ -1270,6 +1291,11 @@ def test_display_prints_commit_lines_and_appends_them_to_the_output_file(tmp_pat
     # the next commit's first word estimated to start before the last line's end: the lines do not overlap
     d.update(Update([StreamToken(2.1, 2.6, " Again")], [], 3.2))
     assert out.getvalue().endswith("[00:00:02.250 --> 00:00:02.600] Again\n")
+    # words timed inside the line before: a line of MIN_LINE_S, not "[00:00:02.600 --> 00:00:02.600]"
+    d.update(Update([StreamToken(2.4, 2.5, "吧")], [], 3.4))
+    assert out.getvalue().endswith("[00:00:02.600 --> 00:00:02.700] 吧\n")
+    d.update(Update([StreamToken(2.65, 3.0, " on")], [], 3.6))
+    assert out.getvalue().endswith("[00:00:02.700 --> 00:00:03.000] on\n")
     assert log.getvalue() == out.getvalue()
     tty = io.StringIO()
     d = realtime_transcribe.Display(tty, None, tty=True)

@@ -82,6 +82,10 @@ _LOST_RUN = 5
 # ... and a whole utterance of at least this many words (between two of the VAD's pauses): a block of two real English
 # recordings 3 s apart read "He was not an ill-disposed young man." and left out "Go forward ten meters." (4 words)
 _LOST_UTTERANCE_WORDS = 2
+# ... and a span of at least this many live characters (spaces aside) read as less than half as many: a Mandarin
+# sentence in a stream held to English had the live "Kinsen-jian-jian-chi-hön-au, woman-i-chi-chi-kong-yong-san-pupa."
+# (two "words", as offline read it too) and the second pass "Thank you very much."
+_LOST_CHARS = 20
 # audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
 # that makes it due, so this only has to cover the steps in between
 _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
@@ -837,7 +841,8 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
                  utterance_ends: Sequence[int] = ()) -> list[StreamToken]:
     """``revised`` (a second-pass reading) with the live words it left out put back where they were, aligned by
     :attr:`StreamToken.key`: every run of at least ``run`` live words it has nothing (or that many words fewer) for,
-    and every whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
+    every span of live words it has less than half the characters for (``_LOST_CHARS`` or more fewer), and every
+    whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
     has at most half as many words (``utterance_ends``: the indices into ``live`` before which one utterance ends
     and the next begins). A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from
     the final text."""
@@ -847,8 +852,11 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
     out: list[StreamToken] = []
     for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, live_keys, revised_keys, autojunk=False).get_opcodes():
         fewer = (a2 - a1) - (b2 - b1)
-        if op in ("delete", "replace") and (fewer >= run or any(a1 <= s and e <= a2 and 2 * fewer >= e - s
-                                                                  for s, e in utterances)):
+        live_chars = sum(len(w.text.strip()) for w in live[a1:a2])
+        kept_chars = sum(len(w.text.strip()) for w in revised[b1:b2])
+        lost_chars = live_chars - kept_chars >= _LOST_CHARS and 2 * kept_chars < live_chars
+        if op in ("delete", "replace") and (fewer >= run or lost_chars or any(a1 <= s and e <= a2 and 2 * fewer >= e - s
+                                                                              for s, e in utterances)):
             logger.info("second pass: its reading left out %d live words, kept: %r", fewer,
                         join_words(live[a1:a2]))
             out += live[a1:a2]
@@ -1041,8 +1049,8 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         decodes += update.decoded
         lag = source.now() - policy.audio_end  # audio that arrived while this step ran, not decoded yet
         max_lag = max(max_lag, lag)
-        if lag > behind_warning_s(chunk_s) and not warned:
-            warned = True
+        if lag > behind_warning_s(chunk_s) and not warned and decodes > update.decoded:  # the first decode warms
+            warned = True  # the engine up (2.6 s on a 0.3 s file): a lag the next steps make up
             logger.warning("transcription is %.1f s behind the audio: a decode takes longer than --chunk_seconds "
                            "(%.1f s), so latency grows (no audio is skipped). Try a larger --chunk_seconds, a "
                            "smaller model, or fewer other programs on this CPU", lag, chunk_s)

@@ -340,6 +340,45 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     assert text == " ".join(lines[i]["sentence"] for i in korean)
 
 
+def test_a_wrong_duration_is_said_once_a_line_and_not_again_after_the_load_check(processor, zh_wav, tmp_path,
+                                                                                   caplog):
+    """A wrong 'duration' was warned at every read of the clip (five times in a 2-step run), after the check at load
+    had named it: now once a line, and only for files whose header that check cannot read (m4a, video)."""
+    import subprocess
+
+    import utils.train_data as td
+
+    m4a = tmp_path / "clip.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(zh_wav), str(m4a)], check=True)
+    lines = [{"audio": {"path": str(path)}, "sentence": "今天天气很好", "duration": 9.0} for path in (zh_wav, m4a)]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    td._MISMATCHED.clear()
+    ds = SpeechDataset(load_manifest(manifest), processor.feature_extractor, processor.tokenizer, language="zh")
+    with caplog.at_level("WARNING", logger="utils.train_data"):
+        for _ in range(3):
+            ds[0], ds[1]
+    said = [r.getMessage() for r in caplog.records if "'duration' says 9.00 s" in r.getMessage()]
+    assert len(said) == 1 and f"{manifest}:2: the audio is" in said[0], said
+
+
+def test_one_language_spelt_two_ways_packs_together(processor, zh_wav, tmp_path):
+    """"zh", "Chinese" and a line without a language under --language=zh were three groups: their clips never
+    shared a window (6 clips of 3 languages-as-written took 5 windows)."""
+    from utils.train_data import PackedSpeechDataset
+
+    spellings = ["zh", "Chinese", None] * 4
+    lines = [{"audio": {"path": str(zh_wav)}, "sentence": f"第{i}句", "duration": 2.0,
+              **({"language": lang} if lang else {})} for i, lang in enumerate(spellings)]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    packed = PackedSpeechDataset(SpeechDataset(load_manifest(manifest), processor.feature_extractor,
+                                               processor.tokenizer, language="zh"))
+    assert sorted(i for p in packed.packs for i in p) == list(range(12))
+    assert any(len({spellings[i] for i in p}) > 1 for p in packed.packs), packed.packs
+    assert len(packed.packs) < 6
+
+
 def test_windows_hold_at_most_a_batch_of_clips_so_small_batches_take_their_size(processor):
     """A window holds at most ``max_clips`` clips (finetune.py: ``window_clip_limit`` of the per-device batch), so
     several processes or accumulated micro-batches of 2 clips each take about 2 clips, not a whole window of ~6: the

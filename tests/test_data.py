@@ -89,6 +89,21 @@ def test_invalid_lines_name_file_line_field(tmp_path, audio_dir, line, message):
         load_manifest(m)
 
 
+def test_every_invalid_line_is_named_at_once(tmp_path, audio_dir):
+    """Only the first invalid line was named: fixing a manifest took one run per line."""
+    from utils.data import MAX_INVALID_LISTED
+
+    m = _write(tmp_path / "t.json", [_rec(), "{not json", _rec(), _rec(path="audio/missing.wav"), _rec(duration="x")])
+    with pytest.raises(ManifestError) as e:
+        load_manifest(m)
+    message = str(e.value)
+    assert message.startswith(f"{m}: 3 invalid lines; fix them")
+    assert [f"t.json:{n}:" in message for n in (1, 2, 3, 4, 5)] == [False, True, False, True, True]
+    many = _write(tmp_path / "many.json", ["{"] * (MAX_INVALID_LISTED + 4))
+    with pytest.raises(ManifestError, match=r"14 invalid lines(.|\n)*\.\.\. and 4 more$"):
+        load_manifest(many)
+
+
 def test_a_manifest_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, audio_dir):
     """Windows tools write GBK or UTF-16: the message was the codec's own ("'utf-8' codec can't decode byte…")."""
     text = json.dumps(_rec(sentence="今天天气很好"), ensure_ascii=False) + "\n"

@@ -561,8 +561,9 @@ def _logged_learning_rates(run: Path) -> list[float]:
     return [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
 
 
-# linear warmup over 2 steps to 1e-3, then linear decay to 0 at step 6: the LR logged after steps 1..6
-SCHEDULE_6_STEPS = [5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0]
+# the LR steps 1..6 train with: a linear rise over 2 warm-up steps (none at 0: the first step trained nothing with
+# transformers' schedule), 1e-3 at step 3, then a linear fall; logged with the step that used it (it was the next's)
+SCHEDULE_6_STEPS = [1e-3 / 3, 2e-3 / 3, 1e-3, 7.5e-4, 5e-4, 2.5e-4]
 
 
 def test_learning_rate_follows_the_schedule_in_one_process(tiny_whisper_dir, corpus, tmp_path):

@@ -319,6 +319,9 @@ def missing_manifest_message(path: str | os.PathLike) -> str:
     return f"{path}: manifest file not found (make AISHELL-1's with aishell.py, or see the README's data format{demo})"
 
 
+MAX_INVALID_LISTED = 10  # invalid manifest lines named in one error
+
+
 def load_manifest(
     path: str | os.PathLike,
     *,
@@ -339,7 +342,8 @@ def load_manifest(
         min_duration, max_duration: clips outside [min, max] seconds are left out (counted and logged);
             max_duration <= 0 disables the upper bound.
         check_audio: check every audio file exists (and fix the base of relative paths).
-        skip_invalid: leave out invalid lines (each logged, all counted) instead of failing on the first.
+        skip_invalid: leave out invalid lines (each logged, all counted) instead of failing (naming the first
+            ``MAX_INVALID_LISTED`` of them).
         encode: text → token ids; when given, lines whose label exceeds ``max_label_tokens`` are invalid.
         timestamps: count labels as timestamp labels (from ``sentences``) where present.
         languages: the language codes the model has a token for; a line in another language is invalid (checked
@@ -359,6 +363,7 @@ def load_manifest(
     skipped_invalid = skipped_short = skipped_long = timestamped = 0
     left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
+    invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
     size = os.path.getsize(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
@@ -392,9 +397,11 @@ def load_manifest(
                             f"{max_label_tokens}; split the clip into shorter pieces"
                         )
             except ManifestError as e:
-                if not skip_invalid:
-                    raise
                 skipped_invalid += 1
+                if not skip_invalid:  # read on: every invalid line is named at once, not one per attempt
+                    if len(invalid) < MAX_INVALID_LISTED:
+                        invalid.append(e)
+                    continue
                 logger.warning("skipping invalid line: %s", e)
                 continue
             duration = float(obj["duration"])
@@ -413,6 +420,13 @@ def load_manifest(
             timestamped += bool(obj.get("sentences"))
             if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
                 other_text.append(lineno)
+    if invalid:
+        if skipped_invalid == 1:
+            raise invalid[0]
+        more = skipped_invalid - len(invalid)
+        raise ManifestError(f"{path}: {skipped_invalid} invalid lines; fix them (or remove them):\n"
+                            + "\n".join(str(e) for e in invalid)
+                            + (f"\n... and {more} more" if more else "")) from invalid[0]
     if other_text:
         logger.warning("%s: %d line(s) whose 'sentences' texts do not make their 'sentence' (line%s %s): with "
                        "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "

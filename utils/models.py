@@ -109,7 +109,7 @@ def _check_hf_folder(folder: Path, origin: str | None = None) -> Path:
         raise ModelResolutionError(
             f"{where}: is a CTranslate2 (faster-whisper) model (model.bin), not a transformers model; import it "
             f"once with: python tools/import_ct2.py --ct2_dir {folder} --output_dir models/{folder.name}-hf "
-            f"(or use it with the ct2 backend)"
+            f"(or use it as it is with --backend=ct2)"
         )
     config_path = folder / "config.json"
     if not config_path.is_file():

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio, slice_check
 from utils.collator import IGNORE_INDEX
 from utils.data import Record, RecordSource, Segment, duration_mismatch
 from utils.languages import has_unspaced_script, optional_language_code
@@ -58,6 +58,7 @@ class _WarningBudget:
 
 
 _MISMATCHES = _WarningBudget(5, "clips whose audio length differs from their 'duration'")
+_MISMATCHED: set[str] = set()  # manifest lines whose mismatch this process has seen
 
 MAX_TIMESTAMP = WINDOW_S  # seconds; the last timestamp token is <|30.00|>
 
@@ -352,9 +353,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise AudioLoadError(f"{where}: the audio is {seconds:.2f} s, longer than Whisper's {WINDOW_S:.0f} s "
                                  f"window, but 'duration' says {record.duration:.2f} s; fix 'duration' (clips longer than "
                                  "--max_audio_len are left out by it) or split the clip")
-        if duration_mismatch(seconds, record.duration) and _MISMATCHES.count():
-            logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go by "
-                           "'duration'): fix the manifest", where, seconds, record.duration)
+        if duration_mismatch(seconds, record.duration) and where not in _MISMATCHED:  # once a line (it was said
+            _MISMATCHED.add(where)  # at every read: five times in a 2-step run), and not again for a file whose
+            told = record.audio_bytes is None and slice_check(record.audio_path)[1] is not None  # header the check
+            if not told and _MISMATCHES.count():  # at load read (check_clips said it then)
+                logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go "
+                               "by 'duration'): fix the manifest", where, seconds, record.duration)
         if self.augmenter is None:
             return samples, 1.0
         return self.augmenter(samples, np.random.default_rng((self.seed, self.epoch, index)))
@@ -441,7 +445,10 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
             if record.is_nospeech:
                 packs.append([i])
             else:
-                groups.setdefault(record.language, []).append(i)
+                # by the language the label gets: "zh" and "Chinese" (and a line without one, under --language=zh)
+                # share windows (each spelling packed apart before)
+                code = optional_language_code(record.language) if record.language else dataset.language
+                groups.setdefault(code, []).append(i)
         for items in groups.values():
             order = [items[k] for k in rng.permutation(len(items))]
             current: list[int] = []

@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -562,13 +562,11 @@ class Trainer:
         if not params:
             raise ValueError("the model has no trainable parameters; build the adapter first")
         optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
-        from transformers import get_linear_schedule_with_warmup
-
         # The scheduler is NOT given to accelerator.prepare: its wrapper steps it once per process on every
         # optimizer step (it assumes an accelerate-sharded DataLoader); our steps already count per process,
         # so it is stepped here once per optimizer step that really ran.
-        self.scheduler = get_linear_schedule_with_warmup(optimizer, min(options.warmup_steps, self.total_steps),
-                                                         self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_then_linear_decay(min(options.warmup_steps, self.total_steps), self.total_steps))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.data_layout = self._data_layout()
         self.state = TrainerState(max_steps=self.total_steps, metric=options.metric, data=self.data_layout,
@@ -968,6 +966,7 @@ class Trainer:
                 state.batch_in_epoch += len(group)
                 if o.max_grad_norm > 0:
                     acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
+                learning_rate = self.scheduler.get_last_lr()[0]  # what this step uses (logged with it)
                 self.optimizer.step()
                 if not self.optimizer.step_was_skipped:  # fp16: a step skipped for inf/nan gradients changes nothing
                     if o.use_adalora:  # rank budgeting needs this step's gradients: before zero_grad
@@ -979,7 +978,7 @@ class Trainer:
                 epoch_ended = state.batch_in_epoch >= self.batches_per_epoch or len(group) < size
                 if epoch_ended:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                self._after_step(running_loss, running_tokens, running_penalty / running_steps)
+                self._after_step(running_loss, running_tokens, running_penalty / running_steps, learning_rate)
                 if state.global_step % o.logging_steps == 0:
                     running_loss, running_tokens, running_penalty, running_steps = 0.0, 0, 0.0, 0
                 if epoch_ended:
@@ -1034,9 +1033,10 @@ class Trainer:
             loss_sum += float(token_loss.detach())
         return loss_sum, sum(counts), penalty
 
-    def _after_step(self, running_loss: float, running_tokens: int, penalty: float = 0.0) -> None:
+    def _after_step(self, running_loss: float, running_tokens: int, penalty: float = 0.0,
+                    learning_rate: float = 0.0) -> None:
         """Log (the mean token loss since the last log, over all processes, plus the AdaLoRA ``penalty`` of a
-        step), evaluate and save as scheduled."""
+        step, and the ``learning_rate`` the step used), evaluate and save as scheduled."""
         o, state = self.options, self.state
         if state.global_step % o.logging_steps == 0:
             acc = self.accelerator
@@ -1044,12 +1044,26 @@ class Trainer:
                                            device=acc.device), reduction="sum")
             if float(sums[1]) > 0:
                 self._log({"step": state.global_step, "loss": float(sums[0] / sums[1]) + penalty,
-                           "learning_rate": self.scheduler.get_last_lr()[0],
+                           "learning_rate": learning_rate,
                            "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch})
         if o.eval_steps > 0 and state.global_step % o.eval_steps == 0:
             self._evaluate_and_keep_best()
         if o.save_steps > 0 and state.global_step % o.save_steps == 0:
             self._save(f"checkpoint-{state.global_step}", full=True)
+
+
+def warmup_then_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at each optimizer step (0-based, as ``LambdaLR`` counts): a linear rise over the
+    first ``warmup_steps`` steps, (k + 1) / (warmup_steps + 1), the full rate at the step after them, then a linear
+    fall to the last step, (total - k) / (total - warmup_steps). transformers' schedule gives the first step a rate of
+    0 (with --warmup_steps=1 the first step trained nothing)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str | os.PathLike, metric: str = "cer") -> None:

@@ -871,6 +871,39 @@ def test_a_real_recording_of_one_window_is_checked_against_the_speech_the_vad_he
         assert calls == expected_calls, (len(read_plain), options.timestamps)
 
 
+@pytest.fixture(scope="module")
+def fast_alternating_zh(repo_root, tmp_path_factory) -> np.ndarray:
+    """Two real AISHELL-1 sentences, A B A B A B, trimmed, 0.1 s apart, sped up 1.6 times (12.3 s, 6.4 characters/s:
+    no pause the VAD keeps apart, so the chunk has no break to cut it at)."""
+    import subprocess
+
+    import soundfile as sf
+
+    def trimmed(name: str) -> np.ndarray:
+        x = load_audio(repo_root / "dataset" / "real" / name)
+        loud = np.where(np.abs(x) > 0.03)[0]
+        return x[max(0, loud[0] - 1600): loud[-1] + 1600]
+
+    a, b = trimmed("zh_aishell_0121.flac"), trimmed("zh_aishell_0122.flac")
+    gap = np.zeros(SAMPLE_RATE // 10, np.float32)
+    folder = tmp_path_factory.mktemp("fast_zh")
+    sf.write(folder / "slow.wav", np.concatenate([a, gap, b, gap] * 3), SAMPLE_RATE)
+    subprocess.run(["sox", str(folder / "slow.wav"), str(folder / "fast.wav"), "tempo", "-s", "1.6"], check=True)
+    return load_audio(folder / "fast.wav")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_fast_sentences_without_pauses_are_all_read(backend, base_ct2, base_hf, fast_alternating_zh):
+    """Without timestamp tokens whisper-base read 2 of the 6 sentences (8.3 s of speech unread; read again with
+    timestamp tokens, no more): with no pause to cut the chunk at, it is now read in two halves, kept as they read
+    more. The demo model read "A B A B B" (ct2) and "A B A B": a text that repeats itself in a chunk without pauses is
+    read again with timestamp tokens as well."""
+    engine = base_ct2 if backend == "ct2" else base_hf
+    text = engine.transcribe(fast_alternating_zh, DecodeOptions(language="zh")).text
+    assert text.count("甚至出现") == 3 and text.count("处于调整") == 3, text
+
+
 def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
     audio = _long_clip(en_wav, zh_wav)
     chunks = split_on_silence(audio)

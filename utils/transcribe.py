@@ -55,6 +55,7 @@ from utils.repeats import (
     Reading,
     RereadPart,
     compression_ratio,
+    cut_at_quiet_points,
     cut_in_two,
     is_decoder_loop,
     longest_repeat,
@@ -640,6 +641,8 @@ class _BaseTranscriber:
                      for r, s in zip(got, splittable[i: i + options.batch_size])]
             periods = [None if unit is None else unit[1] for unit in units]
             unread, checked = self._check_readings(waves, batch, got, periods, language, options)
+            # a VAD chunk (not a clip the caller keeps whole: no speech regions) without a pause to cut it at
+            no_pause = [depth == 0 and bool(c.spans) and not c.breaks for c in batch]
             for k, period in enumerate(periods):
                 ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
                 if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
@@ -656,13 +659,24 @@ class _BaseTranscriber:
             left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
                     and i + k not in cuts]
             if not options.timestamps:
-                redo = [k for k, seconds in enumerate(unread) if seconds >= MAX_UNREAD_SPEECH_S and i + k not in cuts]
+                # and text that repeats itself in a chunk without pauses to cut it at: read again with timestamp
+                # tokens too (six sentences A B A B A B at 6.4 characters/s, 0.1 s apart, read "A B A B B" by ct2
+                # and "A B A B" by transformers: the alignment of such a text leaves no stretch of speech unread)
+                redo = [k for k, seconds in enumerate(unread) if i + k not in cuts and (
+                    seconds >= MAX_UNREAD_SPEECH_S or (no_pause[k] and repeat_unit(_text_tokens(got[k])) is not None))]
                 read = self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
                 left = [k for k in left if k not in read]
             for k in left:  # speech still unread, text that does not repeat: cut at its pauses like a repeat
                 n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
                 if splittable[i + k] and (parts := reread_parts(batch[k], take_seconds(n, n, batch[k].duration_s))):
                     cuts[i + k] = parts
+                elif no_pause[k] and n:  # no pause to cut it at (sentences
+                    # 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1 sentences in 12.3 s, 8.3 s unread, and
+                    # halves left a sentence each unread): pieces as long as the speech it did read, at quiet points,
+                    # each read like the chunk
+                    read_s = batch[k].duration_s - unread[k]
+                    cuts[i + k] = cut_at_quiet_points(batch[k], waves[k], max(MIN_QUIET_PIECE_S, read_s))
+                    dense.add(i + k)
             for k, result in enumerate(got):  # dense speech: the budget ran out before the end: read it in halves
                 if (depth < MAX_REPEAT_SPLITS and i + k not in cuts and periods[k] is None
                         and _out_of_budget(result, options)):
@@ -763,7 +777,7 @@ class _BaseTranscriber:
         """
         if not which:
             return set()
-        logger.debug("%d chunks left speech unread or made text up: decoded again with timestamp tokens", len(which))
+        logger.debug("%d chunks left speech unread, made text up or repeat themselves: decoded again with timestamp tokens", len(which))
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True), prompt)
         read = set()
@@ -953,6 +967,7 @@ def _shifted(result: _ChunkResult, offset: float, not_before: float = 0.0) -> It
 
 
 PROMPT_CONTEXT_CHARS = 1000  # previous text kept for condition_on_previous_text (more than 223 tokens' worth)
+MIN_QUIET_PIECE_S = 2.0  # shortest piece a chunk without pauses is cut into (:func:`cut_at_quiet_points`)
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
 def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
     """``tokens`` with a loop that ends them (:func:`tail_loop`) cut after its first unit: no output ends in a loop.

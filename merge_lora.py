@@ -66,16 +66,25 @@ def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: boo
         generation_config.save_pretrained(tmp)
 
 
+def ct2_dir_for(model_dir: Path) -> Path:
+    """Where the CTranslate2 copy of the merged model ``model_dir`` goes: ``<model_dir>-ct2``."""
+    return model_dir.parent / f"{model_dir.name}-ct2"
+
+
 def export_ct2(model_dir: Path, quantization: str, *, overwrite: bool) -> Path:
-    """Convert a merged transformers model to CTranslate2 (``<model_dir>-ct2``)."""
+    """Convert a merged transformers model to CTranslate2 (``<model_dir>-ct2``), atomically: a failed conversion
+    leaves the old copy (or none)."""
     from ctranslate2.converters import TransformersConverter
 
-    out = model_dir.parent / f"{model_dir.name}-ct2"
+    from utils.io import atomic_dir
+
+    out = ct2_dir_for(model_dir)
     # generation_config.json: the ct2 backend reads the fine-tuned language from it
     copy = [f for f in ("tokenizer.json", "preprocessor_config.json", "generation_config.json")
             if (model_dir / f).is_file()]
-    TransformersConverter(str(model_dir), copy_files=copy).convert(str(out), quantization=quantization,
-                                                                   force=overwrite)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        TransformersConverter(str(model_dir), copy_files=copy).convert(str(tmp), quantization=quantization,
+                                                                       force=True)
     return out
 
 
@@ -101,14 +110,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Where to
     output = Path(args.output_dir) / merged_dir_name(base_model)
-    if output.exists() and not args.overwrite:
-        logger.error("%s already exists; pass --overwrite to replace it", output)
-        return 1
+    for folder in (output, ct2_dir_for(output)) if args.ct2 else (output,):
+        if folder.exists() and not args.overwrite:  # both checked before merging (the -ct2 one was found after)
+            logger.error("%s already exists; pass --overwrite to replace it", folder)
+            return 1
+    stale = ct2_dir_for(output)
+    if args.overwrite and not args.ct2 and stale.exists():
+        logger.warning("%s is the CTranslate2 copy of the model being replaced: it will not match the new merge; "
+                       "export it again with --ct2=True (or remove it)", stale)
 
     # 3. Merge and save
     try:
         merge(args.lora_model, base_model, output, local_files_only=args.local_files_only, overwrite=args.overwrite)
     except ModelResolutionError as e:
+        logger.error("base model %s: %s", base_model, e)
+        return 1
+    except ValueError as e:  # the adapter does not fit the base model
         logger.error("base model %s: %s", base_model, e)
         return 1
     logger.info("merged model saved to %s", output)

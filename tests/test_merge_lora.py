@@ -97,6 +97,48 @@ def test_ct2_export(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):
     assert json.loads((ct2_dir / "generation_config.json").read_text()) == merged
 
 
+def test_an_old_ct2_copy_is_named_before_merging_and_replaced_whole(adapter_dir, tiny_whisper_dir, tmp_path, caplog):
+    """A -ct2 folder left by an earlier merge: the merged model was saved, then a traceback from CTranslate2 said
+    "use --force" (merge_lora.py has --overwrite). Now both folders are checked before merging; with --overwrite the
+    copy is converted in a staging folder and replaces the old one; --overwrite without --ct2 says the old copy no
+    longer matches."""
+    merged = tmp_path / f"{tiny_whisper_dir.name}-finetune"
+    old = tmp_path / f"{tiny_whisper_dir.name}-finetune-ct2"
+    old.mkdir()
+    (old / "stale.txt").write_text("from an earlier merge")
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}", "--ct2=True"]) == 1
+    assert f"{old} already exists; pass --overwrite" in caplog.text and not merged.exists()
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}", "--ct2=True",
+                            "--overwrite=True"]) == 0
+    assert (old / "model.bin").is_file() and not (old / "stale.txt").exists()
+    caplog.clear()
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}", "--overwrite=True"]) == 0
+    assert "will not match the new merge; export it again with --ct2=True" in caplog.text
+
+
+def test_an_adapter_merged_into_another_base_model_is_one_clear_error(adapter_dir, whisper_base_dir, tmp_path, caplog):
+    """A tiny model's adapter merged into whisper-base printed a 153-line "size mismatch" traceback."""
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}",
+                            f"--base_model={whisper_base_dir}"]) == 1
+    assert "the adapter does not fit this base model (d_model 512, 6 encoder layers): size mismatch" in caplog.text
+    assert "Traceback" not in caplog.text and not any(tmp_path.iterdir())
+
+
+def test_an_adalora_checkpoint_loaded_as_lora_says_to_pass_use_adalora(tiny_whisper_dir, tmp_path):
+    """Resuming an AdaLoRA run with --use_adalora=False said only "unexpected keys … lora_E"."""
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.lora import load_adapter_weights
+
+    ada = build_adapter(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir),
+                        LoraOptions(use_adalora=True, total_step=10), base_model_name=str(tiny_whisper_dir))
+    ada.save_pretrained(tmp_path / "ada")
+    lora = build_adapter(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir), LoraOptions(r=4, alpha=8),
+                         base_model_name=str(tiny_whisper_dir))
+    with pytest.raises(ValueError, match="it is an AdaLoRA adapter: resume it with --use_adalora=True"):
+        load_adapter_weights(lora, tmp_path / "ada")
+
+
 def test_merged_dir_name():
     assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
     assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"

@@ -198,7 +198,9 @@ def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     result = set_peft_model_state_dict(peft_model, load_file(path))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise ValueError(f"{path}: adapter does not match the model (unexpected keys, e.g. {unexpected[:3]})")
+        hint = ("; it is an AdaLoRA adapter: resume it with --use_adalora=True"
+                if any("lora_E" in k for k in unexpected) else "")
+        raise ValueError(f"{path}: adapter does not match the model (unexpected keys, e.g. {unexpected[:3]}){hint}")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
@@ -226,5 +228,13 @@ def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -
     from peft import PeftModel
 
     with _peft_on_transformers():
-        peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+        try:
+            peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
+        except RuntimeError as e:  # a 153-line "size mismatch for …" per layer
+            if "size mismatch" not in str(e):
+                raise
+            first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+            raise ValueError(f"{adapter_dir}: the adapter does not fit this base model (d_model "
+                             f"{base_model.config.d_model}, {base_model.config.encoder_layers} encoder layers): "
+                             f"{first}; merge it into the model it was trained on") from None
     return peft_model.merge_and_unload()

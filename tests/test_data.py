@@ -130,7 +130,12 @@ def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
     assert len(man) == 1 and man[0].duration == 1.0
     # the lines are named (a wrong 'duration' drops a clip, and the user can find it)
     assert "left out 1 clips shorter than 0.50 s and 1 longer than 30.00 s (lines 1, 3: check their 'duration' " \
-           "against the audio)" in caplog.text
+           "against the audio); cut the longer ones" in caplog.text
+    # clips longer than the window are data lost: a warning (it was an INFO line), not for short ones alone
+    assert [r.levelname for r in caplog.records if "left out" in r.getMessage()] == ["WARNING"]
+    caplog.clear()
+    load_manifest(_write(tmp_path / "s.json", [_rec(duration=0.3), _rec(duration=1.0)]), min_duration=0.5)
+    assert [r.levelname for r in caplog.records if "left out" in r.getMessage()] == ["INFO"]
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

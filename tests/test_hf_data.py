@@ -401,3 +401,45 @@ def test_relative_audio_paths_of_a_parquet_folder_resolve_like_a_manifests(tmp_p
         records = load_data(spec, split="test", split_flag="--test_split")
         assert [r.sentence for r in records] == [s for _, s, _ in rows], spec
         assert all(os.path.isfile(r.audio_path) for r in records), spec
+
+
+def test_a_parquet_file_with_its_audio_beside_it_is_read_from_any_directory(tmp_path, monkeypatch):
+    """data.parquet next to wav/*.flac: the folder was read as parquet whole ("Parquet magic bytes not found in
+    footer", a pyarrow traceback), and the file named alone resolved "wav/…" against the working directory."""
+    rows = _rows("test.json", 2)
+    (tmp_path / "pq" / "wav").mkdir(parents=True)
+    for p, _, _ in rows:
+        shutil.copy(p, tmp_path / "pq" / "wav" / os.path.basename(p))
+    ds = datasets.Dataset.from_dict({"audio": [f"wav/{os.path.basename(p)}" for p, _, _ in rows],
+                                     "sentence": [s for _, s, _ in rows]})
+    ds.to_parquet(str(tmp_path / "pq" / "data.parquet"))
+    monkeypatch.chdir("/")
+    for spec in (tmp_path / "pq", tmp_path / "pq" / "data.parquet", tmp_path / "pq" / "*.parquet"):
+        records = load_data(str(spec), split="train", split_flag="--train_split")
+        assert [r.sentence for r in records] == [s for _, s, _ in rows], spec
+        assert all(os.path.isfile(r.audio_path) for r in records), spec
+    (tmp_path / "pq" / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match=r"pq: cannot read it as parquet"):
+        load_data(str(tmp_path / "pq"), split="train", split_flag="--train_split")
+
+
+def test_a_bom_csv_audiofolder_a_csv_file_and_a_to_json_export(tmp_path):
+    """Excel's "CSV UTF-8" (a BOM) read as "'file_name' missing"; a .csv file was read as jsonlines ("not valid
+    JSON" on every line); a datasets to_json() export's "audio": "x.wav" said "'audio' missing or not an object"."""
+    rows = _rows("test.json", 2)
+    folder = tmp_path / "af"
+    folder.mkdir()
+    for p, _, _ in rows:
+        shutil.copy(p, folder / os.path.basename(p))
+    with open(folder / "metadata.csv", "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "sentence"])
+        w.writerows([os.path.basename(p), s] for p, s, _ in rows)
+    assert [r.sentence for r in load_data(str(folder), split="train", split_flag="--train_split")] == \
+        [s for _, s, _ in rows]
+    with pytest.raises(DatasetError, match=r"metadata.csv: a CSV file is not read as data.*audiofolder"):
+        load_data(str(folder / "metadata.csv"), split="train", split_flag="--train_split")
+    exported = tmp_path / "export.json"
+    exported.write_text("".join(json.dumps({"audio": p, "sentence": s}) + "\n" for p, s, _ in rows))
+    with pytest.raises(ManifestError, match=r"export.json:1: 'audio' is a string .*not an object; write \"audio\": "):
+        load_data(str(exported), split="train", split_flag="--train_split")

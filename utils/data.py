@@ -120,6 +120,9 @@ def validate_record(obj: Any, where: str) -> None:
         raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     keys = ", ".join(sorted(obj)) or "none"
     audio = obj.get("audio")
+    if isinstance(audio, str):  # a datasets to_json() export of a path column
+        raise ManifestError(f"{where}: 'audio' is a string ({audio[:60]!r}), not an object; "
+                            'write "audio": {"path": "..."}')
     if not isinstance(audio, dict):
         raise ManifestError(f"{where}: 'audio' missing or not an object (keys: {keys}); "
                             'write "audio": {"path": "..."}')
@@ -465,8 +468,11 @@ def log_left_out(name: str, *, short: int, long: int, invalid: int, min_duration
         more = " …" if short + long > len(lines) else ""
         where = (f" (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}{more}: check their "
                  "'duration' against the audio)" if lines else "")
-        logger.info("%s: left out %d clips shorter than %.2f s and %d longer than %.2f s%s",
-                    name, short, min_duration, long, max_duration, where)
+        # clips longer than the window are data lost without a word at INFO (a user's 39 s clip was): a warning
+        level = logging.WARNING if long else logging.INFO
+        fix = "; cut the longer ones into clips of at most 30 s (audio.start_time/end_time)" if long else ""
+        logger.log(level, "%s: left out %d clips shorter than %.2f s and %d longer than %.2f s%s%s",
+                   name, short, min_duration, long, max_duration, where, fix)
     if invalid:
         logger.warning("%s: skipped %d invalid %s (--skip_invalid)", name, invalid, what)
 

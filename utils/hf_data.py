@@ -84,6 +84,10 @@ def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions
     Raises:
         ManifestError (DatasetError for a dataset): unreadable source or invalid item.
     """
+    if spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec):
+        raise DatasetError(f"{spec}: a CSV file is not read as data (it was read as jsonlines, line by line); use a "
+                           "jsonlines manifest (.json/.jsonl), or an audiofolder: the folder holding metadata.csv "
+                           "(file_name and sentence columns) and the audio")
     if is_manifest(spec):
         return load_manifest(spec, min_duration=min_duration, max_duration=max_duration, encode=encode,
                              timestamps=timestamps, skip_invalid=skip_invalid, languages=languages)
@@ -122,6 +126,20 @@ class DatasetSource(RecordSource):
         """Where item ``index`` comes from, for error messages: dataset, split and row."""
         return _row_label(self.name, self.split, int(self.rows[index]))
 
+
+
+def source_folder(spec: str) -> str | None:
+    """The folder a local dataset's relative audio paths are read against first: the folder itself, or the folder
+    of a parquet file or of a glob's files (it was the working directory for those: a parquet file's
+    "wav/a.flac" next to it was not found from another directory); None for a hub name."""
+    if os.path.isdir(spec):
+        return os.path.abspath(spec)
+    if spec.lower().endswith(".parquet"):
+        head = spec
+        while glob.has_magic(head):
+            head = os.path.dirname(head)
+        return os.path.abspath(head if os.path.isdir(head) else os.path.dirname(head) or ".")
+    return None
 
 
 def _audio_parts(value: Any, base_dir: str | None) -> tuple[bytes | None, str | None]:
@@ -184,7 +202,7 @@ def _read_audiofolder(meta_path: str) -> Any:
     import datasets
 
     base = os.path.dirname(os.path.abspath(meta_path))
-    with open(meta_path, encoding="utf-8", newline="") as f:
+    with open(meta_path, encoding="utf-8-sig", newline="") as f:  # Excel's "CSV UTF-8" starts with a BOM
         if meta_path.endswith(".csv"):
             rows = list(csv.DictReader(f))
             lines = range(2, len(rows) + 2)
@@ -221,6 +239,34 @@ def _read_audiofolder(meta_path: str) -> Any:
     return datasets.Dataset.from_dict(columns)
 
 
+def _parquet_splits(folder: str) -> dict[str, list[str]]:
+    """The .parquet files of a folder by split, by the words ``datasets`` names splits with in their paths
+    (``train-0000.parquet``, ``test/…``, ``dev.parquet``; "train" for a file without one). Only .parquet files: audio kept next to them (``wav/…``) was read as
+    parquet ("Parquet magic bytes not found in footer")."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    files = sorted(f for f in glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True) if os.path.isfile(f))
+    splits: dict[str, list[str]] = {}
+    for f in files:  # a split keyword as a word of the file's path inside the folder (audio beside them may be
+        words = re.split(r"[^a-z]+", os.path.relpath(f, folder).lower())  # named test_0001.flac: not looked at)
+        name = next((str(split) for split, keys in SPLIT_KEYWORDS.items() if any(k in words for k in keys)), None)
+        splits.setdefault(name or "", []).append(f)
+    if "" in splits:  # files without a split's name are "train"
+        splits.setdefault("train", []).extend(splits.pop(""))
+    return splits
+
+
+def _load_parquet(files: dict[str, list[str]], streaming: bool, spec: str) -> Any:
+    """``datasets.load_dataset("parquet")`` of ``files`` (split → paths); a file that is not parquet is one
+    DatasetError naming the source."""
+    import datasets
+
+    try:
+        return datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DatasetError(f"{spec}: cannot read it as parquet ({str(e).splitlines()[0]})") from e
+
+
 def _open_split(spec: str, split: str, split_flag: str, config: str | None, streaming: bool) -> tuple[Any, str | None]:
     """The split of ``spec`` as a ``datasets.Dataset`` (or ``IterableDataset`` when streaming a hub/parquet
     source) and the split's name (None for a source without splits)."""
@@ -236,15 +282,14 @@ def _open_split(spec: str, split: str, split_flag: str, config: str | None, stre
             meta, name = _pick_split(folder_splits, split, split_flag, spec)
             return _read_audiofolder(meta), name
         if glob.glob(os.path.join(spec, "**", "*.parquet"), recursive=True):
-            return _pick_split(datasets.load_dataset("parquet", data_dir=spec, streaming=streaming),
-                               split, split_flag, spec)
+            return _pick_split(_load_parquet(_parquet_splits(spec), streaming, spec), split, split_flag, spec)
         raise DatasetError(f"{spec}: a folder but not a dataset: expected dataset_dict.json or state.json "
                            "(save_to_disk), metadata.csv/metadata.jsonl (audiofolder) or .parquet files")
     if spec.lower().endswith(".parquet"):
         files = sorted(glob.glob(spec))
         if not files:
             raise DatasetError(f"{spec}: no parquet file found")
-        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming), None
+        return _load_parquet({"train": files}, streaming, spec)["train"], None
     if os.path.exists(spec) or not _HUB_NAME.fullmatch(spec):
         raise DatasetError(f"{spec}: not a manifest (.json/.jsonl), a dataset folder, parquet files or a Hugging "
                            "Face hub dataset name")
@@ -334,7 +379,7 @@ def load_dataset_source(
     has_duration = getattr(duration_feature, "dtype", None) in numeric and "duration" not in (audio_column, text_column)
     keep = [audio_column, text_column] + (["duration"] if has_duration else [])
     ds = _undecoded(ds.select_columns(keep), audio_column)
-    base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
+    base_dir = source_folder(spec)
     label = spec.rstrip("/")
     rows, durations = [], []
     skipped_invalid = skipped_short = skipped_long = 0
@@ -396,7 +441,7 @@ class DatasetStream:
         ds, self.split = _open_split(spec, split, split_flag, options.config, streaming=options.streaming)
         self.audio_column, self.text_column = _columns(ds, spec, options)
         self.dataset = _undecoded(ds.select_columns([self.audio_column, self.text_column]), self.audio_column)
-        self.base_dir = os.path.abspath(spec) if os.path.isdir(spec) else None
+        self.base_dir = source_folder(spec)
         self.name = spec.rstrip("/")
         self.config = options.config
         self.min_duration, self.max_duration = min_duration, max_duration

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from utils.cli import add_bool  # noqa: E402
 from utils.sentiment import LABELS, load_sentiment_model  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "sentiment_zh_heldout.tsv"
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="label<TAB>text file")
     parser.add_argument("--models", nargs="+", default=["snownlp", "auto"], help="models to compare")
-    parser.add_argument("--show_errors", action="store_true", help="print every wrong prediction")
+    add_bool(parser, "show_errors", False, "print every wrong prediction")
     args = parser.parse_args(argv)
     pairs = read_labelled(args.data)
     counts = Counter(label for label, _ in pairs)

@@ -344,10 +344,12 @@ def prepare(python_version: str = CARRY_PYTHON) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from utils.cli import add_bool
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=str, default="gpu_check", help="folder for report.md and report.json")
-    parser.add_argument("--dry_run", action="store_true", help="the same steps on CPU with tiny sizes (CI)")
-    parser.add_argument("--prepare", action="store_true", help="download the wheels to carry to a GPU machine")
+    add_bool(parser, "dry_run", False, "the same steps on CPU with tiny sizes (CI)")
+    add_bool(parser, "prepare", False, "download the wheels to carry to a GPU machine")
     parser.add_argument("--memory_budget_s", type=float, default=180.0, help="time for the memory table (s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

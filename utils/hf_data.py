@@ -241,8 +241,8 @@ def _read_audiofolder(meta_path: str) -> Any:
 
 def _parquet_splits(folder: str) -> dict[str, list[str]]:
     """The .parquet files of a folder by split, by the words ``datasets`` names splits with in their paths
-    (``train-0000.parquet``, ``test/…``, ``dev.parquet``; "train" for a file without one). Only .parquet files: audio kept next to them (``wav/…``) was read as
-    parquet ("Parquet magic bytes not found in footer")."""
+    (``train-0000.parquet``, ``test/…``, ``dev.parquet``; "train" for a file without one). Only .parquet files:
+    audio kept next to them (``wav/…``) was read as parquet ("Parquet magic bytes not found in footer")."""
     from datasets.data_files import SPLIT_KEYWORDS
 
     files = sorted(f for f in glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True) if os.path.isfile(f))

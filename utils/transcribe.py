@@ -670,10 +670,10 @@ class _BaseTranscriber:
                 n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
                 if splittable[i + k] and (parts := reread_parts(batch[k], take_seconds(n, n, batch[k].duration_s))):
                     cuts[i + k] = parts
-                elif no_pause[k] and n:  # no pause to cut it at (sentences
-                    # 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1 sentences in 12.3 s, 8.3 s unread, and
-                    # halves left a sentence each unread): pieces as long as the speech it did read, at quiet points,
-                    # each read like the chunk
+                elif no_pause[k] and n:
+                    # no pause to cut it at (sentences 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1
+                    # sentences in 12.3 s, 8.3 s unread, and halves left a sentence each unread): pieces as long as
+                    # the speech it did read, cut at quiet points, each read like the chunk
                     read_s = batch[k].duration_s - unread[k]
                     cuts[i + k] = cut_at_quiet_points(batch[k], waves[k], max(MIN_QUIET_PIECE_S, read_s))
                     dense.add(i + k)
@@ -777,7 +777,8 @@ class _BaseTranscriber:
         """
         if not which:
             return set()
-        logger.debug("%d chunks left speech unread, made text up or repeat themselves: decoded again with timestamp tokens", len(which))
+        logger.debug("%d chunks left speech unread, made text up or repeat themselves: decoded again with timestamp "
+                     "tokens", len(which))
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True), prompt)
         read = set()

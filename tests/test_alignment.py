@@ -95,23 +95,25 @@ def test_words_group_tokens_and_keep_punctuation_with_them(tokenizers):
     assert all(w.probability == pytest.approx(0.9) for w in words)
 
 
-def test_chinese_is_split_by_character_even_inside_multibyte_tokens(tokenizers):
+def _zh_words(tokenizers, text: str, seconds: float) -> list:
+    """The words of Chinese ``text``, its tokens spread evenly over ``seconds``."""
     tk = tokenizers["zh"]
-    text = "今天天气很好，我们去公园。"
     tokens = tk.encode(text)
-    times = np.linspace(0.0, 3.0, len(tokens) + 1)
-    words = words_for_tokens(tk, tokens, [0.5] * len(tokens), times, language="zh", duration=3.0)
+    times = np.linspace(0.0, seconds, len(tokens) + 1)
+    return words_for_tokens(tk, tokens, [0.5] * len(tokens), times, language="zh", duration=seconds)
+
+
+def test_chinese_is_split_by_character_even_inside_multibyte_tokens(tokenizers):
+    text = "今天天气很好，我们去公园。"
+    words = _zh_words(tokenizers, text, 3.0)
     assert "".join(w.word for w in words) == text
     assert all(len([c for c in w.word if c not in "，。"]) <= 2 for w in words)  # characters (or a 2-char token)
     assert words[-1].end <= 3.0 and "\ufffd" not in "".join(w.word for w in words)
 
 
 def test_latin_words_and_numbers_inside_chinese_stay_whole(tokenizers):
-    tk = tokenizers["zh"]
     text = "我用Python写代码，还有 TensorFlow 2.0，他说don't worry。COVID-19第3.5版"
-    tokens = tk.encode(text)
-    times = np.linspace(0.0, 6.0, len(tokens) + 1)
-    words = words_for_tokens(tk, tokens, [0.5] * len(tokens), times, language="zh", duration=6.0)
+    words = _zh_words(tokenizers, text, 6.0)
     assert "".join(w.word for w in words) == text
     found = [w.word.strip() for w in words]
     for whole in ("Python", "TensorFlow", "2.0，", "don't", "worry。", "COVID-19", "3.5"):

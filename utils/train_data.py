@@ -353,10 +353,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise AudioLoadError(f"{where}: the audio is {seconds:.2f} s, longer than Whisper's {WINDOW_S:.0f} s "
                                  f"window, but 'duration' says {record.duration:.2f} s; fix 'duration' (clips longer than "
                                  "--max_audio_len are left out by it) or split the clip")
-        if duration_mismatch(seconds, record.duration) and where not in _MISMATCHED:  # once a line (it was said
-            _MISMATCHED.add(where)  # at every read: five times in a 2-step run), and not again for a file whose
-            told = record.audio_bytes is None and slice_check(record.audio_path)[1] is not None  # header the check
-            if not told and _MISMATCHES.count():  # at load read (check_clips said it then)
+        # said once a line (it was said at every read: five times in a 2-step run), and not for a file whose header
+        # the check at load read (check_clips said it then)
+        if duration_mismatch(seconds, record.duration) and where not in _MISMATCHED:
+            _MISMATCHED.add(where)
+            told = record.audio_bytes is None and slice_check(record.audio_path)[1] is not None
+            if not told and _MISMATCHES.count():
                 logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go "
                                "by 'duration'): fix the manifest", where, seconds, record.duration)
         if self.augmenter is None:

@@ -258,8 +258,9 @@ class Display:
         of silence in it)."""
         lines = []
         for words in split_at_pauses(revision.words, LINE_PAUSE_S, lambda w: w.start, lambda w: w.end):
-            line, self.revised_end = commit_line(words, self.revised_end)  # a block's first words can be timed a
-            lines.append(line)  # little before the last block's end
+            # a block's first words can be timed a little before the last block's end
+            line, self.revised_end = commit_line(words, self.revised_end)
+            lines.append(line)
         if not revision.words:  # the block read as no speech: its live words are gone from the final text
             start = max(revision.start, self.revised_end)
             lines.append(f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] ")

@@ -1049,8 +1049,9 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         decodes += update.decoded
         lag = source.now() - policy.audio_end  # audio that arrived while this step ran, not decoded yet
         max_lag = max(max_lag, lag)
-        if lag > behind_warning_s(chunk_s) and not warned and decodes > update.decoded:  # the first decode warms
-            warned = True  # the engine up (2.6 s on a 0.3 s file): a lag the next steps make up
+        # not for the first decode alone: it warms the engine up (2.6 s on a 0.3 s file), a lag the next steps make up
+        if lag > behind_warning_s(chunk_s) and not warned and decodes > update.decoded:
+            warned = True
             logger.warning("transcription is %.1f s behind the audio: a decode takes longer than --chunk_seconds "
                            "(%.1f s), so latency grows (no audio is skipped). Try a larger --chunk_seconds, a "
                            "smaller model, or fewer other programs on this CPU", lag, chunk_s)

@@ -181,3 +181,17 @@ def test_a_video_without_sound_and_an_empty_wav_say_what_is_missing(tmp_path):
         load_audio(video)
     with pytest.raises(AudioLoadError, match="holds no audio samples"):
         load_audio(empty)
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path, zh_wav):
+    """A GBK file name from a Windows zip ("测试.wav" in GBK bytes): soundfile encoded the name as UTF-8 and stopped
+    with a traceback (infer.py before any file was read, evaluation.py's check before the model loaded)."""
+    import os
+    import shutil
+
+    from utils.audio import audio_duration, load_audio
+
+    name = os.path.join(os.fsdecode(bytes(tmp_path)), os.fsdecode(b"\xb2\xe2\xca\xd4.wav"))
+    shutil.copy(zh_wav, name)
+    assert audio_duration(name) == pytest.approx(audio_duration(str(zh_wav)))
+    assert np.array_equal(load_audio(name), load_audio(zh_wav))

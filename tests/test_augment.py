@@ -112,3 +112,18 @@ def test_speed_never_slows_a_clip_past_30_seconds(tmp_path):
     assert out.shape[0] / (28.5 * 16000) == pytest.approx(scale, abs=1e-4) and scale > 1.0
     short, short_scale = aug(_tone(10.0), np.random.default_rng(0))  # shorter clips keep the asked rate
     assert short.shape[0] == round(10 * 16000 / 0.9) and short_scale == pytest.approx(1 / 0.9)
+
+
+def test_noise_dir_is_read_beside_the_config_and_expands_home(tmp_path, monkeypatch, zh_wav):
+    """"noise_dir": "noise" next to the config was looked for in the working directory ("does not exist" unless run
+    from the config's folder), and "~/noise" was taken literally."""
+    import shutil
+
+    (tmp_path / "cfg" / "noise").mkdir(parents=True)
+    shutil.copy(zh_wav, tmp_path / "cfg" / "noise" / "n.wav")
+    cfg = _write(tmp_path / "cfg" / "aug.json", [{"type": "noise", "params": {"noise_dir": "noise"}, "prob": 0.5}])
+    monkeypatch.chdir("/")
+    assert load_augment_config(cfg) is not None
+    monkeypatch.setenv("HOME", str(tmp_path / "cfg"))
+    home = _write(tmp_path / "h.json", [{"type": "noise", "params": {"noise_dir": "~/noise"}, "prob": 0.5}])
+    assert load_augment_config(home) is not None

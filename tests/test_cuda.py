@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import finetune
+from utils.device import cuda_has_bf16
 from tests.test_finetune import _args, corpus  # noqa: F401  (corpus is a fixture used below)
 
 pytestmark = pytest.mark.cuda
@@ -26,7 +26,7 @@ def _losses(run: Path) -> list[float]:
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_autocast_training_has_a_finite_falling_loss(precision, tiny_whisper_dir, corpus, tmp_path):  # noqa: F811
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and not cuda_has_bf16():
         pytest.fail("this GPU has no bf16; finetune.py falls back to fp16 there (tested with fp16)")
     out = tmp_path / precision
     assert finetune.main(_args(tiny_whisper_dir, corpus, out, precision=precision, max_steps=12, eval_steps=0,

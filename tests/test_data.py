@@ -107,11 +107,18 @@ def test_every_invalid_line_is_named_at_once(tmp_path, audio_dir):
 def test_a_manifest_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, audio_dir):
     """Windows tools write GBK or UTF-16: the message was the codec's own ("'utf-8' codec can't decode byte…")."""
     text = json.dumps(_rec(sentence="今天天气很好"), ensure_ascii=False) + "\n"
-    for encoding, line in (("gbk", 1), ("utf-16", 1)):
-        m = tmp_path / f"{encoding}.json"
-        m.write_bytes(text.encode(encoding))
-        with pytest.raises(ManifestError, match=rf"{encoding}\.json:{line}: not UTF-8 text .*save the manifest as UTF-8"):
-            load_manifest(m)
+    m = tmp_path / "gbk.json"
+    m.write_bytes(text.encode("gbk"))
+    with pytest.raises(ManifestError, match=r"gbk\.json:1: not UTF-8 text .*save the manifest as UTF-8"):
+        load_manifest(m)
+    # UTF-16 (Notepad's "Unicode"): one message for the file, not "4 invalid lines" of a 3-line file
+    m = tmp_path / "utf16.json"
+    m.write_bytes((text * 3).encode("utf-16"))
+    with pytest.raises(ManifestError, match=r"^\S*utf16\.json: saved as UTF-16; save the manifest as UTF-8$"):
+        load_manifest(m)
+    m.write_bytes(b'{"audio": {"path": "a\x01.wav"}}\n')  # a control character: the message read "…at at column"
+    with pytest.raises(ManifestError, match=r"Invalid control character at, column \d+"):
+        load_manifest(m)
 
 
 def test_skip_invalid_is_explicit_and_counted(tmp_path, audio_dir, caplog):

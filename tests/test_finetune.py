@@ -112,6 +112,34 @@ def test_fp16_on_cpu_falls_back_with_message(caplog, monkeypatch):
     assert P("no", "bfloat16").describe() == "bf16 base weights, fp32 adapters"
 
 
+def test_gpus_without_native_bf16_take_fp16_flash_attention_and_ct2_float16_only_where_they_run(monkeypatch):
+    """PyTorch's is_bf16_supported() says yes for emulated bf16: --precision=auto chose bf16 on a T4 (compute
+    capability 7.5), slow there. flash-attention 2 was chosen on any GPU and with fp32 weights (it rejects both), and
+    the ct2 backend's auto compute type was float16 on a Pascal GPU, which has none. Emulated GPUs, on a CPU."""
+    from types import SimpleNamespace
+
+    import ctranslate2
+    import importlib.util
+
+    import utils.device
+    from utils.transcribe import _attention_implementation, ct2_cuda_compute_type
+
+    P = utils.device.Precision
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, real=importlib.util.find_spec: (
+        object() if name == "flash_attn" else real(name, *a)))
+    for major, precision, attention in ((7, P("fp16", "float32"), "sdpa"), (8, P("bf16", "float32"),
+                                                                              "flash_attention_2")):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i, major=major: SimpleNamespace(major=major))
+        assert utils.device.choose_precision("auto", False, "cuda") == precision
+        assert _attention_implementation("auto", "cuda", torch.float16) == attention
+        assert _attention_implementation("auto", "cuda", torch.float32) == "sdpa"  # fp32 weights: never FA2
+    for supported, chosen in (({"float32", "int8", "int8_float16", "float16"}, "float16"),
+                              ({"float32", "int8", "int8_float32"}, "int8")):  # Pascal: no efficient float16
+        monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda dev, i=0, s=supported: s)
+        assert ct2_cuda_compute_type(0) == chosen
+
+
 def test_4bit_compute_dtype_follows_the_runs_precision():
     """fp16 GPUs (T4, V100, GTX 10xx/16xx) have no bf16: 4-bit layers compute in the run's autocast dtype."""
     assert finetune.quantization_config(False, True, "fp16").bnb_4bit_compute_dtype == torch.float16

@@ -461,3 +461,17 @@ def test_default_chinese_sentiment_on_the_held_out_set():
     result = score("auto", read_labelled(DEFAULT_DATA))
     assert result["polar_accuracy"] >= 0.90, result["errors"]
     assert result["confusion"][("positive", "negative")] + result["confusion"][("negative", "positive")] <= 5
+
+
+def test_a_stdout_that_cannot_encode_chinese_gets_escapes_not_a_crash(tmp_path):
+    """A Windows pipe (cp1252) or LC_ALL=C without UTF-8 mode: printing a Chinese text raised UnicodeEncodeError
+    (infer.py stopped there before writing its output files; realtime_transcribe.py and this script likewise)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "sentiment_analysis.py", "--text", "今天天气很好"],
+                          cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert b"positive" in proc.stdout and b"\\u4eca\\u5929" in proc.stdout

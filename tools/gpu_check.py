@@ -54,6 +54,9 @@ if str(REPO_ROOT) not in sys.path:
 logger = logging.getLogger("gpu_check")
 
 CARRY_DIR = REPO_ROOT / ".gpu_carry"
+# a 4 GB card has ~3.7-3.8 GiB usable, and the CUDA context and cuBLAS workspace (0.3-0.6 GiB) lie outside the
+# memory PyTorch reports as reserved
+FITS_4GB_GIB = 3.0
 CARRY_TOTAL_MB = 63.0  # the device tool carries at most 64 MiB: the tracked files plus .gpu_carry/
 # What the GPU image (KINDS.md: Python 3.12 with torch, transformers, peft, accelerate, onnxruntime, tokenizers)
 # lacks, most needed first; what does not fit is left out.
@@ -80,12 +83,14 @@ def environment() -> dict[str, Any]:
     """GPU, driver, versions, and which dependencies can be imported."""
     import torch
 
+    from utils.device import cuda_has_bf16
+
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
-                    capability=f"{props.major}.{props.minor}", bf16=torch.cuda.is_bf16_supported(),
+                    capability=f"{props.major}.{props.minor}", bf16=cuda_has_bf16(),
                     cudnn=torch.backends.cudnn.version())
     if shutil.which("nvidia-smi"):
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -294,8 +299,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
                   f"{r.get('peak_allocated_gib', '-')} | {r.get('peak_reserved_gib', '-')} | "
                   f"{r.get('samples_per_s', '-')} | {r['result']} |")
     fits = sorted({f"{r['model']} (batch {r['batch']}, 8-bit {r['8bit']}, checkpointing {r['gradient_checkpointing']})"
-                   for r in report["memory"] if r.get("peak_reserved_gib") is not None and r["peak_reserved_gib"] < 3.5})
-    md += ["", "Fits a 4 GB GPU (peak reserved < 3.5 GiB, leaving room for the CUDA context): "
+                   for r in report["memory"]
+                   if r.get("peak_reserved_gib") is not None and r["peak_reserved_gib"] < FITS_4GB_GIB})
+    md += ["", f"Fits a 4 GB GPU (peak reserved < {FITS_4GB_GIB} GiB, leaving room for the CUDA context and cuBLAS): "
            + (", ".join(fits) if fits else "not measured" if report["dry_run"] else "none"), "",
            f"## Short fine-tune\n\n{report['finetune'].get('summary')}", "",
            f"Steps failed: {', '.join(report['failed']) or 'none'}; {report['seconds']:.0f} s in all."]

@@ -84,7 +84,8 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) ->
 
 
 def _read_soundfile(path: str, start_time: float | None, end_time: float | None) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(path) as f:
+    # by its bytes: a file name that is not UTF-8 (GBK, from a Windows zip) stopped soundfile's encode with a traceback
+    with sf.SoundFile(os.fsencode(path)) as f:
         sr = f.samplerate
         start = int(round((start_time or 0.0) * sr))
         stop = f.frames if end_time is None else min(f.frames, int(round(end_time * sr)))
@@ -302,7 +303,7 @@ def _header_duration(source: str | io.BytesIO) -> float | None:
     """Seconds of audio from a file's header as libsndfile reads it (wav/flac/ogg/mp3; 0.0 for an empty one), or
     None where it cannot (m4a, a video, a missing file)."""
     try:
-        info = sf.info(source)
+        info = sf.info(os.fsencode(source) if isinstance(source, str) else source)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
     return info.frames / info.samplerate if info.samplerate > 0 else None

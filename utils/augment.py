@@ -133,6 +133,17 @@ def _noise_files(noise_dir: str, where: str) -> list[str]:
     return files
 
 
+def _config_relative(folder: str, config_path: str) -> str:
+    """A folder named in a config file: ``~`` expanded; a relative one against the config's folder first, then the
+    working directory (as manifests' audio paths; the bundled config's "dataset/noise" worked only from the
+    repository root)."""
+    folder = os.path.expanduser(folder)
+    if os.path.isabs(folder):
+        return folder
+    beside = os.path.join(os.path.dirname(os.path.abspath(config_path)), folder)
+    return beside if os.path.isdir(beside) or not os.path.isdir(folder) else folder
+
+
 def load_augment_config(path: str | os.PathLike) -> Augmenter:
     """Read and validate an augmentation config file.
 
@@ -174,7 +185,8 @@ def load_augment_config(path: str | os.PathLike) -> Augmenter:
         if kind == "noise":
             if "noise_dir" not in params:
                 raise AugmentConfigError(f"{where}: noise needs params.noise_dir (a folder of noise clips)")
-            fn = _NoiseSource(_noise_files(str(params["noise_dir"]), where)) if prob > 0 else None
+            fn = (_NoiseSource(_noise_files(_config_relative(str(params["noise_dir"]), path), where)) if prob > 0
+                  else None)
         augmenter.steps.append((kind, float(prob), params, fn))
     return augmenter
 

@@ -346,6 +346,19 @@ class _ProgressAwareHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def _tolerant_output() -> None:
+    """stdout/stderr that cannot encode every character (a Windows pipe in cp1252, LC_ALL=C without UTF-8 mode)
+    write what they cannot as escapes instead of stopping the program: ``infer.py > out.txt`` there raised
+    UnicodeEncodeError at the first Chinese transcript, before its output files were written."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream already closed or not reconfigurable
+                pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure root logging once, for a script's ``main()``.
 
@@ -353,6 +366,7 @@ def setup_logging(verbose: bool = False) -> None:
     warnings of ``_DEMOTED`` become DEBUG records.
     """
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
+    _tolerant_output()
     root = logging.getLogger()
     if not root.handlers:  # keep handlers someone installed (pytest's capture, an embedding app)
         handler = _ProgressAwareHandler(sys.stderr)

@@ -368,6 +368,9 @@ def load_manifest(
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
     invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
     size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):  # Notepad's "Unicode": every line was "not UTF-8 / not JSON"
+            raise ManifestError(f"{path}: saved as UTF-16; save the manifest as UTF-8")
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
         offset = 0
@@ -385,7 +388,7 @@ def load_manifest(
                         raise ManifestError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the manifest "
                                             "as UTF-8") from e
                     # the parser's own "line 1 column 9" counts inside this line: said as the column only
-                    raise ManifestError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be "
+                    raise ManifestError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
                                         "one JSON object") from e
                 validate_record(obj, where)
                 if languages is not None and obj.get("language"):

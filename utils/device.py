@@ -161,6 +161,16 @@ class Precision:
         return {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
 
 
+def cuda_has_bf16(device: int | None = None) -> bool:
+    """Whether the CUDA GPU computes in bf16 natively: compute capability 8.0 (Ampere) or later. PyTorch's
+    ``torch.cuda.is_bf16_supported()`` also says yes for emulated bf16 (T4, V100: slow), so ``--precision=auto``
+    chose bf16 there instead of fp16. Reads the device's properties only (no tensor, no memory on GPU 0)."""
+    import torch
+
+    index = torch.cuda.current_device() if device is None else device
+    return torch.cuda.get_device_properties(index).major >= 8
+
+
 def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
     """The precision for the request and device.
 
@@ -169,10 +179,8 @@ def choose_precision(requested: str, fp16: bool, device_type: str) -> Precision:
     without AMX stays fp32: there bf16 trained 1.2-1.9x faster but the demo's CER came out 0.01 higher (2-core AMD
     EPYC, finetune.py's default LoRA; the README's Speed section), so it is ``--precision=bf16`` on request.
     """
-    import torch
-
     cuda = device_type == "cuda"
-    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    cuda_bf16 = cuda and cuda_has_bf16()
     if fp16 or requested == "fp16":
         if cuda:
             return Precision("fp16", "float32")

@@ -311,8 +311,8 @@ def import_packaged_model(name: str) -> Path:
         raise ModelResolutionError(str(e)) from e
     except OSError as e:  # includes filelock.Timeout
         raise ModelResolutionError(
-            f"{dest}: cannot write the imported model ({type(e).__name__}: {e}); free some space or set "
-            f"{CACHE_ENV} to a writable folder"
+            f"{dest}: cannot write the imported model ({type(e).__name__}: {e}); check its free space and write "
+            f"permission, or set {CACHE_ENV} to a writable folder"
         ) from e
     return dest
 

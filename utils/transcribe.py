@@ -1352,7 +1352,7 @@ class TransformersTranscriber(_BaseTranscriber):
         _quiet_generate_warnings()
         self.device = resolve_device(device)
         weight_dtype, self.autocast_dtype = _torch_dtypes(dtype, self.device)
-        attn = _attention_implementation(attn_implementation, self.device)
+        attn = _attention_implementation(attn_implementation, self.device, weight_dtype)
         self.processor = WhisperProcessor.from_pretrained(model_dir)
         self.model = WhisperForConditionalGeneration.from_pretrained(
             model_dir, dtype=weight_dtype, attn_implementation=attn).to(self.device).eval()
@@ -1765,16 +1765,33 @@ def _torch_dtypes(dtype: str, device: str):
     return (torch.bfloat16, None) if on_gpu else (torch.float32, torch.bfloat16)
 
 
-def _attention_implementation(requested: str, device: str) -> str:
-    """auto → flash_attention_2 on CUDA when the flash-attn package is installed, else SDPA."""
+def _attention_implementation(requested: str, device: str, dtype: Any = None) -> str:
+    """auto → flash_attention_2 on a CUDA GPU it runs on (compute capability 8.0 or later: Ampere) with fp16/bf16
+    weights (``dtype``), when the flash-attn package is installed; else SDPA (flash-attn rejects fp32 weights and
+    T4/V100 at run time)."""
     if requested != "auto":
         return requested
     if device.startswith("cuda"):
         import importlib.util
 
-        if importlib.util.find_spec("flash_attn") is not None:
+        import torch
+
+        from utils.device import cuda_has_bf16
+
+        index = int(device.split(":")[1]) if ":" in device else None
+        if (importlib.util.find_spec("flash_attn") is not None and dtype in (torch.float16, torch.bfloat16)
+                and cuda_has_bf16(index)):
             return "flash_attention_2"
     return "sdpa"
+
+
+def ct2_cuda_compute_type(index: int = 0) -> str:
+    """compute_type ``auto`` on a CUDA GPU: float16 where CTranslate2 supports it (compute capability 7.0 or
+    later), else int8_float16 / int8 (a Pascal GTX 1050 Ti, a common 4 GB card, has no efficient float16)."""
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types("cuda", index)
+    return next((t for t in ("float16", "int8_float16", "int8") if t in supported), "float32")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1795,9 +1812,9 @@ class CT2Transcriber(_BaseTranscriber):
         ct2_device = "cuda" if dev.startswith("cuda") else "cpu"
         if dev == "mps":
             logger.warning("CTranslate2 has no MPS support; the ct2 backend runs on the CPU")
-        if compute_type == "auto":
-            compute_type = "float16" if ct2_device == "cuda" else "int8"
         index = int(dev.split(":")[1]) if ":" in dev else 0
+        if compute_type == "auto":
+            compute_type = ct2_cuda_compute_type(index) if ct2_device == "cuda" else "int8"
         self.encoder = resolve_ct2_encoder(encoder, ct2_device, audio_seconds, compute_type)
         int8 = compute_type.startswith("int8")  # the onnxruntime encoder follows the compute type
         if self.encoder == "torch":

@@ -23,8 +23,11 @@ help:
 apt:
 	@if ! command -v dpkg-query >/dev/null 2>&1; then \
 	  missing=""; for c in espeak-ng sox ffmpeg; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
-	  if [ -n "$$missing" ]; then echo "not a Debian/Ubuntu system and missing:$$missing (install with brew, dnf, …)"; exit 1; fi; \
-	  echo "not a Debian/Ubuntu system: espeak-ng, sox and ffmpeg found; the tests' extras (chromium, a CJK font, PulseAudio) are not checked"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "not a Debian/Ubuntu system and missing:$$missing (install with brew, dnf, …)"; exit 1; \
+	  fi; \
+	  echo "not a Debian/Ubuntu system: espeak-ng, sox and ffmpeg found;" \
+	    "the tests' extras (chromium, a CJK font, PulseAudio) are not checked"; \
 	  exit 0; \
 	fi; \
 	missing=""; for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \

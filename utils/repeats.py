@@ -218,19 +218,18 @@ def cut_in_two(chunk: Chunk, wave: np.ndarray) -> list[RereadPart]:
     break nearest its middle, or, with no pause the VAD kept apart (speech without a 0.16 s silence, or under noise
     that hides the pauses), at the quietest 50 ms of its middle third (:func:`utils.audio.quietest_point`), mostly
     between two syllables."""
+    if not chunk.breaks:
+        return cut_at_quiet_points(chunk, wave, len(wave) / 2 / SAMPLE_RATE)
     middle = (chunk.start + chunk.end) / 2
-    if chunk.breaks:
-        cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
-    else:
-        third = (chunk.end - chunk.start) // 3
-        cut = chunk.start + quietest_point(wave, third, 2 * third)
+    cut = min(chunk.breaks, key=lambda b: (abs(b - middle), b))
     return [RereadPart(chunk, [part(chunk, chunk.start, cut), part(chunk, cut, chunk.end)])]
 
 
 def cut_at_quiet_points(chunk: Chunk, wave: np.ndarray, piece_s: float) -> list[RereadPart]:
     """``chunk`` (its samples: ``wave``), with no pause to cut it at, cut into pieces of about ``piece_s`` seconds
     (at least 2), each cut at the quietest 50 ms within a third of a piece of where it falls (mostly between two
-    syllables or in the short gap between sentences), as one part read anew (``at`` None)."""
+    syllables or in the short gap between sentences; two pieces: the middle third), as one part read anew (``at``
+    None)."""
     n = max(2, round(len(wave) / (piece_s * SAMPLE_RATE)))
     length, cuts, start = len(wave) / n, [], 0
     for k in range(1, n):

@@ -22,9 +22,11 @@ from utils.transcribe import (
     load_transcriber,
     pad_log_mel,
     postprocess_text,
+    snap_to_speech,
     split_timestamp_tokens,
     token_budget,
 )
+from utils.audio import WINDOW_S
 from utils.vad import Chunk, cut_every, merge_regions, split_on_silence, whole_clip, with_lead
 
 LOOP = "佳奼亚瑞, " * 40
@@ -945,7 +947,9 @@ def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own
         t = tiny.transcribe(audio, DecodeOptions(language="en"))
         assert not waves[0][:lead].any() and np.array_equal(waves[0][lead:lead + len(speech)], speech)
         assert t.segments[0].start == pytest.approx(0.5 - LEAD_S)
-        assert t.segments[0].end == pytest.approx(len(waves[0]) / SAMPLE_RATE - LEAD_S)
+        first = whole_clip(audio) if len(audio) <= WINDOW_S * SAMPLE_RATE else split_on_silence(audio)[0]
+        assert len(waves[0]) / SAMPLE_RATE - LEAD_S >= first.spans[-1][1] / SAMPLE_RATE - 1e-6  # read to its end:
+        assert t.segments[0].end == pytest.approx(first.spans[-1][1] / SAMPLE_RATE)  # ends where its speech does
         for wave, segment in zip(waves[1:], t.segments[1:], strict=True):  # later chunks: as they are, where they are
             start = round((segment.start - 0.5) * SAMPLE_RATE)
             assert np.array_equal(wave, audio[start: start + len(wave)])
@@ -956,6 +960,24 @@ def test_a_recording_that_starts_with_speech_is_decoded_after_silence_at_its_own
     assert np.array_equal(waves[0], quiet_start)  # decoded as it is, no lead
     speech_at = whole_clip(quiet_start).spans[0][0] / SAMPLE_RATE  # the VAD's padding before the speech
     assert 0.5 < speech_at < 1.0 and t.segments[0].start == pytest.approx(speech_at)  # not 0.5: no speech there
+
+
+def test_segment_times_move_out_of_the_pauses_around_them():
+    """Whisper chains a segment's start to the previous segment's end and ends segments inside the pause after them:
+    a start in a pause (or in a region's trailing padding, after its speech) moves to the next speech region the
+    segment overlaps, an end in a pause (or a region's leading padding) to the previous one; times inside speech,
+    a segment with no speech region, one lying in one pause and a chunk with no known regions stay as they are."""
+    spans = [(1.0, 4.0), (6.5, 9.0), (9.0, 12.0), (20.0, 25.0)]  # 0.2 s of padding on each side
+    assert snap_to_speech(4.0, 10.0, spans) == (6.5, 10.0)  # started at the previous segment's end, 2.5 s early
+    assert snap_to_speech(3.9, 10.0, spans) == (6.5, 10.0)  # in the padding after the speech before it
+    assert snap_to_speech(2.0, 15.0, spans) == (2.0, 12.0)  # ended 3 s into the pause
+    assert snap_to_speech(7.0, 20.1, spans) == (7.0, 12.0)  # in the padding before the next speech
+    assert snap_to_speech(0.0, 17.0, spans) == (1.0, 12.0)  # the first segment after silence stamped 0.00
+    assert snap_to_speech(9.0, 11.0, spans) == (9.0, 11.0)  # regions that touch: speech on both sides
+    assert snap_to_speech(2.0, 3.0, spans) == (2.0, 3.0)
+    assert snap_to_speech(13.0, 15.0, spans) == (13.0, 15.0)  # no speech heard: nothing to move it to
+    assert snap_to_speech(3.9, 6.6, spans) == (3.9, 6.6)  # all in one pause, padding included
+    assert snap_to_speech(0.0, 30.0, []) == (0.0, 30.0)
 
 
 # -- tiny model: plumbing ---------------------------------------------------------------------------

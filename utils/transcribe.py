@@ -70,7 +70,7 @@ from utils.repeats import (
     unread_speech,
 )
 from utils.text import hotword_text, remove_punctuation, to_simplified
-from utils.vad import Chunk, part, speech_regions, split_on_silence, whole_clip, with_lead
+from utils.vad import SPEECH_PAD_S, Chunk, part, speech_regions, split_on_silence, whole_clip, with_lead
 
 logger = logging.getLogger(__name__)
 
@@ -878,7 +878,7 @@ class _BaseTranscriber:
                 results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
                 for chunk, result in zip(batch, results, strict=True):
-                    yield from _shifted(result, chunk.offset_s - lead_s, _speech_start(chunk))
+                    yield from _shifted(result, chunk.offset_s - lead_s, _chunk_spans(chunk))
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
@@ -948,18 +948,36 @@ def _in_pieces(options: DecodeOptions) -> DecodeOptions:
                    encoder_window_s=PIECE_WINDOW_S if window is None else min(window, PIECE_WINDOW_S))
 
 
-def _speech_start(chunk: Chunk) -> float:
-    """Seconds from a chunk's start to its first speech region (the VAD's padding included); 0.0 when not known."""
-    return max(0.0, (chunk.spans[0][0] - chunk.start) / SAMPLE_RATE) if chunk.spans else 0.0
+def _chunk_spans(chunk: Chunk) -> list[tuple[float, float]]:
+    """The VAD's speech regions in a chunk (its padding included), in seconds from the chunk's start; [] = not
+    known (a chunk that is never cut: streaming's buffer)."""
+    return [((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
 
 
-def _shifted(result: _ChunkResult, offset: float, not_before: float = 0.0) -> Iterator[_Piece]:
-    """A chunk's segments as pieces, moved by ``offset`` seconds (the chunk's start). A segment that starts before
-    ``not_before`` (seconds into the chunk: its first speech) and ends after it starts there: Whisper stamps the first
-    segment after a long silence 0.00 (speech at 15 s of a 23 s clip got the cue 00:00 → 00:17)."""
+def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]],
+                   pad: float = SPEECH_PAD_S) -> tuple[float, float]:
+    """A segment's (start, end) in seconds moved out of the pauses around it. ``spans``: the VAD's speech regions
+    (seconds, in order), each with ``pad`` seconds of silence on both sides. A start in a pause (outside every region,
+    or in a region's last ``pad``, after its speech) moves to the start of the next region that overlaps the segment;
+    an end in a pause (or in a region's first ``pad``) to the end of the previous one; with no such region it stays,
+    as does a segment that overlaps no region or lies in one pause. Whisper chains a segment's start to the previous
+    segment's end and often ends a segment well into the pause after it: real English with 2-5 s pauses got a cue
+    2.5 s before its speech and ends up to 0.9 s after it, whisper-base stamped the first segment after 15 s of
+    silence 0.00 (a cue 00:00 → 00:17), and espeak English cues started up to 6.6 s early on a 20-minute file."""
+    given = start, end
+    over = [(a, b) for a, b in spans if a < end and b > start]
+    if not any(a <= start < max(a, b - pad) for a, b in over):
+        start = next((a for a, _ in over if a > start), start)
+    if not any(min(b, a + pad) < end <= b for a, b in over):
+        end = next((b for _, b in reversed(over) if b < end), end)
+    return (start, end) if start < end else given  # all of it in one pause, padding included: left as it is
+
+
+def _shifted(result: _ChunkResult, offset: float, spans: Sequence[tuple[float, float]] = ()) -> Iterator[_Piece]:
+    """A chunk's segments as pieces, moved by ``offset`` seconds (the chunk's start), each segment first moved out of
+    the pauses of the chunk's speech regions ``spans`` (seconds from the chunk's start; :func:`snap_to_speech`)."""
     for k, (start, end, text) in enumerate(result.segments):
-        if start < not_before < end:
-            start = not_before
+        start, end = snap_to_speech(start, end, spans)
         yield _Piece(offset + start, offset + end, text,
                      None if result.words is None else [Word(offset + w.start, offset + w.end, w.word, w.probability)
                                                         for w in result.words[k]],

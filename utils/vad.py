@@ -227,13 +227,16 @@ def raised(audio: np.ndarray, peak: float) -> np.ndarray:
     return np.clip(audio * min(VAD_TARGET_PEAK / peak, VAD_MAX_GAIN), -1.0, 1.0).astype(np.float32)
 
 
+SPEECH_PAD_S = 0.2  # silence the VAD keeps on both sides of every speech region (:func:`speech_regions`)
+
+
 def speech_regions(
     audio: np.ndarray,
     *,
     threshold: float = 0.5,
     min_speech_ms: int = 250,
     min_silence_ms: int = 160,
-    speech_pad_ms: int = 200,
+    speech_pad_ms: int = round(SPEECH_PAD_S * 1000),
     max_speech_s: float = WINDOW_S - 1.0,
 ) -> list[Chunk]:
     """Speech regions of a 16 kHz mono waveform, found by silero-vad (faster-whisper's segmentation of its

@@ -49,6 +49,7 @@ from utils.streaming import (
     join_words,
     run_stream,
     silero_vad_fn,
+    stop_signals_as_ctrl_c,
 )
 from utils.subtitles import format_timestamp, split_at_pauses, text_width
 
@@ -217,20 +218,32 @@ class Display:
         self.tentative: list[StreamToken] = []
         self.printed_end = 0.0  # end of the last committed line (s): lines never overlap
         self.revised_end = 0.0  # the same for the second pass's lines
+        self.gone = False  # the terminal or pipe went away: the text still goes to ``log`` and the report
+
+    def _write(self, text: str) -> None:
+        """``text`` to the stream, flushed; a stream that went away (the terminal closed, EIO; the pipe's reader
+        gone) is not written to again, and the stream goes on (SIGHUP ends it as Ctrl-C does)."""
+        if self.gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as e:
+            self.gone = True
+            logger.warning("the output stream went away (%s): the text still goes to --output and the report", e)
 
     def _redraw(self, tentative: list[StreamToken]) -> None:
         width = max(20, shutil.get_terminal_size().columns - 1)
         done = join_words(self.line)
         tail = join_words(self.line + tentative)[len(done):] if tentative else ""
         while self.line and text_width(done) + text_width(tail) > width:  # start a new line, keep the newest words
-            self.stream.write("\r\033[K" + done + "\n")
+            self._write("\r\033[K" + done + "\n")
             self.line = []
             done = ""
             tail = join_words(tentative)
         if text_width(tail) > width:
             tail = "…" + tail[-(width // 2):]
-        self.stream.write("\r\033[K" + done + _DIM + tail + _RESET)
-        self.stream.flush()
+        self._write("\r\033[K" + done + _DIM + tail + _RESET)
 
     def update(self, update: Update) -> None:
         if update.committed:
@@ -239,15 +252,14 @@ class Display:
                 self.log.write(line + "\n")
                 self.log.flush()
             if not self.tty:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                self._write(line + "\n")
         if not self.tty:
             return
         self.line += update.committed
         self.tentative = update.tentative
         if update.utterance_end and self.line:  # finish the utterance's line, the tentative tail goes below
             self._redraw([])
-            self.stream.write("\n")
+            self._write("\n")
             self.line = []
         self._redraw(update.tentative)
 
@@ -269,10 +281,9 @@ class Display:
             self.log.write("".join(line + "\n" for line in lines))
             self.log.flush()
         if not self.tty:
-            self.stream.write("".join("revised " + line + "\n" for line in lines))
-            self.stream.flush()
+            self._write("".join("revised " + line + "\n" for line in lines))
             return
-        self.stream.write("".join("\r\033[K" + _DIM + "revised " + _RESET + line + "\n" for line in lines))
+        self._write("".join("\r\033[K" + _DIM + "revised " + _RESET + line + "\n" for line in lines))
         self._redraw(self.tentative)
 
 
@@ -441,14 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     stream = dict(chunk_s=args.chunk_seconds, keep_audio=args.compare_offline, reviser=reviser,
                   on_update=lambda u, t: display.update(u), on_revision=lambda r, t: display.revise(r))
     try:
-        if isinstance(source, MicrophoneSource):
-            with source:
-                logger.info("listening on %r at %d Hz; Ctrl-C to stop", source.device_name, source.samplerate)
+        with stop_signals_as_ctrl_c():  # kill (SIGTERM) and a closed terminal (SIGHUP) end the stream as Ctrl-C does
+            if isinstance(source, MicrophoneSource):
+                with source:
+                    logger.info("listening on %r at %d Hz; Ctrl-C to stop", source.device_name, source.samplerate)
+                    result = run_stream(source, policy, **stream)
+            else:
+                logger.info("streaming %s (%s); Ctrl-C to stop", args.audio_path,
+                            "real time" if args.simulate_realtime else "as fast as possible, simulated clock")
                 result = run_stream(source, policy, **stream)
-        else:
-            logger.info("streaming %s (%s); Ctrl-C to stop", args.audio_path,
-                        "real time" if args.simulate_realtime else "as fast as possible, simulated clock")
-            result = run_stream(source, policy, **stream)
     except AudioDeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

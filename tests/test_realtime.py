@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import io
 import json
 import logging
 import os
@@ -33,11 +34,13 @@ from utils.streaming import (
     _align_committed,
     agreed_tokens,
     collapse_repeats,
+    interrupts_deferred,
     join_words,
     restore_lost,
     revised_words,
     run_stream,
     split_tokens,
+    stop_signals_as_ctrl_c,
     token_key,
     words_from_segments,
 )
@@ -181,10 +184,16 @@ def test_align_committed_skips_a_slightly_changed_committed_region():
 
 
 def test_collapse_repeats_cuts_decoder_loops_only():
+    """A loop that runs to the end of a decode is cut; speech that repeats itself (numbers, a word said again, laughter,
+    a run the decoder went on after) is kept whole."""
     assert collapse_repeats("蔡堂我做做做做做做做做做做") == "蔡堂我做"
-    assert collapse_repeats("and then the the the the the end") == "and then the end"
-    assert collapse_repeats("The train leaves at half past eight.") == "The train leaves at half past eight."
-    assert collapse_repeats("好好学习") == "好好学习"
+    assert collapse_repeats("I think that that that that that that") == "I think that"
+    assert collapse_repeats("你好你好你好你好你好你好你") == "你好"  # the last unit cut short by the budget
+    assert collapse_repeats("The doors opened at 9.10.10.10.10.10.1") == "The doors opened at 9.10"
+    for speech in ("The train leaves at half past eight.", "好好学习", "And here are some more words, words, words, "
+                   "words.", "Please write down the code: 88888.", "It costs 10000 dollars.", "Call 555-8888",
+                   "哈哈哈哈，太好了", "哈哈哈哈哈哈", "very very very very good", "and then the the the the the end"):
+        assert collapse_repeats(speech) == speech
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1111,6 +1120,90 @@ def test_ctrl_c_revises_what_was_heard_and_a_second_ctrl_c_keeps_the_live_words(
     assert result.final_text == join_words(first.words) + " " + join_words(result.words[first.last:])
 
 
+def test_the_terminal_going_away_leaves_the_output_file_whole(tmp_path):
+    """A closed terminal (EIO on write) or a pipe whose reader left: the lines still go to --output, nothing raises
+    (before, the first write raised OSError out of the stream and the rest of the text was lost)."""
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def isatty(self):
+            return True
+
+    log = io.StringIO()
+    display = realtime_transcribe.Display(Gone(), log)
+    words = [StreamToken(0.0, 0.5, " one"), StreamToken(0.5, 1.0, " two")]
+    display.update(Update(words[:1], words[1:], 1.0))
+    display.update(Update(words[1:], [], 1.0, utterance_end=True))
+    assert display.gone and [line.split("] ")[1] for line in log.getvalue().splitlines()] == ["one", "two"]
+
+
+def test_sigterm_and_sighup_are_ctrl_c_inside_the_stream_block_only(default_sigint):
+    """SIGTERM (and SIGHUP) raise KeyboardInterrupt inside :func:`stop_signals_as_ctrl_c`, are held back like Ctrl-C
+    inside :func:`interrupts_deferred`, and get their old handlers back after it."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals_as_ctrl_c():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)  # the handler runs here
+    held = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals_as_ctrl_c():
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.2)
+                held.append("the block ran to its end")
+    assert held and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_ctrl_c_before_the_closing_decode_skips_the_second_pass_too():
+    """The second Ctrl-C says "stop now": the closing decode and the second pass's last blocks are skipped (their live
+    words kept), as the docstring says (before, the last blocks were still decoded after it)."""
+    words, audio, texts = _utterances(5)
+
+    class TwiceInterrupted(FileSource):  # Ctrl-C inside the fourth utterance, again while its audio is drained
+        def read(self, min_samples):
+            if self.pos >= int(12.5 * SAMPLE_RATE):
+                raise KeyboardInterrupt
+            return super().read(min_samples)
+
+        def drain(self):
+            raise KeyboardInterrupt
+
+    reread = _Rereader(words)
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(TwiceInterrupted(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(reread, block_s=8.0, max_block_s=12.0))
+    decoded = [r for r, _ in result.revisions if r.decoded]
+    assert result.interrupted and len(reread.blocks) == len(decoded) == 1  # the block due before Ctrl-C only
+    assert result.final_text == join_words(decoded[0].words) + " " + join_words(result.words[decoded[0].last:])
+
+
+def test_the_decode_after_ctrl_c_is_not_taken_for_falling_behind(caplog):
+    """Ctrl-C, then a slow closing decode: no advice to change --chunk_seconds (the machine kept up while it
+    streamed), and the stream's lag is the live steps'."""
+    asr = FakeASR(script_words("one two three four five six seven eight"), flicker=False)
+
+    class SlowAfterCtrlC(FileSource):
+        interrupted = False
+
+        def read(self, min_samples):
+            if self.pos >= int(2.5 * SAMPLE_RATE):
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return super().read(min_samples)
+
+        def spend(self, seconds):
+            super().spend(seconds + (6.0 if self.interrupted else 0.0))
+
+    with caplog.at_level("WARNING", logger="utils.streaming"):
+        result = run_stream(SlowAfterCtrlC(timed_audio(4.0), realtime=False), StreamingPolicy(asr), chunk_s=1.0,
+                            poll_s=0.5)
+    assert result.interrupted and result.text == "one two three four five six"
+    assert not [r for r in caplog.records if "behind the audio" in r.getMessage()]
+    assert result.latency_stats()["max_lag_s"] < 1.0
+
+
 def test_an_utterance_too_long_for_the_window_keeps_its_live_words():
     words, audio, texts = _utterances(3, speech_s=4.8)  # 5.8 s each, longer than max_block_s
     reread = _Rereader(words)
@@ -1564,7 +1657,10 @@ def test_streaming_a_long_file_matches_the_offline_transcript(long_en_wav, tmp_p
 
 
 @pytest.mark.slow
-def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, repo_root):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_sigint_ends_cleanly_and_flushes_the_last_words(stop, long_en_wav, tmp_path, repo_root):
+    """Ctrl-C, and ``kill`` (SIGTERM, as a service manager stops it; SIGHUP is handled the same way), end the
+    stream with everything heard decoded, shown and reported (SIGTERM killed it there: no last words, no report)."""
     report_file = tmp_path / "report.json"
     env = dict(os.environ, LOG_LEVEL="DEBUG", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -1585,7 +1681,7 @@ def test_sigint_ends_cleanly_and_flushes_the_last_words(long_en_wav, tmp_path, r
             m = re.search(r"committed '.*' \| tentative '(.+)'$", line.rstrip())
             if m and closed >= 2:
                 tentative = m.group(1)
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(getattr(signal, stop))
                 break
             assert time.monotonic() < deadline, "".join(stderr_lines[-20:])
         stdout, stderr = proc.communicate(timeout=120)

@@ -972,15 +972,17 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
     Returns:
         The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream and ``interrupted`` is True:
         the audio that had arrived is decoded once more and all of it committed (:meth:`StreamingPolicy.close`;
-        a second Ctrl-C skips that decode and commits the tentative tail as it is, and the second pass's last block).
-        A source that stops delivering audio (``AudioDeviceError``) ends the stream the same way, with its message in
-        ``error``. A commit or revision is shown whole and once, wherever Ctrl-C lands (:func:`interrupts_deferred`).
+        a second Ctrl-C skips that decode, commits the tentative tail as it is and skips the second pass's last
+        blocks, which keep their live words; a Ctrl-C during those blocks does the same). A source that stops
+        delivering audio (``AudioDeviceError``) ends the stream the same way, with its message in ``error``. A commit
+        or revision is shown whole and once, wherever Ctrl-C lands (:func:`interrupts_deferred`). The falling-behind
+        check leaves out the decode after the stream ended (its lag is the interrupt's, not the machine's).
     """
     commits: list[Commit] = []
     revisions: list[tuple[Revision, float]] = []
     compute = cpu = revise_s = 0.0
     decodes = 0
-    interrupted = False
+    interrupted = skip_second_pass = False
     error = None
     max_lag = 0.0
     warned = False
@@ -1043,10 +1045,13 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
                 if on_revision is not None:
                     on_revision(revision, t)
 
-    def step(run: Callable[[], Update]) -> Update:
+    def step(run: Callable[[], Update], live: bool = True) -> Update:
+        """Run a step; a live one (not the decode after the stream ended) is checked for falling behind."""
         nonlocal decodes, max_lag, warned
         update, _ = timed(run)
         decodes += update.decoded
+        if not live:
+            return update
         lag = source.now() - policy.audio_end  # audio that arrived while this step ran, not decoded yet
         max_lag = max(max_lag, lag)
         # not for the first decode alone: it warms the engine up (2.6 s on a 0.3 s file), a lag the next steps make up
@@ -1082,13 +1087,16 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             if shown < len(policy.committed):  # committed by a step whose update Ctrl-C kept from being shown
                 emit(Update([], [], policy.audio_end))
             insert(source.drain())
-            emit(step(policy.close))
+            emit(step(policy.close, live=False))  # no falling-behind warning: the stream has ended
         except KeyboardInterrupt:
+            skip_second_pass = True
             if policy.undecoded_s > 0:
                 logger.warning("interrupted again: %.1f s of audio after the last decode were not transcribed",
                                policy.undecoded_s)
     try:
         emit(policy.finish())
+        if skip_second_pass:
+            raise KeyboardInterrupt
         second_pass(final=True)
     except KeyboardInterrupt:
         logger.warning("interrupted: the second pass's last blocks keep their live words")
@@ -1124,6 +1132,35 @@ def interrupts_deferred():
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def stop_signals_as_ctrl_c():
+    """Inside the block, SIGTERM (``kill``, a service manager stopping it) and SIGHUP (the terminal closed) do what
+    Ctrl-C does: the current SIGINT handler runs, so the stream ends with its last words decoded, shown and written
+    to ``--output`` and the report (before, they killed the process there and then: the last utterance, the second
+    pass's last block and the report were lost), and :func:`interrupts_deferred` holds them back as it holds Ctrl-C.
+    The previous handlers come back after it. Only in the main thread; SIGHUP only where the platform has it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    before = {name: signal.getsignal(getattr(signal, name)) for name in names}
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (started in the background) or default: still end the stream as Ctrl-C would
+            raise KeyboardInterrupt
+
+    for name in names:
+        signal.signal(getattr(signal, name), as_ctrl_c)
+    try:
+        yield
+    finally:
+        for name, handler in before.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def behind_warning_s(chunk_s: float) -> float:
     """Lag (s between the newest audio and the transcript) past which a stream is said to fall behind: a
     machine that keeps up stays within one chunk plus one decode."""
@@ -1133,18 +1170,29 @@ def behind_warning_s(chunk_s: float) -> float:
 # ---------------------------------------------------------------------------------------------------
 # adapters to the inference engine and silero-vad
 # ---------------------------------------------------------------------------------------------------
-_LOOP = re.compile(r"(.{1,20}?)\1{3,}", re.DOTALL)
+# a unit of up to 20 characters repeated LOOP_REPEATS (5) times or more in a row, up to the end of the text (a last
+# unit cut short, then spaces and punctuation, allowed), in a run of at least MIN_LOOP_CHARS
+MIN_LOOP_CHARS = 10
+_TAIL_LOOP = re.compile(r"(.{1,20}?)\1{4,}(.{0,20}?)[\s\W]*$", re.DOTALL)
 
 
 def collapse_repeats(text: str) -> str:
-    """Cut decoder repetition loops: a unit of up to 20 characters repeated 4+ times in a row is kept once.
+    """Cut a decoder repetition loop that ends a decode's text: a unit of up to 20 characters repeated 5+ times in a
+    row up to the end (a last unit cut short allowed), in a run of at least ``MIN_LOOP_CHARS``, is kept once.
+    Streaming decodes at one temperature (no fallback, for speed), so a loop ("做做做做…" to the token budget) would
+    otherwise be compared, agreed on and committed.
 
-    Streaming decodes at one temperature (no fallback, for speed), so a loop ("做做做做…") would otherwise
-    be compared, agreed on and committed.
+    Speech that repeats is left as it is (it was cut before: real speech's "words, words, words, words" became
+    "words", a code "8888" "8", "10000 dollars" "10 dollars", "哈哈哈哈，太好了" "哈，太好了"): a run followed by
+    more text (the decoder went on, so it did not loop), a short run at the end ("哈哈哈哈哈哈"), and the digits of
+    a number (a unit of digits alone).
     """
-    out = _LOOP.sub(r"\1", text)
-    if out != text:
-        logger.debug("repetition loop collapsed: %r → %r", text, out)
+    m = _TAIL_LOOP.search(text)
+    if (m is None or m.group(1).isdigit() or not m.group(1).startswith(m.group(2))
+            or len(m.group(0).rstrip()) < MIN_LOOP_CHARS):
+        return text
+    out = text[: m.start()] + m.group(1)
+    logger.debug("repetition loop collapsed: %r → %r", text, out)
     return out
 
 

@@ -228,6 +228,8 @@ def test_bad_requests_get_clear_errors(server, en_wav, case):
         assert "openai/whisper-base" in error["message"]
     if case in ("bad audio", "empty file"):
         assert file[0] in error["message"]
+    if case == "too large":  # the upload's size next to the limit
+        assert "(3.0 MB)" in error["message"] and "limit of 2 MB" in error["message"], error
     if case == "language not in the model":
         assert error["param"] == "language" and error["message"].startswith(
             "model openai/whisper-base: language yue: this model has no <|yue|> token"), error
@@ -409,3 +411,112 @@ def test_a_job_whose_request_timed_out_gives_up_its_place_in_the_queue():
     finally:
         release.set()
         worker.stop()
+
+
+class _Slow:
+    """A stand-in model whose decode hands over one segment every 50 ms for ``n`` segments (as batches do)."""
+
+    multilingual = True
+
+    def __init__(self, n: int = 400) -> None:
+        self.n, self.started = n, threading.Event()
+
+    def check_language(self, language, flag="--language="):
+        pass
+
+    def transcribe_segments(self, audio, options):
+        from utils.transcribe import Segment, TranscriptionInfo
+
+        def segments():
+            self.started.set()
+            for i in range(self.n):
+                time.sleep(0.05)
+                yield Segment(i * 0.1, i * 0.1 + 0.1, "x")
+
+        return segments(), TranscriptionInfo("en", 1.0, self.n * 0.1, self.n)
+
+
+def test_a_request_whose_client_went_away_frees_the_model():
+    """A client that disconnects: its running job stops at the next segment and its queued job is dropped (before,
+    both were decoded in full for nobody; a 3.7 s request waited 52.7 s behind them), and the model answers the next
+    request."""
+    import asyncio
+    import io
+
+    from utils.server import ApiError, ServerOptions, TranscriptionService
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(1600, np.float32), 16000, format="WAV")
+    slow = _Slow()
+    service = TranscriptionService({"slow": slow}, ServerOptions(request_timeout=120), max_queue=4)
+    worker = service.workers["slow"]
+
+    async def scenario():
+        left = asyncio.Event()
+
+        async def gone():
+            return left.is_set()
+
+        running = asyncio.ensure_future(service.transcribe(wav.getvalue(), "a.wav", {}, translate=False, gone=gone))
+        await asyncio.get_running_loop().run_in_executor(None, slow.started.wait, 10)
+        queued = asyncio.ensure_future(service.transcribe(wav.getvalue(), "b.wav", {}, translate=False, gone=gone))
+        await asyncio.sleep(0.3)
+        assert worker.running == 1 and worker.queued() == 1
+        t0 = time.monotonic()
+        left.set()  # both clients disconnect
+        for task in (running, queued):
+            with pytest.raises(ApiError) as e:
+                await task
+            assert e.value.status == 499
+        assert time.monotonic() - t0 < 3  # not the 20 s the decode would take
+        for _ in range(100):
+            if worker.running == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.running == 0 and worker.queued() == 0 and worker.done == 1  # the queued one never ran
+        slow.n = 2
+        transcript, _ = await service.transcribe(wav.getvalue(), "c.wav", {}, translate=False)
+        assert transcript.text == "x x"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.close()
+
+
+def test_ctrl_c_says_what_it_waits_for_and_a_second_one_answers_503_at_once(tmp_path):
+    """The first Ctrl-C finishes the open requests and says how many; the second answers them 503 (the running job
+    stopped after its batch) and the server exits without a traceback (it waited silently, and a second Ctrl-C left
+    CancelledError tracebacks, a plain-text 500 and a C++ abort)."""
+    s = Server(tmp_path, "--model_path=openai/whisper-base", "--backend=transformers", "--batch_size=1",
+               "--request_timeout=600")
+    try:
+        # the real English recordings three times over (~220 s, no sentence twice in a window: no rereading)
+        real = [load_audio(str(p)) for p in sorted((REPO_ROOT / "dataset/real").glob("en_*.flac"))]
+        long_wav = tmp_path / "long.wav"
+        pause = np.zeros(8000, np.float32)
+        sf.write(long_wav, np.concatenate([x for _ in range(3) for a in real for x in (a, pause)]), 16000)
+        results: dict[str, tuple[int, bytes]] = {}
+
+        def send() -> None:
+            results["long"] = s.post("/v1/audio/transcriptions", {"language": "en"},
+                                     ("long.wav", long_wav.read_bytes()))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        _wait_for(lambda: s.health()["models"]["openai/whisper-base"]["running"] == 1)
+        s.proc.send_signal(__import__("signal").SIGINT)
+        _wait_for(lambda: "finishing 1 open request" in s.log.read_text())
+        time.sleep(1.0)
+        assert s.proc.poll() is None and sender.is_alive()  # still decoding it
+        t0 = time.monotonic()
+        s.proc.send_signal(__import__("signal").SIGINT)
+        sender.join(timeout=120)  # the batch being decoded finishes first (one 30 s chunk here: seconds)
+        status, body = results["long"]
+        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down", body
+        s.proc.wait(timeout=60)
+        assert time.monotonic() - t0 < 120
+        log = s.log.read_text()
+        assert "Traceback" not in log and "terminate called" not in log, log[-3000:]
+    finally:
+        s.stop()

@@ -3,8 +3,9 @@
 Requests flow one way: HTTP upload → ``decode_audio_bytes`` → a ``Job`` on the model's bounded queue → the
 model's one worker thread runs ``Transcriber.transcribe_segments`` → the answer in the requested format.
 One worker per loaded model means a model is never used by two requests at once (no races); a full queue is
-answered 503 at once, a request that is not done within its time limit 504 (a running job stops at its next
-segment). Uploads are decoded in memory (ffmpeg formats through a temporary copy removed at once).
+answered 503 at once, a request that is not done within its time limit 504 (a running job stops when its next
+batch of segments is decoded), and a job whose client went away is dropped or stopped the same way. Uploads are
+decoded in memory (ffmpeg formats through a temporary copy removed at once).
 
 The endpoints follow OpenAI's audio API so its clients work unchanged:
 ``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations``, ``GET /v1/models``, ``GET /health``.
@@ -22,6 +23,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,12 @@ class Job:
     deadline: float  # time.monotonic() after which the result is no longer wanted
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stop_error: ApiError | None = None  # what a cancelled running job answers (None: a timeout, 504)
+
+    def cancel(self, error: ApiError | None = None) -> None:
+        """No longer wanted: skipped if it waits, stopped at the worker's next check if it runs."""
+        self.stop_error = self.stop_error or error
+        self.cancelled.set()
 
 
 class ModelWorker:
@@ -105,19 +113,25 @@ class ModelWorker:
         with self.jobs.mutex:
             return sum(1 for job in self.jobs.queue if job is not None and not job.cancelled.is_set())
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        """End the worker. The HTTP server has answered every open request by now, so no job's result is wanted:
-        queued jobs fail at once, the running one is told to stop at its next segment and given ``grace_s``
-        seconds; a decode still running after that ends with the process (the thread is a daemon)."""
+    def cancel_all(self) -> None:
+        """Answer every queued job 503 (the server is shutting down) at once, and stop the running one at its next
+        check (:meth:`_transcribe`), answered the same."""
+        shutting_down = ApiError(503, "the server is shutting down", code="shutting_down")
         with contextlib.suppress(queue.Empty):
             while True:
                 job = self.jobs.get_nowait()
                 if job is not None and job.future.set_running_or_notify_cancel():
-                    job.cancelled.set()
-                    job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+                    job.cancel(shutting_down)
+                    job.future.set_exception(shutting_down)
         running = self._current
         if running is not None:
-            running.cancelled.set()
+            running.cancel(shutting_down)
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """End the worker. The HTTP server has answered every open request by now, so no job's result is wanted:
+        queued jobs fail at once, the running one is told to stop at its next check and given ``grace_s``
+        seconds; a decode still running after that ends with the process (the thread is a daemon)."""
+        self.cancel_all()
         with contextlib.suppress(queue.Full):
             self.jobs.put(None, timeout=grace_s)
         self._thread.join(timeout=grace_s)
@@ -154,9 +168,11 @@ class ModelWorker:
     def _transcribe(self, job: Job) -> Transcript:
         segments, info = self.transcriber.transcribe_segments(job.audio, job.options)
         kept = []
-        for segment in segments:  # checked between segments: a timed-out job stops early
+        # checked between segments, which come a batch of chunks at a time (--batch_size × up to 30 s of audio): a
+        # job that timed out, whose client went away or that the shutdown stopped ends there
+        for segment in segments:
             if job.cancelled.is_set() or time.monotonic() > job.deadline:
-                raise TimeoutError("timed out while decoding")
+                raise job.stop_error or TimeoutError("timed out while decoding")
             kept.append(segment)
         return Transcript.collect(kept, info)
 
@@ -247,9 +263,13 @@ class TranscriptionService:
             changes["temperatures"] = DEFAULT_TEMPERATURES if t == 0 else (t,)
         return replace(self.options.decode, **changes), fmt
 
-    async def transcribe(self, data: bytes, filename: str, form: dict[str, Any], *, translate: bool
-                         ) -> tuple[Transcript, str]:
-        """Decode the upload, queue it on the requested model and wait for the transcript (or ApiError)."""
+    async def transcribe(self, data: bytes, filename: str, form: dict[str, Any], *, translate: bool,
+                         gone: Callable[[], Awaitable[bool]] | None = None) -> tuple[Transcript, str]:
+        """Decode the upload, queue it on the requested model and wait for the transcript (or ApiError).
+
+        ``gone``: whether the client has disconnected, asked every ``DISCONNECT_POLL_S`` while the job waits or runs;
+        a job whose client went away is skipped or stopped (before, it was decoded in full for nobody, holding the
+        model and a place in the queue: 52.7 s for a 3.7 s request behind one abandoned 4-minute upload)."""
         worker = self.worker(form.get("model"))
         options, fmt = self.decode_options(form, translate=translate)
         try:  # a language the model has no token for: transformers raised in generate(), CTranslate2 read garbage
@@ -266,15 +286,33 @@ class TranscriptionService:
         job = Job(audio=audio, options=options, deadline=time.monotonic() + timeout)
         future = worker.submit(job)
         try:
-            transcript = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            transcript = await _wait(asyncio.wrap_future(future), timeout, gone)
+        except _ClientGone:
+            job.cancel(ApiError(499, "the client closed the request", code="client_closed"))
+            future.cancel()
+            logger.info("model %s: the client of a %.1f s request went away: its job %s", worker.name,
+                        len(audio) / SAMPLE_RATE, "is stopped" if future.running() else "is dropped")
+            raise job.stop_error from None
+        except asyncio.CancelledError:  # the server's task ended (a forced shutdown): nobody waits for the job
+            job.cancel()
+            raise
         except (asyncio.TimeoutError, TimeoutError):
-            job.cancelled.set()
+            job.cancel()
             raise ApiError(504, f"the request took longer than the server's limit of {timeout:g} s "
                                 f"({len(audio) / SAMPLE_RATE:.1f} s of audio); send shorter audio or start the "
                                 "server with a larger --request_timeout", code="timeout") from None
         except ValueError as e:  # e.g. a prompt or option the model cannot take
             raise ApiError(400, str(e)) from None
         return transcript, fmt
+
+    def cancel_all(self) -> None:
+        """Answer every queued and running job 503 now (a second Ctrl-C while the server stops)."""
+        for worker in self.workers.values():
+            worker.cancel_all()
+
+    def open_jobs(self) -> int:
+        """Jobs queued or running on all models."""
+        return sum(w.queued() + w.running for w in self.workers.values())
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "models": {name: {"queued": w.queued(), "running": w.running,
@@ -283,6 +321,32 @@ class TranscriptionService:
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
                                             "owned_by": "whisper-finetune"} for name in self.workers]}
+
+
+class _ClientGone(Exception):
+    """The client of a request disconnected while its job waited or ran."""
+
+
+DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there
+
+
+async def _wait(awaitable: Awaitable[Any], timeout: float, gone: Callable[[], Awaitable[bool]] | None) -> Any:
+    """``awaitable``'s result; TimeoutError after ``timeout`` seconds, _ClientGone once ``gone()`` says so."""
+    task = asyncio.ensure_future(awaitable)
+    end = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait({task}, timeout=left if gone is None else min(left, DISCONNECT_POLL_S))
+            if done:
+                return task.result()
+            if gone is not None and await gone():
+                raise _ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[str, Any], str]:
@@ -331,6 +395,13 @@ def build_app(service: TranscriptionService):
             logger.warning("%d: %s", e.status, e.message)
         return JSONResponse(e.body(), status_code=e.status)
 
+    def too_large(size: int, at_least: bool = False) -> ApiError:
+        mb = 1024 ** 2
+        return ApiError(413, f"the upload ({'at least ' if at_least else ''}{size / mb:.1f} MB) is larger than the "
+                             f"server's limit of {service.options.max_upload_bytes / mb:g} MB (--max_upload_mb): send "
+                             "a smaller or compressed file (e.g. mp3, opus), or start the server with a larger "
+                             "--max_upload_mb", param="file", code="file_too_large")
+
     async def read_body(request: Request) -> bytes:
         """The request body, refused with 413 when it passes the upload limit. The rest of a refused body is read
         and dropped (up to DRAIN_FACTOR times the limit) before answering: a client that sends the whole body
@@ -346,9 +417,7 @@ def build_app(service: TranscriptionService):
                 continue
             chunks.append(chunk)
         if size > limit:
-            raise ApiError(413, f"the upload is larger than the server's limit of "
-                                f"{service.options.max_upload_bytes / 1024 ** 2:g} MB (--max_upload_mb)",
-                           param="file", code="file_too_large")
+            raise too_large(size, at_least=size > DRAIN_FACTOR * limit)
         return b"".join(chunks)
 
     async def audio_endpoint(request: Request, translate: bool) -> Response:
@@ -362,14 +431,13 @@ def build_app(service: TranscriptionService):
                     raise ApiError(400, "no audio: send the file as the multipart field 'file'", param="file")
                 data = await upload.read()
                 if len(data) > service.options.max_upload_bytes:
-                    raise ApiError(413, "the upload is larger than the server's limit of "
-                                        f"{service.options.max_upload_bytes / 1024 ** 2:g} MB (--max_upload_mb)",
-                                   param="file", code="file_too_large")
+                    raise too_large(len(data))
                 fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
                 fields["timestamp_granularities[]"] = [v for v in form.getlist("timestamp_granularities[]")
                                                        if isinstance(v, str)]
                 filename = upload.filename or "upload"
-            transcript, fmt = await service.transcribe(data, filename, fields, translate=translate)
+            transcript, fmt = await service.transcribe(data, filename, fields, translate=translate,
+                                                       gone=request.is_disconnected)
         except ApiError as e:
             return error(e)
         except ValueError as e:  # a malformed multipart body

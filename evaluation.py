@@ -36,7 +36,7 @@ from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_de
 from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
-from utils.languages import AUTO_LANGUAGE, has_unspaced_script
+from utils.languages import AUTO_LANGUAGE, has_unspaced_script, language_code
 from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
 from utils.models import ModelResolutionError
 from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
@@ -109,7 +109,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
     """Decode every record in batches and score it; returns the report (utterances sorted worst first).
     ``records`` may be a stream (a dataset read as it comes); ``locations``: each record's ``file:line`` (or dataset
     row) for messages. A clip that cannot be read is named, not scored, and counted (``utterances_failed``).
-    ``record_language``: decode a record in its own ``language`` where it has one (else ``options.language``)."""
+    ``record_language``: decode a record in its own ``language`` where it has one (else ``options.language``), except
+    under ``options.language`` "auto", which asks for detection on every clip. Word times (``word_timestamps``) are
+    the recording's: a slice's ``start_time`` is added."""
     utterances = []
     total = ErrorCounts(0, 0, 0, 0)
     failed = 0
@@ -124,7 +126,8 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         # each record in its own language where it has one (as training's eval decodes it), else --language's
         # (as codes: lines saying "Chinese" and lines without a language under --language=zh are one decode)
         spoken = {j: replace(options, language=batch[j].language).language
-                  if record_language and batch[j].language else options.language for j in ok}
+                  if record_language and batch[j].language and options.language != AUTO_LANGUAGE
+                  else options.language for j in ok}
         hyps: dict[int, str] = {}
         words: dict[int, list[dict]] = {}
         for language in dict.fromkeys(spoken.values()):
@@ -132,8 +135,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
             for j, t in zip(rows, engine.transcribe_batch([audios[j] for j in rows],
                                                           replace(options, language=language))):
                 hyps[j] = t.text
-                words[j] = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
-                            for s in t.segments for w in s.words]
+                at = batch[j].start_time or 0.0  # a slice's words where they are in its recording
+                words[j] = [{"word": w.word, "start": round(at + w.start, 3), "end": round(at + w.end, 3),
+                             "probability": w.probability} for s in t.segments for w in s.words]
         for j, record in enumerate(batch):
             if errors[j] is not None:
                 failed += 1
@@ -183,6 +187,33 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         "decode_seconds": round(elapsed, 2),
         "utterances": utterances,
     }
+
+
+def clips_unreadable(records: Sequence[Record], locations: Sequence[str] | None, data: str) -> bool:
+    """Check the files a manifest names before any model loads (a dataset's clips are its own bytes, read as they
+    are scored): log the first 5 problems, each at its line, and return whether there were any."""
+    if not isinstance(records, list):
+        return False
+    report = check_clips(records, locations)
+    log_clip_warnings(report, data)
+    for problem in report.problems[:5]:
+        logger.error("%s", problem)
+    if report.problems:
+        logger.error("%d clip(s) of %s cannot be read as given%s; nothing was decoded", len(report.problems), data,
+                     " (the first 5 above)" if len(report.problems) > 5 else "")
+    return bool(report.problems)
+
+
+def warn_line_languages(records: Iterable[Record], language: str | None, data: str) -> None:
+    """Warn when ``--language`` (a code, not auto) is not what the lines that name their own language say: each line
+    is decoded in its own (a sentence marked Chinese was translated to English under --language=English)."""
+    if language in (None, AUTO_LANGUAGE) or not isinstance(records, list):
+        return
+    other = [r.language for r in records if r.language and language_code(r.language) != language]
+    if other:
+        logger.warning("--language=%s: %d of %d lines of %s name their own language (%s) and are decoded in it; "
+                       "--language applies to the lines without one (--language=auto detects on every line)",
+                       language, len(other), len(records), data, ", ".join(sorted(set(other))[:3]))
 
 
 def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] | None]:
@@ -264,17 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = sum(r.duration for r in records) if isinstance(records, Sequence) else None
     if seconds is not None:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
-        # files named by a manifest (a dataset's clips are its own bytes, read as they are scored)
-        problems = []
-        if isinstance(records, list):
-            report = check_clips(records, locations)
-            log_clip_warnings(report, args.test_data)
-            problems = report.problems
-        for problem in problems[:5]:
-            logger.error("%s", problem)
-        if problems:
-            logger.error("%d clip(s) of %s cannot be read as given%s; nothing was decoded", len(problems),
-                         args.test_data, " (the first 5 above)" if len(problems) > 5 else "")
+        if clips_unreadable(records, locations, args.test_data):
             return 1
     # 3. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
     try:
@@ -284,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
+    warn_line_languages(records, options.language, args.test_data)
     try:
         engine.check_language(options.language)
         for language in sorted({r.language for r in records if r.language} if isinstance(records, list) else ()):
@@ -325,17 +347,27 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     from utils.forgetting import markdown_table, model_summary, no_speech_clips, speech_metrics
 
     try:
-        target = list(load_records(args)[0])
-        general = None
+        target, target_at = load_records(args)
+        target = list(target)
+        general, general_at = None, None
         if args.general_data and (args.general_data != DEFAULT_GENERAL_DATA or os.path.isfile(args.general_data)):
-            general = list(load_manifest(args.general_data))
+            manifest = load_manifest(args.general_data)
+            general = list(manifest)
+            general_at = [manifest.location(i) for i in range(len(general))]
         else:
             logger.warning("%s not found: the report has no general set (pass --general_data)", args.general_data)
     except ManifestError as e:
         logger.error("%s", e)
         return 1
+    # every clip checked before a model loads, as the single-model path does (an unreadable one was logged without
+    # its line after both models had decoded, and the report said nothing of it)
+    if clips_unreadable(target, target_at, args.test_data) or (
+            general is not None and clips_unreadable(general, general_at, args.general_data)):
+        return 1
+    warn_line_languages(target, options.language, args.test_data)
     clips = no_speech_clips()
     rows: dict = {}
+    failed = 0  # clips that could not be read while decoding (each named at its line)
     for model in args.compare:
         try:
             engine = load_transcriber(model, args.backend, device=args.device, dtype=args.dtype,
@@ -348,12 +380,12 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
         _seed(args.seed)
         logger.info("%s: target set %s", model, args.test_data)
-        target_report = evaluate(engine, target, options, args.metric, args.batch_size)
+        target_report = evaluate(engine, target, options, args.metric, args.batch_size, target_at)
         general_report = None
         if general is not None:  # the language of general speech is detected (even by a model fine-tuned on one)
             logger.info("%s: general set %s", model, args.general_data)
             general_report = evaluate(engine, general, replace(options, language=AUTO_LANGUAGE), args.general_metric,
-                                      args.batch_size, record_language=False)
+                                      args.batch_size, general_at, record_language=False)
         # the model alone on the generated clips (silence, hum, clicks…): the VAD infer.py puts before it would
         # give every model a clean row, and this row is there to show what fine-tuning did to the model
         silent = engine.transcribe_batch([audio for _, audio in clips], options, vad=False)
@@ -361,6 +393,10 @@ def compare(args, options: DecodeOptions, output: str) -> int:
                                     speech_metrics(general_report["utterances"], args.general_metric)
                                     if general_report else None, [t.text for t in silent])
         rows[model]["no_speech"]["generated"] = {name: t.text for (name, _), t in zip(clips, silent)}
+        # every utterance, worst first, as the single-model report lists them: which ones fine-tuning changed
+        rows[model]["utterances"] = {"target": target_report["utterances"],
+                                     "general": general_report["utterances"] if general_report else None}
+        failed += target_report["utterances_failed"] + (general_report["utterances_failed"] if general_report else 0)
     table = markdown_table(rows, metric=args.metric, general_metric=args.general_metric,
                            target_name=os.path.basename(args.test_data),
                            general_name=os.path.basename(args.general_data) if general is not None else None)
@@ -372,6 +408,9 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     write_text_atomic(markdown, table)
     print(table, end="")
     logger.info("report written to %s and %s", output, markdown)
+    if failed:
+        logger.error("%d clip reading(s) failed while decoding (named above) and are not in the table", failed)
+        return 1
     return 0
 
 

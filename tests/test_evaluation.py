@@ -285,3 +285,69 @@ def test_the_default_report_name_tells_models_and_test_sets_apart():
         "models_whisper-base-finetune_dev_cer_report.json"
     assert evaluation.default_report_name("openai/whisper-base", "dataset/real/real_en.json", "wer") == \
         "openai_whisper-base_real_en_wer_report.json"
+
+
+class _Echo:
+    """A stand-in engine: every clip reads "hello", its one word at 0.5-0.9 s; records the languages decoded in."""
+
+    def __init__(self) -> None:
+        self.languages: list[str | None] = []
+
+    def transcribe_batch(self, audios, options, vad=True):
+        from utils.data import Segment, Word
+        from utils.transcribe import Transcript
+
+        self.languages += [options.language] * len(audios)
+        return [Transcript("hello", "en", 1.0, len(a) / 16000,
+                           [Segment(0.5, 0.9, "hello", (Word(0.5, 0.9, "hello", 0.9),))]) for a in audios]
+
+
+def test_language_auto_detects_on_every_line_and_slice_word_times_are_the_recordings(en_wav, caplog):
+    """--language=auto asks for detection on every clip, also on lines that name their language (the README's
+    detection figure could not be reproduced: every demo line says Chinese); another --language leaves the lines'
+    own and says so; a slice's word times count from its recording's start, as infer.py's do (they counted from the
+    slice's)."""
+    from utils.data import Record
+    from utils.transcribe import DecodeOptions
+
+    records = [Record(str(en_wav), "hello", 1.0, start_time=1.0, end_time=2.0, language="Chinese"),
+               Record(str(en_wav), "hello", 1.0, language="English")]
+    engine = _Echo()
+    report = evaluation.evaluate(engine, records, DecodeOptions(language="auto", word_timestamps=True), "wer", 2)
+    assert engine.languages == ["auto", "auto"]
+    words = {u.get("start_time"): u["words"] for u in report["utterances"]}
+    assert words[1.0][0]["start"] == pytest.approx(1.5) and words[None][0]["start"] == pytest.approx(0.5)
+    engine = _Echo()
+    evaluation.evaluate(engine, records, DecodeOptions(language="en"), "wer", 2)
+    assert sorted(engine.languages) == ["en", "zh"]  # each line in its own language
+    evaluation.warn_line_languages(records, "en", "m.json")
+    assert "1 of 2 lines of m.json name their own language (Chinese)" in caplog.text
+
+
+def test_compare_checks_clips_first_and_scores_a_set_with_no_reference_text(tiny_whisper_dir, en_wav, tmp_path,
+                                                                           caplog, capsys):
+    """--compare: an unreadable clip is named at its line before any model loads, exit 1 (it was logged without its
+    line after both models had decoded, and the run exited 0); a target set of no-speech clips only gets "n/a" in the
+    table (a TypeError after both models had decoded, nothing written); the JSON lists every utterance per model."""
+    import os
+    import soundfile as sf
+
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    target = _manifest(tmp_path / "t.json", [(en_wav, EN_SENTENCE), (empty, "x")])
+    general = _manifest(tmp_path / "g.json", [(en_wav, EN_SENTENCE)])
+    other = tmp_path / "tiny-copy"
+    os.symlink(tiny_whisper_dir, other)
+    args = ["--compare", "no/such-model", "no/other-model", f"--general_data={general}", "--device=cpu",
+            "--language=en", "--batch_size=2", "--fallback=False"]
+    assert evaluation.main([*args, f"--test_data={target}", f"--output={tmp_path / 'c0.json'}"]) == 1
+    assert f"{target}:2" in caplog.text and not (tmp_path / "c0.json").exists()
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    silent = _manifest(tmp_path / "s.json", [(tmp_path / "quiet.wav", "")])
+    args[1:3] = [str(tiny_whisper_dir), str(other)]
+    assert evaluation.main([*args, f"--test_data={silent}", f"--output={tmp_path / 'c.json'}"]) == 0
+    assert "| target CER (s.json) | n/a | n/a |" in capsys.readouterr().out
+    report = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
+    row = report["models"][str(tiny_whisper_dir)]
+    assert row["target"]["cer"] is None and [u["where"] for u in row["utterances"]["target"]] == [f"{silent}:1"]
+    assert [u["where"] for u in row["utterances"]["general"]] == [f"{general}:1"]

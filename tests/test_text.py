@@ -15,6 +15,18 @@ def test_normalize_removes_ascii_and_fullwidth_punctuation():
     assert normalize_text(s) == "你好 世界 测试 hello world"
 
 
+def test_punctuation_inside_numbers_is_part_of_them():
+    """A decimal point or a clock's colon between digits is kept ("3.14" vs "314", "5:30" vs "530" were no error), a
+    thousands separator dropped ("1,000" vs "1000" was two word errors); elsewhere punctuation still goes."""
+    assert count_errors("3.14", "314", "cer").errors == 1
+    assert count_errors("5:30", "530", "cer").errors == 1
+    assert count_errors("Python 2.0", "python 20", "wer", language="de").errors == 1
+    assert count_errors("1,000 Euro", "1000 Euro", "wer", language="de").errors == 0
+    assert count_errors("温度是３．５度", "温度是3.5度", "cer").errors == 0  # full-width folds first
+    assert (normalize_text("1,000,000 dollars. 5 is 1,2,3 or a.b, 12,3456")
+            == "1000000 dollars 5 is 1 2 3 or a b 12 3456")
+
+
 def test_traditional_to_simplified():
     assert to_simplified("這個問題很難") == "这个问题很难"
     assert normalize_text("這個問題") == "这个问题"
@@ -64,6 +76,11 @@ def test_language_table_is_whispers():
     assert list(languages.LANGUAGES.items()) == list(LANGUAGES.items())
     assert languages.TO_LANGUAGE_CODE == TO_LANGUAGE_CODE
     assert languages.language_code("Mandarin") == "zh" and languages.language_name("yue") == "cantonese"
+    # locales as Common Voice and others write them (a manifest's "en-US" was refused)
+    assert [languages.language_code(x) for x in ("en-US", "zh-CN", "zh_TW", "pt-BR", "cmn")] == ["en", "zh", "zh",
+                                                                                              "pt", "zh"]
+    with pytest.raises(ValueError):
+        languages.language_code("xx-YY")
 
 
 def test_english_is_scored_with_whispers_english_normaliser():

@@ -69,6 +69,11 @@ def model_summary(target: dict[str, Any], general: dict[str, Any] | None, no_spe
                             "kept": sum(s["punctuation_kept"] for s in sets)}}
 
 
+def _rate(value: float | None) -> str:
+    """A rate with 3 decimals; "n/a" where there was no reference text to score against (no-speech clips only)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _fraction(part: int, whole: int) -> str:
     return f"{part}/{whole} ({part / whole:.0%})" if whole else "–"
 
@@ -82,13 +87,13 @@ def markdown_table(rows: dict[str, dict[str, Any]], *, metric: str, general_metr
     def line(label: str, cells: list[str]) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    line(f"target {metric.upper()} ({target_name})", [f"{r['target'][metric]:.3f}" for r in rows.values()])
+    line(f"target {metric.upper()} ({target_name})", [_rate(r["target"][metric]) for r in rows.values()])
     if general_name:
         line(f"general {general_metric.upper()} ({general_name})",
-             [f"{r['general'][general_metric]:.3f}" for r in rows.values()])
+             [_rate(r["general"][general_metric]) for r in rows.values()])
     line("insertion rate (target" + (" / general)" if general_name else ")"),
-         [f"{r['target']['insertion_rate']:.3f}" + (f" / {r['general']['insertion_rate']:.3f}" if general_name
-                                                    else "") for r in rows.values()])
+         [_rate(r["target"]["insertion_rate"]) + (f" / {_rate(r['general']['insertion_rate'])}" if general_name
+                                                  else "") for r in rows.values()])
     line("no-speech clips that got text", [_fraction(r["no_speech"]["with_text"], r["no_speech"]["clips"])
                                            for r in rows.values()])
     line("outputs with a repetition loop", [_fraction(r["repetition"]["with_repetition"],

@@ -59,7 +59,7 @@ TO_LANGUAGE_CODE: dict[str, str] = {
 
 
 def language_code(language: str) -> str:
-    """``Chinese`` / ``chinese`` / ``zh`` / ``<|zh|>`` → Whisper's code ``zh``.
+    """``Chinese`` / ``chinese`` / ``zh`` / ``<|zh|>`` / ``zh-CN`` / ``cmn`` → Whisper's code ``zh``.
 
     Raises:
         ValueError: an unknown language, naming the accepted forms.
@@ -69,6 +69,11 @@ def language_code(language: str) -> str:
         return key
     if key in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[key]
+    base = re.split(r"[-_]", key, maxsplit=1)[0]  # a locale (BCP 47 / POSIX) as Common Voice and others write it:
+    if base != key and base in LANGUAGES:  # en-US, zh-CN, zh_TW, pt-BR → the language's code
+        return base
+    if key == "cmn":  # ISO 639-3 Mandarin
+        return "zh"
     raise ValueError(f"unknown language {language!r}; use a Whisper language code or name, "
                      f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
 

@@ -32,10 +32,19 @@ def to_simplified(text: str) -> str:
     return zhconv.convert(text, "zh-cn")
 
 
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 1,000 and 10,000,000: the comma goes, the number stays one
+_IN_NUMBER = re.compile(r"(?<=\d)[.:](?=\d)")  # 3.14, 5:30: a decimal point or a clock's colon is part of the number
+
+
 def remove_punctuation(text: str) -> str:
     """Replace every punctuation character (Unicode category P*, ASCII and full-width) and other symbol (So: emoji,
-    ©; a reference's "😀" counted as an error) by a space."""
-    return "".join(" " if (cat := unicodedata.category(ch)).startswith("P") or cat == "So" else ch for ch in text)
+    ©; a reference's "😀" counted as an error) by a space, except inside numbers: a thousands separator is dropped
+    ("1,000" and "1000" are one word) and a decimal point or a clock's colon between digits kept ("3.14" vs "314" and
+    "5:30" vs "530" were no error, "1,000" vs "1000" two word errors)."""
+    text = _THOUSANDS.sub("", text)
+    keep = {m.start() for m in _IN_NUMBER.finditer(text)}
+    return "".join(" " if i not in keep and ((cat := unicodedata.category(ch)).startswith("P") or cat == "So")
+                   else ch for i, ch in enumerate(text))
 
 
 def normalize_text(text: str, *, to_simple: bool = True, remove_pun: bool = True, lowercase: bool = True) -> str:

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import IO, Any
 
-from utils.audio import AudioLoadError, load_audio
+from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
                        add_model_args, add_to_simple_arg, check_device_arg, check_output_path, make_parser, path_arg,
                        resolve_encoder_window, setup_logging)
@@ -456,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(source, MicrophoneSource):
                 with source:
                     logger.info("listening on %r at %d Hz; Ctrl-C to stop", source.device_name, source.samplerate)
+                    if source.samplerate < SAMPLE_RATE:  # upsampled: the missing band is not brought back
+                        logger.warning("the microphone records at %d Hz, below Whisper's %d Hz: expect more errors "
+                                       "(telephone-band speech); choose %d Hz or more with --samplerate if the device "
+                                       "allows", source.samplerate, SAMPLE_RATE, SAMPLE_RATE)
                     result = run_stream(source, policy, **stream)
             else:
                 logger.info("streaming %s (%s); Ctrl-C to stop", args.audio_path,

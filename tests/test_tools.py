@@ -106,3 +106,21 @@ def test_the_paired_test_set_joins_two_clips_and_their_sentences(tmp_path):
     first, _ = sf.read(pairs[0].audio_path, dtype="float32")
     assert len(first) / 16000 == pytest.approx(clips[0].duration + 0.6 + clips[1].duration, abs=0.05)
     assert pairs[0].duration == pytest.approx(len(first) / 16000, abs=0.01)
+
+
+def test_cue_edges_measure_the_silence_a_cue_holds_before_and_after_its_speech():
+    """tools/bench_cues.py: a cue's lead and tail are the silence between its edges and its first / last speech frame;
+    a short gap inside speech counts as speech, the pause between recordings does not."""
+    from tools.bench_cues import SAMPLE_RATE as SR
+    from tools.bench_cues import build, cue_edges, speech_frames
+
+    tone = (0.3 * np.sin(np.arange(SR) * 2 * np.pi * 220 / SR)).astype(np.float32)
+    audio = np.concatenate([np.zeros(SR, np.float32), tone, np.zeros(SR // 10, np.float32), tone,
+                            np.zeros(2 * SR, np.float32)])
+    speech = speech_frames(audio)
+    assert speech[int(1.0 / 0.02): int(3.1 / 0.02)].all() and not speech[: int(0.98 / 0.02)].any()
+    assert cue_edges(speech, 0.5, 4.0) == pytest.approx((0.5, 0.9), abs=0.03)
+    assert cue_edges(speech, 1.2, 2.0) == (0.0, 0.0) and cue_edges(speech, 3.5, 4.5) == (1.0, 0.0)
+    wavs = sorted(str(p) for p in (REPO_ROOT / "dataset/real").glob("en_*.flac"))[:2]
+    joined = build(wavs, [1.0, 2.0], 1)
+    assert np.array_equal(joined, build(wavs, [1.0, 2.0], 1))  # the same recording every run

@@ -80,6 +80,24 @@ def test_text_postprocessing():
     assert postprocess_text("今天天氣很好，我們走。", "zh", None, False) == "今天天气很好，我们走。"
     assert postprocess_text("天氣", "ja", None, False) == "天氣"  # auto: only Chinese is converted
     assert postprocess_text("今天，天气好！Hi, you.", "zh", None, True) == "今天天气好 Hi you"
+    # without punctuation, numbers and words keep what belongs to them ("3 5亿", "don t", "温度 5" before)
+    assert postprocess_text("营收3.5亿元，增长12.5%。10:30，温度-5℃。", "zh", None, True) == "营收3.5亿元增长12.5% 10:30 温度-5℃"
+    assert postprocess_text("I don't know, 1,000 people.", "en", None, True) == "I don't know 1000 people"
+
+
+def test_word_texts_read_as_their_segments_text():
+    """Traditional → simplified converts phrases: the words (one per character in Chinese) are converted together,
+    so the srt built from them reads as the txt (干隆 in the cues, 乾隆 in the text, before); a phrase that changes
+    length goes to the word it starts in."""
+    from utils.data import Word
+    from utils.transcribe import _word_texts
+
+    def texts(words, **options):
+        return _word_texts([Word(0.0, 1.0, w, 0.9) for w in words], "zh", DecodeOptions(**options))
+
+    assert "".join(texts(list("乾隆皇帝的頭髮很乾淨"))) == postprocess_text("乾隆皇帝的頭髮很乾淨", "zh", None, False)
+    assert texts(["乾隆", "在", "記憶體", "裡", "，"], remove_pun=True) == ["乾隆", "在", "内存里", "", ""]
+    assert texts(list("天氣"), to_simple=False) == ["天", "氣"]
 
 
 def test_decode_options_validate_and_normalise_language():
@@ -978,6 +996,35 @@ def test_segment_times_move_out_of_the_pauses_around_them():
     assert snap_to_speech(13.0, 15.0, spans) == (13.0, 15.0)  # no speech heard: nothing to move it to
     assert snap_to_speech(3.9, 6.6, spans) == (3.9, 6.6)  # all in one pause, padding included
     assert snap_to_speech(0.0, 30.0, []) == (0.0, 30.0)
+    # a soft first syllable the VAD left out: the sound starts before the region (onsets), the start moves there;
+    # an end in the region's first padding still moves back (the onset does not make the pause speech)
+    onsets = [1.0, 5.8, 9.0, 20.0]
+    assert snap_to_speech(4.0, 10.0, spans, onsets=onsets) == (5.8, 10.0)
+    assert snap_to_speech(6.0, 10.0, spans, onsets=onsets) == (6.0, 10.0)  # in the soft syllable: as it was
+    assert snap_to_speech(2.0, 6.6, spans, onsets=onsets) == (2.0, 4.0)
+
+
+def test_a_regions_start_moves_back_through_a_soft_first_syllable_only():
+    """silero-vad starts a region after a first syllable 30 dB below the rest: the start moves back through that sound
+    (at most 1 s, never into the region before); after silence or steady noise it stays where it is."""
+    from utils.vad import widened_to_sound
+
+    sr = SAMPLE_RATE
+    t = np.arange(sr) / sr
+    loud = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    soft = loud[: int(0.3 * sr)] * 10 ** (-30 / 20)
+    rng = np.random.default_rng(0)
+    for floor_db in (-90, -60):  # digital silence and a quiet room
+        gap = (rng.normal(0, 10 ** (floor_db / 20), 2 * sr)).astype(np.float32)
+        audio = np.concatenate([gap, soft, loud, gap, loud, gap])
+        region = (int(2.3 * sr) - int(0.2 * sr) + int(0.2 * sr), int(3.5 * sr))  # the VAD's: after the soft part
+        second = (int(5.3 * sr) - int(0.2 * sr), int(6.5 * sr))  # after silence: padding before the sound
+        (a, b), (c, d) = widened_to_sound(audio, [region, second])
+        assert abs(a - 2.0 * sr) <= 0.01 * sr and b == region[1]  # back to the soft syllable's start
+        assert (c, d) == second
+    noise = rng.normal(0, 0.01, 4 * sr).astype(np.float32)  # steady noise all through: no floor below the speech
+    noisy = noise + np.concatenate([np.zeros(2 * sr, np.float32), loud, np.zeros(sr, np.float32)])
+    assert widened_to_sound(noisy, [(int(1.8 * sr), int(3.2 * sr))]) == [(int(1.8 * sr), int(3.2 * sr))]
 
 
 # -- tiny model: plumbing ---------------------------------------------------------------------------

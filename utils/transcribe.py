@@ -26,6 +26,7 @@ speech left unread, and which parts of a chunk are read again: :mod:`utils.repea
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import json
 import logging
@@ -70,7 +71,16 @@ from utils.repeats import (
     unread_speech,
 )
 from utils.text import hotword_text, remove_punctuation, to_simplified
-from utils.vad import SPEECH_PAD_S, Chunk, part, speech_regions, split_on_silence, whole_clip, with_lead
+from utils.vad import (
+    SPEECH_PAD_S,
+    Chunk,
+    part,
+    speech_regions,
+    split_on_silence,
+    whole_clip,
+    widened_to_sound,
+    with_lead,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -320,8 +330,29 @@ def postprocess_text(text: str, language: str | None, to_simple: bool | None, re
     if to_simple or (to_simple is None and language in ("zh", "yue")):
         text = to_simplified(text)
     if remove_pun:
-        text = _SPACE_BETWEEN_CJK.sub("", " ".join(remove_punctuation(text).split()))
+        text = _SPACE_BETWEEN_CJK.sub("", " ".join(remove_punctuation(text, keep_word_marks=True).split()))
     return text.strip()
+
+
+def _word_texts(words: Sequence[Word], language: str | None, options: DecodeOptions) -> list[str]:
+    """The words' texts with the output options applied (:func:`postprocess_text`). Traditional → simplified reads
+    phrases (乾隆 stays 乾隆, 記憶體 becomes 内存; a character alone: 干, 记忆体): the words are converted together and
+    each character given back to its word (a phrase that changes length to the word it starts in), so they read as
+    their segment's text does (the srt built from the words said 干隆 where the txt said 乾隆)."""
+    texts = [w.word for w in words]
+    if not (options.to_simple or (options.to_simple is None and language in ("zh", "yue"))):
+        return [postprocess_text(t, language, options.to_simple, options.remove_pun) for t in texts]
+    joined = "".join(texts)
+    converted = to_simplified(joined)
+    owner = [k for k, t in enumerate(texts) for _ in t]  # the word each character of ``joined`` belongs to
+    out = [""] * len(texts)
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=joined, b=converted, autojunk=False).get_opcodes():
+        if tag in ("equal", "replace") and i2 - i1 == j2 - j1:
+            for i, j in zip(range(i1, i2), range(j1, j2)):
+                out[owner[i]] += converted[j]
+        elif owner:
+            out[owner[min(i1, len(owner) - 1)]] += converted[j1:j2]
+    return [postprocess_text(t, language, False, options.remove_pun) for t in out]
 
 
 def token_budget(duration_s: float, timestamps: bool, limit: int = MAX_SAMPLE_LEN) -> int:
@@ -807,8 +838,7 @@ class _BaseTranscriber:
             start = min(max(piece.start, prev_end), duration)
             end = min(max(piece.end, start), duration)
             words = []
-            for w in piece.words or ():
-                word = postprocess_text(w.word, language, options.to_simple, options.remove_pun)
+            for w, word in zip(piece.words or (), _word_texts(piece.words or (), language, options), strict=True):
                 if word:
                     w_start = min(max(w.start, start), end)
                     words.append(Word(round(w_start, 3), round(min(max(w.end, w_start), end), 3), word,
@@ -878,7 +908,7 @@ class _BaseTranscriber:
                 results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
                 for chunk, result in zip(batch, results, strict=True):
-                    yield from _shifted(result, chunk.offset_s - lead_s, _chunk_spans(chunk))
+                    yield from _shifted(result, chunk.offset_s - lead_s, _chunk_spans(chunk, audio))
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
@@ -948,36 +978,46 @@ def _in_pieces(options: DecodeOptions) -> DecodeOptions:
                    encoder_window_s=PIECE_WINDOW_S if window is None else min(window, PIECE_WINDOW_S))
 
 
-def _chunk_spans(chunk: Chunk) -> list[tuple[float, float]]:
-    """The VAD's speech regions in a chunk (its padding included), in seconds from the chunk's start; [] = not
-    known (a chunk that is never cut: streaming's buffer)."""
-    return [((a - chunk.start) / SAMPLE_RATE, (b - chunk.start) / SAMPLE_RATE) for a, b in chunk.spans]
+def _chunk_spans(chunk: Chunk, audio: np.ndarray) -> tuple[list[tuple[float, float]], list[float]]:
+    """The VAD's speech regions in a chunk (its padding included) and where each one's sound starts (its start moved
+    back through a soft first syllable the VAD left out: :func:`widened_to_sound`), in seconds from the chunk's start;
+    ([], []) = not known (a chunk that is never cut: streaming's buffer). ``audio``: the recording the chunk is in."""
+    wave = audio[chunk.start: chunk.end]
+    spans = [(max(0, a - chunk.start), min(len(wave), b - chunk.start)) for a, b in chunk.spans]
+    onsets = [a / SAMPLE_RATE for a, _ in widened_to_sound(wave, spans)]
+    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans], onsets
 
 
-def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]],
-                   pad: float = SPEECH_PAD_S) -> tuple[float, float]:
+def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]], pad: float = SPEECH_PAD_S,
+                   onsets: Sequence[float] | None = None) -> tuple[float, float]:
     """A segment's (start, end) in seconds moved out of the pauses around it. ``spans``: the VAD's speech regions
-    (seconds, in order), each with ``pad`` seconds of silence on both sides. A start in a pause (outside every region,
-    or in a region's last ``pad``, after its speech) moves to the start of the next region that overlaps the segment;
-    an end in a pause (or in a region's first ``pad``) to the end of the previous one; with no such region it stays,
-    as does a segment that overlaps no region or lies in one pause. Whisper chains a segment's start to the previous
-    segment's end and often ends a segment well into the pause after it: real English with 2-5 s pauses got a cue
-    2.5 s before its speech and ends up to 0.9 s after it, whisper-base stamped the first segment after 15 s of
-    silence 0.00 (a cue 00:00 → 00:17), and espeak English cues started up to 6.6 s early on a 20-minute file."""
+    (seconds, in order), each with ``pad`` seconds of silence on both sides; ``onsets``: where each region's sound
+    starts (at or before the region: a soft first syllable the VAD left out; None = the regions' starts). A start in a
+    pause (before a region's onset, or in a region's last ``pad``, after its speech) moves to the onset of the next
+    region that overlaps the segment; an end in a pause (or in a region's first ``pad``) to the end of the previous
+    one; with no such region it stays, as does a segment that overlaps no region or lies in one pause. Whisper chains
+    a segment's start to the previous segment's end and often ends a segment well into the pause after it: real
+    English with 2-5 s pauses got a cue 2.5 s before its speech and ends up to 0.9 s after it (one ran 3.7 s on into
+    the next sentence), whisper-base stamped the first segment after 15 s of silence 0.00 (a cue 00:00 → 00:17), and
+    espeak English cues started up to 6.6 s early on a 20-minute file."""
     given = start, end
-    over = [(a, b) for a, b in spans if a < end and b > start]
-    if not any(a <= start < max(a, b - pad) for a, b in over):
-        start = next((a for a, _ in over if a > start), start)
+    heard = [(o, b) for o, (_, b) in zip(onsets, spans, strict=True)] if onsets is not None else list(spans)
+    if not any(o <= start < max(o, b - pad) for o, b in heard if o < end and b > start):
+        start = next((o for o, b in heard if start < o < end), start)
+    over = [(a, b) for a, b in spans if a < end and b > given[0]]
     if not any(min(b, a + pad) < end <= b for a, b in over):
         end = next((b for _, b in reversed(over) if b < end), end)
     return (start, end) if start < end else given  # all of it in one pause, padding included: left as it is
 
 
-def _shifted(result: _ChunkResult, offset: float, spans: Sequence[tuple[float, float]] = ()) -> Iterator[_Piece]:
+def _shifted(result: _ChunkResult, offset: float,
+             spans: tuple[Sequence[tuple[float, float]], Sequence[float]] = ((), ())) -> Iterator[_Piece]:
     """A chunk's segments as pieces, moved by ``offset`` seconds (the chunk's start), each segment first moved out of
-    the pauses of the chunk's speech regions ``spans`` (seconds from the chunk's start; :func:`snap_to_speech`)."""
+    the pauses of the chunk's speech regions (``spans``: :func:`_chunk_spans`, seconds from the chunk's start;
+    :func:`snap_to_speech`)."""
+    regions, onsets = spans
     for k, (start, end, text) in enumerate(result.segments):
-        start, end = snap_to_speech(start, end, spans)
+        start, end = snap_to_speech(start, end, regions, onsets=onsets or None)
         yield _Piece(offset + start, offset + end, text,
                      None if result.words is None else [Word(offset + w.start, offset + w.end, w.word, w.probability)
                                                         for w in result.words[k]],

@@ -13,6 +13,7 @@ fails is reported and skipped, and the exit code is 1 if any failed.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import math
 import os
@@ -91,8 +92,9 @@ def lone_decoder_record() -> Path:
 
 def collect_audio_files(paths: list[str]) -> list[str]:
     """Expand folders into their audio files (sorted, recursive; hidden files and folders, such as macOS's ``._*``
-    copies, left out; a link to a missing file kept, to fail and be counted); files are kept as given, even missing
-    ones."""
+    copies, left out; a link to a missing file kept, to fail and be counted) and a glob pattern the shell did not
+    expand (quoted, or typed in Windows cmd: ``'data/*.wav'`` was "not found") into the files it matches (sorted;
+    ``**`` recursive); files are kept as given, even missing ones."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -107,6 +109,11 @@ def collect_audio_files(paths: list[str]) -> list[str]:
                 logger.info("%s: %d file(s) skipped by name (not %s): %s%s", p, len(others),
                             "/".join(AUDIO_EXTENSIONS), ", ".join(others[:5]), " …" if len(others) > 5 else "")
             files += found
+        elif not os.path.exists(p) and glob.has_magic(p):  # a pattern the shell left alone: quoted, or Windows cmd
+            matched = sorted(f for f in glob.glob(os.path.expanduser(p), recursive=True) if os.path.isfile(f))
+            if not matched:
+                logger.warning("%s: no file matches this pattern", p)
+            files += matched
         else:
             files.append(p)
     return files

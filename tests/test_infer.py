@@ -338,6 +338,19 @@ def test_a_folder_is_scanned_without_hidden_files(tmp_path):
                                                           str(tmp_path / "sub" / "a.mp3")]
 
 
+
+def test_a_pattern_the_shell_left_alone_is_expanded(tmp_path, caplog):
+    """A quoted glob (or one typed in Windows cmd) was one missing file: it is expanded, sorted, ``**`` recursive; a
+    pattern matching nothing is named; a real file whose name holds a bracket is kept as it is."""
+    for rel in ("b.wav", "a.wav", "sub/c.wav", "x.txt", "take[1].wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert infer.collect_audio_files([f"{tmp_path}/*.wav"]) == [str(tmp_path / n) for n in ("a.wav", "b.wav",
+                                                                                           "take[1].wav")]
+    assert infer.collect_audio_files([f"{tmp_path}/**/c.wav"]) == [str(tmp_path / "sub" / "c.wav")]
+    assert infer.collect_audio_files([str(tmp_path / "take[1].wav")]) == [str(tmp_path / "take[1].wav")]
+    assert infer.collect_audio_files([f"{tmp_path}/*.flac"]) == [] and "no file matches this pattern" in caplog.text
+
 @pytest.mark.slow
 def test_ct2_subtitles_keep_the_last_sentence_of_real_speech(tmp_path):
     """Five real English recordings joined (28.8 s, dataset/real/): whisper-base int8 (onnxruntime's encoder, auto's

@@ -36,13 +36,22 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 1,000 and 10,000,000: the
 _IN_NUMBER = re.compile(r"(?<=\d)[.:](?=\d)")  # 3.14, 5:30: a decimal point or a clock's colon is part of the number
 
 
-def remove_punctuation(text: str) -> str:
+# what output without punctuation keeps (infer.py --remove_pun): an apostrophe inside a word (don't), a minus before
+# a number (-5), and the units and signs that belong to a number (%, ℃, °)
+_IN_WORD = re.compile(r"(?<=\w)['’](?=\w)|(?<![0-9A-Za-z.])-(?=\d)|[%‰℃℉°]")
+
+
+def remove_punctuation(text: str, keep_word_marks: bool = False) -> str:
     """Replace every punctuation character (Unicode category P*, ASCII and full-width) and other symbol (So: emoji,
     ©; a reference's "😀" counted as an error) by a space, except inside numbers: a thousands separator is dropped
     ("1,000" and "1000" are one word) and a decimal point or a clock's colon between digits kept ("3.14" vs "314" and
-    "5:30" vs "530" were no error, "1,000" vs "1000" two word errors)."""
+    "5:30" vs "530" were no error, "1,000" vs "1000" two word errors). ``keep_word_marks``: also keep an apostrophe
+    inside a word, a minus before a number and %, ℃, ° (output text: "I don't", "-5℃", "12.5%"; they became
+    "I don t", "5", "12 5")."""
     text = _THOUSANDS.sub("", text)
     keep = {m.start() for m in _IN_NUMBER.finditer(text)}
+    if keep_word_marks:
+        keep |= {m.start() for m in _IN_WORD.finditer(text)}
     return "".join(" " if i not in keep and ((cat := unicodedata.category(ch)).startswith("P") or cat == "So")
                    else ch for i, ch in enumerate(text))
 

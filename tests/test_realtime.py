@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -1835,7 +1836,16 @@ def _live_session(args: list[str], env: dict[str, str], repo_root: Path, play: P
         subprocess.run(["paplay", "--device=vmic", str(play)], env=env, check=True, timeout=120)
         time.sleep(pause_s)  # the last utterance's pause
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        # the rest through the same buffers the loop above read from (communicate() reads the pipes directly and
+        # skips a line the loop had read ahead: the line after "listening on" went missing); killed if it hangs
+        watchdog = threading.Timer(120, proc.kill)
+        watchdog.start()
+        try:
+            err = proc.stderr.read()
+            out = proc.stdout.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,9 +21,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np

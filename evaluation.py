@@ -192,7 +192,7 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
 def clips_unreadable(records: Sequence[Record], locations: Sequence[str] | None, data: str) -> bool:
     """Check the files a manifest names before any model loads (a dataset's clips are its own bytes, read as they
     are scored): log the first 5 problems, each at its line, and return whether there were any."""
-    if not isinstance(records, list):
+    if not isinstance(records, list) or locations is None:  # a dataset stream's clips are read as they are scored
         return False
     report = check_clips(records, locations)
     log_clip_warnings(report, data)

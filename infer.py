@@ -110,7 +110,8 @@ def collect_audio_files(paths: list[str]) -> list[str]:
                             "/".join(AUDIO_EXTENSIONS), ", ".join(others[:5]), " …" if len(others) > 5 else "")
             files += found
         elif not os.path.exists(p) and glob.has_magic(p):  # a pattern the shell left alone: quoted, or Windows cmd
-            matched = sorted(f for f in glob.glob(os.path.expanduser(p), recursive=True) if os.path.isfile(f))
+            matched = sorted(f for f in glob.glob(os.path.expanduser(p), recursive=True)
+                             if os.path.isfile(f) and Path(f).suffix.lower() in AUDIO_EXTENSIONS)
             if not matched:
                 logger.warning("%s: no file matches this pattern", p)
             files += matched

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg,
                        default_beam_size, make_parser, optional_str, setup_logging)
@@ -178,7 +179,8 @@ def stopping_server_class():
                                "them" if n != 1 else "it")
             elif self.stops == 2:
                 logger.warning("stopping now: open requests answered 503 (the server is shutting down)")
-                self.service.cancel_all()
+                # in a thread: the handler runs on the event loop's thread, which may hold a queue's lock right now
+                threading.Thread(target=self.service.cancel_all, name="cancel-all", daemon=True).start()
                 return
             super().handle_exit(sig, frame)
 

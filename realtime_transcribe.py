@@ -23,6 +23,7 @@ starts + its measured compute time), so the figures hold for real time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -491,9 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("mean_revision_lag_s", "cer_vs_offline", "final_cer_vs_offline"):
         if key in report:
             summary[key] = report[key]
-    print("report: " + json.dumps(summary, ensure_ascii=False), file=sys.stderr)
-    if args.report_path:
+    if args.report_path:  # first: the terminal may be gone (SIGHUP), the file is not
         write_json_atomic(args.report_path, report)
+    with contextlib.suppress(OSError):
+        print("report: " + json.dumps(summary, ensure_ascii=False), file=sys.stderr)
     if result.error is not None:  # the words heard before it are all out (and in --output)
         print(f"error: {result.error}", file=sys.stderr)
         return 1

@@ -320,6 +320,7 @@ def test_language_auto_detects_on_every_line_and_slice_word_times_are_the_record
     engine = _Echo()
     evaluation.evaluate(engine, records, DecodeOptions(language="en"), "wer", 2)
     assert sorted(engine.languages) == ["en", "zh"]  # each line in its own language
+    assert evaluation.clips_unreadable(records, None, "a dataset stream") is False  # no lines: read while scored
     evaluation.warn_line_languages(records, "en", "m.json")
     assert "1 of 2 lines of m.json name their own language (Chinese)" in caplog.text
 

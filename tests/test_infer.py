@@ -342,12 +342,13 @@ def test_a_folder_is_scanned_without_hidden_files(tmp_path):
 def test_a_pattern_the_shell_left_alone_is_expanded(tmp_path, caplog):
     """A quoted glob (or one typed in Windows cmd) was one missing file: it is expanded, sorted, ``**`` recursive; a
     pattern matching nothing is named; a real file whose name holds a bracket is kept as it is."""
-    for rel in ("b.wav", "a.wav", "sub/c.wav", "x.txt", "take[1].wav"):
+    for rel in ("b.wav", "a.wav", "sub/c.wav", "x.txt", "take[1].wav"):  # x.txt: not audio, left out of */
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     assert infer.collect_audio_files([f"{tmp_path}/*.wav"]) == [str(tmp_path / n) for n in ("a.wav", "b.wav",
                                                                                            "take[1].wav")]
     assert infer.collect_audio_files([f"{tmp_path}/**/c.wav"]) == [str(tmp_path / "sub" / "c.wav")]
+    assert str(tmp_path / "x.txt") not in infer.collect_audio_files([f"{tmp_path}/*"])
     assert infer.collect_audio_files([str(tmp_path / "take[1].wav")]) == [str(tmp_path / "take[1].wav")]
     assert infer.collect_audio_files([f"{tmp_path}/*.flac"]) == [] and "no file matches this pattern" in caplog.text
 

@@ -191,9 +191,14 @@ def test_collapse_repeats_cuts_decoder_loops_only():
     assert collapse_repeats("I think that that that that that that") == "I think that"
     assert collapse_repeats("你好你好你好你好你好你好你") == "你好"  # the last unit cut short by the budget
     assert collapse_repeats("The doors opened at 9.10.10.10.10.10.1") == "The doors opened at 9.10"
+    assert collapse_repeats("No no no no no no no") == "No"  # the unit whole, whatever the case of the first
+    assert collapse_repeats(" ".join(["Thank you."] * 6)) == "Thank you."
+    # punctuation then text (a regular expression for this backtracked 13 s on it; now a linear scan)
+    assert collapse_repeats("!" * 440 + "abcdefghijklmnopqrstuvwxyz") == "!" * 440 + "abcdefghijklmnopqrstuvwxyz"
     for speech in ("The train leaves at half past eight.", "好好学习", "And here are some more words, words, words, "
                    "words.", "Please write down the code: 88888.", "It costs 10000 dollars.", "Call 555-8888",
-                   "哈哈哈哈，太好了", "哈哈哈哈哈哈", "very very very very good", "and then the the the the the end"):
+                   "哈哈哈哈，太好了", "哈哈哈哈哈哈", "very very very very good", "and then the the the the the end",
+                   "1,000,000,000,000,000"):
         assert collapse_repeats(speech) == speech
 
 
@@ -1155,6 +1160,13 @@ def test_sigterm_and_sighup_are_ctrl_c_inside_the_stream_block_only(default_sigi
                 time.sleep(0.2)
                 held.append("the block ran to its end")
     assert held and signal.getsignal(signal.SIGTERM) is before
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup: a closed terminal must not end the stream
+    try:
+        with stop_signals_as_ctrl_c():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGHUP, hup)
 
 
 def test_a_second_ctrl_c_before_the_closing_decode_skips_the_second_pass_too():

@@ -1002,6 +1002,7 @@ def test_segment_times_move_out_of_the_pauses_around_them():
     assert snap_to_speech(4.0, 10.0, spans, onsets=onsets) == (5.8, 10.0)
     assert snap_to_speech(6.0, 10.0, spans, onsets=onsets) == (6.0, 10.0)  # in the soft syllable: as it was
     assert snap_to_speech(2.0, 6.6, spans, onsets=onsets) == (2.0, 4.0)
+    assert snap_to_speech(4.5, 6.6, spans) == (4.5, 6.6)  # a pause and the next region's padding: no 0.1 s cue
 
 
 def test_a_regions_start_moves_back_through_a_soft_first_syllable_only():
@@ -1022,6 +1023,11 @@ def test_a_regions_start_moves_back_through_a_soft_first_syllable_only():
         (a, b), (c, d) = widened_to_sound(audio, [region, second])
         assert abs(a - 2.0 * sr) <= 0.01 * sr and b == region[1]  # back to the soft syllable's start
         assert (c, d) == second
+    # a lead of digital zeros is no noise floor: room noise at -60 dB before the region is not sound
+    quiet = np.concatenate([np.zeros(int(0.4 * sr), np.float32), loud, rng.normal(0, 1e-3, int(1.5 * sr)).astype(
+        np.float32), loud])
+    region = (int(2.9 * sr) - int(0.2 * sr), int(3.9 * sr))
+    assert widened_to_sound(quiet, [(int(0.2 * sr), int(1.6 * sr)), region])[1] == region
     noise = rng.normal(0, 0.01, 4 * sr).astype(np.float32)  # steady noise all through: no floor below the speech
     noisy = noise + np.concatenate([np.zeros(2 * sr, np.float32), loud, np.zeros(sr, np.float32)])
     assert widened_to_sound(noisy, [(int(1.8 * sr), int(3.2 * sr))]) == [(int(1.8 * sr), int(3.2 * sr))]

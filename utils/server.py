@@ -311,8 +311,8 @@ class TranscriptionService:
             worker.cancel_all()
 
     def open_jobs(self) -> int:
-        """Jobs queued or running on all models."""
-        return sum(w.queued() + w.running for w in self.workers.values())
+        """Jobs queued or running on all models, read without the queues' locks (a signal handler asks)."""
+        return sum(len(w.jobs.queue) + w.running for w in self.workers.values())
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "models": {name: {"queued": w.queued(), "running": w.running,

@@ -1003,7 +1003,10 @@ def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]
     given = start, end
     heard = [(o, b) for o, (_, b) in zip(onsets, spans, strict=True)] if onsets is not None else list(spans)
     if not any(o <= start < max(o, b - pad) for o, b in heard if o < end and b > start):
-        start = next((o for o, b in heard if start < o < end), start)
+        moved = next((k for k, (o, _) in enumerate(heard) if start < o < end), None)
+        if moved is not None and end <= spans[moved][0] + pad:  # it reaches only into that region's padding
+            return given
+        start = start if moved is None else heard[moved][0]
     over = [(a, b) for a, b in spans if a < end and b > given[0]]
     if not any(min(b, a + pad) < end <= b for a, b in over):
         end = next((b for _, b in reversed(over) if b < end), end)

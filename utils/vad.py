@@ -291,7 +291,10 @@ def widened_to_sound(audio: np.ndarray, spans: Sequence[tuple[int, int]],
     if not spans or n < 10:
         return list(spans)
     level = 10 * np.log10(np.mean(np.asarray(audio[: n * hop], np.float64).reshape(n, hop) ** 2, axis=1) + 1e-12)
-    sound = level > np.percentile(level, 10) + SOUND_ABOVE_FLOOR_DB
+    heard = level[level > -100.0]  # digital silence (a lead of zeros, a padded file) is no noise floor
+    if len(heard) < 10:
+        return list(spans)
+    sound = level > np.percentile(heard, 10) + SOUND_ABOVE_FLOOR_DB
     most = int(max_s / SOUND_FRAME_S)
     out = []
     for k, (a, b) in enumerate(spans):

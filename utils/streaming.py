@@ -55,6 +55,7 @@ import numpy as np
 from utils.audio import SAMPLE_RATE
 from utils.audio_sources import AudioDeviceError, AudioSource
 from utils.languages import AUTO_LANGUAGE, CJK_RANGES, joins_unspaced, unspaced_char
+from utils.repeats import LOOP_REPEATS, tail_loop
 from utils.text import normalize_text
 from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
 
@@ -1185,23 +1186,14 @@ def collapse_repeats(text: str) -> str:
     Speech that repeats is left as it is (it was cut before: real speech's "words, words, words, words" became
     "words", a code "8888" "8", "10000 dollars" "10 dollars", "哈哈哈哈，太好了" "哈，太好了"): a run followed by
     more text (the decoder went on, so it did not loop), a short run at the end ("哈哈哈哈哈哈"), and a number (a unit
-    of digits, or a thousands group). Linear in the text's length (a regular expression for this backtracked for
-    13 s on 440 "!" and a word).
+    of digits, or a thousands group). The period search is :func:`utils.repeats.tail_loop`, on characters (a regular
+    expression for this backtracked for 13 s on 440 "!" and a word).
     """
     body = text.rstrip()
     while body and not (body[-1].isalnum() or body[-1] == "_") and not body[-1].isspace():
         body = body[:-1].rstrip()  # the run may end in punctuation and spaces
-    low = body.lower()
-    n = len(low)
-    best = None  # (where the run starts, its unit's length)
-    for unit in range(1, MAX_LOOP_UNIT + 1):
-        start = n - unit  # the run with this period that ends the text: low[i] == low[i + unit] from ``start`` on
-        while start > 0 and low[start - 1] == low[start - 1 + unit]:
-            start -= 1
-        if start >= 0 and (n - start) // unit >= 5 and n - start >= MIN_LOOP_CHARS and (best is None
-                                                                                      or start < best[0]):
-            best = (start, unit)
-    if best is None:
+    best = tail_loop(body.lower(), MAX_LOOP_UNIT, LOOP_REPEATS)  # the decoder's own rule, on characters
+    if best is None or len(body) - best[0] < MIN_LOOP_CHARS:  # the earliest start: the longest run
         return text
     start, unit = best
     kept = body[start: start + unit]

@@ -140,6 +140,25 @@ def test_gpus_without_native_bf16_take_fp16_flash_attention_and_ct2_float16_only
         assert ct2_cuda_compute_type(0) == chosen
 
 
+def test_each_launched_process_chooses_precision_by_its_own_gpu(monkeypatch):
+    """finetune.py chooses the precision before accelerate sets the process's GPU: every torchrun process read GPU
+    0's compute capability (current_device()), so on a box with a Turing card first and an Ampere card second the
+    second process chose fp16. Emulated GPUs, on a CPU."""
+    from types import SimpleNamespace
+
+    import utils.device
+
+    majors = {0: 7, 1: 8}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(major=majors[i]))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert utils.device.choose_precision("auto", False, "cuda").mixed_precision == "fp16"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert utils.device.choose_precision("auto", False, "cuda").mixed_precision == "bf16"
+    assert utils.device.cuda_has_bf16(0) is False  # an explicit device wins
+
+
 def test_4bit_compute_dtype_follows_the_runs_precision():
     """fp16 GPUs (T4, V100, GTX 10xx/16xx) have no bf16: 4-bit layers compute in the run's autocast dtype."""
     assert finetune.quantization_config(False, True, "fp16").bnb_4bit_compute_dtype == torch.float16

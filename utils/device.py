@@ -164,10 +164,17 @@ class Precision:
 def cuda_has_bf16(device: int | None = None) -> bool:
     """Whether the CUDA GPU computes in bf16 natively: compute capability 8.0 (Ampere) or later. PyTorch's
     ``torch.cuda.is_bf16_supported()`` also says yes for emulated bf16 (T4, V100: slow), so ``--precision=auto``
-    chose bf16 there instead of fp16. Reads the device's properties only (no tensor, no memory on GPU 0)."""
+    chose bf16 there instead of fp16. Reads the device's properties only (no tensor, no memory on GPU 0).
+    ``device``: None = this process's GPU: under torchrun / accelerate launch the one of its ``LOCAL_RANK`` (asked
+    before the launcher's device is set, when ``current_device()`` is still GPU 0, another card on a mixed box)."""
     import torch
 
-    index = torch.cuda.current_device() if device is None else device
+    if device is not None:
+        index = device
+    elif os.environ.get("LOCAL_RANK", "").isdigit():
+        index = int(os.environ["LOCAL_RANK"]) % max(torch.cuda.device_count(), 1)
+    else:
+        index = torch.cuda.current_device()
     return torch.cuda.get_device_properties(index).major >= 8
 
 

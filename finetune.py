@@ -525,6 +525,14 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
     return model, generation_config
 
 
+def _resume_hint(run_dir: Path) -> str:
+    """Where a failed run goes on from: its last complete checkpoint, if it saved one."""
+    from utils.trainer import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    return "" if last is None else f" ({last} resumes with --resume_from_checkpoint=auto)"
+
+
 def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model: Any, generation_config: Any,
           options: Any, run_dir: Path, resume: Path | None) -> Any:
     """Train (resuming ``resume`` if given); returns the trainer's result."""
@@ -559,13 +567,12 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
         raise FinetuneInterrupted(f"interrupted at step {step}: {last} resumes with "
                                   "--resume_from_checkpoint=auto") from None
     except AudioLoadError as e:  # from a DataLoader worker, the message carries the worker's traceback
-        raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line (the last complete "
-                            "checkpoint-<step> resumes with --resume_from_checkpoint=auto)") from e
+        raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line{_resume_hint(run_dir)}") from e
     except torch.cuda.OutOfMemoryError as e:
         raise FinetuneError(
             f"out of GPU memory at --per_device_train_batch_size={args.per_device_train_batch_size}: try a "
             "smaller batch with --gradient_accumulation_steps to keep its size, --gradient_checkpointing=True, "
-            "or --use_8bit=True; the last complete checkpoint-<step> resumes with --resume_from_checkpoint=auto"
+            f"or --use_8bit=True{_resume_hint(run_dir)}"
         ) from e
 
 

@@ -278,7 +278,30 @@ def test_every_script_refuses_bad_input_cleanly(case, script, args, message, bad
 def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, tiny_whisper_dir, en_wav, tmp_path,
                                                                    caplog, capsys):
     """A clip that exists but cannot be decoded fails when the DataLoader (a worker process or the main one)
-    reads it: one message with the manifest file and line, not a worker traceback."""
+    reads it: one message with the manifest file and line, not a worker traceback, and no checkpoint offered to
+    resume from where none was saved. (An .m4a: its header is not read at load; a broken .wav is, see below.)"""
+    import json
+    import shutil
+
+    shutil.copy(en_wav, tmp_path / "good.wav")
+    (tmp_path / "broken.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A junk" + bytes(4000))
+    lines = [{"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0},
+             {"audio": {"path": "broken.m4a"}, "sentence": "hello", "duration": 1.0}]
+    manifest = tmp_path / "train.json"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
+                          f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
+                          "--per_device_train_batch_size=2", "--max_steps=2", f"--num_workers={num_workers}"])
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{manifest}:2: {tmp_path / 'broken.m4a'}: cannot decode"), errors
+    assert "Traceback" not in errors[0] and "Traceback" not in capsys.readouterr().err
+    assert errors[0].endswith("fix or remove that line") and "resume" not in errors[0]
+
+
+def test_a_broken_wav_is_refused_before_training(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    """A .wav whose header libsndfile cannot read (not audio, or cut off) passed the load-time header check (read
+    like an m4a, whose header is not) and failed once training had started: hours in on a real dataset."""
     import json
     import shutil
 
@@ -289,12 +312,10 @@ def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, 
     manifest = tmp_path / "train.json"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
-                          f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
-                          "--per_device_train_batch_size=2", "--max_steps=2", f"--num_workers={num_workers}"])
+                          f"--train_data={manifest}", f"--test_data={manifest}", "--language=English"])
     assert code == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and errors[0].startswith(f"{manifest}:2: {tmp_path / 'broken.wav'}: cannot decode"), errors
-    assert "Traceback" not in errors[0] and "Traceback" not in capsys.readouterr().err
+    assert f"{manifest}:2: {tmp_path / 'broken.wav'}: not readable as audio (" in caplog.text
+    assert not (tmp_path / "out").exists()  # nothing written: no run folder, no event log
 
 
 def test_audio_longer_than_its_duration_says_is_refused_with_the_line(tiny_whisper_dir, en_wav, tmp_path, caplog,

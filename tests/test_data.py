@@ -99,7 +99,7 @@ def test_every_invalid_line_is_named_at_once(tmp_path, audio_dir):
     message = str(e.value)
     assert message.startswith(f"{m}: 3 invalid lines; fix them")
     assert [f"t.json:{n}:" in message for n in (1, 2, 3, 4, 5)] == [False, True, False, True, True]
-    many = _write(tmp_path / "many.json", ["{"] * (MAX_INVALID_LISTED + 4))
+    many = _write(tmp_path / "many.json", ["{bad"] * (MAX_INVALID_LISTED + 4))
     with pytest.raises(ManifestError, match=r"14 invalid lines(.|\n)*\.\.\. and 4 more$"):
         load_manifest(many)
 
@@ -118,6 +118,24 @@ def test_a_manifest_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, audio_dir
         load_manifest(m)
     m.write_bytes(b'{"audio": {"path": "a\x01.wav"}}\n')  # a control character: the message read "…at at column"
     with pytest.raises(ManifestError, match=r"Invalid control character at, column \d+"):
+        load_manifest(m)
+
+
+def test_a_json_array_or_a_cut_line_is_said_as_such(tmp_path, audio_dir):
+    """A manifest saved with json.dump (an array, pretty-printed: the files end in .json) gave one error per line
+    (112 for 12 clips); a line cut short was "column 1" (the parser counted into the line after it)."""
+    records = [_rec(), _rec("audio/b.wav")]
+    for name, text in (("array.json", json.dumps(records, indent=2)), ("flat.json", json.dumps(records)),
+                       ("objects.json", "\n".join(json.dumps(r, indent=2) for r in records))):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(ManifestError, match=r"holds a JSON array or pretty-printed JSON; a manifest is "
+                                                r"jsonlines: one JSON object per line\. Convert it: python -c") as e:
+            load_manifest(tmp_path / name)
+        assert "\n" not in str(e.value)
+    line = json.dumps(_rec())
+    m = _write(tmp_path / "cut.json", [_rec(), line[:-5]])
+    with pytest.raises(ManifestError, match=rf"cut\.json:2: not valid JSON \(Expecting value, column "
+                                            rf"{len(line) - 4}: the line ends early\)"):
         load_manifest(m)
 
 
@@ -143,6 +161,28 @@ def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
     caplog.clear()
     load_manifest(_write(tmp_path / "s.json", [_rec(duration=0.3), _rec(duration=1.0)]), min_duration=0.5)
     assert [r.levelname for r in caplog.records if "left out" in r.getMessage()] == ["INFO"]
+
+
+def test_a_clip_dropped_by_a_wrong_duration_is_named_with_its_audios_length(tmp_path, audio_dir, caplog):
+    """A good 1 s clip whose 'duration' said 0.3 s (or 40 s) was left out at INFO among the short (long) ones: the
+    audio's header is read for the lines the bounds leave out, and a length that disagrees is a warning."""
+    m = _write(tmp_path / "t.json", [_rec(duration=0.3), _rec("audio/b.wav"), _rec("audio/c.wav", duration=40.0),
+                                     _rec("audio/c.wav", duration=0.2, sentence="真的短")])
+    (audio_dir / "short.wav").unlink(missing_ok=True)
+    save_wav(audio_dir / "short.wav", np.zeros(3200, np.float32))  # 0.2 s: its 'duration' is right
+    lines = json.loads(m.read_text(encoding="utf-8").splitlines()[3])
+    lines["audio"]["path"] = "audio/short.wav"
+    m.write_text("\n".join(m.read_text(encoding="utf-8").splitlines()[:3] + [json.dumps(lines)]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert len(load_manifest(m, min_duration=0.5, max_duration=20)) == 1
+    warned = [r.getMessage() for r in caplog.records if "not their audio's length" in r.getMessage()]
+    assert len(warned) == 1
+    assert "t.json:1: " in warned[0] and "'duration' says 0.30 s, the audio is 1.00 s; fix 'duration'" in warned[0]
+    assert "t.json:3: " in warned[0] and "'duration' says 40.00 s, the audio is 1.00 s" in warned[0]
+    assert "t.json:4" not in warned[0]
+    # the advice for long clips follows the bound asked for, not Whisper's 30 s window
+    assert "cut the longer ones into clips of at most 20 s (audio.start_time/end_time) or raise the bound " \
+           "(--max_audio_len, up to 30 s" in caplog.text
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

@@ -52,8 +52,8 @@ def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, 
 
 
 def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"RIFFjunk")
+    bad = tmp_path / "bad.m4a"  # a format whose header is not read before decoding (a broken .wav is: see below)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypjunk")
     m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE), (bad, "x")])
     rc, report = _evaluate(tiny_whisper_dir, m, tmp_path / "r.json", "--metric=wer", "--language=en")
     assert rc == 1
@@ -87,8 +87,10 @@ def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_w
             {"audio": {"path": str(empty)}, "sentence": "c", "duration": 1.0},
             {"audio": {"path": str(en_wav), "end_time": seconds + 0.05}, "sentence": "within 0.1 s",
              "duration": seconds},
-            {"audio": {"path": str(tmp_path / "zero.wav")}, "sentence": "d", "duration": 1.0}]  # 0 bytes
+            {"audio": {"path": str(tmp_path / "zero.wav")}, "sentence": "d", "duration": 1.0},  # 0 bytes
+            {"audio": {"path": str(tmp_path / "text.wav")}, "sentence": "e", "duration": 1.0}]  # not audio
     (tmp_path / "zero.wav").write_bytes(b"")  # was found only after the model loaded
+    (tmp_path / "text.wav").write_bytes(b"not audio")  # was found while decoding (training: hours into the run)
     m.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "r.json"
     assert evaluation.main(["--model_path", str(tmp_path / "no-model"), "--test_data", str(m),
@@ -97,8 +99,9 @@ def test_clips_past_the_end_of_their_audio_are_named_before_the_model_loads(en_w
     assert f"{m}:2: {en_wav}: 'audio.start_time' {seconds + 1} s is past the end of the audio" in caplog.text
     assert f"{m}:3: {en_wav}: 'audio.end_time' {seconds + 5} s is past the end of the audio" in caplog.text
     assert f"{m}:4: {empty}: the file holds no audio samples; fix the line or remove it" in caplog.text
+    assert f"{m}:7: {tmp_path / 'text.wav'}: not readable as audio (" in caplog.text
     assert f"{m}:1:" not in caplog.text and f"{m}:5:" not in caplog.text
-    assert "4 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
+    assert "5 clip(s) of" in caplog.text and "cannot load" not in caplog.text and not out.exists()
 
 
 def test_odd_manifest_lines_are_named_before_decoding(tiny_whisper_dir, en_wav, tmp_path, caplog):

@@ -21,6 +21,7 @@ import logging
 import math
 import mmap
 import os
+import shlex
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -366,11 +367,16 @@ def load_manifest(
     skipped_invalid = skipped_short = skipped_long = timestamped = 0
     left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
+    wrong_duration: list[str] = []  # lines left out by their 'duration' that their audio does not have
     invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):  # Notepad's "Unicode": every line was "not UTF-8 / not JSON"
             raise ManifestError(f"{path}: saved as UTF-16; save the manifest as UTF-8")
+        f.seek(0)
+        first = next((line for line in f if line.strip()), b"").strip().removeprefix(b"\xef\xbb\xbf")
+        if first.startswith(b"[") or first == b"{":  # json.dump(list): one error per line (112 for 12 clips)
+            raise _not_jsonlines(path)
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
         offset = 0
@@ -381,15 +387,17 @@ def load_manifest(
                 continue
             where = f"{path}:{lineno}"
             try:
+                text = line.rstrip(b"\r\n")  # with its newline a line cut short was "column 1" (of the next line)
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(text)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     if isinstance(e, UnicodeDecodeError):  # GBK, or UTF-16 (json.loads guesses it from the bytes)
-                        raise ManifestError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the manifest "
-                                            "as UTF-8") from e
+                        raise ManifestError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the "
+                                            "manifest as UTF-8") from e
                     # the parser's own "line 1 column 9" counts inside this line: said as the column only
-                    raise ManifestError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
-                                        "one JSON object") from e
+                    cut = ": the line ends early" if e.pos >= len(text.decode("utf-8", "replace")) else ""
+                    raise ManifestError(f"{where}: not valid JSON ({e.msg}, column {e.colno}{cut}); each line must "
+                                        "be one JSON object") from e
                 validate_record(obj, where)
                 if languages is not None and obj.get("language"):
                     check_model_language(obj["language"], languages, f"{where}: 'language'",
@@ -414,6 +422,10 @@ def load_manifest(
             if duration < min_duration or 0 < max_duration < duration:
                 if len(left_out_lines) < 5:
                     left_out_lines.append(lineno)
+                if check_audio and len(wrong_duration) < MAX_INVALID_LISTED:  # a good clip lost to a wrong number
+                    wrong = _wrong_duration(obj, base, manifest_dir, duration)
+                    if wrong:
+                        wrong_duration.append(f"{where}: {wrong}")
                 if duration < min_duration:
                     skipped_short += 1
                 else:
@@ -438,6 +450,9 @@ def load_manifest(
                        "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "
                        "say the same", path, len(other_text), "s" if len(other_text) > 1 else "",
                        ", ".join(map(str, other_text[:5])) + (" …" if len(other_text) > 5 else ""))
+    if wrong_duration:
+        logger.warning("%s: clips dropped by a 'duration' that is not their audio's length:\n%s", path,
+                       "\n".join(wrong_duration))
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
@@ -453,6 +468,27 @@ def load_manifest(
         np.frombuffer(line_numbers, dtype=np.int32),
         timestamped,
     )
+
+
+def _not_jsonlines(path: str) -> ManifestError:
+    """The error for a manifest written as one JSON array or pretty-printed objects (every line was invalid)."""
+    return ManifestError(
+        f"{path}: holds a JSON array or pretty-printed JSON; a manifest is jsonlines: one JSON object per line. "
+        "Convert it: python -c \"import json,sys; [print(json.dumps(o, ensure_ascii=False)) for o in "
+        f"json.load(open(sys.argv[1], encoding='utf-8'))]\" {shlex.quote(path)} > fixed.jsonl")
+
+
+def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str, duration: float) -> str | None:
+    """What is wrong with a line's 'duration' by its audio's header (None when they agree or it cannot be read)."""
+    from utils.audio import slice_check
+
+    path = obj["audio"]["path"]
+    if base == _BASE_MANIFEST:
+        path = os.path.join(manifest_dir, path)
+    _, seconds = slice_check(path, obj["audio"].get("start_time"), obj["audio"].get("end_time"))
+    if seconds is None or not duration_mismatch(seconds, duration):
+        return None
+    return f"{path}: 'duration' says {duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'"
 
 
 def _same_text(sentences: Sequence[dict[str, Any]], sentence: str) -> bool:
@@ -473,7 +509,11 @@ def log_left_out(name: str, *, short: int, long: int, invalid: int, min_duration
                  "'duration' against the audio)" if lines else "")
         # clips longer than the window are data lost without a word at INFO (a user's 39 s clip was): a warning
         level = logging.WARNING if long else logging.INFO
-        fix = "; cut the longer ones into clips of at most 30 s (audio.start_time/end_time)" if long else ""
+        fix = ""
+        if long:
+            fix = f"; cut the longer ones into clips of at most {max_duration:g} s (audio.start_time/end_time)"
+            if max_duration < 30:
+                fix += " or raise the bound (--max_audio_len, up to 30 s: Whisper's window)"
         logger.log(level, "%s: left out %d clips shorter than %.2f s and %d longer than %.2f s%s%s",
                    name, short, min_duration, long, max_duration, where, fix)
     if invalid:

@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max_line_width / --max_line_count: {e}")
     if args.subtitle_words and not options.word_timestamps:
         parser.error("--subtitle_words needs --word_timestamps=True")
+    if formats and set(CUE_FORMATS) & set(formats) and not options.timestamps and not options.word_timestamps:
+        logger.warning("--timestamps=False: a subtitle cue's time is its chunk's (up to 30 s of speech) shared by "
+                       "text length, an estimate that may run across pauses; leave --timestamps on for timed cues")
     output_dir = args.output_dir or "output"
     files = collect_audio_files(args.audio_path)
     if not files:

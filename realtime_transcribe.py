@@ -444,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Stream
     try:
+        if args.output:  # a new folder is made, as infer.py's --output_dir is
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         log = open(args.output, "a", encoding="utf-8") if args.output else None
     except OSError as e:
         print(f"error: --output {args.output}: cannot open for appending ({e.strerror})", file=sys.stderr)

@@ -140,6 +140,36 @@ def test_a_word_start_moves_past_the_pause_after_the_previous_words_tail():
     assert three.start == 1.35
 
 
+def test_word_ends_follow_the_sound_and_a_word_started_in_a_pause_leaves_the_previous_end_alone():
+    """Cross-attention ended a real "meters." 0.54 s before its sound did (and its cue with it): an end inside sound
+    moves on to where the sound stops (through a stop's closure, at most 0.8 s, never past the next word). A word
+    whose aligned start lay in a 4 s pause gave the word before it an end at that start (的。 4.32 → 8.44 s: one
+    subtitle cue through the silence)."""
+    from utils.alignment import refine_word_times
+    from utils.data import Word
+
+    sr = 16000
+
+    def tone(seconds: float) -> np.ndarray:
+        return (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+    def quiet(seconds: float) -> np.ndarray:
+        return np.zeros(int(seconds * sr), np.float32)
+
+    audio = np.concatenate([quiet(0.25), tone(0.3), quiet(4.0), tone(0.3), quiet(0.5)])  # 0.25-0.55, 4.55-4.85 s
+    first, second = refine_word_times([Word(0.25, 0.55, "的。", 0.9), Word(4.3, 4.85, "这个", 0.9)], audio)
+    assert first.end == 0.55 and second.start == pytest.approx(4.55, abs=0.02)
+    # sound 0.25-1.0 s with a 60 ms closure at 0.7 s, then 1.5-1.8 s
+    audio = np.concatenate([quiet(0.25), tone(0.45), quiet(0.06), tone(0.24), quiet(0.5), tone(0.3), quiet(0.5)])
+    first, second = refine_word_times([Word(0.25, 0.6, " ten", 0.9), Word(1.5, 1.8, " meters.", 0.9)], audio)
+    assert first.end == pytest.approx(1.0, abs=0.02) and second.end == pytest.approx(1.8, abs=0.02)
+    audio = np.concatenate([quiet(0.25), tone(3.0), quiet(0.5)])  # at most 0.8 s on; never into the next word
+    first, second = refine_word_times([Word(0.25, 0.6, " a", 0.9), Word(1.0, 3.25, " b", 0.9)], audio)
+    assert first.end == pytest.approx(1.0, abs=0.02)
+    (only,) = refine_word_times([Word(0.25, 0.6, " a", 0.9)], audio)
+    assert only.end == pytest.approx(1.4, abs=0.02)
+
+
 def test_tiny_model_words_on_both_paths_of_the_transformers_backend(tiny_whisper_dir, zh_wav):
     """The tiny random model (its own alignment heads): every segment gets words inside it, with or without
     segment timestamps; the words are the segment's text."""

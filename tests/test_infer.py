@@ -12,7 +12,7 @@ import pytest
 
 import infer
 from tests.conftest import REPO_ROOT
-from utils.subtitles import format_timestamp, to_srt, to_vtt
+from utils.subtitles import format_timestamp, to_srt, to_txt, to_vtt
 from utils.data import Segment
 from utils.transcribe import Transcript
 
@@ -86,9 +86,10 @@ def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
     t = Transcript(zh, "zh", 1.0, 40.0, [Segment(0.0, 28.0, zh), Segment(28.0, 29.0, "好。")])
     cues = _check_srt(to_srt(t))
     blocks = [b.split("\n")[2:] for b in to_srt(t).strip().split("\n\n")]
-    assert len(cues) == 4 and all(len(lines) <= 2 and all(text_width(x) <= 42 for x in lines) for lines in blocks)
+    assert len(cues) == 6 and all(len(lines) <= 2 and all(text_width(x) <= 42 for x in lines) for lines in blocks)
     assert "".join("".join(lines) for lines in blocks) == zh + "好。"  # nothing lost or repeated
-    assert cues[0][0] == "00:00:00,000" and cues[2][1] == "00:00:28,000" and cues[3][1] == "00:00:29,000"
+    assert cues[0][0] == "00:00:00,000" and cues[4][1] == "00:00:28,000" and cues[5][1] == "00:00:29,000"
+    assert all(_seconds(b) - _seconds(a) <= 7.0 for a, b in cues)  # at most 7 s each: 4 cues would hold 28 s
     assert all(a[1] <= b[0] for a, b in zip(cues, cues[1:]))  # times in order, shared by length
     assert blocks[0][-1].endswith(("。", "？"))  # cut after punctuation
     one = to_srt(t, layout=CueLayout(0, 0))  # no limit: a cue per segment, as before
@@ -109,7 +110,53 @@ def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
     word_cues = _check_srt(to_srt(w, words=True))
     assert word_cues == [("00:00:02,800", "00:00:02,900"), ("00:00:02,900", "00:00:03,000"),
                          ("00:00:03,000", "00:00:03,100"), ("00:00:05,000", "00:00:05,400")]
-    assert _check_srt(to_srt(w)) == [("00:00:02,800", "00:00:02,900"), ("00:00:05,000", "00:00:05,400")]  # pause
+    # cut at the pause; a cue of text stays up 0.8 s at least (into the pause, not past the file's end)
+    assert _check_srt(to_srt(w)) == [("00:00:02,800", "00:00:03,600"), ("00:00:05,000", "00:00:05,800")]
+    end = Transcript("Thanks.", "en", 1.0, 5.5, [Segment(5.0, 5.3, "Thanks.")])
+    assert _check_srt(to_srt(end)) == [("00:00:05,000", "00:00:05,500")]
+
+
+def test_the_text_file_has_a_line_per_segment():
+    """A long recording's .txt was one line (3,074 bytes for 5.7 minutes), whatever its pauses."""
+    t = Transcript("今天天气很好。我们去公园吧。", "zh", 1.0, 20.0,
+                   [Segment(0.0, 3.0, "今天天气很好。"), Segment(3.0, 5.0, " "), Segment(9.0, 11.0, "我们去公园吧。")])
+    assert to_txt(t) == "今天天气很好。\n我们去公园吧。\n"
+    assert to_txt(Transcript("", "zh", 1.0, 20.0, [])) == "\n"
+
+
+def _seconds(stamp: str) -> float:
+    h, m, s = stamp.replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well():
+    """Words are kept without their leading space: cues built from them (a segment too long for one cue, or with a
+    pause between words) read "asknotwhatyourcountrycandoforyou,…" on one 93-column line. Lines and cues were broken
+    by length alone: 我已经等了你半个小时了？这个/字怎么写？, 银 and 行 in two cues; a 10.5 s segment was one cue."""
+    from utils.data import Word
+    from utils.subtitles import CueLayout, wrap_lines
+
+    text = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+    def at(k: int) -> float:  # word k's start: a 1.2 s pause after "Americans,"
+        return round(0.3 + 0.35 * k + (1.2 if k >= 5 else 0), 2)
+
+    words = tuple(Word(at(k), round(at(k) + 0.3, 2), w, 0.9) for k, w in enumerate(text.split()))
+    t = Transcript(text, "en", 1.0, 12.0, [Segment(0.3, words[-1].end, text, words)])
+    blocks = [b.split("\n")[2:] for b in to_srt(t).strip().split("\n\n")]
+    assert " ".join(" ".join(lines) for lines in blocks) == text
+    assert all(len(line) <= 42 for lines in blocks for line in lines) and blocks[0] == ["And so my fellow Americans,"]
+    assert wrap_lines("我已经等了你半个小时了？这个字怎么写？我在一家银行工作，", 42) == [
+        "我已经等了你半个小时了？", "这个字怎么写？我在一家银行工作，"]
+    zh = ("这个", "字", "怎么", "写？", "我", "在", "一家", "银行", "工作，", "不好意思？", "我来", "玩", "了？")
+    zh_words = tuple(Word(20.0 + 0.5 * k, 20.5 + 0.5 * k, w, 0.9) for k, w in enumerate(zh))
+    cues = to_srt(Transcript("".join(zh), "zh", 1.0, 30.0, [Segment(20.0, 26.5, "".join(zh), zh_words)]),
+                  layout=CueLayout(16, 1))
+    texts = [b.split("\n")[2] for b in cues.strip().split("\n\n")]
+    assert texts == ["这个字怎么写？", "我在一家银行", "工作，不好意思？", "我来玩了？"]  # 我在一家银行工作，: 18 columns
+    long = "甚至出现交易几乎停滞的情况。" * 3  # 42 characters said in 10.5 s: fits two lines, not one cue's 7 s
+    cues = _check_srt(to_srt(Transcript(long, "zh", 1.0, 20.0, [Segment(0.0, 10.5, long)])))
+    assert len(cues) == 2 and all(_seconds(b) - _seconds(a) <= 7.0 for a, b in cues)
 
 
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
@@ -121,7 +168,7 @@ def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_pat
     data = json.loads((out / "en.json").read_text(encoding="utf-8"))
     assert data["language"] == "en" and data["duration"] > 1.0
     assert data["audio"] == str(en_wav)  # which input it came from (names may get _1, _2 when stems repeat)
-    assert (out / "en.txt").read_text(encoding="utf-8") == data["text"] + "\n"
+    assert (out / "en.txt").read_text(encoding="utf-8") == "".join(s["text"].strip() + "\n" for s in data["segments"])
     for seg in data["segments"]:
         assert f"] {seg['text']}" in stdout.out
         assert seg["temperature"] == 0.0 and seg["avg_logprob"] <= 0 and 0 <= seg["no_speech_prob"] <= 1  # the JSON
@@ -135,9 +182,10 @@ def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_pat
                                                (["--output_format=txt"], False), ([], False),
                                                (["--output_format=vtt", "--timestamps=False"], False)])
 def test_subtitles_turn_segment_timestamps_on_unless_told_not_to(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
-                                                                 flags, timestamps):
+                                                                 caplog, flags, timestamps):
     """Without segment times a subtitle cue is a whole chunk (one 28 s cue of 60 words, seen by a user): srt and
-    vtt output decode with timestamps unless --timestamps=False says otherwise."""
+    vtt output decode with timestamps unless --timestamps=False says otherwise, and then it is said that the cue
+    times are estimates (they were written without a word)."""
     seen = []
     transcribe = infer.transcribe_one
 
@@ -149,6 +197,7 @@ def test_subtitles_turn_segment_timestamps_on_unless_told_not_to(tiny_whisper_di
     assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), f"--output_dir={tmp_path / 'out'}",
                 "--fallback=False", *flags) == 0
     assert seen == [timestamps]
+    assert ("cue's time is its chunk's" in caplog.text) == ("--timestamps=False" in flags)
 
 
 def test_folder_with_bad_and_missing_files(tiny_whisper_dir, en_wav, tmp_path, caplog):

@@ -172,7 +172,7 @@ def test_segment_rows_and_downloads():
     downloads = {d.label: d for d in transcript_downloads(transcript, "meeting.mp3")}
     assert [d.file_name for d in downloads.values()] == ["meeting.txt", "meeting.srt", "meeting.vtt",
                                                          "meeting.json"]
-    assert downloads["TXT"].data == "你好 world\n"
+    assert downloads["TXT"].data == "你好\nworld\n"  # a line per segment
     assert downloads["SRT"].data.startswith("1\n00:00:00,000 --> 00:00:01,500\n你好\n\n2\n00:00:01,500")
     assert downloads["VTT"].data.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\n你好")
     assert json.loads(downloads["JSON"].data)["segments"][1] == {"start": 1.5, "end": 3.25, "text": "world"}

@@ -104,6 +104,9 @@ def timing_errors(truth: list[TrueWord], words: list[tuple[str, float, float]]) 
 def _ours(model_path: str, backend: str, wav: Path, language: str) -> list[tuple[str, float, float]]:
     from utils.transcribe import DecodeOptions, load_transcriber
 
+    ct2_copy = Path(f"{model_path.rstrip('/')}-ct2")  # merge_lora.py --ct2 puts a merged model's copy there
+    if backend == "ct2" and not (Path(model_path) / "model.bin").is_file() and (ct2_copy / "model.bin").is_file():
+        model_path = str(ct2_copy)
     transcriber = load_transcriber(model_path, backend)
     transcript = transcriber.transcribe(str(wav), DecodeOptions(language=language, word_timestamps=True))
     return [(w.word, w.start, w.end) for s in transcript.segments for w in s.words]

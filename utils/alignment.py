@@ -159,6 +159,10 @@ TAIL_FRAMES = 5  # loud frames of the previous word a word's aligned start may s
 # ... or this many, when the pause after them is a real one (≥ LATE_PAUSE_FRAMES quiet frames, longer than a stop
 # consonant's closure): int8 alignment in noise ended words up to 0.12 s early on an AVX2 CPU
 LATE_TAIL_FRAMES = 10
+# a word's end moves on through its sound (quiet gaps shorter than END_PAUSE_FRAMES: a stop consonant's closure) by
+# at most MAX_END_FRAMES
+END_PAUSE_FRAMES = 5
+MAX_END_FRAMES = 40
 LATE_PAUSE_FRAMES = 5
 
 
@@ -174,7 +178,7 @@ def frame_levels_db(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
 
 def refine_word_times(words: list[Word], audio: np.ndarray, sample_rate: int = 16000) -> list[Word]:
     """Move word starts that lie in a pause forward to where the sound starts (and the previous word's end to
-    where its sound stops).
+    where its sound stops), and word ends that lie in sound on to where it stops (:func:`_extend_ends`).
 
     Cross-attention alignment gives good word ends, but a word's start falls where the previous word ended: a
     pause before a word is counted as part of it. The threshold is relative to this audio (between its noise
@@ -207,9 +211,37 @@ def refine_word_times(words: list[Word], audio: np.ndarray, sample_rate: int = 1
         needed = 2 if pause_start - first <= TAIL_FRAMES else LATE_PAUSE_FRAMES
         if k - pause_start >= needed and k < first + 0.75 * (last - first) and last - k >= 2:
             start = k * FRAME_S
-            if out and out[-1].end < pause_start * FRAME_S:  # the tail before the pause is the previous word's
+            # the sound before the pause is the previous word's tail, where there is one and it follows that word
+            # (not where the word started in the pause: the previous word then ran on through a 4 s silence)
+            if out and pause_start > first and out[-1].end < pause_start * FRAME_S \
+                    and w.start - out[-1].end < 2 * TIME_PRECISION:
                 out[-1] = Word(out[-1].start, round(pause_start * FRAME_S, 3), out[-1].word, out[-1].probability)
         out.append(Word(round(start, 3), w.end, w.word, w.probability))
+    return _extend_ends(out, loud)
+
+
+def _extend_ends(words: list[Word], loud: np.ndarray) -> list[Word]:
+    """Move word ends that lie inside sound to where the sound stops (a pause of ``END_PAUSE_FRAMES`` quiet frames),
+    at most ``MAX_END_FRAMES`` later and never past the next word's start. Cross-attention puts the end of a word
+    before a pause early: "meters." of a real recording ended 0.54 s before its "-ters" did, and its cue with it."""
+    out = list(words)
+    for i, w in enumerate(out):
+        k = int(round(w.end / FRAME_S))
+        if k >= len(loud) or not loud[k]:  # the word's sound stops where it is said to end
+            continue
+        limit = out[i + 1].start if i + 1 < len(out) else len(loud) * FRAME_S
+        stop = min(int(limit / FRAME_S), len(loud), k + MAX_END_FRAMES)
+        last, quiet = k, 0
+        for j in range(k + 1, stop):
+            if loud[j]:
+                last, quiet = j, 0
+            else:
+                quiet += 1
+                if quiet >= END_PAUSE_FRAMES:
+                    break
+        end = round(min((last + 1) * FRAME_S, limit), 3)
+        if end > w.end:
+            out[i] = Word(w.start, end, w.word, w.probability)
     return out
 
 

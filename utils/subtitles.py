@@ -44,6 +44,10 @@ def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
 
 
 MIN_CUE_S = 0.1  # seconds a cue lasts at least (a word Whisper timed as 0 s long got a 1 ms cue)
+# seconds a cue of text stays up at least where the next cue leaves room (subtitle guidelines: 5/6 s; a one-word
+# sentence was up for 0.28 s, too short to read)
+MIN_READ_S = 0.8
+MAX_CUE_S = 7.0  # seconds of speech a cue holds at most where its words or clauses can be cut (guidelines: 7 s)
 CUE_PAUSE_S = 1.0  # a pause between timed words this long starts a new cue
 
 
@@ -68,19 +72,50 @@ def text_width(text: str) -> int:
 _ATOM = re.compile(r"[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]+\s*|"
                    r"[\u2e80-\u9fff\uf900-\ufaff][\u3000-\u303f\uff00-\uffef]*\s*|\S\s*|\s+")
 _CLAUSE_END = re.compile(r"[。！？!?；;，,、：:…]+\s*|[.]\s+")
+_BREAK_AFTER = tuple("。！？!?；;，,、：:….")  # a line or cue ending in one of these is broken where it reads well
 
 
 def wrap_lines(text: str, width: int) -> list[str]:
     """``text`` in lines of at most ``width`` columns, broken between words (spaced text) or between characters
-    (Chinese, punctuation kept with the character before it), as even in length as that many lines allow; a word
-    wider than a line gets a line of its own."""
+    (Chinese, punctuation kept with the character before it): as few lines as fit, broken after punctuation where
+    that keeps them near even (我已经等了你半个小时了？/这个字怎么写？, not …小时了？这个/字怎么写？), else as even in
+    length as possible; a word wider than a line gets a line of its own."""
     if width <= 0 or text_width(text) <= width:
         return [text]
-    lines = _fill(text, width)
-    for even in range(-(-text_width(text) // len(lines)), width):  # the narrowest width giving as many lines
-        if len(balanced := _fill(text, even)) <= len(lines):
-            return balanced
-    return lines
+    atoms = _ATOM.findall(text)
+    lines = len(_fill(text, width))
+    widths = [text_width(a) for a in atoms]
+
+    def span(i: int, j: int) -> int:  # columns of atoms[i:j] on a line (its trailing space not shown)
+        return sum(widths[i:j]) - (len(atoms[j - 1]) - len(atoms[j - 1].rstrip()))
+
+    groups = _best_split(len(atoms), lambda i, j: j - i == 1 or span(i, j) <= width, span,
+                         lambda k: atoms[k - 1].rstrip().endswith(_BREAK_AFTER), text_width(text) / lines)
+    return ["".join(atoms[i:j]).strip() for i, j in groups]
+
+
+def _best_split(n: int, fits: Callable[[int, int], bool], width: Callable[[int, int], float],
+                reads_well: Callable[[int], bool], target: float) -> list[tuple[int, int]]:
+    """Items ``0..n`` in consecutive groups ``[i, j)``: each group ``fits``, as few groups as that allows, and among
+    those the ones closest to ``target`` columns each (squared difference), a cut that does not read well (after item
+    ``k - 1``: ``reads_well(k)`` false) counting as a group a quarter of ``target`` off. ``fits`` must stay false
+    once a group is too long (groups are grown from their end backwards until it fails)."""
+    penalty = (target / 4) ** 2
+    best: list[tuple[float, float, int]] = [(0, 0.0, -1)] + [(math.inf, math.inf, -1)] * n
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):
+            if not fits(i, j):
+                break
+            if best[i][0] == math.inf:
+                continue
+            cost = best[i][1] + (width(i, j) - target) ** 2 + (0.0 if j == n or reads_well(j) else penalty)
+            if (best[i][0] + 1, cost) < best[j][:2]:
+                best[j] = (best[i][0] + 1, cost, i)
+    groups, j = [], n
+    while j > 0:
+        groups.append((best[j][2], j))
+        j = best[j][2]
+    return groups[::-1]
 
 
 def _fill(text: str, width: int) -> list[str]:
@@ -108,7 +143,8 @@ def _units(seg) -> list[tuple[float, float, str]]:
     """What a segment's cues are made of: its timed words, else its clauses (cut after punctuation; a clause too
     long for any line cut into words or characters) with the segment's time shared by their length."""
     if seg.words:
-        return [(w.start, w.end, w.word) for w in seg.words]
+        texts = spaced_words(seg.text, [w.word for w in seg.words])
+        return [(w.start, w.end, text) for w, text in zip(seg.words, texts, strict=True)]
     pieces, last = [], 0
     for m in _CLAUSE_END.finditer(seg.text):
         pieces.append(seg.text[last:m.end()])
@@ -124,10 +160,28 @@ def _units(seg) -> list[tuple[float, float, str]]:
     return units
 
 
+def spaced_words(text: str, words: Sequence[str]) -> list[str]:
+    """``words`` (stripped, as a segment keeps them) with the space that comes before each in the segment's ``text``
+    (" asked", but 银行 not " 行"), so that they join back into the text; a word not found where the text goes on
+    gets a space between two spaced-script words. English cues built from words read "asknotwhatyourcountry…"."""
+    out, pos = [], 0
+    for k, word in enumerate(words):
+        word = word.strip()
+        at = text.find(word, pos) if word else -1
+        if at >= 0 and not text[pos:at].strip():
+            spaced = at > pos
+            pos = at + len(word)
+        else:  # e.g. punctuation removed from the words only: spaced where neither side is a wide character
+            prev = words[k - 1].strip() if k else ""
+            spaced = bool(prev and word) and text_width(prev[-1]) == 1 and text_width(word[0]) == 1
+        out.append((" " if spaced and k else "") + word)
+    return out
+
+
 def _split_unit(unit: tuple[float, float, str], layout: CueLayout) -> list[tuple[float, float, str]]:
     """A unit too wide for a whole cue, cut into words or characters (``_ATOM``), its time shared by width."""
     start, end, text = unit
-    if _fits(text.strip(), layout):
+    if _fits(text.strip(), layout) and end - start <= MAX_CUE_S:
         return [unit]
     atoms = _ATOM.findall(text)
     total = sum(text_width(a) for a in atoms) or 1
@@ -144,11 +198,12 @@ def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
     ``CUE_PAUSE_S`` between timed words, each run in as few cues as fit, as even in length as that many allow (a
     98-character English sentence was "… behind the curtain" and then "on the left." alone)."""
     text = " ".join(seg.text.split())
-    if layout.max_line_width <= 0 or (_fits(text, layout) and not seg.words):
+    whole = _fits(text, layout) and seg.end - seg.start <= MAX_CUE_S  # one cue can hold the segment
+    if layout.max_line_width <= 0 or (whole and not seg.words):
         return [(seg.start, seg.end, text)]
     units = [u for unit in _units(seg) for u in _split_unit(unit, layout)]
     runs = split_at_pauses(units, CUE_PAUSE_S if seg.words else math.inf, lambda u: u[0], lambda u: u[1])
-    if len(runs) == 1 and _fits(text, layout):  # timed words, no pause among them: the segment's own text
+    if len(runs) == 1 and whole:  # timed words, no pause among them: the segment's own text
         return [(seg.start, seg.end, text)]
     cues = [cue for run in runs for cue in _even_cues(run, layout)]
     return [(a, b, " ".join(t.split())) for a, b, t in cues]
@@ -168,29 +223,23 @@ def split_at_pauses(items: Sequence[T], pause_s: float, start: Callable[[T], flo
 
 
 def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list[tuple[float, float, str]]:
-    """``units`` gathered into as few cues as ``layout`` allows, each as close to an even share as the units let."""
-    fewest = _gather(units, layout, math.inf)
-    if len(fewest) > 1:
-        total = text_width("".join(u[2] for u in units))
-        for share in range(-(-total // len(fewest)), total + 1):
-            if len(even := _gather(units, layout, share)) <= len(fewest):
-                return even
-    return fewest
+    """``units`` gathered into as few cues as ``layout`` and ``MAX_CUE_S`` allow, cut after punctuation where that
+    keeps them near even in length (银行 was cut across two cues, 了？ began one), else as even as the units let."""
+    texts = [u[2] for u in units]
+    limit = 2 * (layout.max_line_width * (layout.max_line_count or 10 ** 9))  # columns no cue can reach
 
+    def fits(i: int, j: int) -> bool:
+        if j - i == 1:
+            return True
+        joined = "".join(texts[i:j])
+        return (text_width(joined) <= limit and units[j - 1][1] - units[i][0] <= MAX_CUE_S
+                and _fits(" ".join(joined.split()), layout))
 
-def _gather(units: list[tuple[float, float, str]], layout: CueLayout, share: float) -> list[tuple[float, float, str]]:
-    """Greedy: a unit joins the cue while the cue still fits ``layout`` and is at most ``share`` columns wide."""
-    cues: list[tuple[float, float, str]] = []
-    start, end, joined = units[0]
-    for u_start, u_end, u_text in units[1:]:
-        candidate = joined + u_text
-        if text_width(candidate.strip()) > share or not _fits(" ".join(candidate.split()), layout):
-            cues.append((start, end, joined))
-            start, end, joined = u_start, u_end, u_text
-        else:
-            end, joined = u_end, candidate
-    cues.append((start, end, joined))
-    return cues
+    total = text_width("".join(texts).strip())
+    fewest = len(_best_split(len(units), fits, lambda i, j: 0.0, lambda k: True, 0.0))
+    groups = _best_split(len(units), fits, lambda i, j: text_width("".join(texts[i:j]).strip()),
+                         lambda k: texts[k - 1].rstrip().endswith(_BREAK_AFTER), total / fewest)
+    return [(units[i][0], units[j - 1][1], "".join(texts[i:j])) for i, j in groups]
 
 
 def _cues(transcript: Transcript, words: bool = False, layout: CueLayout = CueLayout()
@@ -223,6 +272,11 @@ def _cues(transcript: Transcript, words: bool = False, layout: CueLayout = CueLa
             end = max(transcript.duration, start + 0.001)
         cues.append((start, end, text))
         prev_end = end
+    if not words:  # a cue too short to read stays up longer, into the pause after it
+        for k, (start, end, text) in enumerate(cues):
+            room = cues[k + 1][0] if k + 1 < len(cues) else (transcript.duration or math.inf)
+            if end - start < MIN_READ_S and room > end:
+                cues[k] = (start, round(min(start + MIN_READ_S, room), 3), text)
     return cues
 
 
@@ -247,7 +301,10 @@ def to_vtt(transcript: Transcript, words: bool = False, layout: CueLayout = CueL
 
 
 def to_txt(transcript: Transcript) -> str:
-    return transcript.text + "\n"
+    """The text, a line per segment (as OpenAI Whisper writes it): a 6-minute recording was one line of 3,000
+    characters."""
+    lines = [" ".join(seg.text.split()) for seg in transcript.segments if seg.text.strip()]
+    return "\n".join(lines or [transcript.text]) + "\n"
 
 
 def to_json(transcript: Transcript, source: str | None = None) -> str:

@@ -182,6 +182,9 @@ def stopping_server_class():
                 # in a thread: the handler runs on the event loop's thread, which may hold a queue's lock right now
                 threading.Thread(target=self.service.cancel_all, name="cancel-all", daemon=True).start()
                 return
+            else:  # uvicorn forces its exit on a repeated SIGINT only: a third SIGTERM (kill) did nothing
+                logger.warning("stopping at once")
+                self.force_exit = True
             super().handle_exit(sig, frame)
 
     return StoppingServer

@@ -484,6 +484,36 @@ def test_a_request_whose_client_went_away_frees_the_model():
         service.close()
 
 
+def test_a_third_stop_signal_forces_the_exit_whichever_signal_it_is():
+    """uvicorn forces its exit on a second SIGINT only: a third SIGTERM (``kill``, a service manager) left the
+    server waiting for the batch being decoded."""
+    import signal
+
+    import uvicorn
+
+    import infer_server
+
+    class Service:
+        cancelled = 0
+
+        def open_jobs(self) -> int:
+            return 1
+
+        def cancel_all(self) -> None:
+            Service.cancelled += 1
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = infer_server.stopping_server_class()(uvicorn.Config(app=lambda scope, receive, send: None), Service())
+        server.handle_exit(sig, None)
+        assert server.should_exit and not server.force_exit
+        server.handle_exit(sig, None)
+        assert not server.force_exit
+        server.handle_exit(sig, None)
+        assert server.force_exit, sig
+    time.sleep(0.2)
+    assert Service.cancelled == 2  # the second signal cancelled the open jobs (in a thread)
+
+
 def test_ctrl_c_says_what_it_waits_for_and_a_second_one_answers_503_at_once(tmp_path):
     """The first Ctrl-C finishes the open requests and says how many; the second answers them 503 (the running job
     stopped after its batch) and the server exits without a traceback (it waited silently, and a second Ctrl-C left

@@ -79,6 +79,10 @@ def test_language_table_is_whispers():
     # locales as Common Voice and others write them (a manifest's "en-US" was refused)
     assert [languages.language_code(x) for x in ("en-US", "zh-CN", "zh_TW", "pt-BR", "cmn")] == ["en", "zh", "zh",
                                                                                               "pt", "zh"]
+    # FLEURS configs and ISO 639-2/3 codes (cmn_hans_cn was refused), the names in Chinese a Chinese manifest uses
+    assert [languages.language_code(x) for x in ("cmn_hans_cn", "cmn-Hans-CN", "yue_hant_hk", "zho", "eng", "普通话",
+                                                 "中文", "粤语", "英文")] == ["zh", "zh", "yue", "zh", "en", "zh", "zh",
+                                                                            "yue", "en"]
     with pytest.raises(ValueError):
         languages.language_code("xx-YY")
 

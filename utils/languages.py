@@ -58,8 +58,22 @@ TO_LANGUAGE_CODE: dict[str, str] = {
 }
 
 
+# ISO 639-2/3 codes as datasets write them (FLEURS's cmn_hans_cn, MLS, Common Voice's yue): the usual ones
+ISO_639_CODES = {"cmn": "zh", "zho": "zh", "chi": "zh", "yue": "yue", "eng": "en", "jpn": "ja", "kor": "ko",
+                 "fra": "fr", "fre": "fr", "deu": "de", "ger": "de", "spa": "es", "rus": "ru", "ita": "it",
+                 "por": "pt", "ara": "ar", "hin": "hi", "vie": "vi", "tha": "th", "ind": "id", "msa": "ms",
+                 "may": "ms", "tur": "tr", "nld": "nl", "dut": "nl", "pol": "pl", "ukr": "uk", "bod": "bo",
+                 "tib": "bo", "mon": "mn", "kaz": "kk"}
+# the languages' own names in Chinese, as a Chinese manifest or user writes them
+CHINESE_NAMES = {"中文": "zh", "汉语": "zh", "漢語": "zh", "普通话": "zh", "普通話": "zh", "国语": "zh", "國語": "zh",
+                 "华语": "zh", "華語": "zh", "粤语": "yue", "粵語": "yue", "广东话": "yue", "廣東話": "yue",
+                 "英语": "en", "英語": "en", "英文": "en", "日语": "ja", "日語": "ja", "日文": "ja", "韩语": "ko",
+                 "韓語": "ko", "法语": "fr", "德语": "de", "俄语": "ru", "西班牙语": "es"}
+
+
 def language_code(language: str) -> str:
-    """``Chinese`` / ``chinese`` / ``zh`` / ``<|zh|>`` / ``zh-CN`` / ``cmn`` → Whisper's code ``zh``.
+    """``Chinese`` / ``chinese`` / ``zh`` / ``<|zh|>`` / ``zh-CN`` / ``cmn`` / ``cmn_hans_cn`` / ``中文`` → Whisper's
+    code ``zh``.
 
     Raises:
         ValueError: an unknown language, naming the accepted forms.
@@ -69,11 +83,11 @@ def language_code(language: str) -> str:
         return key
     if key in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[key]
+    if key in ISO_639_CODES or key in CHINESE_NAMES:
+        return ISO_639_CODES.get(key) or CHINESE_NAMES[key]
     base = re.split(r"[-_]", key, maxsplit=1)[0]  # a locale (BCP 47 / POSIX) as Common Voice and others write it:
-    if base != key and base in LANGUAGES:  # en-US, zh-CN, zh_TW, pt-BR → the language's code
-        return base
-    if key == "cmn":  # ISO 639-3 Mandarin
-        return "zh"
+    if base != key and (base in LANGUAGES or base in ISO_639_CODES):  # en-US, zh_TW, pt-BR, cmn-Hans-CN → its code
+        return base if base in LANGUAGES else ISO_639_CODES[base]
     raise ValueError(f"unknown language {language!r}; use a Whisper language code or name, "
                      f"e.g. zh/chinese, en/english, ja/japanese ({len(LANGUAGES)} supported)")
 

@@ -116,6 +116,61 @@ def test_long_segments_are_cut_into_cues_of_two_lines_and_cues_never_overlap():
     assert _check_srt(to_srt(end)) == [("00:00:05,000", "00:00:05,500")]
 
 
+def test_cues_of_random_transcripts_keep_their_text_order_and_layout():
+    """Random segments (English, Chinese, mixed; with and without word times, zero-length words, long pauses) in
+    random layouts: the cues hold every character once, in order, none overlapping or empty or past the end, each
+    within its line count (a word wider than a line aside), none over 7 s where words or clauses could be cut. Also
+    the time it takes stays linear: a 2,000-character segment without punctuation is cut by a dynamic program."""
+    import random
+
+    from utils.data import Word
+    from utils.subtitles import MAX_CUE_S, CueLayout, text_width
+
+    rng = random.Random(7)
+    en = "the quick brown fox jumps over lazy dog and runs away, to be or not. extraordinarily".split()
+    zh = ["我们", "今天", "银行", "工作，", "好的。", "什么？", "一", "的", "中华人民共和国"]
+    for _ in range(300):
+        segments, t = [], rng.uniform(0, 3)
+        language = rng.choice(["en", "zh", "mix"])
+        for _ in range(rng.randint(1, 4)):
+            tokens = [rng.choice(en if language == "en" or (language == "mix" and rng.random() < 0.5) else zh)
+                      for _ in range(rng.randint(1, 60))]
+            text = ""
+            for token in tokens:
+                text += "" if not text or (text_width(token[0]) == 2 and text_width(text[-1]) == 2) else " "
+                text += token
+            if rng.random() < 0.6:
+                words = []
+                for token in tokens:
+                    d = rng.choice([0.0, 0.1, 0.3, 0.5])
+                    words.append(Word(round(t, 3), round(t + d, 3), token, 0.9))
+                    t += d + rng.choice([0.0, 0.0, 0.05, 1.2])
+                segments.append(Segment(words[0].start, words[-1].end, text, tuple(words)))
+            else:
+                d = rng.uniform(0, 15)
+                segments.append(Segment(round(t, 3), round(t + d, 3), text))
+                t += d
+            t += rng.uniform(0, 3)
+        duration = t + 1.0
+        layout = CueLayout(rng.choice([0, 16, 42]), rng.choice([0, 1, 2]))
+        srt = to_srt(Transcript(" ".join(x.text for x in segments), language, 1.0, duration, segments),
+                     layout=layout)
+        cues = _check_srt(srt)
+        blocks = [b.split("\n")[2:] for b in srt.strip().split("\n\n")]
+        said = "".join(x.text for x in segments).replace(" ", "")
+        assert "".join("".join(b) for b in blocks).replace(" ", "") == said
+        times = [(_seconds(a), _seconds(b)) for a, b in cues]
+        assert all(a < b <= duration + 1e-3 for a, b in times) and all(x[1] <= y[0] for x, y in zip(times, times[1:]))
+        if layout.max_line_width and layout.max_line_count:
+            for lines in blocks:
+                assert len(lines) <= layout.max_line_count or any(
+                    text_width(w) > layout.max_line_width for line in lines for w in line.split()), (layout, lines)
+    text = "甚至出现交易几乎停滞的情况" * 150
+    long = Transcript(text, "zh", 1.0, 600.0, [Segment(0.0, 500.0, text)])
+    cues = _check_srt(to_srt(long))
+    assert len(cues) >= 500 / MAX_CUE_S and all(_seconds(b) - _seconds(a) <= MAX_CUE_S + 1e-3 for a, b in cues)
+
+
 def test_the_text_file_has_a_line_per_segment():
     """A long recording's .txt was one line (3,074 bytes for 5.7 minutes), whatever its pauses."""
     t = Transcript("今天天气很好。我们去公园吧。", "zh", 1.0, 20.0,

@@ -11,6 +11,7 @@ length. Cues never overlap and last at least ``MIN_CUE_S``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -134,9 +135,11 @@ def _fill(text: str, width: int) -> list[str]:
 
 
 def _fits(text: str, layout: CueLayout) -> bool:
-    if layout.max_line_width <= 0:
+    """Whether ``text`` fits one cue: as few lines as it takes (:func:`_fill`; :func:`wrap_lines` lays out that
+    many) are at most ``max_line_count``."""
+    if layout.max_line_width <= 0 or text_width(text) <= layout.max_line_width:
         return True
-    return len(wrap_lines(text, layout.max_line_width)) <= (layout.max_line_count or 10 ** 9)
+    return len(_fill(text, layout.max_line_width)) <= (layout.max_line_count or 10 ** 9)
 
 
 def _units(seg) -> list[tuple[float, float, str]]:
@@ -226,20 +229,56 @@ def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list
     """``units`` gathered into as few cues as ``layout`` and ``MAX_CUE_S`` allow, cut after punctuation where that
     keeps them near even in length (银行 was cut across two cues, 了？ began one), else as even as the units let."""
     texts = [u[2] for u in units]
-    limit = 2 * (layout.max_line_width * (layout.max_line_count or 10 ** 9))  # columns no cue can reach
+    # the columns of units i..j-1 on one line, from sums: each unit's text without its spaces, plus one space
+    # between two units where either side has one
+    at = [0]
+    for text in texts:
+        at.append(at[-1] + text_width(" ".join(text.split())))
+    spaced = [0, 0] + [int(a[-1:].isspace() or b[:1].isspace()) for a, b in zip(texts, texts[1:])]
+    gaps = list(itertools.accumulate(spaced))
+    wide = [0, *itertools.accumulate(int(at[k + 1] - at[k] > layout.max_line_width) for k in range(len(texts)))]
+    width, count = layout.max_line_width, layout.max_line_count or 10 ** 9
+
+    def columns(i: int, j: int) -> int:
+        return at[j] - at[i] + gaps[j] - gaps[i + 1]
 
     def fits(i: int, j: int) -> bool:
         if j - i == 1:
             return True
-        joined = "".join(texts[i:j])
-        return (text_width(joined) <= limit and units[j - 1][1] - units[i][0] <= MAX_CUE_S
-                and _fits(" ".join(joined.split()), layout))
+        if units[j - 1][1] - units[i][0] > MAX_CUE_S:
+            return False
+        n = columns(i, j)
+        if n <= width:
+            return True
+        if n - (count - 1) > count * width:  # more than the lines hold, with a space dropped at every break
+            return False
+        if wide[j] - wide[i]:  # a unit wider than a line: broken inside it
+            return len(_fill(" ".join("".join(texts[i:j]).split()), width)) <= count
+        lines, line = 1, at[i + 1] - at[i]  # greedy, unit by unit (a word is not broken across lines)
+        for k in range(i + 1, j):
+            w = at[k + 1] - at[k]
+            if line + spaced[k + 1] + w <= width:
+                line += spaced[k + 1] + w
+            else:
+                lines, line = lines + 1, w
+                if lines > count:
+                    return False
+        return True
 
-    total = text_width("".join(texts).strip())
-    fewest = len(_best_split(len(units), fits, lambda i, j: 0.0, lambda k: True, 0.0))
-    groups = _best_split(len(units), fits, lambda i, j: text_width("".join(texts[i:j]).strip()),
-                         lambda k: texts[k - 1].rstrip().endswith(_BREAK_AFTER), total / fewest)
+    groups = _best_split(len(units), fits, columns, lambda k: texts[k - 1].rstrip().endswith(_BREAK_AFTER),
+                         columns(0, len(units)) / _fewest(len(units), fits))
     return [(units[i][0], units[j - 1][1], "".join(texts[i:j])) for i, j in groups]
+
+
+def _fewest(n: int, fits: Callable[[int, int], bool]) -> int:
+    """How few consecutive groups of items ``0..n`` that each ``fits`` there can be (greedy: grown while they fit)."""
+    groups, i = 0, 0
+    while i < n:
+        j = i + 1
+        while j < n and fits(i, j + 1):
+            j += 1
+        groups, i = groups + 1, j
+    return groups
 
 
 def _cues(transcript: Transcript, words: bool = False, layout: CueLayout = CueLayout()
@@ -276,7 +315,7 @@ def _cues(transcript: Transcript, words: bool = False, layout: CueLayout = CueLa
         for k, (start, end, text) in enumerate(cues):
             room = cues[k + 1][0] if k + 1 < len(cues) else (transcript.duration or math.inf)
             if end - start < MIN_READ_S and room > end:
-                cues[k] = (start, round(min(start + MIN_READ_S, room), 3), text)
+                cues[k] = (start, min(round(start + MIN_READ_S, 3), room), text)
     return cues
 
 

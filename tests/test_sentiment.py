@@ -448,6 +448,11 @@ def test_main_rejects_bad_flags(argv):
     ("我没有不喜欢这里", "positive"),  # two negators cancel (it was negative 0.31)
     ("也不是不好", "positive"),  # a negator before a negative word that holds one (不好)
     ("一点都不好", "negative"),
+    ("我的手机快没电了。", "negative"),  # a lecture transcript: 快 (almost) of 快没电 read positive
+    ("我们约好下午四点见面。", "neutral"),  # 好 of 约好 (agreed): positive
+    ("我的专业是计算机。", "neutral"),  # 专业, the subject: positive (专业 = professional)
+    ("火车票已经卖完了。", "negative"),  # neutral
+    ("最近很多人得了流感。", "negative"),  # neutral
 ])
 def test_lexicon_rules(text, label):
     assert load_sentiment_model("lexicon").predict([text])[0].label == label

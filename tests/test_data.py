@@ -124,19 +124,51 @@ def test_a_manifest_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path, audio_dir
 def test_a_json_array_or_a_cut_line_is_said_as_such(tmp_path, audio_dir):
     """A manifest saved with json.dump (an array, pretty-printed: the files end in .json) gave one error per line
     (112 for 12 clips); a line cut short was "column 1" (the parser counted into the line after it)."""
+    import subprocess
+    import sys
+
     records = [_rec(), _rec("audio/b.wav")]
-    for name, text in (("array.json", json.dumps(records, indent=2)), ("flat.json", json.dumps(records)),
-                       ("objects.json", "\n".join(json.dumps(r, indent=2) for r in records))):
+    for name, text in (("array.json", json.dumps(records, indent=2)), ("flat.json", json.dumps(records))):
         (tmp_path / name).write_text(text, encoding="utf-8")
-        with pytest.raises(ManifestError, match=r"holds a JSON array or pretty-printed JSON; a manifest is "
-                                                r"jsonlines: one JSON object per line\. Convert it: python -c") as e:
+        with pytest.raises(ManifestError, match=r"holds a JSON array; a manifest is jsonlines: one JSON object per "
+                                                r"line\. Convert it: python -c") as e:
             load_manifest(tmp_path / name)
         assert "\n" not in str(e.value)
+        command = str(e.value).split("Convert it: ", 1)[1].replace("> fixed.jsonl", "").strip()
+        fixed = subprocess.run(command.replace("python", sys.executable, 1), shell=True, check=True,
+                               capture_output=True, text=True, cwd=tmp_path).stdout
+        assert [json.loads(x) for x in fixed.splitlines()] == records  # the command it gives converts the file
+    (tmp_path / "objects.json").write_text("\n".join(json.dumps(r, indent=2) for r in records), encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"holds pretty-printed JSON objects \(one spread over several lines\); "
+                                            r"a manifest is jsonlines: write each object on one line"):
+        load_manifest(tmp_path / "objects.json")
     line = json.dumps(_rec())
     m = _write(tmp_path / "cut.json", [_rec(), line[:-5]])
     with pytest.raises(ManifestError, match=rf"cut\.json:2: not valid JSON \(Expecting value, column "
                                             rf"{len(line) - 4}: the line ends early\)"):
         load_manifest(m)
+    m = _write(tmp_path / "cut.json", [_rec(), line[:line.index("a.wav") + 2]])  # cut inside a string
+    with pytest.raises(ManifestError, match=r"cut\.json:2: not valid JSON \(Unterminated string .*: the line ends "
+                                            r"early\)"):
+        load_manifest(m)
+    m = tmp_path / "bom.json"  # Notepad's UTF-8: a BOM, here before a blank first line
+    m.write_bytes(b"\xef\xbb\xbf\n" + (line + "\n").encode("utf-8"))
+    assert len(load_manifest(m)) == 1
+
+
+def test_files_named_wav_that_libsndfile_cannot_read_are_probed_up_to_a_budget(tmp_path, audio_dir, caplog):
+    """A .wav libsndfile cannot read is handed to ffprobe (not audio: an error before training), but only the first
+    MAX_PROBES: a dataset of AAC audio named .wav took ~0.1 s a file (hours for 100k clips) before training."""
+    from utils.data import MAX_PROBES, check_clips
+
+    for k in range(MAX_PROBES + 5):
+        (audio_dir / f"x{k}.wav").write_bytes(b"not audio at all")
+    m = _write(tmp_path / "t.json", [_rec(f"audio/x{k}.wav") for k in range(MAX_PROBES + 5)] + [_rec()])
+    man = load_manifest(m)
+    with caplog.at_level("INFO"):
+        report = check_clips([man.record(i) for i in range(len(man))], [man.location(i) for i in range(len(man))])
+    assert len(report.problems) == MAX_PROBES and all("not readable as audio" in p for p in report.problems)
+    assert "5 more files named like .wav/.flac whose header libsndfile cannot read" in caplog.text
 
 
 def test_skip_invalid_is_explicit_and_counted(tmp_path, audio_dir, caplog):

@@ -212,6 +212,17 @@ def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well(
     long = "甚至出现交易几乎停滞的情况。" * 3  # 42 characters said in 10.5 s: fits two lines, not one cue's 7 s
     cues = _check_srt(to_srt(Transcript(long, "zh", 1.0, 20.0, [Segment(0.0, 10.5, long)])))
     assert len(cues) == 2 and all(_seconds(b) - _seconds(a) <= 7.0 for a, b in cues)
+    assert len(_check_srt(to_srt(Transcript(long, "zh", 1.0, 20.0, [Segment(0.0, 10.5, long)]),
+                                 layout=CueLayout(42, 0)))) == 1  # no line limit: a cue per segment
+    # a clause or a word is not cut for time alone (谢谢。 said over 8 s was 谢 / 谢。 at made-up times) ...
+    assert _check_srt(to_srt(Transcript("谢谢。", "zh", 1.0, 20.0, [Segment(0.0, 8.0, "谢谢。")]))) == [
+        ("00:00:00,000", "00:00:08,000")]
+    bank = (Word(0, 0.5, "we", 0.9), Word(0.5, 1, "went", 0.9), Word(1, 1.5, "to", 0.9), Word(1.5, 2, "the", 0.9),
+            Word(2, 9.5, "bank", 0.9))
+    cues = _check_srt(to_srt(Transcript("", "en", 1.0, 20.0, [Segment(0, 9.5, "we went to the bank", bank)])))
+    assert cues == [("00:00:00,000", "00:00:02,000"), ("00:00:02,000", "00:00:09,500")]  # "bank" when it starts
+    assert wrap_lines("I met with Mr. Johnson and Dr. Smith at the bank on Main Street today", 42) == [
+        "I met with Mr. Johnson and Dr. Smith", "at the bank on Main Street today"]  # not after "Dr."
 
 
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -311,14 +312,31 @@ def _header_duration(source: str | io.BytesIO) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
+@dataclass
+class ProbeBudget:
+    """How many more files :func:`slice_check` may hand to ffprobe (~0.1 s each): a dataset of AAC audio named
+    .wav would otherwise cost hours before training; the files past the budget are checked when decoded."""
+
+    left: int
+    skipped: int = 0
+
+    def take(self) -> bool:
+        if self.left > 0:
+            self.left -= 1
+            return True
+        self.skipped += 1
+        return False
+
+
 def slice_check(path: str, start_time: float | None = None, end_time: float | None = None,
-                tolerance_s: float = 0.1) -> tuple[str | None, float | None]:
+                tolerance_s: float = 0.1, probes: ProbeBudget | None = None) -> tuple[str | None, float | None]:
     """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
     decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
     ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine,
     and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded) unless its name
-    says it should (.wav, .flac…: then ffprobe tells whether it is audio at all). Returned with the
-    slice's length in seconds (None where the header cannot be read or the slice cannot be read as given)."""
+    says it should (.wav, .flac…: then ffprobe tells whether it is audio at all, while ``probes`` allows; None = any
+    number). Returned with the slice's length in seconds (None where the header cannot be read or the slice cannot
+    be read as given)."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # no header to read: it failed only once decoded
         return "the file is empty (0 bytes)", None
     seconds = _header_duration(path)
@@ -326,7 +344,7 @@ def slice_check(path: str, start_time: float | None = None, end_time: float | No
         # a .wav libsndfile cannot read is broken or another format under that name: it failed only hours into
         # training (the DataLoader decoding it); ffprobe tells which (an mp3 saved as .wav is read by ffmpeg)
         ffprobe = shutil.which("ffprobe")
-        if ffprobe is not None:
+        if ffprobe is not None and (probes is None or probes.take()):
             seconds, error = _ffprobe_duration(ffprobe, path)
             if seconds is None:
                 return f"not readable as audio ({error.splitlines()[-1] if error else 'unknown format'})", None

@@ -324,6 +324,8 @@ def missing_manifest_message(path: str | os.PathLike) -> str:
 
 
 MAX_INVALID_LISTED = 10  # invalid manifest lines named in one error
+MAX_PROBES = 20  # files check_clips hands to ffprobe (a .wav libsndfile cannot read: ~0.1 s each)
+MAX_LEFT_OUT_CHECKED = 50  # clips left out by their 'duration' whose header is read to check it
 
 
 def load_manifest(
@@ -368,21 +370,24 @@ def load_manifest(
     left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
     wrong_duration: list[str] = []  # lines left out by their 'duration' that their audio does not have
+    checked_left_out = 0  # of the first MAX_LEFT_OUT_CHECKED left out, whose headers were read
     invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):  # Notepad's "Unicode": every line was "not UTF-8 / not JSON"
             raise ManifestError(f"{path}: saved as UTF-16; save the manifest as UTF-8")
         f.seek(0)
-        first = next((line for line in f if line.strip()), b"").strip().removeprefix(b"\xef\xbb\xbf")
+        first = next((x for x in (line.removeprefix(b"\xef\xbb\xbf").strip() for line in f) if x), b"")
         if first.startswith(b"[") or first == b"{":  # json.dump(list): one error per line (112 for 12 clips)
-            raise _not_jsonlines(path)
+            raise _not_jsonlines(path, array=first.startswith(b"["))
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
                                      disable=not show_progress or size < 50_000_000) as bar:
         offset = 0
         for lineno, line in enumerate(f, start=1):
             line_offset, offset = offset, offset + len(line)
             bar.update(len(line))
+            if lineno == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM (Notepad's UTF-8) before a blank first line
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -395,7 +400,8 @@ def load_manifest(
                         raise ManifestError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the "
                                             "manifest as UTF-8") from e
                     # the parser's own "line 1 column 9" counts inside this line: said as the column only
-                    cut = ": the line ends early" if e.pos >= len(text.decode("utf-8", "replace")) else ""
+                    cut = (": the line ends early" if e.pos >= len(text.decode("utf-8", "replace"))
+                           or e.msg.startswith("Unterminated string") else "")
                     raise ManifestError(f"{where}: not valid JSON ({e.msg}, column {e.colno}{cut}); each line must "
                                         "be one JSON object") from e
                 validate_record(obj, where)
@@ -422,7 +428,8 @@ def load_manifest(
             if duration < min_duration or 0 < max_duration < duration:
                 if len(left_out_lines) < 5:
                     left_out_lines.append(lineno)
-                if check_audio and len(wrong_duration) < MAX_INVALID_LISTED:  # a good clip lost to a wrong number
+                if check_audio and checked_left_out < MAX_LEFT_OUT_CHECKED:  # a good clip lost to a wrong number
+                    checked_left_out += 1
                     wrong = _wrong_duration(obj, base, manifest_dir, duration)
                     if wrong:
                         wrong_duration.append(f"{where}: {wrong}")
@@ -451,8 +458,10 @@ def load_manifest(
                        "say the same", path, len(other_text), "s" if len(other_text) > 1 else "",
                        ", ".join(map(str, other_text[:5])) + (" …" if len(other_text) > 5 else ""))
     if wrong_duration:
-        logger.warning("%s: clips dropped by a 'duration' that is not their audio's length:\n%s", path,
-                       "\n".join(wrong_duration))
+        shown = wrong_duration[:MAX_INVALID_LISTED]
+        logger.warning("%s: clips dropped by a 'duration' that is not their audio's length (of the first %d such "
+                       "clips checked):\n%s%s", path, checked_left_out, "\n".join(shown),
+                       f"\n... and {len(wrong_duration) - len(shown)} more" if len(wrong_duration) > len(shown) else "")
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
@@ -470,22 +479,26 @@ def load_manifest(
     )
 
 
-def _not_jsonlines(path: str) -> ManifestError:
-    """The error for a manifest written as one JSON array or pretty-printed objects (every line was invalid)."""
+def _not_jsonlines(path: str, array: bool) -> ManifestError:
+    """The error for a manifest written as one JSON array or as pretty-printed objects (every line was invalid)."""
+    if not array:
+        return ManifestError(f"{path}: holds pretty-printed JSON objects (one spread over several lines); a manifest "
+                             "is jsonlines: write each object on one line (json.dumps(obj, ensure_ascii=False))")
     return ManifestError(
-        f"{path}: holds a JSON array or pretty-printed JSON; a manifest is jsonlines: one JSON object per line. "
+        f"{path}: holds a JSON array; a manifest is jsonlines: one JSON object per line. "
         "Convert it: python -c \"import json,sys; [print(json.dumps(o, ensure_ascii=False)) for o in "
         f"json.load(open(sys.argv[1], encoding='utf-8'))]\" {shlex.quote(path)} > fixed.jsonl")
 
 
 def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str, duration: float) -> str | None:
     """What is wrong with a line's 'duration' by its audio's header (None when they agree or it cannot be read)."""
-    from utils.audio import slice_check
+    from utils.audio import ProbeBudget, slice_check
 
     path = obj["audio"]["path"]
     if base == _BASE_MANIFEST:
         path = os.path.join(manifest_dir, path)
-    _, seconds = slice_check(path, obj["audio"].get("start_time"), obj["audio"].get("end_time"))
+    _, seconds = slice_check(path, obj["audio"].get("start_time"), obj["audio"].get("end_time"),
+                             probes=ProbeBudget(0))  # the header only: no ffprobe while reading the manifest
     if seconds is None or not duration_mismatch(seconds, duration):
         return None
     return f"{path}: 'duration' says {duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'"
@@ -559,10 +572,11 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
     lines that repeat an earlier line's clip (same file, start and end). One line each names the data's line
     (``locations``), the file and the fix. A dataset's clips that hold their own bytes are not checked here (they
     are read as they are used); nor the lengths of files whose header libsndfile cannot read (m4a, video)."""
-    from utils.audio import slice_check
+    from utils.audio import ProbeBudget, slice_check
     from utils.text import normalize_text
 
     report = ClipReport()
+    probes = ProbeBudget(MAX_PROBES)
     first_seen: dict[tuple[str, float | None, float | None], str] = {}
     small = isinstance(records, Sequence) and len(records) < 5000  # a few seconds' check: no bar
     for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=small), locations):
@@ -577,7 +591,7 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
                                    f"{_span(record)}); remove the line unless it is meant to count twice")
         else:
             first_seen[key] = where
-        problem, seconds = slice_check(record.audio_path, record.start_time, record.end_time)
+        problem, seconds = slice_check(record.audio_path, record.start_time, record.end_time, probes=probes)
         if problem is None and seconds is not None and max_seconds is not None and seconds > max_seconds + 0.01:
             problem = (f"the clip is {seconds:.2f} s ('duration' says {record.duration:.2f} s), longer than the "
                        f"{max_seconds:.0f} s window training can hold; cut it (audio.start_time/end_time)")
@@ -586,6 +600,9 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
         elif seconds is not None and duration_mismatch(seconds, record.duration):
             report.mismatched.append(f"{where}: {record.audio_path}{_span(record)}: 'duration' says "
                                      f"{record.duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'")
+    if probes.skipped:
+        logger.info("%d more files named like .wav/.flac whose header libsndfile cannot read (another format under "
+                    "that name) were not probed with ffprobe: they are checked when decoded", probes.skipped)
     return report
 
 

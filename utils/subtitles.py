@@ -91,7 +91,7 @@ def wrap_lines(text: str, width: int) -> list[str]:
         return sum(widths[i:j]) - (len(atoms[j - 1]) - len(atoms[j - 1].rstrip()))
 
     groups = _best_split(len(atoms), lambda i, j: j - i == 1 or span(i, j) <= width, span,
-                         lambda k: atoms[k - 1].rstrip().endswith(_BREAK_AFTER), text_width(text) / lines)
+                         lambda k: _reads_well("".join(atoms[max(0, k - 3):k])), text_width(text) / lines)
     return ["".join(atoms[i:j]).strip() for i, j in groups]
 
 
@@ -171,10 +171,10 @@ def spaced_words(text: str, words: Sequence[str]) -> list[str]:
     for k, word in enumerate(words):
         word = word.strip()
         at = text.find(word, pos) if word else -1
-        if at >= 0 and not text[pos:at].strip():
-            spaced = at > pos
+        if at >= 0 and not any(ch.isalnum() for ch in text[pos:at]):  # only spaces or punctuation skipped
+            spaced = at > 0 and text[at - 1].isspace()
             pos = at + len(word)
-        else:  # e.g. punctuation removed from the words only: spaced where neither side is a wide character
+        else:  # a word the text does not have here: spaced where neither side is a wide character
             prev = words[k - 1].strip() if k else ""
             spaced = bool(prev and word) and text_width(prev[-1]) == 1 and text_width(word[0]) == 1
         out.append((" " if spaced and k else "") + word)
@@ -182,15 +182,17 @@ def spaced_words(text: str, words: Sequence[str]) -> list[str]:
 
 
 def _split_unit(unit: tuple[float, float, str], layout: CueLayout) -> list[tuple[float, float, str]]:
-    """A unit too wide for a whole cue, cut into words or characters (``_ATOM``), its time shared by width."""
+    """A unit too wide for a whole cue, cut into words or characters (``_ATOM``), its time shared by their width
+    (a space takes none: " bank" started its cue late). A unit that fits is kept whole however long it lasts: a
+    timed word or a clause is not cut for time alone (谢谢。 said over 8 s was 谢 / 谢。)."""
     start, end, text = unit
-    if _fits(text.strip(), layout) and end - start <= MAX_CUE_S:
+    if _fits(text.strip(), layout):
         return [unit]
     atoms = _ATOM.findall(text)
-    total = sum(text_width(a) for a in atoms) or 1
+    total = sum(text_width(a.strip()) for a in atoms) or 1
     out, t = [], start
     for a in atoms:
-        e = t + (end - start) * text_width(a) / total
+        e = t + (end - start) * text_width(a.strip()) / total
         out.append((t, e, a))
         t = e
     return out
@@ -201,7 +203,7 @@ def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
     ``CUE_PAUSE_S`` between timed words, each run in as few cues as fit, as even in length as that many allow (a
     98-character English sentence was "… behind the curtain" and then "on the left." alone)."""
     text = " ".join(seg.text.split())
-    whole = _fits(text, layout) and seg.end - seg.start <= MAX_CUE_S  # one cue can hold the segment
+    whole = _fits(text, layout) and seg.end - seg.start <= _longest(layout)  # one cue can hold the segment
     if layout.max_line_width <= 0 or (whole and not seg.words):
         return [(seg.start, seg.end, text)]
     units = [u for unit in _units(seg) for u in _split_unit(unit, layout)]
@@ -210,6 +212,11 @@ def _segment_cues(seg, layout: CueLayout) -> list[tuple[float, float, str]]:
         return [(seg.start, seg.end, text)]
     cues = [cue for run in runs for cue in _even_cues(run, layout)]
     return [(a, b, " ".join(t.split())) for a, b, t in cues]
+
+
+def _longest(layout: CueLayout) -> float:
+    """Seconds a cue holds at most: ``MAX_CUE_S`` under a line count, none without (a cue per segment)."""
+    return MAX_CUE_S if layout.max_line_count else math.inf
 
 
 def split_at_pauses(items: Sequence[T], pause_s: float, start: Callable[[T], float],
@@ -242,11 +249,15 @@ def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list
     def columns(i: int, j: int) -> int:
         return at[j] - at[i] + gaps[j] - gaps[i + 1]
 
+    longest = _longest(layout)
+
     def fits(i: int, j: int) -> bool:
         if j - i == 1:
             return True
-        if units[j - 1][1] - units[i][0] > MAX_CUE_S:
+        if units[j - 1][1] - units[i][0] > longest:
             return False
+        if not layout.max_line_count:
+            return True
         n = columns(i, j)
         if n <= width:
             return True
@@ -265,9 +276,20 @@ def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list
                     return False
         return True
 
-    groups = _best_split(len(units), fits, columns, lambda k: texts[k - 1].rstrip().endswith(_BREAK_AFTER),
-                         columns(0, len(units)) / _fewest(len(units), fits))
+    fewest = _fewest(len(units), fits)
+    if fewest == 1:
+        return [(units[0][0], units[-1][1], "".join(texts))]
+    groups = _best_split(len(units), fits, columns, lambda k: _reads_well(texts[k - 1]),
+                         columns(0, len(units)) / fewest)
     return [(units[i][0], units[j - 1][1], "".join(texts[i:j])) for i, j in groups]
+
+
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs|etc|No|e\.g|i\.e)\.\s*$", re.IGNORECASE)
+
+
+def _reads_well(text: str) -> bool:
+    """Whether a line or cue may end after ``text``: after punctuation that ends a clause, not after "Mr." / "Dr."."""
+    return text.rstrip().endswith(_BREAK_AFTER) and not _ABBREVIATION.search(text)
 
 
 def _fewest(n: int, fits: Callable[[int, int], bool]) -> int:

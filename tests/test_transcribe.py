@@ -100,6 +100,62 @@ def test_word_texts_read_as_their_segments_text():
     assert texts(list("天氣"), to_simple=False) == ["天", "氣"]
 
 
+def test_cut_at_pauses_ends_a_segment_where_its_words_cross_a_long_pause():
+    """A model fine-tuned without timestamp tokens reads a chunk as one segment; its words say where it crosses the
+    VAD's pauses. A pause shorter than SEGMENT_PAUSE_S (a comma's) does not cut; a word is in the region its middle
+    is in (or the nearest); the words go when they were aligned for the cut alone."""
+    from utils.data import Word
+    from utils.transcribe import _ChunkResult, cut_at_pauses
+
+    regions = [(0.0, 2.4), (2.5, 4.4), (5.8, 8.2)]  # padded by 0.2 s: speech 0.2-2.2, 2.7-4.2 (0.5 s on), 6.0-8.0
+    words = [Word(0.2, 1.0, "今天", 0.9), Word(1.0, 2.3, "天气好，", 0.9), Word(2.3, 3.5, "我们", 0.9),
+             Word(3.5, 4.9, "走吧。", 0.9), Word(4.9, 7.0, "好的", 0.9), Word(7.0, 8.0, "。", 0.9)]
+    result = _ChunkResult([(0.0, 8.0, "今天天气好，我们走吧。好的。")], "今天天气好，我们走吧。好的。", [[1, 2, 3]],
+                          [words])
+    cut = cut_at_pauses(result, regions, keep_words=False)
+    assert cut.segments == [(0.2, 4.9, "今天天气好，我们走吧。"), (4.9, 8.0, "好的。")] and cut.words is None
+    assert cut.tokens == [[1, 2, 3], []]
+    assert cut_at_pauses(result, regions, keep_words=True).words == [words[:4], words[4:]]
+    assert cut_at_pauses(result, regions, keep_words=True, pause_s=0.4).segments[0][2] == "今天天气好，"
+    assert cut_at_pauses(result, regions[:1], keep_words=True) == result  # one region: nothing to cut
+
+
+def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, repo_root, monkeypatch):
+    """The demo model (fine-tuned without timestamp tokens) read each 25-30 s chunk as one segment of five to nine
+    sentences: one .txt line, subtitle cues timed by text length across the pauses. Its chunks are cut at the pauses
+    their aligned words cross. Simulated on whisper-base: its chunks' segments joined into one, as that model's are."""
+    from utils.transcribe import _ChunkResult
+
+    names = ("en_goforward.flac", "en_jfk.flac", "en_arctic_a0007.flac")
+    clips = [load_audio(str(repo_root / "dataset" / "real" / n)) for n in names]
+    gap = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
+    audio = np.concatenate([clips[0], gap, clips[1], gap, clips[2]])
+    starts = np.cumsum([0] + [len(c) + len(gap) for c in clips[:-1]]) / SAMPLE_RATE
+    decode = base_ct2._decode_chunks
+
+    def one_segment_per_chunk(*args, **kwargs) -> list[_ChunkResult]:
+        joined = []
+        for r in decode(*args, **kwargs):
+            if r.segments:
+                r = replace(r, segments=[(r.segments[0][0], r.segments[-1][1], "".join(t for *_, t in r.segments))],
+                            words=None if r.words is None else [[w for ws in r.words for w in ws]],
+                            tokens=None if r.tokens is None else [[t for ts in r.tokens for t in ts]],
+                            stats=None if r.stats is None else r.stats[:1])
+            joined.append(r)
+        return joined
+
+    monkeypatch.setattr(base_ct2, "_decode_chunks", one_segment_per_chunk)
+    monkeypatch.setattr(base_ct2, "trained_without_timestamps", True, raising=False)
+    for words in (False, True):
+        t = base_ct2.transcribe(audio, DecodeOptions(language="en", timestamps=True, word_timestamps=words))
+        seen = [int(np.searchsorted(starts, (s.start + s.end) / 2) - 1) for s in t.segments]
+        assert len(t.segments) >= 3 and sorted(set(seen)) == [0, 1, 2], t.segments
+        for s, k in zip(t.segments, seen):  # each segment within one recording
+            assert starts[k] - 0.3 <= s.start and s.end <= starts[k] + len(clips[k]) / SAMPLE_RATE + 0.3, s
+        assert all(bool(s.words) == words for s in t.segments)
+        assert "forward" in t.segments[0].text.lower() and "country" in " ".join(s.text for s in t.segments)
+
+
 def test_decode_options_validate_and_normalise_language():
     assert DecodeOptions(language="Chinese").language == "zh"
     assert language_code("<|en|>") == "en"

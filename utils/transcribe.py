@@ -899,16 +899,24 @@ class _BaseTranscriber:
         # backends' own sequential decoders ran over the whole recording: cues stretched over 60 s silences (ct2)
         # and transformers read one sentence 12 times over them and left 5 of 10 out
         step = 1 if options.condition_on_previous_text else options.batch_size
+        # a model fine-tuned without timestamp tokens reads a chunk (up to 30 s, nine sentences) as one segment: its
+        # words are aligned, and it is cut where they cross a pause (a subtitle cue per sentence, not per chunk).
+        # Not in streaming (never cut: its utterances end at the VAD's pauses already, and a step must stay cheap)
+        by_pauses = options.timestamps and cut_clip and getattr(self, "trained_without_timestamps", False)
+        decode = replace(options, word_timestamps=True) if by_pauses else options
 
         def pieces() -> Iterator[_Piece]:
             context = prompt
             never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
             for i in range(0, len(chunks), step):
                 batch = chunks[i: i + step]
-                results = self._decode_chunks(audio, batch, language, options, context,
+                results = self._decode_chunks(audio, batch, language, decode, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
                 for chunk, result in zip(batch, results, strict=True):
-                    yield from _shifted(result, chunk.offset_s - lead_s, _chunk_spans(chunk, audio))
+                    spans = _chunk_spans(chunk, audio)
+                    if by_pauses:
+                        result = cut_at_pauses(result, spans[0], keep_words=options.word_timestamps)
+                    yield from _shifted(result, chunk.offset_s - lead_s, spans)
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
@@ -1026,6 +1034,52 @@ def _shifted(result: _ChunkResult, offset: float,
                                                         for w in result.words[k]],
                      None if result.tokens is None else result.tokens[k],
                      None if result.stats is None else _moved(result.stats[k], offset))
+
+
+SEGMENT_PAUSE_S = 0.6  # silence between two VAD regions that ends a segment cut by its words (:func:`cut_at_pauses`)
+
+
+def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], *, keep_words: bool,
+                  pause_s: float = SEGMENT_PAUSE_S, pad: float = SPEECH_PAD_S) -> _ChunkResult:
+    """A chunk's segments cut where their words cross a pause of at least ``pause_s`` seconds between the VAD's
+    speech ``regions`` (seconds from the chunk's start, each padded by ``pad``): each word belongs to the region its
+    middle is in (or nearest), and a segment ends where the next word's region lies past such a pause. The pieces
+    are timed by their words; ``keep_words``: False drops the words after cutting (they were aligned for it only).
+    A segment's tokens (for ``decode_stats``) stay with its first piece."""
+    if result.words is None:
+        return result
+    if len(regions) < 2:
+        return result if keep_words else replace(result, words=None)
+    bounds = [(a + pad, b - pad) for a, b in regions]  # the speech itself
+    # k: the region index after which a long pause lies; a word in region r > k is past it
+    breaks = {k for k in range(len(bounds) - 1) if bounds[k + 1][0] - bounds[k][1] >= pause_s}
+
+    def region(w: Word) -> int:
+        middle = (w.start + w.end) / 2
+        return min(range(len(bounds)), key=lambda r: 0.0 if bounds[r][0] <= middle <= bounds[r][1]
+                   else min(abs(middle - bounds[r][0]), abs(middle - bounds[r][1])))
+
+    segments, words, tokens, stats = [], [], [], []
+    for k, ((start, end, text), seg_words) in enumerate(zip(result.segments, result.words, strict=True)):
+        groups: list[list[Word]] = []
+        for w in seg_words:
+            r = region(w)
+            if groups and not any(b in breaks for b in range(region(groups[-1][-1]), r)):
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        if len(groups) < 2:
+            groups = [list(seg_words)]
+        for g, group in enumerate(groups):
+            if len(groups) == 1:
+                segments.append((start, end, text))
+            else:
+                segments.append((group[0].start, group[-1].end, "".join(w.word for w in group).strip()))
+            words.append(group)
+            tokens.append(result.tokens[k] if result.tokens is not None and g == 0 else [])
+            stats.append(result.stats[k] if result.stats is not None else None)
+    return replace(result, segments=segments, words=words if keep_words else None,
+                   tokens=None if result.tokens is None else tokens, stats=None if result.stats is None else stats)
 
 
 PROMPT_CONTEXT_CHARS = 1000  # previous text kept for condition_on_previous_text (more than 223 tokens' worth)

@@ -274,21 +274,27 @@ def test_every_script_refuses_bad_input_cleanly(case, script, args, message, bad
     assert _snapshot(d) == before, f"{case}: files changed or left behind"
 
 
+def _good_and_broken(tmp_path, en_wav, name: str, data: bytes):
+    """A two-line manifest: a good clip, then ``name`` holding ``data``."""
+    import json
+    import shutil
+
+    shutil.copy(en_wav, tmp_path / "good.wav")
+    (tmp_path / name).write_bytes(data)
+    lines = [{"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0},
+             {"audio": {"path": name}, "sentence": "hello", "duration": 1.0}]
+    manifest = tmp_path / "train.json"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    return manifest
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, tiny_whisper_dir, en_wav, tmp_path,
                                                                    caplog, capsys):
     """A clip that exists but cannot be decoded fails when the DataLoader (a worker process or the main one)
     reads it: one message with the manifest file and line, not a worker traceback, and no checkpoint offered to
     resume from where none was saved. (An .m4a: its header is not read at load; a broken .wav is, see below.)"""
-    import json
-    import shutil
-
-    shutil.copy(en_wav, tmp_path / "good.wav")
-    (tmp_path / "broken.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A junk" + bytes(4000))
-    lines = [{"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0},
-             {"audio": {"path": "broken.m4a"}, "sentence": "hello", "duration": 1.0}]
-    manifest = tmp_path / "train.json"
-    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    manifest = _good_and_broken(tmp_path, en_wav, "broken.m4a", b"\x00\x00\x00\x18ftypM4A junk" + bytes(4000))
     code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
                           f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",
                           "--per_device_train_batch_size=2", "--max_steps=2", f"--num_workers={num_workers}"])
@@ -302,15 +308,7 @@ def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, 
 def test_a_broken_wav_is_refused_before_training(tiny_whisper_dir, en_wav, tmp_path, caplog):
     """A .wav whose header libsndfile cannot read (not audio, or cut off) passed the load-time header check (read
     like an m4a, whose header is not) and failed once training had started: hours in on a real dataset."""
-    import json
-    import shutil
-
-    shutil.copy(en_wav, tmp_path / "good.wav")
-    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(4000))
-    lines = [{"audio": {"path": "good.wav"}, "sentence": "hello", "duration": 1.0},
-             {"audio": {"path": "broken.wav"}, "sentence": "hello", "duration": 1.0}]
-    manifest = tmp_path / "train.json"
-    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    manifest = _good_and_broken(tmp_path, en_wav, "broken.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(4000))
     code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
                           f"--train_data={manifest}", f"--test_data={manifest}", "--language=English"])
     assert code == 1

@@ -223,6 +223,8 @@ def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well(
     assert cues == [("00:00:00,000", "00:00:02,000"), ("00:00:02,000", "00:00:09,500")]  # "bank" when it starts
     assert wrap_lines("I met with Mr. Johnson and Dr. Smith at the bank on Main Street today", 42) == [
         "I met with Mr. Johnson and Dr. Smith", "at the bank on Main Street today"]  # not after "Dr."
+    assert wrap_lines("He asked me twice and I said no. We left the building after that", 42) == [
+        "He asked me twice and I said no.", "We left the building after that"]  # "no." ends a sentence
 
 
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):

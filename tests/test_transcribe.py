@@ -113,11 +113,22 @@ def test_cut_at_pauses_ends_a_segment_where_its_words_cross_a_long_pause():
     result = _ChunkResult([(0.0, 8.0, "今天天气好，我们走吧。好的。")], "今天天气好，我们走吧。好的。", [[1, 2, 3]],
                           [words])
     cut = cut_at_pauses(result, regions, keep_words=False)
-    assert cut.segments == [(0.2, 4.9, "今天天气好，我们走吧。"), (4.9, 8.0, "好的。")] and cut.words is None
-    assert cut.tokens == [[1, 2, 3], []]
-    assert cut_at_pauses(result, regions, keep_words=True).words == [words[:4], words[4:]]
+    # timed by their words, kept inside their regions: 走吧。 ran 0.5 s into the pause, 好的 started 0.9 s before
+    assert cut.segments == [(0.2, 4.4, "今天天气好，我们走吧。"), (5.8, 8.0, "好的。")] and cut.words is None
+    assert cut.tokens == [[1, 2, 3], []]  # no tokenizer given: the first piece keeps them
+    assert cut_at_pauses(result, regions, keep_words=True).words == [words[:4], [replace(words[4], start=5.8),
+                                                                                 words[5]]]
     assert cut_at_pauses(result, regions, keep_words=True, pause_s=0.4).segments[0][2] == "今天天气好，"
     assert cut_at_pauses(result, regions[:1], keep_words=True) == result  # one region: nothing to cut
+    # each piece gets its own tokens (here a token per character) and its own part of the text as decoded, which
+    # the words may space differently ("Bonjour !" is the word "Bonjour!"), up to a trailing "-" no word has
+    text = " Bonjour ! Comment ça va ? -"
+    fr = [Word(0.2, 1.0, " Bonjour!", 0.9), Word(6.0, 6.5, " Comment", 0.9), Word(6.5, 7.0, " ça", 0.9),
+          Word(7.0, 8.0, " va?", 0.9)]
+    result = _ChunkResult([(0.0, 8.0, text)], text, [list(range(len(text)))], [fr])
+    cut = cut_at_pauses(result, regions, keep_words=False, decode=lambda ts: "".join(text[t] for t in ts))
+    assert [t for *_, t in cut.segments] == ["Bonjour !", "Comment ça va ? -"]
+    assert ["".join(text[t] for t in ts).strip() for ts in cut.tokens] == ["Bonjour !", "Comment ça va ? -"]
 
 
 def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, repo_root, monkeypatch):
@@ -147,7 +158,9 @@ def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, 
     monkeypatch.setattr(base_ct2, "_decode_chunks", one_segment_per_chunk)
     monkeypatch.setattr(base_ct2, "trained_without_timestamps", True, raising=False)
     for words in (False, True):
-        t = base_ct2.transcribe(audio, DecodeOptions(language="en", timestamps=True, word_timestamps=words))
+        t = base_ct2.transcribe(audio, DecodeOptions(language="en", timestamps=True, word_timestamps=words,
+                                                     decode_stats=True))
+        assert all(s.tokens for s in t.segments)  # each piece its own tokens (verbose_json, --output_format=json)
         seen = [int(np.searchsorted(starts, (s.start + s.end) / 2) - 1) for s in t.segments]
         assert len(t.segments) >= 3 and sorted(set(seen)) == [0, 1, 2], t.segments
         for s, k in zip(t.segments, seen):  # each segment within one recording

@@ -284,7 +284,8 @@ def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list
     return [(units[i][0], units[j - 1][1], "".join(texts[i:j])) for i, j in groups]
 
 
-_ABBREVIATION = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs|etc|No|e\.g|i\.e)\.\s*$", re.IGNORECASE)
+# titles that end in a full stop but not a sentence (case-sensitive: "no." and "etc." end sentences)
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|vs|e\.g|i\.e)\.\s*$")
 
 
 def _reads_well(text: str) -> bool:

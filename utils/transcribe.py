@@ -903,24 +903,43 @@ class _BaseTranscriber:
         # words are aligned, and it is cut where they cross a pause (a subtitle cue per sentence, not per chunk).
         # Not in streaming (never cut: its utterances end at the VAD's pauses already, and a step must stay cheap)
         by_pauses = options.timestamps and cut_clip and getattr(self, "trained_without_timestamps", False)
-        decode = replace(options, word_timestamps=True) if by_pauses else options
 
         def pieces() -> Iterator[_Piece]:
             context = prompt
             never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
             for i in range(0, len(chunks), step):
                 batch = chunks[i: i + step]
-                results = self._decode_chunks(audio, batch, language, decode, context,
+                results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
-                for chunk, result in zip(batch, results, strict=True):
-                    spans = _chunk_spans(chunk, audio)
-                    if by_pauses:
-                        result = cut_at_pauses(result, spans[0], keep_words=options.word_timestamps)
-                    yield from _shifted(result, chunk.offset_s - lead_s, spans)
+                spans = [_chunk_spans(chunk, audio) for chunk in batch]
+                if by_pauses:
+                    results = self._cut_at_pauses(audio, batch, [r for r, _ in spans], language, results, options)
+                for chunk, result, chunk_spans in zip(batch, results, spans, strict=True):
+                    yield from _shifted(result, chunk.offset_s - lead_s, chunk_spans)
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
         return self._segments_of(pieces(), language, duration, options), info
+
+    def _cut_at_pauses(self, audio: np.ndarray, chunks: Sequence[Chunk], regions: Sequence[list[tuple[float, float]]],
+                       language: str, results: list[_ChunkResult], options: DecodeOptions) -> list[_ChunkResult]:
+        """The chunks whose segments cross a long pause (:func:`crosses_pause`: a model fine-tuned without timestamp
+        tokens read nine sentences over 29 s as one) cut there by their words (:func:`cut_at_pauses`), aligned for
+        it where they were not (those chunks only: the others cost nothing more)."""
+        todo = [k for k, r in enumerate(results) if r.segments and crosses_pause(r.segments, regions[k])]
+        if not todo:
+            return results
+        out = list(results)
+        need = [k for k in todo if out[k].words is None]
+        if need:
+            aligned = self._add_words([audio[chunks[k].start: chunks[k].end] for k in need], [language] * len(need),
+                                      [out[k] for k in need], replace(options, word_timestamps=True))
+            for k, r in zip(need, aligned, strict=True):
+                out[k] = r
+        decode = self._word_tokenizer(language, options.task).decode
+        for k in todo:
+            out[k] = cut_at_pauses(out[k], regions[k], keep_words=options.word_timestamps, decode=decode)
+        return out
 
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
                    *, initial_prompt: str | None = None, cut_clip: bool = True) -> Transcript:
@@ -1039,20 +1058,77 @@ def _shifted(result: _ChunkResult, offset: float,
 SEGMENT_PAUSE_S = 0.6  # silence between two VAD regions that ends a segment cut by its words (:func:`cut_at_pauses`)
 
 
+def long_pauses(regions: Sequence[tuple[float, float]], pause_s: float = SEGMENT_PAUSE_S,
+                pad: float = SPEECH_PAD_S) -> list[int]:
+    """Indices ``k`` of the VAD's speech ``regions`` (seconds, each padded by ``pad``) followed by a pause of at least
+    ``pause_s`` seconds before region ``k + 1``."""
+    return [k for k in range(len(regions) - 1) if (regions[k + 1][0] + pad) - (regions[k][1] - pad) >= pause_s]
+
+
+def crosses_pause(segments: Sequence[tuple[float, float, str]], regions: Sequence[tuple[float, float]],
+                  pause_s: float = SEGMENT_PAUSE_S, pad: float = SPEECH_PAD_S) -> bool:
+    """Whether a segment holds speech on both sides of a long pause (:func:`long_pauses`)."""
+    return any(start < regions[k][1] - pad and end > regions[k + 1][0] + pad
+               for start, end, _ in segments for k in long_pauses(regions, pause_s, pad))
+
+
+def _nonspace(text: str) -> int:
+    return sum(not ch.isspace() for ch in text)
+
+
+def _text_cuts(text: str, groups: Sequence[Sequence[Word]]) -> list[str] | None:
+    """``text`` cut where each group of its words begins (matched by their characters, spaces aside: a word's text
+    can differ in spacing, "Bonjour !" → "Bonjour!"), or None where the words are not the text's."""
+    chars = [i for i, ch in enumerate(text) if not ch.isspace()]
+    cuts, count = [], 0
+    for g, group in enumerate(groups):
+        if g:
+            if count >= len(chars):
+                return None
+            cuts.append(chars[count])
+        for w in group:
+            word = "".join(w.word.split())
+            if "".join(text[i] for i in chars[count: count + len(word)]) != word:
+                return None
+            count += len(word)
+    return [text[a:b].strip() for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+def _token_cuts(tokens: Sequence[int], pieces: Sequence[str], decode: Callable[[list[int]], str]
+                ) -> list[list[int]] | None:
+    """``tokens`` split as their text is into ``pieces`` (where the decoded prefix holds the pieces before, spaces
+    aside), or None where no token boundary falls there."""
+    out, at = [], 0
+    needed = 0
+    for piece in pieces[:-1]:
+        needed += _nonspace(piece)
+        end = at
+        while end <= len(tokens) and _nonspace(decode(list(tokens[:end]))) < needed:
+            end += 1
+        if end > len(tokens) or _nonspace(decode(list(tokens[:end]))) != needed or "\ufffd" in decode(
+                list(tokens[:end])):
+            return None
+        out.append(list(tokens[at:end]))
+        at = end
+    return [*out, list(tokens[at:])]
+
+
 def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], *, keep_words: bool,
-                  pause_s: float = SEGMENT_PAUSE_S, pad: float = SPEECH_PAD_S) -> _ChunkResult:
+                  decode: Callable[[list[int]], str] | None = None, pause_s: float = SEGMENT_PAUSE_S,
+                  pad: float = SPEECH_PAD_S) -> _ChunkResult:
     """A chunk's segments cut where their words cross a pause of at least ``pause_s`` seconds between the VAD's
     speech ``regions`` (seconds from the chunk's start, each padded by ``pad``): each word belongs to the region its
-    middle is in (or nearest), and a segment ends where the next word's region lies past such a pause. The pieces
-    are timed by their words; ``keep_words``: False drops the words after cutting (they were aligned for it only).
-    A segment's tokens (for ``decode_stats``) stay with its first piece."""
+    middle is in (or nearest), and a segment ends where the next word's region lies past such a pause. Each piece
+    has its part of the segment's text (cut where its first word begins) and of its tokens (``decode``: the
+    tokenizer's; without it, or where no token boundary falls there, the first piece keeps them all); it is timed
+    by its words, kept inside its regions (a first word after a pause is often aligned from inside it). Statistics
+    are the segment's. ``keep_words``: False drops the words (they were aligned for the cut only)."""
     if result.words is None:
         return result
-    if len(regions) < 2:
+    breaks = set(long_pauses(regions, pause_s, pad))
+    if not breaks:
         return result if keep_words else replace(result, words=None)
     bounds = [(a + pad, b - pad) for a, b in regions]  # the speech itself
-    # k: the region index after which a long pause lies; a word in region r > k is past it
-    breaks = {k for k in range(len(bounds) - 1) if bounds[k + 1][0] - bounds[k][1] >= pause_s}
 
     def region(w: Word) -> int:
         middle = (w.start + w.end) / 2
@@ -1068,15 +1144,23 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
                 groups[-1].append(w)
             else:
                 groups.append([w])
-        if len(groups) < 2:
-            groups = [list(seg_words)]
-        for g, group in enumerate(groups):
+        texts = _text_cuts(text, groups) if len(groups) > 1 else None
+        seg_tokens = result.tokens[k] if result.tokens is not None else []
+        parts = (_token_cuts(seg_tokens, texts, decode) if texts and decode and seg_tokens else None)
+        if texts is None:  # one group, or words that are not the text's: the segment as it is
+            groups, texts = [list(seg_words)], [text]
+        for g, (group, piece) in enumerate(zip(groups, texts, strict=True)):
             if len(groups) == 1:
                 segments.append((start, end, text))
             else:
-                segments.append((group[0].start, group[-1].end, "".join(w.word for w in group).strip()))
+                first, last = bounds[region(group[0])], bounds[region(group[-1])]
+                a = max(group[0].start, first[0] - pad)
+                b = max(min(group[-1].end, last[1] + pad), a)
+                segments.append((a, b, piece))
+                if group[0].start < a:
+                    group = [replace(group[0], start=min(a, group[0].end)), *group[1:]]
             words.append(group)
-            tokens.append(result.tokens[k] if result.tokens is not None and g == 0 else [])
+            tokens.append(parts[g] if parts else (seg_tokens if g == 0 else []))
             stats.append(result.stats[k] if result.stats is not None else None)
     return replace(result, segments=segments, words=words if keep_words else None,
                    tokens=None if result.tokens is None else tokens, stats=None if result.stats is None else stats)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 import numpy as np
 
-from utils.audio import TIME_PRECISION
+from utils.audio import TIME_PRECISION, frame_levels_db
 from utils.data import Word
 
 logger = logging.getLogger(__name__)
@@ -166,28 +166,17 @@ MAX_END_FRAMES = 40
 LATE_PAUSE_FRAMES = 5
 
 
-def frame_levels_db(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-    """RMS level of consecutive FRAME_S frames of a waveform, in dB (shape (frames,))."""
-    hop = int(FRAME_S * sample_rate)
-    n = len(audio) // hop
-    if n == 0:
-        return np.zeros(0)
-    frames = audio[: n * hop].astype(np.float64).reshape(n, hop)
-    return 10.0 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-
-
 def refine_word_times(words: list[Word], audio: np.ndarray, sample_rate: int = 16000) -> list[Word]:
     """Move word starts that lie in a pause forward to where the sound starts (and the previous word's end to
     where its sound stops), and word ends that lie in sound on to where it stops (:func:`_extend_ends`).
 
-    Cross-attention alignment gives good word ends, but a word's start falls where the previous word ended: a
-    pause before a word is counted as part of it. The threshold is relative to this audio (between its noise
-    floor and its speech level, both from percentiles of the frame levels), so it follows the recording's noise.
-    Only a pause at the word's beginning is cut off (not a quiet stretch inside it, such as a stop
-    consonant's closure); the word keeps at least 2 frames. Times are relative to
-    ``audio`` (one chunk).
+    Cross-attention alignment puts a word's start where the previous word ended (a pause before a word is
+    counted as part of it), and the end of a word before a pause often early. The threshold is relative to this
+    audio (between its noise floor and its speech level, both from percentiles of the frame levels), so it follows
+    the recording's noise. Only a pause at the word's beginning is cut off (not a quiet stretch inside it, such as
+    a stop consonant's closure); the word keeps at least 2 frames. Times are relative to ``audio`` (one chunk).
     """
-    levels = frame_levels_db(audio, sample_rate)
+    levels = frame_levels_db(audio, FRAME_S, sample_rate)
     if len(levels) < 10 or not words:
         return words
     floor, speech = np.percentile(levels, 10), np.percentile(levels, 90)

@@ -312,6 +312,17 @@ def _header_duration(source: str | io.BytesIO) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
+def frame_levels_db(audio: np.ndarray, frame_s: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """RMS level in dB of consecutive ``frame_s``-second frames of a waveform (a trailing part frame left out);
+    shape (frames,)."""
+    hop = int(frame_s * sample_rate)
+    n = len(audio) // hop
+    if n == 0:
+        return np.zeros(0)
+    frames = np.asarray(audio[: n * hop], np.float64).reshape(n, hop)
+    return 10.0 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+
+
 @dataclass
 class ProbeBudget:
     """How many more files :func:`slice_check` may hand to ffprobe (~0.1 s each): a dataset of AAC audio named

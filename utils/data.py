@@ -200,6 +200,15 @@ def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -
     )
 
 
+def _audio_file(path: str, base: int, manifest_dir: str, cwd: str) -> str:
+    """A line's 'audio.path' resolved against what :func:`_resolve_base` found it relative to."""
+    if base == _BASE_MANIFEST:
+        return os.path.join(manifest_dir, path)
+    if base == _BASE_CWD:
+        return os.path.join(cwd, path)
+    return path
+
+
 def _record_from_obj(obj: dict[str, Any], path: str) -> Record:
     audio = obj["audio"]
     sentences = obj.get("sentences")
@@ -292,13 +301,8 @@ class Manifest(RecordSource):
 
     def record(self, index: int) -> Record:
         obj = self.raw(index)
-        p = obj["audio"]["path"]
-        base = int(self.bases[index])
-        if base == _BASE_MANIFEST:
-            p = os.path.join(self.manifest_dir, p)
-        elif base == _BASE_CWD:
-            p = os.path.join(self._cwd, p)
-        return _record_from_obj(obj, p)
+        return _record_from_obj(obj, _audio_file(obj["audio"]["path"], int(self.bases[index]), self.manifest_dir,
+                                                 self._cwd))
 
     def location(self, index: int) -> str:
         """``file:line`` of kept item ``index``, for error messages."""
@@ -494,9 +498,7 @@ def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str, duration:
     """What is wrong with a line's 'duration' by its audio's header (None when they agree or it cannot be read)."""
     from utils.audio import ProbeBudget, slice_check
 
-    path = obj["audio"]["path"]
-    if base == _BASE_MANIFEST:
-        path = os.path.join(manifest_dir, path)
+    path = _audio_file(obj["audio"]["path"], base, manifest_dir, os.getcwd())
     _, seconds = slice_check(path, obj["audio"].get("start_time"), obj["audio"].get("end_time"),
                              probes=ProbeBudget(0))  # the header only: no ffprobe while reading the manifest
     if seconds is None or not duration_mismatch(seconds, duration):

@@ -1068,8 +1068,9 @@ def long_pauses(regions: Sequence[tuple[float, float]], pause_s: float = SEGMENT
 def crosses_pause(segments: Sequence[tuple[float, float, str]], regions: Sequence[tuple[float, float]],
                   pause_s: float = SEGMENT_PAUSE_S, pad: float = SPEECH_PAD_S) -> bool:
     """Whether a segment holds speech on both sides of a long pause (:func:`long_pauses`)."""
+    pauses = long_pauses(regions, pause_s, pad)
     return any(start < regions[k][1] - pad and end > regions[k + 1][0] + pad
-               for start, end, _ in segments for k in long_pauses(regions, pause_s, pad))
+               for start, end, _ in segments for k in pauses)
 
 
 def _nonspace(text: str) -> int:
@@ -1098,15 +1099,14 @@ def _token_cuts(tokens: Sequence[int], pieces: Sequence[str], decode: Callable[[
                 ) -> list[list[int]] | None:
     """``tokens`` split as their text is into ``pieces`` (where the decoded prefix holds the pieces before, spaces
     aside), or None where no token boundary falls there."""
-    out, at = [], 0
-    needed = 0
+    out, at, needed = [], 0, 0
     for piece in pieces[:-1]:
         needed += _nonspace(piece)
         end = at
-        while end <= len(tokens) and _nonspace(decode(list(tokens[:end]))) < needed:
+        while end < len(tokens) and _nonspace(decode(list(tokens[:end]))) < needed:
             end += 1
-        if end > len(tokens) or _nonspace(decode(list(tokens[:end]))) != needed or "\ufffd" in decode(
-                list(tokens[:end])):
+        prefix = decode(list(tokens[:end]))
+        if _nonspace(prefix) != needed or "\ufffd" in prefix:  # not at a token boundary, or inside a character
             return None
         out.append(list(tokens[at:end]))
         at = end
@@ -1138,12 +1138,14 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
     segments, words, tokens, stats = [], [], [], []
     for k, ((start, end, text), seg_words) in enumerate(zip(result.segments, result.words, strict=True)):
         groups: list[list[Word]] = []
+        last = -1  # the region of the word before
         for w in seg_words:
             r = region(w)
-            if groups and not any(b in breaks for b in range(region(groups[-1][-1]), r)):
+            if groups and not any(b in breaks for b in range(last, r)):
                 groups[-1].append(w)
             else:
                 groups.append([w])
+            last = r
         texts = _text_cuts(text, groups) if len(groups) > 1 else None
         seg_tokens = result.tokens[k] if result.tokens is not None else []
         parts = (_token_cuts(seg_tokens, texts, decode) if texts and decode and seg_tokens else None)

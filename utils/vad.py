@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, WINDOW_S
+from utils.audio import SAMPLE_RATE, WINDOW_S, frame_levels_db
 
 logger = logging.getLogger(__name__)
 
@@ -287,10 +287,10 @@ def widened_to_sound(audio: np.ndarray, spans: Sequence[tuple[int, int]],
     steady noise stays as it is, and one in a recording with no quieter stretch (no floor below its speech) too. The
     ends stay: a region's last ``SPEECH_PAD_S`` is padding after its speech (:func:`speech_regions`)."""
     hop = int(SOUND_FRAME_S * SAMPLE_RATE)
-    n = len(audio) // hop
+    level = frame_levels_db(audio, SOUND_FRAME_S)
+    n = len(level)
     if not spans or n < 10:
         return list(spans)
-    level = 10 * np.log10(np.mean(np.asarray(audio[: n * hop], np.float64).reshape(n, hop) ** 2, axis=1) + 1e-12)
     heard = level[level > -100.0]  # digital silence (a lead of zeros, a padded file) is no noise floor
     if len(heard) < 10:
         return list(spans)

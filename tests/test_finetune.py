@@ -328,6 +328,40 @@ def test_adalora_training_loss_includes_the_regularizer(tiny_whisper_dir, corpus
     assert losses[5.0] > losses[0.5] + 1e-3, losses
 
 
+def test_adalora_fixes_the_final_ranks_when_fp16_skipped_that_step(tiny_whisper_dir, corpus, tmp_path,
+                                                                    monkeypatch):
+    """peft fixes AdaLoRA's final rank budget only at exactly step total_step - tfinal (14 of 20 here); when the
+    fp16 scaler skipped that step, the run went on masking with an earlier, larger budget's pattern. Now the final
+    ranks are fixed at the next step that runs, and the saved pattern keeps the target budget."""
+    from accelerate.optimizer import AcceleratedOptimizer
+    from peft.tuners.adalora import AdaLoraModel
+
+    calls, allocated = [], []
+    real_step, real_allocate = AcceleratedOptimizer.step, AdaLoraModel.update_and_allocate
+
+    def step(self, closure=None):
+        calls.append(len(calls))
+        self.skipped_here = len(calls) - 1 == 14  # as the scaler does on inf/nan gradients: no update
+        if not self.skipped_here:
+            real_step(self, closure)
+
+    def allocate(self, global_step):
+        allocated.append(global_step)
+        return real_allocate(self, global_step)
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", step)
+    monkeypatch.setattr(AcceleratedOptimizer, "step_was_skipped", property(lambda self: self.skipped_here))
+    monkeypatch.setattr(AdaLoraModel, "update_and_allocate", allocate)
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, use_adalora=True, lora_r=8, max_steps=20,
+                               eval_steps=0, save_steps=0, precision="fp32", timestamps=False)) == 0
+    assert len(calls) == 20
+    assert allocated == [*range(14), 14, 16, 17, 18, 19]  # step 14 skipped: the final budget fixed at step 15
+    config = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_config.json").read_text())
+    kept = [sum(mask) for mask in config["rank_pattern"].values()]
+    assert sum(kept) == config["target_r"] * len(kept)
+
+
 def test_adalora_resume_restores_the_rank_allocator(tiny_whisper_dir, corpus, tmp_path):
     """Resuming an AdaLoRA run mid-budgeting gives the uninterrupted run's adapter: the importance statistics
     are checkpointed (without them the ranks would be pruned differently after the resume)."""

@@ -575,6 +575,8 @@ class Trainer:
 
         self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.writer = None
+        # AdaLoRA: whether the final rank budget is fixed (None: not known yet, see _allocate_ranks)
+        self._final_ranks_fixed: bool | None = None
         self.train_encoder, self.eval_encoder = self._encoder_caches(options)
 
     def _encoder_caches(self, options: TrainOptions) -> tuple[EncoderCache | None, EncoderCache | None]:
@@ -655,9 +657,23 @@ class Trainer:
         return {
             "weights": {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad},
             "rank_pattern": unwrapped.peft_config["default"].rank_pattern,
+            "final_ranks_fixed": bool(self._final_ranks_fixed),
             **{name: {k: v.detach().cpu() for k, v in getattr(allocator, name).items()}
                for name in ("ipt", "exp_avg_ipt", "exp_avg_unc")},
         }
+
+    def _allocate_ranks(self, unwrapped) -> None:
+        """AdaLoRA's rank budgeting after an optimizer step that ran. peft fixes the final ranks only at exactly
+        step ``total_step - tfinal`` and masks with the last pattern after it; when fp16 skipped that step (inf/nan
+        gradients), the final ranks are fixed at the next step that runs instead of never."""
+        config = unwrapped.peft_config["default"]
+        final = config.total_step - config.tfinal
+        if self._final_ranks_fixed is None:  # a fresh run, or a checkpoint from before the flag: peft's own count
+            self._final_ranks_fixed = self.state.global_step > final
+        step = final if self.state.global_step > final and not self._final_ranks_fixed else self.state.global_step
+        unwrapped.base_model.update_and_allocate(step)
+        if step == final:
+            self._final_ranks_fixed = True
 
     def _restore_adalora(self, state: dict[str, Any], source: Path) -> None:
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -665,6 +681,7 @@ class Trainer:
         if result.unexpected_keys:
             raise ValueError(f"{source}: AdaLoRA state does not match the model (e.g. {result.unexpected_keys[:3]})")
         unwrapped.peft_config["default"].rank_pattern = state["rank_pattern"]
+        self._final_ranks_fixed = state.get("final_ranks_fixed")  # None in checkpoints written before it
         allocator = unwrapped.base_model.rankallocator
         device = self.accelerator.device
         for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
@@ -970,7 +987,7 @@ class Trainer:
                 self.optimizer.step()
                 if not self.optimizer.step_was_skipped:  # fp16: a step skipped for inf/nan gradients changes nothing
                     if o.use_adalora:  # rank budgeting needs this step's gradients: before zero_grad
-                        unwrapped.base_model.update_and_allocate(state.global_step)
+                        self._allocate_ranks(unwrapped)
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1

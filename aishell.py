@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import uuid
@@ -116,21 +117,25 @@ def download_archive(
 _WAV_HEADER_BYTES = 44  # the smallest PCM wav header: a file of n bytes holds at most (n - 44) / block bytes of frames
 
 
-def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> float:
-    """Duration in seconds from the member's wav header, but no more than its bytes can hold (a header whose data
-    size is 0xFFFFFFFF, as some recorders write, or a truncated file; logged); libsndfile on the unpacked ``path``
-    if not PCM."""
+def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, shown: str) -> tuple[float, str]:
+    """(seconds, note): the duration from the member's wav header, but no more than its bytes can hold (a header
+    whose data size is 0xFFFFFFFF, as some recorders write, or a truncated file: ``note`` says so, naming the wav
+    as ``shown``, else ""); libsndfile or ffprobe on the unpacked ``path`` if not PCM.
+
+    Raises:
+        AudioLoadError: not readable as audio (an empty or cut-off file).
+    """
     try:
         with tar.extractfile(member) as f, wave.open(f) as w:
             frames, rate, block = w.getnframes(), w.getframerate(), w.getnchannels() * w.getsampwidth()
     except (wave.Error, EOFError):
-        return audio_duration(path)
+        return audio_duration(path), ""
     held = max(0, member.size - _WAV_HEADER_BYTES) // max(1, block)
-    if frames > held:
-        logger.warning("%s: its header says %.2f s, the file holds %.2f s (truncated, or a header written before "
-                       "the recording ended); the manifest gets %.2f s", path, frames / rate, held / rate, held / rate)
-        frames = held
-    return frames / rate
+    if frames <= held:
+        return frames / rate, ""
+    return held / rate, (f"{shown}: its header says {frames / rate:.2f} s, the file holds {held / rate:.2f} s "
+                         f"(truncated, or a header written before the recording ended); the manifest gets "
+                         f"{held / rate:.2f} s")
 
 
 def _publish_tree(staging: Path, dest: Path) -> None:
@@ -142,17 +147,20 @@ def _publish_tree(staging: Path, dest: Path) -> None:
             os.replace(os.path.join(root, name), dest / rel / name)
 
 
-def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
+def _unpack_speaker(data: bytes, label: str, data_dir: str) -> tuple[dict[str, float], list[str]]:
     """Unpack one speaker archive (its gzip-compressed bytes) under ``data_dir/wav`` (its members are
     ``<split>/<speaker>/<utterance>.wav``; those of an archive packed with ``wav/`` in front go under ``data_dir``).
 
     The members go to a staging folder first and are moved in only when the whole speaker archive was read
-    and accepted, so a refused or corrupt speaker archive leaves none of its files behind.
+    and accepted, so a corrupt speaker archive leaves none of its files behind. A wav that is not readable audio
+    (empty, cut off in its header) is left out: one bad file in 141,600 should not cost the whole corpus.
 
     Returns:
-        {wav path relative to data_dir: duration in seconds from the wav header}.
+        ({wav path relative to data_dir: duration in seconds from the wav header}, warnings to log: this runs in a
+        worker process, whose log records go nowhere).
     """
     durations: dict[str, float] = {}
+    notes: list[str] = []
     staging = Path(data_dir) / STAGING_DIR / uuid.uuid4().hex[:12]
     (staging / "wav").mkdir(parents=True)
     try:
@@ -165,15 +173,29 @@ def _unpack_speaker(data: bytes, label: str, data_dir: str) -> dict[str, float]:
                 extract_member(tar, member, os.fspath(dest), label)
                 if member.isfile() and path.endswith(".wav"):
                     rel = path if packed_with_wav else f"wav/{path}"
-                    durations[rel] = _wav_duration(tar, member, os.path.join(dest, path))
+                    unpacked = os.path.join(dest, path)
+                    try:
+                        durations[rel], note = _wav_duration(tar, member, unpacked, os.path.join(data_dir, rel))
+                    except AudioLoadError as e:
+                        os.unlink(unpacked)
+                        reason = str(e).removeprefix(f"{unpacked}: ").replace(unpacked, os.path.basename(path))
+                        notes.append(f"{label}:{path}: left out, not readable as audio ({reason}; {member.size} "
+                                     "bytes)")
+                        continue
+                    if note:
+                        notes.append(note)
         _publish_tree(staging, Path(data_dir))
     except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise CorruptArchiveError(f"{label}: corrupt speaker archive ({e}); re-download {ARCHIVE_NAME}") from e
-    except AudioLoadError as e:
-        raise CorruptArchiveError(f"{label}: {e}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # its parent is removed by unpack_archive (workers share it)
-    return durations
+    return durations, notes
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group; only the main process handles it (the workers
+    finish their speaker, whose files the main process then records)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _remove_empty(folder: Path) -> None:
@@ -252,20 +274,23 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
     data_dir = target_dir / DATA_DIR_NAME
     marker_dir = _marker_dir(target_dir)
     created = [p for p in (marker_dir, data_dir, *marker_dir.parents) if not p.exists()]  # deepest first
-    had_transcript = (data_dir / TRANSCRIPT_PATH).is_file()
+    staged_transcript = data_dir / STAGING_DIR / Path(TRANSCRIPT_PATH).name  # moved in once the archive is accepted
     marker_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(data_dir / STAGING_DIR, ignore_errors=True)  # left by a run that was killed
     speakers: dict[str, int] = {}  # speaker -> size of its member
     unpacked = 0
     found_transcript = False
-    executor = (cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-                if num_workers > 1 else None)
+    executor = (cf.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_ignore_sigint) if num_workers > 1 else None)
     pending: dict[cf.Future, tuple[str, str, int]] = {}
 
     published: list[tuple[str, dict[str, float]]] = []  # (speaker, wavs) unpacked by this call
 
-    def mark_done(speaker: str, member_name: str, size: int, wavs: dict[str, float]) -> None:
+    def mark_done(speaker: str, member_name: str, size: int, result: tuple[dict[str, float], list[str]]) -> None:
         nonlocal unpacked
+        wavs, notes = result
+        for note in notes:
+            logger.warning("%s", note)
         published.append((speaker, wavs))
         write_json_atomic(marker_dir / f"{speaker}.json", {"member": member_name, "size": size, "wavs": wavs},
                           indent=None)
@@ -288,7 +313,8 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
                     name = member_path(member, label)
                     m = _SPEAKER_MEMBER_RE.match(name)
                     if name == TRANSCRIPT_MEMBER and member.isfile():
-                        with tar.extractfile(member) as src, atomic_open(data_dir / TRANSCRIPT_PATH, "wb") as dst:
+                        staged_transcript.parent.mkdir(exist_ok=True)
+                        with tar.extractfile(member) as src, atomic_open(staged_transcript, "wb") as dst:
                             while chunk := src.read(_READ_BUFFER):
                                 dst.write(chunk)
                         found_transcript = True
@@ -326,29 +352,36 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
             raise CorruptArchiveError(f"{archive}: has no speaker archives data_aishell/wav/*.tar.gz; is this the "
                                       f"AISHELL-1 {ARCHIVE_NAME} (openslr resource 33)?")
     except (AishellError, UnsafeArchiveError):
-        # a refused archive leaves nothing: undo what this call unpacked (earlier runs' speakers stay)
+        # a refused archive leaves nothing: undo what this call unpacked (earlier runs' speakers and transcript stay)
         for fut, (speaker, _, _) in pending.items():  # finished by a worker, not yet recorded
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                published.append((speaker, fut.result()))
-        _undo_unpack(data_dir, published, transcript=not had_transcript, created=created)
+                published.append((speaker, fut.result()[0]))
+        staged_transcript.unlink(missing_ok=True)
+        _undo_unpack(data_dir, published, created=created)
         raise
+    except KeyboardInterrupt:  # the workers finished their speakers (they ignore Ctrl-C): keep and record them
+        for fut, (speaker, name, size) in pending.items():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                mark_done(speaker, name, size, fut.result())
+        staged_transcript.unlink(missing_ok=True)
+        _remove_empty(data_dir / STAGING_DIR)
+        raise
+    (data_dir / TRANSCRIPT_PATH).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged_transcript, data_dir / TRANSCRIPT_PATH)
     _remove_empty(data_dir / STAGING_DIR)
     write_json_atomic(marker_dir / ARCHIVE_MARKER, {"archive": archive.name, "archive_size": archive.stat().st_size,
                                                     "speakers": dict(sorted(speakers.items()))})
     return unpacked
 
 
-def _undo_unpack(data_dir: Path, published: list[tuple[str, dict[str, float]]], *, transcript: bool,
-                 created: list[Path]) -> None:
-    """Remove the speakers (wavs and markers) and transcript one refused unpack_archive call wrote, and the
-    folders it created, so the archive leaves nothing behind."""
+def _undo_unpack(data_dir: Path, published: list[tuple[str, dict[str, float]]], *, created: list[Path]) -> None:
+    """Remove the speakers (wavs and markers) one refused unpack_archive call wrote, and the folders it created,
+    so the archive leaves nothing behind."""
     marker_dir = data_dir / MARKER_DIR
     for speaker, wavs in published:
         for rel in wavs:
             (data_dir / rel).unlink(missing_ok=True)
         (marker_dir / f"{speaker}.json").unlink(missing_ok=True)
-    if transcript:
-        (data_dir / TRANSCRIPT_PATH).unlink(missing_ok=True)
     _prune_empty_tree(data_dir / "wav")
     _prune_empty_tree(data_dir / Path(TRANSCRIPT_PATH).parent)
     _remove_empty(data_dir / STAGING_DIR)

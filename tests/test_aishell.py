@@ -83,12 +83,12 @@ def _speaker_tgz(speaker: str, split: str, utts, extra=None, prefix: str = "") -
     return buf.getvalue()
 
 
-def build_archive(path: Path, *, transcript: bool = True, nested_extra=None, outer_extra=None,
+def build_archive(path: Path, *, transcript: bool | str = True, nested_extra=None, outer_extra=None,
                   nested_override: dict[str, bytes] | None = None, prefix: str = "") -> Path:
     """A miniature data_aishell.tgz with the real layout (nested speaker .tar.gz, transcript with spaces).
 
     nested_extra(tar) adds members to S0002's archive; outer_extra(tar) to the outer archive;
-    nested_override replaces a speaker archive's bytes.
+    nested_override replaces a speaker archive's bytes; transcript: a str is the transcript file's text.
     """
     lines = [f"{utt} {words}" for _, utts in SPEAKERS.values() for utt, _, words in utts if words is not None]
     lines.insert(2, ORPHAN_LINE)
@@ -96,7 +96,8 @@ def build_archive(path: Path, *, transcript: bool = True, nested_extra=None, out
         for d in ("data_aishell", "data_aishell/transcript", "data_aishell/wav"):
             _add_dir(tar, d)
         if transcript:
-            _add_bytes(tar, aishell.TRANSCRIPT_MEMBER, ("\n".join(lines) + "\n").encode("utf-8"))
+            text = transcript if isinstance(transcript, str) else "\n".join(lines) + "\n"
+            _add_bytes(tar, aishell.TRANSCRIPT_MEMBER, text.encode("utf-8"))
         for speaker, (split, utts) in SPEAKERS.items():
             data = (nested_override or {}).get(speaker) or _speaker_tgz(
                 speaker, split, utts, nested_extra if speaker == "S0002" else None, prefix)
@@ -346,7 +347,8 @@ def test_unpack_speaker_reads_durations_of_non_pcm_wavs(tmp_path):
             wav = io.BytesIO()
             sf.write(wav, np.zeros(frames, dtype=np.float32), SAMPLE_RATE, subtype=subtype, format="WAV")
             _add_bytes(tar, f"wav/dev/S0724/{name}.wav", wav.getvalue())
-    durations = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
+    durations, notes = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
+    assert not notes
     assert durations == pytest.approx({"wav/dev/S0724/float.wav": 0.5, "wav/dev/S0724/pcm24.wav": 12345 / SAMPLE_RATE})
 
 
@@ -366,14 +368,71 @@ def test_wav_durations_are_what_the_file_holds_and_empty_wavs_are_left_out(tmp_p
         _add_bytes(tar, "dev/S0724/unknown.wav", bytes(unknown))
         _add_bytes(tar, "dev/S0724/truncated.wav", pcm(32000)[:44 + 2 * 16000])
         _add_bytes(tar, "dev/S0724/empty.wav", pcm(0))
-    with caplog.at_level(logging.WARNING):
-        durations = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
+    durations, notes = aishell._unpack_speaker(buf.getvalue(), "S0724.tar.gz", os.fspath(tmp_path))
     assert durations == pytest.approx({"wav/dev/S0724/unknown.wav": 2.25, "wav/dev/S0724/truncated.wav": 1.0,
                                        "wav/dev/S0724/empty.wav": 0.0})
-    assert "truncated.wav: its header says 2.00 s, the file holds 1.00 s" in caplog.text
-    records, _, _ = aishell.build_records(durations, {"unknown": "一", "truncated": "二", "empty": "三"}, "")
+    # the final path (the staging folder it was read in is gone), returned: a worker process's log goes nowhere
+    assert notes[1:] == [f"{tmp_path}/wav/dev/S0724/truncated.wav: its header says 2.00 s, the file holds 1.00 s "
+                         "(truncated, or a header written before the recording ended); the manifest gets 1.00 s"]
+    assert notes[0].startswith(f"{tmp_path}/wav/dev/S0724/unknown.wav: its header says 134217.73 s")
+    with caplog.at_level(logging.WARNING):
+        records, _, _ = aishell.build_records(durations, {"unknown": "一", "truncated": "二", "empty": "三"}, "")
     assert [r["sentence"] for r in records["dev"]] == ["二", "一"]
     assert "left out 1 wavs without audio (0 s): wav/dev/S0724/empty.wav" in caplog.text
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_wav_that_is_not_audio_is_left_out_and_named_by_its_archive_entry(tmp_path, caplog, num_workers):
+    """One empty or header-less wav in a speaker archive stopped the whole preparation (no manifest, the speakers
+    unpacked removed), naming a staging path that no longer existed; with workers, the warning about a truncated
+    wav was not shown at all (a worker's log records went nowhere). Now the bad wav is left out with a warning
+    naming the archive entry, the truncated one is named by its final path, and the rest is prepared."""
+    def extra(tar):
+        _add_bytes(tar, "train/S0002/BAC009S0002W0125.wav", b"")
+        _add_bytes(tar, "train/S0002/BAC009S0002W0126.wav", _wav_bytes(1.0, seed=9)[:20])
+        _add_bytes(tar, "train/S0002/BAC009S0002W0127.wav", _wav_bytes(1.0, seed=9)[:44 + 16000])
+
+    path = build_archive(tmp_path / "data_aishell.tgz", nested_extra=extra)
+    with caplog.at_level(logging.WARNING):
+        assert _run(tmp_path, path, f"--num_workers={num_workers}") == 0
+    member = f"{path}:data_aishell/wav/S0002.tar.gz:train/S0002"
+    assert f"{member}/BAC009S0002W0125.wav: left out, not readable as audio" in caplog.text
+    assert f"{member}/BAC009S0002W0126.wav: left out, not readable as audio" in caplog.text
+    data_dir = tmp_path / "dataset/audio/data_aishell"
+    assert f"{data_dir}/wav/train/S0002/BAC009S0002W0127.wav: its header says 1.00 s, the file holds 0.50 s" in \
+        caplog.text
+    assert aishell.STAGING_DIR not in caplog.text
+    assert not (data_dir / "wav/train/S0002/BAC009S0002W0125.wav").exists()
+    train = _read_manifest(tmp_path / "dataset/train.json")
+    assert len(train) == 4  # S0002's three and S0003's one with a transcript line (the new ids have none)
+    assert aishell._read_json(data_dir / aishell.MARKER_DIR / "S0002.json")["wavs"].keys() == {
+        f"wav/train/S0002/{utt}.wav" for utt in ("BAC009S0002W0122", "BAC009S0002W0123", "BAC009S0002W0124",
+                                                 "BAC009S0002W0127")}
+
+
+def test_ctrl_c_keeps_and_records_the_speakers_the_workers_finished(tmp_path, archive, monkeypatch):
+    """With workers, the speakers they finished while Ctrl-C was handled were on disk without a marker (said to be
+    kept, unpacked again by the next run). Now they are recorded: the next run unpacks nothing."""
+    import concurrent.futures as cf
+
+    real_wait = cf.wait
+
+    def wait(fs, return_when):
+        real_wait(fs, return_when=cf.ALL_COMPLETED)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cf, "wait", wait)
+    assert _run(tmp_path, archive, "--num_workers=2") == 130
+    monkeypatch.setattr(cf, "wait", real_wait)
+    markers = tmp_path / "dataset/audio/data_aishell" / aishell.MARKER_DIR
+    assert sorted(p.stem for p in markers.glob("S*.json")) == sorted(SPEAKERS)
+
+    def unpack_again(*args):
+        raise AssertionError(f"unpacked again: {args[1]}")
+
+    monkeypatch.setattr(aishell, "_unpack_speaker", unpack_again)
+    assert _run(tmp_path, archive) == 0
+    assert len(_read_manifest(tmp_path / "dataset/train.json")) == 4
 
 
 def test_a_wav_deleted_after_unpacking_is_unpacked_again(tmp_path, archive, caplog):
@@ -453,6 +512,21 @@ def test_refused_archive_keeps_what_an_earlier_run_unpacked(tmp_path, archive):
     assert _run(tmp_path / "second", bad) == 1  # a fresh target: nothing of the bad archive stays
     assert not (tmp_path / "second").exists()
     assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*")) == before
+
+
+def test_a_refused_archive_leaves_the_earlier_transcript(tmp_path, archive):
+    """A refused archive's transcript replaced the one an earlier run unpacked (only a new one was removed), and
+    the next run with the good archive ("already unpacked") wrote its sentences into the manifests."""
+    assert _run(tmp_path, archive) == 0
+    transcript = tmp_path / "dataset/audio/data_aishell" / aishell.TRANSCRIPT_PATH
+    before = transcript.read_bytes()
+
+    bad = build_archive(tmp_path / "bad.tgz", transcript="BAC009S0764W0121 被 篡改 的 文本\n",
+                        nested_override={"S0764": os.urandom(2048)})  # the last speaker: after the transcript
+    assert _run(tmp_path, bad) == 1
+    assert transcript.read_bytes() == before
+    assert _run(tmp_path, archive) == 0
+    assert [r["sentence"] for r in _read_manifest(tmp_path / "dataset/test.json")] == ["甚至出现交易几乎停滞的情况"]
 
 
 def test_missing_transcript(tmp_path, capsys, caplog):

@@ -498,6 +498,10 @@ def test_resume_into_another_folder_brings_the_best_checkpoint_or_forgets_it(tin
            "from here (at step 4: " in caplog.text
     run2 = second / tiny_whisper_dir.name
     final, best2 = _state(run2), _state(run2, "checkpoint-best")
+    # step 5 trains at the 6-step schedule's rate (it trained at the 4-step run's last rate, 0)
+    from utils.trainer import warmup_then_linear_decay
+    rates = {e["step"]: e["learning_rate"] for e in final["log_history"] if "learning_rate" in e}
+    assert rates[5] == pytest.approx(1e-3 * warmup_then_linear_decay(1, 6)(4)) and rates[5] > 0
     assert best2["global_step"] == final["best_step"] == best2["best_step"]
     assert final["best_step"] in (best1["best_step"], 6)
 

@@ -731,9 +731,9 @@ class Trainer:
                              "start a new run in another --output_dir")
         if saved.run_id is None:  # a checkpoint written before runs had an id: from here on, this run's
             saved.run_id = self.state.run_id
+        was = self.scheduler.get_last_lr()[0]
+        now = self._apply_schedule()  # the saved optimizer's learning rate is the saved run's schedule's
         if saved.max_steps != self.total_steps:
-            was = self.scheduler.get_last_lr()[0]
-            now = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](saved.global_step)
             logger.warning("%s was saved by a run of %d steps; this run has %d: the learning rate follows the "
                            "schedule of a %d-step run from here (at step %d: %.3g, was %.3g)", checkpoint,
                            saved.max_steps, self.total_steps, self.total_steps, saved.global_step, now, was)
@@ -757,6 +757,17 @@ class Trainer:
         self.state = saved
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
                     saved.batch_in_epoch)
+
+    def _apply_schedule(self) -> float:
+        """Set the optimizer's learning rate to this run's schedule at the restored scheduler position (the saved
+        optimizer state holds the saved run's value, which the next step would use: a run extended from its
+        last step trained one step at its final rate, 0). Returns the first group's rate."""
+        sched = self.scheduler
+        rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
+        for group, rate in zip(sched.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        sched._last_lr = rates  # what get_last_lr() (the logged rate) reports
+        return rates[0]
 
     def _forget_best_of_other_eval(self, saved: TrainerState, checkpoint: Path) -> None:
         """A run resumed with another eval set (``--test_data``, ``--max_eval_samples``) or ``--metric``: the

@@ -28,11 +28,14 @@ from utils.webui import (
     MAX_UPLOAD_MB,
     UPLOAD_TYPES,
     ModelChoice,
+    ModelPathError,
     UploadError,
     check_upload,
+    custom_model_choice,
     decode_audio_bytes,
     language_options,
     model_choices,
+    pick_audio_input,
     segment_rows,
     sentiment_rows,
     transcribe_with_progress,
@@ -118,18 +121,26 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
     sb = st.sidebar
     sb.header("模型 Model")
     # local folders (on a CPU a merged model's -ct2 copy first), then whisper-base
-    choices = model_choices(args.models_dir, preselect=args.model_path, prefer_ct2=_on_cpu(args.device))
+    choices = model_choices(args.models_dir, preselect=args.model_path, prefer_ct2=_on_cpu(args.device),
+                            backend=args.backend)
     labels = [c.label for c in choices] + [CUSTOM]
     label = sb.selectbox("选择模型 (choose a model)", labels, index=0,
                          help=f"models/ 下的合并模型 (merged folders under {args.models_dir}/)、离线内置模型、hub id")
     if label == CUSTOM:
-        model_path = sb.text_input("模型路径或 hub id (model folder or hub id)", value="").strip()
-        choice = ModelChoice(model_path, model_path, None, "custom")
+        text = sb.text_input("模型路径或 hub id (model folder or hub id)", value="").strip()
+        try:
+            choice = custom_model_choice(text, args.models_dir) if text else ModelChoice("", "", None, "custom")
+        except ModelPathError as e:
+            sb.error(str(e))
+            choice = ModelChoice("", "", None, "custom")
     else:
         choice = choices[labels.index(label)]
-        model_path = choice.path
+    model_path = choice.path
     allowed = [choice.backend] if choice.backend else list(BACKENDS)
     default_backend = args.backend if args.backend in allowed else allowed[0]
+    if args.model_path and args.backend not in allowed and label == labels[0]:
+        sb.warning(f"--backend={args.backend}: {model_path} 是 {allowed[0]} 模型 (a {allowed[0]} model folder); "
+                   f"用 {allowed[0]} 后端 (runs on {allowed[0]})")
     backend = sb.radio("推理后端 (backend)", allowed, index=allowed.index(default_backend), horizontal=True,
                        help="transformers: PyTorch; ct2: CTranslate2/faster-whisper (int8 on CPU, faster)")
     sb.header("解码 Decoding")
@@ -165,18 +176,28 @@ def get_engine(settings: PageSettings, args: argparse.Namespace):
         return None
 
 
+def _changed(which: str) -> None:
+    st.session_state["audio_input"] = which  # the input the user changed last: the one transcribed
+
+
 def get_audio(max_mb: float) -> tuple[str, bytes] | None:
     """The uploaded or recorded file as (name, bytes), or None; shows an error for rejected files."""
     upload_tab, record_tab = st.tabs(["上传文件 Upload", "麦克风录音 Record"])
     with upload_tab:
         uploaded = st.file_uploader(
-            f"上传音频 (upload audio: {', '.join(UPLOAD_TYPES)}; ≤ {max_mb:g} MB)", key="upload")
+            f"上传音频 (upload audio: {', '.join(UPLOAD_TYPES)}; ≤ {max_mb:g} MB)", key="upload",
+            on_change=_changed, args=("upload",))
     with record_tab:
-        recorded = st.audio_input("录音 (record from the microphone)", sample_rate=SAMPLE_RATE, key="record")
-    audio_file = uploaded if uploaded is not None else recorded
-    if audio_file is None:
+        recorded = st.audio_input("录音 (record from the microphone)", sample_rate=SAMPLE_RATE, key="record",
+                                  on_change=_changed, args=("record",))
+    source = pick_audio_input(uploaded is not None, recorded is not None, st.session_state.get("audio_input"))
+    if source is None:
         return None
-    name = audio_file.name if uploaded is not None else "recording.wav"
+    audio_file = uploaded if source == "upload" else recorded
+    name = audio_file.name if source == "upload" else "recording.wav"
+    if uploaded is not None and recorded is not None:
+        which = f"上传的文件 the upload {name}" if source == "upload" else "录音 the recording"
+        st.caption(f"转写的是 (transcribing): {which} — 最后一次上传或录音 (the latest upload or recording)")
     try:
         check_upload(name, audio_file.size, max_mb)
     except UploadError as e:
@@ -193,6 +214,8 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any], sentimen
     st.subheader("转写结果 Transcript")
     if not transcript.language:
         lang = "?"
+    elif result.get("english_only"):  # nothing detected: the model only writes English (it said "en (100%)")
+        lang = f"{transcript.language} (英文模型，未检测 English-only model, not detected)"
     elif result.get("language_given"):  # not detected: no probability to show (it said "zh (100%)")
         lang = f"{transcript.language} (指定，未检测 given, not detected; 其他语言请选 auto)"
     else:
@@ -259,7 +282,8 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
     bar.empty()
     return {"transcript": transcript, "audio": audio, "seconds": time.perf_counter() - start,
             "model": f"{settings.model_path} [{settings.backend}]",
-            "language_given": engine.multilingual and engine.fixed_language(options) is not None}
+            "language_given": engine.multilingual and engine.fixed_language(options) is not None,
+            "english_only": not engine.multilingual}
 
 
 def add_sentiment(result: dict[str, Any], args: argparse.Namespace, name: str) -> None:

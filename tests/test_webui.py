@@ -14,11 +14,14 @@ from utils.data import Segment
 from utils.transcribe import DecodeOptions, Transcript, TranscriptionInfo
 from utils.webui import (
     MAX_UPLOAD_MB,
+    ModelPathError,
     UploadError,
     check_upload,
+    custom_model_choice,
     decode_audio_bytes,
     discover_models,
     model_choices,
+    pick_audio_input,
     segment_rows,
     sentiment_rows,
     transcribe_with_progress,
@@ -247,6 +250,49 @@ def test_transcribe_with_progress_no_speech():
     assert out.text == "" and out.segments == [] and progress[-1] == "未检测到语音 (no speech found)"
 
 
+def test_a_preselected_folder_gives_way_to_its_copy_for_the_backend_asked_for(tmp_path):
+    """`-- --model_path=models/X --backend=ct2` opened X on transformers (a few times slower on a CPU) without a
+    word, its -ct2 copy beside it; now the copy is preselected (and the other way round)."""
+    merged = _hf_folder(tmp_path / "whisper-base-finetune")
+    ct2 = tmp_path / "whisper-base-finetune-ct2"
+    ct2.mkdir()
+    (ct2 / "model.bin").write_bytes(b"\0")
+    assert model_choices(tmp_path, preselect=str(merged), backend="ct2")[0].path == str(ct2)
+    assert model_choices(tmp_path, preselect=str(ct2), backend="transformers")[0].path == str(merged)
+    assert model_choices(tmp_path, preselect=str(merged), backend="transformers")[0].path == str(merged)
+    lone = _hf_folder(tmp_path / "other")
+    assert model_choices(tmp_path, preselect=str(lone), backend="ct2")[0].path == str(lone)  # the page warns
+
+
+def test_a_typed_model_path_is_a_hub_id_or_a_folder_under_models_dir(tmp_path, monkeypatch):
+    """A page visitor typed ../../etc and got the server's folder listed in the error ("files: .pwd.lock, X11,
+    adduser.conf, …"), and could load any folder; a CTranslate2 folder typed in was offered transformers only."""
+    models = tmp_path / "models"
+    ct2 = models / "mine-ct2"
+    ct2.mkdir(parents=True)
+    (ct2 / "model.bin").write_bytes(b"\0")
+    merged = _hf_folder(models / "mine")
+    assert custom_model_choice(str(ct2), models).backend == "ct2"
+    assert custom_model_choice(str(merged), models).backend == "transformers"
+    hub = custom_model_choice("openai/whisper-small", models)
+    assert (hub.path, hub.backend) == ("openai/whisper-small", None)
+    (tmp_path / "secrets").mkdir()
+    monkeypatch.chdir(models)
+    for outside in ("../secrets", str(tmp_path / "secrets"), "..", f"{ct2}/../../secrets", "/etc"):
+        with pytest.raises(ModelPathError, match="the page loads model folders under .* only"):
+            custom_model_choice(outside, models)
+    assert custom_model_choice("mine-ct2", ".").backend == "ct2"
+
+
+def test_the_input_made_last_is_transcribed():
+    assert pick_audio_input(False, False, None) is None
+    assert pick_audio_input(True, False, "record") == "upload"
+    assert pick_audio_input(False, True, "upload") == "record"
+    assert pick_audio_input(True, True, "record") == "record"  # recorded after uploading (the upload was used)
+    assert pick_audio_input(True, True, "upload") == "upload"
+    assert pick_audio_input(True, True, None) == "upload"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The page (streamlit AppTest: runs the script in-process, no browser)
 
@@ -352,6 +398,25 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
     assert words.count("<span") >= 7 and "quick" in words and "background:hsl(" in words
 
 
+def test_page_refuses_a_typed_folder_outside_models_dir_and_offers_ct2_for_a_ct2_folder(monkeypatch, tmp_path):
+    models = tmp_path / "models"
+    ct2 = models / "x-ct2"
+    ct2.mkdir(parents=True)
+    (ct2 / "model.bin").write_bytes(b"\0")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "id_rsa").write_text("secret", encoding="utf-8")
+    at = _app(monkeypatch, "--models_dir", str(models))
+    at.run()
+    at.sidebar.selectbox[0].select("自定义路径或 hub id (custom path / hub id)…").run()
+    at.sidebar.text_input[0].input(str(tmp_path / "private")).run()
+    assert not at.exception
+    shown = " ".join(e.value for e in [*at.sidebar.error, *at.error])
+    assert "the page loads model folders under" in shown and "id_rsa" not in shown
+    at.sidebar.text_input[0].input(str(ct2)).run()
+    assert not at.exception
+    assert at.sidebar.radio[0].options == ["ct2"]
+
+
 def test_page_reports_invalid_flags(monkeypatch):
     at = _app(monkeypatch, "--backend", "pytorch")
     at.run()
@@ -373,3 +438,27 @@ def test_page_transcribes_microphone_recording(monkeypatch, tmp_path, en_wav):
     assert not at.exception and not at.error
     assert wer([EN_SENTENCE], [at.text_area(key="transcript_text").value]) <= 0.2
     assert len(at.get("download_button")) == 4
+
+    # a recording made while an upload is still there: the one made last is transcribed (it was the upload)
+    silence = tmp_path / "silence.wav"
+    save_wav(silence, np.zeros(SAMPLE_RATE, dtype=np.float32))
+    at.audio_input(key="record").set_value(None).run()
+    at.file_uploader[0].set_value(("silence.wav", silence.read_bytes(), "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert at.text_area(key="transcript_text").value == ""
+    at.audio_input(key="record").set_value(("recording.wav", en_wav.read_bytes(), "audio/wav")).run()
+    assert any("录音 the recording" in c.value for c in at.caption)
+    at.button(key="transcribe").click().run()
+    assert wer([EN_SENTENCE], [at.text_area(key="transcript_text").value]) <= 0.2
+
+
+@pytest.mark.slow
+def test_page_says_an_english_only_model_writes_english_without_detecting(monkeypatch, tmp_path, en_wav):
+    """whisper-tiny.en's caption said "en (检测 detected, 100%)": nothing is detected, it only writes English."""
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-tiny.en",
+              "--backend", "ct2")
+    at.run()
+    at.file_uploader[0].set_value(("en.wav", en_wav.read_bytes(), "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and not at.error
+    assert "language: en (英文模型，未检测 English-only model" in at.caption[0].value, at.caption[0].value

@@ -39,6 +39,10 @@ class UploadError(ValueError):
     """An uploaded file that is not accepted (type, size, empty); the message says why and what works."""
 
 
+class ModelPathError(ValueError):
+    """A model path typed into the page that the page does not load (a folder outside ``--models_dir``)."""
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """One entry of the model list.
@@ -104,10 +108,12 @@ def discover_models(models_dir: str | os.PathLike, max_depth: int = 2) -> list[M
 
 
 def model_choices(models_dir: str | os.PathLike, preselect: str | None = None, *,
-                  prefer_ct2: bool = False) -> list[ModelChoice]:
+                  prefer_ct2: bool = False, backend: str | None = None) -> list[ModelChoice]:
     """Everything the model list offers: ``preselect`` first (if given), local folders, packaged, hub ids. With
     ``prefer_ct2`` (a CPU, where CTranslate2 int8 is the faster backend) a CTranslate2 folder comes before the
-    transformers folder it was exported from (``merge_lora.py --ct2=True``: ``X`` and ``X-ct2``)."""
+    transformers folder it was exported from (``merge_lora.py --ct2=True``: ``X`` and ``X-ct2``). A ``preselect``
+    folder that does not run on ``backend`` (the --backend asked for) gives way to its copy that does (``X`` /
+    ``X-ct2``), if listed."""
     from utils.models import OFFLINE_MODELS
 
     choices = discover_models(models_dir)
@@ -121,11 +127,41 @@ def model_choices(models_dir: str | os.PathLike, preselect: str | None = None, *
                 if name not in OFFLINE_MODELS]
     if preselect:
         same = [c for c in choices if c.path == preselect or Path(c.path) == Path(preselect)]
+        if same and backend and same[0].backend not in (None, backend):
+            copies = {Path(f"{Path(preselect)}-ct2"), Path(str(Path(preselect)).removesuffix("-ct2"))}
+            same = [c for c in choices if c.backend == backend and Path(c.path) in copies] or same
         if same:
             choices = same[:1] + [c for c in choices if c is not same[0]]
         else:
             choices.insert(0, ModelChoice(preselect, preselect, None, "argument"))
     return choices
+
+
+def custom_model_choice(text: str, models_dir: str | os.PathLike) -> ModelChoice:
+    """The model typed into the page: a hub id or packaged name, or a folder inside ``models_dir``, offered with
+    the backend its files need. Other folders of the server are not the page's visitors to load (nor to have
+    listed in an error message): the operator gives them with ``--model_path`` or ``--models_dir``.
+
+    Raises:
+        ModelPathError: ``text`` is a folder or file outside ``models_dir``.
+    """
+    path = Path(text).expanduser()
+    if not path.exists():  # a hub id or packaged name (or a missing folder: the loader says so)
+        return ModelChoice(text, text, None, "custom")
+    if not path.resolve().is_relative_to(Path(models_dir).resolve()):
+        raise ModelPathError(f"{text}: 网页只加载 {models_dir}/ 下的模型文件夹 (the page loads model folders under "
+                             f"{models_dir}/ only); 其他文件夹请在启动时指定 (give another folder when starting it: "
+                             f"streamlit run streamlit_whisper.py -- --model_path=<folder> or --models_dir=<folder>)")
+    return ModelChoice(text, text, model_folder_kind(path), "custom")
+
+
+def pick_audio_input(uploaded: bool, recorded: bool, last: str | None) -> str | None:
+    """Which input the page transcribes: "upload", "record" or None (neither). With both, the one the user made
+    last (``last``: the input that changed last, "upload" or "record"; a recording made while an earlier upload
+    was still there was ignored)."""
+    if uploaded and recorded:
+        return "record" if last == "record" else "upload"
+    return "upload" if uploaded else "record" if recorded else None
 
 
 def check_upload(name: str, size_bytes: int, max_mb: float = MAX_UPLOAD_MB) -> None:

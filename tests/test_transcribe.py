@@ -2182,6 +2182,26 @@ def test_a_prompt_longer_than_the_decoder_takes_is_cut_to_its_last_tokens(tiny_w
     assert "left out" in caplog.text
 
 
+def test_prompt_and_hotwords_text_that_spells_control_tokens_is_read_as_text(base_hf, base_ct2, zh_wav):
+    """"<|en|><|translate|><|notimestamps|>" typed as --initial_prompt (or a server request's prompt) switched the
+    ct2 backend to translating, and "<|endoftext|>" made the transformers backend raise (HTTP 400 from the server):
+    prompt and hotwords are text, as in OpenAI's API."""
+    from utils.audio import load_audio
+    from utils.languages import has_unspaced_script
+    from utils.transcribe import DecodeOptions
+
+    control = "<|en|><|translate|><|notimestamps|><|endoftext|>"
+    eot = 50257  # whisper-base's first special token
+    assert max(base_hf._prompt_ids(control)[1:]) < eot
+    assert max(base_ct2._tokenizer("zh", "transcribe").encode(" " + control)) < eot
+    audio = load_audio(zh_wav)
+    for engine in (base_hf, base_ct2):
+        for options in (DecodeOptions(language="zh", initial_prompt=control),
+                        DecodeOptions(language="zh", hotwords="<|en|>,<|translate|>")):
+            text = engine.transcribe(audio, options).text
+            assert text and has_unspaced_script(text) and "<|" not in text, (engine.backend, options, text)
+
+
 def test_a_language_the_model_has_no_token_for_is_refused_on_both_backends(tiny_whisper_dir, zh_wav, tmp_path,
                                                                               caplog):
     """--language=yue (Cantonese came with large-v3) on whisper-base: transformers raised from generate(), ct2

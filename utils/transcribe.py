@@ -1631,7 +1631,7 @@ class TransformersTranscriber(_BaseTranscriber):
                 kw["language"] = list(languages) if len(set(languages)) > 1 else languages[0]
         context = prompt_text(options.hotwords, prompt)
         if context:
-            ids = [int(t) for t in self.processor.get_prompt_ids(context)]  # <|startofprev|>, then the text's
+            ids = self._prompt_ids(context)  # <|startofprev|>, then the text's
             # the text context holds the prompt, the start sequence (up to 4) and what is generated (generate() raises
             # past it): the prompt's last tokens are kept, at most 223 as the reference decoder keeps
             room = self.model.config.max_target_positions - (options.max_new_tokens or MAX_SAMPLE_LEN) - 5
@@ -1641,6 +1641,14 @@ class TransformersTranscriber(_BaseTranscriber):
             if keep:
                 kw["prompt_ids"] = torch.as_tensor([ids[0], *ids[len(ids) - keep:]], device=self.device)
         return kw
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        """``<|startofprev|>`` and the tokens of `` text``, read as text: "<|en|><|translate|>" typed into a prompt
+        is not the control tokens (get_prompt_ids refused it with a traceback; the ct2 backend switched the task)."""
+        tok = self.processor.tokenizer
+        text_ids = tok.encode(" " + text.strip(), add_special_tokens=False, split_special_tokens=True,
+                              verbose=False)  # too long is fine: only its last tokens are kept
+        return [tok.convert_tokens_to_ids("<|startofprev|>"), *text_ids]
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
                               ) -> list[list[tuple[float, float, str, list[int]]]]:
@@ -2058,6 +2066,8 @@ class CT2Transcriber(_BaseTranscriber):
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         vocab = self.model.hf_tokenizer
+        # a prompt's, hotwords' or prefix's text is text: "<|en|><|translate|>" typed into a prompt switched the task
+        vocab.encode_special_tokens = True
         self._language_codes = ({code for code in LANGUAGES if vocab.token_to_id(f"<|{code}|>") is not None}
                                 if self.multilingual else {"en"})
         config = _ct2_generation_config(model_dir)  # merge_lora.py --ct2 writes one

@@ -73,13 +73,24 @@ def test_slice_fields(tmp_path, audio_dir):
     ({"audio": {"path": "audio/missing.wav"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' .* not found"),
     ({"audio": {"path": "audio"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' audio is a folder"),
     (_rec(sentences=[{"start": 0.5, "end": 0.2, "text": "x"}]), r"'sentences\[0\]' needs 0 <= start <= end"),
-    (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]), r"'sentences\[0\]' ends at 5 s, after[^;]*$"),
+    (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]),
+     r"'sentences\[0\]' ends at 5 s, after the clip's duration 1.0 s; fix its 'end', or 'duration' if that is wrong$"),
     ({"audio": {"path": "audio/a.wav", "start_time": 20.0, "end_time": 26.0}, "sentence": "x", "duration": 6.0,
       "sentences": [{"start": 20.5, "end": 25.5, "text": "x"}]},
      r"ends at 25.5 s, after the clip's duration 6.0 s; its times count from 'audio.start_time'"),
     ({"audio": {"path": "audio\\a.wav"}, "sentence": "x", "duration": 1},
      r"not found .*; it has Windows backslashes: write the path with /"),
-    (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' must be an object with start, end and text"),
+    (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' has no 'end' \(each segment needs start, end"),
+    (_rec(sentences=[{"text": "x"}]), r"'sentences\[0\]' has no 'start' and no 'end'"),
+    (_rec(sentences=["x"]), r"'sentences\[0\]' must be an object \{\"start\": s, .* got str"),
+    # strings satisfy 0 <= start <= end as text: the message said so, and not that they must be numbers
+    (_rec(sentences=[{"start": "0", "end": "0.5", "text": "x"}]),
+     r"'sentences\[0\].start' must be a number of seconds, got '0': write it without quotes"),
+    (_rec(sentences=[{"start": 0.5, "end": 0.9, "text": "x"}, {"start": 0, "end": 0.4, "text": "y"}]),
+     r"'sentences\[1\]' starts at 0 before the previous one ends \(0.9\); the segments are not in time order: list "
+     r"them by start time"),
+    (_rec(sentences=[{"start": 0, "end": 0.6, "text": "x"}, {"start": 0.5, "end": 0.9, "text": "y"}]),
+     r"'sentences\[1\]' starts at 0.5 before the previous one ends \(0.6\); segments must not overlap"),
     (_rec(language=5), r"'language' must be a string"),
     (_rec(language="Klingon"), r"t\.json:2: 'language': unknown language 'Klingon'.*or null to use --language"),
 ])
@@ -242,6 +253,20 @@ def test_sentences_that_say_something_else_than_the_sentence_are_warned_about(tm
     with caplog.at_level("WARNING"):
         load_manifest(m)  # without timestamps the label is 'sentence'
     assert "sentences" not in caplog.text
+
+
+def test_a_timed_segment_of_no_text_is_warned_about(tmp_path, audio_dir, caplog):
+    """Segments [0-2.68 s: "", 3.28-5.9 s: both sentences]: the texts make 'sentence', so nothing was said, and the
+    model learned silence where the first sentence is said. A no-speech line's empty segment is fine."""
+    m = _write(tmp_path / "t.json", [
+        _rec(sentence="天气冷了", sentences=[{"start": 0, "end": 0.3, "text": " "},
+                                         {"start": 0.4, "end": 0.9, "text": "天气冷了"}]),
+        _rec(sentence="", sentences=[{"start": 0, "end": 0.9, "text": ""}]),
+    ])
+    with caplog.at_level("WARNING"):
+        load_manifest(m, timestamps=True)
+    assert "1 line(s) with a timed segment of no text while 'sentence' has words (line 1)" in caplog.text
+    assert "do not make their 'sentence'" not in caplog.text
 
 
 def test_empty_and_missing_manifest(tmp_path):

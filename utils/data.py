@@ -158,24 +158,35 @@ def validate_record(obj: Any, where: str) -> None:
         return
     if not isinstance(sentences, list):
         raise ManifestError(f"{where}: 'sentences' must be a list of {{start, end, text}} objects")
-    prev_end = 0.0
+    prev_start, prev_end = 0.0, 0.0
     for j, seg in enumerate(sentences):
-        if not isinstance(seg, dict) or not {"start", "end", "text"} <= seg.keys():
-            raise ManifestError(f"{where}: 'sentences[{j}]' must be an object with start, end and text")
+        if not isinstance(seg, dict):
+            raise ManifestError(f"{where}: 'sentences[{j}]' must be an object {{\"start\": s, \"end\": s, \"text\": "
+                                f"\"...\"}}, got {type(seg).__name__}")
+        missing = [k for k in ("start", "end", "text") if k not in seg]
+        if missing:
+            raise ManifestError(f"{where}: 'sentences[{j}]' has no {' and no '.join(repr(k) for k in missing)} (each "
+                                "segment needs start, end and text)")
         s, e, t = seg["start"], seg["end"], seg["text"]
-        if not _is_number(s) or not _is_number(e) or s < 0 or e < s:
+        for key, value in (("start", s), ("end", e)):
+            if not _is_number(value):
+                hint = ": write it without quotes" if isinstance(value, str) else ""
+                raise ManifestError(f"{where}: 'sentences[{j}].{key}' must be a number of seconds, got {value!r}{hint}")
+        if s < 0 or e < s:
             raise ManifestError(f"{where}: 'sentences[{j}]' needs 0 <= start <= end (seconds), got {s!r}..{e!r}")
         if s < prev_end - 1e-3:
+            fix = ("the segments are not in time order: list them by start time" if e <= prev_start + 1e-3 else
+                   "segments must not overlap: fix their times")
             raise ManifestError(f"{where}: 'sentences[{j}]' starts at {s} before the previous one ends ({prev_end}); "
-                                "segments must not overlap: fix their times")
+                                + fix)
         if e > duration + 0.05:
             sliced = obj["audio"].get("start_time") is not None
             raise ManifestError(f"{where}: 'sentences[{j}]' ends at {e} s, after the clip's duration {duration} s"
                                 + ("; its times count from 'audio.start_time' (the slice's start), not from the "
-                                   "file's" if sliced else ""))
+                                   "file's" if sliced else "; fix its 'end', or 'duration' if that is wrong"))
         if not isinstance(t, str):
             raise ManifestError(f"{where}: 'sentences[{j}].text' must be a string")
-        prev_end = e
+        prev_start, prev_end = s, e
 
 
 def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -> int:
@@ -373,6 +384,7 @@ def load_manifest(
     skipped_invalid = skipped_short = skipped_long = timestamped = 0
     left_out_lines: list[int] = []  # the first lines left out by the duration bounds, for the log
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
+    textless: list[int] = []  # lines with a segment of no text, their 'sentence' not empty
     wrong_duration: list[str] = []  # lines left out by their 'duration' that their audio does not have
     checked_left_out = 0  # of the first MAX_LEFT_OUT_CHECKED left out, whose headers were read
     invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
@@ -449,6 +461,8 @@ def load_manifest(
             timestamped += bool(obj.get("sentences"))
             if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
                 other_text.append(lineno)
+            elif timestamps and obj["sentence"].strip() and any(not seg["text"].strip() for seg in obj["sentences"]):
+                textless.append(lineno)  # the texts make 'sentence', yet one stretch is taught as silence
     if invalid:
         if skipped_invalid == 1:
             raise invalid[0]
@@ -461,6 +475,11 @@ def load_manifest(
                        "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "
                        "say the same", path, len(other_text), "s" if len(other_text) > 1 else "",
                        ", ".join(map(str, other_text[:5])) + (" …" if len(other_text) > 5 else ""))
+    if textless:
+        logger.warning("%s: %d line(s) with a timed segment of no text while 'sentence' has words (line%s %s): the "
+                       "model learns silence there and the words in the other segments' times; leave silent "
+                       "stretches out of 'sentences'", path, len(textless), "s" if len(textless) > 1 else "",
+                       ", ".join(map(str, textless[:5])) + (" …" if len(textless) > 5 else ""))
     if wrong_duration:
         shown = wrong_duration[:MAX_INVALID_LISTED]
         logger.warning("%s: clips dropped by a 'duration' that is not their audio's length (of the first %d such "

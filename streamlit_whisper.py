@@ -22,7 +22,7 @@ from typing import Any
 
 import streamlit as st
 
-from utils.audio import SAMPLE_RATE, AudioLoadError
+from utils.audio import SAMPLE_RATE, AudioLoadError, truncated_message, wav_bytes_truncation
 from utils.cli import add_backend_arg, add_bool, make_parser, optional_str, setup_logging
 from utils.webui import (
     MAX_UPLOAD_MB,
@@ -222,6 +222,8 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any], sentimen
         lang = f"{transcript.language} (检测 detected, {transcript.language_probability:.0%})"
     st.caption(f"语言 language: {lang} · 时长 duration: {transcript.duration:.1f} s · "
                f"耗时 took: {result['seconds']:.1f} s · 模型 model: {result['model']}")
+    if result.get("truncated"):
+        st.warning(f"文件不完整 (incomplete file): {truncated_message(name, *result['truncated'])}")
     st.text_area("文本 (text)", transcript.text, height=120, key="transcript_text")
     cols = st.columns(4)
     for col, dl in zip(cols, transcript_downloads(transcript, name), strict=True):
@@ -283,7 +285,7 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
     return {"transcript": transcript, "audio": audio, "seconds": time.perf_counter() - start,
             "model": f"{settings.model_path} [{settings.backend}]",
             "language_given": engine.multilingual and engine.fixed_language(options) is not None,
-            "english_only": not engine.multilingual}
+            "english_only": not engine.multilingual, "truncated": wav_bytes_truncation(data)}
 
 
 def add_sentiment(result: dict[str, Any], args: argparse.Namespace, name: str) -> None:

@@ -158,6 +158,19 @@ def test_a_wav_cut_short_is_read_with_a_warning_naming_both_durations(tmp_path, 
     assert warnings == [f"{cut}: truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut "
                         "short?); using the 1.00 s there are"]  # once per file, not once per read
 
+    # an upload (the web UI, the server) or a dataset row's bytes: the same warning, naming the upload
+    from utils.audio import decode_audio_bytes, wav_bytes_truncation
+
+    assert wav_bytes_truncation(cut.read_bytes()) == pytest.approx((2.0, 1.0))
+    assert wav_bytes_truncation(full.read_bytes()) is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="utils.audio"):
+        assert decode_audio_bytes(cut.read_bytes(), "会议.wav").shape == (16000,)
+        decode_audio_bytes(full.read_bytes(), "full.wav")
+    assert [r.getMessage() for r in caplog.records] == [
+        "会议.wav: truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut short?); using "
+        "the 1.00 s there are"]
+
 
 def test_quietest_point_is_the_middle_of_the_quietest_stretch():
     """Where a dense window without a pause is cut in two: the centre of its quietest 50 ms in the range given."""

@@ -369,7 +369,7 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
 
     at.file_uploader[0].set_value(("en.wav", en_wav.read_bytes(), "audio/wav")).run()
     at.button(key="transcribe").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error and not at.warning
     assert wer([EN_SENTENCE], [at.text_area(key="transcript_text").value]) <= 0.2
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["下载 TXT", "下载 SRT", "下载 VTT", "下载 JSON"]
@@ -415,6 +415,20 @@ def test_page_refuses_a_typed_folder_outside_models_dir_and_offers_ct2_for_a_ct2
     at.sidebar.text_input[0].input(str(ct2)).run()
     assert not at.exception
     assert at.sidebar.radio[0].options == ["ct2"]
+
+
+@pytest.mark.slow
+def test_page_warns_that_an_uploaded_wav_is_cut_short(monkeypatch, tmp_path, en_wav):
+    """A wav cut to its first half was transcribed as if whole, without a word."""
+    data = en_wav.read_bytes()
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-base", "--backend", "ct2")
+    at.run()
+    at.file_uploader[0].set_value(("cut.wav", data[:len(data) // 2], "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and not at.error
+    assert at.warning[0].value.startswith("文件不完整 (incomplete file): cut.wav: truncated wav: its header says ")
+    at.sidebar.checkbox[1].check().run()  # a rerun showing the stored result keeps the warning
+    assert at.warning and "truncated wav" in at.warning[0].value
 
 
 def test_page_reports_invalid_flags(monkeypatch):

@@ -118,6 +118,16 @@ def wav_truncation(path: str | os.PathLike) -> tuple[float, float] | None:
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
+    return _wav_truncation(head, size)
+
+
+def wav_bytes_truncation(data: bytes) -> tuple[float, float] | None:
+    """:func:`wav_truncation` of a file's bytes (an upload)."""
+    return _wav_truncation(data[:1 << 16], len(data))
+
+
+def _wav_truncation(head: bytes, size: int) -> tuple[float, float] | None:
+    """:func:`wav_truncation` of a file of ``size`` bytes that starts with ``head``."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, rate, block_align = 12, 0, 0
@@ -135,14 +145,11 @@ def wav_truncation(path: str | os.PathLike) -> tuple[float, float] | None:
     return None
 
 
-def _warn_if_truncated(path: str) -> None:
-    if path in _warned_truncated:
-        return
-    cut = wav_truncation(path)
-    if cut is not None:
-        _warned_truncated.add(path)
-        logger.warning("%s: truncated wav: its header says %.2f s but the file holds only %.2f s (a copy cut "
-                       "short?); using the %.2f s there are", path, cut[0], cut[1], cut[1])
+def _warn_if_truncated(name: str, cut: tuple[float, float] | None) -> None:
+    """Log :func:`truncated_message` once per file ``name`` (not once per epoch) when ``cut`` is not None."""
+    if cut is not None and name not in _warned_truncated:
+        _warned_truncated.add(name)
+        logger.warning(truncated_message(name, *cut))
 
 
 def _read_ffmpeg(path: str, start_time: float | None, end_time: float | None, sample_rate: int,
@@ -236,7 +243,7 @@ def load_audio(
     try:
         data, sr = _read_soundfile(path, start_time, end_time)
         samples = resample(_to_mono(data, path), sr, sample_rate)
-        _warn_if_truncated(path)
+        _warn_if_truncated(path, wav_truncation(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         if isinstance(e, AudioLoadError):
             raise
@@ -278,7 +285,14 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
         raise AudioLoadError(f"{name}: no audio samples decoded (empty or corrupt file)")
     if not np.isfinite(samples).all():
         raise AudioLoadError(f"{name}: decoded audio contains NaN/inf values (corrupt file)")
+    _warn_if_truncated(name, wav_bytes_truncation(data))
     return samples
+
+
+def truncated_message(name: str, said: float, held: float) -> str:
+    """The warning about a truncated wav (:func:`wav_truncation`'s figures)."""
+    return (f"{name}: truncated wav: its header says {said:.2f} s but the file holds only {held:.2f} s (a copy cut "
+            f"short?); using the {held:.2f} s there are")
 
 
 def load_record_audio(record) -> np.ndarray:

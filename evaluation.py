@@ -29,7 +29,7 @@ from itertools import islice
 import numpy as np
 from tqdm import tqdm
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, load_record_audio
+from utils.audio import SAMPLE_RATE, WINDOW_S, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
                        make_parser, path_arg, positive_int, resolve_encoder_window, seed_int, setup_logging)
@@ -64,7 +64,8 @@ def build_parser():
     parser.add_argument("--batch_size", type=int, default=16, help="utterances decoded at once")
     parser.add_argument("--beam_size", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument("--num_beams", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --beam_size
-    add_audio_length_args(parser, min_default=0.0)
+    add_audio_length_args(parser, min_default=0.0,
+                          max_help="; a clip longer than 30 s is read as infer.py reads a long file")
     add_hidden_alias(parser, "--min_duration", "--min_audio_len")
     add_hidden_alias(parser, "--max_duration", "--max_audio_len")
     parser.add_argument("--limit", type=positive_int, default=None,
@@ -132,8 +133,12 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         words: dict[int, list[dict]] = {}
         for language in dict.fromkeys(spoken.values()):
             rows = [j for j in ok if spoken[j] == language]
-            for j, t in zip(rows, engine.transcribe_batch([audios[j] for j in rows],
-                                                          replace(options, language=language))):
+            asked = replace(options, language=language)
+            short = [j for j in rows if len(audios[j]) <= WINDOW_S * SAMPLE_RATE]
+            transcripts = dict(zip(short, engine.transcribe_batch([audios[j] for j in short], asked)))
+            # a clip longer than one window (--max_audio_len above 30) is read as infer.py reads a long file
+            transcripts.update((j, engine.transcribe(audios[j], asked)) for j in rows if j not in transcripts)
+            for j, t in transcripts.items():
                 hyps[j] = t.text
                 at = batch[j].start_time or 0.0  # a slice's words where they are in its recording
                 words[j] = [{"word": w.word, "start": round(at + w.start, 3), "end": round(at + w.end, 3),

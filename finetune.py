@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_args(g, splits={"train_split": "train", "test_split": "test"}, streaming=True)
     g.add_argument("--shuffle_buffer", type=int, default=1000,
                    help="--streaming: items held to shuffle the stream (more = better mixed, more memory)")
-    add_audio_length_args(g, min_default=0.5)
+    add_audio_length_args(g, min_default=0.5, max_help=", <= 30: one window")
     g.add_argument("--language", type=optional_str, default="Chinese",
                    help="language of items without their own 'language'; None = multilingual / auto")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import evaluation
+from utils.audio import SAMPLE_RATE
 from tests.conftest import EN_SENTENCE, ZH_SENTENCE
 
 
@@ -194,6 +195,28 @@ def test_whisper_base_scores_english_clip(whisper_base_dir, en_wav, tmp_path):
                                    f"--backend={backend}", f"--encoder_window_seconds={window}")
             assert rc == 0 and report["wer"] < 0.35, report
             assert report["encoder_window_seconds"] == (15.0 if window == "auto" else None)
+
+
+def test_a_clip_longer_than_a_window_is_scored_when_max_audio_len_lets_it_in(en_wav, tmp_path):
+    """--max_audio_len=60 with a 36 s clip ended in transcribe_batch's traceback ("clips of at most 30 s"); such a
+    clip is read as infer.py reads a long file, beside the short one decoded in the batch."""
+    from utils.audio import load_audio, save_wav
+
+    speech = load_audio(en_wav)
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    long_wav = tmp_path / "long.wav"
+    save_wav(long_wav, np.concatenate([speech, pause] * 9))
+    long_s = len(np.concatenate([speech, pause] * 9)) / SAMPLE_RATE
+    assert 30 < long_s < 60
+    m = tmp_path / "m.json"
+    m.write_text("".join(json.dumps({"audio": {"path": str(a)}, "sentence": text, "duration": dur}) + "\n"
+                         for a, text, dur in ((en_wav, EN_SENTENCE, 3.0),
+                                              (long_wav, " ".join([EN_SENTENCE] * 9), long_s))), encoding="utf-8")
+    rc, report = _evaluate("openai/whisper-base", m, tmp_path / "r.json", "--metric=wer", "--language=en",
+                           "--backend=ct2", "--max_audio_len=60")
+    assert rc == 0 and report["utterances_scored"] == 2 and report["wer"] < 0.35, report
+    long = next(u for u in report["utterances"] if u["audio"].endswith("long.wav"))
+    assert long["hypothesis"].count("lazy dog") >= 8, long  # all of it was read, not its first 30 s
 
 
 def test_each_clip_is_decoded_in_its_own_language_as_training_eval_does(repo_root, tmp_path, caplog):

@@ -124,12 +124,13 @@ def add_to_simple_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 
 def add_audio_length_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, min_default: float,
-                          max_default: float = 30.0) -> None:
-    """``--min_audio_len`` / ``--max_audio_len``: the clips of a manifest that are used (finetune, evaluation)."""
+                          max_default: float = 30.0, max_help: str = "") -> None:
+    """``--min_audio_len`` / ``--max_audio_len``: the clips of a manifest that are used (finetune, evaluation);
+    ``max_help``: what the script says of longer clips."""
     parser.add_argument("--min_audio_len", type=float, default=min_default,
                         help="leave out clips shorter than this (s)")
     parser.add_argument("--max_audio_len", type=float, default=max_default,
-                        help="leave out clips longer than this (s, <= 30)")
+                        help=f"leave out clips longer than this (s{max_help})")
 
 
 def add_dataset_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, splits: dict[str, str],

@@ -227,7 +227,8 @@ def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] |
     if args.streaming and is_manifest(args.test_data):
         logger.warning("--streaming applies to datasets; %s is a manifest, read whole", args.test_data)
     dataset = DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
-                             text_column=args.text_column, streaming=args.streaming)
+                             text_column=args.text_column, streaming=args.streaming,
+                             local_files_only=args.local_files_only)
     if args.streaming and not is_manifest(args.test_data):
         records = iter_dataset_records(args.test_data, split=args.test_split, split_flag="--test_split",
                                        options=dataset, min_duration=args.min_audio_len,

@@ -26,7 +26,7 @@ from typing import Any
 
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, int_at_least,
                        make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
-from utils.data import missing_manifest_message
+from utils.data import ManifestError, missing_manifest_message
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
 from utils.device import choose_precision
@@ -314,7 +314,7 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
 
     from utils.augment import AugmentConfigError, load_augment_config
     from utils.audio import WINDOW_S
-    from utils.data import Manifest, ManifestError, check_clips, check_model_language, log_clip_warnings
+    from utils.data import Manifest, check_clips, check_model_language, log_clip_warnings
     from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
     from utils.train_data import LabelTokens, SpeechDataset
@@ -336,7 +336,7 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
     lengths = dict(min_duration=args.min_audio_len, max_duration=args.max_audio_len, encode=encode,
                    timestamps=args.timestamps, languages=tokens.languages if tokens.multilingual else None,
                    dataset=DatasetOptions(config=args.dataset_config, audio_column=args.audio_column,
-                                          text_column=args.text_column))
+                                          text_column=args.text_column, local_files_only=args.local_files_only))
     try:
         if args.streaming:  # read as it comes, in the DataLoader; checked item by item
             train_manifest = DatasetStream(args.train_data, split=args.train_split, split_flag="--train_split",
@@ -568,6 +568,8 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
                                   "--resume_from_checkpoint=auto") from None
     except AudioLoadError as e:  # from a DataLoader worker, the message carries the worker's traceback
         raise FinetuneError(f"{worker_error_message(e)}; fix or remove that line{_resume_hint(run_dir)}") from e
+    except ManifestError as e:  # a streamed dataset's row, checked as it arrives (in a DataLoader worker)
+        raise FinetuneError(f"{worker_error_message(e)}{_resume_hint(run_dir)}") from e
     except torch.cuda.OutOfMemoryError as e:
         raise FinetuneError(
             f"out of GPU memory at --per_device_train_batch_size={args.per_device_train_batch_size}: try a "

@@ -126,14 +126,28 @@ def test_parquet_file_glob_folder_and_stream_agree(demo):
     assert [round(r.duration, 3) for r in streamed] == [round(float(t), 3) for t in one.durations]
 
 
-def test_columns_are_found_named_or_refused(demo):
+def test_columns_are_found_named_or_refused(demo, tmp_path, caplog):
     saved = str(demo["dir"] / "saved")
+    datasets.load_from_disk(saved)["test"].remove_columns(["sentence"]).save_to_disk(str(tmp_path / "no_text"))
     named = load_data(saved, split="test", split_flag="--test_split",
                       dataset=DatasetOptions(text_column="client_id"))
     assert [r.sentence for r in named] == [f"speaker{i}" for i in range(N_TEST)]
-    with pytest.raises(DatasetError, match=r"no text column transcript \(columns: audio, sentence, client_id\); "
+    # --text_column names the train, test and replay data's column alike: a source without it uses its own text
+    # column, with a warning (following "name it with --text_column" could not work for both)
+    with caplog.at_level("WARNING"):
+        other = load_data(saved, split="test", split_flag="--test_split",
+                          dataset=DatasetOptions(text_column="transcript"))
+    assert [r.sentence for r in other] == [s for _, s, _ in demo["test"]]
+    assert "no column transcript (--text_column); using its text column sentence" in caplog.text
+    with pytest.raises(DatasetError, match=r"no text column transcript \(columns: audio, client_id\); "
                                            r"name it with --text_column"):
-        load_data(saved, split="test", split_flag="--test_split", dataset=DatasetOptions(text_column="transcript"))
+        load_data(str(tmp_path / "no_text"), split="test", split_flag="--test_split",
+                  dataset=DatasetOptions(text_column="transcript"))
+    with pytest.raises(DatasetError, match=r"no text column \(columns: audio, client_id\); name it with"):
+        load_data(str(tmp_path / "no_text"), split="test", split_flag="--test_split")
+    # a pyarrow traceback ("Field "audio" exists 2 times in schema") before
+    with pytest.raises(DatasetError, match=r"--audio_column and --text_column both name 'audio'"):
+        load_data(saved, split="test", split_flag="--test_split", dataset=DatasetOptions(text_column="audio"))
     with pytest.raises(DatasetError, match=r"#0: 'client_id' holds str, not an audio file|audio file not found"):
         load_data(saved, split="test", split_flag="--test_split", dataset=DatasetOptions(audio_column="client_id"))
 
@@ -166,7 +180,7 @@ def test_labels_longer_than_whisper_allows_are_refused(demo, tiny_whisper_dir):
                   encode=lambda t: tok.encode(t, add_special_tokens=False))
 
 
-def test_what_is_not_a_dataset_and_an_unreachable_hub(tmp_path):
+def test_what_is_not_a_dataset_and_an_unreachable_hub(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="a folder but not a dataset"):
         load_data(str(tmp_path / "empty"), split="train", split_flag="--train_split")
@@ -182,6 +196,15 @@ def test_what_is_not_a_dataset_and_an_unreachable_hub(tmp_path):
     assert "DatasetError: mozilla-foundation/common_voice_17_0: not a local file or folder, and the Hugging Face " \
            "hub cannot be reached" in proc.stderr
     assert "save_to_disk" in proc.stderr
+    # --local_files_only keeps the hub out at once (it waited ~25 s on the hub), and a mistyped local path whose
+    # first folder exists is not taken for a hub name (it waited, then said the hub cannot be reached)
+    with pytest.raises(DatasetError, match="--local_files_only=True keeps the Hugging Face hub out"):
+        load_data("mozilla-foundation/common_voice_17_0", split="train", split_flag="--train_split",
+                  dataset=DatasetOptions(local_files_only=True))
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=r"data/my_dataset: not found \(data/ is a local folder"):
+        load_data("data/my_dataset", split="train", split_flag="--train_split", dataset=DatasetOptions())
 
 
 def test_finetune_trains_on_a_dataset_folder_and_an_audiofolder(tiny_whisper_dir, demo, tmp_path, caplog):
@@ -303,9 +326,30 @@ def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, ca
     assert "streamed (shuffle buffer 1000, rank 0 of 1), eval: 4 clips" in caplog.text
     state = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    assert not any("epoch" in e for e in state["log_history"])  # a stream has none (it logged epoch=1.08e-19)
     with pytest.raises(SystemExit):
         finetune.main([*common, "--streaming=True"])
     assert "--streaming: a stream has no length, so give the run's length with --max_steps" in capsys.readouterr().err
+
+
+def test_a_bad_row_met_while_streaming_stops_the_run_with_one_message_naming_its_row(tiny_whisper_dir, demo,
+                                                                                       tmp_path, caplog):
+    """Broken audio in row 2 of a local dataset streamed for training: a DataLoader worker's multi-screen traceback,
+    naming '#0' (its place in the shuffled stream); now one message naming row 2, and exit 1."""
+    rows = demo["train"]
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not a wav file at all" * 10)
+    paths = [p for p, _, _ in rows[:2]] + [str(broken)] + [p for p, _, _ in rows[2:4]]
+    ds = datasets.Dataset.from_dict({"audio": paths, "sentence": ["好"] * len(paths)})
+    ds.cast_column("audio", datasets.Audio(sampling_rate=16000)).save_to_disk(str(tmp_path / "bad"))
+    out = tmp_path / "out"
+    args = [*_short_run(tiny_whisper_dir, demo, out), f"--train_data={tmp_path / 'bad'}", "--streaming=True",
+            "--max_steps=4", "--num_workers=1"]
+    with caplog.at_level("ERROR"):
+        assert finetune.main(args) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Traceback" not in errors[0], errors
+    assert errors[0].startswith(f"{tmp_path / 'bad'}#2: 'audio' ") and "fix or remove that row" in errors[0]
 
 
 def _short_run(tiny_whisper_dir, demo, out) -> list[str]:

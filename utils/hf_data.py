@@ -44,18 +44,23 @@ METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
+_ROW = "__row__"  # the column a shuffled local dataset gets: each item's row, for messages
+
+
 class DatasetError(ManifestError):
     """A dataset cannot be opened or an item is invalid; the message names the dataset, split, row and fix."""
 
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    """How to read a Hugging Face dataset: hub config, column names (None = found by name), streaming."""
+    """How to read a Hugging Face dataset: hub config, column names (None = found by name), streaming, whether the
+    hub may be asked (``local_files_only``: no, as for the model)."""
 
     config: str | None = None
     audio_column: str | None = None
     text_column: str | None = None
     streaming: bool = False
+    local_files_only: bool = False
 
 
 def is_manifest(spec: str) -> bool:
@@ -267,10 +272,13 @@ def _load_parquet(files: dict[str, list[str]], streaming: bool, spec: str) -> An
         raise DatasetError(f"{spec}: cannot read it as parquet ({str(e).splitlines()[0]})") from e
 
 
-def _open_split(spec: str, split: str, split_flag: str, config: str | None, streaming: bool) -> tuple[Any, str | None]:
+def _open_split(spec: str, split: str, split_flag: str, options: DatasetOptions, streaming: bool
+                ) -> tuple[Any, str | None]:
     """The split of ``spec`` as a ``datasets.Dataset`` (or ``IterableDataset`` when streaming a hub/parquet
     source) and the split's name (None for a source without splits)."""
     import datasets
+
+    config = options.config
 
     if os.path.isdir(spec):
         if os.path.isfile(os.path.join(spec, "dataset_dict.json")):
@@ -293,6 +301,13 @@ def _open_split(spec: str, split: str, split_flag: str, config: str | None, stre
     if os.path.exists(spec) or not _HUB_NAME.fullmatch(spec):
         raise DatasetError(f"{spec}: not a manifest (.json/.jsonl), a dataset folder, parquet files or a Hugging "
                            "Face hub dataset name")
+    first = spec.split("/")[0]
+    if "/" in spec and os.path.isdir(first):  # data/my_dataset: a local path mistyped, not a hub name
+        raise DatasetError(f"{spec}: not found ({first}/ is a local folder, so this is not taken for a hub dataset "
+                           "name); check the path")
+    if options.local_files_only:
+        raise DatasetError(f"{spec}: not a local file or folder, and --local_files_only=True keeps the Hugging Face "
+                           "hub out; give a local dataset (save_to_disk folder, audiofolder, parquet, manifest)")
     try:
         ds = datasets.load_dataset(spec, config, split=split, streaming=streaming)
     except ConnectionError as e:
@@ -305,19 +320,30 @@ def _open_split(spec: str, split: str, split_flag: str, config: str | None, stre
 
 
 def _columns(ds: Any, spec: str, options: DatasetOptions) -> tuple[str, str]:
-    """(audio column, text column): the given names, else the Audio feature / first known text name."""
+    """(audio column, text column): the given names, else the Audio feature / first known text name. A name given
+    that this source lacks (the flags name the train, test and replay data's columns alike) gives way, with a
+    warning, to the column found by its kind."""
     from datasets import Audio
 
     names = list(ds.column_names or [])
     features = ds.features or {}
     have = ", ".join(names)
-    audio = options.audio_column or next((n for n in names if isinstance(features.get(n), Audio)),
-                                         "audio" if "audio" in names else None)
-    if audio is None or audio not in names:
-        raise DatasetError(f"{spec}: no audio column {audio or ''} (columns: {have}); name it with --audio_column")
-    text = options.text_column or next((n for n in TEXT_COLUMNS if n in names), None)
-    if text is None or text not in names:
-        raise DatasetError(f"{spec}: no text column {text or ''} (columns: {have}); name it with --text_column")
+    found_audio = next((n for n in names if isinstance(features.get(n), Audio)), "audio" if "audio" in names else None)
+    found_text = next((n for n in TEXT_COLUMNS if n in names), None)
+    picked = []
+    for kind, given, found, flag in (("audio", options.audio_column, found_audio, "--audio_column"),
+                                     ("text", options.text_column, found_text, "--text_column")):
+        if given and given not in names and found:
+            logger.warning("%s: no column %s (%s); using its %s column %s", spec, given, flag, kind, found)
+            given = None
+        column = given or found
+        if column is None or column not in names:
+            raise DatasetError(f"{spec}: no {kind} column{f' {column}' if column else ''} (columns: {have}); name it "
+                               f"with {flag}")
+        picked.append(column)
+    audio, text = picked
+    if audio == text:
+        raise DatasetError(f"{spec}: --audio_column and --text_column both name {audio!r} (columns: {have})")
     return audio, text
 
 
@@ -349,7 +375,7 @@ def _duration_of(audio: Any, base_dir: str | None, where: str, column: str) -> f
         data, path = _audio_parts(audio, base_dir)
         return audio_bytes_duration(data, name=path or where) if data is not None else audio_duration(path)
     except (DatasetError, AudioLoadError) as e:
-        raise DatasetError(f"{where}: '{column}' {e}") from e
+        raise DatasetError(f"{where}: '{column}' {e}; fix or remove that row") from e
 
 
 def load_dataset_source(
@@ -372,7 +398,7 @@ def load_dataset_source(
     Raises:
         DatasetError: the source cannot be opened, a column is missing, or a row is invalid (unless skipped).
     """
-    ds, split_name = _open_split(spec, split, split_flag, options.config, streaming=False)
+    ds, split_name = _open_split(spec, split, split_flag, options, streaming=False)
     audio_column, text_column = _columns(ds, spec, options)
     numeric = {"float32", "float64", "int32", "int64"}
     duration_feature = (ds.features or {}).get("duration")
@@ -438,7 +464,7 @@ class DatasetStream:
 
     def __init__(self, spec: str, *, split: str, split_flag: str, options: DatasetOptions = DatasetOptions(),
                  min_duration: float = 0.0, max_duration: float = 30.0) -> None:
-        ds, self.split = _open_split(spec, split, split_flag, options.config, streaming=options.streaming)
+        ds, self.split = _open_split(spec, split, split_flag, options, streaming=options.streaming)
         self.audio_column, self.text_column = _columns(ds, spec, options)
         self.dataset = _undecoded(ds.select_columns([self.audio_column, self.text_column]), self.audio_column)
         self.base_dir = source_folder(spec)
@@ -453,9 +479,11 @@ class DatasetStream:
         import datasets
 
         ds = self.dataset
+        known_rows = isinstance(ds, datasets.Dataset)  # a local dataset: items named by their row, in any order
         if seed is not None or world_size > 1:
-            if isinstance(ds, datasets.Dataset):
-                ds = ds.to_iterable_dataset(num_shards=min(64, max(1, len(ds))))
+            if known_rows:
+                ds = ds.add_column(_ROW, list(range(len(ds)))).to_iterable_dataset(
+                    num_shards=min(64, max(1, len(ds))))
             if seed is not None:
                 ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
                 ds.set_epoch(epoch)
@@ -465,7 +493,8 @@ class DatasetStream:
                 ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
         left_out = 0
         for n, item in enumerate(ds):
-            where = _row_label(self.name, self.split, f"{n} of rank {rank}" if world_size > 1 else n)
+            where = _row_label(self.name, self.split, item.get(_ROW, n) if known_rows else
+                               f"{n} of this epoch's stream" + (f" on rank {rank}" if world_size > 1 else ""))
             text = _checked_text(item[self.text_column], where, self.text_column)
             duration = _duration_of(item[self.audio_column], self.base_dir, where, self.audio_column)
             if duration < self.min_duration or 0 < self.max_duration < duration:

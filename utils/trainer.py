@@ -1071,9 +1071,11 @@ class Trainer:
             sums = acc.reduce(torch.tensor([running_loss, float(running_tokens)], dtype=torch.float32,
                                            device=acc.device), reduction="sum")
             if float(sums[1]) > 0:
-                self._log({"step": state.global_step, "loss": float(sums[0] / sums[1]) + penalty,
-                           "learning_rate": learning_rate,
-                           "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch})
+                entry = {"step": state.global_step, "loss": float(sums[0] / sums[1]) + penalty,
+                         "learning_rate": learning_rate}
+                if not self.streaming:  # a stream has no epochs (it logged epoch=1.08e-19)
+                    entry["epoch"] = state.epoch + state.batch_in_epoch / self.batches_per_epoch
+                self._log(entry)
         if o.eval_steps > 0 and state.global_step % o.eval_steps == 0:
             self._evaluate_and_keep_best()
         if o.save_steps > 0 and state.global_step % o.save_steps == 0:

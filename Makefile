@@ -17,6 +17,7 @@ help:
 	@echo "make install    create .venv and install everything (apt packages too when run as root)"
 	@echo "make test       install, then run the whole test suite (what CI runs)"
 	@echo "make test-fast  run the tests not marked slow"
+	@echo "                (both take PYTEST_ARGS, e.g. make test PYTEST_ARGS=\"-q tests/test_text.py\")"
 	@echo "make demo       fine-tune whisper-base on the demo corpus, merge, evaluate (CPU: 3-7 min on 2 cores)"
 	@echo "make gpu-check  on a GPU machine: CUDA tests, memory table, short fine-tune (tools/gpu_check.py)"
 
@@ -58,9 +59,10 @@ test: install
 demo: install-core
 	$(PY) tools/demo.py
 
-# on a GPU machine with its own torch (no .venv, no internet); see tools/gpu_check.py for the wheels to carry
+# on a GPU machine: the .venv's Python when there is one (make install), else $(PYTHON) with its own torch (no
+# internet); see tools/gpu_check.py for the wheels to carry
 gpu-check:
-	$(PYTHON) tools/gpu_check.py --out gpu_check
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) tools/gpu_check.py --out gpu_check
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

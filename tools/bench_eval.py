@@ -20,9 +20,11 @@ factor and the error rate; with the CPU flags.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    atexit.register(shutil.rmtree, work, True)
     extra = args.eval_args.split()
     sets = {"test": args.test_data, "pairs": str(paired_manifest(args.test_data, work))}
     run(args.model_path, args.test_data, args.metric, extra, work / "warmup.json", limit=4)

@@ -34,8 +34,10 @@ audio), as a classroom where a teacher repeats a sentence:
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                             frames=frames)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_infer_"))
+    atexit.register(shutil.rmtree, tmp, True)  # the recordings built for this run
     metric = "cer"
     if args.recording == "en_long":
         wav, reference, seconds = build_recording("dataset/general/general_en.json", 102.0, tmp, sep=" ")
@@ -348,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         wav, reference, seconds = build_recording(args.test_data, args.min_seconds, tmp)
     wav, noise = room_and_noise(wav, args.reverb, args.snr_db)
-    print(f"recording: {wav} ({seconds:.1f} s{noise}, {len(reference)} reference characters), threads={args.threads}")
+    size = f"{len(reference.split())} reference words" if metric == "wer" else f"{len(reference)} reference characters"
+    print(f"recording: {wav} ({seconds:.1f} s{noise}, {size}), threads={args.threads}")
     if args.whole_process == "True":
         whole_process(ct2_dir, wav, reference, seconds, args.language, args.threads, args.repeats, metric,
                       [flags.split() for flags in args.infer_args or [""]])
@@ -398,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         "fw_seq_int8": ("faster-whisper WhisperModel.transcribe int8 sequential (beam 5)", lambda: fw_mode(False)),
     }
     print(f"{'mode':<66} {'time s':>7} {'RTF':>6} {metric.upper():>7}")
+    unknown = [key for key in args.modes.split(",") if key not in modes]
+    if unknown:
+        print(f"--modes: unknown {', '.join(unknown)}; the modes: {', '.join(modes)}", file=sys.stderr)
+        return 2
     for key in args.modes.split(","):
         label, make = modes[key]
         run = make()

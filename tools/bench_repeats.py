@@ -27,6 +27,8 @@ repeating sentences in a classroom.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     default_unread = engine_module.MAX_UNREAD_SPEECH_S
     print(f"CPU flags: {cpu_report()}")
     work = Path(tempfile.mkdtemp(prefix="bench_repeats_"))
+    atexit.register(shutil.rmtree, work, True)
     recordings = {n: build(n, work, args.test_data) for n in names}
     if args.reverb is not None:
         recordings = {n: (in_room(audio, n, work, args.reverb), *rest) for n, (audio, *rest) in recordings.items()}

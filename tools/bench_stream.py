@@ -34,9 +34,11 @@ utterance at a time has at best), in a 30 s and a 15 s encoder window, with and 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.alone == "True":
         return clips_alone(args.recording, args.model_path)
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
+    atexit.register(shutil.rmtree, tmp, True)
     if args.recording in CLIP_SETS:
         manifest, language, metric, sep = CLIP_SETS[args.recording]
         wav, reference, seconds = build_recording(str(REPO_ROOT / manifest), 50.0, tmp, sep=sep)

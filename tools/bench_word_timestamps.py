@@ -30,6 +30,7 @@ import soundfile as sf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tools.bench_infer import cpu_report  # noqa: E402
 from utils.cli import make_parser  # noqa: E402
 
 EN_WORDS = ("Yesterday the committee finally approved the new budget for seven schools and two hospitals "
@@ -101,13 +102,19 @@ def timing_errors(truth: list[TrueWord], words: list[tuple[str, float, float]]) 
             "mean_s": round(float(np.mean(starts + ends)), 3)}
 
 
+def _ct2_path(model_path: str) -> str:
+    """A merged transformers model's CTranslate2 copy (merge_lora.py --ct2 puts it at ``<model>-ct2``), where there
+    is one; else ``model_path`` (a CTranslate2 folder, a packaged or hub name)."""
+    ct2_copy = Path(f"{model_path.rstrip('/')}-ct2")
+    if not (Path(model_path) / "model.bin").is_file() and (ct2_copy / "model.bin").is_file():
+        return str(ct2_copy)
+    return model_path
+
+
 def _ours(model_path: str, backend: str, wav: Path, language: str) -> list[tuple[str, float, float]]:
     from utils.transcribe import DecodeOptions, load_transcriber
 
-    ct2_copy = Path(f"{model_path.rstrip('/')}-ct2")  # merge_lora.py --ct2 puts a merged model's copy there
-    if backend == "ct2" and not (Path(model_path) / "model.bin").is_file() and (ct2_copy / "model.bin").is_file():
-        model_path = str(ct2_copy)
-    transcriber = load_transcriber(model_path, backend)
+    transcriber = load_transcriber(_ct2_path(model_path) if backend == "ct2" else model_path, backend)
     transcript = transcriber.transcribe(str(wav), DecodeOptions(language=language, word_timestamps=True))
     return [(w.word, w.start, w.end) for s in transcript.segments for w in s.words]
 
@@ -127,7 +134,7 @@ def _faster_whisper(model_path: str, wav: Path, language: str) -> list[tuple[str
 
     from utils.models import ct2_model_dir
 
-    model = WhisperModel(ct2_model_dir(model_path), device="cpu", compute_type="int8")
+    model = WhisperModel(ct2_model_dir(_ct2_path(model_path)), device="cpu", compute_type="int8")
     segments, _ = model.transcribe(str(wav), language=language, word_timestamps=True, beam_size=1)
     return [(w.word.strip(), w.start, w.end) for s in segments for w in s.words]
 
@@ -144,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = {"model_path": args.model_path}
+    report = {"cpu_flags": cpu_report(), "model_path": args.model_path}
     with tempfile.TemporaryDirectory() as tmp:
         for language in args.languages.split(","):
             words = EN_WORDS if language == "en" else list(ZH_TEXT)

@@ -159,6 +159,14 @@ def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, dem
     ds.save_to_disk(str(tmp_path / "one"))
     with pytest.raises(DatasetError, match=r"one#1: 'text' is None, not text"):
         load_data(str(tmp_path / "one"), split="test", split_flag="--test_split")
+    # every invalid row named at once (one run per bad row before)
+    ds3 = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows] * 2, "text": ["好", None, None, "长", None, "好", "好", "好"]})
+    ds3.save_to_disk(str(tmp_path / "three"))
+    with pytest.raises(DatasetError) as e:
+        load_data(str(tmp_path / "three"), split="test", split_flag="--test_split")
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'three'}: 3 invalid rows; fix them (or remove them):"
+    assert [line.split(":")[0] for line in lines[1:]] == [f"{tmp_path / 'three'}#{i}" for i in (1, 2, 4)]
     kept = load_data(str(tmp_path / "one"), split="test", split_flag="--test_split", skip_invalid=True)
     # row 1 invalid, row 3 longer than 30 s (the 'duration' column is used, not the files' headers)
     assert list(kept.rows) == [0, 2] and list(kept.durations) == [1.0, 3.0]

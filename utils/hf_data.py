@@ -33,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_bytes_duration, audio_duration
-from utils.data import (LABEL_SPECIAL_TOKENS, MAX_LABEL_TOKENS, Manifest, ManifestError, Record, load_manifest,
-                        RecordSource, log_left_out)
+from utils.data import (LABEL_SPECIAL_TOKENS, MAX_INVALID_LISTED, MAX_LABEL_TOKENS, Manifest, ManifestError, Record,
+                        RecordSource, load_manifest, log_left_out)
 
 logger = logging.getLogger(__name__)
 
@@ -408,6 +408,7 @@ def load_dataset_source(
     base_dir = source_folder(spec)
     label = spec.rstrip("/")
     rows, durations = [], []
+    invalid: list[DatasetError] = []  # the first MAX_INVALID_LISTED invalid rows
     skipped_invalid = skipped_short = skipped_long = 0
     # one pass over the needed columns, in Arrow batches (the audio only when its header gives the duration)
     reading = ds.select_columns([text_column, "duration"]) if has_duration else ds
@@ -430,10 +431,11 @@ def load_dataset_source(
                         raise DatasetError(f"{where}: duration {duration} s; the audio is empty or the 'duration' "
                                            "column is wrong")
                 except DatasetError as e:
-                    if not skip_invalid:
-                        raise
                     skipped_invalid += 1
-                    logger.warning("skipping invalid item: %s", e)
+                    if skip_invalid:
+                        logger.warning("skipping invalid item: %s", e)
+                    elif len(invalid) < MAX_INVALID_LISTED:
+                        invalid.append(e)
                     row += 1
                     continue
                 if duration < min_duration:
@@ -445,6 +447,13 @@ def load_dataset_source(
                     durations.append(duration)
                 row += 1
             bar.update(len(batch[text_column]))
+    if invalid:  # every invalid row named at once (the first only: one run per bad row)
+        if skipped_invalid == 1:
+            raise invalid[0]
+        more = skipped_invalid - len(invalid)
+        raise DatasetError(f"{spec}: {skipped_invalid} invalid rows; fix them (or remove them):\n"
+                           + "\n".join(str(e) for e in invalid)
+                           + (f"\n... and {more} more" if more else "")) from invalid[0]
     log_left_out(spec, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
                  max_duration=max_duration, what="items")
     if not rows:

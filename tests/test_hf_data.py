@@ -160,7 +160,8 @@ def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, dem
     with pytest.raises(DatasetError, match=r"one#1: 'text' is None, not text"):
         load_data(str(tmp_path / "one"), split="test", split_flag="--test_split")
     # every invalid row named at once (one run per bad row before)
-    ds3 = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows] * 2, "text": ["好", None, None, "长", None, "好", "好", "好"]})
+    texts = ["好", None, None, "长", None, "好", "好", "好"]
+    ds3 = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows] * 2, "text": texts})
     ds3.save_to_disk(str(tmp_path / "three"))
     with pytest.raises(DatasetError) as e:
         load_data(str(tmp_path / "three"), split="test", split_flag="--test_split")

@@ -130,7 +130,9 @@ def _wav_duration(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, show
             frames, rate, block = w.getnframes(), w.getframerate(), w.getnchannels() * w.getsampwidth()
     except (wave.Error, EOFError):
         return audio_duration(path), ""
-    held = max(0, member.size - _WAV_HEADER_BYTES) // max(1, block)
+    if rate <= 0 or block <= 0:
+        raise AudioLoadError(f"{path}: its header says {rate} Hz, {block} bytes a frame")
+    held = max(0, member.size - _WAV_HEADER_BYTES) // block
     if frames <= held:
         return frames / rate, ""
     return held / rate, (f"{shown}: its header says {frames / rate:.2f} s, the file holds {held / rate:.2f} s "

@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model_path", type=str, default=None,
                         help="model preselected in the list (folder, hub id or packaged name); "
                              "default: the first folder under --models_dir, else openai/whisper-base")
-    add_backend_arg(parser, help="backend preselected for models that work with both")
+    add_backend_arg(parser, default=None, help="backend preselected (its copy of --model_path, where that one needs the "
+                    "other backend); default: transformers where a model works with both")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1")
     parser.add_argument("--models_dir", type=str, default="models", help="folder searched for merged models")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB,
@@ -137,8 +138,9 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
         choice = choices[labels.index(label)]
     model_path = choice.path
     allowed = [choice.backend] if choice.backend else list(BACKENDS)
-    default_backend = args.backend if args.backend in allowed else allowed[0]
-    if args.model_path and args.backend not in allowed and label == labels[0]:
+    default_backend = args.backend if args.backend in allowed else allowed[0] if args.backend else (
+        "transformers" if "transformers" in allowed else allowed[0])
+    if args.model_path and args.backend and args.backend not in allowed and label == labels[0]:
         sb.warning(f"--backend={args.backend}: {model_path} 是 {allowed[0]} 模型 (a {allowed[0]} model folder); "
                    f"用 {allowed[0]} 后端 (runs on {allowed[0]})")
     backend = sb.radio("推理后端 (backend)", allowed, index=allowed.index(default_backend), horizontal=True,

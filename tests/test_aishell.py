@@ -391,6 +391,9 @@ def test_a_wav_that_is_not_audio_is_left_out_and_named_by_its_archive_entry(tmp_
         _add_bytes(tar, "train/S0002/BAC009S0002W0125.wav", b"")
         _add_bytes(tar, "train/S0002/BAC009S0002W0126.wav", _wav_bytes(1.0, seed=9)[:20])
         _add_bytes(tar, "train/S0002/BAC009S0002W0127.wav", _wav_bytes(1.0, seed=9)[:44 + 16000])
+        no_rate = bytearray(_wav_bytes(1.0, seed=9))
+        no_rate[24:32] = bytes(8)  # sample rate and byte rate 0: a ZeroDivisionError stopped everything
+        _add_bytes(tar, "train/S0002/BAC009S0002W0128.wav", bytes(no_rate))
 
     path = build_archive(tmp_path / "data_aishell.tgz", nested_extra=extra)
     with caplog.at_level(logging.WARNING):
@@ -398,6 +401,7 @@ def test_a_wav_that_is_not_audio_is_left_out_and_named_by_its_archive_entry(tmp_
     member = f"{path}:data_aishell/wav/S0002.tar.gz:train/S0002"
     assert f"{member}/BAC009S0002W0125.wav: left out, not readable as audio" in caplog.text
     assert f"{member}/BAC009S0002W0126.wav: left out, not readable as audio" in caplog.text
+    assert f"{member}/BAC009S0002W0128.wav: left out, not readable as audio" in caplog.text
     data_dir = tmp_path / "dataset/audio/data_aishell"
     assert f"{data_dir}/wav/train/S0002/BAC009S0002W0127.wav: its header says 1.00 s, the file holds 0.50 s" in \
         caplog.text

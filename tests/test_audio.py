@@ -167,9 +167,12 @@ def test_a_wav_cut_short_is_read_with_a_warning_naming_both_durations(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="utils.audio"):
         assert decode_audio_bytes(cut.read_bytes(), "会议.wav").shape == (16000,)
         decode_audio_bytes(full.read_bytes(), "full.wav")
-    assert [r.getMessage() for r in caplog.records] == [
-        "会议.wav: truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut short?); using "
-        "the 1.00 s there are"]
+        decode_audio_bytes(cut.read_bytes(), "会议.wav")  # another upload of that name: warned again
+        decode_audio_bytes(cut.read_bytes(), "row#3", warn_once=True)  # a dataset row, every epoch: once
+        decode_audio_bytes(cut.read_bytes(), "row#3", warn_once=True)
+    said = ": truncated wav: its header says 2.00 s but the file holds only 1.00 s (a copy cut short?); using the " \
+           "1.00 s there are"
+    assert [r.getMessage() for r in caplog.records] == [f"会议.wav{said}", f"会议.wav{said}", f"row#3{said}"]
 
 
 def test_quietest_point_is_the_middle_of_the_quietest_stretch():

@@ -205,15 +205,21 @@ def test_what_is_not_a_dataset_and_an_unreachable_hub(tmp_path, monkeypatch):
     assert "DatasetError: mozilla-foundation/common_voice_17_0: not a local file or folder, and the Hugging Face " \
            "hub cannot be reached" in proc.stderr
     assert "save_to_disk" in proc.stderr
-    # --local_files_only keeps the hub out at once (it waited ~25 s on the hub), and a mistyped local path whose
-    # first folder exists is not taken for a hub name (it waited, then said the hub cannot be reached)
-    with pytest.raises(DatasetError, match="--local_files_only=True keeps the Hugging Face hub out"):
-        load_data("mozilla-foundation/common_voice_17_0", split="train", split_flag="--train_split",
-                  dataset=DatasetOptions(local_files_only=True))
+    # --local_files_only reads the datasets cache only, at once (it waited ~25 s on the hub), as a model's does; a
+    # name whose first folder exists here may be a mistyped local path: said
+    import huggingface_hub.constants
+
+    before = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DatasetError, match=r"data/my_dataset: not found \(data/ is a local folder"):
-        load_data("data/my_dataset", split="train", split_flag="--train_split", dataset=DatasetOptions())
+    for name, hint in (("mozilla-foundation/common_voice_17_0", ""),
+                       ("data/my_dataset", "; or a local path? data/ is a folder here, data/my_dataset is not")):
+        with pytest.raises(DatasetError) as e:
+            load_data(name, split="train", split_flag="--train_split", dataset=DatasetOptions(local_files_only=True))
+        assert str(e.value) == (f"{name}: not a local file or folder, nor in the datasets cache, and "
+                                "--local_files_only=True keeps the Hugging Face hub out; give a local dataset "
+                                f"(save_to_disk folder, audiofolder, parquet, manifest){hint}")
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before  # restored
 
 
 def test_finetune_trains_on_a_dataset_folder_and_an_audiofolder(tiny_whisper_dir, demo, tmp_path, caplog):
@@ -322,6 +328,27 @@ def test_a_stream_read_by_several_workers_resumes_after_exactly_the_batches_trai
     assert indices(dataset, 3) == [[0, 1], [2, 3], [4, 5]]
     dataset.set_skip(6, batch_size=2)  # resumed after 3 batches
     assert indices(dataset, 2) == [[6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("source", ["saved", "parquet"])
+def test_two_dataloader_workers_train_on_the_whole_stream(demo, tiny_whisper_dir, source):
+    """Inside a DataLoader worker, datasets gave each worker only its share of the shards, and the workers then took
+    their batches in turn from that share: with 2 workers a pass trained on half the stream (8 of 16 rows)."""
+    from torch.utils.data import DataLoader
+
+    def first_pass(workers):
+        dataset, tokenizer = _stream_dataset(demo, tiny_whisper_dir, source=source)
+        dataset.set_skip(0, batch_size=2)
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers,
+                            collate_fn=lambda items: [tokenizer.decode(i["labels"], skip_special_tokens=True)
+                                                      for i in items])
+        texts = []
+        for batch in loader:
+            texts += batch
+            if len(texts) >= N_TRAIN:
+                return sorted(texts[:N_TRAIN])
+
+    assert first_pass(2) == first_pass(0) == sorted(s for _, s, _ in demo["train"])
 
 
 def test_finetune_streams_a_parquet_dataset(tiny_whisper_dir, demo, tmp_path, caplog, capsys):

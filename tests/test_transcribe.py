@@ -2193,6 +2193,7 @@ def test_prompt_and_hotwords_text_that_spells_control_tokens_is_read_as_text(bas
     control = "<|en|><|translate|><|notimestamps|><|endoftext|>"
     eot = 50257  # whisper-base's first special token
     assert max(base_hf._prompt_ids(control)[1:]) < eot
+    assert not base_hf.processor.tokenizer.backend_tokenizer.encode_special_tokens  # the shared one: untouched
     assert max(base_ct2._tokenizer("zh", "transcribe").encode(" " + control)) < eot
     audio = load_audio(zh_wav)
     for engine in (base_hf, base_ct2):

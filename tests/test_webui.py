@@ -260,6 +260,8 @@ def test_a_preselected_folder_gives_way_to_its_copy_for_the_backend_asked_for(tm
     assert model_choices(tmp_path, preselect=str(merged), backend="ct2")[0].path == str(ct2)
     assert model_choices(tmp_path, preselect=str(ct2), backend="transformers")[0].path == str(merged)
     assert model_choices(tmp_path, preselect=str(merged), backend="transformers")[0].path == str(merged)
+    # no --backend given: the folder named is the one opened (a ct2 folder opened its transformers copy)
+    assert model_choices(tmp_path, preselect=str(ct2), prefer_ct2=True)[0].path == str(ct2)
     lone = _hf_folder(tmp_path / "other")
     assert model_choices(tmp_path, preselect=str(lone), backend="ct2")[0].path == str(lone)  # the page warns
 
@@ -278,10 +280,15 @@ def test_a_typed_model_path_is_a_hub_id_or_a_folder_under_models_dir(tmp_path, m
     assert (hub.path, hub.backend) == ("openai/whisper-small", None)
     (tmp_path / "secrets").mkdir()
     monkeypatch.chdir(models)
-    for outside in ("../secrets", str(tmp_path / "secrets"), "..", f"{ct2}/../../secrets", "/etc"):
+    # whether it exists or not, a path outside is refused alike (a visitor learnt which paths exist)
+    for outside in ("../secrets", str(tmp_path / "secrets"), "..", f"{ct2}/../../secrets", "/etc", "/etc/nothing",
+                    "../../../etc/nothing", "~/nothing", "secrets-like/../../x"):
         with pytest.raises(ModelPathError, match="the page loads model folders under .* only"):
             custom_model_choice(outside, models)
     assert custom_model_choice("mine-ct2", ".").backend == "ct2"
+    assert custom_model_choice("missing-model", ".").path == "missing-model"  # inside: the loader says not found
+    (models / "linked").symlink_to(ct2)  # listed in the page's menu: typed, it is inside too
+    assert custom_model_choice(str(models / "linked"), models).backend == "ct2"
 
 
 def test_the_input_made_last_is_transcribed():
@@ -429,6 +436,20 @@ def test_page_warns_that_an_uploaded_wav_is_cut_short(monkeypatch, tmp_path, en_
     assert at.warning[0].value.startswith("文件不完整 (incomplete file): cut.wav: truncated wav: its header says ")
     at.sidebar.checkbox[1].check().run()  # a rerun showing the stored result keeps the warning
     assert at.warning and "truncated wav" in at.warning[0].value
+
+
+def test_page_opens_the_folder_named_on_the_backend_it_needs_without_a_backend_flag(monkeypatch, tmp_path):
+    models = tmp_path / "models"
+    _hf_folder(models / "m")
+    (models / "m-ct2").mkdir()
+    (models / "m-ct2" / "model.bin").write_bytes(b"\0")
+    at = _app(monkeypatch, "--models_dir", str(models), "--model_path", str(models / "m-ct2"))
+    at.run()
+    assert at.sidebar.selectbox[0].value == f"{models / 'm-ct2'} (ct2)"
+    assert at.sidebar.radio[0].options == ["ct2"] and not at.sidebar.warning
+    at = _app(monkeypatch, "--models_dir", str(models), "--model_path", "openai/whisper-base")
+    at.run()
+    assert at.sidebar.radio[0].value == "transformers"  # a model that works with both: transformers, as before
 
 
 def test_page_reports_invalid_flags(monkeypatch):

@@ -256,11 +256,13 @@ def load_audio(
     return samples
 
 
-def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAMPLE_RATE, *,
+                       warn_once: bool = False) -> np.ndarray:
     """An audio file's bytes (an upload) → mono float32 waveform at ``sample_rate``, shape (samples,).
 
     libsndfile reads it from memory; other formats (mp3, m4a, webm...) go to ffmpeg through a temporary copy
-    that is removed before this returns. ``name`` (the client's file name) is used in error messages only.
+    that is removed before this returns. ``name`` (the client's file name) is used in messages only. A wav cut short
+    is warned about (``warn_once``: once per ``name``, for data read every epoch).
 
     Raises:
         AudioLoadError: empty, corrupt or undecodable data.
@@ -285,7 +287,11 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
         raise AudioLoadError(f"{name}: no audio samples decoded (empty or corrupt file)")
     if not np.isfinite(samples).all():
         raise AudioLoadError(f"{name}: decoded audio contains NaN/inf values (corrupt file)")
-    _warn_if_truncated(name, wav_bytes_truncation(data))
+    cut = wav_bytes_truncation(data)
+    if warn_once:  # a dataset row, decoded again every epoch
+        _warn_if_truncated(name, cut)
+    elif cut is not None:  # an upload: each one (many are called audio.wav)
+        logger.warning(truncated_message(name, *cut))
     return samples
 
 
@@ -305,7 +311,7 @@ def load_record_audio(record) -> np.ndarray:
     if record.audio_bytes is None:
         return load_audio(record.audio_path, start_time=record.start_time, end_time=record.end_time)
     _check_slice(record.audio_path, record.start_time, record.end_time)
-    samples = decode_audio_bytes(record.audio_bytes, name=record.audio_path)
+    samples = decode_audio_bytes(record.audio_bytes, name=record.audio_path, warn_once=True)
     if record.start_time is None and record.end_time is None:
         return samples
     start = int(round((record.start_time or 0.0) * SAMPLE_RATE))

@@ -19,6 +19,7 @@ split is used whatever the split flag says.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -302,21 +303,40 @@ def _open_split(spec: str, split: str, split_flag: str, options: DatasetOptions,
         raise DatasetError(f"{spec}: not a manifest (.json/.jsonl), a dataset folder, parquet files or a Hugging "
                            "Face hub dataset name")
     first = spec.split("/")[0]
-    if "/" in spec and os.path.isdir(first):  # data/my_dataset: a local path mistyped, not a hub name
-        raise DatasetError(f"{spec}: not found ({first}/ is a local folder, so this is not taken for a hub dataset "
-                           "name); check the path")
-    if options.local_files_only:
-        raise DatasetError(f"{spec}: not a local file or folder, and --local_files_only=True keeps the Hugging Face "
-                           "hub out; give a local dataset (save_to_disk folder, audiofolder, parquet, manifest)")
+    # data/my_dataset: maybe a local path mistyped (said if the hub has no such dataset)
+    local = f"; or a local path? {first}/ is a folder here, {spec} is not" if "/" in spec and os.path.isdir(first) else ""
     try:
-        ds = datasets.load_dataset(spec, config, split=split, streaming=streaming)
+        with _hub_offline(options.local_files_only):
+            ds = datasets.load_dataset(spec, config, split=split, streaming=streaming)
     except ConnectionError as e:
+        if options.local_files_only:
+            raise DatasetError(f"{spec}: not a local file or folder, nor in the datasets cache, and "
+                               "--local_files_only=True keeps the Hugging Face hub out; give a local dataset "
+                               f"(save_to_disk folder, audiofolder, parquet, manifest){local}") from e
         raise DatasetError(f"{spec}: not a local file or folder, and the Hugging Face hub cannot be reached ({e}); "
-                           "download it where there is internet (save_to_disk) and pass the folder") from e
+                           f"download it where there is internet (save_to_disk) and pass the folder{local}") from e
     except (FileNotFoundError, ValueError) as e:  # unknown dataset, config or split
         raise DatasetError(f"{spec}: cannot load it from the Hugging Face hub ({e}); check the name, "
-                           f"--dataset_config and {split_flag}") from e
+                           f"--dataset_config and {split_flag}{local}") from e
     return ds, split
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """While inside, with ``offline``: ``datasets`` reads its cache only, as HF_HUB_OFFLINE=1 makes it (a model's
+    ``--local_files_only``: cache only; without it an unreachable hub cost ~25 s of retries)."""
+    if not offline:
+        yield
+        return
+    import datasets
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
 def _columns(ds: Any, spec: str, options: DatasetOptions) -> tuple[str, str]:
@@ -501,7 +521,7 @@ class DatasetStream:
 
                 ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
         left_out = 0
-        for n, item in enumerate(ds):
+        for n, item in enumerate(_each_row(ds)):
             where = _row_label(self.name, self.split, item.get(_ROW, n) if known_rows else
                                f"{n} of this epoch's stream" + (f" on rank {rank}" if world_size > 1 else ""))
             text = _checked_text(item[self.text_column], where, self.text_column)
@@ -513,6 +533,16 @@ class DatasetStream:
         if left_out:
             logger.info("%s: left out %d clips outside %.2f..%.2f s", self.name, left_out, self.min_duration,
                         self.max_duration)
+
+
+def _each_row(ds: Any, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """The rows of ``ds`` one by one, every one of them also inside a DataLoader worker: iterating an
+    ``IterableDataset`` there gives the worker only its share of the shards (datasets' own split), and a training
+    stream's workers take their batches from the whole stream themselves (they trained on half of it)."""
+    for batch in ds.iter(batch_size=batch_size):
+        columns = list(batch)
+        for i in range(len(batch[columns[0]])):
+            yield {c: batch[c][i] for c in columns}
 
 
 def iter_dataset_records(spec: str, *, split: str, split_flag: str, options: DatasetOptions = DatasetOptions(),

@@ -657,7 +657,7 @@ class Trainer:
         return {
             "weights": {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad},
             "rank_pattern": unwrapped.peft_config["default"].rank_pattern,
-            "final_ranks_fixed": bool(self._final_ranks_fixed),
+            "final_ranks_fixed": self._final_ranks_fixed,  # None: not known yet (peft's count decides on resume)
             **{name: {k: v.detach().cpu() for k, v in getattr(allocator, name).items()}
                for name in ("ipt", "exp_avg_ipt", "exp_avg_unc")},
         }

@@ -1644,10 +1644,16 @@ class TransformersTranscriber(_BaseTranscriber):
 
     def _prompt_ids(self, text: str) -> list[int]:
         """``<|startofprev|>`` and the tokens of `` text``, read as text: "<|en|><|translate|>" typed into a prompt
-        is not the control tokens (get_prompt_ids refused it with a traceback; the ct2 backend switched the task)."""
+        is not the control tokens (get_prompt_ids refused it with a traceback; the ct2 backend switched the task).
+        A copy of the tokenizer does it: ``split_special_tokens`` sets a flag on the shared one, which another
+        thread's encode (the web page's sessions share an engine) turns back off."""
         tok = self.processor.tokenizer
-        text_ids = tok.encode(" " + text.strip(), add_special_tokens=False, split_special_tokens=True,
-                              verbose=False)  # too long is fine: only its last tokens are kept
+        if getattr(self, "_plain_text", None) is None:
+            from tokenizers import Tokenizer
+
+            self._plain_text = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+            self._plain_text.encode_special_tokens = True
+        text_ids = self._plain_text.encode(" " + text.strip(), add_special_tokens=False).ids
         return [tok.convert_tokens_to_ids("<|startofprev|>"), *text_ids]
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None

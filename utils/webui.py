@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ HUB_MODELS = (  # offered in the model list; they need the Hugging Face hub (or 
 
 class UploadError(ValueError):
     """An uploaded file that is not accepted (type, size, empty); the message says why and what works."""
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # openai/whisper-small: not a path to check
 
 
 class ModelPathError(ValueError):
@@ -139,20 +143,24 @@ def model_choices(models_dir: str | os.PathLike, preselect: str | None = None, *
 
 def custom_model_choice(text: str, models_dir: str | os.PathLike) -> ModelChoice:
     """The model typed into the page: a hub id or packaged name, or a folder inside ``models_dir``, offered with
-    the backend its files need. Other folders of the server are not the page's visitors to load (nor to have
-    listed in an error message): the operator gives them with ``--model_path`` or ``--models_dir``.
+    the backend its files need. Other paths of the server are not the page's visitors to load, to have listed in an
+    error message, or to learn exist: any text that is not a hub id, or that names something here, must lie under
+    ``models_dir`` (symbolic links in it count as inside); the operator gives others with ``--model_path`` or
+    ``--models_dir``.
 
     Raises:
-        ModelPathError: ``text`` is a folder or file outside ``models_dir``.
+        ModelPathError: ``text`` is a path outside ``models_dir``.
     """
     path = Path(text).expanduser()
-    if not path.exists():  # a hub id or packaged name (or a missing folder: the loader says so)
+    if _HUB_ID.fullmatch(text) and not path.exists():  # a hub id or packaged name
         return ModelChoice(text, text, None, "custom")
-    if not path.resolve().is_relative_to(Path(models_dir).resolve()):
+    root = os.path.abspath(models_dir)
+    inside = os.path.abspath(path)  # "..", not links, resolved: the page lists linked folders under models_dir too
+    if os.path.commonpath([root, inside]) != root:
         raise ModelPathError(f"{text}: 网页只加载 {models_dir}/ 下的模型文件夹 (the page loads model folders under "
                              f"{models_dir}/ only); 其他文件夹请在启动时指定 (give another folder when starting it: "
                              f"streamlit run streamlit_whisper.py -- --model_path=<folder> or --models_dir=<folder>)")
-    return ModelChoice(text, text, model_folder_kind(path), "custom")
+    return ModelChoice(str(path), str(path), model_folder_kind(path), "custom")
 
 
 def pick_audio_input(uploaded: bool, recorded: bool, last: str | None) -> str | None:

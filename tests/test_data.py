@@ -262,6 +262,7 @@ def test_a_timed_segment_of_no_text_is_warned_about(tmp_path, audio_dir, caplog)
         _rec(sentence="天气冷了", sentences=[{"start": 0, "end": 0.3, "text": " "},
                                          {"start": 0.4, "end": 0.9, "text": "天气冷了"}]),
         _rec(sentence="", sentences=[{"start": 0, "end": 0.9, "text": ""}]),
+        _rec(sentence="没有分段"),  # a line without 'sentences' (KeyError: the demo corpus stopped loading)
     ])
     with caplog.at_level("WARNING"):
         load_manifest(m, timestamps=True)

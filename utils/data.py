@@ -461,7 +461,8 @@ def load_manifest(
             timestamped += bool(obj.get("sentences"))
             if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
                 other_text.append(lineno)
-            elif timestamps and obj["sentence"].strip() and any(not seg["text"].strip() for seg in obj["sentences"]):
+            elif timestamps and obj["sentence"].strip() and any(not seg["text"].strip()
+                                                                for seg in obj.get("sentences") or ()):
                 textless.append(lineno)  # the texts make 'sentence', yet one stretch is taught as silence
     if invalid:
         if skipped_invalid == 1:

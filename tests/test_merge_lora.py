@@ -139,6 +139,34 @@ def test_an_adalora_checkpoint_loaded_as_lora_says_to_pass_use_adalora(tiny_whis
         load_adapter_weights(lora, tmp_path / "ada")
 
 
+def test_an_adalora_adapter_merges_without_peft_listing_its_ranks_and_refuses_another_base(tiny_whisper_dir,
+                                                                                              whisper_base_dir,
+                                                                                              tmp_path, caplog):
+    """An AdaLoRA merge printed peft's warning that all 96 rank_pattern keys "were ignored" (they are parameter
+    names, peft compares module names; the merge applies them), and merged into a model with fewer layers it ended
+    in "AttributeError: ModuleList has no attribute `4`"."""
+    import warnings
+
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.lora import merge_adapter
+
+    base = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir)
+    ada = build_adapter(base, LoraOptions(use_adalora=True, total_step=10), base_model_name=str(whisper_base_dir))
+    config = ada.peft_config["default"]
+    config.rank_pattern = {n: [True] * config.init_r  # as peft's allocator names them
+                           for n, _ in ada.base_model.model.named_parameters() if "lora_E.default" in n}
+    ada.save_pretrained(tmp_path / "ada")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merge_adapter(WhisperForConditionalGeneration.from_pretrained(whisper_base_dir), tmp_path / "ada")
+    assert not [w for w in caught if "rank_pattern" in str(w.message)]
+    assert merge_lora.main([f"--lora_model={tmp_path / 'ada'}", f"--output_dir={tmp_path / 'out'}",
+                            f"--base_model={tiny_whisper_dir}"]) == 1
+    assert "the adapter does not fit this base model" in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_merged_dir_name():
     assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
     assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -227,14 +228,24 @@ def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -
     """Fold the adapter in ``adapter_dir`` into ``base_model``; returns a plain transformers model."""
     from peft import PeftModel
 
-    with _peft_on_transformers():
+    misfit = (f"{adapter_dir}: the adapter does not fit this base model (d_model {base_model.config.d_model}, "
+              f"{base_model.config.encoder_layers} encoder layers)")
+    with _peft_on_transformers(), warnings.catch_warnings():
+        # AdaLoRA's rank pattern is keyed by parameter (…q_proj.lora_E), which peft's check compares with module
+        # names: it listed all 96 keys as "ignored" while the merge applies them (the saved adapter holds the
+        # kept ranks)
+        warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match any targeted",
+                                category=RuntimeWarning)
         try:
             peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
         except RuntimeError as e:  # a 153-line "size mismatch for …" per layer
             if "size mismatch" not in str(e):
                 raise
             first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
-            raise ValueError(f"{adapter_dir}: the adapter does not fit this base model (d_model "
-                             f"{base_model.config.d_model}, {base_model.config.encoder_layers} encoder layers): "
-                             f"{first}; merge it into the model it was trained on") from None
+            raise ValueError(f"{misfit}: {first}; merge it into the model it was trained on") from None
+        except AttributeError as e:  # AdaLoRA sizes its layers by rank pattern first: "ModuleList has no attribute `4`"
+            if not re.search(r"has no attribute `\d+`", str(e)):
+                raise
+            raise ValueError(f"{misfit}: it has a layer the model has not ({e}); merge it into the model it was "
+                             "trained on") from None
     return peft_model.merge_and_unload()

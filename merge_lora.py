@@ -119,23 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("%s is the CTranslate2 copy of the model being replaced: it will not match the new merge; "
                        "export it again with --ct2=True (or remove it)", stale)
 
-    # 3. Merge and save
     try:
-        merge(args.lora_model, base_model, output, local_files_only=args.local_files_only, overwrite=args.overwrite)
-    except ModelResolutionError as e:
-        logger.error("base model %s: %s", base_model, e)
-        return 1
-    except ValueError as e:  # the adapter does not fit the base model
-        logger.error("base model %s: %s", base_model, e)
-        return 1
-    logger.info("merged model saved to %s", output)
-    print(output)
+        # 3. Merge and save
+        try:
+            merge(args.lora_model, base_model, output, local_files_only=args.local_files_only,
+                  overwrite=args.overwrite)
+        except ModelResolutionError as e:
+            logger.error("base model %s: %s", base_model, e)
+            return 1
+        except ValueError as e:  # the adapter does not fit the base model
+            logger.error("base model %s: %s", base_model, e)
+            return 1
+        logger.info("merged model saved to %s", output)
+        print(output)
 
-    # 4. Optional CTranslate2 export
-    if args.ct2:
-        ct2_dir = export_ct2(output, args.quantization, overwrite=args.overwrite)
-        logger.info("CTranslate2 model (%s) saved to %s", args.quantization, ct2_dir)
-        print(ct2_dir)
+        # 4. Optional CTranslate2 export
+        if args.ct2:
+            ct2_dir = export_ct2(output, args.quantization, overwrite=args.overwrite)
+            logger.info("CTranslate2 model (%s) saved to %s", args.quantization, ct2_dir)
+            print(ct2_dir)
+    except KeyboardInterrupt:  # each folder is published whole or not at all
+        logger.error("interrupted: no half-written folder is left; run the same command again")
+        return 130
     return 0
 
 

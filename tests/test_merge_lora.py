@@ -167,6 +167,17 @@ def test_an_adalora_adapter_merges_without_peft_listing_its_ranks_and_refuses_an
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_ctrl_c_while_merging_is_one_line_and_exit_130(adapter_dir, tiny_whisper_dir, tmp_path, monkeypatch,
+                                                       caplog):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge_lora, "merge", interrupted)
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path}",
+                            f"--base_model={tiny_whisper_dir}"]) == 130
+    assert "interrupted: no half-written folder is left" in caplog.text and not any(tmp_path.iterdir())
+
+
 def test_merged_dir_name():
     assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
     assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"

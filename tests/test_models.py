@@ -130,7 +130,9 @@ def test_local_folder_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None
     ct2.mkdir()
     (ct2 / "model.bin").write_bytes(b"\0")
     (ct2 / "config.json").write_text(json.dumps({"lang_ids": [50259]}))
-    with pytest.raises(ModelResolutionError, match=r"CTranslate2 .* tools/import_ct2.py --ct2_dir \S*faster-whisper"):
+    with pytest.raises(ModelResolutionError, match=r"CTranslate2 .*: run it with --backend=ct2; to fine-tune or merge "
+                                                   r"from it, import it once with: python tools/import_ct2.py "
+                                                   r"--ct2_dir \S*faster-whisper"):
         resolve_model(str(ct2))
 
     bert = _fake_hf_folder(tmp_path / "bert", model_type="bert")

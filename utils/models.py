@@ -107,9 +107,9 @@ def _check_hf_folder(folder: Path, origin: str | None = None) -> Path:
     where = f"{folder}" if origin is None else f"{folder} (from {origin})"
     if _is_ct2_folder(folder):
         raise ModelResolutionError(
-            f"{where}: is a CTranslate2 (faster-whisper) model (model.bin), not a transformers model; import it "
-            f"once with: python tools/import_ct2.py --ct2_dir {folder} --output_dir models/{folder.name}-hf "
-            f"(or use it as it is with --backend=ct2)"
+            f"{where}: is a CTranslate2 (faster-whisper) model (model.bin), not a transformers model: run it with "
+            f"--backend=ct2; to fine-tune or merge from it, import it once with: python tools/import_ct2.py "
+            f"--ct2_dir {folder} --output_dir models/{folder.name}-hf"
         )
     config_path = folder / "config.json"
     if not config_path.is_file():

@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from tqdm import tqdm
@@ -465,12 +465,7 @@ def load_manifest(
                                                                 for seg in obj.get("sentences") or ()):
                 textless.append(lineno)  # the texts make 'sentence', yet one stretch is taught as silence
     if invalid:
-        if skipped_invalid == 1:
-            raise invalid[0]
-        more = skipped_invalid - len(invalid)
-        raise ManifestError(f"{path}: {skipped_invalid} invalid lines; fix them (or remove them):\n"
-                            + "\n".join(str(e) for e in invalid)
-                            + (f"\n... and {more} more" if more else "")) from invalid[0]
+        raise_invalid(path, invalid, skipped_invalid, "lines")
     if other_text:
         logger.warning("%s: %d line(s) whose 'sentences' texts do not make their 'sentence' (line%s %s): with "
                        "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "
@@ -524,6 +519,17 @@ def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str, duration:
     if seconds is None or not duration_mismatch(seconds, duration):
         return None
     return f"{path}: 'duration' says {duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'"
+
+
+def raise_invalid(source: str | os.PathLike, invalid: Sequence[ManifestError], count: int, what: str) -> NoReturn:
+    """Raise one error naming every invalid item at once (``invalid``: the first ``MAX_INVALID_LISTED`` of the
+    ``count``, e.g. lines or rows): the first one's own error when it is the only one."""
+    if count == 1:
+        raise invalid[0]
+    more = count - len(invalid)
+    raise type(invalid[0])(f"{source}: {count} invalid {what}; fix them (or remove them):\n"
+                           + "\n".join(str(e) for e in invalid)
+                           + (f"\n... and {more} more" if more else "")) from invalid[0]
 
 
 def _same_text(sentences: Sequence[dict[str, Any]], sentence: str) -> bool:

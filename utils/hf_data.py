@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_bytes_duration, audio_duration
 from utils.data import (LABEL_SPECIAL_TOKENS, MAX_INVALID_LISTED, MAX_LABEL_TOKENS, Manifest, ManifestError, Record,
-                        RecordSource, load_manifest, log_left_out)
+                        RecordSource, load_manifest, log_left_out, raise_invalid)
 
 logger = logging.getLogger(__name__)
 
@@ -468,12 +468,7 @@ def load_dataset_source(
                 row += 1
             bar.update(len(batch[text_column]))
     if invalid:  # every invalid row named at once (the first only: one run per bad row)
-        if skipped_invalid == 1:
-            raise invalid[0]
-        more = skipped_invalid - len(invalid)
-        raise DatasetError(f"{spec}: {skipped_invalid} invalid rows; fix them (or remove them):\n"
-                           + "\n".join(str(e) for e in invalid)
-                           + (f"\n... and {more} more" if more else "")) from invalid[0]
+        raise_invalid(spec, invalid, skipped_invalid, "rows")
     log_left_out(spec, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
                  max_duration=max_duration, what="items")
     if not rows:

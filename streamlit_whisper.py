@@ -138,8 +138,8 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
         choice = choices[labels.index(label)]
     model_path = choice.path
     allowed = [choice.backend] if choice.backend else list(BACKENDS)
-    default_backend = args.backend if args.backend in allowed else allowed[0] if args.backend else (
-        "transformers" if "transformers" in allowed else allowed[0])
+    default_backend = (args.backend if args.backend in allowed else
+                       "transformers" if len(allowed) > 1 else allowed[0])
     if args.model_path and args.backend and args.backend not in allowed and label == labels[0]:
         sb.warning(f"--backend={args.backend}: {model_path} 是 {allowed[0]} 模型 (a {allowed[0]} model folder); "
                    f"用 {allowed[0]} 后端 (runs on {allowed[0]})")

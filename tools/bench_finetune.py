@@ -152,7 +152,8 @@ def baseline_worker(args: argparse.Namespace, adapter_dir: Path) -> dict:
         return batch
 
     training_args = Seq2SeqTrainingArguments(
-        output_dir=str(adapter_dir.parent / "trainer"), per_device_train_batch_size=args.batch_size, max_steps=args.max_steps,
+        output_dir=str(adapter_dir.parent / "trainer"), per_device_train_batch_size=args.batch_size,
+        max_steps=args.max_steps,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, logging_steps=max(1, args.max_steps // 5),
         save_strategy="no", eval_strategy="no", report_to=[], remove_unused_columns=False, label_names=["labels"],
         dataloader_num_workers=args.num_workers, use_cpu=True, seed=args.seed)

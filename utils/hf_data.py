@@ -304,7 +304,8 @@ def _open_split(spec: str, split: str, split_flag: str, options: DatasetOptions,
                            "Face hub dataset name")
     first = spec.split("/")[0]
     # data/my_dataset: maybe a local path mistyped (said if the hub has no such dataset)
-    local = f"; or a local path? {first}/ is a folder here, {spec} is not" if "/" in spec and os.path.isdir(first) else ""
+    local = (f"; or a local path? {first}/ is a folder here, {spec} is not" if "/" in spec and os.path.isdir(first)
+             else "")
     try:
         with _hub_offline(options.local_files_only):
             ds = datasets.load_dataset(spec, config, split=split, streaming=streaming)

@@ -391,6 +391,17 @@ def test_adalora_resume_restores_the_rank_allocator(tiny_whisper_dir, corpus, tm
         torch.testing.assert_close(got[key], ref[key], atol=1e-4, rtol=1e-3)
 
 
+def test_a_lora_checkpoint_resumed_with_use_adalora_says_to_drop_it(tiny_whisper_dir, corpus, tmp_path, caplog):
+    """It said only "no adalora_state.pt; an AdaLoRA run resumes from a checkpoint-<step> folder of an AdaLoRA run"
+    (the other way round already says to pass --use_adalora=True)."""
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=2, eval_steps=0, save_steps=2)) == 0
+    checkpoint = out / tiny_whisper_dir.name / "checkpoint-2"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, max_steps=4, use_adalora=True, eval_steps=0,
+                               resume_from_checkpoint=str(checkpoint))) == 1
+    assert "it is a plain LoRA checkpoint: resume it with --use_adalora=False" in caplog.text
+
+
 def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -698,8 +698,15 @@ class Trainer:
         if self.options.use_adalora:
             adalora_path = checkpoint / ADALORA_STATE_FILE
             if not adalora_path.is_file():
-                raise FileNotFoundError(f"{checkpoint}: no {ADALORA_STATE_FILE}; an AdaLoRA run resumes from a "
-                                        "checkpoint-<step> folder of an AdaLoRA run")
+                from utils.lora import AdapterError, read_adapter_config
+
+                try:
+                    plain = read_adapter_config(checkpoint).get("peft_type") == "LORA"
+                except (AdapterError, FileNotFoundError):
+                    plain = False
+                hint = ("it is a plain LoRA checkpoint: resume it with --use_adalora=False" if plain else
+                        "an AdaLoRA run resumes from a checkpoint-<step> folder of an AdaLoRA run")
+                raise FileNotFoundError(f"{checkpoint}: no {ADALORA_STATE_FILE}; {hint}")
             self._restore_adalora(torch.load(adalora_path, map_location="cpu", weights_only=True), adalora_path)
         else:
             load_adapter_weights(self.accelerator.unwrap_model(self.model), checkpoint)

@@ -244,6 +244,18 @@ def worker_error_message(error: BaseException) -> str:
     return str(error)
 
 
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def peer_stopped(error: BaseException) -> bool:
+    """Whether ``error`` is a collective operation failing because another process of the run has gone (gloo:
+    "Connection closed by peer"; NCCL: an aborted communicator): that process's own error is the one to show."""
+    import torch.distributed
+
+    return (isinstance(error, getattr(torch.distributed, "DistBackendError", ()))
+            or any(marker in str(error) for marker in _PEER_GONE))
+
+
 class FinetuneError(RuntimeError):
     """A step of the run cannot go on; the message names the file or flag and the fix."""
 
@@ -576,6 +588,11 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
             "smaller batch with --gradient_accumulation_steps to keep its size, --gradient_checkpointing=True, "
             f"or --use_8bit=True{_resume_hint(run_dir)}"
         ) from e
+    except RuntimeError as e:  # torchrun: this process's collective failed because another one stopped on an error
+        if trainer.world_size > 1 and peer_stopped(e):
+            raise FinetuneError(f"another process of this run stopped (its error is above): this one stops too"
+                                f"{_resume_hint(run_dir)}") from e
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -388,6 +388,44 @@ def test_a_bad_row_met_while_streaming_stops_the_run_with_one_message_naming_its
     assert errors[0].startswith(f"{tmp_path / 'bad'}#2: 'audio' ") and "fix or remove that row" in errors[0]
 
 
+def test_a_streamed_row_with_a_label_too_long_for_whisper_is_one_message(tiny_whisper_dir, demo, tmp_path, caplog):
+    """It was a DataLoader worker's ValueError traceback (48 lines), naming no row."""
+    rows = demo["train"][:4]
+    texts = [s for _, s, _ in rows]
+    texts[1] = "今天天气很好" * 120  # 720 characters: more than Whisper's 448 label tokens
+    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "sentence": texts})
+    ds.cast_column("audio", datasets.Audio(sampling_rate=16000)).to_parquet(str(tmp_path / "long.parquet"))
+    args = [*_short_run(tiny_whisper_dir, demo, tmp_path / "out"), f"--train_data={tmp_path / 'long.parquet'}",
+            "--streaming=True", "--max_steps=4", "--num_workers=1"]
+    with caplog.at_level("ERROR"):
+        assert finetune.main(args) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Traceback" not in errors[0], errors
+    assert os.path.basename(rows[1][0]) in errors[0] and "more than Whisper's 448; split the clip" in errors[0]
+
+
+def test_a_streamed_parquet_row_is_named_by_its_audio_too(demo, tmp_path):
+    """'#0 of this epoch's stream on rank 1' (a place after shuffling) did not say which row to fix."""
+    from utils.hf_data import DatasetStream
+
+    rows = demo["train"][:3]
+    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "sentence": ["好", None, "好"]})
+    ds.cast_column("audio", datasets.Audio(sampling_rate=16000)).to_parquet(str(tmp_path / "none.parquet"))
+    stream = DatasetStream(str(tmp_path / "none.parquet"), split="train", split_flag="--train_split",
+                           options=DatasetOptions(streaming=True))
+    with pytest.raises(DatasetError, match=rf"of this epoch's stream \(audio {os.path.basename(rows[1][0])}\): "
+                                           r"'sentence' is None"):
+        list(stream.records(seed=0))
+
+
+def test_a_process_whose_peer_stopped_says_so_instead_of_a_traceback():
+    """Under torchrun the process that did not meet the bad row died in a collective with 30 lines of gloo's
+    "Connection closed by peer": it is recognised, and finetune.py names the other process's error instead."""
+    assert finetune.peer_stopped(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                                              "closed by peer [127.0.0.1]:12345"))
+    assert not finetune.peer_stopped(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
 def _short_run(tiny_whisper_dir, demo, out) -> list[str]:
     """finetune.py flags of a few steps on the demo parquet split, saving every 2 steps, no evaluation."""
     return [f"--base_model={tiny_whisper_dir}", f"--output_dir={out}", f"--train_data={demo['dir'] / 'parquet'}",

@@ -520,6 +520,10 @@ class DatasetStream:
         for n, item in enumerate(_each_row(ds)):
             where = _row_label(self.name, self.split, item.get(_ROW, n) if known_rows else
                                f"{n} of this epoch's stream" + (f" on rank {rank}" if world_size > 1 else ""))
+            cell = item[self.audio_column]
+            audio_name = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+            if not known_rows and audio_name:  # a position in a shuffled stream: the audio's name finds the row
+                where += f" (audio {os.path.basename(audio_name)})"
             text = _checked_text(item[self.text_column], where, self.text_column)
             duration = _duration_of(item[self.audio_column], self.base_dir, where, self.audio_column)
             if duration < self.min_duration or 0 < self.max_duration < duration:

@@ -36,7 +36,7 @@ import torch
 
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio, slice_check
 from utils.collator import IGNORE_INDEX
-from utils.data import Record, RecordSource, Segment, duration_mismatch
+from utils.data import ManifestError, Record, RecordSource, Segment, duration_mismatch
 from utils.languages import has_unspaced_script, optional_language_code
 from utils.text import join_hotwords
 
@@ -637,9 +637,10 @@ class StreamingSpeechDataset(torch.utils.data.IterableDataset):
                 if position <= self.skip or ((position - 1 - self.skip) // self.batch_size) % workers != worker:
                     continue
                 item = self.builder.example(record, position - 1, record.audio_path, other=last_text)
-                if len(item["labels"]) + 1 > MAX_DECODER_POSITIONS:
-                    raise ValueError(f"{record.audio_path}: the label is {len(item['labels']) + 1} tokens, more than "
-                                     f"Whisper's {MAX_DECODER_POSITIONS}; split the clip")
+                if len(item["labels"]) + 1 > MAX_DECODER_POSITIONS:  # one message (finetune.py), not a worker's traceback
+                    raise ManifestError(f"{record.audio_path}: the label is {len(item['labels']) + 1} tokens, more "
+                                        f"than Whisper's {MAX_DECODER_POSITIONS}; split the clip, or fix or remove "
+                                        "that row")
                 last_text = record.sentence
                 yield item
             if seen == 0:

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from utils.audio import SAMPLE_RATE, WINDOW_S, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
-                       make_parser, path_arg, positive_int, resolve_encoder_window, seed_int, setup_logging)
+                       make_parser, path_arg, positive_int, resolve_backend, resolve_encoder_window, seed_int,
+                       setup_logging)
 from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    args.backend = resolve_backend(args.backend, args.compare or [args.model_path])
     check_device_arg(parser, args.device, args.backend)
     if 0 < args.max_audio_len < args.min_audio_len:
         parser.error(f"--min_audio_len ({args.min_audio_len}) is above --max_audio_len ({args.max_audio_len}): "

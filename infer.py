@@ -25,7 +25,7 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
                        bool_or_auto, check_device_arg, check_output_path, default_beam_size, make_parser,
-                       output_format_arg, path_arg, setup_logging)
+                       output_format_arg, path_arg, resolve_backend, setup_logging)
 from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--audio_path=" if not any(e.startswith("-") for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     setup_logging(args.verbose)
+    args.backend = resolve_backend(args.backend, [args.model_path])
     check_device_arg(parser, args.device, args.backend)
     if args.use_bettertransformer:
         logger.warning("--use_bettertransformer is deprecated upstream (optimum BetterTransformer); "

@@ -19,7 +19,7 @@ import sys
 import threading
 
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg,
-                       default_beam_size, make_parser, optional_str, setup_logging)
+                       default_beam_size, make_parser, optional_str, resolve_backend, setup_logging)
 
 logger = logging.getLogger("infer_server")
 
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.model_path = args.model_path or ["openai/whisper-base"]
+    args.backend = resolve_backend(args.backend, args.model_path)
     check_device_arg(parser, args.device, args.backend)
     for name, value, ok, text in (("--port", args.port, 0 < args.port < 65536, "in 1..65535"),
                                   ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),

@@ -64,7 +64,9 @@ def test_one_flag_vocabulary_across_the_scripts():
     assert {(a.type, a.default) for _, a in to_simple} == {(to_simple[0][1].type, None)}  # auto everywhere
     backends = {n: _option(p, "--backend").choices for n, p in parsers.items() if _option(p, "--backend")}
     assert set(backends) == {"evaluation", "infer", "realtime_transcribe"}
-    assert all(list(c) == ["transformers", "ct2"] for c in backends.values())
+    assert all(list(c)[:2] == ["transformers", "ct2"] for c in backends.values())
+    assert {n: _option(p, "--backend").default for n, p in parsers.items() if _option(p, "--backend")} == {
+        "evaluation": "auto", "infer": "auto", "realtime_transcribe": "ct2"}
     for name in ("evaluation", "finetune"):
         assert _option(parsers[name], "--min_audio_len") and _option(parsers[name], "--max_audio_len"), name
     assert set(_option(parsers["sentiment_analysis"], "--output_format").choices) <= {"txt", "json", "srt", "vtt"}

@@ -318,10 +318,28 @@ def test_beam_size_default_depends_on_the_backend():
 
     assert beam("--backend=ct2") == infer.CT2_BEAM_SIZE == 3  # cheap in CTranslate2, fewer errors
     assert beam("--backend=transformers") == 1  # transformers' beam search doubles the CPU time
-    assert beam() == 1  # the default backend is transformers
+    assert beam() == 1  # the default backend (auto) is transformers for a hub id
     assert beam("--backend=ct2", "--beam_size=1") == 1
     assert beam("--backend=transformers", "--beam_size=4") == 4
     assert beam("--backend=ct2", "--num_beams=2") == 2  # the old flag name still works
+
+
+def test_backend_auto_runs_a_ct2_folder_with_ct2(en_wav, tmp_path, caplog, capsys):
+    """Without --backend a CTranslate2 folder is run by ct2 (it was refused: "run it with --backend=ct2"); a
+    transformers folder and a hub id stay on transformers."""
+    from utils.cli import resolve_backend
+    from utils.models import packaged_ct2_dir
+
+    ct2_dir = str(packaged_ct2_dir("openai/whisper-base"))
+    caplog.set_level("INFO")
+    assert infer.main(["--audio_path", str(en_wav), f"--model_path={ct2_dir}", "--device=cpu",
+                       "--language=en", "--fallback=False", f"--output_dir={tmp_path}"]) == 0
+    assert "--backend=auto: ct2" in caplog.text
+    assert "fox" in (tmp_path / "en.txt").read_text(encoding="utf-8").lower()
+    assert resolve_backend("auto", ["openai/whisper-base"]) == "transformers"
+    assert resolve_backend("auto", [ct2_dir, "openai/whisper-base"]) == "transformers"  # mixed: named one by one
+    assert resolve_backend("auto", [ct2_dir, ct2_dir]) == "ct2"
+    assert resolve_backend("transformers", [ct2_dir]) == "transformers"  # an explicit choice is kept
 
 
 def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):

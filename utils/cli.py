@@ -9,6 +9,8 @@ import sys
 import tempfile
 import time
 
+logger = logging.getLogger(__name__)
+
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 
@@ -154,11 +156,26 @@ def add_dataset_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
 
 def add_backend_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str = "transformers",
                     help: str | None = None) -> None:
-    """``--backend``: transformers or ct2, in every script that runs a model."""
+    """``--backend``: transformers or ct2 (or ``auto`` where ``default`` is auto: :func:`resolve_backend`)."""
     from utils.transcribe import BACKENDS
 
-    parser.add_argument("--backend", type=str, default=default, choices=BACKENDS,
-                        help=help or "transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)")
+    choices = [*BACKENDS, "auto"] if default == "auto" else list(BACKENDS)
+    parser.add_argument("--backend", type=str, default=default, choices=choices,
+                        help=help or "transformers, or ct2 for a CTranslate2 folder (merge_lora --ct2, the importer)"
+                        + ("; auto (the default): ct2 where --model_path is a CTranslate2 folder, else transformers"
+                           if default == "auto" else ""))
+
+
+def resolve_backend(backend: str, model_paths: list[str]) -> str:
+    """``--backend=auto`` resolved: ct2 when every model named is a local CTranslate2 folder (``model.bin``),
+    transformers otherwise (hub ids, transformers folders, packaged names); an explicit backend is kept."""
+    if backend != "auto":
+        return backend
+    from utils.models import model_folder_kind
+
+    chosen = "ct2" if model_paths and all(model_folder_kind(p) == "ct2" for p in model_paths) else "transformers"
+    logger.info("--backend=auto: %s (%s)", chosen, ", ".join(model_paths))
+    return chosen
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "openai/whisper-base") -> None:
@@ -184,7 +201,7 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                    default_backend: str = "transformers", ct2_encoder_auto: str | None = None) -> None:
+                    default_backend: str = "auto", ct2_encoder_auto: str | None = None) -> None:
     """Inference-engine flags shared by infer, evaluation and the server: --backend, --dtype, --compute_type,
     --ct2_encoder (``ct2_encoder_auto``: what its auto means in this script, for the help)."""
     from utils.transcribe import DTYPES

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, int_at_least,
-                       make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, finite_float,
+                       int_at_least, make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
 from utils.data import ManifestError, missing_manifest_message
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language of items without their own 'language'; None = multilingual / auto")
     g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
     add_bool(g, "timestamps", False, "train timestamp tokens from 'sentences' (items without them still used)")
-    g.add_argument("--prompt_prob", type=float, default=0.0,
+    g.add_argument("--prompt_prob", type=finite_float, default=0.0,
                    help="share of items trained with a previous-text prompt (the preceding sentence of the same "
                         "recording, else hotwords from the item's text; no loss on it), so --initial_prompt and "
                         "--hotwords keep working after fine-tuning; 0.2-0.5 recommended when you use them")
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--replay_data", type=optional_str, default=None,
                    help="manifest of general speech mixed into every epoch to limit forgetting (other languages, "
                         "numbers, punctuation); see evaluation.py --compare")
-    g.add_argument("--replay_ratio", type=float, default=0.2, help="share of each epoch taken from --replay_data")
+    g.add_argument("--replay_ratio", type=finite_float, default=0.2,
+                   help="share of each epoch taken from --replay_data")
     g.add_argument("--num_workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--max_eval_samples", type=int, default=0, help="evaluate on the first N test items (0 = all)")
 
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(g, "use_adalora", False, "AdaLoRA (adaptive ranks) instead of LoRA")
     g.add_argument("--lora_r", type=int, default=32, help="LoRA rank (AdaLoRA: final average rank is r/8 .. init r/2)")
     g.add_argument("--lora_alpha", type=int, default=64, help="LoRA scaling alpha")
-    g.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the adapter input")
+    g.add_argument("--lora_dropout", type=finite_float, default=0.05, help="dropout on the adapter input")
     g.add_argument("--target_modules", type=str, default=",".join(DEFAULT_TARGET_MODULES),
                    help="comma-separated module names; prefix decoder./encoder. to limit a name to one side "
                         "(decoder-only adapters freeze the encoder: its outputs are computed once and cached)")
@@ -90,20 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters in only the top N encoder layers (0 = decoder only; default all): the layers "
                         "below run without gradients and their output is computed once per clip and cached, which "
                         "is 2x faster on a CPU with N=1 but learns new acoustics far less (README)")
-    g.add_argument("--encoder_cache_gb", type=float, default=4.0,
+    g.add_argument("--encoder_cache_gb", type=finite_float, default=4.0,
                    help="memory for the cached output of the frozen encoder layers (0 = no cache)")
 
     g = p.add_argument_group("training")
     g.add_argument("--output_dir", type=path_arg, default="output/", help="runs go to <output_dir>/<model name>/")
-    g.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (ignored when --max_steps > 0)")
+    g.add_argument("--num_train_epochs", type=finite_float, default=3.0, help="epochs (ignored when --max_steps > 0)")
     g.add_argument("--max_steps", type=int, default=0, help="optimizer steps; > 0 overrides --num_train_epochs")
     g.add_argument("--per_device_train_batch_size", type=int, default=8, help="batch per process")
     g.add_argument("--per_device_eval_batch_size", type=int, default=8, help="eval batch per process")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step")
-    g.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--learning_rate", type=finite_float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight_decay", type=finite_float, default=0.0, help="AdamW weight decay")
     g.add_argument("--warmup_steps", type=int, default=50, help="linear warmup steps")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="clip gradients to this norm (0 = no clipping)")
+    g.add_argument("--max_grad_norm", type=finite_float, default=1.0,
+                   help="clip gradients to this norm (0 = no clipping)")
     g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N steps")
     g.add_argument("--eval_steps", type=int, default=100, help="evaluate CER/WER every N steps (0 = only at the end)")
     g.add_argument("--save_steps", type=int, default=100, help="save checkpoint-<step> every N steps (0 = never)")

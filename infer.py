@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
-                       bool_or_auto, check_device_arg, check_output_path, default_beam_size, make_parser,
+                       bool_or_auto, check_device_arg, check_output_path, default_beam_size, finite_float, make_parser,
                        output_format_arg, path_arg, resolve_backend, setup_logging)
 from utils.device import cpu_has_amx
 from utils.models import ModelResolutionError, cache_root
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(d, "condition_on_previous_text", False,
              "long audio: decode its pieces one after another, each prompted with the text before it (slower)")
     add_bool(d, "fallback", True, "temperature fallback on repetition / low log-probability, skip silence")
-    d.add_argument("--compression_ratio_threshold", type=float, default=2.4, help="repetition-loop threshold")
-    d.add_argument("--logprob_threshold", type=float, default=-1.0, help="average log-probability threshold")
-    d.add_argument("--no_speech_threshold", type=float, default=0.6, help="no-speech probability threshold")
+    d.add_argument("--compression_ratio_threshold", type=finite_float, default=2.4, help="repetition-loop threshold")
+    d.add_argument("--logprob_threshold", type=finite_float, default=-1.0, help="average log-probability threshold")
+    d.add_argument("--no_speech_threshold", type=finite_float, default=0.6, help="no-speech probability threshold")
     add_to_simple_arg(d)
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     o = parser.add_argument_group("output")

@@ -18,8 +18,8 @@ import socket
 import sys
 import threading
 
-from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg,
-                       default_beam_size, make_parser, optional_str, resolve_backend, setup_logging)
+from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg, default_beam_size,
+                       finite_float, make_parser, optional_str, resolve_backend, setup_logging)
 
 logger = logging.getLogger("infer_server")
 
@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000, help="TCP port")
     s.add_argument("--api_key", type=optional_str, default=None,
                    help="require 'Authorization: Bearer <key>' on /v1/* (default: no key)")
-    s.add_argument("--max_upload_mb", type=float, default=25.0, help="largest accepted upload (413 above)")
+    s.add_argument("--max_upload_mb", type=finite_float, default=25.0, help="largest accepted upload (413 above)")
     s.add_argument("--max_queue", type=int, default=16, help="requests that may wait per model (503 above)")
-    s.add_argument("--request_timeout", type=float, default=300.0,
+    s.add_argument("--request_timeout", type=finite_float, default=300.0,
                    help="seconds a request may wait and decode (504 after)")
     d = p.add_argument_group("decoding defaults (a request's fields override them)")
     d.add_argument("--language", type=optional_str, default=None,

@@ -35,8 +35,8 @@ from typing import IO, Any
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
-                       add_model_args, add_to_simple_arg, check_device_arg, check_output_path, make_parser, path_arg,
-                       resolve_encoder_window, setup_logging)
+                       add_model_args, add_to_simple_arg, check_device_arg, check_output_path, finite_float,
+                       make_parser, path_arg, resolve_encoder_window, setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -99,23 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(g, "word_timestamps", False, "time committed words by cross-attention alignment (more exact word times "
              "and latency figures; slower: an alignment pass per decode)")
     s = parser.add_argument_group("streaming")
-    s.add_argument("--chunk_seconds", type=float, default=1.0, help="new audio between two decodes (s)")
-    s.add_argument("--buffer_trim_seconds", type=float, default=10.0,
+    s.add_argument("--chunk_seconds", type=finite_float, default=1.0, help="new audio between two decodes (s)")
+    s.add_argument("--buffer_trim_seconds", type=finite_float, default=10.0,
                    help="trim the buffer at a committed segment end once it is longer than this (s)")
-    s.add_argument("--max_buffer_seconds", type=float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
+    s.add_argument("--max_buffer_seconds", type=finite_float, default=25.0, help="hard buffer limit, ≤ 30 (s)")
     add_encoder_window_arg(s, STREAM_CPU_WINDOW_S)
     add_bool(s, "vad", True, "silero-vad: skip silence, close utterances at pauses")
-    s.add_argument("--vad_threshold", type=float, default=0.5, help="speech probability threshold")
-    s.add_argument("--min_silence_seconds", type=float, default=0.6, help="silence that closes an utterance (s)")
+    s.add_argument("--vad_threshold", type=finite_float, default=0.5, help="speech probability threshold")
+    s.add_argument("--min_silence_seconds", type=finite_float, default=0.6, help="silence that closes an utterance (s)")
     add_bool(s, "wait_in_pause", True, "a decode due in the first 0.3 s of silence after speech waits until 0.3 s "
              "were heard (or speech resumes): it reads the utterance's end, and the pause needs no decode of its own")
     s.add_argument("--prompt_chars", type=int, default=0,
                    help="characters of committed text (that left the buffer) given to the decoder as prompt; 0 = none")
-    s.add_argument("--context_seconds", type=float, default=0.0,
+    s.add_argument("--context_seconds", type=finite_float, default=0.0,
                    help="audio of the utterances just closed (whole ones, up to this many seconds) decoded again with "
                         "the next one, so the decoder hears what came before: fewer errors, more compute per decode "
                         "(for a GPU); 0 = each utterance alone, the fastest")
-    s.add_argument("--revise_seconds", type=float, default=None,
+    s.add_argument("--revise_seconds", type=finite_float, default=None,
                    help="second pass: once the utterances closed since the last block span this many seconds (at "
                         "most 28), they are decoded again together in one 30 s window (beam --close_beam_size) and "
                         "their text replaced: the final text ('revised' lines, --output, the report) reads as offline "

@@ -17,8 +17,8 @@ import json
 import logging
 import sys
 
-from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, make_parser, optional_path,
-                       optional_str, output_format_arg, path_arg, setup_logging)
+from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, finite_float, make_parser,
+                       optional_path, optional_str, output_format_arg, path_arg, setup_logging)
 from utils.io import write_json_atomic, write_text_atomic
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or a Hugging Face text-classification model folder or hub id")
     parser.add_argument("--language", type=str, default="auto", choices=["auto", "zh", "en"],
                         help="offline backend for every text; auto = per text (contains CJK → Chinese)")
-    parser.add_argument("--neutral_margin", type=float, default=DEFAULT_NEUTRAL_MARGIN,
+    parser.add_argument("--neutral_margin", type=finite_float, default=DEFAULT_NEUTRAL_MARGIN,
                         help="scores within 0.5 ± this are neutral, in [0, 0.5)")
     parser.add_argument("--output_format", type=output_format_arg, default="txt", choices=["txt", "json"],
                         help="txt = one line per text; json = {model, results, overall}")

@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, truncated_message, wav_bytes_truncation
-from utils.cli import add_backend_arg, add_bool, make_parser, optional_str, setup_logging
+from utils.cli import add_backend_arg, add_bool, finite_float, make_parser, optional_str, setup_logging
 from utils.webui import (
     MAX_UPLOAD_MB,
     UPLOAD_TYPES,
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "other backend); default: transformers where a model works with both")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1")
     parser.add_argument("--models_dir", type=str, default="models", help="folder searched for merged models")
-    parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB,
+    parser.add_argument("--max_upload_mb", type=finite_float, default=MAX_UPLOAD_MB,
                         help="largest accepted upload in MB (keep ≤ server.maxUploadSize)")
     parser.add_argument("--sentiment_model", type=str, default="auto",
                         help="auto (lexicon for Chinese, VADER for English), lexicon, snownlp, vader or a HF model")

@@ -72,6 +72,26 @@ def test_one_flag_vocabulary_across_the_scripts():
     assert set(_option(parsers["sentiment_analysis"], "--output_format").choices) <= {"txt", "json", "srt", "vtt"}
 
 
+def test_number_flags_refuse_nan_and_inf_in_every_script(capsys):
+    """--chunk_seconds=nan and --min_silence_seconds=inf passed the range checks (every comparison with nan is
+    False) and failed after the model had loaded, with a traceback; a number flag now refuses them at once."""
+    import infer_server
+
+    from utils.cli import finite_float
+
+    parsers = {**_parsers(), "infer_server": infer_server.build_parser()}
+    floats = {(n, a.dest) for n, p in parsers.items() for a in p._actions if a.type is float}
+    assert not floats  # every number flag is finite_float
+    assert finite_float("1e-3") == 0.001
+    for flag in ("--chunk_seconds=nan", "--min_silence_seconds=inf", "--min_silence_seconds=1e400"):
+        with pytest.raises(SystemExit) as e:
+            parsers["realtime_transcribe"].parse_args(["--audio_path=a.wav", flag])
+        assert e.value.code == 2 and "finite number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parsers["finetune"].parse_args(["--learning_rate=nan"])
+    assert "finite number" in capsys.readouterr().err
+
+
 def test_old_spellings_still_work_and_are_hidden():
     parsers = _parsers()
     ev = parsers["evaluation"].parse_args(["--min_duration=1.5", "--max_duration=20"])

@@ -446,6 +446,11 @@ def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_languag
     # window, checked for lost takes (cut_clip)
     assert engine.windows == [(10.0, False)] * 3 + [(None, True)]
     assert EngineHypothesis(engine, DecodeOptions(beam_size=3)).close_beam_size is None  # closing() = beam 3
+    # --language=auto: detected in every decode (a Mandarin sentence after an English one was read in English)
+    engine.calls.clear()
+    auto = EngineHypothesis(engine, DecodeOptions(language="auto", beam_size=1), close_beam_size=5)
+    auto(second, ""), auto.closing(second, ""), auto.revising(second, "")
+    assert engine.calls == [(1, "auto"), (5, "auto"), (5, "auto")] and auto.detected == "en"
     with pytest.raises(ValueError, match="close_beam_size"):
         EngineHypothesis(engine, DecodeOptions(), close_beam_size=0)
 
@@ -1064,6 +1069,26 @@ class _Rereader:
         assert prompt == ""  # no prompt: as offline transcription reads a window
         self.blocks.append(audio)
         return [(s, e, t.upper()) for s, e, t in self.asr(audio, prompt)]
+
+
+def test_a_sentence_followed_by_silence_is_revised_once_the_speaker_has_been_quiet_a_while():
+    """One short sentence, then silence: its block (2.4 s < block_s) waited for the next utterance or max_block_s
+    of audio (a live user got the final text 25 s later, or never in --output before Ctrl-C). Now it is read once
+    REVISE_AFTER_QUIET_S of silence has passed; the next sentence gets its own block."""
+    from utils.streaming import REVISE_AFTER_QUIET_S
+
+    words, audio, texts = _utterances(2, pause_s=20.0)
+    shown: list[tuple[Revision, float]] = []
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                        on_revision=lambda r, t: shown.append((r, t)),
+                        reviser=Reviser(_Rereader(words), block_s=6.0, max_block_s=12.0))
+    assert result.final_text == " ".join(texts).upper()
+    first_end = words[5][1]  # the first sentence's last word ends here (stream seconds)
+    assert [join_words(r.words) for r, _ in shown] == [t.upper() for t in texts]
+    assert REVISE_AFTER_QUIET_S == 2.0
+    assert shown[0][1] <= first_end + 3.5  # 2 s of quiet + a step (1 s) and the VAD's frames
+    assert shown[1][1] > first_end + 20.0  # the second after it was said, not with the first
 
 
 def test_the_second_pass_reads_closed_utterances_again_in_blocks_and_replaces_their_words():

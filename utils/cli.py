@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -89,6 +90,18 @@ def positive_int(value: str) -> int:
     return int_at_least(value, 1)
 
 
+def finite_float(value: str) -> float:
+    """A number flag: nan and inf are refused here (they passed every range check and failed later, after the
+    model had loaded, with a traceback)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def seed_int(value: str) -> int:
     """A random seed flag: 0 to 2**32 - 1, what every generator seeded from it (NumPy, CTranslate2) takes."""
     number = int_at_least(value, 0, "a seed")
@@ -129,9 +142,9 @@ def add_audio_length_args(parser: argparse.ArgumentParser | argparse._ArgumentGr
                           max_default: float = 30.0, max_help: str = "") -> None:
     """``--min_audio_len`` / ``--max_audio_len``: the clips of a manifest that are used (finetune, evaluation);
     ``max_help``: what the script says of longer clips."""
-    parser.add_argument("--min_audio_len", type=float, default=min_default,
+    parser.add_argument("--min_audio_len", type=finite_float, default=min_default,
                         help="leave out clips shorter than this (s)")
-    parser.add_argument("--max_audio_len", type=float, default=max_default,
+    parser.add_argument("--max_audio_len", type=finite_float, default=max_default,
                         help=f"leave out clips longer than this (s{max_help})")
 
 

@@ -427,6 +427,15 @@ class StreamingPolicy:
         return due_in
 
     @property
+    def quiet_s(self) -> float:
+        """Seconds of silence since the last speech, when the utterance before it has closed and no speech came
+        since (VAD); 0 while an utterance is open, before any speech, or without a VAD."""
+        vad = self._vad
+        if vad is None or vad.armed or vad.last_speech_end < 0:
+            return 0.0
+        return (vad.processed - vad.last_speech_end) / SAMPLE_RATE
+
+    @property
     def undecoded(self) -> bool:
         """Audio arrived since the last step."""
         return self.total > self._decoded_until
@@ -713,6 +722,9 @@ class Revision:
 # estimates inside a decode): a block from the middle of a 40 s silence did not fit the 28 s window, and the
 # utterance after it kept its live words
 _REVISE_SILENCE_LEAD_S = 2.0
+# silence after which the second pass reads what was said before it, though the block is shorter than block_s: a
+# speaker who said one sentence and stopped got its final text only when speaking again (25 s later in a walkthrough)
+REVISE_AFTER_QUIET_S = 2.0
 
 
 class Reviser:
@@ -951,7 +963,8 @@ class StreamResult:
 def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float = 1.0,
                on_update: Callable[[Update, float], None] | None = None, keep_audio: bool = False,
                poll_s: float = 0.1, reviser: Reviser | None = None,
-               on_revision: Callable[[Revision, float], None] | None = None) -> StreamResult:
+               on_revision: Callable[[Revision, float], None] | None = None,
+               revise_after_quiet_s: float = REVISE_AFTER_QUIET_S) -> StreamResult:
     """Feed ``source`` to ``policy`` until the end of the stream or Ctrl-C, then flush.
 
     Audio is read in blocks of ``poll_s`` so the VAD sees it as it arrives: a step runs as soon as an
@@ -967,8 +980,10 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         poll_s: how often (s of audio) the stream is read and the VAD updated; at most ``chunk_s``.
         on_update: called after every step with the update and the stream time of its commit.
         keep_audio: keep all received audio in the result (e.g. to transcribe it offline afterwards).
-        reviser: a second pass (:class:`Reviser`), run between steps once a block is due and at the end (its compute
-            time delays the next step, as a decode's does); ``on_revision`` is called with each block's revision.
+        reviser: a second pass (:class:`Reviser`), run between steps once a block is due, after
+            ``revise_after_quiet_s`` of silence (``policy.quiet_s``: a speaker who stopped gets the final text of
+            what they said, not when they speak again), and at the end (its compute time delays the next step, as
+            a decode's does); ``on_revision`` is called with each block's revision.
 
     Returns:
         The commits with their times. Ctrl-C (KeyboardInterrupt) ends the stream and ``interrupted`` is True:
@@ -1031,6 +1046,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
             policy.closes.clear()  # nobody reads them
             return
         reviser.add_closes(policy.closes)
+        final = final or policy.quiet_s >= revise_after_quiet_s  # nobody speaking: no later utterance joins the block
         if not (final or reviser.due()):
             return
         _, spent = timed(lambda: reviser.run(policy.committed, final))
@@ -1209,9 +1225,11 @@ class EngineHypothesis:
 
     Segment timestamps are requested (word times are interpolated inside them, or, with
     ``options.word_timestamps``, taken from the aligned words); repetition loops are collapsed
-    (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With
-    ``options.language`` None or ``"auto"`` the language of the first decode of at least ``detect_after_s``
-    seconds is kept for the rest of the stream (``self.options.language``), so it cannot flip.
+    (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With ``options.language`` None (an
+    original Whisper model: detected) the language of the first decode of at least ``detect_after_s`` seconds is
+    kept for the rest of the stream (``self.options.language``), so it cannot flip; ``"auto"`` detects it in every
+    decode (a stream in two languages: the second one was read in the first, i.e. translated), and a change is
+    logged.
     :meth:`closing` decodes in a beam of ``close_beam_size`` (the policy's ``close_fn``; None = the options' beam).
     """
 
@@ -1223,6 +1241,7 @@ class EngineHypothesis:
         self.options = replace(options, timestamps=True, read_on=False)  # a live step: the next one reads on
         self.detect_after_s = detect_after_s
         self.close_beam_size = close_beam_size
+        self.detected: str | None = None  # with --language=auto: the language the last decode found
 
     def __call__(self, audio: np.ndarray, prompt: str) -> list[tuple]:
         return self._decode(audio, prompt, self.options)
@@ -1242,11 +1261,15 @@ class EngineHypothesis:
 
     def _decode(self, audio: np.ndarray, prompt: str, options: Any, cut_clip: bool = False) -> list[tuple]:
         result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=cut_clip)
-        if (self.options.language in (None, AUTO_LANGUAGE) and result.language
-                and len(audio) >= self.detect_after_s * SAMPLE_RATE):
+        if not result.language or len(audio) < self.detect_after_s * SAMPLE_RATE:
+            pass
+        elif self.options.language is None:
             self.options = replace(self.options, language=result.language)
-            logger.info("language: %s (p=%.2f), kept for the rest of the stream", result.language,
-                        result.language_probability)
+            logger.info("language: %s (p=%.2f), kept for the rest of the stream (--language=auto: detected in "
+                        "every decode)", result.language, result.language_probability)
+        elif self.options.language == AUTO_LANGUAGE and result.language != self.detected:
+            self.detected = result.language
+            logger.info("language: %s (p=%.2f)", result.language, result.language_probability)
         out: list[tuple] = []
         for seg in result.segments:
             text = collapse_repeats(seg.text)

@@ -95,6 +95,23 @@ def test_words_group_tokens_and_keep_punctuation_with_them(tokenizers):
     assert all(w.probability == pytest.approx(0.9) for w in words)
 
 
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_words_after_a_broken_utf8_sequence_are_kept(tokenizers, language):
+    """The decoder emitted two bytes of a three-byte "？" (tokens 171, 120) and went on with " this is the test":
+    faster-whisper's unicode split put every later token into a group it never returned, so the words after it were
+    missing from words[] (a server's verbose_json listed "Hello world" for "Hello world this is the test")."""
+    from utils.alignment import character_groups
+
+    tk = tokenizers[language]
+    tokens = tk.encode(" Hello world") + [171, 120] + tk.encode(" this is the test.")
+    texts, groups = character_groups(tk, tokens)
+    assert [t for g in groups for t in g] == tokens and texts[2:4] == ["\ufffd", "\ufffd"]
+    times = np.arange(len(tokens) + 1) * 0.2
+    words = words_for_tokens(tk, tokens, [0.9] * len(tokens), times, language=language, duration=60.0)
+    found = [w.word.strip() for w in words]
+    assert found[-4:] == ["this", "is", "the", "test."], found
+
+
 def _zh_words(tokenizers, text: str, seconds: float) -> list:
     """The words of Chinese ``text``, its tokens spread evenly over ``seconds``."""
     tk = tokenizers["zh"]

@@ -131,6 +131,27 @@ def test_cut_at_pauses_ends_a_segment_where_its_words_cross_a_long_pause():
     assert ["".join(text[t] for t in ts).strip() for ts in cut.tokens] == ["Bonjour !", "Comment ça va ? -"]
 
 
+def test_token_cuts_count_a_character_split_over_byte_tokens_once():
+    """A piece ending in a full-width "？" (three byte tokens): its first byte decoded as U+FFFD was counted as the
+    character, the cut gave up, and the first piece kept every token (a 4-minute lecture's JSON had tokens that
+    decode to the next sentence too, and "tokens": [] there). A broken byte sequence the decoder emitted counts for
+    nothing."""
+    from tokenizers import Tokenizer
+
+    from utils.models import packaged_ct2_dir
+    from utils.transcribe import _token_cuts
+
+    tk = Tokenizer.from_file(str(packaged_ct2_dir("openai/whisper-base") / "tokenizer.json"))
+    tokens = [12560, 8259, 119, 49817, 6025, 8090, 171, 120, 234, 15433, 47209, 41796, 3581, 11100, 6135, 25874,
+              8842, 228, 3509, 123, 38409, 12501, 250, 20078, 171, 120, 253, 29618, 2930, 254, 40503, 45277, 8661,
+              2131, 29309, 12136, 122, 4563, 45213, 1543]
+    pieces = ["新闻报道说，台风江在明天登陆广东颜海？", "学习边城最好送派很开始。"]
+    assert [tk.decode(t) for t in _token_cuts(tokens, pieces, tk.decode)] == pieces
+    broken = tk.encode("你好", add_special_tokens=False).ids + [171, 120] + tk.encode("再见。", add_special_tokens=False).ids
+    cuts = _token_cuts(broken, ["你好", "再见。"], tk.decode)
+    assert tk.decode(cuts[0]) == "你好" and tk.decode(cuts[1]).replace("\ufffd", "") == "再见。"
+
+
 def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, repo_root, monkeypatch):
     """The demo model (fine-tuned without timestamp tokens) read each 25-30 s chunk as one segment of five to nine
     sentences: one .txt line, subtitle cues timed by text length across the pauses. Its chunks are cut at the pauses
@@ -1001,6 +1022,30 @@ def test_split_on_silence_cuts_long_audio_in_silences(en_wav, zh_wav):
     assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
     silence = np.zeros(SAMPLE_RATE * 5, dtype=np.float32)
     assert split_on_silence(np.concatenate([silence] * 7)) == []
+
+
+def test_a_chunk_after_music_starts_before_its_first_syllable(tmp_path):
+    """After 25 s of music silero started the speech's region 0.28 s into it and the chunk, padded by 0.2 s, lost
+    the first word on both backends ("各位同学" read as "美同学"); chunks are now decoded from 0.4 s before their
+    region (faster-whisper's padding), never into the chunk before or past a 30 s window."""
+    speech = load_audio(make_speech("各位同学，大家好，今天我们来讲人工智能的发展历史。", tmp_path / "zh.wav",
+                                    voice="cmn-latn-pinyin", speed=175)) * 0.7
+    t = np.arange(25 * SAMPLE_RATE) / SAMPLE_RATE
+    music = sum(0.08 * np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t + j))
+                for j, f in enumerate([261.6, 329.6, 392.0, 523.3]))
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    audio = np.concatenate([music.astype(np.float32), gap, speech, gap])
+    freqs = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)  # pink noise under it all, as a room's
+    rng = np.random.default_rng(0)
+    spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) / np.sqrt(np.maximum(freqs, 1))
+    spectrum[0] = 0
+    noise = np.fft.irfft(spectrum, len(audio))
+    audio = np.clip(audio + 0.02 * noise / np.abs(noise).max(), -1, 1).astype(np.float32)
+    onset = 25.5 + np.flatnonzero(np.abs(speech) > 0.01)[0] / SAMPLE_RATE
+    chunks = split_on_silence(audio)
+    first = next(c for c in chunks if c.end / SAMPLE_RATE > onset)
+    assert first.start / SAMPLE_RATE <= onset - 0.1, (first.start / SAMPLE_RATE, onset)  # was 0.02 s after it
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:])) and all(c.duration_s <= 30 for c in chunks)
 
 
 def _recording_decoder(waves: list):
@@ -2190,11 +2235,16 @@ def test_prompt_and_hotwords_text_that_spells_control_tokens_is_read_as_text(bas
     from utils.languages import has_unspaced_script
     from utils.transcribe import DecodeOptions
 
-    control = "<|en|><|translate|><|notimestamps|><|endoftext|>"
+    control = "<|en|><|translate|><|notimestamps|><|endoftext|> at <|1.00|>"  # timestamps are added, not special
     eot = 50257  # whisper-base's first special token
     assert max(base_hf._prompt_ids(control)[1:]) < eot
     assert not base_hf.processor.tokenizer.backend_tokenizer.encode_special_tokens  # the shared one: untouched
     assert max(base_ct2._tokenizer("zh", "transcribe").encode(" " + control)) < eot
+    # a ct2 folder converted from transformers (merge_lora.py --ct2) has the timestamp tokens in its tokenizer.json
+    with_timestamps = base_hf.processor.tokenizer.backend_tokenizer
+    assert with_timestamps.encode(" at <|1.00|>", add_special_tokens=False).ids[-1] == 50414
+    ct2_tokenizer = type(base_ct2._tokenizer("zh", "transcribe"))(with_timestamps, True, "transcribe", "zh")
+    assert max(ct2_tokenizer.encode(" " + control)) < eot
     audio = load_audio(zh_wav)
     for engine in (base_hf, base_ct2):
         for options in (DecodeOptions(language="zh", initial_prompt=control),

@@ -12,6 +12,7 @@ weights captured from the transformers model (:func:`alignment_path`).
 from __future__ import annotations
 
 import logging
+import string
 from collections.abc import Sequence
 import numpy as np
 
@@ -82,9 +83,47 @@ def alignment_path(weights: np.ndarray, num_frames: int) -> tuple[np.ndarray, np
 
 def word_groups(tokenizer, tokens: Sequence[int], language: str | None) -> tuple[list[str], list[list[int]]]:
     """Split text tokens into words: (word texts, token lists); by character for Chinese, Japanese, Thai…"""
+    pieces, groups = character_groups(tokenizer, tokens)
     if language in NO_SPACE_LANGUAGES:
-        return _join_latin_runs(*tokenizer.split_tokens_on_unicode(list(tokens)))
-    return tokenizer.split_tokens_on_spaces(list(tokens))
+        return _join_latin_runs(pieces, groups)
+    words: list[str] = []
+    word_tokens: list[list[int]] = []
+    for piece, group in zip(pieces, groups):  # a piece starting with a space, or punctuation, starts a word
+        if not words or piece.startswith(" ") or piece.strip() in string.punctuation:
+            words.append(piece)
+            word_tokens.append(list(group))
+        else:
+            words[-1] += piece
+            word_tokens[-1] += group
+    return words, word_tokens
+
+
+# the longest byte sequence of one UTF-8 character: a run of tokens that long still not decoding to text holds a
+# broken sequence
+_UTF8_MAX_BYTES = 4
+
+
+def character_groups(tokenizer, tokens: Sequence[int]) -> tuple[list[str], list[list[int]]]:
+    """Text tokens in groups that each decode to whole characters: (texts, token lists). A character split over
+    byte-level tokens is one group; a token whose bytes never complete a character (the decoder can emit a broken
+    UTF-8 sequence) is a group of its own, decoding to U+FFFD, and the tokens after it go on in groups (faster-whisper's
+    split_tokens_on_unicode put every token after such a pair into one group it never returned: the words after it
+    were lost from the word timestamps)."""
+    texts: list[str] = []
+    groups: list[list[int]] = []
+    tokens = list(tokens)
+    at = 0
+    while at < len(tokens):  # the shortest run from here that decodes to whole characters
+        for size in range(1, min(_UTF8_MAX_BYTES, len(tokens) - at) + 1):
+            text = tokenizer.decode(tokens[at: at + size])
+            if "\ufffd" not in text:
+                break
+        else:  # none: the first token's bytes start no character
+            size, text = 1, tokenizer.decode(tokens[at: at + 1])
+        texts.append(text)
+        groups.append(tokens[at: at + size])
+        at += size
+    return texts, groups
 
 
 def _is_latin_alnum(ch: str) -> bool:

@@ -307,6 +307,17 @@ def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
     return " ".join(parts) or None
 
 
+def encode_as_text(encode: Callable[[str], list[int]], text: str) -> list[int]:
+    """Token ids of ``text`` read as text (a prompt, hotwords, a prefix): every ``<|`` is encoded apart as ``<`` and
+    ``|...``, so a control or timestamp token typed in it (``<|translate|>``, ``<|1.00|>``) is its characters, not
+    the token (``encode``: a tokenizer's plain encode, no special tokens added)."""
+    first, *rest = text.split("<|")
+    ids = encode(first) if first else []
+    for piece in rest:
+        ids += encode("<") + encode("|" + piece)
+    return ids
+
+
 def join_texts(texts: Sequence[str]) -> str:
     """Join chunk texts: one space between them, none where :func:`joins_unspaced` (Chinese, Japanese, full-width
     punctuation)."""
@@ -1098,15 +1109,22 @@ def _text_cuts(text: str, groups: Sequence[Sequence[Word]]) -> list[str] | None:
 def _token_cuts(tokens: Sequence[int], pieces: Sequence[str], decode: Callable[[list[int]], str]
                 ) -> list[list[int]] | None:
     """``tokens`` split as their text is into ``pieces`` (where the decoded prefix holds the pieces before, spaces
-    aside), or None where no token boundary falls there."""
+    aside), or None where no token boundary falls there. Characters are counted whole: a piece ending in "？" (three
+    byte tokens) ends after its last byte (its first byte decoded as U+FFFD was counted as the character, and every
+    cut after a full-width mark gave up: the first piece kept all tokens); a broken byte sequence the decoder emitted
+    (dropped from the text) counts for nothing."""
+    def seen(end: int) -> int:
+        return _nonspace(decode(list(tokens[:end])).replace("\ufffd", ""))
+
     out, at, needed = [], 0, 0
     for piece in pieces[:-1]:
-        needed += _nonspace(piece)
+        needed += _nonspace(piece.replace("\ufffd", ""))
         end = at
-        while end < len(tokens) and _nonspace(decode(list(tokens[:end]))) < needed:
+        while end < len(tokens) and seen(end) < needed:
             end += 1
-        prefix = decode(list(tokens[:end]))
-        if _nonspace(prefix) != needed or "\ufffd" in prefix:  # not at a token boundary, or inside a character
+        inside = (decode(list(tokens[:end])).endswith("\ufffd")  # one character's bytes on both sides
+                  and decode(list(tokens[end:])).startswith("\ufffd"))
+        if seen(end) != needed or inside:  # not at a token boundary
             return None
         out.append(list(tokens[at:end]))
         at = end
@@ -1643,17 +1661,17 @@ class TransformersTranscriber(_BaseTranscriber):
         return kw
 
     def _prompt_ids(self, text: str) -> list[int]:
-        """``<|startofprev|>`` and the tokens of `` text``, read as text: "<|en|><|translate|>" typed into a prompt
-        is not the control tokens (get_prompt_ids refused it with a traceback; the ct2 backend switched the task).
-        A copy of the tokenizer does it: ``split_special_tokens`` sets a flag on the shared one, which another
-        thread's encode (the web page's sessions share an engine) turns back off."""
+        """``<|startofprev|>`` and the tokens of `` text``, read as text (:func:`encode_as_text`):
+        "<|en|><|translate|>" or "<|1.00|>" typed into a prompt is not the tokens (get_prompt_ids refused the first
+        with a traceback). A copy of the tokenizer encodes: the shared one is reconfigured (truncation, padding) by
+        another thread's call (the web page's sessions share an engine), which a concurrent encode must not meet."""
         tok = self.processor.tokenizer
         if getattr(self, "_plain_text", None) is None:
             from tokenizers import Tokenizer
 
             self._plain_text = Tokenizer.from_str(tok.backend_tokenizer.to_str())
-            self._plain_text.encode_special_tokens = True
-        text_ids = self._plain_text.encode(" " + text.strip(), add_special_tokens=False).ids
+        text_ids = encode_as_text(lambda t: self._plain_text.encode(t, add_special_tokens=False).ids,
+                                  " " + text.strip())
         return [tok.convert_tokens_to_ids("<|startofprev|>"), *text_ids]
 
     def _segments_from_output(self, out: Any, n: int, durations: Sequence[float] | None
@@ -2072,8 +2090,6 @@ class CT2Transcriber(_BaseTranscriber):
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
         vocab = self.model.hf_tokenizer
-        # a prompt's, hotwords' or prefix's text is text: "<|en|><|translate|>" typed into a prompt switched the task
-        vocab.encode_special_tokens = True
         self._language_codes = ({code for code in LANGUAGES if vocab.token_to_id(f"<|{code}|>") is not None}
                                 if self.multilingual else {"en"})
         config = _ct2_generation_config(model_dir)  # merge_lora.py --ct2 writes one
@@ -2210,12 +2226,18 @@ class CT2Transcriber(_BaseTranscriber):
         return encoded
 
     def _tokenizer(self, language: str, task: str):
+        """faster-whisper's tokenizer whose ``encode`` (prompt, hotwords, prefix) reads its text as text
+        (:func:`encode_as_text`: "<|en|><|translate|>" typed into a prompt switched the task)."""
         from faster_whisper.tokenizer import Tokenizer
+
+        class TextTokenizer(Tokenizer):
+            def encode(self, text: str) -> list[int]:
+                return encode_as_text(super().encode, text)
 
         key = (language, task)
         if key not in self._tokenizers:
-            self._tokenizers[key] = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task,
-                                              language=language if self.multilingual else "en")
+            self._tokenizers[key] = TextTokenizer(self.model.hf_tokenizer, self.multilingual, task=task,
+                                                  language=language if self.multilingual else "en")
         return self._tokenizers[key]
 
     def _features(self, chunks: Sequence[np.ndarray], window_s: float | None = None) -> np.ndarray:

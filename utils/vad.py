@@ -229,6 +229,10 @@ def raised(audio: np.ndarray, peak: float) -> np.ndarray:
 
 
 SPEECH_PAD_S = 0.2  # silence the VAD keeps on both sides of every speech region (:func:`speech_regions`)
+# ... and this much more decoded before a long recording's chunk (:func:`split_on_silence`; faster-whisper pads by
+# 0.4 s): after 25 s of music silero started the speech's region late and its first word was lost ("各位同学" read as
+# "美同学"; with 0.4 s, as faster-whisper read it, right)
+CHUNK_LEAD_S = 0.2
 
 
 def speech_regions(
@@ -418,6 +422,10 @@ def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S) -> list[C
     """
     regions = speech_regions(audio)
     chunks = merge_regions(regions, max_chunk_s)
+    limit, before, ended = int(max_chunk_s * SAMPLE_RATE), int(CHUNK_LEAD_S * SAMPLE_RATE), 0
+    for k, c in enumerate(chunks):  # decoded from a little earlier, where the window and the chunk before allow
+        chunks[k] = replace(c, start=min(c.start, max(ended, c.start - before, c.end - limit)))
+        ended = c.end
     if chunks:
         chunks[0] = replace(chunks[0], lead=_lead(regions, chunks[0].end - chunks[0].start, max_chunk_s))
     logger.debug("VAD: %.1f s of audio → %d chunks, %.1f s of them", len(audio) / SAMPLE_RATE, len(chunks),

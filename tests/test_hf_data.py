@@ -154,8 +154,9 @@ def test_columns_are_found_named_or_refused(demo, tmp_path, caplog):
 
 def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, demo):
     rows = demo["test"]
+    durations = [round(t, 2) for _, _, t in rows[:3]] + [40.0]  # the last one's column says 40 s
     ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "text": ["好", None, "", "长"],
-                                     "duration": [1.0, 2.0, 3.0, 40.0]})
+                                     "duration": durations})
     ds.save_to_disk(str(tmp_path / "one"))
     with pytest.raises(DatasetError, match=r"one#1: 'text' is None, not text"):
         load_data(str(tmp_path / "one"), split="test", split_flag="--test_split")
@@ -170,11 +171,24 @@ def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, dem
     assert [line.split(":")[0] for line in lines[1:]] == [f"{tmp_path / 'three'}#{i}" for i in (1, 2, 4)]
     kept = load_data(str(tmp_path / "one"), split="test", split_flag="--test_split", skip_invalid=True)
     # row 1 invalid, row 3 longer than 30 s (the 'duration' column is used, not the files' headers)
-    assert list(kept.rows) == [0, 2] and list(kept.durations) == [1.0, 3.0]
+    assert list(kept.rows) == [0, 2] and list(kept.durations) == [durations[0], durations[2]]
     assert kept[1].is_nospeech
     with pytest.raises(DatasetError, match="no usable items"):
         load_data(str(tmp_path / "one"), split="test", split_flag="--test_split", skip_invalid=True,
                   min_duration=5.0)
+
+
+@pytest.mark.parametrize("scale", [1000.0, 0.5])
+def test_a_duration_column_that_does_not_fit_the_audio_is_refused_when_opened(tmp_path, demo, scale):
+    """The 'duration' column is trusted for every row (the headers are not read): one in milliseconds, or written
+    before the audio was cut, was found only when training reached a clip, after the model had loaded."""
+    rows = demo["test"][:12]
+    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "text": [s for _, s, _ in rows],
+                                     "duration": [t * scale for _, _, t in rows]})
+    ds.save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DatasetError, match=r"d#0: the 'duration' column says .* s, its audio holds .* correct the "
+                                           r"column \(seconds\) or remove it"):
+        load_data(str(tmp_path / "d"), split="test", split_flag="--test_split", max_duration=0)
 
 
 def test_labels_longer_than_whisper_allows_are_refused(demo, tiny_whisper_dir):

@@ -399,6 +399,24 @@ def _duration_of(audio: Any, base_dir: str | None, where: str, column: str) -> f
         raise DatasetError(f"{where}: '{column}' {e}; fix or remove that row") from e
 
 
+DURATION_SAMPLES = 8  # rows whose 'duration' column is compared with their audio when a dataset is opened
+
+
+def _check_duration_column(ds: Any, rows: Sequence[int], durations: Sequence[float], audio_column: str,
+                           base_dir: str | None, label: str, split_name: str | None) -> None:
+    """Compare the ``duration`` column with the audio of ``DURATION_SAMPLES`` kept rows spread over the dataset (the
+    column is trusted for every row, so its headers need not be read): a column in other units, or written before
+    the audio was cut, was found only when training reached a clip, after the model had loaded."""
+    for k in np.unique(np.linspace(0, len(rows) - 1, min(DURATION_SAMPLES, len(rows))).round().astype(int)):
+        where = _row_label(label, split_name, int(rows[k]))
+        actual = _duration_of(ds[int(rows[k])][audio_column], base_dir, where, audio_column)
+        said = float(durations[k])
+        if abs(actual - said) > max(0.5, 0.1 * actual):
+            raise DatasetError(f"{where}: the 'duration' column says {said:g} s, its audio holds {actual:.2f} s; "
+                               "correct the column (seconds) or remove it: without it each clip's length is read "
+                               "from its audio")
+
+
 def load_dataset_source(
     spec: str,
     *,
@@ -475,6 +493,8 @@ def load_dataset_source(
     if not rows:
         raise DatasetError(f"{spec}: no usable items ({row} rows; duration bounds {min_duration}..{max_duration} s, "
                            f"{skipped_invalid} invalid)")
+    if has_duration:
+        _check_duration_column(ds, rows, durations, audio_column, base_dir, label, split_name)
     logger.info("%s%s: %d items, audio '%s', text '%s'", spec, f" [{split_name}]" if split_name else "",
                 len(rows), audio_column, text_column)
     return DatasetSource(ds, name=label, split=split_name, audio_column=audio_column, text_column=text_column,

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api_key", type=optional_str, default=None,
                    help="require 'Authorization: Bearer <key>' on /v1/* (default: no key)")
     s.add_argument("--max_upload_mb", type=finite_float, default=25.0, help="largest accepted upload (413 above)")
+    s.add_argument("--max_audio_minutes", type=finite_float, default=120.0,
+                   help="longest accepted audio (413 above), checked while decoding: a small compressed file can "
+                        "hold hours, whose samples take the server's memory (0 = no limit)")
     s.add_argument("--max_queue", type=int, default=16, help="requests that may wait per model (503 above)")
     s.add_argument("--request_timeout", type=finite_float, default=300.0,
                    help="seconds a request may wait and decode (504 after)")
@@ -71,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_device_arg(parser, args.device, args.backend)
     for name, value, ok, text in (("--port", args.port, 0 < args.port < 65536, "in 1..65535"),
                                   ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),
+                                  ("--max_audio_minutes", args.max_audio_minutes, args.max_audio_minutes >= 0,
+                                   ">= 0"),
                                   ("--max_queue", args.max_queue, args.max_queue >= 1, ">= 1"),
                                   ("--request_timeout", args.request_timeout, args.request_timeout > 0, "> 0"),
                                   ("--batch_size", args.batch_size, args.batch_size >= 1, ">= 1"),
@@ -140,6 +145,7 @@ def server_options(args: argparse.Namespace):
     decode = DecodeOptions(language=args.language, hotwords=args.hotwords, batch_size=args.batch_size, beam_size=beam,
                            to_simple=args.to_simple, remove_pun=args.remove_pun)
     return ServerOptions(api_key=args.api_key, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         max_audio_seconds=args.max_audio_minutes * 60 or None,
                          request_timeout=args.request_timeout, decode=decode)
 
 

@@ -189,9 +189,33 @@ def test_models_and_health(server, client):
     assert "a window alone decodes on" in server.log.read_text()  # the model was tuned for requests of short files
 
 
+def test_a_model_can_be_retrieved_by_id(server, client):
+    """GET /v1/models/{id} was a 404, so client.models.retrieve() failed for every model, the alias too."""
+    from openai import NotFoundError
+
+    assert client.models.retrieve("openai/whisper-base").id == "openai/whisper-base"
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
+    with pytest.raises(NotFoundError) as e:
+        client.models.retrieve("whisper-large-v9")
+    assert "model_not_found" in str(e.value)
+
+
+def test_translations_report_english_and_check_the_spoken_language(server, zh_wav):
+    """A translation's verbose_json named the source language ("chinese" for English speech too; OpenAI's is the
+    output's, english), and its language field was dropped unread (language=klingon: 200)."""
+    wav = ("zh.wav", zh_wav.read_bytes())
+    status, body = server.post("/v1/audio/translations", {"model": "whisper-1", "response_format": "verbose_json",
+                                                          "language": "zh"}, wav, AUTH)
+    assert status == 200, body
+    reply = json.loads(body)
+    assert reply["task"] == "translate" and reply["language"] == "english" and reply["text"]
+    status, body = server.post("/v1/audio/translations", {"model": "whisper-1", "language": "klingon"}, wav, AUTH)
+    assert status == 400 and json.loads(body)["error"]["param"] == "language", body
+
+
 @pytest.mark.parametrize("case", ["no key", "wrong key", "unknown model", "no file", "bad audio", "empty file",
                                   "too large", "bad format", "bad language", "language not in the model",
-                                  "bad temperature", "bad granularity"])
+                                  "bad temperature", "bad granularity", "stream"])
 def test_bad_requests_get_clear_errors(server, en_wav, case):
     wav = ("en.wav", en_wav.read_bytes())
     fields, file, headers = {"model": "whisper-1"}, wav, AUTH
@@ -220,6 +244,8 @@ def test_bad_requests_get_clear_errors(server, en_wav, case):
         fields["temperature"] = "2"
     elif case == "bad granularity":
         fields.update({"response_format": "verbose_json", "timestamp_granularities[]": ["syllable"]})
+    elif case == "stream":  # was ignored: OpenAI's client then read no event and no text, without an error
+        fields["stream"] = "true"
     status, body = server.post("/v1/audio/transcriptions", fields, file, headers)
     assert status == expected, body
     error = json.loads(body)["error"]
@@ -230,6 +256,8 @@ def test_bad_requests_get_clear_errors(server, en_wav, case):
         assert file[0] in error["message"]
     if case == "too large":  # the upload's size next to the limit
         assert "(3.0 MB)" in error["message"] and "limit of 2 MB" in error["message"], error
+    if case == "stream":
+        assert error["param"] == "stream", error
     if case == "language not in the model":
         assert error["param"] == "language" and error["message"].startswith(
             "model openai/whisper-base: language yue: this model has no <|yue|> token"), error
@@ -411,6 +439,41 @@ def test_a_job_whose_request_timed_out_gives_up_its_place_in_the_queue():
     finally:
         release.set()
         worker.stop()
+
+
+def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(tmp_path):
+    """--max_upload_mb bounds the upload, not the audio: a 7.6 MB opus file held 3 hours (2.3 GB of the server's
+    memory, then a 504). Longer audio than --max_audio_minutes is 413, found while decoding (ffmpeg stops just past
+    the limit) or from a libsndfile header."""
+    import asyncio
+    import io
+
+    from utils.server import ApiError, ServerOptions, TranscriptionService
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(16000 * 5, np.float32), 16000, format="WAV")
+    opus, m4a = tmp_path / "long.opus", tmp_path / "long.m4a"  # libsndfile reads opus' length; m4a goes to ffmpeg
+    for path, codec in ((opus, ["-c:a", "libopus", "-b:a", "6k"]), (m4a, ["-c:a", "aac", "-b:a", "16k"])):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:r=16000", "-t", "600", "-ac", "1",
+                        *codec, str(path)], check=True)
+    service = TranscriptionService({"slow": _Slow(n=1)}, ServerOptions(max_audio_seconds=3.0))
+    try:
+        for name, data, said in (("a.wav", wav.getvalue(), "5.0 s"), ("long.opus", opus.read_bytes(), "600.0 s"),
+                                 ("long.m4a", m4a.read_bytes(), "at least 4.0 s")):
+            with pytest.raises(ApiError) as e:
+                asyncio.run(service.transcribe(data, name, {}, translate=False))
+            assert e.value.status == 413 and e.value.code == "audio_too_long", e.value.message
+            assert f"{name}: {said} of audio, more than the limit of 3 s" in e.value.message
+            assert "--max_audio_minutes" in e.value.message
+        short = io.BytesIO()
+        sf.write(short, np.zeros(16000, np.float32), 16000, format="WAV")
+        transcript, _ = asyncio.run(service.transcribe(short.getvalue(), "b.wav", {}, translate=False))
+        assert transcript.text == "x"
+    finally:
+        service.close()
+    assert infer_server.server_options(infer_server.parse_args([f"--port={_free_port()}"])).max_audio_seconds == 7200
+    assert infer_server.server_options(infer_server.parse_args(
+        ["--max_audio_minutes=0", f"--port={_free_port()}"])).max_audio_seconds is None
 
 
 class _Slow:

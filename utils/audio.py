@@ -40,6 +40,10 @@ class AudioLoadError(RuntimeError):
     """An audio file is missing, empty, corrupt or cannot be decoded."""
 
 
+class AudioTooLongError(AudioLoadError):
+    """Audio longer than a caller's limit (``decode_audio_bytes(max_seconds=)``), found before it was decoded whole."""
+
+
 def _check_slice(path: str, start_time: float | None, end_time: float | None) -> None:
     if start_time is not None and start_time < 0:
         raise AudioLoadError(f"{path}: start_time {start_time} is negative")
@@ -257,21 +261,28 @@ def load_audio(
 
 
 def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAMPLE_RATE, *,
-                       warn_once: bool = False) -> np.ndarray:
+                       warn_once: bool = False, max_seconds: float | None = None) -> np.ndarray:
     """An audio file's bytes (an upload) → mono float32 waveform at ``sample_rate``, shape (samples,).
 
     libsndfile reads it from memory; other formats (mp3, m4a, webm...) go to ffmpeg through a temporary copy
     that is removed before this returns. ``name`` (the client's file name) is used in messages only. A wav cut short
-    is warned about (``warn_once``: once per ``name``, for data read every epoch).
+    is warned about (``warn_once``: once per ``name``, for data read every epoch). ``max_seconds``: longer audio is
+    refused before it is decoded whole (a 7.6 MB opus file held 3 hours: 2.3 GB of a server's memory).
 
     Raises:
+        AudioTooLongError: more than ``max_seconds`` of audio.
         AudioLoadError: empty, corrupt or undecodable data.
     """
     if not data:
         raise AudioLoadError(f"{name}: empty file (0 bytes)")
     try:
+        if max_seconds is not None:
+            info = sf.info(io.BytesIO(data))
+            _check_length(name, info.frames / info.samplerate if info.samplerate else 0.0, max_seconds)
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
         samples = resample(_to_mono(samples, name), sr, sample_rate)
+    except AudioTooLongError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         logger.debug("%s: libsndfile cannot read it (%s); decoding with ffmpeg", name, e)
         suffix = Path(name).suffix.lower()
@@ -279,10 +290,13 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
             path = os.path.join(tmp, "audio" + (suffix if suffix in AUDIO_EXTENSIONS else ""))
             with open(path, "wb") as f:
                 f.write(data)
-            try:
-                samples = _read_ffmpeg(path, None, None, sample_rate, name)
+            try:  # decoded up to just past the limit, whatever the file says of its length
+                samples = _read_ffmpeg(path, None, None if max_seconds is None else max_seconds + 1.0, sample_rate,
+                                       name)
             except AudioLoadError as err:
                 raise AudioLoadError(str(err).replace(path, name)) from None
+            if max_seconds is not None:
+                _check_length(name, len(samples) / sample_rate, max_seconds, at_least=True)
     if samples.size == 0:
         raise AudioLoadError(f"{name}: no audio samples decoded (empty or corrupt file)")
     if not np.isfinite(samples).all():
@@ -293,6 +307,12 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
     elif cut is not None:  # an upload: each one (many are called audio.wav)
         logger.warning(truncated_message(name, *cut))
     return samples
+
+
+def _check_length(name: str, seconds: float, max_seconds: float, at_least: bool = False) -> None:
+    if seconds > max_seconds:
+        raise AudioTooLongError(f"{name}: {'at least ' if at_least else ''}{seconds:.1f} s of audio, more than the "
+                                f"limit of {max_seconds:g} s")
 
 
 def truncated_message(name: str, said: float, held: float) -> str:

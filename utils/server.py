@@ -8,13 +8,14 @@ batch of segments is decoded), and a job whose client went away is dropped or st
 decoded in memory (ffmpeg formats through a temporary copy removed at once).
 
 The endpoints follow OpenAI's audio API so its clients work unchanged:
-``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations``, ``GET /v1/models``, ``GET /health``.
+``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations``, ``GET /v1/models[/ID]``, ``GET /health``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import queue
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, AudioLoadError, decode_audio_bytes
+from utils.audio import SAMPLE_RATE, AudioLoadError, AudioTooLongError, decode_audio_bytes
 from utils.languages import decode_language, language_name
 from utils.subtitles import CUE_FORMATS, to_srt, to_vtt
 from utils.transcribe import DEFAULT_TEMPERATURES, DecodeOptions, Transcriber, Transcript, stats_dict
@@ -184,12 +185,15 @@ class ServerOptions:
     Attributes:
         api_key: required as ``Authorization: Bearer <key>`` on /v1/* (None = no authentication).
         max_upload_bytes: larger uploads are refused with 413.
+        max_audio_seconds: longer audio is refused with 413, found while decoding (a small compressed file can hold
+            hours: their samples take the server's memory); None = no limit.
         request_timeout: seconds a request may wait and run; then 504.
         decode: decoding defaults (batch size, thresholds, language...); a request's fields override them.
     """
 
     api_key: str | None = None
     max_upload_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float | None = 120 * 60.0
     request_timeout: float = 300.0
     decode: DecodeOptions = DecodeOptions()
 
@@ -243,8 +247,12 @@ class TranscriptionService:
         changes: dict[str, Any] = {"task": "translate" if translate else "transcribe",
                                    "timestamps": fmt in (*CUE_FORMATS, "verbose_json"),
                                    "word_timestamps": "word" in granularities, "decode_stats": fmt == "verbose_json"}
-        language = form.get("language")
-        if language and not translate:  # OpenAI's translations endpoint takes no language
+        if _bool_field(form, "stream"):
+            raise ApiError(400, "stream=true is not supported: this server answers with the whole transcript (as "
+                                "OpenAI's whisper-1 does); send stream=false or leave it out (live transcription: "
+                                "realtime_transcribe.py)", param="stream")
+        language = form.get("language")  # translations: the spoken language (OpenAI's takes none: detected)
+        if language:
             try:
                 changes["language"] = decode_language(language)  # "auto": detected, whatever the model's
             except ValueError as e:
@@ -278,7 +286,11 @@ class TranscriptionService:
             raise ApiError(400, f"model {worker.name}: {e}", param="language") from None
         loop = asyncio.get_running_loop()
         try:
-            audio = await loop.run_in_executor(None, decode_audio_bytes, data, filename)
+            audio = await loop.run_in_executor(None, functools.partial(
+                decode_audio_bytes, data, filename, max_seconds=self.options.max_audio_seconds))
+        except AudioTooLongError as e:
+            raise ApiError(413, f"{e}: send shorter audio, or start the server with a larger --max_audio_minutes",
+                           param="file", code="audio_too_long") from None
         except AudioLoadError as e:
             raise ApiError(400, f"could not decode the audio file: {e}", param="file",
                            code="invalid_audio") from None
@@ -319,8 +331,12 @@ class TranscriptionService:
                                                   "done": w.done} for name, w in self.workers.items()}}
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                            "owned_by": "whisper-finetune"} for name in self.workers]}
+        return {"object": "list", "data": [self.model(name) for name in self.workers]}
+
+    def model(self, name: str) -> dict[str, Any]:
+        """One served model (or the alias) as OpenAI's model object; ApiError(404) for another name."""
+        self.worker(name)
+        return {"id": name, "object": "model", "created": 0, "owned_by": "whisper-finetune"}
 
 
 class _ClientGone(Exception):
@@ -349,6 +365,16 @@ async def _wait(awaitable: Awaitable[Any], timeout: float, gone: Callable[[], Aw
             task.cancel()
 
 
+def _bool_field(form: dict[str, Any], name: str) -> bool:
+    """A true/false form field (absent or empty: false); ApiError(400) for another value."""
+    value = str(form.get(name) or "").strip().lower()
+    if value in ("", "false", "0", "no", "off"):
+        return False
+    if value in ("true", "1", "yes", "on"):
+        return True
+    raise ApiError(400, f"{name} must be true or false, got {form[name]!r}", param=name)
+
+
 def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[str, Any], str]:
     """(body, media type) of a transcript in an OpenAI ``response_format``."""
     if fmt == "text":
@@ -357,8 +383,10 @@ def render(transcript: Transcript, fmt: str, *, task: str) -> tuple[str | dict[s
         return to_srt(transcript), "text/plain; charset=utf-8"
     if fmt == "vtt":
         return to_vtt(transcript), "text/vtt; charset=utf-8"
-    if fmt == "verbose_json":
-        return {"task": task, "language": language_name(transcript.language) if transcript.language else None,
+    if fmt == "verbose_json":  # a translation's language is the text's, English (OpenAI's TranslationVerbose)
+        language = "english" if task == "translate" else (
+            language_name(transcript.language) if transcript.language else None)
+        return {"task": task, "language": language,
                 "duration": round(transcript.duration, 3), "text": transcript.text,
                 "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
                               **stats_dict(s)} for i, s in enumerate(transcript.segments)],
@@ -458,6 +486,8 @@ def build_app(service: TranscriptionService):
     async def models(request: Request) -> Response:
         try:
             service.check_key(request.headers.get("authorization"))
+            if "model" in request.path_params:
+                return JSONResponse(service.model(request.path_params["model"]))
         except ApiError as e:
             return error(e)
         return JSONResponse(service.models())
@@ -476,7 +506,7 @@ def build_app(service: TranscriptionService):
         detail = getattr(exc, "detail", None) or "error"
         if status == 404:
             detail = f"no such endpoint: {request.method} {request.url.path} (this server has " \
-                     "POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health)"
+                     "POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models[/ID], GET /health)"
         elif status == 405:
             detail = f"method {request.method} not allowed on {request.url.path}"
         return error(ApiError(status, detail))
@@ -485,5 +515,6 @@ def build_app(service: TranscriptionService):
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/audio/translations", translations, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ], lifespan=lifespan, exception_handlers={HTTPException: http_error})

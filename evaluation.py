@@ -34,7 +34,8 @@ from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_de
                        add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
                        make_parser, path_arg, positive_int, resolve_backend, resolve_encoder_window, seed_int,
                        setup_logging)
-from utils.data import Manifest, ManifestError, Record, check_clips, load_manifest, log_clip_warnings
+from utils.data import (Manifest, ManifestError, Record, check_clips, check_translation_references, load_manifest,
+                        log_clip_warnings)
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE, has_unspaced_script, language_code
@@ -305,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: %d utterances, %.2f h", args.test_data, len(records), seconds / 3600)
         if clips_unreadable(records, locations, args.test_data):
             return 1
+    if options.task == "translate" and isinstance(records, Sequence):  # English references, before the model loads
+        try:
+            check_translation_references((r.sentence for r in records), args.test_data)
+        except ManifestError as e:
+            logger.error("%s", e)
+            return 1
     # 3. Model (ct2's auto encoder with AMX depends on how much audio there is: utils.transcribe.resolve_ct2_encoder)
     try:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, dtype=args.dtype,
@@ -315,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warn_line_languages(records, options.language, args.test_data)
     try:
+        engine.check_task(options.task, options.language)
         engine.check_language(options.language)
         for language in sorted({r.language for r in records if r.language} if isinstance(records, list) else ()):
             engine.check_language(replace(options, language=language).language, f"{args.test_data}: 'language' ")
@@ -381,7 +389,8 @@ def compare(args, options: DecodeOptions, output: str) -> int:
             engine = load_transcriber(model, args.backend, device=args.device, dtype=args.dtype,
                                       compute_type=args.compute_type, local_files_only=args.local_files_only,
                                       ct2_encoder=args.ct2_encoder)
-            engine.check_language(options.language)  # as the single-model path checks it
+            engine.check_task(options.task, options.language)  # as the single-model path checks them
+            engine.check_language(options.language)
         except (ValueError, ModelResolutionError) as e:
             logger.error("cannot use %s: %s", model, e)
             return 2

@@ -328,7 +328,7 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
 
     from utils.augment import AugmentConfigError, load_augment_config
     from utils.audio import WINDOW_S
-    from utils.data import Manifest, check_clips, check_model_language, log_clip_warnings
+    from utils.data import Manifest, check_clips, check_model_language, check_translation_references, log_clip_warnings
     from utils.hf_data import DatasetOptions, DatasetStream
     from utils.hf_data import load_data as load_source
     from utils.train_data import LabelTokens, SpeechDataset
@@ -390,6 +390,14 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         raise FinetuneError(f"{args.base_model}: {e}") from e
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
+    if args.task == "translate":  # English text to learn and score (a stream's train text: its test set's tells)
+        try:
+            check_translation_references(eval_set.references, f"--test_data {args.test_data}")
+            if isinstance(train_manifest, Manifest):
+                check_translation_references((train_manifest.record(i).sentence for i in range(len(train_manifest))),
+                                             f"--train_data {args.train_data}")
+        except ManifestError as e:
+            raise FinetuneError(str(e)) from e
     if isinstance(train_manifest, Manifest) and not any(train_manifest.record(i).sentence.strip()
                                                         for i in range(len(train_manifest))):
         logger.warning("every training clip of %s is a no-speech clip (empty 'sentence'): the model learns to say "

@@ -27,6 +27,7 @@ from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_ar
                        bool_or_auto, check_device_arg, check_output_path, default_beam_size, finite_float, make_parser,
                        output_format_arg, path_arg, resolve_backend, setup_logging)
 from utils.device import cpu_has_amx
+from utils.languages import has_unspaced_script
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
     try:
+        engine.check_task(options.task, options.language)
         engine.check_language(options.language)
     except ValueError as e:
         logger.error("%s (%s)", e, args.model_path)
@@ -287,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", e)
             failed.append(path)
             continue
+        if options.task == "translate" and has_unspaced_script(transcript.text):
+            logger.warning("%s: the translation holds Chinese/Japanese characters (%s was likely fine-tuned to "
+                           "transcribe, and does not translate reliably): translate with an original Whisper model, "
+                           "e.g. --model_path=openai/whisper-base", path, args.model_path)
         if not (not many and options.timestamps):  # a single file with timestamps was printed as it went
             text = format_stdout(transcript, options.timestamps)
             if many:

@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
+        engine.check_task(options.task, options.language)
         engine.check_language(options.language)
         engine.tune_lone_decoder()  # every step decodes a window alone
         hypothesis = EngineHypothesis(engine, options, close_beam_size=args.close_beam_size)

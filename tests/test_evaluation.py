@@ -27,6 +27,16 @@ def _evaluate(model_dir, manifest, output, *extra):
     return rc, json.loads(output.read_text(encoding="utf-8"))
 
 
+def test_translate_against_chinese_references_is_refused_before_the_model_loads(zh_wav, tmp_path, caplog):
+    """--task=translate scored the English output against the Chinese sentences (CER 2.92, no warning)."""
+    manifest = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")] * 3)
+    rc = evaluation.main(["--model_path=does/not/exist", f"--test_data={manifest}", "--task=translate",
+                          f"--output={tmp_path / 'r.json'}"])
+    assert rc == 1 and "3 of 3 sentences are written in Chinese/Japanese" in caplog.text
+    assert "give the English translation as 'sentence', or use --task=transcribe" in caplog.text
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, tmp_path, capsys):
     m1 = _manifest(tmp_path / "a.json", [(en_wav, EN_SENTENCE), (zh_wav, ZH_SENTENCE), (en_wav, "")])
     m2 = _manifest(tmp_path / "b.json", [(en_wav, "完全不同的参考文本"), (zh_wav, "Another reference."),

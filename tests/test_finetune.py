@@ -1414,6 +1414,18 @@ def test_every_rank_meets_the_others_at_each_barrier_when_resuming_into_another_
     assert (run_dir / "checkpoint-best" / STATE_FILE).is_file()
 
 
+def test_translate_on_chinese_sentences_is_refused_before_training(tiny_whisper_dir, zh_wav, tmp_path, caplog):
+    """--task=translate on a transcript manifest taught the model to write Chinese behind <|translate|> (eval CER
+    2.48 → 0.70, saved as the best checkpoint), without a word."""
+    manifest = tmp_path / "zh.json"
+    manifest.write_text(json.dumps({"audio": {"path": str(zh_wav)}, "sentence": "今天天气很好。", "duration": 3.0},
+                                   ensure_ascii=False) + "\n", encoding="utf-8")
+    rc = finetune.main([f"--base_model={tiny_whisper_dir}", f"--train_data={manifest}", f"--test_data={manifest}",
+                        "--task=translate", f"--output_dir={tmp_path / 'out'}", "--max_steps=1"])
+    assert rc != 0 and f"--test_data {manifest}: 1 of 1 sentences are written in Chinese/Japanese" in caplog.text
+    assert not list((tmp_path / "out").glob("*/checkpoint-*"))
+
+
 @pytest.mark.parametrize("processes", [2, 1])
 def test_accelerate_launch_that_starts_one_of_several_processes_says_so(processes, tmp_path):
     """`accelerate launch --cpu --num_processes=2` starts a single process; the only sign was "1 process(es)" in an

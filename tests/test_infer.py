@@ -342,6 +342,28 @@ def test_backend_auto_runs_a_ct2_folder_with_ct2(en_wav, tmp_path, caplog, capsy
     assert resolve_backend("transformers", [ct2_dir]) == "transformers"  # an explicit choice is kept
 
 
+def test_translate_checks_the_model_and_warns_of_chinese_in_a_translation(tiny_whisper_dir, zh_wav, tmp_path,
+                                                                          monkeypatch, caplog):
+    """An English-only model read German speech as English sounds under --task=translate, with "detected language
+    en"; a model fine-tuned to transcribe Chinese wrote Chinese into "English" translations without a word."""
+    from utils.transcribe import load_transcriber
+
+    engine = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    engine.check_task("translate", "zh")
+    engine.check_task("transcribe", "en")
+    engine.check_task("translate", "en")
+    assert "--task=translate with language en: the speech is read as English" in caplog.text
+    monkeypatch.setattr(engine, "multilingual", False)
+    with pytest.raises(ValueError, match="English-only and cannot translate"):
+        engine.check_task("translate")
+    monkeypatch.undo()
+    said = Transcript(text="This city's交通 is busy.", language="zh", language_probability=1.0, duration=2.0)
+    monkeypatch.setattr(infer, "transcribe_one", lambda *a, **k: said)
+    assert infer.main(["--audio_path", str(zh_wav), "--model_path", str(tiny_whisper_dir), "--task=translate",
+                       "--device=cpu"]) == 0
+    assert "the translation holds Chinese/Japanese characters" in caplog.text
+
+
 def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
     empty = tmp_path / "empty_model"
     empty.mkdir()

@@ -964,8 +964,8 @@ def test_ctrl_c_just_after_the_second_pass_read_a_block_still_publishes_it():
     source = _CtrlCAfter(audio)
 
     class Armed(Reviser):
-        def run(self, committed, final=False):
-            super().run(committed, final)
+        def run(self, committed, final=False, cut_short=False):
+            super().run(committed, final, cut_short)
             source.armed |= bool(self._done)
 
     shown: list[Revision] = []
@@ -1116,6 +1116,37 @@ def test_the_second_pass_reads_closed_utterances_again_in_blocks_and_replaces_th
     assert 0 < result.revise_s <= result.compute_s
     stats = result.latency_stats()
     assert stats["revisions"] == len(revisions) and stats["mean_revision_lag_s"] > 0
+
+
+def test_ctrl_c_inside_speech_leaves_no_full_stop_the_speaker_did_not_say():
+    """Whisper ends what it hears with a full stop: Ctrl-C mid-sentence committed "今天天气。" (live and final
+    text). The words cut off end without one; utterances a pause ended keep theirs."""
+    words, audio, texts = _utterances(5)
+
+    def stopped(segments):
+        return [*segments[:-1], *((a, b, t + ".") for a, b, t in segments[-1:])]
+
+    class StoppingASR(FakeASR):
+        def __call__(self, audio, prompt):
+            return stopped(super().__call__(audio, prompt))
+
+    class StoppingRereader(_Rereader):
+        def __call__(self, audio, prompt):
+            return stopped(super().__call__(audio, prompt))
+
+    class InterruptedSource(FileSource):  # Ctrl-C inside the fourth utterance (11.2-13.6 s)
+        def read(self, min_samples):
+            if self.pos >= int(12.5 * SAMPLE_RATE):
+                raise KeyboardInterrupt
+            return super().read(min_samples)
+
+    policy = StreamingPolicy(StoppingASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(InterruptedSource(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(StoppingRereader(words), block_s=8.0, max_block_s=12.0))
+    assert result.interrupted and policy.cut_short
+    assert re.fullmatch(r" ?u3w\d", result.words[-1].text), result.text
+    assert re.search(r"U3W\d$", result.final_text) and "U2W5." in result.final_text, result.final_text
+    assert "u2w5." in result.text  # the third utterance ended in a pause: its full stop stays
 
 
 def test_ctrl_c_revises_what_was_heard_and_a_second_ctrl_c_keeps_the_live_words():
@@ -1307,7 +1338,7 @@ def test_a_second_pass_reading_that_lost_a_sentence_keeps_its_live_words(caplog)
                                             block_s=20.0, max_block_s=20.0))
     assert result.text == " ".join(texts)
     assert result.final_text == " ".join([texts[0].upper(), texts[1], "U2W0 U2W5", texts[3].upper()])
-    assert "left out 6 live words, kept: 'u1w0 u1w1" in caplog.text
+    assert "has 0 words (0 characters) for 6 live words (24), which are kept: 'u1w0 u1w1" in caplog.text
     english = "The quick brown fox jumps over the dog"
     live = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens(f"今天天气很好 {english}"))]
     fixed = [StreamToken(0, 4, t) for t in split_tokens("今天天气真好")]
@@ -1339,7 +1370,7 @@ def test_a_second_pass_reading_that_lost_a_short_utterance_keeps_its_live_words(
                                             block_s=20.0, max_block_s=20.0))
     assert result.text == " ".join(texts)
     assert result.final_text == " ".join([texts[0].upper(), texts[1], texts[2].upper(), "U4W0 U4W1 U4W4 U4W5"])
-    assert "left out 3 live words, kept: 'u1w0 u1w1 u1w2'" in caplog.text
+    assert "has 0 words (0 characters) for 3 live words (12), which are kept: 'u1w0 u1w1 u1w2'" in caplog.text
     live = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens("one two. go forward ten meters. three four"))]
     read = [StreamToken(0, 1, t) for t in split_tokens("one two. eight three four")]  # a word in the utterance's place
     assert join_words(restore_lost(live, read)) == "one two. eight three four"

@@ -487,6 +487,9 @@ class _Slow:
     def check_language(self, language, flag="--language="):
         pass
 
+    def check_task(self, task, language=None, flag="--task="):
+        pass
+
     def transcribe_segments(self, audio, options):
         from utils.transcribe import Segment, TranscriptionInfo
 

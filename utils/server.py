@@ -280,6 +280,10 @@ class TranscriptionService:
         model and a place in the queue: 52.7 s for a 3.7 s request behind one abandoned 4-minute upload)."""
         worker = self.worker(form.get("model"))
         options, fmt = self.decode_options(form, translate=translate)
+        try:  # translations to an English-only model: it read the speech as English sounds
+            worker.transcriber.check_task(options.task, options.language, flag="translations: task ")
+        except ValueError as e:
+            raise ApiError(400, f"model {worker.name}: {e}", param="model") from None
         try:  # a language the model has no token for: transformers raised in generate(), CTranslate2 read garbage
             worker.transcriber.check_language(options.language, flag="language ")
         except ValueError as e:

@@ -124,6 +124,15 @@ def token_key(text: str) -> str:
     return normalize_text(text).replace(" ", "")
 
 
+_FULL_STOPS = "。．.!?！？…"
+
+
+def unfinished(token: StreamToken) -> StreamToken:
+    """``token`` without the full stop the decoder put after it, for speech cut off there (Ctrl-C mid-sentence)."""
+    text = token.text.rstrip(_FULL_STOPS)
+    return replace(token, text=text) if text.strip() else token
+
+
 def split_tokens(text: str) -> list[str]:
     """Split text into tokens: each CJK character, each run of other non-space characters.
 
@@ -367,6 +376,7 @@ class StreamingPolicy:
         self.offset = 0  # stream sample of buffer[0]
         self.total = 0  # samples received
         self.committed: list[StreamToken] = []  # everything committed, in order
+        self.cut_short = False  # close() stopped the stream inside speech (no pause had ended the utterance)
         self._in_buffer: list[StreamToken] = []  # committed words still inside the buffer
         self._reread: list[StreamToken] = []  # last committed words before a cut inside speech (_REREAD_WORDS)
         self._prompt_words: list[StreamToken] = []  # committed words that left the buffer (for the prompt)
@@ -675,13 +685,17 @@ class StreamingPolicy:
         """
         update = self.process(decode=False)
         committed, decoded = list(update.committed), update.decoded
+        self.cut_short = self._vad is not None and self._vad.armed  # speech no pause has ended
         if self.total > self._decoded_until and self._buffer_has_speech():
             speech_end = self._vad.last_speech_end if self._vad is not None else self.total
             new, ran = self._close_utterance(self.total, max(speech_end, self.offset))
             committed += new
             decoded |= ran
         tail = self.finish()
-        return Update(committed + tail.committed, [], self.audio_end, utterance_end=True, decoded=decoded)
+        committed += tail.committed
+        if self.cut_short and committed:  # the decoder ends what it hears with a full stop: "今天天气。"
+            self.committed[-1] = committed[-1] = unfinished(committed[-1])
+        return Update(committed, [], self.audio_end, utterance_end=True, decoded=decoded)
 
     def finish(self) -> Update:
         """End of stream: commit the tentative tail of the last hypothesis, without decoding.
@@ -791,8 +805,10 @@ class Reviser:
         self.run(committed, final)
         return self.take()
 
-    def run(self, committed: Sequence[StreamToken], final: bool = False) -> None:
-        """As :meth:`revise`, keeping the revisions for :meth:`take` (a Ctrl-C inside loses none of them)."""
+    def run(self, committed: Sequence[StreamToken], final: bool = False, cut_short: bool = False) -> None:
+        """As :meth:`revise`, keeping the revisions for :meth:`take` (a Ctrl-C inside loses none of them);
+        ``cut_short``: the stream stopped inside speech (:attr:`StreamingPolicy.cut_short`), so the block that ends
+        it ends in no full stop (:func:`unfinished`)."""
         while self._closes and (final or self.due()):
             if len(committed) > self._first:  # after a long silence the block starts shortly before its first word
                 self._move_start(int((committed[self._first].start - _REVISE_SILENCE_LEAD_S) * SAMPLE_RATE))
@@ -803,6 +819,8 @@ class Reviser:
             if fits and last > self._first and self._start >= self._audio_from:
                 ends = [n - self._first for _, _, n in self._closes[: k + 1] if n > self._first]
                 revision = self._decode(pause, committed[self._first: last], ends)
+                if cut_short and last == len(committed) and revision.words:
+                    revision.words[-1] = unfinished(revision.words[-1])
             elif last > self._first:
                 logger.info("%.1f s of speech without a pause that fits the second pass's window: its live words stay",
                             (pause - self._start) / SAMPLE_RATE)
@@ -870,8 +888,8 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
         lost_chars = live_chars - kept_chars >= _LOST_CHARS and 2 * kept_chars < live_chars
         if op in ("delete", "replace") and (fewer >= run or lost_chars or any(a1 <= s and e <= a2 and 2 * fewer >= e - s
                                                                               for s, e in utterances)):
-            logger.info("second pass: its reading left out %d live words, kept: %r", fewer,
-                        join_words(live[a1:a2]))
+            logger.info("second pass: its reading has %d words (%d characters) for %d live words (%d), which are "
+                        "kept: %r", b2 - b1, kept_chars, a2 - a1, live_chars, join_words(live[a1:a2]))
             out += live[a1:a2]
         else:
             out += revised[b1:b2]
@@ -1049,7 +1067,7 @@ def run_stream(source: AudioSource, policy: StreamingPolicy, *, chunk_s: float =
         final = final or policy.quiet_s >= revise_after_quiet_s  # nobody speaking: no later utterance joins the block
         if not (final or reviser.due()):
             return
-        _, spent = timed(lambda: reviser.run(policy.committed, final))
+        _, spent = timed(lambda: reviser.run(policy.committed, final, cut_short=policy.cut_short))
         revise_s += spent
         publish()
 

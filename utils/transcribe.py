@@ -480,6 +480,8 @@ class Transcriber(Protocol):
 
     def check_language(self, language: str | None, flag: str = "--language=") -> None: ...
 
+    def check_task(self, task: str, language: str | None = None, flag: str = "--task=") -> None: ...
+
     def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
                           reuse: bool = False) -> bool: ...
 
@@ -548,6 +550,20 @@ class _BaseTranscriber:
         raise ValueError(f"{flag}{language}: this model has no <|{language}|> token (it knows "
                          f"{len(self.languages())} languages; yue came with large-v3); use another --language or a "
                          "model that has it")
+
+    def check_task(self, task: str, language: str | None = None, flag: str = "--task=") -> None:
+        """Raise ValueError for a task this model cannot do: an English-only model cannot translate (it read German
+        speech as English sounds, "Good and modern, it must avoid the in-ski noggin"). Warn when translating with
+        ``language`` English: the language names the speech, which is then read as English. ``flag``: how messages
+        name the task setting."""
+        if task != "translate":
+            return
+        if not self.multilingual:
+            raise ValueError(f"{flag}translate: this model is English-only and cannot translate; use a multilingual "
+                             "model (openai/whisper-base, ...)")
+        if language == "en":
+            logger.warning("%stranslate with language en: the speech is read as English (the language names the "
+                           "speech, not the text, which is always English); give the spoken language or auto", flag)
 
     def fixed_language(self, options: DecodeOptions) -> str | None:
         """The language ``options`` decode in without detecting it: ``options.language``, or when that is None the

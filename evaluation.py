@@ -41,7 +41,7 @@ from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE, has_unspaced_script, language_code
 from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
 from utils.models import ModelResolutionError
-from utils.transcribe import DecodeOptions, Transcriber, load_transcriber
+from utils.transcribe import DecodeOptions, Transcriber, load_transcriber, resolve_task
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--beam_size and --batch_size must be >= 1")
     try:
         options = DecodeOptions(
-            language=args.language, task=args.task, beam_size=beam_size, batch_size=args.batch_size,
+            language=args.language, task=args.task or "transcribe", beam_size=beam_size, batch_size=args.batch_size,
             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if args.fallback else (0.0,),
             initial_prompt=args.initial_prompt, hotwords=args.hotwords, word_timestamps=args.word_timestamps,
             seed=args.seed,
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
     warn_line_languages(records, options.language, args.test_data)
+    options = replace(options, task=resolve_task(args.task, engine))
     try:
         engine.check_task(options.task, options.language)
         engine.check_language(options.language)
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                      report["utterances_failed"])
         return 1
     report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
-                  language=args.language, task=args.task, beam_size=beam_size,
+                  language=args.language, task=options.task, beam_size=beam_size,
                   encoder_window_seconds=options.encoder_window_s)
     # 5. Report
     write_json_atomic(output, report)

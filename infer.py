@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,7 +32,7 @@ from utils.languages import has_unspaced_script
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
-                              load_transcriber)
+                              load_transcriber, resolve_task)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
     """Convert the parsed flags once, at the edge."""
     return DecodeOptions(
         language=args.language,
-        task=args.task,
+        task=args.task or "transcribe",  # without --task: the model's (resolve_task, once it has loaded)
         beam_size=beam_size(args),
         timestamps=args.timestamps,
         temperatures=DEFAULT_TEMPERATURES if args.fallback else (0.0,),
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
+    options = replace(options, task=resolve_task(args.task, engine))
     try:
         engine.check_task(options.task, options.language)
         engine.check_language(options.language)

@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from typing import IO, Any
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
@@ -418,10 +419,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. The engine and the policy
     from utils.models import ModelResolutionError
-    from utils.transcribe import DecodeOptions, load_transcriber
+    from utils.transcribe import DecodeOptions, load_transcriber, resolve_task
 
     try:
-        options = DecodeOptions(language=args.language, task=args.task, beam_size=args.beam_size, timestamps=True,
+        options = DecodeOptions(language=args.language, task=args.task or "transcribe", beam_size=args.beam_size,
+                                timestamps=True,
                                 temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
                                 initial_prompt=args.initial_prompt, word_timestamps=args.word_timestamps,
                                 encoder_window_s=args.encoder_window_seconds)
@@ -431,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_transcriber(args.model_path, args.backend, device=args.device, compute_type=args.compute_type,
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
+        options = replace(options, task=resolve_task(args.task, engine))
         engine.check_task(options.task, options.language)
         engine.check_language(options.language)
         engine.tune_lone_decoder()  # every step decodes a window alone
@@ -484,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             offline_text = engine.transcribe(result.audio, DecodeOptions(
-                language=hypothesis.options.language, task=args.task, beam_size=args.beam_size,
+                language=hypothesis.options.language, task=hypothesis.options.task, beam_size=args.beam_size,
                 temperatures=(0.0,), to_simple=args.to_simple, hotwords=args.hotwords,
                 initial_prompt=args.initial_prompt)).text
             logger.info("offline transcript in %.1f s", time.perf_counter() - t0)

@@ -364,6 +364,26 @@ def test_translate_checks_the_model_and_warns_of_chinese_in_a_translation(tiny_w
     assert "the translation holds Chinese/Japanese characters" in caplog.text
 
 
+def test_a_model_fine_tuned_to_translate_translates_by_default(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
+                                                                 caplog):
+    """finetune.py --task=translate writes the task into the generation config, but infer.py transcribed unless
+    given --task=translate again (the language is taken from the model that way already)."""
+    model = tmp_path / "translator"
+    shutil.copytree(tiny_whisper_dir, model)
+    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
+    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    tasks = []
+    real = infer.transcribe_one
+    monkeypatch.setattr(infer, "transcribe_one", lambda engine, path, options, **k: tasks.append(options.task)
+                        or real(engine, path, options, **k))
+    caplog.set_level("INFO")
+    for extra in ([], ["--task=transcribe"]):
+        assert infer.main(["--audio_path", str(en_wav), f"--model_path={model}", "--device=cpu", "--fallback=False",
+                           *extra]) == 0
+    assert tasks == ["translate", "transcribe"]
+    assert caplog.text.count("task translate: the one this model was fine-tuned for") == 1
+
+
 def test_model_errors_exit_2(tiny_whisper_dir, en_wav, tmp_path, caplog):
     empty = tmp_path / "empty_model"
     empty.mkdir()

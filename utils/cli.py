@@ -206,7 +206,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--language", type=optional_str, default=None,
                    help="language name or code (chinese/zh); None = the language the model was fine-tuned on, "
                         "else detected; auto = always detected")
-    g.add_argument("--task", type=str, default="transcribe", choices=["transcribe", "translate"], help="task")
+    g.add_argument("--task", type=optional_str, default=None, choices=[None, "transcribe", "translate"],
+                   help="transcribe, or translate (to English); default: the task the model was fine-tuned for "
+                        "(finetune.py --task), else transcribe")
     g.add_argument("--initial_prompt", type=optional_str, default=None,
                    help="text given to the decoder as previous context (vocabulary, style)")
     g.add_argument("--hotwords", type=optional_str, default=None,

@@ -495,6 +495,7 @@ class _BaseTranscriber:
     backend = "base"
     multilingual = True
     model_language: str | None = None  # the language the model was fine-tuned on, from its generation config
+    model_task: str | None = None  # the task it was fine-tuned for (finetune.py --task), from the same config
     _warned_timestamps = False
 
     # -- backend hooks ------------------------------------------------------------------------------
@@ -1600,6 +1601,7 @@ class TransformersTranscriber(_BaseTranscriber):
         self._word_tokenizers: dict[tuple[str, str], Any] = {}
         self.trained_without_timestamps = getattr(gc, "finetune_timestamps", None) is False
         self.model_language = _model_language(getattr(gc, "language", None), model_dir) if self.multilingual else None
+        self.model_task = _model_task(getattr(gc, "task", None)) if self.multilingual else None
         if use_compile:
             self.model.model.encoder = torch.compile(self.model.model.encoder)
         self.model.model.encoder = _cache_encoder_output(
@@ -2110,6 +2112,7 @@ class CT2Transcriber(_BaseTranscriber):
                                 if self.multilingual else {"en"})
         config = _ct2_generation_config(model_dir)  # merge_lora.py --ct2 writes one
         self.model_language = _ct2_model_language(model_dir, config) if self.multilingual else None
+        self.model_task = _model_task(config.get("task")) if self.multilingual else None
         self.trained_without_timestamps = config.get("finetune_timestamps") is False
         self._tokenizers: dict[tuple[str, str], Any] = {}
         self._kept: dict[tuple[int, bytes], np.ndarray] = {}  # encoder output rows (frames, d) of the last chunks
@@ -2582,6 +2585,22 @@ def _model_language(language: Any, model_dir: str) -> str | None:
         logger.warning("%s: generation config language %r is not a Whisper language; detecting it instead",
                        model_dir, language)
         return None
+
+
+def _model_task(task: Any) -> str | None:
+    """A generation config's ``task`` (finetune.py writes the one it trained), if it is one of Whisper's."""
+    return task if task in ("transcribe", "translate") else None
+
+
+def resolve_task(task: str | None, engine: Any) -> str:
+    """``--task`` as given; without one, the task ``engine``'s model was fine-tuned for (a model fine-tuned to
+    translate transcribed by default), else transcribe."""
+    if task is not None:
+        return task
+    chosen = getattr(engine, "model_task", None) or "transcribe"
+    if chosen == "translate":
+        logger.info("task translate: the one this model was fine-tuned for (--task=transcribe transcribes)")
+    return chosen
 
 
 def _ct2_generation_config(model_dir: str) -> dict:

@@ -70,7 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.model_path = args.model_path or ["openai/whisper-base"]
-    args.backend = resolve_backend(args.backend, args.model_path)
+    backends = {m: resolve_backend(args.backend, [m]) for m in args.model_path}
+    if len(set(backends.values())) > 1:  # one backend a server (its decoding defaults depend on it)
+        parser.error("--backend=auto: " + "; ".join(f"{m} runs on {b}" for m, b in backends.items()) + ": a "
+                     "server runs one backend; give --backend=ct2 with CTranslate2 folders (or packaged names such "
+                     "as openai/whisper-base), or serve the two kinds from two servers")
+    args.backend = backends[args.model_path[0]]
     check_device_arg(parser, args.device, args.backend)
     for name, value, ok, text in (("--port", args.port, 0 < args.port < 65536, "in 1..65535"),
                                   ("--max_upload_mb", args.max_upload_mb, args.max_upload_mb > 0, "> 0"),

@@ -274,6 +274,11 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
     options = DecodeOptions(language=settings.language, task=settings.task, beam_size=settings.beam_size,
                             initial_prompt=settings.initial_prompt, hotwords=settings.hotwords,
                             timestamps=settings.timestamps, word_timestamps=settings.word_timestamps)
+    try:  # an English-only model cannot translate (it read German speech as English sounds)
+        engine.check_task(options.task, options.language, flag="任务 (task) ")
+    except ValueError as e:
+        st.error(f"{settings.model_path}: {e}")
+        return None
     bar = st.progress(0.0, text="转写中 (transcribing)…")
     start = time.perf_counter()
     try:

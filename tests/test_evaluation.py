@@ -267,6 +267,27 @@ def test_the_ct2_backend_scores_without_importing_pytorch(en_wav, tmp_path):
         assert json.loads((tmp_path / f"{encoder}.json").read_text(encoding="utf-8"))["wer"] < 0.35
 
 
+def test_compare_runs_each_model_on_its_own_backend(tmp_path, zh_wav, monkeypatch, caplog):
+    """--backend=auto chose one backend for both models: a hub base against a CTranslate2 fine-tune failed ("run
+    it with --backend=ct2") after the base had been decoded whole."""
+    from utils.models import packaged_ct2_dir
+
+    ct2_dir = str(packaged_ct2_dir("openai/whisper-base"))
+    target = _manifest(tmp_path / "t.json", [(zh_wav, "今天天气很好。")])
+    loaded = []
+
+    def fake_load(model, backend, **kwargs):
+        loaded.append((model, backend))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(evaluation, "load_transcriber", fake_load)
+    caplog.set_level("INFO")
+    for models in ([ct2_dir, "openai/whisper-base"], ["openai/whisper-base", ct2_dir]):
+        assert evaluation.main(["--compare", *models, f"--test_data={target}", f"--general_data={target}",
+                                f"--output={tmp_path / 'c.json'}"]) == 2
+    assert loaded == [(ct2_dir, "ct2"), ("openai/whisper-base", "transformers")]
+
+
 @pytest.mark.slow
 def test_forgetting_report_compares_two_models(tmp_path, tiny_whisper_dir, whisper_base_dir, en_wav, zh_wav,
                                                capsys):

@@ -153,10 +153,14 @@ def test_columns_are_found_named_or_refused(demo, tmp_path, caplog):
 
 
 def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, demo):
+    import soundfile as sf
+
     rows = demo["test"]
-    durations = [round(t, 2) for _, _, t in rows[:3]] + [40.0]  # the last one's column says 40 s
-    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "text": ["好", None, "", "长"],
-                                     "duration": durations})
+    long_wav = tmp_path / "long.wav"  # 40 s: left out as longer than 30 s, by its 'duration' column
+    sf.write(long_wav, np.zeros(40 * 16000, np.float32), 16000)
+    durations = [round(t, 2) for _, _, t in rows[:3]] + [40.0]
+    ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows[:3]] + [str(long_wav)],
+                                     "text": ["好", None, "", "长"], "duration": durations})
     ds.save_to_disk(str(tmp_path / "one"))
     with pytest.raises(DatasetError, match=r"one#1: 'text' is None, not text"):
         load_data(str(tmp_path / "one"), split="test", split_flag="--test_split")
@@ -178,17 +182,23 @@ def test_bad_rows_are_named_skipped_on_request_and_durations_bound(tmp_path, dem
                   min_duration=5.0)
 
 
-@pytest.mark.parametrize("scale", [1000.0, 0.5])
+@pytest.mark.parametrize("scale", [1000.0, 0.25, "floor"])
 def test_a_duration_column_that_does_not_fit_the_audio_is_refused_when_opened(tmp_path, demo, scale):
-    """The 'duration' column is trusted for every row (the headers are not read): one in milliseconds, or written
-    before the audio was cut, was found only when training reached a clip, after the model had loaded."""
+    """The 'duration' column is trusted for every row (the headers are not read): one in milliseconds (every row
+    then left out as too long: "no usable items"), or written before the audio was cut, was found only when training
+    reached a clip, after the model had loaded. Whole seconds (rounded down) are a right column."""
     rows = demo["test"][:12]
+    durations = [float(int(t)) if scale == "floor" else t * scale for _, _, t in rows]
     ds = datasets.Dataset.from_dict({"audio": [p for p, _, _ in rows], "text": [s for _, s, _ in rows],
-                                     "duration": [t * scale for _, _, t in rows]})
+                                     "duration": durations})
     ds.save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(DatasetError, match=r"d#0: the 'duration' column says .* s, its audio holds .* correct the "
-                                           r"column \(seconds\) or remove it"):
-        load_data(str(tmp_path / "d"), split="test", split_flag="--test_split", max_duration=0)
+    if scale == "floor":
+        assert len(load_data(str(tmp_path / "d"), split="test", split_flag="--test_split")) == len(rows)
+        return
+    units = r" \(milliseconds\?\)" if scale == 1000.0 else ""
+    with pytest.raises(DatasetError, match=rf"d#\d+: the 'duration' column says .* s{units}, its audio holds .* "
+                                           r"correct the column \(seconds\) or remove it"):
+        load_data(str(tmp_path / "d"), split="test", split_flag="--test_split")
 
 
 def test_labels_longer_than_whisper_allows_are_refused(demo, tiny_whisper_dir):

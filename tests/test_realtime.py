@@ -1074,7 +1074,8 @@ class _Rereader:
 def test_a_sentence_followed_by_silence_is_revised_once_the_speaker_has_been_quiet_a_while():
     """One short sentence, then silence: its block (2.4 s < block_s) waited for the next utterance or max_block_s
     of audio (a live user got the final text 25 s later, or never in --output before Ctrl-C). Now it is read once
-    REVISE_AFTER_QUIET_S of silence has passed; the next sentence gets its own block."""
+    REVISE_AFTER_QUIET_S of silence has passed; the next sentence gets its own block. Sentences 4 s apart stay in one
+    block (2 s read each alone, without the others as context)."""
     from utils.streaming import REVISE_AFTER_QUIET_S
 
     words, audio, texts = _utterances(2, pause_s=20.0)
@@ -1086,9 +1087,15 @@ def test_a_sentence_followed_by_silence_is_revised_once_the_speaker_has_been_qui
     assert result.final_text == " ".join(texts).upper()
     first_end = words[5][1]  # the first sentence's last word ends here (stream seconds)
     assert [join_words(r.words) for r, _ in shown] == [t.upper() for t in texts]
-    assert REVISE_AFTER_QUIET_S == 2.0
-    assert shown[0][1] <= first_end + 3.5  # 2 s of quiet + a step (1 s) and the VAD's frames
+    assert REVISE_AFTER_QUIET_S == 6.0
+    assert shown[0][1] <= first_end + 7.5  # 6 s of quiet + a step (1 s) and the VAD's frames
     assert shown[1][1] > first_end + 20.0  # the second after it was said, not with the first
+    words, audio, texts = _utterances(4, pause_s=4.0)
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                        reviser=Reviser(_Rereader(words), block_s=6.0, max_block_s=28.0))
+    assert result.final_text == " ".join(texts).upper()
+    assert len(result.revisions) < 4 and max(r.last - r.first for r, _ in result.revisions) >= 12  # 2 sentences
 
 
 def test_the_second_pass_reads_closed_utterances_again_in_blocks_and_replaces_their_words():

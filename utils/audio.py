@@ -276,11 +276,17 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sample_rate: int = SAM
     if not data:
         raise AudioLoadError(f"{name}: empty file (0 bytes)")
     try:
+        frames = -1  # all
         if max_seconds is not None:
             info = sf.info(io.BytesIO(data))
-            _check_length(name, info.frames / info.samplerate if info.samplerate else 0.0, max_seconds)
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+            if 0 < info.frames < 2**62 and info.samplerate:
+                _check_length(name, info.frames / info.samplerate, max_seconds)
+            elif info.samplerate:  # no length in the header (a FLAC stream written to a pipe): read past the limit
+                frames = int((max_seconds + 1.0) * info.samplerate)
+        samples, sr = sf.read(io.BytesIO(data), frames=frames, dtype="float32", always_2d=False)
         samples = resample(_to_mono(samples, name), sr, sample_rate)
+        if frames > 0:
+            _check_length(name, len(samples) / sample_rate, max_seconds, at_least=True)
     except AudioTooLongError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

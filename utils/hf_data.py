@@ -402,18 +402,19 @@ def _duration_of(audio: Any, base_dir: str | None, where: str, column: str) -> f
 DURATION_SAMPLES = 8  # rows whose 'duration' column is compared with their audio when a dataset is opened
 
 
-def _check_duration_column(ds: Any, rows: Sequence[int], durations: Sequence[float], audio_column: str,
-                           base_dir: str | None, label: str, split_name: str | None) -> None:
-    """Compare the ``duration`` column with the audio of ``DURATION_SAMPLES`` kept rows spread over the dataset (the
-    column is trusted for every row, so its headers need not be read): a column in other units, or written before
-    the audio was cut, was found only when training reached a clip, after the model had loaded."""
-    for k in np.unique(np.linspace(0, len(rows) - 1, min(DURATION_SAMPLES, len(rows))).round().astype(int)):
-        where = _row_label(label, split_name, int(rows[k]))
-        actual = _duration_of(ds[int(rows[k])][audio_column], base_dir, where, audio_column)
-        said = float(durations[k])
-        if abs(actual - said) > max(0.5, 0.1 * actual):
-            raise DatasetError(f"{where}: the 'duration' column says {said:g} s, its audio holds {actual:.2f} s; "
-                               "correct the column (seconds) or remove it: without it each clip's length is read "
+def _check_duration_column(ds: Any, sampled: Sequence[tuple[int, float]], audio_column: str, base_dir: str | None,
+                           label: str, split_name: str | None) -> None:
+    """Compare the ``duration`` column with the audio of the ``sampled`` (row, duration) pairs (the column is
+    trusted for every row, so its headers need not be read): a column in milliseconds, or written before the audio
+    was cut, was found only when training reached a clip, after the model had loaded. Whole seconds pass (1 s
+    slack)."""
+    for row, said in sampled:
+        where = _row_label(label, split_name, row)
+        actual = _duration_of(ds[row][audio_column], base_dir, where, audio_column)
+        if abs(actual - said) > max(1.0, 0.1 * actual):
+            units = " (milliseconds?)" if said > 100 * actual else ""
+            raise DatasetError(f"{where}: the 'duration' column says {said:g} s{units}, its audio holds {actual:.2f} "
+                               "s; correct the column (seconds) or remove it: without it each clip's length is read "
                                "from its audio")
 
 
@@ -447,6 +448,8 @@ def load_dataset_source(
     base_dir = source_folder(spec)
     label = spec.rstrip("/")
     rows, durations = [], []
+    sampled: list[tuple[int, float]] = []  # (row, its 'duration') of valid rows spread over the dataset
+    every = max(1, len(ds) // DURATION_SAMPLES)
     invalid: list[DatasetError] = []  # the first MAX_INVALID_LISTED invalid rows
     skipped_invalid = skipped_short = skipped_long = 0
     # one pass over the needed columns, in Arrow batches (the audio only when its header gives the duration)
@@ -477,6 +480,8 @@ def load_dataset_source(
                         invalid.append(e)
                     row += 1
                     continue
+                if has_duration and row % every == 0:
+                    sampled.append((row, duration))
                 if duration < min_duration:
                     skipped_short += 1
                 elif 0 < max_duration < duration:
@@ -488,13 +493,13 @@ def load_dataset_source(
             bar.update(len(batch[text_column]))
     if invalid:  # every invalid row named at once (the first only: one run per bad row)
         raise_invalid(spec, invalid, skipped_invalid, "rows")
+    if sampled:  # before the bounds' verdict: a column in milliseconds left every row out as too long
+        _check_duration_column(ds, sampled, audio_column, base_dir, label, split_name)
     log_left_out(spec, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
                  max_duration=max_duration, what="items")
     if not rows:
         raise DatasetError(f"{spec}: no usable items ({row} rows; duration bounds {min_duration}..{max_duration} s, "
                            f"{skipped_invalid} invalid)")
-    if has_duration:
-        _check_duration_column(ds, rows, durations, audio_column, base_dir, label, split_name)
     logger.info("%s%s: %d items, audio '%s', text '%s'", spec, f" [{split_name}]" if split_name else "",
                 len(rows), audio_column, text_column)
     return DatasetSource(ds, name=label, split=split_name, audio_column=audio_column, text_column=text_column,

@@ -490,7 +490,7 @@ def build_app(service: TranscriptionService):
     async def models(request: Request) -> Response:
         try:
             service.check_key(request.headers.get("authorization"))
-            if "model" in request.path_params:
+            if request.path_params.get("model"):  # (/v1/models/ is the list)
                 return JSONResponse(service.model(request.path_params["model"]))
         except ApiError as e:
             return error(e)

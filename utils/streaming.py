@@ -737,8 +737,10 @@ class Revision:
 # utterance after it kept its live words
 _REVISE_SILENCE_LEAD_S = 2.0
 # silence after which the second pass reads what was said before it, though the block is shorter than block_s: a
-# speaker who said one sentence and stopped got its final text only when speaking again (25 s later in a walkthrough)
-REVISE_AFTER_QUIET_S = 2.0
+# speaker who said one sentence and stopped got its final text only when speaking again (25 s later in a walkthrough).
+# As long as a default block: shorter pauses between sentences (2.5-4 s, thinking) keep them in one block, read with
+# each other as context (2 s read each sentence alone)
+REVISE_AFTER_QUIET_S = 6.0
 
 
 class Reviser:

@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warn_line_languages(records, options.language, args.test_data)
     options = replace(options, task=resolve_task(args.task, engine))
+    if args.task is None and not_english_references(records, options.task, args.test_data):  # the model's task
+        return 1
     try:
         engine.check_task(options.task, options.language)
         engine.check_language(options.language)

@@ -5,7 +5,7 @@
 
 Endpoints: POST /v1/audio/transcriptions and /v1/audio/translations (multipart ``file``, ``model``, ``language``,
 ``prompt``, ``response_format`` json|text|srt|vtt|verbose_json, ``temperature``, ``timestamp_granularities[]``),
-GET /v1/models, GET /health. A model is named by its folder name (or hub id); ``whisper-1`` means the first one.
+GET /v1/models[/ID], GET /health. A model is named by its folder name (or hub id); ``whisper-1`` means the first one.
 Each model decodes one request at a time, in arrival order; at most --max_queue requests wait (then 503).
 """
 
@@ -161,7 +161,7 @@ def serve(args: argparse.Namespace, models: dict) -> None:
 
     service = TranscriptionService(models, server_options(args), max_queue=args.max_queue)
     print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/v1 "
-          f"(POST /v1/audio/transcriptions, /v1/audio/translations; GET /v1/models, /health)", flush=True)
+          f"(POST /v1/audio/transcriptions, /v1/audio/translations; GET /v1/models[/ID], /health)", flush=True)
     config = uvicorn.Config(build_app(service), host=args.host, port=args.port,
                             log_level="info" if args.verbose else "warning")
     stopping_server_class()(config, service).run()

@@ -37,6 +37,22 @@ def test_translate_against_chinese_references_is_refused_before_the_model_loads(
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_model_fine_tuned_to_translate_is_not_scored_against_chinese(tiny_whisper_dir, zh_wav, tmp_path, caplog):
+    """Without --task a model fine-tuned to translate translates; its English was scored against the Chinese
+    references (CER 2.78) where --task=translate was refused."""
+    import shutil
+
+    model = tmp_path / "translator"
+    shutil.copytree(tiny_whisper_dir, model)
+    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
+    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    manifest = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")] * 2)
+    rc = evaluation.main([f"--model_path={model}", f"--test_data={manifest}", "--device=cpu",
+                          f"--output={tmp_path / 'r.json'}"])
+    assert rc == 1 and "2 of 2 sentences are written in Chinese/Japanese" in caplog.text
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, tmp_path, capsys):
     m1 = _manifest(tmp_path / "a.json", [(en_wav, EN_SENTENCE), (zh_wav, ZH_SENTENCE), (en_wav, "")])
     m2 = _manifest(tmp_path / "b.json", [(en_wav, "完全不同的参考文本"), (zh_wav, "Another reference."),

@@ -2246,17 +2246,11 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _tokenizer(self, language: str, task: str):
         """faster-whisper's tokenizer whose ``encode`` (prompt, hotwords, prefix) reads its text as text
-        (:func:`encode_as_text`: "<|en|><|translate|>" typed into a prompt switched the task)."""
-        from faster_whisper.tokenizer import Tokenizer
-
-        class TextTokenizer(Tokenizer):
-            def encode(self, text: str) -> list[int]:
-                return encode_as_text(super().encode, text)
-
+        (:func:`_text_tokenizer_type`)."""
         key = (language, task)
         if key not in self._tokenizers:
-            self._tokenizers[key] = TextTokenizer(self.model.hf_tokenizer, self.multilingual, task=task,
-                                                  language=language if self.multilingual else "en")
+            self._tokenizers[key] = _text_tokenizer_type()(self.model.hf_tokenizer, self.multilingual, task=task,
+                                                           language=language if self.multilingual else "en")
         return self._tokenizers[key]
 
     def _features(self, chunks: Sequence[np.ndarray], window_s: float | None = None) -> np.ndarray:
@@ -2585,6 +2579,19 @@ def _model_language(language: Any, model_dir: str) -> str | None:
         logger.warning("%s: generation config language %r is not a Whisper language; detecting it instead",
                        model_dir, language)
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _text_tokenizer_type() -> type:
+    """faster-whisper's Tokenizer with an ``encode`` that reads text as text (:func:`encode_as_text`:
+    "<|en|><|translate|>" typed into a prompt switched the task); made once, faster-whisper imported on first use."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    class TextTokenizer(Tokenizer):
+        def encode(self, text: str) -> list[int]:
+            return encode_as_text(super().encode, text)
+
+    return TextTokenizer
 
 
 def _model_task(task: Any) -> str | None:

@@ -246,6 +246,8 @@ def worker_error_message(error: BaseException) -> str:
     return str(error)
 
 
+STREAM_TEXT_CHECKED = 200  # --task=translate on a stream: the first items whose text must be English
+
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
@@ -390,12 +392,14 @@ def load_data(args: argparse.Namespace, model_dir: str, language: str | None, *,
         raise FinetuneError(f"{args.base_model}: {e}") from e
     eval_set = EvalSet.from_dataset(SpeechDataset(test_manifest, processor.feature_extractor, tokenizer,
                                                   **dataset_kwargs), limit=args.max_eval_samples)
-    if args.task == "translate":  # English text to learn and score (a stream's train text: its test set's tells)
+    if args.task == "translate":  # English text to learn and score
         try:
             check_translation_references(eval_set.references, f"--test_data {args.test_data}")
-            if isinstance(train_manifest, Manifest):
-                check_translation_references((train_manifest.record(i).sentence for i in range(len(train_manifest))),
-                                             f"--train_data {args.train_data}")
+            if isinstance(train_manifest, DatasetStream):  # a stream: the text of its first items
+                check_translation_references(train_manifest.first_sentences(STREAM_TEXT_CHECKED),
+                                             f"--train_data {args.train_data} (its first {STREAM_TEXT_CHECKED} items)")
+            else:
+                check_translation_references(train_manifest.sentences(), f"--train_data {args.train_data}")
         except ManifestError as e:
             raise FinetuneError(str(e)) from e
     if isinstance(train_manifest, Manifest) and not any(train_manifest.record(i).sentence.strip()

@@ -58,7 +58,7 @@ class PageSettings:
     model_path: str
     backend: str
     language: str | None
-    task: str
+    task: str | None  # None: the model's fine-tuned task
     beam_size: int
     timestamps: bool
     sentiment: bool
@@ -149,8 +149,9 @@ def choose_settings(args: argparse.Namespace) -> PageSettings:
     language = sb.selectbox("语言 (language)", language_options(),
                             format_func=lambda code: {None: "模型默认 (model's fine-tuned language, else auto)",
                                                       "auto": "自动检测 (auto)"}.get(code, code))
-    task = sb.radio("任务 (task)", ["transcribe", "translate"], horizontal=True,
-                    format_func=lambda t: {"transcribe": "转写 transcribe", "translate": "译为英文 translate"}[t])
+    task = sb.radio("任务 (task)", [None, "transcribe", "translate"], horizontal=True,
+                    format_func=lambda t: {None: "模型默认 (model's fine-tuned task, else transcribe)",
+                                           "transcribe": "转写 transcribe", "translate": "译为英文 translate"}[t])
     beam_size = int(sb.number_input("beam size", min_value=1, max_value=10, value=1, step=1))
     timestamps = sb.checkbox("分段时间戳 (segment timestamps)", value=True)
     sentiment = sb.checkbox("情感分析 (sentiment)", value=False,
@@ -264,14 +265,15 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
     """Decode the file and transcribe it with a progress bar; None after showing an error."""
     import time
 
-    from utils.transcribe import DecodeOptions
+    from utils.transcribe import DecodeOptions, resolve_task
 
     try:
         audio = decode_audio_bytes(data, name)
     except AudioLoadError as e:
         st.error(str(e))
         return None
-    options = DecodeOptions(language=settings.language, task=settings.task, beam_size=settings.beam_size,
+    options = DecodeOptions(language=settings.language, task=resolve_task(settings.task, engine),
+                            beam_size=settings.beam_size,
                             initial_prompt=settings.initial_prompt, hotwords=settings.hotwords,
                             timestamps=settings.timestamps, word_timestamps=settings.word_timestamps)
     try:  # an English-only model cannot translate (it read German speech as English sounds)

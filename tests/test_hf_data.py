@@ -585,3 +585,20 @@ def test_a_bom_csv_audiofolder_a_csv_file_and_a_to_json_export(tmp_path):
     exported.write_text("".join(json.dumps({"audio": p, "sentence": s}) + "\n" for p, s, _ in rows))
     with pytest.raises(ManifestError, match=r"export.json:1: 'audio' is a string .*not an object; write \"audio\": "):
         load_data(str(exported), split="train", split_flag="--train_split")
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_translate_on_a_chinese_dataset_is_refused_before_training(tiny_whisper_dir, demo, tmp_path, caplog,
+                                                                   streaming):
+    """--task=translate checked the train text of a jsonlines manifest only: a Hugging Face dataset of transcripts
+    (streamed or not) trained the model to write Chinese behind <|translate|> without a word."""
+    english = tmp_path / "en.json"
+    english.write_text("".join(json.dumps({"audio": {"path": p}, "sentence": "The weather is nice today.",
+                                           "duration": d}) + "\n" for p, _, d in demo["test"]), encoding="utf-8")
+    out = tmp_path / "out"
+    rc = finetune.main([*_short_run(tiny_whisper_dir, demo, out), f"--test_data={english}", "--task=translate",
+                        f"--streaming={streaming}", "--max_steps=2"])
+    first = f" (its first {finetune.STREAM_TEXT_CHECKED} items)" if streaming else ""
+    assert rc != 0 and f"--train_data {demo['dir'] / 'parquet'}{first}: {N_TRAIN} of {N_TRAIN} sentences are " \
+        "written in Chinese/Japanese" in caplog.text
+    assert not list(out.glob("*/checkpoint-*"))

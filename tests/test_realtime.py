@@ -43,6 +43,7 @@ from utils.streaming import (
     split_tokens,
     stop_signals_as_ctrl_c,
     token_key,
+    unfinished,
     words_from_segments,
 )
 from utils.text import error_rate
@@ -1154,6 +1155,27 @@ def test_ctrl_c_inside_speech_leaves_no_full_stop_the_speaker_did_not_say():
     assert re.fullmatch(r" ?u3w\d", result.words[-1].text), result.text
     assert re.search(r"U3W\d$", result.final_text) and "U2W5." in result.final_text, result.final_text
     assert "u2w5." in result.text  # the third utterance ended in a pause: its full stop stays
+
+
+def test_a_cut_off_word_loses_its_full_stop_but_an_abbreviation_keeps_its_dot():
+    def cut(text):
+        return unfinished(StreamToken(0.0, 1.0, text)).text
+
+    assert [cut(t) for t in (" night.", "气。", " now?!", " ...")] == [" night", "气", " now", " ..."]
+    assert [cut(t) for t in (" Mr.", " etc.", " U.S.", " e.g.")] == [" Mr.", " etc.", " U.S.", " e.g."]
+    assert cut(" Mr.?") == " Mr"  # not a lone ".": the decoder's own end
+
+
+def test_ctrl_c_takes_the_full_stop_off_a_word_an_earlier_step_committed():
+    """Two decodes agreed on the whole sentence, its full stop included, then Ctrl-C came inside the speech with
+    nothing new to decode: the stream's text kept "night." (only a word committed at the close lost it)."""
+    policy = StreamingPolicy(lambda audio, prompt: [(0.0, 1.5, " It rained all night.")], vad_fn=lambda f: 0.9)
+    for _ in range(3):
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.01, dtype=np.float32))
+        policy.process()
+    assert policy.text == "It rained all night."
+    update = policy.close()
+    assert policy.cut_short and update.committed == [] and policy.text == "It rained all night"
 
 
 def test_ctrl_c_revises_what_was_heard_and_a_second_ctrl_c_keeps_the_live_words():

@@ -270,6 +270,10 @@ class RecordSource(Sequence[Record]):
     def location(self, index: int) -> str:
         raise NotImplementedError
 
+    def sentences(self) -> list[str]:
+        """Every item's 'sentence', in order (no audio read)."""
+        return [self.record(i).sentence for i in range(len(self))]
+
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]

@@ -132,6 +132,11 @@ class DatasetSource(RecordSource):
         """Where item ``index`` comes from, for error messages: dataset, split and row."""
         return _row_label(self.name, self.split, int(self.rows[index]))
 
+    def sentences(self) -> list[str]:
+        """Every kept row's text, in order, read from the text column alone (no audio)."""
+        texts = self.dataset.select_columns([self.text_column])[:][self.text_column]
+        return [t if isinstance(t, str) else "" for t in (texts[int(row)] for row in self.rows)]
+
 
 
 def source_folder(spec: str) -> str | None:
@@ -521,6 +526,14 @@ class DatasetStream:
         self.name = spec.rstrip("/")
         self.config = options.config
         self.min_duration, self.max_duration = min_duration, max_duration
+
+    def first_sentences(self, count: int) -> list[str]:
+        """The text of the stream's first ``count`` rows (its text column alone: no audio read)."""
+        import datasets
+
+        ds = self.dataset.select_columns([self.text_column])
+        ds = ds.select(range(min(count, len(ds)))) if isinstance(ds, datasets.Dataset) else ds.take(count)
+        return [t if isinstance(t, str) else "" for t in (row[self.text_column] for row in ds)]
 
     def records(self, *, seed: int | None = None, epoch: int = 0, shuffle_buffer: int = 1000, rank: int = 0,
                 world_size: int = 1) -> Iterator[Record]:

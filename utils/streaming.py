@@ -127,10 +127,20 @@ def token_key(text: str) -> str:
 _FULL_STOPS = "。．.!?！？…"
 
 
+# words whose "." is part of the word, not the sentence's end ("Mr.", "etc."); dotted ones ("U.S.", "e.g.") too
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc inc ltd co corp no dept approx".split())
+
+
 def unfinished(token: StreamToken) -> StreamToken:
-    """``token`` without the full stop the decoder put after it, for speech cut off there (Ctrl-C mid-sentence)."""
+    """``token`` without the full stop the decoder put after it, for speech cut off there (Ctrl-C mid-sentence);
+    the "." of an abbreviation ("Mr.", "U.S.") stays."""
     text = token.text.rstrip(_FULL_STOPS)
-    return replace(token, text=text) if text.strip() else token
+    if not text.strip():
+        return token
+    word = text.strip().lower()
+    if token.text[len(text):] == "." and ("." in word or word in _ABBREVIATIONS):
+        return token
+    return replace(token, text=text)
 
 
 def split_tokens(text: str) -> list[str]:
@@ -693,8 +703,10 @@ class StreamingPolicy:
             decoded |= ran
         tail = self.finish()
         committed += tail.committed
-        if self.cut_short and committed:  # the decoder ends what it hears with a full stop: "今天天气。"
-            self.committed[-1] = committed[-1] = unfinished(committed[-1])
+        if self.cut_short and self.committed:  # the decoder ends what it hears with a full stop: "今天天气。"
+            self.committed[-1] = unfinished(self.committed[-1])  # also a word an earlier step committed
+            if committed:
+                committed[-1] = self.committed[-1]
         return Update(committed, [], self.audio_end, utterance_end=True, decoded=decoded)
 
     def finish(self) -> Update:

@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from utils.audio import SAMPLE_RATE, WINDOW_S, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
-                       add_engine_args, add_hidden_alias, add_model_args, check_device_arg, check_output_path,
-                       make_parser, path_arg, positive_int, resolve_backend, resolve_encoder_window, seed_int,
-                       setup_logging)
+                       add_engine_args, add_hidden_alias, add_model_args, add_upstream_flags, check_device_arg,
+                       check_output_path, make_parser, note_upstream_flags, path_arg, positive_int, resolve_backend,
+                       resolve_encoder_window, seed_int, setup_logging)
 from utils.data import (Manifest, ManifestError, Record, check_clips, check_translation_references, load_manifest,
                         log_clip_warnings)
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
@@ -41,7 +41,7 @@ from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE, has_unspaced_script, language_code
 from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
 from utils.models import ModelResolutionError
-from utils.transcribe import DecodeOptions, Transcriber, load_transcriber, resolve_task
+from utils.transcribe import DecodeOptions, Transcriber, load_transcriber, resolve_task, task_flag
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def build_parser():
                         help="jsonlines test manifest, or a Hugging Face dataset: save_to_disk folder, audiofolder, "
                              "parquet file/glob/folder, hub name")
     add_dataset_args(parser, splits={"test_split": "test"}, streaming=True)
-    parser.add_argument("--metric", type=str, default="cer", choices=METRICS, help="character or word error rate")
+    parser.add_argument("--metric", type=str, default="cer", choices=METRICS,
+                        help="cer (characters), wer (words) or mer (mixed: each Chinese/Japanese character and each "
+                             "other word one unit, spaces between them or not; for code-switching speech)")
     parser.add_argument("--output", type=path_arg, default=None,
                         help="JSON report path (default: <model>_<metric>_report.json in the cwd, "
                              "<model>_<test data>_<metric>_report.json for a test set not named test)")
@@ -85,7 +87,15 @@ def build_parser():
     add_bool(parser, "word_timestamps", False, "add each utterance's words with times and probabilities to the "
              "report (low-probability words point at likely errors)")
     add_bool(parser, "verbose", False, "debug logging")
+    add_upstream_flags(parser, UPSTREAM_FLAGS)
     return parser
+
+
+UPSTREAM_FLAGS = {  # the original evaluation.py's flags, which scoring here does anyway or does not need
+    "num_workers": "ignored (audio is read in the main process)",
+    "remove_pun": "ignored: punctuation is always removed before scoring",
+    "to_simple": "ignored: traditional Chinese is always read as simplified before scoring",
+    "timestamps": "ignored: evaluation decodes without timestamp tokens"}
 
 
 def load_batch(records: Sequence[Record]) -> tuple[list[np.ndarray], list[str | None]]:
@@ -177,8 +187,8 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
     unspaced = sum(1 for u in utterances if has_unspaced_script(u["reference"]))
     if metric == "wer" and 2 * unspaced > len(utterances):
         logger.warning("--metric=wer on %d of %d references written without spaces (Chinese, Japanese…): a 'word' is "
-                       "then a run between punctuation, often a whole clause; use --metric=cer for them", unspaced,
-                       len(utterances))
+                       "then a run between punctuation, often a whole clause; use --metric=cer for them (mer where "
+                       "English words are mixed in)", unspaced, len(utterances))
     utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
     return {
         "metric": metric,
@@ -263,7 +273,7 @@ def load_records(args) -> tuple[Sequence[Record] | Iterable[Record], list[str] |
 def default_report_name(model_path: str, test_data: str, metric: str) -> str:
     """``<model>_<metric>_report.json``: the model path with ``/`` as ``_`` (its last two parts when absolute), and the
     test set's name before the metric unless it is ``test`` (a dev set's report no longer overwrites the test set's)."""
-    parts = [p for p in model_path.replace("\\", "/").split("/") if p]
+    parts = [p for p in model_path.replace("\\", "/").split("/") if p not in ("", ".", "..")]  # ./models: no "._"
     model = "_".join(parts[-2:] if os.path.isabs(model_path) else parts)
     data = os.path.splitext(os.path.basename(test_data.rstrip("/")))[0].replace("*", "")
     return f"{model}_{'' if data in ('test', '') else data + '_'}{metric}_report.json"
@@ -283,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
     args = parser.parse_args(argv)
+    note_upstream_flags(args, UPSTREAM_FLAGS)
     setup_logging(args.verbose)
     # each model its own backend (--compare: a hub base against a CTranslate2 fine-tune)
     args.backends = {m: resolve_backend(args.backend, [m]) for m in (args.compare or [args.model_path])}
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task is None and not_english_references(records, options.task, args.test_data):  # the model's task
         return 1
     try:
-        engine.check_task(options.task, options.language)
+        engine.check_task(options.task, options.language, flag=task_flag(args.task))
         engine.check_language(options.language)
         for language in sorted({r.language for r in records if r.language} if isinstance(records, list) else ()):
             engine.check_language(replace(options, language=language).language, f"{args.test_data}: 'language' ")
@@ -407,12 +418,16 @@ def compare(args, options: DecodeOptions, output: str) -> int:
             engine = load_transcriber(model, args.backends[model], device=args.device, dtype=args.dtype,
                                       compute_type=args.compute_type, local_files_only=args.local_files_only,
                                       ct2_encoder=args.ct2_encoder)
+            # each model's own task without --task (a model fine-tuned to translate translates), as infer.py's
+            options = replace(options, task=resolve_task(args.task, engine),
+                              encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
             engine.check_task(options.task, options.language)  # as the single-model path checks them
             engine.check_language(options.language)
         except (ValueError, ModelResolutionError) as e:
             logger.error("cannot use %s: %s", model, e)
             return 2
-        options = replace(options, encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
+        if args.task is None and not_english_references(target, options.task, args.test_data):
+            return 1
         _seed(args.seed)
         logger.info("%s: target set %s", model, args.test_data)
         target_report = evaluate(engine, target, options, args.metric, args.batch_size, target_at)
@@ -428,6 +443,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
                                     speech_metrics(general_report["utterances"], args.general_metric)
                                     if general_report else None, [t.text for t in silent])
         rows[model]["no_speech"]["generated"] = {name: t.text for (name, _), t in zip(clips, silent)}
+        rows[model]["task"] = options.task
         # every utterance, worst first, as the single-model report lists them: which ones fine-tuning changed
         rows[model]["utterances"] = {"target": target_report["utterances"],
                                      "general": general_report["utterances"] if general_report else None}

@@ -24,11 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, bool_or_auto, check_output_path, finite_float,
-                       int_at_least, make_parser, optional_path, optional_str, path_arg, seed_int, setup_logging)
+from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_upstream_flags, bool_or_auto,
+                       check_output_path, finite_float, int_at_least, make_parser, note_upstream_flags, optional_path,
+                       optional_str, path_arg, seed_int, setup_logging)
 from utils.data import ManifestError, missing_manifest_message
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
+from utils.text import METRICS
 from utils.device import choose_precision
 
 logger = logging.getLogger("finetune")
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_steps", type=int, default=100, help="save checkpoint-<step> every N steps (0 = never)")
     g.add_argument("--save_total_limit", type=int, default=3,
                    help="keep the newest N checkpoint-<step> folders of this run (0 = all)")
-    g.add_argument("--metric", type=str, default="cer", choices=["cer", "wer"], help="selects checkpoint-best")
+    g.add_argument("--metric", type=str, default="cer", choices=METRICS,
+                   help="selects checkpoint-best: cer, wer, or mer (mixed: a Chinese character or an English word is "
+                        "one unit, for code-switching data)")
     add_bool(g, "eval_at_start", False, "also evaluate the base model at step 0 (baseline CER/WER)")
     g.add_argument("--generation_max_length", type=int, default=0,
                    help="max new tokens per clip when evaluating; 0 = sized by the clip's duration like inference "
@@ -124,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint-<step> folder, or auto = the newest one in the run folder")
     g.add_argument("--seed", type=seed_int, default=42, help="random seed (data order, augmentation, init)")
     add_bool(g, "push_to_hub", False, "accepted for compatibility; upload the merged model yourself")
+    add_upstream_flags(p, UPSTREAM_FLAGS)
     return p
+
+
+UPSTREAM_FLAGS = {"hub_model_id": "ignored: nothing is uploaded (merge with merge_lora.py and upload the folder)"}
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -195,6 +203,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--shuffle_buffer must be >= 1, got {args.shuffle_buffer}")
     if args.push_to_hub:
         logger.warning("--push_to_hub is not supported here; merge with merge_lora.py and upload the folder")
+    note_upstream_flags(args, UPSTREAM_FLAGS)
+    if args.task == "translate" and (args.language or "").strip().lower() in ("en", "english"):
+        logger.warning("--task=translate with --language=%s: the language names the speech, and English speech "
+                       "translated to English is a transcript; give the spoken language (or None), or use "
+                       "--task=transcribe", args.language)
 
 
 def quantization_config(use_8bit: bool, use_4bit: bool, mixed_precision: str):

@@ -25,14 +25,15 @@ from tqdm import tqdm
 
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
-                       bool_or_auto, check_device_arg, check_output_path, default_beam_size, finite_float, make_parser,
-                       output_format_arg, path_arg, resolve_backend, setup_logging)
+                       add_upstream_flags, bool_or_auto, check_device_arg, check_output_path, default_beam_size,
+                       finite_float, make_parser, note_upstream_flags, output_format_arg, path_arg, resolve_backend,
+                       setup_logging, str2bool)
 from utils.device import cpu_has_amx
 from utils.languages import has_unspaced_script
 from utils.models import ModelResolutionError, cache_root
 from utils.subtitles import CUE_FORMATS, OUTPUT_FORMATS, CueLayout, format_timestamp, write_transcript
 from utils.transcribe import (DEFAULT_TEMPERATURES, TORCH_ENCODER_MIN_AUDIO_S, DecodeOptions, Transcriber, Transcript,
-                              load_transcriber, resolve_task)
+                              load_transcriber, resolve_task, task_flag)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "sdpa", "eager", "flash_attention_2"],
                    help="auto = flash-attention-2 on CUDA when installed, else SDPA")
     add_bool(g, "use_bettertransformer", False, "deprecated upstream; SDPA is used instead")
+    add_upstream_flags(parser, UPSTREAM_FLAGS)
     d = parser.add_argument_group("decoding options")
     d.add_argument("--beam_size", type=int, default=None,
                    help=f"beam width (1 = greedy); default {CT2_BEAM_SIZE} with --backend=ct2 (beam search costs "
@@ -205,6 +207,28 @@ def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, st
     return Transcript.collect(collected, info)
 
 
+UPSTREAM_FLAGS = {  # the original infer.py's flags, mapped onto this one's
+    "use_gpu": "False is --device=cpu; True is --device=auto (the GPU where there is one)",
+    "use_flash_attention_2": "True is --attn_implementation=flash_attention_2, False --attn_implementation=sdpa",
+    "assistant_model_path": "None only: decoding with an assistant (draft) model is not supported"}
+
+
+def upstream_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Map the original infer.py's flags onto this one's (--use_gpu=False → --device=cpu, …), saying so."""
+    try:
+        if args.upstream_use_gpu is not None and not str2bool(args.upstream_use_gpu) and args.device == "auto":
+            args.device = "cpu"
+        if args.upstream_use_flash_attention_2 is not None and args.attn_implementation == "auto":
+            flash = str2bool(args.upstream_use_flash_attention_2)
+            args.attn_implementation = "flash_attention_2" if flash else "sdpa"
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    if args.upstream_assistant_model_path not in (None, "None", ""):
+        parser.error(f"--assistant_model_path={args.upstream_assistant_model_path}: decoding with an assistant (draft) "
+                     "model is not supported; leave it out")
+    note_upstream_flags(args, UPSTREAM_FLAGS)
+
+
 def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
@@ -214,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--audio_path=" if not any(e.startswith("-") for e in extra) else "")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     setup_logging(args.verbose)
+    upstream_flags(parser, args)
     args.backend = resolve_backend(args.backend, [args.model_path])
     check_device_arg(parser, args.device, args.backend)
     if args.use_bettertransformer:
@@ -272,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = replace(options, task=resolve_task(args.task, engine))
     try:
-        engine.check_task(options.task, options.language)
+        engine.check_task(options.task, options.language, flag=task_flag(args.task))
         engine.check_language(options.language)
     except ValueError as e:
         logger.error("%s (%s)", e, args.model_path)

@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. The engine and the policy
     from utils.models import ModelResolutionError
-    from utils.transcribe import DecodeOptions, load_transcriber, resolve_task
+    from utils.transcribe import DecodeOptions, load_transcriber, resolve_task, task_flag
 
     try:
         options = DecodeOptions(language=args.language, task=args.task or "transcribe", beam_size=args.beam_size,
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                                   local_files_only=args.local_files_only, cpu_threads=stream_threads(args),
                                   ct2_encoder=args.ct2_encoder)
         options = replace(options, task=resolve_task(args.task, engine))
-        engine.check_task(options.task, options.language)
+        engine.check_task(options.task, options.language, flag=task_flag(args.task))
         engine.check_language(options.language)
         engine.tune_lone_decoder()  # every step decodes a window alone
         hypothesis = EngineHypothesis(engine, options, close_beam_size=args.close_beam_size)

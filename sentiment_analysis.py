@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--text", type=str, action="append",
                         help="a text to classify (repeat the flag for several)")
     source.add_argument("--input", type=path_arg,
-                        help=f"file of texts ({', '.join(INPUT_SUFFIXES)}): .txt = one text per non-empty line; "
-                             ".json = infer.py's transcript ({text, segments}) or a jsonlines manifest "
-                             "('sentence' per line)")
+                        help=f"file of texts ({', '.join(INPUT_SUFFIXES)}), or - for standard input: .txt = one "
+                             "text per line; .json = infer.py's transcript ({text, segments}) or a jsonlines "
+                             "manifest ('sentence' per line); .srt/.vtt = one text per cue")
     parser.add_argument("--model_path", type=optional_str, default=None,
                         help="None/auto = offline (lexicon for Chinese, VADER for English), 'lexicon', 'snownlp', 'vader', "
                              "or a Hugging Face text-classification model folder or hub id")

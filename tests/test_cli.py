@@ -6,7 +6,8 @@ from utils.cli import add_bool, make_parser, optional_str, str2bool
 
 
 @pytest.mark.parametrize("v,expected", [("False", False), ("false", False), ("0", False), ("no", False),
-                                        ("True", True), ("1", True), ("yes", True), ("ON", True)])
+                                        ("True", True), ("1", True), ("yes", True), ("ON", True),
+                                        ("T", True), ("f", False)])  # upstream's strtobool took t/f
 def test_str2bool(v, expected):
     assert str2bool(v) is expected
 

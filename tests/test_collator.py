@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from utils.collator import IGNORE_INDEX, WhisperCollator
@@ -338,6 +339,35 @@ def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en
     korean = next(p for p in packed.packs if len(p) > 1 and lines[p[0]].get("language") == "Korean")
     text = processor.tokenizer.decode(packed[packed.packs.index(korean)]["labels"], skip_special_tokens=True)
     assert text == " ".join(lines[i]["sentence"] for i in korean)
+
+
+def test_a_pack_of_chinese_lines_keeps_the_spaces_around_an_english_one(processor, zh_wav, tmp_path):
+    """Code-switching corpora label English-only lines Chinese: a window holding Chinese text joined every clip
+    without a space ("…太高了。Deploy it nowCheck the logs请用…")."""
+    from utils.train_data import PackedSpeechDataset
+
+    sentences = ["这个 API 的 latency 太高了。", "Deploy it now", "Check the logs", "请用 Python 写一个脚本。",
+                 "Restart the pod", "好的"]
+    seconds = sf.info(str(zh_wav)).duration
+    lines = [{"audio": {"path": str(zh_wav)}, "sentence": s, "language": "Chinese", "duration": seconds}
+             for s in sentences * 2]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    m = load_manifest(manifest)
+    packed = PackedSpeechDataset(SpeechDataset(m, processor.feature_extractor, processor.tokenizer,
+                                               language="Chinese"))
+    english = [t for t in sentences if t.isascii()]
+    glued = 0
+    for k, pack in enumerate(packed.packs):
+        if len(pack) < 2:
+            continue
+        text = processor.tokenizer.decode(packed[k]["labels"], skip_special_tokens=True)
+        said = [lines[i]["sentence"] for i in pack]
+        for a, b in zip(said, said[1:]):  # an English line is spaced from the text on either side (not after "。")
+            joint = a + (" " if (a in english or b in english) and not a.endswith("。") else "") + b
+            assert joint in text, (joint, text)
+            glued += a in english or b in english
+    assert glued  # the seed put an English line beside another clip
 
 
 def test_a_wrong_duration_is_said_once_a_line_and_not_again_after_the_load_check(processor, zh_wav, tmp_path,

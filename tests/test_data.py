@@ -74,10 +74,10 @@ def test_slice_fields(tmp_path, audio_dir):
     ({"audio": {"path": "audio"}, "sentence": "x", "duration": 1}, r"t\.json:2: 'audio.path' audio is a folder"),
     (_rec(sentences=[{"start": 0.5, "end": 0.2, "text": "x"}]), r"'sentences\[0\]' needs 0 <= start <= end"),
     (_rec(sentences=[{"start": 0, "end": 5, "text": "x"}]),
-     r"'sentences\[0\]' ends at 5 s, after the clip's duration 1.0 s; fix its 'end', or 'duration' if that is wrong$"),
+     r"'sentences\[0\]' ends at 5 s, after the clip's duration 1.0 s; fix its times, or 'duration' if that is wrong$"),
     ({"audio": {"path": "audio/a.wav", "start_time": 20.0, "end_time": 26.0}, "sentence": "x", "duration": 6.0,
       "sentences": [{"start": 20.5, "end": 25.5, "text": "x"}]},
-     r"ends at 25.5 s, after the clip's duration 6.0 s; its times count from 'audio.start_time'"),
+     r"starts at 20.5 s, after the clip's duration 6.0 s; its times count from 'audio.start_time'"),
     ({"audio": {"path": "audio\\a.wav"}, "sentence": "x", "duration": 1},
      r"not found .*; it has Windows backslashes: write the path with /"),
     (_rec(sentences=[{"start": 0, "text": "x"}]), r"'sentences\[0\]' has no 'end' \(each segment needs start, end"),
@@ -291,3 +291,23 @@ def test_compact_storage_and_pickle(tmp_path, audio_dir):
 def test_relative_audio_path(tmp_path):
     assert relative_audio_path(tmp_path / "audio/x.wav", tmp_path / "train.json") == "audio/x.wav"
     assert relative_audio_path("/elsewhere/x.wav", tmp_path / "train.json") == "/elsewhere/x.wav"
+
+
+def test_translations_naming_a_chinese_place_or_brand_are_english():
+    """--task=translate refused English translations that name 阿里云 or 微信 ("2 of 3 sentences are written in
+    Chinese"): a sentence counts as Chinese when it is mostly Chinese characters."""
+    from utils.data import check_translation_references
+
+    check_translation_references(["We deploy on 阿里云 (Alibaba Cloud).", "Use 微信 Pay.", "The API is slow."], "x")
+    with pytest.raises(ManifestError, match="x: 2 of 3 sentences are written in Chinese/Japanese"):
+        check_translation_references(["这个 API 的 latency 太高了", "今天天气很好。", "The API is slow."], "x")
+
+
+def test_a_segment_ending_a_little_past_the_clip_is_read_as_ending_with_it(tmp_path, audio_dir, caplog):
+    """The original toolkit's README example has a segment ending at 8.4 s in a 7.37 s clip: its manifests were
+    refused line by line. Up to 1.5 s past the end is read as the clip's end, with one warning naming the lines."""
+    line = _rec(sentences=[{"start": 0, "end": 0.5, "text": "x"}, {"start": 0.5, "end": 2.2, "text": "y"}])
+    m = load_manifest(_write(tmp_path / "t.json", [_rec(), line, line]))
+    assert m[1].sentences[-1].end == m[1].duration == 1.0
+    assert "2 line(s) with a segment of 'sentences' ending after the clip's 'duration' (lines 2, 3): read as " \
+        "ending at the clip's end" in caplog.text

@@ -358,6 +358,10 @@ def test_the_default_report_name_tells_models_and_test_sets_apart():
         "models_whisper-base-finetune_dev_cer_report.json"
     assert evaluation.default_report_name("openai/whisper-base", "dataset/real/real_en.json", "wer") == \
         "openai_whisper-base_real_en_wer_report.json"
+    # ./models or ../models: no hidden "._models…" file (macOS takes "._*" for AppleDouble metadata)
+    assert evaluation.default_report_name("./models/whisper-base-finetune-ct2", "t.json", "cer") == \
+        "models_whisper-base-finetune-ct2_t_cer_report.json"
+    assert evaluation.default_report_name("../w1/models/m", "test.json", "cer") == "w1_models_m_cer_report.json"
 
 
 class _Echo:
@@ -425,3 +429,41 @@ def test_compare_checks_clips_first_and_scores_a_set_with_no_reference_text(tiny
     row = report["models"][str(tiny_whisper_dir)]
     assert row["target"]["cer"] is None and [u["where"] for u in row["utterances"]["target"]] == [f"{silent}:1"]
     assert [u["where"] for u in row["utterances"]["general"]] == [f"{general}:1"]
+
+
+@pytest.mark.slow
+def test_compare_runs_a_model_fine_tuned_to_translate_with_its_task(tiny_whisper_dir, en_wav, zh_wav, tmp_path,
+                                                                    monkeypatch, caplog):
+    """--compare transcribed a model fine-tuned to translate (its Chinese scored against the English references:
+    WER 1.0) where the single-model path translates; on Chinese references it is refused as there."""
+    import shutil
+
+    model = tmp_path / "translator"
+    shutil.copytree(tiny_whisper_dir, model)
+    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
+    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    tasks = []
+    real = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda engine, records, options, *a, **k: tasks.append(options.task)
+                        or real(engine, records, options, *a, **k))
+    english = _manifest(tmp_path / "en.json", [(en_wav, EN_SENTENCE)])
+    common = ["--compare", str(tiny_whisper_dir), str(model), "--device=cpu", "--general_data=" + str(english),
+              "--metric=wer"]
+    assert evaluation.main([*common, f"--test_data={english}", f"--output={tmp_path / 'c.json'}"]) == 0
+    assert tasks == ["transcribe", "transcribe", "translate", "translate"]  # target and general set each
+    rows = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))["models"]
+    assert [rows[m]["task"] for m in (str(tiny_whisper_dir), str(model))] == ["transcribe", "translate"]
+    chinese = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")] * 2)
+    assert evaluation.main([*common, f"--test_data={chinese}", f"--output={tmp_path / 'z.json'}"]) == 1
+    assert "2 of 2 sentences are written in Chinese/Japanese" in caplog.text and not (tmp_path / "z.json").exists()
+
+
+def test_the_original_evaluation_flags_run(tiny_whisper_dir, en_wav, tmp_path, caplog):
+    """--num_workers, --remove_pun, --to_simple and --timestamps of the original evaluation.py stopped its command
+    lines at "unrecognized arguments"; they are accepted and said to change nothing."""
+    manifest = _manifest(tmp_path / "en.json", [(en_wav, EN_SENTENCE)])
+    rc, report = _evaluate(tiny_whisper_dir, manifest, tmp_path / "r.json", "--num_workers=8", "--remove_pun=True",
+                           "--to_simple=True", "--timestamps=False")
+    assert rc == 0 and report["utterances_scored"] == 1
+    assert "--remove_pun=True (a flag of the original Whisper-Finetune): ignored: punctuation is always removed" \
+        in caplog.text

@@ -1438,3 +1438,32 @@ def test_accelerate_launch_that_starts_one_of_several_processes_says_so(processe
     out = proc.stdout + proc.stderr
     assert "does/not/exist: folder not found" in out
     assert ("was asked for several processes but started one" in out) == (processes > 1), out[-2000:]
+
+
+def test_a_checkpoint_of_transformers_trainer_is_named_as_such_not_damaged(tmp_path):
+    """An upstream (transformers Trainer) checkpoint given to --resume_from_checkpoint was called "damaged ...;
+    copy it again": its trainer_state.json is whole, written by another trainer."""
+    from utils.lora import AdapterError
+    from utils.trainer import check_checkpoint
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps(
+        {"best_model_checkpoint": None, "epoch": 1.0, "global_step": 4, "log_history": [], "max_steps": 4}))
+    with pytest.raises(AdapterError, match=r"written by transformers' Trainer .* merge its adapter \(python "
+                                           rf"merge_lora.py --lora_model={re.escape(str(checkpoint))}\)"):
+        check_checkpoint(checkpoint, adalora=False)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "colour": "red"}))
+    with pytest.raises(AdapterError, match="damaged"):
+        check_checkpoint(checkpoint, adalora=False)
+
+
+def test_the_original_hub_model_id_flag_is_accepted_and_translating_english_is_warned(tmp_path, caplog):
+    rc = finetune.main(["--base_model=does/not/exist", "--train_data=dataset/demo/train.json",
+                        "--test_data=dataset/demo/test.json", f"--output_dir={tmp_path}", "--hub_model_id=me/whisper"])
+    assert rc != 0 and "does/not/exist" in caplog.text
+    assert "--hub_model_id=me/whisper (a flag of the original Whisper-Finetune): ignored: nothing is uploaded" \
+        in caplog.text
+    finetune.main(["--base_model=does/not/exist", "--train_data=dataset/demo/train.json", "--task=translate",
+                   "--test_data=dataset/demo/test.json", f"--output_dir={tmp_path}", "--language=English"])
+    assert "--task=translate with --language=English: the language names the speech" in caplog.text

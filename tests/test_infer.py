@@ -225,6 +225,12 @@ def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well(
         "I met with Mr. Johnson and Dr. Smith", "at the bank on Main Street today"]  # not after "Dr."
     assert wrap_lines("He asked me twice and I said no. We left the building after that", 42) == [
         "He asked me twice and I said no.", "We left the building after that"]  # "no." ends a sentence
+    # full-width punctuation after a word or a number stays at the end of its line (a line read "，CPU 是 Intel")
+    mixed = "服务的 latency 是 200ms，GPU 利用率 95%，CPU 是 Intel Xeon。"
+    for width in range(8, 24):
+        lines = wrap_lines(mixed, width)
+        assert "".join(lines).replace(" ", "") == mixed.replace(" ", "")
+        assert not any(line[0] in "，。" for line in lines), (width, lines)
 
 
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
@@ -353,6 +359,12 @@ def test_translate_checks_the_model_and_warns_of_chinese_in_a_translation(tiny_w
     engine.check_task("transcribe", "en")
     engine.check_task("translate", "en")
     assert "--task=translate with language en: the speech is read as English" in caplog.text
+    caplog.clear()  # a model fine-tuned on English speech to translate: the pair comes from the model itself
+    monkeypatch.setattr(engine, "model_language", "en")
+    engine.check_task("translate", None)
+    assert "translate with language en (the language the model was fine-tuned on): the speech is read" in caplog.text
+    engine.check_task("translate", "auto")
+    assert caplog.text.count("translate with language en") == 1
     monkeypatch.setattr(engine, "multilingual", False)
     with pytest.raises(ValueError, match="English-only and cannot translate"):
         engine.check_task("translate")
@@ -626,3 +638,39 @@ def test_condition_on_previous_text_times_every_sentence_where_it_is(tmp_path):
     seconds = [[int(t[:2]) * 3600 + int(t[3:5]) * 60 + int(t[6:8]) + int(t[9:]) / 1000 for t in cue] for cue in cues]
     for (start, end), at in zip(seconds, starts):
         assert at - 0.5 <= start < end <= at + 6, (seconds, starts)
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_a_model_folder_without_generation_config_transcribes(tiny_whisper_dir, en_wav, tmp_path, caplog, timestamps):
+    """A merged model saved by an older transformers (upstream's merge) has no generation_config.json: infer.py
+    failed with "'GenerationConfig' object has no attribute 'no_timestamps_token_id'" (with timestamps: "the
+    generation config is not properly set"). Its Whisper fields come from the tokenizer now, said in a warning."""
+    import transformers
+
+    model = tmp_path / "old-merge"
+    shutil.copytree(tiny_whisper_dir, model)
+    (model / "generation_config.json").unlink()
+    out = tmp_path / "out"
+    assert infer.main(["--audio_path", str(en_wav), f"--model_path={model}", "--device=cpu", "--language=zh",
+                       "--backend=transformers", f"--timestamps={timestamps}", "--output_format=json",
+                       f"--output_dir={out}", "--fallback=False"]) == 0
+    assert "generation_config.json missing or incomplete (saved by an older transformers; lacked " \
+        "no_timestamps_token_id, " in caplog.text
+    assert json.loads((out / "en.json").read_text(encoding="utf-8"))["language"] == "zh"
+    gc = transformers.GenerationConfig.from_pretrained(tiny_whisper_dir)
+    from utils.models import complete_generation_config
+
+    assert complete_generation_config(gc, transformers.WhisperTokenizer.from_pretrained(tiny_whisper_dir),
+                                      transformers.WhisperConfig.from_pretrained(tiny_whisper_dir)) == []  # complete
+
+
+def test_the_original_infer_flags_run(tiny_whisper_dir, en_wav, caplog, capsys):
+    """The original Whisper-Finetune's infer.py took --use_gpu, --use_flash_attention_2 and --assistant_model_path:
+    its command lines stopped at "unrecognized arguments". They map onto this one's flags, said in a warning."""
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--use_gpu=False", "--use_flash_attention_2=False",
+                "--assistant_model_path=None", "--backend=transformers") == 0
+    assert "--use_gpu=False (a flag of the original Whisper-Finetune): False is --device=cpu" in caplog.text
+    assert "attention sdpa" in caplog.text
+    with pytest.raises(SystemExit):
+        _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--assistant_model_path=openai/whisper-tiny")
+    assert "decoding with an assistant (draft) model is not supported" in capsys.readouterr().err

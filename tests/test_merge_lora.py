@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,40 @@ def test_refuses_to_overwrite(adapter_dir, tiny_whisper_dir, tmp_path, caplog):
 def test_not_an_adapter_folder(tmp_path, caplog):
     assert merge_lora.main([f"--lora_model={tmp_path}", f"--output_dir={tmp_path / 'm'}"]) == 1
     assert "adapter_config.json" in caplog.text
+
+
+def test_an_adapter_saved_as_bin_by_older_peft_merges_and_resumes(adapter_dir, tiny_whisper_dir, tmp_path, caplog):
+    """Older peft (and upstream's checkpoints) saved adapter_model.bin: merge_lora.py said "no
+    adapter_model.safetensors; is it a checkpoint folder?"; one inside adapter_model/ is named."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import WhisperForConditionalGeneration
+
+    from utils.lora import load_adapter_weights
+
+    old = tmp_path / "checkpoint-4"
+    shutil.copytree(adapter_dir, old)
+    weights = load_file(old / "adapter_model.safetensors")
+    (old / "adapter_model.safetensors").unlink()
+    torch.save(weights, old / "adapter_model.bin")
+    assert merge_lora.main([f"--lora_model={old}", f"--output_dir={tmp_path / 'bin'}"]) == 0
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path / 'st'}"]) == 0
+    name = f"{tiny_whisper_dir.name}-finetune"
+    got, want = (WhisperForConditionalGeneration.from_pretrained(tmp_path / d / name).state_dict()
+                 for d in ("bin", "st"))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    lora = build_adapter(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir), LoraOptions(r=4, alpha=8),
+                         base_model_name=str(tiny_whisper_dir))
+    load_adapter_weights(lora, old)  # resuming reads it too
+    loaded = get_peft_model_state_dict(lora)
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    (old / "adapter_model.bin").write_bytes(b"not a state dict")
+    assert merge_lora.main([f"--lora_model={old}", f"--output_dir={tmp_path / 'bad'}"]) == 1
+    assert f"{old / 'adapter_model.bin'}: damaged or truncated" in caplog.text
+    nested = tmp_path / "upstream"
+    shutil.copytree(adapter_dir, nested / "adapter_model")
+    assert merge_lora.main([f"--lora_model={nested}", f"--output_dir={tmp_path / 'nested'}"]) == 1
+    assert f"its adapter is in the subfolder adapter_model/: pass {nested / 'adapter_model'}" in caplog.text
 
 
 def test_ct2_export(adapter_dir, tiny_whisper_dir, tmp_path, en_wav):

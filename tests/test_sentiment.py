@@ -280,6 +280,32 @@ def test_load_inputs_reads_realtime_transcribes_outputs(tmp_path):
     assert [i.text for i in load_sentiment_inputs(report).items] == ["revised words"]
 
 
+def test_lines_without_a_word_are_not_scored_neutral(tmp_path):
+    """A timed line with no text after its times and a "。" line were scored neutral 0.50 each, pulling the overall
+    score of a positive transcript towards neutral; a file of nothing else is refused."""
+    txt = tmp_path / "live.txt"
+    txt.write_text("[00:00:01.000 --> 00:00:03.500] 今天很开心\n[00:00:03.500 --> 00:00:05.000] \n"
+                   "[00:00:05.000 --> 00:00:07.000] 。\n", encoding="utf-8")
+    assert [i.text for i in load_sentiment_inputs(txt).items] == ["今天很开心"]
+    txt.write_text("[00:00:03.500 --> 00:00:05.000] \n……\n", encoding="utf-8")
+    with pytest.raises(SentimentInputError, match="no text to classify"):
+        load_sentiment_inputs(txt)
+
+
+def test_lexicon_reads_traditional_characters_far_negation_good_as_so_and_a_long_rant():
+    """我很滿意 was neutral (traditional characters unread); 不觉得好吃 positive (a negator past a verb ignored);
+    好冷 positive (好 as "so" taken for "good"); 2400 characters of complaint an OverflowError traceback."""
+    from utils.sentiment_lexicon import lexicon_positivity as positivity
+
+    assert positivity("我很滿意") == positivity("我很满意") > 0.6
+    assert positivity("這家餐廳太難吃了") == positivity("这家餐厅太难吃了") < 0.4
+    assert positivity("我不觉得好吃") < 0.4 and positivity("没有觉得开心") < 0.4 and positivity("没那么差") > 0.5
+    assert positivity("今天好冷") == positivity("好多人在排队") == 0.5 and positivity("你好") == 0.5
+    assert positivity("好难吃") == positivity("很难吃") < 0.3 and positivity("很好的服务") > 0.6
+    assert positivity("动不动就弹窗") < 0.4 and positivity("没几天就坏了") < 0.4  # 不 / 没 there negate nothing
+    assert positivity("很差。" * 800) < 0.01 and positivity("很好。" * 800) > 0.99
+
+
 def test_load_inputs_transcript_json(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps(TRANSCRIPT, ensure_ascii=False), encoding="utf-8")
@@ -480,3 +506,45 @@ def test_a_stdout_that_cannot_encode_chinese_gets_escapes_not_a_crash(tmp_path):
                           capture_output=True, env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert b"positive" in proc.stdout and b"\\u4eca\\u5929" in proc.stdout
+
+
+def test_a_long_english_text_is_scored_sentence_by_sentence():
+    """VADER's time grows with the square of a text's length: 100 KB of English took 16 s, 1.4 MB over 10 minutes.
+    A text over VADER_WHOLE_CHARS is scored as the length-weighted mean of its sentences (a short one whole)."""
+    from utils.sentiment import VADER_WHOLE_CHARS, VaderSentiment
+
+    vader = VaderSentiment()
+    lengths = []
+    real = vader._analyzer.polarity_scores
+    vader._analyzer.polarity_scores = lambda text: lengths.append(len(text)) or real(text)
+    short = "The food was great. The room was clean!"
+    assert vader.positivity([short]) == [(real(short)["compound"] + 1) / 2] and lengths == [len(short)]
+    lengths.clear()
+    rant = "The service was terrible and the food was cold. " * 300 + "x" * (VADER_WHOLE_CHARS + 10)
+    assert vader.positivity([rant])[0] < 0.4
+    assert len(lengths) == 302 and max(lengths) <= VADER_WHOLE_CHARS
+
+
+def test_subtitles_and_standard_input_are_read(tmp_path, monkeypatch, capsys):
+    """infer.py's .srt/.vtt were refused ("unknown extension '.srt'") and --input=- looked for a file named "-"."""
+    import io
+
+    srt = tmp_path / "t.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:03,500\n服务很好，\n菜也好吃。\n\n2\n00:00:04,000 --> 00:00:05,000\n"
+                   "。\n\n3\n01:00:05,000 --> 01:00:06,250\nThe room was dirty.\n", encoding="utf-8")
+    items = load_sentiment_inputs(srt).items
+    assert [(i.text, i.start, i.end) for i in items] == [("服务很好，菜也好吃。", 1.0, 3.5),
+                                                        ("The room was dirty.", 3605.0, 3606.25)]
+    vtt = tmp_path / "t.vtt"
+    vtt.write_text("WEBVTT\n\n00:01.000 --> 00:02.500\n<v Ann>I love it</v>\n", encoding="utf-8")
+    assert [(i.text, i.start, i.end) for i in load_sentiment_inputs(vtt).items] == [("I love it", 1.0, 2.5)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("今天很开心\n\n太难吃了\n"))
+    assert sentiment_analysis.main(["--input=-"]) == 0
+    out = capsys.readouterr().out
+    assert "今天很开心" in out and "太难吃了" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"text": "很好", "segments": []})))
+    assert [i.text for i in load_sentiment_inputs("-").items] == ["很好"]
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("今天很开心".encode("gbk"))
+    with pytest.raises(SentimentInputError, match="not UTF-8 text .*; convert it, e.g. iconv -f GBK -t UTF-8"):
+        load_sentiment_inputs(gbk)

@@ -100,3 +100,22 @@ def test_english_is_scored_with_whispers_english_normaliser():
     assert error_rate(["ten"], ["10"], "wer", language="English") == 0.0
     assert all(is_english(x) for x in ("en-US", "<|en|>", " english "))
     assert not is_english("zh") and not is_english(None)
+
+
+def test_mixed_error_rate_counts_a_chinese_character_or_an_english_word_as_one_unit():
+    """Code-switching speech: cer scored "Kubernetes" as 10 units beside one per Hanzi, and wer scored a text that
+    differs only in the spaces around English words as all wrong ("打开GitHub的pullrequest": 5 of 5)."""
+    from utils.text import METRICS, has_repetition, units
+
+    assert "mer" in METRICS
+    assert units("我们用kubernetes 部署 api的latency", "mer") == ["我", "们", "用", "kubernetes", "部", "署", "api", "的",
+                                                                 "latency"]
+    same = count_errors("我们用 Kubernetes 部署服务", "我们用Kubernetes部署服务。", "mer")
+    assert (same.errors, same.reference_length) == (0, 8)
+    heard = count_errors("我们用 Kubernetes 部署服务", "我们用 酷伯内提斯 部署服务", "mer")
+    assert (heard.substitutions, heard.insertions, heard.reference_length) == (1, 4, 8)
+    assert count_errors("打开 GitHub 的 pull request", "打开GitHub的pullrequest", "mer").errors == 2  # pullrequest
+    assert count_errors("今天天气很好", "今天天汽很好", "mer").rate == count_errors("今天天气很好", "今天天汽很好").rate
+    # a loop of a long English word in Chinese text (cer's characters held it in no unit of 8)
+    assert has_repetition("我们用 Kubernetes Kubernetes Kubernetes Kubernetes 部署服务", "我们用 Kubernetes 部署服务")
+    assert has_repetition("谢谢谢谢谢谢谢谢", "谢谢") and not has_repetition("哈哈哈", "哈哈哈")

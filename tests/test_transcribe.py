@@ -79,6 +79,9 @@ def test_text_postprocessing():
     assert join_texts(["안녕하세요", "감사합니다"]) == "안녕하세요 감사합니다"
     assert postprocess_text("今天天氣很好，我們走。", "zh", None, False) == "今天天气很好，我们走。"
     assert postprocess_text("天氣", "ja", None, False) == "天氣"  # auto: only Chinese is converted
+    # the decoder's spaces beside full-width punctuation in code-switching speech go; a Latin comma's stays
+    assert postprocess_text("我们用， Kubernetes ，部署。 Next", "zh", None, False) == "我们用，Kubernetes，部署。Next"
+    assert postprocess_text("Hello, world. 你好", "en", None, False) == "Hello, world. 你好"
     assert postprocess_text("今天，天气好！Hi, you.", "zh", None, True) == "今天天气好 Hi you"
     # without punctuation, numbers and words keep what belongs to them ("3 5亿", "don t", "温度 5" before)
     assert postprocess_text("营收3.5亿元，增长12.5%。10:30，温度-5℃。", "zh", None, True) == "营收3.5亿元增长12.5% 10:30 温度-5℃"

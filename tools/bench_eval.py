@@ -37,6 +37,7 @@ import evaluation  # noqa: E402
 from tools.bench_infer import GAP_S, cpu_report  # noqa: E402
 from utils.audio import SAMPLE_RATE  # noqa: E402
 from utils.data import load_manifest  # noqa: E402
+from utils.text import METRICS  # noqa: E402
 
 
 def paired_manifest(manifest: str, out_dir: Path) -> Path:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", default="models/whisper-base-finetune")
     parser.add_argument("--test_data", default="dataset/demo/test.json")
-    parser.add_argument("--metric", default="cer", choices=("cer", "wer"))
+    parser.add_argument("--metric", default="cer", choices=METRICS)
     parser.add_argument("--eval_args", default="", help="more evaluation.py flags, e.g. --backend=ct2")
     parser.add_argument("--windows", default="auto,None", help="comma-separated --encoder_window_seconds values")
     args = parser.parse_args(argv)

@@ -12,14 +12,14 @@ import time
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
+_TRUE = {"true", "t", "1", "yes", "y", "on"}  # t, f: what distutils' strtobool took (upstream's flags)
+_FALSE = {"false", "f", "0", "no", "n", "off"}
 
 
 def str2bool(value: str | bool) -> bool:
     """Parse a boolean flag value strictly: ``--use_8bit=False`` is False.
 
-    Accepts true/false, 1/0, yes/no, y/n, on/off (any case); anything else is an error.
+    Accepts true/false, t/f, 1/0, yes/no, y/n, on/off (any case); anything else is an error.
     """
     if isinstance(value, bool):
         return value
@@ -113,6 +113,21 @@ def seed_int(value: str) -> int:
 def make_parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser that shows defaults in ``--help``."""
     return argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelpFormatter)
+
+
+def add_upstream_flags(parser: argparse.ArgumentParser, notes: dict[str, str]) -> None:
+    """Accept flags of the original Whisper-Finetune scripts that do nothing here (hidden from --help), so its
+    command lines run; :func:`note_upstream_flags` says what became of each one given. ``notes``: flag → why."""
+    for name in notes:
+        parser.add_argument(f"--{name}", dest=f"upstream_{name}", default=None, help=argparse.SUPPRESS)
+
+
+def note_upstream_flags(args: argparse.Namespace, notes: dict[str, str]) -> None:
+    """Log, for each upstream flag of ``notes`` given, that it is accepted and what it means here."""
+    for name, note in notes.items():
+        value = getattr(args, f"upstream_{name}", None)
+        if value is not None:
+            logger.warning("--%s=%s (a flag of the original Whisper-Finetune): %s", name, value, note)
 
 
 def add_bool(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # Han, kana and Hangul: scripts whose characters are compared one by one (live transcription's agreement)
 CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -20,6 +21,16 @@ def has_unspaced_script(text: str) -> bool:
     return bool(_HAN_KANA_CHAR.search(text))
 
 
+def mostly_unspaced_script(text: str) -> bool:
+    """Whether ``text`` is mostly Chinese/Japanese: more such characters than other words ("这个 API 的 latency
+    太高了" is; "We deploy on 阿里云 (Alibaba Cloud)." and "Use 微信 Pay." are not)."""
+    characters = len(_HAN_KANA_CHAR.findall(text))
+    return characters > 0 and characters > len(_OTHER_WORD.findall(_HAN_KANA_CHAR.sub(" ", text)))
+
+
+_OTHER_WORD = re.compile(r"[^\W\d_]+")  # a run of letters (Han and kana taken out first)
+
+
 def unspaced_char(char: str) -> bool:
     """Whether ``char`` is Chinese/Japanese or full-width punctuation: written without spaces around it."""
     return bool(_HAN_KANA_CHAR.match(char) or _CJK_PUNCT_CHAR.match(char))
@@ -31,6 +42,20 @@ def joins_unspaced(left: str, right: str) -> bool:
     not among them (Korean puts spaces between words)."""
     return bool(_CJK_PUNCT_CHAR.match(left) or _CJK_PUNCT_CHAR.match(right)
                 or (_HAN_KANA_CHAR.match(left) and _HAN_KANA_CHAR.match(right)))
+
+
+def join_texts(texts: Sequence[str]) -> str:
+    """Join texts (chunks, clips): one space between two, none where :func:`joins_unspaced` (Chinese, Japanese,
+    full-width punctuation): "天气。" + "Deploy it" + "请用" → "天气。Deploy it 请用"."""
+    out = ""
+    for t in (t.strip() for t in texts):
+        if not t:
+            continue
+        if out and not joins_unspaced(out[-1], t[0]):
+            out += " "
+        out += t
+    return out
+
 
 # Whisper's languages (code:English name, "_" for a space, in token order) and other names of some of them; kept
 # here so that reading a --language flag does not import transformers (1.3 s), which the ct2 backend never needs.

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -168,35 +169,59 @@ class AdapterError(ValueError):
 
 def check_adapter(adapter_dir: str | os.PathLike) -> None:
     """Cheap integrity check of an adapter folder, before any model is loaded: adapter_config.json parses and
-    adapter_model.safetensors is complete (its header covers the whole file).
+    adapter_model.safetensors is complete (its header covers the whole file), or adapter_model.bin loads.
 
     Raises:
         FileNotFoundError: a file is missing.
         AdapterError: a file is damaged.
     """
-    from safetensors import SafetensorError, safe_open
-
     read_adapter_config(adapter_dir)
-    path = os.path.join(adapter_dir, "adapter_model.safetensors")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors; is it a checkpoint folder?")
+    _read_adapter_weights(adapter_weights_file(adapter_dir), keys_only=True)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft's files; .bin: older peft's default
+
+
+def adapter_weights_file(adapter_dir: str | os.PathLike) -> str:
+    """The adapter's weights file: adapter_model.safetensors, else adapter_model.bin (FileNotFoundError: neither)."""
+    for name in ADAPTER_WEIGHTS:
+        path = os.path.join(adapter_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (or .bin); is it a checkpoint folder?")
+
+
+def _read_adapter_weights(path: str, keys_only: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter weights file (``keys_only``: only check that it reads, for safetensors without
+    loading them); AdapterError when it is damaged or truncated."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    damaged = f"{path}: damaged or truncated (%s); copy the checkpoint again, or use another checkpoint-<step>"
+    if path.endswith(".safetensors"):
+        try:
+            if keys_only:
+                with safe_open(path, framework="pt") as f:
+                    f.keys()
+                return {}
+            return load_file(path)
+        except SafetensorError as e:
+            raise AdapterError(damaged % e) from e
     try:
-        with safe_open(path, framework="pt") as f:
-            f.keys()
-    except SafetensorError as e:
-        raise AdapterError(f"{path}: damaged or truncated ({e}); copy the checkpoint again, or use another "
-                           "checkpoint-<step> of the run") from e
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise AdapterError(damaged % e) from e
+    if not isinstance(weights, dict):
+        raise AdapterError(damaged % f"a {type(weights).__name__}, not a state dict")
+    return weights
 
 
 def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     """Load saved adapter weights into an already-built peft model (for resuming)."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    path = os.path.join(adapter_dir, "adapter_model.safetensors")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors; is it a checkpoint folder?")
-    result = set_peft_model_state_dict(peft_model, load_file(path))
+    path = adapter_weights_file(adapter_dir)
+    result = set_peft_model_state_dict(peft_model, _read_adapter_weights(path))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         hint = ("; it is an AdaLoRA adapter: resume it with --use_adalora=True"
@@ -212,6 +237,10 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
         there = sorted(n for n in os.listdir(parent) if n.startswith("checkpoint-")) if os.path.isdir(parent) else []
         raise FileNotFoundError(f"{adapter_dir}: no such folder" + (f" (there: {', '.join(there)})" if there else ""))
     if not os.path.isfile(path):
+        inner = os.path.join(adapter_dir, "adapter_model")  # older peft/upstream checkpoints kept the adapter there
+        if os.path.isfile(os.path.join(inner, ADAPTER_CONFIG)):
+            raise FileNotFoundError(f"{adapter_dir}: its adapter is in the subfolder adapter_model/: pass "
+                                    f"{os.path.join(os.fspath(adapter_dir), 'adapter_model')}")
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_CONFIG}; pass a LoRA checkpoint folder "
                                 "such as output/whisper-tiny/checkpoint-best")
     try:

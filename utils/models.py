@@ -552,3 +552,65 @@ def build_once(dest: Path, is_current: Callable[[Path], bool], build: Callable[[
             with atomic_dir(dest, overwrite=True) as staging:
                 build(staging)
     return dest
+
+
+# symbols Whisper's decoder is kept from writing on its own (they are not speech): each as the token it starts with,
+# alone or after a space; the music signs also inside longer tokens
+_NON_SPEECH_SYMBOLS = ('" # ( ) * + / : ; < = > @ [ \\ ] ^ _ ` { | } ~ 「 」 『 』 << >> <<< >>> -- --- -( -[ (\' (" (( '
+                       ')) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪').split()
+_MUSIC_SIGNS = "♩♪♫♬♭♮♯"
+_SUPPRESSED_SPECIALS = ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
+                        "<|nocaptions|>", "<|nospeech|>")
+_GENERATION_MAX_LENGTH = 448  # Whisper's decoder positions
+_MULTILINGUAL_VOCAB = 51865  # multilingual Whisper's vocabulary (large-v3: 51866); the English-only models': 51864
+
+
+def complete_generation_config(config: Any, tokenizer: Any, model_config: Any) -> list[str]:
+    """Fill in the Whisper fields a generation config lacks (a model folder saved by an older transformers without
+    generation_config.json, or with a partial one: transformers then failed with "'GenerationConfig' object has no
+    attribute 'no_timestamps_token_id'") from ``tokenizer``'s special tokens and Whisper's defaults. Alignment heads
+    are model-specific: all heads of the decoder's upper half stand in for them (as openai-whisper does for a model
+    without its list). ``model_config``: the model's WhisperConfig (its vocabulary tells the English-only models,
+    whose tokenizer holds the language tokens too). Returns the names of the fields filled in (none for a complete
+    config)."""
+    from utils.languages import LANGUAGES
+
+    vocab = tokenizer.get_vocab()
+    filled: list[str] = []
+
+    def put(name: str, value: Any) -> None:
+        if getattr(config, name, None) is None and value is not None:
+            setattr(config, name, value)
+            filled.append(name)
+
+    def first_token(text: str) -> int | None:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if ids else None
+
+    multilingual = model_config.vocab_size >= _MULTILINGUAL_VOCAB
+    languages = {f"<|{code}|>": vocab[f"<|{code}|>"] for code in LANGUAGES if f"<|{code}|>" in vocab and multilingual}
+    put("decoder_start_token_id", vocab.get("<|startoftranscript|>"))
+    put("no_timestamps_token_id", vocab.get("<|notimestamps|>"))
+    put("prev_sot_token_id", vocab.get("<|startofprev|>"))
+    if languages:
+        put("lang_to_id", languages)
+        put("task_to_id", {task: vocab[f"<|{task}|>"] for task in ("transcribe", "translate")
+                           if f"<|{task}|>" in vocab})
+    put("is_multilingual", bool(languages))
+    put("max_initial_timestamp_index", 50)
+    put("begin_suppress_tokens", [first_token(" "), tokenizer.eos_token_id])
+    suppress = set()
+    for symbol in [*_NON_SPEECH_SYMBOLS, *_MUSIC_SIGNS]:
+        for text in (symbol, " " + symbol):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if ids and (len(ids) == 1 or symbol in _MUSIC_SIGNS):
+                suppress.add(ids[0])
+    suppress.update(first_token(text) for text in (" -", " '"))  # a dash or quote starting a word, not inside one
+    suppress.update(vocab[t] for t in _SUPPRESSED_SPECIALS if t in vocab)  # never written inside a transcript
+    put("suppress_tokens", sorted(suppress))
+    layers, heads = model_config.decoder_layers, model_config.decoder_attention_heads
+    put("alignment_heads", [[layer, head] for layer in range(layers // 2, layers) for head in range(heads)])
+    if filled and getattr(config, "max_length", None) in (None, 20):  # GenerationConfig's own default, 20 tokens
+        config.max_length = _GENERATION_MAX_LENGTH
+        filled.append("max_length")
+    return filled

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import Any
 from tqdm import tqdm
 
 from utils.device import resolve_device
-from utils.languages import HAN_RANGES
+from utils.languages import HAN_RANGES, join_texts
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ POSITIVE, NEUTRAL, NEGATIVE = "positive", "neutral", "negative"
 LABELS = (POSITIVE, NEUTRAL, NEGATIVE)
 DEFAULT_NEUTRAL_MARGIN = 0.05  # half-width of the neutral band around score 0.5
 LANGUAGES = ("zh", "en")
-INPUT_SUFFIXES = (".txt", ".json", ".jsonl", ".jsonlines")
+INPUT_SUFFIXES = (".txt", ".json", ".jsonl", ".jsonlines", ".srt", ".vtt")
+STDIN = "-"  # --input=-: the texts from standard input (a transcript JSON, else one text per line)
 
 # CJK Unified Ideographs, Extension A and Compatibility Ideographs.
 _CJK = re.compile(f"[{HAN_RANGES}]")
@@ -176,7 +178,23 @@ class VaderSentiment(SentimentModel):
 
     def positivity(self, texts: Sequence[str]) -> list[float]:
         it = tqdm(texts, desc="vader", unit="text", disable=len(texts) < 1000)
-        return [(self._analyzer.polarity_scores(t)["compound"] + 1.0) / 2.0 for t in it]
+        return [(self._compound(t) + 1.0) / 2.0 for t in it]
+
+    def _compound(self, text: str) -> float:
+        """VADER's compound score in [-1, 1]; a text over ``VADER_WHOLE_CHARS`` the mean of its sentences' (VADER's
+        time grows with the square of a text's length: 100 KB took 16 s, 1.4 MB over 10 minutes), weighted by
+        their length."""
+        if len(text) <= VADER_WHOLE_CHARS:
+            return self._analyzer.polarity_scores(text)["compound"]
+        sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+        pieces = [p for s in sentences for p in (s[i: i + VADER_WHOLE_CHARS] for i in range(0, len(s),
+                                                                                            VADER_WHOLE_CHARS))]
+        weights = [len(p) for p in pieces]
+        return sum(w * self._analyzer.polarity_scores(p)["compound"] for w, p in zip(weights, pieces)) / sum(weights)
+
+
+VADER_WHOLE_CHARS = 2000  # an English text longer than this is scored sentence by sentence
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
@@ -394,7 +412,8 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError as e:
         raise SentimentInputError(f"{path}: no such file") from e
     except UnicodeDecodeError as e:
-        raise SentimentInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise SentimentInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. "
+                                  f"iconv -f GBK -t UTF-8 {path} > utf8.txt") from e
     except OSError as e:
         raise SentimentInputError(f"{path}: cannot read ({e.strerror})") from e
     if not text.strip():
@@ -473,6 +492,27 @@ _TIME = r"(\d+):(\d{2}):(\d{2}(?:[.,]\d+)?)"
 _TIMED_LINE = re.compile(rf"^\s*\[{_TIME}\s*-->\s*{_TIME}\]\s*(.*)$")
 
 
+_CUE_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2}(?:[.,]\d+)?)"  # srt's 00:00:01,000; vtt's 00:01.000 too
+_CUE_LINE = re.compile(rf"^\s*{_CUE_TIME}\s*-->\s*{_CUE_TIME}")
+_CUE_TAG = re.compile(r"</?[a-zA-Z][^>]*>")  # vtt's <v Speaker>, <i>…</i>
+
+
+def _subtitle_items(text: str) -> list[TextItem]:
+    """The cues of an srt or vtt file: each cue's text lines joined (:func:`join_texts`), with its times."""
+    items = []
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        lines = block.strip().splitlines()
+        for k, line in enumerate(lines):
+            m = _CUE_LINE.match(line)
+            if m is not None:
+                g = m.groups()
+                start, end = (int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", "."))
+                              for h, mi, sec in (g[0:3], g[3:6]))
+                items.append(TextItem(join_texts([_CUE_TAG.sub("", t) for t in lines[k + 1:]]), start, end))
+                break
+    return items
+
+
 def _text_line(line: str) -> TextItem:
     """A line of a .txt input; realtime_transcribe.py's ``[00:00:01.000 --> 00:00:03.500] text`` lines give the
     text and its times (the time stamps were scored as part of the text)."""
@@ -497,9 +537,11 @@ def _is_jsonlines(text: str) -> bool:
 
 
 def load_sentiment_inputs(path: str | Path) -> SentimentInput:
-    """Read the texts to classify from a file.
+    """Read the texts to classify from a file (``STDIN``: standard input, a JSON object if it starts with "{",
+    else lines of text).
 
-    * ``.txt``: one text per non-empty line.
+    * ``.txt``: one text per line that holds a word (realtime_transcribe.py's timed lines too).
+    * ``.srt`` / ``.vtt``: one text per subtitle cue, with its times (infer.py's subtitles).
     * ``.json``: a transcript object written by infer.py (see :func:`transcript_to_input`), or a
       jsonlines manifest (one object with "sentence" per line, told apart by its first line being a whole
       object; empty sentences are skipped).
@@ -509,15 +551,28 @@ def load_sentiment_inputs(path: str | Path) -> SentimentInput:
         SentimentInputError: missing, unreadable or empty file, unknown extension, invalid JSON
             (with the line), or missing fields; nothing else is done.
     """
+    if str(path) == STDIN:
+        text = sys.stdin.read()
+        if not text.strip():
+            raise SentimentInputError("standard input is empty, nothing to classify")
+        return _parse_inputs(text, Path("<stdin>"), ".json" if text.lstrip().startswith("{") else ".txt")
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir():
         raise SentimentInputError(f"{path}: a folder; give one file ({', '.join(INPUT_SUFFIXES)})")
     if suffix not in INPUT_SUFFIXES:
         raise SentimentInputError(f"{path}: unknown extension '{suffix}' (use {', '.join(INPUT_SUFFIXES)})")
-    text = _read_text(path)
-    if suffix == ".txt":
-        return SentimentInput([_text_line(line) for line in text.splitlines() if line.strip()])
+    return _parse_inputs(_read_text(path), path, suffix)
+
+
+def _parse_inputs(text: str, path: Path, suffix: str) -> SentimentInput:
+    """:func:`load_sentiment_inputs` of a file's ``text``, read as its ``suffix`` says."""
+    if suffix in (".txt", ".srt", ".vtt"):  # a text with no word (a timed line without text, "。") was scored neutral
+        items = _subtitle_items(text) if suffix != ".txt" else list(map(_text_line, text.splitlines()))
+        items = [item for item in items if any(ch.isalnum() for ch in item.text)]
+        if not items:
+            raise SentimentInputError(f"{path}: no text to classify (every line is empty or punctuation)")
+        return SentimentInput(items)
     if suffix in (".jsonl", ".jsonlines"):
         return _manifest_to_input(text, path)
     if _is_jsonlines(text):

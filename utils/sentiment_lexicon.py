@@ -2,9 +2,11 @@
 
 A sentence is cut into clauses at punctuation and at contrast words (但是, 可是, 不过, 却 …). In each clause the
 longest lexicon words are found left to right; a word counts +1 (positive) or -1 (negative), times a degree
-adverb just before it (很, 太, 非常 … x1.5; 有点, 稍微 … x0.6) and flipped by a negator within three characters
-before it (不, 没, 没有, 别, 无, 并不 …; 一点都不 …), so 不贵 and 没有遇到堵车 count positive, 一点也不新鲜 negative;
-two negators in a row cancel (没有不喜欢 counts positive).
+adverb just before it (很, 太, 非常, 好 … x1.5; 有点, 稍微 … x0.6) and flipped by a negator just before it, one
+character before it (没睡好), or before a verb of opinion or a "so" (不觉得好吃, 没那么差): 不, 没, 没有, 别, 无, 并不 …;
+一点都不 …, so 不贵 and 没有遇到堵车 count positive, 一点也不新鲜 negative; two negators in a row cancel (没有不喜欢
+counts positive). 好 before an adjective, a quantity or a lexicon word is "so" (好冷, 好多人, 好难吃), not "good".
+Traditional characters are read as simplified.
 The clause after a contrast word weighs double, a 虽然 clause half: 虽然贵，但是好吃 is positive. The sentence's
 positivity is ``1 / (1 + exp(-score))``; a sentence with no lexicon word scores 0.5 (neutral: no opinion found).
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import math
 import re
+
+from utils.text import to_simplified
 
 POSITIVE_WORDS = """
 好 好吃 好看 好听 好用 好玩 好喝 不错 棒 很棒 赞 点赞 满意 喜欢 爱 爱吃 开心 高兴 快乐 愉快 幸福 感动 感谢 谢谢 激动 欣慰
@@ -47,7 +51,7 @@ NEGATIVE_WORDS = """
 NEUTRAL_WORDS = """
 快递 快餐 快要 快点 好像 好几 好久 只好 正好 刚好 恰好 爱好 出差 差不多 差点 病情 病人 病房 病历 美国 美元 美术 美容
 香港 香蕉 方便面 安全带 问一下 问题是 没问题 难道 难怪 不好意思 好奇 坏处 好处 甜品 甜点 便宜点 特别 爱人 热水 冷水 贵姓
-约好 说好 讲好 专业是 我的专业 什么专业
+约好 说好 讲好 专业是 我的专业 什么专业 你好 您好 大家好
 """
 
 NEGATORS = ("一点都不", "一点也不", "根本不", "根本没", "并不", "并没有", "从不", "从没", "毫不", "绝不", "没有", "不是",
@@ -59,7 +63,10 @@ DEGREE_DOWN = ("有点儿", "有点", "有些", "稍微", "略微", "略")
 CONTRASTS = ("但是", "可是", "不过", "然而", "只是", "但", "却", "可")
 CONCESSIVE = ("虽然", "尽管", "虽说", "虽")
 _CLAUSE_BREAK = re.compile(r"[，,。.！!？?；;、\n]+")
-_NEGATION_WINDOW = 3  # characters before a lexicon word in which a negator flips it
+_NEGATION_BRIDGES = ("觉得", "认为", "感觉", "那么", "这么", "怎么")  # a negator reaches past them (不觉得好)
+# after 好 a quantity or an adjective outside the lexicon makes it a degree adverb, "so" (好冷, 好多人, 好久)
+_GOOD_AS_DEGREE = "多少冷热大小久长远高低饿渴困忙晚早重轻近深浅"
+_SCORE_LIMIT = 30.0  # a text's score is clipped here before the logistic (exp overflows past ±709)
 
 
 def _word_set(block: str) -> frozenset[str]:
@@ -96,7 +103,8 @@ def _clauses(text: str) -> list[tuple[str, float]]:
 
 def _modifier(clause: str, start: int) -> float:
     """Negation and degree of the words just before position ``start``: degree adverbs right before the word
-    (很, 太 …; 有点 …), and before them a negator, directly or one character away (不很好, 没太懂)."""
+    (很, 太 …; 有点 …), and before them a negator, directly, one character away (不很好, 没太懂) or before a verb of
+    opinion or a "so" (不觉得好吃, 没那么差)."""
     before = clause[max(0, start - 8): start]
     factor = 1.0
     while True:  # peel degree adverbs off, so the 别 of 特别 is never taken for a negator
@@ -112,7 +120,22 @@ def _modifier(clause: str, start: int) -> float:
             factor *= -1.0
     elif before[:-1].endswith(_NEGATORS_ONE_AWAY):
         factor *= -0.8
+    else:  # 不觉得好吃, 没那么差: a negated verb of opinion or a "so" between (not 动不动就弹窗, 没几天就坏)
+        bridge = next((b for b in _NEGATION_BRIDGES if before.endswith(b)), None)
+        if bridge is not None and before[: -len(bridge)].endswith(NEGATORS):
+            factor *= -0.8
     return factor
+
+
+def _good_as_degree(clause: str, after: int) -> bool:
+    """Whether the 好 before ``clause[after:]`` is the adverb "so": an adjective or a quantity follows (好冷, 好多),
+    or a lexicon word (好难吃, 好开心)."""
+    if after >= len(clause):
+        return False
+    if clause[after] in _GOOD_AS_DEGREE:
+        return True
+    return any(clause[after: after + n] in _POSITIVE or clause[after: after + n] in _NEGATIVE
+               for n in range(1, _LONGEST + 1))
 
 
 def clause_score(clause: str) -> tuple[float, int]:
@@ -125,6 +148,8 @@ def clause_score(clause: str) -> tuple[float, int]:
                 i += length
                 break
             polarity = 1.0 if word in _POSITIVE else -1.0 if word in _NEGATIVE else 0.0
+            if word == "好" and _good_as_degree(clause, i + 1):
+                polarity = 0.0  # 好冷, 好难吃: "so"; the word after it is scored with 好 as its degree adverb
             if polarity and not (length == 1 and word in NEGATORS):
                 negator_inside = any(word.startswith(n) for n in NEGATORS) and length > 1
                 if negator_inside:  # 不好, 没效果: negative already; a negator before it cancels (不是不好)
@@ -143,10 +168,10 @@ def clause_score(clause: str) -> tuple[float, int]:
 def lexicon_positivity(text: str) -> float:
     """Positivity in [0, 1] of a Chinese text (0.5 when it holds no lexicon word)."""
     total, hits = 0.0, 0
-    for clause, weight in _clauses(text):
+    for clause, weight in _clauses(to_simplified(text)):  # 我很滿意 as 我很满意
         score, n = clause_score(clause)
         total += weight * score
         hits += n
     if hits == 0 or total == 0:
         return 0.5
-    return 1.0 / (1.0 + math.exp(-total))
+    return 1.0 / (1.0 + math.exp(-max(-_SCORE_LIMIT, min(_SCORE_LIMIT, total))))  # 2400 characters of rant: -800

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import zhconv
 from rapidfuzz.distance import Levenshtein
 
-from utils.languages import joins_unspaced, language_code
+from utils.languages import HAN_KANA_RANGES, joins_unspaced, language_code
 
 HOTWORD_SEPARATORS = re.compile(r"[,，、;；]")  # how users separate hotwords ("词1,词2", "A, B", "词1、词2")
 
-METRICS = ("cer", "wer")
+METRICS = ("cer", "wer", "mer")  # characters, words, mixed (a Chinese/Japanese character or another word)
 
 
 def to_simplified(text: str) -> str:
@@ -131,12 +131,19 @@ class ErrorCounts:
         )
 
 
+_MIXED_UNIT = re.compile(f"[{HAN_KANA_RANGES}]|[^\\s{HAN_KANA_RANGES}]+")
+
+
 def units(text: str, metric: str) -> list[str]:
-    """Split normalised text into scoring units: characters (no spaces) for cer, words for wer."""
+    """Split normalised text into scoring units: characters (no spaces) for cer, words for wer; for mer (mixed
+    error rate, code-switching as WeNet scores it) each Chinese/Japanese character and each other word, spaces
+    between them or not ("我们用Kubernetes" → 我, 们, 用, kubernetes)."""
     if metric == "cer":
         return [ch for ch in text if not ch.isspace()]
     if metric == "wer":
         return text.split()
+    if metric == "mer":
+        return _MIXED_UNIT.findall(text)
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
@@ -197,10 +204,12 @@ def max_consecutive_repeats(items: Sequence[str], max_unit: int = 8) -> int:
 
 
 def has_repetition(hypothesis: str, reference: str = "", metric: str = "cer") -> bool:
-    """Whether the hypothesis repeats a unit sequence (characters for cer, words for wer) at least
-    REPEATS_FOR_A_LOOP times in a row, more often than the reference does (哈哈哈 in both is not a loop)."""
-    hyp = units(normalize_text(hypothesis), metric)
-    ref = units(normalize_text(reference), metric)
+    """Whether the hypothesis repeats a unit sequence (words for wer; else each Chinese/Japanese character and each
+    other word, so a long English word in Chinese text counts once) at least REPEATS_FOR_A_LOOP times in a row,
+    more often than the reference does (哈哈哈 in both is not a loop)."""
+    unit = "wer" if metric == "wer" else "mer"
+    hyp = units(normalize_text(hypothesis), unit)
+    ref = units(normalize_text(reference), unit)
     repeats = max_consecutive_repeats(hyp)
     return repeats >= REPEATS_FOR_A_LOOP and repeats > max_consecutive_repeats(ref)
 

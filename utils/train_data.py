@@ -37,7 +37,7 @@ import torch
 from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio, slice_check
 from utils.collator import IGNORE_INDEX
 from utils.data import ManifestError, Record, RecordSource, Segment, duration_mismatch
-from utils.languages import has_unspaced_script, optional_language_code
+from utils.languages import has_unspaced_script, join_texts, optional_language_code
 from utils.text import join_hotwords
 
 logger = logging.getLogger(__name__)
@@ -423,9 +423,9 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
     the trainer shuffles their order every epoch. ``max_clips`` follows the batch size (``window_clip_limit``): a
     window holds at most a quarter more clips than a batch, so a step takes within about a quarter of the clips it
     takes unpacked, also when several processes or gradient accumulation each take a small batch (demo data: batches
-    of 4 hold 4.8–5.0 clips on average, of 8 8.8). A pack's audio is its clips, each augmented
-    on its own, joined by ``gap_seconds`` of silence; its label is their texts in order (spaced for spaced languages)
-    and, in a timestamps run, one timestamped segment per clip (or per ``sentences`` entry, shifted). No-speech
+    of 4 hold 4.8–5.0 clips on average, of 8 8.8). A pack's audio is its clips, each augmented on its own, joined by
+    ``gap_seconds`` of silence; its label is their texts in order (joined as their scripts join: "天气。Deploy it
+    请用") and, in a timestamps run, one timestamped segment per clip (or per ``sentences`` entry, shifted). No-speech
     clips stay alone, and about one pack in ``single_every`` is a single clip, so the model keeps seeing one short
     clip padded with silence, which is how it is used on short clips. Packs carry no previous-text prompt.
     """
@@ -520,9 +520,8 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
             pieces.append(samples)
             offset += len(samples)
         samples = np.concatenate(pieces)
-        spaced = not any(has_unspaced_script(t) for t in texts)
-        first = manifest[members[0]]
-        packed = Record(audio_path=first.audio_path, sentence=(" " if spaced else "").join(texts),
+        first = manifest[members[0]]  # each two texts joined as their scripts join (an English line in Chinese ones)
+        packed = Record(audio_path=first.audio_path, sentence=join_texts(texts),
                         duration=len(samples) / SAMPLE_RATE, language=first.language, sentences=tuple(segments))
         labels = build_labels(packed, ds._encode, ds.tokens, language=ds.language, task=ds.task,
                               timestamps=ds.timestamps)

@@ -109,6 +109,13 @@ class TrainerState:
             return cls(**json.load(f))
 
 
+def _hf_trainer_state(path: Path) -> bool:
+    """Whether the JSON file ``path`` is a transformers Trainer's trainer_state.json."""
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    return isinstance(state, dict) and {"best_model_checkpoint", "log_history", "global_step"} <= state.keys()
+
+
 class EpochSampler(Sampler[int]):
     """Deterministic per-epoch shuffle, sharded across ranks, that can start mid-epoch.
 
@@ -185,6 +192,11 @@ def check_checkpoint(checkpoint: str | os.PathLike, *, adalora: bool) -> None:
     try:
         TrainerState.load(state_path)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        if isinstance(e, TypeError) and _hf_trainer_state(state_path):
+            raise AdapterError(f"{checkpoint}: written by transformers' Trainer (the original Whisper-Finetune's "
+                               "finetune.py), whose optimizer state and data position this toolkit cannot resume; "
+                               f"merge its adapter (python merge_lora.py --lora_model={checkpoint}) or start a new "
+                               "run") from e
         raise AdapterError(f"{state_path}: damaged ({e}); {fix}") from e
     if not adalora:  # an AdaLoRA checkpoint resumes from adalora_state.pt, checked below
         check_adapter(checkpoint)

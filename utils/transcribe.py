@@ -46,7 +46,8 @@ from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
 from utils.data import DecodeStats, Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
-from utils.languages import AUTO_LANGUAGE, HAN_KANA_RANGES, LANGUAGES, decode_language, joins_unspaced, language_code
+from utils.languages import (AUTO_LANGUAGE, HAN_KANA_RANGES, LANGUAGES, decode_language, join_texts,
+                             language_code)
 from utils.repeats import (
     LOOP_REPEATS,
     MAX_UNREAD_SPEECH_S,
@@ -125,6 +126,8 @@ MAX_SAMPLE_LEN = 224  # tokens per 30 s window at most, as the reference decoder
 # 1.35 (HF's recommended value) on tokens corresponds to the reference's 2.4 on text.
 _HF_RATIO_PER_TEXT_RATIO = 1.35 / 2.4
 _SPACE_BETWEEN_CJK = re.compile(f"(?<=[{HAN_KANA_RANGES}]) (?=[{HAN_KANA_RANGES}])")
+# a space the decoder put next to full-width punctuation ("我们用， Kubernetes ，部署"): Chinese text has none there
+_SPACE_BY_FULL_WIDTH_MARK = re.compile(r"(?<=[，。！？；：、）》」』】])[ \t]+|[ \t]+(?=[，。！？；：、）》」』】])")
 
 
 @dataclass(frozen=True)
@@ -318,26 +321,14 @@ def encode_as_text(encode: Callable[[str], list[int]], text: str) -> list[int]:
     return ids
 
 
-def join_texts(texts: Sequence[str]) -> str:
-    """Join chunk texts: one space between them, none where :func:`joins_unspaced` (Chinese, Japanese, full-width
-    punctuation)."""
-    out = ""
-    for t in (t.strip() for t in texts):
-        if not t:
-            continue
-        if out and not joins_unspaced(out[-1], t[0]):
-            out += " "
-        out += t
-    return out
-
-
 def postprocess_text(text: str, language: str | None, to_simple: bool | None, remove_pun: bool) -> str:
-    """Apply the output options to decoded text (simplified Chinese, punctuation removal).
+    """Apply the output options to decoded text (simplified Chinese, punctuation removal); spaces next to full-width
+    punctuation go ("这个， API ，" → "这个，API，").
 
     A character whose byte tokens were cut apart (the decoder stopped, or put a timestamp, between them)
     decodes as U+FFFD: such halves are dropped, so no output ever shows "�".
     """
-    text = text.replace("\ufffd", "")
+    text = _SPACE_BY_FULL_WIDTH_MARK.sub("", text.replace("\ufffd", ""))
     if to_simple or (to_simple is None and language in ("zh", "yue")):
         text = to_simplified(text)
     if remove_pun:
@@ -562,9 +553,11 @@ class _BaseTranscriber:
         if not self.multilingual:
             raise ValueError(f"{flag}translate: this model is English-only and cannot translate; use a multilingual "
                              "model (openai/whisper-base, ...)")
-        if language == "en":
-            logger.warning("%stranslate with language en: the speech is read as English (the language names the "
-                           "speech, not the text, which is always English); give the spoken language or auto", flag)
+        if language == "en" or (language is None and self.model_language == "en"):  # given, or the model's own
+            source = "" if language == "en" else " (the language the model was fine-tuned on)"
+            logger.warning("%stranslate with language en%s: the speech is read as English (the language names the "
+                           "speech, not the text, which is always English); give the spoken language or auto", flag,
+                           source)
 
     def fixed_language(self, options: DecodeOptions) -> str | None:
         """The language ``options`` decode in without detecting it: ``options.language``, or when that is None the
@@ -1585,6 +1578,8 @@ class TransformersTranscriber(_BaseTranscriber):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+        from utils.models import complete_generation_config
+
         _quiet_generate_warnings()
         self.device = resolve_device(device)
         weight_dtype, self.autocast_dtype = _torch_dtypes(dtype, self.device)
@@ -1594,6 +1589,13 @@ class TransformersTranscriber(_BaseTranscriber):
             model_dir, dtype=weight_dtype, attn_implementation=attn).to(self.device).eval()
         self.dtype = weight_dtype
         gc = self.model.generation_config
+        filled = complete_generation_config(gc, self.processor.tokenizer, self.model.config)
+        if filled:
+            logger.warning("%s: generation_config.json missing or incomplete (saved by an older transformers; "
+                           "lacked %s): filled in from the tokenizer and Whisper's defaults (word times from all upper "
+                           "decoder heads are rougher: copy the base model's generation_config.json for its "
+                           "alignment_heads)",
+                           model_dir, ", ".join(filled))
         self.multilingual = bool(getattr(gc, "is_multilingual", False)) and bool(getattr(gc, "lang_to_id", None))
         self._lang_ids = dict(gc.lang_to_id) if self.multilingual else {}
         self._language_codes = {t.strip("<|>") for t in self._lang_ids} if self.multilingual else {"en"}
@@ -2597,6 +2599,11 @@ def _text_tokenizer_type() -> type:
 def _model_task(task: Any) -> str | None:
     """A generation config's ``task`` (finetune.py writes the one it trained), if it is one of Whisper's."""
     return task if task in ("transcribe", "translate") else None
+
+
+def task_flag(task: str | None) -> str:
+    """How messages name the task: ``--task=`` when the flag was given, else the model's own (:func:`resolve_task`)."""
+    return "--task=" if task is not None else "the model's task "
 
 
 def resolve_task(task: str | None, engine: Any) -> str:

@@ -223,7 +223,8 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any], sentimen
         lang = f"{transcript.language} (指定，未检测 given, not detected; 其他语言请选 auto)"
     else:
         lang = f"{transcript.language} (检测 detected, {transcript.language_probability:.0%})"
-    st.caption(f"语言 language: {lang} · 时长 duration: {transcript.duration:.1f} s · "
+    task = " · 任务 task: 译为英文 translated to English" if result.get("task") == "translate" else ""
+    st.caption(f"语言 language: {lang}{task} · 时长 duration: {transcript.duration:.1f} s · "
                f"耗时 took: {result['seconds']:.1f} s · 模型 model: {result['model']}")
     if result.get("truncated"):
         st.warning(f"文件不完整 (incomplete file): {truncated_message(name, *result['truncated'])}")
@@ -294,7 +295,7 @@ def run_transcription(engine, settings: PageSettings, name: str, data: bytes) ->
     return {"transcript": transcript, "audio": audio, "seconds": time.perf_counter() - start,
             "model": f"{settings.model_path} [{settings.backend}]",
             "language_given": engine.multilingual and engine.fixed_language(options) is not None,
-            "english_only": not engine.multilingual, "truncated": wav_bytes_truncation(data)}
+            "english_only": not engine.multilingual, "truncated": wav_bytes_truncation(data), "task": options.task}
 
 
 def add_sentiment(result: dict[str, Any], args: argparse.Namespace, name: str) -> None:

@@ -106,3 +106,17 @@ def tiny_whisper_dir(whisper_base_dir, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     WhisperProcessor.from_pretrained(whisper_base_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_translator_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
+    """:func:`tiny_whisper_dir` as finetune.py --task=translate saves it: "task": "translate" in its generation
+    config (every consumer then translates without --task)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny") / "translator"
+    shutil.copytree(tiny_whisper_dir, out)
+    config = json.loads((out / "generation_config.json").read_text(encoding="utf-8"))
+    (out / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    return out

@@ -37,15 +37,11 @@ def test_translate_against_chinese_references_is_refused_before_the_model_loads(
     assert not (tmp_path / "r.json").exists()
 
 
-def test_a_model_fine_tuned_to_translate_is_not_scored_against_chinese(tiny_whisper_dir, zh_wav, tmp_path, caplog):
+def test_a_model_fine_tuned_to_translate_is_not_scored_against_chinese(tiny_translator_dir, zh_wav, tmp_path,
+                                                                        caplog):
     """Without --task a model fine-tuned to translate translates; its English was scored against the Chinese
     references (CER 2.78) where --task=translate was refused."""
-    import shutil
-
-    model = tmp_path / "translator"
-    shutil.copytree(tiny_whisper_dir, model)
-    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
-    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    model = tiny_translator_dir
     manifest = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")] * 2)
     rc = evaluation.main([f"--model_path={model}", f"--test_data={manifest}", "--device=cpu",
                           f"--output={tmp_path / 'r.json'}"])
@@ -432,16 +428,11 @@ def test_compare_checks_clips_first_and_scores_a_set_with_no_reference_text(tiny
 
 
 @pytest.mark.slow
-def test_compare_runs_a_model_fine_tuned_to_translate_with_its_task(tiny_whisper_dir, en_wav, zh_wav, tmp_path,
-                                                                    monkeypatch, caplog):
+def test_compare_runs_a_model_fine_tuned_to_translate_with_its_task(tiny_whisper_dir, tiny_translator_dir, en_wav,
+                                                                    zh_wav, tmp_path, monkeypatch, caplog):
     """--compare transcribed a model fine-tuned to translate (its Chinese scored against the English references:
     WER 1.0) where the single-model path translates; on Chinese references it is refused as there."""
-    import shutil
-
-    model = tmp_path / "translator"
-    shutil.copytree(tiny_whisper_dir, model)
-    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
-    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    model = tiny_translator_dir
     tasks = []
     real = evaluation.evaluate
     monkeypatch.setattr(evaluation, "evaluate", lambda engine, records, options, *a, **k: tasks.append(options.task)

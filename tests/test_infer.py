@@ -376,14 +376,11 @@ def test_translate_checks_the_model_and_warns_of_chinese_in_a_translation(tiny_w
     assert "the translation holds Chinese/Japanese characters" in caplog.text
 
 
-def test_a_model_fine_tuned_to_translate_translates_by_default(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
+def test_a_model_fine_tuned_to_translate_translates_by_default(tiny_translator_dir, en_wav, tmp_path, monkeypatch,
                                                                  caplog):
     """finetune.py --task=translate writes the task into the generation config, but infer.py transcribed unless
     given --task=translate again (the language is taken from the model that way already)."""
-    model = tmp_path / "translator"
-    shutil.copytree(tiny_whisper_dir, model)
-    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
-    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    model = tiny_translator_dir
     tasks = []
     real = infer.transcribe_one
     monkeypatch.setattr(infer, "transcribe_one", lambda engine, path, options, **k: tasks.append(options.task)

@@ -456,6 +456,24 @@ def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_languag
         EngineHypothesis(engine, DecodeOptions(), close_beam_size=0)
 
 
+def test_the_language_of_a_fine_tuned_model_is_not_said_to_be_detected(caplog):
+    """A model fine-tuned on Chinese streams in Chinese without detecting; the log said "language: zh (p=1.00),
+    kept for the rest of the stream (--language=auto: detected…)"."""
+    from utils.data import Segment
+    from utils.transcribe import DecodeOptions, Transcript
+
+    class Engine:
+        model_language = "zh"
+
+        def transcribe(self, audio, options, initial_prompt=None, cut_clip=True):
+            return Transcript(text="你好", segments=[Segment(0.0, 1.0, "你好")], language="zh",
+                              language_probability=1.0, duration=len(audio) / SAMPLE_RATE)
+
+    caplog.set_level("INFO")
+    EngineHypothesis(Engine(), DecodeOptions(language=None))(np.zeros(SAMPLE_RATE, dtype=np.float32), "")
+    assert "language: zh, the one the model was fine-tuned on" in caplog.text and "detected in" not in caplog.text
+
+
 def test_context_keeps_the_closed_utterance_before_the_next_one_and_commits_each_word_once():
     # three utterances: 1.0-2.6 s, 3.6-5.2 s (1 s pause: the first is kept as context), 9.0-10.6 s (3.8 s of
     # silence before it: the context is dropped)

@@ -304,6 +304,7 @@ def test_lexicon_reads_traditional_characters_far_negation_good_as_so_and_a_long
     assert positivity("好难吃") == positivity("很难吃") < 0.3 and positivity("很好的服务") > 0.6
     assert positivity("动不动就弹窗") < 0.4 and positivity("没几天就坏了") < 0.4  # 不 / 没 there negate nothing
     assert positivity("很差。" * 800) < 0.01 and positivity("很好。" * 800) > 0.99
+    assert positivity("慢慢来，别着急") == positivity("我一般都在家") == 0.5 and positivity("这家店一般") < 0.4
 
 
 def test_load_inputs_transcript_json(tmp_path):

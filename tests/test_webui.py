@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -505,24 +504,23 @@ def test_page_says_an_english_only_model_writes_english_without_detecting(monkey
 
 
 def test_page_translates_with_a_model_fine_tuned_to_translate_by_default(monkeypatch, tmp_path, en_wav,
-                                                                          tiny_whisper_dir):
+                                                                          tiny_translator_dir):
     """finetune.py --task=translate writes the task into the model; infer.py, evaluation.py and realtime take it,
     but the page's task control started at transcribe: the model fine-tuned to translate transcribed."""
     import utils.webui
 
-    model = tmp_path / "models" / "translator"
-    shutil.copytree(tiny_whisper_dir, model)
-    config = json.loads((model / "generation_config.json").read_text(encoding="utf-8"))
-    (model / "generation_config.json").write_text(json.dumps({**config, "task": "translate"}), encoding="utf-8")
+    model = tiny_translator_dir
     tasks = []
     real = utils.webui.transcribe_with_progress
     monkeypatch.setattr(utils.webui, "transcribe_with_progress",
                         lambda engine, audio, options, *a, **k: tasks.append(options.task)
                         or real(engine, audio, options, *a, **k))
-    at = _app(monkeypatch, "--models_dir", str(tmp_path / "models"), "--model_path", str(model), "--device", "cpu")
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", str(model), "--device", "cpu")
     at.run()
     at.file_uploader[0].set_value(("en.wav", en_wav.read_bytes(), "audio/wav")).run()
     at.button(key="transcribe").click().run()
+    assert "任务 task: 译为英文 translated to English" in at.caption[0].value  # the text shown is a translation
     next(r for r in at.sidebar.radio if r.label == "任务 (task)").set_value("transcribe").run()
     at.button(key="transcribe").click().run()
     assert not at.exception and tasks == ["translate", "transcribe"], (tasks, [e.value for e in at.error])
+    assert "task: 译为英文 translated to English" not in at.caption[0].value  # the page shows the last one

@@ -1297,8 +1297,12 @@ class EngineHypothesis:
             pass
         elif self.options.language is None:
             self.options = replace(self.options, language=result.language)
-            logger.info("language: %s (p=%.2f), kept for the rest of the stream (--language=auto: detected in "
-                        "every decode)", result.language, result.language_probability)
+            if getattr(self.engine, "model_language", None):  # not detected: the model's own
+                logger.info("language: %s, the one the model was fine-tuned on (--language=auto detects it in every "
+                            "decode)", result.language)
+            else:
+                logger.info("language: %s (p=%.2f), kept for the rest of the stream (--language=auto: detected in "
+                            "every decode)", result.language, result.language_probability)
         elif self.options.language == AUTO_LANGUAGE and result.language != self.detected:
             self.detected = result.language
             logger.info("language: %s (p=%.2f)", result.language, result.language_probability)

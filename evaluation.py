@@ -172,8 +172,8 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                 **({"where": locations[index + j]} if locations else {}),
                 "reference": record.sentence,
                 "hypothesis": hyps[j],
-                "reference_normalized": scoring_text(record.sentence, language),
-                "hypothesis_normalized": scoring_text(hyps[j], language),
+                "reference_normalized": scoring_text(record.sentence, language, metric),
+                "hypothesis_normalized": scoring_text(hyps[j], language, metric),
                 "errors": counts.errors,
                 "substitutions": counts.substitutions,
                 "deletions": counts.deletions,
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
     args = parser.parse_args(argv)
-    note_upstream_flags(args, UPSTREAM_FLAGS)
     setup_logging(args.verbose)
+    note_upstream_flags(args, UPSTREAM_FLAGS)
     # each model its own backend (--compare: a hub base against a CTranslate2 fine-tune)
     args.backends = {m: resolve_backend(args.backend, [m]) for m in (args.compare or [args.model_path])}
     args.backend = args.backends.get(args.model_path, args.backend)
@@ -421,7 +421,7 @@ def compare(args, options: DecodeOptions, output: str) -> int:
             # each model's own task without --task (a model fine-tuned to translate translates), as infer.py's
             options = replace(options, task=resolve_task(args.task, engine),
                               encoder_window_s=resolve_encoder_window(args.encoder_window_seconds, engine.device))
-            engine.check_task(options.task, options.language)  # as the single-model path checks them
+            engine.check_task(options.task, options.language, flag=task_flag(args.task))  # as the single-model path
             engine.check_language(options.language)
         except (ValueError, ModelResolutionError) as e:
             logger.error("cannot use %s: %s", model, e)

@@ -530,6 +530,7 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
 
     from utils.augment import apply_spec_augment
     from utils.lora import LoraOptions, build_adapter
+    from utils.models import complete_model_generation_config
 
     cuda = accelerator.device.type == "cuda"
     model = load_model(model_dir, use_8bit=args.use_8bit, use_4bit=args.use_4bit,
@@ -539,7 +540,7 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
                        mixed_precision=precision.mixed_precision)
     if data.augmenter is not None:
         apply_spec_augment(model.config, data.augmenter.spec_augment)
-    generation_config = model.generation_config
+    generation_config = complete_model_generation_config(model, data.processor.tokenizer, model_dir)
     generation_config.language = language
     generation_config.task = args.task
     generation_config.forced_decoder_ids = None

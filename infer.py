@@ -208,8 +208,9 @@ def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, st
 
 
 UPSTREAM_FLAGS = {  # the original infer.py's flags, mapped onto this one's
-    "use_gpu": "False is --device=cpu; True is --device=auto (the GPU where there is one)",
-    "use_flash_attention_2": "True is --attn_implementation=flash_attention_2, False --attn_implementation=sdpa",
+    "use_gpu": "False is --device=cpu, True --device=auto (the GPU where there is one); a --device given wins",
+    "use_flash_attention_2": "True is --attn_implementation=auto (flash-attention-2 where it runs: CUDA, the "
+                             "package installed), False --attn_implementation=sdpa",
     "assistant_model_path": "None only: decoding with an assistant (draft) model is not supported"}
 
 
@@ -219,8 +220,7 @@ def upstream_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         if args.upstream_use_gpu is not None and not str2bool(args.upstream_use_gpu) and args.device == "auto":
             args.device = "cpu"
         if args.upstream_use_flash_attention_2 is not None and args.attn_implementation == "auto":
-            flash = str2bool(args.upstream_use_flash_attention_2)
-            args.attn_implementation = "flash_attention_2" if flash else "sdpa"
+            args.attn_implementation = "auto" if str2bool(args.upstream_use_flash_attention_2) else "sdpa"
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     if args.upstream_assistant_model_path not in (None, "None", ""):

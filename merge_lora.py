@@ -47,15 +47,18 @@ def merge(lora_dir: str, base_model: str, output: Path, *, local_files_only: boo
 
     from utils.io import atomic_dir
     from utils.lora import merge_adapter
-    from utils.models import resolve_model
+    from utils.models import complete_model_generation_config, resolve_model
 
     base_dir = resolve_model(base_model, local_files_only=local_files_only)
     model = WhisperForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
     merged = merge_adapter(model, lora_dir)
     processor_src = lora_dir if os.path.isfile(os.path.join(lora_dir, "tokenizer_config.json")) else base_dir
     processor = WhisperProcessor.from_pretrained(processor_src)
-    gen_src = lora_dir if os.path.isfile(os.path.join(lora_dir, "generation_config.json")) else base_dir
-    generation_config = GenerationConfig.from_pretrained(gen_src)
+    gen_src = next((d for d in (lora_dir, base_dir) if os.path.isfile(os.path.join(d, "generation_config.json"))), None)
+    if gen_src is not None:
+        generation_config = GenerationConfig.from_pretrained(gen_src)
+    else:  # a base model saved by an older transformers: its Whisper fields from the tokenizer
+        generation_config = complete_model_generation_config(merged, processor.tokenizer, base_dir)
     merged.generation_config = generation_config
     merged.config.use_cache = True
 

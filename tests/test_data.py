@@ -299,6 +299,8 @@ def test_translations_naming_a_chinese_place_or_brand_are_english():
     from utils.data import check_translation_references
 
     check_translation_references(["We deploy on 阿里云 (Alibaba Cloud).", "Use 微信 Pay.", "The API is slow."], "x")
+    with pytest.raises(ManifestError, match="x: 2 of 3 sentences"):  # code-switching transcripts: Chinese grammar
+        check_translation_references(["打开 GitHub 的 pull request", "用 Excel 和 PowerPoint 做 report", "OK."], "x")
     with pytest.raises(ManifestError, match="x: 2 of 3 sentences are written in Chinese/Japanese"):
         check_translation_references(["这个 API 的 latency 太高了", "今天天气很好。", "The API is slow."], "x")
 

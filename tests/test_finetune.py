@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1467,3 +1468,20 @@ def test_the_original_hub_model_id_flag_is_accepted_and_translating_english_is_w
     finetune.main(["--base_model=does/not/exist", "--train_data=dataset/demo/train.json", "--task=translate",
                    "--test_data=dataset/demo/test.json", f"--output_dir={tmp_path}", "--language=English"])
     assert "--task=translate with --language=English: the language names the speech" in caplog.text
+
+
+def test_a_base_model_without_generation_config_trains_and_saves_a_whole_one(tiny_whisper_dir, corpus, tmp_path,
+                                                                             caplog):
+    """A base model saved by an older transformers (no generation_config.json): the checkpoints kept its config as
+    "from the model config", which transformers reads back without any field, so the merged model lost its
+    fine-tuned language and its CTranslate2 copy had no language ids."""
+    from transformers import GenerationConfig
+
+    base = tmp_path / "old-base"
+    shutil.copytree(tiny_whisper_dir, base)
+    (base / "generation_config.json").unlink()
+    out = tmp_path / "out"
+    assert finetune.main(_args(base, corpus, out, max_steps=2, eval_steps=0, save_steps=0)) == 0
+    assert "generation_config.json missing or incomplete" in caplog.text
+    saved = GenerationConfig.from_pretrained(out / "old-base" / "checkpoint-final")
+    assert saved.language == "zh" and saved.task == "transcribe" and saved.lang_to_id["<|zh|>"] == 50260

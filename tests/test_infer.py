@@ -231,6 +231,8 @@ def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well(
         lines = wrap_lines(mixed, width)
         assert "".join(lines).replace(" ", "") == mixed.replace(" ", "")
         assert not any(line[0] in "，。" for line in lines), (width, lines)
+    for text in ("我们用CPU（中央处理器）来计算这个问题的答案好不好呢", "版本v2.0「稳定版」已经发布了吗我们来看看"):
+        assert not any(line[-1] in "（「" for line in wrap_lines(text, 10)), wrap_lines(text, 10)  # opening marks
 
 
 def test_single_file_to_stdout_and_all_formats(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
@@ -638,22 +640,35 @@ def test_condition_on_previous_text_times_every_sentence_where_it_is(tmp_path):
 
 
 @pytest.mark.parametrize("timestamps", [False, True])
-def test_a_model_folder_without_generation_config_transcribes(tiny_whisper_dir, en_wav, tmp_path, caplog, timestamps):
-    """A merged model saved by an older transformers (upstream's merge) has no generation_config.json: infer.py
-    failed with "'GenerationConfig' object has no attribute 'no_timestamps_token_id'" (with timestamps: "the
-    generation config is not properly set"). Its Whisper fields come from the tokenizer now, said in a warning."""
+@pytest.mark.parametrize("config", ["none", "partial"])
+def test_a_model_folder_without_generation_config_transcribes(tiny_whisper_dir, en_wav, tmp_path, caplog, timestamps,
+                                                               config):
+    """A merged model saved by an older transformers (upstream's merge) has no generation_config.json, or one of a
+    few fields, its language and task as forced_decoder_ids: infer.py failed with "'GenerationConfig' object has no
+    attribute 'no_timestamps_token_id'" (with timestamps: "the generation config is not properly set", or garbage
+    "!!!!" without an end token), and detected the language the model was fine-tuned on. Its Whisper fields come from
+    the tokenizer now (the language and task from forced_decoder_ids), said in a warning."""
     import transformers
 
     model = tmp_path / "old-merge"
     shutil.copytree(tiny_whisper_dir, model)
     (model / "generation_config.json").unlink()
+    if config == "partial":
+        (model / "generation_config.json").write_text(json.dumps({
+            "decoder_start_token_id": 50258, "forced_decoder_ids": [[1, 50260], [2, 50359], [3, 50363]],
+            "begin_suppress_tokens": [220, 50257], "max_length": 448}), encoding="utf-8")
     out = tmp_path / "out"
-    assert infer.main(["--audio_path", str(en_wav), f"--model_path={model}", "--device=cpu", "--language=zh",
-                       "--backend=transformers", f"--timestamps={timestamps}", "--output_format=json",
-                       f"--output_dir={out}", "--fallback=False"]) == 0
-    assert "generation_config.json missing or incomplete (saved by an older transformers; lacked " \
-        "no_timestamps_token_id, " in caplog.text
+    caplog.set_level("INFO")
+    assert infer.main(["--audio_path", str(en_wav), f"--model_path={model}", "--device=cpu", "--backend=transformers",
+                       f"--timestamps={timestamps}", "--output_format=json", f"--output_dir={out}",
+                       *(["--language=zh"] if config == "none" else [])]) == 0
+    lacked = re.search(r"generation_config\.json missing or incomplete \(saved by an older transformers; lacked "
+                       r"([^)]*)\)", caplog.text)
+    assert lacked and "no_timestamps_token_id" in lacked[1]
+    assert ("eos_token_id" in lacked[1]) == (config == "partial")  # a config.json of its own holds the end token
     assert json.loads((out / "en.json").read_text(encoding="utf-8"))["language"] == "zh"
+    if config == "partial":
+        assert "language zh, the one the model was fine-tuned on" in caplog.text
     gc = transformers.GenerationConfig.from_pretrained(tiny_whisper_dir)
     from utils.models import complete_generation_config
 
@@ -671,3 +686,21 @@ def test_the_original_infer_flags_run(tiny_whisper_dir, en_wav, caplog, capsys):
     with pytest.raises(SystemExit):
         _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--assistant_model_path=openai/whisper-tiny")
     assert "decoding with an assistant (draft) model is not supported" in capsys.readouterr().err
+
+
+def test_a_ct2_copy_without_language_ids_is_refused_with_the_fix(tmp_path):
+    """ct2-transformers-converter on a folder whose generation config had no lang_to_id (an older tool's) wrote
+    "lang_ids": []: every decode failed with IndexError in language detection, even with --language given."""
+    from utils.models import packaged_ct2_dir
+    from utils.transcribe import load_transcriber
+
+    source = Path(packaged_ct2_dir("openai/whisper-base"))
+    broken = tmp_path / "old-ct2"
+    broken.mkdir()
+    for f in source.iterdir():
+        if f.name != "config.json":
+            (broken / f.name).symlink_to(f)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    (broken / "config.json").write_text(json.dumps({**config, "lang_ids": []}), encoding="utf-8")
+    with pytest.raises(ValueError, match="lists no language ids .* convert it again with merge_lora.py --ct2=True"):
+        load_transcriber(str(broken), "ct2")

@@ -217,3 +217,20 @@ def test_ctrl_c_while_merging_is_one_line_and_exit_130(adapter_dir, tiny_whisper
 def test_merged_dir_name():
     assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
     assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"
+
+
+def test_a_base_model_without_generation_config_merges(adapter_dir, tiny_whisper_dir, tmp_path, caplog):
+    """A base model saved by an older transformers (no generation_config.json) failed the merge with an OSError
+    from GenerationConfig.from_pretrained; its Whisper fields come from the tokenizer now, said in a warning."""
+    from transformers import GenerationConfig
+
+    base = tmp_path / "old-base"
+    shutil.copytree(tiny_whisper_dir, base)
+    (base / "generation_config.json").unlink()
+    lora = tmp_path / "checkpoint-2"
+    shutil.copytree(adapter_dir, lora)
+    (lora / "generation_config.json").unlink()
+    assert merge_lora.main([f"--lora_model={lora}", f"--base_model={base}", f"--output_dir={tmp_path / 'm'}"]) == 0
+    assert "generation_config.json missing or incomplete" in caplog.text
+    merged = GenerationConfig.from_pretrained(tmp_path / "m" / "old-base-finetune")
+    assert merged.no_timestamps_token_id == 50363 and merged.lang_to_id["<|zh|>"] == 50260

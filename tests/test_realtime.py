@@ -1181,6 +1181,8 @@ def test_a_cut_off_word_loses_its_full_stop_but_an_abbreviation_keeps_its_dot():
 
     assert [cut(t) for t in (" night.", "气。", " now?!", " ...")] == [" night", "气", " now", " ..."]
     assert [cut(t) for t in (" Mr.", " etc.", " U.S.", " e.g.")] == [" Mr.", " etc.", " U.S.", " e.g."]
+    assert [cut(t) for t in (" no.", " 3.5.", " example.com.", " Node.js.")] == [" no", " 3.5", " example.com",
+                                                                                 " Node.js"]
     assert cut(" Mr.?") == " Mr"  # not a lone ".": the decoder's own end
 
 
@@ -2051,3 +2053,24 @@ def test_streaming_with_word_timestamps(en_wav, tmp_path, monkeypatch):
     assert report["cer_vs_offline"] <= 0.1 and report["words"] >= 7, report
     assert "quick brown" in report["text"], report["text"]  # words spaced (the CER above ignores spaces)
     assert len(tuned) == 1
+
+
+def test_ctrl_c_after_a_pause_keeps_the_full_stop_of_the_sentence_the_pause_ended():
+    """A sentence ended by a pause, then a breath of new speech and Ctrl-C before anything of it was read: the
+    finished sentence lost its full stop ("It rained all night")."""
+    def loud(frame):
+        return 0.9 if np.abs(frame).max() > 0.05 else 0.0
+
+    def decoder(audio, prompt):
+        return [(0.0, 1.5, " It rained all night.")] if np.abs(audio).max() > 0.05 and len(audio) >= SAMPLE_RATE \
+            else []
+
+    policy = StreamingPolicy(decoder, vad_fn=loud, min_silence_s=0.6)
+    speech, silence = np.full(SAMPLE_RATE, 0.3, np.float32), np.zeros(SAMPLE_RATE, np.float32)
+    for block in (speech, speech, silence, silence):
+        policy.insert_audio(block)
+        policy.process()
+    assert policy.text == "It rained all night."
+    policy.insert_audio(speech[: SAMPLE_RATE // 4])
+    policy.close()
+    assert policy.cut_short and policy.text == "It rained all night."

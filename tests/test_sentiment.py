@@ -305,6 +305,8 @@ def test_lexicon_reads_traditional_characters_far_negation_good_as_so_and_a_long
     assert positivity("动不动就弹窗") < 0.4 and positivity("没几天就坏了") < 0.4  # 不 / 没 there negate nothing
     assert positivity("很差。" * 800) < 0.01 and positivity("很好。" * 800) > 0.99
     assert positivity("慢慢来，别着急") == positivity("我一般都在家") == 0.5 and positivity("这家店一般") < 0.4
+    assert positivity("我们去吃饭好不好？") == positivity("好不好看都行") == 0.5  # a question, not "so bad"
+    assert positivity("我现在好多了") > 0.6 and positivity("好多了，谢谢") > 0.7  # "much better"
 
 
 def test_load_inputs_transcript_json(tmp_path):
@@ -524,6 +526,7 @@ def test_a_long_english_text_is_scored_sentence_by_sentence():
     rant = "The service was terrible and the food was cold. " * 300 + "x" * (VADER_WHOLE_CHARS + 10)
     assert vader.positivity([rant])[0] < 0.4
     assert len(lengths) == 302 and max(lengths) <= VADER_WHOLE_CHARS
+    assert vader.positivity([" " * (VADER_WHOLE_CHARS + 500)]) == [0.5]  # white space only: no sentence
 
 
 def test_subtitles_and_standard_input_are_read(tmp_path, monkeypatch, capsys):

@@ -116,6 +116,10 @@ def test_mixed_error_rate_counts_a_chinese_character_or_an_english_word_as_one_u
     assert (heard.substitutions, heard.insertions, heard.reference_length) == (1, 4, 8)
     assert count_errors("打开 GitHub 的 pull request", "打开GitHub的pullrequest", "mer").errors == 2  # pullrequest
     assert count_errors("今天天气很好", "今天天汽很好", "mer").rate == count_errors("今天天气很好", "今天天汽很好").rate
+    # its English stretches are read with Whisper's English rules, as English text is (cer: 10 of 15 wrong)
+    assert count_errors("延迟是 two hundred ms", "延迟是 200 ms", "mer", language="Chinese").errors == 0
+    assert count_errors("延迟是 two hundred ms", "延迟是 200 ms", "cer", language="Chinese").errors == 10
     # a loop of a long English word in Chinese text (cer's characters held it in no unit of 8)
     assert has_repetition("我们用 Kubernetes Kubernetes Kubernetes Kubernetes 部署服务", "我们用 Kubernetes 部署服务")
     assert has_repetition("谢谢谢谢谢谢谢谢", "谢谢") and not has_repetition("哈哈哈", "哈哈哈")
+    assert all(has_repetition(loop) for loop in ("네네네네네네", "hahahahahahahaha", "1111111111111", "ขอบคุณ" * 5))

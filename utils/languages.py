@@ -22,10 +22,18 @@ def has_unspaced_script(text: str) -> bool:
 
 
 def mostly_unspaced_script(text: str) -> bool:
-    """Whether ``text`` is mostly Chinese/Japanese: more such characters than other words ("这个 API 的 latency
-    太高了" is; "We deploy on 阿里云 (Alibaba Cloud)." and "Use 微信 Pay." are not)."""
-    characters = len(_HAN_KANA_CHAR.findall(text))
-    return characters > 0 and characters > len(_OTHER_WORD.findall(_HAN_KANA_CHAR.sub(" ", text)))
+    """Whether ``text`` is Chinese/Japanese rather than text naming a Chinese/Japanese word: more such characters
+    than other words, or Chinese grammar words among them ("这个 API 的 latency 太高了", "打开 GitHub 的 pull request"
+    are; "We deploy on 阿里云 (Alibaba Cloud).", "Use 微信 Pay." are not)."""
+    characters = _HAN_KANA_CHAR.findall(text)
+    if not characters:
+        return False
+    return (len(characters) > len(_OTHER_WORD.findall(_HAN_KANA_CHAR.sub(" ", text)))
+            or any(c in _CHINESE_GRAMMAR for c in characters))
+
+
+# characters of Chinese grammar (particles, pronouns, common verbs and adverbs), seldom in a name an English text quotes
+_CHINESE_GRAMMAR = frozenset("的了是在和用做这那我你他她们个有不很太吗呢吧把被给让就都也还要会能去来说看")
 
 
 _OTHER_WORD = re.compile(r"[^\W\d_]+")  # a run of letters (Han and kana taken out first)

@@ -382,7 +382,8 @@ def ct2_model_dir(name_or_path: str) -> str:
         elif (path / "config.json").is_file():
             hint = (f"it is a transformers model: use --backend=transformers, or export a CTranslate2 copy once "
                     f"(merge_lora.py --ct2=True does it when merging; or ct2-transformers-converter --model {path} "
-                    f"--output_dir {sibling} --quantization int8 --copy_files tokenizer.json preprocessor_config.json)")
+                    f"--output_dir {sibling} --quantization int8 --copy_files tokenizer.json preprocessor_config.json"
+                    f"{' generation_config.json' if (path / 'generation_config.json').is_file() else ''})")
         else:
             hint = (f"convert a transformers model with ct2-transformers-converter --model {path} --output_dir "
                     f"{sibling} --quantization int8 --copy_files tokenizer.json preprocessor_config.json")
@@ -565,6 +566,19 @@ _GENERATION_MAX_LENGTH = 448  # Whisper's decoder positions
 _MULTILINGUAL_VOCAB = 51865  # multilingual Whisper's vocabulary (large-v3: 51866); the English-only models': 51864
 
 
+def complete_model_generation_config(model: Any, tokenizer: Any, model_dir: str) -> Any:
+    """``model``'s generation config with the Whisper fields it lacks filled in (:func:`complete_generation_config`),
+    said in one warning naming ``model_dir``; returns it."""
+    filled = complete_generation_config(model.generation_config, tokenizer, model.config)
+    if filled:
+        heads = (" (word times from all upper decoder heads are rougher: copy the base model's generation_config.json "
+                 "for its alignment_heads)" if "alignment_heads" in filled else "")
+        logger.warning("%s: generation_config.json missing or incomplete (saved by an older transformers; lacked "
+                       "%s): filled in from the tokenizer and Whisper's defaults%s", model_dir, ", ".join(filled),
+                       heads)
+    return model.generation_config
+
+
 def complete_generation_config(config: Any, tokenizer: Any, model_config: Any) -> list[str]:
     """Fill in the Whisper fields a generation config lacks (a model folder saved by an older transformers without
     generation_config.json, or with a partial one: transformers then failed with "'GenerationConfig' object has no
@@ -589,6 +603,8 @@ def complete_generation_config(config: Any, tokenizer: Any, model_config: Any) -
 
     multilingual = model_config.vocab_size >= _MULTILINGUAL_VOCAB
     languages = {f"<|{code}|>": vocab[f"<|{code}|>"] for code in LANGUAGES if f"<|{code}|>" in vocab and multilingual}
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id"):  # transformers' timestamp rules need the end
+        put(name, tokenizer.eos_token_id)
     put("decoder_start_token_id", vocab.get("<|startoftranscript|>"))
     put("no_timestamps_token_id", vocab.get("<|notimestamps|>"))
     put("prev_sot_token_id", vocab.get("<|startofprev|>"))
@@ -608,9 +624,18 @@ def complete_generation_config(config: Any, tokenizer: Any, model_config: Any) -
     suppress.update(first_token(text) for text in (" -", " '"))  # a dash or quote starting a word, not inside one
     suppress.update(vocab[t] for t in _SUPPRESSED_SPECIALS if t in vocab)  # never written inside a transcript
     put("suppress_tokens", sorted(suppress))
+    # an older config said the fine-tuned language and task as forced_decoder_ids [[1, <|zh|>], [2, <|transcribe|>]]
+    forced = dict((int(p), int(t)) for p, t in getattr(config, "forced_decoder_ids", None) or () if t is not None)
+    token_names = {i: t for t, i in vocab.items()}
+    if forced.get(1) in token_names and token_names[forced[1]] in languages:
+        put("language", token_names[forced[1]].strip("<|>"))
+    if forced.get(2) in token_names and token_names[forced[2]] in ("<|transcribe|>", "<|translate|>"):
+        put("task", token_names[forced[2]].strip("<|>"))
     layers, heads = model_config.decoder_layers, model_config.decoder_attention_heads
     put("alignment_heads", [[layer, head] for layer in range(layers // 2, layers) for head in range(heads)])
     if filled and getattr(config, "max_length", None) in (None, 20):  # GenerationConfig's own default, 20 tokens
         config.max_length = _GENERATION_MAX_LENGTH
         filled.append("max_length")
+    if filled:  # a config of its own now: saved "from the model config", transformers read back none of these fields
+        config._from_model_config = False
     return filled

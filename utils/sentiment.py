@@ -190,6 +190,8 @@ class VaderSentiment(SentimentModel):
         pieces = [p for s in sentences for p in (s[i: i + VADER_WHOLE_CHARS] for i in range(0, len(s),
                                                                                             VADER_WHOLE_CHARS))]
         weights = [len(p) for p in pieces]
+        if not pieces:  # white space only
+            return 0.0
         return sum(w * self._analyzer.polarity_scores(p)["compound"] for w, p in zip(weights, pieces)) / sum(weights)
 
 

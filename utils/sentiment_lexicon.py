@@ -22,7 +22,7 @@ import re
 from utils.text import to_simplified
 
 POSITIVE_WORDS = """
-好 好吃 好看 好听 好用 好玩 好喝 不错 棒 很棒 赞 点赞 满意 喜欢 爱 爱吃 开心 高兴 快乐 愉快 幸福 感动 感谢 谢谢 激动 欣慰
+好 好吃 好看 好听 好用 好玩 好喝 好多了 好些了 好一点了 不错 棒 很棒 赞 点赞 满意 喜欢 爱 爱吃 开心 高兴 快乐 愉快 幸福 感动 感谢 谢谢 激动 欣慰
 放心 安心 舒服 舒适 方便 便利 便宜 实惠 划算 值得 值 推荐 强烈推荐 干净 整洁 清新 美 美丽 漂亮 精彩 精美 精细 精致 优美
 优秀 出色 专业 热情 热心 友好 耐心 贴心 周到 细心 仔细 认真 负责 及时 迅速 快 顺利 成功 赢 赢得 胜利 进步 提高 增长
 改善 好转 恢复 健康 正常 安全 平安 稳 稳定 流畅 清晰 清楚 简洁 简单 实用 有用 有趣 有意思 有意义 有创意 有能力 新鲜
@@ -130,7 +130,7 @@ def _modifier(clause: str, start: int) -> float:
 def _good_as_degree(clause: str, after: int) -> bool:
     """Whether the 好 before ``clause[after:]`` is the adverb "so": an adjective or a quantity follows (好冷, 好多),
     or a lexicon word (好难吃, 好开心)."""
-    if after >= len(clause):
+    if after >= len(clause) or clause[after] in "不没":  # 好不好吃: a question, not "so bad"
         return False
     if clause[after] in _GOOD_AS_DEGREE:
         return True

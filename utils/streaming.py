@@ -127,8 +127,9 @@ def token_key(text: str) -> str:
 _FULL_STOPS = "。．.!?！？…"
 
 
-# words whose "." is part of the word, not the sentence's end ("Mr.", "etc."); dotted ones ("U.S.", "e.g.") too
-_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc inc ltd co corp no dept approx".split())
+# words whose "." is part of the word, not the sentence's end ("Mr.", "etc."), and dotted letters ("U.S.", "e.g.")
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc inc ltd corp dept approx".split())
+_DOTTED_LETTERS = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
 def unfinished(token: StreamToken) -> StreamToken:
@@ -138,7 +139,7 @@ def unfinished(token: StreamToken) -> StreamToken:
     if not text.strip():
         return token
     word = text.strip().lower()
-    if token.text[len(text):] == "." and ("." in word or word in _ABBREVIATIONS):
+    if token.text[len(text):] == "." and (word in _ABBREVIATIONS or _DOTTED_LETTERS.fullmatch(word)):
         return token
     return replace(token, text=text)
 
@@ -696,6 +697,7 @@ class StreamingPolicy:
         update = self.process(decode=False)
         committed, decoded = list(update.committed), update.decoded
         self.cut_short = self._vad is not None and self._vad.armed  # speech no pause has ended
+        cut_from = self.closes[-1][2] if self.closes else 0  # the cut utterance's first word (in self.committed)
         if self.total > self._decoded_until and self._buffer_has_speech():
             speech_end = self._vad.last_speech_end if self._vad is not None else self.total
             new, ran = self._close_utterance(self.total, max(speech_end, self.offset))
@@ -703,8 +705,9 @@ class StreamingPolicy:
             decoded |= ran
         tail = self.finish()
         committed += tail.committed
-        if self.cut_short and self.committed:  # the decoder ends what it hears with a full stop: "今天天气。"
-            self.committed[-1] = unfinished(self.committed[-1])  # also a word an earlier step committed
+        if self.cut_short and len(self.committed) > cut_from:  # the decoder ends what it hears with a full stop:
+            # "今天天气。"; also a word of it an earlier step committed, never one of an utterance a pause ended
+            self.committed[-1] = unfinished(self.committed[-1])
             if committed:
                 committed[-1] = self.committed[-1]
         return Update(committed, [], self.audio_end, utterance_end=True, decoded=decoded)

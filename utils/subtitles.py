@@ -70,9 +70,12 @@ def text_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-# a word (with the full-width punctuation after it: "200ms，"), a Chinese character (with its punctuation), a sign
-_ATOM = re.compile(r"[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]+[\u3000-\u303f\uff00-\uffef]*\s*|"
-                   r"[\u2e80-\u9fff\uf900-\ufaff][\u3000-\u303f\uff00-\uffef]*\s*|\S\s*|\s+")
+# what a line never breaks inside: a word ("200ms"), a Chinese character, or a sign, with the opening marks before it
+# and the closing punctuation after it ("（中", "200ms，", "好。"), so no line starts with "，" or ends with "（"
+_OPENING = "（「『【《〈〔"
+_CLOSING = "，。！？；：、）》」』】〉〕…"
+_ATOM = re.compile(rf"[{_OPENING}]*(?:[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\u3000-\u303f]+|"
+                   rf"[\u2e80-\u9fff\uf900-\ufaff]|[^\s{_OPENING}])[{_CLOSING}]*\s*|\s+")
 _CLAUSE_END = re.compile(r"[。！？!?；;，,、：:…]+\s*|[.]\s+")
 _BREAK_AFTER = tuple("。！？!?；;，,、：:….")  # a line or cue ending in one of these is broken where it reads well
 

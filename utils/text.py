@@ -5,8 +5,8 @@ Scoring compares ``scoring_text(reference)`` with ``scoring_text(hypothesis)``: 
 to simplified, Latin letters lower-cased; for English also Whisper's English normaliser (the one OpenAI's
 and the Open ASR Leaderboard's English WERs use): numbers as digits ("ten" and "10" are the same word),
 fillers (um, uh) and bracketed noises dropped, contractions and titles spelled out. CER counts characters
-(spaces ignored); WER counts whitespace-separated words. Both are corpus-level: total edits / total
-reference units.
+(spaces ignored); WER counts whitespace-separated words; MER (code-switching) each Chinese/Japanese character and
+each other word. All are corpus-level: total edits / total reference units.
 """
 
 from __future__ import annotations
@@ -92,14 +92,23 @@ def is_english(language: str | None) -> bool:
         return False
 
 
-def scoring_text(text: str, language: str | None = None) -> str:
+def scoring_text(text: str, language: str | None = None, metric: str = "cer") -> str:
     """The text that is scored: :func:`normalize_text`, after Whisper's English normaliser when ``language``
     is English ("Eight of spades, Mr. Smith" → "8 of spades mister smith"). Other languages, and text of
-    unknown language, get :func:`normalize_text` only (the English rules would drop German "um").
+    unknown language, get :func:`normalize_text` only (the English rules would drop German "um"); with ``metric``
+    mer (code-switching) their stretches of English words get the English rules too ("延迟是 two hundred ms" →
+    "延迟是 200 ms").
     """
     if is_english(language):
         text = _english_normalizer()(text)
+    elif metric == "mer":
+        text = _NOT_CJK_RUN.sub(lambda m: f" {_english_normalizer()(m.group())} " if _LATIN.search(m.group())
+                                else m.group(), text)
     return normalize_text(text)
+
+
+_NOT_CJK_RUN = re.compile(f"[^{HAN_KANA_RANGES}\u3000-\u303f\uff00-\uffef]+")  # no Han, kana, full-width marks
+_LATIN = re.compile(r"[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,7 @@ def count_errors(reference: str, hypothesis: str, metric: str = "cer", *, normal
     """Edit counts for one utterance (Levenshtein alignment over characters or words), after
     :func:`scoring_text` of both texts in ``language`` (unless ``normalize`` is False)."""
     if normalize:
-        reference, hypothesis = scoring_text(reference, language), scoring_text(hypothesis, language)
+        reference, hypothesis = scoring_text(reference, language, metric), scoring_text(hypothesis, language, metric)
     ref, hyp = units(reference, metric), units(hypothesis, metric)
     subs = dels = ins = 0
     for op in Levenshtein.editops(ref, hyp):
@@ -204,14 +213,16 @@ def max_consecutive_repeats(items: Sequence[str], max_unit: int = 8) -> int:
 
 
 def has_repetition(hypothesis: str, reference: str = "", metric: str = "cer") -> bool:
-    """Whether the hypothesis repeats a unit sequence (words for wer; else each Chinese/Japanese character and each
-    other word, so a long English word in Chinese text counts once) at least REPEATS_FOR_A_LOOP times in a row,
-    more often than the reference does (哈哈哈 in both is not a loop)."""
-    unit = "wer" if metric == "wer" else "mer"
-    hyp = units(normalize_text(hypothesis), unit)
-    ref = units(normalize_text(reference), unit)
-    repeats = max_consecutive_repeats(hyp)
-    return repeats >= REPEATS_FOR_A_LOOP and repeats > max_consecutive_repeats(ref)
+    """Whether the hypothesis repeats a unit sequence at least REPEATS_FOR_A_LOOP times in a row, more often than
+    the reference does (哈哈哈 in both is not a loop). Units: words for wer; else characters (네네네네, hahaha) and
+    mixed units too (each Chinese/Japanese character and each other word: a long English word in Chinese text is one
+    unit, which characters cannot hold in a loop unit of 8)."""
+    hyp_text, ref_text = normalize_text(hypothesis), normalize_text(reference)
+    for unit in (("wer",) if metric == "wer" else ("cer", "mer")):
+        repeats = max_consecutive_repeats(units(hyp_text, unit))
+        if repeats >= REPEATS_FOR_A_LOOP and repeats > max_consecutive_repeats(units(ref_text, unit)):
+            return True
+    return False
 
 
 def has_punctuation(text: str) -> bool:

@@ -1578,7 +1578,7 @@ class TransformersTranscriber(_BaseTranscriber):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        from utils.models import complete_generation_config
+        from utils.models import complete_model_generation_config
 
         _quiet_generate_warnings()
         self.device = resolve_device(device)
@@ -1588,14 +1588,7 @@ class TransformersTranscriber(_BaseTranscriber):
         self.model = WhisperForConditionalGeneration.from_pretrained(
             model_dir, dtype=weight_dtype, attn_implementation=attn).to(self.device).eval()
         self.dtype = weight_dtype
-        gc = self.model.generation_config
-        filled = complete_generation_config(gc, self.processor.tokenizer, self.model.config)
-        if filled:
-            logger.warning("%s: generation_config.json missing or incomplete (saved by an older transformers; "
-                           "lacked %s): filled in from the tokenizer and Whisper's defaults (word times from all upper "
-                           "decoder heads are rougher: copy the base model's generation_config.json for its "
-                           "alignment_heads)",
-                           model_dir, ", ".join(filled))
+        gc = complete_model_generation_config(self.model, self.processor.tokenizer, model_dir)
         self.multilingual = bool(getattr(gc, "is_multilingual", False)) and bool(getattr(gc, "lang_to_id", None))
         self._lang_ids = dict(gc.lang_to_id) if self.multilingual else {}
         self._language_codes = {t.strip("<|>") for t in self._lang_ids} if self.multilingual else {"en"}
@@ -2109,6 +2102,10 @@ class CT2Transcriber(_BaseTranscriber):
         _torch_threads(torch_threads)  # CTranslate2 sets the process-wide OpenMP thread count; PyTorch keeps its own
         self.device, self.compute_type = ct2_device, compute_type
         self.multilingual = bool(self.model.model.is_multilingual)
+        if self.multilingual and not _ct2_config(model_dir).get("lang_ids", True):
+            raise ValueError(f"{model_dir}: its config.json lists no language ids (converted from a model whose "
+                             "generation config has no lang_to_id, by an older tool); convert it again with "
+                             "merge_lora.py --ct2=True, or from the transformers folder with its generation_config.json")
         vocab = self.model.hf_tokenizer
         self._language_codes = ({code for code in LANGUAGES if vocab.token_to_id(f"<|{code}|>") is not None}
                                 if self.multilingual else {"en"})
@@ -2615,6 +2612,18 @@ def resolve_task(task: str | None, engine: Any) -> str:
     if chosen == "translate":
         logger.info("task translate: the one this model was fine-tuned for (--task=transcribe transcribes)")
     return chosen
+
+
+def _ct2_config(model_dir: str) -> dict:
+    """A CTranslate2 folder's config.json ({} where it has none or it does not read)."""
+    import json
+
+    try:
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _ct2_generation_config(model_dir: str) -> dict:

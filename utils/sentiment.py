@@ -490,12 +490,11 @@ def _manifest_to_input(text: str, path: Path) -> SentimentInput:
     return SentimentInput(items)
 
 
-_TIME = r"(\d+):(\d{2}):(\d{2}(?:[.,]\d+)?)"
+_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2}(?:[.,]\d+)?)"  # 00:00:01.000, srt's 00:00:01,000, vtt's 00:01.000
 _TIMED_LINE = re.compile(rf"^\s*\[{_TIME}\s*-->\s*{_TIME}\]\s*(.*)$")
 
 
-_CUE_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2}(?:[.,]\d+)?)"  # srt's 00:00:01,000; vtt's 00:01.000 too
-_CUE_LINE = re.compile(rf"^\s*{_CUE_TIME}\s*-->\s*{_CUE_TIME}")
+_CUE_LINE = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
 _CUE_TAG = re.compile(r"</?[a-zA-Z][^>]*>")  # vtt's <v Speaker>, <i>…</i>
 
 
@@ -507,10 +506,7 @@ def _subtitle_items(text: str) -> list[TextItem]:
         for k, line in enumerate(lines):
             m = _CUE_LINE.match(line)
             if m is not None:
-                g = m.groups()
-                start, end = (int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", "."))
-                              for h, mi, sec in (g[0:3], g[3:6]))
-                items.append(TextItem(join_texts([_CUE_TAG.sub("", t) for t in lines[k + 1:]]), start, end))
+                items.append(TextItem(join_texts([_CUE_TAG.sub("", t) for t in lines[k + 1:]]), *_span(m.groups())))
                 break
     return items
 
@@ -521,9 +517,13 @@ def _text_line(line: str) -> TextItem:
     m = _TIMED_LINE.match(line)
     if m is None:
         return TextItem(line.strip())
-    g = m.groups()
-    start, end = (int(h) * 3600 + int(mi) * 60 + float(sec.replace(",", ".")) for h, mi, sec in (g[0:3], g[3:6]))
-    return TextItem(g[6].strip(), start, end)
+    return TextItem(m.group(7).strip(), *_span(m.groups()))
+
+
+def _span(groups: Sequence[str | None]) -> tuple[float, float]:
+    """(start, end) in seconds from the six groups of two :data:`_TIME` matches (hours optional)."""
+    return tuple(int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", "."))  # type: ignore[return-value]
+                 for h, mi, sec in (groups[0:3], groups[3:6]))
 
 
 def _is_jsonlines(text: str) -> bool:

@@ -672,8 +672,11 @@ def test_a_model_folder_without_generation_config_transcribes(tiny_whisper_dir, 
     gc = transformers.GenerationConfig.from_pretrained(tiny_whisper_dir)
     from utils.models import complete_generation_config
 
-    assert complete_generation_config(gc, transformers.WhisperTokenizer.from_pretrained(tiny_whisper_dir),
-                                      transformers.WhisperConfig.from_pretrained(tiny_whisper_dir)) == []  # complete
+    tokenizer = transformers.WhisperTokenizer.from_pretrained(tiny_whisper_dir)
+    model_config = transformers.WhisperConfig.from_pretrained(tiny_whisper_dir)
+    assert complete_generation_config(gc, tokenizer, model_config) == []  # complete
+    gc.forced_decoder_ids = [[1, None], [2, 50359]]  # as the hub's openai models have it: still nothing to fill
+    assert complete_generation_config(gc, tokenizer, model_config) == [] and getattr(gc, "task", None) is None
 
 
 def test_the_original_infer_flags_run(tiny_whisper_dir, en_wav, caplog, capsys):

@@ -624,9 +624,11 @@ def complete_generation_config(config: Any, tokenizer: Any, model_config: Any) -
     suppress.update(first_token(text) for text in (" -", " '"))  # a dash or quote starting a word, not inside one
     suppress.update(vocab[t] for t in _SUPPRESSED_SPECIALS if t in vocab)  # never written inside a transcript
     put("suppress_tokens", sorted(suppress))
-    # an older config said the fine-tuned language and task as forced_decoder_ids [[1, <|zh|>], [2, <|transcribe|>]]
+    # an older config (one that lacked the fields above) said the fine-tuned language and task as forced_decoder_ids
+    # [[1, <|zh|>], [2, <|transcribe|>]]; a whole one with them (the hub's openai models: [[1, null], [2, transcribe]])
+    # is left as it is
     forced = dict((int(p), int(t)) for p, t in getattr(config, "forced_decoder_ids", None) or () if t is not None)
-    token_names = {i: t for t, i in vocab.items()}
+    token_names = {i: t for t, i in vocab.items()} if filled else {}
     if forced.get(1) in token_names and token_names[forced[1]] in languages:
         put("language", token_names[forced[1]].strip("<|>"))
     if forced.get(2) in token_names and token_names[forced[2]] in ("<|transcribe|>", "<|translate|>"):

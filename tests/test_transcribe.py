@@ -768,6 +768,23 @@ def test_a_clip_is_one_chunk_with_the_pauses_the_vad_finds_in_it(two_takes):
     assert whole_clip(noise) is None and whole_clip(two_takes[:2 * sr] * 0.01).spans  # a quiet take: found
 
 
+def test_a_burst_too_short_for_the_vad_after_a_long_silence_is_decoded_from_there(repo_root):
+    """A clip in which the VAD hears only a burst shorter than its 0.25 s (a word said alone: decoded) is decoded
+    from shortly before it when a long silence comes first, as speech is: the whole clip was decoded (a 0.1 s burst
+    16 s into 18 s of pink noise, and whisper-base wrote "我心里的心里的…" over the noise)."""
+    from utils.vad import CLIP_SILENCE_S, LEAD_S, speech_regions
+
+    sr = SAMPLE_RATE
+    word = load_audio(repo_root / "dataset" / "real" / "en_jfk.flac")[int(0.3 * sr): int(0.45 * sr)]
+    silence = lambda seconds: np.zeros(int(seconds * sr), np.float32)  # noqa: E731
+    late = np.concatenate([silence(CLIP_SILENCE_S + 1), word, silence(15)])
+    assert not speech_regions(late) and (blips := speech_regions(late, min_speech_ms=0))
+    chunk = whole_clip(late)
+    assert (chunk.start, chunk.end) == (blips[0].start - int(LEAD_S * sr), len(late))
+    early = np.concatenate([silence(2), word, silence(15)])
+    assert (whole_clip(early).start, whole_clip(early).end) == (0, len(early))  # after a short silence: from 0
+
+
 def test_a_quiet_rooms_noise_is_not_raised_into_speech(repo_root):
     """The VAD raises a quiet recording (up to 60 dB), but not dither or a quiet room's noise (loud samples below
     -80 dBFS): raised, a 10 s room at -90 dBFS (sox's white noise at vol 0.00003, two 16-bit steps) read at 0.07-0.43
@@ -2163,11 +2180,22 @@ def test_no_output_holds_half_a_character_on_either_backend(base_hf, base_ct2, r
 
 
 # -- hotwords and initial prompt ------------------------------------------------------------------------------
-def test_prompt_text_puts_hotwords_before_the_previous_text():
-    from utils.transcribe import prompt_text
-
-    assert prompt_text("Szymanski, Zolgensma", " the meeting ") == "Szymanski, Zolgensma the meeting"
-    assert prompt_text(None, "previous") == "previous" and prompt_text("  ", None) is None
+def test_hotwords_come_before_the_previous_text_and_stay_when_it_is_long(tiny, base_ct2):
+    """Both backends prompt with the hotwords, then the previous text's last tokens (faster-whisper's order). The
+    transformers backend kept the last tokens of the two joined: with --condition_on_previous_text, from a long
+    recording's second chunk on, the hotwords were cut off (ct2 kept them)."""
+    previous = "ask not what your country can do for you " * 40
+    tk = base_ct2._tokenizer("en", "transcribe")
+    for prompt, hotwords in ((" the meeting ", "Szymanski, Zolgensma"), (previous, "Szymanski, Zolgensma"),
+                             ("the meeting", None), (None, "Szymanski")):
+        ids = tiny._generate_kwargs(DecodeOptions(language="en", hotwords=hotwords), ["en"], prompt)["prompt_ids"]
+        assert ids[0] == tk.sot_prev and len(ids) <= 224
+        ct2 = base_ct2.model.get_prompt(tk, tk.encode(" " + prompt.strip()) if prompt else [], hotwords=hotwords)
+        assert ct2[0] == tk.sot_prev
+        for text in (tiny.processor.tokenizer.decode(ids[1:]), tk.decode(ct2[1:])):
+            assert text.strip().startswith(hotwords or prompt.strip()), text
+            assert text.rstrip().endswith(prompt.strip()[-40:] if prompt else hotwords), text
+    assert "prompt_ids" not in tiny._generate_kwargs(DecodeOptions(language="en"), ["en"], "  ")
     assert DecodeOptions(hotwords="   ").hotwords is None
     # one separator style, whatever was typed: ", " between Latin words (a bare comma was copied into the text),
     # "," between Chinese ones (as training writes them)
@@ -2346,3 +2374,63 @@ def test_the_sampled_fallback_gives_the_same_text_run_after_run(tiny, zh_wav):
     assert tiny.transcribe(audio, options).text == first
     other = {tiny.transcribe(audio, replace(options, seed=s)).text for s in (1, 2, 3)}
     assert other - {first}, "different seeds should sample differently"
+
+
+def test_a_batch_reads_each_clip_as_transcribe_does(base_ct2, repo_root):
+    """evaluation.py scores clips read by transcribe_batch(): each one as infer.py's transcribe() reads it. Before, a
+    batch decoded a clip whole from its first sample: JFK's sentence ending 0.26 s before the end of a 29.9 s clip
+    lost "do for your country" (timestamps on, its one segment put at 0.0-28.0 s), and a real AISHELL-1 sentence
+    after 14 s of silence was read from the silence (a loop of nine segments, one every 2 s)."""
+    real = repo_root / "dataset" / "real"
+    jfk, zh = load_audio(real / "en_jfk.flac"), load_audio(real / "zh_aishell_0121.flac")
+    silence = lambda seconds: np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)  # noqa: E731
+    clips = [np.concatenate([silence(18.64), jfk, silence(0.26)]), np.concatenate([silence(14), zh, silence(2)])]
+    for options in (DecodeOptions(language="en", timestamps=True, temperatures=(0.0,)),
+                    DecodeOptions(language="zh", timestamps=True, temperatures=(0.0,))):
+        batch = base_ct2.transcribe_batch(clips, options)
+        for clip, together in zip(clips, batch):
+            alone = base_ct2.transcribe(clip, options)
+            assert together.text == alone.text
+            assert [(s.start, s.end) for s in together.segments] == [(s.start, s.end) for s in alone.segments]
+            assert together.segments and together.segments[0].start > 13.5  # at the speech, not in the silence
+        if options.language == "en":
+            assert batch[0].text.rstrip(".").endswith("do for your country"), batch[0].text
+
+
+def test_a_loop_that_ran_to_the_budget_is_cut_also_with_a_longer_unit():
+    """whisper-base, greedy, on 18 s of pink noise: "在那里, 要不然, 要不然, …" 45 times to the token budget, a unit of 5
+    tokens, longer than a loop's unit is taken to be in a text that ends (a short sentence said again): it was kept
+    whole (evaluation.py charged 135 made-up characters per no-speech clip). At the budget it is cut after one unit;
+    the same unit said five times in a text that ends is left as it is."""
+    from utils.repeats import BUDGET_LOOP_TOKENS, SHORT_LOOP_TOKENS
+    from utils.transcribe import cut_tail_loop
+
+    said, unit = [1, 2, 3], [7, 8, 9, 10, 11]
+    assert SHORT_LOOP_TOKENS < len(unit) < BUDGET_LOOP_TOKENS
+    assert cut_tail_loop(said + unit * 45, caller_cuts=False, at_budget=True) == said + unit
+    assert cut_tail_loop(said + unit * 45 + unit[:2], caller_cuts=False, at_budget=True) == said + unit
+    assert cut_tail_loop(said + unit * 5, caller_cuts=False) == said + unit * 5
+    take = list(range(20, 20 + BUDGET_LOOP_TOKENS + 1))  # a sentence's take is longer: never cut here
+    assert cut_tail_loop(said + take * 8, caller_cuts=False, at_budget=True) == said + take * 8
+
+
+def test_a_loop_decoded_on_in_noise_is_still_dropped_as_silence(base_ct2, monkeypatch):
+    """ct2: a decode that loops is decoded on past the loop; the continuation's text was kept without the silence
+    check (whisper-base on 18 s of pink noise, greedy: "我心里的心里的心里的" at P(no speech) 0.72 and log-probability
+    -1.33, which the rule drops). Decided as every decode is: dropped there, kept where the window holds speech."""
+    from types import SimpleNamespace
+
+    tk = base_ct2._tokenizer("zh", "transcribe")
+    loop = tk.encode("我心里的" + "心里的" * 60)
+    onward = tk.encode("我心里的心里的心里的")
+    for no_speech, expected in ((0.72, ""), (0.1, "我心里的心里的心里的")):
+        def generate(encoded, prompts, opts, temperature, max_new_tokens, no_repeat_ngram_size=0,
+                     no_speech=no_speech):
+            if no_repeat_ngram_size:  # decoded on past the loop: the continuation, scored -1.33
+                return [SimpleNamespace(sequences_ids=[onward], scores=[-1.33], no_speech_prob=no_speech)
+                        for _ in prompts]
+            return [SimpleNamespace(sequences_ids=[loop], scores=[-0.16], no_speech_prob=no_speech) for _ in prompts]
+
+        monkeypatch.setattr(base_ct2, "_generate", generate)
+        options = DecodeOptions(language="zh", temperatures=(0.0,), beam_size=1)
+        assert base_ct2.transcribe(np.zeros(18 * SAMPLE_RATE, np.float32), options, cut_clip=False).text == expected

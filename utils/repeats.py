@@ -36,6 +36,9 @@ REPEAT_SPAN_TOKENS = 12
 # ("哈哈哈哈哈") is followed by more speech. In noise whisper-base loops on such units ("…opened at 9.10.10.10…" to the
 # token budget, English at 5 dB SNR; "相互相互…" in dense Mandarin at 10 dB): :func:`tail_loop`.
 SHORT_LOOP_TOKENS = 4
+# ... and a unit of up to this many tokens where the loop ran to the token budget: no take repeated in speech fills
+# it (whisper-base on 18 s of pink noise, greedy: "在那里, 要不然, 要不然, …" 45 times, a unit of 5 tokens, to the budget)
+BUDGET_LOOP_TOKENS = 12
 
 
 def tail_loop(tokens: Sequence[int], max_unit: int = SHORT_LOOP_TOKENS,

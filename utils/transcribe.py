@@ -49,10 +49,12 @@ from utils.io import write_json_atomic
 from utils.languages import (AUTO_LANGUAGE, HAN_KANA_RANGES, LANGUAGES, decode_language, join_texts,
                              language_code)
 from utils.repeats import (
+    BUDGET_LOOP_TOKENS,
     LOOP_REPEATS,
     MAX_UNREAD_SPEECH_S,
     REPEAT_SPAN_TOKENS,
     SEAM_SLACK,
+    SHORT_LOOP_TOKENS,
     SLOWEST_TOKENS_PER_SPEECH_S,
     Reading,
     RereadPart,
@@ -302,12 +304,6 @@ def _moved(stats: DecodeStats, shift_s: float) -> DecodeStats:
     """``stats`` of a decode that starts ``shift_s`` seconds later (not before the audio: a chunk's lead of silence
     added in front, ``with_lead``, is not in the audio)."""
     return replace(stats, seek=max(0, stats.seek + round(shift_s * FRAMES_PER_S)))
-
-
-def prompt_text(hotwords: str | None, prompt: str | None) -> str | None:
-    """The previous-text context: hotwords first, then the previous text (faster-whisper's order)."""
-    parts = [p.strip() for p in (hotwords, prompt) if p and p.strip()]
-    return " ".join(parts) or None
 
 
 def encode_as_text(encode: Callable[[str], list[int]], text: str) -> list[int]:
@@ -974,9 +970,13 @@ class _BaseTranscriber:
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions(),
                          vad: bool = True) -> list[Transcript]:
-        """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches; with ``vad``, one in which
-        the VAD hears no speech at all gets no text, as in :meth:`transcribe` (whisper-base wrote "you" for 5 s of
-        digital silence); without, every waveform is decoded (what the model alone does with it).
+        """Transcribe many short waveforms (≤ 30 s each, e.g. a test manifest) in batches, each read as
+        :meth:`transcribe` reads it (the same text and times: its speech after a long silence, a reading that stopped
+        early read on, takes and dense speech read again, segments moved onto the speech; before, a 29.9 s clip whose
+        speech ends 0.26 s before its end lost "do for your country", and 14 s of silence before a sentence were read
+        as a loop); with ``vad``, one in which the VAD hears no speech at all gets no text, as in :meth:`transcribe`
+        (whisper-base wrote "you" for 5 s of digital silence); without, every waveform is decoded whole (what the
+        model alone does with it).
 
         Without a fixed language (:meth:`fixed_language`) the language is detected per waveform.
         """
@@ -985,23 +985,37 @@ class _BaseTranscriber:
             raise ValueError(f"transcribe_batch takes clips of at most {WINDOW_S:.0f} s; items {long[:5]} are "
                              "longer (use transcribe() for long audio)")
         out: list[Transcript | None] = [None] * len(audios)
+        clips: list[tuple[int, np.ndarray, Chunk]] = []  # (item, its audio with a lead, its chunk in that)
         for i, a in enumerate(audios):
-            if len(a) == 0 or (vad and whole_clip(a) is None):  # no speech (silence, noise, tones): as transcribe()
+            clip = (whole_clip(a) if vad else Chunk(0, len(a))) if len(a) else None
+            if clip is None:  # no speech (silence, noise, tones): as transcribe()
                 fixed = self.fixed_language(options) if self.multilingual else "en"
                 out[i] = Transcript("", fixed, 1.0 if fixed else 0.0, len(a) / SAMPLE_RATE, [])
-        idx = [i for i in range(len(audios)) if out[i] is None]
-        for start in range(0, len(idx), options.batch_size):  # detect, then decode, batch by batch: the
-            batch = idx[start: start + options.batch_size]  # decode reuses the detection's encoder output
-            arrays = [audios[i] for i in batch]
-            langs = self._languages(arrays, options)
-            results = self._decode_words(arrays, [lang for lang, _ in langs], options, options.initial_prompt)
-            for k, r in enumerate(results):  # dense speech that used up the token budget: read in halves
-                if _out_of_budget(r, options):
-                    clip = replace(whole_clip(arrays[k]) or Chunk(0, len(arrays[k])), start=0, lead=0)  # as decoded
-                    results[k] = self._decode_chunks(arrays[k], [clip], langs[k][0], options, options.initial_prompt,
-                                                     decoded=[r])[0]
-            for i, (lang, prob), r in zip(batch, langs, results):
-                out[i] = self._finish(list(_shifted(r, 0.0)), lang, prob, len(audios[i]) / SAMPLE_RATE, options)
+            else:
+                padded, (chunk,) = with_lead(a, [clip])
+                clips.append((i, padded, chunk))
+        by_pauses = options.timestamps and getattr(self, "trained_without_timestamps", False)
+        for start in range(0, len(clips), options.batch_size):  # detect, then decode, batch by batch: the
+            batch = clips[start: start + options.batch_size]  # decode reuses the detection's encoder output
+            waves = [a[c.start: c.end] for _, a, c in batch]
+            langs = self._languages(waves, options)
+            # the first decode of the whole batch at once, in each clip's language, as _decode_chunks decodes a
+            # recording's chunks; what follows it (a reading checked, read on or read again) per language
+            first = self._decode_words(waves, [lang for lang, _ in langs], options, options.initial_prompt,
+                                       [bool(c.breaks) for _, _, c in batch])
+            for language in dict.fromkeys(lang for lang, _ in langs):
+                group = [k for k, (lang, _) in enumerate(langs) if lang == language]
+                audio, chunks = _end_to_end([batch[k][1:] for k in group])
+                results = self._decode_chunks(audio, chunks, language, options, options.initial_prompt,
+                                              decoded=[first[k] for k in group])
+                spans = [_chunk_spans(chunk, audio) for chunk in chunks]
+                if by_pauses:
+                    results = self._cut_at_pauses(audio, chunks, [r for r, _ in spans], language, results, options)
+                for k, result, chunk_spans in zip(group, results, spans, strict=True):
+                    i, padded, chunk = batch[k]
+                    lead_s = (len(padded) - len(audios[i])) / SAMPLE_RATE
+                    pieces = list(_shifted(result, chunk.offset_s - lead_s, chunk_spans))
+                    out[i] = self._finish(pieces, language, langs[k][1], len(audios[i]) / SAMPLE_RATE, options)
         return out  # type: ignore[return-value]
 
 
@@ -1024,6 +1038,17 @@ def _in_pieces(options: DecodeOptions) -> DecodeOptions:
     window = options.encoder_window_s
     return replace(_again(options), beam_size=1,
                    encoder_window_s=PIECE_WINDOW_S if window is None else min(window, PIECE_WINDOW_S))
+
+
+def _end_to_end(clips: Sequence[tuple[np.ndarray, Chunk]]) -> tuple[np.ndarray, list[Chunk]]:
+    """Recordings laid end to end as one waveform, each one's chunk moved to where it now lies (many short clips
+    decoded in batches as one recording's chunks are)."""
+    moved, at = [], 0
+    for audio, c in clips:
+        moved.append(replace(c, start=c.start + at, end=c.end + at, breaks=tuple(b + at for b in c.breaks),
+                             spans=tuple((a + at, b + at) for a, b in c.spans)))
+        at += len(audio)
+    return np.concatenate([np.asarray(audio, dtype=np.float32) for audio, _ in clips]), moved
 
 
 def _chunk_spans(chunk: Chunk, audio: np.ndarray) -> tuple[list[tuple[float, float]], list[float]]:
@@ -1199,11 +1224,12 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
 PROMPT_CONTEXT_CHARS = 1000  # previous text kept for condition_on_previous_text (more than 223 tokens' worth)
 MIN_QUIET_PIECE_S = 2.0  # shortest piece a chunk without pauses is cut into (:func:`cut_at_quiet_points`)
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)
-def cut_tail_loop(tokens: list[int], caller_cuts: bool) -> list[int]:
-    """``tokens`` with a loop that ends them (:func:`tail_loop`) cut after its first unit: no output ends in a loop.
-    Left as they are where the caller cuts the chunk into take-sized pieces (``caller_cuts``, the chunk's
-    ``split_repeats``, and the text repeats: :func:`repeat_period`), which it does on seeing the loop."""
-    loop = tail_loop(tokens)
+def cut_tail_loop(tokens: list[int], caller_cuts: bool, at_budget: bool = False) -> list[int]:
+    """``tokens`` with a loop that ends them (:func:`tail_loop`; a unit of up to ``BUDGET_LOOP_TOKENS`` when they
+    ran to the token budget, ``at_budget``) cut after its first unit: no output ends in a loop. Left as they are where
+    the caller cuts the chunk into take-sized pieces (``caller_cuts``, the chunk's ``split_repeats``, and the text
+    repeats: :func:`repeat_period`), which it does on seeing the loop."""
+    loop = tail_loop(tokens, BUDGET_LOOP_TOKENS if at_budget else SHORT_LOOP_TOKENS)
     if loop is None or (caller_cuts and repeat_period(tokens) is not None):
         return tokens
     return tokens[: sum(loop)]
@@ -1660,17 +1686,24 @@ class TransformersTranscriber(_BaseTranscriber):
             kw["task"] = options.task
             if languages is not None:
                 kw["language"] = list(languages) if len(set(languages)) > 1 else languages[0]
-        context = prompt_text(options.hotwords, prompt)
-        if context:
-            ids = self._prompt_ids(context)  # <|startofprev|>, then the text's
+        if options.hotwords or (prompt and prompt.strip()):
             # the text context holds the prompt, the start sequence (up to 4) and what is generated (generate() raises
-            # past it): the prompt's last tokens are kept, at most 223 as the reference decoder keeps
-            room = self.model.config.max_target_positions - (options.max_new_tokens or MAX_SAMPLE_LEN) - 5
-            keep = max(0, min(len(ids) - 1, room, MAX_SAMPLE_LEN - 1))
-            if keep < len(ids) - 1:
-                logger.debug("prompt of %d tokens: its first %d left out", len(ids) - 1, len(ids) - 1 - keep)
-            if keep:
-                kw["prompt_ids"] = torch.as_tensor([ids[0], *ids[len(ids) - keep:]], device=self.device)
+            # past it): at most 223 tokens, as the reference decoder keeps. The hotwords first, whole as far as they
+            # fit, then the previous text's last tokens in the room left (the ct2 backend, as faster-whisper, keeps
+            # up to 223 of each; the prompt's last tokens were kept here: from a long recording's second chunk on, the
+            # hotwords were cut off)
+            room = max(0, min(self.model.config.max_target_positions - (options.max_new_tokens or MAX_SAMPLE_LEN) - 5,
+                              MAX_SAMPLE_LEN - 1))
+            hot = self._prompt_ids(options.hotwords.strip())[1:room + 1] if options.hotwords else []
+            previous = self._prompt_ids(prompt.strip())[1:] if prompt and prompt.strip() else []
+            keep = min(len(previous), room - len(hot))
+            if keep < len(previous):
+                logger.debug("previous text of %d tokens: its first %d left out", len(previous),
+                             len(previous) - keep)
+            if hot or keep:
+                start_of_prev = self.processor.tokenizer.convert_tokens_to_ids("<|startofprev|>")
+                kw["prompt_ids"] = torch.as_tensor([start_of_prev, *hot, *previous[len(previous) - keep:]],
+                                                   device=self.device)
         return kw
 
     def _prompt_ids(self, text: str) -> list[int]:
@@ -1764,7 +1797,9 @@ class TransformersTranscriber(_BaseTranscriber):
             if not pieces:
                 continue
             start, end, _, tokens = pieces[-1]
-            if (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
+            generated = len(_piece_tokens(pieces)) + (2 * len(pieces) if options.timestamps else 0)
+            if (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]),
+                                     at_budget=generated >= max_new - 4)) != tokens:
                 per_item[i] = [*pieces[:-1], (start, end, tok.decode(cut, skip_special_tokens=True), cut)]
         results = []
         for i, pieces in enumerate(per_item):
@@ -2442,7 +2477,8 @@ class CT2Transcriber(_BaseTranscriber):
                     retry.append(i)
             if temperature == options.temperatures[0]:  # a loop that ends the text: read on past it, not sampled
                 tails = [i for i in pending if not final[i][1] and tail_loop(final[i][0])]  # type: ignore[index]
-                kept = self._continue_past_loops(encoded, feats, prompts, tokenizers, final, tails, options, max_new)
+                kept = self._continue_past_loops(encoded, feats, prompts, tokenizers, final, tails, options, max_new,
+                                                 no_speech)
                 retry = [i for i in retry if i not in kept]
             if retry:
                 logger.debug("temperature %.1f: %d of %d chunks fail the repetition/log-prob checks",
@@ -2451,7 +2487,9 @@ class CT2Transcriber(_BaseTranscriber):
             if not pending:
                 break
         for i, (tokens, silent, _, scored) in enumerate(final):  # type: ignore[misc]
-            if not silent and (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]))) != tokens:
+            at_budget = len(tokens) >= ct2_generated_at_most(len(prompts[i]), max_length) - 1
+            if not silent and (cut := cut_tail_loop(tokens, bool(split_repeats and split_repeats[i]),
+                                                    at_budget)) != tokens:
                 final[i] = (cut, False, False, scored)
         results = []
         for i, (tokens, silent, full, (avg_logprob, temperature)) in enumerate(final):  # type: ignore[misc]
@@ -2476,7 +2514,8 @@ class CT2Transcriber(_BaseTranscriber):
 
     def _continue_past_loops(self, encoded: Any, feats: np.ndarray | None, prompts: list[list[int]],
                              tokenizers: Sequence[Any], final: list[tuple[list[int], bool, bool, tuple[float, float]]],
-                             which: Sequence[int], options: DecodeOptions, max_new: int) -> set[int]:
+                             which: Sequence[int], options: DecodeOptions, max_new: int,
+                             no_speech: Sequence[float]) -> set[int]:
         """The chunks ``which``, whose first decode ends in a loop of a short unit (:func:`tail_loop`), decoded on
         from where the loop starts: the tokens before it and the unit once are the decoder's prefix, and two units
         and a token may not occur twice (:func:`loop_ngram`), so the decoder reads the rest of the chunk instead of
@@ -2485,7 +2524,10 @@ class CT2Transcriber(_BaseTranscriber):
         of ``final`` ((tokens, silent, out of budget)) and are returned: they need no temperature fallback. The
         others go on as before (sampled at higher temperatures, or cut into pieces by the caller; a loop that still
         ends the text is then cut after its first unit: no output ends in a loop). A kept one's average
-        log-probability is the continuation's (CTranslate2 scores the tokens it generates after the prefix).
+        log-probability is the continuation's (CTranslate2 scores the tokens it generates after the prefix), and with
+        the window's P(no speech) (``no_speech``, the first decode's) it decides, as for any decode, whether the text
+        is dropped as silence (:func:`is_silence`; whisper-base kept "我心里的心里的心里的" for 18 s of pink noise, P(no
+        speech) 0.72, log-probability -1.33: its loop had scored -0.16).
 
         English at 5 dB SNR (``tools/bench_infer.py --recording=en_long --snr_db=5``, AVX2 profile): a 25.6 s chunk
         looped on ".10" after "The library opened at 9"; cut into take-sized pieces it read "But like, let me open
@@ -2515,7 +2557,10 @@ class CT2Transcriber(_BaseTranscriber):
                 new = [t for t in tokens[len(prefix):] if t < tokenizers[i].eot]
                 if not (tail_loop(tokens) or is_decoder_loop(new, tokenizers[i].decode(new), hit_limit,
                                                              options.compression_ratio_threshold)):
-                    final[i] = (tokens, False, hit_limit, (r.scores[0], options.temperatures[0]))
+                    generated = len(tokens) - len(prefix)  # scored as the first decode is: over its tokens + 1
+                    avg_logprob = r.scores[0] * generated / (generated + 1)
+                    silent = is_silence(avg_logprob, no_speech[i], options)
+                    final[i] = (tokens, silent, hit_limit and not silent, (avg_logprob, options.temperatures[0]))
                     kept.add(i)
         return kept
 
@@ -2596,6 +2641,18 @@ def _text_tokenizer_type() -> type:
 def _model_task(task: Any) -> str | None:
     """A generation config's ``task`` (finetune.py writes the one it trained), if it is one of Whisper's."""
     return task if task in ("transcribe", "translate") else None
+
+
+def fine_tuned_task(model_path: str) -> str | None:
+    """The task a local model folder (transformers or CTranslate2) was fine-tuned for, from its
+    generation_config.json, read without loading the model; None for a hub id or a folder that names none (a
+    malformed config is left for the load to report)."""
+    if not os.path.isdir(model_path):
+        return None
+    try:
+        return _model_task(_ct2_generation_config(model_path).get("task"))
+    except ValueError:
+        return None
 
 
 def task_flag(task: str | None) -> str:

@@ -1014,6 +1014,17 @@ def test_trainer_eval_scores_english_like_evaluation_py(tiny_whisper_dir, monkey
                                         language="zh", task="transcribe", metric="cer", batch_size=1,
                                         max_new_tokens=8, show_progress=False)
     assert hyps[0].rstrip("。") == "天气冷了。我们吃。我" and rate < 0.5, (hyps, rate)
+    # ... and a loop of a longer unit that ran to the token budget (whisper-base on pink noise: "在那里, 要不然, 要不然,
+    # …", a unit of 5 tokens), as inference cuts it now
+    start, unit = (processor.tokenizer.encode(t, add_special_tokens=False) for t in ("在那里,", " 要不然,"))
+    assert 4 < len(unit) <= 12
+    loop = (start + unit * 40)[:40]  # generated ids only, as greedy_decode returns them
+    monkeypatch.setattr(utils.trainer, "greedy_decode", lambda model, states, prompt, **kw: torch.tensor([loop]))
+    eval_set = utils.trainer.EvalSet([{"input_features": feats, "index": 0}], ["在那里"], ["Chinese"], [18.0], tokens)
+    rate, hyps = utils.trainer.evaluate(model, eval_set, None, processor.tokenizer, accelerator=Accelerator(cpu=True),
+                                        language="zh", task="transcribe", metric="cer", batch_size=1,
+                                        max_new_tokens=40, show_progress=False)
+    assert hyps[0].rstrip(",") == "在那里, 要不然", hyps
 
 
 def test_eval_decodes_with_a_budget_sized_for_dense_mandarin(tiny_whisper_dir, whisper_base_dir, corpus, tmp_path,

@@ -397,16 +397,19 @@ def evaluate(model, eval_set: EvalSet, collator, tokenizer, *, accelerator, lang
                                                                  if t != tokens.end_of_text],
                                           max_new_tokens=budget, no_speech=tokens.no_speech)
                 for j, ids in zip(rows, sequences.tolist()):  # a loop that ends the text cut, as inference cuts it
-                    ids = cut_tail_loop([t for t in ids if t != tokens.end_of_text], False)
+                    ids = [t for t in ids if t != tokens.end_of_text]
+                    ids = cut_tail_loop(ids, False, at_budget=len(ids) >= budget - 4)
                     texts[j] = tokenizer.decode(ids, skip_special_tokens=True)
         results.extend((it["index"], text.strip()) for it, text in zip(items, texts))
     gathered = sorted(dict(gather_object(results)).items())
     if was_training:
         unwrapped.train()
-    # scored like evaluation.py: English (the item's language, else the run's) through Whisper's normaliser
+    # scored like evaluation.py: English (the item's language, else the run's; a translation's text) through
+    # Whisper's normaliser, Chinese with its numbers spelled
     total = ErrorCounts(0, 0, 0, 0)
     for index, hyp in gathered:
-        spoken = (_code(eval_set.languages[index]) or language) if tokens.multilingual else "en"
+        spoken = ((_code(eval_set.languages[index]) or language) if tokens.multilingual and task != "translate"
+                  else "en")
         total = total + count_errors(eval_set.references[index], hyp, metric, language=spoken)
     return total.rate, [text for _, text in gathered]
 

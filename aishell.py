@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import gzip
 import io
 import json
@@ -32,20 +33,21 @@ import tarfile
 import uuid
 import wave
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from utils.audio import AudioLoadError, audio_duration
-from utils.cli import check_output_path, make_parser, path_arg, setup_logging
+from utils.cli import check_output_path, make_parser, optional_path, path_arg, setup_logging
 from utils.archive import UnsafeArchiveError, extract_member, member_path
 from utils.data import relative_audio_path
 from utils.download import DownloadError, download_file
-from utils.io import atomic_open, write_json_atomic, write_jsonlines_atomic
+from utils.io import atomic_open, write_json_atomic, write_jsonlines_together
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +198,28 @@ def _unpack_speaker(data: bytes, label: str, data_dir: str) -> tuple[dict[str, f
 
 def _ignore_sigint() -> None:
     """Worker initializer: Ctrl-C reaches the whole process group; only the main process handles it (the workers
-    finish their speaker, whose files the main process then records)."""
+    finish their speaker, whose files the main process then records). A worker starts with SIGINT blocked
+    (:func:`_sigint_blocked`): a Ctrl-C while it imports this module waits, and is then dropped here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this process for the block, and in the worker processes started in it (a spawned
+    worker imports aishell.py for a second before its initializer runs: a Ctrl-C then printed its traceback)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    # multiprocessing's resource tracker, started with the first worker, unblocks SIGINT after starting itself:
+    # started before the block, it leaves the mask alone
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _remove_empty(folder: Path) -> None:
@@ -219,6 +241,34 @@ def _prune_empty_tree(root: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Unpacking with markers
+
+
+@contextlib.contextmanager
+def _target_lock(target_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``target_dir`` (the folder itself, created if missing and removed again if it is
+    left empty) for the block: a second aishell.py unpacking into the same folder removed the first one's staged
+    transcript, and the first failed. Raises AishellError at once when another run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    created = [p for p in (target_dir, *target_dir.parents) if not p.exists()]  # deepest first
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AishellError(f"{target_dir}: another aishell.py is unpacking into this folder; wait for it to "
+                               "finish, or give this one another --target_dir") from None
+        except OSError as e:  # a file system without locks (some network mounts)
+            logger.warning("%s: cannot lock this folder (%s); run one aishell.py at a time in it", target_dir, e)
+        yield
+    finally:
+        os.close(fd)
+        for folder in created:
+            _remove_empty(folder)
 
 
 def _marker_dir(target_dir: Path) -> Path:
@@ -332,8 +382,9 @@ def unpack_archive(archive: str | os.PathLike, target_dir: str | os.PathLike, *,
                             mark_done(speaker, name, member.size,
                                       _unpack_speaker(data, speaker_label, os.fspath(data_dir)))
                         else:
-                            pending[executor.submit(_unpack_speaker, data, speaker_label, os.fspath(data_dir))] = (
-                                speaker, name, member.size)
+                            with _sigint_blocked():  # submit() starts the worker processes
+                                future = executor.submit(_unpack_speaker, data, speaker_label, os.fspath(data_dir))
+                            pending[future] = (speaker, name, member.size)
                             drain(2 * num_workers)  # bound the speaker archives held in memory
                 drain(0)
         except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -561,44 +612,44 @@ def prepare_aishell(
     if archive is not None and not os.path.isfile(archive):
         raise CorruptArchiveError(f"{archive}: archive not found; pass the downloaded {ARCHIVE_NAME} with "
                                   "--filepath, or leave --filepath out to download it")
-    # 1. Get the archive and unpack what is not unpacked yet (and the speakers whose wavs went missing since)
-    if is_unpacked(target_dir, archive) and not _forget_speakers_with_missing_wavs(target_dir):
-        logger.info("%s already unpacked (delete %s to unpack again)", target_dir / DATA_DIR_NAME,
-                    _marker_dir(target_dir))
-    else:
-        if archive is None:
-            archive = download_archive(target_dir / ARCHIVE_NAME, urls, md5, progress=progress)
-        summary.speakers_unpacked = unpack_archive(archive, target_dir, num_workers=num_workers, progress=progress)
-    # 2. Match wavs with the transcript
-    data_dir = target_dir / DATA_DIR_NAME
-    transcript = read_transcript(data_dir / TRANSCRIPT_PATH)
-    wavs = read_unpacked_wavs(target_dir)
-    records, no_text, no_wav = build_records(wavs, transcript, _audio_prefix(data_dir, annotation_dir))
-    if not any(records.values()):  # nothing to train on: the manifests already there stay
-        raise AishellError(
-            f"{data_dir}: none of the {len(wavs)} unpacked wavs matched a transcript line under "
-            f"wav/{{train,dev,test}}/<speaker>/ (examples: {_examples(sorted(wavs), 3) or 'none'}; transcript ids: "
-            f"{_examples(sorted(transcript), 3) or 'none'}); is {ARCHIVE_NAME} the AISHELL-1 release? No manifest "
-            "written")
-    # 3. Write the manifests atomically
-    for split in SPLITS:
-        path = annotation_dir / f"{split}.json"
-        write_jsonlines_atomic(path, records[split])
-        summary.manifests[split] = path
-        summary.utterances[split] = len(records[split])
-        summary.hours[split] = sum(r["duration"] for r in records[split]) / 3600
-    summary.wavs_without_transcript = len(no_text)
-    summary.transcripts_without_wav = len(no_wav)
-    # 4. Summary
-    for split in SPLITS:
-        logger.info("%-5s %7d utterances %8.2f h → %s", split, summary.utterances[split], summary.hours[split],
-                    summary.manifests[split])
-        if not records[split]:
-            logger.warning("%s: no utterances in the %s split", summary.manifests[split], split)
-    logger.info("skipped %d wavs without a transcript line%s", len(no_text),
-                f" ({_examples(no_text)})" if no_text else "")
-    logger.info("%d transcript lines have no wav%s", len(no_wav), f" ({_examples(no_wav)})" if no_wav else "")
-    return summary
+    with _target_lock(target_dir):  # another run in the same folder would remove this one's staged files
+        # 1. Get the archive and unpack what is not unpacked yet (and the speakers whose wavs went missing since)
+        if is_unpacked(target_dir, archive) and not _forget_speakers_with_missing_wavs(target_dir):
+            logger.info("%s already unpacked (delete %s to unpack again)", target_dir / DATA_DIR_NAME,
+                        _marker_dir(target_dir))
+        else:
+            if archive is None:
+                archive = download_archive(target_dir / ARCHIVE_NAME, urls, md5, progress=progress)
+            summary.speakers_unpacked = unpack_archive(archive, target_dir, num_workers=num_workers, progress=progress)
+        # 2. Match wavs with the transcript
+        data_dir = target_dir / DATA_DIR_NAME
+        transcript = read_transcript(data_dir / TRANSCRIPT_PATH)
+        wavs = read_unpacked_wavs(target_dir)
+        records, no_text, no_wav = build_records(wavs, transcript, _audio_prefix(data_dir, annotation_dir))
+        if not any(records.values()):  # nothing to train on: the manifests already there stay
+            raise AishellError(
+                f"{data_dir}: none of the {len(wavs)} unpacked wavs matched a transcript line under "
+                f"wav/{{train,dev,test}}/<speaker>/ (examples: {_examples(sorted(wavs), 3) or 'none'}; transcript ids: "
+                f"{_examples(sorted(transcript), 3) or 'none'}); is {ARCHIVE_NAME} the AISHELL-1 release? No manifest "
+                "written")
+        # 3. Write the manifests atomically, all three or none (train, dev and test of one run belong together)
+        write_jsonlines_together({annotation_dir / f"{split}.json": records[split] for split in SPLITS})
+        for split in SPLITS:
+            summary.manifests[split] = annotation_dir / f"{split}.json"
+            summary.utterances[split] = len(records[split])
+            summary.hours[split] = sum(r["duration"] for r in records[split]) / 3600
+        summary.wavs_without_transcript = len(no_text)
+        summary.transcripts_without_wav = len(no_wav)
+        # 4. Summary
+        for split in SPLITS:
+            logger.info("%-5s %7d utterances %8.2f h → %s", split, summary.utterances[split], summary.hours[split],
+                        summary.manifests[split])
+            if not records[split]:
+                logger.warning("%s: no utterances in the %s split", summary.manifests[split], split)
+        logger.info("skipped %d wavs without a transcript line%s", len(no_text),
+                    f" ({_examples(no_text)})" if no_text else "")
+        logger.info("%d transcript lines have no wav%s", len(no_wav), f" ({_examples(no_wav)})" if no_wav else "")
+        return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -608,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         "audio lies under --annotation_text (the manifest reader resolves it against the manifest file's "
         "folder, so the manifests work from any working directory), and absolute otherwise."
     )
-    parser.add_argument("--filepath", type=path_arg, default=None,
+    parser.add_argument("--filepath", type=optional_path, default=None,
                         help=f"local {ARCHIVE_NAME} (only read, never changed); without it the archive is "
                              f"downloaded (resumable, md5-checked) from {DOWNLOAD_URLS[0]} or the mirror")
     parser.add_argument("--target_dir", type=path_arg, default="dataset/audio",
@@ -636,7 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return 1
     except OSError as e:  # e.g. no space left or no permission in --target_dir / --annotation_text
-        logger.error("cannot write the dataset: %s", e)
+        logger.error("cannot write the dataset: %s; make room or fix permissions in %s (audio) and %s (manifests), "
+                     "then run the same command again (the speakers unpacked completely are kept)", e,
+                     args.target_dir, args.annotation_text)
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted: the speakers unpacked completely are kept, no manifest was written; run the same "

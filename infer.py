@@ -26,8 +26,8 @@ from tqdm import tqdm
 from utils.audio import AUDIO_EXTENSIONS, AudioLoadError, total_seconds
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_decoding_args, add_engine_args, add_model_args, add_to_simple_arg,
                        add_upstream_flags, bool_or_auto, check_device_arg, check_output_path, default_beam_size,
-                       finite_float, make_parser, note_upstream_flags, output_format_arg, path_arg, resolve_backend,
-                       setup_logging, str2bool)
+                       finite_float, make_parser, note_upstream_flags, optional_path, output_format_arg, path_arg,
+                       resolve_backend, setup_logging, str2bool)
 from utils.device import cpu_has_amx
 from utils.languages import has_unspaced_script
 from utils.models import ModelResolutionError, cache_root
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = parser.add_argument_group("output")
     o.add_argument("--output_format", type=output_format_arg, default=None, choices=[*OUTPUT_FORMATS, "all"],
                    help="write files of this format into --output_dir (default txt when --output_dir is given)")
-    o.add_argument("--output_dir", type=path_arg, default=None, help="folder for output files (default: output)")
+    o.add_argument("--output_dir", type=optional_path, default=None, help="folder for output files (default: output)")
     o.add_argument("--max_line_width", type=int, default=42,
                    help="SRT/VTT: columns a cue's line holds (a Chinese character takes two); a longer segment is "
                         "cut into several cues; 0 = a cue per segment on one line")

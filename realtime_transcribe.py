@@ -37,7 +37,7 @@ from typing import IO, Any
 from utils.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from utils.cli import (add_backend_arg, add_bool, add_ct2_encoder_arg, add_decoding_args, add_encoder_window_arg,
                        add_model_args, add_to_simple_arg, check_device_arg, check_output_path, finite_float,
-                       make_parser, path_arg, resolve_encoder_window, setup_logging)
+                       make_parser, optional_path, resolve_encoder_window, setup_logging)
 from utils.audio_sources import AudioDeviceError, FileSource, MicrophoneSource, list_input_devices
 from utils.io import write_json_atomic
 from utils.streaming import (
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"transcription does, a block later; 0 = live text only; default: {REVISE_SECONDS:g} with "
                         "the VAD (it finds the utterances), 0 with --vad=False")
     src = parser.add_argument_group("source")
-    src.add_argument("--audio_path", type=path_arg, default=None, help="stream this file instead of the microphone")
+    src.add_argument("--audio_path", type=optional_path, default=None,
+                     help="stream this file instead of the microphone")
     add_bool(src, "simulate_realtime", True,
              "file source: play at real-time speed; False = as fast as possible with a simulated clock")
     add_bool(src, "list_devices", False, "list audio input devices and exit")
@@ -131,10 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--samplerate", type=int, default=None,
                      help="capture rate in Hz (default: the device's); resampled to 16 kHz")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", type=path_arg, default=None,
+    out.add_argument("--output", type=optional_path, default=None,
                      help="append the final text's lines with timestamps to this file: the second pass's blocks "
                           "(the committed lines with --revise_seconds=0)")
-    out.add_argument("--report_path", type=path_arg, default=None, help="write the latency/CER report as JSON here")
+    out.add_argument("--report_path", type=optional_path, default=None,
+                     help="write the latency/CER report as JSON here")
     add_bool(out, "compare_offline", True,
              "at the end, transcribe the whole audio offline and report the CER of the streamed text")
     add_bool(out, "verbose", False, "debug logging (shows every hypothesis)")

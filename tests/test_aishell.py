@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -245,6 +246,87 @@ def test_manifest_write_is_atomic(tmp_path, archive, monkeypatch):
         _run(tmp_path, archive)
     assert (dataset / "train.json").read_bytes() == before
     assert sorted(p.name for p in dataset.iterdir()) == ["audio", "dev.json", "test.json", "train.json"]
+
+
+def test_the_three_manifests_are_replaced_together_or_not_at_all(tmp_path, archive, capsys, caplog):
+    """A failure while writing one manifest (here a folder in the way of test.json; a full disk alike) left a new
+    train.json and dev.json beside the old test.json, under a bare "Is a directory" error."""
+    assert _run(tmp_path, archive) == 0
+    dataset = tmp_path / "dataset"
+    before = {name: (dataset / name).read_bytes() for name in ("train.json", "dev.json")}
+    (dataset / "train.json").write_text("old\n")
+    (dataset / "dev.json").write_text("old\n")
+    (dataset / "test.json").unlink()
+    (dataset / "test.json").mkdir()
+    assert _run(tmp_path, archive) == 1
+    err = capsys.readouterr().err + caplog.text
+    assert "test.json" in err and "folder is in the way" in err and "run the same command again" in err
+    assert (dataset / "train.json").read_text() == "old\n" and (dataset / "dev.json").read_text() == "old\n"
+    assert sorted(p.name for p in dataset.iterdir()) == ["audio", "dev.json", "test.json", "train.json"]  # no temps
+    (dataset / "test.json").rmdir()
+    assert _run(tmp_path, archive) == 0
+    assert {name: (dataset / name).read_bytes() for name in before} == before
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_works(tmp_path, archive, capsys, caplog):
+    """Two runs into one --target_dir: the second removed the first one's staged files and both failed."""
+    import fcntl
+
+    target = tmp_path / "dataset" / "audio"
+    target.mkdir(parents=True)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run working there holds it
+        assert _run(tmp_path, archive) == 1
+    finally:
+        os.close(fd)
+    assert "another aishell.py is unpacking into this folder" in capsys.readouterr().err + caplog.text
+    assert list(target.iterdir()) == [] and not (tmp_path / "dataset" / "train.json").exists()
+    assert _run(tmp_path, archive) == 0  # the lock is the folder's while a run holds it, never left behind
+
+
+def test_a_folder_that_cannot_be_locked_is_used_with_a_warning(tmp_path, archive, monkeypatch, caplog):
+    """Some network mounts have no flock: the run goes on (one at a time is then the user's to keep)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert _run(tmp_path, archive) == 0
+    assert "cannot lock this folder" in caplog.text and (tmp_path / "dataset" / "train.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--target_dir", "--annotation_text"])
+def test_an_empty_folder_flag_is_refused(tmp_path, flag, capsys, caplog, monkeypatch):
+    """--target_dir=$UNSET unpacked the corpus into the working folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        aishell.main([f"{flag}="])
+    assert e.value.code == 2
+    assert f"{flag}: an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filepath_none_means_not_given():
+    assert aishell.build_parser().parse_args(["--filepath=None"]).filepath is None
+
+
+def test_workers_start_with_ctrl_c_held_back():
+    """A spawned worker imports aishell.py for about a second before its initializer ignores Ctrl-C: a Ctrl-C then
+    printed a traceback per worker. Workers are started with SIGINT blocked; the initializer drops it."""
+    import multiprocessing
+
+    with aishell._sigint_blocked():
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            blocked = signal.SIGINT in pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, []))
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert blocked
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main process: as before
+    with multiprocessing.get_context("spawn").Pool(1, initializer=aishell._ignore_sigint) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+        assert signal.SIGINT not in pool.apply(signal.pthread_sigmask, (signal.SIG_BLOCK, []))
 
 
 def test_help_documents_relative_paths(capsys, caplog):

@@ -45,7 +45,11 @@ def optional_str(value: str) -> str | None:
 
 def path_arg(value: str) -> str:
     """A file or folder flag: ``~`` expanded as the shell does for ``--flag ~/x`` but not for ``--flag=~/x`` (the
-    README's form: ``--audio_path=~/a.wav`` looked for a folder named ``~``)."""
+    README's form: ``--audio_path=~/a.wav`` looked for a folder named ``~``). An empty value is refused (an unset
+    shell variable: ``aishell.py --target_dir=$DIR`` unpacked 15 GB into the working folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): give a file or folder, or leave "
+                                         "the flag out for its default")
     return os.path.expanduser(value)
 
 

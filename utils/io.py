@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,20 +27,32 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def _temporary_file(path: Path, mode: str, encoding: str | None) -> Iterator[tuple[IO[Any], str]]:
+    """A temporary file next to ``path`` (same file system) and its name; written out (fsync) with normal
+    permissions when the block ends, removed if it raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _temporary_file(Path(path), mode, encoding) as (f, tmp):
+        yield f
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -69,6 +82,33 @@ def write_jsonlines_atomic(path: str | os.PathLike, records: Iterable[dict[str, 
             f.write("\n")
             n += 1
     return n
+
+
+def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str, Any]]]) -> None:
+    """Write several JSON-lines files (one JSON object per line) so that all of them are replaced or none: each is
+    written to a temporary file first (a full disk or a folder in the way leaves every old file as it was), then
+    all are renamed (train/dev/test manifests that belong together: a failure after the first two were replaced
+    left a new train.json beside an old test.json)."""
+    paths = [Path(p) for p in files]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file; move it away", str(path))
+    temps: list[str] = []
+    renamed = 0
+    try:
+        for path, records in zip(paths, files.values()):
+            with _temporary_file(path, "w", "utf-8") as (f, tmp):
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False))
+                    f.write("\n")
+            temps.append(tmp)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+            renamed += 1
+    finally:
+        for tmp in temps[renamed:]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def staging_dir_for(target: str | os.PathLike) -> Path:

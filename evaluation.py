@@ -11,8 +11,9 @@ Decoding uses the same engine as infer.py (utils/transcribe.py), batched. The de
 ``language`` (as training's eval decodes it), else ``--language``, and ``--task``; never from the reference text.
 References and hypotheses go through the same normalisation (utils/text.scoring_text: punctuation incl. full-width,
 emoji and invisible characters, traditional → simplified, case; for English — the record's ``language``, else
-``--language`` — also Whisper's English normaliser: "ten" and "10" are one word, fillers dropped) before counting
-edits.
+``--language`` — also Whisper's English normaliser: "ten" and "10" are one word, fillers dropped; for Chinese — also
+a reference in Chinese characters without a language — numbers spelled as they are read: "25度" and "二十五度",
+"2019年" and "二零一九年" are one text) before counting edits.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ from tqdm import tqdm
 from utils.audio import SAMPLE_RATE, WINDOW_S, AudioLoadError, load_record_audio
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_decoding_args, add_encoder_window_arg,
                        add_engine_args, add_hidden_alias, add_model_args, add_upstream_flags, check_device_arg,
-                       check_output_path, make_parser, note_upstream_flags, path_arg, positive_int, resolve_backend,
-                       resolve_encoder_window, seed_int, setup_logging)
+                       check_output_path, make_parser, note_upstream_flags, optional_path, path_arg, positive_int,
+                       resolve_backend, resolve_encoder_window, seed_int, setup_logging)
 from utils.data import (Manifest, ManifestError, Record, check_clips, check_translation_references, load_manifest,
                         log_clip_warnings)
 from utils.hf_data import DatasetOptions, is_manifest, iter_dataset_records, load_data
 from utils.io import write_json_atomic, write_text_atomic
 from utils.languages import AUTO_LANGUAGE, has_unspaced_script, language_code
-from utils.text import METRICS, ErrorCounts, count_errors, scoring_text
+from utils.text import METRICS, ErrorCounts, count_errors, normalize_text, scoring_language, scoring_text
 from utils.models import ModelResolutionError
-from utils.transcribe import DecodeOptions, Transcriber, load_transcriber, resolve_task, task_flag
+from utils.transcribe import (DecodeOptions, Transcriber, fine_tuned_task, load_transcriber, resolve_task,
+                              task_flag)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def build_parser():
     parser.add_argument("--metric", type=str, default="cer", choices=METRICS,
                         help="cer (characters), wer (words) or mer (mixed: each Chinese/Japanese character and each "
                              "other word one unit, spaces between them or not; for code-switching speech)")
-    parser.add_argument("--output", type=path_arg, default=None,
+    parser.add_argument("--output", type=optional_path, default=None,
                         help="JSON report path (default: <model>_<metric>_report.json in the cwd, "
                              "<model>_<test data>_<metric>_report.json for a test set not named test)")
     add_engine_args(parser)
@@ -161,7 +163,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                 logger.error("%s: not scored: %s", locations[index + j] if locations else record.audio_path,
                              errors[j])
                 continue
-            language = record.language or (options.language if options.language != AUTO_LANGUAGE else None)
+            # the text's language: the speech's, or English for a translation (whose record names the speech's)
+            language = "en" if options.task == "translate" else scoring_language(record.sentence, record.language or (
+                options.language if options.language != AUTO_LANGUAGE else None))
             counts = count_errors(record.sentence, hyps[j], metric, language=language)
             total = total + counts
             utterances.append({
@@ -190,6 +194,7 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                        "then a run between punctuation, often a whole clause; use --metric=cer for them (mer where "
                        "English words are mixed in)", unspaced, len(utterances))
     utterances.sort(key=lambda u: (-u["errors"], -(u["error_rate"] or 0.0)))
+    no_speech = [u for u in utterances if not normalize_text(u["reference"])]  # no words (not even "um")
     return {
         "metric": metric,
         metric: None if total.reference_length == 0 else round(total.rate, 6),  # None: no reference text at all
@@ -200,6 +205,9 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         "reference_length": total.reference_length,
         "utterances_scored": len(utterances),
         "utterances_failed": failed,
+        # hallucination: no-speech clips (empty sentence) that got text, whose errors are all insertions
+        "no_speech_clips": len(no_speech),
+        "no_speech_with_text": sum(1 for u in no_speech if u["hypothesis_normalized"]),
         "audio_seconds": round(audio_s, 2),
         "decode_seconds": round(elapsed, 2),
         "utterances": utterances,
@@ -374,9 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     # 5. Report
     write_json_atomic(output, report)
     rate, failed = report[args.metric], report["utterances_failed"]
+    units = {"cer": "characters", "wer": "words"}.get(args.metric, "units")
     print(f"{args.metric.upper()}: {'n/a' if rate is None else f'{rate:.4f}'} ({report['errors']} errors / "
-          f"{report['reference_length']} {'characters' if args.metric == 'cer' else 'words'}, "
+          f"{report['reference_length']} {units}, "
           f"{report['utterances_scored']} utterances{f'; {failed} unreadable, not scored' if failed else ''})")
+    if report["no_speech_clips"]:
+        print(f"no-speech clips (no reference text) that got text: {report['no_speech_with_text']} of "
+              f"{report['no_speech_clips']}")
     if rate is None:
         logger.warning("no reference text to score against: every scored clip's sentence is empty (no-speech) or "
                        "only punctuation; the report lists what was transcribed")
@@ -407,7 +419,10 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     if clips_unreadable(target, target_at, args.test_data) or (
             general is not None and clips_unreadable(general, general_at, args.general_data)):
         return 1
-    if not_english_references(target, options.task, args.test_data):
+    # each model's own task (without --task) checked before any model decodes: a model fine-tuned to translate,
+    # second in the list, was refused after the first had decoded both sets
+    tasks = {options.task} if args.task is not None else {fine_tuned_task(m) or "transcribe" for m in args.compare}
+    if any(not_english_references(target, task, args.test_data) for task in sorted(tasks)):
         return 1
     warn_line_languages(target, options.language, args.test_data)
     clips = no_speech_clips()

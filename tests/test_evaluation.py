@@ -49,6 +49,17 @@ def test_a_model_fine_tuned_to_translate_is_not_scored_against_chinese(tiny_tran
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_translation_is_scored_as_english_whatever_language_its_lines_name(tiny_translator_dir, zh_wav, tmp_path):
+    """A line names the speech's language (Chinese); its translation is English, scored with Whisper's English
+    rules ("Ten" and "10" one word), not as Chinese (whose numbers are spelled: "10" → "十")."""
+    manifest = tmp_path / "zh_en.json"
+    manifest.write_text(json.dumps({"audio": {"path": str(zh_wav)}, "sentence": "Ten apples, Mr. Smith.",
+                                    "language": "Chinese", "duration": 2.0}) + "\n", encoding="utf-8")
+    rc, report = _evaluate(tiny_translator_dir, manifest, tmp_path / "r.json", "--metric=wer")
+    assert rc == 0
+    assert report["utterances"][0]["reference_normalized"] == "10 apples mister smith"
+
+
 def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, tmp_path, capsys):
     m1 = _manifest(tmp_path / "a.json", [(en_wav, EN_SENTENCE), (zh_wav, ZH_SENTENCE), (en_wav, "")])
     m2 = _manifest(tmp_path / "b.json", [(en_wav, "完全不同的参考文本"), (zh_wav, "Another reference."),
@@ -191,7 +202,12 @@ def test_a_set_of_only_no_speech_clips_has_no_error_rate_and_valid_json(tiny_whi
 
     report = json.loads(out.read_text(encoding="utf-8"), parse_constant=reject)
     assert report["cer"] is None and report["utterances_scored"] == 2
-    assert capsys.readouterr().out.startswith("CER: n/a (")
+    out = capsys.readouterr().out
+    assert out.startswith("CER: n/a (")
+    # what a no-speech clip can go wrong in: text made up, counted apart (the random model says something)
+    made_up = sum(1 for u in report["utterances"] if u["hypothesis_normalized"])
+    assert report["no_speech_clips"] == 2 and report["no_speech_with_text"] == made_up
+    assert f"no-speech clips (no reference text) that got text: {made_up} of 2" in out
 
 
 def test_encoder_window_is_15_s_on_a_cpu_by_default_and_30_s_on_a_gpu_or_when_asked():
@@ -445,8 +461,10 @@ def test_compare_runs_a_model_fine_tuned_to_translate_with_its_task(tiny_whisper
     rows = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))["models"]
     assert [rows[m]["task"] for m in (str(tiny_whisper_dir), str(model))] == ["transcribe", "translate"]
     chinese = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")] * 2)
+    tasks.clear()
     assert evaluation.main([*common, f"--test_data={chinese}", f"--output={tmp_path / 'z.json'}"]) == 1
     assert "2 of 2 sentences are written in Chinese/Japanese" in caplog.text and not (tmp_path / "z.json").exists()
+    assert tasks == []  # refused before the first model decoded anything
 
 
 def test_the_original_evaluation_flags_run(tiny_whisper_dir, en_wav, tmp_path, caplog):

@@ -123,3 +123,49 @@ def test_mixed_error_rate_counts_a_chinese_character_or_an_english_word_as_one_u
     assert has_repetition("我们用 Kubernetes Kubernetes Kubernetes Kubernetes 部署服务", "我们用 Kubernetes 部署服务")
     assert has_repetition("谢谢谢谢谢谢谢谢", "谢谢") and not has_repetition("哈哈哈", "哈哈哈")
     assert all(has_repetition(loop) for loop in ("네네네네네네", "hahahahahahahaha", "1111111111111", "ขอบคุณ" * 5))
+
+
+@pytest.mark.parametrize("digits, spoken", [
+    # amounts
+    ("25度", "二十五度"), ("10", "十"), ("105000", "十万五千"), ("1005", "一千零五"), ("10050", "一万零五十"),
+    ("100000005元", "一亿零五元"), ("1,000元", "一千元"), ("1,000,000,000,000", "一万亿"), ("10000000000", "一百亿"),
+    ("12345678元", "一千二百三十四万五千六百七十八元"), ("3.14", "三点一四"), ("1.5万", "一点五万"), ("COVID-19", "COVID-十九"),
+    ("1,2,3", "一,二,三"), ("5G", "五G"), ("iPhone 12", "iPhone 十二"),
+    # 两 and 二
+    ("2个人", "两个人"), ("2人受伤", "两人受伤"), ("2点", "两点"), ("2点30分", "两点三十分"), ("第2个", "第二个"),
+    ("2月", "二月"), ("2年级", "二年级"), ("2点5亿", "二点五亿"), ("12个", "十二个"), ("2000", "二千"), ("两万", "二万"),
+    ("1200", "一千二百"), ("2-3个", "两到三个"), ("2:30", "两点三十"),
+    # digit by digit
+    ("2019年", "二零一九年"), ("2019-2020年", "二零一九到二零二零年"), ("98年3月", "九八年三月"), ("2000年前", "二千年前"),
+    ("007", "零零七"), ("13812345678", "一三八一二三四五六七八"), ("138 1234 5678", "一三八一二三四五六七八"),
+    ("400-123-4567", "四零零一二三四五六七"), ("62543210", "六二五四三二一零"), ("拨打12306", "拨打一二三零六"),
+    ("110报警", "一一零报警"), ("房间302", "房间三零二"), ("A380", "A三八零"), ("192.168.1.1", "一九二点一六八点一点一"),
+    # signs, units, dates, between numbers
+    ("50%", "百分之五十"), ("100%", "百分之百"), ("-3.5%", "负百分之三点五"), ("3‰", "千分之三"), ("3/4", "四分之三"),
+    ("25°C", "二十五摄氏度"), ("-5°C", "零下五摄氏度"), ("-5度", "零下五度"), ("$5", "五美元"), ("¥30", "三十元"),
+    ("2020-03-05", "二零二零年三月五日"), ("2020/3/5", "二零二零年三月五日"), ("3-5天", "三到五天"), ("3~5", "三到五"),
+    ("10-20人", "十到二十人"), ("以3-1击败", "以三比一击败"), ("3:2", "三比二"), ("5:30", "五点三十"), ("5:05", "五点零五"),
+    ("12:00", "十二点"), ("9:00-17:00", "九点到十七点"),
+    # one spelling of one number
+    ("二〇一九年", "二零一九年"), ("二○一九年", "二零一九年"), ("幺幺零", "一一零"), ("百分之一百", "百分之百"),
+])
+def test_chinese_numbers_are_spelled_as_read(digits, spoken):
+    from utils.zh_numbers import spell_numbers
+
+    assert spell_numbers(digits) == spoken
+
+
+def test_chinese_numbers_in_digits_or_characters_score_alike():
+    # AISHELL writes numbers in characters, Whisper mostly in digits: the same words, no error
+    for reference, hypothesis in [("今天气温十六度", "今天气温16度"), ("二〇一九年三月", "2019年3月"),
+                                  ("两千块", "2000块"), ("一千两百", "1200"), ("增长百分之五十", "增长50%"),
+                                  ("两个人", "2个人"), ("三点五米", "3.5米"), ("十六", "16"), ("呃…两个人", "呃…2个人"),
+                                  ("兩千", "2000"), ("零下五摄氏度", "-5℃"), ("拨打幺二三零六", "拨打12306")]:
+        assert count_errors(reference, hypothesis).errors == 0, (reference, hypothesis)
+        assert count_errors(reference, hypothesis, language="Chinese").errors == 0, (reference, hypothesis)
+    assert count_errors("今天气温十六度", "今天气温17度").errors == 1  # 十六 / 十七: one character wrong, as said
+    assert count_errors("延迟是两百毫秒", "延迟是 two hundred 毫秒", "mer").errors == 0  # English words, then numbers
+    # other languages keep their digits: Japanese reads 16 as じゅうろく, English is normalised to digits
+    assert count_errors("十六", "16", language="ja").errors == 2
+    assert count_errors("ten apples", "10 apples", "wer", language="en").errors == 0
+    assert count_errors("ten apples", "10 apples", "wer").errors == 1  # unknown language, no Chinese: as written

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import zhconv
 from rapidfuzz.distance import Levenshtein
 
-from utils.languages import HAN_KANA_RANGES, joins_unspaced, language_code
+from utils.languages import HAN_KANA_RANGES, HAN_RANGES, joins_unspaced, language_code
+from utils.zh_numbers import spell_numbers
 
 HOTWORD_SEPARATORS = re.compile(r"[,，、;；]")  # how users separate hotwords ("词1,词2", "A, B", "词1、词2")
 
@@ -82,14 +83,38 @@ def _english_normalizer() -> Callable[[str], str]:
     return EnglishTextNormalizer({})
 
 
+def _code(language: str | None) -> str | None:
+    """A manifest/flag language (``English``, ``en``, ``<|en|>``, ``en-US``, ``zh_CN``) as Whisper's code; None
+    when unknown."""
+    if language is None:
+        return None
+    try:  # a regional tag ("en-US", "en_GB") counts as its language
+        return language_code(language.strip().split("-")[0].split("_")[0])
+    except ValueError:
+        return None
+
+
 def is_english(language: str | None) -> bool:
     """Whether a manifest/flag language (``English``, ``en``, ``<|en|>``, ``en-US``; None = unknown) is English."""
-    if language is None:
-        return False
-    try:  # a regional tag ("en-US", "en_GB") counts as its language
-        return language_code(language.strip().split("-")[0].split("_")[0]) == "en"
-    except ValueError:
-        return False
+    return _code(language) == "en"
+
+
+def reads_chinese_numbers(language: str | None) -> bool:
+    """Whether numbers are scored as Mandarin/Cantonese reads them (``Chinese``, ``zh``, ``yue``…)."""
+    return _code(language) in ("zh", "yue")
+
+
+_HAN = re.compile(f"[{HAN_RANGES}]")
+_KANA_HANGUL = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uac00-\ud7af]")
+
+
+def scoring_language(reference: str, language: str | None) -> str | None:
+    """The language a pair is scored in: ``language``, or where it is unknown (None) Chinese for a reference
+    written in Chinese characters without kana or Hangul (an AISHELL line without a language: its "二十五度"
+    and a hypothesis' "25度" are one text) — taken from the reference, so both texts are read alike."""
+    if language is None and _HAN.search(reference) and not _KANA_HANGUL.search(reference):
+        return "zh"
+    return language
 
 
 def scoring_text(text: str, language: str | None = None, metric: str = "cer") -> str:
@@ -97,13 +122,16 @@ def scoring_text(text: str, language: str | None = None, metric: str = "cer") ->
     is English ("Eight of spades, Mr. Smith" → "8 of spades mister smith"). Other languages, and text of
     unknown language, get :func:`normalize_text` only (the English rules would drop German "um"); with ``metric``
     mer (code-switching) their stretches of English words get the English rules too ("延迟是 two hundred ms" →
-    "延迟是 200 ms").
+    "延迟是 200 ms"). In Chinese (see :func:`scoring_language` for a pair of unknown language) numbers are spelled
+    as they are read: "25度" → "二十五度", "2019年" → "二零一九年" (:func:`utils.zh_numbers.spell_numbers`).
     """
     if is_english(language):
         text = _english_normalizer()(text)
     elif metric == "mer":
         text = _NOT_CJK_RUN.sub(lambda m: f" {_english_normalizer()(m.group())} " if _LATIN.search(m.group())
                                 else m.group(), text)
+    if reads_chinese_numbers(language):
+        text = spell_numbers(to_simplified(unicodedata.normalize("NFKC", text)))
     return normalize_text(text)
 
 
@@ -159,8 +187,10 @@ def units(text: str, metric: str) -> list[str]:
 def count_errors(reference: str, hypothesis: str, metric: str = "cer", *, normalize: bool = True,
                  language: str | None = None) -> ErrorCounts:
     """Edit counts for one utterance (Levenshtein alignment over characters or words), after
-    :func:`scoring_text` of both texts in ``language`` (unless ``normalize`` is False)."""
+    :func:`scoring_text` of both texts in ``language`` (unless ``normalize`` is False; an unknown language is
+    taken from the reference: :func:`scoring_language`)."""
     if normalize:
+        language = scoring_language(reference, language)
         reference, hypothesis = scoring_text(reference, language, metric), scoring_text(hypothesis, language, metric)
     ref, hyp = units(reference, metric), units(hypothesis, metric)
     subs = dels = ins = 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 # real English speech (dataset/real/README.md: JFK, LibriSpeech, LibriVox, CMU, a fast spontaneous talk)
 DEFAULT_GENERAL_DATA = "dataset/real/real_en.json"
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_parser():
@@ -81,9 +84,10 @@ def build_parser():
              "seeded); off by default: deterministic greedy/beam scores")
     parser.add_argument("--compare", nargs=2, metavar=("BASE", "FINETUNED"), default=None,
                         help="the forgetting report of two models (instead of --model_path)")
-    parser.add_argument("--general_data", type=str, default=DEFAULT_GENERAL_DATA,
+    parser.add_argument("--general_data", type=optional_path, default=DEFAULT_GENERAL_DATA,
                         help="--compare: a manifest of general speech (default: the real English recordings of "
-                             "dataset/real/; dataset/general/general_en.json: espeak sentences with numbers)")
+                             "the toolkit's dataset/real/; dataset/general/general_en.json: espeak sentences with "
+                             "numbers; None: no general set)")
     parser.add_argument("--general_metric", type=str, default="wer", choices=METRICS,
                         help="--compare: metric of the general set")
     add_bool(parser, "word_timestamps", False, "add each utterance's words with times and probabilities to the "
@@ -189,6 +193,11 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
         index += len(batch)
     elapsed = time.perf_counter() - t0
     unspaced = sum(1 for u in utterances if has_unspaced_script(u["reference"]))
+    english = sum(1 for u in utterances
+                  if _LATIN_WORD.search(u["reference"]) and not has_unspaced_script(u["reference"]))
+    if metric == "cer" and 2 * english > len(utterances):
+        logger.warning("--metric=cer on %d of %d references written in words (English…): each letter is then a unit "
+                       "(a translation scored 1.04); use --metric=wer", english, len(utterances))
     if metric == "wer" and 2 * unspaced > len(utterances):
         logger.warning("--metric=wer on %d of %d references written without spaces (Chinese, Japanese…): a 'word' is "
                        "then a run between punctuation, often a whole clause; use --metric=cer for them (mer where "
@@ -377,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                      report["utterances_failed"])
         return 1
     report.update(model_path=args.model_path, backend=args.backend, test_data=args.test_data,
-                  language=args.language, task=options.task, beam_size=beam_size,
+                  language=args.language, task=options.task, initial_prompt=options.initial_prompt,
+                  hotwords=options.hotwords, beam_size=beam_size,
                   encoder_window_seconds=options.encoder_window_s)
     # 5. Report
     write_json_atomic(output, report)
@@ -405,7 +415,11 @@ def compare(args, options: DecodeOptions, output: str) -> int:
         target, target_at = load_records(args)
         target = list(target)
         general, general_at = None, None
-        if args.general_data and (args.general_data != DEFAULT_GENERAL_DATA or os.path.isfile(args.general_data)):
+        if args.general_data == DEFAULT_GENERAL_DATA and not os.path.isfile(args.general_data):
+            args.general_data = os.path.join(REPO_ROOT, DEFAULT_GENERAL_DATA)  # run from another folder
+        if args.general_data is None:
+            logger.info("--general_data=None: the report has no general set")
+        elif args.general_data != os.path.join(REPO_ROOT, DEFAULT_GENERAL_DATA) or os.path.isfile(args.general_data):
             manifest = load_manifest(args.general_data)
             general = list(manifest)
             general_at = [manifest.location(i) for i in range(len(general))]

@@ -235,3 +235,14 @@ def test_values_no_run_could_use_are_parse_errors(script, flags, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(script).main(flags)
     assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_prompt_flags_set_to_false_are_not_set_and_an_empty_model_path_is_refused(capsys):
+    """--initial_prompt=False was decoded with the prompt "False"; --model_path= loaded the working folder."""
+    import infer
+
+    args = infer.build_parser().parse_args(["--audio_path=a.wav", "--initial_prompt=False", "--hotwords=none"])
+    assert args.initial_prompt is None and args.hotwords is None
+    with pytest.raises(SystemExit):
+        infer.build_parser().parse_args(["--audio_path=a.wav", "--model_path="])
+    assert "--model_path: an empty path" in capsys.readouterr().err

@@ -476,3 +476,40 @@ def test_the_original_evaluation_flags_run(tiny_whisper_dir, en_wav, tmp_path, c
     assert rc == 0 and report["utterances_scored"] == 1
     assert "--remove_pun=True (a flag of the original Whisper-Finetune): ignored: punctuation is always removed" \
         in caplog.text
+
+
+def test_cer_on_english_references_is_warned_and_the_prompt_is_in_the_report(tiny_whisper_dir, en_wav, tmp_path,
+                                                                               caplog):
+    """A translation scored with the default --metric=cer read 1.04 with no hint; --initial_prompt=False was
+    decoded with the prompt "False", and the report kept no prompt or hotwords."""
+    manifest = _manifest(tmp_path / "en.json", [(en_wav, EN_SENTENCE)] * 2)
+    rc, report = _evaluate(tiny_whisper_dir, manifest, tmp_path / "r.json", "--language=en",
+                           "--initial_prompt=False", "--hotwords=Kubernetes")
+    assert rc == 0 and "--metric=cer on 2 of 2 references written in words" in caplog.text
+    assert report["initial_prompt"] is None and report["hotwords"] == "Kubernetes"
+    caplog.clear()
+    _evaluate(tiny_whisper_dir, manifest, tmp_path / "w.json", "--language=en", "--metric=wer")
+    assert "--metric=cer" not in caplog.text
+
+
+def test_compare_finds_its_general_set_from_any_folder_and_none_means_none(tmp_path, monkeypatch, caplog):
+    """The default general set (dataset/real/real_en.json) was looked up in the working folder: run elsewhere the
+    report silently had no general set; --general_data= said " not found ... (pass --general_data)"."""
+    from utils.data import ManifestError
+
+    read = []
+
+    def load_manifest(path):
+        read.append(path)
+        raise ManifestError("stop here")
+
+    monkeypatch.setattr(evaluation, "load_manifest", load_manifest)
+    monkeypatch.setattr(evaluation, "load_records", lambda args: ([], None))
+    monkeypatch.chdir(tmp_path)
+    assert evaluation.main(["--compare", "a", "b", "--device=cpu"]) == 1
+    assert read == [str(Path(evaluation.__file__).resolve().parent / "dataset" / "real" / "real_en.json")]
+    read.clear()
+    monkeypatch.setattr(evaluation, "clips_unreadable", lambda *a: True)  # stop before a model loads
+    for empty in ("--general_data=", "--general_data=None"):
+        assert evaluation.main(["--compare", "a", "b", "--device=cpu", empty]) == 1
+    assert read == [] and "not found" not in caplog.text

@@ -43,6 +43,12 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in {"", "none", "null"} else value
 
 
+def optional_text(value: str) -> str | None:
+    """A free-text flag (a prompt, hotwords) where ``None``/``False``/empty means "not set": ``--initial_prompt=False``
+    was decoded with the prompt "False"."""
+    return None if value.strip().lower() in {"", "none", "null", "false"} else value
+
+
 def path_arg(value: str) -> str:
     """A file or folder flag: ``~`` expanded as the shell does for ``--flag ~/x`` but not for ``--flag=~/x`` (the
     README's form: ``--audio_path=~/a.wav`` looked for a folder named ``~``). An empty value is refused (an unset
@@ -213,7 +219,7 @@ def resolve_backend(backend: str, model_paths: list[str]) -> str:
 def add_model_args(parser: argparse.ArgumentParser, *, default_model: str = "openai/whisper-base") -> None:
     """Flags naming and loading a Whisper model (shared by infer, evaluation, realtime, UI)."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model_path", type=str, default=default_model,
+    g.add_argument("--model_path", type=path_arg, default=default_model,
                    help="merged model folder, hub id (openai/whisper-*), or offline-packaged model")
     add_bool(g, "local_files_only", False, "never contact the model hub")
     g.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
@@ -228,9 +234,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task", type=optional_str, default=None, choices=[None, "transcribe", "translate"],
                    help="transcribe, or translate (to English); default: the task the model was fine-tuned for "
                         "(finetune.py --task), else transcribe")
-    g.add_argument("--initial_prompt", type=optional_str, default=None,
+    g.add_argument("--initial_prompt", type=optional_text, default=None,
                    help="text given to the decoder as previous context (vocabulary, style)")
-    g.add_argument("--hotwords", type=optional_str, default=None,
+    g.add_argument("--hotwords", type=optional_text, default=None,
                    help='words to steer towards, e.g. "张三,Kubernetes": put before the previous text in the prompt')
 
 

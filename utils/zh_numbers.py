@@ -10,13 +10,14 @@ the words are the same. Scoring spells the digits of both texts out, so "二十�
   number, one of 7-10 digits with no unit after it, groups joined by "-" or spaces (400-123-4567, 138 1234 5678), one
   after a word that names a number to dial or look up (拨打12306, 房间302, 航班CA1234), 3 digits or more right after
   a Latin letter (A380), dotted runs (192.168.1.1 → 一九二点一六八点一点一);
-* 50% → 百分之五十, 100% → 百分之百, -3% → 负百分之三, 3‰ → 千分之三, 3/4 → 四分之三, 25℃ / 25°C → 二十五摄氏度,
+* 50% → 百分之五十, 100% → 百分之百, -3% → 负百分之三, 3‰ → 千分之三, 3/4 → 四分之三, 25℃ / 25°C → 二十五度,
   -5度 → 零下五度, $5 → 五美元, ¥5 → 五元, 2020-03-05 → 二零二零年三月五日;
-* between two numbers: 3-5, 3~5 → 三到五 (a range rises), 3-1, 3:2 → 三比一, 三比二 (a score), 5:30 → 五点三十,
-  9:00-17:00 → 九点到十七点.
+* between two numbers: 3-5, 3~5 → 三到五 (a range rises), 3-1, 3-0, 3:2 → 三比一, 三比零, 三比二 (a score),
+  10:30 → 十点三十分 (as AISHELL writes a time), 9:00-17:00 → 九点到十七点.
 
 Both texts are also brought to one spelling where Mandarin has two for the same number: 〇 (and ○ ◯ between
-numerals) → 零, 幺 between numerals → 一, 两 before 百/千/万/亿 → 二 (两千 and 二千, 2000), 百分之一百 → 百分之百.
+numerals) → 零, 幺 between numerals → 一, 两 before 百/千/万/亿 → 二 (两千 and 二千, 2000), 百分之一百 → 百分之百,
+摄氏度 after a number → 度 (Whisper writes 25℃ where AISHELL writes 二十五度; news also says 二十五摄氏度).
 Expects simplified characters and ASCII digits (NFKC: full-width digits, ％, ＄ folded).
 """
 
@@ -62,13 +63,14 @@ _CLOCK_RANGE = re.compile(f"(?<![0-9:])(?P<a>{_CLOCK})\\s*[-~至到]\\s*(?P<b>{_
 _CLOCK_ONE = re.compile(r"(?<![0-9:])(?P<h>[01]?[0-9]|2[0-4]):(?P<m>[0-5][0-9])(?![0-9:])")
 _SCORE = re.compile(r"(?<![0-9:.])(?P<a>[0-9]+):(?P<b>[0-9]+)(?![0-9:])")
 _FRACTION = re.compile(r"(?<![0-9/.])(?P<num>[0-9]+)/(?P<den>[0-9]+)(?![0-9/])")
-_RANGE = re.compile(r"(?<![0-9.,:/-])(?P<a>[1-9][0-9]{0,3})\s*[-~]\s*(?P<b>[1-9][0-9]{0,3})(?![0-9.,:/-])")
+_RANGE = re.compile(r"(?<![0-9.,:/-])(?P<a>[1-9][0-9]{0,3}|0)\s*[-~]\s*(?P<b>[1-9][0-9]{0,3}|0)(?![0-9.,:/-])")
 _YEAR = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})(?=\s*(?:[到至、]\s*[12][0-9]{3}\s*)*年)")
 _YEAR_SPAN = re.compile(r"\s*年(?:前|来|之久|的历史|间|左右|多)")  # 2000年前, 1000年的历史: years counted
 _SHORT_YEAR = re.compile(r"(?<![0-9])(?P<y>[0-9]{2})(?=年[0-9]{1,2}月)")  # 98年3月
 _ZERO = re.compile(f"(?<=[{NUMERALS}0-9])[○◯]|[○◯](?=[{NUMERALS}0-9])")
 _YAO = re.compile(f"(?<=[{NUMERALS}0-9])幺|幺(?=[{NUMERALS}0-9])")
 _LIANG = re.compile(r"两(?=[百千万亿])")
+_CELSIUS = re.compile(f"(?<=[{NUMERALS}])摄氏度")
 _SPACES = re.compile(r"\s*")
 
 
@@ -155,9 +157,7 @@ def _number(match: re.Match[str], text: str) -> str:
         spoken = "百分之" + spoken
     elif sign == "‰":
         spoken = "千分之" + spoken
-    elif sign == "°C":
-        spoken += "摄氏度"
-    elif sign == "°":
+    elif sign in ("°C", "°"):  # 摄氏度 and 度 are one word (_CELSIUS)
         spoken += "度"
     if match["minus"]:  # a temperature below zero: 零下五度
         cold = sign in ("°C", "°") or text.startswith(("度", "摄氏度"), match.end())
@@ -186,7 +186,7 @@ def _grouped(match: re.Match[str]) -> str:
 
 def _clock(h: str, m: str) -> str:
     hour = "两" if int(h) == 2 else cardinal(h)
-    return hour + "点" + ("" if m == "00" else digit_by_digit(m) if m.startswith("0") else cardinal(m))
+    return hour + "点" + ("" if m == "00" else (digit_by_digit(m) if m.startswith("0") else cardinal(m)) + "分")
 
 
 def spell_numbers(text: str) -> str:
@@ -210,5 +210,5 @@ def spell_numbers(text: str) -> str:
                          else digit_by_digit(m["y"]), text)
         text = _SHORT_YEAR.sub(lambda m: digit_by_digit(m["y"]), text)
         text = _NUMBER.sub(lambda m: _number(m, text), text)
-    text = _LIANG.sub("二", text)
+    text = _CELSIUS.sub("度", _LIANG.sub("二", text))
     return text.replace("百分之一百", "百分之百")

@@ -928,15 +928,23 @@ class _BaseTranscriber:
                 batch = chunks[i: i + step]
                 results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
-                spans = [_chunk_spans(chunk, audio) for chunk in batch]
-                if by_pauses:
-                    results = self._cut_at_pauses(audio, batch, [r for r, _ in spans], language, results, options)
-                for chunk, result, chunk_spans in zip(batch, results, spans, strict=True):
-                    yield from _shifted(result, chunk.offset_s - lead_s, chunk_spans)
+                for placed in self._placed(audio, batch, results, [c.offset_s - lead_s for c in batch], language,
+                                           options, by_pauses):
+                    yield from placed
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
         return self._segments_of(pieces(), language, duration, options), info
+
+    def _placed(self, audio: np.ndarray, chunks: Sequence[Chunk], results: list[_ChunkResult],
+                offsets: Sequence[float], language: str, options: DecodeOptions, by_pauses: bool) -> list[list[_Piece]]:
+        """Each decoded chunk's segments as pieces, moved onto its speech and by its offset (seconds); with
+        ``by_pauses`` (a model fine-tuned without timestamp tokens) first cut where they cross a long pause."""
+        spans = [_chunk_spans(chunk, audio) for chunk in chunks]
+        if by_pauses:
+            results = self._cut_at_pauses(audio, chunks, [r for r, _ in spans], language, results, options)
+        return [list(_shifted(r, offset, chunk_spans)) for r, offset, chunk_spans in zip(results, offsets, spans,
+                                                                                         strict=True)]
 
     def _cut_at_pauses(self, audio: np.ndarray, chunks: Sequence[Chunk], regions: Sequence[list[tuple[float, float]]],
                        language: str, results: list[_ChunkResult], options: DecodeOptions) -> list[_ChunkResult]:
@@ -1008,13 +1016,12 @@ class _BaseTranscriber:
                 audio, chunks = _end_to_end([batch[k][1:] for k in group])
                 results = self._decode_chunks(audio, chunks, language, options, options.initial_prompt,
                                               decoded=[first[k] for k in group])
-                spans = [_chunk_spans(chunk, audio) for chunk in chunks]
-                if by_pauses:
-                    results = self._cut_at_pauses(audio, chunks, [r for r, _ in spans], language, results, options)
-                for k, result, chunk_spans in zip(group, results, spans, strict=True):
-                    i, padded, chunk = batch[k]
-                    lead_s = (len(padded) - len(audios[i])) / SAMPLE_RATE
-                    pieces = list(_shifted(result, chunk.offset_s - lead_s, chunk_spans))
+                # times from each clip's own start: its chunk's, less the lead put before it
+                offsets = [c.offset_s - (len(a) - len(audios[i])) / SAMPLE_RATE
+                           for i, a, c in (batch[k] for k in group)]
+                placed = self._placed(audio, chunks, results, offsets, language, options, by_pauses)
+                for k, pieces in zip(group, placed, strict=True):
+                    i = batch[k][0]
                     out[i] = self._finish(pieces, language, langs[k][1], len(audios[i]) / SAMPLE_RATE, options)
         return out  # type: ignore[return-value]
 

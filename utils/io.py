@@ -73,15 +73,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
         f.write("\n")
 
 
+def _write_jsonlines(f: IO[str], records: Iterable[dict[str, Any]]) -> int:
+    """One JSON object per line (non-ASCII text kept readable); returns the number of lines written."""
+    n = 0
+    for rec in records:
+        f.write(json.dumps(rec, ensure_ascii=False))
+        f.write("\n")
+        n += 1
+    return n
+
+
 def write_jsonlines_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
     """Write one JSON object per line atomically; returns the number of lines written."""
-    n = 0
     with atomic_open(path) as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False))
-            f.write("\n")
-            n += 1
-    return n
+        return _write_jsonlines(f, records)
 
 
 def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str, Any]]]) -> None:
@@ -98,9 +103,7 @@ def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str
     try:
         for path, records in zip(paths, files.values()):
             with _temporary_file(path, "w", "utf-8") as (f, tmp):
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False))
-                    f.write("\n")
+                _write_jsonlines(f, records)
             temps.append(tmp)
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)

@@ -1,6 +1,6 @@
 import pytest
 
-from utils.text import cer, count_errors, error_rate, is_english, normalize_text, to_simplified, wer
+from utils.text import cer, count_errors, error_rate, is_english, normalize_text, scoring_text, to_simplified, wer
 
 
 def test_invisible_characters_and_emoji_are_not_scored():
@@ -100,6 +100,16 @@ def test_english_is_scored_with_whispers_english_normaliser():
     assert error_rate(["ten"], ["10"], "wer", language="English") == 0.0
     assert all(is_english(x) for x in ("en-US", "<|en|>", " english "))
     assert not is_english("zh") and not is_english(None)
+
+
+def test_a_numbers_sign_is_scored_as_the_word_it_is_said_as():
+    # Whisper's normaliser writes "minus 5" as "-5" and drops the sign of "-5": a left-out "minus" was no error
+    assert count_errors("minus five degrees", "5 degrees", "wer", language="en").errors == 1
+    assert count_errors("minus five degrees", "-5 degrees", "wer", language="en").errors == 0
+    assert count_errors("It is -5 degrees", "it is minus five degrees", "wer", language="en").errors == 0
+    assert count_errors("plus five", "5", "wer", language="en").errors == 1
+    assert scoring_text("a 3-0 win, pages 10-20, x-5", "en") == "a 3 0 win pages 10 20 x 5"  # hyphens stay gaps
+    assert count_errors("延迟是 minus five", "延迟是 five", "mer").errors == 1
 
 
 def test_mixed_error_rate_counts_a_chinese_character_or_an_english_word_as_one_unit():

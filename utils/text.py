@@ -126,15 +126,26 @@ def scoring_text(text: str, language: str | None = None, metric: str = "cer") ->
     as they are read: "25度" → "二十五度", "2019年" → "二零一九年" (:func:`utils.zh_numbers.spell_numbers`).
     """
     if is_english(language):
-        text = _english_normalizer()(text)
+        text = _english(text)
     elif metric == "mer":
-        text = _NOT_CJK_RUN.sub(lambda m: f" {_english_normalizer()(m.group())} " if _LATIN.search(m.group())
-                                else m.group(), text)
+        text = _NOT_CJK_RUN.sub(lambda m: f" {_english(m.group())} " if _LATIN.search(m.group()) else m.group(), text)
     if reads_chinese_numbers(language):
         text = spell_numbers(to_simplified(unicodedata.normalize("NFKC", text)))
     return normalize_text(text)
 
 
+def _english(text: str) -> str:
+    """Whisper's English normaliser, with a number's sign kept as the word it is said as: the normaliser writes
+    "minus 5" as "-5" and drops the sign of a written "-5", and the sign then went with the punctuation ("minus 5
+    degrees", "-5 degrees" and "5 degrees" were all "5 degrees")."""
+    return _spell_signs(_english_normalizer()(_spell_signs(text)))
+
+
+def _spell_signs(text: str) -> str:
+    return _SIGN.sub(lambda m: " plus " if m.group(1) == "+" else " minus ", text)
+
+
+_SIGN = re.compile(r"(?<![\w.])([-+\u2212])(?=\d)")  # a sign before a number, not a hyphen inside a word ("x-5")
 _NOT_CJK_RUN = re.compile(f"[^{HAN_KANA_RANGES}\u3000-\u303f\uff00-\uffef]+")  # no Han, kana, full-width marks
 _LATIN = re.compile(r"[A-Za-z]")
 

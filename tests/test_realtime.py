@@ -131,6 +131,22 @@ def test_split_tokens_cjk_characters_and_latin_words():
     assert split_tokens("今天天气很好，我们 go home.") == ["今", "天", "天", "气", "很", "好，", "我", "们", " go", " home."]
     assert split_tokens(" The quick, brown fox.") == [" The", " quick,", " brown", " fox."]
     assert split_tokens("，开始") == ["，开", "始"]
+    # CJK punctuation between Latin words is glued to the word before it, as spaced punctuation is
+    assert split_tokens("请打开，github，the，pull-request。") == ["请", "打", "开，", "github，", "the，", "pull-request。"]
+    assert split_tokens("「你好」他说：OK！") == ["「你", "好」", "他", "说：", "OK！"]
+
+
+def test_words_after_cjk_punctuation_are_agreed_on_one_by_one():
+    """The demo model writes "，" and "。" unspaced between English words: "开，github，the，pull" was one token, so
+    "github" and "the" were committed only with all that followed them (here: at the end of the stream)."""
+    readings = iter(["请打开，", "请打开，github，the，", "请打开，github，the，pull request。"])
+    policy = StreamingPolicy(lambda audio, prompt: [(0.0, len(audio) / SAMPLE_RATE, next(readings))])
+    committed = []
+    for _ in range(3):
+        policy.insert_audio(np.full(SAMPLE_RATE, 0.1, np.float32))
+        committed += policy.process().committed
+    assert join_words(committed) == "请打开，github，the，"
+    assert join_words(committed + policy.finish().committed) == "请打开，github，the，pull request。"
 
 
 def test_token_key_ignores_punctuation_case_and_traditional_chinese():
@@ -417,6 +433,21 @@ def test_the_decode_that_closes_an_utterance_is_close_fns_and_its_reading_is_com
     # without close_fn the closing decode is hypothesis_fn's
     plain = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
     assert run_stream(FileSource(audio, realtime=False), plain, chunk_s=4.0).text == "a b c d e f"
+
+
+def test_a_closing_decode_that_reads_nothing_new_keeps_the_last_steps_tail():
+    # the closing reading (a beam, after the whole utterance) ended at the committed words: the words the last step
+    # heard after them were lost from the live text ("请打开，github，" committed, "的 pull request" tentative, gone)
+    words = script_words("a b c d", start=0.5)
+    audio = timed_audio(5.0, silences=[(0.0, 0.5), (2.1, 5.0)])
+    asr = FakeASR(words, flicker=False)
+    short = lambda a, p: [(s, e, t.split()[0]) for s, e, t in asr(a, p)][:1]  # noqa: E731
+    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, close_fn=short)
+    committed = []
+    for second in range(5):
+        policy.insert_audio(audio[second * SAMPLE_RATE: (second + 1) * SAMPLE_RATE])
+        committed += policy.process().committed
+    assert policy.closes and join_words(committed) == "a b c"  # "d": heard by the closing decode only
 
 
 def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_language():
@@ -1426,6 +1457,10 @@ def test_a_second_pass_reading_that_lost_a_short_utterance_keeps_its_live_words(
     assert join_words(restore_lost(live, read, utterance_ends=(2, 6))) == join_words(live)
     alone = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens("one two. you. three four"))]
     assert join_words(restore_lost(alone, read[:2] + read[3:], utterance_ends=(2, 3))) == "one two. three four"
+    # a Chinese utterance (a word per character) read as fewer English words is no loss: the translation is kept
+    live = [StreamToken(i, i + 1, t) for i, t in enumerate(split_tokens("好的。预算是三点五万。好的。"))]
+    english = [StreamToken(0, 1, t) for t in split_tokens("好的。A budget: 35,000. 好的。")]
+    assert join_words(restore_lost(live, english, utterance_ends=(2, 9))) == "好的。A budget: 35,000. 好的。"
 
 
 def test_revised_words_replace_each_revisions_range_and_keep_the_rest():

@@ -90,7 +90,11 @@ _LOST_CHARS = 20
 # audio the second pass keeps beyond its longest block (samples): a block is decoded right after the utterance end
 # that makes it due, so this only has to cover the steps in between
 _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
-_TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}]|[^\s{CJK_RANGES}]+)")
+# CJK and full-width punctuation ("，", "。", "？", "、", "「"): a token of its own, glued to the word before it, as
+# spaced punctuation is; in a run of other characters, "开，github，the。" was one token, and agreement, times and the
+# skip of committed words worked on that blob ("请打开，，github" committed with its comma twice)
+_WIDE_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+_TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}{_WIDE_PUNCTUATION}]|[^\s{CJK_RANGES}{_WIDE_PUNCTUATION}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
 HypothesisFn = Callable[[np.ndarray, str], list[tuple]]  # (start, end, text[, aligned words])
@@ -611,6 +615,11 @@ class StreamingPolicy:
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
             j = self._skip_committed(words)
             new, decoded = words[j:], True
+            if not new and self.tentative:  # the closing reading ended at the committed words ("请打开，github，" of
+                # "…的 pull request", the last step's tail): what the last step heard after them is not dropped
+                logger.debug("the closing decode read nothing after the committed words: the tentative tail %r is "
+                             "committed", join_words(self.tentative))
+                new = list(self.tentative)
         end = pause / SAMPLE_RATE
         self.committed += new
         self._in_buffer += new
@@ -891,7 +900,7 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
     :attr:`StreamToken.key`: every run of at least ``run`` live words it has nothing (or that many words fewer) for,
     every span of live words it has less than half the characters for (``_LOST_CHARS`` or more fewer), and every
     whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
-    has at most half as many words (``utterance_ends``: the indices into ``live`` before which one utterance ends
+    has at most half as many words and less than half the characters (``utterance_ends``: the indices into ``live`` before which one utterance ends
     and the next begins). A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from
     the final text."""
     bounds = sorted({0, *utterance_ends, len(live)})
@@ -903,8 +912,11 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
         live_chars = sum(len(w.text.strip()) for w in live[a1:a2])
         kept_chars = sum(len(w.text.strip()) for w in revised[b1:b2])
         lost_chars = live_chars - kept_chars >= _LOST_CHARS and 2 * kept_chars < live_chars
-        if op in ("delete", "replace") and (fewer >= run or lost_chars or any(a1 <= s and e <= a2 and 2 * fewer >= e - s
-                                                                              for s, e in utterances)):
+        # a lost utterance: it has at most half as many words and characters in its place (a Chinese one has a word
+        # per character: the demo model's "预算是三点五万。" translated into 9 English words was read as lost)
+        lost_utterance = 2 * kept_chars < live_chars and any(a1 <= s and e <= a2 and 2 * fewer >= e - s
+                                                             for s, e in utterances)
+        if op in ("delete", "replace") and (fewer >= run or lost_chars or lost_utterance):
             logger.info("second pass: its reading has %d words (%d characters) for %d live words (%d), which are "
                         "kept: %r", b2 - b1, kept_chars, a2 - a1, live_chars, join_words(live[a1:a2]))
             out += live[a1:a2]

@@ -2343,8 +2343,8 @@ def test_a_timestamped_reading_that_stops_with_speech_after_it_is_read_on_from_i
     chunk = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), 19 * SAMPLE_RATE)))
     stub = Stub()
     [result] = stub._decode_chunks(audio, [chunk], "en", DecodeOptions(timestamps=True), None)
-    assert stub.calls == [20.0, 15.0]
-    assert result.segments == [(0.0, 5.0, "first part"), (5.2, 19.0, "the rest")]
+    assert stub.calls == [20.0, 14.7]  # from CHUNK_LEAD_S before the speech after the stop (5.5 s)
+    assert [(a, round(b, 2), t) for a, b, t in result.segments] == [(0.0, 5.0, "first part"), (5.5, 19.0, "the rest")]
     assert result.text == "first part the rest" and result.tokens == [[11, 12, 13], [14, 15]]
 
     stub = Stub()  # streaming's live steps: the next step reads the buffer's end again
@@ -2352,12 +2352,43 @@ def test_a_timestamped_reading_that_stops_with_speech_after_it_is_read_on_from_i
     assert stub.calls == [20.0] and alone.text == "first part"
 
     first = _ChunkResult([(0.0, 5.0, "first part")], "first part")
-    assert stopped_early(first, chunk, audio) == 5.0
+    assert stopped_early(first, chunk, audio) == pytest.approx(5.3)
     short = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.4 * SAMPLE_RATE))))
     assert stopped_early(first, short, audio) is None  # 0.9 s of speech after it: below READ_ON_MIN_S
     tail = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.9 * SAMPLE_RATE))))
-    assert stopped_early(first, tail, audio) == 5.0  # 1.4 s: "do for your country." at the end of a 29.9 s file
+    assert stopped_early(first, tail, audio) == pytest.approx(5.3)  # 1.4 s: "do for your country." at the end of a 29.9 s file
     assert stopped_early(replace(first, out_of_budget=True), chunk, audio) is None  # read in halves instead
+
+
+def test_a_reading_that_stops_before_a_long_pause_is_read_on_from_the_speech_after_it():
+    """A 30 s chunk held two real AISHELL-1 sentences, 15 s of silence and a third one; the reading stopped after the
+    second (at 11 s), and the rest read on from there, 15 s of silence first, came back empty: the third sentence was
+    in no subtitle (both backends). The rest is read from shortly before its speech; an empty last segment (the
+    transformers backend's "11.0 → 30.0: ''") is no place the reading stopped at."""
+    from utils.transcribe import _BaseTranscriber, _ChunkResult, stopped_early
+    from utils.vad import CHUNK_LEAD_S
+
+    sr = SAMPLE_RATE
+    audio = np.zeros(30 * sr, np.float32)
+    spans = ((0, int(3.7 * sr)), (int(7.3 * sr), int(10.8 * sr)), (int(26.4 * sr), 30 * sr))
+    chunk = Chunk(0, len(audio), spans=spans)
+    read = _ChunkResult([(0.0, 4.0, "一"), (7.0, 11.0, "二")], "一二")
+    assert stopped_early(read, chunk, audio) == pytest.approx(26.4 - CHUNK_LEAD_S)
+    empty_end = replace(read, segments=read.segments + [(11.0, 30.0, "")])
+    assert stopped_early(empty_end, chunk, audio) == pytest.approx(26.4 - CHUNK_LEAD_S)
+    inside = replace(read, segments=[(0.0, 4.0, "一"), (7.0, 9.0, "二")])  # stopped inside the speech: from there
+    assert stopped_early(inside, chunk, audio) == 9.0
+
+    class Stub(_BaseTranscriber):
+        backend = "stub"
+
+        def _decode(self, chunks, languages, options, prompt, split_repeats=None):
+            return [empty_end if len(c) == len(audio) else _ChunkResult([(0.2, 3.8, "三")], "三", tokens=[[3]])
+                    for c in chunks]
+
+    [result] = Stub()._decode_chunks(audio, [chunk], "zh", DecodeOptions(timestamps=True), None)
+    assert [(round(a, 2), round(b, 2), t) for a, b, t in result.segments if t] == [
+        (0.0, 4.0, "一"), (7.0, 11.0, "二"), (26.4, 30.0, "三")]
 
 
 def test_the_sampled_fallback_gives_the_same_text_run_after_run(tiny, zh_wav):

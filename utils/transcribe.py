@@ -75,6 +75,7 @@ from utils.repeats import (
 )
 from utils.text import hotword_text, remove_punctuation, to_simplified
 from utils.vad import (
+    CHUNK_LEAD_S,
     SPEECH_PAD_S,
     Chunk,
     part,
@@ -452,6 +453,7 @@ class Transcriber(Protocol):
     """What every caller uses; both backends implement it."""
 
     backend: str
+    multilingual: bool
 
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = ...,
                    *, initial_prompt: str | None = None, cut_clip: bool = True) -> Transcript: ...
@@ -1260,18 +1262,26 @@ def chunk_speech(chunk: Chunk, wave: np.ndarray) -> list[tuple[float, float]]:
 
 
 def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float | None:
-    """Where a timestamped reading of ``chunk`` stopped (its last timestamp, seconds from the chunk's start) when at
-    least ``READ_ON_MIN_S`` of the chunk's speech lies after it; None otherwise (and for a reading that ended
+    """Where to read on (seconds from the chunk's start) when a timestamped reading of ``chunk`` stopped (its last
+    timestamp) with at least ``READ_ON_MIN_S`` of the chunk's speech after it: there, or ``CHUNK_LEAD_S`` before the
+    speech after it when a pause follows; None otherwise (and for a reading that ended
     before 1 s, or out of its token budget: that chunk is read in halves). Whisper ends a window's text with a
     timestamp where the next window should go on (the reference decoder's seek); read alone, a chunk's last sentences
     after it were lost (CTranslate2, espeak Mandarin in pauses of 0.2-3 s: 4 of 48 sentences in no subtitle)."""
-    if not result.segments or result.out_of_budget:
+    said = [end for start, end, text in result.segments if text.strip()]  # not an empty last segment to the end
+    if not said or result.out_of_budget:
         return None
-    stop = result.segments[-1][1]
+    stop = said[-1]
     if stop < 1.0:
         return None
-    after = sum(max(0.0, end - max(start, stop)) for start, end in chunk_speech(chunk, wave))
-    return stop if after >= READ_ON_MIN_S else None
+    spans = chunk_speech(chunk, wave)
+    after = sum(max(0.0, end - max(start, stop)) for start, end in spans)
+    if after < READ_ON_MIN_S:
+        return None
+    # read on from shortly before the next speech, not across the pause: a 19 s rest of a chunk that began with 15 s
+    # of silence was read as nothing (a real AISHELL-1 sentence lost from the subtitles, both backends)
+    onset = min(start for start, end in spans if end > stop)
+    return max(stop, onset - CHUNK_LEAD_S)
 
 
 def _text_tokens(result: _ChunkResult) -> list[int]:

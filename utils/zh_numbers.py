@@ -50,7 +50,7 @@ _SERVICE = re.compile(r"(?<![0-9])(?:11[0-9]|12[02]|12306|12315|12345|10086|1001
 _NUMBER = re.compile(
     r"(?<![0-9])(?<![0-9]\.)(?P<minus>(?<![0-9A-Za-z])-(?=[0-9]))?"
     r"(?P<int>[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.(?P<frac>[0-9]+))?(?![0-9]|\.[0-9])"
-    r"(?P<sign>%|‰|°C|°)?")
+    r"(?:\s*(?P<sign>%|‰|°C|°))?")
 _CURRENCY = re.compile(r"(?P<cur>[$¥€£])\s*(?P<num>[0-9][0-9,]*(?:\.[0-9]+)?)")
 _CURRENCY_WORD = {"$": "美元", "¥": "元", "€": "欧元", "£": "英镑"}
 _DATE = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})[-/.](?P<m>1[0-2]|0?[1-9])[-/.](?P<d>3[01]|[12][0-9]|0?[1-9])"
@@ -64,6 +64,9 @@ _CLOCK_ONE = re.compile(r"(?<![0-9:])(?P<h>[01]?[0-9]|2[0-4]):(?P<m>[0-5][0-9])(
 _SCORE = re.compile(r"(?<![0-9:.])(?P<a>[0-9]+):(?P<b>[0-9]+)(?![0-9:])")
 _FRACTION = re.compile(r"(?<![0-9/.])(?P<num>[0-9]+)/(?P<den>[0-9]+)(?![0-9/])")
 _RANGE = re.compile(r"(?<![0-9.,:/-])(?P<a>[1-9][0-9]{0,3}|0)\s*[-~]\s*(?P<b>[1-9][0-9]{0,3}|0)(?![0-9.,:/-])")
+# a dash between numbers (after NFKC: "–", "—" stay) and one after a percentage ("30%-40%": not a minus sign)
+_DASH = re.compile(r"(?<=[0-9])\s*[\u2013\u2014]\s*(?=[0-9])")
+_PERCENT_RANGE = re.compile(r"(?<=[0-9])(?P<sign>%|‰)\s*[-~\u2013\u2014]\s*(?=[0-9])")
 _YEAR = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})(?=\s*(?:[到至、]\s*[12][0-9]{3}\s*)*年)")
 _YEAR_SPAN = re.compile(r"\s*年(?:前|来|之久|的历史|间|左右|多)")  # 2000年前, 1000年的历史: years counted
 _SHORT_YEAR = re.compile(r"(?<![0-9])(?P<y>[0-9]{2})(?=年[0-9]{1,2}月)")  # 98年3月
@@ -196,6 +199,7 @@ def spell_numbers(text: str) -> str:
     text = _ZERO.sub("零", text.replace("〇", "零"))
     text = _YAO.sub("一", text)
     if any(ch.isdigit() for ch in text):
+        text = _DASH.sub("-", _PERCENT_RANGE.sub(lambda m: m["sign"] + "到", text))
         text = _CURRENCY.sub(lambda m: m["num"] + _CURRENCY_WORD[m["cur"]], text)
         text = _DATE.sub(lambda m: f"{digit_by_digit(m['y'])}年{cardinal(m['m'])}月{cardinal(m['d'])}日", text)
         text = _DOTTED.sub(lambda m: "点".join(digit_by_digit(g) for g in m.group().split(".")), text)

@@ -138,6 +138,10 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
     index = 0  # of the batch's first record
     t0 = time.perf_counter()
     n_batches = -(-len(records) // batch_size) if isinstance(records, Sequence) else None
+    # a line without a language is scored in the one it is decoded in: --language's, else the model's own (a model
+    # fine-tuned on Chinese: its "25%" / "百分之二十五" are one text, as in training's eval), English for an
+    # English-only model; unknown under auto (then Chinese for a reference in Chinese characters)
+    decoded_in = engine.fixed_language(options) if engine.multilingual else "en"
     for batch in tqdm(_batches(records, batch_size), total=n_batches, desc="evaluating", unit="batch"):
         audios, errors = load_batch(batch)
         audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
@@ -168,8 +172,8 @@ def evaluate(engine: Transcriber, records: Iterable[Record], options: DecodeOpti
                              errors[j])
                 continue
             # the text's language: the speech's, or English for a translation (whose record names the speech's)
-            language = "en" if options.task == "translate" else scoring_language(record.sentence, record.language or (
-                options.language if options.language != AUTO_LANGUAGE else None))
+            language = "en" if options.task == "translate" else scoring_language(record.sentence,
+                                                                                   record.language or decoded_in)
             counts = count_errors(record.sentence, hyps[j], metric, language=language)
             total = total + counts
             utterances.append({

@@ -379,16 +379,38 @@ def test_the_default_report_name_tells_models_and_test_sets_apart():
 class _Echo:
     """A stand-in engine: every clip reads "hello", its one word at 0.5-0.9 s; records the languages decoded in."""
 
-    def __init__(self) -> None:
+    multilingual = True
+
+    def __init__(self, text: str = "hello", model_language: str | None = None) -> None:
         self.languages: list[str | None] = []
+        self.text, self.model_language = text, model_language
+
+    def fixed_language(self, options):
+        return None if options.language == "auto" else options.language or self.model_language
 
     def transcribe_batch(self, audios, options, vad=True):
         from utils.data import Segment, Word
         from utils.transcribe import Transcript
 
         self.languages += [options.language] * len(audios)
-        return [Transcript("hello", "en", 1.0, len(a) / 16000,
-                           [Segment(0.5, 0.9, "hello", (Word(0.5, 0.9, "hello", 0.9),))]) for a in audios]
+        return [Transcript(self.text, "en", 1.0, len(a) / 16000,
+                           [Segment(0.5, 0.9, self.text, (Word(0.5, 0.9, self.text, 0.9),))]) for a in audios]
+
+
+def test_a_line_without_a_language_is_scored_in_the_one_it_is_decoded_in(en_wav):
+    """A model fine-tuned on Chinese decodes a line without a language in Chinese, and training's eval scores it so;
+    evaluation.py without --language scored it by its reference alone: "25%" read as "百分之二十五" was 6 errors in 3."""
+    from utils.data import Record
+    from utils.transcribe import DecodeOptions
+
+    line = [Record(str(en_wav), "25%", 1.0)]
+    fine_tuned = _Echo("百分之二十五", model_language="zh")
+    assert evaluation.evaluate(fine_tuned, line, DecodeOptions(), "cer", 1)["errors"] == 0
+    assert evaluation.evaluate(_Echo("百分之二十五"), line, DecodeOptions(), "cer", 1)["errors"] > 0  # unknown
+    english_only = _Echo("Mister Smith has 10 apples")
+    english_only.multilingual = False
+    said = [Record(str(en_wav), "Mr. Smith has ten apples", 1.0)]
+    assert evaluation.evaluate(english_only, said, DecodeOptions(), "wer", 1)["errors"] == 0
 
 
 def test_language_auto_detects_on_every_line_and_slice_word_times_are_the_recordings(en_wav, caplog):

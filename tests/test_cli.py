@@ -32,6 +32,17 @@ def test_optional_str():
     assert optional_str("None") is None and optional_str("chinese") == "chinese"
 
 
+def test_false_means_not_set_for_every_flag_that_may_be_unset():
+    """``--output=False`` wrote evaluation.py's report to a file named "False", ``--output_dir=False`` made a folder
+    of that name, ``--resume_from_checkpoint=False`` looked for one."""
+    from utils.cli import optional_float, optional_path
+
+    assert optional_str("False") is None and optional_path("false") is None and optional_float("FALSE") is None
+    parsers = _parsers()
+    assert parsers["evaluation"].parse_args(["--output=False"]).output is None
+    assert parsers["finetune"].parse_args(["--resume_from_checkpoint=False"]).resume_from_checkpoint is None
+
+
 def _parsers():
     """Every script's parser, by script name (the web UI builds its parser inside parse_args)."""
     import aishell

@@ -38,15 +38,19 @@ def bool_or_auto(value: str | bool | None) -> bool | None:
     return None if value.strip().lower() == "auto" else str2bool(value)
 
 
+# what a flag that may be unset takes as "not set" (``--flag=False`` must mean no value: ``--output=False`` wrote the
+# report to a file named "False", ``--initial_prompt=False`` was decoded with the prompt "False")
+_UNSET = frozenset({"", "none", "null", "false"})
+
+
 def optional_str(value: str) -> str | None:
-    """A string flag where ``None``/``none``/empty means "not set" (e.g. ``--language=None``)."""
-    return None if value.strip().lower() in {"", "none", "null"} else value
+    """A string flag where ``None``/``False``/empty means "not set" (e.g. ``--language=None``)."""
+    return None if value.strip().lower() in _UNSET else value
 
 
 def optional_text(value: str) -> str | None:
-    """A free-text flag (a prompt, hotwords) where ``None``/``False``/empty means "not set": ``--initial_prompt=False``
-    was decoded with the prompt "False"."""
-    return None if value.strip().lower() in {"", "none", "null", "false"} else value
+    """A free-text flag (a prompt, hotwords) where ``None``/``False``/empty means "not set"."""
+    return optional_str(value)
 
 
 def path_arg(value: str) -> str:
@@ -60,14 +64,14 @@ def path_arg(value: str) -> str:
 
 
 def optional_path(value: str) -> str | None:
-    """:func:`path_arg` where ``None``/``none``/empty means "not set"."""
+    """:func:`path_arg` where ``None``/``False``/empty means "not set"."""
     value = optional_str(value)
     return None if value is None else path_arg(value)
 
 
 def optional_float(value: str) -> float | None:
-    """A number flag where ``None``/``none``/empty means "not set"."""
-    if value.strip().lower() in {"", "none", "null"}:
+    """A number flag where ``None``/``False``/empty means "not set"."""
+    if value.strip().lower() in _UNSET:
         return None
     try:
         return float(value)

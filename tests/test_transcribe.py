@@ -193,6 +193,37 @@ def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, 
         assert "forward" in t.segments[0].text.lower() and "country" in " ".join(s.text for s in t.segments)
 
 
+def test_a_segment_stamped_across_a_long_pause_is_cut_by_its_words(base_ct2, repo_root, monkeypatch):
+    """whisper-base over noise cued "degree." 107.0 → 118.5 s: its end stamped 0.3 s into the next sentence, 10 s of
+    pause later, where the cue could not be moved out of a pause (the arctic clip: 0.5 s of silence, then speech). A segment of a model that writes its own timestamps
+    that holds speech on both sides of a pause of LONG_PAUSE_S or more is cut by its words, as a model fine-tuned
+    without timestamp tokens has its segments cut at shorter pauses."""
+    from utils.transcribe import LONG_PAUSE_S
+
+    first, second = (load_audio(str(repo_root / "dataset" / "real" / n))
+                     for n in ("en_goforward.flac", "en_arctic_a0007.flac"))
+    gap_s = LONG_PAUSE_S + 7.0
+    audio = np.concatenate([first, np.zeros(int(gap_s * SAMPLE_RATE), np.float32), second])
+    first_end, second_start = len(first) / SAMPLE_RATE, len(first) / SAMPLE_RATE + gap_s
+    decode = base_ct2._decode_chunks
+
+    def stamped_late(*args, **kwargs):  # the last segment before the pause ends in the speech after it
+        out = []
+        for r in decode(*args, **kwargs):
+            late = [k for k, (a, b, _) in enumerate(r.segments) if a < first_end]
+            if late:
+                k = late[-1]
+                a, _, text = r.segments[k]
+                r = replace(r, segments=[*r.segments[:k], (a, second_start + 1.5, text), *r.segments[k + 1:]])
+            out.append(r)
+        return out
+
+    monkeypatch.setattr(base_ct2, "_decode_chunks", stamped_late)
+    t = base_ct2.transcribe(audio, DecodeOptions(language="en", timestamps=True))
+    assert "forward" in t.text.lower() and len(t.segments) >= 2
+    assert all(s.end < first_end + 1.0 or s.start > second_start - 1.0 for s in t.segments), t.segments
+
+
 def test_decode_options_validate_and_normalise_language():
     assert DecodeOptions(language="Chinese").language == "zh"
     assert language_code("<|en|>") == "en"
@@ -1603,6 +1634,30 @@ def test_fallback_keeps_the_best_attempt_when_every_temperature_fails(base_ct2, 
     opts = DecodeOptions(language="en", temperatures=(0.0, 0.2, 0.4), no_speech_threshold=None)
     text = base_ct2.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), opts, cut_clip=False).text  # no VAD pass
     assert text == "the cat sat on the mat"
+
+
+def test_a_sentence_looped_between_timestamps_is_a_loop(base_ct2, monkeypatch):
+    """whisper-base (ct2) over babble: "There's nothing called the A tier." 13 times, each in its own 2 s segment,
+    kept at temperature 0: the loop check counted the timestamp tokens, which differ from one segment to the next,
+    so the text was no loop and passed. The text tokens repeat: the chunk is sampled again."""
+    from types import SimpleNamespace
+
+    tk = base_ct2._tokenizer("en", "transcribe")
+    unit = tk.encode(" There's nothing called the A tier.")
+    looped = [t for k in range(13) for t in (tk.timestamp_begin + 100 * k, *unit, tk.timestamp_begin + 100 * k + 100)]
+    attempts = {0.0: (looped, -0.3), 0.2: (tk.encode(" the cat sat on the mat"), -0.5)}
+    calls = []
+
+    def fake_generate(encoded, prompts, options, temperature, max_new_tokens, no_repeat_ngram_size=0):
+        calls.append(temperature)
+        ids, logprob = attempts[temperature]
+        return [SimpleNamespace(sequences_ids=[list(ids)], scores=[logprob * (len(ids) + 1) / len(ids)],
+                                no_speech_prob=0.0) for _ in prompts]
+
+    monkeypatch.setattr(base_ct2, "_generate", fake_generate)
+    opts = DecodeOptions(language="en", timestamps=True, temperatures=(0.0, 0.2, 0.4))
+    text = base_ct2.transcribe(np.zeros(28 * SAMPLE_RATE, np.float32), opts, cut_clip=False).text
+    assert text.strip() == "the cat sat on the mat" and calls == [0.0, 0.2]
 
 
 def test_without_the_log_prob_fallback_only_a_loop_is_sampled_again(base_ct2, tiny, monkeypatch):

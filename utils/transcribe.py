@@ -918,10 +918,7 @@ class _BaseTranscriber:
         # backends' own sequential decoders ran over the whole recording: cues stretched over 60 s silences (ct2)
         # and transformers read one sentence 12 times over them and left 5 of 10 out
         step = 1 if options.condition_on_previous_text else options.batch_size
-        # a model fine-tuned without timestamp tokens reads a chunk (up to 30 s, nine sentences) as one segment: its
-        # words are aligned, and it is cut where they cross a pause (a subtitle cue per sentence, not per chunk).
-        # Not in streaming (never cut: its utterances end at the VAD's pauses already, and a step must stay cheap)
-        by_pauses = options.timestamps and cut_clip and getattr(self, "trained_without_timestamps", False)
+        pause_s = self._pause_to_cut_at(options, cut_clip)
 
         def pieces() -> Iterator[_Piece]:
             context = prompt
@@ -931,29 +928,43 @@ class _BaseTranscriber:
                 results = self._decode_chunks(audio, batch, language, options, context,
                                               MAX_REPEAT_SPLITS if never_cut else 0)
                 for placed in self._placed(audio, batch, results, [c.offset_s - lead_s for c in batch], language,
-                                           options, by_pauses):
+                                           options, pause_s):
                     yield from placed
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
         return self._segments_of(pieces(), language, duration, options), info
 
+    def _pause_to_cut_at(self, options: DecodeOptions, cut_clip: bool = True) -> float | None:
+        """The pause (seconds) at which a decoded segment that holds speech on both sides of it is cut by its words
+        (:meth:`_cut_at_pauses`); None = not cut. ``SEGMENT_PAUSE_S`` for a model fine-tuned without timestamp
+        tokens: it reads a chunk (up to 30 s, nine sentences) as one segment (a subtitle cue per sentence, not per
+        chunk). ``LONG_PAUSE_S`` for the others: Whisper's own segments span a short pause rightly, but not a long
+        one (whisper-base cued "degree." 107.0 → 118.5 s, over 10 s of noise between two sentences). Not without
+        timestamps, and not in streaming (``cut_clip`` False: its utterances end at the VAD's pauses already, and a
+        step must stay cheap)."""
+        if not (options.timestamps and cut_clip):
+            return None
+        return SEGMENT_PAUSE_S if getattr(self, "trained_without_timestamps", False) else LONG_PAUSE_S
+
     def _placed(self, audio: np.ndarray, chunks: Sequence[Chunk], results: list[_ChunkResult],
-                offsets: Sequence[float], language: str, options: DecodeOptions, by_pauses: bool) -> list[list[_Piece]]:
-        """Each decoded chunk's segments as pieces, moved onto its speech and by its offset (seconds); with
-        ``by_pauses`` (a model fine-tuned without timestamp tokens) first cut where they cross a long pause."""
+                offsets: Sequence[float], language: str, options: DecodeOptions,
+                pause_s: float | None) -> list[list[_Piece]]:
+        """Each decoded chunk's segments as pieces, moved onto its speech and by its offset (seconds); first cut
+        where they cross a pause of ``pause_s`` (:meth:`_pause_to_cut_at`; None = not cut)."""
         spans = [_chunk_spans(chunk, audio) for chunk in chunks]
-        if by_pauses:
-            results = self._cut_at_pauses(audio, chunks, [r for r, _ in spans], language, results, options)
+        if pause_s is not None:
+            results = self._cut_at_pauses(audio, chunks, [r for r, _ in spans], language, results, options, pause_s)
         return [list(_shifted(r, offset, chunk_spans)) for r, offset, chunk_spans in zip(results, offsets, spans,
                                                                                          strict=True)]
 
     def _cut_at_pauses(self, audio: np.ndarray, chunks: Sequence[Chunk], regions: Sequence[list[tuple[float, float]]],
-                       language: str, results: list[_ChunkResult], options: DecodeOptions) -> list[_ChunkResult]:
-        """The chunks whose segments cross a long pause (:func:`crosses_pause`: a model fine-tuned without timestamp
-        tokens read nine sentences over 29 s as one) cut there by their words (:func:`cut_at_pauses`), aligned for
-        it where they were not (those chunks only: the others cost nothing more)."""
-        todo = [k for k, r in enumerate(results) if r.segments and crosses_pause(r.segments, regions[k])]
+                       language: str, results: list[_ChunkResult], options: DecodeOptions,
+                       pause_s: float) -> list[_ChunkResult]:
+        """The chunks whose segments cross a pause of ``pause_s`` (:func:`crosses_pause`: a model fine-tuned without
+        timestamp tokens read nine sentences over 29 s as one) cut there by their words (:func:`cut_at_pauses`),
+        aligned for it where they were not (those chunks only: the others cost nothing more)."""
+        todo = [k for k, r in enumerate(results) if r.segments and crosses_pause(r.segments, regions[k], pause_s)]
         if not todo:
             return results
         out = list(results)
@@ -965,7 +976,8 @@ class _BaseTranscriber:
                 out[k] = r
         decode = self._word_tokenizer(language, options.task).decode
         for k in todo:
-            out[k] = cut_at_pauses(out[k], regions[k], keep_words=options.word_timestamps, decode=decode)
+            out[k] = cut_at_pauses(out[k], regions[k], keep_words=options.word_timestamps, decode=decode,
+                                   pause_s=pause_s)
         return out
 
     def transcribe(self, audio: np.ndarray | str | os.PathLike, options: DecodeOptions = DecodeOptions(),
@@ -1004,7 +1016,7 @@ class _BaseTranscriber:
             else:
                 padded, (chunk,) = with_lead(a, [clip])
                 clips.append((i, padded, chunk))
-        by_pauses = options.timestamps and getattr(self, "trained_without_timestamps", False)
+        pause_s = self._pause_to_cut_at(options)
         for start in range(0, len(clips), options.batch_size):  # detect, then decode, batch by batch: the
             batch = clips[start: start + options.batch_size]  # decode reuses the detection's encoder output
             waves = [a[c.start: c.end] for _, a, c in batch]
@@ -1021,7 +1033,7 @@ class _BaseTranscriber:
                 # times from each clip's own start: its chunk's, less the lead put before it
                 offsets = [c.offset_s - (len(a) - len(audios[i])) / SAMPLE_RATE
                            for i, a, c in (batch[k] for k in group)]
-                placed = self._placed(audio, chunks, results, offsets, language, options, by_pauses)
+                placed = self._placed(audio, chunks, results, offsets, language, options, pause_s)
                 for k, pieces in zip(group, placed, strict=True):
                     i = batch[k][0]
                     out[i] = self._finish(pieces, language, langs[k][1], len(audios[i]) / SAMPLE_RATE, options)
@@ -1111,6 +1123,7 @@ def _shifted(result: _ChunkResult, offset: float,
 
 
 SEGMENT_PAUSE_S = 0.6  # silence between two VAD regions that ends a segment cut by its words (:func:`cut_at_pauses`)
+LONG_PAUSE_S = 3.0  # ... for a model that writes its own timestamps (its segments span shorter pauses rightly)
 
 
 def long_pauses(regions: Sequence[tuple[float, float]], pause_s: float = SEGMENT_PAUSE_S,
@@ -1213,8 +1226,10 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
         parts = (_token_cuts(seg_tokens, texts, decode) if texts and decode and seg_tokens else None)
         if texts is None:  # one group, or words that are not the text's: the segment as it is
             groups, texts = [list(seg_words)], [text]
+        # one group whose segment still spans a long pause (its end stamped in the speech after it): timed by its words
+        crossing = any(start < regions[b][1] - pad and end > regions[b + 1][0] + pad for b in breaks)
         for g, (group, piece) in enumerate(zip(groups, texts, strict=True)):
-            if len(groups) == 1:
+            if len(groups) == 1 and not (crossing and group):
                 segments.append((start, end, text))
             else:
                 first, last = bounds[region(group[0])], bounds[region(group[-1])]
@@ -2473,13 +2488,16 @@ class CT2Transcriber(_BaseTranscriber):
             retry = []
             for i, r in zip(pending, outputs):
                 tokens = list(r.sequences_ids[0])
-                text = tokenizers[i].decode([t for t in tokens if t < tokenizers[i].eot])
+                said = [t for t in tokens if t < tokenizers[i].eot]
+                text = tokenizers[i].decode(said)
                 avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
                 hit_limit = len(tokens) >= ct2_generated_at_most(len(prompts[i]), max_length) - 1
-                loop = is_decoder_loop(tokens, text, hit_limit, options.compression_ratio_threshold)
+                # the text tokens repeat, not the timestamps between them (a segment said 13 times over babble, each
+                # one at other times, was no loop, and won the fallback on its log-probability)
+                loop = is_decoder_loop(said, text, hit_limit, options.compression_ratio_threshold)
                 again, silent = _needs_fallback(avg_logprob, r.no_speech_prob, options, loop)
                 if again and split_repeats and split_repeats[i] and temperature == options.temperatures[0] \
-                        and repeat_period([t for t in tokens if t < tokenizers[i].eot]) is not None:
+                        and repeat_period(said) is not None:
                     again = False  # the caller cuts this chunk in two
                 # when every temperature fails, keep the best attempt, the greedy one included: no loop first,
                 # then one that passes the checks, then the highest average log-probability (a sample at a high

@@ -386,14 +386,36 @@ class ProbeBudget:
 
 
 def slice_check(path: str, start_time: float | None = None, end_time: float | None = None,
-                tolerance_s: float = 0.1, probes: ProbeBudget | None = None) -> tuple[str | None, float | None]:
+                tolerance_s: float = 0.1, probes: ProbeBudget | None = None,
+                lengths: dict[str, tuple[str | None, float | None]] | None = None) -> tuple[str | None, float | None]:
     """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
     decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
     ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine,
     and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded) unless its name
     says it should (.wav, .flac…: then ffprobe tells whether it is audio at all, while ``probes`` allows; None = any
     number). Returned with the slice's length in seconds (None where the header cannot be read or the slice cannot
-    be read as given)."""
+    be read as given). ``lengths``: what earlier calls found of each file, kept and reused (a manifest that cuts a
+    few long recordings into 100 000 slices read each header once per line)."""
+    if lengths is None:
+        problem, seconds = _audio_length(path, probes)
+    elif (known := lengths.get(path)) is not None:
+        problem, seconds = known
+    else:
+        problem, seconds = lengths[path] = _audio_length(path, probes)
+    if problem is not None or seconds is None:
+        return problem, None
+    if seconds == 0:
+        return "the file holds no audio samples", None
+    if start_time is not None and start_time >= seconds:
+        return f"'audio.start_time' {start_time} s is past the end of the audio ({seconds:.2f} s)", None
+    if end_time is not None and end_time > seconds + tolerance_s:
+        return f"'audio.end_time' {end_time} s is past the end of the audio ({seconds:.2f} s)", None
+    return None, min(seconds, end_time if end_time is not None else seconds) - (start_time or 0.0)
+
+
+def _audio_length(path: str, probes: ProbeBudget | None) -> tuple[str | None, float | None]:
+    """(what is wrong with the file ``path`` as a whole, its length in seconds) from its header (:func:`slice_check`);
+    (None, None) where the header cannot be read."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # no header to read: it failed only once decoded
         return "the file is empty (0 bytes)", None
     seconds = _header_duration(path)
@@ -405,15 +427,7 @@ def slice_check(path: str, start_time: float | None = None, end_time: float | No
             seconds, error = _ffprobe_duration(ffprobe, path)
             if seconds is None:
                 return f"not readable as audio ({error.splitlines()[-1] if error else 'unknown format'})", None
-    if seconds is None:
-        return None, None
-    if seconds == 0:
-        return "the file holds no audio samples", None
-    if start_time is not None and start_time >= seconds:
-        return f"'audio.start_time' {start_time} s is past the end of the audio ({seconds:.2f} s)", None
-    if end_time is not None and end_time > seconds + tolerance_s:
-        return f"'audio.end_time' {end_time} s is past the end of the audio ({seconds:.2f} s)", None
-    return None, min(seconds, end_time if end_time is not None else seconds) - (start_time or 0.0)
+    return None, seconds
 
 
 def audio_bytes_duration(data: bytes, name: str = "audio") -> float:

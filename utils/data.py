@@ -131,6 +131,17 @@ def check_model_language(language: str, languages: Collection[str], what: str, f
 SEGMENT_END_SLACK_S = 1.5  # how far past the clip's 'duration' a segment may end (it is read as ending there)
 
 
+def _unquote(value: object) -> str:
+    """The hint for a number written as a string ("2.88"): write it without quotes."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return ": write it without quotes"
+    return ""
+
+
 def validate_record(obj: Any, where: str) -> None:
     """Check one parsed manifest line; raise ManifestError naming ``where`` (``file:line``), field and fix."""
     if not isinstance(obj, dict):
@@ -144,12 +155,16 @@ def validate_record(obj: Any, where: str) -> None:
         raise ManifestError(f"{where}: 'audio' missing or not an object (keys: {keys}); "
                             'write "audio": {"path": "..."}')
     path = audio.get("path")
-    if not isinstance(path, str) or not path:
+    if path is not None and not isinstance(path, str):
+        raise ManifestError(f"{where}: 'audio.path' must be a string, got {type(path).__name__} {path!r}; give the "
+                            "audio file's path in quotes")
+    if not path:
         raise ManifestError(f"{where}: 'audio.path' missing or empty; give the audio file's path")
     start, end = audio.get("start_time"), audio.get("end_time")
     for name, v in (("start_time", start), ("end_time", end)):
         if v is not None and (not _is_number(v) or v < 0):
-            raise ManifestError(f"{where}: 'audio.{name}' must be a non-negative number of seconds, got {v!r}")
+            raise ManifestError(f"{where}: 'audio.{name}' must be a non-negative number of seconds, got {v!r}"
+                                f"{_unquote(v)}")
     if start is not None and end is not None and end <= start:
         raise ManifestError(f"{where}: 'audio.end_time' ({end}) must be greater than 'audio.start_time' ({start})")
     if "sentence" not in obj:
@@ -160,7 +175,8 @@ def validate_record(obj: Any, where: str) -> None:
         raise ManifestError(f"{where}: 'duration' missing (keys: {keys}); add the clip length in seconds")
     duration = obj["duration"]
     if not _is_number(duration) or duration <= 0:
-        raise ManifestError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}")
+        raise ManifestError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}"
+                            f"{_unquote(duration)}")
     lang = obj.get("language")
     if lang is not None and not isinstance(lang, str):
         raise ManifestError(f"{where}: 'language' must be a string like \"Chinese\" or null, got {lang!r}")
@@ -186,8 +202,8 @@ def validate_record(obj: Any, where: str) -> None:
         s, e, t = seg["start"], seg["end"], seg["text"]
         for key, value in (("start", s), ("end", e)):
             if not _is_number(value):
-                hint = ": write it without quotes" if isinstance(value, str) else ""
-                raise ManifestError(f"{where}: 'sentences[{j}].{key}' must be a number of seconds, got {value!r}{hint}")
+                raise ManifestError(f"{where}: 'sentences[{j}].{key}' must be a number of seconds, got {value!r}"
+                                    f"{_unquote(value)}")
         if s < 0 or e < s:
             raise ManifestError(f"{where}: 'sentences[{j}]' needs 0 <= start <= end (seconds), got {s!r}..{e!r}")
         if s < prev_end - 1e-3:
@@ -638,6 +654,7 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
     report = ClipReport()
     probes = ProbeBudget(MAX_PROBES)
     first_seen: dict[tuple[str, float | None, float | None], str] = {}
+    lengths: dict[str, tuple[str | None, float | None]] = {}  # each file's header, read once
     small = isinstance(records, Sequence) and len(records) < 5000  # a few seconds' check: no bar
     for record, where in zip(tqdm(records, desc="checking audio headers", unit="clip", disable=small), locations):
         if record.sentence.strip() and not normalize_text(record.sentence):
@@ -651,7 +668,8 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
                                    f"{_span(record)}); remove the line unless it is meant to count twice")
         else:
             first_seen[key] = where
-        problem, seconds = slice_check(record.audio_path, record.start_time, record.end_time, probes=probes)
+        problem, seconds = slice_check(record.audio_path, record.start_time, record.end_time, probes=probes,
+                                       lengths=lengths)
         if problem is None and seconds is not None and max_seconds is not None and seconds > max_seconds + 0.01:
             problem = (f"the clip is {seconds:.2f} s ('duration' says {record.duration:.2f} s), longer than the "
                        f"{max_seconds:.0f} s window training can hold; cut it (audio.start_time/end_time)")

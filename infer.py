@@ -183,6 +183,9 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
     )
 
 
+PROGRESS_BAR_S = 120.0  # a file at least this long (seconds) shows a progress bar
+
+
 def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, stream: bool) -> Transcript:
     """Transcribe one file with the engine's segment iterator: the detected language is logged before decoding,
     a long file shows a progress bar in seconds of audio, and with ``stream`` each ``[start --> end] text`` line
@@ -197,7 +200,7 @@ def transcribe_one(engine: Transcriber, path: str, options: DecodeOptions, *, st
         logger.info("%s: language %s, the one the model was fine-tuned on (--language=auto detects it)", path, fixed)
     collected = []
     with tqdm(total=round(info.duration), unit="s", desc=Path(path).name, leave=False,
-              disable=info.chunks <= options.batch_size) as bar:
+              disable=info.duration < PROGRESS_BAR_S) as bar:  # not by chunks: 2 h with 6 of them showed none
         for segment in segments:
             collected.append(segment)
             bar.update(round(segment.end) - bar.n)
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Transcribe every file; a failing file is reported and skipped
     failed: list[str] = []
     many = len(files) > 1
+    done = 0
     for path, stem in zip(tqdm(files, desc="transcribing", unit="file", disable=not many), _unique_stems(files)):
         try:
             transcript = transcribe_one(engine, path, options, stream=not many and options.timestamps)
@@ -316,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", e)
             failed.append(path)
             continue
+        except KeyboardInterrupt:  # Ctrl-C: one line, not PyTorch's traceback; no file of it is written
+            print(f"interrupted while transcribing {path}: its transcript was not written ({done} of {len(files)} "
+                  "files done)", file=sys.stderr)
+            return 130
+        done += 1
         if options.task == "translate" and has_unspaced_script(transcript.text):
             logger.warning("%s: the translation holds Chinese/Japanese characters (%s was likely fine-tuned to "
                            "transcribe, and does not translate reliably): translate with an original Whisper model, "

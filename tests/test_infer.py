@@ -707,3 +707,33 @@ def test_a_ct2_copy_without_language_ids_is_refused_with_the_fix(tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "lang_ids": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="lists no language ids .* convert it again with merge_lora.py --ct2=True"):
         load_transcriber(str(broken), "ct2")
+
+
+def test_ctrl_c_ends_with_one_line_and_no_half_written_transcript(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Ctrl-C an hour into a long file printed 95 lines of PyTorch traceback; now one line says which file was
+    interrupted and that its transcript was not written, exit 130, and no output file."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(infer, "transcribe_one", interrupted)
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), f"--output_dir={tmp_path}", "--output_format=srt") == 130
+    err = capsys.readouterr().err
+    assert f"interrupted while transcribing {en_wav}: its transcript was not written (0 of 1 files done)" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+def test_a_long_file_shows_progress_however_few_chunks_it_has(monkeypatch):
+    """A 2 h recording, mostly silence (6 chunks, fewer than a batch), showed no progress bar for minutes: the bar
+    was left out by chunk count, not by length."""
+    from types import SimpleNamespace
+
+    from utils.transcribe import DecodeOptions, TranscriptionInfo
+
+    bars = []
+    monkeypatch.setattr(infer, "tqdm", lambda *a, **k: bars.append(k["disable"]) or __import__("tqdm").tqdm(*a, **k))
+    for seconds in (7200.0, 30.0):
+        engine = SimpleNamespace(transcribe_segments=lambda p, o, s=seconds: (iter(()), TranscriptionInfo(
+            "en", 1.0, s, 6)), fixed_language=lambda o: "en")
+        infer.transcribe_one(engine, "x.wav", DecodeOptions(language="en"), stream=False)
+    assert bars == [False, True]

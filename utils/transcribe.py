@@ -890,6 +890,7 @@ class _BaseTranscriber:
         Raises:
             AudioLoadError: ``audio`` is a path that cannot be read.
         """
+        began = time.perf_counter()
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
         if options.timestamps and getattr(self, "trained_without_timestamps", False) and not self._warned_timestamps:
@@ -903,7 +904,13 @@ class _BaseTranscriber:
             clip = (whole_clip(audio) if cut_clip else Chunk(0, len(audio))) if len(audio) else None
             chunks = [clip] if clip is not None else []
         else:
+            if duration >= LONG_AUDIO_S:  # minutes pass before the first chunk is decoded: say what happens
+                logger.info("%.0f min of audio read in %.0f s; finding its speech (VAD)", duration / 60,
+                            time.perf_counter() - began)
             chunks = split_on_silence(audio)
+            if duration >= LONG_AUDIO_S:
+                logger.info("%d chunks of speech, %.0f min of it, found in %.0f s", len(chunks),
+                            sum(c.end - c.start for c in chunks) / SAMPLE_RATE / 60, time.perf_counter() - began)
         if not chunks:
             fixed = self.fixed_language(options)
             info = TranscriptionInfo(fixed, 1.0 if fixed else 0.0, round(duration, 3), 0)
@@ -1245,6 +1252,7 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
                    tokens=None if result.tokens is None else tokens, stats=None if result.stats is None else stats)
 
 
+LONG_AUDIO_S = 600.0  # audio this long (seconds) has its reading and VAD pass logged: they take a minute or more
 PROMPT_CONTEXT_CHARS = 1000  # previous text kept for condition_on_previous_text (more than 223 tokens' worth)
 MIN_QUIET_PIECE_S = 2.0  # shortest piece a chunk without pauses is cut into (:func:`cut_at_quiet_points`)
 MAX_REPEAT_SPLITS = 1  # levels of cutting: one (tools/bench_repeats.py: a second level cost time, gained nothing)

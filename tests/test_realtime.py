@@ -166,6 +166,10 @@ def test_words_from_segments_interpolates_by_characters_and_clamps():
     assert join_words(words_from_segments([(0, 1, "压碎钱。"), (1, 2, "今年，"), (2, 3, "good"), (3, 4, "day。")],
                                           0.0, 4.0)) == "压碎钱。今年，good day。"
     assert join_words(words_from_segments([(0, 1, "안녕하세요"), (1, 2, "감사합니다")], 0.0, 2.0)) == "안녕하세요 감사합니다"
+    # ... also where Whisper spaced it (a segment's text starts with a space): the final text, joined by
+    # join_texts, had "Friday。The" where the live text had "Friday。 The"
+    assert join_words(words_from_segments([(0, 1, " 到生产环境。"), (1, 2, " Please review it by Friday。 The"),
+                                           (2, 3, " 服务器")], 0.0, 3.0)) == "到生产环境。Please review it by Friday。The 服务器"
 
 
 def test_words_from_segments_take_aligned_word_times_when_there_are_some():

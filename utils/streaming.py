@@ -196,8 +196,10 @@ def words_from_segments(segments: Sequence[tuple], offset: float, audio_end: flo
             weights = np.array([max(len(token_key(t)), 1) for t in tokens], dtype=np.float64)
             bounds = span_start + (span_end - span_start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
             for i, tok in enumerate(tokens):
-                if first and not tok[:1].isspace() and not (joins_unspaced(words[-1].text[-1:], tok[:1]) if words
-                                                            else unspaced_char(tok[:1])):
+                if tok[:1].isspace() and words and joins_unspaced(words[-1].text[-1:], tok.lstrip()[:1]):
+                    tok = tok.lstrip()  # no space after "。" or between characters: "Friday。 The" as join_texts does
+                elif first and not tok[:1].isspace() and not (joins_unspaced(words[-1].text[-1:], tok[:1]) if words
+                                                              else unspaced_char(tok[:1])):
                     tok = " " + tok  # segments are joined by a space, except where joins_unspaced
                 first = False
                 words.append(StreamToken(float(bounds[i]), float(bounds[i + 1]), tok))

@@ -95,8 +95,16 @@ STREAM_READ_S = 600.0
 BLOCK_READ_S = 60.0
 
 
-def _read_soundfile(path: str, start_time: float | None, end_time: float | None, sample_rate: int) -> np.ndarray:
-    """libsndfile's reading of ``path`` (a slice of it) as mono float32 at ``sample_rate``, shape (samples,)."""
+# formats whose samples libsndfile reads the same in blocks as whole (its mp3 reader does not: the first 0.1 s of every
+# block after the first came out wrong, by up to 0.36)
+_BLOCK_READ_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "CAF", "AU"})
+
+
+def _read_soundfile(path: str, start_time: float | None, end_time: float | None,
+                    sample_rate: int) -> np.ndarray | None:
+    """libsndfile's reading of ``path`` (a slice of it) as mono float32 at ``sample_rate``, shape (samples,); None
+    for long compressed audio to mix or resample (mp3, ogg longer than ``STREAM_READ_S``): ffmpeg reads that in
+    less memory."""
     # by its bytes: a file name that is not UTF-8 (GBK, from a Windows zip) stopped soundfile's encode with a traceback
     with sf.SoundFile(os.fsencode(path)) as f:
         sr = f.samplerate
@@ -111,7 +119,10 @@ def _read_soundfile(path: str, start_time: float | None, end_time: float | None,
         f.seek(start)
         frames = max(0, stop - start)
         if frames > STREAM_READ_S * sr and (f.channels > 1 or sr != sample_rate):
-            return _mono_in_blocks(f, frames, sample_rate, path)
+            if f.format in _BLOCK_READ_FORMATS:
+                return _mono_in_blocks(f, frames, sample_rate, path)
+            if shutil.which("ffmpeg") is not None:  # mp3, ogg: ffmpeg mixes and resamples as it decodes
+                return None
         data = f.read(frames=frames, dtype="float32", always_2d=False)
     return resample(_to_mono(data, path), sr, sample_rate)
 
@@ -122,20 +133,19 @@ def _mono_in_blocks(f: sf.SoundFile, frames: int, sample_rate: int, name: str) -
     channels' levels are summed on the way; where they cancel in the mix (:func:`_to_mono`) the loudest channel is
     read again, alone."""
     sr, begin = f.samplerate, f.tell()
-    levels, mix_level = np.zeros(f.channels), 0.0
+    levels, mix_level, seen = np.zeros(f.channels), 0.0, 0  # sums of squares, frames read
 
     def read(pick: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         f.seek(begin)
         stream = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32") if sr != sample_rate else None
         out = np.empty(int(np.ceil(frames * sample_rate / sr)) + 64, dtype=np.float32)
         at, left = 0, frames
-        while left > 0 or stream is not None:
+        while left > 0:
             block = f.read(frames=min(left, int(BLOCK_READ_S * sr)), dtype="float32", always_2d=True)
-            left = left - len(block) if len(block) else 0
+            left = left - len(block) if len(block) else 0  # a header that promised more frames: the end here
             mono = np.ascontiguousarray(pick(block), dtype=np.float32)
             if stream is not None:
-                mono = stream.resample_chunk(mono, last=left == 0)
-                stream = None if left == 0 else stream
+                mono = stream.resample_chunk(mono, last=left == 0)  # the last block flushes the resampler
             if at + len(mono) > len(out):
                 out = np.concatenate([out, np.empty(at + len(mono) - len(out), np.float32)])
             out[at: at + len(mono)] = mono
@@ -143,15 +153,16 @@ def _mono_in_blocks(f: sf.SoundFile, frames: int, sample_rate: int, name: str) -
         return out[:at]
 
     def mixed(block: np.ndarray) -> np.ndarray:
-        nonlocal mix_level
+        nonlocal mix_level, seen
         mono = block.mean(axis=1)
+        seen += len(block)
         levels[:] += np.einsum("ij,ij->j", block, block, dtype=np.float64)
         mix_level += float(np.dot(mono.astype(np.float64), mono))
         return mono
 
     samples = read(mixed)
-    loudest = None if f.channels == 1 else _cancelling_channel(np.sqrt(levels / frames), np.sqrt(mix_level / frames),
-                                                               name)
+    seen = max(seen, 1)
+    loudest = None if f.channels == 1 else _cancelling_channel(np.sqrt(levels / seen), np.sqrt(mix_level / seen), name)
     return samples if loudest is None else read(lambda block: block[:, loudest])
 
 
@@ -294,6 +305,8 @@ def load_audio(
         raise AudioLoadError(f"{path}: audio file is empty (0 bytes)")
     try:
         samples = _read_soundfile(path, start_time, end_time, sample_rate)
+        if samples is None:
+            samples = _read_ffmpeg(path, start_time, end_time, sample_rate)
         _warn_if_truncated(path, wav_truncation(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         if isinstance(e, AudioLoadError):

@@ -54,7 +54,7 @@ import numpy as np
 
 from utils.audio import SAMPLE_RATE
 from utils.audio_sources import AudioDeviceError, AudioSource
-from utils.languages import AUTO_LANGUAGE, CJK_RANGES, joins_unspaced, unspaced_char
+from utils.languages import AUTO_LANGUAGE, CJK_RANGES, has_unspaced_script, joins_unspaced, unspaced_char
 from utils.repeats import LOOP_REPEATS, tail_loop
 from utils.text import normalize_text
 from utils.vad import FRAME as VAD_FRAME  # samples per silero-vad frame at 16 kHz (32 ms)
@@ -617,11 +617,6 @@ class StreamingPolicy:
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
             j = self._skip_committed(words)
             new, decoded = words[j:], True
-            if not new and self.tentative:  # the closing reading ended at the committed words ("请打开，github，" of
-                # "…的 pull request", the last step's tail): what the last step heard after them is not dropped
-                logger.debug("the closing decode read nothing after the committed words: the tentative tail %r is "
-                             "committed", join_words(self.tentative))
-                new = list(self.tentative)
         end = pause / SAMPLE_RATE
         self.committed += new
         self._in_buffer += new
@@ -901,10 +896,10 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
     """``revised`` (a second-pass reading) with the live words it left out put back where they were, aligned by
     :attr:`StreamToken.key`: every run of at least ``run`` live words it has nothing (or that many words fewer) for,
     every span of live words it has less than half the characters for (``_LOST_CHARS`` or more fewer), and every
-    whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it
-    has at most half as many words and less than half the characters (``utterance_ends``: the indices into ``live`` before which one utterance ends
-    and the next begins). A reading that fixes words keeps its fixes; one that lost a sentence does not lose it from
-    the final text."""
+    whole utterance of at least ``_LOST_UTTERANCE_WORDS`` words none of which it read, in whose place it has at most
+    half as many words (and, in Chinese or Japanese, less than half the characters; ``utterance_ends``: the indices
+    into ``live`` before which one utterance ends and the next begins). A reading that fixes words keeps its fixes;
+    one that lost a sentence does not lose it from the final text."""
     bounds = sorted({0, *utterance_ends, len(live)})
     utterances = [(s, e) for s, e in zip(bounds, bounds[1:]) if e - s >= _LOST_UTTERANCE_WORDS]
     live_keys, revised_keys = [w.key for w in live], [w.key for w in revised]
@@ -914,10 +909,11 @@ def restore_lost(live: Sequence[StreamToken], revised: Sequence[StreamToken], ru
         live_chars = sum(len(w.text.strip()) for w in live[a1:a2])
         kept_chars = sum(len(w.text.strip()) for w in revised[b1:b2])
         lost_chars = live_chars - kept_chars >= _LOST_CHARS and 2 * kept_chars < live_chars
-        # a lost utterance: it has at most half as many words and characters in its place (a Chinese one has a word
-        # per character: the demo model's "预算是三点五万。" translated into 9 English words was read as lost)
-        lost_utterance = 2 * kept_chars < live_chars and any(a1 <= s and e <= a2 and 2 * fewer >= e - s
-                                                             for s, e in utterances)
+        # a lost utterance: it has at most half as many words in its place, and in Chinese or Japanese (a word per
+        # character) less than half the characters too (the demo model's "预算是三点五万。" translated into 9 English
+        # words was read as lost; "go to bed." read as "Subscribed!" still is)
+        lost_utterance = any(a1 <= s and e <= a2 and 2 * fewer >= e - s for s, e in utterances) and (
+            2 * kept_chars < live_chars or not has_unspaced_script(join_words(live[a1:a2])))
         if op in ("delete", "replace") and (fewer >= run or lost_chars or lost_utterance):
             logger.info("second pass: its reading has %d words (%d characters) for %d live words (%d), which are "
                         "kept: %r", b2 - b1, kept_chars, a2 - a1, live_chars, join_words(live[a1:a2]))

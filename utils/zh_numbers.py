@@ -65,8 +65,11 @@ _SCORE = re.compile(r"(?<![0-9:.])(?P<a>[0-9]+):(?P<b>[0-9]+)(?![0-9:])")
 _FRACTION = re.compile(r"(?<![0-9/.])(?P<num>[0-9]+)/(?P<den>[0-9]+)(?![0-9/])")
 _RANGE = re.compile(r"(?<![0-9.,:/-])(?P<a>[1-9][0-9]{0,3}|0)\s*[-~]\s*(?P<b>[1-9][0-9]{0,3}|0)(?![0-9.,:/-])")
 # a dash between numbers (after NFKC: "–", "—" stay) and one after a percentage ("30%-40%": not a minus sign)
-_DASH = re.compile(r"(?<=[0-9])\s*[\u2013\u2014]\s*(?=[0-9])")
-_PERCENT_RANGE = re.compile(r"(?<=[0-9])(?P<sign>%|‰)\s*[-~\u2013\u2014]\s*(?=[0-9])")
+_DASH = re.compile(r"(?<=[0-9])\s*[\u2013\u2014\u2212]\s*(?=[0-9])")
+_PERCENT_RANGE = re.compile(r"(?<=[0-9])\s*(?P<sign>%|‰)\s*[-~\u2013\u2014\u2212]\s*(?=[0-9])")
+_CURRENCY_RANGE = re.compile(r"(?P<cur>[$¥€£])\s*(?P<a>[0-9][0-9,]*(?:\.[0-9]+)?)\s*[-~]\s*[$¥€£]?\s*"
+                             r"(?P<b>[0-9][0-9,]*(?:\.[0-9]+)?)")  # $5-10: 五到十美元
+_SHORT_YEAR_RANGE = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})\s*[-~到至]\s*(?P<yy>[0-9]{2})(?=\s*年)")  # 1998-99年
 _YEAR = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})(?=\s*(?:[到至、]\s*[12][0-9]{3}\s*)*年)")
 _YEAR_SPAN = re.compile(r"\s*年(?:前|来|之久|的历史|间|左右|多)")  # 2000年前, 1000年的历史: years counted
 _SHORT_YEAR = re.compile(r"(?<![0-9])(?P<y>[0-9]{2})(?=年[0-9]{1,2}月)")  # 98年3月
@@ -176,6 +179,12 @@ def _range(match: re.Match[str], text: str) -> str:
     return f"{first}到{b}"
 
 
+def _currency_word(match: re.Match[str], text: str) -> str:
+    """The word of a currency sign, unless the text says it after the number already ("¥30元": 三十元, not 三十元元)."""
+    word = _CURRENCY_WORD[match["cur"]]
+    return "" if text.startswith(word, _SPACES.match(text, match.end()).end()) else word
+
+
 GROUPED_DIGITS = 7  # digit groups joined by "-" or spaces holding this many digits or more: a number to dial
 _YEARS = re.compile(r"[12][0-9]{3}-[12][0-9]{3}")
 
@@ -200,7 +209,9 @@ def spell_numbers(text: str) -> str:
     text = _YAO.sub("一", text)
     if any(ch.isdigit() for ch in text):
         text = _DASH.sub("-", _PERCENT_RANGE.sub(lambda m: m["sign"] + "到", text))
-        text = _CURRENCY.sub(lambda m: m["num"] + _CURRENCY_WORD[m["cur"]], text)
+        text = _CURRENCY_RANGE.sub(lambda m: f"{m['a']}到{m['b']}" + _currency_word(m, text), text)
+        text = _SHORT_YEAR_RANGE.sub(lambda m: f"{digit_by_digit(m['y'])}到{digit_by_digit(m['yy'])}", text)
+        text = _CURRENCY.sub(lambda m: m["num"] + _currency_word(m, text), text)
         text = _DATE.sub(lambda m: f"{digit_by_digit(m['y'])}年{cardinal(m['m'])}月{cardinal(m['d'])}日", text)
         text = _DOTTED.sub(lambda m: "点".join(digit_by_digit(g) for g in m.group().split(".")), text)
         text = _GROUPS.sub(_grouped, text)

@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModelResolutionError) as e:
         logger.error("cannot load %s: %s", args.model_path, e)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted while the model loaded: no file transcribed", file=sys.stderr)
+        return 130
     options = replace(options, task=resolve_task(args.task, engine))
     try:
         engine.check_task(options.task, options.language, flag=task_flag(args.task))
@@ -307,12 +310,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # short files are windows decoded alone: where that runs faster is timed (about 0.3 s) and recorded for this
     # machine; one file takes the recorded decision (the test would cost what it saves), several are timed again
-    engine.tune_lone_decoder(record=lone_decoder_record(), reuse=len(files) == 1)
+    try:
+        engine.tune_lone_decoder(record=lone_decoder_record(), reuse=len(files) == 1)
+    except KeyboardInterrupt:
+        print("interrupted before the first file: no file transcribed", file=sys.stderr)
+        return 130
 
     # 3. Transcribe every file; a failing file is reported and skipped
     failed: list[str] = []
+    done: list[str] = []
+    try:
+        _transcribe_files(engine, files, options, formats, output_dir, layout, args, failed, done)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not PyTorch's traceback; each transcript is written whole or not
+        print(f"interrupted: {len(done)} of {len(files)} files done" + (f", {len(failed)} failed" if failed else "")
+              + (f"; {files[len(done) + len(failed)]} was not finished" if len(done) + len(failed) < len(files)
+                 else ""), file=sys.stderr)
+        return 130
+    if failed:
+        logger.error("%d of %d files failed: %s", len(failed), len(files), ", ".join(failed))
+        return 1
+    return 0
+
+
+def _transcribe_files(engine: Transcriber, files: list[str], options: DecodeOptions, formats: list[str] | None,
+                      output_dir: str, layout: CueLayout, args: argparse.Namespace, failed: list[str],
+                      done: list[str]) -> None:
+    """Transcribe, print and write each file in turn; each file that fails is added to ``failed``, each other one to
+    ``done`` once its transcript is written."""
     many = len(files) > 1
-    done = 0
     for path, stem in zip(tqdm(files, desc="transcribing", unit="file", disable=not many), _unique_stems(files)):
         try:
             transcript = transcribe_one(engine, path, options, stream=not many and options.timestamps)
@@ -320,11 +345,6 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", e)
             failed.append(path)
             continue
-        except KeyboardInterrupt:  # Ctrl-C: one line, not PyTorch's traceback; no file of it is written
-            print(f"interrupted while transcribing {path}: its transcript was not written ({done} of {len(files)} "
-                  "files done)", file=sys.stderr)
-            return 130
-        done += 1
         if options.task == "translate" and has_unspaced_script(transcript.text):
             logger.warning("%s: the translation holds Chinese/Japanese characters (%s was likely fine-tuned to "
                            "transcribe, and does not translate reliably): translate with an original Whisper model, "
@@ -343,10 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:  # the transcript was printed above; the other files still go on
                 logger.error("%s: cannot write its transcript to %s (%s)", path, output_dir, e)
                 failed.append(path)
-    if failed:
-        logger.error("%d of %d files failed: %s", len(failed), len(files), ", ".join(failed))
-        return 1
-    return 0
+                continue
+        done.append(path)
 
 
 if __name__ == "__main__":

@@ -711,16 +711,22 @@ def test_a_ct2_copy_without_language_ids_is_refused_with_the_fix(tmp_path):
 
 def test_ctrl_c_ends_with_one_line_and_no_half_written_transcript(tiny_whisper_dir, en_wav, tmp_path, monkeypatch,
                                                                   capsys):
-    """Ctrl-C an hour into a long file printed 95 lines of PyTorch traceback; now one line says which file was
-    interrupted and that its transcript was not written, exit 130, and no output file."""
+    """Ctrl-C an hour into a long file printed 95 lines of PyTorch traceback; now one line says how many files were
+    done and which one was not finished, exit 130, and no output file of it."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(infer, "transcribe_one", interrupted)
     assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), f"--output_dir={tmp_path}", "--output_format=srt") == 130
     err = capsys.readouterr().err
-    assert f"interrupted while transcribing {en_wav}: its transcript was not written (0 of 1 files done)" in err
+    assert f"interrupted: 0 of 1 files done; {en_wav} was not finished" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+    # ... also while a transcript is written (each file is written whole or not at all)
+    monkeypatch.undo()
+    monkeypatch.setattr(infer, "write_transcript", interrupted)
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), str(en_wav), f"--output_dir={tmp_path}",
+                "--output_format=srt") == 130
+    assert f"interrupted: 0 of 2 files done; {en_wav} was not finished" in capsys.readouterr().err
 
 
 def test_a_long_file_shows_progress_however_few_chunks_it_has(monkeypatch):

@@ -19,7 +19,7 @@ import sys
 import threading
 
 from utils.cli import (CT2_BEAM_SIZE, add_bool, add_engine_args, add_to_simple_arg, check_device_arg, default_beam_size,
-                       finite_float, make_parser, optional_str, optional_text, resolve_backend, setup_logging)
+                       finite_float, make_parser, optional_str, resolve_backend, setup_logging)
 
 logger = logging.getLogger("infer_server")
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--language", type=optional_str, default=None,
                    help="language when a request gives none: None = the language the model was fine-tuned on, "
                         "else detected; auto = always detected (a request may also send language=auto)")
-    d.add_argument("--hotwords", type=optional_text, default=None,
+    d.add_argument("--hotwords", type=optional_str, default=None,
                    help='words to steer every request towards, e.g. "张三,Kubernetes"')
     d.add_argument("--beam_size", type=int, default=None,
                    help=f"beam width (1 = greedy); default {CT2_BEAM_SIZE} with --backend=ct2, 1 with transformers, "

@@ -23,7 +23,7 @@ from typing import Any
 import streamlit as st
 
 from utils.audio import SAMPLE_RATE, AudioLoadError, truncated_message, wav_bytes_truncation
-from utils.cli import add_backend_arg, add_bool, finite_float, make_parser, optional_text, setup_logging
+from utils.cli import add_backend_arg, add_bool, finite_float, make_parser, optional_str, setup_logging
 from utils.webui import (
     MAX_UPLOAD_MB,
     UPLOAD_TYPES,
@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sentiment_model", type=str, default="auto",
                         help="auto (lexicon for Chinese, VADER for English), lexicon, snownlp, vader or a HF model")
     add_bool(parser, "local_files_only", False, "never contact the model hub")
-    parser.add_argument("--initial_prompt", type=optional_text, default=None, help="initial prompt preset in the page")
-    parser.add_argument("--hotwords", type=optional_text, default=None, help="hotwords preset in the page")
+    parser.add_argument("--initial_prompt", type=optional_str, default=None, help="initial prompt preset in the page")
+    parser.add_argument("--hotwords", type=optional_str, default=None, help="hotwords preset in the page")
     return parser.parse_args(argv)
 
 

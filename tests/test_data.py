@@ -94,6 +94,7 @@ def test_slice_fields(tmp_path, audio_dir):
     (_rec(language=5), r"'language' must be a string"),
     (_rec(audio={"path": 5}), r"t\.json:2: 'audio.path' must be a string, got int 5; give the audio file's path in"),
     (_rec(duration="2.88"), r"'duration' must be a positive number of seconds, got '2.88': write it without quotes$"),
+    (_rec(duration="-1"), r"'duration' must be a positive number of seconds, got '-1'$"),  # invalid unquoted too
     (_rec(audio={"path": "audio/a.wav", "start_time": "0.5"}), r"'audio.start_time' .* got '0.5': write it without"),
     (_rec(language="Klingon"), r"t\.json:2: 'language': unknown language 'Klingon'.*or null to use --language"),
 ])

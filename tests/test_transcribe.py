@@ -195,9 +195,10 @@ def test_a_model_without_timestamp_tokens_gets_a_segment_per_sentence(base_ct2, 
 
 def test_a_segment_stamped_across_a_long_pause_is_cut_by_its_words(base_ct2, repo_root, monkeypatch):
     """whisper-base over noise cued "degree." 107.0 → 118.5 s: its end stamped 0.3 s into the next sentence, 10 s of
-    pause later, where the cue could not be moved out of a pause (the arctic clip: 0.5 s of silence, then speech). A segment of a model that writes its own timestamps
+    pause later, where the cue could not be moved out of a pause. A segment of a model that writes its own timestamps
     that holds speech on both sides of a pause of LONG_PAUSE_S or more is cut by its words, as a model fine-tuned
-    without timestamp tokens has its segments cut at shorter pauses."""
+    without timestamp tokens has its segments cut at shorter pauses. (The arctic clip: 0.5 s of silence, then
+    speech: the end is put 1.5 s into it.)"""
     from utils.transcribe import LONG_PAUSE_S
 
     first, second = (load_audio(str(repo_root / "dataset" / "real" / n))
@@ -2411,7 +2412,7 @@ def test_a_timestamped_reading_that_stops_with_speech_after_it_is_read_on_from_i
     short = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.4 * SAMPLE_RATE))))
     assert stopped_early(first, short, audio) is None  # 0.9 s of speech after it: below READ_ON_MIN_S
     tail = Chunk(0, len(audio), spans=((0, int(4.8 * SAMPLE_RATE)), (int(5.5 * SAMPLE_RATE), int(6.9 * SAMPLE_RATE))))
-    assert stopped_early(first, tail, audio) == pytest.approx(5.3)  # 1.4 s: "do for your country." at the end of a 29.9 s file
+    assert stopped_early(first, tail, audio) == pytest.approx(5.3)  # 1.4 s: "do for your country." at a file's end
     assert stopped_early(replace(first, out_of_budget=True), chunk, audio) is None  # read in halves instead
 
 

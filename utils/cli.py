@@ -48,11 +48,6 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in _UNSET else value
 
 
-def optional_text(value: str) -> str | None:
-    """A free-text flag (a prompt, hotwords) where ``None``/``False``/empty means "not set"."""
-    return optional_str(value)
-
-
 def path_arg(value: str) -> str:
     """A file or folder flag: ``~`` expanded as the shell does for ``--flag ~/x`` but not for ``--flag=~/x`` (the
     README's form: ``--audio_path=~/a.wav`` looked for a folder named ``~``). An empty value is refused (an unset
@@ -238,9 +233,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task", type=optional_str, default=None, choices=[None, "transcribe", "translate"],
                    help="transcribe, or translate (to English); default: the task the model was fine-tuned for "
                         "(finetune.py --task), else transcribe")
-    g.add_argument("--initial_prompt", type=optional_text, default=None,
+    g.add_argument("--initial_prompt", type=optional_str, default=None,
                    help="text given to the decoder as previous context (vocabulary, style)")
-    g.add_argument("--hotwords", type=optional_text, default=None,
+    g.add_argument("--hotwords", type=optional_str, default=None,
                    help='words to steer towards, e.g. "张三,Kubernetes": put before the previous text in the prompt')
 
 

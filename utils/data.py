@@ -131,15 +131,14 @@ def check_model_language(language: str, languages: Collection[str], what: str, f
 SEGMENT_END_SLACK_S = 1.5  # how far past the clip's 'duration' a segment may end (it is read as ending there)
 
 
-def _unquote(value: object) -> str:
-    """The hint for a number written as a string ("2.88"): write it without quotes."""
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return ""
-        return ": write it without quotes"
-    return ""
+def _unquote(value: object, minimum: float = 0.0) -> str:
+    """The hint for a number written as a string ("2.88") that would be valid unquoted (at least ``minimum``):
+    write it without quotes."""
+    try:
+        number = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return ""
+    return ": write it without quotes" if math.isfinite(number) and number >= minimum else ""
 
 
 def validate_record(obj: Any, where: str) -> None:
@@ -176,7 +175,7 @@ def validate_record(obj: Any, where: str) -> None:
     duration = obj["duration"]
     if not _is_number(duration) or duration <= 0:
         raise ManifestError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}"
-                            f"{_unquote(duration)}")
+                            f"{_unquote(duration, minimum=1e-9)}")
     lang = obj.get("language")
     if lang is not None and not isinstance(lang, str):
         raise ManifestError(f"{where}: 'language' must be a string like \"Chinese\" or null, got {lang!r}")

@@ -93,7 +93,9 @@ _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
 # CJK and full-width punctuation ("，", "。", "？", "、", "「"): a token of its own, glued to the word before it, as
 # spaced punctuation is; in a run of other characters, "开，github，the。" was one token, and agreement, times and the
 # skip of committed words worked on that blob ("请打开，，github" committed with its comma twice)
-_WIDE_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+# (not 々〆〇, parts of words and numbers, nor ＋ － ． ～ inside them: "３．５％", "C＋＋")
+_WIDE_PUNCTUATION = ("\u3000-\u3004\u3008-\u303f\uff01-\uff0a\uff0c\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5d"
+                     "\uff5f-\uff65")
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}{_WIDE_PUNCTUATION}]|[^\s{CJK_RANGES}{_WIDE_PUNCTUATION}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start

@@ -134,6 +134,7 @@ def test_split_tokens_cjk_characters_and_latin_words():
     # CJK punctuation between Latin words is glued to the word before it, as spaced punctuation is
     assert split_tokens("请打开，github，the，pull-request。") == ["请", "打", "开，", "github，", "the，", "pull-request。"]
     assert split_tokens("「你好」他说：OK！") == ["「你", "好」", "他", "说：", "OK！"]
+    assert split_tokens("好的～３．５％，C＋＋") == ["好", "的～", "３．５％，", "C＋＋"]  # a decimal point, a plus: inside
 
 
 def test_words_after_cjk_punctuation_are_agreed_on_one_by_one():
@@ -439,22 +440,23 @@ def test_the_decode_that_closes_an_utterance_is_close_fns_and_its_reading_is_com
     assert run_stream(FileSource(audio, realtime=False), plain, chunk_s=4.0).text == "a b c d e f"
 
 
-def test_a_closing_decode_that_reads_nothing_new_commits_nothing_the_last_step_made_up():
-    """The closing decode (a wider beam, on the whole utterance) is the last word on an utterance: a tail the last
-    step read after the speech ("Thanks." in the silence after "a b c", as Whisper writes over silence) is not
-    committed when the closing reading has nothing after the committed words (a fallback to the last step's tail,
-    tried for a close that read "请打开，github，" of "…的 pull request", committed such words; that close came from
-    "，github，the，" read as one token, since fixed)."""
+def test_a_closing_decode_that_reads_nothing_new_keeps_the_heard_tail_not_one_made_up_after_it():
+    """The closing decode (a wider beam, on the whole utterance) read nothing after the committed words: the live
+    text lost what the last step heard after them ("请打开，github，" committed, "的 pull request" gone). The tail's
+    words that end by the VAD's end of speech are committed; one the last step made up in the silence after it
+    ("Thanks.", as Whisper writes over silence) is not."""
     made_up = [*script_words("a b c", start=0.5), (1.75, 1.95, " Thanks.")]
     audio = timed_audio(5.0, silences=[(0.0, 0.5), (1.7, 5.0)])
-    asr = FakeASR(made_up, flicker=False)
-    first_two = lambda a, p: [(s, e, " ".join(t.split()[:2])) for s, e, t in asr(a, p)]  # noqa: E731
-    policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, close_fn=first_two)
-    committed = []
-    for stop in (1.0, 1.4, 1.96, 2.6, 5.0):
-        policy.insert_audio(audio[policy.total: int(stop * SAMPLE_RATE)])
-        committed += policy.process().committed
-    assert policy.closes and join_words(committed) == "a b"  # what the closing decode read (a tentative "c" too)
+    asr = FakeASR(made_up, per_segment=1, flicker=False)
+    first_two = lambda a, p: [seg for seg in asr(a, p) if seg[2].strip() in ("a", "b")]  # noqa: E731
+    for stops in ((1.0, 1.4, 1.96, 2.6, 5.0), (1.0, 1.4, 1.96, 2.16, 2.6, 5.0)):  # closed by a decode / as last heard
+        policy = StreamingPolicy(asr, vad_fn=energy_vad, min_silence_s=0.6, close_fn=first_two)
+        committed = []
+        for stop in stops:
+            policy.insert_audio(audio[policy.total: int(stop * SAMPLE_RATE)])
+            committed += policy.process().committed
+        assert policy.closes and join_words(committed) == "a b c", stops
+    assert asr(audio[: int(1.96 * SAMPLE_RATE)], "")[-1][2].strip() == "Thanks."  # the last step heard it
 
 
 def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_language():

@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 # silence a hypothesis must have heard after the VAD's end of speech for its tail to be committed as it is: the
 # VAD ends speech early on a soft final consonant, and Whisper misreads the last word of its input ("seven" → "11")
 _HEARD_MARGIN = int(0.3 * SAMPLE_RATE)
+# how far past the VAD's end of speech a word of the last step's tail may end and still be taken as heard speech when
+# the closing decode read nothing after the committed words (samples; the VAD ends speech a little early)
+_HEARD_SLACK = int(0.2 * SAMPLE_RATE)
 # silence after a closed utterance past which it is no longer kept as context for the next one (samples)
 _CONTEXT_GAP = int(2.0 * SAMPLE_RATE)
 # a buffer cut at a Whisper segment end is moved into the pause the VAD heard there when that pause ended at most this
@@ -93,9 +96,10 @@ _REVISE_KEEP = int(30.0 * SAMPLE_RATE)
 # CJK and full-width punctuation ("，", "。", "？", "、", "「"): a token of its own, glued to the word before it, as
 # spaced punctuation is; in a run of other characters, "开，github，the。" was one token, and agreement, times and the
 # skip of committed words worked on that blob ("请打开，，github" committed with its comma twice)
-# (not 々〆〇, parts of words and numbers, nor ＋ － ． ～ inside them: "３．５％", "C＋＋")
-_WIDE_PUNCTUATION = ("\u3000-\u3004\u3008-\u303f\uff01-\uff0a\uff0c\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5d"
-                     "\uff5f-\uff65")
+# (not 々〆〇, parts of words and numbers, nor ＋ ． inside them: "３．５％", "C＋＋")
+_WIDE_PUNCTUATION = ("\u3000-\u3004\u3008-\u303f\uff01-\uff0a\uff0c\uff0d\uff0f\uff1a-\uff20\uff3b-\uff40"
+                     "\uff5b-\uff65")
+_WIDE_MARK = re.compile(f"[{_WIDE_PUNCTUATION}]")
 _TOKEN = re.compile(rf"\s*(?:[{CJK_RANGES}{_WIDE_PUNCTUATION}]|[^\s{CJK_RANGES}{_WIDE_PUNCTUATION}]+)")
 
 # (audio (samples,) float32 at 16 kHz, prompt text or "") → [(start s, end s, text)] relative to the audio start
@@ -160,7 +164,7 @@ def split_tokens(text: str) -> list[str]:
     prefix = ""
     for m in _TOKEN.finditer(text):
         tok = m.group(0)
-        if not token_key(tok):
+        if not token_key(tok) or _WIDE_MARK.fullmatch(tok.strip()):  # "～" keeps a key ("~"): still punctuation
             if out:
                 out[-1] += tok.strip()
             else:
@@ -589,7 +593,7 @@ class StreamingPolicy:
         offset_s = self.offset / SAMPLE_RATE
         words = words_from_segments(segments, offset_s, end)
         j = self._skip_committed(words)
-        tail = words[j:]
+        tail = words[j:] or (self._heard_tail(self._vad.last_speech_end) if ended else [])
         keys, previous = [w.key for w in tail], [w.key for w in self.tentative]
         n = max(agreed_tokens(keys, previous), _common_prefix(keys, self._older))
         self._older = previous[n:] if previous[:n] == keys[:n] else []
@@ -601,6 +605,17 @@ class StreamingPolicy:
         if new or self.tentative:
             logger.debug("committed %r | tentative %r", join_words(new), join_words(self.tentative))
         return Update(committed + new, list(self.tentative), end, decoded=True)
+
+    def _heard_tail(self, speech_end: int) -> list[StreamToken]:
+        """The tentative words that end by stream sample ``speech_end`` (the VAD's end of speech, + ``_HEARD_SLACK``),
+        for a reading like the closing decode's that has nothing after the committed words: it ended early ("请打开，
+        github，" of "…的 pull request": the rest was lost from the live text); a word the last step made up in the
+        silence after the speech ("Thanks.", as Whisper writes over silence) is not among them."""
+        heard = [w for w in self.tentative if w.end <= (speech_end + _HEARD_SLACK) / SAMPLE_RATE]
+        if heard:
+            logger.debug("a closing reading has nothing after the committed words: the last step's %r is kept",
+                         join_words(heard))
+        return heard
 
     def _close_utterance(self, pause: int, speech_end: int) -> tuple[list[StreamToken], bool]:
         """Commit the utterance that ended at stream sample ``pause`` (its speech ended at ``speech_end``).
@@ -619,6 +634,7 @@ class StreamingPolicy:
             words = words_from_segments(segments, self.offset / SAMPLE_RATE, pause / SAMPLE_RATE)
             j = self._skip_committed(words)
             new, decoded = words[j:], True
+            new = new or self._heard_tail(speech_end)
         end = pause / SAMPLE_RATE
         self.committed += new
         self._in_buffer += new

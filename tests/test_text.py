@@ -111,6 +111,8 @@ def test_a_numbers_sign_is_scored_as_the_word_it_is_said_as():
     # ... also before "one" (the normaliser's 1) and a decimal point ("minus point five" is "-.5" to it)
     assert count_errors("minus one degree", "1 degree", "wer", language="en").errors == 1
     assert count_errors("minus point five", "point five", "wer", language="en").errors == 1
+    assert count_errors("minus point five", "minus five", "wer", language="en").errors == 1  # ".5" was "5"
+    assert count_errors("minus point five degrees", "-0.5 degrees", "wer", language="en").errors == 0
     assert count_errors("it is -1 degrees", "it is minus one degrees", "wer", language="en").errors == 0
     assert scoring_text("a 3-0 win, pages 10-20, x-5", "en") == "a 3 0 win pages 10 20 x 5"  # hyphens stay gaps
     assert count_errors("延迟是 minus five", "延迟是 five", "mer").errors == 1
@@ -164,7 +166,8 @@ def test_mixed_error_rate_counts_a_chinese_character_or_an_english_word_as_one_u
     ("增长30%-40%", "增长百分之三十到百分之四十"), ("30%~40%", "百分之三十到百分之四十"), ("2019\u20142020年", "二零一九到二零二零年"),
     ("2019\u20132020年", "二零一九到二零二零年"), ("10\u201420个", "十到二十个"), ("25 °C", "二十五度"), ("50 %的人", "百分之五十的人"),
     ("相差3 %-5 %", "相差百分之三到百分之五"), ("5%\u221210%", "百分之五到百分之十"), ("$5\u201410", "五到十美元"),
-    ("¥5-10元", "五到十元"), ("¥30元", "三十元"), ("1998\u201499年", "一九九八到九九年"), ("1998-99年", "一九九八到九九年"),
+    ("¥5-10元", "五到十元"), ("¥30元", "三十元"), ("¥5-10块", "五到十块"), ("$5到10", "五到十美元"), ("花了$5，", "花了五美元，"),
+    ("1998\u201499年", "一九九八到九九年"), ("1998-99年", "一九九八到九九年"),
     # one spelling of one number
     ("二〇一九年", "二零一九年"), ("二○一九年", "二零一九年"), ("幺幺零", "一一零"), ("百分之一百", "百分之百"),
 ])

@@ -137,8 +137,8 @@ def scoring_text(text: str, language: str | None = None, metric: str = "cer") ->
 def _english(text: str) -> str:
     """Whisper's English normaliser, with a number's sign kept as the word it is said as: the normaliser writes
     "minus 5" as "-5" and drops the sign of a written "-5", and the sign then went with the punctuation ("minus 5
-    degrees", "-5 degrees" and "5 degrees" were all "5 degrees")."""
-    return _spell_signs(_english_normalizer()(_spell_signs(text)))
+    degrees", "-5 degrees" and "5 degrees" were all "5 degrees"); "point five" is "0.5", as it is written."""
+    return _spell_signs(_LEADING_POINT.sub("0.", _english_normalizer()(_spell_signs(text))))
 
 
 def _spell_signs(text: str) -> str:
@@ -147,6 +147,7 @@ def _spell_signs(text: str) -> str:
 
 # a sign before a number, not a hyphen inside a word ("x-5"); the normaliser writes a lone 1 as "one" ("-one") and
 # "minus point five" as "-.5"
+_LEADING_POINT = re.compile(r"(?<![\w.])\.(?=\d)")  # the normaliser's "point five": ".5", as "0.5" is written
 _SIGN = re.compile(r"(?<![\w.])([-+\u2212])(?=\d|\.\d|one\b)")
 _NOT_CJK_RUN = re.compile(f"[^{HAN_KANA_RANGES}\u3000-\u303f\uff00-\uffef]+")  # no Han, kana, full-width marks
 _LATIN = re.compile(r"[A-Za-z]")

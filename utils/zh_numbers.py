@@ -51,7 +51,8 @@ _NUMBER = re.compile(
     r"(?<![0-9])(?<![0-9]\.)(?P<minus>(?<![0-9A-Za-z])-(?=[0-9]))?"
     r"(?P<int>[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.(?P<frac>[0-9]+))?(?![0-9]|\.[0-9])"
     r"(?:\s*(?P<sign>%|‰|°C|°))?")
-_CURRENCY = re.compile(r"(?P<cur>[$¥€£])\s*(?P<num>[0-9][0-9,]*(?:\.[0-9]+)?)")
+_AMOUNT = r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?"  # after a currency sign: not a comma after it ("$5，很便宜")
+_CURRENCY = re.compile(rf"(?P<cur>[$¥€£])\s*(?P<num>{_AMOUNT})")
 _CURRENCY_WORD = {"$": "美元", "¥": "元", "€": "欧元", "£": "英镑"}
 _DATE = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})[-/.](?P<m>1[0-2]|0?[1-9])[-/.](?P<d>3[01]|[12][0-9]|0?[1-9])"
                    r"(?![0-9])")
@@ -67,8 +68,7 @@ _RANGE = re.compile(r"(?<![0-9.,:/-])(?P<a>[1-9][0-9]{0,3}|0)\s*[-~]\s*(?P<b>[1-
 # a dash between numbers (after NFKC: "–", "—" stay) and one after a percentage ("30%-40%": not a minus sign)
 _DASH = re.compile(r"(?<=[0-9])\s*[\u2013\u2014\u2212]\s*(?=[0-9])")
 _PERCENT_RANGE = re.compile(r"(?<=[0-9])\s*(?P<sign>%|‰)\s*[-~\u2013\u2014\u2212]\s*(?=[0-9])")
-_CURRENCY_RANGE = re.compile(r"(?P<cur>[$¥€£])\s*(?P<a>[0-9][0-9,]*(?:\.[0-9]+)?)\s*[-~]\s*[$¥€£]?\s*"
-                             r"(?P<b>[0-9][0-9,]*(?:\.[0-9]+)?)")  # $5-10: 五到十美元
+_CURRENCY_RANGE = re.compile(rf"(?P<cur>[$¥€£])\s*(?P<a>{_AMOUNT})\s*[-~到至]\s*[$¥€£]?\s*(?P<b>{_AMOUNT})")  # $5-10
 _SHORT_YEAR_RANGE = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})\s*[-~到至]\s*(?P<yy>[0-9]{2})(?=\s*年)")  # 1998-99年
 _YEAR = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})(?=\s*(?:[到至、]\s*[12][0-9]{3}\s*)*年)")
 _YEAR_SPAN = re.compile(r"\s*年(?:前|来|之久|的历史|间|左右|多)")  # 2000年前, 1000年的历史: years counted
@@ -179,10 +179,14 @@ def _range(match: re.Match[str], text: str) -> str:
     return f"{first}到{b}"
 
 
+_CURRENCY_NAMES = {"元": ("元", "块", "圆"), "美元": ("美元", "美金", "刀"), "欧元": ("欧元",), "英镑": ("英镑",)}
+
+
 def _currency_word(match: re.Match[str], text: str) -> str:
-    """The word of a currency sign, unless the text says it after the number already ("¥30元": 三十元, not 三十元元)."""
+    """The word of a currency sign, unless the text names the currency after the number already ("¥30元": 三十元,
+    not 三十元元; "¥5-10块": 五到十块)."""
     word = _CURRENCY_WORD[match["cur"]]
-    return "" if text.startswith(word, _SPACES.match(text, match.end()).end()) else word
+    return "" if text.startswith(_CURRENCY_NAMES[word], _SPACES.match(text, match.end()).end()) else word
 
 
 GROUPED_DIGITS = 7  # digit groups joined by "-" or spaces holding this many digits or more: a number to dial

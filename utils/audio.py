@@ -103,8 +103,7 @@ _BLOCK_READ_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", 
 def _read_soundfile(path: str, start_time: float | None, end_time: float | None,
                     sample_rate: int) -> np.ndarray | None:
     """libsndfile's reading of ``path`` (a slice of it) as mono float32 at ``sample_rate``, shape (samples,); None
-    for long compressed audio to mix or resample (mp3, ogg longer than ``STREAM_READ_S``): ffmpeg reads that in
-    less memory."""
+    for a long mp3 or ogg to mix or resample (longer than ``STREAM_READ_S``): ffmpeg reads that in less memory."""
     # by its bytes: a file name that is not UTF-8 (GBK, from a Windows zip) stopped soundfile's encode with a traceback
     with sf.SoundFile(os.fsencode(path)) as f:
         sr = f.samplerate
@@ -121,8 +120,8 @@ def _read_soundfile(path: str, start_time: float | None, end_time: float | None,
         if frames > STREAM_READ_S * sr and (f.channels > 1 or sr != sample_rate):
             if f.format in _BLOCK_READ_FORMATS:
                 return _mono_in_blocks(f, frames, sample_rate, path)
-            if shutil.which("ffmpeg") is not None:  # mp3, ogg: ffmpeg mixes and resamples as it decodes
-                return None
+            if f.format in ("MPEG", "OGG") and shutil.which("ffmpeg") is not None:  # ffmpeg mixes and resamples as
+                return None  # it decodes (other formats, which ffmpeg may not read, are read whole)
         data = f.read(frames=frames, dtype="float32", always_2d=False)
     return resample(_to_mono(data, path), sr, sample_rate)
 

@@ -21,6 +21,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import shlex
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -131,13 +132,15 @@ def check_model_language(language: str, languages: Collection[str], what: str, f
 SEGMENT_END_SLACK_S = 1.5  # how far past the clip's 'duration' a segment may end (it is read as ending there)
 
 
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _unquote(value: object, minimum: float = 0.0) -> str:
-    """The hint for a number written as a string ("2.88") that would be valid unquoted (at least ``minimum``):
-    write it without quotes."""
-    try:
-        number = float(value) if isinstance(value, str) else math.nan
-    except ValueError:
+    """The hint for a number written as a string ("2.88") that would be a valid JSON number unquoted (at least
+    ``minimum``): write it without quotes."""
+    if not isinstance(value, str) or not _JSON_NUMBER.fullmatch(value.strip()):
         return ""
+    number = float(value)
     return ": write it without quotes" if math.isfinite(number) and number >= minimum else ""
 
 

@@ -85,3 +85,45 @@ def test_checkpoint_rotation_keeps_this_runs_newest_and_an_earlier_runs_later_on
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1000]
     _rotate_checkpoints(tmp_path, 0, step=1000)  # 0 = keep all
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1000]
+
+
+def test_files_written_together_are_all_replaced_or_none(tmp_path):
+    """A transcript's .txt/.srt/.vtt/.json (and aishell.py's three manifests) belong together: Ctrl-C while the third
+    is written left the first two new beside old others. Now every file is staged first, then all are renamed."""
+    from utils.io import write_together
+
+    old = {tmp_path / f"t.{ext}": f"old {ext}" for ext in ("txt", "srt", "vtt")}
+    for path, text in old.items():
+        path.write_text(text)
+
+    def interrupted(f):
+        raise KeyboardInterrupt
+
+    writers = {path: (lambda f, ext=path.suffix: f.write(f"new {ext}")) for path in old}
+    with pytest.raises(KeyboardInterrupt):
+        write_together({**writers, tmp_path / "t.json": interrupted})
+    assert {p.name for p in tmp_path.iterdir()} == {"t.txt", "t.srt", "t.vtt"}  # no temporary file left
+    assert all(path.read_text() == text for path, text in old.items())
+    write_together(writers)
+    assert all(path.read_text() == f"new {path.suffix}" for path in old)
+
+
+def test_a_transcript_is_written_in_every_format_or_none(tmp_path, monkeypatch):
+    """infer.py --output_format=all: Ctrl-C (or a failing writer) after .txt and .srt were written left them without
+    their .vtt and .json."""
+    import utils.subtitles
+    from utils.data import Segment
+    from utils.transcribe import Transcript
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    transcript = Transcript("a b", "en", 1.0, 2.0, [Segment(0.0, 1.0, "a b")])
+    monkeypatch.setattr(utils.subtitles, "to_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        utils.subtitles.write_transcript(transcript, tmp_path, "t", ["txt", "srt", "vtt", "json"])
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    written = utils.subtitles.write_transcript(transcript, tmp_path, "t", ["txt", "srt", "vtt", "json"])
+    assert sorted(p.name for p in written) == sorted(p.name for p in tmp_path.iterdir()) == [
+        "t.json", "t.srt", "t.txt", "t.vtt"]

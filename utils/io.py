@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -90,10 +90,16 @@ def write_jsonlines_atomic(path: str | os.PathLike, records: Iterable[dict[str, 
 
 
 def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str, Any]]]) -> None:
-    """Write several JSON-lines files (one JSON object per line) so that all of them are replaced or none: each is
-    written to a temporary file first (a full disk or a folder in the way leaves every old file as it was), then
-    all are renamed (train/dev/test manifests that belong together: a failure after the first two were replaced
-    left a new train.json beside an old test.json)."""
+    """Write several JSON-lines files (one JSON object per line) so that all of them are replaced or none
+    (:func:`write_together`: train/dev/test manifests that belong together: a failure after the first two were
+    replaced left a new train.json beside an old test.json)."""
+    write_together({path: (lambda f, records=records: _write_jsonlines(f, records)) for path, records in files.items()})
+
+
+def write_together(files: Mapping[str | os.PathLike, Callable[[IO[str]], Any]]) -> None:
+    """Write several UTF-8 text files, each by its writer (called with the open file), so that all of them are
+    replaced or none: each is written to a temporary file first (a full disk, a folder in the way or Ctrl-C leaves
+    every old file as it was), then all are renamed."""
     paths = [Path(p) for p in files]
     for path in paths:
         if path.is_dir():
@@ -101,9 +107,9 @@ def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str
     temps: list[str] = []
     renamed = 0
     try:
-        for path, records in zip(paths, files.values()):
+        for path, write in zip(paths, files.values()):
             with _temporary_file(path, "w", "utf-8") as (f, tmp):
-                _write_jsonlines(f, records)
+                write(f)
             temps.append(tmp)
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)

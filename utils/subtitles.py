@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from utils.io import write_text_atomic
+from utils.io import write_together
 
 T = TypeVar("T")
 
@@ -385,20 +385,20 @@ _WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
 def write_transcript(transcript: Transcript, output_dir: str | os.PathLike, stem: str,
                      formats: Sequence[str], word_cues: bool = False, source: str | None = None,
                      layout: CueLayout = CueLayout()) -> list[Path]:
-    """Write ``output_dir/stem.<fmt>`` for every format (atomically); returns the paths written.
+    """Write ``output_dir/stem.<fmt>`` for every format, all of them or none (:func:`utils.io.write_together`: Ctrl-C
+    between two formats left a .txt and .srt without their .vtt and .json); returns the paths written.
     ``word_cues``: SRT/VTT with one cue per word; ``source``: the audio file, named in the JSON; ``layout``: how
     much text an SRT/VTT cue holds."""
-    paths = []
+    texts: dict[Path, str] = {}
     for fmt in formats:
         if fmt not in _WRITERS:
             raise ValueError(f"unknown output format {fmt!r}; choose from {OUTPUT_FORMATS}")
         path = Path(output_dir) / f"{stem}.{fmt}"
         if fmt == "json":
-            text = to_json(transcript, source)
+            texts[path] = to_json(transcript, source)
         elif fmt in CUE_FORMATS:
-            text = _WRITERS[fmt](transcript, words=word_cues, layout=layout)
+            texts[path] = _WRITERS[fmt](transcript, words=word_cues, layout=layout)
         else:
-            text = _WRITERS[fmt](transcript)
-        write_text_atomic(path, text)
-        paths.append(path)
-    return paths
+            texts[path] = _WRITERS[fmt](transcript)
+    write_together({path: (lambda f, text=text: f.write(text)) for path, text in texts.items()})
+    return list(texts)

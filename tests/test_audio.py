@@ -60,6 +60,11 @@ def test_a_long_stereo_44k_file_is_read_in_blocks_as_it_is_read_whole(tmp_path, 
             assert np.abs(a[100:n - 100] - b[100:n - 100]).max() < 2e-3
         assert ("cancel each other out" in caplog.text) == name.startswith("phase")
         caplog.clear()
+    # a long file in a format neither block-read nor handed to ffmpeg (which cannot decode MAT5) is read whole
+    path = tmp_path / "tone.mat"
+    sf.write(path, np.stack([tone, tone], axis=1), 44100, format="MAT5", subtype="FLOAT")
+    monkeypatch.setattr(utils.audio, "STREAM_READ_S", 5.0)
+    assert abs(len(load_audio(path)) - len(tone) * SAMPLE_RATE / 44100) <= 2
 
 
 @pytest.mark.parametrize("ext", ["wav", "m4a"])

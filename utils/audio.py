@@ -128,7 +128,7 @@ def _read_soundfile(path: str, start_time: float | None, end_time: float | None,
 
 def _mono_in_blocks(f: sf.SoundFile, frames: int, sample_rate: int, name: str) -> np.ndarray:
     """``frames`` frames of the open file ``f`` from where it stands, mixed to mono and resampled to ``sample_rate``
-    ``BLOCK_READ_S`` at a time (read whole, a 2 h 44.1 kHz stereo mp3 held 4.1 GB for its 0.46 GB waveform). The
+    ``BLOCK_READ_S`` at a time (read whole, a 2 h 44.1 kHz stereo file held 4.1 GB for its 0.46 GB waveform). The
     channels' levels are summed on the way; where they cancel in the mix (:func:`_to_mono`) the loudest channel is
     read again, alone."""
     sr, begin = f.samplerate, f.tell()

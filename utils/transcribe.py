@@ -1234,7 +1234,7 @@ def cut_at_pauses(result: _ChunkResult, regions: Sequence[tuple[float, float]], 
         if texts is None:  # one group, or words that are not the text's: the segment as it is
             groups, texts = [list(seg_words)], [text]
         # one group whose segment still spans a long pause (its end stamped in the speech after it): timed by its words
-        crossing = any(start < regions[b][1] - pad and end > regions[b + 1][0] + pad for b in breaks)
+        crossing = crosses_pause([(start, end, text)], regions, pause_s, pad)
         for g, (group, piece) in enumerate(zip(groups, texts, strict=True)):
             if len(groups) == 1 and not (crossing and group):
                 segments.append((start, end, text))

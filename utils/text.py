@@ -145,9 +145,9 @@ def _spell_signs(text: str) -> str:
     return _SIGN.sub(lambda m: " plus " if m.group(1) == "+" else " minus ", text)
 
 
+_LEADING_POINT = re.compile(r"(?<![\w.])\.(?=\d)")  # the normaliser's "point five": ".5", as "0.5" is written
 # a sign before a number, not a hyphen inside a word ("x-5"); the normaliser writes a lone 1 as "one" ("-one") and
 # "minus point five" as "-.5"
-_LEADING_POINT = re.compile(r"(?<![\w.])\.(?=\d)")  # the normaliser's "point five": ".5", as "0.5" is written
 _SIGN = re.compile(r"(?<![\w.])([-+\u2212])(?=\d|\.\d|one\b)")
 _NOT_CJK_RUN = re.compile(f"[^{HAN_KANA_RANGES}\u3000-\u303f\uff00-\uffef]+")  # no Han, kana, full-width marks
 _LATIN = re.compile(r"[A-Za-z]")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from itertools import chain
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -211,12 +212,31 @@ def vad_input(audio: np.ndarray) -> np.ndarray:
     percentile) stay below ``VAD_QUIET_PEAK`` (by ``VAD_MAX_GAIN`` at most; not below ``VAD_SILENT_PEAK``). A clean
     recording of normal level is read as it is; Whisper always reads the original."""
     audio = np.asarray(audio, dtype=np.float32)
-    if not len(audio):
-        return audio
-    if low_band_share(audio) > VAD_LOW_BAND_SHARE:
-        audio = high_pass(audio)
-    return np.ascontiguousarray(raised(audio, float(np.quantile(np.abs(audio[:: max(1, len(audio) // 250_000)]),
-                                                                0.999))))
+    return np.ascontiguousarray(next(_vad_input_pieces(audio, max(1, len(audio))), audio))
+
+
+def _vad_input_pieces(audio: np.ndarray, piece: int) -> Iterator[np.ndarray]:
+    """:func:`vad_input` of float32 ``audio`` in consecutive pieces of ``piece`` samples (the last one shorter), each
+    made from the samples around it: the same values as the whole copy, which is never held (a 2 h recording's copy
+    is 0.46 GB, and a filtered one took two more while it was made). Nothing for empty audio."""
+    filtered = low_band_share(audio) > VAD_LOW_BAND_SHARE
+    step = max(1, len(audio) // 250_000)  # the loud level is read from every step-th sample
+    if filtered:  # a first pass for the level of the filtered samples
+        loud = np.concatenate([_high_passed(audio, start, start + piece)[(-start) % step:: step].copy()  # not a view
+                               for start in range(0, len(audio), piece)] or [audio[:0]])
+    else:
+        loud = audio[:: step]
+    peak = float(np.quantile(np.abs(loud), 0.999)) if len(loud) else 0.0
+    for start in range(0, len(audio), piece):
+        yield raised(_high_passed(audio, start, start + piece) if filtered else audio[start: start + piece], peak)
+
+
+def _high_passed(audio: np.ndarray, start: int, end: int, block: int = 1 << 15) -> np.ndarray:
+    """``high_pass(audio, block=block)[start:end]``, computed from ``audio[start - block: end + block]`` only (its
+    overlap-add frames start at the same multiples of ``block // 2``, so the values are the same to the bit)."""
+    hop = block // 2
+    first = max(0, (start - block) // hop * hop)
+    return high_pass(audio[first: min(len(audio), end + block)], block=block)[start - first: end - first]
 
 
 def raised(audio: np.ndarray, peak: float) -> np.ndarray:
@@ -243,6 +263,7 @@ def speech_regions(
     min_silence_ms: int = 160,
     speech_pad_ms: int = round(SPEECH_PAD_S * 1000),
     max_speech_s: float = WINDOW_S - 1.0,
+    probabilities: np.ndarray | None = None,
 ) -> list[Chunk]:
     """Speech regions of a 16 kHz mono waveform, found by silero-vad (faster-whisper's segmentation of its
     probabilities: hysteresis between ``threshold`` and ``threshold`` − 0.15) in :func:`vad_input`'s copy of it.
@@ -254,26 +275,117 @@ def speech_regions(
         min_silence_ms: silences shorter than this do not end a region.
         speech_pad_ms: padding added on both sides of every region.
         max_speech_s: longer regions are split (at the longest inner pause silero finds).
+        probabilities: :func:`speech_probabilities` of ``audio``, where the caller has them.
 
     Returns:
         Non-overlapping regions in time order, in samples.
     """
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    stamps = get_speech_timestamps(
-        vad_input(audio),
-        VadOptions(threshold=threshold, min_speech_duration_ms=min_speech_ms, min_silence_duration_ms=min_silence_ms,
-                   speech_pad_ms=speech_pad_ms, max_speech_duration_s=max_speech_s),
-        sampling_rate=SAMPLE_RATE,
-    )
+    probabilities = speech_probabilities(audio) if probabilities is None else probabilities
+    pad = SAMPLE_RATE * speech_pad_ms / 1000
+    spans = _spans_of_speech(probabilities, len(audio), threshold=threshold,
+                             min_speech=SAMPLE_RATE * min_speech_ms / 1000,
+                             min_silence=SAMPLE_RATE * min_silence_ms / 1000,
+                             max_speech=SAMPLE_RATE * max_speech_s - FRAME - 2 * pad)
     regions: list[Chunk] = []
-    for s in stamps:
-        start, end = max(0, int(s["start"])), min(len(audio), int(s["end"]))
+    for start, end in _padded(spans, pad, len(audio)):
+        start, end = max(0, start), min(len(audio), end)
         if regions and start < regions[-1].end:  # padding made neighbours overlap
             start = regions[-1].end
         if end > start:
             regions.append(Chunk(start, end))
     return regions
+
+
+VAD_PIECE_FRAMES = 2000  # frames (64 s) the VAD reads at a time (faster-whisper's 10,000 took 130 MB more to run)
+
+
+def speech_probabilities(audio: np.ndarray) -> np.ndarray:
+    """silero-vad's speech probability of each FRAME-sample frame of :func:`vad_input`'s copy of a 16 kHz waveform,
+    the last frame padded with zeros (one of zeros when the length is a multiple of FRAME): float32, shape
+    (len(audio) // FRAME + 1,). Read ``VAD_PIECE_FRAMES`` frames at a time, the model's state carried from piece to
+    piece: the same probabilities as faster-whisper's pass over the whole copy, in the memory of one piece."""
+    audio = np.asarray(audio, dtype=np.float32)
+    session, piece = _session(), VAD_PIECE_FRAMES * FRAME
+    h = c = np.zeros((1, 1, 128), dtype=np.float32)
+    context = np.zeros(_CONTEXT, dtype=np.float32)
+    probabilities = []
+    for k, samples in enumerate(chain(_vad_input_pieces(audio, piece), [audio[:0]] if not len(audio) else [])):
+        if (k + 1) * piece >= len(audio):  # the last piece
+            samples = np.concatenate([samples, np.zeros(FRAME - len(samples) % FRAME, dtype=np.float32)])
+        frames = samples.reshape(-1, FRAME)
+        before = np.concatenate([context[None], frames[:-1, -_CONTEXT:]])  # each frame's context: the one before
+        context = frames[-1, -_CONTEXT:].copy()
+        out, h, c = session.run(None, {"input": np.concatenate([before, frames], axis=1), "h": h, "c": c})
+        probabilities.append(np.asarray(out, dtype=np.float32).reshape(-1))
+    return np.concatenate(probabilities)
+
+
+def _spans_of_speech(probabilities: np.ndarray, length: int, *, threshold: float, min_speech: float,
+                     min_silence: float, max_speech: float) -> list[list[int]]:
+    """silero-vad's segmentation of frame probabilities into [start, end) sample spans of speech, before padding: a
+    span starts at a frame at or above ``threshold`` and ends where the probability has stayed below ``threshold`` −
+    0.15 for ``min_silence`` samples (spans of ``min_speech`` samples or less are dropped); one longer than
+    ``max_speech`` is cut at the start of its last pause of more than 98 ms (and goes on where speech came back after
+    it), or, with no such pause, where it is. Lengths in samples (floats, as faster-whisper computes them)."""
+    above = (probabilities >= threshold).tolist()  # float32 comparisons, as faster-whisper's
+    below = (probabilities < max(threshold - 0.15, 0.01)).tolist()
+    pause_to_cut = SAMPLE_RATE * 98 / 1000
+    spans: list[list[int]] = []
+    start: int | None = None  # where the current span started (None: not in one)
+    quiet = 0  # where the probability fell below the low threshold in the current span (0: it has not)
+    cut = resume = 0  # the current span's last pause long enough to cut at, and where speech came back after it
+    for i, (is_speech, is_quiet) in enumerate(zip(above, below)):
+        at = FRAME * i
+        if is_speech and quiet:
+            quiet = 0
+            if resume < cut:
+                resume = at
+        if start is None:
+            if is_speech:
+                start = at
+            continue
+        if at - start > max_speech:
+            if cut:  # cut at the last pause; the rest is a span of its own if speech came back after it
+                spans.append([start, cut])
+                start = None if resume < cut else resume
+                cut = resume = quiet = 0
+                if start is None:
+                    continue
+            else:
+                spans.append([start, at])
+                start, cut, resume, quiet = None, 0, 0, 0
+                continue
+        if is_quiet:
+            quiet = quiet or at
+            if at - quiet > pause_to_cut:
+                cut = quiet
+            if at - quiet >= min_silence:
+                if quiet - start > min_speech:
+                    spans.append([start, quiet])
+                start, cut, resume, quiet = None, 0, 0, 0
+    if start is not None and length - start > min_speech:
+        spans.append([start, length])
+    return spans
+
+
+def _padded(spans: list[list[int]], pad: float, length: int) -> list[list[int]]:
+    """``spans`` widened by ``pad`` samples on both sides, or by half the silence between two that are closer than
+    twice that (silero-vad's padding; the first start and the last end stay inside [0, length])."""
+    for k, span in enumerate(spans):
+        if k == 0:
+            span[0] = int(max(0, span[0] - pad))
+        if k == len(spans) - 1:
+            span[1] = int(min(length, span[1] + pad))
+            continue
+        after = spans[k + 1]
+        gap = after[0] - span[1]
+        if gap < 2 * pad:  # the two share the silence between them
+            span[1] += gap // 2
+            after[0] = int(max(0, after[0] - gap // 2))
+        else:
+            span[1] = int(min(length, span[1] + pad))
+            after[0] = int(max(0, after[0] - pad))
+    return spans
 
 
 SOUND_FRAME_S = 0.01  # frames in which :func:`widened_to_sound` measures the level
@@ -388,10 +500,11 @@ def whole_clip(audio: np.ndarray) -> Chunk | None:
     too: a 0.1 s burst the VAD heard 16 s into 18 s of pink noise had the whole clip decoded, and whisper-base wrote
     "我心里的心里的…" over it)."""
     window = max(WINDOW_S, len(audio) / SAMPLE_RATE)
-    regions = speech_regions(audio)
+    probabilities = speech_probabilities(audio)
+    regions = speech_regions(audio, probabilities=probabilities)
     merged = merge_regions(regions, window)  # one chunk
     if not merged:
-        if not (blips := speech_regions(audio, min_speech_ms=0)):
+        if not (blips := speech_regions(audio, min_speech_ms=0, probabilities=probabilities)):
             return None
         if blips[0].start >= CLIP_SILENCE_S * SAMPLE_RATE:  # after a long silence: from there, as speech is
             return Chunk(blips[0].start - int(LEAD_S * SAMPLE_RATE), len(audio))

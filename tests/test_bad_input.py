@@ -290,10 +290,14 @@ def _good_and_broken(tmp_path, en_wav, name: str, data: bytes):
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_audio_that_breaks_during_training_names_the_manifest_line(num_workers, tiny_whisper_dir, en_wav, tmp_path,
-                                                                   caplog, capsys):
+                                                                   caplog, capsys, monkeypatch):
     """A clip that exists but cannot be decoded fails when the DataLoader (a worker process or the main one)
     reads it: one message with the manifest file and line, not a worker traceback, and no checkpoint offered to
-    resume from where none was saved. (An .m4a: its header is not read at load; a broken .wav is, see below.)"""
+    resume from where none was saved. (An .m4a past the load-time check's ffprobe budget, here none; a broken .wav
+    within it is refused before training, see below.)"""
+    import utils.data
+
+    monkeypatch.setattr(utils.data, "MAX_PROBES", 0)
     manifest = _good_and_broken(tmp_path, en_wav, "broken.m4a", b"\x00\x00\x00\x18ftypM4A junk" + bytes(4000))
     code = finetune.main([f"--base_model={tiny_whisper_dir}", f"--output_dir={tmp_path / 'out'}",
                           f"--train_data={manifest}", f"--test_data={manifest}", "--language=English",

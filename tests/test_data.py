@@ -183,7 +183,7 @@ def test_files_named_wav_that_libsndfile_cannot_read_are_probed_up_to_a_budget(t
     with caplog.at_level("INFO"):
         report = check_clips([man.record(i) for i in range(len(man))], [man.location(i) for i in range(len(man))])
     assert len(report.problems) == MAX_PROBES and all("not readable as audio" in p for p in report.problems)
-    assert "5 more files named like .wav/.flac whose header libsndfile cannot read" in caplog.text
+    assert "5 more files whose header libsndfile cannot read" in caplog.text
 
 
 def test_a_files_header_is_read_once_for_all_the_lines_that_slice_it(tmp_path, audio_dir, monkeypatch):
@@ -212,7 +212,10 @@ def test_skip_invalid_is_explicit_and_counted(tmp_path, audio_dir, caplog):
 
 
 def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
-    m = _write(tmp_path / "t.json", [_rec(duration=0.3), _rec(duration=1.0), _rec(duration=40.0)])
+    save_wav(audio_dir / "short.wav", np.zeros(4800, np.float32))
+    save_wav(audio_dir / "long.wav", np.zeros(40 * 16000, np.float32))
+    m = _write(tmp_path / "t.json", [_rec("audio/short.wav", duration=0.3), _rec(duration=1.0),
+                                     _rec("audio/long.wav", duration=40.0)])
     import logging
     caplog.set_level(logging.INFO)
     man = load_manifest(m, min_duration=0.5, max_duration=30)
@@ -223,30 +226,107 @@ def test_duration_bounds_filter(tmp_path, audio_dir, caplog):
     # clips longer than the window are data lost: a warning (it was an INFO line), not for short ones alone
     assert [r.levelname for r in caplog.records if "left out" in r.getMessage()] == ["WARNING"]
     caplog.clear()
-    load_manifest(_write(tmp_path / "s.json", [_rec(duration=0.3), _rec(duration=1.0)]), min_duration=0.5)
+    load_manifest(_write(tmp_path / "s.json", [_rec("audio/short.wav", duration=0.3), _rec(duration=1.0)]),
+                  min_duration=0.5)
     assert [r.levelname for r in caplog.records if "left out" in r.getMessage()] == ["INFO"]
 
 
-def test_a_clip_dropped_by_a_wrong_duration_is_named_with_its_audios_length(tmp_path, audio_dir, caplog):
-    """A good 1 s clip whose 'duration' said 0.3 s (or 40 s) was left out at INFO among the short (long) ones: the
-    audio's header is read for the lines the bounds leave out, and a length that disagrees is a warning."""
-    m = _write(tmp_path / "t.json", [_rec(duration=0.3), _rec("audio/b.wav"), _rec("audio/c.wav", duration=40.0),
-                                     _rec("audio/c.wav", duration=0.2, sentence="真的短")])
-    (audio_dir / "short.wav").unlink(missing_ok=True)
+def test_a_clip_a_wrong_duration_would_leave_out_is_read_at_its_audios_length(tmp_path, audio_dir, caplog):
+    """A good 1 s clip whose 'duration' said 0.3 s (or 40 s) was left out among the short (long) ones, later with a
+    warning that named its real length: a test clip of 2.99 s whose 'duration' said 45 was not scored. The audio's
+    header is read for the lines the bounds leave out; a clip whose real length is inside them is kept at it, with a
+    warning; one whose 'duration' is right stays out."""
     save_wav(audio_dir / "short.wav", np.zeros(3200, np.float32))  # 0.2 s: its 'duration' is right
-    lines = json.loads(m.read_text(encoding="utf-8").splitlines()[3])
-    lines["audio"]["path"] = "audio/short.wav"
-    m.write_text("\n".join(m.read_text(encoding="utf-8").splitlines()[:3] + [json.dumps(lines)]) + "\n")
+    m = _write(tmp_path / "t.json", [_rec(duration=0.3), _rec("audio/b.wav"), _rec("audio/c.wav", duration=40.0),
+                                     _rec("audio/short.wav", duration=0.2, sentence="真的短")])
     with caplog.at_level("WARNING"):
-        assert len(load_manifest(m, min_duration=0.5, max_duration=20)) == 1
+        man = load_manifest(m, min_duration=0.5, max_duration=20)
+    assert [man.location(i).rsplit(":", 1)[1] for i in range(len(man))] == ["1", "2", "3"]
+    assert [man[i].duration for i in range(3)] == [1.0, 1.0, 1.0] and list(man.durations) == [1.0, 1.0, 1.0]
     warned = [r.getMessage() for r in caplog.records if "not their audio's length" in r.getMessage()]
-    assert len(warned) == 1
+    assert len(warned) == 1 and "read with the audio's length" in warned[0]
     assert "t.json:1: " in warned[0] and "'duration' says 0.30 s, the audio is 1.00 s; fix 'duration'" in warned[0]
     assert "t.json:3: " in warned[0] and "'duration' says 40.00 s, the audio is 1.00 s" in warned[0]
     assert "t.json:4" not in warned[0]
     # the advice for long clips follows the bound asked for, not Whisper's 30 s window
+    save_wav(audio_dir / "long.wav", np.zeros(25 * 16000, np.float32))
+    load_manifest(_write(tmp_path / "l.json", [_rec("audio/long.wav", duration=25.0), _rec()]), max_duration=20)
     assert "cut the longer ones into clips of at most 20 s (audio.start_time/end_time) or raise the bound " \
            "(--max_audio_len, up to 30 s" in caplog.text
+
+
+def test_invisible_characters_and_odd_spaces_are_not_taught(tmp_path, audio_dir, caplog):
+    """Text written in Notepad or Excel: a BOM, a zero-width space, a full-width space (U+3000), a no-break space and
+    spaces at the ends were taught as they stood (the labels held "\ufeff请把门关上。"), while scoring dropped them. They
+    are read as clean text (said once, naming the lines); the zero-width non-joiner that spells Persian stays."""
+    lines = [_rec(sentence="\ufeff请把门关上。"), _rec("audio/b.wav", sentence="我们\u3000去公园。"),
+             _rec("audio/c.wav", sentence="  他喜欢喝绿茶。 \u00a0", sentences=[
+                 {"start": 0, "end": 0.5, "text": "他喜欢\u200b"}, {"start": 0.5, "end": 1.0, "text": "喝绿茶。"}]),
+             _rec(sentence="می\u200cخواهم", language="Persian"), _rec(sentence="today is fine")]
+    with caplog.at_level("INFO"):
+        man = load_manifest(_write(tmp_path / "t.json", lines))
+    assert [man[i].sentence for i in range(5)] == ["请把门关上。", "我们 去公园。", "他喜欢喝绿茶。", "می\u200cخواهم",
+                                                   "today is fine"]
+    assert [seg.text for seg in man[2].sentences] == ["他喜欢", "喝绿茶。"]
+    said = [r.getMessage() for r in caplog.records if "invisible characters" in r.getMessage()]
+    assert len(said) == 1 and "3 line(s)" in said[0] and "lines 1, 2, 3" in said[0]
+
+
+def test_windows_files_and_pandas_exports_are_read_or_named(tmp_path, audio_dir):
+    """What a Windows user's manifest holds: a line of U+3000 alone or the Ctrl-Z that ends a DOS file (they were
+    "not valid JSON"), drive paths (said as such, not "write the path with /"), a path with a space at its end (shown
+    quoted), and pandas' DataFrame.to_json() default (one object of columns: "'audio.path' missing")."""
+    m = tmp_path / "t.json"
+    m.write_text(json.dumps(_rec()) + "\n\u3000\n" + json.dumps(_rec("audio/b.wav")) + "\x1a\n\x1a", encoding="utf-8")
+    assert len(load_manifest(m)) == 2
+    for path in ("C:\\data\\a.wav", "D:/data/a.wav"):
+        with pytest.raises(ManifestError, match=f"{path[:2]}.*is a Windows path \\(drive {path[:2]}\\); rewrite"):
+            load_manifest(_write(tmp_path / "w.json", [_rec(path)]))
+    with pytest.raises(ManifestError, match="'audio.path' 'audio/a.wav ' not found"):
+        load_manifest(_write(tmp_path / "s.json", [_rec("audio/a.wav ")]))
+    columns = {"audio": {"0": {"path": "audio/a.wav"}, "1": {"path": "audio/b.wav"}}, "sentence": {"0": "a", "1": "b"},
+               "duration": {"0": 1.0, "1": 1.0}}
+    with pytest.raises(ManifestError, match="pandas.*orient=\"records\", lines=True"):
+        load_manifest(_write(tmp_path / "p.json", [columns]))
+
+
+def test_relative_paths_that_could_name_other_files_are_warned_about(tmp_path, audio_dir, monkeypatch, caplog):
+    """Relative paths are looked for in the manifest's folder, then in the working directory: a user's paths written
+    from the working directory read one clip from the manifest's folder, where a file of that name was, and scored CER
+    0.57 without a word. Both cases are said; the same clip named "./audio/a.wav" and "audio/a.wav" is one clip."""
+    from utils.data import check_clips
+
+    lists = tmp_path / "lists"
+    save_wav(lists / "audio" / "a.wav", np.zeros(8000, np.float32))
+    m = _write(lists / "t.json", [_rec("audio/a.wav"), _rec("audio/b.wav")])
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        man = load_manifest(m)
+    assert man[0].audio_path == str(lists / "audio" / "a.wav") and man[1].audio_path == str(tmp_path / "audio/b.wav")
+    assert "1 relative 'audio.path'(s) name a file both in the manifest's folder and in the current directory (line " \
+           "1)" in caplog.text
+    assert "1 were found in the manifest's folder (line 1) and 1 only in the current directory (line 2)" in caplog.text
+    same = load_manifest(_write(tmp_path / "d.json", [_rec("audio/a.wav"), _rec("./audio/a.wav")]))
+    report = check_clips([same[0], same[1]], ["d.json:1", "d.json:2"])
+    assert len(report.repeated) == 1 and "d.json:2: the same clip as d.json:1" in report.repeated[0]
+
+
+def test_an_m4a_clips_length_is_checked_before_training(tmp_path, audio_dir):
+    """libsndfile reads no m4a header: a 3 s m4a clip whose 'duration' said 1 s went unchecked until training drew it
+    (a 36 s one stopped fine-tuning there); ffprobe reads its length (and a slice past its end) up front."""
+    import subprocess
+
+    from utils.data import check_clips
+
+    wav = audio_dir / "three.wav"
+    save_wav(wav, (0.1 * np.sin(np.arange(48000) / 10)).astype(np.float32))
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(audio_dir / "three.m4a")],
+                   check=True)
+    man = load_manifest(_write(tmp_path / "t.json", [
+        _rec("audio/three.m4a", duration=1.0), _rec(audio={"path": "audio/three.m4a", "end_time": 8.0}, duration=8.0)]))
+    report = check_clips([man[0], man[1]], [man.location(0), man.location(1)], max_seconds=30)
+    assert len(report.mismatched) == 1 and "'duration' says 1.00 s, the audio is 3.0" in report.mismatched[0]
+    assert len(report.problems) == 1 and "'audio.end_time' 8.0 s is past the end of the audio" in report.problems[0]
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

@@ -8,6 +8,13 @@ def test_invisible_characters_and_emoji_are_not_scored():
     assert count_errors("你要注意\u200b保暖，别着凉。", "你要注意保暖。别着凉。").errors == 0
     assert count_errors("这个周末是八月的最后两天。😀", "这个周末是八月的最后两天").errors == 0
     assert normalize_text("a\u200bb \ufeffc 😀 d") == "ab c d"
+    # ... nor what only changes how an emoji or a digit is drawn (a variation selector, a skin tone, a keycap: 1 error
+    # each), nor a zero-width space inside a number ("2\u200b5" was read as 二五)
+    assert count_errors("我爱你❤️", "我爱你", "cer", language="zh").errors == 0
+    assert count_errors("好的👍🏻", "好的", "cer", language="zh").errors == 0
+    assert count_errors("第1️⃣名", "第一名", "cer", language="zh").errors == 0
+    assert count_errors("今天温度是2\u200b5度。", "今天温度是二十五度", "cer", language="zh").errors == 0
+    assert count_errors("今天温度是2\u200b5度。", "今天温度是二十五度", "cer").errors == 0  # language unknown
 
 
 def test_normalize_removes_ascii_and_fullwidth_punctuation():

@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000  # Hz, the rate every Whisper model expects
 WINDOW_S = 30.0  # seconds of audio Whisper's encoder sees at once
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token (<|0.00|> … <|30.00|>)
-# the formats libsndfile reads from their headers: such a file whose header it cannot read is not audio as named
-SNDFILE_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".w64", ".caf")
 # files a folder given as input is searched for (ffmpeg reads them; a file named directly may have any name)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4",
                     ".aif", ".aiff", ".amr", ".3gp", ".avi", ".m4b", ".mka", ".mkv", ".mov")
@@ -449,10 +447,9 @@ def slice_check(path: str, start_time: float | None = None, end_time: float | No
                 lengths: dict[str, tuple[str | None, float | None]] | None = None) -> tuple[str | None, float | None]:
     """What is wrong with reading ``start_time``..``end_time`` seconds of the file ``path``, as its header tells (no
     decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
-    ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine,
-    and for a file whose header libsndfile cannot read (m4a, a video: checked when it is decoded) unless its name
-    says it should (.wav, .flac…: then ffprobe tells whether it is audio at all, while ``probes`` allows; None = any
-    number). Returned with the slice's length in seconds (None where the header cannot be read or the slice cannot
+    ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine.
+    A file whose header libsndfile cannot read (m4a, a video, another format named .wav) is read by ffprobe while
+    ``probes`` allows (None = any number), else checked when it is decoded. Returned with the slice's length in seconds (None where the header cannot be read or the slice cannot
     be read as given). ``lengths``: what earlier calls found of each file, kept and reused (a manifest that cuts a
     few long recordings into 100 000 slices read each header once per line)."""
     if lengths is None:
@@ -478,9 +475,10 @@ def _audio_length(path: str, probes: ProbeBudget | None) -> tuple[str | None, fl
     if os.path.isfile(path) and os.path.getsize(path) == 0:  # no header to read: it failed only once decoded
         return "the file is empty (0 bytes)", None
     seconds = _header_duration(path)
-    if seconds is None and Path(path).suffix.lower() in SNDFILE_SUFFIXES and os.path.isfile(path):
+    if seconds is None and os.path.isfile(path):
         # a .wav libsndfile cannot read is broken or another format under that name: it failed only hours into
-        # training (the DataLoader decoding it); ffprobe tells which (an mp3 saved as .wav is read by ffmpeg)
+        # training (the DataLoader decoding it); ffprobe tells which (an mp3 saved as .wav is read by ffmpeg), and
+        # how long an m4a is (a 36 s m4a whose 'duration' said 5 s stopped fine-tuning at the batch that drew it)
         ffprobe = shutil.which("ffprobe")
         if ffprobe is not None and (probes is None or probes.take()):
             seconds, error = _ffprobe_duration(ffprobe, path)

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.languages import language_code, mostly_unspaced_script
+from utils.text import clean_text, has_hidden_characters, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,10 @@ def validate_record(obj: Any, where: str) -> None:
         raise ManifestError(f"{where}: 'audio' missing or not an object (keys: {keys}); "
                             'write "audio": {"path": "..."}')
     path = audio.get("path")
+    if path is None and audio and all(isinstance(k, str) and k.isdigit() for k in audio):
+        raise ManifestError(f"{where}: one object of columns ('audio' holds rows {', '.join(list(audio)[:3])}…): "
+                            "pandas' DataFrame.to_json() writes that by default; write one object per line with "
+                            "df.to_json(path, orient=\"records\", lines=True, force_ascii=False)")
     if path is not None and not isinstance(path, str):
         raise ManifestError(f"{where}: 'audio.path' must be a string, got {type(path).__name__} {path!r}; give the "
                             "audio file's path in quotes")
@@ -241,12 +246,19 @@ def _resolve_base(path: str, manifest_dir: str, check_audio: bool, where: str) -
     folder = next((p for p in (os.path.join(manifest_dir, path), path) if os.path.isdir(p)), None)
     if folder is not None:
         raise ManifestError(f"{where}: 'audio.path' {path} is a folder ({folder}); give one audio file per line")
+    shown = repr(path) if path != path.strip() else path  # a space at an end is seen
+    if _WINDOWS_DRIVE.match(path) and os.sep != "\\":
+        raise ManifestError(f"{where}: 'audio.path' {shown} is a Windows path (drive {path[:2]}); rewrite the paths "
+                            "for this machine: their start as the folder the files are in here, \\ as /")
     backslash = "\\" in path and os.sep != "\\"
     raise ManifestError(
-        f"{where}: 'audio.path' {path} not found (looked in {manifest_dir} and in the current directory); "
+        f"{where}: 'audio.path' {shown} not found (looked in {manifest_dir} and in the current directory); "
         "relative paths are resolved against the manifest's folder"
         + ("; it has Windows backslashes: write the path with / (it works on Windows too)" if backslash else "")
     )
+
+
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 
 
 def _audio_file(path: str, base: int, manifest_dir: str, cwd: str) -> str:
@@ -258,18 +270,25 @@ def _audio_file(path: str, base: int, manifest_dir: str, cwd: str) -> str:
     return path
 
 
+def _which_lines(numbers: list[int], shown: int = 5) -> str:
+    """"line 3" or "lines 3, 7, … " (the first ``shown``) for a log message."""
+    listed = ", ".join(map(str, numbers[:shown])) + (" …" if len(numbers) > shown else "")
+    return f"line{'s' if len(numbers) > 1 else ''} {listed}"
+
+
 def _record_from_obj(obj: dict[str, Any], path: str) -> Record:
     audio = obj["audio"]
     sentences = obj.get("sentences")
     return Record(
         audio_path=path,
-        sentence=obj["sentence"],
+        sentence=clean_text(obj["sentence"]),
         duration=float(obj["duration"]),
         start_time=audio.get("start_time"),
         end_time=audio.get("end_time"),
         language=obj.get("language"),
         sentences=None if sentences is None else tuple(
-            Segment(float(s["start"]), min(float(s["end"]), float(obj["duration"])), s["text"]) for s in sentences
+            Segment(float(s["start"]), min(float(s["end"]), float(obj["duration"])), clean_text(s["text"]))
+            for s in sentences
         ),
     )
 
@@ -324,8 +343,9 @@ class Manifest(RecordSource):
     """
 
     def __init__(self, path: str | os.PathLike, offsets: np.ndarray, durations: np.ndarray, bases: np.ndarray,
-                 line_numbers: np.ndarray, timestamped: int = 0) -> None:
+                 line_numbers: np.ndarray, timestamped: int = 0, corrected: dict[int, float] | None = None) -> None:
         self.path = os.fspath(path)
+        self.corrected = corrected or {}  # kept items whose 'duration' was wrong: their audio's length (seconds)
         self.timestamped = timestamped
         self.manifest_dir = os.path.dirname(os.path.abspath(self.path))
         self.offsets = offsets
@@ -354,6 +374,8 @@ class Manifest(RecordSource):
 
     def record(self, index: int) -> Record:
         obj = self.raw(index)
+        if index in self.corrected:
+            obj["duration"] = self.corrected[index]
         return _record_from_obj(obj, _audio_file(obj["audio"]["path"], int(self.bases[index]), self.manifest_dir,
                                                  self._cwd))
 
@@ -381,7 +403,7 @@ def missing_manifest_message(path: str | os.PathLike) -> str:
 
 
 MAX_INVALID_LISTED = 10  # invalid manifest lines named in one error
-MAX_PROBES = 20  # files check_clips hands to ffprobe (a .wav libsndfile cannot read: ~0.1 s each)
+MAX_PROBES = 20  # files check_clips hands to ffprobe (an m4a, a .wav libsndfile cannot read: ~0.1 s each)
 MAX_LEFT_OUT_CHECKED = 50  # clips left out by their 'duration' whose header is read to check it
 
 
@@ -428,7 +450,13 @@ def load_manifest(
     past_end: list[int] = []  # lines with a segment ending after the clip's duration (read as ending there)
     other_text: list[int] = []  # lines whose 'sentences' texts say something else than their 'sentence'
     textless: list[int] = []  # lines with a segment of no text, their 'sentence' not empty
+    hidden: list[int] = []  # lines whose texts hold invisible characters or odd spaces (read as clean_text makes them)
     wrong_duration: list[str] = []  # lines left out by their 'duration' that their audio does not have
+    corrected: dict[int, float] = {}  # kept item → its audio's length, where 'duration' was wrong and left it out
+    corrected_lines: list[str] = []
+    in_both: list[int] = []  # relative paths of a file both in the manifest's folder and in the working directory
+    by_base = {_BASE_MANIFEST: array("i"), _BASE_CWD: array("i")}  # lines whose relative path each base resolved
+    elsewhere = os.path.realpath(os.getcwd()) != os.path.realpath(manifest_dir)
     checked_left_out = 0  # of the first MAX_LEFT_OUT_CHECKED left out, whose headers were read
     invalid: list[ManifestError] = []  # the first invalid lines (without skip_invalid: raised together at the end)
     size = os.path.getsize(path)
@@ -447,11 +475,11 @@ def load_manifest(
             bar.update(len(line))
             if lineno == 1:
                 line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM (Notepad's UTF-8) before a blank first line
-            if not line.strip():
-                continue
+            if not line.strip() or not line.decode("utf-8", "replace").strip().strip("\x1a"):
+                continue  # blank: white space (U+3000 too), or the Ctrl-Z that DOS editors end a file with
             where = f"{path}:{lineno}"
             try:
-                text = line.rstrip(b"\r\n")  # with its newline a line cut short was "column 1" (of the next line)
+                text = line.rstrip(b"\r\n\x1a")  # with its newline a line cut short was "column 1" (of the next line)
                 try:
                     obj = json.loads(text)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -487,21 +515,32 @@ def load_manifest(
             if duration < min_duration or 0 < max_duration < duration:
                 if len(left_out_lines) < 5:
                     left_out_lines.append(lineno)
+                wrong, seconds = None, None
                 if check_audio and checked_left_out < MAX_LEFT_OUT_CHECKED:  # a good clip lost to a wrong number
                     checked_left_out += 1
-                    wrong = _wrong_duration(obj, base, manifest_dir, duration)
+                    wrong, seconds = _wrong_duration(obj, base, manifest_dir, duration)
+                if wrong and min_duration <= seconds and not 0 < max_duration < seconds:  # kept, at its real length
+                    corrected[len(offsets)] = duration = seconds
+                    corrected_lines.append(f"{where}: {wrong}")
+                else:
                     if wrong:
                         wrong_duration.append(f"{where}: {wrong}")
-                if duration < min_duration:
-                    skipped_short += 1
-                else:
-                    skipped_long += 1
-                continue
+                    if duration < min_duration:
+                        skipped_short += 1
+                    else:
+                        skipped_long += 1
+                    continue
             offsets.append(line_offset)
             durations.append(duration)
             bases.append(base)
             line_numbers.append(lineno)
+            if check_audio and base in by_base and elsewhere:
+                by_base[base].append(lineno)
+                if base == _BASE_MANIFEST and os.path.isfile(obj["audio"]["path"]):
+                    in_both.append(lineno)
             timestamped += bool(obj.get("sentences"))
+            if any(map(has_hidden_characters, [obj["sentence"], *(seg["text"] for seg in obj.get("sentences") or ())])):
+                hidden.append(lineno)
             if any(seg["end"] > duration + 0.05 for seg in obj.get("sentences") or ()):
                 past_end.append(lineno)
             if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
@@ -512,20 +551,27 @@ def load_manifest(
     if invalid:
         raise_invalid(path, invalid, skipped_invalid, "lines")
     if past_end:
-        logger.warning("%s: %d line(s) with a segment of 'sentences' ending after the clip's 'duration' (line%s %s): "
-                       "read as ending at the clip's end; fix its 'end', or 'duration' if that is wrong", path,
-                       len(past_end), "s" if len(past_end) > 1 else "",
-                       ", ".join(map(str, past_end[:5])) + (" …" if len(past_end) > 5 else ""))
+        logger.warning("%s: %d line(s) with a segment of 'sentences' ending after the clip's 'duration' (%s): read "
+                       "as ending at the clip's end; fix its 'end', or 'duration' if that is wrong", path,
+                       len(past_end), _which_lines(past_end))
     if other_text:
-        logger.warning("%s: %d line(s) whose 'sentences' texts do not make their 'sentence' (line%s %s): with "
-                       "timestamps the model learns the 'sentences' text, and the eval scores 'sentence'; make them "
-                       "say the same", path, len(other_text), "s" if len(other_text) > 1 else "",
-                       ", ".join(map(str, other_text[:5])) + (" …" if len(other_text) > 5 else ""))
+        logger.warning("%s: %d line(s) whose 'sentences' texts do not make their 'sentence' (%s): with timestamps "
+                       "the model learns the 'sentences' text, and the eval scores 'sentence'; make them say the same",
+                       path, len(other_text), _which_lines(other_text))
     if textless:
-        logger.warning("%s: %d line(s) with a timed segment of no text while 'sentence' has words (line%s %s): the "
-                       "model learns silence there and the words in the other segments' times; leave silent "
-                       "stretches out of 'sentences'", path, len(textless), "s" if len(textless) > 1 else "",
-                       ", ".join(map(str, textless[:5])) + (" …" if len(textless) > 5 else ""))
+        logger.warning("%s: %d line(s) with a timed segment of no text while 'sentence' has words (%s): the model "
+                       "learns silence there and the words in the other segments' times; leave silent stretches out "
+                       "of 'sentences'", path, len(textless), _which_lines(textless))
+    if hidden:
+        logger.info("%s: %d line(s) with invisible characters (a BOM, a zero-width space) or spaces other than ASCII's "
+                    "(U+3000, a no-break space) in their text (%s): read without them, the spaces as plain ones",
+                    path, len(hidden), _which_lines(hidden))
+    _warn_two_bases(path, in_both, by_base[_BASE_MANIFEST], by_base[_BASE_CWD])
+    if corrected_lines:
+        shown = corrected_lines[:MAX_INVALID_LISTED]
+        logger.warning("%s: %d clip(s) whose 'duration' is not their audio's length and would have left them out: "
+                       "read with the audio's length\n%s%s", path, len(corrected_lines), "\n".join(shown),
+                       f"\n... and {len(corrected_lines) - len(shown)} more" if len(corrected_lines) > len(shown) else "")
     if wrong_duration:
         shown = wrong_duration[:MAX_INVALID_LISTED]
         logger.warning("%s: clips dropped by a 'duration' that is not their audio's length (of the first %d such "
@@ -545,6 +591,7 @@ def load_manifest(
         np.frombuffer(bases, dtype=np.uint8),
         np.frombuffer(line_numbers, dtype=np.int32),
         timestamped,
+        corrected,
     )
 
 
@@ -559,16 +606,32 @@ def _not_jsonlines(path: str, array: bool) -> ManifestError:
         f"json.load(open(sys.argv[1], encoding='utf-8'))]\" {shlex.quote(path)} > fixed.jsonl")
 
 
-def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str, duration: float) -> str | None:
-    """What is wrong with a line's 'duration' by its audio's header (None when they agree or it cannot be read)."""
+def _warn_two_bases(path: str, in_both: Sequence[int], in_manifest_dir: Sequence[int], in_cwd: Sequence[int]) -> None:
+    """Warn where relative audio paths could name other files than meant: a path of a file both in the manifest's
+    folder and in the working directory (the folder's is read), or some lines' files found in one, some in the
+    other (a user's cwd-relative manifest read one clip from the manifest's folder, CER 0.57 without a word)."""
+    if in_both:
+        logger.warning("%s: %d relative 'audio.path'(s) name a file both in the manifest's folder and in the current "
+                       "directory (%s): the manifest folder's are read; write absolute paths if the others are meant",
+                       path, len(in_both), _which_lines(list(in_both)))
+    if in_manifest_dir and in_cwd:
+        logger.warning("%s: of the relative 'audio.path's, %d were found in the manifest's folder (%s) and %d only in "
+                       "the current directory (%s); check that they are the files meant", path, len(in_manifest_dir),
+                       _which_lines(list(in_manifest_dir), 3), len(in_cwd), _which_lines(list(in_cwd), 3))
+
+
+def _wrong_duration(obj: dict[str, Any], base: int, manifest_dir: str,
+                    duration: float) -> tuple[str | None, float | None]:
+    """What is wrong with a line's 'duration' by its audio's header, with the clip's length in seconds ((None, None)
+    when they agree or the header cannot be read)."""
     from utils.audio import ProbeBudget, slice_check
 
     path = _audio_file(obj["audio"]["path"], base, manifest_dir, os.getcwd())
     _, seconds = slice_check(path, obj["audio"].get("start_time"), obj["audio"].get("end_time"),
                              probes=ProbeBudget(0))  # the header only: no ffprobe while reading the manifest
     if seconds is None or not duration_mismatch(seconds, duration):
-        return None
-    return f"{path}: 'duration' says {duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'"
+        return None, None
+    return f"{path}: 'duration' says {duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'", seconds
 
 
 def raise_invalid(source: str | os.PathLike, invalid: Sequence[ManifestError], count: int, what: str) -> NoReturn:
@@ -584,7 +647,6 @@ def raise_invalid(source: str | os.PathLike, invalid: Sequence[ManifestError], c
 
 def _same_text(sentences: Sequence[dict[str, Any]], sentence: str) -> bool:
     """Whether the texts of a line's ``sentences`` make its ``sentence`` (punctuation, case and spaces aside)."""
-    from utils.text import normalize_text
 
     joined = "".join(seg["text"] for seg in sentences)
     return normalize_text(joined).replace(" ", "") == normalize_text(sentence).replace(" ", "")
@@ -649,9 +711,9 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
     :func:`duration_mismatch` from the audio's length (it selects clips by length and packs training windows), and
     lines that repeat an earlier line's clip (same file, start and end). One line each names the data's line
     (``locations``), the file and the fix. A dataset's clips that hold their own bytes are not checked here (they
-    are read as they are used); nor the lengths of files whose header libsndfile cannot read (m4a, video)."""
+    are read as they are used); files whose header libsndfile cannot read (m4a, video) are read by ffprobe, the
+    first ``MAX_PROBES`` of them."""
     from utils.audio import ProbeBudget, slice_check
-    from utils.text import normalize_text
 
     report = ClipReport()
     probes = ProbeBudget(MAX_PROBES)
@@ -664,7 +726,7 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
                                    "\"\" for a clip without speech")
         if record.audio_bytes is not None:
             continue
-        key = (record.audio_path, record.start_time, record.end_time)
+        key = (os.path.normpath(record.audio_path), record.start_time, record.end_time)  # "./a.wav" is "a.wav"
         if key in first_seen:
             report.repeated.append(f"{where}: the same clip as {first_seen[key]} ({record.audio_path}"
                                    f"{_span(record)}); remove the line unless it is meant to count twice")
@@ -681,8 +743,8 @@ def check_clips(records: Iterable[Record], locations: Iterable[str], *,
             report.mismatched.append(f"{where}: {record.audio_path}{_span(record)}: 'duration' says "
                                      f"{record.duration:.2f} s, the audio is {seconds:.2f} s; fix 'duration'")
     if probes.skipped:
-        logger.info("%d more files named like .wav/.flac whose header libsndfile cannot read (another format under "
-                    "that name) were not probed with ffprobe: they are checked when decoded", probes.skipped)
+        logger.info("%d more files whose header libsndfile cannot read (m4a, video, another format named .wav) were "
+                    "not probed with ffprobe: they are checked when decoded", probes.skipped)
     return report
 
 

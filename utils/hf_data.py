@@ -36,6 +36,7 @@ from tqdm import tqdm
 from utils.audio import AudioLoadError, audio_bytes_duration, audio_duration
 from utils.data import (LABEL_SPECIAL_TOKENS, MAX_INVALID_LISTED, MAX_LABEL_TOKENS, Manifest, ManifestError, Record,
                         RecordSource, load_manifest, log_left_out, raise_invalid)
+from utils.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,10 @@ def load_data(spec: str, *, split: str, split_flag: str, dataset: DatasetOptions
         ManifestError (DatasetError for a dataset): unreadable source or invalid item.
     """
     if spec.lower().endswith((".csv", ".tsv")) and os.path.isfile(spec):
-        raise DatasetError(f"{spec}: a CSV file is not read as data (it was read as jsonlines, line by line); use a "
-                           "jsonlines manifest (.json/.jsonl), or an audiofolder: the folder holding metadata.csv "
-                           "(file_name and sentence columns) and the audio")
+        kind = "a TSV" if spec.lower().endswith(".tsv") else "a CSV"
+        raise DatasetError(f"{spec}: {kind} file is not read as data; use a jsonlines manifest (.json/.jsonl: one JSON "
+                           "object per line), or an audiofolder: the folder holding metadata.csv (file_name and "
+                           "sentence columns) and the audio")
     if is_manifest(spec):
         return load_manifest(spec, min_duration=min_duration, max_duration=max_duration, encode=encode,
                              timestamps=timestamps, skip_invalid=skip_invalid, languages=languages)
@@ -173,6 +175,7 @@ def _audio_parts(value: Any, base_dir: str | None) -> tuple[bytes | None, str | 
 
 def _record(audio: Any, text: Any, duration: float, label: str, base_dir: str | None) -> Record:
     data, path = _audio_parts(audio, base_dir)
+    text = clean_text(text)
     if data is not None:  # the label names the item; the file name's suffix tells ffmpeg the format
         name = label + (f"/{os.path.basename(path)}" if path else "")
         return Record(audio_path=name, sentence=text, duration=duration, audio_bytes=data)

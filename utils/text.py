@@ -57,14 +57,44 @@ def remove_punctuation(text: str, keep_word_marks: bool = False) -> str:
                    else ch for i, ch in enumerate(text))
 
 
+# characters no one hears, dropped before scoring: format characters (Unicode Cf: a BOM, a zero-width space, counted as
+# an error between two characters) and what only changes how an emoji or a digit is drawn: variation selectors
+# ("❤️" kept U+FE0F, an error), skin tones ("👍🏻"), the keycap ("1️⃣" is "1", and "第1️⃣名" vs "第一名" was 2 errors)
+_UNHEARD = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff\u20e3]")
+# ... of them, the zero-width non-joiner and joiner spell words (Persian, Hindi) and are kept in a text taught
+_SPELLING_FORMAT = frozenset("\u200c\u200d")
+
+
+def unheard_dropped(text: str) -> str:
+    """``text`` without the characters that are not said (``_UNHEARD``, Unicode Cf)."""
+    return "".join(ch for ch in _UNHEARD.sub("", text) if unicodedata.category(ch) != "Cf")
+
+
+def clean_text(text: str) -> str:
+    """A data line's text as a model is taught it: NFC, without invisible format characters (Unicode Cf: a BOM, a
+    zero-width space, a soft hyphen, direction marks; the zero-width (non-)joiners that spell Persian and Hindi words
+    stay), every run of white space (U+3000, a no-break space, a tab) one ASCII space, none at either end. Whisper
+    was taught to write "\ufeff请把门关上。" and "我们\u3000去" as they stood in a manifest."""
+    text = "".join(ch for ch in unicodedata.normalize("NFC", text)
+                   if ch in _SPELLING_FORMAT or unicodedata.category(ch) != "Cf")
+    return " ".join(text.split())
+
+
+def has_hidden_characters(text: str) -> bool:
+    """Whether ``text`` holds what :func:`clean_text` drops or makes a plain space: invisible format characters, white
+    space other than ASCII's (U+3000, a no-break space)."""
+    return any((ch.isspace() and not ch.isascii()) or (unicodedata.category(ch) == "Cf" and ch not in _SPELLING_FORMAT)
+               for ch in text)
+
+
 def normalize_text(text: str, *, to_simple: bool = True, remove_pun: bool = True, lowercase: bool = True) -> str:
     """Normalise a transcript for scoring.
 
-    NFKC folds full-width Latin letters and digits to ASCII; invisible format characters (Cf: a zero-width space,
-    counted as an error between two characters) go; punctuation becomes spaces; runs of white space collapse to one
-    space (kept, so WER can still split words).
+    NFKC folds full-width Latin letters and digits to ASCII; characters that are not said go (:func:`unheard_dropped`:
+    format characters, variation selectors, skin tones); punctuation becomes spaces; runs of white space collapse to
+    one space (kept, so WER can still split words).
     """
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    text = unheard_dropped(unicodedata.normalize("NFKC", text))
     if to_simple:
         text = to_simplified(text)
     if remove_pun:
@@ -129,8 +159,8 @@ def scoring_text(text: str, language: str | None = None, metric: str = "cer") ->
         text = _english(text)
     elif metric == "mer":
         text = _NOT_CJK_RUN.sub(lambda m: f" {_english(m.group())} " if _LATIN.search(m.group()) else m.group(), text)
-    if reads_chinese_numbers(language):
-        text = spell_numbers(to_simplified(unicodedata.normalize("NFKC", text)))
+    if reads_chinese_numbers(language):  # a zero-width space inside "2\u200b5" made it "二五"
+        text = spell_numbers(to_simplified(unheard_dropped(unicodedata.normalize("NFKC", text))))
     return normalize_text(text)
 
 

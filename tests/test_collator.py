@@ -313,6 +313,48 @@ def test_packed_windows_hold_every_clip_once_with_joined_labels_and_clip_times(p
     assert PackedSpeechDataset(ds).packs == packed.packs  # the same seed packs the same way
 
 
+def test_a_clip_slowed_past_its_window_is_read_at_its_own_speed_not_left_out(processor):
+    """Packs are planned by 'duration'; speed augmentation (the bundled config: 0.9-1.1) then slowed a window's clips
+    past 30 s, and the clip that no longer fitted and every clip after it sat the epoch out, without a word (8 of the
+    263 demo clips an epoch at 0.9). Such a clip is read at its own speed; every clip of every window is trained."""
+    from utils.augment import Augmenter, _speed
+    from utils.train_data import PackedSpeechDataset
+
+    repo = Path(__file__).resolve().parent.parent
+    m = load_manifest(repo / "dataset" / "demo" / "train.json")
+    slow = Augmenter(steps=[("speed", 1.0, {"min_speed_rate": 0.8, "max_speed_rate": 0.8, "num_rates": 1}, _speed)])
+    ds = SpeechDataset(m, processor.feature_extractor, processor.tokenizer, language="Chinese", augmenter=slow)
+    packed = PackedSpeechDataset(ds)
+    full = [k for k, p in enumerate(packed.packs) if sum(m.durations[i] for i in p) + 0.3 * (len(p) - 1) > 25.0]
+    assert len(full) >= 3
+    for k in full[:3]:
+        item = packed[k]
+        assert item["clips"] == len(packed.packs[k])
+        text = processor.tokenizer.decode(item["labels"], skip_special_tokens=True)
+        assert text == "".join(m[i].sentence for i in packed.packs[k])
+
+
+def test_a_window_of_clips_with_many_timed_segments_stays_within_the_decoders_positions(processor, zh_wav,
+                                                                                       tmp_path):
+    """Packing counted a clip as one segment; in a timestamps run its label is each of its 'sentences' with two
+    timestamps: 9 clips of 12 timed segments made a 561-token label, past the decoder's 448 positions, and training
+    stopped with an IndexError."""
+    from utils.train_data import PackedSpeechDataset
+
+    seconds = min(sf.info(str(zh_wav)).duration, 3.0)  # a window holds 9 of them
+    text = "今天天气很好我们去公园散步吧这本书非常有意思"  # 22 characters, each a timed segment of its own
+    step = seconds / len(text)
+    lines = [{"audio": {"path": str(zh_wav), "end_time": seconds}, "sentence": text, "language": "Chinese",
+              "duration": seconds, "sentences": [{"start": round(k * step, 2), "end": round((k + 1) * step, 2),
+                                                  "text": ch} for k, ch in enumerate(text)]} for _ in range(12)]
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    packed = PackedSpeechDataset(SpeechDataset(load_manifest(manifest), processor.feature_extractor,
+                                               processor.tokenizer, language="Chinese", timestamps=True))
+    assert sorted(i for p in packed.packs for i in p) == list(range(12))
+    assert max(len(packed[k]["labels"]) for k in range(len(packed))) <= 448
+
+
 def test_packs_keep_one_language_and_no_speech_clips_alone(processor, zh_wav, en_wav, tmp_path):
     from utils.train_data import PackedSpeechDataset
 

@@ -622,9 +622,14 @@ def test_resume_with_other_packing_warns_and_keeps_the_share_of_the_epoch(tiny_w
 def test_resume_after_sigkill(tiny_whisper_dir, corpus, tmp_path, pack):
     """Kill -9 after checkpoint-4, resume with =auto: same adapter as an uninterrupted run, valid best/final
     (packed: the resumed epoch skips the batches of windows it had trained on). With LoRA dropout: the resumed run
-    draws the same dropout masks (the data loader does not draw from the RNG that dropout uses)."""
+    draws the same dropout masks (the data loader does not draw from the RNG that dropout uses); with SpecAugment
+    the same feature masks (transformers draws them from numpy's global RNG, which resuming did not restore: the
+    masks of the run's first steps came again)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text('[{"type": "specaugment", "params": {"mask_time_prob": 0.3, "mask_time_length": 10, '
+                    '"mask_feature_prob": 0.3, "mask_feature_length": 10}}]', encoding="utf-8")
     common = dict(max_steps=10, save_steps=2, eval_steps=5, precision="fp32", lora_dropout=0.1,
-                  learning_rate=5e-3, timestamps=False, pack_audio=pack)
+                  learning_rate=5e-3, timestamps=False, pack_audio=pack, augment_config_path=spec)
     ref_out = tmp_path / "ref"
     assert finetune.main(_args(tiny_whisper_dir, corpus, ref_out, **common)) == 0
 

@@ -106,10 +106,14 @@ class Augmenter:
     steps: list[tuple[str, float, dict[str, Any], Callable | None]] = field(default_factory=list)
     spec_augment: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, samples: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    def __call__(self, samples: np.ndarray, rng: np.random.Generator, speed: bool = True) -> tuple[np.ndarray, float]:
+        """``samples`` through the steps drawn with ``rng``; ``speed`` False: the speed step left out (a clip that
+        slowed down would not fit the training window it was packed into)."""
         time_scale = 1.0
         for kind, prob, params, fn in self.steps:
             if rng.random() >= prob:
+                continue
+            if kind == "speed" and not speed:
                 continue
             if kind == "speed":
                 samples, scale = _speed(samples, rng, params)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, load_record_audio, slice_check
+from utils.audio import (SAMPLE_RATE, TIME_PRECISION, WINDOW_S, AudioLoadError, ProbeBudget, load_record_audio,
+                         slice_check)
 from utils.collator import IGNORE_INDEX
 from utils.data import ManifestError, Record, RecordSource, Segment, duration_mismatch
 from utils.languages import has_unspaced_script, join_texts, optional_language_code
@@ -342,8 +343,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             item["prompt"] = prompt
         return item
 
-    def samples(self, record: Record, index: int, where: str) -> tuple[np.ndarray, float]:
-        """(waveform, time scale) of ``record``, augmented with randomness keyed by (seed, epoch, ``index``)."""
+    def samples(self, record: Record, index: int, where: str, speed: bool = True) -> tuple[np.ndarray, float]:
+        """(waveform, time scale) of ``record``, augmented with randomness keyed by (seed, epoch, ``index``);
+        ``speed`` False: at its own speed (the augmentation's other steps as drawn)."""
         try:
             samples = load_record_audio(record)
         except AudioLoadError as e:  # name the manifest line, the thing a user edits
@@ -354,16 +356,18 @@ class SpeechDataset(torch.utils.data.Dataset):
                                  f"window, but 'duration' says {record.duration:.2f} s; fix 'duration' (clips longer than "
                                  "--max_audio_len are left out by it) or split the clip")
         # said once a line (it was said at every read: five times in a 2-step run), and not for a file whose header
-        # the check at load read (check_clips said it then)
+        # the check at load read (check_clips said it then; of the files libsndfile cannot read, it asks ffprobe
+        # about a few only: those are said here)
         if duration_mismatch(seconds, record.duration) and where not in _MISMATCHED:
             _MISMATCHED.add(where)
-            told = record.audio_bytes is None and slice_check(record.audio_path)[1] is not None
+            told = record.audio_bytes is None and slice_check(record.audio_path, probes=ProbeBudget(0))[1] is not None
             if not told and _MISMATCHES.count():
                 logger.warning("%s: the audio is %.2f s, 'duration' says %.2f s (packing and the duration bounds go "
                                "by 'duration'): fix the manifest", where, seconds, record.duration)
         if self.augmenter is None:
             return samples, 1.0
-        return self.augmenter(samples, np.random.default_rng((self.seed, self.epoch, index)))
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.augmenter(samples, rng) if speed else self.augmenter(samples, rng, speed=False)
 
     def features(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel features (n_mels, 3000) of a waveform padded to 30 s."""
@@ -414,6 +418,15 @@ def data_layout(dataset: torch.utils.data.Dataset) -> tuple[str, str]:
     return digest, described
 
 
+def _label_tokens(dataset: SpeechDataset, record: Record) -> int:
+    """Tokens of ``record``'s part of a packed label: its text and a segment's two timestamps, or, in a timestamps
+    run, each of its ``sentences`` so (a window of clips with 12 timed segments each was counted as one segment a
+    clip, its label grew to 561 tokens, past the decoder's 448, and training stopped with an IndexError)."""
+    if dataset.timestamps and record.sentences:
+        return sum(len(dataset._encode(seg.text)) + 2 for seg in record.sentences)
+    return len(dataset._encode(record.sentence)) + 2
+
+
 class PackedSpeechDataset(torch.utils.data.Dataset):
     """Several clips of ``dataset`` in one 30 s window: the encoder costs the same for 3 s of speech or 30 s, so a
     window full of clips trains on 5–10 times more speech for about the same compute (AISHELL clips are ~5 s).
@@ -456,7 +469,7 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
             current: list[int] = []
             seconds = tokens = 0.0
             for i in order:
-                n = len(dataset._encode(manifest[i].sentence)) + 2  # + a segment's two timestamps
+                n = _label_tokens(dataset, manifest[i])
                 fits = current and seconds + gap_seconds + durations[i] <= max_seconds and \
                     tokens + n <= MAX_DECODER_POSITIONS - MAX_PROMPT_TOKENS // 4 and \
                     (max_clips is None or len(current) < max_clips)
@@ -492,6 +505,29 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
         return {"packs": self.packs, "clips": data_layout_parts(self.dataset)[0]}, \
             f"{self.clips} clips in {len(self)} windows"
 
+    def _window_clips(self, members: list[int], gap: int) -> list[tuple[int, np.ndarray, float]]:
+        """(index, waveform, time scale) of a window's clips, as augmented, within Whisper's window with ``gap``
+        samples between two: packs are planned by 'duration', so clips that speed augmentation slowed past it are
+        read at their own speed, the last first, until they fit (the clip that no longer fitted and every clip after
+        it sat the epoch out, without a word: 8 of the 263 demo clips an epoch at 0.9); where clips longer than their
+        'duration' says (check_clips warned at load) still do not fit, the last ones are left out, with a warning."""
+        ds, manifest = self.dataset, self.dataset.manifest
+        clips = [(i, *ds.samples(manifest[i], i, manifest.location(i))) for i in members]
+        limit = int(WINDOW_S * SAMPLE_RATE)
+        total = sum(len(samples) for _, samples, _ in clips) + gap * (len(clips) - 1)
+        for k in reversed(range(len(clips))):
+            i, samples, scale = clips[k]
+            if total > limit and scale > 1.0:
+                clips[k] = (i, *ds.samples(manifest[i], i, manifest.location(i), speed=False))
+                total += len(clips[k][1]) - len(samples)
+        while total > limit and len(clips) > 1:
+            i, samples, _ = clips.pop()
+            total -= len(samples) + gap
+            logger.warning("%s: left out of its training window this epoch: the window's clips are longer than their "
+                           "'duration's say (%.1f s of audio for 30 s); fix 'duration'", manifest.location(i),
+                           (total + len(samples) + gap) / SAMPLE_RATE)
+        return clips
+
     def __getitem__(self, index: int) -> dict:
         ds, manifest = self.dataset, self.dataset.manifest
         members = self.packs[index]
@@ -500,13 +536,11 @@ class PackedSpeechDataset(torch.utils.data.Dataset):
             item.pop("prompt", None)
             return {**item, "index": index, "clips": 1}
         gap = np.zeros(int(round(self.gap_seconds * SAMPLE_RATE)), dtype=np.float32)
+        clips = self._window_clips(members, len(gap))
         pieces, segments, texts = [], [], []
         offset = 0
-        for i in members:
+        for i, samples, scale in clips:
             record = manifest[i]
-            samples, scale = ds.samples(record, i, manifest.location(i))
-            if pieces and offset + len(gap) + len(samples) > WINDOW_S * SAMPLE_RATE:
-                break  # slowed down by augmentation past the window: the clip sits this epoch out
             if pieces:
                 pieces.append(gap)
                 offset += len(gap)

@@ -620,11 +620,15 @@ class Trainer:
     # -- persistence
 
     def _rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's torch RNG state (CPU, and CUDA where there is one), in rank order (all ranks call this)."""
+        """Every rank's RNG states (torch's CPU one, CUDA's where there is one, numpy's global one), in rank order (all
+        ranks call this)."""
         from accelerate.utils import gather_object
 
+        _, keys, position, has_gauss, gauss = np.random.get_state()  # SpecAugment's masks (transformers) draw on it
         mine = {"rank": self.accelerator.process_index, "cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)}}
         return sorted(gather_object([mine]), key=lambda state: state["rank"])
 
     def _save(self, name: str, *, full: bool) -> Path:
@@ -924,6 +928,9 @@ class Trainer:
         torch.set_rng_state(state["cpu"])
         if state.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
+        if (numpy := state.get("numpy")) is not None:  # checkpoints before it: SpecAugment's masks start again
+            np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                                 numpy["has_gauss"], numpy["gauss"]))
 
     # -- logging
 

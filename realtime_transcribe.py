@@ -281,7 +281,7 @@ class Display:
             start = max(revision.start, self.revised_end)
             lines.append(f"[{format_timestamp(start, '.')} --> {format_timestamp(max(revision.end, start), '.')}] ")
             self.revised_end = max(self.revised_end, revision.end)
-        if self.log is not None and self.revised:
+        if self.log is not None and self.revised and revision.words:  # the final text: a block of no speech has none
             self.log.write("".join(line + "\n" for line in lines))
             self.log.flush()
         if not self.tty:

@@ -223,6 +223,14 @@ def test_cues_built_from_words_keep_their_spaces_and_break_where_they_read_well(
     assert cues == [("00:00:00,000", "00:00:02,000"), ("00:00:02,000", "00:00:09,500")]  # "bank" when it starts
     assert wrap_lines("I met with Mr. Johnson and Dr. Smith at the bank on Main Street today", 42) == [
         "I met with Mr. Johnson and Dr. Smith", "at the bank on Main Street today"]  # not after "Dr."
+    # ... nor after "Mrs." where a line of plain words is as even (the title ended one line, the name began the next),
+    # and a title is no clause of its own without word times (a 0.47 s cue read "And Mr.")
+    assert wrap_lines("We all went over to see Mrs. Brown about the old house.", 42) == [
+        "We all went over to see", "Mrs. Brown about the old house."]
+    from utils.subtitles import _units
+
+    assert [u[2] for u in _units(Segment(0.0, 6.0, "And Mr. John Dashwood left. Then we ate."))] == [
+        "And Mr. John Dashwood left. ", "Then we ate."]
     assert wrap_lines("He asked me twice and I said no. We left the building after that", 42) == [
         "He asked me twice and I said no.", "We left the building after that"]  # "no." ends a sentence
     # full-width punctuation after a word or a number stays at the end of its line (a line read "，CPU 是 Intel")

@@ -496,6 +496,35 @@ def test_engine_hypothesis_closes_in_its_own_beam_and_keeps_the_detected_languag
         EngineHypothesis(engine, DecodeOptions(), close_beam_size=0)
 
 
+def test_a_language_detected_without_certainty_is_not_kept_for_the_stream(caplog):
+    """A stream that began with 25 s of singing over music kept the language detected there (Polish, p=0.62) and
+    wrote the English speech after it as Polish; a language is kept once a decode is sure of it (English at 0.99),
+    and until then every decode detects it."""
+    from utils.data import Segment
+    from utils.streaming import SURE_LANGUAGE_P
+    from utils.transcribe import DecodeOptions, Transcript
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[str | None] = []
+            self.detections = iter([("pl", 0.62), ("pl", 0.6), ("pl", 0.55), ("en", 0.99), ("pl", 0.7)])
+
+        def transcribe(self, audio, options, initial_prompt=None, cut_clip=True):
+            self.calls.append(options.language)
+            language, p = next(self.detections) if options.language is None else (options.language, 1.0)
+            return Transcript(text="x", segments=[Segment(0.0, 1.0, "x")], language=language,
+                              language_probability=p, duration=len(audio) / SAMPLE_RATE)
+
+    assert SURE_LANGUAGE_P > 0.62
+    engine = Engine()
+    hypothesis = EngineHypothesis(engine, DecodeOptions(language=None, beam_size=1))
+    caplog.set_level("INFO")
+    for _ in range(6):
+        hypothesis(np.zeros(SAMPLE_RATE, dtype=np.float32), "")
+    assert engine.calls == [None, None, None, None, "en", "en"]
+    assert "language: pl (p=0.62), not sure" in caplog.text and "language: en (p=0.99), kept" in caplog.text
+
+
 def test_the_language_of_a_fine_tuned_model_is_not_said_to_be_detected(caplog):
     """A model fine-tuned on Chinese streams in Chinese without detecting; the log said "language: zh (p=1.00),
     kept for the rest of the stream (--language=auto: detected…)"."""
@@ -1497,13 +1526,13 @@ def test_display_prints_revised_blocks_and_the_output_file_gets_the_final_text()
     assert log.getvalue() == "[00:00:01.000 --> 00:00:02.200] Hello world.\n"  # the final text only
     # the next block's first word timed before this block's end (a helper saw 18.592 then 18.288): not overlapping
     d.revise(Revision(2, 3, [StreamToken(1.9, 2.8, " Again.")], 1.8, 3.0))
-    d.revise(Revision(3, 3, [], 2.5, 3.5))  # read as no speech
-    assert log.getvalue().splitlines()[1:] == ["[00:00:02.200 --> 00:00:02.800] Again.",
-                                               "[00:00:02.800 --> 00:00:03.500] "]
+    d.revise(Revision(3, 3, [], 2.5, 3.5))  # read as no speech: said on the display, no empty line in the file
+    assert out.getvalue().splitlines()[-1] == "revised [00:00:02.800 --> 00:00:03.500] "
+    assert log.getvalue().splitlines()[1:] == ["[00:00:02.200 --> 00:00:02.800] Again."]
     # a block that gathered two utterances 20 s apart (each too short for a block alone): a line each, not one line
     # from 0:04 to 0:27 over the silence
     d.revise(Revision(3, 5, [StreamToken(4.0, 6.0, " First one."), StreamToken(26.0, 27.0, " Second.")], 3.5, 27.5))
-    assert log.getvalue().splitlines()[3:] == ["[00:00:04.000 --> 00:00:06.000] First one.",
+    assert log.getvalue().splitlines()[2:] == ["[00:00:04.000 --> 00:00:06.000] First one.",
                                                "[00:00:26.000 --> 00:00:27.000] Second."]
     assert out.getvalue().splitlines()[-2:] == ["revised [00:00:04.000 --> 00:00:06.000] First one.",
                                                 "revised [00:00:26.000 --> 00:00:27.000] Second."]

@@ -877,6 +877,82 @@ def test_the_vad_finds_speech_under_a_dc_offset_hum_or_at_a_low_level(repo_root)
         assert (covered(x) >= normal - 0.05).all(), (covered(x), normal)
 
 
+def _real_speech(repo_root: Path, seconds: float) -> np.ndarray:
+    """Real English recordings of dataset/real/ one after the other with 1 s pauses, repeated to ``seconds``."""
+    parts = []
+    for path in sorted((repo_root / "dataset" / "real").glob("en_*.flac")):
+        parts += [load_audio(path), np.zeros(SAMPLE_RATE, np.float32)]
+    one = np.concatenate(parts)
+    return np.tile(one, int(seconds * SAMPLE_RATE) // len(one) + 1)[: int(seconds * SAMPLE_RATE)]
+
+
+def _faster_whisper_regions(x: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
+                            min_silence_ms: int = 160, speech_pad_ms: int = 200,
+                            max_speech_s: float = 29.0) -> list[tuple[int, int]]:
+    """faster-whisper's speech timestamps of ``x`` (as it is), as speech_regions leaves them: padding that made
+    neighbours overlap taken off."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    stamps = get_speech_timestamps(x, VadOptions(threshold=threshold, min_speech_duration_ms=min_speech_ms,
+                                                 min_silence_duration_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
+                                                 max_speech_duration_s=max_speech_s))
+    regions: list[tuple[int, int]] = []
+    for s in stamps:
+        start = max(s["start"], regions[-1][1]) if regions else s["start"]
+        if s["end"] > start:
+            regions.append((start, s["end"]))
+    return regions
+
+
+def test_the_vad_reads_a_long_recording_a_piece_at_a_time_with_faster_whispers_results(repo_root, monkeypatch):
+    """A long recording's VAD pass holds no copy of it: a 2 h wav of 0.58 GB (0.46 GB of float32) took 1.7 GB at the
+    pass's peak (the VAD's copy, raised or filtered; faster-whisper's padded one; its frames with their context; the
+    model's activations for 10,000 frames), 0.64 GB read a piece at a time. Here a quiet hummed recording (filtered
+    and raised: the copy that costs most) read 200 frames at a time: numpy's peak stays under half the waveform, and
+    the probabilities and regions are faster-whisper's over the whole copy."""
+    import tracemalloc
+
+    from faster_whisper.vad import get_vad_model
+
+    from utils import vad
+
+    speech = _real_speech(repo_root, 240)
+    hum = 0.3 * np.sin(2 * np.pi * 50 * np.arange(len(speech)) / SAMPLE_RATE)
+    audio = (0.02 * speech + 0.05 * hum).astype(np.float32)[: len(speech) // vad.FRAME * vad.FRAME - 100]
+    monkeypatch.setattr(vad, "VAD_PIECE_FRAMES", 200)
+    vad.speech_regions(audio[: SAMPLE_RATE])  # the model loaded outside the measurement
+    tracemalloc.start()
+    try:
+        regions = vad.speech_regions(audio)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < audio.nbytes / 2, (peak, audio.nbytes)
+    copy = vad.vad_input(audio)
+    assert not np.array_equal(copy, audio)  # filtered and raised
+    whole = get_vad_model()(np.pad(copy, (0, vad.FRAME - len(copy) % vad.FRAME))).reshape(-1)
+    assert np.array_equal(vad.speech_probabilities(audio), whole)
+    assert len(regions) > 40 and [(r.start, r.end) for r in regions] == _faster_whisper_regions(copy)
+
+
+def test_the_vads_segmentation_is_silero_vads_for_any_options(repo_root):
+    """speech_regions' own segmentation of the probabilities (hysteresis, dropped short bursts, long regions cut at
+    their last pause, padding that shares a short silence) gives faster-whisper's regions for any options and length
+    (lengths whose last frame is full of speech aside: faster-whisper zeroes that frame's last 64 samples)."""
+    from utils import vad
+
+    audio = _real_speech(repo_root, 60)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        x = audio[: int(rng.integers(SAMPLE_RATE, len(audio)))]
+        x = x[: len(x) - max(0, len(x) % vad.FRAME - (vad.FRAME - 64))]
+        options = dict(threshold=float(rng.choice([0.5, 0.3, 0.7])), min_speech_ms=int(rng.choice([0, 250, 1000])),
+                       min_silence_ms=int(rng.choice([0, 160, 500, 2000])),
+                       speech_pad_ms=int(rng.choice([0, 30, 200, 400])),
+                       max_speech_s=float(rng.choice([1.5, 3.0, 10.0, 29.0])))
+        assert [(r.start, r.end) for r in vad.speech_regions(x, **options)] == _faster_whisper_regions(x, **options)
+
+
 def test_a_clip_read_with_a_take_made_up_is_decoded_again_take_by_take(tiny, monkeypatch, two_takes):
     """A clip of at most 30 s is one chunk, but it is cut at its pauses like a long recording's chunk: a sentence said
     twice and read three times (the third take aligns to no time) gives way to its two takes, decoded one by one
@@ -1169,6 +1245,11 @@ def test_segment_times_move_out_of_the_pauses_around_them():
     assert snap_to_speech(6.0, 10.0, spans, onsets=onsets) == (6.0, 10.0)  # in the soft syllable: as it was
     assert snap_to_speech(2.0, 6.6, spans, onsets=onsets) == (2.0, 4.0)
     assert snap_to_speech(4.5, 6.6, spans) == (4.5, 6.6)  # a pause and the next region's padding: no 0.1 s cue
+    # an end a timestamp's error into the next region's speech is in the pause (a cue ran on 2 s over a pause to
+    # 0.01 s into the next sentence); a word's length into it is not
+    assert snap_to_speech(2.0, 20.21, spans) == (2.0, 12.0)
+    assert snap_to_speech(2.0, 20.39, spans) == (2.0, 12.0)
+    assert snap_to_speech(2.0, 20.45, spans) == (2.0, 20.45)
 
 
 def test_a_regions_start_moves_back_through_a_soft_first_syllable_only():

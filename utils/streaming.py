@@ -1283,14 +1283,21 @@ def collapse_repeats(text: str) -> str:
     return out
 
 
+# a language detected at this probability is kept for the rest of a stream (below it, each decode detects it
+# again): a stream that began with 25 s of singing over music kept Polish (p=0.62) and wrote its English speech as
+# Polish; the same speech alone is English at 0.99
+SURE_LANGUAGE_P = 0.8
+
+
 class EngineHypothesis:
     """A HypothesisFn from a ``utils.transcribe`` Transcriber and its DecodeOptions.
 
     Segment timestamps are requested (word times are interpolated inside them, or, with
     ``options.word_timestamps``, taken from the aligned words); repetition loops are collapsed
     (:func:`collapse_repeats`; a collapsed segment's times are interpolated). With ``options.language`` None (an
-    original Whisper model: detected) the language of the first decode of at least ``detect_after_s`` seconds is
-    kept for the rest of the stream (``self.options.language``), so it cannot flip; ``"auto"`` detects it in every
+    original Whisper model: detected) the language of the first decode of at least ``detect_after_s`` seconds that is
+    sure of it (``SURE_LANGUAGE_P``; before it, each decode detects it) is kept for the rest of the stream
+    (``self.options.language``), so it cannot flip; ``"auto"`` detects it in every
     decode (a stream in two languages: the second one was read in the first, i.e. translated), and a change is
     logged.
     :meth:`closing` decodes in a beam of ``close_beam_size`` (the policy's ``close_fn``; None = the options' beam).
@@ -1326,14 +1333,18 @@ class EngineHypothesis:
         result = self.engine.transcribe(audio, options, initial_prompt=prompt or None, cut_clip=cut_clip)
         if not result.language or len(audio) < self.detect_after_s * SAMPLE_RATE:
             pass
-        elif self.options.language is None:
+        elif self.options.language is None and getattr(self.engine, "model_language", None):  # the model's own
             self.options = replace(self.options, language=result.language)
-            if getattr(self.engine, "model_language", None):  # not detected: the model's own
-                logger.info("language: %s, the one the model was fine-tuned on (--language=auto detects it in every "
-                            "decode)", result.language)
-            else:
-                logger.info("language: %s (p=%.2f), kept for the rest of the stream (--language=auto: detected in "
-                            "every decode)", result.language, result.language_probability)
+            logger.info("language: %s, the one the model was fine-tuned on (--language=auto detects it in every "
+                        "decode)", result.language)
+        elif self.options.language is None and result.language_probability >= SURE_LANGUAGE_P:
+            self.options = replace(self.options, language=result.language)
+            logger.info("language: %s (p=%.2f), kept for the rest of the stream (--language=auto: detected in every "
+                        "decode)", result.language, result.language_probability)
+        elif self.options.language is None and result.language != self.detected:
+            self.detected = result.language
+            logger.info("language: %s (p=%.2f), not sure: detected again in the next decodes", result.language,
+                        result.language_probability)
         elif self.options.language == AUTO_LANGUAGE and result.language != self.detected:
             self.detected = result.language
             logger.info("language: %s (p=%.2f)", result.language, result.language_probability)

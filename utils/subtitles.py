@@ -95,16 +95,16 @@ def wrap_lines(text: str, width: int) -> list[str]:
         return sum(widths[i:j]) - (len(atoms[j - 1]) - len(atoms[j - 1].rstrip()))
 
     groups = _best_split(len(atoms), lambda i, j: j - i == 1 or span(i, j) <= width, span,
-                         lambda k: _reads_well("".join(atoms[max(0, k - 3):k])), text_width(text) / lines)
+                         lambda k: _cut_cost("".join(atoms[max(0, k - 3):k])), text_width(text) / lines)
     return ["".join(atoms[i:j]).strip() for i, j in groups]
 
 
 def _best_split(n: int, fits: Callable[[int, int], bool], width: Callable[[int, int], float],
-                reads_well: Callable[[int], bool], target: float) -> list[tuple[int, int]]:
+                cut_cost: Callable[[int], float], target: float) -> list[tuple[int, int]]:
     """Items ``0..n`` in consecutive groups ``[i, j)``: each group ``fits``, as few groups as that allows, and among
-    those the ones closest to ``target`` columns each (squared difference), a cut that does not read well (after item
-    ``k - 1``: ``reads_well(k)`` false) counting as a group a quarter of ``target`` off. ``fits`` must stay false
-    once a group is too long (groups are grown from their end backwards until it fails)."""
+    those the ones closest to ``target`` columns each (squared difference), a cut after item ``k - 1`` counting as
+    ``cut_cost(k)`` groups a quarter of ``target`` off (:func:`_cut_cost`). ``fits`` must stay false once a group
+    is too long (groups are grown from their end backwards until it fails)."""
     penalty = (target / 4) ** 2
     best: list[tuple[float, float, int]] = [(0, 0.0, -1)] + [(math.inf, math.inf, -1)] * n
     for j in range(1, n + 1):
@@ -113,7 +113,7 @@ def _best_split(n: int, fits: Callable[[int, int], bool], width: Callable[[int, 
                 break
             if best[i][0] == math.inf:
                 continue
-            cost = best[i][1] + (width(i, j) - target) ** 2 + (0.0 if j == n or reads_well(j) else penalty)
+            cost = best[i][1] + (width(i, j) - target) ** 2 + (0.0 if j == n else cut_cost(j) * penalty)
             if (best[i][0] + 1, cost) < best[j][:2]:
                 best[j] = (best[i][0] + 1, cost, i)
     groups, j = [], n
@@ -154,6 +154,8 @@ def _units(seg) -> list[tuple[float, float, str]]:
         return [(w.start, w.end, text) for w, text in zip(seg.words, texts, strict=True)]
     pieces, last = [], 0
     for m in _CLAUSE_END.finditer(seg.text):
+        if _ABBREVIATION.search(seg.text[:m.end()]):  # "Mr. " ends no clause ("And Mr." was a cue of its own)
+            continue
         pieces.append(seg.text[last:m.end()])
         last = m.end()
     pieces.append(seg.text[last:])
@@ -283,7 +285,7 @@ def _even_cues(units: list[tuple[float, float, str]], layout: CueLayout) -> list
     fewest = _fewest(len(units), fits)
     if fewest == 1:
         return [(units[0][0], units[-1][1], "".join(texts))]
-    groups = _best_split(len(units), fits, columns, lambda k: _reads_well(texts[k - 1]),
+    groups = _best_split(len(units), fits, columns, lambda k: _cut_cost(texts[k - 1]),
                          columns(0, len(units)) / fewest)
     return [(units[i][0], units[j - 1][1], "".join(texts[i:j])) for i, j in groups]
 
@@ -295,6 +297,12 @@ _ABBREVIATION = re.compile(r"(?:^|\s)(?:Mr|Mrs|Ms|Dr|Prof|Jr|Sr|vs|e\.g|i\.e)\.\
 def _reads_well(text: str) -> bool:
     """Whether a line or cue may end after ``text``: after punctuation that ends a clause, not after "Mr." / "Dr."."""
     return text.rstrip().endswith(_BREAK_AFTER) and not _ABBREVIATION.search(text)
+
+
+def _cut_cost(text: str) -> float:
+    """What a line or cue ending after ``text`` costs (:func:`_best_split`): nothing after a clause
+    (:func:`_reads_well`), 1 inside one, 4 after a title ("Mrs." ended a line, "Brown" began the next)."""
+    return 0.0 if _reads_well(text) else 4.0 if _ABBREVIATION.search(text) else 1.0
 
 
 def _fewest(n: int, fits: Callable[[int, int], bool]) -> int:

@@ -285,6 +285,7 @@ class _ChunkResult:
     stats: list[DecodeStats] | None = None  # each segment's decode (DecodeOptions.decode_stats); seek from the chunk
     # the decode stopped at its token budget (the text is not a loop): the chunk's last words may be unread
     out_of_budget: bool = False
+    avg_logprob: float | None = None  # the kept decode's average token log-probability (None: not scored)
 
 
 class _Piece(NamedTuple):
@@ -671,7 +672,9 @@ class _BaseTranscriber:
         more in one call) is cut in two (:func:`cut_in_two`: at the pause nearest its middle, or its quietest point
         there) and both halves are read, as the chunk was (its beam and encoder window: a half holds many sentences,
         not one take). Decodes of audio decoded before
-        fall back to higher temperatures only out of a loop (:func:`_again`). A chunk read right is decoded once.
+        fall back to higher temperatures only out of a loop (:func:`_again`), and one whose log-probability fails the
+        check reads nothing (:func:`_doubtful`: babble or singing the VAD took for speech, read alone). A chunk read
+        right is decoded once.
         ``depth``: how many levels of cutting lie above these chunks (``MAX_REPEAT_SPLITS``: they are not cut);
         ``decoded``: the chunks' first decode, when the caller has it.
         """
@@ -687,6 +690,8 @@ class _BaseTranscriber:
             got = (list(decoded[i: i + options.batch_size]) if decoded is not None else
                    self._decode_words(waves, [language] * len(batch), options, prompt,
                                       splittable[i: i + options.batch_size]))
+            if depth:  # audio read before, without the fallback on a low log-probability: such a reading is none
+                got = [_ChunkResult([], "") if _doubtful(r, options) else r for r in got]
             units = [repeat_unit(_text_tokens(r)) if s else None
                      for r, s in zip(got, splittable[i: i + options.batch_size])]
             periods = [None if unit is None else unit[1] for unit in units]
@@ -818,7 +823,9 @@ class _BaseTranscriber:
     def _redo_with_timestamps(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], which: Sequence[int],
                               language: str, options: DecodeOptions, prompt: str | None) -> set[int]:
         """Decode the chunks ``which`` of ``waves`` again with timestamp tokens and keep each reading (in place in
-        ``results``) where it holds more text tokens than the one without; returns those chunks.
+        ``results``) where it holds more text tokens than the one without, is no loop, and passes the log-probability
+        check where the first reading passed it (:func:`_doubtful`: babble the VAD took for speech, read as "Thank
+        you." between two real sentences); returns those chunks.
 
         Without timestamp tokens Whisper stops after the first of several takes of one sentence in a window: on real
         recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 2, 3 or 5 times in 10-28 s was read once
@@ -829,11 +836,18 @@ class _BaseTranscriber:
             return set()
         logger.debug("%d chunks left speech unread, made text up or repeat themselves: decoded again with timestamp "
                      "tokens", len(which))
+        # at the first temperature only: a reading that loops is no better one, and sampling to escape it cost five
+        # decodes to the token budget (25 s of sung music: 114 s of 131 on the transformers backend)
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
-                                      replace(options, timestamps=True), prompt)
+                                      replace(options, timestamps=True, temperatures=options.temperatures[:1]), prompt)
+        threshold = options.compression_ratio_threshold or DecodeOptions.compression_ratio_threshold
         read = set()
         for k, result in zip(which, redone):
-            if len(_text_tokens(result)) > len(_text_tokens(results[k])):
+            tokens = _text_tokens(result)
+            more = len(tokens) > len(_text_tokens(results[k]))
+            # not a loop, nor a reading the log-probability check fails for one it passes
+            if more and not is_decoder_loop(tokens, result.text, False, threshold) and (
+                    not _doubtful(result, options) or _doubtful(results[k], options)):
                 results[k] = result
                 read.add(k)
         return read
@@ -1055,6 +1069,16 @@ def _again(options: DecodeOptions) -> DecodeOptions:
     return replace(options, logprob_fallback=False)
 
 
+def _doubtful(result: _ChunkResult, options: DecodeOptions) -> bool:
+    """Whether a decode's text fails the log-probability check (average below ``options.logprob_threshold``), which
+    the temperature fallback of a first decode would not have kept if a sample passed it. Decodes of audio read before
+    (:func:`_again`) do not fall back on it, and a stretch a first reading left "unread" can be babble or singing the
+    VAD took for speech: whisper-base read 20 s of babble between two real sentences alone as "Thank you." (-1.05),
+    and 25 s of sung music as 25 made-up sentences; the reading of a real take left out is sure of itself."""
+    return (options.logprob_threshold is not None and result.avg_logprob is not None and bool(result.text.strip())
+            and result.avg_logprob < options.logprob_threshold)
+
+
 def _in_pieces(options: DecodeOptions) -> DecodeOptions:
     """The options of the pieces a chunk was cut into (:meth:`_BaseTranscriber._decode_chunks`): as :func:`_again`,
     encoded in a window of at least ``PIECE_WINDOW_S`` (the longest piece + 5 s: :func:`encoder_window`) instead of
@@ -1089,6 +1113,11 @@ def _chunk_spans(chunk: Chunk, audio: np.ndarray) -> tuple[list[tuple[float, flo
     return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans], onsets
 
 
+# an end less than this far into a region's speech is a timestamp's error, not a word there: on a 1.8 s pause Whisper
+# ended "do for your country." at 13.82, 0.01 s into the next sentence's speech, and the cue stayed 2 s on after it
+END_SLACK_S = 0.2
+
+
 def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]], pad: float = SPEECH_PAD_S,
                    onsets: Sequence[float] | None = None) -> tuple[float, float]:
     """A segment's (start, end) in seconds moved out of the pauses around it. ``spans``: the VAD's speech regions
@@ -1100,7 +1129,8 @@ def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]
     a segment's start to the previous segment's end and often ends a segment well into the pause after it: real
     English with 2-5 s pauses got a cue 2.5 s before its speech and ends up to 0.9 s after it (one ran 3.7 s on into
     the next sentence), whisper-base stamped the first segment after 15 s of silence 0.00 (a cue 00:00 → 00:17), and
-    espeak English cues started up to 6.6 s early on a 20-minute file."""
+    espeak English cues started up to 6.6 s early on a 20-minute file. An end less than ``END_SLACK_S`` into a
+    region's speech counts as in the pause before it."""
     given = start, end
     heard = [(o, b) for o, (_, b) in zip(onsets, spans, strict=True)] if onsets is not None else list(spans)
     if not any(o <= start < max(o, b - pad) for o, b in heard if o < end and b > start):
@@ -1109,9 +1139,10 @@ def snap_to_speech(start: float, end: float, spans: Sequence[tuple[float, float]
             return given
         start = start if moved is None else heard[moved][0]
     over = [(a, b) for a, b in spans if a < end and b > given[0]]
-    if not any(min(b, a + pad) < end <= b for a, b in over):
+    if not any(min(b, a + pad + END_SLACK_S) < end <= b for a, b in over):
         end = next((b for _, b in reversed(over) if b < end), end)
     return (start, end) if start < end else given  # all of it in one pause, padding included: left as it is
+
 
 
 def _shifted(result: _ChunkResult, offset: float,
@@ -1857,7 +1888,8 @@ class TransformersTranscriber(_BaseTranscriber):
             if options.decode_stats and scores is not None:
                 stats = DecodeStats(0, *scores[i], compression_ratio(text), temperature_of[i])
             results.append(_ChunkResult([p[:3] for p in pieces], text, tokens=[p[3] for p in pieces],
-                                        out_of_budget=full, stats=None if stats is None else [stats] * len(pieces)))
+                                        out_of_budget=full, stats=None if stats is None else [stats] * len(pieces),
+                                        avg_logprob=None if scores is None else scores[i][0]))
         return results
 
     def _scored(self, feats: Any, languages: Sequence[str], texts: Sequence[list[int]], task: str
@@ -2550,7 +2582,8 @@ class CT2Transcriber(_BaseTranscriber):
             stats = DecodeStats(0, avg_logprob, no_speech[i], compression_ratio(text), temperature)
             results.append(_ChunkResult([pieces[k] for k in kept], text, tokens=[split[k][2] for k in kept],
                                         out_of_budget=full and not silent,
-                                        stats=[stats] * len(kept) if options.decode_stats else None))
+                                        stats=[stats] * len(kept) if options.decode_stats else None,
+                                        avg_logprob=avg_logprob))
         if isinstance(encoded, (np.ndarray, list)):  # word alignment, a decode again with timestamp tokens reuse it
             self._keep_encoded(chunks, encoded)
         return results

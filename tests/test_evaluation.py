@@ -85,10 +85,17 @@ def test_report_contents_and_no_label_leakage(tiny_whisper_dir, en_wav, zh_wav, 
     assert by_audio1 == by_audio2
 
 
-def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog):
-    bad = tmp_path / "bad.m4a"  # a format whose header is not read before decoding (a broken .wav is: see below)
+def test_wer_and_failed_audio(tiny_whisper_dir, en_wav, tmp_path, capsys, caplog, monkeypatch):
+    import utils.data
+
+    bad = tmp_path / "bad.m4a"  # a format libsndfile reads no header of: ffprobe finds it broken before decoding ...
     bad.write_bytes(b"\x00\x00\x00\x18ftypjunk")
     m = _manifest(tmp_path / "m.json", [(en_wav, EN_SENTENCE), (bad, "x")])
+    assert evaluation.main(["--model_path", str(tmp_path / "no-model"), "--test_data", str(m),
+                            "--output", str(tmp_path / "r.json")]) == 1
+    assert f"{m}:2: {bad}: not readable as audio" in caplog.text and not (tmp_path / "r.json").exists()
+    caplog.clear()
+    monkeypatch.setattr(utils.data, "MAX_PROBES", 0)  # ... the first MAX_PROBES such files; the others when decoded
     rc, report = _evaluate(tiny_whisper_dir, m, tmp_path / "r.json", "--metric=wer", "--language=en")
     assert rc == 1
     assert report["metric"] == "wer" and "wer" in report

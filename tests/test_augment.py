@@ -127,3 +127,20 @@ def test_noise_dir_is_read_beside_the_config_and_expands_home(tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path / "cfg"))
     home = _write(tmp_path / "h.json", [{"type": "noise", "params": {"noise_dir": "~/noise"}, "prob": 0.5}])
     assert load_augment_config(home) is not None
+
+
+def test_a_clip_read_at_its_own_speed_draws_its_other_steps_as_it_did():
+    """A packed clip slowed past its window is read again without the speed step (utils.train_data): its other steps
+    (a volume gain here) drew other numbers once the speed step drew none (gain 0.48 became 1.31)."""
+    import numpy as np
+
+    from utils.augment import _STEPS, Augmenter, _speed
+
+    augmenter = Augmenter(steps=[("speed", 1.0, {"min_speed_rate": 0.9, "max_speed_rate": 1.1, "num_rates": 3}, _speed),
+                                 ("volume", 1.0, {"min_gain_dBFS": -15, "max_gain_dBFS": 15}, _STEPS["volume"])])
+    x = np.full(16000, 0.1, np.float32)
+    for seed in range(5):
+        fast, _ = augmenter(x, np.random.default_rng(seed))
+        own, scale = augmenter(x, np.random.default_rng(seed), speed=False)
+        assert scale == 1.0 and len(own) == len(x) and np.isclose(fast.max(), own.max())
+

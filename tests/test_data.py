@@ -248,6 +248,10 @@ def test_a_clip_a_wrong_duration_would_leave_out_is_read_at_its_audios_length(tm
     assert "t.json:1: " in warned[0] and "'duration' says 0.30 s, the audio is 1.00 s; fix 'duration'" in warned[0]
     assert "t.json:3: " in warned[0] and "'duration' says 40.00 s, the audio is 1.00 s" in warned[0]
     assert "t.json:4" not in warned[0]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        load_manifest(m, min_duration=0.5, max_duration=20)
+    assert "left out 1 clips shorter than 0.50 s and 0 longer than 20.00 s (line 4:" in caplog.text  # not 1 and 3
     # the advice for long clips follows the bound asked for, not Whisper's 30 s window
     save_wav(audio_dir / "long.wav", np.zeros(25 * 16000, np.float32))
     load_manifest(_write(tmp_path / "l.json", [_rec("audio/long.wav", duration=25.0), _rec()]), max_duration=20)
@@ -270,6 +274,16 @@ def test_invisible_characters_and_odd_spaces_are_not_taught(tmp_path, audio_dir,
     assert [seg.text for seg in man[2].sentences] == ["他喜欢", "喝绿茶。"]
     said = [r.getMessage() for r in caplog.records if "invisible characters" in r.getMessage()]
     assert len(said) == 1 and "3 line(s)" in said[0] and "lines 1, 2, 3" in said[0]
+    # a timed segment keeps the space it begins with (Whisper's " world" is another token than "world"), and one
+    # that holds nothing but invisible characters is a segment of no text, warned about as one
+    timed = _rec(sentence="Hello there, world.", language="English", sentences=[
+        {"start": 0, "end": 0.4, "text": " Hello there,"}, {"start": 0.4, "end": 0.5, "text": "\u200b"},
+        {"start": 0.5, "end": 0.9, "text": "  world.\u3000"}])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        segments = load_manifest(_write(tmp_path / "s.json", [timed]), timestamps=True)[0].sentences
+    assert [seg.text for seg in segments] == [" Hello there,", "", " world."]
+    assert "1 line(s) with a timed segment of no text" in caplog.text
 
 
 def test_windows_files_and_pandas_exports_are_read_or_named(tmp_path, audio_dir):
@@ -327,6 +341,16 @@ def test_an_m4a_clips_length_is_checked_before_training(tmp_path, audio_dir):
     report = check_clips([man[0], man[1]], [man.location(0), man.location(1)], max_seconds=30)
     assert len(report.mismatched) == 1 and "'duration' says 1.00 s, the audio is 3.0" in report.mismatched[0]
     assert len(report.problems) == 1 and "'audio.end_time' 8.0 s is past the end of the audio" in report.problems[0]
+    # a webm a browser recorded as a stream says no length ("N/A"): not refused as unreadable, read whole
+    from utils.audio import audio_duration
+
+    webm = audio_dir / "stream.webm"
+    with open(webm, "wb") as f:
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "libopus", "-f", "webm", "pipe:1"],
+                       check=True, stdout=f)
+    man = load_manifest(_write(tmp_path / "w.json", [_rec("audio/stream.webm", duration=3.0)]))
+    assert check_clips([man[0]], [man.location(0)], max_seconds=30).problems == []
+    assert audio_duration(webm) == pytest.approx(3.0, abs=0.05)
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

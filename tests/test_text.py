@@ -17,6 +17,19 @@ def test_invisible_characters_and_emoji_are_not_scored():
     assert count_errors("今天温度是2\u200b5度。", "今天温度是二十五度", "cer").errors == 0  # language unknown
 
 
+def test_the_hidden_characters_a_taught_text_goes_without_are_every_format_character_and_wide_space():
+    """clean_text's character class (written out as ranges, 5 times faster than asking unicodedata per character)
+    holds every format character but the zero-width (non-)joiners, and every white space outside ASCII."""
+    import unicodedata
+
+    from utils.text import _HIDDEN
+
+    for code in range(0x110000):
+        ch = chr(code)
+        hidden = (unicodedata.category(ch) == "Cf" and ch not in "\u200c\u200d") or (ch.isspace() and not ch.isascii())
+        assert not hidden or _HIDDEN.match(ch), hex(code)
+
+
 def test_normalize_removes_ascii_and_fullwidth_punctuation():
     s = "“你好”，《世界》（测试）…、；：！？, Hello. World!"
     assert normalize_text(s) == "你好 世界 测试 hello world"

@@ -953,6 +953,69 @@ def test_the_vads_segmentation_is_silero_vads_for_any_options(repo_root):
         assert [(r.start, r.end) for r in vad.speech_regions(x, **options)] == _faster_whisper_regions(x, **options)
 
 
+def _babble_between_two_sentences(repo_root: Path) -> np.ndarray:
+    """Two real English sentences (LibriVox) with 20 s of babble between them: the 10 real English recordings of
+    dataset/real/ reversed, each looped from another offset and overlaid (no word of them can be read), at -6 dBFS
+    under speech at -3 dBFS, 0.5 s of silence on either side."""
+    real = repo_root / "dataset" / "real"
+
+    def peak(x: np.ndarray, db: float) -> np.ndarray:
+        return (x / np.abs(x).max() * 10 ** (db / 20)).astype(np.float32)
+
+    n = 20 * SAMPLE_RATE
+    babble = np.zeros(n, np.float32)
+    for k, path in enumerate(sorted(real.glob("en_*.flac"))):
+        clip = load_audio(path)[::-1]
+        looped = np.tile(clip, n // len(clip) + 2)
+        start = int(k * 1.7 * SAMPLE_RATE) % len(clip)
+        babble += looped[start: start + n]
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    return np.concatenate([peak(load_audio(real / "en_librivox_0870.flac"), -3), gap, peak(babble, -6), gap,
+                           peak(load_audio(real / "en_librivox_0920.flac"), -3)])
+
+
+def test_babble_the_vad_takes_for_speech_is_not_read_into_made_up_text(base_ct2, repo_root):
+    """20 s of babble between two sentences: the VAD hears speech there, the first reading of the chunk reads the
+    sentence and leaves the babble "unread", so it was read again: alone, whisper-base read it as "Thank you."
+    (log-probability -1.05, below the check's -1.0, which a re-read does not fall back on) and that went into the
+    text, with and without timestamps (25 s of sung music the same way: 25 made-up sentences). A re-read the check
+    fails where the first reading passes it reads nothing."""
+    audio = _babble_between_two_sentences(repo_root)
+    said = ("And Mr. John Dashwood had then leisure to consider how much there might be prudently in his power to do "
+            "for them. Had he married a more amiable woman, he might have been made still more respectable than he "
+            "was.")
+    for timestamps in (False, True):
+        text = base_ct2.transcribe(audio, DecodeOptions(language="en", timestamps=timestamps)).text
+        assert "thank" not in text.lower(), (timestamps, text)
+        assert error_rate(said, text, "wer", language="en") < 0.1, (timestamps, text)
+
+
+def test_a_reread_is_dropped_only_where_the_first_reading_is_sure():
+    """Pieces of noisy speech (a real Mandarin sentence said 3 times under white noise at 0 dB) are as unsure as the
+    first reading: they are kept; a reading no piece of which is kept stays as it was (the chunk's whole text was
+    wiped out)."""
+    from utils.transcribe import _ChunkResult, _unless_doubtful
+
+    options = DecodeOptions(language="zh")
+    sure, unsure = _ChunkResult([(0.0, 1.0, "好")], "好", avg_logprob=-0.3), _ChunkResult(
+        [(0.0, 1.0, "水")], "水", avg_logprob=-1.2)
+    assert _unless_doubtful(unsure, sure, options).text == ""
+    assert _unless_doubtful(unsure, unsure, options) is unsure
+    assert _unless_doubtful(sure, unsure, options) is sure
+    unscored = _ChunkResult([(0.0, 1.0, "水")], "水")
+    assert _unless_doubtful(unscored, sure, options) is unscored
+    assert _unless_doubtful(unsure, sure, DecodeOptions(language="zh", logprob_threshold=None)) is unsure
+
+
+def test_a_decode_at_one_temperature_is_scored_on_both_backends(tiny, base_ct2, zh_wav):
+    """The transformers backend scored a decode only for the fallback: at one temperature (a redo with timestamps)
+    its average log-probability was None, and no such reading could be found unsure."""
+    wave = load_audio(zh_wav)
+    for engine in (tiny, base_ct2):
+        result = engine._decode_batched([wave], ["zh"], DecodeOptions(language="zh", temperatures=(0.0,)), None)[0]
+        assert result.avg_logprob is not None and result.avg_logprob <= 0.0
+
+
 def test_a_clip_read_with_a_take_made_up_is_decoded_again_take_by_take(tiny, monkeypatch, two_takes):
     """A clip of at most 30 s is one chunk, but it is cut at its pauses like a long recording's chunk: a sentence said
     twice and read three times (the third take aligns to no time) gives way to its two takes, decoded one by one

@@ -449,9 +449,10 @@ def slice_check(path: str, start_time: float | None = None, end_time: float | No
     decoding): no audio samples, or the start or the end past the end of the audio (the end by more than
     ``tolerance_s``: a slice that ends later would be scored against words the audio does not hold); None when fine.
     A file whose header libsndfile cannot read (m4a, a video, another format named .wav) is read by ffprobe while
-    ``probes`` allows (None = any number), else checked when it is decoded. Returned with the slice's length in seconds (None where the header cannot be read or the slice cannot
-    be read as given). ``lengths``: what earlier calls found of each file, kept and reused (a manifest that cuts a
-    few long recordings into 100 000 slices read each header once per line)."""
+    ``probes`` allows (None = any number), else checked when it is decoded. Returned with the slice's length in
+    seconds (None where the header cannot be read or the slice cannot be read as given). ``lengths``: what earlier
+    calls found of each file, kept and reused (a manifest that cuts a few long recordings into 100 000 slices read
+    each header once per line)."""
     if lengths is None:
         problem, seconds = _audio_length(path, probes)
     elif (known := lengths.get(path)) is not None:
@@ -482,8 +483,8 @@ def _audio_length(path: str, probes: ProbeBudget | None) -> tuple[str | None, fl
         ffprobe = shutil.which("ffprobe")
         if ffprobe is not None and (probes is None or probes.take()):
             seconds, error = _ffprobe_duration(ffprobe, path)
-            if seconds is None:
-                return f"not readable as audio ({error.splitlines()[-1] if error else 'unknown format'})", None
+            if error:  # no length without an error: a stream that does not say it (a browser's webm), read whole
+                return f"not readable as audio ({error.splitlines()[-1]})", None
     return None, seconds
 
 
@@ -505,23 +506,27 @@ def audio_duration(path: str | os.PathLike) -> float:
     if ffprobe is None:
         raise AudioLoadError(f"{path}: cannot read its header and ffprobe is not installed")
     seconds, error = _ffprobe_duration(ffprobe, path)
-    if seconds is None:
-        raise AudioLoadError(f"{path}: cannot read the duration ({error or 'unknown format'})")
-    return seconds
+    if error:
+        raise AudioLoadError(f"{path}: cannot read the duration ({error})")
+    return seconds if seconds is not None else len(load_audio(path)) / SAMPLE_RATE  # a stream that does not say
 
 
 def _ffprobe_duration(ffprobe: str, path: str) -> tuple[float | None, str]:
-    """(seconds, "") of a file as ffprobe reads its container (m4a, a video: tens of ms), or (None, its error)."""
+    """(seconds, "") of a file as ffprobe reads its container (m4a, a video: tens of ms); (None, "") where the
+    container does not say (a webm a browser recorded as a stream: "N/A"); (None, the error) where ffprobe cannot
+    read it."""
     proc = subprocess.run(
         [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
         capture_output=True,
         text=True,
         check=False,
     )
+    if proc.returncode != 0:
+        return None, proc.stderr.strip() or f"ffprobe exited with {proc.returncode}"
     try:
         return float(proc.stdout.strip()), ""
     except ValueError:
-        return None, proc.stderr.strip()
+        return None, ""
 
 
 def total_seconds(paths: Sequence[str | os.PathLike], enough: float = math.inf, probe_limit: int = 8) -> float | None:

@@ -38,10 +38,15 @@ class AugmentConfigError(ValueError):
     """The augmentation config is invalid; the message names the file, entry and field."""
 
 
+def _speed_rate(rng: np.random.Generator, p: dict[str, Any]) -> float:
+    """The speed step's rate, drawn from ``rng``."""
+    lo, hi, n = float(p.get("min_speed_rate", 0.9)), float(p.get("max_speed_rate", 1.1)), int(p.get("num_rates", 3))
+    return float(rng.choice(np.linspace(lo, hi, n))) if n > 0 else float(rng.uniform(lo, hi))
+
+
 def _speed(samples: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> tuple[np.ndarray, float]:
     """Play faster/slower by resampling the time axis (pitch changes too); returns the time scale."""
-    lo, hi, n = float(p.get("min_speed_rate", 0.9)), float(p.get("max_speed_rate", 1.1)), int(p.get("num_rates", 3))
-    rate = float(rng.choice(np.linspace(lo, hi, n))) if n > 0 else float(rng.uniform(lo, hi))
+    rate = _speed_rate(rng, p)
     old_len = samples.shape[0]
     # never slow a clip past Whisper's 30 s window: the audio would be cut while its label keeps every word
     rate = max(rate, old_len / (WINDOW_S * SAMPLE_RATE))
@@ -108,12 +113,14 @@ class Augmenter:
 
     def __call__(self, samples: np.ndarray, rng: np.random.Generator, speed: bool = True) -> tuple[np.ndarray, float]:
         """``samples`` through the steps drawn with ``rng``; ``speed`` False: the speed step left out (a clip that
-        slowed down would not fit the training window it was packed into)."""
+        slowed down would not fit the training window it was packed into), its rate still drawn, so the other steps
+        draw as they did."""
         time_scale = 1.0
         for kind, prob, params, fn in self.steps:
             if rng.random() >= prob:
                 continue
             if kind == "speed" and not speed:
+                _speed_rate(rng, params)
                 continue
             if kind == "speed":
                 samples, scale = _speed(samples, rng, params)

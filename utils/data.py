@@ -270,6 +270,12 @@ def _audio_file(path: str, base: int, manifest_dir: str, cwd: str) -> str:
     return path
 
 
+def _listed(messages: list[str]) -> str:
+    """The first ``MAX_INVALID_LISTED`` of ``messages``, a line each, and how many more."""
+    more = len(messages) - MAX_INVALID_LISTED
+    return "\n".join(messages[:MAX_INVALID_LISTED]) + (f"\n... and {more} more" if more > 0 else "")
+
+
 def _which_lines(numbers: list[int], shown: int = 5) -> str:
     """"line 3" or "lines 3, 7, … " (the first ``shown``) for a log message."""
     listed = ", ".join(map(str, numbers[:shown])) + (" …" if len(numbers) > shown else "")
@@ -287,7 +293,7 @@ def _record_from_obj(obj: dict[str, Any], path: str) -> Record:
         end_time=audio.get("end_time"),
         language=obj.get("language"),
         sentences=None if sentences is None else tuple(
-            Segment(float(s["start"]), min(float(s["end"]), float(obj["duration"])), clean_text(s["text"]))
+            Segment(float(s["start"]), min(float(s["end"]), float(obj["duration"])), clean_text(s["text"], lead=True))
             for s in sentences
         ),
     )
@@ -404,6 +410,7 @@ def missing_manifest_message(path: str | os.PathLike) -> str:
 
 MAX_INVALID_LISTED = 10  # invalid manifest lines named in one error
 MAX_PROBES = 20  # files check_clips hands to ffprobe (an m4a, a .wav libsndfile cannot read: ~0.1 s each)
+MAX_BOTH_CHECKED = 1000  # lines whose relative path is looked for in the working directory too (a stat each)
 MAX_LEFT_OUT_CHECKED = 50  # clips left out by their 'duration' whose header is read to check it
 
 
@@ -475,8 +482,8 @@ def load_manifest(
             bar.update(len(line))
             if lineno == 1:
                 line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM (Notepad's UTF-8) before a blank first line
-            if not line.strip() or not line.decode("utf-8", "replace").strip().strip("\x1a"):
-                continue  # blank: white space (U+3000 too), or the Ctrl-Z that DOS editors end a file with
+            if line[:1] != b"{" and not line.decode("utf-8", "replace").strip().strip("\x1a"):
+                continue  # blank: white space (U+3000 too), the Ctrl-Z that DOS editors end a file with
             where = f"{path}:{lineno}"
             try:
                 text = line.rstrip(b"\r\n\x1a")  # with its newline a line cut short was "column 1" (of the next line)
@@ -513,8 +520,6 @@ def load_manifest(
                 continue
             duration = float(obj["duration"])
             if duration < min_duration or 0 < max_duration < duration:
-                if len(left_out_lines) < 5:
-                    left_out_lines.append(lineno)
                 wrong, seconds = None, None
                 if check_audio and checked_left_out < MAX_LEFT_OUT_CHECKED:  # a good clip lost to a wrong number
                     checked_left_out += 1
@@ -523,6 +528,8 @@ def load_manifest(
                     corrected[len(offsets)] = duration = seconds
                     corrected_lines.append(f"{where}: {wrong}")
                 else:
+                    if len(left_out_lines) < 5:
+                        left_out_lines.append(lineno)
                     if wrong:
                         wrong_duration.append(f"{where}: {wrong}")
                     if duration < min_duration:
@@ -536,16 +543,18 @@ def load_manifest(
             line_numbers.append(lineno)
             if check_audio and base in by_base and elsewhere:
                 by_base[base].append(lineno)
-                if base == _BASE_MANIFEST and os.path.isfile(obj["audio"]["path"]):
+                if (base == _BASE_MANIFEST and len(offsets) <= MAX_BOTH_CHECKED
+                        and os.path.isfile(obj["audio"]["path"])):
                     in_both.append(lineno)
             timestamped += bool(obj.get("sentences"))
-            if any(map(has_hidden_characters, [obj["sentence"], *(seg["text"] for seg in obj.get("sentences") or ())])):
+            if has_hidden_characters(obj["sentence"]) or any(has_hidden_characters(seg["text"])
+                                                            for seg in obj.get("sentences") or ()):
                 hidden.append(lineno)
             if any(seg["end"] > duration + 0.05 for seg in obj.get("sentences") or ()):
                 past_end.append(lineno)
             if timestamps and obj.get("sentences") and not _same_text(obj["sentences"], obj["sentence"]):
                 other_text.append(lineno)
-            elif timestamps and obj["sentence"].strip() and any(not seg["text"].strip()
+            elif timestamps and obj["sentence"].strip() and any(not clean_text(seg["text"])
                                                                 for seg in obj.get("sentences") or ()):
                 textless.append(lineno)  # the texts make 'sentence', yet one stretch is taught as silence
     if invalid:
@@ -568,15 +577,11 @@ def load_manifest(
                     path, len(hidden), _which_lines(hidden))
     _warn_two_bases(path, in_both, by_base[_BASE_MANIFEST], by_base[_BASE_CWD])
     if corrected_lines:
-        shown = corrected_lines[:MAX_INVALID_LISTED]
         logger.warning("%s: %d clip(s) whose 'duration' is not their audio's length and would have left them out: "
-                       "read with the audio's length\n%s%s", path, len(corrected_lines), "\n".join(shown),
-                       f"\n... and {len(corrected_lines) - len(shown)} more" if len(corrected_lines) > len(shown) else "")
+                       "read with the audio's length\n%s", path, len(corrected_lines), _listed(corrected_lines))
     if wrong_duration:
-        shown = wrong_duration[:MAX_INVALID_LISTED]
         logger.warning("%s: clips dropped by a 'duration' that is not their audio's length (of the first %d such "
-                       "clips checked):\n%s%s", path, checked_left_out, "\n".join(shown),
-                       f"\n... and {len(wrong_duration) - len(shown)} more" if len(wrong_duration) > len(shown) else "")
+                       "clips checked):\n%s", path, checked_left_out, _listed(wrong_duration))
     if not offsets and skipped_invalid + skipped_short + skipped_long == 0:
         raise ManifestError(f"{path}: manifest is empty; expected one JSON object per line")
     log_left_out(path, short=skipped_short, long=skipped_long, invalid=skipped_invalid, min_duration=min_duration,
@@ -608,8 +613,9 @@ def _not_jsonlines(path: str, array: bool) -> ManifestError:
 
 def _warn_two_bases(path: str, in_both: Sequence[int], in_manifest_dir: Sequence[int], in_cwd: Sequence[int]) -> None:
     """Warn where relative audio paths could name other files than meant: a path of a file both in the manifest's
-    folder and in the working directory (the folder's is read), or some lines' files found in one, some in the
-    other (a user's cwd-relative manifest read one clip from the manifest's folder, CER 0.57 without a word)."""
+    folder and in the working directory (the folder's is read; looked for in the first ``MAX_BOTH_CHECKED`` lines),
+    or some lines' files found in one, some in the other (a user's cwd-relative manifest read one clip from the
+    manifest's folder, CER 0.57 without a word)."""
     if in_both:
         logger.warning("%s: %d relative 'audio.path'(s) name a file both in the manifest's folder and in the current "
                        "directory (%s): the manifest folder's are read; write absolute paths if the others are meant",

@@ -61,8 +61,15 @@ def remove_punctuation(text: str, keep_word_marks: bool = False) -> str:
 # an error between two characters) and what only changes how an emoji or a digit is drawn: variation selectors
 # ("❤️" kept U+FE0F, an error), skin tones ("👍🏻"), the keycap ("1️⃣" is "1", and "第1️⃣名" vs "第一名" was 2 errors)
 _UNHEARD = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff\u20e3]")
-# ... of them, the zero-width non-joiner and joiner spell words (Persian, Hindi) and are kept in a text taught
-_SPELLING_FORMAT = frozenset("\u200c\u200d")
+# what a text a model is taught goes without (:func:`clean_text`): the format characters (Unicode Cf, as of Unicode 15)
+# but the zero-width non-joiner and joiner, which spell words (Persian, Hindi) ...
+_HIDDEN_FORMAT = ("\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b\u200e-\u200f\u202a-\u202e"
+                  "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+                  "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
+# ... and the white space other than ASCII's, made a plain space (U+3000, a no-break space)
+_WIDE_SPACE = "\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000"
+_HIDDEN = re.compile(f"[{_HIDDEN_FORMAT}{_WIDE_SPACE}]")
+_HIDDEN_FORMAT_RUN = re.compile(f"[{_HIDDEN_FORMAT}]+")
 
 
 def unheard_dropped(text: str) -> str:
@@ -70,21 +77,22 @@ def unheard_dropped(text: str) -> str:
     return "".join(ch for ch in _UNHEARD.sub("", text) if unicodedata.category(ch) != "Cf")
 
 
-def clean_text(text: str) -> str:
+def clean_text(text: str, lead: bool = False) -> str:
     """A data line's text as a model is taught it: NFC, without invisible format characters (Unicode Cf: a BOM, a
     zero-width space, a soft hyphen, direction marks; the zero-width (non-)joiners that spell Persian and Hindi words
-    stay), every run of white space (U+3000, a no-break space, a tab) one ASCII space, none at either end. Whisper
-    was taught to write "\ufeff请把门关上。" and "我们\u3000去" as they stood in a manifest."""
-    text = "".join(ch for ch in unicodedata.normalize("NFC", text)
-                   if ch in _SPELLING_FORMAT or unicodedata.category(ch) != "Cf")
-    return " ".join(text.split())
+    stay), every run of white space (U+3000, a no-break space, a tab) one ASCII space, none at the end nor, unless
+    ``lead`` and the text begins with white space, at the start (a timed segment's " world." is Whisper's own token
+    " world"). Whisper was taught "\ufeff请把门关上。" and "我们\u3000去" as they stood in a manifest."""
+    if not _HIDDEN.search(text) and unicodedata.is_normalized("NFC", text) and " ".join(text.split()) == text:
+        return text
+    text = _HIDDEN_FORMAT_RUN.sub("", unicodedata.normalize("NFC", text))
+    return (" " if lead and text[:1].isspace() else "") + " ".join(text.split())
 
 
 def has_hidden_characters(text: str) -> bool:
     """Whether ``text`` holds what :func:`clean_text` drops or makes a plain space: invisible format characters, white
     space other than ASCII's (U+3000, a no-break space)."""
-    return any((ch.isspace() and not ch.isascii()) or (unicodedata.category(ch) == "Cf" and ch not in _SPELLING_FORMAT)
-               for ch in text)
+    return _HIDDEN.search(text) is not None
 
 
 def normalize_text(text: str, *, to_simple: bool = True, remove_pun: bool = True, lowercase: bool = True) -> str:

@@ -345,7 +345,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def samples(self, record: Record, index: int, where: str, speed: bool = True) -> tuple[np.ndarray, float]:
         """(waveform, time scale) of ``record``, augmented with randomness keyed by (seed, epoch, ``index``);
-        ``speed`` False: at its own speed (the augmentation's other steps as drawn)."""
+        ``speed`` False: at its own speed (the augmentation's other steps as drawn with it)."""
         try:
             samples = load_record_audio(record)
         except AudioLoadError as e:  # name the manifest line, the thing a user edits

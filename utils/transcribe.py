@@ -673,8 +673,9 @@ class _BaseTranscriber:
         there) and both halves are read, as the chunk was (its beam and encoder window: a half holds many sentences,
         not one take). Decodes of audio decoded before
         fall back to higher temperatures only out of a loop (:func:`_again`), and one whose log-probability fails the
-        check reads nothing (:func:`_doubtful`: babble or singing the VAD took for speech, read alone). A chunk read
-        right is decoded once.
+        check where the first reading's passes reads nothing (:func:`_unless_doubtful`: babble or singing the VAD took
+        for speech, read alone); pieces that read nothing do not replace a reading. A chunk read right is decoded
+        once.
         ``depth``: how many levels of cutting lie above these chunks (``MAX_REPEAT_SPLITS``: they are not cut);
         ``decoded``: the chunks' first decode, when the caller has it.
         """
@@ -690,8 +691,6 @@ class _BaseTranscriber:
             got = (list(decoded[i: i + options.batch_size]) if decoded is not None else
                    self._decode_words(waves, [language] * len(batch), options, prompt,
                                       splittable[i: i + options.batch_size]))
-            if depth:  # audio read before, without the fallback on a low log-probability: such a reading is none
-                got = [_ChunkResult([], "") if _doubtful(r, options) else r for r in got]
             units = [repeat_unit(_text_tokens(r)) if s else None
                      for r, s in zip(got, splittable[i: i + options.batch_size])]
             periods = [None if unit is None else unit[1] for unit in units]
@@ -752,7 +751,7 @@ class _BaseTranscriber:
                          len(rest), len(chunks), sum(c.duration_s for c in rest))
             for (i, stop), tail in zip(tails.items(), self._decode_chunks(audio, rest, language, _again(options),
                                                                            prompt, depth + 1)):
-                if tail.segments:
+                if (tail := _unless_doubtful(tail, results[i], options)).segments:
                     results[i] = _joined(results[i], tail, stop)
         if cuts:
             pieces = [p for parts in cuts.values() for part_ in parts for p in part_.pieces]
@@ -774,11 +773,14 @@ class _BaseTranscriber:
                 redone = halves if i in dense else takes
                 rereads = []
                 for part_ in parts:
-                    result = next(redone)
+                    result = _unless_doubtful(next(redone), results[i], options)
                     for piece in part_.pieces[1:]:
-                        result = _joined(result, next(redone), (piece.start - part_.region.start) / SAMPLE_RATE)
+                        result = _joined(result, _unless_doubtful(next(redone), results[i], options),
+                                         (piece.start - part_.region.start) / SAMPLE_RATE)
                     rereads.append((part_, result))
                 result = _spliced(results[i], chunks[i], rereads, tokenizer)
+                if not result.text.strip() and results[i].text.strip():
+                    continue  # a reading is not wiped out by pieces that read nothing
                 if i in made_up or _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
@@ -1069,12 +1071,20 @@ def _again(options: DecodeOptions) -> DecodeOptions:
     return replace(options, logprob_fallback=False)
 
 
+def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult, options: DecodeOptions) -> _ChunkResult:
+    """A decode of audio read before, or nothing (an empty result) where it is :func:`_doubtful` while the first
+    reading of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD took for
+    speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
+    sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences); where the first reading is unsure as well
+    (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), the pieces are
+    kept."""
+    return _ChunkResult([], "") if _doubtful(reread, options) and not _doubtful(first, options) else reread
+
+
 def _doubtful(result: _ChunkResult, options: DecodeOptions) -> bool:
     """Whether a decode's text fails the log-probability check (average below ``options.logprob_threshold``), which
-    the temperature fallback of a first decode would not have kept if a sample passed it. Decodes of audio read before
-    (:func:`_again`) do not fall back on it, and a stretch a first reading left "unread" can be babble or singing the
-    VAD took for speech: whisper-base read 20 s of babble between two real sentences alone as "Thank you." (-1.05),
-    and 25 s of sung music as 25 made-up sentences; the reading of a real take left out is sure of itself."""
+    the temperature fallback of a first decode would not have kept if a sample passed it; decodes of audio read
+    before (:func:`_again`) do not fall back on it. False where the decode was not scored."""
     return (options.logprob_threshold is not None and result.avg_logprob is not None and bool(result.text.strip())
             and result.avg_logprob < options.logprob_threshold)
 
@@ -1833,8 +1843,10 @@ class TransformersTranscriber(_BaseTranscriber):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         fallback = len(options.temperatures) > 1
+        # scored for the fallback, the statistics, and whether a decode of audio read before is sure (_doubtful);
+        # one teacher-forced pass, as the ct2 backend has them from its decode
         scores = (self._scored(feats, languages, [_piece_tokens(p) for p in per_item], options.task)
-                  if fallback or options.decode_stats else None)
+                  if fallback or options.decode_stats or options.logprob_threshold is not None else None)
         temperature_of = [options.temperatures[0]] * len(chunks)
         if fallback:
             assert scores is not None

@@ -278,11 +278,11 @@ def test_invisible_characters_and_odd_spaces_are_not_taught(tmp_path, audio_dir,
     # that holds nothing but invisible characters is a segment of no text, warned about as one
     timed = _rec(sentence="Hello there, world.", language="English", sentences=[
         {"start": 0, "end": 0.4, "text": " Hello there,"}, {"start": 0.4, "end": 0.5, "text": "\u200b"},
-        {"start": 0.5, "end": 0.9, "text": "  world.\u3000"}])
+        {"start": 0.5, "end": 0.9, "text": "  world.\u3000"}, {"start": 0.9, "end": 1.0, "text": "  "}])
     caplog.clear()
     with caplog.at_level("WARNING"):
         segments = load_manifest(_write(tmp_path / "s.json", [timed]), timestamps=True)[0].sentences
-    assert [seg.text for seg in segments] == [" Hello there,", "", " world."]
+    assert [seg.text for seg in segments] == [" Hello there,", "", " world.", ""]
     assert "1 line(s) with a timed segment of no text" in caplog.text
 
 
@@ -351,6 +351,13 @@ def test_an_m4a_clips_length_is_checked_before_training(tmp_path, audio_dir):
     man = load_manifest(_write(tmp_path / "w.json", [_rec("audio/stream.webm", duration=3.0)]))
     assert check_clips([man[0]], [man.location(0)], max_seconds=30).problems == []
     assert audio_duration(webm) == pytest.approx(3.0, abs=0.05)
+    # ... while a picture says "N/A" too, and holds no audio
+    picture = audio_dir / "cover.wav"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=red:s=16x16", "-frames:v", "1",
+                    "-f", "image2", "-c:v", "png", str(picture)], check=True)
+    man = load_manifest(_write(tmp_path / "p.json", [_rec("audio/cover.wav", duration=3.0)]))
+    problems = check_clips([man[0]], [man.location(0)], max_seconds=30).problems
+    assert len(problems) == 1 and "not readable as audio (no audio stream)" in problems[0]
 
 
 def test_label_too_long_rejected(tmp_path, audio_dir):

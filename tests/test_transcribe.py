@@ -1005,6 +1005,18 @@ def test_a_reread_is_dropped_only_where_the_first_reading_is_sure():
     unscored = _ChunkResult([(0.0, 1.0, "水")], "水")
     assert _unless_doubtful(unscored, sure, options) is unscored
     assert _unless_doubtful(unsure, sure, DecodeOptions(language="zh", logprob_threshold=None)) is unsure
+    assert _unless_doubtful(unsure, None, options) is unsure  # a first reading that made a take up or ran away
+    # a dropped re-read is an empty reading, tokens and all (joined with another piece, spliced by its tokens)
+    sure = _ChunkResult([(0.0, 1.0, "好")], "好", tokens=[[1]], avg_logprob=-0.3)
+    unsure = _ChunkResult([(0.0, 1.0, "水水")], "水水", tokens=[[2, 2]], words=[[]], avg_logprob=-1.2)
+    dropped = _unless_doubtful(unsure, sure, options)
+    assert (dropped.segments, dropped.text, dropped.tokens, dropped.words) == ([], "", [], [])
+    from utils.transcribe import _joined
+
+    joined = _joined(sure, dropped, 1.0)
+    assert joined.tokens == [[1]] and joined.text == "好" and joined.avg_logprob == pytest.approx(-0.3)
+    # a piece read on keeps its score, so a tail of a tail is still found unsure
+    assert _joined(sure, unsure, 1.0).avg_logprob == pytest.approx((-0.3 - 2 * 1.2) / 3)
 
 
 def test_a_decode_at_one_temperature_is_scored_on_both_backends(tiny, base_ct2, zh_wav):

@@ -9,6 +9,7 @@ read (m4a/aac, some mp3) are decoded by the ``ffmpeg`` program, which also resam
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -514,9 +515,10 @@ def audio_duration(path: str | os.PathLike) -> float:
 def _ffprobe_duration(ffprobe: str, path: str) -> tuple[float | None, str]:
     """(seconds, "") of a file as ffprobe reads its container (m4a, a video: tens of ms); (None, "") where the
     container does not say (a webm a browser recorded as a stream: "N/A"); (None, the error) where ffprobe cannot
-    read it."""
+    read it or it holds no audio stream (a PNG named .wav also says "N/A")."""
     proc = subprocess.run(
-        [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", path],
+        [ffprobe, "-v", "error", "-select_streams", "a", "-show_entries", "stream=codec_type:format=duration",
+         "-of", "json", path],
         capture_output=True,
         text=True,
         check=False,
@@ -524,8 +526,14 @@ def _ffprobe_duration(ffprobe: str, path: str) -> tuple[float | None, str]:
     if proc.returncode != 0:
         return None, proc.stderr.strip() or f"ffprobe exited with {proc.returncode}"
     try:
-        return float(proc.stdout.strip()), ""
-    except ValueError:
+        found = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        return None, "ffprobe's answer was not JSON"
+    if not found.get("streams"):  # an image, a video without sound: no length of audio either
+        return None, "no audio stream"
+    try:
+        return float(found.get("format", {}).get("duration")), ""
+    except (TypeError, ValueError):
         return None, ""
 
 

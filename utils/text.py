@@ -86,7 +86,8 @@ def clean_text(text: str, lead: bool = False) -> str:
     if not _HIDDEN.search(text) and unicodedata.is_normalized("NFC", text) and " ".join(text.split()) == text:
         return text
     text = _HIDDEN_FORMAT_RUN.sub("", unicodedata.normalize("NFC", text))
-    return (" " if lead and text[:1].isspace() else "") + " ".join(text.split())
+    body = " ".join(text.split())
+    return (" " if lead and body and text[:1].isspace() else "") + body
 
 
 def has_hidden_characters(text: str) -> bool:

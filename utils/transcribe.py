@@ -683,6 +683,7 @@ class _BaseTranscriber:
         results: list[_ChunkResult] = []
         cuts: dict[int, list[RereadPart]] = {}  # per chunk: the parts read again, in pieces
         made_up: set[int] = set()  # cut chunks whose reading holds text their audio does not (:func:`overread`)
+        wrong: set[int] = set()  # ... or ran away (a loop): their reading is no measure of how sure a piece is
         dense: set[int] = set()  # cut chunks whose reading used up its token budget (:func:`_out_of_budget`)
         tails: dict[int, float] = {}  # chunks whose timestamped reading stopped early: where (:func:`stopped_early`)
         for i in range(0, len(chunks), options.batch_size):
@@ -710,6 +711,8 @@ class _BaseTranscriber:
                     cuts[i + k] = parts
                     if unread[k] == math.inf:
                         made_up.add(i + k)
+                    if unread[k] == math.inf or ran_away:
+                        wrong.add(i + k)
             left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
                     and i + k not in cuts]
             if not options.timestamps:
@@ -772,15 +775,14 @@ class _BaseTranscriber:
             for i, parts in cuts.items():
                 redone = halves if i in dense else takes
                 rereads = []
+                first = None if i in wrong else results[i]
                 for part_ in parts:
-                    result = _unless_doubtful(next(redone), results[i], options)
+                    result = _unless_doubtful(next(redone), first, options)
                     for piece in part_.pieces[1:]:
-                        result = _joined(result, _unless_doubtful(next(redone), results[i], options),
+                        result = _joined(result, _unless_doubtful(next(redone), first, options),
                                          (piece.start - part_.region.start) / SAMPLE_RATE)
                     rereads.append((part_, result))
                 result = _spliced(results[i], chunks[i], rereads, tokenizer)
-                if not result.text.strip() and results[i].text.strip():
-                    continue  # a reading is not wiped out by pieces that read nothing
                 if i in made_up or _reads_more(result, results[i], chunks[i].duration_s, options.timestamps):
                     results[i] = result
         return results
@@ -1071,14 +1073,17 @@ def _again(options: DecodeOptions) -> DecodeOptions:
     return replace(options, logprob_fallback=False)
 
 
-def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult, options: DecodeOptions) -> _ChunkResult:
-    """A decode of audio read before, or nothing (an empty result) where it is :func:`_doubtful` while the first
-    reading of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD took for
-    speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
-    sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences); where the first reading is unsure as well
-    (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), the pieces are
-    kept."""
-    return _ChunkResult([], "") if _doubtful(reread, options) and not _doubtful(first, options) else reread
+def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult | None, options: DecodeOptions) -> _ChunkResult:
+    """A decode of audio read before, or nothing (a result without segments) where it is :func:`_doubtful` while the
+    first reading of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD
+    took for speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
+    sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences). Where the first reading is unsure as well
+    (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), or known wrong
+    (``first`` None: it made a take up or ran away, however sure of itself a loop is), the re-read is kept."""
+    if first is None or not _doubtful(reread, options) or _doubtful(first, options):
+        return reread
+    return replace(reread, segments=[], text="", tokens=[], words=None if reread.words is None else [],
+                   stats=None if reread.stats is None else [], out_of_budget=False)
 
 
 def _doubtful(result: _ChunkResult, options: DecodeOptions) -> bool:
@@ -1387,7 +1392,17 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
         [Word(w.start + shift, w.end + shift, w.word, w.probability) for w in ws] for ws in second.words]
     stats = None if first.stats is None or second.stats is None else first.stats + [
         _moved(st, shift) for st in second.stats]
-    return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words, stats=stats)
+    return _ChunkResult(segments, join_texts([first.text, second.text]), tokens=tokens, words=words, stats=stats,
+                        avg_logprob=_mean_logprob(first, second))
+
+
+def _mean_logprob(*results: _ChunkResult) -> float | None:
+    """The average token log-probability of ``results`` read as one (weighted by their text tokens; None where one
+    with text was not scored)."""
+    scored = [(r.avg_logprob, len(_text_tokens(r))) for r in results if _text_tokens(r)]
+    if not scored or any(lp is None for lp, _ in scored):
+        return None
+    return sum(lp * n for lp, n in scored) / sum(n for _, n in scored)  # type: ignore[operator]
 
 
 def _spliced(whole: _ChunkResult, chunk: Chunk, rereads: Sequence[tuple[RereadPart, _ChunkResult]],
@@ -1843,10 +1858,11 @@ class TransformersTranscriber(_BaseTranscriber):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         fallback = len(options.temperatures) > 1
-        # scored for the fallback, the statistics, and whether a decode of audio read before is sure (_doubtful);
-        # one teacher-forced pass, as the ct2 backend has them from its decode
+        # scored for the fallback, the statistics, and whether a reading that may be read again is sure (_doubtful:
+        # not a live step, read_on False); one teacher-forced pass (~10 % of a decode), the ct2 backend has them
         scores = (self._scored(feats, languages, [_piece_tokens(p) for p in per_item], options.task)
-                  if fallback or options.decode_stats or options.logprob_threshold is not None else None)
+                  if fallback or options.decode_stats or (options.logprob_threshold is not None and options.read_on)
+                  else None)
         temperature_of = [options.temperatures[0]] * len(chunks)
         if fallback:
             assert scores is not None

@@ -1006,6 +1006,8 @@ def test_a_reread_is_dropped_only_where_the_first_reading_is_sure():
     assert _unless_doubtful(unscored, sure, options) is unscored
     assert _unless_doubtful(unsure, sure, DecodeOptions(language="zh", logprob_threshold=None)) is unsure
     assert _unless_doubtful(unsure, None, options) is unsure  # a first reading that made a take up or ran away
+    assert _unless_doubtful(unsure, _ChunkResult([(0.0, 1.0, "《》《》")], "《》《》", avg_logprob=-0.5),
+                            options) is unsure  # ... or read no word
     # a dropped re-read is an empty reading, tokens and all (joined with another piece, spliced by its tokens)
     sure = _ChunkResult([(0.0, 1.0, "好")], "好", tokens=[[1]], avg_logprob=-0.3)
     unsure = _ChunkResult([(0.0, 1.0, "水水")], "水水", tokens=[[2, 2]], words=[[]], avg_logprob=-1.2)

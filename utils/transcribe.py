@@ -1078,9 +1078,11 @@ def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult | None, options: 
     first reading of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD
     took for speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
     sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences). Where the first reading is unsure as well
-    (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), or known wrong
-    (``first`` None: it made a take up or ran away, however sure of itself a loop is), the re-read is kept."""
-    if first is None or not _doubtful(reread, options) or _doubtful(first, options):
+    (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), known wrong
+    (``first`` None: it made a take up or ran away, however sure of itself a loop is) or no words at all ("《》《》《》"
+    at -0.57), the re-read is kept."""
+    if (first is None or not _doubtful(reread, options) or _doubtful(first, options)
+            or not any(ch.isalnum() for ch in first.text)):
         return reread
     return replace(reread, segments=[], text="", tokens=[], words=None if reread.words is None else [],
                    stats=None if reread.stats is None else [], out_of_budget=False)

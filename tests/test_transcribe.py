@@ -1022,11 +1022,13 @@ def test_a_reread_is_dropped_only_where_the_first_reading_is_sure():
 
 
 def test_a_decode_at_one_temperature_is_scored_on_both_backends(tiny, base_ct2, zh_wav):
-    """The transformers backend scored a decode only for the fallback: at one temperature (a redo with timestamps)
-    its average log-probability was None, and no such reading could be found unsure."""
+    """The transformers backend scores a decode only for the fallback or its statistics: at one temperature (a redo
+    with timestamps, evaluation.py's default) its average log-probability was None, and no such reading could be
+    found unsure. A reading read again is scored where it is not (:meth:`_with_scores`)."""
     wave = load_audio(zh_wav)
+    options = DecodeOptions(language="zh", temperatures=(0.0,))
     for engine in (tiny, base_ct2):
-        result = engine._decode_batched([wave], ["zh"], DecodeOptions(language="zh", temperatures=(0.0,)), None)[0]
+        result = engine._with_scores([wave], engine._decode_batched([wave], ["zh"], options, None), "zh", options)[0]
         assert result.avg_logprob is not None and result.avg_logprob <= 0.0
 
 

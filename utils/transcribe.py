@@ -510,6 +510,14 @@ class _BaseTranscriber:
         of each text token); rows 0..len(tokens), the last one for the end of text."""
         raise NotImplementedError
 
+    def _with_scores(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], language: str,
+                     options: DecodeOptions) -> list[_ChunkResult]:
+        """``results`` (the readings of ``waves``) with the average log-probability of each that has text and none,
+        where :func:`_doubtful` is asked of them (readings read again, and their re-reads): the ct2 backend has it
+        from every decode; the transformers backend scores a decode for its fallback or statistics only (scoring
+        every one cost evaluation.py 11 %)."""
+        return results
+
     # -- shared logic -------------------------------------------------------------------------------
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Language of the first 30 s of a waveform, with its probability."""
@@ -692,6 +700,8 @@ class _BaseTranscriber:
             got = (list(decoded[i: i + options.batch_size]) if decoded is not None else
                    self._decode_words(waves, [language] * len(batch), options, prompt,
                                       splittable[i: i + options.batch_size]))
+            if depth:  # a re-read: is it sure (_unless_doubtful)?
+                got = self._with_scores(waves, got, language, options)
             units = [repeat_unit(_text_tokens(r)) if s else None
                      for r, s in zip(got, splittable[i: i + options.batch_size])]
             periods = [None if unit is None else unit[1] for unit in units]
@@ -747,6 +757,11 @@ class _BaseTranscriber:
                     if i + k not in cuts and (stop := stopped_early(result, batch[k], waves[k])) is not None:
                         tails[i + k] = stop
             results += got
+        if again := [*tails, *cuts]:  # the readings read again: are they sure (_unless_doubtful)?
+            scored = self._with_scores([audio[chunks[i].start: chunks[i].end] for i in again],
+                                       [results[i] for i in again], language, options)
+            for i, result in zip(again, scored):
+                results[i] = result
         if tails:
             rest = [part(chunks[i], chunks[i].start + round(stop * SAMPLE_RATE), chunks[i].end)
                     for i, stop in tails.items()]
@@ -844,6 +859,9 @@ class _BaseTranscriber:
         # decodes to the token budget (25 s of sung music: 114 s of 131 on the transformers backend)
         redone = self._decode_batched([waves[k] for k in which], [language] * len(which),
                                       replace(options, timestamps=True, temperatures=options.temperatures[:1]), prompt)
+        redone = self._with_scores([waves[k] for k in which], redone, language, options)
+        firsts = dict(zip(which, self._with_scores([waves[k] for k in which], [results[k] for k in which], language,
+                                                   options)))
         threshold = options.compression_ratio_threshold or DecodeOptions.compression_ratio_threshold
         read = set()
         for k, result in zip(which, redone):
@@ -851,7 +869,7 @@ class _BaseTranscriber:
             more = len(tokens) > len(_text_tokens(results[k]))
             # not a loop, nor a reading the log-probability check fails for one it passes
             if more and not is_decoder_loop(tokens, result.text, False, threshold) and (
-                    not _doubtful(result, options) or _doubtful(results[k], options)):
+                    not _doubtful(result, options) or _doubtful(firsts[k], options)):
                 results[k] = result
                 read.add(k)
         return read
@@ -1860,11 +1878,8 @@ class TransformersTranscriber(_BaseTranscriber):
             out = self.model.generate(input_features=feats, **kw)
         per_item = self._segments_from_output(out, len(chunks), durations)
         fallback = len(options.temperatures) > 1
-        # scored for the fallback, the statistics, and whether a reading that may be read again is sure (_doubtful:
-        # not a live step, read_on False); one teacher-forced pass (~10 % of a decode), the ct2 backend has them
         scores = (self._scored(feats, languages, [_piece_tokens(p) for p in per_item], options.task)
-                  if fallback or options.decode_stats or (options.logprob_threshold is not None and options.read_on)
-                  else None)
+                  if fallback or options.decode_stats else None)
         temperature_of = [options.temperatures[0]] * len(chunks)
         if fallback:
             assert scores is not None
@@ -1920,6 +1935,18 @@ class TransformersTranscriber(_BaseTranscriber):
             results.append(_ChunkResult([p[:3] for p in pieces], text, tokens=[p[3] for p in pieces],
                                         out_of_budget=full, stats=None if stats is None else [stats] * len(pieces),
                                         avg_logprob=None if scores is None else scores[i][0]))
+        return results
+
+    def _with_scores(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], language: str,
+                     options: DecodeOptions) -> list[_ChunkResult]:
+        todo = [k for k, r in enumerate(results) if r.avg_logprob is None and _text_tokens(r)]
+        if not todo or options.logprob_threshold is None:
+            return results
+        scores = self._scored(self._features([waves[k] for k in todo], options.encoder_window_s),
+                              [language] * len(todo), [_text_tokens(results[k]) for k in todo], options.task)
+        results = list(results)
+        for k, (avg_logprob, _) in zip(todo, scores):
+            results[k] = replace(results[k], avg_logprob=avg_logprob)
         return results
 
     def _scored(self, feats: Any, languages: Sequence[str], texts: Sequence[list[int]], task: str

@@ -317,6 +317,7 @@ def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
 def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -> Path | None:
     """The checkpoint to resume from (``--resume_from_checkpoint``, ``auto`` (any case) = the one saved last), checked
     whole before anything slow; a save that a kill interrupted is cleaned up first."""
+    from utils.lora import check_resumed_adapter
     from utils.trainer import check_checkpoint, latest_checkpoint, recover_interrupted_saves
 
     if accelerator.is_main_process:
@@ -328,8 +329,12 @@ def find_checkpoint(args: argparse.Namespace, accelerator: Any, run_dir: Path) -
         if resume is None:
             logger.info("no checkpoint in %s to resume from; starting fresh", run_dir)
     if resume is not None:
+        lora = lora_options(args, None)
+        wanted = ({"peft_type": "ADALORA", "init_r": lora.adalora_init_r} if lora.use_adalora
+                  else {"peft_type": "LORA", "r": lora.r})
         try:
             check_checkpoint(resume, adalora=args.use_adalora)
+            check_resumed_adapter(resume, {**wanted, "lora_alpha": lora.alpha})
         except (FileNotFoundError, ValueError) as e:
             raise FinetuneError(f"cannot resume: {e}") from e
     return None if resume is None else Path(resume)
@@ -522,6 +527,16 @@ def target_modules(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
 
 
+def lora_options(args: argparse.Namespace, total_steps: int | None) -> Any:
+    """The adapter settings (utils.lora.LoraOptions) of the flags, for a run of ``total_steps`` optimizer steps."""
+    from utils.lora import LoraOptions
+
+    return LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                       target_modules=target_modules(args), encoder_layers=args.lora_encoder_layers,
+                       use_adalora=args.use_adalora, adalora_init_r=max(2, args.lora_r // 2),
+                       adalora_target_r=max(1, args.lora_r // 8), total_step=total_steps)
+
+
 def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, precision: Any, data: TrainingData,
                 language: str | None, total_steps: int) -> tuple[Any, Any]:
     """The base model (quantised, checkpointed, in the run's dtype) with its LoRA/AdaLoRA adapter, and the
@@ -529,7 +544,7 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
     import torch
 
     from utils.augment import apply_spec_augment
-    from utils.lora import LoraOptions, build_adapter
+    from utils.lora import build_adapter
     from utils.models import complete_model_generation_config
 
     cuda = accelerator.device.type == "cuda"
@@ -550,14 +565,11 @@ def build_model(args: argparse.Namespace, model_dir: str, accelerator: Any, prec
         logger.warning("training without timestamp tokens (--timestamps=False): the fine-tuned model may stop "
                        "producing segment timestamps on long audio (inference will warn when they are asked for); "
                        "with 'sentences' in the data, --timestamps=True keeps them")
-    lora = LoraOptions(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                       target_modules=target_modules(args),
-                       encoder_layers=args.lora_encoder_layers,
-                       use_adalora=args.use_adalora,
-                       adalora_init_r=max(2, args.lora_r // 2), adalora_target_r=max(1, args.lora_r // 8),
-                       total_step=total_steps)
+    lora = lora_options(args, total_steps)
+    # what merge_lora.py loads: a local folder by its absolute path (a relative one resolves from here only)
+    base_name = os.path.abspath(args.base_model) if os.path.isdir(args.base_model) else args.base_model
     try:
-        model = build_adapter(model, lora, base_model_name=args.base_model)
+        model = build_adapter(model, lora, base_model_name=base_name)
     except ValueError as e:
         raise FinetuneError(f"adapter: {e}") from e
     if args.use_compile:
@@ -580,6 +592,7 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
 
     from utils.audio import AudioLoadError
     from utils.collator import WhisperCollator
+    from utils.lora import check_resumed_adapter
     from utils.trainer import Trainer
 
     tokenizer = data.processor.tokenizer
@@ -592,6 +605,9 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
                       generation_config=generation_config)
     if resume is not None:
         try:
+            # the modules (--lora_encoder_layers counts the model's layers: known once it is built)
+            built = getattr(model, "_orig_mod", model).peft_config["default"]  # torch.compile'd or not
+            check_resumed_adapter(resume, {"target_modules": built.target_modules})
             trainer.resume(resume)
         except (FileNotFoundError, ValueError) as e:
             raise FinetuneError(f"cannot resume: {e}") from e

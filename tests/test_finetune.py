@@ -403,6 +403,58 @@ def test_a_lora_checkpoint_resumed_with_use_adalora_says_to_drop_it(tiny_whisper
     assert "it is a plain LoRA checkpoint: resume it with --use_adalora=False" in caplog.text
 
 
+def test_resume_with_another_learning_rate_and_weight_decay_goes_on_at_them_and_says_so(tiny_whisper_dir, corpus,
+                                                                                          tmp_path, caplog):
+    """The restored optimizer and scheduler held the saved run's peak rate and weight decay: a run resumed with
+    --learning_rate=1e-5 trained on at 1e-3, bit for bit the run it resumed, and said nothing."""
+    out = tmp_path / "out"
+    common = dict(max_steps=4, eval_steps=0, save_steps=2, warmup_steps=0, weight_decay=0)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, **common)) == 0
+    run = out / tiny_whisper_dir.name
+    before = {e["step"]: e["learning_rate"] for e in _state(run)["log_history"] if "learning_rate" in e}
+    again = tmp_path / "again"
+    shutil.copytree(run / "checkpoint-2", again / tiny_whisper_dir.name / "checkpoint-2")
+    with caplog.at_level("WARNING"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, again, resume_from_checkpoint="auto",
+                                   **{**common, "learning_rate": 1e-5, "weight_decay": 0.5})) == 0
+    assert "was trained at --learning_rate=0.001 --weight_decay=0; this run goes on at 1e-05 and 0.5" in caplog.text
+    after = {e["step"]: e["learning_rate"] for e in _state(again / tiny_whisper_dir.name)["log_history"]
+             if "learning_rate" in e}
+    assert after[3] == pytest.approx(before[3] / 100) and after[4] == pytest.approx(before[4] / 100)
+    optimizer = torch.load(again / tiny_whisper_dir.name / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    assert {g["weight_decay"] for g in optimizer["param_groups"]} == {0.5}
+
+
+@pytest.mark.parametrize("flags, named", [({"lora_r": 16}, "--lora_r (r 32 there, 16 here)"),
+                                          ({"lora_alpha": 32}, "--lora_alpha (lora_alpha 64 there, 32 here)"),
+                                          ({"lora_encoder_layers": 1}, "--target_modules / --lora_encoder_layers")])
+def test_resume_with_other_adapter_settings_is_refused_naming_the_flag(tiny_whisper_dir, corpus, tmp_path, caplog,
+                                                                       flags, named):
+    """Another --lora_r ended in a traceback ("size mismatch for …") after the model and data had loaded; another
+    --lora_alpha was taken silently (it rescales the trained update: the output jumps at the resumed step)."""
+    out = tmp_path / "out"
+    common = dict(max_steps=2, eval_steps=0, save_steps=2)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, **common)) == 0
+    caplog.clear()
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint="auto",
+                               **{**common, "max_steps": 4}, **flags)) == 1
+    assert "cannot resume" in caplog.text and named in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not (out / tiny_whisper_dir.name / "checkpoint-4").exists()
+
+
+def test_a_relative_base_model_folder_is_recorded_so_merge_lora_finds_it_from_anywhere(tiny_whisper_dir, corpus,
+                                                                                      tmp_path, monkeypatch):
+    """adapter_config.json named "scratch/tiny" as it was typed: merge_lora.py run from another folder could not
+    find the base model (or found another folder of that name)."""
+    monkeypatch.chdir(tiny_whisper_dir.parent)
+    out = tmp_path / "out"
+    assert finetune.main(_args(Path(tiny_whisper_dir.name), corpus, out, max_steps=2, eval_steps=0,
+                               save_steps=2)) == 0
+    config = json.loads((out / tiny_whisper_dir.name / "checkpoint-final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == os.path.abspath(tiny_whisper_dir)
+
+
 def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

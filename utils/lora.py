@@ -221,12 +221,46 @@ def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     from peft import set_peft_model_state_dict
 
     path = adapter_weights_file(adapter_dir)
-    result = set_peft_model_state_dict(peft_model, _read_adapter_weights(path))
+    try:
+        result = set_peft_model_state_dict(peft_model, _read_adapter_weights(path))
+    except RuntimeError as e:  # a "size mismatch for …" per layer
+        if "size mismatch" not in str(e):
+            raise
+        first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+        raise AdapterError(f"{path}: adapter does not match the model ({first})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         hint = ("; it is an AdaLoRA adapter: resume it with --use_adalora=True"
                 if any("lora_E" in k for k in unexpected) else "")
         raise ValueError(f"{path}: adapter does not match the model (unexpected keys, e.g. {unexpected[:3]}){hint}")
+
+
+# adapter settings a resumed run must share with its checkpoint (adapter_config.json key → the flags that set it): the
+# weights' shapes and modules, and the scale of the trained update (a new lora_alpha makes the output jump)
+_RESUMED_SETTINGS = {"peft_type": "--use_adalora", "r": "--lora_r", "init_r": "--lora_r", "lora_alpha": "--lora_alpha",
+                     "target_modules": "--target_modules / --lora_encoder_layers"}
+
+
+def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict) -> None:
+    """Raise :class:`AdapterError` where an adapter setting this run builds (``wanted``: adapter_config.json keys
+    of ``_RESUMED_SETTINGS``, e.g. ``{"peft_type": "LORA", "r": 16, "lora_alpha": 64}``) differs from the one ``checkpoint`` was
+    trained with; the message names the flags."""
+    saved = read_adapter_config(checkpoint)
+    kind = saved.get("peft_type")
+    if "peft_type" in wanted and kind != wanted["peft_type"] and kind in ("LORA", "ADALORA"):
+        raise AdapterError(f"{checkpoint}: it is {'an AdaLoRA' if kind == 'ADALORA' else 'a plain LoRA'} checkpoint: "
+                           f"resume it with --use_adalora={kind == 'ADALORA'}")
+
+    def same(key: str) -> bool:
+        a, b = saved.get(key), wanted[key]
+        if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
+            return set(a) == set(b)
+        return a == b
+
+    differ = [f"{_RESUMED_SETTINGS[k]} ({k} {saved.get(k)!r} there, {wanted[k]!r} here)" for k in wanted if not same(k)]
+    if differ:
+        raise AdapterError(f"{checkpoint}: its adapter was trained with other settings: {'; '.join(differ)}. Resume "
+                           "with the flags it was trained with, or start a new run in another --output_dir")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:

@@ -742,6 +742,7 @@ class Trainer:
                 raise FileNotFoundError(f"{checkpoint}: no optimizer.pt{hint}")
             self.optimizer.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        self._apply_hyperparameters(checkpoint)
         self._restore_rng(checkpoint / "rng_state.pt")
         scaler = checkpoint / "scaler.pt"
         if self.accelerator.scaler is not None:
@@ -783,6 +784,19 @@ class Trainer:
         self.state = saved
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, saved.global_step, saved.epoch,
                     saved.batch_in_epoch)
+
+    def _apply_hyperparameters(self, checkpoint: Path) -> None:
+        """This run's peak learning rate and weight decay, over the ones the restored optimizer and scheduler state
+        hold (the saved run's: a resumed run kept training at its old --learning_rate, and said nothing)."""
+        sched, lr, decay = self.scheduler, self.options.learning_rate, self.options.weight_decay
+        groups = sched.optimizer.param_groups
+        was_lr, was_decay = sched.base_lrs[0], groups[0].get("weight_decay")
+        if (was_lr, was_decay) != (lr, decay):
+            logger.warning("%s was trained at --learning_rate=%g --weight_decay=%g; this run goes on at %g and %g",
+                           checkpoint, was_lr, was_decay, lr, decay)
+        sched.base_lrs = [lr] * len(groups)
+        for group in groups:
+            group["initial_lr"], group["weight_decay"] = lr, decay
 
     def _apply_schedule(self) -> float:
         """Set the optimizer's learning rate to this run's schedule at the restored scheduler position (the saved

@@ -1,4 +1,5 @@
 import argparse
+import io
 
 import pytest
 
@@ -177,6 +178,33 @@ def test_bitsandbytes_optional_kernel_warning_is_shown_only_with_verbose(caplog)
         assert [r.levelname for r in caplog.records] == ["DEBUG"]
         assert "gemm_4bit_forward" in caplog.records[0].getMessage()
     finally:
+        setup_logging(False)
+
+
+def test_main_called_by_an_app_leaves_the_apps_logging_level_alone():
+    """setup_logging kept an app's handlers but set the root logger to INFO: the app's own INFO records, hidden by
+    its WARNING level, showed after its first call of a script's main()."""
+    import logging
+
+    from utils.cli import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    app = logging.StreamHandler(io.StringIO())
+    try:
+        root.handlers[:] = [app]
+        root.setLevel(logging.WARNING)
+        setup_logging(False)
+        assert root.handlers == [app] and root.level == logging.WARNING
+        assert not logging.getLogger("myapp").isEnabledFor(logging.INFO)
+        assert logging.getLogger("utils.transcribe").isEnabledFor(logging.INFO)
+        assert logging.getLogger("infer").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("utils.transcribe").isEnabledFor(logging.DEBUG)
+        setup_logging(True)
+        assert root.level == logging.WARNING and logging.getLogger("utils.streaming").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
         setup_logging(False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -258,11 +259,34 @@ def test_bad_requests_get_clear_errors(server, en_wav, case):
         assert file[0] in error["message"]
     if case == "too large":  # the upload's size next to the limit
         assert "(3.0 MB)" in error["message"] and "limit of 2 MB" in error["message"], error
+    if case == "no file":  # a JSON or raw audio body: say what the server takes
+        assert "multipart/form-data request (this one: multipart/form-data; boundary=" in error["message"], error
     if case == "stream":
         assert error["param"] == "stream", error
     if case == "language not in the model":
         assert error["param"] == "language" and error["message"].startswith(
             "model openai/whisper-base: language yue: this model has no <|yue|> token"), error
+
+
+def test_an_upload_far_over_the_limit_is_refused_with_its_size_from_content_length(server):
+    """The server stops reading a refused body at DRAIN_FACTOR times the limit: a 30 MB upload against 2 MB was
+    "at least 8.3 MB" (the README says the message gives the upload's size); a client that says its length gets it.
+    (A raw socket, as curl sends: it reads the answer while it still has body to send.)"""
+    from utils.server import DRAIN_FACTOR
+
+    host, port = server.url.split("//")[1].split(":")
+    sent = DRAIN_FACTOR * (2 * 1024 * 1024 + 64 * 1024) + 1024  # what the server reads before it answers
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {30 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head + b"\0" * sent)
+        reply = b""
+        while b"}}" not in reply and (piece := sock.recv(65536)):
+            reply += piece
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    message = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+    assert message.startswith("the upload (30.0 MB) is larger than the server's limit of 2 MB"), message
 
 
 def test_errors_outside_the_endpoints_are_openai_shaped(server, en_wav):
@@ -327,8 +351,11 @@ def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
         data = ("long.wav", long_wav.read_bytes())
         results: dict[str, int] = {}
 
+        messages: dict[str, str] = {}
+
         def send(name: str) -> None:
-            results[name] = s.post("/v1/audio/transcriptions", {"language": "zh"}, data)[0]
+            results[name], body = s.post("/v1/audio/transcriptions", {"language": "zh"}, data)
+            messages[name] = json.loads(body)["error"]["message"]
 
         first = threading.Thread(target=send, args=("first",))
         first.start()
@@ -343,6 +370,10 @@ def test_full_queue_is_503_and_slow_request_is_504(tmp_path, zh_wav):
         first.join()
         second.join()
         assert results == {"first": 504, "second": 504}
+        # the second waited behind the first: it was told to send shorter audio, as the first rightly was
+        assert re.search(r"s decoding [\d.]+ s of audio\); send shorter audio", messages["first"]), messages
+        assert re.match(r"the request waited the server's limit of 1 s in the queue behind other requests, not "
+                        r"decoded \([\d.]+ s of audio\): retry later", messages["second"]), messages
         # the first is still decoding and the second still queued, both unwanted (the second is not counted as
         # queued: it gives up its place to a new request): SIGTERM ends the server at once (it waited 30 s for the
         # decode, then was killed)

@@ -2681,3 +2681,55 @@ def test_a_loop_decoded_on_in_noise_is_still_dropped_as_silence(base_ct2, monkey
         monkeypatch.setattr(base_ct2, "_generate", generate)
         options = DecodeOptions(language="zh", temperatures=(0.0,), beam_size=1)
         assert base_ct2.transcribe(np.zeros(18 * SAMPLE_RATE, np.float32), options, cut_clip=False).text == expected
+
+
+def test_two_threads_sharing_a_transformers_engine_take_turns_with_the_model(tiny, monkeypatch, tmp_path):
+    """One engine shared by threads (the web UI's sessions): the transformers backend changes the model while it
+    decodes (the encoder window in its config, alignment hooks on the decoder layers, the encoder output kept), and
+    two threads in it at once crashed in the alignment or read each other's audio (4 of 8 calls wrong). A decode
+    that waits for the other thread to reach the model now waits in vain: the other one waits for it."""
+    import threading
+
+    audio = load_audio(make_speech(EN_SENTENCE, tmp_path / "en.wav"))
+    options = DecodeOptions(language="en", max_new_tokens=8)
+    other_in, both_in = threading.Event(), []
+    real = type(tiny)._decode
+    first = threading.get_ident()
+
+    def decode(self, *args, **kwargs):
+        if threading.get_ident() != first:
+            other_in.set()
+        elif not thread.is_alive() and not both_in:  # this thread is in the model: the other one starts
+            thread.start()
+            both_in.append(other_in.wait(timeout=2.0))  # the other thread reaching the model while this one is in it
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny), "_decode", decode)
+    errors = []
+
+    def other() -> None:
+        try:
+            tiny.transcribe(audio, options)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=other)
+    tiny.transcribe(audio, options)
+    thread.join()
+    assert not errors and other_in.is_set()
+    assert both_in and not any(both_in)
+
+
+def test_a_waveform_of_one_channel_in_two_dimensions_reads_as_the_flat_one_and_others_are_refused(tiny, tmp_path):
+    """A (samples, 1) array (soundfile's always_2d=True) ran its FFT along the length-1 axis: 6.5 GB and a numpy
+    error for 1 s of audio; int16 samples were read as noise ("。"), a (2, samples) array failed deep inside."""
+    audio = load_audio(make_speech(EN_SENTENCE, tmp_path / "en.wav"))
+    options = DecodeOptions(language="en", max_new_tokens=8)
+    flat = tiny.transcribe(audio, options)
+    assert tiny.transcribe(audio[:, None], options).text == flat.text
+    assert tiny.transcribe(list(audio.astype(np.float64)), options).text == flat.text
+    assert tiny.transcribe_batch([audio[None, :]], options)[0].text == flat.text
+    with pytest.raises(ValueError, match=r"shape \(2, \d+\).*mix the channels"):
+        tiny.transcribe(np.stack([audio, audio]), options)
+    with pytest.raises(ValueError, match=r"item 0: int16 samples.*audio / 32768"):
+        tiny.transcribe_batch([(audio * 32767).astype(np.int16)], options)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -80,6 +81,26 @@ def _to_mono(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     elif samples.ndim == 2:
         samples = samples[:, 0]
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def mono_waveform(audio: Any, what: str = "audio") -> np.ndarray:
+    """``audio`` (samples at 16 kHz, an array or a list) as the float32 waveform of shape (samples,) the decoders
+    take; a (samples, 1) or (1, samples) array is flattened (soundfile's ``always_2d=True`` gives the first: its
+    FFT ran along the length-1 axis, padded to 32768, and one second of audio took 6.5 GB).
+
+    Raises:
+        ValueError: several channels, or integer samples; the message names ``what`` and the fix.
+    """
+    a = np.asarray(audio)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise ValueError(f"{what}: samples of shape {a.shape}; the decoder takes one channel, shape (samples,) at "
+                         "16 kHz: mix the channels first (audio.mean(axis=1)) or pass the file's path")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what}: {a.dtype} samples; the decoder takes floats in [-1, 1] (16-bit PCM: "
+                         "audio / 32768)")
+    return a.astype(np.float32, copy=False)
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:

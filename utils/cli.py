@@ -416,20 +416,30 @@ def _tolerant_output() -> None:
                 pass
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Configure root logging once, for a script's ``main()``.
+# the toolkit's own loggers: the scripts' (by module name, or __main__) and the packages'
+_OWN_LOGGERS = ("__main__", "utils", "tools", "aishell", "evaluation", "finetune", "gpu_check", "infer",
+                "infer_server", "merge_lora", "realtime_transcribe", "sentiment_analysis", "streamlit_whisper")
 
-    Level comes from ``verbose`` or the ``LOG_LEVEL`` environment variable (INFO by default). The third-party
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure logging for a script's ``main()``: a handler on the root logger at the level of ``verbose`` or the
+    ``LOG_LEVEL`` environment variable (INFO by default). Where the root logger has handlers already (an app that
+    calls ``main()``, pytest's capture), they and its level are the app's: only the toolkit's own loggers get the
+    level (an app's own INFO records stayed hidden until it called ``main()``, and showed after). The third-party
     warnings of ``_DEMOTED`` become DEBUG records.
     """
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("LOG_LEVEL", "INFO").upper(), logging.INFO)
     _tolerant_output()
     root = logging.getLogger()
-    if not root.handlers:  # keep handlers someone installed (pytest's capture, an embedding app)
+    mine = not root.handlers or any(isinstance(h, _ProgressAwareHandler) for h in root.handlers)
+    if not root.handlers:
         handler = _ProgressAwareHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
-    root.setLevel(level)
+    if mine:
+        root.setLevel(level)
+    for name in _OWN_LOGGERS:  # under the toolkit's own handler they follow the root logger
+        logging.getLogger(name).setLevel(logging.NOTSET if mine else level)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     for name, demote in _DEMOTED.items():

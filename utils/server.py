@@ -65,6 +65,22 @@ class Job:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stop_error: ApiError | None = None  # what a cancelled running job answers (None: a timeout, 504)
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # time.monotonic() when the worker began decoding it
+
+    def timeout_message(self, limit_s: float) -> str:
+        """What a 504 says: how long the job waited in the queue and decoded (a request that waited behind others
+        was told to send shorter audio)."""
+        now, seconds = time.monotonic(), len(self.audio) / SAMPLE_RATE
+        if self.started_at is None:
+            return (f"the request waited the server's limit of {limit_s:g} s in the queue behind other requests, "
+                    f"not decoded ({seconds:.1f} s of audio): retry later, or start the server with a larger "
+                    "--request_timeout")
+        waited, decoded = self.started_at - self.queued_at, now - self.started_at
+        fix = ("send shorter audio or start the server with a larger --request_timeout" if decoded >= waited else
+               "retry later, or start the server with a larger --request_timeout")
+        return (f"the request took longer than the server's limit of {limit_s:g} s ({waited:.1f} s waiting in the "
+                f"queue, {decoded:.1f} s decoding {seconds:.1f} s of audio); {fix}")
 
     def cancel(self, error: ApiError | None = None) -> None:
         """No longer wanted: skipped if it waits, stopped at the worker's next check if it runs."""
@@ -153,6 +169,7 @@ class ModelWorker:
                 job.future.set_exception(TimeoutError("timed out while waiting in the queue"))
                 continue
             self.running, self._current = 1, job
+            job.started_at = time.monotonic()
             result, error = None, None
             try:
                 result = self._transcribe(job)
@@ -314,9 +331,7 @@ class TranscriptionService:
             raise
         except (asyncio.TimeoutError, TimeoutError):
             job.cancel()
-            raise ApiError(504, f"the request took longer than the server's limit of {timeout:g} s "
-                                f"({len(audio) / SAMPLE_RATE:.1f} s of audio); send shorter audio or start the "
-                                "server with a larger --request_timeout", code="timeout") from None
+            raise ApiError(504, job.timeout_message(timeout), code="timeout") from None
         except ValueError as e:  # e.g. a prompt or option the model cannot take
             raise ApiError(400, str(e)) from None
         return transcript, fmt
@@ -449,7 +464,9 @@ def build_app(service: TranscriptionService):
                 continue
             chunks.append(chunk)
         if size > limit:
-            raise too_large(size, at_least=size > DRAIN_FACTOR * limit)
+            said = request.headers.get("content-length", "")  # the whole size, where the client gave it
+            whole = int(said) if said.isdigit() and int(said) >= size else None
+            raise too_large(whole or size, at_least=whole is None and size > DRAIN_FACTOR * limit)
         return b"".join(chunks)
 
     async def audio_endpoint(request: Request, translate: bool) -> Response:
@@ -460,7 +477,9 @@ def build_app(service: TranscriptionService):
             async with request.form(max_part_size=1024 * 1024) as form:
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):
-                    raise ApiError(400, "no audio: send the file as the multipart field 'file'", param="file")
+                    raise ApiError(400, "no audio: send the file as the field 'file' of a multipart/form-data request "
+                                        f"(this one: {request.headers.get('content-type') or 'no Content-Type'})",
+                                   param="file")
                 data = await upload.read()
                 if len(data) > service.options.max_upload_bytes:
                     raise too_large(len(data))

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +43,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio
+from utils.audio import SAMPLE_RATE, TIME_PRECISION, WINDOW_S, load_audio, mono_waveform
 from utils.data import DecodeStats, Segment, Word
 from utils.device import cpu_flags, cpu_has_amx, cpu_has_vnni, cpu_model, isa_env, resolve_ct2_device, resolve_device
 from utils.io import write_json_atomic
@@ -487,6 +488,11 @@ class _BaseTranscriber:
     model_language: str | None = None  # the language the model was fine-tuned on, from its generation config
     model_task: str | None = None  # the task it was fine-tuned for (finetune.py --task), from the same config
     _warned_timestamps = False
+    # held around each use of the model by a call (a batch's decode, its checks and re-reads; a language detection):
+    # the transformers backend changes the model while it runs (the encoder window in the config, hooks on the decoder
+    # layers for the alignment, the encoder output kept for the next step), so two threads sharing one engine (the web
+    # UI's sessions) read each other's audio; the ct2 backend keeps no such state
+    _lock: contextlib.AbstractContextManager = contextlib.nullcontext()
 
     # -- backend hooks ------------------------------------------------------------------------------
     def _detect_language(self, chunks: Sequence[np.ndarray]) -> list[tuple[str, float]]:
@@ -521,7 +527,9 @@ class _BaseTranscriber:
     # -- shared logic -------------------------------------------------------------------------------
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Language of the first 30 s of a waveform, with its probability."""
-        return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
+        audio = mono_waveform(audio)
+        with self._lock:
+            return self._detect_language([audio[: int(WINDOW_S * SAMPLE_RATE)]])[0]
 
     def tune_lone_decoder(self, steps: int = 12, record: str | os.PathLike | None = None,
                           reuse: bool = False) -> bool:
@@ -842,9 +850,9 @@ class _BaseTranscriber:
     def _redo_with_timestamps(self, waves: Sequence[np.ndarray], results: list[_ChunkResult], which: Sequence[int],
                               language: str, options: DecodeOptions, prompt: str | None) -> set[int]:
         """Decode the chunks ``which`` of ``waves`` again with timestamp tokens and keep each reading (in place in
-        ``results``) where it holds more text tokens than the one without, is no loop, and passes the log-probability
-        check where the first reading passed it (:func:`_doubtful`: babble the VAD took for speech, read as "Thank
-        you." between two real sentences); returns those chunks.
+        ``results``) where it holds more text tokens than the one without, is no loop, and is
+        :func:`_sure_enough` (babble the VAD took for speech was read as "Thank you." between two real sentences);
+        returns those chunks.
 
         Without timestamp tokens Whisper stops after the first of several takes of one sentence in a window: on real
         recordings (AISHELL-1 and JFK clips, dataset/real/) a sentence said 2, 3 or 5 times in 10-28 s was read once
@@ -868,8 +876,8 @@ class _BaseTranscriber:
             tokens = _text_tokens(result)
             more = len(tokens) > len(_text_tokens(results[k]))
             # not a loop, nor a reading the log-probability check fails for one it passes
-            if more and not is_decoder_loop(tokens, result.text, False, threshold) and (
-                    not _doubtful(result, options) or _doubtful(firsts[k], options)):
+            if more and not is_decoder_loop(tokens, result.text, False, threshold) and _sure_enough(
+                    result, firsts[k], options):
                 results[k] = result
                 read.add(k)
         return read
@@ -927,8 +935,7 @@ class _BaseTranscriber:
             AudioLoadError: ``audio`` is a path that cannot be read.
         """
         began = time.perf_counter()
-        if not isinstance(audio, np.ndarray):
-            audio = load_audio(audio)
+        audio = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else mono_waveform(audio)
         if options.timestamps and getattr(self, "trained_without_timestamps", False) and not self._warned_timestamps:
             self._warned_timestamps = True
             logger.warning("this model was fine-tuned without timestamp tokens (finetune.py --timestamps=False): "
@@ -954,7 +961,8 @@ class _BaseTranscriber:
         lead_s = chunks[0].lead / SAMPLE_RATE
         audio, chunks = with_lead(audio, chunks)
         arrays = [audio[c.start: c.end] for c in chunks]
-        language, probability = self._languages(arrays[:1], options)[0]
+        with self._lock:
+            language, probability = self._languages(arrays[:1], options)[0]
         info = TranscriptionInfo(language, round(float(probability), 4), round(duration, 3), len(chunks))
         # condition_on_previous_text: the chunks one by one, each prompted with the text so far (the reference
         # decoder's context: its last 223 tokens are kept); silences are not decoded, as in batches. Before, the
@@ -968,11 +976,13 @@ class _BaseTranscriber:
             never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
             for i in range(0, len(chunks), step):
                 batch = chunks[i: i + step]
-                results = self._decode_chunks(audio, batch, language, options, context,
-                                              MAX_REPEAT_SPLITS if never_cut else 0)
-                for placed in self._placed(audio, batch, results, [c.offset_s - lead_s for c in batch], language,
-                                           options, pause_s):
-                    yield from placed
+                with self._lock:
+                    results = self._decode_chunks(audio, batch, language, options, context,
+                                                  MAX_REPEAT_SPLITS if never_cut else 0)
+                    placed = self._placed(audio, batch, results, [c.offset_s - lead_s for c in batch], language,
+                                          options, pause_s)
+                for chunk_pieces in placed:
+                    yield from chunk_pieces
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
 
@@ -1045,6 +1055,7 @@ class _BaseTranscriber:
 
         Without a fixed language (:meth:`fixed_language`) the language is detected per waveform.
         """
+        audios = [mono_waveform(a, f"item {i}") for i, a in enumerate(audios)]
         long = [i for i, a in enumerate(audios) if len(a) > WINDOW_S * SAMPLE_RATE]
         if long:
             raise ValueError(f"transcribe_batch takes clips of at most {WINDOW_S:.0f} s; items {long[:5]} are "
@@ -1061,26 +1072,32 @@ class _BaseTranscriber:
                 clips.append((i, padded, chunk))
         pause_s = self._pause_to_cut_at(options)
         for start in range(0, len(clips), options.batch_size):  # detect, then decode, batch by batch: the
-            batch = clips[start: start + options.batch_size]  # decode reuses the detection's encoder output
-            waves = [a[c.start: c.end] for _, a, c in batch]
-            langs = self._languages(waves, options)
-            # the first decode of the whole batch at once, in each clip's language, as _decode_chunks decodes a
-            # recording's chunks; what follows it (a reading checked, read on or read again) per language
-            first = self._decode_words(waves, [lang for lang, _ in langs], options, options.initial_prompt,
-                                       [bool(c.breaks) for _, _, c in batch])
-            for language in dict.fromkeys(lang for lang, _ in langs):
-                group = [k for k, (lang, _) in enumerate(langs) if lang == language]
-                audio, chunks = _end_to_end([batch[k][1:] for k in group])
-                results = self._decode_chunks(audio, chunks, language, options, options.initial_prompt,
-                                              decoded=[first[k] for k in group])
-                # times from each clip's own start: its chunk's, less the lead put before it
-                offsets = [c.offset_s - (len(a) - len(audios[i])) / SAMPLE_RATE
-                           for i, a, c in (batch[k] for k in group)]
-                placed = self._placed(audio, chunks, results, offsets, language, options, pause_s)
-                for k, pieces in zip(group, placed, strict=True):
-                    i = batch[k][0]
-                    out[i] = self._finish(pieces, language, langs[k][1], len(audios[i]) / SAMPLE_RATE, options)
+            with self._lock:  # decode reuses the detection's encoder output
+                self._batch_of_clips(audios, clips[start: start + options.batch_size], options, pause_s, out)
         return out  # type: ignore[return-value]
+
+    def _batch_of_clips(self, audios: Sequence[np.ndarray], batch: Sequence[tuple[int, np.ndarray, Chunk]],
+                        options: DecodeOptions, pause_s: float | None, out: list[Transcript | None]) -> None:
+        """:meth:`transcribe_batch`'s work on one batch of its clips (item, its audio with a lead, its chunk in
+        that): their transcripts put into ``out``."""
+        waves = [a[c.start: c.end] for _, a, c in batch]
+        langs = self._languages(waves, options)
+        # the first decode of the whole batch at once, in each clip's language, as _decode_chunks decodes a
+        # recording's chunks; what follows it (a reading checked, read on or read again) per language
+        first = self._decode_words(waves, [lang for lang, _ in langs], options, options.initial_prompt,
+                                   [bool(c.breaks) for _, _, c in batch])
+        for language in dict.fromkeys(lang for lang, _ in langs):
+            group = [k for k, (lang, _) in enumerate(langs) if lang == language]
+            audio, chunks = _end_to_end([batch[k][1:] for k in group])
+            results = self._decode_chunks(audio, chunks, language, options, options.initial_prompt,
+                                          decoded=[first[k] for k in group])
+            # times from each clip's own start: its chunk's, less the lead put before it
+            offsets = [c.offset_s - (len(a) - len(audios[i])) / SAMPLE_RATE
+                       for i, a, c in (batch[k] for k in group)]
+            placed = self._placed(audio, chunks, results, offsets, language, options, pause_s)
+            for k, pieces in zip(group, placed, strict=True):
+                i = batch[k][0]
+                out[i] = self._finish(pieces, language, langs[k][1], len(audios[i]) / SAMPLE_RATE, options)
 
 
 def _again(options: DecodeOptions) -> DecodeOptions:
@@ -1092,18 +1109,23 @@ def _again(options: DecodeOptions) -> DecodeOptions:
 
 
 def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult | None, options: DecodeOptions) -> _ChunkResult:
-    """A decode of audio read before, or nothing (a result without segments) where it is :func:`_doubtful` while the
-    first reading of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD
+    """A decode of audio read before, or nothing (a result without segments) where it is not :func:`_sure_enough`."""
+    if _sure_enough(reread, first, options):
+        return reread
+    return replace(reread, segments=[], text="", tokens=[], words=None if reread.words is None else [],
+                   stats=None if reread.stats is None else [], out_of_budget=False)
+
+
+def _sure_enough(reread: _ChunkResult, first: _ChunkResult | None, options: DecodeOptions) -> bool:
+    """Whether a decode of audio read before may be kept: not where it is :func:`_doubtful` while the first reading
+    of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD
     took for speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
     sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences). Where the first reading is unsure as well
     (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), known wrong
     (``first`` None: it made a take up or ran away, however sure of itself a loop is) or no words at all ("《》《》《》"
     at -0.57), the re-read is kept."""
-    if (first is None or not _doubtful(reread, options) or _doubtful(first, options)
-            or not any(ch.isalnum() for ch in first.text)):
-        return reread
-    return replace(reread, segments=[], text="", tokens=[], words=None if reread.words is None else [],
-                   stats=None if reread.stats is None else [], out_of_budget=False)
+    return (first is None or not _doubtful(reread, options) or _doubtful(first, options)
+            or not any(ch.isalnum() for ch in first.text))
 
 
 def _doubtful(result: _ChunkResult, options: DecodeOptions) -> bool:
@@ -1416,10 +1438,10 @@ def _joined(first: _ChunkResult, second: _ChunkResult, shift: float) -> _ChunkRe
                         avg_logprob=_mean_logprob(first, second))
 
 
-def _mean_logprob(*results: _ChunkResult) -> float | None:
-    """The average token log-probability of ``results`` read as one (weighted by their text tokens; None where one
+def _mean_logprob(first: _ChunkResult, second: _ChunkResult) -> float | None:
+    """The average token log-probability of two results read as one (weighted by their text tokens; None where one
     with text was not scored)."""
-    scored = [(r.avg_logprob, len(_text_tokens(r))) for r in results if _text_tokens(r)]
+    scored = [(r.avg_logprob, len(_text_tokens(r))) for r in (first, second) if _text_tokens(r)]
     if not scored or any(lp is None for lp, _ in scored):
         return None
     return sum(lp * n for lp, n in scored) / sum(n for _, n in scored)  # type: ignore[operator]
@@ -1558,7 +1580,7 @@ def _generate_window(model: Any, frames: int) -> Iterator[None]:
     generate() takes its segment length from ``config.max_source_positions`` (its ``num_segment_frames`` argument
     is overwritten) and pads shorter features to it with zeros, a value that is not silence in Whisper's log-mel;
     so the config says ``frames`` for the call (the encoder, ``_cache_encoder_output``, knows its own length).
-    An engine decodes one batch at a time (the server gives each model one thread), so no other call sees it.
+    An engine decodes one batch at a time (``_BaseTranscriber._lock``), so no other call sees it.
     """
     config = model.config
     full = config.max_source_positions
@@ -1724,6 +1746,7 @@ class TransformersTranscriber(_BaseTranscriber):
 
         _quiet_generate_warnings()
         self.device = resolve_device(device)
+        self._lock = threading.RLock()  # see _BaseTranscriber._lock
         weight_dtype, self.autocast_dtype = _torch_dtypes(dtype, self.device)
         attn = _attention_implementation(attn_implementation, self.device, weight_dtype)
         self.processor = WhisperProcessor.from_pretrained(model_dir)

@@ -600,9 +600,12 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
                                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                else tokenizer.eos_token_id,
                                prompt_start_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"))
-    trainer = Trainer(model, accelerator=accelerator, processor=data.processor, train_dataset=data.train,
-                      eval_set=data.eval_set, collator=collator, options=options, run_dir=run_dir,
-                      generation_config=generation_config)
+    try:
+        trainer = Trainer(model, accelerator=accelerator, processor=data.processor, train_dataset=data.train,
+                          eval_set=data.eval_set, collator=collator, options=options, run_dir=run_dir,
+                          generation_config=generation_config)
+    except ValueError as e:  # settings the trainer cannot run with (a stream without --max_steps, DeepSpeed's)
+        raise FinetuneError(str(e)) from e
     if resume is not None:
         try:
             # the modules (--lora_encoder_layers counts the model's layers: known once it is built)

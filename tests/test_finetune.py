@@ -1553,3 +1553,26 @@ def test_a_base_model_without_generation_config_trains_and_saves_a_whole_one(tin
     assert "generation_config.json missing or incomplete" in caplog.text
     saved = GenerationConfig.from_pretrained(out / "old-base" / "checkpoint-final")
     assert saved.language == "zh" and saved.task == "transcribe" and saved.lang_to_id["<|zh|>"] == 50260
+
+
+def test_a_deepspeed_config_takes_the_runs_batch_and_clipping_and_refuses_what_it_cannot_train():
+    """accelerate's DeepSpeed config from configs/accelerate_deepspeed_zero2.yaml has an "auto" per-GPU batch, which
+    prepare() takes from a DataLoader it is given: the trainer gives none (it builds one per epoch), so DeepSpeed runs
+    stopped at start-up; its clipping (the yaml's 1.0) replaced --max_grad_norm, as accelerate's clip_grad_norm_ does
+    nothing under DeepSpeed; accumulation and AdaLoRA cannot work there and are refused with the way out."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    from utils.trainer import TrainOptions, configure_deepspeed
+
+    plugin = DeepSpeedPlugin(zero_stage=2, gradient_accumulation_steps=1, gradient_clipping=1.0)  # as the yaml
+    config = plugin.deepspeed_config
+    assert config["train_micro_batch_size_per_gpu"] == "auto"
+    configure_deepspeed(config, TrainOptions(per_device_train_batch_size=6, max_grad_norm=0.5))
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_clipping"]) == (6, 0.5)
+    assert not plugin.is_auto("train_micro_batch_size_per_gpu")
+    with pytest.raises(ValueError, match="keep --gradient_accumulation_steps=1"):
+        configure_deepspeed(dict(config), TrainOptions(gradient_accumulation_steps=4))
+    with pytest.raises(ValueError, match="config's gradient_accumulation_steps is 4"):
+        configure_deepspeed({**config, "gradient_accumulation_steps": 4}, TrainOptions())
+    with pytest.raises(ValueError, match="AdaLoRA's rank budget"):
+        configure_deepspeed(dict(config), TrainOptions(use_adalora=True))

@@ -79,6 +79,32 @@ class TrainOptions:
     eval_at_start: bool = False  # score the untouched base model at step 0 (the baseline on the curve)
 
 
+def configure_deepspeed(config: dict[str, Any], options: TrainOptions) -> None:
+    """Fill a DeepSpeed config (accelerate's ``deepspeed_plugin.deepspeed_config``) from this run's flags before
+    ``accelerator.prepare``: its "auto" per-GPU batch is taken from a DataLoader given to prepare(), which this
+    trainer builds per epoch instead (accelerate refused to start), and DeepSpeed clips gradients in its own step,
+    where accelerate's clip_grad_norm_ does nothing (``--max_grad_norm`` gave way to the config's clipping).
+
+    Raises:
+        ValueError: settings DeepSpeed cannot train with here: accumulation (DeepSpeed steps and scales the loss at
+            every backward it is not told to accumulate, and this loop already takes one mean over a group), AdaLoRA
+            (its rank budget reads each step's gradients, which ZeRO keeps partitioned).
+    """
+    if options.gradient_accumulation_steps != 1:
+        raise ValueError("DeepSpeed: keep --gradient_accumulation_steps=1 (and gradient_accumulation_steps: 1 in the "
+                         "accelerate config); scale the batch with --per_device_train_batch_size and GPUs")
+    if config.get("gradient_accumulation_steps", 1) not in (1, "auto"):
+        raise ValueError(f"DeepSpeed: the accelerate config's gradient_accumulation_steps is "
+                         f"{config['gradient_accumulation_steps']}; set it to 1 (this loop accumulates no batches "
+                         "under DeepSpeed)")
+    if options.use_adalora:
+        raise ValueError("DeepSpeed: AdaLoRA's rank budget needs each step's gradients, which ZeRO partitions: "
+                         "train AdaLoRA with torchrun or accelerate launch without DeepSpeed, or plain LoRA here")
+    config["train_micro_batch_size_per_gpu"] = options.per_device_train_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["gradient_clipping"] = options.max_grad_norm  # 0: none, as --max_grad_norm=0 means without DeepSpeed
+
+
 @dataclass
 class TrainerState:
     """What a checkpoint records about the run (saved as trainer_state.json)."""
@@ -582,12 +608,14 @@ class Trainer:
         # so it is stepped here once per optimizer step that really ran.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_then_linear_decay(min(options.warmup_steps, self.total_steps), self.total_steps))
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, options)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.data_layout = self._data_layout()
         self.state = TrainerState(max_steps=self.total_steps, metric=options.metric, data=self.data_layout,
                                   eval_data=eval_set.fingerprint(), run_id=uuid.uuid4().hex)
-        from accelerate.utils import DistributedType
-
         self._deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self.writer = None
         # AdaLoRA: whether the final rank budget is fixed (None: not known yet, see _allocate_ranks)

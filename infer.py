@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num_beams", type=int, default=None, help=argparse.SUPPRESS)  # the old name of --beam_size
     d.add_argument("--timestamps", type=bool_or_auto, nargs="?", const=True, default=None,
                    help="segment-level timestamps: true/false/auto (auto, the default: on when --output_format "
-                        "writes srt or vtt, whose cues need them; off otherwise)")
+                        "writes srt, vtt or json, whose cues and segments need them; off otherwise)")
     add_bool(d, "word_timestamps", False, "word-level timestamps (Chinese: per character) with probabilities, "
              "in the JSON output (cross-attention alignment)")
     add_bool(d, "subtitle_words", False, "SRT/VTT output with one cue per word (needs --word_timestamps)")
@@ -232,6 +232,10 @@ def upstream_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     note_upstream_flags(args, UPSTREAM_FLAGS)
 
 
+# the output formats whose segments are timed (--timestamps=auto turns them on)
+TIMED_FORMATS = (*CUE_FORMATS, "json")
+
+
 def main(argv: list[str] | None = None) -> int:
     # 1. Arguments
     parser = build_parser()
@@ -253,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_format is not None or args.output_dir is not None:
         fmt = args.output_format or "txt"
         formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
-    if args.timestamps is None:  # subtitles need segment times: without them a cue is a whole 30 s chunk
-        args.timestamps = bool(formats and set(CUE_FORMATS) & set(formats))
+    if args.timestamps is None:  # subtitles and JSON segments need segment times: without them a cue or a
+        # JSON segment is a whole 30 s chunk (a 57 s file's JSON held 2 segments of 27 s; with timestamps 12 sentences)
+        args.timestamps = bool(formats and set(TIMED_FORMATS) & set(formats))
     try:
         options = options_from_args(args)
     except ValueError as e:

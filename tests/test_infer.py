@@ -751,3 +751,26 @@ def test_a_long_file_shows_progress_however_few_chunks_it_has(monkeypatch):
             "en", 1.0, s, 6)), fixed_language=lambda o: "en")
         infer.transcribe_one(engine, "x.wav", DecodeOptions(language="en"), stream=False)
     assert bars == [False, True]
+
+
+@pytest.mark.slow
+def test_json_output_has_timed_segments_by_default(tmp_path):
+    """--timestamps=auto turned segment timestamps on for srt and vtt only: a JSON file's segments were whole 30 s
+    chunks (a 57 s file: 2 segments of 27 s). Two real sentences 1 s apart: a segment each unless asked otherwise."""
+    import numpy as np
+    import soundfile as sf
+
+    from utils.audio import SAMPLE_RATE, load_audio
+
+    real = REPO_ROOT / "dataset" / "real"
+    two = np.concatenate([load_audio(real / "en_librivox_0870.flac"), np.zeros(SAMPLE_RATE, np.float32),
+                          load_audio(real / "en_librivox_0880.flac")])
+    sf.write(tmp_path / "two.wav", two, SAMPLE_RATE)
+    spans = {}
+    for timestamps in ("auto", "False"):
+        out = tmp_path / timestamps
+        assert infer.main([f"--audio_path={tmp_path / 'two.wav'}", "--backend=ct2", "--language=en",
+                           "--output_format=json", f"--output_dir={out}", f"--timestamps={timestamps}"]) == 0
+        spans[timestamps] = [(s["start"], s["end"]) for s in json.loads((out / "two.json").read_text())["segments"]]
+    assert len(spans["auto"]) == 2 and spans["auto"][0][1] < 7.2 < 8.0 < spans["auto"][1][0], spans
+    assert len(spans["False"]) == 1, spans

@@ -26,7 +26,7 @@ from typing import Any
 
 from utils.cli import (add_audio_length_args, add_bool, add_dataset_args, add_upstream_flags, bool_or_auto,
                        check_output_path, finite_float, int_at_least, make_parser, note_upstream_flags, optional_path,
-                       optional_str, path_arg, seed_int, setup_logging)
+                       optional_str, path_arg, quiet_logging, seed_int, setup_logging)
 from utils.data import ManifestError, missing_manifest_message
 from utils.hf_data import is_manifest
 from utils.lora import ADALORA_MIN_STEPS, DEFAULT_TARGET_MODULES
@@ -302,7 +302,7 @@ def setup_devices(args: argparse.Namespace) -> tuple[Any, Any]:
     precision = choose_precision(args.precision, args.fp16, device_type)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=device_type == "cpu")
     if not accelerator.is_local_main_process:  # warnings once (the main process's); errors from every process
-        logging.getLogger().setLevel(logging.ERROR)
+        quiet_logging(logging.ERROR)
     logger.info("device %s, %d process(es), precision: %s", accelerator.device, accelerator.num_processes,
                 precision.describe())
     if accelerator.num_processes == 1 and "ACCELERATE_USE_CPU" in os.environ and "MASTER_PORT" in os.environ \
@@ -609,8 +609,9 @@ def train(args: argparse.Namespace, accelerator: Any, data: TrainingData, model:
     if resume is not None:
         try:
             # the modules (--lora_encoder_layers counts the model's layers: known once it is built)
-            built = getattr(model, "_orig_mod", model).peft_config["default"]  # torch.compile'd or not
-            check_resumed_adapter(resume, {"target_modules": built.target_modules})
+            peft_model = getattr(model, "_orig_mod", model)  # torch.compile'd or not
+            check_resumed_adapter(resume, {"target_modules": peft_model.peft_config["default"].target_modules},
+                                  [name for name, _ in peft_model.get_base_model().named_modules()])
             trainer.resume(resume)
         except (FileNotFoundError, ValueError) as e:
             raise FinetuneError(f"cannot resume: {e}") from e

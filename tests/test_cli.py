@@ -186,7 +186,7 @@ def test_main_called_by_an_app_leaves_the_apps_logging_level_alone():
     its WARNING level, showed after its first call of a script's main()."""
     import logging
 
-    from utils.cli import setup_logging
+    from utils.cli import quiet_logging, setup_logging
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -200,8 +200,12 @@ def test_main_called_by_an_app_leaves_the_apps_logging_level_alone():
         assert logging.getLogger("utils.transcribe").isEnabledFor(logging.INFO)
         assert logging.getLogger("infer").isEnabledFor(logging.INFO)
         assert not logging.getLogger("utils.transcribe").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("__main__").isEnabledFor(logging.INFO)  # the app's script's own
         setup_logging(True)
         assert root.level == logging.WARNING and logging.getLogger("utils.streaming").isEnabledFor(logging.DEBUG)
+        quiet_logging()  # finetune.py's other ranks: errors only, the toolkit's loggers too
+        assert not logging.getLogger("utils.trainer").isEnabledFor(logging.WARNING)
+        assert not logging.getLogger("finetune").isEnabledFor(logging.INFO)
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -443,6 +443,19 @@ def test_resume_with_other_adapter_settings_is_refused_naming_the_flag(tiny_whis
     assert not (out / tiny_whisper_dir.name / "checkpoint-4").exists()
 
 
+def test_resume_with_the_same_modules_named_in_another_order_goes_on(tiny_whisper_dir, corpus, tmp_path):
+    """With --lora_encoder_layers the modules are one regex, built in the order the flag names them: the same
+    adapter named "v_proj,q_proj" was refused as other settings."""
+    out = tmp_path / "out"
+    common = dict(max_steps=2, eval_steps=0, save_steps=2, lora_encoder_layers=1)
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, target_modules="q_proj,v_proj", **common)) == 0
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint="auto", **{
+        **common, "max_steps": 4, "target_modules": "v_proj,q_proj,q_proj"})) == 0
+    assert (out / tiny_whisper_dir.name / "checkpoint-4").is_dir()
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, resume_from_checkpoint="auto", **{
+        **common, "max_steps": 6, "target_modules": "v_proj"})) == 1
+
+
 def test_a_relative_base_model_folder_is_recorded_so_merge_lora_finds_it_from_anywhere(tiny_whisper_dir, corpus,
                                                                                       tmp_path, monkeypatch):
     """adapter_config.json named "scratch/tiny" as it was typed: merge_lora.py run from another folder could not

@@ -2729,7 +2729,20 @@ def test_a_waveform_of_one_channel_in_two_dimensions_reads_as_the_flat_one_and_o
     assert tiny.transcribe(audio[:, None], options).text == flat.text
     assert tiny.transcribe(list(audio.astype(np.float64)), options).text == flat.text
     assert tiny.transcribe_batch([audio[None, :]], options)[0].text == flat.text
-    with pytest.raises(ValueError, match=r"shape \(2, \d+\).*mix the channels"):
+    with pytest.raises(ValueError, match=r"shape \(2, \d+\).*mix the channels first \(audio\.mean\(axis=0\)\)"):
         tiny.transcribe(np.stack([audio, audio]), options)
     with pytest.raises(ValueError, match=r"item 0: int16 samples.*audio / 32768"):
         tiny.transcribe_batch([(audio * 32767).astype(np.int16)], options)
+
+
+def test_a_chunk_read_again_with_timestamps_is_measured_against_a_first_reading_without_words():
+    """A whole chunk read again with timestamp tokens keeps an unsure re-read only where the first reading is unsure
+    as well: a first "♪" over music is a measure (the re-read "Thank you." at -1.05 is made up), unlike pieces of a
+    cut chunk, whose first reading of no words ("《》《》《》") tells nothing of them."""
+    from utils.transcribe import _ChunkResult, _sure_enough
+
+    options = DecodeOptions(language="en")
+    unsure = _ChunkResult([(0.0, 1.0, "Thank you.")], "Thank you.", avg_logprob=-1.05)
+    music = _ChunkResult([(0.0, 1.0, "♪")], "♪", avg_logprob=-0.4)
+    assert not _sure_enough(unsure, music, options, wordless_first=True)
+    assert _sure_enough(unsure, music, options)

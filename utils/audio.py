@@ -95,11 +95,12 @@ def mono_waveform(audio: Any, what: str = "audio") -> np.ndarray:
     if a.ndim == 2 and 1 in a.shape:
         a = a.reshape(-1)
     if a.ndim != 1:
+        mix = f" (audio.mean(axis={int(a.shape[0] > a.shape[1])}))" if a.ndim == 2 else ""  # the shorter axis
         raise ValueError(f"{what}: samples of shape {a.shape}; the decoder takes one channel, shape (samples,) at "
-                         "16 kHz: mix the channels first (audio.mean(axis=1)) or pass the file's path")
+                         f"16 kHz: mix the channels first{mix}, or pass the file's path")
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{what}: {a.dtype} samples; the decoder takes floats in [-1, 1] (16-bit PCM: "
-                         "audio / 32768)")
+        raise ValueError(f"{what}: {a.dtype} samples; the decoder takes floats in [-1, 1]: divide integers by their "
+                         "full scale (int16: audio / 32768)")
     return a.astype(np.float32, copy=False)
 
 

@@ -439,12 +439,22 @@ def setup_logging(verbose: bool = False) -> None:
     if mine:
         root.setLevel(level)
     for name in _OWN_LOGGERS:  # under the toolkit's own handler they follow the root logger
-        logging.getLogger(name).setLevel(logging.NOTSET if mine else level)
+        if mine or name != "__main__":  # an app's script is __main__ itself
+            logging.getLogger(name).setLevel(logging.NOTSET if mine else level)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     for name, demote in _DEMOTED.items():
         if demote not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(demote)
+
+
+def quiet_logging(level: int = logging.ERROR) -> None:
+    """Show only records of ``level`` and above, the toolkit's own too (a multi-process run's other ranks: warnings
+    once, from the main process)."""
+    logging.getLogger().setLevel(level)
+    for name in _OWN_LOGGERS:
+        if logging.getLogger(name).level != logging.NOTSET:  # set by setup_logging under an app's handlers
+            logging.getLogger(name).setLevel(level)
 
 
 def check_device_arg(parser: argparse.ArgumentParser, device: str, backend: str) -> None:

@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -241,10 +242,13 @@ _RESUMED_SETTINGS = {"peft_type": "--use_adalora", "r": "--lora_r", "init_r": "-
                      "target_modules": "--target_modules / --lora_encoder_layers"}
 
 
-def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict) -> None:
+def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict,
+                          module_names: Sequence[str] | None = None) -> None:
     """Raise :class:`AdapterError` where an adapter setting this run builds (``wanted``: adapter_config.json keys
-    of ``_RESUMED_SETTINGS``, e.g. ``{"peft_type": "LORA", "r": 16, "lora_alpha": 64}``) differs from the one ``checkpoint`` was
-    trained with; the message names the flags."""
+    of ``_RESUMED_SETTINGS``, e.g. ``{"peft_type": "LORA", "r": 16, "lora_alpha": 64}``) differs from the one
+    ``checkpoint`` was trained with; the message names the flags. ``target_modules`` are compared by the modules of
+    ``module_names`` (the base model's) they select: the same modules named in another order (one regex of
+    another order) are the same adapter."""
     saved = read_adapter_config(checkpoint)
     kind = saved.get("peft_type")
     if "peft_type" in wanted and kind != wanted["peft_type"] and kind in ("LORA", "ADALORA"):
@@ -253,6 +257,8 @@ def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict) -> None:
 
     def same(key: str) -> bool:
         a, b = saved.get(key), wanted[key]
+        if key == "target_modules" and module_names is not None and a is not None:
+            return _selected(a, module_names) == _selected(b, module_names)
         if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
             return set(a) == set(b)
         return a == b
@@ -261,6 +267,14 @@ def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict) -> None:
     if differ:
         raise AdapterError(f"{checkpoint}: its adapter was trained with other settings: {'; '.join(differ)}. Resume "
                            "with the flags it was trained with, or start a new run in another --output_dir")
+
+
+def _selected(targets: str | Sequence[str], module_names: Sequence[str]) -> set[str]:
+    """The module names peft puts an adapter on for ``target_modules`` ``targets``: a regex matches a whole name, a
+    list entry a name or its last parts."""
+    if isinstance(targets, str):
+        return {n for n in module_names if re.fullmatch(targets, n)}
+    return {n for n in module_names if any(n == t or n.endswith("." + t) for t in targets)}
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:

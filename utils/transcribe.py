@@ -877,7 +877,7 @@ class _BaseTranscriber:
             more = len(tokens) > len(_text_tokens(results[k]))
             # not a loop, nor a reading the log-probability check fails for one it passes
             if more and not is_decoder_loop(tokens, result.text, False, threshold) and _sure_enough(
-                    result, firsts[k], options):
+                    result, firsts[k], options, wordless_first=True):
                 results[k] = result
                 read.add(k)
         return read
@@ -935,7 +935,7 @@ class _BaseTranscriber:
             AudioLoadError: ``audio`` is a path that cannot be read.
         """
         began = time.perf_counter()
-        audio = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else mono_waveform(audio)
+        audio = load_audio(audio) if isinstance(audio, (str, bytes, os.PathLike)) else mono_waveform(audio)
         if options.timestamps and getattr(self, "trained_without_timestamps", False) and not self._warned_timestamps:
             self._warned_timestamps = True
             logger.warning("this model was fine-tuned without timestamp tokens (finetune.py --timestamps=False): "
@@ -1116,16 +1116,18 @@ def _unless_doubtful(reread: _ChunkResult, first: _ChunkResult | None, options: 
                    stats=None if reread.stats is None else [], out_of_budget=False)
 
 
-def _sure_enough(reread: _ChunkResult, first: _ChunkResult | None, options: DecodeOptions) -> bool:
+def _sure_enough(reread: _ChunkResult, first: _ChunkResult | None, options: DecodeOptions, *,
+                 wordless_first: bool = False) -> bool:
     """Whether a decode of audio read before may be kept: not where it is :func:`_doubtful` while the first reading
     of that audio is not: a stretch the first reading left "unread" can be babble or singing the VAD
     took for speech, and read alone it is made up, unsure of itself (whisper-base read 20 s of babble between two real
     sentences as "Thank you.", -1.05; 25 s of sung music as 25 sentences). Where the first reading is unsure as well
     (noisy speech: a real Mandarin sentence said 3 times under white noise at 0 dB, -1.0 to -1.2), known wrong
     (``first`` None: it made a take up or ran away, however sure of itself a loop is) or no words at all ("《》《》《》"
-    at -0.57), the re-read is kept."""
+    at -0.57), the re-read is kept. ``wordless_first``: a first reading without words is a measure all the same (a
+    whole chunk read again with timestamp tokens: "♪" over music, then "Thank you." at -1.05)."""
     return (first is None or not _doubtful(reread, options) or _doubtful(first, options)
-            or not any(ch.isalnum() for ch in first.text))
+            or (not wordless_first and not any(ch.isalnum() for ch in first.text)))
 
 
 def _doubtful(result: _ChunkResult, options: DecodeOptions) -> bool:

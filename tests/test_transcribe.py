@@ -2746,3 +2746,16 @@ def test_a_chunk_read_again_with_timestamps_is_measured_against_a_first_reading_
     music = _ChunkResult([(0.0, 1.0, "♪")], "♪", avg_logprob=-0.4)
     assert not _sure_enough(unsure, music, options, wordless_first=True)
     assert _sure_enough(unsure, music, options)
+
+
+def test_a_clip_of_a_batch_reads_the_same_whatever_clips_come_with_it(tiny, tmp_path):
+    """The encoder window of a batch was its longest clip's (+ 5 s): beside a 15.3 s clip the short clips of an
+    evaluation batch were encoded in 25 s instead of 15 s, and 2 of 15 demo clips read otherwise than in a batch of
+    their own (evaluation.py --batch_size=16 vs 1). Each clip is encoded in its own window now."""
+    short = load_audio(make_speech(EN_SENTENCE, tmp_path / "en.wav"))
+    long = np.concatenate([short] * 5)[: int(15.3 * SAMPLE_RATE)]
+    options = DecodeOptions(language="en", max_new_tokens=12, encoder_window_s=15.0, batch_size=8)
+    alone = [t.text for t in tiny.transcribe_batch([short, short[: 2 * SAMPLE_RATE]], options)]
+    together = [t.text for t in tiny.transcribe_batch([short, long, short[: 2 * SAMPLE_RATE]], options)]
+    assert [together[0], together[2]] == alone
+    assert together[1] == tiny.transcribe_batch([long], options)[0].text

@@ -13,8 +13,10 @@ file (nothing written), 1 model cannot be loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 
 from utils.cli import (add_bool, add_hidden_alias, check_device_arg, check_output_path, finite_float, make_parser,
@@ -24,6 +26,7 @@ from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
     INPUT_SUFFIXES,
     SentimentInput,
+    STDIN,
     SentimentInputError,
     SentimentModelError,
     TextItem,
@@ -52,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offline backend for every text; auto = per text (contains CJK → Chinese)")
     parser.add_argument("--neutral_margin", type=finite_float, default=DEFAULT_NEUTRAL_MARGIN,
                         help="scores within 0.5 ± this are neutral, in [0, 0.5)")
-    parser.add_argument("--output_format", type=output_format_arg, default="txt", choices=["txt", "json"],
-                        help="txt = one line per text; json = {model, results, overall}")
+    parser.add_argument("--output_format", type=output_format_arg, default=None, choices=["txt", "json"],
+                        help="txt = one line per text; json = {model, results, overall}; default: json for an "
+                             "--output ending in .json, else txt")
     parser.add_argument("--output", type=optional_path, default=None,
                         help="write the output to this file (atomically) instead of stdout")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per model call (Hugging Face models)")
@@ -87,8 +91,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--text number {', '.join(map(str, empty))} of {len(args.text)} is empty (an empty text would "
                      "count as neutral); leave it out")
     check_output_path(parser, "--output", args.output, folder=False)
+    if args.output_format is None:  # --output=x.json held the text report (no JSON reader could load it)
+        args.output_format = "json" if args.output is not None and args.output.lower().endswith(".json") else "txt"
+    if (args.output is not None and args.input not in (None, STDIN) and os.path.exists(args.input)
+            and os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
+        parser.error(f"--output {args.output} is the --input file: the report would replace the texts; write it "
+                     "elsewhere")
     check_device_arg(parser, args.device, "transformers")
     setup_logging()
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # one line, not a traceback from inside the model; nothing half-written
+        logger.error("interrupted: nothing written")
+        return 130
+    except BrokenPipeError:  # sentiment_analysis.py ... | head -1: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """The steps of :func:`main` after its checks."""
 
     # 1. Read the texts (before loading anything, so a bad file fails fast and writes nothing)
     try:

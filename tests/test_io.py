@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -127,3 +129,26 @@ def test_a_transcript_is_written_in_every_format_or_none(tmp_path, monkeypatch):
     written = utils.subtitles.write_transcript(transcript, tmp_path, "t", ["txt", "srt", "vtt", "json"])
     assert sorted(p.name for p in written) == sorted(p.name for p in tmp_path.iterdir()) == [
         "t.json", "t.srt", "t.txt", "t.vtt"]
+
+
+def test_a_link_or_a_pipe_is_written_through_not_replaced(tmp_path):
+    """atomic_open replaced whatever the path was: a link became a file beside its unchanged target, a FIFO a regular
+    file (and, run as root, --output=/dev/null replaced the device)."""
+    import threading
+
+    from utils.io import write_text_atomic
+
+    target = tmp_path / "target.txt"
+    target.write_text("old", encoding="utf-8")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)

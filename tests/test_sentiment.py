@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import sentiment_analysis
+from tests.conftest import REPO_ROOT
 from utils.sentiment import (
     DEFAULT_NEUTRAL_MARGIN,
     HFSentiment,
@@ -482,6 +483,19 @@ def test_main_rejects_bad_flags(argv):
     ("我的专业是计算机。", "neutral"),  # 专业, the subject: positive (专业 = professional)
     ("火车票已经卖完了。", "negative"),  # neutral
     ("最近很多人得了流感。", "negative"),  # neutral
+    # a helper's everyday sentences (2026-12-07), none from the held-out set
+    ("价格有点贵，不过很好吃", "positive"),  # the 不 of the contrast 不过 negated 很好吃
+    ("这只猫不可爱", "negative"),  # 可 taken for the contrast 可(是): 这只猫不 | 可爱
+    ("一点都不可怕", "positive"),
+    ("东西不错可惜太贵", "negative"),  # the 不 of 不错 negated 可惜
+    ("从来没有让我失望过", "positive"),  # the negator did not reach past 让我
+    ("不得不说真好吃", "positive"),  # 不得不 is no negator
+    ("好吃是好吃，就是太贵了", "negative"),  # 就是 at a clause's start: a contrast
+    ("我快到家了", "neutral"),  # 快 "soon", not "fast"
+    ("这家店再也不来了", "negative"),
+    ("成绩下降了", "negative"),
+    ("性价比很高", "positive"),
+    ("一点问题都没有", "positive"),
 ])
 def test_lexicon_rules(text, label):
     assert load_sentiment_model("lexicon").predict([text])[0].label == label
@@ -552,3 +566,57 @@ def test_subtitles_and_standard_input_are_read(tmp_path, monkeypatch, capsys):
     gbk.write_bytes("今天很开心".encode("gbk"))
     with pytest.raises(SentimentInputError, match="not UTF-8 text .*; convert it, e.g. iconv -f GBK -t UTF-8"):
         load_sentiment_inputs(gbk)
+
+
+def test_standard_input_is_read_as_a_file_is(monkeypatch, tmp_path):
+    """Piped in, an srt's cue numbers and times were scored as texts (8 of 12 results), GBK or UTF-16 text was read
+    as mojibake (neutral, exit 0), and infer.py's JSON after a BOM as 88 lines of text."""
+    import io
+
+    def piped(data: bytes) -> None:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+    piped("1\n00:00:01,000 --> 00:00:02,000\n这只猫不可爱\n\n2\n00:00:02,000 --> 00:00:03,000\n太好吃了\n".encode())
+    assert [(i.text, i.start) for i in load_sentiment_inputs("-").items] == [("这只猫不可爱", 1.0), ("太好吃了", 2.0)]
+    piped("WEBVTT\n\n00:01.000 --> 00:02.500\n很好\n".encode())
+    assert [(i.text, i.end) for i in load_sentiment_inputs("-").items] == [("很好", 2.5)]
+    piped("\ufeff".encode() + json.dumps({"text": "很好", "segments": []}).encode())
+    assert [i.text for i in load_sentiment_inputs("-").items] == ["很好"]
+    piped("今天很开心".encode("gbk"))
+    with pytest.raises(SentimentInputError, match="<stdin>: not UTF-8 text"):
+        load_sentiment_inputs("-")
+    piped("今天很开心".encode("utf-16"))
+    with pytest.raises(SentimentInputError, match="<stdin>: UTF-16 text; convert it to UTF-8, e.g. iconv -f UTF-16"):
+        load_sentiment_inputs("-")
+    wav = tmp_path / "a.txt"
+    wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00")
+    with pytest.raises(SentimentInputError, match="a binary file, not text"):
+        load_sentiment_inputs(wav)
+    with pytest.raises(SentimentInputError, match="nonexist: no such file"):
+        load_sentiment_inputs(tmp_path / "nonexist")
+
+
+def test_the_report_never_replaces_its_input_and_a_json_output_is_json(tmp_path, capsys):
+    """--input=t.txt --output=t.txt replaced the transcript with the report; --output=x.json without
+    --output_format=json wrote the text report into x.json."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("很好\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        sentiment_analysis.main([f"--input={texts}", f"--output={texts}"])
+    assert e.value.code == 2 and "is the --input file" in capsys.readouterr().err
+    assert texts.read_text(encoding="utf-8") == "很好\n"
+    assert sentiment_analysis.main([f"--input={texts}", f"--output={tmp_path / 'r.json'}"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["results"][0]["label"] == "positive"
+
+
+def test_a_reader_that_stops_early_ends_no_traceback(tmp_path):
+    """sentiment_analysis.py ... | head -1: a BrokenPipeError traceback and exit 1."""
+    import subprocess
+    import sys
+
+    texts = tmp_path / "many.txt"
+    texts.write_text("很好\n" * 20000, encoding="utf-8")
+    proc = subprocess.run(f"{sys.executable} sentiment_analysis.py --input={texts} | head -1", shell=True,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          executable="/bin/bash")
+    assert proc.stdout.startswith("positive") and "Traceback" not in proc.stderr, proc.stderr

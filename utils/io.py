@@ -48,8 +48,15 @@ def _temporary_file(path: Path, mode: str, encoding: str | None) -> Iterator[tup
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. A link is followed (its target is
+    replaced, the link kept); a path that is no regular file (a FIFO, /dev/null, /dev/stdout) is written directly:
+    replacing it put a regular file where the pipe or the device was (as root: /dev/null).
     """
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        with open(path, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+        return
+    path = os.path.realpath(path)
     with _temporary_file(Path(path), mode, encoding) as (f, tmp):
         yield f
     try:

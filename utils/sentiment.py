@@ -410,16 +410,30 @@ def load_sentiment_model(
 
 def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError as e:
         raise SentimentInputError(f"{path}: no such file") from e
-    except UnicodeDecodeError as e:
-        raise SentimentInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. "
-                                  f"iconv -f GBK -t UTF-8 {path} > utf8.txt") from e
     except OSError as e:
         raise SentimentInputError(f"{path}: cannot read ({e.strerror})") from e
+    return _decoded(data, str(path))
+
+
+def _decoded(data: bytes, name: str) -> str:
+    """The UTF-8 text of a file's or standard input's bytes (a BOM dropped); a message naming the encoding to
+    convert from otherwise (UTF-16, GBK), or that it is no text at all (audio, a binary file)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SentimentInputError(f"{name}: UTF-16 text; convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 "
+                                  f"{name} > utf8.txt")
+    if b"\0" in data[:4096]:
+        raise SentimentInputError(f"{name}: a binary file, not text (give a .txt, .srt, .vtt or .json file)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SentimentInputError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. "
+                                  f"iconv -f GBK -t UTF-8 {name} > utf8.txt") from e
     if not text.strip():
-        raise SentimentInputError(f"{path}: file is empty, nothing to classify")
+        raise SentimentInputError(f"{name}: {'file' if name != '<stdin>' else 'standard input'} is empty, nothing "
+                                  "to classify")
     return text
 
 
@@ -498,6 +512,10 @@ _CUE_LINE = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
 _CUE_TAG = re.compile(r"</?[a-zA-Z][^>]*>")  # vtt's <v Speaker>, <i>…</i>
 
 
+# an srt file's start: a cue number, then its times (00:00:01,000 --> 00:00:02,500)
+_SRT_START = re.compile(r"\d+\s*\r?\n\s*\d{1,2}:\d{2}:\d{2}[,.]\d{3}\s*-->")
+
+
 def _subtitle_items(text: str) -> list[TextItem]:
     """The cues of an srt or vtt file: each cue's text lines joined (:func:`join_texts`), with its times."""
     items = []
@@ -540,7 +558,7 @@ def _is_jsonlines(text: str) -> bool:
 
 def load_sentiment_inputs(path: str | Path) -> SentimentInput:
     """Read the texts to classify from a file (``STDIN``: standard input, a JSON object if it starts with "{",
-    else lines of text).
+    subtitles if it starts as an srt or vtt file does, else lines of text).
 
     * ``.txt``: one text per line that holds a word (realtime_transcribe.py's timed lines too).
     * ``.srt`` / ``.vtt``: one text per subtitle cue, with its times (infer.py's subtitles).
@@ -553,15 +571,19 @@ def load_sentiment_inputs(path: str | Path) -> SentimentInput:
         SentimentInputError: missing, unreadable or empty file, unknown extension, invalid JSON
             (with the line), or missing fields; nothing else is done.
     """
-    if str(path) == STDIN:
-        text = sys.stdin.read()
-        if not text.strip():
-            raise SentimentInputError("standard input is empty, nothing to classify")
-        return _parse_inputs(text, Path("<stdin>"), ".json" if text.lstrip().startswith("{") else ".txt")
+    if str(path) == STDIN:  # read as a file is (bytes: its encoding checked), its kind told by its start
+        stdin = sys.stdin  # its bytes, or the text an app put there (io.StringIO)
+        text = _decoded(stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8"), "<stdin>")
+        head = text.lstrip()
+        kind = (".json" if head.startswith("{") else ".vtt" if head.startswith("WEBVTT") else
+                ".srt" if _SRT_START.match(head) else ".txt")
+        return _parse_inputs(text, Path("<stdin>"), kind)
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir():
         raise SentimentInputError(f"{path}: a folder; give one file ({', '.join(INPUT_SUFFIXES)})")
+    if not path.exists():
+        raise SentimentInputError(f"{path}: no such file")
     if suffix not in INPUT_SUFFIXES:
         raise SentimentInputError(f"{path}: unknown extension '{suffix}' (use {', '.join(INPUT_SUFFIXES)})")
     return _parse_inputs(_read_text(path), path, suffix)

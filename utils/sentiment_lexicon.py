@@ -1,10 +1,12 @@
 """Chinese sentiment from a lexicon with negation, degree and contrast rules (offline, no model download).
 
-A sentence is cut into clauses at punctuation and at contrast words (但是, 可是, 不过, 却 …). In each clause the
+A sentence is cut into clauses at punctuation and at contrast words (但是, 可是, 不过, 却 …; 可 not where it begins a
+word: 可爱, 可怕; 就是 where a clause starts with it). In each clause the
 longest lexicon words are found left to right; a word counts +1 (positive) or -1 (negative), times a degree
 adverb just before it (很, 太, 非常, 好 … x1.5; 有点, 稍微 … x0.6) and flipped by a negator just before it, one
-character before it (没睡好), or before a verb of opinion or a "so" (不觉得好吃, 没那么差): 不, 没, 没有, 别, 无, 并不 …;
-一点都不 …, so 不贵 and 没有遇到堵车 count positive, 一点也不新鲜 negative; two negators in a row cancel (没有不喜欢
+character before it (没睡好), or before a verb of opinion, a "so" or a 让我 (不觉得好吃, 没那么差, 没让我失望): 不, 没, 没有,
+别, 无, 并不 …;
+一点都不 …, so 不贵 counts positive, 一点也不新鲜 negative; two negators in a row cancel (没有不喜欢
 counts positive). 好 before an adjective, a quantity or a lexicon word is "so" (好冷, 好多人, 好难吃), not "good".
 Traditional characters are read as simplified.
 The clause after a contrast word weighs double, a 虽然 clause half: 虽然贵，但是好吃 is positive. The sentence's
@@ -27,6 +29,7 @@ POSITIVE_WORDS = """
 优秀 出色 专业 热情 热心 友好 耐心 贴心 周到 细心 仔细 认真 负责 及时 迅速 快 顺利 成功 赢 赢得 胜利 进步 提高 增长
 改善 好转 恢复 健康 正常 安全 平安 稳 稳定 流畅 清晰 清楚 简洁 简单 实用 有用 有趣 有意思 有意义 有创意 有能力 新鲜
 香 甜 地道 丰富 齐全 宽敞 明亮 安静 温柔 温馨 懂事 能干 信任 靠谱 惊喜 完美 一流 给力 省心 省钱 节省 耐用 结实 合适
+解决 已解决 一点问题都没有 一点问题也没有 性价比很高 性价比挺高 性价比超高 性价比非常高
 尽兴 收获 表扬 掌声 笑容 麻利 帮忙 帮了大忙 感激 照顾 人性化 物美价廉 没话说 没得说 值回票价 津津有味 井井有条 拾金不昧 获救 及格 通过 支持 期待
 欢迎 喜爱 享受 轻松 自在 亲切 和蔼 大方 可爱 帅 酷 厉害 牛 良好 优质 高效 效率高 性价比高 物超所值 称赞 夸 好评
 好转 痊愈 丰收 繁荣 发展 突破 创新 获奖 夺冠 冠军 团圆 感恩 温暖 舒心 开心果 松了一口气 满足 充实 精神 有精神
@@ -42,7 +45,7 @@ NEGATIVE_WORDS = """
 不爽 差劲 差评 糟透 倒霉 晦气 恐怖 可怕 吓人 悲伤 哭 抱怨 吐槽 坑人 宰客 忽悠 出错 错误 缺陷 漏洞 瑕疵 毛病 破损
 弄丢 不道歉 迟迟 拖延 怠慢 无理 粗鲁 傲慢 冷淡 困难 艰难 贵了 涨价 下跌 亏损 倒闭 失业 贫困 暴跌 严重 惨 输得 病倒
 跟不上 听不懂 看不懂 不理 没人管 没人修 没人理 不算话 不算数 不信 等了半天 半天也不 没效果 没有效果 效果都没有 放不下 没电 快没电 没油 快没油 快没时间 没信号 没网 卖完 卖光 售罄 没票
-流感 感冒 发烧 咳嗽
+流感 感冒 发烧 咳嗽 下降 退步 再也不来 再也不买 再也不去 不会再来 不会再买 性价比低 性价比不高
 装不下 坐不下 枯燥 听不下去 白跑 用不了 打不开 连不上 吃不饱 不够 不行 不好 不值 白花钱 上当 受骗 扣钱 罚款 哪儿也去不了
 """
 
@@ -51,7 +54,8 @@ NEGATIVE_WORDS = """
 NEUTRAL_WORDS = """
 快递 快餐 快要 快点 好像 好几 好久 只好 正好 刚好 恰好 爱好 出差 差不多 差点 病情 病人 病房 病历 美国 美元 美术 美容
 香港 香蕉 方便面 安全带 问一下 问题是 没问题 难道 难怪 不好意思 好奇 坏处 好处 甜品 甜点 便宜点 特别 爱人 热水 冷水 贵姓
-约好 说好 讲好 专业是 我的专业 什么专业 你好 您好 大家好 慢慢 一般来说 一般都
+约好 说好 讲好 专业是 我的专业 什么专业 你好 您好 大家好 慢慢 一般来说 一般都 问题不大
+快到 快下班 快来 快去 快走 快过年 快结束 快开始 不得不
 """
 
 NEGATORS = ("一点都不", "一点也不", "根本不", "根本没", "并不", "并没有", "从不", "从没", "毫不", "绝不", "没有", "不是",
@@ -61,9 +65,14 @@ DEGREE_UP = ("非常", "特别", "十分", "格外", "极其", "超级", "相当
              "挺", "极", "最", "更", "好")
 DEGREE_DOWN = ("有点儿", "有点", "有些", "稍微", "略微", "略")
 CONTRASTS = ("但是", "可是", "不过", "然而", "只是", "但", "却", "可")
+# 可 begins words that are no contrast (可爱, 可怕, 可惜 …): 这只猫不可爱 was cut into 这只猫不 | 可爱 (positive)
+_NOT_CONTRAST_AFTER_KE = "爱怕惜以靠口能笑怜观乐信行疑恶恨敬贵喜"
+# a contrast only where a clause (at punctuation) starts with it: 好吃是好吃，就是太贵了 (就是 also means "just")
+_CLAUSE_START_CONTRASTS = ("就是",)
 CONCESSIVE = ("虽然", "尽管", "虽说", "虽")
 _CLAUSE_BREAK = re.compile(r"[，,。.！!？?；;、\n]+")
-_NEGATION_BRIDGES = ("觉得", "认为", "感觉", "那么", "这么", "怎么")  # a negator reaches past them (不觉得好)
+# a negator reaches past them (不觉得好, 没让我失望)
+_NEGATION_BRIDGES = ("觉得", "认为", "感觉", "那么", "这么", "怎么", "让我", "让人", "让你", "令人", "使人")
 # after 好 a quantity or an adjective outside the lexicon makes it a degree adverb, "so" (好冷, 好多人, 好久)
 _GOOD_AS_DEGREE = "多少冷热大小久长远高低饿渴困忙晚早重轻近深浅"
 _SCORE_LIMIT = 30.0  # a text's score is clipped here before the logistic (exp overflows past ±709)
@@ -86,26 +95,40 @@ def _clauses(text: str) -> list[tuple[str, float]]:
         if not part:
             continue
         pieces = [part]
-        for word in CONTRASTS:  # split "…，但是…" inside one punctuation clause too ("便宜却不好用")
-            if word in part[1:]:
-                head, tail = part.split(word, 1) if not part.startswith(word) else ("", part[len(word):])
-                pieces = [head, word + tail] if head else [word + tail]
-                break
+        at = _contrast_at(part)  # split "…，但是…" inside one punctuation clause too ("便宜却不好用")
+        if at is not None:
+            pieces = [part[:at], part[at:]]
         for piece in pieces:
             weight = 1.0
-            if piece.startswith(CONTRASTS):
+            contrast = next((w for w in CONTRASTS + _CLAUSE_START_CONTRASTS if piece.startswith(w)), None)
+            if contrast is not None and (contrast != "可" or piece[1:2] not in _NOT_CONTRAST_AFTER_KE or
+                                         not piece[1:2]):
                 weight = 2.0
+                piece = piece[len(contrast):]  # not read as a word: the 不 of 不过 negated what followed it
             elif piece.startswith(CONCESSIVE):
                 weight = 0.5
             out.append((piece, weight))
     return out
 
 
-def _modifier(clause: str, start: int) -> float:
+def _contrast_at(part: str) -> int | None:
+    """Where the first contrast word inside a clause (after its first character) begins, or None; a 可 that begins a
+    word (可爱, 可怕) is none."""
+    for word in CONTRASTS:
+        at = part.find(word, 1)
+        while at != -1 and word == "可" and part[at + 1: at + 2] in _NOT_CONTRAST_AFTER_KE and part[at + 1: at + 2]:
+            at = part.find(word, at + 1)
+        if at != -1:
+            return at
+    return None
+
+
+def _modifier(clause: str, start: int, floor: int = 0) -> float:
     """Negation and degree of the words just before position ``start``: degree adverbs right before the word
     (很, 太 …; 有点 …), and before them a negator, directly, one character away (不很好, 没太懂) or before a verb of
-    opinion or a "so" (不觉得好吃, 没那么差)."""
-    before = clause[max(0, start - 8): start]
+    opinion or a "so" (不觉得好吃, 没那么差); none of them inside the lexicon word that ends at ``floor`` (the 不 of
+    不错 negated the 可惜 of 东西不错可惜太贵)."""
+    before = clause[max(floor, start - 8): start]
     factor = 1.0
     while True:  # peel degree adverbs off, so the 别 of 特别 is never taken for a negator
         degree = next((d for d in DEGREE_UP + DEGREE_DOWN if before.endswith(d)), None)
@@ -118,7 +141,7 @@ def _modifier(clause: str, start: int) -> float:
         factor *= -0.8
         if before[: -len(negator)].endswith(NEGATORS):  # a double negative: 没有不喜欢, 不是不好 (it was negative)
             factor *= -1.0
-    elif before[:-1].endswith(_NEGATORS_ONE_AWAY):
+    elif before[:-1].endswith(_NEGATORS_ONE_AWAY) and not before[:-1].endswith("不得不"):  # 不得不说真好吃
         factor *= -0.8
     else:  # 不觉得好吃, 没那么差: a negated verb of opinion or a "so" between (not 动不动就弹窗, 没几天就坏)
         bridge = next((b for b in _NEGATION_BRIDGES if before.endswith(b)), None)
@@ -140,7 +163,7 @@ def _good_as_degree(clause: str, after: int) -> bool:
 
 def clause_score(clause: str) -> tuple[float, int]:
     """(sum of word polarities with their modifiers, number of lexicon words) of one clause."""
-    score, hits, i = 0.0, 0, 0
+    score, hits, i, last_end = 0.0, 0, 0, 0
     while i < len(clause):
         for length in range(min(_LONGEST, len(clause) - i), 0, -1):
             word = clause[i: i + length]
@@ -155,10 +178,11 @@ def clause_score(clause: str) -> tuple[float, int]:
                 if negator_inside:  # 不好, 没效果: negative already; a negator before it cancels (不是不好)
                     factor = -0.8 if clause[:i].endswith(NEGATORS) else 1.0
                 else:
-                    factor = _modifier(clause, i)
+                    factor = _modifier(clause, i, last_end)
                 score += polarity * factor
                 hits += 1
                 i += length
+                last_end = i
                 break
         else:
             i += 1

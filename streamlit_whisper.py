@@ -103,10 +103,10 @@ def load_engine(model_path: str, backend: str, device: str, local_files_only: bo
 
 
 @st.cache_resource(show_spinner=False)
-def load_sentiment(name: str):
+def load_sentiment(name: str, device: str, local_files_only: bool):
     from utils.sentiment import load_sentiment_model
 
-    return load_sentiment_model(name)
+    return load_sentiment_model(name, device=device, local_files_only=local_files_only)
 
 
 @st.cache_resource(show_spinner=False)
@@ -306,7 +306,7 @@ def add_sentiment(result: dict[str, Any], args: argparse.Namespace, name: str) -
         return
     try:
         with st.spinner("情感分析中 (sentiment)…"):
-            model = load_sentiment(args.sentiment_model)
+            model = load_sentiment(args.sentiment_model, args.device, args.local_files_only)
             result["sentiment"] = analyze_sentiment(model, transcript_to_input(result["transcript"].to_dict(), name))
     except (SentimentError, *MODEL_LOAD_ERRORS) as e:
         st.error(f"情感分析失败 (sentiment failed): {e}")

@@ -356,8 +356,14 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
     from utils.text import wer
 
     # the packaged whisper-base on CTranslate2: real text in a few seconds on a CPU
+    import utils.sentiment
+
+    loaded = []  # the sentiment model is loaded with the page's --device and --local_files_only (it was not)
+    real_load = utils.sentiment.load_sentiment_model
+    monkeypatch.setattr(utils.sentiment, "load_sentiment_model",
+                        lambda *a, **kw: loaded.append(kw) or real_load(*a, **kw))
     at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-base",
-              "--backend", "ct2", "--max_upload_mb", "1")
+              "--backend", "ct2", "--max_upload_mb", "1", "--local_files_only=True", "--device=cpu")
     at.run()
     assert not at.exception and not at.error
     assert at.sidebar.radio[0].value == "ct2"
@@ -388,6 +394,7 @@ def test_page_transcribes_upload_and_rejects_bad_files(monkeypatch, tmp_path, en
     assert at.subheader[-1].value == "情感分析 Sentiment"
     assert at.metric[0].value in ("positive", "neutral", "negative")
     assert "vader" in at.caption[-1].value
+    assert loaded and all(kw.get("local_files_only") is True and kw.get("device") == "cpu" for kw in loaded), loaded
     at.sidebar.checkbox[1].uncheck().run()  # unticked: the section goes (it stayed until the next upload)
     assert "情感分析 Sentiment" not in [s.value for s in at.subheader] and not at.metric
     # whisper-base has no fine-tuned language: detected, with its probability

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="txt = one line per text; json = {model, results, overall}; default: json for an "
                              "--output ending in .json, else txt")
     parser.add_argument("--output", type=optional_path, default=None,
-                        help="write the output to this file (atomically) instead of stdout")
+                        help="write the output to this file (atomically) instead of stdout (- = stdout)")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per model call (Hugging Face models)")
     parser.add_argument("--device", type=str, default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps")
     add_bool(parser, "local_files_only", False, "never contact the model hub")
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.text is not None and (empty := [k for k, t in enumerate(args.text, 1) if not t.strip()]):
         parser.error(f"--text number {', '.join(map(str, empty))} of {len(args.text)} is empty (an empty text would "
                      "count as neutral); leave it out")
+    if args.output == STDIN:  # as --input=-: standard output (it wrote a file named "-")
+        args.output = None
     check_output_path(parser, "--output", args.output, folder=False)
     if args.output_format is None:  # --output=x.json held the text report (no JSON reader could load it)
         args.output_format = "json" if args.output is not None and args.output.lower().endswith(".json") else "txt"

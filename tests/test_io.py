@@ -147,8 +147,31 @@ def test_a_link_or_a_pipe_is_written_through_not_replaced(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")), daemon=True)
     reader.start()
     write_text_atomic(fifo, "through the pipe")
     reader.join(timeout=10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_replaced_file_keeps_its_permissions_and_manifests_go_through_links_too(tmp_path):
+    """A private (0600) file reached through a link was replaced by a 0644 one; write_together replaced a linked
+    train.json by a file of its own (its target kept the old text); /dev/stdout of a shell's ``>> log`` resolves to
+    the log file, which was replaced (what it held was lost)."""
+    from utils.io import _replaced, write_jsonlines_together, write_text_atomic
+
+    private = tmp_path / "private.txt"
+    private.write_text("old", encoding="utf-8")
+    private.chmod(0o600)
+    link = tmp_path / "link.txt"
+    link.symlink_to(private)
+    write_text_atomic(link, "new")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text(encoding="utf-8") == "new"
+    target = tmp_path / "data" / "train.json"
+    target.parent.mkdir()
+    target.write_text("{}\n", encoding="utf-8")
+    (tmp_path / "train.json").symlink_to(target)
+    write_jsonlines_together({tmp_path / "train.json": [{"sentence": "好"}]})
+    assert (tmp_path / "train.json").is_symlink() and json.loads(target.read_text(encoding="utf-8")) == {"sentence": "好"}
+    assert _replaced("/dev/stdout") is None and _replaced("/proc/self/fd/1") is None and _replaced("/dev/null") is None
+    assert _replaced(tmp_path / "new.txt") == tmp_path / "new.txt"

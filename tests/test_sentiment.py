@@ -496,6 +496,10 @@ def test_main_rejects_bad_flags(argv):
     ("成绩下降了", "negative"),
     ("性价比很高", "positive"),
     ("一点问题都没有", "positive"),
+    ("菜不够新鲜", "negative"),  # 不够 negates the word after it (neutral: -1 + 1, a review's mend)
+    ("钱不够", "negative"),
+    ("这个问题解决不了", "negative"),
+    ("累得喘不过气", "negative"),  # the 不过 of a lexicon word is no contrast
 ])
 def test_lexicon_rules(text, label):
     assert load_sentiment_model("lexicon").predict([text])[0].label == label
@@ -607,6 +611,9 @@ def test_the_report_never_replaces_its_input_and_a_json_output_is_json(tmp_path,
     assert texts.read_text(encoding="utf-8") == "很好\n"
     assert sentiment_analysis.main([f"--input={texts}", f"--output={tmp_path / 'r.json'}"]) == 0
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["results"][0]["label"] == "positive"
+    capsys.readouterr()
+    assert sentiment_analysis.main([f"--input={texts}", "--output=-"]) == 0  # as --input=-: standard output
+    assert capsys.readouterr().out.startswith("positive") and not (REPO_ROOT / "-").exists()
 
 
 def test_a_reader_that_stops_early_ends_no_traceback(tmp_path):

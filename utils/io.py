@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,6 +25,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _replaced(path: str | os.PathLike) -> Path | None:
+    """The file an atomic write to ``path`` replaces: ``path``, or a link's target (the link kept); None where it must
+    be written directly: a path that exists and is no regular file (a FIFO, a device), and anything under /dev or
+    /proc (/dev/stdout of a shell's ``>> log`` resolves to the log file: replacing it lost what it held)."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")) or (os.path.exists(path) and not os.path.isfile(path)
+                                                    and not os.path.isdir(path)):
+        return None
+    return Path(os.path.realpath(path))
+
+
+def _keep_mode(tmp: str, target: Path) -> None:
+    """Give the temporary file that replaces ``target`` its permissions (a private 0600 file stays private)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
 
 
 @contextlib.contextmanager
@@ -52,15 +70,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     replaced, the link kept); a path that is no regular file (a FIFO, /dev/null, /dev/stdout) is written directly:
     replacing it put a regular file where the pipe or the device was (as root: /dev/null).
     """
-    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+    target = _replaced(path)
+    if target is None:
         with open(path, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
         return
-    path = os.path.realpath(path)
-    with _temporary_file(Path(path), mode, encoding) as (f, tmp):
+    with _temporary_file(target, mode, encoding) as (f, tmp):
         yield f
     try:
-        os.replace(tmp, path)
+        _keep_mode(tmp, target)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -107,7 +126,7 @@ def write_together(files: Mapping[str | os.PathLike, Callable[[IO[str]], Any]]) 
     """Write several UTF-8 text files, each by its writer (called with the open file), so that all of them are
     replaced or none: each is written to a temporary file first (a full disk, a folder in the way or Ctrl-C leaves
     every old file as it was), then all are renamed."""
-    paths = [Path(p) for p in files]
+    paths = [Path(os.path.realpath(p)) for p in files]  # a link's target is replaced, the link kept
     for path in paths:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file; move it away", str(path))
@@ -119,6 +138,7 @@ def write_together(files: Mapping[str | os.PathLike, Callable[[IO[str]], Any]]) 
                 write(f)
             temps.append(tmp)
         for tmp, path in zip(temps, paths):
+            _keep_mode(tmp, path)
             os.replace(tmp, path)
             renamed += 1
     finally:

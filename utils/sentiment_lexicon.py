@@ -45,7 +45,7 @@ NEGATIVE_WORDS = """
 不爽 差劲 差评 糟透 倒霉 晦气 恐怖 可怕 吓人 悲伤 哭 抱怨 吐槽 坑人 宰客 忽悠 出错 错误 缺陷 漏洞 瑕疵 毛病 破损
 弄丢 不道歉 迟迟 拖延 怠慢 无理 粗鲁 傲慢 冷淡 困难 艰难 贵了 涨价 下跌 亏损 倒闭 失业 贫困 暴跌 严重 惨 输得 病倒
 跟不上 听不懂 看不懂 不理 没人管 没人修 没人理 不算话 不算数 不信 等了半天 半天也不 没效果 没有效果 效果都没有 放不下 没电 快没电 没油 快没油 快没时间 没信号 没网 卖完 卖光 售罄 没票
-流感 感冒 发烧 咳嗽 下降 退步 再也不来 再也不买 再也不去 不会再来 不会再买 性价比低 性价比不高
+流感 感冒 发烧 咳嗽 解决不了 没法解决 无法解决 下降 退步 再也不来 再也不买 再也不去 不会再来 不会再买 性价比低 性价比不高
 装不下 坐不下 枯燥 听不下去 白跑 用不了 打不开 连不上 吃不饱 不够 不行 不好 不值 白花钱 上当 受骗 扣钱 罚款 哪儿也去不了
 """
 
@@ -59,7 +59,9 @@ NEUTRAL_WORDS = """
 """
 
 NEGATORS = ("一点都不", "一点也不", "根本不", "根本没", "并不", "并没有", "从不", "从没", "毫不", "绝不", "没有", "不是",
-            "不太", "不怎么", "不", "没", "无", "别", "未")
+            "不太", "不怎么", "不够", "不", "没", "无", "别", "未")
+# negative words that negate the lexicon word right after them instead (钱不够 negative, 不够新鲜 "not fresh enough")
+_NEGATING_WORDS = frozenset({"不够"})
 _NEGATORS_ONE_AWAY = tuple(n for n in NEGATORS if n not in ("无", "别", "未", "不是"))  # 没睡好, 不太懂: one verb between
 DEGREE_UP = ("非常", "特别", "十分", "格外", "极其", "超级", "相当", "实在", "真是", "真的", "越来越", "太", "很", "超", "真",
              "挺", "极", "最", "更", "好")
@@ -85,7 +87,8 @@ def _word_set(block: str) -> frozenset[str]:
 _POSITIVE = _word_set(POSITIVE_WORDS)
 _NEGATIVE = _word_set(NEGATIVE_WORDS)
 _NEUTRAL = _word_set(NEUTRAL_WORDS) - {"没问题"}
-_LONGEST = max(len(w) for w in _POSITIVE | _NEGATIVE | _NEUTRAL)
+_LEXICON = _POSITIVE | _NEGATIVE | _NEUTRAL
+_LONGEST = max(len(w) for w in _LEXICON)
 
 
 def _clauses(text: str) -> list[tuple[str, float]]:
@@ -116,11 +119,18 @@ def _contrast_at(part: str) -> int | None:
     word (可爱, 可怕) is none."""
     for word in CONTRASTS:
         at = part.find(word, 1)
-        while at != -1 and word == "可" and part[at + 1: at + 2] in _NOT_CONTRAST_AFTER_KE and part[at + 1: at + 2]:
+        while at != -1 and (word == "可" and part[at + 1: at + 2] in _NOT_CONTRAST_AFTER_KE and part[at + 1: at + 2]
+                            or _in_a_word(part, at)):
             at = part.find(word, at + 1)
         if at != -1:
             return at
     return None
+
+
+def _in_a_word(part: str, at: int) -> bool:
+    """Whether a lexicon word that starts before ``part[at]`` holds it (the 不过 of 喘不过气 is no contrast)."""
+    return any(part[j: j + n] in _LEXICON for j in range(max(0, at - _LONGEST + 1), at)
+               for n in range(at - j + 1, _LONGEST + 1))
 
 
 def _modifier(clause: str, start: int, floor: int = 0) -> float:
@@ -157,8 +167,12 @@ def _good_as_degree(clause: str, after: int) -> bool:
         return False
     if clause[after] in _GOOD_AS_DEGREE:
         return True
-    return any(clause[after: after + n] in _POSITIVE or clause[after: after + n] in _NEGATIVE
-               for n in range(1, _LONGEST + 1))
+    return _lexicon_word_at(clause, after)
+
+
+def _lexicon_word_at(clause: str, at: int) -> bool:
+    """Whether a positive or negative lexicon word starts at ``clause[at]``."""
+    return any(clause[at: at + n] in _POSITIVE or clause[at: at + n] in _NEGATIVE for n in range(1, _LONGEST + 1))
 
 
 def clause_score(clause: str) -> tuple[float, int]:
@@ -173,6 +187,8 @@ def clause_score(clause: str) -> tuple[float, int]:
             polarity = 1.0 if word in _POSITIVE else -1.0 if word in _NEGATIVE else 0.0
             if word == "好" and _good_as_degree(clause, i + 1):
                 polarity = 0.0  # 好冷, 好难吃: "so"; the word after it is scored with 好 as its degree adverb
+            elif word in _NEGATING_WORDS and _lexicon_word_at(clause, i + length):
+                polarity = 0.0  # 不够新鲜: the word after it is scored negated
             if polarity and not (length == 1 and word in NEGATORS):
                 negator_inside = any(word.startswith(n) for n in NEGATORS) and length > 1
                 if negator_inside:  # 不好, 没效果: negative already; a negator before it cancels (不是不好)

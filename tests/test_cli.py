@@ -194,8 +194,10 @@ def test_main_called_by_an_app_leaves_the_apps_logging_level_alone():
     try:
         root.handlers[:] = [app]
         root.setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.DEBUG)  # the app's choice for a third-party logger
         setup_logging(False)
         assert root.handlers == [app] and root.level == logging.WARNING
+        assert logging.getLogger("httpx").level == logging.DEBUG
         assert not logging.getLogger("myapp").isEnabledFor(logging.INFO)
         assert logging.getLogger("utils.transcribe").isEnabledFor(logging.INFO)
         assert logging.getLogger("infer").isEnabledFor(logging.INFO)
@@ -209,6 +211,7 @@ def test_main_called_by_an_app_leaves_the_apps_logging_level_alone():
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
         setup_logging(False)
 
 

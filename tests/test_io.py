@@ -173,5 +173,31 @@ def test_a_replaced_file_keeps_its_permissions_and_manifests_go_through_links_to
     (tmp_path / "train.json").symlink_to(target)
     write_jsonlines_together({tmp_path / "train.json": [{"sentence": "好"}]})
     assert (tmp_path / "train.json").is_symlink() and json.loads(target.read_text(encoding="utf-8")) == {"sentence": "好"}
-    assert _replaced("/dev/stdout") is None and _replaced("/proc/self/fd/1") is None and _replaced("/dev/null") is None
-    assert _replaced(tmp_path / "new.txt") == tmp_path / "new.txt"
+    assert _replaced("/dev/null") is None and _replaced(tmp_path / "new.txt") == tmp_path / "new.txt"
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "link"])
+def test_writing_to_our_own_stdout_appends_where_the_shell_sent_it(tmp_path, name):
+    """``--output=/dev/stdout >> log``: /dev/stdout resolves to the log file, which was replaced (and opening it
+    again truncates it): the log lost what it held. Now the write goes to the descriptor the shell opened."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    log = tmp_path / "log.txt"
+    log.write_text("earlier run\n", encoding="utf-8")
+    target = name
+    if name == "link":  # a link to /dev/stdout outside /dev
+        (tmp_path / "out.txt").symlink_to("/dev/stdout")
+        target = str(tmp_path / "out.txt")
+    with open(log, "a", encoding="utf-8") as out:
+        subprocess.run([sys.executable, "-c", f"from utils.io import write_text_atomic; "
+                        f"write_text_atomic({target!r}, 'report\\n')"], stdout=out, cwd=REPO_ROOT, check=True)
+    assert log.read_text(encoding="utf-8") == "earlier run\nreport\n"
+    atomic_scratch = tmp_path / "shm-like" / "m.json"  # a plain path is still written atomically, folders made
+    write_json_atomic(atomic_scratch, {"v": 1})
+    with pytest.raises(KeyboardInterrupt), atomic_open(atomic_scratch) as f:
+        f.write('{"partial')
+        raise KeyboardInterrupt
+    assert json.loads(atomic_scratch.read_text(encoding="utf-8")) == {"v": 1}

@@ -497,9 +497,10 @@ def test_main_rejects_bad_flags(argv):
     ("性价比很高", "positive"),
     ("一点问题都没有", "positive"),
     ("菜不够新鲜", "negative"),  # 不够 negates the word after it (neutral: -1 + 1, a review's mend)
-    ("钱不够", "negative"),
+    ("人手不够累死了", "negative"),  # 不够 before a negative word: not a negator of it (it read positive)
+    ("钱不够快递费", "negative"),  # ... nor before a neutral word (neutral)
     ("这个问题解决不了", "negative"),
-    ("累得喘不过气", "negative"),  # the 不过 of a lexicon word is no contrast
+    ("喘不过气", "negative"),  # the 不过 of a lexicon word is no contrast (喘 | 气: neutral)
 ])
 def test_lexicon_rules(text, label):
     assert load_sentiment_model("lexicon").predict([text])[0].label == label

@@ -441,7 +441,7 @@ def setup_logging(verbose: bool = False) -> None:
     for name in _OWN_LOGGERS:  # under the toolkit's own handler they follow the root logger
         if mine or name != "__main__":  # an app's script is __main__ itself
             logging.getLogger(name).setLevel(logging.NOTSET if mine else level)
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba"):
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "numba") if mine else ():  # an app's: its own
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     for name, demote in _DEMOTED.items():
         if demote not in logging.getLogger(name).filters:

@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -27,13 +28,37 @@ def _umask() -> int:
     return mask
 
 
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/\d+/fd)/(\d+)|/dev/std(in|out|err)")
+
+
+def _descriptor(path: str | os.PathLike) -> int | None:
+    """The file descriptor of this process that ``path`` names, directly or through links (/dev/stdout, /dev/fd/1,
+    /proc/self/fd/1, a link to one of them): /dev/stdout of a shell's ``>> log`` resolves to the log file, and
+    replacing it, or opening it again (which truncates it), lost what the log held."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # links followed one at a time (a loop of links ends here)
+        match = _FD_PATH.fullmatch(current)
+        if match:
+            if match.group(1) is not None and not current.startswith(("/dev/fd/", "/proc/self/fd/",
+                                                                       f"/proc/{os.getpid()}/fd/")):
+                return None  # another process's descriptor: not ours to write
+            return int(match.group(1)) if match.group(1) is not None else ("in", "out", "err").index(match.group(2))
+        parent, name = os.path.split(current)
+        real_parent = os.path.realpath(parent)  # a link in a folder of the path (/tmp/d -> /dev: /tmp/d/stdout)
+        current = os.path.join(real_parent, name)
+        if _FD_PATH.fullmatch(current):
+            continue
+        if not os.path.islink(current):
+            return None
+        current = os.path.normpath(os.path.join(real_parent, os.readlink(current)))
+    return None
+
+
 def _replaced(path: str | os.PathLike) -> Path | None:
     """The file an atomic write to ``path`` replaces: ``path``, or a link's target (the link kept); None where it must
-    be written directly: a path that exists and is no regular file (a FIFO, a device), and anything under /dev or
-    /proc (/dev/stdout of a shell's ``>> log`` resolves to the log file: replacing it lost what it held)."""
-    absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/", "/proc/")) or (os.path.exists(path) and not os.path.isfile(path)
-                                                    and not os.path.isdir(path)):
+    be written directly: a path that exists and is no regular file (a FIFO, a device: as root, /dev/null was replaced
+    by a regular file)."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         return None
     return Path(os.path.realpath(path))
 
@@ -70,6 +95,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     replaced, the link kept); a path that is no regular file (a FIFO, /dev/null, /dev/stdout) is written directly:
     replacing it put a regular file where the pipe or the device was (as root: /dev/null).
     """
+    fd = _descriptor(path)
+    if fd is not None:  # our own stdout (a shell's ``>> log``): written where it points, appended as the shell asked
+        with os.fdopen(os.dup(fd), mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+        return
     target = _replaced(path)
     if target is None:
         with open(path, mode, encoding=None if "b" in mode else encoding) as f:

@@ -175,6 +175,11 @@ def _lexicon_word_at(clause: str, at: int) -> bool:
     return any(clause[at: at + n] in _POSITIVE or clause[at: at + n] in _NEGATIVE for n in range(1, _LONGEST + 1))
 
 
+def _word_at(clause: str, at: int) -> str | None:
+    """The lexicon word (positive, negative or neutral) the scan picks at ``clause[at]``: the longest; None."""
+    return next((clause[at: at + n] for n in range(_LONGEST, 0, -1) if clause[at: at + n] in _LEXICON), None)
+
+
 def clause_score(clause: str) -> tuple[float, int]:
     """(sum of word polarities with their modifiers, number of lexicon words) of one clause."""
     score, hits, i, last_end = 0.0, 0, 0, 0
@@ -187,8 +192,8 @@ def clause_score(clause: str) -> tuple[float, int]:
             polarity = 1.0 if word in _POSITIVE else -1.0 if word in _NEGATIVE else 0.0
             if word == "好" and _good_as_degree(clause, i + 1):
                 polarity = 0.0  # 好冷, 好难吃: "so"; the word after it is scored with 好 as its degree adverb
-            elif word in _NEGATING_WORDS and _lexicon_word_at(clause, i + length):
-                polarity = 0.0  # 不够新鲜: the word after it is scored negated
+            elif word in _NEGATING_WORDS and _word_at(clause, i + length) in _POSITIVE:
+                polarity = 0.0  # 不够新鲜: the word after it is scored negated (not 人手不够累死了, 钱不够快递费)
             if polarity and not (length == 1 and word in NEGATORS):
                 negator_inside = any(word.startswith(n) for n in NEGATORS) and length > 1
                 if negator_inside:  # 不好, 没效果: negative already; a negator before it cancels (不是不好)

@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as e:  # an invalid item of a stream
         logger.error("%s", e)
         return 1
+    except KeyboardInterrupt:  # one line, not PyTorch's traceback from inside generate()
+        logger.error("interrupted: no report written")
+        return 130
     if not report["utterances_scored"]:
         logger.error("no clip of %s could be read (%d, named above): no report written", args.test_data,
                      report["utterances_failed"])

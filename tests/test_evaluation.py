@@ -542,3 +542,15 @@ def test_compare_finds_its_general_set_from_any_folder_and_none_means_none(tmp_p
     for empty in ("--general_data=", "--general_data=None"):
         assert evaluation.main(["--compare", "a", "b", "--device=cpu", empty]) == 1
     assert read == [] and "not found" not in caplog.text
+
+
+def test_ctrl_c_while_decoding_is_one_line_and_exit_130(tiny_whisper_dir, zh_wav, tmp_path, monkeypatch, caplog):
+    """The only pipeline script without it: Ctrl-C printed PyTorch's traceback from inside generate()."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    manifest = _manifest(tmp_path / "zh.json", [(zh_wav, "今天天气很好。")])
+    assert evaluation.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--test_data", str(manifest),
+                            "--output", str(tmp_path / "r.json")]) == 130
+    assert "interrupted: no report written" in caplog.text and not (tmp_path / "r.json").exists()

@@ -1378,6 +1378,26 @@ def test_no_speech_clips_teach_no_speech_and_an_empty_forced_transcript(whisper_
     assert int(after[-1].argmax()) == tokens.end_of_text
 
 
+def test_ctrl_c_while_a_checkpoint_is_saved_leaves_no_staging_folder(tiny_whisper_dir, corpus, tmp_path,
+                                                                      monkeypatch):
+    """Ctrl-C while checkpoint-4 was written left .tmp-checkpoint-4 (partly written) in the run's folder; checkpoint-2
+    stays as it was."""
+    import utils.trainer
+
+    real_save = torch.save
+
+    def interrupted_at_step_4(obj, path, *args, **kwargs):
+        if ".tmp-checkpoint-4" in str(path) and str(path).endswith("scheduler.pt"):
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(utils.trainer.torch, "save", interrupted_at_step_4)
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_whisper_dir, corpus, out, eval_steps=0)) == 130
+    run = out / tiny_whisper_dir.name
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]
+
+
 def test_ctrl_c_during_training_says_where_it_stopped_and_how_to_resume(tiny_whisper_dir, corpus, tmp_path,
                                                                           monkeypatch, caplog):
     """Ctrl-C while training printed a 110-line traceback; now one line with the step and how to resume, exit 130.

@@ -214,6 +214,25 @@ def test_ctrl_c_while_merging_is_one_line_and_exit_130(adapter_dir, tiny_whisper
     assert "interrupted: no half-written folder is left" in caplog.text and not any(tmp_path.iterdir())
 
 
+def test_ctrl_c_during_the_ct2_export_says_the_old_copy_is_stale(adapter_dir, tiny_whisper_dir, tmp_path,
+                                                                   monkeypatch, caplog):
+    """--overwrite=True --ct2=True, Ctrl-C after the merge was published: the -ct2 folder was still the previous
+    model's copy, and the message said only "no half-written folder is left" (the web UI picks -ct2 on a CPU)."""
+    out = tmp_path / "models"
+    stale = out / f"{tiny_whisper_dir.name}-finetune-ct2"
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_bytes(b"the previous model")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge_lora, "export_ct2", interrupted)
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={out}", f"--base_model={tiny_whisper_dir}",
+                            "--overwrite=True", "--ct2=True"]) == 130
+    assert f"{stale} is still the previous model's copy, not this merge's" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def test_merged_dir_name():
     assert merge_lora.merged_dir_name("openai/whisper-tiny") == "whisper-tiny-finetune"
     assert merge_lora.merged_dir_name("models/whisper-base/") == "whisper-base-finetune"

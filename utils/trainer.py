@@ -669,6 +669,18 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        try:
+            self._write_checkpoint(tmp, target, full, rng_states)
+        except BaseException:  # Ctrl-C or a full disk while saving: no .tmp-checkpoint-N left behind
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        acc.wait_for_everyone()
+        return target
+
+    def _write_checkpoint(self, tmp: Path, target: Path, full: bool, rng_states: Any) -> None:
+        """:meth:`_save`'s writing into ``tmp`` and its publishing as ``target``."""
+        acc = self.accelerator
         sharded = full and self._deepspeed
         if sharded:  # ZeRO splits the optimizer state across ranks: every rank saves its own partition
             acc.wait_for_everyone()
@@ -693,8 +705,6 @@ class Trainer:
             publish_dir(tmp, target, overwrite=True)
             if full:
                 _rotate_checkpoints(self.run_dir, self.options.save_total_limit, self.state.global_step)
-        acc.wait_for_everyone()
-        return target
 
     def _adalora_state(self) -> dict[str, Any]:
         """What resuming AdaLoRA needs beyond the optimizer: the full-rank adapter tensors (the saved adapter is
@@ -870,8 +880,12 @@ class Trainer:
             if self.accelerator.is_main_process:
                 tmp = self.run_dir / ".tmp-checkpoint-best"
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(source, tmp)
-                publish_dir(tmp, target, overwrite=True)
+                try:
+                    shutil.copytree(source, tmp)
+                    publish_dir(tmp, target, overwrite=True)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
             self.accelerator.wait_for_everyone()
             logger.info("copied %s (the resumed run's best) to %s", source, target)
             return

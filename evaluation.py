@@ -341,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--compare: give two different models (BASE FINETUNED)")
         output = args.output or "compare_report.json"
         check_output_path(parser, "--output", output, folder=False)
-        return compare(args, options, output)
+        try:
+            return compare(args, options, output)
+        except KeyboardInterrupt:  # two models decoded: the longest run, the likeliest Ctrl-C
+            logger.error("interrupted: no report written")
+            return 130
     output = args.output or default_report_name(args.model_path, args.test_data, args.metric)
     check_output_path(parser, "--output", output, folder=False)
     # 2. Data (a stream is read while decoding)

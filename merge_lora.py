@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 ct2_dir = export_ct2(output, args.quantization, overwrite=args.overwrite)
             except (KeyboardInterrupt, Exception) as e:  # the merge is published: an old CTranslate2 copy is stale
-                what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed ({e})"
+                what = "was interrupted" if isinstance(e, KeyboardInterrupt) else f"failed ({e})"
                 stale = ct2_dir_for(output)
-                logger.error("the CTranslate2 export of %s was %s%s; run the same command again", output, what,
+                logger.error("the CTranslate2 export of %s %s%s; run the same command again%s", output, what,
                              f": {stale} is still the previous model's copy, not this merge's" if stale.exists()
-                             else "")
+                             else "", "" if args.overwrite else " with --overwrite=True (the merge is published)")
                 return 130 if isinstance(e, KeyboardInterrupt) else 1
             logger.info("CTranslate2 model (%s) saved to %s", args.quantization, ct2_dir)
             print(ct2_dir)

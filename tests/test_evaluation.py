@@ -554,3 +554,8 @@ def test_ctrl_c_while_decoding_is_one_line_and_exit_130(tiny_whisper_dir, zh_wav
     assert evaluation.main(["--model_path", str(tiny_whisper_dir), "--device=cpu", "--test_data", str(manifest),
                             "--output", str(tmp_path / "r.json")]) == 130
     assert "interrupted: no report written" in caplog.text and not (tmp_path / "r.json").exists()
+    caplog.clear()
+    assert evaluation.main(["--compare", str(tiny_whisper_dir), f"{tiny_whisper_dir}/", "--device=cpu",
+                            "--test_data", str(manifest), "--general_data=None", "--output",
+                            str(tmp_path / "c.json")]) == 130
+    assert "interrupted: no report written" in caplog.text and not (tmp_path / "c.json").exists()

@@ -176,7 +176,7 @@ def test_a_replaced_file_keeps_its_permissions_and_manifests_go_through_links_to
     assert _replaced("/dev/null") is None and _replaced(tmp_path / "new.txt") == tmp_path / "new.txt"
 
 
-@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "link"])
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "/proc/thread-self/fd/1", "link", "dotdot"])
 def test_writing_to_our_own_stdout_appends_where_the_shell_sent_it(tmp_path, name):
     """``--output=/dev/stdout >> log``: /dev/stdout resolves to the log file, which was replaced (and opening it
     again truncates it): the log lost what it held. Now the write goes to the descriptor the shell opened."""
@@ -191,6 +191,9 @@ def test_writing_to_our_own_stdout_appends_where_the_shell_sent_it(tmp_path, nam
     if name == "link":  # a link to /dev/stdout outside /dev
         (tmp_path / "out.txt").symlink_to("/dev/stdout")
         target = str(tmp_path / "out.txt")
+    elif name == "dotdot":  # ".." after a link to a folder of /dev is /dev: not the path's text collapsed
+        (tmp_path / "shm").symlink_to("/dev/shm")
+        target = str(tmp_path / "shm" / ".." / "stdout")
     with open(log, "a", encoding="utf-8") as out:
         subprocess.run([sys.executable, "-c", f"from utils.io import write_text_atomic; "
                         f"write_text_atomic({target!r}, 'report\\n')"], stdout=out, cwd=REPO_ROOT, check=True)

@@ -231,6 +231,16 @@ def test_ctrl_c_during_the_ct2_export_says_the_old_copy_is_stale(adapter_dir, ti
                             "--overwrite=True", "--ct2=True"]) == 130
     assert f"{stale} is still the previous model's copy, not this merge's" in caplog.text
     assert "Traceback" not in caplog.text
+    caplog.clear()  # without --overwrite the merge now stands in the way of the same command: say so
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter broke")
+
+    monkeypatch.setattr(merge_lora, "export_ct2", broken)
+    assert merge_lora.main([f"--lora_model={adapter_dir}", f"--output_dir={tmp_path / 'fresh'}",
+                            f"--base_model={tiny_whisper_dir}", "--ct2=True"]) == 1
+    assert "export of" in caplog.text and "failed (converter broke); run the same command again with " \
+        "--overwrite=True (the merge is published)" in caplog.text
 
 
 def test_merged_dir_name():

@@ -28,29 +28,29 @@ def _umask() -> int:
     return mask
 
 
-_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/\d+/fd)/(\d+)|/dev/std(in|out|err)")
+_FD_PATH = re.compile(r"/(?:dev|proc/(?:self|thread-self|(?P<pid>\d+))(?:/task/\d+)?)/fd/(?P<fd>\d+)"
+                      r"|/dev/std(?P<std>in|out|err)")
 
 
 def _descriptor(path: str | os.PathLike) -> int | None:
     """The file descriptor of this process that ``path`` names, directly or through links (/dev/stdout, /dev/fd/1,
     /proc/self/fd/1, a link to one of them): /dev/stdout of a shell's ``>> log`` resolves to the log file, and
     replacing it, or opening it again (which truncates it), lost what the log held."""
-    current = os.path.abspath(path)
+    current = os.path.join(os.getcwd(), os.fspath(path))  # not normalised: ".." after a link is the link's parent's
     for _ in range(40):  # links followed one at a time (a loop of links ends here)
         match = _FD_PATH.fullmatch(current)
         if match:
-            if match.group(1) is not None and not current.startswith(("/dev/fd/", "/proc/self/fd/",
-                                                                       f"/proc/{os.getpid()}/fd/")):
+            if match["pid"] is not None and int(match["pid"]) != os.getpid():
                 return None  # another process's descriptor: not ours to write
-            return int(match.group(1)) if match.group(1) is not None else ("in", "out", "err").index(match.group(2))
+            return int(match["fd"]) if match["fd"] is not None else ("in", "out", "err").index(match["std"])
         parent, name = os.path.split(current)
-        real_parent = os.path.realpath(parent)  # a link in a folder of the path (/tmp/d -> /dev: /tmp/d/stdout)
+        real_parent = os.path.realpath(parent)  # links in its folders resolved (/tmp/d -> /dev: /tmp/d/stdout)
         current = os.path.join(real_parent, name)
         if _FD_PATH.fullmatch(current):
             continue
         if not os.path.islink(current):
             return None
-        current = os.path.normpath(os.path.join(real_parent, os.readlink(current)))
+        current = os.path.join(real_parent, os.readlink(current))
     return None
 
 
@@ -97,7 +97,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     """
     fd = _descriptor(path)
     if fd is not None:  # our own stdout (a shell's ``>> log``): written where it points, appended as the shell asked
-        with os.fdopen(os.dup(fd), mode, encoding=None if "b" in mode else encoding) as f:
+        try:
+            f = os.fdopen(os.dup(fd), mode, encoding=None if "b" in mode else encoding)
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror} (descriptor {fd} is not open)", os.fspath(path)) from None
+        with f:
             yield f
         return
     target = _replaced(path)

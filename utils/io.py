@@ -63,6 +63,18 @@ def _replaced(path: str | os.PathLike) -> Path | None:
     return Path(os.path.realpath(path))
 
 
+def _opened_directly(path: str | os.PathLike, fd: int | None, mode: str, encoding: str | None) -> IO[Any]:
+    """``path`` opened to be written where it points: through a copy of this process's descriptor ``fd`` (appended as
+    the shell asked), or by its name (a FIFO, a device)."""
+    encoding = None if "b" in mode else encoding
+    if fd is None:
+        return open(path, mode, encoding=encoding)
+    try:
+        return os.fdopen(os.dup(fd), mode, encoding=encoding)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (descriptor {fd} is not open)", os.fspath(path)) from None
+
+
 def _keep_mode(tmp: str, target: Path) -> None:
     """Give the temporary file that replaces ``target`` its permissions (a private 0600 file stays private)."""
     with contextlib.suppress(FileNotFoundError):
@@ -92,21 +104,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left untouched. A link is followed (its target is
-    replaced, the link kept); a path that is no regular file (a FIFO, /dev/null, /dev/stdout) is written directly:
-    replacing it put a regular file where the pipe or the device was (as root: /dev/null).
+    replaced, the link kept); this process's own descriptors (/dev/stdout: :func:`_descriptor`) and other paths that
+    are no regular file (a FIFO, /dev/null) are written directly: replacing them put a regular file where the pipe or
+    the device was (as root: /dev/null), or lost what a shell's ``>> log`` held.
     """
     fd = _descriptor(path)
-    if fd is not None:  # our own stdout (a shell's ``>> log``): written where it points, appended as the shell asked
-        try:
-            f = os.fdopen(os.dup(fd), mode, encoding=None if "b" in mode else encoding)
-        except OSError as e:
-            raise OSError(e.errno, f"{e.strerror} (descriptor {fd} is not open)", os.fspath(path)) from None
-        with f:
-            yield f
-        return
-    target = _replaced(path)
+    target = None if fd is not None else _replaced(path)
     if target is None:
-        with open(path, mode, encoding=None if "b" in mode else encoding) as f:
+        with _opened_directly(path, fd, mode, encoding) as f:
             yield f
         return
     with _temporary_file(target, mode, encoding) as (f, tmp):

@@ -224,10 +224,9 @@ def load_adapter_weights(peft_model, adapter_dir: str | os.PathLike) -> None:
     path = adapter_weights_file(adapter_dir)
     try:
         result = set_peft_model_state_dict(peft_model, _read_adapter_weights(path))
-    except RuntimeError as e:  # a "size mismatch for …" per layer
-        if "size mismatch" not in str(e):
+    except RuntimeError as e:
+        if (first := _first_size_mismatch(e)) is None:
             raise
-        first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
         raise AdapterError(f"{path}: adapter does not match the model ({first})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
@@ -267,6 +266,11 @@ def check_resumed_adapter(checkpoint: str | os.PathLike, wanted: dict,
     if differ:
         raise AdapterError(f"{checkpoint}: its adapter was trained with other settings: {'; '.join(differ)}. Resume "
                            "with the flags it was trained with, or start a new run in another --output_dir")
+
+
+def _first_size_mismatch(error: RuntimeError) -> str | None:
+    """The first line of torch's "size mismatch for …" error (one per layer: 153 lines), or None for another error."""
+    return next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), None)
 
 
 def _selected(targets: str | Sequence[str], module_names: Sequence[str]) -> set[str]:
@@ -315,10 +319,9 @@ def merge_adapter(base_model: torch.nn.Module, adapter_dir: str | os.PathLike) -
                                 category=RuntimeWarning)
         try:
             peft_model = PeftModel.from_pretrained(base_model, os.fspath(adapter_dir))
-        except RuntimeError as e:  # a 153-line "size mismatch for …" per layer
-            if "size mismatch" not in str(e):
+        except RuntimeError as e:
+            if (first := _first_size_mismatch(e)) is None:
                 raise
-            first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
             raise ValueError(f"{misfit}: {first}; merge it into the model it was trained on") from None
         except AttributeError as e:  # AdaLoRA sizes its layers by rank pattern first: "ModuleList has no attribute `4`"
             if not re.search(r"has no attribute `\d+`", str(e)):

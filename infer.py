@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(d, "remove_pun", False, "remove punctuation from the output")
     o = parser.add_argument_group("output")
     o.add_argument("--output_format", type=output_format_arg, default=None, choices=[*OUTPUT_FORMATS, "all"],
-                   help="write files of this format into --output_dir (default txt when --output_dir is given)")
+                   action="append", help="write files of this format into --output_dir (default txt when "
+                                         "--output_dir is given); give it again for more formats, or 'all'")
     o.add_argument("--output_dir", type=optional_path, default=None, help="folder for output files (default: output)")
     o.add_argument("--max_line_width", type=int, default=42,
                    help="SRT/VTT: columns a cue's line holds (a Chinese character takes two); a longer segment is "
@@ -179,7 +180,7 @@ def options_from_args(args: argparse.Namespace) -> DecodeOptions:
         initial_prompt=args.initial_prompt,
         hotwords=args.hotwords,
         word_timestamps=args.word_timestamps,
-        decode_stats=args.output_format in ("json", "all"),  # the JSON file holds them
+        decode_stats=bool({"json", "all"} & set(args.output_format or ())),  # the JSON file holds them
     )
 
 
@@ -255,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--use_compile and --dtype apply to --backend=transformers; for ct2 use --compute_type")
     formats = None
     if args.output_format is not None or args.output_dir is not None:
-        fmt = args.output_format or "txt"
-        formats = list(OUTPUT_FORMATS) if fmt == "all" else [fmt]
+        asked = args.output_format or ["txt"]  # the flag given twice writes both formats (the last one was kept)
+        formats = list(OUTPUT_FORMATS) if "all" in asked else list(dict.fromkeys(asked))
     if args.timestamps is None:  # subtitles and JSON segments need segment times: without them a cue or a
         # JSON segment is a whole 30 s chunk (a 57 s file's JSON held 2 segments of 27 s; with timestamps 12 sentences)
         args.timestamps = bool(formats and set(TIMED_FORMATS) & set(formats))

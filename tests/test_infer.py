@@ -284,6 +284,15 @@ def test_subtitles_turn_segment_timestamps_on_unless_told_not_to(tiny_whisper_di
     assert ("cue's time is its chunk's" in caplog.text) == ("--timestamps=False" in flags)
 
 
+def test_output_format_given_twice_writes_both(tiny_whisper_dir, en_wav, tmp_path):
+    """``--output_format=srt --output_format=json`` wrote the json alone (the last flag won, silently)."""
+    out = tmp_path / "out"
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), "--output_format=srt", "--output_format=json",
+                "--output_format=srt", f"--output_dir={out}", "--fallback=False") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["en.json", "en.srt"]
+    assert "temperature" in json.loads((out / "en.json").read_text(encoding="utf-8"))["segments"][0]
+
+
 def test_folder_with_bad_and_missing_files(tiny_whisper_dir, en_wav, tmp_path, caplog):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -204,3 +204,30 @@ def test_writing_to_our_own_stdout_appends_where_the_shell_sent_it(tmp_path, nam
         f.write('{"partial')
         raise KeyboardInterrupt
     assert json.loads(atomic_scratch.read_text(encoding="utf-8")) == {"v": 1}
+
+
+def test_manifests_written_together_go_into_a_pipe_or_our_stdout_directly(tmp_path):
+    """write_together (aishell.py's manifests, infer.py's formats) replaced a FIFO by a regular file and /dev/stdout of
+    a shell's ``>> log`` by a new file (the log lost what it held), as atomic_open did before."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import REPO_ROOT
+    from utils.io import write_jsonlines_together
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    write_jsonlines_together({fifo: [{"sentence": "管道"}], tmp_path / "test.json": [{"sentence": "好"}]})
+    reader.join(timeout=10)
+    assert got == ['{"sentence": "管道"}\n'] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert (tmp_path / "test.json").read_text(encoding="utf-8") == '{"sentence": "好"}\n'
+    log = tmp_path / "log.txt"
+    log.write_text("earlier run\n", encoding="utf-8")
+    with open(log, "a", encoding="utf-8") as out:
+        subprocess.run([sys.executable, "-c", "from utils.io import write_jsonlines_together; "
+                        "write_jsonlines_together({'/dev/stdout': [{'a': 1}]})"], stdout=out, cwd=REPO_ROOT, check=True)
+    assert log.read_text(encoding="utf-8") == 'earlier run\n{"a": 1}\n'

@@ -157,6 +157,9 @@ def test_english_words_in_chinese_text_and_a_mismatched_language(default_model, 
     language that does not fit the text scored it neutral without a word."""
     mixed = default_model.predict(["这个 app 很 good", "这个 app 很 bad", "这个 app 很好用, but slow"])
     assert [r.label for r in mixed] == ["positive", "negative", "positive"]  # the Chinese opinion word decides
+    negated = default_model.predict(["这个 app 不太 good", "这个 app 一点都不 good", "这个 app 没那么 bad",
+                                     "这个 app 有点 slow, 但是 great"])
+    assert [r.label for r in negated] == ["negative", "negative", "positive", "positive"]  # was VADER on good alone
     with caplog.at_level("WARNING"):
         assert load_sentiment_model(language="en").predict(["菜很难吃"]) == [SentimentResult("neutral", 0.5)]
     assert "not in the language given (en" in caplog.text

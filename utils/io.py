@@ -164,24 +164,33 @@ def write_jsonlines_together(files: Mapping[str | os.PathLike, Iterable[dict[str
 def write_together(files: Mapping[str | os.PathLike, Callable[[IO[str]], Any]]) -> None:
     """Write several UTF-8 text files, each by its writer (called with the open file), so that all of them are
     replaced or none: each is written to a temporary file first (a full disk, a folder in the way or Ctrl-C leaves
-    every old file as it was), then all are renamed."""
-    paths = [Path(os.path.realpath(p)) for p in files]  # a link's target is replaced, the link kept
-    for path in paths:
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file; move it away", str(path))
-    temps: list[str] = []
+    every old file as it was), then all are renamed. A path that must be written directly (as :func:`atomic_open`:
+    this process's descriptor, a FIFO, a device) is written after the temporary files, before the renames."""
+    targets: list[tuple[str | os.PathLike, int | None, Path | None]] = []
+    for name in files:
+        fd = _descriptor(name)
+        target = None if fd is not None else _replaced(name)  # a link's target is replaced, the link kept
+        if target is not None and target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file; move it away", str(target))
+        targets.append((name, fd, target))
+    temps: list[tuple[str, Path]] = []
     renamed = 0
     try:
-        for path, write in zip(paths, files.values()):
-            with _temporary_file(path, "w", "utf-8") as (f, tmp):
-                write(f)
-            temps.append(tmp)
-        for tmp, path in zip(temps, paths):
-            _keep_mode(tmp, path)
-            os.replace(tmp, path)
+        for (_, _, target), write in zip(targets, files.values()):
+            if target is not None:
+                with _temporary_file(target, "w", "utf-8") as (f, tmp):
+                    write(f)
+                temps.append((tmp, target))
+        for (name, fd, target), write in zip(targets, files.values()):
+            if target is None:
+                with _opened_directly(name, fd, "w", "utf-8") as f:
+                    write(f)
+        for tmp, target in temps:
+            _keep_mode(tmp, target)
+            os.replace(tmp, target)
             renamed += 1
     finally:
-        for tmp in temps[renamed:]:
+        for tmp, _ in temps[renamed:]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 

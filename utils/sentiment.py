@@ -32,6 +32,7 @@ Why these defaults (the margin, the lexicon and VADER), with the measurements be
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -202,6 +203,24 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
+@functools.lru_cache(maxsize=1)
+def _function_words_in_english() -> tuple[re.Pattern[str], dict[str, str]]:
+    """The lexicon's negators, degree words and contrasts as the English words VADER's rules know (不太 → "not",
+    很 → "very", 有点 → "slightly", 但是 → "but"); 好 and 可 are left (good, can)."""
+    from utils import sentiment_lexicon as lex
+
+    english = {**{w: "very" for w in lex.DEGREE_UP if w != "好"}, **{w: "slightly" for w in lex.DEGREE_DOWN},
+               **{w: "but" for w in lex.CONTRASTS if w != "可"}, **{w: "not" for w in lex.NEGATORS}}
+    return re.compile("|".join(sorted(map(re.escape, english), key=len, reverse=True))), english
+
+
+def _with_english_function_words(text: str) -> str:
+    """``text`` for VADER where the Chinese around English opinion words carries the negation: 这个 app 不太 good
+    read as "这个 app not good" (VADER saw good alone: positive)."""
+    pattern, english = _function_words_in_english()
+    return pattern.sub(lambda m: f" {english[m.group()]} ", text)
+
+
 class LanguageRouter(SentimentModel):
     """Sends each text to the backend of its language (CJK → ``zh``, else ``en``), or all to ``language``; a
     Chinese text in which the lexicon finds no opinion word but that holds English words is read by ``en``'s.
@@ -240,7 +259,8 @@ class LanguageRouter(SentimentModel):
         if self.language is None:  # Chinese with English words and no Chinese opinion word: "这个 app 很 good"
             latin = [i for i in groups.get("zh", []) if scores[i] == 0.5 and _LATIN_WORD.search(texts[i])]
             if latin:
-                for i, s in zip(latin, self._backend("en").positivity([texts[i] for i in latin]), strict=True):
+                mixed = [_with_english_function_words(texts[i]) for i in latin]
+                for i, s in zip(latin, self._backend("en").positivity(mixed), strict=True):
                     scores[i] = s
         return scores
 

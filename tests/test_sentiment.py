@@ -631,3 +631,22 @@ def test_a_reader_that_stops_early_ends_no_traceback(tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           executable="/bin/bash")
     assert proc.stdout.startswith("positive") and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_what_a_concession_concedes_runs_to_its_contrast_and_timed_segments_are_read_as_one_text(tmp_path):
+    """虽然 conceded only its own clause: 虽然环境很好，服务也很热情，价格便宜，可是菜不好吃 was positive 0.78 (the clauses
+    after the first weighed in full); the overall score of an srt or a live transcript's timed lines was the mean of
+    its cues, which a cue boundary inside a concession decided (a transcript JSON is read as one text)."""
+    from utils.sentiment_lexicon import lexicon_positivity
+
+    assert lexicon_positivity("虽然环境很好，服务也很热情，价格便宜，可是菜不好吃") <= 0.5
+    assert lexicon_positivity("虽然有点贵。服务很好，菜也好吃") > 0.8  # the sentence's end ends the concession
+    srt = tmp_path / "t.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:03,000\n虽然这家店环境很好，服务很热情，价格也便宜，\n\n"
+                   "2\n00:00:03,000 --> 00:00:05,000\n但是菜太难吃了，再也不来了。\n", encoding="utf-8")
+    live = tmp_path / "live.txt"
+    live.write_text("[00:00:01.000 --> 00:00:03.000] 虽然这家店环境很好，服务很热情，价格也便宜，\n"
+                    "[00:00:03.000 --> 00:00:05.000] 但是菜太难吃了，再也不来了。\n", encoding="utf-8")
+    for path in (srt, live):
+        report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(path))
+        assert report["overall"]["basis"] == "full_text" and report["overall"]["label"] == "negative", report

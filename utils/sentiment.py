@@ -616,6 +616,9 @@ def _parse_inputs(text: str, path: Path, suffix: str) -> SentimentInput:
         items = [item for item in items if any(ch.isalnum() for ch in item.text)]
         if not items:
             raise SentimentInputError(f"{path}: no text to classify (every line is empty or punctuation)")
+        if all(item.start is not None for item in items):  # the timed segments of one recording (subtitles, a live
+            # transcript): overall is their whole text's, as for a transcript JSON (it was the mean of the lines)
+            return SentimentInput(items, join_texts([item.text for item in items]))
         return SentimentInput(items)
     if suffix in (".jsonl", ".jsonlines"):
         return _manifest_to_input(text, path)

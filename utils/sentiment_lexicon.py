@@ -73,6 +73,7 @@ _NOT_CONTRAST_AFTER_KE = "爱怕惜以靠口能笑怜观乐信行疑恶恨敬贵
 _CLAUSE_START_CONTRASTS = ("就是",)
 CONCESSIVE = ("虽然", "尽管", "虽说", "虽")
 _CLAUSE_BREAK = re.compile(r"[，,。.！!？?；;、\n]+")
+_SENTENCE_END = re.compile(r"[。.！!？?\n]")  # a clause break that ends a sentence (and what 虽然 concedes)
 # a negator reaches past them (不觉得好, 没让我失望)
 _NEGATION_BRIDGES = ("觉得", "认为", "感觉", "那么", "这么", "怎么", "让我", "让人", "让你", "令人", "使人")
 # after 好 a quantity or an adjective outside the lexicon makes it a degree adverb, "so" (好冷, 好多人, 好久)
@@ -92,12 +93,14 @@ _LONGEST = max(len(w) for w in _LEXICON)
 
 
 def _clauses(text: str) -> list[tuple[str, float]]:
-    """(clause, weight): the clause after a contrast word weighs 2, a concessive (虽然) clause 0.5."""
+    """(clause, weight): the clause after a contrast word weighs 2; a concessive (虽然) clause and the clauses after it
+    up to the contrast (or the sentence's end) 0.5: 虽然环境很好，服务很热情，但是菜有点难吃 concedes both."""
     out: list[tuple[str, float]] = []
-    for part in _CLAUSE_BREAK.split(text):
-        if not part:
-            continue
-        pieces = [part]
+    conceding = False
+    parts = _CLAUSE_BREAK.split(text)
+    breaks = _CLAUSE_BREAK.findall(text)
+    for i, part in enumerate(parts):
+        pieces = [part] if part else []
         at = _contrast_at(part)  # split "…，但是…" inside one punctuation clause too ("便宜却不好用")
         if at is not None:
             pieces = [part[:at], part[at:]]
@@ -106,11 +109,13 @@ def _clauses(text: str) -> list[tuple[str, float]]:
             contrast = next((w for w in CONTRASTS + _CLAUSE_START_CONTRASTS if piece.startswith(w)), None)
             if contrast is not None and (contrast != "可" or piece[1:2] not in _NOT_CONTRAST_AFTER_KE or
                                          not piece[1:2]):
-                weight = 2.0
+                weight, conceding = 2.0, False
                 piece = piece[len(contrast):]  # not read as a word: the 不 of 不过 negated what followed it
-            elif piece.startswith(CONCESSIVE):
-                weight = 0.5
+            elif piece.startswith(CONCESSIVE) or conceding:
+                weight, conceding = 0.5, True
             out.append((piece, weight))
+        if i < len(breaks) and _SENTENCE_END.search(breaks[i]):
+            conceding = False
     return out
 
 

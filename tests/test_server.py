@@ -289,6 +289,18 @@ def test_an_upload_far_over_the_limit_is_refused_with_its_size_from_content_leng
     assert message.startswith("the upload (30.0 MB) is larger than the server's limit of 2 MB"), message
 
 
+def test_a_client_gone_while_uploading_is_one_line_in_the_log(server):
+    """A client that closed its connection mid-upload left "Exception in ASGI application" and a 40-line traceback
+    (starlette's ClientDisconnect) in the log, as if the server had failed."""
+    host, port = server.url.split("//")[1].split(":")
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 1000000\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head + b"\0" * 20000)
+    _wait_for(lambda: "went away while uploading" in server.log.read_text())
+    assert "Traceback" not in server.log.read_text() and server.get("/health")[0] == 200
+
+
 def test_errors_outside_the_endpoints_are_openai_shaped(server, en_wav):
     """A form field over the 1 MB part limit, an unknown path and a wrong method were answered in plain text
     ("Part exceeded maximum size of 1024KB.", "Not Found"), which OpenAI's clients cannot read."""
@@ -606,6 +618,48 @@ def test_a_request_whose_client_went_away_frees_the_model():
         slow.n = 2
         transcript, _ = await service.transcribe(wav.getvalue(), "c.wav", {}, translate=False)
         assert transcript.text == "x x"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.close()
+
+
+def test_a_shutdown_answers_the_running_request_at_once_not_after_its_batch():
+    """The second Ctrl-C said "open requests answered 503" but a request whose file was one batch got its 503 only
+    when the batch was decoded (11-15 s for 44 s of audio, the result thrown away); now at once, and the worker
+    lives on to finish the batch without failing."""
+    import asyncio
+    import io
+
+    from utils.server import ApiError, ServerOptions, TranscriptionService
+
+    class OneBatch(_Slow):
+        def transcribe_segments(self, audio, options):
+            from utils.transcribe import Segment, TranscriptionInfo
+
+            def segments():
+                self.started.set()
+                time.sleep(3)  # one batch of chunks, decoded in one go
+                yield Segment(0.0, 1.0, "x")
+
+            return segments(), TranscriptionInfo("en", 1.0, 1.0, 1)
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(1600, np.float32), 16000, format="WAV")
+    model = OneBatch()
+    service = TranscriptionService({"one": model}, ServerOptions(request_timeout=120), max_queue=4)
+
+    async def scenario():
+        running = asyncio.ensure_future(service.transcribe(wav.getvalue(), "a.wav", {}, translate=False))
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 10)
+        t0 = time.monotonic()
+        service.cancel_all()
+        with pytest.raises(ApiError) as e:
+            await running
+        assert e.value.status == 503 and time.monotonic() - t0 < 2  # not the 3 s left of the batch
+        transcript, _ = await service.transcribe(wav.getvalue(), "b.wav", {}, translate=False)
+        assert transcript.text == "x"  # the worker finished the batch and took the next job
 
     try:
         asyncio.run(scenario())

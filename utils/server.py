@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,6 +88,15 @@ class Job:
         self.cancelled.set()
 
 
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``future`` its result or exception unless it has one (a shutdown answered the running job already)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
 class ModelWorker:
     """A loaded model, its bounded queue of jobs and the one thread that runs them in order."""
 
@@ -131,8 +140,8 @@ class ModelWorker:
             return sum(1 for job in self.jobs.queue if job is not None and not job.cancelled.is_set())
 
     def cancel_all(self) -> None:
-        """Answer every queued job 503 (the server is shutting down) at once, and stop the running one at its next
-        check (:meth:`_transcribe`), answered the same."""
+        """Answer every queued job and the running one 503 (the server is shutting down) at once; the running one
+        stops at its next check (:meth:`_transcribe`: a batch of chunks can take a minute), its result unwanted."""
         shutting_down = ApiError(503, "the server is shutting down", code="shutting_down")
         with contextlib.suppress(queue.Empty):
             while True:
@@ -143,6 +152,7 @@ class ModelWorker:
         running = self._current
         if running is not None:
             running.cancel(shutting_down)
+            _settle(running.future, error=shutting_down)  # the request answers now, not after the batch
 
     def stop(self, grace_s: float = 2.0) -> None:
         """End the worker. The HTTP server has answered every open request by now, so no job's result is wanted:
@@ -178,10 +188,7 @@ class ModelWorker:
             # counted before the request is answered: a client that asks /health right after its answer sees it done
             self.running, self._current = 0, None
             self.done += 1
-            if error is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(error)
+            _settle(job.future, result, error)
 
     def _transcribe(self, job: Job) -> Transcript:
         segments, info = self.transcriber.transcribe_segments(job.audio, job.options)
@@ -433,7 +440,7 @@ def build_app(service: TranscriptionService):
     """The Starlette application serving ``service``."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -491,6 +498,9 @@ def build_app(service: TranscriptionService):
                                                        gone=request.is_disconnected)
         except ApiError as e:
             return error(e)
+        except ClientDisconnect:  # gone while uploading (a traceback in the log, as if the server had failed)
+            logger.info("a client went away while uploading (%s): nothing decoded", request.url.path)
+            return Response(status_code=499)
         except ValueError as e:  # a malformed multipart body
             return error(ApiError(400, f"malformed request: {e}"))
         except HTTPException as e:  # starlette's multipart parser: a field over max_part_size, too many fields…

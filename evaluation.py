@@ -444,6 +444,18 @@ def compare(args, options: DecodeOptions, output: str) -> int:
     if clips_unreadable(target, target_at, args.test_data) or (
             general is not None and clips_unreadable(general, general_at, args.general_data)):
         return 1
+    # both models found before either decodes: a typo in the second was reported after the first had decoded every set
+    from utils.models import ct2_model_dir, resolve_model
+
+    for model in args.compare:
+        try:
+            if args.backends[model] == "ct2":
+                ct2_model_dir(model)
+            else:
+                resolve_model(model, local_files_only=args.local_files_only)
+        except ModelResolutionError as e:
+            logger.error("cannot use %s: %s", model, e)
+            return 2
     # each model's own task (without --task) checked before any model decodes: a model fine-tuned to translate,
     # second in the list, was refused after the first had decoded both sets
     tasks = {options.task} if args.task is not None else {fine_tuned_task(m) or "transcribe" for m in args.compare}

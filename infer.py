@@ -99,7 +99,8 @@ def collect_audio_files(paths: list[str]) -> list[str]:
     """Expand folders into their audio files (sorted, recursive; hidden files and folders, such as macOS's ``._*``
     copies, left out; a link to a missing file kept, to fail and be counted) and a glob pattern the shell did not
     expand (quoted, or typed in Windows cmd: ``'data/*.wav'`` was "not found") into the files it matches (sorted;
-    ``**`` recursive); files are kept as given, even missing ones."""
+    ``**`` recursive); files are kept as given, even missing ones, and each once (a file named twice, by another path
+    too, is transcribed once)."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -122,7 +123,14 @@ def collect_audio_files(paths: list[str]) -> list[str]:
             files += matched
         else:
             files.append(p)
-    return files
+    first: dict[str, str] = {}
+    for f in files:  # each file as first named
+        first.setdefault(os.path.realpath(f), f)
+    kept = list(first.values())
+    if len(kept) < len(files):  # the same file named twice (a folder and a file in it): it was decoded twice,
+        # its outputs written as name and name_1
+        logger.info("%d file(s) named more than once: each transcribed once", len(files) - len(kept))
+    return kept
 
 
 def _unique_stems(files: list[str]) -> list[str]:

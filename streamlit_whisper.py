@@ -237,7 +237,9 @@ def show_results(name: str, audio_bytes: bytes, result: dict[str, Any], sentimen
     if transcript.segments:
         st.dataframe(pd.DataFrame(segment_rows(transcript)), hide_index=True, width="stretch")
     else:
-        st.info("没有识别出语音 (no speech recognised)")
+        hint = (f"；如果音频里有说话，它可能不是 {transcript.language}：语言请选 auto (if there is speech, it may not be "
+                f"{transcript.language}: choose auto)" if result.get("language_given") else "")
+        st.info(f"没有识别出语音 (no speech recognised){hint}")
     words = words_html(transcript)
     if words:
         st.subheader("逐词 Words")

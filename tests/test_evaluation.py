@@ -472,6 +472,18 @@ def test_compare_checks_clips_first_and_scores_a_set_with_no_reference_text(tiny
     assert [u["where"] for u in row["utterances"]["general"]] == [f"{general}:1"]
 
 
+def test_compare_finds_both_models_before_either_decodes(tiny_whisper_dir, en_wav, tmp_path, monkeypatch, caplog):
+    """A typo in the second model was reported after the first had decoded the target, general and no-speech sets
+    (minutes on a real test set)."""
+    decoded = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: decoded.append(a) or pytest.fail("decoded"))
+    target = _manifest(tmp_path / "t.json", [(en_wav, EN_SENTENCE)])
+    missing = tmp_path / "models" / "whisper-tiny-finetnue"
+    assert evaluation.main(["--compare", str(tiny_whisper_dir), str(missing), f"--test_data={target}",
+                            "--general_data=None", "--device=cpu", "--language=en"]) == 2
+    assert decoded == [] and f"cannot use {missing}" in caplog.text and "folder not found" in caplog.text
+
+
 @pytest.mark.slow
 def test_compare_runs_a_model_fine_tuned_to_translate_with_its_task(tiny_whisper_dir, tiny_translator_dir, en_wav,
                                                                     zh_wav, tmp_path, monkeypatch, caplog):

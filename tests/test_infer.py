@@ -556,6 +556,11 @@ def test_a_pattern_the_shell_left_alone_is_expanded(tmp_path, caplog):
     assert str(tmp_path / "x.txt") not in infer.collect_audio_files([f"{tmp_path}/*"])
     assert infer.collect_audio_files([str(tmp_path / "take[1].wav")]) == [str(tmp_path / "take[1].wav")]
     assert infer.collect_audio_files([f"{tmp_path}/*.flac"]) == [] and "no file matches this pattern" in caplog.text
+    # a file named twice (by a folder and itself, or by another path) was transcribed twice, as name and name_1
+    with caplog.at_level("INFO", logger="infer"):
+        twice = infer.collect_audio_files([str(tmp_path / "b.wav"), f"{tmp_path}/*.wav", f"{tmp_path}/./a.wav"])
+    assert twice == [str(tmp_path / n) for n in ("b.wav", "a.wav", "take[1].wav")]
+    assert "2 file(s) named more than once: each transcribed once" in caplog.text
 
 @pytest.mark.slow
 def test_ct2_subtitles_keep_the_last_sentence_of_real_speech(tmp_path):

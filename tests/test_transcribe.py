@@ -2759,3 +2759,45 @@ def test_a_clip_of_a_batch_reads_the_same_whatever_clips_come_with_it(tiny, tmp_
     together = [t.text for t in tiny.transcribe_batch([short, long, short[: 2 * SAMPLE_RATE]], options)]
     assert [together[0], together[2]] == alone
     assert together[1] == tiny.transcribe_batch([long], options)[0].text
+
+
+def test_speech_that_decodes_to_no_text_is_said(tiny, en_wav, caplog):
+    """44 s of English into a Chinese fine-tune (language zh, beam 1) gave an empty transcript and not a word: the
+    no-speech check dropped every chunk. Now a warning names the seconds and the fix; speech read as text says
+    nothing. (Thresholds that drop any decode stand in for the wrong language.)"""
+    speech = load_audio(str(en_wav))
+    audio = np.concatenate([speech, np.zeros(SAMPLE_RATE // 2, np.float32)] * 3)
+    dropped = DecodeOptions(language="en", beam_size=1, no_speech_threshold=0.0, logprob_threshold=0.0)
+    with caplog.at_level("WARNING", logger="utils.transcribe"):
+        assert tiny.transcribe(audio, dropped).segments == []
+    assert "s the VAD heard as speech decoded to no text" in caplog.text
+    assert "another language than en, give --language=auto" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="utils.transcribe"):
+        tiny.transcribe(audio, DecodeOptions(language="en", beam_size=1, no_speech_threshold=None))
+    assert "decoded to no text" not in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ct2", "transformers"])
+def test_a_segments_last_word_is_not_stretched_over_the_next_segments_words(repo_root, backend):
+    """JFK decoded in two segments inside one stretch of speech ("… as much you can do" | "for your country."), as a
+    model fine-tuned without timestamp tokens did: each segment's words were refined alone, so "do" was moved on to
+    where the sound stops (9.44 → 10.36 s) and "for your country." squeezed into 10.36-10.38 s after it, also in its
+    subtitle cue."""
+    from utils.transcribe import _ChunkResult
+
+    engine = load_transcriber("openai/whisper-base", backend, device="cpu", **({"ct2_encoder": "ct2"}
+                                                                              if backend == "ct2" else {}))
+    audio = load_audio(str(repo_root / "dataset/real/en_jfk.flac"))
+    tokenizer = engine._word_tokenizer("en", "transcribe")
+    first = " And so my fellow Americans, ask not what your country can do for you, ask what you can do"
+    second = " for your country."
+    pieces = [tokenizer.encode(first), tokenizer.encode(second)]
+    assert tokenizer.decode(pieces[0] + pieces[1]) == first + second
+    result = _ChunkResult([(0.0, 9.5, first), (9.5, 11.0, second)], first + second, pieces)
+    words = engine._add_words([audio], ["en"], [result], DecodeOptions(language="en", word_timestamps=True))[0].words
+    do, after = words[0][-1], words[1][0]
+    assert do.word.strip() == "do" and after.word.strip() == "for"
+    assert do.end <= after.start + 0.02 and do.end - do.start < 0.5, (do, after)
+    assert words[1][-1].end - after.start > 0.6  # "for your country." keeps its own time

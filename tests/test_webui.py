@@ -531,3 +531,26 @@ def test_page_translates_with_a_model_fine_tuned_to_translate_by_default(monkeyp
     at.button(key="transcribe").click().run()
     assert not at.exception and tasks == ["translate", "transcribe"], (tasks, [e.value for e in at.error])
     assert "task: 译为英文 translated to English" not in at.caption[0].value  # the page shows the last one
+
+
+@pytest.mark.slow
+def test_page_says_to_choose_auto_when_a_given_language_hears_no_speech(monkeypatch, tmp_path):
+    """44 s of English into a Chinese fine-tune (the page's language: the model's) showed only "没有识别出语音 (no
+    speech recognised)"; with a language given, the page says the speech may be in another one."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(32000, np.float32), 16000, format="WAV")
+    at = _app(monkeypatch, "--models_dir", str(tmp_path), "--model_path", "openai/whisper-base", "--backend", "ct2")
+    at.run()
+    at.file_uploader[0].set_value(("quiet.wav", wav.getvalue(), "audio/wav")).run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception and [i.value for i in at.info] == ["没有识别出语音 (no speech recognised)"]
+    next(box for box in at.sidebar.selectbox if box.label.startswith("语言")).set_value("zh").run()
+    at.button(key="transcribe").click().run()
+    assert not at.exception
+    assert [i.value for i in at.info] == ["没有识别出语音 (no speech recognised)；如果音频里有说话，它可能不是 zh：语言请选 "
+                                          "auto (if there is speech, it may not be zh: choose auto)"]

@@ -177,13 +177,16 @@ def _english(text: str) -> str:
     """Whisper's English normaliser, with a number's sign kept as the word it is said as: the normaliser writes
     "minus 5" as "-5" and drops the sign of a written "-5", and the sign then went with the punctuation ("minus 5
     degrees", "-5 degrees" and "5 degrees" were all "5 degrees"); "point five" is "0.5", as it is written."""
-    return _spell_signs(_LEADING_POINT.sub("0.", _english_normalizer()(_spell_signs(text))))
+    return _spell_signs(_LEADING_POINT.sub("0.", _english_normalizer()(_spell_signs(_Y_KNOW.sub("you know", text)))))
 
 
 def _spell_signs(text: str) -> str:
     return _SIGN.sub(lambda m: " plus " if m.group(1) == "+" else " minus ", text)
 
 
+# "y'know" as said (a reference of dataset/real/ writes it; the normaliser made it "y know", one error against "you
+# know"), as the normaliser makes "y'all" "you all"
+_Y_KNOW = re.compile(r"\by['\u2019]know\b", re.IGNORECASE)
 _LEADING_POINT = re.compile(r"(?<![\w.])\.(?=\d)")  # the normaliser's "point five": ".5", as "0.5" is written
 # a sign before a number, not a hyphen inside a word ("x-5"); the normaliser writes a lone 1 as "one" ("-one") and
 # "minus point five" as "-.5"

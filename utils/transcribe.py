@@ -379,6 +379,8 @@ def ct2_max_length(prompt_tokens: int, max_new_tokens: int, model_max_length: in
     return min(model_max_length, max(2 * max_new_tokens, prompt_tokens - 1 + max_new_tokens))
 
 
+# speech the VAD heard (seconds) that, decoded to no text, makes transcribe_segments warn (and half of it at least)
+SPEECH_READ_AS_SILENCE_S = 5.0
 PIECE_WINDOW_S = 10.0  # shortest encoder window of a cut chunk's pieces (:func:`_in_pieces`)
 # shortest encoder window of a short chunk decoded beside a 30 s one (CT2Transcriber._decode_pipelined)
 SHORT_CHUNK_WINDOW_S = 15.0
@@ -648,11 +650,14 @@ class _BaseTranscriber:
             duration = len(chunks[i]) / SAMPLE_RATE
             words, at = [], 0
             for piece in pieces[i]:
-                words.append(refine_word_times(
-                    words_for_tokens(tokenizer, piece, probs[at: at + len(piece)], times[at: at + len(piece) + 1],
-                                     language=languages[i], duration=duration), chunks[i]))
+                words.append(words_for_tokens(tokenizer, piece, probs[at: at + len(piece)],
+                                              times[at: at + len(piece) + 1], language=languages[i],
+                                              duration=duration))
                 at += len(piece)
-            out[i] = replace(results[i], words=words)
+            # refined as one run of words: a segment's last word was moved on to where the sound stops, over the
+            # next segment's words (JFK's "do" ran to 10.36 s, its segment's "for your country." squeezed after it)
+            refined = iter(refine_word_times([w for piece_words in words for w in piece_words], chunks[i]))
+            out[i] = replace(results[i], words=[[next(refined) for _ in piece_words] for piece_words in words])
         return out
 
     def _decode_batched(self, chunks: Sequence[np.ndarray], languages: Sequence[str], options: DecodeOptions,
@@ -974,6 +979,7 @@ class _BaseTranscriber:
         def pieces() -> Iterator[_Piece]:
             context = prompt
             never_cut = not cut_clip and duration <= WINDOW_S  # as deep as cutting goes: not cut at all
+            speech_s = empty_s = 0.0  # seconds of the chunks the VAD heard speech in, and of those read as no text
             for i in range(0, len(chunks), step):
                 batch = chunks[i: i + step]
                 with self._lock:
@@ -981,12 +987,29 @@ class _BaseTranscriber:
                                                   MAX_REPEAT_SPLITS if never_cut else 0)
                     placed = self._placed(audio, batch, results, [c.offset_s - lead_s for c in batch], language,
                                           options, pause_s)
-                for chunk_pieces in placed:
+                for chunk, chunk_pieces in zip(batch, placed, strict=True):
+                    heard = (chunk.speech or 0) / SAMPLE_RATE  # (None: not measured)
+                    speech_s, empty_s = speech_s + heard, empty_s + (0.0 if chunk_pieces else heard)
                     yield from chunk_pieces
                 if options.condition_on_previous_text:
                     context = join_texts([context or "", *(r.text for r in results)])[-PROMPT_CONTEXT_CHARS:]
+            self._say_speech_read_as_silence(speech_s, empty_s, language, options)
 
         return self._segments_of(pieces(), language, duration, options), info
+
+    def _say_speech_read_as_silence(self, speech_s: float, empty_s: float, language: str,
+                                    options: DecodeOptions) -> None:
+        """Warn when most of the speech the VAD heard (``speech_s`` seconds) decoded to no text (``empty_s``): the
+        model's no-speech check dropped it (P(no speech) over ``no_speech_threshold`` at a low log-probability), as
+        it does with speech in another language than the one it must write (44 s of English into a Chinese
+        fine-tune gave an empty transcript without a word)."""
+        if empty_s < SPEECH_READ_AS_SILENCE_S or empty_s < speech_s / 2:
+            return
+        given = self.fixed_language(options) is not None
+        fix = (f"if it is speech in another language than {language}, give --language=auto (or that language)"
+               if given else "if it is speech, lower the no-speech check (--no_speech_threshold, --logprob_threshold)")
+        logger.warning("%.1f of the %.1f s the VAD heard as speech decoded to no text (the model's no-speech check "
+                       "dropped it): %s", empty_s, speech_s, fix)
 
     def _pause_to_cut_at(self, options: DecodeOptions, cut_clip: bool = True) -> float | None:
         """The pause (seconds) at which a decoded segment that holds speech on both sides of it is cut by its words

@@ -12,7 +12,8 @@ the words are the same. Scoring spells the digits of both texts out, so "二十�
   a Latin letter (A380), dotted runs (192.168.1.1 → 一九二点一六八点一点一);
 * 50% → 百分之五十, 100% → 百分之百, -3% → 负百分之三, 3‰ → 千分之三, 3/4 → 四分之三, 25℃ / 25°C → 二十五度,
   -5度 → 零下五度, $5 → 五美元, ¥5 → 五元, 2020-03-05 → 二零二零年三月五日;
-* between two numbers: 3-5, 3~5 → 三到五 (a range rises), 3-1, 3-0, 3:2 → 三比一, 三比零, 三比二 (a score),
+* between two numbers: 3-5, 3~5 → 三到五 (a range rises; two neighbouring digits are said together, an approximate
+  number: 1-2线 → 一二线, 2-3天 → 两三天), 3-1, 3-0, 3:2 → 三比一, 三比零, 三比二 (a score),
   10:30 → 十点三十分 (as AISHELL writes a time), 9:00-17:00 → 九点到十七点.
 
 Both texts are also brought to one spelling where Mandarin has two for the same number: 〇 (and ○ ◯ between
@@ -176,6 +177,9 @@ def _range(match: re.Match[str], text: str) -> str:
     if int(a) >= int(b):  # 3-1: a score
         return f"{a}比{b}"
     first = "两" if a == "2" and _liang(text, match.start(), match.end()) else a  # 2-3个: 两到三个
+    if len(a) == len(b) == 1 and int(b) == int(a) + 1 and a != "0":  # two neighbours are said together, an
+        # approximate number: 1-2线 is 一二线 (一二线城市), 3-4个 三四个, 2-3天 两三天
+        return (first if first == "两" else DIGITS[int(a)]) + DIGITS[int(b)]
     return f"{first}到{b}"
 
 

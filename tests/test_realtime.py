@@ -1127,6 +1127,20 @@ def test_an_utterance_after_a_long_silence_is_read_again_by_the_second_pass():
     assert all(r.words[0].start - r.start <= 2.5 for r in shown[1:])  # not from the middle of the silence
 
 
+def test_second_pass_blocks_end_where_the_next_one_starts():
+    """A block ran on to the pause's end (0.6 s after the speech) while the next began in its middle: the 0.3 s
+    between were read by both, and a breath or the next sentence's first sound there was read as a made-up word at
+    the block's end. Now the blocks meet in the middle of the pause."""
+    words, audio, texts = _utterances(6, pause_s=1.0)
+    shown: list[Revision] = []
+    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
+    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
+                        on_revision=lambda r, t: shown.append(r),
+                        reviser=Reviser(_Rereader(words), block_s=4.0, max_block_s=12.0))
+    assert len(shown) >= 3 and result.final_text == result.text.upper() == " ".join(texts).upper()
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(shown, shown[1:])), [(r.start, r.end) for r in shown]
+
+
 # ---------------------------------------------------------------------------------------------------
 # second pass
 # ---------------------------------------------------------------------------------------------------

@@ -154,13 +154,12 @@ def server_options(args: argparse.Namespace):
                          request_timeout=args.request_timeout, decode=decode)
 
 
-def serve(args: argparse.Namespace, models: dict) -> None:
+def serve(args: argparse.Namespace, service) -> None:
     import uvicorn
 
-    from utils.server import TranscriptionService, build_app
+    from utils.server import build_app
 
-    service = TranscriptionService(models, server_options(args), max_queue=args.max_queue)
-    print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/v1 "
+    print(f"serving {', '.join(service.workers)} at http://{args.host}:{args.port}/v1 "
           f"(POST /v1/audio/transcriptions, /v1/audio/translations; GET /v1/models[/ID], /health)", flush=True)
     config = uvicorn.Config(build_app(service), host=args.host, port=args.port,
                             log_level="info" if args.verbose else "warning")
@@ -212,12 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelResolutionError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from utils.server import TranscriptionService
+
+    service = TranscriptionService(models, server_options(args), max_queue=args.max_queue)
+    rc = 0
     try:
-        serve(args, models)
+        serve(args, service)
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it held back once the server has stopped
         print("stopped", file=sys.stderr)
-        return 130
-    return 0
+        rc = 130
+    if service.still_decoding():  # a batch the shutdown answered 503 and did not wait for: the interpreter's exit
+        # around CTranslate2's running threads aborted the process ("terminate called without an active exception")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -746,7 +746,9 @@ def test_ctrl_c_ends_with_one_line_and_no_half_written_transcript(tiny_whisper_d
     # ... also while a transcript is written (each file is written whole or not at all)
     monkeypatch.undo()
     monkeypatch.setattr(infer, "write_transcript", interrupted)
-    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), str(en_wav), f"--output_dir={tmp_path}",
+    other = tmp_path.parent / f"{tmp_path.name}-other.wav"  # a second file (the same one twice is read once)
+    shutil.copy(en_wav, other)
+    assert _run(tiny_whisper_dir, "--audio_path", str(en_wav), str(other), f"--output_dir={tmp_path}",
                 "--output_format=srt") == 130
     assert f"interrupted: 0 of 2 files done; {en_wav} was not finished" in capsys.readouterr().err
 

@@ -1139,6 +1139,7 @@ def test_second_pass_blocks_end_where_the_next_one_starts():
                         reviser=Reviser(_Rereader(words), block_s=4.0, max_block_s=12.0))
     assert len(shown) >= 3 and result.final_text == result.text.upper() == " ".join(texts).upper()
     assert all(a.end <= b.start + 1e-6 for a, b in zip(shown, shown[1:])), [(r.start, r.end) for r in shown]
+    assert shown[-1].end == len(audio) / SAMPLE_RATE  # the last block: to the stream's end (no word cut off)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -158,8 +158,9 @@ def test_english_words_in_chinese_text_and_a_mismatched_language(default_model, 
     mixed = default_model.predict(["这个 app 很 good", "这个 app 很 bad", "这个 app 很好用, but slow"])
     assert [r.label for r in mixed] == ["positive", "negative", "positive"]  # the Chinese opinion word decides
     negated = default_model.predict(["这个 app 不太 good", "这个 app 一点都不 good", "这个 app 没那么 bad",
-                                     "这个 app 有点 slow, 但是 great"])
-    assert [r.label for r in negated] == ["negative", "negative", "positive", "positive"]  # was VADER on good alone
+                                     "这个 app 有点 slow, 但是 great", "别人都说这个 app good", "这个 app 不同 good"])
+    # was VADER on good alone; the 别 of 别人 and the 不 of 不同 are no negation
+    assert [r.label for r in negated] == ["negative", "negative", "positive", "positive", "positive", "positive"]
     with caplog.at_level("WARNING"):
         assert load_sentiment_model(language="en").predict(["菜很难吃"]) == [SentimentResult("neutral", 0.5)]
     assert "not in the language given (en" in caplog.text
@@ -641,6 +642,7 @@ def test_what_a_concession_concedes_runs_to_its_contrast_and_timed_segments_are_
 
     assert lexicon_positivity("虽然环境很好，服务也很热情，价格便宜，可是菜不好吃") <= 0.5
     assert lexicon_positivity("虽然有点贵。服务很好，菜也好吃") > 0.8  # the sentence's end ends the concession
+    assert lexicon_positivity("虽然很贵，我很喜欢") > 0.6  # no contrast: the main clause is not conceded
     srt = tmp_path / "t.srt"
     srt.write_text("1\n00:00:01,000 --> 00:00:03,000\n虽然这家店环境很好，服务很热情，价格也便宜，\n\n"
                    "2\n00:00:03,000 --> 00:00:05,000\n但是菜太难吃了，再也不来了。\n", encoding="utf-8")
@@ -650,3 +652,8 @@ def test_what_a_concession_concedes_runs_to_its_contrast_and_timed_segments_are_
     for path in (srt, live):
         report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(path))
         assert report["overall"]["basis"] == "full_text" and report["overall"]["label"] == "negative", report
+    # cues without punctuation (a model trained without it) are clauses of the text, not one run-on clause
+    srt.write_text("1\n00:00:01,000 --> 00:00:03,000\n虽然很贵\n\n2\n00:00:03,000 --> 00:00:05,000\n我很喜欢\n",
+                   encoding="utf-8")
+    report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(srt))
+    assert report["overall"]["label"] == "positive", report

@@ -2776,6 +2776,13 @@ def test_speech_that_decodes_to_no_text_is_said(tiny, en_wav, caplog):
     with caplog.at_level("WARNING", logger="utils.transcribe"):
         tiny.transcribe(audio, DecodeOptions(language="en", beam_size=1, no_speech_threshold=None))
     assert "decoded to no text" not in caplog.text
+    tiny.multilingual = False  # an English-only model: no language to give instead
+    try:
+        with caplog.at_level("WARNING", logger="utils.transcribe"):
+            tiny.transcribe(audio, dropped)
+    finally:
+        tiny.multilingual = True
+    assert "if it is speech, lower the no-speech check" in caplog.text
 
 
 @pytest.mark.slow

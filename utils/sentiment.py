@@ -38,6 +38,7 @@ import logging
 import math
 import re
 import sys
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -204,21 +205,25 @@ _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 @functools.lru_cache(maxsize=1)
-def _function_words_in_english() -> tuple[re.Pattern[str], dict[str, str]]:
+def _function_words_in_english() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, str]]:
     """The lexicon's negators, degree words and contrasts as the English words VADER's rules know (不太 → "not",
-    很 → "very", 有点 → "slightly", 但是 → "but"); 好 and 可 are left (good, can)."""
+    很 → "very", 有点 → "slightly", 但是 → "but", 那么 and the lexicon's other bridges dropped; 好 and 可 are left:
+    good, can): a pattern for one of them, one for a run of them right before an English word, and the table."""
     from utils import sentiment_lexicon as lex
 
     english = {**{w: "very" for w in lex.DEGREE_UP if w != "好"}, **{w: "slightly" for w in lex.DEGREE_DOWN},
-               **{w: "but" for w in lex.CONTRASTS if w != "可"}, **{w: "not" for w in lex.NEGATORS}}
-    return re.compile("|".join(sorted(map(re.escape, english), key=len, reverse=True))), english
+               **{w: "but" for w in lex.CONTRASTS if w != "可"}, **{w: "not" for w in lex.NEGATORS},
+               **{w: "" for w in lex._NEGATION_BRIDGES}}  # 没那么 bad: "not bad"
+    one = "|".join(sorted(map(re.escape, english), key=len, reverse=True))
+    return re.compile(one), re.compile(f"(?:(?:{one})\\s*)+(?=[A-Za-z])"), english
 
 
 def _with_english_function_words(text: str) -> str:
-    """``text`` for VADER where the Chinese around English opinion words carries the negation: 这个 app 不太 good
-    read as "这个 app not good" (VADER saw good alone: positive)."""
-    pattern, english = _function_words_in_english()
-    return pattern.sub(lambda m: f" {english[m.group()]} ", text)
+    """``text`` for VADER where the Chinese right before an English opinion word carries the negation or degree:
+    这个 app 不太 good read as "这个 app not good" (VADER saw good alone: positive). Only a run of them right before
+    an English word: 别人都说这个 app good keeps 别人 (its 别 read as "not" made it negative)."""
+    one, run, english = _function_words_in_english()
+    return run.sub(lambda m: one.sub(lambda w: f" {english[w.group()]} ", m.group()), text)
 
 
 class LanguageRouter(SentimentModel):
@@ -549,6 +554,14 @@ def _subtitle_items(text: str) -> list[TextItem]:
     return items
 
 
+def _clause(text: str) -> str:
+    """``text`` ending in a punctuation mark: a comma after one that has none (a subtitle cue joined to the next)."""
+    text = text.strip()
+    if not text or unicodedata.category(text[-1]).startswith("P"):
+        return text
+    return text + ("，" if contains_cjk(text[-1]) else ",")
+
+
 def _text_line(line: str) -> TextItem:
     """A line of a .txt input; realtime_transcribe.py's ``[00:00:01.000 --> 00:00:03.500] text`` lines give the
     text and its times (the time stamps were scored as part of the text)."""
@@ -617,8 +630,9 @@ def _parse_inputs(text: str, path: Path, suffix: str) -> SentimentInput:
         if not items:
             raise SentimentInputError(f"{path}: no text to classify (every line is empty or punctuation)")
         if all(item.start is not None for item in items):  # the timed segments of one recording (subtitles, a live
-            # transcript): overall is their whole text's, as for a transcript JSON (it was the mean of the lines)
-            return SentimentInput(items, join_texts([item.text for item in items]))
+            # transcript): overall is their whole text's, as for a transcript JSON (it was the mean of the lines), a
+            # cue without a punctuation mark at its end one clause (a model trained without punctuation)
+            return SentimentInput(items, join_texts([_clause(item.text) for item in items]))
         return SentimentInput(items)
     if suffix in (".jsonl", ".jsonlines"):
         return _manifest_to_input(text, path)

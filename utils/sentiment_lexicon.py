@@ -93,29 +93,35 @@ _LONGEST = max(len(w) for w in _LEXICON)
 
 
 def _clauses(text: str) -> list[tuple[str, float]]:
-    """(clause, weight): the clause after a contrast word weighs 2; a concessive (虽然) clause and the clauses after it
-    up to the contrast (or the sentence's end) 0.5: 虽然环境很好，服务很热情，但是菜有点难吃 concedes both."""
-    out: list[tuple[str, float]] = []
-    conceding = False
+    """(clause, weight): the clause after a contrast word weighs 2; a concessive (虽然) clause 0.5, and where a contrast
+    follows in the same sentence, the clauses between too: 虽然环境很好，服务很热情，但是菜有点难吃 concedes both (虽然很贵，
+    我很喜欢, without a contrast, concedes its first clause only)."""
+    pieces: list[tuple[str, str]] = []  # (piece, "contrast" / "concession" / "" / "end": a sentence ends after it)
     parts = _CLAUSE_BREAK.split(text)
     breaks = _CLAUSE_BREAK.findall(text)
     for i, part in enumerate(parts):
-        pieces = [part] if part else []
         at = _contrast_at(part)  # split "…，但是…" inside one punctuation clause too ("便宜却不好用")
-        if at is not None:
-            pieces = [part[:at], part[at:]]
-        for piece in pieces:
-            weight = 1.0
+        for piece in ([part[:at], part[at:]] if at is not None else [part] if part else []):
             contrast = next((w for w in CONTRASTS + _CLAUSE_START_CONTRASTS if piece.startswith(w)), None)
             if contrast is not None and (contrast != "可" or piece[1:2] not in _NOT_CONTRAST_AFTER_KE or
                                          not piece[1:2]):
-                weight, conceding = 2.0, False
-                piece = piece[len(contrast):]  # not read as a word: the 不 of 不过 negated what followed it
-            elif piece.startswith(CONCESSIVE) or conceding:
-                weight, conceding = 0.5, True
-            out.append((piece, weight))
+                # the word itself is not read: the 不 of 不过 negated what followed it
+                pieces.append((piece[len(contrast):], "contrast"))
+            else:
+                pieces.append((piece, "concession" if piece.startswith(CONCESSIVE) else ""))
         if i < len(breaks) and _SENTENCE_END.search(breaks[i]):
-            conceding = False
+            pieces.append(("", "end"))
+    out: list[tuple[str, float]] = []
+    for k, (piece, kind) in enumerate(pieces):
+        if kind == "end":
+            continue
+        weight = {"contrast": 2.0, "concession": 0.5}.get(kind, 1.0)
+        if kind == "":  # inside a concession that a contrast answers later in the sentence
+            before = next((kd for _, kd in reversed(pieces[:k]) if kd in ("concession", "contrast", "end")), None)
+            after = next((kd for _, kd in pieces[k + 1:] if kd in ("concession", "contrast", "end")), None)
+            if before == "concession" and after == "contrast":
+                weight = 0.5
+        out.append((piece, weight))
     return out
 
 

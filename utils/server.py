@@ -165,6 +165,11 @@ class ModelWorker:
         if self._thread.is_alive():
             logger.warning("model %s: a cancelled request is still decoding; not waiting for it", self.name)
 
+    @property
+    def decoding(self) -> bool:
+        """Whether the worker thread still runs after :meth:`stop` (a decode it was not waited for)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
             job = self.jobs.get()
@@ -235,6 +240,10 @@ class TranscriptionService:
     def close(self) -> None:
         for worker in self.workers.values():
             worker.stop()
+
+    def still_decoding(self) -> bool:
+        """Whether a worker still decodes after :meth:`close` (a shutdown did not wait for its batch)."""
+        return any(worker.decoding for worker in self.workers.values())
 
     def check_key(self, authorization: str | None) -> None:
         key = self.options.api_key

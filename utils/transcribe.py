@@ -1005,7 +1005,7 @@ class _BaseTranscriber:
         fine-tune gave an empty transcript without a word)."""
         if empty_s < SPEECH_READ_AS_SILENCE_S or empty_s < speech_s / 2:
             return
-        given = self.fixed_language(options) is not None
+        given = self.fixed_language(options) is not None and self.multilingual  # (an English-only model: always en)
         fix = (f"if it is speech in another language than {language}, give --language=auto (or that language)"
                if given else "if it is speech, lower the no-speech check (--no_speech_threshold, --logprob_threshold)")
         logger.warning("%.1f of the %.1f s the VAD heard as speech decoded to no text (the model's no-speech check "

@@ -13,7 +13,7 @@ the words are the same. Scoring spells the digits of both texts out, so "二十�
 * 50% → 百分之五十, 100% → 百分之百, -3% → 负百分之三, 3‰ → 千分之三, 3/4 → 四分之三, 25℃ / 25°C → 二十五度,
   -5度 → 零下五度, $5 → 五美元, ¥5 → 五元, 2020-03-05 → 二零二零年三月五日;
 * between two numbers: 3-5, 3~5 → 三到五 (a range rises; two neighbouring digits are said together, an approximate
-  number: 1-2线 → 一二线, 2-3天 → 两三天), 3-1, 3-0, 3:2 → 三比一, 三比零, 三比二 (a score),
+  number before a word: 1-2线 → 一二线, 2-3天 → 两三天, 1-2天 → 一两天), 3-1, 3-0, 3:2 → 三比一, 三比零, 三比二 (a score),
   10:30 → 十点三十分 (as AISHELL writes a time), 9:00-17:00 → 九点到十七点.
 
 Both texts are also brought to one spelling where Mandarin has two for the same number: 〇 (and ○ ◯ between
@@ -172,14 +172,22 @@ def _number(match: re.Match[str], text: str) -> str:
     return spoken
 
 
+_HAN_AFTER = re.compile("[\u4e00-\u9fff]")  # a word after a range (not a sign, a digit, Latin, the text's end)
+_ENDPOINT_WORDS = "点时号日"  # a range of times or days: from one to the other (1-2点 一到两点, 5-6号 五到六号)
+
+
 def _range(match: re.Match[str], text: str) -> str:
     a, b = match["a"], match["b"]
     if int(a) >= int(b):  # 3-1: a score
         return f"{a}比{b}"
     first = "两" if a == "2" and _liang(text, match.start(), match.end()) else a  # 2-3个: 两到三个
-    if len(a) == len(b) == 1 and int(b) == int(a) + 1 and a != "0":  # two neighbours are said together, an
-        # approximate number: 1-2线 is 一二线 (一二线城市), 3-4个 三四个, 2-3天 两三天
-        return (first if first == "两" else DIGITS[int(a)]) + DIGITS[int(b)]
+    after = text[_SPACES.match(text, match.end()).end():][:1]
+    if (len(a) == len(b) == 1 and int(b) == int(a) + 1 and a != "0" and _HAN_AFTER.fullmatch(after or " ")
+            and after not in _ENDPOINT_WORDS):  # neighbours said together before a word: an approximate number,
+        # 1-2线 一二线 (一二线城市), 3-4个 三四个, 2-3天 两三天, 1-2天 一两天; not before a sign (4-5%: 四到百分之五,
+        # which the passes after this one spell) nor a time or date (1-2点 一到两点)
+        second = "两" if b == "2" and _liang(text, match.start(), match.end()) else DIGITS[int(b)]
+        return (first if first == "两" else DIGITS[int(a)]) + second
     return f"{first}到{b}"
 
 

@@ -1112,16 +1112,23 @@ def test_ctrl_c_during_the_last_second_pass_block_writes_its_live_words():
     assert join_words([w for r in shown for w in r.words]) == result.final_text
     assert result.final_text.lower() == result.text.lower() != result.final_text
 
-def test_an_utterance_after_a_long_silence_is_read_again_by_the_second_pass():
-    """A block ran from the middle of the silence before its utterance: after 30 s of silence it did not fit the
-    window, and the utterance kept its live words ("…s of speech without a pause that fits", though it was
-    silence). It now starts shortly before its first committed word."""
-    words, audio, texts = _utterances(3, pause_s=30.0)
+def _revised_stream(n: int, *, pause_s: float, block_s: float):
+    """``n`` utterances ``pause_s`` apart streamed with a second pass of ``block_s`` blocks: (result, the revisions
+    shown, the audio, the utterances' texts)."""
+    words, audio, texts = _utterances(n, pause_s=pause_s)
     shown: list[Revision] = []
     policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
     result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
                         on_revision=lambda r, t: shown.append(r),
-                        reviser=Reviser(_Rereader(words), block_s=6.0, max_block_s=12.0))
+                        reviser=Reviser(_Rereader(words), block_s=block_s, max_block_s=12.0))
+    return result, shown, audio, texts
+
+
+def test_an_utterance_after_a_long_silence_is_read_again_by_the_second_pass():
+    """A block ran from the middle of the silence before its utterance: after 30 s of silence it did not fit the
+    window, and the utterance kept its live words ("…s of speech without a pause that fits", though it was
+    silence). It now starts shortly before its first committed word."""
+    result, shown, _, texts = _revised_stream(3, pause_s=30.0, block_s=6.0)
     assert result.text == " ".join(texts) and result.final_text == result.text.upper()
     assert shown and all(r.decoded for r in shown)
     assert all(r.words[0].start - r.start <= 2.5 for r in shown[1:])  # not from the middle of the silence
@@ -1131,12 +1138,7 @@ def test_second_pass_blocks_end_where_the_next_one_starts():
     """A block ran on to the pause's end (0.6 s after the speech) while the next began in its middle: the 0.3 s
     between were read by both, and a breath or the next sentence's first sound there was read as a made-up word at
     the block's end. Now the blocks meet in the middle of the pause."""
-    words, audio, texts = _utterances(6, pause_s=1.0)
-    shown: list[Revision] = []
-    policy = StreamingPolicy(FakeASR(words, flicker=False), vad_fn=energy_vad, min_silence_s=0.6)
-    result = run_stream(FileSource(audio, realtime=False), policy, chunk_s=1.0,
-                        on_revision=lambda r, t: shown.append(r),
-                        reviser=Reviser(_Rereader(words), block_s=4.0, max_block_s=12.0))
+    result, shown, audio, texts = _revised_stream(6, pause_s=1.0, block_s=4.0)
     assert len(shown) >= 3 and result.final_text == result.text.upper() == " ".join(texts).upper()
     assert all(a.end <= b.start + 1e-6 for a, b in zip(shown, shown[1:])), [(r.start, r.end) for r in shown]
     assert shown[-1].end == len(audio) / SAMPLE_RATE  # the last block: to the stream's end (no word cut off)

@@ -173,8 +173,8 @@ def stopping_server_class():
     class StoppingServer(uvicorn.Server):
         """The first Ctrl-C (or SIGTERM) stops taking requests and lets the open ones finish, saying how many; the
         second answers them 503 at once (queued jobs dropped, the running one stopped after its batch, its result
-        unwanted), so the server exits without waiting for them; a third forces the exit. Before, it waited silently for every open request
-        (52 s for one 4-minute upload) and a second Ctrl-C left tracebacks and a C++ abort."""
+        unwanted), so the server exits without waiting for them; a third forces the exit. Before, it waited silently
+        for every open request (52 s for one 4-minute upload) and a second Ctrl-C left tracebacks and a C++ abort."""
 
         def __init__(self, config, service) -> None:
             super().__init__(config)

@@ -111,17 +111,21 @@ def _clauses(text: str) -> list[tuple[str, float]]:
                 pieces.append((piece, "concession" if piece.startswith(CONCESSIVE) else ""))
         if i < len(breaks) and _SENTENCE_END.search(breaks[i]):
             pieces.append(("", "end"))
+    ahead: list[str] = []  # the kind of the next marked piece after each piece (a contrast, a concession, an end)
+    following = ""
+    for _, kind in reversed(pieces):
+        ahead.append(following)
+        following = kind or following
+    ahead.reverse()
     out: list[tuple[str, float]] = []
-    for k, (piece, kind) in enumerate(pieces):
-        if kind == "end":
-            continue
-        weight = {"contrast": 2.0, "concession": 0.5}.get(kind, 1.0)
-        if kind == "":  # inside a concession that a contrast answers later in the sentence
-            before = next((kd for _, kd in reversed(pieces[:k]) if kd in ("concession", "contrast", "end")), None)
-            after = next((kd for _, kd in pieces[k + 1:] if kd in ("concession", "contrast", "end")), None)
-            if before == "concession" and after == "contrast":
+    behind = ""  # the kind of the last marked piece before
+    for (piece, kind), after in zip(pieces, ahead, strict=True):
+        if kind != "end":
+            weight = {"contrast": 2.0, "concession": 0.5}.get(kind, 1.0)
+            if not kind and behind == "concession" and after == "contrast":  # inside a concession a contrast answers
                 weight = 0.5
-        out.append((piece, weight))
+            out.append((piece, weight))
+        behind = kind or behind
     return out
 
 

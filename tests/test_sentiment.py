@@ -652,8 +652,10 @@ def test_what_a_concession_concedes_runs_to_its_contrast_and_timed_segments_are_
     for path in (srt, live):
         report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(path))
         assert report["overall"]["basis"] == "full_text" and report["overall"]["label"] == "negative", report
-    # cues without punctuation (a model trained without it) are clauses of the text, not one run-on clause
-    srt.write_text("1\n00:00:01,000 --> 00:00:03,000\n虽然很贵\n\n2\n00:00:03,000 --> 00:00:05,000\n我很喜欢\n",
-                   encoding="utf-8")
-    report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(srt))
-    assert report["overall"]["label"] == "positive", report
+    # cues without punctuation (a model trained without it), or ending in a mark that breaks no clause, are clauses of
+    # the text, not one run-on clause
+    for end in ("", "……", "——"):
+        srt.write_text(f"1\n00:00:01,000 --> 00:00:03,000\n虽然很贵{end}\n\n2\n00:00:03,000 --> 00:00:05,000\n我很喜欢\n",
+                       encoding="utf-8")
+        report = analyze_sentiment(load_sentiment_model(None), load_sentiment_inputs(srt))
+        assert report["overall"]["label"] == "positive", (end, report)

@@ -74,6 +74,11 @@ _CLAUSE_START_CONTRASTS = ("就是",)
 CONCESSIVE = ("虽然", "尽管", "虽说", "虽")
 _CLAUSE_BREAK = re.compile(r"[，,。.！!？?；;、\n]+")
 _SENTENCE_END = re.compile(r"[。.！!？?\n]")  # a clause break that ends a sentence (and what 虽然 concedes)
+
+
+def ends_clause(text: str) -> bool:
+    """Whether ``text`` ends in a clause break (:data:`_CLAUSE_BREAK`)."""
+    return bool(text) and _CLAUSE_BREAK.fullmatch(text[-1]) is not None
 # a negator reaches past them (不觉得好, 没让我失望)
 _NEGATION_BRIDGES = ("觉得", "认为", "感觉", "那么", "这么", "怎么", "让我", "让人", "让你", "令人", "使人")
 # after 好 a quantity or an adjective outside the lexicon makes it a degree adverb, "so" (好冷, 好多人, 好久)

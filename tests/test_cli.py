@@ -117,7 +117,7 @@ def test_old_spellings_still_work_and_are_hidden():
                         ("evaluation", "--num_beams"), ("infer", "--num_beams")):
         assert alias not in parsers[name].format_help(), name
     assert parsers["infer"].parse_args(["--audio_path=a.wav", "--num_beams=4"]).num_beams == 4
-    assert parsers["infer"].parse_args(["--audio_path=a.wav", "--output_format=text"]).output_format == "txt"
+    assert parsers["infer"].parse_args(["--audio_path=a.wav", "--output_format=text"]).output_format == ["txt"]
 
 
 def test_help_states_each_default_once():

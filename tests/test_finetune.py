@@ -1322,7 +1322,17 @@ def test_pack_audio_choice():
     assert choice(False) is False
 
 
-def test_pack_audio_is_the_cpu_default_and_batches_count_clips(tiny_whisper_dir, corpus, tmp_path, caplog):
+def test_pack_audio_is_the_cpu_default_and_batches_count_clips(tiny_whisper_dir, corpus, tmp_path, caplog,
+                                                               monkeypatch):
+    # a set that fills fewer than PACK_MIN_WINDOWS windows is not packed (each step trained the same window:
+    # whisper-base on 4 clips in one window read each clip alone as all four)
+    with caplog.at_level("INFO"):
+        assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "small", pack_audio="auto", max_steps=1,
+                                   eval_steps=0, save_steps=0, per_device_train_batch_size=3)) == 0
+    assert "--pack_audio=auto: off (the 6 training clips fill only" in caplog.text
+    assert "batches of about" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(finetune, "PACK_MIN_WINDOWS", 1)
     out = tmp_path / "out"
     with caplog.at_level("INFO"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, out, pack_audio="auto", max_steps=2, eval_steps=2,

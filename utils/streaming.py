@@ -862,8 +862,8 @@ class Reviser:
                 # the block ends where the next one starts (the middle of the pause), not at the pause's end: a
                 # breath or the next speaker's first sound in the rest of the pause was read as a made-up word at the
                 # block's end (a helper's test: the next sentence's first 0.2 s there added a character in 9 of 10),
-                # and both blocks read that stretch
-                # (the stream's end: all of it, a VAD that ended the speech early cut no last word off)
+                # and both blocks read that stretch; the stream's last block runs to its end (no next block, and a VAD
+                # that ended the speech early cuts no last word off)
                 end = pause if final and k == len(self._closes) - 1 else (speech_end + pause) // 2
                 revision = self._decode(end, committed[self._first: last], ends)
                 if cut_short and last == len(committed) and revision.words:

@@ -172,9 +172,9 @@ def _number(match: re.Match[str], text: str) -> str:
     return spoken
 
 
-# words after which two neighbouring numbers are said together (三四个, 一二线): measure words and 线/楼/成
+# words after which two neighbouring numbers are said together (三四个, 一二线): measure words and 线/楼/届/代, not
+# 点 (a range of times: 1-2点 一到两点)
 _APPROXIMATE_BEFORE = tuple(w for w in _LIANG_BEFORE if w != "点") + ("线", "楼", "届", "代")
-_ENDPOINT_WORDS = ("点", "时", "号", "日")  # a range of times or days: from one to the other (1-2点 一到两点)
 
 
 def _range(match: re.Match[str], text: str) -> str:
@@ -183,11 +183,11 @@ def _range(match: re.Match[str], text: str) -> str:
         return f"{a}比{b}"
     first = "两" if a == "2" and _liang(text, match.start(), match.end()) else a  # 2-3个: 两到三个
     after = _SPACES.match(text, match.end()).end()
-    if (len(a) == len(b) == 1 and int(b) == int(a) + 1 and a != "0" and text.startswith(_APPROXIMATE_BEFORE, after)
-            and not text.startswith(_ENDPOINT_WORDS, after)):  # neighbours said together before a measure word or
-        # noun: an approximate number, 1-2线 一二线 (一二线城市), 3-4个 三四个, 2-3天 两三天, 1-2天 一两天; not before a
-        # sign (4-5%: 四到百分之五, which the passes after this one spell), a time (1-2点 一到两点), a degree or grade
-        # (2-3度 二到三度 as 2-3°C, 3-4级) or another word (在3-4之间 三到四之间)
+    if len(a) == len(b) == 1 and int(b) == int(a) + 1 and a != "0" and text.startswith(_APPROXIMATE_BEFORE, after):
+        # neighbours said together before a measure word or noun: an approximate number, 1-2线 一二线 (一二线城市),
+        # 3-4个 三四个, 2-3天 两三天, 1-2天 一两天; not before a sign (4-5%: 四到百分之五, which the passes after this
+        # one spell), a time (1-2点 一到两点), a degree or grade (2-3度 二到三度 as 2-3°C, 3-4级) or another word
+        # (在3-4之间 三到四之间)
         second = "两" if b == "2" and _liang(text, match.start(), match.end()) else DIGITS[int(b)]
         return (first if first == "两" else DIGITS[int(a)]) + second
     return f"{first}到{b}"

@@ -2556,7 +2556,8 @@ class CT2Transcriber(_BaseTranscriber):
         short one in under 1 s. So the 30 s chunk is encoded first on every thread (the lone-window replica), and its
         decode starts on one worker while the other has the short chunks encoded (on that replica too) and decodes
         them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: beside a 30 s chunk as accurate
-        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8: 1.9-2.2 s instead of 2.4-2.6 s. Where
+        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8, when chunks were packed (now
+        :func:`utils.vad.merge_regions` cuts it into two even ones): 1.9-2.2 s instead of 2.4-2.6 s. Where
         more chunks need 30 s, the pairs side by side are faster (English 104.6 s: 4.5-5.1 s against 5.8)."""
         rows = self._kept_rows(chunks)  # a language detection's, in 30 s
 

@@ -429,8 +429,13 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
     Two regions whose padding touches (a pause shorter than twice ``speech_pad_ms``: mostly one inside a sentence)
     are cut apart only where no grouping into that many chunks avoids it; packing cuts wherever the window ends, so
     a sentence said again and again was cut after its first words, which the model dropped at the end of one window
-    and misread at the start of the next. Among equal groupings the earlier chunks are the longer, as packed. A
-    region longer than the limit becomes several hard-cut chunks.
+    and misread at the start of the next. Among those, the chunks are as even in length as they can be (the least
+    sum of squared lengths): packing filled the first windows and left the rest to the last chunk (real Mandarin x8:
+    29.8 s and 9.0 s, 90 and 30 tokens), and of the CPU workers that decode chunks side by side one waited for the
+    other (two chunks of 19.4 s: the command 3.12 → 2.52 s on a 2-core AVX-512 EPYC); a batch on a GPU waits for its
+    longest text too. More room after the speech reads no worse: 30 recordings of shuffled clips, about 100 s each,
+    ct2 backend: English WER 0.0551 → 0.0485 (whisper-base), the demo model's Mandarin CER 0.0866 → 0.0847. On ties
+    the earlier chunks are the longer. A region longer than the limit becomes several hard-cut chunks.
     """
     limit = int(max_chunk_s * SAMPLE_RATE)
     units: list[Chunk] = []  # regions, those longer than the limit cut hard into pieces
@@ -440,17 +445,18 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S) -> list[C
             end = min(region.end, start + limit)
             units.append(Chunk(start, end))
             hard.append(start != region.start)
-    # best[j]: (chunks, cuts between touching regions) of the best grouping of units[:j]; first[j]: where its last
-    # chunk starts. A hard cut is made in every grouping (the piece before it fills a window).
-    # Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
-    best: list[tuple[float, float]] = [(0, 0)] + [(math.inf, math.inf)] * len(units)
+    # best[j]: (chunks, cuts between touching regions, sum of squared chunk lengths) of the best grouping of
+    # units[:j]; first[j]: where its last chunk starts. A hard cut is made in every grouping (the piece before it
+    # fills a window). Every unit fits a window, so every prefix has a grouping (math.inf: none found yet).
+    best: list[tuple[float, float, float]] = [(0, 0, 0)] + [(math.inf, math.inf, math.inf)] * len(units)
     first = [0] * (len(units) + 1)
     for j in range(1, len(units) + 1):
         for i in range(j - 1, -1, -1):  # the latest start first: on ties the earlier chunks stay the longest
             if units[j - 1].end - units[i].start > limit:
                 break
-            count, touching = best[i]
-            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end))
+            count, touching, squares = best[i]
+            option = (count + 1, touching + (0 < i and not hard[i] and units[i].start <= units[i - 1].end),
+                      squares + (units[j - 1].end - units[i].start) ** 2)
             if option < best[j]:
                 best[j], first[j] = option, i
     chunks: list[Chunk] = []

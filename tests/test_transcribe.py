@@ -432,9 +432,32 @@ def test_merge_regions_makes_chunks_as_even_as_it_can():
     # 13 takes: 3 chunks of 5, 4 and 4 (packed: 6, 6 and 1; 4, 5, 4 is as even: on ties the earlier are longer)
     takes = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(13)]
     assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0)] == [5, 4, 4]
+    # two CPU workers decode every other chunk: 3 chunks are packed (6, 6, 1 takes: the short one beside a full one;
+    # 5, 4, 4 had one worker decode 9 takes, the other 4), 2 made even; three workers share 3 even chunks
+    assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=2)] == [6, 6, 1]
+    assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=3)] == [5, 4, 4]
+    assert [len(c.spans) for c in merge_regions(regions, max_chunk_s=30.0, workers=2)] == [4, 4]
     # a cut inside a sentence (touching regions) only where no even grouping avoids it
     phrases = [Chunk(0, 12 * sr), Chunk(12 * sr, 24 * sr), Chunk(25 * sr, 35 * sr)]  # even: 12 + 23 s
     assert [(c.start // sr, c.end // sr) for c in merge_regions(phrases, max_chunk_s=30.0)] == [(0, 24), (25, 35)]
+
+
+def test_ct2_cpu_workers_ask_for_chunks_they_can_share(tiny_whisper_dir, monkeypatch):
+    """A long recording is cut for the CT2 backend's CPU workers (every other chunk on one of two), for one batch on
+    the transformers backend, and for one chunk at a time with condition_on_previous_text."""
+    import utils.transcribe as tr
+
+    asked = []
+    monkeypatch.setattr(tr, "split_on_silence", lambda audio, workers=1: asked.append(workers) or [])
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    audio = np.zeros(40 * SAMPLE_RATE, np.float32)
+    ct2 = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2)
+    assert ct2.workers == 2
+    ct2.transcribe(audio, DecodeOptions(language="en"))
+    ct2.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True))
+    tiny = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    tiny.transcribe(audio, DecodeOptions(language="en"))
+    assert asked == [2, 1, 1]
 
 
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():

@@ -955,7 +955,7 @@ class _BaseTranscriber:
             if duration >= LONG_AUDIO_S:  # minutes pass before the first chunk is decoded: say what happens
                 logger.info("%.0f min of audio read in %.0f s; finding its speech (VAD)", duration / 60,
                             time.perf_counter() - began)
-            chunks = split_on_silence(audio)
+            chunks = split_on_silence(audio, workers=self._side_by_side(options))
             if duration >= LONG_AUDIO_S:
                 logger.info("%d chunks of speech, %.0f min of it, found in %.0f s", len(chunks),
                             sum(c.end - c.start for c in chunks) / SAMPLE_RATE / 60, time.perf_counter() - began)
@@ -1010,6 +1010,12 @@ class _BaseTranscriber:
                if given else "if it is speech, lower the no-speech check (--no_speech_threshold, --logprob_threshold)")
         logger.warning("%.1f of the %.1f s the VAD heard as speech decoded to no text (the model's no-speech check "
                        "dropped it): %s", empty_s, speech_s, fix)
+
+    def _side_by_side(self, options: DecodeOptions) -> int:
+        """How many chunks of a batch decode side by side, each on a CPU worker of its own (``workers`` of
+        :func:`utils.vad.merge_regions`); 1 where a batch decodes as one (it waits for its longest) or chunks are
+        decoded one by one."""
+        return 1
 
     def _pause_to_cut_at(self, options: DecodeOptions, cut_clip: bool = True) -> float | None:
         """The pause (seconds) at which a decoded segment that holds speech on both sides of it is cut by its words
@@ -2352,6 +2358,9 @@ class CT2Transcriber(_BaseTranscriber):
                      "onnx": f"onnxruntime {'int8' if int8 else 'float32'}"}[self.encoder],
                     (f", {workers} workers x {threads} threads" if workers > 1 else "")
                     + (f", a window alone encoded on {solo} threads" if solo else ""))
+
+    def _side_by_side(self, options: DecodeOptions) -> int:
+        return 1 if options.condition_on_previous_text else self.workers  # :meth:`_rows`
 
     def _rows(self, n: int, call: Callable[[list[int], Any], Sequence[Any]]) -> list[Any]:
         """``call(rows, model)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at

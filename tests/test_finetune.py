@@ -228,8 +228,8 @@ def test_a_run_shorter_than_its_warmup_says_so(tiny_whisper_dir, corpus, tmp_pat
     with caplog.at_level("WARNING"):
         assert finetune.main(_args(tiny_whisper_dir, corpus, tmp_path / "out", max_steps=3, warmup_steps=50,
                                    eval_steps=0, save_steps=3)) == 0
-    assert ("warmup_steps=50 is not shorter than this run's 3 optimizer steps: the learning rate rises all run (to 75% "
-            "of learning_rate=0.001 at the last step) and never falls; give --warmup_steps=1") in caplog.text
+    assert ("warmup_steps=50 is not shorter than this run's 3 optimizer steps: the learning rate rises all run (to "
+            "75.0% of learning_rate=0.001 at the last step) and never falls; give --warmup_steps=0") in caplog.text
     state = json.loads((tmp_path / "out" / tiny_whisper_dir.name / "checkpoint-final" / "trainer_state.json"
                         ).read_text())
     rates = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]

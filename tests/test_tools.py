@@ -39,6 +39,25 @@ def test_the_joined_recording_is_the_same_file_every_time(tmp_path):
     assert seconds >= 20.0 and reference.split()[:2] == ["The", "train"]
 
 
+def test_the_long_form_recordings_are_shuffled_clips_the_same_every_run():
+    """tools/bench_longform.py: recording k holds the clips in seed k's order with a pause of 0.3-1.5 s after each,
+    until it is over the length asked for; the same samples every run, another order for another seed."""
+    from tools.bench_longform import PAUSE_S, joined_recording
+
+    rng = np.random.default_rng(0)
+    clips = [(rng.standard_normal(16000 * (k + 1)).astype(np.float32) * 0.1 + k, f"s{k}") for k in range(6)]
+    audio, reference = joined_recording(clips, 3, 8.0, " ")
+    again, same = joined_recording(clips, 3, 8.0, " ")
+    assert np.array_equal(audio, again) and reference == same
+    said = [int(w[1:]) for w in reference.split()]
+    assert len(set(said)) == len(said) and joined_recording(clips, 4, 8.0, " ")[1] != reference
+    speech = sum(k + 1 for k in said)
+    assert len(audio) / 16000 > 8.0 and speech - (said[-1] + 1) + PAUSE_S[0] * (len(said) - 1) <= 8.0
+    assert speech + PAUSE_S[0] * len(said) <= len(audio) / 16000 <= speech + PAUSE_S[1] * len(said)
+    whole, _ = joined_recording(clips, 0, 1000.0, "")  # fewer clips than the length asks for: all of them
+    assert len(whole) / 16000 >= 21
+
+
 def test_the_fast_mandarin_recording_is_dense_and_the_same_every_time(tmp_path):
     """tools/bench_infer.py --recording=zh_fast: about 8 characters per second of speech (fast Mandarin), the same
     samples every run."""

@@ -437,6 +437,14 @@ def test_merge_regions_makes_chunks_as_even_as_it_can():
     assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=2)] == [6, 6, 1]
     assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=3)] == [5, 4, 4]
     assert [len(c.spans) for c in merge_regions(regions, max_chunk_s=30.0, workers=2)] == [4, 4]
+    # 22 takes, 4 chunks: even on 2 workers (2 each) and in batches of 2 or 4; packed on 3 workers, or on 2 in
+    # batches of 3 (3 chunks side by side, then one alone)
+    many = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(22)]
+    for workers, batch, grouping in ((2, 0, [6, 6, 5, 5]), (2, 2, [6, 6, 5, 5]), (2, 4, [6, 6, 5, 5]),
+                                     (3, 0, [6, 6, 6, 4]), (2, 3, [6, 6, 6, 4]), (1, 0, [6, 6, 5, 5])):
+        assert [len(c.spans) for c in merge_regions(many, 30.0, workers, batch)] == grouping, (workers, batch)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        merge_regions(many, 30.0, workers=0)
     # a cut inside a sentence (touching regions) only where no even grouping avoids it
     phrases = [Chunk(0, 12 * sr), Chunk(12 * sr, 24 * sr), Chunk(25 * sr, 35 * sr)]  # even: 12 + 23 s
     assert [(c.start // sr, c.end // sr) for c in merge_regions(phrases, max_chunk_s=30.0)] == [(0, 24), (25, 35)]
@@ -448,16 +456,19 @@ def test_ct2_cpu_workers_ask_for_chunks_they_can_share(tiny_whisper_dir, monkeyp
     import utils.transcribe as tr
 
     asked = []
-    monkeypatch.setattr(tr, "split_on_silence", lambda audio, workers=1: asked.append(workers) or [])
+    monkeypatch.setattr(tr, "split_on_silence", lambda audio, workers=1, batch_size=0: asked.append(
+        (workers, batch_size)) or [])
     monkeypatch.setattr(tr, "available_cpus", lambda: 2)
     audio = np.zeros(40 * SAMPLE_RATE, np.float32)
     ct2 = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2)
     assert ct2.workers == 2
     ct2.transcribe(audio, DecodeOptions(language="en"))
+    ct2.transcribe(audio, DecodeOptions(language="en", batch_size=3))
+    ct2.transcribe(audio, DecodeOptions(language="en", batch_size=1))  # a chunk alone: on every thread
     ct2.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True))
     tiny = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
     tiny.transcribe(audio, DecodeOptions(language="en"))
-    assert asked == [2, 1, 1]
+    assert asked == [(2, 8), (2, 3), (1, 1), (1, 1), (1, 8)]
 
 
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():

@@ -605,10 +605,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
         if 0 < self.total_steps <= options.warmup_steps:  # a small set's run with the default warm-up of 50
             logger.warning("warmup_steps=%d is not shorter than this run's %d optimizer steps: the learning rate "
-                           "rises all run (to %.0f%% of learning_rate=%g at the last step) and never falls; give "
+                           "rises all run (to %.1f%% of learning_rate=%g at the last step) and never falls; give "
                            "--warmup_steps=%d (a tenth of the run) or train more steps", options.warmup_steps,
                            self.total_steps, 100 * self.total_steps / (self.total_steps + 1), options.learning_rate,
-                           max(1, self.total_steps // 10))
+                           self.total_steps // 10)
         # The scheduler is NOT given to accelerator.prepare: its wrapper steps it once per process on every
         # optimizer step (it assumes an accelerate-sharded DataLoader); our steps already count per process,
         # so it is stepped here once per optimizer step that really ran.

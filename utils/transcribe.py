@@ -955,7 +955,8 @@ class _BaseTranscriber:
             if duration >= LONG_AUDIO_S:  # minutes pass before the first chunk is decoded: say what happens
                 logger.info("%.0f min of audio read in %.0f s; finding its speech (VAD)", duration / 60,
                             time.perf_counter() - began)
-            chunks = split_on_silence(audio, workers=self._side_by_side(options))
+            chunks = split_on_silence(audio, workers=self._side_by_side(options),
+                                      batch_size=1 if options.condition_on_previous_text else options.batch_size)
             if duration >= LONG_AUDIO_S:
                 logger.info("%d chunks of speech, %.0f min of it, found in %.0f s", len(chunks),
                             sum(c.end - c.start for c in chunks) / SAMPLE_RATE / 60, time.perf_counter() - began)
@@ -1012,8 +1013,8 @@ class _BaseTranscriber:
                        "dropped it): %s", empty_s, speech_s, fix)
 
     def _side_by_side(self, options: DecodeOptions) -> int:
-        """How many chunks of a batch decode side by side, each on a CPU worker of its own (``workers`` of
-        :func:`utils.vad.merge_regions`); 1 where a batch decodes as one (it waits for its longest) or chunks are
+        """Among how many CPU workers a batch's chunks are shared, every so many on one (``workers`` of
+        :func:`utils.vad.merge_regions`); 1 where a batch decodes as one (it waits for its longest chunk) or chunks are
         decoded one by one."""
         return 1
 
@@ -2360,7 +2361,7 @@ class CT2Transcriber(_BaseTranscriber):
                     + (f", a window alone encoded on {solo} threads" if solo else ""))
 
     def _side_by_side(self, options: DecodeOptions) -> int:
-        return 1 if options.condition_on_previous_text else self.workers  # :meth:`_rows`
+        return 1 if options.condition_on_previous_text or options.batch_size < 2 else self.workers  # :meth:`_rows`
 
     def _rows(self, n: int, call: Callable[[list[int], Any], Sequence[Any]]) -> list[Any]:
         """``call(rows, model)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at

@@ -422,7 +422,8 @@ def widened_to_sound(audio: np.ndarray, spans: Sequence[tuple[int, int]],
     return out
 
 
-def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S, workers: int = 1) -> list[Chunk]:
+def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S, workers: int = 1,
+                  batch_size: int = 0) -> list[Chunk]:
     """Group consecutive speech regions into as few chunks of at most ``max_chunk_s`` seconds as packing them in
     order makes, cut between regions the VAD kept apart where it can.
 
@@ -434,14 +435,20 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S, workers: 
     29.8 s and 9.0 s, 90 and 30 tokens), and of the CPU workers that decode chunks side by side one waited for the
     other (two chunks of 19.4 s: the command 3.12 → 2.52 s on a 2-core AVX-512 EPYC); a batch on a GPU waits for its
     longest text too. More room after the speech reads no worse: 30 recordings of shuffled clips, about 100 s each,
-    ct2 backend: English WER 0.0551 → 0.0485 (whisper-base), the demo model's Mandarin CER 0.0866 → 0.0847. On ties
+    ct2 backend: English WER 0.0551 → 0.0490 (whisper-base), the demo model's Mandarin CER 0.0866 → 0.0847. On ties
     the earlier chunks are the longer. A region longer than the limit becomes several hard-cut chunks.
 
-    ``workers``: CPU workers that decode the chunks side by side, every ``workers``-th chunk on one
-    (:class:`utils.transcribe.CT2Transcriber`). Where the chunks cannot be shared among them evenly (more chunks than
-    workers, not a multiple of them) they are packed instead: the short last chunk goes to a worker with a full one
-    (three even chunks on two workers had one wait for the other's two: a sentence said 8 times, 67 s, 4.33 → 4.48 s).
+    ``workers``: CPU workers that decode each batch of ``batch_size`` chunks (0: all) side by side, every
+    ``workers``-th chunk of it on one (:class:`utils.transcribe.CT2Transcriber`). Where a batch's chunks cannot be
+    shared among them evenly (more than the workers, not a multiple of them) the chunks are packed instead: the short
+    last chunk goes to a worker with a full one (three even chunks on two workers had one wait for the other's two: a
+    sentence said 8 times, 67 s, 4.33 → 4.48 s).
+
+    Raises:
+        ValueError: ``workers`` below 1 or ``batch_size`` below 0.
     """
+    if workers < 1 or batch_size < 0:
+        raise ValueError(f"workers must be at least 1 and batch_size at least 0, got {workers} and {batch_size}")
     limit = int(max_chunk_s * SAMPLE_RATE)
     units: list[Chunk] = []  # regions, those longer than the limit cut hard into pieces
     hard: list[bool] = []  # the unit starts at a hard cut (it continues the previous unit's speech)
@@ -451,7 +458,9 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S, workers: 
             units.append(Chunk(start, end))
             hard.append(start != region.start)
     chunks = _grouped(units, hard, limit, even=True)
-    if workers < len(chunks) and len(chunks) % workers:
+    n, size = len(chunks), batch_size or len(chunks) or 1
+    batches = [size] * (n // size) + [n % size] * bool(n % size)  # chunks per batch
+    if any(b > workers and b % workers for b in batches):
         chunks = _grouped(units, hard, limit, even=False)  # as many chunks: only the lengths differ
     return chunks
 
@@ -554,14 +563,16 @@ def with_lead(audio: np.ndarray, chunks: list[Chunk]) -> tuple[np.ndarray, list[
     return np.concatenate([np.zeros(lead, dtype=np.float32), np.asarray(audio, dtype=np.float32)]), moved
 
 
-def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S, workers: int = 1) -> list[Chunk]:
+def split_on_silence(audio: np.ndarray, max_chunk_s: float = WINDOW_S, workers: int = 1,
+                     batch_size: int = 0) -> list[Chunk]:
     """Cut a waveform at silences into chunks of at most ``max_chunk_s`` seconds covering all speech; the first has a
-    ``lead`` when the speech starts at the first sample (:func:`with_lead`). ``workers``: see :func:`merge_regions`.
+    ``lead`` when the speech starts at the first sample (:func:`with_lead`). ``workers``, ``batch_size``: see
+    :func:`merge_regions`.
 
     Returns an empty list when silero-vad finds no speech.
     """
     regions = speech_regions(audio)
-    chunks = merge_regions(regions, max_chunk_s, workers)
+    chunks = merge_regions(regions, max_chunk_s, workers, batch_size)
     limit, before, ended = int(max_chunk_s * SAMPLE_RATE), int(CHUNK_LEAD_S * SAMPLE_RATE), 0
     for k, c in enumerate(chunks):  # decoded from a little earlier, where the window and the chunk before allow
         chunks[k] = replace(c, start=min(c.start, max(ended, c.start - before, c.end - limit)))

@@ -435,8 +435,9 @@ def merge_regions(regions: list[Chunk], max_chunk_s: float = WINDOW_S, workers: 
     29.8 s and 9.0 s, 90 and 30 tokens), and of the CPU workers that decode chunks side by side one waited for the
     other (two chunks of 19.4 s: the command 3.12 → 2.52 s on a 2-core AVX-512 EPYC); a batch on a GPU waits for its
     longest text too. More room after the speech reads no worse: 30 recordings of shuffled clips, about 100 s each,
-    ct2 backend: English WER 0.0551 → 0.0490 (whisper-base), the demo model's Mandarin CER 0.0866 → 0.0847. On ties
-    the earlier chunks are the longer. A region longer than the limit becomes several hard-cut chunks.
+    ct2 backend (tools/bench_longform.py): English WER 0.0542 → 0.0494 (whisper-base), the demo model's Mandarin CER
+    0.0861 → 0.0854. On ties the earlier chunks are the longer. A region longer than the limit becomes several hard-cut
+    chunks.
 
     ``workers``: CPU workers that decode each batch of ``batch_size`` chunks (0: all) side by side, every
     ``workers``-th chunk of it on one (:class:`utils.transcribe.CT2Transcriber`). Where a batch's chunks cannot be

@@ -955,8 +955,7 @@ class _BaseTranscriber:
             if duration >= LONG_AUDIO_S:  # minutes pass before the first chunk is decoded: say what happens
                 logger.info("%.0f min of audio read in %.0f s; finding its speech (VAD)", duration / 60,
                             time.perf_counter() - began)
-            chunks = split_on_silence(audio, workers=self._side_by_side(options),
-                                      batch_size=1 if options.condition_on_previous_text else options.batch_size)
+            chunks = split_on_silence(audio)
             if duration >= LONG_AUDIO_S:
                 logger.info("%d chunks of speech, %.0f min of it, found in %.0f s", len(chunks),
                             sum(c.end - c.start for c in chunks) / SAMPLE_RATE / 60, time.perf_counter() - began)
@@ -1011,12 +1010,6 @@ class _BaseTranscriber:
                if given else "if it is speech, lower the no-speech check (--no_speech_threshold, --logprob_threshold)")
         logger.warning("%.1f of the %.1f s the VAD heard as speech decoded to no text (the model's no-speech check "
                        "dropped it): %s", empty_s, speech_s, fix)
-
-    def _side_by_side(self, options: DecodeOptions) -> int:
-        """Among how many CPU workers a batch's chunks are shared, every so many on one (``workers`` of
-        :func:`utils.vad.merge_regions`); 1 where a batch decodes as one (it waits for its longest chunk) or chunks are
-        decoded one by one."""
-        return 1
 
     def _pause_to_cut_at(self, options: DecodeOptions, cut_clip: bool = True) -> float | None:
         """The pause (seconds) at which a decoded segment that holds speech on both sides of it is cut by its words
@@ -2360,9 +2353,6 @@ class CT2Transcriber(_BaseTranscriber):
                     (f", {workers} workers x {threads} threads" if workers > 1 else "")
                     + (f", a window alone encoded on {solo} threads" if solo else ""))
 
-    def _side_by_side(self, options: DecodeOptions) -> int:
-        return 1 if options.condition_on_previous_text or options.batch_size < 2 else self.workers  # :meth:`_rows`
-
     def _rows(self, n: int, call: Callable[[list[int], Any], Sequence[Any]]) -> list[Any]:
         """``call(rows, model)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at
         once; ``model``: the workers' CTranslate2 model); results in row order. One call with every row on a GPU or a
@@ -2566,8 +2556,7 @@ class CT2Transcriber(_BaseTranscriber):
         short one in under 1 s. So the 30 s chunk is encoded first on every thread (the lone-window replica), and its
         decode starts on one worker while the other has the short chunks encoded (on that replica too) and decodes
         them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: beside a 30 s chunk as accurate
-        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8, when chunks were packed (now
-        :func:`utils.vad.merge_regions` cuts it into two even ones): 1.9-2.2 s instead of 2.4-2.6 s. Where
+        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8: 1.9-2.2 s instead of 2.4-2.6 s. Where
         more chunks need 30 s, the pairs side by side are faster (English 104.6 s: 4.5-5.1 s against 5.8)."""
         rows = self._kept_rows(chunks)  # a language detection's, in 30 s
 

@@ -60,21 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=100.0, help="length of each recording, about")
     parser.add_argument("--backend", default="ct2", choices=("ct2", "transformers"))
     parser.add_argument("--en_model", default="openai/whisper-base",
-                        help="English model (for ct2: its CTranslate2 copy, utils.models.ct2_model_dir)")
+                        help="English model (a name or folder, as infer.py takes it)")
     parser.add_argument("--zh_model", default="models/whisper-base-finetune",
-                        help="Mandarin model (for ct2: the folder + '-ct2' when it exists)")
+                        help="Mandarin transformers folder (its '-ct2' copy for the ct2 backend)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     return parser
-
-
-def _model_for(name: str, backend: str) -> str:
-    from utils.models import ct2_model_dir
-
-    if backend != "ct2":
-        return name
-    if Path(name + "-ct2").is_dir():
-        return name + "-ct2"
-    return ct2_model_dir(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         manifests, language, metric, sep = SETS[name]
         clips = [(load_audio(r.audio_path), r.sentence) for m in manifests for r in load_manifest(m)
                  if r.sentence.strip()]
-        model = _model_for(args.en_model if name == "en" else args.zh_model, args.backend)
+        model = args.en_model if name == "en" else args.zh_model
+        if args.backend == "ct2" and name == "zh":  # the demo model's CTranslate2 copy beside it
+            model = f"{model.rstrip('/')}-ct2"
         engine = load_transcriber(model, args.backend, device="cpu", cpu_threads=args.threads)
         errors = units = 0
         rates = []

@@ -416,7 +416,59 @@ def test_merge_regions_cuts_between_sentences_not_inside_them():
     assert [len(c.breaks) for c in chunks] == [5, 5, 3] and sum(c.speech for c in chunks) == sum(
         r.end - r.start for r in regions)
     touching = [Chunk(k * 5 * sr, (k + 1) * 5 * sr) for k in range(10)]  # 50 s, no pause the VAD kept apart
-    assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 30), (30, 50)]
+    assert [(c.start // sr, c.end // sr) for c in merge_regions(touching, max_chunk_s=30.0)] == [(0, 25), (25, 50)]
+
+
+def test_merge_regions_makes_chunks_as_even_as_it_can():
+    """A real sentence said 8 times (3.6 s each, 1.6 s apart: 40 s): packing made a 29.8 s chunk of 6 takes and a
+    7.6 s one of 2, and the worker decoding the long one took 3 times as long as the other; the same two chunks hold
+    4 takes each. A chunk still takes what fits, and a cut between touching regions stays the last resort."""
+    sr = SAMPLE_RATE
+    regions = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(8)]
+    chunks = merge_regions(regions, max_chunk_s=30.0)
+    assert [len(c.spans) for c in chunks] == [4, 4]
+    assert [(round(c.start / sr, 1), round(c.end / sr, 1)) for c in chunks] == [(0.0, 19.2), (20.8, 40.0)]
+    assert [len(c.spans) for c in merge_regions(regions[:6], max_chunk_s=30.0)] == [6]  # one window: one chunk
+    # 13 takes: 3 chunks of 5, 4 and 4 (packed: 6, 6 and 1; 4, 5, 4 is as even: on ties the earlier are longer)
+    takes = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(13)]
+    assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0)] == [5, 4, 4]
+    # two CPU workers decode every other chunk: 3 chunks are packed (6, 6, 1 takes: the short one beside a full one;
+    # 5, 4, 4 had one worker decode 9 takes, the other 4), 2 made even; three workers share 3 even chunks
+    assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=2)] == [6, 6, 1]
+    assert [len(c.spans) for c in merge_regions(takes, max_chunk_s=30.0, workers=3)] == [5, 4, 4]
+    assert [len(c.spans) for c in merge_regions(regions, max_chunk_s=30.0, workers=2)] == [4, 4]
+    # 22 takes, 4 chunks: even on 2 workers (2 each) and in batches of 2 or 4; packed on 3 workers, or on 2 in
+    # batches of 3 (3 chunks side by side, then one alone)
+    many = [Chunk(round(t * 5.2 * sr), round((t * 5.2 + 3.6) * sr)) for t in range(22)]
+    for workers, batch, grouping in ((2, 0, [6, 6, 5, 5]), (2, 2, [6, 6, 5, 5]), (2, 4, [6, 6, 5, 5]),
+                                     (3, 0, [6, 6, 6, 4]), (2, 3, [6, 6, 6, 4]), (1, 0, [6, 6, 5, 5])):
+        assert [len(c.spans) for c in merge_regions(many, 30.0, workers, batch)] == grouping, (workers, batch)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        merge_regions(many, 30.0, workers=0)
+    # a cut inside a sentence (touching regions) only where no even grouping avoids it
+    phrases = [Chunk(0, 12 * sr), Chunk(12 * sr, 24 * sr), Chunk(25 * sr, 35 * sr)]  # even: 12 + 23 s
+    assert [(c.start // sr, c.end // sr) for c in merge_regions(phrases, max_chunk_s=30.0)] == [(0, 24), (25, 35)]
+
+
+def test_ct2_cpu_workers_ask_for_chunks_they_can_share(tiny_whisper_dir, monkeypatch):
+    """A long recording is cut for the CT2 backend's CPU workers (every other chunk on one of two), for one batch on
+    the transformers backend, and for one chunk at a time with condition_on_previous_text."""
+    import utils.transcribe as tr
+
+    asked = []
+    monkeypatch.setattr(tr, "split_on_silence", lambda audio, workers=1, batch_size=0: asked.append(
+        (workers, batch_size)) or [])
+    monkeypatch.setattr(tr, "available_cpus", lambda: 2)
+    audio = np.zeros(40 * SAMPLE_RATE, np.float32)
+    ct2 = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2)
+    assert ct2.workers == 2
+    ct2.transcribe(audio, DecodeOptions(language="en"))
+    ct2.transcribe(audio, DecodeOptions(language="en", batch_size=3))
+    ct2.transcribe(audio, DecodeOptions(language="en", batch_size=1))  # a chunk alone: on every thread
+    ct2.transcribe(audio, DecodeOptions(language="en", condition_on_previous_text=True))
+    tiny = load_transcriber(str(tiny_whisper_dir), "transformers", device="cpu")
+    tiny.transcribe(audio, DecodeOptions(language="en"))
+    assert asked == [(2, 8), (2, 3), (1, 1), (1, 1), (1, 8)]
 
 
 def test_a_chunk_knows_where_it_can_be_cut_without_cutting_a_word():
@@ -444,7 +496,11 @@ def test_repeat_period_is_the_length_of_the_unit_said_again():
     sentence = list(range(100, 114))
     assert repeat_period(sentence * 3) == 14 and repeat_period(sentence + [1, 2] + sentence) == 16
     assert repeat_period(list(range(200))) is None and repeat_period(sentence + sentence[:11]) is None
-    assert repeat_period([7] * 23) is None and repeat_period([7] * 24) == 12  # a run may not overlap itself
+    assert repeat_period([7] * 23) is None and repeat_period([7] * 24) == 1  # a run may not overlap itself
+    # a unit shorter than the run is its own length, not the two takes the run spans (10-token takes: 20)
+    take = list(range(100, 110))
+    assert repeat_period(take * 4) == 10 and repeat_period(take * 5) == 10 and repeat_period(take * 3) is None
+    assert repeat_period((take + [1]) * 3 + take) == 11
 
 
 class _Miscounting:
@@ -2267,11 +2323,12 @@ def test_the_lone_decoder_decision_is_recorded_per_layout_and_reused_only_when_a
 
 @pytest.mark.slow
 def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_path, monkeypatch):
-    """A 40 s recording is one 30 s chunk and a short one. The 30 s chunk is encoded first, alone (on every thread),
-    and decoded while the short one is encoded in a window of its own (its length + 5 s, at least 15 s) and decoded;
-    every sentence is read. The alignment that checks the readings uses the windows the decode used (nothing encoded
-    again); a chunk kept in another window than the one asked for is encoded again; a short chunk whose text loops
-    is decoded again in 30 s, the 30 s one is not."""
+    """A recording of one 30 s chunk and a short one (28 s said without a pause, then two sentences: no grouping
+    evens them out). The 30 s chunk is encoded first, alone (on every thread), and decoded while the short one is
+    encoded in a window of its own (its length + 5 s, at least 15 s) and decoded; every sentence is read. The
+    alignment that checks the readings uses the windows the decode used (nothing encoded again); a chunk kept in
+    another window than the one asked for is encoded again; a short chunk whose text loops is decoded again in 30 s,
+    the 30 s one is not."""
     import threading
 
     import utils.transcribe as tr
@@ -2280,13 +2337,11 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
     engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2)
     if engine.encoder != "ct2":  # a CPU with VNNI encodes in onnxruntime by default: ask for CTranslate2's
         engine = load_transcriber("openai/whisper-base", "ct2", device="cpu", cpu_threads=2, ct2_encoder="ct2")
-    takes = [load_audio(make_speech(t, tmp_path / f"s{i}.wav")) for i, t in enumerate(LONG_EN_SENTENCES)]
+    run_on = " and ".join(LONG_EN_SENTENCES[k % 3].rstrip(".") for k in range(9))  # no punctuation: no pause
+    said = [run_on + ".", *LONG_EN_SENTENCES[:2]]
     gap = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
-    parts, said = [], []
-    while sum(len(p) for p in parts) < 36 * SAMPLE_RATE:
-        parts += [takes[len(said) % 3], gap]
-        said.append(LONG_EN_SENTENCES[len(said) % 3])
-    audio = np.concatenate(parts)
+    audio = np.concatenate([p for i, t in enumerate(said) for p in (load_audio(make_speech(t, tmp_path / f"s{i}.wav")),
+                                                                     gap)])
     windows: list[tuple[int, str]] = []
     alone: list[tuple[int, ...]] = []
     engine._solo = _CountingEncoder(engine._solo, alone)
@@ -2346,9 +2401,9 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
 
 @pytest.mark.slow
 def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling(tmp_path, monkeypatch):
-    """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s): whisper-base int8
-    lost count in the 27 s window (4 times, or after the temperature fallback 7, at random: WER 0.15-0.55 from
-    run to run). The chunks that repeat themselves are decoded again a repetition at a time: eight times,
+    """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s when packed, two of
+    about 22 s now): whisper-base int8 lost count in the 27 s window (4 times, or after the temperature fallback 7, at
+    random: WER 0.15-0.55 from run to run). The chunks that repeat themselves are decoded again a repetition at a time: eight times,
     greedy, the same every run. Their readings are checked against the speech regions of the VAD's pass over the
     recording, without a second pass over each chunk."""
     import utils.transcribe

@@ -66,12 +66,19 @@ def loop_ngram(unit: int) -> int:
 
 def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[int, int] | None:
     """(where it first starts, how long it is) of the unit that the text repeats, in tokens: the first run of
-    ``span`` tokens that occurs again (not overlapping itself), to its next occurrence; None when no run repeats."""
+    ``span`` tokens that occurs again (not overlapping itself), to its next occurrence; None when no run repeats.
+    A unit shorter than ``span`` is found two or more takes long (the run must not overlap itself): it is cut to
+    the shortest period of the tokens from its start to the end of the run's next occurrence (espeak's "The quick
+    brown fox jumps over the lazy dog.", 10 tokens, was found 20 long: a chunk of 5 takes cut into pieces of 2,
+    each read once)."""
     first: dict[tuple[int, ...], int] = {}
     for i in range(len(tokens) - span + 1):
         start = first.setdefault(tuple(tokens[i: i + span]), i)
         if i - start >= span:
-            return start, i - start
+            stretch = tokens[start: i + span]
+            period = next(d for d in range(1, i - start + 1)
+                          if all(stretch[j] == stretch[j + d] for j in range(len(stretch) - d)))
+            return start, period
     return None
 
 

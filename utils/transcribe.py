@@ -725,8 +725,9 @@ class _BaseTranscriber:
                 ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
                 if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
                     continue
-                # a loop's tokens tell nothing of how long a take is: its unit at the slowest rate of right readings
-                size = (period / SLOWEST_TOKENS_PER_SPEECH_S if ran_away
+                # a loop's tokens tell nothing of how long a take is: its unit (at least the span the repeat is found
+                # by: a 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings
+                size = (max(period, REPEAT_SPAN_TOKENS) / SLOWEST_TOKENS_PER_SPEECH_S if ran_away
                         else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
                 reading = None if ran_away or unread[k] == math.inf else checked[k]
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
@@ -744,11 +745,21 @@ class _BaseTranscriber:
                 # and "A B A B" by transformers: the alignment of such a text leaves no stretch of speech unread)
                 redo = [k for k, seconds in enumerate(unread) if i + k not in cuts and (
                     seconds >= MAX_UNREAD_SPEECH_S or (no_pause[k] and repeat_unit(_text_tokens(got[k])) is not None))]
-                read = self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt)
-                left = [k for k in left if k not in read]
-            for k in left:  # speech still unread, text that does not repeat: cut at its pauses like a repeat
-                n = len(_text_tokens(got[k]))  # read as one take: its length at the slowest right rate
-                if splittable[i + k] and (parts := reread_parts(batch[k], take_seconds(n, n, batch[k].duration_s))):
+                read = sorted(self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt))
+                # a reading that reads more can still leave takes out (one English sentence said 4 times, 1 s apart:
+                # read once, then 3 times with timestamp tokens): checked again, as the first one was
+                again = [repeat_unit(_text_tokens(got[k])) for k in read]
+                still, _ = self._check_readings([waves[k] for k in read], [batch[k] for k in read],
+                                                [got[k] for k in read], [None if u is None else u[1] for u in again],
+                                                language, options)
+                left = [k for k in left if k not in read] + [
+                    k for k, seconds in zip(read, still) if seconds >= MAX_UNREAD_SPEECH_S]
+            for k in left:  # speech still unread: cut at its pauses like a repeat
+                tokens = _text_tokens(got[k])
+                n = len(tokens)  # a text that does not repeat is read as one take: its length at the slowest right rate
+                period = n if (unit := repeat_unit(tokens)) is None else unit[1]
+                if splittable[i + k] and (
+                        parts := reread_parts(batch[k], take_seconds(period, n, batch[k].duration_s))):
                     cuts[i + k] = parts
                 elif no_pause[k] and n:
                     # no pause to cut it at (sentences 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1
@@ -955,7 +966,8 @@ class _BaseTranscriber:
             if duration >= LONG_AUDIO_S:  # minutes pass before the first chunk is decoded: say what happens
                 logger.info("%.0f min of audio read in %.0f s; finding its speech (VAD)", duration / 60,
                             time.perf_counter() - began)
-            chunks = split_on_silence(audio)
+            chunks = split_on_silence(audio, workers=self._side_by_side(options),
+                                      batch_size=1 if options.condition_on_previous_text else options.batch_size)
             if duration >= LONG_AUDIO_S:
                 logger.info("%d chunks of speech, %.0f min of it, found in %.0f s", len(chunks),
                             sum(c.end - c.start for c in chunks) / SAMPLE_RATE / 60, time.perf_counter() - began)
@@ -1010,6 +1022,12 @@ class _BaseTranscriber:
                if given else "if it is speech, lower the no-speech check (--no_speech_threshold, --logprob_threshold)")
         logger.warning("%.1f of the %.1f s the VAD heard as speech decoded to no text (the model's no-speech check "
                        "dropped it): %s", empty_s, speech_s, fix)
+
+    def _side_by_side(self, options: DecodeOptions) -> int:
+        """Among how many CPU workers a batch's chunks are shared, every so many on one (``workers`` of
+        :func:`utils.vad.merge_regions`); 1 where a batch decodes as one (it waits for its longest chunk) or chunks are
+        decoded one by one."""
+        return 1
 
     def _pause_to_cut_at(self, options: DecodeOptions, cut_clip: bool = True) -> float | None:
         """The pause (seconds) at which a decoded segment that holds speech on both sides of it is cut by its words
@@ -2353,6 +2371,9 @@ class CT2Transcriber(_BaseTranscriber):
                     (f", {workers} workers x {threads} threads" if workers > 1 else "")
                     + (f", a window alone encoded on {solo} threads" if solo else ""))
 
+    def _side_by_side(self, options: DecodeOptions) -> int:
+        return 1 if options.condition_on_previous_text or options.batch_size < 2 else self.workers  # :meth:`_rows`
+
     def _rows(self, n: int, call: Callable[[list[int], Any], Sequence[Any]]) -> list[Any]:
         """``call(rows, model)`` for the rows of a batch of ``n``, split among the CPU workers (interleaved, run at
         once; ``model``: the workers' CTranslate2 model); results in row order. One call with every row on a GPU or a
@@ -2556,7 +2577,8 @@ class CT2Transcriber(_BaseTranscriber):
         short one in under 1 s. So the 30 s chunk is encoded first on every thread (the lone-window replica), and its
         decode starts on one worker while the other has the short chunks encoded (on that replica too) and decodes
         them, each in a window of its own (``SHORT_CHUNK_WINDOW_S``, the chunk + 5 s: beside a 30 s chunk as accurate
-        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8: 1.9-2.2 s instead of 2.4-2.6 s. Where
+        as 30 s: tools/bench_repeats.py, 12 long recordings). Real Mandarin x8, when chunks were packed (now
+        :func:`utils.vad.merge_regions` cuts it into two even ones): 1.9-2.2 s instead of 2.4-2.6 s. Where
         more chunks need 30 s, the pairs side by side are faster (English 104.6 s: 4.5-5.1 s against 5.8)."""
         rows = self._kept_rows(chunks)  # a language detection's, in 30 s
 

@@ -1218,6 +1218,24 @@ def test_a_slow_reading_that_left_speech_unread_is_decoded_again_with_timestamp_
         assert [[t for piece in r.tokens for t in piece] for r in results] == kept
 
 
+def test_a_timestamped_reading_that_still_leaves_takes_unread_is_cut_into_takes(tiny, monkeypatch):
+    """One English sentence said 4 times, 1 s apart, in one even chunk: read once without timestamp tokens, then 3
+    times with them; that reading reads more and was kept as it was, a take short. It is checked against its speech
+    again (here 6 s of 24 left unread) and cut at its pauses into pieces a take long (its unit's share, 14 tokens of
+    42 over 24 s, at most 14 tokens at the slowest right rate: 5 s), each read alone: 4 takes."""
+    sr = SAMPLE_RATE
+    unit = _Miscounting.UNIT  # 14 tokens, 6 s (_aligner)
+    chunk = Chunk(0, 24 * sr, breaks=(6 * sr, 12 * sr, 18 * sr), speech=24 * sr)
+    monkeypatch.setattr(tiny, "_align", _aligner())
+    _all_speech(monkeypatch)
+    calls: list[tuple[int, bool]] = []
+    monkeypatch.setattr(tiny, "_decode", _reader(unit, unit * 3, calls))
+    (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert calls == [(1, False), (1, True), (4, False)]
+    assert [t for piece in result.tokens for t in piece] == unit * 4
+    assert [s[0] for s in result.segments] == [0.0, 6.0, 12.0, 18.0]
+
+
 def test_a_real_recording_of_one_window_is_checked_against_the_speech_the_vad_hears(tiny, monkeypatch, repo_root):
     """A real AISHELL-1 sentence said three times, 1 s apart (14.6 s, one chunk; the real VAD finds three takes of
     ~3.7 s): read once or twice, the alignment leaves a take unread and the chunk is decoded again with timestamp

@@ -1234,6 +1234,32 @@ def test_a_timestamped_reading_that_still_leaves_takes_unread_is_cut_into_takes(
     assert calls == [(1, False), (1, True), (4, False)]
     assert [t for piece in result.tokens for t in piece] == unit * 4
     assert [s[0] for s in result.segments] == [0.0, 6.0, 12.0, 18.0]
+    # takes read a little differently ("jump"/"jumps"): no run repeats, and read as one take (42 tokens: 15 s) the
+    # pieces would hold 2 takes each; they are no longer than the speech left unread (6 s)
+    takes = [unit[:4] + [200 + 2 * k] + unit[5:10] + [201 + 2 * k] + unit[11:] for k in range(3)]
+    timed = [t for take in takes for t in take]
+    assert repeat_period(timed) is None
+    calls.clear()
+    monkeypatch.setattr(tiny, "_decode", _reader(unit, timed, calls))
+    (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert calls == [(1, False), (1, True), (4, False)] and len(result.segments) == 4
+    # a timestamped reading that made a take up (5 takes for 4 heard) gives way to its pieces, as a first one does
+    calls.clear()
+    monkeypatch.setattr(tiny, "_decode", _reader(unit, unit * 5, calls))
+    monkeypatch.setattr(tiny, "_align", _piling(4))
+    (result,) = tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None)
+    assert calls == [(1, False), (1, True), (4, False)]
+    assert [t for piece in result.tokens for t in piece] == unit * 4
+    # a piece read again (one level of cutting below: it cannot be cut) is not checked a second time
+    aligned: list[int] = []
+
+    def align(chunks, languages, tokens, task):
+        aligned.append(len(chunks))
+        return _aligner()(chunks, languages, tokens, task)
+    monkeypatch.setattr(tiny, "_align", align)
+    monkeypatch.setattr(tiny, "_decode", _reader(unit, unit * 3, calls))
+    tiny._decode_chunks(np.zeros(24 * sr, np.float32), [chunk], "en", DecodeOptions(language="en"), None, depth=1)
+    assert aligned == [1]
 
 
 def test_a_real_recording_of_one_window_is_checked_against_the_speech_the_vad_hears(tiny, monkeypatch, repo_root):
@@ -2421,8 +2447,8 @@ def test_ct2_decodes_a_30_s_chunk_beside_a_short_one_each_in_its_own_window(tmp_
 def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling(tmp_path, monkeypatch):
     """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s when packed, two of
     about 22 s now): whisper-base int8 lost count in the 27 s window (4 times, or after the temperature fallback 7, at
-    random: WER 0.15-0.55 from run to run). The chunks that repeat themselves are decoded again a repetition at a time: eight times,
-    greedy, the same every run. Their readings are checked against the speech regions of the VAD's pass over the
+    random: WER 0.15-0.55 from run to run). The chunks that repeat themselves are decoded again a repetition at a
+    time: eight times, greedy, the same every run. Their readings are checked against the speech regions of the VAD's pass over the
     recording, without a second pass over each chunk."""
     import utils.transcribe
 

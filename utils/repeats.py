@@ -67,9 +67,9 @@ def loop_ngram(unit: int) -> int:
 def repeat_unit(tokens: Sequence[int], span: int = REPEAT_SPAN_TOKENS) -> tuple[int, int] | None:
     """(where it first starts, how long it is) of the unit that the text repeats, in tokens: the first run of
     ``span`` tokens that occurs again (not overlapping itself), to its next occurrence; None when no run repeats.
-    A unit shorter than ``span`` is found two or more takes long (the run must not overlap itself): it is cut to
-    the shortest period of the tokens from its start to the end of the run's next occurrence (espeak's "The quick
-    brown fox jumps over the lazy dog.", 10 tokens, was found 20 long: a chunk of 5 takes cut into pieces of 2,
+    The length is the shortest period of the tokens from the unit's start to the end of the run's next occurrence:
+    a unit shorter than ``span`` is found two or more takes long, as the run must not overlap itself (espeak's "The
+    quick brown fox jumps over the lazy dog.", 10 tokens, was found 20 long: a chunk of 5 takes cut into pieces of 2,
     each read once)."""
     first: dict[tuple[int, ...], int] = {}
     for i in range(len(tokens) - span + 1):

@@ -688,7 +688,10 @@ class _BaseTranscriber:
         take as well). Another chunk that left speech unread is decoded again with timestamp tokens (when it was
         decoded without); if that reads no more, it is cut too, its reading taken as one take (a real AISHELL-1
         sentence said three times in one window, read once both ways with onnxruntime's int8 encoder on an AMD Zen
-        4). A chunk whose text stopped at its token budget without a loop (:func:`_out_of_budget`: dense speech, e.g.
+        4); if it reads more, it is checked again and, where takes are still unread, cut by its unit, or, where its
+        takes differ a little and no run repeats, into pieces no longer than the speech left unread (espeak English
+        said 4 times, read once, then 3 times with timestamp tokens).
+        A chunk whose text stopped at its token budget without a loop (:func:`_out_of_budget`: dense speech, e.g.
         Mandarin at 8 characters/s fills a 30 s window's 224 tokens before its end, and CTranslate2 cannot generate
         more in one call) is cut in two (:func:`cut_in_two`: at the pause nearest its middle, or its quietest point
         there) and both halves are read, as the chunk was (its beam and encoder window: a half holds many sentences,
@@ -739,6 +742,7 @@ class _BaseTranscriber:
                         wrong.add(i + k)
             left = [k for k, seconds in enumerate(unread) if MAX_UNREAD_SPEECH_S <= seconds < math.inf
                     and i + k not in cuts]
+            rechecked: dict[int, float] = {}  # timestamped re-readings kept that still leave speech unread: how much
             if not options.timestamps:
                 # and text that repeats itself in a chunk without pauses to cut it at: read again with timestamp
                 # tokens too (six sentences A B A B A B at 6.4 characters/s, 0.1 s apart, read "A B A B B" by ct2
@@ -747,25 +751,41 @@ class _BaseTranscriber:
                     seconds >= MAX_UNREAD_SPEECH_S or (no_pause[k] and repeat_unit(_text_tokens(got[k])) is not None))]
                 read = sorted(self._redo_with_timestamps(waves, got, redo, language, _again(options), prompt))
                 # a reading that reads more can still leave takes out (one English sentence said 4 times, 1 s apart:
-                # read once, then 3 times with timestamp tokens): checked again, as the first one was
-                again = [repeat_unit(_text_tokens(got[k])) for k in read]
-                still, _ = self._check_readings([waves[k] for k in read], [batch[k] for k in read],
-                                                [got[k] for k in read], [None if u is None else u[1] for u in again],
-                                                language, options)
-                left = [k for k in left if k not in read] + [
-                    k for k, seconds in zip(read, still) if seconds >= MAX_UNREAD_SPEECH_S]
+                # read once, then 3 times with timestamp tokens): checked again where it can be cut
+                recheck = [k for k in read if splittable[i + k] or no_pause[k]]
+                units_read = [repeat_unit(_text_tokens(got[k])) for k in recheck]
+                still, _ = self._check_readings([waves[k] for k in recheck], [batch[k] for k in recheck],
+                                                [got[k] for k in recheck],
+                                                [None if u is None else u[1] for u in units_read], language, options)
+                # (one that made a take up, where it has pauses to be cut at: its pieces' text is kept, as for a first
+                # reading that did)
+                rechecked = {k: seconds for k, seconds in zip(recheck, still)
+                             if MAX_UNREAD_SPEECH_S <= seconds < math.inf
+                             or (seconds == math.inf and splittable[i + k])}
+                for k, seconds in rechecked.items():
+                    if seconds == math.inf:
+                        made_up.add(i + k)
+                        wrong.add(i + k)
+                left = [k for k in left if k not in read] + list(rechecked)
             for k in left:  # speech still unread: cut at its pauses like a repeat
                 tokens = _text_tokens(got[k])
-                n = len(tokens)  # a text that does not repeat is read as one take: its length at the slowest right rate
-                period = n if (unit := repeat_unit(tokens)) is None else unit[1]
-                if splittable[i + k] and (
-                        parts := reread_parts(batch[k], take_seconds(period, n, batch[k].duration_s))):
+                n = len(tokens)
+                if (unit := repeat_unit(tokens)) is not None:
+                    take_s = take_seconds(unit[1], n, batch[k].duration_s)
+                else:  # read as one take: its length at the slowest right rate
+                    take_s = take_seconds(n, n, batch[k].duration_s)
+                    if MAX_UNREAD_SPEECH_S <= rechecked.get(k, math.inf) < math.inf:
+                        # takes read a little differently ("jump"/"jumps": no run repeats) and one left out: pieces
+                        # no longer than the speech left unread (as one take, 3 of 4 were cut into 2-take pieces,
+                        # each read once)
+                        take_s = min(take_s, max(rechecked[k], MIN_QUIET_PIECE_S))
+                if splittable[i + k] and (parts := reread_parts(batch[k], take_s)):
                     cuts[i + k] = parts
                 elif no_pause[k] and n:
                     # no pause to cut it at (sentences 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1
                     # sentences in 12.3 s, 8.3 s unread, and halves left a sentence each unread): pieces as long as
                     # the speech it did read, cut at quiet points, each read like the chunk
-                    read_s = batch[k].duration_s - unread[k]
+                    read_s = batch[k].duration_s - rechecked.get(k, unread[k])
                     cuts[i + k] = cut_at_quiet_points(batch[k], waves[k], max(MIN_QUIET_PIECE_S, read_s))
                     dense.add(i + k)
             for k, result in enumerate(got):  # dense speech: the budget ran out before the end: read it in halves

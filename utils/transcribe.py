@@ -753,10 +753,10 @@ class _BaseTranscriber:
                 # a reading that reads more can still leave takes out (one English sentence said 4 times, 1 s apart:
                 # read once, then 3 times with timestamp tokens): checked again where it can be cut
                 recheck = [k for k in read if splittable[i + k] or no_pause[k]]
-                units_read = [repeat_unit(_text_tokens(got[k])) for k in recheck]
                 still, _ = self._check_readings([waves[k] for k in recheck], [batch[k] for k in recheck],
                                                 [got[k] for k in recheck],
-                                                [None if u is None else u[1] for u in units_read], language, options)
+                                                [repeat_period(_text_tokens(got[k])) for k in recheck], language,
+                                                options)
                 # (one that made a take up, where it has pauses to be cut at: its pieces' text is kept, as for a first
                 # reading that did)
                 rechecked = {k: seconds for k, seconds in zip(recheck, still)
@@ -770,8 +770,8 @@ class _BaseTranscriber:
             for k in left:  # speech still unread: cut at its pauses like a repeat
                 tokens = _text_tokens(got[k])
                 n = len(tokens)
-                if (unit := repeat_unit(tokens)) is not None:
-                    take_s = take_seconds(unit[1], n, batch[k].duration_s)
+                if (period := repeat_period(tokens)) is not None:
+                    take_s = take_seconds(period, n, batch[k].duration_s)
                 else:  # read as one take: its length at the slowest right rate
                     take_s = take_seconds(n, n, batch[k].duration_s)
                     if MAX_UNREAD_SPEECH_S <= rechecked.get(k, math.inf) < math.inf:

@@ -123,6 +123,13 @@ def take_seconds(period: int, text_tokens: int, duration_s: float) -> float:
     return min(duration_s * period / text_tokens, period / SLOWEST_TOKENS_PER_SPEECH_S)
 
 
+def loop_take_seconds(period: int) -> float:
+    """How long one take of a repeated unit of ``period`` tokens can last where the text's tokens tell nothing of it
+    (a loop, or a reading that made takes up: their tokens take no time): the unit, at least ``REPEAT_SPAN_TOKENS``
+    long, said at the slowest rate of right readings."""
+    return max(period, REPEAT_SPAN_TOKENS) / SLOWEST_TOKENS_PER_SPEECH_S
+
+
 # Text the audio does not hold: a take of a repeated sentence that the decoder made up aligns (DTW) to almost no
 # time, its tokens piled on one frame. Right readings never start OVERREAD_TOKENS consecutive tokens inside OVERREAD_S:
 # the fastest 8 took >= 0.62 s (fast spontaneous English, 13 tokens/s) on dataset/real/, the demo test set and the

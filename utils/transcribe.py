@@ -65,6 +65,7 @@ from utils.repeats import (
     is_decoder_loop,
     longest_repeat,
     loop_ngram,
+    loop_take_seconds,
     overread,
     repeat_period,
     repeat_unit,
@@ -728,9 +729,12 @@ class _BaseTranscriber:
                 ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
                 if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
                     continue
-                # a loop's tokens tell nothing of how long a take is: its unit (at least the span the repeat is found
-                # by: a 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings
-                size = (max(period, REPEAT_SPAN_TOKENS) / SLOWEST_TOKENS_PER_SPEECH_S if ran_away
+                # a loop's tokens tell nothing of how long a take is, nor do those of a reading that made takes up
+                # (piled on no time: the unit's share of the chunk is too short; espeak English words 0.25 s apart,
+                # a 14 s sentence said once and begun again, read 7.5 times by ct2 on a PyTorch bf16 encoder: 2.4 s
+                # pieces, each a few words out of context): its unit (at least the span the repeat is found by: a
+                # 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings
+                size = (loop_take_seconds(period) if ran_away or unread[k] == math.inf
                         else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
                 reading = None if ran_away or unread[k] == math.inf else checked[k]
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
@@ -771,7 +775,8 @@ class _BaseTranscriber:
                 tokens = _text_tokens(got[k])
                 n = len(tokens)
                 if (period := repeat_period(tokens)) is not None:
-                    take_s = take_seconds(period, n, batch[k].duration_s)
+                    take_s = (loop_take_seconds(period) if rechecked.get(k) == math.inf  # made a take up: as above
+                              else take_seconds(period, n, batch[k].duration_s))
                 else:  # read as one take: its length at the slowest right rate
                     take_s = take_seconds(n, n, batch[k].duration_s)
                     if MAX_UNREAD_SPEECH_S <= rechecked.get(k, math.inf) < math.inf:

@@ -2486,8 +2486,8 @@ def test_a_sentence_said_eight_times_is_transcribed_eight_times_without_sampling
     """A teacher's sentence said eight times, 1 s apart (45 s, VAD chunks of 27 s and 16 s when packed, two of
     about 22 s now): whisper-base int8 lost count in the 27 s window (4 times, or after the temperature fallback 7, at
     random: WER 0.15-0.55 from run to run). The chunks that repeat themselves are decoded again a repetition at a
-    time: eight times, greedy, the same every run. Their readings are checked against the speech regions of the VAD's pass over the
-    recording, without a second pass over each chunk."""
+    time: eight times, greedy, the same every run. Their readings are checked against the speech regions of the VAD's
+    pass over the recording, without a second pass over each chunk."""
     import utils.transcribe
 
     monkeypatch.setattr(utils.transcribe, "speech_spans", lambda wave: pytest.fail("a second VAD pass over a chunk"))

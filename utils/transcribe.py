@@ -9,7 +9,8 @@ Two backends decode the same way:
 Audio flows ``path → waveform (samples,) at 16 kHz → chunks of ≤ 30 s → log-mel (B, n_mels, 3000) →
 token ids → Transcript``. Audio up to 30 s is one chunk (none when the VAD hears no speech in it; realtime
 callers: the whole buffer, no VAD); longer audio is cut at silences by silero-vad (utils/vad.py) and the chunks
-are decoded in batches, or, with ``condition_on_previous_text``, one after another, each prompted with the text before it.
+are decoded in batches, or, with ``condition_on_previous_text``, one after another, each prompted with the text
+before it.
 Both guard against hallucination loops like the reference decoder: a chunk whose text compresses too well
 (repetition) or whose average log-probability is too low is decoded again at the next temperature, and a
 chunk that is probably silence is dropped. A long recording's chunk whose text repeats itself (a sentence
@@ -2367,7 +2368,8 @@ class CT2Transcriber(_BaseTranscriber):
         if self.multilingual and not _ct2_config(model_dir).get("lang_ids", True):
             raise ValueError(f"{model_dir}: its config.json lists no language ids (converted from a model whose "
                              "generation config has no lang_to_id, by an older tool); convert it again with "
-                             "merge_lora.py --ct2=True, or from the transformers folder with its generation_config.json")
+                             "merge_lora.py --ct2=True, or from the transformers folder with its "
+                             "generation_config.json")
         vocab = self.model.hf_tokenizer
         self._language_codes = ({code for code in LANGUAGES if vocab.token_to_id(f"<|{code}|>") is not None}
                                 if self.multilingual else {"en"})

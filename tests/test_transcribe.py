@@ -810,22 +810,28 @@ def _piling(takes_heard: int, take_s: float = 6.0):
     return align
 
 
+def _whole_then_pieces(takes: int, calls: list[list[float]]):
+    """A decoder that reads the 14-token unit ``takes`` times from a chunk decoded alone and once from each of
+    several pieces decoded together; ``calls``: each call's chunk lengths (s)."""
+    from utils.transcribe import _ChunkResult
+
+    unit = _Miscounting.UNIT
+
+    def decode(chunks, languages, options, prompt, split_repeats=None):
+        calls.append([round(len(c) / SAMPLE_RATE, 1) for c in chunks])
+        texts = [unit * takes] if len(chunks) == 1 else [unit] * len(chunks)
+        return [_ChunkResult([(0.0, len(c) / SAMPLE_RATE, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
+    return decode
+
+
 def test_a_repeating_chunk_that_made_a_take_up_gives_way_to_its_pieces(tiny, monkeypatch):
     """A sentence said twice (12 s) read three times: the third take aligns to no time (overread), so the chunk is
     cut and its pieces' text is kept though it holds fewer tokens (a chunk that left nothing unread and made nothing
     up keeps its own text when its pieces read less: the previous test)."""
-    from utils.transcribe import _ChunkResult
-
     sr = SAMPLE_RATE
     unit = _Miscounting.UNIT
-    calls = []
-
-    def decode(chunks, languages, options, prompt, split_repeats=None):
-        calls.append([round(len(c) / sr, 1) for c in chunks])
-        texts = [unit * 3] if len(chunks) == 1 else [unit] * len(chunks)
-        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
-
-    monkeypatch.setattr(tiny, "_decode", decode)
+    calls: list[list[float]] = []
+    monkeypatch.setattr(tiny, "_decode", _whole_then_pieces(3, calls))
     monkeypatch.setattr(tiny, "_align", _piling(2))
     _all_speech(monkeypatch)
     (result,) = tiny._decode_chunks(np.zeros(12 * sr, np.float32), [Chunk(0, 12 * sr, (6 * sr,))], "en",
@@ -842,18 +848,10 @@ def test_a_reading_that_made_takes_up_is_cut_into_pieces_a_take_long_not_its_sha
     bf16 encoder, tests/test_alignment.py's espeak words). Its pieces are a take long at the slowest right rate (the
     pause nearest 14 / 2.8 = 5 s from a piece's start), as a loop's are: the two takes. So are a timestamped re-read's
     that made takes up."""
-    from utils.transcribe import _ChunkResult
-
     sr = SAMPLE_RATE
     unit = _Miscounting.UNIT
-    calls = []
-
-    def decode(chunks, languages, options, prompt, split_repeats=None):
-        calls.append([round(len(c) / sr, 1) for c in chunks])
-        texts = [unit * 6] if len(chunks) == 1 else [unit] * len(chunks)
-        return [_ChunkResult([(0.0, len(c) / sr, "x")], "x", tokens=[t]) for c, t in zip(chunks, texts)]
-
-    monkeypatch.setattr(tiny, "_decode", decode)
+    calls: list[list[float]] = []
+    monkeypatch.setattr(tiny, "_decode", _whole_then_pieces(6, calls))
     monkeypatch.setattr(tiny, "_align", _piling(2))
     _all_speech(monkeypatch)
     breaks = tuple(round(s * sr) for s in (2.0, 3.5, 6.0, 8.0, 10.5))  # between words, and between the takes

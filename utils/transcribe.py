@@ -684,15 +684,16 @@ class _BaseTranscriber:
         no time (:func:`overread`) mean a take made up. A chunk whose text repeats and left speech unread where one
         take fits has those takes decoded again alone, their text put in between the takes read
         (:func:`reread_parts`, :func:`_spliced`); one that ran away, made a take up or left more unread is cut at its
-        silences into pieces about as long as one take (:func:`take_seconds`; a loop's unit at the slowest rate of
-        right readings). Those are decoded too (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when
-        the chunk's own ran away or made a take up, or when it reads more (:func:`_reads_more`: a piece can drop a
-        take as well). Another chunk that left speech unread is decoded again with timestamp tokens (when it was
-        decoded without); if that reads no more, it is cut too, its reading taken as one take (a real AISHELL-1
-        sentence said three times in one window, read once both ways with onnxruntime's int8 encoder on an AMD Zen
-        4); if it reads more, it is checked again and, where takes are still unread, cut by its unit, or, where its
-        takes differ a little and no run repeats, into pieces no longer than the speech left unread (espeak English
-        said 4 times, read once, then 3 times with timestamp tokens).
+        silences into pieces about as long as one take (:func:`take_seconds`; the unit of a loop or of a reading that
+        made takes up at the slowest rate of right readings, :func:`loop_take_seconds`). Those are decoded too
+        (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away or made a take up,
+        or when it reads more (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech
+        unread is decoded again with timestamp tokens (when it was decoded without); if that reads no more, it is cut
+        too, its reading taken as one take (a real AISHELL-1 sentence said three times in one window, read once both
+        ways with onnxruntime's int8 encoder on an AMD Zen 4); if it reads more, it is checked again and, where takes
+        are still unread or made up, cut by its unit, or, where its takes differ a little and no run repeats, into
+        pieces no longer than the speech left unread (espeak English said 4 times, read once, then 3 times with
+        timestamp tokens).
         A chunk whose text stopped at its token budget without a loop (:func:`_out_of_budget`: dense speech, e.g.
         Mandarin at 8 characters/s fills a 30 s window's 224 tokens before its end, and CTranslate2 cannot generate
         more in one call) is cut in two (:func:`cut_in_two`: at the pause nearest its middle, or its quietest point
@@ -734,12 +735,14 @@ class _BaseTranscriber:
                 # (piled on no time: the unit's share of the chunk is too short; espeak English words 0.25 s apart,
                 # a 14 s sentence said once and begun again, read 7.5 times by ct2 on a PyTorch bf16 encoder: 2.4 s
                 # pieces, each a few words out of context): its unit (at least the span the repeat is found by: a
-                # 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings
-                size = (loop_take_seconds(period) if ran_away or unread[k] == math.inf
-                        else take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s))
+                # 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings; a made-up
+                # reading of a chunk shorter than that (fast takes), at its share
+                share = take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s)
+                sizes = ([loop_take_seconds(period)] if ran_away else
+                         [loop_take_seconds(period), share] if unread[k] == math.inf else [share])
                 reading = None if ran_away or unread[k] == math.inf else checked[k]
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
-                if parts := reread_parts(batch[k], size, reading, seams, round(SEAM_SLACK * period)):
+                if parts := _first_cut(batch[k], sizes, reading, seams, round(SEAM_SLACK * period)):
                     cuts[i + k] = parts
                     if unread[k] == math.inf:
                         made_up.add(i + k)
@@ -776,8 +779,8 @@ class _BaseTranscriber:
                 tokens = _text_tokens(got[k])
                 n = len(tokens)
                 if (period := repeat_period(tokens)) is not None:
-                    take_s = (loop_take_seconds(period) if rechecked.get(k) == math.inf  # made a take up: as above
-                              else take_seconds(period, n, batch[k].duration_s))
+                    share = take_seconds(period, n, batch[k].duration_s)
+                    sizes = [loop_take_seconds(period), share] if rechecked.get(k) == math.inf else [share]  # as above
                 else:  # read as one take: its length at the slowest right rate
                     take_s = take_seconds(n, n, batch[k].duration_s)
                     if MAX_UNREAD_SPEECH_S <= rechecked.get(k, math.inf) < math.inf:
@@ -785,7 +788,8 @@ class _BaseTranscriber:
                         # no longer than the speech left unread (as one take, 3 of 4 were cut into 2-take pieces,
                         # each read once)
                         take_s = min(take_s, max(rechecked[k], MIN_QUIET_PIECE_S))
-                if splittable[i + k] and (parts := reread_parts(batch[k], take_s)):
+                    sizes = [take_s]
+                if splittable[i + k] and (parts := _first_cut(batch[k], sizes)):
                     cuts[i + k] = parts
                 elif no_pause[k] and n:
                     # no pause to cut it at (sentences 0.1 s apart, fast: whisper-base read 2 of 6 AISHELL-1
@@ -1474,6 +1478,16 @@ def stopped_early(result: _ChunkResult, chunk: Chunk, wave: np.ndarray) -> float
 def _text_tokens(result: _ChunkResult) -> list[int]:
     """A chunk result's text tokens, its segments' one after another."""
     return [t for piece in result.tokens or () for t in piece]
+
+
+def _first_cut(chunk: Chunk, sizes: Sequence[float], reading: Reading | None = None,
+               seams: Sequence[int] | None = None, slack: int = 0) -> list[RereadPart]:
+    """:func:`reread_parts` of ``chunk`` at the first of ``sizes`` (take lengths, s, in order of preference) that
+    cuts it; [] when none does."""
+    for size in sizes:
+        if parts := reread_parts(chunk, size, reading, seams, slack):
+            return parts
+    return []
 
 
 def _ran_away(result: _ChunkResult, duration_s: float, timestamps: bool) -> bool:

@@ -849,6 +849,11 @@ def test_a_reading_that_made_takes_up_is_cut_into_pieces_a_take_long_not_its_sha
     bf16 encoder, tests/test_alignment.py's espeak words). Its pieces are a take long at the slowest right rate (the
     pause nearest 14 / 2.8 = 5 s from a piece's start), as a loop's are: the two takes. So are a timestamped re-read's
     that made takes up; a chunk shorter than that is cut at the share."""
+    from utils.repeats import take_sizes
+
+    assert take_sizes(20, 159, 19.2) == [pytest.approx(19.2 * 20 / 159)]  # a right reading: the unit's share
+    assert take_sizes(20, 159, 19.2, made_up=True) == [pytest.approx(20 / 2.8), pytest.approx(19.2 * 20 / 159)]
+    assert take_sizes(4, 80, 19.2, loop=True) == [pytest.approx(12 / 2.8)]  # at least the 12-token run
     sr = SAMPLE_RATE
     unit = _Miscounting.UNIT
     calls: list[list[float]] = []

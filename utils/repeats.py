@@ -130,6 +130,20 @@ def loop_take_seconds(period: int) -> float:
     return max(period, REPEAT_SPAN_TOKENS) / SLOWEST_TOKENS_PER_SPEECH_S
 
 
+def take_sizes(period: int, text_tokens: int, duration_s: float, *, loop: bool = False,
+               made_up: bool = False) -> list[float]:
+    """Take lengths (s) to cut a chunk of ``duration_s`` seconds whose text (``text_tokens`` tokens) repeats a unit of
+    ``period`` tokens at, in order of preference: the unit's share of the chunk (:func:`take_seconds`). A loop's or a
+    made-up take's tokens tell nothing of how long a take is (piled on no time, the share is too short: espeak words
+    0.25 s apart, a 14 s sentence said once and begun again, read 7.5 times: 2.4 s pieces of a few words each, read
+    out of context): the unit at the slowest right rate (:func:`loop_take_seconds`); for a reading that made takes
+    up, then the share (a chunk shorter than a take at that rate: fast takes, one made up)."""
+    if loop:
+        return [loop_take_seconds(period)]
+    share = take_seconds(period, text_tokens, duration_s)
+    return [loop_take_seconds(period), share] if made_up else [share]
+
+
 # Text the audio does not hold: a take of a repeated sentence that the decoder made up aligns (DTW) to almost no
 # time, its tokens piled on one frame. Right readings never start OVERREAD_TOKENS consecutive tokens inside OVERREAD_S:
 # the fastest 8 took >= 0.62 s (fast spontaneous English, 13 tokens/s) on dataset/real/, the demo test set and the

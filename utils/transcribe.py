@@ -66,7 +66,6 @@ from utils.repeats import (
     is_decoder_loop,
     longest_repeat,
     loop_ngram,
-    loop_take_seconds,
     overread,
     repeat_period,
     repeat_unit,
@@ -74,6 +73,7 @@ from utils.repeats import (
     tail_loop,
     take_seams,
     take_seconds,
+    take_sizes,
     unread_speech,
 )
 from utils.text import hotword_text, remove_punctuation, to_simplified
@@ -685,7 +685,7 @@ class _BaseTranscriber:
         take fits has those takes decoded again alone, their text put in between the takes read
         (:func:`reread_parts`, :func:`_spliced`); one that ran away, made a take up or left more unread is cut at its
         silences into pieces about as long as one take (:func:`take_seconds`; the unit of a loop or of a reading that
-        made takes up at the slowest rate of right readings, :func:`loop_take_seconds`). Those are decoded too
+        made takes up at the slowest rate of right readings, :func:`take_sizes`). Those are decoded too
         (``MAX_REPEAT_SPLITS`` levels deep); the pieces' text is kept when the chunk's own ran away or made a take up,
         or when it reads more (:func:`_reads_more`: a piece can drop a take as well). Another chunk that left speech
         unread is decoded again with timestamp tokens (when it was decoded without); if that reads no more, it is cut
@@ -731,15 +731,10 @@ class _BaseTranscriber:
                 ran_away = _ran_away(got[k], batch[k].duration_s, options.timestamps)
                 if period is None or not (ran_away or unread[k] >= MAX_UNREAD_SPEECH_S):
                     continue
-                # a loop's tokens tell nothing of how long a take is, nor do those of a reading that made takes up
-                # (piled on no time: the unit's share of the chunk is too short; espeak English words 0.25 s apart,
-                # a 14 s sentence said once and begun again, read 7.5 times by ct2 on a PyTorch bf16 encoder: 2.4 s
-                # pieces, each a few words out of context): its unit (at least the span the repeat is found by: a
-                # 4-token loop's pieces are not cut at every pause) at the slowest rate of right readings; a made-up
-                # reading of a chunk shorter than that (fast takes), at its share
-                share = take_seconds(period, len(_text_tokens(got[k])), batch[k].duration_s)
-                sizes = ([loop_take_seconds(period)] if ran_away else
-                         [loop_take_seconds(period), share] if unread[k] == math.inf else [share])
+                # a loop or a reading that made takes up: its unit at the slowest rate of right readings (at least the
+                # span the repeat is found by: a 4-token loop's pieces are not cut at every pause)
+                sizes = take_sizes(period, len(_text_tokens(got[k])), batch[k].duration_s, loop=ran_away,
+                                   made_up=unread[k] == math.inf)
                 reading = None if ran_away or unread[k] == math.inf else checked[k]
                 seams = None if reading is None else take_seams(_text_tokens(got[k]), units[k])  # type: ignore
                 if parts := _first_cut(batch[k], sizes, reading, seams, round(SEAM_SLACK * period)):
@@ -779,8 +774,7 @@ class _BaseTranscriber:
                 tokens = _text_tokens(got[k])
                 n = len(tokens)
                 if (period := repeat_period(tokens)) is not None:
-                    share = take_seconds(period, n, batch[k].duration_s)
-                    sizes = [loop_take_seconds(period), share] if rechecked.get(k) == math.inf else [share]  # as above
+                    sizes = take_sizes(period, n, batch[k].duration_s, made_up=rechecked.get(k) == math.inf)
                 else:  # read as one take: its length at the slowest right rate
                     take_s = take_seconds(n, n, batch[k].duration_s)
                     if MAX_UNREAD_SPEECH_S <= rechecked.get(k, math.inf) < math.inf:
